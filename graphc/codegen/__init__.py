@@ -1,0 +1,1 @@
+"""Lowering to native code: loop-level kernel IR, scheduling, LLVM IR emission, targets."""
