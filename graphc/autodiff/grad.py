@@ -1,0 +1,98 @@
+"""Reverse mode as dynamic programming: one backward sweep in reverse topological order, each node's adjoint
+summed once from its users' contributions and then pushed through its op's vector-Jacobian rule.
+
+The result is made of ordinary nodes in the same IR (hash-consed with the forward graph, so forward values are
+reused, not recomputed): it can be printed, evaluated, compiled, and differentiated again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from graphc.errors import DTypeError, GradError, ShapeError
+from graphc.ir.node import Node, as_nodes, capture_source, derived_from, topo_order
+from graphc.ir.shapes import FLOAT_DTYPES, fmt_shape
+from graphc.ops.core import Tensor, as_tensor, constant, describe
+from graphc.ops.elementwise import add, full_like
+from graphc.ops.movement import broadcast_to
+
+
+def zeros_like(x: Node) -> Tensor:
+    return full_like(x, 0.0)
+
+
+def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor]:
+    """Gradients of `y` with respect to each tensor in `wrt`, as graph tensors.
+
+    `y` must be a float scalar, unless `seed` (the cotangent of y, same shape) is given: then the result is
+    the vector-Jacobian product seedᵀ·∂y/∂wrt. A tensor that `y` does not depend on gets zeros of its shape."""
+    here = capture_source().where()
+    if not isinstance(y, Node):
+        raise GradError(f"grad: y must be a tensor, got {type(y).__name__} (at {here})")
+    single = isinstance(wrt, Node)
+    targets = as_nodes(wrt) if single or not isinstance(wrt, dict) else list(wrt.values())
+    for w in targets:
+        if not isinstance(w, Node):
+            raise GradError(f"grad: wrt must hold tensors, got {type(w).__name__} (at {here})")
+        if w.dtype not in FLOAT_DTYPES:
+            raise DTypeError(f"grad: cannot differentiate with respect to {describe(w)}, an integer/bool "
+                             f"tensor declared at {w.source.where()} (at {here})")
+    if y.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"grad: y ({describe(y)}, from {y.op.name} at {y.source.where()}) is not a float "
+                         f"tensor (at {here})")
+    if seed is None:
+        if y.shape != ():
+            raise GradError(
+                f"grad: y ({describe(y)}, from {y.op.name} at {y.source.where()}) is not a scalar; reduce it "
+                f"(e.g. gc.sum or gc.mean) or pass seed=<cotangent of shape {fmt_shape(y.shape)}> (at {here})"
+            )
+        seed_node = constant(1.0, y.dtype)
+    else:
+        if isinstance(seed, np.ndarray) or not isinstance(seed, Node):
+            seed_node = constant(np.asarray(seed), y.dtype) if not isinstance(seed, Node) else seed
+        else:
+            seed_node = seed
+        seed_node = as_tensor(seed_node)
+        if seed_node.dtype != y.dtype:
+            raise DTypeError(f"grad: seed is {seed_node.dtype}, y is {y.dtype} (at {here})")
+        if seed_node.shape != y.shape:
+            if seed_node.shape == ():
+                seed_node = broadcast_to(seed_node, y.shape)
+            else:
+                raise ShapeError(f"grad: seed has shape {fmt_shape(seed_node.shape)} but y ({describe(y)}) has "
+                                 f"{fmt_shape(y.shape)} (at {here})")
+
+    order = topo_order(y)
+    wanted = {id(w) for w in targets}
+    # only nodes on a path from some wrt to y carry adjoints worth computing
+    live: set[int] = set()
+    for n in order:
+        if id(n) in wanted or any(id(i) in live for i in n.inputs):
+            live.add(id(n))
+    contributions: dict[int, list[Node]] = {id(y): [seed_node]}
+    total: dict[int, Node] = {}
+    for n in reversed(order):
+        parts = contributions.pop(id(n), None)
+        if parts is None or id(n) not in live:
+            continue
+        g = parts[0]
+        with derived_from(n.source, f"grad of {n.op.name}"):
+            for p in parts[1:]:
+                g = add(g, p)
+        total[id(n)] = g
+        if not n.inputs or not n.op.differentiable or not any(id(i) in live for i in n.inputs):
+            continue
+        with derived_from(n.source, f"grad of {n.op.name}"):
+            cts = n.op.vjp(n, g)
+        assert len(cts) == len(n.inputs), f"{n.op.name}.vjp returned {len(cts)} cotangents"
+        for x, ct in zip(n.inputs, cts, strict=True):
+            if ct is None or id(x) not in live:
+                continue
+            assert ct.shape == x.shape and ct.dtype == x.dtype, (
+                f"{n.op.name}.vjp gave {ct.type_str} for an input of {x.type_str}")
+            contributions.setdefault(id(x), []).append(ct)
+    out = [total[id(w)] if id(w) in total else zeros_like(w) for w in targets]
+    if isinstance(wrt, dict):
+        return dict(zip(wrt.keys(), out, strict=True))  # type: ignore[return-value]
+    return out[0] if single else out

@@ -1,0 +1,268 @@
+"""Graph IR nodes: immutable, hash-consed by structure, carrying the user's source position.
+
+A node is (op, inputs, attrs, shape, dtype) plus source information. Building the same structure twice gives the
+same object, so common subexpressions exist once by construction and `a is b` is structural equality. The op
+is any object with a `name` (the op families live in graphc.ops); this module knows nothing about them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphc.ir.shapes import Shape, fmt_type
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a node came from: the user's file and line, the enclosing scope (layer) names, and for nodes built
+    by a transformation (grad, a rewrite) which transformation made it and from which node's op."""
+
+    file: str = "<unknown>"
+    line: int = 0
+    function: str = ""
+    scope: str = ""
+    made_by: str = ""  # "" for user-built nodes; e.g. "grad of matmul", "rewrite: log_softmax"
+
+    def where(self) -> str:
+        loc = f"{os.path.basename(self.file)}:{self.line}" if self.line else self.file
+        parts = [loc]
+        if self.scope:
+            parts.append(f"in {self.scope}")
+        if self.made_by:
+            parts.append(f"({self.made_by})")
+        return " ".join(parts)
+
+    @property
+    def is_derived(self) -> bool:
+        return bool(self.made_by)
+
+
+_scope: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("graphc_scope", default=())
+_made_by: contextvars.ContextVar[tuple[SourceInfo, str] | None] = contextvars.ContextVar(
+    "graphc_made_by", default=None
+)
+
+
+@contextlib.contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Name the nodes built inside (a layer name, say): `with gc.scope("dense1"): ...`."""
+    token = _scope.set(_scope.get() + (name,))
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+@contextlib.contextmanager
+def derived_from(source: SourceInfo, made_by: str) -> Iterator[None]:
+    """Nodes built inside inherit `source` (the user's line of the node being transformed) and say who made
+    them; this is how grad and rewrites pass source positions on without threading them by hand."""
+    token = _made_by.set((source, made_by))
+    try:
+        yield
+    finally:
+        _made_by.reset(token)
+
+
+def current_scope() -> str:
+    return "/".join(_scope.get())
+
+
+def capture_source() -> SourceInfo:
+    derived = _made_by.get()
+    if derived is not None:
+        src, made_by = derived
+        return SourceInfo(src.file, src.line, src.function, src.scope, made_by)
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+    if f is None:
+        return SourceInfo(scope=current_scope())
+    return SourceInfo(f.f_code.co_filename, f.f_lineno, f.f_code.co_name, current_scope())
+
+
+class FrozenDict(dict):
+    """An immutable, hashable dict for node attributes."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+    def _immutable(self, *a, **k):
+        raise TypeError("node attributes are immutable")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable  # type: ignore
+
+
+class ArrayValue:
+    """A hashable, immutable wrapper of a numpy array, for constant nodes (keyed by dtype, shape and bytes)."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array: np.ndarray):
+        a = np.array(array, copy=True, order="C")
+        a.setflags(write=False)
+        self.array = a
+        self._key = (a.dtype.str, a.shape, a.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArrayValue) and self._key == other._key
+
+    def __repr__(self) -> str:
+        a = self.array
+        if a.size <= 6:
+            return np.array2string(a, separator=",", threshold=6).replace("\n", "")
+        return f"<array {a.dtype}{list(a.shape)}>"
+
+
+_intern: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_intern_lock = threading.Lock()
+
+
+class Node:
+    """An immutable graph node. Create nodes through `Node.make` (or an op's constructor), never directly."""
+
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "source", "meta", "_digest", "__weakref__")
+
+    op: Any
+    inputs: tuple[Node, ...]
+    attrs: FrozenDict
+    shape: Shape
+    dtype: str
+    source: SourceInfo
+    meta: dict  # side information that is not part of the node's identity (e.g. a parameter's initializer)
+
+    @classmethod
+    def make(
+        cls,
+        op: Any,
+        inputs: Sequence[Node],
+        shape: Shape,
+        dtype: str,
+        attrs: dict | None = None,
+        meta: dict | None = None,
+    ) -> Node:
+        """The node with this structure: an existing one if it was built before (its first source is kept)."""
+        inputs = tuple(inputs)
+        fattrs = FrozenDict(attrs or {})
+        key = (op, tuple(id(i) for i in inputs), fattrs, tuple(shape), dtype)
+        with _intern_lock:
+            node = _intern.get(key)
+            if node is not None:
+                return node
+            node = object.__new__(cls)
+            object.__setattr__(node, "op", op)
+            object.__setattr__(node, "inputs", inputs)
+            object.__setattr__(node, "attrs", fattrs)
+            object.__setattr__(node, "shape", tuple(shape))
+            object.__setattr__(node, "dtype", dtype)
+            object.__setattr__(node, "source", capture_source())
+            object.__setattr__(node, "meta", dict(meta or {}))
+            object.__setattr__(node, "_digest", None)
+            _intern[key] = node
+            return node
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("graph nodes are immutable")
+
+    def __reduce__(self):
+        raise TypeError("graph nodes are not picklable; save parameters as arrays instead")
+
+    __hash__ = object.__hash__
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def name(self) -> str | None:
+        """The user's name for inputs and parameters; None for computed nodes."""
+        return self.attrs.get("name")
+
+    @property
+    def type_str(self) -> str:
+        return fmt_type(self.shape, self.dtype)
+
+    def digest(self) -> str:
+        """A structural hash, stable across processes: what a compile cache keys on."""
+        if self._digest is None:
+            for n in topo_order([self]):
+                if n._digest is not None:
+                    continue
+                h = hashlib.sha256()
+                h.update(op_fingerprint(n.op).encode())
+                h.update(repr(sorted((k, _attr_repr(v)) for k, v in n.attrs.items())).encode())
+                h.update(f"{n.shape}|{n.dtype}".encode())
+                for i in n.inputs:
+                    h.update(i._digest.encode())
+                object.__setattr__(n, "_digest", h.hexdigest())
+        return self._digest
+
+    def __repr__(self) -> str:
+        label = self.name or self.op.name
+        return f"<{type(self).__name__} {label}: {self.type_str}>"
+
+
+def op_fingerprint(op: Any) -> str:
+    fp = getattr(op, "fingerprint", None)
+    return fp() if callable(fp) else op.name
+
+
+def _attr_repr(v: Any) -> str:
+    if isinstance(v, ArrayValue):
+        return hashlib.sha256(repr(v._key).encode()).hexdigest()
+    return repr(v)
+
+
+def as_nodes(outputs: Node | Iterable[Node]) -> list[Node]:
+    if isinstance(outputs, Node):
+        return [outputs]
+    return list(outputs)
+
+
+def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:
+    """All nodes the outputs depend on, inputs before users, iteratively (deep graphs never recurse)."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in as_nodes(outputs):
+        if id(root) in seen:
+            continue
+        stack: list[tuple[Node, int]] = [(root, 0)]
+        seen.add(id(root))
+        while stack:
+            node, k = stack[-1]
+            if k < len(node.inputs):
+                stack[-1] = (node, k + 1)
+                child = node.inputs[k]
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+def users(order: Sequence[Node]) -> dict[int, list[Node]]:
+    """For each node id in `order`, the nodes in `order` that take it as an input (once per use)."""
+    out: dict[int, list[Node]] = {id(n): [] for n in order}
+    for n in order:
+        for i in n.inputs:
+            if id(i) in out:
+                out[id(i)].append(n)
+    return out

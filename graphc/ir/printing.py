@@ -1,0 +1,101 @@
+"""Text form of a graph, one line per node with its type, in the spirit of a jaxpr; and a networkx view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+
+from graphc.ir.node import ArrayValue, Node, as_nodes, topo_order
+from graphc.ir.shapes import fmt_type
+
+LEAF_OPS = ("input", "param")
+
+
+def is_leaf(node: Node) -> bool:
+    return node.op.name in LEAF_OPS
+
+
+def is_inline_constant(node: Node) -> bool:
+    return node.op.name == "constant" and node.attrs["value"].array.size == 1 and not node.shape
+
+
+def _fmt_attr(v) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, tuple):
+        return "(" + ",".join(_fmt_attr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, ArrayValue):
+        return repr(v)
+    return str(v)
+
+
+def format_attrs(node: Node) -> str:
+    hidden = getattr(node.op, "hidden_attrs", ())
+    items = [(k, v) for k, v in node.attrs.items() if k not in hidden and k != "name" and v is not False]
+    if not items:
+        return ""
+    return "[" + " ".join(k if v is True else f"{k}={_fmt_attr(v)}" for k, v in sorted(items)) + "]"
+
+
+def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict[int, str] | None = None) -> str:
+    """A readable listing: leaves first in the header, then one `%k: type = op[attrs] args` line per node."""
+    outs = as_nodes(outputs)
+    order = topo_order(outs)
+    ref: dict[int, str] = dict(names or {})
+    inputs = [n for n in order if n.op.name == "input"]
+    params = [n for n in order if n.op.name == "param"]
+    for n in inputs + params:
+        ref.setdefault(id(n), n.name)
+    header = []
+    if inputs:
+        header.append("inputs " + ", ".join(f"{n.name}: {n.type_str}" for n in inputs))
+    if params:
+        header.append("params " + ", ".join(f"{n.name}: {n.type_str}" for n in params))
+    lines = ["graph {" + ("" if not header else "  " + ";  ".join(header))]
+    width = 0
+    body: list[tuple[str, str]] = []
+    k = 0
+    for n in order:
+        if id(n) in ref and n.op.name in LEAF_OPS:
+            continue
+        if is_inline_constant(n):
+            ref[id(n)] = _fmt_attr(n.attrs["value"].array.item())
+            continue
+        name = ref.get(id(n)) or f"%{k}"
+        k += 1
+        ref[id(n)] = name
+        args = " ".join(ref[id(i)] for i in n.inputs)
+        text = f"  {name}: {fmt_type(n.shape, n.dtype)} = {n.op.name}{format_attrs(n)}" + (f" {args}" if args else "")
+        note = ""
+        if sources and n.source.line:
+            note = n.source.where()
+        body.append((text, note))
+        width = max(width, len(text))
+    width = min(width, 72)
+    for text, note in body:
+        lines.append(f"{text.ljust(width)}  # {note}" if note else text)
+    lines.append("  return " + ", ".join(ref[id(o)] for o in outs))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_networkx(outputs: Node | Iterable[Node]) -> nx.MultiDiGraph:
+    """A networkx view (one graph node per IR node, keyed by id; an edge per input use, with its position).
+
+    It is a view for algorithms and drawing: the IR itself stays the node objects."""
+    g = nx.MultiDiGraph()
+    for n in topo_order(outputs):
+        g.add_node(
+            id(n),
+            node=n,
+            op=n.op.name,
+            label=n.name or n.op.name,
+            shape=n.shape,
+            dtype=n.dtype,
+            source=n.source.where(),
+            derived=n.source.is_derived,
+        )
+        for pos, i in enumerate(n.inputs):
+            g.add_edge(id(i), id(n), position=pos)
+    return g

@@ -1,0 +1,174 @@
+"""Shapes and dtypes: a dim is an int or a sympy symbol (the batch `N`); a dtype is one of a few names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cache
+
+import numpy as np
+import sympy
+
+from graphc.errors import DTypeError, ShapeError
+
+Dim = int | sympy.Expr
+Shape = tuple[Dim, ...]
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+FLOAT_DTYPES = ("float32", "float64")
+INT_DTYPES = ("int32", "int64")
+SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+
+
+@cache
+def symbol(name: str) -> sympy.Symbol:
+    """The dim symbol called `name`: a positive integer, so sympy can simplify N/N and N*1."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def as_dim(d, where: str = "shape") -> Dim:
+    if isinstance(d, bool):
+        raise ShapeError(f"{where}: a dim must be a non-negative int or a symbol name, not {d!r}")
+    if isinstance(d, (int, np.integer)):
+        if d < 0:
+            raise ShapeError(f"{where}: dims must be >= 0, got {int(d)}")
+        return int(d)
+    if isinstance(d, str):
+        if not d.isidentifier():
+            raise ShapeError(f"{where}: symbolic dim {d!r} must be an identifier such as 'N'")
+        return symbol(d)
+    if isinstance(d, sympy.Expr):
+        if d.is_Integer:
+            return int(d)
+        for s in d.free_symbols:
+            if not (s.is_integer and s.is_positive):
+                raise ShapeError(f"{where}: symbolic dims must be made with a name (e.g. 'N'), got {d!r}")
+        return d
+    raise ShapeError(f"{where}: a dim must be an int or a symbol name such as 'N', not {type(d).__name__} {d!r}")
+
+
+def as_shape(shape, where: str = "shape") -> Shape:
+    if isinstance(shape, (int, str, np.integer, sympy.Expr)):
+        shape = (shape,)
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"{where}: a shape must be a tuple of dims, not {shape!r}") from None
+    return tuple(as_dim(d, where) for d in items)
+
+
+def as_dtype(dtype, where: str = "dtype") -> str:
+    if dtype is None:
+        return "float32"
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in DTYPES:
+        raise DTypeError(f"{where}: unsupported dtype {dtype!r}; graphc supports {', '.join(DTYPES)}")
+    return name
+
+
+def fmt_dim(d: Dim) -> str:
+    return str(d)
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "[" + ",".join(fmt_dim(d) for d in shape) + "]"
+
+
+def fmt_type(shape: Shape, dtype: str) -> str:
+    return f"{SHORT[dtype]}{fmt_shape(shape)}"
+
+
+def dims_equal(a: Dim, b: Dim) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
+
+
+def size(shape: Shape) -> Dim:
+    out: Dim = 1
+    for d in shape:
+        out = out * d
+    return out if isinstance(out, int) else sympy.expand(out)
+
+
+def is_static(shape: Shape) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def free_symbols(shape: Shape) -> set[sympy.Symbol]:
+    out: set[sympy.Symbol] = set()
+    for d in shape:
+        if not isinstance(d, int):
+            out |= d.free_symbols
+    return out
+
+
+def broadcast_shapes(shapes: Iterable[Shape], what: str) -> Shape:
+    """numpy's broadcasting over symbolic dims. Distinct symbols, or a symbol and an int other than 1, do not
+    unify: that is nearly always a batch dim meeting a feature dim, so it is an error, not a runtime check."""
+    shapes = list(shapes)
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for axis in range(rank):
+        dim: Dim = 1
+        for s in shapes:
+            k = axis - (rank - len(s))
+            if k < 0:
+                continue
+            d = s[k]
+            if isinstance(d, int) and d == 1:
+                continue
+            if isinstance(dim, int) and dim == 1:
+                dim = d
+            elif not dims_equal(dim, d):
+                raise ShapeError(
+                    f"{what}: shapes {' and '.join(fmt_shape(x) for x in shapes)} do not broadcast "
+                    f"(axis {axis - rank}: {fmt_dim(dim)} vs {fmt_dim(d)})"
+                )
+        out.append(dim)
+    return tuple(out)
+
+
+def bind(shape: Shape, actual: tuple[int, ...], env: dict, what: str, owner: Mapping | None = None) -> None:
+    """Check an actual shape against a declared one, binding the declared symbols in `env` (symbol -> int).
+
+    `owner` maps each symbol to a description of where it was first bound, for the error message."""
+    if len(shape) != len(actual):
+        raise ShapeError(f"{what}: expected rank {len(shape)} {fmt_shape(shape)}, got shape {tuple(actual)}")
+    for axis, (d, a) in enumerate(zip(shape, actual, strict=True)):
+        if isinstance(d, int):
+            if d != a:
+                raise ShapeError(
+                    f"{what}: expected shape {fmt_shape(shape)}, got {tuple(actual)} (axis {axis}: {a} != {d})"
+                )
+            continue
+        if isinstance(d, sympy.Symbol):
+            if d in env and env[d] != a:
+                first = f" (bound by {owner[d]})" if owner and d in owner else ""
+                raise ShapeError(
+                    f"{what}: dim {d} is {env[d]}{first} but this value has {a} on axis {axis} "
+                    f"(shape {tuple(actual)}); every input must agree on {d}"
+                )
+            env[d] = a
+            if owner is not None and d not in owner:
+                owner[d] = what  # type: ignore[index]
+            continue
+        value = eval_dim(d, env)
+        if value != a:
+            raise ShapeError(f"{what}: axis {axis} should be {d} = {value}, got {a}")
+
+
+def eval_dim(d: Dim, env: Mapping) -> int:
+    if isinstance(d, int):
+        return d
+    missing = d.free_symbols - set(env)
+    if missing:
+        raise ShapeError(f"dim {d} needs a value for {', '.join(sorted(map(str, missing)))}")
+    v = d.subs(env)
+    return int(v)
+
+
+def eval_shape(shape: Shape, env: Mapping) -> tuple[int, ...]:
+    return tuple(eval_dim(d, env) for d in shape)

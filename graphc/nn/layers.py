@@ -1,0 +1,98 @@
+"""Dense layers and an MLP builder; parameter initialization from a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from graphc import ops
+from graphc.errors import GraphcError
+from graphc.ir.node import Node, as_nodes, scope, topo_order
+from graphc.ops.init import draw, param_rng
+from graphc.ops.random import dropout
+
+ACTIVATIONS: dict[str, Callable | None] = {
+    "relu": ops.relu,
+    "tanh": ops.tanh,
+    "sigmoid": ops.sigmoid,
+    "softplus": ops.softplus,
+    "linear": None,
+    None: None,  # type: ignore[dict-item]
+}
+
+
+def _activation(act) -> Callable | None:
+    if callable(act):
+        return act
+    if act not in ACTIVATIONS:
+        raise GraphcError(f"unknown activation {act!r}; use one of {[k for k in ACTIVATIONS if k]} or a function")
+    return ACTIVATIONS[act]
+
+
+def _default_init(act) -> str:
+    return "he_normal" if act in ("relu", "softplus") else "xavier_uniform"
+
+
+def dense(x, units: int, activation=None, *, name: str = "dense", init: str | None = None, bias: bool = True,
+          dtype: str | None = None) -> ops.Tensor:
+    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`."""
+    x = ops.as_tensor(x)
+    if x.ndim != 2:
+        raise GraphcError(f"dense {name!r}: input must be 2-D (batch, features), got {x.type_str}")
+    fan_in = x.shape[1]
+    if not isinstance(fan_in, int):
+        raise GraphcError(f"dense {name!r}: the feature dim of the input must be known, got {x.type_str}")
+    if not isinstance(units, int) or units < 1:
+        raise GraphcError(f"dense {name!r}: units must be a positive int, got {units!r}")
+    fn = _activation(activation)
+    dtype = dtype or x.dtype
+    with scope(name):
+        w = ops.param(f"{name}.W", (fan_in, units), init=init or _default_init(activation), dtype=dtype)
+        z = x @ w
+        if bias:
+            z = z + ops.param(f"{name}.b", (units,), init="zeros", dtype=dtype)
+        return fn(z) if fn is not None else z
+
+
+def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str = "mlp",
+        init: str | None = None, dropout_keep: Sequence[float] | float | None = None) -> ops.Tensor:
+    """A feed-forward net: hidden layers of `sizes[:-1]` units with `activation`, an output layer of
+    `sizes[-1]` units with `out_activation` (None: logits / linear). `dropout_keep` is a keep probability for
+    the input and each hidden layer (one number for all hidden layers, or a list: input first)."""
+    h = ops.as_tensor(x)
+    sizes = list(sizes)
+    if not sizes:
+        raise GraphcError("mlp: sizes must list at least the output size")
+    keeps: list[float | None]
+    if dropout_keep is None:
+        keeps = [None] * len(sizes)
+    elif isinstance(dropout_keep, (int, float)):
+        keeps = [None] + [float(dropout_keep)] * (len(sizes) - 1)
+    else:
+        keeps = list(dropout_keep) + [None] * (len(sizes) - len(dropout_keep))
+    for i, units in enumerate(sizes):
+        last = i == len(sizes) - 1
+        if keeps[i] is not None and keeps[i] < 1.0:
+            h = dropout(h, keeps[i], salt=i + 1)
+        h = dense(h, units, out_activation if last else activation, name=f"{name}.{i}",
+                  init=init if init is not None else _default_init(out_activation if last else activation))
+    return h
+
+
+def parameters(outputs: Node | Iterable[Node]) -> list[Node]:
+    """The parameters the outputs depend on, in graph order."""
+    return [n for n in topo_order(as_nodes(outputs)) if n.op.name == "param"]
+
+
+def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial values for parameters (or for all parameters the given outputs use), by name, from `seed`.
+    Each parameter draws from its own stream (seed, name), so values do not depend on declaration order."""
+    nodes = as_nodes(params_or_outputs)
+    params = [n for n in nodes if n.op.name == "param"]
+    if len(params) != len(nodes):
+        params = parameters(nodes)
+    out: dict[str, np.ndarray] = {}
+    for p in params:
+        out[p.name] = draw(p.meta.get("init", "zeros"), p.shape, p.dtype, param_rng(seed, p.name))
+    return out

@@ -1,0 +1,57 @@
+"""The op families and the DSL functions that build them. `OPS` is the op table."""
+
+from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
+from graphc.ops.compose import clip, log_softmax, logsumexp, mean, one_hot, softmax, var
+from graphc.ops.control import stop_gradient
+from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
+from graphc.ops.elementwise import (
+    ElementwiseOp,
+    abs_ as abs,  # noqa: A004
+    add,
+    cast,
+    divide,
+    elementwise,
+    equal,
+    erf,
+    exp,
+    expm1_ as expm1,
+    greater,
+    greater_equal,
+    less,
+    less_equal,
+    log,
+    log1p_ as log1p,
+    logical_and,
+    logical_not,
+    logical_or,
+    maximum,
+    minimum,
+    multiply,
+    negative,
+    full_like,
+    not_equal,
+    power,
+    relu_ as relu,
+    sigmoid_ as sigmoid,
+    sign,
+    softplus_ as softplus,
+    sqrt,
+    subtract,
+    tanh,
+    where,
+)
+from graphc.ops.linalg import matmul
+from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+from graphc.ops.random import dropout, rng_key
+from graphc.ops.reduce import max, sum  # noqa: A004
+from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
+
+__all__ = [
+    "OPS", "KINDS", "Op", "Tensor", "EvalContext", "ElementwiseOp", "apply", "as_tensor", "constant",
+    "abs", "add", "broadcast_to", "cast", "clip", "dim_value", "divide", "dropout", "elementwise", "equal",
+    "erf", "exp", "expand_dims", "expm1", "full_like", "greater", "greater_equal", "input", "iota", "less", "less_equal",
+    "log", "log1p", "log_softmax", "logical_and", "logical_not", "logical_or", "logsumexp", "matmul", "max",
+    "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
+    "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
+    "tanh", "transpose", "var", "where",
+]

@@ -1,0 +1,79 @@
+"""Functions built from primitives: mean, logsumexp, softmax, log_softmax, one_hot, var.
+
+They are compositions, not ops: their gradients come from the primitives' rules, and their stable forms come
+from the way they are composed (the max is subtracted before exp, and held constant by stop_gradient)."""
+
+from __future__ import annotations
+
+from graphc.errors import DTypeError, GraphcError
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES
+from graphc.ops import reduce
+from graphc.ops.control import stop_gradient
+from graphc.ops.core import Tensor, as_tensor, describe
+from graphc.ops.elementwise import cast, equal, exp, log
+from graphc.ops.movement import broadcast_to, expand_dims
+from graphc.ops.sources import dim_value, iota
+
+
+def _float(x, what: str) -> Tensor:
+    x = as_tensor(x)
+    if x.dtype not in FLOAT_DTYPES:
+        if x.dtype in INT_DTYPES or x.dtype == "bool":
+            return cast(x, "float32")
+        raise DTypeError(f"{what}: needs a float tensor, got {describe(x)}")
+    return x
+
+
+def mean(x, axis=None, keepdims: bool = False) -> Tensor:
+    """The mean over axes; over a symbolic dim (the batch N) the count is read at run time."""
+    x = _float(x, "mean")
+    axes = reduce._axes(x.ndim, axis)
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    return reduce.sum(x, axes, keepdims) / dim_value(count, x, x.dtype)
+
+
+def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x."""
+    x = _float(x, "logsumexp")
+    m = stop_gradient(reduce.max(x, axis, keepdims=True))
+    s = reduce.sum(exp(x - broadcast_to(m, x.shape)), axis, keepdims=True)
+    out = m + log(s)
+    if not keepdims:
+        axes = reduce._axes(x.ndim, axis)
+        from graphc.ops.movement import reshape
+
+        out = reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+    return out
+
+
+def log_softmax(x, axis=-1) -> Tensor:
+    x = _float(x, "log_softmax")
+    return x - broadcast_to(logsumexp(x, axis, keepdims=True), x.shape)
+
+
+def softmax(x, axis=-1) -> Tensor:
+    return exp(log_softmax(x, axis))
+
+
+def one_hot(labels, depth: int, dtype: str = "float32") -> Tensor:
+    """Rows of `depth` zeros with a one at each label (labels outside [0, depth) give a zero row)."""
+    labels = as_tensor(labels)
+    if labels.dtype not in INT_DTYPES:
+        raise DTypeError(f"one_hot: labels must be int32 or int64, got {describe(labels)}")
+    if not isinstance(depth, int) or depth < 1:
+        raise GraphcError(f"one_hot: depth must be a positive int, got {depth!r}")
+    return cast(equal(expand_dims(labels, -1), iota(depth, labels.dtype)), dtype)
+
+
+def var(x, axis=None, keepdims: bool = False) -> Tensor:
+    x = _float(x, "var")
+    mu = mean(x, axis, keepdims=True)
+    return mean((x - broadcast_to(mu, x.shape)) ** 2, axis, keepdims)
+
+
+def clip(x, lo, hi) -> Tensor:
+    from graphc.ops.elementwise import maximum, minimum
+
+    return minimum(maximum(x, lo), hi)

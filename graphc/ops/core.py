@@ -1,0 +1,171 @@
+"""The op protocol, the op table, the user-facing Tensor handle, and node construction with located errors.
+
+Every op is one object with its shape rule (`infer`), its numpy reference semantics (`reference`), its
+vector-Jacobian product written with other graph ops (`vjp`), and its lowering kind (`kind`). The op table
+`OPS` lists them all; a test walks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.node import ArrayValue, Node, capture_source
+from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
+
+KINDS = ("source", "elementwise", "reduce", "contract", "movement", "random", "identity")
+
+OPS: dict[str, Op] = {}
+
+
+@dataclass
+class EvalContext:
+    """What the reference evaluator tells an op besides its inputs."""
+
+    float_dtype: np.dtype  # float32, or float64 when any float value fed in is float64
+    training: bool
+    dims: dict  # symbol -> int, bound from the inputs' shapes
+
+    def dtype(self, dtype: str) -> np.dtype:
+        return self.float_dtype if dtype in FLOAT_DTYPES else np.dtype(dtype)
+
+
+class Op:
+    """One primitive. Subclasses fill in the rules; one instance per op (or per parametrization)."""
+
+    name: str
+    kind: ClassVar[str]
+    differentiable: bool = True
+    hidden_attrs: tuple[str, ...] = ()
+
+    def infer(self, inputs: Sequence[Node], attrs: dict) -> tuple[Shape, str]:
+        raise NotImplementedError
+
+    def reference(self, node: Node, args: list[np.ndarray], ctx: EvalContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def vjp(self, node: Node, g: Node) -> Sequence[Node | None]:
+        """Cotangents for each input given the output's cotangent `g` (None: no gradient flows there)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+def register(op: Op) -> Op:
+    if op.name in OPS and OPS[op.name] is not op:
+        raise GraphcError(f"an op named {op.name!r} already exists; choose another name")
+    OPS[op.name] = op
+    return op
+
+
+def describe(node: Node) -> str:
+    """How an error message names a tensor: its name if it has one, else its op, with its type."""
+    label = node.name or node.op.name
+    return f"{label}: {node.type_str}"
+
+
+class Tensor(Node):
+    """The user's handle on a graph node. Arithmetic operators build new nodes (see graphc.ops.api).
+
+    `==` is structural identity, as for any hash-consed node (building `a*b` twice gives the same tensor);
+    use `gc.equal` / `gc.not_equal` for elementwise comparison. `<`, `<=`, `>`, `>=` build comparison nodes."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        raise GraphcError(
+            f"the truth value of a symbolic tensor ({describe(self)}) is unknown while building the graph; "
+            "use gc.where(cond, a, b) for a data-dependent choice"
+        )
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise GraphcError(f"len() of a 0-d tensor ({describe(self)})")
+        d = self.shape[0]
+        if not isinstance(d, int):
+            raise GraphcError(f"len() of a tensor whose first dim is symbolic ({describe(self)})")
+        return d
+
+    def __iter__(self):
+        raise GraphcError(f"tensors cannot be iterated while building a graph ({describe(self)})")
+
+    def _repr_svg_(self):  # notebooks: draw lazily, viz sits above ops
+        from graphc.viz import svg
+
+        return svg.to_svg(self)
+
+
+def located(err: GraphcError, node_inputs: Sequence[Node], op_name: str) -> GraphcError:
+    src = capture_source()
+    where = src.where()
+    names = ", ".join(describe(i) for i in node_inputs)
+    msg = f"{op_name}: {err} (inputs {names}) at {where}" if names else f"{op_name}: {err} at {where}"
+    return type(err)(msg)
+
+
+def apply(op: Op, inputs: Sequence[Node], meta: dict | None = None, **attrs: Any) -> Tensor:
+    """Build (or find) the node `op(inputs, attrs)`, checking shapes and dtypes now, at the user's line."""
+    inputs = tuple(inputs)
+    try:
+        shape, dtype = op.infer(inputs, attrs)
+    except (ShapeError, DTypeError) as err:
+        raise located(err, inputs, op.name) from None
+    return Tensor.make(op, inputs, shape, dtype, attrs, meta)
+
+
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, Node)
+
+
+def _default_dtype(arr: np.ndarray, weak: bool) -> str:
+    """Weak (Python) numbers default to float32/int32; numpy arrays keep their own dtype."""
+    kind = arr.dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind == "f":
+        return "float32" if weak else as_dtype(arr.dtype)
+    if kind in "iu":
+        return "int32" if weak else ("int64" if arr.dtype.itemsize == 8 else "int32")
+    raise DTypeError(f"cannot make a graphc constant from {arr.dtype} data")
+
+
+def constant(value: Any, dtype: str | None = None) -> Tensor:
+    """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays keep
+    their dtype unless `dtype` is given."""
+    from graphc.ops.sources import CONSTANT
+
+    if isinstance(value, Node):
+        raise GraphcError("gc.constant() takes a number or an array, not a tensor")
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise DTypeError(f"gc.constant: cannot make a constant from {type(value).__name__}") from None
+    dtype = as_dtype(dtype, "gc.constant") if dtype is not None else _default_dtype(
+        arr, not isinstance(value, (np.ndarray, np.generic)))
+    return apply(CONSTANT, (), value=ArrayValue(arr.astype(dtype)))
+
+
+def as_tensor(x: Any, like: Node | None = None) -> Tensor:
+    """A tensor for `x`. Python numbers and lists are weakly typed: they take the dtype of the tensor they meet
+    when that dtype can hold them (a float meeting an int tensor stays float32)."""
+    if isinstance(x, Node):
+        return x  # type: ignore[return-value]
+    weak = not isinstance(x, (np.ndarray, np.generic))
+    if weak and like is not None:
+        try:
+            arr = np.asarray(x)
+        except Exception:
+            raise DTypeError(f"cannot use {type(x).__name__} as a tensor") from None
+        own = _default_dtype(arr, True)
+        if like.dtype in FLOAT_DTYPES or own == like.dtype or (own == "int32" and like.dtype == "int64"):
+            return constant(arr, like.dtype)
+        return constant(arr, own)
+    return constant(x)

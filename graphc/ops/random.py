@@ -1,0 +1,101 @@
+"""Dropout, with its mask from a counter-based hash RNG: mask(key, salt, i) depends on nothing else, so the
+native backend reproduces the reference bit for bit and a run is repeatable from its seed."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from graphc.errors import GraphcError
+from graphc.ir.shapes import FLOAT_DTYPES, eval_shape
+from graphc.ops.core import Op, Tensor, apply, as_tensor, register
+from graphc.ops.sources import input as _input
+
+KEY_NAME = "rng_key"
+GOLDEN = 0x9E3779B9
+M1, M2 = 0x7FEB352D, 0x846CA68B
+
+
+def lowbias32(x: np.ndarray) -> np.ndarray:
+    """A 32-bit integer hash (Chris Wellons' lowbias32): full avalanche, cheap in SIMD."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(M1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(M2)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def stream(key: int, salt: int) -> int:
+    """The per-(step, layer) stream constant."""
+    k = np.uint64(np.int64(key).view(np.uint64))
+    lo, hi = np.uint32(k & np.uint64(0xFFFFFFFF)), np.uint32(k >> np.uint64(32))
+    s = lowbias32(np.asarray([lo ^ lowbias32(np.asarray([hi]))[0]], dtype=np.uint32))[0]
+    return int(lowbias32(np.asarray([s ^ np.uint32(salt)], dtype=np.uint32))[0])
+
+
+def threshold(keep_prob: float) -> int:
+    """Element i is kept when the top 24 bits of its hash are below this (exact in any backend)."""
+    return int(round(keep_prob * (1 << 24)))
+
+
+def keep_mask(key: int, salt: int, keep_prob: float, n: int) -> np.ndarray:
+    s = np.uint32(stream(key, salt))
+    i = np.arange(n, dtype=np.uint64).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        h = lowbias32(lowbias32(i * np.uint32(GOLDEN) + s) ^ s)
+    return (h >> np.uint32(8)) < np.uint32(threshold(keep_prob))
+
+
+class Dropout(Op):
+    """x * mask / keep_prob in training; the identity in inference. Inputs: (x, rng key)."""
+
+    name = "dropout"
+    kind = "random"
+
+    def infer(self, inputs, attrs):
+        x, key = inputs
+        if x.dtype not in FLOAT_DTYPES:
+            raise GraphcError(f"dropout needs a float tensor, got {x.dtype}")
+        if key.shape != () or key.dtype != "int64":
+            raise GraphcError("dropout's key must be a scalar int64 tensor")
+        return x.shape, x.dtype
+
+    def reference(self, node, args, ctx):
+        x, key = args
+        if not ctx.training:
+            return x
+        keep = node.attrs["keep_prob"]
+        shape = eval_shape(node.shape, ctx.dims)
+        mask = keep_mask(int(key), node.attrs["salt"], keep, int(np.prod(shape))).reshape(shape)
+        return np.where(mask, x / np.asarray(keep, dtype=x.dtype), np.zeros((), x.dtype)).astype(x.dtype)
+
+    def vjp(self, node, g):
+        # the same mask (same key, salt and element index) scales the cotangent
+        return (apply(DROPOUT, (g, node.inputs[1]), **node.attrs), None)
+
+
+DROPOUT = register(Dropout())
+
+
+def rng_key() -> Tensor:
+    """The scalar int64 input that seeds every dropout mask; the training loop feeds a fresh one per step."""
+    return _input(KEY_NAME, (), "int64")
+
+
+def dropout(x, keep_prob: float, salt: int | None = None) -> Tensor:
+    """Inverted dropout: keep each element with probability `keep_prob` and scale it by 1/keep_prob.
+
+    The mask is a hash of (rng key, salt, element index). `salt` tells layers apart; by default it is derived
+    from x's structure, so two dropouts of the very same tensor share a mask unless given different salts."""
+    x = as_tensor(x)
+    keep_prob = float(keep_prob)
+    if not 0.0 < keep_prob <= 1.0:
+        raise GraphcError(f"dropout: keep_prob must be in (0, 1], got {keep_prob}")
+    if keep_prob == 1.0:
+        return x
+    if salt is None:
+        salt = zlib.crc32(x.digest().encode())
+    return apply(DROPOUT, (x, rng_key()), keep_prob=keep_prob, salt=int(salt) & 0xFFFFFFFF)

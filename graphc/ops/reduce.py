@@ -1,0 +1,119 @@
+"""Reductions: sum and max over axes, and sum_to_shape, which undoes broadcasting in gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.errors import DTypeError, ShapeError
+from graphc.ir.shapes import Shape, fmt_shape
+from graphc.ops.core import Op, Tensor, apply, as_tensor, register
+
+
+def _axes(x_ndim: int, axis) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x_ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -x_ndim <= a < x_ndim:
+            raise ShapeError(f"axis {a} is out of range for a rank-{x_ndim} tensor")
+        out.append(a % x_ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def _reduced_shape(shape: Shape, axes: tuple[int, ...], keepdims: bool) -> Shape:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+class _Reduce(Op):
+    kind = "reduce"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        if x.dtype == "bool" and self.name != "sum":
+            raise DTypeError(f"{self.name} of a bool tensor; cast it first")
+        out = "int32" if x.dtype == "bool" else x.dtype
+        return _reduced_shape(x.shape, attrs["axes"], attrs["keepdims"]), out
+
+
+class Sum(_Reduce):
+    name = "sum"
+
+    def reference(self, node, args, ctx):
+        return np.sum(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"],
+                      dtype=ctx.dtype(node.dtype))
+
+    def vjp(self, node, g):
+        from graphc.ops.movement import broadcast_to, reshape
+
+        x = node.inputs[0]
+        kept = _reduced_shape(x.shape, node.attrs["axes"], True)
+        return (broadcast_to(reshape(g, kept), x.shape),)
+
+
+class Max(_Reduce):
+    """Maximum over axes. Gradient convention: ties share the cotangent evenly."""
+
+    name = "max"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        for a in attrs["axes"]:
+            if isinstance(x.shape[a], int) and x.shape[a] == 0:
+                raise ShapeError(f"max over the empty axis {a} of {fmt_shape(x.shape)}")
+        return super().infer(inputs, attrs)
+
+    def reference(self, node, args, ctx):
+        return np.max(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
+
+    def vjp(self, node, g):
+        from graphc.ops.elementwise import cast, equal, where
+        from graphc.ops.movement import broadcast_to, reshape
+
+        x = node.inputs[0]
+        axes = node.attrs["axes"]
+        kept = _reduced_shape(x.shape, axes, True)
+        hit = equal(x, broadcast_to(reshape(node, kept), x.shape))
+        count = sum(cast(hit, x.dtype), axes, keepdims=True)
+        share = reshape(g, kept) / count
+        return (where(hit, broadcast_to(share, x.shape), 0.0),)
+
+
+SUM = register(Sum())
+MAX = register(Max())
+
+
+def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
+    x = as_tensor(x)
+    axes = _axes(x.ndim, axis)
+    if not axes:
+        return x
+    return apply(SUM, (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    x = as_tensor(x)
+    axes = _axes(x.ndim, axis)
+    if not axes:
+        return x
+    return apply(MAX, (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def sum_to_shape(g: Tensor, shape: Shape) -> Tensor:
+    """Sum `g` over the axes that broadcasting added or stretched, giving a tensor of `shape`."""
+    from graphc.ops.movement import reshape
+
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = list(range(lead))
+    for i, d in enumerate(shape):
+        if isinstance(d, int) and d == 1 and not (isinstance(g.shape[lead + i], int) and g.shape[lead + i] == 1):
+            axes.append(lead + i)
+    out = sum(g, tuple(axes), keepdims=True) if axes else g
+    return reshape(out, shape)

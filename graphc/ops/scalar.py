@@ -1,0 +1,98 @@
+"""Scalar functions for elementwise ops, as sympy functions with stable numpy implementations.
+
+An elementwise op is a sympy expression over these (and sympy's own exp, log, tanh, Abs, sign, Max, Min,
+Piecewise, erf, ...). sympy differentiates them (through `fdiff`), numpy evaluates them (through `NUMPY`, used by
+lambdify), and the native backend emits them. Functions whose naive formula overflows carry stable forms here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "NUMPY"]
+
+
+class sigmoid(sympy.Function):  # noqa: N801 - sympy function names are lower case
+    """1 / (1 + exp(-x)), evaluated without overflow."""
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sympy.exp(-x))
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class softplus(sympy.Function):  # noqa: N801
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): finite and accurate for any x."""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return sympy.log(1 + sympy.exp(x))
+
+    def _eval_rewrite_as_log(self, x, **kwargs):
+        return sympy.log(1 + sympy.exp(x))
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class relu(sympy.Function):  # noqa: N801
+    """max(x, 0), with the subgradient convention relu'(0) = 0."""
+
+    def fdiff(self, argindex=1):
+        return sympy.Heaviside(self.args[0], 0)
+
+    def _eval_rewrite_as_Max(self, x, **kwargs):
+        return sympy.Max(x, 0)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+def _np_sigmoid(x):
+    x = np.asarray(x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _np_softplus(x):
+    x = np.asarray(x)
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _np_relu(x):
+    return np.maximum(x, np.zeros((), dtype=np.asarray(x).dtype))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _np_erf(x):
+    x = np.asarray(x)
+    return np.asarray(_erf(x), dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+
+
+def _np_heaviside(x, h0=0.5):
+    x = np.asarray(x)
+    return np.heaviside(x, np.asarray(h0, dtype=x.dtype if x.dtype.kind == "f" else np.float64))
+
+
+# The lambdify namespace: our functions and the stable forms of sympy's own, before numpy's defaults.
+NUMPY = {
+    "sigmoid": _np_sigmoid,
+    "softplus": _np_softplus,
+    "relu": _np_relu,
+    "erf": _np_erf,
+    "Heaviside": _np_heaviside,
+    "heaviside": _np_heaviside,
+}

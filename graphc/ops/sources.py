@@ -1,0 +1,172 @@
+"""Source ops, the leaves of a graph: inputs, parameters, constants, index ranges and runtime dim values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import sympy
+
+from graphc.errors import GraphcError, ShapeError
+from graphc.ir.node import ArrayValue
+from graphc.ir.shapes import FLOAT_DTYPES, as_dim, as_dtype, as_shape, eval_dim, fmt_shape, is_static
+from graphc.ops.core import EvalContext, Op, Tensor, apply, register
+
+
+class _Leaf(Op):
+    kind = "source"
+    hidden_attrs = ("shape", "dtype")
+
+    def infer(self, inputs, attrs):
+        return attrs["shape"], attrs["dtype"]
+
+    def reference(self, node, args, ctx):
+        raise AssertionError("leaves are bound by the evaluator")
+
+    def vjp(self, node, g):
+        return ()
+
+
+class Input(_Leaf):
+    name = "input"
+
+
+class Param(_Leaf):
+    name = "param"
+
+
+INPUT = register(Input())
+PARAM = register(Param())
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise GraphcError(f"{what}: a name must be a non-empty string, got {name!r}")
+    return name
+
+
+def input(name: str, shape, dtype: str = "float32") -> Tensor:  # noqa: A001 - the DSL's word
+    """A graph input fed at run time, e.g. `gc.input("x", ("N", 784))`; string dims are symbols."""
+    _check_name(name, "gc.input")
+    shape = as_shape(shape, f"gc.input({name!r})")
+    return apply(INPUT, (), name=name, shape=shape, dtype=as_dtype(dtype, f"gc.input({name!r})"))
+
+
+Init = str | float | int | np.ndarray | Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+
+def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") -> Tensor:
+    """A trainable parameter with a concrete shape. `init` is a scheme name ("he_normal", "he_uniform",
+    "xavier_normal", "xavier_uniform", "zeros", "ones"), a number, an array, or `f(rng, shape) -> array`;
+    values are drawn by `gc.nn.init_params(..., seed)`."""
+    _check_name(name, "gc.param")
+    where = f"gc.param({name!r})"
+    shape = as_shape(shape, where)
+    if not is_static(shape):
+        raise ShapeError(f"{where}: parameters need concrete int dims, got {fmt_shape(shape)}")
+    dtype = as_dtype(dtype, where)
+    if dtype not in FLOAT_DTYPES:
+        raise GraphcError(f"{where}: parameters must be float32 or float64, not {dtype}")
+    from graphc.ops.init import check_init
+
+    check_init(init, shape, where)
+    node = apply(PARAM, (), meta={"init": init}, name=name, shape=shape, dtype=dtype)
+    old = node.meta.get("init")
+    if not _same_init(old, init):
+        raise GraphcError(
+            f"{where}: a parameter with this name and shape was already declared with init={old!r} "
+            f"at {node.source.where()}; give the new one another name"
+        )
+    return node
+
+
+def _same_init(a: Init, b: Init) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return a is b or a == b
+
+
+class Constant(Op):
+    name = "constant"
+    kind = "source"
+
+    def infer(self, inputs, attrs):
+        arr = attrs["value"].array
+        return tuple(arr.shape), as_dtype(arr.dtype)
+
+    def reference(self, node, args, ctx):
+        return node.attrs["value"].array.astype(ctx.dtype(node.dtype))
+
+    def vjp(self, node, g):
+        return ()
+
+
+CONSTANT = register(Constant())
+
+
+class Iota(Op):
+    """0, 1, ..., n-1 (used to build one_hot from a comparison)."""
+
+    name = "iota"
+    kind = "source"
+    hidden_attrs = ("dtype",)
+    differentiable = False
+
+    def infer(self, inputs, attrs):
+        return (attrs["n"],), attrs["dtype"]
+
+    def reference(self, node, args, ctx):
+        return np.arange(node.attrs["n"], dtype=ctx.dtype(node.dtype))
+
+    def vjp(self, node, g):
+        return ()
+
+
+IOTA = register(Iota())
+
+
+def iota(n: int, dtype: str = "int32") -> Tensor:
+    return apply(IOTA, (), n=int(n), dtype=as_dtype(dtype))
+
+
+class DimValue(Op):
+    """The run-time value of a dim expression over the shape of its input (e.g. the batch size N in a mean).
+
+    It reads only its input's shape, but taking the input keeps whatever binds N inside the graph, so a
+    gradient graph that needs N (1/N in d mean/dx) still has it when evaluated or compiled on its own."""
+
+    name = "dim"
+    kind = "source"
+    differentiable = False
+    hidden_attrs = ("dtype",)
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        from graphc.ir.shapes import free_symbols
+
+        missing = sympy.sympify(attrs["expr"]).free_symbols - free_symbols(x.shape)
+        if missing:
+            raise ShapeError(f"dim {attrs['expr']} uses {sorted(map(str, missing))}, which are not dims of "
+                             f"{fmt_shape(x.shape)}")
+        return (), attrs["dtype"]
+
+    def reference(self, node, args, ctx):
+        return np.asarray(eval_dim(node.attrs["expr"], ctx.dims), dtype=ctx.dtype(node.dtype))
+
+    def vjp(self, node, g):
+        return (None,)
+
+
+DIM = register(DimValue())
+
+
+def dim_value(d, of, dtype: str = "float32") -> Tensor:
+    """A scalar holding the dim expression `d` over the shape of tensor `of` (an int gives a constant)."""
+    d = as_dim(d, "gc.dim_value")
+    if isinstance(d, int):
+        return apply(CONSTANT, (), value=ArrayValue(np.asarray(d, dtype=dtype)))
+    return apply(DIM, (of,), expr=sympy.sympify(d), dtype=as_dtype(dtype))
+
+
+__all__ = ["input", "param", "iota", "dim_value", "ArrayValue"]

@@ -1,0 +1,1 @@
+"""Running graphs: the numpy reference evaluator (the oracle), and the JIT runtime."""

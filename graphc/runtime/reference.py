@@ -1,0 +1,158 @@
+"""The numpy reference evaluator: runs any graph at any stage, plainly. Every backend is tested against it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
+from graphc.ir.node import Node, as_nodes, capture_source, topo_order
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, fmt_type
+from graphc.ops.core import EvalContext
+from graphc.ops.random import KEY_NAME
+
+
+def leaves_by_name(order: list[Node]) -> dict[str, Node]:
+    """The graph's inputs and parameters by name; two different tensors may not share a name."""
+    out: dict[str, Node] = {}
+    for n in order:
+        if n.op.name not in ("input", "param"):
+            continue
+        other = out.get(n.name)
+        if other is not None and other is not n:
+            raise GraphcError(
+                f"two different tensors are named {n.name!r}: {other.op.name} {fmt_type(other.shape, other.dtype)} "
+                f"declared at {other.source.where()} and {n.op.name} {fmt_type(n.shape, n.dtype)} declared at "
+                f"{n.source.where()}; give them distinct names"
+            )
+        out[n.name] = n
+    return out
+
+
+def _declared(n: Node) -> str:
+    return f"{n.op.name} {n.name!r} ({fmt_type(n.shape, n.dtype)}, declared at {n.source.where()})"
+
+
+def check_value(n: Node, value: Any) -> np.ndarray:
+    """The value as an array of a dtype acceptable for `n`, or a located error. Float declarations accept
+    float32 and float64 (float64 evaluates the whole graph in float64); ints accept any integer dtype."""
+    try:
+        arr = np.asarray(value)
+    except Exception as e:
+        raise InputError(f"the value for {_declared(n)} is not array-like: {e}") from None
+    kind = arr.dtype.kind
+    if n.dtype in FLOAT_DTYPES:
+        if kind == "f" and arr.dtype.itemsize >= 4:
+            return arr
+        if kind in "iu" and not isinstance(value, np.ndarray):  # a Python list of ints for a float input
+            return arr.astype(n.dtype)
+        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass float32 (or float64 to "
+                         "evaluate in double precision)")
+    if n.dtype in INT_DTYPES:
+        if kind in "iu":
+            return arr
+        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass integers")
+    if kind != "b":
+        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass booleans")
+    return arr
+
+
+def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unused: bool,
+                what: str) -> tuple[dict[int, np.ndarray], dict, bool]:
+    """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
+
+    Returns (leaf id -> array, dim env, whether any float value is float64)."""
+    if not isinstance(values, Mapping):
+        raise InputError(f"{what}: values must be a dict of name (or tensor) -> array, got {type(values).__name__}")
+    by_name = leaves_by_name(order)
+    ids = {id(n) for n in by_name.values()}
+    given: dict[int, Any] = {}
+    unknown = []
+    for key, val in values.items():
+        if isinstance(key, Node):
+            if id(key) not in ids:
+                kind = "a computed tensor" if key.op.name not in ("input", "param") else "not part of this graph"
+                raise InputError(f"{what}: values has a key {key!r} that is {kind}; feed inputs and parameters only")
+            given[id(key)] = val
+        elif isinstance(key, str):
+            n = by_name.get(key)
+            if n is None:
+                if key != KEY_NAME:
+                    unknown.append(key)
+                continue
+            if id(n) in given:
+                raise InputError(f"{what}: {key!r} is given twice (by name and by tensor)")
+            given[id(n)] = val
+        else:
+            raise InputError(f"{what}: values keys must be names or tensors, got {type(key).__name__} {key!r}")
+    if unknown and not allow_unused:
+        names = ", ".join(sorted(by_name)) or "(none)"
+        raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, sorted(unknown)))} in values; the graph "
+                         f"reads: {names} (pass allow_unused=True to ignore extra values)")
+    needed = [n for n in by_name.values() if training or n.name != KEY_NAME]
+    missing = [n for n in needed if id(n) not in given]
+    if missing:
+        lines = "; ".join(_declared(n) for n in missing)
+        hint = " (the dropout key: pass an int seed for it in training mode)" if any(
+            n.name == KEY_NAME for n in missing) else ""
+        raise InputError(f"{what}: missing value(s) for {lines}{hint}")
+    env: dict = {}
+    owner: dict = {}
+    arrays: dict[int, np.ndarray] = {}
+    wide = False
+    for n in needed:
+        arr = check_value(n, given[id(n)])
+        bind(n.shape, arr.shape, env, _declared(n), owner)
+        if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64:
+            wide = True
+        arrays[id(n)] = arr
+    return arrays, env, wide
+
+
+def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: bool = False):
+    """Evaluate `outputs` (a tensor or a list of tensors) given `values` for the graph's inputs and parameters.
+
+    Keys of `values` are names or the tensors themselves. If any float value is float64 (or the graph declares
+    float64), every float is computed in float64. `training=True` applies dropout (the `rng_key` input must then
+    be given); otherwise dropout is the identity. Returns an array, or a list of arrays for a list."""
+    single = isinstance(outputs, Node)
+    try:
+        outs = as_nodes(outputs)
+    except TypeError:
+        raise GraphcError(f"evaluate: outputs must be a tensor or a list of tensors, got {type(outputs).__name__}") \
+            from None
+    for o in outs:
+        if not isinstance(o, Node):
+            raise GraphcError(f"evaluate: outputs must be tensors, got {type(o).__name__}")
+    where = f"evaluate at {capture_source().where()}"
+    order = topo_order(outs)
+    arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where)
+    if any(n.dtype == "float64" for n in order):
+        wide = True
+    ctx = EvalContext(np.dtype("float64" if wide else "float32"), training, env)
+    vals: dict[int, np.ndarray] = {}
+    for n in order:
+        if id(n) in arrays:
+            vals[id(n)] = arrays[id(n)].astype(ctx.dtype(n.dtype), copy=False)
+            continue
+        if n.op.name in ("input", "param"):  # the dropout key outside training: never read
+            vals[id(n)] = np.zeros((), dtype=n.dtype)
+            continue
+        try:
+            out = n.op.reference(n, [vals[id(i)] for i in n.inputs], ctx)
+        except GraphcError:
+            raise
+        except Exception as e:  # an op's reference failing is a graphc bug or an unsupported case: locate it
+            raise GraphcError(f"evaluate: {n.op.name} ({fmt_type(n.shape, n.dtype)}) at {n.source.where()} "
+                              f"failed: {type(e).__name__}: {e}") from e
+        out = np.asarray(out)
+        assert out.shape == tuple(int(d.subs(env)) if not isinstance(d, int) else d for d in n.shape), (
+            f"{n.op.name} produced {out.shape} for {n.type_str}")
+        vals[id(n)] = out
+    results = [np.array(vals[id(o)], dtype=ctx.dtype(o.dtype), copy=True) for o in outs]
+    return results[0] if single else results
+
+
+__all__ = ["evaluate", "ShapeError"]

@@ -1,0 +1,5 @@
+"""sympy functions for writing elementwise formulas: `gc.elementwise("mish", lambda z: z * sympy.tanh(sym.softplus(z)))`."""
+
+from graphc.ops.scalar import expm1, log1p, relu, sigmoid, softplus
+
+__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1"]

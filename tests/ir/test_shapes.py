@@ -1,0 +1,78 @@
+import sys
+
+import pytest
+import sympy
+
+import graphc as gc
+
+
+def test_symbolic_broadcasting_unifies():
+    x = gc.input("x", ("N", 3))
+    b = gc.input("b", (3,))
+    assert (x + b).shape == (gc.dim("N"), 3)
+    col = gc.input("c", ("N", 1))
+    assert (x * col).shape == (gc.dim("N"), 3)
+    assert (gc.sum(x, 0, keepdims=True) + x).shape == (gc.dim("N"), 3)
+
+
+def test_mismatch_names_op_shapes_and_line():
+    x = gc.input("x", ("N", 3))
+    y = gc.input("y", ("N", 4))
+    with pytest.raises(gc.ShapeError) as e:
+        x + y
+    line = sys._getframe().f_lineno - 1
+    msg = str(e.value)
+    assert msg.startswith("add:")
+    assert "[N,3]" in msg and "[N,4]" in msg
+    assert f"test_shapes.py:{line}" in msg
+    assert isinstance(e.value, gc.GraphcError)
+
+
+def test_batch_dim_does_not_unify_with_a_feature_dim():
+    x = gc.input("x", ("N", 3))
+    w = gc.input("w", (5, 3))
+    with pytest.raises(gc.ShapeError, match="N vs 5"):
+        x + w
+    m = gc.input("m", ("M", 3))
+    with pytest.raises(gc.ShapeError):
+        x - m
+
+
+def test_matmul_inner_dims():
+    x = gc.input("x", ("N", 784))
+    w = gc.param("w_bad", (256, 128))
+    with pytest.raises(gc.ShapeError, match="inner dims differ") as e:
+        x @ w
+    assert "test_shapes.py" in str(e.value) and "w_bad: f32[256,128]" in str(e.value)
+    assert gc.matmul(x, gc.param("w_ok", (256, 784)), tb=True).shape == (gc.dim("N"), 256)
+
+
+def test_reshape_checks_symbolic_sizes():
+    x = gc.input("x", ("N", 4, 3))
+    assert gc.reshape(x, ("N", 12)).shape == (gc.dim("N"), 12)
+    assert gc.reshape(x, (-1, 12)).shape[0] == gc.dim("N")
+    with pytest.raises(gc.ShapeError, match="cannot reshape"):
+        gc.reshape(x, ("N", 11))
+
+
+def test_dtype_errors():
+    x = gc.input("x", (3,))
+    d = gc.input("d", (3,), "float64")
+    with pytest.raises(gc.DTypeError, match="different dtypes"):
+        x + d
+    i = gc.input("i", (3,), "int32")
+    with pytest.raises(gc.DTypeError):
+        gc.matmul(gc.reshape(i, (1, 3)), gc.reshape(x, (3, 1)))
+    assert (x + i).dtype == "float32"  # ints meeting floats become floats
+    with pytest.raises(gc.DTypeError, match="bool"):
+        gc.where(x, x, x)
+    with pytest.raises(gc.ShapeError):
+        gc.input("bad", (-1, 3))
+    with pytest.raises(gc.DTypeError):
+        gc.input("bad", (3,), "complex64")
+
+
+def test_dims_are_positive_integer_symbols():
+    n = gc.dim("N")
+    assert n.is_integer and n.is_positive
+    assert sympy.simplify(n / n) == 1
