@@ -1,4 +1,5 @@
-"""sympy functions for writing elementwise formulas: `gc.elementwise("mish", lambda z: z * sympy.tanh(sym.softplus(z)))`."""
+"""sympy functions for elementwise formulas, e.g.
+`gc.elementwise("mish", lambda z: z * sympy.tanh(gc.sym.softplus(z)))`."""
 
 from graphc.ops.scalar import expm1, log1p, relu, sigmoid, softplus
 

@@ -218,6 +218,13 @@ class Node:
         return f"<{type(self).__name__} {label}: {self.type_str}>"
 
 
+def live_leaf_names() -> set[str]:
+    """Names of every input and parameter that exists in this process (to tell a typo from an unused name)."""
+    with _intern_lock:
+        nodes = list(_intern.values())
+    return {n.name for n in nodes if n.op.name in ("input", "param")}
+
+
 def op_fingerprint(op: Any) -> str:
     fp = getattr(op, "fingerprint", None)
     return fp() if callable(fp) else op.name

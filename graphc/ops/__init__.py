@@ -6,21 +6,20 @@ from graphc.ops.control import stop_gradient
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
 from graphc.ops.elementwise import (
     ElementwiseOp,
-    abs_ as abs,  # noqa: A004
     add,
+    broadcast_like,
     cast,
     divide,
     elementwise,
     equal,
     erf,
     exp,
-    expm1_ as expm1,
+    full_like,
     greater,
     greater_equal,
     less,
     less_equal,
     log,
-    log1p_ as log1p,
     logical_and,
     logical_not,
     logical_or,
@@ -28,17 +27,31 @@ from graphc.ops.elementwise import (
     minimum,
     multiply,
     negative,
-    full_like,
     not_equal,
     power,
-    relu_ as relu,
-    sigmoid_ as sigmoid,
     sign,
-    softplus_ as softplus,
     sqrt,
     subtract,
     tanh,
     where,
+)
+from graphc.ops.elementwise import (
+    abs_ as abs,  # noqa: A004
+)
+from graphc.ops.elementwise import (
+    expm1_ as expm1,
+)
+from graphc.ops.elementwise import (
+    log1p_ as log1p,
+)
+from graphc.ops.elementwise import (
+    relu_ as relu,
+)
+from graphc.ops.elementwise import (
+    sigmoid_ as sigmoid,
+)
+from graphc.ops.elementwise import (
+    softplus_ as softplus,
 )
 from graphc.ops.linalg import matmul
 from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
@@ -47,11 +60,11 @@ from graphc.ops.reduce import max, sum  # noqa: A004
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [
-    "OPS", "KINDS", "Op", "Tensor", "EvalContext", "ElementwiseOp", "apply", "as_tensor", "constant",
-    "abs", "add", "broadcast_to", "cast", "clip", "dim_value", "divide", "dropout", "elementwise", "equal",
-    "erf", "exp", "expand_dims", "expm1", "full_like", "greater", "greater_equal", "input", "iota", "less", "less_equal",
-    "log", "log1p", "log_softmax", "logical_and", "logical_not", "logical_or", "logsumexp", "matmul", "max",
-    "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
+    "OPS", "KINDS", "Op", "Tensor", "EvalContext", "ElementwiseOp", "apply", "as_tensor", "constant", "abs", "add",
+    "broadcast_like", "broadcast_to", "cast", "clip", "dim_value", "divide", "dropout", "elementwise", "equal",
+    "erf", "exp", "expand_dims", "expm1", "full_like", "greater", "greater_equal", "input", "iota", "less",
+    "less_equal", "log", "log1p", "log_softmax", "logical_and", "logical_not", "logical_or", "logsumexp", "matmul",
+    "max", "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
     "tanh", "transpose", "var", "where",
 ]

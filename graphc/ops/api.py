@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from graphc.ops import compose, elementwise as ew, linalg, movement, reduce
+from graphc.ops import compose, linalg, movement, reduce
+from graphc.ops import elementwise as ew
 from graphc.ops.core import Tensor
 
 

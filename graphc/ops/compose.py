@@ -49,8 +49,12 @@ def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
 
 
 def log_softmax(x, axis=-1) -> Tensor:
+    """(x - m) - log(sum(exp(x - m))): subtracting m first keeps the result exact where x - lse would round
+    (in float32 near |x| = 1e4 the ulp is 1e-3)."""
     x = _float(x, "log_softmax")
-    return x - broadcast_to(logsumexp(x, axis, keepdims=True), x.shape)
+    m = stop_gradient(reduce.max(x, axis, keepdims=True))
+    shifted = x - broadcast_to(m, x.shape)
+    return shifted - broadcast_to(log(reduce.sum(exp(shifted), axis, keepdims=True)), x.shape)
 
 
 def softmax(x, axis=-1) -> Tensor:

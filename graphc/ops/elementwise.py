@@ -47,6 +47,7 @@ class ElementwiseOp(Op):
         out_dtype: str = "same",
         differentiable: bool = True,
         bool_inputs: tuple[int, ...] = (),
+        shape_inputs: tuple[int, ...] = (),
         params: tuple[str, ...] = (),
         partials: dict[int, sympy.Expr] | None = None,
         simplify: bool = False,
@@ -61,6 +62,7 @@ class ElementwiseOp(Op):
         self.out_dtype = out_dtype
         self.differentiable = differentiable
         self.bool_inputs = bool_inputs
+        self.shape_inputs = shape_inputs  # inputs read for their shape only (they broadcast the result)
         self.params = params
         self.partial_overrides = partials or {}
         self.simplify = simplify
@@ -84,7 +86,7 @@ class ElementwiseOp(Op):
         if len(inputs) != self.arity:
             raise GraphcError(f"takes {self.arity} inputs, got {len(inputs)}")
         shape = broadcast_shapes([i.shape for i in inputs], "broadcasting")
-        dtypes = {i.dtype for k, i in enumerate(inputs) if k not in self.bool_inputs}
+        dtypes = {i.dtype for k, i in enumerate(inputs) if k not in self.bool_inputs + self.shape_inputs}
         for k in self.bool_inputs:
             if inputs[k].dtype != "bool":
                 raise DTypeError(f"input {k} must be bool, got {inputs[k].dtype} ({describe(inputs[k])})")
@@ -93,14 +95,13 @@ class ElementwiseOp(Op):
                 f"inputs have different dtypes {sorted(dtypes)}; graphc does not mix precisions silently: "
                 "use gc.cast(x, dtype) on one of them"
             )
+        if self.out_dtype == "param":
+            return shape, attrs["dtype"]
         dtype = dtypes.pop() if dtypes else "bool"
         if dtype not in self.domain:
             raise DTypeError(f"is not defined for {dtype} inputs (allowed: {', '.join(self.domain)}); "
                              "use gc.cast(x, 'float32') first")
-        out = dtype if self.out_dtype == "same" else self.out_dtype
-        if self.out_dtype == "param":
-            out = attrs["dtype"]
-        return shape, out
+        return shape, dtype if self.out_dtype == "same" else self.out_dtype
 
     # -- reference semantics
     def lambdified(self, attrs) -> Callable:
@@ -135,7 +136,7 @@ class ElementwiseOp(Op):
         else:
             d = sympy.diff(expr, self.args[k])
             if self.simplify:
-                d = sympy.simplify(d)
+                d = _simplest(d)
             if expr not in self.args:
                 d = d.subs(expr, Y)
         d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
@@ -151,7 +152,7 @@ class ElementwiseOp(Op):
         env = {Y: node, G: g}
         env.update({a: i for a, i in zip(self.args, node.inputs, strict=True)})
         for k, x in enumerate(node.inputs):
-            if k in self.bool_inputs or x.dtype not in FLOAT_DTYPES:
+            if k in self.bool_inputs + self.shape_inputs or x.dtype not in FLOAT_DTYPES:
                 out.append(None)
                 continue
             e = self.partial(node.attrs, k)
@@ -270,6 +271,30 @@ def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
 _anon_lock = threading.Lock()
 
 
+_STRUCTURAL = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Piecewise, sympy.Max, sympy.Min, sympy.Heaviside,
+               sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction)
+
+
+def _lowerable(e: sympy.Expr) -> bool:
+    """Only functions that have graph ops: sympy.simplify likes cosh, which would become an opaque op."""
+    for f in e.atoms(sympy.Function):
+        if type(f) not in SYMPY_OPS and not isinstance(f, _STRUCTURAL):
+            return False
+    return True
+
+
+def _simplest(d: sympy.Expr) -> sympy.Expr:
+    """The smallest of a few simplifications of a derivative that stays within functions graphc has as ops."""
+    candidates = [d]
+    for f in (sympy.simplify, sympy.cancel, sympy.factor, sympy.together):
+        try:
+            candidates.append(f(d))
+        except Exception:  # a simplifier giving up is not an error; keep the others
+            continue
+    ok = [c for c in candidates if _lowerable(c)] or [d]
+    return min(ok, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
+
+
 def _anonymous(e: sympy.Expr, build) -> Tensor:
     """An expression with no graph op of its own becomes one elementwise op over its free symbols."""
     free = sorted(e.free_symbols, key=lambda s: s.name)
@@ -325,8 +350,10 @@ MAXIMUM = _ew("maximum", 2, sympy.Max(x0, x1), domain=NUMERIC)
 MINIMUM = _ew("minimum", 2, sympy.Min(x0, x1), domain=NUMERIC)
 WHERE = _ew("where", 3, sympy.Piecewise((x1, sympy.Symbol("x0")), (x2, True)), domain=NUMERIC + ("bool",),
             bool_inputs=(0,), numpy_fn=np.where)
-# reads only its input's shape: zeros (or any fill) that stay tied to the dims of a tensor
-FULL_LIKE = _ew("full_like", 1, _P, params=("p",), domain=NUMERIC + ("bool",))
+# Ops that read an input only for its shape. They keep the tensor that binds a symbolic dim (the batch N) in a
+# gradient graph, where a free-standing broadcast to (N, k) would leave N unbound (Theano's `second`).
+FULL_LIKE = _ew("full_like", 1, _P, params=("p",), shape_inputs=(0,), out_dtype="param")
+BROADCAST_LIKE = _ew("broadcast_like", 2, x0, shape_inputs=(1,), domain=NUMERIC + ("bool",))
 _cmp = dict(domain=NUMERIC + ("bool",), out_dtype="bool", differentiable=False)
 LT = _ew("lt", 2, sympy.StrictLessThan(x0, x1), **_cmp)
 LE = _ew("le", 2, sympy.LessThan(x0, x1), **_cmp)
@@ -455,7 +482,15 @@ def where(cond, a, b) -> Tensor:
 def full_like(x, value: float) -> Tensor:
     """A tensor of x's shape and dtype filled with `value` (its gradient is zero)."""
     x = as_tensor(x)
-    return apply(FULL_LIKE, (x,), p=float(value) if x.dtype in FLOAT_DTYPES else int(value))
+    return apply(FULL_LIKE, (x,), p=float(value) if x.dtype in FLOAT_DTYPES else int(value), dtype=x.dtype)
+
+
+def broadcast_like(value, like) -> Tensor:
+    """`value` broadcast to the shape of `like` (whose values are not read)."""
+    value, like = as_tensor(value), as_tensor(like)
+    if value.shape == like.shape:
+        return value
+    return apply(BROADCAST_LIKE, (value, like))
 
 
 def logical_not(x) -> Tensor:

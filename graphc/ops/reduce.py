@@ -49,11 +49,12 @@ class Sum(_Reduce):
                       dtype=ctx.dtype(node.dtype))
 
     def vjp(self, node, g):
-        from graphc.ops.movement import broadcast_to, reshape
+        from graphc.ops.elementwise import broadcast_like
+        from graphc.ops.movement import reshape
 
         x = node.inputs[0]
         kept = _reduced_shape(x.shape, node.attrs["axes"], True)
-        return (broadcast_to(reshape(g, kept), x.shape),)
+        return (broadcast_like(reshape(g, kept), x),)
 
 
 class Max(_Reduce):

@@ -20,8 +20,8 @@ class sigmoid(sympy.Function):  # noqa: N801 - sympy function names are lower ca
     """1 / (1 + exp(-x)), evaluated without overflow."""
 
     def fdiff(self, argindex=1):
-        s = sigmoid(self.args[0])
-        return s * (1 - s)
+        # s(x) s(-x), not s (1 - s): 1 - s(x) rounds to 0 for x > 17 in float32, losing the whole tail
+        return sigmoid(self.args[0]) * sigmoid(-self.args[0])
 
     def _eval_rewrite_as_exp(self, x, **kwargs):
         return 1 / (1 + sympy.exp(-x))

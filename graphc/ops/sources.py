@@ -11,7 +11,7 @@ import sympy
 from graphc.errors import GraphcError, ShapeError
 from graphc.ir.node import ArrayValue
 from graphc.ir.shapes import FLOAT_DTYPES, as_dim, as_dtype, as_shape, eval_dim, fmt_shape, is_static
-from graphc.ops.core import EvalContext, Op, Tensor, apply, register
+from graphc.ops.core import Op, Tensor, apply, register
 
 
 class _Leaf(Op):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.node import Node, as_nodes, capture_source, topo_order
+from graphc.ir.node import Node, as_nodes, capture_source, live_leaf_names, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, fmt_type
 from graphc.ops.core import EvalContext
 from graphc.ops.random import KEY_NAME
@@ -35,27 +35,28 @@ def _declared(n: Node) -> str:
     return f"{n.op.name} {n.name!r} ({fmt_type(n.shape, n.dtype)}, declared at {n.source.where()})"
 
 
-def check_value(n: Node, value: Any) -> np.ndarray:
+def check_value(n: Node, value: Any, what: str = "") -> np.ndarray:
     """The value as an array of a dtype acceptable for `n`, or a located error. Float declarations accept
     float32 and float64 (float64 evaluates the whole graph in float64); ints accept any integer dtype."""
+    pre = f"{what}: " if what else ""
     try:
         arr = np.asarray(value)
     except Exception as e:
-        raise InputError(f"the value for {_declared(n)} is not array-like: {e}") from None
+        raise InputError(f"{pre}the value for {_declared(n)} is not array-like: {e}") from None
     kind = arr.dtype.kind
     if n.dtype in FLOAT_DTYPES:
         if kind == "f" and arr.dtype.itemsize >= 4:
             return arr
         if kind in "iu" and not isinstance(value, np.ndarray):  # a Python list of ints for a float input
             return arr.astype(n.dtype)
-        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass float32 (or float64 to "
+        raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; pass float32 (or float64 to "
                          "evaluate in double precision)")
     if n.dtype in INT_DTYPES:
         if kind in "iu":
             return arr
-        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass integers")
+        raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; pass integers")
     if kind != "b":
-        raise DTypeError(f"the value for {_declared(n)} has dtype {arr.dtype}; pass booleans")
+        raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; pass booleans")
     return arr
 
 
@@ -88,9 +89,12 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
         else:
             raise InputError(f"{what}: values keys must be names or tensors, got {type(key).__name__} {key!r}")
     if unknown and not allow_unused:
-        names = ", ".join(sorted(by_name)) or "(none)"
-        raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, sorted(unknown)))} in values; the graph "
-                         f"reads: {names} (pass allow_unused=True to ignore extra values)")
+        # a value for an input this graph happens not to read is fine; a name nothing carries is a typo
+        unknown = sorted(set(unknown) - live_leaf_names())
+        if unknown:
+            names = ", ".join(sorted(by_name)) or "(none)"
+            raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, unknown))} in values: no input or "
+                             f"parameter has that name; the graph reads: {names}")
     needed = [n for n in by_name.values() if training or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:
@@ -103,8 +107,8 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     arrays: dict[int, np.ndarray] = {}
     wide = False
     for n in needed:
-        arr = check_value(n, given[id(n)])
-        bind(n.shape, arr.shape, env, _declared(n), owner)
+        arr = check_value(n, given[id(n)], what)
+        bind(n.shape, arr.shape, env, f"{what}: {_declared(n)}", owner)
         if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64:
             wide = True
         arrays[id(n)] = arr
@@ -114,9 +118,11 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
 def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: bool = False):
     """Evaluate `outputs` (a tensor or a list of tensors) given `values` for the graph's inputs and parameters.
 
-    Keys of `values` are names or the tensors themselves. If any float value is float64 (or the graph declares
-    float64), every float is computed in float64. `training=True` applies dropout (the `rng_key` input must then
-    be given); otherwise dropout is the identity. Returns an array, or a list of arrays for a list."""
+    Keys of `values` are names or the tensors themselves. A name that no input or parameter carries is an error
+    (a typo); values for inputs this graph does not read are ignored (`allow_unused=True` ignores any extra).
+    If any float value is float64 (or the graph declares float64), every float is computed in float64.
+    `training=True` applies dropout (the `rng_key` input must then be given); otherwise dropout is the identity.
+    Returns an array, or a list of arrays for a list."""
     single = isinstance(outputs, Node)
     try:
         outs = as_nodes(outputs)

@@ -1,0 +1,212 @@
+import sys
+
+import numpy as np
+import pytest
+import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import graphc as gc
+from graphc.autodiff.check import check_grad, numeric_grad
+
+
+def _mlp_loss(depth: int, width: int = 4):
+    x = gc.input("x", ("N", width))
+    labels = gc.input("labels", ("N",), "int32")
+    h = x
+    for i in range(depth):
+        h = gc.nn.dense(h, width, "tanh", name=f"lin{depth}_{i}")
+    loss = gc.nn.softmax_cross_entropy(h, labels)
+    return loss, gc.nn.parameters(loss)
+
+
+def test_node_count_grows_linearly_with_depth():
+    counts = []
+    for depth in range(1, 9):
+        loss, params = _mlp_loss(depth)
+        grads = gc.grad(loss, params)
+        counts.append(len(gc.topo_order([loss, *grads])))
+    steps = np.diff(counts)
+    assert len(set(steps.tolist())) == 1, counts  # a constant number of nodes per layer
+    assert steps[0] < 30
+
+
+def test_naive_symbolic_expansion_grows_exponentially():
+    """The same derivative by sympy on the expanded scalar expression: each layer of a width-2 net uses every
+    unit of the layer below, so the expression tree doubles per layer."""
+    sizes = []
+    for depth in range(1, 6):
+        h = list(sympy.symbols("x0:2"))
+        first = None
+        for layer in range(depth):
+            w = sympy.symbols(f"w{layer}_0:4")
+            first = first or w[0]
+            h = [sympy.tanh(w[0] * h[0] + w[1] * h[1]), sympy.tanh(w[2] * h[0] + w[3] * h[1])]
+        d = sympy.diff(h[0] + h[1], first)
+        sizes.append(sympy.count_ops(d, visual=False))
+    ratios = [b / a for a, b in zip(sizes, sizes[1:], strict=False)]
+    assert all(r > 1.8 for r in ratios[1:]), sizes
+
+
+def test_backprop_reuses_forward_values():
+    loss, params = _mlp_loss(3)
+    forward = set(map(id, gc.topo_order(loss)))
+    grads = gc.grad(loss, params)
+    both = gc.topo_order([loss, *grads])
+    reused = [n for n in both if id(n) in forward]
+    assert len(reused) == len(forward)  # every forward node is shared, none recomputed
+    tanh_nodes = [n for n in both if n.op.name == "tanh"]
+    assert len(tanh_nodes) == 3  # tanh' = 1 - y^2 reads the forward tanh, no new tanh is built
+
+
+def test_gradient_graph_is_a_normal_graph():
+    loss, params = _mlp_loss(2)
+    g = gc.grad(loss, params[0])
+    assert "grad of matmul" in gc.to_text(g)
+    rng = np.random.default_rng(0)
+    vals = gc.nn.init_params(params, seed=1)
+    vals.update(x=rng.normal(size=(5, 4)), labels=np.array([0, 1, 2, 3, 1]))
+    check_grad(loss, params, vals, rtol=1e-5, atol=1e-8)
+
+
+def test_second_derivative_of_elementwise_chain():
+    x = gc.input("x", (7,), "float64")
+    y = gc.sum(gc.tanh(gc.sigmoid(x) * x) + gc.softplus(x) ** 2)
+    gx = gc.grad(y, x)
+    v = np.linspace(-2, 2, 7)
+    # d/dx of each component of gx, by finite differences of the first derivative
+    h = 1e-5
+    num = (gc.evaluate(gx, {"x": v + h}) - gc.evaluate(gx, {"x": v - h})) / (2 * h)
+    second = gc.grad(gc.sum(gx), x)  # the Hessian is diagonal here, so this is its diagonal
+    np.testing.assert_allclose(gc.evaluate(second, {"x": v}), num, rtol=1e-6, atol=1e-8)
+
+
+def test_hessian_vector_product_of_small_mlp():
+    x = gc.input("x", ("N", 3), "float64")
+    y = gc.input("y", ("N",), "int32")
+    logits = gc.nn.mlp(x, [4, 3], activation="tanh", name="hvp")
+    w = gc.nn.parameters(logits)[0]
+    loss = gc.nn.softmax_cross_entropy(logits, y)
+    v = gc.input("v", w.shape, "float64")
+    hv = gc.grad(gc.sum(gc.grad(loss, w) * v), w)
+    rng = np.random.default_rng(3)
+    vals = {k: a.astype(np.float64) for k, a in gc.nn.init_params(logits, seed=0).items()}
+    vals.update(x=rng.normal(size=(6, 3)), y=rng.integers(0, 3, 6), v=rng.normal(size=w.shape))
+    h = 1e-5
+    gw = gc.grad(loss, w)
+    plus = dict(vals, **{w.name: vals[w.name] + h * vals["v"]})
+    minus = dict(vals, **{w.name: vals[w.name] - h * vals["v"]})
+    num = (gc.evaluate(gw, plus, allow_unused=True) - gc.evaluate(gw, minus, allow_unused=True)) / (2 * h)
+    np.testing.assert_allclose(gc.evaluate(hv, vals), num, rtol=1e-6, atol=1e-9)
+
+
+def test_vjp_with_seed():
+    x = gc.input("x", (3,), "float64")
+    y = gc.exp(x) * 2.0
+    seed = np.array([1.0, -2.0, 0.5])
+    g = gc.grad(y, x, seed=seed)
+    v = np.array([0.1, 0.2, 0.3])
+    np.testing.assert_allclose(gc.evaluate(g, {"x": v}), seed * 2 * np.exp(v))
+
+
+def test_grad_of_non_scalar_needs_a_seed():
+    x = gc.input("x", ("N", 3))
+    y = gc.exp(x)
+    with pytest.raises(gc.GradError) as e:
+        gc.grad(y, x)
+    line = sys._getframe().f_lineno - 1
+    msg = str(e.value)
+    assert "exp" in msg and "f32[N,3]" in msg and "seed" in msg and f"test_grad.py:{line}" in msg
+
+
+def test_grad_wrt_unrelated_tensor_is_zeros():
+    x = gc.input("x", ("N", 3))
+    other = gc.param("unrelated", (2, 2))
+    loss = gc.sum(x * x)
+    gx, go = gc.grad(loss, [x, gc.input("z", ("N", 3))]), gc.grad(loss, other)
+    vals = {"x": np.ones((4, 3), np.float32)}
+    np.testing.assert_array_equal(gc.evaluate(go, {"unrelated": np.ones((2, 2), np.float32)}), np.zeros((2, 2)))
+    got = gc.evaluate(gx, dict(vals, z=np.ones((4, 3), np.float32)))
+    np.testing.assert_array_equal(got[1], np.zeros((4, 3)))
+
+
+def test_grad_errors():
+    x = gc.input("x", (3,))
+    i = gc.input("i", (3,), "int32")
+    with pytest.raises(gc.DTypeError, match="integer"):
+        gc.grad(gc.sum(x * i), i)
+    with pytest.raises(gc.GradError):
+        gc.grad(gc.sum(x), "x")
+    with pytest.raises(gc.ShapeError):
+        gc.grad(gc.exp(x), x, seed=np.ones(4))
+
+
+def test_adjoints_of_reused_nodes_are_summed():
+    x = gc.input("x", (), "float64")
+    y = x * x * x + gc.exp(x) * x  # x used five times
+    g = gc.grad(y, x)
+    assert gc.evaluate(g, {"x": np.float64(1.5)}) == pytest.approx(3 * 1.5**2 + np.exp(1.5) * 2.5)
+
+
+ACTS = [gc.relu, gc.tanh, gc.sigmoid, gc.softplus, lambda z: z * gc.sigmoid(z), gc.exp,
+        lambda z: gc.log1p(z * z), gc.abs]
+COMBINE = [gc.add, gc.multiply, gc.maximum, gc.subtract]
+
+
+@st.composite
+def mlp_like(draw):
+    n = draw(st.integers(1, 4))
+    widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    x = gc.input("x", ("N", widths[0]), "float64")
+    h = x
+    skip = x
+    for i, w in enumerate(widths[1:] + [draw(st.integers(1, 3))]):
+        h = gc.nn.dense(h, w, name=f"rand{i}_{h.shape[1]}_{w}", init="xavier_normal", dtype="float64")
+        h = draw(st.sampled_from(ACTS))(h)
+        if draw(st.booleans()) and skip.shape == h.shape:
+            h = draw(st.sampled_from(COMBINE))(h, skip)
+        skip = h
+    kind = draw(st.sampled_from(["mse", "bce", "ce", "lse", "mean", "max"]))
+    if kind == "mse":
+        loss = gc.nn.mse(h, gc.input("t", h.shape, "float64"))
+    elif kind == "bce":
+        loss = gc.nn.binary_cross_entropy(gc.sum(h, 1), gc.input("t1", ("N",), "float64"))
+    elif kind == "ce":
+        loss = gc.nn.softmax_cross_entropy(h, gc.input("lab", ("N",), "int32"))
+    elif kind == "lse":
+        loss = gc.mean(gc.logsumexp(h, 1))
+    elif kind == "mean":
+        loss = gc.mean(gc.log_softmax(h, 1) * 0.3 + gc.softmax(h, 1))
+    else:
+        loss = gc.sum(gc.max(h, 1) ** 2)
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    # random biases too: zero biases behind a relu put later relus exactly on their kink
+    vals = {p.name: rng.normal(size=p.shape) for p in gc.nn.parameters(loss)}
+    for leaf in gc.topo_order(loss):
+        if leaf.op.name == "input":
+            shape = tuple(n if not isinstance(d, int) else d for d in leaf.shape)
+            if leaf.dtype == "int32":
+                vals[leaf.name] = rng.integers(0, leaf_classes(loss), shape)
+            elif leaf.name == "t1":
+                vals[leaf.name] = rng.integers(0, 2, shape).astype(np.float64)
+            else:
+                vals[leaf.name] = rng.normal(size=shape)
+    return loss, gc.nn.parameters(loss), vals
+
+
+def leaf_classes(loss):
+    return next(n.attrs["n"] for n in gc.topo_order(loss) if n.op.name == "iota")
+
+
+@settings(max_examples=60)
+@given(case=mlp_like())
+def test_random_composite_graphs_match_finite_differences(case):
+    loss, params, vals = case
+    check_grad(loss, params, vals, rtol=2e-5, atol=1e-7)
+
+
+def test_numeric_grad_helper_agrees_with_analytic():
+    x = gc.input("x", (2,), "float64")
+    y = gc.sum(x**3)
+    v = np.array([0.5, -1.0])
+    np.testing.assert_allclose(numeric_grad(y, x, {"x": v}), 3 * v**2, rtol=1e-7)

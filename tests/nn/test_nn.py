@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def test_mlp_builder_shapes_names_and_init():
+    x = gc.input("x", ("N", 20))
+    logits = gc.nn.mlp(x, [16, 8, 3], name="net")
+    params = gc.nn.parameters(logits)
+    assert [p.name for p in params] == ["net.0.W", "net.0.b", "net.1.W", "net.1.b", "net.2.W", "net.2.b"]
+    assert logits.shape == (gc.dim("N"), 3)
+    a = gc.nn.init_params(logits, seed=0)
+    b = gc.nn.init_params(params, seed=0)
+    c = gc.nn.init_params(params, seed=1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["net.0.W"], c["net.0.W"])
+    assert np.all(a["net.0.b"] == 0)
+
+
+def test_he_and_xavier_scales():
+    big = gc.param("he_big", (2000, 500), init="he_normal")
+    xav = gc.param("xav_big", (2000, 500), init="xavier_uniform")
+    v = gc.nn.init_params([big, xav], seed=3)
+    assert v["he_big"].std() == pytest.approx(np.sqrt(2 / 2000), rel=0.02)
+    lim = np.sqrt(6 / 2500)
+    assert v["xav_big"].max() <= lim and v["xav_big"].min() >= -lim
+    assert v["xav_big"].std() == pytest.approx(lim / np.sqrt(3), rel=0.02)
+    assert v["he_big"].dtype == np.float32
+
+
+def test_param_redeclared_with_other_init_is_an_error():
+    first = gc.param("p_twice", (2,), init="zeros")  # noqa: F841 - kept alive: nodes are interned weakly
+    with pytest.raises(gc.GraphcError, match="already declared"):
+        gc.param("p_twice", (2,), init="ones")
+    with pytest.raises(gc.GraphcError, match="concrete"):
+        gc.param("p_sym", ("N", 2))
+    with pytest.raises(gc.GraphcError, match="unknown init"):
+        gc.param("p_bad", (2,), init="glorot")
+
+
+def _vals(**kw):
+    return {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in kw.items()}
+
+
+def test_losses_match_their_formulas():
+    rng = np.random.default_rng(0)
+    pred, y = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    p = gc.input("p", ("N", 2), "float64")
+    t = gc.input("t", ("N", 2), "float64")
+    assert gc.evaluate(gc.nn.mse(p, t), _vals(p=pred, t=y)) == pytest.approx(np.mean((pred - y) ** 2))
+    f = rng.normal(size=5) * 3
+    yb = rng.integers(0, 2, 5)
+    fi = gc.input("f", ("N",), "float64")
+    yi = gc.input("yb", ("N",), "int32")
+    want = np.mean(-np.log(1 / (1 + np.exp(-(2 * yb - 1) * f))))
+    assert gc.evaluate(gc.nn.binary_cross_entropy(fi, yi), _vals(f=f, yb=yb)) == pytest.approx(want)
+    # (N, 1) predictions against (N,) targets are matched, not broadcast to (N, N)
+    p1 = gc.input("p1", ("N", 1), "float64")
+    t1 = gc.input("t1", ("N",), "float64")
+    assert gc.evaluate(gc.nn.mse(p1, t1), _vals(p1=pred[:, :1], t1=y[:, 0])) == pytest.approx(
+        np.mean((pred[:, 0] - y[:, 0]) ** 2))
+    with pytest.raises(gc.ShapeError, match="predictions"):
+        gc.nn.mse(p, t1)
+    with pytest.raises(gc.DTypeError):
+        gc.nn.softmax_cross_entropy(p, t1)
+
+
+def test_penalties():
+    w1 = gc.param("pen.W1", (2, 2))
+    w2 = gc.param("pen.W2", (3,))
+    v = {"pen.W1": np.array([[1.0, -2.0], [0.5, 0.0]]), "pen.W2": np.array([3.0, -1.0, 0.0])}
+    l2 = gc.evaluate(gc.nn.l2([w1, w2], 0.1), v)
+    l1 = gc.evaluate(gc.nn.l1([w1, w2], 0.1), v)
+    assert l2 == pytest.approx(0.05 * (1 + 4 + 0.25 + 9 + 1))
+    assert l1 == pytest.approx(0.1 * (1 + 2 + 0.5 + 3 + 1))
+    g1 = gc.evaluate(gc.grad(gc.nn.l1([w1, w2], 0.1), w1), v)
+    np.testing.assert_allclose(g1, 0.1 * np.sign(v["pen.W1"]))  # sign subgradient, 0 at 0
+    g2 = gc.evaluate(gc.grad(gc.nn.l2([w1, w2], 0.1), w2), v)
+    np.testing.assert_allclose(g2, 0.1 * v["pen.W2"])
+
+
+def test_dense_errors():
+    with pytest.raises(gc.GraphcError, match="2-D"):
+        gc.nn.dense(gc.input("x3", (2, 3, 4)), 5)
+    with pytest.raises(gc.GraphcError, match="activation"):
+        gc.nn.dense(gc.input("x2", (2, 3)), 5, activation="swishy")

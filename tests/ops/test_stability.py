@@ -1,0 +1,117 @@
+"""Stable forms: values and gradients stay finite and accurate for inputs up to ±1e4 in float32 and float64;
+subgradient conventions at kinks."""
+
+import math
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+BIG = np.array([-1e4, -100.0, -30.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 30.0, 100.0, 1e4])
+
+
+def exact_softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+def exact_sigmoid(v):
+    return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "fn, value, deriv",
+    [
+        (gc.softplus, exact_softplus, exact_sigmoid),
+        (gc.sigmoid, exact_sigmoid, lambda v: exact_sigmoid(v) * exact_sigmoid(-v)),
+    ],
+    ids=["softplus", "sigmoid"],
+)
+def test_elementwise_stable(dtype, fn, value, deriv):
+    x = gc.input("x", (len(BIG),), dtype)
+    y = fn(x)
+    g = gc.grad(gc.sum(y), x)
+    got, dg = gc.evaluate([y, g], {"x": BIG.astype(dtype)})
+    assert np.all(np.isfinite(got)) and np.all(np.isfinite(dg))
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    want = np.array([value(v) for v in BIG])
+    np.testing.assert_allclose(got, want, rtol=tol, atol=1e-30)
+    np.testing.assert_allclose(dg, [deriv(v) for v in BIG], rtol=tol * 10, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_logsumexp_log_softmax_softmax_stable(dtype):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4 + 1, -1e4 + 2], [3.0, 1.0, 2.0]])
+    x = gc.input("x", (3, 3), dtype)
+    lse = gc.logsumexp(x, axis=1)
+    lsm = gc.log_softmax(x, axis=1)
+    sm = gc.softmax(x, axis=1)
+    r = np.random.default_rng(0).normal(size=(3, 3))
+    gl = gc.grad(gc.sum(lsm * gc.constant(r, dtype)) + gc.sum(lse), x)
+    vals = gc.evaluate([lse, lsm, sm, gl], {"x": z.astype(dtype)})
+    for v in vals:
+        assert np.all(np.isfinite(v))
+    m = z.max(1, keepdims=True)
+    want_lse = (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(vals[0], want_lse, rtol=tol)
+    want_lsm = (z - m) - np.log(np.exp(z - m).sum(1, keepdims=True))
+    np.testing.assert_allclose(vals[1], want_lsm, rtol=tol, atol=tol)
+    np.testing.assert_allclose(vals[2].sum(1), 1.0, rtol=tol)
+    p = np.exp(z - want_lse[:, None])
+    want_g = r - p * r.sum(1, keepdims=True) + p
+    np.testing.assert_allclose(vals[3], want_g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropies_stable(dtype):
+    f = np.array([-1e4, -50.0, 0.0, 50.0, 1e4])
+    y = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    logits = gc.input("f", (5,), dtype)
+    t = gc.input("t", (5,), dtype)
+    bce = gc.nn.binary_cross_entropy(logits, t)
+    gb = gc.grad(bce, logits)
+    loss, g = gc.evaluate([bce, gb], {"f": f.astype(dtype), "t": y.astype(dtype)})
+    want = np.mean([exact_softplus((1 - 2 * yi) * fi) for fi, yi in zip(f, y, strict=True)])
+    assert loss == pytest.approx(want, rel=1e-6)
+    want_g = [(exact_sigmoid(fi) - yi) / 5 for fi, yi in zip(f, y, strict=True)]
+    np.testing.assert_allclose(g, want_g, rtol=1e-5, atol=1e-12)
+
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0]])
+    x = gc.input("z", (2, 3), dtype)
+    lab = gc.input("lab", (2,), "int32")
+    ce = gc.nn.softmax_cross_entropy(x, lab)
+    gz = gc.grad(ce, x)
+    loss, g = gc.evaluate([ce, gz], {"z": z.astype(dtype), "lab": np.array([1, 1])})
+    assert loss == pytest.approx(2e4 / 2, rel=1e-6)  # first row: -log softmax = 2e4, second: ~0
+    np.testing.assert_allclose(g, [[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def _grad_at(fn, v, dtype="float64"):
+    x = gc.input("x", np.shape(v), dtype)
+    return gc.evaluate(gc.grad(gc.sum(fn(x)), x), {"x": np.asarray(v, dtype)})
+
+
+def test_subgradient_conventions():
+    # relu'(0) = 0, abs'(0) = sign(0) = 0
+    np.testing.assert_array_equal(_grad_at(gc.relu, [-1.0, 0.0, 1.0]), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(_grad_at(gc.abs, [-2.0, 0.0, 2.0]), [-1.0, 0.0, 1.0])
+    x = gc.input("x", (3,), "float64")
+    np.testing.assert_array_equal(gc.evaluate(gc.sign(x), {"x": np.array([-2.0, 0.0, 2.0])}), [-1, 0, 1])
+    np.testing.assert_array_equal(_grad_at(gc.sign, [-2.0, 0.0, 2.0]), [0.0, 0.0, 0.0])
+    # maximum / minimum ties split the cotangent evenly between the two arguments
+    a = gc.input("a", (3,), "float64")
+    b = gc.input("b", (3,), "float64")
+    ga, gb = gc.grad(gc.sum(gc.maximum(a, b)), [a, b])
+    va, vb = np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 5.0])
+    np.testing.assert_array_equal(gc.evaluate([ga, gb], {"a": va, "b": vb}), [[1, 0.5, 0], [0, 0.5, 1]])
+    ga, gb = gc.grad(gc.sum(gc.minimum(a, b)), [a, b])
+    np.testing.assert_array_equal(gc.evaluate([ga, gb], {"a": va, "b": vb}), [[0, 0.5, 1], [1, 0.5, 0]])
+    # max over an axis: tied maxima share the cotangent evenly
+    m = gc.input("m", (2, 3), "float64")
+    gm = gc.grad(gc.sum(gc.max(m, axis=1)), m)
+    got = gc.evaluate(gm, {"m": np.array([[1.0, 3.0, 3.0], [4.0, 4.0, 4.0]])})
+    np.testing.assert_allclose(got, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    # max(x, x) is x: the two halves add back to one
+    np.testing.assert_array_equal(_grad_at(lambda z: gc.maximum(z, z), [1.0, -1.0]), [1.0, 1.0])

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import sympy
+
+import graphc as gc
+from graphc.autodiff.check import check_grad
+
+
+def test_declare_activation_in_one_line_and_get_its_gradient():
+    swish = gc.elementwise("swish", lambda z: z / (1 + sympy.exp(-z)))
+    x = gc.input("x", ("N", 5), "float64")
+    y = swish(x)
+    v = np.linspace(-3, 3, 10).reshape(2, 5)
+    np.testing.assert_allclose(gc.evaluate(y, {"x": v}), v / (1 + np.exp(-v)), rtol=1e-14)
+    check_grad(gc.sum(y * y), [x], {"x": v}, rtol=1e-6)
+    # the derivative graph is sympy's derivative, made of ordinary ops
+    z = sympy.Symbol("z", real=True)
+    d_sym = sympy.lambdify(z, sympy.diff(z / (1 + sympy.exp(-z)), z))
+    np.testing.assert_allclose(gc.evaluate(gc.grad(gc.sum(y), x), {"x": v}), d_sym(v), rtol=1e-12)
+    used = {n.op.name for n in gc.topo_order(gc.grad(gc.sum(y), x))}
+    assert "exp" in used and not any(name.startswith("fn<") for name in used), used
+
+
+def test_redeclaring_same_formula_is_fine_but_a_conflict_is_an_error():
+    f1 = gc.elementwise("cube_plus", lambda z: z**3 + z)
+    f2 = gc.elementwise("cube_plus", lambda z: z**3 + z)
+    x = gc.input("x", (2,))
+    assert f1(x) is f2(x)
+    with pytest.raises(gc.GraphcError, match="already"):
+        gc.elementwise("cube_plus", lambda z: z**3)
+    with pytest.raises(gc.GraphcError, match="already"):
+        gc.elementwise("exp", lambda z: z)
+
+
+def test_user_functions_compose_with_builtin_scalar_functions():
+    mish = gc.elementwise("mish", lambda z: z * sympy.tanh(gc.sym.softplus(z)))
+    x = gc.input("x", (7,), "float64")
+    v = np.linspace(-4, 4, 7)
+    np.testing.assert_allclose(gc.evaluate(mish(x), {"x": v}), v * np.tanh(np.log1p(np.exp(v))), rtol=1e-12)
+    check_grad(gc.sum(mish(x)), [x], {"x": v}, rtol=1e-6)
+
+
+def test_two_argument_function():
+    hyp = gc.elementwise("hypot2", lambda a, b: sympy.sqrt(a * a + b * b))
+    a = gc.input("a", (3,), "float64")
+    b = gc.input("b", (3,), "float64")
+    va, vb = np.array([3.0, 1.0, 2.0]), np.array([4.0, 1.0, -1.0])
+    np.testing.assert_allclose(gc.evaluate(hyp(a, b), {"a": va, "b": vb}), np.hypot(va, vb))
+    check_grad(gc.sum(hyp(a, b)), [a, b], {"a": va, "b": vb}, rtol=1e-6)
+
+
+def test_bad_declarations():
+    with pytest.raises(gc.GraphcError):
+        gc.elementwise("not an identifier", lambda z: z)
+    with pytest.raises(gc.GraphcError, match="unknown symbols"):
+        gc.elementwise("leaky", lambda z: z * sympy.Symbol("alpha"))
+    f = gc.elementwise("twice", lambda z: 2 * z)
+    with pytest.raises(gc.GraphcError, match="takes 1"):
+        f(gc.input("x", (2,)), gc.input("y", (2,)))

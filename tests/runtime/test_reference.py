@@ -1,0 +1,128 @@
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def _model():
+    x = gc.input("x", ("N", 3))
+    lab = gc.input("labels", ("N",), "int32")
+    w = gc.param("ref.W", (3, 2))
+    return x, lab, w, gc.nn.softmax_cross_entropy(x @ w, lab)
+
+
+def test_evaluate_by_name_and_by_tensor():
+    x, lab, w, loss = _model()
+    rng = np.random.default_rng(0)
+    xv, wv, lv = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32), [0, 1, 1, 0]
+    a = gc.evaluate(loss, {"x": xv, "ref.W": wv, "labels": np.array(lv)})
+    b = gc.evaluate(loss, {x: xv, w: wv, lab: np.array(lv, np.int64)})
+    assert a.dtype == np.float32 and a == b
+    z = xv @ wv
+    want = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(4), lv])
+    assert a == pytest.approx(want, rel=1e-6)
+    both = gc.evaluate([loss, x @ w], {"x": xv, "ref.W": wv, "labels": np.array(lv)}, allow_unused=True)
+    assert isinstance(both, list) and both[1].shape == (4, 2)
+
+
+def test_float64_values_evaluate_in_float64():
+    x = gc.input("x", (3,))
+    y = gc.exp(x) * 3.0
+    assert gc.evaluate(y, {"x": np.ones(3, np.float32)}).dtype == np.float32
+    out = gc.evaluate(y, {"x": np.ones(3)})
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, 3 * np.e, rtol=1e-15)
+
+
+def test_missing_name():
+    x, lab, w, loss = _model()
+    with pytest.raises(gc.InputError) as e:
+        gc.evaluate(loss, {"x": np.ones((2, 3), np.float32), "labels": np.zeros(2, np.int32)})
+    line = sys._getframe().f_lineno - 1
+    msg = str(e.value)
+    assert "missing" in msg and "'ref.W'" in msg and "f32[3,2]" in msg and f"test_reference.py:{line}" in msg
+
+
+def test_unknown_name():
+    x = gc.input("x", (2,))
+    with pytest.raises(gc.InputError, match="unknown name.*'y_typo'.*reads: x"):
+        gc.evaluate(x * 2, {"x": np.ones(2, np.float32), "y_typo": 1.0})
+    assert gc.evaluate(x * 2, {"x": np.ones(2, np.float32), "y_typo": 1.0}, allow_unused=True).shape == (2,)
+    other = gc.input("other_input", (3,))  # noqa: F841 - exists, but this graph does not read it: fine
+    assert gc.evaluate(x * 2, {"x": np.ones(2, np.float32), "other_input": np.ones(3)}).shape == (2,)
+    with pytest.raises(gc.InputError, match="computed tensor"):
+        gc.evaluate(x * 2, {x * 2: np.ones(2, np.float32)})
+
+
+def test_shape_mismatch_and_inconsistent_batch():
+    x, lab, w, loss = _model()
+    wv = np.ones((3, 2), np.float32)
+    with pytest.raises(gc.ShapeError, match=r"input 'x'.*expected shape \[N,3\], got \(4, 5\)"):
+        gc.evaluate(loss, {"x": np.ones((4, 5), np.float32), "ref.W": wv, "labels": np.zeros(4, np.int32)})
+    with pytest.raises(gc.ShapeError, match="rank"):
+        gc.evaluate(loss, {"x": np.ones(4, np.float32), "ref.W": wv, "labels": np.zeros(4, np.int32)})
+    with pytest.raises(gc.ShapeError) as e:
+        gc.evaluate(loss, {"x": np.ones((4, 3), np.float32), "ref.W": wv, "labels": np.zeros(5, np.int32)})
+    msg = str(e.value)
+    assert "dim N is 4" in msg and "'x'" in msg and "'labels'" in msg and "got" not in msg or "5" in msg
+
+
+def test_dtype_mismatch():
+    x, lab, w, loss = _model()
+    ok = {"x": np.ones((2, 3), np.float32), "ref.W": np.ones((3, 2), np.float32)}
+    with pytest.raises(gc.DTypeError, match="labels.*float32.*integers"):
+        gc.evaluate(loss, dict(ok, labels=np.zeros(2, np.float32)))
+    with pytest.raises(gc.DTypeError, match="float16"):
+        gc.evaluate(loss, dict(ok, labels=np.zeros(2, np.int32), x=np.ones((2, 3), np.float16)))
+    with pytest.raises(gc.GraphcError, match="labels"):
+        gc.evaluate(loss, dict(ok, labels=object()))
+
+
+def test_duplicate_names_are_an_error():
+    a = gc.input("dup", (2,))
+    b = gc.input("dup", (3,))
+    with pytest.raises(gc.GraphcError, match="two different tensors are named 'dup'"):
+        gc.evaluate(gc.sum(a) + gc.sum(b), {"dup": np.ones(2, np.float32)})
+
+
+def test_outputs_must_be_tensors():
+    with pytest.raises(gc.GraphcError):
+        gc.evaluate(3.0, {})
+    with pytest.raises(gc.InputError):
+        gc.evaluate(gc.input("x", (1,)), [1.0])
+
+
+def test_results_do_not_alias_inputs():
+    x = gc.input("x", (2,))
+    v = np.ones(2, np.float32)
+    out = gc.evaluate(x, {"x": v})
+    out[0] = 5
+    assert v[0] == 1
+
+
+def test_dropout_inference_identity_and_training_masks():
+    x = gc.input("x", ("N", 1000))
+    y = gc.nn.dropout(x, 0.8)
+    v = np.ones((4, 1000), np.float32)
+    np.testing.assert_array_equal(gc.evaluate(y, {"x": v}), v)  # inference: identity, no key needed
+    a = gc.evaluate(y, {"x": v, "rng_key": 7}, training=True)
+    b = gc.evaluate(y, {"x": v, "rng_key": 7}, training=True)
+    c = gc.evaluate(y, {"x": v, "rng_key": 8}, training=True)
+    np.testing.assert_array_equal(a, b)  # same key, same mask
+    assert (a != c).any()  # a fresh key, a fresh mask
+    kept = a != 0
+    assert abs(kept.mean() - 0.8) < 0.01
+    np.testing.assert_allclose(a[kept], 1 / 0.8)  # inverted scaling
+    # two layers get different masks under the same key
+    h = gc.nn.dropout(x * 2.0, 0.8)
+    m2 = gc.evaluate(h, {"x": v, "rng_key": 7}, training=True) != 0
+    assert (m2 != kept).any()
+    # the gradient is masked and scaled the same way
+    g = gc.evaluate(gc.grad(gc.sum(y), x), {"x": v, "rng_key": 7}, training=True)
+    np.testing.assert_array_equal(g, a)
+    with pytest.raises(gc.InputError, match="rng_key"):
+        gc.evaluate(y, {"x": v}, training=True)
+    with pytest.raises(gc.GraphcError, match="keep_prob"):
+        gc.nn.dropout(x, 0.0)
