@@ -14,8 +14,8 @@ from graphc.errors import DTypeError, GradError, ShapeError
 from graphc.ir.node import Node, as_nodes, capture_source, derived_from, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, fmt_shape
 from graphc.ops.core import Tensor, as_tensor, constant, describe
-from graphc.ops.elementwise import add, full_like
 from graphc.ops.movement import broadcast_to
+from graphc.ops.pointwise import add, full_like
 
 
 def zeros_like(x: Node) -> Tensor:

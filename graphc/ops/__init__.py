@@ -4,7 +4,9 @@ from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
 from graphc.ops.compose import clip, log_softmax, logsumexp, mean, one_hot, softmax, var
 from graphc.ops.control import stop_gradient
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
-from graphc.ops.elementwise import (
+from graphc.ops.linalg import matmul
+from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+from graphc.ops.pointwise import (
     ElementwiseOp,
     add,
     broadcast_like,
@@ -35,26 +37,12 @@ from graphc.ops.elementwise import (
     tanh,
     where,
 )
-from graphc.ops.elementwise import (
-    abs_ as abs,  # noqa: A004
-)
-from graphc.ops.elementwise import (
-    expm1_ as expm1,
-)
-from graphc.ops.elementwise import (
-    log1p_ as log1p,
-)
-from graphc.ops.elementwise import (
-    relu_ as relu,
-)
-from graphc.ops.elementwise import (
-    sigmoid_ as sigmoid,
-)
-from graphc.ops.elementwise import (
-    softplus_ as softplus,
-)
-from graphc.ops.linalg import matmul
-from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+from graphc.ops.pointwise import abs_ as abs  # noqa: A004
+from graphc.ops.pointwise import expm1_ as expm1
+from graphc.ops.pointwise import log1p_ as log1p
+from graphc.ops.pointwise import relu_ as relu
+from graphc.ops.pointwise import sigmoid_ as sigmoid
+from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
 from graphc.ops.reduce import max, sum  # noqa: A004
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004

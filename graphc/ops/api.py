@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from graphc.ops import compose, linalg, movement, reduce
-from graphc.ops import elementwise as ew
+from graphc.ops import pointwise as ew
 from graphc.ops.core import Tensor
 
 

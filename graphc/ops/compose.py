@@ -10,8 +10,8 @@ from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
 from graphc.ops.core import Tensor, as_tensor, describe
-from graphc.ops.elementwise import cast, equal, exp, log
 from graphc.ops.movement import broadcast_to, expand_dims
+from graphc.ops.pointwise import cast, equal, exp, log
 from graphc.ops.sources import dim_value, iota
 
 
@@ -78,6 +78,6 @@ def var(x, axis=None, keepdims: bool = False) -> Tensor:
 
 
 def clip(x, lo, hi) -> Tensor:
-    from graphc.ops.elementwise import maximum, minimum
+    from graphc.ops.pointwise import maximum, minimum
 
     return minimum(maximum(x, lo), hi)

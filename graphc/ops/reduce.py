@@ -49,8 +49,8 @@ class Sum(_Reduce):
                       dtype=ctx.dtype(node.dtype))
 
     def vjp(self, node, g):
-        from graphc.ops.elementwise import broadcast_like
         from graphc.ops.movement import reshape
+        from graphc.ops.pointwise import broadcast_like
 
         x = node.inputs[0]
         kept = _reduced_shape(x.shape, node.attrs["axes"], True)
@@ -73,8 +73,8 @@ class Max(_Reduce):
         return np.max(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
 
     def vjp(self, node, g):
-        from graphc.ops.elementwise import cast, equal, where
         from graphc.ops.movement import broadcast_to, reshape
+        from graphc.ops.pointwise import cast, equal, where
 
         x = node.inputs[0]
         axes = node.attrs["axes"]

@@ -142,20 +142,22 @@ class DimValue(Op):
     hidden_attrs = ("dtype",)
 
     def infer(self, inputs, attrs):
-        (x,) = inputs
         from graphc.ir.shapes import free_symbols
 
-        missing = sympy.sympify(attrs["expr"]).free_symbols - free_symbols(x.shape)
+        if len(inputs) > 1:
+            raise ShapeError("dim takes at most one input")
+        # with no input (after dead-code elimination) the dims come from the compiled function's signature
+        missing = set() if not inputs else sympy.sympify(attrs["expr"]).free_symbols - free_symbols(inputs[0].shape)
         if missing:
             raise ShapeError(f"dim {attrs['expr']} uses {sorted(map(str, missing))}, which are not dims of "
-                             f"{fmt_shape(x.shape)}")
+                             f"{fmt_shape(inputs[0].shape)}")
         return (), attrs["dtype"]
 
     def reference(self, node, args, ctx):
         return np.asarray(eval_dim(node.attrs["expr"], ctx.dims), dtype=ctx.dtype(node.dtype))
 
     def vjp(self, node, g):
-        return (None,)
+        return (None,) * len(node.inputs)
 
 
 DIM = register(DimValue())

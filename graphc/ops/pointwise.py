@@ -1,4 +1,4 @@
-"""Elementwise ops, each one sympy scalar expression with numpy-style broadcasting of its inputs.
+"""Elementwise (pointwise) ops, each one sympy scalar expression with numpy-style broadcasting of its inputs.
 
 From the one expression come the numpy reference (lambdify), the partial derivatives (sympy.diff, with the
 op's own output substituted back where it appears, so exp' reuses exp's value), and the scalar code the native

@@ -1,0 +1,113 @@
+"""Algebraic simplification: identities (x*1, x+0, x/1, --x), transposes folded into matmul flags, double
+transposes, and constant folding of small all-constant subgraphs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir.graph import Graph
+from graphc.ir.node import Node
+from graphc.ir.shapes import FLOAT_DTYPES, is_static
+from graphc.ops import pointwise as ew
+from graphc.ops.core import EvalContext, constant
+from graphc.ops.linalg import MATMUL, matmul
+from graphc.ops.movement import TRANSPOSE, transpose
+from graphc.passes.rewrite import rewrite
+
+FOLD_LIMIT = 4096  # elements: folding bigger constants would bloat code and the cache for little gain
+
+
+def _scalar(n: Node) -> float | None:
+    """The value of a constant whose elements are all equal, else None."""
+    if n.op.name != "constant":
+        return None
+    a = n.attrs["value"].array
+    if a.size == 0:
+        return None
+    first = a.reshape(-1)[0]
+    return float(first) if np.all(a == first) and a.dtype.kind in "fiu" else None
+
+
+def _same(x: Node, like: Node) -> Node | None:
+    """x standing in for `like`: only when nothing about shape or dtype changes."""
+    return x if x.shape == like.shape and x.dtype == like.dtype else None
+
+
+def identities(n: Node) -> Node | None:
+    op = n.op
+    if op is ew.MUL:
+        a, b = n.inputs
+        if _scalar(b) == 1.0:
+            return _same(a, n)
+        if _scalar(a) == 1.0:
+            return _same(b, n)
+    elif op is ew.ADD:
+        a, b = n.inputs
+        if _scalar(b) == 0.0:
+            return _same(a, n)
+        if _scalar(a) == 0.0:
+            return _same(b, n)
+    elif op is ew.SUB:
+        a, b = n.inputs
+        if _scalar(b) == 0.0:
+            return _same(a, n)
+        if _scalar(a) == 0.0:
+            return ew.negative(b) if b.shape == n.shape else None
+    elif op is ew.DIV:
+        if _scalar(n.inputs[1]) == 1.0:
+            return _same(n.inputs[0], n)
+    elif op is ew.NEG:
+        (a,) = n.inputs
+        if a.op is ew.NEG:
+            return a.inputs[0]
+    elif op is ew.POWC and n.attrs["p"] == 1:
+        return n.inputs[0]
+    elif op is ew.WHERE:
+        c, a, b = n.inputs
+        if a is b:
+            return _same(a, n)
+    elif op is ew.BROADCAST_LIKE:
+        return _same(n.inputs[0], n)
+    elif op is ew.CAST and n.inputs[0].dtype == n.dtype:
+        return n.inputs[0]
+    return None
+
+
+def layouts(n: Node) -> Node | None:
+    """transpose(transpose(x)) is one transpose; a transposed matmul operand becomes a flag (no copy)."""
+    if n.op is TRANSPOSE and n.inputs[0].op is TRANSPOSE:
+        inner = n.inputs[0]
+        perm = tuple(inner.attrs["perm"][p] for p in n.attrs["perm"])
+        return transpose(inner.inputs[0], perm)
+    if n.op is MATMUL:
+        a, b = n.inputs
+        ta, tb = n.attrs["ta"], n.attrs["tb"]
+        changed = False
+        if a.op is TRANSPOSE and a.attrs["perm"] == (1, 0):
+            a, ta, changed = a.inputs[0], not ta, True
+        if b.op is TRANSPOSE and b.attrs["perm"] == (1, 0):
+            b, tb, changed = b.inputs[0], not tb, True
+        if changed:
+            return matmul(a, b, ta=ta, tb=tb)
+    return None
+
+
+def fold_constants(n: Node) -> Node | None:
+    if not n.inputs or n.op.kind == "random" or n.op.name == "dim":
+        return None
+    if not all(i.op.name == "constant" for i in n.inputs):
+        return None
+    if not is_static(n.shape) or int(np.prod(n.shape, dtype=np.int64)) > FOLD_LIMIT:
+        return None
+    ctx = EvalContext(np.dtype("float64" if n.dtype == "float64" else "float32"), False, {})
+    args = [i.op.reference(i, [], ctx) for i in n.inputs]
+    with np.errstate(all="ignore"):
+        value = np.asarray(n.op.reference(n, args, ctx))
+    return constant(value.astype(n.dtype) if n.dtype in FLOAT_DTYPES or n.dtype != "bool" else value, n.dtype)
+
+
+RULES = (identities, layouts, fold_constants)
+
+
+def simplify(graph: Graph) -> Graph:
+    return rewrite(graph, RULES, "simplify")
