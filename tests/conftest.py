@@ -8,3 +8,7 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("GRAPHC_HYPOTHESIS", "ci"))
+
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/cases.py: strategies shared by several test modules

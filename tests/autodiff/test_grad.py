@@ -3,8 +3,8 @@ import sys
 import numpy as np
 import pytest
 import sympy
+from cases import mlp_like
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.autodiff.check import check_grad, numeric_grad
@@ -148,58 +148,8 @@ def test_adjoints_of_reused_nodes_are_summed():
     assert gc.evaluate(g, {"x": np.float64(1.5)}) == pytest.approx(3 * 1.5**2 + np.exp(1.5) * 2.5)
 
 
-ACTS = [gc.relu, gc.tanh, gc.sigmoid, gc.softplus, lambda z: z * gc.sigmoid(z), gc.exp,
-        lambda z: gc.log1p(z * z), gc.abs]
-COMBINE = [gc.add, gc.multiply, gc.maximum, gc.subtract]
-
-
-@st.composite
-def mlp_like(draw):
-    n = draw(st.integers(1, 4))
-    widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
-    x = gc.input("x", ("N", widths[0]), "float64")
-    h = x
-    skip = x
-    for i, w in enumerate(widths[1:] + [draw(st.integers(1, 3))]):
-        h = gc.nn.dense(h, w, name=f"rand{i}_{h.shape[1]}_{w}", init="xavier_normal", dtype="float64")
-        h = draw(st.sampled_from(ACTS))(h)
-        if draw(st.booleans()) and skip.shape == h.shape:
-            h = draw(st.sampled_from(COMBINE))(h, skip)
-        skip = h
-    kind = draw(st.sampled_from(["mse", "bce", "ce", "lse", "mean", "max"]))
-    if kind == "mse":
-        loss = gc.nn.mse(h, gc.input("t", h.shape, "float64"))
-    elif kind == "bce":
-        loss = gc.nn.binary_cross_entropy(gc.sum(h, 1), gc.input("t1", ("N",), "float64"))
-    elif kind == "ce":
-        loss = gc.nn.softmax_cross_entropy(h, gc.input("lab", ("N",), "int32"))
-    elif kind == "lse":
-        loss = gc.mean(gc.logsumexp(h, 1))
-    elif kind == "mean":
-        loss = gc.mean(gc.log_softmax(h, 1) * 0.3 + gc.softmax(h, 1))
-    else:
-        loss = gc.sum(gc.max(h, 1) ** 2)
-    rng = np.random.default_rng(draw(st.integers(0, 1000)))
-    # random biases too: zero biases behind a relu put later relus exactly on their kink
-    vals = {p.name: rng.normal(size=p.shape) for p in gc.nn.parameters(loss)}
-    for leaf in gc.topo_order(loss):
-        if leaf.op.name == "input":
-            shape = tuple(n if not isinstance(d, int) else d for d in leaf.shape)
-            if leaf.dtype == "int32":
-                vals[leaf.name] = rng.integers(0, leaf_classes(loss), shape)
-            elif leaf.name == "t1":
-                vals[leaf.name] = rng.integers(0, 2, shape).astype(np.float64)
-            else:
-                vals[leaf.name] = rng.normal(size=shape)
-    return loss, gc.nn.parameters(loss), vals
-
-
-def leaf_classes(loss):
-    return next(n.attrs["n"] for n in gc.topo_order(loss) if n.op.name == "iota")
-
-
 @settings(max_examples=60)
-@given(case=mlp_like())
+@given(case=mlp_like("float64"))
 def test_random_composite_graphs_match_finite_differences(case):
     loss, params, vals = case
     check_grad(loss, params, vals, rtol=2e-5, atol=1e-7)

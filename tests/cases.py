@@ -1,0 +1,275 @@
+"""Hypothesis strategies shared by the op-table, gradient and backend tests.
+
+`make_cases(dtype)` gives, for every op in the table, a strategy drawing (output tensor, values, the float
+inputs to differentiate) that exercises that op; `mlp_like(dtype)` draws random MLP-like graphs."""
+
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays, mutually_broadcastable_shapes
+
+import graphc as gc
+
+
+def make_cases(dtype: str = "float64") -> dict:
+    F = st.floats(-3, 3, allow_nan=False, width=64)
+
+
+    def _leaves(shapes, prefix="a", dtype=dtype):
+        return [gc.input(f"{prefix}{i}", s, dtype) for i, s in enumerate(shapes)]
+
+
+    def _vals(draw, shapes, elements=F):
+        return [draw(arrays(np.float64, s, elements=elements)).astype(dtype) for s in shapes]
+
+
+    def _away(lo):  # magnitudes in [lo, 3] with either sign: away from a kink at 0
+        return st.builds(lambda m, s: m * s, st.floats(lo, 3), st.sampled_from([-1.0, 1.0]))
+
+
+    def elementwise(fn, arity, elements=F, same_shape=False, check=None):
+        @st.composite
+        def case(draw):
+            if same_shape:
+                s = draw(st.lists(st.integers(1, 3), max_size=2).map(tuple))
+                shapes = [s] * arity
+            else:
+                shapes = draw(mutually_broadcastable_shapes(num_shapes=arity, max_dims=2, max_side=3)).input_shapes
+            vals = _vals(draw, shapes, elements)
+            if check is not None:
+                assume(check(*vals))
+            xs = _leaves(shapes)
+            return fn(*xs), dict(zip([x.name for x in xs], vals, strict=True)), xs
+
+        return case()
+
+
+    def far_apart(a, b):
+        a, b = np.broadcast_arrays(a, b)
+        return bool(np.all(np.abs(a - b) > 1e-2))
+
+
+    POS = st.floats(0.2, 3)
+
+
+    @st.composite
+    def reduction(draw, fn):
+        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=3)))
+        n = int(np.prod(shape))
+        # distinct values so max has no ties (ties are tested on their own)
+        perm = np.array(draw(st.permutations(list(range(n)))), dtype=np.float64)
+        vals = (perm * 0.37 - 1.0).reshape(shape).astype(dtype)
+        axis = draw(st.one_of(st.none(), st.integers(-len(shape), len(shape) - 1),
+                              st.sets(st.integers(0, len(shape) - 1), min_size=1).map(tuple)))
+        keep = draw(st.booleans())
+        (x,) = _leaves([shape])
+        return fn(x, axis, keep), {"a0": vals}, [x]
+
+
+    @st.composite
+    def matmul_case(draw):
+        m, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        ta, tb = draw(st.booleans()), draw(st.booleans())
+        a_shape = (k, m) if ta else (m, k)
+        b_shape = (n, k) if tb else (k, n)
+        a, b = _leaves([a_shape, b_shape])
+        va, vb = _vals(draw, [a_shape, b_shape])
+        return gc.matmul(a, b, ta=ta, tb=tb), {"a0": va, "a1": vb}, [a, b]
+
+
+    @st.composite
+    def transpose_case(draw):
+        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=2, max_size=3)))
+        perm = draw(st.permutations(list(range(len(shape)))))
+        assume(list(perm) != list(range(len(shape))))
+        (x,) = _leaves([shape])
+        return gc.transpose(x, perm), {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def reshape_case(draw):
+        shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+        n = int(np.prod(shape))
+        target = draw(st.sampled_from([(n,), (1, n), (n, 1), (-1,)]))
+        assume(target != shape and (n,) != shape or target in ((1, n), (n, 1)))
+        (x,) = _leaves([shape])
+        out = gc.reshape(x, target)
+        assume(out is not x)
+        return out, {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def broadcast_case(draw):
+        shape = tuple(draw(st.lists(st.sampled_from([1, 2, 3]), min_size=1, max_size=2)))
+        lead = tuple(draw(st.lists(st.integers(1, 3), max_size=1)))
+        target = lead + tuple(draw(st.integers(2, 3)) if d == 1 else d for d in shape)
+        assume(target != shape)
+        (x,) = _leaves([shape])
+        return gc.broadcast_to(x, target), {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def where_case(draw):
+        shapes = draw(mutually_broadcastable_shapes(num_shapes=3, max_dims=2, max_side=3)).input_shapes
+        cond = draw(arrays(np.bool_, shapes[0]))
+        c = gc.input("c", shapes[0], "bool")
+        a, b = _leaves(shapes[1:])
+        va, vb = _vals(draw, shapes[1:])
+        return gc.where(c, a, b), {"c": cond, "a0": va, "a1": vb}, [a, b]
+
+
+    @st.composite
+    def cmp_case(draw, fn):
+        out, vals, xs = draw(elementwise(fn, 2))
+        return out, vals, []
+
+
+    @st.composite
+    def logical_case(draw, fn, arity):
+        shapes = draw(mutually_broadcastable_shapes(num_shapes=arity, max_dims=2, max_side=3)).input_shapes
+        xs = [gc.input(f"b{i}", s, "bool") for i, s in enumerate(shapes)]
+        vals = {x.name: draw(arrays(np.bool_, s)) for x, s in zip(xs, shapes, strict=True)}
+        return fn(*xs), vals, []
+
+
+    @st.composite
+    def cast_case(draw):
+        other = "float32" if dtype == "float64" else "float64"
+        out, vals, xs = draw(elementwise(lambda x: gc.cast(x, other), 1))
+        return out, vals, xs
+
+
+    @st.composite
+    def dropout_case(draw):
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2)))
+        keep = draw(st.sampled_from([0.2, 0.5, 0.8]))
+        (x,) = _leaves([shape])
+        key = draw(st.integers(0, 2**40))
+        return gc.dropout(x, keep), {"a0": _vals(draw, [shape])[0], "rng_key": np.int64(key)}, [x]
+
+
+    @st.composite
+    def source_case(draw, kind):
+        if kind == "input":
+            x = gc.input("s", (2, 3), dtype)
+            return x * 1.0, {"s": np.ones((2, 3), dtype)}, [x]
+        if kind == "param":
+            p = gc.param(f"p_src_{dtype}", (2,), init="ones", dtype=dtype)
+            return p * p, {p.name: np.array([1.5, -2.0], dtype)}, [p]
+        if kind == "constant":
+            return gc.constant(np.arange(3.0)), {}, []
+        if kind == "iota":
+            return gc.iota(draw(st.integers(1, 5))), {}, []
+        x = gc.input("d", ("N", 2), dtype)
+        return gc.mean(x, 0), {"d": np.arange(6.0, dtype=dtype).reshape(3, 2)}, [x]
+
+
+    @st.composite
+    def stop_case(draw):
+        out, vals, xs = draw(elementwise(lambda x: gc.stop_gradient(x) * x, 1))
+        return out, vals, xs
+
+
+    return {
+        "input": source_case("input"),
+        "param": source_case("param"),
+        "constant": source_case("constant"),
+        "iota": source_case("iota"),
+        "dim": source_case("dim"),
+        "add": elementwise(gc.add, 2),
+        "sub": elementwise(gc.subtract, 2),
+        "mul": elementwise(gc.multiply, 2),
+        "div": elementwise(gc.divide, 2, check=lambda a, b: np.all(np.abs(b) > 0.2)),
+        "neg": elementwise(gc.negative, 1),
+        "pow": elementwise(gc.power, 2, check=lambda a, b: np.all(a > 0.2)),
+        "powc": st.sampled_from([2, 3, 0.5, -1, 1.5, -2]).flatmap(
+            lambda p: elementwise(lambda x: x ** p, 1, POS)),
+        "exp": elementwise(gc.exp, 1),
+        "log": elementwise(gc.log, 1, POS),
+        "log1p": elementwise(gc.log1p, 1, st.floats(-0.8, 3)),
+        "expm1": elementwise(gc.expm1, 1),
+        "sqrt": elementwise(gc.sqrt, 1, POS),
+        "abs": elementwise(gc.abs, 1, _away(0.05)),
+        "sign": elementwise(gc.sign, 1, _away(0.05)),
+        "tanh": elementwise(gc.tanh, 1),
+        "sigmoid": elementwise(gc.sigmoid, 1),
+        "softplus": elementwise(gc.softplus, 1),
+        "relu": elementwise(gc.relu, 1, _away(0.05)),
+        "erf": elementwise(gc.erf, 1),
+        "maximum": elementwise(gc.maximum, 2, check=far_apart),
+        "minimum": elementwise(gc.minimum, 2, check=far_apart),
+        "where": where_case(),
+        "lt": cmp_case(gc.less),
+        "le": cmp_case(gc.less_equal),
+        "gt": cmp_case(gc.greater),
+        "ge": cmp_case(gc.greater_equal),
+        "eq": cmp_case(gc.equal),
+        "ne": cmp_case(gc.not_equal),
+        "logical_not": logical_case(gc.logical_not, 1),
+        "logical_and": logical_case(gc.logical_and, 2),
+        "logical_or": logical_case(gc.logical_or, 2),
+        "cast": cast_case(),
+        "full_like": elementwise(lambda x: gc.full_like(x, 2.5) * x, 1),
+        "broadcast_like": st.integers(1, 3).flatmap(lambda k: elementwise(
+            lambda a, b: gc.broadcast_like(a, b) * b, 2, same_shape=False,
+            check=lambda a, b: np.shape(a) != np.broadcast_shapes(np.shape(a), np.shape(b)))),
+        "transpose": transpose_case(),
+        "reshape": reshape_case(),
+        "broadcast_to": broadcast_case(),
+        "sum": reduction(gc.sum),
+        "max": reduction(gc.max),
+        "matmul": matmul_case(),
+        "stop_gradient": stop_case(),
+        "dropout": dropout_case(),
+    }
+
+
+ACTS = [gc.relu, gc.tanh, gc.sigmoid, gc.softplus, lambda z: z * gc.sigmoid(z), gc.exp,
+        lambda z: gc.log1p(z * z), gc.abs]
+COMBINE = [gc.add, gc.multiply, gc.maximum, gc.subtract]
+
+
+@st.composite
+def mlp_like(draw, dtype: str = "float64", batch=None):
+    """A random MLP-like graph with a loss: (loss, params, values). `batch` fixes the batch size."""
+    n = batch if batch is not None else draw(st.integers(1, 4))
+    widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    x = gc.input("x", ("N", widths[0]), dtype)
+    h = x
+    skip = x
+    for i, w in enumerate(widths[1:] + [draw(st.integers(1, 3))]):
+        h = gc.nn.dense(h, w, name=f"rand{i}_{h.shape[1]}_{w}_{dtype}", init="xavier_normal", dtype=dtype)
+        h = draw(st.sampled_from(ACTS))(h)
+        if draw(st.booleans()) and skip.shape == h.shape:
+            h = draw(st.sampled_from(COMBINE))(h, skip)
+        skip = h
+    kind = draw(st.sampled_from(["mse", "bce", "ce", "lse", "mean", "max"]))
+    if kind == "mse":
+        loss = gc.nn.mse(h, gc.input("t", h.shape, dtype))
+    elif kind == "bce":
+        loss = gc.nn.binary_cross_entropy(gc.sum(h, 1), gc.input("t1", ("N",), dtype))
+    elif kind == "ce":
+        loss = gc.nn.softmax_cross_entropy(h, gc.input("lab", ("N",), "int32"))
+    elif kind == "lse":
+        loss = gc.mean(gc.logsumexp(h, 1))
+    elif kind == "mean":
+        loss = gc.mean(gc.log_softmax(h, 1) * 0.3 + gc.softmax(h, 1))
+    else:
+        loss = gc.sum(gc.max(h, 1) ** 2)
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    # random biases too: zero biases behind a relu put later relus exactly on their kink
+    vals = {p.name: rng.normal(size=p.shape).astype(dtype) for p in gc.nn.parameters(loss)}
+    for leaf in gc.topo_order(loss):
+        if leaf.op.name == "input":
+            shape = tuple(n if not isinstance(d, int) else d for d in leaf.shape)
+            if leaf.dtype == "int32":
+                vals[leaf.name] = rng.integers(0, leaf_classes(loss), shape).astype(np.int32)
+            elif leaf.name == "t1":
+                vals[leaf.name] = rng.integers(0, 2, shape).astype(dtype)
+            else:
+                vals[leaf.name] = rng.normal(size=shape).astype(dtype)
+    return loss, gc.nn.parameters(loss), vals
+
+
+def leaf_classes(loss):
+    return next(n.attrs["n"] for n in gc.topo_order(loss) if n.op.name == "iota")
