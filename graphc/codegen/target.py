@@ -126,15 +126,24 @@ def parse(ir_text: str, target: Target) -> llvm.ModuleRef:
 class Engine:
     """An MCJIT engine owning its module and target machine; function pointers live as long as it does."""
 
-    def __init__(self, module: llvm.ModuleRef, target: Target):
+    def __init__(self, module: llvm.ModuleRef, target: Target, objects: tuple[bytes, ...] = ()):
         self.target = target
         self._tm = target.create_target_machine()
         module.triple = target.triple
         module.data_layout = str(self._tm.target_data)
         self._engine = llvm.create_mcjit_compiler(module, self._tm)
+        for obj in objects:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self._engine.finalize_object()
         self._engine.run_static_constructors()
         self.module = module
+
+    @classmethod
+    def from_object(cls, obj: bytes, target: Target) -> Engine:
+        """Load machine code made by `emit_object` (fresh, or from the disk cache) without running LLVM."""
+        ensure_llvm()
+        empty = llvm.parse_assembly("")
+        return cls(empty, target, (obj,))
 
     def address(self, name: str) -> int:
         addr = self._engine.get_function_address(name)
@@ -158,11 +167,12 @@ def compile_ir(ir_text: str, target: Target | None = None, *, opt: bool = True) 
     return Engine(mod, target)
 
 
-def emit_object(ir_text: str, target: Target) -> bytes:
-    """An ELF object (position-independent) for ahead-of-time linking."""
+def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
+    """An ELF object: for the JIT (`jit=True`, loaded with `Engine.from_object`), or position-independent
+    for ahead-of-time linking."""
     mod = parse(ir_text, target)
     optimize(mod, target)
-    tm = target.create_target_machine(jit=False)
+    tm = target.create_target_machine(jit=jit)
     mod.data_layout = str(tm.target_data)
     return tm.emit_object(mod)
 

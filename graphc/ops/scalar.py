@@ -50,7 +50,9 @@ class relu(sympy.Function):  # noqa: N801
     """max(x, 0), with the subgradient convention relu'(0) = 0."""
 
     def fdiff(self, argindex=1):
-        return sympy.Heaviside(self.args[0], 0)
+        # written on the output, relu(x) > 0 (the same as x > 0): backprop then reads the activation it must
+        # keep anyway, and the pre-activation need not be stored
+        return sympy.Heaviside(relu(self.args[0]), 0)
 
     def _eval_rewrite_as_Max(self, x, **kwargs):
         return sympy.Max(x, 0)

@@ -1,0 +1,1161 @@
+"""LLVM IR emission: a scheduled Program becomes one module of SIMD loops.
+
+Each kernel is a function `void k(ptr bufs, ptr dims, ptr ws, i32 tid, i32 nthreads)` that does its share
+of the work (split over the outermost loop, or over output tiles for matrix products). `graphc_program` runs
+the kernels in order with a barrier where a kernel needs what another thread just wrote, and `graphc_run`
+starts the threads. Every value is computed the same way whatever the thread count, so results are bitwise
+independent of it.
+
+Scalar code comes from each op's sympy formula (`ScalarEmitter`), applied to vectors of the target's width;
+transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy
+from llvmlite import ir
+
+from graphc.codegen import gemm as gemm_mod
+from graphc.codegen import vmath
+from graphc.codegen.kernels import (
+    Acc,
+    Apply,
+    Const,
+    DimValue,
+    Dropout,
+    Expr,
+    GemmKernel,
+    Index,
+    Load,
+    LoopKernel,
+    ReduceKernel,
+    Store,
+    walk,
+)
+from graphc.codegen.schedule import Program
+from graphc.codegen.target import Target
+from graphc.errors import CompileError
+from graphc.ir.shapes import Dim
+from graphc.ops import random as rng_mod
+from graphc.ops.scalar import expm1, log1p, relu, sigmoid, softplus
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+FLAGS = ("contract",)  # FMA contraction only; inf and nan keep IEEE semantics
+
+SCALAR = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
+MEMORY = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+KERNEL_ARGS = [PTR, PTR, PTR, I32, I32]
+
+
+def alloca(b: ir.IRBuilder, ty: ir.Type, size=None, name: str = "") -> ir.Value:
+    """Stack memory as an opaque `ptr` (llvmlite would print a typed pointer, which LLVM 22 rejects)."""
+    a = b.alloca(ty, size=size, name=name)
+    a.type = PTR
+    return a
+
+
+def c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _vec(ty: ir.Type, lanes: int | None) -> ir.Type:
+    return ty if lanes is None else ir.VectorType(ty, lanes)
+
+
+def _is_float(ty: ir.Type) -> bool:
+    return isinstance(vmath.element_type(ty), (ir.FloatType, ir.DoubleType))
+
+
+# ------------------------------------------------------------------------------------------------- loops
+
+
+class Loop:
+    """for (i = start; i < stop; i += step) as a context manager; `i` is the induction variable."""
+
+    def __init__(self, b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int, name: str):
+        self.b, self.start, self.stop, self.step, self.name = b, start, stop, step, name
+
+    def __enter__(self) -> ir.Value:
+        b = self.b
+        fn = b.function
+        self.pre = b.block
+        self.head = fn.append_basic_block(f"{self.name}.head")
+        self.body = fn.append_basic_block(f"{self.name}.body")
+        self.exit = fn.append_basic_block(f"{self.name}.exit")
+        b.branch(self.head)
+        b.position_at_end(self.head)
+        self.i = b.phi(I64, name=self.name)
+        self.i.add_incoming(self.start, self.pre)
+        b.cbranch(b.icmp_signed("<", self.i, self.stop), self.body, self.exit)
+        b.position_at_end(self.body)
+        return self.i
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            return
+        b = self.b
+        nxt = b.add(self.i, c64(self.step))
+        self.i.add_incoming(nxt, b.block)
+        b.branch(self.head)
+        b.position_at_end(self.exit)
+
+
+# ------------------------------------------------------------------------------------------------- scalar code
+
+
+class ScalarEmitter:
+    """Emit an elementwise op's sympy formula on LLVM values (scalars or vectors, floats, ints or i1)."""
+
+    def __init__(self, b: ir.IRBuilder, module: ir.Module):
+        self.b, self.module = b, module
+
+    def const(self, ty: ir.Type, v) -> ir.Constant:
+        elem = vmath.element_type(ty)
+        if isinstance(elem, ir.IntType):
+            v = int(v) if elem.width > 1 else bool(v)
+        else:
+            v = float(v)
+        return vmath.const(ty, v)
+
+    def formula(self, expr: sympy.Expr, env: dict, ty: ir.Type) -> ir.Value:
+        """`expr` with its symbols bound by `env` to values; numbers are of type `ty`."""
+        memo: dict = {}
+
+        def go(e):
+            if e in memo:
+                return memo[e]
+            r = self._emit(e, go, env, ty)
+            memo[e] = r
+            return r
+
+        return go(expr)
+
+    def _emit(self, e, go, env, ty):
+        b = self.b
+        if e in env:
+            return env[e]
+        if e is sympy.true or e is sympy.false:
+            return self.const(vmath.like(ty, I1), bool(e))
+        if e.is_Number or e in (sympy.pi, sympy.E):
+            return self.const(ty, float(e) if _is_float(ty) else int(e))
+        if e.is_Add:
+            pos = [t for t in e.args if not t.could_extract_minus_sign()]
+            neg = [-t for t in e.args if t.could_extract_minus_sign()]
+            acc = go(pos[0]) if pos else self.neg(go(neg.pop(0)))
+            for t in pos[1:]:
+                acc = self.add(acc, go(t))
+            for t in neg:
+                acc = self.sub(acc, go(t))
+            return acc
+        if e.is_Mul:
+            if e.could_extract_minus_sign():
+                return self.neg(go(-e))
+            n, d = sympy.fraction(e)
+            if d != 1:
+                return self.div(go(n), go(d))
+            acc = None
+            for t in e.args:
+                v = go(t)
+                acc = v if acc is None else self.mul(acc, v)
+            return acc
+        if e.is_Pow:
+            base, p = e.args
+            if p.is_Integer:
+                k = int(p)
+                x = go(base)
+                r = self._ipow(x, abs(k))
+                return self.div(self.const(x.type, 1.0), r) if k < 0 else r
+            if p == sympy.Rational(1, 2):
+                return self.call_intrinsic("llvm.sqrt", go(base))
+            if p == sympy.Rational(-1, 2):
+                x = self.call_intrinsic("llvm.sqrt", go(base))
+                return self.div(self.const(x.type, 1.0), x)
+            x = go(base)
+            y = go(p) if not p.is_Number else self.const(x.type, float(p))
+            return vmath.EMITTERS["exp"](b, b.fmul(y, vmath.EMITTERS["log"](b, x), flags=FLAGS))
+        if isinstance(e, sympy.Piecewise):
+            (val, cond), rest = e.args[0], e.args[1:]
+            if cond is sympy.true or not rest:
+                return go(val)
+            return b.select(go(cond), go(val), go(sympy.Piecewise(*rest)))
+        if isinstance(e, sympy.core.relational.Relational):
+            return self.compare(type(e), go(e.lhs), go(e.rhs))
+        if isinstance(e, sympy.Not):
+            x = go(e.args[0])
+            return b.xor(x, self.const(x.type, True))
+        if isinstance(e, (sympy.And, sympy.Or)):
+            vals = [go(a) for a in e.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = b.and_(acc, v) if isinstance(e, sympy.And) else b.or_(acc, v)
+            return acc
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            vals = [go(a) for a in e.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = self.maxmin(acc, v, isinstance(e, sympy.Max))
+            return acc
+        if isinstance(e, relu):
+            x = go(e.args[0])
+            return self.maxmin(x, self.const(x.type, 0), True)
+        if isinstance(e, sympy.Abs):
+            x = go(e.args[0])
+            if _is_float(x.type):
+                return self.call_intrinsic("llvm.fabs", x)
+            neg = b.icmp_signed("<", x, self.const(x.type, 0))
+            return b.select(neg, b.sub(self.const(x.type, 0), x), x)
+        if isinstance(e, sympy.sign):
+            x = go(e.args[0])
+            zero, one = self.const(x.type, 0), self.const(x.type, 1)
+            gt = self.compare(sympy.StrictGreaterThan, x, zero)
+            lt = self.compare(sympy.StrictLessThan, x, zero)
+            # sign(nan) is nan, sign(0) is 0: x * 0 gives both
+            rest = b.fmul(x, zero, flags=FLAGS) if _is_float(x.type) else zero
+            return b.select(gt, one, b.select(lt, self.neg(one), rest))
+        if isinstance(e, sympy.Heaviside):
+            x = go(e.args[0])
+            h0 = float(e.args[1]) if len(e.args) > 1 else 0.5
+            zero = self.const(x.type, 0)
+            return b.select(self.compare(sympy.StrictGreaterThan, x, zero), self.const(x.type, 1),
+                            b.select(self.compare(sympy.Equality, x, zero), self.const(x.type, h0), zero))
+        fn = _VMATH.get(type(e))
+        if fn is not None:
+            return vmath.EMITTERS[fn](b, go(e.args[0]))
+        raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
+                           "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise")
+
+    # typed arithmetic
+    def add(self, x, y):
+        return self.b.fadd(x, y, flags=FLAGS) if _is_float(x.type) else self.b.add(x, y)
+
+    def sub(self, x, y):
+        return self.b.fsub(x, y, flags=FLAGS) if _is_float(x.type) else self.b.sub(x, y)
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y, flags=FLAGS) if _is_float(x.type) else self.b.mul(x, y)
+
+    def div(self, x, y):
+        if not _is_float(x.type):
+            raise CompileError("integer division has no native lowering")
+        return self.b.fdiv(x, y, flags=FLAGS)
+
+    def neg(self, x):
+        return self.b.fneg(x, flags=FLAGS) if _is_float(x.type) else self.b.sub(self.const(x.type, 0), x)
+
+    def _ipow(self, x, k: int):
+        if k == 0:
+            return self.const(x.type, 1)
+        result, base = None, x
+        while k:
+            if k & 1:
+                result = base if result is None else self.mul(result, base)
+            k >>= 1
+            if k:
+                base = self.mul(base, base)
+        return result
+
+    def maxmin(self, x, y, is_max: bool):
+        if _is_float(x.type):  # llvm.maximum/minimum propagate nan like numpy's maximum/minimum
+            return self.b.call(vmath.intrinsic(self.module, "llvm.maximum" if is_max else "llvm.minimum", x.type),
+                               [x, y])
+        return self.b.select(self.b.icmp_signed(">" if is_max else "<", x, y), x, y)
+
+    def compare(self, cls, x, y):
+        ops = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
+               sympy.GreaterThan: ">=", sympy.Equality: "==", sympy.Unequality: "!="}
+        op = ops[cls]
+        if _is_float(x.type):
+            if op == "!=":
+                return self.b.fcmp_unordered("!=", x, y)
+            return self.b.fcmp_ordered(op, x, y)
+        if vmath.element_type(x.type).width == 1:
+            return self.b.icmp_unsigned(op, x, y)
+        return self.b.icmp_signed(op, x, y)
+
+    def call_intrinsic(self, name: str, x):
+        return self.b.call(vmath.intrinsic(self.module, name, x.type), [x])
+
+
+_VMATH = {sympy.exp: "exp", sympy.log: "log", log1p: "log1p", expm1: "expm1", sympy.tanh: "tanh",
+          sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf"}
+
+
+def cast_value(b: ir.IRBuilder, x: ir.Value, src: str, dst: str) -> ir.Value:
+    """numpy's astype semantics: float->int truncates toward zero, bool is 0/1, nonzero -> True."""
+    lanes = x.type.count if isinstance(x.type, ir.VectorType) else None
+    to = _vec(SCALAR[dst], lanes)
+    if src == dst:
+        return x
+    fsrc, fdst = src.startswith("float"), dst.startswith("float")
+    if fsrc and fdst:
+        return b.fpext(x, to) if dst == "float64" else b.fptrunc(x, to)
+    if dst == "bool":
+        zero = vmath.const(x.type, 0.0 if fsrc else 0)
+        return b.fcmp_unordered("!=", x, zero) if fsrc else b.icmp_unsigned("!=", x, zero)
+    if src == "bool":
+        return b.uitofp(x, to) if fdst else b.zext(x, to)
+    if fsrc:
+        return b.fptosi(x, to)
+    if fdst:
+        return b.sitofp(x, to)
+    return b.sext(x, to) if ITEMSIZE[dst] > ITEMSIZE[src] else b.trunc(x, to)
+
+
+# ------------------------------------------------------------------------------------------------- kernels
+
+
+@dataclass
+class Point:
+    """Where in the loop domain a value is evaluated: an index per axis (i64 values; the vector axis holds
+    the first lane's index), which axis is vectorized with how many lanes, and the lane mask on edges."""
+
+    index: dict[int, ir.Value]
+    vec_axis: int | None = None
+    lanes: int | None = None
+    mask: ir.Value | None = None
+
+
+class FunctionEmitter:
+    """Emits expressions inside one kernel function."""
+
+    def __init__(self, mod: ModuleEmitter, fn: ir.Function):
+        self.mod = mod
+        self.fn = fn
+        self.bufs, self.dims, self.ws, self.tid32, self.nth32 = fn.args[:5]
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.sc = ScalarEmitter(self.b, mod.module)
+        self._dim_cache: dict = {}
+        self._ptr_cache: dict = {}
+
+    # run-time values
+    def dim(self, d: Dim) -> ir.Value:
+        if isinstance(d, int):
+            return c64(d)
+        key = sympy.sympify(d)
+        if key in self._dim_cache:
+            return self._dim_cache[key]
+        with self.b.goto_block(self.fn.entry_basic_block):
+            self.b.position_at_start(self.fn.entry_basic_block)
+            v = self._int_expr(key)
+        self._dim_cache[key] = v
+        return v
+
+    def _int_expr(self, e) -> ir.Value:
+        b = self.b
+        if e.is_Integer:
+            return c64(int(e))
+        if e.is_Symbol:
+            k = self.mod.program.symbols.index(e)
+            return b.load(b.gep(self.dims, [c64(k)], source_etype=I64), typ=I64, name=str(e))
+        if e.is_Add or e.is_Mul:
+            vals = [self._int_expr(a) for a in e.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
+            return acc
+        if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
+            base = self._int_expr(e.args[0])
+            acc = base
+            for _ in range(int(e.args[1]) - 1):
+                acc = b.mul(acc, base)
+            return acc
+        raise CompileError(f"cannot compute the dim expression {e} at run time")
+
+    def buf_ptr(self, index: int) -> ir.Value:
+        if index not in self._ptr_cache:
+            with self.b.goto_block(self.fn.entry_basic_block):
+                self.b.position_at_start(self.fn.entry_basic_block)
+                p = self.b.gep(self.bufs, [c64(index)], source_etype=PTR)
+                self._ptr_cache[index] = self.b.load(p, typ=PTR, name=f"b{index}")
+        return self._ptr_cache[index]
+
+    def threads(self) -> tuple[ir.Value, ir.Value]:
+        return self.b.sext(self.tid32, I64), self.b.sext(self.nth32, I64)
+
+    def partition(self, total: ir.Value, align: int) -> tuple[ir.Value, ir.Value]:
+        """This thread's [lo, hi) of range(total), in chunks that are multiples of `align`."""
+        b = self.b
+        tid, nth = self.threads()
+        per = b.sdiv(b.add(total, b.sub(nth, c64(1))), nth)
+        if align > 1:
+            per = b.mul(b.sdiv(b.add(per, c64(align - 1)), c64(align)), c64(align))
+        lo = b.mul(tid, per)
+        lo = b.select(b.icmp_signed("<", lo, total), lo, total)
+        hi = b.add(lo, per)
+        hi = b.select(b.icmp_signed("<", hi, total), hi, total)
+        return lo, hi
+
+    # addresses
+    def offset(self, strides, point: Point) -> ir.Value:
+        """sum(stride_j * i_j) over the axes that have an index (the vector axis: its first lane)."""
+        b = self.b
+        acc = c64(0)
+        for j, s in enumerate(strides):
+            if isinstance(s, int) and s == 0:
+                continue
+            if j not in point.index:
+                raise CompileError("internal: a load depends on an axis without an index")
+            term = point.index[j] if (isinstance(s, int) and s == 1) else b.mul(point.index[j], self.dim(s))
+            acc = term if acc is c64(0) or (isinstance(acc, ir.Constant) and acc.constant == 0) else b.add(acc, term)
+        return acc
+
+    def load(self, e: Load, point: Point) -> ir.Value:
+        b = self.b
+        mty = MEMORY[e.dtype]
+        base = self.buf_ptr(e.buf.index)
+        off = self.offset(e.strides, point)
+        ptr = b.gep(base, [off], inbounds=True, source_etype=mty)
+        lanes = point.lanes
+        vstride = e.strides[point.vec_axis] if point.vec_axis is not None and point.vec_axis < len(e.strides) else 0
+        align = ITEMSIZE[e.dtype]
+        if lanes is None or (isinstance(vstride, int) and vstride == 0):
+            v = b.load(ptr, typ=mty, align=align)
+            v = self._from_memory(v, e.dtype)
+            return self.splat(v, lanes) if lanes is not None else v
+        vty = ir.VectorType(mty, lanes)
+        if isinstance(vstride, int) and vstride == 1:
+            if point.mask is None:
+                v = b.load(ptr, typ=vty, align=align)
+            else:
+                fn = self.mod.masked_load(vty)
+                v = b.call(fn, [ptr, ir.Constant(I32, align), point.mask, vmath.const(vty, 0)])
+            return self._from_memory(v, e.dtype)
+        # a strided vector (a transposed view): gather lane by lane
+        step = self.dim(vstride)
+        v = ir.Constant(vty, ir.Undefined)
+        for lane in range(lanes):
+            p = b.gep(ptr, [b.mul(step, c64(lane))], source_etype=mty)
+            if point.mask is not None:
+                lane_ok = b.extract_element(point.mask, ir.Constant(I32, lane))
+                p = b.select(lane_ok, p, ptr)
+            v = b.insert_element(v, b.load(p, typ=mty, align=align), ir.Constant(I32, lane))
+        return self._from_memory(v, e.dtype)
+
+    def _from_memory(self, v, dtype):
+        if dtype == "bool":
+            return self.b.icmp_unsigned("!=", v, vmath.const(v.type, 0))
+        return v
+
+    def store(self, buf_index: int, dtype: str, off: ir.Value, value: ir.Value, mask=None) -> None:
+        b = self.b
+        mty = MEMORY[dtype]
+        if dtype == "bool":
+            value = b.zext(value, vmath.like(value.type, I8))
+        ptr = b.gep(self.buf_ptr(buf_index), [off], inbounds=True, source_etype=mty)
+        if mask is None:
+            b.store(value, ptr, align=ITEMSIZE[dtype])
+        else:
+            b.call(self.mod.masked_store(value.type), [value, ptr, ir.Constant(I32, ITEMSIZE[dtype]), mask])
+
+    def splat(self, v: ir.Value, lanes: int) -> ir.Value:
+        b = self.b
+        vty = ir.VectorType(v.type, lanes)
+        x = b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(x, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+    def lane_index(self, base: ir.Value, lanes: int, ty: ir.Type) -> ir.Value:
+        """<base, base+1, ...> as a vector of `ty` (i32 or i64)."""
+        b = self.b
+        v = self.splat(b.trunc(base, ty) if ty.width < 64 else base, lanes)
+        return b.add(v, ir.Constant(ir.VectorType(ty, lanes), list(range(lanes))))
+
+    # expressions
+    def value(self, e: Expr, point: Point, memo: dict, acc: ir.Value | None = None) -> ir.Value:
+        """e at `point`; `memo` holds values already emitted in this scope (by expr identity)."""
+        for x in walk(e):
+            if id(x) in memo:
+                continue
+            memo[id(x)] = self._value(x, point, memo, acc)
+        return memo[id(e)]
+
+    def _value(self, e: Expr, point: Point, memo: dict, acc) -> ir.Value:
+        b = self.b
+        lanes = point.lanes
+        if isinstance(e, Load):
+            return self.load(e, point)
+        if isinstance(e, Const):
+            ty = _vec(SCALAR[e.dtype], lanes)
+            return self.sc.const(ty, e.value)
+        if isinstance(e, DimValue):
+            v = self._int_expr(sympy.sympify(e.expr)) if not isinstance(e.expr, int) else c64(e.expr)
+            v = cast_value(b, v, "int64", e.dtype)
+            return self.splat(v, lanes) if lanes is not None else v
+        if isinstance(e, Index):
+            ty = SCALAR[e.dtype]
+            i = point.index[e.axis]
+            if lanes is not None and e.axis == point.vec_axis:
+                return self.lane_index(i, lanes, ty)
+            v = b.trunc(i, ty) if ty.width < 64 else i
+            return self.splat(v, lanes) if lanes is not None else v
+        if isinstance(e, Acc):
+            return acc
+        if isinstance(e, Apply):
+            args = [memo[id(a)] for a in e.args]
+            return self.apply(e, args, lanes)
+        if isinstance(e, Dropout):
+            return self.dropout(e, memo[id(e.x)], memo[id(e.key)], point)
+        raise CompileError(f"internal: no emission for {type(e).__name__}")
+
+    def apply(self, e: Apply, args: list[ir.Value], lanes: int | None) -> ir.Value:
+        op = e.op
+        attrs = dict(e.attrs)
+        if op.name == "cast":
+            src = _dtype_of(args[0].type)
+            return cast_value(self.b, args[0], src, e.dtype)
+        syms = [s for k, s in enumerate(op.args) if k not in op.shape_inputs]
+        env = dict(zip(syms, args, strict=True))
+        # numbers in the formula take the operands' type (for a comparison: the compared values' type)
+        ty = args[-1].type if args else _vec(SCALAR[e.dtype], lanes)
+        return self.sc.formula(op.expr_for(attrs), env, ty)
+
+    def dropout(self, e: Dropout, x: ir.Value, key: ir.Value, point: Point) -> ir.Value:
+        """The mask bit of rng.keep_mask, in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s)."""
+        b = self.b
+        lanes = point.lanes
+        key64 = b.extract_element(key, ir.Constant(I32, 0)) if isinstance(key.type, ir.VectorType) else key
+        s = self._stream(key64, e.salt)
+        flat = self.offset(e.flat_strides, point)
+        i32v = b.trunc(flat, I32)
+        if lanes is not None:
+            vstride = e.flat_strides[point.vec_axis] if point.vec_axis is not None else 0
+            iv = self.splat(i32v, lanes)
+            if not (isinstance(vstride, int) and vstride == 0):
+                step = b.trunc(self.dim(vstride), I32)
+                iv = b.add(iv, b.mul(self.splat(step, lanes),
+                                     ir.Constant(ir.VectorType(I32, lanes), list(range(lanes)))))
+            i32v = iv
+            s = self.splat(s, lanes)
+        g = vmath.const(i32v.type, rng_mod.GOLDEN)
+        h = self._lowbias(b.add(b.mul(i32v, g), s))
+        h = self._lowbias(b.xor(h, s))
+        keep = b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)),
+                               vmath.const(h.type, rng_mod.threshold(e.keep_prob)))
+        scaled = b.fdiv(x, vmath.const(x.type, e.keep_prob), flags=FLAGS)  # x / keep, as the reference does
+        return b.select(keep, scaled, vmath.const(x.type, 0.0))
+
+    def _lowbias(self, x):
+        b = self.b
+        c = lambda v: vmath.const(x.type, v)  # noqa: E731
+        x = b.xor(x, b.lshr(x, c(16)))
+        x = b.mul(x, c(rng_mod.M1))
+        x = b.xor(x, b.lshr(x, c(15)))
+        x = b.mul(x, c(rng_mod.M2))
+        return b.xor(x, b.lshr(x, c(16)))
+
+    def _stream(self, key64: ir.Value, salt: int) -> ir.Value:
+        b = self.b
+        lo = b.trunc(key64, I32)
+        hi = b.trunc(b.lshr(key64, c64(32)), I32)
+        s = self._lowbias(b.xor(lo, self._lowbias(hi)))
+        return self._lowbias(b.xor(s, ir.Constant(I32, salt & 0xFFFFFFFF)))
+
+
+def _dtype_of(ty: ir.Type) -> str:
+    elem = vmath.element_type(ty)
+    if isinstance(elem, ir.FloatType):
+        return "float32"
+    if isinstance(elem, ir.DoubleType):
+        return "float64"
+    return {1: "bool", 8: "bool", 32: "int32", 64: "int64"}[elem.width]
+
+
+def _level(e: Expr, depth: int) -> int:
+    """How many loops (outermost first) must be open before e can be computed."""
+    axes = e.axes()
+    if -1 in axes:
+        return depth
+    return max((a + 1 for a in axes), default=0)
+
+
+def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozenset()) -> list[list[int]]:
+    """Groups of adjacent domain axes that can run as one loop: every address is linear across them."""
+    groups: list[list[int]] = []
+    strides_sets = []
+    for e in exprs:
+        for x in walk(e):
+            if isinstance(x, Load):
+                strides_sets.append(x.strides)
+            elif isinstance(x, Dropout):
+                strides_sets.append(x.flat_strides)
+            elif isinstance(x, Index):
+                keep_separate = set(keep_separate) | {x.axis}
+    for a in range(len(domain)):
+        if groups and a not in keep_separate and groups[-1][-1] not in keep_separate:
+            prev = groups[-1][-1]
+            ok = all(sympy.expand(sympy.sympify(st[prev]) - sympy.sympify(st[a]) * sympy.sympify(domain[a])) == 0
+                     for st in strides_sets)
+            if ok:
+                groups[-1].append(a)
+                continue
+        groups.append([a])
+    return groups
+
+
+def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
+    """e with strides (and indices) over the collapsed axes: each group keeps its innermost stride."""
+    from dataclasses import replace
+
+    if id(e) in cache:
+        return cache[id(e)]
+    for x in walk(e):
+        if id(x) in cache:
+            continue
+        if isinstance(x, Load):
+            new = replace(x, strides=tuple(x.strides[g[-1]] for g in groups))
+        elif isinstance(x, Dropout):
+            new = Dropout(cache[id(x.x)], cache[id(x.key)], x.salt, x.keep_prob,
+                          tuple(x.flat_strides[g[-1]] for g in groups), x.dtype)
+        elif isinstance(x, Index):
+            new = Index(next(k for k, g in enumerate(groups) if x.axis in g), x.dtype)
+        elif isinstance(x, Apply):
+            new = Apply(x.op, x.attrs, tuple(cache[id(a)] for a in x.args), x.dtype)
+        else:
+            new = x
+        cache[id(x)] = new
+    return cache[id(e)]
+
+
+class ModuleEmitter:
+    def __init__(self, program: Program, target: Target, name: str = "graphc", nthreads_hint: int = 1):
+        self.program = program
+        self.target = target
+        self.module = ir.Module(name=name)
+        self.module.triple = target.triple
+        self.gemm_ws: dict[str, Callable[[dict, int], int]] = {}
+
+    def masked_load(self, vty: ir.VectorType) -> ir.Function:
+        name = f"llvm.masked.load.{vmath._type_suffix(vty)}.p0"
+        f = self.module.globals.get(name)
+        if f is None:
+            mty = ir.VectorType(I1, vty.count)
+            f = ir.Function(self.module, ir.FunctionType(vty, [PTR, I32, mty, vty]), name=name)
+        return f
+
+    def masked_store(self, vty: ir.VectorType) -> ir.Function:
+        name = f"llvm.masked.store.{vmath._type_suffix(vty)}.p0"
+        f = self.module.globals.get(name)
+        if f is None:
+            mty = ir.VectorType(I1, vty.count)
+            f = ir.Function(self.module, ir.FunctionType(VOID, [vty, PTR, I32, mty]), name=name)
+        return f
+
+    def lanes(self, dtype: str) -> int:
+        return self.target.f64_lanes if ITEMSIZE[dtype] == 8 else self.target.f32_lanes
+
+    # --------------------------------------------------------------------------------------------- loops
+    def emit_loop(self, k: LoopKernel) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=k.name)
+        fn.linkage = "internal"
+        fe = FunctionEmitter(self, fn)
+        b = fe.b
+        groups = _collapse(k.domain, [s.value for s in k.stores])
+        cache: dict = {}
+        stores = [Store(s.buf, _regroup(s.value, groups, cache)) for s in k.stores]
+        domain = [sympy.prod([sympy.sympify(k.domain[a]) for a in g]) for g in groups]
+        domain = [int(d) if d.is_Integer else d for d in domain]
+        depth = len(domain)
+        dtypes = {s.buf.dtype for s in stores}
+        lanes = min(self.lanes(d) for d in dtypes | {"float32"})
+        out_strides = _rowmajor_dims(domain)
+        if depth == 0:
+            tid, _ = fe.threads()
+            work = fn.append_basic_block("work")
+            done = fn.append_basic_block("done")
+            b.cbranch(b.icmp_signed("==", tid, c64(0)), work, done)
+            b.position_at_end(work)
+            point = Point({})
+            memo: dict = {}
+            for s in stores:
+                fe.store(s.buf.index, s.buf.dtype, c64(0), fe.value(s.value, point, memo))
+            b.branch(done)
+            b.position_at_end(done)
+            b.ret_void()
+            return fn
+        sizes = [fe.dim(d) for d in domain]
+        # split the outermost loop over threads (in multiples of the vector width when it is the only loop)
+        lo, hi = fe.partition(sizes[0], lanes if depth == 1 else 1)
+        by_level: dict[int, list[Expr]] = {}
+        for s in stores:
+            for x in walk(s.value):
+                by_level.setdefault(_level(x, depth), []).append(x)
+        scalar_memo: dict = {}
+
+        def emit_level(level: int, point: Point, memo: dict) -> None:
+            for x in by_level.get(level, []):
+                fe.value(x, point, memo)
+
+        point = Point({})
+        emit_level(0, point, scalar_memo)
+
+        def loops(axis: int, point: Point, memo: dict) -> None:
+            start = lo if axis == 0 else c64(0)
+            stop = hi if axis == 0 else sizes[axis]
+            if axis < depth - 1:
+                with Loop(b, start, stop, 1, f"l{axis}") as i:
+                    p = Point({**point.index, axis: i})
+                    m = dict(memo)
+                    emit_level(axis + 1, p, m)
+                    loops(axis + 1, p, m)
+                return
+            # innermost: vector body then scalar tail
+            n = b.sub(stop, start)
+            vec_stop = b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
+            with Loop(b, start, vec_stop, lanes, f"v{axis}") as i:
+                p = Point({**point.index, axis: i}, vec_axis=axis, lanes=lanes)
+                vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v)
+                      for key, v in memo.items()}
+                self._stores(fe, stores, p, vm, out_strides)
+            with Loop(b, vec_stop, stop, 1, f"s{axis}") as i:
+                p = Point({**point.index, axis: i})
+                self._stores(fe, stores, p, dict(memo), out_strides)
+
+        loops(0, point, scalar_memo)
+        b.ret_void()
+        return fn
+
+    def _stores(self, fe: FunctionEmitter, stores: list[Store], point: Point, memo: dict, out_strides) -> None:
+        off = fe.offset(out_strides, point)
+        for s in stores:
+            v = fe.value(s.value, point, memo)
+            if point.lanes is not None and not isinstance(v.type, ir.VectorType):
+                v = fe.splat(v, point.lanes)
+            fe.store(s.buf.index, s.buf.dtype, off, v)
+
+    # --------------------------------------------------------------------------------------------- reductions
+    def emit_reduce(self, k: ReduceKernel) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=k.name)
+        fn.linkage = "internal"
+        fe = FunctionEmitter(self, fn)
+        b = fe.b
+        kept, axes = k.kept, k.axes
+        acc_dtype = k.body.dtype
+        lanes = self.lanes(acc_dtype)
+        sizes = {a: fe.dim(d) for a, d in enumerate(k.domain)}
+        out_strides_kept = _rowmajor_dims([k.domain[a] for a in kept])
+        out_strides = [0] * len(k.domain)
+        for a, s in zip(kept, out_strides_kept, strict=True):
+            out_strides[a] = s
+        inner_reduced = bool(axes) and (len(k.domain) - 1) in axes
+        ety = SCALAR[acc_dtype]
+        is_max = k.op == "max"
+
+        def identity(ty):
+            if _is_float(ty):
+                return vmath.const(ty, float("-inf") if is_max else 0.0)
+            elem = vmath.element_type(ty)
+            return vmath.const(ty, -(1 << (elem.width - 1)) if is_max else 0)
+
+        def combine(x, y):
+            return fe.sc.maxmin(x, y, True) if is_max else fe.sc.add(x, y)
+
+        def epilogue(point: Point, accv) -> None:
+            off = fe.offset(out_strides, point)
+            memo: dict = {}
+            for s in k.stores:
+                v = fe.value(s.value, point, memo, accv)
+                if s.value.dtype != acc_dtype and isinstance(s.value, Acc):
+                    v = cast_value(b, v, acc_dtype, s.value.dtype)
+                fe.store(s.buf.index, s.buf.dtype, off, v, point.mask)
+
+        kept_outer = list(kept) if inner_reduced else list(kept[:-1])
+        # thread split: outermost kept loop (or, with none, the vector chunks of the inner kept axis)
+        if kept_outer:
+            lo, hi = fe.partition(sizes[kept_outer[0]], 1)
+        elif not inner_reduced:
+            lo, hi = fe.partition(sizes[kept[-1]], lanes)
+        else:  # full reduction: one thread
+            tid, _ = fe.threads()
+            lo = c64(0)
+            hi = b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+
+        def over_kept(idx: int, point: Point, body) -> None:
+            if idx == len(kept_outer):
+                if not kept_outer and inner_reduced:  # a full reduction: thread 0 alone, in a fixed order
+                    work = fn.append_basic_block("one")
+                    done = fn.append_basic_block("one.done")
+                    b.cbranch(b.icmp_signed("<", lo, hi), work, done)
+                    b.position_at_end(work)
+                    body(point)
+                    b.branch(done)
+                    b.position_at_end(done)
+                    return
+                body(point)
+                return
+            a = kept_outer[idx]
+            start, stop = (lo, hi) if idx == 0 else (c64(0), sizes[a])
+            with Loop(b, start, stop, 1, f"k{a}") as i:
+                over_kept(idx + 1, Point({**point.index, a: i}), body)
+
+        red = list(axes)
+
+        def accumulate(point_base: Point, vec_axis, lanes_, mask, accp) -> None:
+            """for reduced axes (nested): accp = combine(accp, body)"""
+            def rec(idx: int, point: Point):
+                if idx == len(red):
+                    memo: dict = {}
+                    v = fe.value(k.body, point, memo)
+                    if lanes_ is not None and not isinstance(v.type, ir.VectorType):
+                        v = fe.splat(v, lanes_)
+                    if mask is not None:
+                        v = b.select(mask, v, identity(v.type))
+                    cur = b.load(accp, typ=v.type)
+                    b.store(combine(cur, v), accp)
+                    return
+                a = red[idx]
+                with Loop(b, c64(0), sizes[a], 1, f"r{a}") as i:
+                    rec(idx + 1, Point({**point.index, a: i}, point_base.vec_axis, point_base.lanes,
+                                       point_base.mask))
+            rec(0, point_base)
+
+        if inner_reduced:
+            # vector accumulator along the innermost (reduced) axis, then a fixed-order horizontal sum
+            last = len(k.domain) - 1
+            red = [a for a in axes if a != last]
+            vty = ir.VectorType(ety, lanes)
+            with b.goto_entry_block():
+                accv_p = alloca(b, vty, name="accv")
+                accs_p = alloca(b, ety, name="accs")
+
+            def body(point: Point) -> None:
+                b.store(identity(vty), accv_p)
+                b.store(identity(ety), accs_p)
+                n = sizes[last]
+                vec_stop = b.mul(b.sdiv(n, c64(lanes)), c64(lanes))
+
+                def inner(p: Point):
+                    with Loop(b, c64(0), vec_stop, lanes, "rv") as i:
+                        q = Point({**p.index, last: i}, last, lanes)
+                        memo: dict = {}
+                        v = fe.value(k.body, q, memo)
+                        if not isinstance(v.type, ir.VectorType):
+                            v = fe.splat(v, lanes)
+                        b.store(combine(b.load(accv_p, typ=vty), v), accv_p)
+                    with Loop(b, vec_stop, n, 1, "rs") as i:
+                        q = Point({**p.index, last: i})
+                        memo = {}
+                        v = fe.value(k.body, q, memo)
+                        b.store(combine(b.load(accs_p, typ=ety), v), accs_p)
+
+                def rec(idx: int, p: Point):
+                    if idx == len(red):
+                        inner(p)
+                        return
+                    a = red[idx]
+                    with Loop(b, c64(0), sizes[a], 1, f"r{a}") as i:
+                        rec(idx + 1, Point({**p.index, a: i}))
+
+                rec(0, point)
+                vec = b.load(accv_p, typ=vty)
+                total = b.extract_element(vec, ir.Constant(I32, 0))
+                for lane in range(1, lanes):
+                    total = combine(total, b.extract_element(vec, ir.Constant(I32, lane)))
+                total = combine(total, b.load(accs_p, typ=ety))
+                epilogue(point, total)
+
+            over_kept(0, Point({}), body)
+        else:
+            # vectorize over the innermost kept axis: a vector of outputs accumulates over the reduced axes
+            last = kept[-1]
+            vty = ir.VectorType(ety, lanes)
+            with b.goto_entry_block():
+                accp = alloca(b, vty, name="accv")
+
+            def body(point: Point) -> None:
+                start, stop = (lo, hi) if not kept_outer else (c64(0), sizes[last])
+                with Loop(b, start, stop, lanes, "kv") as j:
+                    remaining = b.sub(stop, j)
+                    full = b.icmp_signed(">=", remaining, c64(lanes))
+                    lane_ids = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+                    mask = b.icmp_signed("<", lane_ids, fe.splat(remaining, lanes))
+                    mask = b.select(full, vmath.const(mask.type, True), mask)
+                    p = Point({**point.index, last: j}, last, lanes, mask)
+                    b.store(identity(vty), accp)
+                    accumulate(p, last, lanes, mask, accp)
+                    epilogue(p, b.load(accp, typ=vty))
+
+            over_kept(0, Point({}), body)
+        b.ret_void()
+        return fn
+
+    # --------------------------------------------------------------------------------------------- gemm
+    def emit_gemm(self, k: GemmKernel) -> ir.Function:
+        dtype = k.a.dtype
+        static = lambda d: d if isinstance(d, int) else None  # noqa: E731
+        c_store = k.stores[-1]
+        extra = k.stores[:-1]
+        owner = self
+
+        def epilogue(ctx: gemm_mod.EpilogueContext) -> ir.Value:
+            fe = owner._current_fe
+            saved = fe.b
+            fe.b = ctx.builder
+            fe.sc.b = ctx.builder
+            try:
+                point = Point({0: ctx.row, 1: ctx.col}, vec_axis=1, lanes=ctx.lanes, mask=ctx.mask)
+                memo: dict = {}
+                out = None
+                row_off = ctx.builder.add(ctx.builder.mul(ctx.row, fe.dim(k.n)), ctx.col)
+                for s in extra:
+                    v = fe.value(s.value, point, memo, ctx.acc)
+                    fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
+                out = fe.value(c_store.value, point, memo, ctx.acc)
+                return out
+            finally:
+                fe.b = saved
+                fe.sc.b = saved
+
+        # the kernel wrapper: pointers and dims from the tables, then the gemm function
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=k.name)
+        fn.linkage = "internal"
+        fe = FunctionEmitter(self, fn)
+        self._current_fe = fe
+        # epilogue code runs inside the gemm function: it needs the tables; pass them as extra args
+        inner = gemm_mod.emit_gemm(
+            self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
+            trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
+            extra_args=[PTR, PTR],
+        )
+        b = fe.b
+        lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
+        b.call(inner, [fe.buf_ptr(k.a.index), fe.buf_ptr(k.b.index), fe.buf_ptr(c_store.buf.index),
+                       fe.dim(k.m), fe.dim(k.n), fe.dim(k.k), lda, ldb, fe.dim(k.n), fe.ws, fe.tid32, fe.nth32,
+                       fe.bufs, fe.dims])
+        b.ret_void()
+        return fn
+
+    def _wrap_epilogue(self, k: GemmKernel, epilogue):
+        """Inside the gemm function the tables are its two extra arguments: re-point a FunctionEmitter."""
+        owner = self
+
+        def wrapped(ctx: gemm_mod.EpilogueContext) -> ir.Value:
+            fn = ctx.builder.function
+            key = (id(k), fn.name)
+            fe = owner._epi_emitters.get(key)
+            if fe is None:
+                fe = FunctionEmitter.__new__(FunctionEmitter)
+                fe.mod = owner
+                fe.fn = fn
+                fe.bufs, fe.dims = ctx.extra_args
+                fe.ws = None
+                fe.tid32 = fe.nth32 = None
+                fe.b = ctx.builder
+                fe.sc = ScalarEmitter(ctx.builder, owner.module)
+                fe._dim_cache = {}
+                fe._ptr_cache = {}
+                owner._epi_emitters[key] = fe
+            owner._current_fe = fe
+            return epilogue(ctx)
+
+        return wrapped
+
+    # --------------------------------------------------------------------------------------------- program
+    def emit(self, barriers: list[bool]) -> str:
+        self._epi_emitters: dict = {}
+        fns = []
+        for k in self.program.kernels:
+            if isinstance(k, LoopKernel):
+                fns.append(self.emit_loop(k))
+            elif isinstance(k, ReduceKernel):
+                fns.append(self.emit_reduce(k))
+            elif isinstance(k, GemmKernel):
+                fns.append(self.emit_gemm(k))
+            else:
+                raise CompileError(f"internal: unknown kernel {k}")
+        self._emit_program(fns, barriers)
+        self._emit_launcher()
+        return str(self.module)
+
+    def _emit_barrier_fn(self) -> ir.Function:
+        """void barrier(ptr bar, i32 nth): a counter and a generation number; the last arrival bumps the
+        generation, the others spin (with pause) until it changes."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I32]), name="graphc_barrier")
+        fn.linkage = "internal"
+        bar, nth = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        count = bar
+        gen = b.gep(bar, [ir.Constant(I32, 1)], source_etype=I32)
+        g0 = b.load_atomic(gen, "acquire", 4, typ=I32)
+        old = b.atomic_rmw("add", count, ir.Constant(I32, 1), "acq_rel")
+        last = b.icmp_signed("==", old, b.sub(nth, ir.Constant(I32, 1)))
+        release = fn.append_basic_block("release")
+        wait = fn.append_basic_block("wait")
+        done = fn.append_basic_block("done")
+        b.cbranch(last, release, wait)
+        b.position_at_end(release)
+        b.atomic_rmw("xchg", count, ir.Constant(I32, 0), "monotonic")
+        b.atomic_rmw("add", gen, ir.Constant(I32, 1), "release")
+        b.branch(done)
+        b.position_at_end(wait)
+        spins = alloca(b, I32, name="spins")
+        b.store(ir.Constant(I32, 0), spins)
+        check = fn.append_basic_block("check")
+        b.branch(check)
+        b.position_at_end(check)
+        self._relax(b, spins)
+        g = b.load_atomic(gen, "acquire", 4, typ=I32)
+        b.cbranch(b.icmp_signed("==", g, g0), check, done)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
+
+    def _relax(self, b: ir.IRBuilder, spins: ir.Value) -> None:
+        """One step of waiting: a `pause` for the first few thousand tries, then give the core away
+        (sched_yield), so a waiting thread never starves the one it waits for on a busy machine."""
+        n = b.load(spins, typ=I32)
+        b.store(b.add(n, ir.Constant(I32, 1)), spins)
+        fn = b.function
+        short = fn.append_basic_block("relax.pause")
+        long = fn.append_basic_block("relax.yield")
+        after = fn.append_basic_block("relax.done")
+        b.cbranch(b.icmp_signed("<", n, ir.Constant(I32, 4000)), short, long)
+        b.position_at_end(short)
+        self._pause(b)
+        b.branch(after)
+        b.position_at_end(long)
+        yf = self.module.globals.get("sched_yield")
+        if yf is None:
+            yf = ir.Function(self.module, ir.FunctionType(I32, []), name="sched_yield")
+        b.call(yf, [])
+        b.branch(after)
+        b.position_at_end(after)
+
+    def _pause(self, b: ir.IRBuilder) -> None:
+        if self.target.triple.startswith("x86_64"):
+            f = self.module.globals.get("llvm.x86.sse2.pause")
+            if f is None:
+                f = ir.Function(self.module, ir.FunctionType(VOID, []), name="llvm.x86.sse2.pause")
+            b.call(f, [])
+
+    def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
+        bar_fn = self._emit_barrier_fn()
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
+        bufs, dims, ws, tid, nth, bar = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        many = b.icmp_signed(">", nth, ir.Constant(I32, 1))
+        for f, need in zip(fns, barriers, strict=True):
+            if need:
+                sync = fn.append_basic_block("sync")
+                cont = fn.append_basic_block("cont")
+                b.cbranch(many, sync, cont)
+                b.position_at_end(sync)
+                b.call(bar_fn, [bar, nth])
+                b.branch(cont)
+                b.position_at_end(cont)
+            b.call(f, [bufs, dims, ws, tid, nth])
+        b.ret_void()
+
+    def _emit_launcher(self) -> None:
+        """i32 graphc_run(ptr bufs, ptr dims, ptr ws, i32 nthreads): returns the thread count that ran.
+
+        Workers wait at a gate until every thread that could be started is; if the system refuses some, the
+        others run with the smaller count (nothing waits for a thread that does not exist)."""
+        m = self.module
+        job_t = ir.LiteralStructType([PTR, PTR, PTR, I32, I32, PTR, PTR])  # bufs dims ws tid nth bar gate
+        create = ir.Function(m, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), name="pthread_create")
+        join = ir.Function(m, ir.FunctionType(I32, [I64, PTR]), name="pthread_join")
+        program = m.globals["graphc_program"]
+
+        worker = ir.Function(m, ir.FunctionType(PTR, [PTR]), name="graphc_worker")
+        worker.linkage = "internal"
+        (job,) = worker.args
+        b = ir.IRBuilder(worker.append_basic_block("entry"))
+
+        def field_ptr(bb, j, k):
+            return bb.gep(j, [ir.Constant(I32, 0), ir.Constant(I32, k)], source_etype=job_t)
+
+        gate = b.load(field_ptr(b, job, 6), typ=PTR)
+        spins = alloca(b, I32, name="spins")
+        b.store(ir.Constant(I32, 0), spins)
+        spin = worker.append_basic_block("spin")
+        go = worker.append_basic_block("go")
+        b.branch(spin)
+        b.position_at_end(spin)
+        self._relax(b, spins)
+        open_ = b.load_atomic(gate, "acquire", 4, typ=I32)
+        b.cbranch(b.icmp_signed("!=", open_, ir.Constant(I32, 0)), go, spin)
+        b.position_at_end(go)
+        vals = [b.load(field_ptr(b, job, k), typ=t) for k, t in enumerate([PTR, PTR, PTR, I32, I32, PTR])]
+        run_me = b.icmp_signed(">=", vals[3], ir.Constant(I32, 0))
+        call_bb = worker.append_basic_block("call")
+        out_bb = worker.append_basic_block("out")
+        b.cbranch(run_me, call_bb, out_bb)
+        b.position_at_end(call_bb)
+        b.call(program, vals)
+        b.branch(out_bb)
+        b.position_at_end(out_bb)
+        b.ret(ir.Constant(PTR, None))
+
+        fn = ir.Function(m, ir.FunctionType(I32, [PTR, PTR, PTR, I32]), name="graphc_run")
+        bufs, dims, ws, nth = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        bar = alloca(b, ir.ArrayType(I32, 2), name="barrier")
+        b.store(ir.Constant(ir.ArrayType(I32, 2), [0, 0]), bar)
+        gate = alloca(b, I32, name="gate")
+        b.store(ir.Constant(I32, 0), gate)
+        jobs = alloca(b, job_t, size=nth, name="jobs")
+        tids = alloca(b, I64, size=nth, name="threads")
+        ok = alloca(b, I32, size=nth, name="started")
+        started = alloca(b, I32, name="nstarted")
+        b.store(ir.Constant(I32, 1), started)
+        with Loop(b, c64(1), b.sext(nth, I64), 1, "spawn") as t:
+            j = b.gep(jobs, [t], source_etype=job_t)
+            b.store(ir.Constant(I32, -1), field_ptr(b, j, 3))
+            b.store(gate, field_ptr(b, j, 6))
+            rc = b.call(create, [b.gep(tids, [t], source_etype=I64), ir.Constant(PTR, None), worker, j])
+            good = b.icmp_signed("==", rc, ir.Constant(I32, 0))
+            b.store(b.zext(good, I32), b.gep(ok, [t], source_etype=I32))
+            cnt = b.load(started, typ=I32)
+            b.store(b.add(cnt, b.zext(good, I32)), started)
+        n_run = b.load(started, typ=I32)
+        # number the started workers 1..n_run-1 and fill their jobs before opening the gate
+        nextid = alloca(b, I32, name="nextid")
+        b.store(ir.Constant(I32, 1), nextid)
+        with Loop(b, c64(1), b.sext(nth, I64), 1, "assign") as t:
+            good = b.icmp_signed("!=", b.load(b.gep(ok, [t], source_etype=I32), typ=I32), ir.Constant(I32, 0))
+            yes = fn.append_basic_block("assign.yes")
+            cont = fn.append_basic_block("assign.cont")
+            b.cbranch(good, yes, cont)
+            b.position_at_end(yes)
+            j = b.gep(jobs, [t], source_etype=job_t)
+            b.store(bufs, field_ptr(b, j, 0))
+            b.store(dims, field_ptr(b, j, 1))
+            b.store(ws, field_ptr(b, j, 2))
+            tid = b.load(nextid, typ=I32)
+            b.store(tid, field_ptr(b, j, 3))
+            b.store(n_run, field_ptr(b, j, 4))
+            b.store(bar, field_ptr(b, j, 5))
+            b.store(b.add(tid, ir.Constant(I32, 1)), nextid)
+            b.branch(cont)
+            b.position_at_end(cont)
+        b.atomic_rmw("xchg", gate, ir.Constant(I32, 1), "release")
+        b.call(program, [bufs, dims, ws, ir.Constant(I32, 0), n_run, bar])
+        with Loop(b, c64(1), b.sext(nth, I64), 1, "join") as t:
+            good = b.icmp_signed("!=", b.load(b.gep(ok, [t], source_etype=I32), typ=I32), ir.Constant(I32, 0))
+            yes = fn.append_basic_block("join.yes")
+            cont = fn.append_basic_block("join.cont")
+            b.cbranch(good, yes, cont)
+            b.position_at_end(yes)
+            b.call(join, [b.load(b.gep(tids, [t], source_etype=I64), typ=I64), ir.Constant(PTR, None)])
+            b.branch(cont)
+            b.position_at_end(cont)
+        b.ret(n_run)
+
+
+def _trivial(k: GemmKernel) -> bool:
+    return len(k.stores) == 1 and isinstance(k.stores[0].value, Acc)
+
+
+def _rowmajor_dims(shape) -> list:
+    out = []
+    acc = 1
+    for d in reversed(list(shape)):
+        out.append(acc)
+        acc = acc * d
+    out.reverse()
+    return [int(s) if isinstance(s, int) or (hasattr(s, "is_Integer") and s.is_Integer) else s for s in out]

@@ -1,0 +1,755 @@
+"""Packed, cache-blocked, register-blocked SIMD matrix multiply (GEMM) kernels in LLVM IR.
+
+`emit_gemm` adds to an llvmlite module one function computing ``C = op(A) @ op(B)`` (or ``C += ...``), with
+an optional fused epilogue applied to every stored vector. The structure is BLIS's:
+
+* K is cut into blocks of at most KC (balanced, rounded up to the unroll factor); the N range of a thread
+  into blocks of at most NC columns; the M range into blocks of at most MC rows.
+* For each (N block, K block) the thread packs op(B) into its workspace as KC x NR micro-panels
+  (``Bp[k*NR + j]``), zero-padded to a multiple of NR columns; for each M block it packs op(A) as KC x MR
+  micro-panels (``Ap[k*MR + i]``), zero-padded to a multiple of MR rows. Packing reads the stored layout
+  directly: a transposed operand is packed with in-register LxL transposes (LLVM shufflevector networks),
+  a non-transposed one by vector copies, so Aᵀ·B and A·Bᵀ never materialize a transpose.
+* The microkernel keeps an MR x NR tile of C in MR * NR/L vector registers (L = SIMD lanes), and for each k
+  broadcasts MR elements of the A panel against NR/L vectors of the B panel with fused multiply-adds. Edge
+  tiles are computed in full on the zero padding; only the store is partial (rows checked, columns masked).
+* Every element of C is a sum over k in increasing order, in blocks that depend on K only, accumulated with
+  ``llvm.fmuladd`` (a fused FMA wherever the target has one). So the result does not depend on the thread
+  count, on M/N blocking or on whether a tile is an edge tile: results are bitwise identical for any
+  ``nthreads``.
+
+Emitted function (row-major storage; element strides; all dims in elements)::
+
+    void name(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, i64 lda, i64 ldb, i64 ldc,
+              ptr workspace, i32 tid, i32 nthreads, <extra_args...>)
+
+* A is M x K (``trans_a``: stored K x M), B is K x N (``trans_b``: stored N x K), C is M x N; lda/ldb/ldc
+  are the row strides of the stored matrices.
+* A dimension given to `emit_gemm` as an int is a compile-time constant: the matching runtime argument is
+  ignored. ``None`` means the runtime argument is used.
+* K must be >= 1 (the caller rejects K = 0: the kernel would leave C untouched, which is not ``C = 0``).
+  M or N = 0 is a no-op.
+* Threads: the caller runs the same function concurrently with ``tid = 0 .. nthreads-1``. The MR x NR tile
+  grid is split along M or N (whichever gives the smaller padded per-thread work; ties split the larger
+  dimension, then M), K is never split, threads write disjoint tiles and pack into their own workspace
+  slices, so there is no synchronization inside the kernel.
+* ``workspace`` must be 64-byte aligned and at least `workspace_bytes` (M, N, K, nthreads) bytes, computed
+  with the same target, dtype and config. A, B, C are only assumed element-aligned.
+
+Epilogue: ``epilogue(ctx: EpilogueContext) -> ir.Value`` is called at code-generation time for each vector
+store in the last K block (several times per kernel: once per register of the tile, in the full-tile and
+the edge paths). ``ctx.acc`` is ALWAYS a full ``<L x T>`` vector (L = `Target.f32_lanes` or ``f64_lanes``),
+holding columns ``ctx.col .. ctx.col + L - 1`` of row ``ctx.row``, already ``+ old C`` when
+``accumulate=True``. On column-edge tiles ``ctx.mask`` is an ``<L x i1>`` telling which lanes are real
+columns (lanes outside it are discarded by the masked store, but must not be used to touch memory:
+use ``ctx.load`` which masks); on full tiles it is None. Rows outside M are never passed. The epilogue must
+return an ``<L x T>`` vector, the value to store. ``ctx.extra_args`` are the function's extra arguments
+(`extra_args` types), e.g. a bias pointer.
+
+Tuning (`GemmConfig`, chosen by `default_config` for the target): on AVX-512, MR x NR = 12 x 32 float32
+(24 zmm accumulators + 2 B vectors + a broadcast: 27 of 32 registers; 14 loads per 24 FMAs), KC = 384
+(B micro-panel 48 KB streamed through L1, A micro-panel 18 KB in L1), MC = 480 / NC = 3072 (packed B block
+in the 2 MB L2); 6 x 2L elsewhere (16 vector registers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from graphc.codegen.target import Target
+
+__all__ = [
+    "EpilogueContext",
+    "GemmConfig",
+    "default_config",
+    "emit_gemm",
+    "workspace_bytes",
+]
+
+_I1 = ir.IntType(1)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_PTR = ir.PointerType()
+_VOID = ir.VoidType()
+
+_DTYPES = {"float32": (ir.FloatType, 4), "float64": (ir.DoubleType, 8)}
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Blocking parameters. nr must be a multiple of the SIMD lanes; kc/mc/nc multiples of unroll/mr/nr."""
+
+    mr: int  # rows of the register tile (broadcast operand)
+    nr: int  # columns of the register tile (vector operand), a multiple of the lanes
+    kc: int  # K block: depth of the packed micro-panels
+    mc: int  # M block: rows of A packed at once (the A block, kc x mc)
+    nc: int  # N block: columns of B packed at once (the B block, kc x nc)
+    unroll: int = 4  # k-loop unroll of the microkernel
+    prefetch_c: bool = True  # prefetch the C tile before the k loop
+    prefetch_a: int = 0  # prefetch the packed A panel this many k steps ahead (0: off)
+    prefetch_b: int = 0  # prefetch the packed B panel this many k steps ahead (0: off)
+    loop_order: str = "jr_ir"  # inner loops: "jr_ir" (B panel in L1) or "ir_jr" (A panel in L1)
+    # non-transposed B with ldb <= direct_b_max_ld, in a thread whose M range is <= direct_b_max_m rows (so
+    # that packing would be reused by few A panels): full B panels are read in place, only the edge packed
+    direct_b_max_ld: int = 0
+    direct_b_max_m: int = 0
+
+    def __post_init__(self):
+        if self.mr < 1 or self.nr < 1 or self.unroll < 1:
+            raise ValueError(f"bad GEMM config {self}")
+        if self.kc % self.unroll or self.mc % self.mr or self.nc % self.nr:
+            raise ValueError(f"kc/mc/nc must be multiples of unroll/mr/nr: {self}")
+        if self.loop_order not in ("jr_ir", "ir_jr"):
+            raise ValueError(f"loop_order must be 'jr_ir' or 'ir_jr', not {self.loop_order!r}")
+
+
+def _lanes(target: Target, dtype: str) -> int:
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported GEMM dtype {dtype!r}: use 'float32' or 'float64'")
+    return target.f32_lanes if dtype == "float32" else target.f64_lanes
+
+
+def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
+    """The tuned blocking for `target` and `dtype` (see the module docstring)."""
+    lanes = _lanes(target, dtype)
+    esize = _DTYPES[dtype][1]
+    if target.vector_bits >= 512:
+        mr, nr = 12, 2 * lanes
+    else:  # 16 vector registers: 12 accumulators + 2 B vectors + 1 broadcast
+        mr, nr = 6, 2 * lanes
+    kc = 384 * 4 // esize  # bytes of one packed B row-of-panel stay the same for float64
+    kc -= kc % 4
+    mc = mr * max(1, 480 // mr)
+    nc = nr * max(1, 3072 // nr)
+    return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc)
+
+
+# -------------------------------------------------------------------------------------------- workspace
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _rup(a: int, b: int) -> int:
+    return _cdiv(a, b) * b
+
+
+def _slice_elems(M: int, N: int, K: int, cfg: GemmConfig, esize: int) -> tuple[int, int]:
+    """(A part, B part) of one thread's workspace slice, in elements. Mirrored in IR by `_ir_slice`."""
+    align = 64 // esize
+    kcmax = min(cfg.kc, _rup(K, cfg.unroll))
+    a = _rup(min(cfg.mc, _rup(M, cfg.mr)) * kcmax, align)
+    b = _rup(kcmax * min(cfg.nc, _rup(N, cfg.nr)), align)
+    return a, b
+
+
+def workspace_bytes(
+    M: int,
+    N: int,
+    K: int,
+    nthreads: int,
+    target: Target,
+    dtype: str = "float32",
+    config: GemmConfig | None = None,
+) -> int:
+    """Bytes of 64-byte-aligned workspace the kernel needs for these (runtime) dims and thread count."""
+    if min(M, N, K) < 0 or nthreads < 1:
+        raise ValueError(f"bad GEMM workspace request M={M} N={N} K={K} nthreads={nthreads}")
+    _lanes(target, dtype)
+    cfg = config or default_config(target, dtype)
+    esize = _DTYPES[dtype][1]
+    a, b = _slice_elems(max(M, 1), max(N, 1), max(K, 1), cfg, esize)
+    return nthreads * (a + b) * esize
+
+
+# ------------------------------------------------------------------------------------------- epilogue
+
+
+@dataclass
+class EpilogueContext:
+    """What an epilogue sees for one stored vector (see the module docstring)."""
+
+    builder: ir.IRBuilder
+    acc: ir.Value  # <lanes x T>: the finished sum (plus old C when accumulating)
+    row: ir.Value  # i64 row of C
+    col: ir.Value  # i64 first column of C covered by acc
+    mask: ir.Value | None  # <lanes x i1> of valid columns on edge tiles, None on full vectors
+    extra_args: tuple[ir.Value, ...]
+    lanes: int
+    elem_type: ir.Type
+    _gen: _Gen = field(repr=False, default=None)
+
+    def load(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        """Load ``lanes`` elements at ``base[index ...]`` (masked on edges, masked-off lanes read as 0)."""
+        return self._gen.load_vec(self.builder, base, index, self.mask)
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        """Broadcast a scalar of the element type to all lanes."""
+        return self._gen.splat(self.builder, scalar)
+
+
+# ------------------------------------------------------------------------------------------- IR helpers
+
+
+def _c64(v: int) -> ir.Constant:
+    return ir.Constant(_I64, v)
+
+
+class _Gen:
+    """Types, intrinsics and small emission helpers for one kernel."""
+
+    def __init__(self, module: ir.Module, target: Target, dtype: str, cfg: GemmConfig):
+        self.module = module
+        self.cfg = cfg
+        self.L = _lanes(target, dtype)
+        ety, self.esize = _DTYPES[dtype]
+        self.T = ety()
+        self.V = ir.VectorType(self.T, self.L)
+        self.M = ir.VectorType(_I1, self.L)
+        self.valign = min(64, self.L * self.esize)
+        tsuf = "f32" if dtype == "float32" else "f64"
+        vsuf = f"v{self.L}{tsuf}"
+        self.fmuladd = self._declare(f"llvm.fmuladd.{vsuf}", self.V, [self.V, self.V, self.V])
+        self.mload = self._declare(f"llvm.masked.load.{vsuf}.p0", self.V, [_PTR, _I32, self.M, self.V])
+        self.mstore = self._declare(f"llvm.masked.store.{vsuf}.p0", _VOID, [self.V, _PTR, _I32, self.M])
+        self.prefetch = self._declare("llvm.prefetch.p0", _VOID, [_PTR, _I32, _I32, _I32])
+        self.zero = ir.Constant(self.V, None)
+        self.iota = ir.Constant(ir.VectorType(_I64, self.L), list(range(self.L)))
+
+    def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return fn
+
+    # pointers and memory
+    def gep(self, b: ir.IRBuilder, base: ir.Value, idx: ir.Value, inbounds: bool = True) -> ir.Value:
+        return b.gep(base, [idx], inbounds=inbounds, source_etype=self.T)
+
+    def load_vec(self, b, base, idx, mask=None, align=None):
+        p = self.gep(b, base, idx)
+        if mask is None:
+            return b.load(p, typ=self.V, align=align or self.esize)
+        return b.call(self.mload, [p, ir.Constant(_I32, self.esize), mask, self.zero])
+
+    def store_vec(self, b, val, base, idx, mask=None, align=None):
+        p = self.gep(b, base, idx)
+        if mask is None:
+            b.store(val, p, align=align or self.esize)
+        else:
+            b.call(self.mstore, [val, p, ir.Constant(_I32, self.esize), mask])
+
+    def splat(self, b: ir.IRBuilder, scalar: ir.Value) -> ir.Value:
+        """Broadcast a scalar (of any type) to an L-lane vector."""
+        vt = ir.VectorType(scalar.type, self.L)
+        v = b.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(_I32, 0))
+        zeros = ir.Constant(ir.VectorType(_I32, self.L), [0] * self.L)
+        return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), zeros)
+
+    def lane_mask(self, b: ir.IRBuilder, first: int, limit: ir.Value) -> ir.Value:
+        """<L x i1>: lane l is set when first + l < limit (limit an i64 value)."""
+        idx = ir.Constant(ir.VectorType(_I64, self.L), [first + i for i in range(self.L)])
+        return b.icmp_signed("<", idx, self.splat(b, limit))
+
+    def const_mask(self, width: int) -> ir.Constant:
+        return ir.Constant(self.M, [1 if i < width else 0 for i in range(self.L)])
+
+    def transpose(self, b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+        """LxL transpose by log2(L) rounds of lo/hi interleaves: out[j] lane i = rows[i] lane j."""
+        L = self.L
+        h = L // 2
+        lo = ir.Constant(ir.VectorType(_I32, L), [x for p in zip(range(h), range(L, L + h), strict=True) for x in p])
+        hi = ir.Constant(
+            ir.VectorType(_I32, L), [x for p in zip(range(h, L), range(L + h, 2 * L), strict=True) for x in p]
+        )
+        r = list(rows)
+        for _ in range(int(math.log2(L))):
+            new: list[ir.Value] = [None] * L
+            for i in range(h):
+                new[2 * i] = b.shuffle_vector(r[i], r[i + h], lo)
+                new[2 * i + 1] = b.shuffle_vector(r[i], r[i + h], hi)
+            r = new
+        return r
+
+
+class _Loop:
+    """``for i in range(start, stop, step)`` (i64, step > 0), as a context manager yielding i."""
+
+    def __init__(self, b: ir.IRBuilder, start, stop, step, name: str = "i"):
+        self.b, self.start, self.stop, self.step, self.name = b, start, stop, step, name
+
+    def __enter__(self) -> ir.Value:
+        b = self.b
+        fn = b.function
+        self.body = fn.append_basic_block(self.name + ".body")
+        self.exit = fn.append_basic_block(self.name + ".exit")
+        pre = b.block
+        b.cbranch(b.icmp_signed("<", self.start, self.stop), self.body, self.exit)
+        b.position_at_end(self.body)
+        self.i = b.phi(_I64, name=self.name)
+        self.i.add_incoming(self.start, pre)
+        return self.i
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            return False
+        b = self.b
+        nxt = b.add(self.i, self.step, name=self.name + ".next")
+        self.i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, self.stop), self.body, self.exit)
+        b.position_at_end(self.exit)
+        return False
+
+
+def _smin(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _cdiv_ir(b, x, y):
+    return b.sdiv(b.add(x, b.sub(y, _c64(1))), y)
+
+
+def _rup_ir(b, x, y):
+    return b.mul(_cdiv_ir(b, x, y), y)
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+
+def _emit_pack_copy(g: _Gen, name: str, W: int) -> ir.Function:
+    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[k*ld + q*W + x], zero past ncols."""
+    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64]), name)
+    fn.linkage = "internal"
+    dst, src, ld, kc, ncols = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    groups = [(gi * L, min(L, W - gi * L)) for gi in range(_cdiv(W, L))]
+    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
+    npanels = _cdiv_ir(b, ncols, _c64(W))
+    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
+        left = b.sub(ncols, b.mul(q, _c64(W)))
+        d = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        s = g.gep(b, src, b.mul(q, _c64(W)))
+        with b.if_else(b.icmp_signed(">=", left, _c64(W))) as (full, part):
+            with full:
+                with _Loop(b, _c64(0), kc, _c64(1), "kf") as k:
+                    for off, w in groups:
+                        m = None if w == L else g.const_mask(w)
+                        v = g.load_vec(b, s, b.add(b.mul(k, ld), _c64(off)), m)
+                        g.store_vec(b, v, d, b.add(b.mul(k, _c64(W)), _c64(off)), m, align=dalign)
+            with part:
+                masks = [b.and_(g.lane_mask(b, off, left), g.const_mask(w)) for off, w in groups]
+                with _Loop(b, _c64(0), kc, _c64(1), "kp") as k:
+                    for (off, w), m in zip(groups, masks, strict=True):
+                        v = g.load_vec(b, s, b.add(b.mul(k, ld), _c64(off)), m)
+                        sm = None if w == L else g.const_mask(w)
+                        g.store_vec(b, v, d, b.add(b.mul(k, _c64(W)), _c64(off)), sm, align=dalign)
+    b.ret_void()
+    return fn
+
+
+def _emit_pack_trans(g: _Gen, name: str, W: int) -> ir.Function:
+    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[(q*W + x)*ld + k], zero past ncols."""
+    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64]), name)
+    fn.linkage = "internal"
+    dst, src, ld, kc, ncols = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    groups = [(gi * L, min(L, W - gi * L)) for gi in range(_cdiv(W, L))]
+    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
+    npanels = _cdiv_ir(b, ncols, _c64(W))
+    kfull = b.mul(b.sdiv(kc, _c64(L)), _c64(L))
+
+    def block(k0, rowmask, kmask, kleft):
+        # one L-deep slice of k for every group of the panel
+        for off, w in groups:
+            rows = []
+            for r in range(L):
+                if r >= w:
+                    rows.append(g.zero)
+                    continue
+                idx = b.add(b.mul(_c64(off + r), ld), k0)
+                m = kmask
+                if rowmask is not None:
+                    m = b.and_(m, g.splat(b, b.icmp_signed("<", _c64(off + r), rowmask)))
+                rows.append(g.load_vec(b, s_cur[0], idx, m))
+            cols = g.transpose(b, rows)
+            sm = None if w == L else g.const_mask(w)
+            for kk in range(L):
+                didx = b.add(b.mul(b.add(k0, _c64(kk)), _c64(W)), _c64(off))
+                if kleft is None:
+                    g.store_vec(b, cols[kk], d_cur[0], didx, sm, align=dalign)
+                else:
+                    with b.if_then(b.icmp_signed("<", _c64(kk), kleft)):
+                        g.store_vec(b, cols[kk], d_cur[0], didx, sm, align=dalign)
+
+    s_cur: list = [None]
+    d_cur: list = [None]
+    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
+        left = b.sub(ncols, b.mul(q, _c64(W)))
+        d_cur[0] = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        s_cur[0] = g.gep(b, src, b.mul(q, b.mul(_c64(W), ld)))
+        full = b.icmp_signed(">=", left, _c64(W))
+        tail_start = b.select(full, kfull, _c64(0))
+        with b.if_then(full):
+            with _Loop(b, _c64(0), kfull, _c64(L), "kf") as k0:
+                block(k0, None, None, None)
+        with _Loop(b, tail_start, kc, _c64(L), "kt") as k0:
+            kleft = b.sub(kc, k0)
+            block(k0, left, g.lane_mask(b, 0, kleft), kleft)
+    b.ret_void()
+    return fn
+
+
+# ------------------------------------------------------------------------------------------ microkernel
+
+
+def _emit_ukernel(
+    g: _Gen,
+    name: str,
+    epilogue: Callable[[EpilogueContext], ir.Value] | None,
+    extra_types: Sequence[ir.Type],
+    b_direct: bool,
+) -> ir.Function:
+    """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, row, col, load_old, last, extras...).
+
+    B rows are `bstride` elements apart (NR for a packed panel); without `b_direct` bstride is ignored."""
+    cfg = g.cfg
+    MR, NR, L, U = cfg.mr, cfg.nr, g.L, cfg.unroll
+    NV = NR // L
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I1, _I1, *extra_types]
+    fn = ir.Function(g.module, ir.FunctionType(_VOID, argt), name)
+    fn.linkage = "internal"
+    ap, bp, c, ldc, bstride, kc, mrem, nrem, row, col, load_old, last = fn.args[:12]
+    extras = tuple(fn.args[12:])
+    if not b_direct:
+        bstride = _c64(NR)
+    balign = g.esize if b_direct else g.valign
+    for a in (ap, bp, c):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    if cfg.prefetch_c:
+        for i in range(MR):
+            rp = b.gep(c, [b.mul(_c64(i), ldc)], source_etype=g.T)
+            for off in range(0, NR, 64 // g.esize):
+                p = b.gep(rp, [_c64(off)], source_etype=g.T)
+                b.call(g.prefetch, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+    def kstep(accs, a_base, b_base, kk):
+        brow = g.gep(b, b_base, b.mul(_c64(kk), bstride))
+        bv = [b.load(g.gep(b, brow, _c64(v * L)), typ=g.V, align=balign) for v in range(NV)]
+        out = list(accs)
+        for i in range(MR):
+            s = b.load(g.gep(b, a_base, _c64(kk * MR + i)), typ=g.T, align=g.esize)
+            bc = g.splat(b, s)
+            for v in range(NV):
+                out[i * NV + v] = b.call(g.fmuladd, [bc, bv[v], out[i * NV + v]])
+        return out
+
+    def kloop(start_accs, a0, b0, trips, unroll, tag):
+        """Loop `trips` times over `unroll` k steps; returns (accs, a_ptr, b_ptr) after the loop."""
+        pre = b.block
+        body = fn.append_basic_block(tag + ".body")
+        done = fn.append_basic_block(tag + ".done")
+        b.cbranch(b.icmp_signed(">", trips, _c64(0)), body, done)
+        b.position_at_end(body)
+        n = b.phi(_I64)
+        pa = b.phi(_PTR)
+        pb = b.phi(_PTR)
+        accs = [b.phi(g.V) for _ in start_accs]
+        n.add_incoming(_c64(0), pre)
+        pa.add_incoming(a0, pre)
+        pb.add_incoming(b0, pre)
+        for p, v in zip(accs, start_accs, strict=True):
+            p.add_incoming(v, pre)
+        cur = list(accs)
+        if cfg.prefetch_a:
+            p = b.gep(pa, [_c64(cfg.prefetch_a * MR)], source_etype=g.T)
+            b.call(g.prefetch, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        if cfg.prefetch_b:
+            p = b.gep(pb, [_c64(cfg.prefetch_b * NR)], source_etype=g.T)
+            b.call(g.prefetch, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        for kk in range(unroll):
+            cur = kstep(cur, pa, pb, kk)
+        na = g.gep(b, pa, _c64(unroll * MR))
+        nb = g.gep(b, pb, b.mul(_c64(unroll), bstride))
+        n2 = b.add(n, _c64(1))
+        last_body = b.block
+        n.add_incoming(n2, last_body)
+        pa.add_incoming(na, last_body)
+        pb.add_incoming(nb, last_body)
+        for p, v in zip(accs, cur, strict=True):
+            p.add_incoming(v, last_body)
+        b.cbranch(b.icmp_signed("<", n2, trips), body, done)
+        b.position_at_end(done)
+        out_acc = []
+        for v0, v1 in zip(start_accs, cur, strict=True):
+            ph = b.phi(g.V)
+            ph.add_incoming(v0, pre)
+            ph.add_incoming(v1, last_body)
+            out_acc.append(ph)
+        pa_out = b.phi(_PTR)
+        pa_out.add_incoming(a0, pre)
+        pa_out.add_incoming(na, last_body)
+        pb_out = b.phi(_PTR)
+        pb_out.add_incoming(b0, pre)
+        pb_out.add_incoming(nb, last_body)
+        return out_acc, pa_out, pb_out
+
+    accs = [g.zero] * (MR * NV)
+    if U > 1:
+        accs, a1, b1 = kloop(accs, ap, bp, b.sdiv(kc, _c64(U)), U, "kmain")
+        accs, _, _ = kloop(accs, a1, b1, b.srem(kc, _c64(U)), 1, "ktail")
+    else:
+        accs, _, _ = kloop(accs, ap, bp, kc, 1, "kmain")
+
+    def epi(val, r, colv, mask):
+        if epilogue is None:
+            return val
+        ctx = EpilogueContext(b, val, r, colv, mask, extras, L, g.T, g)
+        out = epilogue(ctx)
+        if not isinstance(out, ir.Value) or out.type != g.V:
+            raise TypeError(f"GEMM epilogue must return a {g.V} value, got {out!r}")
+        return out
+
+    cols = [b.add(col, _c64(v * L)) for v in range(NV)]
+    rows = [b.add(row, _c64(i)) for i in range(MR)]
+    is_full = b.and_(b.icmp_signed("==", mrem, _c64(MR)), b.icmp_signed("==", nrem, _c64(NR)))
+    with b.if_else(is_full, likely=True) as (full, edge):
+        with full:
+            rowp = [b.mul(_c64(i), ldc) for i in range(MR)]
+            idx = [[b.add(rowp[i], _c64(v * L)) for v in range(NV)] for i in range(MR)]
+            pre = b.block
+            with b.if_then(load_old):
+                summed = [
+                    b.fadd(accs[i * NV + v], g.load_vec(b, c, idx[i][v]))
+                    for i in range(MR)
+                    for v in range(NV)
+                ]
+                add_blk = b.block
+            vals = []
+            for a, s in zip(accs, summed, strict=True):
+                ph = b.phi(g.V)
+                ph.add_incoming(a, pre)
+                ph.add_incoming(s, add_blk)
+                vals.append(ph)
+            if epilogue is None:
+                for i in range(MR):
+                    for v in range(NV):
+                        g.store_vec(b, vals[i * NV + v], c, idx[i][v])
+            else:
+                with b.if_else(last) as (fin, mid):
+                    with fin:
+                        for i in range(MR):
+                            for v in range(NV):
+                                g.store_vec(b, epi(vals[i * NV + v], rows[i], cols[v], None), c, idx[i][v])
+                    with mid:
+                        for i in range(MR):
+                            for v in range(NV):
+                                g.store_vec(b, vals[i * NV + v], c, idx[i][v])
+        with edge:
+            masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
+            for i in range(MR):
+                with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
+                    rp = b.mul(_c64(i), ldc)
+                    vals = []
+                    for v in range(NV):
+                        ix = b.add(rp, _c64(v * L))
+                        old = g.load_vec(b, c, ix, masks[v])
+                        vals.append((b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v]), ix))
+                    if epilogue is None:
+                        for v, (val, ix) in enumerate(vals):
+                            g.store_vec(b, val, c, ix, masks[v])
+                    else:
+                        with b.if_else(last) as (fin, mid):
+                            with fin:
+                                for v, (val, ix) in enumerate(vals):
+                                    g.store_vec(b, epi(val, rows[i], cols[v], masks[v]), c, ix, masks[v])
+                            with mid:
+                                for v, (val, ix) in enumerate(vals):
+                                    g.store_vec(b, val, c, ix, masks[v])
+    b.ret_void()
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _ir_slice(b, M, N, K, cfg: GemmConfig, esize: int):
+    """IR twin of `_slice_elems`."""
+    align = _c64(64 // esize)
+    kcmax = _smin(b, _c64(cfg.kc), _rup_ir(b, K, _c64(cfg.unroll)))
+    a = _rup_ir(b, b.mul(_smin(b, _c64(cfg.mc), _rup_ir(b, M, _c64(cfg.mr))), kcmax), align)
+    bb = _rup_ir(b, b.mul(kcmax, _smin(b, _c64(cfg.nc), _rup_ir(b, N, _c64(cfg.nr)))), align)
+    return a, bb
+
+
+def emit_gemm(
+    module: ir.Module,
+    name: str,
+    *,
+    target: Target,
+    M: int | None,
+    N: int | None,
+    K: int | None,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    dtype: str = "float32",
+    accumulate: bool = False,
+    epilogue: Callable[[EpilogueContext], ir.Value] | None = None,
+    extra_args: Sequence[ir.Type] = (),
+    config: GemmConfig | None = None,
+) -> ir.Function:
+    """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+
+    Internal helpers are added as ``name.ukernel``, ``name.packA``, ``name.packB`` (internal linkage).
+    """
+    for dim, v in (("M", M), ("N", N), ("K", K)):
+        if v is not None and (not isinstance(v, int) or v < (1 if dim == "K" else 0)):
+            raise ValueError(f"GEMM static {dim} must be a positive int or None, got {v!r}")
+    cfg = config or default_config(target, dtype)
+    g = _Gen(module, target, dtype, cfg)
+    if cfg.nr % g.L:
+        raise ValueError(f"nr={cfg.nr} must be a multiple of the target's {g.L} lanes")
+    MR, NR = cfg.mr, cfg.nr
+
+    b_direct = cfg.direct_b_max_ld > 0 and not trans_b
+    ukernel = _emit_ukernel(g, f"{name}.ukernel", epilogue, list(extra_args), b_direct)
+    pack_a = (_emit_pack_copy if trans_a else _emit_pack_trans)(g, f"{name}.packA", MR)
+    pack_b = (_emit_pack_trans if trans_b else _emit_pack_copy)(g, f"{name}.packB", NR)
+
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *extra_args]
+    fn = ir.Function(module, ir.FunctionType(_VOID, argt), name)
+    A, B, C, Mr, Nr, Kr, lda, ldb, ldc, ws, tid32, nth32 = fn.args[:12]
+    extras = list(fn.args[12:])
+    for a, nm in zip(fn.args[:12], ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads"],
+                     strict=True):
+        a.name = nm
+    ws.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    Mv = _c64(M) if M is not None else Mr
+    Nv = _c64(N) if N is not None else Nr
+    Kv = _c64(K) if K is not None else Kr
+    tid = b.sext(tid32, _I64)
+    nth = b.sext(nth32, _I64)
+
+    ret = fn.append_basic_block("ret")
+    work = fn.append_basic_block("work")
+    positive = [b.icmp_signed(">", d, _c64(0)) for d in (Mv, Nv, Kv)]
+    b.cbranch(b.and_(b.and_(positive[0], positive[1]), positive[2]), work, ret)
+    b.position_at_end(ret)
+    b.ret_void()
+    b.position_at_end(work)
+
+    # split the tile grid among threads
+    mt = _cdiv_ir(b, Mv, _c64(MR))
+    nt = _cdiv_ir(b, Nv, _c64(NR))
+    work_m = b.mul(_cdiv_ir(b, mt, nth), nt)
+    work_n = b.mul(mt, _cdiv_ir(b, nt, nth))
+    split_m = b.or_(
+        b.icmp_signed("<", work_m, work_n),
+        b.and_(b.icmp_signed("==", work_m, work_n), b.icmp_signed(">=", Mv, Nv)),
+    )
+
+    def part(tiles, tile, extent):
+        base = b.sdiv(tiles, nth)
+        extra = b.srem(tiles, nth)
+        start = b.add(b.mul(tid, base), _smin(b, tid, extra))
+        count = b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64))
+        lo = _smin(b, b.mul(start, _c64(tile)), extent)
+        hi = _smin(b, b.mul(b.add(start, count), _c64(tile)), extent)
+        return lo, hi
+
+    mlo, mhi = part(mt, MR, Mv)
+    nlo, nhi = part(nt, NR, Nv)
+    m0 = b.select(split_m, mlo, _c64(0))
+    m1 = b.select(split_m, mhi, Mv)
+    n0 = b.select(split_m, _c64(0), nlo)
+    n1 = b.select(split_m, Nv, nhi)
+    empty = b.or_(b.icmp_signed(">=", m0, m1), b.icmp_signed(">=", n0, n1))
+    go = fn.append_basic_block("go")
+    b.cbranch(empty, ret, go)
+    b.position_at_end(go)
+
+    # workspace slice
+    a_el, b_el = _ir_slice(b, Mv, Nv, Kv, cfg, g.esize)
+    Ap = g.gep(b, ws, b.mul(tid, b.add(a_el, b_el)))
+    Bp = g.gep(b, Ap, a_el)
+
+    # block sizes: balanced, rounded to the tile / unroll
+    def balanced(extent, cap, quantum):
+        nblk = _cdiv_ir(b, extent, _c64(cap))
+        return _rup_ir(b, _cdiv_ir(b, extent, nblk), _c64(quantum))
+
+    mcb = balanced(b.sub(m1, m0), cfg.mc, MR)
+    ncb = balanced(b.sub(n1, n0), cfg.nc, NR)
+    kcb = balanced(Kv, cfg.kc, cfg.unroll)
+    acc_flag = ir.Constant(_I1, 1 if accumulate else 0)
+    direct = b.and_(b.icmp_signed("<=", ldb, _c64(cfg.direct_b_max_ld)),
+                    b.icmp_signed("<=", b.sub(m1, m0), _c64(cfg.direct_b_max_m)))
+
+    def a_src(row, pc):  # element offset of op(A)[row, pc] in A
+        return b.add(b.mul(pc, lda), row) if trans_a else b.add(b.mul(row, lda), pc)
+
+    def b_src(col, pc):  # element offset of op(B)[pc, col] in B
+        return b.add(b.mul(col, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), col)
+
+    with _Loop(b, n0, n1, ncb, "jc") as jc:
+        nc = _smin(b, ncb, b.sub(n1, jc))
+        with _Loop(b, _c64(0), Kv, kcb, "pc") as pc:
+            kc = _smin(b, kcb, b.sub(Kv, pc))
+            if b_direct:
+                # narrow B is read in place (full panels); otherwise nfull = 0 and everything is packed
+                nfull = b.select(direct, b.mul(b.sdiv(nc, _c64(NR)), _c64(NR)), _c64(0))
+                with b.if_then(b.icmp_signed("<", nfull, nc)):
+                    b.call(pack_b, [g.gep(b, Bp, b.mul(nfull, kc)), g.gep(b, B, b_src(b.add(jc, nfull), pc)), ldb,
+                                    kc, b.sub(nc, nfull)])
+            else:
+                b.call(pack_b, [Bp, g.gep(b, B, b_src(jc, pc)), ldb, kc, nc])
+            load_old = b.or_(acc_flag, b.icmp_signed(">", pc, _c64(0)))
+            last = b.icmp_signed(">=", b.add(pc, kc), Kv)
+            with _Loop(b, m0, m1, mcb, "ic") as ic:
+                mc = _smin(b, mcb, b.sub(m1, ic))
+                b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
+
+                def tile(jr, ir_, ap_panel):
+                    if b_direct:
+                        in_place = b.icmp_signed("<", jr, nfull)
+                        bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, Bp, b.mul(jr, kc)))
+                        bstride = b.select(in_place, ldb, _c64(NR))
+                    else:
+                        bptr, bstride = g.gep(b, Bp, b.mul(jr, kc)), _c64(NR)
+                    args = [
+                        ap_panel,
+                        bptr,
+                        g.gep(b, C, b.add(b.mul(b.add(ic, ir_), ldc), b.add(jc, jr))),
+                        ldc,
+                        bstride,
+                        kc,
+                        _smin(b, _c64(MR), b.sub(mc, ir_)),
+                        _smin(b, _c64(NR), b.sub(nc, jr)),
+                        b.add(ic, ir_),
+                        b.add(jc, jr),
+                        load_old,
+                        last,
+                        *extras,
+                    ]
+                    b.call(ukernel, args)
+
+                if cfg.loop_order == "jr_ir":
+                    with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
+                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+                else:
+                    with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
+                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+    b.ret_void()
+    return fn

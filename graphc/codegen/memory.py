@@ -1,0 +1,121 @@
+"""The memory plan: temporaries share one arena, placed by liveness; barriers go where threads could race.
+
+Sizes can depend on the batch dim N; a plan is made for concrete dims and stays valid for any smaller batch
+(offsets are fixed, buffers only shrink)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graphc.codegen import gemm as gemm_mod
+from graphc.codegen.emit import ITEMSIZE
+from graphc.codegen.kernels import GemmKernel
+from graphc.codegen.schedule import Program
+from graphc.codegen.target import Target
+from graphc.ir.shapes import eval_dim
+
+ALIGN = 64
+
+
+def _nbytes(buf, env) -> int:
+    n = 1
+    for d in buf.shape:
+        n *= eval_dim(d, env)
+    return n * ITEMSIZE[buf.dtype]
+
+
+@dataclass
+class MemoryPlan:
+    """Where each temporary lives in the arena, for the dims in `env`."""
+
+    env: dict
+    offsets: dict[int, int]  # temp buffer index -> byte offset
+    sizes: dict[int, int]  # temp buffer index -> bytes
+    arena_bytes: int  # peak: the arena's size
+    workspace_bytes: int  # matrix-product packing buffers (per call, all threads)
+    unshared_bytes: int  # what the temporaries would take without sharing
+    shares: list[tuple[str, str]] = field(default_factory=list)  # (a, b): b reuses a's storage
+
+    def __str__(self) -> str:
+        lines = [f"arena: {self.arena_bytes} bytes peak for {len(self.offsets)} temporaries "
+                 f"({self.unshared_bytes} bytes unshared), gemm workspace {self.workspace_bytes} bytes"]
+        lines += [f"  {b} reuses the storage of {a}" for a, b in self.shares]
+        return "\n".join(lines)
+
+
+def liveness(program: Program) -> dict[int, tuple[int, int]]:
+    """temp buffer index -> (first kernel that writes it, last kernel that touches it)."""
+    live: dict[int, list[int]] = {}
+    for i, k in enumerate(program.kernels):
+        for b in k.writes + k.reads:
+            if b.kind == "temp":
+                span = live.setdefault(b.index, [i, i])
+                span[0] = min(span[0], i)
+                span[1] = max(span[1], i)
+    return {k: (v[0], v[1]) for k, v in live.items()}
+
+
+def barriers(program: Program) -> list[bool]:
+    """For each kernel, whether all threads must meet before it starts: it reads what a kernel since the last
+    barrier wrote, or writes what one read or wrote. Matrix products also share the packing workspace.
+
+    Decided on buffers, not addresses, so it holds for any batch size; the arena plan then only lets two
+    temporaries share storage when a barrier separates their lifetimes."""
+    need: list[bool] = []
+    reads: set = set()
+    writes: set = set()
+    for i, k in enumerate(program.kernels):
+        r = {b.index for b in k.reads}
+        w = {b.index for b in k.writes}
+        if isinstance(k, GemmKernel):
+            r.add("ws")
+            w.add("ws")
+        hazard = i > 0 and bool((r & writes) or (w & (reads | writes)))
+        need.append(hazard)
+        if hazard:
+            reads, writes = set(), set()
+        reads |= r
+        writes |= w
+    return need
+
+
+def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list[bool] | None = None) -> MemoryPlan:
+    flags = barriers(program) if flags is None else flags
+    live = liveness(program)
+    sizes = {i: _nbytes(program.buffers[i], env) for i in live}
+    sync_points = [i for i, f in enumerate(flags) if f]
+
+    def separated(first_done: int, later_start: int) -> bool:
+        """A barrier between the last use of one buffer and the first write of the other."""
+        return any(first_done < m <= later_start for m in sync_points)
+
+    def apart(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return (a[1] < b[0] and separated(a[1], b[0])) or (b[1] < a[0] and separated(b[1], a[0]))
+
+    placed: list[tuple[int, int, tuple[int, int], int]] = []  # (offset, end, lifetime, buffer)
+    offsets: dict[int, int] = {}
+    shares: list[tuple[str, str]] = []
+    # biggest first, then by first use: the classic greedy that keeps the peak low
+    for idx in sorted(live, key=lambda i: (-sizes[i], live[i][0], i)):
+        span = live[idx]
+        size = max(sizes[idx], 1)
+        conflicts = sorted((o, e) for o, e, other, _ in placed if not apart(span, other))
+        off = 0
+        for o, e in conflicts:
+            if off + size <= o:
+                break
+            off = max(off, (e + ALIGN - 1) // ALIGN * ALIGN)
+        offsets[idx] = off
+        for o, e, _, j in placed:
+            if o < off + size and off < e:
+                shares.append((program.buffers[j].label, program.buffers[idx].label))
+                break
+        placed.append((off, off + size, span, idx))
+    arena = max((e for _, e, *_ in placed), default=0)
+    ws = 0
+    for k in program.kernels:
+        if isinstance(k, GemmKernel):
+            m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
+            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype))
+    return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
+                      sorted(shares))

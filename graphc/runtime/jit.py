@@ -1,0 +1,329 @@
+"""The JIT: `gc.compile(outputs)` lowers a graph to native code and returns a callable with the contract of
+`gc.evaluate` (same values mapping, same results), checked at the boundary so native code never sees
+unchecked input.
+
+Inspection: `fn.stages` (the graph after each pass), `fn.kernels` (the loop-level kernel IR), `fn.llvm_ir`,
+`fn.asm`, `fn.memory_plan` (the arena's peak bytes and which temporaries share storage)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+from graphc.codegen.emit import ModuleEmitter
+from graphc.codegen.memory import MemoryPlan, barriers, plan
+from graphc.codegen.schedule import Program, schedule
+from graphc.codegen.target import Engine, Target, assembly, emit_object, host_target, level_target
+from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
+from graphc.ir.graph import Graph
+from graphc.ir.node import Node, as_nodes, capture_source
+from graphc.ir.shapes import FLOAT_DTYPES
+from graphc.passes.pipeline import lower
+from graphc.runtime import cache as disk_cache
+from graphc.runtime.reference import bind_values
+
+RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+
+
+def default_threads() -> int:
+    env = os.environ.get("GRAPHC_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise GraphcError(f"GRAPHC_THREADS must be an integer, got {env!r}") from None
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
+    """A zeroed byte buffer whose data pointer is `align`-aligned (what the kernels promise for the arena)."""
+    raw = np.zeros(nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + nbytes]
+
+
+class CompiledFunction:
+    """A graph compiled to native code. Call it like `gc.evaluate`: `fn(values)` or `fn(**values)`."""
+
+    def __init__(self, outputs, *, updates: Mapping | None = None, training: bool = False,
+                 threads: int | None = None, check_finite: bool = False, target: Target | str | None = None,
+                 cache: bool = True):
+        self._single = isinstance(outputs, Node)
+        outs = as_nodes(outputs)
+        for o in outs:
+            if not isinstance(o, Node):
+                raise GraphcError(f"compile: outputs must be tensors, got {type(o).__name__}")
+        self._n_results = len(outs)
+        update_leaves: list[Node] = []
+        self._update_ids = {id(leaf) for leaf in (updates or {})}
+        for leaf, value in (updates or {}).items():
+            if not isinstance(leaf, Node) or leaf.op.name not in ("input", "param"):
+                raise GraphcError(f"compile: updates must map inputs or parameters to new values, got key {leaf!r}")
+            if not isinstance(value, Node) or value.shape != leaf.shape or value.dtype != leaf.dtype:
+                raise GraphcError(f"compile: the update of {leaf.name!r} ({leaf.type_str}) must be a tensor of the "
+                                  f"same shape and dtype, got {value!r}")
+            update_leaves.append(leaf)
+            outs = outs + [value]
+        self.training = training
+        self.check_finite = check_finite
+        self.threads = threads or default_threads()
+        if isinstance(target, str):
+            target = level_target(target)
+        self.target = target or host_target()
+        graph = Graph.of(outs)
+        extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
+        graph = Graph(graph.outputs, graph.inputs + extra)
+        position = {id(leaf): i for i, leaf in enumerate(graph.inputs)}
+        self._updates = {self._n_results + k: position[id(leaf)] for k, leaf in enumerate(update_leaves)}
+        if not training:
+            from graphc.passes.modes import inference
+
+            graph = inference(graph)
+        self.stages = lower(graph)
+        self.graph = self.stages[-1][1]
+        self.program: Program = schedule(self.graph, self._updates)
+        self._source_graph = Graph(tuple(outs), graph.inputs)
+        self._lock = threading.Lock()
+        self._plan: MemoryPlan | None = None
+        self._plan_threads = 0
+        self._arena: np.ndarray | None = None
+        self._ws: np.ndarray | None = None
+        self._barriers = barriers(self.program)
+        self._ir: str | None = None
+        key = disk_cache.key(outs, self.training, self.target, sorted(self._updates.items()))
+        self.cache_key = key
+        engine = disk_cache.load(key, self.target) if cache else None
+        self.from_cache = engine is not None
+        if engine is None:
+            obj, engine = self._build()
+            if cache:
+                disk_cache.store(key, obj)
+        self._engine = engine
+        self._run = engine.function("graphc_run", ctypes.c_int32, *RUN_ARGS)
+        self._nbuf = len(self.program.buffers)
+        self._consts = {i: np.ascontiguousarray(a) for i, a in self.program.consts.items()}
+        self._prepare_fast_path()
+
+    # ------------------------------------------------------------------------------------------ building
+    def _build(self):
+        flags = self._barriers
+        try:
+            text = ModuleEmitter(self.program, self.target).emit(flags)
+        except CompileError:
+            raise
+        except Exception as e:  # an emission bug must still say which graph it was compiling
+            raise CompileError(f"compile: code generation failed: {type(e).__name__}: {e}") from e
+        self._ir = text
+        obj = emit_object(text, self.target, jit=True)
+        return obj, Engine.from_object(obj, self.target)
+
+    # ------------------------------------------------------------------------------------------ inspection
+    @property
+    def kernels(self) -> str:
+        """The loop-level kernel IR, one block per kernel, in execution order."""
+        return str(self.program)
+
+    @property
+    def llvm_ir(self) -> str:
+        """The LLVM IR as emitted (before LLVM's optimizer)."""
+        if self._ir is None:
+            self._ir = ModuleEmitter(self.program, self.target).emit(self._barriers)
+        return self._ir
+
+    @property
+    def asm(self) -> str:
+        """The optimized machine code for the target, as assembly."""
+        return assembly(self.llvm_ir, self.target)
+
+    @property
+    def memory_plan(self) -> MemoryPlan:
+        """The arena plan of the last call (or, before any call, for every symbolic dim = 1)."""
+        return self._plan or plan(self.program, {s: 1 for s in self.program.symbols}, self.threads, self.target,
+                                  self._barriers)
+
+    def _repr_svg_(self) -> str:  # notebooks: draw the fused kernels lazily; viz sits above the runtime
+        from graphc.viz import svg
+
+        return svg.to_svg(self)
+
+    def show_stages(self) -> str:
+        return "\n\n".join(f"# after {name}\n{g}" for name, g in self.stages)
+
+    # ------------------------------------------------------------------------------------------ calling
+    def _prepare_fast_path(self) -> None:
+        """Per-call checks precomputed: which leaf each key names, what each dim must be, how to size
+        outputs. Anything unusual falls back to the full (slow, precise) check, which raises."""
+        prog = self.program
+        g = self._source_graph
+        self._symbols = list(prog.symbols)
+        sym_index = {s: i for i, s in enumerate(self._symbols)}
+        self._leaf_specs = []  # (leaf, table slot, dtype, [(int dim) or (symbol index as -1-k)])
+        self._by_key: dict = {}
+        for leaf, buf in zip(g.inputs, prog.inputs, strict=True):
+            if not self.training and leaf.name == "rng_key":
+                continue
+            dims = []
+            for d in leaf.shape:
+                if isinstance(d, int):
+                    dims.append(d)
+                elif d in sym_index:
+                    dims.append(-1 - sym_index[d])
+                else:
+                    dims = None
+                    break
+            spec = (leaf, buf.index, np.dtype(leaf.dtype), dims)
+            self._leaf_specs.append(spec)
+            self._by_key[leaf.name] = spec
+            self._by_key[id(leaf)] = spec
+        import sympy
+
+        def dim_fn(d):
+            if isinstance(d, int):
+                return lambda env: d
+            if d in sym_index:
+                k = sym_index[d]
+                return lambda env: env[k]
+            f = sympy.lambdify(self._symbols, d)
+            return lambda env: int(f(*env))
+
+        self._out_specs = []
+        for buf in prog.outputs[:self._n_results]:
+            self._out_specs.append((buf.index, np.dtype(buf.dtype), [dim_fn(d) for d in buf.shape]))
+        self._written = {prog.inputs[j].index for j in self._updates.values()}
+        base = np.zeros(self._nbuf, dtype=np.uintp)
+        for idx, a in self._consts.items():
+            base[idx] = a.ctypes.data
+        self._base_table = base
+
+    def _fast_bind(self, values: Mapping):
+        """(table slot -> array, dims) when every value is exactly right, else None."""
+        if len(values) != len(self._leaf_specs) or self.check_finite:
+            return None
+        env = [0] * len(self._symbols)
+        seen = [False] * len(self._symbols)
+        bound = {}
+        for key, a in values.items():
+            spec = self._by_key.get(key if isinstance(key, str) else id(key))
+            if spec is None or type(a) is not np.ndarray:
+                return None
+            leaf, slot, dtype, dims = spec
+            if a.dtype != dtype or dims is None or a.ndim != len(dims) or not a.flags.c_contiguous or slot in bound:
+                return None
+            for want, got in zip(dims, a.shape, strict=True):
+                if want >= 0:
+                    if want != got:
+                        return None
+                else:
+                    k = -1 - want
+                    if seen[k] and env[k] != got:
+                        return None
+                    env[k], seen[k] = got, True
+            if a.ctypes.data % dtype.itemsize or (slot in self._written and not a.flags.writeable):
+                return None
+            bound[slot] = a
+        if not all(seen) or 0 in env:
+            return None
+        return bound, env
+
+    def __call__(self, values: Mapping | None = None, /, *, threads: int | None = None, **kw):
+        if values is None:
+            values = kw
+        elif kw:
+            values = {**values, **kw}
+        fast = self._fast_bind(values) if isinstance(values, dict) else None
+        if fast is None:
+            where = f"compiled function called at {capture_source().where()}"
+            arrays, envd = self._check(values, where)
+            g = self._source_graph
+            fast = ({buf.index: arrays[id(leaf)] for leaf, buf in zip(g.inputs, self.program.inputs, strict=True)
+                     if id(leaf) in arrays}, [envd[s] for s in self._symbols])
+        nthreads = threads or self.threads
+        with self._lock:
+            return self._execute(fast[0], fast[1], nthreads)
+
+    def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
+        g = self._source_graph
+        arrays, env, _ = bind_values(g.nodes(), values, training=self.training, allow_unused=False, what=where)
+        for leaf in g.inputs:
+            if id(leaf) not in arrays:
+                continue
+            a = arrays[id(leaf)]
+            label = f"{leaf.op.name} {leaf.name!r} ({leaf.type_str}, declared at {leaf.source.where()})"
+            if a.dtype != np.dtype(leaf.dtype):
+                hint = f"pass .astype(np.{leaf.dtype})" if leaf.dtype in FLOAT_DTYPES or a.dtype.kind in "iu" else ""
+                raise DTypeError(f"{where}: {label} got a {a.dtype} array; a compiled function takes exactly "
+                                 f"its declared dtype {leaf.dtype} ({hint})")
+            if not a.flags.c_contiguous:
+                raise InputError(f"{where}: {label} got a non-contiguous array (strides {a.strides}); pass "
+                                 "np.ascontiguousarray(value)")
+            if a.ctypes.data % a.dtype.itemsize:
+                raise InputError(f"{where}: {label} got an array whose data is not aligned to its {a.dtype} "
+                                 "items; pass a copy (np.array(value))")
+            if id(leaf) in self._update_ids and not a.flags.writeable:
+                raise InputError(f"{where}: {label} is updated in place but the array is read-only")
+            if self.check_finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                bad = np.argwhere(~np.isfinite(a))[0]
+                raise NumericalError(f"{where}: {label} has a non-finite value {a[tuple(bad)]} at index "
+                                     f"{tuple(int(i) for i in bad)}")
+        for s in self.program.symbols:
+            if s in env and env[s] == 0:
+                raise ShapeError(f"{where}: dim {s} is 0; compiled functions need at least one row")
+            if s not in env:
+                raise ShapeError(f"{where}: no input binds dim {s}")
+        return arrays, env
+
+    def _execute(self, bound: dict[int, np.ndarray], env: list[int], nthreads: int):
+        prog = self.program
+        if self._plan is None or nthreads > self._plan_threads or any(
+                v > self._plan.env.get(s, 0) for s, v in zip(self._symbols, env, strict=True)):
+            old = self._plan.env if self._plan else {}
+            grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
+            self._plan_threads = max(nthreads, getattr(self, "_plan_threads", 0))
+            self._plan = plan(prog, grow, self._plan_threads, self.target, self._barriers)
+            self._arena = _aligned(max(self._plan.arena_bytes, 64))
+            self._ws = _aligned(max(self._plan.workspace_bytes, 64))
+            table = self._base_table.copy()
+            base = self._arena.ctypes.data
+            for idx, off in self._plan.offsets.items():
+                table[idx] = base + off
+            self._base_table = table
+        table = self._base_table.copy()
+        for slot, a in bound.items():
+            table[slot] = a.ctypes.data
+        results: dict[int, np.ndarray] = {}
+        outs = []
+        for slot, dtype, dims in self._out_specs:
+            r = results.get(slot)
+            if r is None:
+                r = np.empty(tuple(f(env) for f in dims), dtype=dtype)
+                results[slot] = r
+                table[slot] = r.ctypes.data
+                outs.append(r)
+            else:
+                outs.append(None)  # a repeated output: copied after the run
+        dims = np.array(env or [0], dtype=np.int64)
+        self._run(table.ctypes.data, dims.ctypes.data, self._ws.ctypes.data, nthreads)
+        outs = [o if o is not None else results[slot].copy() for o, (slot, _, _) in zip(outs, self._out_specs,
+                                                                                         strict=True)]
+        if self._single:
+            return outs[0]
+        return outs
+
+
+def compile(outputs, *, updates: Mapping | None = None, training: bool = False,  # noqa: A001
+            threads: int | None = None, check_finite: bool = False, target: Target | str | None = None,
+            cache: bool = True) -> CompiledFunction:
+    """Compile `outputs` (a tensor or a list) to native code for the host CPU (or `target`: "x86-64",
+    "x86-64-v2", "x86-64-v3", "x86-64-v4"). The result is called like `gc.evaluate`.
+
+    `updates` maps parameters (or inputs) to new values computed in the same call and written *in place* into
+    the arrays passed for them (as PyTensor's `updates`): a training step without copies. `training=True`
+    keeps dropout (feed `rng_key`); `threads` defaults to the CPUs this process may use; `check_finite`
+    rejects inputs holding nan or inf."""
+    return CompiledFunction(outputs, updates=updates, training=training, threads=threads,
+                            check_finite=check_finite, target=target, cache=cache)
+

@@ -1,0 +1,350 @@
+"""GEMM kernel generator: correctness against numpy, epilogues, thread-count invariance, portable targets."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from graphc.codegen.gemm import (
+    EpilogueContext,
+    GemmConfig,
+    default_config,
+    emit_gemm,
+    workspace_bytes,
+)
+from graphc.codegen.target import compile_ir, host_target, level_target
+
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_RNG = np.random.default_rng(1234)
+
+# Shapes (M, N, K) covering 1, 3, 7, 17, 33, 64 and 255 in each dimension, K above the K block (so the
+# epilogue must wait for the last block), M above the M block, N above the N block, and exact tiles.
+SHAPES = [
+    (1, 3, 7),
+    (3, 7, 17),
+    (7, 17, 33),
+    (17, 33, 64),
+    (33, 64, 255),
+    (64, 255, 1),
+    (255, 1, 3),
+    (1, 1, 1),
+    (255, 255, 64),
+    (24, 64, 384),
+    (37, 70, 1000),
+    (500, 33, 7),
+    (3, 3100, 5),
+]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def bias_relu(ctx: EpilogueContext) -> ir.Value:
+    """C = relu(acc + bias[col]) with bias the first extra argument."""
+    b = ctx.builder
+    v = b.fadd(ctx.acc, ctx.load(ctx.extra_args[0], ctx.col))
+    zero = ir.Constant(ctx.acc.type, None)
+    return b.select(b.fcmp_ordered(">", v, zero), v, zero)
+
+
+def row_col_bias(ctx: EpilogueContext) -> ir.Value:
+    """C = acc + colbias[col] + rowbias[row]: checks the row and column indices the epilogue is given."""
+    b = ctx.builder
+    colb = ctx.load(ctx.extra_args[0], ctx.col)
+    rp = b.gep(ctx.extra_args[1], [ctx.row], inbounds=True, source_etype=ctx.elem_type)
+    rowb = ctx.splat(b.load(rp, typ=ctx.elem_type))
+    return b.fadd(b.fadd(ctx.acc, colb), rowb)
+
+
+def _aligned_workspace(nbytes: int) -> np.ndarray:
+    raw = np.zeros(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off : off + nbytes]
+
+
+class Kernel:
+    def __init__(self, engine, name, spec, target):
+        self.spec = spec
+        self.target = target
+        self.dtype = np.dtype(spec.get("dtype", "float32"))
+        nextra = len(spec.get("extra_args", ()))
+        self.fn = engine.function(name, None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32,
+                                  *([_P] * nextra))
+
+    def __call__(self, A, B, C, M, N, K, nthreads=1, extras=()):
+        ws = _aligned_workspace(workspace_bytes(M, N, K, nthreads, self.target, self.dtype.name))
+        dims = [0 if self.spec.get(d) is not None else v for d, v in (("M", M), ("N", N), ("K", K))]
+        args = (A.ctypes.data, B.ctypes.data, C.ctypes.data, *dims,
+                A.strides[0] // A.itemsize, B.strides[0] // B.itemsize, C.strides[0] // C.itemsize,
+                ws.ctypes.data)
+        ex = tuple(x.ctypes.data for x in extras)
+        if nthreads == 1:
+            self.fn(*args, 0, 1, *ex)
+        else:
+            ts = [threading.Thread(target=self.fn, args=(*args, t, nthreads, *ex)) for t in range(nthreads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        return C
+
+
+def _build(specs: dict[str, dict], target) -> dict[str, Kernel]:
+    mod = ir.Module()
+    for name, spec in specs.items():
+        kw = {k: v for k, v in spec.items()}
+        kw.setdefault("M", None)
+        kw.setdefault("N", None)
+        kw.setdefault("K", None)
+        emit_gemm(mod, name, target=target, **kw)
+    eng = compile_ir(str(mod), target)
+    return {name: Kernel(eng, name, spec, target) for name, spec in specs.items()}
+
+
+def _operands(M, N, K, ta, tb, dtype, strided=False):
+    pad = 5 if strided else 0
+    a_shape = (K, M) if ta else (M, K)
+    b_shape = (N, K) if tb else (K, N)
+    A = _RNG.standard_normal((a_shape[0], a_shape[1] + pad)).astype(dtype)[:, : a_shape[1]]
+    B = _RNG.standard_normal((b_shape[0], b_shape[1] + pad)).astype(dtype)[:, : b_shape[1]]
+    return A, B
+
+
+def _ref(A, B, ta, tb):
+    a = A.astype(np.float64)
+    b = B.astype(np.float64)
+    a = a.T if ta else a
+    b = b.T if tb else b
+    return a @ b, np.abs(a) @ np.abs(b)
+
+
+def _check(C, ref, bound, K, dtype, extra_terms=2):
+    """|C - ref| <= (K + extra) * eps * (|A||B| + |other terms|): the standard dot-product error bound."""
+    eps = np.finfo(dtype).eps
+    tol = (K + extra_terms) * eps * bound + np.finfo(dtype).tiny
+    err = np.abs(C.astype(np.float64) - ref)
+    assert np.all(err <= tol), f"max err {err.max():.3g}, worst ratio {(err / tol).max():.3g}"
+
+
+# ----------------------------------------------------------------------------------------- fixtures
+
+STATIC = {
+    "st_00_33_17_255": dict(M=33, N=17, K=255),
+    "st_01_7_64_33": dict(M=7, N=64, K=33, trans_b=True),
+    "st_10_64_3_17": dict(M=64, N=3, K=17, trans_a=True),
+    "st_11_255_33_1": dict(M=255, N=33, K=1, trans_a=True, trans_b=True),
+    "st_00_1_1_1": dict(M=1, N=1, K=1),
+    "st_00_100_96_800": dict(M=100, N=96, K=800),
+}
+
+
+@pytest.fixture(scope="module")
+def host():
+    specs: dict[str, dict] = {}
+    for ta in (0, 1):
+        for tb in (0, 1):
+            specs[f"rt_{ta}{tb}"] = dict(trans_a=bool(ta), trans_b=bool(tb))
+    specs.update(STATIC)
+    specs["acc_00"] = dict(accumulate=True)
+    specs["acc_11"] = dict(accumulate=True, trans_a=True, trans_b=True)
+    specs["epi_00"] = dict(epilogue=bias_relu, extra_args=[ir.PointerType()])
+    specs["epi_acc_01"] = dict(epilogue=bias_relu, extra_args=[ir.PointerType()], accumulate=True, trans_b=True)
+    specs["epi_rc_10"] = dict(epilogue=row_col_bias, extra_args=[ir.PointerType(), ir.PointerType()],
+                              trans_a=True)
+    specs["f64_00"] = dict(dtype="float64")
+    specs["f64_11"] = dict(dtype="float64", trans_a=True, trans_b=True)
+    specs["f64_st_01"] = dict(dtype="float64", M=17, N=33, K=64, trans_b=True)
+    return _build(specs, host_target())
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_runtime_dims_all_transposes(host, ta, tb):
+    k = host[f"rt_{ta}{tb}"]
+    for M, N, K in SHAPES:
+        A, B = _operands(M, N, K, ta, tb, np.float32)
+        C = np.full((M, N), np.nan, np.float32)
+        k(A, B, C, M, N, K)
+        ref, bound = _ref(A, B, ta, tb)
+        _check(C, ref, bound, K, np.float32)
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 1)])
+def test_strided_operands(host, ta, tb):
+    """lda/ldb/ldc larger than the row length; C's padding is left alone."""
+    k = host[f"rt_{ta}{tb}"]
+    for M, N, K in [(17, 33, 64), (33, 70, 500), (5, 3, 1)]:
+        A, B = _operands(M, N, K, ta, tb, np.float32, strided=True)
+        Cfull = np.full((M, N + 7), -3.0, np.float32)
+        C = Cfull[:, :N]
+        k(A, B, C, M, N, K)
+        ref, bound = _ref(A, B, ta, tb)
+        _check(C, ref, bound, K, np.float32)
+        assert np.all(Cfull[:, N:] == -3.0)
+
+
+@pytest.mark.parametrize("name", sorted(STATIC))
+def test_static_dims(host, name):
+    spec = STATIC[name]
+    M, N, K = spec["M"], spec["N"], spec["K"]
+    ta, tb = spec.get("trans_a", False), spec.get("trans_b", False)
+    A, B = _operands(M, N, K, ta, tb, np.float32)
+    C = np.full((M, N), np.nan, np.float32)
+    host[name](A, B, C, M, N, K)  # the runtime M, N, K arguments are passed as 0: they must be ignored
+    ref, bound = _ref(A, B, ta, tb)
+    _check(C, ref, bound, K, np.float32)
+
+
+@pytest.mark.parametrize("name,ta,tb", [("acc_00", 0, 0), ("acc_11", 1, 1)])
+def test_accumulate(host, name, ta, tb):
+    for M, N, K in [(17, 33, 64), (37, 70, 1000), (1, 1, 1), (255, 64, 7)]:
+        A, B = _operands(M, N, K, ta, tb, np.float32)
+        C0 = _RNG.standard_normal((M, N)).astype(np.float32)
+        C = C0.copy()
+        host[name](A, B, C, M, N, K)
+        ref, bound = _ref(A, B, ta, tb)
+        _check(C, ref + C0, bound + np.abs(C0), K, np.float32)
+
+
+def test_epilogue_bias_relu(host):
+    for M, N, K in [(17, 33, 64), (37, 70, 1000), (1, 1, 1), (64, 255, 7), (255, 17, 3)]:
+        A, B = _operands(M, N, K, 0, 0, np.float32)
+        bias = _RNG.standard_normal(N).astype(np.float32)
+        C = np.full((M, N), np.nan, np.float32)
+        host["epi_00"](A, B, C, M, N, K, extras=(bias,))
+        ref, bound = _ref(A, B, 0, 0)
+        pre = ref + bias
+        _check(C, np.maximum(pre, 0), bound + np.abs(bias), K, np.float32)
+        assert np.all(C >= 0)
+
+
+def test_epilogue_bias_relu_accumulate(host):
+    """With accumulate=True the epilogue sees acc + old C, after the last K block only."""
+    for M, N, K in [(17, 33, 64), (37, 70, 1000), (3, 100, 1)]:
+        A, B = _operands(M, N, K, 0, 1, np.float32)
+        bias = _RNG.standard_normal(N).astype(np.float32)
+        C0 = _RNG.standard_normal((M, N)).astype(np.float32)
+        C = C0.copy()
+        host["epi_acc_01"](A, B, C, M, N, K, extras=(bias,))
+        ref, bound = _ref(A, B, 0, 1)
+        _check(C, np.maximum(ref + C0 + bias, 0), bound + np.abs(C0) + np.abs(bias), K, np.float32, 3)
+
+
+def test_epilogue_row_and_column_indices(host):
+    for M, N, K in [(17, 33, 64), (255, 70, 500), (1, 3, 1)]:
+        A, B = _operands(M, N, K, 1, 0, np.float32)
+        colb = np.arange(N, dtype=np.float32) * 1000
+        rowb = np.arange(M, dtype=np.float32) * 7
+        C = np.full((M, N), np.nan, np.float32)
+        host["epi_rc_10"](A, B, C, M, N, K, extras=(colb, rowb))
+        ref, bound = _ref(A, B, 1, 0)
+        full = ref + colb[None, :] + rowb[:, None]
+        _check(C, full, bound + np.abs(full), K, np.float32, 3)
+
+
+@pytest.mark.parametrize("name,ta,tb", [("f64_00", 0, 0), ("f64_11", 1, 1)])
+def test_float64(host, name, ta, tb):
+    for M, N, K in [(1, 3, 7), (17, 33, 64), (33, 64, 255), (255, 17, 3), (37, 70, 1000), (64, 255, 1)]:
+        A, B = _operands(M, N, K, ta, tb, np.float64)
+        C = np.full((M, N), np.nan, np.float64)
+        host[name](A, B, C, M, N, K)
+        ref, bound = _ref(A, B, ta, tb)
+        _check(C, ref, bound, K, np.float64)
+
+
+def test_float64_static(host):
+    A, B = _operands(17, 33, 64, 0, 1, np.float64)
+    C = np.full((17, 33), np.nan, np.float64)
+    host["f64_st_01"](A, B, C, 17, 33, 64)
+    ref, bound = _ref(A, B, 0, 1)
+    _check(C, ref, bound, 64, np.float64)
+
+
+@pytest.mark.parametrize("name", ["rt_00", "rt_01", "rt_10", "rt_11", "epi_00", "st_00_100_96_800", "f64_11"])
+def test_thread_count_is_bitwise_invariant(host, name):
+    k = host[name]
+    spec = k.spec
+    ta, tb = spec.get("trans_a", False), spec.get("trans_b", False)
+    dtype = k.dtype
+    if "M" in spec:
+        shapes = [(spec["M"], spec["N"], spec["K"])]
+    else:  # a split along M, one along N, an uneven one, and fewer tiles than threads
+        shapes = [(255, 64, 800), (33, 255, 17), (100, 100, 400), (7, 700, 50), (1, 1, 1)]
+    for M, N, K in shapes:
+        A, B = _operands(M, N, K, ta, tb, dtype)
+        extras = (_RNG.standard_normal(N).astype(dtype),) if spec.get("extra_args") else ()
+        outs = []
+        for nt in (1, 2, 3):
+            C = np.full((M, N), np.nan, dtype)
+            k(A, B, C, M, N, K, nthreads=nt, extras=extras)
+            outs.append(C)
+        ref, bound = _ref(A, B, ta, tb)
+        if not extras:
+            _check(outs[0], ref, bound, K, dtype)
+        for C in outs[1:]:
+            assert np.array_equal(C.view(f"u{dtype.itemsize}"), outs[0].view(f"u{dtype.itemsize}"))
+
+
+@pytest.mark.parametrize("level", ["x86-64", "x86-64-v3"])
+def test_portable_targets(level):
+    target = level_target(level)
+    cfg = default_config(target)
+    assert cfg.nr == 2 * target.f32_lanes
+    ks = _build(
+        {
+            "p_epi_00": dict(epilogue=bias_relu, extra_args=[ir.PointerType()]),
+            "p_acc_11": dict(accumulate=True, trans_a=True, trans_b=True),
+            "p_f64_10": dict(dtype="float64", trans_a=True),
+        },
+        target,
+    )
+    for M, N, K in [(1, 3, 7), (17, 33, 64), (7, 17, 33), (64, 255, 1), (255, 7, 300)]:
+        A, B = _operands(M, N, K, 0, 0, np.float32)
+        bias = _RNG.standard_normal(N).astype(np.float32)
+        C = np.full((M, N), np.nan, np.float32)
+        ks["p_epi_00"](A, B, C, M, N, K, extras=(bias,))
+        ref, bound = _ref(A, B, 0, 0)
+        _check(C, np.maximum(ref + bias, 0), bound + np.abs(bias), K, np.float32)
+
+        A, B = _operands(M, N, K, 1, 1, np.float32)
+        C0 = _RNG.standard_normal((M, N)).astype(np.float32)
+        C = C0.copy()
+        ks["p_acc_11"](A, B, C, M, N, K, nthreads=2)
+        ref, bound = _ref(A, B, 1, 1)
+        _check(C, ref + C0, bound + np.abs(C0), K, np.float32)
+
+        A, B = _operands(M, N, K, 1, 0, np.float64)
+        C = np.full((M, N), np.nan, np.float64)
+        ks["p_f64_10"](A, B, C, M, N, K)
+        ref, bound = _ref(A, B, 1, 0)
+        _check(C, ref, bound, K, np.float64)
+
+
+def test_workspace_bytes():
+    t = host_target()
+    one = workspace_bytes(1024, 1024, 1024, 1, t)
+    assert one % 64 == 0 and one > 0
+    assert workspace_bytes(1024, 1024, 1024, 3, t) == 3 * one
+    assert workspace_bytes(5, 5, 5, 1, t) < one  # small problems need small slices
+    assert workspace_bytes(5, 5, 5, 1, t, "float64") > workspace_bytes(5, 5, 5, 1, t)
+    with pytest.raises(ValueError):
+        workspace_bytes(4, 4, 4, 0, t)
+
+
+def test_rejects_bad_arguments():
+    t = host_target()
+    with pytest.raises(ValueError):
+        emit_gemm(ir.Module(), "g", target=t, M=4, N=4, K=0)
+    with pytest.raises(ValueError):
+        emit_gemm(ir.Module(), "g", target=t, M=None, N=None, K=None, dtype="int8")
+    with pytest.raises(ValueError):
+        GemmConfig(mr=12, nr=32, kc=250, mc=480, nc=3072, unroll=4)
+    with pytest.raises(ValueError):
+        emit_gemm(ir.Module(), "g", target=t, M=None, N=None, K=None,
+                  config=GemmConfig(mr=4, nr=12, kc=64, mc=64, nc=96))

@@ -1,0 +1,223 @@
+"""The native backend against the reference evaluator: every op, random graphs (forward and gradient) at
+batch sizes 1, 7, 64 and 1000, odd feature sizes, thread counts, generic x86-64 targets, bad input."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from cases import make_cases, mlp_like
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import graphc as gc
+
+CASES32 = make_cases("float32")
+
+
+def _close(got, ref, rtol, atol):
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.dtype.kind == "f" and ref.dtype.kind == "f":  # the reference widens to float64 if any value is
+        ref = ref.astype(got.dtype)
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (got.shape, got.dtype, ref.shape, ref.dtype)
+    if got.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, ref)
+    else:
+        scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("name", sorted(CASES32))
+@settings(max_examples=5)
+@given(data=st.data())
+def test_every_op_compiles_and_matches_the_reference(name, data):
+    out, values, wrt = data.draw(CASES32[name])
+    training = "rng_key" in values
+    outs = [out]
+    if out.dtype in ("float32", "float64") and wrt and name != "stop_gradient":
+        r = np.random.default_rng(1).normal(size=gc.evaluate(out, values, training=training).shape)
+        outs += gc.grad(gc.sum(out * gc.constant(r, out.dtype)), wrt)
+    fn = gc.compile(outs, training=training, cache=False)
+    got = fn(values)
+    ref = gc.evaluate(outs, values, training=training)
+    for g, r_ in zip(got, ref, strict=True):
+        _close(g, r_, rtol=2e-5, atol=2e-6)
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_random_graphs_forward_and_gradient_match_at_several_batch_sizes(data):
+    batch = data.draw(st.sampled_from([1, 7, 64, 1000]))
+    loss, params, values = data.draw(mlp_like("float32", batch=batch))
+    outs = [loss, *gc.grad(loss, params)]
+    fn = gc.compile(outs, cache=False)
+    got = fn(values)
+    ref = gc.evaluate(outs, values)
+    for g, r in zip(got, ref, strict=True):
+        _close(g, r, rtol=2e-4, atol=2e-5)
+
+
+def _mlp(features: int, hidden: int, classes: int, tag: str):
+    x = gc.input("x", ("N", features))
+    labels = gc.input("labels", ("N",), "int32")
+    logits = gc.nn.mlp(x, [hidden, classes], activation="tanh", name=f"odd{tag}")
+    loss = gc.nn.softmax_cross_entropy(logits, labels)
+    params = gc.nn.parameters(loss)
+    return x, labels, loss, params
+
+
+@pytest.mark.parametrize("features, hidden, classes", [(1, 3, 2), (3, 17, 3), (17, 33, 5), (33, 255, 7),
+                                                      (255, 1, 3)])
+def test_odd_feature_sizes_and_batch_sizes(features, hidden, classes):
+    x, labels, loss, params = _mlp(features, hidden, classes, f"{features}_{hidden}")
+    outs = [loss, *gc.grad(loss, params)]
+    fn = gc.compile(outs, cache=False)
+    rng = np.random.default_rng(features)
+    values = gc.nn.init_params(params, seed=3)
+    for n in (1, 7, 64, 1000):
+        values.update(x=rng.normal(size=(n, features)).astype(np.float32),
+                      labels=rng.integers(0, classes, n).astype(np.int32))
+        for g, r in zip(fn(values), gc.evaluate(outs, values), strict=True):
+            _close(g, r, rtol=2e-4, atol=2e-5)
+
+
+def _train_step(lr=0.1):
+    x = gc.input("x", ("N", 64))
+    labels = gc.input("labels", ("N",), "int32")
+    logits = gc.nn.mlp(x, [48, 10], name="step")
+    loss = gc.nn.softmax_cross_entropy(logits, labels)
+    params = gc.nn.parameters(loss)
+    new = [p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)]
+    return loss, params, new
+
+
+def _step_values(n=200):
+    rng = np.random.default_rng(0)
+    loss, params, new = _train_step()
+    values = gc.nn.init_params(params, seed=0)
+    values.update(x=rng.normal(size=(n, 64)).astype(np.float32), labels=rng.integers(0, 10, n).astype(np.int32))
+    return loss, params, new, values
+
+
+def test_results_are_bitwise_independent_of_thread_count():
+    loss, params, new, values = _step_values()
+    fn = gc.compile([loss, *new], cache=False)
+    one = fn(values, threads=1)
+    for t in (2, 3):
+        for a, b in zip(one, fn(values, threads=t), strict=True):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(one, gc.evaluate([loss, *new], values), strict=True):
+        _close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", ["x86-64", "x86-64-v3"])
+def test_generic_targets(level):
+    loss, params, new, values = _step_values(37)
+    fn = gc.compile([loss, *new], target=level, cache=False)
+    assert fn.target.name == level
+    for a, b in zip(fn(values), gc.evaluate([loss, *new], values), strict=True):
+        _close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_inspection():
+    loss, params, new, values = _step_values(8)
+    fn = gc.compile([loss, *new], cache=False)
+    assert [name for name, _ in fn.stages][0] == "input" and len(fn.stages) >= 4
+    assert "after simplify" in fn.show_stages()
+    assert "gemm" in fn.kernels and "loop over" in fn.kernels
+    assert "define" in fn.llvm_ir and "graphc_run" in fn.llvm_ir
+    asm = fn.asm
+    assert "vfmadd" in asm or "fmadd" in asm or "mulps" in asm
+    plan = fn.memory_plan
+    assert plan.arena_bytes > 0 and plan.arena_bytes <= plan.unshared_bytes
+    fn(values)
+    assert "arena" in str(fn.memory_plan)
+
+
+def test_compile_cache_across_processes(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, graphc as gc, sys
+        x = gc.input("x", ("N", 5))
+        w = gc.param("w", (5, 3))
+        y = gc.sum(gc.tanh(x @ w))
+        fn = gc.compile([y, gc.grad(y, w)])
+        out = fn({"x": np.ones((4, 5), np.float32), "w": np.full((5, 3), 0.1, np.float32)})
+        print(fn.from_cache, float(out[0]))
+    """)
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path))
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+        cached, value = p.stdout.split()
+        return cached == "True", float(value)
+
+    first = run()
+    second = run()
+    assert first[0] is False and second[0] is True and first[1] == second[1]
+    entries = list(tmp_path.glob("*.o"))
+    assert len(entries) == 1
+    # a corrupt entry is detected, removed and rebuilt, never loaded
+    data = bytearray(entries[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entries[0].write_bytes(bytes(data))
+    assert run() == (False, first[1])
+    # a truncated one too
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    assert run() == (False, first[1])
+    assert run()[0] is True
+
+
+BAD_INPUT = textwrap.dedent("""
+    import numpy as np, graphc as gc, sys
+    x = gc.input("x", ("N", 4))
+    labels = gc.input("labels", ("N",), "int32")
+    w = gc.param("w", (4, 3))
+    loss = gc.nn.softmax_cross_entropy(x @ w, labels)
+    fn = gc.compile([loss, gc.grad(loss, w)], check_finite=True, cache=False)
+    good = {"x": np.ones((5, 4), np.float32), "labels": np.zeros(5, np.int32), "w": np.ones((4, 3), np.float32)}
+    case = sys.argv[1]
+    v = dict(good)
+    if case == "shape":
+        v["x"] = np.ones((5, 7), np.float32)
+    elif case == "dtype":
+        v["x"] = np.ones((5, 4))
+    elif case == "layout":
+        v["x"] = np.ones((4, 5), np.float32).T
+    elif case == "missing":
+        del v["labels"]
+    elif case == "batch":
+        v["labels"] = np.zeros(6, np.int32)
+    elif case == "nonfinite":
+        v["x"] = np.ones((5, 4), np.float32); v["x"][2, 1] = np.nan
+    elif case == "unaligned":
+        raw = np.zeros(5 * 4 * 4 + 1, np.uint8)
+        v["x"] = np.frombuffer(raw.data, dtype=np.float32, count=20, offset=1).reshape(5, 4)
+    try:
+        fn(v)
+        print("NO ERROR")
+    except gc.GraphcError as e:
+        print(type(e).__name__, "|", e)
+    out = fn(good)  # the process is alive and still computes
+    print("alive", float(out[0]) > 0)
+""")
+
+
+@pytest.mark.parametrize("case, kind, words", [
+    ("shape", "ShapeError", "[N,4]"),
+    ("dtype", "DTypeError", "float64"),
+    ("layout", "InputError", "non-contiguous"),
+    ("missing", "InputError", "labels"),
+    ("batch", "ShapeError", "dim N"),
+    ("nonfinite", "NumericalError", "(2, 1)"),
+    ("unaligned", "InputError", "aligned"),
+])
+def test_bad_input_is_a_clean_error_in_a_live_process(case, kind, words):
+    p = subprocess.run([sys.executable, "-c", BAD_INPUT, case], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    first, second = p.stdout.strip().splitlines()
+    assert first.startswith(kind), first
+    assert words in first
+    assert second == "alive True"
