@@ -26,6 +26,7 @@ from graphc.ir.printing import to_networkx, to_text
 from graphc.ir.shapes import symbol as dim
 from graphc.ops import *  # noqa: F403 - the DSL
 from graphc.ops import __all__ as _ops_all
+from graphc.runtime.jit import CompiledFunction, compile  # noqa: A004
 from graphc.runtime.reference import evaluate
 
 __version__ = "0.1.0"
@@ -36,9 +37,25 @@ def show(outputs, *, sources: bool = True) -> None:
     print(to_text(outputs, sources=sources))
 
 
+def draw(x, path=None, format=None, **kw):  # noqa: A002 - the file format, as in matplotlib's savefig
+    """Draw a tensor, a list of tensors, a gradient graph or a compiled function's kernels as SVG (or PNG);
+    see graphc.viz.draw. Imported lazily: drawing is not needed to build or run graphs."""
+    from graphc.viz import draw as _draw
+
+    return _draw(x, path, format, **kw)
+
+
+def latex(y, wrt=None, **kw):
+    """The value and gradients of `y` as maths (scalar expressions, or the chain rule in matrix form); see
+    graphc.viz.latex."""
+    from graphc.viz import latex as _latex
+
+    return _latex(y, wrt, **kw)
+
+
 __all__ = [
     *_ops_all,
-    "nn", "sym", "grad", "evaluate", "check_grad", "numeric_grad", "scope", "dim", "to_text", "to_networkx",
-    "show", "topo_order", "Node", "GraphcError", "ShapeError", "DTypeError", "InputError", "GradError",
-    "CompileError", "NumericalError", "__version__",
+    "nn", "sym", "grad", "evaluate", "compile", "CompiledFunction", "check_grad", "numeric_grad", "scope", "dim",
+    "to_text", "to_networkx", "show", "draw", "latex", "topo_order", "Node", "GraphcError", "ShapeError",
+    "DTypeError", "InputError", "GradError", "CompileError", "NumericalError", "__version__",
 ]

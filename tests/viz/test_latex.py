@@ -1,0 +1,152 @@
+"""The maths of a graph: graphc's gradient graphs, read back as sympy, equal sympy's own derivatives; the
+chain-rule form of an MLP's gradients is read off the gradient graph (transposes, ⊙ f', column sums)."""
+
+import random
+
+import pytest
+import sympy
+
+import graphc as gc
+from graphc.errors import GraphcError
+from graphc.viz import Latex, latex, to_sympy
+
+w_, x_, b_ = (sympy.Symbol(n, real=True) for n in "wxb")
+
+
+def scalars():
+    return gc.input("w", ()), gc.input("x", ()), gc.input("b", ())
+
+
+SMOOTH = {
+    "tanh(wx+b)^2": lambda w, x, b: gc.tanh(w * x + b) ** 2,
+    "sigmoid(wx)*b": lambda w, x, b: gc.sigmoid(w * x) * b,
+    "log(1+exp(wx))/b": lambda w, x, b: gc.log(1.0 + gc.exp(w * x)) / b,
+    "softplus(w-x)*sqrt(b*b+1)": lambda w, x, b: gc.softplus(w - x) * gc.sqrt(b * b + 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOOTH))
+def test_gradient_graph_equals_sympys_derivative(name):
+    w, x, b = scalars()
+    y = SMOOTH[name](w, x, b)
+    value = to_sympy(y)
+    for leaf, sym in ((w, w_), (x, x_), (b, b_)):
+        g = to_sympy(gc.grad(y, leaf))
+        assert sympy.simplify((g - sympy.diff(value, sym)).rewrite(sympy.exp)) == 0, (name, sym)
+
+
+def test_relu_gradient_matches_away_from_the_kink():
+    w, x, b = scalars()
+    y = gc.relu(w * x + b) * w
+    value = to_sympy(y)
+    grads = [to_sympy(g) for g in gc.grad(y, [w, x, b])]
+    rng = random.Random(0)
+    for _ in range(20):
+        point = {w_: rng.uniform(-2, 2), x_: rng.uniform(-2, 2), b_: rng.uniform(-2, 2)}
+        if abs(float((w_ * x_ + b_).subs(point))) < 1e-3:
+            continue
+        for g, sym in zip(grads, (w_, x_, b_), strict=True):
+            want = sympy.diff(value, sym).subs(point).rewrite(sympy.Max).rewrite(sympy.Piecewise)
+            assert float(g.rewrite(sympy.Max).subs(point)) == pytest.approx(float(want), abs=1e-9)
+
+
+def test_latex_scalar_form():
+    w, x, b = scalars()
+    y = gc.tanh(w * x + b) ** 2
+    out = latex(y, [w, b])
+    assert isinstance(out, Latex) and out.mode == "scalar"
+    src = str(out)
+    assert src.startswith("\\begin{aligned}") and out._repr_latex_().startswith("$$")
+    assert r"\frac{\partial y}{\partial w}" in src and r"\frac{\partial y}{\partial b}" in src
+    assert r"\tanh" in src and "x" in src
+    value = out.exprs["y"]
+    assert sympy.simplify(value - sympy.tanh(w_ * x_ + b_) ** 2) == 0
+    assert sympy.simplify(out.exprs[r"\frac{\partial y}{\partial w}"] - sympy.diff(value, w_)) == 0
+    assert balanced(src)
+
+
+def test_latex_few_elements_gives_vectors_and_jacobians():
+    v = gc.param("v", (2,))
+    a = gc.input("a", ())
+    out = latex(gc.tanh(v * a))
+    jac = out.exprs[r"\frac{\partial y}{\partial v}"]
+    v1, v2, a_ = (sympy.Symbol(n, real=True) for n in ("v_1", "v_2", "a"))
+    want = sympy.Matrix([[sympy.diff(sympy.tanh(v1 * a_), s) for s in (v1, v2)],
+                         [sympy.diff(sympy.tanh(v2 * a_), s) for s in (v1, v2)]])
+    assert (jac - want).applyfunc(lambda e: sympy.simplify(e.rewrite(sympy.exp))) == sympy.zeros(2, 2)
+
+
+@pytest.fixture(scope="module")
+def mlp2_latex():
+    x = gc.input("x", ("N", 4))
+    logits = gc.nn.mlp(x, [8, 3])
+    loss = gc.nn.softmax_cross_entropy(logits, gc.input("labels", ("N",), "int32"))
+    return latex(loss)
+
+
+def test_mlp_chain_rule_structure(mlp2_latex):
+    out = mlp2_latex
+    assert out.mode == "matrix"
+    eq = dict(out.lines)
+    # forward: layers named by their scope, the activation after the pre-activation
+    assert eq["z_{1}"] == r"x W_{1} + b_{1}"
+    assert eq["h_{1}"] == r"\mathrm{relu}\left(z_{1}\right)"
+    assert eq["z_{2}"] == r"h_{1} W_{2} + b_{2}"
+    # backward: the transposes of matmul's flags, the activation's derivative, the column sums of the biases
+    assert eq[r"\frac{\partial L}{\partial W_{2}}"] == r"h_{1}^{\top} \delta_{2}"
+    assert eq[r"\frac{\partial L}{\partial b_{2}}"] == r"\sum_{\mathrm{rows}} \delta_{2}"
+    assert eq[r"\delta_{1}"] == (r"\frac{\partial L}{\partial z_{1}} = \left(\delta_{2} W_{2}^{\top}\right) \odot "
+                                 r"\mathrm{relu}'\left(z_{1}\right)")
+    assert eq[r"\frac{\partial L}{\partial W_{1}}"] == r"x^{\top} \delta_{1}"
+    assert eq[r"\frac{\partial L}{\partial b_{1}}"] == r"\sum_{\mathrm{rows}} \delta_{1}"
+    assert eq[r"\mathrm{relu}'\left(u\right)"] == r"\mathbf{1}\left[u > 0\right]"
+    # the loss's own gradient is the softmax minus the one-hot labels, over N
+    assert r"\delta_{2}" in eq and r"\frac{\partial L}{\partial z_{2}}" in eq[r"\delta_{2}"]
+    lhs = [lhs for lhs, _ in out.lines]
+    assert lhs.index(r"\delta_{2}") < lhs.index(r"\frac{\partial L}{\partial W_{2}}") < lhs.index(r"\delta_{1}")
+    assert balanced(str(out))
+
+
+def test_chain_rule_is_read_from_the_graph_not_a_template():
+    x = gc.input("x", ("N", 3))
+    with gc.scope("enc"):
+        w = gc.param("enc.W", (2, 3))  # stored transposed: z = x Wᵀ
+        z = gc.matmul(x, w, tb=True)
+        h = gc.tanh(z)
+    v = gc.param("v", (2, 1))
+    loss = gc.mean((h @ v) ** 2) + gc.nn.l2([w], 0.02)
+    eq = dict(latex(loss).lines)
+    assert eq["z_{1}"] == r"x W_{1}^{\top}"
+    assert eq[r"\frac{\partial L}{\partial W_{1}}"].startswith(r"\delta_{1}^{\top} x")  # (x Wᵀ)' is δᵀ x
+    assert r"\frac{W_{1}}{50}" in eq[r"\frac{\partial L}{\partial W_{1}}"]  # the penalty's gradient, nu W
+    assert r"\tanh'\left(z_{1}\right)" in eq[r"\delta_{1}"]
+    assert eq[r"\tanh'\left(u\right)"] == r"1 - \tanh^{2}{\left(u \right)}"
+
+
+def test_unscoped_layers_are_recognized():
+    x = gc.input("x", ("N", 5))
+    W, b, V = gc.param("W", (5, 3)), gc.param("b", (3,)), gc.param("V", (3, 1))
+    loss = gc.nn.binary_cross_entropy(gc.sigmoid(x @ W + b) @ V, gc.input("y", ("N",)))
+    eq = dict(latex(loss).lines)
+    assert eq["z_{1}"] == "x W + b" and eq["h_{1}"] == r"\sigma\left(z_{1}\right)"
+    assert eq[r"\frac{\partial L}{\partial W}"] == r"x^{\top} \delta_{1}"
+    assert eq[r"\frac{\partial L}{\partial V}"] == r"h_{1}^{\top} \delta_{2}"
+
+
+def test_errors():
+    x = gc.input("x", ("N", 2))
+    with pytest.raises(GraphcError, match="scalar"):
+        latex(gc.tanh(x), mode="matrix")
+    with pytest.raises(GraphcError, match="mode"):
+        latex(gc.sum(x), mode="fancy")
+    with pytest.raises(GraphcError, match="symbolic shape"):
+        to_sympy(gc.tanh(x))
+
+
+def balanced(src: str) -> bool:
+    depth = 0
+    for ch in src.replace(r"\{", "").replace(r"\}", ""):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0 and src.count(r"\left") == src.count(r"\right")
