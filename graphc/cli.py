@@ -1,15 +1,18 @@
-"""The `graphc` command."""
+"""The `graphc` command: `graphc train` (the main job), `graphc demo` (print a graph and its gradient)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-import graphc as gc
+from graphc.errors import GraphcError
 
 
 def _demo(args) -> int:
     """Print a small MLP's loss graph and its gradient graph."""
+    import graphc as gc
+
     x = gc.input("x", ("N", 4))
     labels = gc.input("labels", ("N",), "int32")
     logits = gc.nn.mlp(x, [8, 3], activation="relu")
@@ -23,18 +26,118 @@ def _demo(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphc", description=__doc__)
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GraphcError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, what: str) -> list[int]:
+    vals = _floats(text, what)
+    if any(v != int(v) for v in vals):
+        raise GraphcError(f"{what}: expected comma-separated integers, got {text!r}")
+    return [int(v) for v in vals]
+
+
+def _train(args) -> int:
+    from graphc.fit import fit
+
+    options: dict = {}
+    for name in ("epochs", "batch_size", "lr", "momentum", "optimizer", "l2", "l1", "seed", "threads", "schedule",
+                 "min_delta", "checkpoint_every"):
+        v = getattr(args, name)
+        if v is not None:
+            options[name] = v
+    if args.early_stopping is not None:
+        options["early_stopping"] = args.early_stopping
+    if args.refit:
+        options["refit"] = True
+    if args.hidden is not None:
+        options["hidden"] = _ints(args.hidden, "--hidden")
+    if args.dropout is not None:
+        keeps = _floats(args.dropout, "--dropout")
+        if len(keeps) == 1:  # one number: the lecture's split, 0.8 on inputs and this on hidden units
+            hidden = options.get("hidden", [128])
+            keeps = [0.8] + keeps * len(hidden)
+        options["dropout"] = keeps
+    features = args.features.split(",") if args.features else None
+    result = fit(args.model, args.dataset, out=args.out, resume=args.resume, progress=not args.quiet,
+                 label=args.label, features=features, task=args.task, **options)
+    m = result.metrics
+    if "test_accuracy" in m:
+        summary = f"test accuracy {m['test_accuracy']:.4f}"
+    else:
+        summary = f"test MSE {m['test_mse']:.4f} (RMSE {m['test_rmse_original_units']:.4g} in target units)"
+    print(f"{m['dataset']}: {summary}; {m['train_samples_per_second']:,.0f} samples/s on {m['threads']} "
+          f"thread(s); compile {m['compile_seconds']:.2f} s; {m['epochs']} epochs"
+          + (f"; results in {args.out}" if args.out else ""))
+    if args.json:
+        print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphc", description="graphc: a graph compiler that trains neural "
+                                     "networks natively on the CPU")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="print a small MLP's graph and its gradient graph")
     demo.set_defaults(fn=_demo)
+    t = sub.add_parser("train", help="train a model (default: an MLP on the bundled digits data)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.set_defaults(fn=_train)
+    t.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) -> outputs "
+                   "(see README: the model-file contract); default: an MLP")
+    t.add_argument("--dataset", default="digits", metavar="NAME|PATH",
+                   help="digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
+    t.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
+    t.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
+    t.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
+    t.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="mini-batch size (1: per-sample SGD; >= the data: full GD)")
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--optimizer", choices=["sgd", "gd", "momentum", "nesterov", "adam"])
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--schedule", choices=["constant", "step", "cosine"], help="learning-rate schedule")
+    t.add_argument("--l2", type=float, help="L2 penalty nu/2 ||w||^2 on weights")
+    t.add_argument("--l1", type=float, help="L1 penalty nu ||w||_1 on weights")
+    t.add_argument("--dropout", help="keep probabilities: one number for hidden units (inputs keep 0.8), or "
+                   "a list: input first, then each hidden layer")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "
+                   "validation improvement, restoring the best parameters")
+    t.add_argument("--min-delta", type=float, help="the smallest validation improvement that counts")
+    t.add_argument("--refit", action="store_true", help="after early stopping, retrain on train+validation "
+                   "from new starting values for the best number of steps")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--checkpoint-every", type=int, metavar="EPOCHS")
+    t.add_argument("--out", metavar="DIR", help="write metrics.json, history.csv, weights.npz, loss.png and "
+                   "checkpoints here")
+    t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    t.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    fn = getattr(args, "fn", _demo)
+    fn = getattr(args, "fn", None)
+    if fn is None:
+        parser.print_help()
+        return 0
+    if getattr(args, "resume", False) and not args.out:
+        print("graphc: error: --resume needs --out DIR (where the checkpoints are)", file=sys.stderr)
+        return 2
     try:
         return fn(args)
-    except gc.GraphcError as e:
+    except GraphcError as e:
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("graphc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -901,10 +901,11 @@ class ModuleEmitter:
                 memo: dict = {}
                 out = None
                 row_off = ctx.builder.add(ctx.builder.mul(ctx.row, fe.dim(k.n)), ctx.col)
-                for s in extra:
-                    v = fe.value(s.value, point, memo, ctx.acc)
-                    fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
+                # every value before any store: an in-place update must not see another's new value
+                values = [fe.value(s.value, point, memo, ctx.acc) for s in extra]
                 out = fe.value(c_store.value, point, memo, ctx.acc)
+                for s, v in zip(extra, values, strict=True):
+                    fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
                 return out
             finally:
                 fe.b = saved
@@ -955,7 +956,9 @@ class ModuleEmitter:
         return wrapped
 
     # --------------------------------------------------------------------------------------------- program
-    def emit(self, barriers: list[bool]) -> str:
+    def emit(self, barriers: list[bool], extras: tuple = ()) -> str:
+        """The module's IR text: kernels, `graphc_program`, `graphc_run`, and what each of `extras` (functions
+        taking this emitter, e.g. the training-epoch driver) adds."""
         self._epi_emitters: dict = {}
         fns = []
         for k in self.program.kernels:
@@ -968,8 +971,14 @@ class ModuleEmitter:
             else:
                 raise CompileError(f"internal: unknown kernel {k}")
         self._emit_program(fns, barriers)
-        self._emit_launcher()
+        self._emit_launcher("graphc_run", "graphc_program")
+        for extra in extras:
+            extra(self)
         return str(self.module)
+
+    def barrier_fn(self) -> ir.Function:
+        f = self.module.globals.get("graphc_barrier")
+        return f if f is not None else self._emit_barrier_fn()
 
     def _emit_barrier_fn(self) -> ir.Function:
         """void barrier(ptr bar, i32 nth): a counter and a generation number; the last arrival bumps the
@@ -1033,7 +1042,7 @@ class ModuleEmitter:
             b.call(f, [])
 
     def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
-        bar_fn = self._emit_barrier_fn()
+        bar_fn = self.barrier_fn()
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -1050,18 +1059,24 @@ class ModuleEmitter:
             b.call(f, [bufs, dims, ws, tid, nth])
         b.ret_void()
 
-    def _emit_launcher(self) -> None:
-        """i32 graphc_run(ptr bufs, ptr dims, ptr ws, i32 nthreads): returns the thread count that ran.
+    def _emit_launcher(self, name: str, callee: str) -> None:
+        """i32 name(ptr a, ptr b, ptr c, i32 nthreads) runs `callee(a, b, c, tid, nthreads, barrier)` on a team
+        of threads and returns the thread count that ran.
 
         Workers wait at a gate until every thread that could be started is; if the system refuses some, the
         others run with the smaller count (nothing waits for a thread that does not exist)."""
         m = self.module
-        job_t = ir.LiteralStructType([PTR, PTR, PTR, I32, I32, PTR, PTR])  # bufs dims ws tid nth bar gate
-        create = ir.Function(m, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), name="pthread_create")
-        join = ir.Function(m, ir.FunctionType(I32, [I64, PTR]), name="pthread_join")
-        program = m.globals["graphc_program"]
+        job_t = ir.LiteralStructType([PTR, PTR, PTR, I32, I32, PTR, PTR])  # a b c tid nth bar gate
 
-        worker = ir.Function(m, ir.FunctionType(PTR, [PTR]), name="graphc_worker")
+        def declare(fname, fty):
+            f = m.globals.get(fname)
+            return f if f is not None else ir.Function(m, fty, name=fname)
+
+        create = declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+        join = declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
+        program = m.globals[callee]
+
+        worker = ir.Function(m, ir.FunctionType(PTR, [PTR]), name=f"{name}.worker")
         worker.linkage = "internal"
         (job,) = worker.args
         b = ir.IRBuilder(worker.append_basic_block("entry"))
@@ -1091,7 +1106,7 @@ class ModuleEmitter:
         b.position_at_end(out_bb)
         b.ret(ir.Constant(PTR, None))
 
-        fn = ir.Function(m, ir.FunctionType(I32, [PTR, PTR, PTR, I32]), name="graphc_run")
+        fn = ir.Function(m, ir.FunctionType(I32, [PTR, PTR, PTR, I32]), name=name)
         bufs, dims, ws, nth = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         bar = alloca(b, ir.ArrayType(I32, 2), name="barrier")

@@ -258,6 +258,7 @@ class Scheduler:
         outputs: list[Buffer] = []
         out_ids: dict[int, Buffer] = {}
         in_place: set[int] = set()
+        copies: list[tuple[Buffer, Node]] = []
         for pos, o in enumerate(g.outputs):
             if pos in updates:
                 leaf = g.inputs[updates[pos]]
@@ -270,9 +271,15 @@ class Scheduler:
                 if id(o) in out_ids or o.op.name in ("input", "param"):
                     raise CompileError(f"the new value of {leaf.name!r} must be computed, and not also be "
                                        "another output or update")
-                out_ids[id(o)] = target
                 in_place.add(target.index)
                 outputs.append(target)
+                if self.users[id(o)]:
+                    # other nodes read the new value (momentum's velocity feeds the parameter's update): keep it
+                    # in its own buffer and copy it over the old one once nothing reads the old one
+                    self.mat.add(id(o))
+                    copies.append((target, o))
+                    continue
+                out_ids[id(o)] = target
                 continue
             if id(o) in out_ids:
                 outputs.append(out_ids[id(o)])
@@ -289,6 +296,11 @@ class Scheduler:
             self._kernel_for(n, buf)
             if n.op.name not in ("input", "param"):  # an output that is a leaf is a copy; the leaf stays
                 self.buf_of[id(n)] = buf
+        for target, o in copies:
+            src = self.buf_of[id(o)]
+            load = Load(src, _rowmajor(o.shape), src.dtype)
+            self.kernels.append(LoopKernel(f"k{len(self.kernels)}_update_{target.label}", reads=[src], nodes=[],
+                                           domain=o.shape, stores=[Store(target, load)]))
         _after_readers(self.kernels, in_place)
         fuse_epilogues(self.kernels)
         symbols = sorted(set().union(*(free_symbols(b.shape) for b in self.buffers)) if self.buffers else set(),
@@ -440,10 +452,10 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
                 del kernels[j]
                 changed = True
                 break
-        # the raw product, once every reader is fused, need not be stored at all
+        # a temporary whose readers were all fused (the raw product, say) need not be stored at all
         readers = {b for k in kernels if k is not g for b in k.reads}
-        g.stores = [s for s in g.stores if not (isinstance(s.value, Acc) and s.buf.kind == "temp"
-                                                 and s.buf not in readers)]
+        kept = [s for s in g.stores if not (s.buf.kind == "temp" and s.buf not in readers)]
+        g.stores = kept or g.stores[-1:]
         i += 1
 
 

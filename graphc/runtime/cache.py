@@ -37,9 +37,9 @@ def directory() -> Path:
     return Path(base) / "graphc"
 
 
-def key(outputs: list[Node], training: bool, target: Target, updates=()) -> str:
+def key(outputs: list[Node], training: bool, target: Target, updates=(), variant: str = "") -> str:
     h = hashlib.sha256()
-    for part in (_code_version(), target.key(), f"training={training}", f"updates={list(updates)}",
+    for part in (_code_version(), target.key(), f"training={training}", f"updates={list(updates)}", variant,
                  *(o.digest() for o in outputs)):
         h.update(part.encode())
         h.update(b"\0")

@@ -94,7 +94,7 @@ class CompiledFunction:
         self._ws: np.ndarray | None = None
         self._barriers = barriers(self.program)
         self._ir: str | None = None
-        key = disk_cache.key(outs, self.training, self.target, sorted(self._updates.items()))
+        key = disk_cache.key(outs, self.training, self.target, sorted(self._updates.items()), self._variant())
         self.cache_key = key
         engine = disk_cache.load(key, self.target) if cache else None
         self.from_cache = engine is not None
@@ -109,10 +109,17 @@ class CompiledFunction:
         self._prepare_fast_path()
 
     # ------------------------------------------------------------------------------------------ building
+    def _variant(self) -> str:
+        """What else the module holds besides the program (subclasses add drivers); part of the cache key."""
+        return ""
+
+    def _extras(self) -> tuple:
+        return ()
+
     def _build(self):
         flags = self._barriers
         try:
-            text = ModuleEmitter(self.program, self.target).emit(flags)
+            text = ModuleEmitter(self.program, self.target).emit(flags, self._extras())
         except CompileError:
             raise
         except Exception as e:  # an emission bug must still say which graph it was compiling
@@ -131,7 +138,7 @@ class CompiledFunction:
     def llvm_ir(self) -> str:
         """The LLVM IR as emitted (before LLVM's optimizer)."""
         if self._ir is None:
-            self._ir = ModuleEmitter(self.program, self.target).emit(self._barriers)
+            self._ir = ModuleEmitter(self.program, self.target).emit(self._barriers, self._extras())
         return self._ir
 
     @property
@@ -276,14 +283,14 @@ class CompiledFunction:
                 raise ShapeError(f"{where}: no input binds dim {s}")
         return arrays, env
 
-    def _execute(self, bound: dict[int, np.ndarray], env: list[int], nthreads: int):
-        prog = self.program
+    def _ensure_plan(self, env: list[int], nthreads: int) -> None:
+        """An arena and workspace big enough for these dims and threads (grown, never shrunk)."""
         if self._plan is None or nthreads > self._plan_threads or any(
                 v > self._plan.env.get(s, 0) for s, v in zip(self._symbols, env, strict=True)):
             old = self._plan.env if self._plan else {}
             grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
             self._plan_threads = max(nthreads, getattr(self, "_plan_threads", 0))
-            self._plan = plan(prog, grow, self._plan_threads, self.target, self._barriers)
+            self._plan = plan(self.program, grow, self._plan_threads, self.target, self._barriers)
             self._arena = _aligned(max(self._plan.arena_bytes, 64))
             self._ws = _aligned(max(self._plan.workspace_bytes, 64))
             table = self._base_table.copy()
@@ -291,6 +298,9 @@ class CompiledFunction:
             for idx, off in self._plan.offsets.items():
                 table[idx] = base + off
             self._base_table = table
+
+    def _execute(self, bound: dict[int, np.ndarray], env: list[int], nthreads: int):
+        self._ensure_plan(env, nthreads)
         table = self._base_table.copy()
         for slot, a in bound.items():
             table[slot] = a.ctypes.data

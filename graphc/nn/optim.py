@@ -1,0 +1,129 @@
+"""Optimizers and learning-rate schedules. An update is graph ops, so it compiles into the training step.
+
+Each optimizer declares its state (velocity, Adam's moments) as graph inputs named after the parameter, and
+builds the new parameter and state values from the gradients, the step number `t` (a scalar input, 1 for the
+first step) and the learning rate (a scalar input, so a schedule changes it between epochs without
+recompiling)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphc import ops
+from graphc.errors import GraphcError
+from graphc.ir.node import Node
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Base: plain (stochastic) gradient descent, θ ← θ - lr·g."""
+
+    name = "sgd"
+
+    def state_names(self, p: Node) -> list[str]:
+        return []
+
+    def init_state(self, params: list[Node]) -> dict[str, np.ndarray]:
+        return {s: np.zeros(p.shape, p.dtype) for p in params for s in self.state_names(p)}
+
+    def state_inputs(self, params: list[Node]) -> dict[str, Node]:
+        return {s: ops.input(s, p.shape, p.dtype) for p in params for s in self.state_names(p)}
+
+    def step(self, p: Node, g: Node, state: dict[str, Node], t: Node, lr: Node) -> tuple[Node, dict[str, Node]]:
+        return p - ops.cast(lr, p.dtype) * g, {}
+
+
+@dataclass(frozen=True)
+class SGD(Optimizer):
+    """SGD with optional (heavy-ball or Nesterov) momentum: v ← μv + g; θ ← θ - lr·v (Nesterov: θ - lr(g + μv)).
+
+    This is PyTorch's formulation (dampening 0), so a schedule that changes lr does not rescale velocity."""
+
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.momentum < 1.0:
+            raise GraphcError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0.0:
+            raise GraphcError("Nesterov momentum needs momentum > 0")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "nesterov" if self.nesterov else ("momentum" if self.momentum else "sgd")
+
+    def state_names(self, p: Node) -> list[str]:
+        return [f"opt.v.{p.name}"] if self.momentum else []
+
+    def step(self, p, g, state, t, lr):
+        lr = ops.cast(lr, p.dtype)
+        if not self.momentum:
+            return p - lr * g, {}
+        (vname,) = self.state_names(p)
+        v = self.momentum * state[vname] + g
+        direction = g + self.momentum * v if self.nesterov else v
+        return p - lr * direction, {vname: v}
+
+
+@dataclass(frozen=True)
+class Adam(Optimizer):
+    """Adam (Kingma & Ba): bias-corrected first and second moments."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    name = "adam"
+
+    def state_names(self, p: Node) -> list[str]:
+        return [f"opt.m.{p.name}", f"opt.v.{p.name}"]
+
+    def step(self, p, g, state, t, lr):
+        mname, vname = self.state_names(p)
+        m = self.beta1 * state[mname] + (1.0 - self.beta1) * g
+        v = self.beta2 * state[vname] + (1.0 - self.beta2) * (g * g)
+        tt = ops.cast(t, p.dtype)
+        mhat = m / (1.0 - ops.power(ops.constant(self.beta1, p.dtype), tt))
+        vhat = v / (1.0 - ops.power(ops.constant(self.beta2, p.dtype), tt))
+        return p - ops.cast(lr, p.dtype) * mhat / (ops.sqrt(vhat) + self.eps), {mname: m, vname: v}
+
+
+def make(name: str, momentum: float = 0.0) -> Optimizer:
+    """An optimizer by name: "gd"/"sgd" (plain), "momentum", "nesterov", "adam"."""
+    if name in ("sgd", "gd"):
+        return SGD(momentum=momentum)
+    if name == "momentum":
+        return SGD(momentum=momentum or 0.9)
+    if name == "nesterov":
+        return SGD(momentum=momentum or 0.9, nesterov=True)
+    if name == "adam":
+        return Adam()
+    raise GraphcError(f"unknown optimizer {name!r}; use sgd, momentum, nesterov or adam")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate for each epoch: constant, step decay (× gamma every `every` epochs), or cosine
+    annealing from lr to lr_min over `epochs` epochs."""
+
+    kind: str = "constant"
+    gamma: float = 0.1
+    every: int = 10
+    epochs: int = 1
+    lr_min: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("constant", "step", "cosine"):
+            raise GraphcError(f"unknown schedule {self.kind!r}; use constant, step or cosine")
+        if self.every < 1 or self.epochs < 1:
+            raise GraphcError("schedule: every and epochs must be >= 1")
+
+    def lr(self, base: float, epoch: int) -> float:
+        if self.kind == "constant":
+            return base
+        if self.kind == "step":
+            return base * self.gamma ** (epoch // self.every)
+        frac = min(epoch, self.epochs) / self.epochs
+        return self.lr_min + 0.5 * (base - self.lr_min) * (1.0 + math.cos(math.pi * frac))

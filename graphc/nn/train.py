@@ -1,0 +1,381 @@
+"""Training: the three learning tasks of the lecture with SGD-family optimizers, L2/L1 penalties, dropout,
+early stopping (and the refit phase), checkpoints and divergence diagnosis.
+
+A training step is a graph (loss, gradients, the optimizer's in-place updates) compiled with a native epoch
+driver; Python runs between epochs only: metrics, early stopping, progress, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphc import ops
+from graphc.autodiff.grad import grad
+from graphc.codegen.epoch import KEY_MULT
+from graphc.errors import GraphcError, NumericalError
+from graphc.ir.node import Node, topo_order
+from graphc.nn import checkpoint as ckpt
+from graphc.nn.layers import init_params, mlp, parameters
+from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
+from graphc.nn.optim import Schedule, make
+from graphc.runtime.epoch import EpochFunction
+from graphc.runtime.jit import CompiledFunction, default_threads
+from graphc.runtime.reference import evaluate
+
+TASKS = ("multiclass", "binary", "regression")
+EVAL_BATCH = 4096
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (the CLI's flags map one to one)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.1
+    optimizer: str = "sgd"  # sgd (mini-batch; batch_size 1 is per-sample SGD, >= n is full-batch GD), momentum,
+    momentum: float = 0.0  # nesterov, adam
+    schedule: str = "constant"  # constant, step, cosine
+    step_gamma: float = 0.1
+    step_every: int = 10
+    l2: float = 0.0
+    l1: float = 0.0
+    penalize: str | list[str] = "weights"  # "weights" (matrices), "all", or a list of parameter names
+    dropout: list[float] | None = None  # keep probabilities: input first, then each hidden layer
+    early_stopping: int | None = None  # patience in epochs
+    min_delta: float = 0.0
+    refit: bool = False
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 1
+    drop_last: bool = False
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise GraphcError(f"training option: {msg}")
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive int, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch size must be a positive int, got {self.batch_size!r}")
+        need(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
+             f"learning rate must be a positive number, got {self.lr!r}")
+        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.l2 >= 0 and self.l1 >= 0, "penalties l2 and l1 must be >= 0")
+        need(self.early_stopping is None or self.early_stopping >= 1, "early-stopping patience must be >= 1")
+        need(not self.refit or self.early_stopping is not None, "--refit needs --early-stopping (it retrains for "
+             "the best number of steps found by early stopping)")
+        need(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        need(self.checkpoint_every >= 0, "checkpoint interval must be >= 0")
+        need(all(isinstance(h, int) and h >= 1 for h in self.hidden), f"hidden sizes must be positive ints, "
+             f"got {self.hidden!r}")
+        for k in self.dropout or []:
+            need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")
+        make(self.optimizer, self.momentum)
+        Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
+
+
+def default_model(config: TrainConfig) -> Callable[[Node, int], Node]:
+    """An MLP with config.hidden layers (He init for ReLU), dropout with config.dropout keep probabilities."""
+
+    def model(x: Node, n_outputs: int) -> Node:
+        return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp",
+                   dropout_keep=config.dropout)
+
+    return model
+
+
+@dataclass
+class FitResult:
+    params: dict[str, np.ndarray]
+    history: list[dict]
+    metrics: dict
+    config: TrainConfig
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    def __repr__(self) -> str:
+        keys = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
+        return f"<FitResult {keys}>"
+
+
+class Trainer:
+    """Builds the step graph for a model and a task, compiles it with the epoch driver, and runs epochs."""
+
+    def __init__(self, model: Callable[[Node, int], Node], task: str, n_features: int, n_outputs: int,
+                 config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print):
+        config.validate()
+        if task not in TASKS:
+            raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        self.config, self.task, self.log = config, task, log
+        self.x = ops.input("x", ("N", n_features))
+        if task == "multiclass":
+            self.y = ops.input("y", ("N",), "int32")
+        else:
+            self.y = ops.input("y", ("N", *y_shape), "float32")
+        out = model(self.x, n_outputs)
+        if not isinstance(out, Node):
+            raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
+        self.out = out
+        self.data_loss = self._task_loss(out)
+        self.params = parameters(out)
+        if not self.params:
+            raise GraphcError("the model has no parameters to train")
+        loss = self.data_loss
+        penalized = self._penalized()
+        if config.l2 and penalized:
+            loss = loss + l2(penalized, config.l2)
+        if config.l1 and penalized:
+            loss = loss + l1(penalized, config.l1)
+        self.loss = loss
+        self.grads = grad(loss, self.params)
+        self.opt = make(config.optimizer, config.momentum)
+        self.lr = ops.input("lr", (), "float32")
+        self.t = ops.input("step", (), "float32")
+        self.state_inputs = self.opt.state_inputs(self.params)
+        updates = {}
+        for p, g in zip(self.params, self.grads, strict=True):
+            new_p, new_state = self.opt.step(p, g, self.state_inputs, self.t, self.lr)
+            updates[p] = new_p
+            for name, v in new_state.items():
+                updates[self.state_inputs[name]] = v
+        self.updates = updates
+        self.training_mode = any(n.op.name == "dropout" for n in topo_order(loss))
+        self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
+        t0 = time.perf_counter()
+        threads = config.threads or self._auto_threads()
+        self.threads = threads
+        self.epoch_fn = EpochFunction(loss, updates, x=self.x, y=self.y, training=self.training_mode,
+                                      threads=threads)
+        self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
+        self.compile_seconds = time.perf_counter() - t0
+
+    # -- graph pieces
+    def _task_loss(self, out: Node) -> Node:
+        if self.task == "multiclass":
+            return softmax_cross_entropy(out, self.y)
+        if self.task == "binary":
+            return binary_cross_entropy(out, self.y)
+        return mse(out, self.y)
+
+    def _penalized(self) -> list[Node]:
+        sel = self.config.penalize
+        if sel == "weights":
+            return [p for p in self.params if p.ndim >= 2]
+        if sel == "all":
+            return list(self.params)
+        names = set(sel)
+        unknown = names - {p.name for p in self.params}
+        if unknown:
+            raise GraphcError(f"penalize: unknown parameter(s) {sorted(unknown)}; the model has "
+                              f"{[p.name for p in self.params]}")
+        return [p for p in self.params if p.name in names]
+
+    def _auto_threads(self) -> int:
+        """One thread for steps too small to split (barriers would cost more than they save)."""
+        flops = 0
+        b = self.config.batch_size
+        for n in topo_order(self.loss):
+            if n.op.name == "matmul":
+                dims = [d if isinstance(d, int) else b for d in (*n.shape, n.inputs[0].shape[0 if n.attrs["ta"]
+                                                                                              else 1])]
+                flops += 2 * dims[0] * dims[1] * dims[2]
+        return 1 if flops * 3 < 4e6 else default_threads()
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: the step graph and the options that shape the run."""
+        h = hashlib.sha256(self.loss.digest().encode())
+        skip = {"threads", "checkpoint_every"}
+        if self.config.schedule != "cosine":
+            skip.add("epochs")  # resuming may extend a run; only a cosine schedule depends on its length
+        cfg = {k: v for k, v in asdict(self.config).items() if k not in skip}
+        h.update(json.dumps(cfg, sort_keys=True).encode())
+        return h.hexdigest()[:32]
+
+    # -- state
+    def init_state(self, seed: int) -> dict[str, np.ndarray]:
+        state = init_params(self.params, seed=seed)
+        state.update(self.opt.init_state(self.params))
+        return state
+
+    def param_values(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {p.name: state[p.name] for p in self.params}
+
+    # -- evaluation
+    def evaluate(self, state: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean data loss and the model's outputs over (X, Y), in inference mode."""
+        params = self.param_values(state)
+        total = 0.0
+        outs = []
+        for lo in range(0, len(X), EVAL_BATCH):
+            xb, yb = X[lo:lo + EVAL_BATCH], Y[lo:lo + EVAL_BATCH]
+            loss, out = self.eval_fn(dict(params, x=xb, y=yb))
+            total += float(loss) * len(xb)
+            outs.append(out)
+        return total / max(len(X), 1), np.concatenate(outs) if outs else np.zeros((0,))
+
+    def metrics(self, out: np.ndarray, Y: np.ndarray, y_std: float = 1.0) -> dict:
+        if self.task == "regression":
+            pred = out.reshape(Y.shape)
+            err = float(np.mean((pred - Y) ** 2))
+            return {"mse": err, "rmse": math.sqrt(err), "mse_original_units": err * y_std**2,
+                    "rmse_original_units": math.sqrt(err) * y_std}
+        pred = np.argmax(out, axis=1) if self.task == "multiclass" else (out.reshape(-1) > 0).astype(np.int64)
+        true = Y.astype(np.int64)
+        k = out.shape[1] if self.task == "multiclass" else 2
+        confusion = np.zeros((k, k), np.int64)
+        np.add.at(confusion, (true, pred), 1)
+        per_class = {str(c): {"n": int(confusion[c].sum()), "correct": int(confusion[c, c])} for c in range(k)}
+        return {"accuracy": float(np.mean(pred == true)), "per_class": per_class, "confusion": confusion.tolist()}
+
+    # -- a run
+    def run(self, X: np.ndarray, Y: np.ndarray, X_val: np.ndarray | None, Y_val: np.ndarray | None, *,
+            out_dir: Path | None = None, resume: bool = False, progress=None, y_std: float = 1.0,
+            phase_data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """Train (phase 1, with early stopping if asked, then the refit phase if asked). Returns a summary with
+        the final state, history and timing."""
+        cfg = self.config
+        ck_dir = out_dir / "checkpoints" if out_dir is not None else None
+        s = {"phase": 1, "epoch": 0, "step": 0, "history": [], "best_val": math.inf, "best_epoch": -1,
+             "best_step": 0, "wait": 0, "train_seconds": 0.0, "samples": 0, "stopped_early": False,
+             "phase1_epochs": 0}
+        state = self.init_state(cfg.seed)
+        best: dict[str, np.ndarray] | None = None
+        if resume and ck_dir is not None:
+            found, refused = ckpt.latest(ck_dir)
+            for msg in refused:
+                self.log(f"refusing checkpoint: {msg}")
+            if found is not None:
+                path, meta, arrays = found
+                if meta.get("fingerprint") != self.fingerprint():
+                    raise ckpt.CheckpointError(f"{path}: this checkpoint belongs to a different model, dataset or "
+                                               "options; resume with the same command line, or start afresh")
+                s.update(meta["run"])
+                state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+                best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")} or None
+                self.log(f"resuming from {path.name}: phase {s['phase']}, {s['epoch']} epochs done")
+            else:
+                self.log("no checkpoint to resume from; starting afresh")
+        use_es = cfg.early_stopping is not None and X_val is not None and len(X_val) > 0
+        while True:
+            if s["phase"] == 1:
+                done = s["epoch"] >= cfg.epochs or s["stopped_early"]
+                data = (X, Y)
+                budget = None
+            else:
+                done = s["step"] >= s["best_step"]
+                data = phase_data
+                budget = s["best_step"] - s["step"]
+            if done:
+                if s["phase"] == 1 and use_es and best is not None:
+                    state = {k: v.copy() for k, v in best.items()}  # restore the best parameters
+                if s["phase"] == 1 and cfg.refit and use_es and phase_data is not None:
+                    s.update(phase=2, epoch=0, step=0, phase1_epochs=s["epoch"])
+                    state = self.init_state(cfg.seed + 1)  # new starting values
+                    self.log(f"refit: retraining on train+validation for {s['best_step']} steps")
+                    continue
+                break
+            epoch = s["epoch"]
+            lr = self.schedule.lr(cfg.lr, epoch)
+            start_state = {k: v.copy() for k, v in state.items()}
+            Xd, Yd = data
+            t0 = time.perf_counter()
+            stats = self.epoch_fn.run_epoch(Xd, Yd, state, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
+                                            seed=cfg.seed, step0=s["step"], scalars={"lr": lr},
+                                            drop_last=cfg.drop_last, max_steps=-1 if budget is None else budget,
+                                            threads=self.threads)
+            dt = time.perf_counter() - t0
+            if stats.nonfinite_step is not None:
+                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, lr)
+            s["train_seconds"] += dt
+            s["samples"] += stats.samples
+            s["step"] += stats.steps
+            s["epoch"] += 1
+            row = {"phase": s["phase"], "epoch": s["epoch"], "step": s["step"], "lr": lr,
+                   "train_loss": stats.mean_loss, "samples_per_second": stats.samples / dt if dt > 0 else 0.0}
+            if s["phase"] == 1 and X_val is not None and len(X_val) > 0:
+                vloss, vout = self.evaluate(state, X_val, Y_val)
+                row["val_loss"] = vloss
+                vm = self.metrics(vout, Y_val, y_std)
+                row.update({f"val_{k}": v for k, v in vm.items() if isinstance(v, float)})
+                if use_es:
+                    if vloss < s["best_val"] - cfg.min_delta:
+                        s.update(best_val=vloss, best_epoch=s["epoch"], best_step=s["step"], wait=0)
+                        best = {k: v.copy() for k, v in state.items()}
+                    else:
+                        s["wait"] += 1
+                        if s["wait"] >= cfg.early_stopping:
+                            s["stopped_early"] = True
+            s["history"].append(row)
+            if progress is not None:
+                progress(row, s)
+            if ck_dir is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
+                self.save_checkpoint(ck_dir, s, state, best)
+        s["state"] = state
+        return s
+
+    def save_checkpoint(self, directory: Path, s: dict, state: dict, best: dict | None) -> Path:
+        arrays = {f"state/{k}": v for k, v in state.items()}
+        if best:
+            arrays.update({f"best/{k}": v for k, v in best.items()})
+        run = {k: v for k, v in s.items() if k != "state"}
+        path = directory / f"ckpt-{s['phase']}-{s['epoch']:06d}.gcp"
+        ckpt.save(path, {"fingerprint": self.fingerprint(), "run": run}, arrays)
+        for old in sorted(directory.glob("ckpt-*.gcp"))[:-2]:  # keep the last two
+            old.unlink()
+        return path
+
+    # -- divergence
+    def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,
+                 lr: float) -> NumericalError:
+        """Replay the epoch up to the failing step from its starting state (deterministic), then run that
+        batch through the reference evaluator and name the first node that produced a non-finite value."""
+        cfg = self.config
+        replay = {k: v.copy() for k, v in start_state.items()}
+        stats = self.epoch_fn.run_epoch(X, Y, replay, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
+                                        seed=cfg.seed, step0=s["step"], scalars={"lr": lr}, drop_last=cfg.drop_last,
+                                        max_steps=bad, threads=self.threads)
+        batch = min(cfg.batch_size, len(X))
+        idx = stats.permutation[bad * batch:(bad + 1) * batch]
+        key = (cfg.seed * KEY_MULT + s["step"] + bad) & (2**64 - 1)
+        values = dict(replay, x=X[idx], y=Y[idx], lr=np.float32(lr), step=np.float32(s["step"] + bad + 1),
+                      rng_key=np.int64(key - 2**64 if key >= 2**63 else key))
+        nodes = topo_order([self.loss, *self.updates.values()])
+        where = "could not be located (the reference evaluator stayed finite on that batch)"
+        try:
+            results = evaluate(nodes, values, training=self.training_mode, allow_unused=True)
+            for n, v in zip(nodes, results, strict=True):
+                if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
+                    kind = "the backward pass" if n.source.made_by.startswith("grad") else "the forward pass"
+                    label = n.name or n.op.name
+                    if n.op.name in ("input", "param"):
+                        where = f"was already in {n.op.name} {label!r} ({n.type_str})"
+                    else:
+                        where = (f"was first produced by {label} ({n.type_str}) in {kind}, at {n.source.where()}")
+                    break
+        except GraphcError as e:
+            where = f"could not be located ({e})"
+        global_step = s["step"] + bad + 1
+        return NumericalError(
+            f"training diverged: the loss became non-finite at epoch {epoch + 1}, step {bad + 1} of the epoch "
+            f"(global step {global_step}); the first non-finite value {where}. The last good checkpoint is kept. "
+            f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
+
+
+def train_arrays(model, task: str, X: np.ndarray, Y: np.ndarray, X_val=None, Y_val=None, *,
+                 config: TrainConfig | None = None, **overrides) -> tuple[Trainer, dict]:
+    """Train on arrays (no files written): returns the trainer and its run summary."""
+    config = config or TrainConfig(**overrides)
+    n_out = int(Y.max()) + 1 if task == "multiclass" else (1 if Y.ndim == 1 else Y.shape[1])
+    trainer = Trainer(model or default_model(config), task, X.shape[1], n_out, config,
+                      y_shape=tuple(Y.shape[1:]) if task != "multiclass" else (), log=lambda m: None)
+    return trainer, trainer.run(X, Y, X_val, Y_val)
+

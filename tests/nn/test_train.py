@@ -1,0 +1,177 @@
+"""Training: native epochs against the reference, optimizers, schedules, penalties, dropout, early stopping,
+regularization effects, checkpoints and divergence diagnosis."""
+
+import math
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen.epoch import permutation
+from graphc.fit import fit
+from graphc.nn import checkpoint as ckpt
+from graphc.nn.optim import Schedule
+from graphc.nn.train import TrainConfig, Trainer, default_model
+
+
+def blobs(n=150, f=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, f)) * 2
+    y = rng.integers(0, classes, n).astype(np.int32)
+    X = (centers[y] + rng.normal(size=(n, f))).astype(np.float32)
+    return X, y
+
+
+def trainer_for(X, y, **kw):
+    cfg = TrainConfig(**{"hidden": [16], "epochs": 1, "batch_size": 32, "lr": 0.1, **kw})
+    return Trainer(default_model(cfg), "multiclass", X.shape[1], int(y.max()) + 1, cfg, log=lambda m: None)
+
+
+def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, lr, batch):
+    """The same epoch stepped in Python through the reference evaluator."""
+    state = {k: v.copy() for k, v in state.items()}
+    order = permutation(seed, epoch, len(X))
+    names = list(tr.updates)
+    losses = []
+    for s, lo in enumerate(range(0, len(X), batch)):
+        idx = order[lo:lo + batch]
+        vals = dict(state, x=X[idx], y=y[idx], lr=np.float32(lr), step=np.float32(step0 + s + 1))
+        out = gc.evaluate([tr.loss] + [tr.updates[k] for k in names], vals, allow_unused=True)
+        losses.append(float(out[0]) * len(idx))
+        for k, v in zip(names, out[1:], strict=True):
+            state[k.name] = v.astype(np.float32)
+    return state, sum(losses) / len(X)
+
+
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("momentum", 0.9), ("nesterov", 0.9), ("adam", 0.0)])
+def test_native_epoch_matches_reference_steps(optimizer, momentum):
+    X, y = blobs()
+    tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer == "adam" else 0.1)
+    state = tr.init_state(3)
+    ref, ref_loss = reference_epoch(tr, state, X, y, epoch=2, seed=5, step0=7, lr=tr.config.lr, batch=32)
+    stats = tr.epoch_fn.run_epoch(X, y, state, batch=32, epoch=2, seed=5, step0=7, scalars={"lr": tr.config.lr})
+    assert stats.steps == math.ceil(len(X) / 32)  # the last partial batch is trained on, not dropped
+    assert stats.mean_loss == pytest.approx(ref_loss, rel=1e-5)
+    for k in ref:
+        np.testing.assert_allclose(state[k], ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+
+
+def test_full_batch_gd_per_sample_sgd_and_drop_last():
+    X, y = blobs(n=40)
+    tr = trainer_for(X, y)
+    state = tr.init_state(0)
+    assert tr.epoch_fn.run_epoch(X, y, state, batch=1000, epoch=0, seed=0, step0=0, scalars={"lr": 0.1}).steps == 1
+    assert tr.epoch_fn.run_epoch(X, y, state, batch=1, epoch=0, seed=0, step0=0, scalars={"lr": 0.01}).steps == 40
+    st = tr.epoch_fn.run_epoch(X, y, state, batch=16, epoch=0, seed=0, step0=0, scalars={"lr": 0.1}, drop_last=True)
+    assert st.steps == 2 and st.samples == 32
+
+
+def test_schedules():
+    assert Schedule("constant").lr(0.1, 7) == 0.1
+    s = Schedule("step", gamma=0.5, every=3)
+    assert [s.lr(1.0, e) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
+    c = Schedule("cosine", epochs=10, lr_min=0.0)
+    assert c.lr(1.0, 0) == 1.0 and c.lr(1.0, 5) == pytest.approx(0.5) and c.lr(1.0, 10) == pytest.approx(0.0)
+    with pytest.raises(gc.GraphcError):
+        Schedule("linear")
+
+
+def test_penalties_apply_to_weights_by_default_and_are_configurable():
+    X, y = blobs()
+    tr = trainer_for(X, y, l2=0.1)
+    penalized = {n.name for n in gc.topo_order(tr.loss) if n.op.name == "param"}
+    assert penalized == {p.name for p in tr.params}  # all params appear (in the loss)...
+    sq = [n for n in gc.topo_order(tr.loss) if n.op.name == "mul" and n.inputs[0] is n.inputs[1]]
+    assert {n.inputs[0].name for n in sq} == {"mlp.0.W", "mlp.1.W"}  # ...but only weights are squared
+    tr2 = trainer_for(X, y, l1=0.1, penalize=["mlp.1.b"])
+    absd = [n.inputs[0].name for n in gc.topo_order(tr2.loss) if n.op.name == "abs"]
+    assert absd == ["mlp.1.b"]
+    with pytest.raises(gc.GraphcError, match="unknown parameter"):
+        trainer_for(X, y, l2=0.1, penalize=["nope"])
+
+
+def test_dropout_is_seeded_and_off_at_evaluation():
+    X, y = blobs()
+    results = []
+    for seed in (1, 1, 2):
+        tr = trainer_for(X, y, dropout=[0.8, 0.5], seed=seed)
+        assert tr.training_mode
+        assert not any(n.op.name == "dropout" for n in gc.topo_order(tr.eval_fn.graph.outputs))
+        run = tr.run(X, y, None, None)
+        results.append(run["state"]["mlp.0.W"])
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], results[2])
+
+
+def test_three_learning_tasks_end_to_end():
+    d = fit(data="digits", epochs=4, progress=False)
+    assert d.metrics["test_accuracy"] > 0.9 and d.metrics["task"] == "multiclass"
+    assert sum(v["n"] for v in d.metrics["test_per_class"].values()) == 270
+    b = fit(data="breast_cancer", epochs=5, progress=False)
+    assert b.metrics["test_accuracy"] > 0.9 and b.metrics["task"] == "binary"
+    r = fit(data="diabetes", epochs=10, progress=False)
+    assert r.metrics["task"] == "regression" and r.metrics["test_mse"] < 0.8
+    assert r.metrics["test_rmse_original_units"] == pytest.approx(math.sqrt(r.metrics["test_mse"]) * 77.0, rel=0.1)
+    assert d.predict(np.zeros((3, 64), np.float32)).shape == (3, 10)
+
+
+OVERFIT = dict(data="digits", train_fraction=0.08, hidden=[256], epochs=60, batch_size=16, lr=0.1, progress=False,
+               checkpoint_every=0)
+
+
+def gaps(result):
+    """(accuracy gap, loss gap) between the training split and the test split, both in inference mode."""
+    m = result.metrics
+    return m["train_accuracy"] - m["test_accuracy"], m["test_loss"] - m["train_loss"]
+
+
+def test_l2_and_dropout_shrink_the_train_test_gap():
+    base = fit(**OVERFIT)  # a small training split and a wide net: it fits the training rows perfectly
+    l2 = fit(**OVERFIT, l2=0.02)
+    drop = fit(**OVERFIT, dropout=[1.0, 0.5])
+    acc0, loss0 = gaps(base)
+    assert base.metrics["train_accuracy"] == 1.0 and acc0 > 0.1
+    for reg in (l2, drop):
+        acc, loss = gaps(reg)
+        assert acc < acc0 - 0.03, (acc, acc0)
+        assert loss < 0.9 * loss0, (loss, loss0)
+
+
+def test_early_stopping_picks_an_epoch_before_validation_loss_rises_and_refit():
+    r = fit(**{**OVERFIT, "epochs": 200}, early_stopping=5)
+    m = r.metrics
+    assert m["stopped_early"] and m["best_epoch"] < m["epochs"]
+    vals = [h["val_loss"] for h in r.history]
+    best = m["best_epoch"]
+    assert vals[best - 1] == min(vals)
+    assert vals[-1] > vals[best - 1]  # validation loss rose after the best epoch
+    # the restored parameters are the best epoch's
+    assert m["val_loss"] == pytest.approx(vals[best - 1], rel=1e-5)
+    rf = fit(**{**OVERFIT, "epochs": 200}, early_stopping=5, refit=True)
+    assert rf.metrics["steps"] == rf.metrics["best_step"] == m["best_step"]
+    assert rf.metrics["refit_epochs"] >= 1
+
+
+def test_divergence_names_epoch_step_and_node(tmp_path):
+    with pytest.raises(gc.NumericalError) as e:
+        fit(data="digits", epochs=3, lr=1e9, out=tmp_path, progress=False, checkpoint_every=1)
+    msg = str(e.value)
+    assert "epoch 1" in msg and "step" in msg and "first produced by" in msg and "mlp" in msg
+    assert "last good checkpoint" in msg
+
+
+def test_checkpoint_files_are_checked(tmp_path):
+    path = tmp_path / "ckpt-1-000001.gcp"
+    ckpt.save(path, {"a": 1}, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    meta, arrays = ckpt.load(path)
+    assert meta == {"a": 1} and arrays["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.load(path)
+    path.write_bytes(bytes(data[:30]))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load(path)
+    found, refused = ckpt.latest(tmp_path)
+    assert found is None and refused

@@ -1,0 +1,178 @@
+"""`graphc train` and the datasets: artifacts, bad input (clean errors, no tracebacks), checkpoint resume after
+SIGKILL ending bitwise equal to an uninterrupted run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from graphc import data
+
+GRAPHC = [sys.executable, "-m", "graphc.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*GRAPHC, *args], capture_output=True, text=True, **kw)
+
+
+def test_train_writes_its_artifacts(tmp_path):
+    p = run("train", "--epochs", "3", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "test accuracy" in p.stdout
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_accuracy", "epochs", "train_samples_per_second", "seed", "compile_seconds", "threads"):
+        assert key in m, key
+    assert m["epochs"] == 3 and m["test_accuracy"] > 0.85
+    hist = (tmp_path / "history.csv").read_text().splitlines()
+    assert hist[0].startswith("phase,epoch,step,lr,train_loss") and len(hist) == 4
+    w = np.load(tmp_path / "weights.npz")
+    assert set(w.files) == {"mlp.0.W", "mlp.0.b", "mlp.1.W", "mlp.1.b"} and w["mlp.0.W"].shape == (64, 128)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "checkpoints").glob("ckpt-*.gcp"))
+
+
+def test_progress_lines_when_not_a_terminal():
+    p = run("train", "--epochs", "2", "--dataset", "breast_cancer")
+    lines = [line for line in p.stdout.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and "samples/s" in lines[0] and "val_accuracy" in lines[0]
+
+
+MODEL = """
+import graphc as gc
+
+OPTIONS = {"epochs": 2}
+
+def model(x, n_outputs):
+    h = gc.nn.dense(x, 32, "tanh", name="first")
+    return gc.nn.dense(h, n_outputs, name="out")
+"""
+
+
+def test_model_file_and_csv_dataset(tmp_path):
+    (tmp_path / "m.py").write_text(MODEL)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    lines = ["a,b,c,label"] + [f"{r[0]},{r[1]},{r[2]},{'yes' if t else 'no'}" for r, t in zip(X, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    p = run("train", "--model", str(tmp_path / "m.py"), "--dataset", str(tmp_path / "d.csv"), "--label", "label",
+            "--out", str(tmp_path / "o"), "--json")
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout.strip().splitlines()[-1])
+    assert m["task"] == "binary" and m["epochs"] == 2
+    assert set(np.load(tmp_path / "o" / "weights.npz").files) == {"first.W", "first.b", "out.W", "out.b"}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "nope"], "no such file"),
+    (["--dataset", "missing.csv"], "no such file"),
+    (["--epochs", "0"], "epochs must be a positive int"),
+    (["--lr", "-1"], "learning rate must be a positive number"),
+    (["--batch-size", "0"], "batch size"),
+    (["--dropout", "0"], "keep probabilities must be in (0, 1]"),
+    (["--dropout", "1.2"], "keep probabilities must be in (0, 1]"),
+    (["--momentum", "1.5"], "momentum"),
+    (["--refit"], "--refit needs --early-stopping"),
+    (["--resume"], "--resume needs --out"),
+    (["--hidden", "12,x"], "--hidden"),
+])
+def test_bad_options_exit_cleanly(args, words):
+    p = run("train", *args)
+    assert p.returncode != 0
+    assert words in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_files_exit_cleanly(tmp_path):
+    (tmp_path / "bad.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n")
+    p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "label")
+    assert p.returncode != 0 and "bad.csv:3" in p.stderr and "'oops'" in p.stderr and "Traceback" not in p.stderr
+    p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "nolabel")
+    assert p.returncode != 0 and "no column named 'nolabel'" in p.stderr
+    np.savez(tmp_path / "mismatch.npz", X=np.zeros((10, 3)), y=np.zeros(9))
+    p = run("train", "--dataset", str(tmp_path / "mismatch.npz"))
+    assert p.returncode != 0 and "10 rows" in p.stderr and "9" in p.stderr
+    (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
+    p = run("train", "--dataset", str(tmp_path / "junk.npy"))
+    assert p.returncode != 0 and "junk.npy" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "broken.py").write_text("def model(x, n):\n    return x +\n")
+    p = run("train", "--model", str(tmp_path / "broken.py"))
+    assert p.returncode != 0 and "broken.py:2: syntax error" in p.stderr
+    (tmp_path / "nomodel.py").write_text("x = 1\n")
+    p = run("train", "--model", str(tmp_path / "nomodel.py"))
+    assert p.returncode != 0 and "defines no `model` function" in p.stderr
+    (tmp_path / "wide.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n + 1)\n")
+    p = run("train", "--model", str(tmp_path / "wide.py"))
+    assert p.returncode != 0 and "10 classes" in p.stderr
+    nan = np.ones((50, 4))
+    nan[7, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", X=nan, y=np.arange(50) % 2)
+    p = run("train", "--dataset", str(tmp_path / "nan.npz"))
+    assert p.returncode != 0 and "not finite in row 7" in p.stderr
+
+
+def test_datasets_split_fixed_and_standardized_on_train_only(tmp_path):
+    a = data.load("digits")
+    b = data.load("digits")
+    np.testing.assert_array_equal(a.X_test, b.X_test)
+    np.testing.assert_allclose(a.X_train.mean(0), 0, atol=1e-5)  # standardized with the training rows' stats
+    assert np.abs(a.X_test.mean(0)).max() > 1e-3  # ...which the test rows do not share exactly
+    assert a.task == "multiclass" and len(a.classes) == 10 and a.y_train.dtype == np.int32
+    assert len(a.X_train) + len(a.X_val) + len(a.X_test) == 1797
+    r = data.load("diabetes")
+    assert r.task == "regression" and abs(float(r.y_train.mean())) < 1e-5
+    arr = np.column_stack([np.random.default_rng(1).normal(size=(30, 2)), np.arange(30) % 3])
+    np.save(tmp_path / "d.npy", arr)
+    d = data.load(str(tmp_path / "d.npy"))
+    assert d.task == "multiclass" and d.n_features == 2
+
+
+RUN = ["train", "--dataset", "{data}", "--epochs", "60", "--batch-size", "16", "--hidden", "96", "--seed", "3",
+       "--dropout", "0.9,0.7", "--optimizer", "momentum", "--checkpoint-every", "1", "--quiet", "--out", "{out}"]
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 24))
+    y = (X[:, :3].sum(1) > 0).astype(int) + (X[:, 3] > 1).astype(int)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    fill = {"data": str(tmp_path / "d.npz")}
+    whole = [a.format(out=tmp_path / "whole", **fill) for a in RUN]
+    p = run(*whole)
+    assert p.returncode == 0, p.stderr
+    cut = [a.format(out=tmp_path / "cut", **fill) for a in RUN]
+    proc = subprocess.Popen([*GRAPHC, *cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "cut" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(f.name.endswith("000008.gcp") for f in ck.glob("ckpt-*.gcp")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "cut" / "weights.npz").exists()  # it was killed mid-way, before the end
+    p = run(*cut, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "resuming from" in p.stderr
+    a = np.load(tmp_path / "whole" / "weights.npz")
+    b = np.load(tmp_path / "cut" / "weights.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    out = tmp_path / "o"
+    assert run("train", "--epochs", "2", "--quiet", "--out", str(out)).returncode == 0
+    files = sorted((out / "checkpoints").glob("ckpt-*.gcp"))
+    newest = files[-1]
+    data_ = bytearray(newest.read_bytes())
+    data_[len(data_) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data_))
+    p = run("train", "--epochs", "3", "--quiet", "--out", str(out), "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "refusing checkpoint" in p.stderr and "corrupt" in p.stderr
+    assert "resuming from ckpt-1-000001.gcp" in p.stderr  # the last good one
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
