@@ -131,13 +131,13 @@ def test_datasets_split_fixed_and_standardized_on_train_only(tmp_path):
     assert d.task == "multiclass" and d.n_features == 2
 
 
-RUN = ["train", "--dataset", "{data}", "--epochs", "60", "--batch-size", "16", "--hidden", "96", "--seed", "3",
+RUN = ["train", "--dataset", "{data}", "--epochs", "200", "--batch-size", "16", "--hidden", "96", "--seed", "3",
        "--dropout", "0.9,0.7", "--optimizer", "momentum", "--checkpoint-every", "1", "--quiet", "--out", "{out}"]
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(6000, 24))
+    X = rng.normal(size=(20000, 24))  # big enough that a run takes seconds: the kill lands mid-way
     y = (X[:, :3].sum(1) > 0).astype(int) + (X[:, 3] > 1).astype(int)
     np.savez(tmp_path / "d.npz", X=X, y=y)
     fill = {"data": str(tmp_path / "d.npz")}
