@@ -4,12 +4,18 @@
 an optional fused epilogue applied to every stored vector. The structure is BLIS's:
 
 * K is cut into blocks of at most KC (balanced, rounded up to the unroll factor); the N range of a thread
-  into blocks of at most NC columns; the M range into blocks of at most MC rows.
+  into blocks of at most NC columns; the M range into blocks of at most MC rows. Loop nest (default
+  ``loop_order="ir_jr"``): N block > K block [pack B] > M block [pack A] > MR rows > NR columns > tile, so
+  one A micro-panel stays in L1 while the B micro-panels of the packed B block stream past it from L2.
 * For each (N block, K block) the thread packs op(B) into its workspace as KC x NR micro-panels
   (``Bp[k*NR + j]``), zero-padded to a multiple of NR columns; for each M block it packs op(A) as KC x MR
   micro-panels (``Ap[k*MR + i]``), zero-padded to a multiple of MR rows. Packing reads the stored layout
-  directly: a transposed operand is packed with in-register LxL transposes (LLVM shufflevector networks),
-  a non-transposed one by vector copies, so Aᵀ·B and A·Bᵀ never materialize a transpose.
+  directly, so Aᵀ·B and A·Bᵀ never materialize a transpose: the operand whose stored rows run along K
+  (A, or B when ``trans_b``) is packed with in-register LxL transposes (shufflevector networks), the other
+  (B, or A when ``trans_a``) by vector copies that walk each source row sequentially.
+* Narrow non-transposed B (``ldb <= direct_b_max_ld``) in a thread with few A panels (M range
+  ``<= direct_b_max_m``) is not packed: the microkernel reads full B panels in place (stride ldb) and only
+  the partial edge panel is packed. Packing would be amortized over too few A panels to pay for itself.
 * The microkernel keeps an MR x NR tile of C in MR * NR/L vector registers (L = SIMD lanes), and for each k
   broadcasts MR elements of the A panel against NR/L vectors of the B panel with fused multiply-adds. Edge
   tiles are computed in full on the zero padding; only the store is partial (rows checked, columns masked).
@@ -44,12 +50,19 @@ holding columns ``ctx.col .. ctx.col + L - 1`` of row ``ctx.row``, already ``+ o
 columns (lanes outside it are discarded by the masked store, but must not be used to touch memory:
 use ``ctx.load`` which masks); on full tiles it is None. Rows outside M are never passed. The epilogue must
 return an ``<L x T>`` vector, the value to store. ``ctx.extra_args`` are the function's extra arguments
-(`extra_args` types), e.g. a bias pointer.
+(`extra_args` types), e.g. a bias pointer. The calls are emitted inside the internal ``name.ukernel``
+function (``ctx.builder.function``), in different basic blocks that do not dominate one another: an IR value
+made during one call must not be reused by another (recompute it, or hoist it into that function's entry
+block yourself).
 
-Tuning (`GemmConfig`, chosen by `default_config` for the target): on AVX-512, MR x NR = 12 x 32 float32
-(24 zmm accumulators + 2 B vectors + a broadcast: 27 of 32 registers; 14 loads per 24 FMAs), KC = 384
-(B micro-panel 48 KB streamed through L1, A micro-panel 18 KB in L1), MC = 480 / NC = 3072 (packed B block
-in the 2 MB L2); 6 x 2L elsewhere (16 vector registers).
+Tuning (`GemmConfig`, chosen by `default_config`; measured on a 2-vCPU Sapphire-Rapids-class Xeon, 48 KB
+L1d and 2 MB L2 per core): on AVX-512, MR x NR = 12 x 32 float32 (12 x 16 float64): 24 zmm accumulators + 2
+B vectors + 1 broadcast = 27 of 32 registers, 14 loads per 24 FMAs. KC = 256: the A micro-panel (12 KB) stays
+in L1 and a B micro-panel (32 KB) streams from L2 per tile; C is read and written once per K block.
+NC = 1024 float32 (512 float64): the packed B block is 1 MB of the 2 MB L2. MC = 240 (only sets how much A
+is packed at once in this loop order). Direct B: ldb <= 2 KB of elements, M range <= 256. With 16 vector
+registers (AVX2, SSE): MR x NR = 6 x 2L. The microkernel alone runs at ~93% of the FMA peak with its data
+in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~10-15%.
 """
 
 from __future__ import annotations
@@ -92,10 +105,8 @@ class GemmConfig:
     mc: int  # M block: rows of A packed at once (the A block, kc x mc)
     nc: int  # N block: columns of B packed at once (the B block, kc x nc)
     unroll: int = 4  # k-loop unroll of the microkernel
-    prefetch_c: bool = True  # prefetch the C tile before the k loop
-    prefetch_a: int = 0  # prefetch the packed A panel this many k steps ahead (0: off)
-    prefetch_b: int = 0  # prefetch the packed B panel this many k steps ahead (0: off)
-    loop_order: str = "jr_ir"  # inner loops: "jr_ir" (B panel in L1) or "ir_jr" (A panel in L1)
+    prefetch_c: int = 3  # prefetch the C tile before the k loop with this locality (3: L1, 2: L2; 0: off)
+    loop_order: str = "ir_jr"  # inner loops: "jr_ir" (B panel in L1) or "ir_jr" (A panel in L1)
     # non-transposed B with ldb <= direct_b_max_ld, in a thread whose M range is <= direct_b_max_m rows (so
     # that packing would be reused by few A panels): full B panels are read in place, only the edge packed
     direct_b_max_ld: int = 0
@@ -124,11 +135,11 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
         mr, nr = 12, 2 * lanes
     else:  # 16 vector registers: 12 accumulators + 2 B vectors + 1 broadcast
         mr, nr = 6, 2 * lanes
-    kc = 384 * 4 // esize  # bytes of one packed B row-of-panel stay the same for float64
-    kc -= kc % 4
-    mc = mr * max(1, 480 // mr)
-    nc = nr * max(1, 3072 // nr)
-    return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc)
+    kc = 256  # the A micro-panel (MR x KC) stays in L1 while B micro-panels stream past it from L2
+    nc = nr * max(1, (1 << 20) // (kc * esize * nr))  # the packed B block (KC x NC): 1 MB of the 2 MB L2
+    mc = mr * max(1, 240 // mr)
+    return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr",
+                      direct_b_max_ld=2048 // esize, direct_b_max_m=256)
 
 
 # -------------------------------------------------------------------------------------------- workspace
@@ -222,7 +233,6 @@ class _Gen:
         self.mstore = self._declare(f"llvm.masked.store.{vsuf}.p0", _VOID, [self.V, _PTR, _I32, self.M])
         self.prefetch = self._declare("llvm.prefetch.p0", _VOID, [_PTR, _I32, _I32, _I32])
         self.zero = ir.Constant(self.V, None)
-        self.iota = ir.Constant(ir.VectorType(_I64, self.L), list(range(self.L)))
 
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         fn = self.module.globals.get(name)
@@ -333,25 +343,27 @@ def _emit_pack_copy(g: _Gen, name: str, W: int) -> ir.Function:
     L = g.L
     groups = [(gi * L, min(L, W - gi * L)) for gi in range(_cdiv(W, L))]
     dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
-    npanels = _cdiv_ir(b, ncols, _c64(W))
-    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
-        left = b.sub(ncols, b.mul(q, _c64(W)))
-        d = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
-        s = g.gep(b, src, b.mul(q, _c64(W)))
-        with b.if_else(b.icmp_signed(">=", left, _c64(W))) as (full, part):
-            with full:
-                with _Loop(b, _c64(0), kc, _c64(1), "kf") as k:
-                    for off, w in groups:
-                        m = None if w == L else g.const_mask(w)
-                        v = g.load_vec(b, s, b.add(b.mul(k, ld), _c64(off)), m)
-                        g.store_vec(b, v, d, b.add(b.mul(k, _c64(W)), _c64(off)), m, align=dalign)
-            with part:
-                masks = [b.and_(g.lane_mask(b, off, left), g.const_mask(w)) for off, w in groups]
-                with _Loop(b, _c64(0), kc, _c64(1), "kp") as k:
-                    for (off, w), m in zip(groups, masks, strict=True):
-                        v = g.load_vec(b, s, b.add(b.mul(k, ld), _c64(off)), m)
-                        sm = None if w == L else g.const_mask(w)
-                        g.store_vec(b, v, d, b.add(b.mul(k, _c64(W)), _c64(off)), sm, align=dalign)
+    # k outer, panels inner: each source row is read sequentially (the hardware prefetchers follow it), where
+    # a panel-at-a-time walk would hop a whole row stride per access and wait on the cache for every line.
+    nfull = b.sdiv(ncols, _c64(W))
+    left = b.sub(ncols, b.mul(nfull, _c64(W)))
+    pmasks = [b.and_(g.lane_mask(b, off, left), g.const_mask(w)) for off, w in groups]
+    pstride = b.mul(kc, _c64(W))
+    with _Loop(b, _c64(0), kc, _c64(1), "k") as k:
+        s = g.gep(b, src, b.mul(k, ld))
+        d = g.gep(b, dst, b.mul(k, _c64(W)))
+        with _Loop(b, _c64(0), nfull, _c64(1), "q") as q:
+            sq = g.gep(b, s, b.mul(q, _c64(W)))
+            dq = g.gep(b, d, b.mul(q, pstride))
+            for off, w in groups:
+                m = None if w == L else g.const_mask(w)
+                g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), m, align=dalign)
+        with b.if_then(b.icmp_signed(">", left, _c64(0))):
+            sq = g.gep(b, s, b.mul(nfull, _c64(W)))
+            dq = g.gep(b, d, b.mul(nfull, pstride))
+            for (off, w), m in zip(groups, pmasks, strict=True):
+                sm = None if w == L else g.const_mask(w)
+                g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), sm, align=dalign)
     b.ret_void()
     return fn
 
@@ -442,7 +454,7 @@ def _emit_ukernel(
             rp = b.gep(c, [b.mul(_c64(i), ldc)], source_etype=g.T)
             for off in range(0, NR, 64 // g.esize):
                 p = b.gep(rp, [_c64(off)], source_etype=g.T)
-                b.call(g.prefetch, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                b.call(g.prefetch, [p, ir.Constant(_I32, 1), ir.Constant(_I32, cfg.prefetch_c), ir.Constant(_I32, 1)])
 
     def kstep(accs, a_base, b_base, kk):
         brow = g.gep(b, b_base, b.mul(_c64(kk), bstride))
@@ -472,12 +484,6 @@ def _emit_ukernel(
         for p, v in zip(accs, start_accs, strict=True):
             p.add_incoming(v, pre)
         cur = list(accs)
-        if cfg.prefetch_a:
-            p = b.gep(pa, [_c64(cfg.prefetch_a * MR)], source_etype=g.T)
-            b.call(g.prefetch, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        if cfg.prefetch_b:
-            p = b.gep(pb, [_c64(cfg.prefetch_b * NR)], source_etype=g.T)
-            b.call(g.prefetch, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         for kk in range(unroll):
             cur = kstep(cur, pa, pb, kk)
         na = g.gep(b, pa, _c64(unroll * MR))

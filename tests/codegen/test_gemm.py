@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -158,6 +159,11 @@ def host():
     specs["f64_00"] = dict(dtype="float64")
     specs["f64_11"] = dict(dtype="float64", trans_a=True, trans_b=True)
     specs["f64_st_01"] = dict(dtype="float64", M=17, N=33, K=64, trans_b=True)
+    # tiny blocks: many N, K and M blocks on small problems; the other loop order
+    small = GemmConfig(mr=12, nr=32, kc=16, mc=24, nc=64, direct_b_max_ld=512, direct_b_max_m=256)
+    specs["small_00"] = dict(config=small, epilogue=bias_relu, extra_args=[ir.PointerType()])
+    specs["small_11"] = dict(config=small, trans_a=True, trans_b=True, accumulate=True)
+    specs["jrir_10"] = dict(config=replace(default_config(host_target()), loop_order="jr_ir"), trans_a=True)
     return _build(specs, host_target())
 
 
@@ -348,3 +354,44 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError):
         emit_gemm(ir.Module(), "g", target=t, M=None, N=None, K=None,
                   config=GemmConfig(mr=4, nr=12, kc=64, mc=64, nc=96))
+
+
+def test_b_in_place_and_packed_agree_bitwise(host):
+    """Narrow B is read in place, wide B (ldb > 512 here) is packed: the same arithmetic either way."""
+    k = host["rt_00"]
+    for M, N, K in [(100, 70, 300), (7, 33, 17), (256, 255, 64)]:
+        A, _ = _operands(M, N, K, 0, 0, np.float32)
+        B_wide = _RNG.standard_normal((K, 600)).astype(np.float32)
+        B_narrow = np.ascontiguousarray(B_wide[:, :N])
+        C1 = np.full((M, N), np.nan, np.float32)
+        C2 = np.full((M, N), np.nan, np.float32)
+        k(A, B_narrow, C1, M, N, K)
+        k(A, B_wide[:, :N], C2, M, N, K)
+        assert np.array_equal(C1.view(np.uint32), C2.view(np.uint32))
+        ref, bound = _ref(A, B_narrow, 0, 0)
+        _check(C1, ref, bound, K, np.float32)
+
+
+def test_small_blocks_and_other_loop_order(host):
+    for M, N, K in [(50, 200, 70), (3, 65, 33), (255, 64, 17)]:
+        for nt in (1, 3):
+            A, B = _operands(M, N, K, 0, 0, np.float32)
+            bias = _RNG.standard_normal(N).astype(np.float32)
+            C = np.full((M, N), np.nan, np.float32)
+            host["small_00"](A, B, C, M, N, K, nthreads=nt, extras=(bias,))
+            ref, bound = _ref(A, B, 0, 0)
+            _check(C, np.maximum(ref + bias, 0), bound + np.abs(bias), K, np.float32)
+
+            A, B = _operands(M, N, K, 1, 1, np.float32)
+            C0 = _RNG.standard_normal((M, N)).astype(np.float32)
+            C = C0.copy()
+            host["small_11"](A, B, C, M, N, K, nthreads=nt)
+            ref, bound = _ref(A, B, 1, 1)
+            _check(C, ref + C0, bound + np.abs(C0), K, np.float32)
+
+            A, B = _operands(M, N, K, 1, 0, np.float32)
+            C1 = np.full((M, N), np.nan, np.float32)
+            C2 = np.full((M, N), np.nan, np.float32)
+            host["jrir_10"](A, B, C1, M, N, K, nthreads=nt)
+            host["rt_10"](A, B, C2, M, N, K)
+            assert np.array_equal(C1.view(np.uint32), C2.view(np.uint32))
