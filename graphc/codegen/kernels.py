@@ -135,21 +135,23 @@ class Apply(Expr):
 
 @dataclass(frozen=True)
 class Dropout(Expr):
-    """x * mask / keep where mask hashes (key, salt, flat index); flat = sum(flat_strides[j] * i[j])."""
+    """x * mask / keep where mask hashes (key, salt, flat index); flat = sum(flat_strides[j] * i[j]). The keep
+    probability is `keep_prob`, or the value of `keep` (a float32 scalar expression) when that is given."""
 
     x: Expr
     key: Expr
     salt: int
-    keep_prob: float
+    keep_prob: float | None
     flat_strides: tuple[Dim, ...]
     dtype: str
+    keep: Expr | None = None
 
     def axes(self) -> frozenset[int]:
         own = frozenset(j for j, s in enumerate(self.flat_strides) if not (isinstance(s, int) and s == 0))
-        return own | self.x.axes() | self.key.axes()
+        return own | self.x.axes() | self.key.axes() | (self.keep.axes() if self.keep is not None else frozenset())
 
     def children(self) -> tuple[Expr, ...]:
-        return (self.x, self.key)
+        return (self.x, self.key) if self.keep is None else (self.x, self.key, self.keep)
 
     def __repr__(self) -> str:
         return f"dropout[keep={self.keep_prob} salt={self.salt}]({self.x!r})"

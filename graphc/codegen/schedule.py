@@ -208,13 +208,14 @@ class Scheduler:
             xb = self._storage(x)
             return self._load(n, xb, amap, nd)
         if name == "dropout":
-            x, key = n.inputs
+            x, key = n.inputs[:2]
             flat: list[Dim] = [0] * nd
             for k, s in zip(amap, _rowmajor(n.shape), strict=True):
                 if k is not None:
                     flat[k] = flat[k] + s
-            return Dropout(self.expr(x, amap), self.expr(key, ()), n.attrs["salt"], n.attrs["keep_prob"],
-                           tuple(flat), n.dtype)
+            keep = self.expr(n.inputs[2], ()) if len(n.inputs) == 3 else None
+            return Dropout(self.expr(x, amap), self.expr(key, ()), n.attrs["salt"], n.attrs.get("keep_prob"),
+                           tuple(flat), n.dtype, keep)
         if isinstance(op, ElementwiseOp):
             args = []
             for pos, x in enumerate(n.inputs):
@@ -375,8 +376,9 @@ def _substitute(e: Expr, table: dict[Buffer, Expr], identity: tuple[Dim, ...]) -
         elif isinstance(x, Apply):
             memo[id(x)] = Apply(x.op, x.attrs, tuple(memo.get(id(a), a) for a in x.args), x.dtype)
         elif isinstance(x, Dropout):
+            keep = memo.get(id(x.keep), x.keep) if x.keep is not None else None
             memo[id(x)] = Dropout(memo.get(id(x.x), x.x), memo.get(id(x.key), x.key), x.salt, x.keep_prob,
-                                  x.flat_strides, x.dtype)
+                                  x.flat_strides, x.dtype, keep)
     return memo.get(id(e), e)
 
 

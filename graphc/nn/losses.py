@@ -81,19 +81,20 @@ def _params(params) -> list[Node]:
     return out
 
 
-def l2(params, nu: float) -> ops.Tensor:
-    """nu/2 * ||θ||² over the given parameters (weight decay; MAP with a Gaussian prior)."""
+def l2(params, nu) -> ops.Tensor:
+    """nu/2 * ||θ||² over the given parameters (weight decay; MAP with a Gaussian prior). nu may be a scalar
+    tensor (an input set at run time)."""
     terms = [ops.sum(p * p) for p in _params(params)]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    return (float(nu) / 2.0) * total
+    return (nu / 2.0 if isinstance(nu, Node) else float(nu) / 2.0) * total
 
 
-def l1(params, nu: float) -> ops.Tensor:
+def l1(params, nu) -> ops.Tensor:
     """nu * ||θ||₁ over the given parameters (sparsity; MAP with a Laplace prior). Subgradient: nu*sign(θ)."""
     terms = [ops.sum(ops.abs(p)) for p in _params(params)]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    return float(nu) * total
+    return (nu if isinstance(nu, Node) else float(nu)) * total

@@ -32,7 +32,9 @@ class Optimizer:
     def state_inputs(self, params: list[Node]) -> dict[str, Node]:
         return {s: ops.input(s, p.shape, p.dtype) for p in params for s in self.state_names(p)}
 
-    def step(self, p: Node, g: Node, state: dict[str, Node], t: Node, lr: Node) -> tuple[Node, dict[str, Node]]:
+    def step(self, p: Node, g: Node, state: dict[str, Node], t: Node, lr: Node,
+             hyper: dict[str, Node] | None = None) -> tuple[Node, dict[str, Node]]:
+        """New value of p and of its state. `hyper` may hold hyperparameters as scalar inputs (momentum)."""
         return p - ops.cast(lr, p.dtype) * g, {}
 
 
@@ -58,13 +60,14 @@ class SGD(Optimizer):
     def state_names(self, p: Node) -> list[str]:
         return [f"opt.v.{p.name}"] if self.momentum else []
 
-    def step(self, p, g, state, t, lr):
+    def step(self, p, g, state, t, lr, hyper=None):
         lr = ops.cast(lr, p.dtype)
         if not self.momentum:
             return p - lr * g, {}
         (vname,) = self.state_names(p)
-        v = self.momentum * state[vname] + g
-        direction = g + self.momentum * v if self.nesterov else v
+        mu = (hyper or {}).get("momentum", self.momentum)
+        v = mu * state[vname] + g
+        direction = g + mu * v if self.nesterov else v
         return p - lr * direction, {vname: v}
 
 
@@ -80,7 +83,7 @@ class Adam(Optimizer):
     def state_names(self, p: Node) -> list[str]:
         return [f"opt.m.{p.name}", f"opt.v.{p.name}"]
 
-    def step(self, p, g, state, t, lr):
+    def step(self, p, g, state, t, lr, hyper=None):
         mname, vname = self.state_names(p)
         m = self.beta1 * state[mname] + (1.0 - self.beta1) * g
         v = self.beta2 * state[vname] + (1.0 - self.beta2) * (g * g)

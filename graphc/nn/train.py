@@ -111,7 +111,10 @@ class Trainer:
     """Builds the step graph for a model and a task, compiles it with the epoch driver, and runs epochs."""
 
     def __init__(self, model: Callable[[Node, int], Node], task: str, n_features: int, n_outputs: int,
-                 config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print):
+                 config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
+                 all_features: bool = False):
+        """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
+        standalone binary takes those values on its command line)."""
         config.validate()
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -131,19 +134,26 @@ class Trainer:
             raise GraphcError("the model has no parameters to train")
         loss = self.data_loss
         penalized = self._penalized()
-        if config.l2 and penalized:
-            loss = loss + l2(penalized, config.l2)
-        if config.l1 and penalized:
-            loss = loss + l1(penalized, config.l1)
+        # hyperparameter values are scalar inputs, set every epoch: the same compiled step serves any value
+        self.hyper: dict[str, Node] = {}
+        if (config.l2 or all_features) and penalized:
+            self.hyper["l2"] = ops.input("l2", (), "float32")
+            loss = loss + l2(penalized, self.hyper["l2"])
+        if (config.l1 or all_features) and penalized:
+            self.hyper["l1"] = ops.input("l1", (), "float32")
+            loss = loss + l1(penalized, self.hyper["l1"])
         self.loss = loss
         self.grads = grad(loss, self.params)
-        self.opt = make(config.optimizer, config.momentum)
+        name = "momentum" if all_features and config.optimizer in ("sgd", "gd") else config.optimizer
+        self.opt = make(name, config.momentum)
+        if getattr(self.opt, "momentum", 0.0):
+            self.hyper["momentum"] = ops.input("momentum", (), "float32")
         self.lr = ops.input("lr", (), "float32")
         self.t = ops.input("step", (), "float32")
         self.state_inputs = self.opt.state_inputs(self.params)
         updates = {}
         for p, g in zip(self.params, self.grads, strict=True):
-            new_p, new_state = self.opt.step(p, g, self.state_inputs, self.t, self.lr)
+            new_p, new_state = self.opt.step(p, g, self.state_inputs, self.t, self.lr, self.hyper)
             updates[p] = new_p
             for name, v in new_state.items():
                 updates[self.state_inputs[name]] = v
@@ -153,8 +163,9 @@ class Trainer:
         t0 = time.perf_counter()
         threads = config.threads or self._auto_threads()
         self.threads = threads
+        self.native_init = all(_native_init(p) for p in self.params)
         self.epoch_fn = EpochFunction(loss, updates, x=self.x, y=self.y, training=self.training_mode,
-                                      threads=threads)
+                                      threads=threads, params=self.params if self.native_init else ())
         self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
         self.compile_seconds = time.perf_counter() - t0
 
@@ -202,9 +213,21 @@ class Trainer:
 
     # -- state
     def init_state(self, seed: int) -> dict[str, np.ndarray]:
-        state = init_params(self.params, seed=seed)
+        """Fresh parameters (natively initialized, as a standalone binary would, when every initializer is a
+        named scheme or a number) and zeroed optimizer state."""
+        if self.native_init:
+            state = {p.name: np.empty(p.shape, np.float32) for p in self.params}
+            self.epoch_fn.init_params(state, seed)
+        else:
+            state = init_params(self.params, seed=seed)
         state.update(self.opt.init_state(self.params))
         return state
+
+    def scalars(self, epoch: int) -> dict[str, float]:
+        """The scalar inputs of the step for this epoch: the scheduled learning rate and the hyperparameters."""
+        cfg = self.config
+        values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": cfg.momentum}
+        return {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
 
     def param_values(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {p.name: state[p.name] for p in self.params}
@@ -284,17 +307,18 @@ class Trainer:
                     continue
                 break
             epoch = s["epoch"]
-            lr = self.schedule.lr(cfg.lr, epoch)
+            scal = self.scalars(epoch)
+            lr = scal["lr"]
             start_state = {k: v.copy() for k, v in state.items()}
             Xd, Yd = data
             t0 = time.perf_counter()
             stats = self.epoch_fn.run_epoch(Xd, Yd, state, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
-                                            seed=cfg.seed, step0=s["step"], scalars={"lr": lr},
+                                            seed=cfg.seed, step0=s["step"], scalars=scal,
                                             drop_last=cfg.drop_last, max_steps=-1 if budget is None else budget,
                                             threads=self.threads)
             dt = time.perf_counter() - t0
             if stats.nonfinite_step is not None:
-                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, lr)
+                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, scal)
             s["train_seconds"] += dt
             s["samples"] += stats.samples
             s["step"] += stats.steps
@@ -335,18 +359,20 @@ class Trainer:
 
     # -- divergence
     def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,
-                 lr: float) -> NumericalError:
+                 scal: dict) -> NumericalError:
         """Replay the epoch up to the failing step from its starting state (deterministic), then run that
         batch through the reference evaluator and name the first node that produced a non-finite value."""
         cfg = self.config
         replay = {k: v.copy() for k, v in start_state.items()}
         stats = self.epoch_fn.run_epoch(X, Y, replay, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
-                                        seed=cfg.seed, step0=s["step"], scalars={"lr": lr}, drop_last=cfg.drop_last,
+                                        seed=cfg.seed, step0=s["step"], scalars=scal, drop_last=cfg.drop_last,
                                         max_steps=bad, threads=self.threads)
+        lr = scal["lr"]
         batch = min(cfg.batch_size, len(X))
         idx = stats.permutation[bad * batch:(bad + 1) * batch]
         key = (cfg.seed * KEY_MULT + s["step"] + bad) & (2**64 - 1)
-        values = dict(replay, x=X[idx], y=Y[idx], lr=np.float32(lr), step=np.float32(s["step"] + bad + 1),
+        values = dict(replay, x=X[idx], y=Y[idx], step=np.float32(s["step"] + bad + 1),
+                      **{k: np.float32(v) for k, v in scal.items()},
                       rng_key=np.int64(key - 2**64 if key >= 2**63 else key))
         nodes = topo_order([self.loss, *self.updates.values()])
         where = "could not be located (the reference evaluator stayed finite on that batch)"
@@ -368,6 +394,12 @@ class Trainer:
             f"training diverged: the loss became non-finite at epoch {epoch + 1}, step {bad + 1} of the epoch "
             f"(global step {global_step}); the first non-finite value {where}. The last good checkpoint is kept. "
             f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
+
+
+def _native_init(p: Node) -> bool:
+    init = p.meta.get("init", "zeros")
+    return p.dtype == "float32" and (isinstance(init, str) or (isinstance(init, (int, float))
+                                                                and not isinstance(init, bool)))
 
 
 def train_arrays(model, task: str, X: np.ndarray, Y: np.ndarray, X_val=None, Y_val=None, *,

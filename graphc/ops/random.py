@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 
 from graphc.errors import GraphcError
+from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, eval_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
 from graphc.ops.sources import input as _input
@@ -41,40 +42,51 @@ def threshold(keep_prob: float) -> int:
     return int(round(keep_prob * (1 << 24)))
 
 
-def keep_mask(key: int, salt: int, keep_prob: float, n: int) -> np.ndarray:
+def keep_mask(key: int, salt: int, keep_prob: float | None, n: int, thresh: int | None = None) -> np.ndarray:
     s = np.uint32(stream(key, salt))
+    thresh = threshold(keep_prob) if thresh is None else thresh
     i = np.arange(n, dtype=np.uint64).astype(np.uint32)
     with np.errstate(over="ignore"):
         h = lowbias32(lowbias32(i * np.uint32(GOLDEN) + s) ^ s)
-    return (h >> np.uint32(8)) < np.uint32(threshold(keep_prob))
+    return (h >> np.uint32(8)) < np.uint32(thresh)
 
 
 class Dropout(Op):
-    """x * mask / keep_prob in training; the identity in inference. Inputs: (x, rng key)."""
+    """x * mask / keep in training; the identity in inference. Inputs: (x, rng key) with the keep probability
+    an attribute, or (x, rng key, keep) with it a float32 scalar read at run time (a standalone training
+    binary takes it as a command-line value)."""
 
     name = "dropout"
     kind = "random"
 
     def infer(self, inputs, attrs):
-        x, key = inputs
+        x, key = inputs[:2]
         if x.dtype not in FLOAT_DTYPES:
             raise GraphcError(f"dropout needs a float tensor, got {x.dtype}")
         if key.shape != () or key.dtype != "int64":
             raise GraphcError("dropout's key must be a scalar int64 tensor")
+        if len(inputs) == 3 and (inputs[2].shape != () or inputs[2].dtype != "float32"):
+            raise GraphcError("dropout's run-time keep probability must be a float32 scalar")
         return x.shape, x.dtype
 
     def reference(self, node, args, ctx):
-        x, key = args
+        x = args[0]
         if not ctx.training:
             return x
-        keep = node.attrs["keep_prob"]
         shape = eval_shape(node.shape, ctx.dims)
-        mask = keep_mask(int(key), node.attrs["salt"], keep, int(np.prod(shape))).reshape(shape)
-        return np.where(mask, x / np.asarray(keep, dtype=x.dtype), np.zeros((), x.dtype)).astype(x.dtype)
+        n = int(np.prod(shape))
+        if len(args) == 3:
+            keep32 = np.float32(args[2])
+            mask = keep_mask(int(args[1]), node.attrs["salt"], None, n, int(np.rint(keep32 * np.float32(1 << 24))))
+            keep = np.asarray(keep32, dtype=x.dtype)
+        else:
+            mask = keep_mask(int(args[1]), node.attrs["salt"], node.attrs["keep_prob"], n)
+            keep = np.asarray(node.attrs["keep_prob"], dtype=x.dtype)
+        return np.where(mask.reshape(shape), x / keep, np.zeros((), x.dtype)).astype(x.dtype)
 
     def vjp(self, node, g):
         # the same mask (same key, salt and element index) scales the cotangent
-        return (apply(DROPOUT, (g, node.inputs[1]), **node.attrs), None)
+        return (apply(DROPOUT, (g, *node.inputs[1:]), **node.attrs), *([None] * (len(node.inputs) - 1)))
 
 
 DROPOUT = register(Dropout())
@@ -85,12 +97,17 @@ def rng_key() -> Tensor:
     return _input(KEY_NAME, (), "int64")
 
 
-def dropout(x, keep_prob: float, salt: int | None = None) -> Tensor:
+def dropout(x, keep_prob, salt: int | None = None) -> Tensor:
     """Inverted dropout: keep each element with probability `keep_prob` and scale it by 1/keep_prob.
 
     The mask is a hash of (rng key, salt, element index). `salt` tells layers apart; by default it is derived
-    from x's structure, so two dropouts of the very same tensor share a mask unless given different salts."""
+    from x's structure, so two dropouts of the very same tensor share a mask unless given different salts.
+    `keep_prob` may be a float32 scalar tensor (an input), read at run time."""
     x = as_tensor(x)
+    if isinstance(keep_prob, Node):
+        if salt is None:
+            salt = zlib.crc32(x.digest().encode())
+        return apply(DROPOUT, (x, rng_key(), keep_prob), salt=int(salt) & 0xFFFFFFFF)
     keep_prob = float(keep_prob)
     if not 0.0 < keep_prob <= 1.0:
         raise GraphcError(f"dropout: keep_prob must be in (0, 1], got {keep_prob}")

@@ -37,10 +37,11 @@ class EpochFunction(CompiledFunction):
     other scalar inputs (e.g. `lr`) are given per epoch."""
 
     def __init__(self, loss: Node, updates: Mapping, *, x: Node, y: Node | None, training: bool,
-                 threads: int | None = None, target=None, cache: bool = True):
+                 threads: int | None = None, target=None, cache: bool = True, params: list[Node] = ()):
         if loss.shape != () or loss.dtype != "float32":
             raise GraphcError("the training loss must be a float32 scalar")
         self._x, self._y = x, y
+        self._params = list(params)
         for t, what in ((x, "x"), (y, "y")):
             if t is not None and not all(isinstance(d, int) for d in t.shape[1:]):
                 raise GraphcError(f"training: the {what} input must have known dims after the batch dim")
@@ -48,6 +49,26 @@ class EpochFunction(CompiledFunction):
                          cache=cache)
         self._epoch = self._engine.function("graphc_epoch", ctypes.c_int32, *[ctypes.c_void_p] * 3,
                                              ctypes.c_int32)
+        self._init = self._engine.function("graphc_init", None, ctypes.c_void_p, ctypes.c_int64) \
+            if self._params else None
+
+    def _init_specs(self) -> list:
+        from graphc.codegen.init import spec_for
+
+        slot = {id(leaf): buf.index for leaf, buf in zip(self._source_graph.inputs, self.program.inputs,
+                                                          strict=True)}
+        return [spec_for(slot[id(p)], p.name, p.shape, p.meta.get("init", "zeros")) for p in self._params]
+
+    def init_params(self, state: Mapping[str, np.ndarray], seed: int) -> None:
+        """Fill the parameters in `state` (float32, in place) with their initializers, natively: the same
+        values a standalone training binary computes for this seed."""
+        table = np.zeros(self._nbuf, dtype=np.uintp)
+        for p, spec in zip(self._params, self._init_specs(), strict=True):
+            a = state[p.name]
+            if a.dtype != np.float32 or a.shape != p.shape or not a.flags.c_contiguous:
+                raise InputError(f"init: {p.name!r} must be a contiguous float32 {p.type_str} array")
+            table[spec.slot] = a.ctypes.data
+        self._init(table.ctypes.data, int(np.int64(np.uint64(seed % 2**64).view(np.int64))))
 
     def _spec(self) -> drv.EpochSpec:
         prog = self.program
@@ -64,10 +85,13 @@ class EpochFunction(CompiledFunction):
         )
 
     def _variant(self) -> str:
-        return f"epoch:{self._spec()}"
+        return f"epoch:{self._spec()}:{self._init_specs() if self._params else ''}"
 
     def _extras(self) -> tuple:
-        return (drv.emit_epoch(self._spec()),)
+        from graphc.codegen.init import emit_init
+
+        out = (drv.emit_epoch(self._spec()),)
+        return out + (emit_init(self._init_specs()),) if self._params else out
 
     def run_epoch(self, X: np.ndarray, Y: np.ndarray | None, state: Mapping[str, np.ndarray], *, batch: int,
                   epoch: int, seed: int, step0: int, scalars: Mapping[str, float] | None = None,

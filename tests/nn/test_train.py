@@ -27,7 +27,7 @@ def trainer_for(X, y, **kw):
     return Trainer(default_model(cfg), "multiclass", X.shape[1], int(y.max()) + 1, cfg, log=lambda m: None)
 
 
-def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, lr, batch):
+def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, scalars, batch):
     """The same epoch stepped in Python through the reference evaluator."""
     state = {k: v.copy() for k, v in state.items()}
     order = permutation(seed, epoch, len(X))
@@ -35,7 +35,8 @@ def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, lr, batch):
     losses = []
     for s, lo in enumerate(range(0, len(X), batch)):
         idx = order[lo:lo + batch]
-        vals = dict(state, x=X[idx], y=y[idx], lr=np.float32(lr), step=np.float32(step0 + s + 1))
+        vals = dict(state, x=X[idx], y=y[idx], step=np.float32(step0 + s + 1),
+                    **{k: np.float32(v) for k, v in scalars.items()})
         out = gc.evaluate([tr.loss] + [tr.updates[k] for k in names], vals, allow_unused=True)
         losses.append(float(out[0]) * len(idx))
         for k, v in zip(names, out[1:], strict=True):
@@ -43,13 +44,15 @@ def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, lr, batch):
     return state, sum(losses) / len(X)
 
 
-@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("momentum", 0.9), ("nesterov", 0.9), ("adam", 0.0)])
-def test_native_epoch_matches_reference_steps(optimizer, momentum):
+@pytest.mark.parametrize("optimizer, momentum, pen", [("sgd", 0.0, {}), ("momentum", 0.9, {"l2": 0.01}),
+                                                      ("nesterov", 0.9, {"l1": 0.001}), ("adam", 0.0, {})])
+def test_native_epoch_matches_reference_steps(optimizer, momentum, pen):
     X, y = blobs()
-    tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer == "adam" else 0.1)
+    tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer == "adam" else 0.1, **pen)
     state = tr.init_state(3)
-    ref, ref_loss = reference_epoch(tr, state, X, y, epoch=2, seed=5, step0=7, lr=tr.config.lr, batch=32)
-    stats = tr.epoch_fn.run_epoch(X, y, state, batch=32, epoch=2, seed=5, step0=7, scalars={"lr": tr.config.lr})
+    scalars = tr.scalars(2)
+    ref, ref_loss = reference_epoch(tr, state, X, y, epoch=2, seed=5, step0=7, scalars=scalars, batch=32)
+    stats = tr.epoch_fn.run_epoch(X, y, state, batch=32, epoch=2, seed=5, step0=7, scalars=scalars)
     assert stats.steps == math.ceil(len(X) / 32)  # the last partial batch is trained on, not dropped
     assert stats.mean_loss == pytest.approx(ref_loss, rel=1e-5)
     for k in ref:
@@ -74,6 +77,18 @@ def test_schedules():
     assert c.lr(1.0, 0) == 1.0 and c.lr(1.0, 5) == pytest.approx(0.5) and c.lr(1.0, 10) == pytest.approx(0.0)
     with pytest.raises(gc.GraphcError):
         Schedule("linear")
+
+
+def test_native_initialization_is_seeded_and_has_the_schemes_statistics():
+    X, y = blobs(f=400)
+    tr = trainer_for(X, y, hidden=[300])
+    a, b, c = tr.init_state(1), tr.init_state(1), tr.init_state(2)
+    np.testing.assert_array_equal(a["mlp.0.W"], b["mlp.0.W"])
+    assert not np.array_equal(a["mlp.0.W"], c["mlp.0.W"])
+    assert a["mlp.0.W"].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)  # He normal for ReLU layers
+    assert abs(float(a["mlp.0.W"].mean())) < 3e-3 and np.all(a["mlp.0.b"] == 0)
+    lim = np.sqrt(6 / (300 + 3))  # Xavier uniform for the linear output layer
+    assert a["mlp.1.W"].max() <= lim and a["mlp.1.W"].min() >= -lim
 
 
 def test_penalties_apply_to_weights_by_default_and_are_configurable():
@@ -125,16 +140,29 @@ def gaps(result):
     return m["train_accuracy"] - m["test_accuracy"], m["test_loss"] - m["train_loss"]
 
 
-def test_l2_and_dropout_shrink_the_train_test_gap():
-    base = fit(**OVERFIT)  # a small training split and a wide net: it fits the training rows perfectly
-    l2 = fit(**OVERFIT, l2=0.02)
-    drop = fit(**OVERFIT, dropout=[1.0, 0.5])
+def noisy_labels(path, n=900, f=20, noise=0.3, seed=0):
+    """A linear rule with 30% of labels flipped: a wide net memorizes the noise unless regularized."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, f))
+    y = (X @ rng.normal(size=f) > 0).astype(int)
+    flip = rng.random(n) < noise
+    y[flip] = 1 - y[flip]
+    np.savez(path, X=X, y=y)
+    return str(path)
+
+
+def test_l2_and_dropout_shrink_the_train_test_gap(tmp_path):
+    setting = dict(data=noisy_labels(tmp_path / "noisy.npz"), train_fraction=0.5, hidden=[512], epochs=100,
+                   batch_size=16, lr=0.05, progress=False, checkpoint_every=0)
+    base = fit(**setting)
+    l2 = fit(**setting, l2=0.03)
+    drop = fit(**setting, dropout=[1.0, 0.5])
     acc0, loss0 = gaps(base)
-    assert base.metrics["train_accuracy"] == 1.0 and acc0 > 0.1
+    assert base.metrics["train_accuracy"] > 0.95 and acc0 > 0.3  # it memorized the flipped labels
     for reg in (l2, drop):
         acc, loss = gaps(reg)
-        assert acc < acc0 - 0.03, (acc, acc0)
-        assert loss < 0.9 * loss0, (loss, loss0)
+        assert acc < acc0 - 0.05, (acc, acc0)
+        assert loss < loss0, (loss, loss0)
 
 
 def test_early_stopping_picks_an_epoch_before_validation_loss_rises_and_refit():
