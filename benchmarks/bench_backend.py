@@ -1,0 +1,166 @@
+"""The native backend against its peers, measured in one run (medians of repeats):
+
+- a fused elementwise chain over 4M float32 against a plain memory copy of the same bytes (numpy copyto);
+- graphc's vector exp against numpy's np.exp (4M and 64K float32);
+- one training step of a 784-256-128-10 ReLU MLP with softmax cross-entropy and an SGD update (batch 128),
+  graphc against PyTorch eager and jax.jit, on 1 and 2 threads;
+- compile time of that step: cold (LLVM included) and from the disk cache in a new process.
+
+The gemm figures (against OpenBLAS, and the FMA peak) are benchmarks/bench_gemm.py. Run with
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_backend.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import graphc as gc  # noqa: E402
+
+SIZES = (784, 256, 128, 10)
+BATCH = 128
+
+
+def median_time(fn, repeats: int = 15, min_seconds: float = 0.02) -> float:
+    fn()
+    n = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t >= min_seconds or n >= 1 << 16:
+            break
+        n *= 2
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t) / n)
+    return statistics.median(samples)
+
+
+def elementwise(threads: int) -> dict:
+    n = 4 * 1024 * 1024
+    x = gc.input("x", (n,))
+    y = gc.maximum(x * 1.5 + 0.5, 0.0) * x - 0.25
+    fn = gc.compile(y, threads=threads)
+    xv = np.random.default_rng(0).normal(size=n).astype(np.float32)
+    out = np.empty_like(xv)
+    t_chain = median_time(lambda: fn({"x": xv}))
+    t_copy = median_time(lambda: np.copyto(out, xv))
+    e = gc.exp(x)
+    fexp = gc.compile(e, threads=threads)
+    t_exp = median_time(lambda: fexp({"x": xv}))
+    t_npexp = median_time(lambda: np.exp(xv, out=out))
+    small = 65536
+    xs = gc.input("xs", (small,))
+    fsmall = gc.compile(gc.exp(xs), threads=threads)
+    xsv = xv[:small].copy()
+    outs = np.empty_like(xsv)
+    t_exp_s = median_time(lambda: fsmall({"xs": xsv}))
+    t_npexp_s = median_time(lambda: np.exp(xsv, out=outs))
+    return {"chain_ms": t_chain * 1e3, "copy_ms": t_copy * 1e3, "chain_over_copy": t_chain / t_copy,
+            "exp_ns": t_exp / n * 1e9, "np_exp_ns": t_npexp / n * 1e9, "exp_speedup": t_npexp / t_exp,
+            "exp_speedup_64k": t_npexp_s / t_exp_s}
+
+
+def step_graph():
+    x = gc.input("x", ("N", SIZES[0]))
+    y = gc.input("y", ("N",), "int32")
+    logits = gc.nn.mlp(x, list(SIZES[1:]), name="bench")
+    loss = gc.nn.softmax_cross_entropy(logits, y)
+    params = gc.nn.parameters(loss)
+    grads = gc.grad(loss, params)
+    return x, y, loss, params, {p: p - 0.01 * g for p, g in zip(params, grads, strict=True)}
+
+
+def graphc_step(threads: int) -> float:
+    x, y, loss, params, updates = step_graph()
+    fn = gc.compile(loss, updates=updates, threads=threads)
+    rng = np.random.default_rng(1)
+    values = gc.nn.init_params(params, seed=0)
+    values.update(x=rng.normal(size=(BATCH, SIZES[0])).astype(np.float32),
+                  y=rng.integers(0, SIZES[-1], BATCH).astype(np.int32))
+    return median_time(lambda: fn(values))
+
+
+COMPILE = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {here!r})
+    t = time.perf_counter()
+    import graphc as gc
+    from bench_backend import step_graph
+    t1 = time.perf_counter()
+    x, y, loss, params, updates = step_graph()
+    fn = gc.compile(loss, updates=updates, cache={cache})
+    print(time.perf_counter() - t1, fn.from_cache, t1 - t)
+""")
+
+
+def compile_times() -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, GRAPHC_CACHE_DIR=d)
+        out = {}
+        for label, cache in (("cold", "False"), ("first", "True"), ("cached", "True")):
+            p = subprocess.run([sys.executable, "-c", COMPILE.format(here=here, cache=cache)], env=env,
+                               capture_output=True, text=True, check=True)
+            seconds, from_cache, import_s = p.stdout.split()
+            out[label] = float(seconds)
+            out[f"{label}_from_cache"] = from_cache == "True"
+            out["import_seconds"] = float(import_s)
+        return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="skip the peers")
+    args = ap.parse_args(argv)
+    from peers import describe, step_time_jax, step_time_torch
+
+    info = describe()
+    print(f"# {time.strftime('%Y-%m-%d')}  {info.get('cpu', '?')}  numpy {info.get('numpy')}  torch "
+          f"{info.get('torch')}  jax {info.get('jax')}  OpenBLAS kernel {info.get('openblas_kernel', '?')}  "
+          f"load {info.get('loadavg')}")
+    ew = elementwise(1)
+    print(f"fused elementwise chain, 4M float32: {ew['chain_ms']:.2f} ms; memory copy {ew['copy_ms']:.2f} ms; "
+          f"ratio {ew['chain_over_copy']:.2f}x (target <= 1.3x)")
+    print(f"vector exp: {ew['exp_ns']:.3f} ns/element vs np.exp {ew['np_exp_ns']:.3f}: {ew['exp_speedup']:.2f}x "
+          f"at 4M, {ew['exp_speedup_64k']:.2f}x at 64K (target >= 4x)")
+    rows = []
+    for threads in (1, 2):
+        g = graphc_step(threads)
+        t = j = float("nan")
+        if not args.quick:
+            try:
+                t = step_time_torch(SIZES, BATCH, threads=threads)
+            except ImportError as e:
+                print(f"  (torch: {e})")
+            try:
+                j = step_time_jax(SIZES, BATCH, threads=threads)
+            except ImportError as e:
+                print(f"  (jax: {e})")
+        rows.append((threads, g, t, j))
+        print(f"training step 784-256-128-10, batch {BATCH}, {threads} thread(s): graphc {g * 1e3:.3f} ms, "
+              f"torch {t * 1e3:.3f} ms ({t / g:.2f}x), jax {j * 1e3:.3f} ms ({j / g:.2f}x)")
+    print(f"graphc step scaling, 2 threads over 1: {rows[0][1] / rows[1][1]:.2f}x")
+    c = compile_times()
+    print(f"compile of that step: cold {c['cold']:.2f} s (LLVM included), from the disk cache in a new process "
+          f"{c['cached']:.3f} s (cache hit: {c['cached_from_cache']}); import graphc {c['import_seconds']:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
