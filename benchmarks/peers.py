@@ -795,7 +795,16 @@ def sklearn_mlp(X_train, y_train, X_test, y_test, task: str = "classification", 
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MB (getrusage ru_maxrss; KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far, MB. On Linux this is VmHWM from /proc/self/status: unlike
+    getrusage's ru_maxrss, it starts afresh at exec, so a child started by a big parent does not inherit the
+    parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 

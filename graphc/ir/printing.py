@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import networkx as nx
-
 from graphc.ir.node import ArrayValue, Node, as_nodes, topo_order
 from graphc.ir.shapes import fmt_type
 
@@ -80,10 +78,12 @@ def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict
     return "\n".join(lines)
 
 
-def to_networkx(outputs: Node | Iterable[Node]) -> nx.MultiDiGraph:
+def to_networkx(outputs: Node | Iterable[Node]):
     """A networkx view (one graph node per IR node, keyed by id; an edge per input use, with its position).
 
     It is a view for algorithms and drawing: the IR itself stays the node objects."""
+    import networkx as nx  # only here: importing it costs ~18 MB and 0.1 s that building graphs does not need
+
     g = nx.MultiDiGraph()
     for n in topo_order(outputs):
         g.add_node(

@@ -1,0 +1,164 @@
+"""Training against its peers, measured in one run (medians where repeated):
+
+1. digits, the CLI default (64-128-10 ReLU, 30 epochs, batch 32, plain SGD lr 0.1): test accuracy against
+   scikit-learn's MLPClassifier with the same settings (mean over seeds), and training throughput (samples/s,
+   compile excluded) against jax.jit of the whole epoch (lax.scan), PyTorch eager, a numpy loop and
+   scikit-learn, all on the same thread count.
+2. 784-256-128-10 ReLU on 60,000 synthetic rows, batch 128, one epoch: samples/s against the peers on 1 and
+   2 threads, and the peak RSS of each run in a fresh process (with graphc's arena peak).
+3. diabetes (regression) and breast cancer (binary) defaults: test MSE / accuracy against MLPRegressor /
+   MLPClassifier with the same settings (mean over seeds). scikit-learn's regression loss is half the mean
+   squared error, so it gets twice graphc's learning rate: the same steps.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SEEDS = (0, 1, 2)
+
+
+def graphc_fit(**kw):
+    from graphc.fit import fit
+
+    return fit(progress=False, checkpoint_every=0, **kw)
+
+
+def digits(threads: int, quick: bool) -> None:
+    from peers import epoch_jax_scan, epoch_numpy, epoch_torch, sklearn_mlp
+
+    from graphc import data
+
+    ds = data.load("digits")
+    accs, rates = [], []
+    for seed in SEEDS:
+        r = graphc_fit(data="digits", seed=seed, threads=threads)
+        accs.append(r.metrics["test_accuracy"])
+        rates.append(np.median([h["samples_per_second"] for h in r.history]))
+    g_rate = float(np.median(rates))
+    compile_s = r.metrics["compile_seconds"]
+    sk = [sklearn_mlp(ds.X_train, ds.y_train, ds.X_test, ds.y_test, hidden=(128,), epochs=30, batch=32, lr=0.1,
+                      seed=s, threads=threads) for s in SEEDS]
+    sk_acc = float(np.mean([s["test_accuracy"] for s in sk]))
+    print(f"digits default: graphc test accuracy {np.mean(accs):.4f} {[round(a, 4) for a in accs]}, "
+          f"sklearn MLPClassifier {sk_acc:.4f} {[round(s['test_accuracy'], 4) for s in sk]}")
+    peers = {"sklearn": float(np.median([s["samples_per_second"] for s in sk]))}
+    if not quick:
+        sizes = (64, 128, 10)
+        y = ds.y_train.astype(np.int64)
+        for name, fn in (("jax scan", epoch_jax_scan), ("torch", epoch_torch), ("numpy", epoch_numpy)):
+            try:
+                peers[name] = fn(ds.X_train, y, sizes, 32, 0.1, 30, seed=0, threads=threads,
+                                 evaluate=False)["samples_per_second"]
+            except ImportError as e:
+                print(f"  ({name}: {e})")
+    print(f"digits throughput ({threads} thread): graphc {g_rate / 1e6:.2f}M samples/s (compile {compile_s:.2f} s "
+          f"once); " + ", ".join(f"{k} {v / 1e6:.3f}M ({g_rate / v:.2f}x)" for k, v in peers.items()))
+
+
+RSS = """
+import sys, json, time
+sys.path.insert(0, {here!r})
+import numpy as np
+from peers import synthetic_classification
+import graphc as gc
+from graphc.nn.train import TrainConfig, Trainer, default_model
+X, y = synthetic_classification({rows}, (784, 256, 128, 10), seed=0)
+y = y.astype(np.int32)
+cfg = TrainConfig(hidden=[256, 128], batch_size={batch}, lr=0.01, epochs=1, threads={threads})
+tr = Trainer(default_model(cfg), "multiclass", 784, 10, cfg, log=lambda m: None)
+state = tr.init_state(0)
+tr.epoch_fn.run_epoch(X[:1024], y[:1024], state, batch={batch}, epoch=99, seed=0, step0=0,
+                      scalars=tr.scalars(0), threads={threads})
+t = time.perf_counter()
+st = tr.epoch_fn.run_epoch(X, y, state, batch={batch}, epoch=0, seed=0, step0=0, scalars=tr.scalars(0),
+                           threads={threads})
+dt = time.perf_counter() - t
+from peers import peak_rss_mb
+plan = tr.epoch_fn.memory_plan
+print(json.dumps({{"samples_per_second": len(X) / dt, "peak_rss_mb": peak_rss_mb(), "arena_bytes": plan.arena_bytes,
+    "workspace_bytes": plan.workspace_bytes, "loss": st.mean_loss}}))
+"""
+
+
+def big(threads: int, quick: bool, rows: int = 60000, batch: int = 128) -> None:
+    from peers import epoch_jax_scan, epoch_numpy, epoch_torch, peer_peak_rss, synthetic_classification
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "-c", RSS.format(here=here, rows=rows, batch=batch, threads=threads)],
+                       capture_output=True, text=True, check=True)
+    g = json.loads(p.stdout.strip().splitlines()[-1])
+    line = (f"784-256-128-10, {rows} rows, batch {batch}, {threads} thread(s): graphc "
+            f"{g['samples_per_second'] / 1e3:.1f}k samples/s, peak RSS {g['peak_rss_mb']:.0f} MB "
+            f"(arena {g['arena_bytes'] / 1e6:.2f} MB, gemm workspace {g['workspace_bytes'] / 1e6:.2f} MB)")
+    print(line)
+    if quick:
+        return
+    X, y = synthetic_classification(rows, (784, 256, 128, 10), seed=0)
+    sizes = (784, 256, 128, 10)
+    best = 0.0
+    for name, fn in (("jax scan", epoch_jax_scan), ("torch", epoch_torch), ("numpy", epoch_numpy)):
+        try:
+            rate = fn(X, y, sizes, batch, 0.01, 2, seed=0, threads=threads, evaluate=False)["samples_per_second"]
+        except ImportError as e:
+            print(f"  ({name}: {e})")
+            continue
+        peer = name.split()[0]
+        rss = peer_peak_rss(peer, sizes, rows, batch, threads=threads)["peak_rss_mb"]
+        best = max(best, rate)
+        print(f"  {name}: {rate / 1e3:.1f}k samples/s ({g['samples_per_second'] / rate:.2f}x), peak RSS {rss:.0f} MB")
+    if best:
+        print(f"  graphc over the fastest peer: {g['samples_per_second'] / best:.2f}x")
+
+
+def small_tasks(threads: int) -> None:
+    from peers import sklearn_mlp
+
+    from graphc import data
+    from graphc.fit import DATASET_DEFAULTS
+
+    for name, task in (("diabetes", "regression"), ("breast_cancer", "classification")):
+        ds = data.load(name)
+        d = {"lr": 0.1, "hidden": [128], "epochs": 30, **DATASET_DEFAULTS[name]}
+        key = "test_mse" if task == "regression" else "test_accuracy"
+        ours = [graphc_fit(data=name, seed=s, threads=threads).metrics[key] for s in SEEDS]
+        sk_lr = d["lr"] * (2 if task == "regression" else 1)
+        theirs = [sklearn_mlp(ds.X_train, ds.y_train.astype(np.int64) if task != "regression" else ds.y_train,
+                              ds.X_test, ds.y_test, task=task, hidden=tuple(d["hidden"]), epochs=d["epochs"],
+                              batch=32, lr=sk_lr, seed=s, threads=threads)[key] for s in SEEDS]
+        a, b = float(np.mean(ours)), float(np.mean(theirs))
+        rel = (a - b) / b
+        print(f"{name}: graphc {key} {a:.4f} {[round(v, 4) for v in ours]}, sklearn {b:.4f} "
+              f"{[round(v, 4) for v in theirs]} ({rel * 100:+.1f}%)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="graphc and scikit-learn only")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    from peers import describe
+
+    info = describe()
+    print(f"# {time.strftime('%Y-%m-%d')}  {info.get('cpu')}  torch {info.get('torch')}  jax {info.get('jax')}  "
+          f"sklearn {info.get('sklearn')}  OpenBLAS {info.get('openblas_kernel')}  load {info.get('loadavg')}")
+    digits(args.threads, args.quick)
+    small_tasks(args.threads)
+    for t in (1, 2):
+        big(t, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
