@@ -45,6 +45,13 @@ def draw(x, path=None, format=None, **kw):  # noqa: A002 - the file format, as i
     return _draw(x, path, format, **kw)
 
 
+def fit(model=None, data="digits", **kw):
+    """Train a model on a dataset (what `graphc train` does); see graphc.fit.fit for the options."""
+    from graphc.fit import fit as _fit
+
+    return _fit(model, data, **kw)
+
+
 def latex(y, wrt=None, **kw):
     """The value and gradients of `y` as maths (scalar expressions, or the chain rule in matrix form); see
     graphc.viz.latex."""
@@ -56,6 +63,6 @@ def latex(y, wrt=None, **kw):
 __all__ = [
     *_ops_all,
     "nn", "sym", "grad", "evaluate", "compile", "CompiledFunction", "check_grad", "numeric_grad", "scope", "dim",
-    "to_text", "to_networkx", "show", "draw", "latex", "topo_order", "Node", "GraphcError", "ShapeError",
+    "to_text", "to_networkx", "show", "draw", "latex", "fit", "topo_order", "Node", "GraphcError", "ShapeError",
     "DTypeError", "InputError", "GradError", "CompileError", "NumericalError", "__version__",
 ]
