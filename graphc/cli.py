@@ -63,7 +63,8 @@ def _train(args) -> int:
         options["dropout"] = keeps
     features = args.features.split(",") if args.features else None
     result = fit(args.model, args.dataset, out=args.out, resume=args.resume, progress=not args.quiet,
-                 label=args.label, features=features, task=args.task, **options)
+                 label=args.label, features=features, task=args.task,
+                 log=lambda m: print(m, file=sys.stderr), **options)  # --quiet hides progress, not notices
     m = result.metrics
     if "test_accuracy" in m:
         summary = f"test accuracy {m['test_accuracy']:.4f}"

@@ -118,7 +118,8 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     (epochs, batch_size, lr, optimizer, momentum, schedule, l2, l1, dropout, early_stopping, refit, seed,
     threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png and
     checkpoints; `resume=True` continues from the last good checkpoint there."""
-    log = log or (lambda m: print(m, file=sys.stderr))
+    if log is None:
+        log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
     file_options: dict = {}
     if isinstance(model, (str, Path)):
         model, file_options = load_model_file(str(model))
@@ -172,7 +173,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
         "parameters": int(sum(v.size for v in params.values())),
         "config": asdict(config),
     }
-    result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state))
+    result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
     if out_dir is not None:
         write_artifacts(out_dir, result)
     return result

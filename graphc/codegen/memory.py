@@ -35,6 +35,12 @@ class MemoryPlan:
     workspace_bytes: int  # matrix-product packing buffers (per call, all threads)
     unshared_bytes: int  # what the temporaries would take without sharing
     shares: list[tuple[str, str]] = field(default_factory=list)  # (a, b): b reuses a's storage
+    labels: dict[int, str] = field(default_factory=dict)  # temp buffer index -> its label
+
+    def placement(self) -> list[tuple[str, int, int]]:
+        """(label, byte offset, bytes) of every temporary, by offset."""
+        return sorted(((self.labels.get(i, f"b{i}"), o, self.sizes[i]) for i, o in self.offsets.items()),
+                      key=lambda t: t[1])
 
     def __str__(self) -> str:
         lines = [f"arena: {self.arena_bytes} bytes peak for {len(self.offsets)} temporaries "
@@ -118,4 +124,4 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
             ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype))
     return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
-                      sorted(shares))
+                      sorted(shares), {i: program.buffers[i].label for i in offsets})

@@ -288,7 +288,21 @@ class Scheduler:
             b = self.new_buffer(f"out{len(out_ids)}", o.shape, o.dtype, "output", o)
             out_ids[id(o)] = b
             outputs.append(b)
+        # an output that only reshapes a computed value takes that value's storage: no copy kernel
+        aliased: set[int] = set()
+        for o in g.outputs:
+            b = out_ids.get(id(o))
+            if b is None or b.kind != "output" or o.op.name != "reshape":
+                continue
+            src = o.inputs[0]
+            if (id(src) in self.mat and id(src) not in out_ids and src.op.kind in ("reduce", "contract", "elementwise")
+                    and all(u is o for u in self.users[id(src)])):
+                out_ids[id(src)] = b
+                aliased.add(id(o))
         for n in self.order:
+            if id(n) in aliased:
+                self.buf_of[id(n)] = out_ids[id(n)]
+                continue
             if id(n) not in self.mat and id(n) not in out_ids:
                 continue
             if n.op.name in ("input", "param") and id(n) not in out_ids:
@@ -420,15 +434,11 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
         while changed:
             changed = False
             table = {s.buf: s.value for s in g.stores}
-            written_before = {b for k in kernels[:i] for b in k.writes}
             for j in range(i + 1, len(kernels)):
                 lk = kernels[j]
                 if not isinstance(lk, LoopKernel) or len(lk.domain) != 2:
                     continue
                 if tuple(lk.domain) != (g.m, g.n) or not any(b in table for b in lk.reads):
-                    continue
-                produced = {b for k in kernels if k is not lk for b in k.writes}
-                if any(b not in table and b in produced and b not in written_before for b in lk.reads):
                     continue
                 # a kernel between the product and this one must not write what it reads or read what it writes
                 between = kernels[i + 1:j]

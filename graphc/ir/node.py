@@ -37,7 +37,11 @@ class SourceInfo:
     made_by: str = ""  # "" for user-built nodes; e.g. "grad of matmul", "rewrite: log_softmax"
 
     def where(self) -> str:
-        loc = f"{os.path.basename(self.file)}:{self.line}" if self.line else self.file
+        base = os.path.basename(self.file)
+        if "ipykernel_" in self.file or base.startswith("<ipython-input"):
+            loc = f"notebook cell, line {self.line}"  # Jupyter runs each cell from a temporary file
+        else:
+            loc = f"{base}:{self.line}" if self.line else self.file
         parts = [loc]
         if self.scope:
             parts.append(f"in {self.scope}")
@@ -48,6 +52,11 @@ class SourceInfo:
     @property
     def is_derived(self) -> bool:
         return bool(self.made_by)
+
+    @property
+    def is_gradient(self) -> bool:
+        """Whether gc.grad built this node (it belongs to a gradient graph, not the forward pass)."""
+        return self.made_by.startswith("grad of")
 
 
 _scope: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("graphc_scope", default=())

@@ -96,11 +96,23 @@ def default_model(config: TrainConfig) -> Callable[[Node, int], Node]:
 
 @dataclass
 class FitResult:
+    """A finished run. `predict(X)` takes features as the dataset holds them (standardized) and returns the
+    model's outputs (logits, or standardized predictions); `predict_raw(X)` takes raw features and returns
+    regression predictions in the target's own units."""
+
     params: dict[str, np.ndarray]
     history: list[dict]
     metrics: dict
     config: TrainConfig
     predict: Callable[[np.ndarray], np.ndarray]
+    dataset: object = None
+
+    def predict_raw(self, X: np.ndarray) -> np.ndarray:
+        ds = self.dataset
+        if ds is None or ds.x_mean is None:
+            return self.predict(X)
+        out = self.predict((np.asarray(X, np.float64) - ds.x_mean) / ds.x_std)
+        return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))

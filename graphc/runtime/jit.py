@@ -157,8 +157,40 @@ class CompiledFunction:
 
         return svg.to_svg(self)
 
-    def show_stages(self) -> str:
+    def _kernel(self, name: str):
+        for k in self.program.kernels:
+            if k.name == name:
+                return k
+        raise GraphcError(f"no kernel named {name!r}; the kernels are {[k.name for k in self.program.kernels]}")
+
+    def kernel_ir(self, name: str) -> str:
+        """The LLVM IR of one kernel (as emitted, before optimization), e.g. fn.kernel_ir("k0_matmul")."""
+        self._kernel(name)
+        text = self.llvm_ir
+        start = text.index(f'@"{name}"(')
+        start = text.rindex("define", 0, start)
+        return text[start:text.index("\n}\n", start) + 2]
+
+    def kernel_asm(self, name: str) -> str:
+        """The optimized machine code of one kernel alone (in the whole program LLVM may inline it)."""
+        from dataclasses import replace
+
+        k = self._kernel(name)
+        alone = replace(self.program, kernels=[k])
+        text = ModuleEmitter(alone, self.target).emit([False])
+        text = text.replace(f'define internal void @"{name}"', f'define void @"{name}"')
+        asm = assembly(text, self.target)
+        start = asm.index(f"{name}:")
+        end = asm.find(".Lfunc_end", start)
+        return asm[start:end if end > 0 else None]
+
+    def stages_text(self) -> str:
+        """The graph after each pass of the lowering pipeline, as text."""
         return "\n\n".join(f"# after {name}\n{g}" for name, g in self.stages)
+
+    def show_stages(self) -> None:
+        """Print the graph after each pass (see `stages_text`)."""
+        print(self.stages_text())
 
     # ------------------------------------------------------------------------------------------ calling
     def _prepare_fast_path(self) -> None:

@@ -108,7 +108,7 @@ def _scalar(y: Node, wrt: list[Node], name: str | None, simplify: bool) -> Latex
     for leaf in leaves:
         for s in np.ravel(_leaf_symbols(leaf)):
             printer.names[s] = _element_tex(leaf, s)
-    y_tex = name or (latex_name(y.name) if y.name else "y")
+    y_tex = name or (latex_name(y.name) if y.name else "L")  # "y" would clash with the usual target input
     tidy = _tidy if simplify else (lambda e: e)
     lines, exprs = [], {}
     v = tidy(values[0])

@@ -125,7 +125,7 @@ def test_inspection():
     loss, params, new, values = _step_values(8)
     fn = gc.compile([loss, *new], cache=False)
     assert [name for name, _ in fn.stages][0] == "input" and len(fn.stages) >= 4
-    assert "after simplify" in fn.show_stages()
+    assert "after simplify" in fn.stages_text()
     assert "gemm" in fn.kernels and "loop over" in fn.kernels
     assert "define" in fn.llvm_ir and "graphc_run" in fn.llvm_ir
     asm = fn.asm
@@ -134,6 +134,8 @@ def test_inspection():
     assert plan.arena_bytes > 0 and plan.arena_bytes <= plan.unshared_bytes
     fn(values)
     assert "arena" in str(fn.memory_plan)
+    labels = [label for label, _, _ in fn.memory_plan.placement()]
+    assert labels and all(isinstance(label, str) for label in labels)
 
 
 def test_compile_cache_across_processes(tmp_path):
