@@ -57,11 +57,11 @@ def test_latex_scalar_form():
     assert isinstance(out, Latex) and out.mode == "scalar"
     src = str(out)
     assert src.startswith("\\begin{aligned}") and out._repr_latex_().startswith("$$")
-    assert r"\frac{\partial y}{\partial w}" in src and r"\frac{\partial y}{\partial b}" in src
+    assert r"\frac{\partial L}{\partial w}" in src and r"\frac{\partial L}{\partial b}" in src
     assert r"\tanh" in src and "x" in src
-    value = out.exprs["y"]
+    value = out.exprs["L"]
     assert sympy.simplify(value - sympy.tanh(w_ * x_ + b_) ** 2) == 0
-    assert sympy.simplify(out.exprs[r"\frac{\partial y}{\partial w}"] - sympy.diff(value, w_)) == 0
+    assert sympy.simplify(out.exprs[r"\frac{\partial L}{\partial w}"] - sympy.diff(value, w_)) == 0
     assert balanced(src)
 
 
@@ -69,7 +69,7 @@ def test_latex_few_elements_gives_vectors_and_jacobians():
     v = gc.param("v", (2,))
     a = gc.input("a", ())
     out = latex(gc.tanh(v * a))
-    jac = out.exprs[r"\frac{\partial y}{\partial v}"]
+    jac = out.exprs[r"\frac{\partial L}{\partial v}"]
     v1, v2, a_ = (sympy.Symbol(n, real=True) for n in ("v_1", "v_2", "a"))
     want = sympy.Matrix([[sympy.diff(sympy.tanh(v1 * a_), s) for s in (v1, v2)],
                          [sympy.diff(sympy.tanh(v2 * a_), s) for s in (v1, v2)]])
