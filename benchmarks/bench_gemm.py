@@ -8,12 +8,19 @@ Every figure is the median of repeats; graphc and numpy samples alternate so tha
 speed (shared hosts) hits both. A repeat during which other processes used the CPUs is retried a few times
 (and counted as "busy" if it stays busy), because on a 2-vCPU machine one busy neighbour halves a 2-thread
 run. The peak is a kernel of 24 independent FMA chains on registers (no memory traffic), emitted here.
+
+Columns: ``rt`` runtime dims, ``st`` static dims, ``epi`` runtime dims with a fused bias + relu epilogue (run
+out of line, on each finished tile while it is in L1), ``numpy`` (OpenBLAS sgemm; it does not apply the
+epilogue), ``epi/rt`` the cost of the epilogue pass. ``--baseline path/to/old/gemm.py`` also builds the same
+kernels with another version of `graphc.codegen.gemm` (e.g. ``git show HEAD~1:graphc/codegen/gemm.py >
+/tmp/gemm_old.py``), times them alternately with the others, and reports new/old for rt and epi.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import os
 import sys
 import threading
@@ -24,7 +31,8 @@ from functools import partial
 import numpy as np
 from llvmlite import ir
 
-from graphc.codegen.gemm import default_config, emit_gemm, workspace_bytes
+from graphc.codegen import gemm as gemm_new
+from graphc.codegen.gemm import default_config, workspace_bytes
 from graphc.codegen.target import compile_ir, host_target
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
@@ -175,14 +183,35 @@ class Team:
             fu.result()
 
 
-def build_all(target, cases):
+def bias_relu(ctx) -> ir.Value:
+    """The benchmark's epilogue: C = relu(acc + bias[col]), bias the first extra argument."""
+    b = ctx.builder
+    v = b.fadd(ctx.acc, ctx.load(ctx.extra_args[0], ctx.col))
+    zero = ir.Constant(ctx.acc.type, None)
+    return b.select(b.fcmp_ordered(">", v, zero), v, zero)
+
+
+def build_all(target, cases, impl=gemm_new):
+    """rt{i} (runtime dims), st{i} (static dims), ep{i} (runtime dims, bias + relu epilogue) for every case,
+    with the `emit_gemm` of `impl`; returns the engine and the compile time (parse + optimize + codegen)."""
     mod = ir.Module()
     for i, (_, M, N, K, ta, tb) in enumerate(cases):
-        emit_gemm(mod, f"rt{i}", target=target, M=None, N=None, K=None, trans_a=ta, trans_b=tb)
-        emit_gemm(mod, f"st{i}", target=target, M=M, N=N, K=K, trans_a=ta, trans_b=tb)
+        impl.emit_gemm(mod, f"rt{i}", target=target, M=None, N=None, K=None, trans_a=ta, trans_b=tb)
+        impl.emit_gemm(mod, f"st{i}", target=target, M=M, N=N, K=K, trans_a=ta, trans_b=tb)
+        impl.emit_gemm(mod, f"ep{i}", target=target, M=None, N=None, K=None, trans_a=ta, trans_b=tb,
+                       epilogue=bias_relu, extra_args=[ir.PointerType()])
     t0 = time.perf_counter()
     eng = compile_ir(str(mod), target)
     return eng, time.perf_counter() - t0
+
+
+def load_impl(path: str):
+    """Another version of graphc/codegen/gemm.py, imported from a file."""
+    spec = importlib.util.spec_from_file_location("gemm_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def operands(M, N, K, ta, tb):
@@ -198,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=0.08, help="length of one sample")
     ap.add_argument("--quiet-tries", type=int, default=4, help="retries of a sample while other processes run")
     ap.add_argument("--no-threads", action="store_true", help="skip the 2-thread scaling run")
+    ap.add_argument("--baseline", metavar="GEMM_PY", help="also time kernels from this version of gemm.py")
+    ap.add_argument("--cases", help="comma-separated indices of CASES to run (default: all)")
     args = ap.parse_args(argv)
 
     target = host_target()
@@ -223,49 +254,71 @@ def main(argv=None) -> int:
           f"(min {min(peaks):.1f}, max {max(peaks):.1f})")
 
     eng, ctime = build_all(target, CASES)
-    print(f"compiled {2 * len(CASES)} kernels in {ctime:.2f} s")
+    print(f"compiled {3 * len(CASES)} kernels in {ctime:.2f} s")
+    base = None
+    if args.baseline:
+        base, btime = build_all(target, CASES, load_impl(args.baseline))
+        print(f"baseline {args.baseline}: compiled {3 * len(CASES)} kernels in {btime:.2f} s")
     one = Team(1)
-    hdr = f"{'case':34s} {'M':>5s} {'N':>5s} {'K':>5s} {'rt GF/s':>8s} {'st GF/s':>8s} {'numpy':>8s} " \
-          f"{'rt/np':>6s} {'st/np':>6s} {'rt/peak':>7s}"
+    hdr = f"{'case':34s} {'M':>5s} {'N':>5s} {'K':>5s} {'rt GF/s':>8s} {'st GF/s':>8s} {'epi GF/s':>8s} " \
+          f"{'numpy':>8s} {'rt/np':>6s} {'st/np':>6s} {'epi/rt':>6s} {'rt/peak':>7s}"
+    if base is not None:
+        hdr += f" {'old rt':>7s} {'old epi':>7s} {'rt/old':>6s} {'epi/old':>7s}"
     print(hdr)
     print("-" * len(hdr))
     keep = []
-    for i, (label, M, N, K, ta, tb) in enumerate(CASES):
+    proto = (None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
+    selected = [int(x) for x in args.cases.split(",")] if args.cases else range(len(CASES))
+    for i in selected:
+        label, M, N, K, ta, tb = CASES[i]
         A, B = operands(M, N, K, ta, tb)
         C = np.zeros((M, N), np.float32)
         Cn = np.zeros((M, N), np.float32)
         An = A.T if ta else A
         Bn = B.T if tb else B
+        bias = np.random.default_rng(1).standard_normal(N).astype(np.float32)
         ws = _aligned(workspace_bytes(M, N, K, 2, target))
-        keep.append((A, B, C, Cn, ws))
-        fr = eng.function(f"rt{i}", None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
-        fs = eng.function(f"st{i}", None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
+        keep.append((A, B, C, Cn, ws, bias))
+        fns = {"rt": eng.function(f"rt{i}", *proto), "st": eng.function(f"st{i}", *proto),
+               "epi": eng.function(f"ep{i}", *proto, _P)}
+        if base is not None:
+            fns["old rt"] = base.function(f"rt{i}", *proto)
+            fns["old epi"] = base.function(f"ep{i}", *proto, _P)
         kargs = (A.ctypes.data, B.ctypes.data, C.ctypes.data, M, N, K, A.shape[1], B.shape[1], N, ws.ctypes.data)
         flops = 2.0 * M * N * K
         # correctness first
         ref = An.astype(np.float64) @ Bn.astype(np.float64)
-        for f in (fr, fs):
+        scale = (np.abs(An).astype(np.float64) @ np.abs(Bn)).max()
+        for key, f in fns.items():
             C[:] = np.nan
-            one(f, kargs)
-            err = np.abs(C - ref).max() / (np.abs(An).astype(np.float64) @ np.abs(Bn)).max()
-            assert err < 1e-5, f"{label}: wrong result (rel err {err:.2g})"
-        rt, st, npy, rp = [], [], [], []
+            if "epi" in key:
+                f(*kargs, 0, 1, bias.ctypes.data)
+                want = np.maximum(ref + bias, 0)
+            else:
+                one(f, kargs)
+                want = ref
+            err = np.abs(C - want).max() / scale
+            assert err < 1e-5, f"{label} {key}: wrong result (rel err {err:.2g})"
         # single-thread calls go straight to the ctypes function (a partial adds no Python frame), like numpy's
-        call_rt, call_st = partial(fr, *kargs, 0, 1), partial(fs, *kargs, 0, 1)
-        call_np = partial(np.matmul, An, Bn, out=Cn)
-        run_rt = lambda c=call_rt, fl=flops: rate(c, fl, args.seconds)  # noqa: E731
-        run_st = lambda c=call_st, fl=flops: rate(c, fl, args.seconds)  # noqa: E731
-        run_np = lambda c=call_np, fl=flops: rate(c, fl, args.seconds)  # noqa: E731
+        calls = {key: partial(f, *kargs, 0, 1, *((bias.ctypes.data,) if "epi" in key else ()))
+                 for key, f in fns.items()}
+        calls["numpy"] = partial(np.matmul, An, Bn, out=Cn)
+        samples: dict[str, list[float]] = {key: [] for key in calls}
+        rp = []
         for _ in range(args.repeats):
-            rt.append(quiet.run(run_rt))
-            npy.append(quiet.run(run_np))
-            st.append(quiet.run(run_st))
+            for key, c in calls.items():
+                samples[key].append(quiet.run(lambda c=c, fl=flops: rate(c, fl, args.seconds)))
             if M == N == K == 1024:
                 rp.append(quiet.run(lambda: peak(args.seconds / 2)))
-        rt_m, st_m, np_m = (float(np.median(x)) for x in (rt, st, npy))
+        med = {key: float(np.median(v)) for key, v in samples.items()}
+        rt_m, st_m, ep_m, np_m = med["rt"], med["st"], med["epi"], med["numpy"]
         pk = float(np.median(rp)) if rp else peak_med
-        print(f"{label:34s} {M:5d} {N:5d} {K:5d} {rt_m:8.1f} {st_m:8.1f} {np_m:8.1f} "
-              f"{rt_m / np_m:6.2f} {st_m / np_m:6.2f} {100 * rt_m / pk:6.1f}%", flush=True)
+        line = (f"{label:34s} {M:5d} {N:5d} {K:5d} {rt_m:8.1f} {st_m:8.1f} {ep_m:8.1f} {np_m:8.1f} "
+                f"{rt_m / np_m:6.2f} {st_m / np_m:6.2f} {ep_m / rt_m:6.3f} {100 * rt_m / pk:6.1f}%")
+        if base is not None:
+            line += (f" {med['old rt']:7.1f} {med['old epi']:7.1f} {rt_m / med['old rt']:6.3f} "
+                     f"{ep_m / med['old epi']:7.3f}")
+        print(line, flush=True)
         if rp:
             print(f"{'':34s} (peak re-measured alongside 1024: {pk:.1f} GFLOP/s; static {100 * st_m / pk:.1f}%)")
 

@@ -1,7 +1,7 @@
 """Packed, cache-blocked, register-blocked SIMD matrix multiply (GEMM) kernels in LLVM IR.
 
 `emit_gemm` adds to an llvmlite module one function computing ``C = op(A) @ op(B)`` (or ``C += ...``), with
-an optional fused epilogue applied to every stored vector. The structure is BLIS's:
+an optional fused epilogue applied to every element of C. The structure is BLIS's:
 
 * K is cut into blocks of at most KC (balanced, rounded up to the unroll factor); the N range of a thread
   into blocks of at most NC columns; the M range into blocks of at most MC rows. Loop nest (default
@@ -24,6 +24,17 @@ an optional fused epilogue applied to every stored vector. The structure is BLIS
   count, on M/N blocking or on whether a tile is an edge tile: results are bitwise identical for any
   ``nthreads``.
 
+Code layout (compile time): only the epilogue is specific to one GEMM. Everything else is emitted once per
+module and shared by all its GEMMs, looked up in ``module.globals`` by canonical names (internal, noinline):
+the driver (the loop nest above, with the transpositions, accumulate flag, packing routines and epilogue pass
+passed at run time; ``graphc.gemm.driver.f32x16.12x32...`` for the config), the microkernel
+(``graphc.gemm.ukernel.f32x16.12x32.k4.pf3``: dtype and lanes, MR x NR, unroll, C prefetch) and the packing
+routines (``graphc.gemm.pack_copy.f32x16.w12`` / ``pack_trans``, only those some GEMM uses). `emit_gemm`'s
+``name`` is a small wrapper calling the driver with its constants, and ``name.epilogue`` (with an epilogue)
+is its epilogue pass. LLVM time (benchmarks/bench_compile.py, 2-vCPU Rocket Lake): ~0.14 s for the first
+GEMM of a module (its shared code, two packing routines), then ~0.01-0.03 s per GEMM; it was ~0.3 s per GEMM
+when each had its own microkernel with the epilogue inlined into every store path.
+
 Emitted function (row-major storage; element strides; all dims in elements)::
 
     void name(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, i64 lda, i64 ldb, i64 ldc,
@@ -42,18 +53,24 @@ Emitted function (row-major storage; element strides; all dims in elements)::
 * ``workspace`` must be 64-byte aligned and at least `workspace_bytes` (M, N, K, nthreads) bytes, computed
   with the same target, dtype and config. A, B, C are only assumed element-aligned.
 
-Epilogue: ``epilogue(ctx: EpilogueContext) -> ir.Value`` is called at code-generation time for each vector
-store in the last K block (several times per kernel: once per register of the tile, in the full-tile and
-the edge paths). ``ctx.acc`` is ALWAYS a full ``<L x T>`` vector (L = `Target.f32_lanes` or ``f64_lanes``),
-holding columns ``ctx.col .. ctx.col + L - 1`` of row ``ctx.row``, already ``+ old C`` when
-``accumulate=True``. On column-edge tiles ``ctx.mask`` is an ``<L x i1>`` telling which lanes are real
-columns (lanes outside it are discarded by the masked store, but must not be used to touch memory:
-use ``ctx.load`` which masks); on full tiles it is None. Rows outside M are never passed. The epilogue must
-return an ``<L x T>`` vector, the value to store. ``ctx.extra_args`` are the function's extra arguments
-(`extra_args` types), e.g. a bias pointer. The calls are emitted inside the internal ``name.ukernel``
-function (``ctx.builder.function``), in different basic blocks that do not dominate one another: an IR value
-made during one call must not be reused by another (recompute it, or hoist it into that function's entry
-block yourself).
+Epilogue: ``epilogue(ctx: EpilogueContext) -> ir.Value`` is called ONCE per `emit_gemm`, at code-generation
+time, to emit the body of the loop of the GEMM's epilogue pass. After the last K block of each tile, the
+microkernel stores the finished tile (already ``+ old C`` when ``accumulate=True`` or K spans several K
+blocks) to a per-thread MR x NR buffer on the driver's stack, still in L1; the pass ``name.epilogue`` then
+walks its valid part (column vectors outer, rows inner) and stores ``epilogue(ctx)`` to C. ``ctx.acc`` is
+ALWAYS a full ``<L x T>`` vector (L = `Target.f32_lanes` or ``f64_lanes``), holding columns ``ctx.col ..
+ctx.col + L - 1`` of row ``ctx.row``. ``ctx.mask`` is an ``<L x i1>`` (a run-time value) telling which lanes
+are real columns: all set except on the column edge. Lanes outside it are discarded by the masked store, but
+must not be used to touch memory: use ``ctx.load``, which masks. It is None only where every vector is full
+(N static and a multiple of NR). Rows outside M are never passed. The epilogue must return an ``<L x T>``
+vector, the value to store. ``ctx.extra_args`` are the function's extra arguments (`extra_args` types,
+passed through to the pass), e.g. a bias pointer: arguments of ``ctx.builder.function``, so code that
+uses only them may be hoisted into that function's entry block. Stores of other buffers made by the
+epilogue (masked with ``ctx.mask``) are fine; it must not touch C through another pointer (C is noalias).
+
+Cost of running the epilogue out of line: the tile makes one more round trip through L1 (24 vector stores and
+loads per 12 x 32 tile, and a call): measured (bias + relu) 1.5-3% of a GEMM with K = 128, ~1% at K = 256-784,
+nothing measurable at 1024.
 
 Tuning (`GemmConfig`, chosen by `default_config`; measured on a 2-vCPU Sapphire-Rapids-class Xeon, 48 KB
 L1d and 2 MB L2 per core): on AVX-512, MR x NR = 12 x 32 float32 (12 x 16 float64): 24 zmm accumulators + 2
@@ -186,20 +203,20 @@ def workspace_bytes(
 
 @dataclass
 class EpilogueContext:
-    """What an epilogue sees for one stored vector (see the module docstring)."""
+    """What an epilogue sees for the vector of C its loop body computes (see the module docstring)."""
 
     builder: ir.IRBuilder
     acc: ir.Value  # <lanes x T>: the finished sum (plus old C when accumulating)
     row: ir.Value  # i64 row of C
     col: ir.Value  # i64 first column of C covered by acc
-    mask: ir.Value | None  # <lanes x i1> of valid columns on edge tiles, None on full vectors
+    mask: ir.Value | None  # <lanes x i1> of valid columns (all set but on the N edge); None: always full
     extra_args: tuple[ir.Value, ...]
     lanes: int
     elem_type: ir.Type
     _gen: _Gen = field(repr=False, default=None)
 
     def load(self, base: ir.Value, index: ir.Value) -> ir.Value:
-        """Load ``lanes`` elements at ``base[index ...]`` (masked on edges, masked-off lanes read as 0)."""
+        """Load ``lanes`` elements at ``base[index ...]`` (masked by ``mask``, masked-off lanes read as 0)."""
         return self._gen.load_vec(self.builder, base, index, self.mask)
 
     def splat(self, scalar: ir.Value) -> ir.Value:
@@ -227,6 +244,7 @@ class _Gen:
         self.M = ir.VectorType(_I1, self.L)
         self.valign = min(64, self.L * self.esize)
         tsuf = "f32" if dtype == "float32" else "f64"
+        self.tag = f"{tsuf}x{self.L}"  # in the names of the shared helpers
         vsuf = f"v{self.L}{tsuf}"
         self.fmuladd = self._declare(f"llvm.fmuladd.{vsuf}", self.V, [self.V, self.V, self.V])
         self.mload = self._declare(f"llvm.masked.load.{vsuf}.p0", self.V, [_PTR, _I32, self.M, self.V])
@@ -290,11 +308,22 @@ class _Gen:
         return r
 
 
-class _Loop:
-    """``for i in range(start, stop, step)`` (i64, step > 0), as a context manager yielding i."""
+def _no_unroll_md(module: ir.Module) -> ir.Value:
+    """Fresh loop metadata ``!N = !{!N, !{"llvm.loop.unroll.disable"}}`` (a loop ID refers to itself)."""
+    prop = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    md = ir.values.MDValue(module, [prop], name=str(len(module.metadata)))
+    md.operands = (md, prop)
+    return md
 
-    def __init__(self, b: ir.IRBuilder, start, stop, step, name: str = "i"):
+
+class _Loop:
+    """``for i in range(start, stop, step)`` (i64, step > 0), as a context manager yielding i.
+
+    ``unroll=False`` tells LLVM not to unroll it (where unrolled copies would cost compile time only)."""
+
+    def __init__(self, b: ir.IRBuilder, start, stop, step, name: str = "i", unroll: bool = True):
         self.b, self.start, self.stop, self.step, self.name = b, start, stop, step, name
+        self.unroll = unroll
 
     def __enter__(self) -> ir.Value:
         b = self.b
@@ -314,7 +343,9 @@ class _Loop:
         b = self.b
         nxt = b.add(self.i, self.step, name=self.name + ".next")
         self.i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, self.stop), self.body, self.exit)
+        br = b.cbranch(b.icmp_signed("<", nxt, self.stop), self.body, self.exit)
+        if not self.unroll:
+            br.set_metadata("llvm.loop", _no_unroll_md(b.module))
         b.position_at_end(self.exit)
         return False
 
@@ -334,10 +365,8 @@ def _rup_ir(b, x, y):
 # ---------------------------------------------------------------------------------------------- packing
 
 
-def _emit_pack_copy(g: _Gen, name: str, W: int) -> ir.Function:
+def _emit_pack_copy(g: _Gen, fn: ir.Function, W: int) -> None:
     """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[k*ld + q*W + x], zero past ncols."""
-    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64]), name)
-    fn.linkage = "internal"
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
@@ -365,87 +394,122 @@ def _emit_pack_copy(g: _Gen, name: str, W: int) -> ir.Function:
                 sm = None if w == L else g.const_mask(w)
                 g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), sm, align=dalign)
     b.ret_void()
-    return fn
 
 
-def _emit_pack_trans(g: _Gen, name: str, W: int) -> ir.Function:
-    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[(q*W + x)*ld + k], zero past ncols."""
-    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64]), name)
-    fn.linkage = "internal"
+def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
+    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[(q*W + x)*ld + k], zero past ncols.
+
+    Each L-wide group of a panel's W columns is moved in L x L blocks (L loads along k, an in-register
+    transpose, L stores along the panel). Full blocks take the unmasked path, the K tail and the last panel the
+    masked one. Groups of the same width run as a loop (compile time: the transposes are most of the code)."""
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
-    groups = [(gi * L, min(L, W - gi * L)) for gi in range(_cdiv(W, L))]
     dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
     npanels = _cdiv_ir(b, ncols, _c64(W))
     kfull = b.mul(b.sdiv(kc, _c64(L)), _c64(L))
+    # (first group, number of groups, width): full-width groups as one loop, a narrower last group on its own
+    nwide = W // L
+    runs = ([(0, nwide, L)] if nwide else []) + ([(nwide * L, 1, W % L)] if W % L else [])
 
-    def block(k0, rowmask, kmask, kleft):
-        # one L-deep slice of k for every group of the panel
-        for off, w in groups:
-            rows = []
-            for r in range(L):
-                if r >= w:
-                    rows.append(g.zero)
-                    continue
-                idx = b.add(b.mul(_c64(off + r), ld), k0)
-                m = kmask
-                if rowmask is not None:
-                    m = b.and_(m, g.splat(b, b.icmp_signed("<", _c64(off + r), rowmask)))
-                rows.append(g.load_vec(b, s_cur[0], idx, m))
-            cols = g.transpose(b, rows)
-            sm = None if w == L else g.const_mask(w)
-            for kk in range(L):
-                didx = b.add(b.mul(b.add(k0, _c64(kk)), _c64(W)), _c64(off))
-                if kleft is None:
-                    g.store_vec(b, cols[kk], d_cur[0], didx, sm, align=dalign)
-                else:
-                    with b.if_then(b.icmp_signed("<", _c64(kk), kleft)):
-                        g.store_vec(b, cols[kk], d_cur[0], didx, sm, align=dalign)
+    def block(s, d, k0, rowmask, kmask, kleft):
+        """One L-deep slice of k for every group of the panel (src panel s, dst panel d)."""
+        for first, count, w in runs:
+            with _Loop(b, _c64(first), _c64(first + count * L), _c64(L), "g", unroll=False) as off:
+                rows = []
+                for r in range(L):
+                    if r >= w:
+                        rows.append(g.zero)
+                        continue
+                    ro = b.add(off, _c64(r))
+                    m = kmask
+                    if rowmask is not None:
+                        m = b.and_(m, g.splat(b, b.icmp_signed("<", ro, rowmask)))
+                    rows.append(g.load_vec(b, s, b.add(b.mul(ro, ld), k0), m))
+                cols = g.transpose(b, rows)
+                wm = None if w == L else g.const_mask(w)
+                for kk in range(L):
+                    didx = b.add(b.mul(b.add(k0, _c64(kk)), _c64(W)), off)
+                    m = wm
+                    if kleft is not None:  # the K tail: rows past kc are not stored
+                        ok = g.splat(b, b.icmp_signed("<", _c64(kk), kleft))
+                        m = ok if m is None else b.and_(ok, m)
+                    g.store_vec(b, cols[kk], d, didx, m, align=dalign)
 
-    s_cur: list = [None]
-    d_cur: list = [None]
     with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
         left = b.sub(ncols, b.mul(q, _c64(W)))
-        d_cur[0] = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
-        s_cur[0] = g.gep(b, src, b.mul(q, b.mul(_c64(W), ld)))
+        d = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        s = g.gep(b, src, b.mul(q, b.mul(_c64(W), ld)))
         full = b.icmp_signed(">=", left, _c64(W))
         tail_start = b.select(full, kfull, _c64(0))
         with b.if_then(full):
             with _Loop(b, _c64(0), kfull, _c64(L), "kf") as k0:
-                block(k0, None, None, None)
+                block(s, d, k0, None, None, None)
         with _Loop(b, tail_start, kc, _c64(L), "kt") as k0:
             kleft = b.sub(kc, k0)
-            block(k0, left, g.lane_mask(b, 0, kleft), kleft)
+            block(s, d, k0, left, g.lane_mask(b, 0, kleft), kleft)
     b.ret_void()
+
+
+# ------------------------------------------------------------------------------------- shared functions
+
+
+def _shared(g: _Gen, name: str, argt: list[ir.Type], build: Callable[[ir.Function], None]) -> ir.Function:
+    """The module's function `name` (emitted by `build` on first use): one copy for every GEMM in the module.
+
+    Internal and noinline: each copy the inliner made would cost LLVM about as much as the function itself
+    (inlining the microkernel into the driver, its one call site, was measured: no faster, +40 ms)."""
+    fnty = ir.FunctionType(_VOID, argt)
+    fn = g.module.globals.get(name)
+    if fn is not None:
+        if not isinstance(fn, ir.Function) or fn.function_type != fnty:
+            raise ValueError(f"module already has a {name!r} that is not the GEMM helper of that name")
+        return fn
+    fn = ir.Function(g.module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    build(fn)
     return fn
+
+
+def _pack_fn(g: _Gen, copy: bool, W: int) -> ir.Function:
+    """pack(dst, src, ld, kc, ncols), shared by the module's GEMMs of this dtype and width."""
+    kind = "copy" if copy else "trans"
+    name = f"graphc.gemm.pack_{kind}.{g.tag}.w{W}"
+    emit = _emit_pack_copy if copy else _emit_pack_trans
+    return _shared(g, name, [_PTR, _PTR, _I64, _I64, _I64], lambda fn: emit(g, fn, W))
+
+
+def _ukernel_fn(g: _Gen) -> ir.Function:
+    """The microkernel, shared by the module's GEMMs of this dtype and register tile (see `_emit_ukernel`)."""
+    cfg = g.cfg
+    name = f"graphc.gemm.ukernel.{g.tag}.{cfg.mr}x{cfg.nr}.k{cfg.unroll}.pf{cfg.prefetch_c}"
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I1, _PTR]
+    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn))
 
 
 # ------------------------------------------------------------------------------------------ microkernel
 
 
-def _emit_ukernel(
-    g: _Gen,
-    name: str,
-    epilogue: Callable[[EpilogueContext], ir.Value] | None,
-    extra_types: Sequence[ir.Type],
-    b_direct: bool,
-) -> ir.Function:
-    """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, row, col, load_old, last, extras...).
+def _emit_ukernel(g: _Gen, fn: ir.Function) -> None:
+    """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile).
 
-    B rows are `bstride` elements apart (NR for a packed panel); without `b_direct` bstride is ignored."""
+    Computes the MR x NR tile ``sum_k Ap[k*MR + i] * Bp[k*bstride + j]`` (k < kc) in registers, then:
+
+    * ``tile == null``: stores it (``+ C`` when `load_old`) to C (row stride ldc): the first `mrem` rows and
+      `nrem` columns only.
+    * else: stores it (``+ C`` when `load_old`, C read on the valid rows and columns only) to the MR x NR
+      buffer `tile` (row stride NR): the first `mrem` rows, whole vectors, for the epilogue pass to finish.
+
+    B rows are `bstride` elements apart: NR for a packed panel, ldb for a panel read in place."""
     cfg = g.cfg
     MR, NR, L, U = cfg.mr, cfg.nr, g.L, cfg.unroll
     NV = NR // L
-    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I1, _I1, *extra_types]
-    fn = ir.Function(g.module, ir.FunctionType(_VOID, argt), name)
-    fn.linkage = "internal"
-    ap, bp, c, ldc, bstride, kc, mrem, nrem, row, col, load_old, last = fn.args[:12]
-    extras = tuple(fn.args[12:])
-    if not b_direct:
-        bstride = _c64(NR)
-    balign = g.esize if b_direct else g.valign
-    for a in (ap, bp, c):
+    ap, bp, c, ldc, bstride, kc, mrem, nrem, load_old, tile = fn.args
+    for a, nm in zip(fn.args, ["Ap", "Bp", "C", "ldc", "bstride", "kc", "mrem", "nrem", "load_old", "tile"],
+                     strict=True):
+        a.name = nm
+    for a in (ap, bp, c, tile):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
@@ -458,7 +522,7 @@ def _emit_ukernel(
 
     def kstep(accs, a_base, b_base, kk):
         brow = g.gep(b, b_base, b.mul(_c64(kk), bstride))
-        bv = [b.load(g.gep(b, brow, _c64(v * L)), typ=g.V, align=balign) for v in range(NV)]
+        bv = [b.load(g.gep(b, brow, _c64(v * L)), typ=g.V, align=g.esize) for v in range(NV)]
         out = list(accs)
         for i in range(MR):
             s = b.load(g.gep(b, a_base, _c64(kk * MR + i)), typ=g.T, align=g.esize)
@@ -518,71 +582,91 @@ def _emit_ukernel(
     else:
         accs, _, _ = kloop(accs, ap, bp, kc, 1, "kmain")
 
-    def epi(val, r, colv, mask):
-        if epilogue is None:
-            return val
-        ctx = EpilogueContext(b, val, r, colv, mask, extras, L, g.T, g)
-        out = epilogue(ctx)
-        if not isinstance(out, ir.Value) or out.type != g.V:
-            raise TypeError(f"GEMM epilogue must return a {g.V} value, got {out!r}")
-        return out
-
-    cols = [b.add(col, _c64(v * L)) for v in range(NV)]
-    rows = [b.add(row, _c64(i)) for i in range(MR)]
+    # the destination: C, or the tile buffer (row stride NR) for the epilogue pass
+    to_tile = b.icmp_unsigned("!=", tile, ir.Constant(_PTR, None))
+    dst = b.select(to_tile, tile, c)
+    ldd = b.select(to_tile, _c64(NR), ldc)
     is_full = b.and_(b.icmp_signed("==", mrem, _c64(MR)), b.icmp_signed("==", nrem, _c64(NR)))
     with b.if_else(is_full, likely=True) as (full, edge):
         with full:
-            rowp = [b.mul(_c64(i), ldc) for i in range(MR)]
-            idx = [[b.add(rowp[i], _c64(v * L)) for v in range(NV)] for i in range(MR)]
+            cidx = [[b.add(b.mul(_c64(i), ldc), _c64(v * L)) for v in range(NV)] for i in range(MR)]
             pre = b.block
             with b.if_then(load_old):
-                summed = [
-                    b.fadd(accs[i * NV + v], g.load_vec(b, c, idx[i][v]))
-                    for i in range(MR)
-                    for v in range(NV)
-                ]
+                summed = [b.fadd(accs[i * NV + v], g.load_vec(b, c, cidx[i][v])) for i in range(MR) for v in range(NV)]
                 add_blk = b.block
             vals = []
-            for a, s in zip(accs, summed, strict=True):
+            for a, sm in zip(accs, summed, strict=True):
                 ph = b.phi(g.V)
                 ph.add_incoming(a, pre)
-                ph.add_incoming(s, add_blk)
+                ph.add_incoming(sm, add_blk)
                 vals.append(ph)
-            if epilogue is None:
-                for i in range(MR):
-                    for v in range(NV):
-                        g.store_vec(b, vals[i * NV + v], c, idx[i][v])
-            else:
-                with b.if_else(last) as (fin, mid):
-                    with fin:
-                        for i in range(MR):
-                            for v in range(NV):
-                                g.store_vec(b, epi(vals[i * NV + v], rows[i], cols[v], None), c, idx[i][v])
-                    with mid:
-                        for i in range(MR):
-                            for v in range(NV):
-                                g.store_vec(b, vals[i * NV + v], c, idx[i][v])
+            for i in range(MR):
+                for v in range(NV):
+                    g.store_vec(b, vals[i * NV + v], dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
         with edge:
             masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
+            # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data)
+            smasks = [b.or_(m, g.splat(b, to_tile)) for m in masks]
             for i in range(MR):
                 with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
-                    rp = b.mul(_c64(i), ldc)
-                    vals = []
                     for v in range(NV):
-                        ix = b.add(rp, _c64(v * L))
-                        old = g.load_vec(b, c, ix, masks[v])
-                        vals.append((b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v]), ix))
-                    if epilogue is None:
-                        for v, (val, ix) in enumerate(vals):
-                            g.store_vec(b, val, c, ix, masks[v])
-                    else:
-                        with b.if_else(last) as (fin, mid):
-                            with fin:
-                                for v, (val, ix) in enumerate(vals):
-                                    g.store_vec(b, epi(val, rows[i], cols[v], masks[v]), c, ix, masks[v])
-                            with mid:
-                                for v, (val, ix) in enumerate(vals):
-                                    g.store_vec(b, val, c, ix, masks[v])
+                        old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)), masks[v])
+                        val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
+                        g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)), smasks[v])
+    b.ret_void()
+
+
+# --------------------------------------------------------------------------------------------- epilogue
+
+
+def _emit_epilogue_fn(
+    g: _Gen,
+    name: str,
+    epilogue: Callable[[EpilogueContext], ir.Value],
+    extras_t: ir.LiteralStructType,
+    full_cols: bool,
+) -> ir.Function:
+    """epi(tile, C, ldc, mrem, nrem, row, col, extras): C[i, j] = epilogue(tile[i, j]) for the first `mrem`
+    rows and `nrem` columns of an MR x NR tile (row stride NR) whose top left element is C[row, col] (C points
+    at it). `extras` points at a struct of the GEMM's extra arguments (`extras_t`).
+
+    One loop over the tile's vectors (column vectors outer, rows inner), so the epilogue is emitted once.
+    `full_cols`: every tile is NR columns wide (a static N that is a multiple of NR): no masks."""
+    cfg = g.cfg
+    NR, L = cfg.nr, g.L
+    # the pass proper takes the extra arguments as arguments (an epilogue may hoist code that uses them into
+    # the entry block); the function the driver calls unpacks them from the struct
+    fn = ir.Function(g.module, _EPI_TY, name)
+    fn.linkage = "internal"
+    inner = ir.Function(g.module, ir.FunctionType(_VOID, [*_EPI_TY.args[:7], *extras_t.elements]), name + ".body")
+    inner.linkage = "internal"
+    inner.attributes.add("alwaysinline")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    extras = [b.load(b.gep(fn.args[7], [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=extras_t), typ=t)
+              for i, t in enumerate(extras_t.elements)]
+    b.call(inner, [*fn.args[:7], *extras])
+    b.ret_void()
+
+    tile, c, ldc, mrem, nrem, row, col = inner.args[:7]
+    extras = tuple(inner.args[7:])
+    for a, nm in zip(inner.args, ["tile", "C", "ldc", "mrem", "nrem", "row", "col"], strict=False):
+        a.name = nm
+    tile.add_attribute("noalias")
+    c.add_attribute("noalias")
+    b = ir.IRBuilder(inner.append_basic_block("entry"))
+    ncols = _c64(NR) if full_cols else nrem
+    with _Loop(b, _c64(0), ncols, _c64(L), "v") as off:
+        mask = None if full_cols else g.lane_mask(b, 0, b.sub(nrem, off))
+        colv = b.add(col, off)
+        t0 = g.gep(b, tile, off)
+        c0 = g.gep(b, c, off)
+        with _Loop(b, _c64(0), mrem, _c64(1), "r") as i:
+            acc = b.load(g.gep(b, t0, b.mul(i, _c64(NR))), typ=g.V, align=g.valign)
+            ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g)
+            out = epilogue(ctx)
+            if not isinstance(out, ir.Value) or out.type != g.V:
+                raise TypeError(f"GEMM epilogue must return a {g.V} value, got {out!r}")
+            g.store_vec(b, out, c0, b.mul(i, ldc), mask)
     b.ret_void()
     return fn
 
@@ -599,54 +683,75 @@ def _ir_slice(b, M, N, K, cfg: GemmConfig, esize: int):
     return a, bb
 
 
-def emit_gemm(
-    module: ir.Module,
-    name: str,
-    *,
-    target: Target,
-    M: int | None,
-    N: int | None,
-    K: int | None,
-    trans_a: bool = False,
-    trans_b: bool = False,
-    dtype: str = "float32",
-    accumulate: bool = False,
-    epilogue: Callable[[EpilogueContext], ir.Value] | None = None,
-    extra_args: Sequence[ir.Type] = (),
-    config: GemmConfig | None = None,
-) -> ir.Function:
-    """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+class _Callee:
+    """An indirect callee for llvmlite's `IRBuilder.call`: a pointer value with a function type."""
 
-    Internal helpers are added as ``name.ukernel``, ``name.packA``, ``name.packB`` (internal linkage).
-    """
-    for dim, v in (("M", M), ("N", N), ("K", K)):
-        if v is not None and (not isinstance(v, int) or v < (1 if dim == "K" else 0)):
-            raise ValueError(f"GEMM static {dim} must be a positive int or None, got {v!r}")
-    cfg = config or default_config(target, dtype)
-    g = _Gen(module, target, dtype, cfg)
-    if cfg.nr % g.L:
-        raise ValueError(f"nr={cfg.nr} must be a multiple of the target's {g.L} lanes")
+    def __init__(self, value: ir.Value, fnty: ir.FunctionType):
+        self.value, self.function_type, self.type = value, fnty, value.type
+
+    def get_reference(self) -> str:
+        return self.value.get_reference()
+
+
+class _FnPtr:
+    """A function as a ``ptr`` argument (llvmlite would print its type as a typed pointer)."""
+
+    type = _PTR
+
+    def __init__(self, fn: ir.Function):
+        self.fn = fn
+
+    def get_reference(self) -> str:
+        return self.fn.get_reference()
+
+
+_PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
+_EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
+# flags of the shared driver
+_TRANS_A, _TRANS_B, _ACCUMULATE = 1, 2, 4
+
+
+def _driver_fn(g: _Gen) -> ir.Function:
+    """The shared driver (see `_emit_driver`): one per module, dtype and config."""
+    c = g.cfg
+    name = (f"graphc.gemm.driver.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.kc{c.kc}.mc{c.mc}.nc{c.nc}."
+            f"{c.loop_order}.d{c.direct_b_max_ld}x{c.direct_b_max_m}")
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, _I32, _PTR, _PTR, _PTR, _PTR]
+    return _shared(g, name, argt, lambda fn: _emit_driver(g, fn))
+
+
+def _emit_driver(g: _Gen, fn: ir.Function) -> None:
+    """driver(A, B, C, M, N, K, lda, ldb, ldc, ws, tid, nthreads, flags, packA, packB, epi, ectx).
+
+    The GEMM of the module docstring with everything a particular GEMM fixes passed at run time: `flags`
+    (`_TRANS_A` | `_TRANS_B` | `_ACCUMULATE`), the packing routines for its transpositions, and its epilogue
+    pass ``epi(tile, C, ldc, mrem, nrem, row, col, ectx)`` (null: none), run on each finished tile."""
+    cfg = g.cfg
     MR, NR = cfg.mr, cfg.nr
-
-    b_direct = cfg.direct_b_max_ld > 0 and not trans_b
-    ukernel = _emit_ukernel(g, f"{name}.ukernel", epilogue, list(extra_args), b_direct)
-    pack_a = (_emit_pack_copy if trans_a else _emit_pack_trans)(g, f"{name}.packA", MR)
-    pack_b = (_emit_pack_trans if trans_b else _emit_pack_copy)(g, f"{name}.packB", NR)
-
-    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *extra_args]
-    fn = ir.Function(module, ir.FunctionType(_VOID, argt), name)
-    A, B, C, Mr, Nr, Kr, lda, ldb, ldc, ws, tid32, nth32 = fn.args[:12]
-    extras = list(fn.args[12:])
-    for a, nm in zip(fn.args[:12], ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads"],
-                     strict=True):
+    ukernel = _ukernel_fn(g)
+    A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
+    names = ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads", "flags", "packA", "packB",
+             "epi", "ectx"]
+    for a, nm in zip(fn.args, names, strict=True):
         a.name = nm
     ws.add_attribute("noalias")
+    fn.attributes.add("optsize")  # loop control and calls only: no unswitched or unrolled copies of the nest
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    Mv = _c64(M) if M is not None else Mr
-    Nv = _c64(N) if N is not None else Nr
-    Kv = _c64(K) if K is not None else Kr
+    null = ir.Constant(_PTR, None)
+    tile_buf = b.alloca(ir.ArrayType(g.T, MR * NR), name="tile")  # a finished tile on its way to the epilogue
+    tile_buf.align = 64
+    tile_buf.type = _PTR  # llvmlite would print a typed pointer
     tid = b.sext(tid32, _I64)
     nth = b.sext(nth32, _I64)
+
+    def flag(bit):
+        return b.icmp_unsigned("!=", b.and_(flags, ir.Constant(_I32, bit)), ir.Constant(_I32, 0))
+
+    trans_a, trans_b, acc_flag = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE)
+    has_epi = b.icmp_unsigned("!=", epi, null)
+    pack_a = _Callee(pack_a, _PACK_TY)
+    pack_b = _Callee(pack_b, _PACK_TY)
+    epi = _Callee(epi, _EPI_TY)
 
     ret = fn.append_basic_block("ret")
     work = fn.append_basic_block("work")
@@ -699,57 +804,49 @@ def emit_gemm(
     mcb = balanced(b.sub(m1, m0), cfg.mc, MR)
     ncb = balanced(b.sub(n1, n0), cfg.nc, NR)
     kcb = balanced(Kv, cfg.kc, cfg.unroll)
-    acc_flag = ir.Constant(_I1, 1 if accumulate else 0)
-    direct = b.and_(b.icmp_signed("<=", ldb, _c64(cfg.direct_b_max_ld)),
-                    b.icmp_signed("<=", b.sub(m1, m0), _c64(cfg.direct_b_max_m)))
+    # narrow non-transposed B in a thread with few A panels: full B panels are read in place
+    direct = ir.Constant(_I1, 0)
+    if cfg.direct_b_max_ld > 0:
+        direct = b.and_(b.icmp_signed("<=", ldb, _c64(cfg.direct_b_max_ld)),
+                        b.icmp_signed("<=", b.sub(m1, m0), _c64(cfg.direct_b_max_m)))
+        direct = b.and_(direct, b.not_(trans_b))
+    # element strides of op(A) along rows (M) and along K, of op(B) along K and along columns (N)
+    a_rs, a_ks = b.select(trans_a, _c64(1), lda), b.select(trans_a, lda, _c64(1))
+    b_ks, b_cs = b.select(trans_b, _c64(1), ldb), b.select(trans_b, ldb, _c64(1))
 
     def a_src(row, pc):  # element offset of op(A)[row, pc] in A
-        return b.add(b.mul(pc, lda), row) if trans_a else b.add(b.mul(row, lda), pc)
+        return b.add(b.mul(row, a_rs), b.mul(pc, a_ks))
 
     def b_src(col, pc):  # element offset of op(B)[pc, col] in B
-        return b.add(b.mul(col, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), col)
+        return b.add(b.mul(pc, b_ks), b.mul(col, b_cs))
 
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
         with _Loop(b, _c64(0), Kv, kcb, "pc") as pc:
             kc = _smin(b, kcb, b.sub(Kv, pc))
-            if b_direct:
-                # narrow B is read in place (full panels); otherwise nfull = 0 and everything is packed
-                nfull = b.select(direct, b.mul(b.sdiv(nc, _c64(NR)), _c64(NR)), _c64(0))
-                with b.if_then(b.icmp_signed("<", nfull, nc)):
-                    b.call(pack_b, [g.gep(b, Bp, b.mul(nfull, kc)), g.gep(b, B, b_src(b.add(jc, nfull), pc)), ldb,
-                                    kc, b.sub(nc, nfull)])
-            else:
-                b.call(pack_b, [Bp, g.gep(b, B, b_src(jc, pc)), ldb, kc, nc])
+            # B panels read in place: the full ones when `direct` (then only the edge panel is packed)
+            nfull = b.select(direct, b.mul(b.sdiv(nc, _c64(NR)), _c64(NR)), _c64(0))
+            with b.if_then(b.icmp_signed("<", nfull, nc)):
+                b.call(pack_b, [g.gep(b, Bp, b.mul(nfull, kc)), g.gep(b, B, b_src(b.add(jc, nfull), pc)), ldb,
+                                kc, b.sub(nc, nfull)])
             load_old = b.or_(acc_flag, b.icmp_signed(">", pc, _c64(0)))
-            last = b.icmp_signed(">=", b.add(pc, kc), Kv)
+            finish = b.and_(has_epi, b.icmp_signed(">=", b.add(pc, kc), Kv))  # the epilogue's K block
+            tptr = b.select(finish, tile_buf, null)
             with _Loop(b, m0, m1, mcb, "ic") as ic:
                 mc = _smin(b, mcb, b.sub(m1, ic))
                 b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
 
                 def tile(jr, ir_, ap_panel):
-                    if b_direct:
-                        in_place = b.icmp_signed("<", jr, nfull)
-                        bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, Bp, b.mul(jr, kc)))
-                        bstride = b.select(in_place, ldb, _c64(NR))
-                    else:
-                        bptr, bstride = g.gep(b, Bp, b.mul(jr, kc)), _c64(NR)
-                    args = [
-                        ap_panel,
-                        bptr,
-                        g.gep(b, C, b.add(b.mul(b.add(ic, ir_), ldc), b.add(jc, jr))),
-                        ldc,
-                        bstride,
-                        kc,
-                        _smin(b, _c64(MR), b.sub(mc, ir_)),
-                        _smin(b, _c64(NR), b.sub(nc, jr)),
-                        b.add(ic, ir_),
-                        b.add(jc, jr),
-                        load_old,
-                        last,
-                        *extras,
-                    ]
-                    b.call(ukernel, args)
+                    in_place = b.icmp_signed("<", jr, nfull)
+                    bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, Bp, b.mul(jr, kc)))
+                    bstride = b.select(in_place, ldb, _c64(NR))
+                    row, col = b.add(ic, ir_), b.add(jc, jr)
+                    cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
+                    mrem = _smin(b, _c64(MR), b.sub(mc, ir_))
+                    nrem = _smin(b, _c64(NR), b.sub(nc, jr))
+                    b.call(ukernel, [ap_panel, bptr, cptr, ldc, bstride, kc, mrem, nrem, load_old, tptr])
+                    with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
+                        b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
 
                 if cfg.loop_order == "jr_ir":
                     with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
@@ -757,5 +854,63 @@ def emit_gemm(
                 else:
                     with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
                         tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+    b.ret_void()
+
+
+def emit_gemm(
+    module: ir.Module,
+    name: str,
+    *,
+    target: Target,
+    M: int | None,
+    N: int | None,
+    K: int | None,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    dtype: str = "float32",
+    accumulate: bool = False,
+    epilogue: Callable[[EpilogueContext], ir.Value] | None = None,
+    extra_args: Sequence[ir.Type] = (),
+    config: GemmConfig | None = None,
+) -> ir.Function:
+    """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+
+    ``name`` is a small wrapper around the module's shared driver, microkernel and packing routines (added on
+    first use, internal, named ``graphc.gemm.*``); with an epilogue, ``name.epilogue`` is its epilogue pass.
+    """
+    for dim, v in (("M", M), ("N", N), ("K", K)):
+        if v is not None and (not isinstance(v, int) or v < (1 if dim == "K" else 0)):
+            raise ValueError(f"GEMM static {dim} must be a positive int or None, got {v!r}")
+    cfg = config or default_config(target, dtype)
+    g = _Gen(module, target, dtype, cfg)
+    if cfg.nr % g.L:
+        raise ValueError(f"nr={cfg.nr} must be a multiple of the target's {g.L} lanes")
+    extra_args = list(extra_args)
+
+    driver = _driver_fn(g)
+    pack_a = _pack_fn(g, trans_a, cfg.mr)
+    pack_b = _pack_fn(g, not trans_b, cfg.nr)
+    ectx_t = ir.LiteralStructType(extra_args)
+    epi = None
+    if epilogue is not None:
+        epi = _emit_epilogue_fn(g, f"{name}.epilogue", epilogue, ectx_t, full_cols=N is not None and N % cfg.nr == 0)
+
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *extra_args]
+    fn = ir.Function(module, ir.FunctionType(_VOID, argt), name)
+    for a, nm in zip(fn.args[:12], ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads"],
+                     strict=True):
+        a.name = nm
+    A, B, C, Mr, Nr, Kr, lda, ldb, ldc, ws, tid32, nth32 = fn.args[:12]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ectx = ir.Constant(_PTR, None)
+    if epi is not None and extra_args:  # the extra arguments travel to the epilogue pass in a struct
+        ectx = b.alloca(ectx_t, name="extras")
+        ectx.type = _PTR
+        for i, a in enumerate(fn.args[12:]):
+            b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
+    dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
+    flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
+    b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
+                    _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()
     return fn

@@ -395,3 +395,132 @@ def test_small_blocks_and_other_loop_order(host):
             host["jrir_10"](A, B, C1, M, N, K, nthreads=nt)
             host["rt_10"](A, B, C2, M, N, K)
             assert np.array_equal(C1.view(np.uint32), C2.view(np.uint32))
+
+
+# ----------------------------------------------------------------------------------- shared helpers
+
+
+def _defined(mod: ir.Module) -> list[str]:
+    return [f.name for f in mod.functions if f.blocks]
+
+
+def test_helpers_are_emitted_once_per_module():
+    """Every GEMM of a module shares one driver, one microkernel and the packing routines it needs; only the
+    epilogue pass is per GEMM, and the epilogue callback runs once per GEMM (not per register and path)."""
+    t = host_target()
+    mod = ir.Module()
+    calls: dict[str, int] = {}
+
+    def counting(tag):
+        def epi(ctx: EpilogueContext) -> ir.Value:
+            calls[tag] = calls.get(tag, 0) + 1
+            return bias_relu(ctx)
+        return epi
+
+    for i, (ta, tb) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1), (0, 0)]):
+        emit_gemm(mod, f"g{i}", target=t, M=None, N=None, K=None, trans_a=bool(ta), trans_b=bool(tb),
+                  epilogue=counting(f"g{i}"), extra_args=[ir.PointerType()])
+    emit_gemm(mod, "plain", target=t, M=64, N=64, K=64)
+    emit_gemm(mod, "f64", target=t, M=None, N=None, K=None, dtype="float64")
+    names = _defined(mod)
+    assert calls == {f"g{i}": 1 for i in range(5)}
+    c32, c64 = default_config(t), default_config(t, "float64")
+    s32, s64 = f"f32x{t.f32_lanes}", f"f64x{t.f64_lanes}"
+    assert sorted(n for n in names if "ukernel" in n) == [
+        f"graphc.gemm.ukernel.{s32}.{c32.mr}x{c32.nr}.k{c32.unroll}.pf{c32.prefetch_c}",
+        f"graphc.gemm.ukernel.{s64}.{c64.mr}x{c64.nr}.k{c64.unroll}.pf{c64.prefetch_c}"]
+    assert len([n for n in names if ".driver." in n]) == 2  # one per dtype (config)
+    assert sorted(n for n in names if ".pack_" in n) == sorted([
+        f"graphc.gemm.pack_copy.{s32}.w{c32.mr}", f"graphc.gemm.pack_copy.{s32}.w{c32.nr}",
+        f"graphc.gemm.pack_trans.{s32}.w{c32.mr}", f"graphc.gemm.pack_trans.{s32}.w{c32.nr}",
+        f"graphc.gemm.pack_trans.{s64}.w{c64.mr}", f"graphc.gemm.pack_copy.{s64}.w{c64.nr}"])
+    assert sorted(n for n in names if n.endswith(".epilogue")) == [f"g{i}.epilogue" for i in range(5)]
+    # a GEMM without epilogue adds only its wrapper
+    before = set(names)
+    emit_gemm(mod, "plain2", target=t, M=None, N=None, K=None, trans_b=True)
+    assert set(_defined(mod)) - before == {"plain2"}
+
+
+def test_helper_name_taken_by_something_else():
+    t = level_target("x86-64-v4")
+    mod = ir.Module()
+    ir.Function(mod, ir.FunctionType(ir.VoidType(), []), "graphc.gemm.ukernel.f32x16.12x32.k4.pf3")
+    with pytest.raises(ValueError, match="not the GEMM helper"):
+        emit_gemm(mod, "g", target=t, M=None, N=None, K=None)
+
+
+def test_compile_cost_grows_slowly_with_gemms():
+    """The IR of 8 GEMMs with different epilogues and transpositions is well under twice that of one (it used
+    to be 8 times: a microkernel, with the epilogue in every store path, per GEMM)."""
+    t = host_target()
+
+    def module(n):
+        mod = ir.Module()
+        for i in range(n):
+            emit_gemm(mod, f"g{i}", target=t, M=None, N=None, K=None, trans_a=bool(i & 1), trans_b=bool(i & 2),
+                      accumulate=bool(i & 4), epilogue=(bias_relu, row_col_bias)[i % 2],
+                      extra_args=[ir.PointerType()] * (1 + i % 2))
+        return len(str(mod))
+
+    assert module(8) < 1.7 * module(1)
+
+
+def test_epilogue_mask_only_where_columns_can_be_partial():
+    t = host_target()
+    nr = default_config(t).nr
+    seen = {}
+
+    def probe(tag):
+        def epi(ctx: EpilogueContext) -> ir.Value:
+            seen[tag] = ctx.mask
+            return ctx.acc
+        return epi
+
+    mod = ir.Module()
+    emit_gemm(mod, "full", target=t, M=None, N=4 * nr, K=None, epilogue=probe("full"))
+    emit_gemm(mod, "edge", target=t, M=None, N=4 * nr + 1, K=None, epilogue=probe("edge"))
+    emit_gemm(mod, "rt", target=t, M=None, N=None, K=None, epilogue=probe("rt"))
+    assert seen["full"] is None
+    assert seen["edge"] is not None and seen["rt"] is not None
+
+
+def scale_to_other(ctx: EpilogueContext) -> ir.Value:
+    """Stores 2*acc into a second matrix (extra arg 0, row stride in extra arg 1), masked; C = acc + 1."""
+    b = ctx.builder
+    ld = b.load(ctx.extra_args[1], typ=ir.IntType(64))
+    p = b.gep(ctx.extra_args[0], [b.add(b.mul(ctx.row, ld), ctx.col)], inbounds=True, source_etype=ctx.elem_type)
+    two = b.fmul(ctx.acc, ctx.splat(ir.Constant(ctx.elem_type, 2.0)))
+    if ctx.mask is None:
+        b.store(two, p, align=4)
+    else:
+        name = f"llvm.masked.store.v{ctx.lanes}f32.p0"
+        fn = b.module.globals.get(name) or ir.Function(
+            b.module, ir.FunctionType(ir.VoidType(), [ctx.acc.type, ir.PointerType(), ir.IntType(32), ctx.mask.type]),
+            name)
+        b.call(fn, [two, p, ir.Constant(ir.IntType(32), 4), ctx.mask])
+    return b.fadd(ctx.acc, ctx.splat(ir.Constant(ctx.elem_type, 1.0)))
+
+
+def test_epilogue_stores_to_another_buffer():
+    """An epilogue writing a second output (like graphc's fused in-place updates): every element exactly once,
+    nothing outside the matrix, bitwise the same for any thread count, with K over several K blocks."""
+    t = host_target()
+    ks = _build({"other": dict(epilogue=scale_to_other, extra_args=[ir.PointerType(), ir.PointerType()],
+                               accumulate=True)}, t)
+    k = ks["other"]
+    for M, N, K in [(17, 33, 64), (37, 70, 1000), (1, 1, 1), (255, 7, 300)]:
+        A, B = _operands(M, N, K, 0, 0, np.float32)
+        C0 = _RNG.standard_normal((M, N)).astype(np.float32)
+        ref, bound = _ref(A, B, 0, 0)
+        outs = []
+        for nt in (1, 3):
+            C = C0.copy()
+            D = np.full((M, N + 3), -7.0, np.float32)
+            ld = np.array([N + 3], np.int64)
+            k(A, B, C, M, N, K, nthreads=nt, extras=(D, ld))
+            assert np.all(D[:, N:] == -7.0)
+            _check(D[:, :N], 2 * (ref + C0), 2 * (bound + np.abs(C0)), K, np.float32)
+            assert np.array_equal(C, (D[:, :N] / 2 + 1).astype(np.float32))
+            outs.append((C, D))
+        assert np.array_equal(outs[0][0].view(np.uint32), outs[1][0].view(np.uint32))
+        assert np.array_equal(outs[0][1].view(np.uint32), outs[1][1].view(np.uint32))
