@@ -73,11 +73,11 @@ sys.path.insert(0, {here!r})
 import numpy as np
 from peers import synthetic_classification
 import graphc as gc
-from graphc.nn.train import TrainConfig, Trainer, default_model
+from graphc.nn.train import TrainConfig, Trainer
 X, y = synthetic_classification({rows}, (784, 256, 128, 10), seed=0)
 y = y.astype(np.int32)
 cfg = TrainConfig(hidden=[256, 128], batch_size={batch}, lr=0.01, epochs=1, threads={threads})
-tr = Trainer(default_model(cfg), "multiclass", 784, 10, cfg, log=lambda m: None)
+tr = Trainer(None, "multiclass", 784, 10, cfg, log=lambda m: None)
 state = tr.init_state(0)
 tr.epoch_fn.run_epoch(X[:1024], y[:1024], state, batch={batch}, epoch=99, seed=0, step0=0,
                       scalars=tr.scalars(0), threads={threads})

@@ -20,7 +20,7 @@ import numpy as np
 from graphc import data as datasets
 from graphc.errors import GraphcError
 from graphc.ir.node import Node
-from graphc.nn.train import FitResult, TrainConfig, Trainer, default_model
+from graphc.nn.train import FitResult, TrainConfig, Trainer
 
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
@@ -129,7 +129,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
     ds = data if isinstance(data, datasets.Dataset) else datasets.load(
         str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction)
-    model_fn = model or default_model(config)
+    model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

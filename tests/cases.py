@@ -145,7 +145,11 @@ def make_cases(dtype: str = "float64") -> dict:
         keep = draw(st.sampled_from([0.2, 0.5, 0.8]))
         (x,) = _leaves([shape])
         key = draw(st.integers(0, 2**40))
-        return gc.dropout(x, keep), {"a0": _vals(draw, [shape])[0], "rng_key": np.int64(key)}, [x]
+        values = {"a0": _vals(draw, [shape])[0], "rng_key": np.int64(key)}
+        if draw(st.booleans()):  # the keep probability as a run-time input
+            values["keep"] = np.float32(keep)
+            return gc.dropout(x, gc.input("keep", (), "float32")), values, [x]
+        return gc.dropout(x, keep), values, [x]
 
 
     @st.composite

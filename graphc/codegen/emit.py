@@ -499,7 +499,8 @@ class FunctionEmitter:
             args = [memo[id(a)] for a in e.args]
             return self.apply(e, args, lanes)
         if isinstance(e, Dropout):
-            return self.dropout(e, memo[id(e.x)], memo[id(e.key)], point)
+            return self.dropout(e, memo[id(e.x)], memo[id(e.key)], point,
+                                memo[id(e.keep)] if e.keep is not None else None)
         raise CompileError(f"internal: no emission for {type(e).__name__}")
 
     def apply(self, e: Apply, args: list[ir.Value], lanes: int | None) -> ir.Value:
@@ -514,8 +515,10 @@ class FunctionEmitter:
         ty = args[-1].type if args else _vec(SCALAR[e.dtype], lanes)
         return self.sc.formula(op.expr_for(attrs), env, ty)
 
-    def dropout(self, e: Dropout, x: ir.Value, key: ir.Value, point: Point) -> ir.Value:
-        """The mask bit of rng.keep_mask, in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s)."""
+    def dropout(self, e: Dropout, x: ir.Value, key: ir.Value, point: Point, keep_v: ir.Value | None = None
+                ) -> ir.Value:
+        """The mask bit of rng.keep_mask, in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s). The keep
+        probability is a constant, or (keep_v) a float32 read at run time: threshold rint(keep * 2^24)."""
         b = self.b
         lanes = point.lanes
         key64 = b.extract_element(key, ir.Constant(I32, 0)) if isinstance(key.type, ir.VectorType) else key
@@ -534,9 +537,19 @@ class FunctionEmitter:
         g = vmath.const(i32v.type, rng_mod.GOLDEN)
         h = self._lowbias(b.add(b.mul(i32v, g), s))
         h = self._lowbias(b.xor(h, s))
-        keep = b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)),
-                               vmath.const(h.type, rng_mod.threshold(e.keep_prob)))
-        scaled = b.fdiv(x, vmath.const(x.type, e.keep_prob), flags=FLAGS)  # x / keep, as the reference does
+        if keep_v is None:
+            thresh = vmath.const(h.type, rng_mod.threshold(e.keep_prob))
+            divisor = vmath.const(x.type, e.keep_prob)
+        else:
+            k32 = b.extract_element(keep_v, ir.Constant(I32, 0)) if isinstance(keep_v.type, ir.VectorType) \
+                else keep_v
+            rint = vmath.intrinsic(self.mod.module, "llvm.rint", F32)
+            t = b.fptoui(b.call(rint, [b.fmul(k32, ir.Constant(F32, float(1 << 24)))]), I32)
+            thresh = self.splat(t, lanes) if lanes is not None else t
+            kx = k32 if vmath.element_type(x.type) == F32 else b.fpext(k32, vmath.element_type(x.type))
+            divisor = self.splat(kx, lanes) if lanes is not None else kx
+        keep = b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)), thresh)
+        scaled = b.fdiv(x, divisor, flags=FLAGS)  # x / keep, as the reference does
         return b.select(keep, scaled, vmath.const(x.type, 0.0))
 
     def _lowbias(self, x):
@@ -610,7 +623,8 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
             new = replace(x, strides=tuple(x.strides[g[-1]] for g in groups))
         elif isinstance(x, Dropout):
             new = Dropout(cache[id(x.x)], cache[id(x.key)], x.salt, x.keep_prob,
-                          tuple(x.flat_strides[g[-1]] for g in groups), x.dtype)
+                          tuple(x.flat_strides[g[-1]] for g in groups), x.dtype,
+                          cache[id(x.keep)] if x.keep is not None else None)
         elif isinstance(x, Index):
             new = Index(next(k for k, g in enumerate(groups) if x.axis in g), x.dtype)
         elif isinstance(x, Apply):

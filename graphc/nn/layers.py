@@ -58,7 +58,8 @@ def dense(x, units: int, activation=None, *, name: str = "dense", init: str | No
 def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str = "mlp",
         init: str | None = None, dropout_keep: Sequence[float] | float | None = None) -> ops.Tensor:
     """A feed-forward net: hidden layers of `sizes[:-1]` units with `activation`, an output layer of
-    `sizes[-1]` units with `out_activation` (None: logits / linear). `dropout_keep` is a keep probability for
+    `sizes[-1]` units with `out_activation` (None: logits / linear). `dropout_keep` is a keep probability (a
+    number, or a float32 scalar tensor set at run time) for
     the input and each hidden layer (one number for all hidden layers, or a list: input first)."""
     h = ops.as_tensor(x)
     sizes = list(sizes)
@@ -73,8 +74,9 @@ def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name
         keeps = list(dropout_keep) + [None] * (len(sizes) - len(dropout_keep))
     for i, units in enumerate(sizes):
         last = i == len(sizes) - 1
-        if keeps[i] is not None and keeps[i] < 1.0:
-            h = dropout(h, keeps[i], salt=i + 1)
+        k = keeps[i]
+        if isinstance(k, Node) or (k is not None and k < 1.0):  # a Node: the keep probability read at run time
+            h = dropout(h, k, salt=i + 1)
         h = dense(h, units, out_activation if last else activation, name=f"{name}.{i}",
                   init=init if init is not None else _default_init(out_activation if last else activation))
     return h

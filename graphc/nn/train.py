@@ -84,12 +84,16 @@ class TrainConfig:
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 
 
-def default_model(config: TrainConfig) -> Callable[[Node, int], Node]:
-    """An MLP with config.hidden layers (He init for ReLU), dropout with config.dropout keep probabilities."""
+def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[[Node, int], Node]:
+    """An MLP with config.hidden layers (He init for ReLU), dropout with config.dropout keep probabilities.
+    With `runtime_keeps`, every layer's input gets a dropout whose keep probability is a scalar input
+    `keep.<layer>` (the trainer feeds config.dropout, 1.0 where unset)."""
 
     def model(x: Node, n_outputs: int) -> Node:
-        return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp",
-                   dropout_keep=config.dropout)
+        keeps = config.dropout
+        if runtime_keeps:
+            keeps = [ops.input(f"keep.{i}", (), "float32") for i in range(len(config.hidden) + 1)]
+        return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp", dropout_keep=keeps)
 
     return model
 
@@ -122,7 +126,7 @@ class FitResult:
 class Trainer:
     """Builds the step graph for a model and a task, compiles it with the epoch driver, and runs epochs."""
 
-    def __init__(self, model: Callable[[Node, int], Node], task: str, n_features: int, n_outputs: int,
+    def __init__(self, model: Callable[[Node, int], Node] | None, task: str, n_features: int, n_outputs: int,
                  config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
                  all_features: bool = False):
         """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
@@ -131,6 +135,8 @@ class Trainer:
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         self.config, self.task, self.log = config, task, log
+        if model is None:  # the default MLP; its dropout keep probabilities are inputs, as in a standalone binary
+            model = default_model(config, runtime_keeps=all_features or bool(config.dropout))
         self.x = ops.input("x", ("N", n_features))
         if task == "multiclass":
             self.y = ops.input("y", ("N",), "int32")
@@ -239,7 +245,13 @@ class Trainer:
         """The scalar inputs of the step for this epoch: the scheduled learning rate and the hyperparameters."""
         cfg = self.config
         values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": cfg.momentum}
-        return {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
+        out = {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
+        keeps = list(cfg.dropout or [])
+        for n in topo_order(self.loss):
+            if n.op.name == "input" and n.name.startswith("keep."):
+                i = int(n.name.split(".")[1])
+                out[n.name] = keeps[i] if i < len(keeps) else 1.0
+        return out
 
     def param_values(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {p.name: state[p.name] for p in self.params}
@@ -419,7 +431,7 @@ def train_arrays(model, task: str, X: np.ndarray, Y: np.ndarray, X_val=None, Y_v
     """Train on arrays (no files written): returns the trainer and its run summary."""
     config = config or TrainConfig(**overrides)
     n_out = int(Y.max()) + 1 if task == "multiclass" else (1 if Y.ndim == 1 else Y.shape[1])
-    trainer = Trainer(model or default_model(config), task, X.shape[1], n_out, config,
+    trainer = Trainer(model, task, X.shape[1], n_out, config,
                       y_shape=tuple(Y.shape[1:]) if task != "multiclass" else (), log=lambda m: None)
     return trainer, trainer.run(X, Y, X_val, Y_val)
 

@@ -75,18 +75,19 @@ class CompiledFunction:
             target = level_target(target)
         self.target = target or host_target()
         graph = Graph.of(outs)
+        if not training:
+            from graphc.passes.modes import inference
+
+            # without dropout, its key and keep-probability inputs are read by nothing: not part of the call
+            graph = Graph.of(inference(graph).outputs)
         extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
         graph = Graph(graph.outputs, graph.inputs + extra)
         position = {id(leaf): i for i, leaf in enumerate(graph.inputs)}
         self._updates = {self._n_results + k: position[id(leaf)] for k, leaf in enumerate(update_leaves)}
-        if not training:
-            from graphc.passes.modes import inference
-
-            graph = inference(graph)
         self.stages = lower(graph)
         self.graph = self.stages[-1][1]
         self.program: Program = schedule(self.graph, self._updates)
-        self._source_graph = Graph(tuple(outs), graph.inputs)
+        self._source_graph = graph
         self._lock = threading.Lock()
         self._plan: MemoryPlan | None = None
         self._plan_threads = 0

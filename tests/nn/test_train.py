@@ -11,7 +11,7 @@ from graphc.codegen.epoch import permutation
 from graphc.fit import fit
 from graphc.nn import checkpoint as ckpt
 from graphc.nn.optim import Schedule
-from graphc.nn.train import TrainConfig, Trainer, default_model
+from graphc.nn.train import TrainConfig, Trainer
 
 
 def blobs(n=150, f=6, classes=3, seed=0):
@@ -24,7 +24,7 @@ def blobs(n=150, f=6, classes=3, seed=0):
 
 def trainer_for(X, y, **kw):
     cfg = TrainConfig(**{"hidden": [16], "epochs": 1, "batch_size": 32, "lr": 0.1, **kw})
-    return Trainer(default_model(cfg), "multiclass", X.shape[1], int(y.max()) + 1, cfg, log=lambda m: None)
+    return Trainer(None, "multiclass", X.shape[1], int(y.max()) + 1, cfg, log=lambda m: None)
 
 
 def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, scalars, batch):
