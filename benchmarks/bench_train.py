@@ -30,7 +30,7 @@ SEEDS = (0, 1, 2)
 
 
 def graphc_fit(**kw):
-    from graphc.fit import fit
+    from graphc.fitting import fit
 
     return fit(progress=False, checkpoint_every=0, **kw)
 
@@ -126,7 +126,7 @@ def small_tasks(threads: int) -> None:
     from peers import sklearn_mlp
 
     from graphc import data
-    from graphc.fit import DATASET_DEFAULTS
+    from graphc.fitting import DATASET_DEFAULTS
 
     for name, task in (("diabetes", "regression"), ("breast_cancer", "classification")):
         ds = data.load(name)

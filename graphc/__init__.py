@@ -46,8 +46,8 @@ def draw(x, path=None, format=None, **kw):  # noqa: A002 - the file format, as i
 
 
 def fit(model=None, data="digits", **kw):
-    """Train a model on a dataset (what `graphc train` does); see graphc.fit.fit for the options."""
-    from graphc.fit import fit as _fit
+    """Train a model on a dataset (what `graphc train` does); see graphc.fitting.fit for the options."""
+    from graphc.fitting import fit as _fit
 
     return _fit(model, data, **kw)
 

@@ -41,11 +41,11 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _train(args) -> int:
-    from graphc.fit import fit
+    from graphc.fitting import fit
 
     options: dict = {}
     for name in ("epochs", "batch_size", "lr", "momentum", "optimizer", "l2", "l1", "seed", "threads", "schedule",
-                 "min_delta", "checkpoint_every"):
+                 "min_delta", "checkpoint_every", "init"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
     t.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
     t.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
+    t.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
+                   help="weight initialization of the default MLP (biases start at zero)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="mini-batch size (1: per-sample SGD; >= the data: full GD)")
     t.add_argument("--lr", type=float, help="learning rate")

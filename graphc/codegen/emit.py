@@ -636,7 +636,11 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
 
 
 class ModuleEmitter:
-    def __init__(self, program: Program, target: Target, name: str = "graphc", nthreads_hint: int = 1):
+    def __init__(self, program: Program, target: Target, name: str = "graphc", nthreads_hint: int = 1,
+                 profile: bool = False):
+        """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
+        global i64 array `graphc_profile` (2 per kernel: kernel, wait)."""
+        self.profile = profile
         self.program = program
         self.target = target
         self.module = ir.Module(name=name)
@@ -1061,7 +1065,24 @@ class ModuleEmitter:
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         many = b.icmp_signed(">", nth, ir.Constant(I32, 1))
-        for f, need in zip(fns, barriers, strict=True):
+        counts = clock = None
+        if self.profile:
+            aty = ir.ArrayType(I64, 2 * max(len(fns), 1))
+            counts = ir.GlobalVariable(self.module, aty, name="graphc_profile")
+            counts.initializer = ir.Constant(aty, None)
+            counts.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
+            clock = ir.Function(self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
+            is0 = b.icmp_signed("==", tid, ir.Constant(I32, 0))
+
+        def tally(slot: int, since: ir.Value) -> ir.Value:
+            now = b.call(clock, [])
+            p = b.gep(counts, [c64(slot)], source_etype=I64)
+            old = b.load(p, typ=I64)
+            b.store(b.select(is0, b.add(old, b.sub(now, since)), old), p)
+            return now
+
+        for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
+            t0 = b.call(clock, []) if self.profile else None
             if need:
                 sync = fn.append_basic_block("sync")
                 cont = fn.append_basic_block("cont")
@@ -1070,7 +1091,11 @@ class ModuleEmitter:
                 b.call(bar_fn, [bar, nth])
                 b.branch(cont)
                 b.position_at_end(cont)
+            if self.profile:
+                t0 = tally(2 * k + 1, t0)
             b.call(f, [bufs, dims, ws, tid, nth])
+            if self.profile:
+                tally(2 * k, t0)
         b.ret_void()
 
     def _emit_launcher(self, name: str, callee: str) -> None:

@@ -58,6 +58,7 @@ class TrainConfig:
     drop_last: bool = False
     hidden: list[int] = field(default_factory=lambda: [128])
     activation: str = "relu"
+    init: str = "xavier_uniform"  # Glorot: on the bundled datasets as good as He for ReLU, and better on diabetes
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -80,6 +81,9 @@ class TrainConfig:
              f"got {self.hidden!r}")
         for k in self.dropout or []:
             need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")
+        from graphc.ops.init import SCHEMES
+
+        need(self.init in SCHEMES, f"init must be one of {', '.join(SCHEMES)}, got {self.init!r}")
         make(self.optimizer, self.momentum)
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 
@@ -93,7 +97,8 @@ def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[
         keeps = config.dropout
         if runtime_keeps:
             keeps = [ops.input(f"keep.{i}", (), "float32") for i in range(len(config.hidden) + 1)]
-        return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp", dropout_keep=keeps)
+        return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp", dropout_keep=keeps,
+                   init=config.init)
 
     return model
 

@@ -34,6 +34,7 @@ class Input(_Leaf):
 
 class Param(_Leaf):
     name = "param"
+    hidden_attrs = ("shape", "dtype", "init")
 
 
 INPUT = register(Input())
@@ -71,20 +72,17 @@ def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") ->
     from graphc.ops.init import check_init
 
     check_init(init, shape, where)
-    node = apply(PARAM, (), meta={"init": init}, name=name, shape=shape, dtype=dtype)
-    old = node.meta.get("init")
-    if not _same_init(old, init):
-        raise GraphcError(
-            f"{where}: a parameter with this name and shape was already declared with init={old!r} "
-            f"at {node.source.where()}; give the new one another name"
-        )
-    return node
+    # the initializer is part of the parameter's identity: declaring "W" again with another init (a tanh net
+    # after a ReLU one, in the same notebook) makes another parameter, not a conflict
+    return apply(PARAM, (), meta={"init": init}, name=name, shape=shape, dtype=dtype, init=_init_key(init))
 
 
-def _same_init(a: Init, b: Init) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
-    return a is b or a == b
+def _init_key(init: Init):
+    if isinstance(init, (str, int, float)) and not isinstance(init, bool):
+        return init
+    if isinstance(init, np.ndarray):
+        return ArrayValue(init)
+    return f"fn:{getattr(init, '__module__', '')}.{getattr(init, '__qualname__', type(init).__name__)}@{id(init):x}"
 
 
 class Constant(Op):

@@ -51,7 +51,8 @@ class CompiledFunction:
 
     def __init__(self, outputs, *, updates: Mapping | None = None, training: bool = False,
                  threads: int | None = None, check_finite: bool = False, target: Target | str | None = None,
-                 cache: bool = True):
+                 cache: bool = True, profile: bool = False):
+        self.profile = profile
         self._single = isinstance(outputs, Node)
         outs = as_nodes(outputs)
         for o in outs:
@@ -112,7 +113,24 @@ class CompiledFunction:
     # ------------------------------------------------------------------------------------------ building
     def _variant(self) -> str:
         """What else the module holds besides the program (subclasses add drivers); part of the cache key."""
-        return ""
+        return "profile" if self.profile else ""
+
+    def _emitter(self) -> ModuleEmitter:
+        return ModuleEmitter(self.program, self.target, profile=self.profile)
+
+    def profile_report(self, reset: bool = True) -> list[tuple[str, float, float]]:
+        """With `profile=True`: (kernel, seconds in it, seconds waiting at the barrier before it) for thread 0,
+        summed over the calls since the last report, slowest first."""
+        if not self.profile:
+            raise GraphcError("compile with profile=True to count time per kernel")
+        n = len(self.program.kernels)
+        addr = self._engine._engine.get_global_value_address("graphc_profile")
+        counts = np.ctypeslib.as_array((ctypes.c_int64 * (2 * n)).from_address(addr))
+        hz = _tsc_hz()
+        rows = [(k.name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, k in enumerate(self.program.kernels)]
+        if reset:
+            counts[:] = 0
+        return sorted(rows, key=lambda r: -r[1])
 
     def _extras(self) -> tuple:
         return ()
@@ -120,7 +138,7 @@ class CompiledFunction:
     def _build(self):
         flags = self._barriers
         try:
-            text = ModuleEmitter(self.program, self.target).emit(flags, self._extras())
+            text = self._emitter().emit(flags, self._extras())
         except CompileError:
             raise
         except Exception as e:  # an emission bug must still say which graph it was compiling
@@ -139,7 +157,7 @@ class CompiledFunction:
     def llvm_ir(self) -> str:
         """The LLVM IR as emitted (before LLVM's optimizer)."""
         if self._ir is None:
-            self._ir = ModuleEmitter(self.program, self.target).emit(self._barriers, self._extras())
+            self._ir = self._emitter().emit(self._barriers, self._extras())
         return self._ir
 
     @property
@@ -357,16 +375,35 @@ class CompiledFunction:
         return outs
 
 
+_TSC: list[float] = []
+
+
+def _tsc_hz() -> float:
+    """The time-stamp counter's rate, measured once against the wall clock."""
+    if not _TSC:
+        from graphc.codegen.target import compile_ir
+
+        e = compile_ir("declare i64 @llvm.readcyclecounter()\ndefine i64 @c() {\n"
+                       "  %t = call i64 @llvm.readcyclecounter()\n  ret i64 %t\n}\n")
+        f = e.function("c", ctypes.c_int64)
+        import time
+
+        t0, c0 = time.perf_counter(), f()
+        time.sleep(0.05)
+        _TSC.append((f() - c0) / (time.perf_counter() - t0))
+    return _TSC[0]
+
+
 def compile(outputs, *, updates: Mapping | None = None, training: bool = False,  # noqa: A001
             threads: int | None = None, check_finite: bool = False, target: Target | str | None = None,
-            cache: bool = True) -> CompiledFunction:
+            cache: bool = True, profile: bool = False) -> CompiledFunction:
     """Compile `outputs` (a tensor or a list) to native code for the host CPU (or `target`: "x86-64",
     "x86-64-v2", "x86-64-v3", "x86-64-v4"). The result is called like `gc.evaluate`.
 
     `updates` maps parameters (or inputs) to new values computed in the same call and written *in place* into
     the arrays passed for them (as PyTensor's `updates`): a training step without copies. `training=True`
     keeps dropout (feed `rng_key`); `threads` defaults to the CPUs this process may use; `check_finite`
-    rejects inputs holding nan or inf."""
+    rejects inputs holding nan or inf; `profile` counts time per kernel (see `profile_report`)."""
     return CompiledFunction(outputs, updates=updates, training=training, threads=threads,
-                            check_finite=check_finite, target=target, cache=cache)
+                            check_finite=check_finite, target=target, cache=cache, profile=profile)
 

@@ -8,7 +8,7 @@ import pytest
 
 import graphc as gc
 from graphc.codegen.epoch import permutation
-from graphc.fit import fit
+from graphc.fitting import fit
 from graphc.nn import checkpoint as ckpt
 from graphc.nn.optim import Schedule
 from graphc.nn.train import TrainConfig, Trainer
@@ -81,14 +81,16 @@ def test_schedules():
 
 def test_native_initialization_is_seeded_and_has_the_schemes_statistics():
     X, y = blobs(f=400)
-    tr = trainer_for(X, y, hidden=[300])
+    tr = trainer_for(X, y, hidden=[300], init="he_normal")
     a, b, c = tr.init_state(1), tr.init_state(1), tr.init_state(2)
     np.testing.assert_array_equal(a["mlp.0.W"], b["mlp.0.W"])
     assert not np.array_equal(a["mlp.0.W"], c["mlp.0.W"])
-    assert a["mlp.0.W"].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)  # He normal for ReLU layers
+    assert a["mlp.0.W"].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)  # He normal
     assert abs(float(a["mlp.0.W"].mean())) < 3e-3 and np.all(a["mlp.0.b"] == 0)
-    lim = np.sqrt(6 / (300 + 3))  # Xavier uniform for the linear output layer
-    assert a["mlp.1.W"].max() <= lim and a["mlp.1.W"].min() >= -lim
+    x = trainer_for(X, y, hidden=[300]).init_state(1)  # the default: Xavier (Glorot) uniform
+    lim = np.sqrt(6 / (400 + 300))
+    assert x["mlp.0.W"].max() <= lim and x["mlp.0.W"].min() >= -lim
+    assert x["mlp.0.W"].std() == pytest.approx(lim / np.sqrt(3), rel=0.02)
 
 
 def test_penalties_apply_to_weights_by_default_and_are_configurable():
@@ -153,10 +155,10 @@ def noisy_labels(path, n=900, f=20, noise=0.3, seed=0):
 
 def test_l2_and_dropout_shrink_the_train_test_gap(tmp_path):
     setting = dict(data=noisy_labels(tmp_path / "noisy.npz"), train_fraction=0.5, hidden=[512], epochs=100,
-                   batch_size=16, lr=0.05, progress=False, checkpoint_every=0)
+                   batch_size=16, lr=0.05, init="he_normal", progress=False, checkpoint_every=0)
     base = fit(**setting)
-    l2 = fit(**setting, l2=0.03)
-    drop = fit(**setting, dropout=[1.0, 0.5])
+    l2 = fit(**setting, l2=0.05)
+    drop = fit(**setting, dropout=[1.0, 0.3])
     acc0, loss0 = gaps(base)
     assert base.metrics["train_accuracy"] > 0.95 and acc0 > 0.3  # it memorized the flipped labels
     for reg in (l2, drop):
