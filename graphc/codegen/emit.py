@@ -587,7 +587,8 @@ def _level(e: Expr, depth: int) -> int:
 
 
 def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozenset()) -> list[list[int]]:
-    """Groups of adjacent domain axes that can run as one loop: every address is linear across them."""
+    """Groups of adjacent domain axes that can run as one loop: every address is linear across them. Axes of
+    size 1 belong to no group."""
     groups: list[list[int]] = []
     strides_sets = []
     for e in exprs:
@@ -599,6 +600,8 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
             elif isinstance(x, Index):
                 keep_separate = set(keep_separate) | {x.axis}
     for a in range(len(domain)):
+        if isinstance(domain[a], int) and domain[a] == 1:
+            continue  # its index is always 0: no loop, and its strides never matter
         if groups and a not in keep_separate and groups[-1][-1] not in keep_separate:
             prev = groups[-1][-1]
             ok = all(sympy.expand(sympy.sympify(st[prev]) - sympy.sympify(st[a]) * sympy.sympify(domain[a])) == 0
@@ -626,7 +629,8 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
                           tuple(x.flat_strides[g[-1]] for g in groups), x.dtype,
                           cache[id(x.keep)] if x.keep is not None else None)
         elif isinstance(x, Index):
-            new = Index(next(k for k, g in enumerate(groups) if x.axis in g), x.dtype)
+            k = next((k for k, g in enumerate(groups) if x.axis in g), None)
+            new = Index(k, x.dtype) if k is not None else Const(0, x.dtype)
         elif isinstance(x, Apply):
             new = Apply(x.op, x.attrs, tuple(cache[id(a)] for a in x.args), x.dtype)
         else:
@@ -729,13 +733,28 @@ class ModuleEmitter:
                 vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v)
                       for key, v in memo.items()}
                 self._stores(fe, stores, p, vm, out_strides)
-            with Loop(b, vec_stop, stop, 1, f"s{axis}") as i:
-                p = Point({**point.index, axis: i})
-                self._stores(fe, stores, p, dict(memo), out_strides)
+            # the remainder: one masked vector step (the same code as the body, so every element is computed
+            # the same way wherever the partition boundaries fall)
+            rem = b.sub(stop, vec_stop)
+            tail = b.function.append_basic_block(f"t{axis}")
+            after = b.function.append_basic_block(f"t{axis}.done")
+            b.cbranch(b.icmp_signed(">", rem, c64(0)), tail, after)
+            b.position_at_end(tail)
+            p = Point({**point.index, axis: vec_stop}, vec_axis=axis, lanes=lanes, mask=self._lane_mask(fe, rem, lanes))
+            vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v) for key, v in memo.items()}
+            self._stores(fe, stores, p, vm, out_strides)
+            b.branch(after)
+            b.position_at_end(after)
 
         loops(0, point, scalar_memo)
         b.ret_void()
         return fn
+
+    @staticmethod
+    def _lane_mask(fe: FunctionEmitter, count: ir.Value, lanes: int) -> ir.Value:
+        """<lanes x i1>: lane l is on when l < count."""
+        ids = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        return fe.b.icmp_signed("<", ids, fe.splat(count, lanes))
 
     def _stores(self, fe: FunctionEmitter, stores: list[Store], point: Point, memo: dict, out_strides) -> None:
         off = fe.offset(out_strides, point)
@@ -743,7 +762,7 @@ class ModuleEmitter:
             v = fe.value(s.value, point, memo)
             if point.lanes is not None and not isinstance(v.type, ir.VectorType):
                 v = fe.splat(v, point.lanes)
-            fe.store(s.buf.index, s.buf.dtype, off, v)
+            fe.store(s.buf.index, s.buf.dtype, off, v, point.mask)
 
     # --------------------------------------------------------------------------------------------- reductions
     def emit_reduce(self, k: ReduceKernel) -> ir.Function:
@@ -838,11 +857,9 @@ class ModuleEmitter:
             vty = ir.VectorType(ety, lanes)
             with b.goto_entry_block():
                 accv_p = alloca(b, vty, name="accv")
-                accs_p = alloca(b, ety, name="accs")
 
             def body(point: Point) -> None:
                 b.store(identity(vty), accv_p)
-                b.store(identity(ety), accs_p)
                 n = sizes[last]
                 vec_stop = b.mul(b.sdiv(n, c64(lanes)), c64(lanes))
 
@@ -854,11 +871,20 @@ class ModuleEmitter:
                         if not isinstance(v.type, ir.VectorType):
                             v = fe.splat(v, lanes)
                         b.store(combine(b.load(accv_p, typ=vty), v), accv_p)
-                    with Loop(b, vec_stop, n, 1, "rs") as i:
-                        q = Point({**p.index, last: i})
-                        memo = {}
-                        v = fe.value(k.body, q, memo)
-                        b.store(combine(b.load(accs_p, typ=ety), v), accs_p)
+                    rem = b.sub(n, vec_stop)
+                    tail = fn.append_basic_block("rt")
+                    after = fn.append_basic_block("rt.done")
+                    b.cbranch(b.icmp_signed(">", rem, c64(0)), tail, after)
+                    b.position_at_end(tail)
+                    mask = self._lane_mask(fe, rem, lanes)
+                    q = Point({**p.index, last: vec_stop}, last, lanes, mask)
+                    v = fe.value(k.body, q, {})
+                    if not isinstance(v.type, ir.VectorType):
+                        v = fe.splat(v, lanes)
+                    v = b.select(mask, v, identity(vty))
+                    b.store(combine(b.load(accv_p, typ=vty), v), accv_p)
+                    b.branch(after)
+                    b.position_at_end(after)
 
                 def rec(idx: int, p: Point):
                     if idx == len(red):
@@ -870,10 +896,14 @@ class ModuleEmitter:
 
                 rec(0, point)
                 vec = b.load(accv_p, typ=vty)
+                width = lanes  # halve in a fixed tree: log2(lanes) steps, the same order every run
+                while width > 1:
+                    width //= 2
+                    lo = b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, width), list(range(width))))
+                    hi = b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, width),
+                                                                list(range(width, 2 * width))))
+                    vec = combine(lo, hi)
                 total = b.extract_element(vec, ir.Constant(I32, 0))
-                for lane in range(1, lanes):
-                    total = combine(total, b.extract_element(vec, ir.Constant(I32, lane)))
-                total = combine(total, b.load(accs_p, typ=ety))
                 epilogue(point, total)
 
             over_kept(0, Point({}), body)
@@ -938,7 +968,7 @@ class ModuleEmitter:
         inner = gemm_mod.emit_gemm(
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
-            extra_args=[PTR, PTR],
+            extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)),
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)

@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llvmlite import ir
 
@@ -157,6 +157,16 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
     mc = mr * max(1, 240 // mr)
     return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr",
                       direct_b_max_ld=2048 // esize, direct_b_max_m=256)
+
+
+def config_for(target: Target, dtype: str = "float32", N: int | None = None) -> GemmConfig:
+    """The config for a product with static column count N: one vector wide (NR = lanes) when N fits in it (an
+    output layer of 10 classes would otherwise compute 32 columns, 22 of them padding), else the default."""
+    cfg = default_config(target, dtype)
+    lanes = _lanes(target, dtype)
+    if N is not None and N <= lanes < cfg.nr:
+        return replace(cfg, nr=lanes, nc=lanes * (cfg.nc // cfg.nr))
+    return cfg
 
 
 # -------------------------------------------------------------------------------------------- workspace

@@ -122,6 +122,7 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
     for k in program.kernels:
         if isinstance(k, GemmKernel):
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
-            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype))
+            cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)
+            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype, cfg))
     return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
                       sorted(shares), {i: program.buffers[i].label for i in offsets})
