@@ -198,6 +198,12 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     y = np.asarray(y)
     classes: list = []
     if task in ("multiclass", "binary"):
+        if y.dtype.kind == "f":
+            bad = ~np.isfinite(y) | (y != np.round(y))
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise DataError(f"{name}: label {y[r]!r} in row {r} is not an integer; a {task} task needs integer "
+                                "(or text) class labels — use --task regression for numeric targets")
         classes_arr, y_idx = np.unique(y, return_inverse=True)
         classes = classes_arr.tolist()
         if task == "binary" and len(classes) != 2:

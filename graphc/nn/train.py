@@ -295,6 +295,11 @@ class Trainer:
         """Train (phase 1, with early stopping if asked, then the refit phase if asked). Returns a summary with
         the final state, history and timing."""
         cfg = self.config
+        self.check_data(X, Y, "training")
+        if X_val is not None and len(X_val):
+            self.check_data(X_val, Y_val, "validation")
+        if phase_data is not None:
+            self.check_data(*phase_data, "refit")
         ck_dir = out_dir / "checkpoints" if out_dir is not None else None
         s = {"phase": 1, "epoch": 0, "step": 0, "history": [], "best_val": math.inf, "best_epoch": -1,
              "best_step": 0, "wait": 0, "train_seconds": 0.0, "samples": 0, "stopped_early": False,
@@ -374,6 +379,37 @@ class Trainer:
                 self.save_checkpoint(ck_dir, s, state, best)
         s["state"] = state
         return s
+
+    def check_data(self, X: np.ndarray, Y: np.ndarray, what: str) -> None:
+        """Before any native code: rows, feature count, finiteness and the labels' type and range."""
+        from graphc.errors import InputError
+
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or len(X) == 0:
+            raise InputError(f"{what} data: features must be a non-empty 2-D array, got "
+                             f"{getattr(X, 'shape', type(X).__name__)}")
+        if X.shape[1] != self.x.shape[1]:
+            raise InputError(f"{what} data has {X.shape[1]} features, the model takes {self.x.shape[1]}")
+        if Y is None or len(Y) != len(X):
+            raise InputError(f"{what} data: {len(X)} rows of features but {0 if Y is None else len(Y)} targets")
+        bad = ~np.isfinite(X)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise InputError(f"{what} data: feature {c} is not finite in row {r}")
+        if self.task == "multiclass":
+            if Y.dtype.kind not in "iu":
+                raise InputError(f"{what} data: class labels must be integers, got {Y.dtype}")
+            k = self.out.shape[1]
+            out = (Y < 0) | (Y >= k)
+            if out.any():
+                r = int(np.argmax(out))
+                raise InputError(f"{what} data: label {int(Y[r])} in row {r} is outside [0, {k})")
+        elif self.task == "binary":
+            out = (Y != 0) & (Y != 1)
+            if out.any():
+                r = int(np.argmax(out))
+                raise InputError(f"{what} data: binary label {Y[r]!r} in row {r} is not 0 or 1")
+        elif not np.all(np.isfinite(Y)):
+            raise InputError(f"{what} data: regression targets must be finite")
 
     def save_checkpoint(self, directory: Path, s: dict, state: dict, best: dict | None) -> Path:
         arrays = {f"state/{k}": v for k, v in state.items()}

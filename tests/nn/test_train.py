@@ -205,3 +205,20 @@ def test_checkpoint_files_are_checked(tmp_path):
         ckpt.load(path)
     found, refused = ckpt.latest(tmp_path)
     assert found is None and refused
+
+
+def test_bad_training_data_is_rejected_before_training():
+    X, y = blobs()
+    tr = trainer_for(X, y)
+    with pytest.raises(gc.InputError, match="label 7 in row 0 is outside"):
+        tr.run(X, np.full(len(X), 7, np.int32), None, None)
+    with pytest.raises(gc.InputError, match="must be integers"):
+        tr.run(X, y.astype(np.float32), None, None)
+    bad = X.copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(gc.InputError, match="feature 2 is not finite in row 3"):
+        tr.run(bad, y, None, None)
+    with pytest.raises(gc.InputError, match="features, the model takes"):
+        tr.run(X[:, :3], y, None, None)
+    with pytest.raises(gc.InputError, match="non-empty"):
+        tr.run(X[:0], y[:0], None, None)

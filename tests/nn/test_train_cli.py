@@ -108,6 +108,9 @@ def test_bad_files_exit_cleanly(tmp_path):
     (tmp_path / "wide.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n + 1)\n")
     p = run("train", "--model", str(tmp_path / "wide.py"))
     assert p.returncode != 0 and "10 classes" in p.stderr
+    np.savez(tmp_path / "frac.npz", X=np.ones((40, 3)), y=np.arange(40) * 0.5)
+    p = run("train", "--dataset", str(tmp_path / "frac.npz"), "--task", "multiclass")
+    assert p.returncode != 0 and "is not an integer" in p.stderr and "Traceback" not in p.stderr
     nan = np.ones((50, 4))
     nan[7, 2] = np.nan
     np.savez(tmp_path / "nan.npz", X=nan, y=np.arange(50) % 2)
