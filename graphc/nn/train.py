@@ -249,7 +249,10 @@ class Trainer:
     def scalars(self, epoch: int) -> dict[str, float]:
         """The scalar inputs of the step for this epoch: the scheduled learning rate and the hyperparameters."""
         cfg = self.config
-        values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": cfg.momentum}
+        # "momentum"/"nesterov" without a value mean the optimizer's default (0.9); plain SGD built with a momentum
+        # input (a binary's all-features step) runs it at the configured value, 0
+        mu = cfg.momentum if cfg.optimizer in ("sgd", "gd") else (cfg.momentum or getattr(self.opt, "momentum", 0.0))
+        values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": mu}
         out = {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
         keeps = list(cfg.dropout or [])
         for n in topo_order(self.loss):
