@@ -1,4 +1,5 @@
-"""The `graphc` command: `graphc train` (the main job), `graphc demo` (print a graph and its gradient)."""
+"""The `graphc` command: `graphc train` (the main job), `graphc build` (a standalone training binary), `graphc
+export` (an inference library), `graphc demo` (print a graph and its gradient)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,60 @@ def _train(args) -> int:
     return 0
 
 
+def _aot_options(args) -> dict:
+    """The model-shaping options `graphc build` and `graphc export` share."""
+    options: dict = {}
+    if args.hidden is not None:
+        options["hidden"] = _ints(args.hidden, "--hidden")
+    if args.init is not None:
+        options["init"] = args.init
+    features = args.features.split(",") if args.features else None
+    return dict(model=args.model, data=args.dataset, target=args.target, max_batch=args.max_batch,
+                max_threads=args.max_threads, label=args.label, features=features, task=args.task, **options)
+
+
+def _build(args) -> int:
+    from graphc.aot import build
+
+    options = _aot_options(args)
+    if args.optimizer is not None:
+        options["optimizer"] = args.optimizer
+    r = build(args.output, log=lambda m: print(f"graphc: note: {m}", file=sys.stderr), **options)
+    size = r.path.stat().st_size
+    print(f"built {r.path} ({size / 1024:.0f} KiB, target {r.target}) in {r.seconds:.1f} s: trains a {r.task} "
+          f"model, {r.n_features} features -> {r.n_outputs} outputs; step {r.step_digest[:16]}. "
+          f"Run {r.path} --help")
+    return 0
+
+
+def _export(args) -> int:
+    from graphc.aot import export
+
+    r = export(args.output, args.weights, header=args.header, **_aot_options(args))
+    size = r.path.stat().st_size
+    print(f"exported {r.path} ({size / 1024:.0f} KiB) and {r.header} in {r.seconds:.1f} s: "
+          f"int {r.name}_predict(const float *x, int64_t n, float *out), {r.n_features} -> {r.n_outputs} floats "
+          f"per row, n <= {r.max_batch}")
+    return 0
+
+
+def _aot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) (see README: the "
+                   "model-file contract); default: an MLP")
+    p.add_argument("--dataset", default="digits", metavar="NAME|PATH", help="only to learn the task, the feature "
+                   "count and the classes: digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
+    p.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
+    p.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
+    p.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
+    p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
+    p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
+                   help="weight initialization of the default MLP")
+    p.add_argument("--target", default="native", choices=["native", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
+                   help="the CPU the code is for: this machine's, or a portable x86-64 level")
+    p.add_argument("--max-batch", type=int, default=4096, help="the largest batch the code's memory plan holds")
+    p.add_argument("--max-threads", type=int, default=16, help="the most threads a run may use")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphc", description="graphc: a graph compiler that trains neural "
                                      "networks natively on the CPU")
@@ -120,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     t.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+    b = sub.add_parser("build", help="build a standalone native executable that trains a model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.set_defaults(fn=_build)
+    _aot_arguments(b)
+    b.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], help="sgd and momentum build "
+                   "the same step (momentum is a run-time value, 0 for plain SGD)")
+    b.add_argument("-o", "--output", required=True, metavar="PATH", help="the executable to write")
+    e = sub.add_parser("export", help="export a trained model as a shared library with a C header",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.set_defaults(fn=_export)
+    _aot_arguments(e)
+    e.add_argument("--weights", required=True, metavar="DIR", help="trained parameters: DIR/<name>.npy (as a "
+                   "training binary writes them) or DIR/weights.npz (graphc train)")
+    e.add_argument("-o", "--output", required=True, metavar="libNAME.so", help="the shared library to write")
+    e.add_argument("--header", metavar="PATH", help="where to write the C header (default: NAME.h beside the "
+                   "library)")
     return parser
 
 

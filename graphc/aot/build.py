@@ -1,0 +1,758 @@
+"""Standalone training binaries (`graphc build`) and inference libraries (`graphc export`).
+
+The LLVM modules that train in process (the step program with its native epoch driver and initializer, and the
+evaluation program) are renamed apart, emitted as position-independent objects and linked, with a generated C
+manifest (which table slot holds what, the arena plan, the constants), against a small C driver shipped with
+graphc (`driver.c`, `predict.c`), by the system C compiler. Nothing of Python is needed at run time."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from graphc.codegen import epoch as drv
+from graphc.codegen.emit import ModuleEmitter
+from graphc.codegen.memory import plan
+from graphc.codegen.schedule import Program
+from graphc.codegen.target import Target, emit_object, level_target
+from graphc.errors import GraphcError
+
+SOURCES = Path(__file__).parent
+CFLAGS = ("-O2", "-std=gnu11", "-Wall", "-Wno-unused-function")
+LIBS = ("-lm", "-lpthread")
+CTX_NAMES = ("TABLE", "DIMS", "WS", "X", "Y", "NSAMP", "BATCH", "EPOCH", "SEED", "PERM", "STEP0", "MAXSTEPS", "XB",
+             "YB", "STEPBUF", "KEYBUF", "LOSSBUF", "LOSS_SUM", "STEPS_DONE", "STATUS", "BAD_STEP", "SHUFFLE",
+             "DROP_LAST")
+TASK_CODES = {"multiclass": 0, "binary": 1, "regression": 2}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+# CPU features a binary checks with __builtin_cpu_supports before running LLVM code (names both GCC and clang know)
+CHECKABLE = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "bmi", "bmi2", "avx512f",
+             "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512ifma", "avx512vnni",
+             "avx512bitalg", "avx512vpopcntdq", "avx512vbmi2", "avx512bf16", "gfni", "vpclmulqdq", "aes", "pclmul")
+_V2 = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt")
+_V3 = (*_V2, "avx", "avx2", "fma", "bmi", "bmi2")
+_V4 = (*_V3, "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+LEVEL_FEATURES = {"x86-64": (), "x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
+
+
+class AotError(GraphcError):
+    """A binary or library could not be built."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def required_features(target: Target) -> list[str]:
+    """The CPU features the target's code may use, as __builtin_cpu_supports names."""
+    if target.name in LEVEL_FEATURES:
+        return list(LEVEL_FEATURES[target.name])
+    have = {f[1:] for f in target.features.split(",") if f.startswith("+")}
+    return [f for f in CHECKABLE if f in have]
+
+
+_NAME = r'"(?:[^"\\]|\\.)*"|[-a-zA-Z$._][-a-zA-Z$._0-9]*'
+_DEFINE = re.compile(rf"^define\b[^@\n]*@({_NAME})\(", re.M)
+_GLOBAL = re.compile(rf"^@({_NAME})\s*=", re.M)
+_REF = re.compile(rf"@({_NAME})")
+_LOCAL_LINKAGE = ("internal", "private")
+_LINKAGE = ("external", "weak", "weak_odr", "linkonce", "linkonce_odr", "common", "extern_weak", "available_externally")
+
+
+def prefix_symbols(ir_text: str, prefix: str, *, hidden: bool = True) -> str:
+    """Rename every symbol the module *defines* (functions and globals) to `prefix + name`, so that several
+    graphc modules link into one program; declarations of what they import (pthread_create, log, llvm.*
+    intrinsics) keep their names. With `hidden`, the module's non-local definitions get hidden visibility: a
+    shared library exports only what its C wrapper marks."""
+    defined = {_unquote(m) for m in _DEFINE.findall(ir_text)} | {_unquote(m) for m in _GLOBAL.findall(ir_text)}
+
+    def ref(m: re.Match) -> str:
+        name = _unquote(m.group(1))
+        return f'@"{prefix}{name}"' if name in defined else m.group(0)
+
+    out = _REF.sub(ref, ir_text)
+    if hidden:
+        out = re.sub(r"^(define|@\"[^\"]*\"\s*=)(\s+)(\S+)", _hide, out, flags=re.M)
+    return out
+
+
+def _hide(m: re.Match) -> str:
+    head, space, word = m.group(1), m.group(2), m.group(3)
+    if word in _LOCAL_LINKAGE or word in ("hidden", "protected", "default"):
+        return m.group(0)
+    if word in _LINKAGE or word == "dso_local":
+        return f"{head}{space}{word} hidden"
+    return f"{head}{space}hidden {word}"
+
+
+def _unquote(tok: str) -> str:
+    return tok[1:-1] if tok.startswith('"') else tok
+
+
+def c_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= ord(ch) < 127:
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode())
+    out.append('"')
+    return "".join(out)
+
+
+def c_double(v: float) -> str:
+    return repr(float(v)) if np.isfinite(v) else "0.0"
+
+
+class Blob:
+    """Constants (and, for a library, weights) as one binary file the C compiler embeds with `.incbin`: exact
+    bytes, 64-byte aligned, and no multi-megabyte C array literals to parse."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, arr: np.ndarray) -> int:
+        data = np.ascontiguousarray(arr).tobytes()
+        pad = (-self.size) % 64
+        if pad:
+            self.parts.append(b"\0" * pad)
+            self.size += pad
+        off = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        return off
+
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            for p in self.parts:
+                f.write(p)
+            f.write(b"\0" * 64)  # never an empty section
+
+    def asm(self, path: Path, symbol: str) -> str:
+        p = str(path).replace("\\", "\\\\").replace('"', '\\"')
+        return (f'__asm__(".pushsection .rodata\\n.balign 64\\n.globl {symbol}\\n.hidden {symbol}\\n'
+                f'.type {symbol}, @object\\n{symbol}:\\n.incbin \\"{p}\\"\\n.size {symbol}, .-{symbol}\\n'
+                f'.popsection\\n");\n'
+                f'extern const unsigned char {symbol}[] __attribute__((visibility("hidden")));\n')
+
+
+def _places(items) -> str:
+    rows = [f"{{{int(s)}, {int(o)}}}" for s, o in items] + ["{-1, 0}"]
+    return "{" + ", ".join(rows) + "}"
+
+
+def _ints(values) -> str:
+    return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+
+def _tensor(name: str, slot: int, eval_slot: int, shape, blob: int = -1) -> str:
+    dims = [int(d) for d in shape]
+    if len(dims) > 8:
+        raise AotError(f"{name!r} has {len(dims)} dims; the manifest holds at most 8")
+    size = int(np.prod(dims, dtype=np.int64))
+    return (f"{{{c_string(name)}, {slot}, {eval_slot}, {len(dims)}, {_ints(dims + [0] * (8 - len(dims)))}, {size}, "
+            f"{blob}}}")
+
+
+def _program_layout(program: Program, barriers: list[bool], target: Target, n_sym, batch: int, max_threads: int):
+    """Arena placement for `batch` rows (valid for any smaller batch) and the workspace per thread count."""
+    env = {s: (batch if s == n_sym else 0) for s in program.symbols}
+    p = plan(program, env, 1, target, barriers)
+    ws = [0] + [plan(program, env, t, target, barriers).workspace_bytes for t in range(1, max_threads + 1)]
+    return p, ws
+
+
+def _cc() -> str:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise AotError(f"no C compiler {cc!r} on PATH: graphc build and export link with the system C compiler "
+                       "(install gcc or clang, or set CC)")
+    return cc
+
+
+def _run_cc(cmd: list[str], what: str) -> None:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AotError(f"{what}: the C compiler failed ({' '.join(cmd)}):\n{p.stderr.strip()}")
+
+
+def _objects(modules: dict[str, str], target: Target, work: Path) -> list[Path]:
+    """Each module's IR, its definitions prefixed, as a position-independent object file."""
+    paths = []
+    for prefix, text in modules.items():
+        obj = emit_object(prefix_symbols(text, prefix), target)  # jit=False: reloc=pic, codemodel=default
+        path = work / f"{prefix.rstrip('_')}.o"
+        path.write_bytes(obj)
+        paths.append(path)
+    return paths
+
+
+def _target(target: str | Target) -> Target:
+    return target if isinstance(target, Target) else level_target(target)
+
+
+def _work_dir(keep: bool | str | Path) -> tuple[Path, Callable[[], None]]:
+    if keep and not isinstance(keep, bool):
+        d = Path(keep)
+        d.mkdir(parents=True, exist_ok=True)
+        return d.resolve(), lambda: None
+    d = Path(tempfile.mkdtemp(prefix="graphc-aot-"))
+    return d, (lambda: None) if keep else (lambda: shutil.rmtree(d, ignore_errors=True))
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class ModelSpec:
+    """What a build needs to know besides the model: the task and sizes (from a dataset or given)."""
+
+    task: str
+    n_features: int
+    n_outputs: int
+    y_shape: tuple
+    classes: list
+    dataset: str
+    config: object  # TrainConfig
+    model_fn: Callable | None
+    model_desc: str
+    notes: list[str] = field(default_factory=list)
+
+
+BUILD_OPTIONS = ("hidden", "activation", "init", "optimizer", "penalize")  # options that shape the compiled step
+RUN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "l2", "l1", "dropout", "early_stopping", "min_delta", "seed")
+
+
+def model_spec(model=None, data="digits", *, task: str | None = None, n_features: int | None = None,
+               n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
+               **options) -> ModelSpec:
+    """Resolve the model (None: the default MLP; a function; a model file) and learn the task, feature count and
+    classes from `data` (a bundled dataset name, a file, a Dataset) unless `task`, `n_features` and `n_outputs`
+    are all given."""
+    from graphc import data as datasets
+    from graphc.fitting import DATASET_DEFAULTS, load_model_file
+    from graphc.nn.train import TrainConfig
+
+    file_options: dict = {}
+    model_fn = model
+    desc = "the default MLP"
+    if isinstance(model, (str, Path)):
+        model_fn, file_options = load_model_file(str(model))
+        desc = f"model file {Path(model).name}"
+    elif model is not None:
+        desc = f"model {getattr(model, '__name__', 'function')}"
+    classes: list = []
+    y_shape: tuple = ()
+    if task is not None and n_features is not None and n_outputs is not None:
+        name = f"{task} {n_features}->{n_outputs}"
+        classes = list(range(n_outputs)) if task == "multiclass" else []
+        y_shape = () if task == "multiclass" or n_outputs == 1 else (n_outputs,)
+    else:
+        ds = data if isinstance(data, datasets.Dataset) else datasets.load(str(data), label=label, features=features,
+                                                                         task=task)
+        task, n_features, n_outputs, name = ds.task, ds.n_features, ds.n_outputs, ds.name
+        classes = list(ds.classes)
+        y_shape = tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else ()
+    defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
+    merged = {**defaults, **file_options, **{k: v for k, v in options.items() if v is not None}}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(merged) - known
+    if unknown:
+        raise AotError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+    notes = []
+    for k, default in (("schedule", "constant"), ("refit", False), ("drop_last", False)):
+        if merged.get(k, default) != default:
+            notes.append(f"option {k}={merged[k]!r} is not supported by a standalone binary and is ignored")
+            merged.pop(k)
+    config = TrainConfig(**merged)
+    config.validate()
+    if model_fn is None:
+        desc = f"the default MLP {'-'.join(str(d) for d in [n_features, *config.hidden, n_outputs])} " \
+               f"({config.activation}, {config.init} init)"
+    return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes)
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    target: str
+    task: str
+    n_features: int
+    n_outputs: int
+    params: list[tuple[str, tuple]]
+    step_key: str | None  # the full step's compile-cache key (host target only): equal keys, equal compiled steps
+    step_digest: str  # the full step's structural hash (loss and every update)
+    plain_key: str | None  # the same for the plain step (None when the binary has one step)
+    plain_digest: str | None
+    cpu_features: list[str]
+    seconds: float
+    link_command: list[str]
+    work_dir: Path | None
+    notes: list[str]
+
+
+def step_digest(trainer) -> str:
+    """A structural hash of a trainer's step: the loss and every in-place update, by parameter name."""
+    import hashlib
+
+    h = hashlib.sha256(trainer.loss.digest().encode())
+    for leaf, new in sorted(trainer.updates.items(), key=lambda kv: kv[0].name):
+        h.update(f"{leaf.name}={new.digest()}".encode())
+    return h.hexdigest()
+
+
+def build(output: str | Path, model=None, data="digits", *, target: str | Target = "native", max_batch: int = 4096,
+          max_threads: int = 16, task: str | None = None, n_features: int | None = None,
+          n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
+          keep: bool | str | Path = False, cflags: tuple[str, ...] = (), log: Callable[[str], None] | None = None,
+          **options) -> BuildResult:
+    """Build a native executable at `output` that trains `model` (None: the default MLP; a function
+    `model(x, n_outputs)`; a model file) for the task of `data` (only its task, feature count and classes are
+    used). `options` are TrainConfig options: those that shape the step (hidden, activation, init, optimizer,
+    penalize) are compiled in; epochs, batch_size, lr, momentum, l2, l1, dropout, early_stopping, min_delta
+    and seed become the binary's defaults.
+
+    The binary holds two steps, each the LLVM module the in-process trainer compiles: the *full* step (momentum,
+    L2, L1 and, for the default MLP, dropout with run-time keep probabilities: what `graphc train` builds when
+    those options are set) and the *plain* step (what it builds when they are not). A run uses the plain step
+    when its flags leave every extra feature at its identity value, else the full one, so it trains bitwise as
+    `graphc train` does with the same flags, and as fast."""
+    from dataclasses import replace
+
+    from graphc.nn.train import EVAL_BATCH, Trainer
+
+    t0 = time.perf_counter()
+    log = log or (lambda m: None)
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise AotError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    if not isinstance(max_threads, int) or not 1 <= max_threads <= 1024:
+        raise AotError(f"--max-threads must be in 1..1024, got {max_threads!r}")
+    tgt = _target(target)
+    spec = model_spec(model, data, task=task, n_features=n_features, n_outputs=n_outputs, label=label,
+                      features=features, **options)
+    for note in spec.notes:
+        log(note)
+    cfg = spec.config
+
+    def trainer(config, all_features: bool):
+        return Trainer(spec.model_fn, spec.task, spec.n_features, spec.n_outputs, config, y_shape=spec.y_shape,
+                       log=lambda m: None, all_features=all_features)
+
+    tr = trainer(cfg, True)
+    keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
+    plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
+    if step_digest(plain) == step_digest(tr):
+        plain = None
+    for t in (tr, plain):
+        if t is not None and not t.native_init:
+            bad = [p.name for p in t.params if p.dtype != "float32" or not isinstance(p.meta.get("init", "zeros"),
+                                                                                      (str, int, float))]
+            raise AotError(f"parameters {bad} have no native initializer (a binary initializes parameters natively: "
+                           "use a named scheme such as 'he_normal' or a number, and float32)")
+    if plain is not None and [(p.name, p.shape) for p in plain.params] != [(p.name, p.shape) for p in tr.params]:
+        raise AotError("internal: the plain and the full step have different parameters")
+    ev = tr.eval_fn
+    if len(ev.program.outputs) != 2:
+        raise AotError("internal: the evaluation program should have two outputs (loss, model outputs)")
+    out_node = tr.out
+    if out_node.dtype != "float32" or out_node.ndim < 1 or not all(isinstance(d, int) for d in out_node.shape[1:]):
+        raise AotError(f"the model must return float32 outputs of shape (N, {spec.n_outputs}), got "
+                       f"{out_node.type_str}")
+    if spec.task == "multiclass" and tuple(out_node.shape[1:]) != (spec.n_outputs,):
+        raise AotError(f"the model returns {out_node.type_str} but the task has {spec.n_outputs} classes: expected "
+                       f"(N, {spec.n_outputs}) logits")
+    steps = [("train_", tr, "full")] + ([("plain_", plain, "plain")] if plain is not None else [])
+    host = tgt is tr.epoch_fn.target
+
+    def ir_of(fn, extras: bool) -> str:
+        if host:
+            return fn.llvm_ir
+        # the same program, emitted for another target than the host's (the trainer compiled for the host)
+        return ModuleEmitter(fn.program, tgt).emit(fn._barriers, fn._extras() if extras else ())
+
+    work, cleanup = _work_dir(keep)
+    try:
+        header = _model_header(steps, tr, spec, tgt, max_batch, max_threads, EVAL_BATCH, work)
+        (work / "graphc_model.h").write_text(header)
+        modules = {prefix: ir_of(t.epoch_fn, True) for prefix, t, _ in steps}
+        modules["eval_"] = ir_of(ev, False)
+        objs = _objects(modules, tgt, work)
+        out = Path(output).resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [_cc(), *CFLAGS, *cflags, f"-I{work}", f"-I{SOURCES}", "-o", str(out), str(SOURCES / "driver.c"),
+               *map(str, objs), *LIBS]
+        _run_cc(cmd, "graphc build")
+    finally:
+        cleanup()
+    return BuildResult(out, tgt.name, spec.task, spec.n_features, spec.n_outputs,
+                       [(p.name, tuple(p.shape)) for p in tr.params], tr.epoch_fn.cache_key if host else None,
+                       step_digest(tr), plain.epoch_fn.cache_key if host and plain is not None else None,
+                       step_digest(plain) if plain is not None else None, required_features(tgt),
+                       time.perf_counter() - t0, cmd, work if keep else None, spec.notes)
+
+
+_KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3}
+
+
+def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], tgt: Target, max_batch: int,
+                   max_threads: int, blob: Blob) -> tuple[list[str], str]:
+    """The C declarations of one step program: (lines, its gc_step_t initializer)."""
+    ef = tr.epoch_fn
+    prog = ef.program
+    leaves = list(ef._source_graph.inputs)
+    slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
+    x, y = tr.x, tr.y
+    n_sym = x.shape[0]
+    param_names = {p.name for p in tr.params}
+    step_slot = key_slot = -1
+    step_f64 = 0
+    scalars = []
+    for leaf in leaves:
+        name = leaf.name
+        if name in (x.name, y.name) or name in param_names or name in tr.state_inputs:
+            continue
+        if name == "step":
+            step_slot, step_f64 = slot[name], int(leaf.dtype == "float64")
+            continue
+        if name == "rng_key":
+            if ef.training:
+                key_slot = slot[name]
+            continue
+        if leaf.shape != () or leaf.dtype != "float32" or not (name in _KINDS or re.fullmatch(r"keep\.\d+", name)):
+            raise AotError(f"the training step has an input {name!r} ({leaf.type_str}) that a standalone binary "
+                           "cannot feed (it feeds lr, momentum, l2, l1, keep.<i>, step and rng_key)")
+        kind = _KINDS.get(name, 4)
+        index = int(name.split(".")[1]) if kind == 4 else 0
+        scalars.append(f"{{{c_string(name)}, {slot[name]}, {kind}, {index}}}")
+    for n in tr.state_inputs:
+        if n not in state_names:
+            raise AotError(f"internal: the {label} step's optimizer state {n!r} is not in the full step's")
+    nkeep = 1 + max((int(s.split(".")[1]) for s in slot if re.fullmatch(r"keep\.\d+", s)), default=-1)
+    tplan, tws = _program_layout(prog, ef._barriers, tgt, n_sym, max_batch, max_threads)
+    consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
+    s = f"gc_s{k}_"
+    lines = [
+        f"static const gc_place_t {s}temps[] = {_places(sorted(tplan.offsets.items()))};",
+        f"static const gc_place_t {s}consts[] = {_places(consts)};",
+        f"static const int64_t {s}ws[] = {_ints(tws)};",
+        f"static const int32_t {s}param_slots[] = {_ints(slot[p.name] for p in tr.params)};",
+        f"static const int32_t {s}state_slots[] = {_ints([slot.get(n, -1) for n in state_names] or [-1])};",
+        f"static const gc_scalar_t {s}scalars[] = {{{', '.join(scalars or ['{0, -1, 0, 0}'])}}};",
+        f"int32_t {prefix}graphc_epoch(void *ctx, void *unused1, void *unused2, int32_t nthreads);",
+        f"void {prefix}graphc_init(void *table, int64_t seed);",
+    ]
+    init = (f"{{{c_string(label)}, {c_string(step_digest(tr)[:16])}, {len(prog.buffers)}, "
+            f"{max(len(prog.symbols), 1)}, {list(prog.symbols).index(n_sym)}, {slot[x.name]}, {slot.get(y.name, -1)}, "
+            f"{step_slot}, {step_f64}, {key_slot}, {prog.outputs[0].index}, {tplan.arena_bytes}, {len(scalars)}, "
+            f"{int('momentum' in slot)}, {int('l2' in slot)}, {int('l1' in slot)}, {nkeep}, {s}temps, {s}consts, "
+            f"{s}ws, {s}param_slots, {s}state_slots, {s}scalars, {prefix}graphc_epoch, {prefix}graphc_init}}")
+    return lines, init
+
+
+def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_threads: int, eval_batch: int,
+                  work: Path) -> str:
+    from graphc.ir.node import topo_order
+
+    cfg = spec.config
+    ev = tr.eval_fn
+    eprog = ev.program
+    eleaves = list(ev._source_graph.inputs)
+    eslot = {leaf.name: buf.index for leaf, buf in zip(eleaves, eprog.inputs, strict=True)}
+    x, y = tr.x, tr.y
+    n_sym = x.shape[0]
+    param_names = {p.name for p in tr.params}
+    state_names = list(tr.state_inputs)
+    for leaf in eleaves:
+        if leaf.name not in (x.name, y.name) and leaf.name not in param_names:
+            raise AotError(f"the evaluation program has an unexpected input {leaf.name!r}")
+    for n in [*param_names, *state_names]:
+        if not SAFE_NAME.match(n) or n in ("history.csv", "metrics.json"):
+            raise AotError(f"parameter name {n!r} cannot name a file (<name>.npy): use letters, digits, '_', "
+                           "'.' and '-'")
+    blob = Blob()
+    L = ["/* generated by graphc build: the model's manifest (do not edit) */", "#include \"graphc_aot.h\"", ""]
+    for i, nm in enumerate(CTX_NAMES):
+        assert getattr(drv, nm) == i
+        L.append(f"#define GC_CTX_{nm} {i}")
+    L += [f"#define GC_CTX_SLOTS {drv.CTX_SLOTS}", ""]
+    L += ["typedef struct {",
+          "    const char *label, *digest;",
+          "    int32_t nbuf, nsym, ndim, x, y, step, step_f64, key, loss;",
+          "    int64_t arena;",
+          "    int32_t nscalars, has_momentum, has_l2, has_l1, nkeep;",
+          "    const gc_place_t *temps, *consts;",
+          "    const int64_t *ws;",
+          "    const int32_t *param_slots, *state_slots;",
+          "    const gc_scalar_t *scalars;",
+          "    int32_t (*epoch)(void *, void *, void *, int32_t);",
+          "    void (*init)(void *, int64_t);",
+          "} gc_step_t;", ""]
+    inits = []
+    for k, (prefix, t, label) in enumerate(steps):
+        lines, init = _step_manifest(k, prefix, t, label, state_names, tgt, max_batch, max_threads, blob)
+        L += lines
+        inits.append(init)
+    full_slots = {leaf.name for leaf in tr.epoch_fn._source_graph.inputs}
+    nkeep = 1 + max((int(s.split(".")[1]) for s in full_slots if re.fullmatch(r"keep\.\d+", s)), default=-1)
+    eplan, ews = _program_layout(eprog, ev._barriers, tgt, n_sym, eval_batch, max_threads)
+    econsts = [(i, blob.add(a)) for i, a in sorted(eprog.consts.items())]
+    blob_path = work / "model.bin"
+    blob.write(blob_path)
+    mm = []
+    for n in topo_order(tr.loss):
+        if n.op.name == "matmul":
+            kdim = n.inputs[0].shape[0 if n.attrs["ta"] else 1]
+            mm.append([d if isinstance(d, int) else -1 for d in (*n.shape, kdim)])
+    feats = required_features(tgt)
+    momentum = cfg.momentum or (getattr(tr.opt, "momentum", 0.0) if cfg.optimizer in ("momentum", "nesterov")
+                                else 0.0)
+    keeps = list(cfg.dropout or [])
+    y_dims = [int(d) for d in y.shape[1:]]
+    out_row = int(np.prod([int(d) for d in tr.out.shape[1:]], dtype=np.int64))
+    defs = {
+        "GC_TARGET": c_string(tgt.name), "GC_TARGET_CPU": c_string(tgt.cpu),
+        "GC_MODEL_DESC": c_string(spec.model_desc), "GC_DATASET": c_string(spec.dataset),
+        "GC_OPTIMIZER": c_string(tr.opt.name if cfg.optimizer not in ("sgd", "gd") else "sgd"),
+        "GC_TASK": TASK_CODES[spec.task], "GC_TASK_NAME": c_string(spec.task),
+        "GC_N_FEATURES": spec.n_features, "GC_N_OUTPUTS": spec.n_outputs, "GC_OUT_ROW": out_row,
+        "GC_N_CLASSES": spec.n_outputs if spec.task == "multiclass" else 0,
+        "GC_Y_NDIM": len(y_dims), "GC_Y_ROW": int(np.prod(y_dims, dtype=np.int64)),
+        "GC_MAX_BATCH": max_batch, "GC_MAX_THREADS": max_threads, "GC_EVAL_BATCH": eval_batch,
+        "GC_DEF_EPOCHS": cfg.epochs, "GC_DEF_BATCH": cfg.batch_size, "GC_DEF_LR": c_double(cfg.lr),
+        "GC_DEF_MOMENTUM": c_double(momentum), "GC_DEF_L2": c_double(cfg.l2), "GC_DEF_L1": c_double(cfg.l1),
+        "GC_DEF_PATIENCE": cfg.early_stopping or 0, "GC_DEF_MIN_DELTA": c_double(cfg.min_delta),
+        "GC_DEF_SEED": int(cfg.seed), "GC_DEF_NKEEP": len(keeps), "GC_NKEEP": nkeep, "GC_NSTEPS": len(steps),
+        "GC_HAS_MOMENTUM": int("momentum" in full_slots), "GC_HAS_L2": int("l2" in full_slots),
+        "GC_HAS_L1": int("l1" in full_slots),
+        "GC_X_ROW_BYTES": spec.n_features * 4, "GC_Y_ROW_BYTES": int(np.prod(y_dims, dtype=np.int64)) * 4,
+        "GC_E_NBUF": len(eprog.buffers), "GC_E_NSYM": max(len(eprog.symbols), 1),
+        "GC_E_NDIM": list(eprog.symbols).index(n_sym), "GC_E_X": eslot[x.name], "GC_E_Y": eslot.get(y.name, -1),
+        "GC_E_LOSS": eprog.outputs[0].index, "GC_E_OUT": eprog.outputs[1].index, "GC_E_ARENA": eplan.arena_bytes,
+        "GC_NPARAMS": len(tr.params), "GC_NSTATE": len(state_names),
+        "GC_NMATMUL": len(mm), "GC_NCPU": len(feats), "GC_NCLASSNAMES": len(spec.classes),
+    }
+    L.append("")
+    for k, v in defs.items():
+        L.append(f"#define {k} {v}")
+    L.append("")
+    L.append("static const gc_step_t gc_steps[] = {" + ", ".join(inits) + "};")
+    L.append("static const gc_tensor_t gc_params[] = {" + ", ".join(
+        _tensor(p.name, -1, eslot.get(p.name, -1), p.shape) for p in tr.params) + "};")
+    states = [_tensor(n, -1, -1, t.shape) for n, t in tr.state_inputs.items()] or ['{"", -1, -1, 0, {0}, 0, -1}']
+    L.append("static const gc_tensor_t gc_state[] = {" + ", ".join(states) + "};")
+    L.append(f"static const double gc_def_keep[] = {{{', '.join(c_double(k) for k in keeps) or '1.0'}}};")
+    L.append(f"static const gc_place_t gc_e_temps[] = {_places(sorted(eplan.offsets.items()))};")
+    L.append(f"static const gc_place_t gc_e_consts[] = {_places(econsts)};")
+    L.append(f"static const int64_t gc_e_ws[] = {_ints(ews)};")
+    L.append(f"static const int64_t gc_y_dims[] = {_ints(y_dims or [0])};")
+    L.append("static const int64_t gc_matmul[][3] = {" + ", ".join(_ints(r) for r in mm or [[0, 0, 0]]) + "};")
+    L.append("static const char *const gc_class_names[] = {" + ", ".join(
+        c_string(str(c)) for c in spec.classes or [""]) + "};")
+    L.append("static const char *const gc_cpu_features[] = {" + ", ".join(c_string(f) for f in feats or [""]) + "};")
+    L.append("static int gc_cpu_has(int i) {\n    switch (i) {")
+    for i, f in enumerate(feats):
+        L.append(f"    case {i}: return GC_CPU_SUPPORTS({c_string(f)}) != 0;")
+    L.append("    default: return 1;\n    }\n}")
+    L.append("")
+    L.append("int32_t eval_graphc_run(void *table, void *dims, void *ws, int32_t nthreads);")
+    L.append(blob.asm(blob_path, "gc_blob"))
+    return "\n".join(L) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    header: Path
+    name: str
+    n_features: int
+    n_outputs: int
+    max_batch: int
+    params: list[str]
+    seconds: float
+
+
+def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
+    """DIR/<name>.npy for each parameter (what a training binary writes), else DIR/weights.npz (graphc train)."""
+    if not directory.is_dir():
+        raise AotError(f"--weights {directory}: no such directory")
+    npz = directory / "weights.npz"
+    bundle = np.load(npz, allow_pickle=False) if npz.is_file() else None
+    out, missing = {}, []
+    for p in params:
+        f = directory / f"{p.name}.npy"
+        if f.is_file():
+            try:
+                a = np.load(f, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise AotError(f"{f}: not a readable .npy file ({e})") from None
+        elif bundle is not None and p.name in bundle.files:
+            a = bundle[p.name]
+        else:
+            missing.append(p.name)
+            continue
+        if a.dtype != np.float32 or a.shape != tuple(p.shape):
+            raise AotError(f"{f}: parameter {p.name!r} must be float32 of shape {tuple(p.shape)}, got {a.dtype} "
+                           f"{a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise AotError(f"{f}: parameter {p.name!r} holds non-finite values")
+        out[p.name] = a
+    if missing:
+        raise AotError(f"--weights {directory}: no values for parameter(s) {missing} (expected <name>.npy files, "
+                       "as a graphc training binary writes, or weights.npz from graphc train)")
+    return out
+
+
+def export(output: str | Path, weights: str | Path, model=None, data="digits", *, target: str | Target = "native",
+           max_batch: int = 4096, max_threads: int = 16, task: str | None = None, n_features: int | None = None,
+           n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
+           header: str | Path | None = None, keep: bool | str | Path = False, **options) -> ExportResult:
+    """Build a shared library at `output` (libNAME.so) with the model's forward function and the trained
+    weights (from `weights`: DIR/<name>.npy) embedded, and a C header NAME.h declaring
+    `int NAME_predict(const float *x, int64_t n, float *out)`."""
+    from graphc import ops
+    from graphc.nn.train import default_model
+    from graphc.runtime.jit import CompiledFunction
+
+    t0 = time.perf_counter()
+    out = Path(output).resolve()
+    stem = out.name.split(".")[0]
+    name = stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise AotError(f"-o {output}: the library's name {name!r} must be a C identifier (libNAME.so)")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise AotError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    if not isinstance(max_threads, int) or not 1 <= max_threads <= 1024:
+        raise AotError(f"--max-threads must be in 1..1024, got {max_threads!r}")
+    tgt = _target(target)
+    spec = model_spec(model, data, task=task, n_features=n_features, n_outputs=n_outputs, label=label,
+                      features=features, **options)
+    model_fn = spec.model_fn or default_model(spec.config, runtime_keeps=True)
+    x = ops.input("x", ("N", spec.n_features))
+    y = model_fn(x, spec.n_outputs)
+    if not hasattr(y, "op") or y.dtype != "float32" or y.ndim < 1 or y.shape[0] != x.shape[0] or \
+            not all(isinstance(d, int) for d in y.shape[1:]):
+        raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
+    fn = CompiledFunction([y], target=tgt, threads=1)
+    prog = fn.program
+    leaves = list(fn._source_graph.inputs)
+    params = [leaf for leaf in leaves if leaf.op.name == "param"]
+    others = [leaf.name for leaf in leaves if leaf is not x and leaf.op.name != "param"]
+    if others:
+        raise AotError(f"the model's forward function has inputs {others} besides x and its parameters")
+    values = _load_weights(Path(weights), params)
+    slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
+    out_row = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
+    buckets = sorted({b for b in (1, 16, 256, 4096) if b < max_batch} | {max_batch})
+    layouts = [_program_layout(prog, fn._barriers, tgt, x.shape[0], b, max_threads) for b in buckets]
+    blob = Blob()
+    consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
+    tensors = [_tensor(p.name, -1, slot[p.name], p.shape, blob.add(values[p.name])) for p in params]
+    work, cleanup = _work_dir(keep)
+    hdr = Path(header).resolve() if header else out.parent / f"{name}.h"
+    upper = name.upper()
+    try:
+        blob.write(work / "weights.bin")
+        temps = sorted({i for p, _ in layouts for i in p.offsets})
+        L = ["/* generated by graphc export: the library's manifest (do not edit) */", "#include \"graphc_aot.h\"",
+             ""]
+        defs = {"GC_PREDICT": f"{name}_predict", "GC_PREDICT_THREADS": f"{name}_predict_threads",
+                "GC_N_FEATURES": spec.n_features, "GC_OUT_ROW": out_row, "GC_MAX_BATCH": max_batch,
+                "GC_MAX_THREADS": max_threads, "GC_NBUF": len(prog.buffers), "GC_NSYM": max(len(prog.symbols), 1),
+                "GC_NDIM": list(prog.symbols).index(x.shape[0]), "GC_X": slot[x.name],
+                "GC_OUT": prog.outputs[0].index, "GC_NPARAMS": len(params), "GC_NBUCKETS": len(buckets),
+                "GC_NTEMPS": len(temps), "GC_NCPU": len(required_features(tgt))}
+        for k, v in defs.items():
+            L.append(f"#define {k} {v}")
+        L.append("static const gc_tensor_t gc_params[] = {" + ", ".join(tensors or ['{"", -1, -1, 0, {0}, 0, -1}'])
+                 + "};")
+        L.append(f"static const gc_place_t gc_consts[] = {_places(consts)};")
+        L.append(f"static const int32_t gc_temp_slots[] = {_ints(temps or [-1])};")
+        L.append(f"static const int64_t gc_buckets[] = {_ints(buckets)};")
+        L.append(f"static const int64_t gc_arena[] = {_ints(p.arena_bytes for p, _ in layouts)};")
+        L.append("static const int64_t gc_temp_offsets[][GC_NTEMPS ? GC_NTEMPS : 1] = {" + ", ".join(
+            _ints([p.offsets.get(i, 0) for i in temps] or [0]) for p, _ in layouts) + "};")
+        L.append("static const int64_t gc_ws[][GC_MAX_THREADS + 1] = {" + ", ".join(
+            _ints(ws) for _, ws in layouts) + "};")
+        feats = required_features(tgt)
+        L.append("static int gc_cpu_has(int i) {\n    switch (i) {")
+        for i, f in enumerate(feats):
+            L.append(f"    case {i}: return GC_CPU_SUPPORTS({c_string(f)}) != 0;")
+        L.append("    default: return 1;\n    }\n}")
+        L.append("int32_t lib_graphc_run(void *table, void *dims, void *ws, int32_t nthreads);")
+        L.append(blob.asm(work / "weights.bin", "gc_blob"))
+        (work / "graphc_lib.h").write_text("\n".join(L) + "\n")
+        objs = _objects({"lib_": fn.llvm_ir}, tgt, work)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [_cc(), *CFLAGS, "-fPIC", "-shared", "-fvisibility=hidden", f"-Wl,-soname,{out.name}", f"-I{work}",
+               f"-I{SOURCES}", "-o", str(out), str(SOURCES / "predict.c"), *map(str, objs), *LIBS]
+        _run_cc(cmd, "graphc export")
+    finally:
+        cleanup()
+    hdr.parent.mkdir(parents=True, exist_ok=True)
+    hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params]))
+    return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
+                        time.perf_counter() - t0)
+
+
+def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
+                   tgt: Target, params: list[str]) -> str:
+    feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
+    return f"""/* {name}.h: {spec.model_desc}, trained weights embedded ({', '.join(params)}).
+ * Generated by graphc export for target {tgt.name} (CPU features: {feats}). Link with -l{name}. */
+#ifndef {upper}_H
+#define {upper}_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */
+#define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
+                                                               else 'predictions'}) */
+#define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */
+#define {upper}_MAX_THREADS {max_threads}
+
+/* Return codes. */
+#define {upper}_OK 0
+#define {upper}_ERR_NULL 1        /* x or out is NULL */
+#define {upper}_ERR_N 2           /* n < 1 */
+#define {upper}_ERR_TOO_LARGE 3   /* n > {upper}_MAX_BATCH: split the call */
+#define {upper}_ERR_THREADS 4     /* nthreads outside 1..{upper}_MAX_THREADS */
+#define {upper}_ERR_NOMEM 5       /* the per-call working memory could not be allocated */
+#define {upper}_ERR_CPU 6         /* this CPU lacks a feature the code was compiled for */
+
+/* The model's outputs for n rows: x holds n * {upper}_N_FEATURES floats (row-major), out receives
+ * n * {upper}_N_OUTPUTS. Runs on the calling thread only. Thread-safe: each call allocates its own working
+ * memory, so concurrent calls from several threads are fine. Returns {upper}_OK or an error code. */
+int {name}_predict(const float *x, int64_t n, float *out);
+
+/* The same, splitting the work over `nthreads` threads started for the call (results are bitwise the same
+ * for every thread count). */
+int {name}_predict_threads(const float *x, int64_t n, float *out, int nthreads);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif
+"""

@@ -1,0 +1,1000 @@
+/* graphc's standalone training driver.
+ *
+ * Linked by `graphc build` with LLVM objects made from the same modules graphc trains with in process (one or two
+ * step programs, each with its native epoch driver `<prefix>graphc_epoch` and initializer `<prefix>graphc_init`:
+ * the full step with every run-time feature and the plain one graphc train builds without them; and the
+ * evaluation program `eval_graphc_run`) and a generated manifest, graphc_model.h, that says which table slot is
+ * what. This file does what graphc's Python trainer does between native calls, and nothing else: it reads and
+ * checks the data (.npy), initializes the parameters natively from the seed, fills the epoch context exactly
+ * as graphc.runtime.epoch.EpochFunction.run_epoch does, evaluates on the validation split, stops early as
+ * graphc.nn.train.Trainer.run does, and writes the parameters as .npy files.
+ *
+ * Exit status: 0 trained; 2 bad usage or bad data (nothing written); 3 this CPU lacks a feature the code needs;
+ * 4 an output file could not be written; 5 training diverged (a non-finite loss). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "graphc_model.h"
+
+#define EXIT_BAD 2
+#define EXIT_CPU 3
+#define EXIT_IO 4
+#define EXIT_DIVERGED 5
+#define MAX_HEADER (1 << 16)
+
+static const char *prog = "graphc-model";
+
+static void fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void fail(int code, const char *fmt, ...) {
+    va_list ap;
+    fflush(stdout);
+    fprintf(stderr, "%s: error: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+static void *xalloc(size_t n) {
+    void *p = NULL;
+    if (n == 0) n = 64;
+    n = (n + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, n) != 0) fail(EXIT_IO, "out of memory (%zu bytes)", n);
+    memset(p, 0, n);
+    return p;
+}
+
+/* like xalloc, without zeroing: for buffers filled right away (file data) */
+static void *xalloc_raw(size_t n) {
+    void *p = NULL;
+    if (n == 0) n = 64;
+    n = (n + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, n) != 0) fail(EXIT_IO, "out of memory (%zu bytes)", n);
+    return p;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------------------------------ options */
+
+typedef struct {
+    const char *x_train, *y_train, *x_val, *y_val, *x_test, *y_test, *out;
+    int64_t epochs, batch, patience, threads, seed;
+    double lr, momentum, l2, l1, min_delta;
+    double keep[GC_NKEEP + 1];
+    int quiet, momentum_set, l2_set, l1_set, dropout_set;
+} opts_t;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: %s --x-train F.npy --y-train F.npy [--x-val F.npy --y-val F.npy] [--x-test F.npy --y-test F.npy]\n"
+            "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--l2 NU] [--l1 NU] [--dropout KEEP[,KEEP...]]\n"
+            "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--quiet] --out DIR\n"
+            "       %s --info | --help\n\n",
+            prog, prog);
+    fprintf(f,
+            "Trains %s (task %s: %d features -> %d outputs) natively, as graphc trains it in process;\n"
+            "built by graphc build for target %s (optimizer %s). No Python is needed.\n\n",
+            GC_MODEL_DESC, GC_TASK_NAME, GC_N_FEATURES, GC_N_OUTPUTS, GC_TARGET, GC_OPTIMIZER);
+    fprintf(f,
+            "data (.npy, little-endian, C order):\n"
+            "  --x-train F     features: float32 (rows, %d)\n", GC_N_FEATURES);
+    if (GC_TASK == 0)
+        fprintf(f, "  --y-train F     labels: int32 or int64 (rows,), class indices 0..%d\n", GC_N_CLASSES - 1);
+    else
+        fprintf(f, "  --y-train F     targets: float32 (rows%s)%s\n", GC_Y_NDIM ? ", ..." : "",
+                GC_TASK == 1 ? ", each 0 or 1" : "");
+    fprintf(f,
+            "  --x-val F --y-val F    validation split: val loss each epoch, early stopping\n"
+            "  --x-test F --y-test F  test split: the final metrics\n\n"
+            "training (defaults in brackets):\n"
+            "  --epochs N             [%d]\n"
+            "  --batch-size B         mini-batch size, at most %d (the build's --max-batch) [%d]\n"
+            "  --lr LR                learning rate [%g]\n",
+            GC_DEF_EPOCHS, GC_MAX_BATCH, GC_DEF_BATCH, GC_DEF_LR);
+    if (GC_HAS_MOMENTUM) fprintf(f, "  --momentum M           momentum in [0, 1) [%g]\n", GC_DEF_MOMENTUM);
+    if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
+    if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
+    if (GC_NKEEP)
+        fprintf(f,
+                "  --dropout KEEP[,...]   keep probabilities, input first, then each of the %d hidden layers; one\n"
+                "                         number: 0.8 on the inputs and KEEP on hidden units [1.0: no dropout]\n",
+                GC_NKEEP - 1);
+    fprintf(f,
+            "  --early-stopping P     stop after P epochs without validation improvement; restore the best\n"
+            "  --min-delta D          the smallest validation improvement that counts [%g]\n"
+            "  --seed S               initialization, shuffling and dropout masks [%lld]\n"
+            "  --threads T            1..%d [1 for small steps, else the CPUs this process may use]\n"
+            "  --quiet                no per-epoch progress lines\n"
+            "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json\n\n"
+            "exit status: 0 trained; 2 bad usage or data (nothing written); 3 CPU lacks a required feature;\n"
+            "4 cannot write output; 5 training diverged\n",
+            GC_DEF_MIN_DELTA, (long long)GC_DEF_SEED, GC_MAX_THREADS);
+}
+
+static void info(void) {
+    printf("model: %s\ntask: %s\nfeatures: %d\noutputs: %d\n", GC_MODEL_DESC, GC_TASK_NAME, GC_N_FEATURES,
+           GC_N_OUTPUTS);
+    if (GC_NCLASSNAMES) {
+        printf("classes:");
+        for (int i = 0; i < GC_NCLASSNAMES; i++) printf(" %s", gc_class_names[i]);
+        printf("\n");
+    }
+    printf("built from: %s\ntarget: %s (cpu %s)\ncpu features:", GC_DATASET, GC_TARGET, GC_TARGET_CPU);
+    for (int i = 0; i < GC_NCPU; i++) printf(" %s", gc_cpu_features[i]);
+    printf("\noptimizer: %s\nmax batch: %d\nmax threads: %d\n", GC_OPTIMIZER, GC_MAX_BATCH, GC_MAX_THREADS);
+    for (int k = 0; k < GC_NSTEPS; k++) {
+        const gc_step_t *s = &gc_steps[k];
+        printf("step %s: digest %s, arena %lld bytes (batch %d), scalar inputs:", s->label, s->digest,
+               (long long)s->arena, GC_MAX_BATCH);
+        for (int i = 0; i < s->nscalars; i++) printf(" %s", s->scalars[i].name);
+        printf("\n");
+    }
+    printf("parameters:\n");
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        printf("  %s (", gc_params[i].name);
+        for (int d = 0; d < gc_params[i].ndim; d++) printf(d ? ", %lld" : "%lld", (long long)gc_params[i].shape[d]);
+        printf(gc_params[i].ndim == 1 ? ",)\n" : ")\n");
+    }
+    printf("evaluation arena: %lld bytes (batch %d)\n", (long long)GC_E_ARENA, GC_EVAL_BATCH);
+}
+
+static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno) fail(EXIT_BAD, "%s: expected an integer, got '%s'", opt, s);
+    if (v < lo || v > hi) fail(EXIT_BAD, "%s: %lld is out of range [%lld, %lld]", opt, v, (long long)lo, (long long)hi);
+    return v;
+}
+
+static double parse_float(const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v)) fail(EXIT_BAD, "%s: expected a finite number, got '%s'", opt, s);
+    return v;
+}
+
+static void parse_dropout(opts_t *o, const char *s) {
+    double vals[64];
+    int n = 0;
+    const char *p = s;
+    char buf[64];
+    if (GC_NKEEP == 0)
+        fail(EXIT_BAD, "--dropout: this model has no run-time dropout (keep.<i> inputs); --dropout applies to the "
+                       "default MLP");
+    while (*p) {
+        const char *c = strchr(p, ',');
+        size_t len = c ? (size_t)(c - p) : strlen(p);
+        if (len == 0 || len >= sizeof buf || n >= 64) fail(EXIT_BAD, "--dropout: expected comma-separated numbers, got '%s'", s);
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        vals[n] = parse_float("--dropout", buf);
+        if (!(vals[n] > 0.0 && vals[n] <= 1.0))
+            fail(EXIT_BAD, "--dropout: keep probabilities must be in (0, 1], got %s", buf);
+        n++;
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (n == 0) fail(EXIT_BAD, "--dropout: expected comma-separated numbers, got '%s'", s);
+    for (int i = 0; i < GC_NKEEP; i++) o->keep[i] = 1.0;
+    if (n == 1) { /* the lecture's convention: 0.8 on the inputs, this number on hidden units */
+        o->keep[0] = 0.8;
+        for (int i = 1; i < GC_NKEEP; i++) o->keep[i] = vals[0];
+    } else {
+        if (n > GC_NKEEP)
+            fail(EXIT_BAD, "--dropout: %d keep probabilities given, but the model has %d dropout layers (input first, "
+                           "then each hidden layer)", n, GC_NKEEP);
+        for (int i = 0; i < n; i++) o->keep[i] = vals[i];
+    }
+    o->dropout_set = 1;
+}
+
+static void parse_args(opts_t *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->epochs = GC_DEF_EPOCHS;
+    o->batch = GC_DEF_BATCH;
+    o->lr = GC_DEF_LR;
+    o->momentum = GC_DEF_MOMENTUM;
+    o->l2 = GC_DEF_L2;
+    o->l1 = GC_DEF_L1;
+    o->patience = GC_DEF_PATIENCE;
+    o->min_delta = GC_DEF_MIN_DELTA;
+    o->seed = GC_DEF_SEED;
+    for (int i = 0; i < GC_NKEEP; i++) o->keep[i] = i < GC_DEF_NKEEP ? gc_def_keep[i] : 1.0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(a, "--info")) {
+            info();
+            exit(0);
+        }
+        if (!strcmp(a, "--quiet")) {
+            o->quiet = 1;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) fail(EXIT_BAD, "unexpected argument '%s' (see --help)", a);
+        char name[64];
+        const char *val;
+        const char *eq = strchr(a, '=');
+        if (eq) {
+            size_t len = (size_t)(eq - a);
+            if (len >= sizeof name) fail(EXIT_BAD, "unknown option '%s' (see --help)", a);
+            memcpy(name, a, len);
+            name[len] = 0;
+            val = eq + 1;
+        } else {
+            if (strlen(a) >= sizeof name) fail(EXIT_BAD, "unknown option '%s' (see --help)", a);
+            strcpy(name, a);
+            if (i + 1 >= argc) fail(EXIT_BAD, "%s needs a value (see --help)", a);
+            val = argv[++i];
+        }
+        if (!strcmp(name, "--x-train")) o->x_train = val;
+        else if (!strcmp(name, "--y-train")) o->y_train = val;
+        else if (!strcmp(name, "--x-val")) o->x_val = val;
+        else if (!strcmp(name, "--y-val")) o->y_val = val;
+        else if (!strcmp(name, "--x-test")) o->x_test = val;
+        else if (!strcmp(name, "--y-test")) o->y_test = val;
+        else if (!strcmp(name, "--out")) o->out = val;
+        else if (!strcmp(name, "--epochs")) o->epochs = parse_int(name, val, 1, 100000000);
+        else if (!strcmp(name, "--batch-size")) o->batch = parse_int(name, val, 1, INT64_MAX / 2);
+        else if (!strcmp(name, "--early-stopping")) o->patience = parse_int(name, val, 1, 100000000);
+        else if (!strcmp(name, "--threads")) o->threads = parse_int(name, val, 1, GC_MAX_THREADS);
+        else if (!strcmp(name, "--seed")) o->seed = parse_int(name, val, INT64_MIN, INT64_MAX);
+        else if (!strcmp(name, "--lr")) {
+            o->lr = parse_float(name, val);
+            if (!(o->lr > 0)) fail(EXIT_BAD, "--lr: the learning rate must be positive, got %s", val);
+        } else if (!strcmp(name, "--momentum")) {
+            o->momentum = parse_float(name, val);
+            if (!(o->momentum >= 0 && o->momentum < 1)) fail(EXIT_BAD, "--momentum: must be in [0, 1), got %s", val);
+            if (!GC_HAS_MOMENTUM && o->momentum != 0)
+                fail(EXIT_BAD, "--momentum: this binary's optimizer (%s) has no momentum", GC_OPTIMIZER);
+            o->momentum_set = 1;
+        } else if (!strcmp(name, "--l2") || !strcmp(name, "--l1")) {
+            double v = parse_float(name, val);
+            if (!(v >= 0)) fail(EXIT_BAD, "%s: the penalty must be >= 0, got %s", name, val);
+            if (name[3] == '2') {
+                if (!GC_HAS_L2 && v != 0) fail(EXIT_BAD, "--l2: this model has no penalized parameters");
+                o->l2 = v;
+            } else {
+                if (!GC_HAS_L1 && v != 0) fail(EXIT_BAD, "--l1: this model has no penalized parameters");
+                o->l1 = v;
+            }
+        } else if (!strcmp(name, "--min-delta")) {
+            o->min_delta = parse_float(name, val);
+            if (o->min_delta < 0) fail(EXIT_BAD, "--min-delta: must be >= 0, got %s", val);
+        } else if (!strcmp(name, "--dropout")) parse_dropout(o, val);
+        else fail(EXIT_BAD, "unknown option '%s' (see --help)", name);
+    }
+    if (!o->x_train || !o->y_train) fail(EXIT_BAD, "--x-train and --y-train are required (see --help)");
+    if (!o->out) fail(EXIT_BAD, "--out DIR is required (see --help)");
+    if (!o->x_val != !o->y_val) fail(EXIT_BAD, "--x-val and --y-val go together");
+    if (!o->x_test != !o->y_test) fail(EXIT_BAD, "--x-test and --y-test go together");
+    if (o->patience && !o->x_val) fail(EXIT_BAD, "--early-stopping needs a validation split (--x-val, --y-val)");
+}
+
+/* ------------------------------------------------------------------------------------------------ .npy */
+
+typedef struct {
+    const char *opt, *path;
+    char descr[32];
+    char kind; /* f, i, u, b, c, or ? */
+    int itemsize, ndim, fortran;
+    int64_t shape[8], count;
+    void *data;
+} npy_t;
+
+static void bad_file(const npy_t *a, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void bad_file(const npy_t *a, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fail(EXIT_BAD, "%s %s: %s", a->opt, a->path, msg);
+}
+
+typedef struct {
+    const char *p, *end;
+} cur_t;
+
+static void skip_ws(cur_t *c) {
+    while (c->p < c->end && *c->p == ' ') c->p++;
+}
+
+static int take(cur_t *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static int take_word(cur_t *c, const char *w) {
+    size_t n = strlen(w);
+    skip_ws(c);
+    if ((size_t)(c->end - c->p) >= n && !memcmp(c->p, w, n)) {
+        c->p += n;
+        return 1;
+    }
+    return 0;
+}
+
+static int take_string(cur_t *c, char *out, size_t cap) {
+    skip_ws(c);
+    if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return 0;
+    char q = *c->p++;
+    size_t n = 0;
+    while (c->p < c->end && *c->p != q) {
+        if (*c->p == '\\' || n + 1 >= cap) return 0;
+        out[n++] = *c->p++;
+    }
+    if (c->p >= c->end) return 0;
+    c->p++;
+    out[n] = 0;
+    return 1;
+}
+
+static int take_int(cur_t *c, int64_t *v) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p < '0' || *c->p > '9') return 0;
+    int64_t x = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+        int d = *c->p++ - '0';
+        if (x > (INT64_MAX - d) / 10) return 0;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return 1;
+}
+
+static const char *dtype_name(const npy_t *a) {
+    static char buf[48];
+    const char *k = a->kind == 'f' ? "float" : a->kind == 'i' ? "int" : a->kind == 'u' ? "uint"
+                  : a->kind == 'c' ? "complex" : NULL;
+    if (a->kind == 'b' && a->itemsize == 1) return "bool";
+    if (!k) {
+        snprintf(buf, sizeof buf, "'%s'", a->descr);
+        return buf;
+    }
+    snprintf(buf, sizeof buf, "%s%d", k, a->itemsize * 8);
+    return buf;
+}
+
+static void shape_str(const npy_t *a, char *buf, size_t cap) {
+    size_t n = (size_t)snprintf(buf, cap, "(");
+    for (int i = 0; i < a->ndim && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, i ? ", %lld" : "%lld", (long long)a->shape[i]);
+    if (n < cap) snprintf(buf + n, cap - n, a->ndim == 1 ? ",)" : ")");
+}
+
+/* Parse the header dict strictly: exactly the keys descr, fortran_order and shape, Python literal syntax, padded
+ * with spaces and ended by one newline. */
+static void parse_header(npy_t *a, const char *h, size_t len) {
+    cur_t c = {h, h + len};
+    int seen_descr = 0, seen_fortran = 0, seen_shape = 0;
+    if (len == 0 || h[len - 1] != '\n') bad_file(a, "malformed .npy header (it must end with a newline)");
+    c.end = h + len - 1;
+    for (size_t i = 0; i + 1 < len; i++)
+        if ((unsigned char)h[i] < 32 || (unsigned char)h[i] > 126)
+            bad_file(a, "malformed .npy header (unexpected byte 0x%02x)", (unsigned char)h[i]);
+    if (!take(&c, '{')) bad_file(a, "malformed .npy header (not a dict)");
+    for (;;) {
+        char key[32];
+        if (take(&c, '}')) break;
+        if (!take_string(&c, key, sizeof key)) bad_file(a, "malformed .npy header (expected a quoted key)");
+        if (!take(&c, ':')) bad_file(a, "malformed .npy header (expected ':' after '%s')", key);
+        if (!strcmp(key, "descr")) {
+            if (seen_descr++) bad_file(a, "malformed .npy header (duplicate key 'descr')");
+            if (!take_string(&c, a->descr, sizeof a->descr))
+                bad_file(a, "unsupported dtype (descr is not a simple type string: structured arrays are not "
+                            "supported)");
+        } else if (!strcmp(key, "fortran_order")) {
+            if (seen_fortran++) bad_file(a, "malformed .npy header (duplicate key 'fortran_order')");
+            if (take_word(&c, "True")) a->fortran = 1;
+            else if (take_word(&c, "False")) a->fortran = 0;
+            else bad_file(a, "malformed .npy header (fortran_order must be True or False)");
+        } else if (!strcmp(key, "shape")) {
+            if (seen_shape++) bad_file(a, "malformed .npy header (duplicate key 'shape')");
+            if (!take(&c, '(')) bad_file(a, "malformed .npy header (shape must be a tuple)");
+            a->ndim = 0;
+            if (!take(&c, ')')) {
+                for (;;) {
+                    int64_t v;
+                    if (a->ndim >= 8) bad_file(a, "arrays of more than 8 dims are not supported");
+                    if (!take_int(&c, &v)) bad_file(a, "malformed .npy header (shape must hold non-negative integers)");
+                    a->shape[a->ndim++] = v;
+                    if (take(&c, ',')) {
+                        if (take(&c, ')')) break;
+                        continue;
+                    }
+                    if (take(&c, ')')) {
+                        if (a->ndim == 1) bad_file(a, "malformed .npy header (shape (n) must be written (n,))");
+                        break;
+                    }
+                    bad_file(a, "malformed .npy header (bad shape tuple)");
+                }
+            }
+        } else {
+            bad_file(a, "malformed .npy header (unexpected key '%s')", key);
+        }
+        if (take(&c, ',')) continue;
+        if (take(&c, '}')) break;
+        bad_file(a, "malformed .npy header (expected ',' or '}')");
+    }
+    skip_ws(&c);
+    if (c.p != c.end) bad_file(a, "malformed .npy header (text after the dict)");
+    if (!seen_descr || !seen_fortran || !seen_shape)
+        bad_file(a, "malformed .npy header (it needs descr, fortran_order and shape)");
+    const char *d = a->descr;
+    if (d[0] == '>') bad_file(a, "big-endian data ('%s') is not supported: save it little-endian (x.astype('<%s'))",
+                              d, d + 1);
+    if ((d[0] != '<' && d[0] != '|' && d[0] != '=') || !d[1] || !d[2])
+        bad_file(a, "unsupported dtype '%s'", d);
+    a->kind = d[1];
+    char *end;
+    long size = strtol(d + 2, &end, 10);
+    if (*end || size <= 0 || size > 64) bad_file(a, "unsupported dtype '%s'", d);
+    a->itemsize = (int)size;
+    if (!strchr("fiubc", a->kind)) a->kind = '?';
+    if (a->fortran && a->ndim > 1) {
+        int many = 0;
+        for (int i = 0; i < a->ndim; i++) many += a->shape[i] > 1;
+        if (many > 1) bad_file(a, "Fortran-order arrays are not supported: save np.ascontiguousarray(x)");
+    }
+}
+
+/* Open, parse and size-check; the data is read by npy_read once dtype and shape are known to be right. */
+static void npy_open(npy_t *a, const char *opt, const char *path) {
+    memset(a, 0, sizeof *a);
+    a->opt = opt;
+    a->path = path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) bad_file(a, "%s", errno == ENOENT ? "no such file" : strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) bad_file(a, "not a regular file");
+    unsigned char pre[12];
+    int64_t fsize = st.st_size;
+    if (fsize < 10 || pread(fd, pre, 10, 0) != 10) bad_file(a, "truncated: too short to be a .npy file (%lld bytes)",
+                                                            (long long)fsize);
+    if (memcmp(pre, "\x93NUMPY", 6) != 0) bad_file(a, "not a .npy file (bad magic)");
+    int major = pre[6], minor = pre[7];
+    if (major < 1 || major > 3 || minor != 0) bad_file(a, "unsupported .npy format version %d.%d", major, minor);
+    int64_t hlen, pos;
+    if (major == 1) {
+        hlen = pre[8] | (pre[9] << 8);
+        pos = 10;
+    } else {
+        if (fsize < 12 || pread(fd, pre + 10, 2, 10) != 2) bad_file(a, "truncated: the .npy header is cut off");
+        hlen = (int64_t)pre[8] | ((int64_t)pre[9] << 8) | ((int64_t)pre[10] << 16) | ((int64_t)pre[11] << 24);
+        pos = 12;
+    }
+    if (hlen > MAX_HEADER) bad_file(a, "the .npy header claims %lld bytes (more than %d): not a sane .npy file",
+                                    (long long)hlen, MAX_HEADER);
+    if (pos + hlen > fsize)
+        bad_file(a, "truncated: the header claims %lld bytes but the file has only %lld after the preamble",
+                 (long long)hlen, (long long)(fsize - pos));
+    char *h = malloc((size_t)hlen + 1);
+    if (!h || pread(fd, h, (size_t)hlen, pos) != hlen) bad_file(a, "cannot read the .npy header");
+    parse_header(a, h, (size_t)hlen);
+    free(h);
+    int64_t count = 1;
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->shape[i] && count > INT64_MAX / a->itemsize / a->shape[i])
+            bad_file(a, "the header's shape is impossibly large");
+        count *= a->shape[i];
+    }
+    a->count = count;
+    int64_t need = count * a->itemsize, have = fsize - pos - hlen;
+    char shp[256];
+    shape_str(a, shp, sizeof shp);
+    if (have < need)
+        bad_file(a, "truncated: the header says %s %s (%lld data bytes) but the file holds %lld", dtype_name(a), shp,
+                 (long long)need, (long long)have);
+    if (have > need)
+        bad_file(a, "the file holds %lld data bytes but its header says %s %s (%lld bytes): the header does not "
+                    "describe the data", (long long)have, dtype_name(a), shp, (long long)need);
+    a->data = (void *)(intptr_t)(pos + hlen); /* the data's offset, until npy_read */
+    close(fd);
+}
+
+static void npy_read(npy_t *a) {
+    int64_t off = (int64_t)(intptr_t)a->data, need = a->count * a->itemsize;
+    int fd = open(a->path, O_RDONLY);
+    if (fd < 0) bad_file(a, "%s", strerror(errno));
+    char *buf = xalloc_raw((size_t)need);
+    int64_t got = 0;
+    while (got < need) {
+        ssize_t r = pread(fd, buf + got, (size_t)(need - got), off + got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) bad_file(a, "truncated while reading (%lld of %lld data bytes)", (long long)got, (long long)need);
+        got += r;
+    }
+    close(fd);
+    a->data = buf;
+}
+
+static int64_t rows_of(const npy_t *a) { return a->ndim ? a->shape[0] : 0; }
+
+static void check_finite(const npy_t *a, int64_t row_len) {
+    const float *v = a->data;
+    for (int64_t i = 0; i < a->count; i++)
+        if (!isfinite(v[i])) {
+            if (row_len > 1)
+                bad_file(a, "non-finite value %g at row %lld, column %lld", (double)v[i], (long long)(i / row_len),
+                         (long long)(i % row_len));
+            bad_file(a, "non-finite value %g at row %lld", (double)v[i], (long long)i);
+        }
+}
+
+/* Features: float32 (rows, GC_N_FEATURES), finite. */
+static void load_x(npy_t *a, const char *opt, const char *path) {
+    char shp[256];
+    npy_open(a, opt, path);
+    shape_str(a, shp, sizeof shp);
+    if (a->kind != 'f' || a->itemsize != 4)
+        bad_file(a, "dtype %s: features must be float32 (save x.astype(np.float32))", dtype_name(a));
+    if (a->ndim != 2) bad_file(a, "shape %s: features must be a 2-D array (rows, %d)", shp, GC_N_FEATURES);
+    if (a->shape[1] != GC_N_FEATURES)
+        bad_file(a, "shape %s: rows have %lld features but the model takes %d", shp, (long long)a->shape[1],
+                 GC_N_FEATURES);
+    if (a->shape[0] < 1) bad_file(a, "shape %s: no rows", shp);
+    npy_read(a);
+    check_finite(a, GC_N_FEATURES);
+}
+
+/* Labels (int32/int64 class indices, stored as int32) or float32 targets, one row per row of x. */
+static void load_y(npy_t *a, const char *opt, const char *path, const npy_t *x) {
+    char shp[256];
+    npy_open(a, opt, path);
+    shape_str(a, shp, sizeof shp);
+    if (GC_TASK == 0) {
+        if (a->kind != 'i' || (a->itemsize != 4 && a->itemsize != 8))
+            bad_file(a, "dtype %s: labels must be int32 or int64 class indices 0..%d", dtype_name(a), GC_N_CLASSES - 1);
+        if (a->ndim != 1) bad_file(a, "shape %s: labels must be a 1-D array (rows,)", shp);
+    } else {
+        if (a->kind != 'f' || a->itemsize != 4)
+            bad_file(a, "dtype %s: targets must be float32 (save y.astype(np.float32))", dtype_name(a));
+        int ok = a->ndim == 1 + GC_Y_NDIM;
+        for (int d = 0; ok && d < GC_Y_NDIM; d++) ok = a->shape[1 + d] == gc_y_dims[d];
+        if (GC_Y_NDIM == 0 && a->ndim == 2 && a->shape[1] == 1) ok = 1;
+        if (!ok) bad_file(a, "shape %s: targets must have %d value(s) per row", shp, GC_Y_ROW);
+    }
+    if (rows_of(a) != rows_of(x))
+        bad_file(a, "has %lld rows but %s %s has %lld", (long long)rows_of(a), x->opt, x->path,
+                 (long long)rows_of(x));
+    npy_read(a);
+    if (GC_TASK == 0) {
+        int32_t *lab = xalloc((size_t)a->count * 4);
+        for (int64_t i = 0; i < a->count; i++) {
+            int64_t v = a->itemsize == 4 ? ((int32_t *)a->data)[i] : ((int64_t *)a->data)[i];
+            if (v < 0 || v >= GC_N_CLASSES)
+                bad_file(a, "label %lld at row %lld is out of range: the model has %d classes (0..%d)", (long long)v,
+                         (long long)i, GC_N_CLASSES, GC_N_CLASSES - 1);
+            lab[i] = (int32_t)v;
+        }
+        free(a->data);
+        a->data = lab;
+        a->itemsize = 4;
+    } else {
+        check_finite(a, GC_Y_ROW);
+        if (GC_TASK == 1) {
+            const float *v = a->data;
+            for (int64_t i = 0; i < a->count; i++)
+                if (v[i] != 0.0f && v[i] != 1.0f)
+                    bad_file(a, "binary label %g at row %lld is not 0 or 1", (double)v[i], (long long)i);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ output */
+
+static void mkdirs(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) fail(EXIT_IO, "--out %s: bad directory name", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) fail(EXIT_IO, "--out %s: cannot create %s: %s", path, buf,
+                                                               strerror(errno));
+            buf[i] = c;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) fail(EXIT_IO, "--out %s: not a directory", path);
+}
+
+static FILE *open_out(const char *dir, const char *name, char *tmp, char *final) {
+    snprintf(final, 4096, "%s/%s", dir, name);
+    snprintf(tmp, 4096, "%s/.%s.tmp", dir, name);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
+    return f;
+}
+
+static void close_out(FILE *f, const char *tmp, const char *final) {
+    if (fflush(f) != 0 || ferror(f) || fclose(f) != 0) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
+    if (rename(tmp, final) != 0) fail(EXIT_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+}
+
+static void write_npy(const char *dir, const gc_tensor_t *t, const float *data) {
+    char tmp[4096], final[4096], name[1024], hdr[512];
+    snprintf(name, sizeof name, "%s.npy", t->name);
+    FILE *f = open_out(dir, name, tmp, final);
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    for (int d = 0; d < t->ndim; d++) n += snprintf(hdr + n, sizeof hdr - n, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    n += snprintf(hdr + n, sizeof hdr - n, t->ndim == 1 ? ",), }" : "), }");
+    while ((10 + n + 1) % 64) hdr[n++] = ' ';
+    hdr[n++] = '\n';
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(n & 0xff), (unsigned char)(n >> 8)};
+    fwrite(pre, 1, 10, f);
+    fwrite(hdr, 1, (size_t)n, f);
+    fwrite(data, 4, (size_t)t->size, f);
+    close_out(f, tmp, final);
+}
+
+/* ------------------------------------------------------------------------------------------------ training */
+
+typedef struct {
+    int64_t epoch, step;
+    double lr, train_loss, rate, val_loss, val_metric, val_rmse;
+    int has_val;
+} row_t;
+
+static uintptr_t etab[GC_E_NBUF];
+static int64_t edims[GC_E_NSYM];
+static void *ews;
+
+/* Mean data loss over (X, Y) in inference mode and the model's outputs, in chunks of GC_EVAL_BATCH rows, summed
+ * as Trainer.evaluate does (float loss * rows, in double). */
+static double evaluate(const float *X, const void *Y, int64_t n, float *out, int threads) {
+    double total = 0.0;
+    for (int64_t lo = 0; lo < n; lo += GC_EVAL_BATCH) {
+        int64_t m = n - lo < GC_EVAL_BATCH ? n - lo : GC_EVAL_BATCH;
+        float loss = 0.0f;
+        etab[GC_E_X] = (uintptr_t)(X + lo * GC_N_FEATURES);
+        if (GC_E_Y >= 0) etab[GC_E_Y] = (uintptr_t)((const char *)Y + lo * GC_Y_ROW_BYTES);
+        etab[GC_E_LOSS] = (uintptr_t)&loss;
+        etab[GC_E_OUT] = (uintptr_t)(out + lo * GC_OUT_ROW);
+        edims[GC_E_NDIM] = m;
+        eval_graphc_run(etab, edims, ews, threads);
+        total += (double)loss * (double)m;
+    }
+    return total / (double)(n > 0 ? n : 1);
+}
+
+/* accuracy (classification) or MSE (regression), as Trainer.metrics computes them */
+static double metric(const float *out, const void *Y, int64_t n, double *rmse) {
+    if (GC_TASK == 2) {
+        const float *y = Y;
+        double s = 0.0;
+        for (int64_t i = 0; i < n * GC_Y_ROW; i++) {
+            double d = (double)(out[i] - y[i]);
+            s += d * d;
+        }
+        s /= (double)(n * GC_Y_ROW);
+        if (rmse) *rmse = sqrt(s);
+        return s;
+    }
+    int64_t correct = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *o = out + i * GC_OUT_ROW;
+        int64_t pred, truth;
+        if (GC_TASK == 0) {
+            pred = 0;
+            for (int k = 1; k < GC_OUT_ROW; k++)
+                if (o[k] > o[pred]) pred = k;
+            truth = ((const int32_t *)Y)[i];
+        } else {
+            pred = o[0] > 0.0f;
+            truth = (int64_t)((const float *)Y)[i];
+        }
+        correct += pred == truth;
+    }
+    return (double)correct / (double)n;
+}
+
+static int auto_threads(int64_t batch) {
+    double flops = 0.0;
+    for (int i = 0; i < GC_NMATMUL; i++) {
+        double f = 2.0;
+        for (int d = 0; d < 3; d++) f *= (double)(gc_matmul[i][d] < 0 ? batch : gc_matmul[i][d]);
+        flops += f;
+    }
+    if (flops * 3 < 4e6) return 1;
+    int n = 1;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n < 1) n = 1;
+    return n > GC_MAX_THREADS ? GC_MAX_THREADS : n;
+}
+
+static void rate_str(double rate, char *buf, size_t cap) {
+    if (rate >= 1e6) snprintf(buf, cap, "%.2fM", rate / 1e6);
+    else snprintf(buf, cap, "%.1fk", rate / 1e3);
+}
+
+static void write_history(const char *dir, const row_t *rows, int64_t nrows, int has_val) {
+    char tmp[4096], final[4096];
+    FILE *f = open_out(dir, "history.csv", tmp, final);
+    fprintf(f, "phase,epoch,step,lr,train_loss,samples_per_second");
+    if (has_val) fprintf(f, GC_TASK == 2 ? ",val_loss,val_mse,val_rmse" : ",val_loss,val_accuracy");
+    fprintf(f, "\n");
+    for (int64_t i = 0; i < nrows; i++) {
+        const row_t *r = rows + i;
+        fprintf(f, "1,%lld,%lld,%.17g,%.17g,%.17g", (long long)r->epoch, (long long)r->step, r->lr, r->train_loss,
+                r->rate);
+        if (has_val) {
+            fprintf(f, ",%.17g,%.17g", r->val_loss, r->val_metric);
+            if (GC_TASK == 2) fprintf(f, ",%.17g", r->val_rmse);
+        }
+        fprintf(f, "\n");
+    }
+    close_out(f, tmp, final);
+}
+
+static void json_num(FILE *f, const char *key, double v, int last) {
+    if (isfinite(v)) fprintf(f, "  \"%s\": %.17g%s\n", key, v, last ? "" : ",");
+    else fprintf(f, "  \"%s\": null%s\n", key, last ? "" : ",");
+}
+
+/* The plain step (what graphc train compiles without momentum, penalties or dropout) when the run leaves every
+ * feature it lacks at its identity value, else the full step: each run trains with the step graphc train would
+ * build for the same options. */
+static const gc_step_t *choose_step(const opts_t *o) {
+    for (int k = GC_NSTEPS - 1; k > 0; k--) {
+        const gc_step_t *s = &gc_steps[k];
+        int ok = (s->has_momentum || o->momentum == 0.0) && (s->has_l2 || o->l2 == 0.0) && (s->has_l1 || o->l1 == 0.0);
+        for (int i = s->nkeep; ok && i < GC_NKEEP; i++) ok = o->keep[i] == 1.0;
+        if (ok) return s;
+    }
+    return &gc_steps[0];
+}
+
+int main(int argc, char **argv) {
+    opts_t o;
+    if (argc > 0 && argv[0] && *argv[0]) {
+        const char *s = strrchr(argv[0], '/');
+        prog = s ? s + 1 : argv[0];
+    }
+    parse_args(&o, argc, argv);
+
+    /* the CPU check comes before any LLVM code runs */
+    __builtin_cpu_init();
+    {
+        char missing[512] = "";
+        size_t len = 0;
+        for (int i = 0; i < GC_NCPU; i++)
+            if (!gc_cpu_has(i)) len += (size_t)snprintf(missing + len, len < sizeof missing ? sizeof missing - len : 0,
+                                                        "%s%s", len ? ", " : "", gc_cpu_features[i]);
+        if (len)
+            fail(EXIT_CPU, "this CPU lacks %s, which this binary's code (target %s) needs; rebuild it with graphc build "
+                           "--target x86-64-v2 (or another level this CPU supports)", missing, GC_TARGET);
+    }
+
+    /* data: everything is read and checked before anything is written */
+    npy_t xtr, ytr, xva, yva, xte, yte;
+    load_x(&xtr, "--x-train", o.x_train);
+    load_y(&ytr, "--y-train", o.y_train, &xtr);
+    if (o.x_val) {
+        load_x(&xva, "--x-val", o.x_val);
+        load_y(&yva, "--y-val", o.y_val, &xva);
+    }
+    if (o.x_test) {
+        load_x(&xte, "--x-test", o.x_test);
+        load_y(&yte, "--y-test", o.y_test, &xte);
+    }
+    const int64_t n = rows_of(&xtr);
+    const int64_t batch = o.batch < n ? o.batch : n; /* as run_epoch: min(batch, n) */
+    if (batch > GC_MAX_BATCH)
+        fail(EXIT_BAD, "--batch-size %lld exceeds %d, the largest batch this binary was built for (graphc build "
+                       "--max-batch)", (long long)batch, GC_MAX_BATCH);
+    const int threads = o.threads ? (int)o.threads : auto_threads(o.batch);
+    mkdirs(o.out);
+
+    /* state: parameters (initialized natively from the seed) and zeroed optimizer state */
+    const gc_step_t *S = choose_step(&o);
+    float *params[GC_NPARAMS], *state[GC_NSTATE + 1], *best_p[GC_NPARAMS], *best_s[GC_NSTATE + 1];
+    uintptr_t *ttab = xalloc((size_t)S->nbuf * sizeof(uintptr_t));
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        params[i] = xalloc((size_t)gc_params[i].size * 4);
+        best_p[i] = o.patience ? xalloc((size_t)gc_params[i].size * 4) : NULL;
+        ttab[S->param_slots[i]] = (uintptr_t)params[i];
+    }
+    for (int i = 0; i < GC_NSTATE; i++) {
+        state[i] = xalloc((size_t)gc_state[i].size * 4);
+        best_s[i] = o.patience ? xalloc((size_t)gc_state[i].size * 4) : NULL;
+        if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
+    }
+    S->init(ttab, o.seed);
+
+    char *arena = xalloc((size_t)S->arena);
+    void *ws = xalloc((size_t)S->ws[threads]);
+    for (const gc_place_t *p = S->temps; p->slot >= 0; p++) ttab[p->slot] = (uintptr_t)(arena + p->offset);
+    for (const gc_place_t *p = S->consts; p->slot >= 0; p++) ttab[p->slot] = (uintptr_t)(gc_blob + p->offset);
+    void *xb = xalloc((size_t)(batch * GC_X_ROW_BYTES));
+    void *yb = xalloc((size_t)(batch * GC_Y_ROW_BYTES > 8 ? batch * GC_Y_ROW_BYTES : 8));
+    ttab[S->x] = (uintptr_t)xb;
+    if (S->y >= 0) ttab[S->y] = (uintptr_t)yb;
+    double step_buf[1] = {0.0}; /* a float32 or float64 `step`, as the step program declares it */
+    int64_t key_buf[1] = {0};
+    float loss_buf[1] = {0.0f};
+    float *scal = xalloc((size_t)(S->nscalars + 1) * sizeof(float));
+    if (S->step >= 0) ttab[S->step] = (uintptr_t)step_buf;
+    if (S->key >= 0) ttab[S->key] = (uintptr_t)key_buf;
+    for (int i = 0; i < S->nscalars; i++) ttab[S->scalars[i].slot] = (uintptr_t)&scal[i];
+    ttab[S->loss] = (uintptr_t)loss_buf;
+    int64_t *perm = xalloc((size_t)n * 8);
+    int64_t *dims = xalloc((size_t)S->nsym * 8);
+    dims[S->ndim] = batch;
+
+    /* the evaluation program reads the same parameter arrays */
+    char *earena = xalloc((size_t)GC_E_ARENA);
+    ews = xalloc((size_t)gc_e_ws[threads]);
+    for (const gc_place_t *p = gc_e_temps; p->slot >= 0; p++) etab[p->slot] = (uintptr_t)(earena + p->offset);
+    for (const gc_place_t *p = gc_e_consts; p->slot >= 0; p++) etab[p->slot] = (uintptr_t)(gc_blob + p->offset);
+    for (int i = 0; i < GC_NPARAMS; i++)
+        if (gc_params[i].eval_slot >= 0) etab[gc_params[i].eval_slot] = (uintptr_t)params[i];
+    int64_t emax = o.x_val ? rows_of(&xva) : 0;
+    if (o.x_test && rows_of(&xte) > emax) emax = rows_of(&xte);
+    if (n > emax) emax = n;
+    float *eout = xalloc((size_t)(emax * GC_OUT_ROW * 4));
+
+    /* epochs: Trainer.run's phase 1 */
+    row_t *rows = calloc((size_t)o.epochs, sizeof(row_t));
+    int64_t nrows = 0, step = 0, best_epoch = -1, wait = 0, samples_total = 0;
+    double best_val = INFINITY, train_seconds = 0.0;
+    int stopped_early = 0, have_best = 0;
+    for (int64_t epoch = 0; epoch < o.epochs && !stopped_early; epoch++) {
+        for (int i = 0; i < S->nscalars; i++) {
+            double v = 0.0;
+            switch (S->scalars[i].kind) {
+            case GC_SCALAR_LR: v = o.lr; break;
+            case GC_SCALAR_MOMENTUM: v = o.momentum; break;
+            case GC_SCALAR_L2: v = o.l2; break;
+            case GC_SCALAR_L1: v = o.l1; break;
+            default: v = S->scalars[i].index < GC_NKEEP ? o.keep[S->scalars[i].index] : 1.0;
+            }
+            scal[i] = (float)v;
+        }
+        int64_t ctx[GC_CTX_SLOTS];
+        memset(ctx, 0, sizeof ctx);
+        ctx[GC_CTX_TABLE] = (int64_t)(uintptr_t)ttab;
+        ctx[GC_CTX_DIMS] = (int64_t)(uintptr_t)dims;
+        ctx[GC_CTX_WS] = (int64_t)(uintptr_t)ws;
+        ctx[GC_CTX_X] = (int64_t)(uintptr_t)xtr.data;
+        ctx[GC_CTX_Y] = (int64_t)(uintptr_t)ytr.data;
+        ctx[GC_CTX_NSAMP] = n;
+        ctx[GC_CTX_BATCH] = batch;
+        ctx[GC_CTX_EPOCH] = epoch;
+        ctx[GC_CTX_SEED] = o.seed;
+        ctx[GC_CTX_PERM] = (int64_t)(uintptr_t)perm;
+        ctx[GC_CTX_STEP0] = step;
+        ctx[GC_CTX_MAXSTEPS] = -1;
+        ctx[GC_CTX_XB] = (int64_t)(uintptr_t)xb;
+        ctx[GC_CTX_YB] = (int64_t)(uintptr_t)yb;
+        ctx[GC_CTX_STEPBUF] = (int64_t)(uintptr_t)step_buf;
+        ctx[GC_CTX_KEYBUF] = (int64_t)(uintptr_t)key_buf;
+        ctx[GC_CTX_LOSSBUF] = (int64_t)(uintptr_t)loss_buf;
+        ctx[GC_CTX_SHUFFLE] = 1;
+        ctx[GC_CTX_DROP_LAST] = 0;
+        double t0 = now();
+        S->epoch(ctx, NULL, NULL, threads);
+        double dt = now() - t0;
+        int64_t steps = ctx[GC_CTX_STEPS_DONE];
+        if (ctx[GC_CTX_STATUS]) {
+            write_history(o.out, rows, nrows, o.x_val != NULL);
+            fail(EXIT_DIVERGED, "training diverged: the loss became non-finite at epoch %lld, step %lld of the epoch "
+                                "(global step %lld); no parameters were written. Try a smaller learning rate (now %g) "
+                                "or standardized inputs.", (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1,
+                 (long long)(step + ctx[GC_CTX_BAD_STEP] + 1), o.lr);
+        }
+        double loss_sum;
+        memcpy(&loss_sum, &ctx[GC_CTX_LOSS_SUM], sizeof loss_sum);
+        int64_t samples = steps * batch < n ? steps * batch : n;
+        train_seconds += dt;
+        samples_total += samples;
+        step += steps;
+        row_t *r = &rows[nrows++];
+        r->epoch = epoch + 1;
+        r->step = step;
+        r->lr = o.lr;
+        r->train_loss = loss_sum / (double)(samples > 0 ? samples : 1);
+        r->rate = dt > 0 ? (double)samples / dt : 0.0;
+        if (o.x_val) {
+            r->has_val = 1;
+            r->val_loss = evaluate(xva.data, yva.data, rows_of(&xva), eout, threads);
+            r->val_metric = metric(eout, yva.data, rows_of(&xva), &r->val_rmse);
+            if (o.patience) {
+                if (r->val_loss < best_val - o.min_delta) {
+                    best_val = r->val_loss;
+                    best_epoch = epoch + 1;
+                    wait = 0;
+                    have_best = 1;
+                    for (int i = 0; i < GC_NPARAMS; i++) memcpy(best_p[i], params[i], (size_t)gc_params[i].size * 4);
+                    for (int i = 0; i < GC_NSTATE; i++) memcpy(best_s[i], state[i], (size_t)gc_state[i].size * 4);
+                } else if (++wait >= o.patience) {
+                    stopped_early = 1;
+                }
+            }
+        }
+        if (!o.quiet) {
+            char rate[32], val[96] = "";
+            rate_str(r->rate, rate, sizeof rate);
+            if (r->has_val)
+                snprintf(val, sizeof val, "val_loss %.4f  %s %.4f", r->val_loss,
+                         GC_TASK == 2 ? "val_mse" : "val_accuracy", r->val_metric);
+            printf("epoch %4lld/%lld  loss %.4f  %s  %s samples/s\n", (long long)r->epoch, (long long)o.epochs,
+                   r->train_loss, val, rate);
+            fflush(stdout);
+        }
+    }
+    if (o.patience && have_best) { /* restore the best parameters */
+        for (int i = 0; i < GC_NPARAMS; i++) memcpy(params[i], best_p[i], (size_t)gc_params[i].size * 4);
+        for (int i = 0; i < GC_NSTATE; i++) memcpy(state[i], best_s[i], (size_t)gc_state[i].size * 4);
+    }
+
+    /* results */
+    for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
+    write_history(o.out, rows, nrows, o.x_val != NULL);
+    const char *split = o.x_test ? "test" : o.x_val ? "val" : "train";
+    const npy_t *fx = o.x_test ? &xte : o.x_val ? &xva : &xtr, *fy = o.x_test ? &yte : o.x_val ? &yva : &ytr;
+    double rmse = 0.0, floss = evaluate(fx->data, fy->data, rows_of(fx), eout, threads);
+    double fmetric = metric(eout, fy->data, rows_of(fx), &rmse);
+    double tput = train_seconds > 0 ? (double)samples_total / train_seconds : 0.0;
+    {
+        char tmp[4096], final[4096];
+        FILE *f = open_out(o.out, "metrics.json", tmp, final);
+        fprintf(f, "{\n  \"task\": \"%s\",\n  \"target\": \"%s\",\n  \"split\": \"%s\",\n", GC_TASK_NAME, GC_TARGET,
+                split);
+        char key[64];
+        snprintf(key, sizeof key, "%s_loss", split);
+        json_num(f, key, floss, 0);
+        snprintf(key, sizeof key, "%s_%s", split, GC_TASK == 2 ? "mse" : "accuracy");
+        json_num(f, key, fmetric, 0);
+        if (GC_TASK == 2) {
+            snprintf(key, sizeof key, "%s_rmse", split);
+            json_num(f, key, rmse, 0);
+        }
+        fprintf(f, "  \"epochs\": %lld,\n  \"steps\": %lld,\n  \"best_epoch\": %lld,\n  \"stopped_early\": %s,\n",
+                (long long)nrows, (long long)step, (long long)(o.patience ? best_epoch : -1),
+                stopped_early ? "true" : "false");
+        fprintf(f, "  \"batch_size\": %lld,\n  \"threads\": %d,\n  \"seed\": %lld,\n  \"step\": \"%s\",\n",
+                (long long)o.batch, threads, (long long)o.seed, S->label);
+        json_num(f, "train_seconds", train_seconds, 0);
+        json_num(f, "train_samples_per_second", tput, 1);
+        fprintf(f, "}\n");
+        close_out(f, tmp, final);
+    }
+    char metric_s[96];
+    if (GC_TASK == 2) snprintf(metric_s, sizeof metric_s, "%s MSE %.4f (RMSE %.4f)", split, fmetric, rmse);
+    else snprintf(metric_s, sizeof metric_s, "%s accuracy %.4f", split, fmetric);
+    printf("%s; %.0f samples/s on %d thread(s); %lld epochs%s; results in %s\n", metric_s, tput, threads,
+           (long long)nrows, stopped_early ? " (stopped early)" : "", o.out);
+    return 0;
+}

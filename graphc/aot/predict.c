@@ -1,0 +1,63 @@
+/* graphc's inference library: the model's forward function with its trained weights embedded.
+ *
+ * Linked by `graphc export` with the LLVM object of the inference program (`lib_graphc_run`) and a generated
+ * manifest, graphc_lib.h. Each call allocates its own arena (sized by the memory plan of the smallest planned
+ * batch that holds n rows) and workspace, so concurrent calls never share writable memory; the weights and
+ * constants are read-only. The public declarations are in the generated NAME.h. */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graphc_lib.h"
+
+#define API __attribute__((visibility("default")))
+
+enum { OK = 0, ERR_NULL = 1, ERR_N = 2, ERR_TOO_LARGE = 3, ERR_THREADS = 4, ERR_NOMEM = 5, ERR_CPU = 6 };
+
+static int cpu_state; /* 0: not checked yet, 1: fine, -1: a required feature is missing */
+
+static int cpu_ok(void) {
+    int s = __atomic_load_n(&cpu_state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+        __builtin_cpu_init();
+        s = 1;
+        for (int i = 0; i < GC_NCPU; i++)
+            if (!gc_cpu_has(i)) s = -1;
+        __atomic_store_n(&cpu_state, s, __ATOMIC_RELEASE);
+    }
+    return s > 0;
+}
+
+static int predict(const float *x, int64_t n, float *out, int nthreads) {
+    if (!x || !out) return ERR_NULL;
+    if (n < 1) return ERR_N;
+    if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
+    if (nthreads < 1 || nthreads > GC_MAX_THREADS) return ERR_THREADS;
+    if (!cpu_ok()) return ERR_CPU;
+    int b = 0;
+    while (gc_buckets[b] < n) b++;
+    size_t arena_bytes = ((size_t)gc_arena[b] + 63) / 64 * 64;
+    size_t ws_bytes = ((size_t)gc_ws[b][nthreads] + 63) / 64 * 64;
+    char *mem = NULL;
+    if (posix_memalign((void **)&mem, 64, arena_bytes + ws_bytes + 64) != 0) return ERR_NOMEM;
+    uintptr_t table[GC_NBUF];
+    int64_t dims[GC_NSYM];
+    memset(table, 0, sizeof table);
+    memset(dims, 0, sizeof dims);
+    for (int i = 0; i < GC_NTEMPS; i++) table[gc_temp_slots[i]] = (uintptr_t)(mem + gc_temp_offsets[b][i]);
+    for (const gc_place_t *p = gc_consts; p->slot >= 0; p++) table[p->slot] = (uintptr_t)(gc_blob + p->offset);
+    for (int i = 0; i < GC_NPARAMS; i++) table[gc_params[i].eval_slot] = (uintptr_t)(gc_blob + gc_params[i].blob);
+    table[GC_X] = (uintptr_t)x; /* read only */
+    table[GC_OUT] = (uintptr_t)out;
+    dims[GC_NDIM] = n;
+    lib_graphc_run(table, dims, mem + arena_bytes, nthreads);
+    free(mem);
+    return OK;
+}
+
+API int GC_PREDICT(const float *x, int64_t n, float *out) { return predict(x, n, out, 1); }
+
+API int GC_PREDICT_THREADS(const float *x, int64_t n, float *out, int nthreads) {
+    return predict(x, n, out, nthreads);
+}

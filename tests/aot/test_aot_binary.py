@@ -1,0 +1,158 @@
+"""Standalone training binaries: the same training as in process (bitwise), no Python at run time, the CPU
+check, a model file with another task, optimizer and target, and the `graphc build` command."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from aot_helpers import FEATURES, data_flags, needs_cc
+
+pytestmark = needs_cc
+
+
+def test_help_and_info(digits_binary):
+    p = subprocess.run([str(digits_binary.path), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0
+    for flag in ("--x-train", "--y-val", "--x-test", "--epochs", "--batch-size", "--lr", "--momentum", "--l2", "--l1",
+                 "--dropout", "--early-stopping", "--seed", "--threads", "--out"):
+        assert flag in p.stdout, flag
+    p = subprocess.run([str(digits_binary.path), "--info"], capture_output=True, text=True)
+    assert p.returncode == 0
+    assert "mlp.0.W (64, 128)" in p.stdout and "task: multiclass" in p.stdout
+    assert digits_binary.step_digest[:16] in p.stdout
+
+
+def test_same_weights_as_in_process_training(digits_binary, digits_data, digits_run):
+    """`graphc train` / gc.fit with momentum, L2, L1 and dropout set builds the same step as the binary (equal
+    digests and compiled-step keys) and, on the same splits and seed, ends with bitwise the same weights,
+    early stopping included."""
+    from graphc.aot.build import step_digest
+    from graphc.fitting import fit
+    from graphc.nn.train import TrainConfig, Trainer
+
+    ds, _ = digits_data
+    trainer = Trainer(None, ds.task, ds.n_features, ds.n_outputs, TrainConfig(**FEATURES), log=lambda m: None)
+    assert step_digest(trainer) == digits_binary.step_digest
+    assert trainer.epoch_fn.cache_key == digits_binary.step_key
+    result = fit(None, "digits", progress=False, checkpoint_every=0, **FEATURES)
+    p, out = digits_run
+    assert result.metrics["stopped_early"] == ("stopped early" in p.stdout)
+    for name, value in result.params.items():
+        got = np.load(out / f"{name}.npy")
+        assert got.dtype == np.float32 and got.shape == value.shape
+        assert np.array_equal(got.view(np.uint32), value.view(np.uint32)), name
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("phase,epoch,step,lr,train_loss,samples_per_second,val_loss")
+    rows = [dict(zip(lines[0].split(","), r.split(","), strict=True)) for r in lines[1:]]
+    assert [float(r["train_loss"]) for r in rows] == [h["train_loss"] for h in result.history]
+    assert [float(r["val_loss"]) for r in rows] == [h["val_loss"] for h in result.history]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_accuracy"] == result.metrics["test_accuracy"] and m["step"] == "full"
+    assert f"test accuracy {result.metrics['test_accuracy']:.4f}" in p.stdout
+    assert sum(line.startswith("epoch ") for line in p.stdout.splitlines()) == len(result.history)
+
+
+def test_default_run_uses_the_plain_step_as_graphc_train_does(digits_binary, digits_data, tmp_path):
+    """Without momentum, penalties or dropout the binary runs its plain step: the one `graphc train` compiles by
+    default (equal digests and keys), with bitwise the same weights."""
+    from graphc.aot.build import step_digest
+    from graphc.fitting import fit
+    from graphc.nn.train import TrainConfig, Trainer
+
+    ds, paths = digits_data
+    trainer = Trainer(None, ds.task, ds.n_features, ds.n_outputs, TrainConfig(), log=lambda m: None)
+    assert step_digest(trainer) == digits_binary.plain_digest != digits_binary.step_digest
+    assert trainer.epoch_fn.cache_key == digits_binary.plain_key
+    result = fit(None, "digits", progress=False, checkpoint_every=0, epochs=3, seed=1)
+    out = tmp_path / "out"
+    p = subprocess.run([str(digits_binary.path), *data_flags(paths), "--epochs", "3", "--seed", "1", "--out",
+                        str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((out / "metrics.json").read_text())["step"] == "plain"
+    for name, value in result.params.items():
+        assert np.array_equal(np.load(out / f"{name}.npy").view(np.uint32), value.view(np.uint32)), name
+
+
+def test_thread_counts_and_the_dropout_shorthand_agree(digits_binary, digits_data, tmp_path):
+    runs = {}
+    for name, extra in (("one", ["--threads", "1", "--dropout", "0.5"]), ("two", ["--threads", "2", "--dropout",
+                                                                                  "0.8,0.5"])):
+        p = subprocess.run([str(digits_binary.path), *data_flags(digits_data[1], ("train",)), "--epochs", "2",
+                            "--seed", "3", *extra, "--quiet", "--out", str(tmp_path / name)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert "epoch " not in p.stdout and "train accuracy" in p.stdout
+        runs[name] = {f: np.load(tmp_path / name / f) for f in ("mlp.0.W.npy", "mlp.1.b.npy")}
+    for f in runs["one"]:
+        assert np.array_equal(runs["one"][f], runs["two"][f])
+
+
+def test_runs_without_python(digits_binary, digits_data, tmp_path):
+    """An empty environment (no PATH, no PYTHONPATH): the binary needs only libc, libm and libpthread."""
+    blob = digits_binary.path.read_bytes()
+    assert b"libpython" not in blob
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    p = subprocess.run(["env", "-i", "PATH=", str(digits_binary.path), *data_flags(digits_data[1]), "--epochs", "1",
+                        "--out", str(out)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr
+    assert (out / "mlp.0.W.npy").exists() and (out / "history.csv").exists()
+    assert "test accuracy" in p.stdout
+    assert elapsed < 5  # seconds: one digits epoch plus start-up (in practice tens of milliseconds)
+
+
+def test_refuses_a_cpu_without_its_features(digits_binary, digits_data, tmp_path):
+    """Relinked with the CPU check told that every feature is missing: a clear refusal, exit 3, nothing run."""
+    cmd = list(digits_binary.link_command)
+    fake = tmp_path / "no-features"
+    cmd[cmd.index("-o") + 1] = str(fake)
+    subprocess.run([*cmd, "-DGC_CPU_SUPPORTS(f)=0"], check=True, capture_output=True)
+    p = subprocess.run([str(fake), *data_flags(digits_data[1], ("train",)), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert p.returncode == 3
+    assert "this CPU lacks" in p.stderr and "avx" in p.stderr and "--target" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+MODEL = """
+import graphc as gc
+
+OPTIONS = {"epochs": 3, "lr": 0.01}
+
+def model(x, n_outputs):
+    h = gc.nn.dense(x, 16, "tanh", name="first")
+    return gc.nn.dense(h, n_outputs, name="out")
+"""
+
+
+def test_build_command_with_a_model_file_regression_adam_and_a_portable_target(tmp_path):
+    from graphc import data
+
+    (tmp_path / "m.py").write_text(MODEL)
+    exe = tmp_path / "train-diabetes"
+    p = subprocess.run([sys.executable, "-m", "graphc.cli", "build", "--model", str(tmp_path / "m.py"), "--dataset",
+                        "diabetes", "--optimizer", "adam", "--target", "x86-64-v2", "--max-batch", "64", "-o",
+                        str(exe)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"built {exe}" in p.stdout
+    info = subprocess.run([str(exe), "--info"], capture_output=True, text=True).stdout
+    assert "cpu features: sse3 ssse3 sse4.1 sse4.2 popcnt\n" in info and "first.W (10, 16)" in info
+    ds = data.load("diabetes")
+    args = []
+    for split in ("train", "test"):
+        for kind, arr in (("x", getattr(ds, f"X_{split}")), ("y", getattr(ds, f"y_{split}"))):
+            np.save(tmp_path / f"{kind}_{split}.npy", arr)
+            args += [f"--{kind}-{split}", str(tmp_path / f"{kind}_{split}.npy")]
+    out = tmp_path / "out"
+    run = subprocess.run([str(exe), *args, "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "test MSE" in run.stdout and " 3 epochs" in run.stdout  # the model file's OPTIONS are the defaults
+    assert set(os.listdir(out)) >= {"first.W.npy", "first.b.npy", "out.W.npy", "out.b.npy", "history.csv"}
+    bad = subprocess.run([str(exe), *args, "--momentum", "0.5", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "adam" in bad.stderr
+    big = subprocess.run([str(exe), *args, "--batch-size", "65", "--out", str(out)], capture_output=True, text=True)
+    assert big.returncode == 2 and "--max-batch" in big.stderr
