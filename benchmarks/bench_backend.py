@@ -86,13 +86,13 @@ def step_graph():
     return x, y, loss, params, {p: p - 0.01 * g for p, g in zip(params, grads, strict=True)}
 
 
-def graphc_step(threads: int) -> float:
+def graphc_step(threads: int, batch: int = BATCH) -> float:
     x, y, loss, params, updates = step_graph()
     fn = gc.compile(loss, updates=updates, threads=threads)
     rng = np.random.default_rng(1)
     values = gc.nn.init_params(params, seed=0)
-    values.update(x=rng.normal(size=(BATCH, SIZES[0])).astype(np.float32),
-                  y=rng.integers(0, SIZES[-1], BATCH).astype(np.int32))
+    values.update(x=rng.normal(size=(batch, SIZES[0])).astype(np.float32),
+                  y=rng.integers(0, SIZES[-1], batch).astype(np.int32))
     return median_time(lambda: fn(values))
 
 
@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         rows.append((threads, g, t, j))
         print(f"training step 784-256-128-10, batch {BATCH}, {threads} thread(s): graphc {g * 1e3:.3f} ms, "
               f"torch {t * 1e3:.3f} ms ({t / g:.2f}x), jax {j * 1e3:.3f} ms ({j / g:.2f}x)")
-    print(f"graphc step scaling, 2 threads over 1: {rows[0][1] / rows[1][1]:.2f}x")
+    print(f"graphc step scaling, 2 threads over 1: {rows[0][1] / rows[1][1]:.2f}x at batch {BATCH}, "
+          f"{graphc_step(1, 1024) / graphc_step(2, 1024):.2f}x at batch 1024")
     c = compile_times()
     print(f"compile of that step: cold {c['cold']:.2f} s (LLVM included), from the disk cache in a new process "
           f"{c['cached']:.3f} s (cache hit: {c['cached_from_cache']}); import graphc {c['import_seconds']:.2f} s")

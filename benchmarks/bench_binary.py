@@ -120,6 +120,20 @@ def main() -> None:
     for threads in (1, 2):
         compare("784-256-128-10 on 60,000 rows, batch 128", exe784, spaths, work, X, y.astype(np.int32), [256, 128],
                 10, threads, 2 if args.quick else 3, batch_size=128, lr=0.05)
+        peak_rss(exe784, spaths, work / f"rss-{threads}", threads)
+
+
+def peak_rss(exe: Path, paths: dict, out: Path, threads: int) -> None:
+    """The binary's peak RSS for one epoch (GNU time's maximum resident set size), to set against the peers'."""
+    cmd = ["/usr/bin/time", "-f", "%M", str(exe), "--x-train", str(paths["x_train"]), "--y-train",
+           str(paths["y_train"]), "--epochs", "1", "--batch-size", "128", "--lr", "0.05", "--threads", str(threads),
+           "--quiet", "--out", str(out)]
+    if not os.path.exists(cmd[0]):
+        print("  (peak RSS: /usr/bin/time is not installed)")
+        return
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    kb = int(p.stderr.strip().splitlines()[-1])
+    print(f"  binary peak RSS, one epoch on {threads} thread(s): {kb / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
