@@ -306,6 +306,15 @@ class BuildResult:
     notes: list[str]
 
 
+def _prepare(target, max_batch, max_threads, model, data, **kw) -> tuple[Target, ModelSpec]:
+    """What `build` and `export` both check first: the limits, the target and the model."""
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise AotError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    if not isinstance(max_threads, int) or not 1 <= max_threads <= 1024:
+        raise AotError(f"--max-threads must be in 1..1024, got {max_threads!r}")
+    return _target(target), model_spec(model, data, **kw)
+
+
 def step_digest(trainer) -> str:
     """A structural hash of a trainer's step: the loss and every in-place update, by parameter name."""
     import hashlib
@@ -338,13 +347,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     t0 = time.perf_counter()
     log = log or (lambda m: None)
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise AotError(f"--max-batch must be a positive integer, got {max_batch!r}")
-    if not isinstance(max_threads, int) or not 1 <= max_threads <= 1024:
-        raise AotError(f"--max-threads must be in 1..1024, got {max_threads!r}")
-    tgt = _target(target)
-    spec = model_spec(model, data, task=task, n_features=n_features, n_outputs=n_outputs, label=label,
-                      features=features, **options)
+    tgt, spec = _prepare(target, max_batch, max_threads, model, data, task=task, n_features=n_features,
+                         n_outputs=n_outputs, label=label, features=features, **options)
     for note in spec.notes:
         log(note)
     cfg = spec.config
@@ -637,13 +641,8 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     name = stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise AotError(f"-o {output}: the library's name {name!r} must be a C identifier (libNAME.so)")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise AotError(f"--max-batch must be a positive integer, got {max_batch!r}")
-    if not isinstance(max_threads, int) or not 1 <= max_threads <= 1024:
-        raise AotError(f"--max-threads must be in 1..1024, got {max_threads!r}")
-    tgt = _target(target)
-    spec = model_spec(model, data, task=task, n_features=n_features, n_outputs=n_outputs, label=label,
-                      features=features, **options)
+    tgt, spec = _prepare(target, max_batch, max_threads, model, data, task=task, n_features=n_features,
+                         n_outputs=n_outputs, label=label, features=features, **options)
     model_fn = spec.model_fn or default_model(spec.config, runtime_keeps=True)
     x = ops.input("x", ("N", spec.n_features))
     y = model_fn(x, spec.n_outputs)

@@ -1024,6 +1024,17 @@ class ModuleEmitter:
             extra(self)
         return str(self.module)
 
+    def sync(self, b: ir.IRBuilder, bar: ir.Value, nth: ir.Value) -> None:
+        """All threads meet here (nothing to do on one thread)."""
+        fn = b.function
+        sync = fn.append_basic_block("sync")
+        cont = fn.append_basic_block("cont")
+        b.cbranch(b.icmp_signed(">", nth, ir.Constant(I32, 1)), sync, cont)
+        b.position_at_end(sync)
+        b.call(self.barrier_fn(), [bar, nth])
+        b.branch(cont)
+        b.position_at_end(cont)
+
     def barrier_fn(self) -> ir.Function:
         f = self.module.globals.get("graphc_barrier")
         return f if f is not None else self._emit_barrier_fn()
@@ -1090,11 +1101,9 @@ class ModuleEmitter:
             b.call(f, [])
 
     def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
-        bar_fn = self.barrier_fn()
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        many = b.icmp_signed(">", nth, ir.Constant(I32, 1))
         counts = clock = None
         if self.profile:
             aty = ir.ArrayType(I64, 2 * max(len(fns), 1))
@@ -1114,13 +1123,7 @@ class ModuleEmitter:
         for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
             t0 = b.call(clock, []) if self.profile else None
             if need:
-                sync = fn.append_basic_block("sync")
-                cont = fn.append_basic_block("cont")
-                b.cbranch(many, sync, cont)
-                b.position_at_end(sync)
-                b.call(bar_fn, [bar, nth])
-                b.branch(cont)
-                b.position_at_end(cont)
+                self.sync(b, bar, nth)
             if self.profile:
                 t0 = tally(2 * k + 1, t0)
             b.call(f, [bufs, dims, ws, tid, nth])

@@ -65,7 +65,6 @@ def emit_epoch(spec: EpochSpec):
 def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
     m = me.module
     program = m.globals["graphc_program"]
-    bar_fn = me.barrier_fn()
     memcpy = ir.Function(m, ir.FunctionType(VOID, [PTR, PTR, I64, I1]), name="llvm.memcpy.p0.p0.i64")
     fn = ir.Function(m, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_epoch_worker")
     fn.linkage = "internal"
@@ -85,14 +84,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
         b.store(v, slot(k))
 
     def barrier():
-        many = b.icmp_signed(">", nth, ir.Constant(I32, 1))
-        sync = fn.append_basic_block("sync")
-        cont = fn.append_basic_block("cont")
-        b.cbranch(many, sync, cont)
-        b.position_at_end(sync)
-        b.call(bar_fn, [bar, nth])
-        b.branch(cont)
-        b.position_at_end(cont)
+        me.sync(b, bar, nth)
 
     def if_tid0(body):
         yes = fn.append_basic_block("t0")
