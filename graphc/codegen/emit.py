@@ -11,7 +11,6 @@ transcendental functions come from `vmath` (vector polynomials), matrix products
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy
@@ -640,8 +639,7 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
 
 
 class ModuleEmitter:
-    def __init__(self, program: Program, target: Target, name: str = "graphc", nthreads_hint: int = 1,
-                 profile: bool = False):
+    def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False):
         """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
         global i64 array `graphc_profile` (2 per kernel: kernel, wait)."""
         self.profile = profile
@@ -649,7 +647,6 @@ class ModuleEmitter:
         self.target = target
         self.module = ir.Module(name=name)
         self.module.triple = target.triple
-        self.gemm_ws: dict[str, Callable[[dict, int], int]] = {}
 
     def masked_load(self, vty: ir.VectorType) -> ir.Function:
         name = f"llvm.masked.load.{vmath._type_suffix(vty)}.p0"
