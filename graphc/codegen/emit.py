@@ -648,21 +648,19 @@ class ModuleEmitter:
         self.module = ir.Module(name=name)
         self.module.triple = target.triple
 
-    def masked_load(self, vty: ir.VectorType) -> ir.Function:
-        name = f"llvm.masked.load.{vmath._type_suffix(vty)}.p0"
+    def _declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
         f = self.module.globals.get(name)
-        if f is None:
-            mty = ir.VectorType(I1, vty.count)
-            f = ir.Function(self.module, ir.FunctionType(vty, [PTR, I32, mty, vty]), name=name)
-        return f
+        return f if f is not None else ir.Function(self.module, fnty, name=name)
+
+    def masked_load(self, vty: ir.VectorType) -> ir.Function:
+        mty = ir.VectorType(I1, vty.count)
+        return self._declare(f"llvm.masked.load.{vmath._type_suffix(vty)}.p0",
+                             ir.FunctionType(vty, [PTR, I32, mty, vty]))
 
     def masked_store(self, vty: ir.VectorType) -> ir.Function:
-        name = f"llvm.masked.store.{vmath._type_suffix(vty)}.p0"
-        f = self.module.globals.get(name)
-        if f is None:
-            mty = ir.VectorType(I1, vty.count)
-            f = ir.Function(self.module, ir.FunctionType(VOID, [vty, PTR, I32, mty]), name=name)
-        return f
+        mty = ir.VectorType(I1, vty.count)
+        return self._declare(f"llvm.masked.store.{vmath._type_suffix(vty)}.p0",
+                             ir.FunctionType(VOID, [vty, PTR, I32, mty]))
 
     def lanes(self, dtype: str) -> int:
         return self.target.f64_lanes if ITEMSIZE[dtype] == 8 else self.target.f32_lanes

@@ -66,7 +66,7 @@ def test_shape_mismatch_and_inconsistent_batch():
     with pytest.raises(gc.ShapeError) as e:
         gc.evaluate(loss, {"x": np.ones((4, 3), np.float32), "ref.W": wv, "labels": np.zeros(5, np.int32)})
     msg = str(e.value)
-    assert "dim N is 4" in msg and "'x'" in msg and "'labels'" in msg and "got" not in msg or "5" in msg
+    assert "dim N is 4" in msg and "'x'" in msg and "'labels'" in msg and "has 5 on axis 0" in msg
 
 
 def test_dtype_mismatch():
