@@ -46,7 +46,7 @@ def _train(args) -> int:
 
     options: dict = {}
     for name in ("epochs", "batch_size", "lr", "momentum", "optimizer", "l2", "l1", "seed", "threads", "schedule",
-                 "min_delta", "checkpoint_every", "init"):
+                 "min_delta", "checkpoint_every", "init", "bias_init"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -84,8 +84,9 @@ def _aot_options(args) -> dict:
     options: dict = {}
     if args.hidden is not None:
         options["hidden"] = _ints(args.hidden, "--hidden")
-    if args.init is not None:
-        options["init"] = args.init
+    for name in ("init", "bias_init"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     features = args.features.split(",") if args.features else None
     return dict(model=args.model, data=args.dataset, target=args.target, max_batch=args.max_batch,
                 max_threads=args.max_threads, label=args.label, features=features, task=args.task, **options)
@@ -127,6 +128,8 @@ def _aot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
     p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
                    help="weight initialization of the default MLP")
+    p.add_argument("--bias-init", choices=["like_weights", "zeros"],
+                   help="bias initialization of the default MLP (default: like_weights)")
     p.add_argument("--target", default="native", choices=["native", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
                    help="the CPU the code is for: this machine's, or a portable x86-64 level")
     p.add_argument("--max-batch", type=int, default=4096, help="the largest batch the code's memory plan holds")
@@ -151,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
     t.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
     t.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
-                   help="weight initialization of the default MLP (biases start at zero)")
+                   help="weight initialization of the default MLP")
+    t.add_argument("--bias-init", choices=["like_weights", "zeros"],
+                   help="bias initialization of the default MLP: drawn like the weights (default, as "
+                        "scikit-learn and PyTorch do) or zeros")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="mini-batch size (1: per-sample SGD; >= the data: full GD)")
     t.add_argument("--lr", type=float, help="learning rate")

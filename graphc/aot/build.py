@@ -25,6 +25,7 @@ from graphc.codegen.memory import plan
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target, emit_object, level_target
 from graphc.errors import GraphcError
+from graphc.ops.init import distribution
 
 SOURCES = Path(__file__).parent
 CFLAGS = ("-O2", "-std=gnu11", "-Wall", "-Wno-unused-function")
@@ -231,7 +232,8 @@ class ModelSpec:
     notes: list[str] = field(default_factory=list)
 
 
-BUILD_OPTIONS = ("hidden", "activation", "init", "optimizer", "penalize")  # options that shape the compiled step
+# options that shape the compiled step
+BUILD_OPTIONS = ("hidden", "activation", "init", "bias_init", "optimizer", "penalize")
 RUN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "l2", "l1", "dropout", "early_stopping", "min_delta", "seed")
 
 
@@ -364,10 +366,10 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
         plain = None
     for t in (tr, plain):
         if t is not None and not t.native_init:
-            bad = [p.name for p in t.params if p.dtype != "float32" or not isinstance(p.meta.get("init", "zeros"),
-                                                                                      (str, int, float))]
+            bad = [p.name for p in t.params if p.dtype != "float32" or distribution(p.meta.get("init", "zeros"), 1, 1)
+                   is None]
             raise AotError(f"parameters {bad} have no native initializer (a binary initializes parameters natively: "
-                           "use a named scheme such as 'he_normal' or a number, and float32)")
+                           "use a named scheme such as 'he_normal', a number, Uniform or Normal, and float32)")
     if plain is not None and [(p.name, p.shape) for p in plain.params] != [(p.name, p.shape) for p in tr.params]:
         raise AotError("internal: the plain and the full step have different parameters")
     ev = tr.eval_fn

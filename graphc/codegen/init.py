@@ -15,7 +15,7 @@ from llvmlite import ir
 
 from graphc.codegen.emit import F32, F64, I64, PTR, VOID, Loop, ModuleEmitter, c64
 from graphc.errors import CompileError
-from graphc.ops.init import _fans
+from graphc.ops.init import _fans, distribution
 
 A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
      -3.066479806614716e01, 2.506628277459239e00)
@@ -38,22 +38,13 @@ class InitSpec:
 
 def spec_for(slot: int, name: str, shape: tuple[int, ...], init) -> InitSpec:
     """The native form of a named initializer (arrays and functions have none)."""
-    fan_in, fan_out = _fans(shape)
     size = int(np.prod(shape, dtype=np.int64))
-    h = zlib.crc32(name.encode())
-    if isinstance(init, (int, float)) and not isinstance(init, bool):
-        return InitSpec(slot, size, 0, float(init), h)
-    table = {
-        "zeros": (0, 0.0), "ones": (0, 1.0),
-        "he_normal": (2, float(np.sqrt(2.0 / fan_in))), "he_uniform": (1, float(np.sqrt(6.0 / fan_in))),
-        "xavier_normal": (2, float(np.sqrt(2.0 / (fan_in + fan_out)))),
-        "xavier_uniform": (1, float(np.sqrt(6.0 / (fan_in + fan_out)))),
-    }
-    if not isinstance(init, str) or init not in table:
-        raise CompileError(f"parameter {name!r}: native initialization supports the named schemes and numbers, "
-                           f"not {type(init).__name__}")
-    kind, scale = table[init]
-    return InitSpec(slot, size, kind, scale, h)
+    d = distribution(init, *_fans(shape))
+    if d is None:
+        raise CompileError(f"parameter {name!r}: native initialization supports the named schemes, numbers, "
+                           f"Uniform and Normal, not {type(init).__name__}")
+    kind = {"const": 0, "uniform": 1, "normal": 2}[d[0]]
+    return InitSpec(slot, size, kind, d[1], zlib.crc32(name.encode()))
 
 
 def emit_init(specs: list[InitSpec]):

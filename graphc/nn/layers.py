@@ -9,7 +9,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, scope, topo_order
-from graphc.ops.init import draw, param_rng
+from graphc.ops.init import draw, like, param_rng
 from graphc.ops.random import dropout
 
 ACTIVATIONS: dict[str, Callable | None] = {
@@ -34,9 +34,13 @@ def _default_init(act) -> str:
     return "he_normal" if act in ("relu", "softplus") else "xavier_uniform"
 
 
-def dense(x, units: int, activation=None, *, name: str = "dense", init: str | None = None, bias: bool = True,
-          dtype: str | None = None) -> ops.Tensor:
-    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`."""
+def dense(x, units: int, activation=None, *, name: str = "dense", init=None, bias: bool = True,
+          bias_init="zeros", dtype: str | None = None) -> ops.Tensor:
+    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`.
+
+    `init` is W's initializer (default: He normal for ReLU/softplus, Glorot uniform otherwise); `bias_init` is
+    b's: "zeros" (default), "like_weights" (drawn from W's distribution, as scikit-learn's MLP and PyTorch's
+    Linear do), or any parameter initializer."""
     x = ops.as_tensor(x)
     if x.ndim != 2:
         raise GraphcError(f"dense {name!r}: input must be 2-D (batch, features), got {x.type_str}")
@@ -48,19 +52,23 @@ def dense(x, units: int, activation=None, *, name: str = "dense", init: str | No
     fn = _activation(activation)
     dtype = dtype or x.dtype
     with scope(name):
-        w = ops.param(f"{name}.W", (fan_in, units), init=init or _default_init(activation), dtype=dtype)
+        w_init = init or _default_init(activation)
+        w = ops.param(f"{name}.W", (fan_in, units), init=w_init, dtype=dtype)
         z = x @ w
         if bias:
-            z = z + ops.param(f"{name}.b", (units,), init="zeros", dtype=dtype)
+            if isinstance(bias_init, str) and bias_init == "like_weights":
+                bias_init = like(w_init, fan_in, units)
+            z = z + ops.param(f"{name}.b", (units,), init=bias_init, dtype=dtype)
         return fn(z) if fn is not None else z
 
 
 def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str = "mlp",
-        init: str | None = None, dropout_keep: Sequence[float] | float | None = None) -> ops.Tensor:
+        init=None, bias_init="zeros", dropout_keep: Sequence[float] | float | None = None) -> ops.Tensor:
     """A feed-forward net: hidden layers of `sizes[:-1]` units with `activation`, an output layer of
     `sizes[-1]` units with `out_activation` (None: logits / linear). `dropout_keep` is a keep probability (a
     number, or a float32 scalar tensor set at run time) for
-    the input and each hidden layer (one number for all hidden layers, or a list: input first)."""
+    the input and each hidden layer (one number for all hidden layers, or a list: input first). `init` and
+    `bias_init` are as for `dense`."""
     h = ops.as_tensor(x)
     sizes = list(sizes)
     if not sizes:
@@ -78,7 +86,8 @@ def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name
         if isinstance(k, Node) or (k is not None and k < 1.0):  # a Node: the keep probability read at run time
             h = dropout(h, k, salt=i + 1)
         h = dense(h, units, out_activation if last else activation, name=f"{name}.{i}",
-                  init=init if init is not None else _default_init(out_activation if last else activation))
+                  init=init if init is not None else _default_init(out_activation if last else activation),
+                  bias_init=bias_init)
     return h
 
 

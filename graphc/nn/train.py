@@ -59,6 +59,7 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [128])
     activation: str = "relu"
     init: str = "xavier_uniform"  # Glorot: on the bundled datasets as good as He for ReLU, and better on diabetes
+    bias_init: str = "like_weights"  # biases from the weights' distribution (scikit-learn's MLP, PyTorch), or zeros
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -84,21 +85,23 @@ class TrainConfig:
         from graphc.ops.init import SCHEMES
 
         need(self.init in SCHEMES, f"init must be one of {', '.join(SCHEMES)}, got {self.init!r}")
+        need(self.bias_init in ("like_weights", "zeros"),
+             f"bias init must be 'like_weights' or 'zeros', got {self.bias_init!r}")
         make(self.optimizer, self.momentum)
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 
 
 def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[[Node, int], Node]:
-    """An MLP with config.hidden layers (He init for ReLU), dropout with config.dropout keep probabilities.
-    With `runtime_keeps`, every layer's input gets a dropout whose keep probability is a scalar input
-    `keep.<layer>` (the trainer feeds config.dropout, 1.0 where unset)."""
+    """An MLP with config.hidden layers (config.init for the weights, config.bias_init for the biases), dropout
+    with config.dropout keep probabilities. With `runtime_keeps`, every layer's input gets a dropout whose keep
+    probability is a scalar input `keep.<layer>` (the trainer feeds config.dropout, 1.0 where unset)."""
 
     def model(x: Node, n_outputs: int) -> Node:
         keeps = config.dropout
         if runtime_keeps:
             keeps = [ops.input(f"keep.{i}", (), "float32") for i in range(len(config.hidden) + 1)]
         return mlp(x, [*config.hidden, n_outputs], activation=config.activation, name="mlp", dropout_keep=keeps,
-                   init=config.init)
+                   init=config.init, bias_init=config.bias_init)
 
     return model
 
@@ -465,9 +468,9 @@ class Trainer:
 
 
 def _native_init(p: Node) -> bool:
-    init = p.meta.get("init", "zeros")
-    return p.dtype == "float32" and (isinstance(init, str) or (isinstance(init, (int, float))
-                                                                and not isinstance(init, bool)))
+    from graphc.ops.init import distribution
+
+    return p.dtype == "float32" and distribution(p.meta.get("init", "zeros"), 1, 1) is not None
 
 
 def train_arrays(model, task: str, X: np.ndarray, Y: np.ndarray, X_val=None, Y_val=None, *,

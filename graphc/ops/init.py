@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,40 +22,86 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0] * receptive, shape[1] * receptive  # (in, out) for x @ W with W: (in, out)
 
 
+@dataclass(frozen=True)
+class Uniform:
+    """Uniform in [-limit, limit] (the form of any uniform scheme once its fans are known)."""
+
+    limit: float
+
+    def __post_init__(self):
+        if not (isinstance(self.limit, (int, float)) and np.isfinite(self.limit) and self.limit >= 0):
+            raise GraphcError(f"Uniform(limit): limit must be a finite number >= 0, got {self.limit!r}")
+
+
+@dataclass(frozen=True)
+class Normal:
+    """Normal with mean 0 and standard deviation `std`."""
+
+    std: float
+
+    def __post_init__(self):
+        if not (isinstance(self.std, (int, float)) and np.isfinite(self.std) and self.std >= 0):
+            raise GraphcError(f"Normal(std): std must be a finite number >= 0, got {self.std!r}")
+
+
+def distribution(init, fan_in: int, fan_out: int) -> tuple[str, float] | None:
+    """("const", value), ("uniform", limit) or ("normal", std) for a scheme name, a number, Uniform or
+    Normal, with the given fans; None for arrays and functions. The one place a scheme's formula lives:
+    numpy draws and native initialization both read it."""
+    if isinstance(init, bool):
+        return None
+    if isinstance(init, (int, float)):
+        return "const", float(init)
+    if isinstance(init, Uniform):
+        return "uniform", float(init.limit)
+    if isinstance(init, Normal):
+        return "normal", float(init.std)
+    if not isinstance(init, str):
+        return None
+    return {
+        "zeros": ("const", 0.0),
+        "ones": ("const", 1.0),
+        "he_normal": ("normal", float(np.sqrt(2.0 / fan_in))),
+        "he_uniform": ("uniform", float(np.sqrt(6.0 / fan_in))),
+        "xavier_normal": ("normal", float(np.sqrt(2.0 / (fan_in + fan_out)))),
+        "xavier_uniform": ("uniform", float(np.sqrt(6.0 / (fan_in + fan_out)))),
+    }.get(init)
+
+
+def like(scheme, fan_in: int, fan_out: int) -> Uniform | Normal | float:
+    """The distribution a scheme has for a layer with these fans, as an init of its own: a bias drawn "like
+    the weights" (scikit-learn's and PyTorch's default) gets `like(weight_scheme, in, out)`."""
+    d = distribution(scheme, fan_in, fan_out)
+    if d is None:
+        raise GraphcError(f"bias init 'like_weights' needs a named weight scheme or a number, got {scheme!r}")
+    kind, v = d
+    return v if kind == "const" else Uniform(v) if kind == "uniform" else Normal(v)
+
+
 def check_init(init, shape: tuple[int, ...], where: str) -> None:
     if isinstance(init, str):
         if init not in SCHEMES:
             raise GraphcError(f"{where}: unknown init {init!r}; use one of {', '.join(SCHEMES)}, a number, "
-                              "an array or a function (rng, shape) -> array")
+                              "Uniform(limit), Normal(std), an array or a function (rng, shape) -> array")
     elif isinstance(init, np.ndarray):
         if tuple(init.shape) != tuple(shape):
             raise GraphcError(f"{where}: init array has shape {init.shape}, the parameter {tuple(shape)}")
-    elif not (isinstance(init, (int, float)) or callable(init)):
-        raise GraphcError(f"{where}: init must be a scheme name, a number, an array or a function")
+    elif not (isinstance(init, (int, float, Uniform, Normal)) or callable(init)):
+        raise GraphcError(f"{where}: init must be a scheme name, a number, Uniform/Normal, an array or a function")
 
 
 def draw(init, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:
     """Initial values for one parameter."""
-    fan_in, fan_out = _fans(shape)
     if isinstance(init, np.ndarray):
         out = init
-    elif isinstance(init, (int, float)):
-        out = np.full(shape, float(init))
-    elif isinstance(init, str):
-        if init == "zeros":
-            out = np.zeros(shape)
-        elif init == "ones":
-            out = np.ones(shape)
-        elif init == "he_normal":
-            out = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        elif init == "he_uniform":
-            lim = np.sqrt(6.0 / fan_in)
-            out = rng.uniform(-lim, lim, shape)
-        elif init == "xavier_normal":
-            out = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape)
-        else:  # xavier_uniform
-            lim = np.sqrt(6.0 / (fan_in + fan_out))
-            out = rng.uniform(-lim, lim, shape)
+    elif (d := distribution(init, *_fans(shape))) is not None:
+        kind, v = d
+        if kind == "const":
+            out = np.full(shape, v)
+        elif kind == "uniform":
+            out = rng.uniform(-v, v, shape)
+        else:
+            out = rng.normal(0.0, v, shape)
     else:
         fn: Callable = init
         out = np.asarray(fn(rng, tuple(shape)))

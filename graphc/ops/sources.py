@@ -59,7 +59,8 @@ Init = str | float | int | np.ndarray | Callable[[np.random.Generator, tuple[int
 
 def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") -> Tensor:
     """A trainable parameter with a concrete shape. `init` is a scheme name ("he_normal", "he_uniform",
-    "xavier_normal", "xavier_uniform", "zeros", "ones"), a number, an array, or `f(rng, shape) -> array`;
+    "xavier_normal", "xavier_uniform", "zeros", "ones"), a number, `gc.init.Uniform(limit)` /
+    `gc.init.Normal(std)`, an array, or `f(rng, shape) -> array`;
     values are drawn by `gc.nn.init_params(..., seed)`."""
     _check_name(name, "gc.param")
     where = f"gc.param({name!r})"
@@ -78,7 +79,9 @@ def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") ->
 
 
 def _init_key(init: Init):
-    if isinstance(init, (str, int, float)) and not isinstance(init, bool):
+    from graphc.ops.init import Normal, Uniform
+
+    if isinstance(init, (str, int, float, Uniform, Normal)) and not isinstance(init, bool):
         return init
     if isinstance(init, np.ndarray):
         return ArrayValue(init)

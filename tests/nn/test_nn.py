@@ -29,6 +29,25 @@ def test_he_and_xavier_scales():
     assert v["he_big"].dtype == np.float32
 
 
+def test_explicit_distributions_and_biases_like_the_weights():
+    u = gc.param("u_big", (4000,), init=gc.nn.Uniform(0.25))
+    n = gc.param("n_big", (4000,), init=gc.nn.Normal(2.0))
+    v = gc.nn.init_params([u, n], seed=0)
+    assert v["u_big"].max() <= 0.25 and v["u_big"].min() >= -0.25
+    assert v["u_big"].std() == pytest.approx(0.25 / np.sqrt(3), rel=0.05)
+    assert v["n_big"].std() == pytest.approx(2.0, rel=0.05)
+    x = gc.input("x", ("N", 30))
+    out = gc.nn.dense(x, 20, "tanh", name="lw", bias_init="like_weights")
+    b = next(p for p in gc.nn.parameters(out) if p.name == "lw.b")
+    assert b.meta["init"] == gc.nn.Uniform(float(np.sqrt(6 / 50)))  # Glorot uniform for tanh, fans (30, 20)
+    zero = gc.nn.dense(x, 20, "tanh", name="lw")
+    assert gc.nn.parameters(zero)[1].meta["init"] == "zeros" and zero is not out  # the init is identity
+    with pytest.raises(gc.GraphcError, match="limit must be a finite number"):
+        gc.nn.Uniform(float("nan"))
+    with pytest.raises(gc.GraphcError, match="like_weights"):
+        gc.nn.dense(x, 2, init=lambda rng, s: np.zeros(s), bias_init="like_weights", name="fnb")
+
+
 def test_param_redeclared_with_other_init_is_another_param():
     first = gc.param("p_twice", (2,), init="zeros")
     second = gc.param("p_twice", (2,), init="ones")  # another parameter, not a conflict...

@@ -81,16 +81,19 @@ def test_schedules():
 
 def test_native_initialization_is_seeded_and_has_the_schemes_statistics():
     X, y = blobs(f=400)
-    tr = trainer_for(X, y, hidden=[300], init="he_normal")
+    tr = trainer_for(X, y, hidden=[300], init="he_normal", bias_init="zeros")
     a, b, c = tr.init_state(1), tr.init_state(1), tr.init_state(2)
     np.testing.assert_array_equal(a["mlp.0.W"], b["mlp.0.W"])
     assert not np.array_equal(a["mlp.0.W"], c["mlp.0.W"])
     assert a["mlp.0.W"].std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)  # He normal
     assert abs(float(a["mlp.0.W"].mean())) < 3e-3 and np.all(a["mlp.0.b"] == 0)
-    x = trainer_for(X, y, hidden=[300]).init_state(1)  # the default: Xavier (Glorot) uniform
+    x = trainer_for(X, y, hidden=[300]).init_state(1)  # the default: Xavier (Glorot) uniform, biases alike
     lim = np.sqrt(6 / (400 + 300))
-    assert x["mlp.0.W"].max() <= lim and x["mlp.0.W"].min() >= -lim
-    assert x["mlp.0.W"].std() == pytest.approx(lim / np.sqrt(3), rel=0.02)
+    for name, rel in (("mlp.0.W", 0.02), ("mlp.0.b", 0.1)):
+        assert x[name].max() <= lim and x[name].min() >= -lim
+        assert x[name].std() == pytest.approx(lim / np.sqrt(3), rel=rel)
+    hb = trainer_for(X, y, hidden=[300], init="he_normal").init_state(1)["mlp.0.b"]  # like He-normal weights
+    assert hb.std() == pytest.approx(np.sqrt(2 / 400), rel=0.1) and hb.min() < -0.5 * np.sqrt(2 / 400)
 
 
 def test_penalties_apply_to_weights_by_default_and_are_configurable():
