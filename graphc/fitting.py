@@ -169,7 +169,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
         "train_samples_per_second": run["samples"] / run["train_seconds"] if run["train_seconds"] else 0.0,
         "train_seconds": run["train_seconds"], "compile_seconds": trainer.compile_seconds,
         "wall_seconds": time.perf_counter() - t0, "threads": trainer.threads, "seed": config.seed,
-        "arena_bytes": trainer.epoch_fn.memory_plan.arena_bytes,
+        "arena_bytes": trainer.epoch_fn.memory_plan.arena_bytes, "peak_rss_mb": peak_rss_mb(),
         "parameters": int(sum(v.size for v in params.values())),
         "config": asdict(config),
     }
@@ -224,3 +224,15 @@ def write_artifacts(out: Path, result: FitResult) -> None:
         series["validation loss"] = [r.get("val_loss", float("nan")) for r in rows if r["phase"] == 1]
     (out / "loss.png").write_bytes(learning_curves(series, xlabel="epoch", ylabel="loss",
                                                    title=f"{result.metrics['dataset']}: learning curves"))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size so far, MB (Linux's VmHWM; None where /proc does not say)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

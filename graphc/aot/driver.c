@@ -758,6 +758,23 @@ static void write_history(const char *dir, const row_t *rows, int64_t nrows, int
     close_out(f, tmp, final);
 }
 
+/* the process's peak resident set size in MB (VmHWM, Linux), or -1 where /proc does not say */
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1.0;
+    char line[256];
+    double mb = -1.0;
+    while (fgets(line, sizeof line, f)) {
+        long long kb;
+        if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) {
+            mb = (double)kb / 1024.0;
+            break;
+        }
+    }
+    fclose(f);
+    return mb;
+}
+
 static void json_num(FILE *f, const char *key, double v, int last) {
     if (isfinite(v)) fprintf(f, "  \"%s\": %.17g%s\n", key, v, last ? "" : ",");
     else fprintf(f, "  \"%s\": null%s\n", key, last ? "" : ",");
@@ -987,6 +1004,8 @@ int main(int argc, char **argv) {
         fprintf(f, "  \"batch_size\": %lld,\n  \"threads\": %d,\n  \"seed\": %lld,\n  \"step\": \"%s\",\n",
                 (long long)o.batch, threads, (long long)o.seed, S->label);
         json_num(f, "train_seconds", train_seconds, 0);
+        fprintf(f, "  \"arena_bytes\": %lld,\n", (long long)(S->arena + GC_E_ARENA));
+        json_num(f, "peak_rss_mb", peak_rss_mb(), 0);
         json_num(f, "train_samples_per_second", tput, 1);
         fprintf(f, "}\n");
         close_out(f, tmp, final);

@@ -26,7 +26,7 @@ from graphc.nn.layers import init_params, mlp, parameters
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.optim import Schedule, make
 from graphc.runtime.epoch import EpochFunction
-from graphc.runtime.jit import CompiledFunction, default_threads
+from graphc.runtime.jit import CompiledFunction, aligned_empty, default_threads
 from graphc.runtime.reference import evaluate
 
 TASKS = ("multiclass", "binary", "regression")
@@ -242,11 +242,16 @@ class Trainer:
         """Fresh parameters (natively initialized, as a standalone binary would, when every initializer is a
         named scheme or a number) and zeroed optimizer state."""
         if self.native_init:
-            state = {p.name: np.empty(p.shape, np.float32) for p in self.params}
+            state = {p.name: aligned_empty(p.shape, np.float32) for p in self.params}
             self.epoch_fn.init_params(state, seed)
         else:
             state = init_params(self.params, seed=seed)
         state.update(self.opt.init_state(self.params))
+        for k, v in state.items():  # 64-byte aligned, as the compiled epoch wants them (see run_epoch)
+            if v.ctypes.data % 64:
+                a = aligned_empty(v.shape, v.dtype)
+                a[...] = v
+                state[k] = a
         return state
 
     def scalars(self, epoch: int) -> dict[str, float]:

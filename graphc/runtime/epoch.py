@@ -14,7 +14,7 @@ import numpy as np
 from graphc.codegen import epoch as drv
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
-from graphc.runtime.jit import CompiledFunction, _aligned
+from graphc.runtime.jit import CompiledFunction, _aligned, aligned_empty
 
 
 @dataclass
@@ -116,6 +116,7 @@ class EpochFunction(CompiledFunction):
         self._ensure_plan(env, nthreads)
         table = self._base_table.copy()
         keep: list[np.ndarray] = []  # everything the native code points at stays alive during the call
+        copy_back: list[tuple[np.ndarray, np.ndarray]] = []  # (caller's state array, the aligned one trained)
 
         def bind(leaf_name: str, arr: np.ndarray) -> None:
             spec_ = self._by_key.get(leaf_name)
@@ -148,6 +149,14 @@ class EpochFunction(CompiledFunction):
                         or not arr.flags.c_contiguous or not arr.flags.writeable):
                     raise InputError(f"training: state {name!r} must be a writable contiguous {leaf.type_str} "
                                      f"array, got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
+                if arr.ctypes.data % 64:
+                    # numpy gives large arrays 16-byte alignment: a matrix read in place by a GEMM, or written by
+                    # its fused update, would then split vector loads and stores across cache lines (measured
+                    # 5-7% of a 784-256-128-10 epoch). Train on an aligned copy, copied back after the epoch.
+                    aligned = aligned_empty(arr.shape, arr.dtype)
+                    aligned[...] = arr
+                    copy_back.append((arr, aligned))
+                    arr = aligned
             else:
                 raise InputError(f"training: no value for the input {name!r} ({leaf.type_str})")
             bind(name, arr)
@@ -173,6 +182,8 @@ class EpochFunction(CompiledFunction):
         ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = int(shuffle), int(drop_last)
         with self._lock:
             self._epoch(ctx.ctypes.data, None, None, nthreads)
+        for arr, aligned in copy_back:
+            arr[...] = aligned
         steps = int(ctx[drv.STEPS_DONE])
         bad = int(ctx[drv.BAD_STEP]) if ctx[drv.STATUS] else None
         samples = min(steps * batch, n) if bad is None else steps * batch

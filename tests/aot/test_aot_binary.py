@@ -51,6 +51,7 @@ def test_same_weights_as_in_process_training(digits_binary, digits_data, digits_
     assert [float(r["val_loss"]) for r in rows] == [h["val_loss"] for h in result.history]
     m = json.loads((out / "metrics.json").read_text())
     assert m["test_accuracy"] == result.metrics["test_accuracy"] and m["step"] == "full"
+    assert m["arena_bytes"] > 0 and 0 < m["peak_rss_mb"] < 100  # digits: small data, no interpreter
     assert f"test accuracy {result.metrics['test_accuracy']:.4f}" in p.stdout
     assert sum(line.startswith("epoch ") for line in p.stdout.splitlines()) == len(result.history)
 

@@ -27,6 +27,7 @@ def test_train_writes_its_artifacts(tmp_path):
     for key in ("test_accuracy", "epochs", "train_samples_per_second", "seed", "compile_seconds", "threads"):
         assert key in m, key
     assert m["epochs"] == 3 and m["test_accuracy"] > 0.85
+    assert m["arena_bytes"] > 0 and m["peak_rss_mb"] > 50  # the process's peak, with Python and numpy loaded
     hist = (tmp_path / "history.csv").read_text().splitlines()
     assert hist[0].startswith("phase,epoch,step,lr,train_loss") and len(hist) == 4
     w = np.load(tmp_path / "weights.npz")
