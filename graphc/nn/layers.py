@@ -11,6 +11,7 @@ from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, scope, topo_order
 from graphc.ops.init import draw, like, param_rng
 from graphc.ops.random import dropout
+from graphc.runtime.jit import aligned_empty
 
 ACTIVATIONS: dict[str, Callable | None] = {
     "relu": ops.relu,
@@ -105,5 +106,7 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
         params = parameters(nodes)
     out: dict[str, np.ndarray] = {}
     for p in params:
-        out[p.name] = draw(p.meta.get("init", "zeros"), p.shape, p.dtype, param_rng(seed, p.name))
+        v = draw(p.meta.get("init", "zeros"), p.shape, p.dtype, param_rng(seed, p.name))
+        out[p.name] = aligned_empty(v.shape, v.dtype)  # 64-byte aligned: compiled code reads and updates it in place
+        out[p.name][...] = v
     return out

@@ -15,6 +15,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node
+from graphc.runtime.jit import aligned_empty
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,12 @@ class Optimizer:
         return []
 
     def init_state(self, params: list[Node]) -> dict[str, np.ndarray]:
-        return {s: np.zeros(p.shape, p.dtype) for p in params for s in self.state_names(p)}
+        out = {}
+        for p in params:
+            for s in self.state_names(p):
+                out[s] = aligned_empty(p.shape, p.dtype)  # 64-byte aligned, like the parameters
+                out[s][...] = 0
+        return out
 
     def state_inputs(self, params: list[Node]) -> dict[str, Node]:
         return {s: ops.input(s, p.shape, p.dtype) for p in params for s in self.state_names(p)}

@@ -246,12 +246,7 @@ class Trainer:
             self.epoch_fn.init_params(state, seed)
         else:
             state = init_params(self.params, seed=seed)
-        state.update(self.opt.init_state(self.params))
-        for k, v in state.items():  # 64-byte aligned, as the compiled epoch wants them (see run_epoch)
-            if v.ctypes.data % 64:
-                a = aligned_empty(v.shape, v.dtype)
-                a[...] = v
-                state[k] = a
+        state.update(self.opt.init_state(self.params))  # all 64-byte aligned, as run_epoch wants them
         return state
 
     def scalars(self, epoch: int) -> dict[str, float]:

@@ -16,6 +16,7 @@ def test_mlp_builder_shapes_names_and_init():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["net.0.W"], c["net.0.W"])
     assert np.all(a["net.0.b"] == 0)
+    assert all(v.ctypes.data % 64 == 0 for v in a.values())  # compiled code reads and updates them in place
 
 
 def test_he_and_xavier_scales():
