@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from graphc.codegen.emit import ModuleEmitter
+from graphc.codegen.kernels import GemmKernel
 from graphc.codegen.memory import MemoryPlan, barriers, plan
 from graphc.codegen.schedule import Program, schedule
 from graphc.codegen.target import Engine, Target, assembly, emit_object, host_target, level_target
@@ -27,6 +28,13 @@ from graphc.runtime import cache as disk_cache
 from graphc.runtime.reference import bind_values
 
 RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+
+
+# What a call costs, roughly, for choosing how many threads it uses (measured here on a 2-vCPU Xeon): starting
+# and joining a worker thread, one thread's GEMM rate, and one element of a fused loop or reduction.
+SPAWN_SECONDS = 25e-6
+GEMM_FLOPS = 150e9
+LOOP_SECONDS = 0.5e-9
 
 
 def default_threads() -> int:
@@ -80,6 +88,9 @@ class CompiledFunction:
         self.training = training
         self.check_finite = check_finite
         self.threads = threads or default_threads()
+        self._auto_threads = threads is None  # then small calls run on fewer threads (see _threads_for)
+        self._thread_memo: dict = {}
+        self.last_threads = 0  # how many threads the last call ran on
         if isinstance(target, str):
             target = level_target(target)
         self.target = target or host_target()
@@ -308,9 +319,47 @@ class CompiledFunction:
             g = self._source_graph
             fast = ({buf.index: arrays[id(leaf)] for leaf, buf in zip(g.inputs, self.program.inputs, strict=True)
                      if id(leaf) in arrays}, [envd[s] for s in self._symbols])
-        nthreads = threads or self.threads
+        if threads is None and self._auto_threads:
+            nthreads = self._threads_for(fast[1], self.threads)
+        else:
+            nthreads = threads or self.threads
         with self._lock:
             return self._execute(fast[0], fast[1], nthreads)
+
+    def _threads_for(self, env: list[int], most: int) -> int:
+        """How many threads a call with these dims should use, at most `most`: each worker thread costs about
+        SPAWN_SECONDS to start and join, so k threads pay off when the estimated one-thread time T exceeds
+        k(k-1) of that (T/k + (k-1)s < T/(k-1) + (k-2)s). Memoized per dims."""
+        key = (tuple(env), most)
+        n = self._thread_memo.get(key)
+        if n is None:
+            t = self._estimate_seconds(env)
+            n = 1
+            while n < most and t > (n + 1) * n * SPAWN_SECONDS:
+                n += 1
+            if len(self._thread_memo) > 4096:  # many distinct batch sizes: forget, do not grow without bound
+                self._thread_memo.clear()
+            self._thread_memo[key] = n
+        return n
+
+    def _estimate_seconds(self, env: list[int]) -> float:
+        """A rough one-thread time for the program at these dims: GEMMs at GEMM_FLOPS, everything else at
+        LOOP_SECONDS per element of its loop domain."""
+        subs = dict(zip(self._symbols, env, strict=True))
+
+        def value(d) -> int:
+            return int(d) if isinstance(d, int) else int(d.subs(subs))
+
+        t = 0.0
+        for k in self.program.kernels:
+            if isinstance(k, GemmKernel):
+                t += 2.0 * value(k.m) * value(k.n) * value(k.k) / GEMM_FLOPS
+            else:
+                size = 1
+                for d in k.domain:
+                    size *= value(d)
+                t += size * LOOP_SECONDS
+        return t
 
     def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
         g = self._source_graph
@@ -376,8 +425,8 @@ class CompiledFunction:
             else:
                 outs.append(None)  # a repeated output: copied after the run
         dims = np.array(env or [0], dtype=np.int64)
-        self._run(table.__array_interface__["data"][0], dims.__array_interface__["data"][0],
-                  self._ws.__array_interface__["data"][0], nthreads)
+        self.last_threads = self._run(table.__array_interface__["data"][0], dims.__array_interface__["data"][0],
+                                      self._ws.__array_interface__["data"][0], nthreads)
         outs = [o if o is not None else results[slot].copy() for o, (slot, _, _) in zip(outs, self._out_specs,
                                                                                          strict=True)]
         if self._single:

@@ -112,6 +112,24 @@ def test_results_are_bitwise_independent_of_thread_count():
         _close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_default_thread_count_shrinks_for_small_calls():
+    """threads=None: a call too small to pay for starting a thread runs on one; a big one uses them all. An
+    explicit count is obeyed whatever the size."""
+    x = gc.input("x", ("N",))
+    fn = gc.compile(gc.exp(x) * 2.0, threads=None)
+    fn.threads = 3  # as on a 3-CPU machine
+    small, big = np.ones(16, np.float32), np.ones(1 << 22, np.float32)
+    fn({"x": small})
+    assert fn.last_threads == 1
+    fn({"x": big})
+    assert fn.last_threads == 3  # ~2 ms of work: worth two extra threads
+    fn({"x": small}, threads=2)
+    assert fn.last_threads == 2
+    fixed = gc.compile(gc.exp(x) * 2.0, threads=2)
+    fixed({"x": small})
+    assert fixed.last_threads == 2
+
+
 @pytest.mark.parametrize("level", ["x86-64", "x86-64-v3"])
 def test_generic_targets(level):
     loss, params, new, values = _step_values(37)
