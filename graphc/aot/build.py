@@ -75,6 +75,7 @@ def prefix_symbols(ir_text: str, prefix: str, *, hidden: bool = True) -> str:
     intrinsics) keep their names. With `hidden`, the module's non-local definitions get hidden visibility: a
     shared library exports only what its C wrapper marks."""
     defined = {_unquote(m) for m in _DEFINE.findall(ir_text)} | {_unquote(m) for m in _GLOBAL.findall(ir_text)}
+    defined = {n for n in defined if not n.startswith("llvm.")}  # llvm.global_dtors: LLVM's, by name
 
     def ref(m: re.Match) -> str:
         name = _unquote(m.group(1))
@@ -88,7 +89,7 @@ def prefix_symbols(ir_text: str, prefix: str, *, hidden: bool = True) -> str:
 
 def _hide(m: re.Match) -> str:
     head, space, word = m.group(1), m.group(2), m.group(3)
-    if word in _LOCAL_LINKAGE or word in ("hidden", "protected", "default"):
+    if head.startswith('@"llvm.') or word in _LOCAL_LINKAGE or word in ("hidden", "protected", "default"):
         return m.group(0)
     if word in _LINKAGE or word == "dso_local":
         return f"{head}{space}{word} hidden"

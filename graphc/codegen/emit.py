@@ -647,6 +647,7 @@ class ModuleEmitter:
         self.target = target
         self.module = ir.Module(name=name)
         self.module.triple = target.triple
+        self.teams: list = []  # the persistent thread teams of this module's launchers (graphc.codegen.team)
 
     def _declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
         f = self.module.globals.get(name)
@@ -1017,6 +1018,10 @@ class ModuleEmitter:
         self._emit_launcher("graphc_run", "graphc_program")
         for extra in extras:
             extra(self)
+        if self.teams:
+            from graphc.codegen.team import emit_shutdown
+
+            emit_shutdown(self)
         return str(self.module)
 
     def sync(self, b: ir.IRBuilder, bar: ir.Value, nth: ir.Value) -> None:
@@ -1128,7 +1133,17 @@ class ModuleEmitter:
 
     def _emit_launcher(self, name: str, callee: str) -> None:
         """i32 name(ptr a, ptr b, ptr c, i32 nthreads) runs `callee(a, b, c, tid, nthreads, barrier)` on a team
-        of threads and returns the thread count that ran.
+        of threads and returns the thread count that ran: a persistent team where futexes exist (Linux,
+        graphc.codegen.team), else threads started and joined by each call (below)."""
+        from graphc.codegen import team
+
+        if team.supported(self):
+            team.emit_team_launcher(self, name, callee)
+        else:
+            self._emit_spawn_launcher(name, callee)
+
+    def _emit_spawn_launcher(self, name: str, callee: str) -> None:
+        """The launcher without a persistent team: each call starts nthreads - 1 threads and joins them.
 
         Workers wait at a gate until every thread that could be started is; if the system refuses some, the
         others run with the smaller count (nothing waits for a thread that does not exist)."""

@@ -138,6 +138,22 @@ class Engine:
         self._engine.run_static_constructors()
         self.module = module
 
+    def close(self) -> None:
+        """Stop and join the module's worker threads (`graphc_shutdown`, where the module has thread teams):
+        they are parked in this engine's code, which is freed with it."""
+        eng = getattr(self, "_engine", None)
+        if eng is None:
+            return
+        try:
+            addr = eng.get_function_address("graphc_shutdown")
+            if addr:
+                ctypes.CFUNCTYPE(None)(addr)()
+        except Exception:  # interpreter shutdown: modules half torn down; the process is ending anyway
+            pass
+
+    def __del__(self):
+        self.close()
+
     @classmethod
     def from_object(cls, obj: bytes, target: Target) -> Engine:
         """Load machine code made by `emit_object` (fresh, or from the disk cache) without running LLVM."""
