@@ -38,6 +38,8 @@ SHAPES = [
     (37, 70, 1000),
     (500, 33, 7),
     (3, 3100, 5),
+    (128, 40, 300),  # a batch of 128: ten 12-row tiles and one of 8 (the narrower kernel, its full-tile store)
+    (20, 33, 9),  # 12 + 8
 ]
 
 
@@ -426,9 +428,11 @@ def test_helpers_are_emitted_once_per_module():
     assert calls == {f"g{i}": 1 for i in range(5)}
     c32, c64 = default_config(t), default_config(t, "float64")
     s32, s64 = f"f32x{t.f32_lanes}", f"f64x{t.f64_lanes}"
-    assert sorted(n for n in names if "ukernel" in n) == [
-        f"graphc.gemm.ukernel.{s32}.{c32.mr}x{c32.nr}.k{c32.unroll}.pf{c32.prefetch_c}",
-        f"graphc.gemm.ukernel.{s64}.{c64.mr}x{c64.nr}.k{c64.unroll}.pf{c64.prefetch_c}"]
+    want = []
+    for s, c in ((s32, c32), (s64, c64)):
+        base = f"graphc.gemm.ukernel.{s}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}"
+        want += [base] + ([f"{base}.r8"] if c.mr > 8 else [])  # the narrower kernel for a last tile of <= 8 rows
+    assert sorted(n for n in names if "ukernel" in n) == sorted(want)
     assert len([n for n in names if ".driver." in n]) == 2  # one per dtype (config)
     assert sorted(n for n in names if ".pack_" in n) == sorted([
         f"graphc.gemm.pack_copy.{s32}.w{c32.mr}", f"graphc.gemm.pack_copy.{s32}.w{c32.nr}",
