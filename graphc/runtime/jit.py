@@ -286,9 +286,15 @@ class CompiledFunction:
         bound = {}
         for key, a in values.items():
             spec = self._by_key.get(key if isinstance(key, str) else id(key))
-            if spec is None or type(a) is not np.ndarray:
+            if spec is None:
                 return None
             leaf, slot, dtype, dims = spec
+            if type(a) is not np.ndarray:
+                # a scalar for a 0-d input (a learning rate): a Python number adopts the input's dtype (weakly
+                # typed, as in JAX), a numpy scalar must have it
+                if dims != [] or not _weak_ok(a, dtype) and not (isinstance(a, np.generic) and a.dtype == dtype):
+                    return None  # anything else: the slow path accepts it or says why
+                a = np.array(a, dtype=dtype)
             if a.dtype != dtype or dims is None or a.ndim != len(dims) or not a.flags.c_contiguous or slot in bound:
                 return None
             for want, got in zip(dims, a.shape, strict=True):
@@ -365,6 +371,10 @@ class CompiledFunction:
 
     def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
         g = self._source_graph
+        scalar_leaves = {leaf.name: leaf for leaf in g.inputs if leaf.shape == ()}
+        values = {k: np.array(v, dtype=scalar_leaves[k].dtype)
+                  if isinstance(k, str) and k in scalar_leaves and _weak_ok(v, np.dtype(scalar_leaves[k].dtype))
+                  else v for k, v in values.items()}
         arrays, env, _ = bind_values(g.nodes(), values, training=self.training, allow_unused=False, what=where)
         for leaf in g.inputs:
             if id(leaf) not in arrays:
@@ -446,6 +456,14 @@ class CompiledFunction:
         if self._single:
             return outs[0]
         return outs
+
+
+def _weak_ok(v, dtype: np.dtype) -> bool:
+    """A Python number that a 0-d input of `dtype` takes as its own dtype: ints for any numeric input, floats
+    for float inputs (never bools, never a float for an int input)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, np.generic):
+        return False
+    return dtype.kind == "f" or (dtype.kind in "iu" and isinstance(v, int))
 
 
 _TSC: list[float] = []

@@ -112,6 +112,23 @@ def test_results_are_bitwise_independent_of_thread_count():
         _close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
+    """A Python number for a 0-d input adopts its dtype (as in JAX); a numpy scalar must have it; a float for
+    an int input or a bool is refused. The same with check_finite (the checked path)."""
+    lr = gc.input("lr", ())
+    k = gc.input("k", (), "int32")
+    x = gc.input("x", ("N",))
+    a = np.ones(3, np.float32)
+    for check in (False, True):
+        fn = gc.compile(x * lr + gc.cast(k, "float32"), check_finite=check)
+        for v_lr, v_k in ((0.5, 1), (np.float32(0.5), np.int32(1)), (np.float32(0.5), 1)):
+            np.testing.assert_array_equal(fn({"x": a, "lr": v_lr, "k": v_k}), np.full(3, 1.5, np.float32))
+        for bad in ({"lr": np.float64(0.5), "k": 1}, {"lr": True, "k": 1}, {"lr": 0.5, "k": 0.5},
+                    {"lr": 0.5, "k": np.int64(1)}):
+            with pytest.raises(gc.DTypeError):
+                fn({"x": a, **bad})
+
+
 def test_default_thread_count_shrinks_for_small_calls():
     """threads=None: a call too small to pay for starting a thread runs on one; a big one uses them all. An
     explicit count is obeyed whatever the size."""
