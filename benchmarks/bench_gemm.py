@@ -239,6 +239,12 @@ def main(argv=None) -> int:
     print(f"target: cpu={target.cpu} vector_bits={target.vector_bits}  config: {default_config(target)}")
     print("env: " + " ".join(f"{k}={os.environ.get(k, '<unset>')}"
                              for k in ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")))
+    if threadpool_limits is not None:
+        # the table compares single-threaded: hold BLAS to one thread whatever OPENBLAS_NUM_THREADS says (the
+        # 2-thread scaling run below raises the limit for its own calls)
+        _one_blas_thread = threadpool_limits(1)  # noqa: F841 - active while referenced
+    elif os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        print("warning: without threadpoolctl, set OPENBLAS_NUM_THREADS=1 for a single-threaded numpy column")
     if threadpool_info is not None:
         for info in threadpool_info():
             print("blas: " + ", ".join(f"{k}={info.get(k)}" for k in
