@@ -164,8 +164,26 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     b.call(program, [a0, a1, a2, _c32(0), _c32(1), bar])
     b.ret(_c32(1))
 
-    # take the team (another thread may be launching on it: a C program calling an exported library)
+    # first call in this process (or in a child after fork(), where no worker exists and a lock held by a
+    # thread of the parent would never be released): whoever swaps in our pid resets the team
     b.position_at_end(lock)
+    pid = b.call(getpid, [])
+    seen_pid = team.load(b, PID, "acquire")
+    forked = fn.append_basic_block("forked")
+    reset = fn.append_basic_block("reset")
+    take = fn.append_basic_block("take")
+    b.cbranch(b.icmp_signed("!=", seen_pid, pid), forked, take)
+    b.position_at_end(forked)
+    swap = b.cmpxchg(team.slot(b, PID), seen_pid, pid, "acq_rel", "monotonic")
+    b.cbranch(b.extract_value(swap, 1), reset, take)
+    b.position_at_end(reset)
+    team.store(b, NWORKERS, _c32(0), "monotonic")
+    team.store(b, SLEEPERS, _c32(0), "monotonic")
+    team.store(b, BUSY, _c32(0), "release")
+    b.branch(take)
+
+    # take the team (another thread may be launching on it: a C program calling an exported library)
+    b.position_at_end(take)
     spins = alloca(b, I32, name="spins")
     b.store(_c32(0), spins)
     try_ = fn.append_basic_block("lock.try")
@@ -180,13 +198,7 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     b.branch(try_)
 
     b.position_at_end(owned)
-    pid = b.call(getpid, [])
-    forked = fn.append_basic_block("forked")
     spawn = fn.append_basic_block("spawn")
-    b.cbranch(b.icmp_signed("!=", team.load(b, PID, "monotonic"), pid), forked, spawn)
-    b.position_at_end(forked)  # first call, or a child after fork(): no workers exist here
-    team.store(b, NWORKERS, _c32(0), "monotonic")
-    team.store(b, PID, pid, "monotonic")
     b.branch(spawn)
 
     # start workers up to want - 1 (and MAX_WORKERS); a refused thread stops the spawning, not the call

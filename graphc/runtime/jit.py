@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -109,6 +110,7 @@ class CompiledFunction:
         self.program: Program = schedule(self.graph, self._updates)
         self._source_graph = graph
         self._lock = threading.Lock()
+        _LIVE.add(self)
         self._plan: MemoryPlan | None = None
         self._fits_env: list[int] | None = None  # dims the current plan was last checked to hold
         self._plan_threads = 0
@@ -456,6 +458,20 @@ class CompiledFunction:
         if self._single:
             return outs[0]
         return outs
+
+
+# Every compiled function's call lock, renewed in a child after fork(): a thread of the parent that was inside a
+# call holds it, and does not exist in the child (the native thread team resets itself the same way).
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _renew_locks() -> None:
+    for fn in list(_LIVE):
+        fn._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
 
 
 def _weak_ok(v, dtype: np.dtype) -> bool:

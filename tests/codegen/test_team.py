@@ -91,3 +91,42 @@ SCRIPT = textwrap.dedent("""
 def test_team_is_reused_restarted_after_fork_and_joined_when_freed():
     p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
+FORK_BUSY = textwrap.dedent("""
+    import os, threading, time
+    import numpy as np
+    import graphc as gc
+
+    x = gc.input("x", ("N",))
+    fn = gc.compile(gc.tanh(gc.exp(x * 0.001)) * 3.0, cache=False)
+    big = np.random.default_rng(0).random(4_000_000).astype(np.float32)
+    small = big[:100_000].copy()
+    want = fn({"x": small}, threads=1)
+    stop = False
+
+    def busy():  # keeps the team's lock taken most of the time
+        while not stop:
+            fn({"x": big}, threads=2)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:  # the lock may be held by a thread that does not exist here
+        ok = np.array_equal(fn({"x": small}, threads=2), want) and fn.last_threads == 2
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    stop = True
+    t.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    print("ok")
+""")
+
+
+def test_fork_while_another_thread_runs_a_call():
+    """fork() while a Python thread is inside a multi-threaded call: the child's first call must not wait for
+    the parent's lock or workers."""
+    p = subprocess.run([sys.executable, "-c", FORK_BUSY], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
