@@ -5,8 +5,10 @@ Only codegen and the runtime's JIT import llvmlite; this module is the one place
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import threading
+import weakref
 from dataclasses import dataclass
 from functools import cache
 
@@ -123,6 +125,17 @@ def parse(ir_text: str, target: Target) -> llvm.ModuleRef:
     return mod
 
 
+_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """At exit, before the interpreter tears objects down in no particular order (llvmlite may free an engine's
+    code before our __del__ runs): join every live engine's worker threads."""
+    for e in list(_ENGINES):
+        e.close()
+
+
 class Engine:
     """An MCJIT engine owning its module and target machine; function pointers live as long as it does."""
 
@@ -137,6 +150,7 @@ class Engine:
         self._engine.finalize_object()
         self._engine.run_static_constructors()
         self.module = module
+        _ENGINES.add(self)
 
     def close(self) -> None:
         """Stop and join the module's worker threads (`graphc_shutdown`, where the module has thread teams):
