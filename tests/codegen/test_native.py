@@ -40,10 +40,12 @@ def test_every_op_compiles_and_matches_the_reference(name, data):
         r = np.random.default_rng(1).normal(size=gc.evaluate(out, values, training=training).shape)
         outs += gc.grad(gc.sum(out * gc.constant(r, out.dtype)), wrt)
     fn = gc.compile(outs, training=training, cache=False)
-    got = fn(values)
+    got = fn(values, threads=1)
     ref = gc.evaluate(outs, values, training=training)
     for g, r_ in zip(got, ref, strict=True):
         _close(g, r_, rtol=2e-5, atol=2e-6)
+    for g, t in zip(got, fn(values, threads=3), strict=True):  # the thread team: bitwise the same
+        np.testing.assert_array_equal(g, t)
 
 
 @settings(max_examples=25)
@@ -53,10 +55,13 @@ def test_random_graphs_forward_and_gradient_match_at_several_batch_sizes(data):
     loss, params, values = data.draw(mlp_like("float32", batch=batch))
     outs = [loss, *gc.grad(loss, params)]
     fn = gc.compile(outs, cache=False)
-    got = fn(values)
+    got = fn(values, threads=1)
     ref = gc.evaluate(outs, values)
     for g, r in zip(got, ref, strict=True):
         _close(g, r, rtol=2e-4, atol=2e-5)
+    for threads in (2, 3):  # the thread team, with every barrier of a random program: bitwise the same
+        for g, t in zip(got, fn(values, threads=threads), strict=True):
+            np.testing.assert_array_equal(g, t)
 
 
 def _mlp(features: int, hidden: int, classes: int, tag: str):
