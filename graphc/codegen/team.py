@@ -286,7 +286,8 @@ def emit_shutdown(me: ModuleEmitter) -> None:
         b.position_at_end(live)
         team.store(b, QUIT, _c32(1), "seq_cst")
         word = team.load(b, GEN, "monotonic")
-        team.store(b, GEN, b.add(word, _c32(1 << _JOB_BITS)), "seq_cst")  # a new sequence, 0 threads
+        seq = b.add(b.lshr(word, _c32(_JOB_BITS)), _c32(1))
+        team.store(b, GEN, b.shl(seq, _c32(_JOB_BITS)), "seq_cst")  # a new job word with 0 threads: quit
         _futex(me, b, team.slot(b, GEN), FUTEX_WAKE_PRIVATE, c64(MAX_WORKERS))
         n = b.zext(team.load(b, NWORKERS, "monotonic"), I64)
         pre = b.block
