@@ -107,7 +107,7 @@ def draw(init, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> 
         out = np.asarray(fn(rng, tuple(shape)))
         if out.shape != tuple(shape):
             raise GraphcError(f"init function returned shape {out.shape}, expected {tuple(shape)}")
-    return np.ascontiguousarray(out, dtype=dtype)
+    return np.array(out, dtype=dtype, order="C")  # (ascontiguousarray would make a 0-d value 1-d)
 
 
 def param_rng(seed: int, name: str) -> np.random.Generator:

@@ -43,6 +43,8 @@ def test_explicit_distributions_and_biases_like_the_weights():
     assert b.meta["init"] == gc.nn.Uniform(float(np.sqrt(6 / 50)))  # Glorot uniform for tanh, fans (30, 20)
     zero = gc.nn.dense(x, 20, "tanh", name="lw")
     assert gc.nn.parameters(zero)[1].meta["init"] == "zeros" and zero is not out  # the init is identity
+    s = gc.nn.init_params([gc.param("scalar_p", (), init=0.5)])["scalar_p"]
+    assert s.shape == () and s == 0.5  # a 0-d parameter stays 0-d
     with pytest.raises(gc.GraphcError, match="limit must be a finite number"):
         gc.nn.Uniform(float("nan"))
     with pytest.raises(gc.GraphcError, match="like_weights"):
