@@ -8,7 +8,8 @@ module, in the module's globals:
     slot  0: gen      i32  job word: (sequence << 10) | threads of the job; only the launcher writes it
     slot  8: pending  i32  workers still running the current job
     slot 16: barrier  2 x i32 (count, generation): the program's barrier, reset before each job
-    slot 24: nworkers, 25: quit, 26: sleepers, 27: pid, 28: busy (the launcher's lock), all i32
+    slot 24: nworkers, 25: quit, 26: sleepers, 27: pid, 28: busy (taken by the launching call; a call that
+             finds it taken runs on its own thread), all i32
     slot 29-31: the job's three pointer arguments
 
 A worker knows its thread id; it runs a job only if its id is below the job's thread count, read from the
@@ -182,24 +183,12 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     team.store(b, BUSY, _c32(0), "release")
     b.branch(take)
 
-    # take the team (another thread may be launching on it: a C program calling an exported library)
+    # take the team; if another thread is launching on it (a C program calling an exported library from
+    # several threads), run this call on the calling thread alone: the results do not depend on the count
     b.position_at_end(take)
-    spins = alloca(b, I32, name="spins")
-    b.store(_c32(0), spins)
-    try_ = fn.append_basic_block("lock.try")
-    wait = fn.append_basic_block("lock.wait")
-    owned = fn.append_basic_block("owned")
-    b.branch(try_)
-    b.position_at_end(try_)
-    res = b.cmpxchg(team.slot(b, BUSY), _c32(0), _c32(1), "acquire", "monotonic")
-    b.cbranch(b.extract_value(res, 1), owned, wait)
-    b.position_at_end(wait)
-    me._relax(b, spins)
-    b.branch(try_)
-
-    b.position_at_end(owned)
     spawn = fn.append_basic_block("spawn")
-    b.branch(spawn)
+    res = b.cmpxchg(team.slot(b, BUSY), _c32(0), _c32(1), "acquire", "monotonic")
+    b.cbranch(b.extract_value(res, 1), spawn, solo)
 
     # start workers up to want - 1 (and MAX_WORKERS); a refused thread stops the spawning, not the call
     b.position_at_end(spawn)
@@ -252,6 +241,7 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     b.position_at_end(run0)
     b.call(program, [a0, a1, a2, _c32(0), n_run, team.slot(b, BARRIER)])
     # wait for the workers of this job (they finish about when we do: spin, then yield)
+    spins = alloca(b, I32, name="spins")
     b.store(_c32(0), spins)
     jhead = fn.append_basic_block("join.head")
     jwait = fn.append_basic_block("join.wait")
