@@ -316,7 +316,10 @@ class CompiledFunction:
             return None
         return bound, env
 
-    def __call__(self, values: Mapping | None = None, /, *, threads: int | None = None, **kw):
+    def __call__(self, values: Mapping | None = None, /, *, threads: int | None = None, out=None, **kw):
+        """Run on `values` (name or tensor -> array, as for `gc.evaluate`). `out`: an array (a function of one
+        output) or a list with an array or None per output, written in place and returned (as numpy's `out=`):
+        the exact dtype and shape, C-contiguous, writable, sharing no memory with an input."""
         if values is None:
             values = kw
         elif kw:
@@ -333,8 +336,38 @@ class CompiledFunction:
             nthreads = self._threads_for(fast[1], self.threads)
         else:
             nthreads = threads or self.threads
+        given = self._check_out(out, fast[0], fast[1]) if out is not None else None
         with self._lock:
-            return self._execute(fast[0], fast[1], nthreads)
+            return self._execute(fast[0], fast[1], nthreads, given)
+
+    def _check_out(self, out, bound: dict, env: list[int]) -> list:
+        """`out` as a list of arrays (or None) per output, each checked against the output it receives."""
+        n = len(self._out_specs)
+        outs = [out] if self._single and not isinstance(out, (list, tuple)) else out
+        if not isinstance(outs, (list, tuple)) or len(outs) != n:
+            raise InputError(f"out: expected {'an array' if self._single else f'a list of {n} arrays (or None)'}, "
+                             f"got {type(out).__name__}" + (f" of {len(outs)}" if isinstance(outs, (list, tuple))
+                                                            else ""))
+        for i, (o, (_, dtype, dims)) in enumerate(zip(outs, self._out_specs, strict=True)):
+            if o is None:
+                continue
+            shape = tuple(f(env) for f in dims)
+            where = f"out[{i}]" if not self._single else "out"
+            if not isinstance(o, np.ndarray):
+                raise InputError(f"{where}: expected a numpy array, got {type(o).__name__}")
+            if o.dtype != dtype or o.shape != shape:
+                raise InputError(f"{where}: the output is {dtype}{list(shape)}, the array given is "
+                                 f"{o.dtype}{list(o.shape)}; pass np.empty({shape}, np.{dtype})")
+            if not o.flags.c_contiguous or not o.flags.writeable or o.ctypes.data % o.itemsize:
+                raise InputError(f"{where}: the array must be C-contiguous, writable and aligned to its items")
+            for a, _ in bound.values():
+                if np.may_share_memory(o, a):
+                    raise InputError(f"{where}: the array shares memory with an input; outputs are written while "
+                                     "inputs are still being read: pass a separate array")
+            for j in range(i):
+                if outs[j] is not None and np.may_share_memory(o, outs[j]):
+                    raise InputError(f"{where}: the array shares memory with out[{j}]")
+        return list(outs)
 
     def _threads_for(self, env: list[int], most: int) -> int:
         """How many threads a call with these dims should use, at most `most`: each worker thread costs about
@@ -431,18 +464,22 @@ class CompiledFunction:
                                 self._ws.ctypes.data)
         self._fits_env = list(env)
 
-    def _execute(self, bound: dict[int, tuple[np.ndarray, int]], env: list[int], nthreads: int):
-        """Run with `bound` (table slot -> (array, its data address)); the caller holds self._lock."""
+    def _execute(self, bound: dict[int, tuple[np.ndarray, int]], env: list[int], nthreads: int,
+                 given: list | None = None):
+        """Run with `bound` (table slot -> (array, its data address)) and the caller's checked output arrays
+        (`given`, or None); the caller holds self._lock."""
         self._ensure_plan(env, nthreads)
         table = self._call_table
         for slot, (_, addr) in bound.items():
             table[slot] = addr
         results: dict[int, np.ndarray] = {}
         outs = []
-        for slot, dtype, dims in self._out_specs:
+        for k, (slot, dtype, dims) in enumerate(self._out_specs):
             r = results.get(slot)
             if r is None:
-                r = np.empty(tuple(f(env) for f in dims), dtype=dtype)
+                r = given[k] if given is not None and given[k] is not None else None
+                if r is None:
+                    r = np.empty(tuple(f(env) for f in dims), dtype=dtype)
                 results[slot] = r
                 table[slot] = r.__array_interface__["data"][0]
                 outs.append(r)
@@ -453,8 +490,13 @@ class CompiledFunction:
             cd[k] = v
         t_addr, d_addr, w_addr = self._call_addrs
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
-        outs = [o if o is not None else results[slot].copy() for o, (slot, _, _) in zip(outs, self._out_specs,
-                                                                                         strict=True)]
+        for k, (o, (slot, _, _)) in enumerate(zip(outs, self._out_specs, strict=True)):
+            if o is None:  # a repeated output: a copy, or the caller's array for it
+                if given is not None and given[k] is not None:
+                    given[k][...] = results[slot]
+                    outs[k] = given[k]
+                else:
+                    outs[k] = results[slot].copy()
         if self._single:
             return outs[0]
         return outs

@@ -134,6 +134,33 @@ def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
                 fn({"x": a, **bad})
 
 
+def test_out_arrays_are_written_in_place_and_checked():
+    """fn(values, out=...) writes into the caller's arrays (as numpy's out=), for every output or some."""
+    x = gc.input("x", ("N", 3))
+    y = gc.sum(gc.exp(x), axis=1)
+    fn = gc.compile([y, x * 2.0, y], cache=False)
+    a = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    ref = fn({"x": a})
+    o = [np.empty(5, np.float32), np.empty((5, 3), np.float32), np.empty(5, np.float32)]
+    got = fn({"x": a}, out=o)
+    assert all(g is b for g, b in zip(got, o, strict=True))  # the same arrays back, the repeated one too
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(g, r)
+    some = fn({"x": a}, out=[None, o[1], None])
+    assert some[1] is o[1] and some[0] is not o[0]
+    single = gc.compile(gc.exp(x), cache=False)
+    buf = np.empty((5, 3), np.float32)
+    assert single({"x": a}, out=buf) is buf
+    np.testing.assert_array_equal(buf, np.asarray(single({"x": a})))
+    for bad, words in ((np.empty((5, 4), np.float32), "float32\\[5, 3\\]"), (np.empty((5, 3)), "float64"),
+                       (np.empty((3, 5), np.float32).T, "C-contiguous"), (a, "shares memory with an input"),
+                       ([buf, buf], "expected an array|a list of 1")):
+        with pytest.raises(gc.InputError, match=words):
+            single({"x": a}, out=bad)
+    with pytest.raises(gc.InputError, match="shares memory with out\\[0\\]"):
+        fn({"x": a}, out=[o[0], None, o[0]])
+
+
 def test_default_thread_count_shrinks_for_small_calls():
     """threads=None: a call too small to pay for starting a thread runs on one; a big one uses them all. An
     explicit count is obeyed whatever the size."""
