@@ -76,13 +76,14 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
         raise DataError(f"{path}: no such file")
     try:
         if ext == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            # memory-mapped: the rows are read a chunk at a time by load(), never all copied at once
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
             if arr.ndim != 2 or arr.shape[1] < 2:
                 raise DataError(f"{path}: a .npy dataset must be a 2-D array (rows x columns, the label in one "
                                 f"column), got shape {arr.shape}")
-            col = -1 if label is None else _column_index(label, arr.shape[1], path)
-            y = arr[:, col]
-            X = np.delete(arr, col, axis=1)
+            col = arr.shape[1] - 1 if label is None else _column_index(label, arr.shape[1], path) % arr.shape[1]
+            y = np.array(arr[:, col])
+            X = _Columns(arr, [c for c in range(arr.shape[1]) if c != col])
             return X, y, [f"x{i}" for i in range(X.shape[1])]
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -105,6 +106,31 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it: {e}") from None
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+
+
+class _Columns:
+    """Some columns of a 2-D array (a memory map), read by rows: `X[rows]` gives those rows' columns."""
+
+    def __init__(self, arr: np.ndarray, cols: list[int]):
+        self.arr, self.cols = arr, np.asarray(cols)
+        self.shape = (arr.shape[0], len(cols))
+        self.dtype = arr.dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self.arr[rows])[:, self.cols]
+
+
+CHUNK_ELEMENTS = 1 << 21  # rows are checked, measured and standardized this many values at a time
+
+
+def _chunks(n: int, width: int):
+    step = max(1, CHUNK_ELEMENTS // max(width, 1))
+    for i in range(0, n, step):
+        yield i, min(n, i + step)
 
 
 def _column_index(label: str, ncols: int, path: str) -> int:
@@ -188,13 +214,22 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
         name = os.path.basename(source)
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    X = np.asarray(X, dtype=np.float64)
+    if not isinstance(X, _Columns):
+        X = np.asarray(X)
     if X.ndim != 2 or len(X) == 0:
         raise DataError(f"{name}: features must be a non-empty 2-D array, got shape {X.shape}")
-    bad = ~np.isfinite(X)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {r}")
+    if X.dtype.kind not in "fiub":
+        raise DataError(f"{name}: features must be numbers, got {X.dtype} values")
+    n, width = X.shape
+
+    def rows(idx) -> np.ndarray:  # float64 rows (a slice or an index array), a chunk at a time
+        return np.asarray(X[idx], dtype=np.float64)
+
+    for i, j in _chunks(n, width):
+        bad = ~np.isfinite(rows(slice(i, j)))
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r}")
     y = np.asarray(y)
     classes: list = []
     if task in ("multiclass", "binary"):
@@ -218,14 +253,28 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     tr, va, te = split_indices(len(X), seed, val_fraction, test_fraction)
     if train_fraction < 1.0:
         tr = tr[:max(2, int(round(len(tr) * train_fraction)))]
-    mean = X[tr].mean(0)
-    std = X[tr].std(0)
+    # training statistics (two passes, float64) and the standardized float32 splits, a chunk of rows at a time:
+    # peak memory is the splits plus one chunk, not several float64 copies of the data
+    total = np.zeros(width)
+    for i, j in _chunks(len(tr), width):
+        total += rows(tr[i:j]).sum(0)
+    mean = total / len(tr)
+    sq = np.zeros(width)
+    for i, j in _chunks(len(tr), width):
+        sq += ((rows(tr[i:j]) - mean) ** 2).sum(0)
+    std = np.sqrt(sq / len(tr))
     std[std == 0] = 1.0
-    Xs = ((X - mean) / std).astype(np.float32)
+
+    def standardized(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), width), np.float32)
+        for i, j in _chunks(len(idx), width):
+            out[i:j] = (rows(idx[i:j]) - mean) / std
+        return out
+
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
         y_mean = float(y[tr].mean())
         y_std = float(y[tr].std()) or 1.0
         y = ((y - y_mean) / y_std).astype(np.float32)
-    return Dataset(name, task, Xs[tr], y[tr], Xs[va], y[va], Xs[te], y[te], classes, names, mean, std,
-                   y_mean, y_std)
+    return Dataset(name, task, standardized(tr), y[tr], standardized(va), y[va], standardized(te), y[te], classes,
+                   names, mean, std, y_mean, y_std)

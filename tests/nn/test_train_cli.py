@@ -135,6 +135,30 @@ def test_datasets_split_fixed_and_standardized_on_train_only(tmp_path):
     assert d.task == "multiclass" and d.n_features == 2
 
 
+def test_npy_data_is_read_in_row_chunks_with_the_same_result(tmp_path, monkeypatch):
+    """A .npy dataset is memory-mapped and standardized a few rows at a time: the same splits as the whole-array
+    computation, non-finite values found in any chunk (named by row and column), non-numbers refused."""
+    rng = np.random.default_rng(2)
+    arr = np.column_stack([rng.normal(size=(97, 2)) * 5 + 3, np.arange(97) % 4, rng.normal(size=(97, 3))])
+    np.save(tmp_path / "d.npy", arr.astype(np.float32))
+    monkeypatch.setattr(data, "CHUNK_ELEMENTS", 7)  # a row or two per chunk
+    d = data.load(str(tmp_path / "d.npy"), label="2")
+    X = np.delete(arr.astype(np.float32), 2, axis=1).astype(np.float64)
+    tr, va, te = data.split_indices(97, 0, 0.15, 0.15)
+    mu, sd = X[tr].mean(0), X[tr].std(0)
+    for got, idx in ((d.X_train, tr), (d.X_val, va), (d.X_test, te)):
+        np.testing.assert_allclose(got, ((X[idx] - mu) / sd).astype(np.float32), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(d.y_train, (np.arange(97) % 4)[tr])
+    bad = arr.copy()
+    bad[90, 4] = np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(data.DataError, match="feature 'x3' is not finite in row 90"):
+        data.load(str(tmp_path / "bad.npy"), label="2")
+    np.save(tmp_path / "text.npy", np.array([["a", "b", "1"], ["c", "d", "0"]]))
+    with pytest.raises(data.DataError, match="features must be numbers"):
+        data.load(str(tmp_path / "text.npy"))
+
+
 RUN = ["train", "--dataset", "{data}", "--epochs", "200", "--batch-size", "16", "--hidden", "96", "--seed", "3",
        "--dropout", "0.9,0.7", "--optimizer", "momentum", "--checkpoint-every", "1", "--quiet", "--out", "{out}"]
 
