@@ -76,13 +76,15 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
         raise DataError(f"{path}: no such file")
     try:
         if ext == ".npy":
-            # memory-mapped: the rows are read a chunk at a time by load(), never all copied at once
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.ndim != 2 or arr.shape[1] < 2:
+            # read a chunk of rows at a time by load() (file reads: the data passes through the page cache, not
+            # this process's memory), never all copied at once
+            arr = _NpyRows(path)
+            if len(arr.shape) != 2 or arr.shape[1] < 2:
                 raise DataError(f"{path}: a .npy dataset must be a 2-D array (rows x columns, the label in one "
                                 f"column), got shape {arr.shape}")
             col = arr.shape[1] - 1 if label is None else _column_index(label, arr.shape[1], path) % arr.shape[1]
-            y = np.array(arr[:, col])
+            y = np.concatenate([arr[i:j][:, col] for i, j in _chunks(arr.shape[0], arr.shape[1])]
+                               or [np.zeros(0, arr.dtype)])
             X = _Columns(arr, [c for c in range(arr.shape[1]) if c != col])
             return X, y, [f"x{i}" for i in range(X.shape[1])]
         if ext == ".npz":
@@ -108,10 +110,45 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
 
 
-class _Columns:
-    """Some columns of a 2-D array (a memory map), read by rows: `X[rows]` gives those rows' columns."""
+class _NpyRows:
+    """A 2-D .npy file read by ranges of rows (`rows[i:j]`): C-order data with plain file reads, so that what
+    was read is not held by this process; Fortran order through a memory map."""
 
-    def __init__(self, arr: np.ndarray, cols: list[int]):
+    def __init__(self, path: str):
+        self.path = path
+        self._map = None
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                self.shape, fortran, self.dtype = read(f)
+                self.offset = f.tell()
+        except ValueError:  # a header version these readers do not know: numpy's own memory map
+            fortran = True
+        if fortran:
+            self._map = np.load(path, mmap_mode="r", allow_pickle=False)
+            self.shape, self.dtype = self._map.shape, self._map.dtype
+        if self.dtype.hasobject:
+            raise ValueError("the array holds Python objects (pickled); save numbers")
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        i, j, _ = rows.indices(self.shape[0])
+        if self._map is not None:
+            return np.array(self._map[i:j])
+        width = self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + i * width * self.dtype.itemsize)
+            a = np.fromfile(f, dtype=self.dtype, count=max(j - i, 0) * width)
+        if a.size != max(j - i, 0) * width:
+            raise DataError(f"{self.path}: the file is truncated")
+        return a.reshape(-1, width)
+
+
+class _Columns:
+    """Some columns of a 2-D array or .npy file, read by ranges of rows: `X[i:j]` gives those rows' columns."""
+
+    def __init__(self, arr, cols: list[int]):
         self.arr, self.cols = arr, np.asarray(cols)
         self.shape = (arr.shape[0], len(cols))
         self.dtype = arr.dtype
@@ -120,7 +157,7 @@ class _Columns:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows) -> np.ndarray:
+    def __getitem__(self, rows: slice) -> np.ndarray:
         return np.asarray(self.arr[rows])[:, self.cols]
 
 
@@ -215,18 +252,18 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if not isinstance(X, _Columns):
-        X = np.asarray(X)
+        X = np.asarray(X)  # in memory already (bundled, .npz, .csv)
     if X.ndim != 2 or len(X) == 0:
         raise DataError(f"{name}: features must be a non-empty 2-D array, got shape {X.shape}")
     if X.dtype.kind not in "fiub":
         raise DataError(f"{name}: features must be numbers, got {X.dtype} values")
     n, width = X.shape
 
-    def rows(idx) -> np.ndarray:  # float64 rows (a slice or an index array), a chunk at a time
-        return np.asarray(X[idx], dtype=np.float64)
+    def rows(i: int, j: int) -> np.ndarray:  # rows i..j-1 as float64: every pass reads the data in order
+        return np.asarray(X[i:j], dtype=np.float64)
 
     for i, j in _chunks(n, width):
-        bad = ~np.isfinite(rows(slice(i, j)))
+        bad = ~np.isfinite(rows(i, j))
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r}")
@@ -253,28 +290,33 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     tr, va, te = split_indices(len(X), seed, val_fraction, test_fraction)
     if train_fraction < 1.0:
         tr = tr[:max(2, int(round(len(tr) * train_fraction)))]
-    # training statistics (two passes, float64) and the standardized float32 splits, a chunk of rows at a time:
-    # peak memory is the splits plus one chunk, not several float64 copies of the data
+    # training statistics (two passes, float64) and the standardized float32 splits, reading the rows in order a
+    # chunk at a time and scattering them to their split: peak memory is the splits plus one chunk
+    which = np.full(n, -1, np.int8)  # split of each row (-1: a training row left out by train_fraction)
+    where = np.zeros(n, np.int64)  # its position in the split
+    for k, idx in enumerate((tr, va, te)):
+        which[idx] = k
+        where[idx] = np.arange(len(idx))
     total = np.zeros(width)
-    for i, j in _chunks(len(tr), width):
-        total += rows(tr[i:j]).sum(0)
+    for i, j in _chunks(n, width):
+        total += rows(i, j)[which[i:j] == 0].sum(0)
     mean = total / len(tr)
     sq = np.zeros(width)
-    for i, j in _chunks(len(tr), width):
-        sq += ((rows(tr[i:j]) - mean) ** 2).sum(0)
+    for i, j in _chunks(n, width):
+        sq += ((rows(i, j)[which[i:j] == 0] - mean) ** 2).sum(0)
     std = np.sqrt(sq / len(tr))
     std[std == 0] = 1.0
-
-    def standardized(idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), width), np.float32)
-        for i, j in _chunks(len(idx), width):
-            out[i:j] = (rows(idx[i:j]) - mean) / std
-        return out
+    splits = [np.empty((len(idx), width), np.float32) for idx in (tr, va, te)]
+    for i, j in _chunks(n, width):
+        z = (rows(i, j) - mean) / std
+        for k, out in enumerate(splits):
+            m = which[i:j] == k
+            out[where[i:j][m]] = z[m]
 
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
         y_mean = float(y[tr].mean())
         y_std = float(y[tr].std()) or 1.0
         y = ((y - y_mean) / y_std).astype(np.float32)
-    return Dataset(name, task, standardized(tr), y[tr], standardized(va), y[va], standardized(te), y[te], classes,
-                   names, mean, std, y_mean, y_std)
+    return Dataset(name, task, splits[0], y[tr], splits[1], y[va], splits[2], y[te], classes, names, mean, std,
+                   y_mean, y_std)

@@ -136,8 +136,9 @@ def test_datasets_split_fixed_and_standardized_on_train_only(tmp_path):
 
 
 def test_npy_data_is_read_in_row_chunks_with_the_same_result(tmp_path, monkeypatch):
-    """A .npy dataset is memory-mapped and standardized a few rows at a time: the same splits as the whole-array
-    computation, non-finite values found in any chunk (named by row and column), non-numbers refused."""
+    """A .npy dataset is read and standardized a few rows at a time: the same splits as the whole-array
+    computation, non-finite values found in any chunk (named by row and column), non-numbers and truncated
+    files refused."""
     rng = np.random.default_rng(2)
     arr = np.column_stack([rng.normal(size=(97, 2)) * 5 + 3, np.arange(97) % 4, rng.normal(size=(97, 3))])
     np.save(tmp_path / "d.npy", arr.astype(np.float32))
@@ -149,6 +150,11 @@ def test_npy_data_is_read_in_row_chunks_with_the_same_result(tmp_path, monkeypat
     for got, idx in ((d.X_train, tr), (d.X_val, va), (d.X_test, te)):
         np.testing.assert_allclose(got, ((X[idx] - mu) / sd).astype(np.float32), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(d.y_train, (np.arange(97) % 4)[tr])
+    np.save(tmp_path / "f.npy", np.asfortranarray(arr.astype(np.float32)))  # Fortran order: a memory map
+    np.testing.assert_array_equal(data.load(str(tmp_path / "f.npy"), label="2").X_test, d.X_test)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "d.npy").read_bytes()[:-40])
+    with pytest.raises(data.DataError, match="truncated"):
+        data.load(str(tmp_path / "cut.npy"), label="2")
     bad = arr.copy()
     bad[90, 4] = np.inf
     np.save(tmp_path / "bad.npy", bad)
