@@ -91,6 +91,7 @@ class CompiledFunction:
         self.threads = threads or default_threads()
         self._auto_threads = threads is None  # then small calls run on fewer threads (see _threads_for)
         self._thread_memo: dict = {}
+        self._cost_terms: list | None = None
         self.last_threads = 0  # how many threads the last call ran on
         if isinstance(target, str):
             target = level_target(target)
@@ -259,20 +260,9 @@ class CompiledFunction:
             self._leaf_specs.append(spec)
             self._by_key[leaf.name] = spec
             self._by_key[id(leaf)] = spec
-        import sympy
-
-        def dim_fn(d):
-            if isinstance(d, int):
-                return lambda env: d
-            if d in sym_index:
-                k = sym_index[d]
-                return lambda env: env[k]
-            f = sympy.lambdify(self._symbols, d)
-            return lambda env: int(f(*env))
-
         self._out_specs = []
         for buf in prog.outputs[:self._n_results]:
-            self._out_specs.append((buf.index, np.dtype(buf.dtype), [dim_fn(d) for d in buf.shape]))
+            self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j].index for j in self._updates.values()}
         base = np.zeros(self._nbuf, dtype=np.uintp)
         for idx, a in self._consts.items():
@@ -385,23 +375,31 @@ class CompiledFunction:
             self._thread_memo[key] = n
         return n
 
+    def _dim_fn(self, d):
+        """env (the runtime dims, in self._symbols order) -> the value of dim `d`."""
+        if isinstance(d, int):
+            return lambda env: d
+        if d in self._symbols:
+            k = self._symbols.index(d)
+            return lambda env: env[k]
+        import sympy
+
+        f = sympy.lambdify(self._symbols, d)
+        return lambda env: int(f(*env))
+
     def _estimate_seconds(self, env: list[int]) -> float:
         """A rough one-thread time for the program at these dims: GEMMs at GEMM_FLOPS, everything else at
         LOOP_SECONDS per element of its loop domain."""
-        subs = dict(zip(self._symbols, env, strict=True))
-
-        def value(d) -> int:
-            return int(d) if isinstance(d, int) else int(d.subs(subs))
-
+        if self._cost_terms is None:  # (seconds per unit, dims whose product is the units), built once
+            self._cost_terms = [
+                (2.0 / GEMM_FLOPS, [self._dim_fn(d) for d in (k.m, k.n, k.k)]) if isinstance(k, GemmKernel)
+                else (LOOP_SECONDS, [self._dim_fn(d) for d in k.domain]) for k in self.program.kernels]
         t = 0.0
-        for k in self.program.kernels:
-            if isinstance(k, GemmKernel):
-                t += 2.0 * value(k.m) * value(k.n) * value(k.k) / GEMM_FLOPS
-            else:
-                size = 1
-                for d in k.domain:
-                    size *= value(d)
-                t += size * LOOP_SECONDS
+        for w, dims in self._cost_terms:
+            size = 1
+            for f in dims:
+                size *= f(env)
+            t += w * size
         return t
 
     def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
