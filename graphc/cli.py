@@ -117,11 +117,8 @@ def _export(args) -> int:
     return 0
 
 
-def _aot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) (see README: the "
-                   "model-file contract); default: an MLP")
-    p.add_argument("--dataset", default="digits", metavar="NAME|PATH", help="only to learn the task, the feature "
-                   "count and the classes: digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
+def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
+    """What `train`, `build` and `export` share: which columns are data, the task, and the default MLP's shape."""
     p.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
     p.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
     p.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
@@ -129,7 +126,16 @@ def _aot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
                    help="weight initialization of the default MLP")
     p.add_argument("--bias-init", choices=["like_weights", "zeros"],
-                   help="bias initialization of the default MLP (default: like_weights)")
+                   help="bias initialization of the default MLP: drawn like the weights (default, as "
+                        "scikit-learn and PyTorch do) or zeros")
+
+
+def _aot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) (see README: the "
+                   "model-file contract); default: an MLP")
+    p.add_argument("--dataset", default="digits", metavar="NAME|PATH", help="only to learn the task, the feature "
+                   "count and the classes: digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
+    _data_and_model_arguments(p)
     p.add_argument("--target", default="native", choices=["native", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
                    help="the CPU the code is for: this machine's, or a portable x86-64 level")
     p.add_argument("--max-batch", type=int, default=4096, help="the largest batch the code's memory plan holds")
@@ -149,15 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see README: the model-file contract); default: an MLP")
     t.add_argument("--dataset", default="digits", metavar="NAME|PATH",
                    help="digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
-    t.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
-    t.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
-    t.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
-    t.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
-    t.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
-                   help="weight initialization of the default MLP")
-    t.add_argument("--bias-init", choices=["like_weights", "zeros"],
-                   help="bias initialization of the default MLP: drawn like the weights (default, as "
-                        "scikit-learn and PyTorch do) or zeros")
+    _data_and_model_arguments(t)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="mini-batch size (1: per-sample SGD; >= the data: full GD)")
     t.add_argument("--lr", type=float, help="learning rate")

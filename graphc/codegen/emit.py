@@ -1150,12 +1150,8 @@ class ModuleEmitter:
         m = self.module
         job_t = ir.LiteralStructType([PTR, PTR, PTR, I32, I32, PTR, PTR])  # a b c tid nth bar gate
 
-        def declare(fname, fty):
-            f = m.globals.get(fname)
-            return f if f is not None else ir.Function(m, fty, name=fname)
-
-        create = declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-        join = declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
+        create = self._declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+        join = self._declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
         program = m.globals[callee]
 
         worker = ir.Function(m, ir.FunctionType(PTR, [PTR]), name=f"{name}.worker")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from graphc.codegen.emit import I32, I64, PTR, VOID, ModuleEmitter, alloca, c64
+from graphc.codegen.emit import I32, I64, PTR, VOID, Loop, ModuleEmitter, alloca, c64
 
 MAX_WORKERS = 255
 _JOB_BITS = 10  # threads per job < 1024
@@ -71,13 +71,8 @@ class _Team:
         b.atomic_rmw("xchg", self.slot(b, k), v, order)
 
 
-def _fn(me: ModuleEmitter, name: str, fnty: ir.FunctionType) -> ir.Function:
-    f = me.module.globals.get(name)
-    return f if f is not None else ir.Function(me.module, fnty, name=name)
-
-
 def _futex(me: ModuleEmitter, b: ir.IRBuilder, addr, op: int, val) -> None:
-    sc = _fn(me, "syscall", ir.FunctionType(I64, [I64], var_arg=True))
+    sc = me._declare("syscall", ir.FunctionType(I64, [I64], var_arg=True))
     args = [c64(SYS_FUTEX), addr, c64(op), val]
     if op == FUTEX_WAIT_PRIVATE:
         args.append(ir.Constant(PTR, None))  # no timeout
@@ -91,9 +86,9 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     m = me.module
     team = _Team(me, name)
     program = m.globals[callee]
-    clock = _fn(me, "llvm.readcyclecounter", ir.FunctionType(I64, []))
-    create = _fn(me, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-    getpid = _fn(me, "getpid", ir.FunctionType(I32, []))
+    clock = me._declare("llvm.readcyclecounter", ir.FunctionType(I64, []))
+    create = me._declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+    getpid = me._declare("getpid", ir.FunctionType(I32, []))
     job_mask = (1 << _JOB_BITS) - 1
 
     # ---- worker(ptr arg): arg = id | (job word at start << 32)
@@ -263,8 +258,8 @@ def emit_shutdown(me: ModuleEmitter) -> None:
     """void graphc_shutdown(void): stop and join the workers of every team in the module (in this process);
     also registered as a static destructor, so unloading a shared library or exiting a binary joins them."""
     m = me.module
-    join = _fn(me, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
-    getpid = _fn(me, "getpid", ir.FunctionType(I32, []))
+    join = me._declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
+    getpid = me._declare("getpid", ir.FunctionType(I32, []))
     fn = ir.Function(m, ir.FunctionType(VOID, []), name="graphc_shutdown")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     for team in me.teams:
@@ -280,20 +275,8 @@ def emit_shutdown(me: ModuleEmitter) -> None:
         team.store(b, GEN, b.shl(seq, _c32(_JOB_BITS)), "seq_cst")  # a new job word with 0 threads: quit
         _futex(me, b, team.slot(b, GEN), FUTEX_WAKE_PRIVATE, c64(MAX_WORKERS))
         n = b.zext(team.load(b, NWORKERS, "monotonic"), I64)
-        pre = b.block
-        jh = fn.append_basic_block(f"{team.name}.join")
-        jb = fn.append_basic_block(f"{team.name}.joinbody")
-        je = fn.append_basic_block(f"{team.name}.joined")
-        b.branch(jh)
-        b.position_at_end(jh)
-        i = b.phi(I64)
-        i.add_incoming(c64(0), pre)
-        b.cbranch(b.icmp_signed("<", i, n), jb, je)
-        b.position_at_end(jb)
-        b.call(join, [b.load(b.gep(team.tids, [i], source_etype=I64), typ=I64), ir.Constant(PTR, None)])
-        i.add_incoming(b.add(i, c64(1)), jb)
-        b.branch(jh)
-        b.position_at_end(je)
+        with Loop(b, c64(0), n, 1, f"{team.name}.join") as i:
+            b.call(join, [b.load(b.gep(team.tids, [i], source_etype=I64), typ=I64), ir.Constant(PTR, None)])
         team.store(b, NWORKERS, _c32(0), "monotonic")
         team.store(b, QUIT, _c32(0), "seq_cst")
         b.branch(nxt)

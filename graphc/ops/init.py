@@ -22,6 +22,11 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0] * receptive, shape[1] * receptive  # (in, out) for x @ W with W: (in, out)
 
 
+def _check_scale(what: str, v) -> None:
+    if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+        raise GraphcError(f"{what} must be a finite number >= 0, got {v!r}")
+
+
 @dataclass(frozen=True)
 class Uniform:
     """Uniform in [-limit, limit] (the form of any uniform scheme once its fans are known)."""
@@ -29,8 +34,7 @@ class Uniform:
     limit: float
 
     def __post_init__(self):
-        if not (isinstance(self.limit, (int, float)) and np.isfinite(self.limit) and self.limit >= 0):
-            raise GraphcError(f"Uniform(limit): limit must be a finite number >= 0, got {self.limit!r}")
+        _check_scale("Uniform(limit): limit", self.limit)
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,7 @@ class Normal:
     std: float
 
     def __post_init__(self):
-        if not (isinstance(self.std, (int, float)) and np.isfinite(self.std) and self.std >= 0):
-            raise GraphcError(f"Normal(std): std must be a finite number >= 0, got {self.std!r}")
+        _check_scale("Normal(std): std", self.std)
 
 
 def distribution(init, fan_in: int, fan_out: int) -> tuple[str, float] | None:

@@ -59,8 +59,8 @@ Init = str | float | int | np.ndarray | Callable[[np.random.Generator, tuple[int
 
 def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") -> Tensor:
     """A trainable parameter with a concrete shape. `init` is a scheme name ("he_normal", "he_uniform",
-    "xavier_normal", "xavier_uniform", "zeros", "ones"), a number, `gc.init.Uniform(limit)` /
-    `gc.init.Normal(std)`, an array, or `f(rng, shape) -> array`;
+    "xavier_normal", "xavier_uniform", "zeros", "ones"), a number, `gc.nn.Uniform(limit)` /
+    `gc.nn.Normal(std)`, an array, or `f(rng, shape) -> array`;
     values are drawn by `gc.nn.init_params(..., seed)`."""
     _check_name(name, "gc.param")
     where = f"gc.param({name!r})"
