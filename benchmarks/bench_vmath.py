@@ -64,7 +64,7 @@ if _sp is not None:
 def build(target, lanes: int):
     m = ir.Module(name="bench_vmath")
     for name, emitter in vmath.EMITTERS.items():
-        vmath.emit_unary_kernel(m, f"k_{name}", emitter, vmath.F32, lanes)
+        vmath.emit_unary_kernel(m, f"k_{name}", emitter, vmath.F32, lanes, target)
     engine = compile_ir(str(m), target)
     p = ctypes.c_void_p
     return {name: engine.function(f"k_{name}", None, p, p, ctypes.c_int64) for name in vmath.EMITTERS}

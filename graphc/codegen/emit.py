@@ -111,8 +111,8 @@ class Loop:
 class ScalarEmitter:
     """Emit an elementwise op's sympy formula on LLVM values (scalars or vectors, floats, ints or i1)."""
 
-    def __init__(self, b: ir.IRBuilder, module: ir.Module):
-        self.b, self.module = b, module
+    def __init__(self, b: ir.IRBuilder, module: ir.Module, target: Target | None = None):
+        self.b, self.module, self.target = b, module, target
 
     def const(self, ty: ir.Type, v) -> ir.Constant:
         elem = vmath.element_type(ty)
@@ -177,7 +177,7 @@ class ScalarEmitter:
                 return self.div(self.const(x.type, 1.0), x)
             x = go(base)
             y = go(p) if not p.is_Number else self.const(x.type, float(p))
-            return vmath.EMITTERS["exp"](b, b.fmul(y, vmath.EMITTERS["log"](b, x), flags=FLAGS))
+            return vmath.EMITTERS["exp"](b, b.fmul(y, vmath.EMITTERS["log"](b, x), flags=FLAGS), self.target)
         if isinstance(e, sympy.Piecewise):
             (val, cond), rest = e.args[0], e.args[1:]
             if cond is sympy.true or not rest:
@@ -225,7 +225,7 @@ class ScalarEmitter:
                             b.select(self.compare(sympy.Equality, x, zero), self.const(x.type, h0), zero))
         fn = _VMATH.get(type(e))
         if fn is not None:
-            return vmath.EMITTERS[fn](b, go(e.args[0]))
+            return vmath.EMITTERS[fn](b, go(e.args[0]), self.target)
         raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
                            "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise")
 
@@ -328,7 +328,7 @@ class FunctionEmitter:
         self.fn = fn
         self.bufs, self.dims, self.ws, self.tid32, self.nth32 = fn.args[:5]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
-        self.sc = ScalarEmitter(self.b, mod.module)
+        self.sc = ScalarEmitter(self.b, mod.module, mod.target)
         self._dim_cache: dict = {}
         self._ptr_cache: dict = {}
 
@@ -990,7 +990,7 @@ class ModuleEmitter:
                 fe.ws = None
                 fe.tid32 = fe.nth32 = None
                 fe.b = ctx.builder
-                fe.sc = ScalarEmitter(ctx.builder, owner.module)
+                fe.sc = ScalarEmitter(ctx.builder, owner.module, owner.target)
                 fe._dim_cache = {}
                 fe._ptr_cache = {}
                 owner._epi_emitters[key] = fe

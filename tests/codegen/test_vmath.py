@@ -12,7 +12,7 @@ import pytest
 from llvmlite import ir
 
 from graphc.codegen import vmath
-from graphc.codegen.target import assembly, compile_ir, level_target
+from graphc.codegen.target import assembly, compile_ir, host_target, level_target
 
 NAMES = ["exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus", "erf", "sqrt"]
 TINY32 = float(np.finfo(np.float32).tiny)
@@ -52,7 +52,7 @@ class Kernels:
     def __init__(self, target=None, elem=vmath.F32, lanes=16):
         m = ir.Module(name="vmath_test")
         for nm in NAMES:
-            vmath.emit_unary_kernel(m, f"k_{nm}", vmath.EMITTERS[nm], elem, lanes)
+            vmath.emit_unary_kernel(m, f"k_{nm}", vmath.EMITTERS[nm], elem, lanes, target or host_target())
         self.ir = str(m)
         self.target = target
         self.engine = compile_ir(self.ir, target)
@@ -183,6 +183,48 @@ def test_f32_accuracy_avx512_width(k16, big_sweep, name):
     x, truth = big_sweep
     assert x.size > 4_000_000
     assert_accurate(k16, name, x, truth[name])
+
+
+def test_avx512_exp_form():
+    """With an AVX-512 target, exp of <16 x float> is the vscalefps form (13 vector instructions); on AVX2 and
+    at other widths it is the portable one, without calls. The accuracy sweeps above run whichever the host
+    compiles: where the host has AVX-512, the k16 kernels are the vscalefps form."""
+    def asm(level, lanes):
+        m = ir.Module(name="expform")
+        vmath.emit_unary_kernel(m, "k", vmath.exp, vmath.F32, lanes, level_target(level))
+        return assembly(str(m), level_target(level))
+
+    v4 = asm("x86-64-v4", 16)
+    assert "vscalefps" in v4 and not CALL.search(v4)
+    for level, lanes in (("x86-64-v3", 16), ("x86-64-v4", 8), ("x86-64", 4)):
+        a = asm(level, lanes)
+        assert "vscalef" not in a and not CALL.search(a), (level, lanes)
+
+
+def test_avx512_exp_specials_and_subnormals():
+    """The vscalefps exp on every float32 around its clamps and the subnormal range, where it differs most
+    from the portable form (skipped where the host cannot run AVX-512 code)."""
+    host = host_target()
+    if host.vector_bits < 512:
+        pytest.skip("the host has no AVX-512F: the vscalefps form cannot run here (its code is checked above)")
+    k = Kernels(host, vmath.F32, 16)
+    assert "vscalefps" in assembly(k.ir, host)
+    lo = np.array([-110.0], np.float32).view(np.int32)[0]
+    hi = np.array([-85.0], np.float32).view(np.int32)[0]
+    x = np.concatenate([np.arange(hi, lo, dtype=np.int32).view(np.float32),  # every float in [-110, -85]
+                        np.linspace(88.0, 90.0, 100_001, dtype=np.float32),
+                        np.array([np.inf, -np.inf, np.nan, 1e30, -1e30, 3e38, -3e38, 0.0, -0.0], np.float32)])
+    y = k("exp", x)
+    with np.errstate(over="ignore"):
+        t = np.exp(x.astype(np.float64))
+    fin = np.isfinite(x)
+    normal = fin & (t >= TINY32) & (t <= MAX32)
+    assert np.max(np.abs(y[normal] - t[normal]) / t[normal]) <= TOL32
+    sub = fin & (t < TINY32)  # subnormal results and zeros: rounded once
+    assert np.all(np.abs(y[sub].astype(np.float64) - t[sub]) <= 2.0**-149 * 0.5 + 2e-7 * t[sub])
+    assert np.all(y[fin & (t > MAX32)] == np.inf)
+    assert np.isnan(y[np.isnan(x)]).all() and y[x == np.inf][0] == np.inf and y[x == -np.inf][0] == 0.0
+    assert np.all(y[x == 0] == 1.0)
 
 
 @pytest.mark.parametrize("lanes", [8, 4, 1])
