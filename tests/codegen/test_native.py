@@ -134,6 +134,23 @@ def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
                 fn({"x": a, **bad})
 
 
+def test_data_address_reads_every_kind_of_array():
+    """The per-call address read (from the array object, where that layout was verified at import) agrees with
+    numpy's own for views, offsets, subclasses, read-only and empty arrays."""
+    from graphc.runtime.jit import _DATA_OFFSET, data_address
+
+    base = np.arange(60, dtype=np.float32).reshape(6, 10)
+    ro = base.copy()
+    ro.flags.writeable = False
+    cases = [base, base[2:], base[:, 3:], base[1::2, 5:], base.T, ro, np.empty(0, np.float64), np.float32(2) * base,
+             base.view(np.int32), np.asmatrix(base), np.frombuffer(bytearray(64), np.float32)[3:],
+             np.array(1.5, np.float32)]
+    for a in cases:
+        assert data_address(a) == a.__array_interface__["data"][0], a
+    if sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)():
+        assert _DATA_OFFSET is not None  # a standard CPython: the fast read is in use
+
+
 def test_out_arrays_are_written_in_place_and_checked():
     """fn(values, out=...) writes into the caller's arrays (as numpy's out=), for every output or some."""
     x = gc.input("x", ("N", 3))
