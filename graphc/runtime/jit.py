@@ -294,6 +294,11 @@ class CompiledFunction:
         for buf in prog.outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j].index for j in self._updates.values()}
+        slots = [spec[0] for spec in self._out_specs]
+        self._distinct_outs = len(set(slots)) == len(slots)  # no output returned twice (the usual case)
+        # output shapes known without the runtime dims (None where one depends on them)
+        self._static_out_shapes = [tuple(f(None) for f in dims) if all(isinstance(d, int) for d in buf.shape)
+                                   else None for (_, _, dims), buf in zip(self._out_specs, prog.outputs, strict=False)]
         base = np.zeros(self._nbuf, dtype=np.uintp)
         for idx, a in self._consts.items():
             base[idx] = a.ctypes.data
@@ -368,25 +373,32 @@ class CompiledFunction:
             raise InputError(f"out: expected {'an array' if self._single else f'a list of {n} arrays (or None)'}, "
                              f"got {type(out).__name__}" + (f" of {len(outs)}" if isinstance(outs, (list, tuple))
                                                             else ""))
-        for i, (o, (_, dtype, dims)) in enumerate(zip(outs, self._out_specs, strict=True)):
+        spans = []  # (start, end) of each checked output's bytes
+        for i, (o, (_, dtype, dims), static) in enumerate(zip(outs, self._out_specs, self._static_out_shapes,
+                                                              strict=True)):
             if o is None:
                 continue
-            shape = tuple(f(env) for f in dims)
+            shape = static if static is not None else tuple(f(env) for f in dims)
             where = f"out[{i}]" if not self._single else "out"
             if not isinstance(o, np.ndarray):
                 raise InputError(f"{where}: expected a numpy array, got {type(o).__name__}")
             if o.dtype != dtype or o.shape != shape:
                 raise InputError(f"{where}: the output is {dtype}{list(shape)}, the array given is "
                                  f"{o.dtype}{list(o.shape)}; pass np.empty({shape}, np.{dtype})")
-            if not o.flags.c_contiguous or not o.flags.writeable or data_address(o) % o.itemsize:
+            flags = o.flags
+            addr = data_address(o)
+            if not flags.c_contiguous or not flags.writeable or addr % o.itemsize:
                 raise InputError(f"{where}: the array must be C-contiguous, writable and aligned to its items")
-            for a, _ in bound.values():
-                if np.may_share_memory(o, a):
+            # a contiguous output's bytes are [addr, addr + nbytes); the fast path's inputs are contiguous too
+            end = addr + o.nbytes
+            for a, a_addr in bound.values():
+                if a_addr < end and addr < a_addr + a.nbytes and a.nbytes and o.nbytes:
                     raise InputError(f"{where}: the array shares memory with an input; outputs are written while "
                                      "inputs are still being read: pass a separate array")
-            for j in range(i):
-                if outs[j] is not None and np.may_share_memory(o, outs[j]):
+            for j, (s0, s1) in spans:
+                if s0 < end and addr < s1 and o.nbytes:
                     raise InputError(f"{where}: the array shares memory with out[{j}]")
+            spans.append((i, (addr, end)))
         return list(outs)
 
     def _threads_for(self, env: list[int], most: int) -> int:
@@ -500,6 +512,19 @@ class CompiledFunction:
         table = self._call_table
         for slot, (_, addr) in bound.items():
             table[slot] = addr
+        if self._distinct_outs:  # every output its own array: the caller's where given, else a new one
+            outs = list(given) if given is not None else [None] * len(self._out_specs)
+            for k, (slot, dtype, dims) in enumerate(self._out_specs):
+                r = outs[k]
+                if r is None:
+                    r = outs[k] = np.empty(tuple(f(env) for f in dims), dtype=dtype)
+                table[slot] = data_address(r)
+            cd = self._call_dims
+            for k, v in enumerate(env):
+                cd[k] = v
+            t_addr, d_addr, w_addr = self._call_addrs
+            self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
+            return outs[0] if self._single else outs
         results: dict[int, np.ndarray] = {}
         outs = []
         for k, (slot, dtype, dims) in enumerate(self._out_specs):

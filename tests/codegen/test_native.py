@@ -176,6 +176,17 @@ def test_out_arrays_are_written_in_place_and_checked():
             single({"x": a}, out=bad)
     with pytest.raises(gc.InputError, match="shares memory with out\\[0\\]"):
         fn({"x": a}, out=[o[0], None, o[0]])
+    # overlap is decided on the bytes: an output right after the input is fine, one element into it is not
+    mem = np.zeros(31, np.float32)
+    mem[:15] = a.ravel()
+    inp = mem[:15].reshape(5, 3)
+    np.testing.assert_array_equal(single({"x": inp}, out=mem[15:30].reshape(5, 3)), single({"x": a}))
+    with pytest.raises(gc.InputError, match="shares memory with an input"):
+        single({"x": inp}, out=mem[14:29].reshape(5, 3))
+    with pytest.raises(gc.InputError, match="shares memory with out\\[0\\]"):
+        fn({"x": a}, out=[mem[:5], None, mem[4:9]])
+    fn({"x": a}, out=[mem[:5], None, mem[5:10]])
+    np.testing.assert_array_equal(mem[:5], mem[5:10])
 
 
 def test_default_thread_count_shrinks_for_small_calls():
