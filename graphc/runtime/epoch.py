@@ -14,7 +14,7 @@ import numpy as np
 from graphc.codegen import epoch as drv
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
-from graphc.runtime.jit import CompiledFunction, _aligned, aligned_empty
+from graphc.runtime.jit import CompiledFunction, _aligned, aligned_empty, check_threads
 
 
 @dataclass
@@ -111,7 +111,7 @@ class EpochFunction(CompiledFunction):
             if Y is None or Y.shape[0] != n:
                 raise InputError("training: targets must have one row per sample")
             self._check_data(Y, self._y, "y")
-        nthreads = threads or self.threads
+        nthreads = check_threads(threads, "training") or self.threads
         env = [batch if s == self._x.shape[0] else 0 for s in self._symbols]
         self._ensure_plan(env, nthreads)
         table = self._base_table.copy()

@@ -20,6 +20,7 @@ from graphc.codegen.emit import ModuleEmitter
 from graphc.codegen.kernels import GemmKernel
 from graphc.codegen.memory import MemoryPlan, barriers, plan
 from graphc.codegen.schedule import Program, schedule
+from graphc.codegen.team import MAX_WORKERS
 from graphc.codegen.target import Engine, Target, assembly, emit_object, host_target, level_target
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
@@ -43,10 +44,26 @@ def default_threads() -> int:
     env = os.environ.get("GRAPHC_THREADS")
     if env:
         try:
-            return max(1, int(env))
+            n = int(env)
         except ValueError:
             raise GraphcError(f"GRAPHC_THREADS must be an integer, got {env!r}") from None
+        if not 1 <= n <= MAX_THREADS:
+            raise GraphcError(f"GRAPHC_THREADS must be from 1 to {MAX_THREADS}, got {env!r}")
+        return n
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+MAX_THREADS = MAX_WORKERS + 1  # the native thread team's limit: its workers and the calling thread
+
+
+def check_threads(threads, where: str) -> int | None:
+    """`threads` as an int in [1, MAX_THREADS], or None (automatic); anything else is the caller's mistake."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+        raise InputError(f"{where}: threads must be an int from 1 to {MAX_THREADS}, or None for the default "
+                         f"(the CPUs this process may use); got {threads!r}")
+    return int(threads)
 
 
 def _probe_data_offset() -> int | None:
@@ -118,6 +135,7 @@ class CompiledFunction:
             outs = outs + [value]
         self.training = training
         self.check_finite = check_finite
+        threads = check_threads(threads, "compile")
         self.threads = threads or default_threads()
         self._auto_threads = threads is None  # then small calls run on fewer threads (see _threads_for)
         self._thread_memo: dict = {}
@@ -360,7 +378,7 @@ class CompiledFunction:
         if threads is None and self._auto_threads:
             nthreads = self._threads_for(fast[1], self.threads)
         else:
-            nthreads = threads or self.threads
+            nthreads = check_threads(threads, "compiled function call") or self.threads
         given = self._check_out(out, fast[0], fast[1]) if out is not None else None
         with self._lock:
             return self._execute(fast[0], fast[1], nthreads, given)

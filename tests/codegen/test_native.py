@@ -189,6 +189,22 @@ def test_out_arrays_are_written_in_place_and_checked():
     np.testing.assert_array_equal(mem[:5], mem[5:10])
 
 
+def test_bad_thread_counts_are_refused_before_native_code():
+    """threads= at compile and at call time: an int from 1 to 256 (the team's limit) or None; a float, a bool,
+    0, a negative count or 1000 is an InputError naming the value (a float used to reach ctypes, a negative
+    count ran silently on one thread, 1000 started 255 workers)."""
+    x = gc.input("x", ("N",))
+    fn = gc.compile(gc.exp(x), cache=False)
+    a = np.ones(4, np.float32)
+    for bad in (0, -1, 1.5, True, 257, 1000, "2"):
+        with pytest.raises(gc.InputError, match="threads must be an int from 1 to 256"):
+            fn({"x": a}, threads=bad)
+        with pytest.raises(gc.InputError, match="threads must be an int from 1 to 256"):
+            gc.compile(gc.exp(x), threads=bad, cache=False)
+    np.testing.assert_array_equal(fn({"x": a}, threads=np.int64(2)), fn({"x": a}, threads=1))
+    assert fn.last_threads == 1
+
+
 def test_default_thread_count_shrinks_for_small_calls():
     """threads=None: a call too small to pay for starting a thread runs on one; a big one uses them all. An
     explicit count is obeyed whatever the size."""

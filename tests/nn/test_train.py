@@ -67,6 +67,9 @@ def test_full_batch_gd_per_sample_sgd_and_drop_last():
     assert tr.epoch_fn.run_epoch(X, y, state, batch=1, epoch=0, seed=0, step0=0, scalars={"lr": 0.01}).steps == 40
     st = tr.epoch_fn.run_epoch(X, y, state, batch=16, epoch=0, seed=0, step0=0, scalars={"lr": 0.1}, drop_last=True)
     assert st.steps == 2 and st.samples == 32
+    for bad in (0, -2, 2.0, 300):
+        with pytest.raises(gc.InputError, match="training: threads must be an int"):
+            tr.epoch_fn.run_epoch(X, y, state, batch=16, epoch=0, seed=0, step0=0, scalars={"lr": 0.1}, threads=bad)
 
 
 def _misaligned_copy(a: np.ndarray) -> np.ndarray:
