@@ -6,7 +6,7 @@ reused, not recomputed): it can be printed, evaluated, compiled, and differentia
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
     if not isinstance(y, Node):
         raise GradError(f"grad: y must be a tensor, got {type(y).__name__} (at {here})")
     single = isinstance(wrt, Node)
+    if not single and (isinstance(wrt, (str, bytes)) or not isinstance(wrt, Iterable)):
+        raise GradError(f"grad: wrt must be a tensor, or a list or dict of tensors, got {type(wrt).__name__} "
+                        f"(at {here})")
     targets = as_nodes(wrt) if single or not isinstance(wrt, dict) else list(wrt.values())
     for w in targets:
         if not isinstance(w, Node):

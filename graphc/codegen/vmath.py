@@ -18,11 +18,11 @@ the algorithms are accurate with or without fusion). Never `nnan`/`ninf`/`fast`:
 propagate with IEEE semantics, and overflow gives inf.
 
 float32 accuracy: max relative error against float64 truth over *all* 2^32 float32 inputs whose true result is
-a normal float32 (exhaustive check, AVX-512 with FMA): exp 8.2e-8 (the vscalefps form 7.6e-8), log 7.7e-8, log1p 1.04e-7, expm1 1.05e-7,
-tanh 9.8e-8, sigmoid 1.22e-7, softplus 1.19e-7, erf 7.3e-8, sqrt 6.0e-8 (correctly rounded); on SSE2 without
-FMA the same within 1e-8 (erf 9.0e-8, near FLT_MIN). That is at most about 1 ulp; the budget is 2e-7.
-tests/codegen/test_vmath.py checks 2e-7 on several million points on AVX-512, AVX2+FMA and SSE2 (no FMA)
-targets and at 1, 4, 8 and 16 lanes.
+a normal float32 (exhaustive check, AVX-512 with FMA): exp 8.2e-8 (the vscalefps form 7.6e-8), log 7.7e-8,
+log1p 1.04e-7, expm1 1.05e-7, tanh 9.8e-8, sigmoid 1.22e-7, softplus 1.19e-7, erf 7.3e-8, sqrt 6.0e-8
+(correctly rounded); on SSE2 without FMA the same within 1e-8 (erf 9.0e-8, near FLT_MIN). That is at most
+about 1 ulp; the budget is 2e-7. tests/codegen/test_vmath.py checks 2e-7 on several million points on
+AVX-512, AVX2+FMA and SSE2 (no FMA) targets and at 1, 4, 8 and 16 lanes.
 
 Special cases and documented deviations (float32):
   exp:      exp(-inf)=0, exp(+inf)=inf, exp(x>88.72...)=inf, subnormal results are produced (rounded once),

@@ -251,6 +251,22 @@ def as_nodes(outputs: Node | Iterable[Node]) -> list[Node]:
     return list(outputs)
 
 
+def output_nodes(outputs, what: str) -> list[Node]:
+    """A user's `outputs` (a tensor, or an iterable of tensors) as a list; anything else is a GraphcError
+    naming `what` was called with it."""
+    from graphc.errors import GraphcError
+
+    if isinstance(outputs, Node):
+        return [outputs]
+    if isinstance(outputs, (str, bytes, dict)) or not isinstance(outputs, Iterable):
+        raise GraphcError(f"{what}: outputs must be a tensor or a list of tensors, got {type(outputs).__name__}")
+    outs = list(outputs)
+    for o in outs:
+        if not isinstance(o, Node):
+            raise GraphcError(f"{what}: outputs must be tensors, got {type(o).__name__} in the list")
+    return outs
+
+
 def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:
     """All nodes the outputs depend on, inputs before users, iteratively (deep graphs never recurse)."""
     order: list[Node] = []

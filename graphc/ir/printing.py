@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from graphc.ir.node import ArrayValue, Node, as_nodes, topo_order
+from graphc.ir.node import ArrayValue, Node, output_nodes, topo_order
 from graphc.ir.shapes import fmt_type
 
 LEAF_OPS = ("input", "param")
@@ -38,7 +38,7 @@ def format_attrs(node: Node) -> str:
 
 def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict[int, str] | None = None) -> str:
     """A readable listing: leaves first in the header, then one `%k: type = op[attrs] args` line per node."""
-    outs = as_nodes(outputs)
+    outs = output_nodes(outputs, "show")
     order = topo_order(outs)
     ref: dict[int, str] = dict(names or {})
     inputs = [n for n in order if n.op.name == "input"]
@@ -85,7 +85,7 @@ def to_networkx(outputs: Node | Iterable[Node]):
     import networkx as nx  # only here: importing it costs ~18 MB and 0.1 s that building graphs does not need
 
     g = nx.MultiDiGraph()
-    for n in topo_order(outputs):
+    for n in topo_order(output_nodes(outputs, "to_networkx")):
         g.add_node(
             id(n),
             node=n,

@@ -20,11 +20,11 @@ from graphc.codegen.emit import ModuleEmitter
 from graphc.codegen.kernels import GemmKernel
 from graphc.codegen.memory import MemoryPlan, barriers, plan
 from graphc.codegen.schedule import Program, schedule
-from graphc.codegen.team import MAX_WORKERS
 from graphc.codegen.target import Engine, Target, assembly, emit_object, host_target, level_target
+from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, as_nodes, capture_source
+from graphc.ir.node import Node, capture_source, output_nodes
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.passes.pipeline import lower
 from graphc.runtime import cache as disk_cache
@@ -118,12 +118,12 @@ class CompiledFunction:
                  cache: bool = True, profile: bool = False):
         self.profile = profile
         self._single = isinstance(outputs, Node)
-        outs = as_nodes(outputs)
-        for o in outs:
-            if not isinstance(o, Node):
-                raise GraphcError(f"compile: outputs must be tensors, got {type(o).__name__}")
+        outs = output_nodes(outputs, "compile")
         self._n_results = len(outs)
         update_leaves: list[Node] = []
+        if updates is not None and not isinstance(updates, Mapping):
+            raise GraphcError(f"compile: updates must be a dict {{input or param: its new value}}, got "
+                              f"{type(updates).__name__}")
         self._update_ids = {id(leaf) for leaf in (updates or {})}
         for leaf, value in (updates or {}).items():
             if not isinstance(leaf, Node) or leaf.op.name not in ("input", "param"):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.node import Node, as_nodes, capture_source, live_leaf_names, topo_order
+from graphc.ir.node import Node, capture_source, live_leaf_names, output_nodes, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, fmt_type
 from graphc.ops.core import EvalContext
 from graphc.ops.random import KEY_NAME
@@ -124,14 +124,7 @@ def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: 
     `training=True` applies dropout (the `rng_key` input must then be given); otherwise dropout is the identity.
     Returns an array, or a list of arrays for a list."""
     single = isinstance(outputs, Node)
-    try:
-        outs = as_nodes(outputs)
-    except TypeError:
-        raise GraphcError(f"evaluate: outputs must be a tensor or a list of tensors, got {type(outputs).__name__}") \
-            from None
-    for o in outs:
-        if not isinstance(o, Node):
-            raise GraphcError(f"evaluate: outputs must be tensors, got {type(o).__name__}")
+    outs = output_nodes(outputs, "evaluate")
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
     arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where)

@@ -97,3 +97,22 @@ def test_equality_is_structural_identity():
     assert (x + 1) == (x + 1)
     assert (x + 1) != (x + 2)
     assert {x: 1}[gc.input("x", (2,))] == 1
+
+
+@pytest.mark.parametrize("bad", [3, None, "x", b"x", {"y": 1}, [3], (1.0,)], ids=repr)
+def test_outputs_that_are_not_tensors_are_clear_errors(bad):
+    """compile and evaluate name what they got when `outputs` is not a tensor or a list of tensors (a bare int
+    used to reach `list(3)` in compile: a TypeError from deep inside)."""
+    for what, call in (("compile", lambda: gc.compile(bad)), ("evaluate", lambda: gc.evaluate(bad, {}))):
+        with pytest.raises(gc.GraphcError, match=f"{what}: outputs must be"):
+            call()
+
+
+def test_other_entry_points_name_a_bad_argument():
+    x = gc.input("x", (2,))
+    for call, words in ((lambda: gc.show(3), "show: outputs must be"),
+                        (lambda: gc.to_networkx(None), "to_networkx: outputs must be"),
+                        (lambda: gc.grad(gc.sum(x), 3), "grad: wrt must be a tensor"),
+                        (lambda: gc.compile(gc.sum(x), updates=[x]), "compile: updates must be a dict")):
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
