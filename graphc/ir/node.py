@@ -68,6 +68,10 @@ _made_by: contextvars.ContextVar[tuple[SourceInfo, str] | None] = contextvars.Co
 @contextlib.contextmanager
 def scope(name: str) -> Iterator[None]:
     """Name the nodes built inside (a layer name, say): `with gc.scope("dense1"): ...`."""
+    if not isinstance(name, str):
+        from graphc.errors import GraphcError
+
+        raise GraphcError(f"scope: a name must be a string, got {type(name).__name__} {name!r}")
     token = _scope.set(_scope.get() + (name,))
     try:
         yield

@@ -125,6 +125,10 @@ def broadcast_to(x, shape) -> Tensor:
 
 
 def expand_dims(x, axis: int) -> Tensor:
+    """x with a new axis of length 1 at `axis` (in [-(rank+1), rank], as numpy's)."""
     x = as_tensor(x)
-    axis = axis % (x.ndim + 1)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.ndim - 1 <= axis <= x.ndim:
+        raise ShapeError(f"expand_dims: axis {axis!r} is out of range for a rank-{x.ndim} tensor (a new axis goes "
+                         f"at {-x.ndim - 1} to {x.ndim})")
+    axis = int(axis) % (x.ndim + 1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])

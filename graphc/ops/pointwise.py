@@ -521,13 +521,22 @@ def elementwise(name: str, fn: Callable[..., sympy.Expr] | sympy.Expr, nargs: in
     Returns the DSL function; declaring the same name again with the same formula returns an equal function."""
     if not isinstance(name, str) or not name.isidentifier():
         raise GraphcError(f"gc.elementwise: the name must be an identifier, got {name!r}")
-    if callable(fn):
-        import inspect
+    if nargs is not None and (isinstance(nargs, bool) or not isinstance(nargs, int) or nargs < 0):
+        raise GraphcError(f"gc.elementwise({name!r}): nargs must be a non-negative int, got {nargs!r}")
+    try:
+        if callable(fn):
+            import inspect
 
-        k = nargs if nargs is not None else len(inspect.signature(fn).parameters)
-        expr = sympy.sympify(fn(*X[:k]))
-    else:
-        expr = sympy.sympify(fn)
+            k = nargs if nargs is not None else len(inspect.signature(fn).parameters)
+            expr = sympy.sympify(fn(*X[:k]))
+        else:
+            expr = sympy.sympify(fn)
+    except Exception as e:  # the user's formula, called on sympy symbols
+        raise GraphcError(
+            f"gc.elementwise({name!r}): the formula failed on sympy symbols ({type(e).__name__}: {e}); write it "
+            "with sympy's functions (sympy.exp, sympy.log, gc.sym.sigmoid, ...) and operators, not numpy's or "
+            "graphc's tensor functions") from e
+    if not callable(fn):
         k = nargs if nargs is not None else len(expr.free_symbols)
         expr = expr.xreplace({s: X[i] for i, s in enumerate(sorted(expr.free_symbols, key=lambda s: s.name))})
     if not isinstance(expr, sympy.Expr):

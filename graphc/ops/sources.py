@@ -128,6 +128,9 @@ IOTA = register(Iota())
 
 
 def iota(n: int, dtype: str = "int32") -> Tensor:
+    """[0, 1, ..., n-1]."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ShapeError(f"iota: n must be a non-negative int, got {n!r}")
     return apply(IOTA, (), n=int(n), dtype=as_dtype(dtype))
 
 

@@ -57,3 +57,30 @@ def test_bad_declarations():
     f = gc.elementwise("twice", lambda z: 2 * z)
     with pytest.raises(gc.GraphcError, match="takes 1"):
         f(gc.input("x", (2,)), gc.input("y", (2,)))
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda z: np.exp(z), "ufunc"),  # numpy's exp on a sympy symbol: the usual mistake
+    (lambda z: gc.sigmoid(z), "DTypeError"),  # a graphc tensor function instead of gc.sym.sigmoid
+    (lambda z: z.foo(), "AttributeError"),
+], ids=["numpy", "graphc", "typo"])
+def test_a_formula_that_fails_on_symbols_is_a_clear_error(fn, words):
+    with pytest.raises(gc.GraphcError, match=f"elementwise\\('bad_formula'\\): the formula failed on sympy symbols "
+                                             f"\\(.*{words}.*write it with sympy"):
+        gc.elementwise("bad_formula", fn)
+    with pytest.raises(gc.GraphcError, match="nargs must be a non-negative int"):
+        gc.elementwise("bad_nargs", lambda z: z, nargs=-1)
+
+
+def test_iota_expand_dims_and_scope_check_their_arguments():
+    x = gc.input("x", ("N", 4))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(gc.ShapeError, match="iota: n must be a non-negative int"):
+            gc.iota(bad)
+    np.testing.assert_array_equal(gc.evaluate(gc.iota(3), {}), [0, 1, 2])
+    for ax in (3, -4, 1.0):
+        with pytest.raises(gc.ShapeError, match="expand_dims: axis .* out of range for a rank-2 tensor"):
+            gc.expand_dims(x, ax)
+    assert gc.expand_dims(x, -3).shape[0] == 1 and gc.expand_dims(x, 2).shape[2] == 1
+    with pytest.raises(gc.GraphcError, match="scope: a name must be a string"), gc.scope(3):
+        pass
