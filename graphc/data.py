@@ -307,8 +307,16 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     std = np.sqrt(sq / len(tr))
     std[std == 0] = 1.0
     splits = [np.empty((len(idx), width), np.float32) for idx in (tr, va, te)]
+    f32_max = float(np.finfo(np.float32).max)
     for i, j in _chunks(n, width):
-        z = (rows(i, j) - mean) / std
+        raw = rows(i, j)
+        z = (raw - mean) / std
+        big = np.abs(z) > f32_max  # finite in the file, but not once standardized in float32
+        if big.any():
+            r, c = np.argwhere(big)[0]
+            raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} in row {i + r} is {raw[r, c]:.6g}, "
+                            f"{z[r, c]:.3g} standard deviations from the training rows' mean: beyond float32 (the "
+                            "model trains in float32); rescale, clip or drop that value")
         for k, out in enumerate(splits):
             m = which[i:j] == k
             out[where[i:j][m]] = z[m]

@@ -163,6 +163,12 @@ def test_npy_data_is_read_in_row_chunks_with_the_same_result(tmp_path, monkeypat
     np.save(tmp_path / "text.npy", np.array([["a", "b", "1"], ["c", "d", "0"]]))
     with pytest.raises(data.DataError, match="features must be numbers"):
         data.load(str(tmp_path / "text.npy"))
+    # finite in the file (float64) but beyond float32 once standardized with the training rows' statistics
+    huge = arr.copy()
+    huge[va[0], 5] = 1e39
+    np.save(tmp_path / "huge.npy", huge)
+    with pytest.raises(data.DataError, match=f"feature 'x4' in row {va[0]} is 1e\\+39, .* beyond float32"):
+        data.load(str(tmp_path / "huge.npy"), label="2")
 
 
 RUN = ["train", "--dataset", "{data}", "--epochs", "200", "--batch-size", "16", "--hidden", "96", "--seed", "3",
