@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from graphc import data as datasets
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
 from graphc.nn.train import FitResult, TrainConfig, Trainer
 
@@ -191,8 +191,20 @@ def _predictor(trainer: Trainer, state: dict) -> Callable[[np.ndarray], np.ndarr
     params = {k: v.copy() for k, v in trainer.param_values(state).items()}
     fn = trainer.eval_fn
 
+    width = trainer.x.shape[1]
+
     def predict(X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        """The model's outputs for standardized features X (rows x features)."""
+        a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
+        if a.dtype.kind not in "fiub":
+            raise InputError(f"predict: features must be numbers, got {a.dtype} values")
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != width:
+            raise InputError(f"predict: X must be rows x {width} features, got shape {a.shape}")
+        bad = ~np.isfinite(a)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise InputError(f"predict: feature {c} of row {r} is {a[r, c]}; features must be finite")
+        X = np.ascontiguousarray(a, dtype=np.float32)
         y = np.zeros((len(X), *trainer.y.shape[1:]), trainer.y.dtype)
         return fn(dict(params, x=X, y=y))[1]
 

@@ -19,7 +19,7 @@ import numpy as np
 from graphc import ops
 from graphc.autodiff.grad import grad
 from graphc.codegen.epoch import KEY_MULT
-from graphc.errors import GraphcError, NumericalError
+from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, topo_order
 from graphc.nn import checkpoint as ckpt
 from graphc.nn.layers import init_params, mlp, parameters
@@ -123,7 +123,12 @@ class FitResult:
         ds = self.dataset
         if ds is None or ds.x_mean is None:
             return self.predict(X)
-        out = self.predict((np.asarray(X, np.float64) - ds.x_mean) / ds.x_std)
+        a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
+        if a.dtype.kind not in "fiub":
+            raise InputError(f"predict_raw: features must be numbers, got {a.dtype} values")
+        if a.ndim != 2 or a.shape[-1] != len(ds.x_mean):
+            raise InputError(f"predict_raw: X must be rows x {len(ds.x_mean)} features, got shape {a.shape}")
+        out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
         return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
 
     def __repr__(self) -> str:

@@ -162,6 +162,20 @@ def test_three_learning_tasks_end_to_end():
     assert r.metrics["task"] == "regression" and r.metrics["test_mse"] < 0.8
     assert r.metrics["test_rmse_original_units"] == pytest.approx(math.sqrt(r.metrics["test_mse"]) * 77.0, rel=0.1)
     assert d.predict(np.zeros((3, 64), np.float32)).shape == (3, 10)
+    # predict takes standardized features, predict_raw the dataset's own; both check what they are given
+    ds = d.dataset
+    raw = ds.X_test[:5].astype(np.float64) * ds.x_std + ds.x_mean
+    np.testing.assert_allclose(d.predict_raw(raw), d.predict(ds.X_test[:5]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.predict_raw(r.dataset.X_test[:3].astype(np.float64) * r.dataset.x_std
+                                             + r.dataset.x_mean),
+                               r.predict(r.dataset.X_test[:3]) * r.dataset.y_std + r.dataset.y_mean, rtol=1e-5)
+    for bad, words in ((np.full((2, 64), np.nan), "feature 0 of row 0 is nan"), (np.ones((2, 5)), "rows x 64"),
+                       (np.ones(64), "rows x 64"), (np.ones((0, 64)), "rows x 64"), ("abc", "must be numbers"),
+                       (np.array([[None] * 64]), "must be numbers")):
+        with pytest.raises(gc.InputError, match=words):
+            d.predict(bad)
+    with pytest.raises(gc.InputError, match="predict_raw: features must be numbers"):
+        d.predict_raw([["a"] * 64])
 
 
 OVERFIT = dict(data="digits", train_fraction=0.08, hidden=[256], epochs=60, batch_size=16, lr=0.1, progress=False,
