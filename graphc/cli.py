@@ -46,7 +46,7 @@ def _train(args) -> int:
 
     options: dict = {}
     for name in ("epochs", "batch_size", "lr", "momentum", "optimizer", "l2", "l1", "seed", "threads", "schedule",
-                 "min_delta", "checkpoint_every", "init", "bias_init"):
+                 "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -84,7 +84,7 @@ def _aot_options(args) -> dict:
     options: dict = {}
     if args.hidden is not None:
         options["hidden"] = _ints(args.hidden, "--hidden")
-    for name in ("init", "bias_init"):
+    for name in ("init", "bias_init", "activation"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     features = args.features.split(",") if args.features else None
@@ -123,6 +123,8 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
     p.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
     p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
+    p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "softplus", "linear"],
+                   help="hidden units of the default MLP (default: relu)")
     p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
                    help="weight initialization of the default MLP")
     p.add_argument("--bias-init", choices=["like_weights", "zeros"],

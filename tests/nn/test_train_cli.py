@@ -36,6 +36,15 @@ def test_train_writes_its_artifacts(tmp_path):
     assert list((tmp_path / "checkpoints").glob("ckpt-*.gcp"))
 
 
+def test_activation_option_shapes_the_default_mlp(tmp_path):
+    """--activation picks the hidden units of the default MLP (the lecture's sigmoid and tanh units)."""
+    p = run("train", "--epochs", "2", "--activation", "tanh", "--hidden", "16", "--quiet", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["activation"] == "tanh"
+    p = run("train", "--activation", "swish")
+    assert p.returncode != 0 and "invalid choice: 'swish'" in p.stderr
+
+
 def test_progress_lines_when_not_a_terminal():
     p = run("train", "--epochs", "2", "--dataset", "breast_cancer")
     lines = [line for line in p.stdout.splitlines() if line.startswith("epoch")]
