@@ -134,6 +134,10 @@ def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
                 fn({"x": a, **bad})
 
 
+class _Sub(np.ndarray):
+    """An ndarray subclass (its instances extend the array object: the data pointer stays where it was)."""
+
+
 def test_data_address_reads_every_kind_of_array():
     """The per-call address read (from the array object, where that layout was verified at import) agrees with
     numpy's own for views, offsets, subclasses, read-only and empty arrays."""
@@ -143,7 +147,7 @@ def test_data_address_reads_every_kind_of_array():
     ro = base.copy()
     ro.flags.writeable = False
     cases = [base, base[2:], base[:, 3:], base[1::2, 5:], base.T, ro, np.empty(0, np.float64), np.float32(2) * base,
-             base.view(np.int32), np.asmatrix(base), np.frombuffer(bytearray(64), np.float32)[3:],
+             base.view(np.int32), base[1:].view(_Sub), np.frombuffer(bytearray(64), np.float32)[3:],
              np.array(1.5, np.float32)]
     for a in cases:
         assert data_address(a) == a.__array_interface__["data"][0], a
