@@ -3,7 +3,8 @@
 - a fused elementwise chain over 4M float32 against a plain memory copy of the same bytes (numpy copyto);
 - graphc's vector exp against numpy's np.exp (4M and 64K float32);
 - one training step of a 784-256-128-10 ReLU MLP with softmax cross-entropy and an SGD update (batch 128),
-  graphc against PyTorch eager and jax.jit, on 1 and 2 threads;
+  graphc against PyTorch eager and jax.jit, on 1 and 2 threads; graphc's 2-thread scaling back to back and with
+  1 or 3 ms of Python work before each step (the thread team's workers idle in between);
 - compile time of that step: cold (LLVM included) and from the disk cache in a new process.
 
 The gemm figures (against OpenBLAS, and the FMA peak) are benchmarks/bench_gemm.py. Run with
@@ -88,14 +89,26 @@ def step_graph():
     return x, y, loss, params, {p: p - 0.01 * g for p, g in zip(params, grads, strict=True)}
 
 
-def graphc_step(threads: int, batch: int = BATCH) -> float:
+def graphc_step(threads: int, batch: int = BATCH, gap: float = 0.0) -> float:
+    """Median time of one step; `gap` seconds of Python work (a busy loop) before each timed call, as a
+    training loop that loads or augments data between steps does (the team's workers have gone idle)."""
     x, y, loss, params, updates = step_graph()
     fn = gc.compile(loss, updates=updates, threads=threads)
     rng = np.random.default_rng(1)
     values = gc.nn.init_params(params, seed=0)
     values.update(x=rng.normal(size=(batch, SIZES[0])).astype(np.float32),
                   y=rng.integers(0, SIZES[-1], batch).astype(np.int32))
-    return median_time(lambda: fn(values))
+    if not gap:
+        return median_time(lambda: fn(values))
+    times = []
+    for _ in range(60):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < gap:
+            pass
+        t0 = time.perf_counter()
+        fn(values)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 COMPILE = textwrap.dedent("""
@@ -159,6 +172,9 @@ def main(argv=None) -> int:
               f"torch {t * 1e3:.3f} ms ({t / g:.2f}x), jax {j * 1e3:.3f} ms ({j / g:.2f}x)")
     print(f"graphc step scaling, 2 threads over 1: {rows[0][1] / rows[1][1]:.2f}x at batch {BATCH}, "
           f"{graphc_step(1, 1024) / graphc_step(2, 1024):.2f}x at batch 1024")
+    gaps = ", ".join(f"{graphc_step(1, gap=g) / graphc_step(2, gap=g):.2f}x with {g * 1e3:.0f} ms"
+                     for g in (1e-3, 3e-3))
+    print(f"                  with Python work between steps: {gaps}")
     c = compile_times()
     print(f"compile of that step: cold {c['cold']:.2f} s (LLVM included), from the disk cache in a new process "
           f"{c['cached']:.3f} s (cache hit: {c['cached_from_cache']}); import graphc {c['import_seconds']:.2f} s")
