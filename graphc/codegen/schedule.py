@@ -448,6 +448,8 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
                     continue
                 if set(lk.writes) & {g.a, g.b}:  # other threads may still be packing that operand
                     continue
+                if any(s.buf.dtype != g.a.dtype for s in lk.stores):  # C is the product's dtype (a cast, a
+                    continue  # comparison stays a loop of its own)
                 new = []
                 ok = True
                 for s in lk.stores:

@@ -106,6 +106,27 @@ def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[
     return model
 
 
+def _call_model(model: Callable, x: Node, n_outputs: int):
+    """model(x, n_outputs); an exception other than graphc's (which name the line already) is a GraphcError
+    naming the innermost line of the model's own code."""
+    try:
+        return model(x, n_outputs)
+    except GraphcError:
+        raise
+    except Exception as e:
+        import sys
+
+        skip = (str(Path(__file__).resolve().parents[1]), sys.base_prefix, sys.prefix)  # graphc, Python, libraries
+        where = None
+        tb = e.__traceback__
+        while tb is not None:
+            f = tb.tb_frame.f_code.co_filename
+            if not str(Path(f).resolve()).startswith(skip) and "site-packages" not in f:
+                where = f"{f}:{tb.tb_lineno}"  # the innermost line of the user's own code
+            tb = tb.tb_next
+        raise GraphcError(f"the model raised {type(e).__name__}: {e}" + (f" (at {where})" if where else "")) from e
+
+
 @dataclass
 class FitResult:
     """A finished run. `predict(X)` takes features as the dataset holds them (standardized) and returns the
@@ -155,9 +176,12 @@ class Trainer:
             self.y = ops.input("y", ("N",), "int32")
         else:
             self.y = ops.input("y", ("N", *y_shape), "float32")
-        out = model(self.x, n_outputs)
+        out = _call_model(model, self.x, n_outputs)
         if not isinstance(out, Node):
             raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
+        if out.dtype not in ("float32", "float64"):
+            raise GraphcError(f"the model returns {out.type_str}: its outputs must be floats (logits or predictions; "
+                              "an integer or bool result has no gradient to train on)")
         self.out = out
         self.data_loss = self._task_loss(out)
         self.params = parameters(out)

@@ -338,3 +338,23 @@ def test_bad_input_is_a_clean_error_in_a_live_process(case, kind, words):
     assert first.startswith(kind), first
     assert words in first
     assert second == "alive True"
+
+
+def test_products_followed_by_a_dtype_change():
+    """A cast or comparison right after a matrix product stays a loop of its own (the product's epilogue writes
+    the product's dtype): these failed to compile ('GEMM epilogue must return a <16 x float>')."""
+    x = gc.input("x", ("N", 5))
+    w = gc.input("w", (5, 3))
+    p = x @ w
+    outs = [gc.cast(p, "int32"), p > 0.5, gc.relu(p), gc.cast(p, "float64")]
+    fn = gc.compile(outs, cache=False)
+    rng = np.random.default_rng(4)
+    v = {"x": rng.normal(size=(7, 5)).astype(np.float32), "w": rng.normal(size=(5, 3)).astype(np.float32)}
+    got, ref = fn(v), gc.evaluate(outs[:3], v)
+    assert [a.dtype for a in got] == [np.int32, np.bool_, np.float32, np.float64]
+    prod = (v["x"] @ v["w"]).astype(np.float32)
+    assert np.array_equal(got[2], ref[2])
+    near = np.abs(prod - np.round(prod)) < 1e-4  # truncation of values within rounding of an integer may differ
+    half = np.abs(prod - 0.5) < 1e-4
+    assert np.array_equal(got[0][~near], ref[0][~near]) and np.array_equal(got[1][~half], ref[1][~half])
+    np.testing.assert_allclose(got[3], prod, rtol=1e-6, atol=1e-6)

@@ -268,3 +268,18 @@ def test_bad_training_data_is_rejected_before_training():
         tr.run(X[:, :3], y, None, None)
     with pytest.raises(gc.InputError, match="non-empty"):
         tr.run(X[:0], y[:0], None, None)
+
+
+def test_model_errors_name_the_model():
+    """A model that raises, or returns integers (a cast has no gradient: it used to train to chance), is a
+    GraphcError naming the model's line or its output type."""
+    def raises(x, n_outputs):
+        return {}["no such key"]  # noqa: B018 - the user's bug
+
+    def ints(x, n_outputs):
+        return gc.cast(gc.nn.dense(x, n_outputs), "int32")
+
+    with pytest.raises(gc.GraphcError, match=r"the model raised KeyError: 'no such key' \(at .*test_train.py:\d+\)"):
+        fit(raises, data="digits", epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"the model returns i32\[N,10\]: its outputs must be floats"):
+        fit(ints, data="digits", epochs=1, progress=False)
