@@ -358,3 +358,51 @@ def test_products_followed_by_a_dtype_change():
     half = np.abs(prod - 0.5) < 1e-4
     assert np.array_equal(got[0][~near], ref[0][~near]) and np.array_equal(got[1][~half], ref[1][~half])
     np.testing.assert_allclose(got[3], prod, rtol=1e-6, atol=1e-6)
+
+
+# what may follow a matrix product: (name, fn(t) -> tensor or None where it does not apply to t)
+_AFTER = [
+    ("relu", gc.relu), ("tanh", gc.tanh), ("sigmoid", gc.sigmoid), ("abs", gc.abs),
+    ("square", lambda t: t * t), ("gauss", lambda t: gc.exp(-t * t)),
+    ("where", lambda t: gc.where(t > 0, t, t * 0.5)), ("mask", lambda t: gc.cast(t > 0, "float32") * t),
+    ("sum0", lambda t: gc.sum(t, axis=0) if t.ndim else None),
+    ("sum1", lambda t: gc.sum(t, axis=-1) if t.ndim else None),
+    ("max1", lambda t: gc.max(t, axis=-1) if t.ndim else None),
+    ("mean0", lambda t: gc.mean(t, axis=0) if t.ndim else None),
+    ("softmax", lambda t: gc.softmax(t, axis=-1) if t.ndim else None),
+    ("logsumexp", lambda t: gc.logsumexp(t, axis=-1) if t.ndim else None),
+    ("transpose", lambda t: gc.transpose(t) if t.ndim == 2 else None),
+    ("gram", lambda t: gc.transpose(t) @ t if t.ndim == 2 else None),
+    ("to_int", lambda t: gc.cast(t * 3.0, "int32")), ("compare", lambda t: t > 0.1),
+    ("to_f64", lambda t: gc.cast(t, "float64")),
+]
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_random_chains_after_products_match_the_reference(data):
+    """Chains of ops after x @ W (+ b), dtype changes included, several outputs at once, 1-3 threads: the
+    compiled results equal the reference's (a cast after a product once failed to compile)."""
+    n, f, h = (data.draw(st.sampled_from(v)) for v in ((1, 7, 17), (1, 3, 17, 33), (1, 3, 17)))
+    x, w, b = gc.input("x", ("N", f)), gc.input("w", (f, h)), gc.input("b", (h,))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    v = {"x": rng.normal(size=(n, f)).astype(np.float32), "w": rng.normal(size=(f, h)).astype(np.float32),
+         "b": rng.normal(size=h).astype(np.float32)}
+    pool, outs = [x @ w, x @ w + b], []
+    for _ in range(data.draw(st.integers(1, 4))):
+        name, fn = data.draw(st.sampled_from(_AFTER))
+        t = fn(data.draw(st.sampled_from(pool)))
+        if t is None:
+            continue
+        outs.append(t)
+        if t.dtype == "float32":
+            pool.append(t)
+    outs = outs or pool[-1:]
+    got = gc.compile(outs, cache=False, threads=data.draw(st.integers(1, 3)))(v)
+    ref = gc.evaluate(outs, v)  # (in float64 throughout when the graph holds a float64 cast)
+    for o, g, r in zip(outs, got, ref, strict=True):
+        assert g.shape == r.shape, o
+        if o.dtype in ("float32", "float64"):
+            np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4, err_msg=repr(o))
+        else:  # integers and bools of float values: equal except within rounding of a threshold
+            assert g.dtype == r.dtype and np.mean(g != r) <= 0.05, o
