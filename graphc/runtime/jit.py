@@ -212,8 +212,13 @@ class CompiledFunction:
             text = self._emitter().emit(flags, self._extras())
         except CompileError:
             raise
-        except Exception as e:  # an emission bug must still say which graph it was compiling
-            raise CompileError(f"compile: code generation failed: {type(e).__name__}: {e}") from e
+        except Exception as e:  # an emission bug: say what failed, briefly (the chained exception has the rest)
+            msg = str(e)
+            msg = msg if len(msg) <= 300 else msg[:300] + " ..."
+            outs = ", ".join(o.type_str for o in self._source_graph.outputs[:4])
+            raise CompileError(f"compile: code generation failed ({type(e).__name__}: {msg}) for a graph with "
+                               f"outputs {outs}; this is a graphc bug: please report it with the graph "
+                               "(gc.show(outputs))") from e
         self._ir = text
         obj = emit_object(text, self.target, jit=True)
         return obj, Engine.from_object(obj, self.target)
