@@ -27,7 +27,7 @@ from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_en
 from graphc.nn.optim import Schedule, make
 from graphc.runtime.epoch import EpochFunction
 from graphc.runtime.jit import CompiledFunction, aligned_empty, default_threads
-from graphc.runtime.reference import evaluate
+from graphc.runtime.reference import evaluate, leaves_by_name
 
 TASKS = ("multiclass", "binary", "regression")
 EVAL_BATCH = 4096
@@ -183,6 +183,7 @@ class Trainer:
             raise GraphcError(f"the model returns {out.type_str}: its outputs must be floats (logits or predictions; "
                               "an integer or bool result has no gradient to train on)")
         self.out = out
+        leaves_by_name(topo_order(out))  # parameters are stored, checkpointed and exported by name
         self.data_loss = self._task_loss(out)
         self.params = parameters(out)
         if not self.params:

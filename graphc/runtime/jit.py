@@ -24,11 +24,11 @@ from graphc.codegen.target import Engine, Target, assembly, emit_object, host_ta
 from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, capture_source, output_nodes
+from graphc.ir.node import Node, capture_source, output_nodes, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.passes.pipeline import lower
 from graphc.runtime import cache as disk_cache
-from graphc.runtime.reference import bind_values
+from graphc.runtime.reference import bind_values, leaves_by_name
 
 RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 
@@ -145,6 +145,7 @@ class CompiledFunction:
             target = level_target(target)
         self.target = target or host_target()
         graph = Graph.of(outs)
+        leaves_by_name(topo_order(outs))  # two leaves of one name could not be told apart in `values`
         if not training:
             from graphc.passes.modes import inference
 

@@ -283,3 +283,20 @@ def test_model_errors_name_the_model():
         fit(raises, data="digits", epochs=1, progress=False)
     with pytest.raises(gc.GraphcError, match=r"the model returns i32\[N,10\]: its outputs must be floats"):
         fit(ints, data="digits", epochs=1, progress=False)
+
+
+def test_two_unnamed_layers_are_a_clear_error_at_compile_and_fit():
+    """Two gc.nn.dense layers left at the default name share 'dense.W': compile and fit say so and how to name
+    them (fit used to fail later with "init: 'dense.W' must be a contiguous float32 f32[64,32] array")."""
+    def model(x, n_outputs):
+        return gc.nn.dense(gc.nn.dense(x, 32, "relu"), n_outputs)
+
+    x = gc.input("x", ("N", 64))
+    for call in (lambda: gc.compile(gc.sum(model(x, 10))), lambda: fit(model, data="digits", epochs=1)):
+        with pytest.raises(gc.GraphcError, match=r"two different tensors are named 'dense.W'.*name='hidden1'"):
+            call()
+
+    def named(x, n_outputs):
+        return gc.nn.dense(gc.nn.dense(x, 32, "relu", name="hidden"), n_outputs, name="out")
+
+    assert fit(named, data="digits", epochs=2, progress=False).metrics["test_accuracy"] > 0.8
