@@ -605,6 +605,7 @@ def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
     out, missing = {}, []
     for p in params:
         f = directory / f"{p.name}.npy"
+        where = str(f)
         if f.is_file():
             try:
                 a = np.load(f, allow_pickle=False)
@@ -612,14 +613,15 @@ def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
                 raise AotError(f"{f}: not a readable .npy file ({e})") from None
         elif bundle is not None and p.name in bundle.files:
             a = bundle[p.name]
+            where = f"{npz}[{p.name!r}]"
         else:
             missing.append(p.name)
             continue
-        if a.dtype != np.float32 or a.shape != tuple(p.shape):
-            raise AotError(f"{f}: parameter {p.name!r} must be float32 of shape {tuple(p.shape)}, got {a.dtype} "
-                           f"{a.shape}")
+        if a.dtype != np.dtype(p.dtype) or a.shape != tuple(p.shape):
+            raise AotError(f"{where}: parameter {p.name!r} must be {p.dtype} of shape {tuple(p.shape)}, got "
+                           f"{a.dtype} {a.shape}")
         if not np.all(np.isfinite(a)):
-            raise AotError(f"{f}: parameter {p.name!r} holds non-finite values")
+            raise AotError(f"{where}: parameter {p.name!r} holds non-finite values")
         out[p.name] = a
     if missing:
         raise AotError(f"--weights {directory}: no values for parameter(s) {missing} (expected <name>.npy files, "

@@ -81,20 +81,26 @@ def _params(params) -> list[Node]:
     return out
 
 
+def _sum_terms(terms: list, nu) -> ops.Tensor:
+    """The penalty terms' sum in one float dtype: nu's if it is a tensor, else float32 if any parameter is
+    float32 (a model may keep some parameters in float64)."""
+    dtype = nu.dtype if isinstance(nu, Node) else (
+        "float32" if any(t.dtype == "float32" for t in terms) else terms[0].dtype)
+    total = None
+    for t in terms:
+        t = t if t.dtype == dtype else ops.cast(t, dtype)
+        total = t if total is None else total + t
+    return total
+
+
 def l2(params, nu) -> ops.Tensor:
     """nu/2 * ||θ||² over the given parameters (weight decay; MAP with a Gaussian prior). nu may be a scalar
     tensor (an input set at run time)."""
-    terms = [ops.sum(p * p) for p in _params(params)]
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
+    total = _sum_terms([ops.sum(p * p) for p in _params(params)], nu)
     return (nu / 2.0 if isinstance(nu, Node) else float(nu) / 2.0) * total
 
 
 def l1(params, nu) -> ops.Tensor:
     """nu * ||θ||₁ over the given parameters (sparsity; MAP with a Laplace prior). Subgradient: nu*sign(θ)."""
-    terms = [ops.sum(ops.abs(p)) for p in _params(params)]
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
+    total = _sum_terms([ops.sum(ops.abs(p)) for p in _params(params)], nu)
     return (nu if isinstance(nu, Node) else float(nu)) * total

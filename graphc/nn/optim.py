@@ -72,6 +72,8 @@ class SGD(Optimizer):
             return p - lr * g, {}
         (vname,) = self.state_names(p)
         mu = (hyper or {}).get("momentum", self.momentum)
+        if isinstance(mu, Node) and mu.dtype != p.dtype:  # a float32 input driving a float64 parameter
+            mu = ops.cast(mu, p.dtype)
         v = mu * state[vname] + g
         direction = g + mu * v if self.nesterov else v
         return p - lr * direction, {vname: v}

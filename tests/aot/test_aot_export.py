@@ -60,3 +60,30 @@ def test_export_names_missing_weights(digits_run, tmp_path):
     with pytest.raises(AotError, match="'mlp.0.b' must be float32 of shape \\(128,\\)"):
         export(tmp_path / "libx.so", partial)
     assert not os.path.exists(tmp_path / "libx.so")
+
+
+def test_a_float64_parameter_trains_with_penalties_and_momentum_and_exports(tmp_path):
+    """A model may keep a parameter in float64: fit with momentum and L2 (the float32 hyperparameters are cast
+    to it; mixing used to fail), then export from the run's weights.npz (export required float32 weights)."""
+    import ctypes
+
+    from graphc.aot import export
+    from graphc.fitting import fit
+
+    model_file = tmp_path / "m64.py"
+    model_file.write_text(
+        "import graphc as gc\n"
+        "def model(x, n):\n"
+        "    h = gc.nn.dense(x, 16, 'relu', name='h')\n"
+        "    w = gc.param('w64', (16, n), init='xavier_uniform', dtype='float64')\n"
+        "    return gc.cast(gc.cast(h, 'float64') @ w, 'float32')\n")
+    r = fit(str(model_file), data="digits", epochs=3, optimizer="momentum", l2=1e-4, l1=1e-5, progress=False,
+            out=str(tmp_path / "run"))
+    assert r.params["w64"].dtype == np.float64 and r.metrics["test_accuracy"] > 0.85
+    lib = export(tmp_path / "libm64.so", tmp_path / "run", model=str(model_file), data="digits").path
+    X = np.ascontiguousarray(r.dataset.X_test[:32], np.float32)
+    out = np.zeros((32, 10), np.float32)
+    rc = ctypes.CDLL(str(lib)).m64_predict(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(32),
+                                            out.ctypes.data_as(ctypes.c_void_p))
+    assert rc == 0
+    np.testing.assert_allclose(out, r.predict(X), rtol=1e-4, atol=1e-4)
