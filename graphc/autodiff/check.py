@@ -38,8 +38,9 @@ def numeric_grad(y: Node, wrt: Node, values: Mapping, eps: float = 1e-6, **kw) -
 def check_grad(y: Node, wrt: Sequence[Node], values: Mapping, *, eps: float = 1e-6, rtol: float = 1e-5,
                atol: float = 1e-7, **kw) -> None:
     """Assert that grad(y, wrt) evaluated in float64 matches central differences; raises AssertionError."""
+    wrt = [wrt] if isinstance(wrt, Node) else list(wrt)  # one tensor, as grad takes it
     vals = {k: (np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v) for k, v in values.items()}
-    symbolic = evaluate(grad(y, list(wrt)), vals, allow_unused=True, **kw)
+    symbolic = evaluate(grad(y, wrt), vals, allow_unused=True, **kw)
     for w, s in zip(wrt, symbolic, strict=True):
         n = numeric_grad(y, w, vals, eps, **kw)
         np.testing.assert_allclose(s, n, rtol=rtol, atol=atol, err_msg=f"gradient wrt {w!r}")

@@ -255,19 +255,19 @@ def as_nodes(outputs: Node | Iterable[Node]) -> list[Node]:
     return list(outputs)
 
 
-def output_nodes(outputs, what: str) -> list[Node]:
+def output_nodes(outputs, what: str, noun: str = "outputs") -> list[Node]:
     """A user's `outputs` (a tensor, or an iterable of tensors) as a list; anything else is a GraphcError
-    naming `what` was called with it."""
+    naming `what` was called with it (and the argument, `noun`)."""
     from graphc.errors import GraphcError
 
     if isinstance(outputs, Node):
         return [outputs]
     if isinstance(outputs, (str, bytes, dict)) or not isinstance(outputs, Iterable):
-        raise GraphcError(f"{what}: outputs must be a tensor or a list of tensors, got {type(outputs).__name__}")
+        raise GraphcError(f"{what}: {noun} must be a tensor or a list of tensors, got {type(outputs).__name__}")
     outs = list(outputs)
     for o in outs:
         if not isinstance(o, Node):
-            raise GraphcError(f"{what}: outputs must be tensors, got {type(o).__name__} in the list")
+            raise GraphcError(f"{what}: {noun} must be tensors, got {type(o).__name__} in the list")
     return outs
 
 

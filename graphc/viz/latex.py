@@ -11,7 +11,7 @@ import numpy as np
 import sympy
 
 from graphc.errors import GraphcError
-from graphc.ir.node import Node, as_nodes, topo_order
+from graphc.ir.node import Node, as_nodes, output_nodes, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.ops.pointwise import ElementwiseOp
 from graphc.viz.chainrule import ChainRule, Printer, _number, latex_name
@@ -56,7 +56,7 @@ def latex(y: Node, wrt: Node | Sequence[Node] | None = None, *, mode: str = "aut
         params = [n for n in order if n.op.name == "param"]
         wrt_nodes = params or [n for n in order if n.op.name == "input" and n.dtype in FLOAT_DTYPES]
     else:
-        wrt_nodes = as_nodes(wrt)
+        wrt_nodes = output_nodes(wrt, "latex", "wrt")
         for w in wrt_nodes:
             if not isinstance(w, Node):
                 raise GraphcError(f"latex: wrt must hold tensors, got {type(w).__name__}")

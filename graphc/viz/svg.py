@@ -64,7 +64,9 @@ def _format(path: str | None, format: str | None) -> str:  # noqa: A002
     fmt = format
     if fmt is None:
         ext = os.path.splitext(path or "")[1].lower().lstrip(".")
-        fmt = ext if ext in FORMATS else "svg"
+        if ext and ext not in FORMATS:  # as matplotlib's savefig: an unknown suffix is not silently SVG
+            raise GraphcError(f"draw: cannot write a .{ext} file: name it .svg or .png, or pass format='svg'")
+        fmt = ext or "svg"
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise GraphcError(f"draw: format must be 'svg' or 'png', got {format!r}")

@@ -116,3 +116,16 @@ def test_other_entry_points_name_a_bad_argument():
                         (lambda: gc.compile(gc.sum(x), updates=[x]), "compile: updates must be a dict")):
         with pytest.raises(gc.GraphcError, match=words):
             call()
+
+
+def test_draw_latex_and_check_grad_arguments(tmp_path):
+    x = gc.input("x", ("N", 3))
+    y = gc.sum(gc.tanh(x))
+    with pytest.raises(gc.GraphcError, match=r"draw: cannot write a .xyz file"):
+        gc.draw(y, tmp_path / "g.xyz")  # it used to write SVG under any suffix
+    assert (tmp_path / "g").exists() is False
+    gc.draw(y, tmp_path / "g")  # no suffix: SVG
+    assert (tmp_path / "g").read_text().startswith("<svg")
+    with pytest.raises(gc.GraphcError, match="latex: wrt must be a tensor or a list of tensors, got int"):
+        gc.latex(y, wrt=3)
+    gc.check_grad(y, x, {"x": np.linspace(-1, 1, 6).reshape(2, 3)})  # one tensor, as grad takes it
