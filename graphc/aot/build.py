@@ -173,6 +173,9 @@ def _program_layout(program: Program, barriers: list[bool], target: Target, n_sy
     env = {s: (batch if s == n_sym else 0) for s in program.symbols}
     p = plan(program, env, 1, target, barriers)
     ws = [0] + [plan(program, env, t, target, barriers).workspace_bytes for t in range(1, max_threads + 1)]
+    if max(p.arena_bytes, *ws) >= 1 << 62:  # sizes and offsets are int64 in the C driver: keep far from wrapping
+        raise AotError(f"--max-batch {batch}: a call that large needs {max(p.arena_bytes, *ws):.3g} bytes of working "
+                       "memory, beyond what 64-bit sizes hold safely; use a smaller --max-batch")
     return p, ws
 
 

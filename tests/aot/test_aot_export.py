@@ -87,3 +87,12 @@ def test_a_float64_parameter_trains_with_penalties_and_momentum_and_exports(tmp_
                                             out.ctypes.data_as(ctypes.c_void_p))
     assert rc == 0
     np.testing.assert_allclose(out, r.predict(X), rtol=1e-4, atol=1e-4)
+
+
+def test_a_max_batch_beyond_64_bit_sizes_is_refused(digits_run, tmp_path):
+    from graphc.aot import AotError, export
+
+    _, weights = digits_run
+    with pytest.raises(AotError, match=r"--max-batch 100000000000000000: a call that large needs .* bytes"):
+        export(tmp_path / "libx.so", weights, max_batch=10**17)
+    assert not (tmp_path / "libx.so").exists()
