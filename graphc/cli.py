@@ -147,6 +147,9 @@ def _aot_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphc", description="graphc: a graph compiler that trains neural "
                                      "networks natively on the CPU")
+    from graphc import __version__
+
+    parser.add_argument("--version", action="version", version=f"graphc {__version__}")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="print a small MLP's graph and its gradient graph")
     demo.set_defaults(fn=_demo)
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return fn(args)
     except GraphcError as e:
+        print(f"graphc: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (a full disk, a permission): no traceback for that
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

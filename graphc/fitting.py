@@ -132,7 +132,12 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise GraphcError(f"--out {out}: exists and is not a directory")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GraphcError(f"--out {out}: cannot create the directory ({e.strerror})") from None
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
                       y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log)
     _check_outputs(trainer, ds)

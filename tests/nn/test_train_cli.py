@@ -97,6 +97,16 @@ def test_bad_options_exit_cleanly(args, words):
     assert "Traceback" not in p.stderr
 
 
+def test_out_that_is_not_a_directory_and_version(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    for out, words in ((tmp_path / "f.txt", "exists and is not a directory"),
+                       (tmp_path / "f.txt" / "sub", "cannot create the directory")):
+        p = run("train", "--epochs", "1", "--out", str(out))
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = run("--version")
+    assert p.returncode == 0 and p.stdout.startswith("graphc ")
+
+
 def test_bad_files_exit_cleanly(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n")
     p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "label")
