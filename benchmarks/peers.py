@@ -797,7 +797,8 @@ def sklearn_mlp(X_train, y_train, X_test, y_test, task: str = "classification", 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MB. On Linux this is VmHWM from /proc/self/status: unlike
     getrusage's ru_maxrss, it starts afresh at exec, so a child started by a big parent does not inherit the
-    parent's peak."""
+    parent's peak. (Not graphc.fitting's: importing graphc in a peer's process would add its own memory to
+    the peer's figure.)"""
     try:
         with open("/proc/self/status") as f:
             for line in f:

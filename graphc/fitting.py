@@ -20,7 +20,7 @@ import numpy as np
 from graphc import data as datasets
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
-from graphc.nn.train import FitResult, TrainConfig, Trainer
+from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows
 
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
@@ -200,11 +200,7 @@ def _predictor(trainer: Trainer, state: dict) -> Callable[[np.ndarray], np.ndarr
 
     def predict(X: np.ndarray) -> np.ndarray:
         """The model's outputs for standardized features X (rows x features)."""
-        a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
-        if a.dtype.kind not in "fiub":
-            raise InputError(f"predict: features must be numbers, got {a.dtype} values")
-        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != width:
-            raise InputError(f"predict: X must be rows x {width} features, got shape {a.shape}")
+        a = feature_rows(X, width, "predict")
         bad = ~np.isfinite(a)
         if bad.any():
             r, c = np.argwhere(bad)[0]

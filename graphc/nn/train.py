@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -106,6 +107,16 @@ def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[
     return model
 
 
+def feature_rows(X, width: int, what: str) -> np.ndarray:
+    """X as a numeric array of rows x `width` features (at least one row), else an InputError naming `what`."""
+    a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
+    if a.dtype.kind not in "fiub":
+        raise InputError(f"{what}: features must be numbers, got {a.dtype} values")
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != width:
+        raise InputError(f"{what}: X must be rows x {width} features, got shape {a.shape}")
+    return a
+
+
 def _call_model(model: Callable, x: Node, n_outputs: int):
     """model(x, n_outputs); an exception other than graphc's (which name the line already) is a GraphcError
     naming the innermost line of the model's own code."""
@@ -114,8 +125,6 @@ def _call_model(model: Callable, x: Node, n_outputs: int):
     except GraphcError:
         raise
     except Exception as e:
-        import sys
-
         skip = (str(Path(__file__).resolve().parents[1]), sys.base_prefix, sys.prefix)  # graphc, Python, libraries
         where = None
         tb = e.__traceback__
@@ -144,11 +153,7 @@ class FitResult:
         ds = self.dataset
         if ds is None or ds.x_mean is None:
             return self.predict(X)
-        a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
-        if a.dtype.kind not in "fiub":
-            raise InputError(f"predict_raw: features must be numbers, got {a.dtype} values")
-        if a.ndim != 2 or a.shape[-1] != len(ds.x_mean):
-            raise InputError(f"predict_raw: X must be rows x {len(ds.x_mean)} features, got shape {a.shape}")
+        a = feature_rows(X, len(ds.x_mean), "predict_raw")
         out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
         return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
 

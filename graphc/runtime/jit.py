@@ -319,7 +319,9 @@ class CompiledFunction:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j].index for j in self._updates.values()}
         slots = [spec[0] for spec in self._out_specs]
-        self._distinct_outs = len(set(slots)) == len(slots)  # no output returned twice (the usual case)
+        # an output that repeats an earlier one (the same tensor asked for twice): (its index, the earlier's)
+        self._repeats = [(k, slots.index(s)) for k, s in enumerate(slots) if slots.index(s) < k]
+        self._repeated = frozenset(k for k, _ in self._repeats)
         # output shapes known without the runtime dims (None where one depends on them)
         self._static_out_shapes = [tuple(f(None) for f in dims) if all(isinstance(d, int) for d in buf.shape)
                                    else None for (_, _, dims), buf in zip(self._out_specs, prog.outputs, strict=False)]
@@ -536,47 +538,25 @@ class CompiledFunction:
         table = self._call_table
         for slot, (_, addr) in bound.items():
             table[slot] = addr
-        if self._distinct_outs:  # every output its own array: the caller's where given, else a new one
-            outs = list(given) if given is not None else [None] * len(self._out_specs)
-            for k, (slot, dtype, dims) in enumerate(self._out_specs):
-                r = outs[k]
-                if r is None:
-                    r = outs[k] = np.empty(tuple(f(env) for f in dims), dtype=dtype)
-                table[slot] = data_address(r)
-            cd = self._call_dims
-            for k, v in enumerate(env):
-                cd[k] = v
-            t_addr, d_addr, w_addr = self._call_addrs
-            self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
-            return outs[0] if self._single else outs
-        results: dict[int, np.ndarray] = {}
-        outs = []
+        outs = list(given) if given is not None else [None] * len(self._out_specs)  # the caller's, or new arrays
         for k, (slot, dtype, dims) in enumerate(self._out_specs):
-            r = results.get(slot)
+            if k in self._repeated:
+                continue
+            r = outs[k]
             if r is None:
-                r = given[k] if given is not None and given[k] is not None else None
-                if r is None:
-                    r = np.empty(tuple(f(env) for f in dims), dtype=dtype)
-                results[slot] = r
-                table[slot] = data_address(r)
-                outs.append(r)
-            else:
-                outs.append(None)  # a repeated output: copied after the run
+                r = outs[k] = np.empty(tuple(f(env) for f in dims), dtype=dtype)
+            table[slot] = data_address(r)
         cd = self._call_dims
         for k, v in enumerate(env):
             cd[k] = v
         t_addr, d_addr, w_addr = self._call_addrs
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
-        for k, (o, (slot, _, _)) in enumerate(zip(outs, self._out_specs, strict=True)):
-            if o is None:  # a repeated output: a copy, or the caller's array for it
-                if given is not None and given[k] is not None:
-                    given[k][...] = results[slot]
-                    outs[k] = given[k]
-                else:
-                    outs[k] = results[slot].copy()
-        if self._single:
-            return outs[0]
-        return outs
+        for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
+            if outs[k] is None:
+                outs[k] = outs[first].copy()
+            else:
+                outs[k][...] = outs[first]
+        return outs[0] if self._single else outs
 
 
 # Every compiled function's call lock, renewed in a child after fork(): a thread of the parent that was inside a

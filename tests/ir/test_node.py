@@ -123,7 +123,7 @@ def test_draw_latex_and_check_grad_arguments(tmp_path):
     y = gc.sum(gc.tanh(x))
     with pytest.raises(gc.GraphcError, match=r"draw: cannot write a .xyz file"):
         gc.draw(y, tmp_path / "g.xyz")  # it used to write SVG under any suffix
-    assert (tmp_path / "g").exists() is False
+    assert not (tmp_path / "g.xyz").exists()
     gc.draw(y, tmp_path / "g")  # no suffix: SVG
     assert (tmp_path / "g").read_text().startswith("<svg")
     with pytest.raises(gc.GraphcError, match="latex: wrt must be a tensor or a list of tensors, got int"):
