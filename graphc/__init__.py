@@ -5,35 +5,74 @@
     logits = gc.nn.mlp(x, [256, 128, 10])
     loss = gc.nn.softmax_cross_entropy(logits, gc.input("labels", ("N",), "int32"))
     grads = gc.grad(loss, gc.nn.parameters(loss))
+
+`import graphc` loads nothing heavy: each public name is imported on first use, so the reference evaluator and
+drawing never load LLVM, and sympy comes with the first graph (see docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-from graphc import nn, sym
-from graphc.autodiff.check import check_grad, numeric_grad
-from graphc.autodiff.grad import grad
-from graphc.errors import (
-    CompileError,
-    DTypeError,
-    GradError,
-    GraphcError,
-    InputError,
-    NumericalError,
-    ShapeError,
-)
-from graphc.ir.node import Node, scope, topo_order
-from graphc.ir.printing import to_networkx, to_text
-from graphc.ir.shapes import symbol as dim
-from graphc.ops import *  # noqa: F403 - the DSL
-from graphc.ops import __all__ as _ops_all
-from graphc.runtime.jit import CompiledFunction, compile  # noqa: A004
-from graphc.runtime.reference import evaluate
+import importlib
+
+from graphc.errors import CompileError as CompileError
+from graphc.errors import DTypeError as DTypeError
+from graphc.errors import GradError as GradError
+from graphc.errors import GraphcError as GraphcError
+from graphc.errors import InputError as InputError
+from graphc.errors import NumericalError as NumericalError
+from graphc.errors import ShapeError as ShapeError
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute; None: the module itself). The DSL's functions come from graphc.ops.
+_LAZY = {
+    "nn": ("graphc.nn", None),
+    "sym": ("graphc.sym", None),
+    "grad": ("graphc.autodiff.grad", "grad"),
+    "check_grad": ("graphc.autodiff.check", "check_grad"),
+    "numeric_grad": ("graphc.autodiff.check", "numeric_grad"),
+    "evaluate": ("graphc.runtime.reference", "evaluate"),
+    "compile": ("graphc.runtime.jit", "compile"),
+    "CompiledFunction": ("graphc.runtime.jit", "CompiledFunction"),
+    "Node": ("graphc.ir.node", "Node"),
+    "scope": ("graphc.ir.node", "scope"),
+    "topo_order": ("graphc.ir.node", "topo_order"),
+    "to_networkx": ("graphc.ir.printing", "to_networkx"),
+    "to_text": ("graphc.ir.printing", "to_text"),
+    "dim": ("graphc.ir.shapes", "symbol"),
+}
+_OWN = ["show", "draw", "latex", "fit", "GraphcError", "ShapeError", "DTypeError", "InputError", "GradError",
+        "CompileError", "NumericalError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "__all__":
+        from graphc.ops import __all__ as ops_all
+
+        return [*ops_all, *_LAZY, *_OWN]
+    spec = _LAZY.get(name)
+    if spec is not None:
+        mod = importlib.import_module(spec[0])
+        value = mod if spec[1] is None else getattr(mod, spec[1])
+    elif name.startswith("__"):
+        raise AttributeError(name)
+    else:
+        ops = importlib.import_module("graphc.ops")
+        if name not in ops.__all__:
+            raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+        value = getattr(ops, name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__getattr__("__all__")))
 
 
 def show(outputs, *, sources: bool = True) -> None:
     """Print a graph (see `to_text`)."""
+    from graphc.ir.printing import to_text
+
     print(to_text(outputs, sources=sources))
 
 
@@ -58,11 +97,3 @@ def latex(y, wrt=None, **kw):
     from graphc.viz import latex as _latex
 
     return _latex(y, wrt, **kw)
-
-
-__all__ = [
-    *_ops_all,
-    "nn", "sym", "grad", "evaluate", "compile", "CompiledFunction", "check_grad", "numeric_grad", "scope", "dim",
-    "to_text", "to_networkx", "show", "draw", "latex", "fit", "topo_order", "Node", "GraphcError", "ShapeError",
-    "DTypeError", "InputError", "GradError", "CompileError", "NumericalError", "__version__",
-]

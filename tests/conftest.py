@@ -12,3 +12,6 @@ settings.load_profile(os.environ.get("GRAPHC_HYPOTHESIS", "ci"))
 import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/cases.py: strategies shared by several test modules
+
+# The IR verifier runs after every graph stage of every compilation in the tests (graphc.codegen.stages).
+os.environ.setdefault("GRAPHC_VERIFY", "1")

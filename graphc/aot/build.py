@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from graphc.codegen import epoch as drv
-from graphc.codegen.emit import ModuleEmitter
 from graphc.codegen.memory import plan
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target, emit_object, level_target
@@ -393,7 +392,7 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
         if host:
             return fn.llvm_ir
         # the same program, emitted for another target than the host's (the trainer compiled for the host)
-        return ModuleEmitter(fn.program, tgt).emit(fn._barriers, fn._extras() if extras else ())
+        return fn.module_text(tgt, extras)
 
     work, cleanup = _work_dir(keep)
     try:
@@ -424,7 +423,7 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
     """The C declarations of one step program: (lines, its gc_step_t initializer)."""
     ef = tr.epoch_fn
     prog = ef.program
-    leaves = list(ef._source_graph.inputs)
+    leaves = list(ef.signature.inputs)
     slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
     x, y = tr.x, tr.y
     n_sym = x.shape[0]
@@ -453,7 +452,7 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
         if n not in state_names:
             raise AotError(f"internal: the {label} step's optimizer state {n!r} is not in the full step's")
     nkeep = 1 + max((int(s.split(".")[1]) for s in slot if re.fullmatch(r"keep\.\d+", s)), default=-1)
-    tplan, tws = _program_layout(prog, ef._barriers, tgt, n_sym, max_batch, max_threads)
+    tplan, tws = _program_layout(prog, ef.barriers, tgt, n_sym, max_batch, max_threads)
     consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
     s = f"gc_s{k}_"
     lines = [
@@ -481,7 +480,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     cfg = spec.config
     ev = tr.eval_fn
     eprog = ev.program
-    eleaves = list(ev._source_graph.inputs)
+    eleaves = list(ev.signature.inputs)
     eslot = {leaf.name: buf.index for leaf, buf in zip(eleaves, eprog.inputs, strict=True)}
     x, y = tr.x, tr.y
     n_sym = x.shape[0]
@@ -517,9 +516,9 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         lines, init = _step_manifest(k, prefix, t, label, state_names, tgt, max_batch, max_threads, blob)
         L += lines
         inits.append(init)
-    full_slots = {leaf.name for leaf in tr.epoch_fn._source_graph.inputs}
+    full_slots = {leaf.name for leaf in tr.epoch_fn.signature.inputs}
     nkeep = 1 + max((int(s.split(".")[1]) for s in full_slots if re.fullmatch(r"keep\.\d+", s)), default=-1)
-    eplan, ews = _program_layout(eprog, ev._barriers, tgt, n_sym, eval_batch, max_threads)
+    eplan, ews = _program_layout(eprog, ev.barriers, tgt, n_sym, eval_batch, max_threads)
     econsts = [(i, blob.add(a)) for i, a in sorted(eprog.consts.items())]
     blob_path = work / "model.bin"
     blob.write(blob_path)
@@ -659,7 +658,7 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
         raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
     fn = CompiledFunction([y], target=tgt, threads=1)
     prog = fn.program
-    leaves = list(fn._source_graph.inputs)
+    leaves = list(fn.signature.inputs)
     params = [leaf for leaf in leaves if leaf.op.name == "param"]
     others = [leaf.name for leaf in leaves if leaf is not x and leaf.op.name != "param"]
     if others:
@@ -668,7 +667,7 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
     out_row = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
     buckets = sorted({b for b in (1, 16, 256, 4096) if b < max_batch} | {max_batch})
-    layouts = [_program_layout(prog, fn._barriers, tgt, x.shape[0], b, max_threads) for b in buckets]
+    layouts = [_program_layout(prog, fn.barriers, tgt, x.shape[0], b, max_threads) for b in buckets]
     blob = Blob()
     consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
     tensors = [_tensor(p.name, -1, slot[p.name], p.shape, blob.add(values[p.name])) for p in params]

@@ -19,26 +19,32 @@ from llvmlite import ir
 from graphc.codegen import gemm as gemm_mod
 from graphc.codegen import vmath
 from graphc.codegen.kernels import (
+    LOOP,
+    LOOP_AXIS,
     Acc,
     Apply,
     Const,
+    Convert,
     DimValue,
-    Dropout,
     Expr,
     GemmKernel,
+    Guard,
     Index,
     Load,
     LoopKernel,
     ReduceKernel,
+    ScatterKernel,
     Store,
+    loop_axes,
     walk,
 )
-from graphc.codegen.schedule import Program
+from graphc.codegen.schedule import Program, split_affine
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
+from graphc.ir.lowering import floordiv
 from graphc.ir.shapes import Dim
 from graphc.ops import random as rng_mod
-from graphc.ops.scalar import expm1, log1p, relu, sigmoid, softplus
+from graphc.ops.scalar import expm1, keep_bit, log1p, relu, rint, sigmoid, softplus
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -223,6 +229,10 @@ class ScalarEmitter:
             zero = self.const(x.type, 0)
             return b.select(self.compare(sympy.StrictGreaterThan, x, zero), self.const(x.type, 1),
                             b.select(self.compare(sympy.Equality, x, zero), self.const(x.type, h0), zero))
+        if isinstance(e, rint):
+            return self.call_intrinsic("llvm.rint", go(e.args[0]))
+        if isinstance(e, keep_bit):
+            return self.keep_bit(go(e.args[0]), go(e.args[1]), int(e.args[2]), go(e.args[3]))
         fn = _VMATH.get(type(e))
         if fn is not None:
             return vmath.EMITTERS[fn](b, go(e.args[0]), self.target)
@@ -280,9 +290,46 @@ class ScalarEmitter:
     def call_intrinsic(self, name: str, x):
         return self.b.call(vmath.intrinsic(self.module, name, x.type), [x])
 
+    def keep_bit(self, index, key, salt: int, threshold):
+        """rng.keep_mask's bit in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s) >> 8 < threshold, where
+        s = stream(key, salt); `index` is an i64 (vector), `key` an i64 (the same in every lane), `threshold` an
+        integer-valued float."""
+        b = self.b
+        lanes = index.type.count if isinstance(index.type, ir.VectorType) else None
+        key64 = b.extract_element(key, ir.Constant(I32, 0)) if isinstance(key.type, ir.VectorType) else key
+        lo = b.trunc(key64, I32)
+        hi = b.trunc(b.lshr(key64, c64(32)), I32)
+        st = self._lowbias(b.xor(self._lowbias(hi), lo))
+        st = self._lowbias(b.xor(st, ir.Constant(I32, salt & 0xFFFFFFFF)))
+        i32v = b.trunc(index, _vec(I32, lanes))
+        if lanes is not None:
+            st = _splat(b, st, lanes)
+        h = self._lowbias(b.add(b.mul(i32v, vmath.const(i32v.type, rng_mod.GOLDEN)), st))
+        h = self._lowbias(b.xor(h, st))
+        t = b.fptoui(threshold, _vec(I32, threshold.type.count if isinstance(threshold.type, ir.VectorType)
+                                     else None))
+        if lanes is not None and not isinstance(t.type, ir.VectorType):
+            t = _splat(b, t, lanes)
+        return b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)), t)
+
+    def _lowbias(self, x):
+        b = self.b
+        c = lambda v: vmath.const(x.type, v)  # noqa: E731
+        x = b.xor(x, b.lshr(x, c(16)))
+        x = b.mul(x, c(rng_mod.M1))
+        x = b.xor(x, b.lshr(x, c(15)))
+        x = b.mul(x, c(rng_mod.M2))
+        return b.xor(x, b.lshr(x, c(16)))
+
 
 _VMATH = {sympy.exp: "exp", sympy.log: "log", log1p: "log1p", expm1: "expm1", sympy.tanh: "tanh",
           sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf"}
+
+
+def _splat(b: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
+    vty = ir.VectorType(v.type, lanes)
+    x = b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(x, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
 
 def cast_value(b: ir.IRBuilder, x: ir.Value, src: str, dst: str) -> ir.Value:
@@ -401,18 +448,129 @@ class FunctionEmitter:
             if j not in point.index:
                 raise CompileError("internal: a load depends on an axis without an index")
             term = point.index[j] if (isinstance(s, int) and s == 1) else b.mul(point.index[j], self.dim(s))
-            acc = term if acc is c64(0) or (isinstance(acc, ir.Constant) and acc.constant == 0) else b.add(acc, term)
+            acc = term if isinstance(acc, ir.Constant) and acc.constant == 0 else b.add(acc, term)
         return acc
 
-    def load(self, e: Load, point: Point) -> ir.Value:
+    def _binop(self, op: str, x: ir.Value, y: ir.Value) -> ir.Value:
+        """An integer operation on two values, a scalar meeting a vector splatted to it."""
+        b = self.b
+        xv, yv = isinstance(x.type, ir.VectorType), isinstance(y.type, ir.VectorType)
+        if xv and not yv:
+            y = self.splat(y, x.type.count)
+        elif yv and not xv:
+            x = self.splat(x, y.type.count)
+        if op in ("<", "<=", ">", ">=", "==", "!="):
+            return b.icmp_signed(op, x, y)
+        return {"+": b.add, "*": b.mul, "&": b.and_, "|": b.or_, "/": b.sdiv, "%": b.srem, "sel": None}[op](x, y)
+
+    def int_value(self, e, point: Point, memo: dict, gathers: dict | None = None) -> ir.Value:
+        """An integer index expression (of loop indices, dims and gathered values) at `point`: an i64 (or i1 for
+        a condition), a vector of them when it depends on the vectorized axis."""
+        b = self.b
+        gathers = gathers or {}
+
+        def go(x):
+            if x is sympy.true or x is sympy.false:
+                return ir.Constant(I1, bool(x))
+            if x.is_Integer:
+                return c64(int(x))
+            if x.is_Symbol:
+                j = LOOP_AXIS.get(x)
+                if j is not None:
+                    if j not in point.index:
+                        raise CompileError("internal: an index expression uses an axis without an index")
+                    i = point.index[j]
+                    if point.lanes is not None and j == point.vec_axis:
+                        return self.lane_index(i, point.lanes, I64)
+                    return i
+                if x in gathers:
+                    return self.gathered(gathers[x], point, memo)
+                return self.dim(x)
+            num, den = _floor_parts(x)
+            if den is not None:  # floor division by a positive constant
+                n, d = go(num), c64(den)
+                q, r = self._binop("/", n, d), self._binop("%", n, d)
+                neg = self._binop("<", r, c64(0))
+                return b.sub(q, b.zext(neg, q.type))
+            if isinstance(x, sympy.Mod):
+                n, d = go(x.args[0]), go(x.args[1])
+                r = self._binop("%", n, d)
+                neg = self._binop("<", r, c64(0))
+                dd = d if not isinstance(r.type, ir.VectorType) or isinstance(d.type, ir.VectorType) else \
+                    self.splat(d, r.type.count)
+                return b.select(neg, b.add(r, dd), r)
+            if x.is_Add or x.is_Mul:
+                vals = [go(a) for a in x.args]
+                acc = vals[0]
+                for v in vals[1:]:
+                    acc = self._binop("+" if x.is_Add else "*", acc, v)
+                return acc
+            if x.is_Pow and x.args[1].is_Integer and int(x.args[1]) > 0:
+                base = go(x.args[0])
+                acc = base
+                for _ in range(int(x.args[1]) - 1):
+                    acc = self._binop("*", acc, base)
+                return acc
+            if isinstance(x, sympy.core.relational.Relational):
+                ops = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
+                       sympy.GreaterThan: ">=", sympy.Equality: "==", sympy.Unequality: "!="}
+                return self._binop(ops[type(x)], go(x.lhs), go(x.rhs))
+            if isinstance(x, (sympy.And, sympy.Or)):
+                vals = [go(a) for a in x.args]
+                acc = vals[0]
+                for v in vals[1:]:
+                    acc = self._binop("&" if isinstance(x, sympy.And) else "|", acc, v)
+                return acc
+            raise CompileError(f"internal: cannot compute the index expression {x}")
+
+        return go(sympy.sympify(e))
+
+    def gathered(self, g, point: Point, memo: dict) -> ir.Value:
+        """A gathered index as i64 (vector): checked against its bound; out of range sets the program's error
+        code and reads index 0 instead."""
+        b = self.b
+        v = self.value(g.index, point, memo)
+        elem = vmath.element_type(v.type)
+        if elem.width < 64:
+            v = b.sext(v, _vec(I64, v.type.count if isinstance(v.type, ir.VectorType) else None))
+        bound = self.dim(g.bound)
+        bad = self._binop("|", self._binop("<", v, c64(0)), self._binop(">=", v, bound))
+        if isinstance(bad.type, ir.VectorType):
+            if point.mask is not None:
+                bad = b.and_(bad, point.mask)
+            any_bad = b.icmp_unsigned("!=", b.bitcast(bad, ir.IntType(bad.type.count)),
+                                      ir.Constant(ir.IntType(bad.type.count), 0))
+            zero = vmath.const(v.type, 0)
+        else:
+            any_bad, zero = bad, c64(0)
+        self.flag_error(any_bad, g.site)
+        return b.select(bad, zero, v)
+
+    def flag_error(self, cond: ir.Value, code: int) -> None:
+        """Where `cond` holds, record error `code` in the module's error word (read after the call)."""
+        b = self.b
+        fn = b.function
+        yes = fn.append_basic_block("error")
+        cont = fn.append_basic_block("error.done")
+        b.cbranch(cond, yes, cont)
+        b.position_at_end(yes)
+        b.atomic_rmw("xchg", self.mod.error_word(), ir.Constant(I32, code), "monotonic")
+        b.branch(cont)
+        b.position_at_end(cont)
+
+    def load(self, e: Load, point: Point, memo: dict | None = None) -> ir.Value:
         b = self.b
         mty = MEMORY[e.dtype]
         base = self.buf_ptr(e.buf.index)
         off = self.offset(e.strides, point)
-        ptr = b.gep(base, [off], inbounds=True, source_etype=mty)
+        if not (isinstance(e.offset, int) and e.offset == 0):
+            off = b.add(off, self.dim(e.offset))
         lanes = point.lanes
         vstride = e.strides[point.vec_axis] if point.vec_axis is not None and point.vec_axis < len(e.strides) else 0
         align = ITEMSIZE[e.dtype]
+        if not e.affine:
+            return self._general_load(e, point, memo if memo is not None else {}, base, off, vstride)
+        ptr = b.gep(base, [off], inbounds=True, source_etype=mty)
         if lanes is None or (isinstance(vstride, int) and vstride == 0):
             v = b.load(ptr, typ=mty, align=align)
             v = self._from_memory(v, e.dtype)
@@ -436,6 +594,51 @@ class FunctionEmitter:
             v = b.insert_element(v, b.load(p, typ=mty, align=align), ir.Constant(I32, lane))
         return self._from_memory(v, e.dtype)
 
+    def _general_load(self, e: Load, point: Point, memo: dict, base, off, vstride) -> ir.Value:
+        """A load with non-affine terms (dilation, gathers) or bounds masking: per-lane offsets, lanes outside
+        the buffer (when checked) or the point's mask read 0 and touch no memory."""
+        b = self.b
+        mty = MEMORY[e.dtype]
+        align = ITEMSIZE[e.dtype]
+        lanes = point.lanes
+        gathers = {g.sym: g for g in e.gathers}
+        if lanes is not None and not (isinstance(vstride, int) and vstride == 0):  # the affine part's lanes
+            off = self._binop("+", self.splat(off, lanes),
+                              b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
+        for t, stride in e.terms:
+            v = self.int_value(t, point, memo, gathers)
+            if not (isinstance(stride, int) and stride == 1):
+                v = self._binop("*", v, self.dim(stride))
+            off = self._binop("+", off, v)
+        vector = isinstance(off.type, ir.VectorType)
+        if vector:
+            # a vector that is the same in every lane (a splat) is still one address: read it once
+            pass
+        ok = None
+        if e.checked:
+            ok = self._binop("&", self._binop(">=", off, c64(0)), self._binop("<", off, self.dim(e.buf.size())))
+        if vector and point.mask is not None:
+            ok = point.mask if ok is None else b.and_(ok, point.mask)
+        if not vector:
+            addr = off if ok is None else b.select(ok, off, c64(0))
+            v = b.load(b.gep(base, [addr], inbounds=True, source_etype=mty), typ=mty, align=align)
+            if ok is not None:
+                v = b.select(ok, v, vmath.const(v.type, 0))
+            v = self._from_memory(v, e.dtype)
+            return self.splat(v, lanes) if lanes is not None else v
+        vty = ir.VectorType(mty, lanes)
+        v = ir.Constant(vty, ir.Undefined)
+        for lane in range(lanes):
+            li = ir.Constant(I32, lane)
+            o = b.extract_element(off, li)
+            if ok is not None:
+                o = b.select(b.extract_element(ok, li), o, c64(0))
+            x = b.load(b.gep(base, [o], inbounds=True, source_etype=mty), typ=mty, align=align)
+            v = b.insert_element(v, x, li)
+        if ok is not None:
+            v = b.select(ok, v, vmath.const(vty, 0))
+        return self._from_memory(v, e.dtype)
+
     def _from_memory(self, v, dtype):
         if dtype == "bool":
             return self.b.icmp_unsigned("!=", v, vmath.const(v.type, 0))
@@ -453,10 +656,7 @@ class FunctionEmitter:
             b.call(self.mod.masked_store(value.type), [value, ptr, ir.Constant(I32, ITEMSIZE[dtype]), mask])
 
     def splat(self, v: ir.Value, lanes: int) -> ir.Value:
-        b = self.b
-        vty = ir.VectorType(v.type, lanes)
-        x = b.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(I32, 0))
-        return b.shuffle_vector(x, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+        return _splat(self.b, v, lanes)
 
     def lane_index(self, base: ir.Value, lanes: int, ty: ir.Type) -> ir.Value:
         """<base, base+1, ...> as a vector of `ty` (i32 or i64)."""
@@ -477,7 +677,7 @@ class FunctionEmitter:
         b = self.b
         lanes = point.lanes
         if isinstance(e, Load):
-            return self.load(e, point)
+            return self.load(e, point, memo)
         if isinstance(e, Const):
             ty = _vec(SCALAR[e.dtype], lanes)
             return self.sc.const(ty, e.value)
@@ -486,86 +686,42 @@ class FunctionEmitter:
             v = cast_value(b, v, "int64", e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
         if isinstance(e, Index):
-            ty = SCALAR[e.dtype]
-            i = point.index[e.axis]
-            if lanes is not None and e.axis == point.vec_axis:
-                return self.lane_index(i, lanes, ty)
-            v = b.trunc(i, ty) if ty.width < 64 else i
-            return self.splat(v, lanes) if lanes is not None else v
+            v = self.int_value(e.expr, point, memo)
+            v = cast_value(b, v, "int64", e.dtype)
+            return self.splat(v, lanes) if lanes is not None and not isinstance(v.type, ir.VectorType) else v
         if isinstance(e, Acc):
             return acc
         if isinstance(e, Apply):
-            args = [memo[id(a)] for a in e.args]
-            return self.apply(e, args, lanes)
-        if isinstance(e, Dropout):
-            return self.dropout(e, memo[id(e.x)], memo[id(e.key)], point,
-                                memo[id(e.keep)] if e.keep is not None else None)
+            return self.apply(e, [memo[id(a)] for a in e.args], lanes)
+        if isinstance(e, Convert):
+            return cast_value(b, memo[id(e.x)], e.x.dtype, e.dtype)
+        if isinstance(e, Guard):
+            cond = None
+            for c in e.conds:
+                v = self.int_value(c, point, memo)
+                cond = v if cond is None else self._binop("&", cond, v)
+            val, other = memo[id(e.value)], memo[id(e.otherwise)]
+            if lanes is not None:
+                cond = cond if isinstance(cond.type, ir.VectorType) else self.splat(cond, lanes)
+                val = val if isinstance(val.type, ir.VectorType) else self.splat(val, lanes)
+                other = other if isinstance(other.type, ir.VectorType) else self.splat(other, lanes)
+            return b.select(cond, val, other)
         raise CompileError(f"internal: no emission for {type(e).__name__}")
 
     def apply(self, e: Apply, args: list[ir.Value], lanes: int | None) -> ir.Value:
-        op = e.op
-        attrs = dict(e.attrs)
-        if op.name == "cast":
-            src = _dtype_of(args[0].type)
-            return cast_value(self.b, args[0], src, e.dtype)
-        syms = [s for k, s in enumerate(op.args) if k not in op.shape_inputs]
-        env = dict(zip(syms, args, strict=True))
-        # numbers in the formula take the operands' type (for a comparison: the compared values' type)
-        ty = args[-1].type if args else _vec(SCALAR[e.dtype], lanes)
-        return self.sc.formula(op.expr_for(attrs), env, ty)
-
-    def dropout(self, e: Dropout, x: ir.Value, key: ir.Value, point: Point, keep_v: ir.Value | None = None
-                ) -> ir.Value:
-        """The mask bit of rng.keep_mask, in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s). The keep
-        probability is a constant, or (keep_v) a float32 read at run time: threshold rint(keep * 2^24)."""
-        b = self.b
-        lanes = point.lanes
-        key64 = b.extract_element(key, ir.Constant(I32, 0)) if isinstance(key.type, ir.VectorType) else key
-        s = self._stream(key64, e.salt)
-        flat = self.offset(e.flat_strides, point)
-        i32v = b.trunc(flat, I32)
         if lanes is not None:
-            vstride = e.flat_strides[point.vec_axis] if point.vec_axis is not None else 0
-            iv = self.splat(i32v, lanes)
-            if not (isinstance(vstride, int) and vstride == 0):
-                step = b.trunc(self.dim(vstride), I32)
-                iv = b.add(iv, b.mul(self.splat(step, lanes),
-                                     ir.Constant(ir.VectorType(I32, lanes), list(range(lanes)))))
-            i32v = iv
-            s = self.splat(s, lanes)
-        g = vmath.const(i32v.type, rng_mod.GOLDEN)
-        h = self._lowbias(b.add(b.mul(i32v, g), s))
-        h = self._lowbias(b.xor(h, s))
-        if keep_v is None:
-            thresh = vmath.const(h.type, rng_mod.threshold(e.keep_prob))
-            divisor = vmath.const(x.type, e.keep_prob)
-        else:
-            k32 = b.extract_element(keep_v, ir.Constant(I32, 0)) if isinstance(keep_v.type, ir.VectorType) \
-                else keep_v
-            rint = vmath.intrinsic(self.mod.module, "llvm.rint", F32)
-            t = b.fptoui(b.call(rint, [b.fmul(k32, ir.Constant(F32, float(1 << 24)))]), I32)
-            thresh = self.splat(t, lanes) if lanes is not None else t
-            kx = k32 if vmath.element_type(x.type) == F32 else b.fpext(k32, vmath.element_type(x.type))
-            divisor = self.splat(kx, lanes) if lanes is not None else kx
-        keep = b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)), thresh)
-        scaled = b.fdiv(x, divisor, flags=FLAGS)  # x / keep, as the reference does
-        return b.select(keep, scaled, vmath.const(x.type, 0.0))
+            args = [a if isinstance(a.type, ir.VectorType) else self.splat(a, lanes) for a in args]
+        env = dict(zip(e.fn.syms, args, strict=True))
+        # numbers in the formula take the type of its first non-bool operand (a comparison: the compared values')
+        ty = next((a.type for a in args if vmath.element_type(a.type) != I1), _vec(SCALAR[e.dtype], lanes))
+        return self.sc.formula(e.fn.expr, env, ty)
 
-    def _lowbias(self, x):
-        b = self.b
-        c = lambda v: vmath.const(x.type, v)  # noqa: E731
-        x = b.xor(x, b.lshr(x, c(16)))
-        x = b.mul(x, c(rng_mod.M1))
-        x = b.xor(x, b.lshr(x, c(15)))
-        x = b.mul(x, c(rng_mod.M2))
-        return b.xor(x, b.lshr(x, c(16)))
 
-    def _stream(self, key64: ir.Value, salt: int) -> ir.Value:
-        b = self.b
-        lo = b.trunc(key64, I32)
-        hi = b.trunc(b.lshr(key64, c64(32)), I32)
-        s = self._lowbias(b.xor(lo, self._lowbias(hi)))
-        return self._lowbias(b.xor(s, ir.Constant(I32, salt & 0xFFFFFFFF)))
+def _floor_parts(e):
+    """(numerator, denominator) when e is floordiv(numerator, positive int), else (e, None)."""
+    if isinstance(e, floordiv):
+        return e.args[0], int(e.args[1])
+    return e, None
 
 
 def _dtype_of(ty: ir.Type) -> str:
@@ -590,14 +746,22 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
     size 1 belong to no group."""
     groups: list[list[int]] = []
     strides_sets = []
+    keep_separate = set(keep_separate)
     for e in exprs:
         for x in walk(e):
             if isinstance(x, Load):
                 strides_sets.append(x.strides)
-            elif isinstance(x, Dropout):
-                strides_sets.append(x.flat_strides)
+                for t, _ in x.terms:
+                    keep_separate |= loop_axes(t)
             elif isinstance(x, Index):
-                keep_separate = set(keep_separate) | {x.axis}
+                aff = split_affine(x.expr)
+                if aff is None:
+                    keep_separate |= loop_axes(x.expr)
+                else:
+                    strides_sets.append(tuple(aff[0].get(j, 0) for j in range(len(domain))))
+            elif isinstance(x, Guard):
+                for c in x.conds:
+                    keep_separate |= loop_axes(c)
     for a in range(len(domain)):
         if isinstance(domain[a], int) and domain[a] == 1:
             continue  # its index is always 0: no loop, and its strides never matter
@@ -613,29 +777,36 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
 
 
 def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
-    """e with strides (and indices) over the collapsed axes: each group keeps its innermost stride."""
+    """e over the collapsed axes: each group keeps its innermost stride; index expressions (which only use axes
+    that are groups of their own) are renamed to the group's axis."""
     from dataclasses import replace
 
-    if id(e) in cache:
-        return cache[id(e)]
-    for x in walk(e):
-        if id(x) in cache:
-            continue
+    from graphc.codegen.kernels import rebuild
+
+    rename = {}
+    for k, g in enumerate(groups):
+        for a in g:
+            rename[LOOP[a]] = LOOP[k] if len(g) == 1 else LOOP[a]
+    inner = [g[-1] for g in groups]
+
+    def sub(x: Expr) -> Expr:
         if isinstance(x, Load):
-            new = replace(x, strides=tuple(x.strides[g[-1]] for g in groups))
-        elif isinstance(x, Dropout):
-            new = Dropout(cache[id(x.x)], cache[id(x.key)], x.salt, x.keep_prob,
-                          tuple(x.flat_strides[g[-1]] for g in groups), x.dtype,
-                          cache[id(x.keep)] if x.keep is not None else None)
-        elif isinstance(x, Index):
-            k = next((k for k, g in enumerate(groups) if x.axis in g), None)
-            new = Index(k, x.dtype) if k is not None else Const(0, x.dtype)
-        elif isinstance(x, Apply):
-            new = Apply(x.op, x.attrs, tuple(cache[id(a)] for a in x.args), x.dtype)
-        else:
-            new = x
-        cache[id(x)] = new
-    return cache[id(e)]
+            return replace(x, strides=tuple(x.strides[a] if a < len(x.strides) else 0 for a in inner),
+                           terms=tuple((sympy.sympify(t).xreplace(rename), s) for t, s in x.terms))
+        if isinstance(x, Index):
+            aff = split_affine(x.expr)
+            if aff is not None:
+                coeffs, const = aff
+                return replace(x, expr=const + sum(coeffs.get(a, 0) * LOOP[k] for k, a in enumerate(inner)))
+            return replace(x, expr=sympy.sympify(x.expr).xreplace(rename))
+        if isinstance(x, Guard):
+            return replace(x, conds=tuple(sympy.sympify(c).xreplace(rename) for c in x.conds))
+        return x
+
+    key = id(e)
+    if key not in cache:
+        cache[key] = rebuild(e, sub)
+    return cache[key]
 
 
 class ModuleEmitter:
@@ -776,16 +947,27 @@ class ModuleEmitter:
             out_strides[a] = s
         inner_reduced = bool(axes) and (len(k.domain) - 1) in axes
         ety = SCALAR[acc_dtype]
-        is_max = k.op == "max"
+        rdn = k.reduction
+        fml = rdn.combine
 
         def identity(ty):
+            v = rdn.identity
             if _is_float(ty):
-                return vmath.const(ty, float("-inf") if is_max else 0.0)
+                return vmath.const(ty, v)
             elem = vmath.element_type(ty)
-            return vmath.const(ty, -(1 << (elem.width - 1)) if is_max else 0)
+            if v == float("-inf"):
+                return vmath.const(ty, -(1 << (elem.width - 1)))
+            if v == float("inf"):
+                return vmath.const(ty, (1 << (elem.width - 1)) - 1)
+            return vmath.const(ty, int(v))
 
         def combine(x, y):
-            return fe.sc.maxmin(x, y, True) if is_max else fe.sc.add(x, y)
+            return fe.sc.formula(fml.expr, dict(zip(fml.syms, (x, y), strict=True)), x.type)
+
+        if k.scan:
+            self._emit_scan(k, fe, identity, combine)
+            b.ret_void()
+            return fn
 
         def epilogue(point: Point, accv) -> None:
             off = fe.offset(out_strides, point)
@@ -927,6 +1109,154 @@ class ModuleEmitter:
         b.ret_void()
         return fn
 
+    def _emit_scan(self, k: ReduceKernel, fe: FunctionEmitter, identity, combine) -> None:
+        """Running values along one axis, stored at every point: vectors along the innermost axis when the scan
+        runs over another one, else a scalar walk per row. Threads split the other positions; every running
+        value is computed in the same order on any thread count."""
+        b = fe.b
+        fn = b.function
+        (axis,) = k.axes
+        nd = len(k.domain)
+        dtype = k.body.dtype
+        sizes = {a: fe.dim(d) for a, d in enumerate(k.domain)}
+        out_strides = _rowmajor_dims(k.domain)
+        vec_axis = nd - 1 if axis != nd - 1 else None
+        lanes = self.lanes(dtype) if vec_axis is not None else None
+        outer = [a for a in range(nd) if a != axis and a != vec_axis]
+        ty = _vec(SCALAR[dtype], lanes)
+        with b.goto_entry_block():
+            accp = alloca(b, ty, name="scan")
+        if outer:
+            lo, hi = fe.partition(sizes[outer[0]], 1)
+        elif vec_axis is not None:
+            lo, hi = fe.partition(sizes[vec_axis], lanes)
+        else:
+            tid, _ = fe.threads()
+            lo, hi = c64(0), b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+
+        def walk_axis(point: Point) -> None:
+            b.store(identity(ty), accp)
+            n = sizes[axis]
+            with Loop(b, c64(0), n, 1, "s") as t:
+                i = b.sub(b.sub(n, c64(1)), t) if k.reverse else t
+                p = Point({**point.index, axis: i}, point.vec_axis, point.lanes, point.mask)
+                v = fe.value(k.body, p, {})
+                if lanes is not None and not isinstance(v.type, ir.VectorType):
+                    v = fe.splat(v, lanes)
+                acc = combine(b.load(accp, typ=ty), v)
+                b.store(acc, accp)
+                off = fe.offset(out_strides, p)
+                memo: dict = {}
+                for st in k.stores:
+                    val = fe.value(st.value, p, memo, acc)
+                    fe.store(st.buf.index, st.buf.dtype, off, val, p.mask)
+
+        def over(idx: int, point: Point) -> None:
+            if idx == len(outer):
+                if vec_axis is None:
+                    if not outer:  # one row: thread 0 alone
+                        work = fn.append_basic_block("one")
+                        done = fn.append_basic_block("one.done")
+                        b.cbranch(b.icmp_signed("<", lo, hi), work, done)
+                        b.position_at_end(work)
+                        walk_axis(point)
+                        b.branch(done)
+                        b.position_at_end(done)
+                        return
+                    walk_axis(point)
+                    return
+                start, stop = (lo, hi) if not outer else (c64(0), sizes[vec_axis])
+                with Loop(b, start, stop, lanes, "sv") as j:
+                    remaining = b.sub(stop, j)
+                    ids = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+                    mask = b.icmp_signed("<", ids, fe.splat(remaining, lanes))
+                    walk_axis(Point({**point.index, vec_axis: j}, vec_axis, lanes, mask))
+                return
+            a = outer[idx]
+            start, stop = (lo, hi) if idx == 0 else (c64(0), sizes[a])
+            with Loop(b, start, stop, 1, f"o{a}") as i:
+                over(idx + 1, Point({**point.index, a: i}))
+
+        over(0, Point({}))
+
+    # --------------------------------------------------------------------------------------------- scatter
+    def emit_scatter(self, k: ScatterKernel) -> ir.Function:
+        """target[lead, index(i), trail] += value(i): threads split the lead positions (or, with none, the trail
+        positions); each thread walks the index axes in order, so duplicates add up in one fixed order."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=k.name)
+        fn.linkage = "internal"
+        fe = FunctionEmitter(self, fn)
+        b = fe.b
+        dom = k.domain
+        lead = list(range(k.lead))
+        idx_axes = list(range(k.lead, k.lead + k.nidx))
+        trail = list(range(k.lead + k.nidx, len(dom)))
+        sizes = {a: fe.dim(d) for a, d in enumerate(dom)}
+        tshape = k.target.shape
+        tstrides = _rowmajor_dims(tshape)
+        dtype = k.target.dtype
+        mty = MEMORY[dtype]
+        bound = fe.dim(k.bound)
+        if lead:
+            lo, hi = fe.partition(sizes[lead[0]], 1)
+        elif trail:
+            lo, hi = fe.partition(sizes[trail[0]], 1)
+        else:
+            tid, _ = fe.threads()
+            lo, hi = c64(0), b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+        split = lead[0] if lead else (trail[0] if trail else None)
+        order = lead + idx_axes + trail
+
+        def body(point: Point) -> None:
+            memo: dict = {}
+            j = fe.value(k.index, point, memo)
+            j = b.sext(j, I64) if vmath.element_type(j.type).width < 64 else j
+            bad = b.or_(b.icmp_signed("<", j, c64(0)), b.icmp_signed(">=", j, bound))
+            fe.flag_error(bad, k.site)
+            j = b.select(bad, c64(0), j)
+            v = fe.value(k.value, point, memo)
+            off = c64(0)
+            for a in lead:
+                off = b.add(off, b.mul(point.index[a], fe.dim(tstrides[a])))
+            off = b.add(off, b.mul(j, fe.dim(tstrides[k.lead])))
+            for t, a in enumerate(trail):
+                off = b.add(off, b.mul(point.index[a], fe.dim(tstrides[k.lead + 1 + t])))
+            ptr = b.gep(fe.buf_ptr(k.target.index), [off], inbounds=True, source_etype=mty)
+            old = b.load(ptr, typ=mty)
+            b.store(fe.sc.add(old, v), ptr)
+
+        def loops(pos: int, point: Point) -> None:
+            if pos == len(order):
+                body(point)
+                return
+            a = order[pos]
+            start, stop = (lo, hi) if a == split else (c64(0), sizes[a])
+            with Loop(b, start, stop, 1, f"s{a}") as i:
+                loops(pos + 1, Point({**point.index, a: i}))
+
+        if split is None:
+            work = fn.append_basic_block("one")
+            done = fn.append_basic_block("one.done")
+            b.cbranch(b.icmp_signed("<", lo, hi), work, done)
+            b.position_at_end(work)
+            loops(0, Point({}))
+            b.branch(done)
+            b.position_at_end(done)
+        else:
+            loops(0, Point({}))
+        b.ret_void()
+        return fn
+
+    def error_word(self) -> ir.GlobalVariable:
+        """The module's i32 error code (0: none): a run-time check that fails stores its code here; the caller
+        reads and clears it after the call (`graphc_error`)."""
+        g = self.module.globals.get("graphc_error")
+        if g is None:
+            g = ir.GlobalVariable(self.module, I32, name="graphc_error")
+            g.initializer = ir.Constant(I32, 0)
+            g.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
+        return g
+
     # --------------------------------------------------------------------------------------------- gemm
     def emit_gemm(self, k: GemmKernel) -> ir.Function:
         dtype = k.a.dtype
@@ -968,9 +1298,31 @@ class ModuleEmitter:
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
-        b.call(inner, [fe.buf_ptr(k.a.index), fe.buf_ptr(k.b.index), fe.buf_ptr(c_store.buf.index),
-                       fe.dim(k.m), fe.dim(k.n), fe.dim(k.k), lda, ldb, fe.dim(k.n), fe.ws, fe.tid32, fe.nth32,
-                       fe.bufs, fe.dims])
+        ety = MEMORY[dtype]
+        ptrs = [fe.buf_ptr(k.a.index), fe.buf_ptr(k.b.index), fe.buf_ptr(c_store.buf.index)]
+
+        def call(offs) -> None:
+            a, bb, c = (p if off is None else b.gep(p, [off], inbounds=True, source_etype=ety)
+                        for p, off in zip(ptrs, offs, strict=True))
+            b.call(inner, [a, bb, c, fe.dim(k.m), fe.dim(k.n), fe.dim(k.k), lda, ldb, fe.dim(k.n), fe.ws, fe.tid32,
+                           fe.nth32, fe.bufs, fe.dims])
+
+        def batch_loop(j: int, offs) -> None:
+            """One product per batch point (each split over the threads as usual: no synchronization needed)."""
+            if j == len(k.batch):
+                call(offs)
+                return
+            with Loop(b, c64(0), fe.dim(k.batch[j]), 1, f"batch{j}") as i:
+                new = []
+                for off, st in zip(offs, (k.a_batch[j], k.b_batch[j], k.c_batch[j]), strict=True):
+                    if isinstance(st, int) and st == 0:
+                        new.append(off)
+                        continue
+                    t = b.mul(i, fe.dim(st))
+                    new.append(t if off is None else b.add(off, t))
+                batch_loop(j + 1, new)
+
+        batch_loop(0, [None, None, None])
         b.ret_void()
         return fn
 
@@ -1012,6 +1364,8 @@ class ModuleEmitter:
                 fns.append(self.emit_reduce(k))
             elif isinstance(k, GemmKernel):
                 fns.append(self.emit_gemm(k))
+            elif isinstance(k, ScatterKernel):
+                fns.append(self.emit_scatter(k))
             else:
                 raise CompileError(f"internal: unknown kernel {k}")
         self._emit_program(fns, barriers)

@@ -1,8 +1,15 @@
 """The loop-level kernel IR between the graph and LLVM: buffers, scalar expressions over loop indices, and the
-three kernel forms (elementwise loops, reductions, matrix products with epilogues).
+kernel forms (elementwise loops, reductions and scans, matrix products with epilogues, scatter-adds).
 
 Fusion decides what goes into a kernel (schedule.py); emission decides how a kernel becomes machine code
-(emit.py). This IR is what they agree on, and it prints, so either side can be read on its own."""
+(emit.py). This IR is what they agree on, and it prints, so either side can be read on its own.
+
+Addressing. A kernel runs over a loop domain with indices i0, i1, ... (`LOOP`). A load reads
+`buf[offset + sum_j strides[j] * i_j + sum_t stride_t * e_t]`: an affine part (`strides`, one per loop axis, 0 for
+a broadcast) and non-affine terms `e_t`, integer sympy expressions of the loop indices (floor division for
+dilated reads) and of gathered values (`Gather`: an index read from another expression, bounds-checked).
+A `checked` load never touches memory outside its buffer (lanes outside read 0): loads under a `Guard` (padding,
+concatenation) are checked, so a guard's value may be computed anywhere without a wild read."""
 
 from __future__ import annotations
 
@@ -13,6 +20,20 @@ import sympy
 
 from graphc.ir.node import Node
 from graphc.ir.shapes import Dim, Shape, fmt_dim, fmt_shape
+
+LOOP = tuple(sympy.Symbol(f"_i{k}", integer=True) for k in range(32))  # loop indices, outermost first
+LOOP_AXIS = {s: k for k, s in enumerate(LOOP)}
+
+
+def loop_axes(e) -> frozenset[int]:
+    """The loop axes an integer index expression depends on."""
+    if isinstance(e, int) or not hasattr(e, "free_symbols"):
+        return frozenset()
+    return frozenset(LOOP_AXIS[s] for s in e.free_symbols if s in LOOP_AXIS)
+
+
+def show_index(e) -> str:
+    return str(e).replace("_i", "i")
 
 # -------------------------------------------------------------------------------------------------- buffers
 
@@ -40,10 +61,14 @@ class Buffer:
             acc = acc * d
         return tuple(reversed(out))
 
+    def size(self) -> Dim:
+        n: Dim = 1
+        for d in self.shape:
+            n = n * d
+        return n
+
 
 # -------------------------------------------------------------------------------------------------- expressions
-# An Expr is a scalar computed at every point of a kernel's loop domain. Loads address buffers by an affine map
-# of the loop indices: offset + sum(stride[j] * i[j]); a stride of 0 is a broadcast.
 
 
 class Expr:
@@ -58,16 +83,52 @@ class Expr:
 
 
 @dataclass(frozen=True)
+class Gather:
+    """An index read from memory: `sym` in a load's terms stands for the value of `index`, which must lie in
+    [0, bound); a value outside sets the program's error code `site` and reads element 0 instead."""
+
+    sym: sympy.Symbol
+    index: Expr
+    bound: Dim
+    site: int
+
+
+@dataclass(frozen=True)
 class Load(Expr):
     buf: Buffer
     strides: tuple[Dim, ...]  # one per loop axis of the kernel's domain
     dtype: str
+    offset: Dim = 0
+    terms: tuple[tuple[Any, Dim], ...] = ()  # (integer expression of loop indices and gathered values, stride)
+    gathers: tuple[Gather, ...] = ()
+    checked: bool = False
+
+    @property
+    def affine(self) -> bool:
+        """A plain strided read: no non-affine terms, no bounds masking."""
+        return not self.terms and not self.checked
 
     def axes(self) -> frozenset[int]:
-        return frozenset(j for j, s in enumerate(self.strides) if not (isinstance(s, int) and s == 0))
+        out = frozenset(j for j, s in enumerate(self.strides) if not (isinstance(s, int) and s == 0))
+        for e, _ in self.terms:
+            out |= loop_axes(e)
+        for g in self.gathers:
+            out |= g.index.axes()
+        return out
+
+    def children(self) -> tuple[Expr, ...]:
+        return tuple(g.index for g in self.gathers)
 
     def __repr__(self) -> str:
-        return f"{self.buf!r}[{','.join(fmt_dim(s) for s in self.strides)}]"
+        parts = [fmt_dim(s) for s in self.strides]
+        extra = ""
+        if not (isinstance(self.offset, int) and self.offset == 0):
+            extra += f" +{fmt_dim(self.offset)}"
+        for e, s in self.terms:
+            extra += f" +{fmt_dim(s)}*({show_index(e)})"
+        for g in self.gathers:
+            extra += f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}"
+        return f"{self.buf!r}[{','.join(parts)}{extra}]" + ("?" if self.checked else "")
 
 
 @dataclass(frozen=True)
@@ -98,24 +159,35 @@ class DimValue(Expr):
 
 @dataclass(frozen=True)
 class Index(Expr):
-    """The loop index along `axis`, as an integer of `dtype` (iota)."""
+    """An integer expression of the loop indices (iota, a flat element number), as a value of `dtype`."""
 
-    axis: int
+    expr: Any
     dtype: str
 
     def axes(self) -> frozenset[int]:
-        return frozenset({self.axis})
+        return loop_axes(self.expr)
 
     def __repr__(self) -> str:
-        return f"i{self.axis}"
+        return f"idx({show_index(self.expr)})"
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A scalar function given by a sympy expression over `syms` (what an elementwise op lowers to)."""
+
+    name: str
+    expr: sympy.Expr
+    syms: tuple[sympy.Symbol, ...]
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
 class Apply(Expr):
-    """An elementwise op (its sympy formula is emitted) applied to argument expressions."""
+    """A formula applied to argument expressions."""
 
-    op: Any
-    attrs: tuple[tuple[str, Any], ...]
+    fn: Formula
     args: tuple[Expr, ...]
     dtype: str
 
@@ -129,32 +201,48 @@ class Apply(Expr):
         return self.args
 
     def __repr__(self) -> str:
-        attrs = "".join(f"[{k}={v}]" for k, v in self.attrs if k != "dtype")
-        return f"{self.op.name}{attrs}({', '.join(map(repr, self.args))})"
+        return f"{self.fn.name}({', '.join(map(repr, self.args))})"
 
 
 @dataclass(frozen=True)
-class Dropout(Expr):
-    """x * mask / keep where mask hashes (key, salt, flat index); flat = sum(flat_strides[j] * i[j]). The keep
-    probability is `keep_prob`, or the value of `keep` (a float32 scalar expression) when that is given."""
+class Convert(Expr):
+    """A value converted to `dtype` with numpy's astype semantics."""
 
     x: Expr
-    key: Expr
-    salt: int
-    keep_prob: float | None
-    flat_strides: tuple[Dim, ...]
     dtype: str
-    keep: Expr | None = None
 
     def axes(self) -> frozenset[int]:
-        own = frozenset(j for j, s in enumerate(self.flat_strides) if not (isinstance(s, int) and s == 0))
-        return own | self.x.axes() | self.key.axes() | (self.keep.axes() if self.keep is not None else frozenset())
+        return self.x.axes()
 
     def children(self) -> tuple[Expr, ...]:
-        return (self.x, self.key) if self.keep is None else (self.x, self.key, self.keep)
+        return (self.x,)
 
     def __repr__(self) -> str:
-        return f"dropout[keep={self.keep_prob} salt={self.salt}]({self.x!r})"
+        return f"{self.dtype}({self.x!r})"
+
+
+@dataclass(frozen=True)
+class Guard(Expr):
+    """`value` where every condition (integer relations of the loop indices) holds, else `otherwise`:
+    padding, concatenation, dilation."""
+
+    conds: tuple[Any, ...]
+    value: Expr
+    otherwise: Expr
+    dtype: str
+
+    def axes(self) -> frozenset[int]:
+        out = self.value.axes() | self.otherwise.axes()
+        for c in self.conds:
+            out |= loop_axes(c)
+        return out
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.value, self.otherwise)
+
+    def __repr__(self) -> str:
+        conds = " & ".join(show_index(c) for c in self.conds)
+        return f"({self.value!r} if {conds} else {self.otherwise!r})"
 
 
 @dataclass(frozen=True)
@@ -209,20 +297,36 @@ class LoopKernel(Kernel):
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """How a reduction combines: `combine` is a formula of (accumulated, next) and `identity` the value an empty
+    (or masked) position contributes (0.0, or -inf / inf: for integers the dtype's smallest / largest value)."""
+
+    label: str
+    combine: Formula
+    identity: float
+
+
 @dataclass(eq=False)
 class ReduceKernel(Kernel):
     """acc[kept] = reduce_{axes} body(i); then each epilogue store (over the kept positions, reading `Acc`).
 
-    The output positions are the domain with the reduced axes dropped (row-major)."""
+    The output positions are the domain with the reduced axes dropped (row-major). A *scan* (one axis) stores the
+    running value at every point of that axis instead (output shaped like the domain), from its end when
+    `reverse`."""
 
     domain: Shape = ()
     axes: tuple[int, ...] = ()
-    op: str = "sum"  # "sum" or "max"
+    reduction: Reduction | None = None
     body: Expr | None = None
     stores: list[Store] = field(default_factory=list)  # expressions over Acc and loads in the kept space
+    scan: bool = False
+    reverse: bool = False
 
     @property
     def kept(self) -> tuple[int, ...]:
+        if self.scan:
+            return tuple(range(len(self.domain)))
         return tuple(a for a in range(len(self.domain)) if a not in self.axes)
 
     @property
@@ -230,7 +334,9 @@ class ReduceKernel(Kernel):
         return [s.buf for s in self.stores]
 
     def __str__(self) -> str:
-        lines = [f"{self.name}: {self.op} over axes {self.axes} of {fmt_shape(self.domain)} of {self.body!r}"]
+        what = ("reverse " if self.reverse else "") + ("scan" if self.scan else "reduce")
+        lines = [f"{self.name}: {self.reduction.label} {what} over axes {self.axes} of {fmt_shape(self.domain)} "
+                 f"of {self.body!r}"]
         lines += [f"  {s.buf!r} = {s.value!r}" for s in self.stores]
         return "\n".join(lines)
 
@@ -238,7 +344,8 @@ class ReduceKernel(Kernel):
 @dataclass(eq=False)
 class GemmKernel(Kernel):
     """acc = op(A) @ op(B) (M x K times K x N); each epilogue store is an expression of Acc and loads over the
-    (M, N) domain. When the product itself is needed, one store is `Acc` alone."""
+    (M, N) domain. When the product itself is needed, one store is `Acc` alone. With `batch` dims the product runs
+    once per batch point, the operands and the output advanced by their batch strides (0: broadcast)."""
 
     a: Buffer | None = None
     b: Buffer | None = None
@@ -250,6 +357,10 @@ class GemmKernel(Kernel):
     lda: Dim = 1  # row strides of the stored operands (a reshape view may differ from its storage's shape)
     ldb: Dim = 1
     stores: list[Store] = field(default_factory=list)
+    batch: Shape = ()
+    a_batch: tuple[Dim, ...] = ()  # element strides per batch dim
+    b_batch: tuple[Dim, ...] = ()
+    c_batch: tuple[Dim, ...] = ()
 
     @property
     def writes(self) -> list[Buffer]:
@@ -258,14 +369,42 @@ class GemmKernel(Kernel):
     def __str__(self) -> str:
         ta = "ᵀ" if self.ta else ""
         tb = "ᵀ" if self.tb else ""
-        lines = [f"{self.name}: gemm {fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
+        batch = f"{fmt_shape(self.batch)} x " if self.batch else ""
+        lines = [f"{self.name}: gemm {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
                  f"acc = {self.a!r}{ta} @ {self.b!r}{tb}"]
         lines += [f"  {s.buf!r} = {s.value!r}" for s in self.stores]
         return "\n".join(lines)
 
 
-def walk(expr: Expr):
-    """Every sub-expression once, children before parents (iteratively)."""
+@dataclass(eq=False)
+class ScatterKernel(Kernel):
+    """target[.., index(i), ..] += value(i) for every point i of `domain` (the updates' shape), in place.
+
+    The domain is (lead axes, index axes, trail axes): lead and trail axes address the target directly, the
+    index axes through `index`. Threads split the lead and trail positions; each walks the index axes in
+    order, so duplicate indices accumulate in one fixed order on any thread count."""
+
+    domain: Shape = ()
+    target: Buffer | None = None
+    lead: int = 0
+    nidx: int = 1
+    index: Expr | None = None
+    value: Expr | None = None
+    bound: Dim = 1
+    site: int = 0
+
+    @property
+    def writes(self) -> list[Buffer]:
+        return [self.target]
+
+    def __str__(self) -> str:
+        return (f"{self.name}: scatter-add over {fmt_shape(self.domain)} into {self.target!r} axis {self.lead} "
+                f"at {self.index!r} (< {fmt_dim(self.bound)}) of {self.value!r}")
+
+
+def walk(expr: Expr, into_guards: bool = True):
+    """Every sub-expression once, children before parents (iteratively). With `into_guards` False the values
+    under a Guard are not visited (they are computed only where the guard holds)."""
     seen: set[int] = set()
     stack: list[tuple[Expr, bool]] = [(expr, False)]
     while stack:
@@ -277,5 +416,27 @@ def walk(expr: Expr):
             continue
         seen.add(id(e))
         stack.append((e, True))
+        if not into_guards and isinstance(e, Guard):
+            continue
         for c in reversed(e.children()):
             stack.append((c, False))
+
+
+def rebuild(e: Expr, fn) -> Expr:
+    """e with every sub-expression x replaced by fn(x, rebuilt children) (children first, shared ones once)."""
+    from dataclasses import replace
+
+    memo: dict[int, Expr] = {}
+    for x in walk(e):
+        if isinstance(x, Apply):
+            y = replace(x, args=tuple(memo[id(a)] for a in x.args))
+        elif isinstance(x, Convert):
+            y = replace(x, x=memo[id(x.x)])
+        elif isinstance(x, Guard):
+            y = replace(x, value=memo[id(x.value)], otherwise=memo[id(x.otherwise)])
+        elif isinstance(x, Load) and x.gathers:
+            y = replace(x, gathers=tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers))
+        else:
+            y = x
+        memo[id(x)] = fn(y)
+    return memo[id(e)]

@@ -1,46 +1,58 @@
 """Scheduling: group a lowered graph's nodes into kernels.
 
-Which nodes get a buffer (are *materialized*) decides the fusion: matrix products, reductions and outputs
+Which nodes get a buffer (are *materialized*) decides the fusion: reductions, contractions, scatters and outputs
 always do; an elementwise node does when several kernels would otherwise recompute something expensive, when
-it is broadcast into a bigger kernel and is costly, or when a matrix product needs it as an operand.
-Everything else is inlined into the kernels that read it, through index maps (broadcasts, transposes and
-size-1 reshapes are strides, not copies). Then elementwise kernels that read a matrix product's result
-element for element become that product's epilogue (bias, activation, the activation's derivative)."""
+it is broadcast into a bigger kernel and is costly, or when an op needs it in memory (a matrix product's
+operand, a regrouping reshape). Everything else is inlined into the kernels that read it: each op says what its
+value is at a point of the loop nest (`Op.lower`, through the `Lowering` context below), so broadcasts,
+transposes, slices, pads and gathers become index expressions, not copies. Then elementwise kernels that read a
+matrix product's result element for element become that product's epilogue (bias, activation, the activation's
+derivative).
+
+The scheduler never looks at an op's name: what it knows of an op is its kind, its cost, and its rules."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import sympy
 
 from graphc.codegen.kernels import (
+    LOOP,
     Acc,
     Apply,
     Buffer,
     Const,
+    Convert,
     DimValue,
-    Dropout,
     Expr,
+    Formula,
+    Gather,
     GemmKernel,
+    Guard,
     Index,
     Kernel,
     Load,
     LoopKernel,
     ReduceKernel,
+    Reduction,
+    ScatterKernel,
     Store,
+    loop_axes,
+    rebuild,
     walk,
 )
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph
+from graphc.ir.lowering import ACC, NEXT, floordiv
 from graphc.ir.node import Node, topo_order, users
 from graphc.ir.shapes import Dim, Shape, free_symbols
-from graphc.ops.pointwise import ElementwiseOp
 
-AxisMap = tuple[int | None, ...]  # for each axis of a node: the kernel loop axis it follows, or None (index 0)
+AxisMap = tuple  # for each axis of a node: its index as an integer expression of the loop indices (0: broadcast)
 
-EXPENSIVE = {"exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus", "erf", "pow", "powc", "sqrt", "div"}
 MAX_INLINE_DEPTH = 48
+EXPENSIVE = 8  # an op this costly is computed once (materialized) when several kernels read it
 
 
 @dataclass
@@ -54,6 +66,11 @@ class Program:
     outputs: list[Buffer]  # one per graph.outputs (may repeat)
     symbols: list[sympy.Symbol]  # run-time dims, in the order the native code reads them
     consts: dict[int, np.ndarray] = field(default_factory=dict)  # const buffer index -> data
+    checks: list[str] = field(default_factory=list)  # error code k+1: what the run-time check k found
+
+    @property
+    def summary(self) -> str:
+        return f"{len(self.kernels)} kernels, {len(self.buffers)} buffers"
 
     def __str__(self) -> str:
         lines = []
@@ -64,11 +81,19 @@ class Program:
         return "\n".join(lines)
 
 
+def _norm(d):
+    """A dim or index coefficient as a Python int when it is one."""
+    if isinstance(d, (int, np.integer)):
+        return int(d)
+    d = sympy.sympify(d)
+    return int(d) if d.is_Integer else d
+
+
 def _rowmajor(shape: Shape) -> tuple[Dim, ...]:
     out: list[Dim] = []
     acc: Dim = 1
     for d in reversed(shape):
-        out.append(acc)
+        out.append(_norm(acc))
         acc = acc * d
     return tuple(reversed(out))
 
@@ -77,17 +102,126 @@ def _is_one(d: Dim) -> bool:
     return isinstance(d, int) and d == 1
 
 
-def _squeeze_map(src: Shape, dst: Shape) -> list[int | None] | None:
-    """For a reshape that only adds or drops size-1 dims: for each src axis, the dst axis it equals (or None
-    for a dropped 1). None when the reshape really regroups elements."""
-    a = [i for i, d in enumerate(src) if not _is_one(d)]
-    b = [i for i, d in enumerate(dst) if not _is_one(d)]
-    if len(a) != len(b) or any(src[i] != dst[j] for i, j in zip(a, b, strict=True)):
-        return None
-    out: list[int | None] = [None] * len(src)
-    for i, j in zip(a, b, strict=True):
-        out[i] = j
-    return out
+def split_affine(e) -> tuple[dict[int, Dim], Dim] | None:
+    """e = const + sum_j coeff_j * i_j with coefficients free of loop indices: ({j: coeff_j}, const); None when
+    e is not affine in the loop indices (a floor division, a product of indices, a gathered value)."""
+    e = sympy.expand(sympy.sympify(e))
+    coeffs: dict[int, Dim] = {}
+    const: Dim = 0
+    for t in sympy.Add.make_args(e):
+        axes = loop_axes(t)
+        if not axes:
+            if t.free_symbols - free_symbols_of_dims(t):
+                return None  # a gathered value
+            const = const + t
+            continue
+        if len(axes) > 1:
+            return None
+        (j,) = axes
+        c, rest = t.as_independent(LOOP[j], as_Add=False)
+        if rest != LOOP[j] or c.free_symbols - free_symbols_of_dims(c):
+            return None
+        coeffs[j] = _norm(coeffs.get(j, 0) + c)
+    return coeffs, _norm(const)
+
+
+def free_symbols_of_dims(e) -> set:
+    """The dim symbols (positive integers, e.g. N) in e."""
+    return {s for s in e.free_symbols if s.is_positive}
+
+
+class Lowering:
+    """What an op sees while it lowers one node at one point of a kernel's loop nest.
+
+    `out` holds the node's index along each of its axes as an integer expression of the loop indices. The
+    methods give the node's inputs at index expressions (`input`, `at`, `flat`), formulas over values
+    (`formula`, `convert`), constants and indices, guards (`guard`, `in_range`) and gathered indices (`gather`).
+    Values are kernel-IR expressions the op passes around without looking inside."""
+
+    def __init__(self, sched: Scheduler, node: Node, amap: AxisMap):
+        self.sched, self.node, self.out = sched, node, amap
+
+    # inputs
+    def input(self, k: int) -> Expr:
+        """Input k broadcast numpy-style to this node's shape (trailing axes aligned, size-1 axes read at 0)."""
+        x = self.node.inputs[k]
+        off = self.node.ndim - x.ndim
+        return self.sched.expr(x, tuple(0 if _is_one(x.shape[a]) else self.out[a + off] for a in range(x.ndim)))
+
+    def at(self, k: int, index) -> Expr:
+        """Input k at the given index expressions (one per axis of the input)."""
+        x = self.node.inputs[k]
+        assert len(index) == x.ndim, (self.node.op.name, index, x.shape)
+        return self.sched.expr(x, tuple(_norm(sympy.expand(i)) for i in index))
+
+    def flat(self, k: int) -> Expr:
+        """Input k's storage (row-major) read at this node's row-major position: a regrouping reshape."""
+        return self.sched.storage_load(self.node.inputs[k], self.node.shape, self.out)
+
+    # values
+    def formula(self, name: str, expr: sympy.Expr, syms, args, dtype: str) -> Expr:
+        return Apply(Formula(name, expr, tuple(syms)), tuple(args), dtype)
+
+    def convert(self, x: Expr, dtype: str) -> Expr:
+        return x if x.dtype == dtype else Convert(x, dtype)
+
+    def const(self, value, dtype: str) -> Expr:
+        return Const(value, dtype)
+
+    def constant(self, array: np.ndarray, dtype: str) -> Expr:
+        if array.size == 1:
+            return Const(array.reshape(()).item(), dtype)
+        return self.sched._load(self.node, self.sched._const_buffer(self.node), self.out)
+
+    def index(self, expr, dtype: str) -> Expr:
+        return Index(_norm(expr), dtype)
+
+    def flat_index(self, dtype: str = "int64") -> Expr:
+        """This point's row-major position in the node's shape."""
+        return Index(_norm(sympy.expand(sum(s * a for s, a in zip(_rowmajor(self.node.shape), self.out,
+                                                                        strict=True)))), dtype)
+
+    def dim(self, expr, dtype: str) -> Expr:
+        return DimValue(expr, dtype)
+
+    # guards and gathers
+    def in_range(self, index, shape) -> tuple:
+        """Conditions that each index lies in [0, dim) (and is whole: dilation's floor divisions leave no rest)."""
+        conds = []
+        for i, d in zip(index, shape, strict=True):
+            i = sympy.sympify(i)
+            num, den = _floor_parts(i)
+            if den is not None:
+                conds.append(sympy.Eq(sympy.Mod(num, den), 0))
+            if i.is_number:
+                if not (0 <= int(i) and (not isinstance(d, int) or int(i) < d)):
+                    conds.append(sympy.false)
+                continue
+            conds.append(i >= 0)
+            conds.append(i < d)
+        return tuple(c for c in conds if c is not sympy.true)
+
+    def guard(self, conds, value: Expr, otherwise: Expr) -> Expr:
+        """`value` where all `conds` hold, else `otherwise`; loads in `value` never read outside their buffers."""
+        conds = tuple(c for c in conds if c is not sympy.true)
+        if not conds:
+            return value
+        if any(c is sympy.false for c in conds):
+            return otherwise
+        checked = rebuild(value, lambda x: replace(x, checked=True) if isinstance(x, Load) else x)
+        return Guard(conds, checked, otherwise, value.dtype)
+
+    def gather(self, k: int, index, bound: Dim) -> sympy.Symbol:
+        """A symbol standing for the value of input k (integers) at `index`, which must lie in [0, bound): use it
+        in index expressions passed to `at`."""
+        return self.sched.gather(self.at(k, index), bound, self.node)
+
+
+def _floor_parts(e):
+    """(numerator, denominator) when e is floordiv(numerator, denominator), else (e, None)."""
+    if isinstance(e, floordiv):
+        return e.args[0], int(e.args[1])
+    return e, None
 
 
 class Scheduler:
@@ -104,7 +238,8 @@ class Scheduler:
         self.fused: list[Node] = []
         self.fused_ids: set[int] = set()
         self.mat: set[int] = set()
-        self.ndomain = 0
+        self.gathers: dict[sympy.Symbol, Gather] = {}
+        self.checks: list[str] = []
 
     # ------------------------------------------------------------------ buffers
     def new_buffer(self, label: str, shape: Shape, dtype: str, kind: str, node: Node | None) -> Buffer:
@@ -116,32 +251,32 @@ class Scheduler:
         return n.name or f"{n.op.name}{self.position[id(n)]}"
 
     # ------------------------------------------------------------------ materialization
+    def _own_kernel(self, n: Node) -> bool:
+        return n.op.kind in ("reduce", "contract", "scatter")
+
     def decide(self) -> set[int]:
-        mat: set[int] = {id(o) for o in self.graph.outputs if o.op.name not in ("input", "param")}
+        mat: set[int] = {id(o) for o in self.graph.outputs if not o.op.leaf}
         cost: dict[int, int] = {}
         depth: dict[int, int] = {}
         for n in self.order:
-            kind = n.op.kind
-            if kind in ("reduce", "contract"):
+            if self._own_kernel(n):
                 mat.add(id(n))
-            if kind == "contract":
-                for x in n.inputs:
-                    if not _in_memory(x, mat):
-                        mat.add(id(x))
-            if n.op.name == "reshape" and _squeeze_map(n.inputs[0].shape, n.shape) is None:
-                if not _in_memory(n.inputs[0], mat):
-                    mat.add(id(n.inputs[0]))
+            if n.op.kind in ("source",) or n.op.leaf:
+                continue
+            for k in n.op.needs_memory(n):
+                x = n.inputs[k]
+                if not self._in_memory(x, mat):
+                    mat.add(id(self._storage_node(x)))
         # costs and depths of inline regions, deciding on the way who must be materialized
         for n in self.order:
             if n.op.kind == "source" or id(n) in mat:
                 cost[id(n)], depth[id(n)] = 0, 0
                 continue
-            own = 8 if n.op.name in EXPENSIVE else 1
-            c = own + sum(cost[id(i)] for i in n.inputs)
+            c = n.op.cost + sum(cost[id(i)] for i in n.inputs)
             d = 1 + max((depth[id(i)] for i in n.inputs), default=0)
             readers = self.users[id(n)]
             bigger = any(self._size_gt(u.shape, n.shape) for u in readers if u.op.kind != "reduce")
-            if d > MAX_INLINE_DEPTH or (c >= 8 and (len(readers) > 1 or bigger)):
+            if d > MAX_INLINE_DEPTH or (c >= EXPENSIVE and (len(readers) > 1 or bigger)):
                 mat.add(id(n))
                 c, d = 0, 0
             cost[id(n)], depth[id(n)] = c, d
@@ -151,6 +286,18 @@ class Scheduler:
     def _size_gt(a: Shape, b: Shape) -> bool:
         return len(a) > len(b) or any(not _is_one(x) and _is_one(y) for x, y in zip(a[::-1], b[::-1], strict=False))
 
+    def _storage_node(self, x: Node) -> Node:
+        """The node whose buffer holds x's elements in row-major order (following views such as reshapes)."""
+        while x.op.is_view(x) and id(x) not in self.mat and id(x) not in self.buf_of:
+            x = x.inputs[0]
+        return x
+
+    def _in_memory(self, x: Node, mat: set[int]) -> bool:
+        """Whether x will sit in memory as a row-major array: a leaf, a materialized node, or a view of one."""
+        while x.op.is_view(x) and id(x) not in mat:
+            x = x.inputs[0]
+        arr = x.op.constant_array(x)
+        return x.op.leaf or id(x) in mat or (arr is not None and arr.size > 1)
 
     # ------------------------------------------------------------------ expressions
     def expr(self, n: Node, amap: AxisMap) -> Expr:
@@ -164,91 +311,75 @@ class Scheduler:
                 self.fused.append(n)
         return e
 
-    def _load(self, n: Node, buf: Buffer, amap: AxisMap, ndomain: int) -> Load:
-        strides: list[Dim] = [0] * ndomain
-        for k, s in zip(amap, _rowmajor(n.shape), strict=True):
-            if k is not None:
-                strides[k] = strides[k] + s
-        return Load(buf, tuple(strides), buf.dtype)
+    def _load(self, n: Node, buf: Buffer, amap: AxisMap) -> Load:
+        """A load of n's elements (stored row-major in buf) at the index expressions amap."""
+        return self._load_flat(buf, n.dtype, list(zip(_rowmajor(n.shape), amap, strict=True)))
+
+    def _load_flat(self, buf: Buffer, dtype: str, parts) -> Load:
+        """buf read at sum(stride * index) over parts [(stride, index expression)]."""
+        strides: list[Dim] = [0] * len(LOOP)
+        offset: Dim = 0
+        terms: list = []
+        for s, a in parts:
+            aff = split_affine(a)
+            if aff is None:
+                terms.append((a, s))
+                continue
+            coeffs, const = aff
+            offset = offset + s * const
+            for j, c in coeffs.items():
+                strides[j] = strides[j] + s * c
+        used = [sym for e, _ in terms for sym in sympy.sympify(e).free_symbols if sym in self.gathers]
+        gathers = tuple(self.gathers[sym] for sym in dict.fromkeys(used))
+        return Load(buf, tuple(_norm(s) for s in strides[:self.ndomain]), buf.dtype, _norm(offset), tuple(terms),
+                    gathers)
+
+    def storage_load(self, x: Node, shape: Shape, amap: AxisMap) -> Load:
+        """x's storage read at the row-major position `amap` of `shape` (a reshape of x to `shape`)."""
+        buf = self._storage(x)
+        flat = sympy.expand(sum(s * a for s, a in zip(_rowmajor(shape), amap, strict=True)))
+        return self._load_flat(buf, x.dtype, [(1, flat)])
+
+    def gather(self, index: Expr, bound: Dim, node: Node) -> sympy.Symbol:
+        sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
+        site = len(self.checks)
+        self.checks.append(f"{node.op.name} ({node.type_str}) at {node.source.where()}: an index is out of range "
+                           f"[0, {bound})")
+        self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)
+        return sym
 
     def _expr(self, n: Node, amap: AxisMap) -> Expr:
-        nd = self.ndomain
         buf = self.buf_of.get(id(n))
         if buf is not None:
-            return self._load(n, buf, amap, nd)
-        op = n.op
-        name = op.name
-        if name == "constant":
-            arr = n.attrs["value"].array
-            if arr.size == 1:
-                return Const(arr.reshape(()).item(), n.dtype)
-            return self._load(n, self._const_buffer(n), amap, nd)
-        if name == "iota":
-            return Index(amap[0], n.dtype) if amap[0] is not None else Const(0, n.dtype)
-        if name == "dim":
-            return DimValue(n.attrs["expr"], n.dtype)
-        if name in ("stop_gradient",):
-            return self.expr(n.inputs[0], amap)
-        if name == "broadcast_to" or name == "broadcast_like":
-            x = n.inputs[0]
-            off = n.ndim - x.ndim
-            sub = tuple(None if _is_one(x.shape[k]) else amap[k + off] for k in range(x.ndim))
-            return self.expr(x, sub)
-        if name == "transpose":
-            perm = n.attrs["perm"]
-            sub: list[int | None] = [None] * n.ndim
-            for k, p in enumerate(perm):
-                sub[p] = amap[k]
-            return self.expr(n.inputs[0], tuple(sub))
-        if name == "reshape":
-            x = n.inputs[0]
-            sq = _squeeze_map(x.shape, n.shape)
-            if sq is not None:
-                return self.expr(x, tuple(None if j is None else amap[j] for j in sq))
-            xb = self._storage(x)
-            return self._load(n, xb, amap, nd)
-        if name == "dropout":
-            x, key = n.inputs[:2]
-            flat: list[Dim] = [0] * nd
-            for k, s in zip(amap, _rowmajor(n.shape), strict=True):
-                if k is not None:
-                    flat[k] = flat[k] + s
-            keep = self.expr(n.inputs[2], ()) if len(n.inputs) == 3 else None
-            return Dropout(self.expr(x, amap), self.expr(key, ()), n.attrs["salt"], n.attrs.get("keep_prob"),
-                           tuple(flat), n.dtype, keep)
-        if isinstance(op, ElementwiseOp):
-            args = []
-            for pos, x in enumerate(n.inputs):
-                if pos in op.shape_inputs:  # read for its shape only: not an argument of the formula
-                    continue
-                off = n.ndim - x.ndim
-                sub = tuple(None if _is_one(x.shape[k]) else amap[k + off] for k in range(x.ndim))
-                args.append(self.expr(x, sub))
-            attrs = tuple(sorted((k, v) for k, v in n.attrs.items()))
-            return Apply(op, attrs, tuple(args), n.dtype)
-        raise CompileError(f"cannot inline {name} ({n.type_str}) at {n.source.where()} into a kernel")
+            return self._load(n, buf, amap)
+        if n.op.leaf:
+            raise CompileError(f"internal: {n.op.name} {n.name!r} has no buffer")
+        return n.op.lower(n, Lowering(self, n, amap))
 
     def _const_buffer(self, n: Node) -> Buffer:
         b = self.buf_of.get(id(n))
         if b is None:
             b = self.new_buffer(f"const{len(self.consts)}", n.shape, n.dtype, "const", n)
-            self.consts[b.index] = np.ascontiguousarray(n.attrs["value"].array)
+            self.consts[b.index] = np.ascontiguousarray(n.op.constant_array(n))
             self.buf_of[id(n)] = b
         return b
 
     def _storage(self, x: Node) -> Buffer:
-        """The buffer holding x's elements in row-major order (following reshape views)."""
-        while x.op.name == "reshape" and id(x) not in self.buf_of:
+        """The buffer holding x's elements in row-major order (following views)."""
+        while x.op.is_view(x) and id(x) not in self.buf_of:
             x = x.inputs[0]
-        if x.op.name == "constant":
+        if x.op.constant_array(x) is not None:
             return self._const_buffer(x)
         b = self.buf_of.get(id(x))
         if b is None:
             raise CompileError(f"internal: {x.op.name} at {x.source.where()} was expected in memory")
         return b
 
+    def _identity_map(self, shape: Shape) -> AxisMap:
+        return tuple(0 if _is_one(d) else LOOP[k] for k, d in enumerate(shape))
+
     # ------------------------------------------------------------------ kernels
-    def build(self, updates: dict[int, int] | None = None) -> Program:
+    def build(self, updates: dict[int, int] | None = None, fuse: bool = True) -> Program:
         """`updates` maps an output position to a signature position: that output is written in place into the
         input's own buffer (a parameter update), after every kernel that reads the old value."""
         g = self.graph
@@ -269,7 +400,7 @@ class Scheduler:
                 if o is leaf:
                     outputs.append(target)
                     continue
-                if id(o) in out_ids or o.op.name in ("input", "param"):
+                if id(o) in out_ids or o.op.leaf:
                     raise CompileError(f"the new value of {leaf.name!r} must be computed, and not also be "
                                        "another output or update")
                 in_place.add(target.index)
@@ -288,14 +419,14 @@ class Scheduler:
             b = self.new_buffer(f"out{len(out_ids)}", o.shape, o.dtype, "output", o)
             out_ids[id(o)] = b
             outputs.append(b)
-        # an output that only reshapes a computed value takes that value's storage: no copy kernel
+        # an output that only views a computed value takes that value's storage: no copy kernel
         aliased: set[int] = set()
         for o in g.outputs:
             b = out_ids.get(id(o))
-            if b is None or b.kind != "output" or o.op.name != "reshape":
+            if b is None or b.kind != "output" or not o.op.is_view(o):
                 continue
             src = o.inputs[0]
-            if (id(src) in self.mat and id(src) not in out_ids and src.op.kind in ("reduce", "contract", "elementwise")
+            if (id(src) in self.mat and id(src) not in out_ids and src.op.kind != "source" and not src.op.leaf
                     and all(u is o for u in self.users[id(src)])):
                 out_ids[id(src)] = b
                 aliased.add(id(o))
@@ -305,23 +436,25 @@ class Scheduler:
                 continue
             if id(n) not in self.mat and id(n) not in out_ids:
                 continue
-            if n.op.name in ("input", "param") and id(n) not in out_ids:
+            if n.op.leaf and id(n) not in out_ids:
                 continue
             buf = out_ids.get(id(n)) or self.new_buffer(self.label(n), n.shape, n.dtype, "temp", n)
             self._kernel_for(n, buf)
-            if n.op.name not in ("input", "param"):  # an output that is a leaf is a copy; the leaf stays
+            if not n.op.leaf:  # an output that is a leaf is a copy; the leaf stays
                 self.buf_of[id(n)] = buf
         for target, o in copies:
             src = self.buf_of[id(o)]
-            load = Load(src, _rowmajor(o.shape), src.dtype)
+            self.ndomain = o.ndim
+            load = self._load(o, src, self._identity_map(o.shape))
             self.kernels.append(LoopKernel(f"k{len(self.kernels)}_update_{target.label}", reads=[src], nodes=[],
                                            domain=o.shape, stores=[Store(target, load)]))
         _after_readers(self.kernels, in_place)
-        fuse_epilogues(self.kernels)
+        if fuse:
+            fuse_epilogues(self.kernels)
         symbols = sorted(set().union(*(free_symbols(b.shape) for b in self.buffers)) if self.buffers else set(),
                          key=str)
         inputs = [self.buf_of[id(leaf)] for leaf in g.inputs]
-        return Program(g, self.buffers, self.kernels, inputs, outputs, symbols, self.consts)
+        return Program(g, self.buffers, self.kernels, inputs, outputs, symbols, self.consts, self.checks)
 
     def _kernel_for(self, n: Node, buf: Buffer) -> None:
         self.fused, self.fused_ids = [], set()
@@ -331,43 +464,88 @@ class Scheduler:
 
     def _make_kernel(self, n: Node, buf: Buffer) -> None:
         name = f"k{len(self.kernels)}_{n.op.name}"
-        if n.op.kind == "contract":
-            a, b = n.inputs
-            ta, tb = n.attrs["ta"], n.attrs["tb"]
-            m, nn = n.shape
-            k = a.shape[0] if ta else a.shape[1]
-            kern = GemmKernel(name, a=self._storage(a), b=self._storage(b), ta=ta, tb=tb, m=m, n=nn, k=k,
-                              lda=a.shape[1], ldb=b.shape[1], stores=[Store(buf, Acc(n.dtype))])
-            kern.reads = [kern.a, kern.b]
-            self.kernels.append(kern)
+        kind = n.op.kind
+        if kind == "contract":
+            self._contract(n, buf, name)
             return
-        if n.op.kind == "reduce":
-            x = n.inputs[0]
-            self.ndomain = x.ndim
-            self.exprs = {}
-            body = self.expr(x, tuple(range(x.ndim)))
-            kern = ReduceKernel(name, domain=x.shape, axes=n.attrs["axes"], op=n.op.name, body=body,
-                                stores=[Store(buf, Acc(n.dtype))])
-            kern.reads = _loads(body)
-            self.kernels.append(kern)
+        if kind == "reduce":
+            self._reduce(n, buf, name)
+            return
+        if kind == "scatter":
+            self._scatter(n, buf, name)
             return
         self.ndomain = n.ndim
         self.exprs = {}
         # a node defined here is computed, not loaded from the buffer it is about to fill (leaves are copied)
-        was = self.buf_of.pop(id(n), None) if n.op.kind != "source" else None
-        value = self.expr(n, tuple(range(n.ndim)))
+        was = self.buf_of.pop(id(n), None) if not n.op.leaf else None
+        value = self.expr(n, self._identity_map(n.shape))
         if was is not None:
             self.buf_of[id(n)] = was
         kern = LoopKernel(name, domain=n.shape, stores=[Store(buf, value)])
         kern.reads = _loads(value)
         self.kernels.append(kern)
 
+    def _reduce(self, n: Node, buf: Buffer, name: str) -> None:
+        rule = n.op.reduce_rule(n)
+        (x,) = n.inputs[:1]
+        self.ndomain = x.ndim
+        self.exprs = {}
+        body = self.expr(x, self._identity_map(x.shape))
+        if rule.scan and len(rule.axes) != 1:
+            raise CompileError(f"internal: {n.op.name} scans over {rule.axes}; a scan runs over one axis")
+        combine = Formula(rule.label, rule.combine, (ACC, NEXT))
+        kern = ReduceKernel(name, domain=x.shape, axes=tuple(rule.axes),
+                            reduction=Reduction(rule.label, combine, float(rule.identity)), body=body,
+                            stores=[Store(buf, Acc(n.dtype))], scan=rule.scan, reverse=rule.reverse)
+        kern.reads = _loads(body)
+        self.kernels.append(kern)
 
-def _in_memory(x: Node, mat: set[int]) -> bool:
-    """Whether x will sit in memory as a row-major array: a leaf, a materialized node, or a reshape of one."""
-    while x.op.name == "reshape":
-        x = x.inputs[0]
-    return x.op.name in ("input", "param") or id(x) in mat or (x.op.name == "constant" and x.shape != ())
+    def _contract(self, n: Node, buf: Buffer, name: str) -> None:
+        rule = n.op.contract_rule(n)
+        a, b = n.inputs
+        ta, tb = rule.ta, rule.tb
+        m, nn = n.shape[-2:]
+        k = a.shape[-2] if ta else a.shape[-1]
+        batch = tuple(n.shape[:-2])
+
+        def batch_strides(x: Node) -> tuple[Dim, ...]:
+            """Element strides of x per batch dim of the output (0 where x broadcasts or lacks the dim)."""
+            rm = _rowmajor(x.shape)
+            off = len(batch) - (x.ndim - 2)
+            return tuple(0 if j < off or _is_one(x.shape[j - off]) else rm[j - off] for j in range(len(batch)))
+
+        kern = GemmKernel(name, a=self._storage(a), b=self._storage(b), ta=ta, tb=tb, m=m, n=nn, k=k,
+                          lda=a.shape[-1], ldb=b.shape[-1], stores=[Store(buf, Acc(n.dtype))], batch=batch,
+                          a_batch=batch_strides(a), b_batch=batch_strides(b), c_batch=_rowmajor(n.shape)[:len(batch)])
+        kern.reads = [kern.a, kern.b]
+        self.kernels.append(kern)
+
+    def _scatter(self, n: Node, buf: Buffer, name: str) -> None:
+        """out = x (a copy kernel), then the updates added in place at the indices."""
+        rule = n.op.scatter_rule(n)
+        x, idx, upd = n.inputs
+        axis = rule.axis
+        # copy x into the output
+        self.ndomain = n.ndim
+        self.exprs = {}
+        value = self.expr(x, self._identity_map(n.shape))
+        copy = LoopKernel(f"{name}_copy", domain=n.shape, stores=[Store(buf, value)])
+        copy.reads = _loads(value)
+        copy.nodes = [n]
+        self.kernels.append(copy)
+        # then accumulate over the updates' domain
+        self.ndomain = upd.ndim
+        self.exprs = {}
+        umap = self._identity_map(upd.shape)
+        index = self.expr(idx, umap[axis:axis + idx.ndim])
+        value = self.expr(upd, umap)
+        site = len(self.checks) + 1
+        self.checks.append(f"{n.op.name} ({n.type_str}) at {n.source.where()}: an index is out of range "
+                           f"[0, {x.shape[axis]})")
+        kern = ScatterKernel(name, domain=upd.shape, target=buf, lead=axis, nidx=idx.ndim, index=index,
+                             value=value, bound=x.shape[axis], site=site)
+        kern.reads = list(dict.fromkeys(_loads(index) + _loads(value)))
+        self.kernels.append(kern)
 
 
 def _loads(e: Expr) -> list[Buffer]:
@@ -381,29 +559,28 @@ def _loads(e: Expr) -> list[Buffer]:
 def _substitute(e: Expr, table: dict[Buffer, Expr], identity: tuple[Dim, ...]) -> Expr | None:
     """e with identity loads of the buffers in `table` replaced by their expressions; None if one of those
     buffers is read any other way."""
-    memo: dict[int, Expr] = {}
-    for x in walk(e):
+    bad = []
+
+    def sub(x: Expr) -> Expr:
         if isinstance(x, Load) and x.buf in table:
-            if tuple(x.strides) != identity:
-                return None
-            memo[id(x)] = table[x.buf]
-        elif isinstance(x, Apply):
-            memo[id(x)] = Apply(x.op, x.attrs, tuple(memo.get(id(a), a) for a in x.args), x.dtype)
-        elif isinstance(x, Dropout):
-            keep = memo.get(id(x.keep), x.keep) if x.keep is not None else None
-            memo[id(x)] = Dropout(memo.get(id(x.x), x.x), memo.get(id(x.key), x.key), x.salt, x.keep_prob,
-                                  x.flat_strides, x.dtype, keep)
-    return memo.get(id(e), e)
+            if tuple(x.strides) != identity or not x.affine or x.offset != 0:
+                bad.append(x)
+                return x
+            return table[x.buf]
+        return x
+
+    out = rebuild(e, sub)
+    return None if bad else out
 
 
 def _epilogue_friendly(e: Expr) -> bool:
     """Loads in an epilogue are vectors along the columns: stride 1 (a row) or 0 (a broadcast) there."""
     for x in walk(e):
-        if isinstance(x, (Dropout, Index)):
+        if isinstance(x, (Index, Guard)):
             return False
         if isinstance(x, Load):
             col = x.strides[1] if len(x.strides) > 1 else 0
-            if not (isinstance(col, int) and col in (0, 1)):
+            if not x.affine or not (isinstance(col, int) and col in (0, 1)):
                 return False
     return True
 
@@ -426,7 +603,7 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
     i = 0
     while i < len(kernels):
         g = kernels[i]
-        if not isinstance(g, GemmKernel):
+        if not isinstance(g, GemmKernel) or g.batch:
             i += 1
             continue
         identity = (g.n, 1)
@@ -473,5 +650,5 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
         i += 1
 
 
-def schedule(graph: Graph, updates: dict[int, int] | None = None) -> Program:
-    return Scheduler(graph).build(updates)
+def schedule(graph: Graph, updates: dict[int, int] | None = None, fuse: bool = True) -> Program:
+    return Scheduler(graph).build(updates, fuse)

@@ -180,6 +180,10 @@ class Engine:
         assert addr, f"symbol {name} not found in JIT module"
         return addr
 
+    def global_address(self, name: str) -> int:
+        """The address of a global variable of the module (0 if it has none)."""
+        return self._engine.get_global_value_address(name)
+
     def function(self, name: str, restype, *argtypes):
         """A ctypes callable for `name`. CFUNCTYPE releases the GIL while native code runs."""
         proto = ctypes.CFUNCTYPE(restype, *argtypes)

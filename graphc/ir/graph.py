@@ -20,7 +20,7 @@ class Graph:
     @staticmethod
     def of(outputs: Node | Iterable[Node]) -> Graph:
         outs = tuple(as_nodes(outputs))
-        leaves = tuple(n for n in topo_order(outs) if n.op.name in ("input", "param"))
+        leaves = tuple(n for n in topo_order(outs) if getattr(n.op, "leaf", False))
         return Graph(outs, leaves)
 
     def nodes(self) -> list[Node]:
@@ -34,3 +34,7 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nodes())
+
+    @property
+    def summary(self) -> str:
+        return f"{len(self)} nodes"

@@ -10,7 +10,7 @@ def verify(graph: Graph, stage: str = "") -> None:
     """Raise CompileError naming the stage and the node if the graph is inconsistent."""
     names: dict[str, object] = {}
     for n in graph.nodes():
-        if n.op.name in ("input", "param"):
+        if getattr(n.op, "leaf", False):
             other = names.setdefault(n.name, n)
             if other is not n:
                 raise CompileError(f"{stage}: two different leaves are named {n.name!r}")

@@ -11,7 +11,7 @@ from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, scope, topo_order
 from graphc.ops.init import draw, like, param_rng
 from graphc.ops.random import dropout
-from graphc.runtime.jit import aligned_empty
+from graphc.runtime.buffers import aligned_empty
 
 ACTIVATIONS: dict[str, Callable | None] = {
     "relu": ops.relu,

@@ -15,7 +15,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node
-from graphc.runtime.jit import aligned_empty
+from graphc.runtime.buffers import aligned_empty
 
 
 @dataclass(frozen=True)

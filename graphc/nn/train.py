@@ -26,8 +26,9 @@ from graphc.nn import checkpoint as ckpt
 from graphc.nn.layers import init_params, mlp, parameters
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.optim import Schedule, make
+from graphc.runtime.buffers import aligned_empty
 from graphc.runtime.epoch import EpochFunction
-from graphc.runtime.jit import CompiledFunction, aligned_empty, default_threads
+from graphc.runtime.jit import CompiledFunction, default_threads
 from graphc.runtime.reference import evaluate, leaves_by_name
 
 TASKS = ("multiclass", "binary", "regression")

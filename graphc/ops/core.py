@@ -1,8 +1,10 @@
 """The op protocol, the op table, the user-facing Tensor handle, and node construction with located errors.
 
 Every op is one object with its shape rule (`infer`), its numpy reference semantics (`reference`), its
-vector-Jacobian product written with other graph ops (`vjp`), and its lowering kind (`kind`). The op table
-`OPS` lists them all; a test walks it.
+vector-Jacobian product written with other graph ops (`vjp`), and its lowering: its value at a point of a loop
+nest (`lower`, for elementwise, movement, source and random ops) or, by its `kind`, a rule for the kernel it
+becomes (`reduce_rule`, `contract_rule`, `scatter_rule`; see graphc.ir.lowering). The op table `OPS` lists
+them all; a test walks it and compiles every op.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.errors import CompileError, DTypeError, GraphcError, ShapeError
 from graphc.ir.node import ArrayValue, Node, capture_source
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
 
-KINDS = ("source", "elementwise", "reduce", "contract", "movement", "random", "identity")
+KINDS = ("source", "elementwise", "reduce", "contract", "movement", "random", "identity", "scatter")
 
 OPS: dict[str, Op] = {}
 
@@ -51,6 +53,40 @@ class Op:
     def vjp(self, node: Node, g: Node) -> Sequence[Node | None]:
         """Cotangents for each input given the output's cotangent `g` (None: no gradient flows there)."""
         raise NotImplementedError
+
+    # -- lowering (the back end asks; an op that cannot answer is a compile error naming it, never a default)
+    leaf: ClassVar[bool] = False  # an input or a parameter: the caller's array, never computed
+    cost: int = 1  # what computing one element inline costs (1: an add; 8: a transcendental function)
+
+    def lower(self, node: Node, lx) -> Any:
+        """The node's value at one point of a kernel's loop nest, built with the lowering context `lx`."""
+        raise self._no_lowering(node, "lower")
+
+    def reduce_rule(self, node: Node):
+        raise self._no_lowering(node, "reduce_rule")
+
+    def contract_rule(self, node: Node):
+        raise self._no_lowering(node, "contract_rule")
+
+    def scatter_rule(self, node: Node):
+        raise self._no_lowering(node, "scatter_rule")
+
+    def needs_memory(self, node: Node) -> tuple[int, ...]:
+        """Inputs that must be in memory (row-major arrays) for this op's kernel."""
+        return ()
+
+    def is_view(self, node: Node) -> bool:
+        """Whether the node's row-major elements are its input 0's, in the same order (a reshape)."""
+        return False
+
+    def constant_array(self, node: Node) -> np.ndarray | None:
+        """The data of a constant leaf (None for every other op)."""
+        return None
+
+    def _no_lowering(self, node: Node, rule: str) -> CompileError:
+        return CompileError(f"the op {self.name!r} ({node.type_str}, at {node.source.where()}) has no native "
+                            f"lowering: its class {type(self).__name__} defines no `{rule}` for its kind "
+                            f"{self.kind!r}; evaluate it with gc.evaluate, or give the op that rule")
 
     def fingerprint(self) -> str:
         return self.name

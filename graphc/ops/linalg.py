@@ -44,6 +44,14 @@ class MatMul(Op):
         db = matmul(g, a, ta=True, tb=ta) if tb else matmul(a, g, ta=not ta, tb=False)
         return da, db
 
+    def needs_memory(self, node):
+        return (0, 1)
+
+    def contract_rule(self, node):
+        from graphc.ir.lowering import ContractRule
+
+        return ContractRule(node.attrs["ta"], node.attrs["tb"])
+
 
 MATMUL = register(MatMul())
 

@@ -31,6 +31,12 @@ class Transpose(Op):
         inv = tuple(int(i) for i in np.argsort(node.attrs["perm"]))
         return (transpose(g, inv),)
 
+    def lower(self, node, lx):
+        index = [0] * node.ndim
+        for k, p in enumerate(node.attrs["perm"]):
+            index[p] = lx.out[k]
+        return lx.at(0, index)
+
 
 TRANSPOSE = register(Transpose())
 
@@ -62,6 +68,32 @@ class Reshape(Op):
 
     def vjp(self, node, g):
         return (reshape(g, node.inputs[0].shape),)
+
+    def is_view(self, node):
+        return True
+
+    def needs_memory(self, node):
+        return () if _squeeze_map(node.inputs[0].shape, node.shape) is not None else (0,)
+
+    def lower(self, node, lx):
+        sq = _squeeze_map(node.inputs[0].shape, node.shape)
+        if sq is None:  # the elements regroup: read the input's storage at this row-major position
+            return lx.flat(0)
+        return lx.at(0, [0 if j is None else lx.out[j] for j in sq])
+
+
+def _squeeze_map(src, dst) -> list[int | None] | None:
+    """For a reshape that only adds or drops size-1 dims: for each src axis, the dst axis it equals (or None
+    for a dropped 1). None when the reshape really regroups elements."""
+    one = lambda d: isinstance(d, int) and d == 1  # noqa: E731
+    a = [i for i, d in enumerate(src) if not one(d)]
+    b = [i for i, d in enumerate(dst) if not one(d)]
+    if len(a) != len(b) or any(src[i] != dst[j] for i, j in zip(a, b, strict=True)):
+        return None
+    out: list[int | None] = [None] * len(src)
+    for i, j in zip(a, b, strict=True):
+        out[i] = j
+    return out
 
 
 RESHAPE = register(Reshape())
@@ -111,6 +143,9 @@ class BroadcastTo(Op):
         from graphc.ops.reduce import sum_to_shape
 
         return (sum_to_shape(g, node.inputs[0].shape),)
+
+    def lower(self, node, lx):
+        return lx.input(0)
 
 
 BROADCAST = register(BroadcastTo())

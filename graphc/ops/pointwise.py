@@ -103,6 +103,22 @@ class ElementwiseOp(Op):
                              "use gc.cast(x, 'float32') first")
         return shape, dtype if self.out_dtype == "same" else self.out_dtype
 
+    # -- lowering: the formula, applied to the inputs broadcast to the output's shape
+    @property
+    def cost(self) -> int:
+        """8 for a formula with a transcendental function, a division or a power (worth computing once), else 1."""
+        cheap = (sympy.Max, sympy.Min, sympy.Piecewise, sympy.Abs, sympy.sign, sympy.Heaviside, relu)
+        e = self.expr
+        if any(not isinstance(f, cheap) for f in e.atoms(sympy.Function)) or e.atoms(sympy.Pow):
+            return 8
+        return 1
+
+    def lower(self, node, lx):
+        keep = [k for k in range(len(node.inputs)) if k not in self.shape_inputs]
+        shown = "".join(f"[{k}={node.attrs[k]}]" for k in self.params)
+        return lx.formula(self.name + shown, self.expr_for(node.attrs), [self.args[k] for k in keep],
+                          [lx.input(k) for k in keep], node.dtype)
+
     # -- reference semantics
     def lambdified(self, attrs) -> Callable:
         key = tuple(sorted((p, attrs[p]) for p in self.params))
@@ -389,6 +405,11 @@ class Cast(ElementwiseOp):
         if x.dtype in FLOAT_DTYPES and node.dtype in FLOAT_DTYPES:
             return (cast(g, x.dtype),)
         return (None,)
+
+    cost = 1
+
+    def lower(self, node, lx):
+        return lx.convert(lx.input(0), node.dtype)
 
 
 CAST = register(Cast())

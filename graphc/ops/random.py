@@ -6,14 +6,18 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import sympy
 
 from graphc.errors import GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, eval_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
+from graphc.ops.scalar import keep_bit, rint
 from graphc.ops.sources import input as _input
 
 KEY_NAME = "rng_key"
+X0, X1, X2 = sympy.symbols("x0:3", real=True)
+B = sympy.Symbol("b")  # a bool argument
 GOLDEN = 0x9E3779B9
 M1, M2 = 0x7FEB352D, 0x846CA68B
 
@@ -87,6 +91,22 @@ class Dropout(Op):
     def vjp(self, node, g):
         # the same mask (same key, salt and element index) scales the cotangent
         return (apply(DROPOUT, (g, *node.inputs[1:]), **node.attrs), *([None] * (len(node.inputs) - 1)))
+
+    def lower(self, node, lx):
+        """keep_bit(flat index, key, salt, threshold) chooses x / keep or 0; the threshold is rint(keep * 2^24)
+        of a run-time keep probability, or the constant `threshold(keep_prob)`."""
+        x, key = lx.input(0), lx.input(1)
+        if len(node.inputs) == 3:
+            keep = lx.input(2)
+            thresh = lx.formula("threshold", rint(X0 * (1 << 24)), [X0], [keep], "float32")
+            divisor = lx.convert(keep, node.dtype)
+        else:
+            thresh = lx.const(float(threshold(node.attrs["keep_prob"])), "float32")
+            divisor = lx.const(node.attrs["keep_prob"], node.dtype)
+        bit = lx.formula(f"keep_bit[salt={node.attrs['salt']}]", keep_bit(X0, X1, node.attrs["salt"], X2),
+                         [X0, X1, X2], [lx.flat_index("int64"), key, thresh], "bool")
+        return lx.formula("dropout", sympy.Piecewise((X0 / X1, B), (0, True)), [X0, X1, B], [x, divisor, bit],
+                          node.dtype)
 
 
 DROPOUT = register(Dropout())

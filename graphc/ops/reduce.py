@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import sympy
 
 from graphc.errors import DTypeError, ShapeError
+from graphc.ir.lowering import ACC, NEXT, ReduceRule
 from graphc.ir.shapes import Shape, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
 
@@ -56,6 +58,9 @@ class Sum(_Reduce):
         kept = _reduced_shape(x.shape, node.attrs["axes"], True)
         return (broadcast_like(reshape(g, kept), x),)
 
+    def reduce_rule(self, node):
+        return ReduceRule("sum", ACC + NEXT, 0.0, node.attrs["axes"])
+
 
 class Max(_Reduce):
     """Maximum over axes. Gradient convention: ties share the cotangent evenly."""
@@ -83,6 +88,10 @@ class Max(_Reduce):
         count = sum(cast(hit, x.dtype), axes, keepdims=True)
         share = reshape(g, kept) / count
         return (where(hit, broadcast_to(share, x.shape), 0.0),)
+
+    def reduce_rule(self, node):
+        # Max propagates nan, as numpy's max does (the native code uses llvm.maximum)
+        return ReduceRule("max", sympy.Max(ACC, NEXT), float("-inf"), node.attrs["axes"])
 
 
 SUM = register(Sum())

@@ -13,7 +13,7 @@ import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "NUMPY"]
+__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "NUMPY"]
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - sympy function names are lower case
@@ -61,6 +61,28 @@ class relu(sympy.Function):  # noqa: N801
         return self.args[0].is_real
 
 
+class rint(sympy.Function):  # noqa: N801
+    """Round to the nearest integer, ties to even (IEEE rint)."""
+
+
+class keep_bit(sympy.Function):  # noqa: N801
+    """Dropout's mask bit keep_bit(i, key, salt, threshold): whether element i (an integer) is kept by the counter
+    hash of (key, salt, i) against `threshold` (the top-24-bit cut, an integer-valued float); see
+    graphc.ops.random."""
+
+    nargs = 4
+
+
+def _np_keep_bit(i, key, salt, threshold):
+    from graphc.ops.random import GOLDEN, lowbias32, stream
+
+    s = np.uint32(stream(int(key), int(salt)))
+    with np.errstate(over="ignore"):
+        ii = np.asarray(i).astype(np.uint64).astype(np.uint32)
+        h = lowbias32(lowbias32(ii * np.uint32(GOLDEN) + s) ^ s)
+    return (h >> np.uint32(8)) < np.uint32(int(threshold))
+
+
 def _np_sigmoid(x):
     x = np.asarray(x)
     e = np.exp(-np.abs(x))
@@ -97,4 +119,6 @@ NUMPY = {
     "erf": _np_erf,
     "Heaviside": _np_heaviside,
     "heaviside": _np_heaviside,
+    "rint": np.rint,
+    "keep_bit": _np_keep_bit,
 }

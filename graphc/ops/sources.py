@@ -30,10 +30,12 @@ class _Leaf(Op):
 
 class Input(_Leaf):
     name = "input"
+    leaf = True
 
 
 class Param(_Leaf):
     name = "param"
+    leaf = True
     hidden_attrs = ("shape", "dtype", "init")
 
 
@@ -102,6 +104,12 @@ class Constant(Op):
     def vjp(self, node, g):
         return ()
 
+    def constant_array(self, node):
+        return node.attrs["value"].array
+
+    def lower(self, node, lx):
+        return lx.constant(node.attrs["value"].array, node.dtype)
+
 
 CONSTANT = register(Constant())
 
@@ -119,6 +127,9 @@ class Iota(Op):
 
     def reference(self, node, args, ctx):
         return np.arange(node.attrs["n"], dtype=ctx.dtype(node.dtype))
+
+    def lower(self, node, lx):
+        return lx.index(lx.out[0], node.dtype)
 
     def vjp(self, node, g):
         return ()
@@ -159,6 +170,9 @@ class DimValue(Op):
 
     def reference(self, node, args, ctx):
         return np.asarray(eval_dim(node.attrs["expr"], ctx.dims), dtype=ctx.dtype(node.dtype))
+
+    def lower(self, node, lx):
+        return lx.dim(node.attrs["expr"], node.dtype)
 
     def vjp(self, node, g):
         return (None,) * len(node.inputs)

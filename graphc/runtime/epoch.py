@@ -14,7 +14,8 @@ import numpy as np
 from graphc.codegen import epoch as drv
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
-from graphc.runtime.jit import CompiledFunction, _aligned, aligned_empty, check_threads
+from graphc.runtime.buffers import aligned_bytes, aligned_empty
+from graphc.runtime.jit import CompiledFunction, check_threads
 
 
 @dataclass
@@ -55,7 +56,7 @@ class EpochFunction(CompiledFunction):
     def _init_specs(self) -> list:
         from graphc.codegen.init import spec_for
 
-        slot = {id(leaf): buf.index for leaf, buf in zip(self._source_graph.inputs, self.program.inputs,
+        slot = {id(leaf): buf.index for leaf, buf in zip(self.signature.inputs, self.program.inputs,
                                                           strict=True)}
         return [spec_for(slot[id(p)], p.name, p.shape, p.meta.get("init", "zeros")) for p in self._params]
 
@@ -73,7 +74,7 @@ class EpochFunction(CompiledFunction):
     def _spec(self) -> drv.EpochSpec:
         prog = self.program
         n_sym = self._x.shape[0]
-        leaves = {leaf.name: leaf for leaf in self._source_graph.inputs}
+        leaves = {leaf.name: leaf for leaf in self.signature.inputs}
         step = leaves.get("step")
         return drv.EpochSpec(
             n_dim=list(prog.symbols).index(n_sym),
@@ -84,10 +85,10 @@ class EpochFunction(CompiledFunction):
             has_key=self.training and "rng_key" in leaves,
         )
 
-    def _variant(self) -> str:
+    def variant(self) -> str:
         return f"epoch:{self._spec()}:{self._init_specs() if self._params else ''}"
 
-    def _extras(self) -> tuple:
+    def extras(self) -> tuple:
         from graphc.codegen.init import emit_init
 
         out = (drv.emit_epoch(self._spec()),)
@@ -125,8 +126,8 @@ class EpochFunction(CompiledFunction):
             table[spec_[1]] = arr.ctypes.data
             keep.append(arr)
 
-        xb = _aligned(batch * spec.x_row_bytes).view(self._x.dtype)
-        yb = _aligned(max(batch * spec.y_row_bytes, 8))
+        xb = aligned_bytes(batch * spec.x_row_bytes).view(self._x.dtype)
+        yb = aligned_bytes(max(batch * spec.y_row_bytes, 8))
         bind(self._x.name, xb)
         if self._y is not None:
             bind(self._y.name, yb)
@@ -135,7 +136,7 @@ class EpochFunction(CompiledFunction):
         bind("step", step_buf)
         bind("rng_key", key_buf)
         scalars = dict(scalars or {})
-        for leaf in self._source_graph.inputs:
+        for leaf in self.signature.inputs:
             name = leaf.name
             if name in (self._x.name, getattr(self._y, "name", None), "step", "rng_key"):
                 continue

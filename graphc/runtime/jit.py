@@ -13,21 +13,22 @@ import sys
 import threading
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
-from graphc.codegen.emit import ModuleEmitter
+from graphc.codegen import stages
 from graphc.codegen.kernels import GemmKernel
-from graphc.codegen.memory import MemoryPlan, barriers, plan
-from graphc.codegen.schedule import Program, schedule
-from graphc.codegen.target import Engine, Target, assembly, emit_object, host_target, level_target
+from graphc.codegen.memory import MemoryPlan
+from graphc.codegen.schedule import Program
+from graphc.codegen.target import Engine, Target, assembly, host_target, level_target
 from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, capture_source, output_nodes, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
-from graphc.passes.pipeline import lower
 from graphc.runtime import cache as disk_cache
+from graphc.runtime.buffers import aligned_bytes
 from graphc.runtime.reference import bind_values, leaves_by_name
 
 RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -95,21 +96,6 @@ def data_address(a: np.ndarray) -> int:
     return _from_address(id(a) + _DATA_OFFSET).value or 0
 
 
-def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
-    """A zeroed byte buffer whose data pointer is `align`-aligned (what the kernels promise for the arena)."""
-    raw = np.zeros(nbytes + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + nbytes]
-
-
-def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialized array whose data is 64-byte aligned (numpy promises 16): vectors read or written in
-    place by compiled code then never straddle cache lines."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    return _aligned(n).view(dt).reshape(shape)
-
-
 class CompiledFunction:
     """A graph compiled to native code. Call it like `gc.evaluate`: `fn(values)` or `fn(**values)`."""
 
@@ -146,19 +132,17 @@ class CompiledFunction:
         self.target = target or host_target()
         graph = Graph.of(outs)
         leaves_by_name(topo_order(outs))  # two leaves of one name could not be told apart in `values`
-        if not training:
-            from graphc.passes.modes import inference
-
-            # without dropout, its key and keep-probability inputs are read by nothing: not part of the call
-            graph = Graph.of(inference(graph).outputs)
         extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
         graph = Graph(graph.outputs, graph.inputs + extra)
-        position = {id(leaf): i for i, leaf in enumerate(graph.inputs)}
-        self._updates = {self._n_results + k: position[id(leaf)] for k, leaf in enumerate(update_leaves)}
-        self.stages = lower(graph)
-        self.graph = self.stages[-1][1]
-        self.program: Program = schedule(self.graph, self._updates)
-        self._source_graph = graph
+        options = stages.Options(self.target, training, tuple((self._n_results + k, leaf)
+                                                               for k, leaf in enumerate(update_leaves)), profile)
+        # every stage up to the memory layout; the code stages run only when the disk cache has no object
+        self.compilation = stages.run(graph, options, code=False)
+        self.signature = self.compilation.signature  # what a call feeds, in table order
+        self.program: Program = self.compilation.program
+        self.barriers = self.compilation.barriers
+        position = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
+        self.updates = {pos: position[id(leaf)] for pos, leaf in options.updates}  # output -> signature slot
         self._lock = threading.Lock()
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
@@ -166,14 +150,13 @@ class CompiledFunction:
         self._plan_threads = 0
         self._arena: np.ndarray | None = None
         self._ws: np.ndarray | None = None
-        self._barriers = barriers(self.program)
-        self._ir: str | None = None
-        key = disk_cache.key(outs, self.training, self.target, sorted(self._updates.items()), self._variant())
+        key = disk_cache.key(outs, self.training, self.target, sorted(self.updates.items()), self.variant())
         self.cache_key = key
         engine = disk_cache.load(key, self.target) if cache else None
         self.from_cache = engine is not None
         if engine is None:
-            obj, engine = self._build()
+            obj = self._build()
+            engine = Engine.from_object(obj, self.target)
             if cache:
                 disk_cache.store(key, obj)
         self._engine = engine
@@ -181,14 +164,29 @@ class CompiledFunction:
         self._nbuf = len(self.program.buffers)
         self._consts = {i: np.ascontiguousarray(a) for i, a in self.program.consts.items()}
         self._prepare_fast_path()
+        # the run-time checks' error word (an index out of range in a gather or scatter), read after each call
+        self._error = None
+        if self.program.checks:
+            self._error = ctypes.c_int32.from_address(engine.global_address("graphc_error"))
 
     # ------------------------------------------------------------------------------------------ building
-    def _variant(self) -> str:
+    @property
+    def stages(self) -> list[tuple[str, object]]:
+        """(name, value) after every stage of the compilation, the input graph first (see codegen.stages)."""
+        return self.compilation.stages
+
+    @property
+    def graph(self):
+        """The graph after the last graph pass (what the schedule lowered)."""
+        return self.compilation.graph
+
+    def variant(self) -> str:
         """What else the module holds besides the program (subclasses add drivers); part of the cache key."""
         return "profile" if self.profile else ""
 
-    def _emitter(self) -> ModuleEmitter:
-        return ModuleEmitter(self.program, self.target, profile=self.profile)
+    def extras(self) -> tuple:
+        """Functions that add to the module besides the program (subclasses: the epoch driver, the initializer)."""
+        return ()
 
     def profile_report(self, reset: bool = True) -> list[tuple[str, float, float]]:
         """With `profile=True`: (kernel, seconds in it, seconds waiting at the barrier before it) for thread 0,
@@ -196,7 +194,7 @@ class CompiledFunction:
         if not self.profile:
             raise GraphcError("compile with profile=True to count time per kernel")
         n = len(self.program.kernels)
-        addr = self._engine._engine.get_global_value_address("graphc_profile")
+        addr = self._engine.global_address("graphc_profile")
         counts = np.ctypeslib.as_array((ctypes.c_int64 * (2 * n)).from_address(addr))
         hz = _tsc_hz()
         rows = [(k.name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, k in enumerate(self.program.kernels)]
@@ -204,25 +202,29 @@ class CompiledFunction:
             counts[:] = 0
         return sorted(rows, key=lambda r: -r[1])
 
-    def _extras(self) -> tuple:
-        return ()
+    def module_text(self, target: Target | None = None, extras: bool = True) -> str:
+        """The LLVM IR of this program (with the subclass's drivers unless `extras` is False), for `target`
+        (default: the one compiled for)."""
+        if (target is None or target is self.target) and extras:
+            return self.llvm_ir
+        opts = replace(self.compilation.options, target=target or self.target,
+                       extras=self.extras() if extras else ())
+        return stages.llvm(self.compilation.layout, opts).text
 
-    def _build(self):
-        flags = self._barriers
+    def _build(self) -> bytes:
+        self.compilation.options = replace(self.compilation.options, extras=self.extras())
         try:
-            text = self._emitter().emit(flags, self._extras())
+            self.compilation.module()
         except CompileError:
             raise
         except Exception as e:  # an emission bug: say what failed, briefly (the chained exception has the rest)
             msg = str(e)
             msg = msg if len(msg) <= 300 else msg[:300] + " ..."
-            outs = ", ".join(o.type_str for o in self._source_graph.outputs[:4])
+            outs = ", ".join(o.type_str for o in self.signature.outputs[:4])
             raise CompileError(f"compile: code generation failed ({type(e).__name__}: {msg}) for a graph with "
                                f"outputs {outs}; this is a graphc bug: please report it with the graph "
                                "(gc.show(outputs))") from e
-        self._ir = text
-        obj = emit_object(text, self.target, jit=True)
-        return obj, Engine.from_object(obj, self.target)
+        return self.compilation.object_code().data
 
     # ------------------------------------------------------------------------------------------ inspection
     @property
@@ -233,9 +235,8 @@ class CompiledFunction:
     @property
     def llvm_ir(self) -> str:
         """The LLVM IR as emitted (before LLVM's optimizer)."""
-        if self._ir is None:
-            self._ir = self._emitter().emit(self._barriers, self._extras())
-        return self._ir
+        self.compilation.options = replace(self.compilation.options, extras=self.extras())
+        return self.compilation.module().text
 
     @property
     def asm(self) -> str:
@@ -245,8 +246,8 @@ class CompiledFunction:
     @property
     def memory_plan(self) -> MemoryPlan:
         """The arena plan of the last call (or, before any call, for every symbolic dim = 1)."""
-        return self._plan or plan(self.program, {s: 1 for s in self.program.symbols}, self.threads, self.target,
-                                  self._barriers)
+        return self._plan or self.compilation.layout.plan({s: 1 for s in self.program.symbols}, self.threads,
+                                                          self.target)
 
     def _repr_svg_(self) -> str:  # notebooks: draw the fused kernels lazily; viz sits above the runtime
         from graphc.viz import svg
@@ -273,7 +274,8 @@ class CompiledFunction:
 
         k = self._kernel(name)
         alone = replace(self.program, kernels=[k])
-        text = ModuleEmitter(alone, self.target).emit([False])
+        text = stages.llvm(stages.Layout(alone, [False]), replace(self.compilation.options, extras=(),
+                                                                  profile=False)).text
         text = text.replace(f'define internal void @"{name}"', f'define void @"{name}"')
         asm = assembly(text, self.target)
         start = asm.index(f"{name}:")
@@ -281,8 +283,8 @@ class CompiledFunction:
         return asm[start:end if end > 0 else None]
 
     def stages_text(self) -> str:
-        """The graph after each pass of the lowering pipeline, as text."""
-        return "\n\n".join(f"# after {name}\n{g}" for name, g in self.stages)
+        """The value after each stage of the compilation (graphs, kernels, barriers), as text."""
+        return self.compilation.text()
 
     def show_stages(self) -> None:
         """Print the graph after each pass (see `stages_text`)."""
@@ -293,7 +295,7 @@ class CompiledFunction:
         """Per-call checks precomputed: which leaf each key names, what each dim must be, how to size
         outputs. Anything unusual falls back to the full (slow, precise) check, which raises."""
         prog = self.program
-        g = self._source_graph
+        g = self.signature
         self._symbols = list(prog.symbols)
         sym_index = {s: i for i, s in enumerate(self._symbols)}
         self._leaf_specs = []  # (leaf, table slot, dtype, [(int dim) or (symbol index as -1-k)])
@@ -317,7 +319,7 @@ class CompiledFunction:
         self._out_specs = []
         for buf in prog.outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
-        self._written = {prog.inputs[j].index for j in self._updates.values()}
+        self._written = {prog.inputs[j].index for j in self.updates.values()}
         slots = [spec[0] for spec in self._out_specs]
         # an output that repeats an earlier one (the same tensor asked for twice): (its index, the earlier's)
         self._repeats = [(k, slots.index(s)) for k, s in enumerate(slots) if slots.index(s) < k]
@@ -379,7 +381,7 @@ class CompiledFunction:
         if fast is None:
             where = f"compiled function called at {capture_source().where()}"
             arrays, envd = self._check(values, where)
-            g = self._source_graph
+            g = self.signature
             fast = ({buf.index: (arrays[id(leaf)], data_address(arrays[id(leaf)]))
                      for leaf, buf in zip(g.inputs, self.program.inputs, strict=True) if id(leaf) in arrays},
                     [envd[s] for s in self._symbols])
@@ -471,7 +473,7 @@ class CompiledFunction:
         return t
 
     def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
-        g = self._source_graph
+        g = self.signature
         scalar_leaves = {leaf.name: leaf for leaf in g.inputs if leaf.shape == ()}
         values = {k: np.array(v, dtype=scalar_leaves[k].dtype)
                   if isinstance(k, str) and k in scalar_leaves and _weak_ok(v, np.dtype(scalar_leaves[k].dtype))
@@ -514,9 +516,9 @@ class CompiledFunction:
             old = self._plan.env if self._plan else {}
             grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
             self._plan_threads = max(nthreads, getattr(self, "_plan_threads", 0))
-            self._plan = plan(self.program, grow, self._plan_threads, self.target, self._barriers)
-            self._arena = _aligned(max(self._plan.arena_bytes, 64))
-            self._ws = _aligned(max(self._plan.workspace_bytes, 64))
+            self._plan = self.compilation.layout.plan(grow, self._plan_threads, self.target)
+            self._arena = aligned_bytes(max(self._plan.arena_bytes, 64))
+            self._ws = aligned_bytes(max(self._plan.workspace_bytes, 64))
             table = self._base_table.copy()
             base = self._arena.ctypes.data
             for idx, off in self._plan.offsets.items():
@@ -551,6 +553,10 @@ class CompiledFunction:
             cd[k] = v
         t_addr, d_addr, w_addr = self._call_addrs
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
+        if self._error is not None and self._error.value:
+            code, self._error.value = self._error.value, 0
+            raise InputError(f"compiled function: {self.program.checks[code - 1]}; the outputs were not written "
+                             "(parameters updated in place may hold partial values)")
         for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
             if outs[k] is None:
                 outs[k] = outs[first].copy()

@@ -366,7 +366,9 @@ def _kernel_box(kern, kind: str) -> Box:
         ta, tb = ("ᵀ" if kern.ta else ""), ("ᵀ" if kern.tb else "")
         what = f"gemm {kern.a.label}{ta}·{kern.b.label}{tb}"
     elif cls == "ReduceKernel":
-        what = f"{kern.op}{list(kern.axes)} over {fmt_shape(kern.domain)}"
+        what = f"{kern.reduction.label}{' scan' if kern.scan else ''}{list(kern.axes)} over {fmt_shape(kern.domain)}"
+    elif cls == "ScatterKernel":
+        what = f"scatter-add over {fmt_shape(kern.domain)}"
     elif cls == "LoopKernel":
         what = f"loop over {fmt_shape(kern.domain)}"
     else:

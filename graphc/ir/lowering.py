@@ -1,0 +1,60 @@
+"""The vocabulary ops use to say how they lower, without knowing the back end: rules for the kernel forms that
+are not a value at a point (reductions and scans, contractions, scatter-adds), as plain data.
+
+An op of kind "reduce" gives a `ReduceRule`, "contract" a `ContractRule`, "scatter" a `ScatterRule`; every other
+op gives its value at a point of a loop nest through `Op.lower(node, lx)` (see graphc.codegen.schedule.Lowering
+for what `lx` offers: inputs at index expressions, formulas, guards, gathers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+ACC, NEXT = sympy.symbols("acc next", real=True)  # a reduction's combine formula is over these
+
+
+class floordiv(sympy.Function):  # noqa: N801 - sympy function names are lower case
+    """floor(a / b) for an integer index expression a and a positive int b, kept opaque: sympy's floor would
+    rewrite the bounds checks it appears in (floor(i/2) < 3 into i/2 < 3) out of integer arithmetic."""
+
+    nargs = 2
+    is_integer = True
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Integer and b.is_Integer:
+            return sympy.Integer(int(a) // int(b))
+        if b == 1:
+            return a
+        return None
+
+
+@dataclass(frozen=True)
+class ReduceRule:
+    """Reduce input 0 over `axes` with `combine(ACC, NEXT)` from `identity` (the value an empty position holds:
+    0.0, or -inf / inf, which integer dtypes read as their smallest / largest value). A `scan` (one axis) keeps
+    every running value."""
+
+    label: str
+    combine: sympy.Expr
+    identity: float
+    axes: tuple[int, ...]
+    scan: bool = False
+    reverse: bool = False
+
+
+@dataclass(frozen=True)
+class ContractRule:
+    """out = op(in0) @ op(in1) over the last two axes (leading axes are batch dims, broadcast numpy-style), where
+    op transposes the last two axes when `ta` / `tb` is set."""
+
+    ta: bool
+    tb: bool
+
+
+@dataclass(frozen=True)
+class ScatterRule:
+    """out = in0 with in2 (updates) added at the positions in1 (indices) names along `axis`; duplicates add up."""
+
+    axis: int

@@ -1,0 +1,299 @@
+"""The lowering protocol on its own: an op's own rules decide its native code (never its name), an op without a
+rule is a compile error naming it, and general addressing (index expressions, guards, gathers with run-time
+bounds checks, scatter-adds) works for ops defined outside graphc."""
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen import stages
+from graphc.codegen.kernels import GemmKernel, Guard, Load, LoopKernel, ReduceKernel, walk
+from graphc.codegen.memory import barriers, plan
+from graphc.codegen.schedule import schedule
+from graphc.codegen.target import host_target
+from graphc.errors import CompileError, InputError
+from graphc.ir.graph import Graph
+from graphc.ir.lowering import ACC, NEXT, ReduceRule, ScatterRule, floordiv
+from graphc.ops.core import OPS, Op, apply, register
+
+
+def _op(cls):
+    """Register a test op once (the op table is process-wide)."""
+    return OPS.get(cls.name) or register(cls())
+
+
+class _MinNoRule(Op):
+    """A reduction given only its shape rule, reference and vjp: the defect the protocol closes (it used to
+    compile as a sum)."""
+
+    name = "test_min_no_rule"
+    kind = "reduce"
+    user = True  # not a built-in: the op-table test leaves it out
+
+    def infer(self, inputs, attrs):
+        return inputs[0].shape[:-1], inputs[0].dtype
+
+    def reference(self, node, args, ctx):
+        return np.min(args[0], axis=-1)
+
+    def vjp(self, node, g):
+        return (None,)
+
+
+class _Prod(_MinNoRule):
+    name = "test_prod"
+
+    def reference(self, node, args, ctx):
+        return np.prod(args[0], axis=-1)
+
+    def reduce_rule(self, node):
+        return ReduceRule("prod", ACC * NEXT, 1.0, (node.inputs[0].ndim - 1,))
+
+
+def test_a_reduction_without_its_rule_is_a_compile_error_naming_it():
+    x = gc.input("x", ("N", 5))
+    y = apply(_op(_MinNoRule), (x,))
+    with pytest.raises(CompileError, match="test_min_no_rule.*no native lowering.*reduce_rule"):
+        gc.compile(y, cache=False)
+
+
+def test_a_reduction_brings_its_own_combine_and_identity():
+    x = gc.input("x", ("N", 7))
+    y = apply(_op(_Prod), (x,))
+    fn = gc.compile(y, cache=False)
+    v = np.random.default_rng(0).uniform(0.5, 1.5, (9, 7)).astype(np.float32)
+    np.testing.assert_allclose(fn(x=v), np.prod(v, axis=-1), rtol=1e-5)
+    assert "prod reduce" in fn.kernels
+
+
+class _Reverse(Op):
+    """x[..., ::-1] as an index map: the last axis read at n - 1 - i."""
+
+    name = "test_reverse"
+    kind = "movement"
+    user = True
+
+    def infer(self, inputs, attrs):
+        return inputs[0].shape, inputs[0].dtype
+
+    def reference(self, node, args, ctx):
+        return args[0][..., ::-1]
+
+    def vjp(self, node, g):
+        return (apply(self, (g,)),)
+
+    def lower(self, node, lx):
+        n = node.shape[-1]
+        return lx.at(0, [*lx.out[:-1], n - 1 - lx.out[-1]])
+
+
+class _PadDilate(Op):
+    """Pad the last axis by `lo` zeros and insert `interior` zeros between elements (XLA's pad): a guard with a
+    floor division, so a read that is dilated and bounds-checked."""
+
+    name = "test_pad_dilate"
+    kind = "movement"
+    user = True
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        n = x.shape[-1]
+        return x.shape[:-1] + (attrs["lo"] + n + (n - 1) * attrs["interior"],), x.dtype
+
+    def reference(self, node, args, ctx):
+        x = args[0]
+        lo, r = node.attrs["lo"], node.attrs["interior"] + 1
+        out = np.zeros(x.shape[:-1] + (node.shape[-1],), x.dtype)
+        out[..., lo::r] = x
+        return out
+
+    def vjp(self, node, g):
+        return (None,)
+
+    def lower(self, node, lx):
+        lo, r = node.attrs["lo"], node.attrs["interior"] + 1
+        i = floordiv(lx.out[-1] - lo, r)
+        index = [*lx.out[:-1], i]
+        return lx.guard(lx.in_range(index, node.inputs[0].shape), lx.at(0, index), lx.const(0.0, node.dtype))
+
+
+class _Take(Op):
+    """x[indices] along axis 0, by a bounds-checked gather."""
+
+    name = "test_take"
+    kind = "movement"
+    user = True
+
+    def infer(self, inputs, attrs):
+        x, idx = inputs
+        return idx.shape + x.shape[1:], x.dtype
+
+    def reference(self, node, args, ctx):
+        x, idx = args
+        if np.any((idx < 0) | (idx >= x.shape[0])):
+            raise gc.GraphcError("index out of range")
+        return x[idx]
+
+    def vjp(self, node, g):
+        return (None, None)
+
+    def lower(self, node, lx):
+        x, idx = node.inputs
+        k = idx.ndim
+        j = lx.gather(1, lx.out[:k], x.shape[0])
+        return lx.at(0, [j, *lx.out[k:]])
+
+
+class _ScatterAdd(Op):
+    name = "test_scatter_add"
+    kind = "scatter"
+    user = True
+
+    def infer(self, inputs, attrs):
+        return inputs[0].shape, inputs[0].dtype
+
+    def reference(self, node, args, ctx):
+        out = args[0].copy()
+        np.add.at(out, args[1], args[2])
+        return out
+
+    def vjp(self, node, g):
+        return (None, None, None)
+
+    def scatter_rule(self, node):
+        return ScatterRule(0)
+
+
+def test_an_index_map_op_lowers_to_strided_reads_without_a_copy():
+    x = gc.input("x", ("N", 6))
+    y = apply(_op(_Reverse), (gc.exp(x),)) * 2.0
+    fn = gc.compile(y, cache=False)
+    v = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    np.testing.assert_allclose(fn(x=v), np.exp(v)[:, ::-1] * 2, rtol=1e-6)
+    assert len(fn.program.kernels) == 1  # exp, the reversed read and the product: one loop
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(fn(x=v, threads=threads), fn(x=v, threads=1))
+
+
+@pytest.mark.parametrize("lo,interior,n", [(0, 1, 5), (2, 2, 9), (3, 0, 17), (1, 3, 33)])
+def test_a_guarded_dilated_read_matches_the_reference(lo, interior, n):
+    x = gc.input("x", ("N", n))
+    y = apply(_op(_PadDilate), (x + 1.0,), lo=lo, interior=interior)
+    fn = gc.compile(y, cache=False)
+    v = np.random.default_rng(2).standard_normal((3, n)).astype(np.float32)
+    ref = gc.evaluate(y, {"x": v})
+    for threads in (1, 3):
+        np.testing.assert_array_equal(fn(x=v, threads=threads), ref)
+    guards = [e for k in fn.program.kernels for s in k.stores for e in walk(s.value) if isinstance(e, Guard)]
+    assert guards and all(isinstance(e, Load) and e.checked for g in guards for e in walk(g.value)
+                          if isinstance(e, Load))
+
+
+def test_a_gather_is_bounds_checked_in_compiled_code():
+    x = gc.input("x", (10, 4))
+    idx = gc.input("idx", ("B",), "int32")
+    y = apply(_op(_Take), (x, idx)) * 3.0
+    fn = gc.compile(y, cache=False)
+    xv = np.arange(40, dtype=np.float32).reshape(10, 4)
+    iv = np.array([3, 0, 9, 3, 7], dtype=np.int32)
+    np.testing.assert_array_equal(fn(x=xv, idx=iv), xv[iv] * 3)
+    for bad in (10, -1, 2**31 - 1):
+        with pytest.raises(InputError, match="test_take.*out of range"):
+            fn(x=xv, idx=np.array([1, bad, 2], dtype=np.int32))
+    np.testing.assert_array_equal(fn(x=xv, idx=iv), xv[iv] * 3)  # the error word was cleared
+
+
+def test_a_scatter_add_accumulates_duplicates_in_one_order_on_any_thread_count():
+    x = gc.input("x", (6, 33))
+    idx = gc.input("idx", ("B",), "int64")
+    upd = gc.input("upd", ("B", 33))
+    y = apply(_op(_ScatterAdd), (x, idx, upd))
+    fn = gc.compile(y, cache=False)
+    rng = np.random.default_rng(3)
+    xv = rng.standard_normal((6, 33)).astype(np.float32)
+    iv = rng.integers(0, 6, 50)
+    uv = rng.standard_normal((50, 33)).astype(np.float32)
+    ref = xv.copy()
+    for i, j in enumerate(iv):  # numpy's np.add.at order: the updates in order
+        ref[j] += uv[i]
+    got = fn(x=xv, idx=iv, upd=uv, threads=1)
+    np.testing.assert_array_equal(got, ref)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(fn(x=xv, idx=iv, upd=uv, threads=threads), got)
+    with pytest.raises(InputError, match="test_scatter_add.*out of range"):
+        fn(x=xv, idx=np.array([0, 6]), upd=uv[:2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the scheduler, fusion and the memory plan, each on its own
+
+
+def _mlp_step():
+    x = gc.input("x", ("N", 16))
+    w = gc.param("W", (16, 8), init="zeros")
+    b = gc.param("b", (8,), init="zeros")
+    h = gc.relu(x @ w + b)
+    loss = gc.mean(gc.sum(h * h, axis=1))
+    return Graph.of([loss, *gc.grad(loss, [w, b])])
+
+
+def test_schedule_materializes_products_and_reductions_and_inlines_elementwise_chains():
+    g = _mlp_step()
+    prog = schedule(g, fuse=False)
+    kinds = [type(k).__name__ for k in prog.kernels]
+    assert kinds.count("GemmKernel") == 2  # x @ W, and xᵀ @ dZ for dW
+    assert any(isinstance(k, ReduceKernel) for k in prog.kernels)
+    # relu(x @ W + b) is read by several kernels: it is materialized once, the add and relu fused in one loop
+    loops = [k for k in prog.kernels if isinstance(k, LoopKernel)]
+    assert any({"add", "relu"} <= {n.op.name for n in k.nodes} for k in loops)
+    assert all(k.nodes for k in prog.kernels)
+
+
+def test_fusion_moves_bias_and_activation_into_the_products_epilogue():
+    x = gc.input("x", ("N", 16))
+    w = gc.param("W", (16, 8), init="zeros")
+    b = gc.param("b", (8,), init="zeros")
+    comp = stages.run(Graph.of(gc.tanh(x @ w + b)), stages.Options(host_target()), code=False)
+    before, after = comp.value("schedule"), comp.value("fusion")
+    gemm = next(k for k in after.kernels if isinstance(k, GemmKernel))
+    assert len(after.kernels) < len(before.kernels)
+    assert {"add", "tanh"} <= {n.op.name for n in gemm.nodes}
+    # fusion made a new program: the schedule's value is unchanged
+    assert len(next(k for k in before.kernels if isinstance(k, GemmKernel)).stores) == 1
+
+
+def test_memory_plan_shares_storage_only_across_barriers():
+    g = _mlp_step()
+    prog = stages.fusion(stages.schedule(g, stages.Options(host_target())), stages.Options(host_target()))
+    flags = barriers(prog)
+    assert flags[0] is False
+    p = plan(prog, {s: 64 for s in prog.symbols}, 2, host_target(), flags)
+    assert p.arena_bytes <= p.unshared_bytes
+    spans = {}
+    for i, k in enumerate(prog.kernels):
+        for buf in k.reads + k.writes:
+            if buf.kind == "temp":
+                lo, hi = spans.get(buf.index, (i, i))
+                spans[buf.index] = (min(lo, i), max(hi, i))
+    for a in p.offsets:  # two temporaries whose bytes overlap never live at once without a barrier between
+        for b in p.offsets:
+            if a >= b:
+                continue
+            overlap = p.offsets[a] < p.offsets[b] + p.sizes[b] and p.offsets[b] < p.offsets[a] + p.sizes[a]
+            if overlap:
+                (a0, a1), (b0, b1) = spans[a], spans[b]
+                first, second = ((a1, b0) if a1 < b0 else (b1, a0))
+                assert first < second and any(flags[m] for m in range(first + 1, second + 1))
+
+
+def test_compilation_is_one_list_of_named_stages():
+    x = gc.input("x", ("N", 3))
+    fn = gc.compile(gc.sum(gc.log(gc.sigmoid(x)) * 1.0), cache=False)
+    names = [n for n, _ in fn.stages]
+    assert names[:8] == ["input", "modes", "simplify", "stability", "dce", "simplify again", "schedule", "fusion"]
+    assert names[8] == "memory"
+    text = fn.stages_text()
+    assert "after schedule" in text and "after memory" in text and "barriers" in text
+    assert fn.signature.inputs == (x,)
+    _ = fn.llvm_ir
+    assert [n for n, _ in fn.stages][-2:] == ["llvm", "object"] or fn.from_cache

@@ -1,0 +1,79 @@
+"""Imports point one way, down the pipeline: each layer imports with every later layer blocked (and, below the
+code generator, without llvmlite); `import graphc` alone loads nothing heavy."""
+
+import subprocess
+import sys
+
+import pytest
+
+# ir <- ops <- autodiff/passes/reference evaluator <- codegen <- runtime <- nn <- fitting <- aot <- viz, cli
+LAYERS = [
+    ["graphc.ir"],
+    ["graphc.ops", "graphc.sym"],
+    ["graphc.autodiff", "graphc.passes", "graphc.runtime.reference"],
+    ["graphc.codegen"],
+    ["graphc.runtime"],
+    ["graphc.nn"],
+    ["graphc.data", "graphc.fitting"],
+    ["graphc.aot"],
+    ["graphc.viz", "graphc.cli"],
+]
+
+PROBE = r"""
+import importlib, importlib.abc, pkgutil, sys
+allowed, blocked = {allowed!r}, {blocked!r}
+
+def is_blocked(name):
+    if any(name == a or name.startswith(a + ".") for a in allowed):
+        return False
+    if any(a.startswith(name + ".") for a in allowed):
+        return False  # a package whose allowed submodule is being imported (its __init__ must import nothing)
+    return any(name == b or name.startswith(b + ".") for b in blocked)
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if is_blocked(name):
+            raise ImportError(f"{{name}} may not be imported here")
+        return None
+
+sys.meta_path.insert(0, Block())
+for top in {modules!r}:
+    mod = importlib.import_module(top)
+    if hasattr(mod, "__path__"):
+        for info in pkgutil.walk_packages(mod.__path__, top + "."):
+            if not is_blocked(info.name):
+                importlib.import_module(info.name)
+"""
+
+
+@pytest.mark.parametrize("i", range(len(LAYERS)), ids=[layer[0] for layer in LAYERS])
+def test_each_layer_imports_with_the_later_ones_blocked(i):
+    allowed = [m for layer in LAYERS[:i + 1] for m in layer]
+    blocked = [m for layer in LAYERS[i + 1:] for m in layer]
+    if i < 3:
+        blocked.append("llvmlite")
+    code = PROBE.format(allowed=allowed, blocked=blocked, modules=LAYERS[i])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_import_graphc_is_light_and_evaluate_and_draw_need_no_llvm():
+    code = r"""
+import sys, time
+t = time.perf_counter()
+import graphc as gc
+t = time.perf_counter() - t
+heavy = [m for m in ("sympy", "llvmlite", "numpy", "graphc.ops") if m in sys.modules]
+assert not heavy, heavy
+sys.modules["llvmlite"] = None  # any import of llvmlite now fails
+import numpy as np
+x = gc.input("x", ("N", 3))
+y = gc.sum(gc.tanh(x) * 2.0)
+assert gc.evaluate(y, {"x": np.zeros((2, 3), np.float32)}) == 0.0
+gc.draw(gc.grad(y, x))
+gc.show(y)
+print(t)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 0.2
