@@ -17,7 +17,7 @@ from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.node import ArrayValue, Node, capture_source
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
 
-KINDS = ("source", "elementwise", "reduce", "contract", "movement", "random", "identity")
+KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity")
 
 OPS: dict[str, Op] = {}
 
