@@ -281,20 +281,20 @@ def getitem(x: Tensor, key) -> Tensor:
             what = describe(k) if isinstance(k, Node) else f"{type(k).__name__} {k!r}"[:80]
             raise _fail(GraphcError(
                 f"index {what}: only basic indexing (ints, slices, None, ...) is supported; to select by an "
-                "index array use gc.take(x, indices, axis)"), (x,), "getitem")
+                "index array use gc.take(x, indices, axis)"), (x,), "indexing")
         if isinstance(k, slice):
             for v in (k.start, k.stop, k.step):
                 if v is not None and not _is_int(v):
                     raise _fail(GraphcError(f"slice bounds must be ints or None, got {_fmt_slice(k)}"), (x,),
-                                "getitem")
+                                "indexing")
             if k.step == 0:
-                raise _fail(ShapeError("slice step cannot be zero"), (x,), "getitem")
+                raise _fail(ShapeError("slice step cannot be zero"), (x,), "indexing")
     if sum(k is Ellipsis for k in key) > 1:
-        raise _fail(GraphcError("an index can only have a single ellipsis ('...')"), (x,), "getitem")
+        raise _fail(GraphcError("an index can only have a single ellipsis ('...')"), (x,), "indexing")
     used = sum(1 for k in key if k is not None and k is not Ellipsis)
     if used > x.ndim:
         raise _fail(ShapeError(f"too many indices: {used} for a rank-{x.ndim} tensor {fmt_shape(x.shape)}"), (x,),
-                    "getitem")
+                    "indexing")
     if Ellipsis in key:
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
         key = key[:i] + (slice(None),) * (x.ndim - used) + key[i + 1:]
@@ -320,7 +320,7 @@ def getitem(x: Tensor, key) -> Tensor:
                 a = int(k) % d
                 b, s = a + 1, 1
         except ShapeError as err:
-            raise _fail(err, (x,), "getitem") from None
+            raise _fail(err, (x,), "indexing") from None
         start.append(a), stop.append(b), step.append(s)
         if isinstance(k, slice):
             shape.append(None)  # filled from the slice's shape below
@@ -411,21 +411,12 @@ def pad(x, pad_width, constant_values=0, *, interior=None) -> Tensor:
 
 
 def _pad_width(pw, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    arr = np.asarray(pw, dtype=object)
     bad = ShapeError(f"pad_width must be an int, a (before, after) pair or {ndim} such pairs of ints >= 0, "
                      f"got {pw!r}")
-    if arr.ndim == 0:
-        pairs = [(pw, pw)] * ndim
-    elif arr.shape == (1,):
-        pairs = [(pw[0], pw[0])] * ndim
-    elif arr.shape in ((2,), (1, 2)):
-        pairs = [tuple(np.reshape(arr, -1))] * ndim
-    elif arr.shape == (ndim, 2):
-        pairs = [tuple(p) for p in arr]
-    elif arr.shape == (ndim, 1):
-        pairs = [(p[0], p[0]) for p in arr]
-    else:
-        raise bad
+    try:  # numpy's rule: pad_width broadcasts to one (before, after) pair per axis
+        pairs = np.broadcast_to(np.asarray(pw, dtype=object), (ndim, 2)).tolist()
+    except ValueError:
+        raise bad from None
     for p in pairs:
         for v in p:
             if not _is_int(v) or v < 0:
@@ -477,9 +468,9 @@ class Concat(Op):
 CONCAT = register(Concat())
 
 
-def _axis(axis, ndim: int, what: str, extra: int = 0) -> int:
+def _axis(axis, ndim: int, extra: int = 0) -> int:
     if not _is_int(axis) or not -(ndim + extra) <= axis < ndim + extra:
-        raise ShapeError(f"{what}: axis {axis!r} is out of range for a rank-{ndim} tensor")
+        raise ShapeError(f"axis {axis!r} is out of range for a rank-{ndim} tensor")
     return int(axis) % (ndim + extra)
 
 
@@ -494,7 +485,7 @@ def concatenate(xs, axis: int | None = 0) -> Tensor:
         ts = [reshape(t, (-1,)) for t in ts]
         axis = 0
     try:
-        axis = _axis(axis, ts[0].ndim, "concatenate")
+        axis = _axis(axis, ts[0].ndim)
     except ShapeError as err:
         raise _fail(err, ts, "concat") from None
     if len(ts) == 1:
@@ -512,7 +503,7 @@ def stack(xs, axis: int = 0) -> Tensor:
             raise _fail(ShapeError(f"all tensors must have the same shape: {fmt_shape(ts[0].shape)} and "
                                    f"{fmt_shape(t.shape)} (tensor {k})"), ts, "stack")
     try:
-        axis = _axis(axis, ts[0].ndim, "stack", extra=1)
+        axis = _axis(axis, ts[0].ndim, extra=1)
     except ShapeError as err:
         raise _fail(err, ts, "stack") from None
     return concatenate([expand_dims(t, axis) for t in ts], axis)
@@ -523,7 +514,7 @@ def split(x, indices_or_sections, axis: int = 0) -> list[Tensor]:
     the given indices (clipped to the axis, as numpy's)."""
     x = as_tensor(x)
     try:
-        axis = _axis(axis, x.ndim, "split")
+        axis = _axis(axis, x.ndim)
         d = x.shape[axis]
         if not _static(d):
             raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}) and cannot be split")
@@ -633,7 +624,7 @@ def windows(x, window, strides=1, dilation=1, axes=None) -> Tensor:
             axes = tuple(range(1, n + 1))
         elif _is_int(axes):
             axes = (axes,)
-        axes = tuple(_axis(ax, x.ndim, "windows") for ax in axes)
+        axes = tuple(_axis(ax, x.ndim) for ax in axes)
         if len(set(axes)) != len(axes):
             raise ShapeError(f"repeated axis in {axes}")
 
