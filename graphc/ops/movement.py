@@ -379,6 +379,7 @@ PAD = register(Pad())
 def _pad(x: Tensor, low, high, interior, value) -> Tensor:
     if not any(low) and not any(high) and not any(interior):
         return x
+    value = int(value) if x.dtype in ("int32", "int64") else float(value)  # one value, one node
     return apply(PAD, (x,), low=tuple(low), high=tuple(high), interior=tuple(interior), value=value)
 
 
@@ -601,7 +602,7 @@ class Windows(Op):
                 low[ax] = d * ks[j]
                 interior[ax] = s - 1
                 high[ax] = x.shape[ax] - low[ax] - s * (o - 1) - 1
-            part = _pad(part, low, high, interior, 0.0 if x.dtype in ("float32", "float64") else 0)
+            part = _pad(part, low, high, interior, 0)
             total = part if total is None else total + part
         return (total,)
 
