@@ -300,11 +300,12 @@ def getitem(x: Tensor, key) -> Tensor:
         key = key[:i] + (slice(None),) * (x.ndim - used) + key[i + 1:]
     else:
         key = key + (slice(None),) * (x.ndim - used)
-    start, stop, step, shape = [], [], [], []
+    start, stop, step = [], [], []
+    layout = []  # per output axis: None for a new axis, else the input axis (sliced, not indexed) it comes from
     axis = 0
     for k in key:
         if k is None:
-            shape.append(1)
+            layout.append(None)
             continue
         d = x.shape[axis]
         try:
@@ -323,12 +324,10 @@ def getitem(x: Tensor, key) -> Tensor:
             raise _fail(err, (x,), "indexing") from None
         start.append(a), stop.append(b), step.append(s)
         if isinstance(k, slice):
-            shape.append(None)  # filled from the slice's shape below
+            layout.append(axis)
         axis += 1
     out = _slice(x, start, stop, step)
-    kept = iter(d for d, k in zip(out.shape, (k for k in key if k is not None), strict=True)
-                if isinstance(k, slice))
-    return reshape(out, tuple(next(kept) if d is None else d for d in shape))
+    return reshape(out, tuple(1 if a is None else out.shape[a] for a in layout))
 
 
 class Pad(Op):
