@@ -70,8 +70,12 @@ def make_cases(dtype: str = "float64") -> dict:
     def matmul_case(draw):
         m, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
         ta, tb = draw(st.booleans()), draw(st.booleans())
-        a_shape = (k, m) if ta else (m, k)
-        b_shape = (n, k) if tb else (k, n)
+        # leading batch dims that broadcast (half the draws are the plain 2-D product)
+        batch_a, batch_b = draw(st.sampled_from([True, False]).flatmap(
+            lambda b: mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3).map(lambda s: s.input_shapes)
+            if b else st.just(((), ()))))
+        a_shape = batch_a + ((k, m) if ta else (m, k))
+        b_shape = batch_b + ((n, k) if tb else (k, n))
         a, b = _leaves([a_shape, b_shape])
         va, vb = _vals(draw, [a_shape, b_shape])
         return gc.matmul(a, b, ta=ta, tb=tb), {"a0": va, "a1": vb}, [a, b]
@@ -174,6 +178,100 @@ def make_cases(dtype: str = "float64") -> dict:
         return out, vals, xs
 
 
+    def _shape(draw, min_dims=1, max_dims=3, lo=1, hi=4):
+        return tuple(draw(st.lists(st.integers(lo, hi), min_size=min_dims, max_size=max_dims)))
+
+
+    @st.composite
+    def slice_case(draw):
+        shape = _shape(draw, hi=5)
+        bound = st.one_of(st.none(), st.integers(-6, 6))
+        key = []
+        for d in shape:
+            if draw(st.integers(0, 4)) == 0:
+                key.append(draw(st.integers(-d, d - 1)))
+            else:
+                key.append(slice(draw(bound), draw(bound), draw(st.sampled_from([None, 1, 2, 3, -1, -2]))))
+            if draw(st.integers(0, 5)) == 0:
+                key.append(None)
+        (x,) = _leaves([shape])
+        out = x[tuple(key)]
+        assume(any(n.op.name == "slice" for n in gc.topo_order(out)))
+        return out, {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def pad_case(draw):
+        shape = _shape(draw, lo=0)
+        width = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape]
+        interior = [draw(st.integers(0, 2)) for _ in shape]
+        assume(any(map(any, width)) or any(interior))
+        (x,) = _leaves([shape])
+        out = gc.pad(x, width, draw(F), interior=interior)
+        return out, {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def concat_case(draw):
+        shape = _shape(draw)
+        axis = draw(st.integers(-len(shape), len(shape) - 1))
+        sizes = draw(st.lists(st.integers(0, 3), min_size=2, max_size=3))
+        shapes = [tuple(k if i == axis % len(shape) else d for i, d in enumerate(shape)) for k in sizes]
+        xs = _leaves(shapes)
+        vals = _vals(draw, shapes)
+        return gc.concatenate(xs, axis), dict(zip([x.name for x in xs], vals, strict=True)), xs
+
+
+    def _indices(draw, n, rank_max=2):
+        idx_shape = _shape(draw, 0, rank_max, 0, 3)
+        idx_dtype = draw(st.sampled_from(["int32", "int64"]))
+        vals = draw(arrays(np.int64, idx_shape, elements=st.integers(0, n - 1))).astype(idx_dtype)
+        return gc.input("idx", idx_shape, idx_dtype), vals
+
+
+    @st.composite
+    def take_case(draw):
+        shape = _shape(draw)
+        axis = draw(st.integers(0, len(shape) - 1))
+        idx, iv = _indices(draw, shape[axis])
+        (x,) = _leaves([shape])
+        return gc.take(x, idx, axis), {"a0": _vals(draw, [shape])[0], "idx": iv}, [x]
+
+
+    @st.composite
+    def scatter_case(draw):
+        shape = _shape(draw)
+        axis = draw(st.integers(0, len(shape) - 1))
+        idx, iv = _indices(draw, shape[axis])
+        upd_shape = shape[:axis] + iv.shape + shape[axis + 1:]
+        x, u = _leaves([shape, upd_shape])
+        vx, vu = _vals(draw, [shape, upd_shape])
+        return gc.scatter_add(x, idx, u, axis), {"a0": vx, "a1": vu, "idx": iv}, [x, u]
+
+
+    @st.composite
+    def windows_case(draw):
+        shape = _shape(draw, 2, 4, 1, 6)
+        axes = draw(st.sets(st.integers(0, len(shape) - 1), min_size=1, max_size=2).map(sorted))
+        window, strides, dilation = [], [], []
+        for a in axes:
+            d = draw(st.integers(1, 2))
+            k = draw(st.integers(1, (shape[a] - 1) // d + 1))
+            window.append(k), dilation.append(d), strides.append(draw(st.integers(1, 3)))
+        (x,) = _leaves([shape])
+        out = gc.windows(x, window, strides, dilation, axes=axes)
+        return out, {"a0": _vals(draw, [shape])[0]}, [x]
+
+
+    @st.composite
+    def cumsum_case(draw):
+        shape = _shape(draw)
+        axis = draw(st.integers(-len(shape), len(shape) - 1))
+        (x,) = _leaves([shape])
+        out = gc.cumsum(x, axis, reverse=draw(st.booleans()))
+        return out, {"a0": _vals(draw, [shape])[0]}, [x]
+
+
     return {
         "input": source_case("input"),
         "param": source_case("param"),
@@ -222,6 +320,14 @@ def make_cases(dtype: str = "float64") -> dict:
         "broadcast_to": broadcast_case(),
         "sum": reduction(gc.sum),
         "max": reduction(gc.max),
+        "min": reduction(gc.min),
+        "cumsum": cumsum_case(),
+        "slice": slice_case(),
+        "pad": pad_case(),
+        "concat": concat_case(),
+        "take": take_case(),
+        "scatter_add": scatter_case(),
+        "windows": windows_case(),
         "matmul": matmul_case(),
         "stop_gradient": stop_case(),
         "dropout": dropout_case(),

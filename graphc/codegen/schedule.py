@@ -491,6 +491,8 @@ class Scheduler:
         self.ndomain = x.ndim
         self.exprs = {}
         body = self.expr(x, self._identity_map(x.shape))
+        if body.dtype != n.dtype:  # a sum of bools counts in int32
+            body = Convert(body, n.dtype)
         if rule.scan and len(rule.axes) != 1:
             raise CompileError(f"internal: {n.op.name} scans over {rule.axes}; a scan runs over one axis")
         combine = Formula(rule.label, rule.combine, (ACC, NEXT))

@@ -257,10 +257,10 @@ class Trainer:
         flops = 0
         b = self.config.batch_size
         for n in topo_order(self.loss):
-            if n.op.name == "matmul":
-                dims = [d if isinstance(d, int) else b for d in (*n.shape, n.inputs[0].shape[0 if n.attrs["ta"]
-                                                                                              else 1])]
-                flops += 2 * dims[0] * dims[1] * dims[2]
+            if n.op.name == "matmul":  # out dims (batch dims, m, n) times the inner dim k
+                k = n.inputs[0].shape[-2 if n.attrs["ta"] else -1]
+                dims = [d if isinstance(d, int) else b for d in (*n.shape, k)]
+                flops += 2 * int(np.prod(dims))
         return 1 if flops * 3 < 4e6 else default_threads()
 
     def fingerprint(self) -> str:

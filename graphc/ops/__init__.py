@@ -1,11 +1,22 @@
 """The op families and the DSL functions that build them. `OPS` is the op table."""
 
 from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
-from graphc.ops.compose import clip, log_softmax, logsumexp, mean, one_hot, softmax, var
+from graphc.ops.compose import argmax, argmin, clip, log_softmax, logsumexp, mean, one_hot, softmax, var
 from graphc.ops.control import stop_gradient
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
+from graphc.ops.gather import scatter_add, take
 from graphc.ops.linalg import matmul
-from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+from graphc.ops.movement import (
+    broadcast_to,
+    concatenate,
+    expand_dims,
+    pad,
+    reshape,
+    split,
+    stack,
+    transpose,
+    windows,
+)
 from graphc.ops.pointwise import (
     ElementwiseOp,
     add,
@@ -44,7 +55,7 @@ from graphc.ops.pointwise import relu_ as relu
 from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
-from graphc.ops.reduce import max, sum  # noqa: A004
+from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [
@@ -54,5 +65,6 @@ __all__ = [
     "less_equal", "log", "log1p", "log_softmax", "logical_and", "logical_not", "logical_or", "logsumexp", "matmul",
     "max", "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
-    "tanh", "transpose", "var", "where",
+    "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
+    "split", "stack", "take", "windows",
 ]

@@ -38,6 +38,8 @@ Tensor.T = property(lambda self: movement.transpose(self))
 Tensor.sum = lambda self, axis=None, keepdims=False: reduce.sum(self, axis, keepdims)
 Tensor.mean = lambda self, axis=None, keepdims=False: compose.mean(self, axis, keepdims)
 Tensor.max = lambda self, axis=None, keepdims=False: reduce.max(self, axis, keepdims)
+Tensor.min = lambda self, axis=None, keepdims=False: reduce.min(self, axis, keepdims)
+Tensor.__getitem__ = movement.getitem
 Tensor.reshape = lambda self, *shape: movement.reshape(
     self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 Tensor.astype = ew.cast

@@ -1,4 +1,4 @@
-"""Functions built from primitives: mean, logsumexp, softmax, log_softmax, one_hot, var.
+"""Functions built from primitives: mean, logsumexp, softmax, log_softmax, one_hot, var, argmax, argmin.
 
 They are compositions, not ops: their gradients come from the primitives' rules, and their stable forms come
 from the way they are composed (the max is subtracted before exp, and held constant by stop_gradient)."""
@@ -6,7 +6,7 @@ from the way they are composed (the max is subtracted before exp, and held const
 from __future__ import annotations
 
 from graphc.errors import DTypeError, GraphcError
-from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, fmt_shape
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
 from graphc.ops.core import Tensor, as_tensor, describe
@@ -81,3 +81,44 @@ def clip(x, lo, hi) -> Tensor:
     from graphc.ops.pointwise import maximum, minimum
 
     return minimum(maximum(x, lo), hi)
+
+
+def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
+    from graphc.errors import ShapeError
+    from graphc.ops.core import located
+    from graphc.ops.movement import reshape
+    from graphc.ops.pointwise import logical_or, not_equal, where
+
+    x = as_tensor(x)
+    if x.dtype == "bool":
+        x = cast(x, "int32")
+    rank = x.ndim
+    flat = axis is None
+    if flat:
+        x = reshape(x, (-1,))
+        axis = 0
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise located(ShapeError(f"axis {axis!r} is out of range for a rank-{x.ndim} tensor (one axis, or None)"),
+                      (x,), what)
+    axis %= x.ndim
+    n = x.shape[axis]
+    if not isinstance(n, int) or n == 0:
+        raise located(ShapeError(f"axis {axis} of {fmt_shape(x.shape)} must have a fixed, non-zero size"), (x,), what)
+    m = broadcast_to(extremum(x, axis, keepdims=True), x.shape)
+    hit = equal(x, m)
+    if x.dtype in FLOAT_DTYPES:  # numpy: the first NaN wins (the max is then NaN, equal to nothing)
+        hit = logical_or(hit, not_equal(x, x))
+    pos = broadcast_to(reshape(iota(n, "int64"), tuple(n if i == axis else 1 for i in range(x.ndim))), x.shape)
+    out = reduce.min(where(hit, pos, n), axis, keepdims=keepdims)
+    return reshape(out, (1,) * rank) if flat and keepdims else out
+
+
+def argmax(x, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """numpy.argmax: the index (int64) of the largest entry along `axis` (None: of the flattened tensor); the
+    first one on ties, the first NaN if there is one. Not differentiable (its result is an integer)."""
+    return _arg_extremum(x, axis, keepdims, "argmax", reduce.max)
+
+
+def argmin(x, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """numpy.argmin: as argmax, for the smallest entry."""
+    return _arg_extremum(x, axis, keepdims, "argmin", reduce.min)

@@ -1,4 +1,5 @@
-"""Data-movement ops: transpose, reshape, broadcast_to. They lower to index maps, not to copies, when fused."""
+"""Data-movement ops: transpose, reshape, broadcast_to, slice, pad, concat and sliding windows. They lower to
+index maps (offsets, strides, bounds), not to copies, when fused."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import sympy
 
-from graphc.errors import ShapeError
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
-from graphc.ir.shapes import as_shape, dims_equal, eval_shape, fmt_shape, size
-from graphc.ops.core import Op, Tensor, apply, as_tensor, register
+from graphc.ir.shapes import Dim, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape, size
+from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, register
 
 
 class Transpose(Op):
@@ -167,3 +169,547 @@ def expand_dims(x, axis: int) -> Tensor:
                          f"at {-x.ndim - 1} to {x.ndim})")
     axis = int(axis) % (x.ndim + 1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# slice <-> pad, concat, windows: index maps with offsets and strides
+
+
+def _dim(d) -> Dim:
+    """A dim from arithmetic on dims: a sympy integer becomes an int."""
+    d = sympy.sympify(d)
+    return int(d) if d.is_Integer else d
+
+
+def _static(d) -> bool:
+    return isinstance(d, int)
+
+
+def _ints(v, n: int, what: str, lo: int | None = 0) -> tuple:
+    if len(v) != n:
+        raise ShapeError(f"{what} has {len(v)} entries for {n} axes")
+    for k in v:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or (lo is not None and k < lo):
+            raise ShapeError(f"{what} must be ints >= {lo}, got {tuple(v)}")
+    return tuple(int(k) for k in v)
+
+
+class Slice(Op):
+    """out[i] = x[start + step*i] on every axis (i < the output's dim): numpy's basic slicing, strided, any sign.
+
+    attrs `start`, `stop`, `step` hold one entry per axis in Python `range` form, normalized so one selection
+    has one node: `start` is the first index read, `stop` = last index read + sign(step) (so -1 when a negative
+    step reads index 0), step != 0; an empty selection is (0, 0, 1). A symbolic axis (the batch N) is read
+    whole: (0, N, 1), or reversed (N-1, -1, -1)."""
+
+    name = "slice"
+    kind = "movement"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
+        if not len(start) == len(stop) == len(step) == x.ndim:
+            raise ShapeError(f"start/stop/step need one entry for each of the {x.ndim} axes of {fmt_shape(x.shape)}")
+        out = []
+        for axis, (d, a, b, s) in enumerate(zip(x.shape, start, stop, step, strict=True)):
+            if isinstance(s, bool) or not isinstance(s, int) or s == 0:
+                raise ShapeError(f"axis {axis}: step must be a non-zero int, got {s!r}")
+            if all(_static(v) for v in (d, a, b)):
+                n = len(range(a, b, s))
+                if n and not (0 <= a < d and 0 <= a + s * (n - 1) < d):
+                    raise ShapeError(f"axis {axis}: range({a}, {b}, {s}) reads outside [0, {d}) of "
+                                     f"{fmt_shape(x.shape)}")
+                out.append(n)
+                continue
+            n = _dim((sympy.sympify(b) - sympy.sign(s) - a) / s + 1)
+            if not _static(n) and n.is_integer is not True:
+                raise ShapeError(f"axis {axis} ({d}): range({a}, {b}, {s}) is not a whole number of steps")
+            out.append(n)
+        return tuple(out), x.dtype
+
+    def reference(self, node, args, ctx):
+        key = []
+        for a, b, s in zip(node.attrs["start"], node.attrs["stop"], node.attrs["step"], strict=True):
+            a, b = eval_dim(a, ctx.dims), eval_dim(b, ctx.dims)
+            key.append(slice(a, b if b >= 0 else None, s))
+        return args[0][tuple(key)]
+
+    def vjp(self, node, g):
+        x = node.inputs[0]
+        low, high, interior = [], [], []
+        flip = [False] * x.ndim
+        for axis, (d, n, a, s) in enumerate(zip(x.shape, node.shape, node.attrs["start"], node.attrs["step"],
+                                                strict=True)):
+            if _static(n) and n == 0:
+                low.append(d), high.append(0), interior.append(0)
+                continue
+            if s < 0:  # read backwards: the cotangent reversed is a forward read from the last index
+                flip[axis] = True
+                a, s = _dim(a + s * (n - 1)), -s
+            low.append(_dim(a))
+            interior.append(s - 1)
+            high.append(_dim(d - a - s * (n - 1) - 1))
+        if any(flip):
+            g = _reverse(g, [i for i, f in enumerate(flip) if f])
+        return (_pad(g, low, high, interior, 0),)
+
+    def lower(self, node, lx):
+        a = node.attrs
+        return lx.at(0, [st + sp * o for st, sp, o in zip(a["start"], a["step"], lx.out, strict=True)])
+
+
+SLICE = register(Slice())
+
+
+def _reverse(x: Tensor, axes) -> Tensor:
+    start = tuple(_dim(d - 1) if i in axes else 0 for i, d in enumerate(x.shape))
+    stop = tuple(-1 if i in axes else d for i, d in enumerate(x.shape))
+    step = tuple(-1 if i in axes else 1 for i in range(x.ndim))
+    return apply(SLICE, (x,), start=start, stop=stop, step=step)
+
+
+def _slice(x: Tensor, start, stop, step) -> Tensor:
+    """The op on already normalized per-axis ranges; the identity selection is x itself."""
+    start, stop, step = list(map(_norm_dim, start)), list(map(_norm_dim, stop)), list(step)
+    for i, (a, b, s) in enumerate(zip(start, stop, step, strict=True)):
+        if _static(a) and _static(b) and not len(range(a, b, s)):
+            start[i], stop[i], step[i] = 0, 0, 1
+    start, stop, step = tuple(start), tuple(stop), tuple(step)
+    if all(s == 1 and a == 0 and dims_equal(b, d) for a, b, s, d in zip(start, stop, step, x.shape, strict=True)):
+        return x
+    return apply(SLICE, (x,), start=start, stop=stop, step=step)
+
+
+def _norm_dim(d):
+    return int(d) if isinstance(d, (int, np.integer)) else _dim(d)
+
+
+def _range(d, s: slice, axis: int, x: Tensor) -> tuple:
+    """numpy's normalization of `s` on an axis of dim d, as (start, stop, step) in the Slice op's form."""
+    if _static(d):
+        a, b, k = s.indices(d)
+        n = len(range(a, b, k))
+        if n == 0:
+            return 0, 0, 1
+        return a, a + k * (n - 1) + (1 if k > 0 else -1), k
+    if s.start is None and s.stop is None and s.step in (None, 1, -1):
+        return (0, d, 1) if s.step in (None, 1) else (_dim(d - 1), -1, -1)
+    raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}); it can only be taken whole (':' or "
+                     f"'::-1'), not sliced with {_fmt_slice(s)}")
+
+
+def _fmt_slice(s: slice) -> str:
+    parts = ["" if v is None else str(v) for v in (s.start, s.stop, s.step)]
+    return ":".join(parts[:2]) + (f":{parts[2]}" if s.step is not None else "")
+
+
+def _is_int(k) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
+def _fail(err: GraphcError, inputs, op_name: str) -> GraphcError:
+    from graphc.ops.core import located
+
+    return located(err, inputs, op_name)
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    """numpy's basic indexing: ints (drop the axis), slices with any step, None (a new axis), one Ellipsis."""
+    key = key if isinstance(key, tuple) else (key,)
+    for k in key:
+        if not (_is_int(k) or isinstance(k, slice) or k is None or k is Ellipsis):
+            what = describe(k) if isinstance(k, Node) else f"{type(k).__name__} {k!r}"[:80]
+            raise _fail(GraphcError(
+                f"index {what}: only basic indexing (ints, slices, None, ...) is supported; to select by an "
+                "index array use gc.take(x, indices, axis)"), (x,), "indexing")
+        if isinstance(k, slice):
+            for v in (k.start, k.stop, k.step):
+                if v is not None and not _is_int(v):
+                    raise _fail(GraphcError(f"slice bounds must be ints or None, got {_fmt_slice(k)}"), (x,),
+                                "indexing")
+            if k.step == 0:
+                raise _fail(ShapeError("slice step cannot be zero"), (x,), "indexing")
+    if sum(k is Ellipsis for k in key) > 1:
+        raise _fail(GraphcError("an index can only have a single ellipsis ('...')"), (x,), "indexing")
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if used > x.ndim:
+        raise _fail(ShapeError(f"too many indices: {used} for a rank-{x.ndim} tensor {fmt_shape(x.shape)}"), (x,),
+                    "indexing")
+    if Ellipsis in key:
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - used) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (x.ndim - used)
+    start, stop, step = [], [], []
+    layout = []  # per output axis: None for a new axis, else the input axis (sliced, not indexed) it comes from
+    axis = 0
+    for k in key:
+        if k is None:
+            layout.append(None)
+            continue
+        d = x.shape[axis]
+        try:
+            if isinstance(k, slice):
+                a, b, s = _range(d, k, axis, x)
+            else:
+                if not _static(d):
+                    raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}); it cannot be indexed "
+                                     "with an int")
+                if not -d <= k < d:
+                    raise ShapeError(f"index {int(k)} is out of range for axis {axis} with size {d} "
+                                     f"(of {fmt_shape(x.shape)})")
+                a = int(k) % d
+                b, s = a + 1, 1
+        except ShapeError as err:
+            raise _fail(err, (x,), "indexing") from None
+        start.append(a), stop.append(b), step.append(s)
+        if isinstance(k, slice):
+            layout.append(axis)
+        axis += 1
+    out = _slice(x, start, stop, step)
+    return reshape(out, tuple(1 if a is None else out.shape[a] for a in layout))
+
+
+class Pad(Op):
+    """XLA's pad: on each axis `low` values before, `high` after and `interior` between neighbouring elements,
+    all equal to `value`; the input lands at out[low + (interior+1)*i]. attrs `low`, `high`, `interior` (per axis,
+    ints >= 0) and `value` (a Python number)."""
+
+    name = "pad"
+    kind = "movement"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        low = _ints(attrs["low"], x.ndim, "low")
+        high = _ints(attrs["high"], x.ndim, "high")
+        interior = _ints(attrs["interior"], x.ndim, "interior")
+        if x.dtype == "bool":
+            raise DTypeError("pad of a bool tensor; cast it first")
+        out = []
+        for d, lo, hi, i in zip(x.shape, low, high, interior, strict=True):
+            inner = max(d - 1, 0) * i if _static(d) else (d - 1) * i
+            out.append(_dim(d + inner + lo + hi))
+        return tuple(out), x.dtype
+
+    def reference(self, node, args, ctx):
+        (x,) = args
+        out = np.full(eval_shape(node.shape, ctx.dims), node.attrs["value"], dtype=x.dtype)
+        key = tuple(slice(lo, lo + d * (i + 1), i + 1) for lo, d, i in
+                    zip(node.attrs["low"], x.shape, node.attrs["interior"], strict=True))
+        out[key] = x
+        return out
+
+    def vjp(self, node, g):
+        x = node.inputs[0]
+        start, stop, step = [], [], []
+        for d, lo, i in zip(x.shape, node.attrs["low"], node.attrs["interior"], strict=True):
+            if _static(d) and d == 0:
+                start.append(0), stop.append(0), step.append(1)
+                continue
+            start.append(lo)
+            stop.append(_dim(lo + (d - 1) * (i + 1) + 1))
+            step.append(i + 1)
+        return (_slice(g, start, stop, step),)
+
+    def lower(self, node, lx):
+        """x where the position is one of its elements (low + (interior + 1) * i), else the pad value."""
+        a = node.attrs
+        index = [floordiv(o - lo, r + 1) for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True)]
+        return lx.guard(lx.in_range(index, node.inputs[0].shape), lx.at(0, index), lx.const(a["value"], node.dtype))
+
+
+PAD = register(Pad())
+
+
+def _pad(x: Tensor, low, high, interior, value) -> Tensor:
+    if not any(low) and not any(high) and not any(interior):
+        return x
+    value = int(value) if x.dtype in ("int32", "int64") else float(value)  # one value, one node
+    return apply(PAD, (x,), low=tuple(low), high=tuple(high), interior=tuple(interior), value=value)
+
+
+def pad(x, pad_width, constant_values=0, *, interior=None) -> Tensor:
+    """numpy.pad in "constant" mode: pad_width is an int, a (before, after) pair, or one pair per axis.
+    `interior` (an int or one per axis) inserts that many values between neighbouring elements, as XLA's pad
+    (the gradient of a strided slice)."""
+    x = as_tensor(x)
+    try:
+        low, high = _pad_width(pad_width, x.ndim)
+        if interior is None:
+            inner = (0,) * x.ndim
+        elif _is_int(interior):
+            inner = (int(interior),) * x.ndim
+        else:
+            inner = tuple(interior)
+        inner = _ints(inner, x.ndim, "interior")
+        if isinstance(constant_values, (bool, np.bool_)) or not isinstance(
+                constant_values, (int, float, np.integer, np.floating)):
+            raise GraphcError(f"constant_values must be a number, got {type(constant_values).__name__}")
+        if x.dtype in ("int32", "int64"):
+            if float(constant_values) != int(constant_values):
+                raise DTypeError(f"constant_values {constant_values} does not fit an {x.dtype} tensor")
+            value = int(constant_values)
+        else:
+            value = float(constant_values)
+    except GraphcError as err:
+        raise _fail(err, (x,), "pad") from None
+    return _pad(x, low, high, inner, value)
+
+
+def _pad_width(pw, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    bad = ShapeError(f"pad_width must be an int, a (before, after) pair or {ndim} such pairs of ints >= 0, "
+                     f"got {pw!r}")
+    try:  # numpy's rule: pad_width broadcasts to one (before, after) pair per axis
+        pairs = np.broadcast_to(np.asarray(pw, dtype=object), (ndim, 2)).tolist()
+    except ValueError:
+        raise bad from None
+    for p in pairs:
+        for v in p:
+            if not _is_int(v) or v < 0:
+                raise bad
+    return tuple(int(p[0]) for p in pairs), tuple(int(p[1]) for p in pairs)
+
+
+class Concat(Op):
+    """Inputs joined along `axis` (attr, >= 0); all other dims and the dtype agree."""
+
+    name = "concat"
+    kind = "movement"
+
+    def infer(self, inputs, attrs):
+        axis = attrs["axis"]
+        if not inputs:
+            raise ShapeError("needs at least one tensor")
+        first = inputs[0]
+        if not 0 <= axis < max(first.ndim, 1) or first.ndim == 0:
+            raise ShapeError(f"axis {axis} is out of range for rank-{first.ndim} tensors")
+        total: Dim = 0
+        for k, x in enumerate(inputs):
+            if x.dtype != first.dtype:
+                raise DTypeError(f"tensors have dtypes {first.dtype} and {x.dtype} (input {k}); graphc does not "
+                                 "mix dtypes silently: cast one of them")
+            if x.ndim != first.ndim or not all(
+                    i == axis or dims_equal(a, b) for i, (a, b) in enumerate(zip(first.shape, x.shape, strict=True))):
+                raise ShapeError(f"shapes {fmt_shape(first.shape)} and {fmt_shape(x.shape)} (input {k}) differ off "
+                                 f"the concatenation axis {axis}")
+            total = total + x.shape[axis]
+        return first.shape[:axis] + (_dim(total),) + first.shape[axis + 1:], first.dtype
+
+    def reference(self, node, args, ctx):
+        return np.concatenate(args, axis=node.attrs["axis"])
+
+    def vjp(self, node, g):
+        axis = node.attrs["axis"]
+        out = []
+        offset: Dim = 0
+        for x in node.inputs:
+            end = _dim(offset + x.shape[axis])
+            start = tuple(offset if i == axis else 0 for i in range(g.ndim))
+            stop = tuple(end if i == axis else d for i, d in enumerate(g.shape))
+            out.append(_slice(g, start, stop, (1,) * g.ndim))
+            offset = end
+        return out
+
+    def lower(self, node, lx):
+        """The piece whose range holds the position: a guard per piece, the last one read where none holds."""
+        axis = node.attrs["axis"]
+        o = lx.out[axis]
+        starts, off = [], 0
+        for x in node.inputs:
+            starts.append(off)
+            off = off + x.shape[axis]
+        value = lx.const(0, node.dtype)
+        for k in reversed(range(len(node.inputs))):
+            x = node.inputs[k]
+            index = [*lx.out[:axis], o - starts[k], *lx.out[axis + 1:]]
+            value = lx.guard((o - starts[k] >= 0, o - starts[k] < x.shape[axis]), lx.at(k, index), value)
+        return value
+
+
+CONCAT = register(Concat())
+
+
+def _axis(axis, ndim: int, extra: int = 0) -> int:
+    if not _is_int(axis) or not -(ndim + extra) <= axis < ndim + extra:
+        raise ShapeError(f"axis {axis!r} is out of range for a rank-{ndim} tensor")
+    return int(axis) % (ndim + extra)
+
+
+def concatenate(xs, axis: int | None = 0) -> Tensor:
+    """numpy.concatenate: tensors joined along an existing axis (None: flattened first)."""
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)):
+        raise GraphcError(f"concatenate: takes a list of tensors, got {type(xs).__name__}")
+    if not xs:
+        raise GraphcError("concatenate: needs at least one tensor")
+    ts = [as_tensor(x, next((t for t in xs if isinstance(t, Node)), None)) for x in xs]
+    if axis is None:
+        ts = [reshape(t, (-1,)) for t in ts]
+        axis = 0
+    try:
+        axis = _axis(axis, ts[0].ndim)
+    except ShapeError as err:
+        raise _fail(err, ts, "concat") from None
+    if len(ts) == 1:
+        return ts[0]
+    return apply(CONCAT, ts, axis=axis)
+
+
+def stack(xs, axis: int = 0) -> Tensor:
+    """numpy.stack: same-shape tensors joined along a new axis."""
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)) or not xs:
+        raise GraphcError("stack: takes a non-empty list of tensors")
+    ts = [as_tensor(x, next((t for t in xs if isinstance(t, Node)), None)) for x in xs]
+    for k, t in enumerate(ts):
+        if t.ndim != ts[0].ndim or not all(dims_equal(a, b) for a, b in zip(t.shape, ts[0].shape, strict=True)):
+            raise _fail(ShapeError(f"all tensors must have the same shape: {fmt_shape(ts[0].shape)} and "
+                                   f"{fmt_shape(t.shape)} (tensor {k})"), ts, "stack")
+    try:
+        axis = _axis(axis, ts[0].ndim, extra=1)
+    except ShapeError as err:
+        raise _fail(err, ts, "stack") from None
+    return concatenate([expand_dims(t, axis) for t in ts], axis)
+
+
+def split(x, indices_or_sections, axis: int = 0) -> list[Tensor]:
+    """numpy.split: `sections` equal parts (an error if they do not divide the axis), or the parts between
+    the given indices (clipped to the axis, as numpy's)."""
+    x = as_tensor(x)
+    try:
+        axis = _axis(axis, x.ndim)
+        d = x.shape[axis]
+        if not _static(d):
+            raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}) and cannot be split")
+        if _is_int(indices_or_sections):
+            n = int(indices_or_sections)
+            if n <= 0 or d % n:
+                raise ShapeError(f"{n} sections do not divide axis {axis} of size {d} equally")
+            bounds = [d // n * k for k in range(1, n)]
+        else:
+            bounds = list(indices_or_sections)
+            if not all(_is_int(b) for b in bounds):
+                raise GraphcError(f"indices_or_sections must be an int or a list of ints, got {indices_or_sections!r}")
+    except GraphcError as err:
+        raise _fail(err, (x,), "split") from None
+    edges = [None, *bounds, None]
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        ranges = [_range(d, slice(a, b) if i == axis else slice(None), i, x) for i, d in enumerate(x.shape)]
+        out.append(_slice(x, *zip(*ranges, strict=True)))
+    return out
+
+
+class Windows(Op):
+    """Sliding windows (the im2col view). attrs: `axes` (sorted, distinct), and per windowed axis `window` (K),
+    `strides` (s) and `dilation` (d), all ints >= 1. Each windowed axis of dim D becomes its window count
+    O = (D - d*(K-1) - 1)//s + 1, and the window offsets (K, one axis per windowed axis, in order) are inserted
+    after the last windowed axis: x (N,H,W,C), axes (1,2) -> (N,OH,OW,KH,KW,C) with
+    out[n,oh,ow,kh,kw,c] = x[n, s0*oh + d0*kh, s1*ow + d1*kw, c]."""
+
+    name = "windows"
+    kind = "movement"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        axes = attrs["axes"]
+        if list(axes) != sorted(set(axes)) or not axes or axes[0] < 0 or axes[-1] >= x.ndim:
+            raise ShapeError(f"axes {axes} must be distinct axes of {fmt_shape(x.shape)}, in order")
+        window = _ints(attrs["window"], len(axes), "window", 1)
+        strides = _ints(attrs["strides"], len(axes), "strides", 1)
+        dilation = _ints(attrs["dilation"], len(axes), "dilation", 1)
+        shape = list(x.shape)
+        for a, k, s, d in zip(axes, window, strides, dilation, strict=True):
+            dim = x.shape[a]
+            if not _static(dim):
+                raise ShapeError(f"axis {a} of {fmt_shape(x.shape)} is symbolic ({dim}); windows need a fixed size")
+            span = d * (k - 1) + 1
+            if span > dim:
+                raise ShapeError(f"window {k}" + (f" (dilated to {span})" if d > 1 else "") + f" is larger than "
+                                 f"axis {a} of size {dim} of {fmt_shape(x.shape)}; pad it first (gc.pad)")
+            shape[a] = (dim - span) // s + 1
+        last = axes[-1] + 1
+        return tuple(shape[:last]) + window + tuple(shape[last:]), x.dtype
+
+    def reference(self, node, args, ctx):
+        (x,) = args
+        a = node.attrs
+        res = x
+        for ax, k, s, d, o in sorted(zip(a["axes"], a["window"], a["strides"], a["dilation"],
+                                         (node.shape[i] for i in a["axes"]), strict=True), reverse=True):
+            idx = s * np.arange(o)[:, None] + d * np.arange(k)[None, :]
+            res = np.take(res, idx, axis=ax)  # (.., O, K, ..)
+        src = [ax + j + 1 for j, ax in enumerate(a["axes"])]
+        dst = [a["axes"][-1] + 1 + j for j in range(len(a["axes"]))]
+        return np.moveaxis(res, src, dst)
+
+    def vjp(self, node, g):
+        # every window offset k reads x at s*o + d*k: its cotangent is g at that offset, spread back by a pad
+        # (low d*k, interior s-1): dx is the sum of those pads
+        x = node.inputs[0]
+        a = node.attrs
+        axes, nk = a["axes"], len(a["axes"])
+        koff = axes[-1] + 1  # where the window offset axes start in the output
+        total = None
+        for ks in np.ndindex(*a["window"]):
+            start = [0] * g.ndim
+            stop = list(g.shape)
+            for j, k in enumerate(ks):
+                start[koff + j], stop[koff + j] = k, k + 1
+            part = _slice(g, start, stop, [1] * g.ndim)
+            part = reshape(part, g.shape[:koff] + g.shape[koff + nk:])
+            low, high, interior = [0] * x.ndim, [0] * x.ndim, [0] * x.ndim
+            for j, ax in enumerate(axes):
+                s, d, o = a["strides"][j], a["dilation"][j], node.shape[ax]
+                low[ax] = d * ks[j]
+                interior[ax] = s - 1
+                high[ax] = x.shape[ax] - low[ax] - s * (o - 1) - 1
+            part = _pad(part, low, high, interior, 0)
+            total = part if total is None else total + part
+        return (total,)
+
+    def lower(self, node, lx):
+        """x at s*o + d*k along each windowed axis: an index map, no copy (unless a reshape regroups it)."""
+        a = node.attrs
+        axes, nk = a["axes"], len(a["axes"])
+        koff = axes[-1] + 1
+        out = list(lx.out)
+        outer = out[:koff] + out[koff + nk:]  # the output's axes that are the input's (counts in place of dims)
+        index = list(outer)
+        for j, ax in enumerate(axes):
+            index[ax] = a["strides"][j] * outer[ax] + a["dilation"][j] * out[koff + j]
+        return lx.at(0, index)
+
+
+WINDOWS = register(Windows())
+
+
+def windows(x, window, strides=1, dilation=1, axes=None) -> Tensor:
+    """Sliding windows over `axes` (default: the axes between the first (batch) and the last (channels), as
+    for channels-last data). `window`, `strides` and `dilation` are an int or one per axis; only whole windows
+    are taken (pad first for "same" output). For x (N, H, W, C) and window (KH, KW) the result is
+    (N, OH, OW, KH, KW, C); see the Windows op for the general layout."""
+    x = as_tensor(x)
+    try:
+        if axes is None:
+            n = 1 if _is_int(window) else len(window)
+            if x.ndim < n + 2:
+                raise ShapeError(f"a {n}-D window over channels-last data needs rank >= {n + 2}, got "
+                                 f"{fmt_shape(x.shape)}; pass axes=")
+            axes = tuple(range(1, n + 1))
+        elif _is_int(axes):
+            axes = (axes,)
+        axes = tuple(_axis(ax, x.ndim) for ax in axes)
+        if len(set(axes)) != len(axes):
+            raise ShapeError(f"repeated axis in {axes}")
+
+        def per_axis(v, what):
+            v = (v,) * len(axes) if _is_int(v) else tuple(v)
+            return _ints(v, len(axes), what, 1)
+
+        window, strides, dilation = (per_axis(window, "window"), per_axis(strides, "strides"),
+                                     per_axis(dilation, "dilation"))
+    except (GraphcError, TypeError) as err:
+        raise _fail(err if isinstance(err, GraphcError) else ShapeError(str(err)), (x,), "windows") from None
+    order = sorted(range(len(axes)), key=lambda j: axes[j])
+    pick = lambda v: tuple(v[j] for j in order)  # noqa: E731
+    return apply(WINDOWS, (x,), axes=pick(axes), window=pick(window), strides=pick(strides),
+                 dilation=pick(dilation))

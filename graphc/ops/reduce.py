@@ -1,4 +1,5 @@
-"""Reductions: sum and max over axes, and sum_to_shape, which undoes broadcasting in gradients."""
+"""Reductions: sum, max and min over axes, cumsum along one, and sum_to_shape, which undoes broadcasting in
+gradients."""
 
 from __future__ import annotations
 
@@ -62,20 +63,20 @@ class Sum(_Reduce):
         return ReduceRule("sum", ACC + NEXT, 0.0, node.attrs["axes"])
 
 
-class Max(_Reduce):
-    """Maximum over axes. Gradient convention: ties share the cotangent evenly."""
+class _Extremum(_Reduce):
+    """max or min over axes. Gradient convention: ties share the cotangent evenly."""
 
-    name = "max"
+    pick: staticmethod
 
     def infer(self, inputs, attrs):
         (x,) = inputs
         for a in attrs["axes"]:
             if isinstance(x.shape[a], int) and x.shape[a] == 0:
-                raise ShapeError(f"max over the empty axis {a} of {fmt_shape(x.shape)}")
+                raise ShapeError(f"{self.name} over the empty axis {a} of {fmt_shape(x.shape)}")
         return super().infer(inputs, attrs)
 
     def reference(self, node, args, ctx):
-        return np.max(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
+        return self.pick(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
 
     def vjp(self, node, g):
         from graphc.ops.movement import broadcast_to, reshape
@@ -89,13 +90,56 @@ class Max(_Reduce):
         share = reshape(g, kept) / count
         return (where(hit, broadcast_to(share, x.shape), 0.0),)
 
+
+
+class Max(_Extremum):
+    name = "max"
+    pick = staticmethod(np.max)
+
     def reduce_rule(self, node):
-        # Max propagates nan, as numpy's max does (the native code uses llvm.maximum)
+        # propagates nan, as numpy's max does (the native code uses llvm.maximum)
         return ReduceRule("max", sympy.Max(ACC, NEXT), float("-inf"), node.attrs["axes"])
+
+
+class Min(_Extremum):
+    name = "min"
+    pick = staticmethod(np.min)
+
+    def reduce_rule(self, node):
+        return ReduceRule("min", sympy.Min(ACC, NEXT), float("inf"), node.attrs["axes"])
+
+
+class Cumsum(Op):
+    """Running sums along `axis` (attr); `reverse` (attr) sums from the end: out[i] = sum(x[i:])."""
+
+    name = "cumsum"
+    kind = "reduce"
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        if not 0 <= attrs["axis"] < x.ndim:
+            raise ShapeError(f"axis {attrs['axis']} is out of range for {fmt_shape(x.shape)}")
+        return x.shape, "int32" if x.dtype == "bool" else x.dtype
+
+    def reference(self, node, args, ctx):
+        x, axis = args[0], node.attrs["axis"]
+        dtype = ctx.dtype(node.dtype)
+        if node.attrs["reverse"]:
+            return np.flip(np.cumsum(np.flip(x, axis), axis, dtype=dtype), axis)
+        return np.cumsum(x, axis, dtype=dtype)
+
+    def vjp(self, node, g):
+        # out[i] = sum_{j<=i} x[j], so dx[j] = sum_{i>=j} g[i]: the cumsum the other way
+        return (apply(CUMSUM, (g,), axis=node.attrs["axis"], reverse=not node.attrs["reverse"]),)
+
+    def reduce_rule(self, node):
+        return ReduceRule("sum", ACC + NEXT, 0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
 
 
 SUM = register(Sum())
 MAX = register(Max())
+MIN = register(Min())
+CUMSUM = register(Cumsum())
 
 
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
@@ -112,6 +156,28 @@ def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     if not axes:
         return x
     return apply(MAX, (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    x = as_tensor(x)
+    axes = _axes(x.ndim, axis)
+    if not axes:
+        return x
+    return apply(MIN, (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def cumsum(x, axis: int | None = None, *, reverse: bool = False) -> Tensor:
+    """numpy.cumsum: running sums along `axis` (None: over the flattened tensor). `reverse=True` sums from the
+    end (out[i] = x[i] + x[i+1] + ...)."""
+    from graphc.ops.movement import reshape
+
+    x = as_tensor(x)
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"cumsum: axis must be an int or None, got {axis!r}")
+    (axis,) = _axes(x.ndim, axis)
+    return apply(CUMSUM, (x,), axis=axis, reverse=bool(reverse))
 
 
 def sum_to_shape(g: Tensor, shape: Shape) -> Tensor:

@@ -462,7 +462,7 @@ class CompiledFunction:
         LOOP_SECONDS per element of its loop domain."""
         if self._cost_terms is None:  # (seconds per unit, dims whose product is the units), built once
             self._cost_terms = [
-                (2.0 / GEMM_FLOPS, [self._dim_fn(d) for d in (k.m, k.n, k.k)]) if isinstance(k, GemmKernel)
+                (2.0 / GEMM_FLOPS, [self._dim_fn(d) for d in (*k.batch, k.m, k.n, k.k)]) if isinstance(k, GemmKernel)
                 else (LOOP_SECONDS, [self._dim_fn(d) for d in k.domain]) for k in self.program.kernels]
         t = 0.0
         for w, dims in self._cost_terms:

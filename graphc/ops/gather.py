@@ -1,0 +1,141 @@
+"""Indexed reads and writes along one axis: take (gather) and its gradient pair scatter_add.
+
+Indices are int32 or int64 tensors of any rank and must lie in [0, size of the axis): unlike numpy, a negative
+index is an error, not a count from the end (JAX clamps, PyTorch raises; an embedding id of -1 is far more
+often a bug than a request for the last row)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.shapes import INT_DTYPES, dims_equal, fmt_shape
+from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
+
+
+def _check_axis(x, axis) -> None:
+    if not 0 <= axis < x.ndim:
+        raise ShapeError(f"axis {axis} is out of range for {fmt_shape(x.shape)}")
+
+
+def _check_indices(idx) -> None:
+    if idx.dtype not in INT_DTYPES:
+        raise DTypeError(f"indices must be int32 or int64, got {describe(idx)}")
+
+
+def _gathered_shape(x, idx, axis):
+    return x.shape[:axis] + idx.shape + x.shape[axis + 1:]
+
+
+def _in_range(node, idx: np.ndarray, n: int) -> None:
+    """The reference's bounds check: the first bad index, the axis and its size, and the op's line."""
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        v = int(idx[bad].flat[0])
+        raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
+                          f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
+                          f"{node.source.where()}")
+
+
+class Take(Op):
+    """out = x[..., indices, ...] along `axis` (attr): shape x.shape[:axis] + indices.shape + x.shape[axis+1:]."""
+
+    name = "take"
+    kind = "movement"
+
+    def infer(self, inputs, attrs):
+        x, idx = inputs
+        axis = attrs["axis"]
+        _check_axis(x, axis)
+        _check_indices(idx)
+        return _gathered_shape(x, idx, axis), x.dtype
+
+    def reference(self, node, args, ctx):
+        x, idx = args
+        axis = node.attrs["axis"]
+        _in_range(node, idx, x.shape[axis])
+        return np.take(x, idx, axis=axis)
+
+    def vjp(self, node, g):
+        from graphc.ops.pointwise import full_like
+
+        x, idx = node.inputs
+        return scatter_add(full_like(x, 0.0), idx, g, node.attrs["axis"]), None
+
+    def lower(self, node, lx):
+        x, idx = node.inputs
+        axis, k = node.attrs["axis"], idx.ndim
+        j = lx.gather(1, lx.out[axis:axis + k], x.shape[axis])
+        return lx.at(0, [*lx.out[:axis], j, *lx.out[axis + k:]])
+
+
+class ScatterAdd(Op):
+    """x with `updates` added at `indices` along `axis` (attr); repeated indices accumulate (np.add.at).
+    updates has shape x.shape[:axis] + indices.shape + x.shape[axis+1:]."""
+
+    name = "scatter_add"
+    kind = "scatter"
+
+    def infer(self, inputs, attrs):
+        x, idx, upd = inputs
+        axis = attrs["axis"]
+        _check_axis(x, axis)
+        _check_indices(idx)
+        if x.dtype == "bool" or upd.dtype != x.dtype:
+            raise DTypeError(f"x and updates must share a numeric dtype, got {x.dtype} and {upd.dtype}")
+        want = _gathered_shape(x, idx, axis)
+        if len(want) != upd.ndim or not all(dims_equal(a, b) for a, b in zip(want, upd.shape, strict=True)):
+            raise ShapeError(f"updates must have shape x.shape[:axis] + indices.shape + x.shape[axis+1:] = "
+                             f"{fmt_shape(want)}, got {fmt_shape(upd.shape)}")
+        return x.shape, x.dtype
+
+    def reference(self, node, args, ctx):
+        x, idx, upd = args
+        axis = node.attrs["axis"]
+        _in_range(node, idx, x.shape[axis])
+        out = np.array(x, copy=True)
+        # index axis first on both sides: out'[idx[j...]] += upd'[j..., rest]
+        upd = np.moveaxis(upd, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
+        np.add.at(np.moveaxis(out, axis, 0), idx, upd)
+        return out
+
+    def vjp(self, node, g):
+        x, idx, upd = node.inputs
+        return g, None, take(g, idx, node.attrs["axis"])
+
+    def scatter_rule(self, node):
+        from graphc.ir.lowering import ScatterRule
+
+        return ScatterRule(node.attrs["axis"])
+
+
+TAKE = register(Take())
+SCATTER_ADD = register(ScatterAdd())
+
+
+def _args(name, x, indices, axis, extra=()):
+    x = as_tensor(x)
+    indices = as_tensor(indices) if isinstance(indices, Tensor) else as_tensor(np.asarray(indices))
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
+        raise located(ShapeError(f"axis {axis!r} is out of range for a rank-{x.ndim} tensor"), (x, indices, *extra),
+                      name)
+    return x, indices, int(axis) % x.ndim
+
+
+def take(x, indices, axis: int = 0) -> Tensor:
+    """numpy.take with an axis: the entries of x at `indices` (an int32/int64 tensor, or array, of any rank)
+    along `axis`; the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices must lie in
+    [0, x.shape[axis]): an index out of range (negative ones included) is an error when evaluated."""
+    x, indices, axis = _args("take", x, indices, axis)
+    return apply(TAKE, (x, indices), axis=axis)
+
+
+def scatter_add(x, indices, updates, axis: int = 0) -> Tensor:
+    """x with `updates` added at `indices` along `axis` (repeated indices accumulate, as np.add.at); updates has
+    shape x.shape[:axis] + indices.shape + x.shape[axis+1:]. The gradient pair of take."""
+    x = as_tensor(x)
+    updates = as_tensor(updates, x)
+    x, indices, axis = _args("scatter_add", x, indices, axis, (updates,))
+    return apply(SCATTER_ADD, (x, indices, updates), axis=axis)
+
+

@@ -1,0 +1,388 @@
+"""The structural ops as a user meets them: numpy's names and results (numpy is the oracle here), errors that
+name the op, the shapes and the user's line, symbolic batch dims, and second derivatives through them."""
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+HERE = "test_structural.py"
+rng = np.random.default_rng(11)
+
+
+def ev(out, **values):
+    return gc.evaluate(out, values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# basic indexing
+
+
+KEYS = [
+    (slice(1, 3),), (2,), (-1,), (slice(None, None, -1),), (slice(None, None, -2), 1), (Ellipsis, 0),
+    (None, slice(1, None), None), (0, Ellipsis, slice(3, 0, -2)), (slice(-2, None), None, -3), (slice(5, 1),),
+    (slice(-100, 100, 3), slice(None), slice(None, 1)), (1, 2, 3), (Ellipsis,), (slice(None),),
+]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=repr)
+def test_basic_indexing_matches_numpy(key):
+    v = rng.normal(size=(3, 4, 5))
+    x = gc.input("x", v.shape, "float64")
+    out = x[key]
+    np.testing.assert_array_equal(ev(out, x=v), v[key])
+    assert out.shape == v[key].shape
+
+
+def test_one_selection_is_one_node_and_the_whole_tensor_is_itself():
+    x = gc.input("x", (6, 4))
+    assert x[0:4:2] is x[0:3:2]  # the same elements: the same (hash-consed) node
+    assert x[:] is x and x[...] is x and x[::1, :] is x
+
+
+def test_symbolic_batch_axis_is_taken_whole():
+    x = gc.input("xb", ("N", 5), "float64")
+    y = x[:, 1:4:2] * 2.0
+    assert y.shape == (gc.dim("N"), 2)
+    for n in (1, 3, 8):
+        v = rng.normal(size=(n, 5))
+        np.testing.assert_allclose(ev(y, xb=v), v[:, 1:4:2] * 2.0)
+        np.testing.assert_allclose(ev(x[::-1], xb=v), v[::-1])
+    g = gc.grad(gc.sum(gc.tanh(x[::-1, 1:4])), x)
+    v = rng.normal(size=(4, 5))
+    want = np.zeros_like(v)
+    want[:, 1:4] = 1 - np.tanh(v[:, 1:4]) ** 2
+    np.testing.assert_allclose(ev(g, xb=v), want)
+
+
+@pytest.mark.parametrize("key, words", [
+    ((3,), r"indexing: index 3 is out of range for axis 0 with size 3 \(of \[3,4\]\)"),
+    ((0, -5), "index -5 is out of range for axis 1 with size 4"),
+    ((0, 0, 0), r"too many indices: 3 for a rank-2 tensor \[3,4\]"),
+    ((slice(None, None, 0),), "step cannot be zero"),
+    ((Ellipsis, Ellipsis), "single ellipsis"),
+    (([0, 2],), "gc.take"),
+    ((np.array([True, False, True]),), "gc.take"),
+    ((slice(0.5, None),), "slice bounds must be ints"),
+])
+def test_bad_indexing_is_an_error_at_the_users_line(key, words):
+    x = gc.input("x", (3, 4))
+    with pytest.raises(gc.GraphcError, match=words) as err:
+        x[key]
+    assert HERE in str(err.value) and "x: f32[3,4]" in str(err.value)
+
+
+def test_indexing_with_a_tensor_points_to_take():
+    x, i = gc.input("x", (3, 4)), gc.input("i", (2,), "int32")
+    with pytest.raises(gc.GraphcError, match=r"index i: i32\[2\].*use gc.take\(x, indices, axis\)"):
+        x[i]
+
+
+def test_a_symbolic_axis_cannot_be_cut_or_indexed():
+    x = gc.input("x", ("N", 4))
+    with pytest.raises(gc.ShapeError, match=r"axis 0 of \[N,4\] is symbolic \(N\); it can only be taken whole "
+                                            r"\(':' or '::-1'\), not sliced with 1:"):
+        x[1:]
+    with pytest.raises(gc.ShapeError, match="cannot be indexed with an int"):
+        x[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pad, concatenate, stack, split
+
+
+@pytest.mark.parametrize("width", [1, (1, 2), ((0, 1), (2, 0)), [[1], [0]], ((3,),)], ids=repr)
+def test_pad_matches_numpy(width):
+    v = rng.normal(size=(2, 3))
+    x = gc.input("x", v.shape, "float64")
+    np.testing.assert_array_equal(ev(gc.pad(x, width, constant_values=-1.5), x=v),
+                                  np.pad(v, width, constant_values=-1.5))
+
+
+def test_pad_interior_spreads_elements_out():
+    x = gc.input("x", (2, 3), "int32")
+    out = gc.pad(x, ((1, 0), (0, 0)), constant_values=9, interior=(1, 2))
+    want = np.full((4, 7), 9)
+    want[1::2, ::3] = [[1, 2, 3], [4, 5, 6]]
+    assert out.dtype == "int32"
+    np.testing.assert_array_equal(ev(out, x=np.array([[1, 2, 3], [4, 5, 6]], np.int32)), want)
+
+
+@pytest.mark.parametrize("width, words", [((-1, 0), "pad_width must be"), (((1, 1),) * 3, "pad_width must be"),
+                                          ((1.5, 0), "pad_width must be")])
+def test_bad_pad_width_is_an_error(width, words):
+    x = gc.input("x", (2, 3))
+    with pytest.raises(gc.ShapeError, match=words) as err:
+        gc.pad(x, width)
+    assert err.value.args[0].startswith("pad: ") and HERE in str(err.value)
+
+
+def test_pad_of_an_int_tensor_with_a_fraction_is_an_error():
+    with pytest.raises(gc.DTypeError, match="constant_values 0.5 does not fit an int32 tensor"):
+        gc.pad(gc.input("k", (2,), "int32"), 1, constant_values=0.5)
+
+
+def test_concatenate_stack_split_match_numpy():
+    a, b = rng.normal(size=(2, 3)), rng.normal(size=(2, 5))
+    x, y = gc.input("x", a.shape, "float64"), gc.input("y", b.shape, "float64")
+    np.testing.assert_array_equal(ev(gc.concatenate([x, y], axis=-1), x=a, y=b), np.concatenate([a, b], -1))
+    np.testing.assert_array_equal(ev(gc.concatenate([x, y], axis=None), x=a, y=b), np.concatenate([a, b], None))
+    np.testing.assert_array_equal(ev(gc.stack([x, x * 2.0, x], axis=1), x=a), np.stack([a, a * 2, a], 1))
+    np.testing.assert_array_equal(ev(gc.stack([x, x], axis=-1), x=a), np.stack([a, a], -1))
+    for spec in (5, [1, 3], [4, 2], [-1], [0, 9], [2, 2]):
+        parts = gc.split(y, spec, axis=1)
+        want = np.split(b, spec, axis=1)
+        assert len(parts) == len(want)
+        for p, w in zip(parts, want, strict=True):
+            np.testing.assert_array_equal(ev(p, y=b), w)
+    # joined back, the parts are the tensor; the gradient of the parts is the cotangent cut the same way
+    parts = gc.split(y, [1, 3], axis=1)
+    np.testing.assert_array_equal(ev(gc.concatenate(parts, 1), y=b), b)
+    g = gc.grad(gc.sum(parts[0]) + gc.sum(parts[2] * 3.0), y)
+    np.testing.assert_array_equal(ev(g, y=b), [[1, 0, 0, 3, 3]] * 2)
+
+
+def test_concatenate_along_the_batch_axis():
+    x = gc.input("xb", ("N", 2), "float64")
+    out = gc.concatenate([x, x * 2.0], 0)
+    assert out.shape == (2 * gc.dim("N"), 2)
+    v = rng.normal(size=(3, 2))
+    np.testing.assert_allclose(ev(out, xb=v), np.concatenate([v, 2 * v]))
+    np.testing.assert_allclose(ev(gc.grad(gc.sum(out * out), x), xb=v), 2 * v + 8 * v)
+
+
+def test_concatenate_errors_name_the_op_the_shapes_and_the_line():
+    x, y = gc.input("x", (2, 3)), gc.input("y", (3, 3))
+    with pytest.raises(gc.ShapeError, match=r"concat: shapes \[2,3\] and \[3,3\] \(input 1\) differ off the "
+                                            r"concatenation axis 1 \(inputs x: f32\[2,3\], y: f32\[3,3\]\)") as e:
+        gc.concatenate([x, y], axis=1)
+    assert HERE in str(e.value)
+    with pytest.raises(gc.DTypeError, match="concat: tensors have dtypes float32 and float64"):
+        gc.concatenate([x, gc.input("z", (2, 3), "float64")])
+    with pytest.raises(gc.ShapeError, match="concat: axis 2 is out of range for a rank-2 tensor"):
+        gc.concatenate([x, x], axis=2)
+    with pytest.raises(gc.ShapeError, match=r"stack: all tensors must have the same shape: \[2,3\] and \[3,3\]"):
+        gc.stack([x, y])
+    with pytest.raises(gc.ShapeError, match="split: 2 sections do not divide axis 0 of size 3 equally"):
+        gc.split(y, 2)
+    with pytest.raises(gc.ShapeError, match=r"split: axis 0 of \[N,3\] is symbolic"):
+        gc.split(gc.input("b", ("N", 3)), 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# take and scatter_add
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_take_matches_numpy_for_any_index_rank(axis):
+    v = rng.normal(size=(3, 4, 2))
+    x = gc.input("x", v.shape, "float64")
+    for idx in (np.array(1), np.array([0, 1, 1]), np.array([[0, 1], [1, 0], [0, 0]])):
+        i = gc.input("i", idx.shape, "int64")
+        out = gc.take(x, i, axis)
+        np.testing.assert_array_equal(ev(out, x=v, i=idx), np.take(v, idx, axis))
+
+
+def test_embedding_lookup_over_a_batch_and_its_gradient_accumulates_repeats():
+    table = gc.input("table", (5, 3), "float64")
+    ids = gc.input("ids", ("N", 4), "int32")
+    emb = gc.take(table, ids)
+    assert emb.shape == (gc.dim("N"), 4, 3)
+    tv, iv = rng.normal(size=(5, 3)), np.array([[0, 2, 2, 4], [2, 1, 0, 0]], np.int32)
+    np.testing.assert_array_equal(ev(emb, table=tv, ids=iv), tv[iv])
+    g = ev(gc.grad(gc.sum(emb), table), table=tv, ids=iv)
+    np.testing.assert_array_equal(g[:, 0], np.bincount(iv.ravel(), minlength=5))
+
+
+@pytest.mark.parametrize("bad", [5, -1])
+def test_an_index_out_of_range_is_an_error_naming_the_value_and_the_axis(bad):
+    x = gc.input("x", (3, 5))
+    i = gc.input("i", (2,), "int32")
+    out = gc.take(x, i, axis=1)
+    with pytest.raises(gc.GraphcError, match=rf"take: index {bad} is out of range for axis 1 with size 5 .*"
+                                             rf"negative indices are not counted from the end\) at {HERE}"):
+        ev(out, x=np.zeros((3, 5), np.float32), i=np.array([0, bad], np.int32))
+    upd = gc.input("u", (3, 2))
+    with pytest.raises(gc.GraphcError, match=rf"scatter_add: index {bad} is out of range for axis 1 with size 5"):
+        ev(gc.scatter_add(x, i, upd, 1), x=np.zeros((3, 5), np.float32), i=np.array([bad, 0], np.int32),
+           u=np.ones((3, 2), np.float32))
+
+
+def test_take_and_scatter_add_check_their_arguments():
+    x = gc.input("x", (3, 5))
+    with pytest.raises(gc.DTypeError, match=r"take: indices must be int32 or int64, got f: f32\[2\]"):
+        gc.take(x, gc.input("f", (2,)))
+    with pytest.raises(gc.ShapeError, match="take: axis 2 is out of range for a rank-2 tensor"):
+        gc.take(x, [0], axis=2)
+    with pytest.raises(gc.ShapeError, match=r"scatter_add: updates must have shape x.shape\[:axis\] \+ "
+                                            r"indices.shape \+ x.shape\[axis\+1:\] = \[3,2\], got \[2,3\]") as e:
+        gc.scatter_add(x, np.array([0, 1]), gc.input("u", (2, 3)), axis=1)
+    assert HERE in str(e.value)
+
+
+def test_scatter_add_accumulates_repeated_indices_like_add_at():
+    v, u = rng.normal(size=(4, 3)), rng.normal(size=(2, 2, 3))
+    idx = np.array([[1, 1], [3, 1]])
+    x, upd = gc.input("x", v.shape, "float64"), gc.input("u", u.shape, "float64")
+    want = v.copy()
+    np.add.at(want, idx, u)
+    np.testing.assert_allclose(ev(gc.scatter_add(x, idx, upd), x=v, u=u), want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# windows
+
+
+def test_windows_is_the_im2col_view():
+    v = rng.normal(size=(2, 7, 8, 3))
+    x = gc.input("img", v.shape, "float64")
+    w = gc.windows(x, (3, 2), strides=(2, 3), dilation=(1, 2))
+    assert w.shape == (2, 3, 2, 3, 2, 3)  # (N, OH, OW, KH, KW, C)
+    got = ev(w, img=v)
+    for oh, ow, kh, kw in np.ndindex(3, 2, 3, 2):
+        np.testing.assert_array_equal(got[:, oh, ow, kh, kw], v[:, 2 * oh + kh, 3 * ow + 2 * kw])
+
+
+def test_windows_in_one_dimension_and_over_chosen_axes():
+    v = rng.normal(size=(2, 6, 3))
+    x = gc.input("seq", v.shape, "float64")
+    np.testing.assert_array_equal(ev(gc.windows(x, 3), seq=v),
+                                  np.lib.stride_tricks.sliding_window_view(v, 3, axis=1).transpose(0, 1, 3, 2))
+    w = gc.windows(x, (2, 2), axes=(2, 0))  # axes in any order: each keeps its own window
+    assert w.shape == (1, 6, 2, 2, 2)
+    np.testing.assert_array_equal(ev(w, seq=v)[0, :, :, 1, 0], v[1, :, 0:2])
+
+
+def test_a_convolution_from_pad_windows_and_matmul():
+    v, k = rng.normal(size=(2, 5, 5, 3)), rng.normal(size=(3, 3, 3, 4))
+    x, w = gc.input("img", v.shape, "float64"), gc.input("k", k.shape, "float64")
+    cols = gc.windows(gc.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3))  # "same" padding
+    y = gc.reshape(cols, (2, 5, 5, 27)) @ gc.reshape(w, (27, 4))
+    padded = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.einsum("nhwklc,klco->nhwo",
+                     np.stack([np.stack([padded[:, i:i + 5, j:j + 5] for j in range(3)], 3) for i in range(3)], 3), k)
+    np.testing.assert_allclose(ev(y, img=v, k=k), want)
+    gc.check_grad(gc.sum(gc.tanh(y)), [x, w], {"img": v, "k": k})
+
+
+def test_a_window_larger_than_its_axis_is_an_error_that_suggests_pad():
+    x = gc.input("img", (2, 4, 4, 3))
+    with pytest.raises(gc.ShapeError, match=r"windows: window 3 \(dilated to 5\) is larger than axis 1 of size 4 "
+                                            r"of \[2,4,4,3\]; pad it first \(gc.pad\)") as e:
+        gc.windows(x, 3, dilation=2)
+    assert HERE in str(e.value)
+    with pytest.raises(gc.ShapeError, match="windows: strides must be ints >= 1"):
+        gc.windows(x, 2, strides=0)
+    with pytest.raises(gc.ShapeError, match=r"windows: axis 0 of \[N,4,3\] is symbolic"):
+        gc.windows(gc.input("b", ("N", 4, 3)), 2, axes=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# min, argmax, argmin, cumsum
+
+
+def test_min_ties_share_the_cotangent_evenly():
+    x = gc.input("x", (2, 3), "float64")
+    v = np.array([[1.0, -2.0, -2.0], [0.5, 3.0, 1.0]])
+    np.testing.assert_array_equal(ev(gc.min(x, 1), x=v), [-2.0, 0.5])
+    np.testing.assert_array_equal(ev(x.min(), x=v), -2.0)
+    np.testing.assert_array_equal(ev(gc.grad(gc.sum(gc.min(x, 1)), x), x=v), [[0, 0.5, 0.5], [1, 0, 0]])
+    with pytest.raises(gc.ShapeError, match=r"min: min over the empty axis 0 of \[0,3\]"):
+        gc.min(gc.input("e", (0, 3)), 0)
+
+
+@pytest.mark.parametrize("fn, ref", [(gc.argmax, np.argmax), (gc.argmin, np.argmin)])
+def test_argmax_argmin_match_numpy_on_ties_and_nans(fn, ref):
+    v = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, np.nan, 5.0, np.nan], [-1.0, -1.0, -1.0, -1.0]])
+    x = gc.input("x", v.shape, "float64")
+    for axis in (None, 0, 1, -1):
+        got = ev(fn(x, axis), x=v)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, ref(v, axis))
+        np.testing.assert_array_equal(ev(fn(x, axis, keepdims=True), x=v), ref(v, axis, keepdims=True))
+    k = gc.input("k", (5,), "int32")
+    np.testing.assert_array_equal(ev(fn(k), k=np.array([3, 7, 7, -2, 7], np.int32)),
+                                  ref(np.array([3, 7, 7, -2, 7])))
+
+
+def test_argmax_errors():
+    with pytest.raises(gc.ShapeError, match=r"argmax: axis 0 of \[N,3\] must have a fixed, non-zero size"):
+        gc.argmax(gc.input("b", ("N", 3)), 0)
+    with pytest.raises(gc.ShapeError, match="argmax: axis 2 is out of range for a rank-2 tensor"):
+        gc.argmax(gc.input("x", (2, 3)), 2)
+
+
+def test_cumsum_matches_numpy():
+    v = rng.normal(size=(3, 4))
+    x = gc.input("x", v.shape, "float64")
+    for axis in (None, 0, 1, -1):
+        np.testing.assert_allclose(ev(gc.cumsum(x, axis), x=v), np.cumsum(v, axis))
+    np.testing.assert_allclose(ev(gc.cumsum(x, 1, reverse=True), x=v), np.cumsum(v[:, ::-1], 1)[:, ::-1])
+    k = gc.input("k", (4,), "int64")
+    np.testing.assert_array_equal(ev(gc.cumsum(k), k=np.array([1, 2, 3, 4])), [1, 3, 6, 10])
+    with pytest.raises(gc.ShapeError, match="cumsum: axis must be an int or None"):
+        gc.cumsum(x, (0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batched matmul
+
+
+def test_batched_matmul_broadcasts_batch_dims_like_numpy():
+    a, b = rng.normal(size=(2, 1, 3, 4)), rng.normal(size=(5, 4, 2))
+    x, y = gc.input("a", a.shape, "float64"), gc.input("b", b.shape, "float64")
+    np.testing.assert_allclose(ev(x @ y, a=a, b=b), a @ b)
+    np.testing.assert_allclose(ev(gc.matmul(y, x, ta=True, tb=True), a=a, b=b),
+                               np.swapaxes(b, -1, -2) @ np.swapaxes(a, -1, -2))
+    v = rng.normal(size=4)
+    z = gc.input("v", (4,), "float64")
+    np.testing.assert_allclose(ev(x @ z, a=a, v=v), a @ v)
+    np.testing.assert_allclose(ev(z @ y, b=b, v=v), v @ b)
+    gc.check_grad(gc.sum(gc.tanh(x @ y)), [x, y], {"a": a, "b": b})
+
+
+def test_two_dimensional_matmul_is_unchanged():
+    x, w = gc.input("x", ("N", 3)), gc.input("w", (3, 2))
+    out = x @ w
+    assert out.op.name == "matmul" and dict(out.attrs) == {"ta": False, "tb": False} and out.shape[1] == 2
+    ga, gb = gc.grad(gc.sum(out), [x, w])
+    assert {ga.op.name, gb.op.name} == {"matmul"}  # no batch sum for 2-D operands
+
+
+def test_batched_matmul_errors_name_both_shapes():
+    x, y = gc.input("a", (2, 3, 4)), gc.input("b", (3, 4, 5))
+    with pytest.raises(gc.ShapeError, match=r"matmul: batch dims: shapes \[2\] and \[3\] do not broadcast .*"
+                                            r"\(inputs a: f32\[2,3,4\], b: f32\[3,4,5\]\)") as e:
+        x @ y
+    assert HERE in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# second derivatives through the structural ops
+
+
+HVP = {
+    "slice": lambda x: x[1:4:2, ::-1],
+    "pad": lambda x: gc.pad(x, ((1, 0), (2, 1)), constant_values=0.5, interior=(1, 0)),
+    "take": lambda x: gc.take(x, np.array([[2, 0], [2, 3]]), axis=0),
+    "windows": lambda x: gc.windows(gc.reshape(x, (1, 4, 3, 1)), (2, 2), strides=(2, 1)),
+    "scatter_add": lambda x: gc.scatter_add(x, np.array([1, 1]), x[0:2] * x[2:4], axis=0),
+    "concat": lambda x: gc.concatenate([x, x[::-1]], axis=1),
+    "cumsum": lambda x: gc.cumsum(x, 0, reverse=True),
+    "min": lambda x: gc.min(x, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HVP))
+def test_hessian_vector_product_through_the_op(name):
+    x = gc.input("x", (4, 3), "float64")
+    y = gc.sum(gc.tanh(HVP[name](x)) ** 2)
+    v = gc.input("v", (4, 3), "float64")
+    hv = gc.grad(gc.sum(gc.grad(y, x) * v), x)
+    xv, vv = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    gx = gc.grad(y, x)
+    h = 1e-5
+    num = (ev(gx, x=xv + h * vv) - ev(gx, x=xv - h * vv)) / (2 * h)
+    got = gc.evaluate(hv, {"x": xv, "v": vv})
+    assert np.abs(got).max() > 1e-3  # not trivially zero
+    np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
