@@ -437,6 +437,22 @@ class FunctionEmitter:
         hi = b.select(b.icmp_signed("<", hi, total), hi, total)
         return lo, hi
 
+    def one_thread(self) -> tuple[ir.Value, ir.Value]:
+        """[lo, hi) = [0, 1) on thread 0 and empty elsewhere: work that runs once, in a fixed order."""
+        tid, _ = self.threads()
+        return c64(0), self.b.select(self.b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+
+    def when(self, cond: ir.Value, emit, name: str = "when") -> None:
+        """Code from `emit()` that runs only where `cond` holds."""
+        b = self.b
+        yes = b.function.append_basic_block(name)
+        done = b.function.append_basic_block(f"{name}.done")
+        b.cbranch(cond, yes, done)
+        b.position_at_end(yes)
+        emit()
+        b.branch(done)
+        b.position_at_end(done)
+
     # addresses
     def offset(self, strides, point: Point) -> ir.Value:
         """sum(stride_j * i_j) over the axes that have an index (the vector axis: its first lane)."""
@@ -548,15 +564,8 @@ class FunctionEmitter:
 
     def flag_error(self, cond: ir.Value, code: int) -> None:
         """Where `cond` holds, record error `code` in the module's error word (read after the call)."""
-        b = self.b
-        fn = b.function
-        yes = fn.append_basic_block("error")
-        cont = fn.append_basic_block("error.done")
-        b.cbranch(cond, yes, cont)
-        b.position_at_end(yes)
-        b.atomic_rmw("xchg", self.mod.error_word(), ir.Constant(I32, code), "monotonic")
-        b.branch(cont)
-        b.position_at_end(cont)
+        self.when(cond, lambda: self.b.atomic_rmw("xchg", self.mod.error_word(), ir.Constant(I32, code),
+                                                  "monotonic"), "error")
 
     def load(self, e: Load, point: Point, memo: dict | None = None) -> ir.Value:
         b = self.b
@@ -820,18 +829,18 @@ class ModuleEmitter:
         self.module.triple = target.triple
         self.teams: list = []  # the persistent thread teams of this module's launchers (graphc.codegen.team)
 
-    def _declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
+    def declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
         f = self.module.globals.get(name)
         return f if f is not None else ir.Function(self.module, fnty, name=name)
 
     def masked_load(self, vty: ir.VectorType) -> ir.Function:
         mty = ir.VectorType(I1, vty.count)
-        return self._declare(f"llvm.masked.load.{vmath._type_suffix(vty)}.p0",
+        return self.declare(f"llvm.masked.load.{vmath._type_suffix(vty)}.p0",
                              ir.FunctionType(vty, [PTR, I32, mty, vty]))
 
     def masked_store(self, vty: ir.VectorType) -> ir.Function:
         mty = ir.VectorType(I1, vty.count)
-        return self._declare(f"llvm.masked.store.{vmath._type_suffix(vty)}.p0",
+        return self.declare(f"llvm.masked.store.{vmath._type_suffix(vty)}.p0",
                              ir.FunctionType(VOID, [vty, PTR, I32, mty]))
 
     def lanes(self, dtype: str) -> int:
@@ -985,20 +994,12 @@ class ModuleEmitter:
         elif not inner_reduced:
             lo, hi = fe.partition(sizes[kept[-1]], lanes)
         else:  # full reduction: one thread
-            tid, _ = fe.threads()
-            lo = c64(0)
-            hi = b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+            lo, hi = fe.one_thread()
 
         def over_kept(idx: int, point: Point, body) -> None:
             if idx == len(kept_outer):
                 if not kept_outer and inner_reduced:  # a full reduction: thread 0 alone, in a fixed order
-                    work = fn.append_basic_block("one")
-                    done = fn.append_basic_block("one.done")
-                    b.cbranch(b.icmp_signed("<", lo, hi), work, done)
-                    b.position_at_end(work)
-                    body(point)
-                    b.branch(done)
-                    b.position_at_end(done)
+                    fe.when(b.icmp_signed("<", lo, hi), lambda: body(point), "one")
                     return
                 body(point)
                 return
@@ -1114,7 +1115,6 @@ class ModuleEmitter:
         runs over another one, else a scalar walk per row. Threads split the other positions; every running
         value is computed in the same order on any thread count."""
         b = fe.b
-        fn = b.function
         (axis,) = k.axes
         nd = len(k.domain)
         dtype = k.body.dtype
@@ -1131,8 +1131,7 @@ class ModuleEmitter:
         elif vec_axis is not None:
             lo, hi = fe.partition(sizes[vec_axis], lanes)
         else:
-            tid, _ = fe.threads()
-            lo, hi = c64(0), b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+            lo, hi = fe.one_thread()
 
         def walk_axis(point: Point) -> None:
             b.store(identity(ty), accp)
@@ -1155,13 +1154,7 @@ class ModuleEmitter:
             if idx == len(outer):
                 if vec_axis is None:
                     if not outer:  # one row: thread 0 alone
-                        work = fn.append_basic_block("one")
-                        done = fn.append_basic_block("one.done")
-                        b.cbranch(b.icmp_signed("<", lo, hi), work, done)
-                        b.position_at_end(work)
-                        walk_axis(point)
-                        b.branch(done)
-                        b.position_at_end(done)
+                        fe.when(b.icmp_signed("<", lo, hi), lambda: walk_axis(point), "one")
                         return
                     walk_axis(point)
                     return
@@ -1202,8 +1195,7 @@ class ModuleEmitter:
         elif trail:
             lo, hi = fe.partition(sizes[trail[0]], 1)
         else:
-            tid, _ = fe.threads()
-            lo, hi = c64(0), b.select(b.icmp_signed("==", tid, c64(0)), c64(1), c64(0))
+            lo, hi = fe.one_thread()
         split = lead[0] if lead else (trail[0] if trail else None)
         order = lead + idx_axes + trail
 
@@ -1235,13 +1227,7 @@ class ModuleEmitter:
                 loops(pos + 1, Point({**point.index, a: i}))
 
         if split is None:
-            work = fn.append_basic_block("one")
-            done = fn.append_basic_block("one.done")
-            b.cbranch(b.icmp_signed("<", lo, hi), work, done)
-            b.position_at_end(work)
-            loops(0, Point({}))
-            b.branch(done)
-            b.position_at_end(done)
+            fe.when(b.icmp_signed("<", lo, hi), lambda: loops(0, Point({})), "one")
         else:
             loops(0, Point({}))
         b.ret_void()
@@ -1369,7 +1355,7 @@ class ModuleEmitter:
             else:
                 raise CompileError(f"internal: unknown kernel {k}")
         self._emit_program(fns, barriers)
-        self._emit_launcher("graphc_run", "graphc_program")
+        self.emit_launcher("graphc_run", "graphc_program")
         for extra in extras:
             extra(self)
         if self.teams:
@@ -1419,14 +1405,14 @@ class ModuleEmitter:
         check = fn.append_basic_block("check")
         b.branch(check)
         b.position_at_end(check)
-        self._relax(b, spins)
+        self.relax(b, spins)
         g = b.load_atomic(gen, "acquire", 4, typ=I32)
         b.cbranch(b.icmp_signed("==", g, g0), check, done)
         b.position_at_end(done)
         b.ret_void()
         return fn
 
-    def _relax(self, b: ir.IRBuilder, spins: ir.Value) -> None:
+    def relax(self, b: ir.IRBuilder, spins: ir.Value) -> None:
         """One step of waiting: a `pause` for the first few thousand tries, then give the core away
         (sched_yield), so a waiting thread never starves the one it waits for on a busy machine."""
         n = b.load(spins, typ=I32)
@@ -1437,7 +1423,7 @@ class ModuleEmitter:
         after = fn.append_basic_block("relax.done")
         b.cbranch(b.icmp_signed("<", n, ir.Constant(I32, 4000)), short, long)
         b.position_at_end(short)
-        self._pause(b)
+        self.pause(b)
         b.branch(after)
         b.position_at_end(long)
         yf = self.module.globals.get("sched_yield")
@@ -1447,7 +1433,7 @@ class ModuleEmitter:
         b.branch(after)
         b.position_at_end(after)
 
-    def _pause(self, b: ir.IRBuilder) -> None:
+    def pause(self, b: ir.IRBuilder) -> None:
         if self.target.triple.startswith("x86_64"):
             f = self.module.globals.get("llvm.x86.sse2.pause")
             if f is None:
@@ -1485,7 +1471,7 @@ class ModuleEmitter:
                 tally(2 * k, t0)
         b.ret_void()
 
-    def _emit_launcher(self, name: str, callee: str) -> None:
+    def emit_launcher(self, name: str, callee: str) -> None:
         """i32 name(ptr a, ptr b, ptr c, i32 nthreads) runs `callee(a, b, c, tid, nthreads, barrier)` on a team
         of threads and returns the thread count that ran: a persistent team where futexes exist (Linux,
         graphc.codegen.team), else threads started and joined by each call (below)."""
@@ -1504,8 +1490,8 @@ class ModuleEmitter:
         m = self.module
         job_t = ir.LiteralStructType([PTR, PTR, PTR, I32, I32, PTR, PTR])  # a b c tid nth bar gate
 
-        create = self._declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-        join = self._declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
+        create = self.declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+        join = self.declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
         program = m.globals[callee]
 
         worker = ir.Function(m, ir.FunctionType(PTR, [PTR]), name=f"{name}.worker")
@@ -1523,7 +1509,7 @@ class ModuleEmitter:
         go = worker.append_basic_block("go")
         b.branch(spin)
         b.position_at_end(spin)
-        self._relax(b, spins)
+        self.relax(b, spins)
         open_ = b.load_atomic(gate, "acquire", 4, typ=I32)
         b.cbranch(b.icmp_signed("!=", open_, ir.Constant(I32, 0)), go, spin)
         b.position_at_end(go)

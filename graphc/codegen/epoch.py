@@ -212,7 +212,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
     b.branch(loop_exit)
     b.position_at_end(loop_exit)
     b.ret_void()
-    me._emit_launcher("graphc_epoch", "graphc_epoch_worker")
+    me.emit_launcher("graphc_epoch", "graphc_epoch_worker")
 
 
 

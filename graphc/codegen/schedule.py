@@ -171,7 +171,7 @@ class Lowering:
     def constant(self, array: np.ndarray, dtype: str) -> Expr:
         if array.size == 1:
             return Const(array.reshape(()).item(), dtype)
-        return self.sched._load(self.node, self.sched._const_buffer(self.node), self.out)
+        return self.sched.load(self.node, self.sched.const_buffer(self.node), self.out)
 
     def index(self, expr, dtype: str) -> Expr:
         return Index(_norm(expr), dtype)
@@ -311,7 +311,7 @@ class Scheduler:
                 self.fused.append(n)
         return e
 
-    def _load(self, n: Node, buf: Buffer, amap: AxisMap) -> Load:
+    def load(self, n: Node, buf: Buffer, amap: AxisMap) -> Load:
         """A load of n's elements (stored row-major in buf) at the index expressions amap."""
         return self._load_flat(buf, n.dtype, list(zip(_rowmajor(n.shape), amap, strict=True)))
 
@@ -351,12 +351,12 @@ class Scheduler:
     def _expr(self, n: Node, amap: AxisMap) -> Expr:
         buf = self.buf_of.get(id(n))
         if buf is not None:
-            return self._load(n, buf, amap)
+            return self.load(n, buf, amap)
         if n.op.leaf:
             raise CompileError(f"internal: {n.op.name} {n.name!r} has no buffer")
         return n.op.lower(n, Lowering(self, n, amap))
 
-    def _const_buffer(self, n: Node) -> Buffer:
+    def const_buffer(self, n: Node) -> Buffer:
         b = self.buf_of.get(id(n))
         if b is None:
             b = self.new_buffer(f"const{len(self.consts)}", n.shape, n.dtype, "const", n)
@@ -369,7 +369,7 @@ class Scheduler:
         while x.op.is_view(x) and id(x) not in self.buf_of:
             x = x.inputs[0]
         if x.op.constant_array(x) is not None:
-            return self._const_buffer(x)
+            return self.const_buffer(x)
         b = self.buf_of.get(id(x))
         if b is None:
             raise CompileError(f"internal: {x.op.name} at {x.source.where()} was expected in memory")
@@ -445,7 +445,7 @@ class Scheduler:
         for target, o in copies:
             src = self.buf_of[id(o)]
             self.ndomain = o.ndim
-            load = self._load(o, src, self._identity_map(o.shape))
+            load = self.load(o, src, self._identity_map(o.shape))
             self.kernels.append(LoopKernel(f"k{len(self.kernels)}_update_{target.label}", reads=[src], nodes=[],
                                            domain=o.shape, stores=[Store(target, load)]))
         _after_readers(self.kernels, in_place)

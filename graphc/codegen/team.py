@@ -79,7 +79,7 @@ class _Team:
 
 
 def _futex(me: ModuleEmitter, b: ir.IRBuilder, addr, op: int, val) -> None:
-    sc = me._declare("syscall", ir.FunctionType(I64, [I64], var_arg=True))
+    sc = me.declare("syscall", ir.FunctionType(I64, [I64], var_arg=True))
     args = [c64(SYS_FUTEX), addr, c64(op), val]
     if op == FUTEX_WAIT_PRIVATE:
         args.append(ir.Constant(PTR, None))  # no timeout
@@ -93,10 +93,10 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     m = me.module
     team = _Team(me, name)
     program = m.globals[callee]
-    clock = me._declare("llvm.readcyclecounter", ir.FunctionType(I64, []))
-    create = me._declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-    getpid = me._declare("getpid", ir.FunctionType(I32, []))
-    yield_fn = me._declare("sched_yield", ir.FunctionType(I32, []))
+    clock = me.declare("llvm.readcyclecounter", ir.FunctionType(I64, []))
+    create = me.declare("pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+    getpid = me.declare("getpid", ir.FunctionType(I32, []))
+    yield_fn = me.declare("sched_yield", ir.FunctionType(I32, []))
     job_mask = (1 << _JOB_BITS) - 1
 
     # ---- worker(ptr arg): arg = id | (job word at start << 32)
@@ -120,7 +120,7 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     cur = team.load(b, GEN)
     b.cbranch(b.icmp_unsigned("!=", cur, old), got, spin)
     b.position_at_end(spin)
-    me._pause(b)
+    me.pause(b)
     elapsed = b.sub(b.call(clock, []), b.load(t0, typ=I64))
     polite = worker.append_basic_block("yield")
     b.cbranch(b.icmp_unsigned("<", elapsed, c64(SPIN_CYCLES)), head, polite)
@@ -257,7 +257,7 @@ def emit_team_launcher(me: ModuleEmitter, name: str, callee: str) -> None:
     b.position_at_end(jhead)
     b.cbranch(b.icmp_signed("==", team.load(b, PENDING), _c32(0)), jdone, jwait)
     b.position_at_end(jwait)
-    me._relax(b, spins)
+    me.relax(b, spins)
     b.branch(jhead)
     b.position_at_end(jdone)
     team.store(b, BUSY, _c32(0))
@@ -270,8 +270,8 @@ def emit_shutdown(me: ModuleEmitter) -> None:
     """void graphc_shutdown(void): stop and join the workers of every team in the module (in this process);
     also registered as a static destructor, so unloading a shared library or exiting a binary joins them."""
     m = me.module
-    join = me._declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
-    getpid = me._declare("getpid", ir.FunctionType(I32, []))
+    join = me.declare("pthread_join", ir.FunctionType(I32, [I64, PTR]))
+    getpid = me.declare("getpid", ir.FunctionType(I32, []))
     fn = ir.Function(m, ir.FunctionType(VOID, []), name="graphc_shutdown")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     for team in me.teams:

@@ -27,7 +27,7 @@ def _float(x, what: str) -> Tensor:
 def mean(x, axis=None, keepdims: bool = False) -> Tensor:
     """The mean over axes; over a symbolic dim (the batch N) the count is read at run time."""
     x = _float(x, "mean")
-    axes = reduce._axes(x.ndim, axis)
+    axes = reduce.normalize_axes(x.ndim, axis)
     count = 1
     for a in axes:
         count = count * x.shape[a]
@@ -41,7 +41,7 @@ def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
     s = reduce.sum(exp(x - broadcast_to(m, x.shape)), axis, keepdims=True)
     out = m + log(s)
     if not keepdims:
-        axes = reduce._axes(x.ndim, axis)
+        axes = reduce.normalize_axes(x.ndim, axis)
         from graphc.ops.movement import reshape
 
         out = reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))

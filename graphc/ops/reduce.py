@@ -12,7 +12,7 @@ from graphc.ir.shapes import Shape, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
 
 
-def _axes(x_ndim: int, axis) -> tuple[int, ...]:
+def normalize_axes(x_ndim: int, axis) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(x_ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -144,7 +144,7 @@ CUMSUM = register(Cumsum())
 
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
     x = as_tensor(x)
-    axes = _axes(x.ndim, axis)
+    axes = normalize_axes(x.ndim, axis)
     if not axes:
         return x
     return apply(SUM, (x,), axes=axes, keepdims=bool(keepdims))
@@ -152,7 +152,7 @@ def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL
 
 def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
-    axes = _axes(x.ndim, axis)
+    axes = normalize_axes(x.ndim, axis)
     if not axes:
         return x
     return apply(MAX, (x,), axes=axes, keepdims=bool(keepdims))
@@ -160,7 +160,7 @@ def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
-    axes = _axes(x.ndim, axis)
+    axes = normalize_axes(x.ndim, axis)
     if not axes:
         return x
     return apply(MIN, (x,), axes=axes, keepdims=bool(keepdims))
@@ -176,7 +176,7 @@ def cumsum(x, axis: int | None = None, *, reverse: bool = False) -> Tensor:
         x, axis = reshape(x, (-1,)), 0
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise ShapeError(f"cumsum: axis must be an int or None, got {axis!r}")
-    (axis,) = _axes(x.ndim, axis)
+    (axis,) = normalize_axes(x.ndim, axis)
     return apply(CUMSUM, (x,), axis=axis, reverse=bool(reverse))
 
 
