@@ -415,7 +415,9 @@ class Pad(Op):
         """x where the position is one of its elements (low + (interior + 1) * i), else the pad value."""
         a = node.attrs
         index = [floordiv(o - lo, r + 1) for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True)]
-        return lx.guard(lx.in_range(index, node.inputs[0].shape), lx.at(0, index), lx.const(a["value"], node.dtype))
+        padded = [k for k in range(node.ndim) if a["low"][k] or a["high"][k] or a["interior"][k]]
+        conds = lx.in_range([index[k] for k in padded], [node.inputs[0].shape[k] for k in padded])
+        return lx.guard(conds, lx.at(0, index), lx.const(a["value"], node.dtype))
 
 
 PAD = register(Pad())
