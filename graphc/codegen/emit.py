@@ -604,42 +604,54 @@ class FunctionEmitter:
         return self._from_memory(v, e.dtype)
 
     def _general_load(self, e: Load, point: Point, memo: dict, base, off, vstride) -> ir.Value:
-        """A load with non-affine terms (dilation, gathers) or bounds masking: per-lane offsets, lanes outside
-        the buffer (when checked) or the point's mask read 0 and touch no memory."""
+        """A load with non-affine terms (dilation, gathers) or bounds masking. Where the terms do not vary along
+        the vector axis the lanes are still contiguous (or all one element): a masked vector load (or one scalar
+        load); else a per-lane gather. Lanes outside the buffer (when checked) or off the point's mask read 0
+        and touch no memory."""
         b = self.b
         mty = MEMORY[e.dtype]
         align = ITEMSIZE[e.dtype]
         lanes = point.lanes
         gathers = {g.sym: g for g in e.gathers}
-        if lanes is not None and not (isinstance(vstride, int) and vstride == 0):  # the affine part's lanes
-            off = self._binop("+", self.splat(off, lanes),
-                              b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
-        for t, stride in e.terms:
+        va = point.vec_axis
+        varying = lanes is not None and va is not None and (
+            any(va in loop_axes(t) for t, _ in e.terms) or any(va in g.index.axes() for g in e.gathers))
+        for t, stride in e.terms:  # the first lane's offset, when the terms are the same in every lane
             v = self.int_value(t, point, memo, gathers)
+            if isinstance(v.type, ir.VectorType) and not varying:
+                v = b.extract_element(v, ir.Constant(I32, 0))
             if not (isinstance(stride, int) and stride == 1):
                 v = self._binop("*", v, self.dim(stride))
             off = self._binop("+", off, v)
-        vector = isinstance(off.type, ir.VectorType)
-        if vector:
-            # a vector that is the same in every lane (a splat) is still one address: read it once
-            pass
-        ok = None
-        if e.checked:
-            ok = self._binop("&", self._binop(">=", off, c64(0)), self._binop("<", off, self.dim(e.buf.size())))
-        if vector and point.mask is not None:
-            ok = point.mask if ok is None else b.and_(ok, point.mask)
-        if not vector:
+        size = self.dim(e.buf.size())
+        flat = isinstance(vstride, int) and vstride == 0
+        if lanes is None or (flat and not varying):  # one element (splat to the lanes)
+            ok = self._binop("&", self._binop(">=", off, c64(0)), self._binop("<", off, size)) if e.checked else None
             addr = off if ok is None else b.select(ok, off, c64(0))
             v = b.load(b.gep(base, [addr], inbounds=True, source_etype=mty), typ=mty, align=align)
             if ok is not None:
                 v = b.select(ok, v, vmath.const(v.type, 0))
             v = self._from_memory(v, e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
+        lane_off = self._binop("+", self.splat(off, lanes) if not isinstance(off.type, ir.VectorType) else off,
+                               b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
+        ok = None
+        if e.checked:
+            ok = self._binop("&", self._binop(">=", lane_off, c64(0)), self._binop("<", lane_off, size))
+        if point.mask is not None:
+            ok = point.mask if ok is None else b.and_(ok, point.mask)
         vty = ir.VectorType(mty, lanes)
+        if not varying and isinstance(vstride, int) and vstride == 1:  # contiguous lanes: one (masked) load
+            ptr = b.gep(base, [off], source_etype=mty)  # not inbounds: masked-off lanes may lie outside
+            if ok is None:
+                v = b.load(ptr, typ=vty, align=align)
+            else:  # masked-off lanes are not read
+                v = b.call(self.mod.masked_load(vty), [ptr, ir.Constant(I32, align), ok, vmath.const(vty, 0)])
+            return self._from_memory(v, e.dtype)
         v = ir.Constant(vty, ir.Undefined)
         for lane in range(lanes):
             li = ir.Constant(I32, lane)
-            o = b.extract_element(off, li)
+            o = b.extract_element(lane_off, li)
             if ok is not None:
                 o = b.select(b.extract_element(ok, li), o, c64(0))
             x = b.load(b.gep(base, [o], inbounds=True, source_etype=mty), typ=mty, align=align)
