@@ -7,6 +7,7 @@ from collections.abc import Callable
 from graphc.ir.graph import Graph
 from graphc.ir.verify import verify
 from graphc.passes.dce import dce
+from graphc.passes.horizontal import merge_products
 from graphc.passes.simplify import simplify
 from graphc.passes.stability import stability
 
@@ -16,6 +17,7 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("simplify", simplify),
     ("stability", stability),
     ("dce", dce),
+    ("merge products", merge_products),
     ("simplify again", simplify),
 )
 

@@ -290,10 +290,28 @@ def test_compilation_is_one_list_of_named_stages():
     x = gc.input("x", ("N", 3))
     fn = gc.compile(gc.sum(gc.log(gc.sigmoid(x)) * 1.0), cache=False)
     names = [n for n, _ in fn.stages]
-    assert names[:8] == ["input", "modes", "simplify", "stability", "dce", "simplify again", "schedule", "fusion"]
-    assert names[8] == "memory"
+    assert names[:9] == ["input", "modes", "simplify", "stability", "dce", "merge products", "simplify again",
+                         "schedule", "fusion"]
+    assert names[9] == "memory"
     text = fn.stages_text()
     assert "after schedule" in text and "after memory" in text and "barriers" in text
     assert fn.signature.inputs == (x,)
     _ = fn.llvm_ir
     assert [n for n, _ in fn.stages][-2:] == ["llvm", "object"] or fn.from_cache
+
+
+def test_products_sharing_their_left_operand_run_as_one_gemm():
+    """An LSTM-like step with one weight matrix per gate: four products of h become one (forward), and the
+    four weight gradients hᵀ·dZ_i another (backward)."""
+    h = gc.input("h", ("N", 12))
+    ws = [gc.param(f"gate{i}", (12, 7), init="xavier_uniform") for i in range(4)]
+    i, f, g, o = (h @ w for w in ws)
+    c = gc.sigmoid(f) * gc.tanh(g) + gc.sigmoid(i)
+    loss = gc.sum(gc.sigmoid(o) * gc.tanh(c))
+    outs = [loss, *gc.grad(loss, ws)]
+    fn = gc.compile(outs, cache=False)
+    gemms = [k for k in fn.program.kernels if isinstance(k, GemmKernel)]
+    assert len(gemms) == 2  # h·[Wi Wf Wg Wo] and hᵀ·[dZi dZf dZg dZo] (no dh: h is not differentiated)
+    vals = dict(gc.nn.init_params(ws, seed=0), h=np.random.default_rng(4).standard_normal((9, 12)).astype(np.float32))
+    for got, ref in zip(fn(vals), gc.evaluate(outs, vals), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
