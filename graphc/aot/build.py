@@ -577,7 +577,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     L.append(f"static const int64_t gc_y_dims[] = {_ints(y_dims or [0])};")
     L.append("static const int64_t gc_matmul[][3] = {" + ", ".join(_ints(r) for r in mm or [[0, 0, 0]]) + "};")
     L.append("static const char *const gc_class_names[] = {" + ", ".join(
-        c_string(str(c)) for c in spec.classes or [""]) + "};")
+        c_string(str(_plain(c))) for c in spec.classes or [""]) + "};")
     L.append("static const char *const gc_cpu_features[] = {" + ", ".join(c_string(f) for f in feats or [""]) + "};")
     L.append("static int gc_cpu_has(int i) {\n    switch (i) {")
     for i, f in enumerate(feats):
@@ -737,6 +737,12 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
                         time.perf_counter() - t0)
 
 
+def _plain(c):
+    from graphc.fitting import _plain
+
+    return _plain(c)
+
+
 def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
     """The standardization and class labels to embed: the training run's own (data.json beside weights.npz,
     written by graphc train), else the dataset's as graphc standardizes it (its training split), else None."""
@@ -759,7 +765,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
-    classes = (data or {}).get("classes") or spec.classes
+    classes = [_plain(c) for c in (data or {}).get("classes") or spec.classes]
     extra = ""
     if std:
         extra += (f"/* The training split's feature standardization: {name}_predict computes (x - MEAN) / STD. */\n"

@@ -32,8 +32,7 @@ def test_exported_library_matches_evaluate(digits_run, digits_data, tmp_path):
                     "-lgcmodel", f"-Wl,-rpath,{lib.parent}", "-lpthread"], check=True)
     ds, _ = digits_data
     X = np.ascontiguousarray(ds.X_test, dtype=np.float32)
-    raw = (ds.X_test.astype(np.float64) * ds.x_std + ds.x_mean).astype(np.float32)  # as in the data file
-    (tmp_path / "x.bin").write_bytes(raw.tobytes())  # gcmodel_predict standardizes them itself
+    (tmp_path / "x.bin").write_bytes(X.tobytes())  # as the binary trained: its data.json says no standardization
     run = subprocess.run([str(exe), str(tmp_path / "x.bin"), str(len(X)), str(tmp_path / "out.bin")],
                          capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
@@ -133,3 +132,33 @@ def test_exported_library_takes_raw_features_and_carries_the_labels(tmp_path, da
     else:
         assert "#define M_Y_STD" in header
         assert np.sqrt(np.mean((got[:, 0] - (ds.y_test * ds.y_std + ds.y_mean)) ** 2)) < 2 * ds.y_std
+
+
+def test_a_binary_standardizes_and_its_export_takes_raw_features(digits_binary, digits_data, tmp_path):
+    """Issue 15, item 3 for `graphc build`: --standardize makes the binary standardize with the training rows'
+    statistics and write them (and the class labels) to data.json; graphc export embeds them."""
+    import json
+
+    from graphc.aot import export
+
+    ds, paths = digits_data
+    raw = {}
+    for split in ("train", "test"):
+        X = getattr(ds, f"X_{split}").astype(np.float64) * ds.x_std + ds.x_mean
+        raw[split] = X
+        np.save(tmp_path / f"x_{split}.npy", X.astype(np.float32))
+    out = tmp_path / "run"
+    p = subprocess.run([str(digits_binary.path), "--x-train", str(tmp_path / "x_train.npy"), "--y-train",
+                        str(paths["y_train"]), "--epochs", "5", "--standardize", "--quiet", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    d = json.loads((out / "data.json").read_text())
+    np.testing.assert_allclose(d["x_mean"], ds.x_mean, rtol=1e-5, atol=1e-5)
+    assert d["classes"] == [str(c) for c in range(10)]
+    lib = export(tmp_path / "libdig.so", out).path
+    got = _predict(lib, "dig_predict", raw["test"], 10)
+    assert np.mean(got.argmax(1) == ds.y_test) > 0.9
+    p = subprocess.run([str(digits_binary.path), *[str(a) for a in ("--x-train", paths["x_train"], "--y-train",
+                        paths["y_train"], "--epochs", "1", "--quiet", "--out", tmp_path / "plain")]],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads((tmp_path / "plain" / "data.json").read_text())["x_mean"] is None
