@@ -257,3 +257,13 @@ def test_refit_drops_validation_metrics_and_says_why(tmp_path):
     assert r.metrics["refit_epochs"] >= 1
     assert "val_accuracy" not in r.metrics and "refit" in r.metrics["val_note"]
 
+
+
+# 12 -- the README's install gives a Jupyter front end to open the notebooks with
+def test_the_notebooks_extra_has_a_jupyter_front_end_and_the_readme_installs_it():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.split(">")[0].split("=")[0] in ("notebook", "jupyterlab") for req in extras["notebooks"])
+    assert "pip install -e '.[notebooks]' && jupyter notebook notebooks/" in (root / "README.md").read_text()
