@@ -318,13 +318,20 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
         which[idx] = k
         where[idx] = np.arange(len(idx))
     total = np.zeros(width)
-    for i, j in _chunks(n, width):
-        total += rows(i, j)[which[i:j] == 0].sum(0)
-    mean = total / len(tr)
-    sq = np.zeros(width)
-    for i, j in _chunks(n, width):
-        sq += ((rows(i, j)[which[i:j] == 0] - mean) ** 2).sum(0)
-    std = np.sqrt(sq / len(tr))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the feature
+        for i, j in _chunks(n, width):
+            total += rows(i, j)[which[i:j] == 0].sum(0)
+        mean = total / len(tr)
+        sq = np.zeros(width)
+        for i, j in _chunks(n, width):
+            sq += ((rows(i, j)[which[i:j] == 0] - mean) ** 2).sum(0)
+        std = np.sqrt(sq / len(tr))
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        c = int(np.argmax(bad))
+        raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} has values too large to standardize "
+                        f"(its variance over the training rows overflows float64, e.g. values near 1e300); "
+                        "rescale, clip or drop them")
     std[std == 0] = 1.0
     splits = [np.empty((len(idx), width), np.float32) for idx in (tr, va, te)]
     f32_max = float(np.finfo(np.float32).max)

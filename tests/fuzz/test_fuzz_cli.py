@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ RUN_FILES = ("metrics.json", "history.csv", "weights.npz", "loss.png", "data.jso
 def cli(*argv) -> tuple[int, str]:
     """Run `graphc` in this process; an exception escaping main() is a traceback a user would see."""
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning printed before graphc's message is a defect too
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as e:  # argparse's usage errors

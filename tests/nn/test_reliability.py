@@ -267,3 +267,17 @@ def test_the_notebooks_extra_has_a_jupyter_front_end_and_the_readme_installs_it(
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.split(">")[0].split("=")[0] in ("notebook", "jupyterlab") for req in extras["notebooks"])
     assert "pip install -e '.[notebooks]' && jupyter notebook notebooks/" in (root / "README.md").read_text()
+
+
+def test_values_too_large_to_standardize_are_refused_without_a_numpy_warning(tmp_path):
+    """Found by the fuzz harness: a feature near 1e300 overflowed the variance with a RuntimeWarning and trained
+    with that feature silently zeroed (std inf)."""
+    import warnings
+
+    X = np.ones((40, 3))
+    X[5, 1] = 1e300
+    np.savez(tmp_path / "big.npz", X=X, y=np.arange(40) % 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(gc.GraphcError, match="feature 'x1' has values too large to standardize"):
+            fit(data=str(tmp_path / "big.npz"), epochs=1, progress=False)
