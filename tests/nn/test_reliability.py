@@ -281,3 +281,27 @@ def test_values_too_large_to_standardize_are_refused_without_a_numpy_warning(tmp
         warnings.simplefilter("error")
         with pytest.raises(gc.GraphcError, match="feature 'x1' has values too large to standardize"):
             fit(data=str(tmp_path / "big.npz"), epochs=1, progress=False)
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    import struct
+    import zlib
+
+    w, h = struct.unpack(">II", data[16:24])
+    raw = zlib.decompress(data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8])
+    return np.frombuffer(raw, np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+
+
+def test_fallback_loss_png_has_title_axis_labels_and_legend_text():
+    """Without matplotlib, loss.png had lines and numbers only: no title, axis labels or legend text."""
+    from graphc.viz.plot import _builtin
+
+    series = {"train loss": [3.0, 2.0, 1.0], "validation loss": [3.5, 2.5, 2.0]}
+    bare = _png_pixels(_builtin(series))
+    full = _png_pixels(_builtin(series, xlabel="epoch", ylabel="loss", title="digits: learning curves"))
+    ink = (full.sum(2) == 0) & (bare.sum(2) != 0)  # black pixels only the labelled version has
+    h, w = ink.shape
+    assert ink[:20, w // 4:3 * w // 4].sum() > 100  # the title, centred on top
+    assert ink[h - 20:, :].sum() > 30  # the x label, under the ticks
+    assert ink[20:34, :60].sum() > 20  # the y label, over the y axis
+    assert (full[34:70, w // 2:].sum(2) == 0).sum() > 100  # legend names (black) beside the colored swatches
