@@ -312,3 +312,44 @@ def test_corrupted_checkpoints_resume_to_the_same_weights(which, how, where):
         w = np.load(d / "o" / "weights.npz")
         for k, v in whole.items():
             np.testing.assert_array_equal(w[k], v)
+
+
+# ------------------------------------------------------------------------------------------- kill points
+@FUZZ
+@given(kill_epoch=st.integers(1, 3), during_write=st.booleans(), cut=st.integers(0, 10**6))
+def test_kill_points_then_resume_end_bitwise_equal(kill_epoch, during_write, cut):
+    """Stop a 3-epoch run at a random point — after an epoch, before its checkpoint, or in the middle of writing
+    one (a temporary file left half-written) — then --resume: the same weights as a run never stopped."""
+    from unittest import mock
+
+    from graphc import fitting
+
+    real_save = ckpt.save
+    calls = []
+
+    def dying_save(path, meta, arrays):
+        calls.append(path)
+        if len(calls) == kill_epoch:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            (Path(path).parent / ".tmp-ckpt-cut").write_bytes(b"GRAPHCKP1\n" + bytes(cut % 5000))
+            raise KeyboardInterrupt
+        real_save(path, meta, arrays)
+
+    def dying_progress(self, row, s):
+        if row["epoch"] == kill_epoch:
+            raise KeyboardInterrupt
+
+    with scratch() as d:
+        whole = _uninterrupted(Path(tempfile.gettempdir()) / f"graphc-fuzz-whole-{os.getpid()}")
+        base = ["train", "--dataset", "breast_cancer", "--hidden", "5", "--epochs", "3", "--quiet", "--out", d / "o"]
+        patch = (mock.patch.object(ckpt, "save", dying_save) if during_write
+                 else mock.patch.object(fitting.Progress, "__call__", dying_progress))
+        with patch:
+            rc, err = cli(*base)
+        assert rc == 130 and "interrupted" in err, (rc, err)
+        rc, err = cli(*base, "--resume")
+        check_outcome(rc, err, d / "o", epochs=3)
+        assert rc == 0, err
+        w = np.load(d / "o" / "weights.npz")
+        for k, v in whole.items():
+            np.testing.assert_array_equal(w[k], v)
