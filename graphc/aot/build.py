@@ -276,6 +276,14 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
 
         description = data_description(ds)
     defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
+    if model_fn is not None:  # the default MLP's options would be silently ignored (as graphc train refuses them)
+        from graphc.fitting import MLP_OPTIONS
+
+        given = [MLP_OPTIONS[k] for k in MLP_OPTIONS if options.get(k) is not None or k in file_options]
+        if given:
+            raise AotError(f"{', '.join(given)} shape(s) the default MLP only, and {desc} defines its own layers: "
+                           "it would be ignored. Drop it, or build it into the model")
+        defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
     merged = {**defaults, **file_options, **{k: v for k, v in options.items() if v is not None}}
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(merged) - known

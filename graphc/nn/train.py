@@ -368,6 +368,10 @@ class Trainer:
                     raise ckpt.CheckpointError(f"{path}: this checkpoint belongs to a different model, dataset or "
                                                "options; resume with the same command line, or start afresh")
                 s.update(meta["run"])
+                if s["phase"] == 1 and s["epoch"] > cfg.epochs:
+                    raise ckpt.CheckpointError(f"{path}: this run has done {s['epoch']} epochs already, more than "
+                                               f"--epochs {cfg.epochs}; give --epochs {s['epoch']} or more to "
+                                               "continue it, or --overwrite to start afresh")
                 loaded = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
                 state = _restore(state, loaded, path)
                 saved_best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}

@@ -305,3 +305,22 @@ def test_fallback_loss_png_has_title_axis_labels_and_legend_text():
     assert ink[h - 20:, :].sum() > 30  # the x label, under the ticks
     assert ink[20:34, :60].sum() > 20  # the y label, over the y axis
     assert (full[34:70, w // 2:].sum(2) == 0).sum() > 100  # legend names (black) beside the colored swatches
+
+
+def test_build_and_export_refuse_mlp_options_with_a_model_file(tmp_path):
+    from graphc.aot import AotError, build, export
+
+    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    with pytest.raises(AotError, match="--hidden shape"):
+        build(tmp_path / "b", model=str(tmp_path / "m.py"), hidden=[16])
+    with pytest.raises(AotError, match="--activation shape"):
+        export(tmp_path / "libm.so", tmp_path, model=str(tmp_path / "m.py"), activation="tanh")
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
+    """Found by the fuzz harness: --resume --epochs 2 on a 3-epoch run reported 'epochs: 3' as if asked for."""
+    fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", progress=False)
+    with pytest.raises(gc.GraphcError, match="has done 3 epochs already, more than --epochs 2"):
+        fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
+    r = fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
+    assert r.metrics["epochs"] == 3
