@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     if fn is None:
         parser.print_help()
         return 0
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        print("graphc: error: --resume continues the run in --out and --overwrite replaces it: give one of them",
+              file=sys.stderr)
+        return 2
     if getattr(args, "resume", False) and not args.out:
         print("graphc: error: --resume needs --out DIR (where the checkpoints are)", file=sys.stderr)
         return 2

@@ -240,7 +240,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
         model, file_options = load_model_file(str(model))
     elif model is not None:
         model_desc = getattr(model, "__name__", type(model).__name__)
-    defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
+    defaults = dict(DATASET_DEFAULTS.get(data, {})) if isinstance(data, str) else {}  # a copy: updated below
     if model is not None:
         for given, where in ((options, "given"), (file_options, f"in {model_desc}'s OPTIONS")):
             shaping = [MLP_OPTIONS[k] for k in MLP_OPTIONS if k in given]

@@ -248,7 +248,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     classes from `data` (a bundled dataset name, a file, a Dataset) unless `task`, `n_features` and `n_outputs`
     are all given."""
     from graphc import data as datasets
-    from graphc.fitting import DATASET_DEFAULTS, load_model_file
+    from graphc.fitting import DATASET_DEFAULTS, OPTIMIZER_DEFAULTS, load_model_file
     from graphc.nn.train import TrainConfig
 
     file_options: dict = {}
@@ -275,16 +275,18 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         from graphc.fitting import data_description
 
         description = data_description(ds)
-    defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
+    defaults = dict(DATASET_DEFAULTS.get(data, {})) if isinstance(data, str) else {}  # a copy: updated below
     if model_fn is not None:  # the default MLP's options would be silently ignored (as graphc train refuses them)
         from graphc.fitting import MLP_OPTIONS
 
-        given = [MLP_OPTIONS[k] for k in MLP_OPTIONS if options.get(k) is not None or k in file_options]
-        if given:
-            raise AotError(f"{', '.join(given)} shape(s) the default MLP only, and {desc} defines its own layers: "
+        shaping = [MLP_OPTIONS[k] for k in MLP_OPTIONS if options.get(k) is not None or k in file_options]
+        if shaping:
+            raise AotError(f"{', '.join(shaping)} shape(s) the default MLP only, and {desc} defines its own layers: "
                            "it would be ignored. Drop it, or build it into the model")
         defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
-    merged = {**defaults, **file_options, **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    defaults.update(OPTIMIZER_DEFAULTS.get({**defaults, **file_options, **given}.get("optimizer", "sgd"), {}))
+    merged = {**defaults, **file_options, **given}
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(merged) - known
     if unknown:

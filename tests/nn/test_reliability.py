@@ -167,12 +167,18 @@ def test_unknown_option_prints_the_subcommand_usage_and_datasets_are_suggested()
     assert p.returncode == 2 and p.stderr.startswith("usage: graphc train") and "--bogus" in p.stderr, p.stderr
     p = run("train", "--dataset", "digit")
     assert p.returncode == 2 and "did you mean the bundled dataset 'digits'" in p.stderr, p.stderr
+    p = run("train", "--out", "somewhere", "--resume", "--overwrite")
+    assert p.returncode == 2 and "give one of them" in p.stderr, p.stderr
 
 
 def test_adam_gets_its_own_default_learning_rate():
+    from graphc.aot.build import model_spec
+
     r = fit(data="breast_cancer", optimizer="adam", epochs=1, progress=False)
     assert r.metrics["config"]["lr"] == 0.001
     assert fit(data="breast_cancer", optimizer="adam", lr=0.01, epochs=1, progress=False).config.lr == 0.01
+    assert model_spec(None, "breast_cancer", optimizer="adam").config.lr == 0.001  # a binary's default too
+    assert model_spec(None, "breast_cancer", optimizer="sgd").config.lr == 0.05
 
 
 # 10 -- messages that name the culprit
