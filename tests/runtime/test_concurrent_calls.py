@@ -67,6 +67,7 @@ def test_two_trainings_on_one_out_refuse_each_other(tmp_path):
     finally:
         first.kill()
         first.wait()
-    # the lock dies with its process (even by SIGKILL): the run can be resumed now
-    p = subprocess.run([*cmd[:5], "2", *cmd[6:], "--resume"], capture_output=True, text=True)
+    # the lock dies with its process (even by SIGKILL): the directory can be used again now
+    done = int(sorted((out / "checkpoints").glob("ckpt-*.gcp"))[-1].stem.split("-")[-1])
+    p = subprocess.run([*cmd[:5], str(done + 1), *cmd[6:], "--resume"], capture_output=True, text=True)
     assert p.returncode == 0 and "resuming from" in p.stderr, p.stderr
