@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -36,8 +35,6 @@ def _activation(act) -> Callable | None:
 
 _build_counts: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("graphc_layer_names",
                                                                                      default=None)
-_process_counts: dict[str, int] = {}
-_process_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -45,8 +42,9 @@ def model_build() -> Iterator[None]:
     """Unnamed layers built inside are named per build, as Keras does: `dense`, `dense_1`, `dense_2`, ... in the
     order they are built, counted from the start for each build — so the same model function gives the same
     parameter names every time (weights, checkpoints and exported headers are keyed by them). graphc's trainer,
-    `gc.fit`, `graphc build` and `graphc export` build the model inside one; outside, names count up across the
-    process (a second unnamed model gets `dense_2`, ...)."""
+    `gc.fit`, `graphc build` and `graphc export` build the model inside one. Outside one an unnamed layer is
+    `dense` (or `mlp`), whatever ran before in the process; two of them in one graph are refused at compile
+    with a hint to name them or build inside `with gc.nn.model_build():`."""
     token = _build_counts.set({})
     try:
         yield
@@ -55,15 +53,12 @@ def model_build() -> Iterator[None]:
 
 
 def unique_name(base: str) -> str:
-    """`base` the first time in this model build, then `base_1`, `base_2`, ..."""
+    """`base` the first time in this model build, then `base_1`, `base_2`, ... (outside a build: `base`)."""
     counts = _build_counts.get()
-    if counts is None:
-        with _process_lock:
-            k = _process_counts.get(base, 0)
-            _process_counts[base] = k + 1
-    else:
-        k = counts.get(base, 0)
-        counts[base] = k + 1
+    if counts is None:  # not in a model build: a count across the process would make names depend on history
+        return base
+    k = counts.get(base, 0)
+    counts[base] = k + 1
     return base if k == 0 else f"{base}_{k}"
 
 

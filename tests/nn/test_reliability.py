@@ -231,6 +231,10 @@ def test_unnamed_layers_are_named_per_build_and_stable(tmp_path):
     with gc.nn.model_build():
         names = [p.name for p in gc.nn.parameters(gc.nn.mlp(gc.nn.mlp(x, [4, 2]), [2]))]
     assert names == ["mlp.0.W", "mlp.0.b", "mlp.1.W", "mlp.1.b", "mlp_1.0.W", "mlp_1.0.b"]
+    # outside a build an unnamed layer keeps its base name whatever ran before (no count across the process)
+    assert [p.name for p in gc.nn.parameters(gc.nn.dense(x, 2))] == ["dense.W", "dense.b"]
+    with pytest.raises(gc.GraphcError, match=r"named 'dense.W'.*gc.nn.model_build"):
+        gc.compile(gc.sum(gc.nn.dense(gc.nn.dense(x, 4), 2)))
 
 
 # 3, 4 -- standardization and class labels travel with the weights; per-class metrics under the user's labels
