@@ -321,7 +321,14 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
         metrics["classes"] = [_plain(c) for c in ds.classes]
     result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
     if out_dir is not None:
-        write_artifacts(out_dir, result)
+        try:
+            write_artifacts(out_dir, result)
+        except OSError as e:  # a full disk, a lost permission: each file is whole or absent (written atomically)
+            good = sorted((out_dir / "checkpoints").glob("ckpt-*.gcp"))
+            last = (f"the last checkpoint, {good[-1].name}, holds the trained state (run again with --resume to write "
+                    "the results)" if good else "no checkpoint holds the trained state")
+            raise GraphcError(f"writing the results into {out_dir} failed: {e.strerror or e}"
+                              f"{f' ({e.filename})' if e.filename else ''}; {last}") from None
     return result
 
 

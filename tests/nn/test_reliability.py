@@ -334,3 +334,17 @@ def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
         fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
     r = fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
     assert r.metrics["epochs"] == 3
+
+
+def test_a_failed_results_write_says_what_and_where_the_state_is(tmp_path, monkeypatch):
+    from graphc import fitting
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fitting, "_atomic", full_disk)
+    with pytest.raises(gc.GraphcError) as e:
+        fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "writing the results into" in msg and "No space left" in msg and "metrics.json" in msg, msg
+    assert "ckpt-1-000002.gcp" in msg and "--resume" in msg, msg

@@ -59,7 +59,7 @@ def test_two_trainings_on_one_out_refuse_each_other(tmp_path):
         while time.time() < deadline and not list((out / "checkpoints").glob("ckpt-*.gcp")):
             assert first.poll() is None, first.stderr.read()
             time.sleep(0.05)
-        for extra in ([], ["--resume"], ["--overwrite"]):
+        for extra in (["--resume"], ["--overwrite"]):
             p = subprocess.run(cmd[:-2] + extra + ["--out", str(out)], capture_output=True, text=True)
             assert p.returncode == 2, p.stderr
             assert f"another graphc train (process {first.pid}) is writing there" in p.stderr, p.stderr
