@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, NumericalError
 
 
 def _demo(args) -> int:
@@ -63,7 +63,8 @@ def _train(args) -> int:
             keeps = [0.8] + keeps * len(hidden)
         options["dropout"] = keeps
     features = args.features.split(",") if args.features else None
-    result = fit(args.model, args.dataset, out=args.out, resume=args.resume, progress=not args.quiet,
+    result = fit(args.model, args.dataset, out=args.out, resume=args.resume, overwrite=args.overwrite,
+                 progress=not args.quiet,
                  label=args.label, features=features, task=args.task,
                  log=lambda m: print(m, file=sys.stderr), **options)  # --quiet hides progress, not notices
     m = result.metrics
@@ -113,7 +114,8 @@ def _export(args) -> int:
     size = r.path.stat().st_size
     print(f"exported {r.path} ({size / 1024:.0f} KiB) and {r.header} in {r.seconds:.1f} s: "
           f"int {r.name}_predict(const float *x, int64_t n, float *out), {r.n_features} -> {r.n_outputs} floats "
-          f"per row, n <= {r.max_batch}")
+          f"per row, n <= {r.max_batch}; it takes raw features when the header defines {r.name.upper()}_X_MEAN "
+          f"(else, and with {r.name}_predict_standardized, standardized ones)")
     return 0
 
 
@@ -144,6 +146,36 @@ def _aot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-threads", type=int, default=16, help="the most threads a run may use")
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default where it has one (argparse's ArgumentDefaultsHelpFormatter also prints
+    "(default: None)" for every option whose default is decided later)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS) \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _train_defaults() -> tuple[dict, str]:
+    from dataclasses import asdict
+
+    from graphc.fitting import DATASET_DEFAULTS, OPTIMIZER_DEFAULTS
+    from graphc.nn.train import TrainConfig
+
+    def show(opts: dict) -> str:
+        return ", ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in opts.items())
+
+    epilog = ("defaults that depend on the dataset or the optimizer (an option you give always wins): " +
+              "; ".join(f"{name}: {show(o)}" for name, o in DATASET_DEFAULTS.items()) + "; " +
+              "; ".join(f"--optimizer {name}: {show(o)}" for name, o in OPTIMIZER_DEFAULTS.items()) +
+              ". Exit status: 0 trained; 2 a usage, data or model error (a message says what and where); "
+              "5 training diverged (a non-finite value, named with its source line); 130 interrupted.")
+    return asdict(TrainConfig()), epilog
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphc", description="graphc: a graph compiler that trains neural "
                                      "networks natively on the CPU")
@@ -153,22 +185,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="print a small MLP's graph and its gradient graph")
     demo.set_defaults(fn=_demo)
+    defaults, epilog = _train_defaults()
     t = sub.add_parser("train", help="train a model (default: an MLP on the bundled digits data)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help, epilog=epilog)
     t.set_defaults(fn=_train)
     t.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) -> outputs "
                    "(see README: the model-file contract); default: an MLP")
     t.add_argument("--dataset", default="digits", metavar="NAME|PATH",
                    help="digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
     _data_and_model_arguments(t)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="mini-batch size (1: per-sample SGD; >= the data: full GD)")
-    t.add_argument("--lr", type=float, help="learning rate")
-    t.add_argument("--optimizer", choices=["sgd", "gd", "momentum", "nesterov", "adam"])
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--schedule", choices=["constant", "step", "cosine"], help="learning-rate schedule")
-    t.add_argument("--l2", type=float, help="L2 penalty nu/2 ||w||^2 on weights")
-    t.add_argument("--l1", type=float, help="L1 penalty nu ||w||_1 on weights")
+    t.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training data (default: "
+                   f"{defaults['epochs']}, or the dataset's: below)")
+    t.add_argument("--batch-size", type=int, metavar="B", help=f"mini-batch size (1: per-sample SGD; >= the data: "
+                   f"full GD) (default: {defaults['batch_size']})")
+    t.add_argument("--lr", type=float, help=f"learning rate (default: {defaults['lr']}, or the dataset's or the "
+                   "optimizer's: below)")
+    t.add_argument("--optimizer", choices=["sgd", "gd", "momentum", "nesterov", "adam"],
+                   help=f"sgd: mini-batch SGD; gd: the same name for full-batch runs (--batch-size >= the data); "
+                   f"momentum and nesterov (--momentum, default 0.9); adam (default: {defaults['optimizer']})")
+    t.add_argument("--momentum", type=float, metavar="M", help="momentum in [0, 1) for --optimizer momentum or "
+                   "nesterov (default: 0.9 there)")
+    t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch "
+                   f"(default: {defaults['schedule']})")
+    t.add_argument("--l2", type=float, metavar="NU", help="L2 penalty nu/2 ||w||^2 on weights (default: 0)")
+    t.add_argument("--l1", type=float, metavar="NU", help="L1 penalty nu ||w||_1 on weights (default: 0)")
     t.add_argument("--dropout", help="keep probabilities: one number for hidden units (inputs keep 0.8), or "
                    "a list: input first, then each hidden layer")
     t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "
@@ -176,23 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-delta", type=float, help="the smallest validation improvement that counts")
     t.add_argument("--refit", action="store_true", help="after early stopping, retrain on train+validation "
                    "from new starting values for the best number of steps")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int)
-    t.add_argument("--checkpoint-every", type=int, metavar="EPOCHS")
-    t.add_argument("--out", metavar="DIR", help="write metrics.json, history.csv, weights.npz, loss.png and "
-                   "checkpoints here")
+    t.add_argument("--seed", type=int, metavar="S", help=f"initialization, shuffling and dropout masks (the "
+                   f"same seed gives the same run) (default: {defaults['seed']})")
+    t.add_argument("--threads", type=int, metavar="T", help="threads of the compiled step (default: 1 for small "
+                   "steps, else the CPUs this process may use; results are the same for any count)")
+    t.add_argument("--checkpoint-every", type=int, metavar="EPOCHS", help=f"write a checkpoint every EPOCHS "
+                   f"epochs into --out, 0: never (default: {defaults['checkpoint_every']})")
+    t.add_argument("--out", metavar="DIR", help="write metrics.json, history.csv, weights.npz, data.json (the "
+                   "standardization and class labels), loss.png and checkpoints here; a DIR holding a run is "
+                   "refused unless --resume or --overwrite")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (its results and "
+                   "checkpoints are removed first)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     t.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
     b = sub.add_parser("build", help="build a standalone native executable that trains a model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     b.set_defaults(fn=_build)
     _aot_arguments(b)
     b.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], help="sgd and momentum build "
                    "the same step (momentum is a run-time value, 0 for plain SGD)")
     b.add_argument("-o", "--output", required=True, metavar="PATH", help="the executable to write")
     e = sub.add_parser("export", help="export a trained model as a shared library with a C header",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     e.set_defaults(fn=_export)
     _aot_arguments(e)
     e.add_argument("--weights", required=True, metavar="DIR", help="trained parameters: DIR/<name>.npy (as a "
@@ -200,21 +246,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, metavar="libNAME.so", help="the shared library to write")
     e.add_argument("--header", metavar="PATH", help="where to write the C header (default: NAME.h beside the "
                    "library)")
+    parser._graphc_subparsers = {"demo": demo, "train": t, "build": b, "export": e}  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not graphc's, for an option it does not know
+        sub = parser._graphc_subparsers.get(getattr(args, "command", None), parser)  # type: ignore[attr-defined]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     fn = getattr(args, "fn", None)
     if fn is None:
         parser.print_help()
         return 0
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        print("graphc: error: --resume continues the run in --out and --overwrite replaces it: give one of them",
+              file=sys.stderr)
+        return 2
     if getattr(args, "resume", False) and not args.out:
         print("graphc: error: --resume needs --out DIR (where the checkpoints are)", file=sys.stderr)
         return 2
     try:
         return fn(args)
+    except NumericalError as e:  # training diverged: the status a training binary gives for the same event
+        print(f"graphc: error: {e}", file=sys.stderr)
+        return 5
     except GraphcError as e:
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2

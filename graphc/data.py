@@ -73,7 +73,11 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _read_file(path: str, label: str | None, features: list[str] | None):
     ext = os.path.splitext(path)[1].lower()
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
+        import difflib
+
+        close = difflib.get_close_matches(path, list(BUNDLED), n=1, cutoff=0.6)
+        hint = f"; did you mean the bundled dataset {close[0]!r}?" if close else ""
+        raise DataError(f"{path}: no such file, and not a bundled dataset ({', '.join(BUNDLED)}){hint}")
     try:
         if ext == ".npy":
             # read a chunk of rows at a time by load() (file reads: the data passes through the page cache, not
@@ -92,6 +96,12 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                 keys = list(z.keys())
                 ykey = label or ("y" if "y" in keys else None)
                 xkey = (features[0] if features else None) or ("X" if "X" in keys else ("x" if "x" in keys else None))
+                if label is not None and label not in keys:
+                    raise DataError(f"{path}: --label {label!r}: the file has no array of that name (arrays: "
+                                    f"{', '.join(keys)})")
+                if features and features[0] not in keys:
+                    raise DataError(f"{path}: --features {features[0]!r}: the file has no array of that name "
+                                    f"(arrays: {', '.join(keys)}); for a .npz give the features' array name")
                 if ykey not in keys or xkey not in keys:
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
@@ -206,12 +216,22 @@ def _read_csv(path: str, label: str | None, features: list[str] | None):
                 X[r - 2, c] = float(row[k])
             except ValueError:
                 raise DataError(f"{path}:{r}: column {feats[c]!r} holds {row[k]!r}, not a number") from None
-        ys.append(row[li].strip())
+        cell = row[li].strip()
+        if not cell:
+            raise DataError(f"{path}:{r}: the label column {label!r} is empty; every row needs a label (drop the "
+                            "row or fill it in)")
+        ys.append(cell)
     try:
         y = np.array([float(v) for v in ys])
     except ValueError:
         y = np.array(ys)  # class names
     return X, y, feats
+
+
+def _show(v) -> str:
+    """A value as the user wrote it: 2.5, 'cat' — not np.float32(2.5) or np.str_('cat')."""
+    v = v.item() if hasattr(v, "item") else v
+    return repr(v) if isinstance(v, str) else str(v)
 
 
 def _infer_task(y: np.ndarray) -> str:
@@ -274,8 +294,8 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
             bad = ~np.isfinite(y) | (y != np.round(y))
             if bad.any():
                 r = int(np.argmax(bad))
-                raise DataError(f"{name}: label {y[r]!r} in row {r} is not an integer; a {task} task needs integer "
-                                "(or text) class labels — use --task regression for numeric targets")
+                raise DataError(f"{name}: label {_show(y[r])} in row {r} is not an integer; a {task} task needs "
+                                "integer (or text) class labels — use --task regression for numeric targets")
         classes_arr, y_idx = np.unique(y, return_inverse=True)
         classes = classes_arr.tolist()
         if task == "binary" and len(classes) != 2:
@@ -298,13 +318,20 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
         which[idx] = k
         where[idx] = np.arange(len(idx))
     total = np.zeros(width)
-    for i, j in _chunks(n, width):
-        total += rows(i, j)[which[i:j] == 0].sum(0)
-    mean = total / len(tr)
-    sq = np.zeros(width)
-    for i, j in _chunks(n, width):
-        sq += ((rows(i, j)[which[i:j] == 0] - mean) ** 2).sum(0)
-    std = np.sqrt(sq / len(tr))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the feature
+        for i, j in _chunks(n, width):
+            total += rows(i, j)[which[i:j] == 0].sum(0)
+        mean = total / len(tr)
+        sq = np.zeros(width)
+        for i, j in _chunks(n, width):
+            sq += ((rows(i, j)[which[i:j] == 0] - mean) ** 2).sum(0)
+        std = np.sqrt(sq / len(tr))
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        c = int(np.argmax(bad))
+        raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} has values too large to standardize "
+                        f"(its variance over the training rows overflows float64, e.g. values near 1e300); "
+                        "rescale, clip or drop them")
     std[std == 0] = 1.0
     splits = [np.empty((len(idx), width), np.float32) for idx in (tr, va, te)]
     f32_max = float(np.finfo(np.float32).max)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import math
 import sys
@@ -101,6 +102,117 @@ DATASET_DEFAULTS = {
 }
 
 
+# Defaults per optimizer where the generic learning rate does not suit it (Adam's steps are ~lr each: 0.1 is far
+# too large; 0.001 is Kingma & Ba's default). They win over a dataset's default, tuned for SGD.
+OPTIMIZER_DEFAULTS = {"adam": {"lr": 0.001}}
+
+# options that shape the default MLP only: with a model of the user's own they would be silently ignored
+MLP_OPTIONS = {"hidden": "--hidden", "dropout": "--dropout", "activation": "--activation", "init": "--init",
+               "bias_init": "--bias-init"}
+RUN_FILES = ("metrics.json", "history.csv", "weights.npz", "loss.png", "data.json")
+LOCK_FILE = ".graphc-train.lock"
+
+
+class OutDir:
+    """`--out DIR` for one run: locked against a second `graphc train` on it (flock, released when this
+    process ends, even by SIGKILL); a directory holding an earlier run is refused unless the run is resumed
+    or `overwrite` is given (then the earlier run's files are removed first: one run's files are never mixed
+    with another's); a directory this run created is removed again if the run fails before writing anything."""
+
+    def __init__(self, path: Path, *, resume: bool, overwrite: bool):
+        self.path, self.resume, self.overwrite = path, resume, overwrite
+        self.fd: int | None = None
+        self.created = False
+
+    def open(self) -> OutDir:
+        import fcntl
+        import os
+
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise GraphcError(f"--out {p}: exists and is not a directory")
+        self.created = not p.exists()
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GraphcError(f"--out {p}: cannot create the directory ({e.strerror})") from None
+        lock = p / LOCK_FILE
+        while True:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise GraphcError(f"--out {p}: cannot create its lock file ({e.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise GraphcError(f"--out {p}: another graphc train (process {pid}) is writing there; wait for it "
+                                  "to finish or choose another --out") from None
+            try:  # the lock file may have been removed by the run that held it: lock the file now at that path
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            self._check_earlier_run()
+        except BaseException:
+            self.close(failed=True)
+            raise
+        return self
+
+    def _earlier(self) -> tuple[list[Path], list[Path]]:
+        ck = self.path / "checkpoints"
+        files = [self.path / f for f in RUN_FILES if (self.path / f).exists()]
+        ckpts = sorted(ck.glob("ckpt-*.gcp")) if ck.is_dir() else []
+        return files, ckpts
+
+    def _check_earlier_run(self) -> None:
+        files, ckpts = self._earlier()
+        ck = self.path / "checkpoints"
+        if ck.is_dir():
+            for tmp in ck.glob(".tmp-ckpt-*"):  # a write cut short by a kill; we hold the lock: nobody writes now
+                tmp.unlink(missing_ok=True)
+        if not files and not ckpts:
+            return
+        if self.overwrite:
+            for f in [*files, *ckpts]:
+                f.unlink(missing_ok=True)
+            return
+        if self.resume and ckpts:
+            return
+        held = ", ".join([f.name for f in files] + ([f"checkpoints/ ({len(ckpts)} files)"] if ckpts else []))
+        if self.resume:
+            raise GraphcError(f"--out {self.path}: holds an earlier run ({held}) but no checkpoint to continue from; "
+                              "replace it with --overwrite, or choose another --out")
+        raise GraphcError(f"--out {self.path}: already holds a run ({held}); continue it with --resume, replace it "
+                          "with --overwrite, or choose another --out")
+
+    def close(self, failed: bool = False) -> None:
+        import os
+
+        if self.fd is None:
+            return
+        lock = self.path / LOCK_FILE
+        lock.unlink(missing_ok=True)  # still holding the lock: a waiting run re-checks the path (see open)
+        if failed and self.created:  # nothing of this run to keep: leave no empty --out behind
+            ck = self.path / "checkpoints"
+            try:
+                if ck.is_dir() and not any(ck.iterdir()):
+                    ck.rmdir()
+                if not any(self.path.iterdir()):
+                    self.path.rmdir()
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+
+
 def _config(options: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     unknown = set(options) - names
@@ -110,20 +222,35 @@ def _config(options: dict) -> TrainConfig:
 
 
 def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
-        progress: bool = True, label: str | None = None, features: list[str] | None = None, task: str | None = None,
-        train_fraction: float = 1.0, split_seed: int = 0, log: Callable[[str], None] | None = None,
-        **options) -> FitResult:
+        overwrite: bool = False, progress: bool = True, label: str | None = None, features: list[str] | None = None,
+        task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
+        log: Callable[[str], None] | None = None, **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, or a Dataset) with the options of TrainConfig
     (epochs, batch_size, lr, optimizer, momentum, schedule, l2, l1, dropout, early_stopping, refit, seed,
     threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png and
-    checkpoints; `resume=True` continues from the last good checkpoint there."""
+    checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
+    the last good checkpoint there; a directory holding another run is refused unless `overwrite=True`."""
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
     file_options: dict = {}
+    model_desc = "default MLP"
     if isinstance(model, (str, Path)):
+        model_desc = str(model)
         model, file_options = load_model_file(str(model))
-    defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
+    elif model is not None:
+        model_desc = getattr(model, "__name__", type(model).__name__)
+    defaults = dict(DATASET_DEFAULTS.get(data, {})) if isinstance(data, str) else {}  # a copy: updated below
+    if model is not None:
+        for given, where in ((options, "given"), (file_options, f"in {model_desc}'s OPTIONS")):
+            shaping = [MLP_OPTIONS[k] for k in MLP_OPTIONS if k in given]
+            if shaping:
+                raise GraphcError(f"{', '.join(shaping)} ({where}) shape(s) the default MLP only, and the model "
+                                  f"{model_desc} defines its own layers: it would be ignored. Drop it, or build "
+                                  "it into the model (e.g. gc.nn.dropout(h, keep), layer sizes in gc.nn.dense)")
+        defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
+    chosen = {**defaults, **file_options, **options}
+    defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
@@ -131,16 +258,23 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
         str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction)
     model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise GraphcError(f"--out {out}: exists and is not a directory")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise GraphcError(f"--out {out}: cannot create the directory ({e.strerror})") from None
+    if out_dir is None:
+        return _fit(model_fn, model_desc, ds, config, None, resume, progress, log)
+    lock = OutDir(out_dir, resume=resume, overwrite=overwrite).open()
+    failed = True
+    try:
+        result = _fit(model_fn, model_desc, ds, config, out_dir, resume, progress, log)
+        failed = False
+        return result
+    finally:
+        lock.close(failed=failed)
+
+
+def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, out_dir: Path | None, resume: bool,
+         progress: bool, log: Callable[[str], None]) -> FitResult:
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
                       y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log)
-    _check_outputs(trainer, ds)
+    _check_outputs(trainer, ds, model_desc)
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None
     if config.refit:
@@ -152,13 +286,17 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     state = run["state"]
     params = trainer.param_values(state)
     test_loss, test_out = trainer.evaluate(state, ds.X_test, ds.y_test)
-    test = trainer.metrics(test_out, ds.y_test, ds.y_std)
+    test = _labelled(trainer.metrics(test_out, ds.y_test, ds.y_std), ds)
     train_loss, train_out = trainer.evaluate(state, ds.X_train, ds.y_train)  # inference mode: no dropout
     train = {"train_loss": train_loss, **{f"train_{k}": v for k, v in trainer.metrics(train_out, ds.y_train,
                                                                                        ds.y_std).items()
                                           if isinstance(v, float)}}
-    val = {}
-    if len(ds.X_val):
+    val: dict = {}
+    refitted = run["phase"] == 2
+    if refitted:  # the refit trained on the validation rows: measured there, it would say nothing
+        val = {"val_note": "no validation metrics after --refit: it trains on the validation rows too; "
+                           "history.csv has them for the epochs before the refit"}
+    elif len(ds.X_val):
         vloss, vout = trainer.evaluate(state, ds.X_val, ds.y_val)
         val = {"val_loss": vloss, **{f"val_{k}": v for k, v in trainer.metrics(vout, ds.y_val, ds.y_std).items()
                                      if isinstance(v, float)}}
@@ -176,20 +314,64 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
         "wall_seconds": time.perf_counter() - t0, "threads": trainer.threads, "seed": config.seed,
         "arena_bytes": trainer.epoch_fn.memory_plan.arena_bytes, "peak_rss_mb": peak_rss_mb(),
         "parameters": int(sum(v.size for v in params.values())),
-        "config": asdict(config),
+        "model": model_desc,
+        "config": _ran(config, model_fn is None),
     }
+    if ds.classes:
+        metrics["classes"] = [_plain(c) for c in ds.classes]
     result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
     if out_dir is not None:
-        write_artifacts(out_dir, result)
+        try:
+            write_artifacts(out_dir, result)
+        except OSError as e:  # a full disk, a lost permission: each file is whole or absent (written atomically)
+            good = sorted((out_dir / "checkpoints").glob("ckpt-*.gcp"))
+            last = (f"the last checkpoint, {good[-1].name}, holds the trained state (run again with --resume to write "
+                    "the results)" if good else "no checkpoint holds the trained state")
+            raise GraphcError(f"writing the results into {out_dir} failed: {e.strerror or e}"
+                              f"{f' ({e.filename})' if e.filename else ''}; {last}") from None
     return result
 
 
-def _check_outputs(trainer: Trainer, ds: datasets.Dataset) -> None:
-    shape = trainer.out.shape
+def _ran(config: TrainConfig, default_mlp: bool) -> dict:
+    """The configuration that ran: without the default MLP's options when the model is the user's own."""
+    cfg = asdict(config)
+    if not default_mlp:
+        for k in MLP_OPTIONS:
+            cfg.pop(k, None)
+    return cfg
+
+
+def _plain(v):
+    """A class label as JSON and messages should show it: 2.5, not np.float32(2.5); 3, not 3.0."""
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _labelled(m: dict, ds: datasets.Dataset) -> dict:
+    """Per-class metrics keyed by the dataset's own class labels (the model sees indices 0..K-1)."""
+    if "per_class" in m and ds.classes:
+        m = dict(m)
+        m["per_class"] = {str(_plain(ds.classes[int(i)])): v for i, v in m["per_class"].items()}
+        m["confusion_labels"] = [_plain(c) for c in ds.classes]
+    return m
+
+
+def _check_outputs(trainer: Trainer, ds: datasets.Dataset, model_desc: str = "the model") -> None:
+    out = trainer.out
+    shape = out.shape
     want = ds.n_outputs
+    where = f" (the model {model_desc}; its output is made at {out.source.where()})"
     if ds.task == "multiclass" and (len(shape) != 2 or shape[1] != want):
-        raise GraphcError(f"the model returns {trainer.out.type_str} but {ds.name} has {want} classes: expected "
-                          f"(N, {want}) logits")
+        raise GraphcError(f"the model returns {out.type_str} but {ds.name} has {want} classes: expected "
+                          f"(N, {want}) logits{where}")
+    if ds.task != "multiclass":
+        y_shape = tuple(ds.y_train.shape[1:])
+        ok = tuple(shape[1:]) in (y_shape, (*y_shape, 1)) if y_shape == () else tuple(shape[1:]) == y_shape
+        if len(shape) < 1 or not ok:
+            raise GraphcError(f"the model returns {out.type_str} but the {ds.task} targets of {ds.name} have "
+                              f"{want} value(s) per row: expected (N, {want}) outputs{where}")
 
 
 def _predictor(trainer: Trainer, state: dict) -> Callable[[np.ndarray], np.ndarray]:
@@ -221,22 +403,62 @@ def write_artifacts(out: Path, result: FitResult) -> None:
         return v
 
     metrics = {k: clean(v) for k, v in result.metrics.items()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    _atomic(out / "metrics.json", (json.dumps(metrics, indent=2, default=str) + "\n").encode())
     rows = result.history
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    np.savez(out / "weights.npz", **result.params)
-    series = {"train loss": [r["train_loss"] for r in rows if r["phase"] == 1]}
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    _atomic(out / "history.csv", text.getvalue().encode())
+    buf = io.BytesIO()
+    np.savez(buf, **result.params)
+    _atomic(out / "weights.npz", buf.getvalue())
+    if result.dataset is not None:
+        _atomic(out / "data.json", (json.dumps(data_description(result.dataset), indent=2) + "\n").encode())
+    phase1 = [r for r in rows if r["phase"] == 1]
+    refit = [r for r in rows if r["phase"] == 2]
+    series = {"train loss": [r["train_loss"] for r in phase1]}
     if any("val_loss" in r for r in rows):
-        series["validation loss"] = [r.get("val_loss", float("nan")) for r in rows if r["phase"] == 1]
-    (out / "loss.png").write_bytes(learning_curves(series, xlabel="epoch", ylabel="loss",
-                                                   title=f"{result.metrics['dataset']}: learning curves"))
+        series["validation loss"] = [r.get("val_loss", float("nan")) for r in phase1]
+    if refit:  # the refit phase after phase 1's epochs, on train+validation from new starting values
+        series["refit train loss (train+validation)"] = [float("nan")] * len(phase1) + [r["train_loss"]
+                                                                                       for r in refit]
+    _atomic(out / "loss.png", learning_curves(series, xlabel="epoch", ylabel="loss",
+                                              title=f"{result.metrics['dataset']}: learning curves"))
+
+
+def data_description(ds: datasets.Dataset) -> dict:
+    """What travels with the weights (data.json in --out; embedded by graphc export): the features in order,
+    the training split's standardization (the model takes (x - x_mean) / x_std), the task, the class labels in
+    output order, and for regression the targets' standardization (predictions * y_std + y_mean)."""
+    d = {"dataset": ds.name, "task": ds.task, "features": list(ds.feature_names),
+         "x_mean": None if ds.x_mean is None else [float(v) for v in ds.x_mean],
+         "x_std": None if ds.x_std is None else [float(v) for v in ds.x_std]}
+    if ds.classes:
+        d["classes"] = [_plain(c) for c in ds.classes]
+    if ds.task == "regression":
+        d.update(y_mean=float(ds.y_mean), y_std=float(ds.y_std))
+    return d
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all (a temporary file beside it, then a rename): a run killed or failing
+    mid-write leaves no half-written artifact."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def peak_rss_mb() -> float | None:

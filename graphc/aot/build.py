@@ -233,6 +233,7 @@ class ModelSpec:
     model_fn: Callable | None
     model_desc: str
     notes: list[str] = field(default_factory=list)
+    data: dict | None = None  # the dataset's standardization and classes (graphc.fitting.data_description)
 
 
 # options that shape the compiled step
@@ -247,7 +248,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     classes from `data` (a bundled dataset name, a file, a Dataset) unless `task`, `n_features` and `n_outputs`
     are all given."""
     from graphc import data as datasets
-    from graphc.fitting import DATASET_DEFAULTS, load_model_file
+    from graphc.fitting import DATASET_DEFAULTS, OPTIMIZER_DEFAULTS, load_model_file
     from graphc.nn.train import TrainConfig
 
     file_options: dict = {}
@@ -260,6 +261,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         desc = f"model {getattr(model, '__name__', 'function')}"
     classes: list = []
     y_shape: tuple = ()
+    description = None
     if task is not None and n_features is not None and n_outputs is not None:
         name = f"{task} {n_features}->{n_outputs}"
         classes = list(range(n_outputs)) if task == "multiclass" else []
@@ -270,8 +272,21 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         task, n_features, n_outputs, name = ds.task, ds.n_features, ds.n_outputs, ds.name
         classes = list(ds.classes)
         y_shape = tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else ()
-    defaults = DATASET_DEFAULTS.get(data, {}) if isinstance(data, str) else {}
-    merged = {**defaults, **file_options, **{k: v for k, v in options.items() if v is not None}}
+        from graphc.fitting import data_description
+
+        description = data_description(ds)
+    defaults = dict(DATASET_DEFAULTS.get(data, {})) if isinstance(data, str) else {}  # a copy: updated below
+    if model_fn is not None:  # the default MLP's options would be silently ignored (as graphc train refuses them)
+        from graphc.fitting import MLP_OPTIONS
+
+        shaping = [MLP_OPTIONS[k] for k in MLP_OPTIONS if options.get(k) is not None or k in file_options]
+        if shaping:
+            raise AotError(f"{', '.join(shaping)} shape(s) the default MLP only, and {desc} defines its own layers: "
+                           "it would be ignored. Drop it, or build it into the model")
+        defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
+    given = {k: v for k, v in options.items() if v is not None}
+    defaults.update(OPTIMIZER_DEFAULTS.get({**defaults, **file_options, **given}.get("optimizer", "sgd"), {}))
+    merged = {**defaults, **file_options, **given}
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(merged) - known
     if unknown:
@@ -286,7 +301,8 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     if model_fn is None:
         desc = f"the default MLP {'-'.join(str(d) for d in [n_features, *config.hidden, n_outputs])} " \
                f"({config.activation}, {config.init} init)"
-    return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes)
+    return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes,
+                     description)
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -571,7 +587,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     L.append(f"static const int64_t gc_y_dims[] = {_ints(y_dims or [0])};")
     L.append("static const int64_t gc_matmul[][3] = {" + ", ".join(_ints(r) for r in mm or [[0, 0, 0]]) + "};")
     L.append("static const char *const gc_class_names[] = {" + ", ".join(
-        c_string(str(c)) for c in spec.classes or [""]) + "};")
+        c_string(str(_plain(c))) for c in spec.classes or [""]) + "};")
     L.append("static const char *const gc_cpu_features[] = {" + ", ".join(c_string(f) for f in feats or [""]) + "};")
     L.append("static int gc_cpu_has(int i) {\n    switch (i) {")
     for i, f in enumerate(feats):
@@ -652,7 +668,9 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
                          n_outputs=n_outputs, label=label, features=features, **options)
     model_fn = spec.model_fn or default_model(spec.config, runtime_keeps=True)
     x = ops.input("x", ("N", spec.n_features))
-    y = model_fn(x, spec.n_outputs)
+    from graphc.nn.train import _call_model
+
+    y = _call_model(model_fn, x, spec.n_outputs)  # a model build: the parameter names training gave them
     if not hasattr(y, "op") or y.dtype != "float32" or y.ndim < 1 or y.shape[0] != x.shape[0] or \
             not all(isinstance(d, int) for d in y.shape[1:]):
         raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
@@ -664,6 +682,7 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     if others:
         raise AotError(f"the model's forward function has inputs {others} besides x and its parameters")
     values = _load_weights(Path(weights), params)
+    data = _data_of(Path(weights), spec)
     slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
     out_row = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
     buckets = sorted({b for b in (1, 16, 256, 4096) if b < max_batch} | {max_batch})
@@ -684,9 +703,18 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
                 "GC_MAX_THREADS": max_threads, "GC_NBUF": len(prog.buffers), "GC_NSYM": max(len(prog.symbols), 1),
                 "GC_NDIM": list(prog.symbols).index(x.shape[0]), "GC_X": slot[x.name],
                 "GC_OUT": prog.outputs[0].index, "GC_NPARAMS": len(params), "GC_NBUCKETS": len(buckets),
-                "GC_NTEMPS": len(temps), "GC_NCPU": len(required_features(tgt))}
+                "GC_NTEMPS": len(temps), "GC_NCPU": len(required_features(tgt)),
+                "GC_PREDICT_STANDARDIZED": f"{name}_predict_standardized",
+                "GC_HAS_STD": int(data is not None and data.get("x_mean") is not None),
+                "GC_UNSCALE_Y": int(data is not None and spec.task == "regression" and "y_std" in data),
+                "GC_Y_MEAN": c_double(data.get("y_mean", 0.0) if data else 0.0),
+                "GC_Y_STD": c_double(data.get("y_std", 1.0) if data else 1.0)}
         for k, v in defs.items():
             L.append(f"#define {k} {v}")
+        mean = data["x_mean"] if defs["GC_HAS_STD"] else [0.0]
+        std = data["x_std"] if defs["GC_HAS_STD"] else [1.0]
+        L.append(f"static const double gc_x_mean[] = {{{', '.join(c_double(v) for v in mean)}}};")
+        L.append(f"static const double gc_x_std[] = {{{', '.join(c_double(v) for v in std)}}};")
         L.append("static const gc_tensor_t gc_params[] = {" + ", ".join(tensors or ['{"", -1, -1, 0, {0}, 0, -1}'])
                  + "};")
         L.append(f"static const gc_place_t gc_consts[] = {_places(consts)};")
@@ -713,14 +741,66 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     finally:
         cleanup()
     hdr.parent.mkdir(parents=True, exist_ok=True)
-    hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params]))
+    hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
+                                  data))
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
                         time.perf_counter() - t0)
 
 
+def _plain(c):
+    from graphc.fitting import _plain
+
+    return _plain(c)
+
+
+def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
+    """The standardization and class labels to embed: the training run's own (data.json beside weights.npz,
+    written by graphc train), else the dataset's as graphc standardizes it (its training split), else None."""
+    import json
+
+    f = weights / "data.json"
+    if f.is_file():
+        try:
+            d = json.loads(f.read_text())
+        except ValueError as e:
+            raise AotError(f"{f}: not readable JSON ({e}); it is written by graphc train with the weights") from None
+        if d.get("x_mean") is not None and len(d["x_mean"]) != spec.n_features:
+            raise AotError(f"{f}: standardization of {len(d['x_mean'])} features, the model takes {spec.n_features}")
+        return d
+    return spec.data
+
+
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
-                   tgt: Target, params: list[str]) -> str:
+                   tgt: Target, params: list[str], data: dict | None = None) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
+    std = data is not None and data.get("x_mean") is not None
+    regression = spec.task == "regression"
+    classes = [_plain(c) for c in (data or {}).get("classes") or spec.classes]
+    extra = ""
+    if std:
+        extra += (f"/* The training split's feature standardization: {name}_predict computes (x - MEAN) / STD. */\n"
+                  f"static const double {upper}_X_MEAN[{spec.n_features}] = "
+                  f"{{{', '.join(c_double(v) for v in data['x_mean'])}}};\n"
+                  f"static const double {upper}_X_STD[{spec.n_features}] = "
+                  f"{{{', '.join(c_double(v) for v in data['x_std'])}}};\n")
+        if regression and "y_std" in data:
+            extra += (f"/* Targets were standardized too: {name}_predict returns predictions * Y_STD + Y_MEAN. */\n"
+                      f"#define {upper}_Y_MEAN {c_double(data['y_mean'])}\n#define {upper}_Y_STD "
+                      f"{c_double(data['y_std'])}\n")
+    if classes and not regression:
+        what = ("output j is the logit of class label j" if spec.task == "multiclass"
+                else "the output is the logit of label [1] against label [0]")
+        extra += (f"/* The dataset's class labels in output order ({what}). */\n#define {upper}_N_CLASSES "
+                  f"{len(classes)}\nstatic const char *const {upper}_CLASS_LABELS[{len(classes)}] = "
+                  f"{{{', '.join(c_string(str(c)) for c in classes)}}};\n")
+    if std:
+        raw_doc = (f"x holds n * {upper}_N_FEATURES raw features (row-major, as in the data file: "
+                   f"standardized inside with {upper}_X_MEAN and {upper}_X_STD)")
+    else:
+        raw_doc = (f"x holds n * {upper}_N_FEATURES features (row-major), as the model was trained on them (no "
+                   "standardization was known at export)")
+    out_doc = ("predictions in the target's units" if regression and std and "y_std" in (data or {})
+               else ("logits" if not regression else "predictions"))
     return f"""/* {name}.h: {spec.model_desc}, trained weights embedded ({', '.join(params)}).
  * Generated by graphc export for target {tgt.name} (CPU features: {feats}). Link with -l{name}. */
 #ifndef {upper}_H
@@ -747,10 +827,15 @@ extern "C" {{
 #define {upper}_ERR_NOMEM 5       /* the per-call working memory could not be allocated */
 #define {upper}_ERR_CPU 6         /* this CPU lacks a feature the code was compiled for */
 
-/* The model's outputs for n rows: x holds n * {upper}_N_FEATURES floats (row-major), out receives
- * n * {upper}_N_OUTPUTS. Runs on the calling thread only. Thread-safe: each call allocates its own working
- * memory, so concurrent calls from several threads are fine. Returns {upper}_OK or an error code. */
+{extra}
+/* The model's outputs for n rows: {raw_doc}; out receives n * {upper}_N_OUTPUTS {out_doc}.
+ * Runs on the calling thread only. Thread-safe: each call allocates its own working memory, so concurrent calls
+ * from several threads are fine. Returns {upper}_OK or an error code. */
 int {name}_predict(const float *x, int64_t n, float *out);
+
+/* The same for features already standardized as the model saw them in training (graphc's dataset splits,
+ * FitResult.predict); out receives the model's own outputs (logits, or standardized predictions). */
+int {name}_predict_standardized(const float *x, int64_t n, float *out);
 
 /* The same, splitting the work over `nthreads` threads started for the call (results are bitwise the same
  * for every thread count). */

@@ -79,14 +79,14 @@ typedef struct {
     int64_t epochs, batch, patience, threads, seed;
     double lr, momentum, l2, l1, min_delta;
     double keep[GC_NKEEP + 1];
-    int quiet, momentum_set, l2_set, l1_set, dropout_set;
+    int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize;
 } opts_t;
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: %s --x-train F.npy --y-train F.npy [--x-val F.npy --y-val F.npy] [--x-test F.npy --y-test F.npy]\n"
             "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--l2 NU] [--l1 NU] [--dropout KEEP[,KEEP...]]\n"
-            "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--quiet] --out DIR\n"
+            "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--standardize] [--quiet]\n       --out DIR\n"
             "       %s --info | --help\n\n",
             prog, prog);
     fprintf(f,
@@ -122,6 +122,8 @@ static void usage(FILE *f) {
             "  --min-delta D          the smallest validation improvement that counts [%g]\n"
             "  --seed S               initialization, shuffling and dropout masks [%lld]\n"
             "  --threads T            1..%d [1 for small steps, else the CPUs this process may use]\n"
+            "  --standardize          standardize features with the training rows' mean and standard deviation\n"
+            "                         (as graphc train does; data.json records them for graphc export)\n"
             "  --quiet                no per-epoch progress lines\n"
             "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json\n\n"
             "exit status: 0 trained; 2 bad usage or data (nothing written); 3 CPU lacks a required feature;\n"
@@ -232,6 +234,10 @@ static void parse_args(opts_t *o, int argc, char **argv) {
         }
         if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--standardize")) {
+            o->standardize = 1;
             continue;
         }
         if (strncmp(a, "--", 2) != 0) fail(EXIT_BAD, "unexpected argument '%s' (see --help)", a);
@@ -658,6 +664,77 @@ static void write_npy(const char *dir, const gc_tensor_t *t, const float *data) 
     close_out(f, tmp, final);
 }
 
+/* ------------------------------------------------------------------------------------------------ standardization */
+
+/* --standardize: (x - mean) / std with the training rows' statistics (double; population std; a constant feature
+ * keeps std 1), as graphc.data standardizes, applied to every split. */
+static double x_mean[GC_N_FEATURES], x_std[GC_N_FEATURES];
+
+static void feature_stats(const npy_t *x) {
+    const float *d = x->data;
+    int64_t n = x->shape[0];
+    for (int j = 0; j < GC_N_FEATURES; j++) x_mean[j] = x_std[j] = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < GC_N_FEATURES; j++) x_mean[j] += d[i * GC_N_FEATURES + j];
+    for (int j = 0; j < GC_N_FEATURES; j++) x_mean[j] /= (double)n;
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < GC_N_FEATURES; j++) {
+            double e = d[i * GC_N_FEATURES + j] - x_mean[j];
+            x_std[j] += e * e;
+        }
+    for (int j = 0; j < GC_N_FEATURES; j++) {
+        x_std[j] = sqrt(x_std[j] / (double)n);
+        if (x_std[j] == 0.0) x_std[j] = 1.0;
+    }
+}
+
+static void standardize(npy_t *x, const char *opt) {
+    float *d = x->data;
+    for (int64_t i = 0; i < x->shape[0]; i++)
+        for (int j = 0; j < GC_N_FEATURES; j++) {
+            float z = (float)(((double)d[i * GC_N_FEATURES + j] - x_mean[j]) / x_std[j]);
+            if (!isfinite(z))
+                fail(EXIT_BAD, "%s %s: feature %d of row %lld is %g standard deviations from the training mean: beyond "
+                               "float32; rescale, clip or drop it", opt, x->path, j, (long long)i,
+                     ((double)d[i * GC_N_FEATURES + j] - x_mean[j]) / x_std[j]);
+            d[i * GC_N_FEATURES + j] = z;
+        }
+}
+
+static void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* data.json: what travels with the weights to graphc export: the standardization (null: the features were used
+ * as given) and the class labels in output order. */
+static void write_data_json(const char *dir, int standardized) {
+    char tmp[4096], final[4096];
+    FILE *f = open_out(dir, "data.json", tmp, final);
+    fprintf(f, "{\n  \"task\": \"%s\",\n", GC_TASK_NAME);
+    for (int k = 0; k < 2; k++) {
+        fprintf(f, "  \"%s\": ", k ? "x_std" : "x_mean");
+        if (!standardized) fprintf(f, "null");
+        else
+            for (int j = 0; j < GC_N_FEATURES; j++)
+                fprintf(f, "%s%.17g%s", j ? ", " : "[", k ? x_std[j] : x_mean[j], j == GC_N_FEATURES - 1 ? "]" : "");
+        fprintf(f, ",\n");
+    }
+    fprintf(f, "  \"classes\": [");
+    for (int i = 0; i < GC_NCLASSNAMES; i++) {
+        if (i) fprintf(f, ", ");
+        json_string(f, gc_class_names[i]);
+    }
+    fprintf(f, "]\n}\n");
+    close_out(f, tmp, final);
+}
+
 /* ------------------------------------------------------------------------------------------------ training */
 
 typedef struct {
@@ -826,6 +903,12 @@ int main(int argc, char **argv) {
         load_x(&xte, "--x-test", o.x_test);
         load_y(&yte, "--y-test", o.y_test, &xte);
     }
+    if (o.standardize) {
+        feature_stats(&xtr);
+        standardize(&xtr, "--x-train");
+        if (o.x_val) standardize(&xva, "--x-val");
+        if (o.x_test) standardize(&xte, "--x-test");
+    }
     const int64_t n = rows_of(&xtr);
     const int64_t batch = o.batch < n ? o.batch : n; /* as run_epoch: min(batch, n) */
     if (batch > GC_MAX_BATCH)
@@ -979,6 +1062,7 @@ int main(int argc, char **argv) {
     /* results */
     for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
     write_history(o.out, rows, nrows, o.x_val != NULL);
+    write_data_json(o.out, o.standardize);
     const char *split = o.x_test ? "test" : o.x_val ? "val" : "train";
     const npy_t *fx = o.x_test ? &xte : o.x_val ? &xva : &xtr, *fy = o.x_test ? &yte : o.x_val ? &yva : &ytr;
     double rmse = 0.0, floss = evaluate(fx->data, fy->data, rows_of(fx), eout, threads);

@@ -29,7 +29,7 @@ static int cpu_ok(void) {
     return s > 0;
 }
 
-static int predict(const float *x, int64_t n, float *out, int nthreads) {
+static int predict(const float *x, int64_t n, float *out, int nthreads, int raw) {
     if (!x || !out) return ERR_NULL;
     if (n < 1) return ERR_N;
     if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
@@ -39,8 +39,20 @@ static int predict(const float *x, int64_t n, float *out, int nthreads) {
     while (gc_buckets[b] < n) b++;
     size_t arena_bytes = ((size_t)gc_arena[b] + 63) / 64 * 64;
     size_t ws_bytes = ((size_t)gc_ws[b][nthreads] + 63) / 64 * 64;
+    int standardize = raw && GC_HAS_STD;
+    size_t x_bytes = standardize ? ((size_t)n * GC_N_FEATURES * sizeof(float) + 63) / 64 * 64 : 0;
     char *mem = NULL;
-    if (posix_memalign((void **)&mem, 64, arena_bytes + ws_bytes + 64) != 0) return ERR_NOMEM;
+    if (posix_memalign((void **)&mem, 64, arena_bytes + ws_bytes + x_bytes + 64) != 0) return ERR_NOMEM;
+    const float *xin = x;
+    if (standardize) { /* (x - mean) / std in double, as the trainer standardizes, then float */
+        float *xs = (float *)(mem + arena_bytes + ws_bytes);
+        for (int64_t i = 0; i < n; i++)
+            for (int j = 0; j < GC_N_FEATURES; j++) {
+                int64_t k = i * GC_N_FEATURES + j;
+                xs[k] = (float)(((double)x[k] - gc_x_mean[j]) / gc_x_std[j]);
+            }
+        xin = xs;
+    }
     uintptr_t table[GC_NBUF];
     int64_t dims[GC_NSYM];
     memset(table, 0, sizeof table);
@@ -48,16 +60,22 @@ static int predict(const float *x, int64_t n, float *out, int nthreads) {
     for (int i = 0; i < GC_NTEMPS; i++) table[gc_temp_slots[i]] = (uintptr_t)(mem + gc_temp_offsets[b][i]);
     for (const gc_place_t *p = gc_consts; p->slot >= 0; p++) table[p->slot] = (uintptr_t)(gc_blob + p->offset);
     for (int i = 0; i < GC_NPARAMS; i++) table[gc_params[i].eval_slot] = (uintptr_t)(gc_blob + gc_params[i].blob);
-    table[GC_X] = (uintptr_t)x; /* read only */
+    table[GC_X] = (uintptr_t)xin; /* read only */
     table[GC_OUT] = (uintptr_t)out;
     dims[GC_NDIM] = n;
     lib_graphc_run(table, dims, mem + arena_bytes, nthreads);
+    if (raw && GC_UNSCALE_Y) /* regression targets were standardized: back to the target's units */
+        for (int64_t k = 0; k < n * GC_OUT_ROW; k++) out[k] = (float)((double)out[k] * GC_Y_STD + GC_Y_MEAN);
     free(mem);
     return OK;
 }
 
-API int GC_PREDICT(const float *x, int64_t n, float *out) { return predict(x, n, out, 1); }
+/* raw features in (standardized here when the export knew the training statistics) */
+API int GC_PREDICT(const float *x, int64_t n, float *out) { return predict(x, n, out, 1, 1); }
 
 API int GC_PREDICT_THREADS(const float *x, int64_t n, float *out, int nthreads) {
-    return predict(x, n, out, nthreads);
+    return predict(x, n, out, nthreads, 1);
 }
+
+/* features standardized already, the model's own outputs */
+API int GC_PREDICT_STANDARDIZED(const float *x, int64_t n, float *out) { return predict(x, n, out, 1, 0); }

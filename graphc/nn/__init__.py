@@ -1,11 +1,11 @@
 """Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization."""
 
-from graphc.nn.layers import ACTIVATIONS, dense, init_params, mlp, parameters
+from graphc.nn.layers import ACTIVATIONS, dense, init_params, mlp, model_build, parameters
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
 __all__ = [
-    "ACTIVATIONS", "dense", "mlp", "parameters", "init_params", "Uniform", "Normal",
+    "ACTIVATIONS", "dense", "mlp", "model_build", "parameters", "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
 ]

@@ -29,7 +29,7 @@ def save(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> 
     chunks = []
     offset = 0
     for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a, order="C")  # not ascontiguousarray: it makes a 0-d array (a scalar parameter) 1-d
         raw = a.tobytes()
         directory.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
                           "nbytes": len(raw)})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,18 +33,51 @@ def _activation(act) -> Callable | None:
     return ACTIVATIONS[act]
 
 
+_build_counts: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("graphc_layer_names",
+                                                                                     default=None)
+
+
+@contextlib.contextmanager
+def model_build() -> Iterator[None]:
+    """Unnamed layers built inside are named per build, as Keras does: `dense`, `dense_1`, `dense_2`, ... in the
+    order they are built, counted from the start for each build — so the same model function gives the same
+    parameter names every time (weights, checkpoints and exported headers are keyed by them). graphc's trainer,
+    `gc.fit`, `graphc build` and `graphc export` build the model inside one. Outside one an unnamed layer is
+    `dense` (or `mlp`), whatever ran before in the process; two of them in one graph are refused at compile
+    with a hint to name them or build inside `with gc.nn.model_build():`."""
+    token = _build_counts.set({})
+    try:
+        yield
+    finally:
+        _build_counts.reset(token)
+
+
+def unique_name(base: str) -> str:
+    """`base` the first time in this model build, then `base_1`, `base_2`, ... (outside a build: `base`)."""
+    counts = _build_counts.get()
+    if counts is None:  # not in a model build: a count across the process would make names depend on history
+        return base
+    k = counts.get(base, 0)
+    counts[base] = k + 1
+    return base if k == 0 else f"{base}_{k}"
+
+
 def _default_init(act) -> str:
     return "he_normal" if act in ("relu", "softplus") else "xavier_uniform"
 
 
-def dense(x, units: int, activation=None, *, name: str = "dense", init=None, bias: bool = True,
+def dense(x, units: int, activation=None, *, name: str | None = None, init=None, bias: bool = True,
           bias_init="zeros", dtype: str | None = None) -> ops.Tensor:
-    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`.
+    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`. Without a
+    name, the layers of a model are named `dense`, `dense_1`, ... in the order they are built (see
+    `model_build`).
 
     `init` is W's initializer (default: He normal for ReLU/softplus, Glorot uniform otherwise); `bias_init` is
     b's: "zeros" (default), "like_weights" (drawn from W's distribution, as scikit-learn's MLP and PyTorch's
     Linear do), or any parameter initializer."""
     x = ops.as_tensor(x)
+    if name is None:
+        name = unique_name("dense")
     if x.ndim != 2:
         raise GraphcError(f"dense {name!r}: input must be 2-D (batch, features), got {x.type_str}")
     fan_in = x.shape[1]
@@ -63,7 +98,7 @@ def dense(x, units: int, activation=None, *, name: str = "dense", init=None, bia
         return fn(z) if fn is not None else z
 
 
-def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str = "mlp",
+def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str | None = None,
         init=None, bias_init="zeros", dropout_keep: Sequence[float] | float | None = None) -> ops.Tensor:
     """A feed-forward net: hidden layers of `sizes[:-1]` units with `activation`, an output layer of
     `sizes[-1]` units with `out_activation` (None: logits / linear). `dropout_keep` is a keep probability (a
@@ -71,6 +106,8 @@ def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name
     the input and each hidden layer (one number for all hidden layers, or a list: input first). `init` and
     `bias_init` are as for `dense`."""
     h = ops.as_tensor(x)
+    if name is None:  # layers named <name>.0, <name>.1, ...: mlp, then mlp_1, ... per model build
+        name = unique_name("mlp")
     sizes = list(sizes)
     if not sizes:
         raise GraphcError("mlp: sizes must list at least the output size")

@@ -21,9 +21,9 @@ from graphc import ops
 from graphc.autodiff.grad import grad
 from graphc.codegen.epoch import KEY_MULT
 from graphc.errors import GraphcError, InputError, NumericalError
-from graphc.ir.node import Node, topo_order
+from graphc.ir.node import Node, SourceInfo, topo_order
 from graphc.nn import checkpoint as ckpt
-from graphc.nn.layers import init_params, mlp, parameters
+from graphc.nn.layers import init_params, mlp, model_build, parameters
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.optim import Schedule, make
 from graphc.runtime.buffers import aligned_empty
@@ -122,7 +122,8 @@ def _call_model(model: Callable, x: Node, n_outputs: int):
     """model(x, n_outputs); an exception other than graphc's (which name the line already) is a GraphcError
     naming the innermost line of the model's own code."""
     try:
-        return model(x, n_outputs)
+        with model_build():  # unnamed layers: dense, dense_1, ... the same names every build
+            return model(x, n_outputs)
     except GraphcError:
         raise
     except Exception as e:
@@ -157,6 +158,15 @@ class FitResult:
         a = feature_rows(X, len(ds.x_mean), "predict_raw")
         out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
         return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
+
+    def predict_labels(self, X: np.ndarray) -> np.ndarray:
+        """Classification: the predicted class labels (the dataset's own: 'cat', -1, ...) for raw features X."""
+        ds = self.dataset
+        if ds is None or not ds.classes:
+            raise GraphcError("predict_labels: this run is not a classification with known class labels")
+        out = self.predict_raw(X)
+        idx = np.argmax(out, axis=1) if ds.task == "multiclass" else (out.reshape(-1) > 0).astype(np.int64)
+        return np.asarray(ds.classes)[idx]
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
@@ -358,9 +368,18 @@ class Trainer:
                     raise ckpt.CheckpointError(f"{path}: this checkpoint belongs to a different model, dataset or "
                                                "options; resume with the same command line, or start afresh")
                 s.update(meta["run"])
-                state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-                best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")} or None
+                if s["phase"] == 1 and s["epoch"] > cfg.epochs:
+                    raise ckpt.CheckpointError(f"{path}: this run has done {s['epoch']} epochs already, more than "
+                                               f"--epochs {cfg.epochs}; give --epochs {s['epoch']} or more to "
+                                               "continue it, or --overwrite to start afresh")
+                loaded = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+                state = _restore(state, loaded, path)
+                saved_best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
+                best = _restore({k: v.copy() for k, v in state.items()}, saved_best, path) if saved_best else None
                 self.log(f"resuming from {path.name}: phase {s['phase']}, {s['epoch']} epochs done")
+            elif refused:
+                raise ckpt.CheckpointError(f"{ck_dir}: no checkpoint there could be loaded ({len(refused)} refused, "
+                                           "above); start afresh with --overwrite instead of --resume")
             else:
                 self.log("no checkpoint to resume from; starting afresh")
         use_es = cfg.early_stopping is not None and X_val is not None and len(X_val) > 0
@@ -394,7 +413,10 @@ class Trainer:
                                             threads=self.threads)
             dt = time.perf_counter() - t0
             if stats.nonfinite_step is not None:
-                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, scal)
+                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, scal, ck_dir)
+            if not all(np.isfinite(v).all() for v in state.values()):
+                # the loss stayed finite, but the last step's update was not (e.g. an infinite gradient)
+                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.steps, scal, ck_dir)
             s["train_seconds"] += dt
             s["samples"] += stats.samples
             s["step"] += stats.steps
@@ -449,7 +471,7 @@ class Trainer:
             out = (Y != 0) & (Y != 1)
             if out.any():
                 r = int(np.argmax(out))
-                raise InputError(f"{what} data: binary label {Y[r]!r} in row {r} is not 0 or 1")
+                raise InputError(f"{what} data: binary label {Y[r].item()} in row {r} is not 0 or 1")
         elif not np.all(np.isfinite(Y)):
             raise InputError(f"{what} data: regression targets must be finite")
 
@@ -459,48 +481,111 @@ class Trainer:
             arrays.update({f"best/{k}": v for k, v in best.items()})
         run = {k: v for k, v in s.items() if k != "state"}
         path = directory / f"ckpt-{s['phase']}-{s['epoch']:06d}.gcp"
-        ckpt.save(path, {"fingerprint": self.fingerprint(), "run": run}, arrays)
-        for old in sorted(directory.glob("ckpt-*.gcp"))[:-2]:  # keep the last two
-            old.unlink()
+        try:
+            ckpt.save(path, {"fingerprint": self.fingerprint(), "run": run}, arrays)
+        except OSError as e:  # a full disk, a lost permission: the temporary file is gone, older checkpoints stay
+            good = sorted(directory.glob("ckpt-*.gcp"))
+            last = (f"the last good checkpoint is {good[-1]} (continue from it with --resume)" if good
+                    else "no checkpoint was written before")
+            raise GraphcError(f"writing the checkpoint {path} failed: {e.strerror or e}; {last}") from None
+        # keep this one and the one before; a checkpoint named after this one is stale (refused at resume, or
+        # left by a run this one replaced): it must not be taken for this run's newest
+        names = sorted(directory.glob("ckpt-*.gcp"))
+        for old in [f for f in names if f.name > path.name] + [f for f in names if f.name <= path.name][:-2]:
+            old.unlink(missing_ok=True)
         return path
 
     # -- divergence
-    def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,
-                 scal: dict) -> NumericalError:
-        """Replay the epoch up to the failing step from its starting state (deterministic), then run that
-        batch through the reference evaluator and name the first node that produced a non-finite value."""
+    def _replay(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, steps: int,
+                scal: dict):
+        """The state after the first `steps` steps of this epoch, from its starting state (deterministic)."""
         cfg = self.config
         replay = {k: v.copy() for k, v in start_state.items()}
         stats = self.epoch_fn.run_epoch(X, Y, replay, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
                                         seed=cfg.seed, step0=s["step"], scalars=scal, drop_last=cfg.drop_last,
-                                        max_steps=bad, threads=self.threads)
+                                        max_steps=steps, threads=self.threads)
+        return replay, stats
+
+    def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,
+                 scal: dict, ck_dir: Path | None = None) -> NumericalError:
+        """Find the step of the epoch that first made a non-finite value — the one whose loss was not finite
+        (`bad`), or an earlier one whose update was (an infinite gradient shows in the loss one step later) —
+        by replaying the epoch from its starting state (deterministic, a bisection), then run that step's batch
+        through the reference evaluator and name the first node, in the step graph's topological order, that
+        produced a non-finite value: forward pass, gradient or update."""
+        cfg = self.config
+
+        def finite(state: dict) -> bool:
+            return all(np.isfinite(v).all() for v in state.values())
+
+        lo, hi = 0, bad  # the state after `lo` steps is finite; find the last such count up to `bad`
+        replay, stats = self._replay(start_state, X, Y, epoch, s, bad, scal)
+        if finite(replay):
+            lo = bad
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                r, _ = self._replay(start_state, X, Y, epoch, s, mid, scal)
+                lo, hi = (mid, hi) if finite(r) else (lo, mid)
+            replay, stats = self._replay(start_state, X, Y, epoch, s, lo, scal)
+        step = lo  # this step (0-based in the epoch) started finite and made the first non-finite value
         lr = scal["lr"]
         batch = min(cfg.batch_size, len(X))
-        idx = stats.permutation[bad * batch:(bad + 1) * batch]
-        key = (cfg.seed * KEY_MULT + s["step"] + bad) & (2**64 - 1)
-        values = dict(replay, x=X[idx], y=Y[idx], step=np.float32(s["step"] + bad + 1),
+        idx = stats.permutation[step * batch:(step + 1) * batch]
+        key = (cfg.seed * KEY_MULT + s["step"] + step) & (2**64 - 1)
+        values = dict(replay, x=X[idx], y=Y[idx], step=np.float32(s["step"] + step + 1),
                       **{k: np.float32(v) for k, v in scal.items()},
                       rng_key=np.int64(key - 2**64 if key >= 2**63 else key))
         nodes = topo_order([self.loss, *self.updates.values()])
+        forward = {id(n) for n in topo_order(self.loss)}
         where = "could not be located (the reference evaluator stayed finite on that batch)"
         try:
-            results = evaluate(nodes, values, training=self.training_mode, allow_unused=True)
+            with np.errstate(all="ignore"):  # the overflow is what we are looking for: no numpy warnings
+                results = evaluate(nodes, values, training=self.training_mode, allow_unused=True)
             for n, v in zip(nodes, results, strict=True):
                 if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
-                    kind = "the backward pass" if n.source.made_by.startswith("grad") else "the forward pass"
                     label = n.name or n.op.name
                     if n.op.name in ("input", "param"):
                         where = f"was already in {n.op.name} {label!r} ({n.type_str})"
                     else:
-                        where = (f"was first produced by {label} ({n.type_str}) in {kind}, at {n.source.where()}")
+                        src = n.source
+                        if src.is_gradient:
+                            kind = f"the backward pass ({src.made_by})"
+                        elif id(n) in forward:
+                            kind = "the forward pass" + (f" ({src.made_by})" if src.made_by else "")
+                        else:
+                            kind = "the optimizer's update"
+                        loc = SourceInfo(src.file, src.line, src.function, src.scope).where()
+                        where = f"was first produced by {label} ({n.type_str}) in {kind}, at {loc}"
                     break
         except GraphcError as e:
             where = f"could not be located ({e})"
-        global_step = s["step"] + bad + 1
+        global_step = s["step"] + step + 1
+        late = "" if step == bad else (f" (the loss turned non-finite at step {bad + 1}; the value that caused it "
+                                       f"was made one or more steps before)")
+        good = sorted(ck_dir.glob("ckpt-*.gcp")) if ck_dir is not None and ck_dir.is_dir() else []
+        kept = (f"The last good checkpoint, {good[-1]}, is kept (--resume continues from it)." if good
+                else "No checkpoint had been written.")
         return NumericalError(
-            f"training diverged: the loss became non-finite at epoch {epoch + 1}, step {bad + 1} of the epoch "
-            f"(global step {global_step}); the first non-finite value {where}. The last good checkpoint is kept. "
+            f"training diverged: a non-finite value appeared at epoch {epoch + 1}, step {step + 1} of the epoch "
+            f"(global step {global_step}){late}; the first non-finite value {where}. {kept} "
             f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
+
+
+def _restore(template: dict[str, np.ndarray], loaded: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's arrays copied into `template` (fresh, aligned state arrays of the right shapes).
+    Checkpoints written before 0-d arrays were kept 0-d hold them as shape (1,): same values, reshaped."""
+    missing = sorted(set(template) - set(loaded))
+    if missing:
+        raise ckpt.CheckpointError(f"{path}: the checkpoint has no values for {missing}; resume with the same "
+                                   "command line, or start afresh")
+    for k, t in template.items():
+        a = loaded[k]
+        if a.dtype != t.dtype or a.size != t.size:
+            raise ckpt.CheckpointError(f"{path}: {k!r} is {a.dtype} {a.shape} in the checkpoint, the model has "
+                                       f"{t.dtype} {t.shape}")
+        t[...] = a.reshape(t.shape)
+    return template
 
 
 def _native_init(p: Node) -> bool:

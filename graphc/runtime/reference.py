@@ -26,7 +26,8 @@ def leaves_by_name(order: list[Node]) -> dict[str, Node]:
                 f"two different tensors are named {n.name!r}: {other.op.name} {fmt_type(other.shape, other.dtype)} "
                 f"declared at {other.source.where()} and {n.op.name} {fmt_type(n.shape, n.dtype)} declared at "
                 f"{n.source.where()}; give them distinct names"
-                + (" (a layer's parameters are named after it: gc.nn.dense(x, units, name='hidden1'))"
+                + (" (a layer's parameters are named after it: gc.nn.dense(x, units, name='hidden1'); or build "
+                   "the model inside `with gc.nn.model_build():`, which names unnamed layers dense, dense_1, ...)"
                    if n.op.name == "param" and other.op.name == "param" else "")
             )
         out[n.name] = n

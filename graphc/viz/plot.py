@@ -1,5 +1,6 @@
 """Learning curves as PNG: with matplotlib when it is installed, otherwise a small built-in renderer (lines,
-axes and numeric ticks, encoded with zlib) so `graphc train` needs no plotting library."""
+axes, numeric ticks, a title, axis labels and a legend in a 3x5 pixel font, encoded with zlib) so `graphc train`
+needs no plotting library."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ GLYPHS = {
     "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1),
     "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7), ".": (0, 0, 0, 0, 2), "-": (0, 0, 7, 0, 0),
     "e": (0, 7, 7, 4, 7), "+": (0, 2, 7, 2, 0),
+    # capitals for titles, axis labels and the legend (text is drawn upper-cased)
+    "A": (2, 5, 7, 5, 5), "B": (6, 5, 6, 5, 6), "C": (3, 4, 4, 4, 3), "D": (6, 5, 5, 5, 6), "E": (7, 4, 6, 4, 7),
+    "F": (7, 4, 6, 4, 4), "G": (3, 4, 5, 5, 3), "H": (5, 5, 7, 5, 5), "I": (7, 2, 2, 2, 7), "J": (1, 1, 1, 5, 2),
+    "K": (5, 5, 6, 5, 5), "L": (4, 4, 4, 4, 7), "M": (5, 7, 7, 5, 5), "N": (6, 5, 5, 5, 5), "O": (2, 5, 5, 5, 2),
+    "P": (6, 5, 6, 4, 4), "Q": (2, 5, 5, 6, 3), "R": (6, 5, 6, 5, 5), "S": (3, 4, 2, 1, 6), "T": (7, 2, 2, 2, 2),
+    "U": (5, 5, 5, 5, 7), "V": (5, 5, 5, 5, 2), "W": (5, 5, 7, 7, 5), "X": (5, 5, 2, 5, 5), "Y": (5, 5, 2, 2, 2),
+    "Z": (7, 1, 2, 4, 7), ":": (0, 2, 0, 2, 0), "(": (1, 2, 2, 2, 1), ")": (4, 2, 2, 2, 4), "_": (0, 0, 0, 0, 7),
+    "/": (1, 1, 2, 4, 4), ",": (0, 0, 0, 2, 4), "'": (2, 2, 0, 0, 0), "%": (5, 1, 2, 4, 5),
 }
 
 
@@ -29,7 +38,7 @@ def learning_curves(series: dict[str, Sequence[float]], *, xlabel: str = "epoch"
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        return _builtin(series)
+        return _builtin(series, xlabel=xlabel, ylabel=ylabel, title=title)
     import io
 
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
@@ -48,9 +57,16 @@ def learning_curves(series: dict[str, Sequence[float]], *, xlabel: str = "epoch"
     return buf.getvalue()
 
 
-def _builtin(series: dict[str, Sequence[float]], width: int = 640, height: int = 400) -> bytes:
+def _builtin(series: dict[str, Sequence[float]], width: int = 640, height: int = 400, *, xlabel: str = "",
+             ylabel: str = "", title: str = "") -> bytes:
     img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 60, width - 20, 20, height - 40
+    left, right, top, bottom = 60, width - 20, 34, height - 50
+    if title:
+        _text(img, title.upper(), (width - 8 * len(title)) // 2, 8)
+    if ylabel:
+        _text(img, ylabel.upper(), 6, top - 14)  # above the y axis: the font has no vertical text
+    if xlabel:
+        _text(img, xlabel.upper(), (left + right - 8 * len(xlabel)) // 2, height - 18)
     ys_all = [float(v) for ys in series.values() for v in ys if np.isfinite(v)]
     n = max((len(ys) for ys in series.values()), default=1)
     lo, hi = (min(ys_all), max(ys_all)) if ys_all else (0.0, 1.0)
@@ -74,12 +90,13 @@ def _builtin(series: dict[str, Sequence[float]], width: int = 640, height: int =
             x, _ = px(i, lo)
             img[bottom:bottom + 4, x] = 0
             _text(img, str(i + 1), x - 4, bottom + 8)
-    for c, ys in enumerate(series.values()):
+    for c, (name, ys) in enumerate(series.items()):
         color = COLORS[c % len(COLORS)]
         pts = [px(i, float(v)) for i, v in enumerate(ys) if np.isfinite(v)]
         for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
             _line(img, x0, y0, x1, y1, color)
-        img[top + 4 + 12 * c:top + 10 + 12 * c, right - 40:right - 20] = color  # legend swatch, in series order
+        img[top + 4 + 14 * c:top + 10 + 14 * c, right - 40:right - 20] = color  # legend swatch, in series order
+        _text(img, name.upper(), right - 46, top + 2 + 14 * c, align_right=True)
     return _png(img)
 
 

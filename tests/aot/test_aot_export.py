@@ -32,7 +32,7 @@ def test_exported_library_matches_evaluate(digits_run, digits_data, tmp_path):
                     "-lgcmodel", f"-Wl,-rpath,{lib.parent}", "-lpthread"], check=True)
     ds, _ = digits_data
     X = np.ascontiguousarray(ds.X_test, dtype=np.float32)
-    (tmp_path / "x.bin").write_bytes(X.tobytes())
+    (tmp_path / "x.bin").write_bytes(X.tobytes())  # as the binary trained: its data.json says no standardization
     run = subprocess.run([str(exe), str(tmp_path / "x.bin"), str(len(X)), str(tmp_path / "out.bin")],
                          capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
@@ -83,7 +83,7 @@ def test_a_float64_parameter_trains_with_penalties_and_momentum_and_exports(tmp_
     lib = export(tmp_path / "libm64.so", tmp_path / "run", model=str(model_file), data="digits").path
     X = np.ascontiguousarray(r.dataset.X_test[:32], np.float32)
     out = np.zeros((32, 10), np.float32)
-    rc = ctypes.CDLL(str(lib)).m64_predict(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(32),
+    rc = ctypes.CDLL(str(lib)).m64_predict_standardized(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(32),
                                             out.ctypes.data_as(ctypes.c_void_p))
     assert rc == 0
     np.testing.assert_allclose(out, r.predict(X), rtol=1e-4, atol=1e-4)
@@ -96,3 +96,69 @@ def test_a_max_batch_beyond_64_bit_sizes_is_refused(digits_run, tmp_path):
     with pytest.raises(AotError, match=r"--max-batch 100000000000000000: a call that large needs .* bytes"):
         export(tmp_path / "libx.so", weights, max_batch=10**17)
     assert not (tmp_path / "libx.so").exists()
+
+
+def _predict(lib, fn: str, X: np.ndarray, width: int) -> np.ndarray:
+    import ctypes
+
+    X = np.ascontiguousarray(X, np.float32)
+    out = np.zeros((len(X), width), np.float32)
+    rc = getattr(ctypes.CDLL(str(lib)), fn)(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(X)),
+                                            out.ctypes.data_as(ctypes.c_void_p))
+    assert rc == 0
+    return out
+
+
+@pytest.mark.parametrize("dataset", ["breast_cancer", "diabetes"])
+def test_exported_library_takes_raw_features_and_carries_the_labels(tmp_path, dataset):
+    """Issue 15, item 3: the export of a graphc train run standardizes raw features inside predict (it used to
+    expect standardized ones silently: accuracy 0.80 instead of 0.97 on digits), returns regression predictions
+    in the target's units, and its header carries the statistics and the class labels."""
+    from graphc.aot import export
+    from graphc.fitting import fit
+
+    r = fit(data=dataset, epochs=3, hidden=[16], progress=False, out=str(tmp_path / "run"))
+    lib = export(tmp_path / "libm.so", tmp_path / "run", data=dataset, hidden=[16]).path
+    ds = r.dataset
+    raw = ds.X_test.astype(np.float64) * ds.x_std + ds.x_mean
+    got = _predict(lib, "m_predict", raw, 1)
+    np.testing.assert_allclose(got, r.predict_raw(raw), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(_predict(lib, "m_predict_standardized", ds.X_test, 1), r.predict(ds.X_test))
+    header = (tmp_path / "m.h").read_text()
+    assert "M_X_MEAN[" in header and "int m_predict_standardized(" in header
+    if dataset == "breast_cancer":
+        assert 'M_CLASS_LABELS[2] = {"0", "1"}' in header
+        assert np.mean((got[:, 0] > 0) == ds.y_test) > 0.9
+    else:
+        assert "#define M_Y_STD" in header
+        assert np.sqrt(np.mean((got[:, 0] - (ds.y_test * ds.y_std + ds.y_mean)) ** 2)) < 2 * ds.y_std
+
+
+def test_a_binary_standardizes_and_its_export_takes_raw_features(digits_binary, digits_data, tmp_path):
+    """Issue 15, item 3 for `graphc build`: --standardize makes the binary standardize with the training rows'
+    statistics and write them (and the class labels) to data.json; graphc export embeds them."""
+    import json
+
+    from graphc.aot import export
+
+    ds, paths = digits_data
+    raw = {}
+    for split in ("train", "test"):
+        X = getattr(ds, f"X_{split}").astype(np.float64) * ds.x_std + ds.x_mean
+        raw[split] = X
+        np.save(tmp_path / f"x_{split}.npy", X.astype(np.float32))
+    out = tmp_path / "run"
+    p = subprocess.run([str(digits_binary.path), "--x-train", str(tmp_path / "x_train.npy"), "--y-train",
+                        str(paths["y_train"]), "--epochs", "5", "--standardize", "--quiet", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    d = json.loads((out / "data.json").read_text())
+    np.testing.assert_allclose(d["x_mean"], ds.x_mean, rtol=1e-5, atol=1e-5)
+    assert d["classes"] == [str(c) for c in range(10)]
+    lib = export(tmp_path / "libdig.so", out).path
+    got = _predict(lib, "dig_predict", raw["test"], 10)
+    assert np.mean(got.argmax(1) == ds.y_test) > 0.9
+    p = subprocess.run([str(digits_binary.path), *[str(a) for a in ("--x-train", paths["x_train"], "--y-train",
+                        paths["y_train"], "--epochs", "1", "--quiet", "--out", tmp_path / "plain")]],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads((tmp_path / "plain" / "data.json").read_text())["x_mean"] is None

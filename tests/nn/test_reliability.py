@@ -1,0 +1,350 @@
+"""Issue 15: defects a new user met (reused --out, 0-d parameters at resume, a gradient's inf reported a step
+late, options that were silently ignored, unnamed layers colliding, labels and standardization lost, ...).
+Each test failed before its fix."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import fit
+from graphc.nn import checkpoint as ckpt
+
+GRAPHC = [sys.executable, "-m", "graphc.cli"]
+SMALL = ["--hidden", "8", "--quiet"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*GRAPHC, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def ckpt_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.gcp"))
+
+
+# 1 -- a used --out is refused unless --resume or --overwrite; runs are never mixed
+def test_reused_out_is_refused_unless_resume_or_overwrite(tmp_path):
+    out = tmp_path / "d"
+    assert run("train", "--epochs", "4", *SMALL, "--out", out).returncode == 0
+    before = (out / "metrics.json").read_bytes()
+    p = run("train", "--epochs", "2", *SMALL, "--out", out)
+    assert p.returncode == 2 and "already holds a run" in p.stderr and "--overwrite" in p.stderr, p.stderr
+    assert (out / "metrics.json").read_bytes() == before and ckpt_names(out)[-1] == "ckpt-1-000004.gcp"
+    p = run("train", "--epochs", "2", *SMALL, "--out", out, "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert ckpt_names(out) == ["ckpt-1-000001.gcp", "ckpt-1-000002.gcp"]  # none of the old run's are left
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    p = run("train", "--epochs", "3", *SMALL, "--out", out, "--resume")
+    assert p.returncode == 0 and "resuming from ckpt-1-000002.gcp" in p.stderr, p.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+    assert not list(out.glob(".tmp-*")) and not (out / ".graphc-train.lock").exists()
+
+
+def test_stale_newer_checkpoint_is_pruned_not_kept_as_newest(tmp_path):
+    """A checkpoint named after the one just written (refused at resume, or another run's) is removed: pruning
+    by name used to keep it as the 'newest' and a later --resume continued it."""
+    out = tmp_path / "d"
+    fit(data="breast_cancer", epochs=2, hidden=[4], out=out, progress=False)
+    ck = out / "checkpoints"
+    (ck / "ckpt-1-000009.gcp").write_bytes(b"GRAPHCKP1\n" + b"\0" * 64)  # corrupt, and named after the run's
+    fit(data="breast_cancer", epochs=3, hidden=[4], out=out, resume=True, progress=False)
+    assert ckpt_names(out) == ["ckpt-1-000002.gcp", "ckpt-1-000003.gcp"]
+
+
+def test_resume_with_nothing_loadable_is_refused(tmp_path):
+    out = tmp_path / "d"
+    fit(data="breast_cancer", epochs=1, hidden=[4], out=out, progress=False)
+    for f in (out / "checkpoints").glob("*.gcp"):
+        f.write_bytes(b"junk")
+    with pytest.raises(gc.GraphcError, match="no checkpoint there could be loaded"):
+        fit(data="breast_cancer", epochs=2, hidden=[4], out=out, resume=True, progress=False)
+
+
+# 2 -- 0-d parameters survive a checkpoint
+SCALAR_MODEL = """
+import graphc as gc
+
+def model(x, n_outputs):
+    temperature = gc.param("temperature", (), init=1.0)
+    return gc.nn.dense(x, n_outputs) / temperature
+"""
+
+
+def test_resume_with_a_scalar_parameter_is_bitwise_equal(tmp_path):
+    (tmp_path / "m.py").write_text(SCALAR_MODEL)
+    opts = dict(data="breast_cancer", progress=False)
+    whole = fit(str(tmp_path / "m.py"), epochs=3, **opts)
+    fit(str(tmp_path / "m.py"), epochs=2, out=tmp_path / "cut", **opts)
+    _, arrays = ckpt.load(sorted((tmp_path / "cut" / "checkpoints").glob("*.gcp"))[-1])
+    assert arrays["state/temperature"].shape == ()
+    resumed = fit(str(tmp_path / "m.py"), epochs=3, out=tmp_path / "cut", resume=True, **opts)
+    for k, v in whole.params.items():
+        np.testing.assert_array_equal(v, resumed.params[k])
+
+
+def test_old_checkpoint_with_a_1d_scalar_still_resumes(tmp_path):
+    """Checkpoints written before the fix hold 0-d arrays as shape (1,): same values, reshaped at resume."""
+    (tmp_path / "m.py").write_text(SCALAR_MODEL)
+    opts = dict(data="breast_cancer", progress=False)
+    fit(str(tmp_path / "m.py"), epochs=1, out=tmp_path / "o", **opts)
+    path = sorted((tmp_path / "o" / "checkpoints").glob("*.gcp"))[-1]
+    meta, arrays = ckpt.load(path)
+    arrays = {k: v.reshape(1) if v.ndim == 0 else v for k, v in arrays.items()}
+    ckpt.save(path, meta, arrays)
+    r = fit(str(tmp_path / "m.py"), epochs=2, out=tmp_path / "o", resume=True, **opts)
+    assert r.params["temperature"].shape == ()
+
+
+# 5 -- a gradient's non-finite value is named at its step and its line
+def test_backward_nonfinite_value_is_named_at_its_step_and_source_line(tmp_path):
+    path = tmp_path / "sqrtm.py"
+    path.write_text("import graphc as gc\n\n\ndef model(x, n_outputs):\n    b = gc.param('b', (), init=0.0)\n"
+                    "    h = gc.nn.dense(x, n_outputs)\n    return h + gc.sqrt(b)\n")
+    with pytest.raises(gc.NumericalError) as e:
+        fit(str(path), data="digits", epochs=2, progress=False)
+    msg = str(e.value)
+    assert "epoch 1, step 1 of the epoch (global step 1)" in msg, msg
+    assert "backward pass (grad of sqrt)" in msg and "sqrtm.py:7" in msg, msg
+    assert "already in param" not in msg
+
+
+def test_forward_nonfinite_value_is_named_in_the_forward_pass(tmp_path):
+    path = tmp_path / "logm.py"
+    path.write_text("import graphc as gc\n\n\ndef model(x, n_outputs):\n    h = gc.nn.dense(x, n_outputs)\n"
+                    "    return h + gc.log(gc.sum(x * 0.0))\n")
+    with pytest.raises(gc.NumericalError) as e:
+        fit(str(path), data="digits", epochs=1, progress=False)
+    msg = str(e.value)
+    assert "step 1 of the epoch" in msg and "forward pass" in msg and "logm.py:6" in msg, msg
+
+
+# 6 -- divergence on the command line: exit 5, no numpy warning, no false checkpoint claim, no empty --out
+def test_divergence_exit_status_message_and_no_empty_out(tmp_path):
+    out = tmp_path / "new"
+    p = run("train", "--lr", "1e9", "--epochs", "2", "--quiet", "--out", out)
+    assert p.returncode == 5, p.stderr
+    assert "RuntimeWarning" not in p.stderr and "Traceback" not in p.stderr
+    assert "No checkpoint had been written" in p.stderr and "last good checkpoint" not in p.stderr
+    assert not out.exists()
+
+
+# 7 -- options of the default MLP are refused with a model of one's own, and the record says what ran
+@pytest.mark.parametrize("flag, value", [("--hidden", "16"), ("--dropout", "0.5"), ("--activation", "tanh")])
+def test_mlp_options_with_a_model_file_are_refused(tmp_path, flag, value):
+    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    p = run("train", "--model", tmp_path / "m.py", flag, value, "--epochs", "1")
+    assert p.returncode == 2 and flag in p.stderr and "default MLP only" in p.stderr, p.stderr
+
+
+def test_metrics_record_the_model_that_ran(tmp_path):
+    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    r = fit(str(tmp_path / "m.py"), data="breast_cancer", epochs=1, progress=False, out=tmp_path / "o")
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["model"] == str(tmp_path / "m.py") and "hidden" not in m["config"] and "dropout" not in m["config"]
+    assert r.metrics["config"]["lr"] == 0.05  # the dataset's default learning rate still applies
+    d = fit(data="breast_cancer", epochs=1, progress=False)
+    assert d.metrics["model"] == "default MLP" and d.metrics["config"]["hidden"] == [64]
+
+
+# 8 -- help, defaults, usage and suggestions
+def test_train_help_shows_real_defaults_and_every_option():
+    p = run("train", "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())
+    assert "(default: None)" not in text and "(default: relu) (default" not in text
+    for words in ("--epochs N passes", "--seed S initialization", "--threads T threads", "--momentum M momentum",
+                  "adam (default: sgd)", "diabetes: --lr 0.01, --hidden 64, --epochs 50",
+                  "--optimizer adam: --lr 0.001", "5 training diverged", "--overwrite"):
+        assert words in text, words
+
+
+def test_unknown_option_prints_the_subcommand_usage_and_datasets_are_suggested():
+    p = run("train", "--epoch", "3", "--bogus")
+    assert p.returncode == 2 and p.stderr.startswith("usage: graphc train") and "--bogus" in p.stderr, p.stderr
+    p = run("train", "--dataset", "digit")
+    assert p.returncode == 2 and "did you mean the bundled dataset 'digits'" in p.stderr, p.stderr
+    p = run("train", "--out", "somewhere", "--resume", "--overwrite")
+    assert p.returncode == 2 and "give one of them" in p.stderr, p.stderr
+
+
+def test_adam_gets_its_own_default_learning_rate():
+    from graphc.aot.build import model_spec
+
+    r = fit(data="breast_cancer", optimizer="adam", epochs=1, progress=False)
+    assert r.metrics["config"]["lr"] == 0.001
+    assert fit(data="breast_cancer", optimizer="adam", lr=0.01, epochs=1, progress=False).config.lr == 0.01
+    assert model_spec(None, "breast_cancer", optimizer="adam").config.lr == 0.001  # a binary's default too
+    assert model_spec(None, "breast_cancer", optimizer="sgd").config.lr == 0.05
+
+
+# 10 -- messages that name the culprit
+def test_messages_name_the_culprit(tmp_path, monkeypatch):
+    (tmp_path / "gap.csv").write_text("a,b,label\n1,2,x\n3,4,\n5,6,y\n")
+    with pytest.raises(gc.GraphcError, match=r"gap.csv:3: the label column 'label' is empty"):
+        fit(data=str(tmp_path / "gap.csv"), label="label", epochs=1, progress=False)
+    np.savez(tmp_path / "d.npz", X=np.zeros((10, 3)), y=np.arange(10) % 2)
+    with pytest.raises(gc.GraphcError, match=r"--label 'nosuch': the file has no array of that name \(arrays: X, y"):
+        fit(data=str(tmp_path / "d.npz"), label="nosuch", epochs=1, progress=False)
+    (tmp_path / "wide.py").write_text("import graphc as gc\n\ndef model(x, n):\n    return gc.nn.dense(x, n + 1)\n")
+    with pytest.raises(gc.GraphcError, match=r"10 classes.*wide.py.*wide.py:4"):
+        fit(str(tmp_path / "wide.py"), data="digits", epochs=1, progress=False)
+    np.savez(tmp_path / "frac.npz", X=np.ones((40, 3)), y=np.arange(40) * 0.5)
+    with pytest.raises(gc.GraphcError) as e:
+        fit(data=str(tmp_path / "frac.npz"), task="multiclass", epochs=1, progress=False)
+    assert "label 0.5 in row" in str(e.value) and "np." not in str(e.value)
+
+
+def test_a_failed_checkpoint_write_says_what_and_which_is_the_last_good_one(tmp_path, monkeypatch):
+    calls = []
+    real = ckpt.save
+
+    def full_disk(path, meta, arrays):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, meta, arrays)
+
+    monkeypatch.setattr(ckpt, "save", full_disk)
+    with pytest.raises(gc.GraphcError) as e:
+        fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "writing the checkpoint" in msg and "ckpt-1-000002.gcp" in msg and "No space left" in msg, msg
+    assert "the last good checkpoint is" in msg and "ckpt-1-000001.gcp" in msg, msg
+    assert ckpt_names(tmp_path / "o") == ["ckpt-1-000001.gcp"]
+
+
+# 11 -- unnamed layers get unique, stable names
+def test_unnamed_layers_are_named_per_build_and_stable(tmp_path):
+    def model(x, n_outputs):
+        return gc.nn.dense(gc.nn.dense(x, 16, "relu"), n_outputs)
+
+    a = fit(model, data="breast_cancer", epochs=1, progress=False)
+    b = fit(model, data="breast_cancer", epochs=1, progress=False)
+    assert sorted(a.params) == sorted(b.params) == ["dense.W", "dense.b", "dense_1.W", "dense_1.b"]
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])  # same names: same seeded initialization
+    x = gc.input("x", ("N", 3))
+    with gc.nn.model_build():
+        names = [p.name for p in gc.nn.parameters(gc.nn.mlp(gc.nn.mlp(x, [4, 2]), [2]))]
+    assert names == ["mlp.0.W", "mlp.0.b", "mlp.1.W", "mlp.1.b", "mlp_1.0.W", "mlp_1.0.b"]
+    # outside a build an unnamed layer keeps its base name whatever ran before (no count across the process)
+    assert [p.name for p in gc.nn.parameters(gc.nn.dense(x, 2))] == ["dense.W", "dense.b"]
+    with pytest.raises(gc.GraphcError, match=r"named 'dense.W'.*gc.nn.model_build"):
+        gc.compile(gc.sum(gc.nn.dense(gc.nn.dense(x, 4), 2)))
+
+
+# 3, 4 -- standardization and class labels travel with the weights; per-class metrics under the user's labels
+def test_class_labels_and_standardization_are_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3)) * [1, 10, 100] + [0, 5, -50]
+    names = np.array(["cat", "dog", "bird"])
+    y = names[(X[:, 0] > 0).astype(int) + (X[:, 1] > 5).astype(int)]
+    lines = ["a,b,c,animal"] + [f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(X, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    r = fit(data=str(tmp_path / "d.csv"), label="animal", epochs=2, hidden=[8], progress=False, out=tmp_path / "o")
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["classes"] == ["bird", "cat", "dog"] and sorted(m["test_per_class"]) == ["bird", "cat", "dog"]
+    assert m["test_confusion_labels"] == ["bird", "cat", "dog"]
+    d = json.loads((tmp_path / "o" / "data.json").read_text())
+    assert d["classes"] == ["bird", "cat", "dog"] and d["features"] == ["a", "b", "c"]
+    np.testing.assert_allclose(d["x_mean"], r.dataset.x_mean)
+    np.testing.assert_allclose(d["x_std"], r.dataset.x_std)
+    assert set(r.predict_labels(X[:50])) <= {"bird", "cat", "dog"}
+    assert np.mean(r.predict_labels(X) == y) > 0.6
+    np.savez(tmp_path / "s.npz", X=X, y=np.array([-1, 0, 1, 2])[np.arange(300) % 4])
+    r = fit(data=str(tmp_path / "s.npz"), epochs=1, hidden=[4], progress=False)
+    assert sorted(r.metrics["test_per_class"]) == ["-1", "0", "1", "2"] and r.metrics["classes"] == [-1, 0, 1, 2]
+
+
+# 9 -- no validation metrics measured on rows the refit trained on; the refit drawn in loss.png
+def test_refit_drops_validation_metrics_and_says_why(tmp_path):
+    r = fit(data="breast_cancer", epochs=4, hidden=[4], early_stopping=1, refit=True, progress=False,
+            out=tmp_path / "o")
+    assert r.metrics["refit_epochs"] >= 1
+    assert "val_accuracy" not in r.metrics and "refit" in r.metrics["val_note"]
+
+
+
+# 12 -- the README's install gives a Jupyter front end to open the notebooks with
+def test_the_notebooks_extra_has_a_jupyter_front_end_and_the_readme_installs_it():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.split(">")[0].split("=")[0] in ("notebook", "jupyterlab") for req in extras["notebooks"])
+    assert "pip install -e '.[notebooks]' && jupyter notebook notebooks/" in (root / "README.md").read_text()
+
+
+def test_values_too_large_to_standardize_are_refused_without_a_numpy_warning(tmp_path):
+    """Found by the fuzz harness: a feature near 1e300 overflowed the variance with a RuntimeWarning and trained
+    with that feature silently zeroed (std inf)."""
+    import warnings
+
+    X = np.ones((40, 3))
+    X[5, 1] = 1e300
+    np.savez(tmp_path / "big.npz", X=X, y=np.arange(40) % 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(gc.GraphcError, match="feature 'x1' has values too large to standardize"):
+            fit(data=str(tmp_path / "big.npz"), epochs=1, progress=False)
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    import struct
+    import zlib
+
+    w, h = struct.unpack(">II", data[16:24])
+    raw = zlib.decompress(data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8])
+    return np.frombuffer(raw, np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+
+
+def test_fallback_loss_png_has_title_axis_labels_and_legend_text():
+    """Without matplotlib, loss.png had lines and numbers only: no title, axis labels or legend text."""
+    from graphc.viz.plot import _builtin
+
+    series = {"train loss": [3.0, 2.0, 1.0], "validation loss": [3.5, 2.5, 2.0]}
+    bare = _png_pixels(_builtin(series))
+    full = _png_pixels(_builtin(series, xlabel="epoch", ylabel="loss", title="digits: learning curves"))
+    ink = (full.sum(2) == 0) & (bare.sum(2) != 0)  # black pixels only the labelled version has
+    h, w = ink.shape
+    assert ink[:20, w // 4:3 * w // 4].sum() > 100  # the title, centred on top
+    assert ink[h - 20:, :].sum() > 30  # the x label, under the ticks
+    assert ink[20:34, :60].sum() > 20  # the y label, over the y axis
+    assert (full[34:70, w // 2:].sum(2) == 0).sum() > 100  # legend names (black) beside the colored swatches
+
+
+def test_build_and_export_refuse_mlp_options_with_a_model_file(tmp_path):
+    from graphc.aot import AotError, build, export
+
+    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    with pytest.raises(AotError, match="--hidden shape"):
+        build(tmp_path / "b", model=str(tmp_path / "m.py"), hidden=[16])
+    with pytest.raises(AotError, match="--activation shape"):
+        export(tmp_path / "libm.so", tmp_path, model=str(tmp_path / "m.py"), activation="tanh")
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
+    """Found by the fuzz harness: --resume --epochs 2 on a 3-epoch run reported 'epochs: 3' as if asked for."""
+    fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", progress=False)
+    with pytest.raises(gc.GraphcError, match="has done 3 epochs already, more than --epochs 2"):
+        fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
+    r = fit(data="breast_cancer", epochs=3, hidden=[4], out=tmp_path / "o", resume=True, progress=False)
+    assert r.metrics["epochs"] == 3
+
+
+def test_a_failed_results_write_says_what_and_where_the_state_is(tmp_path, monkeypatch):
+    from graphc import fitting
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fitting, "_atomic", full_disk)
+    with pytest.raises(gc.GraphcError) as e:
+        fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "writing the results into" in msg and "No space left" in msg and "metrics.json" in msg, msg
+    assert "ckpt-1-000002.gcp" in msg and "--resume" in msg, msg
