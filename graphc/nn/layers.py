@@ -88,7 +88,7 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
     fn = _activation(activation)
     dtype = dtype or x.dtype
     with scope(name):
-        w_init = init or _default_init(activation)
+        w_init = init if init is not None else _default_init(activation)  # `init or` fails on an array
         w = ops.param(f"{name}.W", (fan_in, units), init=w_init, dtype=dtype)
         z = x @ w
         if bias:

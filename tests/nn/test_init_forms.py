@@ -1,0 +1,64 @@
+"""Every documented initializer form on `gc.nn.dense` and `gc.param`: a scheme name, a number,
+gc.nn.Uniform(limit), gc.nn.Normal(std), an array and a function (rng, shape) -> array."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+W0 = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+
+
+def _check(name, values, init):
+    v = values[name]
+    assert v.dtype == np.float32 and v.shape == (4, 3)
+    if isinstance(init, np.ndarray):
+        np.testing.assert_array_equal(v, init)
+    elif isinstance(init, (int, float)):
+        assert np.all(v == np.float32(init))
+    elif isinstance(init, gc.nn.Uniform):
+        assert np.all(np.abs(v) <= init.limit) and np.unique(v).size == v.size
+    elif isinstance(init, gc.nn.Normal):
+        assert np.unique(v).size == v.size and np.all(np.abs(v) < 8 * init.std)
+    elif callable(init):
+        np.testing.assert_array_equal(v, np.full((4, 3), 0.25, np.float32))
+    elif init == "zeros":
+        assert np.all(v == 0)
+    elif init == "ones":
+        assert np.all(v == 1)
+    else:
+        assert np.unique(v).size == v.size
+
+
+FORMS = ["he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "zeros", "ones", 0.5, 2,
+         gc.nn.Uniform(0.1), gc.nn.Normal(0.2), W0, lambda rng, shape: np.full(shape, 0.25)]
+
+
+@pytest.mark.parametrize("k", range(len(FORMS)))
+def test_dense_and_param_take_every_init_form(k):
+    init = FORMS[k]
+    x = gc.input("x", ("N", 4))
+    out = gc.nn.dense(x, 3, init=init, name=f"d{k}")
+    p = gc.param(f"p{k}", (4, 3), init=init)
+    values = gc.nn.init_params([out, p], seed=7)
+    _check(f"d{k}.W", values, init)
+    _check(f"p{k}", values, init)
+    assert np.all(values[f"d{k}.b"] == 0)  # bias_init defaults to zeros
+    # the initial values reach the compiled function and the reference alike
+    X = np.ones((2, 4), np.float32)
+    fn = gc.compile(out)
+    np.testing.assert_allclose(fn(dict(values, x=X)), gc.evaluate(out, dict(values, x=X)), rtol=1e-6)
+
+
+def test_dense_array_init_shape_is_checked_and_like_weights_needs_a_scheme():
+    x = gc.input("x", ("N", 4))
+    with pytest.raises(gc.GraphcError, match=r"init array has shape \(3, 4\), the parameter \(4, 3\)"):
+        gc.nn.dense(x, 3, init=W0.T.copy(), name="bad_shape")
+    with pytest.raises(gc.GraphcError, match="like_weights"):
+        gc.nn.dense(x, 3, init=W0, bias_init="like_weights", name="bad_like")
+    out = gc.nn.dense(x, 3, init=W0, bias_init=np.full(3, 0.5, np.float32), name="arr_b")
+    v = gc.nn.init_params(out, seed=0)
+    np.testing.assert_array_equal(v["arr_b.W"], W0)
+    np.testing.assert_array_equal(v["arr_b.b"], np.full(3, 0.5, np.float32))
