@@ -34,6 +34,8 @@ _LAZY = {
     "evaluate": ("graphc.runtime.reference", "evaluate"),
     "compile": ("graphc.runtime.jit", "compile"),
     "CompiledFunction": ("graphc.runtime.jit", "CompiledFunction"),
+    "EpochFunction": ("graphc.runtime.epoch", "EpochFunction"),
+    "EpochStats": ("graphc.runtime.epoch", "EpochStats"),
     "Node": ("graphc.ir.node", "Node"),
     "scope": ("graphc.ir.node", "scope"),
     "topo_order": ("graphc.ir.node", "topo_order"),

@@ -1,10 +1,11 @@
 """The training-epoch driver in LLVM IR: one native call runs a whole epoch.
 
-`graphc_epoch(ctx, -, -, nthreads)` shuffles the sample indices (Fisher-Yates driven by a counter-based hash of
-(seed, epoch, i), so an epoch's order depends on nothing else), then for every mini-batch gathers its rows into
-the batch buffers, sets the batch size, the step number and the dropout key, runs `graphc_program` (forward,
-backward and the in-place parameter update), and checks the loss. A non-finite loss stops the epoch and
-reports the step. Python runs only between epochs.
+`graphc_epoch(ctx, -, -, nthreads)` takes the sample order (0..n-1, a Fisher-Yates shuffle driven by a
+counter-based hash of (seed, epoch, i), so an epoch's order depends on nothing else, or the caller's order),
+then for every mini-batch gathers its rows into the batch buffers, sets the batch size, the step number and the
+dropout key, runs `graphc_program` (forward, backward and the in-place parameter update), and checks the loss
+(kept per step where LOSSES points at n_steps floats). A non-finite loss stops the epoch and reports the step.
+Python runs only between epochs.
 
 The context is an array of int64 slots (pointers as integers), filled by graphc.runtime.epoch."""
 
@@ -18,8 +19,10 @@ from graphc.codegen.emit import F32, F64, I1, I32, I64, PTR, VOID, Loop, ModuleE
 
 # context slots
 TABLE, DIMS, WS, X, Y, NSAMP, BATCH, EPOCH, SEED, PERM, STEP0, MAXSTEPS, XB, YB, STEPBUF, KEYBUF, LOSSBUF, \
-    LOSS_SUM, STEPS_DONE, STATUS, BAD_STEP, SHUFFLE, DROP_LAST = range(23)
+    LOSS_SUM, STEPS_DONE, STATUS, BAD_STEP, SHUFFLE, DROP_LAST, LOSSES = range(24)
 CTX_SLOTS = 24
+# SHUFFLE slot values: the order is 0..n-1, a seeded shuffle of it, or the caller's (PERM already holds it)
+ORDER_IOTA, ORDER_SHUFFLE, ORDER_GIVEN = 0, 1, 2
 KEY_MULT = 0x9E3779B97F4A7C15  # the dropout key of a step: seed * KEY_MULT + global step (mod 2^64)
 
 
@@ -103,9 +106,16 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
 
     # --- shuffle (thread 0), everyone waits for the order
     def shuffle():
+        mode = get(SHUFFLE)
+        fill = fn.append_basic_block("iota")
+        filled = fn.append_basic_block("iota.done")
+        b.cbranch(b.icmp_signed("!=", mode, c64(ORDER_GIVEN)), fill, filled)  # a given order is in PERM already
+        b.position_at_end(fill)
         with Loop(b, c64(0), n, 1, "iota") as i:
             b.store(i, b.gep(perm, [i], source_etype=I64))
-        on = b.icmp_signed("!=", get(SHUFFLE), c64(0))
+        b.branch(filled)
+        b.position_at_end(filled)
+        on = b.icmp_signed("==", mode, c64(ORDER_SHUFFLE))
         do = fn.append_basic_block("shuffle")
         done = fn.append_basic_block("shuffle.done")
         b.cbranch(on, do, done)
@@ -201,6 +211,14 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
             acc = b.fadd(acc, b.fmul(b.fpext(loss, F64), b.sitofp(nb, F64)))
             b.store(b.bitcast(acc, I64), acc_p)
             put(STEPS_DONE, b.add(s, c64(1)))
+            losses = getp(LOSSES)  # the per-step losses, where the caller asked for them
+            keep = fn.append_basic_block("loss.keep")
+            kept = fn.append_basic_block("loss.kept")
+            b.cbranch(b.icmp_unsigned("!=", losses, ir.Constant(PTR, None)), keep, kept)
+            b.position_at_end(keep)
+            b.store(loss, b.gep(losses, [s], source_etype=F32))
+            b.branch(kept)
+            b.position_at_end(kept)
             b.branch(after)
             b.position_at_end(bad)
             put(STATUS, c64(1))

@@ -410,7 +410,7 @@ class Trainer:
             stats = self.epoch_fn.run_epoch(Xd, Yd, state, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
                                             seed=cfg.seed, step0=s["step"], scalars=scal,
                                             drop_last=cfg.drop_last, max_steps=-1 if budget is None else budget,
-                                            threads=self.threads)
+                                            threads=self.threads, on_nonfinite="stop")
             dt = time.perf_counter() - t0
             if stats.nonfinite_step is not None:
                 raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, scal, ck_dir)
@@ -503,7 +503,7 @@ class Trainer:
         replay = {k: v.copy() for k, v in start_state.items()}
         stats = self.epoch_fn.run_epoch(X, Y, replay, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
                                         seed=cfg.seed, step0=s["step"], scalars=scal, drop_last=cfg.drop_last,
-                                        max_steps=steps, threads=self.threads)
+                                        max_steps=steps, threads=self.threads, on_nonfinite="stop")
         return replay, stats
 
     def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,

@@ -6,52 +6,88 @@ The caller owns the state arrays (parameters and optimizer state); they are upda
 from __future__ import annotations
 
 import ctypes
+import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from graphc.codegen import epoch as drv
-from graphc.errors import GraphcError, InputError
-from graphc.ir.node import Node
+from graphc.codegen.kernels import GemmKernel
+from graphc.errors import GraphcError, InputError, NumericalError
+from graphc.ir.node import Node, topo_order
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads
 
 
 @dataclass
 class EpochStats:
+    """What one epoch did. `losses[s]` is step s's mean batch loss; `mean_loss` their mean over the samples."""
+
     loss_sum: float  # sum over steps of (mean batch loss x batch size)
     steps: int
     samples: int
     nonfinite_step: int | None  # the step whose loss was not finite (the epoch stopped there)
     permutation: np.ndarray  # the sample order this epoch used
+    losses: np.ndarray | None = None  # float32, one per step done
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.samples, 1)
 
 
+# One thread when a step's matrix products are too small to split (barriers would cost more than they save): the
+# rule gc.fit uses (fewer than ~4 MFLOP of GEMM per step).
+SMALL_STEP_FLOPS = 4e6
+
+
 class EpochFunction(CompiledFunction):
-    """`loss` over a batch of `x` and `y`, with `updates` applied in place after each step.
+    """A training step compiled with a native epoch driver: one call runs a whole epoch.
 
-    Scalar inputs named `step` (the global step, from 1) and `rng_key` (dropout) are fed by the driver; any
-    other scalar inputs (e.g. `lr`) are given per epoch."""
+        ef = gc.EpochFunction(loss, updates={W: W - lr * dW, ...}, x=x, y=y)
+        stats = ef.run_epoch(X, Y, state, batch=32, scalars={"lr": 0.1})
 
-    def __init__(self, loss: Node, updates: Mapping, *, x: Node, y: Node | None, training: bool,
-                 threads: int | None = None, target=None, cache: bool = True, params: list[Node] = ()):
-        if loss.shape != () or loss.dtype != "float32":
-            raise GraphcError("the training loss must be a float32 scalar")
+    `loss` is a float32 scalar over a batch of the inputs `x` (rows of `X`) and `y` (rows of `Y`, or None);
+    `updates` maps parameters (and optimizer-state inputs) to their new values, written in place after each
+    step. Scalar inputs named `step` (the global step, from 1) and `rng_key` (dropout) are fed by the driver;
+    any other scalar inputs (a learning rate) are given per epoch in `scalars`. `training` (default: whether the
+    graph has dropout) keeps dropout; `threads` fixes the thread count (default: chosen per batch size as
+    `gc.fit` chooses it); `params` lists parameters that `init_params` fills natively."""
+
+    def __init__(self, loss: Node, updates: Mapping | None = None, *, x: Node, y: Node | None = None,
+                 training: bool | None = None, threads: int | None = None, target=None, cache: bool = True,
+                 params: list[Node] = ()):
+        if not isinstance(loss, Node) or loss.shape != () or loss.dtype != "float32":
+            raise GraphcError(f"EpochFunction: the training loss must be a float32 scalar tensor, got {loss!r}")
+        if not isinstance(x, Node) or x.op.name != "input" or not x.shape:
+            raise GraphcError(f"EpochFunction: x must be an input whose first dim is the batch, got {x!r}")
+        if isinstance(x.shape[0], int):
+            raise GraphcError(f"EpochFunction: x's batch dim must be symbolic (e.g. gc.input('x', ('N', ...))), "
+                              f"got {x.type_str}")
+        if y is not None and (not isinstance(y, Node) or y.op.name != "input" or not y.shape
+                              or y.shape[0] != x.shape[0]):
+            raise GraphcError(f"EpochFunction: y must be an input with the batch dim of x ({x.shape[0]}) first, "
+                              f"got {y!r}")
         self._x, self._y = x, y
         self._params = list(params)
         for t, what in ((x, "x"), (y, "y")):
             if t is not None and not all(isinstance(d, int) for d in t.shape[1:]):
                 raise GraphcError(f"training: the {what} input must have known dims after the batch dim")
+        if training is None:
+            training = any(n.op.name == "dropout" for n in topo_order([loss, *(updates or {}).values()]))
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
                          cache=cache)
+        if all(leaf is not x for leaf in self.signature.inputs):
+            raise GraphcError(f"EpochFunction: the loss does not depend on x ({x.name!r})")
         self._epoch = self._engine.function("graphc_epoch", ctypes.c_int32, *[ctypes.c_void_p] * 3,
                                              ctypes.c_int32)
         self._init = self._engine.function("graphc_init", None, ctypes.c_void_p, ctypes.c_int64) \
             if self._params else None
+        self.epochs_done = 0  # epochs run (the default `epoch` of the next one: a fresh shuffle each time)
+        self.steps_done = 0  # steps run (the default `step0`: the global step continues)
+        self._warned_misaligned = False
+        self._snapshot: dict[str, np.ndarray] = {}
 
     def _init_specs(self) -> list:
         from graphc.codegen.init import spec_for
@@ -63,6 +99,8 @@ class EpochFunction(CompiledFunction):
     def init_params(self, state: Mapping[str, np.ndarray], seed: int) -> None:
         """Fill the parameters in `state` (float32, in place) with their initializers, natively: the same
         values a standalone training binary computes for this seed."""
+        if self._init is None:
+            raise GraphcError("init_params: this EpochFunction was built without params=[...]")
         table = np.zeros(self._nbuf, dtype=np.uintp)
         for p, spec in zip(self._params, self._init_specs(), strict=True):
             a = state[p.name]
@@ -94,30 +132,68 @@ class EpochFunction(CompiledFunction):
         out = (drv.emit_epoch(self._spec()),)
         return out + (emit_init(self._init_specs()),) if self._params else out
 
+    def threads_for_batch(self, batch: int) -> int:
+        """The thread count a run with this batch size uses by default: one when the step's matrix products
+        total fewer than SMALL_STEP_FLOPS (as gc.fit decides), else the thread count this function was built
+        with (by default the CPUs this process may use)."""
+        if not self._auto_threads:
+            return self.threads
+        env = [batch if s == self._x.shape[0] else 1 for s in self._symbols]
+        flops = 0
+        for k in self.program.kernels:
+            if isinstance(k, GemmKernel):
+                flops += 2 * math.prod(self._dim_fn(d)(env) for d in (k.m, k.n, k.k))
+        return 1 if flops < SMALL_STEP_FLOPS else self.threads
+
     def run_epoch(self, X: np.ndarray, Y: np.ndarray | None, state: Mapping[str, np.ndarray], *, batch: int,
-                  epoch: int, seed: int, step0: int, scalars: Mapping[str, float] | None = None,
-                  shuffle: bool = True, drop_last: bool = False, max_steps: int = -1,
-                  threads: int | None = None) -> EpochStats:
-        """One epoch over (X, Y). `state` holds every parameter and optimizer-state array by name (updated in
-        place); `scalars` the other scalar inputs (e.g. the learning rate)."""
+                  order=None, scalars: Mapping[str, float] | None = None, epoch: int | None = None, seed: int = 0,
+                  step0: int | None = None, shuffle: bool = True, drop_last: bool = False, max_steps: int = -1,
+                  threads: int | None = None, on_nonfinite: str = "raise") -> EpochStats:
+        """One epoch over (X, Y): mini-batches of `batch` rows in a seeded shuffled order (or in `order`, an int
+        array of row indices: a permutation or any sequence, trained as given), the last partial batch included
+        (unless `drop_last`), each step's `updates` written in place into `state`.
+
+        `state` holds every parameter and optimizer-state array by name (float32, contiguous; updated in place);
+        `scalars` the other scalar inputs (e.g. {"lr": 0.1}). `epoch` (default: the epochs this function has run)
+        and `seed` pick the shuffle; `step0` (default: the steps run so far) is the global step before this
+        epoch (Adam's bias correction, dropout masks). Returns EpochStats: `losses` per step, `mean_loss`.
+
+        A non-finite loss raises a NumericalError naming the step, with `state` as it was after the last finite
+        step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied)."""
         spec = self._spec()
+        if on_nonfinite not in ("raise", "stop"):
+            raise InputError(f"training: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+        if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+            raise InputError(f"training: batch size must be a positive int, got {batch!r}")
+        batch = int(batch)
+        for v, what in ((epoch, "epoch"), (step0, "step0"), (seed, "seed")):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+                raise InputError(f"training: {what} must be an int >= 0, got {v!r}")
+        epoch = self.epochs_done if epoch is None else int(epoch)
+        step0 = self.steps_done if step0 is None else int(step0)
+        self._check_data(X, self._x, "x")
         n = int(X.shape[0])
         if n < 1:
             raise InputError("training: the dataset is empty")
-        if not isinstance(batch, int) or batch < 1:
-            raise InputError(f"training: batch size must be a positive int, got {batch!r}")
-        batch = min(batch, n)
-        self._check_data(X, self._x, "x")
         if self._y is not None:
-            if Y is None or Y.shape[0] != n:
-                raise InputError("training: targets must have one row per sample")
+            if Y is None or not hasattr(Y, "shape") or Y.shape[0] != n:
+                raise InputError(f"training: Y must have one row per row of X ({n}), got "
+                                 f"{getattr(Y, 'shape', type(Y).__name__)}")
             self._check_data(Y, self._y, "y")
-        nthreads = check_threads(threads, "training") or self.threads
+        if order is not None:
+            perm = _check_order(order, n)
+            mode, n_steps_rows = drv.ORDER_GIVEN, len(perm)
+        else:
+            perm = np.empty(n, np.int64)
+            mode, n_steps_rows = (drv.ORDER_SHUFFLE if shuffle else drv.ORDER_IOTA), n
+        batch = min(batch, n_steps_rows)
+        nthreads = check_threads(threads, "training") or self.threads_for_batch(batch)
         env = [batch if s == self._x.shape[0] else 0 for s in self._symbols]
         self._ensure_plan(env, nthreads)
         table = self._base_table.copy()
         keep: list[np.ndarray] = []  # everything the native code points at stays alive during the call
         copy_back: list[tuple[np.ndarray, np.ndarray]] = []  # (caller's state array, the aligned one trained)
+        trained: dict[str, np.ndarray] = {}  # the state arrays the step updates, by name
 
         def bind(leaf_name: str, arr: np.ndarray) -> None:
             spec_ = self._by_key.get(leaf_name)
@@ -136,13 +212,15 @@ class EpochFunction(CompiledFunction):
         bind("step", step_buf)
         bind("rng_key", key_buf)
         scalars = dict(scalars or {})
+        updated = {self.signature.inputs[i].name for i in self.updates.values()}
+        misaligned = []
         for leaf in self.signature.inputs:
             name = leaf.name
             if name in (self._x.name, getattr(self._y, "name", None), "step", "rng_key"):
                 continue
             if not self.training and name == "rng_key":
                 continue
-            if name in scalars:
+            if name in scalars and leaf.shape == ():
                 arr = np.asarray(scalars[name], dtype=leaf.dtype).reshape(leaf.shape)
             elif name in state:
                 arr = state[name]
@@ -150,54 +228,133 @@ class EpochFunction(CompiledFunction):
                         or not arr.flags.c_contiguous or not arr.flags.writeable):
                     raise InputError(f"training: state {name!r} must be a writable contiguous {leaf.type_str} "
                                      f"array, got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
-                if arr.ctypes.data % 64:
+                if name in updated:
+                    trained[name] = arr
+                if arr.ctypes.data % 64 and arr.nbytes >= 64:
                     # numpy gives large arrays 16-byte alignment: a matrix read in place by a GEMM, or written by
                     # its fused update, would then split vector loads and stores across cache lines (measured
                     # 5-7% of a 784-256-128-10 epoch). Train on an aligned copy, copied back after the epoch.
                     aligned = aligned_empty(arr.shape, arr.dtype)
                     aligned[...] = arr
                     copy_back.append((arr, aligned))
+                    misaligned.append(name)
                     arr = aligned
             else:
-                raise InputError(f"training: no value for the input {name!r} ({leaf.type_str})")
+                where = "scalars" if leaf.shape == () else "state"
+                raise InputError(f"training: no value for the input {name!r} ({leaf.type_str}); pass it in "
+                                 f"{where}=")
             bind(name, arr)
+        if misaligned and not self._warned_misaligned:
+            self._warned_misaligned = True
+            warnings.warn(f"run_epoch: the state arrays {misaligned[:4]}{' ...' if len(misaligned) > 4 else ''} "
+                          "are not 64-byte aligned; each epoch trains on aligned copies and copies them back. "
+                          "Pass ef.aligned(state) (or gc.nn.init_params' arrays) to avoid the copies",
+                          stacklevel=2)
+        if on_nonfinite == "raise":  # the state before the epoch, to return to the last finite step
+            snap = self._snapshot
+            for name, arr in trained.items():
+                s = snap.get(name)
+                if s is None or s.shape != arr.shape or s.dtype != arr.dtype:
+                    s = snap[name] = np.empty_like(arr)
+                np.copyto(s, arr)
         loss_buf = np.zeros(1, np.float32)
         table[self.program.outputs[0].index] = loss_buf.ctypes.data
-        perm = np.empty(n, np.int64)
+        full, rest = divmod(n_steps_rows, batch)
+        losses = np.zeros(full + (1 if rest and not drop_last else 0) or 1, np.float32)
         dims = np.zeros(max(len(self._symbols), 1), np.int64)
         dims[spec.n_dim] = batch
-        Xc = np.ascontiguousarray(X)
-        Yc = np.ascontiguousarray(Y) if Y is not None else np.zeros(1, np.uint8)
+        Xc, Yc = self._contiguous(X, "X"), (self._contiguous(Y, "Y") if Y is not None else np.zeros(1, np.uint8))
         ctx = np.zeros(drv.CTX_SLOTS, np.int64)
         ctx[drv.TABLE] = table.ctypes.data
         ctx[drv.DIMS] = dims.ctypes.data
         ctx[drv.WS] = self._ws.ctypes.data
         ctx[drv.X], ctx[drv.Y] = Xc.ctypes.data, Yc.ctypes.data
-        ctx[drv.NSAMP], ctx[drv.BATCH], ctx[drv.EPOCH] = n, batch, epoch
+        ctx[drv.NSAMP], ctx[drv.BATCH], ctx[drv.EPOCH] = n_steps_rows, batch, epoch
         ctx[drv.SEED] = np.int64(np.uint64(seed & (2**64 - 1)).view(np.int64)) if seed >= 2**63 else seed
         ctx[drv.PERM] = perm.ctypes.data
         ctx[drv.STEP0], ctx[drv.MAXSTEPS] = step0, max_steps
         ctx[drv.XB], ctx[drv.YB] = xb.ctypes.data, yb.ctypes.data
         ctx[drv.STEPBUF], ctx[drv.KEYBUF], ctx[drv.LOSSBUF] = step_buf.ctypes.data, key_buf.ctypes.data, \
             loss_buf.ctypes.data
-        ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = int(shuffle), int(drop_last)
+        ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = mode, int(drop_last)
+        ctx[drv.LOSSES] = losses.ctypes.data
         with self._lock:
             self._epoch(ctx.ctypes.data, None, None, nthreads)
-        for arr, aligned in copy_back:
-            arr[...] = aligned
         steps = int(ctx[drv.STEPS_DONE])
         bad = int(ctx[drv.BAD_STEP]) if ctx[drv.STATUS] else None
-        samples = min(steps * batch, n) if bad is None else steps * batch
-        return EpochStats(float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0]), steps, samples, bad, perm)
+        bad_loss = float(loss_buf[0])
+        samples = min(steps * batch, n_steps_rows) if bad is None else steps * batch
+        stats = EpochStats(float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0]), steps, samples, bad,
+                           perm, losses[:steps].copy())
+        if bad is not None and on_nonfinite == "raise":
+            # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
+            # (deterministic: the same order, dims and keys)
+            for name, arr in trained.items():
+                np.copyto(arr, self._snapshot[name])
+            for arr, aligned in copy_back:
+                aligned[...] = arr
+            if bad:
+                ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, bad
+                ctx[drv.LOSSES] = 0
+                with self._lock:
+                    self._epoch(ctx.ctypes.data, None, None, nthreads)
+            for arr, aligned in copy_back:
+                arr[...] = aligned
+            self.epochs_done = max(self.epochs_done, epoch + 1)
+            self.steps_done = step0 + bad
+            raise NumericalError(
+                f"training: the loss became non-finite ({bad_loss}) at step {bad + 1} of the epoch "
+                f"(global step {step0 + bad + 1}, epoch {epoch}); the state holds the parameters after the last "
+                f"finite step ({bad} steps this epoch). Try a smaller learning rate or standardized inputs")
+        for arr, aligned in copy_back:
+            arr[...] = aligned
+        self.epochs_done = max(self.epochs_done, epoch + 1)
+        self.steps_done = step0 + steps
+        return stats
+
+    def _contiguous(self, A: np.ndarray, what: str) -> np.ndarray:
+        """The data as the driver reads it: C-contiguous rows. Anything else is copied, and said so once."""
+        if A.flags.c_contiguous and A.ctypes.data % A.dtype.itemsize == 0:
+            return A
+        if not getattr(self, f"_warned_{what}", False):
+            setattr(self, f"_warned_{what}", True)
+            warnings.warn(f"run_epoch: {what} is not C-contiguous (or not aligned to its items); each epoch copies "
+                          f"it. Pass np.ascontiguousarray({what}) once to avoid the copies", stacklevel=3)
+        return np.ascontiguousarray(A)
+
+    def aligned(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`state` as 64-byte-aligned float arrays (copies where needed): what run_epoch trains on in place."""
+        out = {}
+        for k, v in state.items():
+            a = np.asarray(v)
+            if a.ctypes.data % 64 or not a.flags.c_contiguous:
+                b = aligned_empty(a.shape, a.dtype)
+                b[...] = a
+                a = b
+            out[k] = a
+        return out
 
     def _check_data(self, A: np.ndarray, leaf: Node, what: str) -> None:
         if not isinstance(A, np.ndarray):
-            raise InputError(f"training: {what} must be a numpy array")
+            raise InputError(f"training: {what} must be a numpy array, got {type(A).__name__}")
         if A.dtype != np.dtype(leaf.dtype):
             raise InputError(f"training: {what} is {A.dtype}, the model's input {leaf.name!r} is {leaf.dtype}")
         if A.shape[1:] != tuple(leaf.shape[1:]):
             raise InputError(f"training: {what} rows have shape {A.shape[1:]}, the model's input {leaf.name!r} "
                              f"expects {tuple(leaf.shape[1:])}")
+
+
+def _check_order(order, n: int) -> np.ndarray:
+    """A caller's sample order as int64 row indices in [0, n) (checked; any length >= 1, repeats allowed)."""
+    a = np.asarray(order)
+    if a.ndim != 1 or a.dtype.kind not in "iu" or a.size < 1:
+        raise InputError(f"training: order must be a non-empty 1-D array of int row indices, got "
+                         f"{a.dtype} of shape {a.shape}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= n:
+        i = int(np.argmax((a < 0) | (a >= n)))
+        raise InputError(f"training: order[{i}] = {int(a[i])} is not a row of X (0 .. {n - 1})")
+    return np.array(a, dtype=np.int64)  # a copy: the native driver reads it while the caller may change theirs
 
 
 def _row_bytes(t: Node) -> int:

@@ -1,0 +1,171 @@
+"""gc.EpochFunction, the public epoch: any loss and update graph, seeded shuffles or a caller's order, per-step
+losses, a default thread count, and a non-finite loss raised with the state of the last finite step."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def _net(hidden=8, n_in=5, n_out=3, name="ep"):
+    x = gc.input("x", ("N", n_in))
+    y = gc.input("y", ("N",), "int32")
+    lr = gc.input("lr", (), "float32")
+    logits = gc.nn.mlp(x, [hidden, n_out], name=name)
+    loss = gc.nn.softmax_cross_entropy(logits, y)
+    params = gc.nn.parameters(loss)
+    grads = gc.grad(loss, params)
+    updates = {p: p - lr * g for p, g in zip(params, grads, strict=True)}
+    return x, y, loss, params, updates
+
+
+def _data(n=37, n_in=5, n_out=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n_in)).astype(np.float32)
+    y = rng.integers(0, n_out, n).astype(np.int32)
+    return X, y
+
+
+def _reference(loss, params, updates, state, X, y, order, batch, lr):
+    """Plain SGD steps through the numpy reference evaluator: the oracle."""
+    state = {k: v.copy() for k, v in state.items()}
+    losses = []
+    for lo in range(0, len(order), batch):
+        idx = order[lo:lo + batch]
+        vals = dict(state, x=X[idx], y=y[idx], lr=np.float32(lr))
+        out = gc.evaluate([loss, *updates.values()], vals)
+        losses.append(float(out[0]))
+        for p, v in zip(updates, out[1:], strict=True):
+            state[p.name] = v.astype(np.float32)
+    return state, losses
+
+
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_caller_order_matches_reference_steps(batch):
+    x, y, loss, params, updates = _net()
+    ef = gc.EpochFunction(loss, updates=updates, x=x, y=y)
+    X, Y = _data()
+    state = gc.nn.init_params(params, seed=1)
+    order = np.random.default_rng(3).integers(0, len(X), 23)  # any index sequence: repeats, not all rows
+    ref, ref_losses = _reference(loss, params, updates, state, X, Y, order, batch, 0.1)
+    stats = ef.run_epoch(X, Y, state, batch=batch, order=order, scalars={"lr": 0.1})
+    assert stats.steps == math.ceil(len(order) / batch) == len(stats.losses)
+    np.testing.assert_allclose(stats.losses, ref_losses, rtol=2e-5, atol=1e-6)
+    assert stats.mean_loss == pytest.approx(
+        sum(v * len(order[i * batch:(i + 1) * batch]) for i, v in enumerate(ref_losses)) / len(order), rel=2e-5)
+    np.testing.assert_array_equal(stats.permutation, order)
+    for k in ref:
+        np.testing.assert_allclose(state[k], ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+
+
+def test_seeded_shuffle_defaults_and_counters():
+    """epoch, seed and step0 are optional: consecutive epochs get fresh shuffles; the order is graphc's
+    seeded permutation of that epoch."""
+    from graphc.codegen.epoch import permutation
+
+    x, y, loss, params, updates = _net(name="sh")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=30)
+    state = gc.nn.init_params(params, seed=0)
+    s0 = ef.run_epoch(X, Y, state, batch=7, scalars={"lr": 0.05})
+    s1 = ef.run_epoch(X, Y, state, batch=7, scalars={"lr": 0.05})
+    assert list(s0.permutation) == permutation(0, 0, 30) and list(s1.permutation) == permutation(0, 1, 30)
+    assert ef.epochs_done == 2 and ef.steps_done == 2 * 5
+    s2 = ef.run_epoch(X, Y, state, batch=7, scalars={"lr": 0.05}, shuffle=False)
+    assert list(s2.permutation) == list(range(30))
+    # the same as a caller-given order of that permutation
+    a = gc.nn.init_params(params, seed=4)
+    b = gc.nn.init_params(params, seed=4)
+    ef.run_epoch(X, Y, a, batch=4, epoch=9, seed=2, scalars={"lr": 0.05})
+    ef.run_epoch(X, Y, b, batch=4, order=np.array(permutation(2, 9, 30)), scalars={"lr": 0.05})
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_nonfinite_loss_raises_with_the_last_finite_state():
+    x, y, loss, params, updates = _net(name="nf")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=20)
+    X[13, 2] = np.inf  # row 13 is the 6th step in this order
+    order = np.array([0, 1, 2, 3, 4, 13, 5, 6], np.int64)
+    state = gc.nn.init_params(params, seed=0)
+    expect = gc.nn.init_params(params, seed=0)
+    ef.run_epoch(X, Y, expect, batch=1, order=order[:5], scalars={"lr": 0.1})
+    with pytest.raises(gc.NumericalError, match=r"non-finite .* at step 6 of the epoch") as e:
+        ef.run_epoch(X, Y, state, batch=1, order=order, scalars={"lr": 0.1})
+    assert isinstance(e.value, gc.GraphcError)
+    for k in state:
+        assert np.all(np.isfinite(state[k])), k
+        np.testing.assert_array_equal(state[k], expect[k], err_msg=k)
+    stats = ef.run_epoch(X, Y, state, batch=1, order=order, scalars={"lr": 0.1}, on_nonfinite="stop")
+    assert stats.nonfinite_step == 5 and stats.steps == 5
+
+
+def test_bad_orders_and_arguments_are_graphc_errors():
+    x, y, loss, params, updates = _net(name="bad")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=10)
+    state = gc.nn.init_params(params, seed=0)
+    for order, msg in ((np.array([0, 10]), r"order\[1\] = 10 is not a row"), (np.array([-1]), "order"),
+                       (np.array([0.5]), "int row indices"), (np.zeros((2, 2), int), "1-D"),
+                       (np.array([], int), "non-empty")):
+        with pytest.raises(gc.GraphcError, match=msg):
+            ef.run_epoch(X, Y, state, batch=2, order=order, scalars={"lr": 0.1})
+    with pytest.raises(gc.GraphcError, match="no value for the input 'lr'.*scalars="):
+        ef.run_epoch(X, Y, state, batch=2)
+    with pytest.raises(gc.GraphcError, match="Y must have one row per row of X"):
+        ef.run_epoch(X, Y[:5], state, batch=2, scalars={"lr": 0.1})
+    with pytest.raises(gc.GraphcError, match="batch size"):
+        ef.run_epoch(X, Y, state, batch=0, scalars={"lr": 0.1})
+    with pytest.raises(gc.GraphcError, match="on_nonfinite"):
+        ef.run_epoch(X, Y, state, batch=2, scalars={"lr": 0.1}, on_nonfinite="ignore")
+    with pytest.raises(gc.GraphcError, match="float32 scalar"):
+        gc.EpochFunction(x, updates, x=x, y=y)
+    with pytest.raises(gc.GraphcError, match="batch dim must be symbolic"):
+        gc.EpochFunction(loss, updates, x=gc.input("x", (4, 5)), y=y)
+
+
+def test_default_threads_follow_the_step_size():
+    x, y, loss, params, updates = _net(name="thr")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    assert ef.threads_for_batch(1) == 1  # tiny GEMMs: barriers would cost more than they save
+    big = gc.EpochFunction(loss, updates, x=x, y=y, threads=2)
+    assert big.threads_for_batch(1) == 2  # an explicit count is obeyed
+    x2 = gc.input("x", ("N", 512))
+    y2 = gc.input("y", ("N",), "int32")
+    lr = gc.input("lr", (), "float32")
+    l2 = gc.nn.softmax_cross_entropy(gc.nn.mlp(x2, [512, 10], name="thr2"), y2)
+    ps = gc.nn.parameters(l2)
+    ef2 = gc.EpochFunction(l2, {p: p - lr * g for p, g in zip(ps, gc.grad(l2, ps), strict=True)}, x=x2, y=y2)
+    from graphc.runtime.jit import default_threads
+
+    assert ef2.threads_for_batch(1) == 1 and ef2.threads_for_batch(256) == default_threads()
+
+
+def test_misaligned_state_and_strided_data_are_said_once():
+    x, y, loss, params, updates = _net(hidden=32, name="mis")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=16)
+    a = gc.nn.init_params(params, seed=0)
+    b = {}
+    for k, v in a.items():
+        raw = np.zeros(v.size + 16, np.float32)
+        off = next(i for i in range(1, 16) if (raw.ctypes.data + 4 * i) % 64)
+        b[k] = raw[off:off + v.size].reshape(v.shape)
+        b[k][...] = v
+    with pytest.warns(UserWarning, match="not 64-byte aligned"):
+        ef.run_epoch(X, Y, b, batch=4, epoch=0, scalars={"lr": 0.1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ef.run_epoch(X, Y, b, batch=4, epoch=1, scalars={"lr": 0.1})  # said once
+    c = ef.aligned(b)
+    assert all(v.ctypes.data % 64 == 0 for v in c.values())
+    Xs = np.zeros((16, 10), np.float32)
+    Xs[:, ::2] = X
+    with pytest.warns(UserWarning, match="X is not C-contiguous"):
+        ef.run_epoch(Xs[:, ::2], Y, c, batch=4, epoch=2, scalars={"lr": 0.1})
