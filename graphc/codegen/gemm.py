@@ -372,6 +372,23 @@ def _rup_ir(b, x, y):
     return b.mul(_cdiv_ir(b, x, y), y)
 
 
+def _div1(b, op: str, x, y):
+    """x sdiv (op "div") or srem (op "rem") a run-time y, branching around the division when y == 1 (one
+    thread, one block): a 64-bit division costs ~15 cycles, and a small product's driver would pay for ten."""
+    pre = b.block
+    with b.if_then(b.icmp_signed("!=", y, _c64(1)), likely=False):
+        q = b.sdiv(x, y) if op == "div" else b.srem(x, y)
+        blk = b.block
+    ph = b.phi(_I64)
+    ph.add_incoming(x if op == "div" else _c64(0), pre)
+    ph.add_incoming(q, blk)
+    return ph
+
+
+def _cdiv1(b, x, y):
+    return _div1(b, "div", b.add(x, b.sub(y, _c64(1))), y)
+
+
 # ---------------------------------------------------------------------------------------------- packing
 
 
@@ -497,22 +514,38 @@ def _edge_rows(cfg: GemmConfig) -> int | None:
     return 8 if cfg.mr > 8 else None
 
 
-def _ukernel_fn(g: _Gen, rows: int | None = None) -> ir.Function:
+def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False) -> ir.Function:
     """The microkernel, shared by the module's GEMMs of this dtype and register tile (see `_emit_ukernel`);
-    `rows` < MR: the variant computing only the first `rows` rows of the tile."""
+    `rows` < MR: the variant computing only the first `rows` rows of the tile; `strided`: the variant reading
+    A in place (element strides along rows and along K as two more arguments) instead of a packed panel."""
     cfg = g.cfg
     rows = rows or cfg.mr
     name = f"graphc.gemm.ukernel.{g.tag}.{cfg.mr}x{cfg.nr}.k{cfg.unroll}.pf{cfg.prefetch_c}"
     if rows != cfg.mr:
         name += f".r{rows}"
     argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I1, _PTR]
-    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows))
+    if strided:
+        name += ".sa"
+        argt += [_I64, _I64]
+    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows, strided))
+
+
+# Small products: when a thread's M range has at most SMALL_M rows (a batch of 1..16 in a forward product or
+# dZ.W^T), or K is at most SMALL_K (the weight gradient X^T.dZ of such a batch), A is read in place by narrow
+# microkernels of SMALL_ROWS rows (the last rows of a range one at a time) instead of being packed into 12-row
+# panels, where 11 of 12 rows would be zero padding at batch 1. Every element of C is still the same fmuladd
+# chain over k in the same K blocks, so the results are bitwise those of the packed path (and do not depend on
+# the thread count): only the work differs.
+SMALL_M = 16
+SMALL_K = 16
+SMALL_ROWS = (8, 1)
+SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a stack buffer of SMALL_CHUNK x NR)
 
 
 # ------------------------------------------------------------------------------------------ microkernel
 
 
-def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int) -> None:
+def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False) -> None:
     """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile).
 
     Computes the MR x NR tile ``sum_k Ap[k*MR + i] * Bp[k*bstride + j]`` (k < kc) in registers (its first
@@ -528,15 +561,22 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int) -> None:
     MR, NR, L, U = cfg.mr, cfg.nr, g.L, cfg.unroll
     R = rows  # rows computed; the A panel keeps its MR stride
     NV = NR // L
-    ap, bp, c, ldc, bstride, kc, mrem, nrem, load_old, tile = fn.args
-    for a, nm in zip(fn.args, ["Ap", "Bp", "C", "ldc", "bstride", "kc", "mrem", "nrem", "load_old", "tile"],
-                     strict=True):
+    ap, bp, c, ldc, bstride, kc, mrem, nrem, load_old, tile = fn.args[:10]
+    for a, nm in zip(fn.args, ["Ap", "Bp", "C", "ldc", "bstride", "kc", "mrem", "nrem", "load_old", "tile",
+                               "a_rs", "a_ks"], strict=False):
         a.name = nm
+    if strided:  # A in place: op(A)[i, k] at Ap[i*a_rs + k*a_ks]
+        a_rs, a_ks = fn.args[10:]
+        a_off = lambda i, kk: b.add(b.mul(_c64(i), a_rs), b.mul(_c64(kk), a_ks))  # noqa: E731
+        a_step = lambda u: b.mul(_c64(u), a_ks)  # noqa: E731
+    else:  # a packed micro-panel: op(A)[i, k] at Ap[k*MR + i]
+        a_off = lambda i, kk: _c64(kk * MR + i)  # noqa: E731
+        a_step = lambda u: _c64(u * MR)  # noqa: E731
     for a in (ap, bp, c, tile):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
-    if cfg.prefetch_c:
+    if cfg.prefetch_c and not strided:  # small products: C is mostly in L1 already
         for i in range(R):
             rp = b.gep(c, [b.mul(_c64(i), ldc)], source_etype=g.T)
             for off in range(0, NR, 64 // g.esize):
@@ -548,7 +588,7 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int) -> None:
         bv = [b.load(g.gep(b, brow, _c64(v * L)), typ=g.V, align=g.esize) for v in range(NV)]
         out = list(accs)
         for i in range(R):
-            s = b.load(g.gep(b, a_base, _c64(kk * MR + i)), typ=g.T, align=g.esize)
+            s = b.load(g.gep(b, a_base, a_off(i, kk)), typ=g.T, align=g.esize)
             bc = g.splat(b, s)
             for v in range(NV):
                 out[i * NV + v] = b.call(g.fmuladd, [bc, bv[v], out[i * NV + v]])
@@ -573,7 +613,7 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int) -> None:
         cur = list(accs)
         for kk in range(unroll):
             cur = kstep(cur, pa, pb, kk)
-        na = g.gep(b, pa, _c64(unroll * MR))
+        na = g.gep(b, pa, a_step(unroll))
         nb = g.gep(b, pb, b.mul(_c64(unroll), bstride))
         n2 = b.add(n, _c64(1))
         last_body = b.block
@@ -754,6 +794,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     ukernel = _ukernel_fn(g)
     edge = _edge_rows(cfg)
     ukernel_edge = _ukernel_fn(g, edge) if edge else None
+    small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in SMALL_ROWS]
     A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
     names = ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads", "flags", "packA", "packB",
              "epi", "ectx"]
@@ -766,6 +807,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     tile_buf = b.alloca(ir.ArrayType(g.T, MR * NR), name="tile")  # a finished tile on its way to the epilogue
     tile_buf.align = 64
     tile_buf.type = _PTR  # llvmlite would print a typed pointer
+    small_buf = b.alloca(ir.ArrayType(g.T, SMALL_CHUNK * NR), name="chunk")  # the small path's finished rows
+    small_buf.align = 64
+    small_buf.type = _PTR
     tid = b.sext(tid32, _I64)
     nth = b.sext(nth32, _I64)
 
@@ -789,16 +833,16 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # split the tile grid among threads
     mt = _cdiv_ir(b, Mv, _c64(MR))
     nt = _cdiv_ir(b, Nv, _c64(NR))
-    work_m = b.mul(_cdiv_ir(b, mt, nth), nt)
-    work_n = b.mul(mt, _cdiv_ir(b, nt, nth))
+    work_m = b.mul(_cdiv1(b, mt, nth), nt)
+    work_n = b.mul(mt, _cdiv1(b, nt, nth))
     split_m = b.or_(
         b.icmp_signed("<", work_m, work_n),
         b.and_(b.icmp_signed("==", work_m, work_n), b.icmp_signed(">=", Mv, Nv)),
     )
 
     def part(tiles, tile, extent):
-        base = b.sdiv(tiles, nth)
-        extra = b.srem(tiles, nth)
+        base = _div1(b, "div", tiles, nth)
+        extra = _div1(b, "rem", tiles, nth)
         start = b.add(b.mul(tid, base), _smin(b, tid, extra))
         count = b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64))
         lo = _smin(b, b.mul(start, _c64(tile)), extent)
@@ -824,7 +868,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # block sizes: balanced, rounded to the tile / unroll
     def balanced(extent, cap, quantum):
         nblk = _cdiv_ir(b, extent, _c64(cap))
-        return _rup_ir(b, _cdiv_ir(b, extent, nblk), _c64(quantum))
+        return _rup_ir(b, _cdiv1(b, extent, nblk), _c64(quantum))
 
     mcb = balanced(b.sub(m1, m0), cfg.mc, MR)
     ncb = balanced(b.sub(n1, n0), cfg.nc, NR)
@@ -845,6 +889,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     def b_src(col, pc):  # element offset of op(B)[pc, col] in B
         return b.add(b.mul(pc, b_ks), b.mul(col, b_cs))
 
+    # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
+    small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
+
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
         with _Loop(b, _c64(0), Kv, kcb, "pc") as pc:
@@ -859,7 +906,6 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
             tptr = b.select(finish, tile_buf, null)
             with _Loop(b, m0, m1, mcb, "ic") as ic:
                 mc = _smin(b, mcb, b.sub(m1, ic))
-                b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
 
                 def tile(jr, ir_, ap_panel):
                     in_place = b.icmp_signed("<", jr, nfull)
@@ -881,12 +927,43 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                     with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
                         b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
 
-                if cfg.loop_order == "jr_ir":
-                    with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
-                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
-                else:
-                    with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
-                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+                with b.if_else(small) as (narrow, packed):
+                    with narrow:  # per B panel, chunks of rows: in groups of SMALL_ROWS[0], then one by one
+                        with _Loop(b, _c64(0), nc, _c64(NR), "sj") as jr:
+                            in_place = b.icmp_signed("<", jr, nfull)
+                            bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)),
+                                            g.gep(b, Bp, b.mul(jr, kc)))
+                            bstride = b.select(in_place, ldb, _c64(NR))
+                            nrem = _smin(b, _c64(NR), b.sub(nc, jr))
+                            col = b.add(jc, jr)
+                            with _Loop(b, _c64(0), mc, _c64(SMALL_CHUNK), "sc") as cs:
+                                cnt = _smin(b, _c64(SMALL_CHUNK), b.sub(mc, cs))
+                                lo = cs
+                                for r, kern in small_kernels:
+                                    hi = b.add(cs, b.sub(cnt, b.srem(cnt, _c64(r)))) if r > 1 else b.add(cs, cnt)
+                                    with _Loop(b, lo, hi, _c64(r), f"sr{r}") as ir_:
+                                        row = b.add(ic, ir_)
+                                        cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
+                                        # finished rows go to the chunk's tile, for one epilogue pass per chunk
+                                        sptr = b.select(finish, g.gep(b, small_buf, b.mul(b.sub(ir_, cs), _c64(NR))),
+                                                        null)
+                                        b.call(kern, [g.gep(b, A, a_src(row, pc)), bptr, cptr, ldc, bstride, kc,
+                                                      _c64(r), nrem, load_old, sptr, a_rs, a_ks])
+                                    lo = hi
+                                with b.if_then(finish):
+                                    row = b.add(ic, cs)
+                                    cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
+                                    b.call(epi, [small_buf, cptr, ldc, cnt, nrem, row, col, ectx])
+                    with packed:
+                        b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
+                        if cfg.loop_order == "jr_ir":
+                            with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
+                                    _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
+                                tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+                        else:
+                            with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, \
+                                    _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
+                                tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
     b.ret_void()
 
 

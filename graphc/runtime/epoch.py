@@ -53,11 +53,12 @@ class EpochFunction(CompiledFunction):
     step. Scalar inputs named `step` (the global step, from 1) and `rng_key` (dropout) are fed by the driver;
     any other scalar inputs (a learning rate) are given per epoch in `scalars`. `training` (default: whether the
     graph has dropout) keeps dropout; `threads` fixes the thread count (default: chosen per batch size as
-    `gc.fit` chooses it); `params` lists parameters that `init_params` fills natively."""
+    `gc.fit` chooses it); `params` lists parameters that `init_params` fills natively; `profile=True` counts
+    time per kernel over the epochs (`profile_report()`)."""
 
     def __init__(self, loss: Node, updates: Mapping | None = None, *, x: Node, y: Node | None = None,
                  training: bool | None = None, threads: int | None = None, target=None, cache: bool = True,
-                 params: list[Node] = ()):
+                 params: list[Node] = (), profile: bool = False):
         if not isinstance(loss, Node) or loss.shape != () or loss.dtype != "float32":
             raise GraphcError(f"EpochFunction: the training loss must be a float32 scalar tensor, got {loss!r}")
         if not isinstance(x, Node) or x.op.name != "input" or not x.shape:
@@ -77,7 +78,7 @@ class EpochFunction(CompiledFunction):
         if training is None:
             training = any(n.op.name == "dropout" for n in topo_order([loss, *(updates or {}).values()]))
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
-                         cache=cache)
+                         cache=cache, profile=profile)
         if all(leaf is not x for leaf in self.signature.inputs):
             raise GraphcError(f"EpochFunction: the loss does not depend on x ({x.name!r})")
         self._epoch = self._engine.function("graphc_epoch", ctypes.c_int32, *[ctypes.c_void_p] * 3,

@@ -11,6 +11,7 @@ import pytest
 from llvmlite import ir
 
 from graphc.codegen.gemm import (
+    SMALL_ROWS,
     EpilogueContext,
     GemmConfig,
     default_config,
@@ -432,6 +433,7 @@ def test_helpers_are_emitted_once_per_module():
     for s, c in ((s32, c32), (s64, c64)):
         base = f"graphc.gemm.ukernel.{s}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}"
         want += [base] + ([f"{base}.r8"] if c.mr > 8 else [])  # the narrower kernel for a last tile of <= 8 rows
+        want += [f"{base}.r{r}.sa" if r != c.mr else f"{base}.sa" for r in SMALL_ROWS]  # A in place, small products
     assert sorted(n for n in names if "ukernel" in n) == sorted(want)
     assert len([n for n in names if ".driver." in n]) == 2  # one per dtype (config)
     assert sorted(n for n in names if ".pack_" in n) == sorted([

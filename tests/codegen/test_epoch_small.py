@@ -1,0 +1,123 @@
+"""Small products (a batch of 1..16 rows, or a weight gradient over such a batch): the GEMM reads A in place
+with narrow kernels instead of packing it into 12-row panels. Every element must be the same fmuladd chain as
+on the packed path: bitwise equal results, for any thread count, with epilogues, accumulation and several K
+blocks; and a per-sample SGD epoch must still follow the reference evaluator."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+import graphc as gc
+from graphc.codegen import gemm
+from graphc.codegen.target import compile_ir, host_target
+
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+
+
+def _bias_relu(ctx: gemm.EpilogueContext) -> ir.Value:
+    b = ctx.builder
+    v = b.fadd(ctx.acc, ctx.load(ctx.extra_args[0], ctx.col))
+    zero = ir.Constant(ctx.acc.type, None)
+    return b.select(b.fcmp_ordered(">", v, zero), v, zero)
+
+
+SPECS = {f"g{ta}{tb}{acc}{epi}": dict(trans_a=bool(ta), trans_b=bool(tb), accumulate=bool(acc),
+                                      epilogue=_bias_relu if epi else None,
+                                      extra_args=[ir.PointerType()] if epi else [])
+         for ta in (0, 1) for tb in (0, 1) for acc in (0, 1) for epi in (0, 1)}
+SMALL_KC = gemm.GemmConfig(mr=12, nr=32, kc=16, mc=24, nc=64, direct_b_max_ld=512, direct_b_max_m=256)
+
+
+def _build(small: bool, monkeypatch):
+    if not small:  # the packed path everywhere
+        monkeypatch.setattr(gemm, "SMALL_M", -1)
+        monkeypatch.setattr(gemm, "SMALL_K", -1)
+    mod = ir.Module()
+    t = host_target()
+    for name, spec in SPECS.items():
+        gemm.emit_gemm(mod, name, target=t, M=None, N=None, K=None, **spec)
+        gemm.emit_gemm(mod, name + "_kc", target=t, M=None, N=None, K=None, config=SMALL_KC, **spec)
+    monkeypatch.undo()
+    eng = compile_ir(str(mod), t)
+    return {n: eng.function(n, None, _P, _P, _P, *[_I64] * 6, _P, _I32, _I32, _P) for n in [*SPECS, *[
+        s + "_kc" for s in SPECS]]}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    mp = pytest.MonkeyPatch()
+    try:
+        return _build(True, mp), _build(False, mp)
+    finally:
+        mp.undo()
+
+
+def _run(fn, A, B, C, M, N, K, bias, nthreads, config=None):
+    ws_bytes = gemm.workspace_bytes(M, N, K, nthreads, host_target(), config=config)
+    raw = np.zeros(ws_bytes + 64, np.uint8)
+    ws = raw[(-raw.ctypes.data) % 64:][:ws_bytes]
+    args = (A.ctypes.data, B.ctypes.data, C.ctypes.data, M, N, K, A.shape[1], B.shape[1], C.shape[1], ws.ctypes.data)
+    ts = [threading.Thread(target=fn, args=(*args, t, nthreads, bias.ctypes.data)) for t in range(nthreads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_small_products_are_bitwise_the_packed_ones(kernels, name):
+    small, packed = kernels
+    rng = np.random.default_rng(len(name) + sum(map(ord, name)))
+    ta, tb = SPECS[name]["trans_a"], SPECS[name]["trans_b"]
+    shapes = [(1, 32, 64), (1, 10, 32), (1, 32, 10), (64, 32, 1), (32, 10, 1), (16, 33, 40), (9, 1, 300),
+              (17, 20, 5), (3, 70, 17), (100, 16, 16), (130, 40, 3), (5, 600, 9)]
+    for M, N, K in shapes:
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        C0 = rng.standard_normal((M, N)).astype(np.float32)
+        for suffix, cfg in (("", None), ("_kc", SMALL_KC)):  # one K block; several (kc = 16)
+            ref = None
+            for kern, nth in ((packed, 1), (small, 1), (small, 2), (small, 3)):
+                C = C0.copy()
+                _run(kern[name + suffix], A, B, C, M, N, K, bias, nth, cfg)
+                if ref is None:
+                    ref = C
+                    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+                    if SPECS[name]["accumulate"]:
+                        want += C0
+                    if SPECS[name]["epilogue"] is not None:
+                        want = np.maximum(want + bias, 0)
+                    np.testing.assert_allclose(C, want, rtol=1e-4, atol=1e-4 * np.sqrt(K))
+                else:
+                    assert np.array_equal(C.view(np.uint32), ref.view(np.uint32)), (M, N, K, nth, suffix)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_small_batch_epoch_follows_the_reference(batch):
+    x = gc.input("x", ("N", 20))
+    y = gc.input("y", ("N",), "int32")
+    lr = gc.input("lr", (), "float32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [24, 5], name=f"sb{batch}"), y)
+    params = gc.nn.parameters(loss)
+    updates = {p: p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)}
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    rng = np.random.default_rng(batch)
+    X = rng.standard_normal((40, 20)).astype(np.float32)
+    Y = rng.integers(0, 5, 40).astype(np.int32)
+    state = gc.nn.init_params(params, seed=2)
+    ref = {k: v.copy() for k, v in state.items()}
+    stats = ef.run_epoch(X, Y, state, batch=batch, scalars={"lr": 0.05})
+    order = stats.permutation
+    for s in range(stats.steps):
+        idx = order[s * batch:(s + 1) * batch]
+        out = gc.evaluate([loss, *updates.values()], dict(ref, x=X[idx], y=Y[idx], lr=np.float32(0.05)))
+        assert stats.losses[s] == pytest.approx(float(out[0]), rel=1e-4, abs=1e-5)
+        ref = {p.name: v for p, v in zip(updates, out[1:], strict=True)}
+    for k in ref:
+        np.testing.assert_allclose(state[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
