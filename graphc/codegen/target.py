@@ -1,18 +1,26 @@
-"""LLVM targets: the host CPU (or a portable x86-64 level), the optimization pipeline, and JIT engines.
+"""LLVM targets: the host CPU (or a portable x86-64 level), the optimization pipeline, JIT engines, and compiled
+code loaded as a shared object by the system's dynamic loader.
 
-Only codegen and the runtime's JIT import llvmlite; this module is the one place that sets LLVM up.
+Only codegen and the runtime's JIT use LLVM; this module is the one place that sets it up, and imports
+llvmlite.binding (LLVM itself, ~100 MB mapped) only when something is compiled: a program found in the compile
+cache as a shared object runs without it (see `SharedObject` and `host_target`).
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
 from functools import cache
-
-import llvmlite.binding as llvm
+from pathlib import Path
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -26,16 +34,26 @@ LEVELS: dict[str, tuple[str, int]] = {
 }
 
 
-def ensure_llvm() -> None:
-    """Initialize LLVM's native target once per process (llvm.initialize() raises in llvmlite >= 0.44)."""
+def _llvm():
+    """llvmlite.binding, imported on first use (it loads LLVM)."""
+    import llvmlite.binding as llvm
+
+    return llvm
+
+
+def ensure_llvm():
+    """Initialize LLVM's native target once per process (llvm.initialize() raises in llvmlite >= 0.44); returns
+    llvmlite.binding."""
     global _initialized
+    llvm = _llvm()
     if _initialized:
-        return
+        return llvm
     with _init_lock:
         if not _initialized:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
             _initialized = True
+    return llvm
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class Target:
     cpu: str
     features: str
     vector_bits: int  # widest float vector register used: 512 (AVX-512), 256 (AVX2) or 128 (SSE)
+    process_triple: str = ""  # the host's triple where known without LLVM (a cached host description)
 
     @property
     def f32_lanes(self) -> int:
@@ -57,15 +76,15 @@ class Target:
 
     @property
     def triple(self) -> str:
-        return llvm.get_process_triple()
+        return self.process_triple or _process_triple()
 
     def key(self) -> str:
         """What identifies this target in a cache key."""
         return f"{self.triple}|{self.cpu}|{self.features}"
 
-    def create_target_machine(self, *, jit: bool = True, opt: int = 3) -> llvm.TargetMachine:
+    def create_target_machine(self, *, jit: bool = True, opt: int = 3):
         """A fresh TargetMachine. Never share one between engines: an engine owns the one it is given."""
-        ensure_llvm()
+        llvm = ensure_llvm()
         t = llvm.Target.from_triple(self.triple)
         if jit:
             return t.create_target_machine(cpu=self.cpu, features=self.features, opt=opt, jit=True)
@@ -84,11 +103,83 @@ def _vector_bits(features: str) -> int:
 
 
 @cache
+def _process_triple() -> str:
+    return ensure_llvm().get_process_triple()
+
+
+HOST_MAGIC = "graphc-host-1"
+
+
+def _cpu_fingerprint() -> str | None:
+    """What identifies this CPU to LLVM's host detection, read without LLVM: the first processor's vendor,
+    family, model, stepping and flags from /proc/cpuinfo, with the machine, the platform and llvmlite's version
+    (a newer LLVM may name the same CPU otherwise). None where there is no /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    first = text.split("\n\n", 1)[0]
+    keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "isa", "features", "cpu")
+    lines = sorted(ln.strip() for ln in first.splitlines() if ln.split(":", 1)[0].strip() in keep)
+    if not lines:
+        return None
+    try:
+        from importlib.metadata import version
+
+        llvmlite_version = version("llvmlite")
+    except Exception:
+        llvmlite_version = "?"
+    h = hashlib.sha256("\n".join([*lines, os.uname().machine, sys.platform, llvmlite_version]).encode())
+    return h.hexdigest()[:32]
+
+
+def _host_file(fp: str) -> Path:
+    from graphc.runtime.cache import directory
+
+    return directory() / f"host-{fp}.txt"
+
+
+def _read_host(fp: str) -> Target | None:
+    try:
+        lines = _host_file(fp).read_text().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) < 4 or lines[0] != HOST_MAGIC or not lines[1] or not lines[2]:
+        return None
+    triple, cpu, features = lines[1], lines[2], lines[3]
+    if features and not all(f[:1] in "+-" and len(f) > 1 for f in features.split(",")):
+        return None
+    return Target("native", cpu, features, _vector_bits(features), triple)
+
+
+def _write_host(fp: str, t: Target) -> None:
+    path = _host_file(fp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-host-")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{HOST_MAGIC}\n{t.triple}\n{t.cpu}\n{t.features}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@cache
 def host_target() -> Target:
-    """The machine we are running on, with all its features (AVX-512 where present)."""
-    ensure_llvm()
+    """The machine we are running on, with all its features (AVX-512 where present). LLVM's description of it
+    is kept in the compile cache, keyed by the CPU's identity (`_cpu_fingerprint`), so that a process running
+    only cached code never loads LLVM."""
+    fp = _cpu_fingerprint()
+    if fp is not None:
+        found = _read_host(fp)
+        if found is not None:
+            return found
+    llvm = ensure_llvm()
     features = llvm.get_host_cpu_features().flatten()
-    return Target("native", llvm.get_host_cpu_name(), features, _vector_bits(features))
+    t = Target("native", llvm.get_host_cpu_name(), features, _vector_bits(features), llvm.get_process_triple())
+    if fp is not None:
+        _write_host(fp, t)
+    return t
 
 
 @cache
@@ -103,11 +194,12 @@ def level_target(level: str) -> Target:
             f"unknown target {level!r}: choose 'native' or one of {', '.join(LEVELS)}"
         )
     cpu, lanes = LEVELS[level]
-    return Target(level, cpu, "", lanes * 32)
+    return Target(level, cpu, "", lanes * 32, host_target().process_triple)
 
 
-def optimize(module: llvm.ModuleRef, target: Target, *, speed_level: int = 3) -> None:
+def optimize(module, target: Target, *, speed_level: int = 3) -> None:
     """Run LLVM's new-pass-manager O3 pipeline with loop and SLP vectorization, in place."""
+    llvm = ensure_llvm()
     tm = target.create_target_machine()
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = True
@@ -117,9 +209,8 @@ def optimize(module: llvm.ModuleRef, target: Target, *, speed_level: int = 3) ->
     pb.getModulePassManager().run(module, pb)
 
 
-def parse(ir_text: str, target: Target) -> llvm.ModuleRef:
-    ensure_llvm()
-    mod = llvm.parse_assembly(ir_text)
+def parse(ir_text: str, target: Target):
+    mod = ensure_llvm().parse_assembly(ir_text)
     mod.triple = target.triple
     mod.verify()
     return mod
@@ -139,7 +230,8 @@ def _close_engines() -> None:
 class Engine:
     """An MCJIT engine owning its module and target machine; function pointers live as long as it does."""
 
-    def __init__(self, module: llvm.ModuleRef, target: Target, objects: tuple[bytes, ...] = ()):
+    def __init__(self, module, target: Target, objects: tuple[bytes, ...] = ()):
+        llvm = ensure_llvm()
         self.target = target
         self._tm = target.create_target_machine()
         module.triple = target.triple
@@ -169,10 +261,16 @@ class Engine:
         self.close()
 
     @classmethod
-    def from_object(cls, obj: bytes, target: Target) -> Engine:
-        """Load machine code made by `emit_object` (fresh, or from the disk cache) without running LLVM."""
-        ensure_llvm()
-        empty = llvm.parse_assembly("")
+    def from_object(cls, obj: bytes, target: Target):
+        """Load machine code made by `emit_object` (fresh, or from the disk cache) without running LLVM's
+        optimizer or code generator: a position-independent object (`SharedObjectCode`) is linked into a shared
+        object by the system C compiler and loaded by the dynamic loader (a `SharedObject`); anything else, or
+        where linking fails, by LLVM's MCJIT."""
+        if isinstance(obj, SharedObjectCode):
+            so = obj.load(target)
+            if so is not None:
+                return so
+        empty = ensure_llvm().parse_assembly("")
         return cls(empty, target, (obj,))
 
     def address(self, name: str) -> int:
@@ -202,13 +300,16 @@ def compile_ir(ir_text: str, target: Target | None = None, *, opt: bool = True) 
 
 
 def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
-    """An ELF object: for the JIT (`jit=True`, loaded with `Engine.from_object`), or position-independent
-    for ahead-of-time linking."""
+    """An ELF object: for this process (`jit=True`, loaded with `Engine.from_object`), or position-independent
+    for ahead-of-time linking. For this process it is position-independent too (a `SharedObjectCode`, linked
+    into a shared object) where a C compiler is available, else an MCJIT object."""
     mod = parse(ir_text, target)
     optimize(mod, target)
-    tm = target.create_target_machine(jit=jit)
+    pic = not jit or shared_linker() is not None
+    tm = target.create_target_machine(jit=not pic)
     mod.data_layout = str(tm.target_data)
-    return tm.emit_object(mod)
+    obj = tm.emit_object(mod)
+    return SharedObjectCode(obj) if jit and pic else obj
 
 
 def assembly(ir_text: str, target: Target | None = None) -> str:
@@ -218,3 +319,94 @@ def assembly(ir_text: str, target: Target | None = None) -> str:
     optimize(mod, target)
     tm = target.create_target_machine(jit=False)
     return tm.emit_assembly(mod)
+
+
+# ------------------------------------------------------------------------------------------ shared objects
+
+
+def shared_linker() -> str | None:
+    """The C compiler that links shared objects (`$CC`, else `cc`), or None where there is none."""
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+class SharedObjectCode(bytes):
+    """A position-independent object for this process: linked into a shared object when loaded."""
+
+    so_bytes: bytes | None = None  # the linked shared object, once linked (what the compile cache keeps)
+
+    def load(self, target: Target) -> SharedObject | None:
+        """Link with `cc -shared` in a temporary directory and load the result; None if either fails."""
+        cc = shared_linker()
+        if cc is None:
+            return None
+        work = Path(tempfile.mkdtemp(prefix="graphc-link-"))
+        obj, so = work / "code.o", work / "code.so"
+        try:
+            obj.write_bytes(bytes(self))
+            r = subprocess.run([cc, "-shared", "-o", str(so), str(obj), "-lm", "-lpthread"], capture_output=True,
+                               timeout=120)
+            if r.returncode != 0:
+                return None
+            data = so.read_bytes()
+            lib = SharedObject.open(so, target)
+            if lib is not None:
+                self.so_bytes = data
+            return lib  # the loader has it mapped: the file can go
+        except (OSError, subprocess.SubprocessError):
+            return None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class SharedObject:
+    """Compiled code in a shared object loaded by the system's dynamic loader (ctypes): the interface of an
+    `Engine` (`function`, `address`, `close`) without LLVM. The code stays mapped until the process ends."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, target: Target):
+        self.lib, self.path, self.target = lib, path, target
+        _ENGINES.add(self)
+
+    @classmethod
+    def open(cls, path: Path, target: Target) -> SharedObject | None:
+        try:
+            lib = ctypes.CDLL(str(path), mode=getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2))
+        except OSError:
+            return None
+        return cls(lib, path, target)
+
+    @property
+    def _engine(self) -> SharedObject:  # what CompiledFunction.profile_report reads an engine's globals through
+        return self
+
+    def get_function_address(self, name: str) -> int:
+        try:
+            return ctypes.cast(getattr(self.lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            return 0
+
+    def get_global_value_address(self, name: str) -> int:
+        try:
+            return ctypes.addressof(ctypes.c_char.in_dll(self.lib, name))
+        except ValueError:
+            return 0
+
+    def address(self, name: str) -> int:
+        addr = self.get_function_address(name)
+        assert addr, f"symbol {name} not found in {self.path}"
+        return addr
+
+    def function(self, name: str, restype, *argtypes):
+        """A ctypes callable for `name` (CFUNCTYPE: the GIL is released while native code runs)."""
+        fn = ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+        fn._engine = self
+        return fn
+
+    def close(self) -> None:
+        """Stop and join the module's worker threads (`graphc_shutdown`, where it has thread teams)."""
+        addr = self.get_function_address("graphc_shutdown")
+        if addr:
+            try:
+                ctypes.CFUNCTYPE(None)(addr)()
+            except Exception:  # interpreter shutdown
+                pass

@@ -1,6 +1,8 @@
 """The compile cache: machine code on disk, keyed by the graph's structural hash, the target CPU and its
-features, and graphc's own code, so a second process skips LLVM. An entry carries its key and a checksum;
-a corrupt, truncated or foreign entry is deleted and rebuilt, never loaded."""
+features, and graphc's own code, so a second process skips LLVM. An entry is a shared object (`KEY.so`, with
+`KEY.sum`: its key and checksum), loaded by the system's dynamic loader without LLVM, where a C compiler
+linked it; else an object file for LLVM's MCJIT (`KEY.o`, key and checksum in its header). A corrupt,
+truncated or foreign entry is deleted and rebuilt, never loaded."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from graphc.codegen.target import Engine, Target
+from graphc.codegen.target import Engine, SharedObject, SharedObjectCode, Target
 from graphc.ir.node import Node
 
 MAGIC = b"GRAPHC01"
+SO_MAGIC = b"GRAPHCSO1"
 
 
 @cache
@@ -50,7 +53,37 @@ def _path(k: str) -> Path:
     return directory() / f"{k}.o"
 
 
-def load(k: str, target: Target) -> Engine | None:
+def _unlink(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _load_shared(k: str, target: Target) -> SharedObject | None:
+    """KEY.so, if KEY.sum vouches for it (this key, this checksum); a bad pair is deleted."""
+    so, summ = directory() / f"{k}.so", directory() / f"{k}.sum"
+    try:
+        meta = summ.read_bytes()
+    except OSError:
+        return None
+    try:
+        data = so.read_bytes()
+    except OSError:
+        _unlink(summ)
+        return None
+    ok = meta == SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest()
+    lib = SharedObject.open(so, target) if ok else None
+    if lib is None:
+        _unlink(so, summ)
+    return lib
+
+
+def load(k: str, target: Target) -> Engine | SharedObject | None:
+    lib = _load_shared(k, target)
+    if lib is not None:
+        return lib
     p = _path(k)
     try:
         data = p.read_bytes()
@@ -60,31 +93,39 @@ def load(k: str, target: Target) -> Engine | None:
     ok = (len(data) > head and data.startswith(MAGIC) and data[len(MAGIC) + 32:head].decode("ascii", "replace") == k
           and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):len(MAGIC) + 32])
     if not ok:
-        try:
-            p.unlink()
-        except OSError:
-            pass
+        _unlink(p)
         return None
     try:
         return Engine.from_object(data[head:], target)
     except Exception:  # an entry LLVM cannot load is as bad as a corrupt one
-        try:
-            p.unlink()
-        except OSError:
-            pass
+        _unlink(p)
         return None
 
 
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        _unlink(Path(tmp))
+        raise
+
+
 def store(k: str, obj: bytes) -> None:
-    """Write atomically (temporary file, fsync, rename); a cache that cannot be written is skipped."""
+    """Write atomically (temporary file, fsync, rename); a cache that cannot be written is skipped. Code linked
+    into a shared object is kept as that (a copy: the process has the linked file mapped), else as an object."""
     d = directory()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + obj)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, _path(k))
+        data = obj.so_bytes if isinstance(obj, SharedObjectCode) else None
+        if data is not None:
+            _atomic_write(d / f"{k}.so", data)
+            _atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())
+            return
+        _atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
     except OSError:
         return

@@ -263,7 +263,8 @@ def test_compile_cache_across_processes(tmp_path):
         out = fn({"x": np.ones((4, 5), np.float32), "w": np.full((5, 3), 0.1, np.float32)})
         print(fn.from_cache, float(out[0]))
     """)
-    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path))
+    # no C compiler: entries are MCJIT objects (tests/runtime/test_cache_so.py: shared objects)
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path), CC="/nonexistent/cc")
 
     def run():
         p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)

@@ -1,0 +1,74 @@
+"""The compile cache as shared objects: a program found in the cache runs without LLVM (no llvmlite.binding,
+no libllvmlite mapped), loaded by the system's dynamic loader; bad entries are rebuilt, never loaded; without
+a C compiler the cache falls back to MCJIT objects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np
+    import graphc as gc
+    x = gc.input("x", ("N", 6))
+    y = gc.input("y", ("N",), "int32")
+    lr = gc.input("lr", (), "float32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [7, 3], name="so"), y)
+    params = gc.nn.parameters(loss)
+    ef = gc.EpochFunction(loss, {p: p - lr * g for p, g in zip(params, gc.grad(loss, params))}, x=x, y=y)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 6)).astype(np.float32)
+    Y = rng.integers(0, 3, 20).astype(np.int32)
+    state = gc.nn.init_params(params, seed=0)
+    stats = ef.run_epoch(X, Y, state, batch=4, seed=1, scalars={"lr": 0.1})
+    maps = open("/proc/self/maps").read()
+    print(ef.from_cache, type(ef._engine).__name__, "llvmlite.binding" in sys.modules, "libllvmlite" in maps,
+          repr(stats.mean_loss), repr(float(state["so.0.W"].sum())))
+""")
+
+
+def _run(tmp_path, **env):
+    e = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path), **env)
+    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=e)
+    assert p.returncode == 0, p.stderr
+    cached, kind, binding, mapped, loss, wsum = p.stdout.split()
+    return cached == "True", kind, binding == "True", mapped == "True", (float(loss), float(wsum))
+
+
+def test_cached_program_runs_without_llvm(tmp_path):
+    first = _run(tmp_path)
+    assert first[:4] == (False, "SharedObject", True, True)  # compiled here: LLVM was needed
+    sos = list(tmp_path.glob("*.so"))
+    assert len(sos) == 1 and len(list(tmp_path.glob("*.sum"))) == 1 and not list(tmp_path.glob("*.o"))
+    second = _run(tmp_path)
+    assert second == (True, "SharedObject", False, False, first[4])  # the same results, LLVM never loaded
+    # a corrupt shared object is detected by its checksum, deleted and rebuilt, never loaded
+    data = bytearray(sos[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    sos[0].write_bytes(bytes(data))
+    assert _run(tmp_path)[0] is False
+    assert _run(tmp_path)[:2] == (True, "SharedObject")
+    # a truncated one, and a checksum file of another key
+    sos[0].write_bytes(sos[0].read_bytes()[:1000])
+    assert _run(tmp_path)[0] is False
+    summ = next(tmp_path.glob("*.sum"))
+    summ.write_bytes(summ.read_bytes().replace(b"GRAPHCSO1", b"GRAPHCSO1" + b"0" * 4)[:-4])
+    assert _run(tmp_path)[0] is False
+    assert _run(tmp_path)[:3] == (True, "SharedObject", False)
+    # a host description that does not parse is rewritten by LLVM, not trusted
+    host = next(tmp_path.glob("host-*.txt"))
+    host.write_text("garbage")
+    assert _run(tmp_path)[:3] == (True, "SharedObject", True)
+    assert host.read_text().startswith("graphc-host-1\n")
+
+
+def test_without_a_c_compiler_the_cache_holds_mcjit_objects(tmp_path):
+    first = _run(tmp_path, CC="/nonexistent/cc")
+    assert first[:2] == (False, "Engine")
+    assert len(list(tmp_path.glob("*.o"))) == 1 and not list(tmp_path.glob("*.so"))
+    second = _run(tmp_path, CC="/nonexistent/cc")
+    assert second[:2] == (True, "Engine") and second[4] == first[4]
+    # with a compiler again, the object entry still serves (and is not a shared object)
+    assert _run(tmp_path)[:2] == (True, "Engine")
