@@ -349,10 +349,10 @@ class SharedObjectCode(bytes):
             if r.returncode != 0:
                 return None
             data = so.read_bytes()
-            lib = SharedObject.open(so, target)
+            lib = SharedObject.from_bytes(data, target)
             if lib is not None:
                 self.so_bytes = data
-            return lib  # the loader has it mapped: the file can go
+            return lib
         except (OSError, subprocess.SubprocessError):
             return None
         finally:
@@ -361,19 +361,39 @@ class SharedObjectCode(bytes):
 
 class SharedObject:
     """Compiled code in a shared object loaded by the system's dynamic loader (ctypes): the interface of an
-    `Engine` (`function`, `address`, `close`) without LLVM. The code stays mapped until the process ends."""
+    `Engine` (`function`, `address`, `close`) without LLVM. Each load is a private copy (its own globals and
+    thread team, as each MCJIT engine has), which stays mapped until the process ends."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path, target: Target):
-        self.lib, self.path, self.target = lib, path, target
+    def __init__(self, lib: ctypes.CDLL, target: Target):
+        self.lib, self.target = lib, target
         _ENGINES.add(self)
 
     @classmethod
-    def open(cls, path: Path, target: Target) -> SharedObject | None:
-        try:
-            lib = ctypes.CDLL(str(path), mode=getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2))
-        except OSError:
-            return None
-        return cls(lib, path, target)
+    def from_bytes(cls, data: bytes, target: Target) -> SharedObject | None:
+        """Load a shared object's bytes from a temporary file of a new name (the loader would return the same
+        handle for a name it has loaded), removed once mapped: exactly these bytes, loaded afresh. Tried in the
+        temporary directory, then in the cache's (a temporary directory may be mounted noexec). None if the
+        loader refuses it."""
+        from graphc.runtime.cache import directory
+
+        mode = getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2)
+        for d in (None, directory()):
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".graphc-code-", suffix=".so", dir=d)
+            except OSError:
+                continue
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                return cls(ctypes.CDLL(tmp, mode=mode), target)
+            except OSError:
+                continue
+            finally:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        return None
 
     @property
     def _engine(self) -> SharedObject:  # what CompiledFunction.profile_report reads an engine's globals through
@@ -393,7 +413,7 @@ class SharedObject:
 
     def address(self, name: str) -> int:
         addr = self.get_function_address(name)
-        assert addr, f"symbol {name} not found in {self.path}"
+        assert addr, f"symbol {name} not found in the shared object"
         return addr
 
     def function(self, name: str, restype, *argtypes):
@@ -410,3 +430,6 @@ class SharedObject:
                 ctypes.CFUNCTYPE(None)(addr)()
             except Exception:  # interpreter shutdown
                 pass
+
+    def __del__(self):
+        self.close()

@@ -74,7 +74,7 @@ def _load_shared(k: str, target: Target) -> SharedObject | None:
         _unlink(summ)
         return None
     ok = meta == SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest()
-    lib = SharedObject.open(so, target) if ok else None
+    lib = SharedObject.from_bytes(data, target) if ok else None
     if lib is None:
         _unlink(so, summ)
     return lib

@@ -72,3 +72,26 @@ def test_without_a_c_compiler_the_cache_holds_mcjit_objects(tmp_path):
     assert second[:2] == (True, "Engine") and second[4] == first[4]
     # with a compiler again, the object entry still serves (and is not a shared object)
     assert _run(tmp_path)[:2] == (True, "Engine")
+
+
+def test_each_load_is_a_private_copy(tmp_path, monkeypatch):
+    """Two functions of one graph (the second from the cache) each get their own copy of the code: their own
+    globals and thread team, so freeing one leaves the other working."""
+    import gc as pygc
+
+    import numpy as np
+
+    import graphc as gc
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    x = gc.input("x", ("N",))
+    f1 = gc.compile(gc.exp(x) * 2.0)
+    f2 = gc.compile(gc.exp(x) * 2.0)
+    assert not f1.from_cache and f2.from_cache
+    assert type(f2._engine).__name__ == "SharedObject" and f1._engine.lib._handle != f2._engine.lib._handle
+    a = np.linspace(-3, 3, 200_000, dtype=np.float32)
+    want = f1({"x": a}, threads=2)
+    del f1
+    pygc.collect()
+    np.testing.assert_array_equal(f2({"x": a}, threads=2), want)
+    np.testing.assert_allclose(want, np.exp(a) * 2, rtol=1e-6)
