@@ -68,7 +68,9 @@ __all__ = [
     "step_time_jax",
     "step_time_numpy",
     "epoch_jax_scan",
+    "epoch_jax_step",
     "epoch_torch",
+    "epoch_torch_compile",
     "epoch_numpy",
     "sklearn_mlp",
     "init_params",
@@ -613,6 +615,55 @@ def epoch_torch(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evalua
     return _result("torch", N, secs, losses, _torch_params(model), 0.0, threads, batch, X, y, evaluate)
 
 
+def epoch_torch_compile(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+    """As :func:`epoch_torch`, with the step (forward, loss, backward, SGD update) compiled by ``torch.compile``
+    (inductor, ``dynamic=False``): one compiled graph per batch shape, i.e. the full batches and, when rows %
+    batch != 0, the last partial one. Both are compiled before the timing (warm-up steps on copies of the
+    parameters, reported as compile_seconds); epochs then run the compiled step from Python."""
+    torch = _import_torch(threads)
+    X = np.ascontiguousarray(X, np.float32)
+    y = np.asarray(y, np.int64)
+    _check_data(X, y, sizes, batch, epochs)
+    N = len(X)
+    params0 = init_params(sizes, seed)
+    Ws = [torch.from_numpy(np.array(W, np.float32)).requires_grad_(False) for W, _ in params0]
+    bs = [torch.from_numpy(np.array(b, np.float32)).requires_grad_(False) for _, b in params0]
+
+    def step(Ws, bs, x, t):
+        ps = [p.detach().requires_grad_(True) for p in (*Ws, *bs)]
+        h = x
+        L = len(Ws)
+        for i in range(L):
+            h = h @ ps[i] + ps[L + i]
+            if i < L - 1:
+                h = torch.relu(h)
+        loss = torch.nn.functional.cross_entropy(h, t)
+        grads = torch.autograd.grad(loss, ps)
+        with torch.no_grad():
+            for k, p in enumerate((*Ws, *bs)):
+                p.sub_(lr * grads[k])
+        return loss.detach()
+
+    cstep = torch.compile(step, dynamic=False)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    t0 = time.perf_counter()
+    for B in sorted({batch, N % batch} - {0}):  # compile each batch shape on throwaway copies
+        cstep([W.clone() for W in Ws], [b.clone() for b in bs], Xt[:B].clone(), yt[:B].clone())
+    compile_seconds = time.perf_counter() - t0
+    secs, losses = [], []
+    for perm in epoch_permutations(N, epochs, seed):
+        t0 = time.perf_counter()
+        p = torch.from_numpy(perm)
+        total = torch.zeros((), dtype=torch.float32)
+        for i in range(0, N, batch):
+            idx = p[i : i + batch]
+            total += cstep(Ws, bs, Xt.index_select(0, idx), yt.index_select(0, idx)) * len(idx)
+        losses.append(float(total) / N)
+        secs.append(time.perf_counter() - t0)
+    params = [(W.numpy().copy(), b.numpy().copy()) for W, b in zip(Ws, bs, strict=True)]
+    return _result("torch.compile", N, secs, losses, params, compile_seconds, threads, batch, X, y, evaluate)
+
+
 # ---------------------------------------------------------------------------------------------------- JAX
 
 
@@ -739,6 +790,46 @@ def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
             losses.append(float(loss))
     out_params = [(np.asarray(W), np.asarray(b)) for W, b in params]
     return _result("jax", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate)
+
+
+def epoch_jax_step(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+    """Mini-batch SGD with one ``jax.jit`` step per batch (params donated), driven from Python: the batch is
+    gathered on the host (numpy fancy indexing) and passed to the step, which returns the new params and the loss.
+    The step is compiled for the full and the partial batch shape before the timing (compile_seconds); each
+    epoch ends with block_until_ready. Result as for :func:`epoch_torch`."""
+    jax = _import_jax(threads)
+    if jax is None:
+        kw = dict(X=X, y=y, sizes=sizes, batch=batch, lr=lr, epochs=epochs, seed=seed, threads=threads,
+                  evaluate=evaluate)
+        return _in_subprocess("epoch_jax_step", kw, threads)
+    X = np.ascontiguousarray(X, np.float32)
+    y = np.asarray(y, np.int64)
+    _check_data(X, y, sizes, batch, epochs)
+    N = len(X)
+    y32 = y.astype(np.int32)
+    _, sgd_step = _jax_fns(jax, lr)
+    step = jax.jit(sgd_step, donate_argnums=0)
+    params = _jax_params(jax, init_params(sizes, seed))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+        for B in sorted({batch, N % batch} - {0}):
+            p2 = _jax_params(jax, init_params(sizes, seed))
+            jax.block_until_ready(step(p2, X[:B], y32[:B]))
+        compile_seconds = time.perf_counter() - t0
+        secs, losses = [], []
+        for perm in epoch_permutations(N, epochs, seed):
+            t0 = time.perf_counter()
+            batch_losses = []
+            for i in range(0, N, batch):
+                idx = perm[i : i + batch]
+                params, loss = step(params, X[idx], y32[idx])
+                batch_losses.append((loss, len(idx)))
+            jax.block_until_ready(params)
+            secs.append(time.perf_counter() - t0)
+            losses.append(sum(float(v) * n for v, n in batch_losses) / N)
+    out_params = [(np.asarray(W), np.asarray(b)) for W, b in params]
+    return _result("jax step", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate)
 
 
 # ---------------------------------------------------------------------------------------------------- sklearn
