@@ -395,17 +395,14 @@ class SharedObject:
                     pass
         return None
 
-    @property
-    def _engine(self) -> SharedObject:  # what CompiledFunction.profile_report reads an engine's globals through
-        return self
-
     def get_function_address(self, name: str) -> int:
         try:
             return ctypes.cast(getattr(self.lib, name), ctypes.c_void_p).value or 0
         except AttributeError:
             return 0
 
-    def get_global_value_address(self, name: str) -> int:
+    def global_address(self, name: str) -> int:
+        """The address of a global variable of the module (0 if it has none)."""
         try:
             return ctypes.addressof(ctypes.c_char.in_dll(self.lib, name))
         except ValueError:
