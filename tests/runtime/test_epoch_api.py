@@ -169,3 +169,19 @@ def test_misaligned_state_and_strided_data_are_said_once():
     Xs[:, ::2] = X
     with pytest.warns(UserWarning, match="X is not C-contiguous"):
         ef.run_epoch(Xs[:, ::2], Y, c, batch=4, epoch=2, scalars={"lr": 0.1})
+
+
+def test_readme_epoch_example_runs():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+              if "gc.EpochFunction" in b]
+    assert blocks, "README has no EpochFunction example"
+    p = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.split("\n")
+    assert [ln.split()[0] for ln in lines[:5]] == ["0", "1", "2", "3", "4"] and lines[0].split()[2] == "1000"
