@@ -85,6 +85,7 @@ in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~1
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -1024,3 +1025,54 @@ def emit_gemm(
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()
     return fn
+
+
+# ------------------------------------------------------------------------------------- helper library
+#
+# A module's shared GEMM code (drivers, microkernels, packing routines: the "helpers") depends only on the
+# target, the dtype and the blocking config, and it is most of the LLVM time of a small training step (about
+# 60% of the 784-256-128-10 step's). For code loaded into this process, `split_helpers` takes the helpers out
+# of a module's text (leaving declarations); `helper_library` emits every helper of one config as a module of
+# its own, compiled once and kept in the compile cache, and linked with each program that uses the config.
+
+_HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans)\.[^"]+)"'
+                         r'(\([^)\n]*\))([^{\n]*)\n?\{\n.*?^\}\n', re.M | re.S)
+_DRIVER_NAME = re.compile(r"^graphc\.gemm\.driver\.(f32|f64)x(\d+)\.(\d+)x(\d+)\.k(\d+)\.pf(\d+)\.kc(\d+)\.mc(\d+)"
+                          r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)$")
+
+
+def split_helpers(ir_text: str) -> tuple[str, list[str]]:
+    """(the module's text with its GEMM helpers declared instead of defined, the names of its drivers: one per
+    config, each naming its config in full)."""
+    drivers: list[str] = []
+
+    def declare(m: re.Match) -> str:
+        if m.group(1).startswith("graphc.gemm.driver."):
+            drivers.append(m.group(1))
+        return f'declare void @"{m.group(1)}"{m.group(2)}{m.group(3).rstrip()}\n'
+
+    return _HELPER_DEF.sub(declare, ir_text), drivers
+
+
+def helper_library(target: Target, driver_name: str) -> str:
+    """The IR text of every helper of the config `driver_name` names (its driver, microkernels and all four
+    packing routines), defined weak_odr and hidden, for linking with the modules that declare them."""
+    m = _DRIVER_NAME.match(driver_name)
+    if m is None:
+        raise ValueError(f"not a GEMM driver name: {driver_name!r}")
+    dtype = "float32" if m.group(1) == "f32" else "float64"
+    mr, nr, unroll, pf, kc, mc, nc = (int(m.group(i)) for i in range(3, 10))
+    cfg = GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, unroll=unroll, prefetch_c=pf, loop_order=m.group(10),
+                     direct_b_max_ld=int(m.group(11)), direct_b_max_m=int(m.group(12)))
+    module = ir.Module(name="graphc.gemm.helpers")
+    g = _Gen(module, target, dtype, cfg)
+    if g.L != int(m.group(2)):
+        raise ValueError(f"{driver_name!r} is for {m.group(2)} lanes, the target has {g.L}")
+    if _driver_fn(g).name != driver_name:
+        raise ValueError(f"cannot rebuild {driver_name!r}")
+    for copy in (True, False):
+        for w in (cfg.mr, cfg.nr):
+            _pack_fn(g, copy, w)
+    # weak_odr: a name is its code (two configs' libraries both define the packing routines of a width)
+    return re.sub(r'^define internal void @"graphc\.gemm\.', 'define weak_odr hidden void @"graphc.gemm.',
+                  str(module), flags=re.M)

@@ -266,12 +266,14 @@ class Engine:
         optimizer or code generator: a position-independent object (`SharedObjectCode`) is linked into a shared
         object by the system C compiler and loaded by the dynamic loader (a `SharedObject`); anything else, or
         where linking fails, by LLVM's MCJIT."""
+        objects: tuple[bytes, ...] = (obj,)
         if isinstance(obj, SharedObjectCode):
             so = obj.load(target)
             if so is not None:
                 return so
+            objects = (bytes(obj), *obj.helpers)
         empty = ensure_llvm().parse_assembly("")
-        return cls(empty, target, (obj,))
+        return cls(empty, target, objects)
 
     def address(self, name: str) -> int:
         addr = self._engine.get_function_address(name)
@@ -303,13 +305,54 @@ def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
     """An ELF object: for this process (`jit=True`, loaded with `Engine.from_object`), or position-independent
     for ahead-of-time linking. For this process it is position-independent too (a `SharedObjectCode`, linked
     into a shared object) where a C compiler is available, else an MCJIT object."""
+    pic = not jit or shared_linker() is not None
+    helpers: list[bytes] = []
+    if jit and pic:  # the GEMM helpers come from the library compiled once per config (gemm.helper_library)
+        from graphc.codegen.gemm import split_helpers
+
+        text, drivers = split_helpers(ir_text)
+        try:
+            helpers = [_helper_object(target, d) for d in drivers]
+            ir_text = text
+        except Exception:  # a helper library that cannot be built: compile the module whole
+            helpers = []
     mod = parse(ir_text, target)
     optimize(mod, target)
-    pic = not jit or shared_linker() is not None
     tm = target.create_target_machine(jit=not pic)
     mod.data_layout = str(tm.target_data)
     obj = tm.emit_object(mod)
-    return SharedObjectCode(obj) if jit and pic else obj
+    if not (jit and pic):
+        return obj
+    code = SharedObjectCode(obj)
+    code.helpers = helpers
+    return code
+
+
+_HELPERS: dict[tuple[str, str], bytes] = {}
+
+
+def _helper_object(target: Target, driver: str) -> bytes:
+    """The position-independent object of the GEMM helper library of `driver`'s config: from memory, the compile
+    cache, or compiled (and kept there)."""
+    from graphc.runtime import cache as disk_cache
+
+    mem = (target.key(), driver)
+    obj = _HELPERS.get(mem)
+    if obj is not None:
+        return obj
+    k = hashlib.sha256(f"{disk_cache.code_version()}|{target.key()}|{driver}".encode()).hexdigest()
+    obj = disk_cache.load_blob(k)
+    if obj is None:
+        from graphc.codegen.gemm import helper_library
+
+        mod = parse(helper_library(target, driver), target)
+        optimize(mod, target)
+        tm = target.create_target_machine(jit=False)
+        mod.data_layout = str(tm.target_data)
+        obj = tm.emit_object(mod)
+        disk_cache.store_blob(k, obj)
+    _HELPERS[mem] = obj
+    return obj
 
 
 def assembly(ir_text: str, target: Target | None = None) -> str:
@@ -334,6 +377,7 @@ class SharedObjectCode(bytes):
     """A position-independent object for this process: linked into a shared object when loaded."""
 
     so_bytes: bytes | None = None  # the linked shared object, once linked (what the compile cache keeps)
+    helpers: list[bytes] = []  # objects linked with it: the GEMM helper libraries it declares
 
     def load(self, target: Target) -> SharedObject | None:
         """Link with `cc -shared` in a temporary directory and load the result; None if either fails."""
@@ -344,7 +388,11 @@ class SharedObjectCode(bytes):
         obj, so = work / "code.o", work / "code.so"
         try:
             obj.write_bytes(bytes(self))
-            r = subprocess.run([cc, "-shared", "-o", str(so), str(obj), "-lm", "-lpthread"], capture_output=True,
+            objs = [str(obj)]
+            for i, h in enumerate(self.helpers):
+                (work / f"helpers{i}.o").write_bytes(h)
+                objs.append(str(work / f"helpers{i}.o"))
+            r = subprocess.run([cc, "-shared", "-o", str(so), *objs, "-lm", "-lpthread"], capture_output=True,
                                timeout=120)
             if r.returncode != 0:
                 return None

@@ -20,7 +20,7 @@ SO_MAGIC = b"GRAPHCSO1"
 
 
 @cache
-def _code_version() -> str:
+def code_version() -> str:
     """A hash of graphc's sources: changing the compiler invalidates what it compiled before."""
     import graphc
 
@@ -42,7 +42,7 @@ def directory() -> Path:
 
 def key(outputs: list[Node], training: bool, target: Target, updates=(), variant: str = "") -> str:
     h = hashlib.sha256()
-    for part in (_code_version(), target.key(), f"training={training}", f"updates={list(updates)}", variant,
+    for part in (code_version(), target.key(), f"training={training}", f"updates={list(updates)}", variant,
                  *(o.digest() for o in outputs)):
         h.update(part.encode())
         h.update(b"\0")
@@ -127,5 +127,28 @@ def store(k: str, obj: bytes) -> None:
             _atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())
             return
         _atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
+    except OSError:
+        return
+
+
+def load_blob(k: str) -> bytes | None:
+    """A checked entry `KEY.bin` (what `store_blob` wrote), or None; a bad one is deleted."""
+    p = directory() / f"{k}.bin"
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return None
+    head = len(MAGIC) + 32 + 64
+    if (len(data) > head and data.startswith(MAGIC) and data[len(MAGIC) + 32:head] == k.encode("ascii")
+            and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):len(MAGIC) + 32]):
+        return data[head:]
+    _unlink(p)
+    return None
+
+
+def store_blob(k: str, data: bytes) -> None:
+    try:
+        directory().mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
     except OSError:
         return

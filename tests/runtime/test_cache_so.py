@@ -95,3 +95,39 @@ def test_each_load_is_a_private_copy(tmp_path, monkeypatch):
     pygc.collect()
     np.testing.assert_array_equal(f2({"x": a}, threads=2), want)
     np.testing.assert_allclose(want, np.exp(a) * 2, rtol=1e-6)
+
+
+def test_gemm_helpers_compile_once_and_bad_entries_are_rebuilt(tmp_path, monkeypatch):
+    """The GEMM helpers (drivers, microkernels, packing) are compiled once per config into a library kept in the
+    cache and linked with each program; a corrupt library entry is rebuilt, never linked."""
+    import numpy as np
+
+    import graphc as gc
+    from graphc.codegen import gemm
+    from graphc.codegen import target as tgt
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tgt, "_HELPERS", {})
+    x = gc.input("x", ("N", 20))
+    w = gc.param("w", (20, 9))
+    y = gc.relu(x @ w)
+    fn = gc.compile(y, cache=False)
+    text, drivers = gemm.split_helpers(fn.llvm_ir)
+    assert drivers and 'declare void @"graphc.gemm.driver.' in text and "define internal void @\"graphc.gemm." \
+        not in text
+    libs = list(tmp_path.glob("*.bin"))
+    assert len(libs) == len(drivers)
+    X = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
+    W = np.random.default_rng(1).standard_normal((20, 9)).astype(np.float32)
+    want = gc.evaluate(y, {"x": X, "w": W})
+    np.testing.assert_allclose(fn({"x": X, "w": W}), want, rtol=1e-5, atol=1e-6)
+    for p in libs:
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+    monkeypatch.setattr(tgt, "_HELPERS", {})
+    fn2 = gc.compile(gc.relu(x @ w) * 2.0, cache=False)
+    np.testing.assert_allclose(fn2({"x": X, "w": W}), 2 * want, rtol=1e-5, atol=1e-6)
+    from graphc.runtime import cache
+
+    assert all(cache.load_blob(p.stem) is not None for p in tmp_path.glob("*.bin"))  # rebuilt, checked
