@@ -18,7 +18,7 @@ from graphc.codegen.kernels import GemmKernel
 from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, topo_order
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
-from graphc.runtime.jit import CompiledFunction, check_threads
+from graphc.runtime.jit import CompiledFunction, check_threads, data_address
 
 
 @dataclass
@@ -85,6 +85,13 @@ class EpochFunction(CompiledFunction):
                                              ctypes.c_int32)
         self._init = self._engine.function("graphc_init", None, ctypes.c_void_p, ctypes.c_int64) \
             if self._params else None
+        self._spec_memo = self._spec()
+        self._threads_memo: dict[int, int] = {}
+        # the state and scalar inputs a call binds: (name, table slot, leaf, updated in place)
+        fed = (self._x.name, getattr(self._y, "name", None), "step", "rng_key")
+        updated = {self.signature.inputs[i].name for i in self.updates.values()}
+        self._bindings = [(leaf.name, self._by_key[leaf.name][1], leaf, np.dtype(leaf.dtype), leaf.name in updated)
+                          for leaf in self.signature.inputs if leaf.name not in fed and leaf.name in self._by_key]
         self.epochs_done = 0  # epochs run (the default `epoch` of the next one: a fresh shuffle each time)
         self.steps_done = 0  # steps run (the default `step0`: the global step continues)
         self._warned_misaligned = False
@@ -139,12 +146,18 @@ class EpochFunction(CompiledFunction):
         with (by default the CPUs this process may use)."""
         if not self._auto_threads:
             return self.threads
+        n = self._threads_memo.get(batch)
+        if n is not None:
+            return n
         env = [batch if s == self._x.shape[0] else 1 for s in self._symbols]
         flops = 0
         for k in self.program.kernels:
             if isinstance(k, GemmKernel):
                 flops += 2 * math.prod(self._dim_fn(d)(env) for d in (k.m, k.n, k.k))
-        return 1 if flops < SMALL_STEP_FLOPS else self.threads
+        n = 1 if flops < SMALL_STEP_FLOPS else self.threads
+        if len(self._threads_memo) < 4096:
+            self._threads_memo[batch] = n
+        return n
 
     def run_epoch(self, X: np.ndarray, Y: np.ndarray | None, state: Mapping[str, np.ndarray], *, batch: int,
                   order=None, scalars: Mapping[str, float] | None = None, epoch: int | None = None, seed: int = 0,
@@ -161,7 +174,7 @@ class EpochFunction(CompiledFunction):
 
         A non-finite loss raises a NumericalError naming the step, with `state` as it was after the last finite
         step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied)."""
-        spec = self._spec()
+        spec = self._spec_memo
         if on_nonfinite not in ("raise", "stop"):
             raise InputError(f"training: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
@@ -200,7 +213,7 @@ class EpochFunction(CompiledFunction):
             spec_ = self._by_key.get(leaf_name)
             if spec_ is None:
                 return
-            table[spec_[1]] = arr.ctypes.data
+            table[spec_[1]] = data_address(arr)
             keep.append(arr)
 
         xb = aligned_bytes(batch * spec.x_row_bytes).view(self._x.dtype)
@@ -212,26 +225,20 @@ class EpochFunction(CompiledFunction):
         key_buf = np.zeros(1, np.int64)
         bind("step", step_buf)
         bind("rng_key", key_buf)
-        scalars = dict(scalars or {})
-        updated = {self.signature.inputs[i].name for i in self.updates.values()}
+        scalars = scalars or {}
         misaligned = []
-        for leaf in self.signature.inputs:
-            name = leaf.name
-            if name in (self._x.name, getattr(self._y, "name", None), "step", "rng_key"):
-                continue
-            if not self.training and name == "rng_key":
-                continue
+        for name, slot, leaf, dtype, is_updated in self._bindings:
             if name in scalars and leaf.shape == ():
-                arr = np.asarray(scalars[name], dtype=leaf.dtype).reshape(leaf.shape)
+                arr = np.asarray(scalars[name], dtype=dtype).reshape(())
             elif name in state:
                 arr = state[name]
-                if (not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(leaf.dtype) or arr.shape != leaf.shape
+                if (not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != leaf.shape
                         or not arr.flags.c_contiguous or not arr.flags.writeable):
                     raise InputError(f"training: state {name!r} must be a writable contiguous {leaf.type_str} "
                                      f"array, got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
-                if name in updated:
+                if is_updated:
                     trained[name] = arr
-                if arr.ctypes.data % 64 and arr.nbytes >= 64:
+                if data_address(arr) % 64 and arr.nbytes >= 64:
                     # numpy gives large arrays 16-byte alignment: a matrix read in place by a GEMM, or written by
                     # its fused update, would then split vector loads and stores across cache lines (measured
                     # 5-7% of a 784-256-128-10 epoch). Train on an aligned copy, copied back after the epoch.
@@ -244,7 +251,8 @@ class EpochFunction(CompiledFunction):
                 where = "scalars" if leaf.shape == () else "state"
                 raise InputError(f"training: no value for the input {name!r} ({leaf.type_str}); pass it in "
                                  f"{where}=")
-            bind(name, arr)
+            table[slot] = data_address(arr)
+            keep.append(arr)
         if misaligned and not self._warned_misaligned:
             self._warned_misaligned = True
             warnings.warn(f"run_epoch: the state arrays {misaligned[:4]}{' ...' if len(misaligned) > 4 else ''} "
@@ -259,28 +267,28 @@ class EpochFunction(CompiledFunction):
                     s = snap[name] = np.empty_like(arr)
                 np.copyto(s, arr)
         loss_buf = np.zeros(1, np.float32)
-        table[self.program.outputs[0].index] = loss_buf.ctypes.data
+        table[self.program.outputs[0].index] = data_address(loss_buf)
         full, rest = divmod(n_steps_rows, batch)
         losses = np.zeros(full + (1 if rest and not drop_last else 0) or 1, np.float32)
         dims = np.zeros(max(len(self._symbols), 1), np.int64)
         dims[spec.n_dim] = batch
         Xc, Yc = self._contiguous(X, "X"), (self._contiguous(Y, "Y") if Y is not None else np.zeros(1, np.uint8))
         ctx = np.zeros(drv.CTX_SLOTS, np.int64)
-        ctx[drv.TABLE] = table.ctypes.data
-        ctx[drv.DIMS] = dims.ctypes.data
-        ctx[drv.WS] = self._ws.ctypes.data
-        ctx[drv.X], ctx[drv.Y] = Xc.ctypes.data, Yc.ctypes.data
+        ctx[drv.TABLE] = data_address(table)
+        ctx[drv.DIMS] = data_address(dims)
+        ctx[drv.WS] = data_address(self._ws)
+        ctx[drv.X], ctx[drv.Y] = data_address(Xc), data_address(Yc)
         ctx[drv.NSAMP], ctx[drv.BATCH], ctx[drv.EPOCH] = n_steps_rows, batch, epoch
         ctx[drv.SEED] = np.int64(np.uint64(seed & (2**64 - 1)).view(np.int64)) if seed >= 2**63 else seed
-        ctx[drv.PERM] = perm.ctypes.data
+        ctx[drv.PERM] = data_address(perm)
         ctx[drv.STEP0], ctx[drv.MAXSTEPS] = step0, max_steps
-        ctx[drv.XB], ctx[drv.YB] = xb.ctypes.data, yb.ctypes.data
-        ctx[drv.STEPBUF], ctx[drv.KEYBUF], ctx[drv.LOSSBUF] = step_buf.ctypes.data, key_buf.ctypes.data, \
-            loss_buf.ctypes.data
+        ctx[drv.XB], ctx[drv.YB] = data_address(xb), data_address(yb)
+        ctx[drv.STEPBUF], ctx[drv.KEYBUF], ctx[drv.LOSSBUF] = (data_address(step_buf), data_address(key_buf),
+                                                               data_address(loss_buf))
         ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = mode, int(drop_last)
-        ctx[drv.LOSSES] = losses.ctypes.data
+        ctx[drv.LOSSES] = data_address(losses)
         with self._lock:
-            self._epoch(ctx.ctypes.data, None, None, nthreads)
+            self._epoch(data_address(ctx), None, None, nthreads)
         steps = int(ctx[drv.STEPS_DONE])
         bad = int(ctx[drv.BAD_STEP]) if ctx[drv.STATUS] else None
         bad_loss = float(loss_buf[0])
@@ -298,7 +306,7 @@ class EpochFunction(CompiledFunction):
                 ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, bad
                 ctx[drv.LOSSES] = 0
                 with self._lock:
-                    self._epoch(ctx.ctypes.data, None, None, nthreads)
+                    self._epoch(data_address(ctx), None, None, nthreads)
             for arr, aligned in copy_back:
                 arr[...] = aligned
             self.epochs_done = max(self.epochs_done, epoch + 1)
@@ -315,7 +323,7 @@ class EpochFunction(CompiledFunction):
 
     def _contiguous(self, A: np.ndarray, what: str) -> np.ndarray:
         """The data as the driver reads it: C-contiguous rows. Anything else is copied, and said so once."""
-        if A.flags.c_contiguous and A.ctypes.data % A.dtype.itemsize == 0:
+        if A.flags.c_contiguous and data_address(A) % A.dtype.itemsize == 0:
             return A
         if not getattr(self, f"_warned_{what}", False):
             setattr(self, f"_warned_{what}", True)
