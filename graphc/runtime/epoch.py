@@ -153,7 +153,7 @@ class EpochFunction(CompiledFunction):
         flops = 0
         for k in self.program.kernels:
             if isinstance(k, GemmKernel):
-                flops += 2 * math.prod(self._dim_fn(d)(env) for d in (k.m, k.n, k.k))
+                flops += 2 * math.prod(self._dim_fn(d)(env) for d in (*getattr(k, "batch", ()), k.m, k.n, k.k))
         n = 1 if flops < SMALL_STEP_FLOPS else self.threads
         if len(self._threads_memo) < 4096:
             self._threads_memo[batch] = n
