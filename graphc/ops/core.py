@@ -19,7 +19,7 @@ from graphc.errors import CompileError, DTypeError, GraphcError, ShapeError
 from graphc.ir.node import ArrayValue, Node, capture_source
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
 
-KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity")
+KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity", "loop")
 
 OPS: dict[str, Op] = {}
 
