@@ -106,7 +106,7 @@ def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Nod
             with derived_from(n.source, f"grad of {n.op.name}"):
                 for k, p in parts:
                     gs[k] = p if gs[k] is None else add(gs[k], p)
-                cts = n.op.vjp_multi(n, gs, vjp)
+                cts = n.op.vjp_multi(n, gs, vjp, [id(i) in live for i in n.inputs])
         else:
             g = parts[0]
             with derived_from(n.source, f"grad of {n.op.name}"):

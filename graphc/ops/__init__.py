@@ -55,8 +55,8 @@ from graphc.ops.pointwise import relu_ as relu
 from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
-from graphc.ops.scan import scan, zeros
 from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
+from graphc.ops.scan import scan, zeros
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [

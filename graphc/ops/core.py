@@ -3,7 +3,7 @@
 Every op is one object with its shape rule (`infer`), its numpy reference semantics (`reference`), its
 vector-Jacobian product written with other graph ops (`vjp`), and its lowering: its value at a point of a loop
 nest (`lower`, for elementwise, movement, source and random ops) or, by its `kind`, a rule for the kernel it
-becomes (`reduce_rule`, `contract_rule`, `scatter_rule`; see graphc.ir.lowering). The op table `OPS` lists
+becomes (`reduce_rule`, `contract_rule`, `scatter_rule`, `loop_rule`; see graphc.ir.lowering). The op table `OPS` lists
 them all; a test walks it and compiles every op.
 """
 
@@ -70,6 +70,9 @@ class Op:
 
     def scatter_rule(self, node: Node):
         raise self._no_lowering(node, "scatter_rule")
+
+    def loop_rule(self, node: Node):
+        raise self._no_lowering(node, "loop_rule")
 
     def needs_memory(self, node: Node) -> tuple[int, ...]:
         """Inputs that must be in memory (row-major arrays) for this op's kernel."""

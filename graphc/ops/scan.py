@@ -27,15 +27,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import sympy
 
 from graphc.errors import GradError, GraphcError, ShapeError
 from graphc.ir.node import Node, capture_source, derived_from, topo_order
-from graphc.ir.shapes import FLOAT_DTYPES, as_dim, as_dtype, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape
-from graphc.ir.shapes import fmt_type
+from graphc.ir.shapes import (
+    FLOAT_DTYPES,
+    as_dim,
+    as_dtype,
+    as_shape,
+    dims_equal,
+    eval_dim,
+    eval_shape,
+    fmt_type,
+)
 from graphc.ops.core import Op, Tensor, apply, as_tensor, constant, register
 
 _temp_levels = itertools.count(1)
@@ -217,9 +224,10 @@ class Scan(Op):
     def vjp(self, node, g):
         raise GradError("internal: a scan's gradient is taken through vjp_multi")
 
-    def vjp_multi(self, node: Node, gs: list[Node | None], vjp) -> list[Node | None]:
-        """`vjp(seeds, wrt)` is the reverse sweep (graphc.autodiff.grad.vjp), passed in: ops sit below autodiff."""
-        return scan_vjp(node, gs, vjp)
+    def vjp_multi(self, node: Node, gs: list[Node | None], vjp, needed: Sequence[bool]) -> list[Node | None]:
+        """`vjp(seeds, wrt)` is the reverse sweep (graphc.autodiff.grad.vjp), passed in: ops sit below autodiff.
+        `needed[i]`: whether input i's cotangent is wanted (the reverse body computes only those)."""
+        return scan_vjp(node, gs, vjp, needed)
 
     def loop_rule(self, node):
         from graphc.ir.lowering import LoopRule
@@ -228,8 +236,15 @@ class Scan(Op):
         return LoopRule(body, body.n_carry, body.n_x, node.attrs["length"], node.attrs["reverse"],
                         node.attrs["checkpoint"])
 
-    def fingerprint(self) -> str:
-        return self.name
+    def lower(self, node, lx):
+        raise _not_native(node)
+
+
+def _not_native(node: Node):
+    from graphc.errors import CompileError
+
+    return CompileError(f"a scan (at {node.source.where()}) cannot be compiled natively yet: the loop's lowering "
+                        "(its loop_rule) is not wired into the scheduler; evaluate it with gc.evaluate")
 
 
 class ScanOutput(Op):
@@ -257,6 +272,9 @@ class ScanOutput(Op):
 
     def loop_rule(self, node):
         return SCAN.loop_rule(node.inputs[0])
+
+    def lower(self, node, lx):
+        raise _not_native(node.inputs[0])
 
 
 SCAN = register(Scan())
@@ -489,7 +507,7 @@ def _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoi
 # ------------------------------------------------------------------------------------------------ gradient
 
 
-def scan_vjp(node: Node, gs: list[Node | None], vjp) -> list[Node | None]:
+def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | None = None) -> list[Node | None]:
     """The cotangents of a scan's inputs given those of its outputs (None: zero): one reverse scan."""
     from graphc.ops.pointwise import add, full_like
 
@@ -501,8 +519,11 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp) -> list[Node | None]:
     T = node.attrs["length"]
     reach = {id(n) for n in body.order()}
     fc = [k for k in range(nc) if body.args[k].dtype in FLOAT_DTYPES]
-    fx = [j for j in range(nx) if body.args[nc + j].dtype in FLOAT_DTYPES and id(body.args[nc + j]) in reach]
-    fw = [j for j, w in enumerate(caps) if w.dtype in FLOAT_DTYPES and id(body.args[nc + nx + j]) in reach]
+    needed = [True] * len(node.inputs) if needed is None else list(needed)
+    fx = [j for j in range(nx) if body.args[nc + j].dtype in FLOAT_DTYPES and id(body.args[nc + j]) in reach
+          and needed[nc + j]]
+    fw = [j for j, w in enumerate(caps) if w.dtype in FLOAT_DTYPES and id(body.args[nc + nx + j]) in reach
+          and needed[nc + nx + j]]
     gy = [k for k in range(ny) if gs[nc + k] is not None]
     gh = [k for k in range(nc) if gs[nc + ny + k] is not None and k in fc]
     if ck is not None and gh:
@@ -565,7 +586,6 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
     from graphc.ops.sources import dim_value
 
     nc, nx = body.n_carry, body.n_x
-    ny = len(body.outputs) - nc
     k = node.attrs["checkpoint"]
     T = node.attrs["length"]
     rev_fwd = node.attrs["reverse"]
@@ -617,7 +637,7 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
             dc, dx, dw, _ = grads_of_step(c_i, x_t, g_c, gy_t)
             vf = {}
 
-            def mask(v, old=None, vf=vf):
+            def mask(v, old=None, vf=vf, valid=valid):
                 key = v.dtype
                 if key not in vf:
                     vf[key] = cast(valid, v.dtype)
