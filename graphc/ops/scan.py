@@ -57,6 +57,7 @@ class ScanArg(Op):
 
     name = "scan_arg"
     kind = "source"
+    leaf = True  # inside its body: bound by the loop, never computed
     differentiable = False
     hidden_attrs = ("shape", "dtype")
 
@@ -236,15 +237,11 @@ class Scan(Op):
         return LoopRule(body, body.n_carry, body.n_x, node.attrs["length"], node.attrs["reverse"],
                         node.attrs["checkpoint"])
 
-    def lower(self, node, lx):
-        raise _not_native(node)
+    def needs_memory(self, node):
+        """The xs (sliced per step) and the captures (read by the body's kernels) are arrays in memory; the
+        initial carries are copied into the carry's storage, so they may be computed inline."""
+        return tuple(range(node.attrs["body"].n_carry, len(node.inputs)))
 
-
-def _not_native(node: Node):
-    from graphc.errors import CompileError
-
-    return CompileError(f"a scan (at {node.source.where()}) cannot be compiled natively yet: the loop's lowering "
-                        "(its loop_rule) is not wired into the scheduler; evaluate it with gc.evaluate")
 
 
 class ScanOutput(Op):
@@ -272,9 +269,6 @@ class ScanOutput(Op):
 
     def loop_rule(self, node):
         return SCAN.loop_rule(node.inputs[0])
-
-    def lower(self, node, lx):
-        raise _not_native(node.inputs[0])
 
 
 SCAN = register(Scan())

@@ -203,9 +203,3 @@ def test_bad_inputs_are_located_errors():
         gc.scan(lambda h, x: (x @ W, None), h0, xs)
     with pytest.raises(gc.GraphcError, match="checkpoint must be a positive int"):
         gc.scan(lambda h, x: (h, None), h0, xs, checkpoint=0)
-
-
-def test_compiling_a_scan_is_a_clear_error_for_now():
-    hT, _, _ = _rnn()
-    with pytest.raises(gc.CompileError, match="scan .* cannot be compiled natively"):
-        gc.compile(hT)
