@@ -41,6 +41,7 @@ from graphc.codegen.kernels import (
     ScanKernel,
     ScatterKernel,
     Store,
+    all_kernels,
     loop_axes,
     rebuild,
     walk,
@@ -386,8 +387,8 @@ class Scheduler:
         input's own buffer (a parameter update), after every kernel that reads the old value."""
         g = self.graph
         for leaf in g.inputs:
-            self.buf_of[id(leaf)] = self.new_buffer(leaf.name or self.label(leaf), leaf.shape, leaf.dtype, leaf.op.name,
-                                                    leaf)
+            label = leaf.name or f"{leaf.op.name}{len(self.buffers)}"  # a loop body's placeholders have no name
+            self.buf_of[id(leaf)] = self.new_buffer(label, leaf.shape, leaf.dtype, leaf.op.name, leaf)
         self.mat = self.decide()
         updates = dict(updates or {})
         outputs: list[Buffer] = []
@@ -602,8 +603,6 @@ class Scheduler:
         sub.checks = list(self.checks)
         prog = sub.build()
         self.checks = sub.checks
-        for kern in prog.kernels:  # kernel names are function names: unique in the module
-            kern.name = f"{name}_{kern.name}"
         binds: dict[int, Bind] = {}
         every = rule.checkpoint or 1
         for b in prog.buffers:
@@ -656,6 +655,8 @@ class Scheduler:
         for k in range(nc):  # the next step's carry
             post.append(self._copy(f"{name}_carry{k}", new_carry[k], arg_buf[k], arg_buf[k].shape))
         prog = replace(prog, buffers=prog.buffers + extra, kernels=pre + prog.kernels + post)
+        for kern in all_kernels(prog.kernels):  # kernel names are function names: unique in the module
+            kern.name = f"{name}_{kern.name}"
         bind_list = [binds[i] for i in range(len(prog.buffers))]
         writes = [b.parent for i, b in enumerate(bind_list) if prog.buffers[i].kind not in ("const", "scan_arg")]
         writes += [carry[k] for k in range(nc)]
