@@ -1368,7 +1368,7 @@ class ModuleEmitter:
 
     def emit_kernel(self, k):
         """A kernel's function; for a loop (ScanKernel), (the kernel, its body's entries, their barriers): a loop
-        is emitted inline where the program runs it (see _emit_scan)."""
+        is emitted inline where the program runs it (see _emit_loop_inline)."""
         if isinstance(k, LoopKernel):
             return self.emit_loop(k)
         if isinstance(k, ReduceKernel):
@@ -1389,11 +1389,11 @@ class ModuleEmitter:
     def run_kernel(self, b: ir.IRBuilder, f, args: list) -> None:
         """Call a kernel function with (bufs, dims, ws, tid, nth), or run a loop inline (args + the barrier)."""
         if isinstance(f, tuple):
-            self._emit_scan(b, f, args)
+            self._emit_loop_inline(b, f, args)
         else:
             b.call(f, args[:5])
 
-    def _emit_scan(self, b: ir.IRBuilder, entry, args: list) -> None:
+    def _emit_loop_inline(self, b: ir.IRBuilder, entry, args: list) -> None:
         """for j in [0, length): bind the body's buffers for this step (a pointer table on this thread's stack),
         then run the body's kernels, meeting where they need it. No Python and no unrolling per step."""
         k, fns, flags = entry
