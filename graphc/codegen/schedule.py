@@ -588,7 +588,8 @@ class Scheduler:
 
         inits, xs, caps = n.inputs[:nc], n.inputs[nc:nc + nx], n.inputs[nc + nx:]
         carry = [out_buf(k, f"carry{k}") for k in range(nc)]
-        ys = [out_buf(nc + k, f"y{k}") for k in range(ny)]
+        # a y nobody reads is written to one step's worth of scratch, not stacked
+        ys = [out_buf(nc + k, f"y{k}") if nc + k in projs else None for k in range(ny)]
         hist = {k: out_buf(nc + ny + k, f"hist{k}") for k in range(nc) if nc + ny + k in projs}
         for k, (x, c) in enumerate(zip(inits, carry, strict=True)):  # the initial carry (inlined: zeros cost nothing)
             self.ndomain = x.ndim
@@ -634,6 +635,8 @@ class Scheduler:
         for pos, b in enumerate(prog.outputs):
             if pos < nc:
                 target = Bind(self.new_buffer(f"{name}_next{pos}", b.shape, b.dtype, "temp", None))
+            elif ys[pos - nc] is None:
+                target = Bind(self.new_buffer(f"{name}_y{pos - nc}", b.shape, b.dtype, "temp", None))
             else:
                 y = ys[pos - nc]
                 target = Bind(y, _norm(_size(y.shape[1:])), "index")
