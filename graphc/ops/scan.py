@@ -503,14 +503,12 @@ def _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoi
 
 def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | None = None) -> list[Node | None]:
     """The cotangents of a scan's inputs given those of its outputs (None: zero): one reverse scan."""
-    from graphc.ops.pointwise import add, full_like
 
     body: Body = node.attrs["body"]
     nc, nx = body.n_carry, body.n_x
     ny = len(body.outputs) - nc
-    init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
+    caps = node.inputs[nc + nx:]
     ck = node.attrs["checkpoint"]
-    T = node.attrs["length"]
     reach = {id(n) for n in body.order()}
     fc = [k for k in range(nc) if body.args[k].dtype in FLOAT_DTYPES]
     needed = [True] * len(node.inputs) if needed is None else list(needed)
@@ -536,26 +534,7 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
         return g[:nfc], g[nfc:nfc + len(fx)], g[nfc + len(fx):], outs
 
     if ck is None:
-        def rev(rc, rx):
-            ct_c, acc = rc[:nfc], rc[nfc:]
-            c_t, x_t = rx[:nc], rx[nc:nc + nx]
-            gy_t, gh_t = rx[nc + nx:nc + nx + len(gy)], rx[nc + nx + len(gy):]
-            g_c, g_x, g_w, _ = grads_of_step(c_t, x_t, ct_c, gy_t)
-            g_c = list(g_c)
-            for i, k in enumerate(gh):
-                g_c[fc.index(k)] = add(g_c[fc.index(k)], gh_t[i])
-            return g_c + [add(a, w) for a, w in zip(acc, g_w, strict=True)], list(g_x)
-
-        r_init = [gs[k] if gs[k] is not None else full_like(init[k], 0.0) for k in fc]
-        r_init += [full_like(caps[j], 0.0) for j in fw]
-        r_xs = hist + list(xs) + [gs[nc + k] for k in gy] + [gs[nc + ny + k] for k in gh]
-        r_ctypes = [(r.shape, r.dtype) for r in r_init]
-        r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
-        src = node.source
-        rnode, _ = _build(rev, r_init, r_xs, r_ctypes, r_xtypes, T, not node.attrs["reverse"], None, src)
-        ct_init = [output(rnode, i) for i in range(nfc)]
-        acc = [output(rnode, nfc + i) for i in range(len(fw))]
-        ct_xs = [output(rnode, len(r_init) + i) for i in range(len(fx))]
+        ct_init, acc, ct_xs = _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp)
     else:
         ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step)
     out: list[Node | None] = [None] * len(node.inputs)
@@ -566,6 +545,90 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
     for i, j in enumerate(fw):
         out[nc + nx + j] = acc[i]
     return out
+
+
+def _hoistable(body: Body, j: int) -> list[Node] | None:
+    """The products x·W that are the only uses of capture j (a weight W) in the body, with x a per-step 2-D value:
+    then dW = Σ_t x_tᵀ·g_t is ONE product after the loop over the stacked x_t and g_t (the matmuls' cotangents),
+    not a product and an add per step. None when W is used any other way."""
+    from graphc.ops.linalg import MATMUL
+
+    arg = body.args[body.n_carry + body.n_x + j]
+    if arg.ndim != 2 or any(o is arg for o in body.outputs):
+        return None
+    step_args = {id(a) for a in body.args[:body.n_carry + body.n_x]}
+    per_step: set[int] = set()
+    uses = []
+    for n in body.order():
+        if id(n) in step_args or any(id(i) in per_step for i in n.inputs):
+            per_step.add(id(n))
+        if any(i is arg for i in n.inputs):
+            ok = (n.op is MATMUL and n.inputs[1] is arg and n.inputs[0] is not arg and not n.attrs["ta"]
+                  and not n.attrs["tb"] and n.inputs[0].ndim == 2 and id(n.inputs[0]) in per_step)
+            if not ok:
+                return None
+            uses.append(n)
+    return uses or None
+
+
+def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
+    """The default gradient: one reverse scan over the stored carries. Its body is the sweep over the forward
+    body at (c_t, x_t) (one call of `vjp`); the weights' gradients accumulate in its carry, except those of
+    weights used only as x·W: those are one product after the loop (see _hoistable)."""
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import reshape
+    from graphc.ops.pointwise import add, full_like
+
+    nc, nx = body.n_carry, body.n_x
+    init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
+    T = node.attrs["length"]
+    nfc = len(fc)
+    hoist = {j: _hoistable(body, j) for j in fw}
+    fw_acc = [j for j in fw if hoist[j] is None]
+    products = [(j, m) for j in fw if hoist[j] is not None for m in hoist[j]]
+    arg_pos = {id(a): k for k, a in enumerate(body.args)}
+    p_in_ys = [m for _, m in products if id(m.inputs[0]) not in arg_pos]
+
+    def rev(rc, rx):
+        ct_c, acc = rc[:nfc], rc[nfc:]
+        c_t, x_t = rx[:nc], rx[nc:nc + nx]
+        gy_t, gh_t = rx[nc + nx:nc + nx + len(gy)], rx[nc + nx + len(gy):]
+        mapping = {id(a): v for a, v in zip(body.args, [*c_t, *x_t, *caps], strict=True)}
+        sub = substitute([*body.outputs, *(m for _, m in products), *(m.inputs[0] for m in p_in_ys)], mapping)
+        no = len(body.outputs)
+        outs, ms, ps = sub[:no], sub[no:no + len(products)], sub[no + len(products):]
+        seeds = [(outs[k], ct) for k, ct in zip(fc, ct_c, strict=True)]
+        seeds += [(outs[nc + k], g) for k, g in zip(gy, gy_t, strict=True)]
+        wrt = [c_t[k] for k in fc] + [x_t[j] for j in fx] + [caps[j] for j in fw_acc] + ms
+        g = vjp(seeds, wrt)  # the one sweep over the body
+        a, b = nfc, nfc + len(fx)
+        g_c, g_x, g_w, g_m = list(g[:a]), list(g[a:b]), g[b:b + len(fw_acc)], g[b + len(fw_acc):]
+        for i, k in enumerate(gh):
+            g_c[fc.index(k)] = add(g_c[fc.index(k)], gh_t[i])
+        carry = g_c + [add(s, w) for s, w in zip(acc, g_w, strict=True)]
+        return carry, g_x + list(ps) + list(g_m)
+
+    r_init = [gs[k] if gs[k] is not None else full_like(init[k], 0.0) for k in fc]
+    r_init += [full_like(caps[j], 0.0) for j in fw_acc]
+    ny = len(body.outputs) - nc
+    r_xs = hist + list(xs) + [gs[nc + k] for k in gy] + [gs[nc + ny + k] for k in gh]
+    r_ctypes = [(r.shape, r.dtype) for r in r_init]
+    r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
+    rnode, _ = _build(rev, r_init, r_xs, r_ctypes, r_xtypes, T, not node.attrs["reverse"], None, node.source)
+    ct_init = [output(rnode, i) for i in range(nfc)]
+    acc_out = {j: output(rnode, nfc + i) for i, j in enumerate(fw_acc)}
+    ny0 = len(r_init)
+    ct_xs = [output(rnode, ny0 + i) for i in range(len(fx))]
+    p_stack = {id(m): output(rnode, ny0 + len(fx) + i) for i, m in enumerate(p_in_ys)}
+    g_stack = [output(rnode, ny0 + len(fx) + len(p_in_ys) + i) for i in range(len(products))]
+    for (j, m), gm in zip(products, g_stack, strict=True):
+        a = m.inputs[0]
+        k = arg_pos.get(id(a))
+        p = p_stack[id(m)] if k is None else (hist[k] if k < nc else xs[k - nc])
+        rows = T * a.shape[0]
+        dw = matmul(reshape(p, (rows, a.shape[1])), reshape(gm, (rows, m.shape[1])), ta=True)
+        acc_out[j] = dw if j not in acc_out else add(acc_out[j], dw)
+    return ct_init, [acc_out[j] for j in fw], ct_xs
 
 
 def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):

@@ -127,9 +127,30 @@ def test_the_gradient_is_one_reverse_scan_over_the_body_gradient():
     rev = scans[1]
     assert rev.attrs["reverse"] and rev.attrs["length"] == gc.dim("T")
     body = rev.attrs["body"]
-    # the carries: dL/dh, the accumulated dL/dW, dL/dU; nothing for xs or h0 (not asked)
-    assert [a.shape for a in body.args[:body.n_carry]] == [(gc.dim("N"), 4), (3, 4), (4, 4)]
+    # the carry: dL/dh only; W and U are used only as x·W, so dW = Σ_t x_tᵀ g_t is one product after the
+    # loop over the stacked operands (the xs and the stored carries themselves), not a product per step
+    assert [a.shape for a in body.args[:body.n_carry]] == [(gc.dim("N"), 4)]
     assert sum(1 for n in body.order() if n.op.name == "tanh") == 1  # CSE: the recomputed step once
+    for g in (gW, gU):
+        assert g.op.name == "matmul" and g.attrs["ta"]
+        assert g.inputs[0].shape[0] == gc.dim("T") * gc.dim("N")
+    assert gW.inputs[0].inputs[0] is xs
+
+
+def test_a_weight_used_otherwise_accumulates_in_the_reverse_carry():
+    xs = gc.input("xs", (4, 2, 3))
+    w = gc.param("w", (3,))
+
+    def step(h, x):
+        return gc.tanh(h * w + x), None
+
+    hT, _ = gc.scan(step, gc.input("h0", (2, 3)), xs)
+    gw = gc.grad(gc.sum(hT), w)
+    rev = gw.inputs[0]
+    assert rev.op is SCAN and rev.attrs["body"].n_carry == 2
+    v = {"xs": np.random.default_rng(0).normal(size=(4, 2, 3)), "w": np.array([0.5, -0.3, 0.9]),
+         "h0": np.ones((2, 3))}
+    check_grad(gc.sum(hT), [w, xs], v, rtol=1e-7, atol=1e-9)
 
 
 def test_checkpoint_stores_every_kth_carry():
