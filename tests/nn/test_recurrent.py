@@ -111,3 +111,11 @@ def test_bad_layer_inputs():
         gc.nn.lstm(gc.input("x2", ("N", F)), H)
     with pytest.raises(gc.GraphcError, match="hidden must be a positive int"):
         gc.nn.gru(gc.input("xs", ("T", "N", F)), 0)
+
+
+def test_the_digits_rows_example_trains_natively():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"
+    res = gc.fit(str(path), "digits", progress=False, epochs=8, seed=0)
+    assert res.metrics["test_accuracy"] > 0.9, res.metrics
