@@ -119,3 +119,30 @@ def test_the_digits_rows_example_trains_natively():
     path = Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"
     res = gc.fit(str(path), "digits", progress=False, epochs=8, seed=0)
     assert res.metrics["test_accuracy"] > 0.9, res.metrics
+
+
+def test_a_recurrent_model_exports_and_predicts_as_in_process(tmp_path):
+    import ctypes
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from graphc.fitting import load_model_file
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"
+    gc.fit(str(path), "digits", progress=False, epochs=2, seed=0, out=tmp_path / "run")
+    lib = tmp_path / "librows.so"
+    p = subprocess.run([sys.executable, "-m", "graphc.cli", "export", "--model", str(path), "--weights",
+                        str(tmp_path / "run"), "-o", str(lib)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    X = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    out = np.zeros((5, 10), np.float32)
+    so = ctypes.CDLL(str(lib))
+    so.rows_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    assert so.rows_predict(X.ctypes.data, 5, out.ctypes.data) == 0
+    model, _ = load_model_file(str(path))
+    x = gc.input("x", ("N", 64))
+    y = model(x, 10)
+    weights = dict(np.load(tmp_path / "run" / "weights.npz"))
+    want = gc.compile(y, threads=1)({**weights, "x": X})
+    np.testing.assert_array_equal(out, want)
