@@ -583,7 +583,8 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
     T = node.attrs["length"]
     nfc = len(fc)
-    hoist = {j: _hoistable(body, j) for j in fw}
+    empty = isinstance(T, int) and T == 0  # no steps: nothing to stack (an accumulator stays zero)
+    hoist = {j: None if empty else _hoistable(body, j) for j in fw}
     fw_acc = [j for j in fw if hoist[j] is None]
     products = [(j, m) for j in fw if hoist[j] is not None for m in hoist[j]]
     arg_pos = {id(a): k for k, a in enumerate(body.args)}
