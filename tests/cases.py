@@ -272,7 +272,25 @@ def make_cases(dtype: str = "float64") -> dict:
         return out, {"a0": _vals(draw, [shape])[0]}, [x]
 
 
+    @st.composite
+    def scan_case(draw):
+        T, N, F, H = (draw(st.integers(lo, 3)) for lo in (0, 1, 1, 1))
+        xs, h0, W, U = _leaves([(T, N, F), (N, H), (F, H), (H, H)])
+        vals = _vals(draw, [(T, N, F), (N, H), (F, H), (H, H)])
+        vals[3] = vals[3] * 0.5
+
+        def step(h, x):
+            h = gc.tanh(x @ W + h @ U)
+            return h, h * x[:, :1]
+
+        reverse, ck = draw(st.booleans()), draw(st.sampled_from([None, 2]))
+        hT, ys = gc.scan(step, h0, xs, reverse=reverse, checkpoint=ck)
+        return ys + hT, dict(zip(["a0", "a1", "a2", "a3"], vals, strict=True)), [xs, h0, W, U]
+
+
     return {
+        "scan": scan_case(),
+        "scan_output": scan_case(),
         "input": source_case("input"),
         "param": source_case("param"),
         "constant": source_case("constant"),

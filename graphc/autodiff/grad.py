@@ -66,28 +66,60 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
                 raise ShapeError(f"grad: seed has shape {fmt_shape(seed_node.shape)} but y ({describe(y)}) has "
                                  f"{fmt_shape(y.shape)} (at {here})")
 
-    order = topo_order(y)
+    total = _sweep([(y, seed_node)], targets)
+    out = [total[id(w)] if id(w) in total else zeros_like(w) for w in targets]
+    if isinstance(wrt, dict):
+        return dict(zip(wrt.keys(), out, strict=True))  # type: ignore[return-value]
+    return out[0] if single else out
+
+
+def vjp(seeds: Sequence[tuple[Node, Node]], wrt: Sequence[Node]) -> list[Tensor]:
+    """One reverse sweep with several seeded outputs: sum_k seed_kᵀ·∂out_k/∂w for each w in `wrt` (zeros where
+    nothing flows). A scan's gradient builds its reverse body with one call of this over the body."""
+    total = _sweep(list(seeds), list(wrt))
+    return [total[id(w)] if id(w) in total else zeros_like(w) for w in wrt]
+
+
+def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Node]:
+    """The reverse sweep: the summed adjoint of every node on a path from a target to a seeded output.
+
+    A multi-output node (a scan: `op.multi_output`) is read through projections (`op.projection`, with an
+    `index` attribute): a projection's adjoint goes to its tuple node tagged with the index, and the tuple
+    node's `vjp_multi(node, [adjoint or None per output])` gives its inputs' cotangents."""
+    order = topo_order([o for o, _ in seeds])
     wanted = {id(w) for w in targets}
     # only nodes on a path from some wrt to y carry adjoints worth computing
     live: set[int] = set()
     for n in order:
         if id(n) in wanted or any(id(i) in live for i in n.inputs):
             live.add(id(n))
-    contributions: dict[int, list[Node]] = {id(y): [seed_node]}
+    contributions: dict[int, list] = {}
+    for o, s in seeds:
+        contributions.setdefault(id(o), []).append(s)
     total: dict[int, Node] = {}
     for n in reversed(order):
         parts = contributions.pop(id(n), None)
         if parts is None or id(n) not in live:
             continue
-        g = parts[0]
-        with derived_from(n.source, f"grad of {n.op.name}"):
-            for p in parts[1:]:
-                g = add(g, p)
-        total[id(n)] = g
-        if not n.inputs or not n.op.differentiable or not any(id(i) in live for i in n.inputs):
-            continue
-        with derived_from(n.source, f"grad of {n.op.name}"):
-            cts = n.op.vjp(n, g)
+        if getattr(n.op, "multi_output", False):
+            gs: list = [None] * len(n.op.output_types(n))
+            with derived_from(n.source, f"grad of {n.op.name}"):
+                for k, p in parts:
+                    gs[k] = p if gs[k] is None else add(gs[k], p)
+                cts = n.op.vjp_multi(n, gs, vjp, [id(i) in live for i in n.inputs])
+        else:
+            g = parts[0]
+            with derived_from(n.source, f"grad of {n.op.name}"):
+                for p in parts[1:]:
+                    g = add(g, p)
+            total[id(n)] = g
+            if not n.inputs or not n.op.differentiable or not any(id(i) in live for i in n.inputs):
+                continue
+            if getattr(n.op, "projection", False):
+                contributions.setdefault(id(n.inputs[0]), []).append((n.attrs["index"], g))
+                continue
+            with derived_from(n.source, f"grad of {n.op.name}"):
+                cts = n.op.vjp(n, g)
         assert len(cts) == len(n.inputs), f"{n.op.name}.vjp returned {len(cts)} cotangents"
         for x, ct in zip(n.inputs, cts, strict=True):
             if ct is None or id(x) not in live:
@@ -95,7 +127,4 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
             assert ct.shape == x.shape and ct.dtype == x.dtype, (
                 f"{n.op.name}.vjp gave {ct.type_str} for an input of {x.type_str}")
             contributions.setdefault(id(x), []).append(ct)
-    out = [total[id(w)] if id(w) in total else zeros_like(w) for w in targets]
-    if isinstance(wrt, dict):
-        return dict(zip(wrt.keys(), out, strict=True))  # type: ignore[return-value]
-    return out[0] if single else out
+    return total

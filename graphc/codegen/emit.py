@@ -33,6 +33,7 @@ from graphc.codegen.kernels import (
     Load,
     LoopKernel,
     ReduceKernel,
+    ScanKernel,
     ScatterKernel,
     Store,
     loop_axes,
@@ -1354,18 +1355,7 @@ class ModuleEmitter:
         """The module's IR text: kernels, `graphc_program`, `graphc_run`, and what each of `extras` (functions
         taking this emitter, e.g. the training-epoch driver) adds."""
         self._epi_emitters: dict = {}
-        fns = []
-        for k in self.program.kernels:
-            if isinstance(k, LoopKernel):
-                fns.append(self.emit_loop(k))
-            elif isinstance(k, ReduceKernel):
-                fns.append(self.emit_reduce(k))
-            elif isinstance(k, GemmKernel):
-                fns.append(self.emit_gemm(k))
-            elif isinstance(k, ScatterKernel):
-                fns.append(self.emit_scatter(k))
-            else:
-                raise CompileError(f"internal: unknown kernel {k}")
+        fns = [self.emit_kernel(k) for k in self.program.kernels]
         self._emit_program(fns, barriers)
         self.emit_launcher("graphc_run", "graphc_program")
         for extra in extras:
@@ -1375,6 +1365,106 @@ class ModuleEmitter:
 
             emit_shutdown(self)
         return str(self.module)
+
+    def emit_kernel(self, k):
+        """A kernel's function; for a loop (ScanKernel), (the kernel, its body's entries, their barriers): a loop
+        is emitted inline where the program runs it (see _emit_loop_inline)."""
+        if isinstance(k, LoopKernel):
+            return self.emit_loop(k)
+        if isinstance(k, ReduceKernel):
+            return self.emit_reduce(k)
+        if isinstance(k, GemmKernel):
+            return self.emit_gemm(k)
+        if isinstance(k, ScatterKernel):
+            return self.emit_scatter(k)
+        if isinstance(k, ScanKernel):
+            from graphc.codegen.memory import barriers
+
+            flags = barriers(k.body)
+            if flags:
+                flags[0] = True  # the step before wrote the carry the first kernel may read
+            return (k, [self.emit_kernel(x) for x in k.body.kernels], flags)
+        raise CompileError(f"internal: unknown kernel {k}")
+
+    def run_kernel(self, b: ir.IRBuilder, f, args: list) -> None:
+        """Call a kernel function with (bufs, dims, ws, tid, nth), or run a loop inline (args + the barrier)."""
+        if isinstance(f, tuple):
+            self._emit_loop_inline(b, f, args)
+        else:
+            b.call(f, args[:5])
+
+    def _emit_loop_inline(self, b: ir.IRBuilder, entry, args: list) -> None:
+        """for j in [0, length): bind the body's buffers for this step (a pointer table on this thread's stack),
+        then run the body's kernels, meeting where they need it. No Python and no unrolling per step."""
+        k, fns, flags = entry
+        bufs, dims, ws, tid, nth, bar = args
+        fn = b.function
+        with b.goto_block(fn.entry_basic_block):
+            b.position_at_start(fn.entry_basic_block)
+            table = alloca(b, PTR, c64(max(len(k.binds), 1)), name=f"{k.name}_bufs")
+        length = self._dim_at(b, dims, k.length)
+        static_ptrs = {}
+        for i, bind in enumerate(k.binds):  # pointers that do not move with the step: set once
+            p = b.load(b.gep(bufs, [c64(bind.parent.index)], source_etype=PTR), typ=PTR)
+            static_ptrs[i] = p
+            if bind.by == "none":
+                b.store(p, b.gep(table, [c64(i)], source_etype=PTR))
+        self.sync(b, bar, nth)
+        with Loop(b, c64(0), length, 1, k.name) as j:
+            t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
+            every = None
+            for i, bind in enumerate(k.binds):
+                if bind.by == "none":
+                    continue
+                if bind.by == "every":
+                    every = every if every is not None else b.sdiv(j, c64(k.every))
+                    step = every
+                else:
+                    step = t
+                off = b.mul(b.mul(step, self._dim_at(b, dims, bind.step)), c64(ITEMSIZE[bind.parent.dtype]))
+                b.store(b.gep(static_ptrs[i], [off], source_etype=I8),
+                        b.gep(table, [c64(i)], source_etype=PTR))
+            inner = [table, dims, ws, tid, nth, bar]
+            for idx, (f, need) in enumerate(zip(fns, flags, strict=True)):
+                if need:
+                    self.sync(b, bar, nth)
+                if idx < k.every_kernels and k.every > 1:
+                    on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
+                    with b.if_then(on):
+                        self.run_kernel(b, f, inner)
+                else:
+                    self.run_kernel(b, f, inner)
+            self.sync(b, bar, nth)
+
+    def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
+        """A dim expression's run-time value (i64) from the program's dims array (ceilings included)."""
+        if isinstance(d, int):
+            return c64(d)
+        e = sympy.sympify(d)
+        if e.is_Integer:
+            return c64(int(e))
+        if e.is_Symbol:
+            k = self.program.symbols.index(e)
+            return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64)
+        if isinstance(e, (sympy.ceiling, sympy.floor)):
+            num, den = e.args[0].as_numer_denom()
+            n, dd = self._dim_at(b, dims, num), self._dim_at(b, dims, den)
+            if isinstance(e, sympy.ceiling):
+                n = b.add(n, b.sub(dd, c64(1)))
+            return b.sdiv(n, dd)
+        if e.is_Add or e.is_Mul:
+            vals = [self._dim_at(b, dims, a) for a in e.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
+            return acc
+        if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
+            base = self._dim_at(b, dims, e.args[0])
+            acc = base
+            for _ in range(int(e.args[1]) - 1):
+                acc = b.mul(acc, base)
+            return acc
+        raise CompileError(f"cannot compute the dim expression {e} at run time")
 
     def sync(self, b: ir.IRBuilder, bar: ir.Value, nth: ir.Value) -> None:
         """All threads meet here (nothing to do on one thread)."""
@@ -1478,7 +1568,7 @@ class ModuleEmitter:
                 self.sync(b, bar, nth)
             if self.profile:
                 t0 = tally(2 * k + 1, t0)
-            b.call(f, [bufs, dims, ws, tid, nth])
+            self.run_kernel(b, f, [bufs, dims, ws, tid, nth, bar])
             if self.profile:
                 tally(2 * k, t0)
         b.ret_void()

@@ -440,3 +440,53 @@ def rebuild(e: Expr, fn) -> Expr:
             y = x
         memo[id(x)] = fn(y)
     return memo[id(e)]
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Where a loop body's buffer lives at step j of the loop: the parent's buffer `parent` advanced by `step`
+    elements per step. `by` says which step count: "index" (the time index t: j, or T-1-j when the loop runs in
+    reverse), "every" (j // every: a checkpoint slot), or "none" (the same storage on every step)."""
+
+    parent: Buffer
+    step: Dim = 0
+    by: str = "none"
+
+
+@dataclass(eq=False)
+class ScanKernel(Kernel):
+    """A loop in the program (a scan): for j in range(length), the kernels of `body` (a Program over buffers of
+    its own, each bound to a parent buffer by `binds`) run in order, in the same generated function, with all
+    threads meeting where a body kernel needs another's results (`body_barriers`) and at the top of every step.
+    `every_kernels` (the first ones of body.kernels) run only on steps j % every == 0 (storing a checkpoint).
+    Nothing is unrolled: the body is emitted once, whatever the length."""
+
+    length: Dim = 1
+    reverse: bool = False
+    body: Any = None  # graphc.codegen.schedule.Program
+    binds: list[Bind] = field(default_factory=list)  # one per body buffer
+    every: int = 1
+    every_kernels: int = 0
+    out: list[Buffer] = field(default_factory=list)  # parent buffers the loop writes
+    domain: Shape = ()  # (length, elements of work per step): the thread heuristic's estimate
+
+    @property
+    def writes(self) -> list[Buffer]:
+        return list(self.out)
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: loop j in [0, {fmt_dim(self.length)})" + (" reversed" if self.reverse else "")]
+        for i, b in enumerate(self.binds):
+            step = "" if b.by == "none" else f" + {fmt_dim(b.step)}·{'t' if b.by == 'index' else f'(j//{self.every})'}"
+            lines.append(f"  body b{i} = {b.parent!r}{step}")
+        for k in self.body.kernels:
+            lines += ["  " + ln for ln in str(k).splitlines()]
+        return "\n".join(lines)
+
+
+def all_kernels(kernels):
+    """The kernels and, inside loops, their bodies' kernels (depth first)."""
+    for k in kernels:
+        yield k
+        if isinstance(k, ScanKernel):
+            yield from all_kernels(k.body.kernels)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from graphc.codegen import gemm as gemm_mod
 from graphc.codegen.emit import ITEMSIZE
-from graphc.codegen.kernels import GemmKernel
+from graphc.codegen.kernels import GemmKernel, ScanKernel, all_kernels
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target
 from graphc.ir.shapes import eval_dim
@@ -73,7 +73,7 @@ def barriers(program: Program) -> list[bool]:
     for i, k in enumerate(program.kernels):
         r = {b.index for b in k.reads}
         w = {b.index for b in k.writes}
-        if isinstance(k, GemmKernel):
+        if isinstance(k, (GemmKernel, ScanKernel)):  # a loop's body may hold matrix products
             r.add("ws")
             w.add("ws")
         hazard = i > 0 and bool((r & writes) or (w & (reads | writes)))
@@ -119,7 +119,7 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
         placed.append((off, off + size, span, idx))
     arena = max((e for _, e, *_ in placed), default=0)
     ws = 0
-    for k in program.kernels:
+    for k in all_kernels(program.kernels):  # loops' bodies included
         if isinstance(k, GemmKernel):
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
             cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)

@@ -22,6 +22,7 @@ from graphc.codegen.kernels import (
     LOOP,
     Acc,
     Apply,
+    Bind,
     Buffer,
     Const,
     Convert,
@@ -37,8 +38,10 @@ from graphc.codegen.kernels import (
     LoopKernel,
     ReduceKernel,
     Reduction,
+    ScanKernel,
     ScatterKernel,
     Store,
+    all_kernels,
     loop_axes,
     rebuild,
     walk,
@@ -252,7 +255,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ materialization
     def _own_kernel(self, n: Node) -> bool:
-        return n.op.kind in ("reduce", "contract", "scatter")
+        return n.op.kind in ("reduce", "contract", "scatter", "loop")
 
     def decide(self) -> set[int]:
         mat: set[int] = {id(o) for o in self.graph.outputs if not o.op.leaf}
@@ -384,7 +387,8 @@ class Scheduler:
         input's own buffer (a parameter update), after every kernel that reads the old value."""
         g = self.graph
         for leaf in g.inputs:
-            self.buf_of[id(leaf)] = self.new_buffer(leaf.name, leaf.shape, leaf.dtype, leaf.op.name, leaf)
+            label = leaf.name or f"{leaf.op.name}{len(self.buffers)}"  # a loop body's placeholders have no name
+            self.buf_of[id(leaf)] = self.new_buffer(label, leaf.shape, leaf.dtype, leaf.op.name, leaf)
         self.mat = self.decide()
         updates = dict(updates or {})
         outputs: list[Buffer] = []
@@ -437,6 +441,10 @@ class Scheduler:
             if id(n) not in self.mat and id(n) not in out_ids:
                 continue
             if n.op.leaf and id(n) not in out_ids:
+                continue
+            if n.op.kind == "loop":  # a loop fills the buffers of its projections; they have no kernel of their own
+                if getattr(n.op, "multi_output", False):
+                    self._loop(n, out_ids)
                 continue
             buf = out_ids.get(id(n)) or self.new_buffer(self.label(n), n.shape, n.dtype, "temp", n)
             self._kernel_for(n, buf)
@@ -548,6 +556,136 @@ class Scheduler:
                              value=value, bound=x.shape[axis], site=site)
         kern.reads = list(dict.fromkeys(_loads(index) + _loads(value)))
         self.kernels.append(kern)
+
+
+    # ------------------------------------------------------------------ loops
+    def _copy(self, name: str, src: Buffer, dst: Buffer, shape: Shape) -> LoopKernel:
+        strides = tuple(0 if _is_one(d) else s for d, s in zip(shape, _rowmajor(shape), strict=True))
+        k = LoopKernel(name, domain=tuple(shape), stores=[Store(dst, Load(src, strides, src.dtype))])
+        k.reads = [src]
+        return k
+
+    def _loop(self, n: Node, out_ids: dict[int, Buffer]) -> None:
+        """A loop node (kind "loop", several outputs read through projections): its body is scheduled as a
+        program of its own whose buffers are bound to the parent's, per step (see ScanKernel)."""
+        rule = n.op.loop_rule(n)
+        body, nc, nx = rule.body, rule.n_carry, rule.n_x
+        types = n.op.output_types(n)
+        ny = len(body.outputs) - nc
+        name = f"k{len(self.kernels)}_{n.op.name}"
+        projs: dict[int, Node] = {}
+        for u in self.users[id(n)]:
+            projs.setdefault(u.attrs["index"], u)
+
+        def out_buf(k: int, label: str) -> Buffer:
+            p = projs.get(k)
+            if p is None:
+                shape, dtype = types[k]
+                return self.new_buffer(f"{name}_{label}", shape, dtype, "temp", None)
+            b = out_ids.get(id(p)) or self.new_buffer(self.label(p), p.shape, p.dtype, "temp", p)
+            self.buf_of[id(p)] = b
+            return b
+
+        inits, xs, caps = n.inputs[:nc], n.inputs[nc:nc + nx], n.inputs[nc + nx:]
+        carry = [out_buf(k, f"carry{k}") for k in range(nc)]
+        # a y nobody reads is written to one step's worth of scratch, not stacked
+        ys = [out_buf(nc + k, f"y{k}") if nc + k in projs else None for k in range(ny)]
+        hist = {k: out_buf(nc + ny + k, f"hist{k}") for k in range(nc) if nc + ny + k in projs}
+        for k, (x, c) in enumerate(zip(inits, carry, strict=True)):  # the initial carry (inlined: zeros cost nothing)
+            self.ndomain = x.ndim
+            self.exprs = {}
+            v = self.expr(x, self._identity_map(x.shape))
+            kern = LoopKernel(f"{name}_init{k}", domain=x.shape, stores=[Store(c, v)])
+            kern.reads = _loads(v)
+            kern.nodes = [n]
+            self.kernels.append(kern)
+        # the body as a program of its own; its run-time checks and constants join the parent's
+        sub = Scheduler(Graph(tuple(body.outputs), tuple(body.args)))
+        sub.checks = list(self.checks)
+        prog = sub.build()
+        self.checks = sub.checks
+        binds: dict[int, Bind] = {}
+        every = rule.checkpoint or 1
+        for b in prog.buffers:
+            if b.kind == "const":
+                pb = self.new_buffer(f"{name}_{b.label}", b.shape, b.dtype, "const", b.node)
+                self.consts[pb.index] = prog.consts[b.index]
+                binds[b.index] = Bind(pb)
+            elif b.kind == "temp":
+                binds[b.index] = Bind(self.new_buffer(f"{name}_{b.label}", b.shape, b.dtype, "temp", b.node))
+        for a, b in zip(body.args, prog.inputs, strict=True):
+            k = a.attrs["index"]
+            if k < nc:
+                binds[b.index] = Bind(carry[k])
+            elif k < nc + nx:
+                x = xs[k - nc]
+                binds[b.index] = Bind(self._storage(x), _norm(_size(x.shape[1:])), "index")
+            else:
+                binds[b.index] = Bind(self._storage(caps[k - nc - nx]))
+        pre: list[Kernel] = []
+        post: list[Kernel] = []
+        extra: list[Buffer] = []
+
+        def fresh(label: str, like: Buffer) -> Buffer:
+            b = Buffer(len(prog.buffers) + len(extra), label, like.shape, like.dtype, "temp", None)
+            extra.append(b)
+            return b
+
+        new_carry: list[Buffer] = []
+        for pos, b in enumerate(prog.outputs):
+            if pos < nc:
+                target = Bind(self.new_buffer(f"{name}_next{pos}", b.shape, b.dtype, "temp", None))
+            elif ys[pos - nc] is None:
+                target = Bind(self.new_buffer(f"{name}_y{pos - nc}", b.shape, b.dtype, "temp", None))
+            else:
+                y = ys[pos - nc]
+                target = Bind(y, _norm(_size(y.shape[1:])), "index")
+            if b.index not in binds:
+                binds[b.index] = target
+                dst = b
+            else:  # the same value is two outputs (a carry that is also y_t): a copy for the second
+                dst = fresh(f"out{pos}", b)
+                binds[dst.index] = target
+                post.append(self._copy(f"{name}_dup{pos}", b, dst, b.shape))
+            if pos < nc:
+                new_carry.append(dst)
+        arg_buf = {a.attrs["index"]: b for a, b in zip(body.args, prog.inputs, strict=True)}
+        for k, hb in hist.items():  # the carry each step received (every `every`-th one with a checkpoint)
+            dst = fresh(f"hist{k}", arg_buf[k])
+            shape = hb.shape[1:]
+            binds[dst.index] = Bind(hb, _norm(_size(shape)), "index" if every == 1 else "every")
+            pre.append(self._copy(f"{name}_store{k}", arg_buf[k], dst, shape))
+        for k in range(nc):  # the next step's carry
+            post.append(self._copy(f"{name}_carry{k}", new_carry[k], arg_buf[k], arg_buf[k].shape))
+        prog = replace(prog, buffers=prog.buffers + extra, kernels=pre + prog.kernels + post)
+        for kern in all_kernels(prog.kernels):  # kernel names are function names: unique in the module
+            kern.name = f"{name}_{kern.name}"
+        bind_list = [binds[i] for i in range(len(prog.buffers))]
+        writes = [b.parent for i, b in enumerate(bind_list) if prog.buffers[i].kind not in ("const", "scan_arg")]
+        writes += [carry[k] for k in range(nc)]
+        work = sum((_work(k) for k in prog.kernels), sympy.Integer(0))
+        kern = ScanKernel(name, length=rule.length, reverse=rule.reverse, body=prog, binds=bind_list, every=every,
+                          every_kernels=len(pre), out=list(dict.fromkeys(writes)),
+                          domain=(rule.length, _norm(work)))
+        kern.reads = list(dict.fromkeys(b.parent for b in bind_list))
+        kern.nodes = [n]
+        self.kernels.append(kern)
+
+
+def _size(shape: Shape) -> Dim:
+    out: Dim = 1
+    for d in shape:
+        out = out * d
+    return out
+
+
+def _work(k: Kernel):
+    """Elements of work a kernel does (a matrix product's multiply-adds count 1/8: they run at GEMM speed)."""
+    if isinstance(k, GemmKernel):
+        return sympy.sympify(_size((*k.batch, k.m, k.n, k.k))) / 8
+    if isinstance(k, ScanKernel):
+        return sympy.sympify(k.length) * k.domain[1]
+    return sympy.sympify(_size(getattr(k, "domain", ())))
 
 
 def _loads(e: Expr) -> list[Buffer]:

@@ -58,3 +58,17 @@ class ScatterRule:
     """out = in0 with in2 (updates) added at the positions in1 (indices) names along `axis`; duplicates add up."""
 
     axis: int
+
+
+@dataclass(frozen=True)
+class LoopRule:
+    """A loop (kind "loop", the scan op): run `body` (a graph over placeholders: carries, per-step slices of the
+    xs, loop-invariant captures) `length` times, the carries feeding the next step; `reverse` walks the steps
+    from the last; `checkpoint` (None or k) keeps every k-th carry for the gradient instead of all."""
+
+    body: object
+    n_carry: int
+    n_x: int
+    length: object
+    reverse: bool
+    checkpoint: int | None

@@ -55,7 +55,7 @@ def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict
     body: list[tuple[str, str]] = []
     k = 0
     for n in order:
-        if id(n) in ref and n.op.name in LEAF_OPS:
+        if id(n) in ref and (n.op.name in LEAF_OPS or n.op.name == "scan_arg"):
             continue
         if is_inline_constant(n):
             ref[id(n)] = _fmt_attr(n.attrs["value"].array.item())
@@ -64,17 +64,52 @@ def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict
         k += 1
         ref[id(n)] = name
         args = " ".join(ref[id(i)] for i in n.inputs)
-        text = f"  {name}: {fmt_type(n.shape, n.dtype)} = {n.op.name}{format_attrs(n)}" + (f" {args}" if args else "")
+        text = f"  {name}: {_type_of(n)} = {n.op.name}{format_attrs(n)}" + (f" {args}" if args else "")
         note = ""
         if sources and n.source.line:
             note = n.source.where()
         body.append((text, note))
+        if "body" in n.attrs and hasattr(n.attrs["body"], "args"):  # a loop: its body as a nested block
+            body.extend((f"    {line}", "") for line in _body_text(n.attrs["body"], sources).splitlines())
         width = max(width, len(text))
     width = min(width, 72)
     for text, note in body:
-        lines.append(f"{text.ljust(width)}  # {note}" if note else text)
+        lines.append(f"{text.ljust(width)}  # {note}" if note else text.rstrip())
     lines.append("  return " + ", ".join(ref[id(o)] for o in outs))
     lines.append("}")
+    return "\n".join(lines)
+
+
+def _type_of(n: Node) -> str:
+    types = getattr(n.op, "output_types", None)
+    if getattr(n.op, "multi_output", False) and types is not None:  # a tuple node (a scan)
+        return "(" + ", ".join(fmt_type(s, d) for s, d in types(n)) + ")"
+    return fmt_type(n.shape, n.dtype)
+
+
+def body_arg_names(body) -> dict[int, str]:
+    """How a loop body's placeholders print: c0.. (carries), x0.. (per-step slices), w0.. (captures)."""
+    names = {}
+    for k, a in enumerate(body.args):
+        if k < body.n_carry:
+            names[id(a)] = f"c{k}"
+        elif k < body.n_carry + body.n_x:
+            names[id(a)] = f"x{k - body.n_carry}"
+        else:
+            names[id(a)] = f"w{k - body.n_carry - body.n_x}"
+    return names
+
+
+def _body_text(body, sources: bool) -> str:
+    names = body_arg_names(body)
+    text = to_text(list(body.outputs), sources=sources, names=names)
+    sig = ", ".join(f"{names[id(a)]}: {a.type_str}" for a in body.args)
+    nc = body.n_carry
+    outs = [names.get(id(o)) for o in body.outputs]
+    lines = text.splitlines()
+    lines[0] = f"body ({sig}) {{"
+    ret = lines[-2].strip()[len("return "):].split(", ") if lines[-2].strip().startswith("return") else outs
+    lines[-2] = "  return carry (" + ", ".join(ret[:nc]) + "), y (" + ", ".join(ret[nc:]) + ")"
     return "\n".join(lines)
 
 

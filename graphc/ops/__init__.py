@@ -56,6 +56,7 @@ from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
 from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
+from graphc.ops.scan import scan, zeros
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [
@@ -66,5 +67,5 @@ __all__ = [
     "max", "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
     "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
-    "split", "stack", "take", "windows",
+    "split", "stack", "take", "windows", "scan", "zeros",
 ]

@@ -3,7 +3,7 @@
 Every op is one object with its shape rule (`infer`), its numpy reference semantics (`reference`), its
 vector-Jacobian product written with other graph ops (`vjp`), and its lowering: its value at a point of a loop
 nest (`lower`, for elementwise, movement, source and random ops) or, by its `kind`, a rule for the kernel it
-becomes (`reduce_rule`, `contract_rule`, `scatter_rule`; see graphc.ir.lowering). The op table `OPS` lists
+becomes (`reduce_rule`, `contract_rule`, `scatter_rule`, `loop_rule`; see graphc.ir.lowering). The op table `OPS` lists
 them all; a test walks it and compiles every op.
 """
 
@@ -19,7 +19,7 @@ from graphc.errors import CompileError, DTypeError, GraphcError, ShapeError
 from graphc.ir.node import ArrayValue, Node, capture_source
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
 
-KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity")
+KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity", "loop")
 
 OPS: dict[str, Op] = {}
 
@@ -70,6 +70,9 @@ class Op:
 
     def scatter_rule(self, node: Node):
         raise self._no_lowering(node, "scatter_rule")
+
+    def loop_rule(self, node: Node):
+        raise self._no_lowering(node, "loop_rule")
 
     def needs_memory(self, node: Node) -> tuple[int, ...]:
         """Inputs that must be in memory (row-major arrays) for this op's kernel."""

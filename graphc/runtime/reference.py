@@ -149,6 +149,9 @@ def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: 
         except Exception as e:  # an op's reference failing is a graphc bug or an unsupported case: locate it
             raise GraphcError(f"evaluate: {n.op.name} ({fmt_type(n.shape, n.dtype)}) at {n.source.where()} "
                               f"failed: {type(e).__name__}: {e}") from e
+        if getattr(n.op, "multi_output", False):  # a tuple (a scan): its projections read it
+            vals[id(n)] = out
+            continue
         out = np.asarray(out)
         assert out.shape == tuple(int(d.subs(env)) if not isinstance(d, int) else d for d in n.shape), (
             f"{n.op.name} produced {out.shape} for {n.type_str}")

@@ -280,12 +280,18 @@ def _node_box(n: Node, folded: set[int], outs: list[str], reused: bool, sources:
                 where.append(n.source.made_by)
             if where:
                 lines.append(line(" · ".join(where), size="small"))
+    body = n.attrs.get("body") if "body" in n.attrs else None
+    if body is not None and hasattr(body, "args"):  # a loop: its body drawn inside its box, one line a node
+        from graphc.ir.printing import _body_text
+
+        lines[0] = Line(((f"⟲ {name}" + format_attrs(n), "op"),))
+        lines.extend(line(t.replace("  ", " ", 1), size="small") for t in _body_text(body, False).splitlines())
     for o in outs:
         lines.append(line(f"⇒ {o}" if o else "⇒ output", size="small"))
     tip = f"{n.op.name}: {n.type_str} at {n.source.where()}"
     if n.source.function:
         tip += f" in {n.source.function}()"
-    return Box(lines, kind, reused=reused, output=bool(outs), tooltip=tip, nodes=[n])
+    return Box(lines, kind, group=body is not None, reused=reused, output=bool(outs), tooltip=tip, nodes=[n])
 
 
 def _group_box(scope: str, grad: bool, nodes: list[Node], keys, readers, out_names, reused: set[int]) -> Box:

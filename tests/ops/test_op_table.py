@@ -29,7 +29,8 @@ def test_every_op_has_its_rules_and_a_case():
         if op.differentiable:
             assert cls.vjp is not Op.vjp, f"{name} lacks a vjp"
         # its lowering: the rule its kind needs (leaves are the caller's arrays, never computed)
-        rule = {"reduce": "reduce_rule", "contract": "contract_rule", "scatter": "scatter_rule"}.get(op.kind, "lower")
+        rule = {"reduce": "reduce_rule", "contract": "contract_rule", "scatter": "scatter_rule",
+                "loop": "loop_rule"}.get(op.kind, "lower")
         if not op.leaf:
             assert getattr(cls, rule) is not getattr(Op, rule), f"{name} ({op.kind}) lacks its lowering {rule}"
 

@@ -1,0 +1,192 @@
+"""Recurrent training steps: an LSTM (input 32, hidden 128, batch 64, many-to-one, T = 50 and 500) and a GRU,
+forward + backward (loss and every parameter gradient), graphc against PyTorch's nn.LSTM/nn.GRU (eager) and
+`jax.jit` of a `lax.scan` LSTM, in the same run, on 1 and 2 threads. graphc is measured twice for the LSTM:
+`gc.nn.lstm` (fused NAME.Wx/Wh/b) and by hand with `gc.scan` and one weight matrix per gate. Also the compile
+time of the training step (graphc cold, without the disk cache, against jax.jit's first call) at T = 10..1000.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_rnn.py            # 1 and 2 threads
+    python benchmarks/bench_rnn.py --threads 1 --lengths 50                                 # one configuration
+
+Each thread count runs in its own process (XLA reads its thread count once). Figures are medians of repeats;
+the machine may be shared: compare columns of one run, not runs of different days."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+F, H, N, CLASSES = 32, 128, 64, 10
+
+
+def _data(T, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(T, N, F)).astype(np.float32), rng.integers(0, CLASSES, N).astype(np.int32)
+
+
+def graphc_step(kind: str, T: int, threads: int, by_hand: bool = False, cache: bool = True):
+    import graphc as gc
+
+    xs = gc.input("xs", (T, "N", F))
+    y = gc.input("y", ("N",), "int32")
+    if by_hand:  # one weight matrix per gate, written with gc.scan
+        Wx = {g: gc.param(f"hand.Wx_{g}", (F, H), init=gc.nn.Uniform(H ** -0.5)) for g in "ifgo"}
+        Wh = {g: gc.param(f"hand.Wh_{g}", (H, H), init=gc.nn.Uniform(H ** -0.5)) for g in "ifgo"}
+        b = {g: gc.param(f"hand.b_{g}", (H,), init=gc.nn.Uniform(H ** -0.5)) for g in "ifgo"}
+
+        def step(carry, x):
+            h, c = carry
+            z = {g: x @ Wx[g] + h @ Wh[g] + b[g] for g in "ifgo"}
+            c = gc.sigmoid(z["f"]) * c + gc.sigmoid(z["i"]) * gc.tanh(z["g"])
+            h = gc.sigmoid(z["o"]) * gc.tanh(c)
+            return (h, c), None
+
+        h0 = gc.zeros(("N", H))
+        (h, _), _ = gc.scan(step, (h0, h0), xs)
+    else:
+        h = getattr(gc.nn, kind)(xs, H, name=kind)
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(h, CLASSES, name="out"), y)
+    params = gc.nn.parameters(loss)
+    t0 = time.perf_counter()
+    fn = gc.compile([loss, *gc.grad(loss, params)], threads=threads, cache=cache)
+    compile_s = time.perf_counter() - t0
+    values = gc.nn.init_params(params, seed=0)
+    values["xs"], values["y"] = _data(T)
+    run = lambda: fn(values)  # noqa: E731
+    run.fn = fn
+    return run, compile_s
+
+
+def torch_step(kind: str, T: int, threads: int):
+    import peers
+
+    torch = peers._import_torch(threads)
+    torch.manual_seed(0)
+    layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](F, H)
+    head = torch.nn.Linear(H, CLASSES)
+    x, y = (torch.from_numpy(a) for a in _data(T))
+    y = y.long()
+
+    def run():
+        out = layer(x)[1]
+        h = out[0] if kind == "lstm" else out
+        loss = torch.nn.functional.cross_entropy(head(h[0]), y)
+        layer.zero_grad()
+        head.zero_grad()
+        loss.backward()
+
+    return run
+
+
+def jax_step(T: int, threads: int):
+    import peers
+
+    jax = peers._import_jax(threads)
+    if jax is None:
+        return None, None
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    s = H ** -0.5
+    p = {"Wx": rng.uniform(-s, s, (F, 4 * H)), "Wh": rng.uniform(-s, s, (H, 4 * H)), "b": rng.uniform(-s, s, 4 * H),
+         "Wo": rng.normal(0, 0.1, (H, CLASSES)), "bo": np.zeros(CLASSES)}
+    p = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
+    x, y = (jnp.asarray(a) for a in _data(T))
+
+    def loss_fn(p, x, y):
+        xp = x @ p["Wx"] + p["b"]
+
+        def step(carry, xt):
+            h, c = carry
+            z = xt + h @ p["Wh"]
+            i, f, g, o = jnp.split(z, 4, axis=1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+
+        h0 = jnp.zeros((N, H), jnp.float32)
+        (h, _), _ = jax.lax.scan(step, (h0, h0), xp)
+        logits = h @ p["Wo"] + p["bo"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(N), y])
+
+    g = jax.jit(jax.value_and_grad(loss_fn))
+    t0 = time.perf_counter()
+    jax.block_until_ready(g(p, x, y))
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        jax.block_until_ready(g(p, x, y))
+
+    return run, compile_s
+
+
+def median_seconds(fn, repeats=7):
+    import peers
+
+    return peers._median_seconds(lambda n: [fn() for _ in range(n)], min_sample=0.2, repeats=repeats)
+
+
+def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> dict:
+    out: dict = {"threads": threads, "rows": [], "compile": []}
+    for T in lengths:
+        row = {"T": T}
+        for label, make in (
+            ("graphc lstm", lambda T=T: graphc_step("lstm", T, threads)[0]),
+            ("graphc lstm by hand", lambda T=T: graphc_step("lstm", T, threads, by_hand=True)[0]),
+            ("torch lstm", lambda T=T: torch_step("lstm", T, threads)),
+            ("jax lstm", lambda T=T: jax_step(T, threads)[0]),
+            ("graphc gru", lambda T=T: graphc_step("gru", T, threads)[0]),
+            ("torch gru", lambda T=T: torch_step("gru", T, threads)),
+        ):
+            fn = make()
+            row[label] = None if fn is None else N / median_seconds(fn)
+        out["rows"].append(row)
+    for T in compile_lengths:
+        _, cold = graphc_step("lstm", T, threads, cache=False)
+        _, jc = jax_step(T, threads)
+        out["compile"].append({"T": T, "graphc cold s": cold, "jax.jit first call s": jc})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="one thread count, in this process")
+    ap.add_argument("--lengths", default="50,500")
+    ap.add_argument("--compile-lengths", default="10,100,1000")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    lengths = [int(t) for t in a.lengths.split(",") if t]
+    clen = [int(t) for t in a.compile_lengths.split(",") if t]
+    if a.threads is not None:
+        res = one_config(a.threads, lengths, clen)
+        print(json.dumps(res) if a.json else res)
+        return
+    import peers
+
+    cpu = peers.describe().get("cpu_model", "?")
+    print(f"# bench_rnn: LSTM/GRU training step (forward + backward), input {F}, hidden {H}, batch {N}; CPU {cpu}")
+    for threads in (1, 2):
+        cmd = [sys.executable, __file__, "--threads", str(threads), "--lengths", a.lengths,
+               "--compile-lengths", a.compile_lengths, "--json"]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        print(f"\n## {threads} thread(s): samples/s (median)")
+        for row in res["rows"]:
+            peers_best = max(v for k, v in row.items() if k.startswith(("torch lstm", "jax")) and v)
+            cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k != "T" and v)
+            print(f"T={row['T']}: {cells}  | gc.nn.lstm / fastest LSTM peer = {row['graphc lstm'] / peers_best:.2f}")
+        for c in res["compile"]:
+            print(f"compile T={c['T']}: graphc cold {c['graphc cold s']:.2f} s, jax.jit first call "
+                  f"{c['jax.jit first call s']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

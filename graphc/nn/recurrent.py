@@ -1,0 +1,171 @@
+"""Recurrent layers on gc.scan: Elman RNN, GRU and LSTM (cells and time-major sequence wrappers), and embeddings.
+
+Sequences are time-major, xs of shape (T, N, F) (T may be symbolic). Each sequence layer computes the input
+projection of ALL steps as one matrix product before the loop ((T·N, F) @ Wx), so the loop body holds only the
+recurrent product h @ Wh and the gates. Parameters, per layer NAME (PyTorch's gate orders):
+
+    rnn   NAME.Wx (F, H)   NAME.Wh (H, H)   NAME.b (H,)          h' = tanh(x Wx + h Wh + b)
+    gru   NAME.Wx (F, 3H)  NAME.Wh (H, 3H)  NAME.b (3H,) NAME.bh (3H,)   gates r, z, n
+    lstm  NAME.Wx (F, 4H)  NAME.Wh (H, 4H)  NAME.b (4H,)          gates i, f, g, o
+
+A bidirectional layer adds the same set named NAME_reverse, run from the last step to the first; its outputs
+are concatenated after the forward ones on the feature axis."""
+
+from __future__ import annotations
+
+import math
+
+from graphc import ops
+from graphc.errors import DTypeError, GraphcError
+from graphc.ir.node import scope
+from graphc.ir.shapes import INT_DTYPES
+from graphc.ops.core import describe
+from graphc.ops.init import Normal, Uniform
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def _params(kind: str, name: str, features: int, hidden: int, dtype: str):
+    """Wx, Wh, b (and bh for a GRU), initialized as PyTorch's: U(-1/sqrt(H), 1/sqrt(H))."""
+    g = GATES[kind]
+    init = Uniform(1.0 / math.sqrt(hidden))
+    wx = ops.param(f"{name}.Wx", (features, g * hidden), init=init, dtype=dtype)
+    wh = ops.param(f"{name}.Wh", (hidden, g * hidden), init=init, dtype=dtype)
+    b = ops.param(f"{name}.b", (g * hidden,), init=init, dtype=dtype)
+    bh = ops.param(f"{name}.bh", (g * hidden,), init=init, dtype=dtype) if kind == "gru" else None
+    return wx, wh, b, bh
+
+
+def _cols(z, k: int, hidden: int):
+    return z[:, k * hidden:(k + 1) * hidden]
+
+
+def _step(kind: str, hidden: int, wh, bh):
+    """The cell as a step function over the projected input xp_t = x_t Wx + b (already computed)."""
+    if kind == "rnn":
+        def rnn_step(h, xp):
+            h = ops.tanh(xp + h @ wh)
+            return h, h
+        return rnn_step
+    if kind == "gru":
+        def gru_step(h, xp):
+            hp = h @ wh + bh
+            r = ops.sigmoid(_cols(xp, 0, hidden) + _cols(hp, 0, hidden))
+            z = ops.sigmoid(_cols(xp, 1, hidden) + _cols(hp, 1, hidden))
+            n = ops.tanh(_cols(xp, 2, hidden) + r * _cols(hp, 2, hidden))
+            h = (1.0 - z) * n + z * h
+            return h, h
+        return gru_step
+
+    def lstm_step(carry, xp):
+        h, c = carry
+        zz = xp + h @ wh
+        i = ops.sigmoid(_cols(zz, 0, hidden))
+        f = ops.sigmoid(_cols(zz, 1, hidden))
+        g = ops.tanh(_cols(zz, 2, hidden))
+        o = ops.sigmoid(_cols(zz, 3, hidden))
+        c = f * c + i * g
+        h = o * ops.tanh(c)
+        return (h, c), h
+    return lstm_step
+
+
+def _check(kind: str, xs, hidden, name):
+    xs = ops.as_tensor(xs)
+    if xs.ndim != 3:
+        raise GraphcError(f"{kind} {name!r}: xs must be time-major (T, N, F), got {describe(xs)}")
+    if not isinstance(xs.shape[2], int):
+        raise GraphcError(f"{kind} {name!r}: the feature dim of xs must be known, got {describe(xs)}")
+    if xs.dtype not in ("float32", "float64"):
+        raise DTypeError(f"{kind} {name!r}: xs must be float, got {describe(xs)}; token ids go through "
+                         "gc.nn.embedding first")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise GraphcError(f"{kind} {name!r}: hidden must be a positive int, got {hidden!r}")
+    return xs
+
+
+def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint):
+    T, N, F = xs.shape
+    with scope(name):
+        wx, wh, b, bh = _params(kind, name, F, hidden, xs.dtype)
+        # the input projection of every step at once: one (T·N, F) @ (F, G·H) product before the loop
+        xp = ops.reshape(ops.reshape(xs, (T * N, F)) @ wx + b, (T, N, GATES[kind] * hidden))
+        h0 = ops.zeros((N, hidden), xs.dtype)
+        init = (h0, h0) if kind == "lstm" else h0
+        carry, ys = ops.scan(_step(kind, hidden, wh, bh), init, xp, reverse=reverse, checkpoint=checkpoint)
+    h = carry[0] if kind == "lstm" else carry
+    return h, ys
+
+
+def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint):
+    xs = _check(kind, xs, hidden, name)
+    h, ys = _run(kind, xs, hidden, name, False, checkpoint)
+    if not bidirectional:
+        return ys if return_sequences else h
+    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint)
+    if return_sequences:
+        return ops.concatenate([ys, ysr], axis=2)
+    return ops.concatenate([h, hr], axis=1)
+
+
+def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "rnn",
+        checkpoint: int | None = None):
+    """An Elman RNN over time-major xs (T, N, F): h_t = tanh(x_t Wx + h_{t-1} Wh + b), h_0 = 0. Returns the last
+    h (N, H), or every h (T, N, H) with return_sequences; bidirectional concatenates a reverse pass (2H)."""
+    return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+
+
+def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "gru",
+        checkpoint: int | None = None):
+    """A GRU (PyTorch's formulation: r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn + bh_n))) over (T, N, F)."""
+    return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+
+
+def lstm(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "lstm",
+         checkpoint: int | None = None):
+    """An LSTM over time-major xs (T, N, F), gates i, f, g, o as PyTorch's, fused parameters NAME.Wx (F, 4H),
+    NAME.Wh (H, 4H), NAME.b (4H,). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
+    return _sequence("lstm", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+
+
+def _cell(kind, x, state, hidden, name):
+    x = ops.as_tensor(x)
+    if x.ndim != 2 or not isinstance(x.shape[1], int):
+        raise GraphcError(f"{kind}_cell {name!r}: x must be (N, F) with a known F, got {describe(x)}")
+    with scope(name):
+        wx, wh, b, bh = _params(kind, name, x.shape[1], hidden, x.dtype)
+        return _step(kind, hidden, wh, bh)(state, x @ wx + b)[0]
+
+
+def rnn_cell(x, h, hidden: int, *, name: str = "rnn"):
+    """One Elman step: the new h (parameters as gc.nn.rnn's, so a step function for gc.scan)."""
+    return _cell("rnn", x, h, hidden, name)
+
+
+def gru_cell(x, h, hidden: int, *, name: str = "gru"):
+    """One GRU step: the new h."""
+    return _cell("gru", x, h, hidden, name)
+
+
+def lstm_cell(x, state, hidden: int, *, name: str = "lstm"):
+    """One LSTM step: state = (h, c) -> the new (h, c)."""
+    return _cell("lstm", x, tuple(state), hidden, name)
+
+
+def embedding(ids, vocab: int, dim: int, *, name: str = "embedding", dtype: str = "float32"):
+    """Rows of a (vocab, dim) table NAME.E for integer ids of any shape: shape ids.shape + (dim,). A gather
+    (gc.take) whose gradient is a scatter-add (repeated ids accumulate); an id outside [0, vocab) is an error
+    when evaluated, and a checked error in compiled code."""
+    ids = ops.as_tensor(ids)
+    if ids.dtype not in INT_DTYPES:
+        raise DTypeError(f"embedding {name!r}: ids must be int32 or int64, got {describe(ids)} (declared at "
+                         f"{ids.source.where()})")
+    for v, what in ((vocab, "vocab"), (dim, "dim")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise GraphcError(f"embedding {name!r}: {what} must be a positive int, got {v!r}")
+    with scope(name):
+        table = ops.param(f"{name}.E", (vocab, dim), init=Normal(1.0), dtype=dtype)
+        return ops.take(table, ids, 0)
+
+
+__all__ = ["rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding"]

@@ -1,0 +1,749 @@
+"""gc.scan: a loop in the graph.
+
+`scan(step, init, xs)` traces the user's `step(carry, x_t) -> (carry, y_t)` ONCE into a **body**: a small
+hash-consed graph whose leaves are `scan_arg` placeholders, in this order: the carries, the per-step slices of
+the xs, and the captures (tensors of the enclosing graph the step closed over, e.g. weights, or anything
+computed from them alone: that work is hoisted out of the loop by construction). The enclosing graph holds one
+`scan` node (a tuple: it has no value of its own) whose inputs are init carries + xs + captures, and
+`scan_output[index=k]` projections of it:
+
+    k in [0, nc)                 the final carries
+    k in [nc, nc+ny)             the stacked ys, (T,) + y_t's shape, in index order (also when reverse)
+    k in [nc+ny, nc+ny+nc)       the carry history: the carry each step received, (T,) + carry shape in index
+                                 order; with checkpoint=k only every k-th one (in processing order), (ceil(T/k),)
+
+The history is what the gradient reads (a projection nobody uses costs nothing natively, and the reference
+computes it cheaply). The body's placeholders are canonical (index, level, shape, dtype), level being one more
+than the deepest scan nested inside, so two traces of the same step give the same body, the same scan node, and
+the same structural digest (what the compile cache keys on).
+
+The gradient of a scan is a reverse scan whose body is the gradient of the forward body, built by ONE call of
+the reverse-mode sweep (`graphc.autodiff.grad.vjp`) over the body with a seed per body output; gradients of the
+captures (weights) accumulate in the reverse carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import sympy
+
+from graphc.errors import GradError, GraphcError, ShapeError
+from graphc.ir.node import Node, capture_source, derived_from, topo_order
+from graphc.ir.shapes import (
+    FLOAT_DTYPES,
+    as_dim,
+    as_dtype,
+    as_shape,
+    dims_equal,
+    eval_dim,
+    eval_shape,
+    fmt_type,
+)
+from graphc.ops.core import Op, Tensor, apply, as_tensor, constant, register
+
+_temp_levels = itertools.count(1)
+
+
+# ------------------------------------------------------------------------------------------------ the IR
+
+
+class ScanArg(Op):
+    """A body's placeholder (a carry, a step's slice of an xs, or a capture). Not in the op table: it exists
+    only inside bodies, whose scan node binds it."""
+
+    name = "scan_arg"
+    kind = "source"
+    leaf = True  # inside its body: bound by the loop, never computed
+    differentiable = False
+    hidden_attrs = ("shape", "dtype")
+
+    def infer(self, inputs, attrs):
+        return attrs["shape"], attrs["dtype"]
+
+    def reference(self, node, args, ctx):
+        raise GraphcError(f"a scan's placeholder ({node.type_str}) was evaluated outside its loop: a tensor built "
+                          f"inside a scan's step function was used outside it (at {node.source.where()}); return "
+                          "it from the step instead")
+
+    def vjp(self, node, g):
+        return ()
+
+
+SCAN_ARG = ScanArg()
+
+
+def _arg(index: int, level: int, shape, dtype: str) -> Tensor:
+    return apply(SCAN_ARG, (), index=index, level=level, shape=tuple(shape), dtype=dtype)
+
+
+class Body:
+    """A traced step: `args` (scan_arg nodes: carries, x slices, captures) and `outputs` (new carries, then the
+    ys that are not None). Equal bodies are the same nodes (hash-consing); the digest is structural."""
+
+    __slots__ = ("args", "outputs", "n_carry", "n_x", "_digest", "_order")
+
+    def __init__(self, args: Sequence[Node], outputs: Sequence[Node], n_carry: int, n_x: int):
+        self.args = tuple(args)
+        self.outputs = tuple(outputs)
+        self.n_carry = n_carry
+        self.n_x = n_x
+        self._digest: str | None = None
+        self._order: list[Node] | None = None
+
+    @property
+    def captures(self) -> tuple[Node, ...]:
+        return self.args[self.n_carry + self.n_x:]
+
+    def order(self) -> list[Node]:
+        if self._order is None:
+            self._order = topo_order(self.outputs)
+        return self._order
+
+    def digest(self) -> str:
+        if self._digest is None:
+            h = hashlib.sha256(f"{self.n_carry}|{self.n_x}".encode())
+            for n in (*self.args, *self.outputs):
+                h.update(n.digest().encode())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def _key(self):
+        return (tuple(map(id, self.args)), tuple(map(id, self.outputs)), self.n_carry, self.n_x)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Body) and self._key() == other._key()
+
+    def __repr__(self) -> str:
+        return f"body<{self.digest()[:12]}>"
+
+
+def substitute(outputs: Sequence[Node], mapping: dict[int, Node]) -> list[Node]:
+    """The graph of `outputs` with the nodes in `mapping` (id -> node of the same type) replaced, rebuilt
+    bottom-up; nodes that depend on nothing replaced are kept as they are. Source lines are preserved."""
+    new: dict[int, Node] = dict(mapping)
+    for n in topo_order(outputs):
+        if id(n) in new:
+            continue
+        ins = [new.get(id(i), i) for i in n.inputs]
+        if all(a is b for a, b in zip(ins, n.inputs, strict=True)):
+            continue
+        with derived_from(n.source, n.source.made_by):
+            new[id(n)] = Tensor.make(n.op, ins, n.shape, n.dtype, dict(n.attrs), n.meta)
+    return [new.get(id(o), o) for o in outputs]
+
+
+def _level(order: Sequence[Node]) -> int:
+    inner = [n.attrs["level"] for n in order if n.op is SCAN]
+    return 1 + max(inner, default=-1)
+
+
+def _make_body(fn: Callable, carry_types, x_types, what: str):
+    """Trace `fn(carries, xs) -> (new carries, ys with None)` once over temporary placeholders, find what it
+    closed over, and canonicalize. Returns (body, captures (outer nodes), y_present mask, raw outputs)."""
+    tmp_level = -next(_temp_levels)  # unique while tracing: nested traces never share a placeholder
+    carry_args = [_arg(i, tmp_level, s, d) for i, (s, d) in enumerate(carry_types)]
+    x_args = [_arg(len(carry_types) + i, tmp_level, s, d) for i, (s, d) in enumerate(x_types)]
+    new_carry, ys = fn(carry_args, x_args)
+    present = [y is not None for y in ys]
+    outs = list(new_carry) + [y for y in ys if y is not None]
+    order = topo_order(outs)
+    mine = {id(a) for a in carry_args + x_args}
+    dep: set[int] = set()
+    for n in order:
+        if id(n) in mine or any(id(i) in dep for i in n.inputs):
+            dep.add(id(n))
+    for n in order:  # a placeholder of another scan (or of an enclosing trace) is not a capture of ours
+        if n.op is SCAN_ARG and id(n) not in mine and n.attrs["level"] < 0 and id(n) in dep:
+            raise GraphcError(f"{what}: uses a tensor built inside another scan's step function")
+    captures: list[Node] = []
+    seen: set[int] = set()
+
+    def capture(n: Node) -> None:
+        if id(n) in seen or id(n) in dep:
+            return
+        if not n.inputs and not getattr(n.op, "leaf", False) and n.op is not SCAN_ARG:
+            return  # constants, iota: stay inside the body
+        seen.add(id(n))
+        captures.append(n)
+
+    for n in order:
+        if id(n) in dep:
+            for i in n.inputs:
+                capture(i)
+    for o in outs:
+        capture(o)
+    level = _level([n for n in order if id(n) in dep])
+    nc, nx = len(carry_args), len(x_args)
+    canon = [_arg(i, level, a.shape, a.dtype) for i, a in enumerate(carry_args + x_args)]
+    canon += [_arg(nc + nx + j, level, c.shape, c.dtype) for j, c in enumerate(captures)]
+    mapping = {id(a): c for a, c in zip(carry_args + x_args + captures, canon, strict=True)}
+    body_outs = substitute(outs, mapping)
+    return Body(canon, body_outs, nc, nx), captures, present, outs
+
+
+class Scan(Op):
+    """The loop: a tuple node (no value of its own; read it through scan_output projections)."""
+
+    name = "scan"
+    kind = "loop"
+    multi_output = True
+    hidden_attrs = ("body",)
+
+    def infer(self, inputs, attrs):
+        body: Body = attrs["body"]
+        nc, nx = body.n_carry, body.n_x
+        if len(inputs) != len(body.args):
+            raise ShapeError(f"scan takes {len(body.args)} inputs (carries, xs, captures), got {len(inputs)}")
+        for k, (i, a) in enumerate(zip(inputs, body.args, strict=True)):
+            want = a.shape if not nc <= k < nc + nx else (attrs["length"], *a.shape)
+            if i.dtype != a.dtype or len(i.shape) != len(want) or not all(
+                    dims_equal(p, q) for p, q in zip(i.shape, want, strict=True)):
+                raise ShapeError(f"scan input {k} is {i.type_str}, its body expects {fmt_type(want, a.dtype)}")
+        return (), "bool"
+
+    def output_types(self, node: Node) -> list[tuple[tuple, str]]:
+        body: Body = node.attrs["body"]
+        nc = body.n_carry
+        T = node.attrs["length"]
+        ck = node.attrs["checkpoint"]
+        H = T if ck is None else _ceil_div(T, ck)
+        out = [(o.shape, o.dtype) for o in body.outputs[:nc]]
+        out += [((T, *o.shape), o.dtype) for o in body.outputs[nc:]]
+        out += [((H, *a.shape), a.dtype) for a in body.args[:nc]]
+        return out
+
+    def reference(self, node, args, ctx):
+        return run_scan(node, args, ctx)
+
+    def vjp(self, node, g):
+        raise GradError("internal: a scan's gradient is taken through vjp_multi")
+
+    def vjp_multi(self, node: Node, gs: list[Node | None], vjp, needed: Sequence[bool]) -> list[Node | None]:
+        """`vjp(seeds, wrt)` is the reverse sweep (graphc.autodiff.grad.vjp), passed in: ops sit below autodiff.
+        `needed[i]`: whether input i's cotangent is wanted (the reverse body computes only those)."""
+        return scan_vjp(node, gs, vjp, needed)
+
+    def loop_rule(self, node):
+        from graphc.ir.lowering import LoopRule
+
+        body: Body = node.attrs["body"]
+        return LoopRule(body, body.n_carry, body.n_x, node.attrs["length"], node.attrs["reverse"],
+                        node.attrs["checkpoint"])
+
+    def needs_memory(self, node):
+        """The xs (sliced per step) and the captures (read by the body's kernels) are arrays in memory; the
+        initial carries are copied into the carry's storage, so they may be computed inline."""
+        return tuple(range(node.attrs["body"].n_carry, len(node.inputs)))
+
+
+
+class ScanOutput(Op):
+    """Output `index` of a scan node (see the module docstring for the numbering)."""
+
+    name = "scan_output"
+    kind = "loop"
+    projection = True
+
+    def infer(self, inputs, attrs):
+        (s,) = inputs
+        if s.op is not SCAN:
+            raise ShapeError(f"scan_output reads a scan node, got {s.op.name}")
+        types = SCAN.output_types(s)
+        k = attrs["index"]
+        if not 0 <= k < len(types):
+            raise ShapeError(f"scan_output index {k} is out of range (the scan has {len(types)} outputs)")
+        return types[k]
+
+    def reference(self, node, args, ctx):
+        return args[0][node.attrs["index"]]
+
+    def vjp(self, node, g):
+        raise GradError("internal: a scan_output's gradient is collected by its scan (grad's projection hook)")
+
+    def loop_rule(self, node):
+        return SCAN.loop_rule(node.inputs[0])
+
+
+SCAN = register(Scan())
+SCAN_OUTPUT = register(ScanOutput())
+
+
+def _ceil_div(T, k: int):
+    if isinstance(T, int):
+        return -(-T // k)
+    return sympy.ceiling(sympy.sympify(T) / k)
+
+
+def output(node: Node, k: int) -> Tensor:
+    return apply(SCAN_OUTPUT, (node,), index=k)
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+def run_body(body: Body, values: Sequence[np.ndarray], ctx) -> list[np.ndarray]:
+    """One step of the body in numpy: the outputs for these placeholder values."""
+    vals = {id(a): v for a, v in zip(body.args, values, strict=True)}
+    for n in body.order():
+        if id(n) in vals:
+            continue
+        try:
+            out = n.op.reference(n, [vals[id(i)] for i in n.inputs], ctx)
+        except GraphcError:
+            raise
+        except Exception as e:
+            raise GraphcError(f"evaluate: {n.op.name} ({n.type_str}) inside a scan's step at {n.source.where()} "
+                              f"failed: {type(e).__name__}: {e}") from e
+        vals[id(n)] = out if getattr(n.op, "multi_output", False) else np.asarray(out)
+    return [np.asarray(vals[id(o)], dtype=ctx.dtype(o.dtype)) for o in body.outputs]
+
+
+def run_scan(node: Node, args: list, ctx) -> tuple:
+    body: Body = node.attrs["body"]
+    nc, nx = body.n_carry, body.n_x
+    ny = len(body.outputs) - nc
+    ck = node.attrs["checkpoint"] or 1
+    T = eval_dim(node.attrs["length"], ctx.dims)
+    xs, caps = args[nc:nc + nx], args[nc + nx:]
+    for k, x in enumerate(xs):
+        if x.shape[0] != T:
+            raise ShapeError(f"scan at {node.source.where()}: xs {k} has {x.shape[0]} steps, the length is {T}")
+    carry = [np.asarray(c, dtype=ctx.dtype(a.dtype)) for c, a in zip(args[:nc], body.args[:nc], strict=True)]
+    steps = range(T - 1, -1, -1) if node.attrs["reverse"] else range(T)
+    ys: list[list[np.ndarray]] = [[] for _ in range(ny)]
+    hist: list[list[np.ndarray]] = [[] for _ in range(nc)]
+    for j, t in enumerate(steps):
+        if j % ck == 0:
+            for k in range(nc):
+                hist[k].append(carry[k])
+        outs = run_body(body, carry + [x[t] for x in xs] + list(caps), ctx)
+        carry = outs[:nc]
+        for k in range(ny):
+            ys[k].append(outs[nc + k])
+    if node.attrs["reverse"]:
+        ys = [y[::-1] for y in ys]
+        if ck == 1:
+            hist = [h[::-1] for h in hist]
+    types = SCAN.output_types(node)
+
+    def stacked(parts, k):
+        shape, dtype = types[k]
+        if not parts:
+            return np.zeros(eval_shape(shape, ctx.dims), dtype=ctx.dtype(dtype))
+        return np.stack(parts).astype(ctx.dtype(dtype), copy=False)
+
+    return tuple(carry) + tuple(stacked(y, nc + k) for k, y in enumerate(ys)) + tuple(
+        stacked(h, nc + ny + k) for k, h in enumerate(hist))
+
+
+# ------------------------------------------------------------------------------------------------ the DSL
+
+
+def _flatten(tree, what: str, allow_none: bool):
+    """Tensors (or numbers) in nested tuples/lists -> (leaves, structure)."""
+    if isinstance(tree, (tuple, list)):
+        parts = [_flatten(t, what, allow_none) for t in tree]
+        leaves = [x for p in parts for x in p[0]]
+        return leaves, (type(tree), [p[1] for p in parts])
+    if tree is None:
+        if not allow_none:
+            raise GraphcError(f"{what}: None is not a tensor")
+        return [None], None
+    if isinstance(tree, Node):
+        return [tree], "leaf"
+    if isinstance(tree, (int, float, np.ndarray, np.generic)) and not isinstance(tree, bool):
+        return [as_tensor(tree)], "leaf"
+    raise GraphcError(f"{what}: expected a tensor or a tuple/list of tensors, got {type(tree).__name__}")
+
+
+def _unflatten(struct, leaves: list):
+    it = iter(leaves)
+
+    def build(s):
+        if s == "leaf" or s is None:
+            return next(it)
+        typ, parts = s
+        return typ(build(p) for p in parts)
+
+    return build(struct)
+
+
+def _same_struct(a, b) -> bool:
+    if a == "leaf" or b == "leaf" or a is None or b is None:
+        return a == b or (a == "leaf" and b == "leaf")
+    return a[0] is b[0] and len(a[1]) == len(b[1]) and all(_same_struct(x, y) for x, y in zip(a[1], b[1],
+                                                                                                 strict=True))
+
+
+def zeros(shape, dtype: str = "float32") -> Tensor:
+    """Zeros of `shape` (symbolic dims allowed: `gc.zeros(("N", 128))` is sized by whatever input binds N), e.g.
+    the initial carry of a recurrent network."""
+    from graphc.ops.movement import broadcast_to
+
+    shape = as_shape(shape, "gc.zeros")
+    dtype = as_dtype(dtype, "gc.zeros")
+    z = constant(0, dtype)
+    return broadcast_to(z, shape) if shape else z
+
+
+def _length(xs: list[Node], length, where: str):
+    T = None
+    if length is not None:
+        T = as_dim(length, f"scan at {where}: length")
+    for k, x in enumerate(xs):
+        if x.ndim == 0:
+            raise ShapeError(f"scan at {where}: xs {k} ({x.name or x.op.name}: {x.type_str}) is a scalar; xs are "
+                             "sliced along their leading (time) axis")
+        if T is None:
+            T = x.shape[0]
+        elif not dims_equal(T, x.shape[0]):
+            first = "length" if length is not None else f"xs 0 ({xs[0].name or xs[0].op.name}: {xs[0].type_str})"
+            raise ShapeError(f"scan at {where}: xs {k} ({x.name or x.op.name}: {x.type_str}) has {x.shape[0]} "
+                             f"steps but {first} gives {T}; every xs must have the same leading (time) dim")
+    if T is None:
+        raise ShapeError(f"scan at {where}: the number of steps is unknown: pass xs (sliced along their leading "
+                         "axis) or length=")
+    return T
+
+
+def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, checkpoint: int | None = None):
+    """A loop in the graph, as jax.lax.scan: `step(carry, x_t) -> (carry, y_t)` runs once per step t over the
+    leading (time) axis of `xs`, and `scan` returns `(final carry, ys)` with the y_t stacked along a new leading
+    axis. carry, xs and y_t may be tensors or tuples/lists of them; y_t may be None (then ys is None).
+    `length` is the number of steps (an int or a symbolic dim like "T"; needed when xs is None).
+    `reverse=True` runs from the last step to the first (ys stay in index order). `checkpoint=k` makes the
+    gradient store every k-th carry and recompute the others (less memory, one more forward pass).
+
+    `step` is called ONCE, with placeholder tensors, to build the loop body; tensors it closes over (weights)
+    become inputs of the loop, and whatever it computes from them alone runs once, before the loop."""
+    src = capture_source()
+    where = src.where()
+    if not callable(step):
+        raise GraphcError(f"scan at {where}: step must be a function (carry, x_t) -> (carry, y_t), got "
+                          f"{type(step).__name__}")
+    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer))
+                                   or checkpoint < 1):
+        raise GraphcError(f"scan at {where}: checkpoint must be a positive int (store every k-th carry), got "
+                          f"{checkpoint!r}")
+    init_leaves, init_struct = _flatten(init, f"scan at {where}: init", False)
+    if xs is None:
+        x_leaves, x_struct = [], None
+    else:
+        x_leaves, x_struct = _flatten(xs, f"scan at {where}: xs", False)
+    T = _length(x_leaves, length, where)
+    y_struct: list = []
+
+    def fn(carry_args, x_args):
+        carry_in = _unflatten(init_struct, carry_args)
+        x_in = None if xs is None else _unflatten(x_struct, x_args)
+        res = step(carry_in, x_in)
+        if not isinstance(res, tuple) or len(res) != 2:
+            raise GraphcError(f"scan at {where}: step must return a pair (new carry, y_t), got "
+                              f"{type(res).__name__}" + (f" of length {len(res)}" if isinstance(res, tuple) else ""))
+        new_c, y = res
+        c_leaves, c_struct = _flatten(new_c, f"scan at {where}: the carry step returns", False)
+        if not _same_struct(c_struct, init_struct) or len(c_leaves) != len(carry_args):
+            raise GraphcError(f"scan at {where}: step returns a carry of another structure than init "
+                              f"({len(c_leaves)} tensors for {len(carry_args)}); return the carry as it came in")
+        out_c = []
+        for k, (c, a, i0) in enumerate(zip(c_leaves, carry_args, init_leaves, strict=True)):
+            if not isinstance(c, Node):
+                c = as_tensor(c, a)
+            same = c.ndim == a.ndim and all(dims_equal(p, q) for p, q in zip(c.shape, a.shape, strict=True))
+            if not same or c.dtype != a.dtype:
+                label = i0.name or i0.op.name
+                raise ShapeError(
+                    f"scan at {where}: carry {k} goes into step as {fmt_type(a.shape, a.dtype)} (init {label} at "
+                    f"{i0.source.where()}) but step returns {c.type_str} (built at {c.source.where()}); a carry "
+                    "must keep its shape and dtype from step to step")
+            out_c.append(c)
+        if y is None:
+            y_struct.append(None)
+            return out_c, []
+        y_leaves, ys_ = _flatten(y, f"scan at {where}: y_t", True)
+        y_struct.append(ys_)
+        return out_c, [as_tensor(v) if v is not None else None for v in y_leaves]
+
+    carry_types = [(c.shape, c.dtype) for c in init_leaves]
+    x_types = [(x.shape[1:], x.dtype) for x in x_leaves]
+    node, present = _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoint, src)
+    nc = len(init_leaves)
+    finals = [output(node, k) for k in range(nc)]
+    ys_nodes: list = []
+    k = nc
+    for p in present:
+        if p:
+            ys_nodes.append(output(node, k))
+            k += 1
+        else:
+            ys_nodes.append(None)
+    carry_out = _unflatten(init_struct, finals)
+    ys_out = None if y_struct[0] is None else _unflatten(y_struct[0], ys_nodes)
+    return carry_out, ys_out
+
+
+def _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoint, src):
+    body, captures, present, _ = _make_body(fn, carry_types, x_types, f"scan at {src.where()}")
+    inputs = list(init_leaves) + list(x_leaves) + list(captures)
+    with derived_from(src, src.made_by):
+        node = apply(SCAN, inputs, body=body, length=T, reverse=bool(reverse),
+                     checkpoint=None if checkpoint in (None, 1) else int(checkpoint), level=_level(body.order()))
+    return node, present
+
+
+# ------------------------------------------------------------------------------------------------ gradient
+
+
+def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | None = None) -> list[Node | None]:
+    """The cotangents of a scan's inputs given those of its outputs (None: zero): one reverse scan."""
+
+    body: Body = node.attrs["body"]
+    nc, nx = body.n_carry, body.n_x
+    ny = len(body.outputs) - nc
+    caps = node.inputs[nc + nx:]
+    ck = node.attrs["checkpoint"]
+    reach = {id(n) for n in body.order()}
+    fc = [k for k in range(nc) if body.args[k].dtype in FLOAT_DTYPES]
+    needed = [True] * len(node.inputs) if needed is None else list(needed)
+    fx = [j for j in range(nx) if body.args[nc + j].dtype in FLOAT_DTYPES and id(body.args[nc + j]) in reach
+          and needed[nc + j]]
+    fw = [j for j, w in enumerate(caps) if w.dtype in FLOAT_DTYPES and id(body.args[nc + nx + j]) in reach
+          and needed[nc + nx + j]]
+    gy = [k for k in range(ny) if gs[nc + k] is not None]
+    gh = [k for k in range(nc) if gs[nc + ny + k] is not None and k in fc]
+    if ck is not None and gh:
+        raise GradError(f"scan at {node.source.where()}: differentiating through the stored carries of a "
+                        "checkpointed scan is not supported; use checkpoint=None for higher derivatives")
+    hist = [output(node, nc + ny + k) for k in range(nc)]
+    nfc = len(fc)
+
+    def grads_of_step(c_t, x_t, ct_c, gy_t):
+        """One sweep over the forward body at (c_t, x_t): the cotangents of c_t, x_t (float) and captures."""
+        outs = substitute(body.outputs, {id(a): v for a, v in zip(body.args, [*c_t, *x_t, *caps], strict=True)})
+        seeds = [(outs[k], ct) for k, ct in zip(fc, ct_c, strict=True)]
+        seeds += [(outs[nc + k], g) for k, g in zip(gy, gy_t, strict=True)]
+        wrt = [c_t[k] for k in fc] + [x_t[j] for j in fx] + [caps[j] for j in fw]
+        g = vjp(seeds, wrt)
+        return g[:nfc], g[nfc:nfc + len(fx)], g[nfc + len(fx):], outs
+
+    if ck is None:
+        ct_init, acc, ct_xs = _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp)
+    else:
+        ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step)
+    out: list[Node | None] = [None] * len(node.inputs)
+    for i, k in enumerate(fc):
+        out[k] = ct_init[i]
+    for i, j in enumerate(fx):
+        out[nc + j] = ct_xs[i]
+    for i, j in enumerate(fw):
+        out[nc + nx + j] = acc[i]
+    return out
+
+
+def _hoistable(body: Body, j: int) -> list[Node] | None:
+    """The products x·W that are the only uses of capture j (a weight W) in the body, with x a per-step 2-D value:
+    then dW = Σ_t x_tᵀ·g_t is ONE product after the loop over the stacked x_t and g_t (the matmuls' cotangents),
+    not a product and an add per step. None when W is used any other way."""
+    from graphc.ops.linalg import MATMUL
+
+    arg = body.args[body.n_carry + body.n_x + j]
+    if arg.ndim != 2 or any(o is arg for o in body.outputs):
+        return None
+    step_args = {id(a) for a in body.args[:body.n_carry + body.n_x]}
+    per_step: set[int] = set()
+    uses = []
+    for n in body.order():
+        if id(n) in step_args or any(id(i) in per_step for i in n.inputs):
+            per_step.add(id(n))
+        if any(i is arg for i in n.inputs):
+            ok = (n.op is MATMUL and n.inputs[1] is arg and n.inputs[0] is not arg and not n.attrs["ta"]
+                  and not n.attrs["tb"] and n.inputs[0].ndim == 2 and id(n.inputs[0]) in per_step)
+            if not ok:
+                return None
+            uses.append(n)
+    return uses or None
+
+
+def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
+    """The default gradient: one reverse scan over the stored carries. Its body is the sweep over the forward
+    body at (c_t, x_t) (one call of `vjp`); the weights' gradients accumulate in its carry, except those of
+    weights used only as x·W: those are one product after the loop (see _hoistable)."""
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import reshape
+    from graphc.ops.pointwise import add, full_like
+
+    nc, nx = body.n_carry, body.n_x
+    init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
+    T = node.attrs["length"]
+    nfc = len(fc)
+    empty = isinstance(T, int) and T == 0  # no steps: nothing to stack (an accumulator stays zero)
+    hoist = {j: None if empty else _hoistable(body, j) for j in fw}
+    fw_acc = [j for j in fw if hoist[j] is None]
+    products = [(j, m) for j in fw if hoist[j] is not None for m in hoist[j]]
+    arg_pos = {id(a): k for k, a in enumerate(body.args)}
+    p_in_ys = [m for _, m in products if id(m.inputs[0]) not in arg_pos]
+
+    def rev(rc, rx):
+        ct_c, acc = rc[:nfc], rc[nfc:]
+        c_t, x_t = rx[:nc], rx[nc:nc + nx]
+        gy_t, gh_t = rx[nc + nx:nc + nx + len(gy)], rx[nc + nx + len(gy):]
+        mapping = {id(a): v for a, v in zip(body.args, [*c_t, *x_t, *caps], strict=True)}
+        sub = substitute([*body.outputs, *(m for _, m in products), *(m.inputs[0] for m in p_in_ys)], mapping)
+        no = len(body.outputs)
+        outs, ms, ps = sub[:no], sub[no:no + len(products)], sub[no + len(products):]
+        seeds = [(outs[k], ct) for k, ct in zip(fc, ct_c, strict=True)]
+        seeds += [(outs[nc + k], g) for k, g in zip(gy, gy_t, strict=True)]
+        wrt = [c_t[k] for k in fc] + [x_t[j] for j in fx] + [caps[j] for j in fw_acc] + ms
+        g = vjp(seeds, wrt)  # the one sweep over the body
+        a, b = nfc, nfc + len(fx)
+        g_c, g_x, g_w, g_m = list(g[:a]), list(g[a:b]), g[b:b + len(fw_acc)], g[b + len(fw_acc):]
+        for i, k in enumerate(gh):
+            g_c[fc.index(k)] = add(g_c[fc.index(k)], gh_t[i])
+        carry = g_c + [add(s, w) for s, w in zip(acc, g_w, strict=True)]
+        return carry, g_x + list(ps) + list(g_m)
+
+    r_init = [gs[k] if gs[k] is not None else full_like(init[k], 0.0) for k in fc]
+    r_init += [full_like(caps[j], 0.0) for j in fw_acc]
+    ny = len(body.outputs) - nc
+    r_xs = hist + list(xs) + [gs[nc + k] for k in gy] + [gs[nc + ny + k] for k in gh]
+    r_ctypes = [(r.shape, r.dtype) for r in r_init]
+    r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
+    rnode, _ = _build(rev, r_init, r_xs, r_ctypes, r_xtypes, T, not node.attrs["reverse"], None, node.source)
+    ct_init = [output(rnode, i) for i in range(nfc)]
+    acc_out = {j: output(rnode, nfc + i) for i, j in enumerate(fw_acc)}
+    ny0 = len(r_init)
+    ct_xs = [output(rnode, ny0 + i) for i in range(len(fx))]
+    p_stack = {id(m): output(rnode, ny0 + len(fx) + i) for i, m in enumerate(p_in_ys)}
+    g_stack = [output(rnode, ny0 + len(fx) + len(p_in_ys) + i) for i in range(len(products))]
+    for (j, m), gm in zip(products, g_stack, strict=True):
+        a = m.inputs[0]
+        k = arg_pos.get(id(a))
+        p = p_stack[id(m)] if k is None else (hist[k] if k < nc else xs[k - nc])
+        rows = T * a.shape[0]
+        dw = matmul(reshape(p, (rows, a.shape[1])), reshape(gm, (rows, m.shape[1])), ta=True)
+        acc_out[j] = dw if j not in acc_out else add(acc_out[j], dw)
+    return ct_init, [acc_out[j] for j in fw], ct_xs
+
+
+def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
+    """checkpoint=k: the forward stored the carry entering every k-th step (processing order). The gradient
+    is a reverse scan over those segments; each step of it recomputes its segment's k carries with a forward
+    scan from the stored one and then runs the k reverse steps. Steps past the end (k need not divide T) are
+    masked: their carry passes through and they contribute nothing."""
+    from graphc.ops.control import stop_gradient
+    from graphc.ops.gather import take
+    from graphc.ops.movement import broadcast_to
+    from graphc.ops.pointwise import add, cast, full_like, less, minimum, where
+    from graphc.ops.sources import dim_value
+
+    nc, nx = body.n_carry, body.n_x
+    k = node.attrs["checkpoint"]
+    T = node.attrs["length"]
+    rev_fwd = node.attrs["reverse"]
+    init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
+    nfc = len(fc)
+    S = _ceil_div(T, k)
+    gys = [gs[nc + q] for q in gy]
+    # the time index of processing position j: j (forward) or T-1-j (reverse); the sequences the segment
+    # reads (xs, gys) stay whole, as captures, and each step gathers its row
+    seqs = list(xs) + gys
+    anchor = hist[0]
+    Tn = dim_value(T, seqs[0] if seqs else anchor, "int32") if not isinstance(T, int) else constant(T, "int32")
+
+    def seg(rc, rx):
+        ct_c, acc = rc[:nfc], rc[nfc:nfc + len(fw)]
+        s = rc[-1]  # the segment's index, counting down
+        c0 = rx[:nc]
+        start = s * constant(k, "int32")
+
+        def pos_index(i):  # processing position start+i -> (time index, in range)
+            j = start + constant(i, "int32")
+            valid = less(j, Tn)
+            jc = minimum(j, Tn - constant(1, "int32"))
+            t = (Tn - constant(1, "int32") - jc) if rev_fwd else jc
+            return t, valid
+
+        # forward over the segment, unrolled k times inside this body (k is small; T is not unrolled)
+        cs = [list(c0)]
+        rows = []
+        for i in range(k):
+            t, valid = pos_index(i)
+            x_t = [take(x, t, 0) for x in xs]
+            c_t = cs[-1]
+            outs = substitute(body.outputs[:nc], {id(a): v for a, v in zip(
+                body.args, [*c_t, *x_t, *caps], strict=True)})
+            nxt = [where(broadcast_to(valid, o.shape), o, c) if o.dtype != "bool" else o
+                   for o, c in zip(outs, c_t, strict=True)]
+            cs.append(nxt)
+            rows.append((t, valid, x_t))
+        g_c = list(ct_c)
+        acc = list(acc)
+        gx_rows: list[list[Node]] = []
+        for i in reversed(range(k)):
+            t, valid, x_t = rows[i]
+            gy_t = [take(g, t, 0) for g in gys]
+            # the recomputed carry is a leaf of this sweep (it depends on the weights, which must not be
+            # differentiated through the recomputation)
+            c_i = [stop_gradient(c) for c in cs[i]]
+            dc, dx, dw, _ = grads_of_step(c_i, x_t, g_c, gy_t)
+            vf = {}
+
+            def mask(v, old=None, vf=vf, valid=valid):
+                key = v.dtype
+                if key not in vf:
+                    vf[key] = cast(valid, v.dtype)
+                m = broadcast_to(vf[key], v.shape)
+                return v * m if old is None else where(broadcast_to(valid, v.shape), v, old)
+
+            g_c = [mask(d, old) for d, old in zip(dc, g_c, strict=True)]
+            acc = [add(a, mask(w)) for a, w in zip(acc, dw, strict=True)]
+            gx_rows.insert(0, [mask(d) for d in dx])
+        from graphc.ops.movement import stack
+
+        ys = [stack([r[q] for r in gx_rows], 0) for q in range(len(fx))]
+        return g_c + acc + [s - constant(1, "int32")], ys
+
+    r_init = [gs[q] if gs[q] is not None else full_like(init[q], 0.0) for q in fc]
+    r_init += [full_like(caps[j], 0.0) for j in fw]
+    r_init.append(dim_value(S - 1, anchor, "int32") if not isinstance(S, int) else constant(S - 1, "int32"))
+    r_xs = list(hist)
+    r_ctypes = [(r.shape, r.dtype) for r in r_init]
+    r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
+    rnode, _ = _build(seg, r_init, r_xs, r_ctypes, r_xtypes, S, True, None, node.source)
+    ct_init = [output(rnode, i) for i in range(nfc)]
+    acc = [output(rnode, nfc + i) for i in range(len(fw))]
+    ct_xs = []
+    from graphc.ops.movement import reshape
+
+    for q in range(len(fx)):
+        blocks = output(rnode, len(r_init) + q)  # (S, k, ...) in processing order
+        flat = reshape(blocks, (S * k, *blocks.shape[2:]))
+        x = xs[fx[q]]
+        if rev_fwd:
+            from graphc.ops.movement import getitem
+
+            flat = getitem(flat, slice(None, None, -1))
+            ct_xs.append(_rows(flat, S * k - T, T, x))
+        else:
+            ct_xs.append(_rows(flat, 0, T, x))
+    return ct_init, acc, ct_xs
+
+
+def _rows(flat, start, T, like):
+    """Rows [start, start+T) of `flat` (static or symbolic)."""
+    from graphc.ops.movement import getitem
+
+    if isinstance(T, int) and isinstance(start, int):
+        return getitem(flat, slice(start, start + T))
+    raise GradError(f"scan: the gradient with respect to the xs of a checkpointed scan needs a static length, got "
+                    f"{T}; pass checkpoint=None, or take the gradient with respect to the weights only")
+
+
+__all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute"]

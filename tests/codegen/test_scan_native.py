@@ -1,0 +1,114 @@
+"""Native loops: a scan compiles to a loop around its body's kernels in the generated function, matches the
+reference (forward, gradient, checkpointed gradient, reverse, nested, tuples, T=0), is bitwise equal on 1-3
+threads, and its compile time does not depend on the sequence length."""
+
+import time
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen.kernels import ScanKernel
+
+
+def _rnn(T="T", reverse=False, checkpoint=None, grad=True):
+    xs = gc.input("xs", (T, "N", 3))
+    W, U = gc.param("W", (3, 4)), gc.param("U", (4, 4))
+    h0 = gc.input("h0", ("N", 4))
+
+    def step(h, x):
+        h = gc.tanh(x @ W + h @ U)
+        return h, h * 2.0
+
+    hT, ys = gc.scan(step, h0, xs, reverse=reverse, checkpoint=checkpoint)
+    loss = gc.sum(hT * hT) + gc.sum(ys * ys)
+    return [loss, hT, ys] + (gc.grad(loss, [W, U, xs, h0]) if grad else [])
+
+
+def _values(T, N=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"xs": rng.normal(size=(T, N, 3)).astype(np.float32), "W": rng.normal(size=(3, 4)).astype(np.float32),
+            "U": (0.5 * rng.normal(size=(4, 4))).astype(np.float32),
+            "h0": rng.normal(size=(N, 4)).astype(np.float32)}
+
+
+def _close(got, want):
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * (1 + np.abs(w).max()))
+
+
+@pytest.mark.parametrize(("reverse", "checkpoint"), [(False, None), (True, None), (False, 3), (True, 3)])
+def test_scan_and_its_gradient_match_the_reference_and_are_bitwise_on_1_to_3_threads(reverse, checkpoint):
+    outs = _rnn(T=7 if checkpoint else "T", reverse=reverse, checkpoint=checkpoint)
+    v = _values(7)
+    want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+    runs = [gc.compile(outs, threads=n)(v) for n in (1, 2, 3)]
+    _close(runs[0], want)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_loop_is_one_kernel_holding_its_body():
+    f = gc.compile(_rnn(grad=False)[1:])
+    loops = [k for k in f.program.kernels if isinstance(k, ScanKernel)]
+    assert len(loops) == 1
+    text = f.kernels
+    assert "loop j in [0, T)" in text and "gemm" in text
+    # one copy of the body in the LLVM IR, whatever T: the loop is a loop
+    for k in loops[0].body.kernels:
+        assert f.llvm_ir.count(f'define internal void @"{k.name}"') == 1, k.name
+
+
+def test_lengths_bound_at_call_time():
+    f = gc.compile(_rnn(grad=False)[1:])
+    for T in (1, 2, 5):  # (a compiled function refuses a zero dim, T included)
+        v = _values(T)
+        want = gc.evaluate(_rnn(grad=False)[1:], v)
+        _close(f(v), want)
+
+
+def test_tuples_int_carries_none_ys_and_nested_scans():
+    xs = gc.input("xs", ("T", 4, 2))
+    W = gc.param("W", (2, 2))
+
+    def outer(c, x):
+        h, count = c
+
+        def inner(d, row):
+            return gc.tanh(d @ W + row), None
+
+        d, _ = gc.scan(inner, h, gc.reshape(x, (4, 1, 2)))
+        return (d, count + 1), (d * h, None)
+
+    (hT, n), (ys, none) = gc.scan(outer, (gc.input("c0", (1, 2)), gc.constant(0, "int32")), xs)
+    assert none is None
+    loss = gc.sum(ys * ys) + gc.sum(hT)
+    outs = [hT, n, ys, *gc.grad(loss, [W, xs])]
+    rng = np.random.default_rng(1)
+    v = {"xs": rng.normal(size=(5, 4, 2)).astype(np.float32), "W": (0.5 * rng.normal(size=(2, 2))).astype(np.float32),
+         "c0": rng.normal(size=(1, 2)).astype(np.float32)}
+    got = gc.compile(outs)(v)
+    want = gc.evaluate(outs, v)
+    assert got[1] == 5
+    _close(got, want)
+
+
+def test_compile_time_does_not_depend_on_the_length():
+    def compile_seconds(T):
+        outs = _rnn(T=T)
+        t0 = time.perf_counter()
+        gc.compile(outs, cache=False)
+        return time.perf_counter() - t0
+
+    compile_seconds(10)  # warm the imports
+    short = min(compile_seconds(10) for _ in range(2))
+    long = min(compile_seconds(10_000) for _ in range(2))
+    assert long < 1.2 * short + 0.05, (short, long)
+
+
+def test_a_long_sequence_runs_natively():
+    outs = _rnn(grad=False)[1:]
+    f = gc.compile(outs)
+    v = _values(3000, N=1)
+    _close(f(v), gc.evaluate(outs, v))

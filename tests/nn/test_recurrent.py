@@ -1,0 +1,148 @@
+"""Recurrent layers: parity with PyTorch's nn.RNN / nn.GRU / nn.LSTM (same weights), bidirectional and
+return_sequences shapes, gradients by finite differences, native compilation, and embeddings."""
+
+import numpy as np
+import pytest
+import torch
+
+import graphc as gc
+from graphc.autodiff.check import check_grad
+
+T, N, F, H = 5, 3, 4, 6
+
+
+def _torch_layer(kind, bidirectional):
+    torch.manual_seed(0)
+    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+    return cls(F, H, bidirectional=bidirectional).double()
+
+
+def _weights(kind, layer, name, suffix=""):
+    g = lambda a: getattr(layer, a + suffix).detach().numpy()  # noqa: E731
+    out = {f"{name}.Wx": g("weight_ih_l0").T.copy(), f"{name}.Wh": g("weight_hh_l0").T.copy()}
+    if kind == "gru":
+        out[f"{name}.b"], out[f"{name}.bh"] = g("bias_ih_l0"), g("bias_hh_l0")
+    else:
+        out[f"{name}.b"] = g("bias_ih_l0") + g("bias_hh_l0")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_matches_pytorch(kind, bidirectional):
+    layer = _torch_layer(kind, bidirectional)
+    xs_np = np.random.default_rng(1).normal(size=(T, N, F))
+    out, hn = layer(torch.from_numpy(xs_np))[:2]
+    hn = (hn[0] if kind == "lstm" else hn).detach().numpy()
+    xs = gc.input("xs", ("T", "N", F), "float64")
+    fn = getattr(gc.nn, kind)
+    seq = fn(xs, H, return_sequences=True, bidirectional=bidirectional, name=kind)
+    last = fn(xs, H, bidirectional=bidirectional, name=kind)
+    values = {"xs": xs_np, **_weights(kind, layer, kind)}
+    if bidirectional:
+        values.update(_weights(kind, layer, f"{kind}_reverse", "_reverse"))
+    got_seq, got_last = gc.evaluate([seq, last], values)
+    np.testing.assert_allclose(got_seq, out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    want_last = np.concatenate([hn[0], hn[1]], axis=1) if bidirectional else hn[0]
+    np.testing.assert_allclose(got_last, want_last, rtol=1e-10, atol=1e-12)
+    assert seq.shape[2] == (2 * H if bidirectional else H)
+
+
+def test_lstm_parameters_are_fused_and_named():
+    xs = gc.input("xs", ("T", "N", F))
+    h = gc.nn.lstm(xs, H, name="enc")
+    shapes = {p.name: p.shape for p in gc.nn.parameters(h)}
+    assert shapes == {"enc.Wx": (F, 4 * H), "enc.Wh": (H, 4 * H), "enc.b": (4 * H,)}
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_gradients_by_finite_differences(kind):
+    xs = gc.input("xs", (3, 2, 2), "float64")
+    out = getattr(gc.nn, kind)(xs, 3, return_sequences=True, name="r")
+    loss = gc.sum(out * out)
+    params = gc.nn.parameters(loss)
+    values = {k: v.astype(np.float64) for k, v in gc.nn.init_params(params, seed=2).items()}
+    values["xs"] = np.random.default_rng(3).normal(size=(3, 2, 2))
+    check_grad(loss, [xs, *params], values, rtol=1e-6, atol=1e-8)
+
+
+def test_the_input_projection_is_one_product_before_the_loop():
+    xs = gc.input("xs", ("T", "N", F))
+    h = gc.nn.lstm(xs, H)
+    scan = next(n for n in gc.topo_order(h) if n.op.name == "scan")
+    body = scan.attrs["body"]
+    assert sum(1 for n in body.order() if n.op.name == "matmul") == 1  # only h @ Wh inside
+    assert any(n.op.name == "matmul" and n.shape[0] == gc.dim("T") * gc.dim("N") for n in gc.topo_order(h))
+
+
+def test_compiled_lstm_training_step_matches_the_reference():
+    xs = gc.input("xs", ("T", "N", F))
+    y = gc.input("y", ("N",), "int32")
+    logits = gc.nn.dense(gc.nn.lstm(xs, H, name="l"), 3, name="out")
+    loss = gc.nn.softmax_cross_entropy(logits, y)
+    params = gc.nn.parameters(loss)
+    outs = [loss, *gc.grad(loss, params)]
+    values = gc.nn.init_params(params, seed=0)
+    values.update(xs=np.random.default_rng(0).normal(size=(7, N, F)).astype(np.float32),
+                  y=np.array([0, 2, 1], np.int32))
+    got = gc.compile(outs, threads=2)(values)
+    want = gc.evaluate(outs, values)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_embedding_gathers_rows_and_accumulates_gradients():
+    ids = gc.input("ids", ("N", 3), "int64")
+    e = gc.nn.embedding(ids, 5, 2, name="emb")
+    assert e.shape == (gc.dim("N"), 3, 2)
+    table = np.arange(10.0).reshape(5, 2)
+    idv = np.array([[0, 4, 4], [1, 0, 0]])
+    np.testing.assert_array_equal(gc.evaluate(e, {"ids": idv, "emb.E": table}), table[idv])
+    g = gc.evaluate(gc.grad(gc.sum(e), gc.nn.parameters(e)[0]), {"ids": idv, "emb.E": table})
+    np.testing.assert_array_equal(g[:, 0], [3, 1, 0, 0, 2])  # duplicates add up
+    with pytest.raises(gc.GraphcError, match="out of range"):
+        gc.evaluate(e, {"ids": np.array([[0, 5, 1]]), "emb.E": table})
+    with pytest.raises(gc.DTypeError, match="ids must be int32 or int64"):
+        gc.nn.embedding(gc.input("f", (2,)), 5, 2)
+
+
+def test_bad_layer_inputs():
+    with pytest.raises(gc.GraphcError, match=r"time-major \(T, N, F\)"):
+        gc.nn.lstm(gc.input("x2", ("N", F)), H)
+    with pytest.raises(gc.GraphcError, match="hidden must be a positive int"):
+        gc.nn.gru(gc.input("xs", ("T", "N", F)), 0)
+
+
+def test_the_digits_rows_example_trains_natively():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"
+    res = gc.fit(str(path), "digits", progress=False, epochs=8, seed=0)
+    assert res.metrics["test_accuracy"] > 0.9, res.metrics
+
+
+def test_a_recurrent_model_exports_and_predicts_as_in_process(tmp_path):
+    import ctypes
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from graphc.fitting import load_model_file
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"
+    gc.fit(str(path), "digits", progress=False, epochs=2, seed=0, out=tmp_path / "run")
+    lib = tmp_path / "librows.so"
+    p = subprocess.run([sys.executable, "-m", "graphc.cli", "export", "--model", str(path), "--weights",
+                        str(tmp_path / "run"), "-o", str(lib)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    X = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    out = np.zeros((5, 10), np.float32)
+    so = ctypes.CDLL(str(lib))
+    so.rows_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    assert so.rows_predict(X.ctypes.data, 5, out.ctypes.data) == 0
+    model, _ = load_model_file(str(path))
+    x = gc.input("x", ("N", 64))
+    y = model(x, 10)
+    weights = dict(np.load(tmp_path / "run" / "weights.npz"))
+    want = gc.compile(y, threads=1)({**weights, "x": X})
+    np.testing.assert_array_equal(out, want)

@@ -1,0 +1,226 @@
+"""gc.scan: the traced body, the reference loop, the reverse scan backprop builds, checkpointing, truncation,
+second derivatives, and the errors a user can cause."""
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.autodiff.check import check_grad
+from graphc.ops.scan import SCAN
+
+
+def _rnn_values(T=5, N=2, F=3, H=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"xs": rng.normal(size=(T, N, F)), "W": rng.normal(size=(F, H)), "U": 0.5 * rng.normal(size=(H, H)),
+            "h0": rng.normal(size=(N, H))}
+
+
+def _rnn(F=3, H=4, T="T", **kw):
+    xs = gc.input("xs", (T, "N", F))
+    W, U = gc.param("W", (F, H)), gc.param("U", (H, H))
+    h0 = gc.input("h0", ("N", H))
+
+    def step(h, x):
+        h = gc.tanh(x @ W + h @ U)
+        return h, h * 2.0
+
+    hT, ys = gc.scan(step, h0, xs, **kw)
+    return hT, ys, (xs, W, U, h0)
+
+
+def _numpy_rnn(v, reverse=False):
+    h, ys = v["h0"], [None] * len(v["xs"])
+    order = range(len(v["xs"]) - 1, -1, -1) if reverse else range(len(v["xs"]))
+    for t in order:
+        h = np.tanh(v["xs"][t] @ v["W"] + h @ v["U"])
+        ys[t] = 2 * h
+    return h, np.stack(ys)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_matches_a_numpy_loop(reverse):
+    hT, ys, _ = _rnn(reverse=reverse)
+    v = _rnn_values()
+    got_h, got_y = gc.evaluate([hT, ys], v)
+    want_h, want_y = _numpy_rnn(v, reverse)
+    np.testing.assert_allclose(got_h, want_h, rtol=1e-12)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-12)
+    assert ys.shape[0] == gc.dim("T")  # the symbolic length is bound at call time
+    v7 = _rnn_values(T=7)
+    assert gc.evaluate(ys, v7).shape == (7, 2, 4)
+
+
+def test_tracing_twice_gives_the_same_node_and_digest():
+    a, _, _ = _rnn()
+    b, _, _ = _rnn()
+    assert a is b
+    c, _, _ = _rnn(H=5)
+    assert c.digest() != a.digest()
+
+
+def test_loop_invariant_work_is_hoisted_into_the_captures():
+    xs = gc.input("xs", ("T", "N", 3))
+    W = gc.param("W", (3, 4))
+
+    def step(h, x):
+        return h + x @ gc.transpose(gc.transpose(W) * 2.0), None
+
+    (hT, ys) = gc.scan(step, gc.zeros(("N", 4)), xs)
+    assert ys is None
+    scan = hT.inputs[0]
+    body = scan.attrs["body"]
+    # W.T * 2 and its transpose depend on W only: computed once, outside the loop
+    assert not any(n.op.name == "transpose" for n in body.order())
+    assert any(i.op.name == "transpose" for i in scan.inputs)
+
+
+def test_tuples_none_ys_and_no_xs():
+    n = gc.input("n0", (), "float64")
+
+    def step(c, _):
+        a, b = c
+        return (b, a + b), (a, None)
+
+    (a, b), (ys, none) = gc.scan(step, (n, n * 1.0), length=6)
+    assert none is None
+    got = gc.evaluate([a, b, ys], {"n0": np.float64(1.0)})
+    np.testing.assert_array_equal(got[2], [1, 1, 2, 3, 5, 8])
+    assert got[0] == 13 and got[1] == 21
+
+
+def test_zeros_is_sized_by_the_batch():
+    x = gc.input("x", ("N", 3))
+    z = gc.zeros(("N", 5))
+    out = gc.evaluate(x.sum() + z.sum(), {"x": np.ones((4, 3), np.float32)})
+    assert out == 12.0
+    assert gc.evaluate(z + gc.sum(x) * 0.0, {"x": np.ones((4, 3), np.float32)}).shape == (4, 5)
+
+
+def test_show_prints_the_body_as_a_nested_block(capsys):
+    hT, ys, _ = _rnn()
+    gc.show([hT, ys])
+    text = capsys.readouterr().out
+    assert "body (c0: f32[N,4], x0: f32[N,3], w0: f32[3,4], w1: f32[4,4]) {" in text
+    assert "return carry (%3), y (%4)" in text
+
+
+def test_draw_boxes_the_body(tmp_path):
+    hT, _, _ = _rnn()
+    gc.draw(hT, tmp_path / "scan.svg")
+    svg = (tmp_path / "scan.svg").read_text()
+    assert "⟲ scan" in svg and "tanh" in svg
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("checkpoint", [None, 2, 3, 5, 8])
+def test_gradient_through_time(reverse, checkpoint):
+    hT, ys, (xs, W, U, h0) = _rnn(T=5, reverse=reverse, checkpoint=checkpoint)
+    loss = gc.sum(hT * hT) + gc.sum(ys * ys)
+    check_grad(loss, [xs, W, U, h0], _rnn_values(), rtol=1e-6, atol=1e-8)
+
+
+def test_the_gradient_is_one_reverse_scan_over_the_body_gradient():
+    hT, ys, (xs, W, U, h0) = _rnn()
+    gW, gU = gc.grad(gc.sum(hT) + gc.sum(ys), [W, U])
+    scans = [n for n in gc.topo_order([gW, gU]) if n.op is SCAN]
+    assert len(scans) == 2  # the forward and one reverse
+    rev = scans[1]
+    assert rev.attrs["reverse"] and rev.attrs["length"] == gc.dim("T")
+    body = rev.attrs["body"]
+    # the carry: dL/dh only; W and U are used only as x·W, so dW = Σ_t x_tᵀ g_t is one product after the
+    # loop over the stacked operands (the xs and the stored carries themselves), not a product per step
+    assert [a.shape for a in body.args[:body.n_carry]] == [(gc.dim("N"), 4)]
+    assert sum(1 for n in body.order() if n.op.name == "tanh") == 1  # CSE: the recomputed step once
+    for g in (gW, gU):
+        assert g.op.name == "matmul" and g.attrs["ta"]
+        assert g.inputs[0].shape[0] == gc.dim("T") * gc.dim("N")
+    assert gW.inputs[0].inputs[0] is xs
+
+
+def test_a_weight_used_otherwise_accumulates_in_the_reverse_carry():
+    xs = gc.input("xs", (4, 2, 3))
+    w = gc.param("w", (3,))
+
+    def step(h, x):
+        return gc.tanh(h * w + x), None
+
+    hT, _ = gc.scan(step, gc.input("h0", (2, 3)), xs)
+    gw = gc.grad(gc.sum(hT), w)
+    rev = gw.inputs[0]
+    assert rev.op is SCAN and rev.attrs["body"].n_carry == 2
+    v = {"xs": np.random.default_rng(0).normal(size=(4, 2, 3)), "w": np.array([0.5, -0.3, 0.9]),
+         "h0": np.ones((2, 3))}
+    check_grad(gc.sum(hT), [w, xs], v, rtol=1e-7, atol=1e-9)
+
+
+def test_checkpoint_stores_every_kth_carry():
+    hT, ys, (xs, W, U, h0) = _rnn(T=7, checkpoint=3)
+    g = gc.grad(gc.sum(hT), [U])
+    hist = [n for n in gc.topo_order(g) if n.op.name == "scan_output" and n.attrs["index"] == 2]
+    assert hist and hist[0].shape[0] == 3  # ceil(7/3) stored carries instead of 7
+
+
+def test_truncated_bptt_by_stop_gradient():
+    xs = gc.input("xs", (6, 2, 3))
+    W, U = gc.param("W", (3, 4)), gc.param("U", (4, 4))
+    h0 = gc.input("h0", (2, 4))
+
+    def step(h, x):
+        return gc.tanh(x @ W + gc.stop_gradient(h) @ U), None
+
+    hT, _ = gc.scan(step, h0, xs)
+    v = _rnn_values(T=6)
+    gW = gc.evaluate(gc.grad(gc.sum(hT), W), v)
+    # only the last step contributes: d/dW sum(tanh(x5 W + h4 U)) with h4 fixed
+    h = v["h0"]
+    for t in range(5):
+        h = np.tanh(v["xs"][t] @ v["W"] + h @ v["U"])
+    z = np.tanh(v["xs"][5] @ v["W"] + h @ v["U"])
+    np.testing.assert_allclose(gW, v["xs"][5].T @ (1 - z * z), rtol=1e-10)
+
+
+def test_second_derivatives_through_a_scan():
+    hT, ys, (xs, W, U, h0) = _rnn(T=4)
+    loss = gc.sum(hT * hT) + gc.sum(ys)
+    gU = gc.grad(loss, U)
+    check_grad(gc.sum(gU * gU), [U, W, xs], _rnn_values(T=4), rtol=1e-5, atol=1e-7)
+
+
+def test_nested_scans_and_their_gradient():
+    xs = gc.input("xs", (3, 4, 2))
+    W = gc.param("W", (2, 2))
+
+    def outer(c, x):
+        def inner(d, row):
+            return gc.tanh(d @ W + row), None
+
+        d, _ = gc.scan(inner, c, gc.reshape(x, (4, 1, 2)))
+        return d, d * c
+
+    cT, ys = gc.scan(outer, gc.input("c0", (1, 2)), xs)
+    rng = np.random.default_rng(3)
+    v = {"xs": rng.normal(size=(3, 4, 2)), "W": 0.5 * rng.normal(size=(2, 2)), "c0": rng.normal(size=(1, 2))}
+    check_grad(gc.sum(cT) + gc.sum(ys * ys), [W, xs], v, rtol=1e-6, atol=1e-8)
+
+
+def test_bad_inputs_are_located_errors():
+    xs = gc.input("xs", ("T", "N", 3))
+    h0 = gc.input("h0", ("N", 4))
+    W = gc.param("W", (3, 5))
+    with pytest.raises(gc.ShapeError, match=r"carry 0 goes into step as f32\[N,4\].*returns f32\[N,5\]"):
+        gc.scan(lambda h, x: (x @ W, None), h0, xs)
+    with pytest.raises(gc.ShapeError, match="carry 0.*f64"):
+        gc.scan(lambda h, x: (gc.cast(h, "float64"), None), h0, xs)
+    other = gc.input("other", (7, "N", 3))
+    with pytest.raises(gc.ShapeError, match="xs 1 .*other.* has 7 steps but"):
+        gc.scan(lambda h, x: (h, None), h0, (xs, other))
+    with pytest.raises(gc.ShapeError, match="length"):
+        gc.scan(lambda h, x: (h, None), h0, other, length=8)
+    with pytest.raises(gc.ShapeError, match="number of steps is unknown"):
+        gc.scan(lambda h, x: (h, None), h0)
+    with pytest.raises(gc.GraphcError, match="must return a pair"):
+        gc.scan(lambda h, x: h, h0, xs)
+    with pytest.raises(gc.GraphcError, match="test_scan.py"):
+        gc.scan(lambda h, x: (x @ W, None), h0, xs)
+    with pytest.raises(gc.GraphcError, match="checkpoint must be a positive int"):
+        gc.scan(lambda h, x: (h, None), h0, xs, checkpoint=0)
