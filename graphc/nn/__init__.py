@@ -1,11 +1,21 @@
 """Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization."""
 
-from graphc.nn.layers import ACTIVATIONS, dense, init_params, mlp, parameters
+from graphc.nn.layers import (
+    ACTIVATIONS,
+    avg_pool2d,
+    conv2d,
+    dense,
+    flatten,
+    init_params,
+    max_pool2d,
+    mlp,
+    parameters,
+)
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
 __all__ = [
-    "ACTIVATIONS", "dense", "mlp", "parameters", "init_params", "Uniform", "Normal",
+    "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "parameters", "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
 ]
