@@ -142,7 +142,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
             raise GraphcError(f"--out {out}: cannot create the directory ({e.strerror})") from None
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
                       y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log,
-                      grid=grid if grid is not None else ds.grid)
+                      grid=grid if grid is not None else ds.grid, data=ds.name)
     _check_outputs(trainer, ds)
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None

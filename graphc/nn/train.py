@@ -202,9 +202,10 @@ class Trainer:
 
     def __init__(self, model: Callable[[Node, int], Node] | None, task: str, n_features: int, n_outputs: int,
                  config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
-                 all_features: bool = False, grid: tuple[int, ...] | None = None):
+                 all_features: bool = False, grid: tuple[int, ...] | None = None, data: str = "the dataset"):
         """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
-        standalone binary takes those values on its command line)."""
+        standalone binary takes those values on its command line). A model whose first parameter is named
+        `images` gets x viewed as (N, *grid) (`data` names the dataset in errors)."""
         config.validate()
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -217,7 +218,7 @@ class Trainer:
         else:
             self.y = ops.input("y", ("N", *y_shape), "float32")
         self.grid = tuple(grid) if grid is not None else None
-        out = _call_model(model, model_input(model, self.x, self.grid), n_outputs)
+        out = _call_model(model, model_input(model, self.x, self.grid, data), n_outputs)
         if not isinstance(out, Node):
             raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
         if out.dtype not in ("float32", "float64"):
