@@ -25,7 +25,8 @@ from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
     "(N, features), or, when its first parameter is named `images` (`def model(images, n_outputs)`), the "
-    "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); it returns the output tensor of shape (N, n_outputs) (logits for classification, "
+    "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); it returns "
+    "the output tensor of shape (N, n_outputs) (logits for classification, "
     "predictions for regression), built with graphc's DSL (gc.nn.dense, gc.relu, ...). It may also define "
     "OPTIONS = {...} with default training options (command-line flags override them)."
 )

@@ -16,6 +16,7 @@ from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
 __all__ = [
-    "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "parameters", "init_params", "Uniform", "Normal",
+    "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "parameters", "init_params",
+    "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
 ]
