@@ -121,7 +121,7 @@ def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu",
     """activation(conv2d(x, W) + b) with W: (KH, KW, C, filters) named `<name>.W` and b: (filters,) named
     `<name>.b`. `kernel` is an int or (KH, KW); `init` is W's initializer (default: He normal for ReLU/softplus,
     Glorot uniform otherwise), with fan-in KH*KW*C and fan-out KH*KW*filters."""
-    from graphc.ops.conv import _per_axis
+    from graphc.ops.conv import _per_axis, conv_matrix
 
     x = ops.as_tensor(x)
     if x.ndim != 4:
@@ -144,10 +144,11 @@ def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu",
         if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (KH, KW, C, F) filter, not a matrix's
             w_init = like(w_init, kh * kw * c, kh * kw * filters)
         w = ops.param(f"{name}.W", (kh, kw, c, filters), init=w_init, dtype=dtype)
-        z = ops.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+        # bias and activation on the (N*OH*OW, F) product, before its reshape to images: the GEMM's epilogue
+        z, shape = conv_matrix(x, w, 2, stride, padding, dilation, "conv2d")
         if bias:
             z = z + ops.param(f"{name}.b", (filters,), init="zeros", dtype=dtype)
-        return fn(z) if fn is not None else z
+        return ops.reshape(fn(z) if fn is not None else z, shape)
 
 
 def max_pool2d(x, window=2, stride=None, padding="valid") -> ops.Tensor:

@@ -102,6 +102,16 @@ def _fail(err: GraphcError, inputs, what: str) -> GraphcError:
 
 
 def _conv(x, w, nsp: int, stride, padding, dilation, what: str) -> Tensor:
+    from graphc.ops.movement import reshape
+
+    y, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
+    return reshape(y, shape)
+
+
+def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[Tensor, tuple]:
+    """The convolution as the product (N*OH*OW, KH*KW*C) @ (KH*KW*C, F), before the reshape to (N, OH, OW, F),
+    and that shape. A layer adds its bias and activation to the product itself, so they become the GEMM's fused
+    epilogue."""
     from graphc.ops.linalg import matmul
     from graphc.ops.movement import _pad, reshape, windows
 
@@ -138,8 +148,7 @@ def _conv(x, w, nsp: int, stride, padding, dilation, what: str) -> Tensor:
     for o in out:
         rows = rows * o
     cols = reshape(win, (rows, math.prod(window) * c))
-    y = matmul(cols, reshape(w, (math.prod(window) * c, f)))
-    return reshape(y, (n, *out, f))
+    return matmul(cols, reshape(w, (math.prod(window) * c, f))), (n, *out, f)
 
 
 def conv2d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:

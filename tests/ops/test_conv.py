@@ -196,12 +196,17 @@ def test_gradient_graph_prints_draws_and_a_hessian_vector_product_goes_through_a
     np.testing.assert_allclose(fn(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
 
 
-def test_kernels_show_what_a_conv_became():
+def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_the_gemm():
     x = gc.input("x", ("N", 8, 8, 3))
-    w = gc.param("w", (3, 3, 3, 8))
-    fn = gc.compile(gc.relu(gc.conv2d(x, w, padding="same") + gc.param("b", (8,))))
-    text = str(fn.kernels)
-    assert "windows" in text and "gemm" in text  # the im2col loop, then the packed GEMM with its epilogue
+    layer = gc.nn.conv2d(x, 8, 3, name="c")
+    fn = gc.compile(layer)
+    kinds = [type(k).__name__ for k in fn.program.kernels]
+    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels  # the im2col loop, the GEMM with its epilogue
+    assert "windows" in fn.kernels and "relu(add(acc" in fn.kernels
+    X = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
+    vals = {"x": X, **gc.nn.init_params(layer, seed=1)}
+    vals["c.b"][:] = rng.standard_normal(8)
+    np.testing.assert_allclose(fn(vals), gc.evaluate(layer, vals), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_input_names_both_shapes_and_the_line():
