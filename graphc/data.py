@@ -41,6 +41,8 @@ class Dataset:
     x_std: np.ndarray | None = None
     y_mean: float = 0.0  # regression targets are standardized too; predictions * y_std + y_mean undo it
     y_std: float = 1.0
+    grid: tuple[int, ...] | None = None  # one example's (H, W, C) (or (T, C)) for data on a grid; rows hold it
+    # flattened row-major (channels last), and a model that asks for images gets x as (N, *grid)
 
     @property
     def n_features(self) -> int:
@@ -55,6 +57,9 @@ class Dataset:
     def summary(self) -> str:
         return (f"{self.name}: {self.task}, {self.n_features} features, {len(self.X_train)}/{len(self.X_val)}/"
                 f"{len(self.X_test)} train/val/test rows" + (f", {len(self.classes)} classes" if self.classes else ""))
+
+
+GRIDS = {"digits": (8, 8, 1)}  # bundled image sets: each row is an 8x8 grey image, row-major
 
 
 def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -106,10 +111,16 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
                 X, y = z[xkey], z[ykey]
-            if X.ndim != 2:
-                raise DataError(f"{path}: {xkey} must be 2-D (rows x features), got shape {X.shape}")
+            if X.ndim not in (2, 3, 4):
+                raise DataError(f"{path}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
+                                f"(N, H, W, C) images (channels last), got shape {X.shape}")
             if len(X) != len(y):
                 raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y)}")
+            if X.ndim > 2:  # images: rows are the images flattened row-major, the grid kept beside them
+                grid = tuple(int(d) for d in X.shape[1:]) + ((1,) if X.ndim == 3 else ())
+                if 0 in grid:
+                    raise DataError(f"{path}: {xkey} has an empty image shape {X.shape}")
+                return _Grid(X.reshape(len(X), -1), grid), y, [f"x{i}" for i in range(int(np.prod(grid)))]
             return X, y, [f"x{i}" for i in range(X.shape[1])]
         if ext == ".csv":
             return _read_csv(path, label, features)
@@ -118,6 +129,15 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it: {e}") from None
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+
+
+class _Grid(np.ndarray):
+    """Rows of flattened images that remember their grid (H, W, C)."""
+
+    def __new__(cls, arr: np.ndarray, grid: tuple[int, ...]):
+        obj = np.asarray(arr).view(cls)
+        obj.grid = grid
+        return obj
 
 
 class _NpyRows:
@@ -261,8 +281,10 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     """A bundled dataset by name, or a .npy/.npz/.csv file, split into train/validation/test with a fixed
     seed and standardized with the training split's statistics. `train_fraction` < 1 keeps only that share
     of the training rows (for overfitting studies)."""
+    grid = None
     if source in BUNDLED:
         X, y, names = _bundled(source)
+        grid = GRIDS.get(source)
         task = task or BUNDLED[source]
         name = source
     else:
@@ -271,6 +293,8 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
         name = os.path.basename(source)
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if isinstance(X, _Grid):
+        grid = X.grid
     if not isinstance(X, _Columns):
         X = np.asarray(X)  # in memory already (bundled, .npz, .csv)
     if X.ndim != 2 or len(X) == 0:
@@ -354,4 +378,4 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
         y_std = float(y[tr].std()) or 1.0
         y = ((y - y_mean) / y_std).astype(np.float32)
     return Dataset(name, task, splits[0], y[tr], splits[1], y[va], splits[2], y[te], classes, names, mean, std,
-                   y_mean, y_std)
+                   y_mean, y_std, grid)

@@ -25,7 +25,9 @@ from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows
 
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
-    "(N, features); it returns the output tensor of shape (N, n_outputs) (logits for classification, "
+    "(N, features), or, when its first parameter is named `images` (`def model(images, n_outputs)`), the "
+    "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); it returns "
+    "the output tensor of shape (N, n_outputs) (logits for classification, "
     "predictions for regression), built with graphc's DSL (gc.nn.dense, gc.relu, ...). It may also define "
     "OPTIONS = {...} with default training options (command-line flags override them)."
 )
@@ -224,13 +226,16 @@ def _config(options: dict) -> TrainConfig:
 def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True, label: str | None = None, features: list[str] | None = None,
         task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
-        log: Callable[[str], None] | None = None, **options) -> FitResult:
+        log: Callable[[str], None] | None = None, grid: tuple[int, ...] | None = None,
+        **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, or a Dataset) with the options of TrainConfig
     (epochs, batch_size, lr, optimizer, momentum, schedule, l2, l1, dropout, early_stopping, refit, seed,
     threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png and
     checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
-    the last good checkpoint there; a directory holding another run is refused unless `overwrite=True`."""
+    the last good checkpoint there; a directory holding another run is refused unless `overwrite=True`. A model
+    whose first parameter is `images` gets x as (N, *grid): the dataset's grid (digits: (8, 8, 1)) unless `grid` is
+    given."""
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
     file_options: dict = {}
@@ -259,11 +264,11 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
     if out_dir is None:
-        return _fit(model_fn, model_desc, ds, config, None, resume, progress, log)
+        return _fit(model_fn, model_desc, ds, config, None, resume, progress, log, grid)
     lock = OutDir(out_dir, resume=resume, overwrite=overwrite).open()
     failed = True
     try:
-        result = _fit(model_fn, model_desc, ds, config, out_dir, resume, progress, log)
+        result = _fit(model_fn, model_desc, ds, config, out_dir, resume, progress, log, grid)
         failed = False
         return result
     finally:
@@ -271,9 +276,10 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
 
 
 def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, out_dir: Path | None, resume: bool,
-         progress: bool, log: Callable[[str], None]) -> FitResult:
+         progress: bool, log: Callable[[str], None], grid: tuple[int, ...] | None = None) -> FitResult:
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
-                      y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log)
+                      y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log,
+                      grid=grid if grid is not None else ds.grid, data=ds.name)
     _check_outputs(trainer, ds, model_desc)
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None

@@ -234,6 +234,7 @@ class ModelSpec:
     model_desc: str
     notes: list[str] = field(default_factory=list)
     data: dict | None = None  # the dataset's standardization and classes (graphc.fitting.data_description)
+    grid: tuple | None = None  # a model that asks for `images` gets x as (N, *grid); rows stay flat in files
 
 
 # options that shape the compiled step
@@ -243,7 +244,7 @@ RUN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "l2", "l1", "dropout", 
 
 def model_spec(model=None, data="digits", *, task: str | None = None, n_features: int | None = None,
                n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
-               **options) -> ModelSpec:
+               grid: tuple | None = None, **options) -> ModelSpec:
     """Resolve the model (None: the default MLP; a function; a model file) and learn the task, feature count and
     classes from `data` (a bundled dataset name, a file, a Dataset) unless `task`, `n_features` and `n_outputs`
     are all given."""
@@ -272,6 +273,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         task, n_features, n_outputs, name = ds.task, ds.n_features, ds.n_outputs, ds.name
         classes = list(ds.classes)
         y_shape = tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else ()
+        grid = grid if grid is not None else ds.grid
         from graphc.fitting import data_description
 
         description = data_description(ds)
@@ -301,8 +303,12 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     if model_fn is None:
         desc = f"the default MLP {'-'.join(str(d) for d in [n_features, *config.hidden, n_outputs])} " \
                f"({config.activation}, {config.init} init)"
+    from graphc.nn.train import wants_images
+
+    if grid is not None and wants_images(model_fn):
+        desc += f" on {'x'.join(map(str, grid))} images (each row one image, row-major, channels last)"
     return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes,
-                     description)
+                     description, tuple(grid) if grid is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -376,7 +382,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     def trainer(config, all_features: bool):
         return Trainer(spec.model_fn, spec.task, spec.n_features, spec.n_outputs, config, y_shape=spec.y_shape,
-                       log=lambda m: None, all_features=all_features)
+                       log=lambda m: None, all_features=all_features, grid=spec.grid,
+                       data=spec.dataset)
 
     tr = trainer(cfg, True)
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
@@ -655,7 +662,7 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     weights (from `weights`: DIR/<name>.npy) embedded, and a C header NAME.h declaring
     `int NAME_predict(const float *x, int64_t n, float *out)`."""
     from graphc import ops
-    from graphc.nn.train import default_model
+    from graphc.nn.train import default_model, model_input
     from graphc.runtime.jit import CompiledFunction
 
     t0 = time.perf_counter()
@@ -670,7 +677,8 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     x = ops.input("x", ("N", spec.n_features))
     from graphc.nn.train import _call_model
 
-    y = _call_model(model_fn, x, spec.n_outputs)  # a model build: the parameter names training gave them
+    # a model build: the parameter names training gave them
+    y = _call_model(model_fn, model_input(model_fn, x, spec.grid, spec.dataset), spec.n_outputs)
     if not hasattr(y, "op") or y.dtype != "float32" or y.ndim < 1 or y.shape[0] != x.shape[0] or \
             not all(isinstance(d, int) for d in y.shape[1:]):
         raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
@@ -770,6 +778,21 @@ def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
     return spec.data
 
 
+def _grid_doc(upper: str, spec: ModelSpec) -> str:
+    """The image layout, for a model that takes images: each row is one image flattened row-major."""
+    from graphc.nn.train import wants_images
+
+    if spec.grid is None or not wants_images(spec.model_fn):
+        return ""
+    dims = "x".join(map(str, spec.grid))
+    if len(spec.grid) != 3:
+        return f"\n/* Each row is one example on a {dims} grid, flattened row-major (channels last). */"
+    h, w, c = spec.grid
+    return (f"\n/* Each row is one {dims} image (height, width, channels), channels last (NHWC), row-major:\n"
+            f" * pixel (i, j), channel k is x[row * {upper}_N_FEATURES + (i * {w} + j) * {c} + k]. */\n"
+            f"#define {upper}_HEIGHT {h}\n#define {upper}_WIDTH {w}\n#define {upper}_CHANNELS {c}")
+
+
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
                    tgt: Target, params: list[str], data: dict | None = None) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
@@ -812,7 +835,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
 extern "C" {{
 #endif
 
-#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */
+#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */{_grid_doc(upper, spec)}
 #define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
                                                                else 'predictions'}) */
 #define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */

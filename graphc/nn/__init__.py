@@ -1,13 +1,25 @@
 """Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization."""
 
-from graphc.nn.layers import ACTIVATIONS, dense, init_params, mlp, model_build, parameters
+from graphc.nn.layers import (
+    ACTIVATIONS,
+    avg_pool2d,
+    conv2d,
+    dense,
+    flatten,
+    init_params,
+    max_pool2d,
+    mlp,
+    model_build,
+    parameters,
+)
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.recurrent import embedding, gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
 __all__ = [
-    "ACTIVATIONS", "dense", "mlp", "model_build", "parameters", "init_params", "Uniform", "Normal",
+    "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "model_build", "parameters",
+    "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, scope, topo_order
-from graphc.ops.init import draw, like, param_rng
+from graphc.ops.init import SCHEMES, draw, like, param_rng
 from graphc.ops.random import dropout
 from graphc.runtime.buffers import aligned_empty
 
@@ -147,3 +147,65 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
         out[p.name] = aligned_empty(v.shape, v.dtype)  # 64-byte aligned: compiled code reads and updates it in place
         out[p.name][...] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# convolutional layers (channels-last images (N, H, W, C); see graphc.ops.conv)
+
+
+def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
+           bias: bool = True, name: str = "conv", dtype: str | None = None) -> ops.Tensor:
+    """activation(conv2d(x, W) + b) with W: (KH, KW, C, filters) named `<name>.W` and b: (filters,) named
+    `<name>.b`. `kernel` is an int or (KH, KW); `init` is W's initializer (default: He normal for ReLU/softplus,
+    Glorot uniform otherwise), with fan-in KH*KW*C and fan-out KH*KW*filters."""
+    from graphc.ops.conv import _per_axis, conv_matrix
+
+    x = ops.as_tensor(x)
+    if x.ndim != 4:
+        raise GraphcError(f"conv2d {name!r}: input must be 4-D (N, H, W, C) images, channels last, got "
+                          f"{x.type_str}" + (" (gc.nn.conv2d on (N, H, W): add a channel axis with "
+                                             "gc.expand_dims(x, -1))" if x.ndim == 3 else ""))
+    c = x.shape[3]
+    if not isinstance(c, int):
+        raise GraphcError(f"conv2d {name!r}: the channel dim of the input must be known, got {x.type_str}")
+    if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+        raise GraphcError(f"conv2d {name!r}: filters must be a positive int, got {filters!r}")
+    try:
+        kh, kw = _per_axis(kernel, 2, "kernel")
+    except GraphcError as err:
+        raise GraphcError(f"conv2d {name!r}: {err}") from None
+    fn = _activation(activation)
+    dtype = dtype or x.dtype
+    with scope(name):
+        w_init = init or _default_init(activation)
+        if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (KH, KW, C, F) filter, not a matrix's
+            w_init = like(w_init, kh * kw * c, kh * kw * filters)
+        w = ops.param(f"{name}.W", (kh, kw, c, filters), init=w_init, dtype=dtype)
+        # bias and activation on the (N*OH*OW, F) product, before its reshape to images: the GEMM's epilogue
+        z, shape = conv_matrix(x, w, 2, stride, padding, dilation, "conv2d")
+        if bias:
+            z = z + ops.param(f"{name}.b", (filters,), init="zeros", dtype=dtype)
+        return ops.reshape(fn(z) if fn is not None else z, shape)
+
+
+def max_pool2d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
+    """The max over each window (stride defaults to the window); see gc.max_pool2d."""
+    return ops.max_pool2d(x, window, stride, padding)
+
+
+def avg_pool2d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
+    """The mean over each window, of real cells only; see gc.avg_pool2d."""
+    return ops.avg_pool2d(x, window, stride, padding)
+
+
+def flatten(x) -> ops.Tensor:
+    """(N, d1, d2, ...) -> (N, d1*d2*...): feature maps into a dense layer's rows."""
+    x = ops.as_tensor(x)
+    if x.ndim < 2:
+        raise GraphcError(f"flatten: needs a batch axis and at least one more, got {x.type_str}")
+    rest = 1
+    for d in x.shape[1:]:
+        if not isinstance(d, int):
+            raise GraphcError(f"flatten: only the batch dim may be symbolic, got {x.type_str}")
+        rest *= d
+    return ops.reshape(x, (x.shape[0], rest))

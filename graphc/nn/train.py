@@ -118,6 +118,40 @@ def feature_rows(X, width: int, what: str) -> np.ndarray:
     return a
 
 
+def wants_images(model: Callable | None) -> bool:
+    """Whether a model asks for its input on the data's grid: its first parameter is named `images`."""
+    if model is None:
+        return False
+    import inspect
+
+    try:
+        params = list(inspect.signature(model).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "images"
+
+
+def model_input(model: Callable | None, x: Node, grid: tuple[int, ...] | None, data: str = "the dataset") -> Node:
+    """The tensor a model receives: x (N, features) itself, or, for a model whose first parameter is named
+    `images`, x viewed as (N, *grid) (rows hold each example flattened row-major, channels last). The compiled
+    step, the binaries and the libraries all keep taking rows; the view is a reshape inside the graph."""
+    if not wants_images(model):
+        return x
+    width = x.shape[1]
+    if grid is None:
+        raise GraphcError(f"the model asks for images (its first parameter is `images`) but {data} has no grid "
+                          f"shape: its rows are {width} plain features (give the grid, e.g. grid=(8, 8, 1), or "
+                          "load images from a .npz whose X is (N, H, W, C))")
+    grid = tuple(grid)
+    if not grid or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in grid):
+        raise GraphcError(f"grid must be positive ints, e.g. (8, 8, 1), got {grid!r}")
+    if int(np.prod(grid)) != width:
+        raise GraphcError(f"rows of {width} features of {data} cannot be reshaped to the grid {grid} "
+                          f"({int(np.prod(grid))} cells): the rows' shape (N, {width}) and the grid (N, "
+                          f"{', '.join(map(str, grid))}) must hold the same number of values")
+    return ops.reshape(x, (x.shape[0], *grid))
+
+
 def _call_model(model: Callable, x: Node, n_outputs: int):
     """model(x, n_outputs); an exception other than graphc's (which name the line already) is a GraphcError
     naming the innermost line of the model's own code."""
@@ -178,9 +212,10 @@ class Trainer:
 
     def __init__(self, model: Callable[[Node, int], Node] | None, task: str, n_features: int, n_outputs: int,
                  config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
-                 all_features: bool = False):
+                 all_features: bool = False, grid: tuple[int, ...] | None = None, data: str = "the dataset"):
         """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
-        standalone binary takes those values on its command line)."""
+        standalone binary takes those values on its command line). A model whose first parameter is named
+        `images` gets x viewed as (N, *grid) (`data` names the dataset in errors)."""
         config.validate()
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -192,7 +227,8 @@ class Trainer:
             self.y = ops.input("y", ("N",), "int32")
         else:
             self.y = ops.input("y", ("N", *y_shape), "float32")
-        out = _call_model(model, self.x, n_outputs)
+        self.grid = tuple(grid) if grid is not None else None
+        out = _call_model(model, model_input(model, self.x, self.grid, data), n_outputs)
         if not isinstance(out, Node):
             raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
         if out.dtype not in ("float32", "float64"):

@@ -3,6 +3,7 @@
 from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
 from graphc.ops.compose import argmax, argmin, clip, log_softmax, logsumexp, mean, one_hot, softmax, var
 from graphc.ops.control import stop_gradient
+from graphc.ops.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
 from graphc.ops.gather import scatter_add, take
 from graphc.ops.linalg import matmul
@@ -67,5 +68,6 @@ __all__ = [
     "max", "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
     "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
-    "split", "stack", "take", "windows", "scan", "zeros",
+    "split", "stack", "take", "windows", "scan", "zeros", "conv1d", "conv2d", "max_pool1d", "max_pool2d",
+    "avg_pool1d", "avg_pool2d",
 ]

@@ -1,0 +1,227 @@
+"""Convolution and pooling on channels-last data, as compositions of primitives: pad -> windows (the im2col
+view) -> reshape -> matmul for a convolution; pad -> windows -> max / sum for pooling.
+
+They are not new ops, so their gradients are graphs of existing primitives for free (the input gradient of a
+convolution is the product with the filter's transpose spread back by the windows' gradient, a sum of
+interior-padded slices: the transposed convolution; the filter gradient is the product of the im2col matrix
+with the cotangent, a correlation of input and cotangent), and everything compiles natively: the regrouping
+reshape makes the scheduler materialize the im2col matrix and the product runs on the packed GEMM.
+
+Layouts are channels-last, as TensorFlow/Keras and JAX's "NHWC"/"HWIO": images x (N, H, W, C), filters
+w (KH, KW, C, F); sequences x (N, T, C), filters (K, C, F). Channels-last makes the im2col row of one output
+cell a run of KW*C contiguous floats per kernel row, and the product's output (N*OH*OW, F) is already the
+next layer's (N, OH, OW, F) image without a transpose.
+
+Padding: "valid" (none), "same" (TensorFlow/JAX at any stride: output ceil(D/s), the odd pad cell at the
+bottom/right), an int (every side), or one (before, after) pair per spatial axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.shapes import FLOAT_DTYPES, fmt_shape
+from graphc.ops.core import Tensor, as_tensor, constant, located
+
+__all__ = ["conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _per_axis(v, n: int, what: str, lo: int = 1) -> tuple[int, ...]:
+    """An int or one int per spatial axis, each >= lo."""
+    vals = (v,) * n if _is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if vals is None or len(vals) != n or not all(_is_int(k) for k in vals):
+        raise ShapeError(f"{what} must be an int or {n} ints, got {v!r}")
+    if any(k < lo for k in vals):
+        raise ShapeError(f"{what} must be >= {lo}, got {v!r}")
+    return tuple(int(k) for k in vals)
+
+
+def _padding(padding, sizes, window, strides, dilation) -> list[tuple[int, int]]:
+    """(before, after) per spatial axis."""
+    n = len(sizes)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return [(0, 0)] * n
+        if mode == "same":  # TensorFlow/JAX: output ceil(D/s); the odd cell after
+            out = []
+            for d, k, s, dl in zip(sizes, window, strides, dilation, strict=True):
+                span = dl * (k - 1) + 1
+                total = max((-(-d // s) - 1) * s + span - d, 0)
+                out.append((total // 2, total - total // 2))
+            return out
+        raise ShapeError(f"padding must be 'valid', 'same', an int or {n} (before, after) pairs, got {padding!r}")
+    if _is_int(padding):
+        if padding < 0:
+            raise ShapeError(f"padding must be >= 0, got {padding!r}")
+        return [(int(padding), int(padding))] * n
+    bad = ShapeError(f"padding must be 'valid', 'same', an int or {n} (before, after) pairs of ints >= 0, "
+                     f"got {padding!r}")
+    if not isinstance(padding, (tuple, list)) or len(padding) != n:
+        raise bad
+    out = []
+    for p in padding:
+        if _is_int(p):
+            p = (p, p)
+        if not isinstance(p, (tuple, list)) or len(p) != 2 or not all(_is_int(v) and v >= 0 for v in p):
+            raise bad
+        out.append((int(p[0]), int(p[1])))
+    return out
+
+
+def _geometry(x: Tensor, nsp: int, window, strides, dilation, padding, what: str, w: Tensor | None = None):
+    """Checks the spatial axes of x against the window; returns (window, strides, dilation, pads, out sizes)."""
+    sizes = x.shape[1:1 + nsp]
+    for a, d in enumerate(sizes, start=1):
+        if not isinstance(d, int):
+            raise ShapeError(f"spatial axis {a} of {fmt_shape(x.shape)} is symbolic ({d}); only the batch dim may "
+                             "be symbolic")
+    pads = _padding(padding, sizes, window, strides, dilation)
+    out = []
+    for a, (d, k, s, dl, (lo, hi)) in enumerate(zip(sizes, window, strides, dilation, pads, strict=True), start=1):
+        span = dl * (k - 1) + 1
+        if d + lo + hi < span:
+            other = f" and filter {fmt_shape(w.shape)}" if w is not None else ""
+            raise ShapeError(f"the window {k}" + (f" (dilated to {span})" if dl > 1 else "") +
+                             f" on axis {a} is larger than the padded input ({d} + {lo + hi} padding = "
+                             f"{d + lo + hi}) of input {fmt_shape(x.shape)}{other}; pad more or use a smaller "
+                             "window")
+        out.append((d + lo + hi - span) // s + 1)
+    return pads, out
+
+
+def _fail(err: GraphcError, inputs, what: str) -> GraphcError:
+    return located(err, inputs, what)
+
+
+def _conv(x, w, nsp: int, stride, padding, dilation, what: str) -> Tensor:
+    from graphc.ops.movement import reshape
+
+    y, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
+    return reshape(y, shape)
+
+
+def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[Tensor, tuple]:
+    """The convolution as the product (N*OH*OW, KH*KW*C) @ (KH*KW*C, F), before the reshape to (N, OH, OW, F),
+    and that shape. A layer adds its bias and activation to the product itself, so they become the GEMM's fused
+    epilogue."""
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import _pad, reshape, windows
+
+    x = as_tensor(x)
+    w = as_tensor(w, x)
+    names = "(N, H, W, C)" if nsp == 2 else "(N, T, C)"
+    wnames = "(KH, KW, C, F)" if nsp == 2 else "(K, C, F)"
+    try:
+        if x.ndim != nsp + 2:
+            raise ShapeError(f"the input must be {nsp + 2}-D {names} (channels last), got {fmt_shape(x.shape)}"
+                             + (" (add a channel axis of 1 with gc.expand_dims(x, -1))" if x.ndim == nsp + 1
+                                else ""))
+        if w.ndim != nsp + 2:
+            raise ShapeError(f"the filter must be {nsp + 2}-D {wnames}, got {fmt_shape(w.shape)} (input "
+                             f"{fmt_shape(x.shape)})")
+        if x.dtype not in FLOAT_DTYPES or x.dtype != w.dtype:
+            raise DTypeError(f"needs a float input and filter of one dtype, got {x.dtype} and {w.dtype}")
+        window = tuple(w.shape[:nsp])
+        c, f = w.shape[nsp], w.shape[nsp + 1]
+        if not all(isinstance(k, int) for k in (*window, c, f)):
+            raise ShapeError(f"the filter's dims must be known, got {fmt_shape(w.shape)}")
+        if x.shape[-1] != c:
+            raise ShapeError(f"the filter {fmt_shape(w.shape)} expects {c} input channels but the input "
+                             f"{fmt_shape(x.shape)} has {x.shape[-1]}")
+        strides = _per_axis(stride, nsp, "stride")
+        dilation = _per_axis(dilation, nsp, "dilation")
+        pads, out = _geometry(x, nsp, window, strides, dilation, padding, what, w)
+    except GraphcError as err:
+        raise _fail(err, (x, w), what) from None
+    n = x.shape[0]
+    xp = _pad(x, [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0], [0] * x.ndim, 0)
+    win = windows(xp, window, strides, dilation)  # (N, *out, *window, C)
+    rows = n
+    for o in out:
+        rows = rows * o
+    cols = reshape(win, (rows, math.prod(window) * c))
+    return matmul(cols, reshape(w, (math.prod(window) * c, f))), (n, *out, f)
+
+
+def conv2d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
+    """The 2-D convolution (cross-correlation, as in every deep-learning framework) of channels-last images
+    x (N, H, W, C) with filters w (KH, KW, C, F): (N, OH, OW, F). `stride` and `dilation` are an int or a pair;
+    `padding` is "valid", "same" (TensorFlow/JAX: output ceil(H/s), the odd cell at the bottom/right), an int
+    (every side) or ((top, bottom), (left, right))."""
+    return _conv(x, w, 2, stride, padding, dilation, "conv2d")
+
+
+def conv1d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
+    """The 1-D convolution of sequences x (N, T, C) with filters w (K, C, F): (N, OT, F); arguments as for
+    conv2d with one spatial axis (padding: a string, an int or one (before, after) pair)."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        padding = (tuple(padding),)
+    return _conv(x, w, 1, stride, padding, dilation, "conv1d")
+
+
+def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
+    from graphc.ops import reduce
+    from graphc.ops.movement import _pad, reshape, windows
+
+    x = as_tensor(x)
+    try:
+        if x.ndim != nsp + 2:
+            names = "(N, H, W, C)" if nsp == 2 else "(N, T, C)"
+            raise ShapeError(f"the input must be {nsp + 2}-D {names} (channels last), got {fmt_shape(x.shape)}")
+        if x.dtype not in FLOAT_DTYPES and not (kind == "max" and x.dtype in ("int32", "int64")):
+            raise DTypeError(f"needs a float input, got {x.dtype}")
+        win = _per_axis(window, nsp, "window")
+        strides = win if stride is None else _per_axis(stride, nsp, "stride")
+        pads, out = _geometry(x, nsp, win, strides, (1,) * nsp, padding, what)
+    except GraphcError as err:
+        raise _fail(err, (x,), what) from None
+    low, high = [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0]
+    axes = tuple(range(1 + nsp, 1 + 2 * nsp))  # the window offset axes of the windows view
+    if kind == "max":
+        fill = float("-inf") if x.dtype in FLOAT_DTYPES else int(np.iinfo(x.dtype).min)
+        return reduce.max(windows(_pad(x, low, high, [0] * x.ndim, fill), win, strides), axes)
+    total = reduce.sum(windows(_pad(x, low, high, [0] * x.ndim, 0), win, strides), axes)
+    if not any(lo or hi for lo, hi in pads):
+        return total / float(math.prod(win))
+    # the count of real (unpadded) cells in each window: known when the graph is built
+    ones = np.pad(np.ones(x.shape[1:1 + nsp]), pads)
+    count = np.ones(out)
+    for idx in np.ndindex(*out):
+        sl = tuple(slice(o * s, o * s + k) for o, s, k in zip(idx, strides, win, strict=True))
+        count[idx] = ones[sl].sum()
+    inv = 1.0 / np.maximum(count, 1.0)  # a window of padding only averages to 0
+    return total * reshape(constant(inv.astype(x.dtype)), (1, *out, 1))
+
+
+def max_pool2d(x, window, stride=None, padding="valid") -> Tensor:
+    """The max over each window of channels-last images x (N, H, W, C); `stride` defaults to the window (as
+    PyTorch and Keras). Padding cells are -inf, so they never win unless a window holds nothing else. The
+    gradient goes to the arg-max; ties share it evenly (the `max` op's rule)."""
+    return _pool(x, 2, window, stride, padding, "max", "max_pool2d")
+
+
+def avg_pool2d(x, window, stride=None, padding="valid") -> Tensor:
+    """The mean over each window of x (N, H, W, C), counting only real (unpadded) cells."""
+    return _pool(x, 2, window, stride, padding, "avg", "avg_pool2d")
+
+
+def max_pool1d(x, window, stride=None, padding="valid") -> Tensor:
+    """max_pool2d for sequences x (N, T, C)."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        padding = (tuple(padding),)
+    return _pool(x, 1, window, stride, padding, "max", "max_pool1d")
+
+
+def avg_pool1d(x, window, stride=None, padding="valid") -> Tensor:
+    """avg_pool2d for sequences x (N, T, C)."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        padding = (tuple(padding),)
+    return _pool(x, 1, window, stride, padding, "avg", "avg_pool1d")

@@ -1,0 +1,170 @@
+"""CNNs end to end: layers, a model that asks for images, the native epoch against the reference, the example
+model file, and `graphc build` / `graphc export` of a CNN bitwise equal to in-process training / gc.evaluate."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import data
+from graphc.codegen.epoch import permutation
+from graphc.fitting import fit, load_model_file
+from graphc.nn.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "cnn_digits.py"
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="graphc build links with the system C compiler")
+
+
+def tiny_cnn(images, n_outputs):
+    h = gc.nn.conv2d(images, 4, 3, name="c1")
+    h = gc.nn.max_pool2d(h, 2)
+    h = gc.nn.conv2d(h, 6, 3, stride=2, padding="valid", activation="tanh", name="c2")
+    return gc.nn.dense(gc.nn.flatten(gc.nn.avg_pool2d(h, 1)), n_outputs, name="out")
+
+
+def test_layers_name_their_parameters_and_init_from_the_filters_fan_in():
+    x = gc.input("x", ("N", 8, 8, 3))
+    y = gc.nn.conv2d(x, 16, (3, 5), name="c")
+    assert y.shape == (gc.dim("N"), 8, 8, 16)
+    params = {p.name: p for p in gc.nn.parameters(y)}
+    assert params["c.W"].shape == (3, 5, 3, 16) and params["c.b"].shape == (16,)
+    w = gc.nn.init_params(y, seed=0)["c.W"]
+    assert w.std() == pytest.approx(np.sqrt(2.0 / (3 * 5 * 3)), rel=0.1)  # He normal from KH*KW*C
+    assert gc.nn.flatten(gc.nn.max_pool2d(y, 2)).shape == (gc.dim("N"), 4 * 4 * 16)
+    with pytest.raises(gc.GraphcError, match=r"4-D \(N, H, W, C\).*f32\[N,8,8\].*expand_dims"):
+        gc.nn.conv2d(gc.input("g", ("N", 8, 8)), 4, 3)
+
+
+def reference_epoch(tr, state, X, y, *, seed, batch):
+    state = {k: v.copy() for k, v in state.items()}
+    scalars = tr.scalars(1)
+    order = permutation(seed, 1, len(X))
+    names = list(tr.updates)
+    for s, lo in enumerate(range(0, len(X), batch)):
+        idx = order[lo:lo + batch]
+        vals = dict(state, x=X[idx], y=y[idx], step=np.float32(s + 1), **{k: np.float32(v) for k, v in scalars.items()})
+        out = gc.evaluate([tr.updates[k] for k in names], vals, allow_unused=True)
+        for k, v in zip(names, out, strict=True):
+            state[k.name] = v.astype(np.float32)
+    return state, scalars
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_native_cnn_epoch_matches_the_reference(threads):
+    """The whole epoch of a CNN (conv, pools, strided valid conv, momentum) is one native call, equal to the
+    reference stepped in Python, on 1 and 3 threads."""
+    ds = data.load("digits")
+    X, y = ds.X_train[:96], ds.y_train[:96]
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, optimizer="momentum", momentum=0.9, threads=threads)
+    tr = Trainer(tiny_cnn, "multiclass", 64, 10, cfg, log=lambda m: None, grid=ds.grid)
+    assert tr.x.shape[1] == 64  # the step still takes rows; the model saw (N, 8, 8, 1)
+    state = tr.init_state(2)
+    ref, scalars = reference_epoch(tr, state, X, y, seed=4, batch=32)
+    tr.epoch_fn.run_epoch(X, y, state, batch=32, epoch=1, seed=4, step0=0, scalars=scalars)
+    for k in ref:
+        np.testing.assert_allclose(state[k], ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+
+
+def test_a_model_asks_for_images_and_bad_grids_are_named():
+    ds = data.load("digits")
+    assert ds.grid == (8, 8, 1)
+    seen = []
+
+    def model(images, n_outputs):
+        seen.append(images.shape)
+        return gc.nn.dense(gc.nn.flatten(images), n_outputs)
+
+    Trainer(model, "multiclass", 64, 10, TrainConfig(), log=lambda m: None, grid=(8, 8, 1))
+    assert seen[-1] == (gc.dim("N"), 8, 8, 1)
+    Trainer(lambda x, n: gc.nn.dense(x, n), "multiclass", 64, 10, TrainConfig(), log=lambda m: None, grid=(8, 8, 1))
+    with pytest.raises(gc.GraphcError, match=r"64 features.*cannot be reshaped to the grid \(7, 7, 1\).*\(N, 64\)"):
+        fit(model, "digits", grid=(7, 7, 1), progress=False, epochs=1)
+    with pytest.raises(gc.GraphcError, match="asks for images.*breast_cancer has no grid shape"):
+        fit(model, "breast_cancer", progress=False, epochs=1)
+
+
+def test_npz_with_image_arrays_trains_on_their_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 8, 7, 2)).astype(np.float32)
+    y = (X[:, :3].mean((1, 2, 3)) > 0).astype(np.int64)
+    np.savez(tmp_path / "img.npz", X=X, y=y)
+    ds = data.load(str(tmp_path / "img.npz"))
+    assert ds.grid == (8, 7, 2) and ds.X_train.shape[1] == 112
+    np.savez(tmp_path / "grey.npz", X=X[..., 0], y=y)
+    assert data.load(str(tmp_path / "grey.npz")).grid == (8, 7, 1)
+    r = fit(tiny_cnn, str(tmp_path / "img.npz"), task="multiclass", progress=False, epochs=2)
+    assert np.isfinite(r.metrics["test_loss"])
+    np.savez(tmp_path / "bad.npz", X=X[:, :, :, :, None], y=y)
+    with pytest.raises(data.DataError, match=r"2-D.*4-D \(N, H, W, C\).*\(60, 8, 7, 2, 1\)"):
+        data.load(str(tmp_path / "bad.npz"))
+
+
+def test_example_model_file_is_a_cnn_that_trains():
+    model, options = load_model_file(str(EXAMPLE))
+    r = fit(str(EXAMPLE), "digits", progress=False, epochs=3, checkpoint_every=0)
+    assert r.metrics["test_accuracy"] > 0.9
+    assert any(p.ndim == 4 for p in r.params.values())
+
+
+def _digits_npy(tmp_path):
+    ds = data.load("digits")
+    paths = []
+    for split in ("train", "val", "test"):
+        for kind, arr in (("x", getattr(ds, f"X_{split}")), ("y", getattr(ds, f"y_{split}"))):
+            p = tmp_path / f"{kind}_{split}.npy"
+            np.save(p, arr)
+            paths += [f"--{kind}-{split}", str(p)]
+    return ds, paths
+
+
+@needs_cc
+def test_cnn_binary_and_library_are_bitwise_equal_to_in_process(tmp_path):
+    """`graphc build --model examples/cnn_digits.py` trains to bitwise the weights gc.fit gets, and `graphc
+    export` of those weights predicts what gc.evaluate computes, with the image layout in the header."""
+    env_cmd = [sys.executable, "-m", "graphc.cli"]
+    exe = tmp_path / "train-cnn"
+    p = subprocess.run([*env_cmd, "build", "--model", str(EXAMPLE), "-o", str(exe)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ds, paths = _digits_npy(tmp_path)
+    out = tmp_path / "run"
+    p = subprocess.run([str(exe), *paths, "--epochs", "2", "--seed", "3", "--threads", "2", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    result = fit(str(EXAMPLE), "digits", progress=False, checkpoint_every=0, epochs=2, seed=3, threads=1)
+    for name, value in result.params.items():
+        got = np.load(out / f"{name}.npy")
+        assert np.array_equal(got.view(np.uint32), value.view(np.uint32)), name
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == result.metrics["test_accuracy"]
+
+    lib = tmp_path / "lib" / "libcnn.so"
+    p = subprocess.run([*env_cmd, "export", "--model", str(EXAMPLE), "--weights", str(out), "-o", str(lib)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    header = (lib.parent / "cnn.h").read_text()
+    assert "#define CNN_HEIGHT 8" in header and "channels last (NHWC)" in header
+    src = tmp_path / "p.c"
+    src.write_text('#include <stdio.h>\n#include <stdlib.h>\n#include "cnn.h"\nint main(int c, char **v) {\n'
+                   '  long n = atol(v[2]); float *x = malloc(n * CNN_N_FEATURES * 4), *o = malloc(n * 40);\n'
+                   '  FILE *f = fopen(v[1], "rb"); fread(x, 4, n * CNN_N_FEATURES, f); fclose(f);\n'
+                   '  if (cnn_predict_threads(x, n, o, 2)) return 1;\n'
+                   '  f = fopen(v[3], "wb"); fwrite(o, 4, n * CNN_N_OUTPUTS, f); fclose(f); return 0; }\n')
+    prog = tmp_path / "p"
+    subprocess.run(["cc", "-O2", "-o", str(prog), str(src), f"-I{lib.parent}", f"-L{lib.parent}", "-lcnn",
+                    f"-Wl,-rpath,{lib.parent}", "-lpthread"], check=True)
+    X = np.ascontiguousarray(ds.X_test, dtype=np.float32)
+    (tmp_path / "x.bin").write_bytes(X.tobytes())
+    subprocess.run([str(prog), str(tmp_path / "x.bin"), str(len(X)), str(tmp_path / "o.bin")], check=True)
+    got = np.frombuffer((tmp_path / "o.bin").read_bytes(), np.float32).reshape(len(X), 10)
+    model, _ = load_model_file(str(EXAMPLE))
+    x = gc.input("x", ("N", 64))
+    y = model(gc.reshape(x, ("N", 8, 8, 1)), 10)
+    params = {p.name: np.load(out / f"{p.name}.npy") for p in gc.nn.parameters(y)}
+    want = gc.evaluate(y, {**params, "x": X})  # inference: dropout is off
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert np.mean(got.argmax(1) == ds.y_test) > 0.8  # two epochs

@@ -1,0 +1,239 @@
+"""Convolution and pooling (graphc.ops.conv): semantics against direct loops, padding rules ('same' as
+TensorFlow/JAX at any stride), float64 finite-difference gradients, native code against the reference on 1-3
+threads (bitwise the same across thread counts), second derivatives through a conv, and located errors."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def direct_conv(x, w, stride, pads, dilation):
+    """Cross-correlation by loops over output cells: the definition, written independently of windows."""
+    nsp = x.ndim - 2
+    x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    k = w.shape[:nsp]
+    out_sp = [(x.shape[1 + a] - dilation[a] * (k[a] - 1) - 1) // stride[a] + 1 for a in range(nsp)]
+    out = np.zeros((x.shape[0], *out_sp, w.shape[-1]), x.dtype)
+    for o in itertools.product(*map(range, out_sp)):
+        for kk in itertools.product(*map(range, k)):
+            pos = tuple(o[a] * stride[a] + kk[a] * dilation[a] for a in range(nsp))
+            out[(slice(None), *o)] += x[(slice(None), *pos)] @ w[kk]
+    return out
+
+
+def direct_pool(x, window, stride, pads, kind):
+    nsp = x.ndim - 2
+    fill = -np.inf if kind == "max" else 0.0
+    real = np.pad(np.ones(x.shape[1:1 + nsp]), pads)
+    x = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
+    out_sp = [(x.shape[1 + a] - window[a]) // stride[a] + 1 for a in range(nsp)]
+    out = np.zeros((x.shape[0], *out_sp, x.shape[-1]), x.dtype)
+    for o in itertools.product(*map(range, out_sp)):
+        sl = tuple(slice(o[a] * stride[a], o[a] * stride[a] + window[a]) for a in range(nsp))
+        cells = x[(slice(None), *sl)]
+        axes = tuple(range(1, 1 + nsp))
+        out[(slice(None), *o)] = cells.max(axes) if kind == "max" else cells.sum(axes) / max(real[sl].sum(), 1)
+    return out
+
+
+def same_pads(sizes, k, s, d=None):
+    d = d or [1] * len(sizes)
+    out = []
+    for n, kk, ss, dd in zip(sizes, k, s, d, strict=True):
+        total = max((-(-n // ss) - 1) * ss + dd * (kk - 1) + 1 - n, 0)
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+rng = np.random.default_rng(0)
+
+CONV2D_CASES = [  # (H, W, C, F, KH, KW, stride, padding, dilation)
+    (7, 9, 3, 4, 3, 3, 1, "valid", 1),
+    (7, 9, 3, 4, 3, 3, 2, "same", 1),  # odd sizes, stride 2: the odd pad cell at the bottom/right
+    (8, 8, 2, 5, 5, 5, 1, "same", 1),
+    (6, 5, 4, 3, 1, 1, 1, "valid", 1),  # 1x1
+    (9, 7, 2, 3, 3, 2, (2, 1), ((1, 2), (0, 3)), 1),  # per-side pairs, per-axis strides
+    (9, 9, 2, 3, 3, 3, 1, "same", 2),  # dilation
+    (4, 4, 1, 2, 3, 3, 3, 3, 1),  # padding as large as the kernel
+    (5, 6, 3, 2, 2, 3, 3, "same", (2, 1)),
+]
+
+
+def _pads(padding, sizes, k, s, d):
+    if padding == "valid":
+        return [(0, 0)] * len(sizes)
+    if padding == "same":
+        return same_pads(sizes, k, s, d)
+    if isinstance(padding, int):
+        return [(padding, padding)] * len(sizes)
+    return list(padding)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@pytest.mark.parametrize("case", CONV2D_CASES)
+def test_conv2d_matches_direct_loops_native_and_threads(case):
+    h, w_, c, f, kh, kw, stride, padding, dilation = case
+    x = gc.input("x", ("N", h, w_, c))
+    w = gc.input("w", (kh, kw, c, f))
+    y = gc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    X = rng.standard_normal((3, h, w_, c)).astype(np.float32)
+    W = rng.standard_normal((kh, kw, c, f)).astype(np.float32)
+    pads = _pads(padding, (h, w_), (kh, kw), _pair(stride), _pair(dilation))
+    want = direct_conv(X.astype(np.float64), W.astype(np.float64), _pair(stride), pads, _pair(dilation))
+    ref = gc.evaluate(y, {"x": X, "w": W})
+    assert ref.shape == want.shape == tuple(int(d) if i else 3 for i, d in enumerate(y.shape))
+    np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
+    if padding == "same":  # TensorFlow/JAX: ceil(H / s)
+        assert ref.shape[1:3] == tuple(-(-n // s) for n, s in zip((h, w_), _pair(stride), strict=True))
+    loss = gc.sum(gc.tanh(y) * gc.constant(rng.standard_normal(ref.shape[1:]).astype(np.float32)))
+    outs = [y, *gc.grad(loss, [x, w])]
+    fn = gc.compile(outs)
+    vals = {"x": X, "w": W}
+    refs = gc.evaluate(outs, vals)
+    one = fn(vals, threads=1)
+    for g, r in zip(one, refs, strict=True):
+        np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4)
+    for t in (2, 3):
+        for a, b in zip(one, fn(vals, threads=t), strict=True):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, "valid", 1), (2, "same", 1), (1, (2, 1), 2)])
+def test_conv1d_matches_direct_loops(stride, padding, dilation):
+    x = gc.input("x", ("N", 11, 3))
+    w = gc.input("w", (3, 3, 4))
+    y = gc.conv1d(x, w, stride, padding, dilation)
+    X = rng.standard_normal((2, 11, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 4)).astype(np.float32)
+    pads = _pads(padding if not isinstance(padding, tuple) else [padding], (11,), (3,), (stride,), (dilation,))
+    want = direct_conv(X.astype(np.float64), W.astype(np.float64), (stride,), pads, (dilation,))
+    np.testing.assert_allclose(gc.evaluate(y, {"x": X, "w": W}), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gc.compile(y)({"x": X, "w": W}), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("window, stride, padding", [(2, None, "valid"), (3, 2, "same"), ((2, 3), (1, 2), 1),
+                                                     (3, 1, "same")])
+def test_pool2d_matches_direct_loops_and_compiles(kind, window, stride, padding):
+    x = gc.input("x", ("N", 7, 8, 3))
+    pool = gc.max_pool2d if kind == "max" else gc.avg_pool2d
+    y = pool(x, window, stride, padding)
+    X = rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
+    win = _pair(window)
+    st = win if stride is None else _pair(stride)
+    pads = _pads(padding, (7, 8), win, st, (1, 1))
+    want = direct_pool(X.astype(np.float64), win, st, pads, kind)
+    np.testing.assert_allclose(gc.evaluate(y, {"x": X}), want, rtol=1e-5, atol=1e-6)
+    outs = [y, gc.grad(gc.sum(y * y), x)]
+    fn = gc.compile(outs)
+    refs = gc.evaluate(outs, {"x": X})
+    one = fn({"x": X}, threads=1)
+    for g, r in zip(one, refs, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    for a, b in zip(one, fn({"x": X}, threads=3), strict=True):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_pool1d_and_global_average_pooling():
+    x = gc.input("x", ("N", 9, 2))
+    X = rng.standard_normal((2, 9, 2)).astype(np.float32)
+    np.testing.assert_allclose(gc.evaluate(gc.max_pool1d(x, 3), {"x": X}), X.reshape(2, 3, 3, 2).max(2))
+    np.testing.assert_allclose(gc.evaluate(gc.avg_pool1d(x, 2, 2, "same"), {"x": X}),
+                               direct_pool(X.astype(np.float64), (2,), (2,), [(0, 1)], "avg"), rtol=1e-6)
+    img = gc.input("img", ("N", 4, 5, 3))
+    gap = gc.mean(img, axis=(1, 2))  # global average pooling is a mean over the spatial axes
+    assert gap.shape == (gc.dim("N"), 3)
+
+
+def test_max_pool_routes_the_gradient_to_the_argmax_and_splits_ties():
+    x = gc.input("x", (1, 2, 2, 1))
+    y = gc.sum(gc.max_pool2d(x, 2))
+    g = gc.evaluate(gc.grad(y, x), {"x": np.array([1.0, 3.0, 2.0, 0.0], np.float32).reshape(1, 2, 2, 1)})
+    np.testing.assert_array_equal(g.ravel(), [0, 1, 0, 0])
+    g = gc.evaluate(gc.grad(y, x), {"x": np.array([3.0, 3.0, 2.0, 0.0], np.float32).reshape(1, 2, 2, 1)})
+    np.testing.assert_array_equal(g.ravel(), [0.5, 0.5, 0, 0])
+
+
+def test_gradients_by_finite_differences_in_float64():
+    x = gc.input("x", ("N", 5, 6, 2), "float64")
+    w = gc.input("w", (3, 2, 2, 3), "float64")
+    b = gc.input("b", (3,), "float64")
+    h = gc.tanh(gc.conv2d(x, w, stride=(2, 1), padding="same", dilation=(1, 2)) + b)
+    y = gc.sum(gc.avg_pool2d(gc.max_pool2d(h, 2, 1, "same"), 2, padding=1) ** 2)
+    vals = {"x": rng.standard_normal((2, 5, 6, 2)), "w": rng.standard_normal((3, 2, 2, 3)),
+            "b": rng.standard_normal(3)}
+    gc.check_grad(y, [x, w, b], vals, rtol=1e-5, atol=1e-7)
+    s = gc.input("s", ("N", 7, 2), "float64")
+    k = gc.input("k", (3, 2, 2), "float64")
+    z = gc.sum(gc.avg_pool1d(gc.conv1d(s, k, 2, "same") ** 2, 2, padding="same"))
+    gc.check_grad(z, [s, k], {"s": rng.standard_normal((2, 7, 2)), "k": rng.standard_normal((3, 2, 2))})
+
+
+def test_gradient_graph_prints_draws_and_a_hessian_vector_product_goes_through_a_conv(tmp_path):
+    x = gc.input("x", ("N", 5, 5, 2), "float64")
+    w = gc.input("w", (3, 3, 2, 2), "float64")
+    v = gc.input("v", (3, 3, 2, 2), "float64")
+    loss = gc.sum(gc.tanh(gc.conv2d(x, w, padding="same")) ** 2)
+    (gw,) = gc.grad(loss, [w])
+    text = gc.to_text(gw)
+    assert "windows" in text and "pad" in text and "matmul" in text
+    gc.draw(gw, tmp_path / "g.svg")
+    assert (tmp_path / "g.svg").read_text().startswith("<")
+    (hv,) = gc.grad(gc.sum(gw * v), [w])  # H v, a second reverse sweep through the conv's gradient graph
+    vals = {"x": rng.standard_normal((2, 5, 5, 2)), "w": rng.standard_normal((3, 3, 2, 2)) * 0.3,
+            "v": rng.standard_normal((3, 3, 2, 2))}
+    eps = 1e-6
+    num = (gc.evaluate(gw, {**vals, "w": vals["w"] + eps * vals["v"]}) -
+           gc.evaluate(gw, {**vals, "w": vals["w"] - eps * vals["v"]})) / (2 * eps)
+    np.testing.assert_allclose(gc.evaluate(hv, vals), num, rtol=1e-5, atol=1e-7)
+    fn = gc.compile(hv)
+    np.testing.assert_allclose(fn(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
+
+
+def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_the_gemm():
+    x = gc.input("x", ("N", 8, 8, 3))
+    layer = gc.nn.conv2d(x, 8, 3, name="c")
+    fn = gc.compile(layer)
+    kinds = [type(k).__name__ for k in fn.program.kernels]
+    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels  # the im2col loop, the GEMM with its epilogue
+    assert "windows" in fn.kernels and "relu(add(acc" in fn.kernels
+    X = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
+    vals = {"x": X, **gc.nn.init_params(layer, seed=1)}
+    vals["c.b"][:] = rng.standard_normal(8)
+    np.testing.assert_allclose(fn(vals), gc.evaluate(layer, vals), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_names_both_shapes_and_the_line():
+    x = gc.input("x", ("N", 8, 8, 3))
+    with pytest.raises(gc.ShapeError, match=r"conv2d: .*expects 4 input channels.*\[N,8,8,3\].*test_conv\.py:\d+"):
+        gc.conv2d(x, gc.input("w", (3, 3, 4, 2)))
+    with pytest.raises(gc.ShapeError, match=r"window 9 on axis 1 is larger than the padded input \(8 \+ 0 padding.*"
+                                            r"\[N,8,8,3\] and filter \[9,3,3,2\].*test_conv\.py"):
+        gc.conv2d(x, gc.input("w2", (9, 3, 3, 2)))
+    with pytest.raises(gc.ShapeError, match=r"dilated to 9.*test_conv\.py"):
+        gc.conv2d(x, gc.input("w3", (3, 3, 3, 2)), dilation=4)
+    for bad in (dict(stride=0), dict(stride=(1, -1)), dict(dilation=0), dict(stride=1.5)):
+        with pytest.raises(gc.ShapeError, match=r"(stride|dilation) must be .*test_conv\.py"):
+            gc.conv2d(x, gc.input("w4", (3, 3, 3, 2)), **bad)
+    with pytest.raises(gc.ShapeError, match=r"4-D \(N, H, W, C\).*\[N,8,8\].*expand_dims.*test_conv\.py"):
+        gc.conv2d(gc.input("g", ("N", 8, 8)), gc.input("w5", (3, 3, 1, 2)))
+    with pytest.raises(gc.ShapeError, match=r"padding must be 'valid', 'same'.*'full'"):
+        gc.conv2d(x, gc.input("w6", (3, 3, 3, 2)), padding="full")
+    with pytest.raises(gc.ShapeError, match=r"padding must be .*pairs.*\(1, 2, 3\)"):
+        gc.conv2d(x, gc.input("w7", (3, 3, 3, 2)), padding=(1, 2, 3))
+    with pytest.raises(gc.ShapeError, match=r"max_pool2d: the window 9 .*\[N,8,8,3\].*test_conv\.py"):
+        gc.max_pool2d(x, 9)
+    with pytest.raises(gc.ShapeError, match=r"max_pool2d: window must be >= 1"):
+        gc.max_pool2d(x, 0)
+    with pytest.raises(gc.ShapeError, match=r"avg_pool2d: stride must be >= 1"):
+        gc.avg_pool2d(x, 2, stride=0)
+    with pytest.raises(gc.ShapeError, match=r"conv1d: .*3-D \(N, T, C\)"):
+        gc.conv1d(x, gc.input("w8", (3, 3, 2)))
+    with pytest.raises(gc.ShapeError, match=r"spatial axis 1 .* symbolic"):
+        gc.conv2d(gc.input("s", ("N", "H", 8, 3)), gc.input("w9", (3, 3, 3, 2)))
