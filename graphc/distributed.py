@@ -1,0 +1,285 @@
+"""Data-parallel training on MPI (the optional extra `pip install graphc[mpi]`: mpi4py and the mpich wheel).
+
+Every rank reads the data, computes the same seeded permutation and takes a fixed contiguous share of every global
+mini-batch. A step is split in two compiled phases: the gradients of the data loss (weighted by the rank's share
+of the batch) into one flat, 64-byte-aligned buffer, which the ranks sum with one MPI allreduce, then a compiled
+in-place update (with the penalties' gradients, which need no communication) that every rank applies to the same
+sum. The result equals single-process training with the global batch up to the order of the summation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from graphc.errors import GraphcError, InputError
+
+INSTALL_HINT = ("distributed training needs MPI: install the extra with `pip install 'graphc[mpi]'` (mpi4py and "
+                "the mpich wheel, which brings mpirun), then start the ranks with `mpirun -n P graphc train ...`")
+TIMEOUT_ENV = "GRAPHC_MPI_TIMEOUT"  # seconds a rank waits in one collective before it gives up (default 120)
+RANK_ENVS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+             ("PMIX_SIZE", "PMIX_RANK"))
+EXIT_LOST_RANK = 6
+
+
+def launched_ranks() -> int:
+    """How many ranks the MPI launcher started this process among (1 when not started by mpirun)."""
+    for size, _ in RANK_ENVS:
+        v = os.environ.get(size)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+def shares(n: int, p: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each of p ranks in n rows: contiguous, near-equal, the first n mod p ranks one row more."""
+    q, r = divmod(n, p)
+    out, lo = [], 0
+    for k in range(p):
+        hi = lo + q + (1 if k < r else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+class Distributed:
+    """The communicator and the collective operations training needs, each with a watchdog: a wait longer than
+    the timeout, or a peer process on this host that disappeared, stops the rank with a message naming the rank
+    (MPI's own error handling otherwise: a launcher that sees a rank die stops the others)."""
+
+    def __init__(self, comm=None):
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise GraphcError(f"{INSTALL_HINT} ({e})") from None
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.host = MPI.Get_processor_name()
+        self.pids = self.comm.allgather((self.host, os.getpid()))
+        self.timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
+        self.checkpoint_dir: Path | None = None  # where rank 0 keeps the checkpoints (named when a rank is lost)
+        self._waiting_since: float | None = None
+        self._what = ""
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watchdog, name="graphc-mpi-watchdog", daemon=True)
+        self._watch.start()
+
+    # -- fault handling
+    def _watchdog(self) -> None:
+        local = [(r, pid) for r, (h, pid) in enumerate(self.pids) if h == self.host and r != self.rank]
+        while not self._stop.wait(0.2):
+            for r, pid in local:
+                if not _alive(pid):
+                    self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > self.timeout:
+                self._lost(f"no progress for {self.timeout:g} s in {self._what} (a rank stopped answering; "
+                           f"set {TIMEOUT_ENV} to wait longer)")
+
+    def _lost(self, why: str) -> None:
+        last = "none written yet"
+        if self.checkpoint_dir is not None:
+            found = sorted(Path(self.checkpoint_dir).glob("ckpt-*.gcp"))
+            if found:
+                last = str(found[-1])
+        sys.stderr.write(f"graphc: error: rank {self.rank}: {why}; stopping. The last good checkpoint: {last} "
+                         "(continue with --resume, under any number of ranks)\n")
+        sys.stderr.flush()
+        os._exit(EXIT_LOST_RANK)
+
+    def _guard(self, what: str):
+        dist = self
+
+        class _G:
+            def __enter__(self):
+                dist._what, dist._waiting_since = what, time.monotonic()
+
+            def __exit__(self, *exc):
+                dist._waiting_since = None
+
+        return _G()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- collectives
+    def allreduce_(self, buf: np.ndarray, what: str = "the gradient allreduce") -> None:
+        """Sum `buf` over the ranks, in place."""
+        with self._guard(what):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def allgather(self, obj, what: str = "an allgather"):
+        with self._guard(what):
+            return self.comm.allgather(obj)
+
+    def bcast(self, obj, what: str = "a broadcast"):
+        with self._guard(what):
+            return self.comm.bcast(obj, root=0)
+
+    def agree(self, what: str, value: str) -> None:
+        """Every rank must hold the same `value` (a digest of the model and options): else a GraphcError naming
+        the ranks that differ from rank 0."""
+        values = self.allgather(value, f"comparing {what}")
+        odd = [r for r, v in enumerate(values) if v != values[0]]
+        if odd:
+            raise GraphcError(f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on "
+                              f"{what}; every rank must run the same command (same model, data and options)")
+
+    def all_ok(self, what: str, error: BaseException | None) -> None:
+        """Every rank reports whether `what` worked; if one failed, every rank raises an InputError naming it."""
+        msgs = self.allgather(None if error is None else str(error), what)
+        bad = [(r, m) for r, m in enumerate(msgs) if m is not None]
+        if bad:
+            r, m = bad[0]
+            raise InputError(f"{what} failed on rank{'s' if len(bad) > 1 else ''} "
+                             f"{', '.join(str(b[0]) for b in bad)} (rank {r}: {m}); no rank trained")
+
+    def default_threads(self) -> int:
+        """Threads per rank when none are asked for: this host's cores shared by its ranks."""
+        from graphc.runtime.jit import default_threads
+
+        local = sum(1 for h, _ in self.pids if h == self.host)
+        return max(1, default_threads() // local)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def params_digest(state: dict, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for n in names:
+        h.update(np.ascontiguousarray(state[n]).view(np.uint8).data)
+    return h.hexdigest()
+
+
+class DataParallelStep:
+    """The per-step path of data-parallel training for a Trainer: gradient phase, allreduce, update phase."""
+
+    def __init__(self, trainer, dist: Distributed):
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.runtime.buffers import aligned_empty
+        from graphc.runtime.jit import CompiledFunction
+
+        self.trainer, self.dist = trainer, dist
+        tr = trainer
+        self.weight = ops.input("grad_weight", (), "float32")  # this rank's rows / the global batch's rows
+        scaled = tr.data_loss * self.weight
+        data_grads = grad(scaled, tr.params)
+        self.grad_fn = CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads)
+        # the update: the summed data gradient (an input) plus the penalties' own gradients, then the optimizer
+        self.g_in = [ops.input(f"allreduced.{i}", p.shape, p.dtype) for i, p in enumerate(tr.params)]
+        pen = tr.penalty
+        pen_grads = grad(pen, tr.params) if pen is not None else [None] * len(tr.params)
+        updates = {}
+        for p, g, pg in zip(tr.params, self.g_in, pen_grads, strict=True):
+            total = g + pg if pen is not None and p.name in tr.penalized_names else g
+            new_p, new_state = tr.opt.step(p, total, tr.state_inputs, tr.t, tr.lr, tr.hyper)
+            updates[p] = new_p
+            for name, v in new_state.items():
+                updates[tr.state_inputs[name]] = v
+        self.update_fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+        # one flat buffer: each gradient 64-byte aligned, the weighted loss in the last slot
+        offs, off = [], 0
+        for p in tr.params:
+            offs.append(off)
+            off += -(-int(np.prod(p.shape, dtype=np.int64)) // 16) * 16
+        self.flat = aligned_empty((off + 16,), np.float32)
+        self.flat[...] = 0
+        self.loss_slot = off
+        self.grad_views = [self.flat[o:o + int(np.prod(p.shape, dtype=np.int64))].reshape(p.shape)
+                           for o, p in zip(offs, tr.params, strict=True)]
+        self.outs = [self.flat[off:off + 1].reshape(()), *self.grad_views]
+        self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
+        self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
+        self.samples = 0  # rows this rank processed (all epochs)
+
+    def run_epoch(self, X, Y, state, *, batch: int, epoch: int, seed: int, step0: int, scalars=None,
+                  shuffle: bool = True, drop_last: bool = False, max_steps: int = -1, threads=None):
+        """As EpochFunction.run_epoch, data-parallel: the same order, batches and updates (summed gradients)."""
+        from graphc.codegen.epoch import KEY_MULT
+        from graphc.runtime.epoch import EpochStats
+
+        tr, dist = self.trainer, self.dist
+        n = int(X.shape[0])
+        B = min(batch, n)
+        # the epoch's order, computed by the native driver itself (a run of no steps): bitwise the same order
+        perm = tr.epoch_fn.run_epoch(X, Y, state, batch=B, epoch=epoch, seed=seed, step0=step0, scalars=scalars,
+                                     shuffle=shuffle, drop_last=drop_last, max_steps=0, threads=1).permutation
+        nsteps = n // B + (1 if n % B and not drop_last else 0)
+        if max_steps >= 0:
+            nsteps = min(nsteps, max_steps)
+        scalars = dict(scalars or {})
+        width = max(hi - lo for lo, hi in shares(B, dist.size))
+        xb = np.empty((max(width, 1), *X.shape[1:]), X.dtype)
+        yb = np.empty((max(width, 1), *Y.shape[1:]), Y.dtype)
+        step_arr = np.zeros((), np.float32)
+        key_arr = np.zeros((), np.int64)
+        w_arr = np.zeros((), np.float32)
+        gvals = {k: v for k, v in state.items() if k in self.grad_leaves}
+        gvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items() if k in self.grad_leaves})
+        gvals["grad_weight"] = w_arr
+        if "rng_key" in self.grad_leaves:
+            gvals["rng_key"] = key_arr
+        uvals = {k: v for k, v in state.items() if k in self.update_leaves}
+        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
+                      if k in self.update_leaves})
+        uvals.update({leaf.name: v for leaf, v in zip(self.g_in, self.grad_views, strict=True)})
+        if "step" in self.update_leaves:
+            uvals["step"] = step_arr
+        pen_out = [np.zeros((), np.float32)] if tr.penalty is not None else None
+        loss_sum, done, bad = 0.0, 0, None
+        for s in range(nsteps):
+            start = s * B
+            nb = min(B, n - start)
+            lo, hi = shares(nb, dist.size)[dist.rank]
+            b = hi - lo
+            key = (seed * KEY_MULT + step0 + s) & (2**64 - 1)
+            key_arr[...] = key - 2**64 if key >= 2**63 else key
+            step_arr[...] = step0 + s + 1
+            if b:
+                idx = perm[start + lo:start + hi]
+                x, y = xb[:b], yb[:b]
+                np.take(X, idx, axis=0, out=x)
+                np.take(Y, idx, axis=0, out=y)
+                w_arr[...] = np.float32(b / nb)
+                gvals["x"], gvals["y"] = x, y
+                self.grad_fn(gvals, out=self.outs)
+            else:  # more ranks than rows in this (last) batch: this rank adds nothing
+                self.flat[...] = 0
+            self.samples += b
+            dist.allreduce_(self.flat)
+            loss = float(self.flat[self.loss_slot])
+            if pen_out is not None:
+                self.update_fn(uvals, out=pen_out)
+                loss += float(pen_out[0])
+            else:
+                self.update_fn(uvals)
+            if not np.isfinite(loss):
+                bad = s
+                break
+            loss_sum += loss * nb
+            done = s + 1
+        samples = min(done * B, n)
+        return EpochStats(loss_sum, done, samples, bad, perm)
+
+    def check_replicas(self, state: dict, epoch: int) -> None:
+        """Parameters must be bitwise equal on every rank: a hash each epoch; a mismatch names the ranks."""
+        names = sorted(p.name for p in self.trainer.params)
+        digests = self.dist.allgather(params_digest(state, names), "the parameter check")
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            raise GraphcError(f"distributed training: after epoch {epoch} the parameters of rank(s) "
+                              f"{', '.join(map(str, odd))} differ from rank 0's (a non-deterministic reduction or a "
+                              "corrupted rank); stopping")
