@@ -36,6 +36,15 @@ def launched_ranks() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as the MPI launcher numbered it (0 when not started by mpirun)."""
+    for _, rank in RANK_ENVS:
+        v = os.environ.get(rank)
+        if v and v.isdigit():
+            return int(v)
+    return 0
+
+
 def shares(n: int, p: int) -> list[tuple[int, int]]:
     """[lo, hi) of each of p ranks in n rows: contiguous, near-equal, the first n mod p ranks one row more."""
     q, r = divmod(n, p)
@@ -139,6 +148,33 @@ class Distributed:
             r, m = bad[0]
             raise InputError(f"{what} failed on rank{'s' if len(bad) > 1 else ''} "
                              f"{', '.join(str(b[0]) for b in bad)} (rank {r}: {m}); no rank trained")
+
+    def run_everywhere(self, what: str, fn):
+        """fn() on every rank; if it raised a graphc error on any rank, every rank raises (so all exit 2 before
+        training, none waits for the others in vain)."""
+        try:
+            value, error = fn(), None
+        except GraphcError as e:
+            value, error = None, e
+        self.all_ok(what, error)
+        return value
+
+    def start_training(self, trainer, ds, out_dir: Path | None) -> None:
+        """Before the first step: every rank must build the same graph with the same options and data shape."""
+        shape = f"{ds.name}:{ds.task}:{ds.X_train.shape}:{ds.X_val.shape}:{ds.X_test.shape}"
+        self.agree("the model, options and data (a hash of the step graph and the training options)",
+                   f"{trainer.fingerprint()}:{shape}")
+        ck = self.bcast(str(Path(out_dir).resolve() / "checkpoints") if out_dir is not None else None)
+        self.checkpoint_dir = Path(ck) if ck else None
+        if self.rank == 0:
+            trainer.log(f"distributed: {self.size} ranks x {trainer.threads} thread(s), global batch "
+                        f"{trainer.config.batch_size}; ranks " +
+                        ", ".join(f"{r}=pid {pid} on {h}" for r, (h, pid) in enumerate(self.pids)))
+
+    def run_metrics(self, trainer) -> dict:
+        samples = self.allgather(trainer.dist_step.samples if trainer.dist_step else 0, "gathering the metrics")
+        return {"ranks": self.size, "threads_per_rank": trainer.threads, "samples_per_rank": samples,
+                "mpi_library": self.MPI.Get_library_version().splitlines()[0].strip()}
 
     def default_threads(self) -> int:
         """Threads per rank when none are asked for: this host's cores shared by its ranks."""
