@@ -67,7 +67,9 @@ class Distributed:
         except ImportError as e:
             raise GraphcError(f"{INSTALL_HINT} ({e})") from None
         self.MPI = MPI
-        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        # a duplicate of the caller's communicator, whose errors return to us (then named) instead of aborting
+        self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.host = MPI.Get_processor_name()
         self.pids = self.comm.allgather((self.host, os.getpid()))
@@ -81,8 +83,21 @@ class Distributed:
 
     # -- fault handling
     def _watchdog(self) -> None:
+        import select
+
         local = [(r, pid) for r, (h, pid) in enumerate(self.pids) if h == self.host and r != self.rank]
-        while not self._stop.wait(0.2):
+        poller, fds = select.poll(), {}
+        for r, pid in local:  # a pidfd turns readable the moment its process ends: no polling delay
+            try:
+                fd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                continue
+            fds[fd] = (r, pid)
+            poller.register(fd, select.POLLIN)
+        while not self._stop.is_set():
+            for fd, _ in poller.poll(200):
+                r, pid = fds[fd]
+                self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
             for r, pid in local:
                 if not _alive(pid):
                     self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
@@ -109,8 +124,13 @@ class Distributed:
             def __enter__(self):
                 dist._what, dist._waiting_since = what, time.monotonic()
 
-            def __exit__(self, *exc):
+            def __exit__(self, kind, exc, tb):
                 dist._waiting_since = None
+                if exc is not None and isinstance(exc, dist.MPI.Exception):
+                    gone = [f"rank {r} (pid {pid} on {h})" for r, (h, pid) in enumerate(dist.pids)
+                            if h == dist.host and r != dist.rank and not _alive(pid)]
+                    dist._lost((", ".join(gone) + " is gone") if gone else
+                               f"{what} failed: {exc.Get_error_string().splitlines()[0]}")
 
         return _G()
 

@@ -1,7 +1,7 @@
 """Run under mpirun by the tests: train data-parallel with a Trainer and save what the tests compare.
 
-argv: OUT.npz DATASET EPOCHS BATCH [JSON options]. Rank 0 writes the parameters and every rank's parameter digest
-and processed-sample count."""
+argv: OUT_PREFIX JOBS_JSON, a list of {"data": "digits" | "synthetic", "epochs", "batch", "opts"}. For job i rank 0
+writes OUT_PREFIX-i.npz: the parameters, every rank's parameter digest and processed-sample count, the losses."""
 
 import json
 import sys
@@ -17,30 +17,33 @@ def dataset(name: str):
         from graphc import data
 
         ds = data.load("digits")
-        return ds.X_train, ds.y_train.astype(np.int32), 10
-    rng = np.random.default_rng(7)  # the 784-256-128-10 synthetic set
+        return ds.X_train, ds.y_train.astype(np.int32)
+    rng = np.random.default_rng(7)  # a 784-feature synthetic set for the 784-256-128-10 net
     X = rng.standard_normal((600, 784)).astype(np.float32)
-    y = (np.abs(X[:, :10]).argmax(axis=1)).astype(np.int32)
-    return X, y, 10
+    return X, np.abs(X[:, :10]).argmax(axis=1).astype(np.int32)
+
+
+def config(job: dict) -> TrainConfig:
+    opts = dict(job.get("opts", {}))
+    if job["data"] != "digits":
+        opts.setdefault("hidden", [256, 128])
+    return TrainConfig(epochs=job["epochs"], batch_size=job["batch"], threads=1, **opts)
 
 
 def main() -> None:
-    out, name, epochs, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    opts = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-    X, y, k = dataset(name)
-    if name != "digits":
-        opts.setdefault("hidden", [256, 128])
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, threads=1, **opts)
+    prefix, jobs = sys.argv[1], json.loads(sys.argv[2])
     dist = Distributed()
-    tr = Trainer(None, "multiclass", X.shape[1], k, cfg, log=lambda m: None, distributed=dist)
-    run = tr.run(X, y, None, None)
-    names = sorted(p.name for p in tr.params)
-    digests = dist.allgather(params_digest(run["state"], names))
-    samples = dist.allgather(tr.dist_step.samples)
-    if dist.rank == 0:
-        np.savez(out, digests=np.array(digests), samples=np.array(samples),
-                 loss=np.array([r["train_loss"] for r in run["history"]]),
-                 **{f"param/{n}": run["state"][n] for n in names})
+    for i, job in enumerate(jobs):
+        X, y = dataset(job["data"])
+        tr = Trainer(None, "multiclass", X.shape[1], 10, config(job), log=lambda m: None, distributed=dist)
+        run = tr.run(X, y, None, None)
+        names = sorted(p.name for p in tr.params)
+        digests = dist.allgather(params_digest(run["state"], names))
+        samples = dist.allgather(tr.dist_step.samples)
+        if dist.rank == 0:
+            np.savez(f"{prefix}-{i}.npz", digests=np.array(digests), samples=np.array(samples),
+                     loss=np.array([r["train_loss"] for r in run["history"]]),
+                     **{f"param/{n}": run["state"][n] for n in names})
 
 
 if __name__ == "__main__":
