@@ -25,6 +25,7 @@ TIMEOUT_ENV = "GRAPHC_MPI_TIMEOUT"  # seconds a rank waits in one collective bef
 RANK_ENVS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
              ("PMIX_SIZE", "PMIX_RANK"))
 EXIT_LOST_RANK = 6
+RANK_KEY = 0xD1B54A32D192ED03  # offsets a rank's dropout key
 
 
 def launched_ranks() -> int:
@@ -301,7 +302,9 @@ class DataParallelStep:
             nb = min(B, n - start)
             lo, hi = shares(nb, dist.size)[dist.rank]
             b = hi - lo
-            key = (seed * KEY_MULT + step0 + s) & (2**64 - 1)
+            # dropout: each rank its own key (a mask is keyed by the element's index in the rank's share, so
+            # equal keys would repeat one mask on every rank); masks thus differ from a single process's
+            key = (seed * KEY_MULT + step0 + s + dist.rank * RANK_KEY) & (2**64 - 1)
             key_arr[...] = key - 2**64 if key >= 2**63 else key
             step_arr[...] = step0 + s + 1
             if b:
