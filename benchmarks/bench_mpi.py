@@ -79,10 +79,10 @@ def rank_part(epochs: int, out: str) -> None:
         rates.append(ROWS / (time.perf_counter() - t))
     b = shares(BATCH, dist.size)[dist.rank]
     b = b[1] - b[0]
-    gv = {k: v for k, v in state.items() if k in ds.grad_leaves}
+    live = ds._begin(state)
+    gv = {k: v for k, v in live.items() if k in ds.grad_leaves}
     gv.update(x=X[:b].copy(), y=y[:b].copy(), grad_weight=np.float32(0.5))
-    uv = {k: v for k, v in state.items() if k in ds.update_leaves}
-    uv.update({leaf.name: v for leaf, v in zip(ds.g_in, ds.grad_views, strict=True)}, lr=np.float32(0.0))
+    uv = ds._update_values(live, {"lr": 0.0}, np.ones((), np.float32))
 
     def timed(fn, reps=300):
         ts = []
@@ -93,21 +93,24 @@ def rank_part(epochs: int, out: str) -> None:
             ts.append(time.perf_counter() - t)
         return float(np.median(ts))
 
-    phases = {"grad": timed(lambda: ds.grad_fn(gv, out=ds.outs)), "allreduce": timed(lambda: dist.allreduce_(ds.flat)),
-              "update": timed(lambda: ds.update_fn(uv))}
+    flat = np.zeros(n_params(W2), np.float32)
+    phases = {"grad": timed(lambda: ds.grad_fn(gv, out=ds.outs)),
+              "exchange_update": timed(lambda: ds._reduce_and_update(uv)),
+              "allreduce": timed(lambda: dist.allreduce_(flat))}
     wide = np.zeros(n_params(WIDE), np.float32)
     phases["allreduce_wide"] = timed(lambda: dist.allreduce_(wide), reps=20)
     if dist.rank == 0:
         with open(out, "w") as f:
-            json.dump({"rate": float(np.median(rates)), "rates": rates, "phases": phases}, f)
+            json.dump({"rate": float(np.median(rates)), "rates": rates, "phases": phases,
+                       "step": type(ds).__name__}, f)
 
 
-def ranks(epochs: int) -> dict:
+def ranks(epochs: int, shared: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
         subprocess.run([mpirun, "-n", "2", sys.executable, __file__, "--rank-part", out, "--epochs", str(epochs)],
-                       check=True)
+                       check=True, env=dict(os.environ, GRAPHC_MPI_SHARED="1" if shared else "0"))
         with open(out) as f:
             return json.load(f)
 
@@ -225,20 +228,22 @@ def main() -> None:
         rank_part(args.epochs, args.rank_part)
         return
     one = one_process(args.epochs, 2)
-    r = ranks(args.epochs)
+    r = ranks(args.epochs, shared=True)
+    ra = ranks(args.epochs, shared=False)
     try:
         torch_rate = ddp(args.epochs)
     except ImportError:
         torch_rate = float("nan")
-    ph = r["phases"]
+    ph = ra["phases"]
+    ph["update"] = max(ph["exchange_update"] - ph["allreduce"], 0.0)  # the whole update on one rank
     print(f"W2, {ROWS:,} rows, global batch {BATCH} (median of {args.epochs} epochs; the machine may be shared):")
     print(f"  graphc, 1 process x 2 threads:  {one / 1e3:8.1f} k samples/s")
-    print(f"  graphc, 2 ranks x 1 thread:     {r['rate'] / 1e3:8.1f} k samples/s  ({r['rate'] / one:.2f}x one process)"
-          f"  epochs {[round(x / 1e3, 1) for x in r['rates']]}")
-    print(f"  PyTorch DDP gloo, 2 x 1 thread: {torch_rate / 1e3:8.1f} k samples/s  (graphc ranks "
-          f"{r['rate'] / torch_rate:.2f}x)")
-    print(f"  per step on a rank: gradient phase {ph['grad'] * 1e3:.3f} ms (64 rows, 1 thread), allreduce "
-          f"{ph['allreduce'] * 1e3:.3f} ms ({4 * n_params(W2) / 1e6:.2f} MB), update {ph['update'] * 1e3:.3f} ms")
+    for name, x in (("shared memory", r), ("MPI_Allreduce", ra)):
+        print(f"  graphc, 2 ranks x 1 thread, {name:>13}: {x['rate'] / 1e3:8.1f} k samples/s  ({x['rate'] / one:.2f}x "
+              f"one process, {x['rate'] / torch_rate:.2f}x DDP)  epochs {[round(v / 1e3, 1) for v in x['rates']]}; "
+              f"per step: gradient phase {x['phases']['grad'] * 1e3:.3f} ms (64 rows, 1 thread), exchange + update "
+              f"{x['phases']['exchange_update'] * 1e3:.3f} ms")
+    print(f"  PyTorch DDP gloo, 2 x 1 thread: {torch_rate / 1e3:8.1f} k samples/s")
     print(f"  allreduce at P=2: W2 {ph['allreduce'] * 1e3:.3f} ms ({4 * n_params(W2) / 1e6:.2f} MB), 784-2048-2048-10 "
           f"{ph['allreduce_wide'] * 1e3:.2f} ms ({4 * n_params(WIDE) / 1e6:.1f} MB)")
     projection(ph, BATCH // 2, args.plot)

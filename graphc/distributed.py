@@ -226,7 +226,6 @@ class DataParallelStep:
     def __init__(self, trainer, dist: Distributed):
         from graphc import ops
         from graphc.autodiff.grad import grad
-        from graphc.runtime.buffers import aligned_empty
         from graphc.runtime.jit import CompiledFunction
 
         self.trainer, self.dist = trainer, dist
@@ -235,6 +234,17 @@ class DataParallelStep:
         scaled = tr.data_loss * self.weight
         data_grads = grad(scaled, tr.params)
         self.grad_fn = CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads)
+        self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
+        self.samples = 0  # rows this rank processed (all epochs)
+        self._build_update()
+
+    def _build_update(self) -> None:
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.runtime.buffers import aligned_empty
+        from graphc.runtime.jit import CompiledFunction
+
+        tr = self.trainer
         # the update: the summed data gradient (an input) plus the penalties' own gradients, then the optimizer
         self.g_in = [ops.input(f"allreduced.{i}", p.shape, p.dtype) for i, p in enumerate(tr.params)]
         pen = tr.penalty
@@ -258,9 +268,7 @@ class DataParallelStep:
         self.grad_views = [self.flat[o:o + int(np.prod(p.shape, dtype=np.int64))].reshape(p.shape)
                            for o, p in zip(offs, tr.params, strict=True)]
         self.outs = [self.flat[off:off + 1].reshape(()), *self.grad_views]
-        self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
         self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
-        self.samples = 0  # rows this rank processed (all epochs)
 
     def run_epoch(self, X, Y, state, *, batch: int, epoch: int, seed: int, step0: int, scalars=None,
                   shuffle: bool = True, drop_last: bool = False, max_steps: int = -1, threads=None):
@@ -284,18 +292,13 @@ class DataParallelStep:
         step_arr = np.zeros((), np.float32)
         key_arr = np.zeros((), np.int64)
         w_arr = np.zeros((), np.float32)
-        gvals = {k: v for k, v in state.items() if k in self.grad_leaves}
+        live = self._begin(state)  # the arrays the steps read and update
+        gvals = {k: v for k, v in live.items() if k in self.grad_leaves}
         gvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items() if k in self.grad_leaves})
         gvals["grad_weight"] = w_arr
         if "rng_key" in self.grad_leaves:
             gvals["rng_key"] = key_arr
-        uvals = {k: v for k, v in state.items() if k in self.update_leaves}
-        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
-                      if k in self.update_leaves})
-        uvals.update({leaf.name: v for leaf, v in zip(self.g_in, self.grad_views, strict=True)})
-        if "step" in self.update_leaves:
-            uvals["step"] = step_arr
-        pen_out = [np.zeros((), np.float32)] if tr.penalty is not None else None
+        uvals = self._update_values(live, scalars, step_arr)
         loss_sum, done, bad = 0.0, 0, None
         for s in range(nsteps):
             start = s * B
@@ -316,22 +319,47 @@ class DataParallelStep:
                 gvals["x"], gvals["y"] = x, y
                 self.grad_fn(gvals, out=self.outs)
             else:  # more ranks than rows in this (last) batch: this rank adds nothing
-                self.flat[...] = 0
+                self.outs[0][...] = 0
+                for g in self.grad_views:
+                    g[...] = 0
             self.samples += b
-            dist.allreduce_(self.flat)
-            loss = float(self.flat[self.loss_slot])
-            if pen_out is not None:
-                self.update_fn(uvals, out=pen_out)
-                loss += float(pen_out[0])
-            else:
-                self.update_fn(uvals)
+            loss = self._reduce_and_update(uvals)
             if not np.isfinite(loss):
                 bad = s
                 break
             loss_sum += loss * nb
             done = s + 1
+        self._end(state)
         samples = min(done * B, n)
         return EpochStats(loss_sum, done, samples, bad, perm)
+
+    # -- the allreduce path: every rank holds its own copy of the state and applies the whole update
+    def _begin(self, state: dict) -> dict:
+        return state
+
+    def _end(self, state: dict) -> None:
+        pass
+
+    def _update_values(self, live: dict, scalars: dict, step_arr: np.ndarray) -> dict:
+        uvals = {k: v for k, v in live.items() if k in self.update_leaves}
+        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
+                      if k in self.update_leaves})
+        uvals.update({leaf.name: v for leaf, v in zip(self.g_in, self.grad_views, strict=True)})
+        if "step" in self.update_leaves:
+            uvals["step"] = step_arr
+        self._pen_out = [np.zeros((), np.float32)] if self.trainer.penalty is not None else None
+        return uvals
+
+    def _reduce_and_update(self, uvals: dict) -> float:
+        """Sum the gradients over the ranks, apply the update; the step's loss (the same on every rank)."""
+        self.dist.allreduce_(self.flat)
+        loss = float(self.flat[self.loss_slot])
+        if self._pen_out is not None:
+            self.update_fn(uvals, out=self._pen_out)
+            loss += float(self._pen_out[0])
+        else:
+            self.update_fn(uvals)
+        return loss
 
     def check_replicas(self, state: dict, epoch: int) -> None:
         """Parameters must be bitwise equal on every rank: a hash each epoch; a mismatch names the ranks."""
@@ -342,3 +370,151 @@ class DataParallelStep:
             raise GraphcError(f"distributed training: after epoch {epoch} the parameters of rank(s) "
                               f"{', '.join(map(str, odd))} differ from rank 0's (a non-deterministic reduction or a "
                               "corrupted rank); stopping")
+
+
+class SharedMemoryStep(DataParallelStep):
+    """Ranks that share one machine (MPI-3 shared memory, `MPI_Win_allocate_shared`): one copy of the parameters
+    and optimizer state for all of them, and a gradient slot per rank. A step: each rank writes its gradient into
+    its slot; barrier; rank r sums the slots in rank order over its own 1/P of every parameter and applies the
+    update to that share in place; barrier. No copy of the gradient goes anywhere and each element is updated
+    once, so every rank reads bitwise the same parameters by construction (and a fixed P gives a fixed order)."""
+
+    def __init__(self, trainer, dist: Distributed, node):
+        self.node = node  # the node's communicator (every rank of the run)
+        super().__init__(trainer, dist)
+
+    def _build_update(self) -> None:
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.nn.losses import l1, l2
+        from graphc.runtime.jit import CompiledFunction
+
+        tr, dist = self.trainer, self.dist
+        P, r = dist.size, dist.rank
+        MPI = dist.MPI
+        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in tr.params]
+        seg = [-(-n // 16) * 16 for n in sizes]
+        slot_len = sum(seg) + 16  # then the weighted data loss, and the update's penalty share
+        state_names = [p.name for p in tr.params] + [n for p in tr.params for n in tr.opt.state_names(p)]
+        state_shape = {p.name: p.shape for p in tr.params}
+        for p in tr.params:
+            for n in tr.opt.state_names(p):
+                state_shape[n] = p.shape
+        state_len = sum(-(-int(np.prod(state_shape[n], dtype=np.int64)) // 16) * 16 for n in state_names)
+        total = P * slot_len + state_len + 16
+        self.win = MPI.Win.Allocate_shared(total * 4 if r == 0 else 0, 4, comm=self.node)
+        buf, _ = self.win.Shared_query(0)
+        raw = np.frombuffer(buf, np.float32)
+        base = (-(raw.ctypes.data // 4)) % 16  # 64-byte aligned start
+        self.slots = [raw[base + q * slot_len: base + (q + 1) * slot_len] for q in range(P)]
+        offs = np.cumsum([0, *seg])[:-1]
+        self.slot_grads = [[sl[o:o + n].reshape(p.shape) for o, n, p in zip(offs, sizes, tr.params, strict=True)]
+                           for sl in self.slots]
+        mine = self.slots[r]
+        self.grad_views = self.slot_grads[r]
+        self.outs = [mine[slot_len - 16:slot_len - 15].reshape(()), *self.grad_views]
+        self._pen_view = mine[slot_len - 15:slot_len - 14].reshape(())
+        self._loss_at, self._pen_at = slot_len - 16, slot_len - 15
+        self.shared: dict[str, np.ndarray] = {}
+        off = base + P * slot_len
+        for n in state_names:
+            k = int(np.prod(state_shape[n], dtype=np.int64))
+            self.shared[n] = raw[off:off + k].reshape(state_shape[n])
+            off += -(-k // 16) * 16
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        # the update over this rank's share of each parameter, flattened: 1-D inputs, one length symbol each
+        self.bounds = [shares(n, P)[r] for n in sizes]
+        leaves, updates, pen_leaves, slot_in = [], {}, [], []
+        sub_state = {}
+        for i, p in enumerate(tr.params):
+            sym = f"S{i}"
+            q = ops.input(p.name, (sym,), p.dtype)
+            leaves.append(q)
+            for n in tr.opt.state_names(p):
+                sub_state[n] = ops.input(n, (sym,), p.dtype)
+            slot_in.append([ops.input(f"slot{k}.{i}", (sym,), p.dtype) for k in range(P)])
+            if p.name in tr.penalized_names:
+                pen_leaves.append(q)
+        pen = None
+        if "l2" in tr.hyper:
+            pen = l2(pen_leaves, tr.hyper["l2"])
+        if "l1" in tr.hyper:
+            term = l1(pen_leaves, tr.hyper["l1"])
+            pen = term if pen is None else pen + term
+        pen_grads = dict(zip([q.name for q in pen_leaves], grad(pen, pen_leaves), strict=True)) \
+            if pen is not None else {}
+        for q, gs in zip(leaves, slot_in, strict=True):
+            g = gs[0]
+            for k in range(1, P):  # rank order: a fixed summation order
+                g = g + gs[k]
+            if q.name in pen_grads:
+                g = g + pen_grads[q.name]
+            new_p, new_state = tr.opt.step(q, g, sub_state, tr.t, tr.lr, tr.hyper)
+            updates[q] = new_p
+            for n, v in new_state.items():
+                updates[sub_state[n]] = v
+        self._has_pen = pen is not None
+        self.update_fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+        self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
+        self._slot_names = [[leaf.name for leaf in gs] for gs in slot_in]
+
+    def _barrier(self, what: str) -> None:
+        self.win.Sync()
+        with self.dist._guard(what):
+            self.node.Barrier()
+        self.win.Sync()
+
+    def _begin(self, state: dict) -> dict:
+        if self.dist.rank == 0:
+            for n, a in self.shared.items():
+                a[...] = state[n]
+        self._barrier("starting an epoch")
+        return self.shared
+
+    def _end(self, state: dict) -> None:
+        for n, a in self.shared.items():
+            state[n][...] = a
+        self._barrier("ending an epoch")  # nobody writes the shared state again before all have copied it
+
+    def _update_values(self, live: dict, scalars: dict, step_arr: np.ndarray) -> dict:
+        uvals = {}
+        for i, (p, (lo, hi)) in enumerate(zip(self.trainer.params, self.bounds, strict=True)):
+            uvals[p.name] = self.shared[p.name].reshape(-1)[lo:hi]
+            for n in self.trainer.opt.state_names(p):
+                uvals[n] = self.shared[n].reshape(-1)[lo:hi]
+            for k, name in enumerate(self._slot_names[i]):
+                uvals[name] = self.slot_grads[k][i].reshape(-1)[lo:hi]
+        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
+                      if k in self.update_leaves})
+        if "step" in self.update_leaves:
+            uvals["step"] = step_arr
+        return uvals
+
+    def _reduce_and_update(self, uvals: dict) -> float:
+        self._barrier("the gradient exchange")
+        loss = 0.0
+        for sl in self.slots:  # rank order; read before anyone can start the next step's gradients
+            loss += float(sl[self._loss_at])
+        if self._has_pen:
+            self.update_fn(uvals, out=[self._pen_view])
+        else:
+            self.update_fn(uvals)
+        self._barrier("the update")
+        if self._has_pen:
+            for sl in self.slots:
+                loss += float(sl[self._pen_at])
+        return loss
+
+
+def make_step(trainer, dist: Distributed) -> DataParallelStep:
+    """The shared-memory step when every rank is on this machine (and each rank's share of every parameter is
+    non-empty), else the allreduce step. GRAPHC_MPI_SHARED=0 forces the allreduce step."""
+    MPI = dist.MPI
+    node = dist.comm.Split_type(MPI.COMM_TYPE_SHARED, dist.rank)
+    sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in trainer.params]
+    on = os.environ.get("GRAPHC_MPI_SHARED", "1") != "0"
+    if on and node.Get_size() == dist.size and min(sizes) >= dist.size:
+        node.Set_errhandler(MPI.ERRORS_RETURN)
+        return SharedMemoryStep(trainer, dist, node)
+    node.Free()
+    return DataParallelStep(trainer, dist)

@@ -249,9 +249,9 @@ class Trainer:
         self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
         self.dist_step = None
         if distributed is not None:
-            from graphc.distributed import DataParallelStep
+            from graphc.distributed import make_step
 
-            self.dist_step = DataParallelStep(self, distributed)
+            self.dist_step = make_step(self, distributed)
         self.compile_seconds = time.perf_counter() - t0
 
     # -- graph pieces

@@ -27,19 +27,22 @@ from worker import config, dataset  # noqa: E402
 from graphc.nn.train import Trainer  # noqa: E402
 
 
-def env() -> dict:
-    e = dict(os.environ)
+def env(**extra) -> dict:
+    e = dict(os.environ, **extra)
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
     return e
 
 
-def mpirun(n: int, *args, timeout: float = 240, launcher=()) -> subprocess.CompletedProcess:
+def mpirun(n: int, *args, timeout: float = 240, launcher=(), **extra) -> subprocess.CompletedProcess:
     return subprocess.run([MPIRUN, *launcher, "-n", str(n), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env(), cwd=ROOT)
+                          env=env(**extra), cwd=ROOT)
 
 
-def run_jobs(tmp_path: Path, n: int, jobs: list[dict], tag: str) -> list:
-    r = mpirun(n, sys.executable, str(WORKER), str(tmp_path / tag), json.dumps(jobs))
+def run_jobs(tmp_path: Path, n: int, jobs: list[dict], tag: str, shared: bool = True) -> list:
+    """Rank 0's results per job; `shared=False` takes the MPI_Allreduce path (as ranks on several machines do)
+    instead of the shared-memory one."""
+    r = mpirun(n, sys.executable, str(WORKER), str(tmp_path / tag), json.dumps(jobs),
+               GRAPHC_MPI_SHARED="1" if shared else "0")
     assert r.returncode == 0, r.stdout + r.stderr
     return [np.load(tmp_path / f"{tag}-{i}.npz") for i in range(len(jobs))]
 
@@ -67,10 +70,11 @@ W2 = {"data": "synthetic", "epochs": 1, "batch": 128, "opts": {"lr": 0.05, "opti
                                                                  "momentum": 0.9, "l2": 1e-3}}
 
 
-def test_two_ranks_equal_single_process_and_are_bitwise_reproducible(tmp_path):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "allreduce"])
+def test_two_ranks_equal_single_process_and_are_bitwise_reproducible(tmp_path, shared):
     jobs = [DIGITS, W2]
-    first = run_jobs(tmp_path, 2, jobs, "a")
-    again = run_jobs(tmp_path, 2, jobs, "b")
+    first = run_jobs(tmp_path, 2, jobs, "a", shared)
+    again = run_jobs(tmp_path, 2, jobs, "b", shared)
     for job, got, rep in zip(jobs, first, again, strict=True):
         assert len(set(got["digests"])) == 1  # every rank ended with the same parameters
         n = len(dataset(job["data"])[0])
@@ -89,8 +93,8 @@ def test_three_and_four_ranks_with_uneven_shares_equal_single_process(tmp_path):
                                                                                    "momentum": 0.9, "lr": 0.02}}]
     four = [{"data": "digits", "epochs": 2, "batch": 30, "opts": {"l1": 1e-4}},
             {"data": "synthetic", "epochs": 1, "batch": 30, "opts": {"lr": 0.02}}]
-    for n, jobs in ((3, three), (4, four)):
-        for job, got in zip(jobs, run_jobs(tmp_path, n, jobs, f"p{n}"), strict=True):
+    for n, jobs, shared in ((3, three, False), (4, four, True)):
+        for job, got in zip(jobs, run_jobs(tmp_path, n, jobs, f"p{n}", shared), strict=True):
             assert len(set(got["digests"])) == 1 and len(got["samples"]) == n
             assert got["samples"].sum() == len(dataset(job["data"])[0]) * job["epochs"]
             assert_close(single(job), params(got))
