@@ -109,17 +109,18 @@ def test_graphc_train_under_mpirun_writes_once_and_resumes_under_other_rank_coun
     from graphc import fit
 
     out = tmp_path / "run"
-    r = train_cli(2, out, "--epochs", "2", "--seed", "3")
+    opts = ("--seed", "3", "--l2", "1e-4", "--early-stopping", "5")  # validation decided on every rank alike
+    r = train_cli(2, out, "--epochs", "2", *opts)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("test accuracy") == 1 and r.stdout.count("epoch    2/2") == 1  # rank 0 alone reports
     m = json.loads((out / "metrics.json").read_text())
     assert m["ranks"] == 2 and m["threads_per_rank"] == 1 and sum(m["samples_per_rank"]) == 2 * 1257
-    r = train_cli(3, out, "--epochs", "3", "--seed", "3", "--resume")
+    r = train_cli(3, out, "--epochs", "3", *opts, "--resume")
     assert r.returncode == 0, r.stderr
     assert "resuming from ckpt-1-000002.gcp" in r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["ranks"] == 3 and m["epochs"] == 3 and sum(m["samples_per_rank"]) == 1257  # this run's one epoch
-    ref = fit(None, "digits", epochs=3, seed=3, threads=1, progress=False).params
+    ref = fit(None, "digits", epochs=3, seed=3, l2=1e-4, early_stopping=5, threads=1, progress=False).params
     got = np.load(out / "weights.npz")
     assert_close(ref, {k: got[k] for k in got.files})
 
