@@ -180,3 +180,27 @@ def test_a_killed_rank_stops_the_others_within_seconds(tmp_path, cleanup):
         assert re.search(r"rank 0: rank 1 \(pid \d+ on .*\) is gone; stopping\. The last good checkpoint: "
                          r".*ckpt-1-\d+\.gcp", rest), rest
     assert not (out / "metrics.json").exists()
+
+
+def test_a_rank_that_stops_answering_times_out_instead_of_hanging(tmp_path):
+    # SIGSTOP: the process lives on, so only the collective's timeout can notice
+    p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
+                          "--epochs", "100000", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env(GRAPHC_MPI_TIMEOUT="2"), cwd=ROOT)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "1=pid" not in line and time.monotonic() < deadline:
+            line = p.stderr.readline()
+        pid = int(re.search(r"1=pid (\d+)", line).group(1))
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        rest = p.communicate(timeout=30)[1]
+        stopped = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0 and stopped < 15
+    assert re.search(r"rank 0: no progress for 2 s in .* \(a rank stopped answering; set GRAPHC_MPI_TIMEOUT",
+                     rest), rest
