@@ -95,19 +95,25 @@ class Distributed:
                 continue
             fds[fd] = (r, pid)
             poller.register(fd, select.POLLIN)
-        while not self._stop.is_set():
-            for fd, _ in poller.poll(200):
-                r, pid = fds[fd]
-                self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
-            for r, pid in local:
-                if not _alive(pid):
+        try:
+            while not self._stop.is_set():
+                for fd, _ in poller.poll(200):
+                    r, pid = fds[fd]
                     self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
-            since = self._waiting_since
-            if since is not None and time.monotonic() - since > self.timeout:
-                self._lost(f"no progress for {self.timeout:g} s in {self._what} (a rank stopped answering; "
-                           f"set {TIMEOUT_ENV} to wait longer)")
+                for r, pid in local:
+                    if not _alive(pid):
+                        self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
+                since = self._waiting_since
+                if since is not None and time.monotonic() - since > self.timeout:
+                    self._lost(f"no progress for {self.timeout:g} s in {self._what} (a rank stopped answering; "
+                               f"set {TIMEOUT_ENV} to wait longer)")
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _lost(self, why: str) -> None:
+        if self._stop.is_set():
+            return  # training is over: ranks may leave in any order
         last = "none written yet"
         if self.checkpoint_dir is not None:
             found = sorted(Path(self.checkpoint_dir).glob("ckpt-*.gcp"))

@@ -342,6 +342,7 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
         metrics["classes"] = [_plain(c) for c in ds.classes]
     if dist is not None:
         metrics.update(dist.run_metrics(trainer))
+        dist.close()  # its watchdog thread
     result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
     if out_dir is not None:
         try:
