@@ -219,6 +219,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _with_row_offsets(loss):
+    """`loss` with every dropout's element index offset by the rank's first row in the global batch times the
+    row size (an int64 input `dropout_offset.<size>` per row size), so a rank's rows get the masks they have in
+    single-process training. (loss, {row size: input}); (loss, None) when a dropout's input does not have the
+    batch as its first dim and fixed dims after it (then each rank keys its masks apart instead)."""
+    from graphc import ops
+    from graphc.ir.node import derived_from, topo_order
+    from graphc.ops.core import apply
+    from graphc.passes.rewrite import rebuild
+
+    nodes = topo_order(loss)
+    drops = [n for n in nodes if n.op.name == "dropout" and not n.attrs.get("offset")]
+    if not drops:
+        return loss, {}
+    for n in drops:
+        shape = n.inputs[0].shape
+        if not shape or isinstance(shape[0], int) or not all(isinstance(d, int) for d in shape[1:]):
+            return loss, None
+    offsets: dict[int, object] = {}
+    memo: dict[int, object] = {}
+    for n in nodes:
+        ins = tuple(memo[id(i)] for i in n.inputs)
+        if n.op.name == "dropout" and not n.attrs.get("offset"):
+            size = int(np.prod(n.inputs[0].shape[1:], dtype=np.int64))
+            off = offsets.setdefault(size, ops.input(f"dropout_offset.{size}", (), "int64"))
+            with derived_from(n.source, n.source.made_by):
+                memo[id(n)] = apply(n.op, (*ins, off), meta=n.meta, **n.attrs, offset=True)
+        else:
+            memo[id(n)] = rebuild(n, ins)
+    return memo[id(loss)], offsets
+
+
 def params_digest(state: dict, names: list[str]) -> str:
     h = hashlib.sha256()
     for n in names:
@@ -237,7 +269,8 @@ class DataParallelStep:
         self.trainer, self.dist = trainer, dist
         tr = trainer
         self.weight = ops.input("grad_weight", (), "float32")  # this rank's rows / the global batch's rows
-        scaled = tr.data_loss * self.weight
+        loss, self.offsets = _with_row_offsets(tr.data_loss)
+        scaled = loss * self.weight
         data_grads = grad(scaled, tr.params)
         self.grad_fn = CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads)
         self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
@@ -302,6 +335,8 @@ class DataParallelStep:
         gvals = {k: v for k, v in live.items() if k in self.grad_leaves}
         gvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items() if k in self.grad_leaves})
         gvals["grad_weight"] = w_arr
+        offs = {size: np.zeros((), np.int64) for size in self.offsets or {}}
+        gvals.update({node.name: offs[size] for size, node in (self.offsets or {}).items()})
         if "rng_key" in self.grad_leaves:
             gvals["rng_key"] = key_arr
         uvals = self._update_values(live, scalars, step_arr)
@@ -311,9 +346,12 @@ class DataParallelStep:
             nb = min(B, n - start)
             lo, hi = shares(nb, dist.size)[dist.rank]
             b = hi - lo
-            # dropout: each rank its own key (a mask is keyed by the element's index in the rank's share, so
-            # equal keys would repeat one mask on every rank); masks thus differ from a single process's
-            key = (seed * KEY_MULT + step0 + s + dist.rank * RANK_KEY) & (2**64 - 1)
+            # dropout: masks keyed by the element's index in the global batch (its rows' offset), as in one
+            # process; a model whose dropout the offsets cannot reach gets a key per rank instead
+            own = 0 if self.offsets is not None else dist.rank * RANK_KEY
+            key = (seed * KEY_MULT + step0 + s + own) & (2**64 - 1)
+            for size, a in offs.items():
+                a[...] = lo * size
             key_arr[...] = key - 2**64 if key >= 2**63 else key
             step_arr[...] = step0 + s + 1
             if b:

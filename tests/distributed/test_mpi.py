@@ -66,13 +66,14 @@ def assert_close(ref: dict, got: dict, tol: float = 1e-5) -> None:
 
 
 DIGITS = {"data": "digits", "epochs": 1, "batch": 32}
+DROPOUT = {"data": "digits", "epochs": 1, "batch": 30, "opts": {"dropout": [0.8, 0.7]}}  # masks by global row
 W2 = {"data": "synthetic", "epochs": 1, "batch": 128, "opts": {"lr": 0.05, "optimizer": "momentum",
                                                                  "momentum": 0.9, "l2": 1e-3}}
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "allreduce"])
 def test_two_ranks_equal_single_process_and_are_bitwise_reproducible(tmp_path, shared):
-    jobs = [DIGITS, W2]
+    jobs = [DIGITS, W2, DROPOUT]
     first = run_jobs(tmp_path, 2, jobs, "a", shared)
     again = run_jobs(tmp_path, 2, jobs, "b", shared)
     for job, got, rep in zip(jobs, first, again, strict=True):
@@ -89,7 +90,7 @@ def test_two_ranks_equal_single_process_and_are_bitwise_reproducible(tmp_path, s
 def test_three_and_four_ranks_with_uneven_shares_equal_single_process(tmp_path):
     # 30 rows per batch over 4 ranks: shares 8, 8, 7, 7; the last partial batches (1257 mod 30 = 27 digits rows,
     # 600 mod 30 = 0 synthetic) split likewise; P = 4 oversubscribes the two cores, which is fine for semantics
-    three = [DIGITS, {"data": "synthetic", "epochs": 1, "batch": 100, "opts": {"optimizer": "nesterov",
+    three = [DROPOUT, {"data": "synthetic", "epochs": 1, "batch": 100, "opts": {"optimizer": "nesterov",
                                                                                    "momentum": 0.9, "lr": 0.02}}]
     four = [{"data": "digits", "epochs": 2, "batch": 30, "opts": {"l1": 1e-4}},
             {"data": "synthetic", "epochs": 1, "batch": 30, "opts": {"lr": 0.02}}]
