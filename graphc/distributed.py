@@ -79,6 +79,7 @@ class Distributed:
         self._waiting_since: float | None = None
         self._what = ""
         self._stop = threading.Event()
+        self._guard_obj = _Guard(self)
         self._watch = threading.Thread(target=self._watchdog, name="graphc-mpi-watchdog", daemon=True)
         self._watch.start()
 
@@ -124,22 +125,11 @@ class Distributed:
         sys.stderr.flush()
         os._exit(EXIT_LOST_RANK)
 
-    def _guard(self, what: str):
-        dist = self
-
-        class _G:
-            def __enter__(self):
-                dist._what, dist._waiting_since = what, time.monotonic()
-
-            def __exit__(self, kind, exc, tb):
-                dist._waiting_since = None
-                if exc is not None and isinstance(exc, dist.MPI.Exception):
-                    gone = [f"rank {r} (pid {pid} on {h})" for r, (h, pid) in enumerate(dist.pids)
-                            if h == dist.host and r != dist.rank and not _alive(pid)]
-                    dist._lost((", ".join(gone) + " is gone") if gone else
-                               f"{what} failed: {exc.Get_error_string().splitlines()[0]}")
-
-        return _G()
+    def _guard(self, what: str) -> _Guard:
+        """A context for one collective: the watchdog times it, and an MPI error in it names the lost rank."""
+        g = self._guard_obj
+        g.what = what
+        return g
 
     def close(self) -> None:
         self._stop.set()
@@ -209,6 +199,26 @@ class Distributed:
 
         local = sum(1 for h, _ in self.pids if h == self.host)
         return max(1, default_threads() // local)
+
+
+class _Guard:
+    """Reused for every collective (a step makes two or three): no allocation on the per-step path."""
+
+    def __init__(self, dist: Distributed):
+        self.dist, self.what = dist, ""
+
+    def __enter__(self):
+        d = self.dist
+        d._what, d._waiting_since = self.what, time.monotonic()
+
+    def __exit__(self, kind, exc, tb):
+        d = self.dist
+        d._waiting_since = None
+        if exc is not None and isinstance(exc, d.MPI.Exception):
+            gone = [f"rank {r} (pid {pid} on {h})" for r, (h, pid) in enumerate(d.pids)
+                    if h == d.host and r != d.rank and not _alive(pid)]
+            d._lost((", ".join(gone) + " is gone") if gone else
+                    f"{self.what} failed: {exc.Get_error_string().splitlines()[0]}")
 
 
 def _alive(pid: int) -> bool:
@@ -341,10 +351,11 @@ class DataParallelStep:
             gvals["rng_key"] = key_arr
         uvals = self._update_values(live, scalars, step_arr)
         loss_sum, done, bad = 0.0, 0, None
+        full = shares(B, dist.size)
         for s in range(nsteps):
             start = s * B
             nb = min(B, n - start)
-            lo, hi = shares(nb, dist.size)[dist.rank]
+            lo, hi = (full if nb == B else shares(nb, dist.size))[dist.rank]
             b = hi - lo
             # dropout: masks keyed by the element's index in the global batch (its rows' offset), as in one
             # process; a model whose dropout the offsets cannot reach gets a key per rank instead
