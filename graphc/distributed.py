@@ -476,6 +476,7 @@ class SharedMemoryStep(DataParallelStep):
             k = int(np.prod(state_shape[n], dtype=np.int64))
             self.shared[n] = raw[off:off + k].reshape(state_shape[n])
             off += -(-k // 16) * 16
+        self.win.Set_errhandler(MPI.ERRORS_RETURN)  # errors named by the guard, not a fatal abort
         self.win.Lock_all(MPI.MODE_NOCHECK)
         # the update over this rank's share of each parameter, flattened: 1-D inputs, one length symbol each
         self.bounds = [shares(n, P)[r] for n in sizes]
@@ -514,10 +515,10 @@ class SharedMemoryStep(DataParallelStep):
         self._slot_names = [[leaf.name for leaf in gs] for gs in slot_in]
 
     def _barrier(self, what: str) -> None:
-        self.win.Sync()
         with self.dist._guard(what):
+            self.win.Sync()
             self.node.Barrier()
-        self.win.Sync()
+            self.win.Sync()
 
     def _begin(self, state: dict) -> dict:
         if self.dist.rank == 0:
