@@ -63,17 +63,24 @@ def _train(args) -> int:
             keeps = [0.8] + keeps * len(hidden)
         options["dropout"] = keeps
     features = args.features.split(",") if args.features else None
+    from graphc.distributed import launched_rank, launched_ranks
+
+    ranks = launched_ranks()  # under `mpirun -n P` (P > 1): data-parallel over the ranks
     result = fit(args.model, args.dataset, out=args.out, resume=args.resume, overwrite=args.overwrite,
                  progress=not args.quiet,
                  label=args.label, features=features, task=args.task,
-                 log=lambda m: print(m, file=sys.stderr), **options)  # --quiet hides progress, not notices
+                 log=lambda m: print(m, file=sys.stderr), distributed=ranks > 1,
+                 **options)  # --quiet hides progress, not notices
+    if launched_rank() != 0:
+        return 0  # rank 0 alone reports
     m = result.metrics
     if "test_accuracy" in m:
         summary = f"test accuracy {m['test_accuracy']:.4f}"
     else:
         summary = f"test MSE {m['test_mse']:.4f} (RMSE {m['test_rmse_original_units']:.4g} in target units)"
     print(f"{m['dataset']}: {summary}; {m['train_samples_per_second']:,.0f} samples/s on {m['threads']} "
-          f"thread(s); compile {m['compile_seconds']:.2f} s; {m['epochs']} epochs"
+          f"thread(s){f' x {ranks} ranks' if ranks > 1 else ''}; compile {m['compile_seconds']:.2f} s; "
+          f"{m['epochs']} epochs"
           + (f"; results in {args.out}" if args.out else ""))
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, default=str))

@@ -226,7 +226,7 @@ def _config(options: dict) -> TrainConfig:
 def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True, label: str | None = None, features: list[str] | None = None,
         task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
-        log: Callable[[str], None] | None = None, grid: tuple[int, ...] | None = None,
+        log: Callable[[str], None] | None = None, grid: tuple[int, ...] | None = None, distributed: bool = False,
         **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, or a Dataset) with the options of TrainConfig
@@ -235,7 +235,17 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
     the last good checkpoint there; a directory holding another run is refused unless `overwrite=True`. A model
     whose first parameter is `images` gets x as (N, *grid): the dataset's grid (digits: (8, 8, 1)) unless `grid` is
-    given."""
+    given.
+
+    `distributed=True` (under `mpirun -n P`, with the `mpi` extra) trains data-parallel: rank 0 alone reports and
+    writes `out`."""
+    dist = None
+    if distributed:
+        from graphc.distributed import Distributed
+
+        dist = Distributed()
+        if dist.rank != 0:
+            progress, log, out = False, (lambda m: None), None
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
     file_options: dict = {}
@@ -259,16 +269,24 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     config = _config({**defaults, **file_options, **options})
     config.validate()
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
-    ds = data if isinstance(data, datasets.Dataset) else datasets.load(
-        str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction)
+    def load():
+        return data if isinstance(data, datasets.Dataset) else datasets.load(
+            str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction)
+
+    ds = load() if dist is None else dist.run_everywhere("reading the data", load)
     model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
-    if out_dir is None:
-        return _fit(model_fn, model_desc, ds, config, None, resume, progress, log, grid)
-    lock = OutDir(out_dir, resume=resume, overwrite=overwrite).open()
+
+    def open_out():
+        return OutDir(out_dir, resume=resume, overwrite=overwrite).open() if out_dir is not None else None
+
+    # under ranks, a refused --out on rank 0 stops every rank
+    lock = open_out() if dist is None else dist.run_everywhere("preparing --out", open_out)
+    if lock is None:
+        return _fit(model_fn, model_desc, ds, config, None, resume, progress, log, grid, dist)
     failed = True
     try:
-        result = _fit(model_fn, model_desc, ds, config, out_dir, resume, progress, log, grid)
+        result = _fit(model_fn, model_desc, ds, config, out_dir, resume, progress, log, grid, dist)
         failed = False
         return result
     finally:
@@ -276,10 +294,12 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
 
 
 def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, out_dir: Path | None, resume: bool,
-         progress: bool, log: Callable[[str], None], grid: tuple[int, ...] | None = None) -> FitResult:
+         progress: bool, log: Callable[[str], None], grid: tuple[int, ...] | None = None, dist=None) -> FitResult:
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
                       y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log,
-                      grid=grid if grid is not None else ds.grid, data=ds.name)
+                      grid=grid if grid is not None else ds.grid, data=ds.name, distributed=dist)
+    if dist is not None:
+        dist.start_training(trainer, ds, out_dir)
     _check_outputs(trainer, ds, model_desc)
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None
@@ -325,6 +345,9 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
     }
     if ds.classes:
         metrics["classes"] = [_plain(c) for c in ds.classes]
+    if dist is not None:
+        metrics.update(dist.run_metrics(trainer))
+        dist.close()  # its watchdog thread
     result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
     if out_dir is not None:
         try:

@@ -212,10 +212,12 @@ class Trainer:
 
     def __init__(self, model: Callable[[Node, int], Node] | None, task: str, n_features: int, n_outputs: int,
                  config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
-                 all_features: bool = False, grid: tuple[int, ...] | None = None, data: str = "the dataset"):
+                 all_features: bool = False, grid: tuple[int, ...] | None = None, data: str = "the dataset",
+                 distributed=None):
         """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
         standalone binary takes those values on its command line). A model whose first parameter is named
-        `images` gets x viewed as (N, *grid) (`data` names the dataset in errors)."""
+        `images` gets x viewed as (N, *grid) (`data` names the dataset in errors). `distributed` (a
+        graphc.distributed.Distributed) trains data-parallel over its ranks."""
         config.validate()
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -242,14 +244,20 @@ class Trainer:
             raise GraphcError("the model has no parameters to train")
         loss = self.data_loss
         penalized = self._penalized()
+        self.penalized_names = {p.name for p in penalized}
         # hyperparameter values are scalar inputs, set every epoch: the same compiled step serves any value
         self.hyper: dict[str, Node] = {}
+        self.penalty = None  # the penalty terms alone (the data-parallel update adds their gradients)
         if (config.l2 or all_features) and penalized:
             self.hyper["l2"] = ops.input("l2", (), "float32")
-            loss = loss + l2(penalized, self.hyper["l2"])
+            term = l2(penalized, self.hyper["l2"])
+            loss = loss + term
+            self.penalty = term
         if (config.l1 or all_features) and penalized:
             self.hyper["l1"] = ops.input("l1", (), "float32")
-            loss = loss + l1(penalized, self.hyper["l1"])
+            term = l1(penalized, self.hyper["l1"])
+            loss = loss + term
+            self.penalty = term if self.penalty is None else self.penalty + term
         self.loss = loss
         self.grads = grad(loss, self.params)
         name = "momentum" if all_features and config.optimizer in ("sgd", "gd") else config.optimizer
@@ -269,12 +277,18 @@ class Trainer:
         self.training_mode = any(n.op.name == "dropout" for n in topo_order(loss))
         self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
         t0 = time.perf_counter()
-        threads = config.threads or self._auto_threads()
+        self.dist = distributed
+        threads = config.threads or (distributed.default_threads() if distributed else self._auto_threads())
         self.threads = threads
         self.native_init = all(_native_init(p) for p in self.params)
         self.epoch_fn = EpochFunction(loss, updates, x=self.x, y=self.y, training=self.training_mode,
                                       threads=threads, params=self.params if self.native_init else ())
         self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
+        self.dist_step = None
+        if distributed is not None:
+            from graphc.distributed import make_step
+
+            self.dist_step = make_step(self, distributed)
         self.compile_seconds = time.perf_counter() - t0
 
     # -- graph pieces
@@ -418,6 +432,8 @@ class Trainer:
                                            "above); start afresh with --overwrite instead of --resume")
             else:
                 self.log("no checkpoint to resume from; starting afresh")
+        if self.dist is not None and resume:  # rank 0 read the checkpoint (if any): every rank starts from it
+            s, state, best = self.dist.bcast((s, state, best) if self.dist.rank == 0 else None, "resuming")
         use_es = cfg.early_stopping is not None and X_val is not None and len(X_val) > 0
         while True:
             if s["phase"] == 1:
@@ -443,7 +459,8 @@ class Trainer:
             start_state = {k: v.copy() for k, v in state.items()}
             Xd, Yd = data
             t0 = time.perf_counter()
-            stats = self.epoch_fn.run_epoch(Xd, Yd, state, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
+            run_epoch = self.dist_step.run_epoch if self.dist_step is not None else self.epoch_fn.run_epoch
+            stats = run_epoch(Xd, Yd, state, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
                                             seed=cfg.seed, step0=s["step"], scalars=scal,
                                             drop_last=cfg.drop_last, max_steps=-1 if budget is None else budget,
                                             threads=self.threads, on_nonfinite="stop")
@@ -453,6 +470,8 @@ class Trainer:
             if not all(np.isfinite(v).all() for v in state.values()):
                 # the loss stayed finite, but the last step's update was not (e.g. an infinite gradient)
                 raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.steps, scal, ck_dir)
+            if self.dist_step is not None:
+                self.dist_step.check_replicas(state, s["epoch"] + 1)
             s["train_seconds"] += dt
             s["samples"] += stats.samples
             s["step"] += stats.steps
@@ -461,6 +480,8 @@ class Trainer:
                    "train_loss": stats.mean_loss, "samples_per_second": stats.samples / dt if dt > 0 else 0.0}
             if s["phase"] == 1 and X_val is not None and len(X_val) > 0:
                 vloss, vout = self.evaluate(state, X_val, Y_val)
+                if self.dist is not None:  # reduce, then decide: every rank takes rank 0's figure
+                    vloss = self.dist.bcast(vloss, "the validation loss")
                 row["val_loss"] = vloss
                 vm = self.metrics(vout, Y_val, y_std)
                 row.update({f"val_{k}": v for k, v in vm.items() if isinstance(v, float)})

@@ -46,10 +46,11 @@ def threshold(keep_prob: float) -> int:
     return int(round(keep_prob * (1 << 24)))
 
 
-def keep_mask(key: int, salt: int, keep_prob: float | None, n: int, thresh: int | None = None) -> np.ndarray:
+def keep_mask(key: int, salt: int, keep_prob: float | None, n: int, thresh: int | None = None,
+              offset: int = 0) -> np.ndarray:
     s = np.uint32(stream(key, salt))
     thresh = threshold(keep_prob) if thresh is None else thresh
-    i = np.arange(n, dtype=np.uint64).astype(np.uint32)
+    i = (np.arange(n, dtype=np.uint64) + np.uint64(offset % 2**64)).astype(np.uint32)
     with np.errstate(over="ignore"):
         h = lowbias32(lowbias32(i * np.uint32(GOLDEN) + s) ^ s)
     return (h >> np.uint32(8)) < np.uint32(thresh)
@@ -58,13 +59,19 @@ def keep_mask(key: int, salt: int, keep_prob: float | None, n: int, thresh: int 
 class Dropout(Op):
     """x * mask / keep in training; the identity in inference. Inputs: (x, rng key) with the keep probability
     an attribute, or (x, rng key, keep) with it a float32 scalar read at run time (a standalone training
-    binary takes it as a command-line value)."""
+    binary takes it as a command-line value). With the attribute `offset`, a last int64 scalar input is added to
+    every element's index: a data-parallel rank whose share of the batch starts at row r passes r * (row size),
+    so its rows get the masks they have in the whole batch."""
 
     name = "dropout"
     kind = "random"
 
     def infer(self, inputs, attrs):
         x, key = inputs[:2]
+        if attrs.get("offset"):
+            off, inputs = inputs[-1], inputs[:-1]
+            if off.shape != () or off.dtype != "int64":
+                raise GraphcError("dropout's index offset must be a scalar int64 tensor")
         if x.dtype not in FLOAT_DTYPES:
             raise GraphcError(f"dropout needs a float tensor, got {x.dtype}")
         if key.shape != () or key.dtype != "int64":
@@ -79,12 +86,16 @@ class Dropout(Op):
             return x
         shape = eval_shape(node.shape, ctx.dims)
         n = int(np.prod(shape))
+        offset = 0
+        if node.attrs.get("offset"):
+            offset, args = int(args[-1]), args[:-1]
         if len(args) == 3:
             keep32 = np.float32(args[2])
-            mask = keep_mask(int(args[1]), node.attrs["salt"], None, n, int(np.rint(keep32 * np.float32(1 << 24))))
+            mask = keep_mask(int(args[1]), node.attrs["salt"], None, n, int(np.rint(keep32 * np.float32(1 << 24))),
+                             offset)
             keep = np.asarray(keep32, dtype=x.dtype)
         else:
-            mask = keep_mask(int(args[1]), node.attrs["salt"], node.attrs["keep_prob"], n)
+            mask = keep_mask(int(args[1]), node.attrs["salt"], node.attrs["keep_prob"], n, offset=offset)
             keep = np.asarray(node.attrs["keep_prob"], dtype=x.dtype)
         return np.where(mask.reshape(shape), x / keep, np.zeros((), x.dtype)).astype(x.dtype)
 
@@ -96,7 +107,12 @@ class Dropout(Op):
         """keep_bit(flat index, key, salt, threshold) chooses x / keep or 0; the threshold is rint(keep * 2^24)
         of a run-time keep probability, or the constant `threshold(keep_prob)`."""
         x, key = lx.input(0), lx.input(1)
-        if len(node.inputs) == 3:
+        index = lx.flat_index("int64")
+        n_in = len(node.inputs)
+        if node.attrs.get("offset"):
+            n_in -= 1
+            index = lx.formula("offset_index", X0 + X1, [X0, X1], [index, lx.input(n_in)], "int64")
+        if n_in == 3:
             keep = lx.input(2)
             thresh = lx.formula("threshold", rint(X0 * (1 << 24)), [X0], [keep], "float32")
             divisor = lx.convert(keep, node.dtype)
@@ -104,7 +120,7 @@ class Dropout(Op):
             thresh = lx.const(float(threshold(node.attrs["keep_prob"])), "float32")
             divisor = lx.const(node.attrs["keep_prob"], node.dtype)
         bit = lx.formula(f"keep_bit[salt={node.attrs['salt']}]", keep_bit(X0, X1, node.attrs["salt"], X2),
-                         [X0, X1, X2], [lx.flat_index("int64"), key, thresh], "bool")
+                         [X0, X1, X2], [index, key, thresh], "bool")
         return lx.formula("dropout", sympy.Piecewise((X0 / X1, B), (0, True)), [X0, X1, B], [x, divisor, bit],
                           node.dtype)
 

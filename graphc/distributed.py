@@ -1,0 +1,576 @@
+"""Data-parallel training on MPI (the optional extra `pip install graphc[mpi]`: mpi4py and the mpich wheel).
+
+Every rank reads the data, computes the same seeded permutation and takes a fixed contiguous share of every global
+mini-batch. A step is split in two compiled phases: the gradients of the data loss (weighted by the rank's share
+of the batch) into one flat, 64-byte-aligned buffer, which the ranks sum with one MPI allreduce, then a compiled
+in-place update (with the penalties' gradients, which need no communication) that every rank applies to the same
+sum. The result equals single-process training with the global batch up to the order of the summation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from graphc.errors import GraphcError, InputError
+
+INSTALL_HINT = ("distributed training needs MPI: install the extra with `pip install 'graphc[mpi]'` (mpi4py and "
+                "the mpich wheel, which brings mpirun), then start the ranks with `mpirun -n P graphc train ...`")
+TIMEOUT_ENV = "GRAPHC_MPI_TIMEOUT"  # seconds a rank waits in one collective before it gives up (default 120)
+RANK_ENVS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+             ("PMIX_SIZE", "PMIX_RANK"))
+EXIT_LOST_RANK = 6
+RANK_KEY = 0xD1B54A32D192ED03  # offsets a rank's dropout key
+
+
+def launched_ranks() -> int:
+    """How many ranks the MPI launcher started this process among (1 when not started by mpirun)."""
+    for size, _ in RANK_ENVS:
+        v = os.environ.get(size)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+def launched_rank() -> int:
+    """This process's rank as the MPI launcher numbered it (0 when not started by mpirun)."""
+    for _, rank in RANK_ENVS:
+        v = os.environ.get(rank)
+        if v and v.isdigit():
+            return int(v)
+    return 0
+
+
+def shares(n: int, p: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each of p ranks in n rows: contiguous, near-equal, the first n mod p ranks one row more."""
+    q, r = divmod(n, p)
+    out, lo = [], 0
+    for k in range(p):
+        hi = lo + q + (1 if k < r else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+class Distributed:
+    """The communicator and the collective operations training needs, each with a watchdog: a wait longer than
+    the timeout, or a peer process on this host that disappeared, stops the rank with a message naming the rank
+    (MPI's own error handling otherwise: a launcher that sees a rank die stops the others)."""
+
+    def __init__(self, comm=None):
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise GraphcError(f"{INSTALL_HINT} ({e})") from None
+        self.MPI = MPI
+        # a duplicate of the caller's communicator, whose errors return to us (then named) instead of aborting
+        self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.host = MPI.Get_processor_name()
+        self.pids = self.comm.allgather((self.host, os.getpid()))
+        self.timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
+        self.checkpoint_dir: Path | None = None  # where rank 0 keeps the checkpoints (named when a rank is lost)
+        self._waiting_since: float | None = None
+        self._what = ""
+        self._stop = threading.Event()
+        self._guard_obj = _Guard(self)
+        self._watch = threading.Thread(target=self._watchdog, name="graphc-mpi-watchdog", daemon=True)
+        self._watch.start()
+
+    # -- fault handling
+    def _watchdog(self) -> None:
+        import select
+
+        local = [(r, pid) for r, (h, pid) in enumerate(self.pids) if h == self.host and r != self.rank]
+        poller, fds = select.poll(), {}
+        for r, pid in local:  # a pidfd turns readable the moment its process ends: no polling delay
+            try:
+                fd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                continue
+            fds[fd] = (r, pid)
+            poller.register(fd, select.POLLIN)
+        try:
+            while not self._stop.is_set():
+                for fd, _ in poller.poll(200):
+                    r, pid = fds[fd]
+                    self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
+                for r, pid in local:
+                    if not _alive(pid):
+                        self._lost(f"rank {r} (pid {pid} on {self.host}) is gone")
+                since = self._waiting_since
+                if since is not None and time.monotonic() - since > self.timeout:
+                    self._lost(f"no progress for {self.timeout:g} s in {self._what} (a rank stopped answering; "
+                               f"set {TIMEOUT_ENV} to wait longer)")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _lost(self, why: str) -> None:
+        if self._stop.is_set():
+            return  # training is over: ranks may leave in any order
+        last = "none written yet"
+        if self.checkpoint_dir is not None:
+            found = sorted(Path(self.checkpoint_dir).glob("ckpt-*.gcp"))
+            if found:
+                last = str(found[-1])
+        sys.stderr.write(f"graphc: error: rank {self.rank}: {why}; stopping. The last good checkpoint: {last} "
+                         "(continue with --resume, under any number of ranks)\n")
+        sys.stderr.flush()
+        os._exit(EXIT_LOST_RANK)
+
+    def _guard(self, what: str) -> _Guard:
+        """A context for one collective: the watchdog times it, and an MPI error in it names the lost rank."""
+        g = self._guard_obj
+        g.what = what
+        return g
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- collectives
+    def allreduce_(self, buf: np.ndarray, what: str = "the gradient allreduce") -> None:
+        """Sum `buf` over the ranks, in place."""
+        with self._guard(what):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def allgather(self, obj, what: str = "an allgather"):
+        with self._guard(what):
+            return self.comm.allgather(obj)
+
+    def bcast(self, obj, what: str = "a broadcast"):
+        with self._guard(what):
+            return self.comm.bcast(obj, root=0)
+
+    def agree(self, what: str, value: str) -> None:
+        """Every rank must hold the same `value` (a digest of the model and options): else a GraphcError naming
+        the ranks that differ from rank 0."""
+        values = self.allgather(value, f"comparing {what}")
+        odd = [r for r, v in enumerate(values) if v != values[0]]
+        if odd:
+            raise GraphcError(f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on "
+                              f"{what}; every rank must run the same command (same model, data and options)")
+
+    def all_ok(self, what: str, error: BaseException | None) -> None:
+        """Every rank reports whether `what` worked; if one failed, every rank raises an InputError naming it."""
+        msgs = self.allgather(None if error is None else str(error), what)
+        bad = [(r, m) for r, m in enumerate(msgs) if m is not None]
+        if bad:
+            r, m = bad[0]
+            raise InputError(f"{what} failed on rank{'s' if len(bad) > 1 else ''} "
+                             f"{', '.join(str(b[0]) for b in bad)} (rank {r}: {m}); no rank trained")
+
+    def run_everywhere(self, what: str, fn):
+        """fn() on every rank; if it raised a graphc error on any rank, every rank raises (so all exit 2 before
+        training, none waits for the others in vain)."""
+        try:
+            value, error = fn(), None
+        except GraphcError as e:
+            value, error = None, e
+        self.all_ok(what, error)
+        return value
+
+    def start_training(self, trainer, ds, out_dir: Path | None) -> None:
+        """Before the first step: every rank must build the same graph with the same options and data shape."""
+        shape = f"{ds.name}:{ds.task}:{ds.X_train.shape}:{ds.X_val.shape}:{ds.X_test.shape}"
+        self.agree("the model, options and data (a hash of the step graph and the training options)",
+                   f"{trainer.fingerprint()}:{shape}")
+        ck = self.bcast(str(Path(out_dir).resolve() / "checkpoints") if out_dir is not None else None)
+        self.checkpoint_dir = Path(ck) if ck else None
+        if self.rank == 0:
+            trainer.log(f"distributed: {self.size} ranks x {trainer.threads} thread(s), global batch "
+                        f"{trainer.config.batch_size}; ranks " +
+                        ", ".join(f"{r}=pid {pid} on {h}" for r, (h, pid) in enumerate(self.pids)))
+
+    def run_metrics(self, trainer) -> dict:
+        samples = self.allgather(trainer.dist_step.samples if trainer.dist_step else 0, "gathering the metrics")
+        return {"ranks": self.size, "threads_per_rank": trainer.threads, "samples_per_rank": samples,
+                "mpi_library": self.MPI.Get_library_version().splitlines()[0].strip()}
+
+    def default_threads(self) -> int:
+        """Threads per rank when none are asked for: this host's cores shared by its ranks."""
+        from graphc.runtime.jit import default_threads
+
+        local = sum(1 for h, _ in self.pids if h == self.host)
+        return max(1, default_threads() // local)
+
+
+class _Guard:
+    """Reused for every collective (a step makes two or three): no allocation on the per-step path."""
+
+    def __init__(self, dist: Distributed):
+        self.dist, self.what = dist, ""
+
+    def __enter__(self):
+        d = self.dist
+        d._what, d._waiting_since = self.what, time.monotonic()
+
+    def __exit__(self, kind, exc, tb):
+        d = self.dist
+        d._waiting_since = None
+        if exc is not None and isinstance(exc, d.MPI.Exception):
+            gone = [f"rank {r} (pid {pid} on {h})" for r, (h, pid) in enumerate(d.pids)
+                    if h == d.host and r != d.rank and not _alive(pid)]
+            d._lost((", ".join(gone) + " is gone") if gone else
+                    f"{self.what} failed: {exc.Get_error_string().splitlines()[0]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _with_row_offsets(loss):
+    """`loss` with every dropout's element index offset by the rank's first row in the global batch times the
+    row size (an int64 input `dropout_offset.<size>` per row size), so a rank's rows get the masks they have in
+    single-process training. (loss, {row size: input}); (loss, None) when a dropout's input does not have the
+    batch as its first dim and fixed dims after it (then each rank keys its masks apart instead)."""
+    from graphc import ops
+    from graphc.ir.node import derived_from, topo_order
+    from graphc.ops.core import apply
+    from graphc.passes.rewrite import rebuild
+
+    nodes = topo_order(loss)
+    drops = [n for n in nodes if n.op.name == "dropout" and not n.attrs.get("offset")]
+    if not drops:
+        return loss, {}
+    for n in drops:
+        shape = n.inputs[0].shape
+        if not shape or isinstance(shape[0], int) or not all(isinstance(d, int) for d in shape[1:]):
+            return loss, None
+    offsets: dict[int, object] = {}
+    memo: dict[int, object] = {}
+    for n in nodes:
+        ins = tuple(memo[id(i)] for i in n.inputs)
+        if n.op.name == "dropout" and not n.attrs.get("offset"):
+            size = int(np.prod(n.inputs[0].shape[1:], dtype=np.int64))
+            off = offsets.setdefault(size, ops.input(f"dropout_offset.{size}", (), "int64"))
+            with derived_from(n.source, n.source.made_by):
+                memo[id(n)] = apply(n.op, (*ins, off), meta=n.meta, **n.attrs, offset=True)
+        else:
+            memo[id(n)] = rebuild(n, ins)
+    return memo[id(loss)], offsets
+
+
+def params_digest(state: dict, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for n in names:
+        h.update(np.ascontiguousarray(state[n]).view(np.uint8).data)
+    return h.hexdigest()
+
+
+class DataParallelStep:
+    """The per-step path of data-parallel training for a Trainer: gradient phase, allreduce, update phase."""
+
+    def __init__(self, trainer, dist: Distributed):
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.runtime.jit import CompiledFunction
+
+        self.trainer, self.dist = trainer, dist
+        tr = trainer
+        self.weight = ops.input("grad_weight", (), "float32")  # this rank's rows / the global batch's rows
+        loss, self.offsets = _with_row_offsets(tr.data_loss)
+        scaled = loss * self.weight
+        data_grads = grad(scaled, tr.params)
+        self.grad_fn = CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads)
+        self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
+        self.samples = 0  # rows this rank processed (all epochs)
+        self._build_update()
+
+    def _build_update(self) -> None:
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.runtime.buffers import aligned_empty
+        from graphc.runtime.jit import CompiledFunction
+
+        tr = self.trainer
+        # the update: the summed data gradient (an input) plus the penalties' own gradients, then the optimizer
+        self.g_in = [ops.input(f"allreduced.{i}", p.shape, p.dtype) for i, p in enumerate(tr.params)]
+        pen = tr.penalty
+        pen_grads = grad(pen, tr.params) if pen is not None else [None] * len(tr.params)
+        updates = {}
+        for p, g, pg in zip(tr.params, self.g_in, pen_grads, strict=True):
+            total = g + pg if pen is not None and p.name in tr.penalized_names else g
+            new_p, new_state = tr.opt.step(p, total, tr.state_inputs, tr.t, tr.lr, tr.hyper)
+            updates[p] = new_p
+            for name, v in new_state.items():
+                updates[tr.state_inputs[name]] = v
+        self.update_fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+        # one flat buffer: each gradient 64-byte aligned, the weighted loss in the last slot
+        offs, off = [], 0
+        for p in tr.params:
+            offs.append(off)
+            off += -(-int(np.prod(p.shape, dtype=np.int64)) // 16) * 16
+        self.flat = aligned_empty((off + 16,), np.float32)
+        self.flat[...] = 0
+        self.loss_slot = off
+        self.grad_views = [self.flat[o:o + int(np.prod(p.shape, dtype=np.int64))].reshape(p.shape)
+                           for o, p in zip(offs, tr.params, strict=True)]
+        self.outs = [self.flat[off:off + 1].reshape(()), *self.grad_views]
+        self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
+
+    def run_epoch(self, X, Y, state, *, batch: int, epoch: int, seed: int, step0: int, scalars=None,
+                  shuffle: bool = True, drop_last: bool = False, max_steps: int = -1, threads=None):
+        """As EpochFunction.run_epoch, data-parallel: the same order, batches and updates (summed gradients)."""
+        from graphc.codegen.epoch import KEY_MULT
+        from graphc.runtime.epoch import EpochStats
+
+        tr, dist = self.trainer, self.dist
+        n = int(X.shape[0])
+        B = min(batch, n)
+        # the epoch's order, computed by the native driver itself (a run of no steps): bitwise the same order
+        perm = tr.epoch_fn.run_epoch(X, Y, state, batch=B, epoch=epoch, seed=seed, step0=step0, scalars=scalars,
+                                     shuffle=shuffle, drop_last=drop_last, max_steps=0, threads=1).permutation
+        nsteps = n // B + (1 if n % B and not drop_last else 0)
+        if max_steps >= 0:
+            nsteps = min(nsteps, max_steps)
+        scalars = dict(scalars or {})
+        width = max(hi - lo for lo, hi in shares(B, dist.size))
+        xb = np.empty((max(width, 1), *X.shape[1:]), X.dtype)
+        yb = np.empty((max(width, 1), *Y.shape[1:]), Y.dtype)
+        step_arr = np.zeros((), np.float32)
+        key_arr = np.zeros((), np.int64)
+        w_arr = np.zeros((), np.float32)
+        live = self._begin(state)  # the arrays the steps read and update
+        gvals = {k: v for k, v in live.items() if k in self.grad_leaves}
+        gvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items() if k in self.grad_leaves})
+        gvals["grad_weight"] = w_arr
+        offs = {size: np.zeros((), np.int64) for size in self.offsets or {}}
+        gvals.update({node.name: offs[size] for size, node in (self.offsets or {}).items()})
+        if "rng_key" in self.grad_leaves:
+            gvals["rng_key"] = key_arr
+        uvals = self._update_values(live, scalars, step_arr)
+        loss_sum, done, bad = 0.0, 0, None
+        full = shares(B, dist.size)
+        for s in range(nsteps):
+            start = s * B
+            nb = min(B, n - start)
+            lo, hi = (full if nb == B else shares(nb, dist.size))[dist.rank]
+            b = hi - lo
+            # dropout: masks keyed by the element's index in the global batch (its rows' offset), as in one
+            # process; a model whose dropout the offsets cannot reach gets a key per rank instead
+            own = 0 if self.offsets is not None else dist.rank * RANK_KEY
+            key = (seed * KEY_MULT + step0 + s + own) & (2**64 - 1)
+            for size, a in offs.items():
+                a[...] = lo * size
+            key_arr[...] = key - 2**64 if key >= 2**63 else key
+            step_arr[...] = step0 + s + 1
+            if b:
+                idx = perm[start + lo:start + hi]
+                x, y = xb[:b], yb[:b]
+                np.take(X, idx, axis=0, out=x)
+                np.take(Y, idx, axis=0, out=y)
+                w_arr[...] = np.float32(b / nb)
+                gvals["x"], gvals["y"] = x, y
+                self.grad_fn(gvals, out=self.outs)
+            else:  # more ranks than rows in this (last) batch: this rank adds nothing
+                self.outs[0][...] = 0
+                for g in self.grad_views:
+                    g[...] = 0
+            self.samples += b
+            loss = self._reduce_and_update(uvals)
+            if not np.isfinite(loss):
+                bad = s
+                break
+            loss_sum += loss * nb
+            done = s + 1
+        self._end(state)
+        samples = min(done * B, n)
+        return EpochStats(loss_sum, done, samples, bad, perm)
+
+    # -- the allreduce path: every rank holds its own copy of the state and applies the whole update
+    def _begin(self, state: dict) -> dict:
+        return state
+
+    def _end(self, state: dict) -> None:
+        pass
+
+    def _update_values(self, live: dict, scalars: dict, step_arr: np.ndarray) -> dict:
+        uvals = {k: v for k, v in live.items() if k in self.update_leaves}
+        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
+                      if k in self.update_leaves})
+        uvals.update({leaf.name: v for leaf, v in zip(self.g_in, self.grad_views, strict=True)})
+        if "step" in self.update_leaves:
+            uvals["step"] = step_arr
+        self._pen_out = [np.zeros((), np.float32)] if self.trainer.penalty is not None else None
+        return uvals
+
+    def _reduce_and_update(self, uvals: dict) -> float:
+        """Sum the gradients over the ranks, apply the update; the step's loss (the same on every rank)."""
+        self.dist.allreduce_(self.flat)
+        loss = float(self.flat[self.loss_slot])
+        if self._pen_out is not None:
+            self.update_fn(uvals, out=self._pen_out)
+            loss += float(self._pen_out[0])
+        else:
+            self.update_fn(uvals)
+        return loss
+
+    def check_replicas(self, state: dict, epoch: int) -> None:
+        """Parameters must be bitwise equal on every rank: a hash each epoch; a mismatch names the ranks."""
+        names = sorted(p.name for p in self.trainer.params)
+        digests = self.dist.allgather(params_digest(state, names), "the parameter check")
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            raise GraphcError(f"distributed training: after epoch {epoch} the parameters of rank(s) "
+                              f"{', '.join(map(str, odd))} differ from rank 0's (a non-deterministic reduction or a "
+                              "corrupted rank); stopping")
+
+
+class SharedMemoryStep(DataParallelStep):
+    """Ranks that share one machine (MPI-3 shared memory, `MPI_Win_allocate_shared`): one copy of the parameters
+    and optimizer state for all of them, and a gradient slot per rank. A step: each rank writes its gradient into
+    its slot; barrier; rank r sums the slots in rank order over its own 1/P of every parameter and applies the
+    update to that share in place; barrier. No copy of the gradient goes anywhere and each element is updated
+    once, so every rank reads bitwise the same parameters by construction (and a fixed P gives a fixed order)."""
+
+    def __init__(self, trainer, dist: Distributed, node):
+        self.node = node  # the node's communicator (every rank of the run)
+        super().__init__(trainer, dist)
+
+    def _build_update(self) -> None:
+        from graphc import ops
+        from graphc.autodiff.grad import grad
+        from graphc.nn.losses import l1, l2
+        from graphc.runtime.jit import CompiledFunction
+
+        tr, dist = self.trainer, self.dist
+        P, r = dist.size, dist.rank
+        MPI = dist.MPI
+        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in tr.params]
+        seg = [-(-n // 16) * 16 for n in sizes]
+        slot_len = sum(seg) + 16  # then the weighted data loss, and the update's penalty share
+        state_names = [p.name for p in tr.params] + [n for p in tr.params for n in tr.opt.state_names(p)]
+        state_shape = {p.name: p.shape for p in tr.params}
+        for p in tr.params:
+            for n in tr.opt.state_names(p):
+                state_shape[n] = p.shape
+        state_len = sum(-(-int(np.prod(state_shape[n], dtype=np.int64)) // 16) * 16 for n in state_names)
+        total = P * slot_len + state_len + 16
+        self.win = MPI.Win.Allocate_shared(total * 4 if r == 0 else 0, 4, comm=self.node)
+        buf, _ = self.win.Shared_query(0)
+        raw = np.frombuffer(buf, np.float32)
+        base = (-(raw.ctypes.data // 4)) % 16  # 64-byte aligned start
+        self.slots = [raw[base + q * slot_len: base + (q + 1) * slot_len] for q in range(P)]
+        offs = np.cumsum([0, *seg])[:-1]
+        self.slot_grads = [[sl[o:o + n].reshape(p.shape) for o, n, p in zip(offs, sizes, tr.params, strict=True)]
+                           for sl in self.slots]
+        mine = self.slots[r]
+        self.grad_views = self.slot_grads[r]
+        self.outs = [mine[slot_len - 16:slot_len - 15].reshape(()), *self.grad_views]
+        self._pen_view = mine[slot_len - 15:slot_len - 14].reshape(())
+        self._loss_at, self._pen_at = slot_len - 16, slot_len - 15
+        self.shared: dict[str, np.ndarray] = {}
+        off = base + P * slot_len
+        for n in state_names:
+            k = int(np.prod(state_shape[n], dtype=np.int64))
+            self.shared[n] = raw[off:off + k].reshape(state_shape[n])
+            off += -(-k // 16) * 16
+        self.win.Set_errhandler(MPI.ERRORS_RETURN)  # errors named by the guard, not a fatal abort
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        # the update over this rank's share of each parameter, flattened: 1-D inputs, one length symbol each
+        self.bounds = [shares(n, P)[r] for n in sizes]
+        leaves, updates, pen_leaves, slot_in = [], {}, [], []
+        sub_state = {}
+        for i, p in enumerate(tr.params):
+            sym = f"S{i}"
+            q = ops.input(p.name, (sym,), p.dtype)
+            leaves.append(q)
+            for n in tr.opt.state_names(p):
+                sub_state[n] = ops.input(n, (sym,), p.dtype)
+            slot_in.append([ops.input(f"slot{k}.{i}", (sym,), p.dtype) for k in range(P)])
+            if p.name in tr.penalized_names:
+                pen_leaves.append(q)
+        pen = None
+        if "l2" in tr.hyper:
+            pen = l2(pen_leaves, tr.hyper["l2"])
+        if "l1" in tr.hyper:
+            term = l1(pen_leaves, tr.hyper["l1"])
+            pen = term if pen is None else pen + term
+        pen_grads = dict(zip([q.name for q in pen_leaves], grad(pen, pen_leaves), strict=True)) \
+            if pen is not None else {}
+        for q, gs in zip(leaves, slot_in, strict=True):
+            g = gs[0]
+            for k in range(1, P):  # rank order: a fixed summation order
+                g = g + gs[k]
+            if q.name in pen_grads:
+                g = g + pen_grads[q.name]
+            new_p, new_state = tr.opt.step(q, g, sub_state, tr.t, tr.lr, tr.hyper)
+            updates[q] = new_p
+            for n, v in new_state.items():
+                updates[sub_state[n]] = v
+        self._has_pen = pen is not None
+        self.update_fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+        self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
+        self._slot_names = [[leaf.name for leaf in gs] for gs in slot_in]
+
+    def _barrier(self, what: str) -> None:
+        with self.dist._guard(what):
+            self.win.Sync()
+            self.node.Barrier()
+            self.win.Sync()
+
+    def _begin(self, state: dict) -> dict:
+        if self.dist.rank == 0:
+            for n, a in self.shared.items():
+                a[...] = state[n]
+        self._barrier("starting an epoch")
+        return self.shared
+
+    def _end(self, state: dict) -> None:
+        for n, a in self.shared.items():
+            state[n][...] = a
+        self._barrier("ending an epoch")  # nobody writes the shared state again before all have copied it
+
+    def _update_values(self, live: dict, scalars: dict, step_arr: np.ndarray) -> dict:
+        uvals = {}
+        for i, (p, (lo, hi)) in enumerate(zip(self.trainer.params, self.bounds, strict=True)):
+            uvals[p.name] = self.shared[p.name].reshape(-1)[lo:hi]
+            for n in self.trainer.opt.state_names(p):
+                uvals[n] = self.shared[n].reshape(-1)[lo:hi]
+            for k, name in enumerate(self._slot_names[i]):
+                uvals[name] = self.slot_grads[k][i].reshape(-1)[lo:hi]
+        uvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items()
+                      if k in self.update_leaves})
+        if "step" in self.update_leaves:
+            uvals["step"] = step_arr
+        return uvals
+
+    def _reduce_and_update(self, uvals: dict) -> float:
+        self._barrier("the gradient exchange")
+        loss = 0.0
+        for sl in self.slots:  # rank order; read before anyone can start the next step's gradients
+            loss += float(sl[self._loss_at])
+        if self._has_pen:
+            self.update_fn(uvals, out=[self._pen_view])
+        else:
+            self.update_fn(uvals)
+        self._barrier("the update")
+        if self._has_pen:
+            for sl in self.slots:
+                loss += float(sl[self._pen_at])
+        return loss
+
+
+def make_step(trainer, dist: Distributed) -> DataParallelStep:
+    """The shared-memory step when every rank is on this machine (and each rank's share of every parameter is
+    non-empty), else the allreduce step. GRAPHC_MPI_SHARED=0 forces the allreduce step."""
+    MPI = dist.MPI
+    node = dist.comm.Split_type(MPI.COMM_TYPE_SHARED, dist.rank)
+    sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in trainer.params]
+    on = os.environ.get("GRAPHC_MPI_SHARED", "1") != "0"
+    if on and node.Get_size() == dist.size and min(sizes) >= dist.size:
+        node.Set_errhandler(MPI.ERRORS_RETURN)
+        return SharedMemoryStep(trainer, dist, node)
+    node.Free()
+    return DataParallelStep(trainer, dist)

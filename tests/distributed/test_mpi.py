@@ -1,0 +1,203 @@
+"""Data-parallel training run for real: `mpirun -n P` on localhost, compared with single-process training."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py", reason="the mpi extra is not installed (pip install 'graphc[mpi]'): mpi4py and an "
+                                     "MPI library are needed to run ranks")
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+if MPIRUN is None:
+    pytest.skip("no mpirun on PATH (pip install 'graphc[mpi]' brings mpich's)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("worker.py")
+sys.path.insert(0, str(WORKER.parent))
+from worker import config, dataset  # noqa: E402
+
+from graphc.nn.train import Trainer  # noqa: E402
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ, **extra)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
+    return e
+
+
+def mpirun(n: int, *args, timeout: float = 240, launcher=(), **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([MPIRUN, *launcher, "-n", str(n), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env(**extra), cwd=ROOT)
+
+
+def run_jobs(tmp_path: Path, n: int, jobs: list[dict], tag: str, shared: bool = True) -> list:
+    """Rank 0's results per job; `shared=False` takes the MPI_Allreduce path (as ranks on several machines do)
+    instead of the shared-memory one."""
+    r = mpirun(n, sys.executable, str(WORKER), str(tmp_path / tag), json.dumps(jobs),
+               GRAPHC_MPI_SHARED="1" if shared else "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [np.load(tmp_path / f"{tag}-{i}.npz") for i in range(len(jobs))]
+
+
+def single(job: dict) -> dict:
+    X, y = dataset(job["data"])
+    tr = Trainer(None, "multiclass", X.shape[1], 10, config(job), log=lambda m: None)
+    return tr.run(X, y, None, None)["state"]
+
+
+def params(npz) -> dict:
+    return {k[len("param/"):]: npz[k] for k in npz.files if k.startswith("param/")}
+
+
+def assert_close(ref: dict, got: dict, tol: float = 1e-5) -> None:
+    assert got and set(got) <= set(ref)
+    for name in got:
+        a, b = ref[name], got[name]
+        rel = np.abs(a - b).max() / np.abs(a).max()
+        assert rel <= tol, f"{name}: max |difference| / max |value| = {rel:.3g}"
+
+
+DIGITS = {"data": "digits", "epochs": 1, "batch": 32}
+DROPOUT = {"data": "digits", "epochs": 1, "batch": 30, "opts": {"dropout": [0.8, 0.7]}}  # masks by global row
+W2 = {"data": "synthetic", "epochs": 1, "batch": 128, "opts": {"lr": 0.05, "optimizer": "momentum",
+                                                                 "momentum": 0.9, "l2": 1e-3}}
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "allreduce"])
+def test_two_ranks_equal_single_process_and_are_bitwise_reproducible(tmp_path, shared):
+    jobs = [DIGITS, W2, DROPOUT]
+    first = run_jobs(tmp_path, 2, jobs, "a", shared)
+    again = run_jobs(tmp_path, 2, jobs, "b", shared)
+    for job, got, rep in zip(jobs, first, again, strict=True):
+        assert len(set(got["digests"])) == 1  # every rank ended with the same parameters
+        n = len(dataset(job["data"])[0])
+        assert got["samples"].sum() == n and abs(int(got["samples"][0]) - int(got["samples"][1])) <= n // job["batch"]
+        assert_close(single(job), params(got))
+        for k in got.files:
+            if k.startswith("param/"):
+                assert np.array_equal(got[k], rep[k]), f"{k}: not bitwise reproducible"
+        assert got["digests"][0] == rep["digests"][0]
+
+
+def test_three_and_four_ranks_with_uneven_shares_equal_single_process(tmp_path):
+    # 30 rows per batch over 4 ranks: shares 8, 8, 7, 7; the last partial batches (1257 mod 30 = 27 digits rows,
+    # 600 mod 30 = 0 synthetic) split likewise; P = 4 oversubscribes the two cores, which is fine for semantics
+    three = [DROPOUT, {"data": "synthetic", "epochs": 1, "batch": 100, "opts": {"optimizer": "nesterov",
+                                                                                   "momentum": 0.9, "lr": 0.02}}]
+    four = [{"data": "digits", "epochs": 2, "batch": 30, "opts": {"l1": 1e-4}},
+            {"data": "synthetic", "epochs": 1, "batch": 30, "opts": {"lr": 0.02}}]
+    for n, jobs, shared in ((3, three, False), (4, four, True)):
+        for job, got in zip(jobs, run_jobs(tmp_path, n, jobs, f"p{n}", shared), strict=True):
+            assert len(set(got["digests"])) == 1 and len(got["samples"]) == n
+            assert got["samples"].sum() == len(dataset(job["data"])[0]) * job["epochs"]
+            assert_close(single(job), params(got))
+
+
+def train_cli(n: int, out: Path, *flags, launcher=()) -> subprocess.CompletedProcess:
+    return mpirun(n, sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits", "--out", str(out),
+                  *flags, launcher=launcher)
+
+
+def test_graphc_train_under_mpirun_writes_once_and_resumes_under_other_rank_counts(tmp_path):
+    from graphc import fit
+
+    out = tmp_path / "run"
+    opts = ("--seed", "3", "--l2", "1e-4", "--early-stopping", "5")  # validation decided on every rank alike
+    r = train_cli(2, out, "--epochs", "2", *opts)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("test accuracy") == 1 and r.stdout.count("epoch    2/2") == 1  # rank 0 alone reports
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ranks"] == 2 and m["threads_per_rank"] == 1 and sum(m["samples_per_rank"]) == 2 * 1257
+    r = train_cli(3, out, "--epochs", "3", *opts, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from ckpt-1-000002.gcp" in r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ranks"] == 3 and m["epochs"] == 3 and sum(m["samples_per_rank"]) == 1257  # this run's one epoch
+    ref = fit(None, "digits", epochs=3, seed=3, l2=1e-4, early_stopping=5, threads=1, progress=False).params
+    got = np.load(out / "weights.npz")
+    assert_close(ref, {k: got[k] for k in got.files})
+
+
+def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
+    good = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, X=rng.standard_normal((40, 3)).astype(np.float32), y=rng.integers(0, 2, 40))
+    args = [sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--out", str(tmp_path / "o")]
+    r = subprocess.run([MPIRUN, "-n", "1", *args, "--dataset", str(good), ":", "-n", "1", *args, "--dataset",
+                        str(tmp_path / "missing.npz")], capture_output=True, text=True, timeout=120, env=env(),
+                       cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "reading the data failed on rank 1" in r.stderr and "no rank trained" in r.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path):
+    args = [sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--hidden", "16"]
+    r = subprocess.run([MPIRUN, "-n", "1", *args, "--lr", "0.1", ":", "-n", "1", *args, "--lr", "0.2"],
+                       capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "ranks 1 disagree with rank 0 on the model, options and data" in r.stderr
+    assert "epoch" not in r.stdout
+
+
+def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
+                          "--epochs", "100000", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+    try:
+        pid = None
+        err = []
+        deadline = time.monotonic() + 120
+        while pid is None and time.monotonic() < deadline:
+            line = p.stderr.readline()
+            err.append(line)
+            found = re.search(r"1=pid (\d+)", line)  # graphc's first line maps pids to ranks
+            pid = int(found.group(1)) if found else None
+        assert pid is not None, "".join(err)
+        while not list((out / "checkpoints").glob("ckpt-*.gcp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        stdout, _ = p.communicate(timeout=30)
+        stopped = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0 and stopped < 10
+    assert f"PID {pid} " in stdout  # the launcher names the lost process (rank 1, by graphc's first line)
+    assert list((out / "checkpoints").glob("ckpt-*.gcp"))  # the last good checkpoint is kept
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_rank_that_stops_answering_times_out_instead_of_hanging(tmp_path):
+    # SIGSTOP: the process lives on, so only the collective's timeout can notice
+    p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
+                          "--epochs", "100000", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env(GRAPHC_MPI_TIMEOUT="2"), cwd=ROOT)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "1=pid" not in line and time.monotonic() < deadline:
+            line = p.stderr.readline()
+        pid = int(re.search(r"1=pid (\d+)", line).group(1))
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        rest = p.communicate(timeout=30)[1]
+        stopped = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0 and stopped < 15
+    assert re.search(r"rank 0: no progress for 2 s in .* \(a rank stopped answering; set GRAPHC_MPI_TIMEOUT",
+                     rest), rest

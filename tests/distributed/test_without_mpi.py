@@ -1,0 +1,41 @@
+"""Without the mpi extra graphc is unchanged, and asking for distributed training says how to install it."""
+
+import sys
+
+import pytest
+
+from graphc.distributed import Distributed, launched_rank, launched_ranks, shares
+from graphc.errors import GraphcError
+
+
+def test_asking_for_distributed_training_without_mpi4py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    with pytest.raises(GraphcError, match=r"pip install 'graphc\[mpi\]'.*mpirun -n P graphc train"):
+        Distributed()
+    from graphc import fit
+
+    with pytest.raises(GraphcError, match=r"graphc\[mpi\]"):
+        fit(None, "digits", epochs=1, progress=False, distributed=True)
+
+
+def test_batch_shares_are_contiguous_near_equal_with_the_first_ranks_taking_the_remainder():
+    assert shares(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
+    assert shares(2, 3) == [(0, 1), (1, 2), (2, 2)]  # a rank may get no row of a small last batch
+    for n in range(0, 40):
+        for p in range(1, 6):
+            s = shares(n, p)
+            sizes = [hi - lo for lo, hi in s]
+            assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in zip(s, s[1:], strict=False))
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_the_launcher_environment_gives_the_rank_count(monkeypatch):
+    for size, rank in (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+        monkeypatch.delenv("PMI_SIZE", raising=False)
+        monkeypatch.delenv("PMI_RANK", raising=False)
+        monkeypatch.setenv(size, "3")
+        monkeypatch.setenv(rank, "2")
+        assert launched_ranks() == 3 and launched_rank() == 2
+        monkeypatch.delenv(size)
+        monkeypatch.delenv(rank)
+    assert launched_ranks() == 1 and launched_rank() == 0
