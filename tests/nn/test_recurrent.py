@@ -138,8 +138,9 @@ def test_a_recurrent_model_exports_and_predicts_as_in_process(tmp_path):
     X = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
     out = np.zeros((5, 10), np.float32)
     so = ctypes.CDLL(str(lib))
-    so.rows_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-    assert so.rows_predict(X.ctypes.data, 5, out.ctypes.data) == 0
+    # features as the model sees them (standardized); rows_predict would standardize raw ones first
+    so.rows_predict_standardized.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    assert so.rows_predict_standardized(X.ctypes.data, 5, out.ctypes.data) == 0
     model, _ = load_model_file(str(path))
     x = gc.input("x", ("N", 64))
     y = model(x, 10)
