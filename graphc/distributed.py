@@ -320,8 +320,13 @@ class DataParallelStep:
         self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
 
     def run_epoch(self, X, Y, state, *, batch: int, epoch: int, seed: int, step0: int, scalars=None,
-                  shuffle: bool = True, drop_last: bool = False, max_steps: int = -1, threads=None):
-        """As EpochFunction.run_epoch, data-parallel: the same order, batches and updates (summed gradients)."""
+                  shuffle: bool = True, drop_last: bool = False, max_steps: int = -1, threads=None,
+                  on_nonfinite: str = "stop"):
+        """As EpochFunction.run_epoch with on_nonfinite="stop" (the Trainer's mode: the step is reported in the
+        returned stats), data-parallel: the same order, batches and updates (summed gradients)."""
+        if on_nonfinite != "stop":
+            raise GraphcError(f"distributed training reports a non-finite loss in its stats (on_nonfinite='stop'), "
+                              f"got on_nonfinite={on_nonfinite!r}")
         from graphc.codegen.epoch import KEY_MULT
         from graphc.runtime.epoch import EpochStats
 
