@@ -261,6 +261,67 @@ def _with_row_offsets(loss):
     return memo[id(loss)], offsets
 
 
+def grad_program(trainer):
+    """The gradient phase of a data-parallel step: the data loss weighted by the input `grad_weight` (a rank's
+    rows over the global batch's) and its gradients, compiled; with the dropout offsets of `_with_row_offsets`.
+    (compiled function, offsets). The standalone binary (`graphc build --mpi`) links the same program."""
+    from graphc import ops
+    from graphc.autodiff.grad import grad
+    from graphc.runtime.jit import CompiledFunction
+
+    tr = trainer
+    weight = ops.input("grad_weight", (), "float32")  # this rank's rows / the global batch's rows
+    loss, offsets = _with_row_offsets(tr.data_loss)
+    scaled = loss * weight
+    data_grads = grad(scaled, tr.params)
+    return CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads), offsets
+
+
+def slice_update_program(trainer, P: int):
+    """The update of a share of every parameter from P gradient slots: each parameter, its optimizer state and
+    its P slots flattened to 1-D inputs of one length symbol (`S<i>`); the slots are summed in rank order, the
+    penalties' gradients added, the optimizer applied in place; the penalty over the share is the output.
+    (compiled function, whether it has the penalty output, the slot input names per parameter). With P = 1 the
+    one slot is the summed gradient (the standalone binary sums the slots itself, in the same order)."""
+    from graphc import ops
+    from graphc.autodiff.grad import grad
+    from graphc.nn.losses import l1, l2
+    from graphc.runtime.jit import CompiledFunction
+
+    tr = trainer
+    leaves, updates, pen_leaves, slot_in = [], {}, [], []
+    sub_state = {}
+    for i, p in enumerate(tr.params):
+        sym = f"S{i}"
+        q = ops.input(p.name, (sym,), p.dtype)
+        leaves.append(q)
+        for n in tr.opt.state_names(p):
+            sub_state[n] = ops.input(n, (sym,), p.dtype)
+        slot_in.append([ops.input(f"slot{k}.{i}", (sym,), p.dtype) for k in range(P)])
+        if p.name in tr.penalized_names:
+            pen_leaves.append(q)
+    pen = None
+    if "l2" in tr.hyper:
+        pen = l2(pen_leaves, tr.hyper["l2"])
+    if "l1" in tr.hyper:
+        term = l1(pen_leaves, tr.hyper["l1"])
+        pen = term if pen is None else pen + term
+    pen_grads = dict(zip([q.name for q in pen_leaves], grad(pen, pen_leaves), strict=True)) \
+        if pen is not None else {}
+    for q, gs in zip(leaves, slot_in, strict=True):
+        g = gs[0]
+        for k in range(1, P):  # rank order: a fixed summation order
+            g = g + gs[k]
+        if q.name in pen_grads:
+            g = g + pen_grads[q.name]
+        new_p, new_state = tr.opt.step(q, g, sub_state, tr.t, tr.lr, tr.hyper)
+        updates[q] = new_p
+        for n, v in new_state.items():
+            updates[sub_state[n]] = v
+    fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+    return fn, pen is not None, [[leaf.name for leaf in gs] for gs in slot_in]
+
+
 def params_digest(state: dict, names: list[str]) -> str:
     h = hashlib.sha256()
     for n in names:
@@ -272,17 +333,8 @@ class DataParallelStep:
     """The per-step path of data-parallel training for a Trainer: gradient phase, allreduce, update phase."""
 
     def __init__(self, trainer, dist: Distributed):
-        from graphc import ops
-        from graphc.autodiff.grad import grad
-        from graphc.runtime.jit import CompiledFunction
-
         self.trainer, self.dist = trainer, dist
-        tr = trainer
-        self.weight = ops.input("grad_weight", (), "float32")  # this rank's rows / the global batch's rows
-        loss, self.offsets = _with_row_offsets(tr.data_loss)
-        scaled = loss * self.weight
-        data_grads = grad(scaled, tr.params)
-        self.grad_fn = CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads)
+        self.grad_fn, self.offsets = grad_program(trainer)
         self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
         self.samples = 0  # rows this rank processed (all epochs)
         self._build_update()
@@ -444,11 +496,6 @@ class SharedMemoryStep(DataParallelStep):
         super().__init__(trainer, dist)
 
     def _build_update(self) -> None:
-        from graphc import ops
-        from graphc.autodiff.grad import grad
-        from graphc.nn.losses import l1, l2
-        from graphc.runtime.jit import CompiledFunction
-
         tr, dist = self.trainer, self.dist
         P, r = dist.size, dist.rank
         MPI = dist.MPI
@@ -485,39 +532,8 @@ class SharedMemoryStep(DataParallelStep):
         self.win.Lock_all(MPI.MODE_NOCHECK)
         # the update over this rank's share of each parameter, flattened: 1-D inputs, one length symbol each
         self.bounds = [shares(n, P)[r] for n in sizes]
-        leaves, updates, pen_leaves, slot_in = [], {}, [], []
-        sub_state = {}
-        for i, p in enumerate(tr.params):
-            sym = f"S{i}"
-            q = ops.input(p.name, (sym,), p.dtype)
-            leaves.append(q)
-            for n in tr.opt.state_names(p):
-                sub_state[n] = ops.input(n, (sym,), p.dtype)
-            slot_in.append([ops.input(f"slot{k}.{i}", (sym,), p.dtype) for k in range(P)])
-            if p.name in tr.penalized_names:
-                pen_leaves.append(q)
-        pen = None
-        if "l2" in tr.hyper:
-            pen = l2(pen_leaves, tr.hyper["l2"])
-        if "l1" in tr.hyper:
-            term = l1(pen_leaves, tr.hyper["l1"])
-            pen = term if pen is None else pen + term
-        pen_grads = dict(zip([q.name for q in pen_leaves], grad(pen, pen_leaves), strict=True)) \
-            if pen is not None else {}
-        for q, gs in zip(leaves, slot_in, strict=True):
-            g = gs[0]
-            for k in range(1, P):  # rank order: a fixed summation order
-                g = g + gs[k]
-            if q.name in pen_grads:
-                g = g + pen_grads[q.name]
-            new_p, new_state = tr.opt.step(q, g, sub_state, tr.t, tr.lr, tr.hyper)
-            updates[q] = new_p
-            for n, v in new_state.items():
-                updates[sub_state[n]] = v
-        self._has_pen = pen is not None
-        self.update_fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
+        self.update_fn, self._has_pen, self._slot_names = slice_update_program(tr, P)
         self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
-        self._slot_names = [[leaf.name for leaf in gs] for gs in slot_in]
 
     def _barrier(self, what: str) -> None:
         with self.dist._guard(what):
