@@ -167,9 +167,11 @@ def _tensor(name: str, slot: int, eval_slot: int, shape, blob: int = -1) -> str:
             f"{blob}}}")
 
 
-def _program_layout(program: Program, barriers: list[bool], target: Target, n_sym, batch: int, max_threads: int):
-    """Arena placement for `batch` rows (valid for any smaller batch) and the workspace per thread count."""
-    env = {s: (batch if s == n_sym else 0) for s in program.symbols}
+def _program_layout(program: Program, barriers: list[bool], target: Target, n_sym, batch: int, max_threads: int,
+                    sizes: dict | None = None):
+    """Arena placement for `batch` rows (valid for any smaller batch) and the workspace per thread count; `sizes`
+    gives the largest value of every symbol instead (a program with several)."""
+    env = sizes if sizes is not None else {s: (batch if s == n_sym else 0) for s in program.symbols}
     p = plan(program, env, 1, target, barriers)
     ws = [0] + [plan(program, env, t, target, barriers).workspace_bytes for t in range(1, max_threads + 1)]
     if max(p.arena_bytes, *ws) >= 1 << 62:  # sizes and offsets are int64 in the C driver: keep far from wrapping
@@ -184,6 +186,30 @@ def _cc() -> str:
         raise AotError(f"no C compiler {cc!r} on PATH: graphc build and export link with the system C compiler "
                        "(install gcc or clang, or set CC)")
     return cc
+
+
+MPI_HINT = ("install the mpi extra with `pip install 'graphc[mpi]'` (mpi4py and the mpich wheel, which brings "
+            "mpicc and mpirun), or put an MPI library's mpicc on PATH (or name it with MPICC)")
+
+
+def mpi_compiler() -> str:
+    """The `mpicc` that links a binary against the MPI library of the installed extra: $MPICC, else the one
+    installed beside this Python (the mpich wheel's), else the first on PATH."""
+    import sys
+
+    named = os.environ.get("MPICC")
+    if named:
+        if shutil.which(named) is None:
+            raise AotError(f"graphc build --mpi: MPICC={named!r} is not an executable on PATH; {MPI_HINT}")
+        return named
+    beside = Path(sys.executable).parent / "mpicc"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("mpicc")
+    if found is None:
+        raise AotError(f"graphc build --mpi links the binary with an MPI library through its mpicc, and none was "
+                       f"found: {MPI_HINT}")
+    return found
 
 
 def _run_cc(cmd: list[str], what: str) -> None:
@@ -356,7 +382,7 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
           max_threads: int = 16, task: str | None = None, n_features: int | None = None,
           n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
           keep: bool | str | Path = False, cflags: tuple[str, ...] = (), log: Callable[[str], None] | None = None,
-          **options) -> BuildResult:
+          mpi: bool = False, **options) -> BuildResult:
     """Build a native executable at `output` that trains `model` (None: the default MLP; a function
     `model(x, n_outputs)`; a model file) for the task of `data` (only its task, feature count and classes are
     used). `options` are TrainConfig options: those that shape the step (hidden, activation, init, optimizer,
@@ -367,13 +393,19 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
     L2, L1 and, for the default MLP, dropout with run-time keep probabilities: what `graphc train` builds when
     those options are set) and the *plain* step (what it builds when they are not). A run uses the plain step
     when its flags leave every extra feature at its identity value, else the full one, so it trains bitwise as
-    `graphc train` does with the same flags, and as fast."""
+    `graphc train` does with the same flags, and as fast.
+
+    With `mpi`, the binary is linked by the MPI extra's `mpicc` and also holds, for each step, the two programs of
+    a data-parallel step (graphc.distributed: the gradients of a rank's share of the batch, and the update of a
+    share of the parameters from the gradient summed over the ranks): `mpirun -n P BINARY ...` trains
+    data-parallel, as `mpirun -n P graphc train` does, with bitwise the same weights."""
     from dataclasses import replace
 
     from graphc.nn.train import EVAL_BATCH, Trainer
 
     t0 = time.perf_counter()
     log = log or (lambda m: None)
+    mpicc = mpi_compiler() if mpi else None  # before compiling anything
     tgt, spec = _prepare(target, max_batch, max_threads, model, data, task=task, n_features=n_features,
                          n_outputs=n_outputs, label=label, features=features, **options)
     for note in spec.notes:
@@ -417,18 +449,27 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
         # the same program, emitted for another target than the host's (the trainer compiled for the host)
         return fn.module_text(tgt, extras)
 
+    parallel = None
+    if mpi:
+        from graphc.distributed import grad_program, slice_update_program
+
+        parallel = [(grad_program(t), slice_update_program(t, 1)) for _, t, _ in steps]
     work, cleanup = _work_dir(keep)
     try:
-        header = _model_header(steps, tr, spec, tgt, max_batch, max_threads, EVAL_BATCH, work)
+        header = _model_header(steps, tr, spec, tgt, max_batch, max_threads, EVAL_BATCH, work, parallel)
         (work / "graphc_model.h").write_text(header)
         modules = {prefix: ir_of(t.epoch_fn, True) for prefix, t, _ in steps}
         modules["eval_"] = ir_of(ev, False)
+        for (prefix, _, _), ((gfn, _), (ufn, _, _)) in zip(steps, parallel or [], strict=False):
+            modules[f"{prefix}g_"] = ir_of(gfn, False)
+            modules[f"{prefix}u_"] = ir_of(ufn, False)
         objs = _objects(modules, tgt, work)
         out = Path(output).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [_cc(), *CFLAGS, *cflags, f"-I{work}", f"-I{SOURCES}", "-o", str(out), str(SOURCES / "driver.c"),
+        cc = [mpicc, "-DGC_MPI=1"] if mpicc else [_cc()]
+        cmd = [*cc, *CFLAGS, *cflags, f"-I{work}", f"-I{SOURCES}", "-o", str(out), str(SOURCES / "driver.c"),
                *map(str, objs), *LIBS]
-        _run_cc(cmd, "graphc build")
+        _run_cc(cmd, "graphc build --mpi" if mpi else "graphc build")
     finally:
         cleanup()
     return BuildResult(out, tgt.name, spec.task, spec.n_features, spec.n_outputs,
@@ -496,8 +537,97 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
     return lines, init
 
 
+def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[str], tgt: Target, max_batch: int,
+                       max_threads: int, blob: Blob) -> tuple[list[str], str]:
+    """The C declarations of one step's data-parallel programs (graphc.distributed.grad_program and
+    slice_update_program with one slot): (lines, its gc_par_t initializer)."""
+    (gfn, offsets), (ufn, has_pen, slot_names) = grad, update
+    s = f"gc_p{k}_"
+    lines = []
+
+    def prog_decl(fn, tag: str, fprefix: str, n_sym, sizes) -> str:
+        prog = fn.program
+        tplan, tws = _program_layout(prog, fn.barriers, tgt, n_sym, max_batch, max_threads, sizes)
+        consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
+        lines.extend([
+            f"static const gc_place_t {s}{tag}temps[] = {_places(sorted(tplan.offsets.items()))};",
+            f"static const gc_place_t {s}{tag}consts[] = {_places(consts)};",
+            f"static const int64_t {s}{tag}ws[] = {_ints(tws)};",
+            f"int32_t {fprefix}graphc_run(void *table, void *dims, void *ws, int32_t nthreads);"])
+        return (f"{{{len(prog.buffers)}, {max(len(prog.symbols), 1)}, {tplan.arena_bytes}, {s}{tag}temps, "
+                f"{s}{tag}consts, {s}{tag}ws, {fprefix}graphc_run}}")
+
+    # the gradient program: x, y, the parameters, grad_weight, rng_key, dropout offsets, keep.<i>
+    gprog = gfn.program
+    gleaves = list(gfn.signature.inputs)
+    gslot = {leaf.name: buf.index for leaf, buf in zip(gleaves, gprog.inputs, strict=True)}
+    n_sym = t.x.shape[0]
+    params = [p.name for p in t.params]
+    offs = [] if offsets is None else sorted((size, node.name) for size, node in offsets.items())
+    off_names = {name for _, name in offs}
+    gscalars = []
+    for leaf in gleaves:
+        name = leaf.name
+        if name in (t.x.name, t.y.name, "grad_weight", "rng_key") or name in params or name in off_names:
+            continue
+        if leaf.shape != () or leaf.dtype != "float32" or not re.fullmatch(r"keep\.\d+", name):
+            raise AotError(f"the gradient program has an input {name!r} ({leaf.type_str}) that a standalone binary "
+                           "cannot feed")
+        gscalars.append(f"{{{c_string(name)}, {gslot[name]}, 4, {int(name.split('.')[1])}}}")
+    gouts = [b.index for b in gprog.outputs]
+    if len(gouts) != 1 + len(params):
+        raise AotError("internal: the gradient program should output the weighted loss and one gradient per parameter")
+    g_init = prog_decl(gfn, "g", f"{prefix}g_", n_sym, None)
+    # the update program: per parameter its share (symbol S<i>), its optimizer state and the summed gradient
+    uprog = ufn.program
+    uleaves = list(ufn.signature.inputs)
+    uslot = {leaf.name: buf.index for leaf, buf in zip(uleaves, uprog.inputs, strict=True)}
+    syms = list(uprog.symbols)
+    sizes = {}
+    udims = []
+    for p in t.params:
+        sym = next((d for leaf in uleaves if leaf.name == p.name for d in leaf.shape), None)
+        udims.append(syms.index(sym) if sym in syms else -1)
+        if sym is not None:
+            sizes[sym] = int(np.prod(p.shape, dtype=np.int64))
+    owner = {n: i for i, p in enumerate(t.params) for n in t.opt.state_names(p)}
+    uscalars, ustep, ustep64 = [], -1, 0
+    known = set(params) | set(owner) | {nm[0] for nm in slot_names}
+    for leaf in uleaves:
+        name = leaf.name
+        if name in known:
+            continue
+        if name == "step":
+            ustep, ustep64 = uslot[name], int(leaf.dtype == "float64")
+            continue
+        if leaf.shape != () or leaf.dtype != "float32" or name not in _KINDS:
+            raise AotError(f"the update program has an input {name!r} ({leaf.type_str}) that a standalone binary "
+                           "cannot feed")
+        uscalars.append(f"{{{c_string(name)}, {uslot[name]}, {_KINDS[name]}, 0}}")
+    u_init = prog_decl(ufn, "u", f"{prefix}u_", None, sizes)
+    lines += [
+        f"static const int32_t {s}gparams[] = {_ints(gslot.get(n, -1) for n in params)};",
+        f"static const int32_t {s}ggrads[] = {_ints(gouts[1:])};",
+        f"static const int32_t {s}offslots[] = {_ints([gslot[n] for _, n in offs] or [-1])};",
+        f"static const int64_t {s}offsizes[] = {_ints([sz for sz, _ in offs] or [0])};",
+        f"static const gc_scalar_t {s}gscalars[] = {{{', '.join(gscalars or ['{0, -1, 0, 0}'])}}};",
+        f"static const int32_t {s}uparams[] = {_ints(uslot.get(n, -1) for n in params)};",
+        f"static const int32_t {s}ugrads[] = {_ints(uslot.get(nm[0], -1) for nm in slot_names)};",
+        f"static const int32_t {s}udims[] = {_ints(udims)};",
+        f"static const int32_t {s}ustate[] = {_ints([uslot.get(n, -1) for n in state_names] or [-1])};",
+        f"static const int32_t {s}ustate_param[] = {_ints([owner.get(n, -1) for n in state_names] or [-1])};",
+        f"static const gc_scalar_t {s}uscalars[] = {{{', '.join(uscalars or ['{0, -1, 0, 0}'])}}};",
+    ]
+    init = (f"{{{g_init}, {u_init}, {list(gprog.symbols).index(n_sym)}, {gslot[t.x.name]}, "
+            f"{gslot.get(t.y.name, -1)}, {gslot['grad_weight']}, {gslot.get('rng_key', -1)}, {gouts[0]}, "
+            f"{len(offs)}, {int(offsets is not None)}, {len(gscalars)}, {s}gparams, {s}ggrads, {s}offslots, "
+            f"{s}offsizes, {s}gscalars, {ustep}, {ustep64}, {uprog.outputs[0].index if has_pen else -1}, "
+            f"{len(uscalars)}, {s}uparams, {s}ugrads, {s}udims, {s}ustate, {s}ustate_param, {s}uscalars}}")
+    return lines, init
+
+
 def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_threads: int, eval_batch: int,
-                  work: Path) -> str:
+                  work: Path, parallel=None) -> str:
     from graphc.ir.node import topo_order
 
     cfg = spec.config
@@ -539,6 +669,36 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         lines, init = _step_manifest(k, prefix, t, label, state_names, tgt, max_batch, max_threads, blob)
         L += lines
         inits.append(init)
+    if parallel is not None:
+        from graphc.codegen.epoch import KEY_MULT
+        from graphc.distributed import RANK_KEY
+
+        L += ["typedef struct {",
+              "    int32_t nbuf, nsym;",
+              "    int64_t arena;",
+              "    const gc_place_t *temps, *consts;",
+              "    const int64_t *ws;",
+              "    int32_t (*run)(void *, void *, void *, int32_t);",
+              "} gc_prog_t;", "",
+              "typedef struct {",
+              "    gc_prog_t g, u;",
+              "    int32_t g_ndim, g_x, g_y, g_weight, g_key, g_loss, g_noff, g_offsets_ok, g_nscalars;",
+              "    const int32_t *g_params, *g_grads, *g_off_slots;",
+              "    const int64_t *g_off_sizes;",
+              "    const gc_scalar_t *g_scalars;",
+              "    int32_t u_step, u_step_f64, u_pen, u_nscalars;",
+              "    const int32_t *u_params, *u_grads, *u_dims, *u_state, *u_state_param;",
+              "    const gc_scalar_t *u_scalars;",
+              "} gc_par_t;", ""]
+        pinits = []
+        for k, ((prefix, t, _), (g, u)) in enumerate(zip(steps, parallel, strict=True)):
+            lines, init = _parallel_manifest(k, prefix, t, g, u, state_names, tgt, max_batch, max_threads, blob)
+            L += lines
+            pinits.append(init)
+        L.append("static const gc_par_t gc_par[] = {" + ", ".join(pinits) + "};")
+        L.append(f"#define GC_KEY_MULT {KEY_MULT}ULL")
+        L.append(f"#define GC_RANK_KEY {RANK_KEY}ULL")
+        L.append("")
     full_slots = {leaf.name for leaf in tr.epoch_fn.signature.inputs}
     nkeep = 1 + max((int(s.split(".")[1]) for s in full_slots if re.fullmatch(r"keep\.\d+", s)), default=-1)
     eplan, ews = _program_layout(eprog, ev.barriers, tgt, n_sym, eval_batch, max_threads)

@@ -9,8 +9,15 @@
  * as graphc.runtime.epoch.EpochFunction.run_epoch does, evaluates on the validation split, stops early as
  * graphc.nn.train.Trainer.run does, and writes the parameters as .npy files.
  *
+ * Built with `graphc build --mpi` (GC_MPI defined, linked by the MPI extra's mpicc), `mpirun -n P BINARY ...` trains
+ * data-parallel as graphc.distributed does in process: the same two programs per step (the gradients of a rank's
+ * share of the global batch into its slot; the update of a share of the parameters from the gradient summed over
+ * the slots in rank order), the same MPI-3 shared-memory exchange (or MPI_Allreduce across machines), so the same
+ * weights, bit for bit, as `mpirun -n P graphc train`.
+ *
  * Exit status: 0 trained; 2 bad usage or bad data (nothing written); 3 this CPU lacks a feature the code needs;
- * 4 an output file could not be written; 5 training diverged (a non-finite loss). */
+ * 4 an output file could not be written; 5 training diverged (a non-finite loss); 6 (--mpi) a rank was lost or
+ * stopped answering. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +35,15 @@
 
 #include "graphc_model.h"
 
+#ifdef GC_MPI
+#include <mpi.h>
+#include <pthread.h>
+#include <stdatomic.h>
+static int g_rank = 0, g_size = 1;
+static int g_pre = 0; /* before training: a failure on one rank is agreed on by every rank (all exit 2) */
+static void mpi_failed_before_training(int code) __attribute__((noreturn));
+#endif
+
 #define EXIT_BAD 2
 #define EXIT_CPU 3
 #define EXIT_IO 4
@@ -35,16 +51,37 @@
 #define MAX_HEADER (1 << 16)
 
 static const char *prog = "graphc-model";
+#ifdef GC_MPI
+#define RANK0 (g_rank == 0)
+#else
+#define RANK0 1
+#endif
 
 static void fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void fail(int code, const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
     fprintf(stderr, "%s: error: ", prog);
+#ifdef GC_MPI
+    if (g_size > 1) fprintf(stderr, "rank %d: ", g_rank);
+#endif
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+#ifdef GC_MPI
+    if (g_pre) mpi_failed_before_training(code);
+#endif
+    exit(code);
+}
+
+/* a clean exit (MPI finalized under --mpi) */
+static void finish(int code) __attribute__((noreturn));
+static void finish(int code) {
+    fflush(stdout);
+#ifdef GC_MPI
+    MPI_Finalize();
+#endif
     exit(code);
 }
 
@@ -127,8 +164,22 @@ static void usage(FILE *f) {
             "  --quiet                no per-epoch progress lines\n"
             "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json\n\n"
             "exit status: 0 trained; 2 bad usage or data (nothing written); 3 CPU lacks a required feature;\n"
-            "4 cannot write output; 5 training diverged\n",
-            GC_DEF_MIN_DELTA, (long long)GC_DEF_SEED, GC_MAX_THREADS);
+            "4 cannot write output; 5 training diverged%s\n",
+            GC_DEF_MIN_DELTA, (long long)GC_DEF_SEED, GC_MAX_THREADS,
+#ifdef GC_MPI
+            "; 6 a rank was lost or stopped answering"
+#else
+            ""
+#endif
+    );
+#ifdef GC_MPI
+    fprintf(f,
+            "\ndata-parallel (built with --mpi): mpirun -n P %s ... trains on P ranks, as mpirun -n P graphc train\n"
+            "does: --batch-size is the global batch, each rank takes a contiguous share of it; --threads is threads\n"
+            "per rank [this machine's CPUs over its ranks]; rank 0 alone prints and writes --out. Environment:\n"
+            "GRAPHC_MPI_SHARED=0 sums gradients with MPI_Allreduce even when every rank is on one machine;\n"
+            "GRAPHC_MPI_TIMEOUT=S seconds a rank waits in one exchange before it gives up [120].\n", prog);
+#endif
 }
 
 static void info(void) {
@@ -225,12 +276,12 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            exit(0);
+            if (RANK0) usage(stdout);
+            finish(0);
         }
         if (!strcmp(a, "--info")) {
-            info();
-            exit(0);
+            if (RANK0) info();
+            finish(0);
         }
         if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
@@ -870,13 +921,469 @@ static const gc_step_t *choose_step(const opts_t *o) {
     return &gc_steps[0];
 }
 
+#ifdef GC_MPI
+/* ------------------------------------------------------------------------------------------------ data-parallel */
+
+#define EXIT_LOST 6
+
+static MPI_Comm g_comm = MPI_COMM_NULL, g_node = MPI_COMM_NULL;
+static MPI_Win g_win = MPI_WIN_NULL;
+static int *g_pids;
+static char (*g_hosts)[MPI_MAX_PROCESSOR_NAME];
+static char g_host[MPI_MAX_PROCESSOR_NAME];
+static double g_timeout = 120.0;
+static _Atomic double g_wait_since = 0.0; /* when this rank entered the exchange it waits in (0: none) */
+static const char *_Atomic g_what = "";
+static atomic_int g_done = 0;
+
+static int pid_alive(int pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
+
+/* the ranks on this machine whose processes are gone, as "rank 1 (pid 812 on host), ..." (empty: none) */
+static void gone_ranks(char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int r = 0; r < g_size; r++)
+        if (r != g_rank && !strcmp(g_hosts[r], g_host) && !pid_alive(g_pids[r]))
+            len += (size_t)snprintf(buf + len, len < cap ? cap - len : 0, "%srank %d (pid %d on %s)", len ? ", " : "",
+                                    r, g_pids[r], g_hosts[r]);
+}
+
+static void lost(const char *why) __attribute__((noreturn));
+static void lost(const char *why) {
+    fflush(stdout);
+    fprintf(stderr, "%s: error: rank %d: %s; stopping (a training binary keeps no checkpoints: no output was "
+                    "written)\n", prog, g_rank, why);
+    fflush(stderr);
+    _exit(EXIT_LOST);
+}
+
+/* the watchdog: a local peer process that disappeared, or an exchange that makes no progress for GRAPHC_MPI_TIMEOUT
+ * seconds, stops this rank (exit 6) with a message naming the rank or the exchange: a lost rank cannot hang it */
+static void *watchdog(void *unused) {
+    (void)unused;
+    char gone[1024], msg[1200];
+    for (;;) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        if (atomic_load(&g_done)) return NULL;
+        gone_ranks(gone, sizeof gone);
+        if (gone[0] && !atomic_load(&g_done)) {
+            snprintf(msg, sizeof msg, "%s %s gone", gone, strchr(gone, ',') ? "are" : "is");
+            lost(msg);
+        }
+        double since = atomic_load(&g_wait_since);
+        if (since > 0 && now() - since > g_timeout && !atomic_load(&g_done)) {
+            snprintf(msg, sizeof msg, "no progress for %g s in %s (a rank stopped answering; set GRAPHC_MPI_TIMEOUT "
+                                      "to wait longer)", g_timeout, atomic_load(&g_what));
+            lost(msg);
+        }
+    }
+}
+
+static void waiting(const char *what) {
+    atomic_store(&g_what, what);
+    atomic_store(&g_wait_since, now());
+}
+
+/* after a collective: an error names the lost rank where one is gone, else MPI's message */
+static void checked(int rc, const char *what) {
+    atomic_store(&g_wait_since, 0.0);
+    if (rc == MPI_SUCCESS) return;
+    char gone[1024], msg[1400];
+    gone_ranks(gone, sizeof gone);
+    if (gone[0]) {
+        snprintf(msg, sizeof msg, "%s %s gone", gone, strchr(gone, ',') ? "are" : "is");
+    } else {
+        char err[MPI_MAX_ERROR_STRING];
+        int len = 0;
+        MPI_Error_string(rc, err, &len);
+        snprintf(msg, sizeof msg, "%s failed: %s", what, err);
+    }
+    lost(msg);
+}
+
+static void mpi_start(int *argc, char ***argv) {
+    MPI_Init(argc, argv);
+    MPI_Comm_dup(MPI_COMM_WORLD, &g_comm);
+    MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN); /* errors come back here, named, instead of aborting */
+    MPI_Comm_rank(g_comm, &g_rank);
+    MPI_Comm_size(g_comm, &g_size);
+    int len = 0;
+    memset(g_host, 0, sizeof g_host);
+    MPI_Get_processor_name(g_host, &len);
+    g_pids = calloc((size_t)g_size, sizeof *g_pids);
+    g_hosts = calloc((size_t)g_size, sizeof *g_hosts);
+    int pid = (int)getpid();
+    checked(MPI_Allgather(&pid, 1, MPI_INT, g_pids, 1, MPI_INT, g_comm), "starting");
+    checked(MPI_Allgather(g_host, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, g_hosts, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, g_comm),
+            "starting");
+    const char *t = getenv("GRAPHC_MPI_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        double v = strtod(t, &end);
+        if (*end == 0 && v > 0) g_timeout = v;
+    }
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_create(&th, &attr, watchdog, NULL);
+    g_pre = 1;
+}
+
+/* Every rank says whether it got through its options and data (0) or not (its exit status): if any did not,
+ * every rank stops before training, exit 2 (the failing rank its own status), none waiting for the others. */
+static void mpi_agree_ready(int code) {
+    int *codes = calloc((size_t)g_size, sizeof *codes);
+    waiting("checking every rank's options and data");
+    checked(MPI_Allgather(&code, 1, MPI_INT, codes, 1, MPI_INT, g_comm), "checking every rank's options and data");
+    char list[512] = "";
+    size_t len = 0;
+    int nbad = 0;
+    for (int r = 0; r < g_size; r++)
+        if (codes[r]) {
+            nbad++;
+            len += (size_t)snprintf(list + len, len < sizeof list ? sizeof list - len : 0, "%s%d", len ? ", " : "", r);
+        }
+    free(codes);
+    if (!nbad) return;
+    g_pre = 0;
+    if (g_rank == 0 || code == 0)
+        fprintf(stderr, "%s: error: rank %d: reading the options or the data failed on rank%s %s (%s message above); "
+                        "no rank trained\n", prog, g_rank, nbad > 1 ? "s" : "", list, nbad > 1 ? "their" : "its");
+    atomic_store(&g_done, 1);
+    finish(code ? code : EXIT_BAD);
+}
+
+static void mpi_failed_before_training(int code) {
+    mpi_agree_ready(code); /* code != 0: every rank stops */
+    finish(code);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Ranks that would train differently refuse to start: a hash of the binary's steps, the options that shape the
+ * run and the data's shape, compared with rank 0's. */
+static void mpi_agree_run(const opts_t *o, const int64_t rows[3]) {
+    char buf[4096];
+    int len = snprintf(buf, sizeof buf, "%s|%s|", GC_TARGET, GC_MODEL_DESC);
+    for (int k = 0; k < GC_NSTEPS; k++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%s,", gc_steps[k].digest);
+    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
+                    (long long)o->epochs, (long long)o->batch, (long long)o->patience, (long long)o->seed, o->lr,
+                    o->momentum, o->l2, o->l1, o->min_delta, o->standardize);
+    for (int i = 0; i < GC_NKEEP; i++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%.17g,", o->keep[i]);
+    snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld", (long long)rows[0], (long long)rows[1],
+             (long long)rows[2]);
+    uint64_t h = fnv(1469598103934665603ULL, buf, strlen(buf));
+    uint64_t *all = calloc((size_t)g_size, sizeof *all);
+    waiting("comparing the model, options and data");
+    checked(MPI_Allgather(&h, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, g_comm), "comparing the model, options and data");
+    char list[512] = "";
+    size_t n = 0;
+    for (int r = 1; r < g_size; r++)
+        if (all[r] != all[0]) n += (size_t)snprintf(list + n, n < sizeof list ? sizeof list - n : 0, "%s%d", n ? ", " : "", r);
+    free(all);
+    if (n) {
+        if (g_rank == 0)
+            fprintf(stderr, "%s: error: ranks %s disagree with rank 0 on the model, options and data (a hash of the "
+                            "binary's steps, the training options and the data's shape); every rank must run the same "
+                            "command (same binary, data and options)\n", prog, list);
+        atomic_store(&g_done, 1);
+        finish(EXIT_BAD);
+    }
+}
+
+/* rank r's [lo, hi) of n rows over p ranks: contiguous, near-equal, the first n mod p ranks one row more */
+static void share(int64_t n, int p, int r, int64_t *lo, int64_t *hi) {
+    int64_t q = n / p, m = n % p;
+    *lo = r * q + (r < m ? r : m);
+    *hi = *lo + q + (r < m ? 1 : 0);
+}
+
+typedef struct {
+    const gc_par_t *par;
+    int shared, threads;
+    int64_t slot_len, loss_at, pen_at, width;
+    int64_t seg[GC_NPARAMS], lo[GC_NPARAMS], hi[GC_NPARAMS], sum_off[GC_NPARAMS];
+    float **slots, *mine, *sum, pen;
+    uintptr_t *gtab, *utab;
+    int64_t *gdims, *udims, key, off[16];
+    void *gws, *uws, *xb, *yb;
+    float weight, *gscal, *uscal;
+    double step_buf;
+    int64_t samples;
+} par_t;
+
+static void node_barrier(const char *what) {
+    waiting(what);
+    int rc = MPI_Win_sync(g_win);
+    if (rc == MPI_SUCCESS) rc = MPI_Barrier(g_node);
+    if (rc == MPI_SUCCESS) rc = MPI_Win_sync(g_win);
+    checked(rc, what);
+}
+
+static void *arena_table(const gc_prog_t *g, uintptr_t **tab, int64_t **dims, int threads) {
+    *tab = xalloc((size_t)g->nbuf * sizeof(uintptr_t));
+    *dims = xalloc((size_t)g->nsym * 8);
+    char *arena = xalloc((size_t)g->arena);
+    for (const gc_place_t *p = g->temps; p->slot >= 0; p++) (*tab)[p->slot] = (uintptr_t)(arena + p->offset);
+    for (const gc_place_t *p = g->consts; p->slot >= 0; p++) (*tab)[p->slot] = (uintptr_t)(gc_blob + p->offset);
+    return xalloc((size_t)g->ws[threads]);
+}
+
+/* Set up the data-parallel step for step program S: the gradient slots (and, on one machine, the parameters and
+ * optimizer state in MPI-3 shared memory), the programs' tables. params/state are re-pointed at shared memory. */
+static void par_setup(par_t *q, const gc_step_t *S, float **params, float **state, int64_t batch, int threads) {
+    memset(q, 0, sizeof *q);
+    q->par = &gc_par[S - gc_steps];
+    q->threads = threads;
+    const gc_par_t *G = q->par;
+    int P = g_size, r = g_rank;
+    int64_t off = 0, min_size = INT64_MAX;
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        q->seg[i] = off;
+        off += (gc_params[i].size + 15) / 16 * 16;
+        if (gc_params[i].size < min_size) min_size = gc_params[i].size;
+    }
+    q->slot_len = off + 16; /* then the weighted data loss, and the update's penalty share */
+    q->loss_at = off;
+    q->pen_at = off + 1;
+    int local = 0;
+    MPI_Comm_split_type(g_comm, MPI_COMM_TYPE_SHARED, r, MPI_INFO_NULL, &g_node);
+    MPI_Comm_size(g_node, &local);
+    const char *env = getenv("GRAPHC_MPI_SHARED");
+    q->shared = !(env && !strcmp(env, "0")) && local == P && min_size >= P;
+    q->slots = calloc((size_t)P, sizeof *q->slots);
+    if (q->shared) {
+        MPI_Comm_set_errhandler(g_node, MPI_ERRORS_RETURN);
+        int64_t state_len = 0;
+        for (int i = 0; i < GC_NPARAMS; i++) state_len += (gc_params[i].size + 15) / 16 * 16;
+        for (int j = 0; j < GC_NSTATE; j++) state_len += (gc_state[j].size + 15) / 16 * 16;
+        int64_t total = P * q->slot_len + state_len + 16;
+        float *base = NULL;
+        waiting("allocating shared memory");
+        checked(MPI_Win_allocate_shared(r == 0 ? (MPI_Aint)(total * 4) : 0, 4, MPI_INFO_NULL, g_node, &base, &g_win),
+                "allocating shared memory");
+        MPI_Aint size;
+        int disp;
+        checked(MPI_Win_shared_query(g_win, 0, &size, &disp, &base), "allocating shared memory");
+        MPI_Win_set_errhandler(g_win, MPI_ERRORS_RETURN);
+        MPI_Win_lock_all(MPI_MODE_NOCHECK, g_win);
+        float *raw = base + ((-(int64_t)((uintptr_t)base / 4)) & 15); /* 64-byte aligned */
+        for (int k = 0; k < P; k++) q->slots[k] = raw + k * q->slot_len;
+        float *at = raw + P * q->slot_len;
+        for (int i = 0; i < GC_NPARAMS; i++) {
+            if (r == 0) memcpy(at, params[i], (size_t)gc_params[i].size * 4); /* rank 0's initial values */
+            params[i] = at;
+            at += (gc_params[i].size + 15) / 16 * 16;
+        }
+        for (int j = 0; j < GC_NSTATE; j++) {
+            if (r == 0) memcpy(at, state[j], (size_t)gc_state[j].size * 4);
+            state[j] = at;
+            at += (gc_state[j].size + 15) / 16 * 16;
+        }
+        int64_t s = 0;
+        for (int i = 0; i < GC_NPARAMS; i++) {
+            share(gc_params[i].size, P, r, &q->lo[i], &q->hi[i]);
+            q->sum_off[i] = s;
+            s += (q->hi[i] - q->lo[i] + 15) / 16 * 16;
+        }
+        q->sum = xalloc((size_t)s * 4);
+        node_barrier("sharing the parameters");
+    } else {
+        q->slots[r] = xalloc((size_t)q->slot_len * 4);
+        for (int i = 0; i < GC_NPARAMS; i++) {
+            q->lo[i] = 0;
+            q->hi[i] = gc_params[i].size;
+        }
+    }
+    q->mine = q->slots[r];
+    /* the gradient program: this rank's rows in, the weighted loss and the gradients into its slot */
+    q->gws = arena_table(&G->g, &q->gtab, &q->gdims, threads);
+    q->width = (batch + P - 1) / P;
+    q->xb = xalloc((size_t)(q->width * GC_X_ROW_BYTES));
+    q->yb = xalloc((size_t)(q->width * GC_Y_ROW_BYTES > 8 ? q->width * GC_Y_ROW_BYTES : 8));
+    q->gtab[G->g_x] = (uintptr_t)q->xb;
+    if (G->g_y >= 0) q->gtab[G->g_y] = (uintptr_t)q->yb;
+    q->gtab[G->g_weight] = (uintptr_t)&q->weight;
+    if (G->g_key >= 0) q->gtab[G->g_key] = (uintptr_t)&q->key;
+    if (G->g_noff > 16) fail(EXIT_BAD, "internal: more than 16 dropout row sizes");
+    for (int j = 0; j < G->g_noff; j++) q->gtab[G->g_off_slots[j]] = (uintptr_t)&q->off[j];
+    q->gscal = xalloc((size_t)(G->g_nscalars + 1) * 4);
+    for (int j = 0; j < G->g_nscalars; j++) q->gtab[G->g_scalars[j].slot] = (uintptr_t)&q->gscal[j];
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        if (G->g_params[i] >= 0) q->gtab[G->g_params[i]] = (uintptr_t)params[i];
+        q->gtab[G->g_grads[i]] = (uintptr_t)(q->mine + q->seg[i]);
+    }
+    q->gtab[G->g_loss] = (uintptr_t)(q->mine + q->loss_at);
+    /* the update program: this rank's share of every parameter and its state, from the summed gradient */
+    q->uws = arena_table(&G->u, &q->utab, &q->udims, threads);
+    q->uscal = xalloc((size_t)(G->u_nscalars + 1) * 4);
+    for (int j = 0; j < G->u_nscalars; j++) q->utab[G->u_scalars[j].slot] = (uintptr_t)&q->uscal[j];
+    if (G->u_step >= 0) q->utab[G->u_step] = (uintptr_t)&q->step_buf;
+    if (G->u_pen >= 0) q->utab[G->u_pen] = (uintptr_t)(q->shared ? q->mine + q->pen_at : &q->pen);
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        int64_t lo = q->lo[i];
+        if (G->u_params[i] >= 0) q->utab[G->u_params[i]] = (uintptr_t)(params[i] + lo);
+        q->utab[G->u_grads[i]] = (uintptr_t)(q->shared ? q->sum + q->sum_off[i] : q->mine + q->seg[i]);
+        if (G->u_dims[i] >= 0) q->udims[G->u_dims[i]] = q->hi[i] - lo;
+    }
+    for (int j = 0; j < GC_NSTATE; j++)
+        if (G->u_state[j] >= 0) q->utab[G->u_state[j]] = (uintptr_t)(state[j] + q->lo[G->u_state_param[j]]);
+}
+
+static void par_scalars(par_t *q, const opts_t *o) {
+    const gc_par_t *G = q->par;
+    for (int pass = 0; pass < 2; pass++) {
+        const gc_scalar_t *sc = pass ? G->u_scalars : G->g_scalars;
+        float *out = pass ? q->uscal : q->gscal;
+        for (int i = 0; i < (pass ? G->u_nscalars : G->g_nscalars); i++) {
+            double v;
+            switch (sc[i].kind) {
+            case GC_SCALAR_LR: v = o->lr; break;
+            case GC_SCALAR_MOMENTUM: v = o->momentum; break;
+            case GC_SCALAR_L2: v = o->l2; break;
+            case GC_SCALAR_L1: v = o->l1; break;
+            default: v = sc[i].index < GC_NKEEP ? o->keep[sc[i].index] : 1.0;
+            }
+            out[i] = (float)v;
+        }
+    }
+}
+
+/* Sum the ranks' gradients and apply the update; the step's loss (the same on every rank), as
+ * graphc.distributed.SharedMemoryStep / DataParallelStep._reduce_and_update compute it. */
+static double par_exchange(par_t *q) {
+    const gc_par_t *G = q->par;
+    double loss = 0.0;
+    if (q->shared) {
+        node_barrier("the gradient exchange");
+        for (int k = 0; k < g_size; k++) loss += (double)q->slots[k][q->loss_at]; /* rank order */
+        for (int i = 0; i < GC_NPARAMS; i++) { /* the slots summed in rank order over this rank's share */
+            int64_t lo = q->lo[i], m = q->hi[i] - lo;
+            float *g = q->sum + q->sum_off[i];
+            memcpy(g, q->slots[0] + q->seg[i] + lo, (size_t)m * 4);
+            for (int k = 1; k < g_size; k++) {
+                const float *s = q->slots[k] + q->seg[i] + lo;
+                for (int64_t j = 0; j < m; j++) g[j] += s[j];
+            }
+        }
+        G->u.run(q->utab, q->udims, q->uws, q->threads);
+        node_barrier("the update");
+        if (G->u_pen >= 0)
+            for (int k = 0; k < g_size; k++) loss += (double)q->slots[k][q->pen_at];
+    } else {
+        waiting("the gradient allreduce");
+        checked(MPI_Allreduce(MPI_IN_PLACE, q->mine, (int)q->slot_len, MPI_FLOAT, MPI_SUM, g_comm),
+                "the gradient allreduce");
+        loss = (double)q->mine[q->loss_at];
+        G->u.run(q->utab, q->udims, q->uws, q->threads);
+        if (G->u_pen >= 0) loss += (double)q->pen;
+    }
+    return loss;
+}
+
+/* One epoch data-parallel, as graphc.distributed.DataParallelStep.run_epoch: the permutation of the step's own
+ * epoch driver (a run of no steps), then per global batch this rank's contiguous share. Fills ctx's LOSS_SUM,
+ * STEPS_DONE, STATUS and BAD_STEP as the epoch driver does. */
+static void par_epoch(par_t *q, const gc_step_t *S, int64_t *ctx, const npy_t *X, const npy_t *Y) {
+    const gc_par_t *G = q->par;
+    int64_t n = ctx[GC_CTX_NSAMP], B = ctx[GC_CTX_BATCH], step0 = ctx[GC_CTX_STEP0];
+    int64_t seed = ctx[GC_CTX_SEED];
+    const int64_t *perm = (const int64_t *)(uintptr_t)ctx[GC_CTX_PERM];
+    ctx[GC_CTX_MAXSTEPS] = 0;
+    S->epoch(ctx, NULL, NULL, 1);
+    int64_t nsteps = n / B + (n % B ? 1 : 0);
+    double loss_sum = 0.0;
+    int64_t done = 0, bad = -1;
+    uint64_t own = G->g_offsets_ok ? 0 : (uint64_t)g_rank * GC_RANK_KEY;
+    for (int64_t s = 0; s < nsteps; s++) {
+        int64_t start = s * B, nb = n - start < B ? n - start : B, lo, hi;
+        share(nb, g_size, g_rank, &lo, &hi);
+        int64_t b = hi - lo;
+        q->key = (int64_t)((uint64_t)seed * GC_KEY_MULT + (uint64_t)step0 + (uint64_t)s + own);
+        for (int j = 0; j < G->g_noff; j++) q->off[j] = lo * G->g_off_sizes[j];
+        q->step_buf = (double)(step0 + s + 1);
+        if (!G->u_step_f64) {
+            float f = (float)(step0 + s + 1);
+            memcpy(&q->step_buf, &f, sizeof f);
+        }
+        if (b) {
+            char *xb = q->xb, *yb = q->yb;
+            for (int64_t i = 0; i < b; i++) {
+                int64_t row = perm[start + lo + i];
+                memcpy(xb + i * GC_X_ROW_BYTES, (const char *)X->data + row * GC_X_ROW_BYTES, GC_X_ROW_BYTES);
+                memcpy(yb + i * GC_Y_ROW_BYTES, (const char *)Y->data + row * GC_Y_ROW_BYTES, GC_Y_ROW_BYTES);
+            }
+            q->weight = (float)((double)b / (double)nb);
+            q->gdims[G->g_ndim] = b;
+            G->g.run(q->gtab, q->gdims, q->gws, q->threads);
+        } else { /* more ranks than rows in this (last) batch: this rank adds nothing */
+            memset(q->mine, 0, (size_t)q->slot_len * 4);
+        }
+        q->samples += b;
+        double loss = par_exchange(q);
+        if (!isfinite(loss)) {
+            bad = s;
+            break;
+        }
+        loss_sum += loss * (double)nb;
+        done = s + 1;
+    }
+    memcpy(&ctx[GC_CTX_LOSS_SUM], &loss_sum, sizeof loss_sum);
+    ctx[GC_CTX_STEPS_DONE] = done;
+    ctx[GC_CTX_STATUS] = bad >= 0;
+    ctx[GC_CTX_BAD_STEP] = bad;
+}
+
+/* every rank must end an epoch with bitwise the same parameters: a hash compared with rank 0's */
+static void par_check_replicas(float **params, int64_t epoch) {
+    uint64_t h = 1469598103934665603ULL;
+    for (int i = 0; i < GC_NPARAMS; i++) h = fnv(h, params[i], (size_t)gc_params[i].size * 4);
+    uint64_t *all = calloc((size_t)g_size, sizeof *all);
+    waiting("the parameter check");
+    checked(MPI_Allgather(&h, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, g_comm), "the parameter check");
+    char list[512] = "";
+    size_t n = 0;
+    for (int r = 1; r < g_size; r++)
+        if (all[r] != all[0]) n += (size_t)snprintf(list + n, n < sizeof list ? sizeof list - n : 0, "%s%d", n ? ", " : "", r);
+    free(all);
+    if (n) {
+        char msg[800];
+        snprintf(msg, sizeof msg, "after epoch %lld the parameters of rank(s) %s differ from rank 0's (a "
+                                  "non-deterministic reduction or a corrupted rank)", (long long)epoch, list);
+        lost(msg);
+    }
+}
+#endif
+
 int main(int argc, char **argv) {
     opts_t o;
     if (argc > 0 && argv[0] && *argv[0]) {
         const char *s = strrchr(argv[0], '/');
         prog = s ? s + 1 : argv[0];
     }
+#ifdef GC_MPI
+    mpi_start(&argc, &argv);
+#endif
     parse_args(&o, argc, argv);
+#ifdef GC_MPI
+    if (g_rank != 0) o.quiet = 1; /* rank 0 alone reports */
+#endif
 
     /* the CPU check comes before any LLVM code runs */
     __builtin_cpu_init();
@@ -914,8 +1421,22 @@ int main(int argc, char **argv) {
     if (batch > GC_MAX_BATCH)
         fail(EXIT_BAD, "--batch-size %lld exceeds %d, the largest batch this binary was built for (graphc build "
                        "--max-batch)", (long long)batch, GC_MAX_BATCH);
+#ifdef GC_MPI
+    int local_ranks = 0;
+    for (int r = 0; r < g_size; r++) local_ranks += !strcmp(g_hosts[r], g_host);
+    int cpus = auto_threads(INT64_MAX / 4); /* this process's CPUs (capped at --max-threads) */
+    const int threads = o.threads ? (int)o.threads : (cpus / local_ranks > 1 ? cpus / local_ranks : 1);
+    if (RANK0) mkdirs(o.out);
+    mpi_agree_ready(0);
+    g_pre = 0;
+    {
+        int64_t rows[3] = {n, o.x_val ? rows_of(&xva) : -1, o.x_test ? rows_of(&xte) : -1};
+        mpi_agree_run(&o, rows);
+    }
+#else
     const int threads = o.threads ? (int)o.threads : auto_threads(o.batch);
     mkdirs(o.out);
+#endif
 
     /* state: parameters (initialized natively from the seed) and zeroed optimizer state */
     const gc_step_t *S = choose_step(&o);
@@ -932,6 +1453,16 @@ int main(int argc, char **argv) {
         if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
     }
     S->init(ttab, o.seed);
+#ifdef GC_MPI
+    par_t par;
+    par_setup(&par, S, params, state, batch, threads); /* on one machine: params and state now in shared memory */
+    for (int i = 0; i < GC_NPARAMS; i++) ttab[S->param_slots[i]] = (uintptr_t)params[i];
+    for (int i = 0; i < GC_NSTATE; i++)
+        if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
+    if (RANK0 && !o.quiet)
+        printf("distributed: %d ranks x %d thread(s), global batch %lld, gradients summed %s\n", g_size, threads,
+               (long long)batch, par.shared ? "in MPI-3 shared memory" : "with MPI_Allreduce");
+#endif
 
     char *arena = xalloc((size_t)S->arena);
     void *ws = xalloc((size_t)S->ws[threads]);
@@ -1004,16 +1535,24 @@ int main(int argc, char **argv) {
         ctx[GC_CTX_SHUFFLE] = 1;
         ctx[GC_CTX_DROP_LAST] = 0;
         double t0 = now();
+#ifdef GC_MPI
+        par_scalars(&par, &o);
+        par_epoch(&par, S, ctx, &xtr, &ytr);
+#else
         S->epoch(ctx, NULL, NULL, threads);
+#endif
         double dt = now() - t0;
         int64_t steps = ctx[GC_CTX_STEPS_DONE];
         if (ctx[GC_CTX_STATUS]) {
-            write_history(o.out, rows, nrows, o.x_val != NULL);
+            if (RANK0) write_history(o.out, rows, nrows, o.x_val != NULL);
             fail(EXIT_DIVERGED, "training diverged: the loss became non-finite at epoch %lld, step %lld of the epoch "
                                 "(global step %lld); no parameters were written. Try a smaller learning rate (now %g) "
                                 "or standardized inputs.", (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1,
                  (long long)(step + ctx[GC_CTX_BAD_STEP] + 1), o.lr);
         }
+#ifdef GC_MPI
+        par_check_replicas(params, epoch + 1);
+#endif
         double loss_sum;
         memcpy(&loss_sum, &ctx[GC_CTX_LOSS_SUM], sizeof loss_sum);
         int64_t samples = steps * batch < n ? steps * batch : n;
@@ -1028,8 +1567,17 @@ int main(int argc, char **argv) {
         r->rate = dt > 0 ? (double)samples / dt : 0.0;
         if (o.x_val) {
             r->has_val = 1;
+#ifdef GC_MPI
+            if (RANK0) { /* reduce, then decide: every rank takes rank 0's figure */
+                r->val_loss = evaluate(xva.data, yva.data, rows_of(&xva), eout, threads);
+                r->val_metric = metric(eout, yva.data, rows_of(&xva), &r->val_rmse);
+            }
+            waiting("the validation loss");
+            checked(MPI_Bcast(&r->val_loss, 1, MPI_DOUBLE, 0, g_comm), "the validation loss");
+#else
             r->val_loss = evaluate(xva.data, yva.data, rows_of(&xva), eout, threads);
             r->val_metric = metric(eout, yva.data, rows_of(&xva), &r->val_rmse);
+#endif
             if (o.patience) {
                 if (r->val_loss < best_val - o.min_delta) {
                     best_val = r->val_loss;
@@ -1054,6 +1602,21 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
     }
+#ifdef GC_MPI
+    int64_t *samples_per_rank = calloc((size_t)g_size, 8);
+    waiting("gathering the metrics");
+    checked(MPI_Allgather(&par.samples, 1, MPI_INT64_T, samples_per_rank, 1, MPI_INT64_T, g_comm),
+            "gathering the metrics");
+    if (!RANK0) { /* rank 0 alone writes --out */
+        checked(MPI_Barrier(g_comm), "finishing"); /* no time limit: rank 0 writes; the watchdog still watches */
+        atomic_store(&g_done, 1);
+        if (par.shared) {
+            MPI_Win_unlock_all(g_win);
+            MPI_Win_free(&g_win);
+        }
+        finish(0);
+    }
+#endif
     if (o.patience && have_best) { /* restore the best parameters */
         for (int i = 0; i < GC_NPARAMS; i++) memcpy(params[i], best_p[i], (size_t)gc_params[i].size * 4);
         for (int i = 0; i < GC_NSTATE; i++) memcpy(state[i], best_s[i], (size_t)gc_state[i].size * 4);
@@ -1090,6 +1653,20 @@ int main(int argc, char **argv) {
         json_num(f, "train_seconds", train_seconds, 0);
         fprintf(f, "  \"arena_bytes\": %lld,\n", (long long)(S->arena + GC_E_ARENA));
         json_num(f, "peak_rss_mb", peak_rss_mb(), 0);
+#ifdef GC_MPI
+        fprintf(f, "  \"ranks\": %d,\n  \"threads_per_rank\": %d,\n  \"samples_per_rank\": [", g_size, threads);
+        for (int r = 0; r < g_size; r++) fprintf(f, r ? ", %lld" : "%lld", (long long)samples_per_rank[r]);
+        fprintf(f, "],\n  \"gradient_exchange\": \"%s\",\n  \"mpi_library\": ",
+                par.shared ? "shared memory" : "allreduce");
+        {
+            char lib[MPI_MAX_LIBRARY_VERSION_STRING];
+            int len = 0;
+            MPI_Get_library_version(lib, &len);
+            lib[strcspn(lib, "\n")] = 0;
+            json_string(f, lib);
+        }
+        fprintf(f, ",\n");
+#endif
         json_num(f, "train_samples_per_second", tput, 1);
         fprintf(f, "}\n");
         close_out(f, tmp, final);
@@ -1099,5 +1676,14 @@ int main(int argc, char **argv) {
     else snprintf(metric_s, sizeof metric_s, "%s accuracy %.4f", split, fmetric);
     printf("%s; %.0f samples/s on %d thread(s); %lld epochs%s; results in %s\n", metric_s, tput, threads,
            (long long)nrows, stopped_early ? " (stopped early)" : "", o.out);
+#ifdef GC_MPI
+    checked(MPI_Barrier(g_comm), "finishing");
+    atomic_store(&g_done, 1);
+    if (par.shared) {
+        MPI_Win_unlock_all(g_win);
+        MPI_Win_free(&g_win);
+    }
+    finish(0);
+#endif
     return 0;
 }
