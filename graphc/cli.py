@@ -106,11 +106,12 @@ def _build(args) -> int:
     options = _aot_options(args)
     if args.optimizer is not None:
         options["optimizer"] = args.optimizer
-    r = build(args.output, log=lambda m: print(f"graphc: note: {m}", file=sys.stderr), **options)
+    r = build(args.output, log=lambda m: print(f"graphc: note: {m}", file=sys.stderr), mpi=args.mpi, **options)
     size = r.path.stat().st_size
-    print(f"built {r.path} ({size / 1024:.0f} KiB, target {r.target}) in {r.seconds:.1f} s: trains a {r.task} "
-          f"model, {r.n_features} features -> {r.n_outputs} outputs; step {r.step_digest[:16]}. "
-          f"Run {r.path} --help")
+    run = f"mpirun -n P {r.path}" if args.mpi else str(r.path)
+    print(f"built {r.path} ({size / 1024:.0f} KiB, target {r.target}{', MPI' if args.mpi else ''}) in "
+          f"{r.seconds:.1f} s: trains a {r.task} model, {r.n_features} features -> {r.n_outputs} outputs; step "
+          f"{r.step_digest[:16]}. Run {run} --help")
     return 0
 
 
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     _aot_arguments(b)
     b.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], help="sgd and momentum build "
                    "the same step (momentum is a run-time value, 0 for plain SGD)")
+    b.add_argument("--mpi", action="store_true", help="link with the MPI library of the mpi extra (its mpicc): "
+                   "`mpirun -n P PATH ...` trains data-parallel, with the same weights as `mpirun -n P graphc train`")
     b.add_argument("-o", "--output", required=True, metavar="PATH", help="the executable to write")
     e = sub.add_parser("export", help="export a trained model as a shared library with a C header",
                        formatter_class=_Help)

@@ -1459,9 +1459,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < GC_NPARAMS; i++) ttab[S->param_slots[i]] = (uintptr_t)params[i];
     for (int i = 0; i < GC_NSTATE; i++)
         if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
-    if (RANK0 && !o.quiet)
-        printf("distributed: %d ranks x %d thread(s), global batch %lld, gradients summed %s\n", g_size, threads,
+    if (RANK0 && !o.quiet) {
+        printf("distributed: %d ranks x %d thread(s), global batch %lld, gradients summed %s; ranks", g_size, threads,
                (long long)batch, par.shared ? "in MPI-3 shared memory" : "with MPI_Allreduce");
+        for (int r = 0; r < g_size; r++) printf("%s %d=pid %d on %s", r ? "," : "", r, g_pids[r], g_hosts[r]);
+        printf("\n");
+        fflush(stdout);
+    }
 #endif
 
     char *arena = xalloc((size_t)S->arena);
