@@ -39,3 +39,19 @@ def test_the_launcher_environment_gives_the_rank_count(monkeypatch):
         monkeypatch.delenv(size)
         monkeypatch.delenv(rank)
     assert launched_ranks() == 1 and launched_rank() == 0
+
+
+def test_graphc_build_mpi_without_an_mpicc_says_how_to_install_the_extra(monkeypatch, tmp_path, capsys):
+    from graphc.cli import main
+
+    monkeypatch.delenv("MPICC", raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no mpich wheel beside this Python
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no mpicc on PATH
+    assert main(["build", "--mpi", "--dataset", "digits", "-o", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "graphc: error: graphc build --mpi links the binary with an MPI library through its mpicc" in err
+    assert "pip install 'graphc[mpi]'" in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
+    monkeypatch.setenv("MPICC", "no-such-mpicc")
+    assert main(["build", "--mpi", "--dataset", "digits", "-o", str(tmp_path / "t")]) == 2
+    assert "MPICC='no-such-mpicc' is not an executable on PATH" in capsys.readouterr().err
