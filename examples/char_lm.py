@@ -76,7 +76,8 @@ class Config:
     epochs: int = 3
     chars: int | None = None  # use only the first `chars` characters of the text (a quick run)
     seed: int = 0
-    threads: int | None = None
+    threads: int = 1  # each step's recurrent product ((batch, H) @ (H, 4H)) is too small to split over threads:
+    # measured on 2 shared cores, 2 threads ran 3x slower than 1 (a barrier per kernel per step)
 
 
 class CharLM:
