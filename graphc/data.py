@@ -112,7 +112,7 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                 if ykey not in keys or xkey not in keys:
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
-                X, y = z[xkey], z[ykey]
+                X, y = _array(z, xkey, path), _array(z, ykey, path)
             if X.ndim not in (2, 3, 4):
                 raise DataError(f"{path}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
                                 f"(N, H, W, C) images (channels last), got shape {X.shape}")
@@ -131,6 +131,14 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+
+
+def _array(z, key: str, path: str) -> np.ndarray:
+    """One array of an open .npz; one numpy cannot read (Python objects: ragged sequences) named."""
+    try:
+        return z[key]
+    except ValueError as e:
+        raise DataError(f"{path}: array {key!r} cannot be read: {e}{_ragged_hint(e)}") from None
 
 
 def _ragged_hint(e: Exception) -> str:
@@ -161,7 +169,7 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
                 if k not in keys:
                     raise DataError(f"{path}: no array {k!r} (arrays: {', '.join(keys)}); name the token ids X and "
                                     f"the labels y, or give their names with {flag}")
-            X, y = z[xkey], z[ykey]
+            X, y = _array(z, xkey, path), _array(z, ykey, path)
             vocab = z["vocab"] if "vocab" in keys else None
     except DataError:
         raise
