@@ -43,6 +43,8 @@ class Dataset:
     y_std: float = 1.0
     grid: tuple[int, ...] | None = None  # one example's (H, W, C) (or (T, C)) for data on a grid; rows hold it
     # flattened row-major (channels last), and a model that asks for images gets x as (N, *grid)
+    tokens: bool = False  # rows are sequences of integer token ids (N, T), kept as they are (not standardized)
+    vocab: int | None = None  # the vocabulary size a token dataset declares (its ids lie in [0, vocab))
 
     @property
     def n_features(self) -> int:
@@ -110,7 +112,7 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                 if ykey not in keys or xkey not in keys:
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
-                X, y = z[xkey], z[ykey]
+                X, y = _array(z, xkey, path), _array(z, ykey, path)
             if X.ndim not in (2, 3, 4):
                 raise DataError(f"{path}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
                                 f"(N, H, W, C) images (channels last), got shape {X.shape}")
@@ -127,8 +129,78 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
     except DataError:
         raise
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read it: {e}") from None
+        raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+
+
+def _array(z, key: str, path: str) -> np.ndarray:
+    """One array of an open .npz; one numpy cannot read (Python objects: ragged sequences) named."""
+    try:
+        return z[key]
+    except ValueError as e:
+        raise DataError(f"{path}: array {key!r} cannot be read: {e}{_ragged_hint(e)}") from None
+
+
+def _ragged_hint(e: Exception) -> str:
+    if "Object arrays" not in str(e):
+        return ""
+    return ("; an array of Python objects is what numpy saves for sequences of different lengths (ragged): pad "
+            "them to one length T and save a numeric (N, T) or (N, T, F) array (mask the padding in the loss "
+            "with gc.nn.softmax_cross_entropy(..., lengths=...))")
+
+
+MAX_TOKEN = 1 << 24  # ids travel in float32 rows, exact below 2^24
+
+
+def _read_tokens(path: str, label: str | None, features: list[str] | None):
+    """Token ids (N, T) and labels from a .npz (arrays X and y, or named; an optional scalar `vocab`), checked:
+    integers, >= 0, below the declared vocabulary, one length T for all rows."""
+    if os.path.splitext(path)[1].lower() != ".npz":
+        raise DataError(f"{path}: a model that asks for tokens reads them from a .npz holding X (N, T) integer "
+                        "token ids and y (and optionally a scalar `vocab`)")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            xkey = (features[0] if features else None) or ("X" if "X" in keys else "x")
+            ykey = label or "y"
+            for k, flag in ((xkey, "--features"), (ykey, "--label")):
+                if k not in keys:
+                    raise DataError(f"{path}: no array {k!r} (arrays: {', '.join(keys)}); name the token ids X and "
+                                    f"the labels y, or give their names with {flag}")
+            X, y = _array(z, xkey, path), _array(z, ykey, path)
+            vocab = z["vocab"] if "vocab" in keys else None
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
+    if X.ndim != 2 or X.shape[1] < 1:
+        raise DataError(f"{path}: token ids {xkey} must be (N, T), one row of T ids per sequence, got shape "
+                        f"{X.shape}")
+    if X.dtype.kind not in "iu":
+        raise DataError(f"{path}: token ids {xkey} hold {X.dtype} values, not integers; save them as int32 or "
+                        f"int64 (e.g. {xkey}.astype(np.int32))")
+    if len(X) != len(y):
+        raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y)}")
+    if vocab is not None:
+        if vocab.shape != () or vocab.dtype.kind not in "iu" or int(vocab) < 1:
+            raise DataError(f"{path}: `vocab` must be a positive integer scalar (the number of token ids), got "
+                            f"{vocab.dtype} {vocab.shape}")
+        vocab = int(vocab)
+    limit = vocab if vocab is not None else MAX_TOKEN
+    bad = (X < 0) | (X >= limit)
+    if bad.any():
+        r, t = np.argwhere(bad)[0]
+        v = int(X[r, t])
+        if v < 0:
+            why = "token ids are >= 0"
+        elif vocab is not None:
+            why = f"outside the vocabulary [0, {vocab}) the file declares (array `vocab`)"
+        else:
+            why = f"token ids must be below 2^24 = {MAX_TOKEN}"
+        raise DataError(f"{path}: token id {v} in row {r}, step {t} of {xkey}: {why}")
+    return X.astype(np.float32), y, vocab
 
 
 class _Grid(np.ndarray):
@@ -266,6 +338,13 @@ def _infer_task(y: np.ndarray) -> str:
     return "regression"
 
 
+def _target_stats(y: np.ndarray, tr: np.ndarray, task: str) -> tuple[float, float]:
+    """Regression targets' training mean and standard deviation (predictions * y_std + y_mean undo them)."""
+    if task != "regression":
+        return 0.0, 1.0
+    return float(y[tr].mean()), float(y[tr].std()) or 1.0
+
+
 def split_indices(n: int, seed: int, val: float, test: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(n * test)))
@@ -277,12 +356,22 @@ def split_indices(n: int, seed: int, val: float, test: float) -> tuple[np.ndarra
 
 def load(source: str = "digits", *, label: str | None = None, features: list[str] | None = None,
          task: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
-         train_fraction: float = 1.0) -> Dataset:
+         train_fraction: float = 1.0, tokens: bool = False) -> Dataset:
     """A bundled dataset by name, or a .npy/.npz/.csv file, split into train/validation/test with a fixed
     seed and standardized with the training split's statistics. `train_fraction` < 1 keeps only that share
-    of the training rows (for overfitting studies)."""
+    of the training rows (for overfitting studies). `tokens=True` reads integer token ids (N, T) from a .npz
+    (for a model that asks for `tokens`): checked, and kept as they are (not standardized)."""
     grid = None
-    if source in BUNDLED:
+    vocab = None
+    if tokens:
+        if source in BUNDLED:
+            raise DataError(f"the model asks for tokens (integer ids) but {source!r} is a bundled dataset of "
+                            "features; give a .npz with X (N, T) integer token ids and y")
+        X, y, vocab = _read_tokens(source, label, features)
+        task = task or _infer_task(np.asarray(y))
+        name = os.path.basename(source)
+        names = [f"t{i}" for i in range(X.shape[1])]
+    elif source in BUNDLED:
         X, y, names = _bundled(source)
         grid = GRIDS.get(source)
         task = task or BUNDLED[source]
@@ -341,6 +430,11 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
     for k, idx in enumerate((tr, va, te)):
         which[idx] = k
         where[idx] = np.arange(len(idx))
+    if tokens:  # ids stay ids: no statistics, no standardization
+        y_mean, y_std = _target_stats(y, tr, task)
+        y = ((y - y_mean) / y_std).astype(np.float32) if task == "regression" else y
+        return Dataset(name, task, X[tr], y[tr], X[va], y[va], X[te], y[te], classes, names, None, None,
+                       y_mean, y_std, tokens=True, vocab=vocab)
     total = np.zeros(width)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the feature
         for i, j in _chunks(n, width):
@@ -372,10 +466,8 @@ def load(source: str = "digits", *, label: str | None = None, features: list[str
             m = which[i:j] == k
             out[where[i:j][m]] = z[m]
 
-    y_mean, y_std = 0.0, 1.0
+    y_mean, y_std = _target_stats(y, tr, task)
     if task == "regression":
-        y_mean = float(y[tr].mean())
-        y_std = float(y[tr].std()) or 1.0
         y = ((y - y_mean) / y_std).astype(np.float32)
     return Dataset(name, task, splits[0], y[tr], splits[1], y[va], splits[2], y[te], classes, names, mean, std,
                    y_mean, y_std, grid)

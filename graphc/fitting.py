@@ -21,12 +21,14 @@ import numpy as np
 from graphc import data as datasets
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
-from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows
+from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows, model_layout
 
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
     "(N, features), or, when its first parameter is named `images` (`def model(images, n_outputs)`), the "
-    "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); it returns "
+    "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); named "
+    "`sequences`, time-major sequences (T, N, F) (digits: its 8 rows of 8 pixels; a .npz whose X is (N, T, F)); "
+    "named `tokens`, time-major int32 token ids (T, N) (a .npz whose X is (N, T) integers); it returns "
     "the output tensor of shape (N, n_outputs) (logits for classification, "
     "predictions for regression), built with graphc's DSL (gc.nn.dense, gc.relu, ...). It may also define "
     "OPTIONS = {...} with default training options (command-line flags override them)."
@@ -269,9 +271,12 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
     config = _config({**defaults, **file_options, **options})
     config.validate()
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
+    tokens = model_layout(model) == "tokens"
+
     def load():
         return data if isinstance(data, datasets.Dataset) else datasets.load(
-            str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction)
+            str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction,
+            tokens=tokens)
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
     model_fn = model  # None: the trainer builds the default MLP
@@ -295,9 +300,11 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
 
 def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, out_dir: Path | None, resume: bool,
          progress: bool, log: Callable[[str], None], grid: tuple[int, ...] | None = None, dist=None) -> FitResult:
+    check_layout(model_fn, ds, model_desc)
     trainer = Trainer(model_fn, ds.task, ds.n_features, ds.n_outputs, config,
                       y_shape=tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else (), log=log,
-                      grid=grid if grid is not None else ds.grid, data=ds.name, distributed=dist)
+                      grid=grid if grid is not None else ds.grid, data=ds.name, distributed=dist,
+                      vocab=ds.vocab)
     if dist is not None:
         dist.start_training(trainer, ds, out_dir)
     _check_outputs(trainer, ds, model_desc)
@@ -359,6 +366,20 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
             raise GraphcError(f"writing the results into {out_dir} failed: {e.strerror or e}"
                               f"{f' ({e.filename})' if e.filename else ''}; {last}") from None
     return result
+
+
+def check_layout(model_fn, ds: datasets.Dataset, model_desc: str) -> None:
+    """Token ids go to a model that asks for `tokens`, and only there: ids are labels of symbols, not
+    measurements (an MLP on them, or an embedding of standardized features, would train on nonsense)."""
+    tokens = model_layout(model_fn) == "tokens"
+    if ds.tokens and not tokens:
+        raise GraphcError(f"{ds.name} holds token ids (integers, kept unstandardized) but {model_desc} does not "
+                          "ask for tokens: name its first parameter `tokens` (time-major int32 ids (T, N)) and "
+                          "embed them (gc.nn.embedding)")
+    if tokens and not ds.tokens:
+        raise GraphcError(f"{model_desc} asks for tokens (its first parameter is `tokens`) but {ds.name} holds "
+                          "features; load token ids with gc.data.load(path, tokens=True) (a .npz with X (N, T) "
+                          "integer ids and y)")
 
 
 def _ran(config: TrainConfig, default_mlp: bool) -> dict:

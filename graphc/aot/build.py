@@ -294,8 +294,14 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         classes = list(range(n_outputs)) if task == "multiclass" else []
         y_shape = () if task == "multiclass" or n_outputs == 1 else (n_outputs,)
     else:
+        from graphc.nn.train import model_layout
+
+        tokens = model_layout(model_fn) == "tokens"
         ds = data if isinstance(data, datasets.Dataset) else datasets.load(str(data), label=label, features=features,
-                                                                         task=task)
+                                                                         task=task, tokens=tokens)
+        from graphc.fitting import check_layout
+
+        check_layout(model_fn, ds, desc)
         task, n_features, n_outputs, name = ds.task, ds.n_features, ds.n_outputs, ds.name
         classes = list(ds.classes)
         y_shape = tuple(ds.y_train.shape[1:]) if ds.task != "multiclass" else ()
@@ -329,10 +335,12 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     if model_fn is None:
         desc = f"the default MLP {'-'.join(str(d) for d in [n_features, *config.hidden, n_outputs])} " \
                f"({config.activation}, {config.init} init)"
-    from graphc.nn.train import wants_images
+    from graphc.nn.train import model_layout, wants_images
 
     if grid is not None and wants_images(model_fn):
         desc += f" on {'x'.join(map(str, grid))} images (each row one image, row-major, channels last)"
+    elif grid is not None and model_layout(model_fn) == "sequences":
+        desc += f" on sequences of {'x'.join(map(str, grid[:2]))} (steps x features, each row one sequence)"
     return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes,
                      description, tuple(grid) if grid is not None else None)
 
@@ -940,9 +948,18 @@ def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
 
 def _grid_doc(upper: str, spec: ModelSpec) -> str:
     """The image layout, for a model that takes images: each row is one image flattened row-major."""
-    from graphc.nn.train import wants_images
+    from graphc.nn.train import model_layout, sequence_grid
 
-    if spec.grid is None or not wants_images(spec.model_fn):
+    layout = model_layout(spec.model_fn)
+    if layout == "tokens":
+        return (f"\n/* Each row is one sequence of {upper}_N_FEATURES token ids, as floats (exact integers), in "
+                "step order. */")
+    if layout == "sequences" and spec.grid is not None:
+        t, f = sequence_grid(spec.grid, spec.dataset)
+        return (f"\n/* Each row is one sequence of {t} steps of {f} features, step-major: step t, feature k is\n"
+                f" * x[row * {upper}_N_FEATURES + t * {f} + k]. */\n#define {upper}_STEPS {t}\n"
+                f"#define {upper}_STEP_FEATURES {f}")
+    if spec.grid is None or layout != "images":
         return ""
     dims = "x".join(map(str, spec.grid))
     if len(spec.grid) != 3:

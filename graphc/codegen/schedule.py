@@ -786,8 +786,16 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
         # a temporary whose readers were all fused (the raw product, say) need not be stored at all
         readers = {b for k in kernels if k is not g for b in k.reads}
         kept = [s for s in g.stores if not (s.buf.kind == "temp" and s.buf not in readers)]
+        # C (the last store's buffer) holds the partial sums while K is summed in blocks: an epilogue that reads
+        # C's buffer (an in-place update reads the parameter's old value) would read those sums instead. Then the
+        # raw product keeps its own buffer as C, unless one K block covers K.
+        if kept and kept[-1].buf in g.reads and not (isinstance(g.k, int) and g.k <= GEMM_KC):
+            kept = [s for s in kept if s is not g.stores[0]] + [g.stores[0]]
         g.stores = kept or g.stores[-1:]
         i += 1
+
+
+GEMM_KC = 256  # graphc.codegen.gemm.default_config's K block: a longer K passes partial sums through C
 
 
 def schedule(graph: Graph, updates: dict[int, int] | None = None, fuse: bool = True) -> Program:

@@ -14,6 +14,7 @@ from graphc.nn.layers import (
 )
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.recurrent import embedding, gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
+from graphc.nn.sequence import last_step, sequence_mask
 from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
@@ -21,5 +22,5 @@ __all__ = [
     "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "model_build", "parameters",
     "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
-    "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding",
+    "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
 ]

@@ -3,6 +3,12 @@
 - regression, Gaussian likelihood with fixed sigma  ->  mean squared error
 - binary, Bernoulli with P(y|x) = sigmoid((2y-1) f)  ->  softplus((1-2y) f)
 - multiclass, categorical with softmax               ->  logsumexp(z) - z_y
+
+Sequences padded to one length: every loss takes `mask=` (bool, or float weights, over the targets' leading
+dims: (T, N) for (T, N) labels or (T, N, F) predictions) and/or `lengths=` ((N,) real steps per sequence, time on
+`time_axis`, 0 by default as graphc's layers are time-major); softmax_cross_entropy also `ignore_index=` as
+PyTorch's. The loss is then the mean over the counted elements only: sum(loss * mask) / sum(mask), as Keras'
+masked losses and PyTorch's `ignore_index` (a mask that counts nothing gives 0, not NaN).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from graphc import ops
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, dims_equal, fmt_shape
+from graphc.nn.sequence import sequence_mask
+from graphc.ops.core import describe
 
 
 def _match(pred: ops.Tensor, y: ops.Tensor, what: str) -> tuple[ops.Tensor, ops.Tensor]:
@@ -35,36 +43,99 @@ def _as_float_target(y, pred: ops.Tensor) -> ops.Tensor:
     return y
 
 
-def mse(pred, y) -> ops.Tensor:
-    """Mean over all elements of (pred - y)^2: the Gaussian negative log-likelihood up to constants."""
+def _counted(per: ops.Tensor, mask, lengths, time_axis: int, what: str, ignored=None) -> ops.Tensor:
+    """The mean of the elementwise loss `per` over the elements that count: all of them (no mask), else
+    sum(per * w) / sum(w) with w the product of `mask`, the lengths' mask and `ignored` (bool: not counted),
+    broadcast over per's trailing dims."""
+    if mask is None and lengths is None and ignored is None:
+        return ops.mean(per)
+    w = None
+
+    def fold(m: ops.Tensor, src: str) -> None:
+        nonlocal w
+        if m.dtype not in ("bool", *FLOAT_DTYPES, *INT_DTYPES):
+            raise DTypeError(f"{what}: {src} must be bool or numbers, got {describe(m)}")
+        k = m.ndim
+        if k > per.ndim or not all(dims_equal(a, b) for a, b in zip(m.shape, per.shape[:k], strict=False)):
+            raise ShapeError(f"{what}: {src} {fmt_shape(m.shape)} does not fit the loss's elements "
+                             f"{fmt_shape(per.shape)}: it must have their shape or their leading dims (e.g. (T, N) for "
+                             f"(T, N, F)) (made at {m.source.where()})")
+        m = ops.cast(m, per.dtype)
+        for _ in range(per.ndim - k):
+            m = ops.expand_dims(m, -1)
+        if k < per.ndim:
+            m = ops.broadcast_to(m, per.shape)
+        w = m if w is None else w * m
+
+    if mask is not None:
+        fold(ops.as_tensor(mask), "mask")
+    if lengths is not None:
+        if per.ndim < 2:
+            raise ShapeError(f"{what}: lengths need a time axis and a batch axis in the targets, got "
+                             f"{fmt_shape(per.shape)}")
+        if time_axis not in (0, 1):
+            raise ShapeError(f"{what}: time_axis must be 0 (time-major, (T, N, ...)) or 1 (batch-major), got "
+                             f"{time_axis!r}")
+        lengths = ops.as_tensor(lengths)
+        batch = per.shape[1 - time_axis]
+        if lengths.ndim != 1 or not dims_equal(lengths.shape[0], batch):
+            raise ShapeError(f"{what}: lengths must be (N,) = ({batch},), one count per sequence of targets "
+                             f"{fmt_shape(per.shape)} (time on axis {time_axis}), got {describe(lengths)} (made at "
+                             f"{lengths.source.where()})")
+        fold(sequence_mask(lengths, per.shape[time_axis], time_axis=time_axis), "lengths")
+    if ignored is not None:
+        fold(ops.logical_not(ignored), "ignore_index")
+    count = ops.maximum(ops.sum(w), 1e-30)  # nothing counted: 0 / 1e-30 = 0, not NaN
+    return ops.sum(per * w) / count
+
+
+def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
+    """Mean over all elements of (pred - y)^2: the Gaussian negative log-likelihood up to constants. With
+    mask/lengths, the mean over the counted elements only (see the module's docstring)."""
     pred = ops.as_tensor(pred)
     pred, y = _match(pred, _as_float_target(y, pred), "mse")
-    return ops.mean((pred - y) ** 2)
+    return _counted((pred - y) ** 2, mask, lengths, time_axis, "mse")
 
 
-def binary_cross_entropy(logits, y) -> ops.Tensor:
-    """Batch mean of softplus((1 - 2y) f): -log sigmoid((2y - 1) f) for labels y in {0, 1}, from logits f."""
+def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
+    """Batch mean of softplus((1 - 2y) f): -log sigmoid((2y - 1) f) for labels y in {0, 1}, from logits f. With
+    mask/lengths, the mean over the counted elements only."""
     logits = ops.as_tensor(logits)
     logits, y = _match(logits, _as_float_target(y, logits), "binary_cross_entropy")
-    return ops.mean(ops.softplus((1.0 - 2.0 * y) * logits))
+    return _counted(ops.softplus((1.0 - 2.0 * y) * logits), mask, lengths, time_axis, "binary_cross_entropy")
 
 
-def softmax_cross_entropy(logits, labels) -> ops.Tensor:
-    """Batch mean of -log softmax(z)_y = logsumexp(z) - z_y, for integer labels in [0, C)."""
+def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis: int = 0,
+                          ignore_index: int | None = None) -> ops.Tensor:
+    """Mean of -log softmax(z)_y = logsumexp(z) - z_y, for integer labels in [0, C): logits (N, C) and labels
+    (N,), or per token, logits (..., C) and labels (...) (e.g. (T, N, C) and (T, N) for a sequence model).
+
+    Padded steps: `mask` (labels' shape or leading dims; bool, or float weights), `lengths` ((N,) real steps per
+    sequence, time on `time_axis`) or `ignore_index` (a label value that does not count, as PyTorch's) make the
+    loss the mean over the counted tokens only, as torch.nn.CrossEntropyLoss(ignore_index=...)."""
     logits = ops.as_tensor(logits)
     labels = ops.as_tensor(labels)
-    if logits.ndim != 2:
-        raise ShapeError(f"softmax_cross_entropy: logits must be (N, C), got {fmt_shape(logits.shape)}")
+    if logits.ndim < 2:
+        raise ShapeError(f"softmax_cross_entropy: logits must be (N, C) (or (..., C) per token), got "
+                         f"{fmt_shape(logits.shape)}")
     if labels.dtype not in INT_DTYPES:
         raise DTypeError(f"softmax_cross_entropy: labels must be integer class indices, got {labels.dtype}")
-    if labels.ndim != 1 or not dims_equal(labels.shape[0], logits.shape[0]):
+    lead = logits.shape[:-1]
+    if labels.ndim != len(lead) or not all(dims_equal(a, b) for a, b in zip(labels.shape, lead, strict=True)):
         raise ShapeError(f"softmax_cross_entropy: labels {fmt_shape(labels.shape)} do not match logits "
-                         f"{fmt_shape(logits.shape)}; expected ({logits.shape[0]},)")
-    classes = logits.shape[1]
+                         f"{fmt_shape(logits.shape)}; expected {fmt_shape(lead)}")
+    classes = logits.shape[-1]
     if not isinstance(classes, int):
         raise ShapeError("softmax_cross_entropy: the number of classes must be a known int")
-    picked = ops.sum(ops.one_hot(labels, classes, logits.dtype) * logits, axis=1)
-    return ops.mean(ops.logsumexp(logits, axis=1) - picked)
+    axis = logits.ndim - 1
+    picked = ops.sum(ops.one_hot(labels, classes, logits.dtype) * logits, axis=axis)
+    ignored = None
+    if ignore_index is not None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise GraphcError(f"softmax_cross_entropy: ignore_index must be an int label value, got {ignore_index!r}")
+        ignored = ops.equal(labels, ops.constant(ignore_index, labels.dtype))
+    return _counted(ops.logsumexp(logits, axis=axis) - picked, mask, lengths, time_axis, "softmax_cross_entropy",
+                    ignored)
 
 
 def _params(params) -> list[Node]:

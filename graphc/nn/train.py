@@ -118,26 +118,65 @@ def feature_rows(X, width: int, what: str) -> np.ndarray:
     return a
 
 
-def wants_images(model: Callable | None) -> bool:
-    """Whether a model asks for its input on the data's grid: its first parameter is named `images`."""
+LAYOUTS = {"images": "images", "sequences": "sequences", "tokens": "tokens"}  # first parameter -> layout
+
+
+def model_layout(model: Callable | None) -> str:
+    """How a model asks for its input, by the name of its first parameter: `images` (N, H, W, C) on the data's
+    grid, `sequences` time-major (T, N, F) (each row a sequence of T steps of F features), `tokens` time-major
+    int32 ids (T, N) (each row a sequence of T token ids); any other name: "rows", the rows x features as they
+    are."""
     if model is None:
-        return False
+        return "rows"
     import inspect
 
     try:
         params = list(inspect.signature(model).parameters)
     except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0] == "images"
+        return "rows"
+    return LAYOUTS.get(params[0], "rows") if params else "rows"
+
+
+def wants_images(model: Callable | None) -> bool:
+    """Whether a model asks for its input on the data's grid: its first parameter is named `images`."""
+    return model_layout(model) == "images"
+
+
+def sequence_grid(grid: tuple[int, ...] | None, data: str) -> tuple[int, int]:
+    """(T, F) of a dataset whose rows are sequences: its grid (T, F) or (T, F, 1) (a 3-D .npz X (N, T, F); the
+    digits' 8 rows of 8 pixels)."""
+    if grid is None:
+        raise GraphcError(f"the model asks for sequences (its first parameter is `sequences`) but {data} has no "
+                          "grid shape: its rows are plain features (give the grid, e.g. grid=(8, 8) for 8 steps of "
+                          "8 features, or load sequences from a .npz whose X is (N, T, F))")
+    g = tuple(grid)
+    if len(g) == 3 and g[2] == 1:
+        g = g[:2]
+    if len(g) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in g):
+        raise GraphcError(f"the model asks for sequences (T, N, F) but {data} is on the grid {tuple(grid)}: a "
+                          "sequence grid is (T, F) (steps, features per step) or (T, F, 1); images with channels "
+                          "go to a model that asks for `images`")
+    return g
 
 
 def model_input(model: Callable | None, x: Node, grid: tuple[int, ...] | None, data: str = "the dataset") -> Node:
-    """The tensor a model receives: x (N, features) itself, or, for a model whose first parameter is named
-    `images`, x viewed as (N, *grid) (rows hold each example flattened row-major, channels last). The compiled
-    step, the binaries and the libraries all keep taking rows; the view is a reshape inside the graph."""
-    if not wants_images(model):
+    """The tensor a model receives: x (N, features) itself, or, by the model's first parameter (model_layout):
+    `images`, x viewed as (N, *grid) (rows hold each example flattened row-major, channels last); `sequences`,
+    x viewed as (N, T, F) and made time-major (T, N, F); `tokens`, the rows of ids (N, T) (float32 rows hold
+    them exactly) as int32, time-major (T, N). The compiled step, the binaries and the libraries all keep taking
+    rows; the view is a reshape (and transpose, cast) inside the graph."""
+    layout = model_layout(model)
+    if layout == "rows":
         return x
     width = x.shape[1]
+    if layout == "tokens":
+        return ops.transpose(ops.cast(x, "int32"), (1, 0))
+    if layout == "sequences":
+        T, F = sequence_grid(grid, data)
+        if T * F != width:
+            raise GraphcError(f"rows of {width} features of {data} cannot be viewed as sequences of {T} steps of "
+                              f"{F} features ({T * F} values)")
+        return ops.transpose(ops.reshape(x, (x.shape[0], T, F)), (1, 0, 2))
     if grid is None:
         raise GraphcError(f"the model asks for images (its first parameter is `images`) but {data} has no grid "
                           f"shape: its rows are {width} plain features (give the grid, e.g. grid=(8, 8, 1), or "
@@ -150,6 +189,19 @@ def model_input(model: Callable | None, x: Node, grid: tuple[int, ...] | None, d
                           f"({int(np.prod(grid))} cells): the rows' shape (N, {width}) and the grid (N, "
                           f"{', '.join(map(str, grid))}) must hold the same number of values")
     return ops.reshape(x, (x.shape[0], *grid))
+
+
+def token_tables(x: Node, out: Node) -> list[Node]:
+    """The gathers (gc.nn.embedding, gc.take) that index a table with the token ids of x (or ids computed from
+    them): each one's table size on the gathered axis is a vocabulary the ids must fit."""
+    derived = {id(x)}
+    found = []
+    for n in topo_order(out):
+        if any(id(i) in derived for i in n.inputs) and n.dtype in ("int32", "int64"):
+            derived.add(id(n))
+        if n.op.name == "take" and id(n.inputs[1]) in derived:
+            found.append(n)
+    return found
 
 
 def _call_model(model: Callable, x: Node, n_outputs: int):
@@ -213,10 +265,13 @@ class Trainer:
     def __init__(self, model: Callable[[Node, int], Node] | None, task: str, n_features: int, n_outputs: int,
                  config: TrainConfig, *, y_shape: tuple = (), log: Callable[[str], None] = print,
                  all_features: bool = False, grid: tuple[int, ...] | None = None, data: str = "the dataset",
-                 distributed=None):
+                 distributed=None, vocab: int | None = None):
         """`all_features` builds momentum, L2 and L1 into the step whatever their configured values (a
         standalone binary takes those values on its command line). A model whose first parameter is named
-        `images` gets x viewed as (N, *grid) (`data` names the dataset in errors). `distributed` (a
+        `images` gets x viewed as (N, *grid), one named `sequences` gets it as time-major (T, N, F) sequences on
+        the grid (T, F), one named `tokens` gets the rows' token ids as time-major int32 (T, N) (`data` names the
+        dataset in errors; `vocab`, the data's vocabulary size if it declares one, must fit the model's
+        embeddings). `distributed` (a
         graphc.distributed.Distributed) trains data-parallel over its ranks."""
         config.validate()
         if task not in TASKS:
@@ -230,9 +285,20 @@ class Trainer:
         else:
             self.y = ops.input("y", ("N", *y_shape), "float32")
         self.grid = tuple(grid) if grid is not None else None
+        self.layout = model_layout(model)
         out = _call_model(model, model_input(model, self.x, self.grid, data), n_outputs)
         if not isinstance(out, Node):
             raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
+        # the gather that limits the token ids (the smallest table): the data's ids are checked against it
+        self.vocab_take = None
+        if self.layout == "tokens":
+            takes = token_tables(self.x, out)
+            if takes:
+                self.vocab_take = min(takes, key=lambda n: n.inputs[0].shape[n.attrs["axis"]])
+                if vocab is not None and vocab > self.vocab:
+                    raise GraphcError(f"{data} declares a vocabulary of {vocab} token ids but the model's "
+                                      f"{self._table_desc()} has {self.vocab} rows: give the embedding "
+                                      f"vocab >= {vocab}")
         if out.dtype not in ("float32", "float64"):
             raise GraphcError(f"the model returns {out.type_str}: its outputs must be floats (logits or predictions; "
                               "an integer or bool result has no gradient to train on)")
@@ -290,6 +356,17 @@ class Trainer:
 
             self.dist_step = make_step(self, distributed)
         self.compile_seconds = time.perf_counter() - t0
+
+    @property
+    def vocab(self) -> int | None:
+        """The token ids a `tokens` model takes: [0, vocab) (None: no gather limits them)."""
+        t = self.vocab_take
+        return None if t is None else int(t.inputs[0].shape[t.attrs["axis"]])
+
+    def _table_desc(self) -> str:
+        t = self.vocab_take
+        table = t.inputs[0]
+        return f"embedding {table.name or table.op.name!r} (made at {t.source.where()})"
 
     # -- graph pieces
     def _task_loss(self, out: Node) -> Node:
@@ -516,6 +593,18 @@ class Trainer:
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise InputError(f"{what} data: feature {c} is not finite in row {r}")
+        if self.layout == "tokens":
+            bad = (X != np.round(X)) | (X < 0)
+            if bad.any():
+                r, t = np.argwhere(bad)[0]
+                raise InputError(f"{what} data: row {r}, step {t} holds {X[r, t]:g}, not a token id (ids are "
+                                 "integers >= 0)")
+            if self.vocab is not None:
+                bad = X >= self.vocab
+                if bad.any():
+                    r, t = np.argwhere(bad)[0]
+                    raise InputError(f"{what} data: token id {int(X[r, t])} in row {r}, step {t} is outside the "
+                                     f"vocabulary [0, {self.vocab}) of the model's {self._table_desc()}")
         if self.task == "multiclass":
             if Y.dtype.kind not in "iu":
                 raise InputError(f"{what} data: class labels must be integers, got {Y.dtype}")

@@ -141,9 +141,11 @@ def test_a_recurrent_model_exports_and_predicts_as_in_process(tmp_path):
     # features as the model sees them (standardized); rows_predict would standardize raw ones first
     so.rows_predict_standardized.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     assert so.rows_predict_standardized(X.ctypes.data, 5, out.ctypes.data) == 0
+    from graphc.nn.train import model_input
+
     model, _ = load_model_file(str(path))
     x = gc.input("x", ("N", 64))
-    y = model(x, 10)
+    y = model(model_input(model, x, (8, 8, 1)), 10)  # the digits' rows as time-major sequences (8, N, 8)
     weights = dict(np.load(tmp_path / "run" / "weights.npz"))
     want = gc.compile(y, threads=1)({**weights, "x": X})
     np.testing.assert_array_equal(out, want)

@@ -1,0 +1,163 @@
+"""Datasets of sequences for gc.fit / graphc train: a model asks for `sequences` (time-major (T, N, F): the
+digits' 8 rows, a .npz whose X is (N, T, F)) or `tokens` (time-major int32 ids (T, N) from a .npz whose X is
+(N, T) integers); bad data (ids not integers, ids outside the vocabulary, ragged sequences) is refused naming
+the array, row and step (or the model's embedding and its line), and the CLI exits 2 writing nothing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import data
+from graphc.fitting import fit
+from graphc.nn.train import TrainConfig, Trainer
+
+VOCAB = 7
+
+
+def seq_model(sequences, n_outputs):
+    return gc.nn.dense(gc.nn.rnn(sequences, 8, name="r"), n_outputs, name="out")
+
+
+def token_model(tokens, n_outputs):
+    e = gc.nn.embedding(tokens, VOCAB, 4, name="emb")  # (T, N, 4)
+    return gc.nn.dense(gc.nn.gru(e, 8, name="g"), n_outputs, name="out")
+
+
+def _tokens(tmp_path, n=80, T=6, **extra):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, VOCAB, size=(n, T))
+    y = (X == 3).any(axis=1).astype(np.int64)  # does the sequence hold a 3?
+    path = tmp_path / "tok.npz"
+    np.savez(path, X=X, y=y, **extra)
+    return path, X, y
+
+
+def test_digits_as_sequences_of_their_rows():
+    seen = []
+
+    def model(sequences, n_outputs):
+        seen.append(sequences)
+        return seq_model(sequences, n_outputs)
+
+    Trainer(model, "multiclass", 64, 10, TrainConfig(), log=lambda m: None, grid=data.load("digits").grid)
+    xs = seen[0]
+    assert xs.shape == (8, gc.dim("N"), 8) and xs.dtype == "float32"
+    X = np.arange(2 * 64, dtype=np.float32).reshape(2, 64)
+    got = gc.evaluate(xs, {"x": X})
+    np.testing.assert_array_equal(got[:, 1], X[1].reshape(8, 8))  # step t of example 1 is its row t
+    with pytest.raises(gc.GraphcError, match="asks for sequences.*breast_cancer has no grid"):
+        fit(seq_model, "breast_cancer", progress=False, epochs=1)
+    with pytest.raises(gc.GraphcError, match=r"asks for sequences \(T, N, F\).*grid \(8, 7, 2\).*`images`"):
+        Trainer(seq_model, "multiclass", 112, 2, TrainConfig(), log=lambda m: None, grid=(8, 7, 2))
+
+
+def test_npz_sequences_train_and_predict(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(90, 5, 3)).astype(np.float32)
+    y = (X[:, :, 0].sum(1) > 0).astype(np.int64)
+    np.savez(tmp_path / "seq.npz", X=X, y=y)
+    ds = data.load(str(tmp_path / "seq.npz"))
+    assert ds.grid == (5, 3, 1) and ds.n_features == 15 and not ds.tokens
+    r = fit(seq_model, str(tmp_path / "seq.npz"), task="multiclass", progress=False, epochs=2, lr=0.05)
+    assert np.isfinite(r.metrics["test_loss"])
+    assert r.predict(ds.X_test).shape == (len(ds.X_test), 2)
+
+
+def test_token_ids_train_unstandardized_and_learn(tmp_path):
+    path, X, y = _tokens(tmp_path, n=300, vocab=np.int64(VOCAB))
+    ds = data.load(str(path), tokens=True)
+    assert ds.tokens and ds.vocab == VOCAB and ds.x_mean is None
+    assert ds.X_train.dtype == np.float32 and set(np.unique(ds.X_train)) <= set(range(VOCAB))
+    r = fit(token_model, str(path), progress=False, epochs=25, lr=0.05, optimizer="adam", seed=1)
+    assert r.metrics["test_accuracy"] > 0.85, r.metrics  # a majority guess gets about 0.6
+    # the ids the model sees are the file's, time-major
+    seen = []
+
+    def model(tokens, n_outputs):
+        seen.append(tokens)
+        return token_model(tokens, n_outputs)
+
+    Trainer(model, "multiclass", 6, 2, TrainConfig(), log=lambda m: None)
+    assert seen[0].dtype == "int32" and seen[0].shape == (6, gc.dim("N"))
+    np.testing.assert_array_equal(gc.evaluate(seen[0], {"x": ds.X_train[:3]}), ds.X_train[:3].T.astype(np.int32))
+
+
+def test_bad_token_data_is_refused_by_name(tmp_path):
+    path, X, y = _tokens(tmp_path)
+    np.savez(tmp_path / "float.npz", X=X.astype(np.float64), y=y)
+    with pytest.raises(data.DataError, match=r"float.npz: token ids X hold float64 values, not integers"):
+        fit(token_model, str(tmp_path / "float.npz"), progress=False, epochs=1)
+    bad = X.copy()
+    bad[4, 2] = VOCAB + 2
+    np.savez(tmp_path / "big.npz", X=bad, y=y, vocab=np.int64(VOCAB))
+    with pytest.raises(data.DataError, match=r"token id 9 in row 4, step 2 of X: outside the vocabulary \[0, 7\) "
+                                             "the file declares"):
+        fit(token_model, str(tmp_path / "big.npz"), progress=False, epochs=1)
+    neg = X.copy()
+    neg[1, 0] = -1
+    np.savez(tmp_path / "neg.npz", X=neg, y=y)
+    with pytest.raises(data.DataError, match=r"token id -1 in row 1, step 0 of X: token ids are >= 0"):
+        data.load(str(tmp_path / "neg.npz"), tokens=True)
+    # no vocabulary in the file: the model's embedding is the limit, named with its line
+    np.savez(tmp_path / "over.npz", X=bad, y=y)
+    line = token_model.__code__.co_firstlineno + 1
+    with pytest.raises(gc.InputError, match=rf"token id 9 in row \d+, step 2 is outside the vocabulary \[0, 7\) "
+                                            rf"of the model's embedding 'emb.E' \(made at test_sequence_data.py:"
+                                            rf"{line}\b"):
+        fit(token_model, str(tmp_path / "over.npz"), progress=False, epochs=1)
+    np.savez(tmp_path / "wide.npz", X=X, y=y, vocab=np.int64(50))
+    with pytest.raises(gc.GraphcError, match=r"declares a vocabulary of 50 token ids but the model's embedding "
+                                             rf"'emb.E' \(made at test_sequence_data.py:{line}\b.*\) has 7 rows"):
+        fit(token_model, str(tmp_path / "wide.npz"), progress=False, epochs=1)
+    ragged = np.empty(3, dtype=object)
+    ragged[:] = [np.arange(3), np.arange(5), np.arange(2)]
+    np.savez(tmp_path / "ragged.npz", X=ragged, y=np.arange(3))
+    for tokens in (True, False):
+        with pytest.raises(data.DataError, match=r"ragged.npz: array 'X' cannot be read: .*different lengths "
+                                                 r"\(ragged\): pad them to one length T"):
+            data.load(str(tmp_path / "ragged.npz"), tokens=tokens)
+    with pytest.raises(gc.GraphcError, match="holds token ids.*does not ask for tokens"):
+        fit(seq_model, data.load(str(path), tokens=True), progress=False, epochs=1)
+    with pytest.raises(data.DataError, match="asks for tokens.*'digits' is a bundled dataset"):
+        fit(token_model, "digits", progress=False, epochs=1)
+
+
+def test_cli_refuses_bad_sequence_data_with_exit_2_and_writes_nothing(tmp_path):
+    path, X, y = _tokens(tmp_path)
+    model = tmp_path / "tok_model.py"
+    model.write_text("import graphc as gc\n\n\ndef model(tokens, n_outputs):\n"
+                     "    e = gc.nn.embedding(tokens, 7, 4, name='emb')\n"
+                     "    return gc.nn.dense(gc.nn.lstm(e, 8, name='l'), n_outputs, name='out')\n")
+    cmd = [sys.executable, "-m", "graphc.cli", "train", "--model", str(model), "--epochs", "2", "--quiet"]
+    out = tmp_path / "run"
+    p = subprocess.run([*cmd, "--dataset", str(path), "--out", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (out / "weights.npz").exists() and "emb.E" in np.load(out / "weights.npz")
+    bad = X.copy()
+    bad[2, 5] = 11
+    np.savez(tmp_path / "over.npz", X=bad, y=y)
+    np.savez(tmp_path / "float.npz", X=X + 0.5, y=y)
+    for name, msg in (("over.npz", r"token id 11 in row \d+, step 5 is outside the vocabulary \[0, 7\) of the "
+                                   r"model's embedding 'emb.E' \(made at .*tok_model.py:5\b"),
+                      ("float.npz", "token ids X hold float64 values, not integers")):
+        dest = tmp_path / f"run-{name}"
+        p = subprocess.run([*cmd, "--dataset", str(tmp_path / name), "--out", str(dest)], capture_output=True,
+                           text=True)
+        assert p.returncode == 2, (p.stdout, p.stderr)
+        assert p.stderr.count("\n") <= 2 and "Traceback" not in p.stderr
+        import re
+
+        assert re.search(msg, p.stderr), p.stderr
+        assert not dest.exists()
+
+
+def test_the_rows_example_asks_for_sequences():
+    from graphc.fitting import load_model_file
+    from graphc.nn.train import model_layout
+
+    fn, _ = load_model_file(str(Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"))
+    assert model_layout(fn) == "sequences"

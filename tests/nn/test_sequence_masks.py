@@ -1,0 +1,150 @@
+"""Variable-length sequences: masked losses against PyTorch (ignore_index, per-token means), lengths on either
+time axis, gradients by finite differences, the compiled loss against the reference, and last_step against
+PyTorch's packed sequences."""
+
+import numpy as np
+import pytest
+import torch
+
+import graphc as gc
+from graphc.autodiff.check import check_grad
+
+T, N, C = 5, 4, 6
+LENGTHS = np.array([5, 2, 3, 1], np.int32)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(T, N, C)), rng.integers(0, C, size=(T, N)).astype(np.int32)
+
+
+def _torch_ce(z, labels, lengths):
+    padded = labels.copy()
+    padded[np.arange(T)[:, None] >= lengths[None, :]] = -100  # PyTorch's ignore_index for the padding
+    loss = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    return loss(torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(padded.reshape(-1)).long()).item()
+
+
+def test_per_token_cross_entropy_over_real_tokens_matches_pytorch():
+    z, labels = _data()
+    logits = gc.input("z", ("T", "N", C), "float64")
+    y = gc.input("y", ("T", "N"), "int32")
+    lengths = gc.input("len", ("N",), "int32")
+    want = _torch_ce(z, labels, LENGTHS)
+    by_lengths = gc.nn.softmax_cross_entropy(logits, y, lengths=lengths)
+    mask = gc.nn.sequence_mask(lengths, logits.shape[0])
+    by_mask = gc.nn.softmax_cross_entropy(logits, y, mask=mask)
+    vals = {"z": z, "y": labels, "len": LENGTHS}
+    for loss in (by_lengths, by_mask):
+        assert gc.evaluate(loss, vals) == pytest.approx(want, rel=1e-12)
+    padded = labels.copy()
+    padded[np.arange(T)[:, None] >= LENGTHS[None, :]] = -100
+    ignoring = gc.nn.softmax_cross_entropy(logits, y, ignore_index=-100)
+    assert gc.evaluate(ignoring, {"z": z, "y": padded}) == pytest.approx(want, rel=1e-12)
+    # unmasked: the mean over every token, as PyTorch's plain mean
+    plain = torch.nn.CrossEntropyLoss()(torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(labels.reshape(-1)).long())
+    assert gc.evaluate(gc.nn.softmax_cross_entropy(logits, y), vals) == pytest.approx(plain.item(), rel=1e-12)
+    # batch-major (N, T, C) with time_axis=1 gives the same number
+    zb = gc.input("zb", ("N", "T", C), "float64")
+    yb = gc.input("yb", ("N", "T"), "int32")
+    bm = gc.nn.softmax_cross_entropy(zb, yb, lengths=lengths, time_axis=1)
+    got = gc.evaluate(bm, {"zb": z.transpose(1, 0, 2), "yb": labels.T.copy(), "len": LENGTHS})
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_masked_losses_gradients_by_finite_differences():
+    z, labels = _data(1)
+    logits = gc.input("z", (T, N, C), "float64")
+    y = gc.input("y", (T, N), "int32")
+    lengths = gc.input("len", (N,), "int32")
+    w = gc.input("w", (T, N), "float64")
+    vals = {"z": z, "y": labels, "len": LENGTHS, "w": np.random.default_rng(2).uniform(size=(T, N))}
+    check_grad(gc.nn.softmax_cross_entropy(logits, y, lengths=lengths), [logits], vals, rtol=1e-6, atol=1e-9)
+    check_grad(gc.nn.softmax_cross_entropy(logits, y, mask=w), [logits], vals, rtol=1e-6, atol=1e-9)
+    target = gc.input("t", (T, N, C), "float64")
+    vals["t"] = np.random.default_rng(3).normal(size=(T, N, C))
+    check_grad(gc.nn.mse(logits, target, lengths=lengths), [logits], vals, rtol=1e-6, atol=1e-9)
+    bits = gc.input("b", (T, N, C), "float64")
+    vals["b"] = (np.random.default_rng(4).uniform(size=(T, N, C)) > 0.5).astype(np.float64)
+    check_grad(gc.nn.binary_cross_entropy(logits, bits, mask=w), [logits], vals, rtol=1e-6, atol=1e-9)
+    # padded steps get no gradient at all
+    g = gc.evaluate(gc.grad(gc.nn.softmax_cross_entropy(logits, y, lengths=lengths), logits), vals)
+    pad = np.arange(T)[:, None] >= LENGTHS[None, :]
+    assert np.all(g[pad] == 0) and np.all(np.abs(g[~pad]).sum(-1) > 0)
+
+
+def test_masked_mse_and_bce_count_the_real_elements_only():
+    rng = np.random.default_rng(5)
+    p, t = rng.normal(size=(T, N, 3)), rng.normal(size=(T, N, 3))
+    pred, target = gc.input("p", ("T", "N", 3), "float64"), gc.input("t", ("T", "N", 3), "float64")
+    lengths = gc.input("len", ("N",), "int32")
+    real = np.arange(T)[:, None] < LENGTHS[None, :]
+    got = gc.evaluate(gc.nn.mse(pred, target, lengths=lengths), {"p": p, "t": t, "len": LENGTHS})
+    assert got == pytest.approx(((p - t) ** 2)[real].mean(), rel=1e-12)
+    b = (t > 0).astype(np.float64)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(p[real]), torch.from_numpy(b[real]))
+    got = gc.evaluate(gc.nn.binary_cross_entropy(pred, target, lengths=lengths), {"p": p, "t": b, "len": LENGTHS})
+    assert got == pytest.approx(want.item(), rel=1e-12)
+    # a mask that counts nothing gives 0, not NaN (Keras' masked mean); the gradient is 0 too
+    none = np.zeros(N, np.int32)
+    loss = gc.nn.mse(pred, target, lengths=lengths)
+    assert gc.evaluate(loss, {"p": p, "t": t, "len": none}) == 0.0
+    assert not gc.evaluate(gc.grad(loss, pred), {"p": p, "t": t, "len": none}).any()
+
+
+def test_compiled_masked_loss_and_gradient_match_the_reference():
+    z, labels = _data(6)
+    logits = gc.input("z", ("T", "N", C))
+    y = gc.input("y", ("T", "N"), "int32")
+    lengths = gc.input("len", ("N",), "int32")
+    loss = gc.nn.softmax_cross_entropy(logits, y, lengths=lengths)
+    outs = [loss, gc.grad(loss, logits)]
+    vals = {"z": z.astype(np.float32), "y": labels, "len": LENGTHS}
+    got = gc.compile(outs, threads=1)(vals)
+    want = gc.evaluate(outs, vals)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_last_step_is_pytorchs_packed_final_state():
+    F, H = 3, 4
+    torch.manual_seed(0)
+    layer = torch.nn.LSTM(F, H).double()
+    xs_np = np.random.default_rng(7).normal(size=(T, N, F))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(xs_np), torch.from_numpy(LENGTHS).long(),
+                                                     enforce_sorted=False)
+    _, (hn, _) = layer(packed)
+    xs = gc.input("xs", ("T", "N", F), "float64")
+    lengths = gc.input("len", ("N",), "int32")
+    ys = gc.nn.lstm(xs, H, return_sequences=True, name="l")
+    last = gc.nn.last_step(ys, lengths)
+    assert last.shape == (gc.dim("N"), H)
+    g = lambda a: getattr(layer, a).detach().numpy()  # noqa: E731
+    vals = {"l.Wx": g("weight_ih_l0").T.copy(), "l.Wh": g("weight_hh_l0").T.copy(),
+            "l.b": g("bias_ih_l0") + g("bias_hh_l0"), "xs": xs_np, "len": LENGTHS}
+    np.testing.assert_allclose(gc.evaluate(last, vals), hn[0].detach().numpy(), rtol=1e-10, atol=1e-12)
+    # the gradient flows into the chosen steps only (a scatter-add), checked by finite differences
+    check_grad(gc.sum(last * last), [xs], vals, rtol=1e-6, atol=1e-9)
+    # compiled: the same values; a length outside [1, T] is a checked error, not a wild read
+    f = gc.compile([last], threads=1)
+    np.testing.assert_allclose(f(vals)[0], hn[0].detach().numpy(), rtol=1e-10, atol=1e-12)
+    for bad in (0, T + 1):
+        with pytest.raises(gc.GraphcError, match="out of range"):
+            gc.evaluate(last, dict(vals, len=np.array([bad, 1, 1, 1], np.int32)))
+        with pytest.raises(gc.GraphcError, match="out of range"):
+            f(dict(vals, len=np.array([1, 1, bad, 1], np.int32)))
+
+
+def test_bad_masks_are_named():
+    logits = gc.input("z", ("T", "N", C))
+    y = gc.input("y", ("T", "N"), "int32")
+    with pytest.raises(gc.ShapeError, match=r"mask \[N,T\] does not fit the loss's elements \[T,N\]"):
+        gc.nn.softmax_cross_entropy(logits, y, mask=gc.input("m", ("N", "T"), "bool"))
+    with pytest.raises(gc.ShapeError, match=r"lengths must be \(N,\) = \(N,\).*got len: i32\[T\]"):
+        gc.nn.softmax_cross_entropy(logits, y, lengths=gc.input("len", ("T",), "int32"))
+    with pytest.raises(gc.DTypeError, match="lengths must be int32 or int64"):
+        gc.nn.sequence_mask(gc.input("lf", ("N",)), 5)
+    with pytest.raises(gc.ShapeError, match=r"labels \[N\] do not match logits \[T,N,6\]; expected \[T,N\]"):
+        gc.nn.softmax_cross_entropy(logits, gc.input("y1", ("N",), "int32"))
+    with pytest.raises(gc.ShapeError, match="batch N but lengths has"):
+        gc.nn.last_step(gc.input("ys", ("T", "N", 3)), gc.input("l2", ("M",), "int32"))
