@@ -36,6 +36,7 @@ from graphc.codegen.kernels import (
     ScanKernel,
     ScatterKernel,
     Store,
+    all_kernels,
     loop_axes,
     walk,
 )
@@ -834,8 +835,10 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
 class ModuleEmitter:
     def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False):
         """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
-        global i64 array `graphc_profile` (2 per kernel: kernel, wait)."""
+        global i64 array `graphc_profile` (2 per kernel: kernel, wait; a loop's body kernels have slots of their
+        own after the loop's, in `all_kernels` order, and the loop's slot holds all its steps)."""
         self.profile = profile
+        self._prof = None  # (slots, counts, clock) while the program is emitted with profiling
         self.program = program
         self.target = target
         self.module = ir.Module(name=name)
@@ -1426,14 +1429,15 @@ class ModuleEmitter:
                         b.gep(table, [c64(i)], source_etype=PTR))
             inner = [table, dims, ws, tid, nth, bar]
             for idx, (f, need) in enumerate(zip(fns, flags, strict=True)):
-                if need:
-                    self.sync(b, bar, nth)
+                kernel = k.body.kernels[idx]
                 if idx < k.every_kernels and k.every > 1:
+                    if need:
+                        self.sync(b, bar, nth)
                     on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
                     with b.if_then(on):
-                        self.run_kernel(b, f, inner)
+                        self._run_counted(b, kernel, f, False, inner)
                 else:
-                    self.run_kernel(b, f, inner)
+                    self._run_counted(b, kernel, f, need, inner)
             self.sync(b, bar, nth)
 
     def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
@@ -1546,32 +1550,44 @@ class ModuleEmitter:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        counts = clock = None
-        if self.profile:
-            aty = ir.ArrayType(I64, 2 * max(len(fns), 1))
+        self._prof = None
+        if self.profile:  # a slot pair per kernel, loops' body kernels included (all_kernels order)
+            slots = {id(k): i for i, k in enumerate(all_kernels(self.program.kernels))}
+            aty = ir.ArrayType(I64, 2 * max(len(slots), 1))
             counts = ir.GlobalVariable(self.module, aty, name="graphc_profile")
             counts.initializer = ir.Constant(aty, None)
             counts.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
             clock = ir.Function(self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
-            is0 = b.icmp_signed("==", tid, ir.Constant(I32, 0))
+            self._prof = (slots, counts, clock)
+        for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
+            self._run_counted(b, self.program.kernels[k], f, need, [bufs, dims, ws, tid, nth, bar])
+        b.ret_void()
 
-        def tally(slot: int, since: ir.Value) -> ir.Value:
+    def _run_counted(self, b: ir.IRBuilder, kernel, f, need: bool, args: list) -> None:
+        """Meet the other threads if `need`, then run the kernel; with profiling, thread 0 adds the cycles of
+        the wait and of the kernel to the kernel's slots."""
+        if self._prof is None:
+            if need:
+                self.sync(b, args[5], args[4])
+            self.run_kernel(b, f, args)
+            return
+        slots, counts, clock = self._prof
+        slot = slots[id(kernel)]
+        is0 = b.icmp_signed("==", args[3], ir.Constant(I32, 0))
+
+        def tally(s: int, since: ir.Value) -> ir.Value:
             now = b.call(clock, [])
-            p = b.gep(counts, [c64(slot)], source_etype=I64)
+            p = b.gep(counts, [c64(s)], source_etype=I64)
             old = b.load(p, typ=I64)
             b.store(b.select(is0, b.add(old, b.sub(now, since)), old), p)
             return now
 
-        for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
-            t0 = b.call(clock, []) if self.profile else None
-            if need:
-                self.sync(b, bar, nth)
-            if self.profile:
-                t0 = tally(2 * k + 1, t0)
-            self.run_kernel(b, f, [bufs, dims, ws, tid, nth, bar])
-            if self.profile:
-                tally(2 * k, t0)
-        b.ret_void()
+        t0 = b.call(clock, [])
+        if need:
+            self.sync(b, args[5], args[4])
+        t0 = tally(2 * slot + 1, t0)
+        self.run_kernel(b, f, args)
+        tally(2 * slot, t0)
 
     def emit_launcher(self, name: str, callee: str) -> None:
         """i32 name(ptr a, ptr b, ptr c, i32 nthreads) runs `callee(a, b, c, tid, nthreads, barrier)` on a team

@@ -60,6 +60,20 @@ def test_the_loop_is_one_kernel_holding_its_body():
         assert f.llvm_ir.count(f'define internal void @"{k.name}"') == 1, k.name
 
 
+def test_profiling_counts_the_body_kernels_of_a_loop():
+    outs = _rnn(grad=False)[1:]
+    f = gc.compile(outs, profile=True)
+    v = _values(40)
+    f(v)
+    rows = {name: (s, w) for name, s, w in f.profile_report()}
+    loop = next(k for k in f.program.kernels if isinstance(k, ScanKernel))
+    body = [k.name for k in loop.body.kernels]
+    assert set(body) <= set(rows) and loop.name in rows
+    # the loop's time holds its body's; each body kernel ran (40 steps of a gemm take cycles)
+    assert rows[loop.name][0] >= sum(rows[n][0] + rows[n][1] for n in body) > 0
+    assert all(rows[n][0] > 0 for n in body)
+
+
 def test_lengths_bound_at_call_time():
     f = gc.compile(_rnn(grad=False)[1:])
     for T in (1, 2, 5):  # (a compiled function refuses a zero dim, T included)
