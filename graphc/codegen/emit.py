@@ -740,6 +740,93 @@ class FunctionEmitter:
         return self.sc.formula(e.fn.expr, env, ty)
 
 
+def _interval(cond, sym) -> tuple[int | None, int | None] | None:
+    """The values of `sym` a condition admits, as a half-open [lo, hi) (None: unbounded on that side), when it is
+    a bound on `sym` alone with unit coefficient and integer constants (a pad's or a concatenation's guard)."""
+    if not isinstance(cond, (sympy.GreaterThan, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan)):
+        return None
+    d = sympy.expand(cond.lhs - cond.rhs)
+    if d.free_symbols != {sym} or sympy.diff(d, sym) != 1:
+        return None
+    c = d - sym  # cond: sym + c (op) 0
+    if not c.is_Integer:
+        return None
+    c = int(c)
+    if isinstance(cond, sympy.GreaterThan):
+        return -c, None
+    if isinstance(cond, sympy.StrictGreaterThan):
+        return -c + 1, None
+    if isinstance(cond, sympy.StrictLessThan):
+        return None, -c
+    return None, -c + 1
+
+
+def _guard_pieces(stores: list[Store], axis: int, size) -> list[tuple[int, int, list[Store]]] | None:
+    """Index-set splitting: when guards test the innermost index `axis` against constants (concatenations,
+    pads), the ranges between their bounds, each with the stores its guards resolve to there (a branch that
+    is off is not computed at all; loads that no guard protects any more are plain). None when nothing splits."""
+
+
+    if not isinstance(size, int):
+        return None
+    sym = LOOP[axis]
+    cuts = {0, size}
+    split: dict[int, list] = {}
+    for st in stores:
+        for x in walk(st.value):
+            if isinstance(x, Guard) and id(x) not in split:
+                ivs = [_interval(sympy.sympify(c), sym) for c in x.conds]
+                if all(iv is not None for iv in ivs):
+                    split[id(x)] = ivs
+                    cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
+    if len(cuts) <= 2 or len(cuts) > 17:
+        return None
+    points = sorted(cuts)
+    pieces = []
+    for lo, hi in zip(points, points[1:], strict=False):
+        memo: dict[int, Expr] = {}
+        out = [Store(st.buf, _settle(st.value, split, lo, memo, False)) for st in stores]
+        if not any(isinstance(x, Guard) for st in out for x in walk(st.value)):
+            # no guard left: every checked load was protected by one that holds here, so it reads plainly
+            memo = {}
+            out = [Store(st.buf, _settle(st.value, split, lo, memo, True)) for st in stores]
+        pieces.append((lo, hi, out))
+    return pieces
+
+
+def _settle(e: Expr, split: dict, lo: int, memo: dict, uncheck: bool) -> Expr:
+    """e with the guards in `split` (id -> the intervals of their conditions) resolved where the index is `lo`
+    (and on the rest of its range), and with `uncheck` its checked loads plain; sub-expressions where nothing
+    changes are kept as they are (their hoisted values stay valid)."""
+    from dataclasses import replace
+
+    if id(e) in memo:
+        return memo[id(e)]
+    if isinstance(e, Guard) and id(e) in split:
+        on = all((a is None or lo >= a) and (b is None or lo < b) for a, b in split[id(e)])
+        r = _settle(e.value if on else e.otherwise, split, lo, memo, uncheck)
+    else:
+        kids = e.children()
+        new = tuple(_settle(k, split, lo, memo, uncheck) for k in kids)
+        if isinstance(e, Load) and uncheck and e.checked:
+            r = replace(e, checked=False, gathers=tuple(replace(g, index=i)
+                                                        for g, i in zip(e.gathers, new, strict=True)))
+        elif all(a is b for a, b in zip(new, kids, strict=True)):
+            r = e
+        elif isinstance(e, Apply):
+            r = replace(e, args=new)
+        elif isinstance(e, Convert):
+            r = replace(e, x=new[0])
+        elif isinstance(e, Guard):
+            r = replace(e, value=new[0], otherwise=new[1])
+        elif isinstance(e, Load):
+            r = replace(e, gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new, strict=True)))
+        else:
+            raise CompileError(f"internal: cannot rebuild {type(e).__name__} while splitting guards")
+    memo[id(e)] = r
+    return r
+
+
 def _floor_parts(e):
     """(numerator, denominator) when e is floordiv(numerator, positive int), else (e, None)."""
     if isinstance(e, floordiv):
@@ -906,6 +993,7 @@ class ModuleEmitter:
 
         point = Point({})
         emit_level(0, point, scalar_memo)
+        pieces = _guard_pieces(stores, depth - 1, domain[-1])
 
         def loops(axis: int, point: Point, memo: dict) -> None:
             start = lo if axis == 0 else c64(0)
@@ -917,7 +1005,17 @@ class ModuleEmitter:
                     emit_level(axis + 1, p, m)
                     loops(axis + 1, p, m)
                 return
-            # innermost: vector body then scalar tail
+            # innermost: vector body then scalar tail, per range of the index where the guards are settled
+            if pieces is None:
+                innermost(axis, point, memo, start, stop, stores)
+                return
+            for p_lo, p_hi, p_stores in pieces:
+                a = c64(p_lo) if axis else b.select(b.icmp_signed(">", start, c64(p_lo)), start, c64(p_lo))
+                z = c64(p_hi) if axis else b.select(b.icmp_signed("<", stop, c64(p_hi)), stop, c64(p_hi))
+                z = b.select(b.icmp_signed("<", z, a), a, z)
+                innermost(axis, point, memo, a, z, p_stores)
+
+        def innermost(axis: int, point: Point, memo: dict, start, stop, stores) -> None:
             n = b.sub(stop, start)
             vec_stop = b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
             with Loop(b, start, vec_stop, lanes, f"v{axis}") as i:
