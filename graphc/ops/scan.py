@@ -191,6 +191,9 @@ def _make_body(fn: Callable, carry_types, x_types, what: str):
     return Body(canon, body_outs, nc, nx), captures, present, outs
 
 
+make_body = _make_body  # the tracer, for the passes that rebuild a body (graphc.passes.loops)
+
+
 class Scan(Op):
     """The loop: a tuple node (no value of its own; read it through scan_output projections)."""
 
@@ -644,6 +647,14 @@ def _cheap(n: Node) -> bool:
     return kind in ("movement", "identity") or (kind == "elementwise" and getattr(n.op, "cost", 8) <= 1)
 
 
+def _size(n: Node) -> float:
+    """Elements of n, symbolic dims counted as 1024 (to compare what storing costs)."""
+    out = 1.0
+    for d in n.shape:
+        out *= float(sympy.sympify(d).subs({x: 1024 for x in sympy.sympify(d).free_symbols}))
+    return out
+
+
 def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
     """The forward body's values the reverse body reads, to store per step (the gradient's residuals): one
     sweep over the body itself finds the forward nodes its gradient reads directly; cheap ones among them are
@@ -666,19 +677,42 @@ def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
             front += [i for i in n.inputs if id(i) in fwd]
     front += [m.inputs[0] for _, m in products]
     args = {id(a) for a in body.args}
+    forced = {id(m.inputs[0]) for _, m in products}
+
+    def stored(n: Node) -> bool:  # at hand in the reverse body without storing it
+        return id(n) in args or not n.inputs or getattr(n.op, "multi_output", False)
+
+    def needs(n: Node) -> dict[int, Node]:
+        """What recomputing cheap n reads that is not at hand: the first non-cheap values above it."""
+        out: dict[int, Node] = {}
+        stack, seen_ = list(n.inputs), set()
+        while stack:
+            x = stack.pop()
+            if id(x) in seen_ or stored(x):
+                continue
+            seen_.add(id(x))
+            if _cheap(x) and id(x) not in forced:
+                stack.extend(x.inputs)
+            else:
+                out[id(x)] = x
+        return out
+
     saved: dict[int, Node] = {}
     seen: set[int] = set()
-    while front:
-        n = front.pop()
-        if id(n) in seen:
+    for n in front:
+        if id(n) in seen or stored(n):
             continue
         seen.add(id(n))
-        if id(n) in args or not n.inputs or getattr(n.op, "multi_output", False):
-            continue
-        if _cheap(n) and not any(n is m.inputs[0] for _, m in products):
-            front.extend(n.inputs)
-        else:
+        if not _cheap(n) or id(n) in forced:
             saved[id(n)] = n
+            continue
+        # recompute a cheap value when what it reads costs no more to store than itself (a slice of a stored
+        # product, x·W + h·U + b from one stored sum rather than two stored products)
+        new = {k: v for k, v in needs(n).items() if k not in saved}
+        if sum(_size(v) for v in new.values()) > _size(n):
+            saved[id(n)] = n
+        else:
+            saved.update(new)
     pos = {id(n): q for q, n in enumerate(body.order())}
     return sorted(saved.values(), key=lambda n: pos[id(n)])
 
@@ -883,4 +917,4 @@ def _rows(flat, start, T, like):
                     f"{T}; pass checkpoint=None, or take the gradient with respect to the weights only")
 
 
-__all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute"]
+__all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute", "make_body", "output"]
