@@ -102,7 +102,7 @@ def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Nod
         if parts is None or id(n) not in live:
             continue
         if getattr(n.op, "multi_output", False):
-            gs: list = [None] * len(n.op.output_types(n))
+            gs: list = [None] * max(len(n.op.output_types(n)), 1 + max(k for k, _ in parts))
             with derived_from(n.source, f"grad of {n.op.name}"):
                 for k, p in parts:
                     gs[k] = p if gs[k] is None else add(gs[k], p)

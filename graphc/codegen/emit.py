@@ -36,6 +36,7 @@ from graphc.codegen.kernels import (
     ScanKernel,
     ScatterKernel,
     Store,
+    all_kernels,
     loop_axes,
     walk,
 )
@@ -739,6 +740,93 @@ class FunctionEmitter:
         return self.sc.formula(e.fn.expr, env, ty)
 
 
+def _interval(cond, sym) -> tuple[int | None, int | None] | None:
+    """The values of `sym` a condition admits, as a half-open [lo, hi) (None: unbounded on that side), when it is
+    a bound on `sym` alone with unit coefficient and integer constants (a pad's or a concatenation's guard)."""
+    if not isinstance(cond, (sympy.GreaterThan, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan)):
+        return None
+    d = sympy.expand(cond.lhs - cond.rhs)
+    if d.free_symbols != {sym} or sympy.diff(d, sym) != 1:
+        return None
+    c = d - sym  # cond: sym + c (op) 0
+    if not c.is_Integer:
+        return None
+    c = int(c)
+    if isinstance(cond, sympy.GreaterThan):
+        return -c, None
+    if isinstance(cond, sympy.StrictGreaterThan):
+        return -c + 1, None
+    if isinstance(cond, sympy.StrictLessThan):
+        return None, -c
+    return None, -c + 1
+
+
+def _guard_pieces(stores: list[Store], axis: int, size) -> list[tuple[int, int, list[Store]]] | None:
+    """Index-set splitting: when guards test the innermost index `axis` against constants (concatenations,
+    pads), the ranges between their bounds, each with the stores its guards resolve to there (a branch that
+    is off is not computed at all; loads that no guard protects any more are plain). None when nothing splits."""
+
+
+    if not isinstance(size, int):
+        return None
+    sym = LOOP[axis]
+    cuts = {0, size}
+    split: dict[int, list] = {}
+    for st in stores:
+        for x in walk(st.value):
+            if isinstance(x, Guard) and id(x) not in split:
+                ivs = [_interval(sympy.sympify(c), sym) for c in x.conds]
+                if all(iv is not None for iv in ivs):
+                    split[id(x)] = ivs
+                    cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
+    if len(cuts) <= 2 or len(cuts) > 17:
+        return None
+    points = sorted(cuts)
+    pieces = []
+    for lo, hi in zip(points, points[1:], strict=False):
+        memo: dict[int, Expr] = {}
+        out = [Store(st.buf, _settle(st.value, split, lo, memo, False)) for st in stores]
+        if not any(isinstance(x, Guard) for st in out for x in walk(st.value)):
+            # no guard left: every checked load was protected by one that holds here, so it reads plainly
+            memo = {}
+            out = [Store(st.buf, _settle(st.value, split, lo, memo, True)) for st in stores]
+        pieces.append((lo, hi, out))
+    return pieces
+
+
+def _settle(e: Expr, split: dict, lo: int, memo: dict, uncheck: bool) -> Expr:
+    """e with the guards in `split` (id -> the intervals of their conditions) resolved where the index is `lo`
+    (and on the rest of its range), and with `uncheck` its checked loads plain; sub-expressions where nothing
+    changes are kept as they are (their hoisted values stay valid)."""
+    from dataclasses import replace
+
+    if id(e) in memo:
+        return memo[id(e)]
+    if isinstance(e, Guard) and id(e) in split:
+        on = all((a is None or lo >= a) and (b is None or lo < b) for a, b in split[id(e)])
+        r = _settle(e.value if on else e.otherwise, split, lo, memo, uncheck)
+    else:
+        kids = e.children()
+        new = tuple(_settle(k, split, lo, memo, uncheck) for k in kids)
+        if isinstance(e, Load) and uncheck and e.checked:
+            r = replace(e, checked=False, gathers=tuple(replace(g, index=i)
+                                                        for g, i in zip(e.gathers, new, strict=True)))
+        elif all(a is b for a, b in zip(new, kids, strict=True)):
+            r = e
+        elif isinstance(e, Apply):
+            r = replace(e, args=new)
+        elif isinstance(e, Convert):
+            r = replace(e, x=new[0])
+        elif isinstance(e, Guard):
+            r = replace(e, value=new[0], otherwise=new[1])
+        elif isinstance(e, Load):
+            r = replace(e, gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new, strict=True)))
+        else:
+            raise CompileError(f"internal: cannot rebuild {type(e).__name__} while splitting guards")
+    memo[id(e)] = r
+    return r
+
+
 def _floor_parts(e):
     """(numerator, denominator) when e is floordiv(numerator, positive int), else (e, None)."""
     if isinstance(e, floordiv):
@@ -834,8 +922,10 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
 class ModuleEmitter:
     def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False):
         """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
-        global i64 array `graphc_profile` (2 per kernel: kernel, wait)."""
+        global i64 array `graphc_profile` (2 per kernel: kernel, wait; a loop's body kernels have slots of their
+        own after the loop's, in `all_kernels` order, and the loop's slot holds all its steps)."""
         self.profile = profile
+        self._prof = None  # (slots, counts, clock) while the program is emitted with profiling
         self.program = program
         self.target = target
         self.module = ir.Module(name=name)
@@ -903,6 +993,7 @@ class ModuleEmitter:
 
         point = Point({})
         emit_level(0, point, scalar_memo)
+        pieces = _guard_pieces(stores, depth - 1, domain[-1])
 
         def loops(axis: int, point: Point, memo: dict) -> None:
             start = lo if axis == 0 else c64(0)
@@ -914,7 +1005,17 @@ class ModuleEmitter:
                     emit_level(axis + 1, p, m)
                     loops(axis + 1, p, m)
                 return
-            # innermost: vector body then scalar tail
+            # innermost: vector body then scalar tail, per range of the index where the guards are settled
+            if pieces is None:
+                innermost(axis, point, memo, start, stop, stores)
+                return
+            for p_lo, p_hi, p_stores in pieces:
+                a = c64(p_lo) if axis else b.select(b.icmp_signed(">", start, c64(p_lo)), start, c64(p_lo))
+                z = c64(p_hi) if axis else b.select(b.icmp_signed("<", stop, c64(p_hi)), stop, c64(p_hi))
+                z = b.select(b.icmp_signed("<", z, a), a, z)
+                innermost(axis, point, memo, a, z, p_stores)
+
+        def innermost(axis: int, point: Point, memo: dict, start, stop, stores) -> None:
             n = b.sub(stop, start)
             vec_stop = b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
             with Loop(b, start, vec_stop, lanes, f"v{axis}") as i:
@@ -1426,14 +1527,15 @@ class ModuleEmitter:
                         b.gep(table, [c64(i)], source_etype=PTR))
             inner = [table, dims, ws, tid, nth, bar]
             for idx, (f, need) in enumerate(zip(fns, flags, strict=True)):
-                if need:
-                    self.sync(b, bar, nth)
+                kernel = k.body.kernels[idx]
                 if idx < k.every_kernels and k.every > 1:
+                    if need:
+                        self.sync(b, bar, nth)
                     on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
                     with b.if_then(on):
-                        self.run_kernel(b, f, inner)
+                        self._run_counted(b, kernel, f, False, inner)
                 else:
-                    self.run_kernel(b, f, inner)
+                    self._run_counted(b, kernel, f, need, inner)
             self.sync(b, bar, nth)
 
     def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
@@ -1546,32 +1648,44 @@ class ModuleEmitter:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        counts = clock = None
-        if self.profile:
-            aty = ir.ArrayType(I64, 2 * max(len(fns), 1))
+        self._prof = None
+        if self.profile:  # a slot pair per kernel, loops' body kernels included (all_kernels order)
+            slots = {id(k): i for i, k in enumerate(all_kernels(self.program.kernels))}
+            aty = ir.ArrayType(I64, 2 * max(len(slots), 1))
             counts = ir.GlobalVariable(self.module, aty, name="graphc_profile")
             counts.initializer = ir.Constant(aty, None)
             counts.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
             clock = ir.Function(self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
-            is0 = b.icmp_signed("==", tid, ir.Constant(I32, 0))
+            self._prof = (slots, counts, clock)
+        for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
+            self._run_counted(b, self.program.kernels[k], f, need, [bufs, dims, ws, tid, nth, bar])
+        b.ret_void()
 
-        def tally(slot: int, since: ir.Value) -> ir.Value:
+    def _run_counted(self, b: ir.IRBuilder, kernel, f, need: bool, args: list) -> None:
+        """Meet the other threads if `need`, then run the kernel; with profiling, thread 0 adds the cycles of
+        the wait and of the kernel to the kernel's slots."""
+        if self._prof is None:
+            if need:
+                self.sync(b, args[5], args[4])
+            self.run_kernel(b, f, args)
+            return
+        slots, counts, clock = self._prof
+        slot = slots[id(kernel)]
+        is0 = b.icmp_signed("==", args[3], ir.Constant(I32, 0))
+
+        def tally(s: int, since: ir.Value) -> ir.Value:
             now = b.call(clock, [])
-            p = b.gep(counts, [c64(slot)], source_etype=I64)
+            p = b.gep(counts, [c64(s)], source_etype=I64)
             old = b.load(p, typ=I64)
             b.store(b.select(is0, b.add(old, b.sub(now, since)), old), p)
             return now
 
-        for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
-            t0 = b.call(clock, []) if self.profile else None
-            if need:
-                self.sync(b, bar, nth)
-            if self.profile:
-                t0 = tally(2 * k + 1, t0)
-            self.run_kernel(b, f, [bufs, dims, ws, tid, nth, bar])
-            if self.profile:
-                tally(2 * k, t0)
-        b.ret_void()
+        t0 = b.call(clock, [])
+        if need:
+            self.sync(b, args[5], args[4])
+        t0 = tally(2 * slot + 1, t0)
+        self.run_kernel(b, f, args)
+        tally(2 * slot, t0)
 
     def emit_launcher(self, name: str, callee: str) -> None:
         """i32 name(ptr a, ptr b, ptr c, i32 nthreads) runs `callee(a, b, c, tid, nthreads, barrier)` on a team

@@ -588,9 +588,13 @@ class Scheduler:
 
         inits, xs, caps = n.inputs[:nc], n.inputs[nc:nc + nx], n.inputs[nc + nx:]
         carry = [out_buf(k, f"carry{k}") for k in range(nc)]
-        # a y nobody reads is written to one step's worth of scratch, not stacked
-        ys = [out_buf(nc + k, f"y{k}") if nc + k in projs else None for k in range(ny)]
+        # a y nobody reads is not computed (unless the body needs it anyway), nor stored
+        ys = {k: out_buf(nc + k, f"y{k}") for k in range(ny) if nc + k in projs}
         hist = {k: out_buf(nc + ny + k, f"hist{k}") for k in range(nc) if nc + ny + k in projs}
+        # intermediates the gradient stores per step (scan_output past the history: body.order()[index - base])
+        base = len(types)
+        saved = {k: out_buf(k, f"saved{k - base}") for k in sorted(projs) if k >= base}
+        order = body.order()
         for k, (x, c) in enumerate(zip(inits, carry, strict=True)):  # the initial carry (inlined: zeros cost nothing)
             self.ndomain = x.ndim
             self.exprs = {}
@@ -600,7 +604,8 @@ class Scheduler:
             kern.nodes = [n]
             self.kernels.append(kern)
         # the body as a program of its own; its run-time checks and constants join the parent's
-        sub = Scheduler(Graph(tuple(body.outputs), tuple(body.args)))
+        outputs = [*body.outputs[:nc], *(body.outputs[nc + k] for k in ys), *(order[k - base] for k in saved)]
+        sub = Scheduler(Graph(tuple(outputs), tuple(body.args)))
         sub.checks = list(self.checks)
         prog = sub.build()
         self.checks = sub.checks
@@ -632,18 +637,17 @@ class Scheduler:
             return b
 
         new_carry: list[Buffer] = []
+        stacked = list(ys.values()) + list(saved.values())  # the body's outputs after the carries, per step
         for pos, b in enumerate(prog.outputs):
             if pos < nc:
                 target = Bind(self.new_buffer(f"{name}_next{pos}", b.shape, b.dtype, "temp", None))
-            elif ys[pos - nc] is None:
-                target = Bind(self.new_buffer(f"{name}_y{pos - nc}", b.shape, b.dtype, "temp", None))
             else:
-                y = ys[pos - nc]
+                y = stacked[pos - nc]
                 target = Bind(y, _norm(_size(y.shape[1:])), "index")
             if b.index not in binds:
                 binds[b.index] = target
                 dst = b
-            else:  # the same value is two outputs (a carry that is also y_t): a copy for the second
+            else:  # the same value is two outputs (a carry that is also y_t), or a loop argument: a copy
                 dst = fresh(f"out{pos}", b)
                 binds[dst.index] = target
                 post.append(self._copy(f"{name}_dup{pos}", b, dst, b.shape))

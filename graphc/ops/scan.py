@@ -11,11 +11,14 @@ computed from them alone: that work is hoisted out of the loop by construction).
     k in [nc, nc+ny)             the stacked ys, (T,) + y_t's shape, in index order (also when reverse)
     k in [nc+ny, nc+ny+nc)       the carry history: the carry each step received, (T,) + carry shape in index
                                  order; with checkpoint=k only every k-th one (in processing order), (ceil(T/k),)
+    k = nc+ny+nc + p             a saved intermediate: the value of body.order()[p] at every step, (T,) + its
+                                 shape in index order (not with checkpoint=k: that scan recomputes instead)
 
-The history is what the gradient reads (a projection nobody uses costs nothing natively, and the reference
-computes it cheaply). The body's placeholders are canonical (index, level, shape, dtype), level being one more
-than the deepest scan nested inside, so two traces of the same step give the same body, the same scan node, and
-the same structural digest (what the compile cache keys on).
+The history and the saved intermediates are what the gradient reads (a projection nobody uses costs nothing
+natively; the reference computes the intermediates by running the loop again, on first use). The body's
+placeholders are canonical (index, level, shape, dtype), level being one more than the deepest scan nested
+inside, so two traces of the same step give the same body, the same scan node, and the same structural digest
+(what the compile cache keys on).
 
 The gradient of a scan is a reverse scan whose body is the gradient of the forward body, built by ONE call of
 the reverse-mode sweep (`graphc.autodiff.grad.vjp`) over the body with a seed per body output; gradients of the
@@ -188,6 +191,9 @@ def _make_body(fn: Callable, carry_types, x_types, what: str):
     return Body(canon, body_outs, nc, nx), captures, present, outs
 
 
+make_body = _make_body  # the tracer, for the passes that rebuild a body (graphc.passes.loops)
+
+
 class Scan(Op):
     """The loop: a tuple node (no value of its own; read it through scan_output projections)."""
 
@@ -218,6 +224,19 @@ class Scan(Op):
         out += [((T, *o.shape), o.dtype) for o in body.outputs[nc:]]
         out += [((H, *a.shape), a.dtype) for a in body.args[:nc]]
         return out
+
+    def output_type(self, node: Node, k: int) -> tuple[tuple, str]:
+        """The type of output k, saved intermediates included (see the module docstring)."""
+        types = self.output_types(node)
+        if 0 <= k < len(types):
+            return types[k]
+        order = node.attrs["body"].order()
+        p = k - len(types)
+        if not 0 <= p < len(order) or node.attrs["checkpoint"] is not None:
+            raise ShapeError(f"scan_output index {k} is out of range (the scan has {len(types)} outputs"
+                             + (" and stores no intermediates: it is checkpointed)" if p >= 0 else ")"))
+        n = order[p]
+        return (node.attrs["length"], *n.shape), n.dtype
 
     def reference(self, node, args, ctx):
         return run_scan(node, args, ctx)
@@ -255,14 +274,11 @@ class ScanOutput(Op):
         (s,) = inputs
         if s.op is not SCAN:
             raise ShapeError(f"scan_output reads a scan node, got {s.op.name}")
-        types = SCAN.output_types(s)
-        k = attrs["index"]
-        if not 0 <= k < len(types):
-            raise ShapeError(f"scan_output index {k} is out of range (the scan has {len(types)} outputs)")
-        return types[k]
+        return SCAN.output_type(s, attrs["index"])
 
     def reference(self, node, args, ctx):
-        return args[0][node.attrs["index"]]
+        value, k = args[0], node.attrs["index"]
+        return value[k] if k < len(value) else value.saved(k - len(value))
 
     def vjp(self, node, g):
         raise GradError("internal: a scan_output's gradient is collected by its scan (grad's projection hook)")
@@ -285,11 +301,23 @@ def output(node: Node, k: int) -> Tensor:
     return apply(SCAN_OUTPUT, (node,), index=k)
 
 
+def saved_output(node: Node, n: Node) -> Tensor:
+    """The stacked per-step values of body node `n` of scan `node` (what the gradient stores)."""
+    body: Body = node.attrs["body"]
+    return output(node, len(SCAN.output_types(node)) + body.order().index(n))
+
+
 # ------------------------------------------------------------------------------------------------ reference
 
 
 def run_body(body: Body, values: Sequence[np.ndarray], ctx) -> list[np.ndarray]:
     """One step of the body in numpy: the outputs for these placeholder values."""
+    vals = run_body_all(body, values, ctx)
+    return [np.asarray(vals[id(o)], dtype=ctx.dtype(o.dtype)) for o in body.outputs]
+
+
+def run_body_all(body: Body, values: Sequence[np.ndarray], ctx) -> dict[int, np.ndarray]:
+    """One step of the body in numpy: the value of every body node (by id)."""
     vals = {id(a): v for a, v in zip(body.args, values, strict=True)}
     for n in body.order():
         if id(n) in vals:
@@ -302,7 +330,47 @@ def run_body(body: Body, values: Sequence[np.ndarray], ctx) -> list[np.ndarray]:
             raise GraphcError(f"evaluate: {n.op.name} ({n.type_str}) inside a scan's step at {n.source.where()} "
                               f"failed: {type(e).__name__}: {e}") from e
         vals[id(n)] = out if getattr(n.op, "multi_output", False) else np.asarray(out)
-    return [np.asarray(vals[id(o)], dtype=ctx.dtype(o.dtype)) for o in body.outputs]
+    return vals
+
+
+class ScanValue(tuple):
+    """A scan's outputs in the reference evaluator; its saved intermediates (`saved(p)`: body.order()[p] at every
+    step, index order) are computed on first use, by running the loop again."""
+
+    def __new__(cls, items, replay):
+        v = super().__new__(cls, items)
+        v._replay, v._saved = replay, None
+        return v
+
+    def saved(self, p: int) -> np.ndarray:
+        if self._saved is None:
+            self._saved = self._replay()
+        return self._saved[p]
+
+
+def _replay(node: Node, args: list, ctx) -> list[np.ndarray]:
+    body: Body = node.attrs["body"]
+    nc, nx = body.n_carry, body.n_x
+    T = eval_dim(node.attrs["length"], ctx.dims)
+    xs, caps = args[nc:nc + nx], args[nc + nx:]
+    carry = [np.asarray(c, dtype=ctx.dtype(a.dtype)) for c, a in zip(args[:nc], body.args[:nc], strict=True)]
+    order = body.order()
+    per: list[list[np.ndarray]] = [[] for _ in order]
+    for t in (range(T - 1, -1, -1) if node.attrs["reverse"] else range(T)):
+        vals = run_body_all(body, carry + [x[t] for x in xs] + list(caps), ctx)
+        carry = [np.asarray(vals[id(o)], dtype=ctx.dtype(o.dtype)) for o in body.outputs[:nc]]
+        for q, n in enumerate(order):
+            per[q].append(vals[id(n)])
+    out = []
+    for q, n in enumerate(order):
+        rows = per[q][::-1] if node.attrs["reverse"] else per[q]
+        if getattr(n.op, "multi_output", False):
+            out.append(None)
+        elif rows:
+            out.append(np.stack([np.asarray(r, dtype=ctx.dtype(n.dtype)) for r in rows]))
+        else:
+            out.append(np.zeros((0, *eval_shape(n.shape, ctx.dims)), dtype=ctx.dtype(n.dtype)))
+    return out
 
 
 def run_scan(node: Node, args: list, ctx) -> tuple:
@@ -339,8 +407,9 @@ def run_scan(node: Node, args: list, ctx) -> tuple:
             return np.zeros(eval_shape(shape, ctx.dims), dtype=ctx.dtype(dtype))
         return np.stack(parts).astype(ctx.dtype(dtype), copy=False)
 
-    return tuple(carry) + tuple(stacked(y, nc + k) for k, y in enumerate(ys)) + tuple(
+    items = tuple(carry) + tuple(stacked(y, nc + k) for k, y in enumerate(ys)) + tuple(
         stacked(h, nc + ny + k) for k, h in enumerate(hist))
+    return ScanValue(items, lambda: _replay(node, args, ctx))
 
 
 # ------------------------------------------------------------------------------------------------ the DSL
@@ -571,10 +640,89 @@ def _hoistable(body: Body, j: int) -> list[Node] | None:
     return uses or None
 
 
+def _cheap(n: Node) -> bool:
+    """Worth recomputing in the reverse body rather than storing per step: movement (slices, reshapes,
+    broadcasts, gathers) and elementwise formulas without a transcendental function or a division."""
+    kind = getattr(n.op, "kind", None)
+    return kind in ("movement", "identity") or (kind == "elementwise" and getattr(n.op, "cost", 8) <= 1)
+
+
+def _size(n: Node) -> float:
+    """Elements of n, symbolic dims counted as 1024 (to compare what storing costs)."""
+    out = 1.0
+    for d in n.shape:
+        out *= float(sympy.sympify(d).subs({x: 1024 for x in sympy.sympify(d).free_symbols}))
+    return out
+
+
+def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
+    """The forward body's values the reverse body reads, to store per step (the gradient's residuals): one
+    sweep over the body itself finds the forward nodes its gradient reads directly; cheap ones among them are
+    recomputed from their inputs instead (which are then read), and loop arguments are at hand anyway (the
+    carry history, the xs, the captures). The left operands of hoisted x·W products are stored too."""
+    nc, nx = body.n_carry, body.n_x
+    tmp = -next(_temp_levels)
+    seeds = [(body.outputs[k], _arg(k, tmp, body.outputs[k].shape, body.outputs[k].dtype)) for k in fc]
+    seeds += [(body.outputs[nc + k], _arg(nc + k, tmp, body.outputs[nc + k].shape, body.outputs[nc + k].dtype))
+              for k in gy]
+    wrt = [body.args[k] for k in fc] + [body.args[nc + j] for j in fx]
+    wrt += [body.args[nc + nx + j] for j in fw_acc] + [m for _, m in products]
+    if not seeds:
+        return []
+    g = vjp(seeds, wrt)
+    fwd = {id(n) for n in body.order()}
+    front: list[Node] = [o for o in g if id(o) in fwd]
+    for n in topo_order(g):
+        if id(n) not in fwd:
+            front += [i for i in n.inputs if id(i) in fwd]
+    front += [m.inputs[0] for _, m in products]
+    args = {id(a) for a in body.args}
+    forced = {id(m.inputs[0]) for _, m in products}
+
+    def stored(n: Node) -> bool:  # at hand in the reverse body without storing it
+        return id(n) in args or not n.inputs or getattr(n.op, "multi_output", False)
+
+    def needs(n: Node) -> dict[int, Node]:
+        """What recomputing cheap n reads that is not at hand: the first non-cheap values above it."""
+        out: dict[int, Node] = {}
+        stack, seen_ = list(n.inputs), set()
+        while stack:
+            x = stack.pop()
+            if id(x) in seen_ or stored(x):
+                continue
+            seen_.add(id(x))
+            if _cheap(x) and id(x) not in forced:
+                stack.extend(x.inputs)
+            else:
+                out[id(x)] = x
+        return out
+
+    saved: dict[int, Node] = {}
+    seen: set[int] = set()
+    for n in front:
+        if id(n) in seen or stored(n):
+            continue
+        seen.add(id(n))
+        if not _cheap(n) or id(n) in forced:
+            saved[id(n)] = n
+            continue
+        # recompute a cheap value when what it reads costs no more to store than itself (a slice of a stored
+        # product, x·W + h·U + b from one stored sum rather than two stored products)
+        new = {k: v for k, v in needs(n).items() if k not in saved}
+        if sum(_size(v) for v in new.values()) > _size(n):
+            saved[id(n)] = n
+        else:
+            saved.update(new)
+    pos = {id(n): q for q, n in enumerate(body.order())}
+    return sorted(saved.values(), key=lambda n: pos[id(n)])
+
+
 def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
-    """The default gradient: one reverse scan over the stored carries. Its body is the sweep over the forward
-    body at (c_t, x_t) (one call of `vjp`); the weights' gradients accumulate in its carry, except those of
-    weights used only as x·W: those are one product after the loop (see _hoistable)."""
+    """The default gradient: one reverse scan over the stored carries and the forward body's stored
+    intermediates (see _residuals: the reverse body does not run the forward step again). Its body is the
+    sweep over the forward body at (c_t, x_t) (one call of `vjp`), with the stored values read in place of
+    their recomputation; the weights' gradients accumulate in its carry, except those of weights used only as
+    x·W: those are one product after the loop (see _hoistable)."""
     from graphc.ops.linalg import matmul
     from graphc.ops.movement import reshape
     from graphc.ops.pointwise import add, full_like
@@ -588,44 +736,67 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     fw_acc = [j for j in fw if hoist[j] is None]
     products = [(j, m) for j in fw if hoist[j] is not None for m in hoist[j]]
     arg_pos = {id(a): k for k, a in enumerate(body.args)}
-    p_in_ys = [m for _, m in products if id(m.inputs[0]) not in arg_pos]
+    base = len(SCAN.output_types(node))
+    # cotangents given for stored intermediates (a second derivative through a first one's reverse scan)
+    g_saved = [(k, g) for k, g in enumerate(gs) if k >= base and g is not None]
+    saved = [] if empty else _residuals(body, fc, fx, fw_acc, products, gy, vjp)
+    seeded = [body.order()[k - base] for k, _ in g_saved]
+    saved_ids = {id(n) for n in saved}
+    y_slot: list[int] = []  # rev's ys: g_x then g_m, each the index of its stacked output
 
     def rev(rc, rx):
         ct_c, acc = rc[:nfc], rc[nfc:]
         c_t, x_t = rx[:nc], rx[nc:nc + nx]
-        gy_t, gh_t = rx[nc + nx:nc + nx + len(gy)], rx[nc + nx + len(gy):]
+        q = nc + nx
+        gy_t, gh_t = rx[q:q + len(gy)], rx[q + len(gy):q + len(gy) + len(gh)]
+        q += len(gy) + len(gh)
+        s_t, gs_t = rx[q:q + len(saved)], rx[q + len(saved):]
         mapping = {id(a): v for a, v in zip(body.args, [*c_t, *x_t, *caps], strict=True)}
-        sub = substitute([*body.outputs, *(m for _, m in products), *(m.inputs[0] for m in p_in_ys)], mapping)
-        no = len(body.outputs)
-        outs, ms, ps = sub[:no], sub[no:no + len(products)], sub[no + len(products):]
+        sub = substitute([*body.outputs, *(m for _, m in products), *saved, *seeded], mapping)
+        no, npr = len(body.outputs), len(products)
+        outs, ms = sub[:no], sub[no:no + npr]
+        images, seeded_images = sub[no + npr:no + npr + len(saved)], sub[no + npr + len(saved):]
         seeds = [(outs[k], ct) for k, ct in zip(fc, ct_c, strict=True)]
         seeds += [(outs[nc + k], g) for k, g in zip(gy, gy_t, strict=True)]
+        seeds += list(zip(seeded_images, gs_t, strict=True))
         wrt = [c_t[k] for k in fc] + [x_t[j] for j in fx] + [caps[j] for j in fw_acc] + ms
         g = vjp(seeds, wrt)  # the one sweep over the body
+        # read the stored intermediates instead of recomputing them (the recomputation is then dead code)
+        g = substitute(g, {id(i): v for i, v in zip(images, s_t, strict=True)})
         a, b = nfc, nfc + len(fx)
         g_c, g_x, g_w, g_m = list(g[:a]), list(g[a:b]), g[b:b + len(fw_acc)], g[b + len(fw_acc):]
         for i, k in enumerate(gh):
             g_c[fc.index(k)] = add(g_c[fc.index(k)], gh_t[i])
         carry = g_c + [add(s, w) for s, w in zip(acc, g_w, strict=True)]
-        return carry, g_x + list(ps) + list(g_m)
+        # a cotangent that is also another output (dz as dxp and as the product's cotangent) is stacked once
+        ys: list[Node] = []
+        for v in g_x + list(g_m):
+            if not any(v is u for u in ys):
+                ys.append(v)
+            y_slot.append(next(i for i, u in enumerate(ys) if u is v))
+        return carry, ys
 
     r_init = [gs[k] if gs[k] is not None else full_like(init[k], 0.0) for k in fc]
     r_init += [full_like(caps[j], 0.0) for j in fw_acc]
     ny = len(body.outputs) - nc
     r_xs = hist + list(xs) + [gs[nc + k] for k in gy] + [gs[nc + ny + k] for k in gh]
+    r_xs += [saved_output(node, n) for n in saved] + [g for _, g in g_saved]
     r_ctypes = [(r.shape, r.dtype) for r in r_init]
     r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
     rnode, _ = _build(rev, r_init, r_xs, r_ctypes, r_xtypes, T, not node.attrs["reverse"], None, node.source)
     ct_init = [output(rnode, i) for i in range(nfc)]
     acc_out = {j: output(rnode, nfc + i) for i, j in enumerate(fw_acc)}
     ny0 = len(r_init)
-    ct_xs = [output(rnode, ny0 + i) for i in range(len(fx))]
-    p_stack = {id(m): output(rnode, ny0 + len(fx) + i) for i, m in enumerate(p_in_ys)}
-    g_stack = [output(rnode, ny0 + len(fx) + len(p_in_ys) + i) for i in range(len(products))]
+    ct_xs = [output(rnode, ny0 + y_slot[i]) for i in range(len(fx))]
+    g_stack = [output(rnode, ny0 + y_slot[len(fx) + i]) for i in range(len(products))]
     for (j, m), gm in zip(products, g_stack, strict=True):
         a = m.inputs[0]
         k = arg_pos.get(id(a))
-        p = p_stack[id(m)] if k is None else (hist[k] if k < nc else xs[k - nc])
+        if k is None:
+            assert id(a) in saved_ids
+            p = saved_output(node, a)
+        else:
+            p = hist[k] if k < nc else xs[k - nc]
         rows = T * a.shape[0]
         dw = matmul(reshape(p, (rows, a.shape[1])), reshape(gm, (rows, m.shape[1])), ta=True)
         acc_out[j] = dw if j not in acc_out else add(acc_out[j], dw)
@@ -746,4 +917,4 @@ def _rows(flat, start, T, like):
                     f"{T}; pass checkpoint=None, or take the gradient with respect to the weights only")
 
 
-__all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute"]
+__all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute", "make_body", "output"]

@@ -8,6 +8,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.verify import verify
 from graphc.passes.dce import dce
 from graphc.passes.horizontal import merge_products
+from graphc.passes.loops import optimize_loops
 from graphc.passes.simplify import simplify
 from graphc.passes.stability import stability
 
@@ -17,6 +18,7 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("simplify", simplify),
     ("stability", stability),
     ("dce", dce),
+    ("loop bodies", optimize_loops),
     ("merge products", merge_products),
     ("simplify again", simplify),
 )

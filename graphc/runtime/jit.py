@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from graphc.codegen import stages
-from graphc.codegen.kernels import GemmKernel
+from graphc.codegen.kernels import GemmKernel, all_kernels
 from graphc.codegen.memory import MemoryPlan
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Engine, Target, assembly, host_target, level_target
@@ -190,14 +190,16 @@ class CompiledFunction:
 
     def profile_report(self, reset: bool = True) -> list[tuple[str, float, float]]:
         """With `profile=True`: (kernel, seconds in it, seconds waiting at the barrier before it) for thread 0,
-        summed over the calls since the last report, slowest first."""
+        summed over the calls since the last report, slowest first. A loop's body kernels are rows of their own
+        (their names start with the loop's); the loop's row holds its whole run, the body kernels included."""
         if not self.profile:
             raise GraphcError("compile with profile=True to count time per kernel")
-        n = len(self.program.kernels)
+        kernels = list(all_kernels(self.program.kernels))
+        n = len(kernels)
         addr = self._engine.global_address("graphc_profile")
         counts = np.ctypeslib.as_array((ctypes.c_int64 * (2 * n)).from_address(addr))
         hz = _tsc_hz()
-        rows = [(k.name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, k in enumerate(self.program.kernels)]
+        rows = [(k.name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, k in enumerate(kernels)]
         if reset:
             counts[:] = 0
         return sorted(rows, key=lambda r: -r[1])

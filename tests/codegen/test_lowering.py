@@ -189,6 +189,26 @@ def test_a_guarded_dilated_read_matches_the_reference(lo, interior, n):
                           if isinstance(e, Load))
 
 
+@pytest.mark.parametrize("n", [1, 3])  # one row: the split axis is also the one the threads share
+def test_a_concatenation_runs_each_range_of_its_axis_without_guards(n):
+    from graphc.codegen.emit import _guard_pieces
+
+    x, y = gc.input("x", (n, 40)), gc.input("y", (n, 27))
+    out = gc.concatenate([gc.exp(x), gc.tanh(y) * 2.0, x[:, :5] - 1.0], axis=1) * 3.0
+    fn = gc.compile(out, cache=False)
+    rng = np.random.default_rng(3)
+    v = {"x": rng.standard_normal((n, 40)).astype(np.float32), "y": rng.standard_normal((n, 27)).astype(np.float32)}
+    want = gc.evaluate(out, v)
+    for threads in (1, 2, 3):
+        np.testing.assert_allclose(fn(v, threads=threads), want, rtol=1e-6)
+    (k,) = fn.program.kernels
+    pieces = _guard_pieces(k.stores, 1, 72)
+    assert [(lo, hi) for lo, hi, _ in pieces] == [(0, 40), (40, 67), (67, 72)]
+    for _, _, stores in pieces:  # each range computes its own branch only, with plain loads
+        exprs = [e for s in stores for e in walk(s.value)]
+        assert not [e for e in exprs if isinstance(e, Guard) or (isinstance(e, Load) and e.checked)]
+
+
 def test_a_gather_is_bounds_checked_in_compiled_code():
     x = gc.input("x", (10, 4))
     idx = gc.input("idx", ("B",), "int32")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.kernels import ScanKernel
+from graphc.codegen.kernels import GemmKernel, ScanKernel
 
 
 def _rnn(T="T", reverse=False, checkpoint=None, grad=True):
@@ -58,6 +58,56 @@ def test_the_loop_is_one_kernel_holding_its_body():
     # one copy of the body in the LLVM IR, whatever T: the loop is a loop
     for k in loops[0].body.kernels:
         assert f.llvm_ir.count(f'define internal void @"{k.name}"') == 1, k.name
+
+
+def test_profiling_counts_the_body_kernels_of_a_loop():
+    outs = _rnn(grad=False)[1:]
+    f = gc.compile(outs, profile=True)
+    v = _values(40)
+    f(v)
+    rows = {name: (s, w) for name, s, w in f.profile_report()}
+    loop = next(k for k in f.program.kernels if isinstance(k, ScanKernel))
+    body = [k.name for k in loop.body.kernels]
+    assert set(body) <= set(rows) and loop.name in rows
+    # the loop's time holds its body's; each body kernel ran (40 steps of a gemm take cycles)
+    assert rows[loop.name][0] >= sum(rows[n][0] + rows[n][1] for n in body) > 0
+    assert all(rows[n][0] > 0 for n in body)
+
+
+def test_a_cell_with_one_weight_per_gate_runs_one_recurrent_gemm_and_projects_its_inputs_before_the_loop():
+    F, H = 3, 5
+    xs = gc.input("xs", ("T", "N", F))
+    Wx = {g: gc.param(f"Wx_{g}", (F, H)) for g in "ifgo"}
+    Wh = {g: gc.param(f"Wh_{g}", (H, H)) for g in "ifgo"}
+
+    def step(carry, x):
+        h, c = carry
+        z = {g: x @ Wx[g] + h @ Wh[g] for g in "ifgo"}
+        c = gc.sigmoid(z["f"]) * c + gc.sigmoid(z["i"]) * gc.tanh(z["g"])
+        h = gc.sigmoid(z["o"]) * gc.tanh(c)
+        return (h, c), None
+
+    h0 = gc.input("h0", ("N", H))
+    (h, _), _ = gc.scan(step, (h0, h0), xs)
+    loss = gc.sum(h * h)
+    params = [*Wx.values(), *Wh.values()]
+    outs = [loss, *gc.grad(loss, params)]
+    f = gc.compile(outs)
+    fwd = next(k for k in f.program.kernels if isinstance(k, ScanKernel))
+    gemms = [k for k in fwd.body.kernels if isinstance(k, GemmKernel)]
+    assert [(k.n, k.k) for k in gemms] == [(4 * H, H)]  # h·[Wi Wf Wg Wo], inside; x·W: one product before
+    before = f.program.kernels[:f.program.kernels.index(fwd)]
+    assert [(k.n, k.k) for k in before if isinstance(k, GemmKernel)] == [(4 * H, F)]
+    rng = np.random.default_rng(4)
+    v = {"xs": rng.normal(size=(6, 2, F)), "h0": rng.normal(size=(2, H))}
+    v.update({p.name: 0.5 * rng.normal(size=p.shape) for p in params})
+    v = {k: a.astype(np.float32) for k, a in v.items()}
+    want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+    runs = [f(v, threads=n) for n in (1, 2, 3)]
+    _close(runs[0], want)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_lengths_bound_at_call_time():

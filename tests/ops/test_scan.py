@@ -130,7 +130,13 @@ def test_the_gradient_is_one_reverse_scan_over_the_body_gradient():
     # the carry: dL/dh only; W and U are used only as x·W, so dW = Σ_t x_tᵀ g_t is one product after the
     # loop over the stacked operands (the xs and the stored carries themselves), not a product per step
     assert [a.shape for a in body.args[:body.n_carry]] == [(gc.dim("N"), 4)]
-    assert sum(1 for n in body.order() if n.op.name == "tanh") == 1  # CSE: the recomputed step once
+    # the forward step is not run again: its tanh is stored per step by the forward scan and read back
+    assert not [n for n in body.order() if n.op.name == "tanh"]
+    assert [n.attrs["tb"] for n in body.order() if n.op.name == "matmul"] == [True]  # only dh = g·Uᵀ
+    fwd = scans[0]
+    stored = [i for i in rev.inputs if i.op.name == "scan_output" and i.inputs[0] is fwd
+              and i.attrs["index"] >= len(fwd.op.output_types(fwd))]
+    assert [fwd.attrs["body"].order()[i.attrs["index"] - 3].op.name for i in stored] == ["tanh"]
     for g in (gW, gU):
         assert g.op.name == "matmul" and g.attrs["ta"]
         assert g.inputs[0].shape[0] == gc.dim("T") * gc.dim("N")

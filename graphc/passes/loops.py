@@ -1,0 +1,140 @@
+"""Loop bodies: the rewrites that make a scan's step cheap, applied to each scan of the graph.
+
+* **Input projections out of the loop**: a product `x_t @ W` of a step's slice of an xs and a weight the step
+  closed over is, over all steps, ONE product `reshape(X, (T·N, F)) @ W` before the loop; the body reads its
+  rows as a new xs. (An LSTM written with one weight matrix per gate then computes its four input projections
+  before the loop, and the graph's horizontal fusion makes them one GEMM.)
+* **Horizontal fusion inside the body** (passes/horizontal.py): the products that share `h`, `h @ Wi, h @ Wf,
+  h @ Wg, h @ Wo`, become one product with the weights side by side; the concatenated weights depend on the
+  weights alone, so they are computed once per call, before the loop (they become a capture, as everything a
+  step computes from its captures alone).
+
+The body is rebuilt by tracing it again (graphc.ops.scan), so its placeholders stay canonical. The scan's
+stored intermediates (projections past its history, read by the gradient) follow their nodes into the new
+body; one that became a hoisted product is read from that product directly."""
+
+from __future__ import annotations
+
+from graphc.ir.graph import Graph
+from graphc.ir.node import Node, derived_from
+from graphc.ops.core import apply
+from graphc.ops.linalg import MATMUL, matmul
+from graphc.ops.movement import reshape
+from graphc.ops.scan import SCAN, SCAN_OUTPUT, Body, make_body, output, substitute
+from graphc.passes.horizontal import merge_products
+from graphc.passes.rewrite import rebuild
+
+
+def _input_products(body: Body) -> list[Node]:
+    """The body's products x_t @ W: x_t a step's slice (2-D) of an xs, W a capture (2-D), not transposed."""
+    nc, nx = body.n_carry, body.n_x
+    pos = {id(a): k for k, a in enumerate(body.args)}
+    out = []
+    for n in body.order():
+        if n.op is not MATMUL or n.ndim != 2 or n.attrs["ta"]:
+            continue
+        a, w = n.inputs
+        ka, kw = pos.get(id(a)), pos.get(id(w))
+        if ka is not None and kw is not None and nc <= ka < nc + nx and kw >= nc + nx and a.ndim == 2:
+            out.append(n)
+    return out
+
+
+def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], merge: bool):
+    """The body traced again over canonical placeholders, with the products in `hoist` read from new xs and,
+    with `merge`, the products sharing a left operand merged: (body, its captures, images of `extra`)."""
+    nc, nx = body.n_carry, body.n_x
+
+    def step(carry_args, x_args):
+        mapping = {id(a): v for a, v in zip(body.args[:nc + nx], [*carry_args, *x_args[:nx]], strict=True)}
+        mapping.update({id(m): x_args[nx + i] for i, m in enumerate(hoist)})
+        mapping.update({id(a): inputs[k] for k, a in enumerate(body.args) if k >= nc + nx})
+        outs = substitute([*body.outputs, *extra], mapping)
+        if merge:
+            outs = list(merge_products(Graph.of(outs)).outputs)
+        return outs[:nc], outs[nc:]
+
+    carry_types = [(a.shape, a.dtype) for a in body.args[:nc]]
+    x_types = [(a.shape, a.dtype) for a in body.args[nc:nc + nx]] + [(m.shape, m.dtype) for m in hoist]
+    traced, captures, _, _ = make_body(step, carry_types, x_types, f"scan at {n.source.where()}")
+    no = len(body.outputs)
+    return Body(traced.args, traced.outputs[:no], nc, nx + len(hoist)), captures, list(traced.outputs[no:])
+
+
+def _optimize_scan(n: Node, inputs: tuple[Node, ...], saved: list[int]):
+    """(the new scan node, {old saved position: the node that replaces its projection}), or None when no rewrite
+    applies. First the products sharing a left operand merge (the four gates' x_t·W and h·W), then the input
+    products x_t·W leave the loop."""
+    body: Body = n.attrs["body"]
+    nc, nx = body.n_carry, body.n_x
+    T = n.attrs["length"]
+    order = body.order()
+    extra = [order[p] for p in saved]
+    inputs = list(inputs)
+    changed = False
+    probe = Graph(tuple(body.outputs) + tuple(extra), tuple(body.args))
+    if merge_products(probe) is not probe:
+        body, caps, extra = _retrace(n, body, inputs, extra, [], True)
+        inputs = inputs[:nc + nx] + list(caps)
+        changed = True
+    hoist = _input_products(body) if n.attrs["checkpoint"] is None else []
+    projections = []
+    if hoist:
+        pos = {id(a): k for k, a in enumerate(body.args)}
+        with derived_from(n.source, "rewrite: input projection before the loop"):
+            for m in hoist:
+                x, w = inputs[pos[id(m.inputs[0])]], inputs[pos[id(m.inputs[1])]]
+                p = matmul(reshape(x, (T * x.shape[1], x.shape[2])), w, tb=m.attrs["tb"])
+                projections.append(reshape(p, (T, x.shape[1], m.shape[1])))
+        body, caps, extra = _retrace(n, body, inputs, extra, hoist, False)
+        inputs = inputs[:nc + nx] + projections + list(caps)
+        changed = True
+    if not changed:
+        return None
+    with derived_from(n.source, "rewrite: loop body"):
+        node = apply(SCAN, inputs, body=body, length=T, reverse=n.attrs["reverse"],
+                     checkpoint=n.attrs["checkpoint"], level=n.attrs["level"])
+    base = len(SCAN.output_types(node))
+    new_order = {id(v): q for q, v in enumerate(body.order())}
+    arg_pos = {id(a): k for k, a in enumerate(body.args)}
+    remap: dict[int, Node] = {}
+    for p, v in zip(saved, extra, strict=True):
+        k = arg_pos.get(id(v))
+        if k is not None and nc <= k < nc + body.n_x:  # a hoisted product (or an xs): stored already
+            remap[p] = inputs[k]
+        else:
+            remap[p] = output(node, base + new_order[id(v)])
+    return node, remap
+
+
+def optimize_loops(graph: Graph) -> Graph:
+    nodes = graph.nodes()
+    saved: dict[int, set[int]] = {}
+    for n in nodes:
+        if n.op is SCAN_OUTPUT:
+            s = n.inputs[0]
+            base = len(SCAN.output_types(s))
+            if n.attrs["index"] >= base:
+                saved.setdefault(id(s), set()).add(n.attrs["index"] - base)
+    if not any(n.op is SCAN for n in nodes):
+        return graph
+    memo: dict[int, Node] = {}
+    remaps: dict[int, dict[int, Node]] = {}
+    changed = False
+    for n in nodes:
+        ins = tuple(memo[id(i)] for i in n.inputs)
+        if n.op is SCAN:
+            got = _optimize_scan(n, ins, sorted(saved.get(id(n), ())))
+            if got is not None:
+                memo[id(n)], remaps[id(n)] = got
+                changed = True
+                continue
+        if n.op is SCAN_OUTPUT and id(n.inputs[0]) in remaps:
+            base = len(SCAN.output_types(n.inputs[0]))
+            k = n.attrs["index"]
+            memo[id(n)] = remaps[id(n.inputs[0])][k - base] if k >= base else output(ins[0], k)
+            continue
+        memo[id(n)] = rebuild(n, ins)
+    if not changed:
+        return graph
+    return graph.with_outputs(tuple(memo[id(o)] for o in graph.outputs))
