@@ -479,6 +479,155 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
     b.ret_void()
 
 
+# ------------------------------------------------------------------------------------------ operand views
+#
+# An A operand may be a *view*: op(A)[r, k] = A[offset + rowoff(r) + coloff(k)], where rowoff(r) writes r in the
+# mixed radix of `rows` ((size, stride) digits, outermost first) and sums stride * digit, and coloff does the
+# same for k with `cols` (the outermost size is never needed: pass 0 where it is only known at run time). A
+# convolution's im2col matrix is such a view of its padded image: rows (n, oh, ow), columns (kh, kw, c) for the
+# forward product, the other way round for the filter gradient. The view is packed into the same KC x MR
+# micro-panels as a stored A, straight from the image, so no im2col buffer of the whole batch exists and the
+# product is bitwise the one over the materialized matrix.
+
+
+def _digits_offset(b: ir.IRBuilder, idx: ir.Value, digits) -> ir.Value:
+    """sum_j stride_j * digit_j(idx) for the mixed-radix digits ((size, stride), outermost first)."""
+    acc = _c64(0)
+    rem = idx
+    for size, stride in reversed(digits[1:]):
+        if size != 1 and stride:
+            acc = b.add(acc, b.mul(b.urem(rem, _c64(size)), _c64(stride)))
+        if size != 1:
+            rem = b.udiv(rem, _c64(size))
+    return b.add(acc, b.mul(rem, _c64(digits[0][1]))) if digits[0][1] else acc
+
+
+def _view_pack_kind(view, W: int) -> str:
+    """'k': transpose along K (the innermost K digit is contiguous), 'm': copy along M (per k, W rows at once:
+    contiguous runs as vector loads, others gathered)."""
+    _, rows, cols = view
+    if rows[-1][1] == 1 and (rows[-1][0] >= W or len(rows) == 1):
+        return "m"
+    return "k" if cols[-1][1] == 1 and (cols[-1][0] > 1 or len(cols) == 1) else "m"
+
+
+def _emit_view_pack_k(g: _Gen, fn: ir.Function, W: int, view) -> None:
+    """pack(dst, A, row0, k0, kc, nrows) for a view whose innermost K digit has stride 1: for each panel of W
+    rows, the K range is walked in runs of that digit (contiguous in A for every row) and moved in L x L blocks
+    (L masked loads along k, an in-register transpose, L stores along the panel), as `_emit_pack_trans`."""
+    dst, src, row0, k0, kc, nrows = fn.args
+    offset, rows, cols = view
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    S = cols[-1][0] or 1 << 62  # a single K digit: one run
+    outer = cols[:-1]
+    groups = [(x0, min(L, W - x0)) for x0 in range(0, W, L)]
+    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
+    npanels = _cdiv_ir(b, nrows, _c64(W))
+    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
+        r0 = b.add(row0, b.mul(q, _c64(W)))
+        lim = b.sub(nrows, b.mul(q, _c64(W)))  # rows x < lim are real; the others pack as zeros
+        roff = [b.add(_digits_offset(b, b.add(r0, _c64(x)), rows), _c64(offset)) for x in range(W)]
+        rok = [g.splat(b, b.icmp_signed("<", _c64(x), lim)) for x in range(W)]
+        dq = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        pre = b.block
+        body = fn.append_basic_block("run")
+        done = fn.append_basic_block("runs.done")
+        b.cbranch(b.icmp_signed(">", kc, _c64(0)), body, done)
+        b.position_at_end(body)
+        k = b.phi(_I64, name="k")
+        k.add_incoming(_c64(0), pre)
+        kabs = b.add(k0, k)
+        inner = b.urem(kabs, _c64(S))
+        seg = _digits_offset(b, b.udiv(kabs, _c64(S)), outer) if outer else _c64(0)
+        run = _smin(b, b.sub(_c64(S), inner), b.sub(kc, k))
+        base = b.add(seg, inner)
+        with _Loop(b, _c64(0), run, _c64(L), "kk") as kk:
+            left = b.sub(run, kk)
+            lm = g.lane_mask(b, 0, left)
+            at = b.add(base, kk)
+            for x0, w in groups:
+                vecs = [g.load_vec(b, src, b.add(roff[x0 + r], at), b.and_(lm, rok[x0 + r])) if r < w else g.zero
+                        for r in range(L)]
+                tr = g.transpose(b, vecs)
+                wm = None if w == L else g.const_mask(w)
+                for j in range(L):
+                    ok = g.splat(b, b.icmp_signed("<", _c64(j), left))
+                    g.store_vec(b, tr[j], dq, b.add(b.mul(b.add(b.add(k, kk), _c64(j)), _c64(W)), _c64(x0)),
+                                ok if wm is None else b.and_(ok, wm), align=dalign)
+        k2 = b.add(k, run)
+        k.add_incoming(k2, b.block)
+        b.cbranch(b.icmp_signed("<", k2, kc), body, done)
+        b.position_at_end(done)
+    b.ret_void()
+
+
+def _emit_view_pack_m(g: _Gen, fn: ir.Function, W: int, view, kcmax: int) -> None:
+    """pack(dst, A, row0, k0, kc, nrows) for any view: the K offsets of the block are tabulated once; then per
+    group of L panel rows, a group whose rows are contiguous in A (the common case when the innermost row digit
+    has stride 1) is copied with one masked vector load per k, any other is gathered."""
+    dst, src, row0, k0, kc, nrows = fn.args
+    offset, rows, cols = view
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    table = b.alloca(ir.ArrayType(_I64, kcmax), name="koff")
+    table.align = 64
+    table.type = _PTR
+    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
+    with _Loop(b, _c64(0), kc, _c64(1), "kt") as k:
+        b.store(b.add(_digits_offset(b, b.add(k0, k), cols), _c64(offset)),
+                b.gep(table, [k], inbounds=True, source_etype=_I64))
+    vi64 = ir.VectorType(_I64, L)
+    vptr = ir.VectorType(_PTR, L)
+    gname = f"llvm.masked.gather.v{L}{'f32' if g.esize == 4 else 'f64'}.v{L}p0"
+    gather = g._declare(gname, g.V, [vptr, _I32, g.M, g.V])
+    npanels = _cdiv_ir(b, nrows, _c64(W))
+    srcint = b.ptrtoint(src, _I64)
+    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
+        r0 = b.add(row0, b.mul(q, _c64(W)))
+        lim = b.sub(nrows, b.mul(q, _c64(W)))
+        dq = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        for x0 in range(0, W, L):
+            w = min(L, W - x0)
+            offs = [_digits_offset(b, b.add(r0, _c64(x0 + x)), rows) for x in range(w)]
+            vmask = b.and_(g.lane_mask(b, x0, lim), g.const_mask(w))
+            contig = ir.Constant(_I1, 1)
+            for x in range(1, w):
+                same = b.icmp_signed("==", offs[x], b.add(offs[0], _c64(x)))
+                contig = b.and_(contig, b.or_(same, b.icmp_signed(">=", _c64(x0 + x), lim)))
+            ovec = ir.Constant(vi64, ir.Undefined)
+            for x in range(L):
+                ovec = b.insert_element(ovec, offs[min(x, w - 1)], ir.Constant(_I32, x))
+            smask = None if w == L else g.const_mask(w)
+            with b.if_else(contig, likely=True) as (then, other):
+                with then:
+                    with _Loop(b, _c64(0), kc, _c64(1), "kc") as k:
+                        ko = b.load(b.gep(table, [k], inbounds=True, source_etype=_I64), typ=_I64)
+                        v = g.load_vec(b, src, b.add(offs[0], ko), vmask)
+                        g.store_vec(b, v, dq, b.add(b.mul(k, _c64(W)), _c64(x0)), smask, align=dalign)
+                with other:
+                    with _Loop(b, _c64(0), kc, _c64(1), "kg") as k:
+                        ko = b.load(b.gep(table, [k], inbounds=True, source_etype=_I64), typ=_I64)
+                        addr = b.add(g.splat(b, srcint), b.mul(b.add(ovec, g.splat(b, ko)),
+                                                              ir.Constant(vi64, [g.esize] * L)))
+                        v = b.call(gather, [b.inttoptr(addr, vptr), ir.Constant(_I32, g.esize), vmask, g.zero])
+                        g.store_vec(b, v, dq, b.add(b.mul(k, _c64(W)), _c64(x0)), smask, align=dalign)
+    b.ret_void()
+
+
+def _view_pack_fn(g: _Gen, name: str, view) -> ir.Function:
+    """The packing routine of one GEMM's A view (its digits are compile-time constants): not shared."""
+    fn = ir.Function(g.module, _VPACK_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    W = g.cfg.mr
+    if _view_pack_kind(view, W) == "k":
+        _emit_view_pack_k(g, fn, W, view)
+    else:
+        _emit_view_pack_m(g, fn, W, view, g.cfg.kc)
+    return fn
+
+
 # ------------------------------------------------------------------------------------- shared functions
 
 
@@ -770,9 +919,10 @@ class _FnPtr:
 
 
 _PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
+_VPACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64])  # (dst, A, row0, k0, kc, nrows)
 _EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
 # flags of the shared driver
-_TRANS_A, _TRANS_B, _ACCUMULATE = 1, 2, 4
+_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A = 1, 2, 4, 8
 
 
 def _driver_fn(g: _Gen) -> ir.Function:
@@ -817,8 +967,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     def flag(bit):
         return b.icmp_unsigned("!=", b.and_(flags, ir.Constant(_I32, bit)), ir.Constant(_I32, 0))
 
-    trans_a, trans_b, acc_flag = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE)
+    trans_a, trans_b, acc_flag, view_a = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE), flag(_VIEW_A)
     has_epi = b.icmp_unsigned("!=", epi, null)
+    pack_view = _Callee(pack_a, _VPACK_TY)
     pack_a = _Callee(pack_a, _PACK_TY)
     pack_b = _Callee(pack_b, _PACK_TY)
     epi = _Callee(epi, _EPI_TY)
@@ -892,6 +1043,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
 
     # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
     small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
+    small = b.and_(small, b.not_(view_a))  # a view is packed whatever its size
 
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
@@ -956,7 +1108,11 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                                     cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
                                     b.call(epi, [small_buf, cptr, ldc, cnt, nrem, row, col, ectx])
                     with packed:
-                        b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
+                        with b.if_else(view_a) as (viewed, stored):
+                            with viewed:
+                                b.call(pack_view, [Ap, A, ic, pc, kc, mc])
+                            with stored:
+                                b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
                         if cfg.loop_order == "jr_ir":
                             with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
                                     _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
@@ -983,8 +1139,12 @@ def emit_gemm(
     epilogue: Callable[[EpilogueContext], ir.Value] | None = None,
     extra_args: Sequence[ir.Type] = (),
     config: GemmConfig | None = None,
+    a_view: tuple | None = None,
 ) -> ir.Function:
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+
+    ``a_view`` = (offset, rows, cols): op(A) is read through that view of A (see "operand views"; lda and
+    trans_a are then unused), packed by ``name.pack_a``.
 
     ``name`` is a small wrapper around the module's shared driver, microkernel and packing routines (added on
     first use, internal, named ``graphc.gemm.*``); with an epilogue, ``name.epilogue`` is its epilogue pass.
@@ -999,7 +1159,12 @@ def emit_gemm(
     extra_args = list(extra_args)
 
     driver = _driver_fn(g)
-    pack_a = _pack_fn(g, trans_a, cfg.mr)
+    if a_view is not None:
+        if trans_a:
+            raise ValueError("an A view already says how op(A) is read: trans_a must be False")
+        pack_a = _view_pack_fn(g, f"{name}.pack_a", a_view)
+    else:
+        pack_a = _pack_fn(g, trans_a, cfg.mr)
     pack_b = _pack_fn(g, not trans_b, cfg.nr)
     ectx_t = ir.LiteralStructType(extra_args)
     epi = None
@@ -1021,6 +1186,7 @@ def emit_gemm(
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
+    flags |= _VIEW_A if a_view is not None else 0
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()

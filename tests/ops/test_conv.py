@@ -201,8 +201,12 @@ def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_
     layer = gc.nn.conv2d(x, 8, 3, name="c")
     fn = gc.compile(layer)
     kinds = [type(k).__name__ for k in fn.program.kernels]
-    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels  # the im2col loop, the GEMM with its epilogue
-    assert "windows" in fn.kernels and "relu(add(acc" in fn.kernels
+    # the padded image (no im2col matrix of the batch), the GEMM reading it as a view, with its epilogue
+    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels
+    assert str(fn.program.kernels[0].domain) == "(N, 10, 10, 3)", fn.kernels
+    assert not any(len(b.shape) > 4 for b in fn.program.buffers), fn.kernels
+    assert "acc = view b" in fn.kernels and "relu(add(acc" in fn.kernels
+    assert "windows" in [n.op.name for n in fn.program.kernels[1].nodes]
     X = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
     vals = {"x": X, **gc.nn.init_params(layer, seed=1)}
     vals["c.b"][:] = rng.standard_normal(8)
