@@ -451,9 +451,12 @@ class Scheduler:
             b = out_ids.get(id(o))
             if b is None or b.kind != "output" or not o.op.is_view(o):
                 continue
-            src = o.inputs[0]
+            src, via = o.inputs[0], o
+            while (src.op.is_view(src) and id(src) not in self.mat and id(src) not in out_ids
+                   and all(u is via for u in self.users[id(src)])):  # views of views: the same elements
+                src, via = src.inputs[0], src
             if (id(src) in self.mat and id(src) not in out_ids and src.op.kind != "source" and not src.op.leaf
-                    and all(u is o for u in self.users[id(src)])):
+                    and all(u is via for u in self.users[id(src)])):
                 out_ids[id(src)] = b
                 aliased.add(id(o))
         for n in self.order:
