@@ -185,7 +185,7 @@ def _slice_elems(M: int, N: int, K: int, cfg: GemmConfig, esize: int) -> tuple[i
     """(A part, B part) of one thread's workspace slice, in elements. Mirrored in IR by `_ir_slice`."""
     align = 64 // esize
     kcmax = min(cfg.kc, _rup(K, cfg.unroll))
-    a = _rup(min(cfg.mc, _rup(M, cfg.mr)) * kcmax, align)
+    a = _rup(min(cfg.mc, _rup(M, cfg.mr)) * cfg.kc, align)  # a row-major view block keeps rows KC apart
     b = _rup(kcmax * min(cfg.nc, _rup(N, cfg.nr)), align)
     return a, b
 
@@ -503,33 +503,32 @@ def _digits_offset(b: ir.IRBuilder, idx: ir.Value, digits) -> ir.Value:
 
 
 def _view_pack_kind(view, W: int) -> str:
-    """'k': transpose along K (the innermost K digit is contiguous), 'm': copy along M (per k, W rows at once:
-    contiguous runs as vector loads, others gathered)."""
+    """'r': row-major copy along K (the innermost K digit is contiguous), read in place by the microkernel;
+    'm': k-major panels copied along M (per k, W rows at once: contiguous runs as vector loads, others
+    gathered)."""
     _, rows, cols = view
     if rows[-1][1] == 1 and (rows[-1][0] >= W or len(rows) == 1):
         return "m"
-    return "k" if cols[-1][1] == 1 and (cols[-1][0] > 1 or len(cols) == 1) else "m"
+    return "r" if cols[-1][1] == 1 and (cols[-1][0] > 1 or len(cols) == 1) else "m"
 
 
-def _emit_view_pack_k(g: _Gen, fn: ir.Function, W: int, view) -> None:
-    """pack(dst, A, row0, k0, kc, nrows) for a view whose innermost K digit has stride 1: for each panel of W
-    rows, the K range is walked in runs of that digit (contiguous in A for every row) and moved in L x L blocks
-    (L masked loads along k, an in-register transpose, L stores along the panel), as `_emit_pack_trans`."""
+def _emit_view_pack_r(g: _Gen, fn: ir.Function, W: int, view) -> None:
+    """pack(dst, A, row0, k0, kc, nrows) for a view whose innermost K digit has stride 1, *row-major*:
+    dst[r*KC + k] = op(A)[row0 + r, k0 + k] for r < nrows rounded up to W (rows past nrows are zeros; KC the
+    config's K block, so rows sit a constant distance apart). Each row is copied in runs of that digit
+    (contiguous in A) by vector moves: no transposes. The microkernel reads the block at constant offsets, the
+    same fused multiply-adds in the same order as from k-major panels."""
     dst, src, row0, k0, kc, nrows = fn.args
     offset, rows, cols = view
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
     S = cols[-1][0] or 1 << 62  # a single K digit: one run
     outer = cols[:-1]
-    groups = [(x0, min(L, W - x0)) for x0 in range(0, W, L)]
-    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
-    npanels = _cdiv_ir(b, nrows, _c64(W))
-    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
-        r0 = b.add(row0, b.mul(q, _c64(W)))
-        lim = b.sub(nrows, b.mul(q, _c64(W)))  # rows x < lim are real; the others pack as zeros
-        roff = [b.add(_digits_offset(b, b.add(r0, _c64(x)), rows), _c64(offset)) for x in range(W)]
-        rok = [g.splat(b, b.icmp_signed("<", _c64(x), lim)) for x in range(W)]
-        dq = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+    total = _rup_ir(b, nrows, _c64(W))
+    with _Loop(b, _c64(0), total, _c64(1), "r") as r:
+        ok = g.splat(b, b.icmp_signed("<", r, nrows))  # the padding rows are zeros
+        roff = b.add(_digits_offset(b, b.add(row0, r), rows), _c64(offset))
+        drow = g.gep(b, dst, b.mul(r, _c64(g.cfg.kc)))
         pre = b.block
         body = fn.append_basic_block("run")
         done = fn.append_basic_block("runs.done")
@@ -541,20 +540,14 @@ def _emit_view_pack_k(g: _Gen, fn: ir.Function, W: int, view) -> None:
         inner = b.urem(kabs, _c64(S))
         seg = _digits_offset(b, b.udiv(kabs, _c64(S)), outer) if outer else _c64(0)
         run = _smin(b, b.sub(_c64(S), inner), b.sub(kc, k))
-        base = b.add(seg, inner)
-        with _Loop(b, _c64(0), run, _c64(L), "kk") as kk:
-            left = b.sub(run, kk)
-            lm = g.lane_mask(b, 0, left)
-            at = b.add(base, kk)
-            for x0, w in groups:
-                vecs = [g.load_vec(b, src, b.add(roff[x0 + r], at), b.and_(lm, rok[x0 + r])) if r < w else g.zero
-                        for r in range(L)]
-                tr = g.transpose(b, vecs)
-                wm = None if w == L else g.const_mask(w)
-                for j in range(L):
-                    ok = g.splat(b, b.icmp_signed("<", _c64(j), left))
-                    g.store_vec(b, tr[j], dq, b.add(b.mul(b.add(b.add(k, kk), _c64(j)), _c64(W)), _c64(x0)),
-                                ok if wm is None else b.and_(ok, wm), align=dalign)
+        s0 = g.gep(b, src, b.add(roff, b.add(seg, inner)))
+        d0 = g.gep(b, drow, k)
+        full = b.mul(b.sdiv(run, _c64(L)), _c64(L))
+        with _Loop(b, _c64(0), full, _c64(L), "kk") as kk:
+            g.store_vec(b, g.load_vec(b, s0, kk, ok), d0, kk)
+        with b.if_then(b.icmp_signed("<", full, run)):
+            m = g.lane_mask(b, 0, b.sub(run, full))
+            g.store_vec(b, g.load_vec(b, s0, full, b.and_(m, ok)), d0, full, m)
         k2 = b.add(k, run)
         k.add_incoming(k2, b.block)
         b.cbranch(b.icmp_signed("<", k2, kc), body, done)
@@ -621,8 +614,8 @@ def _view_pack_fn(g: _Gen, name: str, view) -> ir.Function:
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     W = g.cfg.mr
-    if _view_pack_kind(view, W) == "k":
-        _emit_view_pack_k(g, fn, W, view)
+    if _view_pack_kind(view, W) == "r":
+        _emit_view_pack_r(g, fn, W, view)
     else:
         _emit_view_pack_m(g, fn, W, view, g.cfg.kc)
     return fn
@@ -664,10 +657,11 @@ def _edge_rows(cfg: GemmConfig) -> int | None:
     return 8 if cfg.mr > 8 else None
 
 
-def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False) -> ir.Function:
+def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False, row_major: bool = False) -> ir.Function:
     """The microkernel, shared by the module's GEMMs of this dtype and register tile (see `_emit_ukernel`);
     `rows` < MR: the variant computing only the first `rows` rows of the tile; `strided`: the variant reading
-    A in place (element strides along rows and along K as two more arguments) instead of a packed panel."""
+    A in place (element strides along rows and along K as two more arguments) instead of a packed panel;
+    `row_major`: the variant reading a row-major packed block (rows KC apart: constant offsets)."""
     cfg = g.cfg
     rows = rows or cfg.mr
     name = f"graphc.gemm.ukernel.{g.tag}.{cfg.mr}x{cfg.nr}.k{cfg.unroll}.pf{cfg.prefetch_c}"
@@ -677,7 +671,9 @@ def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False) -> ir.F
     if strided:
         name += ".sa"
         argt += [_I64, _I64]
-    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows, strided))
+    elif row_major:
+        name += f".rm{cfg.kc}"
+    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows, strided, row_major))
 
 
 # Small products: when a thread's M range has at most SMALL_M rows (a batch of 1..16 in a forward product or
@@ -695,7 +691,7 @@ SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a sta
 # ------------------------------------------------------------------------------------------ microkernel
 
 
-def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False) -> None:
+def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, row_major: bool = False) -> None:
     """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile).
 
     Computes the MR x NR tile ``sum_k Ap[k*MR + i] * Bp[k*bstride + j]`` (k < kc) in registers (its first
@@ -719,6 +715,9 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False) ->
         a_rs, a_ks = fn.args[10:]
         a_off = lambda i, kk: b.add(b.mul(_c64(i), a_rs), b.mul(_c64(kk), a_ks))  # noqa: E731
         a_step = lambda u: b.mul(_c64(u), a_ks)  # noqa: E731
+    elif row_major:  # a row-major packed block: op(A)[i, k] at Ap[i*KC + k]
+        a_off = lambda i, kk: _c64(i * cfg.kc + kk)  # noqa: E731
+        a_step = lambda u: _c64(u)  # noqa: E731
     else:  # a packed micro-panel: op(A)[i, k] at Ap[k*MR + i]
         a_off = lambda i, kk: _c64(kk * MR + i)  # noqa: E731
         a_step = lambda u: _c64(u * MR)  # noqa: E731
@@ -891,7 +890,7 @@ def _ir_slice(b, M, N, K, cfg: GemmConfig, esize: int):
     """IR twin of `_slice_elems`."""
     align = _c64(64 // esize)
     kcmax = _smin(b, _c64(cfg.kc), _rup_ir(b, K, _c64(cfg.unroll)))
-    a = _rup_ir(b, b.mul(_smin(b, _c64(cfg.mc), _rup_ir(b, M, _c64(cfg.mr))), kcmax), align)
+    a = _rup_ir(b, b.mul(_smin(b, _c64(cfg.mc), _rup_ir(b, M, _c64(cfg.mr))), _c64(cfg.kc)), align)
     bb = _rup_ir(b, b.mul(kcmax, _smin(b, _c64(cfg.nc), _rup_ir(b, N, _c64(cfg.nr)))), align)
     return a, bb
 
@@ -922,7 +921,7 @@ _PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
 _VPACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64])  # (dst, A, row0, k0, kc, nrows)
 _EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
 # flags of the shared driver
-_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A = 1, 2, 4, 8
+_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A, _VIEW_ROWS = 1, 2, 4, 8, 16
 
 
 def _driver_fn(g: _Gen) -> ir.Function:
@@ -946,6 +945,8 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     edge = _edge_rows(cfg)
     ukernel_edge = _ukernel_fn(g, edge) if edge else None
     small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in SMALL_ROWS]
+    ukernel_rows = _ukernel_fn(g, None, row_major=True)  # a view packed row-major (rows KC apart)
+    ukernel_rows_edge = _ukernel_fn(g, edge, row_major=True) if edge else None
     A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
     names = ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads", "flags", "packA", "packB",
              "epi", "ectx"]
@@ -968,6 +969,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         return b.icmp_unsigned("!=", b.and_(flags, ir.Constant(_I32, bit)), ir.Constant(_I32, 0))
 
     trans_a, trans_b, acc_flag, view_a = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE), flag(_VIEW_A)
+    view_rows = flag(_VIEW_ROWS)  # the view packs row-major: tiles read it in place (rows kc apart)
     has_epi = b.icmp_unsigned("!=", epi, null)
     pack_view = _Callee(pack_a, _VPACK_TY)
     pack_a = _Callee(pack_a, _PACK_TY)
@@ -1069,14 +1071,23 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                     mrem = _smin(b, _c64(MR), b.sub(mc, ir_))
                     nrem = _smin(b, _c64(NR), b.sub(nc, jr))
                     uargs = [ap_panel, bptr, cptr, ldc, bstride, kc, mrem, nrem, load_old, tptr]
-                    if ukernel_edge is None:
-                        b.call(ukernel, uargs)
-                    else:  # the last rows of the M range: the narrower kernel where they fit it
-                        with b.if_else(b.icmp_signed("<=", mrem, _c64(edge))) as (narrow, full):
-                            with narrow:
-                                b.call(ukernel_edge, uargs)
-                            with full:
-                                b.call(ukernel, uargs)
+
+                    def run(kern, kern_edge, args):
+                        if kern_edge is None:
+                            b.call(kern, args)
+                        else:  # the last rows of the M range: the narrower kernel where they fit it
+                            with b.if_else(b.icmp_signed("<=", mrem, _c64(edge))) as (narrow, full):
+                                with narrow:
+                                    b.call(kern_edge, args)
+                                with full:
+                                    b.call(kern, args)
+
+                    with b.if_else(view_rows) as (rowmajor, panels):
+                        with rowmajor:  # the tile's rows of the row-major block
+                            run(ukernel_rows, ukernel_rows_edge,
+                                [g.gep(b, Ap, b.mul(ir_, _c64(cfg.kc))), *uargs[1:]])
+                        with panels:
+                            run(ukernel, ukernel_edge, uargs)
                     with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
                         b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
 
@@ -1186,7 +1197,8 @@ def emit_gemm(
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
-    flags |= _VIEW_A if a_view is not None else 0
+    if a_view is not None:
+        flags |= _VIEW_A | (_VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()
