@@ -63,6 +63,12 @@ def _train(args) -> int:
             keeps = [0.8] + keeps * len(hidden)
         options["dropout"] = keeps
     features = args.features.split(",") if args.features else None
+    if args.grid is not None:
+        grid = tuple(_ints(args.grid, "--grid"))
+        if not grid or any(d < 1 for d in grid):
+            raise GraphcError(f"--grid must be positive sizes such as 28,28,1 (H,W,C) or 100,3 (T,C), got "
+                              f"{args.grid!r}")
+        options["grid"] = grid
     from graphc.distributed import launched_rank, launched_ranks
 
     ranks = launched_ranks()  # under `mpirun -n P` (P > 1): data-parallel over the ranks
@@ -202,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="digits", metavar="NAME|PATH",
                    help="digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
     _data_and_model_arguments(t)
+    t.add_argument("--grid", metavar="H,W,C", help="the grid of each row of a flat dataset (.npy/.csv rows of "
+                   "H*W*C values, row-major, channels last) for a model that asks for images; default: the "
+                   "dataset's own (digits: 8,8,1; a 4-D .npz X)")
     t.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training data (default: "
                    f"{defaults['epochs']}, or the dataset's: below)")
     t.add_argument("--batch-size", type=int, metavar="B", help=f"mini-batch size (1: per-sample SGD; >= the data: "

@@ -279,6 +279,13 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
             tokens=tokens)
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
+    if grid is not None:  # a wrong grid is refused before anything is compiled or written
+        grid = tuple(grid)
+        cells = math.prod(grid) if all(isinstance(d, int) and d >= 1 for d in grid) else None
+        if cells != ds.n_features:
+            raise GraphcError(f"rows of {ds.n_features} features of {ds.name} cannot be reshaped to the grid {grid}"
+                              + (f" ({cells} cells)" if cells else "") + f": the rows' shape (N, {ds.n_features}) "
+                              f"and the grid (N, {', '.join(map(str, grid))}) must hold the same number of values")
     model_fn = model  # None: the trainer builds the default MLP
     out_dir = Path(out) if out is not None else None
 

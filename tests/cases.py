@@ -264,6 +264,23 @@ def make_cases(dtype: str = "float64") -> dict:
 
 
     @st.composite
+    def conv_case(draw):
+        """A stride-1 convolution (its product carries the conv op's gradient rule), 1-D or 2-D, padded and
+        dilated at random, with the filter and the image both differentiated."""
+        nsp = draw(st.integers(1, 2))
+        sizes = [draw(st.integers(2, 4)) for _ in range(nsp)]
+        # 8 input channels: fewer keep the composition's gradient (conv.TRANSPOSED_MIN_CHANNELS)
+        n, c, f = draw(st.integers(1, 2)), 8, draw(st.integers(1, 2))
+        dil = draw(st.integers(1, 2))
+        ks = [draw(st.integers(1, min(3, (d - 1) // dil + 1))) for d in sizes]
+        pad = draw(st.sampled_from(["valid", "same", 1, 2]))
+        x, w = _leaves([(n, *sizes, c), (*ks, c, f)])
+        conv = gc.conv2d if nsp == 2 else gc.conv1d
+        out = conv(x, w, padding=pad, dilation=dil)
+        return out, dict(zip(["a0", "a1"], _vals(draw, [(n, *sizes, c), (*ks, c, f)]), strict=True)), [x, w]
+
+
+    @st.composite
     def cumsum_case(draw):
         shape = _shape(draw)
         axis = draw(st.integers(-len(shape), len(shape) - 1))
@@ -346,6 +363,7 @@ def make_cases(dtype: str = "float64") -> dict:
         "take": take_case(),
         "scatter_add": scatter_case(),
         "windows": windows_case(),
+        "conv": conv_case(),
         "matmul": matmul_case(),
         "stop_gradient": stop_case(),
         "dropout": dropout_case(),

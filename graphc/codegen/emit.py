@@ -1394,7 +1394,7 @@ class ModuleEmitter:
         inner = gemm_mod.emit_gemm(
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
-            extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)),
+            extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)), a_view=k.a_view,
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)

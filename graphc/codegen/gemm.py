@@ -185,7 +185,7 @@ def _slice_elems(M: int, N: int, K: int, cfg: GemmConfig, esize: int) -> tuple[i
     """(A part, B part) of one thread's workspace slice, in elements. Mirrored in IR by `_ir_slice`."""
     align = 64 // esize
     kcmax = min(cfg.kc, _rup(K, cfg.unroll))
-    a = _rup(min(cfg.mc, _rup(M, cfg.mr)) * kcmax, align)
+    a = _rup(min(cfg.mc, _rup(M, cfg.mr)) * cfg.kc, align)  # a row-major view block keeps rows KC apart
     b = _rup(kcmax * min(cfg.nc, _rup(N, cfg.nr)), align)
     return a, b
 
@@ -479,6 +479,148 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
     b.ret_void()
 
 
+# ------------------------------------------------------------------------------------------ operand views
+#
+# An A operand may be a *view*: op(A)[r, k] = A[offset + rowoff(r) + coloff(k)], where rowoff(r) writes r in the
+# mixed radix of `rows` ((size, stride) digits, outermost first) and sums stride * digit, and coloff does the
+# same for k with `cols` (the outermost size is never needed: pass 0 where it is only known at run time). A
+# convolution's im2col matrix is such a view of its padded image: rows (n, oh, ow), columns (kh, kw, c) for the
+# forward product, the other way round for the filter gradient. The view is packed into the same KC x MR
+# micro-panels as a stored A, straight from the image, so no im2col buffer of the whole batch exists and the
+# product is bitwise the one over the materialized matrix.
+
+
+def _digits_offset(b: ir.IRBuilder, idx: ir.Value, digits) -> ir.Value:
+    """sum_j stride_j * digit_j(idx) for the mixed-radix digits ((size, stride), outermost first)."""
+    acc = _c64(0)
+    rem = idx
+    for size, stride in reversed(digits[1:]):
+        if size != 1 and stride:
+            acc = b.add(acc, b.mul(b.urem(rem, _c64(size)), _c64(stride)))
+        if size != 1:
+            rem = b.udiv(rem, _c64(size))
+    return b.add(acc, b.mul(rem, _c64(digits[0][1]))) if digits[0][1] else acc
+
+
+def _view_pack_kind(view, W: int) -> str:
+    """'r': row-major copy along K (the innermost K digit is contiguous), read in place by the microkernel;
+    'm': k-major panels copied along M (per k, W rows at once: contiguous runs as vector loads, others
+    gathered)."""
+    _, rows, cols = view
+    if rows[-1][1] == 1 and (rows[-1][0] >= W or len(rows) == 1):
+        return "m"
+    return "r" if cols[-1][1] == 1 and (cols[-1][0] > 1 or len(cols) == 1) else "m"
+
+
+def _emit_view_pack_r(g: _Gen, fn: ir.Function, W: int, view) -> None:
+    """pack(dst, A, row0, k0, kc, nrows) for a view whose innermost K digit has stride 1, *row-major*:
+    dst[r*KC + k] = op(A)[row0 + r, k0 + k] for r < nrows rounded up to W (rows past nrows are zeros; KC the
+    config's K block, so rows sit a constant distance apart). Each row is copied in runs of that digit
+    (contiguous in A) by vector moves: no transposes. The microkernel reads the block at constant offsets, the
+    same fused multiply-adds in the same order as from k-major panels."""
+    dst, src, row0, k0, kc, nrows = fn.args
+    offset, rows, cols = view
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    S = cols[-1][0] or 1 << 62  # a single K digit: one run
+    outer = cols[:-1]
+    total = _rup_ir(b, nrows, _c64(W))
+    with _Loop(b, _c64(0), total, _c64(1), "r") as r:
+        ok = g.splat(b, b.icmp_signed("<", r, nrows))  # the padding rows are zeros
+        roff = b.add(_digits_offset(b, b.add(row0, r), rows), _c64(offset))
+        drow = g.gep(b, dst, b.mul(r, _c64(g.cfg.kc)))
+        pre = b.block
+        body = fn.append_basic_block("run")
+        done = fn.append_basic_block("runs.done")
+        b.cbranch(b.icmp_signed(">", kc, _c64(0)), body, done)
+        b.position_at_end(body)
+        k = b.phi(_I64, name="k")
+        k.add_incoming(_c64(0), pre)
+        kabs = b.add(k0, k)
+        inner = b.urem(kabs, _c64(S))
+        seg = _digits_offset(b, b.udiv(kabs, _c64(S)), outer) if outer else _c64(0)
+        run = _smin(b, b.sub(_c64(S), inner), b.sub(kc, k))
+        s0 = g.gep(b, src, b.add(roff, b.add(seg, inner)))
+        d0 = g.gep(b, drow, k)
+        full = b.mul(b.sdiv(run, _c64(L)), _c64(L))
+        with _Loop(b, _c64(0), full, _c64(L), "kk") as kk:
+            g.store_vec(b, g.load_vec(b, s0, kk, ok), d0, kk)
+        with b.if_then(b.icmp_signed("<", full, run)):
+            m = g.lane_mask(b, 0, b.sub(run, full))
+            g.store_vec(b, g.load_vec(b, s0, full, b.and_(m, ok)), d0, full, m)
+        k2 = b.add(k, run)
+        k.add_incoming(k2, b.block)
+        b.cbranch(b.icmp_signed("<", k2, kc), body, done)
+        b.position_at_end(done)
+    b.ret_void()
+
+
+def _emit_view_pack_m(g: _Gen, fn: ir.Function, W: int, view, kcmax: int) -> None:
+    """pack(dst, A, row0, k0, kc, nrows) for any view: the K offsets of the block are tabulated once; then per
+    group of L panel rows, a group whose rows are contiguous in A (the common case when the innermost row digit
+    has stride 1) is copied with one masked vector load per k, any other is gathered."""
+    dst, src, row0, k0, kc, nrows = fn.args
+    offset, rows, cols = view
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    L = g.L
+    table = b.alloca(ir.ArrayType(_I64, kcmax), name="koff")
+    table.align = 64
+    table.type = _PTR
+    dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
+    with _Loop(b, _c64(0), kc, _c64(1), "kt") as k:
+        b.store(b.add(_digits_offset(b, b.add(k0, k), cols), _c64(offset)),
+                b.gep(table, [k], inbounds=True, source_etype=_I64))
+    vi64 = ir.VectorType(_I64, L)
+    vptr = ir.VectorType(_PTR, L)
+    gname = f"llvm.masked.gather.v{L}{'f32' if g.esize == 4 else 'f64'}.v{L}p0"
+    gather = g._declare(gname, g.V, [vptr, _I32, g.M, g.V])
+    npanels = _cdiv_ir(b, nrows, _c64(W))
+    srcint = b.ptrtoint(src, _I64)
+    with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
+        r0 = b.add(row0, b.mul(q, _c64(W)))
+        lim = b.sub(nrows, b.mul(q, _c64(W)))
+        dq = g.gep(b, dst, b.mul(q, b.mul(kc, _c64(W))))
+        for x0 in range(0, W, L):
+            w = min(L, W - x0)
+            offs = [_digits_offset(b, b.add(r0, _c64(x0 + x)), rows) for x in range(w)]
+            vmask = b.and_(g.lane_mask(b, x0, lim), g.const_mask(w))
+            contig = ir.Constant(_I1, 1)
+            for x in range(1, w):
+                same = b.icmp_signed("==", offs[x], b.add(offs[0], _c64(x)))
+                contig = b.and_(contig, b.or_(same, b.icmp_signed(">=", _c64(x0 + x), lim)))
+            ovec = ir.Constant(vi64, ir.Undefined)
+            for x in range(L):
+                ovec = b.insert_element(ovec, offs[min(x, w - 1)], ir.Constant(_I32, x))
+            smask = None if w == L else g.const_mask(w)
+            with b.if_else(contig, likely=True) as (then, other):
+                with then:
+                    with _Loop(b, _c64(0), kc, _c64(1), "kc") as k:
+                        ko = b.load(b.gep(table, [k], inbounds=True, source_etype=_I64), typ=_I64)
+                        v = g.load_vec(b, src, b.add(offs[0], ko), vmask)
+                        g.store_vec(b, v, dq, b.add(b.mul(k, _c64(W)), _c64(x0)), smask, align=dalign)
+                with other:
+                    with _Loop(b, _c64(0), kc, _c64(1), "kg") as k:
+                        ko = b.load(b.gep(table, [k], inbounds=True, source_etype=_I64), typ=_I64)
+                        addr = b.add(g.splat(b, srcint), b.mul(b.add(ovec, g.splat(b, ko)),
+                                                              ir.Constant(vi64, [g.esize] * L)))
+                        v = b.call(gather, [b.inttoptr(addr, vptr), ir.Constant(_I32, g.esize), vmask, g.zero])
+                        g.store_vec(b, v, dq, b.add(b.mul(k, _c64(W)), _c64(x0)), smask, align=dalign)
+    b.ret_void()
+
+
+def _view_pack_fn(g: _Gen, name: str, view) -> ir.Function:
+    """The packing routine of one GEMM's A view (its digits are compile-time constants): not shared."""
+    fn = ir.Function(g.module, _VPACK_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    W = g.cfg.mr
+    if _view_pack_kind(view, W) == "r":
+        _emit_view_pack_r(g, fn, W, view)
+    else:
+        _emit_view_pack_m(g, fn, W, view, g.cfg.kc)
+    return fn
+
+
 # ------------------------------------------------------------------------------------- shared functions
 
 
@@ -515,10 +657,11 @@ def _edge_rows(cfg: GemmConfig) -> int | None:
     return 8 if cfg.mr > 8 else None
 
 
-def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False) -> ir.Function:
+def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False, row_major: bool = False) -> ir.Function:
     """The microkernel, shared by the module's GEMMs of this dtype and register tile (see `_emit_ukernel`);
     `rows` < MR: the variant computing only the first `rows` rows of the tile; `strided`: the variant reading
-    A in place (element strides along rows and along K as two more arguments) instead of a packed panel."""
+    A in place (element strides along rows and along K as two more arguments) instead of a packed panel;
+    `row_major`: the variant reading a row-major packed block (rows KC apart: constant offsets)."""
     cfg = g.cfg
     rows = rows or cfg.mr
     name = f"graphc.gemm.ukernel.{g.tag}.{cfg.mr}x{cfg.nr}.k{cfg.unroll}.pf{cfg.prefetch_c}"
@@ -528,7 +671,9 @@ def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False) -> ir.F
     if strided:
         name += ".sa"
         argt += [_I64, _I64]
-    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows, strided))
+    elif row_major:
+        name += f".rm{cfg.kc}"
+    return _shared(g, name, argt, lambda fn: _emit_ukernel(g, fn, rows, strided, row_major))
 
 
 # Small products: when a thread's M range has at most SMALL_M rows (a batch of 1..16 in a forward product or
@@ -546,7 +691,7 @@ SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a sta
 # ------------------------------------------------------------------------------------------ microkernel
 
 
-def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False) -> None:
+def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, row_major: bool = False) -> None:
     """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile).
 
     Computes the MR x NR tile ``sum_k Ap[k*MR + i] * Bp[k*bstride + j]`` (k < kc) in registers (its first
@@ -570,6 +715,9 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False) ->
         a_rs, a_ks = fn.args[10:]
         a_off = lambda i, kk: b.add(b.mul(_c64(i), a_rs), b.mul(_c64(kk), a_ks))  # noqa: E731
         a_step = lambda u: b.mul(_c64(u), a_ks)  # noqa: E731
+    elif row_major:  # a row-major packed block: op(A)[i, k] at Ap[i*KC + k]
+        a_off = lambda i, kk: _c64(i * cfg.kc + kk)  # noqa: E731
+        a_step = lambda u: _c64(u)  # noqa: E731
     else:  # a packed micro-panel: op(A)[i, k] at Ap[k*MR + i]
         a_off = lambda i, kk: _c64(kk * MR + i)  # noqa: E731
         a_step = lambda u: _c64(u * MR)  # noqa: E731
@@ -742,7 +890,7 @@ def _ir_slice(b, M, N, K, cfg: GemmConfig, esize: int):
     """IR twin of `_slice_elems`."""
     align = _c64(64 // esize)
     kcmax = _smin(b, _c64(cfg.kc), _rup_ir(b, K, _c64(cfg.unroll)))
-    a = _rup_ir(b, b.mul(_smin(b, _c64(cfg.mc), _rup_ir(b, M, _c64(cfg.mr))), kcmax), align)
+    a = _rup_ir(b, b.mul(_smin(b, _c64(cfg.mc), _rup_ir(b, M, _c64(cfg.mr))), _c64(cfg.kc)), align)
     bb = _rup_ir(b, b.mul(kcmax, _smin(b, _c64(cfg.nc), _rup_ir(b, N, _c64(cfg.nr)))), align)
     return a, bb
 
@@ -770,9 +918,10 @@ class _FnPtr:
 
 
 _PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
+_VPACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64])  # (dst, A, row0, k0, kc, nrows)
 _EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
 # flags of the shared driver
-_TRANS_A, _TRANS_B, _ACCUMULATE = 1, 2, 4
+_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A, _VIEW_ROWS = 1, 2, 4, 8, 16
 
 
 def _driver_fn(g: _Gen) -> ir.Function:
@@ -796,6 +945,8 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     edge = _edge_rows(cfg)
     ukernel_edge = _ukernel_fn(g, edge) if edge else None
     small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in SMALL_ROWS]
+    ukernel_rows = _ukernel_fn(g, None, row_major=True)  # a view packed row-major (rows KC apart)
+    ukernel_rows_edge = _ukernel_fn(g, edge, row_major=True) if edge else None
     A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
     names = ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads", "flags", "packA", "packB",
              "epi", "ectx"]
@@ -817,8 +968,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     def flag(bit):
         return b.icmp_unsigned("!=", b.and_(flags, ir.Constant(_I32, bit)), ir.Constant(_I32, 0))
 
-    trans_a, trans_b, acc_flag = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE)
+    trans_a, trans_b, acc_flag, view_a = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE), flag(_VIEW_A)
+    view_rows = flag(_VIEW_ROWS)  # the view packs row-major: tiles read it in place (rows kc apart)
     has_epi = b.icmp_unsigned("!=", epi, null)
+    pack_view = _Callee(pack_a, _VPACK_TY)
     pack_a = _Callee(pack_a, _PACK_TY)
     pack_b = _Callee(pack_b, _PACK_TY)
     epi = _Callee(epi, _EPI_TY)
@@ -892,6 +1045,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
 
     # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
     small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
+    small = b.and_(small, b.not_(view_a))  # a view is packed whatever its size
 
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
@@ -917,14 +1071,23 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                     mrem = _smin(b, _c64(MR), b.sub(mc, ir_))
                     nrem = _smin(b, _c64(NR), b.sub(nc, jr))
                     uargs = [ap_panel, bptr, cptr, ldc, bstride, kc, mrem, nrem, load_old, tptr]
-                    if ukernel_edge is None:
-                        b.call(ukernel, uargs)
-                    else:  # the last rows of the M range: the narrower kernel where they fit it
-                        with b.if_else(b.icmp_signed("<=", mrem, _c64(edge))) as (narrow, full):
-                            with narrow:
-                                b.call(ukernel_edge, uargs)
-                            with full:
-                                b.call(ukernel, uargs)
+
+                    def run(kern, kern_edge, args):
+                        if kern_edge is None:
+                            b.call(kern, args)
+                        else:  # the last rows of the M range: the narrower kernel where they fit it
+                            with b.if_else(b.icmp_signed("<=", mrem, _c64(edge))) as (narrow, full):
+                                with narrow:
+                                    b.call(kern_edge, args)
+                                with full:
+                                    b.call(kern, args)
+
+                    with b.if_else(view_rows) as (rowmajor, panels):
+                        with rowmajor:  # the tile's rows of the row-major block
+                            run(ukernel_rows, ukernel_rows_edge,
+                                [g.gep(b, Ap, b.mul(ir_, _c64(cfg.kc))), *uargs[1:]])
+                        with panels:
+                            run(ukernel, ukernel_edge, uargs)
                     with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
                         b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
 
@@ -956,7 +1119,11 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                                     cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
                                     b.call(epi, [small_buf, cptr, ldc, cnt, nrem, row, col, ectx])
                     with packed:
-                        b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
+                        with b.if_else(view_a) as (viewed, stored):
+                            with viewed:
+                                b.call(pack_view, [Ap, A, ic, pc, kc, mc])
+                            with stored:
+                                b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
                         if cfg.loop_order == "jr_ir":
                             with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
                                     _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
@@ -983,8 +1150,12 @@ def emit_gemm(
     epilogue: Callable[[EpilogueContext], ir.Value] | None = None,
     extra_args: Sequence[ir.Type] = (),
     config: GemmConfig | None = None,
+    a_view: tuple | None = None,
 ) -> ir.Function:
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+
+    ``a_view`` = (offset, rows, cols): op(A) is read through that view of A (see "operand views"; lda and
+    trans_a are then unused), packed by ``name.pack_a``.
 
     ``name`` is a small wrapper around the module's shared driver, microkernel and packing routines (added on
     first use, internal, named ``graphc.gemm.*``); with an epilogue, ``name.epilogue`` is its epilogue pass.
@@ -999,7 +1170,12 @@ def emit_gemm(
     extra_args = list(extra_args)
 
     driver = _driver_fn(g)
-    pack_a = _pack_fn(g, trans_a, cfg.mr)
+    if a_view is not None:
+        if trans_a:
+            raise ValueError("an A view already says how op(A) is read: trans_a must be False")
+        pack_a = _view_pack_fn(g, f"{name}.pack_a", a_view)
+    else:
+        pack_a = _pack_fn(g, trans_a, cfg.mr)
     pack_b = _pack_fn(g, not trans_b, cfg.nr)
     ectx_t = ir.LiteralStructType(extra_args)
     epi = None
@@ -1021,6 +1197,8 @@ def emit_gemm(
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
+    if a_view is not None:
+        flags |= _VIEW_A | (_VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()

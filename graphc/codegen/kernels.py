@@ -361,6 +361,10 @@ class GemmKernel(Kernel):
     a_batch: tuple[Dim, ...] = ()  # element strides per batch dim
     b_batch: tuple[Dim, ...] = ()
     c_batch: tuple[Dim, ...] = ()
+    # op(A) read through a view of `a` (no batch): (offset, rows, cols), op(A)[r, k] = a[offset + sum of
+    # stride * digit over r's digits in `rows` and k's in `cols`, ((size, stride), outermost first; an outermost
+    # size of 0 is known only at run time)] -- an im2col matrix packed straight from its image. ta is False then.
+    a_view: tuple | None = None
 
     @property
     def writes(self) -> list[Buffer]:
@@ -370,8 +374,13 @@ class GemmKernel(Kernel):
         ta = "ᵀ" if self.ta else ""
         tb = "ᵀ" if self.tb else ""
         batch = f"{fmt_shape(self.batch)} x " if self.batch else ""
+        a = f"{self.a!r}{ta}"
+        if self.a_view is not None:
+            off, rows, cols = self.a_view
+            show = lambda ds: "(" + ", ".join(f"{d or '?'}:{st}" for d, st in ds) + ")"  # noqa: E731
+            a = f"view {self.a!r}[{off} + rows {show(rows)} + cols {show(cols)}]"
         lines = [f"{self.name}: gemm {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
-                 f"acc = {self.a!r}{ta} @ {self.b!r}{tb}"]
+                 f"acc = {a} @ {self.b!r}{tb}"]
         lines += [f"  {s.buf!r} = {s.value!r}" for s in self.stores]
         return "\n".join(lines)
 

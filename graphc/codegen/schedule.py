@@ -257,10 +257,29 @@ class Scheduler:
     def _own_kernel(self, n: Node) -> bool:
         return n.op.kind in ("reduce", "contract", "scatter", "loop")
 
+    def _view_operands(self) -> tuple[set[int], set[int]]:
+        """(matrix products whose A operand may be read through a view, the regrouping reshapes on the way).
+
+        A product without batch dims whose A operand is a movement node, or a regrouping reshape of one (the
+        im2col matrix of a convolution: windows -> reshape), need not have that operand in memory: `_contract`
+        tries to read it as a view (see `_a_view`) and materializes it only when that fails."""
+        prods = {id(n) for n in self.order if n.op.kind == "contract" and n.ndim == 2}
+        chain: set[int] = set()
+        for n in reversed(self.order):
+            if not (n.op.kind == "movement" and n.op.is_view(n)) or id(n) in prods:
+                continue
+            readers = self.users[id(n)]
+            if readers and all((id(u) in prods and u.inputs[0] is n and u.inputs[1] is not n) or id(u) in chain
+                               for u in readers):
+                chain.add(id(n))
+        return prods, chain
+
     def decide(self) -> set[int]:
         mat: set[int] = {id(o) for o in self.graph.outputs if not o.op.leaf}
         cost: dict[int, int] = {}
         depth: dict[int, int] = {}
+        prods, chain = self._view_operands()
+        self.view_prods = prods
         for n in self.order:
             if self._own_kernel(n):
                 mat.add(id(n))
@@ -268,6 +287,9 @@ class Scheduler:
                 continue
             for k in n.op.needs_memory(n):
                 x = n.inputs[k]
+                if id(n) in chain or (k == 0 and id(n) in prods and
+                                      (id(x) in chain or (x.op.kind == "movement" and not x.op.is_view(x)))):
+                    continue  # an A operand that may be a view (decided when the product is scheduled)
                 if not self._in_memory(x, mat):
                     mat.add(id(self._storage_node(x)))
         # costs and depths of inline regions, deciding on the way who must be materialized
@@ -429,9 +451,12 @@ class Scheduler:
             b = out_ids.get(id(o))
             if b is None or b.kind != "output" or not o.op.is_view(o):
                 continue
-            src = o.inputs[0]
+            src, via = o.inputs[0], o
+            while (src.op.is_view(src) and id(src) not in self.mat and id(src) not in out_ids
+                   and all(u is via for u in self.users[id(src)])):  # views of views: the same elements
+                src, via = src.inputs[0], src
             if (id(src) in self.mat and id(src) not in out_ids and src.op.kind != "source" and not src.op.leaf
-                    and all(u is o for u in self.users[id(src)])):
+                    and all(u is via for u in self.users[id(src)])):
                 out_ids[id(src)] = b
                 aliased.add(id(o))
         for n in self.order:
@@ -524,11 +549,121 @@ class Scheduler:
             off = len(batch) - (x.ndim - 2)
             return tuple(0 if j < off or _is_one(x.shape[j - off]) else rm[j - off] for j in range(len(batch)))
 
-        kern = GemmKernel(name, a=self._storage(a), b=self._storage(b), ta=ta, tb=tb, m=m, n=nn, k=k,
+        view = self._a_view(a, ta) if id(n) in getattr(self, "view_prods", ()) else None
+        if view is not None:
+            abuf, a_view = view
+            ta = False
+        else:
+            abuf, a_view = self._storage_or_materialize(a), None
+        name = f"k{len(self.kernels)}_{n.op.name}"  # after any kernel made for the operand just now
+        kern = GemmKernel(name, a=abuf, b=self._storage(b), ta=ta, tb=tb, m=m, n=nn, k=k,
                           lda=a.shape[-1], ldb=b.shape[-1], stores=[Store(buf, Acc(n.dtype))], batch=batch,
-                          a_batch=batch_strides(a), b_batch=batch_strides(b), c_batch=_rowmajor(n.shape)[:len(batch)])
+                          a_batch=batch_strides(a), b_batch=batch_strides(b), c_batch=_rowmajor(n.shape)[:len(batch)],
+                          a_view=a_view)
         kern.reads = [kern.a, kern.b]
         self.kernels.append(kern)
+
+    # ------------------------------------------------------------------ operand views
+    def _storage_or_materialize(self, x: Node) -> Buffer:
+        """x's storage; a view candidate that could not be read as a view gets its kernel here, just before the
+        product (its inputs are all computed by now)."""
+        s = x
+        while s.op.is_view(s) and id(s) not in self.buf_of:
+            s = s.inputs[0]
+        if id(s) not in self.buf_of and not s.op.leaf and s.op.constant_array(s) is None:
+            self._materialize_now(s)
+        return self._storage(x)
+
+    def _materialize_now(self, x: Node) -> Buffer:
+        """A kernel computing x into a new buffer, scheduled now (in the middle of building another kernel)."""
+        saved = (self.fused, self.fused_ids, self.exprs, getattr(self, "ndomain", 0))
+        buf = self.new_buffer(self.label(x), x.shape, x.dtype, "temp", x)
+        self._kernel_for(x, buf)
+        self.buf_of[id(x)] = buf
+        self.mat.add(id(x))
+        self.fused, self.fused_ids, self.exprs, self.ndomain = saved
+        return buf
+
+    def _trial(self, s: Node):
+        """s lowered over its own shape, without side effects on the kernel being built: (the expression, the
+        nodes inlined into it)."""
+        saved = (self.fused, self.fused_ids, self.exprs, getattr(self, "ndomain", 0))
+        self.fused, self.fused_ids, self.exprs, self.ndomain = [], set(), {}, s.ndim
+        try:
+            e = self.expr(s, self._identity_map(s.shape))
+            return e, self.fused
+        finally:
+            self.fused, self.fused_ids, self.exprs, self.ndomain = saved
+
+    @staticmethod
+    def _plain(e) -> bool:
+        return isinstance(e, Load) and not e.terms and not e.checked and not e.gathers and isinstance(e.offset, int)
+
+    def _a_view(self, a: Node, ta: bool):
+        """(buffer, (offset, rows, cols)) when the A operand `a` (stored rows x cols; op(A) = aᵀ when `ta`) is a
+        regrouping of a node s whose value is a plain strided read of a buffer: s's leading axes make the rows,
+        its trailing axes the columns. When s reads through a guard (the padding of a convolution), the movement
+        node below it is materialized first if that makes the read plain and costs less than s itself (the
+        padded image instead of its im2col matrix). None: no view."""
+        s = a
+        while s.op.is_view(s) and id(s) not in self.buf_of:
+            s = s.inputs[0]
+        if id(s) in self.buf_of or s.op.leaf or s.op.kind != "movement" or s.op.constant_array(s) is not None:
+            return None
+        rows_n = a.shape[-2]
+        split = None
+        acc: Dim = 1
+        for j in range(1, s.ndim):
+            acc = acc * s.shape[j - 1]
+            if sympy.simplify(sympy.sympify(acc) - sympy.sympify(rows_n)) == 0:
+                split = j
+                break
+        if split is None:
+            return None
+        e, inl = self._trial(s)
+        if not self._plain(e):
+            below = []
+            node = s
+            while len(node.inputs) == 1 and node.inputs[0].op.kind == "movement" and id(node.inputs[0]) not in \
+                    self.buf_of and not node.inputs[0].op.leaf:
+                node = node.inputs[0]
+                below.append(node)
+            for p in below:
+                if not _smaller(p.shape, s.shape):
+                    continue
+                self.buf_of[id(p)] = Buffer(-1, "trial", p.shape, p.dtype, "temp", p)
+                try:
+                    ok = self._plain(self._trial(s)[0])
+                finally:
+                    del self.buf_of[id(p)]
+                if ok:
+                    self._materialize_now(p)
+                    e, inl = self._trial(s)
+                    break
+            if not self._plain(e):
+                return None
+        digits = []
+        for j, (d, st) in enumerate(zip(s.shape, e.strides, strict=True)):
+            d, st = _norm(d), _norm(st)
+            if not isinstance(st, int) or (not isinstance(d, int) and j not in (0, split)):
+                return None
+            digits.append((d if isinstance(d, int) else 0, st))
+        rows, cols = _merge_digits(digits[:split]), _merge_digits(digits[split:])
+        if ta:
+            rows, cols = cols, rows
+        if rows is None or cols is None:
+            return None
+        for x in inl:  # the view's nodes belong to the product (fn.kernels shows what the operand was)
+            if id(x) not in self.fused_ids:
+                self.fused_ids.add(id(x))
+                self.fused.append(x)
+        node = a
+        while node is not s:
+            if id(node) not in self.fused_ids:
+                self.fused_ids.add(id(node))
+                self.fused.append(node)
+            node = node.inputs[0]
+        return e.buf, (e.offset, rows, cols)
 
     def _scatter(self, n: Node, buf: Buffer, name: str) -> None:
         """out = x (a copy kernel), then the updates added in place at the indices."""
@@ -674,6 +809,30 @@ class Scheduler:
         kern.reads = list(dict.fromkeys(b.parent for b in bind_list))
         kern.nodes = [n]
         self.kernels.append(kern)
+
+
+def _merge_digits(digits: list) -> tuple | None:
+    """(size, stride) digits, outermost first, without size-1 digits and with neighbours that are one run
+    merged ((a, b*t), (b, t) -> (a*b, t)); an outermost size of 0 (known at run time) stays 0. None if a size
+    other than the outermost is unknown."""
+    out: list[tuple[int, int]] = []
+    for k, (d, st) in enumerate(digits):
+        if d == 0 and k > 0:
+            return None
+        if d == 1:
+            continue
+        if out and out[-1][1] == d * st:
+            prev = out[-1][0]
+            out[-1] = (prev * d if prev else 0, st)
+        else:
+            out.append((d, st))
+    return tuple(out) or ((1, 0),)
+
+
+def _smaller(a: Shape, b: Shape) -> bool:
+    """Whether an array of shape a has fewer elements than one of shape b, for every value of the dims."""
+    ratio = sympy.simplify(sympy.sympify(_size(b)) / sympy.sympify(_size(a)))
+    return bool(ratio.is_number and ratio > 1)
 
 
 def _size(shape: Shape) -> Dim:

@@ -650,6 +650,22 @@ class Windows(Op):
         a = node.attrs
         axes, nk = a["axes"], len(a["axes"])
         koff = axes[-1] + 1  # where the window offset axes start in the output
+        if all(s == k for s, k in zip(a["strides"], a["window"], strict=True)) and all(d == 1 for d in a["dilation"]):
+            # windows that tile the axis (a pooling's): each element of x is in one window at most, so dx is g
+            # with each offset axis moved beside its window axis, the pairs merged, and the uncovered end zero
+            pos = lambda ax: ax if ax < koff else ax + nk  # noqa: E731 - an input axis's place in g
+            perm, shape, high = [], [], []
+            for ax in range(x.ndim):
+                if ax in axes:
+                    j = axes.index(ax)
+                    perm += [pos(ax), koff + j]
+                    shape.append(node.shape[ax] * a["window"][j])
+                    high.append(x.shape[ax] - shape[-1])
+                else:
+                    perm.append(pos(ax))
+                    shape.append(x.shape[ax])
+                    high.append(0)
+            return (_pad(reshape(transpose(g, perm), tuple(shape)), [0] * x.ndim, high, [0] * x.ndim, 0),)
         total = None
         for ks in np.ndindex(*a["window"]):
             start = [0] * g.ndim

@@ -300,6 +300,45 @@ def test_thread_count_is_bitwise_invariant(host, name):
             assert np.array_equal(C.view(f"u{dtype.itemsize}"), outs[0].view(f"u{dtype.itemsize}"))
 
 
+def _im2col(X, k, pads):
+    """The im2col matrix (N*OH*OW, KH*KW*C) of channels-last images X padded by `pads` (every side), stride 1."""
+    Xp = np.pad(X, ((0, 0), (pads, pads), (pads, pads), (0, 0)))
+    n, hp, wp, c = Xp.shape
+    oh, ow = hp - k + 1, wp - k + 1
+    cols = np.stack([Xp[:, i:i + oh, j:j + ow, :] for i in range(k) for j in range(k)], axis=3)
+    return Xp, cols.reshape(n * oh * ow, k * k * c)
+
+
+@pytest.mark.parametrize("n, h, c, k, f", [(3, 7, 5, 3, 6), (2, 9, 32, 3, 40), (1, 5, 1, 5, 3), (4, 6, 13, 1, 17),
+                                           (2, 30, 3, 3, 33)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_view_is_the_product_over_the_materialized_matrix_bitwise(n, h, c, k, f, dtype):
+    """op(A) read through a view (a padded image's im2col matrix, rows (n, oh, ow) and columns (kh, kw, c); and
+    its transpose, as the filter gradient reads it) gives bitwise the product over the materialized matrix,
+    whichever way the view is packed (row-major runs along K, or k-major copies/gathers along M), on 1-3
+    threads, with K and M spanning several blocks."""
+    X = _RNG.standard_normal((n, h, h, c)).astype(dtype)
+    Xp, cols = _im2col(X, k, 1)
+    _, hp, wp, _ = Xp.shape
+    oh = hp - k + 1
+    rows = ((0, hp * wp * c), (oh, wp * c), (oh, c))
+    taps = ((k, wp * c), (k * c, 1))  # kw and c merge: one run of k*c per kernel row
+    M, K = cols.shape
+    G = _RNG.standard_normal((M, f)).astype(dtype)
+    W = _RNG.standard_normal((K, f)).astype(dtype)
+    mods = _build({"fwd": dict(dtype=dtype, a_view=(0, rows, taps)), "dw": dict(dtype=dtype, a_view=(0, taps, rows)),
+                   "plain": dict(dtype=dtype), "plain_t": dict(dtype=dtype, trans_a=True)}, host_target())
+    for name, (Aview, B, mm, nn, kk, plain, Ab) in {
+            "fwd": (Xp, W, M, f, K, "plain", cols), "dw": (Xp, G, K, f, M, "plain_t", cols)}.items():
+        want = mods[plain](Ab, B, np.full((mm, nn), np.nan, dtype), mm, nn, kk)
+        ref, bound = _ref(Ab, B, name == "dw", False)
+        _check(want, ref, bound, kk, np.dtype(dtype))
+        flat = np.ascontiguousarray(Aview).reshape(-1, 1)  # the view reads the image's storage
+        for nt in (1, 2, 3):
+            got = mods[name](flat, B, np.full((mm, nn), np.nan, dtype), mm, nn, kk, nthreads=nt)
+            assert np.array_equal(got, want), (name, nt)
+
+
 @pytest.mark.parametrize("level", ["x86-64", "x86-64-v3"])
 def test_portable_targets(level):
     target = level_target(level)
@@ -434,6 +473,7 @@ def test_helpers_are_emitted_once_per_module():
         base = f"graphc.gemm.ukernel.{s}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}"
         want += [base] + ([f"{base}.r8"] if c.mr > 8 else [])  # the narrower kernel for a last tile of <= 8 rows
         want += [f"{base}.r{r}.sa" if r != c.mr else f"{base}.sa" for r in SMALL_ROWS]  # A in place, small products
+        want += [f"{base}.rm{c.kc}"] + ([f"{base}.r8.rm{c.kc}"] if c.mr > 8 else [])  # row-major view blocks
     assert sorted(n for n in names if "ukernel" in n) == sorted(want)
     assert len([n for n in names if ".driver." in n]) == 2  # one per dtype (config)
     assert sorted(n for n in names if ".pack_" in n) == sorted([

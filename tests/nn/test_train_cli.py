@@ -77,6 +77,41 @@ def test_model_file_and_csv_dataset(tmp_path):
     assert set(np.load(tmp_path / "o" / "weights.npz").files) == {"first.W", "first.b", "out.W", "out.b"}
 
 
+IMAGE_MODEL = """
+import graphc as gc
+
+OPTIONS = {"epochs": 1}
+
+
+def model(images, n_outputs):
+    h = gc.nn.conv2d(images, 4, 3, name="c")
+    return gc.nn.dense(gc.nn.flatten(h), n_outputs, name="out")
+"""
+
+
+def test_grid_reshapes_flat_npy_rows_into_images_and_a_wrong_grid_exits_2_writing_nothing(tmp_path):
+    (tmp_path / "m.py").write_text(IMAGE_MODEL)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 6 * 5 * 2))
+    y = (X[:, :30].sum(1) > 0).astype(float)
+    np.save(tmp_path / "flat.npy", np.column_stack([X, y]).astype(np.float32))  # 60 features + the label
+    base = ["train", "--model", str(tmp_path / "m.py"), "--dataset", str(tmp_path / "flat.npy"), "--label", "60",
+            "--task", "binary"]
+    p = run(*base, "--grid", "6,5,2", "--out", str(tmp_path / "o"), "--json")
+    assert p.returncode == 0, p.stderr
+    assert set(np.load(tmp_path / "o" / "weights.npz").files) == {"c.W", "c.b", "out.W", "out.b"}
+    assert np.load(tmp_path / "o" / "weights.npz")["c.W"].shape == (3, 3, 2, 4)
+    p = run(*base, "--grid", "7,5,2", "--out", str(tmp_path / "bad"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "60 features" in p.stderr and "(7, 5, 2)" in p.stderr, p.stderr
+    assert not (tmp_path / "bad").exists()
+    p = run(*base)  # rows without a grid: the model's images cannot be made
+    assert p.returncode == 2 and "no grid" in p.stderr and "Traceback" not in p.stderr
+    for bad in ("6,x,2", "6,0,10"):
+        p = run(*base, "--grid", bad)
+        assert p.returncode == 2 and "--grid" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["--dataset", "nope"], "no such file"),
     (["--dataset", "missing.csv"], "no such file"),

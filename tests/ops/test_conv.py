@@ -59,6 +59,11 @@ CONV2D_CASES = [  # (H, W, C, F, KH, KW, stride, padding, dilation)
     (9, 9, 2, 3, 3, 3, 1, "same", 2),  # dilation
     (4, 4, 1, 2, 3, 3, 3, 3, 1),  # padding as large as the kernel
     (5, 6, 3, 2, 2, 3, 3, "same", (2, 1)),
+    # 8+ input channels at stride 1: the input gradient is the transposed convolution (an implicit GEMM)
+    (7, 6, 8, 5, 3, 3, 1, "same", 1),
+    (5, 7, 9, 3, 3, 2, 1, ((3, 0), (1, 2)), 1),  # padding beyond the window on one side: the cotangent cropped
+    (9, 8, 8, 4, 3, 3, 1, ((2, 2), (1, 1)), 2),  # dilated
+    (6, 6, 16, 20, 5, 5, 1, "same", 1),
 ]
 
 
@@ -196,13 +201,42 @@ def test_gradient_graph_prints_draws_and_a_hessian_vector_product_goes_through_a
     np.testing.assert_allclose(fn(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
 
 
+def test_input_gradient_is_a_transposed_convolution_with_no_col2im_and_differentiates_again():
+    x = gc.input("x", ("N", 6, 5, 8), "float64")
+    w = gc.input("w", (3, 3, 8, 8), "float64")
+    v = gc.input("v", (3, 3, 8, 8), "float64")
+    loss = gc.sum(gc.tanh(gc.conv2d(x, w, padding="same")) ** 2)
+    gx, gw = gc.grad(loss, [x, w])
+    ops = [n.op.name for n in gc.topo_order([gx])]
+    assert ops.count("conv") == 2 and ops.count("windows") == 2  # the forward and the transposed convolution
+    fn = gc.compile([gx, gw])
+    # every product reads its im2col matrix as a view of a padded image: no buffer has the windows' rank
+    gemms = [k for k in fn.program.kernels if type(k).__name__ == "GemmKernel"]
+    assert len(gemms) == 3 and all(k.a_view is not None for k in gemms), fn.kernels
+    assert max(len(b.shape) for b in fn.program.buffers) == 4, fn.kernels
+    vals = {"x": rng.standard_normal((2, 6, 5, 8)), "w": rng.standard_normal((3, 3, 8, 8)) * 0.3,
+            "v": rng.standard_normal((3, 3, 8, 8))}
+    for got, want in zip(fn(vals), gc.evaluate([gx, gw], vals), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    (hv,) = gc.grad(gc.sum(gw * v), [w])  # the transposed convolution's own gradient rule
+    eps = 1e-6
+    num = (gc.evaluate(gw, {**vals, "w": vals["w"] + eps * vals["v"]}) -
+           gc.evaluate(gw, {**vals, "w": vals["w"] - eps * vals["v"]})) / (2 * eps)
+    np.testing.assert_allclose(gc.evaluate(hv, vals), num, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gc.compile(hv)(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
+
+
 def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_the_gemm():
     x = gc.input("x", ("N", 8, 8, 3))
     layer = gc.nn.conv2d(x, 8, 3, name="c")
     fn = gc.compile(layer)
     kinds = [type(k).__name__ for k in fn.program.kernels]
-    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels  # the im2col loop, the GEMM with its epilogue
-    assert "windows" in fn.kernels and "relu(add(acc" in fn.kernels
+    # the padded image (no im2col matrix of the batch), the GEMM reading it as a view, with its epilogue
+    assert kinds == ["LoopKernel", "GemmKernel"], fn.kernels
+    assert str(fn.program.kernels[0].domain) == "(N, 10, 10, 3)", fn.kernels
+    assert not any(len(b.shape) > 4 for b in fn.program.buffers), fn.kernels
+    assert "acc = view b" in fn.kernels and "relu(add(acc" in fn.kernels
+    assert "windows" in [n.op.name for n in fn.program.kernels[1].nodes]
     X = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
     vals = {"x": X, **gc.nn.init_params(layer, seed=1)}
     vals["c.b"][:] = rng.standard_normal(8)
