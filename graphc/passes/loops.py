@@ -4,6 +4,8 @@
   closed over is, over all steps, ONE product `reshape(X, (T·N, F)) @ W` before the loop; the body reads its
   rows as a new xs. (An LSTM written with one weight matrix per gate then computes its four input projections
   before the loop, and the graph's horizontal fusion makes them one GEMM.)
+* **Transposed weights stored once**: the gradient's `g @ Whᵀ` reads `Whᵀ` computed before the loop, so
+  the GEMM of every step reads its weight in place instead of repacking a transposed one.
 * **Horizontal fusion inside the body** (passes/horizontal.py): the products that share `h`, `h @ Wi, h @ Wf,
   h @ Wg, h @ Wo`, become one product with the weights side by side; the concatenated weights depend on the
   weights alone, so they are computed once per call, before the loop (they become a capture, as everything a
@@ -16,10 +18,10 @@ body; one that became a hoisted product is read from that product directly."""
 from __future__ import annotations
 
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, derived_from
+from graphc.ir.node import Node, derived_from, topo_order
 from graphc.ops.core import apply
 from graphc.ops.linalg import MATMUL, matmul
-from graphc.ops.movement import reshape
+from graphc.ops.movement import reshape, transpose
 from graphc.ops.scan import SCAN, SCAN_OUTPUT, Body, make_body, output, substitute
 from graphc.passes.horizontal import merge_products
 from graphc.passes.rewrite import rebuild
@@ -40,9 +42,34 @@ def _input_products(body: Body) -> list[Node]:
     return out
 
 
-def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], merge: bool):
-    """The body traced again over canonical placeholders, with the products in `hoist` read from new xs and,
-    with `merge`, the products sharing a left operand merged: (body, its captures, images of `extra`)."""
+def _transposed_weights(body: Body) -> bool:
+    """Whether a product in the body reads a capture transposed (x·Wᵀ: the gradient's g·Whᵀ)."""
+    caps = {id(a) for a in body.captures}
+    return any(n.op is MATMUL and n.attrs["tb"] and id(n.inputs[1]) in caps for n in body.order())
+
+
+def _pretransposed(outs: list[Node], placeholders: set[int]) -> list[Node]:
+    """Products x·Wᵀ of a step value and a loop-invariant W read Wᵀ stored once, before the loop (a transposed
+    operand would be repacked by every step's GEMM)."""
+    dep = set(placeholders)
+    memo: dict[int, Node] = {}
+    for n in topo_order(outs):
+        ins = tuple(memo.get(id(i), i) for i in n.inputs)
+        if any(id(i) in dep for i in n.inputs):
+            dep.add(id(n))
+        if n.op is MATMUL and n.attrs["tb"] and id(n.inputs[1]) not in dep and ins[1].ndim == 2:
+            with derived_from(n.source, "rewrite: transposed weight before the loop"):
+                memo[id(n)] = matmul(ins[0], transpose(ins[1]), ta=n.attrs["ta"])
+        else:
+            memo[id(n)] = rebuild(n, ins)
+    return [memo[id(o)] for o in outs]
+
+
+def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], merge: bool,
+             pretranspose: bool = False):
+    """The body traced again over canonical placeholders, with the products in `hoist` read from new xs, with
+    `merge` the products sharing a left operand merged, with `pretranspose` the weights read transposed
+    stored transposed: (body, its captures, images of `extra`)."""
     nc, nx = body.n_carry, body.n_x
 
     def step(carry_args, x_args):
@@ -52,6 +79,8 @@ def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], 
         outs = substitute([*body.outputs, *extra], mapping)
         if merge:
             outs = list(merge_products(Graph.of(outs)).outputs)
+        if pretranspose:
+            outs = _pretransposed(outs, {id(a) for a in [*carry_args, *x_args]})
         return outs[:nc], outs[nc:]
 
     carry_types = [(a.shape, a.dtype) for a in body.args[:nc]]
@@ -88,6 +117,10 @@ def _optimize_scan(n: Node, inputs: tuple[Node, ...], saved: list[int]):
                 projections.append(reshape(p, (T, x.shape[1], m.shape[1])))
         body, caps, extra = _retrace(n, body, inputs, extra, hoist, False)
         inputs = inputs[:nc + nx] + projections + list(caps)
+        changed = True
+    if _transposed_weights(body):
+        body, caps, extra = _retrace(n, body, inputs, extra, [], False, True)
+        inputs = inputs[:nc + body.n_x] + list(caps)
         changed = True
     if not changed:
         return None
