@@ -140,7 +140,9 @@ def conv_layer(threads: int, quick: bool) -> dict:
     g = gc.input("g", ("N", hw, hw, c))
     y = gc.conv2d(x, w, padding="same")
     fwd = gc.compile(y, threads=threads)
-    both = gc.compile(gc.grad(gc.sum(y * g), [x, w]), threads=threads)
+    # the forward output is an output too: a gradient alone would let dead-code elimination drop the forward
+    # convolution (the cotangent g does not depend on it), and PyTorch's side below runs it
+    both = gc.compile([y, *gc.grad(gc.sum(y * g), [x, w])], threads=threads)
     vals = {"x": X, "w": W, "g": G}
 
     def rep(f):
@@ -175,7 +177,11 @@ def conv_layer(threads: int, quick: bool) -> dict:
             return lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
         jf = jax.jit(jconv)
-        jb = jax.jit(lambda a, b, gg: jax.vjp(jconv, a, b)[1](gg))
+        def jboth(a, b, gg):  # the forward output returned as well, so XLA cannot drop it
+            yy, back = jax.vjp(jconv, a, b)
+            return yy, back(gg)
+
+        jb = jax.jit(jboth)
         xa, wa, ga = map(jax.numpy.asarray, (X, W, G))
         out["jax.jit"] = (flops / peers._median_seconds(rep(lambda: jf(xa, wa).block_until_ready()), repeats=5) / 1e9,
                           3 * flops / peers._median_seconds(
@@ -290,10 +296,10 @@ def jax_step(name: str, threads: int, batch: int) -> dict | None:
     return {"samples_per_s": ROWS / peers._median_seconds(run, repeats=5, warmup=1), "compile_cold_s": cold}
 
 
-def child(threads: int, quick: bool, profile: bool, compile_torch: bool) -> dict:
+def child(threads: int, quick: bool, profile: bool, compile_torch: bool, nets: list[str]) -> dict:
     peers.set_threads(threads)
     res: dict = {"threads": threads, "peak_gflops_1core": fma_peak(), "conv": conv_layer(threads, quick)}
-    for name in NETS:
+    for name in nets:
         r = {"graphc": graphc_step(name, threads, 64, profile), "torch eager": torch_step(name, threads, 64, False)}
         if compile_torch:
             try:
@@ -319,6 +325,8 @@ def report(results: list[dict]) -> None:
             print(f"  {peer:14s} {f:8.1f} ({100 * f / (peak * t):4.1f}%)        {b:8.1f} ({100 * b / (peak * t):4.1f}%)"
                   + ("" if peer == "graphc" else f"   graphc/peer: {g[0] / f:.2f}x, {g[1] / b:.2f}x"))
         for name in NETS:
+            if name not in res:
+                continue
             r = res[name]
             best = max((v["samples_per_s"] for k, v in r.items() if k != "graphc" and "samples_per_s" in v),
                        default=float("nan"))
@@ -361,19 +369,23 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="per-kernel times of graphc's conv steps")
     ap.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile (slow to compile)")
     ap.add_argument("--accuracy", action="store_true", help="only: the example CNN's test accuracy over 8 seeds")
+    ap.add_argument("--nets", default=",".join(NETS), help="training steps to measure ('' for the conv layer only)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    nets = [n for n in a.nets.split(",") if n]
+    if set(nets) - set(NETS):
+        ap.error(f"--nets: unknown {sorted(set(nets) - set(NETS))}; known: {', '.join(NETS)}")
     if a.accuracy:
         accuracy()
         return 0
     if a.child:
-        print(json.dumps(child(a.child, a.quick, a.profile, not a.no_torch_compile)))
+        print(json.dumps(child(a.child, a.quick, a.profile, not a.no_torch_compile, nets)))
         return 0
     results = []
     for t in map(int, a.threads.split(",")):
         env = {**os.environ, **peers._thread_env(t), **peers._xla_env(t)}
         cmd = [sys.executable, __file__, "--child", str(t)] + ["--quick"] * a.quick + ["--profile"] * a.profile + \
-            ["--no-torch-compile"] * a.no_torch_compile
+            ["--no-torch-compile"] * a.no_torch_compile + ["--nets", a.nets]
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             print(p.stderr[-3000:], file=sys.stderr)

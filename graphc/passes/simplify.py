@@ -18,7 +18,10 @@ FOLD_LIMIT = 4096  # elements: folding bigger constants would bloat code and the
 
 
 def _scalar(n: Node) -> float | None:
-    """The value of a constant whose elements are all equal, else None."""
+    """The value of a constant whose elements are all equal (also seen through the shape-only ops that copy it
+    to a bigger shape: a gradient seeds `sum(y * g)` with ones broadcast to y's shape), else None."""
+    while n.op.name in ("broadcast_to", "broadcast_like", "reshape") and n.inputs:
+        n = n.inputs[0]
     if n.op.name != "constant":
         return None
     a = n.attrs["value"].array

@@ -407,3 +407,41 @@ def test_random_chains_after_products_match_the_reference(data):
             np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4, err_msg=repr(o))
         else:  # integers and bools of float values: equal except within rounding of a threshold
             assert g.dtype == r.dtype and np.mean(g != r) <= 0.05, o
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_denormals_are_flushed_inside_the_program_and_the_callers_environment_is_kept(threads):
+    """Compiled code runs with x86 FTZ and DAZ (as XLA does): a denormal result is 0 and a denormal operand reads
+    as 0, on every thread; the caller's floating-point environment is restored (numpy still makes denormals)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("FTZ/DAZ is set on x86-64 only; other targets keep IEEE denormals")
+    x = gc.input("x", ("N",))
+    fn = gc.compile([x * 0.5, x * 1e10], threads=threads)
+    tiny = np.float32(1e-38)  # normal; half of it is denormal
+    X = np.full(100_000, tiny, np.float32)
+    X[1::2] = 1e-39  # denormal input: DAZ reads it as 0
+    half, big = fn({"x": X})
+    assert np.all(half == 0)  # IEEE: 5e-39 and 5e-40
+    assert np.all(big[1::2] == 0) and np.allclose(big[::2], 1e-28, rtol=1e-6)  # IEEE: 1e-29 for the odd ones
+    assert np.float32(tiny) * np.float32(0.5) != 0  # the caller's MXCSR is back to IEEE
+    ref = gc.evaluate(x * 0.5, {"x": X})
+    assert np.all(ref[::2] > 0)  # the reference keeps them: the two agree to 1e-38 absolute
+
+
+def test_a_gradient_seeded_with_broadcast_ones_does_not_copy_the_cotangent():
+    """d/dx sum(f(x) * g) seeds the backward with ones broadcast to f's shape: x * ones folds away instead of
+    becoming a kernel that copies g (a pass over a 25 MB cotangent per conv layer)."""
+    x = gc.input("x", ("N", 6, 6, 2))
+    w = gc.input("w", (3, 3, 2, 2))
+    g = gc.input("g", ("N", 6, 6, 2))
+    y = gc.conv2d(x, w, padding="same")
+    fn = gc.compile([y, *gc.grad(gc.sum(y * g), [x, w])])
+    kinds = [k.name.split("_", 1)[1] for k in fn.program.kernels]
+    assert "mul" not in kinds, kinds
+    rng = np.random.default_rng(0)
+    vals = {"x": rng.normal(size=(2, 6, 6, 2)).astype(np.float32), "w": rng.normal(size=(3, 3, 2, 2)).astype(
+        np.float32), "g": rng.normal(size=(2, 6, 6, 2)).astype(np.float32)}
+    for got, ref in zip(fn(vals), gc.evaluate([y, *gc.grad(gc.sum(y * g), [x, w])], vals), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
