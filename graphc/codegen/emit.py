@@ -920,11 +920,15 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
 
 
 class ModuleEmitter:
-    def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False):
+    def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False,
+                 declare_helpers: bool = False):
         """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
         global i64 array `graphc_profile` (2 per kernel: kernel, wait; a loop's body kernels have slots of their
-        own after the loop's, in `all_kernels` order, and the loop's slot holds all its steps)."""
+        own after the loop's, in `all_kernels` order, and the loop's slot holds all its steps). With
+        `declare_helpers` the GEMMs' shared helpers are declared, not defined: the module is for linking with
+        their helper library (`gemm.helper_library`), and emitting, printing and parsing them is skipped."""
         self.profile = profile
+        self.declare_helpers = declare_helpers
         self._prof = None  # (slots, counts, clock) while the program is emitted with profiling
         self.program = program
         self.target = target
@@ -1395,6 +1399,7 @@ class ModuleEmitter:
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
             extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)), a_view=k.a_view,
+            declare_helpers=self.declare_helpers,
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)

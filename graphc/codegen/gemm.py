@@ -245,9 +245,10 @@ def _c64(v: int) -> ir.Constant:
 class _Gen:
     """Types, intrinsics and small emission helpers for one kernel."""
 
-    def __init__(self, module: ir.Module, target: Target, dtype: str, cfg: GemmConfig):
+    def __init__(self, module: ir.Module, target: Target, dtype: str, cfg: GemmConfig, declare: bool = False):
         self.module = module
         self.cfg = cfg
+        self.declare = declare  # the shared helpers declared only (they come from the helper library)
         self.L = _lanes(target, dtype)
         ety, self.esize = _DTYPES[dtype]
         self.T = ety()
@@ -636,6 +637,8 @@ def _shared(g: _Gen, name: str, argt: list[ir.Type], build: Callable[[ir.Functio
             raise ValueError(f"module already has a {name!r} that is not the GEMM helper of that name")
         return fn
     fn = ir.Function(g.module, fnty, name)
+    if g.declare:  # defined by the helper library linked with the module: nothing to emit
+        return fn
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     build(fn)
@@ -1151,6 +1154,7 @@ def emit_gemm(
     extra_args: Sequence[ir.Type] = (),
     config: GemmConfig | None = None,
     a_view: tuple | None = None,
+    declare_helpers: bool = False,
 ) -> ir.Function:
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
 
@@ -1164,7 +1168,7 @@ def emit_gemm(
         if v is not None and (not isinstance(v, int) or v < (1 if dim == "K" else 0)):
             raise ValueError(f"GEMM static {dim} must be a positive int or None, got {v!r}")
     cfg = config or default_config(target, dtype)
-    g = _Gen(module, target, dtype, cfg)
+    g = _Gen(module, target, dtype, cfg, declare_helpers)
     if cfg.nr % g.L:
         raise ValueError(f"nr={cfg.nr} must be a multiple of the target's {g.L} lanes")
     extra_args = list(extra_args)
@@ -1219,9 +1223,14 @@ _DRIVER_NAME = re.compile(r"^graphc\.gemm\.driver\.(f32|f64)x(\d+)\.(\d+)x(\d+)\
                           r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)$")
 
 
+_DRIVER_DECL = re.compile(r'^declare void @"(graphc\.gemm\.driver\.[^"]+)"', re.M)
+
+
 def split_helpers(ir_text: str) -> tuple[str, list[str]]:
     """(the module's text with its GEMM helpers declared instead of defined, the names of its drivers: one per
-    config, each naming its config in full)."""
+    config, each naming its config in full). A module emitted with the helpers declared only
+    (``declare_helpers``: what the JIT emits where it links the helper library) comes back as it is, with the
+    drivers it declares."""
     drivers: list[str] = []
 
     def declare(m: re.Match) -> str:
@@ -1229,7 +1238,8 @@ def split_helpers(ir_text: str) -> tuple[str, list[str]]:
             drivers.append(m.group(1))
         return f'declare void @"{m.group(1)}"{m.group(2)}{m.group(3).rstrip()}\n'
 
-    return _HELPER_DEF.sub(declare, ir_text), drivers
+    text = _HELPER_DEF.sub(declare, ir_text) if 'define internal void @"graphc.gemm.' in ir_text else ir_text
+    return text, drivers + [d for d in _DRIVER_DECL.findall(text) if d not in drivers]
 
 
 def helper_library(target: Target, driver_name: str) -> str:

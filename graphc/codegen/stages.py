@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from graphc.codegen.memory import MemoryPlan, barriers, plan
 from graphc.codegen.schedule import Program, fuse_epilogues
 from graphc.codegen.schedule import schedule as _schedule
-from graphc.codegen.target import Target, emit_object
+from graphc.codegen.target import HelpersUnavailable, Target, emit_object, links_helpers
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, topo_order
 from graphc.ir.verify import verify as _verify
@@ -37,6 +37,9 @@ class Options:
     profile: bool = False
     extras: tuple[Callable, ...] = ()  # functions that add to the module (the epoch driver, the initializer)
     verify: bool = field(default_factory=verify_default)
+    # code for this process, linked with the GEMM helper libraries where it can be (`target.links_helpers`): the
+    # module only declares the helpers (the llvm stage skips emitting them; `Module.full` has them all)
+    link_helpers: bool = False
 
 
 @dataclass
@@ -61,9 +64,11 @@ class Layout:
 
 @dataclass
 class Module:
-    """LLVM IR text, as emitted (LLVM optimizes it in the object stage)."""
+    """LLVM IR text, as emitted (LLVM optimizes it in the object stage). `helpers_declared`: the GEMM helpers
+    are declared only (`Options.link_helpers`)."""
 
     text: str
+    helpers_declared: bool = False
 
     def __str__(self) -> str:
         return self.text
@@ -124,11 +129,21 @@ def memory(program: Program, opts: Options) -> Layout:
 def llvm(layout: Layout, opts: Options) -> Module:
     from graphc.codegen.emit import ModuleEmitter
 
-    return Module(ModuleEmitter(layout.program, opts.target, profile=opts.profile).emit(layout.barriers, opts.extras))
+    declare = opts.link_helpers and links_helpers()
+    text = ModuleEmitter(layout.program, opts.target, profile=opts.profile,
+                         declare_helpers=declare).emit(layout.barriers, opts.extras)
+    return Module(text, declare)
 
 
-def machine_code(module: Module, opts: Options) -> ObjectCode:
-    return ObjectCode(emit_object(module.text, opts.target, jit=True))
+def machine_code(module: Module, opts: Options, layout: Layout | None = None) -> ObjectCode:
+    """The module's machine code for this process. A module that declares its GEMM helpers when their library
+    cannot be had after all (`HelpersUnavailable`) is emitted again whole, from `layout`."""
+    try:
+        return ObjectCode(emit_object(module.text, opts.target, jit=True))
+    except HelpersUnavailable:
+        if layout is None:
+            raise
+        return ObjectCode(emit_object(llvm(layout, replace(opts, link_helpers=False)).text, opts.target, jit=True))
 
 
 GRAPH_STAGES: tuple[tuple[str, Callable], ...] = (("modes", modes),) + tuple(
@@ -191,7 +206,7 @@ class Compilation:
         for n, v in self.stages:
             if n == "object":
                 return v
-        o = machine_code(self.module(), self.options)
+        o = machine_code(self.module(), self.options, self.layout)
         self.stages.append(("object", o))
         return o
 

@@ -301,11 +301,22 @@ def compile_ir(ir_text: str, target: Target | None = None, *, opt: bool = True) 
     return Engine(mod, target)
 
 
+class HelpersUnavailable(Exception):
+    """A module that only declares its GEMM helpers, where their library could not be had: emit it whole."""
+
+
+def links_helpers() -> bool:
+    """Whether code for this process is linked with the GEMM helper libraries (where a C compiler links shared
+    objects): the JIT then emits modules that only declare the helpers."""
+    return shared_linker() is not None
+
+
 def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
     """An ELF object: for this process (`jit=True`, loaded with `Engine.from_object`), or position-independent
     for ahead-of-time linking. For this process it is position-independent too (a `SharedObjectCode`, linked
-    into a shared object) where a C compiler is available, else an MCJIT object."""
-    pic = not jit or shared_linker() is not None
+    into a shared object) where a C compiler is available, else an MCJIT object. Raises `HelpersUnavailable`
+    for a module that declares its GEMM helpers when their library cannot be had."""
+    pic = not jit or links_helpers()
     helpers: list[bytes] = []
     if jit and pic:  # the GEMM helpers come from the library compiled once per config (gemm.helper_library)
         from graphc.codegen.gemm import split_helpers
@@ -314,8 +325,12 @@ def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
         try:
             helpers = [_helper_object(target, d) for d in drivers]
             ir_text = text
-        except Exception:  # a helper library that cannot be built: compile the module whole
+        except Exception as e:  # a helper library that cannot be built: compile the module whole
+            if text is ir_text and drivers:  # nothing to compile whole: the helpers were only declared
+                raise HelpersUnavailable(str(e)) from e
             helpers = []
+    elif 'declare void @"graphc.gemm.driver.' in ir_text:
+        raise HelpersUnavailable("a module that declares its GEMM helpers needs their library linked")
     mod = parse(ir_text, target)
     optimize(mod, target)
     tm = target.create_target_machine(jit=not pic)

@@ -135,7 +135,8 @@ class CompiledFunction:
         extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
         graph = Graph(graph.outputs, graph.inputs + extra)
         options = stages.Options(self.target, training, tuple((self._n_results + k, leaf)
-                                                               for k, leaf in enumerate(update_leaves)), profile)
+                                                               for k, leaf in enumerate(update_leaves)), profile,
+                                 link_helpers=True)
         # every stage up to the memory layout; the code stages run only when the disk cache has no object
         self.compilation = stages.run(graph, options, code=False)
         self.signature = self.compilation.signature  # what a call feeds, in table order
@@ -210,7 +211,7 @@ class CompiledFunction:
         if (target is None or target is self.target) and extras:
             return self.llvm_ir
         opts = replace(self.compilation.options, target=target or self.target,
-                       extras=self.extras() if extras else ())
+                       extras=self.extras() if extras else (), link_helpers=False)
         return stages.llvm(self.compilation.layout, opts).text
 
     def _build(self) -> bytes:
@@ -236,9 +237,13 @@ class CompiledFunction:
 
     @property
     def llvm_ir(self) -> str:
-        """The LLVM IR as emitted (before LLVM's optimizer)."""
+        """The LLVM IR as emitted (before LLVM's optimizer), the GEMM helpers defined in it (the module compiled
+        for this process may only declare them: it is linked with their library)."""
         self.compilation.options = replace(self.compilation.options, extras=self.extras())
-        return self.compilation.module().text
+        module = self.compilation.module()
+        if module.helpers_declared:
+            return stages.llvm(self.compilation.layout, replace(self.compilation.options, link_helpers=False)).text
+        return module.text
 
     @property
     def asm(self) -> str:
@@ -277,7 +282,7 @@ class CompiledFunction:
         k = self._kernel(name)
         alone = replace(self.program, kernels=[k])
         text = stages.llvm(stages.Layout(alone, [False]), replace(self.compilation.options, extras=(),
-                                                                  profile=False)).text
+                                                                  profile=False, link_helpers=False)).text
         text = text.replace(f'define internal void @"{name}"', f'define void @"{name}"')
         asm = assembly(text, self.target)
         start = asm.index(f"{name}:")
