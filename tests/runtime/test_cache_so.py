@@ -131,3 +131,37 @@ def test_gemm_helpers_compile_once_and_bad_entries_are_rebuilt(tmp_path, monkeyp
     from graphc.runtime import cache
 
     assert all(cache.load_blob(p.stem) is not None for p in tmp_path.glob("*.bin"))  # rebuilt, checked
+
+
+def test_jit_module_declares_gemm_helpers_and_falls_back_whole(tmp_path, monkeypatch):
+    """The module compiled for this process only declares its GEMM helpers (their library is linked), while
+    `fn.llvm_ir` shows them defined; where the library cannot be had, the module is emitted whole again."""
+    import numpy as np
+
+    import graphc as gc
+    from graphc.codegen import target as tgt
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tgt, "_HELPERS", {})
+    x = gc.input("x", ("N", 20))
+    w = gc.param("w", (20, 9))
+    y = gc.relu(x @ w)
+    fn = gc.compile(y, cache=False)
+    module = fn.compilation.module()
+    assert module.helpers_declared
+    assert 'declare void @"graphc.gemm.driver.' in module.text and 'define internal void @"graphc.gemm.' \
+        not in module.text
+    assert 'define internal void @"graphc.gemm.driver.' in fn.llvm_ir
+    X = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
+    W = np.random.default_rng(1).standard_normal((20, 9)).astype(np.float32)
+    want = gc.evaluate(y, {"x": X, "w": W})
+
+    def no_library(target, driver):
+        raise OSError("no helper library here")
+
+    monkeypatch.setattr(tgt, "_helper_object", no_library)
+    fn2 = gc.compile(gc.relu(x @ w) * 2.0, cache=False)
+    assert fn2.compilation.module().helpers_declared
+    assert not fn2.compilation.object_code().data.helpers  # compiled whole: no library linked
+    np.testing.assert_allclose(fn2({"x": X, "w": W}), 2 * want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fn({"x": X, "w": W}), want, rtol=1e-5, atol=1e-6)
