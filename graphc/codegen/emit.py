@@ -761,6 +761,15 @@ def _interval(cond, sym) -> tuple[int | None, int | None] | None:
     return None, -c + 1
 
 
+def _multiple_of(extent, lanes: int) -> bool:
+    """Whether a loop extent (an int or a product of dims) is a multiple of `lanes` for every value of its dims:
+    its constant factor is (e.g. 128*N for 16 lanes)."""
+    if isinstance(extent, int):
+        return extent % lanes == 0
+    coeff, _ = sympy.sympify(extent).as_coeff_Mul()
+    return bool(coeff.is_Integer) and int(coeff) % lanes == 0
+
+
 def _guard_pieces(stores: list[Store], axis: int, size) -> list[tuple[int, int, list[Store]]] | None:
     """Index-set splitting: when guards test the innermost index `axis` against constants (concatenations,
     pads), the ranges between their bounds, each with the stores its guards resolve to there (a branch that
@@ -1010,23 +1019,28 @@ class ModuleEmitter:
                     loops(axis + 1, p, m)
                 return
             # innermost: vector body then scalar tail, per range of the index where the guards are settled
+            # whole vectors only: the range's length is always a multiple of the lanes (the innermost extent is;
+            # a single loop's thread ranges are cut in multiples of the lanes), so no tail is emitted
+            whole = _multiple_of(domain[axis], lanes)
             if pieces is None:
-                innermost(axis, point, memo, start, stop, stores)
+                innermost(axis, point, memo, start, stop, stores, whole)
                 return
             for p_lo, p_hi, p_stores in pieces:
                 a = c64(p_lo) if axis else b.select(b.icmp_signed(">", start, c64(p_lo)), start, c64(p_lo))
                 z = c64(p_hi) if axis else b.select(b.icmp_signed("<", stop, c64(p_hi)), stop, c64(p_hi))
                 z = b.select(b.icmp_signed("<", z, a), a, z)
-                innermost(axis, point, memo, a, z, p_stores)
+                innermost(axis, point, memo, a, z, p_stores, whole and p_lo % lanes == 0 and p_hi % lanes == 0)
 
-        def innermost(axis: int, point: Point, memo: dict, start, stop, stores) -> None:
+        def innermost(axis: int, point: Point, memo: dict, start, stop, stores, whole: bool) -> None:
             n = b.sub(stop, start)
-            vec_stop = b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
+            vec_stop = stop if whole else b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
             with Loop(b, start, vec_stop, lanes, f"v{axis}") as i:
                 p = Point({**point.index, axis: i}, vec_axis=axis, lanes=lanes)
                 vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v)
                       for key, v in memo.items()}
                 self._stores(fe, stores, p, vm, out_strides)
+            if whole:
+                return
             # the remainder: one masked vector step (the same code as the body, so every element is computed
             # the same way wherever the partition boundaries fall)
             rem = b.sub(stop, vec_stop)
