@@ -1665,6 +1665,10 @@ class ModuleEmitter:
 
     def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
+        # noduplicate: no second copy of the whole program. LLVM's O3 function specialization otherwise clones it
+        # for the one-thread call of graphc_run (tid 0, 1 thread): a third of the LSTM step's optimized IR and
+        # ~0.13 s of its 0.5 s in LLVM, for no measured speed (the kernels inside are the same loops).
+        fn.attributes.add("noduplicate")
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         self._prof = None
