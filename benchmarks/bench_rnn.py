@@ -172,7 +172,7 @@ def main() -> None:
         return
     import peers
 
-    cpu = peers.describe().get("cpu_model", "?")
+    cpu = peers._cpu_model()
     print(f"# bench_rnn: LSTM/GRU training step (forward + backward), input {F}, hidden {H}, batch {N}; CPU {cpu}")
     for threads in (1, 2):
         cmd = [sys.executable, __file__, "--threads", str(threads), "--lengths", a.lengths,
