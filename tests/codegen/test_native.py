@@ -193,6 +193,57 @@ def test_out_arrays_are_written_in_place_and_checked():
     np.testing.assert_array_equal(mem[:5], mem[5:10])
 
 
+def test_large_outputs_the_caller_dropped_are_recycled():
+    """A large output array of the last call is reused by the next one only where nothing refers to it any more
+    (fresh pages fault in on the first write; see `_new_output`): never while the caller holds it, a view of
+    it, a weak reference to it, or passes it back as an input; small outputs are always new arrays."""
+    import weakref
+
+    x = gc.input("x", ("N", 300))
+    fn = gc.compile([x * 2.0, gc.sum(x)], cache=False, threads=2)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((100, 300)).astype(np.float32)
+    import tracemalloc
+
+    y, s = fn({"x": a})
+    first = id(y)
+    del y
+    b = a + 1
+    tracemalloc.start()  # numpy reports its data allocations to tracemalloc
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        y, s2 = fn({"x": b})
+        grew = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert id(y) == first and grew < y.nbytes // 2  # dropped: recycled (no new 120 kB), and rewritten
+    np.testing.assert_array_equal(y, b * 2.0)
+    assert s2 is not s  # a 0-d output is not worth recycling
+    view = y[:5]
+    del y
+    y2, _ = fn({"x": a})
+    assert not np.shares_memory(view, y2)
+    np.testing.assert_array_equal(view, (a[:5] + 1) * 2.0)  # the caller's view still holds the old values
+    held = y2
+    y3, _ = fn({"x": a - 1})
+    assert y3 is not held and not np.shares_memory(y3, held)
+    np.testing.assert_array_equal(held, a * 2.0)
+    del held, y2
+    w, addr = weakref.ref(y3), y3.ctypes.data
+    del y3
+    y4, _ = fn({"x": a})  # weakly referenced: a new array (made before the old one is let go)
+    assert y4.ctypes.data != addr and w() is None
+    del y4
+    prev, _ = fn({"x": a})
+    x2 = gc.input("x2", ("N", 300))
+    g = gc.compile(x2 * 2.0, cache=False)
+    out1 = g({"x2": a})
+    again = g({"x2": out1})  # its own last output as the input: a new array, never written over the input
+    assert again is not out1
+    np.testing.assert_array_equal(again, a * 4.0)
+    del prev
+
+
 def test_bad_thread_counts_are_refused_before_native_code():
     """threads= at compile and at call time: an int from 1 to 256 (the team's limit) or None; a float, a bool,
     0, a negative count or 1000 is an InputError naming the value (a float used to reach ctypes, a negative
