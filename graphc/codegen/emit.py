@@ -11,7 +11,7 @@ transcendental functions come from `vmath` (vector polynomials), matrix products
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 from llvmlite import ir
@@ -367,6 +367,7 @@ class Point:
     vec_axis: int | None = None
     lanes: int | None = None
     mask: ir.Value | None = None
+    vec_extent: int | None = None  # the vector axis's extent when it is static (its indices then fit an i32)
 
 
 class FunctionEmitter:
@@ -635,6 +636,32 @@ class FunctionEmitter:
                 v = b.select(ok, v, vmath.const(v.type, 0))
             v = self._from_memory(v, e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
+        vty = ir.VectorType(mty, lanes)
+        if not varying and isinstance(vstride, int) and vstride == 1 and not isinstance(off.type, ir.VectorType):
+            # contiguous lanes: one (masked) load; in bounds are the lanes [-off, size - off), clamped to the
+            # vector in scalars so that the mask is one unsigned compare of i32 lanes (not four of i64 halves)
+            ok = None
+            if e.checked:
+                lanes_c = c64(lanes)
+
+                def clamp(v):
+                    v = b.select(b.icmp_signed("<", v, c64(0)), c64(0), v)
+                    return b.select(b.icmp_signed(">", v, lanes_c), lanes_c, v)
+
+                first, stop = clamp(b.neg(off)), clamp(b.sub(size, off))
+                width = b.sub(stop, first)
+                width = b.select(b.icmp_signed("<", width, c64(0)), c64(0), width)
+                idx = ir.Constant(ir.VectorType(I32, lanes), list(range(lanes)))
+                rel = b.sub(idx, self.splat(b.trunc(first, I32), lanes))
+                ok = b.icmp_unsigned("<", rel, self.splat(b.trunc(width, I32), lanes))
+            if point.mask is not None:
+                ok = point.mask if ok is None else b.and_(ok, point.mask)
+            ptr = b.gep(base, [off], source_etype=mty)  # not inbounds: masked-off lanes may lie outside
+            if ok is None:
+                v = b.load(ptr, typ=vty, align=align)
+            else:  # masked-off lanes are not read
+                v = b.call(self.mod.masked_load(vty), [ptr, ir.Constant(I32, align), ok, vmath.const(vty, 0)])
+            return self._from_memory(v, e.dtype)
         lane_off = self._binop("+", self.splat(off, lanes) if not isinstance(off.type, ir.VectorType) else off,
                                b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
         ok = None
@@ -642,7 +669,6 @@ class FunctionEmitter:
             ok = self._binop("&", self._binop(">=", lane_off, c64(0)), self._binop("<", lane_off, size))
         if point.mask is not None:
             ok = point.mask if ok is None else b.and_(ok, point.mask)
-        vty = ir.VectorType(mty, lanes)
         if not varying and isinstance(vstride, int) and vstride == 1:  # contiguous lanes: one (masked) load
             ptr = b.gep(base, [off], source_etype=mty)  # not inbounds: masked-off lanes may lie outside
             if ok is None:
@@ -690,11 +716,26 @@ class FunctionEmitter:
     # expressions
     def value(self, e: Expr, point: Point, memo: dict, acc: ir.Value | None = None) -> ir.Value:
         """e at `point`; `memo` holds values already emitted in this scope (by expr identity)."""
-        for x in walk(e):
-            if id(x) in memo:
-                continue
-            memo[id(x)] = self._value(x, point, memo, acc)
+        order = [x for x in walk(e) if id(x) not in memo]
+        deferred = self._guarded_loads(order) if point.lanes is not None else ()
+        for x in order:
+            if id(x) not in deferred:
+                memo[id(x)] = self._value(x, point, memo, acc)
         return memo[id(e)]
+
+    @staticmethod
+    def _guarded_loads(order: list) -> set[int]:
+        """The checked loads (in vector code) read only as a guard's value: the guard's emission loads them with
+        its own condition as the lane mask (the lanes where it holds are in bounds: that is what a pad's or a
+        concatenation's guard is), instead of a mask of their own from the buffer's bounds."""
+        guards = [x for x in order if isinstance(x, Guard) and isinstance(x.value, Load) and x.value.checked]
+        if not guards:
+            return set()
+        uses: dict[int, int] = {}
+        for x in order:
+            for k in x.children():
+                uses[id(k)] = uses.get(id(k), 0) + 1
+        return {id(g.value) for g in guards if uses.get(id(g.value)) == 1}
 
     def _value(self, e: Expr, point: Point, memo: dict, acc) -> ir.Value:
         b = self.b
@@ -719,10 +760,23 @@ class FunctionEmitter:
         if isinstance(e, Convert):
             return cast_value(b, memo[id(e.x)], e.x.dtype, e.dtype)
         if isinstance(e, Guard):
-            cond = None
-            for c in e.conds:
+            cond, conds = None, e.conds
+            if lanes is not None and point.vec_extent is not None:
+                cond, conds = self._lane_interval(conds, point, memo)
+            for c in conds:
                 v = self.int_value(c, point, memo)
                 cond = v if cond is None else self._binop("&", cond, v)
+            if id(e.value) not in memo:  # a checked load deferred by `value`: read where the guard holds
+                plain = replace(e.value, checked=False)
+                va = point.vec_axis
+                vs = plain.strides[va] if va is not None and va < len(plain.strides) else 0
+                if plain.affine and not (isinstance(vs, int) and vs == 0):  # lanes that read lanes' addresses
+                    m = cond if isinstance(cond.type, ir.VectorType) else self.splat(cond, lanes)
+                    memo[id(e.value)] = self.load(plain, Point(
+                        point.index, va, lanes, m if point.mask is None else b.and_(m, point.mask),
+                        point.vec_extent), memo)
+                else:  # one address for all lanes: read it checked
+                    memo[id(e.value)] = self._value(e.value, point, memo, acc)
             val, other = memo[id(e.value)], memo[id(e.otherwise)]
             if lanes is not None:
                 cond = cond if isinstance(cond.type, ir.VectorType) else self.splat(cond, lanes)
@@ -730,6 +784,41 @@ class FunctionEmitter:
                 other = other if isinstance(other.type, ir.VectorType) else self.splat(other, lanes)
             return b.select(cond, val, other)
         raise CompileError(f"internal: no emission for {type(e).__name__}")
+
+    _I32_SAFE = 1 << 30
+
+    def _lane_interval(self, conds, point: Point, memo: dict) -> tuple[ir.Value | None, list]:
+        """(the lane mask of the conditions that bound the vector axis's index by constants, the others). The
+        bounds (a pad's, a col2im tap's) make one interval, tested with one unsigned compare of i32 lanes: in
+        i64 lanes each bound is two compares of half vectors and a mask merge, and a col2im's 25 taps of two
+        bounds each spent most of their kernel's time there."""
+        sym = LOOP[point.vec_axis]
+        lo, hi, rest = None, None, []
+        for c in conds:
+            iv = _interval(sympy.sympify(c), sym)
+            if iv is None:
+                rest.append(c)
+                continue
+            if iv[0] is not None:
+                lo = iv[0] if lo is None else max(lo, iv[0])
+            if iv[1] is not None:
+                hi = iv[1] if hi is None else min(hi, iv[1])
+        bounds = [v for v in (lo, hi) if v is not None]
+        if not bounds or point.vec_extent >= self._I32_SAFE or any(abs(v) >= self._I32_SAFE for v in bounds):
+            return None, list(conds)
+        b, lanes = self.b, point.lanes
+        idx = memo.get("lane32")
+        if idx is None:
+            idx = memo["lane32"] = self.lane_index(point.index[point.vec_axis], lanes, I32)
+        vty = ir.VectorType(I32, lanes)
+        if lo is not None and hi is not None:
+            if hi <= lo:
+                return ir.Constant(ir.VectorType(I1, lanes), [0] * lanes), rest
+            off = b.sub(idx, ir.Constant(vty, [lo] * lanes))  # lo <= i < hi  <=>  (unsigned) i - lo < hi - lo
+            return b.icmp_unsigned("<", off, ir.Constant(vty, [hi - lo] * lanes)), rest
+        if lo is not None:
+            return b.icmp_signed(">=", idx, ir.Constant(vty, [lo] * lanes)), rest
+        return b.icmp_signed("<", idx, ir.Constant(vty, [hi] * lanes)), rest
 
     def apply(self, e: Apply, args: list[ir.Value], lanes: int | None) -> ir.Value:
         if lanes is not None:
@@ -770,10 +859,12 @@ def _multiple_of(extent, lanes: int) -> bool:
     return bool(coeff.is_Integer) and int(coeff) % lanes == 0
 
 
-def _guard_pieces(stores: list[Store], axis: int, size) -> list[tuple[int, int, list[Store]]] | None:
+def _guard_pieces(stores: list[Store], axis: int, size, lanes: int = 1) -> list[tuple[int, int, list[Store]]] | None:
     """Index-set splitting: when guards test the innermost index `axis` against constants (concatenations,
     pads), the ranges between their bounds, each with the stores its guards resolve to there (a branch that
-    is off is not computed at all; loads that no guard protects any more are plain). None when nothing splits."""
+    is off is not computed at all; loads that no guard protects any more are plain). None when nothing splits,
+    or when the pieces would be many more passes than the row's vectors of `lanes` (a col2im's 25 shifted taps
+    of a 12-wide row cut it at 9 places: 9 partial vectors instead of one whose lanes select)."""
 
 
     if not isinstance(size, int):
@@ -788,7 +879,7 @@ def _guard_pieces(stores: list[Store], axis: int, size) -> list[tuple[int, int, 
                 if all(iv is not None for iv in ivs):
                     split[id(x)] = ivs
                     cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
-    if len(cuts) <= 2 or len(cuts) > 17:
+    if len(cuts) <= 2 or len(cuts) > 17 or len(cuts) - 1 > -(-size // lanes) + 2:
         return None
     points = sorted(cuts)
     pieces = []
@@ -1006,7 +1097,7 @@ class ModuleEmitter:
 
         point = Point({})
         emit_level(0, point, scalar_memo)
-        pieces = _guard_pieces(stores, depth - 1, domain[-1])
+        pieces = _guard_pieces(stores, depth - 1, domain[-1], lanes)
 
         def loops(axis: int, point: Point, memo: dict) -> None:
             start = lo if axis == 0 else c64(0)
@@ -1032,10 +1123,11 @@ class ModuleEmitter:
                 innermost(axis, point, memo, a, z, p_stores, whole and p_lo % lanes == 0 and p_hi % lanes == 0)
 
         def innermost(axis: int, point: Point, memo: dict, start, stop, stores, whole: bool) -> None:
+            extent = domain[axis] if isinstance(domain[axis], int) else None
             n = b.sub(stop, start)
             vec_stop = stop if whole else b.add(start, b.mul(b.sdiv(n, c64(lanes)), c64(lanes)))
             with Loop(b, start, vec_stop, lanes, f"v{axis}") as i:
-                p = Point({**point.index, axis: i}, vec_axis=axis, lanes=lanes)
+                p = Point({**point.index, axis: i}, vec_axis=axis, lanes=lanes, vec_extent=extent)
                 vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v)
                       for key, v in memo.items()}
                 self._stores(fe, stores, p, vm, out_strides)
@@ -1048,7 +1140,8 @@ class ModuleEmitter:
             after = b.function.append_basic_block(f"t{axis}.done")
             b.cbranch(b.icmp_signed(">", rem, c64(0)), tail, after)
             b.position_at_end(tail)
-            p = Point({**point.index, axis: vec_stop}, vec_axis=axis, lanes=lanes, mask=self._lane_mask(fe, rem, lanes))
+            p = Point({**point.index, axis: vec_stop}, vec_axis=axis, lanes=lanes, mask=self._lane_mask(fe, rem, lanes),
+                      vec_extent=extent)
             vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v) for key, v in memo.items()}
             self._stores(fe, stores, p, vm, out_strides)
             b.branch(after)

@@ -56,6 +56,7 @@ AxisMap = tuple  # for each axis of a node: its index as an integer expression o
 
 MAX_INLINE_DEPTH = 48
 EXPENSIVE = 8  # an op this costly is computed once (materialized) when several kernels read it
+TRANSPOSED_READS = 3  # an expression reading memory this often is materialized before a transpose moves its rows
 
 
 @dataclass
@@ -293,17 +294,35 @@ class Scheduler:
                 if not self._in_memory(x, mat):
                     mat.add(id(self._storage_node(x)))
         # costs and depths of inline regions, deciding on the way who must be materialized
+        reads: dict[int, int] = {}  # loads of memory an inline region makes per element
         for n in self.order:
+            x = n.inputs[0] if n.inputs else None
+            if (n.op.kind == "movement" and n.op.moves_inner_axis(n) and id(x) not in mat
+                    and (cost[id(x)] >= EXPENSIVE or reads[id(x)] >= TRANSPOSED_READS)):
+                # an expression read across its rows (a transpose moving the last axis) would be computed at
+                # strided points, every load a gather: when it is costly or reads much, it is computed once, in
+                # vectors, and then moved (one gather per element)
+                t = x
+                while t.op.is_view(t) and id(t) not in mat:  # a reshape reads its input's buffer as it is
+                    t = t.inputs[0]
+                if t.op.kind != "source" and not t.op.leaf:
+                    mat.add(id(t))
+                cost[id(x)], depth[id(x)], reads[id(x)] = 0, 0, 1
             if n.op.kind == "source" or id(n) in mat:
-                cost[id(n)], depth[id(n)] = 0, 0
+                cost[id(n)], depth[id(n)], reads[id(n)] = 0, 0, 1
                 continue
+            reads[id(n)] = sum(reads[id(i)] for i in n.inputs) if n.inputs else 0
             c = n.op.cost + sum(cost[id(i)] for i in n.inputs)
             d = 1 + max((depth[id(i)] for i in n.inputs), default=0)
             readers = self.users[id(n)]
             bigger = any(self._size_gt(u.shape, n.shape) for u in readers if u.op.kind != "reduce")
             if d > MAX_INLINE_DEPTH or (c >= EXPENSIVE and (len(readers) > 1 or bigger)):
                 mat.add(id(n))
+                for k in n.op.needs_memory(n):  # a product's regrouped operand, now a kernel of its own
+                    if not self._in_memory(n.inputs[k], mat):
+                        mat.add(id(self._storage_node(n.inputs[k])))
                 c, d = 0, 0
+                reads[id(n)] = 1
             cost[id(n)], depth[id(n)] = c, d
         return mat
 

@@ -109,8 +109,9 @@ def _conv(x, w, nsp: int, stride, padding, dilation, what: str) -> Tensor:
 
 
 # The input gradient is a transposed convolution (a product with c columns) from this many input channels on:
-# below, its product would fill too little of a SIMD vector (measured on LeNet-5's 6-channel second layer: the
-# transposed convolution 1.6 ms against 1.0 ms for the product with the filter and the spread back, per step).
+# below, its product would fill too little of a SIMD vector, and the input gradient is the product of the filter
+# with the cotangent, tap-major, spread back (`_spread_input_grad`) (measured on LeNet-5's 6-channel second
+# layer, per step: the transposed convolution 1.6 ms, the composition's product and spread back 0.8 ms).
 TRANSPOSED_MIN_CHANNELS = 8
 
 
@@ -147,7 +148,7 @@ class Conv(Op):
 
     def vjp(self, node, g):
         from graphc.ops.linalg import matmul
-        from graphc.ops.movement import _pad, _reverse, _slice, reshape, transpose, windows
+        from graphc.ops.movement import _pad, reshape, windows
 
         _, x, w = node.inputs
         nsp = x.ndim - 2
@@ -155,20 +156,10 @@ class Conv(Op):
         window = w.shape[:nsp]
         out = [d + lo + hi - dl * (k - 1) for d, (lo, hi), k, dl in zip(x.shape[1:1 + nsp], pads, window, dil,
                                                                          strict=True)]
-        gi = reshape(g, (x.shape[0], *out, w.shape[-1]))
-        # dx: the cotangent padded by span-1 minus the padding on each side (cropped where that is negative),
-        # convolved with the flipped filter (KH, KW, F, C)
-        low = [dl * (k - 1) - lo for (lo, _), k, dl in zip(pads, window, dil, strict=True)]
-        high = [dl * (k - 1) - hi for (_, hi), k, dl in zip(pads, window, dil, strict=True)]
-        gp = _pad(gi, [0, *(max(v, 0) for v in low), 0], [0, *(max(v, 0) for v in high), 0], [0] * gi.ndim, 0)
-        if any(v < 0 for v in low + high):
-            start = [0, *(max(-v, 0) for v in low), 0]
-            stop = [gp.shape[0], *(d - max(-v, 0) for d, v in zip(gp.shape[1:1 + nsp], high, strict=True)),
-                    gp.shape[-1]]
-            gp = _slice(gp, start, stop, [1] * gp.ndim)
-        perm = (*range(nsp), nsp + 1, nsp)
-        wt = transpose(_reverse(w, tuple(range(nsp))), perm)
-        dx = _conv(gp, wt, nsp, 1, "valid", dil, "conv2d" if nsp == 2 else "conv1d")
+        if w.shape[nsp] < TRANSPOSED_MIN_CHANNELS:
+            dx = _spread_input_grad(g, x, w, pads, dil, out)
+        else:
+            dx = _transposed_input_grad(g, x, w, pads, dil, out)
         # dw: the im2col matrix of the padded image (the forward's own view), transposed, times the cotangent
         xp = _pad(x, [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0], [0] * x.ndim, 0)
         cols = reshape(windows(xp, window, 1, dil), (g.shape[0], math.prod(window) * w.shape[nsp]))
@@ -177,6 +168,59 @@ class Conv(Op):
 
 
 CONV = register(Conv())
+
+
+def _transposed_input_grad(g, x, w, pads, dil, out) -> Tensor:
+    """dx as the transposed convolution: the cotangent padded by span-1 minus the padding on each side (cropped
+    where that is negative), convolved with the flipped filter (KH, KW, F, C): an implicit GEMM c columns wide."""
+    from graphc.ops.movement import _pad, _reverse, _slice, reshape, transpose
+
+    nsp = x.ndim - 2
+    window = w.shape[:nsp]
+    gi = reshape(g, (x.shape[0], *out, w.shape[-1]))
+    low = [dl * (k - 1) - lo for (lo, _), k, dl in zip(pads, window, dil, strict=True)]
+    high = [dl * (k - 1) - hi for (_, hi), k, dl in zip(pads, window, dil, strict=True)]
+    gp = _pad(gi, [0, *(max(v, 0) for v in low), 0], [0, *(max(v, 0) for v in high), 0], [0] * gi.ndim, 0)
+    if any(v < 0 for v in low + high):
+        start = [0, *(max(-v, 0) for v in low), 0]
+        stop = [gp.shape[0], *(d - max(-v, 0) for d, v in zip(gp.shape[1:1 + nsp], high, strict=True)),
+                gp.shape[-1]]
+        gp = _slice(gp, start, stop, [1] * gp.ndim)
+    perm = (*range(nsp), nsp + 1, nsp)
+    wt = transpose(_reverse(w, tuple(range(nsp))), perm)
+    return _conv(gp, wt, nsp, 1, "valid", dil, "conv2d" if nsp == 2 else "conv1d")
+
+
+def _spread_input_grad(g, x, w, pads, dil, out) -> Tensor:
+    """dx for few input channels: the product of the filter with the cotangent's transpose, tap-major
+    (KH*KW*C, N*OH*OW), spread back tap by tap (each tap's slice shifted onto the padded grid and summed), then
+    cropped and moved to channels-last. Tap-major, a tap's slice runs along the output width, so the sum reads
+    contiguous rows; the product's usual layout (N*OH*OW, KH*KW*C) would make every term a gather (the channel
+    run is only C long). (The transposed convolution would be a product C columns wide: mostly padding.)"""
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import _pad, _slice, reshape, transpose
+
+    nsp = x.ndim - 2
+    window, c, f = w.shape[:nsp], w.shape[nsp], w.shape[nsp + 1]
+    n = x.shape[0]
+    taps = matmul(reshape(w, (math.prod(window) * c, f)), g, tb=True)  # (KH*KW*C, N*OH*OW)
+    taps = reshape(taps, (*window, c, n, *out))
+    padded = [d + lo + hi for d, (lo, hi) in zip(x.shape[1:1 + nsp], pads, strict=True)]
+    parts = []
+    for ks in np.ndindex(*window):
+        part = _slice(taps, [*ks, 0, 0, *([0] * nsp)], [*(k + 1 for k in ks), c, n, *out], [1] * taps.ndim)
+        part = reshape(part, (c, n, *out))
+        low = [0, 0, *(dl * k for dl, k in zip(dil, ks, strict=True))]
+        high = [0, 0, *(p - lo - o for p, lo, o in zip(padded, low[2:], out, strict=True))]
+        parts.append(_pad(part, low, high, [0] * part.ndim, 0))
+    while len(parts) > 1:  # summed pairwise: a chain of 25 dependent adds would wait on each add's latency
+        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    total = parts[0]
+    if any(lo or hi for lo, hi in pads):
+        total = _slice(total, [0, 0, *(lo for lo, _ in pads)],
+                       [c, n, *(lo + d for (lo, _), d in zip(pads, x.shape[1:1 + nsp], strict=True))],
+                       [1] * total.ndim)
+    return transpose(total, (*range(1, nsp + 2), 0))
 
 
 def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[Tensor, tuple]:
@@ -220,9 +264,8 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
         rows = rows * o
     cols = reshape(win, (rows, math.prod(window) * c))
     prod = matmul(cols, reshape(w, (math.prod(window) * c, f)))
-    if all(s == 1 for s in strides) and c >= TRANSPOSED_MIN_CHANNELS:
-        # the gradient as convolutions (see Conv); a strided convolution, or one with few input channels, keeps
-        # the composition's (the transposed convolution's product would be only c columns wide)
+    if all(s == 1 for s in strides):
+        # the gradient of Conv (a strided convolution keeps the composition's)
         prod = apply(CONV, (prod, x, w), pads=tuple(tuple(p) for p in pads), dilation=tuple(dilation))
     return prod, (n, *out, f)
 

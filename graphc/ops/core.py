@@ -82,6 +82,11 @@ class Op:
         """Whether the node's row-major elements are its input 0's, in the same order (a reshape)."""
         return False
 
+    def moves_inner_axis(self, node: Node) -> bool:
+        """Whether reading the node along its last axis reads input 0 along another axis (a transpose that moves
+        the last axis): inlined, input 0's expression would be evaluated at strided points, not in vectors."""
+        return False
+
     def constant_array(self, node: Node) -> np.ndarray | None:
         """The data of a constant leaf (None for every other op)."""
         return None

@@ -33,6 +33,9 @@ class Transpose(Op):
         inv = tuple(int(i) for i in np.argsort(node.attrs["perm"]))
         return (transpose(g, inv),)
 
+    def moves_inner_axis(self, node):
+        return node.ndim > 0 and node.attrs["perm"][-1] != node.ndim - 1
+
     def lower(self, node, lx):
         index = [0] * node.ndim
         for k, p in enumerate(node.attrs["perm"]):

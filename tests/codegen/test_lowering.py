@@ -209,6 +209,29 @@ def test_a_concatenation_runs_each_range_of_its_axis_without_guards(n):
         assert not [e for e in exprs if isinstance(e, Guard) or (isinstance(e, Load) and e.checked)]
 
 
+@pytest.mark.parametrize("w,k", [(3, 2), (8, 5), (12, 4), (21, 3)])
+def test_shifted_padded_rows_summed_match_numpy_at_every_edge(w, k):
+    """A col2im-like sum of k*k shifted pads of a row tensor: every term is a guarded read whose lanes run off
+    both ends of its buffer (the first and last rows), tested in i32 lanes against an interval and read with the
+    guard as the load's mask, on rows shorter and longer than a vector, 1 and 3 threads."""
+    from graphc.ops.movement import _pad
+
+    x = gc.input("x", ("N", 3, w))
+    terms = [_pad(x * float(i + 1), [0, a, b], [0, k - 1 - a, k - 1 - b], [0, 0, 0], 0)
+             for i, (a, b) in enumerate((a, b) for a in range(k) for b in range(k))]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    fn = gc.compile(total, cache=False)
+    v = np.random.default_rng(4).standard_normal((2, 3, w)).astype(np.float32)
+    want = np.zeros((2, 3 + k - 1, w + k - 1), np.float64)
+    for i, (a, b) in enumerate((a, b) for a in range(k) for b in range(k)):
+        want[:, a:a + 3, b:b + w] += v * (i + 1)
+    for threads in (1, 3):
+        np.testing.assert_allclose(fn(x=v, threads=threads), want, rtol=1e-5, atol=1e-5)
+    assert [type(kk).__name__ for kk in fn.program.kernels] == ["LoopKernel"]
+
+
 def test_a_gather_is_bounds_checked_in_compiled_code():
     x = gc.input("x", (10, 4))
     idx = gc.input("idx", ("B",), "int32")

@@ -226,6 +226,37 @@ def test_input_gradient_is_a_transposed_convolution_with_no_col2im_and_different
     np.testing.assert_allclose(gc.compile(hv)(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
 
 
+def test_few_channels_input_gradient_is_spread_tap_major_and_differentiates_again():
+    """Below TRANSPOSED_MIN_CHANNELS input channels, dx is the filter times the cotangent's transpose (tap-major,
+    KH*KW*C rows), spread back tap by tap over (C, N, H, W) rows and moved to channels-last: the spread is a
+    kernel of its own over rows (not gathers at every tap), and the whole is exact against finite differences
+    and a second derivative."""
+    from graphc.ops.conv import TRANSPOSED_MIN_CHANNELS
+
+    c = TRANSPOSED_MIN_CHANNELS - 2
+    x = gc.input("x", ("N", 7, 6, c), "float64")
+    w = gc.input("w", (3, 2, c, 4), "float64")
+    loss = gc.sum(gc.tanh(gc.conv2d(x, w, padding=((2, 1), (0, 1)), dilation=(2, 1))) ** 2)
+    vals = {"x": rng.standard_normal((2, 7, 6, c)), "w": rng.standard_normal((3, 2, c, 4)) * 0.3}
+    gc.check_grad(loss, [x, w], vals, rtol=1e-5, atol=1e-7)
+    gx, gw = gc.grad(loss, [x, w])
+    fn = gc.compile([gx, gw], threads=2)
+    spread = [k for k in fn.program.kernels
+              if type(k).__name__ == "LoopKernel" and str(k.domain).startswith(f"({c}, N")]
+    assert len(spread) == 1, fn.kernels  # the taps summed over rows of (C, N, H+pads, W+pads)
+    for got, want in zip(fn(vals), gc.evaluate([gx, gw], vals), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    u = gc.input("u", ("N", 7, 6, c), "float64")
+    (hv,) = gc.grad(gc.sum(gx * u), [w])  # a second reverse sweep, through the spread
+    vals["u"], v = rng.standard_normal((2, 7, 6, c)), rng.standard_normal((3, 2, c, 4))
+    eps = 1e-6
+    probe = gc.sum(gx * u)
+    num = (gc.evaluate(probe, {**vals, "w": vals["w"] + eps * v}) -
+           gc.evaluate(probe, {**vals, "w": vals["w"] - eps * v})) / (2 * eps)
+    np.testing.assert_allclose(np.sum(gc.evaluate(hv, vals) * v), num, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gc.compile(hv)(vals), gc.evaluate(hv, vals), rtol=1e-10, atol=1e-10)
+
+
 def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_the_gemm():
     x = gc.input("x", ("N", 8, 8, 3))
     layer = gc.nn.conv2d(x, 8, 3, name="c")
