@@ -406,7 +406,8 @@ class DataParallelStep:
         gvals.update({node.name: offs[size] for size, node in (self.offsets or {}).items()})
         if "rng_key" in self.grad_leaves:
             gvals["rng_key"] = key_arr
-        uvals = self._update_values(live, scalars, step_arr)
+        update = self._bind_update(self._update_values(live, scalars, step_arr))
+        calls = {}  # rows -> the gradient call bound to this epoch's arrays (checked once, not every step)
         loss_sum, done, bad = 0.0, 0, None
         full = shares(B, dist.size)
         for s in range(nsteps):
@@ -428,14 +429,17 @@ class DataParallelStep:
                 np.take(X, idx, axis=0, out=x)
                 np.take(Y, idx, axis=0, out=y)
                 w_arr[...] = np.float32(b / nb)
-                gvals["x"], gvals["y"] = x, y
-                self.grad_fn(gvals, out=self.outs)
+                call = calls.get(b)
+                if call is None:
+                    gvals["x"], gvals["y"] = x, y
+                    call = calls[b] = self.grad_fn.bind(gvals, out=self.outs)
+                call()
             else:  # more ranks than rows in this (last) batch: this rank adds nothing
                 self.outs[0][...] = 0
                 for g in self.grad_views:
                     g[...] = 0
             self.samples += b
-            loss = self._reduce_and_update(uvals)
+            loss = self._reduce_and_update(update)
             if not np.isfinite(loss):
                 bad = s
                 break
@@ -462,15 +466,18 @@ class DataParallelStep:
         self._pen_out = [np.zeros((), np.float32)] if self.trainer.penalty is not None else None
         return uvals
 
-    def _reduce_and_update(self, uvals: dict) -> float:
-        """Sum the gradients over the ranks, apply the update; the step's loss (the same on every rank)."""
+    def _bind_update(self, uvals: dict):
+        """The update call on this epoch's arrays, checked once (`CompiledFunction.bind`)."""
+        return self.update_fn.bind(uvals, out=self._pen_out)
+
+    def _reduce_and_update(self, update) -> float:
+        """Sum the gradients over the ranks, apply the update (`update`: from `_bind_update`); the step's loss
+        (the same on every rank)."""
         self.dist.allreduce_(self.flat)
         loss = float(self.flat[self.loss_slot])
+        update()
         if self._pen_out is not None:
-            self.update_fn(uvals, out=self._pen_out)
             loss += float(self._pen_out[0])
-        else:
-            self.update_fn(uvals)
         return loss
 
     def check_replicas(self, state: dict, epoch: int) -> None:
@@ -567,15 +574,15 @@ class SharedMemoryStep(DataParallelStep):
             uvals["step"] = step_arr
         return uvals
 
-    def _reduce_and_update(self, uvals: dict) -> float:
+    def _bind_update(self, uvals: dict):
+        return self.update_fn.bind(uvals, out=[self._pen_view] if self._has_pen else None)
+
+    def _reduce_and_update(self, update) -> float:
         self._barrier("the gradient exchange")
         loss = 0.0
         for sl in self.slots:  # rank order; read before anyone can start the next step's gradients
             loss += float(sl[self._loss_at])
-        if self._has_pen:
-            self.update_fn(uvals, out=[self._pen_view])
-        else:
-            self.update_fn(uvals)
+        update()
         self._barrier("the update")
         if self._has_pen:
             for sl in self.slots:

@@ -387,9 +387,26 @@ class CompiledFunction:
             values = kw
         elif kw:
             values = {**values, **kw}
+        bound, env, nthreads, given = self._prepare(values, threads, out, "called")
+        with self._lock:
+            return self._execute(bound, env, nthreads, given)
+
+    def bind(self, values: Mapping | None = None, /, *, threads: int | None = None, out=None, **kw) -> BoundCall:
+        """The call `fn(values, threads=, out=)` checked once, to be run many times: `bound()` runs it on the
+        same arrays (whose contents may change between runs; the arrays themselves are held, so their shapes
+        cannot). For a loop that calls a function on the same buffers each step (a training step's batch, its
+        gradient buffers), where checking the arguments costs as much as a small product."""
+        if values is None:
+            values = kw
+        elif kw:
+            values = {**values, **kw}
+        return BoundCall(self, *self._prepare(values, threads, out, "bound"))
+
+    def _prepare(self, values, threads, out, how: str):
+        """(table slot -> (array, address), dims, threads, the caller's outputs) of a checked call."""
         fast = self._fast_bind(values) if isinstance(values, dict) else None
         if fast is None:
-            where = f"compiled function called at {capture_source().where()}"
+            where = f"compiled function {how} at {capture_source().where()}"
             arrays, envd = self._check(values, where)
             g = self.signature
             fast = ({buf.index: (arrays[id(leaf)], data_address(arrays[id(leaf)]))
@@ -398,10 +415,9 @@ class CompiledFunction:
         if threads is None and self._auto_threads:
             nthreads = self._threads_for(fast[1], self.threads)
         else:
-            nthreads = check_threads(threads, "compiled function call") or self.threads
+            nthreads = check_threads(threads, f"compiled function {how}") or self.threads
         given = self._check_out(out, fast[0], fast[1]) if out is not None else None
-        with self._lock:
-            return self._execute(fast[0], fast[1], nthreads, given)
+        return fast[0], fast[1], nthreads, given
 
     def _check_out(self, out, bound: dict, env: list[int]) -> list:
         """`out` as a list of arrays (or None) per output, each checked against the output it receives."""
@@ -592,6 +608,21 @@ class CompiledFunction:
             else:
                 outs[k][...] = outs[first]
         return outs[0] if self._single else outs
+
+
+class BoundCall:
+    """A compiled function's call with its arguments checked once (`CompiledFunction.bind`)."""
+
+    __slots__ = ("fn", "_bound", "_env", "_threads", "_given")
+
+    def __init__(self, fn: CompiledFunction, bound: dict, env: list[int], nthreads: int, given: list | None):
+        self.fn, self._bound, self._env, self._threads, self._given = fn, bound, env, nthreads, given
+
+    def __call__(self):
+        """Run; returns what the call returns (the `out` arrays where given)."""
+        fn = self.fn
+        with fn._lock:
+            return fn._execute(self._bound, self._env, self._threads, self._given)
 
 
 # Every compiled function's call lock, renewed in a child after fork(): a thread of the parent that was inside a

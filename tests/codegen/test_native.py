@@ -244,6 +244,31 @@ def test_large_outputs_the_caller_dropped_are_recycled():
     del prev
 
 
+def test_a_bound_call_is_checked_once_and_runs_on_the_current_contents():
+    """fn.bind(values, out=...) checks the arguments as a call does (the same errors) and returns a call that
+    runs on the same arrays, reading what they hold at each run; updates write in place as in a call."""
+    x = gc.input("x", ("N", 4))
+    p = gc.param("p", (4,))
+    fn = gc.compile([gc.sum(x * p, axis=1)], updates={p: p + 1.0}, cache=False)
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pv = np.zeros(4, np.float32)
+    out = np.empty(3, np.float32)
+    run = fn.bind({"x": a, "p": pv}, out=[out])
+    for _ in range(3):
+        a += 1.0
+        before = pv.copy()
+        got = run()
+        assert got[0] is out
+        np.testing.assert_allclose(out, (a * before).sum(1))
+        np.testing.assert_array_equal(pv, before + 1.0)
+    with pytest.raises(gc.DTypeError, match="bound at .*float32"):
+        fn.bind({"x": a.astype(np.float64), "p": pv})
+    with pytest.raises(gc.InputError, match="shares memory with an input"):
+        fn.bind({"x": a, "p": pv}, out=[a.reshape(-1)[:3]])
+    with pytest.raises(ValueError):
+        a.resize((4, 4))  # the bound call holds the array: its shape cannot change under it
+
+
 def test_bad_thread_counts_are_refused_before_native_code():
     """threads= at compile and at call time: an int from 1 to 256 (the team's limit) or None; a float, a bool,
     0, a negative count or 1000 is an InputError naming the value (a float used to reach ctypes, a negative
