@@ -3,7 +3,8 @@
 1. 784-256-128-10 ReLU (W2), 60,000 synthetic rows, global batch 128, plain SGD: samples/s of one graphc process on
    2 threads, of `mpirun -n 2` graphc ranks on 1 thread each, and of PyTorch DistributedDataParallel (gloo, 2
    processes, 1 thread each), each the median of EPOCHS epochs; with the ranks' time per step split into the
-   gradient phase, the allreduce and the update.
+   gradient phase, the allreduce and the update. Then the same two ways for the standalone binary
+   (`graphc build --mpi`), whose per-step loop is native.
 2. The allreduce of the W2 gradient buffer and of a 784-2048-2048-10 one at P = 2 (median of repeats).
 3. A projection of scaling efficiency to 8, 64 and 256 machines: an alpha-beta model of ring allreduce,
    T(P, n) = 2(P-1)·alpha + 2(P-1)/P · 4n / beta, with no overlap of communication and compute, fed by the measured
@@ -114,6 +115,39 @@ def ranks(epochs: int, shared: bool) -> dict:
                        check=True, env=dict(os.environ, GRAPHC_MPI_SHARED="1" if shared else "0"))
         with open(out) as f:
             return json.load(f)
+
+
+def binary(epochs: int) -> dict | None:
+    """The standalone binary of the same W2 step: `graphc build` on 1 process x 2 threads against `graphc build
+    --mpi` under `mpirun -n 2` x 1 thread, samples/s medians over epochs from their history.csv. None without a C
+    compiler."""
+    import csv
+
+    from graphc.aot import build
+    from graphc.errors import GraphcError
+
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:  # the same step twice: the plain binary (its whole epoch one native loop) and the MPI one
+            built = {mpi: build(os.path.join(tmp, f"w2-{mpi}"), task="multiclass", n_features=FEATURES,
+                                n_outputs=CLASSES, hidden=W2, mpi=mpi, batch_size=BATCH, lr=0.01)
+                     for mpi in (False, True)}
+        except GraphcError as e:
+            print(f"  (standalone binary not built: {e})")
+            return None
+        X, y = data()
+        np.save(os.path.join(tmp, "x.npy"), X)
+        np.save(os.path.join(tmp, "y.npy"), y)
+        files = ["--x-train", os.path.join(tmp, "x.npy"), "--y-train", os.path.join(tmp, "y.npy"), "--quiet",
+                 "--epochs", str(epochs)]
+
+        def rate(cmd: list, out: str) -> float:
+            subprocess.run([*cmd, *files, "--out", os.path.join(tmp, out)], check=True, capture_output=True)
+            with open(os.path.join(tmp, out, "history.csv")) as f:
+                return float(np.median([float(row["samples_per_second"]) for row in csv.DictReader(f)]))
+
+        return {"one": rate([str(built[False].path), "--threads", "2"], "one"),
+                "ranks": rate([mpirun, "-n", "2", str(built[True].path), "--threads", "1"], "ranks")}
 
 
 def _ddp_worker(rank: int, world: int, epochs: int, port: int, q) -> None:
@@ -245,6 +279,11 @@ def main() -> None:
               f"per step: gradient phase {x['phases']['grad'] * 1e3:.3f} ms (64 rows, 1 thread), exchange + update "
               f"{x['phases']['exchange_update'] * 1e3:.3f} ms")
     print(f"  PyTorch DDP gloo, 2 x 1 thread: {torch_rate / 1e3:8.1f} k samples/s")
+    b = binary(args.epochs)
+    if b is not None:
+        print(f"  standalone binary (graphc build --mpi): 1 process x 2 threads {b['one'] / 1e3:.1f} k samples/s, "
+              f"mpirun -n 2 x 1 thread {b['ranks'] / 1e3:.1f} k ({b['ranks'] / b['one']:.2f}x one process, "
+              f"{b['ranks'] / torch_rate:.2f}x DDP)")
     print(f"  allreduce at P=2: W2 {ph['allreduce'] * 1e3:.3f} ms ({4 * n_params(W2) / 1e6:.2f} MB), 784-2048-2048-10 "
           f"{ph['allreduce_wide'] * 1e3:.2f} ms ({4 * n_params(WIDE) / 1e6:.1f} MB)")
     projection(ph, BATCH // 2, args.plot)
