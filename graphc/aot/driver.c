@@ -37,7 +37,9 @@
 
 #ifdef GC_MPI
 #include <mpi.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <stdatomic.h>
 static int g_rank = 0, g_size = 1;
 static int g_pre = 0; /* before training: a failure on one rank is agreed on by every rank (all exit 2) */
@@ -972,9 +974,25 @@ static void lost(const char *why) {
 static void *watchdog(void *unused) {
     (void)unused;
     char gone[1024], msg[1200];
+    /* a pidfd per local peer turns readable the moment that process ends: the lost rank is named at once, before
+     * the launcher's clean-up kills this one (polling every 100 ms often lost that race, and the launcher's
+     * message may name the wrong process) */
+    struct pollfd *fds = calloc((size_t)g_size, sizeof *fds);
+    int nfds = 0;
+#ifdef SYS_pidfd_open
+    for (int r = 0; fds && r < g_size; r++)
+        if (r != g_rank && !strcmp(g_hosts[r], g_host)) {
+            int fd = (int)syscall(SYS_pidfd_open, (pid_t)g_pids[r], 0);
+            if (fd >= 0) fds[nfds++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
+#endif
     for (;;) {
-        struct timespec ts = {0, 100000000};
-        nanosleep(&ts, NULL);
+        if (nfds) {
+            (void)poll(fds, (nfds_t)nfds, 100);
+        } else {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
         if (atomic_load(&g_done)) return NULL;
         gone_ranks(gone, sizeof gone);
         if (gone[0] && !atomic_load(&g_done)) {
