@@ -1488,7 +1488,7 @@ class ModuleEmitter:
                 row_off = ctx.builder.add(ctx.builder.mul(ctx.row, fe.dim(k.n)), ctx.col)
                 # every value before any store: an in-place update must not see another's new value
                 values = [fe.value(s.value, point, memo, ctx.acc) for s in extra]
-                out = fe.value(c_store.value, point, memo, ctx.acc)
+                out = None if k.c_scratch else fe.value(c_store.value, point, memo, ctx.acc)
                 for s, v in zip(extra, values, strict=True):
                     fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
                 return out

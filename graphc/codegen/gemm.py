@@ -63,7 +63,8 @@ ctx.col + L - 1`` of row ``ctx.row``. ``ctx.mask`` is an ``<L x i1>`` (a run-tim
 are real columns: all set except on the column edge. Lanes outside it are discarded by the masked store, but
 must not be used to touch memory: use ``ctx.load``, which masks. It is None only where every vector is full
 (N static and a multiple of NR). Rows outside M are never passed. The epilogue must return an ``<L x T>``
-vector, the value to store. ``ctx.extra_args`` are the function's extra arguments (`extra_args` types,
+vector, the value to store, or None: then C is scratch (the K blocks' partial sums) and the pass leaves it
+as it is. ``ctx.extra_args`` are the function's extra arguments (`extra_args` types,
 passed through to the pass), e.g. a bias pointer: arguments of ``ctx.builder.function``, so code that
 uses only them may be hoisted into that function's entry block. Stores of other buffers made by the
 epilogue (masked with ``ctx.mask``) are fine; it must not touch C through another pointer (C is noalias).
@@ -879,9 +880,10 @@ def _emit_epilogue_fn(
             acc = b.load(g.gep(b, t0, b.mul(i, _c64(NR))), typ=g.V, align=g.valign)
             ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g)
             out = epilogue(ctx)
-            if not isinstance(out, ir.Value) or out.type != g.V:
-                raise TypeError(f"GEMM epilogue must return a {g.V} value, got {out!r}")
-            g.store_vec(b, out, c0, b.mul(i, ldc), mask)
+            if out is not None:  # None: C held only the partial sums of the K blocks, which nothing reads after
+                if not isinstance(out, ir.Value) or out.type != g.V:
+                    raise TypeError(f"GEMM epilogue must return a {g.V} value or None, got {out!r}")
+                g.store_vec(b, out, c0, b.mul(i, ldc), mask)
     b.ret_void()
     return fn
 

@@ -365,6 +365,9 @@ class GemmKernel(Kernel):
     # stride * digit over r's digits in `rows` and k's in `cols`, ((size, stride), outermost first; an outermost
     # size of 0 is known only at run time)] -- an im2col matrix packed straight from its image. ta is False then.
     a_view: tuple | None = None
+    # the last store's buffer is C only for the K blocks' partial sums (the raw product, which nothing reads: an
+    # epilogue updates a parameter in place, so C cannot be the parameter's buffer): its final value is not stored
+    c_scratch: bool = False
 
     @property
     def writes(self) -> list[Buffer]:
@@ -381,7 +384,8 @@ class GemmKernel(Kernel):
             a = f"view {self.a!r}[{off} + rows {show(rows)} + cols {show(cols)}]"
         lines = [f"{self.name}: gemm {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
                  f"acc = {a} @ {self.b!r}{tb}"]
-        lines += [f"  {s.buf!r} = {s.value!r}" for s in self.stores]
+        lines += [f"  {s.buf!r} = {s.value!r}" + ("  (scratch: partial sums only)" if self.c_scratch and s is
+                                                      self.stores[-1] else "") for s in self.stores]
         return "\n".join(lines)
 
 

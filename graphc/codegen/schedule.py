@@ -972,6 +972,7 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
         # C's buffer (an in-place update reads the parameter's old value) would read those sums instead. Then the
         # raw product keeps its own buffer as C, unless one K block covers K.
         if kept and kept[-1].buf in g.reads and not (isinstance(g.k, int) and g.k <= GEMM_KC):
+            g.c_scratch = g.stores[0] not in kept  # kept only as C: its final value is never stored
             kept = [s for s in kept if s is not g.stores[0]] + [g.stores[0]]
         g.stores = kept or g.stores[-1:]
         i += 1
