@@ -1019,6 +1019,9 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
     return cache[key]
 
 
+REDUCE_BLOCK = 8  # vectors of outputs a reduction over outer axes accumulates side by side (small bodies)
+
+
 class ModuleEmitter:
     def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False,
                  declare_helpers: bool = False):
@@ -1318,8 +1321,44 @@ class ModuleEmitter:
             with b.goto_entry_block():
                 accp = alloca(b, vty, name="accv")
 
+            # blocks of REDUCE_BLOCK vectors of outputs first: each step over the reduced axes reads that many
+            # adjacent vectors (a row of a column sum: one pass over the rows per block, not one per vector);
+            # every output is still combined in the same order, so the results do not change
+            size = sum(1 for _ in walk(k.body))
+            nblock = REDUCE_BLOCK if size <= 16 else REDUCE_BLOCK // 2 if size <= 64 else 1
+            with b.goto_entry_block():
+                block_accs = [alloca(b, vty, name=f"accb{v}") for v in range(nblock)]
+
+            def block(point: Point, j) -> None:
+                for accv in block_accs:
+                    b.store(identity(vty), accv)
+                pts = [Point({**point.index, last: b.add(j, c64(v * lanes))}, last, lanes)
+                       for v in range(nblock)]
+
+                def rec(idx: int, ps: list[Point]):
+                    if idx == len(red):
+                        for q, accv in zip(ps, block_accs, strict=True):
+                            v = fe.value(k.body, q, {})
+                            if not isinstance(v.type, ir.VectorType):
+                                v = fe.splat(v, lanes)
+                            b.store(combine(b.load(accv, typ=vty), v), accv)
+                        return
+                    a = red[idx]
+                    with Loop(b, c64(0), sizes[a], 1, f"rb{a}") as i:
+                        rec(idx + 1, [Point({**q.index, a: i}, q.vec_axis, q.lanes) for q in ps])
+
+                rec(0, pts)
+                for q, accv in zip(pts, block_accs, strict=True):
+                    epilogue(q, b.load(accv, typ=vty))
+
             def body(point: Point) -> None:
                 start, stop = (lo, hi) if not kept_outer else (c64(0), sizes[last])
+                if nblock > 1:
+                    width = c64(lanes * nblock)
+                    blocks_stop = b.add(start, b.mul(b.sdiv(b.sub(stop, start), width), width))
+                    with Loop(b, start, blocks_stop, lanes * nblock, "kb") as j:
+                        block(point, j)
+                    start = blocks_stop
                 with Loop(b, start, stop, lanes, "kv") as j:
                     remaining = b.sub(stop, j)
                     full = b.icmp_signed(">=", remaining, c64(lanes))

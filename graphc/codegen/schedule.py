@@ -503,6 +503,7 @@ class Scheduler:
         _after_readers(self.kernels, in_place)
         if fuse:
             fuse_epilogues(self.kernels)
+            fuse_loops(self.kernels)
         symbols = sorted(set().union(*(free_symbols(b.shape) for b in self.buffers)) if self.buffers else set(),
                          key=str)
         inputs = [self.buf_of[id(leaf)] for leaf in g.inputs]
@@ -815,7 +816,15 @@ class Scheduler:
             pre.append(self._copy(f"{name}_store{k}", arg_buf[k], dst, shape))
         for k in range(nc):  # the next step's carry
             post.append(self._copy(f"{name}_carry{k}", new_carry[k], arg_buf[k], arg_buf[k].shape))
-        prog = replace(prog, buffers=prog.buffers + extra, kernels=pre + prog.kernels + post)
+        if every == 1:  # the history copies, the body's elementwise kernels and the carry copies: one loop each
+            body_kernels = pre + prog.kernels + post
+            fuse_loops(body_kernels)
+            pre = []
+        else:  # the history copies run only every `every`-th step: they stay the first kernels
+            fuse_loops(pre)
+            body_kernels = prog.kernels + post
+            fuse_loops(body_kernels)
+        prog = replace(prog, buffers=prog.buffers + extra, kernels=pre + body_kernels)
         for kern in all_kernels(prog.kernels):  # kernel names are function names: unique in the module
             kern.name = f"{name}_{kern.name}"
         bind_list = [binds[i] for i in range(len(prog.buffers))]
@@ -976,6 +985,70 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
             kept = [s for s in kept if s is not g.stores[0]] + [g.stores[0]]
         g.stores = kept or g.stores[-1:]
         i += 1
+
+
+def _identity_strides(shape: Shape) -> tuple[Dim, ...]:
+    return tuple(0 if _is_one(d) else s for d, s in zip(shape, _rowmajor(shape), strict=True))
+
+
+def _only_pointwise(k: LoopKernel, bufs: set[Buffer]) -> bool:
+    """Whether every load of k from one of `bufs` reads the element at the point it computes (the store's index):
+    affine, unchecked, no offset, the domain's row-major strides."""
+    identity = _identity_strides(k.domain)
+    for s in k.stores:
+        for x in walk(s.value):
+            if isinstance(x, Load) and x.buf in bufs:
+                if not x.affine or x.gathers or not (isinstance(x.offset, int) and x.offset == 0):
+                    return False
+                if len(x.strides) != len(identity) or any(sympy.sympify(a) != sympy.sympify(b)
+                                                          for a, b in zip(x.strides, identity, strict=True)):
+                    return False
+    return True
+
+
+def _mergeable(a: LoopKernel, b: LoopKernel) -> bool:
+    """Whether loop kernel `a` can run inside `b` (its stores first, at each point): the same domain and store
+    dtypes (so one thread partition and one vector width), and what one writes the other reads only at the
+    same point (so the thread that computes a point sees the values it needs, and no other thread's)."""
+    if len(a.domain) == 0 or len(a.domain) != len(b.domain):
+        return False
+    if any(sympy.sympify(x) != sympy.sympify(y) for x, y in zip(a.domain, b.domain, strict=True)):
+        return False
+    if {s.buf.dtype for s in a.stores} != {s.buf.dtype for s in b.stores}:
+        return False
+    wa, wb = set(a.writes), set(b.writes)
+    return _only_pointwise(b, wa | wb) and _only_pointwise(a, wa | wb)
+
+
+def fuse_loops(kernels: list[Kernel]) -> None:
+    """Merge elementwise loop kernels over the same domain into one loop with several stores (loop fusion): a
+    kernel moves down to the next one it can merge with when no kernel in between touches what it writes or
+    writes what it reads. A scan step's gate nonlinearities, cell update, stored intermediates and carry
+    copies then run as one pass over (N, H) instead of a dozen, with a dozen fewer barriers per step. Each
+    element is computed by the same expression as before: results are bitwise the same on any thread count."""
+    i = 0
+    while i < len(kernels):
+        a = kernels[i]
+        if not isinstance(a, LoopKernel):
+            i += 1
+            continue
+        ra, wa = set(a.reads), set(a.writes)
+        target = None
+        for j in range(i + 1, len(kernels)):
+            b = kernels[j]
+            if isinstance(b, LoopKernel) and _mergeable(a, b):
+                target = j
+                break
+            if (set(b.writes) & (ra | wa)) or (set(b.reads) & wa):
+                break  # a kills the move
+        if target is None:
+            i += 1
+            continue
+        b = kernels[target]
+        b.stores = a.stores + b.stores
+        b.reads = list(dict.fromkeys(a.reads + b.reads))
+        b.nodes = a.nodes + [x for x in b.nodes if x not in a.nodes]
+        del kernels[i]
 
 
 GEMM_KC = 256  # graphc.codegen.gemm.default_config's K block: a longer K passes partial sums through C

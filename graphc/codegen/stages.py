@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from graphc.codegen.memory import MemoryPlan, barriers, plan
-from graphc.codegen.schedule import Program, fuse_epilogues
+from graphc.codegen.schedule import Program, fuse_epilogues, fuse_loops
 from graphc.codegen.schedule import schedule as _schedule
 from graphc.codegen.target import HelpersUnavailable, Target, emit_object, links_helpers
 from graphc.ir.graph import Graph
@@ -115,10 +115,12 @@ def schedule(graph: Graph, opts: Options) -> Program:
 
 
 def fusion(program: Program, opts: Options) -> Program:
-    """Elementwise kernels that read a matrix product's result become its epilogue (a new Program)."""
+    """Elementwise kernels that read a matrix product's result become its epilogue, then elementwise loops over
+    one domain that read each other's values only at the same point merge into one loop (a new Program)."""
     kernels = [replace(k, stores=list(k.stores), nodes=list(k.nodes), reads=list(k.reads))
                if hasattr(k, "stores") else k for k in program.kernels]
     fuse_epilogues(kernels)
+    fuse_loops(kernels)
     return replace(program, kernels=kernels)
 
 

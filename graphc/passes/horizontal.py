@@ -12,6 +12,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.node import Node, derived_from, topo_order
 from graphc.ops.linalg import MATMUL, matmul
 from graphc.ops.movement import concatenate
+from graphc.ops.pointwise import ADD
 from graphc.passes.rewrite import rebuild
 
 
@@ -65,3 +66,82 @@ def merge_products(graph: Graph) -> Graph:
         return memo[id(root)]
 
     return graph.with_outputs(tuple(get(o) for o in graph.outputs))
+
+
+def merge_product_sums(outputs: list[Node], step: set[int]) -> list[Node]:
+    """Inside a loop body: a sum of products `A_1·B_1 + ... + A_n·B_n` of step values A_k and loop-invariant B_k
+    (nodes that depend on none of the placeholders in `step`) becomes ONE product `[A_1 ... A_n]·[B_1; ...; B_n]`
+    (the contraction runs over the K's side by side). The backward step of an LSTM written with one weight per
+    gate, `Σ_g dz_g·Wh_gᵀ`, is then one GEMM of K = 4H, not four GEMMs of K = H and three additions; the stacked
+    weights are loop-invariant, so they are computed once, before the loop. Products merge when each is read only
+    by the sum, is 2-D, not transposed on the left, has a static K and an A computed in the step. Returns
+    `outputs` itself when nothing merges."""
+    order = topo_order(outputs)
+    dep: set[int] = set(step)
+    n_users: dict[int, int] = {}
+    for n in order:
+        if any(id(i) in dep for i in n.inputs):
+            dep.add(id(n))
+        for i in n.inputs:
+            n_users[id(i)] = n_users.get(id(i), 0) + 1
+    for o in outputs:
+        n_users[id(o)] = n_users.get(id(o), 0) + 1
+
+    def terms(n: Node) -> list[Node]:
+        out = []
+        for i in n.inputs:
+            if i.op is ADD and i.shape == n.shape and n_users.get(id(i), 0) == 1:
+                out += terms(i)
+            else:
+                out.append(i)
+        return out
+
+    def mergeable(t: Node, shape) -> bool:
+        if t.op is not MATMUL or t.ndim != 2 or t.attrs["ta"] or t.shape != shape or n_users.get(id(t), 0) != 1:
+            return False
+        a, b = t.inputs
+        # A computed in the step, not a placeholder itself: x_t·W leaves the loop (one product over all steps)
+        return id(a) in dep and id(a) not in step and id(b) not in dep and b.ndim == 2 and isinstance(a.shape[1], int)
+
+    inner: set[int] = set()
+    plans: dict[int, tuple[list[Node], list[Node]]] = {}
+    for n in reversed(order):
+        if n.op is not ADD or id(n) in inner or n.ndim != 2:
+            continue
+        ts = terms(n)
+        groups: dict[tuple, list[Node]] = {}
+        for t in ts:
+            if mergeable(t, n.shape):
+                groups.setdefault((t.attrs["tb"], t.dtype), []).append(t)
+        merged = [g for g in groups.values() if len(g) >= 2]
+        if not merged:
+            continue
+        plans[id(n)] = (ts, merged)
+        stack = [i for i in n.inputs]
+        while stack:  # the additions flattened into this sum are not roots of their own
+            i = stack.pop()
+            if i.op is ADD and i.shape == n.shape and n_users.get(id(i), 0) == 1:
+                inner.add(id(i))
+                stack.extend(i.inputs)
+    if not plans:
+        return outputs
+    memo: dict[int, Node] = {}
+    for n in order:
+        if id(n) not in plans:
+            memo[id(n)] = rebuild(n, tuple(memo[id(i)] for i in n.inputs))
+            continue
+        ts, merged = plans[id(n)]
+        used = {id(t) for g in merged for t in g}
+        with derived_from(n.source, "rewrite: merge_product_sums"):
+            parts = []
+            for g in merged:
+                tb = g[0].attrs["tb"]
+                a = concatenate([memo[id(t.inputs[0])] for t in g], axis=1)
+                b = concatenate([memo[id(t.inputs[1])] for t in g], axis=1 if tb else 0)
+                parts.append(matmul(a, b, tb=tb))
+            parts += [memo[id(t)] for t in ts if id(t) not in used]
+            total = parts[0]
+            for p in parts[1:]:
+                total = total + p
+        memo[id(n)] = total
+    return [memo[id(o)] for o in outputs]

@@ -521,3 +521,30 @@ def test_a_gradient_seeded_with_broadcast_ones_does_not_copy_the_cotangent():
         np.float32), "g": rng.normal(size=(2, 6, 6, 2)).astype(np.float32)}
     for got, ref in zip(fn(vals), gc.evaluate([y, *gc.grad(gc.sum(y * g), [x, w])], vals), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_elementwise_loops_over_one_domain_merge_unless_one_reads_the_other_elsewhere():
+    from graphc.codegen.kernels import LoopKernel
+
+    x = gc.input("x", ("N", 8))
+    y = gc.input("y", (8, 8))
+    a = gc.exp(x)
+    b = a * 2.0 + gc.tanh(x)  # reads a at its own point: one loop stores a and b
+    c = gc.exp(y)
+    d = gc.transpose(c) + 1.0  # reads c at another point (another thread's): a loop of its own
+    outs = [a, b, c, d]
+    rng = np.random.default_rng(0)
+    v = {"x": rng.normal(size=(5, 8)).astype(np.float32), "y": rng.normal(size=(8, 8)).astype(np.float32)}
+    f = gc.compile(outs)
+    loops = [k for k in f.program.kernels if isinstance(k, LoopKernel)]
+    by_store = {s.buf.index: k for k in loops for s in k.stores}
+    out = f.program.outputs
+    assert by_store[out[0].index] is by_store[out[1].index]
+    assert by_store[out[2].index] is not by_store[out[3].index]
+    want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+    runs = [f(v, threads=n) for n in (1, 2, 3)]
+    for g, w in zip(runs[0], want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+    for r in runs[1:]:
+        for p, q in zip(runs[0], r, strict=True):
+            np.testing.assert_array_equal(p, q)
