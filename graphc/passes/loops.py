@@ -10,7 +10,8 @@
   h @ Wg, h @ Wo`, become one product with the weights side by side; the concatenated weights depend on the
   weights alone, so they are computed once per call, before the loop (they become a capture, as everything a
   step computes from its captures alone). Likewise a sum of products of step values and loop-invariant
-  weights (the gradient's `Σ_g dz_g @ Wh_gᵀ`) becomes one product over the K's side by side.
+  weights (the gradient's `Σ_g dz_g @ Wh_gᵀ`) becomes one product over the K's side by side, and column sums
+  of step values (the gradient of one bias per gate) one column sum.
 
 The body is rebuilt by tracing it again (graphc.ops.scan), so its placeholders stay canonical. The scan's
 stored intermediates (projections past its history, read by the gradient) follow their nodes into the new
@@ -24,7 +25,7 @@ from graphc.ops.core import apply
 from graphc.ops.linalg import MATMUL, matmul
 from graphc.ops.movement import reshape, transpose
 from graphc.ops.scan import SCAN, SCAN_OUTPUT, Body, make_body, output, substitute
-from graphc.passes.horizontal import merge_product_sums, merge_products
+from graphc.passes.horizontal import merge_column_sums, merge_product_sums, merge_products
 from graphc.passes.rewrite import rebuild
 
 
@@ -79,7 +80,8 @@ def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], 
         mapping.update({id(a): inputs[k] for k, a in enumerate(body.args) if k >= nc + nx})
         outs = substitute([*body.outputs, *extra], mapping)
         if merge:
-            outs = merge_product_sums(outs, {id(a) for a in [*carry_args, *x_args]})
+            step_args = {id(a) for a in [*carry_args, *x_args]}
+            outs = merge_column_sums(merge_product_sums(outs, step_args), step_args)
             outs = list(merge_products(Graph.of(outs)).outputs)
         if pretranspose:
             outs = _pretransposed(outs, {id(a) for a in [*carry_args, *x_args]})
@@ -105,7 +107,8 @@ def _optimize_scan(n: Node, inputs: tuple[Node, ...], saved: list[int]):
     changed = False
     probe = Graph(tuple(body.outputs) + tuple(extra), tuple(body.args))
     outs = list(probe.outputs)
-    sums = merge_product_sums(outs, {id(a) for a in body.args[:nc + nx]}) is not outs
+    step_args = {id(a) for a in body.args[:nc + nx]}
+    sums = merge_product_sums(outs, step_args) is not outs or merge_column_sums(outs, step_args) is not outs
     if sums or merge_products(probe) is not probe:
         body, caps, extra = _retrace(n, body, inputs, extra, [], True)
         inputs = inputs[:nc + nx] + list(caps)

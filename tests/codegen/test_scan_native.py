@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.kernels import GemmKernel, ScanKernel
+from graphc.codegen.kernels import GemmKernel, ReduceKernel, ScanKernel
 
 
 def _rnn(T="T", reverse=False, checkpoint=None, grad=True):
@@ -79,10 +79,11 @@ def test_a_cell_with_one_weight_per_gate_runs_one_recurrent_gemm_and_projects_it
     xs = gc.input("xs", ("T", "N", F))
     Wx = {g: gc.param(f"Wx_{g}", (F, H)) for g in "ifgo"}
     Wh = {g: gc.param(f"Wh_{g}", (H, H)) for g in "ifgo"}
+    b = {g: gc.param(f"b_{g}", (H,)) for g in "ifgo"}
 
     def step(carry, x):
         h, c = carry
-        z = {g: x @ Wx[g] + h @ Wh[g] for g in "ifgo"}
+        z = {g: x @ Wx[g] + h @ Wh[g] + b[g] for g in "ifgo"}
         c = gc.sigmoid(z["f"]) * c + gc.sigmoid(z["i"]) * gc.tanh(z["g"])
         h = gc.sigmoid(z["o"]) * gc.tanh(c)
         return (h, c), None
@@ -90,7 +91,7 @@ def test_a_cell_with_one_weight_per_gate_runs_one_recurrent_gemm_and_projects_it
     h0 = gc.input("h0", ("N", H))
     (h, _), _ = gc.scan(step, (h0, h0), xs)
     loss = gc.sum(h * h)
-    params = [*Wx.values(), *Wh.values()]
+    params = [*Wx.values(), *Wh.values(), *b.values()]
     outs = [loss, *gc.grad(loss, params)]
     f = gc.compile(outs)
     fwd = next(k for k in f.program.kernels if isinstance(k, ScanKernel))
@@ -104,6 +105,9 @@ def test_a_cell_with_one_weight_per_gate_runs_one_recurrent_gemm_and_projects_it
     # transposed once, before it (not repacked every step)
     rev = [k for k in f.program.kernels if isinstance(k, ScanKernel)][1]
     assert [(k.n, k.k, k.tb) for k in rev.body.kernels if isinstance(k, GemmKernel)] == [(H, 4 * H, False)]
+    # the four bias gradients: one column sum a step, of that product's stored operand
+    sums = [k for k in rev.body.kernels if isinstance(k, ReduceKernel)]
+    assert len(sums) == 1 and sums[0].domain[1] == 4 * H
     rng = np.random.default_rng(4)
     v = {"xs": rng.normal(size=(6, 2, F)), "h0": rng.normal(size=(2, H))}
     v.update({p.name: 0.5 * rng.normal(size=p.shape) for p in params})
