@@ -115,15 +115,6 @@ def jax_net(jax, name):
 # ------------------------------------------------------------------------------------------- measurements
 
 
-def fma_peak() -> float:
-    from bench_gemm import fma_peak_kernel
-
-    from graphc.codegen.target import host_target
-
-    sample = fma_peak_kernel(host_target())
-    return max(sample(0.2) for _ in range(3))
-
-
 def conv_layer(threads: int, quick: bool) -> dict:
     """GFLOP/s of the 56x56 64->64 3x3 conv, forward and forward + both gradients."""
     import graphc as gc
@@ -298,7 +289,7 @@ def jax_step(name: str, threads: int, batch: int) -> dict | None:
 
 def child(threads: int, quick: bool, profile: bool, compile_torch: bool, nets: list[str]) -> dict:
     peers.set_threads(threads)
-    res: dict = {"threads": threads, "peak_gflops_1core": fma_peak(), "conv": conv_layer(threads, quick)}
+    res: dict = {"threads": threads, "peak_gflops_1core": peers.fma_peak(), "conv": conv_layer(threads, quick)}
     for name in nets:
         r = {"graphc": graphc_step(name, threads, 64, profile), "torch eager": torch_step(name, threads, 64, False)}
         if compile_torch:

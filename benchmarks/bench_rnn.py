@@ -33,7 +33,8 @@ def _data(T, seed=0):
     return rng.normal(size=(T, N, F)).astype(np.float32), rng.integers(0, CLASSES, N).astype(np.int32)
 
 
-def graphc_step(kind: str, T: int, threads: int, by_hand: bool = False, cache: bool = True):
+def graphc_step(kind: str, T: int, threads: int, by_hand: bool = False, cache: bool = True,
+                checkpoint: int | None = None):
     import graphc as gc
 
     xs = gc.input("xs", (T, "N", F))
@@ -53,7 +54,7 @@ def graphc_step(kind: str, T: int, threads: int, by_hand: bool = False, cache: b
         h0 = gc.zeros(("N", H))
         (h, _), _ = gc.scan(step, (h0, h0), xs)
     else:
-        h = getattr(gc.nn, kind)(xs, H, name=kind)
+        h = getattr(gc.nn, kind)(xs, H, name=kind, checkpoint=checkpoint)
     loss = gc.nn.softmax_cross_entropy(gc.nn.dense(h, CLASSES, name="out"), y)
     params = gc.nn.parameters(loss)
     t0 = time.perf_counter()
@@ -157,13 +158,80 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> 
     return out
 
 
+MEMORY_RUNS = {"graphc lstm": None, "graphc lstm checkpoint=10": 10, "torch lstm": "torch"}
+
+
+def memory_child(which: str, T: int, steps: int = 3) -> dict:
+    """In a fresh process: the baseline after imports and data, then `steps` LSTM training steps at length T
+    (graph, compile from the cache, run for graphc; module, forward, backward for PyTorch), then the peak."""
+    import peers
+
+    ck = MEMORY_RUNS[which]
+    if ck == "torch":
+        peers._import_torch(1)
+    else:
+        import graphc  # noqa: F401
+    _data(T)  # the data (each step function makes its own copy from the same seed: counted in both)
+    base = peers.memory_marks()
+    out: dict = {}
+    if ck == "torch":
+        run = torch_step("lstm", T, 1)
+    else:
+        run, _ = graphc_step("lstm", T, 1, checkpoint=ck)
+    for _ in range(steps):
+        run()
+    if ck != "torch":
+        plan = run.fn.memory_plan
+        out["note"] = (f"graphc arena {plan.arena_bytes / 2**20:.1f} MB for {len(plan.offsets)} temporaries "
+                       f"({plan.unshared_bytes / 2**20:.1f} MB unshared), GEMM workspace "
+                       f"{plan.workspace_bytes / 2**20:.2f} MB")
+        out["arena_mb"] = plan.arena_bytes / 2**20
+    return {"baseline": base, "after": peers.memory_marks(), **out}
+
+
+def memory(T: int) -> None:
+    """Peak memory of the LSTM training at length T, each run in a fresh process on 1 thread: graphc (default
+    scan, and checkpoint=10) from a warm compile cache, and PyTorch nn.LSTM eager."""
+    import peers
+
+    env = {**os.environ, **peers._thread_env(1)}
+    rows = {}
+    for which in MEMORY_RUNS:
+        cmd = [sys.executable, __file__, "--memory-child", which, "--lengths", str(T)]
+        if which.startswith("graphc"):
+            peers.memory_child(cmd, env)  # fills the compile cache: the measured run loads the program
+        rows[which] = peers.memory_child(cmd, env)
+    print(f"# bench_rnn --memory: LSTM training step, input {F}, hidden {H}, batch {N}, T={T}, 1 thread, fresh "
+          f"process each; CPU {peers._cpu_model()}")
+    peers.print_memory_rows(rows)
+    g, ck, t = (rows[k] for k in MEMORY_RUNS)
+    print("What decides: the training's own memory (peak - post-import baseline; torch's import alone is "
+          f"{t['baseline']['rss_mb']:.0f} MB, graphc's {g['baseline']['rss_mb']:.0f} MB)")
+    r1 = g["train_mb"] / t["train_mb"]
+    print(f"  graphc / PyTorch: {r1:.2f}x  -> {'met' if r1 <= 1 else 'short'} (goal <= 1); "
+          f"by peak RSS {g['after']['peak_rss_mb'] / t['after']['peak_rss_mb']:.2f}x")
+    r2 = ck["train_mb"] / g["train_mb"]
+    print(f"  checkpoint=10 / default: {r2:.2f}x  -> {'met' if r2 < 1 / 3 else 'short'} (goal < 0.33); "
+          f"by peak RSS {ck['after']['peak_rss_mb'] / g['after']['peak_rss_mb']:.2f}x, by arena "
+          f"{ck['arena_mb'] / g['arena_mb']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="one thread count, in this process")
     ap.add_argument("--lengths", default="50,500")
     ap.add_argument("--compile-lengths", default="10,100,1000")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--memory", action="store_true",
+                    help="only: peak memory of the T=500 LSTM training (graphc, checkpoint=10, PyTorch), fresh processes")
+    ap.add_argument("--memory-child", choices=list(MEMORY_RUNS), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.memory_child:
+        print(json.dumps(memory_child(a.memory_child, int(a.lengths.split(",")[-1]))))
+        return
+    if a.memory:
+        memory(int(a.lengths.split(",")[-1]) if a.lengths != "50,500" else 500)
+        return
     lengths = [int(t) for t in a.lengths.split(",") if t]
     clen = [int(t) for t in a.compile_lengths.split(",") if t]
     if a.threads is not None:

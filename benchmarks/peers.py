@@ -911,6 +911,44 @@ def current_rss_mb() -> float:
     return peak_rss_mb()
 
 
+def fma_peak() -> float:
+    """The measured FP32 FMA peak of one core, GFLOP/s (graphc's peak kernel from bench_gemm, best of 3 samples):
+    what bench_conv and bench_rnn report shares of."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_gemm import fma_peak_kernel
+
+    from graphc.codegen.target import host_target
+
+    sample = fma_peak_kernel(host_target())
+    return max(sample(0.2) for _ in range(3))
+
+
+def memory_marks() -> dict:
+    """This process's resident set now and its peak so far, MB: a memory child records them once after its
+    imports and data (the baseline) and once after training; the training's own memory is peak - baseline rss."""
+    return {"rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()}
+
+
+def memory_child(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a memory child (a fresh Python process, so no earlier allocation counts) and return the JSON object
+    it prints last: {"baseline": memory_marks(), "after": memory_marks(), ...}, with "train_mb" added (peak
+    after training minus the baseline's resident set)."""
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"memory child {' '.join(cmd[1:])} failed:\n{p.stderr[-3000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["train_mb"] = r["after"]["peak_rss_mb"] - r["baseline"]["rss_mb"]
+    return r
+
+
+def print_memory_rows(rows: dict[str, dict]) -> None:
+    """One line per memory child: peak RSS, the post-import baseline, and the training's own memory."""
+    for label, r in rows.items():
+        extra = f"; {r['note']}" if r.get("note") else ""
+        print(f"  {label:28s} peak RSS {r['after']['peak_rss_mb']:7.1f} MB   baseline after imports + data "
+              f"{r['baseline']['rss_mb']:7.1f} MB   training's own (peak - baseline) {r['train_mb']:7.1f} MB{extra}")
+
+
 _EPOCH = {"numpy": "epoch_numpy", "torch": "epoch_torch", "jax": "epoch_jax_scan"}
 _RSS_PEERS = ("none", "numpy", "torch", "jax", "sklearn")
 
