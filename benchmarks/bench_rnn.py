@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--compile-lengths", default="10,100,1000")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory", action="store_true",
-                    help="only: peak memory of the T=500 LSTM training (graphc, checkpoint=10, PyTorch), fresh processes")
+                    help="only: peak memory of the T=500 LSTM training (graphc, checkpoint=10, PyTorch)")
     ap.add_argument("--memory-child", choices=list(MEMORY_RUNS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.memory_child:

@@ -797,8 +797,10 @@ class Scheduler:
             if pos < nc:
                 target = Bind(self.new_buffer(f"{name}_next{pos}", b.shape, b.dtype, "temp", None))
             else:
+                # advanced by the step's own size: the parent may be a caller's output of another shape (a
+                # reshape of the stacked ys, (T, k, ...) -> (T*k, ...), shares its storage), so not y.shape[1:]
                 y = stacked[pos - nc]
-                target = Bind(y, _norm(_size(y.shape[1:])), "index")
+                target = Bind(y, _norm(_size(b.shape)), "index")
             if b.index not in binds:
                 binds[b.index] = target
                 dst = b
@@ -811,7 +813,7 @@ class Scheduler:
         arg_buf = {a.attrs["index"]: b for a, b in zip(body.args, prog.inputs, strict=True)}
         for k, hb in hist.items():  # the carry each step received (every `every`-th one with a checkpoint)
             dst = fresh(f"hist{k}", arg_buf[k])
-            shape = hb.shape[1:]
+            shape = arg_buf[k].shape  # the carry's, not hb.shape[1:] (hb may be a reshaped output, as above)
             binds[dst.index] = Bind(hb, _norm(_size(shape)), "index" if every == 1 else "every")
             pre.append(self._copy(f"{name}_store{k}", arg_buf[k], dst, shape))
         for k in range(nc):  # the next step's carry

@@ -2,7 +2,9 @@
 
 Sequences are time-major, xs of shape (T, N, F) (T may be symbolic). Each sequence layer computes the input
 projection of ALL steps as one matrix product before the loop ((T·N, F) @ Wx), so the loop body holds only the
-recurrent product h @ Wh and the gates. Parameters, per layer NAME (PyTorch's gate orders):
+recurrent product h @ Wh and the gates; with `checkpoint=k` (gc.scan's: store every k-th carry, recompute the
+rest in the gradient) the projection moves into the step, so that no buffer grows with T but the xs and the
+k-th carries. Parameters, per layer NAME (PyTorch's gate orders):
 
     rnn   NAME.Wx (F, H)   NAME.Wh (H, H)   NAME.b (H,)          h' = tanh(x Wx + h Wh + b)
     gru   NAME.Wx (F, 3H)  NAME.Wh (H, 3H)  NAME.b (3H,) NAME.bh (3H,)   gates r, z, n
@@ -88,11 +90,21 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint):
     T, N, F = xs.shape
     with scope(name):
         wx, wh, b, bh = _params(kind, name, F, hidden, xs.dtype)
-        # the input projection of every step at once: one (T·N, F) @ (F, G·H) product before the loop
-        xp = ops.reshape(ops.reshape(xs, (T * N, F)) @ wx + b, (T, N, GATES[kind] * hidden))
         h0 = ops.zeros((N, hidden), xs.dtype)
         init = (h0, h0) if kind == "lstm" else h0
-        carry, ys = ops.scan(_step(kind, hidden, wh, bh), init, xp, reverse=reverse, checkpoint=checkpoint)
+        cell = _step(kind, hidden, wh, bh)
+        if checkpoint is None:
+            # the input projection of every step at once: one (T·N, F) @ (F, G·H) product before the loop
+            xp = ops.reshape(ops.reshape(xs, (T * N, F)) @ wx + b, (T, N, GATES[kind] * hidden))
+            carry, ys = ops.scan(cell, init, xp, reverse=reverse)
+        else:
+            # checkpointed: the projection inside the step. Hoisted, it and its gradient are two (T, N, G·H)
+            # buffers that checkpointing cannot shrink (the LSTM at T=500, batch 64, H=128: 125 MB of 144);
+            # per step they are (N, G·H), and Wx's gradient accumulates in the reverse loop's carry
+            def step(carry, x):
+                return cell(carry, x @ wx + b)
+
+            carry, ys = ops.scan(step, init, xs, reverse=reverse, checkpoint=checkpoint)
     h = carry[0] if kind == "lstm" else carry
     return h, ys
 

@@ -49,6 +49,25 @@ def test_scan_and_its_gradient_match_the_reference_and_are_bitwise_on_1_to_3_thr
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_stacked_ys_of_several_rows_reshaped_into_an_output_are_placed_by_step(reverse):
+    """The ys of a step that are (2, 4) stacked to (3, 2, 4) and reshaped to the (6, 4) output share its
+    storage: step t advances by its own 8 elements, not by the output's row of 4. The checkpointed gradient
+    with respect to xs is such a reshape when k divides T (its blocks (T/k, k, ...) are the whole gradient)."""
+    xs = gc.input("xs", (3, 2, 4), "float64")
+
+    def step(c, x):
+        return c + 1.0, x * 2.0 + c
+
+    _, ys = gc.scan(step, gc.zeros((), "float64"), xs, reverse=reverse)
+    out = gc.reshape(ys, (6, 4))
+    v = {"xs": np.arange(24.0).reshape(3, 2, 4)}
+    np.testing.assert_array_equal(gc.compile(out)(v), gc.evaluate(out, v))
+    outs = _rnn(T=6, reverse=reverse, checkpoint=3)
+    v = _values(6)
+    _close(gc.compile(outs)(v), gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()}))
+
+
 def test_the_loop_is_one_kernel_holding_its_body():
     f = gc.compile(_rnn(grad=False)[1:])
     loops = [k for k in f.program.kernels if isinstance(k, ScanKernel)]

@@ -91,6 +91,29 @@ def test_compiled_lstm_training_step_matches_the_reference():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_checkpointed_layer_matches_the_default_and_keeps_no_sequence_sized_buffer(kind):
+    """checkpoint=k moves the input projection into the step: loss and every gradient (xs included) are the
+    default layer's, by finite differences too, and the compiled program holds no (T, N, G*H) buffer."""
+    t, gh = 12, {"rnn": 1, "gru": 3, "lstm": 4}[kind] * H
+    xs = gc.input("xs", (t, N, F), "float64")
+    losses = {}
+    for ck in (None, 4):
+        out = getattr(gc.nn, kind)(xs, H, name="r", checkpoint=ck)
+        losses[ck] = gc.sum(gc.tanh(out) * out)
+    params = gc.nn.parameters(losses[None])
+    values = {k: v.astype(np.float64) for k, v in gc.nn.init_params(params, seed=2).items()}
+    values["xs"] = np.random.default_rng(3).normal(size=(t, N, F))
+    outs = {ck: [loss, *gc.grad(loss, [xs, *params])] for ck, loss in losses.items()}
+    want = gc.evaluate(outs[None], values)
+    fn = gc.compile(outs[4], threads=1)
+    for g, w in zip(fn(values), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11)
+    sizes = [size for _, _, size in fn.memory_plan.placement()]
+    assert max(sizes) < t * N * gh * 8 / 2, sizes
+    check_grad(losses[4], [xs, *params], values, rtol=1e-6, atol=1e-8)
+
+
 def test_embedding_gathers_rows_and_accumulates_gradients():
     ids = gc.input("ids", ("N", 3), "int64")
     e = gc.nn.embedding(ids, 5, 2, name="emb")
