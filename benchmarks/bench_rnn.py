@@ -1,11 +1,15 @@
 """Recurrent training steps: an LSTM (input 32, hidden 128, batch 64, many-to-one, T = 50 and 500) and a GRU,
 forward + backward (loss and every parameter gradient), graphc against PyTorch's nn.LSTM/nn.GRU (eager) and
 `jax.jit` of a `lax.scan` LSTM, in the same run, on 1 and 2 threads. graphc is measured twice for the LSTM:
-`gc.nn.lstm` (fused NAME.Wx/Wh/b) and by hand with `gc.scan` and one weight matrix per gate. Also the compile
-time of the training step (graphc cold, without the disk cache, against jax.jit's first call) at T = 10..1000.
+`gc.nn.lstm` (fused NAME.Wx/Wh/b) and by hand with `gc.scan` and one weight matrix per gate. torch.compile
+of the LSTM model is a peer too, and each row reports the share of the measured FMA peak (matrix-product
+FLOPs of a step / time / peak) of graphc and the fastest peer. `--memory`: peak memory of the T=500 training.
+Also the compile time of the training step (graphc cold, without the disk cache, against jax.jit's first
+call) at T = 10..1000.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_rnn.py            # 1 and 2 threads
     python benchmarks/bench_rnn.py --threads 1 --lengths 50                                 # one configuration
+    python benchmarks/bench_rnn.py --memory                                                 # peak memory, T=500
 
 Each thread count runs in its own process (XLA reads its thread count once). Figures are medians of repeats;
 the machine may be shared: compare columns of one run, not runs of different days."""
@@ -67,25 +71,47 @@ def graphc_step(kind: str, T: int, threads: int, by_hand: bool = False, cache: b
     return run, compile_s
 
 
-def torch_step(kind: str, T: int, threads: int):
+def torch_step(kind: str, T: int, threads: int, compiled: bool = False):
+    """PyTorch's nn.LSTM/nn.GRU and a linear head: loss, backward. compiled: the module (layer, head, loss) under
+    torch.compile (mode default; dynamo does not trace into nn.LSTM's fused kernel, so this measures what a user
+    gets from torch.compile on this model), its first call (the compile) made here."""
     import peers
 
     torch = peers._import_torch(threads)
     torch.manual_seed(0)
-    layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](F, H)
-    head = torch.nn.Linear(H, CLASSES)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](F, H)
+            self.head = torch.nn.Linear(H, CLASSES)
+
+        def forward(self, x, y):
+            out = self.layer(x)[1]
+            h = out[0] if kind == "lstm" else out
+            return torch.nn.functional.cross_entropy(self.head(h[0]), y)
+
+    model = Model()
+    step = torch.compile(model) if compiled else model
     x, y = (torch.from_numpy(a) for a in _data(T))
     y = y.long()
 
     def run():
-        out = layer(x)[1]
-        h = out[0] if kind == "lstm" else out
-        loss = torch.nn.functional.cross_entropy(head(h[0]), y)
-        layer.zero_grad()
-        head.zero_grad()
+        loss = step(x, y)
+        model.zero_grad()
         loss.backward()
 
+    if compiled:
+        run()
     return run
+
+
+def step_flops(kind: str, T: int) -> float:
+    """The matrix products of one training step (what the FMA peak is a ceiling for): forward, the input
+    projection and the recurrent product, 2·T·N·G·H·(F + H); backward, the recurrent product's two (dh, dWh) and
+    the input projection's weight gradient (the xs need none), 2·T·N·G·H·(F + 2H). The head is negligible."""
+    G = {"lstm": 4, "gru": 3}[kind]
+    return 2.0 * T * N * G * H * (2 * F + 3 * H)
 
 
 def jax_step(T: int, threads: int):
@@ -137,13 +163,16 @@ def median_seconds(fn, repeats=7):
 
 
 def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> dict:
-    out: dict = {"threads": threads, "rows": [], "compile": []}
+    import peers
+
+    out: dict = {"threads": threads, "rows": [], "compile": [], "peak_gflops_1core": peers.fma_peak()}
     for T in lengths:
         row = {"T": T}
         for label, make in (
             ("graphc lstm", lambda T=T: graphc_step("lstm", T, threads)[0]),
             ("graphc lstm by hand", lambda T=T: graphc_step("lstm", T, threads, by_hand=True)[0]),
             ("torch lstm", lambda T=T: torch_step("lstm", T, threads)),
+            ("torch.compile lstm", lambda T=T: torch_step("lstm", T, threads, compiled=True)),
             ("jax lstm", lambda T=T: jax_step(T, threads)[0]),
             ("graphc gru", lambda T=T: graphc_step("gru", T, threads)[0]),
             ("torch gru", lambda T=T: torch_step("gru", T, threads)),
@@ -246,11 +275,20 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--threads", str(threads), "--lengths", a.lengths,
                "--compile-lengths", a.compile_lengths, "--json"]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        print(f"\n## {threads} thread(s): samples/s (median)")
+        peak = res["peak_gflops_1core"] * threads
+        print(f"\n## {threads} thread(s): samples/s (median); FP32 FMA peak {peak:.0f} GFLOP/s measured")
         for row in res["rows"]:
-            peers_best = max(v for k, v in row.items() if k.startswith(("torch lstm", "jax")) and v)
+            lstm_peers = {k: v for k, v in row.items() if k.startswith(("torch lstm", "torch.compile lstm", "jax"))
+                          and v}
+            best = max(lstm_peers, key=lstm_peers.get)
+            share = lambda sps, T=row["T"], peak=peak: 100 * step_flops("lstm", T) * sps / N / 1e9 / peak  # noqa: E731
             cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k != "T" and v)
-            print(f"T={row['T']}: {cells}  | gc.nn.lstm / fastest LSTM peer = {row['graphc lstm'] / peers_best:.2f}")
+            ratio = row["graphc lstm"] / lstm_peers[best]
+            print(f"T={row['T']}: {cells}\n  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.2f} -> "
+                  f"{'met' if ratio >= 1.25 else 'short'} (goal >= 1.25); by hand / fastest "
+                  f"{row['graphc lstm by hand'] / lstm_peers[best]:.2f}; share of the FMA peak: graphc "
+                  f"{share(row['graphc lstm']):.0f}%, {best} {share(lstm_peers[best]):.0f}%; GRU graphc / torch "
+                  f"{row['graphc gru'] / row['torch gru']:.2f}")
         for c in res["compile"]:
             print(f"compile T={c['T']}: graphc cold {c['graphc cold s']:.2f} s, jax.jit first call "
                   f"{c['jax.jit first call s']:.2f} s")
