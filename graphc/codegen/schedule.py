@@ -836,7 +836,12 @@ class Scheduler:
         kern = ScanKernel(name, length=rule.length, reverse=rule.reverse, body=prog, binds=bind_list, every=every,
                           every_kernels=len(pre), out=list(dict.fromkeys(writes)),
                           domain=(rule.length, _norm(work)))
-        kern.reads = list(dict.fromkeys(b.parent for b in bind_list))
+        # a loop argument no body kernel touches (the forward xs of a gradient's reverse scan whose body reads
+        # only stored values) is not a read: it may die before the loop, and its storage be reused (an LSTM's
+        # input projection and its gradient, both (T, N, 4H), then share it)
+        touched = {b.index for k in prog.kernels for b in k.reads + k.writes}
+        unread = {b.index for b in prog.inputs if b.index not in touched}
+        kern.reads = list(dict.fromkeys(b.parent for i, b in enumerate(bind_list) if i not in unread))
         kern.nodes = [n]
         self.kernels.append(kern)
 

@@ -114,6 +114,26 @@ def test_checkpointed_layer_matches_the_default_and_keeps_no_sequence_sized_buff
     check_grad(losses[4], [xs, *params], values, rtol=1e-6, atol=1e-8)
 
 
+def test_lstm_training_input_projection_gradient_reuses_the_projection():
+    """The reverse loop reads the stored residuals (8 (T, N, H) values: i, f, o and their pre-activations, whose
+    accurate gradient s(x)s(-x) reads them, tanh(g), tanh(c)) and the h, c histories, not the (T, N, 4H) input
+    projection, so the projection's gradient takes its storage: 10 + 4 = 14 (T, N, H) buffers, not 10 + 2 x 4."""
+    t, n, f, h = 40, 8, 4, 16
+    xs = gc.input("xs", (t, "N", f))
+    y = gc.input("y", ("N",), "int32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.nn.lstm(xs, h, name="l"), 3, name="out"), y)
+    params = gc.nn.parameters(loss)
+    outs = [loss, *gc.grad(loss, params)]
+    values = gc.nn.init_params(params, seed=0)
+    values.update(xs=np.random.default_rng(0).normal(size=(t, n, f)).astype(np.float32),
+                  y=np.arange(n, dtype=np.int32) % 3)
+    fn = gc.compile(outs, threads=1)
+    for g, w in zip(fn(values), gc.evaluate(outs, values), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    per_step = t * n * h * 4
+    assert fn.memory_plan.arena_bytes < 15 * per_step, (fn.memory_plan.arena_bytes / per_step, fn.memory_plan)
+
+
 def test_embedding_gathers_rows_and_accumulates_gradients():
     ids = gc.input("ids", ("N", 3), "int64")
     e = gc.nn.embedding(ids, 5, 2, name="emb")
