@@ -414,6 +414,31 @@ def test_b_in_place_and_packed_agree_bitwise(host):
         _check(C1, ref, bound, K, np.float32)
 
 
+def test_resident_b_sums_the_same_k_blocks_in_the_same_order(host):
+    """With several K blocks and M blocks and a B block that fits in L2, a thread packs all of B first and runs
+    M blocks outside K blocks (C stays in L2 while its K blocks are summed): each row is bitwise the row that a
+    product of fewer rows (one M block: the usual order) computes, with and without an epilogue, on 1-3 threads."""
+    from graphc.codegen.gemm import _resident
+
+    cfg = default_config(host_target())
+    M, N, K = 500, 40, 600
+    assert _resident(M, N, K, cfg, 4) and not _resident(200, N, K, cfg, 4)
+    for name, ta, tb in (("rt_00", 0, 0), ("rt_11", 1, 1), ("epi_00", 0, 0)):
+        k = host[name]
+        A, B = _operands(M, N, K, ta, tb, np.float32)
+        extras = (_RNG.standard_normal(N).astype(np.float32),) if name.startswith("epi") else ()
+        few = np.ascontiguousarray(A[:, :200] if ta else A[:200])
+        C_few = np.full((200, N), np.nan, np.float32)
+        k(few, B, C_few, 200, N, K, extras=extras)
+        for nt in (1, 2, 3):
+            C = np.full((M, N), np.nan, np.float32)
+            k(A, B, C, M, N, K, nthreads=nt, extras=extras)
+            assert np.array_equal(C[:200].view(np.uint32), C_few.view(np.uint32)), (name, nt)
+        if not extras:
+            ref, bound = _ref(A, B, ta, tb)
+            _check(C, ref, bound, K, np.float32)
+
+
 def test_small_blocks_and_other_loop_order(host):
     for M, N, K in [(50, 200, 70), (3, 65, 33), (255, 64, 17)]:
         for nt in (1, 3):
