@@ -637,45 +637,26 @@ class FunctionEmitter:
             v = self._from_memory(v, e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
         vty = ir.VectorType(mty, lanes)
-        if not varying and isinstance(vstride, int) and vstride == 1 and not isinstance(off.type, ir.VectorType):
-            # contiguous lanes: one (masked) load; in bounds are the lanes [-off, size - off), clamped to the
-            # vector in scalars so that the mask is one unsigned compare of i32 lanes (not four of i64 halves)
+        contiguous = not varying and isinstance(vstride, int) and vstride == 1
+        lane_off = None
+        if not e.checked:
             ok = None
-            if e.checked:
-                lanes_c = c64(lanes)
-
-                def clamp(v):
-                    v = b.select(b.icmp_signed("<", v, c64(0)), c64(0), v)
-                    return b.select(b.icmp_signed(">", v, lanes_c), lanes_c, v)
-
-                first, stop = clamp(b.neg(off)), clamp(b.sub(size, off))
-                width = b.sub(stop, first)
-                width = b.select(b.icmp_signed("<", width, c64(0)), c64(0), width)
-                idx = ir.Constant(ir.VectorType(I32, lanes), list(range(lanes)))
-                rel = b.sub(idx, self.splat(b.trunc(first, I32), lanes))
-                ok = b.icmp_unsigned("<", rel, self.splat(b.trunc(width, I32), lanes))
-            if point.mask is not None:
-                ok = point.mask if ok is None else b.and_(ok, point.mask)
-            ptr = b.gep(base, [off], source_etype=mty)  # not inbounds: masked-off lanes may lie outside
-            if ok is None:
-                v = b.load(ptr, typ=vty, align=align)
-            else:  # masked-off lanes are not read
-                v = b.call(self.mod.masked_load(vty), [ptr, ir.Constant(I32, align), ok, vmath.const(vty, 0)])
-            return self._from_memory(v, e.dtype)
-        lane_off = self._binop("+", self.splat(off, lanes) if not isinstance(off.type, ir.VectorType) else off,
-                               b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
-        ok = None
-        if e.checked:
+        elif contiguous and not isinstance(off.type, ir.VectorType):
+            ok = self._contiguous_bounds(off, size, lanes)
+        else:
+            lane_off = self._lane_offsets(off, vstride, lanes)
             ok = self._binop("&", self._binop(">=", lane_off, c64(0)), self._binop("<", lane_off, size))
         if point.mask is not None:
             ok = point.mask if ok is None else b.and_(ok, point.mask)
-        if not varying and isinstance(vstride, int) and vstride == 1:  # contiguous lanes: one (masked) load
+        if contiguous:  # contiguous lanes: one (masked) load
             ptr = b.gep(base, [off], source_etype=mty)  # not inbounds: masked-off lanes may lie outside
             if ok is None:
                 v = b.load(ptr, typ=vty, align=align)
             else:  # masked-off lanes are not read
                 v = b.call(self.mod.masked_load(vty), [ptr, ir.Constant(I32, align), ok, vmath.const(vty, 0)])
             return self._from_memory(v, e.dtype)
+        if lane_off is None:
+            lane_off = self._lane_offsets(off, vstride, lanes)
         v = ir.Constant(vty, ir.Undefined)
         for lane in range(lanes):
             li = ir.Constant(I32, lane)
@@ -687,6 +668,29 @@ class FunctionEmitter:
         if ok is not None:
             v = b.select(ok, v, vmath.const(vty, 0))
         return self._from_memory(v, e.dtype)
+
+    def _lane_offsets(self, off, vstride, lanes: int) -> ir.Value:
+        """Each lane's element offset: off + lane * vstride (i64 lanes)."""
+        b = self.b
+        return self._binop("+", self.splat(off, lanes) if not isinstance(off.type, ir.VectorType) else off,
+                           b.mul(self.lane_index(c64(0), lanes, I64), self.splat(self.dim(vstride), lanes)))
+
+    def _contiguous_bounds(self, off: ir.Value, size: ir.Value, lanes: int) -> ir.Value:
+        """The lanes of a contiguous vector at scalar `off` inside [0, size): the lanes [-off, size - off), clamped
+        to the vector in scalars, so that the mask is one unsigned compare of i32 lanes (not four of i64 halves)."""
+        b = self.b
+        lanes_c = c64(lanes)
+
+        def clamp(v):
+            v = b.select(b.icmp_signed("<", v, c64(0)), c64(0), v)
+            return b.select(b.icmp_signed(">", v, lanes_c), lanes_c, v)
+
+        first, stop = clamp(b.neg(off)), clamp(b.sub(size, off))
+        width = b.sub(stop, first)
+        width = b.select(b.icmp_signed("<", width, c64(0)), c64(0), width)
+        idx = ir.Constant(ir.VectorType(I32, lanes), list(range(lanes)))
+        rel = b.sub(idx, self.splat(b.trunc(first, I32), lanes))
+        return b.icmp_unsigned("<", rel, self.splat(b.trunc(width, I32), lanes))
 
     def _from_memory(self, v, dtype):
         if dtype == "bool":

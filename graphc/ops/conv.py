@@ -120,11 +120,12 @@ class Conv(Op):
     the product the composition pad -> windows -> reshape -> matmul computes (this op emits no code: it lowers to
     its input 0); inputs 1 and 2 are the image x and the filter w, attrs `pads` ((before, after) per spatial axis)
     and `dilation`. The gradient does not go back through the composition (whose input gradient would spread the
-    im2col matrix's cotangent back tap by tap, a col2im): the input gradient is the transposed convolution, a
-    convolution of the cotangent (padded by the dilated window minus the padding) with the flipped filter, its
-    channel axes swapped; the filter gradient is the correlation of the padded image with the cotangent, the
-    im2col matrix's transpose times the cotangent. Both are convolutions of their own and compile to implicit
-    GEMMs (no im2col buffer), and differentiate again."""
+    im2col matrix's cotangent back tap by tap from rows only C channels long, a col2im of gathers): the input
+    gradient is the transposed convolution, a convolution of the cotangent (padded by the dilated window minus the
+    padding) with the flipped filter, its channel axes swapped (`_transposed_input_grad`), or with fewer than
+    TRANSPOSED_MIN_CHANNELS input channels the tap-major product spread back along image rows
+    (`_spread_input_grad`); the filter gradient is the correlation of the padded image with the cotangent, the
+    im2col matrix's transpose times the cotangent, an implicit GEMM (no im2col buffer). All differentiate again."""
 
     name = "conv"
     kind = "identity"

@@ -18,6 +18,21 @@ from graphc.ops.reduce import sum as reduce_sum
 from graphc.passes.rewrite import rebuild
 
 
+def _merge_groups(groups: dict, roots, arrange=None) -> dict[int, list[Node]]:
+    """node id -> the members of its group that merge: those none of whose `roots(member)` is computed from another
+    member (the merged node would be its own input), groups of two or more, put in order by `arrange`."""
+    group_of: dict[int, list[Node]] = {}
+    for members in groups.values():
+        ids = {id(m) for m in members}
+        members = [m for m in members if not any(id(x) in ids for x in topo_order(roots(m)) if x is not m)]
+        if arrange is not None:
+            arrange(members)
+        if len(members) >= 2:
+            for m in members:
+                group_of[id(m)] = members
+    return group_of
+
+
 def _key(n: Node):
     if n.op is not MATMUL or n.ndim != 2:
         return None
@@ -34,14 +49,8 @@ def merge_products(graph: Graph) -> Graph:
         k = _key(n)
         if k is not None and n.inputs[1] not in [m.inputs[1] for m in groups.get(k, [])]:
             groups.setdefault(k, []).append(n)
-    group_of: dict[int, list[Node]] = {}
-    for members in groups.values():
-        ids = {id(m) for m in members}
-        # a right operand computed from another product of the group would make the merged product its own input
-        members = [m for m in members if not any(id(x) in ids for x in topo_order(m.inputs[1]) if x is not m)]
-        if len(members) >= 2:
-            for m in members:
-                group_of[id(m)] = members
+    # a right operand computed from another product of the group would make the merged product its own input
+    group_of = _merge_groups(groups, lambda m: [m.inputs[1]])
     if not group_of:
         return graph
     memo: dict[int, Node] = {}
@@ -171,18 +180,14 @@ def merge_column_sums(outputs: list[Node], step: set[int]) -> list[Node]:
     # is one node (hash-consed), stored once and read plainly
     concats = {frozenset(map(id, n.inputs)): n for n in order
                if n.op is CONCAT and n.attrs["axis"] == 1 and len(set(map(id, n.inputs))) == len(n.inputs)}
-    group_of: dict[int, list[Node]] = {}
-    for members in groups.values():
-        ids = {id(m) for m in members}
-        # an operand computed from another sum of the group would make the merged sum its own input
-        members = [m for m in members if not any(id(x) in ids for x in topo_order(m.inputs) if x is not m)]
+    def arrange(members: list[Node]) -> None:
         like = concats.get(frozenset(id(m.inputs[0]) for m in members))
         if like is not None and len(like.inputs) == len(members):
             pos = {id(x): k for k, x in enumerate(like.inputs)}
             members.sort(key=lambda m: pos[id(m.inputs[0])])
-        if len(members) >= 2:
-            for m in members:
-                group_of[id(m)] = members
+
+    # an operand computed from another sum of the group would make the merged sum its own input
+    group_of = _merge_groups(groups, lambda m: list(m.inputs), arrange)
     if not group_of:
         return outputs
     memo: dict[int, Node] = {}
