@@ -5,7 +5,11 @@
    machine, cached, and also with an empty cache) and from the disk cache, with whether LLVM was loaded at all
    (llvmlite.binding imported, libllvmlite mapped);
 2. the peak RSS of a 1-epoch run on 60,000 synthetic rows, batch 128, 1 thread, with the program cached, next
-   to the numpy loop's and a baseline process holding only Python, numpy and the data (`peers.py rss`).
+   to the numpy loop's and a baseline process holding only Python, numpy and the data (`peers.py rss`), and
+   where graphc's part goes (RSS after each phase: imports and data, the graph and its gradient, the cached
+   epoch function, the epoch's peak). Every process imports modules from bytecode, as from an installed
+   package (a private PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE lifted; `--from-source`: as the environment
+   says): compiling graphc's sources in each process costs a few MB of peak RSS that no install pays.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_footprint.py [--repeats 3]
 """
@@ -31,30 +35,37 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import graphc as gc
     t_import = time.perf_counter() - t0
-    from peers import peak_rss_mb, synthetic_classification
+    from peers import current_rss_mb, peak_rss_mb, set_threads, synthetic_classification
+    set_threads(1)  # numpy's BLAS too, as in the peers' processes (its second thread's buffers would count)
     sizes = (784, 256, 128, 10)
     X, y = synthetic_classification({rows}, sizes, seed=0) if {rows} else (None, None)
+    rss = {{"data": current_rss_mb()}}
     x = gc.input("x", ("N", 784)); t = gc.input("y", ("N",), "int32"); lr = gc.input("lr", (), "float32")
     loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [256, 128, 10]), t)
     params = gc.nn.parameters(loss)
     updates = {{p: p - lr * g for p, g in zip(params, gc.grad(loss, params))}}
+    rss["graph"] = current_rss_mb()
     t1 = time.perf_counter()  # the compile proper: the graph and its gradient are built
     ef = gc.EpochFunction(loss, updates, x=x, y=t, threads=1)
     t_compile = time.perf_counter() - t1
+    rss["compiled"] = current_rss_mb()
     out = {{"import": t_import, "compile": t_compile, "from_cache": ef.from_cache,
             "llvm_loaded": "llvmlite.binding" in sys.modules or "libllvmlite" in open("/proc/self/maps").read()}}
     if X is not None:
         state = gc.nn.init_params(params, seed=0)
         t2 = time.perf_counter()
         st = ef.run_epoch(X, y.astype(np.int32), state, batch=128, scalars={{"lr": 0.01}})
-        out.update(train_seconds=time.perf_counter() - t2, loss=st.mean_loss, peak_rss_mb=peak_rss_mb(),
-                   sympy_loaded="sympy" in sys.modules)
+        out.update(train_seconds=time.perf_counter() - t2, loss=st.mean_loss, peak_rss_mb=peak_rss_mb(), rss=rss,
+                   loaded=[m for m in ("sympy", "llvmlite", "graphc.codegen.emit") if m in sys.modules])
     print("RESULT" + json.dumps(out))
 """)
 
 
+ENV: dict = dict(os.environ)
+
+
 def child(cache: str, rows: int = 0) -> dict:
-    env = dict(os.environ, GRAPHC_CACHE_DIR=cache)
+    env = dict(ENV, GRAPHC_CACHE_DIR=cache)
     p = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, rows=rows)], env=env, capture_output=True,
                        text=True, check=True)
     return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT"))[6:])
@@ -62,7 +73,7 @@ def child(cache: str, rows: int = 0) -> dict:
 
 def peer_rss(peer: str, rows: int) -> float:
     p = subprocess.run([sys.executable, os.path.join(HERE, "peers.py"), "rss", peer, "784,256,128,10", str(rows),
-                        "128", "--json"], capture_output=True, text=True, check=True)
+                        "128", "--json"], env=ENV, capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -70,8 +81,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rows", type=int, default=60000)
+    ap.add_argument("--from-source", action="store_true",
+                    help="import modules as the environment says (PYTHONDONTWRITEBYTECODE: compiled in each process)")
     args = ap.parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.2f} (the machine is shared); medians of {args.repeats} processes")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"cpu: {cpu}; load average {os.getloadavg()[0]:.2f} (the machine is shared); medians of {args.repeats} "
+          "processes")
+    pyc = None
+    if not args.from_source:
+        pyc = tempfile.TemporaryDirectory()
+        ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        ENV["PYTHONPYCACHEPREFIX"] = pyc.name
+        subprocess.run([sys.executable, "-c", "import compileall, graphc, os, sys; sys.exit(not compileall.compile_dir("
+                        "os.path.dirname(graphc.__file__), quiet=1) or not compileall.compile_file(sys.argv[1], "
+                        "quiet=1))", os.path.join(HERE, "peers.py")], env=ENV, check=True)
+    print("modules imported from bytecode (as an installed package's)" if pyc else
+          f"modules imported as the environment says (PYTHONDONTWRITEBYTECODE="
+          f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
     first, cold, cached, imports = [], [], [], []
     llvm_cached = set()
     for _ in range(args.repeats):
@@ -100,8 +126,17 @@ def main(argv=None) -> int:
     np_rss = statistics.median(peer_rss("numpy", args.rows) for _ in range(args.repeats))
     none_rss = statistics.median(peer_rss("none", args.rows) for _ in range(args.repeats))
     print(f"peak RSS, {args.rows} rows, batch 128, 1 epoch, 1 thread, program cached: graphc {g_rss:.1f} MB "
-          f"(LLVM loaded: {g[0]['llvm_loaded']}, sympy loaded: {g[0]['sympy_loaded']}), numpy loop {np_rss:.1f} MB, "
-          f"Python + numpy + data {none_rss:.1f} MB: graphc / numpy {g_rss / np_rss:.2f}x")
+          f"(LLVM loaded: {g[0]['llvm_loaded']}; " + ", ".join(f"{m} {'' if m in g[0]['loaded'] else 'not '}loaded"
+                                                           for m in ("sympy", "llvmlite", "graphc.codegen.emit"))
+          + f"), numpy loop {np_rss:.1f} MB, Python + numpy + data {none_rss:.1f} MB: graphc / numpy "
+          f"{g_rss / np_rss:.2f}x (goal 1.1x); graphc over the baseline {g_rss - none_rss:.1f} MB, the numpy loop "
+          f"{np_rss - none_rss:.1f} MB")
+    ph = {k: statistics.median(r["rss"][k] for r in g) for k in g[0]["rss"]}
+    print(f"  graphc's process, RSS after each phase: imports and data {ph['data']:.1f} MB, graph and gradient "
+          f"+{ph['graph'] - ph['data']:.1f} MB (sympy comes with the first graph), cached epoch function "
+          f"+{ph['compiled'] - ph['graph']:.1f} MB, the epoch's peak +{g_rss - ph['compiled']:.1f} MB")
+    if pyc is not None:
+        pyc.cleanup()
     return 0
 
 
