@@ -95,6 +95,9 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-c", "import compileall, graphc, os, sys; sys.exit(not compileall.compile_dir("
                         "os.path.dirname(graphc.__file__), quiet=1) or not compileall.compile_file(sys.argv[1], "
                         "quiet=1))", os.path.join(HERE, "peers.py")], env=ENV, check=True)
+        with tempfile.TemporaryDirectory() as d:  # the prefix holds every module's bytecode: site-packages' too
+            child(d, 1000)
+            peer_rss("numpy", 1000)
     print("modules imported from bytecode (as an installed package's)" if pyc else
           f"modules imported as the environment says (PYTHONDONTWRITEBYTECODE="
           f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
