@@ -16,7 +16,9 @@ The network and the math are the same for every peer:
 
 * an MLP of ``sizes = (d_in, h1, ..., d_out)``: ``h = relu(h @ W + b)`` for the hidden layers, logits
   ``h @ W + b`` at the end; W is stored (fan_in, fan_out) as in graphc, float32 throughout;
-* loss: mean softmax cross-entropy over the batch with integer labels; relu'(0) = 0;
+* loss (``loss=`` of the epoch functions): ``"cross_entropy"`` (the default), the mean softmax cross-entropy over
+  the batch with integer labels; or ``"mse"``, the mean over all elements of ``(pred - y)**2`` (no 1/2, as
+  ``gc.nn.mse``) with real targets y of shape (N,) for one output or (N, d_out); relu'(0) = 0;
 * one step = forward + loss + backward + plain SGD ``p -= lr * grad`` on every W and b (no momentum, no decay);
 * the same initial parameters (:func:`init_params`: He-normal W, zero b, from a numpy seed) and, for epochs, the
   same shuffles (:func:`epoch_permutations`: one seeded numpy permutation per epoch, the last partial batch
@@ -75,7 +77,9 @@ __all__ = [
     "sklearn_mlp",
     "init_params",
     "mlp_evaluate",
+    "mlp_mse",
     "epoch_permutations",
+    "LOSSES",
     "synthetic_classification",
     "load_digits_split",
     "peak_rss_mb",
@@ -349,6 +353,21 @@ def mlp_evaluate(params, X: np.ndarray, y: np.ndarray, chunk: int = 8192) -> tup
     return loss / len(X), correct / len(X)
 
 
+def mlp_mse(params, X: np.ndarray, y: np.ndarray, chunk: int = 8192) -> float:
+    """Mean over all elements of (pred - y)^2 of the MLP `params` on X (y (N,) for one output, or (N, d_out));
+    float32 math in chunks, float64 sums."""
+    X = np.asarray(X, np.float32)
+    y = np.asarray(y, np.float32).reshape(len(X), -1)
+    total = 0.0
+    for i in range(0, len(X), chunk):
+        h = X[i : i + chunk]
+        for W, b in params[:-1]:
+            h = np.maximum(h @ W + b, 0)
+        d = h @ params[-1][0] + params[-1][1] - y[i : i + chunk]
+        total += float(np.sum(np.square(d), dtype=np.float64))
+    return total / max(y.size, 1)
+
+
 def epoch_permutations(n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
     """The shuffle of each epoch: ``default_rng(seed).permutation(n)`` drawn `epochs` times, as int64."""
     rng = np.random.default_rng(seed)
@@ -387,12 +406,32 @@ def _fixed_batch(sizes: Sequence[int], batch: int, seed: int = 1):
     return rng.standard_normal((batch, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], batch)
 
 
-def _check_data(X, y, sizes, batch, epochs):
+LOSSES = ("cross_entropy", "mse")
+
+
+def _targets(y, sizes, loss: str) -> np.ndarray:
+    """The targets as every peer takes them: int64 labels (N,) for cross-entropy; float32 (N, d_out) for mse."""
+    if loss == "cross_entropy":
+        return np.asarray(y, np.int64)
+    if loss == "mse":
+        y = np.asarray(y, np.float32)
+        if y.ndim == 1 and sizes[-1] == 1:
+            y = y[:, None]
+        if y.ndim != 2 or y.shape[1] != sizes[-1]:
+            raise ValueError(f"mse targets must be (N,) for one output or (N, {sizes[-1]}), got shape {y.shape}")
+        return np.ascontiguousarray(y)
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def _check_data(X, y, sizes, batch, epochs, loss: str = "cross_entropy"):
     if batch < 1 or epochs < 1:
         raise ValueError(f"batch and epochs must be >= 1, got {batch} and {epochs}")
     if X.ndim != 2 or X.shape[1] != sizes[0]:
         raise ValueError(f"X has shape {X.shape}, the network takes {sizes[0]} features")
-    if len(y) != len(X) or (len(y) and (y.min() < 0 or y.max() >= sizes[-1])):
+    if loss == "mse":
+        if len(y) != len(X) or not np.all(np.isfinite(y)):
+            raise ValueError(f"y must hold {len(X)} rows of finite targets")
+    elif len(y) != len(X) or (len(y) and (y.min() < 0 or y.max() >= sizes[-1])):
         raise ValueError(f"y must hold {len(X)} labels in [0, {sizes[-1]})")
 
 
@@ -423,7 +462,8 @@ def sgemm_gflops_numpy(m: int, n: int, k: int, ta: bool = False, tb: bool = Fals
 class _NumpyMLP:
     """Hand-written forward/backward with numpy matmuls into buffers cached per batch size; in-place SGD."""
 
-    def __init__(self, params, lr: float):
+    def __init__(self, params, lr: float, loss: str = "cross_entropy"):
+        self.loss = loss
         self.W = [np.array(W, np.float32) for W, _ in params]
         self.b = [np.array(b, np.float32) for _, b in params]
         self.lr = np.float32(lr)
@@ -451,15 +491,20 @@ class _NumpyMLP:
             if i < L - 1:
                 np.maximum(z[i], 0, out=z[i])
             acts.append(z[i])
-        p = z[-1]  # logits -> probabilities -> dLoss/dlogits, in place
-        p -= p.max(axis=1, keepdims=True)
-        zy = p[rows, y]
-        np.exp(p, out=p)
-        s = p.sum(axis=1, keepdims=True)
-        loss = float(np.mean(np.log(s[:, 0]) - zy))
-        p /= s
-        p[rows, y] -= 1
-        p *= np.float32(1.0 / B)
+        p = z[-1]  # outputs -> dLoss/doutputs, in place
+        if self.loss == "mse":  # mean over all elements of (p - y)^2: d/dp = 2 (p - y) / p.size
+            p -= y
+            loss = float(np.mean(np.square(p)))
+            p *= np.float32(2.0 / p.size)
+        else:  # logits -> probabilities -> dLoss/dlogits
+            p -= p.max(axis=1, keepdims=True)
+            zy = p[rows, y]
+            np.exp(p, out=p)
+            s = p.sum(axis=1, keepdims=True)
+            loss = float(np.mean(np.log(s[:, 0]) - zy))
+            p /= s
+            p[rows, y] -= 1
+            p *= np.float32(1.0 / B)
         delta = p
         for i in range(L - 1, -1, -1):
             np.matmul(acts[i].T, delta, out=self.gW[i])
@@ -493,7 +538,8 @@ def step_time_numpy(sizes: Sequence[int], batch: int, threads: int = 1, lr: floa
     return _median_seconds(run, repeats=repeats, warmup=3)
 
 
-def _result(peer, N, epoch_seconds, losses, params, compile_seconds, threads, batch, X, y, evaluate) -> dict:
+def _result(peer, N, epoch_seconds, losses, params, compile_seconds, threads, batch, X, y, evaluate,
+            loss: str = "cross_entropy") -> dict:
     med = statistics.median(epoch_seconds)
     out = {
         "peer": peer,
@@ -510,19 +556,22 @@ def _result(peer, N, epoch_seconds, losses, params, compile_seconds, threads, ba
         "last_epoch_loss": losses[-1],
         "params": params,
     }
-    if evaluate:
+    if evaluate and loss == "mse":
+        out["final_train_loss"] = mlp_mse(params, X, y)
+    elif evaluate:
         out["final_train_loss"], out["train_accuracy"] = mlp_evaluate(params, X, y)
     return out
 
 
-def epoch_numpy(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+def epoch_numpy(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True,
+                   loss: str = "cross_entropy") -> dict:
     """Mini-batch SGD with numpy for `epochs` epochs (see :func:`epoch_torch` for the result)."""
     set_threads(threads)
     X = np.ascontiguousarray(X, np.float32)
-    y = np.asarray(y, np.int64)
-    _check_data(X, y, sizes, batch, epochs)
+    y = _targets(y, sizes, loss)
+    _check_data(X, y, sizes, batch, epochs, loss)
     N = len(X)
-    net = _NumpyMLP(init_params(sizes, seed), lr)
+    net = _NumpyMLP(init_params(sizes, seed), lr, loss)
     secs, losses = [], []
     for perm in epoch_permutations(N, epochs, seed):
         t0 = time.perf_counter()
@@ -532,7 +581,7 @@ def epoch_numpy(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evalua
             total += net.step(X[idx], y[idx]) * len(idx)
         secs.append(time.perf_counter() - t0)
         losses.append(total / N)
-    return _result("numpy", N, secs, losses, net.params(), 0.0, threads, batch, X, y, evaluate)
+    return _result("numpy", N, secs, losses, net.params(), 0.0, threads, batch, X, y, evaluate, loss)
 
 
 # ---------------------------------------------------------------------------------------------------- torch
@@ -556,9 +605,9 @@ def _torch_params(model) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins]
 
 
-def _torch_stepper(torch, model, lr):
+def _torch_stepper(torch, model, lr, loss: str = "cross_entropy"):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
-    ce = torch.nn.functional.cross_entropy
+    ce = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.cross_entropy
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
@@ -585,21 +634,24 @@ def step_time_torch(sizes: Sequence[int], batch: int, threads: int = 1, lr: floa
     return _median_seconds(run, repeats=repeats, warmup=3)
 
 
-def epoch_torch(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+def epoch_torch(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True,
+                   loss: str = "cross_entropy") -> dict:
     """Mini-batch SGD in PyTorch eager for `epochs` epochs on the shared shuffles.
 
     Returns a dict: samples_per_second (rows / median epoch seconds; samples_per_second_total is rows*epochs /
     total seconds), epoch_seconds, compile_seconds (0 for eager peers), epoch_losses (the mean over the rows of
     the loss each batch had when it was stepped on), last_epoch_loss, params ([(W, b), ...] as numpy, W
     (fan_in, fan_out)), and when `evaluate`: final_train_loss and train_accuracy of the final params on X
-    (numpy, :func:`mlp_evaluate`, outside the timing)."""
+    (numpy, :func:`mlp_evaluate`, outside the timing; for ``loss="mse"`` final_train_loss only, :func:`mlp_mse`).
+    `loss`: "cross_entropy" (y integer labels) or "mse" (y real, (N,) for one output or (N, d_out)); see the
+    module docstring."""
     torch = _import_torch(threads)
     X = np.ascontiguousarray(X, np.float32)
-    y = np.asarray(y, np.int64)
-    _check_data(X, y, sizes, batch, epochs)
+    y = _targets(y, sizes, loss)
+    _check_data(X, y, sizes, batch, epochs, loss)
     N = len(X)
     model = _torch_model(torch, init_params(sizes, seed))
-    step = _torch_stepper(torch, model, lr)
+    step = _torch_stepper(torch, model, lr, loss)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     secs, losses = [], []
     for perm in epoch_permutations(N, epochs, seed):
@@ -609,25 +661,28 @@ def epoch_torch(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evalua
         for i in range(0, N, batch):
             idx = p[i : i + batch]
             total += step(Xt.index_select(0, idx), yt.index_select(0, idx)) * len(idx)
-        loss = float(total) / N
+        mean_loss = float(total) / N
         secs.append(time.perf_counter() - t0)
-        losses.append(loss)
-    return _result("torch", N, secs, losses, _torch_params(model), 0.0, threads, batch, X, y, evaluate)
+        losses.append(mean_loss)
+    return _result("torch", N, secs, losses, _torch_params(model), 0.0, threads, batch, X, y, evaluate, loss)
 
 
-def epoch_torch_compile(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+def epoch_torch_compile(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True,
+                           loss: str = "cross_entropy") -> dict:
     """As :func:`epoch_torch`, with the step (forward, loss, backward, SGD update) compiled by ``torch.compile``
     (inductor, ``dynamic=False``): one compiled graph per batch shape, i.e. the full batches and, when rows %
     batch != 0, the last partial one. Both are compiled before the timing (warm-up steps on copies of the
     parameters, reported as compile_seconds); epochs then run the compiled step from Python."""
     torch = _import_torch(threads)
     X = np.ascontiguousarray(X, np.float32)
-    y = np.asarray(y, np.int64)
-    _check_data(X, y, sizes, batch, epochs)
+    y = _targets(y, sizes, loss)
+    _check_data(X, y, sizes, batch, epochs, loss)
     N = len(X)
     params0 = init_params(sizes, seed)
     Ws = [torch.from_numpy(np.array(W, np.float32)).requires_grad_(False) for W, _ in params0]
     bs = [torch.from_numpy(np.array(b, np.float32)).requires_grad_(False) for _, b in params0]
+
+    lossf = torch.nn.functional.mse_loss if loss == "mse" else torch.nn.functional.cross_entropy
 
     def step(Ws, bs, x, t):
         ps = [p.detach().requires_grad_(True) for p in (*Ws, *bs)]
@@ -637,12 +692,12 @@ def epoch_torch_compile(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1
             h = h @ ps[i] + ps[L + i]
             if i < L - 1:
                 h = torch.relu(h)
-        loss = torch.nn.functional.cross_entropy(h, t)
-        grads = torch.autograd.grad(loss, ps)
+        value = lossf(h, t)
+        grads = torch.autograd.grad(value, ps)
         with torch.no_grad():
             for k, p in enumerate((*Ws, *bs)):
                 p.sub_(lr * grads[k])
-        return loss.detach()
+        return value.detach()
 
     cstep = torch.compile(step, dynamic=False)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -661,7 +716,7 @@ def epoch_torch_compile(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1
         losses.append(float(total) / N)
         secs.append(time.perf_counter() - t0)
     params = [(W.numpy().copy(), b.numpy().copy()) for W, b in zip(Ws, bs, strict=True)]
-    return _result("torch.compile", N, secs, losses, params, compile_seconds, threads, batch, X, y, evaluate)
+    return _result("torch.compile", N, secs, losses, params, compile_seconds, threads, batch, X, y, evaluate, loss)
 
 
 # ---------------------------------------------------------------------------------------------------- JAX
@@ -681,7 +736,7 @@ def _in_subprocess(fn_name: str, kwargs: dict, threads: int):
             return pickle.load(f)
 
 
-def _jax_fns(jax, lr: float):
+def _jax_fns(jax, lr: float, loss: str = "cross_entropy"):
     jnp = jax.numpy
 
     def forward(params, x):
@@ -695,9 +750,14 @@ def _jax_fns(jax, lr: float):
         z = forward(params, x)
         return jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
 
+    def se(params, x, y):  # elementwise squared error
+        return jnp.square(forward(params, x) - y)
+
+    per = se if loss == "mse" else ce
+
     def sgd_step(params, x, y):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean(ce(p, x, y)))(params)
-        return jax.tree.map(lambda p, gp: p - lr * gp, params, g), loss
+        value, g = jax.value_and_grad(lambda p: jnp.mean(per(p, x, y)))(params)
+        return jax.tree.map(lambda p, gp: p - lr * gp, params, g), value
 
     return forward, sgd_step
 
@@ -730,7 +790,8 @@ def step_time_jax(sizes: Sequence[int], batch: int, threads: int = 1, lr: float 
     return _median_seconds(run, repeats=repeats, warmup=3)
 
 
-def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True,
+                      loss: str = "cross_entropy") -> dict:
     """Mini-batch SGD in JAX, each epoch one call of a ``jax.jit`` (params donated) that runs ``lax.scan`` over
     the full batches and then, when ``rows % batch`` is not 0, one more step on the partial last batch (a
     second, statically shaped step in the same jitted function: the same math as the eager peers, no padding
@@ -742,15 +803,15 @@ def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
     jax = _import_jax(threads)
     if jax is None:
         kw = dict(X=X, y=y, sizes=sizes, batch=batch, lr=lr, epochs=epochs, seed=seed, threads=threads,
-                  evaluate=evaluate)
+                  evaluate=evaluate, loss=loss)
         return _in_subprocess("epoch_jax_scan", kw, threads)
     jnp = jax.numpy
     X = np.ascontiguousarray(X, np.float32)
-    y = np.asarray(y, np.int64)
-    _check_data(X, y, sizes, batch, epochs)
+    y = _targets(y, sizes, loss)
+    _check_data(X, y, sizes, batch, epochs, loss)
     N = len(X)
     full, rem = divmod(N, batch)
-    _, sgd_step = _jax_fns(jax, lr)
+    _, sgd_step = _jax_fns(jax, lr, loss)
 
     def epoch(params, Xd, yd, idx_full, idx_rem):
         def body(p, idx):
@@ -769,7 +830,7 @@ def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
 
     fn = jax.jit(epoch, donate_argnums=0)
     params = _jax_params(jax, init_params(sizes, seed))
-    Xd, yd = jax.device_put(X), jax.device_put(y.astype(np.int32))  # one copy (jnp.asarray makes two)
+    Xd, yd = jax.device_put(X), jax.device_put(y if loss == "mse" else y.astype(np.int32))  # jnp.asarray: 2 copies
 
     def split(perm):
         perm = perm.astype(np.int32)
@@ -784,15 +845,16 @@ def epoch_jax_scan(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
         warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
         for perm in perms:
             t0 = time.perf_counter()
-            params, loss = compiled(params, Xd, yd, *split(perm))
-            jax.block_until_ready((params, loss))
+            params, value = compiled(params, Xd, yd, *split(perm))
+            jax.block_until_ready((params, value))
             secs.append(time.perf_counter() - t0)
-            losses.append(float(loss))
+            losses.append(float(value))
     out_params = [(np.asarray(W), np.asarray(b)) for W, b in params]
-    return _result("jax", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate)
+    return _result("jax", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate, loss)
 
 
-def epoch_jax_step(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True) -> dict:
+def epoch_jax_step(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, evaluate: bool = True,
+                      loss: str = "cross_entropy") -> dict:
     """Mini-batch SGD with one ``jax.jit`` step per batch (params donated), driven from Python: the batch is
     gathered on the host (numpy fancy indexing) and passed to the step, which returns the new params and the loss.
     The step is compiled for the full and the partial batch shape before the timing (compile_seconds); each
@@ -800,14 +862,14 @@ def epoch_jax_step(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
     jax = _import_jax(threads)
     if jax is None:
         kw = dict(X=X, y=y, sizes=sizes, batch=batch, lr=lr, epochs=epochs, seed=seed, threads=threads,
-                  evaluate=evaluate)
+                  evaluate=evaluate, loss=loss)
         return _in_subprocess("epoch_jax_step", kw, threads)
     X = np.ascontiguousarray(X, np.float32)
-    y = np.asarray(y, np.int64)
-    _check_data(X, y, sizes, batch, epochs)
+    y = _targets(y, sizes, loss)
+    _check_data(X, y, sizes, batch, epochs, loss)
     N = len(X)
-    y32 = y.astype(np.int32)
-    _, sgd_step = _jax_fns(jax, lr)
+    y32 = y if loss == "mse" else y.astype(np.int32)
+    _, sgd_step = _jax_fns(jax, lr, loss)
     step = jax.jit(sgd_step, donate_argnums=0)
     params = _jax_params(jax, init_params(sizes, seed))
     t0 = time.perf_counter()
@@ -823,13 +885,13 @@ def epoch_jax_step(X, y, sizes, batch, lr, epochs, seed=0, threads: int = 1, eva
             batch_losses = []
             for i in range(0, N, batch):
                 idx = perm[i : i + batch]
-                params, loss = step(params, X[idx], y32[idx])
-                batch_losses.append((loss, len(idx)))
+                params, value = step(params, X[idx], y32[idx])
+                batch_losses.append((value, len(idx)))
             jax.block_until_ready(params)
             secs.append(time.perf_counter() - t0)
             losses.append(sum(float(v) * n for v, n in batch_losses) / N)
     out_params = [(np.asarray(W), np.asarray(b)) for W, b in params]
-    return _result("jax step", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate)
+    return _result("jax step", N, secs, losses, out_params, compile_seconds, threads, batch, X, y, evaluate, loss)
 
 
 # ---------------------------------------------------------------------------------------------------- sklearn
