@@ -1118,6 +1118,21 @@ def _selfcheck() -> int:
                    for a, b in zip(pa, pb, strict=True))
         print(f"max |params({name}) - params(numpy)| after 3 epochs: {diff:.2e}")
         ok &= diff < 1e-3
+    # mean squared error on a synthetic regression (y = tanh of a random projection): the same agreement
+    rng = np.random.default_rng(0)
+    Xr = rng.standard_normal((300, 10), dtype=np.float32)
+    yr = np.tanh(Xr @ rng.standard_normal(10, dtype=np.float32) / 3).astype(np.float32)
+    reg = {}
+    for name in ("numpy", "torch", "jax"):
+        if name != "numpy" and not _available(name):
+            continue
+        r = reg[name] = globals()[_EPOCH[name]](Xr, yr, (10, 32, 1), 16, 0.05, 3, seed=0, threads=1, loss="mse")
+        diff = max(float(np.max(np.abs(a - b))) for pa, pb in zip(r["params"], reg["numpy"]["params"], strict=True)
+                   for a, b in zip(pa, pb, strict=True))
+        print(f"mse {name}: epoch losses {[round(x, 4) for x in r['epoch_losses']]}, final train mse "
+              f"{r['final_train_loss']:.4f}, max |params - numpy's| {diff:.2e}")
+        ok &= r["epoch_losses"][-1] < r["epoch_losses"][0] and diff < 1e-4
+        ok &= abs(r["final_train_loss"] - reg["numpy"]["final_train_loss"]) < 1e-4
     s = sklearn_mlp(Xtr, ytr, Xte, yte, "classification", (64,), 3, 32, 0.05)
     print(f"digits sklearn: {s['samples_per_second']:.0f} samples/s, n_iter {s['n_iter']}, "
           f"test accuracy {s['test_accuracy']:.3f}")
