@@ -38,6 +38,7 @@ from graphc.codegen.kernels import (
     Store,
     all_kernels,
     loop_axes,
+    split_rows,
     walk,
 )
 from graphc.codegen.schedule import Program, split_affine
@@ -1651,7 +1652,12 @@ class ModuleEmitter:
 
     def _emit_loop_inline(self, b: ir.IRBuilder, entry, args: list) -> None:
         """for j in [0, length): bind the body's buffers for this step (a pointer table on this thread's stack),
-        then run the body's kernels, meeting where they need it. No Python and no unrolling per step."""
+        then run the body's kernels, meeting where they need it. No Python and no unrolling per step.
+
+        A loop whose sequences are independent (`split_rows`) runs on disjoint row ranges of its batch instead:
+        each thread the whole loop over its rows, as one thread over a smaller batch (its own rows of every
+        batch-row buffer, the batch dim set to its row count, its own GEMM workspace slice), with no barrier
+        inside the loop. The same sums in the same order per row, so the results do not depend on the split."""
         k, fns, flags = entry
         bufs, dims, ws, tid, nth, bar = args
         fn = b.function
@@ -1659,27 +1665,47 @@ class ModuleEmitter:
             b.position_at_start(fn.entry_basic_block)
             table = alloca(b, PTR, c64(max(len(k.binds), 1)), name=f"{k.name}_bufs")
         length = self._dim_at(b, dims, k.length)
+        split = split_rows(k)
+        run_args = None
+        if split is not None:
+            from graphc.codegen.memory import rows_workspace_bytes
+
+            D, row_elems = split
+            full = self._dim_at(b, dims, D)
+            nth64 = b.sext(nth, I64)
+            # rows per thread: a multiple of 8 (the GEMM's narrow tile), the last thread takes what is left
+            chunk = b.mul(b.sdiv(b.add(b.sdiv(b.add(full, b.sub(nth64, c64(1))), nth64), c64(7)), c64(8)), c64(8))
+            r0 = b.mul(b.sext(tid, I64), chunk)
+            r0 = b.select(b.icmp_signed("<", r0, full), r0, full)
+            r1 = b.add(r0, chunk)
+            r1 = b.select(b.icmp_signed("<", r1, full), r1, full)
+            nsym = max(len(self.program.symbols), 1)
+            with b.goto_block(fn.entry_basic_block):
+                b.position_at_start(fn.entry_basic_block)
+                own_dims = alloca(b, I64, c64(nsym), name=f"{k.name}_dims")
+            for q in range(len(self.program.symbols)):
+                src = b.gep(dims, [c64(q)], source_etype=I64)
+                b.store(b.load(src, typ=I64), b.gep(own_dims, [c64(q)], source_etype=I64))
+            b.store(b.sub(r1, r0), b.gep(own_dims, [c64(self.program.symbols.index(D))], source_etype=I64))
+            own_ws = b.gep(ws, [b.mul(b.sext(tid, I64), c64(rows_workspace_bytes(k, self.target)))],
+                           source_etype=I8)
+            run_args = [table, own_dims, own_ws, ir.Constant(I32, 0), ir.Constant(I32, 1), bar]
+            length = b.select(b.icmp_signed(">", r1, r0), length, c64(0))
         static_ptrs = {}
         for i, bind in enumerate(k.binds):  # pointers that do not move with the step: set once
             p = b.load(b.gep(bufs, [c64(bind.parent.index)], source_etype=PTR), typ=PTR)
+            if split is not None and i in split[1]:  # this thread's first row
+                p = b.gep(p, [b.mul(r0, c64(split[1][i] * ITEMSIZE[bind.parent.dtype]))], source_etype=I8)
             static_ptrs[i] = p
             if bind.by == "none":
                 b.store(p, b.gep(table, [c64(i)], source_etype=PTR))
         self.sync(b, bar, nth)
+        if split is not None:
+            self._emit_split_loop(b, k, fns, length, static_ptrs, table, dims, args, run_args)
+            self.sync(b, bar, nth)
+            return
         with Loop(b, c64(0), length, 1, k.name) as j:
-            t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
-            every = None
-            for i, bind in enumerate(k.binds):
-                if bind.by == "none":
-                    continue
-                if bind.by == "every":
-                    every = every if every is not None else b.sdiv(j, c64(k.every))
-                    step = every
-                else:
-                    step = t
-                off = b.mul(b.mul(step, self._dim_at(b, dims, bind.step)), c64(ITEMSIZE[bind.parent.dtype]))
-                b.store(b.gep(static_ptrs[i], [off], source_etype=I8),
-                        b.gep(table, [c64(i)], source_etype=PTR))
+            self._bind_step(b, k, j, length, static_ptrs, table, dims)
             inner = [table, dims, ws, tid, nth, bar]
             for idx, (f, need) in enumerate(zip(fns, flags, strict=True)):
                 kernel = k.body.kernels[idx]
@@ -1692,6 +1718,36 @@ class ModuleEmitter:
                 else:
                     self._run_counted(b, kernel, f, need, inner)
             self.sync(b, bar, nth)
+
+    def _bind_step(self, b: ir.IRBuilder, k, j, length, static_ptrs: dict, table, dims) -> None:
+        """Point the body's per-step buffers at step j's slices (t = j, or T-1-j reversed; a checkpoint slot
+        j // every)."""
+        t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
+        every = None
+        for i, bind in enumerate(k.binds):
+            if bind.by == "none":
+                continue
+            if bind.by == "every":
+                every = every if every is not None else b.sdiv(j, c64(k.every))
+                step = every
+            else:
+                step = t
+            off = b.mul(b.mul(step, self._dim_at(b, dims, bind.step)), c64(ITEMSIZE[bind.parent.dtype]))
+            b.store(b.gep(static_ptrs[i], [off], source_etype=I8), b.gep(table, [c64(i)], source_etype=PTR))
+
+    def _emit_split_loop(self, b: ir.IRBuilder, k, fns, length, static_ptrs, table, dims, args, run_args) -> None:
+        """The loop of a row-split scan on this thread's rows: no barrier inside (see _emit_loop_inline). The
+        step slices advance by the whole batch's strides (`dims`); the kernels see this thread's (`run_args`)."""
+        with Loop(b, c64(0), length, 1, k.name) as j:
+            self._bind_step(b, k, j, length, static_ptrs, table, dims)
+            for idx, f in enumerate(fns):
+                kernel = k.body.kernels[idx]
+                if idx < k.every_kernels and k.every > 1:
+                    on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
+                    with b.if_then(on):
+                        self._run_counted(b, kernel, f, False, args, run_args)
+                else:
+                    self._run_counted(b, kernel, f, False, args, run_args)
 
     def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
         """A dim expression's run-time value (i64) from the program's dims array (ceilings included)."""
@@ -1850,13 +1906,15 @@ class ModuleEmitter:
         f = self.module.globals.get(name)
         return f if f is not None else ir.Function(self.module, ir.FunctionType(VOID, [PTR]), name=name)
 
-    def _run_counted(self, b: ir.IRBuilder, kernel, f, need: bool, args: list) -> None:
-        """Meet the other threads if `need`, then run the kernel; with profiling, thread 0 adds the cycles of
-        the wait and of the kernel to the kernel's slots."""
+    def _run_counted(self, b: ir.IRBuilder, kernel, f, need: bool, args: list, run_args: list | None = None) -> None:
+        """Meet the other threads if `need`, then run the kernel (with `run_args` when given: a row-split loop's
+        thread-private view); with profiling, thread 0 adds the cycles of the wait and of the kernel to the
+        kernel's slots."""
+        run_args = args if run_args is None else run_args
         if self._prof is None:
             if need:
                 self.sync(b, args[5], args[4])
-            self.run_kernel(b, f, args)
+            self.run_kernel(b, f, run_args)
             return
         slots, counts, clock = self._prof
         slot = slots[id(kernel)]
@@ -1873,7 +1931,7 @@ class ModuleEmitter:
         if need:
             self.sync(b, args[5], args[4])
         t0 = tally(2 * slot + 1, t0)
-        self.run_kernel(b, f, args)
+        self.run_kernel(b, f, run_args)
         tally(2 * slot, t0)
 
     def emit_launcher(self, name: str, callee: str) -> None:

@@ -503,3 +503,95 @@ def all_kernels(kernels):
         yield k
         if isinstance(k, ScanKernel):
             yield from all_kernels(k.body.kernels)
+
+
+# ----------------------------------------------------------------------------------------- row-split loops
+
+
+def _same_dim(a: Dim, b: Dim) -> bool:
+    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
+
+
+def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
+    """Whether the threads may run loop `k` on disjoint row ranges of its batch, each thread the whole loop over
+    its rows with no barrier inside (a recurrent layer's sequences are independent): (the batch dim D, the row
+    size in elements of every body buffer whose rows are rows of D), else None.
+
+    It holds when D is a run-time symbol, every buffer the body writes has D rows (and static rows), and every
+    body kernel keeps to its own rows: an elementwise loop or a row-wise reduction whose outermost axis runs over
+    D, reading D-row buffers at that row and other buffers (loop-invariant: weights, biases) without it; a
+    matrix product whose A and C are D-row buffers (A not transposed, no view) and whose B is loop-invariant.
+    No kernel may read D itself, the row index as a value, or guard on it (each thread's rows count from 0)."""
+    body = k.body
+    kernels = body.kernels
+    written = {b.index for kk in kernels for b in (kk.writes if not isinstance(kk, ScanKernel) else ())}
+    if not kernels or any(isinstance(kk, (ScanKernel, ScatterKernel)) for kk in kernels) or not written:
+        return None
+    D = body.buffers[next(iter(written))].shape[0] if body.buffers[next(iter(written))].shape else None
+    if not isinstance(D, sympy.Symbol):
+        return None
+    rows: dict[int, int] = {}
+    for buf in body.buffers:
+        shape = buf.shape
+        if any(sympy.sympify(d).has(D) for d in shape[1:]):
+            return None
+        if shape and _same_dim(shape[0], D):
+            size = 1
+            for d in shape[1:]:
+                if not isinstance(d, int):
+                    return None
+                size *= d
+            rows[buf.index] = size
+        elif buf.index in written:
+            return None
+
+    def loads_ok(exprs) -> bool:
+        for e in exprs:
+            for x in walk(e):
+                if isinstance(x, DimValue) and sympy.sympify(x.expr).has(D):
+                    return False
+                if isinstance(x, Index) and 0 in x.axes():
+                    return False
+                if isinstance(x, Guard) and any(0 in loop_axes(c) for c in x.conds):
+                    return False
+                if isinstance(x, Load):
+                    if any(0 in loop_axes(t) for t, _ in x.terms):
+                        return False
+                    s0 = x.strides[0] if x.strides else 0
+                    if x.buf.index in rows:
+                        if x.gathers or not (isinstance(s0, int) and s0 == rows[x.buf.index]):
+                            return False
+                    elif not (isinstance(s0, int) and s0 == 0):
+                        return False
+        return True
+
+    def stores_ok(stores, per_row: Dim) -> bool:
+        return all(s.buf.index in rows and _same_dim(rows[s.buf.index], per_row) for s in stores)
+
+    for kk in kernels:
+        if isinstance(kk, LoopKernel):
+            dom = kk.domain
+            if not dom or not _same_dim(dom[0], D) or any(sympy.sympify(d).has(D) for d in dom[1:]):
+                return None
+            per_row = sympy.prod([sympy.sympify(d) for d in dom[1:]])
+            if not stores_ok(kk.stores, per_row) or not loads_ok([s.value for s in kk.stores]):
+                return None
+        elif isinstance(kk, ReduceKernel):
+            dom = kk.domain
+            if (not dom or 0 in kk.axes or not _same_dim(dom[0], D)
+                    or any(sympy.sympify(d).has(D) for d in dom[1:])):
+                return None
+            per_row = sympy.prod([sympy.sympify(dom[a]) for a in kk.kept if a != 0])
+            if not stores_ok(kk.stores, per_row) or not loads_ok([kk.body, *(s.value for s in kk.stores)]):
+                return None
+        elif isinstance(kk, GemmKernel):
+            if (kk.batch or kk.a_view is not None or kk.ta or not _same_dim(kk.m, D)
+                    or not isinstance(kk.n, int) or not isinstance(kk.k, int)
+                    or kk.a.index not in rows or not _same_dim(kk.lda, rows[kk.a.index])
+                    or kk.b.index in rows or kk.b.index in written):
+                return None
+            if not stores_ok(kk.stores, kk.n) or not loads_ok([s.value for s in kk.stores]):
+                return None
+        else:
+            return None
+    return D, rows

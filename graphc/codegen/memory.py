@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from graphc.codegen import gemm as gemm_mod
 from graphc.codegen.emit import ITEMSIZE
-from graphc.codegen.kernels import GemmKernel, ScanKernel, all_kernels
+from graphc.codegen.kernels import GemmKernel, ScanKernel, all_kernels, split_rows
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target
 from graphc.ir.shapes import eval_dim
@@ -85,6 +85,18 @@ def barriers(program: Program) -> list[bool]:
     return need
 
 
+def rows_workspace_bytes(k: ScanKernel, target: Target) -> int:
+    """One thread's GEMM workspace slice in a row-split loop (`split_rows`: each thread runs the body's products
+    alone over its rows, in its own slice): enough for any row count (the slice grows with the rows up to the M
+    block), 64-byte aligned."""
+    out = 64
+    for g in all_kernels(k.body.kernels):
+        if isinstance(g, GemmKernel):
+            cfg = gemm_mod.config_for(target, g.a.dtype, g.n)
+            out = max(out, gemm_mod.workspace_bytes(1 << 30, g.n, g.k, 1, target, g.a.dtype, cfg))
+    return (out + ALIGN - 1) // ALIGN * ALIGN
+
+
 def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list[bool] | None = None) -> MemoryPlan:
     flags = barriers(program) if flags is None else flags
     live = liveness(program)
@@ -120,6 +132,8 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
     arena = max((e for _, e, *_ in placed), default=0)
     ws = 0
     for k in all_kernels(program.kernels):  # loops' bodies included
+        if isinstance(k, ScanKernel) and split_rows(k) is not None:
+            ws = max(ws, nthreads * rows_workspace_bytes(k, target))
         if isinstance(k, GemmKernel):
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
             cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)
