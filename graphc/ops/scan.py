@@ -617,13 +617,16 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
 
 
 def _hoistable(body: Body, j: int) -> list[Node] | None:
-    """The products x·W that are the only uses of capture j (a weight W) in the body, with x a per-step 2-D value:
-    then dW = Σ_t x_tᵀ·g_t is ONE product after the loop over the stacked x_t and g_t (the matmuls' cotangents),
-    not a product and an add per step. None when W is used any other way."""
+    """The uses of capture j when each is a product x·W (W 2-D) or a bias added to the rows of a 2-D value
+    (x + b, b 1-D), x a per-step value: then dW = Σ_t x_tᵀ·g_t is ONE product after the loop over the stacked x_t
+    and g_t (the uses' cotangents), and db = Σ_t Σ_rows g_t ONE column sum over the stacked g_t, not an add per
+    step into a carry (a per-step sum over the batch would also tie the loop's rows together: see
+    codegen.kernels.split_rows). None when the capture is used any other way."""
     from graphc.ops.linalg import MATMUL
+    from graphc.ops.pointwise import ADD
 
     arg = body.args[body.n_carry + body.n_x + j]
-    if arg.ndim != 2 or any(o is arg for o in body.outputs):
+    if arg.ndim not in (1, 2) or any(o is arg for o in body.outputs):
         return None
     step_args = {id(a) for a in body.args[:body.n_carry + body.n_x]}
     per_step: set[int] = set()
@@ -632,8 +635,13 @@ def _hoistable(body: Body, j: int) -> list[Node] | None:
         if id(n) in step_args or any(id(i) in per_step for i in n.inputs):
             per_step.add(id(n))
         if any(i is arg for i in n.inputs):
-            ok = (n.op is MATMUL and n.inputs[1] is arg and n.inputs[0] is not arg and not n.attrs["ta"]
-                  and not n.attrs["tb"] and n.inputs[0].ndim == 2 and id(n.inputs[0]) in per_step)
+            if arg.ndim == 2:
+                ok = (n.op is MATMUL and n.inputs[1] is arg and n.inputs[0] is not arg and not n.attrs["ta"]
+                      and not n.attrs["tb"] and n.inputs[0].ndim == 2 and id(n.inputs[0]) in per_step)
+            else:
+                x = n.inputs[0] if n.inputs[1] is arg else n.inputs[1]
+                ok = (n.op is ADD and x is not arg and n.ndim == 2 and x.ndim == 2 and x.shape == n.shape
+                      and id(x) in per_step and dims_equal(n.shape[1], arg.shape[0]))
             if not ok:
                 return None
             uses.append(n)
@@ -675,9 +683,12 @@ def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
     for n in topo_order(g):
         if id(n) not in fwd:
             front += [i for i in n.inputs if id(i) in fwd]
-    front += [m.inputs[0] for _, m in products]
+    from graphc.ops.pointwise import ADD
+
+    lefts = [m.inputs[0] for _, m in products if m.op is not ADD]  # a hoisted product's stacked left operand
+    front += lefts
     args = {id(a) for a in body.args}
-    forced = {id(m.inputs[0]) for _, m in products}
+    forced = {id(x) for x in lefts}
 
     def stored(n: Node) -> bool:  # at hand in the reverse body without storing it
         return id(n) in args or not n.inputs or getattr(n.op, "multi_output", False)
@@ -725,7 +736,7 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     x·W: those are one product after the loop (see _hoistable)."""
     from graphc.ops.linalg import matmul
     from graphc.ops.movement import reshape
-    from graphc.ops.pointwise import add, full_like
+    from graphc.ops.pointwise import ADD, add, full_like
 
     nc, nx = body.n_carry, body.n_x
     init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
@@ -790,6 +801,12 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     ct_xs = [output(rnode, ny0 + y_slot[i]) for i in range(len(fx))]
     g_stack = [output(rnode, ny0 + y_slot[len(fx) + i]) for i in range(len(products))]
     for (j, m), gm in zip(products, g_stack, strict=True):
+        if m.op is ADD:  # a bias: its cotangents summed over every step's rows
+            from graphc.ops.reduce import sum as reduce_sum
+
+            db = reduce_sum(reshape(gm, (T * m.shape[0], m.shape[1])), axis=0)
+            acc_out[j] = db if j not in acc_out else add(acc_out[j], db)
+            continue
         a = m.inputs[0]
         k = arg_pos.get(id(a))
         if k is None:

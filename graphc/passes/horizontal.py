@@ -42,6 +42,26 @@ def _key(n: Node):
     return (id(a), n.attrs["ta"], n.attrs["tb"], n.dtype)
 
 
+def _stack_index(x: Node) -> int | None:
+    """The output number when x is a loop's stacked output (or a reshape of one)."""
+    from graphc.ops.movement import RESHAPE
+    from graphc.ops.scan import SCAN_OUTPUT
+
+    if x.op is RESHAPE:
+        x = x.inputs[0]
+    return x.attrs["index"] if x.op is SCAN_OUTPUT else None
+
+
+def _by_stack_index(members: list[Node]) -> None:
+    """Right operands that are one loop's stacked outputs side by side in output order: the order in which the
+    loop's body puts the same values side by side (merge_product_sums), so passes.loops.stacked_concats can
+    read the body's concatenation stacked instead of concatenating the stacks after the loop."""
+    keys = [_stack_index(m.inputs[1]) for m in members]
+    if None not in keys:
+        order = sorted(range(len(members)), key=keys.__getitem__)
+        members[:] = [members[i] for i in order]
+
+
 def merge_products(graph: Graph) -> Graph:
     order = graph.nodes()
     groups: dict[tuple, list[Node]] = {}
@@ -50,7 +70,7 @@ def merge_products(graph: Graph) -> Graph:
         if k is not None and n.inputs[1] not in [m.inputs[1] for m in groups.get(k, [])]:
             groups.setdefault(k, []).append(n)
     # a right operand computed from another product of the group would make the merged product its own input
-    group_of = _merge_groups(groups, lambda m: [m.inputs[1]])
+    group_of = _merge_groups(groups, lambda m: [m.inputs[1]], _by_stack_index)
     if not group_of:
         return graph
     memo: dict[int, Node] = {}
@@ -114,6 +134,7 @@ def merge_product_sums(outputs: list[Node], step: set[int]) -> list[Node]:
         # A computed in the step, not a placeholder itself: x_t·W leaves the loop (one product over all steps)
         return id(a) in dep and id(a) not in step and id(b) not in dep and b.ndim == 2 and isinstance(a.shape[1], int)
 
+    out_pos = {id(o): q for q, o in reversed(list(enumerate(outputs)))}
     inner: set[int] = set()
     plans: dict[int, tuple[list[Node], list[Node]]] = {}
     for n in reversed(order):
@@ -125,6 +146,9 @@ def merge_product_sums(outputs: list[Node], step: set[int]) -> list[Node]:
             if mergeable(t, n.shape):
                 groups.setdefault((t.attrs["tb"], t.dtype), []).append(t)
         merged = [g for g in groups.values() if len(g) >= 2]
+        for g in merged:  # left operands that are step outputs side by side in output order (see _by_stack_index)
+            if all(id(t.inputs[0]) in out_pos for t in g):
+                g.sort(key=lambda t: out_pos[id(t.inputs[0])])
         if not merged:
             continue
         plans[id(n)] = (ts, merged)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, derived_from, topo_order
+from graphc.ir.shapes import dims_equal
 from graphc.ops.core import apply
 from graphc.ops.linalg import MATMUL, matmul
 from graphc.ops.movement import reshape, transpose
@@ -177,4 +178,78 @@ def optimize_loops(graph: Graph) -> Graph:
         memo[id(n)] = rebuild(n, ins)
     if not changed:
         return graph
+    return graph.with_outputs(tuple(memo[id(o)] for o in graph.outputs))
+
+
+def stacked_concats(graph: Graph) -> Graph:
+    """A concatenation of a loop's stacked outputs (`concat([ys_1, ..., ys_k], axis)`, axis past the time axis;
+    or along the last axis of reshapes of them that keep it, as a product over all steps reads them) is the
+    stacked concatenation of their per-step values. When the body computes that concatenation itself (an LSTM
+    written with one weight per gate concatenates its four gate gradients for the one recurrent GEMM of its
+    reverse step), the loop stores it per step and the concatenation after the loop, a copy of every step's
+    values, disappears; the stacked outputs' other readers read slices of it, so the k stacks are not stored."""
+    from graphc.ops.movement import CONCAT, RESHAPE
+
+    def stack_of(x: Node) -> Node | None:
+        """The scan output x is, or reshapes keeping its last axis."""
+        if x.op is RESHAPE and x.inputs[0].op is SCAN_OUTPUT and x.ndim >= 1 and x.inputs[0].ndim >= 2 \
+                and dims_equal(x.shape[-1], x.inputs[0].shape[-1]):
+            return x.inputs[0]
+        return x if x.op is SCAN_OUTPUT else None
+
+    nodes = graph.nodes()
+    plan: dict[int, tuple[Node, list[Node], int, int]] = {}  # concat -> (scan, stacks, body position, stack axis)
+    for n in nodes:
+        if n.op is not CONCAT or len(n.inputs) < 2:
+            continue
+        stacks = [stack_of(i) for i in n.inputs]
+        if any(o is None for o in stacks) or any(o.inputs[0] is not stacks[0].inputs[0] for o in stacks):
+            continue
+        s = stacks[0].inputs[0]
+        reshaped = any(o is not i for o, i in zip(stacks, n.inputs, strict=True))
+        axis = stacks[0].ndim - 1 if reshaped else n.attrs["axis"]
+        if (reshaped and n.attrs["axis"] != n.ndim - 1) or axis < 1 or s.attrs["checkpoint"] is not None:
+            continue
+        body: Body = s.attrs["body"]
+        nc, ny = body.n_carry, len(body.outputs) - body.n_carry
+        idx = [o.attrs["index"] for o in stacks]
+        if any(not nc <= k < nc + ny for k in idx):
+            continue
+        ys = [body.outputs[k] for k in idx]
+        pos = next((q for q, c in enumerate(body.order()) if c.op is CONCAT and c.attrs["axis"] == axis - 1
+                    and len(c.inputs) == len(ys) and all(a is b for a, b in zip(c.inputs, ys, strict=True))), None)
+        if pos is not None:
+            plan[id(n)] = (s, stacks, pos, axis)
+    if not plan:
+        return graph
+    # every stack of a planned concatenation becomes a slice of the stacked concatenation
+    parts: dict[int, tuple[Node, int, int, int, int]] = {}  # stack id -> (scan, body position, axis, start, stop)
+    for s, stacks, pos, axis in plan.values():
+        off = 0
+        for o in stacks:
+            parts.setdefault(id(o), (s, pos, axis, off, off + o.shape[axis]))
+            off += o.shape[axis]
+    memo: dict[int, Node] = {}
+    for n in nodes:
+        hit = plan.get(id(n)) or parts.get(id(n))
+        if hit is None and n.op is RESHAPE and id(n.inputs[0]) in parts and id(n.inputs[0]) not in plan:
+            s, pos, axis, start, stop = parts[id(n.inputs[0])]
+            if axis == n.inputs[0].ndim - 1 and dims_equal(n.shape[-1], n.inputs[0].shape[-1]):
+                # a reshape keeping the last axis: the columns of the reshaped stacked concatenation (a view)
+                with derived_from(n.source, "rewrite: stacked concatenation"):
+                    whole = output(memo[id(s)], len(SCAN.output_types(s)) + pos)
+                    wide = reshape(whole, (*n.shape[:-1], whole.shape[-1]))
+                    memo[id(n)] = wide[(slice(None),) * (n.ndim - 1) + (slice(start, stop),)]
+                continue
+        if hit is None:
+            memo[id(n)] = rebuild(n, tuple(memo[id(i)] for i in n.inputs))
+            continue
+        s, pos = hit[0], hit[2] if id(n) in plan else hit[1]
+        with derived_from(n.source, "rewrite: stacked concatenation"):
+            whole = output(memo[id(s)], len(SCAN.output_types(s)) + pos)
+            if id(n) in plan:
+                memo[id(n)] = whole if whole.shape == n.shape else reshape(whole, n.shape)
+            else:
+                _, _, axis, start, stop = hit
+                memo[id(n)] = whole[(slice(None),) * axis + (slice(start, stop),)]
     return graph.with_outputs(tuple(memo[id(o)] for o in graph.outputs))

@@ -8,7 +8,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.verify import verify
 from graphc.passes.dce import dce
 from graphc.passes.horizontal import merge_products
-from graphc.passes.loops import optimize_loops
+from graphc.passes.loops import optimize_loops, stacked_concats
 from graphc.passes.simplify import simplify
 from graphc.passes.stability import stability
 
@@ -20,6 +20,7 @@ PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("dce", dce),
     ("loop bodies", optimize_loops),
     ("merge products", merge_products),
+    ("stacked concatenations", stacked_concats),
     ("simplify again", simplify),
 )
 

@@ -124,9 +124,19 @@ def test_a_cell_with_one_weight_per_gate_runs_one_recurrent_gemm_and_projects_it
     # transposed once, before it (not repacked every step)
     rev = [k for k in f.program.kernels if isinstance(k, ScanKernel)][1]
     assert [(k.n, k.k, k.tb) for k in rev.body.kernels if isinstance(k, GemmKernel)] == [(H, 4 * H, False)]
-    # the four bias gradients: one column sum a step, of that product's stored operand
-    sums = [k for k in rev.body.kernels if isinstance(k, ReduceKernel)]
-    assert len(sums) == 1 and sums[0].domain[1] == 4 * H
+    # the four bias gradients: no sum over the batch in the loop (its rows stay independent: split_rows), one
+    # column sum each after it over the stacked dz, which the loop stores side by side as the product reads them
+    # (no concatenation of four stacks after the loop)
+    from graphc.codegen.kernels import LoopKernel, split_rows
+
+    assert not [k for k in rev.body.kernels if isinstance(k, ReduceKernel)]
+    assert split_rows(fwd) is not None and split_rows(rev) is not None
+    after = f.program.kernels[f.program.kernels.index(rev) + 1:]
+    assert not [k for k in after if isinstance(k, LoopKernel) and "concat" in k.name]
+    stacked = {k.b.index for k in after if isinstance(k, GemmKernel) and k.ta}
+    assert len(stacked) == 1 and rev.out and stacked <= {b.index for b in rev.out}
+    sums = [k for k in after if isinstance(k, ReduceKernel)]
+    assert len(sums) == 4 and all(k.domain[1] == H for k in sums)
     rng = np.random.default_rng(4)
     v = {"xs": rng.normal(size=(6, 2, F)), "h0": rng.normal(size=(2, H))}
     v.update({p.name: 0.5 * rng.normal(size=p.shape) for p in params})
