@@ -333,9 +333,9 @@ def test_compilation_is_one_list_of_named_stages():
     x = gc.input("x", ("N", 3))
     fn = gc.compile(gc.sum(gc.log(gc.sigmoid(x)) * 1.0), cache=False)
     names = [n for n, _ in fn.stages]
-    assert names[:10] == ["input", "modes", "simplify", "stability", "dce", "loop bodies", "merge products",
-                          "simplify again", "schedule", "fusion"]
-    assert names[10] == "memory"
+    assert names[:11] == ["input", "modes", "simplify", "stability", "dce", "loop bodies", "merge products",
+                          "stacked concatenations", "simplify again", "schedule", "fusion"]
+    assert names[11] == "memory"
     text = fn.stages_text()
     assert "after schedule" in text and "after memory" in text and "barriers" in text
     assert fn.signature.inputs == (x,)
