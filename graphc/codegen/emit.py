@@ -1517,7 +1517,6 @@ class ModuleEmitter:
         dtype = k.a.dtype
         static = lambda d: d if isinstance(d, int) else None  # noqa: E731
         c_store = k.stores[-1]
-        extra = k.stores[:-1]
         owner = self
 
         def epilogue(ctx: gemm_mod.EpilogueContext) -> ir.Value:
@@ -1526,16 +1525,7 @@ class ModuleEmitter:
             fe.b = ctx.builder
             fe.sc.b = ctx.builder
             try:
-                point = Point({0: ctx.row, 1: ctx.col}, vec_axis=1, lanes=ctx.lanes, mask=ctx.mask)
-                memo: dict = {}
-                out = None
-                row_off = ctx.builder.add(ctx.builder.mul(ctx.row, fe.dim(k.n)), ctx.col)
-                # every value before any store: an in-place update must not see another's new value
-                values = [fe.value(s.value, point, memo, ctx.acc) for s in extra]
-                out = None if k.c_scratch else fe.value(c_store.value, point, memo, ctx.acc)
-                for s, v in zip(extra, values, strict=True):
-                    fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
-                return out
+                return owner._gemm_epilogue(fe, k, ctx.row, ctx.col, ctx.mask, ctx.acc, ctx.lanes)
             finally:
                 fe.b = saved
                 fe.sc.b = saved
@@ -1545,12 +1535,12 @@ class ModuleEmitter:
         fn.linkage = "internal"
         fe = FunctionEmitter(self, fn)
         self._current_fe = fe
+        cfg = gemm_mod.config_for(self.target, dtype, static(k.n))
         # epilogue code runs inside the gemm function: it needs the tables; pass them as extra args
         inner = gemm_mod.emit_gemm(
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
-            extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)), a_view=k.a_view,
-            declare_helpers=self.declare_helpers,
+            extra_args=[PTR, PTR], config=cfg, a_view=k.a_view, declare_helpers=self.declare_helpers,
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
@@ -1578,9 +1568,125 @@ class ModuleEmitter:
                     new.append(t if off is None else b.add(off, t))
                 batch_loop(j + 1, new)
 
-        batch_loop(0, [None, None, None])
+        thin = self._thin_condition(fe, k, cfg)
+        if thin is None:
+            batch_loop(0, [None, None, None])
+        else:  # one row, or a rank-1 update: inline loops, no call into the GEMM driver
+            with b.if_else(thin, likely=True) as (yes, no):
+                with yes:
+                    self._emit_thin_gemm(fe, k, ptrs, cfg)
+                with no:
+                    batch_loop(0, [None, None, None])
+        self._current_fe = fe
         b.ret_void()
         return fn
+
+    def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int):
+        """A GEMM's epilogue at (row, col .. col + lanes - 1) of C for the finished sums `acc`: its extra stores
+        are made, the value for C (None: C is scratch) returned."""
+        b = fe.b
+        point = Point({0: row, 1: col}, vec_axis=1, lanes=lanes, mask=mask)
+        memo: dict = {}
+        row_off = b.add(b.mul(row, fe.dim(k.n)), col)
+        extra = k.stores[:-1]
+        # every value before any store: an in-place update must not see another's new value
+        values = [fe.value(s.value, point, memo, acc) for s in extra]
+        out = None if k.c_scratch else fe.value(k.stores[-1].value, point, memo, acc)
+        for s, v in zip(extra, values, strict=True):
+            fe.store(s.buf.index, s.buf.dtype, row_off, v, mask)
+        return out
+
+    @staticmethod
+    def _thin_condition(fe: FunctionEmitter, k: GemmKernel, cfg) -> ir.Value | None:
+        """When a product runs as inline loops (`_emit_thin_gemm`): an i1, or None where it never does. One row
+        of op(A) (a batch of 1 forward, or its input gradient) or K = 1 (the weight gradient of a batch of 1,
+        a rank-1 update), with K in one K block."""
+        if k.batch or k.a_view is not None:
+            return None
+        static = lambda d: d if isinstance(d, int) else None  # noqa: E731
+        m, kk = static(k.m), static(k.k)
+        if kk is not None and kk > cfg.kc:
+            return None
+        if m is not None and m > 1 and kk is not None and kk > 1:
+            return None
+        b = fe.b
+        M, K = fe.dim(k.m), fe.dim(k.k)
+        thin = b.or_(b.icmp_signed("==", M, c64(1)), b.icmp_signed("==", K, c64(1)))
+        return b.and_(thin, b.icmp_signed("<=", K, c64(cfg.kc)))
+
+    def _emit_thin_gemm(self, fe: FunctionEmitter, k: GemmKernel, ptrs: list, cfg) -> None:
+        """C = op(A) @ op(B) with its epilogue for one row of op(A) or K = 1, as plain vector loops in the
+        kernel (a GEMM call costs ~100 ns of set-up: driver, tile buffer, epilogue pass, for as little as 10
+        FMAs). Every element is the GEMM's own sum: one fmuladd chain over k in increasing order from zero (K is
+        one K block), then the same epilogue, so the results are bitwise the GEMM's. Threads split the columns
+        (one row) or the rows (in vectors of the GEMM's NR columns)."""
+        b = fe.b
+        dtype = k.a.dtype
+        L = self.lanes(dtype)
+        NR = cfg.nr
+        NV = NR // L
+        T = SCALAR[dtype]
+        V = ir.VectorType(T, L)
+        MT = ir.VectorType(I1, L)
+        esize = ITEMSIZE[dtype]
+        fmuladd = self.declare(f"llvm.fmuladd.{vmath._type_suffix(V)}", ir.FunctionType(V, [V, V, V]))
+        A, B, C = ptrs
+        M, N, K = fe.dim(k.m), fe.dim(k.n), fe.dim(k.k)
+        lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
+        a_rs, a_ks = (c64(1), lda) if k.ta else (lda, c64(1))
+        one_row = b.icmp_signed("==", M, c64(1))
+        clo, chi = fe.partition(N, NR)
+        rlo, rhi = fe.partition(M, 1)
+        rlo, rhi = b.select(one_row, c64(0), rlo), b.select(one_row, c64(1), rhi)
+        clo, chi = b.select(one_row, clo, c64(0)), b.select(one_row, chi, N)
+        full = isinstance(k.n, int) and k.n % NR == 0  # every vector whole (a thread's columns: whole NR blocks)
+        accp = []
+        with b.goto_block(fe.fn.entry_basic_block):
+            b.position_at_start(fe.fn.entry_basic_block)
+            accp = [alloca(b, V, name=f"thin.acc{v}") for v in range(NV)]
+        lane_ids = ir.Constant(ir.VectorType(I64, L), list(range(L)))
+        if k.tb:
+            gather = self.declare(f"llvm.masked.gather.{vmath._type_suffix(V)}.v{L}p0",
+                                  ir.FunctionType(V, [ir.VectorType(PTR, L), I32, MT, V]))
+        with Loop(b, rlo, rhi, 1, "thin.i") as i:
+            arow = b.gep(A, [b.mul(i, a_rs)], inbounds=True, source_etype=T)
+            with Loop(b, clo, chi, NR, "thin.j") as j:
+                cols = [b.add(j, c64(v * L)) for v in range(NV)]
+                masks = [None if full else b.icmp_signed("<", b.add(fe.splat(c, L), lane_ids), fe.splat(chi, L))
+                         for c in cols]
+                for p in accp:
+                    b.store(ir.Constant(V, None), p)
+                with Loop(b, c64(0), K, 1, "thin.k") as kk:
+                    a = fe.splat(b.load(b.gep(arow, [b.mul(kk, a_ks)], inbounds=True, source_etype=T), typ=T,
+                                        align=esize), L)
+                    for v in range(NV):
+                        if k.tb:  # op(B)[k, c] = B[c * ldb + k]: lanes ldb apart
+                            idx = b.add(b.mul(b.add(fe.splat(cols[v], L), lane_ids), fe.splat(ldb, L)),
+                                        fe.splat(kk, L))
+                            ptrv = b.gep(B, [idx], source_etype=T)
+                            ptrv.type = ir.VectorType(PTR, L)  # llvmlite types a vector-indexed GEP as ptr
+                            m = masks[v] if masks[v] is not None else ir.Constant(MT, [1] * L)
+                            bv = b.call(gather, [ptrv, ir.Constant(I32, esize), m, ir.Constant(V, None)])
+                        else:
+                            p = b.gep(B, [b.add(b.mul(kk, ldb), cols[v])], source_etype=T)
+                            if masks[v] is None:
+                                bv = b.load(p, typ=V, align=esize)
+                            else:
+                                bv = b.call(self.masked_load(V), [p, ir.Constant(I32, esize), masks[v],
+                                                                  ir.Constant(V, None)])
+                        b.store(b.call(fmuladd, [a, bv, b.load(accp[v], typ=V)]), accp[v])
+                for v in range(NV):
+                    acc = b.load(accp[v], typ=V)
+
+                    def finish(v=v, acc=acc):
+                        out = acc if _trivial(k) else self._gemm_epilogue(fe, k, i, cols[v], masks[v], acc, L)
+                        if out is not None:
+                            fe.store(k.stores[-1].buf.index, dtype, b.add(b.mul(i, N), cols[v]), out, masks[v])
+
+                    if v == 0:
+                        finish()
+                    else:  # a vector wholly past the columns touches nothing
+                        fe.when(b.icmp_signed("<", cols[v], chi), finish, f"thin.v{v}")
 
     def _wrap_epilogue(self, k: GemmKernel, epilogue):
         """Inside the gemm function the tables are its two extra arguments: re-point a FunctionEmitter."""
