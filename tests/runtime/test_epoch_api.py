@@ -185,3 +185,22 @@ def test_readme_epoch_example_runs():
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split("\n")
     assert [ln.split()[0] for ln in lines[:5]] == ["0", "1", "2", "3", "4"] and lines[0].split()[2] == "1000"
+
+
+def test_profiled_epoch_is_not_the_cached_plain_module():
+    """A profiled EpochFunction of a graph already compiled without profiling has its own module (its counters):
+    the cache key says so, and the report holds the epoch's kernel times."""
+    import time
+
+    x, y, loss, params, updates = _net(name="prof")
+    gc.EpochFunction(loss, updates, x=x, y=y, threads=1)  # the plain module, cached
+    ef = gc.EpochFunction(loss, updates, x=x, y=y, threads=1, profile=True)
+    X, Y = _data()
+    state = gc.nn.init_params(params, seed=0)
+    t0 = time.perf_counter()
+    ef.run_epoch(X, Y, state, batch=4, scalars={"lr": 0.1})
+    wall = time.perf_counter() - t0
+    rows = ef.profile_report()
+    assert {name for name, _, _ in rows} == {k.name for k in ef.program.kernels}
+    spent = sum(s + w for _, s, w in rows)
+    assert 0 < spent <= wall
