@@ -1648,7 +1648,11 @@ class ModuleEmitter:
         if k.tb:
             gather = self.declare(f"llvm.masked.gather.{vmath._type_suffix(V)}.v{L}p0",
                                   ir.FunctionType(V, [ir.VectorType(PTR, L), I32, MT, V]))
-        with Loop(b, rlo, rhi, 1, "thin.i") as i:
+        # rows narrower than a vector (N static): visited `hop` rows apart, so that no row's vector loads overlap the
+        # masked stores of the row just before (a load cannot take its bytes from a masked store: it waits for the
+        # store to reach the cache, a stall on every row)
+        hop = 1 if full or not isinstance(k.n, int) else -(-L // k.n)
+        with Loop(b, c64(0), c64(hop), 1, "thin.hop") as first, Loop(b, b.add(rlo, first), rhi, hop, "thin.i") as i:
             arow = b.gep(A, [b.mul(i, a_rs)], inbounds=True, source_etype=T)
             with Loop(b, clo, chi, NR, "thin.j") as j:
                 cols = [b.add(j, c64(v * L)) for v in range(NV)]
