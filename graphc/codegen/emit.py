@@ -1965,12 +1965,27 @@ class ModuleEmitter:
                 f = ir.Function(self.module, ir.FunctionType(VOID, []), name="llvm.x86.sse2.pause")
             b.call(f, [])
 
+    # the program's kernels, without the floating-point environment: what a caller that sets it once for many
+    # calls runs (the training epoch: MXCSR loads wait for every floating-point operation in flight, so setting and
+    # restoring it around each step kept one step from overlapping the next; ~10% of a per-sample SGD step)
+    PROGRAM_BODY = "graphc_program.body"
+
     def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
+        fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR])
+        fn = ir.Function(self.module, fnty, name=self.PROGRAM_BODY)
+        fn.linkage = "internal"
         # noduplicate: no second copy of the whole program. LLVM's O3 function specialization otherwise clones it
         # for the one-thread call of graphc_run (tid 0, 1 thread): a third of the LSTM step's optimized IR and
-        # ~0.13 s of its 0.5 s in LLVM, for no measured speed (the kernels inside are the same loops).
+        # ~0.13 s of its 0.5 s in LLVM, for no measured speed (the kernels inside are the same loops). noinline:
+        # nor inlined into each of its callers (graphc_program, the epoch driver).
         fn.attributes.add("noduplicate")
+        fn.attributes.add("noinline")
+        outer = ir.Function(self.module, fnty, name="graphc_program")
+        ob = ir.IRBuilder(outer.append_basic_block("entry"))
+        saved = self.flush_denormals(ob)
+        ob.call(fn, list(outer.args))
+        self.restore_fp_env(ob, saved)
+        ob.ret_void()
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         self._prof = None
@@ -1982,10 +1997,8 @@ class ModuleEmitter:
             counts.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
             clock = ir.Function(self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
             self._prof = (slots, counts, clock)
-        saved = self.flush_denormals(b)
         for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
             self._run_counted(b, self.program.kernels[k], f, need, [bufs, dims, ws, tid, nth, bar])
-        self.restore_fp_env(b, saved)
         b.ret_void()
 
     # MXCSR bits: FTZ (results that would be denormal are 0) and DAZ (denormal operands read as 0)

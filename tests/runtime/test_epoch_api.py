@@ -204,3 +204,26 @@ def test_profiled_epoch_is_not_the_cached_plain_module():
     assert {name for name, _, _ in rows} == {k.name for k in ef.program.kernels}
     spent = sum(s + w for _, s, w in rows)
     assert 0 < spent <= wall
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_epoch_flushes_denormals_and_keeps_the_callers_environment(threads):
+    """The epoch driver sets FTZ/DAZ once for the whole epoch on every thread (not around each step): a step's
+    denormal results are 0 there as in gc.compile's programs, and the caller's environment is back afterwards."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("FTZ/DAZ is set on x86-64 only; other targets keep IEEE denormals")
+    x = gc.input("x", ("N", 3))
+    w = gc.input("w", (4096,))
+    scale = gc.input("scale", (), "float32")
+    loss = gc.sum(x) + gc.sum(w) * 0.0
+    ef = gc.EpochFunction(loss, {w: w * scale}, x=x, threads=threads)
+    tiny = np.float32(1e-38)  # normal; half of it is denormal
+    state = ef.aligned({"w": np.full(4096, tiny, np.float32)})
+    state["w"][1::2] = 4e-38
+    X = np.ones((5, 3), np.float32)
+    ef.run_epoch(X, None, state, batch=5, order=np.arange(5), scalars={"scale": 0.5})
+    assert np.all(state["w"][::2] == 0)  # IEEE: 5e-39
+    assert np.all(state["w"][1::2] == np.float32(2e-38))
+    assert np.float32(tiny) * np.float32(0.5) != 0  # the caller's MXCSR is back to IEEE
