@@ -1653,6 +1653,11 @@ class ModuleEmitter:
             accp = [alloca(b, V, name=f"thin.acc{v}") for v in range(NV)]
         lane_ids = ir.Constant(ir.VectorType(I64, L), list(range(L)))
         if k.tb:
+            # the lanes' offsets from the first: i32 where they fit (one 16-lane gather, not two of 8)
+            if isinstance(k.ldb, int) and k.ldb * L < 2**31:
+                lane_step = ir.Constant(ir.VectorType(I32, L), [i * k.ldb for i in range(L)])
+            else:
+                lane_step = b.mul(lane_ids, fe.splat(ldb, L))
             gather = self.declare(f"llvm.masked.gather.{vmath._type_suffix(V)}.v{L}p0",
                                   ir.FunctionType(V, [ir.VectorType(PTR, L), I32, MT, V]))
         # rows narrower than a vector (N static): visited `hop` rows apart, so that no row's vector loads overlap the
@@ -1672,9 +1677,8 @@ class ModuleEmitter:
                                         align=esize), L)
                     for v in range(NV):
                         if k.tb:  # op(B)[k, c] = B[c * ldb + k]: lanes ldb apart
-                            idx = b.add(b.mul(b.add(fe.splat(cols[v], L), lane_ids), fe.splat(ldb, L)),
-                                        fe.splat(kk, L))
-                            ptrv = b.gep(B, [idx], source_etype=T)
+                            base = b.gep(B, [b.add(b.mul(cols[v], ldb), kk)], source_etype=T)
+                            ptrv = b.gep(base, [lane_step], source_etype=T)
                             ptrv.type = ir.VectorType(PTR, L)  # llvmlite types a vector-indexed GEP as ptr
                             m = masks[v] if masks[v] is not None else ir.Constant(MT, [1] * L)
                             bv = b.call(gather, [ptrv, ir.Constant(I32, esize), m, ir.Constant(V, None)])
