@@ -7,7 +7,8 @@ starts the threads. Every value is computed the same way whatever the thread cou
 independent of it.
 
 Scalar code comes from each op's sympy formula (`ScalarEmitter`), applied to vectors of the target's width;
-transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm`."""
+transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm` (or, with one row
+of op(A) or K = 1, inline vector loops computing the same sums: `_emit_thin_gemm`)."""
 
 from __future__ import annotations
 
