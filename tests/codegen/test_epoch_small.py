@@ -191,3 +191,38 @@ def test_thin_products_are_bitwise_the_gemm_ones(name, build, monkeypatch):
             for a, b, r in zip(got[0], got[1], ref, strict=True):
                 assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (batch, threads)
                 np.testing.assert_allclose(a, r, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("target", ["x86-64", "x86-64-v3"])
+def test_thin_products_on_narrower_vectors(target, monkeypatch):
+    """The thin loops on SSE (4 lanes) and AVX2 (8 lanes): forward with an epilogue, x.W^T (gathers), a rank-1
+    update; bitwise the GEMM path's for the same target, and the reference's values."""
+    import platform
+
+    from graphc.codegen.emit import ModuleEmitter
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 targets")
+    x, w, b = gc.input("x", ("N", 7)), gc.input("w", (7, 37)), gc.input("b", (37,))
+    g, w2, lr = gc.input("g", ("N", 37)), gc.input("w2", (5, 37)), gc.input("lr", (), "float32")
+    outs, updates = [gc.relu(x @ w + b), g @ w2.T], {w: w - lr * (x.T @ g)}
+    thin = gc.compile(outs, updates=updates, target=target, cache=False)
+    assert "thin.k" in thin.llvm_ir
+    monkeypatch.setattr(ModuleEmitter, "_thin_condition", staticmethod(lambda fe, k, cfg: None))
+    gemm_only = gc.compile(outs, updates=updates, target=target, cache=False)
+    assert "thin.k" not in gemm_only.llvm_ir
+    monkeypatch.undo()
+    r = np.random.default_rng(7)
+    for n in (1, 2):
+        vals = {"x": r.standard_normal((n, 7)), "w": r.standard_normal((7, 37)), "b": r.standard_normal(37),
+                "g": r.standard_normal((n, 37)), "lr": 0.1, "w2": r.standard_normal((5, 37))}
+        vals = {k: np.asarray(v, np.float32) for k, v in vals.items()}
+        ref = gc.evaluate([*outs, *updates.values()], vals)
+        for threads in (1, 2):
+            got = []
+            for fn in (thin, gemm_only):
+                v = {k: a.copy() for k, a in vals.items()}
+                got.append([*fn(v, threads=threads), v["w"]])
+            for a, c, e in zip(*got, ref, strict=True):
+                assert a.tobytes() == c.tobytes(), (n, threads)
+                np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-5)
