@@ -7,7 +7,8 @@ starts the threads. Every value is computed the same way whatever the thread cou
 independent of it.
 
 Scalar code comes from each op's sympy formula (`ScalarEmitter`), applied to vectors of the target's width;
-transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm`."""
+transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm` (or, with one row
+of op(A) or K = 1, inline vector loops computing the same sums: `_emit_thin_gemm`)."""
 
 from __future__ import annotations
 
@@ -432,7 +433,14 @@ class FunctionEmitter:
         """This thread's [lo, hi) of range(total), in chunks that are multiples of `align`."""
         b = self.b
         tid, nth = self.threads()
-        per = b.sdiv(b.add(total, b.sub(nth, c64(1))), nth)
+        # one thread: no division (~12 cycles each, in every kernel of a step that may last 0.4 us)
+        pre = b.block
+        with b.if_then(b.icmp_signed("!=", nth, c64(1)), likely=False):
+            split = b.sdiv(b.add(total, b.sub(nth, c64(1))), nth)
+            split_blk = b.block
+        per = b.phi(I64)
+        per.add_incoming(total, pre)
+        per.add_incoming(split, split_blk)
         if align > 1:
             per = b.mul(b.sdiv(b.add(per, c64(align - 1)), c64(align)), c64(align))
         lo = b.mul(tid, per)
@@ -1517,7 +1525,6 @@ class ModuleEmitter:
         dtype = k.a.dtype
         static = lambda d: d if isinstance(d, int) else None  # noqa: E731
         c_store = k.stores[-1]
-        extra = k.stores[:-1]
         owner = self
 
         def epilogue(ctx: gemm_mod.EpilogueContext) -> ir.Value:
@@ -1526,16 +1533,7 @@ class ModuleEmitter:
             fe.b = ctx.builder
             fe.sc.b = ctx.builder
             try:
-                point = Point({0: ctx.row, 1: ctx.col}, vec_axis=1, lanes=ctx.lanes, mask=ctx.mask)
-                memo: dict = {}
-                out = None
-                row_off = ctx.builder.add(ctx.builder.mul(ctx.row, fe.dim(k.n)), ctx.col)
-                # every value before any store: an in-place update must not see another's new value
-                values = [fe.value(s.value, point, memo, ctx.acc) for s in extra]
-                out = None if k.c_scratch else fe.value(c_store.value, point, memo, ctx.acc)
-                for s, v in zip(extra, values, strict=True):
-                    fe.store(s.buf.index, s.buf.dtype, row_off, v, ctx.mask)
-                return out
+                return owner._gemm_epilogue(fe, k, ctx.row, ctx.col, ctx.mask, ctx.acc, ctx.lanes)
             finally:
                 fe.b = saved
                 fe.sc.b = saved
@@ -1545,12 +1543,12 @@ class ModuleEmitter:
         fn.linkage = "internal"
         fe = FunctionEmitter(self, fn)
         self._current_fe = fe
+        cfg = gemm_mod.config_for(self.target, dtype, static(k.n))
         # epilogue code runs inside the gemm function: it needs the tables; pass them as extra args
         inner = gemm_mod.emit_gemm(
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
-            extra_args=[PTR, PTR], config=gemm_mod.config_for(self.target, dtype, static(k.n)), a_view=k.a_view,
-            declare_helpers=self.declare_helpers,
+            extra_args=[PTR, PTR], config=cfg, a_view=k.a_view, declare_helpers=self.declare_helpers,
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
@@ -1578,9 +1576,133 @@ class ModuleEmitter:
                     new.append(t if off is None else b.add(off, t))
                 batch_loop(j + 1, new)
 
-        batch_loop(0, [None, None, None])
+        thin = self._thin_condition(fe, k, cfg)
+        if thin is None:
+            batch_loop(0, [None, None, None])
+        else:  # one row, or a rank-1 update: inline loops, no call into the GEMM driver
+            with b.if_else(thin, likely=True) as (yes, no):
+                with yes:
+                    self._emit_thin_gemm(fe, k, ptrs, cfg)
+                with no:
+                    batch_loop(0, [None, None, None])
+        self._current_fe = fe
         b.ret_void()
         return fn
+
+    def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int):
+        """A GEMM's epilogue at (row, col .. col + lanes - 1) of C for the finished sums `acc`: its extra stores
+        are made, the value for C (None: C is scratch) returned."""
+        b = fe.b
+        point = Point({0: row, 1: col}, vec_axis=1, lanes=lanes, mask=mask)
+        memo: dict = {}
+        row_off = b.add(b.mul(row, fe.dim(k.n)), col)
+        extra = k.stores[:-1]
+        # every value before any store: an in-place update must not see another's new value
+        values = [fe.value(s.value, point, memo, acc) for s in extra]
+        out = None if k.c_scratch else fe.value(k.stores[-1].value, point, memo, acc)
+        for s, v in zip(extra, values, strict=True):
+            fe.store(s.buf.index, s.buf.dtype, row_off, v, mask)
+        return out
+
+    @staticmethod
+    def _thin_condition(fe: FunctionEmitter, k: GemmKernel, cfg) -> ir.Value | None:
+        """When a product runs as inline loops (`_emit_thin_gemm`): an i1, or None where it never does. One row
+        of op(A) (a batch of 1 forward, or its input gradient) or K = 1 (the weight gradient of a batch of 1,
+        a rank-1 update), with K in one K block."""
+        if k.batch or k.a_view is not None:
+            return None
+        static = lambda d: d if isinstance(d, int) else None  # noqa: E731
+        m, kk = static(k.m), static(k.k)
+        if kk is not None and kk > cfg.kc:
+            return None
+        if m is not None and m > 1 and kk is not None and kk > 1:
+            return None
+        b = fe.b
+        M, K = fe.dim(k.m), fe.dim(k.k)
+        thin = b.or_(b.icmp_signed("==", M, c64(1)), b.icmp_signed("==", K, c64(1)))
+        return b.and_(thin, b.icmp_signed("<=", K, c64(cfg.kc)))
+
+    def _emit_thin_gemm(self, fe: FunctionEmitter, k: GemmKernel, ptrs: list, cfg) -> None:
+        """C = op(A) @ op(B) with its epilogue for one row of op(A) or K = 1, as plain vector loops in the
+        kernel (a GEMM call costs ~100 ns of set-up: driver, tile buffer, epilogue pass, for as little as 10
+        FMAs). Every element is the GEMM's own sum: one fmuladd chain over k in increasing order from zero (K is
+        one K block), then the same epilogue, so the results are bitwise the GEMM's. Threads split the columns
+        (one row) or the rows (in vectors of the GEMM's NR columns)."""
+        b = fe.b
+        dtype = k.a.dtype
+        L = self.lanes(dtype)
+        NR = cfg.nr
+        NV = NR // L
+        T = SCALAR[dtype]
+        V = ir.VectorType(T, L)
+        MT = ir.VectorType(I1, L)
+        esize = ITEMSIZE[dtype]
+        fmuladd = self.declare(f"llvm.fmuladd.{vmath._type_suffix(V)}", ir.FunctionType(V, [V, V, V]))
+        A, B, C = ptrs
+        M, N, K = fe.dim(k.m), fe.dim(k.n), fe.dim(k.k)
+        lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
+        a_rs, a_ks = (c64(1), lda) if k.ta else (lda, c64(1))
+        one_row = b.icmp_signed("==", M, c64(1))
+        clo, chi = fe.partition(N, NR)
+        rlo, rhi = fe.partition(M, 1)
+        rlo, rhi = b.select(one_row, c64(0), rlo), b.select(one_row, c64(1), rhi)
+        clo, chi = b.select(one_row, clo, c64(0)), b.select(one_row, chi, N)
+        full = isinstance(k.n, int) and k.n % NR == 0  # every vector whole (a thread's columns: whole NR blocks)
+        accp = []
+        with b.goto_block(fe.fn.entry_basic_block):
+            b.position_at_start(fe.fn.entry_basic_block)
+            accp = [alloca(b, V, name=f"thin.acc{v}") for v in range(NV)]
+        lane_ids = ir.Constant(ir.VectorType(I64, L), list(range(L)))
+        if k.tb:
+            # the lanes' offsets from the first: i32 where they fit (one 16-lane gather, not two of 8)
+            if isinstance(k.ldb, int) and k.ldb * L < 2**31:
+                lane_step = ir.Constant(ir.VectorType(I32, L), [i * k.ldb for i in range(L)])
+            else:
+                lane_step = b.mul(lane_ids, fe.splat(ldb, L))
+            gather = self.declare(f"llvm.masked.gather.{vmath._type_suffix(V)}.v{L}p0",
+                                  ir.FunctionType(V, [ir.VectorType(PTR, L), I32, MT, V]))
+        # rows narrower than a vector (N static): visited `hop` rows apart, so that no row's vector loads overlap the
+        # masked stores of the row just before (a load cannot take its bytes from a masked store: it waits for the
+        # store to reach the cache, a stall on every row)
+        hop = 1 if full or not isinstance(k.n, int) else -(-L // k.n)
+        with Loop(b, c64(0), c64(hop), 1, "thin.hop") as first, Loop(b, b.add(rlo, first), rhi, hop, "thin.i") as i:
+            arow = b.gep(A, [b.mul(i, a_rs)], inbounds=True, source_etype=T)
+            with Loop(b, clo, chi, NR, "thin.j") as j:
+                cols = [b.add(j, c64(v * L)) for v in range(NV)]
+                masks = [None if full else b.icmp_signed("<", b.add(fe.splat(c, L), lane_ids), fe.splat(chi, L))
+                         for c in cols]
+                for p in accp:
+                    b.store(ir.Constant(V, None), p)
+                with Loop(b, c64(0), K, 1, "thin.k") as kk:
+                    a = fe.splat(b.load(b.gep(arow, [b.mul(kk, a_ks)], inbounds=True, source_etype=T), typ=T,
+                                        align=esize), L)
+                    for v in range(NV):
+                        if k.tb:  # op(B)[k, c] = B[c * ldb + k]: lanes ldb apart
+                            base = b.gep(B, [b.add(b.mul(cols[v], ldb), kk)], source_etype=T)
+                            ptrv = b.gep(base, [lane_step], source_etype=T)
+                            ptrv.type = ir.VectorType(PTR, L)  # llvmlite types a vector-indexed GEP as ptr
+                            m = masks[v] if masks[v] is not None else ir.Constant(MT, [1] * L)
+                            bv = b.call(gather, [ptrv, ir.Constant(I32, esize), m, ir.Constant(V, None)])
+                        else:
+                            p = b.gep(B, [b.add(b.mul(kk, ldb), cols[v])], source_etype=T)
+                            if masks[v] is None:
+                                bv = b.load(p, typ=V, align=esize)
+                            else:
+                                bv = b.call(self.masked_load(V), [p, ir.Constant(I32, esize), masks[v],
+                                                                  ir.Constant(V, None)])
+                        b.store(b.call(fmuladd, [a, bv, b.load(accp[v], typ=V)]), accp[v])
+                for v in range(NV):
+                    acc = b.load(accp[v], typ=V)
+
+                    def finish(v=v, acc=acc):
+                        out = acc if _trivial(k) else self._gemm_epilogue(fe, k, i, cols[v], masks[v], acc, L)
+                        if out is not None:
+                            fe.store(k.stores[-1].buf.index, dtype, b.add(b.mul(i, N), cols[v]), out, masks[v])
+
+                    if v == 0:
+                        finish()
+                    else:  # a vector wholly past the columns touches nothing
+                        fe.when(b.icmp_signed("<", cols[v], chi), finish, f"thin.v{v}")
 
     def _wrap_epilogue(self, k: GemmKernel, epilogue):
         """Inside the gemm function the tables are its two extra arguments: re-point a FunctionEmitter."""
@@ -1855,12 +1977,27 @@ class ModuleEmitter:
                 f = ir.Function(self.module, ir.FunctionType(VOID, []), name="llvm.x86.sse2.pause")
             b.call(f, [])
 
+    # the program's kernels, without the floating-point environment: what a caller that sets it once for many
+    # calls runs (the training epoch: MXCSR loads wait for every floating-point operation in flight, so setting and
+    # restoring it around each step kept one step from overlapping the next; ~10% of a per-sample SGD step)
+    PROGRAM_BODY = "graphc_program.body"
+
     def _emit_program(self, fns: list[ir.Function], barriers: list[bool]) -> None:
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_program")
+        fnty = ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR])
+        fn = ir.Function(self.module, fnty, name=self.PROGRAM_BODY)
+        fn.linkage = "internal"
         # noduplicate: no second copy of the whole program. LLVM's O3 function specialization otherwise clones it
         # for the one-thread call of graphc_run (tid 0, 1 thread): a third of the LSTM step's optimized IR and
-        # ~0.13 s of its 0.5 s in LLVM, for no measured speed (the kernels inside are the same loops).
+        # ~0.13 s of its 0.5 s in LLVM, for no measured speed (the kernels inside are the same loops). noinline:
+        # nor inlined into each of its callers (graphc_program, the epoch driver).
         fn.attributes.add("noduplicate")
+        fn.attributes.add("noinline")
+        outer = ir.Function(self.module, fnty, name="graphc_program")
+        ob = ir.IRBuilder(outer.append_basic_block("entry"))
+        saved = self.flush_denormals(ob)
+        ob.call(fn, list(outer.args))
+        self.restore_fp_env(ob, saved)
+        ob.ret_void()
         bufs, dims, ws, tid, nth, bar = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         self._prof = None
@@ -1872,10 +2009,8 @@ class ModuleEmitter:
             counts.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
             clock = ir.Function(self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
             self._prof = (slots, counts, clock)
-        saved = self.flush_denormals(b)
         for k, (f, need) in enumerate(zip(fns, barriers, strict=True)):
             self._run_counted(b, self.program.kernels[k], f, need, [bufs, dims, ws, tid, nth, bar])
-        self.restore_fp_env(b, saved)
         b.ret_void()
 
     # MXCSR bits: FTZ (results that would be denormal are 0) and DAZ (denormal operands read as 0)

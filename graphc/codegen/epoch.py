@@ -3,7 +3,7 @@
 `graphc_epoch(ctx, -, -, nthreads)` takes the sample order (0..n-1, a Fisher-Yates shuffle driven by a
 counter-based hash of (seed, epoch, i), so an epoch's order depends on nothing else, or the caller's order),
 then for every mini-batch gathers its rows into the batch buffers, sets the batch size, the step number and the
-dropout key, runs `graphc_program` (forward, backward and the in-place parameter update), and checks the loss
+dropout key, runs the program's body (forward, backward and the in-place parameter update), and checks the loss
 (kept per step where LOSSES points at n_steps floats). A non-finite loss stops the epoch and reports the step.
 Python runs only between epochs.
 
@@ -67,12 +67,13 @@ def emit_epoch(spec: EpochSpec):
 
 def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
     m = me.module
-    program = m.globals["graphc_program"]
+    program = m.globals[me.PROGRAM_BODY]  # the floating-point environment is set once, for the whole epoch
     memcpy = ir.Function(m, ir.FunctionType(VOID, [PTR, PTR, I64, I1]), name="llvm.memcpy.p0.p0.i64")
     fn = ir.Function(m, ir.FunctionType(VOID, [PTR, PTR, PTR, I32, I32, PTR]), name="graphc_epoch_worker")
     fn.linkage = "internal"
     ctx, _, _, tid, nth, bar = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    saved_fp = me.flush_denormals(b)
 
     def slot(k):
         return b.gep(ctx, [c64(k)], source_etype=I64)
@@ -229,6 +230,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
         if_tid0(check)
     b.branch(loop_exit)
     b.position_at_end(loop_exit)
+    me.restore_fp_env(b, saved_fp)
     b.ret_void()
     me.emit_launcher("graphc_epoch", "graphc_epoch_worker")
 

@@ -859,13 +859,15 @@ def _emit_epilogue_fn(
     epilogue: Callable[[EpilogueContext], ir.Value],
     extras_t: ir.LiteralStructType,
     full_cols: bool,
+    n_static: int | None = None,
 ) -> ir.Function:
     """epi(tile, C, ldc, mrem, nrem, row, col, extras): C[i, j] = epilogue(tile[i, j]) for the first `mrem`
     rows and `nrem` columns of an MR x NR tile (row stride NR) whose top left element is C[row, col] (C points
     at it). `extras` points at a struct of the GEMM's extra arguments (`extras_t`).
 
     One loop over the tile's vectors (column vectors outer, rows inner), so the epilogue is emitted once.
-    `full_cols`: every tile is NR columns wide (a static N that is a multiple of NR): no masks."""
+    `full_cols`: every tile is NR columns wide (a static N that is a multiple of NR): no masks. `n_static`: N where
+    it is static."""
     cfg = g.cfg
     NR, L = cfg.nr, g.L
     # the pass proper takes the extra arguments as arguments (an epilogue may hoist code that uses them into
@@ -889,12 +891,21 @@ def _emit_epilogue_fn(
     c.add_attribute("noalias")
     b = ir.IRBuilder(inner.append_basic_block("entry"))
     ncols = _c64(NR) if full_cols else nrem
+    # rows narrower than a vector (masked vectors, ldc < L): visited `hop` rows apart, so that an epilogue's masked
+    # load of a row (an in-place update reading its parameter) never overlaps the masked store of the row just
+    # before: a load cannot take bytes from a masked store and waits for it to reach the cache
+    if full_cols or (n_static is not None and n_static >= L):
+        hop = _c64(1)
+    elif n_static is not None:
+        hop = _c64(-(-L // n_static))
+    else:
+        hop = b.select(b.icmp_signed("<", ldc, _c64(L)), _cdiv_ir(b, _c64(L), _smin(b, ldc, _c64(L))), _c64(1))
     with _Loop(b, _c64(0), ncols, _c64(L), "v") as off:
         mask = None if full_cols else g.lane_mask(b, 0, b.sub(nrem, off))
         colv = b.add(col, off)
         t0 = g.gep(b, tile, off)
         c0 = g.gep(b, c, off)
-        with _Loop(b, _c64(0), mrem, _c64(1), "r") as i:
+        with _Loop(b, _c64(0), hop, _c64(1), "rh") as first, _Loop(b, first, mrem, hop, "r") as i:
             acc = b.load(g.gep(b, t0, b.mul(i, _c64(NR))), typ=g.V, align=g.valign)
             ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g)
             out = epilogue(ctx)
@@ -1233,7 +1244,8 @@ def emit_gemm(
     ectx_t = ir.LiteralStructType(extra_args)
     epi = None
     if epilogue is not None:
-        epi = _emit_epilogue_fn(g, f"{name}.epilogue", epilogue, ectx_t, full_cols=N is not None and N % cfg.nr == 0)
+        epi = _emit_epilogue_fn(g, f"{name}.epilogue", epilogue, ectx_t, full_cols=N is not None and N % cfg.nr == 0,
+                               n_static=N)
 
     argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *extra_args]
     fn = ir.Function(module, ir.FunctionType(_VOID, argt), name)

@@ -132,7 +132,8 @@ class EpochFunction(CompiledFunction):
         )
 
     def variant(self) -> str:
-        return f"epoch:{self._spec()}:{self._init_specs() if self._params else ''}"
+        # the base's part too: a profiled module is another module (its counters), never the cached plain one
+        return f"{super().variant()}epoch:{self._spec()}:{self._init_specs() if self._params else ''}"
 
     def extras(self) -> tuple:
         from graphc.codegen.init import emit_init

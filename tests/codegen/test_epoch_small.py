@@ -121,3 +121,108 @@ def test_small_batch_epoch_follows_the_reference(batch):
         ref = {p.name: v for p, v in zip(updates, out[1:], strict=True)}
     for k in ref:
         np.testing.assert_allclose(state[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def _thin_cases():
+    """(name, build) pairs: build() -> (outputs, updates, feeds(batch, rng)) of graphs whose products are thin (one
+    row of op(A), or K = 1) at batch 1: forward with bias and relu, x.W^T, a rank-1 SGD update, odd sizes, K past
+    one K block, float64."""
+
+    def dense(k, n, dtype="float32"):
+        def build():
+            x = gc.input("x", ("N", k), dtype)
+            w = gc.input("w", (k, n), dtype)
+            b = gc.input("b", (n,), dtype)
+            return [gc.relu(x @ w + b)], None, lambda N, r: {"x": r.standard_normal((N, k)).astype(dtype),
+                                                                 "w": r.standard_normal((k, n)).astype(dtype),
+                                                                 "b": r.standard_normal(n).astype(dtype)}
+        return build
+
+    def dense_t(k, n):
+        def build():
+            g = gc.input("g", ("N", k))
+            w = gc.input("w", (n, k))
+            return [g @ w.T], None, lambda N, r: {"g": r.standard_normal((N, k)).astype(np.float32),
+                                                  "w": r.standard_normal((n, k)).astype(np.float32)}
+        return build
+
+    def rank1(m, n):  # W <- W - lr x^T g: K is the batch
+        def build():
+            x = gc.input("x", ("N", m))
+            g = gc.input("g", ("N", n))
+            w = gc.input("w", (m, n))
+            lr = gc.input("lr", (), "float32")
+            return [gc.sum(g)], {w: w - lr * (x.T @ g)}, lambda N, r: {
+                "x": r.standard_normal((N, m)).astype(np.float32), "g": r.standard_normal((N, n)).astype(np.float32),
+                "w": r.standard_normal((m, n)).astype(np.float32), "lr": np.float32(0.1)}
+        return build
+
+    return [("dense64x32", dense(64, 32)), ("dense32x10", dense(32, 10)), ("dense7x37", dense(7, 37)),
+            ("dense300x5", dense(300, 5)), ("dense9x20f64", dense(9, 20, "float64")), ("gwT10x32", dense_t(10, 32)),
+            ("gwT5x21", dense_t(5, 21)), ("rank64x32", rank1(64, 32)), ("rank32x10", rank1(32, 10)),
+            ("rank13x3", rank1(13, 3)), ("rank5x40", rank1(5, 40))]
+
+
+@pytest.mark.parametrize("name,build", _thin_cases(), ids=[c[0] for c in _thin_cases()])
+def test_thin_products_are_bitwise_the_gemm_ones(name, build, monkeypatch):
+    """A product with one row of op(A) or K = 1 runs as inline loops in its kernel instead of a GEMM call: its
+    results (epilogue and in-place update included) are bitwise the GEMM path's, on 1 and 2 threads, and follow
+    the reference evaluator at batch 1 and at small batches (where the GEMM runs)."""
+    from graphc.codegen.emit import ModuleEmitter
+
+    outs, updates, feeds = build()
+    thin = gc.compile(outs, updates=updates, cache=False)
+    assert ("thin.k" in thin.llvm_ir) == (name != "dense300x5")  # K = 300: two K blocks, the GEMM's
+    monkeypatch.setattr(ModuleEmitter, "_thin_condition", staticmethod(lambda fe, k, cfg: None))
+    gemm_only = gc.compile(outs, updates=updates, cache=False)
+    assert "thin.k" not in gemm_only.llvm_ir  # (emitted here, with the thin path off)
+    monkeypatch.undo()
+    rng = np.random.default_rng(len(name))
+    for batch in (1, 2, 3, 5):
+        vals = feeds(batch, rng)
+        ref = gc.evaluate([*outs, *(updates or {}).values()], vals)
+        tol = 1e-9 if vals["w"].dtype == np.float64 else 2e-5
+        for threads in (1, 2):
+            got = []
+            for fn in (thin, gemm_only):
+                v = {k: np.array(a) for k, a in vals.items()}  # updates write their inputs in place
+                res = fn(v, threads=threads)
+                got.append([*(res if isinstance(res, list) else [res]), *([v["w"]] if updates else [])])
+            for a, b, r in zip(got[0], got[1], ref, strict=True):
+                assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (batch, threads)
+                np.testing.assert_allclose(a, r, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("target", ["x86-64", "x86-64-v3"])
+def test_thin_products_on_narrower_vectors(target, monkeypatch):
+    """The thin loops on SSE (4 lanes) and AVX2 (8 lanes): forward with an epilogue, x.W^T (gathers), a rank-1
+    update; bitwise the GEMM path's for the same target, and the reference's values."""
+    import platform
+
+    from graphc.codegen.emit import ModuleEmitter
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 targets")
+    x, w, b = gc.input("x", ("N", 7)), gc.input("w", (7, 37)), gc.input("b", (37,))
+    g, w2, lr = gc.input("g", ("N", 37)), gc.input("w2", (5, 37)), gc.input("lr", (), "float32")
+    outs, updates = [gc.relu(x @ w + b), g @ w2.T], {w: w - lr * (x.T @ g)}
+    thin = gc.compile(outs, updates=updates, target=target, cache=False)
+    assert "thin.k" in thin.llvm_ir
+    monkeypatch.setattr(ModuleEmitter, "_thin_condition", staticmethod(lambda fe, k, cfg: None))
+    gemm_only = gc.compile(outs, updates=updates, target=target, cache=False)
+    assert "thin.k" not in gemm_only.llvm_ir
+    monkeypatch.undo()
+    r = np.random.default_rng(7)
+    for n in (1, 2):
+        vals = {"x": r.standard_normal((n, 7)), "w": r.standard_normal((7, 37)), "b": r.standard_normal(37),
+                "g": r.standard_normal((n, 37)), "lr": 0.1, "w2": r.standard_normal((5, 37))}
+        vals = {k: np.asarray(v, np.float32) for k, v in vals.items()}
+        ref = gc.evaluate([*outs, *updates.values()], vals)
+        for threads in (1, 2):
+            got = []
+            for fn in (thin, gemm_only):
+                v = {k: a.copy() for k, a in vals.items()}
+                got.append([*fn(v, threads=threads), v["w"]])
+            for a, c, e in zip(*got, ref, strict=True):
+                assert a.tobytes() == c.tobytes(), (n, threads)
+                np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-5)

@@ -185,3 +185,45 @@ def test_readme_epoch_example_runs():
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split("\n")
     assert [ln.split()[0] for ln in lines[:5]] == ["0", "1", "2", "3", "4"] and lines[0].split()[2] == "1000"
+
+
+def test_profiled_epoch_is_not_the_cached_plain_module():
+    """A profiled EpochFunction of a graph already compiled without profiling has its own module (its counters):
+    the cache key says so, and the report holds the epoch's kernel times."""
+    import time
+
+    x, y, loss, params, updates = _net(name="prof")
+    gc.EpochFunction(loss, updates, x=x, y=y, threads=1)  # the plain module, cached
+    ef = gc.EpochFunction(loss, updates, x=x, y=y, threads=1, profile=True)
+    X, Y = _data()
+    state = gc.nn.init_params(params, seed=0)
+    t0 = time.perf_counter()
+    ef.run_epoch(X, Y, state, batch=4, scalars={"lr": 0.1})
+    wall = time.perf_counter() - t0
+    rows = ef.profile_report()
+    assert {name for name, _, _ in rows} == {k.name for k in ef.program.kernels}
+    spent = sum(s + w for _, s, w in rows)
+    assert 0 < spent <= wall
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_epoch_flushes_denormals_and_keeps_the_callers_environment(threads):
+    """The epoch driver sets FTZ/DAZ once for the whole epoch on every thread (not around each step): a step's
+    denormal results are 0 there as in gc.compile's programs, and the caller's environment is back afterwards."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("FTZ/DAZ is set on x86-64 only; other targets keep IEEE denormals")
+    x = gc.input("x", ("N", 3))
+    w = gc.input("w", (4096,))
+    scale = gc.input("scale", (), "float32")
+    loss = gc.sum(x) + gc.sum(w) * 0.0
+    ef = gc.EpochFunction(loss, {w: w * scale}, x=x, threads=threads)
+    tiny = np.float32(1e-38)  # normal; half of it is denormal
+    state = ef.aligned({"w": np.full(4096, tiny, np.float32)})
+    state["w"][1::2] = 4e-38
+    X = np.ones((5, 3), np.float32)
+    ef.run_epoch(X, None, state, batch=5, order=np.arange(5), scalars={"scale": 0.5})
+    assert np.all(state["w"][::2] == 0)  # IEEE: 5e-39
+    assert np.all(state["w"][1::2] == np.float32(2e-38))
+    assert np.float32(tiny) * np.float32(0.5) != 0  # the caller's MXCSR is back to IEEE
