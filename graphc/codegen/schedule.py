@@ -158,6 +158,10 @@ class Lowering:
         assert len(index) == x.ndim, (self.node.op.name, index, x.shape)
         return self.sched.expr(x, tuple(_norm(sympy.expand(i)) for i in index))
 
+    def in_memory(self, k: int) -> bool:
+        """Whether input k sits in memory as a row-major array (a leaf, stored, or a view of one)."""
+        return self.sched._in_memory(self.node.inputs[k], self.sched.mat)
+
     def flat(self, k: int) -> Expr:
         """Input k's storage (row-major) read at this node's row-major position: a regrouping reshape."""
         return self.sched.storage_load(self.node.inputs[k], self.node.shape, self.out)

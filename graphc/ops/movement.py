@@ -78,13 +78,91 @@ class Reshape(Op):
         return True
 
     def needs_memory(self, node):
-        return () if _squeeze_map(node.inputs[0].shape, node.shape) is not None else (0,)
+        src, dst = node.inputs[0].shape, node.shape
+        return () if _squeeze_map(src, dst) is not None or _regroups_a_transpose(node) else (0,)
 
     def lower(self, node, lx):
-        sq = _squeeze_map(node.inputs[0].shape, node.shape)
-        if sq is None:  # the elements regroup: read the input's storage at this row-major position
+        src, dst = node.inputs[0].shape, node.shape
+        sq = _squeeze_map(src, dst)
+        if sq is not None:
+            return lx.at(0, [0 if j is None else lx.out[j] for j in sq])
+        groups = _inner_regroup(src, dst) if _regroups_a_transpose(node) else None
+        if groups is None or lx.in_memory(0):  # read the input's storage at this row-major position
             return lx.flat(0)
-        return lx.at(0, [0 if j is None else lx.out[j] for j in sq])
+        # outer axes regroup, the innermost stays: the input's index digits from this point's (floor divisions
+        # and remainders of the outer indices; the vectorized innermost axis stays affine), so an expression
+        # (a pooling gradient routed back to its windows, say) need not be stored first
+        index: list = [0] * len(src)
+        for si, dj in groups:
+            flat = 0
+            for j in dj:
+                flat = flat * dst[j] + lx.out[j]
+            for i in reversed(si[1:]):
+                index[i] = sympy.Mod(flat, src[i])
+                flat = floordiv(flat, src[i])
+            if si:
+                index[si[0]] = flat
+        return lx.at(0, index)
+
+
+def _regroups_a_transpose(node) -> bool:
+    """A reshape merging or splitting the outer axes of a transpose that keeps the innermost axis (a pooling
+    window's gradient routed back to its image: (N, OH, KH, OW, KW, C) -> (N, H, W, C)) reads the transpose's
+    input by index arithmetic instead of storing the transpose first. Other regroups keep reading their input's
+    storage (a matrix product's output, an image packed as an im2col view: where storing is what is wanted)."""
+    x = node.inputs[0]
+    return (x.op is TRANSPOSE and x.attrs["perm"][-1] == x.ndim - 1
+            and _inner_regroup(x.shape, node.shape) is not None)
+
+
+def _inner_regroup(src, dst) -> list[tuple[list[int], list[int]]] | None:
+    """For a reshape that regroups adjacent outer axes and keeps the innermost axis: the groups (src axes, dst
+    axes) of equal size (an axis of size 1 may stand alone), outermost first; within a group only the outermost
+    axis of each side may be symbolic (the batch: (N, 16, 2, 16, 2, C) -> (1024·N, C)). None otherwise."""
+    one = lambda d: isinstance(d, int) and d == 1  # noqa: E731
+    groups: list[tuple[list[int], list[int]]] = []
+    i, j = len(src) - 1, len(dst) - 1
+    while i >= 0 or j >= 0:  # from the innermost axis out
+        if i >= 0 and one(src[i]):
+            groups.append(([i], []))
+            i -= 1
+        elif j >= 0 and one(dst[j]):
+            groups.append(([], [j]))
+            j -= 1
+        elif i < 0 or j < 0:
+            return None
+        elif dims_equal(src[i], dst[j]):
+            groups.append(([i], [j]))
+            i, j = i - 1, j - 1
+        else:
+            si, dj = [i], [j]
+            ps, pd = src[i], dst[j]
+            while isinstance(ps, int) and isinstance(pd, int) and ps != pd:
+                if ps < pd:
+                    i -= 1
+                    if i < 0:
+                        return None
+                    si.insert(0, i)
+                    ps *= src[i]
+                else:
+                    j -= 1
+                    if j < 0:
+                        return None
+                    dj.insert(0, j)
+                    pd *= dst[j]
+            if not (isinstance(ps, int) and isinstance(pd, int)):  # a symbolic dim: the rest is one group
+                si, dj = list(range(si[-1] + 1)), list(range(dj[-1] + 1))
+                if (not dims_equal(size([src[a] for a in si]), size([dst[b] for b in dj]))
+                        or any(not isinstance(src[a], int) for a in si[1:])
+                        or any(not isinstance(dst[b], int) for b in dj[1:])):
+                    return None
+            groups.append((si, dj))
+            i, j = si[0] - 1, dj[0] - 1
+    groups.reverse()
+    last = next((g for g in reversed(groups) if g[0] and g[1]), None)
+    if last is None or len(last[0]) != 1 or len(last[1]) != 1 or not any(len(g[0]) + len(g[1]) > 2 for g in groups):
+        return None
+    return groups
 
 
 def _squeeze_map(src, dst) -> list[int | None] | None:

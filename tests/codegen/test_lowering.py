@@ -4,6 +4,7 @@ bounds checks, scatter-adds) works for ops defined outside graphc."""
 
 import numpy as np
 import pytest
+import sympy
 
 import graphc as gc
 from graphc.codegen import stages
@@ -358,3 +359,28 @@ def test_products_sharing_their_left_operand_run_as_one_gemm():
     vals = dict(gc.nn.init_params(ws, seed=0), h=np.random.default_rng(4).standard_normal((9, 12)).astype(np.float32))
     for got, ref in zip(fn(vals), gc.evaluate(outs, vals), strict=True):
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
+
+
+def test_a_regrouped_transpose_is_read_by_index_arithmetic_not_stored():
+    """The max-pool gradient routes each window's cotangent back to its image through a transpose of the window
+    axes and a reshape merging them into rows (N, OH, KH, OW, KW, C) -> (N, H, W, C): the reshape reads the
+    transpose's input at floor-divided indices, so no transposed copy is stored; matches the reference."""
+    from graphc.codegen.kernels import LoopKernel
+    from graphc.ops.movement import _inner_regroup
+
+    N = sympy.Symbol("N")
+    assert _inner_regroup((N, 4, 2, 3, 2, 5), (N, 8, 6, 5)) == [([0], [0]), ([1, 2], [1]), ([3, 4], [2]), ([5], [3])]
+    assert _inner_regroup((N, 16, 2, 5), (32 * N, 5)) == [([0, 1, 2], [0]), ([3], [1])]
+    assert _inner_regroup((6, 4), (4, 6)) is None  # the innermost axis changes: the storage is read
+    x = gc.input("x", ("N", 6, 10, 3))
+    y = gc.nn.max_pool2d(gc.relu(x), 2)
+    loss = gc.sum(y * y)
+    outs = [loss, *gc.grad(loss, [x])]
+    fn = gc.compile(outs, threads=2)
+    assert not [k for k in fn.program.kernels if isinstance(k, LoopKernel) and "transpose" in k.name]
+    rng = np.random.default_rng(0)
+    v = {"x": rng.normal(size=(3, 6, 10, 3)).astype(np.float32)}
+    v["x"][0, 0, :2, 0] = 0.5  # a tie: the cotangent splits
+    want = gc.evaluate(outs, {"x": v["x"].astype(np.float64)})
+    for got, w in zip(fn(v), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
