@@ -1580,13 +1580,31 @@ class ModuleEmitter:
         if thin is None:
             batch_loop(0, [None, None, None])
         else:  # one row, or a rank-1 update: inline loops, no call into the GEMM driver
+            tf = self._thin_fn(k, cfg)
             with b.if_else(thin, likely=True) as (yes, no):
                 with yes:
-                    self._emit_thin_gemm(fe, k, ptrs, cfg)
+                    b.call(tf, list(fn.args))
                 with no:
                     batch_loop(0, [None, None, None])
         self._current_fe = fe
         b.ret_void()
+        return fn
+
+    def _thin_fn(self, k: GemmKernel, cfg) -> ir.Function:
+        """The thin path of product k (`_emit_thin_gemm`) as a function of the kernel's arguments, compiled for
+        size (optsize: its loops are vector code already, and a training step holds several such products:
+        unrolled, they cost ~0.15 s of LLVM time)."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=f"{k.name}.thin")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("optsize")
+        fe = FunctionEmitter(self, fn)
+        saved = self._current_fe
+        self._current_fe = fe
+        ptrs = [fe.buf_ptr(k.a.index), fe.buf_ptr(k.b.index), fe.buf_ptr(k.stores[-1].buf.index)]
+        self._emit_thin_gemm(fe, k, ptrs, cfg)
+        fe.b.ret_void()
+        self._current_fe = saved
         return fn
 
     def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int):
@@ -1612,14 +1630,19 @@ class ModuleEmitter:
         if k.batch or k.a_view is not None:
             return None
         static = lambda d: d if isinstance(d, int) else None  # noqa: E731
-        m, kk = static(k.m), static(k.k)
+        m, n, kk = static(k.m), static(k.n), static(k.k)
         if kk is not None and kk > cfg.kc:
             return None
-        if m is not None and m > 1 and kk is not None and kk > 1:
+        # only where the driver's set-up would weigh: a product of at most THIN_WORK multiply-adds in that shape
+        # (each thin path is code LLVM compiles whether or not a batch of 1 ever comes)
+        row = m in (None, 1) and n is not None and kk is not None and n * kk <= THIN_WORK
+        rank1 = kk in (None, 1) and m is not None and n is not None and m * n <= THIN_WORK
+        if not (row or rank1):
             return None
         b = fe.b
         M, K = fe.dim(k.m), fe.dim(k.k)
-        thin = b.or_(b.icmp_signed("==", M, c64(1)), b.icmp_signed("==", K, c64(1)))
+        cases = ([b.icmp_signed("==", M, c64(1))] if row else []) + ([b.icmp_signed("==", K, c64(1))] if rank1 else [])
+        thin = cases[0] if len(cases) == 1 else b.or_(*cases)
         return b.and_(thin, b.icmp_signed("<=", K, c64(cfg.kc)))
 
     def _emit_thin_gemm(self, fe: FunctionEmitter, k: GemmKernel, ptrs: list, cfg) -> None:
@@ -2176,6 +2199,12 @@ class ModuleEmitter:
             b.branch(cont)
             b.position_at_end(cont)
         b.ret(n_run)
+
+
+# A thin product (one row of op(A), or K = 1) runs as inline loops when its multiply-adds in that shape are at most
+# this many: ~16k FMAs take ~0.3 us, where the GEMM driver's ~0.1 us of set-up weighs; beyond, the thin path's code
+# (compiled whether or not a batch of 1 comes) is not worth its compile time.
+THIN_WORK = 16384
 
 
 def _trivial(k: GemmKernel) -> bool:

@@ -193,6 +193,20 @@ def test_thin_products_are_bitwise_the_gemm_ones(name, build, monkeypatch):
                 np.testing.assert_allclose(a, r, rtol=tol, atol=tol * 10)
 
 
+def test_large_products_get_no_thin_path():
+    """The thin loops are code LLVM compiles whether or not a batch of 1 comes: only products small enough for
+    the GEMM's set-up to weigh get them (a 784 x 256 layer's forward and rank-1 update do not; a 128 x 10 one's
+    do)."""
+    from graphc.codegen.emit import THIN_WORK
+
+    for m, n, want in ((784, 256, False), (128, 10, True)):
+        assert (m * n <= THIN_WORK) == want
+        x, w, g = gc.input("x", ("N", m)), gc.input("w", (m, n)), gc.input("g", ("N", n))
+        lr = gc.input("lr", (), "float32")
+        fn = gc.compile([x @ w], updates={w: w - lr * (x.T @ g)}, cache=False)
+        assert ("thin.k" in fn.llvm_ir) == want
+
+
 @pytest.mark.parametrize("target", ["x86-64", "x86-64-v3"])
 def test_thin_products_on_narrower_vectors(target, monkeypatch):
     """The thin loops on SSE (4 lanes) and AVX2 (8 lanes): forward with an epilogue, x.W^T (gathers), a rank-1
