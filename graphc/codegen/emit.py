@@ -1046,6 +1046,7 @@ class ModuleEmitter:
         self.profile = profile
         self.declare_helpers = declare_helpers
         self._prof = None  # (slots, counts, clock) while the program is emitted with profiling
+        self._small: bool | None = None  # every product small enough for a thin path (_small_products)
         self.program = program
         self.target = target
         self.module = ir.Module(name=name)
@@ -1576,35 +1577,17 @@ class ModuleEmitter:
                     new.append(t if off is None else b.add(off, t))
                 batch_loop(j + 1, new)
 
-        thin = self._thin_condition(fe, k, cfg)
+        thin = self._thin_condition(fe, k, cfg) if self._small_products() else None
         if thin is None:
             batch_loop(0, [None, None, None])
         else:  # one row, or a rank-1 update: inline loops, no call into the GEMM driver
-            tf = self._thin_fn(k, cfg)
             with b.if_else(thin, likely=True) as (yes, no):
                 with yes:
-                    b.call(tf, list(fn.args))
+                    self._emit_thin_gemm(fe, k, ptrs, cfg)
                 with no:
                     batch_loop(0, [None, None, None])
         self._current_fe = fe
         b.ret_void()
-        return fn
-
-    def _thin_fn(self, k: GemmKernel, cfg) -> ir.Function:
-        """The thin path of product k (`_emit_thin_gemm`) as a function of the kernel's arguments, compiled for
-        size (optsize: its loops are vector code already, and a training step holds several such products:
-        unrolled, they cost ~0.15 s of LLVM time)."""
-        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=f"{k.name}.thin")
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
-        fn.attributes.add("optsize")
-        fe = FunctionEmitter(self, fn)
-        saved = self._current_fe
-        self._current_fe = fe
-        ptrs = [fe.buf_ptr(k.a.index), fe.buf_ptr(k.b.index), fe.buf_ptr(k.stores[-1].buf.index)]
-        self._emit_thin_gemm(fe, k, ptrs, cfg)
-        fe.b.ret_void()
-        self._current_fe = saved
         return fn
 
     def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int):
@@ -1622,21 +1605,23 @@ class ModuleEmitter:
             fe.store(s.buf.index, s.buf.dtype, row_off, v, mask)
         return out
 
+    def _small_products(self) -> bool:
+        """Whether every matrix product of the program is small enough for a thin path (`_thin_shapes`): only
+        then do thin paths pay for the code they add (a step of a small net at batch 1 lasts ~0.4 us, of which
+        the GEMM driver's set-up would be a quarter per product; beside one large product, whose GEMM call runs
+        anyway, they save a few percent and cost compile time: the 784-256-128-10 epoch's 0.48 -> 0.52 s)."""
+        if self._small is None:
+            self._small = all(any(_thin_shapes(k, gemm_mod.config_for(self.target, k.a.dtype,
+                                                                         k.n if isinstance(k.n, int) else None)))
+                              for k in all_kernels(self.program.kernels) if isinstance(k, GemmKernel))
+        return self._small
+
     @staticmethod
     def _thin_condition(fe: FunctionEmitter, k: GemmKernel, cfg) -> ir.Value | None:
         """When a product runs as inline loops (`_emit_thin_gemm`): an i1, or None where it never does. One row
         of op(A) (a batch of 1 forward, or its input gradient) or K = 1 (the weight gradient of a batch of 1,
         a rank-1 update), with K in one K block."""
-        if k.batch or k.a_view is not None:
-            return None
-        static = lambda d: d if isinstance(d, int) else None  # noqa: E731
-        m, n, kk = static(k.m), static(k.n), static(k.k)
-        if kk is not None and kk > cfg.kc:
-            return None
-        # only where the driver's set-up would weigh: a product of at most THIN_WORK multiply-adds in that shape
-        # (each thin path is code LLVM compiles whether or not a batch of 1 ever comes)
-        row = m in (None, 1) and n is not None and kk is not None and n * kk <= THIN_WORK
-        rank1 = kk in (None, 1) and m is not None and n is not None and m * n <= THIN_WORK
+        row, rank1 = _thin_shapes(k, cfg)
         if not (row or rank1):
             return None
         b = fe.b
@@ -1671,10 +1656,10 @@ class ModuleEmitter:
         rlo, rhi = b.select(one_row, c64(0), rlo), b.select(one_row, c64(1), rhi)
         clo, chi = b.select(one_row, clo, c64(0)), b.select(one_row, chi, N)
         full = isinstance(k.n, int) and k.n % NR == 0  # every vector whole (a thread's columns: whole NR blocks)
-        accp = []
         with b.goto_block(fe.fn.entry_basic_block):
             b.position_at_start(fe.fn.entry_basic_block)
-            accp = [alloca(b, V, name=f"thin.acc{v}") for v in range(NV)]
+            accs = alloca(b, V, c64(NV), name="thin.acc")
+        accp = [b.gep(accs, [c64(v)], source_etype=V) for v in range(NV)]
         lane_ids = ir.Constant(ir.VectorType(I64, L), list(range(L)))
         if k.tb:
             # the lanes' offsets from the first: i32 where they fit (one 16-lane gather, not two of 8)
@@ -1714,18 +1699,17 @@ class ModuleEmitter:
                                 bv = b.call(self.masked_load(V), [p, ir.Constant(I32, esize), masks[v],
                                                                   ir.Constant(V, None)])
                         b.store(b.call(fmuladd, [a, bv, b.load(accp[v], typ=V)]), accp[v])
-                for v in range(NV):
-                    acc = b.load(accp[v], typ=V)
-
-                    def finish(v=v, acc=acc):
-                        out = acc if _trivial(k) else self._gemm_epilogue(fe, k, i, cols[v], masks[v], acc, L)
-                        if out is not None:
-                            fe.store(k.stores[-1].buf.index, dtype, b.add(b.mul(i, N), cols[v]), out, masks[v])
-
-                    if v == 0:
-                        finish()
-                    else:  # a vector wholly past the columns touches nothing
-                        fe.when(b.icmp_signed("<", cols[v], chi), finish, f"thin.v{v}")
+                # the epilogue once, in a loop over the block's vectors that hold columns (a vector wholly past
+                # the columns touches nothing)
+                nv = c64(NV) if full else b.select(b.icmp_signed("<", b.sub(chi, j), c64(NR)),
+                                                   b.sdiv(b.add(b.sub(chi, j), c64(L - 1)), c64(L)), c64(NV))
+                with Loop(b, c64(0), nv, 1, "thin.v") as v:
+                    col = b.add(j, b.mul(v, c64(L)))
+                    mask = None if full else b.icmp_signed("<", b.add(fe.splat(col, L), lane_ids), fe.splat(chi, L))
+                    acc = b.load(b.gep(accs, [v], source_etype=V), typ=V)
+                    out = acc if _trivial(k) else self._gemm_epilogue(fe, k, i, col, mask, acc, L)
+                    if out is not None:
+                        fe.store(k.stores[-1].buf.index, dtype, b.add(b.mul(i, N), col), out, mask)
 
     def _wrap_epilogue(self, k: GemmKernel, epilogue):
         """Inside the gemm function the tables are its two extra arguments: re-point a FunctionEmitter."""
@@ -2205,6 +2189,21 @@ class ModuleEmitter:
 # this many: ~16k FMAs take ~0.3 us, where the GEMM driver's ~0.1 us of set-up weighs; beyond, the thin path's code
 # (compiled whether or not a batch of 1 comes) is not worth its compile time.
 THIN_WORK = 16384
+
+
+def _thin_shapes(k: GemmKernel, cfg) -> tuple[bool, bool]:
+    """(one row of op(A), K = 1): the thin shapes product k may run in (`_emit_thin_gemm`), each only where the
+    driver's set-up would weigh: at most THIN_WORK multiply-adds in that shape, K in one K block (each thin path
+    is code LLVM compiles whether or not a batch of 1 ever comes)."""
+    if k.batch or k.a_view is not None:
+        return False, False
+    static = lambda d: d if isinstance(d, int) else None  # noqa: E731
+    m, n, kk = static(k.m), static(k.n), static(k.k)
+    if kk is not None and kk > cfg.kc:
+        return False, False
+    row = m in (None, 1) and n is not None and kk is not None and n * kk <= THIN_WORK
+    rank1 = kk in (None, 1) and m is not None and n is not None and m * n <= THIN_WORK
+    return row, rank1
 
 
 def _trivial(k: GemmKernel) -> bool:

@@ -194,17 +194,26 @@ def test_thin_products_are_bitwise_the_gemm_ones(name, build, monkeypatch):
 
 
 def test_large_products_get_no_thin_path():
-    """The thin loops are code LLVM compiles whether or not a batch of 1 comes: only products small enough for
-    the GEMM's set-up to weigh get them (a 784 x 256 layer's forward and rank-1 update do not; a 128 x 10 one's
-    do)."""
+    """The thin loops are code LLVM compiles whether or not a batch of 1 comes: a program gets them only when
+    every product is small enough for the GEMM's set-up to weigh (a 128 x 10 layer's forward and rank-1 update
+    do; a 784 x 256 one's do not, nor the small layer's beside it, whose step the large product dominates)."""
     from graphc.codegen.emit import THIN_WORK
 
-    for m, n, want in ((784, 256, False), (128, 10, True)):
-        assert (m * n <= THIN_WORK) == want
-        x, w, g = gc.input("x", ("N", m)), gc.input("w", (m, n)), gc.input("g", ("N", n))
+    def program(*sizes):
+        x = gc.input("x", ("N", sizes[0]))
         lr = gc.input("lr", (), "float32")
-        fn = gc.compile([x @ w], updates={w: w - lr * (x.T @ g)}, cache=False)
-        assert ("thin.k" in fn.llvm_ir) == want
+        outs, updates, h = [], {}, x
+        for i, (m, n) in enumerate(zip(sizes, sizes[1:], strict=False)):
+            w, g = gc.input(f"w{i}", (m, n)), gc.input(f"g{i}", ("N", n))
+            updates[w] = w - lr * (h.T @ g)
+            h = h @ w
+            outs.append(h)
+        return gc.compile(outs, updates=updates, cache=False)
+
+    assert 128 * 10 <= THIN_WORK < 784 * 256
+    assert "thin.k" in program(128, 10).llvm_ir
+    assert "thin.k" not in program(784, 256).llvm_ir
+    assert "thin.k" not in program(784, 128, 10).llvm_ir
 
 
 @pytest.mark.parametrize("target", ["x86-64", "x86-64-v3"])
