@@ -19,7 +19,7 @@ from typing import Any
 import sympy
 
 from graphc.ir.node import Node
-from graphc.ir.shapes import Dim, Shape, fmt_dim, fmt_shape
+from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_dim, fmt_shape
 
 LOOP = tuple(sympy.Symbol(f"_i{k}", integer=True) for k in range(32))  # loop indices, outermost first
 LOOP_AXIS = {s: k for k, s in enumerate(LOOP)}
@@ -508,10 +508,6 @@ def all_kernels(kernels):
 # ----------------------------------------------------------------------------------------- row-split loops
 
 
-def _same_dim(a: Dim, b: Dim) -> bool:
-    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
-
-
 def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     """Whether the threads may run loop `k` on disjoint row ranges of its batch, each thread the whole loop over
     its rows with no barrier inside (a recurrent layer's sequences are independent): (the batch dim D, the row
@@ -521,7 +517,14 @@ def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     body kernel keeps to its own rows: an elementwise loop or a row-wise reduction whose outermost axis runs over
     D, reading D-row buffers at that row and other buffers (loop-invariant: weights, biases) without it; a
     matrix product whose A and C are D-row buffers (A not transposed, no view) and whose B is loop-invariant.
-    No kernel may read D itself, the row index as a value, or guard on it (each thread's rows count from 0)."""
+    No kernel may read D itself, the row index as a value, or guard on it (each thread's rows count from 0).
+    Decided once per loop (the emitter and the memory plan both ask)."""
+    if "_split_rows" not in k.__dict__:
+        k.__dict__["_split_rows"] = _split_rows(k)
+    return k.__dict__["_split_rows"]
+
+
+def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     body = k.body
     kernels = body.kernels
     written = {b.index for kk in kernels for b in (kk.writes if not isinstance(kk, ScanKernel) else ())}
@@ -535,7 +538,7 @@ def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
         shape = buf.shape
         if any(sympy.sympify(d).has(D) for d in shape[1:]):
             return None
-        if shape and _same_dim(shape[0], D):
+        if shape and dims_equal(shape[0], D):
             size = 1
             for d in shape[1:]:
                 if not isinstance(d, int):
@@ -566,28 +569,28 @@ def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
         return True
 
     def stores_ok(stores, per_row: Dim) -> bool:
-        return all(s.buf.index in rows and _same_dim(rows[s.buf.index], per_row) for s in stores)
+        return all(s.buf.index in rows and dims_equal(rows[s.buf.index], per_row) for s in stores)
 
     for kk in kernels:
         if isinstance(kk, LoopKernel):
             dom = kk.domain
-            if not dom or not _same_dim(dom[0], D) or any(sympy.sympify(d).has(D) for d in dom[1:]):
+            if not dom or not dims_equal(dom[0], D) or any(sympy.sympify(d).has(D) for d in dom[1:]):
                 return None
             per_row = sympy.prod([sympy.sympify(d) for d in dom[1:]])
             if not stores_ok(kk.stores, per_row) or not loads_ok([s.value for s in kk.stores]):
                 return None
         elif isinstance(kk, ReduceKernel):
             dom = kk.domain
-            if (not dom or 0 in kk.axes or not _same_dim(dom[0], D)
+            if (not dom or 0 in kk.axes or not dims_equal(dom[0], D)
                     or any(sympy.sympify(d).has(D) for d in dom[1:])):
                 return None
             per_row = sympy.prod([sympy.sympify(dom[a]) for a in kk.kept if a != 0])
             if not stores_ok(kk.stores, per_row) or not loads_ok([kk.body, *(s.value for s in kk.stores)]):
                 return None
         elif isinstance(kk, GemmKernel):
-            if (kk.batch or kk.a_view is not None or kk.ta or not _same_dim(kk.m, D)
+            if (kk.batch or kk.a_view is not None or kk.ta or not dims_equal(kk.m, D)
                     or not isinstance(kk.n, int) or not isinstance(kk.k, int)
-                    or kk.a.index not in rows or not _same_dim(kk.lda, rows[kk.a.index])
+                    or kk.a.index not in rows or not dims_equal(kk.lda, rows[kk.a.index])
                     or kk.b.index in rows or kk.b.index in written):
                 return None
             if not stores_ok(kk.stores, kk.n) or not loads_ok([s.value for s in kk.stores]):
