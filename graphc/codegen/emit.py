@@ -372,6 +372,25 @@ class Point:
     vec_extent: int | None = None  # the vector axis's extent when it is static (its indices then fit an i32)
 
 
+def partition(b: ir.IRBuilder, total: ir.Value, tid: ir.Value, nth: ir.Value, align: int) -> tuple[ir.Value, ir.Value]:
+    """Thread `tid` of `nth`'s [lo, hi) of range(total) (all i64), in chunks that are multiples of `align`."""
+    # one thread: no division (~12 cycles each, in every kernel of a step that may last 0.4 us)
+    pre = b.block
+    with b.if_then(b.icmp_signed("!=", nth, c64(1)), likely=False):
+        split = b.sdiv(b.add(total, b.sub(nth, c64(1))), nth)
+        split_blk = b.block
+    per = b.phi(I64)
+    per.add_incoming(total, pre)
+    per.add_incoming(split, split_blk)
+    if align > 1:
+        per = b.mul(b.sdiv(b.add(per, c64(align - 1)), c64(align)), c64(align))
+    lo = b.mul(tid, per)
+    lo = b.select(b.icmp_signed("<", lo, total), lo, total)
+    hi = b.add(lo, per)
+    hi = b.select(b.icmp_signed("<", hi, total), hi, total)
+    return lo, hi
+
+
 class FunctionEmitter:
     """Emits expressions inside one kernel function."""
 
@@ -431,23 +450,7 @@ class FunctionEmitter:
 
     def partition(self, total: ir.Value, align: int) -> tuple[ir.Value, ir.Value]:
         """This thread's [lo, hi) of range(total), in chunks that are multiples of `align`."""
-        b = self.b
-        tid, nth = self.threads()
-        # one thread: no division (~12 cycles each, in every kernel of a step that may last 0.4 us)
-        pre = b.block
-        with b.if_then(b.icmp_signed("!=", nth, c64(1)), likely=False):
-            split = b.sdiv(b.add(total, b.sub(nth, c64(1))), nth)
-            split_blk = b.block
-        per = b.phi(I64)
-        per.add_incoming(total, pre)
-        per.add_incoming(split, split_blk)
-        if align > 1:
-            per = b.mul(b.sdiv(b.add(per, c64(align - 1)), c64(align)), c64(align))
-        lo = b.mul(tid, per)
-        lo = b.select(b.icmp_signed("<", lo, total), lo, total)
-        hi = b.add(lo, per)
-        hi = b.select(b.icmp_signed("<", hi, total), hi, total)
-        return lo, hi
+        return partition(self.b, total, *self.threads(), align)
 
     def one_thread(self) -> tuple[ir.Value, ir.Value]:
         """[lo, hi) = [0, 1) on thread 0 and empty elsewhere: work that runs once, in a fixed order."""
@@ -1800,14 +1803,8 @@ class ModuleEmitter:
             from graphc.codegen.memory import rows_workspace_bytes
 
             D, row_elems = split
-            full = self._dim_at(b, dims, D)
-            nth64 = b.sext(nth, I64)
             # rows per thread: a multiple of 8 (the GEMM's narrow tile), the last thread takes what is left
-            chunk = b.mul(b.sdiv(b.add(b.sdiv(b.add(full, b.sub(nth64, c64(1))), nth64), c64(7)), c64(8)), c64(8))
-            r0 = b.mul(b.sext(tid, I64), chunk)
-            r0 = b.select(b.icmp_signed("<", r0, full), r0, full)
-            r1 = b.add(r0, chunk)
-            r1 = b.select(b.icmp_signed("<", r1, full), r1, full)
+            r0, r1 = partition(b, self._dim_at(b, dims, D), b.sext(tid, I64), b.sext(nth, I64), 8)
             nsym = max(len(self.program.symbols), 1)
             with b.goto_block(fn.entry_basic_block):
                 b.position_at_start(fn.entry_basic_block)
@@ -1823,18 +1820,29 @@ class ModuleEmitter:
         static_ptrs = {}
         for i, bind in enumerate(k.binds):  # pointers that do not move with the step: set once
             p = b.load(b.gep(bufs, [c64(bind.parent.index)], source_etype=PTR), typ=PTR)
-            if split is not None and i in split[1]:  # this thread's first row
-                p = b.gep(p, [b.mul(r0, c64(split[1][i] * ITEMSIZE[bind.parent.dtype]))], source_etype=I8)
+            if split is not None and i in row_elems:  # this thread's first row
+                p = b.gep(p, [b.mul(r0, c64(row_elems[i] * ITEMSIZE[bind.parent.dtype]))], source_etype=I8)
             static_ptrs[i] = p
             if bind.by == "none":
                 b.store(p, b.gep(table, [c64(i)], source_etype=PTR))
         self.sync(b, bar, nth)
-        if split is not None:
-            self._emit_split_loop(b, k, fns, length, static_ptrs, table, dims, args, run_args)
-            self.sync(b, bar, nth)
-            return
+        if split is not None:  # each thread on its own rows: no meeting inside the loop
+            flags = [False] * len(fns)
         with Loop(b, c64(0), length, 1, k.name) as j:
-            self._bind_step(b, k, j, length, static_ptrs, table, dims)
+            t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
+            every = None
+            for i, bind in enumerate(k.binds):
+                if bind.by == "none":
+                    continue
+                if bind.by == "every":
+                    every = every if every is not None else b.sdiv(j, c64(k.every))
+                    step = every
+                else:
+                    step = t
+                # the whole batch's strides (`dims`), also in a row-split loop
+                off = b.mul(b.mul(step, self._dim_at(b, dims, bind.step)), c64(ITEMSIZE[bind.parent.dtype]))
+                b.store(b.gep(static_ptrs[i], [off], source_etype=I8),
+                        b.gep(table, [c64(i)], source_etype=PTR))
             inner = [table, dims, ws, tid, nth, bar]
             for idx, (f, need) in enumerate(zip(fns, flags, strict=True)):
                 kernel = k.body.kernels[idx]
@@ -1843,40 +1851,13 @@ class ModuleEmitter:
                         self.sync(b, bar, nth)
                     on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
                     with b.if_then(on):
-                        self._run_counted(b, kernel, f, False, inner)
+                        self._run_counted(b, kernel, f, False, inner, run_args)
                 else:
-                    self._run_counted(b, kernel, f, need, inner)
+                    self._run_counted(b, kernel, f, need, inner, run_args)
+            if split is None:
+                self.sync(b, bar, nth)
+        if split is not None:
             self.sync(b, bar, nth)
-
-    def _bind_step(self, b: ir.IRBuilder, k, j, length, static_ptrs: dict, table, dims) -> None:
-        """Point the body's per-step buffers at step j's slices (t = j, or T-1-j reversed; a checkpoint slot
-        j // every)."""
-        t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
-        every = None
-        for i, bind in enumerate(k.binds):
-            if bind.by == "none":
-                continue
-            if bind.by == "every":
-                every = every if every is not None else b.sdiv(j, c64(k.every))
-                step = every
-            else:
-                step = t
-            off = b.mul(b.mul(step, self._dim_at(b, dims, bind.step)), c64(ITEMSIZE[bind.parent.dtype]))
-            b.store(b.gep(static_ptrs[i], [off], source_etype=I8), b.gep(table, [c64(i)], source_etype=PTR))
-
-    def _emit_split_loop(self, b: ir.IRBuilder, k, fns, length, static_ptrs, table, dims, args, run_args) -> None:
-        """The loop of a row-split scan on this thread's rows: no barrier inside (see _emit_loop_inline). The
-        step slices advance by the whole batch's strides (`dims`); the kernels see this thread's (`run_args`)."""
-        with Loop(b, c64(0), length, 1, k.name) as j:
-            self._bind_step(b, k, j, length, static_ptrs, table, dims)
-            for idx, f in enumerate(fns):
-                kernel = k.body.kernels[idx]
-                if idx < k.every_kernels and k.every > 1:
-                    on = b.icmp_signed("==", b.srem(j, c64(k.every)), c64(0))
-                    with b.if_then(on):
-                        self._run_counted(b, kernel, f, False, args, run_args)
-                else:
-                    self._run_counted(b, kernel, f, False, args, run_args)
 
     def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
         """A dim expression's run-time value (i64) from the program's dims array (ceilings included)."""

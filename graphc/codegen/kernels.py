@@ -527,10 +527,11 @@ def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
 def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     body = k.body
     kernels = body.kernels
-    written = {b.index for kk in kernels for b in (kk.writes if not isinstance(kk, ScanKernel) else ())}
-    if not kernels or any(isinstance(kk, (ScanKernel, ScatterKernel)) for kk in kernels) or not written:
+    if not kernels or any(isinstance(kk, (ScanKernel, ScatterKernel)) for kk in kernels):
         return None
-    D = body.buffers[next(iter(written))].shape[0] if body.buffers[next(iter(written))].shape else None
+    written = {b.index for kk in kernels for b in kk.writes}
+    shape = body.buffers[min(written)].shape if written else ()
+    D = shape[0] if shape else None
     if not isinstance(D, sympy.Symbol):
         return None
     rows: dict[int, int] = {}

@@ -668,6 +668,8 @@ def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
     sweep over the body itself finds the forward nodes its gradient reads directly; cheap ones among them are
     recomputed from their inputs instead (which are then read), and loop arguments are at hand anyway (the
     carry history, the xs, the captures). The left operands of hoisted x·W products are stored too."""
+    from graphc.ops.pointwise import ADD
+
     nc, nx = body.n_carry, body.n_x
     tmp = -next(_temp_levels)
     seeds = [(body.outputs[k], _arg(k, tmp, body.outputs[k].shape, body.outputs[k].dtype)) for k in fc]
@@ -683,8 +685,6 @@ def _residuals(body: Body, fc, fx, fw_acc, products, gy, vjp) -> list[Node]:
     for n in topo_order(g):
         if id(n) not in fwd:
             front += [i for i in n.inputs if id(i) in fwd]
-    from graphc.ops.pointwise import ADD
-
     lefts = [m.inputs[0] for _, m in products if m.op is not ADD]  # a hoisted product's stacked left operand
     front += lefts
     args = {id(a) for a in body.args}
@@ -737,6 +737,7 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     from graphc.ops.linalg import matmul
     from graphc.ops.movement import reshape
     from graphc.ops.pointwise import ADD, add, full_like
+    from graphc.ops.reduce import sum as reduce_sum
 
     nc, nx = body.n_carry, body.n_x
     init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
@@ -802,8 +803,6 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     g_stack = [output(rnode, ny0 + y_slot[len(fx) + i]) for i in range(len(products))]
     for (j, m), gm in zip(products, g_stack, strict=True):
         if m.op is ADD:  # a bias: its cotangents summed over every step's rows
-            from graphc.ops.reduce import sum as reduce_sum
-
             db = reduce_sum(reshape(gm, (T * m.shape[0], m.shape[1])), axis=0)
             acc_out[j] = db if j not in acc_out else add(acc_out[j], db)
             continue

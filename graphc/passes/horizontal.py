@@ -11,10 +11,8 @@ from __future__ import annotations
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, derived_from, topo_order
 from graphc.ops.linalg import MATMUL, matmul
-from graphc.ops.movement import CONCAT, concatenate
+from graphc.ops.movement import concatenate
 from graphc.ops.pointwise import ADD
-from graphc.ops.reduce import SUM
-from graphc.ops.reduce import sum as reduce_sum
 from graphc.passes.rewrite import rebuild
 
 
@@ -179,55 +177,4 @@ def merge_product_sums(outputs: list[Node], step: set[int]) -> list[Node]:
             for p in parts[1:]:
                 total = total + p
         memo[id(n)] = total
-    return [memo[id(o)] for o in outputs]
-
-
-def merge_column_sums(outputs: list[Node], step: set[int]) -> list[Node]:
-    """Inside a loop body: column sums `sum(a_k, axis=0)` of step values of one row count become one column sum
-    of the `a_k` side by side, each result a slice of it. The backward step of an LSTM written with one bias per
-    gate accumulates the four bias gradients with one reduction a step instead of four (on several threads:
-    one barrier instead of four); each column is summed in the same order as before. Returns `outputs` itself
-    when nothing merges."""
-    order = topo_order(outputs)
-    dep: set[int] = set(step)
-    for n in order:
-        if any(id(i) in dep for i in n.inputs):
-            dep.add(id(n))
-    groups: dict[tuple, list[Node]] = {}
-    for n in order:
-        if n.op is not SUM or tuple(n.attrs["axes"]) != (0,):
-            continue
-        a = n.inputs[0]
-        if a.ndim == 2 and id(a) in dep and isinstance(a.shape[1], int):
-            groups.setdefault((str(a.shape[0]), a.dtype, bool(n.attrs["keepdims"])), []).append(n)
-    # operands already side by side (the A operand of a merged product): summed in that order, the concatenation
-    # is one node (hash-consed), stored once and read plainly
-    concats = {frozenset(map(id, n.inputs)): n for n in order
-               if n.op is CONCAT and n.attrs["axis"] == 1 and len(set(map(id, n.inputs))) == len(n.inputs)}
-    def arrange(members: list[Node]) -> None:
-        like = concats.get(frozenset(id(m.inputs[0]) for m in members))
-        if like is not None and len(like.inputs) == len(members):
-            pos = {id(x): k for k, x in enumerate(like.inputs)}
-            members.sort(key=lambda m: pos[id(m.inputs[0])])
-
-    # an operand computed from another sum of the group would make the merged sum its own input
-    group_of = _merge_groups(groups, lambda m: list(m.inputs), arrange)
-    if not group_of:
-        return outputs
-    memo: dict[int, Node] = {}
-    for n in order:
-        members = group_of.get(id(n))
-        if members is None:
-            memo[id(n)] = rebuild(n, tuple(memo[id(i)] for i in n.inputs))
-            continue
-        if id(n) in memo:
-            continue
-        with derived_from(members[0].source, "rewrite: merge_column_sums"):
-            keep = bool(members[0].attrs["keepdims"])
-            wide = reduce_sum(concatenate([memo[id(m.inputs[0])] for m in members], axis=1), axis=0, keepdims=keep)
-            off = 0
-            for m in members:
-                w = m.inputs[0].shape[1]
-                memo[id(m)] = wide[:, off:off + w] if keep else wide[off:off + w]
-                off += w
     return [memo[id(o)] for o in outputs]

@@ -10,8 +10,8 @@
   h @ Wg, h @ Wo`, become one product with the weights side by side; the concatenated weights depend on the
   weights alone, so they are computed once per call, before the loop (they become a capture, as everything a
   step computes from its captures alone). Likewise a sum of products of step values and loop-invariant
-  weights (the gradient's `Σ_g dz_g @ Wh_gᵀ`) becomes one product over the K's side by side, and column sums
-  of step values (the gradient of one bias per gate) one column sum.
+  weights (the gradient's `Σ_g dz_g @ Wh_gᵀ`) becomes one product over the K's side by side. (The gradients of
+  the weights and biases themselves are summed after the loop: graphc.ops.scan's `_hoistable`.)
 
 The body is rebuilt by tracing it again (graphc.ops.scan), so its placeholders stay canonical. The scan's
 stored intermediates (projections past its history, read by the gradient) follow their nodes into the new
@@ -26,7 +26,7 @@ from graphc.ops.core import apply
 from graphc.ops.linalg import MATMUL, matmul
 from graphc.ops.movement import reshape, transpose
 from graphc.ops.scan import SCAN, SCAN_OUTPUT, Body, make_body, output, substitute
-from graphc.passes.horizontal import merge_column_sums, merge_product_sums, merge_products
+from graphc.passes.horizontal import merge_product_sums, merge_products
 from graphc.passes.rewrite import rebuild
 
 
@@ -82,7 +82,7 @@ def _retrace(n: Node, body: Body, inputs, extra: list[Node], hoist: list[Node], 
         outs = substitute([*body.outputs, *extra], mapping)
         if merge:
             step_args = {id(a) for a in [*carry_args, *x_args]}
-            outs = merge_column_sums(merge_product_sums(outs, step_args), step_args)
+            outs = merge_product_sums(outs, step_args)
             outs = list(merge_products(Graph.of(outs)).outputs)
         if pretranspose:
             outs = _pretransposed(outs, {id(a) for a in [*carry_args, *x_args]})
@@ -109,8 +109,7 @@ def _optimize_scan(n: Node, inputs: tuple[Node, ...], saved: list[int]):
     probe = Graph(tuple(body.outputs) + tuple(extra), tuple(body.args))
     outs = list(probe.outputs)
     step_args = {id(a) for a in body.args[:nc + nx]}
-    sums = merge_product_sums(outs, step_args) is not outs or merge_column_sums(outs, step_args) is not outs
-    if sums or merge_products(probe) is not probe:
+    if merge_product_sums(outs, step_args) is not outs or merge_products(probe) is not probe:
         body, caps, extra = _retrace(n, body, inputs, extra, [], True)
         inputs = inputs[:nc + nx] + list(caps)
         changed = True
@@ -198,7 +197,7 @@ def stacked_concats(graph: Graph) -> Graph:
         return x if x.op is SCAN_OUTPUT else None
 
     nodes = graph.nodes()
-    plan: dict[int, tuple[Node, list[Node], int, int]] = {}  # concat -> (scan, stacks, body position, stack axis)
+    plan: dict[int, tuple[Node, int, list[Node], int]] = {}  # concat -> (scan, body position, stacks, stack axis)
     for n in nodes:
         if n.op is not CONCAT or len(n.inputs) < 2:
             continue
@@ -219,37 +218,40 @@ def stacked_concats(graph: Graph) -> Graph:
         pos = next((q for q, c in enumerate(body.order()) if c.op is CONCAT and c.attrs["axis"] == axis - 1
                     and len(c.inputs) == len(ys) and all(a is b for a, b in zip(c.inputs, ys, strict=True))), None)
         if pos is not None:
-            plan[id(n)] = (s, stacks, pos, axis)
+            plan[id(n)] = (s, pos, stacks, axis)
     if not plan:
         return graph
     # every stack of a planned concatenation becomes a slice of the stacked concatenation
     parts: dict[int, tuple[Node, int, int, int, int]] = {}  # stack id -> (scan, body position, axis, start, stop)
-    for s, stacks, pos, axis in plan.values():
+    for s, pos, stacks, axis in plan.values():
         off = 0
         for o in stacks:
             parts.setdefault(id(o), (s, pos, axis, off, off + o.shape[axis]))
             off += o.shape[axis]
     memo: dict[int, Node] = {}
+
+    def stacked(s: Node, pos: int) -> Node:
+        return output(memo[id(s)], len(SCAN.output_types(s)) + pos)
+
     for n in nodes:
-        hit = plan.get(id(n)) or parts.get(id(n))
-        if hit is None and n.op is RESHAPE and id(n.inputs[0]) in parts and id(n.inputs[0]) not in plan:
-            s, pos, axis, start, stop = parts[id(n.inputs[0])]
-            if axis == n.inputs[0].ndim - 1 and dims_equal(n.shape[-1], n.inputs[0].shape[-1]):
-                # a reshape keeping the last axis: the columns of the reshaped stacked concatenation (a view)
-                with derived_from(n.source, "rewrite: stacked concatenation"):
-                    whole = output(memo[id(s)], len(SCAN.output_types(s)) + pos)
-                    wide = reshape(whole, (*n.shape[:-1], whole.shape[-1]))
-                    memo[id(n)] = wide[(slice(None),) * (n.ndim - 1) + (slice(start, stop),)]
-                continue
-        if hit is None:
-            memo[id(n)] = rebuild(n, tuple(memo[id(i)] for i in n.inputs))
-            continue
-        s, pos = hit[0], hit[2] if id(n) in plan else hit[1]
-        with derived_from(n.source, "rewrite: stacked concatenation"):
-            whole = output(memo[id(s)], len(SCAN.output_types(s)) + pos)
-            if id(n) in plan:
+        x = n.inputs[0] if n.op is RESHAPE else None
+        if id(n) in plan:
+            s, pos = plan[id(n)][:2]
+            with derived_from(n.source, "rewrite: stacked concatenation"):
+                whole = stacked(s, pos)
                 memo[id(n)] = whole if whole.shape == n.shape else reshape(whole, n.shape)
-            else:
-                _, _, axis, start, stop = hit
-                memo[id(n)] = whole[(slice(None),) * axis + (slice(start, stop),)]
+        elif id(n) in parts:
+            s, pos, axis, start, stop = parts[id(n)]
+            with derived_from(n.source, "rewrite: stacked concatenation"):
+                memo[id(n)] = stacked(s, pos)[(slice(None),) * axis + (slice(start, stop),)]
+        elif (x is not None and id(x) in parts and parts[id(x)][2] == x.ndim - 1
+              and dims_equal(n.shape[-1], x.shape[-1])):
+            # a reshape of a stack keeping the last axis: columns of the reshaped stacked concatenation (a view)
+            s, pos, _, start, stop = parts[id(x)]
+            with derived_from(n.source, "rewrite: stacked concatenation"):
+                whole = stacked(s, pos)
+                wide = reshape(whole, (*n.shape[:-1], whole.shape[-1]))
+                memo[id(n)] = wide[(slice(None),) * (n.ndim - 1) + (slice(start, stop),)]
+        else:
+            memo[id(n)] = rebuild(n, tuple(memo[id(i)] for i in n.inputs))
     return graph.with_outputs(tuple(memo[id(o)] for o in graph.outputs))
