@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from graphc.codegen.emit import F32, F64, I1, I32, I64, PTR, VOID, Loop, ModuleEmitter, c64
+from graphc.codegen.emit import F32, F64, I1, I32, I64, PTR, VOID, Loop, ModuleEmitter, c64, static_unroll_only
 
 # context slots
 TABLE, DIMS, WS, X, Y, NSAMP, BATCH, EPOCH, SEED, PERM, STEP0, MAXSTEPS, XB, YB, STEPBUF, KEYBUF, LOSSBUF, \
@@ -232,6 +232,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
     b.position_at_end(loop_exit)
     me.restore_fp_env(b, saved_fp)
     b.ret_void()
+    static_unroll_only(fn)  # its loops run once a step or an epoch: copies of them would cost compile time only
     me.emit_launcher("graphc_epoch", "graphc_epoch_worker")
 
 

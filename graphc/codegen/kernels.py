@@ -497,6 +497,22 @@ class ScanKernel(Kernel):
         return "\n".join(lines)
 
 
+def kernel_work(k: Kernel):
+    """Elements of work a kernel does (a matrix product's multiply-adds count 1/8: they run at GEMM speed), a
+    sympy expression in the dims."""
+    if isinstance(k, GemmKernel):
+        size = sympy.Integer(1)
+        for d in (*k.batch, k.m, k.n, k.k):
+            size = size * d
+        return size / 8
+    if isinstance(k, ScanKernel):
+        return sympy.sympify(k.length) * k.domain[1]
+    size = sympy.Integer(1)
+    for d in getattr(k, "domain", ()):
+        size = size * d
+    return size
+
+
 def all_kernels(kernels):
     """The kernels and, inside loops, their bodies' kernels (depth first)."""
     for k in kernels:

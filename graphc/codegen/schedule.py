@@ -42,6 +42,7 @@ from graphc.codegen.kernels import (
     ScatterKernel,
     Store,
     all_kernels,
+    kernel_work,
     loop_axes,
     rebuild,
     walk,
@@ -836,7 +837,7 @@ class Scheduler:
         bind_list = [binds[i] for i in range(len(prog.buffers))]
         writes = [b.parent for i, b in enumerate(bind_list) if prog.buffers[i].kind not in ("const", "scan_arg")]
         writes += [carry[k] for k in range(nc)]
-        work = sum((_work(k) for k in prog.kernels), sympy.Integer(0))
+        work = sum((kernel_work(k) for k in prog.kernels), sympy.Integer(0))
         kern = ScanKernel(name, length=rule.length, reverse=rule.reverse, body=prog, binds=bind_list, every=every,
                           every_kernels=len(pre), out=list(dict.fromkeys(writes)),
                           domain=(rule.length, _norm(work)))
@@ -879,15 +880,6 @@ def _size(shape: Shape) -> Dim:
     for d in shape:
         out = out * d
     return out
-
-
-def _work(k: Kernel):
-    """Elements of work a kernel does (a matrix product's multiply-adds count 1/8: they run at GEMM speed)."""
-    if isinstance(k, GemmKernel):
-        return sympy.sympify(_size((*k.batch, k.m, k.n, k.k))) / 8
-    if isinstance(k, ScanKernel):
-        return sympy.sympify(k.length) * k.domain[1]
-    return sympy.sympify(_size(getattr(k, "domain", ())))
 
 
 def _loads(e: Expr) -> list[Buffer]:
