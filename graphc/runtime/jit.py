@@ -21,7 +21,7 @@ from graphc.codegen import stages
 from graphc.codegen.kernels import GemmKernel, all_kernels
 from graphc.codegen.memory import MemoryPlan
 from graphc.codegen.schedule import Program
-from graphc.codegen.target import Engine, Target, assembly, host_target, level_target
+from graphc.codegen.target import Engine, Target, assembly, host_target, level_target, load_llvm_in_background
 from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
@@ -215,6 +215,7 @@ class CompiledFunction:
         return stages.llvm(self.compilation.layout, opts).text
 
     def _build(self) -> bytes:
+        load_llvm_in_background()  # while the module is emitted
         self.compilation.options = replace(self.compilation.options, extras=self.extras())
         try:
             self.compilation.module()
