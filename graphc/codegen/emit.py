@@ -86,7 +86,7 @@ def _is_float(ty: ir.Type) -> bool:
 
 # LLVM's runtime unrolling copies a loop whose trip count is known only at run time several times, with a
 # remainder. How far it goes comes from the CPU's scheduling model: on Zen 4 (a large loop buffer) it copied the
-# 784-256-128-10 epoch's elementwise loops 4-8 times, doubling the module (6,200 instructions, 3,100 without)
+# 784-256-128-10 epoch's elementwise loops 4-8 times, doubling the module (6,200 instructions, 2,750 without)
 # and the LLVM part of its cold compile (0.54 -> 0.34 s); a Xeon's model leaves most of them whole. It pays
 # where a loop takes a noticeable share of the time (an LSTM step's elementwise loop: 4-6% slower without, a
 # CIFAR step's pads and masks ~2%), not in a kernel doing a sliver of the program's work: a kernel doing less
@@ -1796,10 +1796,11 @@ class ModuleEmitter:
     def emit_kernel(self, k):
         """A kernel's function; for a loop (ScanKernel), (the kernel, its body's entries, their barriers): a loop
         is emitted inline where the program runs it (see _emit_loop_inline)."""
-        emit = {LoopKernel: self.emit_loop, ReduceKernel: self.emit_reduce, GemmKernel: self.emit_gemm,
-                ScatterKernel: self.emit_scatter}.get(type(k))
-        if emit is not None:
-            f = emit(k)
+        lower = next((fn for cls, fn in ((LoopKernel, self.emit_loop), (ReduceKernel, self.emit_reduce),
+                                         (GemmKernel, self.emit_gemm), (ScatterKernel, self.emit_scatter))
+                      if isinstance(k, cls)), None)
+        if lower is not None:
+            f = lower(k)
             # inlined into its one caller (the program or a loop's step) before LLVM simplifies anything, not
             # simplified alone first and again once inlined: the 784-256-128-10 epoch's LLVM optimization
             # 0.23 -> 0.18 s on Zen 4, the same code after it
