@@ -97,11 +97,7 @@ _NOMINAL_DIM = 64  # a symbolic dim's value where works are compared (the batch 
 
 
 def _minor_kernels(kernels) -> list:
-    works = []
-    for k in kernels:
-        w = kernel_work(k)
-        w = w.xreplace({s: _NOMINAL_DIM for s in w.free_symbols}) if isinstance(w, sympy.Basic) else w
-        works.append(float(w))
+    works = [float(w.xreplace({s: _NOMINAL_DIM for s in w.free_symbols})) for w in map(kernel_work, kernels)]
     top = max(works, default=0.0)
     return [k for k, w in zip(kernels, works, strict=True)
             if w * MINOR_SHARE < top and isinstance(k, (LoopKernel, ReduceKernel, ScatterKernel))]

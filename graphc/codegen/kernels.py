@@ -19,7 +19,7 @@ from typing import Any
 import sympy
 
 from graphc.ir.node import Node
-from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_dim, fmt_shape
+from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_dim, fmt_shape, size
 
 LOOP = tuple(sympy.Symbol(f"_i{k}", integer=True) for k in range(32))  # loop indices, outermost first
 LOOP_AXIS = {s: k for k, s in enumerate(LOOP)}
@@ -501,16 +501,10 @@ def kernel_work(k: Kernel):
     """Elements of work a kernel does (a matrix product's multiply-adds count 1/8: they run at GEMM speed), a
     sympy expression in the dims."""
     if isinstance(k, GemmKernel):
-        size = sympy.Integer(1)
-        for d in (*k.batch, k.m, k.n, k.k):
-            size = size * d
-        return size / 8
+        return sympy.sympify(size((*k.batch, k.m, k.n, k.k))) / 8
     if isinstance(k, ScanKernel):
         return sympy.sympify(k.length) * k.domain[1]
-    size = sympy.Integer(1)
-    for d in getattr(k, "domain", ()):
-        size = size * d
-    return size
+    return sympy.sympify(size(getattr(k, "domain", ())))
 
 
 def all_kernels(kernels):
@@ -556,12 +550,9 @@ def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
         if any(sympy.sympify(d).has(D) for d in shape[1:]):
             return None
         if shape and dims_equal(shape[0], D):
-            size = 1
-            for d in shape[1:]:
-                if not isinstance(d, int):
-                    return None
-                size *= d
-            rows[buf.index] = size
+            if not all(isinstance(d, int) for d in shape[1:]):
+                return None
+            rows[buf.index] = size(shape[1:])
         elif buf.index in written:
             return None
 
