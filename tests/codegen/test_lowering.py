@@ -330,6 +330,29 @@ def test_memory_plan_shares_storage_only_across_barriers():
                 assert first < second and any(flags[m] for m in range(first + 1, second + 1))
 
 
+def test_memory_plan_staggers_large_temporaries_across_a_page():
+    """Temporaries of a page or more start at distinct offsets modulo 4 KB (distinct L1 sets, no 4K aliasing
+    between the streams of one loop): the LSTM step's ten per-step histories, written by one loop, would otherwise
+    all sit page-aligned."""
+    from graphc.codegen.memory import PAGE
+
+    xs = gc.input("xs", (6, "N", 5))
+    h = gc.nn.lstm(xs, 32, name="lstm")
+    loss = gc.sum(h * h)
+    params = gc.nn.parameters(loss)
+    fn = gc.compile([loss, *gc.grad(loss, params)], threads=1, cache=False)
+    values = gc.nn.init_params(params, seed=0)
+    values["xs"] = np.zeros((6, 64, 5), np.float32)
+    fn(values)
+    p = fn.memory_plan
+    large = [(label, off) for label, off, n in p.placement() if n >= PAGE]
+    assert len(large) >= 10, large
+    residues = [off % PAGE for _, off in large]
+    assert len(set(residues)) == len(residues), large
+    assert all(off % 64 == 0 for _, off, _ in p.placement())
+    assert p.arena_bytes <= p.unshared_bytes + PAGE * len(large)  # the stagger costs under a page each
+
+
 def test_compilation_is_one_list_of_named_stages():
     x = gc.input("x", ("N", 3))
     fn = gc.compile(gc.sum(gc.log(gc.sigmoid(x)) * 1.0), cache=False)
