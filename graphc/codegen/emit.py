@@ -1060,8 +1060,8 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
         return x
 
     key = id(e)
-    if key not in cache:
-        cache[key] = rebuild(e, sub)
+    if key not in cache:  # one node memo for all the kernel's stores: what they share stays shared
+        cache[key] = rebuild(e, sub, cache.setdefault("nodes", {}))
     return cache[key]
 
 

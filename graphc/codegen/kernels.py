@@ -435,12 +435,16 @@ def walk(expr: Expr, into_guards: bool = True):
             stack.append((c, False))
 
 
-def rebuild(e: Expr, fn) -> Expr:
-    """e with every sub-expression x replaced by fn(x, rebuilt children) (children first, shared ones once)."""
+def rebuild(e: Expr, fn, memo: dict[int, Expr] | None = None) -> Expr:
+    """e with every sub-expression x replaced by fn(x, rebuilt children) (children first, shared ones once).
+    `memo` (id of a sub-expression -> its replacement), shared by several calls with the same `fn`, keeps a
+    sub-expression that several expressions share one object in all of them (the emitter computes it once)."""
     from dataclasses import replace
 
-    memo: dict[int, Expr] = {}
+    memo = {} if memo is None else memo
     for x in walk(e):
+        if id(x) in memo:
+            continue
         if isinstance(x, Apply):
             y = replace(x, args=tuple(memo[id(a)] for a in x.args))
         elif isinstance(x, Convert):

@@ -831,11 +831,20 @@ class Scheduler:
             fuse_loops(pre)
             body_kernels = prog.kernels + post
             fuse_loops(body_kernels)
+        # a step's new carry that only its copy read, once the copy was fused into the loop that computes it (and
+        # reads the value itself, see `_forward_stores`), need not be stored: the copy writes the carry directly
+        read = {b for kern in pre + body_kernels for b in kern.reads}
+        dead = {nb for nb in new_carry if nb not in read}
+        for kern in body_kernels:
+            if isinstance(kern, LoopKernel):
+                dead -= _drop_stores(kern, dead)
+        body_kernels = [kern for kern in body_kernels if not (isinstance(kern, LoopKernel) and not kern.stores)]
         prog = replace(prog, buffers=prog.buffers + extra, kernels=pre + body_kernels)
         for kern in all_kernels(prog.kernels):  # kernel names are function names: unique in the module
             kern.name = f"{name}_{kern.name}"
         bind_list = [binds[i] for i in range(len(prog.buffers))]
-        writes = [b.parent for i, b in enumerate(bind_list) if prog.buffers[i].kind not in ("const", "scan_arg")]
+        writes = [b.parent for i, b in enumerate(bind_list)
+                  if prog.buffers[i].kind not in ("const", "scan_arg") and prog.buffers[i] not in dead]
         writes += [carry[k] for k in range(nc)]
         work = sum((kernel_work(k) for k in prog.kernels), sympy.Integer(0))
         kern = ScanKernel(name, length=rule.length, reverse=rule.reverse, body=prog, binds=bind_list, every=every,
@@ -845,7 +854,7 @@ class Scheduler:
         # only stored values) is not a read: it may die before the loop, and its storage be reused (an LSTM's
         # input projection and its gradient, both (T, N, 4H), then share it)
         touched = {b.index for k in prog.kernels for b in k.reads + k.writes}
-        unread = {b.index for b in prog.inputs if b.index not in touched}
+        unread = {i for i in range(len(bind_list)) if i not in touched}  # (a dropped new carry too)
         kern.reads = list(dict.fromkeys(b.parent for i, b in enumerate(bind_list) if i not in unread))
         kern.nodes = [n]
         self.kernels.append(kern)
@@ -1048,10 +1057,92 @@ def fuse_loops(kernels: list[Kernel]) -> None:
             i += 1
             continue
         b = kernels[target]
-        b.stores = a.stores + b.stores
-        b.reads = list(dict.fromkeys(a.reads + b.reads))
+        b.stores = _forward_stores(a.stores + b.stores, b.domain)
+        loaded = {x.buf for st in b.stores for x in walk(st.value) if isinstance(x, Load)}
+        b.reads = [r for r in dict.fromkeys(a.reads + b.reads) if r in loaded]
         b.nodes = a.nodes + [x for x in b.nodes if x not in a.nodes]
         del kernels[i]
+
+
+def _drop_stores(k: LoopKernel, bufs: set[Buffer]) -> set[Buffer]:
+    """Remove k's stores to `bufs` (buffers nothing reads) where that cannot change what the others compute: the
+    emitter computes a value where the first store that uses it (itself or forwarded) stands, so a dropped store's
+    value is computed at its next use instead, which must come before any store to a buffer it reads. Returns the
+    buffers whose store had to stay."""
+    kept: set[Buffer] = set()
+    i = 0
+    while i < len(k.stores):
+        st = k.stores[i]
+        if st.buf not in bufs:
+            i += 1
+            continue
+        loads = {x.buf for x in walk(st.value) if isinstance(x, Load)}
+        later = k.stores[i + 1:]
+        use = next((j for j, o in enumerate(later) if any(x is st.value for x in walk(o.value))), len(later))
+        if any(o.buf in loads for o in later[:use]):
+            kept.add(st.buf)
+            i += 1
+            continue
+        del k.stores[i]
+    return kept
+
+
+def _forward_stores(stores: list[Store], domain: tuple) -> list[Store]:
+    """A merged loop's stores with each read of a value an earlier store of the loop wrote at the same point
+    replaced by that value itself (store-to-load forwarding): it stays in a register instead of being read back
+    (from an address LLVM cannot prove unaliased by the stores in between). The same value, so the same bits.
+    Shared sub-expressions stay shared objects, which the emitter computes once per point."""
+    identity = _identity_strides(domain)
+    table: dict[Buffer, Expr] = {}
+    memo: dict[int, Expr] = {}  # id(x) -> x with forwarded reads, while it means the same
+    reads: dict[int, frozenset] = {}  # id(x) -> the buffers x loads (to forget what a store makes stale)
+
+    def at_point(x: Load) -> bool:
+        return (x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0
+                and len(x.strides) == len(identity)
+                and all(sympy.sympify(a) == sympy.sympify(b) for a, b in zip(x.strides, identity, strict=True)))
+
+    def same(new: tuple, old: tuple) -> bool:
+        return all(a is b for a, b in zip(new, old, strict=True))
+
+    def rebuilt(e: Expr) -> Expr:
+        for x in walk(e):
+            if id(x) in memo:
+                continue
+            kids = x.children()
+            if isinstance(x, Load):
+                v = table.get(x.buf)
+                if v is not None and v.dtype == x.dtype and at_point(x):
+                    y = v
+                else:
+                    gs = tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers)
+                    y = x if same(tuple(g.index for g in gs), kids) else replace(x, gathers=gs)
+            elif isinstance(x, Apply):
+                args = tuple(memo[id(a)] for a in x.args)
+                y = x if same(args, x.args) else replace(x, args=args)
+            elif isinstance(x, Convert):
+                y = x if memo[id(x.x)] is x.x else replace(x, x=memo[id(x.x)])
+            elif isinstance(x, Guard):
+                v, o = memo[id(x.value)], memo[id(x.otherwise)]
+                y = x if (v is x.value and o is x.otherwise) else replace(x, value=v, otherwise=o)
+            else:
+                y = x
+            memo[id(x)] = y
+            reads[id(x)] = frozenset().union(*(reads[id(k)] for k in kids),
+                                             (x.buf,) if isinstance(x, Load) else ())
+        return memo[id(e)]
+
+    out: list[Store] = []
+    for st in stores:
+        value = rebuilt(st.value)
+        out.append(Store(st.buf, value))
+        if value.dtype == st.buf.dtype:
+            table[st.buf] = value
+        else:
+            table.pop(st.buf, None)
+        for k in [k for k, r in reads.items() if st.buf in r]:  # reads of the old value: a later read is the new
+            del memo[k], reads[k]
+    return out
 
 
 GEMM_KC = 256  # graphc.codegen.gemm.default_config's K block: a longer K passes partial sums through C

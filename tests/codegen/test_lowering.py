@@ -353,6 +353,48 @@ def test_memory_plan_staggers_large_temporaries_across_a_page():
     assert p.arena_bytes <= p.unshared_bytes + PAGE * len(large)  # the stagger costs under a page each
 
 
+def test_a_value_several_stores_of_one_loop_share_is_emitted_once():
+    x = gc.input("x", ("N", 16))
+    s = gc.sigmoid(x)
+    one = gc.compile([s * 2.0], cache=False, threads=1)
+    two = gc.compile([s * 2.0, s + 1.0], cache=False, threads=1)
+    assert len(two.program.kernels) == 1  # one loop, two stores
+    assert two.module_text().count("fdiv") == one.module_text().count("fdiv")
+    v = np.linspace(-30, 30, 48, dtype=np.float32).reshape(3, 16)
+    a, b = two({"x": v})
+    ref = 1 / (1 + np.exp(-v.astype(np.float64)))
+    np.testing.assert_allclose(a, 2 * ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(b, ref + 1, rtol=1e-6, atol=0)
+
+
+def test_a_merged_loop_uses_stored_values_instead_of_reading_them_back():
+    """The LSTM's forward step loop (gates, cell, stored intermediates, carry copies): no store of it reads a buffer
+    an earlier store wrote, and the new carries, read only by their copies, are not stored."""
+    from graphc.codegen.kernels import Load, LoopKernel, ScanKernel, all_kernels, walk
+
+    xs = gc.input("xs", (4, "N", 3))
+    h = gc.nn.lstm(xs, 16, name="lstm")
+    loss = gc.sum(h * h)
+    params = gc.nn.parameters(loss)
+    fn = gc.compile([loss, *gc.grad(loss, params)], threads=1, cache=False)
+    scans = [k for k in all_kernels(fn.program.kernels) if isinstance(k, ScanKernel)]
+    assert {k.reverse for k in scans} == {False, True}
+    for scan in scans:
+        loops = [k for k in all_kernels(scan.body.kernels) if isinstance(k, LoopKernel) and len(k.stores) > 2]
+        assert loops
+        for k in loops if not scan.reverse else ():  # (the backward's carry reads the old dh in a value it shares)
+            written = set()
+            for st in k.stores:
+                assert not any(isinstance(x, Load) and x.buf in written for x in walk(st.value)), (k.name, st)
+                written.add(st.buf)
+        stored = {scan.binds[b.index].parent.label for k in all_kernels(scan.body.kernels) for b in k.writes}
+        if not scan.reverse:  # h and c are written straight into the carry
+            assert not any("_next" in label for label in stored), stored
+    placed = {label for label, *_ in fn.memory_plan.placement()}
+    forward = next(k for k in scans if not k.reverse)
+    assert not any(label.startswith(f"{forward.name}_next") for label in placed), placed
+
+
 def test_compilation_is_one_list_of_named_stages():
     x = gc.input("x", ("N", 3))
     fn = gc.compile(gc.sum(gc.log(gc.sigmoid(x)) * 1.0), cache=False)
