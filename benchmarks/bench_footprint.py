@@ -80,7 +80,7 @@ def peer_rss(peer: str, rows: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rows", type=int, default=60000)
+    ap.add_argument("--rows", type=int, default=60000, help="rows of the RSS run (0: the compile figures only)")
     ap.add_argument("--from-source", action="store_true",
                     help="import modules as the environment says (PYTHONDONTWRITEBYTECODE: compiled in each process)")
     args = ap.parse_args(argv)
@@ -122,6 +122,10 @@ def main(argv=None) -> int:
           f"({', '.join(f'{v:.3f}' for v in cold)}; with an empty cache, the GEMM helper library compiled too: "
           f"{statistics.median(first):.3f} s), from the cache {statistics.median(cached):.3f} s; "
           f"LLVM loaded on a cached run: {sorted(llvm_cached)}; import graphc {statistics.median(imports):.3f} s")
+    if args.rows <= 0:
+        if pyc is not None:
+            pyc.cleanup()
+        return 0
     with tempfile.TemporaryDirectory() as d:
         child(d)  # populate the cache
         g = [child(d, args.rows) for _ in range(args.repeats)]
