@@ -24,6 +24,7 @@ from graphc.codegen.kernels import (
     LOOP_AXIS,
     Acc,
     Apply,
+    Buffer,
     Const,
     Convert,
     DimValue,
@@ -1032,6 +1033,25 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
     return groups
 
 
+def _transposed_copy(stores: list[Store], domain: list, lanes: int) -> Load | None:
+    """The source of a loop that only copies a transposed 2-D view: one store of a plain load with strides
+    (1, S), S a whole row of at least `lanes` elements, over a static domain of whole lanes x lanes blocks, in a
+    dtype of 4 or 8 bytes. None for any other loop."""
+    if len(stores) != 1 or len(domain) != 2 or not all(isinstance(d, int) and d % lanes == 0 for d in domain):
+        return None
+    v = stores[0].value
+    if not isinstance(v, Load) or not v.affine or v.gathers or v.dtype != stores[0].buf.dtype:
+        return None
+    if v.dtype not in ("float32", "float64", "int32", "int64") or lanes & (lanes - 1):
+        return None
+    if not (isinstance(v.offset, int) and v.offset == 0) or len(v.strides) != 2:
+        return None
+    s0, s1 = v.strides
+    if not (isinstance(s0, int) and s0 == 1 and isinstance(s1, int) and s1 >= domain[0]):
+        return None
+    return v
+
+
 def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
     """e over the collapsed axes: each group keeps its innermost stride; index expressions (which only use axes
     that are groups of their own) are renamed to the group's axis."""
@@ -1133,6 +1153,11 @@ class ModuleEmitter:
             b.ret_void()
             return fn
         sizes = [fe.dim(d) for d in domain]
+        src = _transposed_copy(stores, domain, lanes)
+        if src is not None:
+            self._emit_transpose(fe, stores[0].buf, src, domain, lanes)
+            b.ret_void()
+            return fn
         # split the outermost loop over threads (in multiples of the vector width when it is the only loop)
         lo, hi = fe.partition(sizes[0], lanes if depth == 1 else 1)
         by_level: dict[int, list[Expr]] = {}
@@ -1200,6 +1225,28 @@ class ModuleEmitter:
         loops(0, point, scalar_memo)
         b.ret_void()
         return fn
+
+    def _emit_transpose(self, fe: FunctionEmitter, out: Buffer, src: Load, domain: list, lanes: int) -> None:
+        """out[i, j] = src[j*S + i] (a materialized transposed view) in lanes x lanes blocks: `lanes` contiguous
+        vectors of the source's rows, transposed in registers, stored as `lanes` contiguous vectors of out's rows
+        (the loop emitter would read each output vector as `lanes` strided scalars). Threads split out's rows in
+        whole blocks."""
+        b = fe.b
+        R, C = domain
+        S = src.strides[1]
+        mty = MEMORY[out.dtype]
+        vty = ir.VectorType(mty, lanes)
+        lo, hi = fe.partition(c64(R), lanes)
+        with Loop(b, lo, hi, lanes, "tr_i") as i, Loop(b, c64(0), c64(C), lanes, "tr_j") as j:
+            rows = []
+            for r in range(lanes):
+                off = b.add(b.mul(b.add(j, c64(r)), c64(S)), i)
+                rows.append(b.load(b.gep(fe.buf_ptr(src.buf.index), [off], inbounds=True, source_etype=mty),
+                                   typ=vty, align=ITEMSIZE[out.dtype]))
+            for r, v in enumerate(gemm_mod.lane_transpose(b, rows)):
+                off = b.add(b.mul(b.add(i, c64(r)), c64(C)), j)
+                b.store(v, b.gep(fe.buf_ptr(out.index), [off], inbounds=True, source_etype=mty),
+                        align=ITEMSIZE[out.dtype])
 
     @staticmethod
     def _lane_mask(fe: FunctionEmitter, count: ir.Value, lanes: int) -> ir.Value:

@@ -322,21 +322,26 @@ class _Gen:
         return ir.Constant(self.M, [1 if i < width else 0 for i in range(self.L)])
 
     def transpose(self, b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
-        """LxL transpose by log2(L) rounds of lo/hi interleaves: out[j] lane i = rows[i] lane j."""
-        L = self.L
-        h = L // 2
-        lo = ir.Constant(ir.VectorType(_I32, L), [x for p in zip(range(h), range(L, L + h), strict=True) for x in p])
-        hi = ir.Constant(
-            ir.VectorType(_I32, L), [x for p in zip(range(h, L), range(L + h, 2 * L), strict=True) for x in p]
-        )
-        r = list(rows)
-        for _ in range(int(math.log2(L))):
-            new: list[ir.Value] = [None] * L
-            for i in range(h):
-                new[2 * i] = b.shuffle_vector(r[i], r[i + h], lo)
-                new[2 * i + 1] = b.shuffle_vector(r[i], r[i + h], hi)
-            r = new
-        return r
+        return lane_transpose(b, rows)
+
+
+def lane_transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """LxL transpose of L vectors of L lanes (L a power of two) by log2(L) rounds of lo/hi interleaves:
+    out[j] lane i = rows[i] lane j."""
+    L = len(rows)
+    h = L // 2
+    lo = ir.Constant(ir.VectorType(_I32, L), [x for p in zip(range(h), range(L, L + h), strict=True) for x in p])
+    hi = ir.Constant(
+        ir.VectorType(_I32, L), [x for p in zip(range(h, L), range(L + h, 2 * L), strict=True) for x in p]
+    )
+    r = list(rows)
+    for _ in range(int(math.log2(L))):
+        new: list[ir.Value] = [None] * L
+        for i in range(h):
+            new[2 * i] = b.shuffle_vector(r[i], r[i + h], lo)
+            new[2 * i + 1] = b.shuffle_vector(r[i], r[i + h], hi)
+        r = new
+    return r
 
 
 NO_UNROLL = "llvm.loop.unroll.disable"
