@@ -436,22 +436,27 @@ def walk(expr: Expr, into_guards: bool = True):
 
 
 def rebuild(e: Expr, fn, memo: dict[int, Expr] | None = None) -> Expr:
-    """e with every sub-expression x replaced by fn(x, rebuilt children) (children first, shared ones once).
-    `memo` (id of a sub-expression -> its replacement), shared by several calls with the same `fn`, keeps a
-    sub-expression that several expressions share one object in all of them (the emitter computes it once)."""
+    """e with every sub-expression x replaced by fn(x, rebuilt children) (children first, shared ones once; x
+    itself where its children came back unchanged). `memo` (id of a sub-expression -> its replacement), shared by
+    several calls with the same `fn`, keeps a sub-expression that several expressions share one object in all of
+    them (the emitter computes it once)."""
     from dataclasses import replace
 
     memo = {} if memo is None else memo
     for x in walk(e):
         if id(x) in memo:
             continue
-        if isinstance(x, Apply):
-            y = replace(x, args=tuple(memo[id(a)] for a in x.args))
+        kids = x.children()
+        new = tuple(memo[id(k)] for k in kids)
+        if all(a is b for a, b in zip(new, kids, strict=True)):
+            y = x
+        elif isinstance(x, Apply):
+            y = replace(x, args=new)
         elif isinstance(x, Convert):
-            y = replace(x, x=memo[id(x.x)])
+            y = replace(x, x=new[0])
         elif isinstance(x, Guard):
             y = replace(x, value=memo[id(x.value)], otherwise=memo[id(x.otherwise)])
-        elif isinstance(x, Load) and x.gathers:
+        elif isinstance(x, Load):
             y = replace(x, gathers=tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers))
         else:
             y = x

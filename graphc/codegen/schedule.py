@@ -1094,54 +1094,32 @@ def _forward_stores(stores: list[Store], domain: tuple) -> list[Store]:
     Shared sub-expressions stay shared objects, which the emitter computes once per point."""
     identity = _identity_strides(domain)
     table: dict[Buffer, Expr] = {}
-    memo: dict[int, Expr] = {}  # id(x) -> x with forwarded reads, while it means the same
+    memo: dict[int, Expr] = {}  # rebuild's: id(x) -> x with forwarded reads, while it means the same
     reads: dict[int, frozenset] = {}  # id(x) -> the buffers x loads (to forget what a store makes stale)
 
-    def at_point(x: Load) -> bool:
-        return (x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0
-                and len(x.strides) == len(identity)
-                and all(sympy.sympify(a) == sympy.sympify(b) for a, b in zip(x.strides, identity, strict=True)))
-
-    def same(new: tuple, old: tuple) -> bool:
-        return all(a is b for a, b in zip(new, old, strict=True))
-
-    def rebuilt(e: Expr) -> Expr:
-        for x in walk(e):
-            if id(x) in memo:
-                continue
-            kids = x.children()
-            if isinstance(x, Load):
-                v = table.get(x.buf)
-                if v is not None and v.dtype == x.dtype and at_point(x):
-                    y = v
-                else:
-                    gs = tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers)
-                    y = x if same(tuple(g.index for g in gs), kids) else replace(x, gathers=gs)
-            elif isinstance(x, Apply):
-                args = tuple(memo[id(a)] for a in x.args)
-                y = x if same(args, x.args) else replace(x, args=args)
-            elif isinstance(x, Convert):
-                y = x if memo[id(x.x)] is x.x else replace(x, x=memo[id(x.x)])
-            elif isinstance(x, Guard):
-                v, o = memo[id(x.value)], memo[id(x.otherwise)]
-                y = x if (v is x.value and o is x.otherwise) else replace(x, value=v, otherwise=o)
-            else:
-                y = x
-            memo[id(x)] = y
-            reads[id(x)] = frozenset().union(*(reads[id(k)] for k in kids),
-                                             (x.buf,) if isinstance(x, Load) else ())
-        return memo[id(e)]
+    def forwarded(x: Expr) -> Expr:
+        if isinstance(x, Load) and x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0:
+            v = table.get(x.buf)
+            if v is not None and v.dtype == x.dtype and len(x.strides) == len(identity) and all(
+                    sympy.sympify(a) == sympy.sympify(b) for a, b in zip(x.strides, identity, strict=True)):
+                return v
+        return x
 
     out: list[Store] = []
     for st in stores:
-        value = rebuilt(st.value)
+        for x in walk(st.value):
+            if id(x) not in reads:
+                reads[id(x)] = frozenset().union(*(reads[id(k)] for k in x.children()),
+                                                 (x.buf,) if isinstance(x, Load) else ())
+        value = rebuild(st.value, forwarded, memo)
         out.append(Store(st.buf, value))
         if value.dtype == st.buf.dtype:
             table[st.buf] = value
         else:
             table.pop(st.buf, None)
         for k in [k for k, r in reads.items() if st.buf in r]:  # reads of the old value: a later read is the new
-            del memo[k], reads[k]
+            memo.pop(k, None)
+            del reads[k]
     return out
 
 
