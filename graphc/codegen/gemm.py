@@ -641,6 +641,78 @@ def _emit_view_pack_m(g: _Gen, fn: ir.Function, W: int, view, kcmax: int) -> Non
     b.ret_void()
 
 
+# A view whose innermost K digit has at least this many elements is read in place by a view tile (a convolution's
+# image: runs of KW*C or of an output row's pixels), not packed.
+VIEW_TILE_MIN_RUN = 8
+
+
+def _view_tile_ok(view, unroll: int) -> bool:
+    """Whether `view` is read in place: its innermost K digit static, long, a whole number of unrolled k steps
+    (then so are K and every K block: no unrolled step straddles two runs)."""
+    _, rows, cols = view
+    run = cols[-1][0]
+    return bool(run) and run >= VIEW_TILE_MIN_RUN and run % unroll == 0 and cols[-1][1] > 0
+
+
+def _view_group(view) -> int:
+    """Rows of the view's innermost row digit (the pixels of an image row), when the rows of one such group lie
+    equally spaced and before the next group's (a view tile inside a group is read in place; the driver does
+    not let tiles cross groups); else 0 (no grouping: the tiles that cross are packed)."""
+    _, rows, _ = view
+    if len(rows) < 2 or not rows[-1][0] or rows[-1][0] >= 1 << 23:
+        return 0
+    size, stride = rows[-1]
+    return size if all(s >= size * stride for _, s in rows[:-1]) else 0
+
+
+def _view_tile_fn(g: _Gen, name: str, view) -> ir.Function:
+    """tile(A, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile, row, pc, M): the tile of op(A) rows
+    row..row+mrem-1 over the K block pc..pc+kc-1 for one GEMM's A view (not shared: its digits are constants).
+
+    A tile whose rows are equally spaced (inside one group: the pixels of one image row, or 12 of a window row's
+    channels) is read where it lies by the view's own microkernel (``name.affine``, or ``name.affine8`` for at
+    most 8 rows): K in runs along the innermost K digit, each run one stride, every unrolled step inside one
+    run, the same fused multiply-adds in the same order as from a packed panel (bitwise the same C). Rows past
+    mrem are computed and dropped: read only where rows of A follow (row + R <= M; a group's rows come before
+    the next group's, so they lie inside A). Any other tile is packed on the stack by the view's packing routine
+    and computed by the shared microkernel. A convolution thereby reads its image in place instead of copying
+    every window into panels (im2col), which cost ~15% of a CIFAR training step."""
+    cfg = g.cfg
+    _, rows, _ = view
+    inner = rows[-1][0] if len(rows) > 1 else None
+    kernels = []
+    for r in sorted({cfg.mr, *([_edge_rows(cfg)] if _edge_rows(cfg) else [])}):
+        k = ir.Function(g.module, _TILE_TY, name + (".affine" if r == cfg.mr else f".affine{r}"))
+        k.linkage = "internal"
+        k.attributes.add("noinline")
+        _emit_ukernel(g, k, r, view=view)
+        kernels.append((r, k))
+    pack = _view_pack_fn(g, name + ".pack", view)
+    kern = _ukernel_fn(g, None, row_major=_view_pack_kind(view, cfg.mr) == "r")
+    fn = ir.Function(g.module, _TILE_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    A, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile, row, pc, M = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    buf = b.alloca(ir.ArrayType(g.T, cfg.mr * cfg.kc), name="panel")
+    buf.align = 64
+    buf.type = _PTR
+    inside = b.icmp_signed("<=", b.add(b.urem(row, _c64(inner)), mrem), _c64(inner)) if inner else ir.Constant(_I1, 1)
+    done = fn.append_basic_block("done")
+    for r, k in kernels:  # the narrowest kernel that covers mrem rows
+        fits = b.and_(inside, b.icmp_signed("<=", mrem, _c64(r)))
+        fits = b.and_(fits, b.icmp_signed("<=", b.add(row, _c64(r)), M))
+        with b.if_then(fits):
+            b.call(k, list(fn.args))
+            b.branch(done)
+    b.call(pack, [buf, A, row, pc, kc, mrem])
+    b.call(kern, [buf, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile])
+    b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
 def _view_pack_fn(g: _Gen, name: str, view) -> ir.Function:
     """The packing routine of one GEMM's A view (its digits are compile-time constants): not shared."""
     fn = ir.Function(g.module, _VPACK_TY, name)
@@ -726,7 +798,8 @@ SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a sta
 # ------------------------------------------------------------------------------------------ microkernel
 
 
-def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, row_major: bool = False) -> None:
+def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, row_major: bool = False,
+                  view=None) -> None:
     """ukernel(Ap, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile).
 
     Computes the MR x NR tile ``sum_k Ap[k*MR + i] * Bp[k*bstride + j]`` (k < kc) in registers (its first
@@ -737,16 +810,26 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
     * else: stores it (``+ C`` when `load_old`, C read on the valid rows and columns only) to the MR x NR
       buffer `tile` (row stride NR): the first `mrem` rows, whole vectors, for the epilogue pass to finish.
 
-    B rows are `bstride` elements apart: NR for a packed panel, ldb for a panel read in place."""
+    B rows are `bstride` elements apart: NR for a packed panel, ldb for a panel read in place.
+
+    `view` (offset, rows, cols): the view tile (see `_view_tile_fn`): Ap is the viewed array itself and two
+    more arguments, (row, pc), place the tile at op(A)[row:row+MR, pc:pc+kc]."""
     cfg = g.cfg
     MR, NR, L, U = cfg.mr, cfg.nr, g.L, cfg.unroll
     R = rows  # rows computed; the A panel keeps its MR stride
     NV = NR // L
     ap, bp, c, ldc, bstride, kc, mrem, nrem, load_old, tile = fn.args[:10]
     for a, nm in zip(fn.args, ["Ap", "Bp", "C", "ldc", "bstride", "kc", "mrem", "nrem", "load_old", "tile",
-                               "a_rs", "a_ks"], strict=False):
+                               "a_rs" if strided else "row", "a_ks" if strided else "pc"], strict=False):
         a.name = nm
-    if strided:  # A in place: op(A)[i, k] at Ap[i*a_rs + k*a_ks]
+    a_ty = _PTR  # what the k loop carries for A: a pointer, or (view) an element offset along K
+    if view is not None:  # op(A)[i, k] at base[i*D + koff(k)]: rows equally spaced (the caller checks)
+        _, vrows, vcols = view
+        KS, D = vcols[-1][1], vrows[-1][1]
+        a_ty = _I64
+        a_off = lambda i, kk: _c64(i * D + kk * KS)  # noqa: E731
+        a_step = lambda u: _c64(u * KS)  # noqa: E731
+    elif strided:  # A in place: op(A)[i, k] at Ap[i*a_rs + k*a_ks]
         a_rs, a_ks = fn.args[10:]
         a_off = lambda i, kk: b.add(b.mul(_c64(i), a_rs), b.mul(_c64(kk), a_ks))  # noqa: E731
         a_step = lambda u: b.mul(_c64(u), a_ks)  # noqa: E731
@@ -759,6 +842,16 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
     for a in (ap, bp, c, tile):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if view is not None:
+        vbase = g.gep(b, ap, b.add(_c64(view[0]), _digits_offset(b, fn.args[10], vrows)))
+
+    def a_addr(a_base, i, kk):
+        if view is not None:
+            return g.gep(b, vbase, b.add(a_base, a_off(i, kk)))
+        return g.gep(b, a_base, a_off(i, kk))
+
+    def a_next(a_base, u):
+        return b.add(a_base, a_step(u)) if view is not None else g.gep(b, a_base, a_step(u))
 
     if cfg.prefetch_c and not strided:  # small products: C is mostly in L1 already
         for i in range(R):
@@ -772,21 +865,22 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         bv = [b.load(g.gep(b, brow, _c64(v * L)), typ=g.V, align=g.esize) for v in range(NV)]
         out = list(accs)
         for i in range(R):
-            s = b.load(g.gep(b, a_base, a_off(i, kk)), typ=g.T, align=g.esize)
+            s = b.load(a_addr(a_base, i, kk), typ=g.T, align=g.esize)
             bc = g.splat(b, s)
             for v in range(NV):
                 out[i * NV + v] = b.call(g.fmuladd, [bc, bv[v], out[i * NV + v]])
         return out
 
-    def kloop(start_accs, a0, b0, trips, unroll, tag):
-        """Loop `trips` times over `unroll` k steps; returns (accs, a_ptr, b_ptr) after the loop."""
+    def kloop(start_accs, a0, b0, trips, unroll, tag, a_at=None):
+        """Loop `trips` times over `unroll` k steps; returns (accs, a_ptr, b_ptr) after the loop. `a_at(n)`:
+        A's position at trip n, instead of stepping it."""
         pre = b.block
         body = fn.append_basic_block(tag + ".body")
         done = fn.append_basic_block(tag + ".done")
         b.cbranch(b.icmp_signed(">", trips, _c64(0)), body, done)
         b.position_at_end(body)
         n = b.phi(_I64)
-        pa = b.phi(_PTR)
+        pa = b.phi(a_ty)
         pb = b.phi(_PTR)
         accs = [b.phi(g.V) for _ in start_accs]
         n.add_incoming(_c64(0), pre)
@@ -797,9 +891,9 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         cur = list(accs)
         for kk in range(unroll):
             cur = kstep(cur, pa, pb, kk)
-        na = g.gep(b, pa, a_step(unroll))
-        nb = g.gep(b, pb, b.mul(_c64(unroll), bstride))
         n2 = b.add(n, _c64(1))
+        na = a_next(pa, unroll) if a_at is None else a_at(n2)
+        nb = g.gep(b, pb, b.mul(_c64(unroll), bstride))
         last_body = b.block
         n.add_incoming(n2, last_body)
         pa.add_incoming(na, last_body)
@@ -814,7 +908,7 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
             ph.add_incoming(v0, pre)
             ph.add_incoming(v1, last_body)
             out_acc.append(ph)
-        pa_out = b.phi(_PTR)
+        pa_out = b.phi(a_ty)
         pa_out.add_incoming(a0, pre)
         pa_out.add_incoming(na, last_body)
         pb_out = b.phi(_PTR)
@@ -822,12 +916,22 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         pb_out.add_incoming(nb, last_body)
         return out_acc, pa_out, pb_out
 
+    def klen(accs, a0, b0, count):
+        """`count` k steps (unrolled by U, then the rest): (accs, b pointer after them)."""
+        if U > 1:
+            accs, a1, b1 = kloop(accs, a0, b0, b.sdiv(count, _c64(U)), U, "kmain")
+            accs, _, b2 = kloop(accs, a1, b1, b.srem(count, _c64(U)), 1, "ktail")
+            return accs, b2
+        accs, _, b1 = kloop(accs, a0, b0, count, 1, "kmain")
+        return accs, b1
+
     accs = [g.zero] * (R * NV)
-    if U > 1:
-        accs, a1, b1 = kloop(accs, ap, bp, b.sdiv(kc, _c64(U)), U, "kmain")
-        accs, _, _ = kloop(accs, a1, b1, b.srem(kc, _c64(U)), 1, "ktail")
-    else:
-        accs, _, _ = kloop(accs, ap, bp, kc, 1, "kmain")
+    if view is None:
+        accs, _ = klen(accs, ap, bp, kc)
+    else:  # one k loop; each unrolled step lies in one run (`_view_tile_ok`): its offset from its k by the digits
+        pc = fn.args[11]
+        koff = lambda n: _digits_offset(b, b.add(pc, b.mul(n, _c64(U))), vcols)  # noqa: E731
+        accs, _, _ = kloop(accs, koff(_c64(0)), bp, b.sdiv(kc, _c64(U)), U, "kmain", koff)
 
     # the destination: C, or the tile buffer (row stride NR) for the epilogue pass
     to_tile = b.icmp_unsigned("!=", tile, ir.Constant(_PTR, None))
@@ -984,8 +1088,11 @@ class _FnPtr:
 _PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
 _VPACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64])  # (dst, A, row0, k0, kc, nrows)
 _EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
-# flags of the shared driver
-_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A, _VIEW_ROWS = 1, 2, 4, 8, 16
+# (A, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile, row, pc, M): a view tile (`_view_tile_fn`)
+_TILE_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I1, _PTR, _I64, _I64, _I64])
+# flags of the shared driver; above _GROUP_SHIFT, the rows of a view tile's group (`_view_group`)
+_TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A, _VIEW_ROWS, _VIEW_TILE = 1, 2, 4, 8, 16, 32
+_GROUP_SHIFT = 8
 
 
 def _driver_fn(g: _Gen) -> ir.Function:
@@ -1034,7 +1141,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
 
     trans_a, trans_b, acc_flag, view_a = flag(_TRANS_A), flag(_TRANS_B), flag(_ACCUMULATE), flag(_VIEW_A)
     view_rows = flag(_VIEW_ROWS)  # the view packs row-major: tiles read it in place (rows kc apart)
+    view_tile = flag(_VIEW_TILE)  # no packing: `packA` is the view's tile function, reading A in place
+    group = b.zext(b.lshr(flags, ir.Constant(_I32, _GROUP_SHIFT)), _I64)  # rows a view tile must not cross
     has_epi = b.icmp_unsigned("!=", epi, null)
+    tile_view = _Callee(pack_a, _TILE_TY)
     pack_view = _Callee(pack_a, _VPACK_TY)
     pack_a = _Callee(pack_a, _PACK_TY)
     pack_b = _Callee(pack_b, _PACK_TY)
@@ -1088,7 +1198,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         nblk = _cdiv_ir(b, extent, _c64(cap))
         return _rup_ir(b, _cdiv1(b, extent, nblk), _c64(quantum))
 
+    group = b.select(b.icmp_signed(">", group, _c64(0)), group, b.add(Mv, _c64(1)))
     mcb = balanced(b.sub(m1, m0), cfg.mc, MR)
+    # view tiles: M blocks of whole groups where a group is at most a block (a block edge would cut a tile)
+    mcb = b.select(b.and_(view_tile, b.icmp_signed("<=", group, mcb)), _rup_ir(b, mcb, group), mcb)
     ncb = balanced(b.sub(n1, n0), cfg.nc, NR)
     kcb = balanced(Kv, cfg.kc, cfg.unroll)
     # narrow non-transposed B in a thread with few A panels: full B panels are read in place
@@ -1120,13 +1233,13 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         tptr = b.select(finish, tile_buf, null)
         mc = _smin(b, mcb, b.sub(m1, ic))
 
-        def tile(jr, ir_, ap_panel):
+        def tile(jr, ir_, ap_panel, rows=None):
             in_place = b.icmp_signed("<", jr, nfull)
             bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, bpk, b.mul(jr, kc)))
             bstride = b.select(in_place, ldb, _c64(NR))
             row, col = b.add(ic, ir_), b.add(jc, jr)
             cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
-            mrem = _smin(b, _c64(MR), b.sub(mc, ir_))
+            mrem = _smin(b, _c64(MR), b.sub(mc, ir_)) if rows is None else rows
             nrem = _smin(b, _c64(NR), b.sub(nc, jr))
             uargs = [ap_panel, bptr, cptr, ldc, bstride, kc, mrem, nrem, load_old, tptr]
 
@@ -1140,12 +1253,15 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                         with full:
                             b.call(kern, args)
 
-            with b.if_else(view_rows) as (rowmajor, panels):
-                with rowmajor:  # the tile's rows of the row-major block
-                    run(ukernel_rows, ukernel_rows_edge,
-                        [g.gep(b, Ap, b.mul(ir_, _c64(cfg.kc))), *uargs[1:]])
-                with panels:
-                    run(ukernel, ukernel_edge, uargs)
+            if ap_panel is None:  # a view tile: A read in place
+                b.call(tile_view, [A, *uargs[1:], row, pc, Mv])
+            else:
+                with b.if_else(view_rows) as (rowmajor, panels):
+                    with rowmajor:  # the tile's rows of the row-major block
+                        run(ukernel_rows, ukernel_rows_edge,
+                            [g.gep(b, Ap, b.mul(ir_, _c64(cfg.kc))), *uargs[1:]])
+                    with panels:
+                        run(ukernel, ukernel_edge, uargs)
             with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
                 b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
 
@@ -1177,19 +1293,40 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                             cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
                             b.call(epi, [small_buf, cptr, ldc, cnt, nrem, row, col, ectx])
             with packed:
-                with b.if_else(view_a) as (viewed, stored):
+                with b.if_then(b.not_(view_tile)), b.if_else(view_a) as (viewed, stored):
                     with viewed:
                         b.call(pack_view, [Ap, A, ic, pc, kc, mc])
                     with stored:
                         b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
-                if cfg.loop_order == "jr_ir":
-                    with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
-                            _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
-                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
-                else:
-                    with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, \
-                            _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
-                        tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+                with b.if_else(view_tile) as (grouped, panels):
+                    with grouped:  # view tiles do not cross a group (an image row): MR rows or to its end
+                        pre = b.block
+                        body = fn.append_basic_block("gr")
+                        done = fn.append_basic_block("gr.done")
+                        b.cbranch(b.icmp_signed(">", mc, _c64(0)), body, done)
+                        b.position_at_end(body)
+                        ir_ = b.phi(_I64, name="ir")
+                        ir_.add_incoming(_c64(0), pre)
+                        left = _smin(b, b.sub(group, b.urem(b.add(ic, ir_), group)), b.sub(mc, ir_))
+                        rows = _smin(b, _c64(MR), left)
+                        if edge:  # 13-16 rows left: two tiles of the narrow kernel, not a wide one and a sliver
+                            two = b.and_(b.icmp_signed(">", left, _c64(MR)), b.icmp_signed("<=", left, _c64(2 * edge)))
+                            rows = b.select(two, _c64(edge), rows)
+                        with _Loop(b, _c64(0), nc, _c64(NR), "gjr") as jr:
+                            tile(jr, ir_, None, rows)
+                        nxt = b.add(ir_, rows)
+                        ir_.add_incoming(nxt, b.block)
+                        b.cbranch(b.icmp_signed("<", nxt, mc), body, done)
+                        b.position_at_end(done)
+                    with panels:
+                        if cfg.loop_order == "jr_ir":
+                            with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
+                                    _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_:
+                                tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
+                        else:
+                            with _Loop(b, _c64(0), mc, _c64(MR), "ir") as ir_, \
+                                    _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr:
+                                tile(jr, ir_, g.gep(b, Ap, b.mul(ir_, kc)))
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
         with b.if_else(resident) as (res, blis):
@@ -1236,7 +1373,8 @@ def emit_gemm(
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
 
     ``a_view`` = (offset, rows, cols): op(A) is read through that view of A (see "operand views"; lda and
-    trans_a are then unused), packed by ``name.pack_a``.
+    trans_a are then unused): read in place by ``name.tile`` where its innermost K digit allows
+    (`_view_tile_ok`: a convolution's image), else packed by ``name.pack_a``.
 
     ``name`` is a small wrapper around the module's shared driver, microkernel and packing routines (added on
     first use, internal, named ``graphc.gemm.*``); with an epilogue, ``name.epilogue`` is its epilogue pass.
@@ -1254,7 +1392,8 @@ def emit_gemm(
     if a_view is not None:
         if trans_a:
             raise ValueError("an A view already says how op(A) is read: trans_a must be False")
-        pack_a = _view_pack_fn(g, f"{name}.pack_a", a_view)
+        pack_a = (_view_tile_fn(g, f"{name}.tile", a_view) if _view_tile_ok(a_view, cfg.unroll)
+                  else _view_pack_fn(g, f"{name}.pack_a", a_view))
     else:
         pack_a = _pack_fn(g, trans_a, cfg.mr)
     pack_b = _pack_fn(g, not trans_b, cfg.nr)
@@ -1280,7 +1419,8 @@ def emit_gemm(
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
     if a_view is not None:
-        flags |= _VIEW_A | (_VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
+        flags |= _VIEW_A | (_VIEW_TILE | _view_group(a_view) << _GROUP_SHIFT if _view_tile_ok(a_view, cfg.unroll)
+                            else _VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
     b.ret_void()

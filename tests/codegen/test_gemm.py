@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
+from graphc.codegen import gemm as gemm_mod
 from graphc.codegen.gemm import (
     SMALL_ROWS,
     EpilogueContext,
@@ -310,12 +311,14 @@ def _im2col(X, k, pads):
 
 
 @pytest.mark.parametrize("n, h, c, k, f", [(3, 7, 5, 3, 6), (2, 9, 32, 3, 40), (1, 5, 1, 5, 3), (4, 6, 13, 1, 17),
-                                           (2, 30, 3, 3, 33)])
+                                           (2, 30, 3, 3, 33), (2, 16, 8, 3, 20), (2, 16, 32, 3, 20),
+                                           (1, 32, 4, 3, 7)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_view_is_the_product_over_the_materialized_matrix_bitwise(n, h, c, k, f, dtype):
     """op(A) read through a view (a padded image's im2col matrix, rows (n, oh, ow) and columns (kh, kw, c); and
     its transpose, as the filter gradient reads it) gives bitwise the product over the materialized matrix,
-    whichever way the view is packed (row-major runs along K, or k-major copies/gathers along M), on 1-3
+    whichever way it is read (in place by the view's own tiles — whole tiles inside an image row, a K block
+    splitting a run — with the other tiles packed; or packed row-major along K, or k-major along M), on 1-3
     threads, with K and M spanning several blocks."""
     X = _RNG.standard_normal((n, h, h, c)).astype(dtype)
     Xp, cols = _im2col(X, k, 1)
@@ -326,6 +329,9 @@ def test_a_view_is_the_product_over_the_materialized_matrix_bitwise(n, h, c, k, 
     M, K = cols.shape
     G = _RNG.standard_normal((M, f)).astype(dtype)
     W = _RNG.standard_normal((K, f)).astype(dtype)
+    in_place = {name: gemm_mod._view_tile_ok(v, default_config(host_target(), dtype).unroll)
+                for name, v in (("fwd", (0, rows, taps)), ("dw", (0, taps, rows)))}
+    assert in_place == {"fwd": k * c % 4 == 0 and k * c >= 8, "dw": oh % 4 == 0 and oh >= 8}
     mods = _build({"fwd": dict(dtype=dtype, a_view=(0, rows, taps)), "dw": dict(dtype=dtype, a_view=(0, taps, rows)),
                    "plain": dict(dtype=dtype), "plain_t": dict(dtype=dtype, trans_a=True)}, host_target())
     for name, (Aview, B, mm, nn, kk, plain, Ab) in {
