@@ -9,8 +9,8 @@
 4. graphc's compile time of those steps, cold (no disk cache) and cached.
 
 Each thread count runs in its own process (XLA fixes its thread count when it starts), and the parent prints
-the table. graphc lowers a convolution to pad -> windows (im2col, materialized by a loop kernel) -> the packed
-GEMM; `--profile` prints which kernels a conv training step spends its time in (gc.compile(profile=True)).
+the table. graphc lowers a convolution to pad -> the packed GEMM reading the padded image through a view (its
+tiles in place, no im2col copy); `--profile` prints which kernels a conv training step spends its time in (gc.compile(profile=True)).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py [--threads 1,2] [--quick]
     python benchmarks/bench_conv.py --accuracy     # examples/cnn_digits.py over seeds 0-7, and the default MLP

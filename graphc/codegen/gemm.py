@@ -85,6 +85,7 @@ in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~1
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -644,14 +645,16 @@ def _emit_view_pack_m(g: _Gen, fn: ir.Function, W: int, view, kcmax: int) -> Non
 # A view whose innermost K digit has at least this many elements is read in place by a view tile (a convolution's
 # image: runs of KW*C or of an output row's pixels), not packed.
 VIEW_TILE_MIN_RUN = 8
+VIEW_UNROLL = 2  # k steps per trip of a view kernel (each view has its own: half the code of 4, as fast)
 
 
-def _view_tile_ok(view, unroll: int) -> bool:
-    """Whether `view` is read in place: its innermost K digit static, long, a whole number of unrolled k steps
-    (then so are K and every K block: no unrolled step straddles two runs)."""
+def _view_tile_ok(view) -> bool:
+    """Whether `view` is read in place: its innermost K digit static, long, a whole number of a view kernel's
+    unrolled k steps (then so are K and every K block, rounded to the microkernel's unroll: no unrolled step
+    straddles two runs)."""
     _, rows, cols = view
     run = cols[-1][0]
-    return bool(run) and run >= VIEW_TILE_MIN_RUN and run % unroll == 0 and cols[-1][1] > 0
+    return bool(run) and run >= VIEW_TILE_MIN_RUN and run % VIEW_UNROLL == 0 and cols[-1][1] > 0
 
 
 def _view_group(view) -> int:
@@ -665,28 +668,42 @@ def _view_group(view) -> int:
     return size if all(s >= size * stride for _, s in rows[:-1]) else 0
 
 
+def _view_kernel(g: _Gen, view, rows: int) -> ir.Function:
+    """The view microkernel of `rows` rows (see `_view_tile_fn`), one per module for each distinct view: a
+    convolution's forward and its input gradient read padded images of the same shape through the same view."""
+    key = hashlib.sha256(repr((view, rows)).encode()).hexdigest()[:16]
+    c = g.cfg
+    name = f"graphc.gemm.view.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.r{rows}.{key}"
+    fn = g.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(g.module, _TILE_TY, name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        _emit_ukernel(g, fn, rows, view=view)
+    return fn
+
+
 def _view_tile_fn(g: _Gen, name: str, view) -> ir.Function:
     """tile(A, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile, row, pc, M): the tile of op(A) rows
-    row..row+mrem-1 over the K block pc..pc+kc-1 for one GEMM's A view (not shared: its digits are constants).
+    row..row+mrem-1 over the K block pc..pc+kc-1 for one GEMM's A view (its digits are constants).
 
     A tile whose rows are equally spaced (inside one group: the pixels of one image row, or 12 of a window row's
-    channels) is read where it lies by the view's own microkernel (``name.affine``, or ``name.affine8`` for at
-    most 8 rows): K in runs along the innermost K digit, each run one stride, every unrolled step inside one
-    run, the same fused multiply-adds in the same order as from a packed panel (bitwise the same C). Rows past
-    mrem are computed and dropped: read only where rows of A follow (row + R <= M; a group's rows come before
-    the next group's, so they lie inside A). Any other tile is packed on the stack by the view's packing routine
-    and computed by the shared microkernel. A convolution thereby reads its image in place instead of copying
-    every window into panels (im2col), which cost ~15% of a CIFAR training step."""
+    channels) is read where it lies by a microkernel of the view (`_view_kernel`; the narrow one where a group
+    leaves tiles of at most 8 rows): K in runs along the innermost K digit, each run one stride, every
+    unrolled step inside one run, the same fused multiply-adds in the same order as from a packed panel
+    (bitwise the same C). Rows past mrem are computed and dropped: read only where rows of A follow (row + R <=
+    M; a group's rows come before the next group's, so they lie inside A). Any other tile is packed on the
+    stack by the view's packing routine and computed by the shared microkernel. A convolution thereby reads its
+    image in place instead of copying every window into panels (im2col), which cost ~15% of a CIFAR training
+    step."""
     cfg = g.cfg
     _, rows, _ = view
     inner = rows[-1][0] if len(rows) > 1 else None
-    kernels = []
-    for r in sorted({cfg.mr, *([_edge_rows(cfg)] if _edge_rows(cfg) else [])}):
-        k = ir.Function(g.module, _TILE_TY, name + (".affine" if r == cfg.mr else f".affine{r}"))
-        k.linkage = "internal"
-        k.attributes.add("noinline")
-        _emit_ukernel(g, k, r, view=view)
-        kernels.append((r, k))
+    edge = _edge_rows(cfg)
+    group = _view_group(view)
+    # the narrow kernel only where tiles of at most `edge` rows come up (13-16 rows left of a group: two of them)
+    narrow = edge is not None and group > 0 and (0 < group % cfg.mr <= edge or cfg.mr < group <= 2 * edge)
+    kernels = [(r, _view_kernel(g, view, r)) for r in ([edge] if narrow else []) + [cfg.mr]]
     pack = _view_pack_fn(g, name + ".pack", view)
     kern = _ukernel_fn(g, None, row_major=_view_pack_kind(view, cfg.mr) == "r")
     fn = ir.Function(g.module, _TILE_TY, name)
@@ -844,6 +861,9 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     if view is not None:
         vbase = g.gep(b, ap, b.add(_c64(view[0]), _digits_offset(b, fn.args[10], vrows)))
+        acc_buf = b.alloca(ir.ArrayType(g.T, R * NR), name="acc")
+        acc_buf.align = 64
+        acc_buf.type = _PTR
 
     def a_addr(a_base, i, kk):
         if view is not None:
@@ -930,9 +950,23 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         accs, _ = klen(accs, ap, bp, kc)
     else:  # one k loop; each unrolled step lies in one run (`_view_tile_ok`): its offset from its k by the digits
         pc = fn.args[11]
-        koff = lambda n: _digits_offset(b, b.add(pc, b.mul(n, _c64(U))), vcols)  # noqa: E731
-        accs, _, _ = kloop(accs, koff(_c64(0)), bp, b.sdiv(kc, _c64(U)), U, "kmain", koff)
+        koff = lambda n: _digits_offset(b, b.add(pc, b.mul(n, _c64(VIEW_UNROLL))), vcols)  # noqa: E731
+        accs, _, _ = kloop(accs, koff(_c64(0)), bp, b.sdiv(kc, _c64(VIEW_UNROLL)), VIEW_UNROLL, "kmain", koff)
 
+    if view is None:
+        _emit_store(g, b, accs, R, c, ldc, mrem, nrem, load_old, tile)
+    else:  # the tile's store is shared (`_finish_fn`): the view kernels, one per view, stay small to compile
+        for i, a in enumerate(accs):
+            g.store_vec(b, a, acc_buf, _c64(i * L), align=g.valign)
+        b.call(_finish_fn(g, R), [acc_buf, c, ldc, mrem, nrem, load_old, tile])
+    b.ret_void()
+
+
+def _emit_store(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load_old, tile) -> None:
+    """Store a finished R x NR tile (`accs`: R * NR/L vectors, row-major): to C (``+ C`` when `load_old`), or
+    to the tile buffer for the epilogue pass; the first `mrem` rows and `nrem` columns (see `_emit_ukernel`)."""
+    NR, L = g.cfg.nr, g.L
+    NV = NR // L
     # the destination: C, or the tile buffer (row stride NR) for the epilogue pass
     to_tile = b.icmp_unsigned("!=", tile, ir.Constant(_PTR, None))
     dst = b.select(to_tile, tile, c)
@@ -964,7 +998,24 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
                         old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)), masks[v])
                         val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
                         g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)), smasks[v])
-    b.ret_void()
+
+
+def _finish_fn(g: _Gen, rows: int) -> ir.Function:
+    """finish(acc, C, ldc, mrem, nrem, load_old, tile): `_emit_store` of the tile at `acc` (R x NR, 64-byte
+    aligned), shared by the module's view kernels (in the helper library where the module links it)."""
+    c = g.cfg
+    name = f"graphc.gemm.ukernel.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.finish{rows}"
+
+    def build(fn):
+        acc, cc, ldc, mrem, nrem, load_old, tile = fn.args
+        for a in (acc, cc, tile):
+            a.add_attribute("noalias")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        accs = [g.load_vec(b, acc, _c64(i * g.L), align=g.valign) for i in range(rows * c.nr // g.L)]
+        _emit_store(g, b, accs, rows, cc, ldc, mrem, nrem, load_old, tile)
+        b.ret_void()
+
+    return _shared(g, name, [_PTR, _PTR, _I64, _I64, _I64, _I1, _PTR], build)
 
 
 # --------------------------------------------------------------------------------------------- epilogue
@@ -1392,7 +1443,7 @@ def emit_gemm(
     if a_view is not None:
         if trans_a:
             raise ValueError("an A view already says how op(A) is read: trans_a must be False")
-        pack_a = (_view_tile_fn(g, f"{name}.tile", a_view) if _view_tile_ok(a_view, cfg.unroll)
+        pack_a = (_view_tile_fn(g, f"{name}.tile", a_view) if _view_tile_ok(a_view)
                   else _view_pack_fn(g, f"{name}.pack_a", a_view))
     else:
         pack_a = _pack_fn(g, trans_a, cfg.mr)
@@ -1419,7 +1470,7 @@ def emit_gemm(
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
     if a_view is not None:
-        flags |= _VIEW_A | (_VIEW_TILE | _view_group(a_view) << _GROUP_SHIFT if _view_tile_ok(a_view, cfg.unroll)
+        flags |= _VIEW_A | (_VIEW_TILE | _view_group(a_view) << _GROUP_SHIFT if _view_tile_ok(a_view)
                             else _VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
                     _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
@@ -1479,6 +1530,8 @@ def helper_library(target: Target, driver_name: str) -> str:
     for copy in (True, False):
         for w in (cfg.mr, cfg.nr):
             _pack_fn(g, copy, w)
+    for r in {cfg.mr, _edge_rows(cfg) or cfg.mr}:
+        _finish_fn(g, r)
     # weak_odr: a name is its code (two configs' libraries both define the packing routines of a width)
     return re.sub(r'^define internal void @"graphc\.gemm\.', 'define weak_odr hidden void @"graphc.gemm.',
                   str(module), flags=re.M)
