@@ -644,17 +644,24 @@ def _emit_view_pack_m(g: _Gen, fn: ir.Function, W: int, view, kcmax: int) -> Non
 
 # A view whose innermost K digit has at least this many elements is read in place by a view tile (a convolution's
 # image: runs of KW*C or of an output row's pixels), not packed.
-VIEW_TILE_MIN_RUN = 8
+VIEW_TILE_MIN_RUN = 5
 VIEW_UNROLL = 2  # k steps per trip of a view kernel (each view has its own: half the code of 4, as fast)
 
 
+def _view_unroll(view) -> int:
+    """k steps per trip of the view's kernel: VIEW_UNROLL where its runs are whole multiples of it, else 1 (a
+    3-channel image's runs of 9: read in place one k at a time still beats packing them)."""
+    run = view[2][-1][0]
+    return VIEW_UNROLL if run % VIEW_UNROLL == 0 else 1
+
+
 def _view_tile_ok(view) -> bool:
-    """Whether `view` is read in place: its innermost K digit static, long, a whole number of a view kernel's
-    unrolled k steps (then so are K and every K block, rounded to the microkernel's unroll: no unrolled step
-    straddles two runs)."""
+    """Whether `view` is read in place: its innermost K digit (the runs) static and long enough. Runs are whole
+    multiples of the kernel's unroll (`_view_unroll`), so are K and every K block (rounded to the microkernel's
+    unroll): no unrolled step straddles two runs."""
     _, rows, cols = view
     run = cols[-1][0]
-    return bool(run) and run >= VIEW_TILE_MIN_RUN and run % VIEW_UNROLL == 0 and cols[-1][1] > 0
+    return bool(run) and run >= VIEW_TILE_MIN_RUN and cols[-1][1] > 0
 
 
 def _view_group(view) -> int:
@@ -950,8 +957,9 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         accs, _ = klen(accs, ap, bp, kc)
     else:  # one k loop; each unrolled step lies in one run (`_view_tile_ok`): its offset from its k by the digits
         pc = fn.args[11]
-        koff = lambda n: _digits_offset(b, b.add(pc, b.mul(n, _c64(VIEW_UNROLL))), vcols)  # noqa: E731
-        accs, _, _ = kloop(accs, koff(_c64(0)), bp, b.sdiv(kc, _c64(VIEW_UNROLL)), VIEW_UNROLL, "kmain", koff)
+        vu = _view_unroll(view)
+        koff = lambda n: _digits_offset(b, b.add(pc, b.mul(n, _c64(vu))), vcols)  # noqa: E731
+        accs, _, _ = kloop(accs, koff(_c64(0)), bp, b.sdiv(kc, _c64(vu)), vu, "kmain", koff)
 
     if view is None:
         _emit_store(g, b, accs, R, c, ldc, mrem, nrem, load_old, tile)

@@ -330,7 +330,7 @@ def test_a_view_is_the_product_over_the_materialized_matrix_bitwise(n, h, c, k, 
     G = _RNG.standard_normal((M, f)).astype(dtype)
     W = _RNG.standard_normal((K, f)).astype(dtype)
     in_place = {name: gemm_mod._view_tile_ok(v) for name, v in (("fwd", (0, rows, taps)), ("dw", (0, taps, rows)))}
-    assert in_place == {"fwd": k * c % 2 == 0 and k * c >= 8, "dw": oh % 2 == 0 and oh >= 8}
+    assert in_place == {"fwd": k * c >= 5, "dw": oh >= 5}
     mods = _build({"fwd": dict(dtype=dtype, a_view=(0, rows, taps)), "dw": dict(dtype=dtype, a_view=(0, taps, rows)),
                    "plain": dict(dtype=dtype), "plain_t": dict(dtype=dtype, trans_a=True)}, host_target())
     for name, (Aview, B, mm, nn, kk, plain, Ab) in {
