@@ -1718,7 +1718,7 @@ class ModuleEmitter:
         (one row) or the rows (in vectors of the GEMM's NR columns)."""
         b = fe.b
         dtype = k.a.dtype
-        L = self.lanes(dtype)
+        L = cfg.lanes or self.lanes(dtype)
         NR = cfg.nr
         NV = NR // L
         T = SCALAR[dtype]

@@ -53,21 +53,20 @@ Emitted function (row-major storage; element strides; all dims in elements)::
 * ``workspace`` must be 64-byte aligned and at least `workspace_bytes` (M, N, K, nthreads) bytes, computed
   with the same target, dtype and config. A, B, C are only assumed element-aligned.
 
-Epilogue: ``epilogue(ctx: EpilogueContext) -> ir.Value`` is called ONCE per `emit_gemm`, at code-generation
-time, to emit the body of the loop of the GEMM's epilogue pass. After the last K block of each tile, the
-microkernel stores the finished tile (already ``+ old C`` when ``accumulate=True`` or K spans several K
-blocks) to a per-thread MR x NR buffer on the driver's stack, still in L1; the pass ``name.epilogue`` then
-walks its valid part (column vectors outer, rows inner) and stores ``epilogue(ctx)`` to C. ``ctx.acc`` is
-ALWAYS a full ``<L x T>`` vector (L = `Target.f32_lanes` or ``f64_lanes``), holding columns ``ctx.col ..
-ctx.col + L - 1`` of row ``ctx.row``. ``ctx.mask`` is an ``<L x i1>`` (a run-time value) telling which lanes
-are real columns: all set except on the column edge. Lanes outside it are discarded by the masked store, but
-must not be used to touch memory: use ``ctx.load``, which masks. It is None only where every vector is full
-(N static and a multiple of NR). Rows outside M are never passed. The epilogue must return an ``<L x T>``
-vector, the value to store, or None: then C is scratch (the K blocks' partial sums) and the pass leaves it
-as it is. ``ctx.extra_args`` are the function's extra arguments (`extra_args` types,
-passed through to the pass), e.g. a bias pointer: arguments of ``ctx.builder.function``, so code that
-uses only them may be hoisted into that function's entry block. Stores of other buffers made by the
-epilogue (masked with ``ctx.mask``) are fine; it must not touch C through another pointer (C is noalias).
+Epilogue: ``epilogue(ctx: EpilogueContext) -> ir.Value`` is called ONCE per `emit_gemm`, at code-generation time, to
+emit the body of the loop of the GEMM's epilogue pass. After the last K block of each tile, the microkernel stores the
+finished tile (already ``+ old C`` when ``accumulate=True`` or K spans several K blocks) to a per-thread MR x NR buffer
+on the driver's stack, still in L1; the pass ``name.epilogue`` then walks its valid part (column vectors outer, rows
+inner) and stores ``epilogue(ctx)`` to C. ``ctx.acc`` is ALWAYS a full ``<L x T>`` vector (L = ``ctx.lanes``, the
+config's: `Target.f32_lanes` or ``f64_lanes``, or half of them), holding columns ``ctx.col .. ctx.col + L - 1`` of row
+``ctx.row``. ``ctx.mask`` is an ``<L x i1>`` (a run-time value) telling which lanes are real columns: all set except on
+the column edge. Lanes outside it are discarded by the masked store, but must not be used to touch memory: use
+``ctx.load``, which masks. It is None only where every vector is full (N static and a multiple of NR). Rows outside M
+are never passed. The epilogue must return an ``<L x T>`` vector, the value to store, or None: then C is scratch (the K
+blocks' partial sums) and the pass leaves it as it is. ``ctx.extra_args`` are the function's extra arguments
+(`extra_args` types, passed through to the pass), e.g. a bias pointer: arguments of ``ctx.builder.function``, so code
+that uses only them may be hoisted into that function's entry block. Stores of other buffers made by the epilogue
+(masked with ``ctx.mask``) are fine; it must not touch C through another pointer (C is noalias).
 
 Cost of running the epilogue out of line: the tile makes one more round trip through L1 (24 vector stores and
 loads per 12 x 32 tile, and a call): measured (bias + relu) 1.5-3% of a GEMM with K = 128, ~1% at K = 256-784,
@@ -131,6 +130,7 @@ class GemmConfig:
     # that packing would be reused by few A panels): full B panels are read in place, only the edge packed
     direct_b_max_ld: int = 0
     direct_b_max_m: int = 0
+    lanes: int = 0  # lanes of the product's vectors (0: the target's; half of them for products a few columns wide)
 
     def __post_init__(self):
         if self.mr < 1 or self.nr < 1 or self.unroll < 1:
@@ -164,9 +164,15 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
 
 def config_for(target: Target, dtype: str = "float32", N: int | None = None) -> GemmConfig:
     """The config for a product with static column count N: one vector wide (NR = lanes) when N fits in it (an
-    output layer of 10 classes would otherwise compute 32 columns, 22 of them padding), else the default."""
+    output layer of 10 classes would otherwise compute 32 columns, 22 of them padding), half a vector wide
+    (vectors of half the lanes) when N fits in that (a first convolution's 6 filters: 6 of 8 lanes work, not 6
+    of 16; where a core runs two half-width FMAs per full one, as Zen 4 does, that doubles the product's
+    speed, and elsewhere it costs nothing), else the default."""
     cfg = default_config(target, dtype)
     lanes = _lanes(target, dtype)
+    if N is not None and N <= lanes // 2 and lanes >= 8 and target.vector_bits >= 512:
+        half = lanes // 2
+        return replace(cfg, nr=half, nc=half * (cfg.nc // cfg.nr), lanes=half)
     if N is not None and N <= lanes < cfg.nr:
         return replace(cfg, nr=lanes, nc=lanes * (cfg.nc // cfg.nr))
     return cfg
@@ -269,7 +275,7 @@ class _Gen:
         self.module = module
         self.cfg = cfg
         self.declare = declare  # the shared helpers declared only (they come from the helper library)
-        self.L = _lanes(target, dtype)
+        self.L = cfg.lanes or _lanes(target, dtype)
         ety, self.esize = _DTYPES[dtype]
         self.T = ety()
         self.V = ir.VectorType(self.T, self.L)
@@ -1527,8 +1533,10 @@ def helper_library(target: Target, driver_name: str) -> str:
         raise ValueError(f"not a GEMM driver name: {driver_name!r}")
     dtype = "float32" if m.group(1) == "f32" else "float64"
     mr, nr, unroll, pf, kc, mc, nc = (int(m.group(i)) for i in range(3, 10))
+    lanes = int(m.group(2))
     cfg = GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, unroll=unroll, prefetch_c=pf, loop_order=m.group(10),
-                     direct_b_max_ld=int(m.group(11)), direct_b_max_m=int(m.group(12)))
+                     direct_b_max_ld=int(m.group(11)), direct_b_max_m=int(m.group(12)),
+                     lanes=0 if lanes == _lanes(target, dtype) else lanes)
     module = ir.Module(name="graphc.gemm.helpers")
     g = _Gen(module, target, dtype, cfg)
     if g.L != int(m.group(2)):

@@ -15,6 +15,7 @@ from graphc.codegen.gemm import (
     SMALL_ROWS,
     EpilogueContext,
     GemmConfig,
+    config_for,
     default_config,
     emit_gemm,
     workspace_bytes,
@@ -209,6 +210,38 @@ def test_static_dims(host, name):
     host[name](A, B, C, M, N, K)  # the runtime M, N, K arguments are passed as 0: they must be ignored
     ref, bound = _ref(A, B, ta, tb)
     _check(C, ref, bound, K, np.float32)
+
+
+@pytest.mark.parametrize("N", [1, 6, 8])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_few_columns_run_half_width_vectors_bitwise_as_full_ones(N, dtype):
+    """A product at most half a vector wide runs on vectors of half the lanes (`config_for`): 6 of 8 lanes work,
+    not 6 of 16. Each element is the same fmuladd chain, so C is bitwise the full-width config's, on 1-3
+    threads, with K in two blocks, edge rows, either transposition and an accumulating product."""
+    t = host_target()
+    lanes = t.f32_lanes if dtype == "float32" else t.f64_lanes
+    half = config_for(t, dtype, N)
+    if t.vector_bits >= 512 and N <= lanes // 2:
+        assert (half.lanes, half.nr) == (lanes // 2, lanes // 2)
+    else:
+        assert half.lanes == 0
+    full = config_for(t, dtype, lanes)
+    M, K = 103, 300
+    specs = {}
+    for ta, tb in ((False, False), (True, True)):
+        for tag, cfg in (("half", half), ("full", full)):
+            specs[f"{tag}_{int(ta)}{int(tb)}"] = dict(dtype=dtype, N=N, trans_a=ta, trans_b=tb, config=cfg,
+                                                      accumulate=ta)
+    mods = _build(specs, t)
+    for ta, tb in ((False, False), (True, True)):
+        A, B = _operands(M, N, K, ta, tb, np.dtype(dtype))
+        C0 = _RNG.standard_normal((M, N)).astype(dtype)
+        want = mods[f"full_{int(ta)}{int(tb)}"](A, B, C0.copy(), M, N, K)
+        ref, bound = _ref(A, B, ta, tb)
+        _check(want - (C0 if ta else 0), ref, bound + (np.abs(C0) if ta else 0), K, np.dtype(dtype))
+        for nt in (1, 2, 3):
+            got = mods[f"half_{int(ta)}{int(tb)}"](A, B, C0.copy(), M, N, K, nthreads=nt)
+            assert np.array_equal(got, want), (ta, tb, nt)
 
 
 @pytest.mark.parametrize("name,ta,tb", [("acc_00", 0, 0), ("acc_11", 1, 1)])
