@@ -401,6 +401,39 @@ class _Loop:
         return False
 
 
+class _Steps:
+    """``for (i = 0; i < stop; i += step)`` with the step computed in the body: ``with _Steps(b, fn, stop, name)
+    as s:`` ... (``s.i`` the counter) ... ``s.step(n)`` at the end of the body."""
+
+    def __init__(self, b: ir.IRBuilder, fn: ir.Function, stop: ir.Value, name: str):
+        self.b, self.fn, self.stop, self.name = b, fn, stop, name
+        self._next = None
+
+    def __enter__(self) -> _Steps:
+        b = self.b
+        pre = b.block
+        self.body = self.fn.append_basic_block(self.name)
+        self.done = self.fn.append_basic_block(self.name + ".done")
+        b.cbranch(b.icmp_signed(">", self.stop, _c64(0)), self.body, self.done)
+        b.position_at_end(self.body)
+        self.i = b.phi(_I64, name=self.name)
+        self.i.add_incoming(_c64(0), pre)
+        return self
+
+    def step(self, n: ir.Value) -> None:
+        self._next = n
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            return False
+        b = self.b
+        nxt = b.add(self.i, self._next)
+        self.i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, self.stop), self.body, self.done)
+        b.position_at_end(self.done)
+        return False
+
+
 def _smin(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
@@ -569,29 +602,21 @@ def _emit_view_pack_r(g: _Gen, fn: ir.Function, W: int, view) -> None:
         ok = g.splat(b, b.icmp_signed("<", r, nrows))  # the padding rows are zeros
         roff = b.add(_digits_offset(b, b.add(row0, r), rows), _c64(offset))
         drow = g.gep(b, dst, b.mul(r, _c64(g.cfg.kc)))
-        pre = b.block
-        body = fn.append_basic_block("run")
-        done = fn.append_basic_block("runs.done")
-        b.cbranch(b.icmp_signed(">", kc, _c64(0)), body, done)
-        b.position_at_end(body)
-        k = b.phi(_I64, name="k")
-        k.add_incoming(_c64(0), pre)
-        kabs = b.add(k0, k)
-        inner = b.urem(kabs, _c64(S))
-        seg = _digits_offset(b, b.udiv(kabs, _c64(S)), outer) if outer else _c64(0)
-        run = _smin(b, b.sub(_c64(S), inner), b.sub(kc, k))
-        s0 = g.gep(b, src, b.add(roff, b.add(seg, inner)))
-        d0 = g.gep(b, drow, k)
-        full = b.mul(b.sdiv(run, _c64(L)), _c64(L))
-        with _Loop(b, _c64(0), full, _c64(L), "kk") as kk:
-            g.store_vec(b, g.load_vec(b, s0, kk, ok), d0, kk)
-        with b.if_then(b.icmp_signed("<", full, run)):
-            m = g.lane_mask(b, 0, b.sub(run, full))
-            g.store_vec(b, g.load_vec(b, s0, full, b.and_(m, ok)), d0, full, m)
-        k2 = b.add(k, run)
-        k.add_incoming(k2, b.block)
-        b.cbranch(b.icmp_signed("<", k2, kc), body, done)
-        b.position_at_end(done)
+        with _Steps(b, fn, kc, "run") as steps:  # one run of contiguous K elements per step
+            k = steps.i
+            kabs = b.add(k0, k)
+            inner = b.urem(kabs, _c64(S))
+            seg = _digits_offset(b, b.udiv(kabs, _c64(S)), outer) if outer else _c64(0)
+            run = _smin(b, b.sub(_c64(S), inner), b.sub(kc, k))
+            s0 = g.gep(b, src, b.add(roff, b.add(seg, inner)))
+            d0 = g.gep(b, drow, k)
+            full = b.mul(b.sdiv(run, _c64(L)), _c64(L))
+            with _Loop(b, _c64(0), full, _c64(L), "kk") as kk:
+                g.store_vec(b, g.load_vec(b, s0, kk, ok), d0, kk)
+            with b.if_then(b.icmp_signed("<", full, run)):
+                m = g.lane_mask(b, 0, b.sub(run, full))
+                g.store_vec(b, g.load_vec(b, s0, full, b.and_(m, ok)), d0, full, m)
+            steps.step(run)
     b.ret_void()
 
 
@@ -1364,14 +1389,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                     with stored:
                         b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
                 with b.if_else(view_tile) as (grouped, panels):
-                    with grouped:  # view tiles do not cross a group (an image row): MR rows or to its end
-                        pre = b.block
-                        body = fn.append_basic_block("gr")
-                        done = fn.append_basic_block("gr.done")
-                        b.cbranch(b.icmp_signed(">", mc, _c64(0)), body, done)
-                        b.position_at_end(body)
-                        ir_ = b.phi(_I64, name="ir")
-                        ir_.add_incoming(_c64(0), pre)
+                    # view tiles do not cross a group (an image row): MR rows or to its end
+                    with grouped, _Steps(b, fn, mc, "gr") as steps:
+                        ir_ = steps.i
                         left = _smin(b, b.sub(group, b.urem(b.add(ic, ir_), group)), b.sub(mc, ir_))
                         rows = _smin(b, _c64(MR), left)
                         if edge:  # 13-16 rows left: two tiles of the narrow kernel, not a wide one and a sliver
@@ -1379,10 +1399,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                             rows = b.select(two, _c64(edge), rows)
                         with _Loop(b, _c64(0), nc, _c64(NR), "gjr") as jr:
                             tile(jr, ir_, None, rows)
-                        nxt = b.add(ir_, rows)
-                        ir_.add_incoming(nxt, b.block)
-                        b.cbranch(b.icmp_signed("<", nxt, mc), body, done)
-                        b.position_at_end(done)
+                        steps.step(rows)
                     with panels:
                         if cfg.loop_order == "jr_ir":
                             with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
