@@ -753,9 +753,11 @@ def _view_tile_fn(g: _Gen, name: str, view) -> ir.Function:
     buf.align = 64
     buf.type = _PTR
     inside = b.icmp_signed("<=", b.add(b.urem(row, _c64(inner)), mrem), _c64(inner)) if inner else ir.Constant(_I1, 1)
+    # rows past mrem lie inside A only where the groups are ordered (or there is one row digit): else exact tiles
+    spill = group > 0 or inner is None
     done = fn.append_basic_block("done")
     for r, k in kernels:  # the narrowest kernel that covers mrem rows
-        fits = b.and_(inside, b.icmp_signed("<=", mrem, _c64(r)))
+        fits = b.and_(inside, b.icmp_signed("<=" if spill else "==", mrem, _c64(r)))
         fits = b.and_(fits, b.icmp_signed("<=", b.add(row, _c64(r)), M))
         with b.if_then(fits):
             b.call(k, list(fn.args))
@@ -878,12 +880,11 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
                                "a_rs" if strided else "row", "a_ks" if strided else "pc"], strict=False):
         a.name = nm
     a_ty = _PTR  # what the k loop carries for A: a pointer, or (view) an element offset along K
-    if view is not None:  # op(A)[i, k] at base[i*D + koff(k)]: rows equally spaced (the caller checks)
-        _, vrows, vcols = view
+    if view is not None:  # op(A)[i, k] at base[i*D + koff(k)]: rows equally spaced (the caller checks); the k
+        _, vrows, vcols = view  # loop carries koff, recomputed from k each trip (`kloop`'s a_at)
         KS, D = vcols[-1][1], vrows[-1][1]
         a_ty = _I64
         a_off = lambda i, kk: _c64(i * D + kk * KS)  # noqa: E731
-        a_step = lambda u: _c64(u * KS)  # noqa: E731
     elif strided:  # A in place: op(A)[i, k] at Ap[i*a_rs + k*a_ks]
         a_rs, a_ks = fn.args[10:]
         a_off = lambda i, kk: b.add(b.mul(_c64(i), a_rs), b.mul(_c64(kk), a_ks))  # noqa: E731
@@ -908,8 +909,6 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
             return g.gep(b, vbase, b.add(a_base, a_off(i, kk)))
         return g.gep(b, a_base, a_off(i, kk))
 
-    def a_next(a_base, u):
-        return b.add(a_base, a_step(u)) if view is not None else g.gep(b, a_base, a_step(u))
 
     if cfg.prefetch_c and not strided:  # small products: C is mostly in L1 already
         for i in range(R):
@@ -950,7 +949,7 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         for kk in range(unroll):
             cur = kstep(cur, pa, pb, kk)
         n2 = b.add(n, _c64(1))
-        na = a_next(pa, unroll) if a_at is None else a_at(n2)
+        na = g.gep(b, pa, a_step(unroll)) if a_at is None else a_at(n2)
         nb = g.gep(b, pb, b.mul(_c64(unroll), bstride))
         last_body = b.block
         n.add_incoming(n2, last_body)
