@@ -10,7 +10,10 @@
 
 Each thread count runs in its own process (XLA fixes its thread count when it starts), and the parent prints
 the table. graphc lowers a convolution to pad -> the packed GEMM reading the padded image through a view (its
-tiles in place, no im2col copy); `--profile` prints which kernels a conv training step spends its time in (gc.compile(profile=True)).
+tiles in place, no im2col copy); a 3x3 stride-1 product whose channels and filters fill whole vectors and tiles
+runs as Winograd F(2x2, 3x3) (2.25x fewer multiplications: its GFLOP/s count the direct convolution's 2*9*C*F
+per output pixel, so they may exceed the FMA peak); `--profile` prints which kernels a conv training step spends
+its time in (gc.compile(profile=True)).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py [--threads 1,2] [--quick]
     python benchmarks/bench_conv.py --accuracy     # examples/cnn_digits.py over seeds 0-7, and the default MLP
@@ -310,7 +313,8 @@ def report(results: list[dict]) -> None:
     for res in results:
         t, peak = res["threads"], res["peak_gflops_1core"]
         print(f"\n## {t} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s per core ({peak * t:.0f} for {t})")
-        print("3x3 conv 64->64, 56x56, 'same':   forward GFLOP/s (%peak)   fwd+dx+dW GFLOP/s (%peak)")
+        print("3x3 conv 64->64, 56x56, 'same':   forward GFLOP/s (%peak)   fwd+dx+dW GFLOP/s (%peak)  "
+          "[direct-convolution FLOPs / time]")
         g = res["conv"]["graphc"]
         for peer, (f, b) in res["conv"].items():
             print(f"  {peer:14s} {f:8.1f} ({100 * f / (peak * t):4.1f}%)        {b:8.1f} ({100 * b / (peak * t):4.1f}%)"

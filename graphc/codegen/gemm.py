@@ -224,14 +224,20 @@ def workspace_bytes(
     target: Target,
     dtype: str = "float32",
     config: GemmConfig | None = None,
+    a_view: tuple | None = None,
+    trans_b: bool = False,
 ) -> int:
-    """Bytes of 64-byte-aligned workspace the kernel needs for these (runtime) dims and thread count."""
+    """Bytes of 64-byte-aligned workspace the kernel needs for these (runtime) dims and thread count (and its A
+    view and B's transposition: a convolution's product may take the Winograd path, which needs more)."""
     if min(M, N, K) < 0 or nthreads < 1:
         raise ValueError(f"bad GEMM workspace request M={M} N={N} K={K} nthreads={nthreads}")
     _lanes(target, dtype)
     cfg = config or default_config(target, dtype)
     esize = _DTYPES[dtype][1]
     a, b = _slice_elems(max(M, 1), max(N, 1), max(K, 1), cfg, esize)
+    geo = winograd_geometry(a_view, N, K, trans_b, False, cfg, cfg.lanes or _lanes(target, dtype))
+    if geo is not None:
+        a, b = max(a + b, sum(_wino_slice(geo[0], N, cfg, esize))), 0
     return nthreads * (a + b) * esize
 
 
@@ -1127,6 +1133,191 @@ def _emit_epilogue_fn(
     return fn
 
 
+# ------------------------------------------------------------------------------------------- winograd
+#
+# A 3x3 stride-1 convolution's product (its forward, and its input gradient: a 3x3 stride-1 convolution of the
+# padded output gradient with the flipped filters) runs as Winograd's minimal filtering F(2x2, 3x3) (Lavin &
+# Gray 2016): each 2x2 block of output pixels ("a tile") comes from a 4x4 patch of the image as
+#
+#     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A        (one such product per input channel, summed over channels)
+#
+# so the 16 positions ξ of the transformed 4x4 patch each make one product [tiles x C] @ [C x F] (the
+# transformed filters U[ξ], C x F): 16·C·F multiply-adds per tile instead of 4·9·C·F, 2.25x fewer. The
+# transforms are additions (and halvings of the filters), done in cache around the products: for a block of
+# up to MR tiles along one tile row of one image, the input transform writes V[ξ] (MR rows, C channels, rows
+# KC apart: the row-major block the shared row-major microkernel reads at constant offsets), 16 microkernel
+# calls make M[ξ] (MR x NR), the output transform turns them into the block's 2 x 2·MR output pixels, which go
+# through the GEMM's epilogue pass like any finished tile. Each thread transforms the filters into its own
+# workspace at the start of a call (16·C·N elements: a few microseconds). The results are not bitwise those of
+# the direct product (other roundings: the tests compare with the reference at float32 tolerance), but they
+# are the same for any thread count: a thread owns whole tile rows and every output is the same operations.
+WINOGRAD = True  # set False to compile every convolution as a direct product (A/B comparisons, tests)
+WINO_MAX_C = 256  # channels per product: one K block (KC) of the row-major microkernel
+
+# 1-D transforms of F(2, 3): input (4 -> 4), filter (3 -> 4), output (4 -> 2); index lists with signs
+_WINO_IN = (((0, 1), (2, -1)), ((1, 1), (2, 1)), ((2, 1), (1, -1)), ((1, 1), (3, -1)))
+_WINO_OUT = (((0, 1), (1, 1), (2, 1)), ((1, 1), (2, -1), (3, -1)))
+
+
+def winograd_geometry(view, N: int | None, K: int | None, trans_b: bool, accumulate: bool, cfg: GemmConfig,
+                      lanes: int):
+    """(C, H, W, row stride, image stride) of a 3x3 stride-1 convolution's A view that the Winograd path takes,
+    else None. Taken: rows (images, H, W) with pixels C apart, K = 3 window rows (one image row apart) x 3C
+    contiguous channels, H and W even (a tile's patch then lies inside the direct product's windows), C a
+    multiple of the lanes up to WINO_MAX_C, N static and a multiple of NR, B not transposed, no accumulation."""
+    if not WINOGRAD or view is None or trans_b or accumulate or N is None or N % cfg.nr:
+        return None
+    _, rows, cols = view
+    if len(rows) != 3 or len(cols) != 2:
+        return None
+    (_, img), (H, rs), (W, cx) = rows
+    (kh, ks), (run, one) = cols
+    if not (H and W and kh == 3 and ks == rs and one == 1 and run == 3 * cx):
+        return None
+    if H % 2 or W % 2 or cx > WINO_MAX_C or cx > cfg.kc or cx % lanes:
+        return None
+    if K is not None and K != 9 * cx:
+        return None
+    if rs < W * cx or (img and img < H * rs):  # pixels, rows and images laid out in order, as a padded image is
+        return None
+    return cx, H, W, rs, img
+
+
+def _wino_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int, int]:
+    """(U, V, M) parts of a thread's Winograd workspace, in elements, each a multiple of 64 bytes."""
+    align = 64 // esize
+    return (_rup(16 * cx * N, align), _rup(16 * cfg.mr * cfg.kc, align), _rup(16 * cfg.mr * cfg.nr, align))
+
+
+def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> ir.Function:
+    """wino(A, B, C, M, ldb, ldc, ws, tid, nthreads, ectx): C = the view's product with B (see above)."""
+    cfg = g.cfg
+    MR, NR, KC, L = cfg.mr, cfg.nr, cfg.kc, g.L
+    cx, H, W, rs, img = geo
+    off = view[0]
+    TW, TH = W // 2, H // 2
+    nchunks = _cdiv(TW, MR)
+    chunk = _cdiv(TW, nchunks)  # tiles per block, balanced along the tile row
+    edge = _edge_rows(cfg)
+    R = edge if edge and chunk <= edge else MR
+    ukernel = _ukernel_fn(g, None if R == MR else R, row_major=True)
+    finish = _finish_fn(g, MR)
+    nv, ncv, njb = NR // L, cx // L, N // NR
+    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I32, _I32, _PTR]),
+                     name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    A, B, C, Mv, ldb, ldc, ws, tid32, nth32, ectx = fn.args
+    for a, nm in zip(fn.args, ["A", "B", "C", "M", "ldb", "ldc", "ws", "tid", "nthreads", "ectx"], strict=True):
+        a.name = nm
+    for a in (A, B, C, ws):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    half = ir.Constant(g.V, [0.5] * L)
+    tbuf = b.alloca(ir.ArrayType(g.T, 4 * MR * NR), name="out")  # two output rows of 2·MR pixels x NR
+    tbuf.align = 64
+    tbuf.type = _PTR
+    tid, nth = b.sext(tid32, _I64), b.sext(nth32, _I64)
+    units = b.mul(_c64(TH), b.sdiv(Mv, _c64(H * W)) if not view[1][0][0] else _c64(view[1][0][0]))
+    base = _div1(b, "div", units, nth)
+    extra = _div1(b, "rem", units, nth)
+    u0 = b.add(b.mul(tid, base), _smin(b, tid, extra))
+    u1 = b.add(u0, b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64)))
+    ret = fn.append_basic_block("ret")
+    go = fn.append_basic_block("go")
+    b.cbranch(b.icmp_signed("<", u0, u1), go, ret)
+    b.position_at_end(ret)
+    b.ret_void()
+    b.position_at_end(go)
+    su, sv, sm = _wino_slice(cx, N, cfg, g.esize)
+    U = g.gep(b, ws, b.mul(tid, _c64(su + sv + sm)))
+    V = g.gep(b, U, _c64(su))
+    Mb = g.gep(b, V, _c64(sv))
+
+    def lin(vals, terms):
+        out = None
+        for i, sign in terms:
+            v = vals[i]
+            out = v if out is None else (b.fadd(out, v) if sign > 0 else b.fsub(out, v))
+        return out
+
+    def ftrans(gv):  # filter transform along one axis: 3 vectors -> 4
+        s = b.fadd(gv[0], gv[2])
+        return [gv[0], b.fmul(b.fadd(s, gv[1]), half), b.fmul(b.fsub(s, gv[1]), half), gv[2]]
+
+    # U[jb][ξ][c][NR] = (G g Gᵀ)[ξ] for the filters' column block jb
+    with _Loop(b, _c64(0), _c64(cx), _c64(1), "fc", unroll=False) as c, \
+            _Loop(b, _c64(0), _c64(N // L), _c64(1), "fv", unroll=False) as v:
+        gk = [[g.load_vec(b, B, b.add(b.mul(b.add(_c64((ky * 3 + kx) * cx), c), ldb), b.mul(v, _c64(L))))
+               for kx in range(3)] for ky in range(3)]
+        rows_t = [ftrans(r) for r in gk]  # along kx: [ky][s]
+        jb, vv = b.udiv(v, _c64(nv)), b.urem(v, _c64(nv))
+        dst = b.add(b.mul(b.add(b.mul(jb, _c64(16 * cx)), c), _c64(NR)), b.mul(vv, _c64(L)))
+        for s in range(4):
+            col = ftrans([rows_t[ky][s] for ky in range(3)])  # along ky: [r]
+            for r in range(4):
+                g.store_vec(b, col[r], U, b.add(dst, _c64((r * 4 + s) * cx * NR)), align=g.valign)
+    # rows of V past a block's tiles are read by the microkernel (and their products dropped): zero them once
+    with _Loop(b, _c64(0), _c64(16 * MR), _c64(1), "vz", unroll=False) as i:
+        for cv in range(ncv):
+            g.store_vec(b, g.zero, V, b.add(b.mul(i, _c64(KC)), _c64(cv * L)), align=g.valign)
+
+    with _Loop(b, u0, u1, _c64(1), "unit", unroll=False) as u:
+        n, ty = b.udiv(u, _c64(TH)), b.urem(u, _c64(TH))
+        img_base = b.add(_c64(off), b.add(b.mul(n, _c64(img)), b.mul(ty, _c64(2 * rs))))
+        row0 = b.add(b.mul(n, _c64(H * W)), b.mul(ty, _c64(2 * W)))  # the output row of the tile row's first pixel
+        with _Loop(b, _c64(0), _c64(TW), _c64(chunk), "blk", unroll=False) as tx0:
+            nt = _smin(b, _c64(chunk), b.sub(_c64(TW), tx0))
+            # input transform: V[ξ][t][c] = (Bᵀ d B)[ξ] of tile t's 4x4 patch
+            with _Loop(b, _c64(0), nt, _c64(1), "t", unroll=False) as t:
+                src0 = b.add(img_base, b.mul(b.add(tx0, t), _c64(2 * cx)))
+                for cv in range(ncv):
+                    d = [[g.load_vec(b, A, b.add(src0, _c64(r * rs + s * cx + cv * L))) for s in range(4)]
+                         for r in range(4)]
+                    e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]  # along s
+                    for r in range(4):
+                        for s in range(4):
+                            val = lin([e[q][s] for q in range(4)], _WINO_IN[r])  # along r
+                            g.store_vec(b, val, V, b.add(b.mul(t, _c64(KC)), _c64((r * 4 + s) * MR * KC + cv * L)),
+                                        align=g.valign)
+            with _Loop(b, _c64(0), _c64(njb), _c64(1), "jb", unroll=False) as jb:
+                ub = g.gep(b, U, b.mul(jb, _c64(16 * cx * NR)))
+                for xi in range(16):  # M[ξ] = V[ξ] @ U[ξ]
+                    b.call(ukernel, [g.gep(b, V, _c64(xi * MR * KC)), g.gep(b, ub, _c64(xi * cx * NR)),
+                                     g.gep(b, Mb, _c64(xi * MR * NR)), _c64(NR), _c64(NR), _c64(cx), nt, _c64(NR),
+                                     ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
+                # output transform: the tile's 2x2 pixels, into two rows of pixels (tbuf rows 0.. and 2·MR..)
+                with _Loop(b, _c64(0), nt, _c64(1), "to", unroll=False) as t:
+                    for vv in range(nv):
+                        m = [[g.load_vec(b, Mb, b.add(b.mul(t, _c64(NR)), _c64((r * 4 + s) * MR * NR + vv * L)),
+                                         align=g.valign) for s in range(4)] for r in range(4)]
+                        p = [[lin([m[r][s] for r in range(4)], _WINO_OUT[i]) for s in range(4)] for i in range(2)]
+                        for i in range(2):
+                            for j in range(2):
+                                y = lin(p[i], _WINO_OUT[j])
+                                at = b.add(b.mul(b.add(b.mul(t, _c64(2)), _c64(j)), _c64(NR)),
+                                           _c64(i * 2 * MR * NR + vv * L))
+                                g.store_vec(b, y, tbuf, at, align=g.valign)
+                # finish: each output row's 2·nt pixels, MR at a time, through the epilogue (or stored)
+                col = b.mul(jb, _c64(NR))
+                npix = b.mul(nt, _c64(2))
+                for i in range(2):
+                    prow = b.add(b.add(row0, _c64(i * W)), b.mul(tx0, _c64(2)))
+                    for seg in range(2):
+                        cnt = _smin(b, _c64(MR), b.sub(npix, _c64(seg * MR)))
+                        with b.if_then(b.icmp_signed(">", cnt, _c64(0))):
+                            r0 = b.add(prow, _c64(seg * MR))
+                            tile = g.gep(b, tbuf, _c64((i * 2 + seg) * MR * NR))
+                            cptr = g.gep(b, C, b.add(b.mul(r0, ldc), col))
+                            if epi is not None:
+                                b.call(epi, [tile, cptr, ldc, cnt, _c64(NR), r0, col, ectx])
+                            else:
+                                b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0),
+                                                ir.Constant(_PTR, None)])
+    b.ret_void()
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------- driver
 
 
@@ -1470,6 +1661,7 @@ def emit_gemm(
     extra_args = list(extra_args)
 
     driver = _driver_fn(g)
+    geo = winograd_geometry(a_view, N, K, trans_b, accumulate, cfg, g.L) if a_view is not None else None
     if a_view is not None:
         if trans_a:
             raise ValueError("an A view already says how op(A) is read: trans_a must be False")
@@ -1498,6 +1690,11 @@ def emit_gemm(
         for i, a in enumerate(fn.args[12:]):
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
+    if geo is not None:
+        wino = _wino_fn(g, f"{name}.wino", a_view, geo, N, epi)
+        b.call(wino, [A, B, C, dims[0], ldb, ldc, ws, tid32, nth32, ectx])
+        b.ret_void()
+        return fn
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)
     if a_view is not None:
         flags |= _VIEW_A | (_VIEW_TILE | _view_group(a_view) << _GROUP_SHIFT if _view_tile_ok(a_view)

@@ -274,6 +274,75 @@ def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_
     np.testing.assert_allclose(fn(vals), gc.evaluate(layer, vals), rtol=1e-5, atol=1e-5)
 
 
+WINOGRAD_CASES = [  # (H, W, C, F, padding, bias+relu, dtype): 3x3 stride-1 products the Winograd path takes
+    (8, 20, 32, 32, "same", False, "float32"),  # 10 tiles a tile row: one block of 10 in a 12-row kernel
+    (6, 6, 32, 64, "valid", True, "float32"),  # two column blocks; the input gradient pads by 2 all round
+    (10, 28, 64, 96, "same", True, "float32"),  # 3 column blocks, 6 cotangent channel vectors; 14 tiles a
+    # tile row: blocks of 7 in the 8-row kernel
+    (6, 8, 16, 32, "same", True, "float64"),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_across_threads(case, monkeypatch):
+    """The forward product and the input gradient's (a 3x3 stride-1 convolution of the padded cotangent) run as
+    Winograd F(2x2, 3x3): not bitwise the direct product's, within float rounding of the float64 loops, the same
+    bits on 1-3 threads; the filter gradient stays a direct product."""
+    from graphc.codegen import gemm
+
+    h, w_, c, f, padding, act, dtype = case
+    x = gc.input("x", ("N", h, w_, c), dtype)
+    w = gc.input("w", (3, 3, c, f), dtype)
+    bias = gc.input("b", (f,), dtype)
+    y = gc.conv2d(x, w, padding=padding) + bias
+    if act:
+        y = gc.relu(y)
+    npt = np.dtype(dtype)
+    X = rng.standard_normal((3, h, w_, c)).astype(npt)
+    W = (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(npt)
+    vals = {"x": X, "w": W, "b": rng.standard_normal(f).astype(npt)}
+    cot = gc.constant(rng.standard_normal(gc.evaluate(y, vals).shape[1:]).astype(npt))
+    outs = [y, *gc.grad(gc.sum(y * cot), [x, w, bias])]
+    fn = gc.compile(outs, cache=False)
+    prods = fn.llvm_ir.count(".wino\"(")  # definitions and calls of the Winograd functions
+    assert prods >= 4, "forward and input gradient: a Winograd function each, defined and called"
+    want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
+    one = fn(vals, threads=1)
+    tol = 2e-5 if dtype == "float32" else 1e-11
+    for got, ref in zip(one, want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for t in (2, 3):
+        for a, b in zip(one, fn(vals, threads=t), strict=True):
+            assert np.array_equal(a, b)
+    monkeypatch.setattr(gemm, "WINOGRAD", False)
+    direct = gc.compile(outs, cache=False)
+    assert ".wino\"(" not in direct.llvm_ir
+    d = direct(vals, threads=1)
+    assert not np.array_equal(d[0], one[0])  # other roundings: the forward really ran another algorithm
+    for a, b in zip(d, one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_winograd_is_taken_only_by_the_products_it_computes():
+    from graphc.codegen.gemm import default_config, winograd_geometry
+
+    cfg = default_config(__import__("graphc.codegen.target", fromlist=["host_target"]).host_target())
+    L = cfg.nr // 2
+    view = lambda h, w, c, ks=None, run=None, rs=None: (  # noqa: E731 - a padded image's 3x3 window view
+        0, ((0, (h + 2) * (rs or (w + 2) * c)), (h, rs or (w + 2) * c), (w, c)),
+        ((3, ks or rs or (w + 2) * c), (run or 3 * c, 1)))
+    assert winograd_geometry(view(8, 8, 32), 32, 288, False, False, cfg, L) == (32, 8, 8, 320, 3200)
+    assert winograd_geometry(view(7, 8, 32), 32, 288, False, False, cfg, L) is None  # odd H
+    assert winograd_geometry(view(8, 8, 24), 32, 216, False, False, cfg, L) is None  # C not whole vectors
+    assert winograd_geometry(view(8, 8, 32), 40, 288, False, False, cfg, L) is None  # N not whole tiles
+    assert winograd_geometry(view(8, 8, 32), None, 288, False, False, cfg, L) is None  # N at run time
+    assert winograd_geometry(view(8, 8, 32), 32, 288, True, False, cfg, L) is None  # B transposed
+    assert winograd_geometry(view(8, 8, 32), 32, 288, False, True, cfg, L) is None  # accumulating
+    assert winograd_geometry(view(8, 8, 32, ks=640), 32, 288, False, False, cfg, L) is None  # dilated rows
+    assert winograd_geometry(view(8, 8, 32, run=64), 32, 288, False, False, cfg, L) is None  # stride 2
+    assert winograd_geometry(view(8, 8, 512), 32, 9 * 512, False, False, cfg, L) is None  # over one K block
+
+
 def test_bad_input_names_both_shapes_and_the_line():
     x = gc.input("x", ("N", 8, 8, 3))
     with pytest.raises(gc.ShapeError, match=r"conv2d: .*expects 4 input channels.*\[N,8,8,3\].*test_conv\.py:\d+"):
