@@ -225,17 +225,17 @@ def workspace_bytes(
     dtype: str = "float32",
     config: GemmConfig | None = None,
     a_view: tuple | None = None,
-    trans_b: bool = False,
+    winograd: bool = False,
 ) -> int:
-    """Bytes of 64-byte-aligned workspace the kernel needs for these (runtime) dims and thread count (and its A
-    view and B's transposition: a convolution's product may take the Winograd path, which needs more)."""
+    """Bytes of 64-byte-aligned workspace the kernel needs for these (runtime) dims and thread count (a Winograd
+    product, with its A view, may need more)."""
     if min(M, N, K) < 0 or nthreads < 1:
         raise ValueError(f"bad GEMM workspace request M={M} N={N} K={K} nthreads={nthreads}")
     _lanes(target, dtype)
     cfg = config or default_config(target, dtype)
     esize = _DTYPES[dtype][1]
     a, b = _slice_elems(max(M, 1), max(N, 1), max(K, 1), cfg, esize)
-    geo = winograd_geometry(a_view, N, K, trans_b, False, cfg, cfg.lanes or _lanes(target, dtype))
+    geo = winograd_geometry(a_view, N, K, False, False, cfg, cfg.lanes or _lanes(target, dtype)) if winograd else None
     if geo is not None:
         a, b = max(a + b, sum(_wino_slice(geo[0], N, cfg, esize))), 0
     return nthreads * (a + b) * esize
@@ -1151,7 +1151,7 @@ def _emit_epilogue_fn(
 # workspace at the start of a call (16·C·N elements: a few microseconds). The results are not bitwise those of
 # the direct product (other roundings: the tests compare with the reference at float32 tolerance), but they
 # are the same for any thread count: a thread owns whole tile rows and every output is the same operations.
-WINOGRAD = True  # set False to compile every convolution as a direct product (A/B comparisons, tests)
+WINOGRAD = True  # set False to schedule every convolution as a direct product (A/B comparisons, tests)
 WINO_MAX_C = 256  # channels per product: one K block (KC) of the row-major microkernel
 
 # 1-D transforms of F(2, 3): input (4 -> 4), filter (3 -> 4), output (4 -> 2); index lists with signs
@@ -1159,13 +1159,20 @@ _WINO_IN = (((0, 1), (2, -1)), ((1, 1), (2, 1)), ((2, 1), (1, -1)), ((1, 1), (3,
 _WINO_OUT = (((0, 1), (1, 1), (2, 1)), ((1, 1), (2, -1), (3, -1)))
 
 
-def winograd_geometry(view, N: int | None, K: int | None, trans_b: bool, accumulate: bool, cfg: GemmConfig,
-                      lanes: int):
+def winograd_applies(view, N, K, trans_b: bool, dtype: str) -> bool:
+    """Whether the scheduler makes this product a Winograd one (`GemmKernel.winograd`): its geometry fits the
+    widest vectors of any target (16 float32 lanes, tiles 32 columns wide), so every target's config runs it."""
+    lanes = 16 if dtype == "float32" else 8
+    cfg = GemmConfig(mr=12, nr=2 * lanes, kc=256, mc=240, nc=2 * lanes)
+    return WINOGRAD and isinstance(N, int) and winograd_geometry(view, N, K, trans_b, False, cfg, lanes) is not None
+
+
+def winograd_geometry(view, N: int | None, K, trans_b: bool, accumulate: bool, cfg: GemmConfig, lanes: int):
     """(C, H, W, row stride, image stride) of a 3x3 stride-1 convolution's A view that the Winograd path takes,
     else None. Taken: rows (images, H, W) with pixels C apart, K = 3 window rows (one image row apart) x 3C
     contiguous channels, H and W even (a tile's patch then lies inside the direct product's windows), C a
     multiple of the lanes up to WINO_MAX_C, N static and a multiple of NR, B not transposed, no accumulation."""
-    if not WINOGRAD or view is None or trans_b or accumulate or N is None or N % cfg.nr:
+    if view is None or trans_b or accumulate or N is None or N % cfg.nr:
         return None
     _, rows, cols = view
     if len(rows) != 3 or len(cols) != 2:
@@ -1176,7 +1183,7 @@ def winograd_geometry(view, N: int | None, K: int | None, trans_b: bool, accumul
         return None
     if H % 2 or W % 2 or cx > WINO_MAX_C or cx > cfg.kc or cx % lanes:
         return None
-    if K is not None and K != 9 * cx:
+    if isinstance(K, int) and K != 9 * cx:
         return None
     if rs < W * cx or (img and img < H * rs):  # pixels, rows and images laid out in order, as a padded image is
         return None
@@ -1640,13 +1647,15 @@ def emit_gemm(
     extra_args: Sequence[ir.Type] = (),
     config: GemmConfig | None = None,
     a_view: tuple | None = None,
+    winograd: bool = False,
     declare_helpers: bool = False,
 ) -> ir.Function:
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
 
     ``a_view`` = (offset, rows, cols): op(A) is read through that view of A (see "operand views"; lda and
     trans_a are then unused): read in place by ``name.tile`` where its innermost K digit allows
-    (`_view_tile_ok`: a convolution's image), else packed by ``name.pack_a``.
+    (`_view_tile_ok`: a convolution's image), else packed by ``name.pack_a``. ``winograd``: a 3x3 stride-1
+    convolution's product (`winograd_applies`) computed as Winograd F(2x2, 3x3) by ``name.wino``.
 
     ``name`` is a small wrapper around the module's shared driver, microkernel and packing routines (added on
     first use, internal, named ``graphc.gemm.*``); with an epilogue, ``name.epilogue`` is its epilogue pass.
@@ -1661,7 +1670,11 @@ def emit_gemm(
     extra_args = list(extra_args)
 
     driver = _driver_fn(g)
-    geo = winograd_geometry(a_view, N, K, trans_b, accumulate, cfg, g.L) if a_view is not None else None
+    geo = None
+    if winograd:
+        geo = winograd_geometry(a_view, N, K, trans_b, accumulate, cfg, g.L)
+        if geo is None:
+            raise ValueError(f"{name}: a Winograd product that this config cannot run ({cfg}, {g.L} lanes)")
     if a_view is not None:
         if trans_a:
             raise ValueError("an A view already says how op(A) is read: trans_a must be False")

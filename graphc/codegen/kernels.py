@@ -368,6 +368,9 @@ class GemmKernel(Kernel):
     # the last store's buffer is C only for the K blocks' partial sums (the raw product, which nothing reads: an
     # epilogue updates a parameter in place, so C cannot be the parameter's buffer): its final value is not stored
     c_scratch: bool = False
+    # a 3x3 stride-1 convolution's product computed as Winograd F(2x2, 3x3) (see codegen.gemm): 2.25x fewer
+    # multiply-adds, results within float rounding of the direct product's
+    winograd: bool = False
 
     @property
     def writes(self) -> list[Buffer]:
@@ -382,7 +385,8 @@ class GemmKernel(Kernel):
             off, rows, cols = self.a_view
             show = lambda ds: "(" + ", ".join(f"{d or '?'}:{st}" for d, st in ds) + ")"  # noqa: E731
             a = f"view {self.a!r}[{off} + rows {show(rows)} + cols {show(cols)}]"
-        lines = [f"{self.name}: gemm {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
+        how = " (Winograd F(2x2,3x3))" if self.winograd else ""
+        lines = [f"{self.name}: gemm{how} {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
                  f"acc = {a} @ {self.b!r}{tb}"]
         lines += [f"  {s.buf!r} = {s.value!r}" + ("  (scratch: partial sums only)" if self.c_scratch and s is
                                                       self.stores[-1] else "") for s in self.stores]

@@ -99,7 +99,8 @@ def rows_workspace_bytes(k: ScanKernel, target: Target) -> int:
     for g in all_kernels(k.body.kernels):
         if isinstance(g, GemmKernel):
             cfg = gemm_mod.config_for(target, g.a.dtype, g.n)
-            out = max(out, gemm_mod.workspace_bytes(1 << 30, g.n, g.k, 1, target, g.a.dtype, cfg, g.a_view, g.tb))
+            out = max(out, gemm_mod.workspace_bytes(1 << 30, g.n, g.k, 1, target, g.a.dtype, cfg, g.a_view,
+                                                        g.winograd))
     return (out + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -154,6 +155,7 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
         if isinstance(k, GemmKernel):
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
             cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)
-            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype, cfg, k.a_view, k.tb))
+            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype, cfg, k.a_view,
+                                                     k.winograd))
     return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
                       sorted(shares), {i: program.buffers[i].label for i in offsets})

@@ -304,8 +304,8 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
     cot = gc.constant(rng.standard_normal(gc.evaluate(y, vals).shape[1:]).astype(npt))
     outs = [y, *gc.grad(gc.sum(y * cot), [x, w, bias])]
     fn = gc.compile(outs, cache=False)
-    prods = fn.llvm_ir.count(".wino\"(")  # definitions and calls of the Winograd functions
-    assert prods >= 4, "forward and input gradient: a Winograd function each, defined and called"
+    assert fn.kernels.count("gemm (Winograd F(2x2,3x3))") == 2, fn.kernels  # not the filter gradient
+    assert fn.llvm_ir.count(".wino\"(") == 4  # the two Winograd functions, defined and called
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
     one = fn(vals, threads=1)
     tol = 2e-5 if dtype == "float32" else 1e-11
@@ -316,7 +316,7 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
             assert np.array_equal(a, b)
     monkeypatch.setattr(gemm, "WINOGRAD", False)
     direct = gc.compile(outs, cache=False)
-    assert ".wino\"(" not in direct.llvm_ir
+    assert ".wino\"(" not in direct.llvm_ir and "Winograd" not in direct.kernels
     d = direct(vals, threads=1)
     assert not np.array_equal(d[0], one[0])  # other roundings: the forward really ran another algorithm
     for a, b in zip(d, one, strict=True):
@@ -324,10 +324,9 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
 
 
 def test_winograd_is_taken_only_by_the_products_it_computes():
-    from graphc.codegen.gemm import default_config, winograd_geometry
+    from graphc.codegen.gemm import GemmConfig, winograd_applies, winograd_geometry
 
-    cfg = default_config(__import__("graphc.codegen.target", fromlist=["host_target"]).host_target())
-    L = cfg.nr // 2
+    cfg, L = GemmConfig(mr=12, nr=32, kc=256, mc=240, nc=1024), 16
     view = lambda h, w, c, ks=None, run=None, rs=None: (  # noqa: E731 - a padded image's 3x3 window view
         0, ((0, (h + 2) * (rs or (w + 2) * c)), (h, rs or (w + 2) * c), (w, c)),
         ((3, ks or rs or (w + 2) * c), (run or 3 * c, 1)))
@@ -341,6 +340,12 @@ def test_winograd_is_taken_only_by_the_products_it_computes():
     assert winograd_geometry(view(8, 8, 32, ks=640), 32, 288, False, False, cfg, L) is None  # dilated rows
     assert winograd_geometry(view(8, 8, 32, run=64), 32, 288, False, False, cfg, L) is None  # stride 2
     assert winograd_geometry(view(8, 8, 512), 32, 9 * 512, False, False, cfg, L) is None  # over one K block
+    # the scheduler's choice holds for the widest vectors: 16 channels and 32 filters at a time in float32
+    assert winograd_applies(view(8, 8, 16), 32, 144, False, "float32")
+    assert not winograd_applies(view(8, 8, 8), 32, 72, False, "float32")
+    assert winograd_applies(view(8, 8, 8), 16, 72, False, "float64")
+    assert not winograd_applies(view(8, 8, 16), 16, 144, False, "float32")
+    assert not winograd_applies(None, 32, 144, False, "float32")
 
 
 def test_bad_input_names_both_shapes_and_the_line():
