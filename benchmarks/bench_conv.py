@@ -10,10 +10,10 @@
 
 Each thread count runs in its own process (XLA fixes its thread count when it starts), and the parent prints
 the table. graphc lowers a convolution to pad -> the packed GEMM reading the padded image through a view (its
-tiles in place, no im2col copy); a 3x3 stride-1 product whose channels and filters fill whole vectors and tiles
-runs as Winograd F(2x2, 3x3) (2.25x fewer multiplications: its GFLOP/s count the direct convolution's 2*9*C*F
-per output pixel, so they may exceed the FMA peak); `--profile` prints which kernels a conv training step spends
-its time in (gc.compile(profile=True)).
+tiles in place, no im2col copy); a 3x3 stride-1 convolution whose channels and filters fill whole vectors and
+tiles runs as Winograd F(2x2, 3x3), its filter gradient as F(3x3, 2x2) (2.25x fewer multiplications: GFLOP/s
+count the direct convolution's 2*9*C*F per output pixel, so they may exceed the FMA peak); `--profile` prints
+which kernels a conv training step spends its time in (gc.compile(profile=True)).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py [--threads 1,2] [--quick]
     python benchmarks/bench_conv.py --accuracy     # examples/cnn_digits.py over seeds 0-7, and the default MLP

@@ -235,9 +235,10 @@ def workspace_bytes(
     cfg = config or default_config(target, dtype)
     esize = _DTYPES[dtype][1]
     a, b = _slice_elems(max(M, 1), max(N, 1), max(K, 1), cfg, esize)
-    geo = winograd_geometry(a_view, N, K, False, False, cfg, cfg.lanes or _lanes(target, dtype)) if winograd else None
-    if geo is not None:
-        a, b = max(a + b, sum(_wino_slice(geo[0], N, cfg, esize))), 0
+    kind = _winograd_kind(a_view, N, K, M, False, False, cfg, cfg.lanes or _lanes(target, dtype)) if winograd else None
+    if kind is not None:
+        part = _wino_slice if kind[0] == "fwd" else _wino_dw_slice
+        a, b = max(a + b, sum(part(kind[1][0], N, cfg, esize))), 0
     return nthreads * (a + b) * esize
 
 
@@ -1159,12 +1160,22 @@ _WINO_IN = (((0, 1), (2, -1)), ((1, 1), (2, 1)), ((2, 1), (1, -1)), ((1, 1), (3,
 _WINO_OUT = (((0, 1), (1, 1), (2, 1)), ((1, 1), (2, -1), (3, -1)))
 
 
-def winograd_applies(view, N, K, trans_b: bool, dtype: str) -> bool:
+def winograd_applies(view, N, K, trans_b: bool, dtype: str, M=None) -> bool:
     """Whether the scheduler makes this product a Winograd one (`GemmKernel.winograd`): its geometry fits the
     widest vectors of any target (16 float32 lanes, tiles 32 columns wide), so every target's config runs it."""
     lanes = 16 if dtype == "float32" else 8
     cfg = GemmConfig(mr=12, nr=2 * lanes, kc=256, mc=240, nc=2 * lanes)
-    return WINOGRAD and isinstance(N, int) and winograd_geometry(view, N, K, trans_b, False, cfg, lanes) is not None
+    return WINOGRAD and isinstance(N, int) and _winograd_kind(view, N, K, M, trans_b, False, cfg, lanes) is not None
+
+
+def _winograd_kind(view, N, K, M, trans_b, accumulate, cfg, lanes):
+    """("fwd" or "dw", geometry) of a product the Winograd path computes (a convolution's forward or input
+    gradient, or its filter gradient), else None."""
+    geo = winograd_geometry(view, N, K, trans_b, accumulate, cfg, lanes)
+    if geo is not None:
+        return "fwd", geo
+    geo = winograd_dw_geometry(view, N, M, trans_b, accumulate, cfg, lanes)
+    return ("dw", geo) if geo is not None else None
 
 
 def winograd_geometry(view, N: int | None, K, trans_b: bool, accumulate: bool, cfg: GemmConfig, lanes: int):
@@ -1324,6 +1335,192 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
     b.ret_void()
     return fn
 
+
+# The filter gradient of such a convolution, dW[ky, kx, c, f] = sum over pixels of x[.. + ky, .. + kx, c] dy[.., f]
+# (the product of the view's transpose, 9C x pixels, with the cotangent), is Winograd F(3x3, 2x2) over the same
+# tiles: per 2x2 block of cotangent pixels and its 4x4 image patch, M[ξ] += (Bᵀ d B)[ξ] (C) x (A e Aᵀ)[ξ] (F)
+# summed over every tile, then dW = Gᵀ M G. A thread owns whole blocks of (MR channels) x (NR filters) of M, summed
+# over all tiles in the same order (K blocks of WINO_DW_KB tiles) whatever the thread count, so no sum crosses
+# threads; each thread transforms the image channels of its blocks and the whole cotangent, WINO_DW_KB tiles at a
+# time, into packed panels (the channels as the MR-row A panels, written by masked stores at shifted addresses;
+# the filters as NR-wide B panels) that the shared microkernel accumulates into M.
+WINO_DW_KB = 64
+_WINO_DY = (((0, 1),), ((0, 1), (1, 1)), ((0, 1), (1, -1)), ((1, -1),))  # A (4 x 2), with signs
+_WINO_DW = (((0, 1.0), (1, 0.5), (2, 0.5)), ((1, 0.5), (2, -0.5)), ((1, 0.5), (2, 0.5), (3, 1.0)))  # Gᵀ (3 x 4)
+
+
+def winograd_dw_geometry(view, N: int | None, M, trans_b: bool, accumulate: bool, cfg: GemmConfig, lanes: int):
+    """(C, H, W, row stride, image stride) of a 3x3 stride-1 convolution's filter gradient (op(A) = the A view's
+    transpose: rows 3 window rows x 3C channels, K the pixels (images, H, W)) that the Winograd path takes, else
+    None: the forward's conditions (`winograd_geometry`) on the same image."""
+    if view is None or trans_b or accumulate or N is None or N % cfg.nr:
+        return None
+    off, rows, cols = view
+    if len(rows) != 2 or len(cols) != 3:
+        return None
+    return winograd_geometry((off, cols, rows), N, 9 * rows[1][0] // 3 if rows[1][0] else None, False, False,
+                             cfg, lanes) if (not isinstance(M, int) or M == rows[0][0] * rows[1][0]) else None
+
+
+def _wino_dw_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int, int]:
+    """(V, E, M) parts of a thread's workspace for the filter gradient, in elements (multiples of 64 bytes), for
+    channel blocks of MR or of the narrow kernel's rows."""
+    align = 64 // esize
+    ncb = _cdiv(cx, min(cfg.mr, _edge_rows(cfg) or cfg.mr))
+    rows = max(_rup(cx, cfg.mr), _rup(cx, _edge_rows(cfg) or cfg.mr))
+    return (_rup(16 * ncb * WINO_DW_KB * cfg.mr, align), _rup(16 * WINO_DW_KB * N, align), _rup(16 * rows * N, align))
+
+
+def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> ir.Function:
+    """wino(A, B, C, K, ldb, ldc, ws, tid, nthreads, ectx): C (9C x N) = the filter gradient (see above).
+
+    Channel blocks of MR rows, or of the narrow kernel's where that shares them out more evenly among the call's
+    threads (32 channels on 2 threads: 8 + 8 | 8 + 8, not 12 + 12 | 8): every element of M is the same sum in
+    the same order either way."""
+    cfg = g.cfg
+    MR, NR, L, KB = cfg.mr, cfg.nr, g.L, WINO_DW_KB
+    cx, H, W, rs, img = geo
+    off = view[0]
+    TW, TH = W // 2, H // 2
+    nfb, nv = N // NR, NR // L
+    narrow = _edge_rows(cfg)
+    finish = _finish_fn(g, MR)
+    sv, se, _ = _wino_dw_slice(cx, N, cfg, g.esize)
+    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I32, _I32, _PTR]),
+                     name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    A, B, C, Kv, ldb, ldc, ws, tid32, nth32, ectx = fn.args
+    for a, nm in zip(fn.args, ["A", "B", "C", "K", "ldb", "ldc", "ws", "tid", "nthreads", "ectx"], strict=True):
+        a.name = nm
+    for a in (A, B, C, ws):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    half = ir.Constant(g.V, [0.5] * L)
+    tbuf = b.alloca(ir.ArrayType(g.T, 9 * MR * NR), name="out")  # the 9 taps' MR x NR tiles of one block
+    tbuf.align = 64
+    tbuf.type = _PTR
+    tid, nth = b.sext(tid32, _I64), b.sext(nth32, _I64)
+    Vp = g.gep(b, ws, b.mul(tid, _c64(sum(_wino_dw_slice(cx, N, cfg, g.esize)))))
+    Ep = g.gep(b, Vp, _c64(sv))
+    Mp = g.gep(b, Ep, _c64(se))
+    ntiles = b.mul(b.sdiv(Kv, _c64(H * W)), _c64(TH * TW))
+
+    def lin(vals, terms):
+        out = None
+        for i, sign in terms:
+            v = vals[i]
+            if out is None:
+                out = v if sign > 0 else b.fneg(v)
+            else:
+                out = b.fadd(out, v) if sign > 0 else b.fsub(out, v)
+        return out
+
+    def lin_half(vals, terms):  # Gᵀ: weights 1 and ±1/2
+        out = None
+        for i, w in terms:
+            v = vals[i] if abs(w) == 1.0 else b.fmul(vals[i], half)
+            out = v if out is None else (b.fadd(out, v) if w > 0 else b.fsub(out, v))
+        return out
+
+    def blocks(R: int) -> None:
+        """The whole gradient with channel blocks of R rows (A panels keep their MR stride)."""
+        ncb = _cdiv(cx, R)
+        ukernel = _ukernel_fn(g, None if R == MR else R)
+        items = _c64(ncb * nfb)  # blocks of M, channel-block major
+        base = _div1(b, "div", items, nth)
+        extra = _div1(b, "rem", items, nth)
+        i0 = b.add(b.mul(tid, base), _smin(b, tid, extra))
+        i1 = b.add(i0, b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64)))
+        with b.if_then(b.icmp_signed("<", i0, i1)):
+            cb_lo, cb_hi = b.udiv(i0, _c64(nfb)), b.udiv(b.sub(i1, _c64(1)), _c64(nfb))  # this thread's blocks
+            # panel rows past C (the last channel block's) are read by the microkernel, their sums dropped
+            with _Loop(b, _c64(0), _c64(16 * ncb * KB * MR), _c64(L), "vz", unroll=False) as i:
+                g.store_vec(b, g.zero, Vp, i, align=g.valign)
+            # (channel vector, channel block, first lane, last lane + 1): where a vector's lanes go in the panels
+            spans = [(cv, cb, max(cb * R - cv * L, 0), min(cb * R + R - cv * L, L)) for cv in range(cx // L)
+                     for cb in range(ncb) if cb * R < cv * L + L and cv * L < cb * R + R]
+            with _Loop(b, _c64(0), ntiles, _c64(KB), "kb", unroll=False) as kb:
+                nk = _smin(b, _c64(KB), b.sub(ntiles, kb))
+                with _Loop(b, _c64(0), nk, _c64(1), "t", unroll=False) as k:
+                    tile = b.add(kb, k)
+                    n, rest = b.udiv(tile, _c64(TH * TW)), b.urem(tile, _c64(TH * TW))
+                    ty, tx = b.udiv(rest, _c64(TW)), b.urem(rest, _c64(TW))
+                    src0 = b.add(_c64(off), b.add(b.mul(n, _c64(img)),
+                                                  b.add(b.mul(ty, _c64(2 * rs)), b.mul(tx, _c64(2 * cx)))))
+                    for cv in range(cx // L):
+                        mine = [sp for sp in spans if sp[0] == cv]
+                        need = b.and_(b.icmp_unsigned("<=", cb_lo, _c64(max(sp[1] for sp in mine))),
+                                      b.icmp_unsigned(">=", cb_hi, _c64(min(sp[1] for sp in mine))))
+                        with b.if_then(need):
+                            d = [[g.load_vec(b, A, b.add(src0, _c64(r * rs + s * cx + cv * L))) for s in range(4)]
+                                 for r in range(4)]
+                            e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]
+                            vals = [lin([e[q][s] for q in range(4)], _WINO_IN[r]) for r in range(4) for s in range(4)]
+                            for _, cb, lo, hi in mine:
+                                mask = ir.Constant(g.M, [lo <= i < hi for i in range(L)])
+                                for xi in range(16):
+                                    at = b.add(b.mul(k, _c64(MR)), _c64(((xi * ncb + cb) * KB) * MR + cv * L - cb * R))
+                                    p = b.gep(Vp, [at], inbounds=False, source_etype=g.T)
+                                    b.call(g.mstore, [vals[xi], p, ir.Constant(_I32, g.esize), mask])
+                    p0 = b.add(b.mul(n, _c64(H * W)), b.add(b.mul(ty, _c64(2 * W)), b.mul(tx, _c64(2))))
+                    for fv in range(N // L):
+                        ev = [[g.load_vec(b, B, b.add(b.mul(b.add(p0, _c64(i * W + j)), ldb), _c64(fv * L)))
+                               for j in range(2)] for i in range(2)]
+                        t = [[lin(ev[i], _WINO_DY[s]) for s in range(4)] for i in range(2)]  # along x
+                        vals = [lin([t[0][s], t[1][s]], _WINO_DY[r]) for r in range(4) for s in range(4)]  # along y
+                        fb, vv = fv // nv, fv % nv
+                        for xi in range(16):
+                            at = b.add(b.mul(k, _c64(NR)), _c64(((xi * nfb + fb) * KB) * NR + vv * L))
+                            g.store_vec(b, vals[xi], Ep, at, align=g.valign)
+                load_old = b.icmp_signed(">", kb, _c64(0))
+                with _Loop(b, i0, i1, _c64(1), "it", unroll=False) as it:
+                    cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
+                    for xi in range(16):  # M[ξ][block rows][fb cols] += V[ξ][cb] @ E[ξ][fb] over the block's tiles
+                        ap = g.gep(b, Vp, b.mul(b.add(_c64(xi * ncb), cb), _c64(KB * MR)))
+                        bp = g.gep(b, Ep, b.mul(b.add(_c64(xi * nfb), fb), _c64(KB * NR)))
+                        cp = g.gep(b, Mp, b.add(b.mul(b.add(_c64(xi * ncb), cb), _c64(R * N)), b.mul(fb, _c64(NR))))
+                        b.call(ukernel, [ap, bp, cp, _c64(N), _c64(NR), nk, _c64(R), _c64(NR), load_old,
+                                         ir.Constant(_PTR, None)])
+            # dW = Gᵀ M G per block, each tap's rows through the epilogue (or stored)
+            with _Loop(b, i0, i1, _c64(1), "ot", unroll=False) as it:
+                cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
+                with _Loop(b, _c64(0), _c64(R), _c64(1), "oi", unroll=False) as i:
+                    for vv in range(nv):
+                        row = b.add(b.mul(cb, _c64(R)), i)
+                        src = b.add(b.add(b.mul(row, _c64(N)), b.mul(fb, _c64(NR))), _c64(vv * L))
+                        m = [[g.load_vec(b, Mp, b.add(src, _c64((r * 4 + s) * ncb * R * N)), align=g.valign)
+                              for s in range(4)] for r in range(4)]
+                        p = [[lin_half(m[r], _WINO_DW[kx]) for kx in range(3)] for r in range(4)]
+                        for ky in range(3):
+                            for kx in range(3):
+                                y = lin_half([p[r][kx] for r in range(4)], _WINO_DW[ky])
+                                at = b.add(b.mul(i, _c64(NR)), _c64((ky * 3 + kx) * MR * NR + vv * L))
+                                g.store_vec(b, y, tbuf, at, align=g.valign)
+                cnt = _smin(b, _c64(R), b.sub(_c64(cx), b.mul(cb, _c64(R))))
+                col = b.mul(fb, _c64(NR))
+                for tap in range(9):
+                    r0 = b.add(_c64(tap * cx), b.mul(cb, _c64(R)))
+                    tile = g.gep(b, tbuf, _c64(tap * MR * NR))
+                    cptr = g.gep(b, C, b.add(b.mul(r0, ldc), col))
+                    if epi is not None:
+                        b.call(epi, [tile, cptr, ldc, cnt, _c64(NR), r0, col, ectx])
+                    else:
+                        b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
+
+    if narrow:
+        # the busiest thread's channels: blocks of MR against blocks of `narrow` (costing ~15% more per row)
+        def busiest(R):
+            return b.mul(_cdiv1(b, _c64(_cdiv(cx, R) * nfb), nth), _c64(R * (20 if R == MR else 23)))
+        with b.if_else(b.icmp_signed("<", busiest(narrow), busiest(MR))) as (few, wide):
+            with few:
+                blocks(narrow)
+            with wide:
+                blocks(MR)
+    else:
+        blocks(MR)
+    b.ret_void()
+    return fn
 
 # ---------------------------------------------------------------------------------------------- driver
 
@@ -1670,10 +1867,10 @@ def emit_gemm(
     extra_args = list(extra_args)
 
     driver = _driver_fn(g)
-    geo = None
+    kind = None
     if winograd:
-        geo = winograd_geometry(a_view, N, K, trans_b, accumulate, cfg, g.L)
-        if geo is None:
+        kind = _winograd_kind(a_view, N, K, M, trans_b, accumulate, cfg, g.L)
+        if kind is None:
             raise ValueError(f"{name}: a Winograd product that this config cannot run ({cfg}, {g.L} lanes)")
     if a_view is not None:
         if trans_a:
@@ -1703,9 +1900,10 @@ def emit_gemm(
         for i, a in enumerate(fn.args[12:]):
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
-    if geo is not None:
-        wino = _wino_fn(g, f"{name}.wino", a_view, geo, N, epi)
-        b.call(wino, [A, B, C, dims[0], ldb, ldc, ws, tid32, nth32, ectx])
+    if kind is not None:
+        make = _wino_fn if kind[0] == "fwd" else _wino_dw_fn
+        wino = make(g, f"{name}.wino", a_view, kind[1], N, epi)
+        b.call(wino, [A, B, C, dims[0] if kind[0] == "fwd" else dims[2], ldb, ldc, ws, tid32, nth32, ectx])
         b.ret_void()
         return fn
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)

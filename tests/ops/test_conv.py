@@ -286,8 +286,9 @@ WINOGRAD_CASES = [  # (H, W, C, F, padding, bias+relu, dtype): 3x3 stride-1 prod
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_across_threads(case, monkeypatch):
     """The forward product and the input gradient's (a 3x3 stride-1 convolution of the padded cotangent) run as
-    Winograd F(2x2, 3x3): not bitwise the direct product's, within float rounding of the float64 loops, the same
-    bits on 1-3 threads; the filter gradient stays a direct product."""
+    Winograd F(2x2, 3x3), the filter gradient as F(3x3, 2x2): not bitwise the direct products', within float
+    rounding of the float64 loops, the same bits on 1-3 threads (the filter gradient's channel blocks differ
+    between 1 and 2 threads: 12 + 12 + 8 rows, 8 + 8 | 8 + 8)."""
     from graphc.codegen import gemm
 
     h, w_, c, f, padding, act, dtype = case
@@ -304,8 +305,8 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
     cot = gc.constant(rng.standard_normal(gc.evaluate(y, vals).shape[1:]).astype(npt))
     outs = [y, *gc.grad(gc.sum(y * cot), [x, w, bias])]
     fn = gc.compile(outs, cache=False)
-    assert fn.kernels.count("gemm (Winograd F(2x2,3x3))") == 2, fn.kernels  # not the filter gradient
-    assert fn.llvm_ir.count(".wino\"(") == 4  # the two Winograd functions, defined and called
+    assert fn.kernels.count("gemm (Winograd F(2x2,3x3))") == 3, fn.kernels  # forward, input and filter gradients
+    assert fn.llvm_ir.count(".wino\"(") == 6  # the three Winograd functions, defined and called
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
     one = fn(vals, threads=1)
     tol = 2e-5 if dtype == "float32" else 1e-11
@@ -324,7 +325,7 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
 
 
 def test_winograd_is_taken_only_by_the_products_it_computes():
-    from graphc.codegen.gemm import GemmConfig, winograd_applies, winograd_geometry
+    from graphc.codegen.gemm import GemmConfig, winograd_applies, winograd_dw_geometry, winograd_geometry
 
     cfg, L = GemmConfig(mr=12, nr=32, kc=256, mc=240, nc=1024), 16
     view = lambda h, w, c, ks=None, run=None, rs=None: (  # noqa: E731 - a padded image's 3x3 window view
@@ -340,6 +341,14 @@ def test_winograd_is_taken_only_by_the_products_it_computes():
     assert winograd_geometry(view(8, 8, 32, ks=640), 32, 288, False, False, cfg, L) is None  # dilated rows
     assert winograd_geometry(view(8, 8, 32, run=64), 32, 288, False, False, cfg, L) is None  # stride 2
     assert winograd_geometry(view(8, 8, 512), 32, 9 * 512, False, False, cfg, L) is None  # over one K block
+    # a filter gradient: the view transposed (rows: the 3 window rows x 3C channels; K: the pixels)
+    dw = lambda h, w, c: (0, view(h, w, c)[2], view(h, w, c)[1])  # noqa: E731
+    assert winograd_dw_geometry(dw(8, 8, 32), 32, 288, False, False, cfg, L) == (32, 8, 8, 320, 3200)
+    assert winograd_dw_geometry(dw(8, 7, 32), 32, 288, False, False, cfg, L) is None  # odd W
+    assert winograd_dw_geometry(dw(8, 8, 32), 48, 288, False, False, cfg, L) is None  # filters not whole tiles
+    assert winograd_dw_geometry(view(8, 8, 32), 32, 288, False, False, cfg, L) is None  # a forward view
+    assert winograd_geometry(dw(8, 8, 32), 32, 288, False, False, cfg, L) is None
+    assert winograd_applies(dw(8, 8, 32), 32, None, False, "float32", M=288)
     # the scheduler's choice holds for the widest vectors: 16 channels and 32 filters at a time in float32
     assert winograd_applies(view(8, 8, 16), 32, 144, False, "float32")
     assert not winograd_applies(view(8, 8, 8), 32, 72, False, "float32")
