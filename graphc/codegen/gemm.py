@@ -1207,8 +1207,15 @@ def _wino_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int,
     return (_rup(16 * cx * N, align), _rup(16 * cfg.mr * cfg.kc, align), _rup(16 * cfg.mr * cfg.nr, align))
 
 
-def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> ir.Function:
-    """wino(A, B, C, M, ldb, ldc, ws, tid, nthreads, ectx): C = the view's product with B (see above)."""
+def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
+    """wino(A, B, C, M, ldb, ldc, ws, tid, nthreads, epi, ectx): C = the view's product with B (see above), each
+    finished tile through the epilogue pass `epi` (null: stored). One per module for each view and N: a
+    convolution's forward and its input gradient read padded images of the same shape the same way."""
+    c = g.cfg
+    key = hashlib.sha256(repr((view, N)).encode()).hexdigest()[:16]
+    name = f"graphc.gemm.wino.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.kc{c.kc}.{key}"
+    if name in g.module.globals:
+        return g.module.globals[name]
     cfg = g.cfg
     MR, NR, KC, L = cfg.mr, cfg.nr, cfg.kc, g.L
     cx, H, W, rs, img = geo
@@ -1220,17 +1227,18 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
     R = edge if edge and chunk <= edge else MR
     ukernel = _ukernel_fn(g, None if R == MR else R, row_major=True)
     finish = _finish_fn(g, MR)
-    nv, ncv, njb = NR // L, cx // L, N // NR
-    fn = ir.Function(g.module, ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I32, _I32, _PTR]),
-                     name)
+    ncv, njb = cx // L, N // NR
+    fn = ir.Function(g.module, _WINO_TY, name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
-    A, B, C, Mv, ldb, ldc, ws, tid32, nth32, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "M", "ldb", "ldc", "ws", "tid", "nthreads", "ectx"], strict=True):
+    A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
+    for a, nm in zip(fn.args, ["A", "B", "C", "M", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
         a.name = nm
     for a in (A, B, C, ws):
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    has_epi = b.icmp_unsigned("!=", epi, ir.Constant(_PTR, None))
+    epi = _Callee(epi, _EPI_TY)
     half = ir.Constant(g.V, [0.5] * L)
     tbuf = b.alloca(ir.ArrayType(g.T, 4 * MR * NR), name="out")  # two output rows of 2·MR pixels x NR
     tbuf.align = 64
@@ -1269,16 +1277,16 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
         gk = [[g.load_vec(b, B, b.add(b.mul(b.add(_c64((ky * 3 + kx) * cx), c), ldb), b.mul(v, _c64(L))))
                for kx in range(3)] for ky in range(3)]
         rows_t = [ftrans(r) for r in gk]  # along kx: [ky][s]
-        jb, vv = b.udiv(v, _c64(nv)), b.urem(v, _c64(nv))
+        jb, vv = b.udiv(v, _c64(NR // L)), b.urem(v, _c64(NR // L))
         dst = b.add(b.mul(b.add(b.mul(jb, _c64(16 * cx)), c), _c64(NR)), b.mul(vv, _c64(L)))
         for s in range(4):
             col = ftrans([rows_t[ky][s] for ky in range(3)])  # along ky: [r]
             for r in range(4):
                 g.store_vec(b, col[r], U, b.add(dst, _c64((r * 4 + s) * cx * NR)), align=g.valign)
     # rows of V past a block's tiles are read by the microkernel (and their products dropped): zero them once
-    with _Loop(b, _c64(0), _c64(16 * MR), _c64(1), "vz", unroll=False) as i:
-        for cv in range(ncv):
-            g.store_vec(b, g.zero, V, b.add(b.mul(i, _c64(KC)), _c64(cv * L)), align=g.valign)
+    with _Loop(b, _c64(0), _c64(16 * MR), _c64(1), "vz", unroll=False) as i, \
+            _Loop(b, _c64(0), _c64(ncv * L), _c64(L), "vzc", unroll=False) as cv:
+        g.store_vec(b, g.zero, V, b.add(b.mul(i, _c64(KC)), cv), align=g.valign)
 
     with _Loop(b, u0, u1, _c64(1), "unit", unroll=False) as u:
         n, ty = b.udiv(u, _c64(TH)), b.urem(u, _c64(TH))
@@ -1289,15 +1297,15 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
             # input transform: V[ξ][t][c] = (Bᵀ d B)[ξ] of tile t's 4x4 patch
             with _Loop(b, _c64(0), nt, _c64(1), "t", unroll=False) as t:
                 src0 = b.add(img_base, b.mul(b.add(tx0, t), _c64(2 * cx)))
-                for cv in range(ncv):
-                    d = [[g.load_vec(b, A, b.add(src0, _c64(r * rs + s * cx + cv * L))) for s in range(4)]
-                         for r in range(4)]
+                with _Loop(b, _c64(0), _c64(ncv * L), _c64(L), "cv", unroll=False) as cv:
+                    src = b.add(src0, cv)
+                    d = [[g.load_vec(b, A, b.add(src, _c64(r * rs + s * cx))) for s in range(4)] for r in range(4)]
                     e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]  # along s
+                    dst = b.add(b.mul(t, _c64(KC)), cv)
                     for r in range(4):
                         for s in range(4):
                             val = lin([e[q][s] for q in range(4)], _WINO_IN[r])  # along r
-                            g.store_vec(b, val, V, b.add(b.mul(t, _c64(KC)), _c64((r * 4 + s) * MR * KC + cv * L)),
-                                        align=g.valign)
+                            g.store_vec(b, val, V, b.add(dst, _c64((r * 4 + s) * MR * KC)), align=g.valign)
             with _Loop(b, _c64(0), _c64(njb), _c64(1), "jb", unroll=False) as jb:
                 ub = g.gep(b, U, b.mul(jb, _c64(16 * cx * NR)))
                 for xi in range(16):  # M[ξ] = V[ξ] @ U[ξ]
@@ -1305,17 +1313,18 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
                                      g.gep(b, Mb, _c64(xi * MR * NR)), _c64(NR), _c64(NR), _c64(cx), nt, _c64(NR),
                                      ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
                 # output transform: the tile's 2x2 pixels, into two rows of pixels (tbuf rows 0.. and 2·MR..)
-                with _Loop(b, _c64(0), nt, _c64(1), "to", unroll=False) as t:
-                    for vv in range(nv):
-                        m = [[g.load_vec(b, Mb, b.add(b.mul(t, _c64(NR)), _c64((r * 4 + s) * MR * NR + vv * L)),
-                                         align=g.valign) for s in range(4)] for r in range(4)]
-                        p = [[lin([m[r][s] for r in range(4)], _WINO_OUT[i]) for s in range(4)] for i in range(2)]
-                        for i in range(2):
-                            for j in range(2):
-                                y = lin(p[i], _WINO_OUT[j])
-                                at = b.add(b.mul(b.add(b.mul(t, _c64(2)), _c64(j)), _c64(NR)),
-                                           _c64(i * 2 * MR * NR + vv * L))
-                                g.store_vec(b, y, tbuf, at, align=g.valign)
+                with _Loop(b, _c64(0), nt, _c64(1), "to", unroll=False) as t, \
+                        _Loop(b, _c64(0), _c64(NR), _c64(L), "vv", unroll=False) as vv:
+                    src = b.add(b.mul(t, _c64(NR)), vv)
+                    m = [[g.load_vec(b, Mb, b.add(src, _c64((r * 4 + s) * MR * NR)), align=g.valign) for s in range(4)]
+                         for r in range(4)]
+                    p = [[lin([m[r][s] for r in range(4)], _WINO_OUT[i]) for s in range(4)] for i in range(2)]
+                    for i in range(2):
+                        for j in range(2):
+                            y = lin(p[i], _WINO_OUT[j])
+                            at = b.add(b.add(b.mul(b.add(b.mul(t, _c64(2)), _c64(j)), _c64(NR)), vv),
+                                       _c64(i * 2 * MR * NR))
+                            g.store_vec(b, y, tbuf, at, align=g.valign)
                 # finish: each output row's 2·nt pixels, MR at a time, through the epilogue (or stored)
                 col = b.mul(jb, _c64(NR))
                 npix = b.mul(nt, _c64(2))
@@ -1327,11 +1336,12 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
                             r0 = b.add(prow, _c64(seg * MR))
                             tile = g.gep(b, tbuf, _c64((i * 2 + seg) * MR * NR))
                             cptr = g.gep(b, C, b.add(b.mul(r0, ldc), col))
-                            if epi is not None:
-                                b.call(epi, [tile, cptr, ldc, cnt, _c64(NR), r0, col, ectx])
-                            else:
-                                b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0),
-                                                ir.Constant(_PTR, None)])
+                            with b.if_else(has_epi) as (with_epi, plain):
+                                with with_epi:
+                                    b.call(epi, [tile, cptr, ldc, cnt, _c64(NR), r0, col, ectx])
+                                with plain:
+                                    b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0),
+                                                    ir.Constant(_PTR, None)])
     b.ret_void()
     return fn
 
@@ -1345,6 +1355,7 @@ def _wino_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> 
 # time, into packed panels (the channels as the MR-row A panels, written by masked stores at shifted addresses;
 # the filters as NR-wide B panels) that the shared microkernel accumulates into M.
 WINO_DW_KB = 64
+MAX_THREADS = 256  # the most threads a call runs on (the thread team's workers and the caller)
 _WINO_DY = (((0, 1),), ((0, 1), (1, 1)), ((0, 1), (1, -1)), ((1, -1),))  # A (4 x 2), with signs
 _WINO_DW = (((0, 1.0), (1, 0.5), (2, 0.5)), ((1, 0.5), (2, -0.5)), ((1, 0.5), (2, 0.5), (3, 1.0)))  # Gᵀ (3 x 4)
 
@@ -1382,7 +1393,7 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
     cx, H, W, rs, img = geo
     off = view[0]
     TW, TH = W // 2, H // 2
-    nfb, nv = N // NR, NR // L
+    nfb = N // NR
     narrow = _edge_rows(cfg)
     finish = _finish_fn(g, MR)
     sv, se, _ = _wino_dw_slice(cx, N, cfg, g.esize)
@@ -1437,9 +1448,7 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
             # panel rows past C (the last channel block's) are read by the microkernel, their sums dropped
             with _Loop(b, _c64(0), _c64(16 * ncb * KB * MR), _c64(L), "vz", unroll=False) as i:
                 g.store_vec(b, g.zero, Vp, i, align=g.valign)
-            # (channel vector, channel block, first lane, last lane + 1): where a vector's lanes go in the panels
-            spans = [(cv, cb, max(cb * R - cv * L, 0), min(cb * R + R - cv * L, L)) for cv in range(cx // L)
-                     for cb in range(ncb) if cb * R < cv * L + L and cv * L < cb * R + R]
+            lane = ir.Constant(ir.VectorType(_I64, L), list(range(L)))
             with _Loop(b, _c64(0), ntiles, _c64(KB), "kb", unroll=False) as kb:
                 nk = _smin(b, _c64(KB), b.sub(ntiles, kb))
                 with _Loop(b, _c64(0), nk, _c64(1), "t", unroll=False) as k:
@@ -1448,31 +1457,40 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                     ty, tx = b.udiv(rest, _c64(TW)), b.urem(rest, _c64(TW))
                     src0 = b.add(_c64(off), b.add(b.mul(n, _c64(img)),
                                                   b.add(b.mul(ty, _c64(2 * rs)), b.mul(tx, _c64(2 * cx)))))
-                    for cv in range(cx // L):
-                        mine = [sp for sp in spans if sp[0] == cv]
-                        need = b.and_(b.icmp_unsigned("<=", cb_lo, _c64(max(sp[1] for sp in mine))),
-                                      b.icmp_unsigned(">=", cb_hi, _c64(min(sp[1] for sp in mine))))
+                    with _Loop(b, _c64(0), _c64(cx), _c64(L), "cv", unroll=False) as c0:
+                        first = b.udiv(c0, _c64(R))  # the channel blocks this vector's lanes fall in
+                        last = b.udiv(b.add(c0, _c64(L - 1)), _c64(R))
+                        need = b.and_(b.icmp_unsigned("<=", first, cb_hi), b.icmp_unsigned(">=", last, cb_lo))
                         with b.if_then(need):
-                            d = [[g.load_vec(b, A, b.add(src0, _c64(r * rs + s * cx + cv * L))) for s in range(4)]
+                            src = b.add(src0, c0)
+                            d = [[g.load_vec(b, A, b.add(src, _c64(r * rs + s * cx))) for s in range(4)]
                                  for r in range(4)]
                             e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]
                             vals = [lin([e[q][s] for q in range(4)], _WINO_IN[r]) for r in range(4) for s in range(4)]
-                            for _, cb, lo, hi in mine:
-                                mask = ir.Constant(g.M, [lo <= i < hi for i in range(L)])
-                                for xi in range(16):
-                                    at = b.add(b.mul(k, _c64(MR)), _c64(((xi * ncb + cb) * KB) * MR + cv * L - cb * R))
-                                    p = b.gep(Vp, [at], inbounds=False, source_etype=g.T)
-                                    b.call(g.mstore, [vals[xi], p, ir.Constant(_I32, g.esize), mask])
+                            for j in range(_cdiv(L, R) + 1):  # each block the lanes reach: a masked store per ξ
+                                cb = b.add(first, _c64(j))
+                                mine = b.and_(b.icmp_unsigned("<=", cb, last), b.and_(
+                                    b.icmp_unsigned(">=", cb, cb_lo), b.icmp_unsigned("<=", cb, cb_hi)))
+                                with b.if_then(mine):
+                                    shift = b.sub(c0, b.mul(cb, _c64(R)))  # lane l is row shift + l of block cb
+                                    at_l = b.add(g.splat(b, shift), lane)
+                                    mask = b.and_(b.icmp_signed(">=", at_l, g.splat(b, _c64(0))),
+                                                  b.icmp_signed("<", at_l, g.splat(b, _c64(R))))
+                                    base_k = b.add(b.mul(k, _c64(MR)), shift)
+                                    for xi in range(16):
+                                        at = b.add(base_k, b.mul(b.add(_c64(xi * ncb), cb), _c64(KB * MR)))
+                                        p = b.gep(Vp, [at], inbounds=False, source_etype=g.T)
+                                        b.call(g.mstore, [vals[xi], p, ir.Constant(_I32, g.esize), mask])
                     p0 = b.add(b.mul(n, _c64(H * W)), b.add(b.mul(ty, _c64(2 * W)), b.mul(tx, _c64(2))))
-                    for fv in range(N // L):
-                        ev = [[g.load_vec(b, B, b.add(b.mul(b.add(p0, _c64(i * W + j)), ldb), _c64(fv * L)))
+                    with _Loop(b, _c64(0), _c64(N), _c64(L), "fv", unroll=False) as f0:
+                        ev = [[g.load_vec(b, B, b.add(b.mul(b.add(p0, _c64(i * W + j)), ldb), f0))
                                for j in range(2)] for i in range(2)]
                         t = [[lin(ev[i], _WINO_DY[s]) for s in range(4)] for i in range(2)]  # along x
                         vals = [lin([t[0][s], t[1][s]], _WINO_DY[r]) for r in range(4) for s in range(4)]  # along y
-                        fb, vv = fv // nv, fv % nv
+                        fb, vv = b.udiv(f0, _c64(NR)), b.urem(f0, _c64(NR))
+                        base_k = b.add(b.add(b.mul(k, _c64(NR)), vv), b.mul(fb, _c64(KB * NR)))
                         for xi in range(16):
-                            at = b.add(b.mul(k, _c64(NR)), _c64(((xi * nfb + fb) * KB) * NR + vv * L))
-                            g.store_vec(b, vals[xi], Ep, at, align=g.valign)
+                            g.store_vec(b, vals[xi], Ep, b.add(base_k, _c64(xi * nfb * KB * NR)), align=g.valign)
                 load_old = b.icmp_signed(">", kb, _c64(0))
                 with _Loop(b, i0, i1, _c64(1), "it", unroll=False) as it:
                     cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
@@ -1485,18 +1503,18 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
             # dW = Gᵀ M G per block, each tap's rows through the epilogue (or stored)
             with _Loop(b, i0, i1, _c64(1), "ot", unroll=False) as it:
                 cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
-                with _Loop(b, _c64(0), _c64(R), _c64(1), "oi", unroll=False) as i:
-                    for vv in range(nv):
-                        row = b.add(b.mul(cb, _c64(R)), i)
-                        src = b.add(b.add(b.mul(row, _c64(N)), b.mul(fb, _c64(NR))), _c64(vv * L))
-                        m = [[g.load_vec(b, Mp, b.add(src, _c64((r * 4 + s) * ncb * R * N)), align=g.valign)
-                              for s in range(4)] for r in range(4)]
-                        p = [[lin_half(m[r], _WINO_DW[kx]) for kx in range(3)] for r in range(4)]
-                        for ky in range(3):
-                            for kx in range(3):
-                                y = lin_half([p[r][kx] for r in range(4)], _WINO_DW[ky])
-                                at = b.add(b.mul(i, _c64(NR)), _c64((ky * 3 + kx) * MR * NR + vv * L))
-                                g.store_vec(b, y, tbuf, at, align=g.valign)
+                with _Loop(b, _c64(0), _c64(R), _c64(1), "oi", unroll=False) as i, \
+                        _Loop(b, _c64(0), _c64(NR), _c64(L), "ov", unroll=False) as vv:
+                    row = b.add(b.mul(cb, _c64(R)), i)
+                    src = b.add(b.add(b.mul(row, _c64(N)), b.mul(fb, _c64(NR))), vv)
+                    m = [[g.load_vec(b, Mp, b.add(src, _c64((r * 4 + s) * ncb * R * N)), align=g.valign)
+                          for s in range(4)] for r in range(4)]
+                    p = [[lin_half(m[r], _WINO_DW[kx]) for kx in range(3)] for r in range(4)]
+                    for ky in range(3):
+                        for kx in range(3):
+                            y = lin_half([p[r][kx] for r in range(4)], _WINO_DW[ky])
+                            at = b.add(b.add(b.mul(i, _c64(NR)), vv), _c64((ky * 3 + kx) * MR * NR))
+                            g.store_vec(b, y, tbuf, at, align=g.valign)
                 cnt = _smin(b, _c64(R), b.sub(_c64(cx), b.mul(cb, _c64(R))))
                 col = b.mul(fb, _c64(NR))
                 for tap in range(9):
@@ -1508,8 +1526,10 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                     else:
                         b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
 
-    if narrow:
-        # the busiest thread's channels: blocks of MR against blocks of `narrow` (costing ~15% more per row)
+    def cost(R, threads):  # the busiest thread's channels, blocks of `narrow` rows costing ~15% more a row
+        return _cdiv(_cdiv(cx, R) * nfb, threads) * R * (20 if R == MR else 23)
+
+    if narrow and any(cost(narrow, t) < cost(MR, t) for t in range(2, MAX_THREADS + 1)):
         def busiest(R):
             return b.mul(_cdiv1(b, _c64(_cdiv(cx, R) * nfb), nth), _c64(R * (20 if R == MR else 23)))
         with b.if_else(b.icmp_signed("<", busiest(narrow), busiest(MR))) as (few, wide):
@@ -1572,6 +1592,8 @@ class _FnPtr:
 _PACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64])
 _VPACK_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64])  # (dst, A, row0, k0, kc, nrows)
 _EPI_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR])
+# wino(A, B, C, M, ldb, ldc, ws, tid, nthreads, epi, ectx)
+_WINO_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I32, _I32, _PTR, _PTR])
 # (A, Bp, C, ldc, bstride, kc, mrem, nrem, load_old, tile, row, pc, M): a view tile (`_view_tile_fn`)
 _TILE_TY = ir.FunctionType(_VOID, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I1, _PTR, _I64, _I64, _I64])
 # flags of the shared driver; above _GROUP_SHIFT, the rows of a view tile's group (`_view_group`)
@@ -1901,9 +1923,12 @@ def emit_gemm(
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     if kind is not None:
-        make = _wino_fn if kind[0] == "fwd" else _wino_dw_fn
-        wino = make(g, f"{name}.wino", a_view, kind[1], N, epi)
-        b.call(wino, [A, B, C, dims[0] if kind[0] == "fwd" else dims[2], ldb, ldc, ws, tid32, nth32, ectx])
+        if kind[0] == "fwd":
+            b.call(_wino_fn(g, a_view, kind[1], N), [A, B, C, dims[0], ldb, ldc, ws, tid32, nth32,
+                                                     _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
+        else:
+            wino = _wino_dw_fn(g, f"{name}.wino", a_view, kind[1], N, epi)
+            b.call(wino, [A, B, C, dims[2], ldb, ldc, ws, tid32, nth32, ectx])
         b.ret_void()
         return fn
     flags = (_TRANS_A if trans_a else 0) | (_TRANS_B if trans_b else 0) | (_ACCUMULATE if accumulate else 0)

@@ -3,6 +3,7 @@ TensorFlow/JAX at any stride), float64 finite-difference gradients, native code 
 threads (bitwise the same across thread counts), second derivatives through a conv, and located errors."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -306,7 +307,11 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
     outs = [y, *gc.grad(gc.sum(y * cot), [x, w, bias])]
     fn = gc.compile(outs, cache=False)
     assert fn.kernels.count("gemm (Winograd F(2x2,3x3))") == 3, fn.kernels  # forward, input and filter gradients
-    assert fn.llvm_ir.count(".wino\"(") == 6  # the three Winograd functions, defined and called
+    ir_text = fn.llvm_ir
+    # the forward and the input gradient call a function shared per view (one, where both read alike), the
+    # filter gradient its own
+    assert len(re.findall(r'call void @"graphc\.gemm\.wino\.', ir_text)) == 2
+    assert len(re.findall(r'call void @"k\d+_matmul\.gemm\.wino"', ir_text)) == 1
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
     one = fn(vals, threads=1)
     tol = 2e-5 if dtype == "float32" else 1e-11
@@ -317,7 +322,7 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
             assert np.array_equal(a, b)
     monkeypatch.setattr(gemm, "WINOGRAD", False)
     direct = gc.compile(outs, cache=False)
-    assert ".wino\"(" not in direct.llvm_ir and "Winograd" not in direct.kernels
+    assert ".wino" not in direct.llvm_ir and "Winograd" not in direct.kernels
     d = direct(vals, threads=1)
     assert not np.array_equal(d[0], one[0])  # other roundings: the forward really ran another algorithm
     for a, b in zip(d, one, strict=True):
