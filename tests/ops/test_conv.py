@@ -329,6 +329,27 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
+@pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v2"])
+def test_winograd_on_narrower_vectors_portable_targets(target):
+    """AVX2 and SSE configs (6-row tiles, 8 or 4 lanes, no narrow kernel) run the same Winograd products."""
+    x = gc.input("x", ("N", 6, 10, 32))
+    w = gc.input("w", (3, 3, 32, 64))
+    bias = gc.input("b", (64,))
+    y = gc.relu(gc.conv2d(x, w, padding="same") + bias)
+    cot = gc.constant(rng.standard_normal((6, 10, 64)).astype(np.float32))
+    outs = [y, *gc.grad(gc.sum(y * cot), [x, w, bias])]
+    fn = gc.compile(outs, target=target, cache=False)
+    assert fn.kernels.count("Winograd") == 3
+    vals = {"x": rng.standard_normal((3, 6, 10, 32)).astype(np.float32),
+            "w": (rng.standard_normal((3, 3, 32, 64)) / 17).astype(np.float32),
+            "b": rng.standard_normal(64).astype(np.float32)}
+    want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
+    one, three = fn(vals, threads=1), fn(vals, threads=3)
+    for got, ref, other in zip(one, want, three, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+        assert np.array_equal(got, other)
+
+
 def test_winograd_is_taken_only_by_the_products_it_computes():
     from graphc.codegen.gemm import GemmConfig, winograd_applies, winograd_dw_geometry, winograd_geometry
 
