@@ -470,6 +470,15 @@ def _cdiv1(b, x, y):
     return _div1(b, "div", b.add(x, b.sub(y, _c64(1))), y)
 
 
+def _share(b, total, tid, nth):
+    """(first, end) of thread `tid`'s contiguous share of `total` items: near-equal, the first total mod nth
+    threads one more."""
+    base = _div1(b, "div", total, nth)
+    extra = _div1(b, "rem", total, nth)
+    first = b.add(b.mul(tid, base), _smin(b, tid, extra))
+    return first, b.add(first, b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64)))
+
+
 # ---------------------------------------------------------------------------------------------- packing
 
 
@@ -1160,6 +1169,26 @@ _WINO_IN = (((0, 1), (2, -1)), ((1, 1), (2, 1)), ((2, 1), (1, -1)), ((1, 1), (3,
 _WINO_OUT = (((0, 1), (1, 1), (2, 1)), ((1, 1), (2, -1), (3, -1)))
 
 
+def _lin(b: ir.IRBuilder, vals, terms, half=None):
+    """sum of ±vals[i] (terms: (i, sign)), or with `half` (a vector of 1/2) of weight * vals[i] for weights ±1 and
+    ±1/2: one row of a transform matrix applied to vectors."""
+    out = None
+    for i, w in terms:
+        v = vals[i] if abs(w) == 1 else b.fmul(vals[i], half)
+        if out is None:
+            out = v if w > 0 else b.fneg(v)
+        else:
+            out = b.fadd(out, v) if w > 0 else b.fsub(out, v)
+    return out
+
+
+def _patch_transform(g: _Gen, b: ir.IRBuilder, A, src, rs: int, cx: int) -> list:
+    """Bᵀ d B of the 4x4 patch of vectors at A[src + r*rs + s*cx], as 16 vectors (ξ = 4r + s)."""
+    d = [[g.load_vec(b, A, b.add(src, _c64(r * rs + s * cx))) for s in range(4)] for r in range(4)]
+    e = [[_lin(b, d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]  # along s
+    return [_lin(b, [e[q][s] for q in range(4)], _WINO_IN[r]) for r in range(4) for s in range(4)]  # along r
+
+
 def winograd_applies(view, N, K, trans_b: bool, dtype: str, M=None) -> bool:
     """Whether the scheduler makes this product a Winograd one (`GemmKernel.winograd`): its geometry fits the
     widest vectors of any target (16 float32 lanes, tiles 32 columns wide), so every target's config runs it."""
@@ -1245,10 +1274,7 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
     tbuf.type = _PTR
     tid, nth = b.sext(tid32, _I64), b.sext(nth32, _I64)
     units = b.mul(_c64(TH), b.sdiv(Mv, _c64(H * W)) if not view[1][0][0] else _c64(view[1][0][0]))
-    base = _div1(b, "div", units, nth)
-    extra = _div1(b, "rem", units, nth)
-    u0 = b.add(b.mul(tid, base), _smin(b, tid, extra))
-    u1 = b.add(u0, b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64)))
+    u0, u1 = _share(b, units, tid, nth)  # tile rows
     ret = fn.append_basic_block("ret")
     go = fn.append_basic_block("go")
     b.cbranch(b.icmp_signed("<", u0, u1), go, ret)
@@ -1259,13 +1285,6 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
     U = g.gep(b, ws, b.mul(tid, _c64(su + sv + sm)))
     V = g.gep(b, U, _c64(su))
     Mb = g.gep(b, V, _c64(sv))
-
-    def lin(vals, terms):
-        out = None
-        for i, sign in terms:
-            v = vals[i]
-            out = v if out is None else (b.fadd(out, v) if sign > 0 else b.fsub(out, v))
-        return out
 
     def ftrans(gv):  # filter transform along one axis: 3 vectors -> 4
         s = b.fadd(gv[0], gv[2])
@@ -1298,14 +1317,10 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
             with _Loop(b, _c64(0), nt, _c64(1), "t", unroll=False) as t:
                 src0 = b.add(img_base, b.mul(b.add(tx0, t), _c64(2 * cx)))
                 with _Loop(b, _c64(0), _c64(ncv * L), _c64(L), "cv", unroll=False) as cv:
-                    src = b.add(src0, cv)
-                    d = [[g.load_vec(b, A, b.add(src, _c64(r * rs + s * cx))) for s in range(4)] for r in range(4)]
-                    e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]  # along s
+                    vals = _patch_transform(g, b, A, b.add(src0, cv), rs, cx)
                     dst = b.add(b.mul(t, _c64(KC)), cv)
-                    for r in range(4):
-                        for s in range(4):
-                            val = lin([e[q][s] for q in range(4)], _WINO_IN[r])  # along r
-                            g.store_vec(b, val, V, b.add(dst, _c64((r * 4 + s) * MR * KC)), align=g.valign)
+                    for xi in range(16):
+                        g.store_vec(b, vals[xi], V, b.add(dst, _c64(xi * MR * KC)), align=g.valign)
             with _Loop(b, _c64(0), _c64(njb), _c64(1), "jb", unroll=False) as jb:
                 ub = g.gep(b, U, b.mul(jb, _c64(16 * cx * NR)))
                 for xi in range(16):  # M[ξ] = V[ξ] @ U[ξ]
@@ -1318,10 +1333,10 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
                     src = b.add(b.mul(t, _c64(NR)), vv)
                     m = [[g.load_vec(b, Mb, b.add(src, _c64((r * 4 + s) * MR * NR)), align=g.valign) for s in range(4)]
                          for r in range(4)]
-                    p = [[lin([m[r][s] for r in range(4)], _WINO_OUT[i]) for s in range(4)] for i in range(2)]
+                    p = [[_lin(b, [m[r][s] for r in range(4)], _WINO_OUT[i]) for s in range(4)] for i in range(2)]
                     for i in range(2):
                         for j in range(2):
-                            y = lin(p[i], _WINO_OUT[j])
+                            y = _lin(b, p[i], _WINO_OUT[j])
                             at = b.add(b.add(b.mul(b.add(b.mul(t, _c64(2)), _c64(j)), _c64(NR)), vv),
                                        _c64(i * 2 * MR * NR))
                             g.store_vec(b, y, tbuf, at, align=g.valign)
@@ -1367,10 +1382,9 @@ def winograd_dw_geometry(view, N: int | None, M, trans_b: bool, accumulate: bool
     if view is None or trans_b or accumulate or N is None or N % cfg.nr:
         return None
     off, rows, cols = view
-    if len(rows) != 2 or len(cols) != 3:
+    if len(rows) != 2 or len(cols) != 3 or (isinstance(M, int) and M != rows[0][0] * rows[1][0]):
         return None
-    return winograd_geometry((off, cols, rows), N, 9 * rows[1][0] // 3 if rows[1][0] else None, False, False,
-                             cfg, lanes) if (not isinstance(M, int) or M == rows[0][0] * rows[1][0]) else None
+    return winograd_geometry((off, cols, rows), N, None, False, False, cfg, lanes)
 
 
 def _wino_dw_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int, int]:
@@ -1417,32 +1431,11 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
     Mp = g.gep(b, Ep, _c64(se))
     ntiles = b.mul(b.sdiv(Kv, _c64(H * W)), _c64(TH * TW))
 
-    def lin(vals, terms):
-        out = None
-        for i, sign in terms:
-            v = vals[i]
-            if out is None:
-                out = v if sign > 0 else b.fneg(v)
-            else:
-                out = b.fadd(out, v) if sign > 0 else b.fsub(out, v)
-        return out
-
-    def lin_half(vals, terms):  # Gᵀ: weights 1 and ±1/2
-        out = None
-        for i, w in terms:
-            v = vals[i] if abs(w) == 1.0 else b.fmul(vals[i], half)
-            out = v if out is None else (b.fadd(out, v) if w > 0 else b.fsub(out, v))
-        return out
-
     def blocks(R: int) -> None:
         """The whole gradient with channel blocks of R rows (A panels keep their MR stride)."""
         ncb = _cdiv(cx, R)
         ukernel = _ukernel_fn(g, None if R == MR else R)
-        items = _c64(ncb * nfb)  # blocks of M, channel-block major
-        base = _div1(b, "div", items, nth)
-        extra = _div1(b, "rem", items, nth)
-        i0 = b.add(b.mul(tid, base), _smin(b, tid, extra))
-        i1 = b.add(i0, b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64)))
+        i0, i1 = _share(b, _c64(ncb * nfb), tid, nth)  # blocks of M, channel-block major
         with b.if_then(b.icmp_signed("<", i0, i1)):
             cb_lo, cb_hi = b.udiv(i0, _c64(nfb)), b.udiv(b.sub(i1, _c64(1)), _c64(nfb))  # this thread's blocks
             # panel rows past C (the last channel block's) are read by the microkernel, their sums dropped
@@ -1462,11 +1455,7 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                         last = b.udiv(b.add(c0, _c64(L - 1)), _c64(R))
                         need = b.and_(b.icmp_unsigned("<=", first, cb_hi), b.icmp_unsigned(">=", last, cb_lo))
                         with b.if_then(need):
-                            src = b.add(src0, c0)
-                            d = [[g.load_vec(b, A, b.add(src, _c64(r * rs + s * cx))) for s in range(4)]
-                                 for r in range(4)]
-                            e = [[lin(d[r], _WINO_IN[s]) for s in range(4)] for r in range(4)]
-                            vals = [lin([e[q][s] for q in range(4)], _WINO_IN[r]) for r in range(4) for s in range(4)]
+                            vals = _patch_transform(g, b, A, b.add(src0, c0), rs, cx)
                             for j in range(_cdiv(L, R) + 1):  # each block the lanes reach: a masked store per ξ
                                 cb = b.add(first, _c64(j))
                                 mine = b.and_(b.icmp_unsigned("<=", cb, last), b.and_(
@@ -1485,8 +1474,8 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                     with _Loop(b, _c64(0), _c64(N), _c64(L), "fv", unroll=False) as f0:
                         ev = [[g.load_vec(b, B, b.add(b.mul(b.add(p0, _c64(i * W + j)), ldb), f0))
                                for j in range(2)] for i in range(2)]
-                        t = [[lin(ev[i], _WINO_DY[s]) for s in range(4)] for i in range(2)]  # along x
-                        vals = [lin([t[0][s], t[1][s]], _WINO_DY[r]) for r in range(4) for s in range(4)]  # along y
+                        t = [[_lin(b, ev[i], _WINO_DY[s]) for s in range(4)] for i in range(2)]  # along x
+                        vals = [_lin(b, [t[0][s], t[1][s]], _WINO_DY[r]) for r in range(4) for s in range(4)]  # along y
                         fb, vv = b.udiv(f0, _c64(NR)), b.urem(f0, _c64(NR))
                         base_k = b.add(b.add(b.mul(k, _c64(NR)), vv), b.mul(fb, _c64(KB * NR)))
                         for xi in range(16):
@@ -1509,10 +1498,10 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                     src = b.add(b.add(b.mul(row, _c64(N)), b.mul(fb, _c64(NR))), vv)
                     m = [[g.load_vec(b, Mp, b.add(src, _c64((r * 4 + s) * ncb * R * N)), align=g.valign)
                           for s in range(4)] for r in range(4)]
-                    p = [[lin_half(m[r], _WINO_DW[kx]) for kx in range(3)] for r in range(4)]
+                    p = [[_lin(b, m[r], _WINO_DW[kx], half) for kx in range(3)] for r in range(4)]
                     for ky in range(3):
                         for kx in range(3):
-                            y = lin_half([p[r][kx] for r in range(4)], _WINO_DW[ky])
+                            y = _lin(b, [p[r][kx] for r in range(4)], _WINO_DW[ky], half)
                             at = b.add(b.add(b.mul(i, _c64(NR)), vv), _c64((ky * 3 + kx) * MR * NR))
                             g.store_vec(b, y, tbuf, at, align=g.valign)
                 cnt = _smin(b, _c64(R), b.sub(_c64(cx), b.mul(cb, _c64(R))))
@@ -1526,12 +1515,16 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                     else:
                         b.call(finish, [tile, cptr, ldc, cnt, _c64(NR), ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
 
-    def cost(R, threads):  # the busiest thread's channels, blocks of `narrow` rows costing ~15% more a row
-        return _cdiv(_cdiv(cx, R) * nfb, threads) * R * (20 if R == MR else 23)
+    # the busiest thread's work: its blocks x rows, a row of `narrow` costing ~15% more than one of MR
+    weight = {MR: 20, narrow: 23}
+
+    def cost(R, threads):
+        return _cdiv(_cdiv(cx, R) * nfb, threads) * R * weight[R]
+
+    def busiest(R):  # cost's twin at run time
+        return b.mul(_cdiv1(b, _c64(_cdiv(cx, R) * nfb), nth), _c64(R * weight[R]))
 
     if narrow and any(cost(narrow, t) < cost(MR, t) for t in range(2, MAX_THREADS + 1)):
-        def busiest(R):
-            return b.mul(_cdiv1(b, _c64(_cdiv(cx, R) * nfb), nth), _c64(R * (20 if R == MR else 23)))
         with b.if_else(b.icmp_signed("<", busiest(narrow), busiest(MR))) as (few, wide):
             with few:
                 blocks(narrow)
@@ -1675,13 +1668,8 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     )
 
     def part(tiles, tile, extent):
-        base = _div1(b, "div", tiles, nth)
-        extra = _div1(b, "rem", tiles, nth)
-        start = b.add(b.mul(tid, base), _smin(b, tid, extra))
-        count = b.add(base, b.zext(b.icmp_signed("<", tid, extra), _I64))
-        lo = _smin(b, b.mul(start, _c64(tile)), extent)
-        hi = _smin(b, b.mul(b.add(start, count), _c64(tile)), extent)
-        return lo, hi
+        start, end = _share(b, tiles, tid, nth)
+        return _smin(b, b.mul(start, _c64(tile)), extent), _smin(b, b.mul(end, _c64(tile)), extent)
 
     mlo, mhi = part(mt, MR, Mv)
     nlo, nhi = part(nt, NR, Nv)
