@@ -477,6 +477,36 @@ def test_resident_b_sums_the_same_k_blocks_in_the_same_order(host):
             _check(C, ref, bound, K, np.float32)
 
 
+@pytest.mark.parametrize("name,ta,tb", [("rt_00", 0, 0), ("rt_10", 1, 0), ("rt_11", 1, 1), ("acc_00", 0, 0),
+                                         ("epi_rc_10", 1, 0), ("epi_acc_01", 0, 1)])
+def test_last_13_to_16_rows_run_as_two_narrow_tiles_bitwise_as_panels(host, name, ta, tb):
+    """An M range that leaves 13-16 rows after its 12-row panels runs them as two 8-row tiles reading A in
+    place (the first storing only the rows the second does not): each row bitwise the row a product with whole
+    panels computes (the same rows of A and one more panel), through accumulation, epilogues given the row and
+    column, strided A, several K blocks and 1-3 threads (whose ranges end in such tails too)."""
+    k = host[name]
+    for M, N, K in [(25, 40, 70), (28, 33, 600), (64, 70, 300), (100, 65, 33)]:
+        big = -(-M // 12) * 12
+        A, B = _operands(big, N, K, ta, tb, np.float32, strided=True)
+        A_m = A[:, :M] if ta else A[:M]
+        extras = ()
+        if name.startswith("epi_rc"):
+            extras = (_RNG.standard_normal(N).astype(np.float32), _RNG.standard_normal(big).astype(np.float32))
+        elif name.startswith("epi"):
+            extras = (_RNG.standard_normal(N).astype(np.float32),)
+        C0 = _RNG.standard_normal((big, N)).astype(np.float32)
+        whole = C0.copy()
+        k(A, B, whole, big, N, K, extras=extras)
+        for nt in (1, 2, 3):
+            C = C0[:M].copy()
+            k(A_m, B, C, M, N, K, nthreads=nt, extras=extras)
+            assert np.array_equal(C.view(np.uint32), whole[:M].view(np.uint32)), (name, M, nt)
+        if not extras:
+            ref, bound = _ref(A_m, B, ta, tb)
+            old = C0[:M] if name.startswith("acc") else 0
+            _check(C, ref + old, bound + np.abs(old), K, np.float32)
+
+
 def test_small_blocks_and_other_loop_order(host):
     for M, N, K in [(50, 200, 70), (3, 65, 33), (255, 64, 17)]:
         for nt in (1, 3):
