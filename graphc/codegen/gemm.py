@@ -868,6 +868,9 @@ SMALL_M = 16
 SMALL_K = 16
 SMALL_ROWS = (8, 1)
 SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a stack buffer of SMALL_CHUNK x NR)
+# A transposed A (op(A) = Aᵀ: the weight gradient Xᵀ·dY of every dense layer) is read in place by the strided
+# kernels instead of copied into panels: at each k a tile's MR rows are MR contiguous elements, as in a panel.
+A_IN_PLACE = True
 
 
 # ------------------------------------------------------------------------------------------ microkernel
@@ -928,7 +931,7 @@ def _emit_ukernel(g: _Gen, fn: ir.Function, rows: int, strided: bool = False, ro
         return g.gep(b, a_base, a_off(i, kk))
 
 
-    if cfg.prefetch_c and not strided:  # small products: C is mostly in L1 already
+    if cfg.prefetch_c and (not strided or rows == MR):  # small products (narrow kernels): C mostly in L1
         for i in range(R):
             rp = b.gep(c, [b.mul(_c64(i), ldc)], source_etype=g.T)
             for off in range(0, NR, 64 // g.esize):
@@ -1618,6 +1621,8 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     ukernel_edge = _ukernel_fn(g, edge) if edge else None
     small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in SMALL_ROWS]
     ukernel_edge_in_place = _ukernel_fn(g, edge, strided=True) if edge else None
+    ukernel_in_place = _ukernel_fn(g, None, strided=True) if edge else None
+    ukernel_row = dict(small_kernels)[1]
     ukernel_rows = _ukernel_fn(g, None, row_major=True)  # a view packed row-major (rows KC apart)
     ukernel_rows_edge = _ukernel_fn(g, edge, row_major=True) if edge else None
     A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
@@ -1720,6 +1725,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
     small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
     small = b.and_(small, b.not_(view_a))  # a view is packed whatever its size
+    # a transposed A (a weight gradient's Xᵀ) is read in place: a tile's rows at each k are contiguous, so the
+    # kernel reads as well as from a packed panel, and the transposing copy is saved (see `A_IN_PLACE`)
+    a_in_place = b.and_(b.and_(trans_a, b.not_(view_a)), ir.Constant(_I1, int(A_IN_PLACE and edge is not None)))
 
     resident = b.and_(_ir_resident(b, Mv, Nv, Kv, cfg, g.esize), b.not_(direct))
 
@@ -1758,9 +1766,39 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                         run(ukernel_rows, ukernel_rows_edge,
                             [g.gep(b, Ap, b.mul(ir_, _c64(cfg.kc))), *uargs[1:]])
                     with panels:
-                        run(ukernel, ukernel_edge, uargs)
+                        if ukernel_in_place is None:
+                            run(ukernel, ukernel_edge, uargs)
+                        else:
+                            with b.if_else(a_in_place) as (unpacked, packed_panel):
+                                with unpacked:  # whole MR-row tiles only (`rest_rows` takes the others)
+                                    b.call(ukernel_in_place, [g.gep(b, A, a_src(row, pc)), *uargs[1:], a_rs, a_ks])
+                                with packed_panel:
+                                    run(ukernel, ukernel_edge, uargs)
             with b.if_then(finish):  # the tile is in tile_buf (in L1): the epilogue takes it to C
                 b.call(epi, [tile_buf, cptr, ldc, mrem, nrem, row, col, ectx])
+
+        def rest_rows(jr, ir0, count):
+            """Rows [ir0, ir0 + count) (count < MR) of an A read in place, against B panel jr: an `edge`-row tile
+            where they fill one, then one row at a time (only rows of A are read), the epilogue over all of them."""
+            in_place = b.icmp_signed("<", jr, nfull)
+            bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, bpk, b.mul(jr, kc)))
+            bstride = b.select(in_place, ldb, _c64(NR))
+            row0, col = b.add(ic, ir0), b.add(jc, jr)
+            nrem = _smin(b, _c64(NR), b.sub(nc, jr))
+
+            def rows_at(kern, i, rows):
+                row = b.add(row0, i)
+                tp = b.select(finish, g.gep(b, tile_buf, b.mul(i, _c64(NR))), null)
+                b.call(kern, [g.gep(b, A, a_src(row, pc)), bptr, g.gep(b, C, b.add(b.mul(row, ldc), col)), ldc,
+                              bstride, kc, rows, nrem, load_old, tp, a_rs, a_ks])
+
+            wide = b.icmp_signed(">=", count, _c64(edge))
+            with b.if_then(wide):
+                rows_at(ukernel_edge_in_place, _c64(0), _c64(edge))
+            with _Loop(b, b.select(wide, _c64(edge), _c64(0)), count, _c64(1), "rr") as i:
+                rows_at(ukernel_row, i, _c64(1))
+            with b.if_then(finish):
+                b.call(epi, [tile_buf, g.gep(b, C, b.add(b.mul(row0, ldc), col)), ldc, count, nrem, row0, col, ectx])
 
         def split_tail(mc):
             """(rows run as MR-row panels, whether the 13-16 rows left after them run as two `edge`-row tiles
@@ -1818,7 +1856,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                 with b.if_then(b.not_(view_tile)), b.if_else(view_a) as (viewed, stored):
                     with viewed:
                         b.call(pack_view, [Ap, A, ic, pc, kc, mc])
-                    with stored:
+                    with stored, b.if_then(b.not_(a_in_place)):
                         b.call(pack_a, [Ap, g.gep(b, A, a_src(ic, pc)), lda, kc, mc])
                 with b.if_else(view_tile) as (grouped, panels):
                     # view tiles do not cross a group (an image row): MR rows or to its end
@@ -1834,6 +1872,12 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                         steps.step(rows)
                     with panels:
                         mpanels, tail = split_tail(mc)
+                        rest = None
+                        if edge is not None:  # A in place: whole tiles, then the rows left (but a split tail's)
+                            notail = b.not_(tail) if tail is not None else ir.Constant(_I1, 1)
+                            rest = b.and_(a_in_place, notail)
+                            whole = b.sub(mc, b.srem(mc, _c64(MR)))
+                            mpanels = b.select(rest, whole, mpanels)
                         if cfg.loop_order == "jr_ir":
                             with _Loop(b, _c64(0), nc, _c64(NR), "jr") as jr, \
                                     _Loop(b, _c64(0), mpanels, _c64(MR), "ir") as ir_:
@@ -1848,6 +1892,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                                 # first stores only the rows the second (the last `edge` rows) does not
                                 in_place_tile(jr, mpanels, b.sub(b.sub(mc, mpanels), _c64(edge)))
                                 in_place_tile(jr, b.sub(mc, _c64(edge)), _c64(edge))
+                        if rest is not None:
+                            with b.if_then(b.and_(rest, b.icmp_signed("<", mpanels, mc))), \
+                                    _Loop(b, _c64(0), nc, _c64(NR), "rjr") as jr:
+                                rest_rows(jr, mpanels, b.sub(mc, mpanels))
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
         with b.if_else(resident) as (res, blis):

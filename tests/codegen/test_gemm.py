@@ -479,13 +479,15 @@ def test_resident_b_sums_the_same_k_blocks_in_the_same_order(host):
 
 @pytest.mark.parametrize("name,ta,tb", [("rt_00", 0, 0), ("rt_10", 1, 0), ("rt_11", 1, 1), ("acc_00", 0, 0),
                                          ("epi_rc_10", 1, 0), ("epi_acc_01", 0, 1)])
-def test_last_13_to_16_rows_run_as_two_narrow_tiles_bitwise_as_panels(host, name, ta, tb):
+def test_last_rows_and_a_in_place_bitwise_as_whole_panels(host, name, ta, tb):
     """An M range that leaves 13-16 rows after its 12-row panels runs them as two 8-row tiles reading A in
-    place (the first storing only the rows the second does not): each row bitwise the row a product with whole
-    panels computes (the same rows of A and one more panel), through accumulation, epilogues given the row and
-    column, strided A, several K blocks and 1-3 threads (whose ranges end in such tails too)."""
+    place (the first storing only the rows the second does not); a transposed A is read in place, its last
+    1-11 rows by an 8-row tile and single rows. Each row is bitwise the row a product with whole panels computes
+    (the same rows of A and one more panel), through accumulation, epilogues given the row and column, strided
+    A, several K blocks and 1-3 threads (whose ranges end in such rows too)."""
     k = host[name]
-    for M, N, K in [(25, 40, 70), (28, 33, 600), (64, 70, 300), (100, 65, 33)]:
+    for M, N, K in [(25, 40, 70), (28, 33, 600), (64, 70, 300), (100, 65, 33), (20, 33, 40), (33, 40, 600),
+                    (47, 65, 300)]:
         big = -(-M // 12) * 12
         A, B = _operands(big, N, K, ta, tb, np.float32, strided=True)
         A_m = A[:, :M] if ta else A[:M]
@@ -566,6 +568,7 @@ def test_helpers_are_emitted_once_per_module():
         base = f"graphc.gemm.ukernel.{s}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}"
         want += [base] + ([f"{base}.r8"] if c.mr > 8 else [])  # the narrower kernel for a last tile of <= 8 rows
         want += [f"{base}.r{r}.sa" if r != c.mr else f"{base}.sa" for r in SMALL_ROWS]  # A in place, small products
+        want += [f"{base}.sa"] if c.mr > 8 else []  # a transposed A in place, whole tiles
         want += [f"{base}.rm{c.kc}"] + ([f"{base}.r8.rm{c.kc}"] if c.mr > 8 else [])  # row-major view blocks
     assert sorted(n for n in names if "ukernel" in n) == sorted(want)
     assert len([n for n in names if ".driver." in n]) == 2  # one per dtype (config)
