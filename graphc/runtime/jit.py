@@ -269,24 +269,33 @@ class CompiledFunction:
         raise GraphcError(f"no kernel named {name!r}; the kernels are {[k.name for k in self.program.kernels]}")
 
     def kernel_ir(self, name: str) -> str:
-        """The LLVM IR of one kernel (as emitted, before optimization), e.g. fn.kernel_ir("k0_matmul")."""
-        self._kernel(name)
+        """The LLVM IR of one kernel (as emitted, before optimization), e.g. fn.kernel_ir("k0_matmul"). A loop
+        (`gc.scan`) has no function of its own: its IR is its body's kernels and the loop around them, in the
+        program's body function of a program made of that loop alone."""
+        k = self._kernel(name)
         text = self.llvm_ir
+        if f'@"{name}"(' not in text:
+            text = self._alone_ir(k)
+            return "\n".join(_defines(text, lambda f: f.startswith(f"{name}_") or f == "graphc_program.body"))
         start = text.index(f'@"{name}"(')
         start = text.rindex("define", 0, start)
         return text[start:text.index("\n}\n", start) + 2]
 
-    def kernel_asm(self, name: str) -> str:
-        """The optimized machine code of one kernel alone (in the whole program LLVM may inline it)."""
+    def _alone_ir(self, k) -> str:
         from dataclasses import replace
 
-        k = self._kernel(name)
         alone = replace(self.program, kernels=[k])
-        text = stages.llvm(stages.Layout(alone, [False]), replace(self.compilation.options, extras=(),
+        return stages.llvm(stages.Layout(alone, [False]), replace(self.compilation.options, extras=(),
                                                                   profile=False, link_helpers=False)).text
-        text = text.replace(f'define internal void @"{name}"', f'define void @"{name}"')
+
+    def kernel_asm(self, name: str) -> str:
+        """The optimized machine code of one kernel alone (in the whole program LLVM may inline it); of a loop
+        (`gc.scan`), the program body that runs it, its body's kernels inlined (the GEMMs stay calls)."""
+        k = self._kernel(name)
+        text = self._alone_ir(k).replace(f'define internal void @"{name}"', f'define void @"{name}"')
         asm = assembly(text, self.target)
-        start = asm.index(f"{name}:")
+        label = f"{name}:" if f"\n{name}:" in asm else "graphc_program.body:"
+        start = asm.index(label)
         end = asm.find(".Lfunc_end", start)
         return asm[start:end if end > 0 else None]
 
@@ -638,6 +647,17 @@ def _renew_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_locks)
+
+
+def _defines(text: str, keep) -> list[str]:
+    """The function definitions of LLVM IR `text` whose names `keep` accepts."""
+    out = []
+    for part in text.split("\ndefine ")[1:]:
+        at = part.find('@"')
+        fname = part[at + 2:part.find('"', at + 2)]
+        if keep(fname):
+            out.append("define " + part[:part.find("\n}\n") + 2])
+    return out
 
 
 def _weak_ok(v, dtype: np.dtype) -> bool:
