@@ -1665,8 +1665,12 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     b.ret_void()
     b.position_at_end(work)
 
-    # split the tile grid among threads
-    mt = _cdiv_ir(b, Mv, _c64(MR))
+    # split the tile grid among threads. View tiles never cross a group (an image row's pixels; a filter
+    # gradient's taps of one window row): where a group is at most MR rows each group is a tile, so M is shared
+    # in whole groups (25 taps of a 5x5 filter: 3 groups | 2, not 24 rows | 1)
+    small_groups = b.and_(view_tile, b.and_(b.icmp_signed(">", group, _c64(0)), b.icmp_signed("<=", group, _c64(MR))))
+    munit = b.select(small_groups, group, _c64(MR))
+    mt = _cdiv_ir(b, Mv, munit)
     nt = _cdiv_ir(b, Nv, _c64(NR))
     work_m = b.mul(_cdiv1(b, mt, nth), nt)
     work_n = b.mul(mt, _cdiv1(b, nt, nth))
@@ -1677,10 +1681,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
 
     def part(tiles, tile, extent):
         start, end = _share(b, tiles, tid, nth)
-        return _smin(b, b.mul(start, _c64(tile)), extent), _smin(b, b.mul(end, _c64(tile)), extent)
+        return _smin(b, b.mul(start, tile), extent), _smin(b, b.mul(end, tile), extent)
 
-    mlo, mhi = part(mt, MR, Mv)
-    nlo, nhi = part(nt, NR, Nv)
+    mlo, mhi = part(mt, munit, Mv)
+    nlo, nhi = part(nt, _c64(NR), Nv)
     m0 = b.select(split_m, mlo, _c64(0))
     m1 = b.select(split_m, mhi, Mv)
     n0 = b.select(split_m, _c64(0), nlo)

@@ -345,14 +345,17 @@ def _im2col(X, k, pads):
 
 @pytest.mark.parametrize("n, h, c, k, f", [(3, 7, 5, 3, 6), (2, 9, 32, 3, 40), (1, 5, 1, 5, 3), (4, 6, 13, 1, 17),
                                            (2, 30, 3, 3, 33), (2, 16, 8, 3, 20), (2, 16, 32, 3, 20),
-                                           (1, 32, 4, 3, 7)])
+                                           (1, 32, 4, 3, 7),
+                                           # filter gradients whose window rows (5 and 6 taps) are tiles of
+                                           # their own: threads share M in whole groups (LeNet's first layer)
+                                           (2, 12, 1, 5, 6), (3, 10, 2, 3, 8)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_view_is_the_product_over_the_materialized_matrix_bitwise(n, h, c, k, f, dtype):
     """op(A) read through a view (a padded image's im2col matrix, rows (n, oh, ow) and columns (kh, kw, c); and
     its transpose, as the filter gradient reads it) gives bitwise the product over the materialized matrix,
     whichever way it is read (in place by the view's own tiles — whole tiles inside an image row, a K block
     splitting a run — with the other tiles packed; or packed row-major along K, or k-major along M), on 1-3
-    threads, with K and M spanning several blocks."""
+    threads (sharing M in whole groups where a group is a tile), with K and M spanning several blocks."""
     X = _RNG.standard_normal((n, h, h, c)).astype(dtype)
     Xp, cols = _im2col(X, k, 1)
     _, hp, wp, _ = Xp.shape
