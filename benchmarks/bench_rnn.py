@@ -288,7 +288,7 @@ def main() -> None:
             share = lambda sps, T=row["T"], peak=peak: 100 * step_flops("lstm", T) * sps / N / 1e9 / peak  # noqa: E731
             cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k != "T" and v)
             ratio = row["graphc lstm"] / lstm_peers[best]
-            print(f"T={row['T']}: {cells}\n  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.2f} -> "
+            print(f"T={row['T']}: {cells}\n  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.3f} -> "
                   f"{'met' if ratio >= 1.25 else 'short'} (goal >= 1.25); by hand / fastest "
                   f"{row['graphc lstm by hand'] / lstm_peers[best]:.2f}; share of the FMA peak: graphc "
                   f"{share(row['graphc lstm']):.0f}%, {best} {share(lstm_peers[best]):.0f}%; GRU graphc / torch "
