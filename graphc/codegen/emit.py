@@ -797,7 +797,7 @@ class FunctionEmitter:
             v = cast_value(b, v, "int64", e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
         if isinstance(e, Index):
-            v = self.int_value(e.expr, point, memo)
+            v = self.int_value(e.expr, point, memo, {g.sym: g for g in e.gathers})
             v = cast_value(b, v, "int64", e.dtype)
             return self.splat(v, lanes) if lanes is not None and not isinstance(v.type, ir.VectorType) else v
         if isinstance(e, Acc):

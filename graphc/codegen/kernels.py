@@ -159,16 +159,25 @@ class DimValue(Expr):
 
 @dataclass(frozen=True)
 class Index(Expr):
-    """An integer expression of the loop indices (iota, a flat element number), as a value of `dtype`."""
+    """An integer expression of the loop indices (iota, a flat element number), as a value of `dtype`; it may
+    use gathered values (an iota read through a take), as a load's terms do."""
 
     expr: Any
     dtype: str
+    gathers: tuple[Gather, ...] = ()
 
     def axes(self) -> frozenset[int]:
-        return loop_axes(self.expr)
+        out = loop_axes(self.expr)
+        for g in self.gathers:
+            out |= g.index.axes()
+        return out
+
+    def children(self) -> tuple[Expr, ...]:
+        return tuple(g.index for g in self.gathers)
 
     def __repr__(self) -> str:
-        return f"idx({show_index(self.expr)})"
+        extra = "".join(f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
+        return f"idx({show_index(self.expr)}{extra})"
 
 
 @dataclass(frozen=True)
@@ -460,7 +469,7 @@ def rebuild(e: Expr, fn, memo: dict[int, Expr] | None = None) -> Expr:
             y = replace(x, x=new[0])
         elif isinstance(x, Guard):
             y = replace(x, value=memo[id(x.value)], otherwise=memo[id(x.otherwise)])
-        elif isinstance(x, Load):
+        elif isinstance(x, (Load, Index)):
             y = replace(x, gathers=tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers))
         else:
             y = x

@@ -184,12 +184,18 @@ class Lowering:
         return self.sched.load(self.node, self.sched.const_buffer(self.node), self.out)
 
     def index(self, expr, dtype: str) -> Expr:
-        return Index(_norm(expr), dtype)
+        return self._index(_norm(expr), dtype)
 
     def flat_index(self, dtype: str = "int64") -> Expr:
         """This point's row-major position in the node's shape."""
-        return Index(_norm(sympy.expand(sum(s * a for s, a in zip(_rowmajor(self.node.shape), self.out,
-                                                                        strict=True)))), dtype)
+        return self._index(_norm(sympy.expand(sum(s * a for s, a in zip(_rowmajor(self.node.shape), self.out,
+                                                                             strict=True)))), dtype)
+
+    def _index(self, expr, dtype: str) -> Index:
+        """An index value, with the gathered values it uses (an iota read through a take)."""
+        known = self.sched.gathers
+        used = [s for s in sympy.sympify(expr).free_symbols if s in known]
+        return Index(expr, dtype, tuple(known[s] for s in sorted(used, key=str)))
 
     def dim(self, expr, dtype: str) -> Expr:
         return DimValue(expr, dtype)
@@ -393,7 +399,9 @@ class Scheduler:
     def gather(self, index: Expr, bound: Dim, node: Node) -> sympy.Symbol:
         sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
         site = len(self.checks)
-        self.checks.append(f"{node.op.name} ({node.type_str}) at {node.source.where()}: an index is out of range "
+        what = node.attrs.get("what")
+        self.checks.append(f"{what} out of range [0, {bound}) at {node.source.where()}" if what else
+                           f"{node.op.name} ({node.type_str}) at {node.source.where()}: an index is out of range "
                            f"[0, {bound})")
         self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)
         return sym

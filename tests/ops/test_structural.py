@@ -208,6 +208,19 @@ def test_an_index_out_of_range_is_an_error_naming_the_value_and_the_axis(bad):
            u=np.ones((3, 2), np.float32))
 
 
+@pytest.mark.parametrize("bad", [3, -1])
+def test_take_of_an_iota_compiles_and_checks_its_indices(bad):
+    """An iota (compiled as an index expression, not a buffer) read through a take: the index expression uses the
+    gathered value (it failed code generation: the gather's symbol was read as a dim), checked like any gather."""
+    i = gc.input("i", ("N",), "int32")
+    out = gc.take(gc.cast(gc.iota(3, "int32"), "float32"), i) * 2.0
+    fn = gc.compile([out])
+    idx = np.array([0, 2, 1, 2, 0], np.int32)
+    np.testing.assert_array_equal(fn({"i": idx})[0], 2.0 * idx)
+    with pytest.raises(gc.InputError, match=rf"take \(f32\[N\]\) at {HERE}.*out of range \[0, 3\)"):
+        fn({"i": np.array([0, bad, 1], np.int32)})
+
+
 def test_take_and_scatter_add_check_their_arguments():
     x = gc.input("x", (3, 5))
     with pytest.raises(gc.DTypeError, match=r"take: indices must be int32 or int64, got f: f32\[2\]"):
