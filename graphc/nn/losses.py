@@ -21,6 +21,7 @@ from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, dims_equal, fmt_shape
 from graphc.nn.sequence import sequence_mask
 from graphc.ops.core import describe
+from graphc.ops.gather import checked_labels
 
 
 def _match(pred: ops.Tensor, y: ops.Tensor, what: str) -> tuple[ops.Tensor, ops.Tensor]:
@@ -128,12 +129,16 @@ def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis:
     if not isinstance(classes, int):
         raise ShapeError("softmax_cross_entropy: the number of classes must be a known int")
     axis = logits.ndim - 1
-    picked = ops.sum(ops.one_hot(labels, classes, logits.dtype) * logits, axis=axis)
     ignored = None
+    checked = labels
     if ignore_index is not None:
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise GraphcError(f"softmax_cross_entropy: ignore_index must be an int label value, got {ignore_index!r}")
         ignored = ops.equal(labels, ops.constant(ignore_index, labels.dtype))
+        checked = ops.where(ignored, ops.constant(0, labels.dtype), labels)  # not counted: any class will do
+    # a label outside [0, C) is an error (evaluated or compiled), not a silent zero row of the one-hot
+    checked = checked_labels(checked, classes, "softmax_cross_entropy: label")
+    picked = ops.sum(ops.one_hot(checked, classes, logits.dtype) * logits, axis=axis)
     return _counted(ops.logsumexp(logits, axis=axis) - picked, mask, lengths, time_axis, "softmax_cross_entropy",
                     ignored)
 

@@ -32,6 +32,9 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
     bad = (idx < 0) | (idx >= n)
     if bad.any():
         v = int(idx[bad].flat[0])
+        what = node.attrs.get("what")
+        if what:
+            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.source.where()}")
         raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
                           f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
                           f"{node.source.where()}")
@@ -128,6 +131,16 @@ def take(x, indices, axis: int = 0) -> Tensor:
     [0, x.shape[axis]): an index out of range (negative ones included) is an error when evaluated."""
     x, indices, axis = _args("take", x, indices, axis)
     return apply(TAKE, (x, indices), axis=axis)
+
+
+def checked_labels(labels, n: int, what: str) -> Tensor:
+    """`labels` themselves, each checked to lie in [0, n) where evaluated or compiled (an error naming `what`,
+    e.g. "softmax_cross_entropy: label", and the user's line): a take of an iota."""
+    from graphc.ops.sources import iota
+
+    labels = as_tensor(labels)
+    _check_indices(labels)
+    return apply(TAKE, (iota(n, labels.dtype), labels), axis=0, what=what)
 
 
 def scatter_add(x, indices, updates, axis: int = 0) -> Tensor:

@@ -148,3 +148,28 @@ def test_bad_masks_are_named():
         gc.nn.softmax_cross_entropy(logits, gc.input("y1", ("N",), "int32"))
     with pytest.raises(gc.ShapeError, match="batch N but lengths has"):
         gc.nn.last_step(gc.input("ys", ("T", "N", 3)), gc.input("l2", ("M",), "int32"))
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_a_label_outside_the_classes_is_an_error_evaluated_and_compiled(bad):
+    """softmax_cross_entropy's labels must lie in [0, C): one outside used to give a zero one-hot row, a silently
+    wrong loss (PyTorch raises); now an error naming the loss and the line, in the reference and in compiled code
+    (the check rides in the loss's own loops: no kernel more). ignore_index stays allowed outside [0, C)."""
+    x = gc.input("x", ("N", 4))
+    w = gc.param("w", (4, 3))
+    y = gc.input("y", ("N",), "int32")
+    loss = gc.nn.softmax_cross_entropy(x @ w, y)
+    vals = {"x": np.ones((5, 4), np.float32), "w": np.ones((4, 3), np.float32),
+            "y": np.array([0, 1, bad, 2, 1], np.int32)}
+    where = "test_sequence_masks.py"
+    with pytest.raises(gc.GraphcError,
+                       match=rf"softmax_cross_entropy: label {bad} is out of range \[0, 3\) at {where}"):
+        gc.evaluate([loss], vals)
+    fn = gc.compile([loss, *gc.grad(loss, [w])])
+    with pytest.raises(gc.InputError, match=rf"softmax_cross_entropy: label out of range \[0, 3\) at {where}"):
+        fn(vals)
+    masked = gc.nn.softmax_cross_entropy(x @ w, y, ignore_index=bad)
+    out = gc.compile([masked, *gc.grad(masked, [w])])(vals)
+    ref = gc.evaluate([masked, *gc.grad(masked, [w])], vals)
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
