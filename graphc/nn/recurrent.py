@@ -22,6 +22,7 @@ from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import scope
 from graphc.ir.shapes import INT_DTYPES
 from graphc.ops.core import describe
+from graphc.ops.gather import TAKE
 from graphc.ops.init import Normal, Uniform
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -177,7 +178,7 @@ def embedding(ids, vocab: int, dim: int, *, name: str = "embedding", dtype: str 
             raise GraphcError(f"embedding {name!r}: {what} must be a positive int, got {v!r}")
     with scope(name):
         table = ops.param(f"{name}.E", (vocab, dim), init=Normal(1.0), dtype=dtype)
-        return ops.take(table, ids, 0)
+        return ops.apply(TAKE, (table, ids), axis=0, what=f"embedding {name!r}: id")
 
 
 __all__ = ["rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding"]

@@ -143,8 +143,10 @@ def test_embedding_gathers_rows_and_accumulates_gradients():
     np.testing.assert_array_equal(gc.evaluate(e, {"ids": idv, "emb.E": table}), table[idv])
     g = gc.evaluate(gc.grad(gc.sum(e), gc.nn.parameters(e)[0]), {"ids": idv, "emb.E": table})
     np.testing.assert_array_equal(g[:, 0], [3, 1, 0, 0, 2])  # duplicates add up
-    with pytest.raises(gc.GraphcError, match="out of range"):
+    with pytest.raises(gc.GraphcError, match=r"embedding 'emb': id 5 is out of range \[0, 5\) at test_recurrent.py"):
         gc.evaluate(e, {"ids": np.array([[0, 5, 1]]), "emb.E": table})
+    with pytest.raises(gc.InputError, match=r"embedding 'emb': id out of range \[0, 5\) at test_recurrent.py"):
+        gc.compile([e])({"ids": np.array([[0, 5, 1]]), "emb.E": table.astype(np.float32)})
     with pytest.raises(gc.DTypeError, match="ids must be int32 or int64"):
         gc.nn.embedding(gc.input("f", (2,)), 5, 2)
 

@@ -155,12 +155,14 @@ def test_a_label_outside_the_classes_is_an_error_evaluated_and_compiled(bad):
     """softmax_cross_entropy's labels must lie in [0, C): one outside used to give a zero one-hot row, a silently
     wrong loss (PyTorch raises); now an error naming the loss and the line, in the reference and in compiled code
     (the check rides in the loss's own loops: no kernel more). ignore_index stays allowed outside [0, C)."""
-    x = gc.input("x", ("N", 4))
-    w = gc.param("w", (4, 3))
-    y = gc.input("y", ("N",), "int32")
+    # names of their own: an identical graph built by another test would be the same nodes (hash-consing), and
+    # an error names the line that first built them
+    x = gc.input("x_lbl", ("N", 4))
+    w = gc.param("w_lbl", (4, 3))
+    y = gc.input("y_lbl", ("N",), "int32")
     loss = gc.nn.softmax_cross_entropy(x @ w, y)
-    vals = {"x": np.ones((5, 4), np.float32), "w": np.ones((4, 3), np.float32),
-            "y": np.array([0, 1, bad, 2, 1], np.int32)}
+    vals = {"x_lbl": np.ones((5, 4), np.float32), "w_lbl": np.ones((4, 3), np.float32),
+            "y_lbl": np.array([0, 1, bad, 2, 1], np.int32)}
     where = "test_sequence_masks.py"
     with pytest.raises(gc.GraphcError,
                        match=rf"softmax_cross_entropy: label {bad} is out of range \[0, 3\) at {where}"):
