@@ -868,9 +868,6 @@ SMALL_M = 16
 SMALL_K = 16
 SMALL_ROWS = (8, 1)
 SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a stack buffer of SMALL_CHUNK x NR)
-# A transposed A (op(A) = Aᵀ: the weight gradient Xᵀ·dY of every dense layer) is read in place by the strided
-# kernels instead of copied into panels: at each k a tile's MR rows are MR contiguous elements, as in a panel.
-A_IN_PLACE = True
 
 
 # ------------------------------------------------------------------------------------------ microkernel
@@ -1729,9 +1726,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
     small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
     small = b.and_(small, b.not_(view_a))  # a view is packed whatever its size
-    # a transposed A (a weight gradient's Xᵀ) is read in place: a tile's rows at each k are contiguous, so the
-    # kernel reads as well as from a packed panel, and the transposing copy is saved (see `A_IN_PLACE`)
-    a_in_place = b.and_(b.and_(trans_a, b.not_(view_a)), ir.Constant(_I1, int(A_IN_PLACE and edge is not None)))
+    # a transposed A (a weight gradient's Xᵀ) is read in place by the strided kernels instead of copied into
+    # panels: at each k a tile's MR rows are MR contiguous elements, as in a panel, and the transposing copy is
+    # saved (where there are narrower kernels for the rows past the last whole tile)
+    a_in_place = b.and_(b.and_(trans_a, b.not_(view_a)), ir.Constant(_I1, int(edge is not None)))
 
     resident = b.and_(_ir_resident(b, Mv, Nv, Kv, cfg, g.esize), b.not_(direct))
 
@@ -1742,14 +1740,18 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         tptr = b.select(finish, tile_buf, null)
         mc = _smin(b, mcb, b.sub(m1, ic))
 
-        def tile(jr, ir_, ap_panel, rows=None):
+        def panel(jr):
+            """B panel jr of the block: (its first element, the stride between its rows, its first column of C,
+            its valid columns); read in place among the first `nfull` columns, else from the packed block."""
             in_place = b.icmp_signed("<", jr, nfull)
             bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, bpk, b.mul(jr, kc)))
-            bstride = b.select(in_place, ldb, _c64(NR))
-            row, col = b.add(ic, ir_), b.add(jc, jr)
+            return bptr, b.select(in_place, ldb, _c64(NR)), b.add(jc, jr), _smin(b, _c64(NR), b.sub(nc, jr))
+
+        def tile(jr, ir_, ap_panel, rows=None):
+            bptr, bstride, col, nrem = panel(jr)
+            row = b.add(ic, ir_)
             cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
             mrem = _smin(b, _c64(MR), b.sub(mc, ir_)) if rows is None else rows
-            nrem = _smin(b, _c64(NR), b.sub(nc, jr))
             uargs = [ap_panel, bptr, cptr, ldc, bstride, kc, mrem, nrem, load_old, tptr]
 
             def run(kern, kern_edge, args):
@@ -1784,11 +1786,8 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         def rest_rows(jr, ir0, count):
             """Rows [ir0, ir0 + count) (count < MR) of an A read in place, against B panel jr: an `edge`-row tile
             where they fill one, then one row at a time (only rows of A are read), the epilogue over all of them."""
-            in_place = b.icmp_signed("<", jr, nfull)
-            bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, bpk, b.mul(jr, kc)))
-            bstride = b.select(in_place, ldb, _c64(NR))
-            row0, col = b.add(ic, ir0), b.add(jc, jr)
-            nrem = _smin(b, _c64(NR), b.sub(nc, jr))
+            bptr, bstride, col, nrem = panel(jr)
+            row0 = b.add(ic, ir0)
 
             def rows_at(kern, i, rows):
                 row = b.add(row0, i)
@@ -1818,12 +1817,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         def in_place_tile(jr, ir_, rows):
             """`edge` rows of op(A) from row ir_ of the block, read in place, against B panel jr; the first `rows`
             of them stored (each element the same fmuladd chain as the packed kernels': the same bits)."""
-            in_place = b.icmp_signed("<", jr, nfull)
-            bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)), g.gep(b, bpk, b.mul(jr, kc)))
-            bstride = b.select(in_place, ldb, _c64(NR))
-            row, col = b.add(ic, ir_), b.add(jc, jr)
+            bptr, bstride, col, nrem = panel(jr)
+            row = b.add(ic, ir_)
             cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
-            nrem = _smin(b, _c64(NR), b.sub(nc, jr))
             b.call(ukernel_edge_in_place, [g.gep(b, A, a_src(row, pc)), bptr, cptr, ldc, bstride, kc, rows, nrem,
                                            load_old, tptr, a_rs, a_ks])
             with b.if_then(finish):
@@ -1832,12 +1828,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         with b.if_else(small) as (narrow, packed):
             with narrow:  # per B panel, chunks of rows: in groups of SMALL_ROWS[0], then one by one
                 with _Loop(b, _c64(0), nc, _c64(NR), "sj") as jr:
-                    in_place = b.icmp_signed("<", jr, nfull)
-                    bptr = b.select(in_place, g.gep(b, B, b_src(b.add(jc, jr), pc)),
-                                    g.gep(b, bpk, b.mul(jr, kc)))
-                    bstride = b.select(in_place, ldb, _c64(NR))
-                    nrem = _smin(b, _c64(NR), b.sub(nc, jr))
-                    col = b.add(jc, jr)
+                    bptr, bstride, col, nrem = panel(jr)
                     with _Loop(b, _c64(0), mc, _c64(SMALL_CHUNK), "sc") as cs:
                         cnt = _smin(b, _c64(SMALL_CHUNK), b.sub(mc, cs))
                         lo = cs
