@@ -1629,7 +1629,7 @@ class ModuleEmitter:
         inner = gemm_mod.emit_gemm(
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
-            extra_args=[PTR, PTR], config=cfg, a_view=k.a_view, winograd=k.winograd,
+            extra_args=[PTR, PTR], config=cfg, a_view=k.a_view, algorithm=k.algorithm,
             declare_helpers=self.declare_helpers,
         )
         b = fe.b

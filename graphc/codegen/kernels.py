@@ -377,9 +377,10 @@ class GemmKernel(Kernel):
     # the last store's buffer is C only for the K blocks' partial sums (the raw product, which nothing reads: an
     # epilogue updates a parameter in place, so C cannot be the parameter's buffer): its final value is not stored
     c_scratch: bool = False
-    # a 3x3 stride-1 convolution's product computed as Winograd F(2x2, 3x3) (see codegen.gemm): 2.25x fewer
-    # multiply-adds, results within float rounding of the direct product's
-    winograd: bool = False
+    # "winograd": a 3x3 stride-1 convolution's product computed as Winograd F(2x2, 3x3) (see codegen.gemm): 2.25x
+    # fewer multiply-adds; "expanded": a one-channel convolution's few-filter gradient along (pixel, filter) vectors;
+    # both within float rounding of the packed product's. "": the packed product
+    algorithm: str = ""
 
     @property
     def writes(self) -> list[Buffer]:
@@ -394,7 +395,8 @@ class GemmKernel(Kernel):
             off, rows, cols = self.a_view
             show = lambda ds: "(" + ", ".join(f"{d or '?'}:{st}" for d, st in ds) + ")"  # noqa: E731
             a = f"view {self.a!r}[{off} + rows {show(rows)} + cols {show(cols)}]"
-        how = " (Winograd F(2x2,3x3))" if self.winograd else ""
+        how = {"winograd": " (Winograd F(2x2,3x3))",
+               "expanded": " (expanded image: (pixel, filter) vectors)"}.get(self.algorithm, "")
         lines = [f"{self.name}: gemm{how} {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
                  f"acc = {a} @ {self.b!r}{tb}"]
         lines += [f"  {s.buf!r} = {s.value!r}" + ("  (scratch: partial sums only)" if self.c_scratch and s is

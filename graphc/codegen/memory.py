@@ -100,7 +100,7 @@ def rows_workspace_bytes(k: ScanKernel, target: Target) -> int:
         if isinstance(g, GemmKernel):
             cfg = gemm_mod.config_for(target, g.a.dtype, g.n)
             out = max(out, gemm_mod.workspace_bytes(1 << 30, g.n, g.k, 1, target, g.a.dtype, cfg, g.a_view,
-                                                        g.winograd))
+                                                        g.algorithm))
     return (out + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -156,6 +156,6 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
             m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
             cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)
             ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype, cfg, k.a_view,
-                                                     k.winograd))
+                                                     k.algorithm))
     return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
                       sorted(shares), {i: program.buffers[i].label for i in offsets})

@@ -594,7 +594,7 @@ class Scheduler:
                           lda=a.shape[-1], ldb=b.shape[-1], stores=[Store(buf, Acc(n.dtype))], batch=batch,
                           a_batch=batch_strides(a), b_batch=batch_strides(b), c_batch=_rowmajor(n.shape)[:len(batch)],
                           a_view=a_view,
-                          winograd=gemm.winograd_applies(a_view, _norm(nn), _norm(k), tb, n.dtype, _norm(m)))
+                          algorithm=gemm.conv_algorithm(a_view, _norm(nn), _norm(k), tb, n.dtype, _norm(m)))
         kern.reads = [kern.a, kern.b]
         self.kernels.append(kern)
 

@@ -329,6 +329,74 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
+
+EXPANDED_CASES = [  # (H, W, KH, KW, F, padding, dtype): one-channel filter gradients the expanded path takes
+    (28, 28, 5, 5, 6, "valid", "float32"),  # LeNet's first layer: 3 vectors of filter pattern, 9 vectors a row
+    (9, 11, 3, 3, 4, "same", "float32"),  # a padded image; 44-float rows: the last vector of a row is partial
+    (7, 12, 2, 5, 12, "valid", "float32"),  # 12 filters in 16 lanes; 2 rows of taps: a third thread has none
+    (8, 8, 3, 3, 6, "same", "float64"),  # 8 lanes
+]
+
+
+@pytest.mark.parametrize("case", EXPANDED_CASES)
+def test_one_channel_filter_gradients_run_expanded_close_to_the_reference_and_bitwise_across_threads(case,
+                                                                                                     monkeypatch):
+    """The filter gradient of a one-channel stride-1 convolution with fewer filters than lanes runs along (pixel,
+    filter) vectors over the expanded image (`GemmKernel.algorithm == "expanded"`), fused SGD update included:
+    within float rounding of the float64 loops, the same bits on 1-3 threads (threads own rows of taps), not the
+    packed product's bits (another summation order)."""
+    from graphc.codegen import gemm
+
+    h, w_, kh, kw, f, padding, dtype = case
+    npt = np.dtype(dtype)
+    x = gc.input("x", ("N", h, w_, 1), dtype)
+    w = gc.input("w", (kh, kw, 1, f), dtype)
+    y = gc.relu(gc.conv2d(x, w, padding=padding))
+    X = rng.standard_normal((5, h, w_, 1)).astype(npt)
+    vals = {"x": X, "w": (rng.standard_normal((kh, kw, 1, f)) / np.sqrt(kh * kw)).astype(npt)}
+    cot = gc.constant(rng.standard_normal(gc.evaluate(y, vals).shape[1:]).astype(npt))
+    (dw,) = gc.grad(gc.sum(y * cot), [w])
+    outs = [dw, w - 0.1 * dw]  # the product, and the update an epilogue fuses into it
+    fn = gc.compile(outs, cache=False)
+    assert fn.kernels.count("(expanded image: (pixel, filter) vectors)") == 1, fn.kernels
+    want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
+    one = fn(vals, threads=1)
+    tol = 2e-5 if dtype == "float32" else 1e-11
+    for got, ref in zip(one, want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for t in (2, 3):
+        for a, b in zip(one, fn(vals, threads=t), strict=True):
+            assert np.array_equal(a, b)
+    monkeypatch.setattr(gemm, "EXPANDED", False)
+    packed = gc.compile(outs, cache=False)
+    assert "expanded" not in packed.kernels
+    p = packed(vals, threads=1)
+    assert not np.array_equal(p[0], one[0])  # the expanded path really ran
+    for a, b in zip(p, one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_expanded_is_taken_only_by_the_filter_gradients_it_computes():
+    from graphc.codegen.gemm import EXPANDED_MAX_E_BYTES, expanded_applies, expanded_geometry
+
+    def dw(h, w, kh, kw, px=1, kx=1):  # the filter gradient's view of an (h + kh - 1) x (w + kw - 1) image
+        rs = w + kw - 1
+        return 0, ((kh, rs), (kw, kx)), ((0, (h + kh - 1) * rs), (h, rs), (w, px))
+
+    assert expanded_geometry(dw(24, 24, 5, 5), 6, None, 25, False, False, 16) == (5, 5, 24, 24, 28, 784, 3)
+    assert expanded_applies(dw(24, 24, 5, 5), 6, None, False, "float32", M=25)
+    assert not expanded_applies(dw(24, 24, 5, 5), 16, None, False, "float32", M=25)  # a vector of filters
+    assert not expanded_applies(dw(24, 24, 5, 5), 5, None, False, "float32", M=25)  # a pattern of 5 vectors
+    assert not expanded_applies(dw(24, 24, 5, 5, px=2), 6, None, False, "float32", M=25)  # 2 channels / stride 2
+    assert not expanded_applies(dw(24, 24, 5, 5, kx=2), 6, None, False, "float32", M=25)  # dilation
+    assert not expanded_applies(dw(24, 24, 5, 5), 6, None, True, "float32", M=25)  # B transposed
+    assert not expanded_geometry(dw(24, 24, 5, 5), 6, None, 25, False, True, 16)  # accumulating
+    off, taps, pixels = dw(24, 24, 5, 5)
+    assert not expanded_applies((off, pixels, taps), 6, 25, False, "float32")  # the forward product
+    big = int((EXPANDED_MAX_E_BYTES / 4 / 6) ** 0.5) + 8  # an image whose expanded rows leave L1
+    assert not expanded_applies(dw(big, big, 3, 3), 6, None, False, "float32", M=9)
+    assert not expanded_applies(None, 6, 25, False, "float32")
+
 @pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v2"])
 def test_winograd_on_narrower_vectors_portable_targets(target):
     """AVX2 and SSE configs (6-row tiles, 8 or 4 lanes, no narrow kernel) run the same Winograd products."""
