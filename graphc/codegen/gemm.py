@@ -2125,36 +2125,6 @@ def _expanded_expand(gd: _Gen, b: ir.IRBuilder, A, E, base, geo, F: int) -> None
             gd.store_vec(b, b.shuffle_vector(s, s, idx), E, b.add(dst, _c64(u * L)))
 
 
-def _expanded_prologue(g: _Gen, gd: _Gen, fn: ir.Function, geo, F: int, units):
-    """Entry of an expanded-image function: (builder, its arguments, the thread's share [u0, u1) of `units(b, D)`
-    (D: the fourth argument), its expanded image E, the workspace after E); threads with no share return at once."""
-    A, B, C, D, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "D", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
-        a.name = nm
-    for a in (A, B, C, ws):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tid, nth = b.sext(tid32, _I64), b.sext(nth32, _I64)
-    u0, u1 = _share(b, units(b, D), tid, nth)
-    ret = fn.append_basic_block("ret")
-    go = fn.append_basic_block("go")
-    b.cbranch(b.icmp_signed("<", u0, u1), go, ret)
-    b.position_at_end(ret)
-    b.ret_void()
-    b.position_at_end(go)
-    KH, KW, OH, OW, _, _, P = geo
-    e = _rup((OH + KH - 1) * _expanded_row(OW + KW - 1, F, gd.L), 64 // gd.esize)
-    E = gd.gep(b, ws, b.mul(tid, _c64(_expanded_slice(geo, F, gd.L, gd.esize))))
-    return b, (A, B, C, D, ldb, ldc, epi, ectx), (u0, u1), E, gd.gep(b, E, _c64(e))
-
-
-def _expanded_tile(g: _Gen, b: ir.IRBuilder, rows: int) -> ir.Value:
-    t = b.alloca(ir.ArrayType(g.T, rows * g.cfg.nr), name="tile")
-    t.align = 64
-    t.type = _PTR
-    return t
-
-
 def _expanded_finish(g: _Gen, b, tile, C, ldc, cnt, row, F: int, epi, ectx) -> None:
     """The tile's first `cnt` rows (F columns) to C's row `row` on: through the epilogue pass, or stored."""
     cptr = g.gep(b, C, b.mul(row, ldc))
@@ -2181,8 +2151,22 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     fn = ir.Function(g.module, _WINO_TY, name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
-    b, (A, B, C, Kv, ldb, ldc, epi, ectx), (k0, k1), E, Acc = _expanded_prologue(
-        g, gd, fn, geo, F, lambda b, k: _c64(KH))
+    A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
+    for a, nm in zip(fn.args, ["A", "B", "C", "K", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
+        a.name = nm
+    for a in (A, B, C, ws):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tid = b.sext(tid32, _I64)
+    k0, k1 = _share(b, _c64(KH), tid, b.sext(nth32, _I64))  # the thread's rows of taps
+    ret = fn.append_basic_block("ret")
+    go = fn.append_basic_block("go")
+    b.cbranch(b.icmp_signed("<", k0, k1), go, ret)
+    b.position_at_end(ret)
+    b.ret_void()
+    b.position_at_end(go)
+    E = gd.gep(b, ws, b.mul(tid, _c64(_expanded_slice(geo, F, L, gd.esize))))  # the expanded image, then
+    Acc = gd.gep(b, E, _c64(_rup((OH + KH - 1) * er, 64 // gd.esize)))  # the taps' accumulators
     nimg = _c64(view[2][0][0]) if view[2][0][0] else b.sdiv(Kv, _c64(OH * OW))
     na = KW * P  # accumulators of one row of taps
     with _Loop(b, b.mul(k0, _c64(na)), b.mul(k1, _c64(na)), _c64(1), "az", unroll=False) as i:
@@ -2223,7 +2207,9 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
             for a in range(na):
                 gd.store_vec(b, acc[a], Acc, b.add(abase, _c64(a * L)), align=gd.valign)
     # each tap's lanes summed per filter (in lane order), into a tile of the thread's tap rows
-    tile = _expanded_tile(g, b, (KH * KW + MR))
+    tile = b.alloca(ir.ArrayType(g.T, (KH * KW + MR) * g.cfg.nr), name="tile")  # rows NR apart, as the epilogue's
+    tile.align = 64
+    tile.type = _PTR
     with _Loop(b, k0, k1, _c64(1), "ry", unroll=False) as ky:
         trow = b.mul(b.sub(ky, k0), _c64(KW))
         for kx in range(KW):
