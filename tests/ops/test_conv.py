@@ -228,10 +228,10 @@ def test_input_gradient_is_a_transposed_convolution_with_no_col2im_and_different
 
 
 def test_few_channels_input_gradient_is_spread_tap_major_and_differentiates_again():
-    """Below TRANSPOSED_MIN_CHANNELS input channels, dx is the filter times the cotangent's transpose (tap-major,
-    KH*KW*C rows), spread back tap by tap over (C, N, H, W) rows and moved to channels-last: the spread is a
-    kernel of its own over rows (not gathers at every tap), and the whole is exact against finite differences
-    and a second derivative."""
+    """Below TRANSPOSED_MIN_CHANNELS input channels, dx is, per image, the filter times the image's cotangent
+    transposed (a batched product, tap-major: KH*KW*C rows), spread back tap by tap over (N, C, H, W) rows and
+    moved to channels-last: the spread is a kernel of its own over rows (not gathers at every tap), and the whole
+    is exact against finite differences and a second derivative."""
     from graphc.ops.conv import TRANSPOSED_MIN_CHANNELS
 
     c = TRANSPOSED_MIN_CHANNELS - 2
@@ -243,8 +243,10 @@ def test_few_channels_input_gradient_is_spread_tap_major_and_differentiates_agai
     gx, gw = gc.grad(loss, [x, w])
     fn = gc.compile([gx, gw], threads=2)
     spread = [k for k in fn.program.kernels
-              if type(k).__name__ == "LoopKernel" and str(k.domain).startswith(f"({c}, N")]
-    assert len(spread) == 1, fn.kernels  # the taps summed over rows of (C, N, H+pads, W+pads)
+              if type(k).__name__ == "LoopKernel" and str(k.domain) == f"(N, {c}, 7, 6)"]
+    assert len(spread) == 1, fn.kernels  # the taps summed over rows of (N, C, H+pads, W+pads)
+    per_image = [k for k in fn.program.kernels if type(k).__name__ == "GemmKernel" and k.batch]
+    assert [str(k.batch) for k in per_image] == ["(N,)"], fn.kernels
     for got, want in zip(fn(vals), gc.evaluate([gx, gw], vals), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     u = gc.input("u", ("N", 7, 6, c), "float64")

@@ -354,6 +354,34 @@ def test_batched_matmul_broadcasts_batch_dims_like_numpy():
     gc.check_grad(gc.sum(gc.tanh(x @ y)), [x, y], {"a": a, "b": b})
 
 
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False)])
+def test_compiled_batched_matmul_shares_out_batch_points_bitwise_on_1_to_3_threads(monkeypatch, ta, tb):
+    """Small products of a batch run whole, one per thread, their batch points shared out over the threads
+    (fewer points than threads: each product split over the threads as usual); the same sums either way, so the
+    results match numpy and are bitwise the same on 1-3 threads, with the split on or off, with an operand
+    broadcast over the batch."""
+    import graphc.codegen.emit as emit
+
+    a = rng.normal(size=(5, 3) + ((9, 13) if ta else (13, 9))).astype(np.float32)
+    w = rng.normal(size=(20, 9) if tb else (9, 20)).astype(np.float32)
+    x = gc.input("a", ("N", 3) + a.shape[2:])
+    y = gc.input("w", w.shape)
+    out = gc.tanh(gc.matmul(x, y, ta=ta, tb=tb)) * 2.0  # the epilogue: tanh, times 2
+    want = np.tanh(np.swapaxes(a, -1, -2) @ (w.T if tb else w) if ta else a @ (w.T if tb else w)) * 2.0
+    split_max = emit.BATCH_SPLIT_MAX
+    assert 13 * 20 * 9 <= split_max
+    for n in (1, 2, 5):
+        runs = []
+        for limit in (split_max, 0):
+            monkeypatch.setattr(emit, "BATCH_SPLIT_MAX", limit)
+            for threads in (1, 2, 3):
+                (got,) = gc.compile([out], threads=threads, cache=False)({"a": a[:n], "w": w})
+                np.testing.assert_allclose(got, want[:n], rtol=2e-5, atol=2e-6)
+                runs.append(got)
+        for got in runs[1:]:
+            np.testing.assert_array_equal(got, runs[0])
+
+
 def test_two_dimensional_matmul_is_unchanged():
     x, w = gc.input("x", ("N", 3)), gc.input("w", (3, 2))
     out = x @ w
