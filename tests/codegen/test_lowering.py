@@ -464,3 +464,38 @@ def test_a_regrouped_transpose_is_read_by_index_arithmetic_not_stored():
     want = gc.evaluate(outs, {"x": v["x"].astype(np.float64)})
     for got, w in zip(fn(v), want, strict=True):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_digits_split_and_merged_again_read_as_one_affine_index():
+    """A number's mixed-radix digits recombined (c*Mod(q, r) + c*r*floordiv(q, r) = c*q, nested) give back the
+    number, for negative values too; the max-pool gradient read back in a convolution product's rows
+    (N*H*W, C) then loads the product's output with strides, a contiguous vector, not a gather per lane."""
+    from graphc.codegen.schedule import merge_digits, split_affine
+
+    i, j = sympy.Symbol("i", integer=True), sympy.Symbol("j", integer=True)
+    q1 = floordiv(i, 2)
+    q2 = floordiv(q1, 12)
+    e = j + 6 * sympy.Mod(i, 2) + 12 * sympy.Mod(q1, 12) + 144 * sympy.Mod(q2, 2) + 288 * floordiv(q2, 2)
+    assert sympy.expand(merge_digits(e) - (6 * i + j)) == 0
+    assert merge_digits(5 * sympy.Mod(i, 3) + 10 * floordiv(i, 3)) == 5 * sympy.Mod(i, 3) + 10 * floordiv(i, 3)
+    for v in range(-50, 50):  # the identity the merge relies on, numerically
+        assert 6 * (v % 2) + 12 * ((v // 2) % 12) + 144 * ((v // 24) % 2) + 288 * (v // 48) == 6 * v
+    from graphc.codegen.schedule import LOOP
+
+    assert split_affine(e.subs({i: LOOP[0], j: LOOP[1]})) == ({0: 6, 1: 1}, 0)
+    x = gc.input("x", ("N", 12, 12, 1))
+    c = gc.nn.conv2d(x, 6, 5, padding="valid", name="c")  # relu(product + b): the product's (N*8*8, 6) rows
+    loss = gc.sum(gc.nn.max_pool2d(c, 2) ** 2)
+    params = gc.nn.parameters(loss)
+    outs = [loss, *gc.grad(loss, params)]
+    fn = gc.compile(outs, threads=2)
+    routed = [k for k in fn.program.kernels if isinstance(k, LoopKernel) and "where" in k.name
+              and len(k.domain) == 2]
+    assert routed, fn.kernels
+    loads = [x for k in routed for s in k.stores for x in walk(s.value) if isinstance(x, Load)]
+    assert loads and not [ld for ld in loads if ld.buf.shape == routed[0].domain and ld.terms], fn.kernels
+    rng = np.random.default_rng(0)
+    v = {**gc.nn.init_params(params, seed=1), "x": rng.normal(size=(3, 12, 12, 1)).astype(np.float32)}
+    want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+    for got, w in zip(fn(v), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
