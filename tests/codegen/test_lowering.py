@@ -5,6 +5,8 @@ bounds checks, scatter-adds) works for ops defined outside graphc."""
 import numpy as np
 import pytest
 import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.codegen import stages
@@ -384,9 +386,9 @@ def test_a_merged_loop_uses_stored_values_instead_of_reading_them_back():
         assert loops
         for k in loops if not scan.reverse else ():  # (the backward's carry reads the old dh in a value it shares)
             written = set()
-            for st in k.stores:
-                assert not any(isinstance(x, Load) and x.buf in written for x in walk(st.value)), (k.name, st)
-                written.add(st.buf)
+            for store in k.stores:
+                assert not any(isinstance(x, Load) and x.buf in written for x in walk(store.value)), (k.name, store)
+                written.add(store.buf)
         stored = {scan.binds[b.index].parent.label for k in all_kernels(scan.body.kernels) for b in k.writes}
         if not scan.reverse:  # h and c are written straight into the carry
             assert not any("_next" in label for label in stored), stored
@@ -499,3 +501,31 @@ def test_digits_split_and_merged_again_read_as_one_affine_index():
     want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
     for got, w in zip(fn(v), want, strict=True):
         np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(radices=st.lists(st.integers(1, 7), min_size=1, max_size=4),
+       weights=st.lists(st.one_of(st.just(0), st.just(0), st.integers(-3, 3)), min_size=5, max_size=5),
+       scale=st.integers(1, 5), keep=st.lists(st.one_of(st.just(True), st.booleans()), min_size=5, max_size=5))
+def test_merging_digits_never_changes_an_index(radices, weights, scale, keep):
+    """Digits of a mixed radix (mostly with the place values that recombine them, else other coefficients), some
+    terms dropped: whatever merge_digits rewrites, the expression's value at every integer (negative ones too)
+    stays; where every digit and the quotient are kept at their place values, it is scale * i."""
+    from graphc.codegen.schedule import merge_digits
+
+    i = sympy.Symbol("i", integer=True)
+    terms, q, place = [], i, scale
+    for k, r in enumerate(radices):
+        # the place value that recombines this digit, or an arbitrary coefficient
+        c = place if weights[k] == 0 else weights[k]
+        if keep[k]:
+            terms.append(c * sympy.Mod(q, r))
+        q, place = floordiv(q, r), place * r
+    if keep[-1]:
+        terms.append((place if weights[-1] == 0 else weights[-1]) * q)
+    e = sympy.Add(*terms)
+    m = merge_digits(e)
+    for v in range(-40, 41, 3):
+        assert int(e.subs(i, v)) == int(m.subs(i, v)), (e, m, v)
+    if all(keep) and not any(weights):
+        assert sympy.expand(m - scale * i) == 0, (e, m)
