@@ -379,7 +379,8 @@ class GemmKernel(Kernel):
     c_scratch: bool = False
     # "winograd": a 3x3 stride-1 convolution's product computed as Winograd F(2x2, 3x3) (see codegen.gemm): 2.25x
     # fewer multiply-adds; "expanded": a one-channel convolution's few-filter gradient along (pixel, filter) vectors;
-    # both within float rounding of the packed product's. "": the packed product
+    # "rows": a one-channel convolution's few-filter forward along output rows; all within float rounding of the
+    # packed product's. "": the packed product
     algorithm: str = ""
 
     @property
@@ -396,7 +397,8 @@ class GemmKernel(Kernel):
             show = lambda ds: "(" + ", ".join(f"{d or '?'}:{st}" for d, st in ds) + ")"  # noqa: E731
             a = f"view {self.a!r}[{off} + rows {show(rows)} + cols {show(cols)}]"
         how = {"winograd": " (Winograd F(2x2,3x3))",
-               "expanded": " (expanded image: (pixel, filter) vectors)"}.get(self.algorithm, "")
+               "expanded": " (expanded image: (pixel, filter) vectors)",
+               "rows": " (along output rows, one channel)"}.get(self.algorithm, "")
         lines = [f"{self.name}: gemm{how} {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
                  f"acc = {a} @ {self.b!r}{tb}"]
         lines += [f"  {s.buf!r} = {s.value!r}" + ("  (scratch: partial sums only)" if self.c_scratch and s is

@@ -399,6 +399,70 @@ def test_expanded_is_taken_only_by_the_filter_gradients_it_computes():
     assert not expanded_applies(dw(big, big, 3, 3), 6, None, False, "float32", M=9)
     assert not expanded_applies(None, 6, 25, False, "float32")
 
+ROWS_CASES = [  # (H, W, KH, KW, F, padding): one-channel forwards the rows path takes
+    (28, 28, 5, 5, 6, "valid"),  # LeNet's first layer: 2 rows a pass, 24-pixel rows (a full and a partial vector)
+    (9, 11, 3, 3, 4, "same"),  # a padded image; 9 output rows: the last pass's second row is not stored
+    (6, 40, 2, 5, 8, "valid"),  # 8 filters, 36-pixel rows: 3 vectors, 24 accumulators, one row a pass
+    (6, 6, 3, 3, 1, "valid"),  # one filter
+]
+
+
+@pytest.mark.parametrize("case", ROWS_CASES)
+def test_one_channel_forwards_run_along_rows_close_to_the_reference_and_bitwise_across_threads(case, monkeypatch):
+    """The forward of a one-channel stride-1 convolution with at most 8 filters runs along output rows
+    (`GemmKernel.algorithm == "rows"`), its bias and ReLU fused: within float rounding of the float64 loops, the
+    same bits on 1-3 threads (threads own whole output rows) and the packed product's bits (each output the same
+    fmuladd chain over the taps in order); on AVX2 (16 registers) the accumulators of LeNet's rows do not fit, and
+    the packed product runs."""
+    from graphc.codegen import gemm
+
+    h, w_, kh, kw, f, padding = case
+    x = gc.input("x", ("N", h, w_, 1))
+    y = gc.nn.conv2d(x, f, (kh, kw), padding=padding, name="c")  # relu(conv + b), fused into the product
+    vals = {"x": rng.standard_normal((5, h, w_, 1)).astype(np.float32),
+            "c.W": (rng.standard_normal((kh, kw, 1, f)) / np.sqrt(kh * kw)).astype(np.float32),
+            "c.b": rng.standard_normal(f).astype(np.float32)}
+    fn = gc.compile([y], cache=False)
+    assert fn.kernels.count("(along output rows, one channel)") == 1, fn.kernels
+    assert "relu(add(acc" in fn.kernels or f == 1  # the epilogue (a one-column product's stays a loop)
+    (want,) = gc.evaluate([y], {k: v.astype(np.float64) for k, v in vals.items()})
+    (one,) = fn(vals, threads=1)
+    np.testing.assert_allclose(one, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    for t in (2, 3):
+        assert np.array_equal(one, fn(vals, threads=t)[0])
+    monkeypatch.setattr(gemm, "ROWS", False)
+    packed = gc.compile([y], cache=False)
+    assert "along output rows" not in packed.kernels
+    (p,) = packed(vals, threads=1)
+    assert np.array_equal(p, one)  # the same fmuladd chain over the taps, in order, from zero
+    monkeypatch.setattr(gemm, "ROWS", True)
+    (avx2,) = gc.compile([y], target="x86-64-v3", cache=False)(vals, threads=2)
+    np.testing.assert_allclose(avx2, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_rows_is_taken_only_by_the_forwards_it_computes():
+    from graphc.codegen.gemm import rows_applies, rows_geometry
+
+    def fwd(h, w, kh, kw, px=1, kx=1):  # the forward's view of an (h + kh - 1) x (w + kw - 1) image
+        rs = w + kw - 1
+        return 0, ((0, (h + kh - 1) * rs), (h, rs), (w, px)), ((kh, rs), (kw, kx))
+
+    assert rows_geometry(fwd(24, 24, 5, 5), 6, 25, None, False, False, 16) == (5, 5, 24, 24, 28, 784, 2)
+    assert rows_geometry(fwd(24, 36, 5, 5), 8, 25, None, False, False, 16)[-1] == 1  # 24 accumulators a row
+    assert rows_geometry(fwd(24, 24, 5, 5), 6, 25, None, False, False, 8) is None  # AVX2: 18 > 10 registers
+    assert rows_applies(fwd(24, 24, 5, 5), 6, 25, False, "float32")
+    assert not rows_applies(fwd(24, 24, 5, 5), 6, 25, False, "float64")
+    assert not rows_applies(fwd(24, 24, 5, 5), 9, 25, False, "float32")  # more filters than half a vector
+    assert not rows_applies(fwd(24, 80, 5, 5), 6, 25, False, "float32")  # 30 accumulators a row
+    assert not rows_applies(fwd(24, 24, 5, 5, px=2), 6, 25, False, "float32")  # 2 channels / stride 2
+    assert not rows_applies(fwd(24, 24, 5, 5, kx=2), 6, 25, False, "float32")  # dilation
+    assert not rows_applies(fwd(24, 24, 5, 5), 6, 25, True, "float32")  # B transposed
+    assert rows_geometry(fwd(24, 24, 5, 5), 6, 25, None, False, True, 16) is None  # accumulating
+    off, pixels, taps = fwd(24, 24, 5, 5)
+    assert not rows_applies((off, taps, pixels), 6, None, False, "float32", M=25)  # the filter gradient
+    assert not rows_applies(None, 6, 25, False, "float32")
+
+
 @pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v2"])
 def test_winograd_on_narrower_vectors_portable_targets(target):
     """AVX2 and SSE configs (6-row tiles, 8 or 4 lanes, no narrow kernel) run the same Winograd products."""
