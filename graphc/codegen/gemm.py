@@ -2255,8 +2255,9 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 #
 #     acc[r][v][f] += image[y + r + ky][kx + v·L .. + L] * W[ky, kx, f]      over the taps, in order
 #
-# (V = ceil(OW / L) vectors a row, the last one masked; each filter weight broadcast once per tap for R·V
-# vectors), all lanes busy on full-width vectors, the image read in place. The finished rows are turned into
+# (V = ceil(OW / L) vectors a row, the last one masked; two rows' last vectors share one vector where each is at
+# most half full, as LeNet's 24-pixel rows' are; each filter weight broadcast once per tap for R·V vectors), all
+# lanes busy on full-width vectors, the image read in place. The finished rows are turned into
 # (pixel, filter) rows 8 pixels at a time (an 8x8 transpose of half vectors) and go through the GEMM's epilogue
 # pass (bias, ReLU). Each output element is the packed product's own sum, one fmuladd chain over the taps in
 # order from zero, so results are bitwise the packed product's, on any number of threads (a thread owns whole
@@ -2288,10 +2289,17 @@ def rows_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int):
         return None
     if isinstance(K, int) and K != KH * KW:
         return None
-    acc, most = _cdiv(OW, lanes) * N, _rows_max_acc(lanes)
-    if acc > most:
+    V, most = _cdiv(OW, lanes), _rows_max_acc(lanes)
+    if V * N > most:
         return None
-    return KH, KW, OH, OW, rs, img, 2 if 2 * acc <= most else 1
+    # two rows a pass where their accumulators fit, the rows' last vectors paired when each is at most half full
+    two = (2 * V - 1) * N if _rows_paired(OW, lanes) else 2 * V * N
+    return KH, KW, OH, OW, rs, img, 2 if two <= most else 1
+
+
+def _rows_paired(OW: int, lanes: int) -> bool:
+    """Whether two rows' last vectors, each at most half full, share one vector (low half: the first row's)."""
+    return lanes >= 16 and 0 < OW - (_cdiv(OW, lanes) - 1) * lanes <= lanes // 2
 
 
 def rows_applies(view, N, K, trans_b: bool, dtype: str, M=None) -> bool:
@@ -2344,20 +2352,41 @@ def _rows_fwd_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         # the rows of this pass (a last odd row computed twice, stored once)
         ys = [_smin(b, b.add(y0, _c64(r)), _c64(OH - 1)) for r in range(R)]
         base = b.add(_c64(view[0]), b.mul(n, _c64(img)))
-        acc = [[[gd.zero] * F for _ in range(V)] for _ in range(R)]
+        # the rows' last vectors paired (R = 2, each at most half full): one vector, the first row's in its low half
+        paired = R == 2 and _rows_paired(OW, L) and 2 * H == L
+        full = V - 1 if paired else V
+        wl = OW - full * L
+        hmask = None if not paired or wl == H else g.const_mask(wl)
+        both = ir.Constant(ir.VectorType(_I32, L), list(range(L)))
+        halves = [ir.Constant(ir.VectorType(_I32, H), list(range(h * H, (h + 1) * H))) for h in range(2)]
+        acc = [[[gd.zero] * F for _ in range(full)] for _ in range(R)]
+        accp = [gd.zero] * F
+
+        def at(r, ky, x):  # the image's element of row ys[r] + ky, column x
+            return b.add(base, b.add(b.mul(b.add(ys[r], _c64(ky)), _c64(rs)), _c64(x)))
+
         for ky in range(KH):
             for kx in range(KW):
-                xs = [[gd.load_vec(b, A, b.add(base, b.add(b.mul(b.add(ys[r], _c64(ky)), _c64(rs)), _c64(kx + v * L))),
-                                   mask=masks[v]) for v in range(V)] for r in range(R)]
+                xs = [[gd.load_vec(b, A, at(r, ky, kx + v * L), mask=masks[v]) for v in range(full)] for r in range(R)]
+                if paired:
+                    lo, hi = (g.load_vec(b, A, at(r, ky, kx + full * L), mask=hmask) for r in range(2))
+                    xp = b.shuffle_vector(lo, hi, both)
                 for f in range(F):
                     w = gd.splat(b, b.load(gd.gep(b, B, b.add(b.mul(_c64(ky * KW + kx), ldb), _c64(f))), typ=gd.T))
                     for r in range(R):
-                        for v in range(V):
+                        for v in range(full):
                             acc[r][v][f] = b.call(gd.fmuladd, [xs[r][v], w, acc[r][v][f]])
+                    if paired:
+                        accp[f] = b.call(gd.fmuladd, [xp, w, accp[f]])
         for r in range(R):
-            for v in range(V):
+            for v in range(full):
                 for f in range(F):
                     gd.store_vec(b, acc[r][v][f], fin, _c64((r * 8 + f) * W8 + v * L), align=gd.valign)
+        if paired:
+            for f in range(F):
+                for r in range(2):
+                    half = b.shuffle_vector(accp[f], ir.Constant(gd.V, ir.Undefined), halves[r])
+                    g.store_vec(b, half, fin, _c64((r * 8 + f) * W8 + full * L), align=32)
         # (filter, pixel) -> (pixel, filter): 8x8 transposes of half vectors, into tile rows NR apart
         for r in range(R):
             for p0 in range(0, OW, 8):

@@ -403,7 +403,8 @@ ROWS_CASES = [  # (H, W, KH, KW, F, padding): one-channel forwards the rows path
     (28, 28, 5, 5, 6, "valid"),  # LeNet's first layer: 2 rows a pass, 24-pixel rows (a full and a partial vector)
     (9, 11, 3, 3, 4, "same"),  # a padded image; 9 output rows: the last pass's second row is not stored
     (6, 40, 2, 5, 8, "valid"),  # 8 filters, 36-pixel rows: 3 vectors, 24 accumulators, one row a pass
-    (6, 6, 3, 3, 1, "valid"),  # one filter
+    (6, 6, 3, 3, 1, "valid"),  # one filter; 4-pixel rows: two rows share one vector
+    (8, 24, 3, 5, 8, "valid"),  # 20-pixel rows: a full vector each, the two rows' last 4 pixels share one
 ]
 
 
