@@ -244,6 +244,9 @@ def workspace_bytes(
     geo = expanded_geometry(a_view, N, K, M, False, False, lanes, esize) if algorithm == "expanded" else None
     if geo is not None:
         a, b = max(a + b, _expanded_slice(geo, N, lanes, esize)), 0
+    geo = rows_dw_geometry(a_view, N, K, M, False, False, lanes) if algorithm == "rows" else None
+    if geo is not None:
+        a, b = max(a + b, _rows_dw_slice(geo, N, lanes)), 0
     return nthreads * (a + b) * esize
 
 
@@ -1983,6 +1986,9 @@ def emit_gemm(
         geo = rows_geometry(a_view, N, K, M, trans_b, accumulate, gd.L)
         if geo is not None and g.L == 8 and cfg.nr >= 8:
             kind = ("rows", geo)
+        geo = rows_dw_geometry(a_view, N, K, M, trans_b, accumulate, gd.L)
+        if geo is not None and g.L == 8 and cfg.nr >= 8:
+            kind = ("rows_dw", geo)
     if algorithm == "winograd":
         kind = _winograd_kind(a_view, N, K, M, trans_b, accumulate, cfg, g.L)
         if kind is None:
@@ -2024,6 +2030,10 @@ def emit_gemm(
             b.call(_rows_fwd_fn(g, gd, a_view, kind[1], N),
                    [A, B, C, dims[0], ldb, ldc, ws, tid32, nth32,
                     _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
+        elif kind[0] == "rows_dw":
+            b.call(_rows_dw_fn(g, gd, a_view, kind[1], N),
+                   [A, B, C, dims[2], ldb, ldc, ws, tid32, nth32,
+                    _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
         elif kind[0] == "fwd":
             b.call(_wino_fn(g, a_view, kind[1], N), [A, B, C, dims[0], ldb, ldc, ws, tid32, nth32,
                                                      _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
@@ -2063,6 +2073,7 @@ def emit_gemm(
 # The forward the same way (out[y][v] = sum over taps of E[y + ky][kx·F + v] * W[tap][v mod P]) measured no faster
 # than the packed product there (0.23 ms either way): one load per multiply-add, most of them split across cache
 # lines (kx·F floats off a vector), and Zen 4 loads one 512-bit vector a cycle, so the packed product keeps it.
+# (The rows path above takes those with at most 8 float32 filters first: it measured faster on LeNet's layer.)
 EXPANDED = True  # set False to run these filter gradients as packed products (A/B comparisons, tests)
 EXPANDED_MAX_E_BYTES = 48 * 1024  # one image's expanded rows: L1-sized (larger images take the packed product)
 
@@ -2261,7 +2272,14 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 # (pixel, filter) rows 8 pixels at a time (an 8x8 transpose of half vectors) and go through the GEMM's epilogue
 # pass (bias, ReLU). Each output element is the packed product's own sum, one fmuladd chain over the taps in
 # order from zero, so results are bitwise the packed product's, on any number of threads (a thread owns whole
-# output rows). Measured on Zen 4 (LeNet, batch 64): 0.236 -> 0.143 ms on 1 thread, 0.12 -> 0.074 ms on 2.
+# output rows). Measured on Zen 4 (LeNet, batch 64): 0.236 -> 0.133 ms on 1 thread, 0.12 -> 0.074 ms on 2.
+#
+# The filter gradient the same way (`_rows_dw_fn`): per image the cotangent's (pixel, filter) rows become
+# per-filter planes, and acc[kx][f] += image row (shifted by kx) * plane[f], one vector accumulator per (tap,
+# filter), CH taps a pass, summed over every vector of every row of every image and lane-summed at the end. It
+# takes the one-channel filter gradients with at most 8 float32 filters before the expanded path below: LeNet's
+# 0.19 -> 0.13 ms on 1 thread, 0.12 -> 0.086 ms on 2 (threads own runs of (ky, chunk of kx) units: bitwise the
+# same on any thread count; not the expanded path's bits).
 ROWS = True  # set False to run these forwards as packed products (A/B comparisons, tests)
 
 
@@ -2302,10 +2320,42 @@ def _rows_paired(OW: int, lanes: int) -> bool:
     return lanes >= 16 and 0 < OW - (_cdiv(OW, lanes) - 1) * lanes <= lanes // 2
 
 
+def rows_dw_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int):
+    """(KH, KW, OH, OW, row stride, image stride, CH) of a filter gradient the rows path computes, else None: op(A)
+    is the forward's view transposed (rows (KH, KW) taps, K (images, OH, OW) pixels 1 apart: one channel), N
+    static, 1..8 filters, B (the cotangent) not transposed, no accumulation; CH taps of a row of taps a pass
+    (CH·F accumulators, at most 18)."""
+    if not ROWS or view is None or trans_b or accumulate or not isinstance(N, int) or not 1 <= N <= 8:
+        return None
+    _, taps, pixels = view
+    if len(taps) != 2 or len(pixels) != 3:
+        return None
+    (_, img), (OH, rs), (OW, px) = pixels
+    (KH, ks), (KW, kx) = taps
+    if not (OH and OW and KH and KW and px == 1 and kx == 1 and ks == rs):
+        return None
+    if rs < OW + KW - 1 or (img and img < (OH + KH - 1) * rs):
+        return None
+    if isinstance(M, int) and M != KH * KW:
+        return None
+    if lanes < 16:  # 18 accumulators and the loads: AVX-512's 32 registers
+        return None
+    return KH, KW, OH, OW, rs, img, max(1, min(KW, 18 // N))
+
+
 def rows_applies(view, N, K, trans_b: bool, dtype: str, M=None) -> bool:
-    """Whether the scheduler makes this product a rows one (`GemmKernel.algorithm == "rows"`): the geometry fits
-    the widest vectors of any target (16 float32 lanes); float32 only (8 filters a half vector)."""
-    return dtype == "float32" and rows_geometry(view, N, K, M, trans_b, False, 16) is not None
+    """Whether the scheduler makes this product a rows one (`GemmKernel.algorithm == "rows"`), a forward or a
+    filter gradient: the geometry fits the widest vectors of any target (16 float32 lanes); float32 only (8
+    filters a half vector)."""
+    return dtype == "float32" and (rows_geometry(view, N, K, M, trans_b, False, 16) is not None
+                                   or rows_dw_geometry(view, N, K, M, trans_b, False, 16) is not None)
+
+
+def _rows_dw_slice(geo, N: int, lanes: int) -> int:
+    """Elements of a thread's workspace for the rows filter gradient: one image's cotangent planes (OH rows x 8
+    filters x its pixels in whole 8-pixel blocks and whole vectors), then the taps' accumulators."""
+    KH, KW, OH, OW, _, _, _ = geo
+    return _rup(OH * 8 * _rup(_cdiv(OW, lanes) * lanes, 8), 16) + KH * KW * N * lanes
 
 
 def _rows_fwd_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
@@ -2400,6 +2450,140 @@ def _rows_fwd_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         with _Loop(b, _c64(0), nrows, _c64(MR), "fr", unroll=False) as r0:
             cnt = _smin(b, _c64(MR), b.sub(nrows, r0))
             _expanded_finish(g, b, g.gep(b, tile, b.mul(r0, _c64(NR))), C, ldc, cnt, b.add(row0, r0), F, epi, ectx)
+    b.ret_void()
+    return fn
+
+
+def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
+    """rows_dw(A, B, C, K, ldb, ldc, ws, tid, nthreads, epi, ectx): C (KH·KW x F) = the filter gradient, the view's
+    transpose (taps x pixels) times the cotangent B (pixels x F). Per image, the cotangent's rows are turned into
+    per-filter planes (8x8 transposes of half vectors) in the thread's workspace; then for each of the thread's
+    rows of taps (ky), CH taps at a time, acc[kx][f] += image[y + ky][kx + v·L ..] * plane[y][f][v·L ..] over every
+    vector v of every output row y (two rows' last vectors paired where each is at most half full), one vector
+    accumulator per (tap, filter) kept across images in the workspace; at the end each accumulator's lanes are
+    summed in order and the thread's rows of taps go through the epilogue pass `epi` (null: stored)."""
+    key = hashlib.sha256(repr((view, N)).encode()).hexdigest()[:16]
+    name = f"graphc.gemm.rows_dw.{gd.tag}.{g.tag}.{g.cfg.mr}x{g.cfg.nr}.{key}"
+    if name in g.module.globals:
+        return g.module.globals[name]
+    KH, KW, OH, OW, rs, img, CH = geo
+    F, L, MR, NR, H = N, gd.L, g.cfg.mr, g.cfg.nr, g.L
+    if H != 8 or NR < 8 or L != 16:
+        raise ValueError(f"{name}: the rows filter gradient needs 16-lane vectors and 8-lane tiles")
+    V = _cdiv(OW, L)
+    W8 = _rup(V * L, 8)
+    paired = _rows_paired(OW, L)
+    full = V - 1 if paired else V
+    wl = OW - full * L
+    fn = ir.Function(g.module, _WINO_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
+    for a, nm in zip(fn.args, ["A", "B", "C", "K", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
+        a.name = nm
+    for a in (A, B, C, ws):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tid = b.sext(tid32, _I64)
+    # units of work: (row of taps ky, chunk of CH taps kx), ky-major; a thread's units are a run of taps
+    chunks = [list(range(c0, min(KW, c0 + CH))) for c0 in range(0, KW, CH)]
+    nch = len(chunks)
+    u0, u1 = _share(b, _c64(KH * nch), tid, b.sext(nth32, _I64))
+
+    def first_tap(u):
+        return b.add(b.mul(b.sdiv(u, _c64(nch)), _c64(KW)), _smin(b, b.mul(b.srem(u, _c64(nch)), _c64(CH)), _c64(KW)))
+
+    t0, t1 = first_tap(u0), first_tap(u1)
+    ret = fn.append_basic_block("ret")
+    go = fn.append_basic_block("go")
+    b.cbranch(b.icmp_signed("<", t0, t1), go, ret)
+    b.position_at_end(ret)
+    b.ret_void()
+    b.position_at_end(go)
+    P = gd.gep(b, ws, b.mul(tid, _c64(_rows_dw_slice(geo, F, L))))  # the image's planes, then the accumulators
+    Acc = gd.gep(b, P, _c64(_rup(OH * 8 * W8, 16)))
+    with _Loop(b, b.mul(t0, _c64(F)), b.mul(t1, _c64(F)), _c64(1), "az", unroll=False) as i:
+        gd.store_vec(b, gd.zero, Acc, b.mul(i, _c64(L)), align=64)
+    for y in range(OH):  # the planes' padding past OW and past F stays zero
+        for i in range(8 * W8 // H):
+            g.store_vec(b, g.zero, P, _c64(y * 8 * W8 + i * H), align=32)
+    nimg = _c64(view[2][0][0]) if view[2][0][0] else b.sdiv(Kv, _c64(OH * OW))
+    off = view[0]
+    masks = [None if (v + 1) * L <= OW else gd.const_mask(OW - v * L) for v in range(V)]
+    hmask = None if wl == H else g.const_mask(wl)
+    both = ir.Constant(ir.VectorType(_I32, L), list(range(L)))
+    fmask = None if F == NR else g.const_mask(F)
+
+    def fma_all(acc, kxs, xv, dv):
+        for kx in kxs:
+            for f in range(F):
+                acc[kx, f] = b.call(gd.fmuladd, [xv[kx], dv[f], acc[kx, f]])
+
+    def chunk_pass(base, ky, kxs):
+        """acc[kx][f] for kx in kxs over every output row of the image: loaded, summed into, stored."""
+        def slot(kx, f):
+            return b.mul(b.add(b.mul(b.add(b.mul(ky, _c64(KW)), _c64(kx)), _c64(F)), _c64(f)), _c64(L))
+
+        def at(y, x):  # the image at row y + ky, column x
+            return b.add(base, b.add(b.mul(b.add(_c64(y), ky), _c64(rs)), _c64(x)))
+
+        acc = {(kx, f): gd.load_vec(b, Acc, slot(kx, f), align=64) for kx in kxs for f in range(F)}
+        y = 0
+        while y < OH:
+            two = paired and y + 1 < OH
+            for r in range(2 if two else 1):
+                for v in range(full if two else V):
+                    xv = {kx: gd.load_vec(b, A, at(y + r, kx + v * L), mask=masks[v]) for kx in kxs}
+                    dv = [gd.load_vec(b, P, _c64(((y + r) * 8 + f) * W8 + v * L), align=64) for f in range(F)]
+                    fma_all(acc, kxs, xv, dv)
+            if two:  # the two rows' last vectors, each at most half full, as one
+                xv = {kx: b.shuffle_vector(*(g.load_vec(b, A, at(y + r, kx + full * L), mask=hmask)
+                                             for r in range(2)), both) for kx in kxs}
+                dv = [b.shuffle_vector(*(g.load_vec(b, P, _c64(((y + r) * 8 + f) * W8 + full * L), align=32)
+                                         for r in range(2)), both) for f in range(F)]
+                fma_all(acc, kxs, xv, dv)
+            y += 2 if two else 1
+        for (kx, f), a in acc.items():
+            gd.store_vec(b, a, Acc, slot(kx, f), align=64)
+
+    with _Loop(b, _c64(0), nimg, _c64(1), "img", unroll=False) as n:
+        # the cotangent's rows of this image as planes: P[y][f][x]
+        for y in range(OH):
+            for p0 in range(0, OW, 8):
+                rows = [g.load_vec(b, B, b.mul(b.add(b.mul(b.add(b.mul(n, _c64(OH)), _c64(y)), _c64(OW)),
+                                                     _c64(p0 + j)), ldb), mask=fmask)
+                        if p0 + j < OW else g.zero for j in range(8)]
+                for f, vec in enumerate(lane_transpose(b, rows)):
+                    if f < F:
+                        g.store_vec(b, vec, P, _c64((y * 8 + f) * W8 + p0), align=32)
+        base = b.add(_c64(off), b.mul(n, _c64(img)))
+        with _Loop(b, u0, u1, _c64(1), "unit", unroll=False) as u:
+            ky = b.sdiv(u, _c64(nch))
+            c = b.srem(u, _c64(nch))
+            after = fn.append_basic_block("unit.done")
+            for ci, kxs in enumerate(chunks):
+                here = fn.append_basic_block(f"chunk{ci}")
+                nxt = fn.append_basic_block(f"chunk{ci}.not") if ci + 1 < nch else after
+                b.cbranch(b.icmp_signed("==", c, _c64(ci)), here, nxt)
+                b.position_at_end(here)
+                chunk_pass(base, ky, kxs)
+                b.branch(after)
+                b.position_at_end(nxt)  # the last test's false edge is `after` itself
+    # each accumulator's lanes summed in order, into a tile of the thread's taps
+    tile = b.alloca(ir.ArrayType(g.T, (KH * KW + MR) * NR), name="tile")  # rows NR apart, as the epilogue's
+    tile.align = 64
+    tile.type = _PTR
+    with _Loop(b, t0, t1, _c64(1), "rt", unroll=False) as t:
+        for f in range(F):
+            vec = gd.load_vec(b, Acc, b.mul(b.add(b.mul(t, _c64(F)), _c64(f)), _c64(L)), align=64)
+            s_ = b.extract_element(vec, ir.Constant(_I32, 0))
+            for j in range(1, L):
+                s_ = b.fadd(s_, b.extract_element(vec, ir.Constant(_I32, j)))
+            b.store(s_, gd.gep(b, tile, b.add(b.mul(b.sub(t, t0), _c64(NR)), _c64(f))))
+    nrows = b.sub(t1, t0)
+    with _Loop(b, _c64(0), nrows, _c64(MR), "fr", unroll=False) as r:
+        cnt = _smin(b, _c64(MR), b.sub(nrows, r))
+        _expanded_finish(g, b, g.gep(b, tile, b.mul(r, _c64(NR))), C, ldc, cnt, b.add(t0, r), F, epi, ectx)
     b.ret_void()
     return fn
 

@@ -344,10 +344,13 @@ EXPANDED_CASES = [  # (H, W, KH, KW, F, padding, dtype): one-channel filter grad
 def test_one_channel_filter_gradients_run_expanded_close_to_the_reference_and_bitwise_across_threads(case,
                                                                                                      monkeypatch):
     """The filter gradient of a one-channel stride-1 convolution with fewer filters than lanes runs along (pixel,
-    filter) vectors over the expanded image (`GemmKernel.algorithm == "expanded"`), fused SGD update included:
-    within float rounding of the float64 loops, the same bits on 1-3 threads (threads own rows of taps), not the
-    packed product's bits (another summation order)."""
+    filter) vectors over the expanded image (`GemmKernel.algorithm == "expanded"`; the rows path, which takes
+    those with at most 8 float32 filters first, switched off), fused SGD update included: within float rounding
+    of the float64 loops, the same bits on 1-3 threads (threads own rows of taps), not the packed product's bits
+    (another summation order)."""
     from graphc.codegen import gemm
+
+    monkeypatch.setattr(gemm, "ROWS", False)
 
     h, w_, kh, kw, f, padding, dtype = case
     npt = np.dtype(dtype)
@@ -441,8 +444,42 @@ def test_one_channel_forwards_run_along_rows_close_to_the_reference_and_bitwise_
     np.testing.assert_allclose(avx2, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("case", ROWS_CASES)
+def test_one_channel_filter_gradients_run_along_rows_close_to_the_reference_and_bitwise_across_threads(case,
+                                                                                                      monkeypatch):
+    """The filter gradient of the same convolutions runs along output rows too: per image the cotangent's rows
+    become per-filter planes, and each (tap, filter) sums image rows times planes in full vectors (two rows' last
+    half vectors paired). Fused SGD update included: within float rounding of the float64 loops, the same bits on
+    1-3 threads (threads own runs of taps), close to the expanded path's (another order of the sum)."""
+    from graphc.codegen import gemm
+
+    h, w_, kh, kw, f, padding = case
+    x = gc.input("x", ("N", h, w_, 1))
+    w = gc.input("w", (kh, kw, 1, f))
+    y = gc.relu(gc.conv2d(x, w, padding=padding))
+    vals = {"x": rng.standard_normal((5, h, w_, 1)).astype(np.float32),
+            "w": (rng.standard_normal((kh, kw, 1, f)) / np.sqrt(kh * kw)).astype(np.float32)}
+    cot = gc.constant(rng.standard_normal(gc.evaluate(y, vals).shape[1:]).astype(np.float32))
+    (dw,) = gc.grad(gc.sum(y * cot), [w])
+    outs = [dw, w - 0.1 * dw]  # the product, and the update an epilogue fuses into it
+    fn = gc.compile(outs, cache=False)
+    assert [k.algorithm for k in fn.program.kernels if hasattr(k, "algorithm") and k.m == kh * kw] == ["rows"]
+    want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
+    one = fn(vals, threads=1)
+    for got, ref in zip(one, want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    for t in (2, 3):
+        for a, b in zip(one, fn(vals, threads=t), strict=True):
+            assert np.array_equal(a, b)
+    monkeypatch.setattr(gemm, "ROWS", False)
+    other = gc.compile(outs, cache=False)(vals, threads=1)
+    assert not np.array_equal(other[0], one[0])  # the rows path really ran (its sum's order is its own)
+    for a, b in zip(other, one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
+
+
 def test_rows_is_taken_only_by_the_forwards_it_computes():
-    from graphc.codegen.gemm import rows_applies, rows_geometry
+    from graphc.codegen.gemm import rows_applies, rows_dw_geometry, rows_geometry
 
     def fwd(h, w, kh, kw, px=1, kx=1):  # the forward's view of an (h + kh - 1) x (w + kw - 1) image
         rs = w + kw - 1
@@ -460,8 +497,18 @@ def test_rows_is_taken_only_by_the_forwards_it_computes():
     assert not rows_applies(fwd(24, 24, 5, 5), 6, 25, True, "float32")  # B transposed
     assert rows_geometry(fwd(24, 24, 5, 5), 6, 25, None, False, True, 16) is None  # accumulating
     off, pixels, taps = fwd(24, 24, 5, 5)
-    assert not rows_applies((off, taps, pixels), 6, None, False, "float32", M=25)  # the filter gradient
+    assert rows_geometry((off, taps, pixels), 6, None, 25, False, False, 16) is None  # the filter gradient's view
     assert not rows_applies(None, 6, 25, False, "float32")
+    # the filter gradient: taps x pixels, the forward's view transposed
+    assert rows_dw_geometry((off, taps, pixels), 6, None, 25, False, False, 16) == (5, 5, 24, 24, 28, 784, 3)
+    assert rows_dw_geometry((off, taps, pixels), 8, None, 25, False, False, 16)[-1] == 2  # 18 accumulators
+    assert rows_applies((off, taps, pixels), 6, None, False, "float32", M=25)
+    assert rows_dw_geometry((off, taps, pixels), 6, None, 25, False, False, 8) is None  # AVX2
+    assert rows_dw_geometry((off, pixels, taps), 6, 25, None, False, False, 16) is None  # the forward's view
+    assert rows_dw_geometry((off, taps, pixels), 6, None, 25, False, True, 16) is None  # accumulating
+    assert rows_dw_geometry((off, taps, pixels), 6, None, 25, True, False, 16) is None  # B transposed
+    assert not rows_applies((off, taps, pixels), 9, None, False, "float32", M=25)
+    assert not rows_applies((off, taps, pixels), 6, None, False, "float64", M=25)
 
 
 @pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v2"])
