@@ -2278,8 +2278,9 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 # per-filter planes, and acc[kx][f] += image row (shifted by kx) * plane[f], one vector accumulator per (tap,
 # filter), CH taps a pass, summed over every vector of every row of every image and lane-summed at the end. It
 # takes the one-channel filter gradients with at most 8 float32 filters before the expanded path below: LeNet's
-# 0.19 -> 0.13 ms on 1 thread, 0.12 -> 0.086 ms on 2 (threads own runs of (ky, chunk of kx) units: bitwise the
-# same on any thread count; not the expanded path's bits).
+# 0.19 -> 0.145 ms on 1 thread, 0.12 -> 0.086 ms on 2 (threads own runs of (ky, chunk of kx) units: bitwise the
+# same on any thread count; not the expanded path's bits). The rows run in a loop two pairs an iteration: fully
+# unrolled (24 rows of LeNet) the kernel took 0.13 ms, but the step's compile 1.4 s longer.
 ROWS = True  # set False to run these forwards as packed products (A/B comparisons, tests)
 
 
@@ -2504,9 +2505,8 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     Acc = gd.gep(b, P, _c64(_rup(OH * 8 * W8, 16)))
     with _Loop(b, b.mul(t0, _c64(F)), b.mul(t1, _c64(F)), _c64(1), "az", unroll=False) as i:
         gd.store_vec(b, gd.zero, Acc, b.mul(i, _c64(L)), align=64)
-    for y in range(OH):  # the planes' padding past OW and past F stays zero
-        for i in range(8 * W8 // H):
-            g.store_vec(b, g.zero, P, _c64(y * 8 * W8 + i * H), align=32)
+    with _Loop(b, _c64(0), _c64(OH * 8 * W8 // H), _c64(1), "pz", unroll=False) as i:  # padding stays zero
+        g.store_vec(b, g.zero, P, b.mul(i, _c64(H)), align=32)
     nimg = _c64(view[2][0][0]) if view[2][0][0] else b.sdiv(Kv, _c64(OH * OW))
     off = view[0]
     masks = [None if (v + 1) * L <= OW else gd.const_mask(OW - v * L) for v in range(V)]
@@ -2524,38 +2524,76 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         def slot(kx, f):
             return b.mul(b.add(b.mul(b.add(b.mul(ky, _c64(KW)), _c64(kx)), _c64(F)), _c64(f)), _c64(L))
 
-        def at(y, x):  # the image at row y + ky, column x
-            return b.add(base, b.add(b.mul(b.add(_c64(y), ky), _c64(rs)), _c64(x)))
+        def at(y, x):  # the image at row y + ky (y an i64 value), column x
+            return b.add(base, b.add(b.mul(b.add(y, ky), _c64(rs)), _c64(x)))
 
-        acc = {(kx, f): gd.load_vec(b, Acc, slot(kx, f), align=64) for kx in kxs for f in range(F)}
-        y = 0
-        while y < OH:
-            two = paired and y + 1 < OH
+        keys = [(kx, f) for kx in kxs for f in range(F)]
+        acc = {k: gd.load_vec(b, Acc, slot(*k), align=64) for k in keys}
+
+        def step(y, two: bool) -> None:
+            """Rows y (and y + 1 when `two`) into acc; y an i64 value."""
+            def plane(r, f, x):
+                return b.add(b.mul(b.add(b.mul(b.add(y, _c64(r)), _c64(8)), _c64(f)), _c64(W8)), _c64(x))
+
+            def img_at(r, x):
+                return at(b.add(y, _c64(r)), x)
+
             for r in range(2 if two else 1):
                 for v in range(full if two else V):
-                    xv = {kx: gd.load_vec(b, A, at(y + r, kx + v * L), mask=masks[v]) for kx in kxs}
-                    dv = [gd.load_vec(b, P, _c64(((y + r) * 8 + f) * W8 + v * L), align=64) for f in range(F)]
+                    xv = {kx: gd.load_vec(b, A, img_at(r, kx + v * L), mask=masks[v]) for kx in kxs}
+                    dv = [gd.load_vec(b, P, plane(r, f, v * L), align=64) for f in range(F)]
                     fma_all(acc, kxs, xv, dv)
             if two:  # the two rows' last vectors, each at most half full, as one
-                xv = {kx: b.shuffle_vector(*(g.load_vec(b, A, at(y + r, kx + full * L), mask=hmask)
+                xv = {kx: b.shuffle_vector(*(g.load_vec(b, A, img_at(r, kx + full * L), mask=hmask)
                                              for r in range(2)), both) for kx in kxs}
-                dv = [b.shuffle_vector(*(g.load_vec(b, P, _c64(((y + r) * 8 + f) * W8 + full * L), align=32)
-                                         for r in range(2)), both) for f in range(F)]
+                dv = [b.shuffle_vector(*(g.load_vec(b, P, plane(r, f, full * L), align=32) for r in range(2)), both)
+                      for f in range(F)]
                 fma_all(acc, kxs, xv, dv)
+
+        # the rows in a run-time loop (pairs where the tails pair), the accumulators carried by phis
+        stride = 2 if paired else 1
+        unroll = 2 if OH // stride >= 2 else 1  # row steps per iteration
+        count = OH // (stride * unroll)
+        if count:
+            pre = b.block
+            body = fn.append_basic_block("rows")
+            done = fn.append_basic_block("rows.done")
+            b.branch(body)
+            b.position_at_end(body)
+            i = b.phi(_I64, name="i")
+            i.add_incoming(_c64(0), pre)
+            phis = {k: b.phi(gd.V) for k in keys}
+            for k in keys:
+                phis[k].add_incoming(acc[k], pre)
+                acc[k] = phis[k]
+            for q in range(unroll):
+                step(b.add(b.mul(i, _c64(stride * unroll)), _c64(q * stride)), paired)
+            nxt = b.add(i, _c64(1))
+            i.add_incoming(nxt, b.block)
+            for k in keys:
+                phis[k].add_incoming(acc[k], b.block)
+            b.cbranch(b.icmp_signed("<", nxt, _c64(count)), body, done)
+            b.position_at_end(done)
+            acc.update(phis)
+        y = count * stride * unroll
+        while y < OH:  # the rows the loop leaves: a pair, and an odd last row alone
+            two = paired and y + 1 < OH
+            step(_c64(y), two)
             y += 2 if two else 1
-        for (kx, f), a in acc.items():
-            gd.store_vec(b, a, Acc, slot(kx, f), align=64)
+        for k, a in acc.items():
+            gd.store_vec(b, a, Acc, slot(*k), align=64)
 
     with _Loop(b, _c64(0), nimg, _c64(1), "img", unroll=False) as n:
         # the cotangent's rows of this image as planes: P[y][f][x]
-        for y in range(OH):
+        with _Loop(b, _c64(0), _c64(OH), _c64(1), "py", unroll=False) as y:
             for p0 in range(0, OW, 8):
-                rows = [g.load_vec(b, B, b.mul(b.add(b.mul(b.add(b.mul(n, _c64(OH)), _c64(y)), _c64(OW)),
+                rows = [g.load_vec(b, B, b.mul(b.add(b.mul(b.add(b.mul(n, _c64(OH)), y), _c64(OW)),
                                                      _c64(p0 + j)), ldb), mask=fmask)
                         if p0 + j < OW else g.zero for j in range(8)]
                 for f, vec in enumerate(lane_transpose(b, rows)):
                     if f < F:
-                        g.store_vec(b, vec, P, _c64((y * 8 + f) * W8 + p0), align=32)
+                        g.store_vec(b, vec, P, b.add(b.mul(b.add(b.mul(y, _c64(8)), _c64(f)), _c64(W8)), _c64(p0)),
+                                    align=32)
         base = b.add(_c64(off), b.mul(n, _c64(img)))
         with _Loop(b, u0, u1, _c64(1), "unit", unroll=False) as u:
             ky = b.sdiv(u, _c64(nch))
