@@ -2574,7 +2574,6 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
                 phis[k].add_incoming(acc[k], b.block)
             b.cbranch(b.icmp_signed("<", nxt, _c64(count)), body, done)
             b.position_at_end(done)
-            acc.update(phis)
         y = count * stride * unroll
         while y < OH:  # the rows the loop leaves: a pair, and an odd last row alone
             two = paired and y + 1 < OH
