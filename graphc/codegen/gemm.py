@@ -2278,9 +2278,9 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 # per-filter planes, and acc[kx][f] += image row (shifted by kx) * plane[f], one vector accumulator per (tap,
 # filter), CH taps a pass, summed over every vector of every row of every image and lane-summed at the end. It
 # takes the one-channel filter gradients with at most 8 float32 filters before the expanded path below: LeNet's
-# 0.19 -> 0.145 ms on 1 thread, 0.12 -> 0.086 ms on 2 (threads own runs of (ky, chunk of kx) units: bitwise the
-# same on any thread count; not the expanded path's bits). The rows run in a loop two pairs an iteration: fully
-# unrolled (24 rows of LeNet) the kernel took 0.13 ms, but the step's compile 1.4 s longer.
+# 0.19 -> 0.12 ms on 1 thread, 0.12 -> 0.075 ms on 2 (threads own runs of (ky, chunk of kx) units: bitwise the
+# same on any thread count; not the expanded path's bits). The rows run in a loop, two pairs an iteration: fully
+# unrolled over LeNet's 24 rows the kernel was no faster (0.13 ms) and the step's compile 1.4 s longer.
 ROWS = True  # set False to run these forwards as packed products (A/B comparisons, tests)
 
 
