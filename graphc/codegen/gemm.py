@@ -2095,15 +2095,10 @@ def expanded_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int
     P = N // math.gcd(N, lanes)
     if P > 3:
         return None
-    _, taps, pixels = view
-    if len(taps) != 2 or len(pixels) != 3:
+    geo = _one_channel_conv(view[2], view[1])
+    if geo is None:
         return None
-    (_, img), (OH, rs), (OW, px) = pixels
-    (KH, ks), (KW, kx) = taps
-    if not (OH and OW and KH and KW and px == 1 and kx == 1 and ks == rs):
-        return None
-    if rs < OW + KW - 1 or (img and img < (OH + KH - 1) * rs):
-        return None
+    KH, KW, OH, OW, rs, img = geo
     if isinstance(M, int) and M != KH * KW:
         return None
     if (OH + KH - 1) * _expanded_row(OW + KW - 1, N, lanes) * esize > EXPANDED_MAX_E_BYTES:
@@ -2158,6 +2153,45 @@ def _expanded_finish(g: _Gen, b, tile, C, ldc, cnt, row, F: int, epi, ectx) -> N
                                              ir.Constant(_PTR, None)])
 
 
+def _carried_loop(b: ir.IRBuilder, count: int, init: list, body: Callable, label: str) -> list:
+    """for i in [0, count) (count >= 1, static): vals = body(i, vals), the values (vectors) carried in registers by
+    phis from `init`; returns the last iteration's values."""
+    fn = b.function
+    pre = b.block
+    loop = fn.append_basic_block(label)
+    done = fn.append_basic_block(f"{label}.done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(_I64, name=label)
+    i.add_incoming(_c64(0), pre)
+    phis = [b.phi(v.type) for v in init]
+    for ph, v in zip(phis, init, strict=True):
+        ph.add_incoming(v, pre)
+    out = body(i, list(phis))
+    nxt = b.add(i, _c64(1))
+    i.add_incoming(nxt, b.block)
+    for ph, v in zip(phis, out, strict=True):
+        ph.add_incoming(v, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, _c64(count)), loop, done)
+    b.position_at_end(done)
+    return out
+
+
+def _conv_fn(g: _Gen, name: str, count: str) -> tuple[ir.Function, list, ir.IRBuilder]:
+    """A convolution algorithm's function, of the Winograd ones' type: (fn, its arguments A, B, C, `count` (M or
+    K), ldb, ldc, ws, tid, nthreads, epi, ectx, a builder at its entry). Internal, not inlined; A, B, C and ws do
+    not alias."""
+    fn = ir.Function(g.module, _WINO_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    for a, nm in zip(fn.args, ["A", "B", "C", count, "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"],
+                     strict=True):
+        a.name = nm
+    for a in fn.args[:3] + fn.args[6:7]:
+        a.add_attribute("noalias")
+    return fn, list(fn.args), ir.IRBuilder(fn.append_basic_block("entry"))
+
+
 def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     """expanded(A, B, C, K, ldb, ldc, ws, tid, nthreads, epi, ectx): C (KH·KW x F) = the filter gradient, the view's
     transpose (taps x pixels) times the cotangent B (pixels x F); a thread owns rows of taps (ky), summed over
@@ -2170,15 +2204,7 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     F, L, MR = N, gd.L, g.cfg.mr
     V = _cdiv(OW * F, L)
     er = _expanded_row(OW + KW - 1, F, L)
-    fn = ir.Function(g.module, _WINO_TY, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "K", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
-        a.name = nm
-    for a in (A, B, C, ws):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fn, (A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "K")
     tid = b.sext(tid32, _I64)
     k0, k1 = _share(b, _c64(KH), tid, b.sext(nth32, _I64))  # the thread's rows of taps
     ret = fn.append_basic_block("ret")
@@ -2200,32 +2226,19 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         with _Loop(b, k0, k1, _c64(1), "ky", unroll=False) as ky:
             abase = b.mul(ky, _c64(na * L))
             init = [gd.load_vec(b, Acc, b.add(abase, _c64(a * L)), align=gd.valign) for a in range(na)]
-            # the rows of the image: one block, its accumulators carried by phis
-            pre = b.block
-            body = fn.append_basic_block("dy")
-            done = fn.append_basic_block("dy.done")
-            b.branch(body)
-            b.position_at_end(body)
-            y = b.phi(_I64, name="y")
-            y.add_incoming(_c64(0), pre)
-            phis = [b.phi(gd.V) for _ in range(na)]
-            for ph, v0 in zip(phis, init, strict=True):
-                ph.add_incoming(v0, pre)
-            acc = list(phis)
-            erow = b.mul(b.add(y, ky), _c64(er))
-            grow = b.mul(b.add(b.mul(n, _c64(OH)), y), b.mul(_c64(OW), ldb))
-            for v in range(V):
-                gv = gd.load_vec(b, B, b.add(grow, _c64(v * L)), mask=masks[v])
-                for kx in range(KW):
-                    e = gd.load_vec(b, E, b.add(erow, _c64(kx * F + v * L)), mask=masks[v])
-                    a = kx * P + v % P
-                    acc[a] = b.call(gd.fmuladd, [e, gv, acc[a]])
-            nxt = b.add(y, _c64(1))
-            y.add_incoming(nxt, b.block)
-            for ph, v1 in zip(phis, acc, strict=True):
-                ph.add_incoming(v1, b.block)
-            b.cbranch(b.icmp_signed("<", nxt, _c64(OH)), body, done)
-            b.position_at_end(done)
+
+            def image_row(y, acc):  # the image's output row y: its accumulators carried by phis
+                erow = b.mul(b.add(y, ky), _c64(er))
+                grow = b.mul(b.add(b.mul(n, _c64(OH)), y), b.mul(_c64(OW), ldb))
+                for v in range(V):
+                    gv = gd.load_vec(b, B, b.add(grow, _c64(v * L)), mask=masks[v])
+                    for kx in range(KW):
+                        e = gd.load_vec(b, E, b.add(erow, _c64(kx * F + v * L)), mask=masks[v])
+                        a = kx * P + v % P
+                        acc[a] = b.call(gd.fmuladd, [e, gv, acc[a]])
+                return acc
+
+            acc = _carried_loop(b, OH, init, image_row, "dy")
             for a in range(na):
                 gd.store_vec(b, acc[a], Acc, b.add(abase, _c64(a * L)), align=gd.valign)
     # each tap's lanes summed per filter (in lane order), into a tile of the thread's tap rows
@@ -2290,14 +2303,10 @@ def _rows_max_acc(lanes: int) -> int:
     return 24 if lanes >= 16 else 10
 
 
-def rows_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int):
-    """(KH, KW, OH, OW, row stride, image stride, R) of a convolution forward the rows path computes, else None:
-    op(A) is a view whose rows are (images, OH, OW) pixels 1 apart (one channel) and whose K runs over (KH, KW)
-    taps at the image's row stride and 1 apart; N static, 1..8 filters; B not transposed; no accumulation; R·V·F
-    accumulators fit in registers (R = 2 output rows a pass where they do, else 1)."""
-    if not ROWS or view is None or trans_b or accumulate or not isinstance(N, int) or not 1 <= N <= 8:
-        return None
-    _, pixels, taps = view
+def _one_channel_conv(pixels, taps):
+    """(KH, KW, OH, OW, row stride, image stride) of a stride-1, undilated convolution of a one-channel image,
+    read from a view's digits: pixels (images, OH, OW) 1 apart, taps (KH, KW) at the image's row stride and 1
+    apart, the image's rows and images laid out in order; else None."""
     if len(pixels) != 3 or len(taps) != 2:
         return None
     (_, img), (OH, rs), (OW, px) = pixels
@@ -2306,8 +2315,30 @@ def rows_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int):
         return None
     if rs < OW + KW - 1 or (img and img < (OH + KH - 1) * rs):
         return None
-    if isinstance(K, int) and K != KH * KW:
+    return KH, KW, OH, OW, rs, img
+
+
+def _rows_view(view, N, taps, trans_b: bool, accumulate: bool, forward: bool):
+    """The one-channel geometry (`_one_channel_conv`) of a product the rows path may take: the forward's view
+    (pixels x taps) or its transpose (taps x pixels), `taps` (K or M) KH·KW where static, N static 1..8 filters,
+    B not transposed, no accumulation; else None."""
+    if not ROWS or view is None or trans_b or accumulate or not isinstance(N, int) or not 1 <= N <= 8:
         return None
+    geo = _one_channel_conv(*((view[1], view[2]) if forward else (view[2], view[1])))
+    if geo is None or (isinstance(taps, int) and taps != geo[0] * geo[1]):
+        return None
+    return geo
+
+
+def rows_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int):
+    """(KH, KW, OH, OW, row stride, image stride, R) of a convolution forward the rows path computes, else None:
+    op(A) is a view whose rows are (images, OH, OW) pixels 1 apart (one channel) and whose K runs over (KH, KW)
+    taps at the image's row stride and 1 apart; N static, 1..8 filters; B not transposed; no accumulation; R·V·F
+    accumulators fit in registers (R = 2 output rows a pass where they do, else 1)."""
+    geo = _rows_view(view, N, K, trans_b, accumulate, forward=True)
+    if geo is None:
+        return None
+    KH, KW, OH, OW, rs, img = geo
     V, most = _cdiv(OW, lanes), _rows_max_acc(lanes)
     if V * N > most:
         return None
@@ -2326,21 +2357,10 @@ def rows_dw_geometry(view, N, K, M, trans_b: bool, accumulate: bool, lanes: int)
     is the forward's view transposed (rows (KH, KW) taps, K (images, OH, OW) pixels 1 apart: one channel), N
     static, 1..8 filters, B (the cotangent) not transposed, no accumulation; CH taps of a row of taps a pass
     (CH·F accumulators, at most 18)."""
-    if not ROWS or view is None or trans_b or accumulate or not isinstance(N, int) or not 1 <= N <= 8:
+    geo = _rows_view(view, N, M, trans_b, accumulate, forward=False)
+    if geo is None or lanes < 16:  # 18 accumulators and the loads: AVX-512's 32 registers
         return None
-    _, taps, pixels = view
-    if len(taps) != 2 or len(pixels) != 3:
-        return None
-    (_, img), (OH, rs), (OW, px) = pixels
-    (KH, ks), (KW, kx) = taps
-    if not (OH and OW and KH and KW and px == 1 and kx == 1 and ks == rs):
-        return None
-    if rs < OW + KW - 1 or (img and img < (OH + KH - 1) * rs):
-        return None
-    if isinstance(M, int) and M != KH * KW:
-        return None
-    if lanes < 16:  # 18 accumulators and the loads: AVX-512's 32 registers
-        return None
+    KH, KW, OH, OW, rs, img = geo
     return KH, KW, OH, OW, rs, img, max(1, min(KW, 18 // N))
 
 
@@ -2373,15 +2393,7 @@ def _rows_fwd_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         raise ValueError(f"{name}: the rows path needs 8-lane tiles, got {g.L} lanes, NR={NR}")
     V = _cdiv(OW, L)
     W8 = _rup(V * L, 8)  # a finished row's floats per filter, whole 8-pixel blocks
-    fn = ir.Function(g.module, _WINO_TY, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "M", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
-        a.name = nm
-    for a in (A, B, C):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fn, (A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "M")
     # each filter's finished rows (8 rows: the filters past F stay zero), then a tile of (pixel, filter) rows
     rows_t = ir.ArrayType(g.T, R * 8 * W8)
     fin = b.alloca(rows_t, name="rows")
@@ -2476,15 +2488,7 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     paired = _rows_paired(OW, L)
     full = V - 1 if paired else V
     wl = OW - full * L
-    fn = ir.Function(g.module, _WINO_TY, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "K", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
-        a.name = nm
-    for a in (A, B, C, ws):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fn, (A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "K")
     tid = b.sext(tid32, _I64)
     # units of work: (row of taps ky, chunk of CH taps kx), ky-major; a thread's units are a run of taps
     chunks = [list(range(c0, min(KW, c0 + CH))) for c0 in range(0, KW, CH)]
@@ -2555,25 +2559,13 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         unroll = 2 if OH // stride >= 2 else 1  # row steps per iteration
         count = OH // (stride * unroll)
         if count:
-            pre = b.block
-            body = fn.append_basic_block("rows")
-            done = fn.append_basic_block("rows.done")
-            b.branch(body)
-            b.position_at_end(body)
-            i = b.phi(_I64, name="i")
-            i.add_incoming(_c64(0), pre)
-            phis = {k: b.phi(gd.V) for k in keys}
-            for k in keys:
-                phis[k].add_incoming(acc[k], pre)
-                acc[k] = phis[k]
-            for q in range(unroll):
-                step(b.add(b.mul(i, _c64(stride * unroll)), _c64(q * stride)), paired)
-            nxt = b.add(i, _c64(1))
-            i.add_incoming(nxt, b.block)
-            for k in keys:
-                phis[k].add_incoming(acc[k], b.block)
-            b.cbranch(b.icmp_signed("<", nxt, _c64(count)), body, done)
-            b.position_at_end(done)
+            def rows(i, vals):
+                acc.update(zip(keys, vals, strict=True))
+                for q in range(unroll):
+                    step(b.add(b.mul(i, _c64(stride * unroll)), _c64(q * stride)), paired)
+                return [acc[k] for k in keys]
+
+            acc.update(zip(keys, _carried_loop(b, count, [acc[k] for k in keys], rows, "rows"), strict=True))
         y = count * stride * unroll
         while y < OH:  # the rows the loop leaves: a pair, and an odd last row alone
             two = paired and y + 1 < OH
