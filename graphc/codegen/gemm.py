@@ -1153,6 +1153,35 @@ def _emit_epilogue_fn(
     return fn
 
 
+# -------------------------------------------------------------- convolution algorithms: shared parts
+
+
+def _return_if_empty(b: ir.IRBuilder, lo, hi) -> None:
+    """Return from the function when this thread's share [lo, hi) is empty; the builder continues after."""
+    fn = b.function
+    ret = fn.append_basic_block("ret")
+    go = fn.append_basic_block("go")
+    b.cbranch(b.icmp_signed("<", lo, hi), go, ret)
+    b.position_at_end(ret)
+    b.ret_void()
+    b.position_at_end(go)
+
+
+def _conv_fn(g: _Gen, name: str, count: str) -> tuple[ir.Function, list, ir.IRBuilder]:
+    """A convolution algorithm's function, of the Winograd ones' type: (fn, its arguments A, B, C, `count` (M or
+    K), ldb, ldc, ws, tid, nthreads, epi, ectx, a builder at its entry). Internal, not inlined; A, B, C and ws do
+    not alias."""
+    fn = ir.Function(g.module, _WINO_TY, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    for a, nm in zip(fn.args, ["A", "B", "C", count, "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"],
+                     strict=True):
+        a.name = nm
+    for a in fn.args[:3] + fn.args[6:7]:
+        a.add_attribute("noalias")
+    return fn, list(fn.args), ir.IRBuilder(fn.append_basic_block("entry"))
+
+
 # ------------------------------------------------------------------------------------------- winograd
 #
 # A 3x3 stride-1 convolution's product (its forward, and its input gradient: a 3x3 stride-1 convolution of the
@@ -1277,15 +1306,7 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
     ukernel = _ukernel_fn(g, None if R == MR else R, row_major=True)
     finish = _finish_fn(g, MR)
     ncv, njb = cx // L, N // NR
-    fn = ir.Function(g.module, _WINO_TY, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx = fn.args
-    for a, nm in zip(fn.args, ["A", "B", "C", "M", "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"], strict=True):
-        a.name = nm
-    for a in (A, B, C, ws):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fn, (A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "M")
     has_epi = b.icmp_unsigned("!=", epi, ir.Constant(_PTR, None))
     epi = _Callee(epi, _EPI_TY)
     half = ir.Constant(g.V, [0.5] * L)
@@ -1295,12 +1316,7 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
     tid, nth = b.sext(tid32, _I64), b.sext(nth32, _I64)
     units = b.mul(_c64(TH), b.sdiv(Mv, _c64(H * W)) if not view[1][0][0] else _c64(view[1][0][0]))
     u0, u1 = _share(b, units, tid, nth)  # tile rows
-    ret = fn.append_basic_block("ret")
-    go = fn.append_basic_block("go")
-    b.cbranch(b.icmp_signed("<", u0, u1), go, ret)
-    b.position_at_end(ret)
-    b.ret_void()
-    b.position_at_end(go)
+    _return_if_empty(b, u0, u1)
     su, sv, sm = _wino_slice(cx, N, cfg, g.esize)
     U = g.gep(b, ws, b.mul(tid, _c64(su + sv + sm)))
     V = g.gep(b, U, _c64(su))
@@ -2177,21 +2193,6 @@ def _carried_loop(b: ir.IRBuilder, count: int, init: list, body: Callable, label
     return out
 
 
-def _conv_fn(g: _Gen, name: str, count: str) -> tuple[ir.Function, list, ir.IRBuilder]:
-    """A convolution algorithm's function, of the Winograd ones' type: (fn, its arguments A, B, C, `count` (M or
-    K), ldb, ldc, ws, tid, nthreads, epi, ectx, a builder at its entry). Internal, not inlined; A, B, C and ws do
-    not alias."""
-    fn = ir.Function(g.module, _WINO_TY, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    for a, nm in zip(fn.args, ["A", "B", "C", count, "ldb", "ldc", "ws", "tid", "nthreads", "epi", "ectx"],
-                     strict=True):
-        a.name = nm
-    for a in fn.args[:3] + fn.args[6:7]:
-        a.add_attribute("noalias")
-    return fn, list(fn.args), ir.IRBuilder(fn.append_basic_block("entry"))
-
-
 def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     """expanded(A, B, C, K, ldb, ldc, ws, tid, nthreads, epi, ectx): C (KH·KW x F) = the filter gradient, the view's
     transpose (taps x pixels) times the cotangent B (pixels x F); a thread owns rows of taps (ky), summed over
@@ -2207,12 +2208,7 @@ def _expanded_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
     fn, (A, B, C, Kv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "K")
     tid = b.sext(tid32, _I64)
     k0, k1 = _share(b, _c64(KH), tid, b.sext(nth32, _I64))  # the thread's rows of taps
-    ret = fn.append_basic_block("ret")
-    go = fn.append_basic_block("go")
-    b.cbranch(b.icmp_signed("<", k0, k1), go, ret)
-    b.position_at_end(ret)
-    b.ret_void()
-    b.position_at_end(go)
+    _return_if_empty(b, k0, k1)
     E = gd.gep(b, ws, b.mul(tid, _c64(_expanded_slice(geo, F, L, gd.esize))))  # the expanded image, then
     Acc = gd.gep(b, E, _c64(_rup((OH + KH - 1) * er, 64 // gd.esize)))  # the taps' accumulators
     nimg = _c64(view[2][0][0]) if view[2][0][0] else b.sdiv(Kv, _c64(OH * OW))
@@ -2499,12 +2495,7 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
         return b.add(b.mul(b.sdiv(u, _c64(nch)), _c64(KW)), _smin(b, b.mul(b.srem(u, _c64(nch)), _c64(CH)), _c64(KW)))
 
     t0, t1 = first_tap(u0), first_tap(u1)
-    ret = fn.append_basic_block("ret")
-    go = fn.append_basic_block("go")
-    b.cbranch(b.icmp_signed("<", t0, t1), go, ret)
-    b.position_at_end(ret)
-    b.ret_void()
-    b.position_at_end(go)
+    _return_if_empty(b, t0, t1)
     P = gd.gep(b, ws, b.mul(tid, _c64(_rows_dw_slice(geo, F, L))))  # the image's planes, then the accumulators
     Acc = gd.gep(b, P, _c64(_rup(OH * 8 * W8, 16)))
     with _Loop(b, b.mul(t0, _c64(F)), b.mul(t1, _c64(F)), _c64(1), "az", unroll=False) as i:

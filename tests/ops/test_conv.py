@@ -286,6 +286,18 @@ WINOGRAD_CASES = [  # (H, W, C, F, padding, bias+relu, dtype): 3x3 stride-1 prod
 ]
 
 
+def near_reference_and_bitwise_on_1_to_3_threads(fn, vals, want, tol):
+    """fn's outputs on 1 thread (returned) within tol of the float64 reference `want` (relative to each array's
+    largest value), and the same bits on 2 and 3 threads."""
+    one = fn(vals, threads=1)
+    for got, ref in zip(one, want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for t in (2, 3):
+        for a, b in zip(one, fn(vals, threads=t), strict=True):
+            assert np.array_equal(a, b)
+    return one
+
+
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_across_threads(case, monkeypatch):
     """The forward product and the input gradient's (a 3x3 stride-1 convolution of the padded cotangent) run as
@@ -315,13 +327,8 @@ def test_3x3_stride_1_products_run_winograd_close_to_the_reference_and_bitwise_a
     assert len(re.findall(r'call void @"graphc\.gemm\.wino\.', ir_text)) == 2
     assert len(re.findall(r'call void @"k\d+_matmul\.gemm\.wino"', ir_text)) == 1
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
-    one = fn(vals, threads=1)
     tol = 2e-5 if dtype == "float32" else 1e-11
-    for got, ref in zip(one, want, strict=True):
-        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
-    for t in (2, 3):
-        for a, b in zip(one, fn(vals, threads=t), strict=True):
-            assert np.array_equal(a, b)
+    one = near_reference_and_bitwise_on_1_to_3_threads(fn, vals, want, tol)
     monkeypatch.setattr(gemm, "WINOGRAD", False)
     direct = gc.compile(outs, cache=False)
     assert ".wino" not in direct.llvm_ir and "Winograd" not in direct.kernels
@@ -365,13 +372,8 @@ def test_one_channel_filter_gradients_run_expanded_close_to_the_reference_and_bi
     fn = gc.compile(outs, cache=False)
     assert fn.kernels.count("(expanded image: (pixel, filter) vectors)") == 1, fn.kernels
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
-    one = fn(vals, threads=1)
     tol = 2e-5 if dtype == "float32" else 1e-11
-    for got, ref in zip(one, want, strict=True):
-        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
-    for t in (2, 3):
-        for a, b in zip(one, fn(vals, threads=t), strict=True):
-            assert np.array_equal(a, b)
+    one = near_reference_and_bitwise_on_1_to_3_threads(fn, vals, want, tol)
     monkeypatch.setattr(gemm, "EXPANDED", False)
     packed = gc.compile(outs, cache=False)
     assert "expanded" not in packed.kernels
@@ -430,10 +432,7 @@ def test_one_channel_forwards_run_along_rows_close_to_the_reference_and_bitwise_
     assert fn.kernels.count("(along output rows, one channel)") == 1, fn.kernels
     assert "relu(add(acc" in fn.kernels or f == 1  # the epilogue (a one-column product's stays a loop)
     (want,) = gc.evaluate([y], {k: v.astype(np.float64) for k, v in vals.items()})
-    (one,) = fn(vals, threads=1)
-    np.testing.assert_allclose(one, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
-    for t in (2, 3):
-        assert np.array_equal(one, fn(vals, threads=t)[0])
+    (one,) = near_reference_and_bitwise_on_1_to_3_threads(fn, vals, [want], 2e-5)
     monkeypatch.setattr(gemm, "ROWS", False)
     packed = gc.compile([y], cache=False)
     assert "along output rows" not in packed.kernels
@@ -465,12 +464,7 @@ def test_one_channel_filter_gradients_run_along_rows_close_to_the_reference_and_
     fn = gc.compile(outs, cache=False)
     assert [k.algorithm for k in fn.program.kernels if hasattr(k, "algorithm") and k.m == kh * kw] == ["rows"]
     want = gc.evaluate(outs, {k: v.astype(np.float64) for k, v in vals.items()})
-    one = fn(vals, threads=1)
-    for got, ref in zip(one, want, strict=True):
-        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
-    for t in (2, 3):
-        for a, b in zip(one, fn(vals, threads=t), strict=True):
-            assert np.array_equal(a, b)
+    one = near_reference_and_bitwise_on_1_to_3_threads(fn, vals, want, 2e-5)
     monkeypatch.setattr(gemm, "ROWS", False)
     other = gc.compile(outs, cache=False)(vals, threads=1)
     assert not np.array_equal(other[0], one[0])  # the rows path really ran (its sum's order is its own)
