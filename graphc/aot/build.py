@@ -31,7 +31,7 @@ CFLAGS = ("-O2", "-std=gnu11", "-Wall", "-Wno-unused-function")
 LIBS = ("-lm", "-lpthread")
 CTX_NAMES = ("TABLE", "DIMS", "WS", "X", "Y", "NSAMP", "BATCH", "EPOCH", "SEED", "PERM", "STEP0", "MAXSTEPS", "XB",
              "YB", "STEPBUF", "KEYBUF", "LOSSBUF", "LOSS_SUM", "STEPS_DONE", "STATUS", "BAD_STEP", "SHUFFLE",
-             "DROP_LAST")
+             "DROP_LAST", "LOSSES", "CHECK")
 TASK_CODES = {"multiclass": 0, "binary": 1, "regression": 2}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -659,7 +659,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     for i, nm in enumerate(CTX_NAMES):
         assert getattr(drv, nm) == i
         L.append(f"#define GC_CTX_{nm} {i}")
-    L += [f"#define GC_CTX_SLOTS {drv.CTX_SLOTS}", ""]
+    L += [f"#define GC_CTX_SLOTS {drv.CTX_SLOTS}", f"#define GC_STATUS_CHECK {drv.STATUS_CHECK}", ""]
     L += ["typedef struct {",
           "    const char *label, *digest;",
           "    int32_t nbuf, nsym, ndim, x, y, step, step_f64, key, loss;",

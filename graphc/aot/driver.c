@@ -1565,6 +1565,10 @@ int main(int argc, char **argv) {
 #endif
         double dt = now() - t0;
         int64_t steps = ctx[GC_CTX_STEPS_DONE];
+        if (ctx[GC_CTX_STATUS] == GC_STATUS_CHECK) /* the data is checked when read: this is a defect */
+            fail(EXIT_BAD, "a run-time check of the training step failed at epoch %lld, step %lld of the epoch (check "
+                           "%lld: a label or token id out of range); no parameters were written.",
+                 (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1, (long long)ctx[GC_CTX_CHECK]);
         if (ctx[GC_CTX_STATUS]) {
             if (RANK0) write_history(o.out, rows, nrows, o.x_val != NULL);
             fail(EXIT_DIVERGED, "training diverged: the loss became non-finite at epoch %lld, step %lld of the epoch "

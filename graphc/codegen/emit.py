@@ -613,9 +613,11 @@ class FunctionEmitter:
         return b.select(bad, zero, v)
 
     def flag_error(self, cond: ir.Value, code: int) -> None:
-        """Where `cond` holds, record error `code` in the module's error word (read after the call)."""
-        self.when(cond, lambda: self.b.atomic_rmw("xchg", self.mod.error_word(), ir.Constant(I32, code),
-                                                  "monotonic"), "error")
+        """Where `cond` holds, record error `code` in the module's error word (read after the call) unless an
+        earlier check already did: the message names the first failure (an embedding's id, not the scatter-add
+        of its gradient that reads the same id later)."""
+        self.when(cond, lambda: self.b.cmpxchg(self.mod.error_word(), ir.Constant(I32, 0), ir.Constant(I32, code),
+                                               "monotonic", "monotonic"), "error")
 
     def load(self, e: Load, point: Point, memo: dict | None = None) -> ir.Value:
         b = self.b

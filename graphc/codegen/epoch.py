@@ -4,7 +4,8 @@
 counter-based hash of (seed, epoch, i), so an epoch's order depends on nothing else, or the caller's order),
 then for every mini-batch gathers its rows into the batch buffers, sets the batch size, the step number and the
 dropout key, runs the program's body (forward, backward and the in-place parameter update), and checks the loss
-(kept per step where LOSSES points at n_steps floats). A non-finite loss stops the epoch and reports the step.
+(kept per step where LOSSES points at n_steps floats). A non-finite loss stops the epoch and reports the step; so
+does a failed run-time check of the step (the program's error word, read and cleared after every step).
 Python runs only between epochs.
 
 The context is an array of int64 slots (pointers as integers), filled by graphc.runtime.epoch."""
@@ -19,8 +20,11 @@ from graphc.codegen.emit import F32, F64, I1, I32, I64, PTR, VOID, Loop, ModuleE
 
 # context slots
 TABLE, DIMS, WS, X, Y, NSAMP, BATCH, EPOCH, SEED, PERM, STEP0, MAXSTEPS, XB, YB, STEPBUF, KEYBUF, LOSSBUF, \
-    LOSS_SUM, STEPS_DONE, STATUS, BAD_STEP, SHUFFLE, DROP_LAST, LOSSES = range(24)
-CTX_SLOTS = 24
+    LOSS_SUM, STEPS_DONE, STATUS, BAD_STEP, SHUFFLE, DROP_LAST, LOSSES, CHECK = range(25)
+CTX_SLOTS = 25
+# STATUS slot values: every step ran, a step's loss was not finite, or a run-time check of a step failed (an index
+# out of range in a gather: a label, a token id; CHECK holds the check's code, the program's checks[code - 1])
+STATUS_OK, STATUS_NONFINITE, STATUS_CHECK = 0, 1, 2
 # SHUFFLE slot values: the order is 0..n-1, a seeded shuffle of it, or the caller's (PERM already holds it)
 ORDER_IOTA, ORDER_SHUFFLE, ORDER_GIVEN = 0, 1, 2
 KEY_MULT = 0x9E3779B97F4A7C15  # the dropout key of a step: seed * KEY_MULT + global step (mod 2^64)
@@ -140,8 +144,9 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
         b.position_at_end(done)
         put(LOSS_SUM, c64(0))
         put(STEPS_DONE, c64(0))
-        put(STATUS, c64(0))
+        put(STATUS, c64(STATUS_OK))
         put(BAD_STEP, c64(-1))
+        put(CHECK, c64(0))
 
     if_tid0(shuffle)
     barrier()
@@ -156,6 +161,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
     dim_ptr = b.gep(dims, [c64(spec.n_dim)], source_etype=I64)
 
     loop_exit = fn.append_basic_block("epoch.exit")
+    word = m.globals.get("graphc_error")  # the body's run-time checks' error word, where it has checks
     with Loop(b, c64(0), nsteps, 1, "step") as s:
         start = b.mul(s, batch)
         rest = b.sub(n, start)
@@ -191,8 +197,8 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
                                 b.gep(ysrc, [b.mul(src, yrow)], source_etype=ir.IntType(8)), yrow,
                                 ir.Constant(I1, 0)])
         barrier()
-        # a non-finite loss seen by thread 0 after the previous step stops everyone here, together
-        stop = b.icmp_signed("!=", get(STATUS), c64(0))
+        # a non-finite loss or a failed check seen by thread 0 after the previous step stops everyone here, together
+        stop = b.icmp_signed("!=", get(STATUS), c64(STATUS_OK))
         go = fn.append_basic_block("step.run")
         b.cbranch(stop, loop_exit, go)
         b.position_at_end(go)
@@ -200,11 +206,25 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
         barrier()
 
         def check():
+            after = fn.append_basic_block("check.after")
+            if word is not None:
+                # a failed index check (a label or token id out of range): the step read clamped rows, so
+                # neither its loss nor its update is to be trusted; the epoch stops before the next step
+                code = b.load(word, typ=I32)
+                failed = fn.append_basic_block("check.failed")
+                passed = fn.append_basic_block("check.passed")
+                b.cbranch(b.icmp_signed("!=", code, ir.Constant(I32, 0)), failed, passed)
+                b.position_at_end(failed)
+                b.store(ir.Constant(I32, 0), word)
+                put(STATUS, c64(STATUS_CHECK))
+                put(BAD_STEP, s)
+                put(CHECK, b.sext(code, I64))
+                b.branch(after)
+                b.position_at_end(passed)
             loss = b.load(getp(LOSSBUF), typ=F32)
             ok = b.fcmp_ordered("<", b.call(_fabs(m), [loss]), ir.Constant(F32, float("inf")))
             good = fn.append_basic_block("loss.ok")
             bad = fn.append_basic_block("loss.bad")
-            after = fn.append_basic_block("loss.after")
             b.cbranch(ok, good, bad)
             b.position_at_end(good)
             acc_p = slot(LOSS_SUM)
@@ -222,7 +242,7 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
             b.position_at_end(kept)
             b.branch(after)
             b.position_at_end(bad)
-            put(STATUS, c64(1))
+            put(STATUS, c64(STATUS_NONFINITE))
             put(BAD_STEP, s)
             b.branch(after)
             b.position_at_end(after)

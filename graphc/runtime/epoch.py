@@ -174,7 +174,9 @@ class EpochFunction(CompiledFunction):
         epoch (Adam's bias correction, dropout masks). Returns EpochStats: `losses` per step, `mean_loss`.
 
         A non-finite loss raises a NumericalError naming the step, with `state` as it was after the last finite
-        step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied)."""
+        step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied). A
+        failed run-time check (a label or token id out of range) always raises an InputError naming the step, its
+        rows and the check, with `state` as it was after the last good step."""
         spec = self._spec_memo
         if on_nonfinite not in ("raise", "stop"):
             raise InputError(f"training: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
@@ -260,7 +262,7 @@ class EpochFunction(CompiledFunction):
                           "are not 64-byte aligned; each epoch trains on aligned copies and copies them back. "
                           "Pass ef.aligned(state) (or gc.nn.init_params' arrays) to avoid the copies",
                           stacklevel=2)
-        if on_nonfinite == "raise":  # the state before the epoch, to return to the last finite step
+        if on_nonfinite == "raise" or self.program.checks:  # the state before the epoch, to return to the last good step
             snap = self._snapshot
             for name, arr in trained.items():
                 s = snap.get(name)
@@ -291,12 +293,13 @@ class EpochFunction(CompiledFunction):
         with self._lock:
             self._epoch(data_address(ctx), None, None, nthreads)
         steps = int(ctx[drv.STEPS_DONE])
-        bad = int(ctx[drv.BAD_STEP]) if ctx[drv.STATUS] else None
+        status = int(ctx[drv.STATUS])
+        bad = int(ctx[drv.BAD_STEP]) if status != drv.STATUS_OK else None
         bad_loss = float(loss_buf[0])
         samples = min(steps * batch, n_steps_rows) if bad is None else steps * batch
         stats = EpochStats(float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0]), steps, samples, bad,
                            perm, losses[:steps].copy())
-        if bad is not None and on_nonfinite == "raise":
+        if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
             for name, arr in trained.items():
@@ -312,6 +315,13 @@ class EpochFunction(CompiledFunction):
                 arr[...] = aligned
             self.epochs_done = max(self.epochs_done, epoch + 1)
             self.steps_done = step0 + bad
+            if status == drv.STATUS_CHECK:
+                rows = perm[bad * batch:min((bad + 1) * batch, n_steps_rows)]
+                shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
+                raise InputError(
+                    f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
+                    f"{self.program.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
+                    f"the parameters after the last good step ({bad} steps this epoch). Check the data's labels / ids")
             raise NumericalError(
                 f"training: the loss became non-finite ({bad_loss}) at step {bad + 1} of the epoch "
                 f"(global step {step0 + bad + 1}, epoch {epoch}); the state holds the parameters after the last "

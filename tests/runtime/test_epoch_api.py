@@ -106,6 +106,50 @@ def test_nonfinite_loss_raises_with_the_last_finite_state():
     assert stats.nonfinite_step == 5 and stats.steps == 5
 
 
+@pytest.mark.parametrize("threads,on_nonfinite", [(1, "raise"), (2, "stop")])
+def test_a_label_out_of_range_stops_the_epoch_at_its_step_with_the_last_good_state(threads, on_nonfinite):
+    """The step's index check (a label outside [0, C)) is read after every step of the native epoch: an
+    InputError naming the step, its rows and the loss's line, whatever on_nonfinite says, with the state of
+    the last good step; the error is cleared, so the next epoch trains normally."""
+    x, y, loss, params, updates = _net(name="lab")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=20)
+    Y[13] = 3  # 3 classes: row 13 is in the 3rd step of this order
+    order = np.array([0, 1, 2, 3, 4, 13, 5, 6], np.int64)
+    state = gc.nn.init_params(params, seed=0)
+    expect = gc.nn.init_params(params, seed=0)
+    ef.run_epoch(X, Y, expect, batch=2, order=order[:4], scalars={"lr": 0.1}, threads=threads)
+    with pytest.raises(gc.InputError, match=r"step 3 of the epoch .*label out of range \[0, 3\) at "
+                                            r"test_epoch_api.py:\d+, in the batch of rows 4, 13; .*2 steps"):
+        ef.run_epoch(X, Y, state, batch=2, order=order, scalars={"lr": 0.1}, threads=threads,
+                     on_nonfinite=on_nonfinite)
+    for k in state:
+        np.testing.assert_array_equal(state[k], expect[k], err_msg=k)
+    Y[13] = 2
+    ef.run_epoch(X, Y, state, batch=2, order=order, scalars={"lr": 0.1}, threads=threads)
+    ef.run_epoch(X, Y, expect, batch=2, order=order, scalars={"lr": 0.1}, threads=threads)
+    for k in state:
+        np.testing.assert_array_equal(state[k], expect[k], err_msg=k)
+
+
+def test_a_token_id_out_of_range_is_an_error_of_the_epoch():
+    ids = gc.input("ids", ("N", 3), "int32")
+    y = gc.input("y", ("N",), "int32")
+    h = gc.mean(gc.nn.embedding(ids, 5, 4, name="tok"), axis=1)
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(h, 2, name="cls"), y)
+    params = gc.nn.parameters(loss)
+    grads = gc.grad(loss, params)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(params, grads, strict=True)}, x=ids, y=y)
+    X = np.random.default_rng(0).integers(0, 5, (10, 3)).astype(np.int32)
+    X[7, 1] = 5
+    state = gc.nn.init_params(params, seed=0)
+    before = {k: v.copy() for k, v in state.items()}
+    with pytest.raises(gc.InputError, match=r"step 1 of the epoch .*embedding 'tok': id out of range \[0, 5\)"):
+        ef.run_epoch(X, np.zeros(10, np.int32), state, batch=10, shuffle=False)
+    for k in state:
+        np.testing.assert_array_equal(state[k], before[k], err_msg=k)
+
+
 def test_bad_orders_and_arguments_are_graphc_errors():
     x, y, loss, params, updates = _net(name="bad")
     ef = gc.EpochFunction(loss, updates, x=x, y=y)
