@@ -262,7 +262,7 @@ class EpochFunction(CompiledFunction):
                           "are not 64-byte aligned; each epoch trains on aligned copies and copies them back. "
                           "Pass ef.aligned(state) (or gc.nn.init_params' arrays) to avoid the copies",
                           stacklevel=2)
-        if on_nonfinite == "raise" or self.program.checks:  # the state before the epoch, to return to the last good step
+        if on_nonfinite == "raise" or self.program.checks:  # the state at the start, to go back to the last good step
             snap = self._snapshot
             for name, arr in trained.items():
                 s = snap.get(name)
