@@ -68,7 +68,8 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__getattr__("__all__")))
+    """The public names (what `from graphc import *` gives), not the module's own imports."""
+    return sorted(set(__getattr__("__all__")) | {n for n in globals() if n.startswith("__") and n.endswith("__")})
 
 
 def show(outputs, *, sources: bool = True) -> None:

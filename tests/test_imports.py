@@ -77,3 +77,13 @@ print(t)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.strip().splitlines()[-1]) < 0.2
+
+
+def test_dir_lists_the_public_names_and_each_resolves():
+    import graphc as gc
+
+    names = [n for n in dir(gc) if not n.startswith("_")]
+    assert not {"importlib", "annotations"} & set(names)  # the module's own imports are not its API
+    assert {"scan", "conv2d", "nn", "EpochFunction", "fit", "GraphcError"} <= set(names)
+    for n in names:
+        getattr(gc, n)

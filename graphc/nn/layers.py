@@ -141,6 +141,9 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
     params = [n for n in nodes if n.op.name == "param"]
     if len(params) != len(nodes):
         params = parameters(nodes)
+    from graphc.runtime.reference import leaves_by_name
+
+    leaves_by_name(params)  # two parameters with one name would share one value: an error, as in evaluate
     out: dict[str, np.ndarray] = {}
     for p in params:
         v = draw(p.meta.get("init", "zeros"), p.shape, p.dtype, param_rng(seed, p.name))

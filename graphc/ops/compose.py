@@ -5,11 +5,13 @@ from the way they are composed (the max is subtracted before exp, and held const
 
 from __future__ import annotations
 
+import numpy as np
+
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, fmt_shape
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
-from graphc.ops.core import Tensor, as_tensor, describe
+from graphc.ops.core import Tensor, as_tensor, describe, located
 from graphc.ops.movement import broadcast_to, expand_dims
 from graphc.ops.pointwise import cast, equal, exp, log
 from graphc.ops.sources import dim_value, iota
@@ -27,7 +29,7 @@ def _float(x, what: str) -> Tensor:
 def mean(x, axis=None, keepdims: bool = False) -> Tensor:
     """The mean over axes; over a symbolic dim (the batch N) the count is read at run time."""
     x = _float(x, "mean")
-    axes = reduce.normalize_axes(x.ndim, axis)
+    axes = reduce.normalize_axes(x, axis, "mean")
     count = 1
     for a in axes:
         count = count * x.shape[a]
@@ -37,11 +39,11 @@ def mean(x, axis=None, keepdims: bool = False) -> Tensor:
 def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x."""
     x = _float(x, "logsumexp")
+    axes = reduce.normalize_axes(x, axis, "logsumexp")
     m = stop_gradient(reduce.max(x, axis, keepdims=True))
     s = reduce.sum(exp(x - broadcast_to(m, x.shape)), axis, keepdims=True)
     out = m + log(s)
     if not keepdims:
-        axes = reduce.normalize_axes(x.ndim, axis)
         from graphc.ops.movement import reshape
 
         out = reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
@@ -52,12 +54,15 @@ def log_softmax(x, axis=-1) -> Tensor:
     """(x - m) - log(sum(exp(x - m))): subtracting m first keeps the result exact where x - lse would round
     (in float32 near |x| = 1e4 the ulp is 1e-3)."""
     x = _float(x, "log_softmax")
+    reduce.normalize_axes(x, axis, "log_softmax")
     m = stop_gradient(reduce.max(x, axis, keepdims=True))
     shifted = x - broadcast_to(m, x.shape)
     return shifted - broadcast_to(log(reduce.sum(exp(shifted), axis, keepdims=True)), x.shape)
 
 
 def softmax(x, axis=-1) -> Tensor:
+    x = _float(x, "softmax")
+    reduce.normalize_axes(x, axis, "softmax")
     return exp(log_softmax(x, axis))
 
 
@@ -66,13 +71,15 @@ def one_hot(labels, depth: int, dtype: str = "float32") -> Tensor:
     labels = as_tensor(labels)
     if labels.dtype not in INT_DTYPES:
         raise DTypeError(f"one_hot: labels must be int32 or int64, got {describe(labels)}")
-    if not isinstance(depth, int) or depth < 1:
-        raise GraphcError(f"one_hot: depth must be a positive int, got {depth!r}")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise located(GraphcError(f"depth must be a positive int, got {depth!r}"), (labels,), "one_hot")
+    depth = int(depth)
     return cast(equal(expand_dims(labels, -1), iota(depth, labels.dtype)), dtype)
 
 
 def var(x, axis=None, keepdims: bool = False) -> Tensor:
     x = _float(x, "var")
+    reduce.normalize_axes(x, axis, "var")
     mu = mean(x, axis, keepdims=True)
     return mean((x - broadcast_to(mu, x.shape)) ** 2, axis, keepdims)
 

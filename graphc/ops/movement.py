@@ -12,7 +12,7 @@ from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
 from graphc.ir.shapes import Dim, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape, size
-from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, register
+from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
 
 
 class Transpose(Op):
@@ -246,8 +246,8 @@ def expand_dims(x, axis: int) -> Tensor:
     """x with a new axis of length 1 at `axis` (in [-(rank+1), rank], as numpy's)."""
     x = as_tensor(x)
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.ndim - 1 <= axis <= x.ndim:
-        raise ShapeError(f"expand_dims: axis {axis!r} is out of range for a rank-{x.ndim} tensor (a new axis goes "
-                         f"at {-x.ndim - 1} to {x.ndim})")
+        raise located(ShapeError(f"axis {axis!r} is out of range for a rank-{x.ndim} tensor (a new axis goes at "
+                                 f"{-x.ndim - 1} to {x.ndim})"), (x,), "expand_dims")
     axis = int(axis) % (x.ndim + 1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 

@@ -9,22 +9,29 @@ import sympy
 from graphc.errors import DTypeError, ShapeError
 from graphc.ir.lowering import ACC, NEXT, ReduceRule
 from graphc.ir.shapes import Shape, fmt_shape
-from graphc.ops.core import Op, Tensor, apply, as_tensor, register
+from graphc.ops.core import Op, Tensor, apply, as_tensor, located, register
 
 
-def normalize_axes(x_ndim: int, axis) -> tuple[int, ...]:
+def normalize_axes(x: Tensor, axis, op: str) -> tuple[int, ...]:
+    """`axis` (an int, a sequence of ints or None: every axis) as sorted non-negative axes of `x`; anything else
+    is a ShapeError naming `op`, `x` and the user's line."""
     if axis is None:
-        return tuple(range(x_ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        a = int(a)
-        if not -x_ndim <= a < x_ndim:
-            raise ShapeError(f"axis {a} is out of range for a rank-{x_ndim} tensor")
-        out.append(a % x_ndim)
-    if len(set(out)) != len(out):
-        raise ShapeError(f"repeated axis in {axes}")
-    return tuple(sorted(out))
+        return tuple(range(x.ndim))
+    try:
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    except TypeError:
+        axes = None
+    problem = None
+    if axes is None or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes):
+        problem = f"axis must be an int, a tuple of ints or None, got {axis!r}"
+    elif any(not -x.ndim <= a < x.ndim for a in axes):
+        bad = next(int(a) for a in axes if not -x.ndim <= a < x.ndim)
+        problem = f"axis {bad} is out of range for a rank-{x.ndim} tensor (axes {-x.ndim} to {x.ndim - 1})"
+    elif len({int(a) % x.ndim for a in axes}) != len(axes):
+        problem = f"repeated axis in {tuple(int(a) for a in axes)}"
+    if problem:
+        raise located(ShapeError(problem), (x,), op)
+    return tuple(sorted(int(a) % x.ndim for a in axes))
 
 
 def _reduced_shape(shape: Shape, axes: tuple[int, ...], keepdims: bool) -> Shape:
@@ -144,7 +151,7 @@ CUMSUM = register(Cumsum())
 
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
     x = as_tensor(x)
-    axes = normalize_axes(x.ndim, axis)
+    axes = normalize_axes(x, axis, "sum")
     if not axes:
         return x
     return apply(SUM, (x,), axes=axes, keepdims=bool(keepdims))
@@ -152,7 +159,7 @@ def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL
 
 def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
-    axes = normalize_axes(x.ndim, axis)
+    axes = normalize_axes(x, axis, "max")
     if not axes:
         return x
     return apply(MAX, (x,), axes=axes, keepdims=bool(keepdims))
@@ -160,7 +167,7 @@ def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
-    axes = normalize_axes(x.ndim, axis)
+    axes = normalize_axes(x, axis, "min")
     if not axes:
         return x
     return apply(MIN, (x,), axes=axes, keepdims=bool(keepdims))
@@ -175,8 +182,8 @@ def cumsum(x, axis: int | None = None, *, reverse: bool = False) -> Tensor:
     if axis is None:
         x, axis = reshape(x, (-1,)), 0
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise ShapeError(f"cumsum: axis must be an int or None, got {axis!r}")
-    (axis,) = normalize_axes(x.ndim, axis)
+        raise located(ShapeError(f"axis must be an int or None, got {axis!r}"), (x,), "cumsum")
+    (axis,) = normalize_axes(x, axis, "cumsum")
     return apply(CUMSUM, (x,), axis=axis, reverse=bool(reverse))
 
 

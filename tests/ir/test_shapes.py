@@ -28,6 +28,28 @@ def test_mismatch_names_op_shapes_and_line():
     assert isinstance(e.value, gc.GraphcError)
 
 
+AXIS_FUNCTIONS = {
+    "sum": lambda x, a: gc.sum(x, axis=a), "mean": lambda x, a: gc.mean(x, axis=a),
+    "max": lambda x, a: gc.max(x, axis=a), "min": lambda x, a: gc.min(x, axis=a),
+    "cumsum": lambda x, a: gc.cumsum(x, axis=a), "var": lambda x, a: gc.var(x, axis=a),
+    "logsumexp": lambda x, a: gc.logsumexp(x, axis=a), "softmax": lambda x, a: gc.softmax(x, axis=a),
+    "log_softmax": lambda x, a: gc.log_softmax(x, axis=a),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AXIS_FUNCTIONS))
+@pytest.mark.parametrize("axis,message", [(2, r"axis 2 is out of range for a rank-2 tensor \(axes -2 to 1\)"),
+                                          (-3, "axis -3 is out of range"), ("a", "axis must be an int"),
+                                          (1.0, "axis must be an int"), (True, "axis must be an int"),
+                                          ((1, -1), r"repeated axis in \(1, -1\)")])
+def test_a_bad_axis_names_the_function_the_tensor_and_the_line(name, axis, message):
+    x = gc.input("x", ("N", 3))
+    if name == "cumsum" and not isinstance(axis, int):
+        message = "axis must be an int or None"  # one axis
+    with pytest.raises(gc.ShapeError, match=rf"^{name}: .*{message}.*x: f32\[N,3\].* at test_shapes.py:\d+"):
+        AXIS_FUNCTIONS[name](x, axis)
+
+
 def test_batch_dim_does_not_unify_with_a_feature_dim():
     x = gc.input("x", ("N", 3))
     w = gc.input("w", (5, 3))

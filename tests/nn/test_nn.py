@@ -57,6 +57,8 @@ def test_param_redeclared_with_other_init_is_another_param():
     assert first is not second and gc.param("p_twice", (2,), init="zeros") is first
     with pytest.raises(gc.GraphcError, match="two different tensors are named 'p_twice'"):
         gc.evaluate(first + second, {"p_twice": np.ones(2, np.float32)})  # ...until both meet in one graph
+    with pytest.raises(gc.GraphcError, match="two different tensors are named 'p_twice'"):
+        gc.nn.init_params(first + second)  # one value by name for two parameters: refused here too
     with pytest.raises(gc.GraphcError, match="concrete"):
         gc.param("p_sym", ("N", 2))
     with pytest.raises(gc.GraphcError, match="unknown init"):
