@@ -4,7 +4,7 @@ Bundled: digits (multiclass), breast_cancer (binary), diabetes (regression). The
 scikit-learn ships inside its package, so nothing is downloaded; scikit-learn is imported only here, only for
 these three (it is the one place that ships them under a clear license, and graphc's benchmarks compare
 against its MLPs anyway). User data: .npy (a 2-D array, the label in a column), .npz (arrays X and y, or named
-ones) or .csv (a header row; the label column named). Features are standardized with statistics of the
+ones) or .csv (a header row; the label column named), or arrays (X, y) in memory. Features are standardized with statistics of the
 training split only, and the split is a fixed, seeded shuffle."""
 
 from __future__ import annotations
@@ -113,17 +113,7 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
                 X, y = _array(z, xkey, path), _array(z, ykey, path)
-            if X.ndim not in (2, 3, 4):
-                raise DataError(f"{path}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
-                                f"(N, H, W, C) images (channels last), got shape {X.shape}")
-            if len(X) != len(y):
-                raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y)}")
-            if X.ndim > 2:  # images: rows are the images flattened row-major, the grid kept beside them
-                grid = tuple(int(d) for d in X.shape[1:]) + ((1,) if X.ndim == 3 else ())
-                if 0 in grid:
-                    raise DataError(f"{path}: {xkey} has an empty image shape {X.shape}")
-                return _Grid(X.reshape(len(X), -1), grid), y, [f"x{i}" for i in range(int(np.prod(grid)))]
-            return X, y, [f"x{i}" for i in range(X.shape[1])]
+            return _features_and_labels(X, y, path, xkey, ykey)
         if ext == ".csv":
             return _read_csv(path, label, features)
     except DataError:
@@ -152,6 +142,41 @@ def _ragged_hint(e: Exception) -> str:
 MAX_TOKEN = 1 << 24  # ids travel in float32 rows, exact below 2^24
 
 
+def _features_and_labels(X: np.ndarray, y: np.ndarray, where: str, xkey: str = "X", ykey: str = "y"):
+    """(X as rows, y, feature names) from features X — 2-D rows, 3-D (N, H, W) grey images or 4-D (N, H, W, C)
+    images, kept flattened with their grid — and one label row per row of X."""
+    if X.ndim not in (2, 3, 4):
+        raise DataError(f"{where}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
+                        f"(N, H, W, C) images (channels last), got shape {X.shape}")
+    if y.ndim == 0 or len(X) != len(y):
+        raise DataError(f"{where}: {xkey} has {len(X)} rows but {ykey} has "
+                        f"{len(y) if y.ndim else 'none (a scalar)'}; give one label per row")
+    if X.ndim > 2:  # images: rows are the images flattened row-major, the grid kept beside them
+        grid = tuple(int(d) for d in X.shape[1:]) + ((1,) if X.ndim == 3 else ())
+        if 0 in grid:
+            raise DataError(f"{where}: {xkey} has an empty image shape {X.shape}")
+        return _Grid(X.reshape(len(X), -1), grid), y, [f"x{i}" for i in range(int(np.prod(grid)))]
+    return X, y, [f"x{i}" for i in range(X.shape[1])]
+
+
+def _in_memory(source) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) given as arrays (or anything numpy turns into numeric arrays), checked like a .npz's."""
+    if len(source) != 2:
+        raise DataError(f"data given in memory must be a pair (X, y) of arrays, got a {type(source).__name__} of "
+                        f"{len(source)} items")
+    out = []
+    for a, what in zip(source, ("X", "y"), strict=True):
+        try:
+            a = np.asarray(a)
+        except ValueError as e:
+            raise DataError(f"arrays: {what} cannot be made an array: {e}{_ragged_hint(e)}") from None
+        if a.dtype.kind not in "fiubUS":
+            raise DataError(f"arrays: {what} must hold numbers{' or class labels' if what == 'y' else ''}, got "
+                            f"{a.dtype} values" + (" (ragged rows?)" if a.dtype.kind == "O" else ""))
+        out.append(a)
+    return out[0], out[1]
+
+
 def _read_tokens(path: str, label: str | None, features: list[str] | None):
     """Token ids (N, T) and labels from a .npz (arrays X and y, or named; an optional scalar `vocab`), checked:
     integers, >= 0, below the declared vocabulary, one length T for all rows."""
@@ -175,14 +200,20 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
         raise
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
+    return _checked_tokens(X, y, vocab, path, xkey, ykey)
+
+
+def _checked_tokens(X: np.ndarray, y: np.ndarray, vocab, path: str, xkey: str = "X", ykey: str = "y"):
+    """Token ids (N, T) as float32 (exact below 2^24), their labels and the vocabulary: integers, >= 0, below
+    the declared vocabulary (`vocab`, a scalar array, or None), one row per label."""
     if X.ndim != 2 or X.shape[1] < 1:
         raise DataError(f"{path}: token ids {xkey} must be (N, T), one row of T ids per sequence, got shape "
                         f"{X.shape}")
     if X.dtype.kind not in "iu":
         raise DataError(f"{path}: token ids {xkey} hold {X.dtype} values, not integers; save them as int32 or "
                         f"int64 (e.g. {xkey}.astype(np.int32))")
-    if len(X) != len(y):
-        raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y)}")
+    if y.ndim == 0 or len(X) != len(y):
+        raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y) if y.ndim else 'none (a scalar)'}")
     if vocab is not None:
         if vocab.shape != () or vocab.dtype.kind not in "iu" or int(vocab) < 1:
             raise DataError(f"{path}: `vocab` must be a positive integer scalar (the number of token ids), got "
@@ -354,16 +385,35 @@ def split_indices(n: int, seed: int, val: float, test: float) -> tuple[np.ndarra
     return perm[n_test + n_val:], perm[n_test:n_test + n_val], perm[:n_test]
 
 
-def load(source: str = "digits", *, label: str | None = None, features: list[str] | None = None,
+def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = None, features: list[str] | None = None,
          task: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
          train_fraction: float = 1.0, tokens: bool = False) -> Dataset:
-    """A bundled dataset by name, or a .npy/.npz/.csv file, split into train/validation/test with a fixed
+    """A bundled dataset by name, a .npy/.npz/.csv file, or arrays (X, y) in memory (X as a .npz's: rows,
+    or (N, H, W[, C]) images), split into train/validation/test with a fixed
     seed and standardized with the training split's statistics. `train_fraction` < 1 keeps only that share
     of the training rows (for overfitting studies). `tokens=True` reads integer token ids (N, T) from a .npz
     (for a model that asks for `tokens`): checked, and kept as they are (not standardized)."""
     grid = None
     vocab = None
-    if tokens:
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, (str, tuple, list)):
+        raise DataError(f"data must be a bundled dataset's name ({', '.join(BUNDLED)}), a .npy/.npz/.csv path or "
+                        f"a pair (X, y) of arrays, got {type(source).__name__}"
+                        + (" (give the labels too: (X, y))" if isinstance(source, np.ndarray) else ""))
+    if isinstance(source, (tuple, list)):  # (X, y) in memory
+        if label is not None or features is not None:
+            raise DataError("label= and features= name a file's columns or arrays; with arrays (X, y) in memory, "
+                            "select the columns yourself")
+        X, y = _in_memory(source)
+        name = "arrays"
+        if tokens:
+            X, y, vocab = _checked_tokens(X, y, None, name)
+            names = [f"t{i}" for i in range(X.shape[1])]
+        else:
+            X, y, names = _features_and_labels(X, y, name)
+        task = task or _infer_task(np.asarray(y))
+    elif tokens:
         if source in BUNDLED:
             raise DataError(f"the model asks for tokens (integer ids) but {source!r} is a bundled dataset of "
                             "features; give a .npz with X (N, T) integer token ids and y")

@@ -225,13 +225,14 @@ def _config(options: dict) -> TrainConfig:
     return TrainConfig(**options)
 
 
-def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
+def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True, label: str | None = None, features: list[str] | None = None,
         task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
         log: Callable[[str], None] | None = None, grid: tuple[int, ...] | None = None, distributed: bool = False,
         **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
-    `data` (a bundled dataset name, a .npy/.npz/.csv path, or a Dataset) with the options of TrainConfig
+    `data` (a bundled dataset name, a .npy/.npz/.csv path, arrays (X, y) in memory — X as rows of features or
+    (N, H, W[, C]) images, y the labels or targets — or a Dataset) with the options of TrainConfig
     (epochs, batch_size, lr, optimizer, momentum, schedule, l2, l1, dropout, early_stopping, refit, seed,
     threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png and
     checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
@@ -275,7 +276,7 @@ def fit(model=None, data: str | datasets.Dataset = "digits", *, out: str | Path 
 
     def load():
         return data if isinstance(data, datasets.Dataset) else datasets.load(
-            str(data), label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction,
+            data, label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction,
             tokens=tokens)
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)

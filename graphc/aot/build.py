@@ -297,7 +297,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         from graphc.nn.train import model_layout
 
         tokens = model_layout(model_fn) == "tokens"
-        ds = data if isinstance(data, datasets.Dataset) else datasets.load(str(data), label=label, features=features,
+        ds = data if isinstance(data, datasets.Dataset) else datasets.load(data, label=label, features=features,
                                                                          task=task, tokens=tokens)
         from graphc.fitting import check_layout
 

@@ -161,3 +161,35 @@ def test_the_rows_example_asks_for_sequences():
 
     fn, _ = load_model_file(str(Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"))
     assert model_layout(fn) == "sequences"
+
+
+def test_arrays_in_memory_are_the_dataset_the_same_npz_gives(tmp_path):
+    """gc.fit(model, (X, y)): features, images and token ids given as arrays load, split, standardize and train
+    exactly as the same arrays saved to a .npz; what cannot be a dataset is a DataError saying why."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 5)).astype(np.float32)
+    y = np.where(X[:, 0] > 0, "yes", "no")  # text labels, as a .npz may hold
+    imgs = rng.normal(size=(60, 4, 4)).astype(np.float32)
+    ids = rng.integers(0, VOCAB, size=(80, 6))
+    for arrays, tokens in (((X, y), False), ((imgs, (imgs[:, 0, 0] > 0).astype(np.int64)), False),
+                           ((ids, (ids == 3).any(axis=1).astype(np.int64)), True)):
+        np.savez(tmp_path / "same.npz", X=arrays[0], y=arrays[1])
+        a = data.load(list(arrays) if tokens else arrays, tokens=tokens)
+        b = data.load(tmp_path / "same.npz", tokens=tokens)
+        assert a.name == "arrays" and (a.task, a.classes, a.grid, a.tokens) == (b.task, b.classes, b.grid, b.tokens)
+        for k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "x_mean", "x_std"):
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    r_arrays = fit(None, (X, y), progress=False, epochs=2)
+    np.savez(tmp_path / "xy.npz", X=X, y=y)
+    r_file = fit(None, str(tmp_path / "xy.npz"), progress=False, epochs=2)
+    assert r_arrays.metrics["test_loss"] == r_file.metrics["test_loss"]
+    assert r_arrays.metrics["test_confusion_labels"] == ["no", "yes"]
+    for bad, msg in ((X, r"a pair \(X, y\) of arrays, got ndarray \(give the labels too"),
+                     ((X,), r"must be a pair \(X, y\) of arrays, got a tuple of 1"),
+                     ((X, y[:7]), "X has 120 rows but y has 7"), ((X, "abc"), "y has none"),
+                     (([[1.0, 2.0], [3.0]], [0, 1]), "X cannot be made an array"),
+                     ((X[:, 0], y), "X must be 2-D"), ({"X": X, "y": y}, "got dict")):
+        with pytest.raises(data.DataError, match=msg):
+            fit(None, bad, progress=False, epochs=1)
+    with pytest.raises(data.DataError, match="select the columns yourself"):
+        data.load((X, y), label="y")
