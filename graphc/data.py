@@ -4,8 +4,8 @@ Bundled: digits (multiclass), breast_cancer (binary), diabetes (regression). The
 scikit-learn ships inside its package, so nothing is downloaded; scikit-learn is imported only here, only for
 these three (it is the one place that ships them under a clear license, and graphc's benchmarks compare
 against its MLPs anyway). User data: .npy (a 2-D array, the label in a column), .npz (arrays X and y, or named
-ones) or .csv (a header row; the label column named), or arrays (X, y) in memory. Features are standardized with statistics of the
-training split only, and the split is a fixed, seeded shuffle."""
+ones), .csv (a header row; the label column named) or arrays (X, y) in memory. Features are standardized with
+statistics of the training split only, and the split is a fixed, seeded shuffle."""
 
 from __future__ import annotations
 

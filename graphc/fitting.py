@@ -225,9 +225,9 @@ def _config(options: dict) -> TrainConfig:
     return TrainConfig(**options)
 
 
-def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, out: str | Path | None = None, resume: bool = False,
-        overwrite: bool = False, progress: bool = True, label: str | None = None, features: list[str] | None = None,
-        task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
+def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, out: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False, progress: bool = True, label: str | None = None,
+        features: list[str] | None = None, task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
         log: Callable[[str], None] | None = None, grid: tuple[int, ...] | None = None, distributed: bool = False,
         **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
