@@ -363,7 +363,7 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
     if dist is not None:
         metrics.update(dist.run_metrics(trainer))
         dist.close()  # its watchdog thread
-    result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state), ds)
+    result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state, ds.grid), ds)
     if out_dir is not None:
         try:
             write_artifacts(out_dir, result)
@@ -432,22 +432,24 @@ def _check_outputs(trainer: Trainer, ds: datasets.Dataset, model_desc: str = "th
                               f"{want} value(s) per row: expected (N, {want}) outputs{where}")
 
 
-def _predictor(trainer: Trainer, state: dict) -> Callable[[np.ndarray], np.ndarray]:
+def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray], np.ndarray]:
     params = {k: v.copy() for k, v in trainer.param_values(state).items()}
     fn = trainer.eval_fn
 
     width = trainer.x.shape[1]
 
     def predict(X: np.ndarray) -> np.ndarray:
-        """The model's outputs for standardized features X (rows x features)."""
-        a = feature_rows(X, width, "predict")
+        """The model's outputs for standardized features X (rows x features, or examples on the data's grid);
+        no rows give no outputs."""
+        a = feature_rows(X, width, "predict", grid)
         bad = ~np.isfinite(a)
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise InputError(f"predict: feature {c} of row {r} is {a[r, c]}; features must be finite")
-        X = np.ascontiguousarray(a, dtype=np.float32)
+        X = np.ascontiguousarray(a if len(a) else np.zeros((1, width)), dtype=np.float32)
         y = np.zeros((len(X), *trainer.y.shape[1:]), trainer.y.dtype)
-        return fn(dict(params, x=X, y=y))[1]
+        out = fn(dict(params, x=X, y=y))[1]
+        return out if len(a) else out[:0]  # the outputs' shape and dtype for none
 
     return predict
 

@@ -108,13 +108,21 @@ def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[
     return model
 
 
-def feature_rows(X, width: int, what: str) -> np.ndarray:
-    """X as a numeric array of rows x `width` features (at least one row), else an InputError naming `what`."""
+def feature_rows(X, width: int, what: str, grid: tuple[int, ...] | None = None) -> np.ndarray:
+    """X as a numeric array of rows x `width` features (any number of rows, none included), else an InputError
+    naming `what`. Data on a grid may come as examples of that shape too ((N, 8, 8, 1) or (N, 8, 8) for digits),
+    flattened row-major as the dataset holds them."""
     a = np.asarray(X) if not isinstance(X, str) else np.asarray(X, dtype=object)
     if a.dtype.kind not in "fiub":
         raise InputError(f"{what}: features must be numbers, got {a.dtype} values")
-    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != width:
-        raise InputError(f"{what}: X must be rows x {width} features, got shape {a.shape}")
+    shapes = []
+    if grid:
+        shapes = [tuple(grid)] + ([tuple(grid[:-1])] if len(grid) > 1 and grid[-1] == 1 else [])
+        if a.ndim >= 2 and tuple(a.shape[1:]) in shapes:
+            a = a.reshape(len(a), width)
+    if a.ndim != 2 or a.shape[1] != width:
+        also = "".join(f" or (N, {', '.join(map(str, g))})" for g in shapes)
+        raise InputError(f"{what}: X must be rows x {width} features{also}, got shape {a.shape}")
     return a
 
 
@@ -241,7 +249,7 @@ class FitResult:
         ds = self.dataset
         if ds is None or ds.x_mean is None:
             return self.predict(X)
-        a = feature_rows(X, len(ds.x_mean), "predict_raw")
+        a = feature_rows(X, len(ds.x_mean), "predict_raw", ds.grid)
         out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
         return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
 

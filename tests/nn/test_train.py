@@ -170,7 +170,7 @@ def test_three_learning_tasks_end_to_end():
                                              + r.dataset.x_mean),
                                r.predict(r.dataset.X_test[:3]) * r.dataset.y_std + r.dataset.y_mean, rtol=1e-5)
     for bad, words in ((np.full((2, 64), np.nan), "feature 0 of row 0 is nan"), (np.ones((2, 5)), "rows x 64"),
-                       (np.ones(64), "rows x 64"), (np.ones((0, 64)), "rows x 64"), ("abc", "must be numbers"),
+                       (np.ones(64), "rows x 64"), ("abc", "must be numbers"),
                        (np.array([[None] * 64]), "must be numbers")):
         with pytest.raises(gc.InputError, match=words):
             d.predict(bad)
@@ -301,3 +301,24 @@ def test_two_layers_of_one_explicit_name_are_a_clear_error_at_compile_and_fit():
         return gc.nn.dense(gc.nn.dense(x, 32, "relu", name="hidden"), n_outputs, name="out")
 
     assert fit(named, data="digits", epochs=2, progress=False).metrics["test_accuracy"] > 0.8
+
+
+def test_predict_takes_no_rows_and_examples_on_the_data_grid():
+    """predict / predict_raw / predict_labels: no rows give no outputs (of the right shape and dtype); data on a
+    grid may come as (N, 8, 8, 1) or (N, 8, 8) images, the same as their flattened rows; other shapes name the
+    ones accepted."""
+    r = fit(None, "digits", progress=False, epochs=1)
+    X = r.dataset.X_test[:5]
+    want = r.predict(X)
+    assert want.shape == (5, 10)
+    for shaped in (X.reshape(5, 8, 8, 1), X.reshape(5, 8, 8)):
+        np.testing.assert_array_equal(r.predict(shaped), want)
+    none = r.predict(X[:0])
+    assert none.shape == (0, 10) and none.dtype == want.dtype
+    assert r.predict_raw(np.zeros((0, 8, 8))).shape == (0, 10)
+    assert r.predict_labels(np.zeros((0, 64))).shape == (0,)
+    with pytest.raises(gc.InputError, match=r"rows x 64 features or \(N, 8, 8, 1\) or \(N, 8, 8\), got shape "
+                                            r"\(2, 8, 7\)"):
+        r.predict(np.zeros((2, 8, 7), np.float32))
+    with pytest.raises(gc.InputError, match=r"rows x 30 features, got shape \(3, 5\)$"):
+        fit(None, "breast_cancer", progress=False, epochs=1, hidden=[4]).predict(np.zeros((3, 5)))
