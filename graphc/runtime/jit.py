@@ -120,6 +120,7 @@ class CompiledFunction:
             update_leaves.append(leaf)
             outs = outs + [value]
         self.training = training
+        self._outputs = outs  # the results, then the updates' values: what a call with an empty dim evaluates
         self.check_finite = check_finite
         threads = check_threads(threads, "compile")
         self.threads = threads or default_threads()
@@ -537,8 +538,6 @@ class CompiledFunction:
                 raise NumericalError(f"{where}: {label} has a non-finite value {a[tuple(bad)]} at index "
                                      f"{tuple(int(i) for i in bad)}")
         for s in self.program.symbols:
-            if s in env and env[s] == 0:
-                raise ShapeError(f"{where}: dim {s} is 0; compiled functions need at least one row")
             if s not in env:
                 raise ShapeError(f"{where}: no input binds dim {s}")
         return arrays, env
@@ -591,6 +590,8 @@ class CompiledFunction:
                  given: list | None = None):
         """Run with `bound` (table slot -> (array, its data address)) and the caller's checked output arrays
         (`given`, or None); the caller holds self._lock."""
+        if 0 in env:
+            return self._execute_empty(bound, given)
         self._ensure_plan(env, nthreads)
         table = self._call_table
         for slot, (_, addr) in bound.items():
@@ -618,6 +619,32 @@ class CompiledFunction:
             else:
                 outs[k][...] = outs[first]
         return outs[0] if self._single else outs
+
+
+    def _execute_empty(self, bound: dict[int, tuple[np.ndarray, int]], given: list | None):
+        """A call where a dim is 0 (no rows, no steps): nothing to compute natively — the kernels and their
+        thread splits are built for at least one — so the numpy reference evaluates the graph: empty outputs of
+        their shapes, sums over nothing 0 and means NaN as numpy gives them (a max over nothing is an error, as
+        in numpy), and the updates written in place."""
+        import warnings
+
+        from graphc.runtime.reference import evaluate
+
+        leaf_at = {buf.index: leaf for leaf, buf in zip(self.signature.inputs, self.program.inputs, strict=True)}
+        values = {leaf_at[slot].name: a for slot, (a, _) in bound.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing
+            got = evaluate(self._outputs, values, training=self.training, allow_unused=True)
+        outs = list(given) if given is not None else [None] * self._n_results
+        for k, v in enumerate(got):
+            if k >= self._n_results:  # an update of an input, in place
+                arr = bound[self.program.inputs[self.updates[k]].index][0]
+                np.copyto(arr, v, casting="unsafe")
+            elif outs[k] is None:
+                outs[k] = np.array(v, dtype=self._out_specs[k][1])  # a copy, 0-d stays 0-d
+            else:
+                np.copyto(outs[k], v, casting="unsafe")
+        return outs[0] if self._single else outs[:self._n_results]
 
 
 class BoundCall:

@@ -546,3 +546,38 @@ def test_elementwise_loops_over_one_domain_merge_unless_one_reads_the_other_else
     for r in runs[1:]:
         for p, q in zip(runs[0], r, strict=True):
             np.testing.assert_array_equal(p, q)
+
+
+def test_a_call_with_an_empty_dim_gives_what_the_reference_gives():
+    """No rows (N = 0) or no steps (T = 0): outputs of their shapes, sums over nothing 0, means NaN, a scan's
+    final carry its initial one, updates written in place, the same through out= and a bound call; a max over
+    nothing is a GraphcError as in numpy."""
+    xs = gc.input("xs", ("T", "N", 3))
+    w = gc.param("w_empty", (3, 3))
+    hT, ys = gc.scan(lambda h, x: (gc.tanh(x @ w + h), gc.sum(h, axis=1)), gc.zeros(("N", 3)) + 0.5, xs)
+    loss = gc.mean(gc.sum(hT, axis=1)) + gc.sum(ys)
+    outs = [loss, hT, ys, *gc.grad(loss, [w])]
+    fn = gc.compile(outs)
+    upd = gc.compile([loss], updates={w: w - 0.1 * gc.grad(loss, [w])[0]})
+    wv = np.full((3, 3), 0.2, np.float32)
+    for T, N in ((0, 2), (3, 0), (0, 0)):
+        vals = {"w_empty": wv, "xs": np.ones((T, N, 3), np.float32)}
+        want = gc.evaluate(outs, vals)
+        got = fn(vals)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+        if T == 0 and N:
+            np.testing.assert_array_equal(got[1], np.full((N, 3), 0.5, np.float32))
+        assert got[2].shape == (T, N) and (np.isnan(got[0]) == (N == 0))
+        given = [np.empty(a.shape, a.dtype) for a in got]
+        assert fn(vals, out=given)[3] is given[3]
+        np.testing.assert_array_equal(given[3], want[3])
+        np.testing.assert_array_equal(fn.bind(vals)()[3], want[3])
+        state = wv.copy()
+        upd({"w_empty": state, "xs": vals["xs"]})
+        np.testing.assert_array_equal(state, wv - np.float32(0.1) * want[3])
+    x = gc.input("x", ("N", 3))
+    with pytest.raises(gc.GraphcError, match="zero-size array to reduction operation maximum"):
+        gc.compile(gc.max(x, axis=0))({"x": np.zeros((0, 3), np.float32)})
+    np.testing.assert_array_equal(gc.compile(gc.sum(x, axis=0))({"x": np.zeros((0, 3), np.float32)}), np.zeros(3))
