@@ -426,6 +426,41 @@ def partition(b: ir.IRBuilder, total: ir.Value, tid: ir.Value, nth: ir.Value, al
     return lo, hi
 
 
+def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
+    """A dim expression's run-time value (i64), its symbols read from a program's dims array (`symbols` their
+    order): integers, sums, products, positive powers, and the floor or ceiling of a quotient (a checkpointed
+    scan's ceiling(T/k) segments) or a remainder."""
+    if isinstance(d, int):
+        return c64(d)
+    e = sympy.sympify(d)
+    if e.is_Integer:
+        return c64(int(e))
+    if e.is_Symbol:
+        k = symbols.index(e)
+        return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64, name=str(e))
+    if isinstance(e, (sympy.ceiling, sympy.floor)):
+        num, den = e.args[0].as_numer_denom()
+        n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)
+        if isinstance(e, sympy.ceiling):
+            n = b.add(n, b.sub(dd, c64(1)))
+        return b.sdiv(n, dd)  # dims are positive: truncation is the floor
+    if isinstance(e, sympy.Mod):
+        return b.srem(int_dim(b, dims, symbols, e.args[0]), int_dim(b, dims, symbols, e.args[1]))
+    if e.is_Add or e.is_Mul:
+        vals = [int_dim(b, dims, symbols, a) for a in e.args]
+        acc = vals[0]
+        for v in vals[1:]:
+            acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
+        return acc
+    if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
+        base = int_dim(b, dims, symbols, e.args[0])
+        acc = base
+        for _ in range(int(e.args[1]) - 1):
+            acc = b.mul(acc, base)
+        return acc
+    raise CompileError(f"cannot compute the dim expression {e} at run time")
+
+
 class FunctionEmitter:
     """Emits expressions inside one kernel function."""
 
@@ -452,25 +487,7 @@ class FunctionEmitter:
         return v
 
     def _int_expr(self, e) -> ir.Value:
-        b = self.b
-        if e.is_Integer:
-            return c64(int(e))
-        if e.is_Symbol:
-            k = self.mod.program.symbols.index(e)
-            return b.load(b.gep(self.dims, [c64(k)], source_etype=I64), typ=I64, name=str(e))
-        if e.is_Add or e.is_Mul:
-            vals = [self._int_expr(a) for a in e.args]
-            acc = vals[0]
-            for v in vals[1:]:
-                acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
-            return acc
-        if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
-            base = self._int_expr(e.args[0])
-            acc = base
-            for _ in range(int(e.args[1]) - 1):
-                acc = b.mul(acc, base)
-            return acc
-        raise CompileError(f"cannot compute the dim expression {e} at run time")
+        return int_dim(self.b, self.dims, self.mod.program.symbols, e)
 
     def buf_ptr(self, index: int) -> ir.Value:
         if index not in self._ptr_cache:
@@ -1975,34 +1992,7 @@ class ModuleEmitter:
             self.sync(b, bar, nth)
 
     def _dim_at(self, b: ir.IRBuilder, dims: ir.Value, d) -> ir.Value:
-        """A dim expression's run-time value (i64) from the program's dims array (ceilings included)."""
-        if isinstance(d, int):
-            return c64(d)
-        e = sympy.sympify(d)
-        if e.is_Integer:
-            return c64(int(e))
-        if e.is_Symbol:
-            k = self.program.symbols.index(e)
-            return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64)
-        if isinstance(e, (sympy.ceiling, sympy.floor)):
-            num, den = e.args[0].as_numer_denom()
-            n, dd = self._dim_at(b, dims, num), self._dim_at(b, dims, den)
-            if isinstance(e, sympy.ceiling):
-                n = b.add(n, b.sub(dd, c64(1)))
-            return b.sdiv(n, dd)
-        if e.is_Add or e.is_Mul:
-            vals = [self._dim_at(b, dims, a) for a in e.args]
-            acc = vals[0]
-            for v in vals[1:]:
-                acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
-            return acc
-        if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
-            base = self._dim_at(b, dims, e.args[0])
-            acc = base
-            for _ in range(int(e.args[1]) - 1):
-                acc = b.mul(acc, base)
-            return acc
-        raise CompileError(f"cannot compute the dim expression {e} at run time")
+        return int_dim(b, dims, self.program.symbols, d)
 
     def sync(self, b: ir.IRBuilder, bar: ir.Value, nth: ir.Value) -> None:
         """All threads meet here (nothing to do on one thread)."""

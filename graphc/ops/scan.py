@@ -924,13 +924,12 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
 
 
 def _rows(flat, start, T, like):
-    """Rows [start, start+T) of `flat` (static or symbolic)."""
-    from graphc.ops.movement import getitem
+    """Rows [start, start+T) of `flat`, the leading axis a static or symbolic length (the slice's start and
+    stop are dim expressions then, computed at run time)."""
+    from graphc.ops.movement import _slice
 
-    if isinstance(T, int) and isinstance(start, int):
-        return getitem(flat, slice(start, start + T))
-    raise GradError(f"scan: the gradient with respect to the xs of a checkpointed scan needs a static length, got "
-                    f"{T}; pass checkpoint=None, or take the gradient with respect to the weights only")
+    rest = flat.shape[1:]
+    return _slice(flat, (start, *[0] * len(rest)), (start + T, *rest), (1,) * flat.ndim)
 
 
 __all__ = ["scan", "zeros", "Body", "SCAN", "SCAN_OUTPUT", "substitute", "make_body", "output"]

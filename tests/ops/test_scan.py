@@ -111,10 +111,11 @@ def test_draw_boxes_the_body(tmp_path):
     assert "⟲ scan" in svg and "tanh" in svg
 
 
+@pytest.mark.parametrize("T", [5, "T"])  # a symbolic length: ceil(T/k) segments, the xs' rows sliced at run time
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("checkpoint", [None, 2, 3, 5, 8])
-def test_gradient_through_time(reverse, checkpoint):
-    hT, ys, (xs, W, U, h0) = _rnn(T=5, reverse=reverse, checkpoint=checkpoint)
+def test_gradient_through_time(reverse, checkpoint, T):
+    hT, ys, (xs, W, U, h0) = _rnn(T=T, reverse=reverse, checkpoint=checkpoint)
     loss = gc.sum(hT * hT) + gc.sum(ys * ys)
     check_grad(loss, [xs, W, U, h0], _rnn_values(), rtol=1e-6, atol=1e-8)
 
