@@ -68,8 +68,9 @@ def _default_init(act) -> str:
 
 def dense(x, units: int, activation=None, *, name: str | None = None, init=None, bias: bool = True,
           bias_init="zeros", dtype: str | None = None) -> ops.Tensor:
-    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`. Without a
-    name, the layers of a model are named `dense`, `dense_1`, ... in the order they are built (see
+    """activation(x @ W + b) with W: (in, units) named `<name>.W` and b: (units,) named `<name>.b`, on the last
+    axis of x ((batch, in), or (..., in) such as a sequence's (T, N, in): one product over all its rows). Without
+    a name, the layers of a model are named `dense`, `dense_1`, ... in the order they are built (see
     `model_build`).
 
     `init` is W's initializer (default: He normal for ReLU/softplus, Glorot uniform otherwise); `bias_init` is
@@ -78,8 +79,16 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
     x = ops.as_tensor(x)
     if name is None:
         name = unique_name("dense")
-    if x.ndim != 2:
-        raise GraphcError(f"dense {name!r}: input must be 2-D (batch, features), got {x.type_str}")
+    if x.ndim < 2:
+        raise GraphcError(f"dense {name!r}: input must be (batch, features) or (..., features), got {x.type_str}")
+    if x.ndim > 2:  # on the last axis, as Keras' Dense and PyTorch's Linear: one product over all leading rows
+        lead = x.shape[:-1]
+        rows = 1
+        for d in lead:
+            rows = rows * d
+        flat = dense(ops.reshape(x, (rows, x.shape[-1])), units, activation, name=name, init=init, bias=bias,
+                     bias_init=bias_init, dtype=dtype)
+        return ops.reshape(flat, (*lead, units))
     fan_in = x.shape[1]
     if not isinstance(fan_in, int):
         raise GraphcError(f"dense {name!r}: the feature dim of the input must be known, got {x.type_str}")

@@ -107,7 +107,27 @@ def test_penalties():
 
 
 def test_dense_errors():
-    with pytest.raises(gc.GraphcError, match="2-D"):
-        gc.nn.dense(gc.input("x3", (2, 3, 4)), 5)
+    with pytest.raises(gc.GraphcError, match=r"\(batch, features\)"):
+        gc.nn.dense(gc.input("x0", ()), 5)
     with pytest.raises(gc.GraphcError, match="activation"):
         gc.nn.dense(gc.input("x2", (2, 3)), 5, activation="swishy")
+
+
+def test_dense_applies_to_the_last_axis_of_any_rank():
+    """(T, N, F) -> (T, N, units), as Keras' Dense and PyTorch's Linear: the same parameters and values as the
+    2-D layer on the rows, one product (T*N rows) in the graph; gradients by finite differences; compiled."""
+    xs = gc.input("xs", (3, "N", 4), "float64")
+    out = gc.nn.dense(xs, 5, "tanh", name="per_step", bias_init="like_weights")
+    assert out.shape == (3, gc.dim("N"), 5)
+    products = [n for n in gc.topo_order(out) if n.op.name == "matmul"]
+    assert len(products) == 1 and products[0].inputs[0].shape == (3 * gc.dim("N"), 4)
+    params = gc.nn.parameters(out)
+    assert [p.name for p in params] == ["per_step.W", "per_step.b"]
+    vals = dict(gc.nn.init_params(params, seed=0), xs=np.random.default_rng(0).normal(size=(3, 2, 4)))
+    want = np.tanh(vals["xs"] @ vals["per_step.W"] + vals["per_step.b"])
+    np.testing.assert_allclose(gc.evaluate(out, vals), want, rtol=1e-12)
+    loss = gc.sum(out * out)
+    gc.check_grad(loss, [xs, *params], vals)
+    np.testing.assert_allclose(gc.compile(out)(vals), want, rtol=1e-12)
+    with pytest.raises(gc.GraphcError, match=r"\(batch, features\) or \(\.\.\., features\)"):
+        gc.nn.dense(gc.input("v", (4,)), 2, name="one_d")
