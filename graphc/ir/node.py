@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,19 +256,32 @@ def as_nodes(outputs: Node | Iterable[Node]) -> list[Node]:
 
 
 def output_nodes(outputs, what: str, noun: str = "outputs") -> list[Node]:
-    """A user's `outputs` (a tensor, or an iterable of tensors) as a list; anything else is a GraphcError
-    naming `what` was called with it (and the argument, `noun`)."""
+    """A user's `outputs` (a tensor, an iterable of tensors, or a dict {key: tensor}: its values in order) as a
+    list; anything else is a GraphcError naming `what` was called with it (and the argument, `noun`)."""
     from graphc.errors import GraphcError
 
     if isinstance(outputs, Node):
         return [outputs]
-    if isinstance(outputs, (str, bytes, dict)) or not isinstance(outputs, Iterable):
-        raise GraphcError(f"{what}: {noun} must be a tensor or a list of tensors, got {type(outputs).__name__}")
+    if isinstance(outputs, Mapping):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Iterable):
+        raise GraphcError(f"{what}: {noun} must be a tensor, a list of tensors or a dict of them, got "
+                          f"{type(outputs).__name__}")
     outs = list(outputs)
     for o in outs:
         if not isinstance(o, Node):
             raise GraphcError(f"{what}: {noun} must be tensors, got {type(o).__name__} in the list")
     return outs
+
+
+def shaped_like(outputs, results: list):
+    """`results` (one per output) in the form the user gave `outputs`: one array for a tensor, a dict with the
+    same keys for a dict, else a list."""
+    if isinstance(outputs, Node):
+        return results[0]
+    if isinstance(outputs, Mapping):
+        return dict(zip(outputs.keys(), results, strict=True))
+    return results
 
 
 def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:

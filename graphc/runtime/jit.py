@@ -104,6 +104,7 @@ class CompiledFunction:
                  cache: bool = True, profile: bool = False):
         self.profile = profile
         self._single = isinstance(outputs, Node)
+        self._keys = list(outputs.keys()) if isinstance(outputs, Mapping) else None  # results come back as a dict
         outs = output_nodes(outputs, "compile")
         self._n_results = len(outs)
         update_leaves: list[Node] = []
@@ -434,6 +435,11 @@ class CompiledFunction:
         """`out` as a list of arrays (or None) per output, each checked against the output it receives."""
         n = len(self._out_specs)
         outs = [out] if self._single and not isinstance(out, (list, tuple)) else out
+        if self._keys is not None and isinstance(out, Mapping):  # out= as a dict: by the outputs' keys
+            unknown = [k for k in out if k not in self._keys]
+            if unknown:
+                raise InputError(f"out: {unknown[0]!r} is not a key of the outputs ({', '.join(map(repr, self._keys))})")
+            outs = [out.get(k) for k in self._keys]
         if not isinstance(outs, (list, tuple)) or len(outs) != n:
             raise InputError(f"out: expected {'an array' if self._single else f'a list of {n} arrays (or None)'}, "
                              f"got {type(out).__name__}" + (f" of {len(outs)}" if isinstance(outs, (list, tuple))
@@ -618,7 +624,13 @@ class CompiledFunction:
                 outs[k] = outs[first].copy()
             else:
                 outs[k][...] = outs[first]
-        return outs[0] if self._single else outs
+        return self._results(outs)
+
+    def _results(self, outs: list):
+        """The results as the outputs were given: one array, a list, or a dict with the outputs' keys."""
+        if self._single:
+            return outs[0]
+        return dict(zip(self._keys, outs, strict=True)) if self._keys is not None else outs
 
 
     def _execute_empty(self, bound: dict[int, tuple[np.ndarray, int]], given: list | None):
@@ -644,7 +656,7 @@ class CompiledFunction:
                 outs[k] = np.array(v, dtype=self._out_specs[k][1])  # a copy, 0-d stays 0-d
             else:
                 np.copyto(outs[k], v, casting="unsafe")
-        return outs[0] if self._single else outs[:self._n_results]
+        return self._results(outs[:self._n_results])
 
 
 class BoundCall:

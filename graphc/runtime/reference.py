@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.node import Node, capture_source, live_leaf_names, output_nodes, topo_order
+from graphc.ir.node import Node, capture_source, live_leaf_names, output_nodes, shaped_like, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, fmt_type
 from graphc.ops.core import EvalContext
 from graphc.ops.random import KEY_NAME
@@ -125,8 +125,7 @@ def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: 
     (a typo); values for inputs this graph does not read are ignored (`allow_unused=True` ignores any extra).
     If any float value is float64 (or the graph declares float64), every float is computed in float64.
     `training=True` applies dropout (the `rng_key` input must then be given); otherwise dropout is the identity.
-    Returns an array, or a list of arrays for a list."""
-    single = isinstance(outputs, Node)
+    Returns an array, a list of arrays for a list, or a dict of arrays (the same keys) for a dict {key: tensor}."""
     outs = output_nodes(outputs, "evaluate")
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
@@ -157,7 +156,7 @@ def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: 
             f"{n.op.name} produced {out.shape} for {n.type_str}")
         vals[id(n)] = out
     results = [np.array(vals[id(o)], dtype=ctx.dtype(o.dtype), copy=True) for o in outs]
-    return results[0] if single else results
+    return shaped_like(outputs, results)
 
 
 __all__ = ["evaluate", "ShapeError"]

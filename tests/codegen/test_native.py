@@ -581,3 +581,27 @@ def test_a_call_with_an_empty_dim_gives_what_the_reference_gives():
     with pytest.raises(gc.GraphcError, match="zero-size array to reduction operation maximum"):
         gc.compile(gc.max(x, axis=0))({"x": np.zeros((0, 3), np.float32)})
     np.testing.assert_array_equal(gc.compile(gc.sum(x, axis=0))({"x": np.zeros((0, 3), np.float32)}), np.zeros(3))
+
+
+def test_outputs_given_as_a_dict_come_back_as_a_dict():
+    """evaluate and compile take {key: tensor} (gc.grad returns one for a dict of parameters) and return
+    {key: array} with the same keys in the same order; out= may be a dict of the keys it fills."""
+    x = gc.input("x", ("N", 3))
+    w, b = gc.param("w_d", (3, 2)), gc.param("b_d", (2,))
+    loss = gc.sum(gc.tanh(x @ w + b))
+    outs = {"loss": loss, **gc.grad(loss, {"dw": w, "db": b})}
+    vals = {"x": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "w_d": np.ones((3, 2), np.float32),
+            "b_d": np.zeros(2, np.float32)}
+    want = gc.evaluate(outs, vals)
+    assert list(want) == ["loss", "dw", "db"]
+    np.testing.assert_array_equal(want["dw"], gc.evaluate(gc.grad(loss, w), vals))
+    fn = gc.compile(outs)
+    got = fn(vals)
+    assert list(got) == list(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+    given = {"db": np.empty(2, np.float32)}
+    assert fn(vals, out=given)["db"] is given["db"]
+    assert list(fn.bind(vals)()) == ["loss", "dw", "db"]
+    with pytest.raises(gc.InputError, match="out: 'grad' is not a key of the outputs"):
+        fn(vals, out={"grad": np.empty(2, np.float32)})
