@@ -438,7 +438,8 @@ class CompiledFunction:
         if self._keys is not None and isinstance(out, Mapping):  # out= as a dict: by the outputs' keys
             unknown = [k for k in out if k not in self._keys]
             if unknown:
-                raise InputError(f"out: {unknown[0]!r} is not a key of the outputs ({', '.join(map(repr, self._keys))})")
+                keys = ", ".join(map(repr, self._keys))
+                raise InputError(f"out: {unknown[0]!r} is not a key of the outputs ({keys})")
             outs = [out.get(k) for k in self._keys]
         if not isinstance(outs, (list, tuple)) or len(outs) != n:
             raise InputError(f"out: expected {'an array' if self._single else f'a list of {n} arrays (or None)'}, "

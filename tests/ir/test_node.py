@@ -126,6 +126,7 @@ def test_draw_latex_and_check_grad_arguments(tmp_path):
     assert not (tmp_path / "g.xyz").exists()
     gc.draw(y, tmp_path / "g")  # no suffix: SVG
     assert (tmp_path / "g").read_text().startswith("<svg")
-    with pytest.raises(gc.GraphcError, match="latex: wrt must be a tensor, a list of tensors or a dict of them, got int"):
+    with pytest.raises(gc.GraphcError, match="latex: wrt must be a tensor, a list of tensors or a dict of them, "
+                                             "got int"):
         gc.latex(y, wrt=3)
     gc.check_grad(y, x, {"x": np.linspace(-1, 1, 6).reshape(2, 3)})  # one tensor, as grad takes it
