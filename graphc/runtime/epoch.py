@@ -96,6 +96,7 @@ class EpochFunction(CompiledFunction):
         self.steps_done = 0  # steps run (the default `step0`: the global step continues)
         self._warned_misaligned = False
         self._snapshot: dict[str, np.ndarray] = {}
+        self._step_seconds: float | None = None  # a step's time in the last native call: sizes the next calls
 
     def _init_specs(self) -> list:
         from graphc.codegen.init import spec_for
@@ -289,16 +290,13 @@ class EpochFunction(CompiledFunction):
         ctx[drv.STEPBUF], ctx[drv.KEYBUF], ctx[drv.LOSSBUF] = (data_address(step_buf), data_address(key_buf),
                                                                data_address(loss_buf))
         ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = mode, int(drop_last)
-        ctx[drv.LOSSES] = data_address(losses)
-        with self._lock:
-            self._epoch(data_address(ctx), None, None, nthreads)
-        steps = int(ctx[drv.STEPS_DONE])
-        status = int(ctx[drv.STATUS])
-        bad = int(ctx[drv.BAD_STEP]) if status != drv.STATUS_OK else None
+        total = full + (1 if rest and not drop_last else 0)  # the driver's count of steps
+        total = min(total, max_steps) if max_steps >= 0 else total
+        steps, loss_sum, status, bad = self._run_chunks(ctx, perm, losses, n_steps_rows, step0, total, mode, nthreads,
+                                                         copy_back)
         bad_loss = float(loss_buf[0])
         samples = min(steps * batch, n_steps_rows) if bad is None else steps * batch
-        stats = EpochStats(float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0]), steps, samples, bad,
-                           perm, losses[:steps].copy())
+        stats = EpochStats(loss_sum, steps, samples, bad, perm, losses[:steps].copy())
         if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
@@ -308,6 +306,7 @@ class EpochFunction(CompiledFunction):
                 aligned[...] = arr
             if bad:
                 ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, bad
+                ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
                 ctx[drv.LOSSES] = 0
                 with self._lock:
                     self._epoch(data_address(ctx), None, None, nthreads)
@@ -331,6 +330,59 @@ class EpochFunction(CompiledFunction):
         self.epochs_done = max(self.epochs_done, epoch + 1)
         self.steps_done = step0 + steps
         return stats
+
+    CHUNK_SECONDS = 0.2  # a native call runs about this long at most: Ctrl-C is seen between calls
+
+    def _run_chunks(self, ctx: np.ndarray, perm: np.ndarray, losses: np.ndarray, rows: int, step0: int, total: int,
+                    mode: int, nthreads: int, copy_back: list) -> tuple[int, float, int, int | None]:
+        """The epoch's `total` steps as native calls of at most ~CHUNK_SECONDS each (the first computes the
+        order; each next one continues it: the order from its step on, the global step counted on, so the steps,
+        dropout keys and results are bitwise those of one call). Python runs between the calls, so a Ctrl-C
+        stops the epoch at a step boundary: the KeyboardInterrupt leaves the state (copied back where it was
+        trained on an aligned copy) after the last whole step and `steps_done` counting it. Returns (steps run,
+        the summed loss x rows, status, the failing step or None)."""
+        import time
+
+        batch = int(ctx[drv.BATCH])
+        base_perm, base_losses = data_address(perm), data_address(losses)
+        done, loss_sum, status, bad = 0, 0.0, drv.STATUS_OK, None
+        pending = False
+        try:
+            while True:
+                k = total - done
+                if self._step_seconds is None:
+                    k = min(k, 16)  # the first call measures a step
+                elif self._step_seconds > 0:
+                    k = min(k, max(1, int(self.CHUNK_SECONDS / self._step_seconds)))
+                ctx[drv.SHUFFLE] = mode if done == 0 else drv.ORDER_GIVEN
+                ctx[drv.PERM] = base_perm + done * batch * 8
+                ctx[drv.NSAMP] = rows - done * batch
+                ctx[drv.STEP0] = step0 + done
+                ctx[drv.MAXSTEPS] = k
+                ctx[drv.LOSSES] = base_losses + done * 4
+                ctx[drv.STEPS_DONE] = 0
+                t0 = time.perf_counter()
+                pending = True
+                with self._lock:
+                    self._epoch(data_address(ctx), None, None, nthreads)
+                ran = int(ctx[drv.STEPS_DONE])
+                pending = False
+                if ran:
+                    self._step_seconds = (time.perf_counter() - t0) / ran
+                loss_sum += float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0])
+                status = int(ctx[drv.STATUS])
+                if status != drv.STATUS_OK:
+                    bad = done + int(ctx[drv.BAD_STEP])
+                done += ran
+                if status != drv.STATUS_OK or done >= total:
+                    return done, loss_sum, status, bad
+        except BaseException:
+            if pending:
+                done += int(ctx[drv.STEPS_DONE])
+            for arr, aligned in copy_back:
+                arr[...] = aligned
+            self.steps_done = step0 + done
+            raise
 
     def _contiguous(self, A: np.ndarray, what: str) -> np.ndarray:
         """The data as the driver reads it: C-contiguous rows. Anything else is copied, and said so once."""

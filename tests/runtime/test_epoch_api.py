@@ -4,6 +4,7 @@ losses, a default thread count, and a non-finite loss raised with the state of t
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 
 import numpy as np
@@ -272,3 +273,120 @@ def test_epoch_flushes_denormals_and_keeps_the_callers_environment(threads):
     assert np.all(state["w"][::2] == 0)  # IEEE: 5e-39
     assert np.all(state["w"][1::2] == np.float32(2e-38))
     assert np.float32(tiny) * np.float32(0.5) != 0  # the caller's MXCSR is back to IEEE
+
+
+def test_an_epoch_in_several_native_calls_is_bitwise_one_call():
+    """Chunked epochs (Ctrl-C is seen between the calls) continue the order, the global step and the dropout
+    keys: the parameters, losses and mean loss are bitwise those of one call, with a shuffle, the last partial
+    batch, dropout and Adam's step counter."""
+    x = gc.input("x", ("N", 5))
+    y = gc.input("y", ("N",), "int32")
+    logits = gc.nn.mlp(x, [8, 3], name="chunk", dropout_keep=0.8)
+    loss = gc.nn.softmax_cross_entropy(logits, y)
+    params = gc.nn.parameters(loss)
+    from graphc.nn.optim import make
+
+    opt = make("adam")
+    state_in = opt.state_inputs(params)
+    step = gc.input("step", ())
+    updates = {}
+    for p, g in zip(params, gc.grad(loss, params), strict=True):
+        new_p, new_state = opt.step(p, g, state_in, step, gc.constant(0.01))
+        updates[p] = new_p
+        updates.update({state_in[n]: v for n, v in new_state.items()})
+    X, Y = _data(n=53)
+    runs = []
+    for chunk_seconds in (None, 0.0):  # one call; then one step a call
+        ef = gc.EpochFunction(loss, updates, x=x, y=y, training=True)
+        if chunk_seconds is not None:
+            ef.CHUNK_SECONDS, ef._step_seconds = chunk_seconds, 1.0
+        state = gc.nn.init_params(params, seed=2)
+        state.update({n: np.zeros(leaf.shape, np.float32) for n, leaf in state_in.items()})
+        stats = [ef.run_epoch(X, Y, state, batch=5, seed=4) for _ in range(2)]
+        runs.append((state, stats, ef.steps_done))
+    (a, sa, na), (b, sb, nb) = runs
+    assert na == nb == 22
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for s1, s2 in zip(sa, sb, strict=True):
+        np.testing.assert_array_equal(s1.losses, s2.losses)
+        assert s1.loss_sum == pytest.approx(s2.loss_sum, rel=1e-12) and s1.steps == s2.steps == 11
+
+
+def test_an_interrupt_between_native_calls_leaves_the_state_at_a_step_boundary():
+    """A KeyboardInterrupt between two calls of a chunked epoch: the caller's (misaligned, so trained on an
+    aligned copy) arrays hold the parameters after the steps that ran, as an epoch of that many steps gives them,
+    and steps_done counts them."""
+    x, y, loss, params, updates = _net(name="intr")
+    X, Y = _data(n=40)
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    ef.CHUNK_SECONDS, ef._step_seconds = 0.0, 1.0  # one step a call
+    calls = {"n": 0}
+    real = ef._epoch
+
+    def interrupted(*args):
+        real(*args)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    ef._epoch = interrupted
+    raw = np.zeros(sum(int(np.prod(p.shape)) for p in params) + 1, np.float32)
+    state, off = {}, 1  # views one float off a 64-byte boundary: trained on aligned copies
+    for p, v in gc.nn.init_params(params, seed=5).items():
+        state[p] = raw[off:off + v.size].reshape(v.shape)
+        state[p][...] = v
+        off += v.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            ef.run_epoch(X, Y, state, batch=4, seed=1, scalars={"lr": 0.1})
+    assert ef.steps_done == 3
+    want = gc.nn.init_params(params, seed=5)
+    gc.EpochFunction(loss, updates, x=x, y=y).run_epoch(X, Y, want, batch=4, seed=1, scalars={"lr": 0.1},
+                                                        max_steps=3)
+    for k in want:
+        np.testing.assert_array_equal(state[k], want[k], err_msg=k)
+
+
+def test_ctrl_c_stops_a_long_epoch_within_a_chunk(tmp_path):
+    """SIGINT to a process in a ~20 s native epoch: it stops between two calls of ~0.2 s, not at the epoch's end."""
+    script = tmp_path / "long_epoch.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        import graphc as gc
+        x = gc.input("x", ("N", 16)); y = gc.input("y", ("N",), "int32")
+        loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [1024, 1024, 10], name="long"), y)
+        params = gc.nn.parameters(loss)
+        updates = {p: p - 0.001 * g for p, g in zip(params, gc.grad(loss, params))}
+        ef = gc.EpochFunction(loss, updates, x=x, y=y, threads=1)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((200_000, 16)).astype(np.float32); Y = rng.integers(0, 10, 200_000).astype(np.int32)
+        state = gc.nn.init_params(params, seed=0)
+        ef.run_epoch(X[:64], Y[:64], state, batch=1)  # compiled, and a step measured
+        print("ready", flush=True)
+        try:
+            ef.run_epoch(X, Y, state, batch=1)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted", ef.steps_done, flush=True)
+    """))
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        t = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+        waited = time.perf_counter() - t
+    finally:
+        p.kill()
+    assert out.startswith("interrupted"), out
+    assert 64 < int(out.split()[1]) < 200_064  # stopped inside the epoch, on a step
+    assert waited < 5.0, waited  # the whole epoch takes ~20 s; a chunk ~0.2 s
