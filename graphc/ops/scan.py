@@ -587,9 +587,6 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
           and needed[nc + nx + j]]
     gy = [k for k in range(ny) if gs[nc + k] is not None]
     gh = [k for k in range(nc) if gs[nc + ny + k] is not None and k in fc]
-    if ck is not None and gh:
-        raise GradError(f"scan at {node.source.where()}: differentiating through the stored carries of a "
-                        "checkpointed scan is not supported; use checkpoint=None for higher derivatives")
     hist = [output(node, nc + ny + k) for k in range(nc)]
     nfc = len(fc)
 
@@ -605,7 +602,7 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
     if ck is None:
         ct_init, acc, ct_xs = _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp)
     else:
-        ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step)
+        ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step)
     out: list[Node | None] = [None] * len(node.inputs)
     for i, k in enumerate(fc):
         out[k] = ct_init[i]
@@ -819,12 +816,18 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     return ct_init, [acc_out[j] for j in fw], ct_xs
 
 
-def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
+def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
     """checkpoint=k: the forward stored the carry entering every k-th step (processing order). The gradient
     is a reverse scan over those segments; each step of it recomputes its segment's k carries with a forward
     scan from the stored one and then runs the k reverse steps. Steps past the end (k need not divide T) are
-    masked: their carry passes through and they contribute nothing."""
-    from graphc.ops.control import stop_gradient
+    masked: their carry passes through and they contribute nothing.
+
+    Each reverse step differentiates the body at placeholder carries, then puts the recomputed carries in
+    their place: the sweep sees only the step's own use of the weights (the recomputation's share reaches them
+    through the carry's cotangent), while the gradient stays a function of the recomputed carries, so a second
+    derivative flows through the recomputation too. A cotangent of the stored carries themselves (`gh`: a
+    second derivative through a first one's reverse scan, which reads them) joins the carry's cotangent at
+    its segment's start."""
     from graphc.ops.gather import take
     from graphc.ops.movement import broadcast_to
     from graphc.ops.pointwise import add, cast, full_like, less, minimum, where
@@ -842,12 +845,16 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
     # reads (xs, gys) stay whole, as captures, and each step gathers its row
     seqs = list(xs) + gys
     anchor = hist[0]
+    ny = len(body.outputs) - nc
+    ghs = [gs[nc + ny + q] for q in gh]  # (S, ...): the stored carries' cotangents, in hist's order
+    level = -next(_temp_levels)
     Tn = dim_value(T, seqs[0] if seqs else anchor, "int32") if not isinstance(T, int) else constant(T, "int32")
 
     def seg(rc, rx):
         ct_c, acc = rc[:nfc], rc[nfc:nfc + len(fw)]
         s = rc[-1]  # the segment's index, counting down
         c0 = rx[:nc]
+        gh_s = rx[nc:nc + len(gh)]
         start = s * constant(k, "int32")
 
         def pos_index(i):  # processing position start+i -> (time index, in range)
@@ -876,10 +883,14 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
         for i in reversed(range(k)):
             t, valid, x_t = rows[i]
             gy_t = [take(g, t, 0) for g in gys]
-            # the recomputed carry is a leaf of this sweep (it depends on the weights, which must not be
-            # differentiated through the recomputation)
-            c_i = [stop_gradient(c) for c in cs[i]]
-            dc, dx, dw, _ = grads_of_step(c_i, x_t, g_c, gy_t)
+            # the sweep at placeholder carries (leaves: the weights' gradient counts this step's use only),
+            # then the recomputed carries put in their place
+            place = [_arg(q, level, c.shape, c.dtype) for q, c in enumerate(cs[i])]
+            dc, dx, dw, _ = grads_of_step(place, x_t, g_c, gy_t)
+            back = {id(ph): c for ph, c in zip(place, cs[i], strict=True)}
+            n1, n2 = len(dc), len(dc) + len(dx)
+            swept = substitute([*dc, *dx, *dw], back)
+            dc, dx, dw = swept[:n1], swept[n1:n2], swept[n2:]
             vf = {}
 
             def mask(v, old=None, vf=vf, valid=valid):
@@ -894,13 +905,15 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, hist, grads_of_step):
             gx_rows.insert(0, [mask(d) for d in dx])
         from graphc.ops.movement import stack
 
+        for q, h in enumerate(gh):  # the stored carry entering this segment was read elsewhere too
+            g_c[fc.index(h)] = add(g_c[fc.index(h)], gh_s[q])
         ys = [stack([r[q] for r in gx_rows], 0) for q in range(len(fx))]
         return g_c + acc + [s - constant(1, "int32")], ys
 
     r_init = [gs[q] if gs[q] is not None else full_like(init[q], 0.0) for q in fc]
     r_init += [full_like(caps[j], 0.0) for j in fw]
     r_init.append(dim_value(S - 1, anchor, "int32") if not isinstance(S, int) else constant(S - 1, "int32"))
-    r_xs = list(hist)
+    r_xs = list(hist) + ghs
     r_ctypes = [(r.shape, r.dtype) for r in r_init]
     r_xtypes = [(x.shape[1:], x.dtype) for x in r_xs]
     rnode, _ = _build(seg, r_init, r_xs, r_ctypes, r_xtypes, S, True, None, node.source)

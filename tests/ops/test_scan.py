@@ -186,11 +186,22 @@ def test_truncated_bptt_by_stop_gradient():
     np.testing.assert_allclose(gW, v["xs"][5].T @ (1 - z * z), rtol=1e-10)
 
 
-def test_second_derivatives_through_a_scan():
-    hT, ys, (xs, W, U, h0) = _rnn(T=4)
+@pytest.mark.parametrize("checkpoint", [None, 2, 3])
+@pytest.mark.parametrize("T", [5, "T"])
+def test_second_derivatives_through_a_scan(checkpoint, T):
+    """Through stored carries, and through checkpoint=k's recomputed ones (k dividing T or not, a symbolic T):
+    finite differences of the first derivative, and the same values whatever k."""
+    hT, ys, (xs, W, U, h0) = _rnn(T=T, checkpoint=checkpoint)
     loss = gc.sum(hT * hT) + gc.sum(ys)
     gU = gc.grad(loss, U)
-    check_grad(gc.sum(gU * gU), [U, W, xs], _rnn_values(T=4), rtol=1e-5, atol=1e-7)
+    v = _rnn_values(T=5)
+    check_grad(gc.sum(gU * gU), [U, W, xs, h0], v, rtol=1e-5, atol=1e-7)
+    plain, _, (xs0, W0, U0, h00) = _rnn(T=T)
+    gU0 = gc.grad(gc.sum(plain * plain) + gc.sum(_), U0)
+    want = gc.evaluate(gc.grad(gc.sum(gU0 * gU0), [U0, W0, xs0, h00]), v)
+    got = gc.evaluate(gc.grad(gc.sum(gU * gU), [U, W, xs, h0]), v)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_nested_scans_and_their_gradient():
