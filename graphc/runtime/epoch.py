@@ -96,7 +96,7 @@ class EpochFunction(CompiledFunction):
         self.steps_done = 0  # steps run (the default `step0`: the global step continues)
         self._warned_misaligned = False
         self._snapshot: dict[str, np.ndarray] = {}
-        self._step_seconds: float | None = None  # a step's time in the last native call: sizes the next calls
+        self._step_seconds: dict = {}  # (batch, threads) -> a step's time in the last native call: sizes the next
 
     def _init_specs(self) -> list:
         from graphc.codegen.init import spec_for
@@ -350,10 +350,11 @@ class EpochFunction(CompiledFunction):
         try:
             while True:
                 k = total - done
-                if self._step_seconds is None:
-                    k = min(k, 16)  # the first call measures a step
-                elif self._step_seconds > 0:
-                    k = min(k, max(1, int(self.CHUNK_SECONDS / self._step_seconds)))
+                per_step = self._step_seconds.get((batch, nthreads))
+                if per_step is None:
+                    k = min(k, 16)  # the first call of this batch size and thread count measures a step
+                elif per_step > 0:
+                    k = min(k, max(1, int(self.CHUNK_SECONDS / per_step)))
                 ctx[drv.SHUFFLE] = mode if done == 0 else drv.ORDER_GIVEN
                 ctx[drv.PERM] = base_perm + done * batch * 8
                 ctx[drv.NSAMP] = rows - done * batch
@@ -368,7 +369,7 @@ class EpochFunction(CompiledFunction):
                 ran = int(ctx[drv.STEPS_DONE])
                 pending = False
                 if ran:
-                    self._step_seconds = (time.perf_counter() - t0) / ran
+                    self._step_seconds[batch, nthreads] = (time.perf_counter() - t0) / ran
                 loss_sum += float(ctx[drv.LOSS_SUM:drv.LOSS_SUM + 1].view(np.float64)[0])
                 status = int(ctx[drv.STATUS])
                 if status != drv.STATUS_OK:

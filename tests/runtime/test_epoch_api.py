@@ -299,10 +299,11 @@ def test_an_epoch_in_several_native_calls_is_bitwise_one_call():
     for chunk_seconds in (None, 0.0):  # one call; then one step a call
         ef = gc.EpochFunction(loss, updates, x=x, y=y, training=True)
         if chunk_seconds is not None:
-            ef.CHUNK_SECONDS, ef._step_seconds = chunk_seconds, 1.0
+            ef.CHUNK_SECONDS = chunk_seconds  # 0: one step a call, whatever a step takes
+            ef._step_seconds[5, 1] = 1.0  # as if measured: no first call of 16 steps
         state = gc.nn.init_params(params, seed=2)
         state.update({n: np.zeros(leaf.shape, np.float32) for n, leaf in state_in.items()})
-        stats = [ef.run_epoch(X, Y, state, batch=5, seed=4) for _ in range(2)]
+        stats = [ef.run_epoch(X, Y, state, batch=5, seed=4, threads=1) for _ in range(2)]
         runs.append((state, stats, ef.steps_done))
     (a, sa, na), (b, sb, nb) = runs
     assert na == nb == 22
@@ -320,7 +321,8 @@ def test_an_interrupt_between_native_calls_leaves_the_state_at_a_step_boundary()
     x, y, loss, params, updates = _net(name="intr")
     X, Y = _data(n=40)
     ef = gc.EpochFunction(loss, updates, x=x, y=y)
-    ef.CHUNK_SECONDS, ef._step_seconds = 0.0, 1.0  # one step a call
+    ef.CHUNK_SECONDS = 0.0  # one step a call
+    ef._step_seconds[4, 1] = 1.0  # as if measured: no first call of 16 steps
     calls = {"n": 0}
     real = ef._epoch
 
@@ -340,7 +342,7 @@ def test_an_interrupt_between_native_calls_leaves_the_state_at_a_step_boundary()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(KeyboardInterrupt):
-            ef.run_epoch(X, Y, state, batch=4, seed=1, scalars={"lr": 0.1})
+            ef.run_epoch(X, Y, state, batch=4, seed=1, scalars={"lr": 0.1}, threads=1)
     assert ef.steps_done == 3
     want = gc.nn.init_params(params, seed=5)
     gc.EpochFunction(loss, updates, x=x, y=y).run_epoch(X, Y, want, batch=4, seed=1, scalars={"lr": 0.1},
