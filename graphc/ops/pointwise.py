@@ -8,6 +8,7 @@ op is made of ordinary elementwise ops that fuse like any other.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 
@@ -264,7 +265,7 @@ def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
         return _anonymous(e, build)
 
     def build_cond(c) -> Tensor:
-        c = sympy.simplify(c) if not isinstance(c, sympy.Symbol) else c
+        c = _simplified_condition(c) if not isinstance(c, sympy.Symbol) else c
         if c in env:
             return env[c]
         if isinstance(c, sympy.And):
@@ -285,6 +286,13 @@ def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
 
 
 _anon_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1024)
+def _simplified_condition(c):
+    """sympy.simplify of a derivative's condition (x0 - x1 > 0 -> x0 > x1): ~60 ms each, and the same few
+    conditions come back with every gradient through a maximum, a minimum or a where (pure: cached)."""
+    return sympy.simplify(c)
 
 
 _STRUCTURAL = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Piecewise, sympy.Max, sympy.Min, sympy.Heaviside,
