@@ -518,6 +518,9 @@ class CompiledFunction:
 
     def _check(self, values: Mapping, where: str) -> tuple[dict[int, np.ndarray], dict]:
         g = self.signature
+        if not isinstance(values, Mapping):
+            raise InputError(f"{where}: values must be a dict of name (or tensor) -> array, got "
+                             f"{type(values).__name__}")
         scalar_leaves = {leaf.name: leaf for leaf in g.inputs if leaf.shape == ()}
         values = {k: np.array(v, dtype=scalar_leaves[k].dtype)
                   if isinstance(k, str) and k in scalar_leaves and _weak_ok(v, np.dtype(scalar_leaves[k].dtype))

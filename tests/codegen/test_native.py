@@ -605,3 +605,13 @@ def test_outputs_given_as_a_dict_come_back_as_a_dict():
     assert list(fn.bind(vals)()) == ["loss", "dw", "db"]
     with pytest.raises(gc.InputError, match="out: 'grad' is not a key of the outputs"):
         fn(vals, out={"grad": np.empty(2, np.float32)})
+
+
+def test_values_that_are_not_a_dict_are_an_input_error():
+    x = gc.input("x", ("N", 3))
+    out = gc.sum(x)
+    fn = gc.compile(out)
+    for bad in ([1, 2], (np.ones((2, 3), np.float32),), np.ones((2, 3), np.float32), "x"):
+        for call in (fn, fn.bind, lambda v: gc.evaluate(out, v)):
+            with pytest.raises(gc.InputError, match=r"values must be a dict of name \(or tensor\) -> array, got"):
+                call(bad)
