@@ -75,6 +75,9 @@ class EpochFunction(CompiledFunction):
         for t, what in ((x, "x"), (y, "y")):
             if t is not None and not all(isinstance(d, int) for d in t.shape[1:]):
                 raise GraphcError(f"training: the {what} input must have known dims after the batch dim")
+        if updates is not None and not isinstance(updates, Mapping):
+            raise GraphcError(f"EpochFunction: updates must be a dict {{parameter or input: its new value}}, got "
+                              f"{type(updates).__name__}")
         if training is None:
             training = any(n.op.name == "dropout" for n in topo_order([loss, *(updates or {}).values()]))
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
@@ -179,6 +182,17 @@ class EpochFunction(CompiledFunction):
         failed run-time check (a label or token id out of range) always raises an InputError naming the step, its
         rows and the check, with `state` as it was after the last good step."""
         spec = self._spec_memo
+        if not isinstance(state, Mapping):
+            raise InputError(f"training: state must be a dict of name -> array (the parameters and the optimizer's "
+                             f"state), got {type(state).__name__}")
+        if scalars is not None:
+            if not isinstance(scalars, Mapping):
+                raise InputError(f"training: scalars must be a dict of name -> number, got {type(scalars).__name__}")
+            known = {name for name, _, leaf, _, _ in self._bindings if leaf.shape == ()}
+            unknown = sorted(k for k in scalars if k not in known)
+            if unknown:
+                raise InputError(f"training: scalars {unknown} are not scalar inputs of the step (it reads "
+                                 f"{', '.join(sorted(known)) or 'none'})")
         if on_nonfinite not in ("raise", "stop"):
             raise InputError(f"training: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:

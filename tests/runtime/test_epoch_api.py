@@ -172,6 +172,12 @@ def test_bad_orders_and_arguments_are_graphc_errors():
         ef.run_epoch(X, Y, state, batch=2, scalars={"lr": 0.1}, on_nonfinite="ignore")
     with pytest.raises(gc.GraphcError, match="float32 scalar"):
         gc.EpochFunction(x, updates, x=x, y=y)
+    with pytest.raises(gc.GraphcError, match="updates must be a dict"):
+        gc.EpochFunction(loss, list(updates.values()), x=x, y=y)
+    with pytest.raises(gc.InputError, match="state must be a dict of name -> array"):
+        ef.run_epoch(X, Y, list(state.values()), batch=2, scalars={"lr": 0.1})
+    with pytest.raises(gc.InputError, match=r"scalars \['rl'\] are not scalar inputs of the step \(it reads lr\)"):
+        ef.run_epoch(X, Y, state, batch=2, scalars={"rl": 0.1})  # a typo is not silently ignored
     with pytest.raises(gc.GraphcError, match="batch dim must be symbolic"):
         gc.EpochFunction(loss, updates, x=gc.input("x", (4, 5)), y=y)
 
