@@ -395,6 +395,10 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
     (for a model that asks for `tokens`): checked, and kept as they are (not standardized)."""
     grid = None
     vocab = None
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or \
+            not 0.0 < train_fraction <= 1.0:
+        raise DataError(f"train_fraction must be a number in (0, 1] (the share of the training rows kept), got "
+                        f"{train_fraction!r}")
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, (str, tuple, list)):

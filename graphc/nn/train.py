@@ -68,6 +68,21 @@ class TrainConfig:
             if not cond:
                 raise GraphcError(f"training option: {msg}")
 
+        def number(v) -> bool:  # compared below: a string or None would raise a TypeError there
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if number(self.dropout):  # one keep probability: the input's, as --dropout 0.8 gives
+            self.dropout = [float(self.dropout)]
+        for name in ("momentum", "l2", "l1"):
+            need(number(getattr(self, name)), f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("threads", "early_stopping"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool)), f"{name} must be an int, got {v!r}")
+        need(isinstance(self.checkpoint_every, int), f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
+        need(self.dropout is None or (isinstance(self.dropout, (list, tuple)) and all(number(k) for k in self.dropout)),
+             f"dropout must be keep probabilities (a number, or a list: the input's, then each hidden layer's), got "
+             f"{self.dropout!r}")
+
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive int, got {self.epochs!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1,
              f"batch size must be a positive int, got {self.batch_size!r}")

@@ -322,3 +322,19 @@ def test_predict_takes_no_rows_and_examples_on_the_data_grid():
         r.predict(np.zeros((2, 8, 7), np.float32))
     with pytest.raises(gc.InputError, match=r"rows x 30 features, got shape \(3, 5\)$"):
         fit(None, "breast_cancer", progress=False, epochs=1, hidden=[4]).predict(np.zeros((3, 5)))
+
+
+def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is_the_inputs():
+    """gc.fit's keyword options: a string where a number goes, a float where an int goes, a train_fraction
+    outside (0, 1] are GraphcErrors naming the option (some were TypeErrors from a comparison, and
+    train_fraction=0 trained on 2 rows); dropout=0.8 is [0.8], as --dropout 0.8 gives."""
+    for kw, words in ((dict(momentum="x"), "momentum must be a number"), (dict(l2=None), "l2 must be a number"),
+                      (dict(threads="2"), "threads must be an int"), (dict(early_stopping=1.5), "early_stopping must"),
+                      (dict(checkpoint_every="1"), "checkpoint_every must be an int"),
+                      (dict(dropout="0.5"), "dropout must be keep probabilities"),
+                      (dict(train_fraction=0.0), r"train_fraction must be a number in \(0, 1\]"),
+                      (dict(train_fraction=1.5), r"train_fraction must be a number in \(0, 1\]")):
+        with pytest.raises(gc.GraphcError, match=words):
+            fit(None, "digits", progress=False, epochs=1, **kw)
+    r = fit(None, "digits", progress=False, epochs=1, dropout=0.8)
+    assert r.config.dropout == [0.8]
