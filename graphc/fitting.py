@@ -446,10 +446,9 @@ def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise InputError(f"predict: feature {c} of row {r} is {a[r, c]}; features must be finite")
-        X = np.ascontiguousarray(a if len(a) else np.zeros((1, width)), dtype=np.float32)
+        X = np.ascontiguousarray(a, dtype=np.float32)
         y = np.zeros((len(X), *trainer.y.shape[1:]), trainer.y.dtype)
-        out = fn(dict(params, x=X, y=y))[1]
-        return out if len(a) else out[:0]  # the outputs' shape and dtype for none
+        return fn(dict(params, x=X, y=y))[1]  # no rows: the compiled call returns empty outputs itself
 
     return predict
 

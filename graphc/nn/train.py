@@ -63,6 +63,11 @@ class TrainConfig:
     init: str = "xavier_uniform"  # Glorot: on the bundled datasets as good as He for ReLU, and better on diabetes
     bias_init: str = "like_weights"  # biases from the weights' distribution (scikit-learn's MLP, PyTorch), or zeros
 
+    def __post_init__(self) -> None:
+        d = self.dropout
+        if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the input's, as
+            self.dropout = [float(d)]  # --dropout 0.8 gives
+
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -71,8 +76,6 @@ class TrainConfig:
         def number(v) -> bool:  # compared below: a string or None would raise a TypeError there
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        if number(self.dropout):  # one keep probability: the input's, as --dropout 0.8 gives
-            self.dropout = [float(self.dropout)]
         for name in ("momentum", "l2", "l1"):
             need(number(getattr(self, name)), f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("threads", "early_stopping"):

@@ -925,18 +925,17 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
     for q in range(len(fx)):
         blocks = output(rnode, len(r_init) + q)  # (S, k, ...) in processing order
         flat = reshape(blocks, (S * k, *blocks.shape[2:]))
-        x = xs[fx[q]]
         if rev_fwd:
             from graphc.ops.movement import getitem
 
             flat = getitem(flat, slice(None, None, -1))
-            ct_xs.append(_rows(flat, S * k - T, T, x))
+            ct_xs.append(_rows(flat, S * k - T, T))
         else:
-            ct_xs.append(_rows(flat, 0, T, x))
+            ct_xs.append(_rows(flat, 0, T))
     return ct_init, acc, ct_xs
 
 
-def _rows(flat, start, T, like):
+def _rows(flat, start, T):
     """Rows [start, start+T) of `flat`, the leading axis a static or symbolic length (the slice's start and
     stop are dim expressions then, computed at run time)."""
     from graphc.ops.movement import _slice

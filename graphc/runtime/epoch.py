@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -287,7 +288,8 @@ class EpochFunction(CompiledFunction):
         loss_buf = np.zeros(1, np.float32)
         table[self.program.outputs[0].index] = data_address(loss_buf)
         full, rest = divmod(n_steps_rows, batch)
-        losses = np.zeros(full + (1 if rest and not drop_last else 0) or 1, np.float32)
+        steps_in_order = full + (1 if rest and not drop_last else 0)  # the driver's count of steps
+        losses = np.zeros(steps_in_order or 1, np.float32)
         dims = np.zeros(max(len(self._symbols), 1), np.int64)
         dims[spec.n_dim] = batch
         Xc, Yc = self._contiguous(X, "X"), (self._contiguous(Y, "Y") if Y is not None else np.zeros(1, np.uint8))
@@ -304,8 +306,7 @@ class EpochFunction(CompiledFunction):
         ctx[drv.STEPBUF], ctx[drv.KEYBUF], ctx[drv.LOSSBUF] = (data_address(step_buf), data_address(key_buf),
                                                                data_address(loss_buf))
         ctx[drv.SHUFFLE], ctx[drv.DROP_LAST] = mode, int(drop_last)
-        total = full + (1 if rest and not drop_last else 0)  # the driver's count of steps
-        total = min(total, max_steps) if max_steps >= 0 else total
+        total = min(steps_in_order, max_steps) if max_steps >= 0 else steps_in_order
         steps, loss_sum, status, bad = self._run_chunks(ctx, perm, losses, n_steps_rows, step0, total, mode, nthreads,
                                                          copy_back)
         bad_loss = float(loss_buf[0])
@@ -355,8 +356,6 @@ class EpochFunction(CompiledFunction):
         stops the epoch at a step boundary: the KeyboardInterrupt leaves the state (copied back where it was
         trained on an aligned copy) after the last whole step and `steps_done` counting it. Returns (steps run,
         the summed loss x rows, status, the failing step or None)."""
-        import time
-
         batch = int(ctx[drv.BATCH])
         base_perm, base_losses = data_address(perm), data_address(losses)
         done, loss_sum, status, bad = 0, 0.0, drv.STATUS_OK, None

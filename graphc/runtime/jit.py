@@ -25,7 +25,7 @@ from graphc.codegen.target import Engine, Target, assembly, host_target, level_t
 from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, capture_source, output_nodes, topo_order
+from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
@@ -104,7 +104,8 @@ class CompiledFunction:
                  cache: bool = True, profile: bool = False):
         self.profile = profile
         self._single = isinstance(outputs, Node)
-        self._keys = list(outputs.keys()) if isinstance(outputs, Mapping) else None  # results come back as a dict
+        # the form the results come back in (shaped_like): the one tensor, a copy of a dict of them, or a list
+        self._form = dict(outputs) if isinstance(outputs, Mapping) else outputs if self._single else None
         outs = output_nodes(outputs, "compile")
         self._n_results = len(outs)
         update_leaves: list[Node] = []
@@ -435,12 +436,12 @@ class CompiledFunction:
         """`out` as a list of arrays (or None) per output, each checked against the output it receives."""
         n = len(self._out_specs)
         outs = [out] if self._single and not isinstance(out, (list, tuple)) else out
-        if self._keys is not None and isinstance(out, Mapping):  # out= as a dict: by the outputs' keys
-            unknown = [k for k in out if k not in self._keys]
+        if isinstance(self._form, dict) and isinstance(out, Mapping):  # out= as a dict: by the outputs' keys
+            unknown = [k for k in out if k not in self._form]
             if unknown:
-                keys = ", ".join(map(repr, self._keys))
+                keys = ", ".join(map(repr, self._form))
                 raise InputError(f"out: {unknown[0]!r} is not a key of the outputs ({keys})")
-            outs = [out.get(k) for k in self._keys]
+            outs = [out.get(k) for k in self._form]
         if not isinstance(outs, (list, tuple)) or len(outs) != n:
             raise InputError(f"out: expected {'an array' if self._single else f'a list of {n} arrays (or None)'}, "
                              f"got {type(out).__name__}" + (f" of {len(outs)}" if isinstance(outs, (list, tuple))
@@ -628,14 +629,7 @@ class CompiledFunction:
                 outs[k] = outs[first].copy()
             else:
                 outs[k][...] = outs[first]
-        return self._results(outs)
-
-    def _results(self, outs: list):
-        """The results as the outputs were given: one array, a list, or a dict with the outputs' keys."""
-        if self._single:
-            return outs[0]
-        return dict(zip(self._keys, outs, strict=True)) if self._keys is not None else outs
-
+        return shaped_like(self._form, outs)
 
     def _execute_empty(self, bound: dict[int, tuple[np.ndarray, int]], given: list | None):
         """A call where a dim is 0 (no rows, no steps): nothing to compute natively — the kernels and their
@@ -660,7 +654,7 @@ class CompiledFunction:
                 outs[k] = np.array(v, dtype=self._out_specs[k][1])  # a copy, 0-d stays 0-d
             else:
                 np.copyto(outs[k], v, casting="unsafe")
-        return self._results(outs[:self._n_results])
+        return shaped_like(self._form, outs[:self._n_results])
 
 
 class BoundCall:
