@@ -1136,8 +1136,8 @@ typedef struct {
     const gc_par_t *par;
     int shared, threads;
     int64_t slot_len, loss_at, pen_at, width;
-    int64_t seg[GC_NPARAMS], lo[GC_NPARAMS], hi[GC_NPARAMS], sum_off[GC_NPARAMS];
-    float **slots, *mine, *sum, pen;
+    int64_t seg[GC_NPARAMS], lo[GC_NPARAMS], hi[GC_NPARAMS];
+    float **slots, *mine, pen;
     uintptr_t *gtab, *utab;
     int64_t *gdims, *udims, key, off[16];
     void *gws, *uws, *xb, *yb;
@@ -1145,6 +1145,14 @@ typedef struct {
     double step_buf;
     int64_t samples;
 } par_t;
+
+/* g[j] += s[j]: the vectorizer's form (no aliasing, whole blocks of 16, then the tail) */
+static void add_into(float *restrict g, const float *restrict s, int64_t m) {
+    int64_t j = 0;
+    for (; j + 16 <= m; j += 16)
+        for (int t = 0; t < 16; t++) g[j + t] += s[j + t];
+    for (; j < m; j++) g[j] += s[j];
+}
 
 static void node_barrier(const char *what) {
     waiting(what);
@@ -1214,13 +1222,7 @@ static void par_setup(par_t *q, const gc_step_t *S, float **params, float **stat
             state[j] = at;
             at += (gc_state[j].size + 15) / 16 * 16;
         }
-        int64_t s = 0;
-        for (int i = 0; i < GC_NPARAMS; i++) {
-            share(gc_params[i].size, P, r, &q->lo[i], &q->hi[i]);
-            q->sum_off[i] = s;
-            s += (q->hi[i] - q->lo[i] + 15) / 16 * 16;
-        }
-        q->sum = xalloc((size_t)s * 4);
+        for (int i = 0; i < GC_NPARAMS; i++) share(gc_params[i].size, P, r, &q->lo[i], &q->hi[i]);
         node_barrier("sharing the parameters");
     } else {
         q->slots[r] = xalloc((size_t)q->slot_len * 4);
@@ -1257,7 +1259,8 @@ static void par_setup(par_t *q, const gc_step_t *S, float **params, float **stat
     for (int i = 0; i < GC_NPARAMS; i++) {
         int64_t lo = q->lo[i];
         if (G->u_params[i] >= 0) q->utab[G->u_params[i]] = (uintptr_t)(params[i] + lo);
-        q->utab[G->u_grads[i]] = (uintptr_t)(q->shared ? q->sum + q->sum_off[i] : q->mine + q->seg[i]);
+        /* shared: the ranks' slots are summed into slot 0's copy of this rank's share (see par_exchange) */
+        q->utab[G->u_grads[i]] = (uintptr_t)((q->shared ? q->slots[0] : q->mine) + q->seg[i] + lo);
         if (G->u_dims[i] >= 0) q->udims[G->u_dims[i]] = q->hi[i] - lo;
     }
     for (int j = 0; j < GC_NSTATE; j++)
@@ -1291,15 +1294,11 @@ static double par_exchange(par_t *q) {
     if (q->shared) {
         node_barrier("the gradient exchange");
         for (int k = 0; k < g_size; k++) loss += (double)q->slots[k][q->loss_at]; /* rank order */
-        for (int i = 0; i < GC_NPARAMS; i++) { /* the slots summed in rank order over this rank's share */
-            int64_t lo = q->lo[i], m = q->hi[i] - lo;
-            float *g = q->sum + q->sum_off[i];
-            memcpy(g, q->slots[0] + q->seg[i] + lo, (size_t)m * 4);
-            for (int k = 1; k < g_size; k++) {
-                const float *s = q->slots[k] + q->seg[i] + lo;
-                for (int64_t j = 0; j < m; j++) g[j] += s[j];
-            }
-        }
+        /* the slots summed in rank order over this rank's share, in place in slot 0 (between the two barriers
+         * only this rank touches its share of any slot), where the update program reads it */
+        for (int i = 0; i < GC_NPARAMS; i++)
+            for (int k = 1; k < g_size; k++)
+                add_into(q->slots[0] + q->seg[i] + q->lo[i], q->slots[k] + q->seg[i] + q->lo[i], q->hi[i] - q->lo[i]);
         G->u.run(q->utab, q->udims, q->uws, q->threads);
         node_barrier("the update");
         if (G->u_pen >= 0)
