@@ -569,6 +569,9 @@ class FunctionEmitter:
                 if x in gathers:
                     return self.gathered(gathers[x], point, memo)
                 return self.dim(x)
+            if isinstance(x, (sympy.ceiling, sympy.floor)) and not any(
+                    v in LOOP_AXIS or v in gathers for v in x.free_symbols):
+                return self.dim(x)  # of dims only: a slice's run-time length, ceiling((N - 1)/2)
             num, den = _floor_parts(x)
             if den is not None:  # floor division by a positive constant
                 n, d = go(num), c64(den)

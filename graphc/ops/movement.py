@@ -280,8 +280,9 @@ class Slice(Op):
 
     attrs `start`, `stop`, `step` hold one entry per axis in Python `range` form, normalized so one selection
     has one node: `start` is the first index read, `stop` = last index read + sign(step) (so -1 when a negative
-    step reads index 0), step != 0; an empty selection is (0, 0, 1). A symbolic axis (the batch N) is read
-    whole: (0, N, 1), or reversed (N-1, -1, -1)."""
+    step reads index 0), step != 0; an empty selection is (0, 0, 1). On a symbolic axis (the batch N, a length T)
+    the bounds are dims (x[1:] is (1, N, 1) of N - 1 elements, x[-1] is (N-1, N, 1)) and are not clipped to the
+    axis as numpy's are: that they lie inside it is checked when the dims are known (`check_dims`)."""
 
     name = "slice"
     kind = "movement"
@@ -308,7 +309,29 @@ class Slice(Op):
             out.append(n)
         return tuple(out), x.dtype
 
+    def check_dims(self, node, env) -> str | None:
+        """Why the selection does not fit the input at these dims (None when it does): a symbolic axis shorter
+        than its bounds need."""
+        x = node.inputs[0]
+        a_ = node.attrs
+        for axis, (d, n, a, s) in enumerate(zip(x.shape, node.shape, a_["start"], a_["step"], strict=True)):
+            if _static(d) and _static(n) and _static(a):
+                continue
+            d, n, a = eval_dim(d, env), eval_dim(n, env), eval_dim(a, env)
+            if n < 0 or n > 0 and not (0 <= a < d and 0 <= a + s * (n - 1) < d):
+                dims = ", ".join(f"{k} = {env[k]}" for k in sorted(_free(x.shape[axis], node.shape[axis]), key=str))
+                what = f"index {a}" if n == 1 else f"indices {a} to {a + s * (n - 1)} by {s}" if n > 0 else \
+                    f"the elements from index {a} on"
+                return (f"{node.op.name} at {node.source.where()}: axis {axis} of {fmt_shape(x.shape)} has "
+                        f"{d} element(s) at {dims}, and the selection needs {what}; on a symbolic axis slice "
+                        "bounds and indices are not clipped to its size as numpy's are: pass a longer axis or "
+                        "select less")
+        return None
+
     def reference(self, node, args, ctx):
+        why = self.check_dims(node, ctx.dims)
+        if why is not None:
+            raise ShapeError(why)
         key = []
         for a, b, s in zip(node.attrs["start"], node.attrs["stop"], node.attrs["step"], strict=True):
             a, b = eval_dim(a, ctx.dims), eval_dim(b, ctx.dims)
@@ -361,6 +384,10 @@ def _slice(x: Tensor, start, stop, step) -> Tensor:
     return apply(SLICE, (x,), start=start, stop=stop, step=step)
 
 
+def _free(*dims) -> set:
+    return set().union(*(d.free_symbols for d in dims if not _static(d)))
+
+
 def _norm_dim(d):
     return int(d) if isinstance(d, (int, np.integer)) else _dim(d)
 
@@ -373,10 +400,21 @@ def _range(d, s: slice, axis: int, x: Tensor) -> tuple:
         if n == 0:
             return 0, 0, 1
         return a, a + k * (n - 1) + (1 if k > 0 else -1), k
-    if s.start is None and s.stop is None and s.step in (None, 1, -1):
-        return (0, d, 1) if s.step in (None, 1) else (_dim(d - 1), -1, -1)
-    raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}); it can only be taken whole (':' or "
-                     f"'::-1'), not sliced with {_fmt_slice(s)}")
+    k = 1 if s.step is None else int(s.step)
+
+    def bound(v, default):  # numpy's meaning of a negative bound, without its clipping
+        return default if v is None else int(v) if v >= 0 else _dim(d + v)
+
+    if k > 0:
+        a, b = bound(s.start, 0), bound(s.stop, d)
+        n = _dim(sympy.ceiling((sympy.sympify(b) - a) / k))
+    else:
+        a = bound(s.start, _dim(d - 1))
+        b = -1 if s.stop is None else bound(s.stop, None)
+        n = _dim(sympy.ceiling((sympy.sympify(a) - b) / -k))
+    if _static(n) and n <= 0:
+        return 0, 0, 1
+    return a, _dim(a + k * (n - 1) + (1 if k > 0 else -1)), k
 
 
 def _fmt_slice(s: slice) -> str:
@@ -433,14 +471,14 @@ def getitem(x: Tensor, key) -> Tensor:
             if isinstance(k, slice):
                 a, b, s = _range(d, k, axis, x)
             else:
-                if not _static(d):
-                    raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}); it cannot be indexed "
-                                     "with an int")
-                if not -d <= k < d:
+                if not _static(d):  # inside the axis: checked when its size is known (Slice.check_dims)
+                    a = int(k) if k >= 0 else _dim(d + int(k))
+                elif not -d <= k < d:
                     raise ShapeError(f"index {int(k)} is out of range for axis {axis} with size {d} "
                                      f"(of {fmt_shape(x.shape)})")
-                a = int(k) % d
-                b, s = a + 1, 1
+                else:
+                    a = int(k) % d
+                b, s = _dim(a + 1), 1
         except ShapeError as err:
             raise _fail(err, (x,), "indexing") from None
         start.append(a), stop.append(b), step.append(s)
@@ -453,16 +491,17 @@ def getitem(x: Tensor, key) -> Tensor:
 
 class Pad(Op):
     """XLA's pad: on each axis `low` values before, `high` after and `interior` between neighbouring elements,
-    all equal to `value`; the input lands at out[low + (interior+1)*i]. attrs `low`, `high`, `interior` (per axis,
-    ints >= 0) and `value` (a Python number)."""
+    all equal to `value`; the input lands at out[low + (interior+1)*i]. attrs `low`, `high` (per axis, dims: ints
+    >= 0, or expressions of the symbolic dims where the gradient of a slice of a symbolic axis needs them),
+    `interior` (ints >= 0) and `value` (a Python number)."""
 
     name = "pad"
     kind = "movement"
 
     def infer(self, inputs, attrs):
         (x,) = inputs
-        low = _ints(attrs["low"], x.ndim, "low")
-        high = _ints(attrs["high"], x.ndim, "high")
+        low = _widths(attrs["low"], x.ndim, "low")
+        high = _widths(attrs["high"], x.ndim, "high")
         interior = _ints(attrs["interior"], x.ndim, "interior")
         if x.dtype == "bool":
             raise DTypeError("pad of a bool tensor; cast it first")
@@ -475,8 +514,9 @@ class Pad(Op):
     def reference(self, node, args, ctx):
         (x,) = args
         out = np.full(eval_shape(node.shape, ctx.dims), node.attrs["value"], dtype=x.dtype)
+        low = eval_shape(node.attrs["low"], ctx.dims)
         key = tuple(slice(lo, lo + d * (i + 1), i + 1) for lo, d, i in
-                    zip(node.attrs["low"], x.shape, node.attrs["interior"], strict=True))
+                    zip(low, x.shape, node.attrs["interior"], strict=True))
         out[key] = x
         return out
 
@@ -504,7 +544,15 @@ class Pad(Op):
 PAD = register(Pad())
 
 
+def _widths(v, n: int, what: str) -> tuple:
+    """Pad widths: ints >= 0, or dims of the symbolic ones (nonnegative where the graph is consistent)."""
+    if len(v) != n:
+        raise ShapeError(f"{what} has {len(v)} entries for {n} axes")
+    return tuple(_dim(k) if isinstance(k, sympy.Expr) else _ints((k,), 1, what)[0] for k in v)
+
+
 def _pad(x: Tensor, low, high, interior, value) -> Tensor:
+    low, high = tuple(map(_norm_dim, low)), tuple(map(_norm_dim, high))
     if not any(low) and not any(high) and not any(interior):
         return x
     value = int(value) if x.dtype in ("int32", "int64") else float(value)  # one value, one node

@@ -151,6 +151,9 @@ class CompiledFunction:
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
         self._fits_env: list[int] | None = None  # dims the current plan was last checked to hold
+        self._env_checked: list[int] | None = None  # the last dims _check_env accepted, and its verdict
+        self._env_empty = False
+        self._dim_checks: tuple | None = None
         self._plan_threads = 0
         self._arena: np.ndarray | None = None
         self._ws: np.ndarray | None = None
@@ -601,7 +604,10 @@ class CompiledFunction:
                  given: list | None = None):
         """Run with `bound` (table slot -> (array, its data address)) and the caller's checked output arrays
         (`given`, or None); the caller holds self._lock."""
-        if 0 in env:
+        if env != self._env_checked:
+            self._env_empty = self._check_env(env)
+            self._env_checked = list(env)
+        if self._env_empty:
             return self._execute_empty(bound, given)
         self._ensure_plan(env, nthreads)
         table = self._call_table
@@ -630,6 +636,29 @@ class CompiledFunction:
             else:
                 outs[k][...] = outs[first]
         return shaped_like(self._form, outs)
+
+    def _check_env(self, env: list[int]) -> bool:
+        """Whether these dims leave some tensor empty (then the reference evaluates the call); a ShapeError where
+        they do not fit the graph: a slice of a symbolic axis that reaches past its end (x[5:] with N = 3). Run
+        when the dims change, not every call."""
+        if self._dim_checks is None:  # the nodes that check dims, and the dims derived from the symbols
+            known = set(self._symbols)
+            checks, derived = [], set()
+            for n in topo_order(self._outputs):
+                if any(not isinstance(d, int) and d not in known for d in n.shape):
+                    derived.update(d for d in n.shape if not isinstance(d, int) and d.free_symbols <= known)
+                if getattr(n.op, "check_dims", None) is not None and any(
+                        not isinstance(d, int) for i in (n, *n.inputs) for d in i.shape):
+                    checks.append(n)
+            self._dim_checks = (tuple(checks), tuple(self._dim_fn(d) for d in derived))
+        checks, derived = self._dim_checks
+        if checks:
+            dims = dict(zip(self._symbols, env, strict=True))
+            for n in checks:
+                why = n.op.check_dims(n, dims)
+                if why is not None:
+                    raise ShapeError(f"compiled function: {why}")
+        return 0 in env or any(f(env) <= 0 for f in derived)
 
     def _execute_empty(self, bound: dict[int, tuple[np.ndarray, int]], given: list | None):
         """A call where a dim is 0 (no rows, no steps): nothing to compute natively — the kernels and their

@@ -78,13 +78,74 @@ def test_indexing_with_a_tensor_points_to_take():
         x[i]
 
 
-def test_a_symbolic_axis_cannot_be_cut_or_indexed():
-    x = gc.input("x", ("N", 4))
-    with pytest.raises(gc.ShapeError, match=r"axis 0 of \[N,4\] is symbolic \(N\); it can only be taken whole "
-                                            r"\(':' or '::-1'\), not sliced with 1:"):
-        x[1:]
-    with pytest.raises(gc.ShapeError, match="cannot be indexed with an int"):
-        x[0]
+SYMBOLIC_KEYS = [slice(1, None), slice(None, -1), slice(-2, None), slice(1, -1), slice(None, None, 2),
+                 slice(1, None, 3), slice(None, None, -2), slice(-1, None, -2), slice(2, 5), slice(-3, -1), 0, -1, 3]
+
+
+@pytest.mark.parametrize("key", SYMBOLIC_KEYS, ids=repr)
+def test_slices_and_indices_of_a_symbolic_axis_match_numpy_compiled_and_differentiated(key):
+    """On a symbolic axis (a batch N, a length T) slices and indices are dims (x[1:] has N - 1 rows, x[-1] is row
+    N - 1): the reference, the compiled function on 1-3 threads (bitwise) and the gradient (finite differences)
+    agree with numpy for every N the selection fits."""
+    x = gc.input("xs", ("N", 3))
+    y = gc.tanh(x[key]) * 2.0
+    loss = gc.sum(y * y)
+    fn = gc.compile([y, gc.grad(loss, x)], threads=3)
+    for n in (5, 6, 9):
+        v = rng.normal(size=(n, 3))
+        want = np.tanh(v[key]) * 2.0
+        np.testing.assert_allclose(ev(y, xs=v), want, rtol=1e-12)
+        outs = [fn({"xs": v.astype(np.float32)}, threads=t) for t in (1, 2, 3)]
+        np.testing.assert_allclose(outs[0][0], want, rtol=1e-5, atol=1e-6)
+        for o in outs[1:]:
+            assert all(np.array_equal(a, b) for a, b in zip(o, outs[0], strict=True))
+        gc.check_grad(loss, x, {"xs": v})
+
+
+def test_a_selection_past_the_end_of_a_symbolic_axis_is_an_error_when_its_size_is_known():
+    """numpy clips slice bounds to the axis; on a symbolic axis they are not clipped (the dims are N - 5, not
+    max(N - 5, 0)): a call whose axis is too short is a ShapeError naming the selection's line, in the reference,
+    the compiled function and training, never a read outside the array."""
+    x = gc.input("xs", ("N", 3))
+    for sel, n, words in ((x[5:], 3, "from index 5 on"), (x[3], 3, "index 3"), (x[-4], 2, "index -2"),
+                          (x[1:7:2], 5, "indices 1 to 5 by 2")):
+        v = np.ones((n, 3), np.float32)
+        with pytest.raises(gc.ShapeError, match=rf"slice at {HERE}:\d+: axis 0 of \[N,3\] has {n} element.*{words}"
+                                                r".*not clipped"):
+            ev(sel, xs=v)
+        with pytest.raises(gc.ShapeError, match=rf"compiled function: slice at {HERE}.*{words}"):
+            gc.compile(sel * 1.0)({"xs": v})
+    assert gc.compile(x[5:] * 1.0)({"xs": np.ones((5, 3), np.float32)}).shape == (0, 3)  # fits, and is empty
+    assert gc.compile(x[1:] * 1.0)({"xs": np.ones((1, 3), np.float32)}).shape == (0, 3)
+
+
+def test_an_epoch_refuses_a_batch_its_slices_do_not_fit():
+    x, t = gc.input("x", ("N", 4)), gc.input("t", ("N",))
+    w = gc.param("w", (4,), init=np.ones(4, np.float32) * 0.1)
+    d = gc.matmul(x, w) - t
+    loss = gc.mean((d[1:] - d[:-1]) ** 2) + gc.mean(d[2:] * d[2:])  # needs 3 rows a batch
+    ef = gc.EpochFunction(loss, {w: w - 0.01 * gc.grad(loss, w)}, x=x, y=t)
+    X, T = rng.normal(size=(10, 4)).astype(np.float32), rng.normal(size=10).astype(np.float32)
+    state = gc.nn.init_params([w], seed=0)
+    with pytest.raises(gc.ShapeError, match=r"training: a batch of 1 row\(s\):.*slice at .*index 2"):
+        ef.run_epoch(X, T, state, batch=3)  # 10 rows: a last batch of 1
+    with pytest.raises(gc.ShapeError, match="a batch of 2 row"):
+        ef.run_epoch(X, T, state, batch=2)  # d[2:] of 2 rows is empty
+    before = state["w"].copy()
+    st = ef.run_epoch(X, T, state, batch=3, drop_last=True)
+    assert st.steps == 3 and not np.array_equal(state["w"], before)
+
+
+def test_sequence_shifts_along_a_symbolic_time_axis():
+    """A language model's inputs and targets, ids[:-1] and ids[1:] along a symbolic T, and a scan's last output
+    ys[-1]: compiled equal to the reference for several T."""
+    xs = gc.input("xs", ("T", "N", 3))
+    _, ys = gc.scan(lambda h, x: (gc.tanh(h + x), gc.tanh(h + x)), gc.zeros(("N", 3), "float32"), xs[:-1])
+    out = gc.sum((ys - xs[1:]) ** 2) + gc.sum(ys[-1])
+    fn = gc.compile(out)
+    for T in (2, 3, 7):
+        v = rng.normal(size=(T, 2, 3)).astype(np.float32)
+        np.testing.assert_allclose(fn({"xs": v}), ev(out, xs=v), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
