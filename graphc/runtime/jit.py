@@ -29,7 +29,7 @@ from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
-from graphc.runtime.reference import bind_values, leaves_by_name
+from graphc.runtime.reference import bind_values, check_dims_bound, leaves_by_name
 
 RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 
@@ -134,7 +134,10 @@ class CompiledFunction:
             target = level_target(target)
         self.target = target or host_target()
         graph = Graph.of(outs)
-        leaves_by_name(topo_order(outs))  # two leaves of one name could not be told apart in `values`
+        order = topo_order(outs)
+        leaves_by_name(order)  # two leaves of one name could not be told apart in `values`
+        check_dims_bound(order, {s for n in order if n.op.name in ("input", "param") for d in n.shape
+                                 if not isinstance(d, int) for s in d.free_symbols}, "compile")
         extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
         graph = Graph(graph.outputs, graph.inputs + extra)
         options = stages.Options(self.target, training, tuple((self._n_results + k, leaf)

@@ -118,6 +118,21 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     return arrays, env, wide
 
 
+def check_dims_bound(order: list[Node], bound, what: str) -> None:
+    """A ShapeError naming the first node whose shape has a symbolic dim that no input of the graph binds (a
+    gc.zeros(("N", 3)) in a graph that reads no input with N): nothing could give it a value."""
+    for n in order:
+        for d in n.shape:
+            if isinstance(d, int):
+                continue
+            free = sorted((s for s in d.free_symbols if s not in bound), key=str)
+            if free:
+                s = free[0]
+                raise ShapeError(f"{what}: {n.op.name} ({fmt_type(n.shape, n.dtype)}) at {n.source.where()} has the "
+                                 f"dim {s}, but no input the graph reads has {s} in its shape, so nothing gives it a "
+                                 f"value; read an input with that dim, or give the shape in ints")
+
+
 def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: bool = False):
     """Evaluate `outputs` (a tensor or a list of tensors) given `values` for the graph's inputs and parameters.
 
@@ -130,6 +145,7 @@ def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: 
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
     arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where)
+    check_dims_bound(order, env, where)
     if any(n.dtype == "float64" for n in order):
         wide = True
     ctx = EvalContext(np.dtype("float64" if wide else "float32"), training, env)

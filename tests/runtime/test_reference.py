@@ -80,6 +80,22 @@ def test_dtype_mismatch():
         gc.evaluate(loss, dict(ok, labels=object()))
 
 
+def test_a_dim_no_input_binds_is_an_error_naming_the_tensor_that_has_it():
+    """gc.zeros(("N", 3)) takes N from an input with N; a graph that reads none has nothing to give it a value:
+    evaluate and compile say so, naming the tensor and its line (evaluate said 'dim N needs a value for N', and
+    compile accepted the graph and failed at every call)."""
+    h0 = gc.zeros(("N", 3), "float32")
+    _, ys = gc.scan(lambda h, _: (h + 1.0, h), h0, length=2)
+    words = r"broadcast_to \(f32\[N,3\]\) at test_reference.py:\d+ has the dim N, but no input the graph reads has N"
+    with pytest.raises(gc.ShapeError, match=rf"evaluate at test_reference.py:\d+: {words}"):
+        gc.evaluate(ys, {})
+    with pytest.raises(gc.ShapeError, match=rf"compile: {words}"):
+        gc.compile(ys)
+    xs = gc.input("xs", (2, "N", 3))  # with an input that has N, the same scan runs
+    _, ys = gc.scan(lambda h, x: (h + x, h), h0, xs)
+    assert gc.compile(ys)({"xs": np.ones((2, 4, 3), np.float32)}).shape == (2, 4, 3)
+
+
 def test_duplicate_names_are_an_error():
     a = gc.input("dup", (2,))
     b = gc.input("dup", (3,))
