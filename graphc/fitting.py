@@ -217,11 +217,28 @@ class OutDir:
         self.fd = None
 
 
+# gc.fit's own keyword arguments (not TrainConfig options), and names users of other libraries reach for
+FIT_ARGS = ("out", "resume", "overwrite", "progress", "label", "features", "task", "train_fraction", "split_seed",
+            "log", "grid", "distributed")
+_OTHER_NAMES = {"quiet": "progress=False", "silent": "progress=False", "verbose": "progress=True",
+                "learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "batch": "batch_size",
+                "weight_decay": "l2", "hidden_sizes": "hidden", "hidden_layers": "hidden", "optim": "optimizer"}
+
+
 def _config(options: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     unknown = set(options) - names
     if unknown:
-        raise GraphcError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(names)}")
+        import difflib
+
+        hints = []
+        for k in sorted(unknown):
+            close = difflib.get_close_matches(k, [*names, *FIT_ARGS], n=1)
+            like = _OTHER_NAMES.get(k) or (close[0] if close else None)
+            if like:
+                hints.append(f"{k!r}: did you mean {like}?")
+        raise GraphcError(f"unknown training option(s) {sorted(unknown)}{''.join('; ' + h for h in hints)}; "
+                          f"training options: {sorted(names)}; and gc.fit's own: {', '.join(FIT_ARGS)}")
     return TrainConfig(**options)
 
 
@@ -257,6 +274,9 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
         model_desc = str(model)
         model, file_options = load_model_file(str(model))
     elif model is not None:
+        if not callable(model):
+            raise GraphcError(f"gc.fit: model must be None (the default MLP), a function model(x, n_outputs) or the "
+                              f"path of a model file, got {type(model).__name__} {model!r:.60}")
         model_desc = getattr(model, "__name__", type(model).__name__)
     defaults = dict(DATASET_DEFAULTS.get(data, {})) if isinstance(data, str) else {}  # a copy: updated below
     if model is not None:

@@ -338,3 +338,17 @@ def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is
             fit(None, "digits", progress=False, epochs=1, **kw)
     r = fit(None, "digits", progress=False, epochs=1, dropout=0.8)
     assert r.config.dropout == [0.8]
+
+
+def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_function_is_named():
+    """A misspelt option, or a name from another library, gets the option meant (gc.fit's own arguments, such as
+    progress, were not even listed); a model that is neither None, a function nor a path is refused by type (it
+    was 'the model raised TypeError: int object is not callable')."""
+    for kw, words in ((dict(epochz=1), r"'epochz': did you mean epochs\?"),
+                      (dict(quiet=True), r"'quiet': did you mean progress=False\?"),
+                      (dict(learning_rate=0.1), r"'learning_rate': did you mean lr\?"),
+                      (dict(overwrit=True), r"'overwrit': did you mean overwrite\?")):
+        with pytest.raises(gc.GraphcError, match=words + r".*gc.fit's own: out, resume, overwrite, progress"):
+            fit(None, "digits", progress=False, **kw)
+    with pytest.raises(gc.GraphcError, match=r"model must be None \(the default MLP\), a function .*got int 3"):
+        fit(3, "digits", progress=False)
