@@ -285,6 +285,12 @@ class FitResult:
         return f"<FitResult {keys}>"
 
 
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    b = aligned_empty(a.shape, a.dtype)
+    b[...] = a
+    return b
+
+
 class Trainer:
     """Builds the step graph for a model and a task, compiles it with the epoch driver, and runs epochs."""
 
@@ -672,7 +678,7 @@ class Trainer:
                 scal: dict):
         """The state after the first `steps` steps of this epoch, from its starting state (deterministic)."""
         cfg = self.config
-        replay = {k: v.copy() for k, v in start_state.items()}
+        replay = {k: _aligned_copy(v) for k, v in start_state.items()}  # as the epoch trains them: no warning
         stats = self.epoch_fn.run_epoch(X, Y, replay, batch=cfg.batch_size, epoch=epoch + 1000 * (s["phase"] - 1),
                                         seed=cfg.seed, step0=s["step"], scalars=scal, drop_last=cfg.drop_last,
                                         max_steps=steps, threads=self.threads, on_nonfinite="stop")
