@@ -52,6 +52,14 @@ def make_cases(dtype: str = "float64") -> dict:
 
 
     POS = st.floats(0.2, 3)
+    OFF_INT = st.builds(lambda k, f: k + f, st.integers(-3, 2), st.floats(0.1, 0.9))  # away from a floor's step
+
+
+    def off_integer(a, b):  # a / b away from an integer: floor_divide and remainder are smooth around it
+        with np.errstate(all="ignore"):
+            q = np.asarray(a, np.float64) / np.asarray(b, np.float64)
+        f = q - np.floor(q)
+        return bool(np.all((f > 0.05) & (f < 0.95)))
 
 
     @st.composite
@@ -335,6 +343,10 @@ def make_cases(dtype: str = "float64") -> dict:
         "softplus": elementwise(gc.softplus, 1),
         "relu": elementwise(gc.relu, 1, _away(0.05)),
         "erf": elementwise(gc.erf, 1),
+        "floor": elementwise(gc.floor, 1, OFF_INT),
+        "ceil": elementwise(gc.ceil, 1, OFF_INT),
+        "floor_divide": elementwise(gc.floor_divide, 2, elements=[F, _away(0.2)], check=off_integer),
+        "remainder": elementwise(gc.remainder, 2, elements=[F, _away(0.2)], check=off_integer),
         "maximum": elementwise(gc.maximum, 2, check=far_apart),
         "minimum": elementwise(gc.minimum, 2, check=far_apart),
         "where": where_case(),

@@ -51,7 +51,7 @@ from graphc.errors import CompileError
 from graphc.ir.lowering import floordiv
 from graphc.ir.shapes import Dim
 from graphc.ops import random as rng_mod
-from graphc.ops.scalar import expm1, keep_bit, log1p, relu, rint, sigmoid, softplus
+from graphc.ops.scalar import expm1, floor_divide, keep_bit, log1p, relu, remainder, rint, sigmoid, softplus
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -270,6 +270,13 @@ class ScalarEmitter:
                             b.select(self.compare(sympy.Equality, x, zero), self.const(x.type, h0), zero))
         if isinstance(e, rint):
             return self.call_intrinsic("llvm.rint", go(e.args[0]))
+        if isinstance(e, (sympy.floor, sympy.ceiling)):
+            x = go(e.args[0])
+            if not _is_float(x.type):
+                return x
+            return self.call_intrinsic("llvm.floor" if isinstance(e, sympy.floor) else "llvm.ceil", x)
+        if isinstance(e, (floor_divide, remainder)):
+            return self.floor_mod(go(e.args[0]), go(e.args[1]), isinstance(e, remainder))
         if isinstance(e, keep_bit):
             return self.keep_bit(go(e.args[0]), go(e.args[1]), int(e.args[2]), go(e.args[3]))
         fn = _VMATH.get(type(e))
@@ -325,6 +332,43 @@ class ScalarEmitter:
         if vmath.element_type(x.type).width == 1:
             return self.b.icmp_unsigned(op, x, y)
         return self.b.icmp_signed(op, x, y)
+
+    def floor_mod(self, a, d, want_mod: bool):
+        """numpy's floor_divide / remainder of a by d. Floats as numpy's npy_divmod: fmod, the quotient of
+        a - fmod, the remainder moved to the divisor's sign, the quotient snapped to an integer; d = 0 gives a / d
+        and nan. Ints rounded down, d = 0 giving 0 (numpy's result) and d = -1 no overflow trap."""
+        b = self.b
+        ty = a.type
+        if not _is_float(ty):
+            zero, one = self.const(ty, 0), self.const(ty, 1)
+            bad = b.or_(b.icmp_signed("==", d, zero), b.icmp_signed("==", d, self.const(ty, -1)))
+            dd = b.select(bad, one, d)  # no division by 0, and no INT_MIN / -1
+            q, r = b.sdiv(a, dd), b.srem(a, dd)
+            fix = b.and_(b.icmp_signed("!=", r, zero),
+                         b.icmp_unsigned("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", d, zero)))
+            if want_mod:
+                return b.select(bad, zero, b.select(fix, b.add(r, d), r))
+            q = b.select(fix, b.sub(q, one), q)
+            return b.select(b.icmp_signed("==", d, zero), zero,
+                            b.select(b.icmp_signed("==", d, self.const(ty, -1)), b.sub(zero, a), q))
+        zero, one, half = self.const(ty, 0.0), self.const(ty, 1.0), self.const(ty, 0.5)
+
+        def copysign(mag, sign):
+            return b.call(vmath.intrinsic(self.module, "llvm.copysign", ty, 2), [mag, sign])
+
+        mod = b.frem(a, d)
+        d_zero = b.fcmp_ordered("==", d, zero)
+        nonzero = b.fcmp_unordered("!=", mod, zero)  # C's `if (mod)`: nan counts
+        fix = b.and_(nonzero, b.icmp_unsigned("!=", b.fcmp_ordered("<", d, zero), b.fcmp_ordered("<", mod, zero)))
+        if want_mod:
+            m = b.select(nonzero, b.select(fix, b.fadd(mod, d), mod), copysign(zero, d))
+            return b.select(d_zero, mod, m)
+        div = b.fdiv(b.fsub(a, mod), d)
+        div = b.select(fix, b.fsub(div, one), div)
+        fl = self.call_intrinsic("llvm.floor", div)
+        fl = b.select(b.fcmp_ordered(">", b.fsub(div, fl), half), b.fadd(fl, one), fl)
+        q = b.select(b.fcmp_unordered("!=", div, zero), fl, copysign(zero, b.fdiv(a, d)))
+        return b.select(d_zero, b.fdiv(a, d), q)
 
     def call_intrinsic(self, name: str, x):
         return self.b.call(vmath.intrinsic(self.module, name, x.type), [x])

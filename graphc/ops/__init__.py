@@ -23,11 +23,13 @@ from graphc.ops.pointwise import (
     add,
     broadcast_like,
     cast,
+    ceil,
     divide,
     elementwise,
     equal,
     erf,
     exp,
+    floor,
     full_like,
     greater,
     greater_equal,
@@ -51,8 +53,10 @@ from graphc.ops.pointwise import (
 )
 from graphc.ops.pointwise import abs_ as abs  # noqa: A004
 from graphc.ops.pointwise import expm1_ as expm1
+from graphc.ops.pointwise import floor_divide_ as floor_divide
 from graphc.ops.pointwise import log1p_ as log1p
 from graphc.ops.pointwise import relu_ as relu
+from graphc.ops.pointwise import remainder_ as remainder
 from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
@@ -69,5 +73,5 @@ __all__ = [
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
     "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
     "split", "stack", "take", "windows", "scan", "zeros", "conv1d", "conv2d", "max_pool1d", "max_pool2d",
-    "avg_pool1d", "avg_pool2d",
+    "avg_pool1d", "avg_pool2d", "floor", "ceil", "floor_divide", "remainder",
 ]

@@ -20,7 +20,7 @@ from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, register
 from graphc.ops.reduce import sum_to_shape
-from graphc.ops.scalar import NUMPY, expm1, log1p, relu, sigmoid, softplus
+from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, sigmoid, softplus
 
 X = sympy.symbols("x0:4", real=True)
 Y = sympy.Symbol("y", real=True)  # the op's own output, for derivatives that reuse it
@@ -369,6 +369,13 @@ SIGMOID = _ew("sigmoid", 1, sigmoid(x0), sigmoid)
 SOFTPLUS = _ew("softplus", 1, softplus(x0), softplus)
 RELU = _ew("relu", 1, relu(x0), relu, domain=NUMERIC)
 ERF = _ew("erf", 1, sympy.erf(x0), sympy.erf)
+# piecewise constant: their derivatives are 0 (where defined); remainder's are 1 and -floor_divide
+FLOOR = _ew("floor", 1, sympy.floor(x0), sympy.floor, partials={0: sympy.Integer(0)})
+CEIL = _ew("ceil", 1, sympy.ceiling(x0), sympy.ceiling, partials={0: sympy.Integer(0)})
+FLOORDIV = _ew("floor_divide", 2, floor_divide(x0, x1), floor_divide, domain=NUMERIC,
+               partials={0: sympy.Integer(0), 1: sympy.Integer(0)})
+REM = _ew("remainder", 2, remainder(x0, x1), remainder, domain=NUMERIC,
+          partials={0: sympy.Integer(1), 1: -floor_divide(x0, x1)})
 # ties split the cotangent evenly: d max(a, b)/da = 1/2 at a == b (sympy's Heaviside(0) = 1/2)
 MAXIMUM = _ew("maximum", 2, sympy.Max(x0, x1), domain=NUMERIC)
 MINIMUM = _ew("minimum", 2, sympy.Min(x0, x1), domain=NUMERIC)
@@ -471,14 +478,16 @@ def _unary(op: ElementwiseOp, promote_ints: bool = True):
 
 
 add, subtract, multiply, divide = _binary(ADD), _binary(SUB), _binary(MUL), _binary(DIV)
+floor_divide_, remainder_ = _binary(FLOORDIV), _binary(REM)
+floor, ceil = _unary(FLOOR), _unary(CEIL)
 maximum, minimum = _binary(MAXIMUM), _binary(MINIMUM)
 less, less_equal, greater, greater_equal = _binary(LT), _binary(LE), _binary(GT), _binary(GE)
 equal, not_equal = _binary(EQ), _binary(NE)
 exp, log, log1p_, expm1_, sqrt = _unary(EXP), _unary(LOG), _unary(LOG1P), _unary(EXPM1), _unary(SQRT)
 tanh, sigmoid_, softplus_, erf = _unary(TANH), _unary(SIGMOID), _unary(SOFTPLUS), _unary(ERF)
 abs_, sign, relu_ = _unary(ABS), _unary(SIGN), _unary(RELU)
-for _f, _n in ((log1p_, "log1p"), (expm1_, "expm1"), (sigmoid_, "sigmoid"), (softplus_, "softplus"),
-               (abs_, "abs"), (relu_, "relu")):
+for _f, _n in ((floor_divide_, "floor_divide"), (remainder_, "remainder"), (log1p_, "log1p"), (expm1_, "expm1"),
+               (sigmoid_, "sigmoid"), (softplus_, "softplus"), (abs_, "abs"), (relu_, "relu")):
     _f.__name__ = _n
 
 

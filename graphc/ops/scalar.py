@@ -13,7 +13,7 @@ import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "NUMPY"]
+__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "floor_divide", "remainder", "NUMPY"]
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - sympy function names are lower case
@@ -63,6 +63,26 @@ class relu(sympy.Function):  # noqa: N801
 
 class rint(sympy.Function):  # noqa: N801
     """Round to the nearest integer, ties to even (IEEE rint)."""
+
+
+class floor_divide(sympy.Function):  # noqa: N801
+    """numpy's floor_divide (Python's //): floats as numpy computes them, through fmod (1 // 0.1 is 9, as the
+    float 0.1 is a little over 1/10) and x // 0 = x / 0; ints rounded down, x // 0 = 0. Piecewise constant."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(0)
+
+
+class remainder(sympy.Function):  # noqa: N801
+    """numpy's remainder (Python's %): a - b * floor_divide(a, b), with the sign of b; x % 0 is nan for floats and
+    0 for ints."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(1) if argindex == 1 else -floor_divide(*self.args)
 
 
 class keep_bit(sympy.Function):  # noqa: N801
@@ -120,5 +140,9 @@ NUMPY = {
     "Heaviside": _np_heaviside,
     "heaviside": _np_heaviside,
     "rint": np.rint,
+    "floor_divide": np.floor_divide,
+    "remainder": np.remainder,
+    "floor": np.floor,
+    "ceiling": np.ceil,
     "keep_bit": _np_keep_bit,
 }

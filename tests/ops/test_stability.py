@@ -115,3 +115,38 @@ def test_subgradient_conventions():
     np.testing.assert_allclose(got, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
     # max(x, x) is x: the two halves add back to one
     np.testing.assert_array_equal(_grad_at(lambda z: gc.maximum(z, z), [1.0, -1.0]), [1.0, 1.0])
+
+
+def test_floor_divide_and_remainder_are_numpys_bit_for_bit_on_special_values_and_ints():
+    """x // y and x % y (gc.floor_divide, gc.remainder) as numpy computes them — through fmod, so 1 // 0.1 is 9 —
+    with signed zeros, infinities, nan and a zero divisor, compiled and in the reference; ints rounded down, with
+    x // 0 = x % 0 = 0 as numpy gives and INT_MIN // -1 wrapping instead of trapping."""
+    import warnings
+
+    v = np.array([0.0, -0.0, 1.0, -1.0, 0.1, 1e-30, 7.5, -7.5, 3.0, np.inf, -np.inf, np.nan, 1e30, 2.5], np.float64)
+    for dt in ("float32", "float64"):
+        A, B = (m.ravel().astype(dt) for m in np.meshgrid(v, v))
+        a, b = gc.input("a", ("N",), dt), gc.input("b", ("N",), dt)
+        outs = [a // b, a % b, gc.floor(a), gc.ceil(a)]
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            want = [np.floor_divide(A, B), np.remainder(A, B), np.floor(A), np.ceil(A)]
+            for got in (gc.compile(outs)({"a": A, "b": B}), gc.evaluate(outs, {"a": A, "b": B})):
+                for g, w in zip(got, want, strict=True):
+                    assert g.dtype == w.dtype
+                    np.testing.assert_array_equal(g, w)
+                    assert np.array_equal(np.signbit(g), np.signbit(w))  # -0.0 where numpy gives it
+    for dt in ("int32", "int64"):
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        A, B = (m.ravel() for m in np.meshgrid(np.array([0, 1, -1, 7, -7, 3, -3, lo, hi], dt), np.array(
+            [1, -1, 2, -2, 3, -7, 0, lo, hi], dt)))
+        a, b = gc.input("ai", ("N",), dt), gc.input("bi", ("N",), dt)
+        with np.errstate(all="ignore"):
+            want = [np.floor_divide(A, B), np.remainder(A, B)]
+        for g, w in zip(gc.compile([a // b, a % b])({"ai": A, "bi": B}), want, strict=True):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+    x = gc.input("x", (3,), "float64")  # d(x % c)/dx = 1, d(c % x)/dx = -(c // x), floor and // are flat
+    loss = gc.sum(x % 0.7 + 2.0 % x + x // 0.3 + gc.floor(x) * x)
+    g = gc.evaluate(gc.grad(loss, x), {"x": np.array([1.0, 0.7, -1.3])})
+    np.testing.assert_allclose(g, 1 - np.floor_divide(2.0, [1.0, 0.7, -1.3]) + np.floor([1.0, 0.7, -1.3]))
