@@ -416,11 +416,16 @@ def run_scan(node: Node, args: list, ctx) -> tuple:
 
 
 def _flatten(tree, what: str, allow_none: bool):
-    """Tensors (or numbers) in nested tuples/lists -> (leaves, structure)."""
+    """Tensors (or numbers) in nested tuples, lists, named tuples and dicts (keys in sorted order, as JAX's
+    pytrees) -> (leaves, structure)."""
+    if isinstance(tree, dict):
+        keys = sorted(tree)
+        parts = [_flatten(tree[k], what, allow_none) for k in keys]
+        return [x for p in parts for x in p[0]], (dict, tuple(keys), [p[1] for p in parts])
     if isinstance(tree, (tuple, list)):
         parts = [_flatten(t, what, allow_none) for t in tree]
         leaves = [x for p in parts for x in p[0]]
-        return leaves, (type(tree), [p[1] for p in parts])
+        return leaves, (type(tree), None, [p[1] for p in parts])
     if tree is None:
         if not allow_none:
             raise GraphcError(f"{what}: None is not a tensor")
@@ -429,7 +434,8 @@ def _flatten(tree, what: str, allow_none: bool):
         return [tree], "leaf"
     if isinstance(tree, (int, float, np.ndarray, np.generic)) and not isinstance(tree, bool):
         return [as_tensor(tree)], "leaf"
-    raise GraphcError(f"{what}: expected a tensor or a tuple/list of tensors, got {type(tree).__name__}")
+    raise GraphcError(f"{what}: expected a tensor or tuples, lists, named tuples or dicts of tensors, got "
+                      f"{type(tree).__name__}")
 
 
 def _unflatten(struct, leaves: list):
@@ -438,17 +444,45 @@ def _unflatten(struct, leaves: list):
     def build(s):
         if s == "leaf" or s is None:
             return next(it)
-        typ, parts = s
-        return typ(build(p) for p in parts)
+        typ, keys, parts = s
+        items = [build(p) for p in parts]
+        if keys is not None:
+            return dict(zip(keys, items, strict=True))
+        return typ(*items) if hasattr(typ, "_fields") else typ(items)  # a named tuple takes its fields
 
     return build(struct)
+
+
+def _paths(struct, prefix: str = "") -> list[str]:
+    """Each leaf's place in the structure, as an index expression: ['h'], [1][0], or '' for a lone tensor."""
+    if struct == "leaf" or struct is None:
+        return [prefix]
+    _, keys, parts = struct
+    names = [repr(k) for k in keys] if keys is not None else [str(i) for i in range(len(parts))]
+    return [q for n, p in zip(names, parts, strict=True) for q in _paths(p, f"{prefix}[{n}]")]
+
+
+def _shape_of(struct) -> str:
+    """The structure as the user wrote it, tensors as T: {'h': T, 's': (T, T)}."""
+    if struct == "leaf":
+        return "T"
+    if struct is None:
+        return "None"
+    typ, keys, parts = struct
+    inner = [_shape_of(p) for p in parts]
+    if keys is not None:
+        return "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(keys, inner, strict=True)) + "}"
+    if typ is list:
+        return "[" + ", ".join(inner) + "]"
+    name = typ.__name__ if hasattr(typ, "_fields") else ""
+    return f"{name}({', '.join(inner)}{',' if len(inner) == 1 else ''})"
 
 
 def _same_struct(a, b) -> bool:
     if a == "leaf" or b == "leaf" or a is None or b is None:
         return a == b or (a == "leaf" and b == "leaf")
-    return a[0] is b[0] and len(a[1]) == len(b[1]) and all(_same_struct(x, y) for x, y in zip(a[1], b[1],
-                                                                                                 strict=True))
+    return a[0] is b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(
+        _same_struct(x, y) for x, y in zip(a[2], b[2], strict=True))
 
 
 def zeros(shape, dtype: str = "float32") -> Tensor:
@@ -485,7 +519,8 @@ def _length(xs: list[Node], length, where: str):
 def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, checkpoint: int | None = None):
     """A loop in the graph, as jax.lax.scan: `step(carry, x_t) -> (carry, y_t)` runs once per step t over the
     leading (time) axis of `xs`, and `scan` returns `(final carry, ys)` with the y_t stacked along a new leading
-    axis. carry, xs and y_t may be tensors or tuples/lists of them; y_t may be None (then ys is None).
+    axis. carry, xs and y_t may be tensors or nested tuples, lists, named tuples and dicts of them (dict keys in
+    sorted order, as JAX's pytrees); y_t may be None (then ys is None).
     `length` is the number of steps (an int or a symbolic dim like "T"; needed when xs is None).
     `reverse=True` runs from the last step to the first (ys stay in index order). `checkpoint=k` makes the
     gradient store every k-th carry and recompute the others (less memory, one more forward pass).
@@ -519,8 +554,8 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
         new_c, y = res
         c_leaves, c_struct = _flatten(new_c, f"scan at {where}: the carry step returns", False)
         if not _same_struct(c_struct, init_struct) or len(c_leaves) != len(carry_args):
-            raise GraphcError(f"scan at {where}: step returns a carry of another structure than init "
-                              f"({len(c_leaves)} tensors for {len(carry_args)}); return the carry as it came in")
+            raise GraphcError(f"scan at {where}: step returns a carry of another structure than init: "
+                              f"{_shape_of(c_struct)} for {_shape_of(init_struct)}; return the carry as it came in")
         out_c = []
         for k, (c, a, i0) in enumerate(zip(c_leaves, carry_args, init_leaves, strict=True)):
             if not isinstance(c, Node):
@@ -528,8 +563,10 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
             same = c.ndim == a.ndim and all(dims_equal(p, q) for p, q in zip(c.shape, a.shape, strict=True))
             if not same or c.dtype != a.dtype:
                 label = i0.name or i0.op.name
+                path = _paths(init_struct)[k]
+                path = f" (init{path})" if path else ""
                 raise ShapeError(
-                    f"scan at {where}: carry {k} goes into step as {fmt_type(a.shape, a.dtype)} (init {label} at "
+                    f"scan at {where}: carry {k}{path} goes into step as {fmt_type(a.shape, a.dtype)} (init {label} at "
                     f"{i0.source.where()}) but step returns {c.type_str} (built at {c.source.where()}); a carry "
                     "must keep its shape and dtype from step to step")
             out_c.append(c)

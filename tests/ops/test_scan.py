@@ -88,6 +88,41 @@ def test_tuples_none_ys_and_no_xs():
     assert got[0] == 13 and got[1] == 21
 
 
+def test_dicts_and_named_tuples_as_carry_xs_and_ys():
+    """JAX's pytree containers: a dict (keys in sorted order) or a named tuple as carry, xs and y_t come back as
+    such, compiled as evaluated and differentiated; a step that changes the structure or a leaf's shape is named."""
+    import collections
+
+    xs = gc.input("xs", ("T", "N", 3), "float64")
+    h0 = gc.zeros(("N", 3), "float64")
+
+    def step(c, x):
+        h = gc.tanh(c["h"] + x["a"] * x["b"])
+        return {"s": c["s"] + h, "h": h}, {"out": h * 2.0}
+
+    c, ys = gc.scan(step, {"s": h0, "h": h0}, {"a": xs, "b": xs * 0.5})
+    assert sorted(c) == ["h", "s"] and list(ys) == ["out"]
+    X = np.random.default_rng(3).normal(size=(4, 2, 3))
+    h, s = np.zeros((2, 3)), np.zeros((2, 3))
+    for t in range(4):
+        h = np.tanh(h + X[t] * X[t] * 0.5)
+        s = s + h
+    got = gc.evaluate({"s": c["s"], "out": ys["out"]}, {"xs": X})
+    np.testing.assert_allclose(got["s"], s, rtol=1e-12)
+    np.testing.assert_allclose(got["out"][-1], 2 * h, rtol=1e-12)
+    compiled = gc.compile([c["s"], ys["out"]])({"xs": X})
+    np.testing.assert_allclose(compiled[0], s, rtol=1e-12)
+    gc.check_grad(gc.sum(c["s"]), xs, {"xs": X})
+    P = collections.namedtuple("P", "h s")
+    c2, _ = gc.scan(lambda c, x: (P(gc.tanh(c.h + x), c.s + c.h), None), P(h0, h0), xs)
+    assert type(c2) is P
+    with pytest.raises(gc.GraphcError, match=r"another structure than init: \{'h': T, 'z': T\} for "
+                                             r"\{'h': T, 's': T\}"):
+        gc.scan(lambda c, x: ({"h": c["h"], "z": c["s"]}, None), {"s": h0, "h": h0}, xs)
+    with pytest.raises(gc.ShapeError, match=r"carry 1 \(init\['s'\]\) goes into step as f64\[N,3\]"):
+        gc.scan(lambda c, x: ({"h": c["h"], "s": gc.concatenate([c["s"], x], 1)}, None), {"s": h0, "h": h0}, xs)
+
+
 def test_zeros_is_sized_by_the_batch():
     x = gc.input("x", ("N", 3))
     z = gc.zeros(("N", 5))
