@@ -2,11 +2,14 @@
 
 from graphc.nn.layers import (
     ACTIVATIONS,
+    avg_pool1d,
     avg_pool2d,
+    conv1d,
     conv2d,
     dense,
     flatten,
     init_params,
+    max_pool1d,
     max_pool2d,
     mlp,
     model_build,
@@ -19,7 +22,8 @@ from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
 __all__ = [
-    "ACTIVATIONS", "dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "mlp", "model_build", "parameters",
+    "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
+    "mlp", "model_build", "parameters",
     "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",

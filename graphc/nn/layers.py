@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -170,31 +171,48 @@ def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu",
     """activation(conv2d(x, W) + b) with W: (KH, KW, C, filters) named `<name>.W` and b: (filters,) named
     `<name>.b`. `kernel` is an int or (KH, KW); `init` is W's initializer (default: He normal for ReLU/softplus,
     Glorot uniform otherwise), with fan-in KH*KW*C and fan-out KH*KW*filters."""
+    return _conv_layer(x, 2, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
+
+
+def conv1d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
+           bias: bool = True, name: str = "conv", dtype: str | None = None) -> ops.Tensor:
+    """conv2d's layer over sequences x (N, T, C) (Keras' Conv1D): W (K, C, filters) named `<name>.W`, b
+    (filters,) named `<name>.b`, fan-in K*C; `padding` a string, an int or one (before, after) pair."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        padding = (tuple(padding),)
+    return _conv_layer(x, 1, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
+
+
+def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype):
     from graphc.ops.conv import _per_axis, conv_matrix
 
+    what = f"conv{nsp}d"
     x = ops.as_tensor(x)
-    if x.ndim != 4:
-        raise GraphcError(f"conv2d {name!r}: input must be 4-D (N, H, W, C) images, channels last, got "
-                          f"{x.type_str}" + (" (gc.nn.conv2d on (N, H, W): add a channel axis with "
-                                             "gc.expand_dims(x, -1))" if x.ndim == 3 else ""))
-    c = x.shape[3]
+    if x.ndim != nsp + 2:
+        grid = "(N, H, W, C) images" if nsp == 2 else "(N, T, C) sequences"
+        hint = {(2, 3): " (gc.nn.conv2d on (N, H, W): add a channel axis with gc.expand_dims(x, -1))",
+                (1, 2): " (gc.nn.conv1d on (N, T): add a channel axis with gc.expand_dims(x, -1))"}
+        raise GraphcError(f"{what} {name!r}: input must be {nsp + 2}-D {grid}, channels last, got {x.type_str}"
+                          + hint.get((nsp, x.ndim), ""))
+    c = x.shape[-1]
     if not isinstance(c, int):
-        raise GraphcError(f"conv2d {name!r}: the channel dim of the input must be known, got {x.type_str}")
+        raise GraphcError(f"{what} {name!r}: the channel dim of the input must be known, got {x.type_str}")
     if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-        raise GraphcError(f"conv2d {name!r}: filters must be a positive int, got {filters!r}")
+        raise GraphcError(f"{what} {name!r}: filters must be a positive int, got {filters!r}")
     try:
-        kh, kw = _per_axis(kernel, 2, "kernel")
+        ks = _per_axis(kernel, nsp, "kernel")
     except GraphcError as err:
-        raise GraphcError(f"conv2d {name!r}: {err}") from None
+        raise GraphcError(f"{what} {name!r}: {err}") from None
     fn = _activation(activation)
     dtype = dtype or x.dtype
+    area = math.prod(ks)
     with scope(name):
         w_init = init or _default_init(activation)
-        if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (KH, KW, C, F) filter, not a matrix's
-            w_init = like(w_init, kh * kw * c, kh * kw * filters)
-        w = ops.param(f"{name}.W", (kh, kw, c, filters), init=w_init, dtype=dtype)
+        if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (K..., C, F) filter, not a matrix's
+            w_init = like(w_init, area * c, area * filters)
+        w = ops.param(f"{name}.W", (*ks, c, filters), init=w_init, dtype=dtype)
         # bias and activation on the (N*OH*OW, F) product, before its reshape to images: the GEMM's epilogue
-        z, shape = conv_matrix(x, w, 2, stride, padding, dilation, "conv2d")
+        z, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
         if bias:
             z = z + ops.param(f"{name}.b", (filters,), init="zeros", dtype=dtype)
         return ops.reshape(fn(z) if fn is not None else z, shape)
@@ -208,6 +226,16 @@ def max_pool2d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
 def avg_pool2d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
     """The mean over each window, of real cells only; see gc.avg_pool2d."""
     return ops.avg_pool2d(x, window, stride, padding)
+
+
+def max_pool1d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
+    """max_pool2d over sequences (N, T, C); see gc.max_pool1d."""
+    return ops.max_pool1d(x, window, stride, padding)
+
+
+def avg_pool1d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
+    """avg_pool2d over sequences (N, T, C); see gc.avg_pool1d."""
+    return ops.avg_pool1d(x, window, stride, padding)
 
 
 def flatten(x) -> ops.Tensor:

@@ -41,6 +41,36 @@ def test_layers_name_their_parameters_and_init_from_the_filters_fan_in():
         gc.nn.conv2d(gc.input("g", ("N", 8, 8)), 4, 3)
 
 
+def test_conv1d_and_1d_pools_as_layers_over_sequences():
+    """gc.nn.conv1d / max_pool1d / avg_pool1d (Keras' Conv1D and its pools) over (N, T, C): W (K, C, F) from the
+    fan-in K*C, the product's bias and activation, equal to the op with the same filter, compiled and
+    differentiated."""
+    x = gc.input("x", ("N", 12, 3), "float64")
+    y = gc.nn.conv1d(x, 5, 3, name="c1", activation="tanh")
+    assert y.shape == (gc.dim("N"), 12, 5)
+    params = {p.name: p for p in gc.nn.parameters(y)}
+    assert params["c1.W"].shape == (3, 3, 5) and params["c1.b"].shape == (5,)
+    h = gc.nn.avg_pool1d(gc.nn.max_pool1d(gc.nn.conv1d(y, 4, 2, stride=2, padding=(1, 0), name="c2"), 2), 3)
+    assert h.shape == (gc.dim("N"), 1, 4)
+    vals = gc.nn.init_params([*params.values()], seed=0)
+    assert vals["c1.W"].std() == pytest.approx(np.sqrt(6 / (9 + 15)) / np.sqrt(3), rel=0.25)  # Glorot for tanh
+    v = dict(vals, x=np.random.default_rng(0).normal(size=(2, 12, 3)))
+    want = np.tanh(gc.evaluate(gc.conv1d(x, params["c1.W"], padding="same"), v) + vals["c1.b"])
+    np.testing.assert_allclose(gc.evaluate(y, v), want, rtol=1e-12)
+    out = gc.sum(h * h)
+    all_params = gc.nn.parameters(out)
+    v = dict(gc.nn.init_params(all_params, seed=1), x=v["x"])
+    v32 = {k: a.astype(np.float32) for k, a in v.items()}
+    x32 = gc.input("x", ("N", 12, 3))
+    with gc.nn.model_build():
+        h32 = gc.nn.avg_pool1d(gc.nn.max_pool1d(gc.nn.conv1d(gc.nn.conv1d(x32, 5, 3, name="c1", activation="tanh"),
+                                                              4, 2, stride=2, padding=(1, 0), name="c2"), 2), 3)
+    np.testing.assert_allclose(gc.compile(h32)(v32), gc.evaluate(h, v), rtol=1e-4, atol=1e-5)
+    gc.check_grad(out, all_params, v)
+    with pytest.raises(gc.GraphcError, match=r"conv1d 'conv': input must be 3-D \(N, T, C\).*expand_dims"):
+        gc.nn.conv1d(gc.input("s", ("N", 12)), 4, 3)
+
+
 def reference_epoch(tr, state, X, y, *, seed, batch):
     state = {k: v.copy() for k, v in state.items()}
     scalars = tr.scalars(1)
