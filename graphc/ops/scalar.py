@@ -74,6 +74,10 @@ class floor_divide(sympy.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return sympy.Integer(0)
 
+    def _latex(self, printer):
+        a, b = (printer._print(v) for v in self.args)
+        return rf"\left\lfloor \frac{{{a}}}{{{b}}} \right\rfloor"
+
 
 class remainder(sympy.Function):  # noqa: N801
     """numpy's remainder (Python's %): a - b * floor_divide(a, b), with the sign of b; x % 0 is nan for floats and
@@ -83,6 +87,10 @@ class remainder(sympy.Function):  # noqa: N801
 
     def fdiff(self, argindex=1):
         return sympy.Integer(1) if argindex == 1 else -floor_divide(*self.args)
+
+    def _latex(self, printer):
+        a, b = (printer.parenthesize(v, 50) for v in self.args)
+        return rf"{a} \bmod {b}"
 
 
 class keep_bit(sympy.Function):  # noqa: N801

@@ -150,3 +150,5 @@ def test_floor_divide_and_remainder_are_numpys_bit_for_bit_on_special_values_and
     loss = gc.sum(x % 0.7 + 2.0 % x + x // 0.3 + gc.floor(x) * x)
     g = gc.evaluate(gc.grad(loss, x), {"x": np.array([1.0, 0.7, -1.3])})
     np.testing.assert_allclose(g, 1 - np.floor_divide(2.0, [1.0, 0.7, -1.3]) + np.floor([1.0, 0.7, -1.3]))
+    tex = str(gc.latex(loss))
+    assert r"\bmod" in tex and r"\left\lfloor \frac{" in tex and "operatorname" not in tex
