@@ -122,8 +122,10 @@ def static_unroll_only(fn: ir.Function) -> None:
 class Loop:
     """for (i = start; i < stop; i += step) as a context manager; `i` is the induction variable."""
 
-    def __init__(self, b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int, name: str):
+    def __init__(self, b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int, name: str,
+                 md: str | None = None):
         self.b, self.start, self.stop, self.step, self.name = b, start, stop, step, name
+        self.md = md  # a loop property for the latch ("llvm.loop.unroll.disable")
 
     def __enter__(self) -> ir.Value:
         b = self.b
@@ -146,7 +148,9 @@ class Loop:
         b = self.b
         nxt = b.add(self.i, c64(self.step))
         self.i.add_incoming(nxt, b.block)
-        b.branch(self.head)
+        latch = b.branch(self.head)
+        if self.md is not None:
+            latch.set_metadata("llvm.loop", gemm_mod.loop_md(b.module, self.md))
         b.position_at_end(self.exit)
 
 
@@ -2007,7 +2011,9 @@ class ModuleEmitter:
         self.sync(b, bar, nth)
         if split is not None:  # each thread on its own rows: no meeting inside the loop
             flags = [False] * len(fns)
-        with Loop(b, c64(0), length, 1, k.name) as j:
+        # never unrolled: a scan of a few (constant) steps, such as a checkpointed segment's, copied per step by
+        # LLVM's full unrolling costs compile time (the kernels inlined into every copy) and gains nothing
+        with Loop(b, c64(0), length, 1, k.name, md=gemm_mod.NO_UNROLL) as j:
             t = b.sub(b.sub(length, c64(1)), j) if k.reverse else j
             every = None
             for i, bind in enumerate(k.binds):

@@ -639,7 +639,7 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
     if ck is None:
         ct_init, acc, ct_xs = _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp)
     else:
-        ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step)
+        ct_init, acc, ct_xs = _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp)
     out: list[Node | None] = [None] * len(node.inputs)
     for i, k in enumerate(fc):
         out[k] = ct_init[i]
@@ -853,22 +853,23 @@ def _reverse_scan(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     return ct_init, [acc_out[j] for j in fw], ct_xs
 
 
-def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
+def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     """checkpoint=k: the forward stored the carry entering every k-th step (processing order). The gradient
     is a reverse scan over those segments; each step of it recomputes its segment's k carries with a forward
-    scan from the stored one and then runs the k reverse steps. Steps past the end (k need not divide T) are
-    masked: their carry passes through and they contribute nothing.
+    scan (a loop of k steps) from the stored one and then runs the k reverse steps (a second loop): the graph
+    holds the body twice, not 2k times, whatever k. Steps past the end (k need not divide T) are masked: their
+    carry passes through and they contribute nothing.
 
-    Each reverse step differentiates the body at placeholder carries, then puts the recomputed carries in
-    their place: the sweep sees only the step's own use of the weights (the recomputation's share reaches them
-    through the carry's cotangent), while the gradient stays a function of the recomputed carries, so a second
-    derivative flows through the recomputation too. A cotangent of the stored carries themselves (`gh`: a
+    Each reverse step differentiates the body at its recomputed carry, a slice of the inner loop's xs: the
+    sweep sees only the step's own use of the weights (the recomputation's share reaches them through the
+    carry's cotangent), while the gradient stays a function of the recomputed carries, so a second derivative
+    flows through the recomputation too. A cotangent of the stored carries themselves (`gh`: a
     second derivative through a first one's reverse scan, which reads them) joins the carry's cotangent at
     its segment's start."""
     from graphc.ops.gather import take
-    from graphc.ops.movement import broadcast_to
+    from graphc.ops.movement import broadcast_to, reshape
     from graphc.ops.pointwise import add, cast, full_like, less, minimum, where
-    from graphc.ops.sources import dim_value
+    from graphc.ops.sources import dim_value, iota
 
     nc, nx = body.n_carry, body.n_x
     k = node.attrs["checkpoint"]
@@ -884,7 +885,6 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
     anchor = hist[0]
     ny = len(body.outputs) - nc
     ghs = [gs[nc + ny + q] for q in gh]  # (S, ...): the stored carries' cotangents, in hist's order
-    level = -next(_temp_levels)
     Tn = dim_value(T, seqs[0] if seqs else anchor, "int32") if not isinstance(T, int) else constant(T, "int32")
 
     def seg(rc, rx):
@@ -892,59 +892,43 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
         s = rc[-1]  # the segment's index, counting down
         c0 = rx[:nc]
         gh_s = rx[nc:nc + len(gh)]
-        start = s * constant(k, "int32")
+        # the segment's k processing positions -> their time indices, and whether each is inside the sequence
+        pos = s * constant(k, "int32") + iota(k, "int32")
+        valid = less(pos, Tn)
+        jc = minimum(pos, Tn - constant(1, "int32"))
+        t_of = (Tn - constant(1, "int32") - jc) if rev_fwd else jc
 
-        def pos_index(i):  # processing position start+i -> (time index, in range)
-            j = start + constant(i, "int32")
-            valid = less(j, Tn)
-            jc = minimum(j, Tn - constant(1, "int32"))
-            t = (Tn - constant(1, "int32") - jc) if rev_fwd else jc
-            return t, valid
+        # the segment as a scan of its own: k steps (a loop, not k copies of the body: compile time does not grow
+        # with k) from the stored carry over the segment's rows, steps past the end passing the carry through.
+        # Its gradient is the stored-residual reverse scan of any scan (scan_vjp), for k steps: the forward
+        # runs twice in all (once in the forward pass, once here), and the weights' gradient over the segment
+        # is one product over its k steps where the body allows (_hoistable). A second derivative flows back
+        # through this recomputation like through any scan.
+        x_seg = [take(x, t_of, 0) for x in xs]
 
-        # forward over the segment, unrolled k times inside this body (k is small; T is not unrolled)
-        cs = [list(c0)]
-        rows = []
-        for i in range(k):
-            t, valid = pos_index(i)
-            x_t = [take(x, t, 0) for x in xs]
-            c_t = cs[-1]
-            outs = substitute(body.outputs[:nc], {id(a): v for a, v in zip(
-                body.args, [*c_t, *x_t, *caps], strict=True)})
-            nxt = [where(broadcast_to(valid, o.shape), o, c) if o.dtype != "bool" else o
-                   for o, c in zip(outs, c_t, strict=True)]
-            cs.append(nxt)
-            rows.append((t, valid, x_t))
-        g_c = list(ct_c)
-        acc = list(acc)
-        gx_rows: list[list[Node]] = []
-        for i in reversed(range(k)):
-            t, valid, x_t = rows[i]
-            gy_t = [take(g, t, 0) for g in gys]
-            # the sweep at placeholder carries (leaves: the weights' gradient counts this step's use only),
-            # then the recomputed carries put in their place
-            place = [_arg(q, level, c.shape, c.dtype) for q, c in enumerate(cs[i])]
-            dc, dx, dw, _ = grads_of_step(place, x_t, g_c, gy_t)
-            back = {id(ph): c for ph, c in zip(place, cs[i], strict=True)}
-            n1, n2 = len(dc), len(dc) + len(dx)
-            swept = substitute([*dc, *dx, *dw], back)
-            dc, dx, dw = swept[:n1], swept[n1:n2], swept[n2:]
-            vf = {}
+        def fwd(c, row):
+            x_t, ok = row[:nx], row[nx]
+            outs = substitute(body.outputs, {id(a): v for a, v in zip(body.args, [*c, *x_t, *caps], strict=True)})
+            nxt = [where(broadcast_to(ok, o.shape), o, a) if o.dtype != "bool" else o
+                   for o, a in zip(outs[:nc], c, strict=True)]
+            return nxt, [outs[nc + q] for q in gy]
 
-            def mask(v, old=None, vf=vf, valid=valid):
-                key = v.dtype
-                if key not in vf:
-                    vf[key] = cast(valid, v.dtype)
-                m = broadcast_to(vf[key], v.shape)
-                return v * m if old is None else where(broadcast_to(valid, v.shape), v, old)
+        fnode, _ = _build(fwd, c0, [*x_seg, valid], [(c.shape, c.dtype) for c in c0],
+                          [(x.shape[1:], x.dtype) for x in x_seg] + [((), "bool")], k, False, None, node.source)
 
-            g_c = [mask(d, old) for d, old in zip(dc, g_c, strict=True)]
-            acc = [add(a, mask(w)) for a, w in zip(acc, dw, strict=True)]
-            gx_rows.insert(0, [mask(d) for d in dx])
-        from graphc.ops.movement import stack
+        def rows_mask(v):  # 1 at the segment's positions inside the sequence, 0 past its end, as v's (k, ...)
+            m = reshape(cast(valid, v.dtype), (k, *[1] * (v.ndim - 1)))
+            return broadcast_to(m, v.shape)
 
+        gy_seg = [take(g, t_of, 0) for g in gys]
+        seeds = [(output(fnode, q), ct) for q, ct in zip(fc, ct_c, strict=True)]
+        seeds += [(output(fnode, nc + i), g * rows_mask(g)) for i, g in enumerate(gy_seg)]
+        grads = vjp(seeds, [c0[q] for q in fc] + [x_seg[j] for j in fx] + [caps[j] for j in fw])
+        g_c = grads[:nfc]
+        ys = [d * rows_mask(d) for d in grads[nfc:nfc + len(fx)]]  # (k, ...) in processing order
+        acc = [add(a, w) for a, w in zip(acc, grads[nfc + len(fx):], strict=True)]
         for q, h in enumerate(gh):  # the stored carry entering this segment was read elsewhere too
             g_c[fc.index(h)] = add(g_c[fc.index(h)], gh_s[q])
-        ys = [stack([r[q] for r in gx_rows], 0) for q in range(len(fx))]
         return g_c + acc + [s - constant(1, "int32")], ys
 
     r_init = [gs[q] if gs[q] is not None else full_like(init[q], 0.0) for q in fc]
@@ -957,7 +941,6 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, grads_of_step):
     ct_init = [output(rnode, i) for i in range(nfc)]
     acc = [output(rnode, nfc + i) for i in range(len(fw))]
     ct_xs = []
-    from graphc.ops.movement import reshape
 
     for q in range(len(fx)):
         blocks = output(rnode, len(r_init) + q)  # (S, k, ...) in processing order
