@@ -703,13 +703,15 @@ def stack(xs, axis: int = 0) -> Tensor:
 
 def split(x, indices_or_sections, axis: int = 0) -> list[Tensor]:
     """numpy.split: `sections` equal parts (an error if they do not divide the axis), or the parts between
-    the given indices (clipped to the axis, as numpy's)."""
+    the given indices (clipped to the axis, as numpy's; on a symbolic axis not clipped, as its slices: a call
+    whose axis is shorter than an index is a ShapeError)."""
     x = as_tensor(x)
     try:
         axis = _axis(axis, x.ndim)
         d = x.shape[axis]
-        if not _static(d):
-            raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}) and cannot be split")
+        if not _static(d) and _is_int(indices_or_sections):
+            raise ShapeError(f"axis {axis} of {fmt_shape(x.shape)} is symbolic ({d}): it cannot be split into "
+                             "equal sections, only at indices (a list)")
         if _is_int(indices_or_sections):
             n = int(indices_or_sections)
             if n <= 0 or d % n:

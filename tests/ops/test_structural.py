@@ -136,6 +136,21 @@ def test_an_epoch_refuses_a_batch_its_slices_do_not_fit():
     assert st.steps == 3 and not np.array_equal(state["w"], before)
 
 
+def test_split_of_a_symbolic_axis_at_indices():
+    """gc.split at indices on a symbolic axis: its slices (dims T - 3), numpy's pieces, compiled too; equal
+    sections of a symbolic axis are refused (nothing says they divide it)."""
+    x = gc.input("xt", ("T", 3), "float64")
+    parts = gc.split(x, [1, -2], axis=0)
+    assert [p.shape[0] for p in parts] == [1, gc.dim("T") - 3, 2]
+    for T in (3, 5, 8):
+        v = rng.normal(size=(T, 3))
+        for got in (ev(parts, xt=v), gc.compile([p * 1.0 for p in parts])({"xt": v})):
+            for g, w in zip(got, np.split(v, [1, -2], axis=0), strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-12)
+    with pytest.raises(gc.ShapeError, match=r"symbolic \(T\): it cannot be split into equal sections"):
+        gc.split(x, 2)
+
+
 def test_sequence_shifts_along_a_symbolic_time_axis():
     """A language model's inputs and targets, ids[:-1] and ids[1:] along a symbolic T, and a scan's last output
     ys[-1]: compiled equal to the reference for several T."""
