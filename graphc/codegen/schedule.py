@@ -432,8 +432,7 @@ class Scheduler:
         sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
         site = len(self.checks)
         what = node.attrs.get("what")
-        at = node.attrs.get("at") or node.source.where()
-        self.checks.append(f"{what} out of range [0, {bound}) at {at}" if what else
+        self.checks.append(f"{what} out of range [0, {bound}) at {node.source.where()}" if what else
                            f"{node.op.name} ({node.type_str}) at {node.source.where()}: an index is out of range "
                            f"[0, {bound})")
         self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
-from graphc.ir.node import capture_source
 from graphc.ir.shapes import INT_DTYPES, dims_equal, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
 
@@ -35,7 +34,7 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
         v = int(idx[bad].flat[0])
         what = node.attrs.get("what")
         if what:
-            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.attrs.get('at') or node.source.where()}")
+            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.source.where()}")
         raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
                           f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
                           f"{node.source.where()}")
@@ -141,9 +140,7 @@ def checked_labels(labels, n: int, what: str) -> Tensor:
 
     labels = as_tensor(labels)
     _check_indices(labels)
-    # the user's line is part of the node (`at`): two losses over the same labels built at two lines are two
-    # checks, each naming its own line (a hash-consed node keeps the line it was first built at)
-    return apply(TAKE, (iota(n, labels.dtype), labels), axis=0, what=what, at=capture_source().where())
+    return apply(TAKE, (iota(n, labels.dtype), labels), axis=0, what=what)
 
 
 def scatter_add(x, indices, updates, axis: int = 0) -> Tensor:

@@ -131,21 +131,3 @@ def test_dense_applies_to_the_last_axis_of_any_rank():
     np.testing.assert_allclose(gc.compile(out)(vals), want, rtol=1e-12)
     with pytest.raises(gc.GraphcError, match=r"\(batch, features\) or \(\.\.\., features\)"):
         gc.nn.dense(gc.input("v", (4,)), 2, name="one_d")
-
-
-def test_two_losses_over_the_same_labels_each_name_their_own_line():
-    """A label check is a node, and nodes are hash-consed: two losses built at two lines over the same labels and
-    class count shared one check, and the second loss's bad label was reported at the first one's line."""
-    x, y = gc.input("x", ("N", 4)), gc.input("y", ("N",), "int32")
-    w1, w2 = gc.param("w1", (4, 3)), gc.param("w2", (4, 3))
-    loss1 = gc.nn.softmax_cross_entropy(x @ w1, y)
-    loss2 = gc.nn.softmax_cross_entropy(x @ w2, y)
-    v = {"x": np.ones((2, 4), np.float32), "y": np.array([0, 7], np.int32), "w1": np.ones((4, 3), np.float32),
-         "w2": np.ones((4, 3), np.float32)}
-    for loss, w in ((loss1, "w1"), (loss2, "w2")):
-        line = loss.source.line
-        words = rf"label .*out of range \[0, 3\) at test_nn.py:{line}\b"
-        with pytest.raises(gc.GraphcError, match=words):
-            gc.evaluate(loss, v, allow_unused=True)
-        with pytest.raises(gc.InputError, match=words):
-            gc.compile(loss)({k: a for k, a in v.items() if k in ("x", "y", w)})
