@@ -167,6 +167,23 @@ def _tensor(name: str, slot: int, eval_slot: int, shape, blob: int = -1) -> str:
             f"{blob}}}")
 
 
+def _fewest_rows(fns, limit: int, what: str) -> tuple[int, str]:
+    """The fewest rows a batch of these programs (which share one model) needs, up to `limit`, and why one row
+    fewer fails, as a C string: a binary checks its batches against it before anything runs (a model that slices
+    its batch axis, x[2:], needs 3 rows; the native code never reads past a batch)."""
+    from graphc.errors import ShapeError
+
+    fewest, why = 1, None
+    for fn in fns:
+        try:
+            k, w = fn.fewest_rows(limit)
+        except ShapeError as e:
+            raise AotError(f"{what}: {e}") from None
+        if k > fewest:
+            fewest, why = k, w
+    return fewest, c_string(why or "")
+
+
 def _program_layout(program: Program, barriers: list[bool], target: Target, n_sym, batch: int, max_threads: int,
                     sizes: dict | None = None):
     """Arena placement for `batch` rows (valid for any smaller batch) and the workspace per thread count; `sizes`
@@ -710,6 +727,8 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     full_slots = {leaf.name for leaf in tr.epoch_fn.signature.inputs}
     nkeep = 1 + max((int(s.split(".")[1]) for s in full_slots if re.fullmatch(r"keep\.\d+", s)), default=-1)
     eplan, ews = _program_layout(eprog, ev.barriers, tgt, n_sym, eval_batch, max_threads)
+    fewest, fewest_why = _fewest_rows([t.epoch_fn for _, t, _ in steps], max_batch, "the training step")
+    e_fewest, e_fewest_why = _fewest_rows([ev], eval_batch, "the evaluation program")
     econsts = [(i, blob.add(a)) for i, a in sorted(eprog.consts.items())]
     blob_path = work / "model.bin"
     blob.write(blob_path)
@@ -733,6 +752,8 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_N_CLASSES": spec.n_outputs if spec.task == "multiclass" else 0,
         "GC_Y_NDIM": len(y_dims), "GC_Y_ROW": int(np.prod(y_dims, dtype=np.int64)),
         "GC_MAX_BATCH": max_batch, "GC_MAX_THREADS": max_threads, "GC_EVAL_BATCH": eval_batch,
+        "GC_FEWEST_ROWS": fewest, "GC_FEWEST_WHY": fewest_why, "GC_E_FEWEST_ROWS": e_fewest,
+        "GC_E_FEWEST_WHY": e_fewest_why,
         "GC_DEF_EPOCHS": cfg.epochs, "GC_DEF_BATCH": cfg.batch_size, "GC_DEF_LR": c_double(cfg.lr),
         "GC_DEF_MOMENTUM": c_double(momentum), "GC_DEF_L2": c_double(cfg.l2), "GC_DEF_L1": c_double(cfg.l1),
         "GC_DEF_PATIENCE": cfg.early_stopping or 0, "GC_DEF_MIN_DELTA": c_double(cfg.min_delta),
@@ -861,7 +882,8 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     data = _data_of(Path(weights), spec)
     slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
     out_row = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
-    buckets = sorted({b for b in (1, 16, 256, 4096) if b < max_batch} | {max_batch})
+    fewest, _ = _fewest_rows([fn], max_batch, "the model")
+    buckets = sorted({b for b in (1, 16, 256, 4096) if fewest <= b < max_batch} | {max_batch})
     layouts = [_program_layout(prog, fn.barriers, tgt, x.shape[0], b, max_threads) for b in buckets]
     blob = Blob()
     consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
@@ -876,7 +898,8 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
              ""]
         defs = {"GC_PREDICT": f"{name}_predict", "GC_PREDICT_THREADS": f"{name}_predict_threads",
                 "GC_N_FEATURES": spec.n_features, "GC_OUT_ROW": out_row, "GC_MAX_BATCH": max_batch,
-                "GC_MAX_THREADS": max_threads, "GC_NBUF": len(prog.buffers), "GC_NSYM": max(len(prog.symbols), 1),
+                "GC_FEWEST_ROWS": fewest, "GC_MAX_THREADS": max_threads, "GC_NBUF": len(prog.buffers),
+                "GC_NSYM": max(len(prog.symbols), 1),
                 "GC_NDIM": list(prog.symbols).index(x.shape[0]), "GC_X": slot[x.name],
                 "GC_OUT": prog.outputs[0].index, "GC_NPARAMS": len(params), "GC_NBUCKETS": len(buckets),
                 "GC_NTEMPS": len(temps), "GC_NCPU": len(required_features(tgt)),
@@ -918,7 +941,7 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
         cleanup()
     hdr.parent.mkdir(parents=True, exist_ok=True)
     hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
-                                  data))
+                                  data, min_batch=fewest))
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
                         time.perf_counter() - t0)
 
@@ -971,7 +994,7 @@ def _grid_doc(upper: str, spec: ModelSpec) -> str:
 
 
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
-                   tgt: Target, params: list[str], data: dict | None = None) -> str:
+                   tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
@@ -1016,12 +1039,13 @@ extern "C" {{
 #define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
                                                                else 'predictions'}) */
 #define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */
+#define {upper}_MIN_BATCH {min_batch}  /* the fewest ({'1' if min_batch == 1 else 'the model slices its batch axis'}) */
 #define {upper}_MAX_THREADS {max_threads}
 
 /* Return codes. */
 #define {upper}_OK 0
 #define {upper}_ERR_NULL 1        /* x or out is NULL */
-#define {upper}_ERR_N 2           /* n < 1 */
+#define {upper}_ERR_N 2           /* n < {upper}_MIN_BATCH */
 #define {upper}_ERR_TOO_LARGE 3   /* n > {upper}_MAX_BATCH: split the call */
 #define {upper}_ERR_THREADS 4     /* nthreads outside 1..{upper}_MAX_THREADS */
 #define {upper}_ERR_NOMEM 5       /* the per-call working memory could not be allocated */

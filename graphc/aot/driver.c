@@ -818,6 +818,20 @@ static double evaluate(const float *X, const void *Y, int64_t n, float *out, int
     return total / (double)(n > 0 ? n : 1);
 }
 
+/* Where the model slices its batch axis (x[2:] needs 3 rows), every batch a program gets must have at least
+ * `fewest` rows (graphc build found the count; `why` says what one row fewer gives): checked for the run's batch
+ * sizes before anything runs or is written, as in-process training refuses such a batch, so the native code never
+ * reads past a batch. A split of n rows into batches of `batch`, each shared over `ranks` ranks (shares of q or
+ * q + 1 rows; a rank with no rows skips the step). */
+static void check_batches(const char *what, int64_t n, int64_t batch, int ranks, int64_t fewest, const char *why) {
+    int64_t sizes[2] = {n < batch ? n : batch, n % batch};
+    for (int k = 0; k < 2; k++)
+        for (int64_t rows = sizes[k] / ranks; rows <= (sizes[k] + ranks - 1) / ranks; rows++)
+            if (rows > 0 && rows < fewest)
+                fail(EXIT_BAD, "%s: a batch of %lld row(s)%s does not fit the model, which needs at least %lld rows in a batch "
+                               "(%s)", what, (long long)rows, ranks > 1 ? " on a rank" : "", (long long)fewest, why);
+}
+
 /* accuracy (classification) or MSE (regression), as Trainer.metrics computes them */
 static double metric(const float *out, const void *Y, int64_t n, double *rmse) {
     if (GC_TASK == 2) {
@@ -1438,6 +1452,14 @@ int main(int argc, char **argv) {
     if (batch > GC_MAX_BATCH)
         fail(EXIT_BAD, "--batch-size %lld exceeds %d, the largest batch this binary was built for (graphc build "
                        "--max-batch)", (long long)batch, GC_MAX_BATCH);
+#ifdef GC_MPI
+    check_batches("--batch-size", n, batch, g_size, GC_FEWEST_ROWS, GC_FEWEST_WHY);
+#else
+    check_batches("--batch-size", n, batch, 1, GC_FEWEST_ROWS, GC_FEWEST_WHY);
+#endif
+    if (o.x_val) check_batches("--x-val", rows_of(&xva), GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
+    if (o.x_test) check_batches("--x-test", rows_of(&xte), GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
+    else if (!o.x_val) check_batches("--x-train", n, GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
 #ifdef GC_MPI
     int local_ranks = 0;
     for (int r = 0; r < g_size; r++) local_ranks += !strcmp(g_hosts[r], g_host);

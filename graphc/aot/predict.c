@@ -31,7 +31,7 @@ static int cpu_ok(void) {
 
 static int predict(const float *x, int64_t n, float *out, int nthreads, int raw) {
     if (!x || !out) return ERR_NULL;
-    if (n < 1) return ERR_N;
+    if (n < GC_FEWEST_ROWS) return ERR_N; /* at least 1; more where the model slices its batch axis */
     if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
     if (nthreads < 1 || nthreads > GC_MAX_THREADS) return ERR_THREADS;
     if (!cpu_ok()) return ERR_CPU;

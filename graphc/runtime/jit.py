@@ -663,6 +663,39 @@ class CompiledFunction:
                     raise ShapeError(f"compiled function: {why}")
         return 0 in env or any(f(env) <= 0 for f in derived)
 
+    def fewest_rows(self, limit: int) -> tuple[int, str | None]:
+        """For a program whose one symbol is the batch (a standalone binary's): the fewest rows from which every
+        batch up to `limit` runs natively — fits the graph's slices of the batch axis (x[2:] needs 3 rows) and
+        leaves no tensor empty — and why one row fewer does not (None: any batch runs). Code that runs the
+        program without Python checks its batches against it. A ShapeError where the batches that run are not
+        all those from some count on (a model whose slices need, say, an even batch)."""
+        if len(self._symbols) != 1:
+            raise ShapeError(f"a program with the dims {', '.join(map(str, self._symbols))}: a binary binds the "
+                             "batch alone")
+        if self._dim_checks is None:
+            try:
+                self._check_env([limit])  # builds the checks
+            except ShapeError:
+                pass
+        checks, derived = self._dim_checks
+        if not checks and not derived:
+            return 1, None
+        why = {}
+        for rows in range(1, limit + 1):
+            try:
+                if self._check_env([rows]):
+                    why[rows] = (f"a batch of {rows} row(s) leaves a tensor of the step empty (a slice of the batch "
+                                 "axis)")
+            except ShapeError as e:
+                why[rows] = str(e).removeprefix("compiled function: ")
+        first = max(why, default=0) + 1
+        if len(why) != first - 1:
+            raise ShapeError(f"this model runs on some batch sizes but not on others below them ({why[max(why)]}); "
+                             "a binary needs every batch from some size on to fit")
+        if first > limit:
+            raise ShapeError(f"no batch up to {limit} rows fits the model ({why[limit]})")
+        return first, why.get(first - 1)
+
     def _execute_empty(self, bound: dict[int, tuple[np.ndarray, int]], given: list | None):
         """A call where a dim is 0 (no rows, no steps): nothing to compute natively — the kernels and their
         thread splits are built for at least one — so the numpy reference evaluates the graph: empty outputs of

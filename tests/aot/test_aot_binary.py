@@ -157,3 +157,52 @@ def test_build_command_with_a_model_file_regression_adam_and_a_portable_target(t
     assert bad.returncode == 2 and "adam" in bad.stderr
     big = subprocess.run([str(exe), *args, "--batch-size", "65", "--out", str(out)], capture_output=True, text=True)
     assert big.returncode == 2 and "--max-batch" in big.stderr
+
+
+ROLL_MODEL = """
+import graphc as gc
+OPTIONS = {"epochs": 1, "lr": 0.05, "batch_size": 8}
+
+def model(x, n_outputs):  # each row mixed with the rows 2 and 3 ahead (a roll over the batch): 4 rows a batch
+    x = x + 0.5 * gc.concatenate([x[2:], x[:2]], axis=0) + 0.25 * gc.concatenate([x[3:], x[:3]], axis=0)
+    return gc.nn.dense(gc.nn.dense(x, 16, "tanh", name="h"), n_outputs, name="out")
+"""
+
+
+def test_a_model_that_slices_its_batch_axis_checks_every_batch_in_the_binary_and_the_library(tmp_path):
+    """x[3:] of a batch needs 4 rows: in process a shorter batch is a ShapeError; the binary (which once read
+    past the batch, silently) refuses a run whose last batch, or a share of it, or an evaluation chunk, is too
+    short, with exit 2 before writing anything; the exported library returns ERR_N below its MIN_BATCH."""
+    import ctypes
+
+    from graphc import data
+    from graphc.aot import build, export
+    from graphc.fitting import fit
+
+    (tmp_path / "roll.py").write_text(ROLL_MODEL)
+    exe = build(tmp_path / "train-roll", str(tmp_path / "roll.py"), "digits").path
+    ds = data.load("digits")
+    paths = {}
+    for name, arr in (("x801", ds.X_train[:801]), ("y801", ds.y_train[:801]), ("x800", ds.X_train[:800]),
+                      ("y800", ds.y_train[:800]), ("x3", ds.X_test[:3]), ("y3", ds.y_test[:3])):
+        np.save(tmp_path / f"{name}.npy", arr)
+        paths[name] = str(tmp_path / f"{name}.npy")
+    out = tmp_path / "out"
+    for args, words in ((["--x-train", paths["x801"], "--y-train", paths["y801"]], "--batch-size: a batch of 1 row"),
+                        (["--x-train", paths["x800"], "--y-train", paths["y800"], "--x-test", paths["x3"], "--y-test",
+                          paths["y3"]], "--x-test: a batch of 3 row")):
+        p = subprocess.run([str(exe), *args, "--out", str(out)], capture_output=True, text=True)
+        assert p.returncode == 2 and words in p.stderr and "needs at least 4 rows in a batch" in p.stderr, p.stderr
+        assert not out.exists()
+    p = subprocess.run([str(exe), "--x-train", paths["x800"], "--y-train", paths["y800"], "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    r = fit(str(tmp_path / "roll.py"), data="digits", batch_size=12, progress=False, out=str(tmp_path / "run"))
+    lib = export(tmp_path / "libroll.so", tmp_path / "run", model=str(tmp_path / "roll.py"), data="digits").path
+    assert "#define ROLL_MIN_BATCH 4" in (tmp_path / "roll.h").read_text()
+    fn = ctypes.CDLL(str(lib)).roll_predict_standardized
+    X = np.ascontiguousarray(r.dataset.X_test[:5], np.float32)
+    outs = np.zeros((5, 10), np.float32)
+    for n, rc in ((3, 2), (4, 0), (5, 0)):
+        assert fn(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n), outs.ctypes.data_as(ctypes.c_void_p)) == rc
+    np.testing.assert_allclose(outs, r.predict(X), rtol=1e-4, atol=1e-4)

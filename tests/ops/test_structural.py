@@ -134,6 +134,19 @@ def test_an_epoch_refuses_a_batch_its_slices_do_not_fit():
     before = state["w"].copy()
     st = ef.run_epoch(X, T, state, batch=3, drop_last=True)
     assert st.steps == 3 and not np.array_equal(state["w"], before)
+    # what a standalone binary checks its batches against: 3 rows from here on, and why 2 do not run
+    assert ef.fewest_rows(4096) == (3, "a batch of 2 row(s) leaves a tensor of the step empty (a slice of the "
+                                       "batch axis)")
+    assert gc.EpochFunction(gc.mean(d * d), {w: w - 0.01 * gc.grad(gc.mean(d * d), w)}, x=x,
+                            y=t).fewest_rows(4096) == (1, None)
+
+
+def test_fewest_rows_of_a_program_no_batch_fits():
+    x = gc.input("x", ("N", 2))
+    assert gc.compile(gc.sum(x[1::2]) + gc.sum(x[-1])).fewest_rows(64) == (
+        2, "a batch of 1 row(s) leaves a tensor of the step empty (a slice of the batch axis)")
+    with pytest.raises(gc.ShapeError, match=r"no batch up to 4 rows fits the model \(slice at .*index 4"):
+        gc.compile(gc.sum(x[4])).fewest_rows(4)
 
 
 def test_split_of_a_symbolic_axis_at_indices():
