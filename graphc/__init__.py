@@ -61,7 +61,11 @@ def __getattr__(name: str):
     else:
         ops = importlib.import_module("graphc.ops")
         if name not in ops.__all__:
-            raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+            import difflib
+
+            close = difflib.get_close_matches(name, [*ops.__all__, *_LAZY, *_OWN], n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(f'gc.{c}' for c in close)}?" if close else ""
+            raise AttributeError(f"module 'graphc' has no attribute {name!r}{hint}")
         value = getattr(ops, name)
     globals()[name] = value  # the next lookup is a plain attribute
     return value

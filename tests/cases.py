@@ -53,6 +53,7 @@ def make_cases(dtype: str = "float64") -> dict:
 
     POS = st.floats(0.2, 3)
     OFF_INT = st.builds(lambda k, f: k + f, st.integers(-3, 2), st.floats(0.1, 0.9))  # away from a floor's step
+    OFF_HALF = st.builds(lambda k, f: k + f, st.integers(-3, 3), st.floats(-0.4, 0.4))  # away from round's steps
 
 
     def off_integer(a, b):  # a / b away from an integer: floor_divide and remainder are smooth around it
@@ -343,6 +344,18 @@ def make_cases(dtype: str = "float64") -> dict:
         "softplus": elementwise(gc.softplus, 1),
         "relu": elementwise(gc.relu, 1, _away(0.05)),
         "erf": elementwise(gc.erf, 1),
+        "sin": elementwise(gc.sin, 1),
+        "cos": elementwise(gc.cos, 1),
+        "tan": elementwise(gc.tan, 1, st.floats(-1.3, 1.3)),
+        "arcsin": elementwise(gc.arcsin, 1, st.floats(-0.9, 0.9)),
+        "arccos": elementwise(gc.arccos, 1, st.floats(-0.9, 0.9)),
+        "arctan": elementwise(gc.arctan, 1),
+        "sinh": elementwise(gc.sinh, 1),
+        "cosh": elementwise(gc.cosh, 1),
+        "arcsinh": elementwise(gc.arcsinh, 1),
+        "arccosh": elementwise(gc.arccosh, 1, st.floats(1.1, 3)),
+        "arctanh": elementwise(gc.arctanh, 1, st.floats(-0.9, 0.9)),
+        "round": elementwise(gc.round, 1, OFF_HALF),
         "floor": elementwise(gc.floor, 1, OFF_INT),
         "ceil": elementwise(gc.ceil, 1, OFF_INT),
         "floor_divide": elementwise(gc.floor_divide, 2, elements=[F, _away(0.2)], check=off_integer),

@@ -287,7 +287,8 @@ class ScalarEmitter:
         if fn is not None:
             return vmath.EMITTERS[fn](b, go(e.args[0]), self.target)
         raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
-                           "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise")
+                           "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
+                           f"floor, ceiling, {', '.join(vmath.LIBM)}")
 
     # typed arithmetic
     def add(self, x, y):
@@ -410,7 +411,8 @@ class ScalarEmitter:
 
 
 _VMATH = {sympy.exp: "exp", sympy.log: "log", log1p: "log1p", expm1: "expm1", sympy.tanh: "tanh",
-          sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf"}
+          sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf",
+          **{getattr(sympy, name): name for name in vmath.LIBM}}
 
 
 def _splat(b: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:

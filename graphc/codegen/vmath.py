@@ -574,6 +574,25 @@ softplus = _make("softplus", _softplus_f32, _softplus_f64)
 erf = _make("erf", _erf_f32, _libm_impl("erf"))
 
 
+def _via_double(name: str) -> Emitter:
+    """name(x) from the C library's double function for float32 too (widened, then rounded once: within an ulp
+    of the true value, where a float32 polynomial would need its own argument reduction); scalar calls per lane,
+    correctness over speed, for the functions networks rarely spend their time in (trigonometric, hyperbolic)."""
+
+    def emit(builder: ir.IRBuilder, x: ir.Value, target=None) -> ir.Value:
+        elem = _check(x)
+        if isinstance(elem, ir.DoubleType):
+            return _map_libm(builder, x, name)
+        wide = ir.VectorType(F64, x.type.count) if isinstance(x.type, ir.VectorType) else F64
+        return builder.fptrunc(_map_libm(builder, builder.fpext(x, wide), name), x.type)
+
+    emit.__name__ = emit.__qualname__ = name
+    return emit
+
+
+LIBM = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh")
+
+
 def sqrt(builder: ir.IRBuilder, x: ir.Value, target=None) -> ir.Value:
     """Emit sqrt(x) via the llvm.sqrt intrinsic (correctly rounded; vectorizes on every x86 level)."""
     _check(x)
@@ -590,6 +609,7 @@ EMITTERS: dict[str, Emitter] = {
     "softplus": softplus,
     "erf": erf,
     "sqrt": sqrt,
+    **{name: _via_double(name) for name in LIBM},
 }
 
 

@@ -1,7 +1,25 @@
 """The op families and the DSL functions that build them. `OPS` is the op table."""
 
 from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
-from graphc.ops.compose import argmax, argmin, clip, log_softmax, logsumexp, mean, one_hot, softmax, var
+from graphc.ops.compose import (
+    all,  # noqa: A004
+    any,  # noqa: A004
+    argmax,
+    argmin,
+    clip,
+    isfinite,
+    isinf,
+    isnan,
+    log_softmax,
+    logaddexp,
+    logsumexp,
+    mean,
+    one_hot,
+    softmax,
+    square,
+    std,
+    var,
+)
 from graphc.ops.control import stop_gradient
 from graphc.ops.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
@@ -9,21 +27,33 @@ from graphc.ops.gather import scatter_add, take
 from graphc.ops.linalg import matmul
 from graphc.ops.movement import (
     broadcast_to,
+    concat,
     concatenate,
     expand_dims,
+    flip,
     pad,
     reshape,
     split,
+    squeeze,
     stack,
+    swapaxes,
     transpose,
     windows,
 )
 from graphc.ops.pointwise import (
     ElementwiseOp,
     add,
+    arccos,
+    arccosh,
+    arcsin,
+    arcsinh,
+    arctan,
+    arctanh,
     broadcast_like,
     cast,
     ceil,
+    cos,
+    cosh,
     divide,
     elementwise,
     equal,
@@ -46,8 +76,11 @@ from graphc.ops.pointwise import (
     not_equal,
     power,
     sign,
+    sin,
+    sinh,
     sqrt,
     subtract,
+    tan,
     tanh,
     where,
 )
@@ -57,11 +90,12 @@ from graphc.ops.pointwise import floor_divide_ as floor_divide
 from graphc.ops.pointwise import log1p_ as log1p
 from graphc.ops.pointwise import relu_ as relu
 from graphc.ops.pointwise import remainder_ as remainder
+from graphc.ops.pointwise import round_ as round  # noqa: A004
 from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
 from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
-from graphc.ops.scan import scan, zeros
+from graphc.ops.scan import full, ones, ones_like, scan, zeros, zeros_like
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [
@@ -74,4 +108,8 @@ __all__ = [
     "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
     "split", "stack", "take", "windows", "scan", "zeros", "conv1d", "conv2d", "max_pool1d", "max_pool2d",
     "avg_pool1d", "avg_pool2d", "floor", "ceil", "floor_divide", "remainder",
+    # numpy's names for more of the same (compositions, or elementwise ops of the C library's functions)
+    "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",
+    "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
+    "cosh", "arcsinh", "arccosh", "arctanh",
 ]

@@ -47,3 +47,19 @@ Tensor.__getitem__ = movement.getitem
 Tensor.reshape = lambda self, *shape: movement.reshape(
     self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 Tensor.astype = ew.cast
+# numpy's ndarray methods (each the gc function of the same name)
+Tensor.std = lambda self, axis=None, keepdims=False: compose.std(self, axis, keepdims)
+Tensor.var = lambda self, axis=None, keepdims=False: compose.var(self, axis, keepdims)
+Tensor.any = lambda self, axis=None, keepdims=False: compose.any(self, axis, keepdims)
+Tensor.all = lambda self, axis=None, keepdims=False: compose.all(self, axis, keepdims)
+Tensor.argmax = lambda self, axis=None, keepdims=False: compose.argmax(self, axis, keepdims)
+Tensor.argmin = lambda self, axis=None, keepdims=False: compose.argmin(self, axis, keepdims)
+Tensor.cumsum = lambda self, axis=None: reduce.cumsum(self, axis)
+Tensor.clip = lambda self, lo, hi: compose.clip(self, lo, hi)
+Tensor.flatten = lambda self: movement.reshape(self, (-1,))
+Tensor.squeeze = lambda self, axis=None: movement.squeeze(self, axis)
+Tensor.swapaxes = lambda self, axis1, axis2: movement.swapaxes(self, axis1, axis2)
+Tensor.transpose = lambda self, *axes: movement.transpose(
+    self, (axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes) or None)
+Tensor.dot = linalg.matmul
+Tensor.__round__ = lambda self, ndigits=None: ew.round_(self, ndigits or 0)

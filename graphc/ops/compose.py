@@ -1,4 +1,5 @@
-"""Functions built from primitives: mean, logsumexp, softmax, log_softmax, one_hot, var, argmax, argmin.
+"""Functions built from primitives: mean, logsumexp, softmax, log_softmax, one_hot, var, argmax, argmin, and
+numpy's square, std, logaddexp, isnan, isinf, isfinite, any, all.
 
 They are compositions, not ops: their gradients come from the primitives' rules, and their stable forms come
 from the way they are composed (the max is subtracted before exp, and held constant by stop_gradient)."""
@@ -129,3 +130,71 @@ def argmax(x, axis: int | None = None, keepdims: bool = False) -> Tensor:
 def argmin(x, axis: int | None = None, keepdims: bool = False) -> Tensor:
     """numpy.argmin: as argmax, for the smallest entry."""
     return _arg_extremum(x, axis, keepdims, "argmin", reduce.min)
+
+
+def square(x) -> Tensor:
+    """x * x, elementwise (numpy.square)."""
+    x = as_tensor(x)
+    return x * x
+
+
+def std(x, axis=None, keepdims: bool = False) -> Tensor:
+    """The standard deviation over axes, sqrt(var) (numpy's default ddof=0); its gradient is infinite where the
+    variance is 0, as in numpy and JAX."""
+    from graphc.ops.pointwise import sqrt
+
+    return sqrt(var(x, axis, keepdims))
+
+
+def logaddexp(a, b) -> Tensor:
+    """log(exp(a) + exp(b)) as max(a, b) + log1p(exp(-|a - b|)): finite where exp overflows, -inf for two -inf
+    (numpy.logaddexp); at a == b each input gets half the cotangent."""
+    from graphc.ops.pointwise import _promote, abs_, log1p_, maximum, where
+
+    a, b = _promote([a, b])
+    a, b = _float(a, "logaddexp"), _float(b, "logaddexp")
+    d = where(equal(a, b), 0.0, a - b)  # a - b is NaN for two equal infinities
+    return maximum(a, b) + log1p_(exp(-abs_(d)))
+
+
+def isnan(x) -> Tensor:
+    """Where x is NaN (never, for ints and bools)."""
+    from graphc.ops.pointwise import not_equal
+
+    x = as_tensor(x)
+    return not_equal(x, x)
+
+
+def isinf(x) -> Tensor:
+    """Where x is +-inf."""
+    from graphc.ops.pointwise import abs_
+
+    x = as_tensor(x)
+    return equal(abs_(x), np.inf) if x.dtype in FLOAT_DTYPES else isnan(x)
+
+
+def isfinite(x) -> Tensor:
+    """Where x is neither NaN nor +-inf."""
+    from graphc.ops.pointwise import abs_, less
+
+    x = as_tensor(x)
+    return less(abs_(x), np.inf) if x.dtype in FLOAT_DTYPES else equal(x, x)
+
+
+def _truth(x, axis, keepdims: bool, extremum) -> Tensor:
+    from graphc.ops.pointwise import greater, not_equal
+
+    x = as_tensor(x)
+    if x.dtype != "bool":
+        x = not_equal(x, 0 if x.dtype in INT_DTYPES else 0.0)
+    return greater(extremum(cast(x, "int32"), axis, keepdims), 0)
+
+
+def any(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name
+    """Whether any element over the axes is true (nonzero), as numpy.any."""
+    return _truth(x, axis, keepdims, reduce.max)
+
+
+def all(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name
+    """Whether every element over the axes is true (nonzero), as numpy.all."""
+    return _truth(x, axis, keepdims, reduce.min)

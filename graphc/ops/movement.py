@@ -252,6 +252,43 @@ def expand_dims(x, axis: int) -> Tensor:
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
+def squeeze(x, axis=None) -> Tensor:
+    """x without axes of length 1 (`axis`: those axes only, each of which must have length 1), as numpy's."""
+    x = as_tensor(x)
+    if axis is None:
+        drop = {a for a, d in enumerate(x.shape) if isinstance(d, int) and d == 1}
+    else:
+        from graphc.ops.reduce import normalize_axes
+
+        drop = set(normalize_axes(x, axis, "squeeze"))
+        bad = [a for a in sorted(drop) if not (isinstance(x.shape[a], int) and x.shape[a] == 1)]
+        if bad:
+            raise located(ShapeError(f"axis {bad[0]} of {fmt_shape(x.shape)} has length {x.shape[bad[0]]}, not 1: "
+                                     "only axes of length 1 can be squeezed"), (x,), "squeeze")
+    return reshape(x, tuple(d for a, d in enumerate(x.shape) if a not in drop))
+
+
+def flip(x, axis=None) -> Tensor:
+    """x with the order of its elements reversed along `axis` (None: every axis), as numpy.flip."""
+    from graphc.ops.reduce import normalize_axes
+
+    x = as_tensor(x)
+    axes = normalize_axes(x, axis, "flip")
+    return getitem(x, tuple(slice(None, None, -1) if a in axes else slice(None) for a in range(x.ndim)))
+
+
+def swapaxes(x, axis1: int, axis2: int) -> Tensor:
+    """x with two axes interchanged, as numpy.swapaxes."""
+    x = as_tensor(x)
+    try:
+        a, b = _axis(axis1, x.ndim), _axis(axis2, x.ndim)
+    except ShapeError as err:
+        raise _fail(err, [x], "swapaxes") from None
+    perm = list(range(x.ndim))
+    perm[a], perm[b] = b, a
+    return transpose(x, perm)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # slice <-> pad, concat, windows: index maps with offsets and strides
 
@@ -683,6 +720,9 @@ def concatenate(xs, axis: int | None = 0) -> Tensor:
     if len(ts) == 1:
         return ts[0]
     return apply(CONCAT, ts, axis=axis)
+
+
+concat = concatenate  # numpy 2's and jax.numpy's name
 
 
 def stack(xs, axis: int = 0) -> Tensor:

@@ -20,7 +20,7 @@ from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, register
 from graphc.ops.reduce import sum_to_shape
-from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, sigmoid, softplus
+from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, rint, sigmoid, softplus
 
 X = sympy.symbols("x0:4", real=True)
 Y = sympy.Symbol("y", real=True)  # the op's own output, for derivatives that reuse it
@@ -369,9 +369,15 @@ SIGMOID = _ew("sigmoid", 1, sigmoid(x0), sigmoid)
 SOFTPLUS = _ew("softplus", 1, softplus(x0), softplus)
 RELU = _ew("relu", 1, relu(x0), relu, domain=NUMERIC)
 ERF = _ew("erf", 1, sympy.erf(x0), sympy.erf)
+# trigonometric and hyperbolic functions under numpy's names (native code: the C library's, lane by lane)
+TRIG = {name: _ew(name, 1, fn(x0), fn) for name, fn in (
+    ("sin", sympy.sin), ("cos", sympy.cos), ("tan", sympy.tan), ("arcsin", sympy.asin), ("arccos", sympy.acos),
+    ("arctan", sympy.atan), ("sinh", sympy.sinh), ("cosh", sympy.cosh), ("arcsinh", sympy.asinh),
+    ("arccosh", sympy.acosh), ("arctanh", sympy.atanh))}
 # piecewise constant: their derivatives are 0 (where defined); remainder's are 1 and -floor_divide
 FLOOR = _ew("floor", 1, sympy.floor(x0), sympy.floor, partials={0: sympy.Integer(0)})
 CEIL = _ew("ceil", 1, sympy.ceiling(x0), sympy.ceiling, partials={0: sympy.Integer(0)})
+ROUND = _ew("round", 1, rint(x0), rint, partials={0: sympy.Integer(0)})  # ties to even, as numpy.round
 FLOORDIV = _ew("floor_divide", 2, floor_divide(x0, x1), floor_divide, domain=NUMERIC,
                partials={0: sympy.Integer(0), 1: sympy.Integer(0)})
 REM = _ew("remainder", 2, remainder(x0, x1), remainder, domain=NUMERIC,
@@ -486,6 +492,23 @@ equal, not_equal = _binary(EQ), _binary(NE)
 exp, log, log1p_, expm1_, sqrt = _unary(EXP), _unary(LOG), _unary(LOG1P), _unary(EXPM1), _unary(SQRT)
 tanh, sigmoid_, softplus_, erf = _unary(TANH), _unary(SIGMOID), _unary(SOFTPLUS), _unary(ERF)
 abs_, sign, relu_ = _unary(ABS), _unary(SIGN), _unary(RELU)
+sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh = (_unary(op) for op in TRIG.values())
+for _f in (sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh):
+    _f.__doc__ = f"numpy's {_f.__name__}, elementwise (ints promoted to float32)."
+
+
+def round_(x, decimals: int = 0) -> Tensor:
+    """numpy.round: to the nearest integer, ties to even (0.5 -> 0, 1.5 -> 2), or to `decimals` places (x * 10**d
+    rounded, then divided back, as numpy does); ints are returned as they are. Its gradient is 0."""
+    x = as_tensor(x)
+    if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)):
+        raise GraphcError(f"round: decimals must be an int, got {decimals!r}")
+    if x.dtype in INT_DTYPES or x.dtype == "bool":
+        return x
+    if decimals == 0:
+        return apply(ROUND, (x,))
+    scale = 10.0 ** abs(int(decimals))
+    return apply(ROUND, (x * scale,)) / scale if decimals > 0 else apply(ROUND, (x / scale,)) * scale
 for _f, _n in ((floor_divide_, "floor_divide"), (remainder_, "remainder"), (log1p_, "log1p"), (expm1_, "expm1"),
                (sigmoid_, "sigmoid"), (softplus_, "softplus"), (abs_, "abs"), (relu_, "relu")):
     _f.__name__ = _n

@@ -485,15 +485,41 @@ def _same_struct(a, b) -> bool:
         _same_struct(x, y) for x, y in zip(a[2], b[2], strict=True))
 
 
+def full(shape, fill_value, dtype: str = "float32") -> Tensor:
+    """`fill_value` in every element of `shape` (symbolic dims allowed: sized by whatever input binds them)."""
+    from graphc.ops.movement import broadcast_to
+
+    shape = as_shape(shape, "gc.full")
+    dtype = as_dtype(dtype, "gc.full")
+    if not isinstance(fill_value, (bool, int, float, np.number, np.bool_)):
+        raise GraphcError(f"gc.full: fill_value must be a number, got {fill_value!r}")
+    z = constant(fill_value, dtype)
+    return broadcast_to(z, shape) if shape else z
+
+
 def zeros(shape, dtype: str = "float32") -> Tensor:
     """Zeros of `shape` (symbolic dims allowed: `gc.zeros(("N", 128))` is sized by whatever input binds N), e.g.
     the initial carry of a recurrent network."""
-    from graphc.ops.movement import broadcast_to
+    return full(shape, 0, dtype)
 
-    shape = as_shape(shape, "gc.zeros")
-    dtype = as_dtype(dtype, "gc.zeros")
-    z = constant(0, dtype)
-    return broadcast_to(z, shape) if shape else z
+
+def ones(shape, dtype: str = "float32") -> Tensor:
+    """Ones of `shape` (symbolic dims allowed)."""
+    return full(shape, 1, dtype)
+
+
+def zeros_like(x) -> Tensor:
+    """Zeros of x's shape and dtype."""
+    from graphc.ops.pointwise import full_like
+
+    return full_like(x, 0)
+
+
+def ones_like(x) -> Tensor:
+    """Ones of x's shape and dtype."""
+    from graphc.ops.pointwise import full_like
+
+    return full_like(x, 1)
 
 
 def _length(xs: list[Node], length, where: str):
