@@ -4,8 +4,8 @@ Bundled: digits (multiclass), breast_cancer (binary), diabetes (regression). The
 scikit-learn ships inside its package, so nothing is downloaded; scikit-learn is imported only here, only for
 these three (it is the one place that ships them under a clear license, and graphc's benchmarks compare
 against its MLPs anyway). User data: .npy (a 2-D array, the label in a column), .npz (arrays X and y, or named
-ones), .csv (a header row; the label column named) or arrays (X, y) in memory. Features are standardized with
-statistics of the training split only, and the split is a fixed, seeded shuffle."""
+ones), .csv (a header row or none; the label column named or numbered) or arrays (X, y) in memory. Features are
+standardized with statistics of the training split only, and the split is a fixed, seeded shuffle."""
 
 from __future__ import annotations
 
@@ -313,35 +313,73 @@ def _column_index(label: str, ncols: int, path: str) -> int:
     return k
 
 
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: str, label: str | None, features: list[str] | None):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
+    """A header row names the columns (without one, a first row of numbers: the columns are numbered from 0);
+    the delimiter is sniffed (',' ';' tab '|', as spreadsheets export them); a UTF-8 byte-order mark is skipped.
+    The label and feature columns are named, or numbered (negative from the end) where no column has that name."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    try:
+        dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(text.splitlines(), dialect) if r]
+    if not rows:
         raise DataError(f"{path}: a .csv dataset needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    if all(_number(c) for c in rows[0]):
+        header = [str(k) for k in range(len(rows[0]))]
+        data, first = rows, 1
+    else:
+        header, data, first = [h.strip() for h in rows[0]], rows[1:], 2
+    if not data:
+        raise DataError(f"{path}: a .csv dataset needs a header row and at least one data row")
+    shown = ", ".join(header)
+
+    def column(name: str, what: str) -> int:
+        if name in header:
+            return header.index(name)
+        try:
+            k = int(name)
+        except ValueError:
+            k = None
+        if k is not None and -len(header) <= k < len(header):
+            return k % len(header)
+        import difflib
+
+        close = difflib.get_close_matches(name, header, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"{path}: no {what} column named {name!r} (columns: {shown}){hint}")
+
     if label is None:
-        raise DataError(f"{path}: name the label column with --label (columns: {', '.join(header)})")
-    if label not in header:
-        raise DataError(f"{path}: no column named {label!r} (columns: {', '.join(header)})")
-    feats = features or [h for h in header if h != label]
-    missing = [h for h in feats if h not in header]
-    if missing:
-        raise DataError(f"{path}: no column(s) named {missing} (columns: {', '.join(header)})")
-    idx = [header.index(h) for h in feats]
-    li = header.index(label)
-    X = np.empty((len(rows) - 1, len(idx)))
+        raise DataError(f"{path}: name the label column with --label (columns: {shown})")
+    li = column(str(label), "label")
+    idx = [column(str(h), "feature") for h in features] if features else [k for k in range(len(header)) if k != li]
+    feats = [header[k] for k in idx]
+    X = np.empty((len(data), len(idx)))
     ys = []
-    for r, row in enumerate(rows[1:], start=2):
+    for r, row in enumerate(data, start=first):
         if len(row) != len(header):
             raise DataError(f"{path}:{r}: expected {len(header)} fields, got {len(row)}")
         for c, k in enumerate(idx):
             try:
-                X[r - 2, c] = float(row[k])
+                X[r - first, c] = float(row[k])
             except ValueError:
-                raise DataError(f"{path}:{r}: column {feats[c]!r} holds {row[k]!r}, not a number") from None
+                why = ("is empty (a missing value): fill it in or drop the row; graphc does not impute"
+                       if not row[k].strip() else
+                       f"holds {row[k]!r}, not a number: encode it as numbers, or leave the column out with "
+                       "--features")
+                raise DataError(f"{path}:{r}: column {feats[c]!r} {why}") from None
         cell = row[li].strip()
         if not cell:
-            raise DataError(f"{path}:{r}: the label column {label!r} is empty; every row needs a label (drop the "
+            raise DataError(f"{path}:{r}: the label column {header[li]!r} is empty; every row needs a label (drop the "
                             "row or fill it in)")
         ys.append(cell)
     try:

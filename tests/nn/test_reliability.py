@@ -181,11 +181,42 @@ def test_adam_gets_its_own_default_learning_rate():
     assert model_spec(None, "breast_cancer", optimizer="sgd").config.lr == 0.05
 
 
+# 9b -- csv files as spreadsheets write them
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_delimiters_headerless_files_and_column_numbers(tmp_path, sep, header):
+    """The delimiter is sniffed (a European spreadsheet's ';', tabs); a first row of numbers is data, its columns
+    numbered from 0; a column number (negative from the end) works where no column has that name; a byte-order
+    mark is skipped. All give the same arrays."""
+    from graphc.data import _read_csv
+
+    rng = np.random.default_rng(0)
+    X = np.round(rng.normal(size=(30, 3)), 3)
+    y = (X[:, 0] > 0).astype(int)
+    lines = ([sep.join(["a", "b", "c", "y"])] if header else []) + [
+        sep.join([*map(str, r), str(t)]) for r, t in zip(X, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\ufeff" + "\r\n".join(lines) + "\r\n", encoding="utf-8")
+    for label in (["y", "3", "-1"] if header else ["3", "-1"]):
+        got_X, got_y, feats = _read_csv(str(tmp_path / "d.csv"), label, None)
+        np.testing.assert_array_equal(got_X, X)
+        np.testing.assert_array_equal(got_y, y)
+        assert feats == (["a", "b", "c"] if header else ["0", "1", "2"])
+    got_X, _, feats = _read_csv(str(tmp_path / "d.csv"), "-1", ["2", "0"] if not header else ["c", "0"])
+    np.testing.assert_array_equal(got_X, X[:, [2, 0]])
+
+
 # 10 -- messages that name the culprit
 def test_messages_name_the_culprit(tmp_path, monkeypatch):
     (tmp_path / "gap.csv").write_text("a,b,label\n1,2,x\n3,4,\n5,6,y\n")
     with pytest.raises(gc.GraphcError, match=r"gap.csv:3: the label column 'label' is empty"):
         fit(data=str(tmp_path / "gap.csv"), label="label", epochs=1, progress=False)
+    (tmp_path / "holes.csv").write_text("a,colour,label\n1,red,x\n,blue,y\n")
+    with pytest.raises(gc.GraphcError, match=r"holes.csv:2: column 'colour' holds 'red', not a number: encode it"):
+        fit(data=str(tmp_path / "holes.csv"), label="label", epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"holes.csv:3: column 'a' is empty \(a missing value\): fill it in"):
+        fit(data=str(tmp_path / "holes.csv"), label="label", features=["a"], epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"no label column named 'lable' .*did you mean 'label'\?"):
+        fit(data=str(tmp_path / "holes.csv"), label="lable", epochs=1, progress=False)
     np.savez(tmp_path / "d.npz", X=np.zeros((10, 3)), y=np.arange(10) % 2)
     with pytest.raises(gc.GraphcError, match=r"--label 'nosuch': the file has no array of that name \(arrays: X, y"):
         fit(data=str(tmp_path / "d.npz"), label="nosuch", epochs=1, progress=False)
