@@ -280,6 +280,22 @@ class FitResult:
         idx = np.argmax(out, axis=1) if ds.task == "multiclass" else (out.reshape(-1) > 0).astype(np.int64)
         return np.asarray(ds.classes)[idx]
 
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Classification: each class's probability for raw features X, one column per class in the order of the
+        dataset's labels (`dataset.classes`; a binary task's two columns are P(classes[0]), P(classes[1])), from
+        the model's logits by a softmax or sigmoid computed stably in float64."""
+        ds = self.dataset
+        if ds is None or ds.task not in ("binary", "multiclass"):
+            raise GraphcError("predict_proba: this run is not a classification")
+        z = np.asarray(self.predict_raw(X), np.float64)
+        if ds.task == "binary":
+            z = z.reshape(-1)
+            p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
+            return np.stack([1.0 - p, p], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
         return f"<FitResult {keys}>"

@@ -286,6 +286,16 @@ def test_class_labels_and_standardization_are_saved(tmp_path):
     np.testing.assert_allclose(d["x_std"], r.dataset.x_std)
     assert set(r.predict_labels(X[:50])) <= {"bird", "cat", "dog"}
     assert np.mean(r.predict_labels(X) == y) > 0.6
+    proba = r.predict_proba(X[:50])  # columns in the order of the labels, each row a distribution
+    assert proba.shape == (50, 3) and np.allclose(proba.sum(axis=1), 1.0) and np.all(proba >= 0)
+    np.testing.assert_array_equal(np.asarray(r.dataset.classes)[proba.argmax(axis=1)], r.predict_labels(X[:50]))
+    yb = np.where(X[:, 0] > 0, "yes", "no")
+    rb = fit(data=(X, yb), epochs=2, hidden=[8], progress=False)
+    pb = rb.predict_proba(X[:50])
+    assert pb.shape == (50, 2) and np.allclose(pb.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(np.asarray(rb.dataset.classes)[pb.argmax(axis=1)], rb.predict_labels(X[:50]))
+    with pytest.raises(gc.GraphcError, match="predict_proba: this run is not a classification"):
+        fit(data=(X, X[:, 0]), epochs=1, hidden=[4], progress=False).predict_proba(X[:2])
     np.savez(tmp_path / "s.npz", X=X, y=np.array([-1, 0, 1, 2])[np.arange(300) % 4])
     r = fit(data=str(tmp_path / "s.npz"), epochs=1, hidden=[4], progress=False)
     assert sorted(r.metrics["test_per_class"]) == ["-1", "0", "1", "2"] and r.metrics["classes"] == [-1, 0, 1, 2]
