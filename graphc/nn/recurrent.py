@@ -11,7 +11,11 @@ k-th carries. Parameters, per layer NAME (PyTorch's gate orders):
     lstm  NAME.Wx (F, 4H)  NAME.Wh (H, 4H)  NAME.b (4H,)          gates i, f, g, o
 
 A bidirectional layer adds the same set named NAME_reverse, run from the last step to the first; its outputs
-are concatenated after the forward ones on the feature axis."""
+are concatenated after the forward ones on the feature axis.
+
+`lengths=` (N,) int: a padded batch of sequences of those lengths. Past its end a sequence's carry is held and
+its outputs are 0 (PyTorch's packed sequences, Keras' masking): the last h is each sequence's own last real
+step, and the reverse pass starts from each sequence's own end, not from the padding."""
 
 from __future__ import annotations
 
@@ -87,7 +91,21 @@ def _check(kind: str, xs, hidden, name):
     return xs
 
 
-def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint):
+def _masked(cell):
+    """The cell on a padded batch: where a sequence has ended (m false) its carry passes through unchanged and its
+    output is 0, so the forward pass ends on each sequence's last real step and the reverse pass starts on it."""
+    def step(carry, x):
+        x, m = x
+        new, y = cell(carry, x)
+        if isinstance(carry, tuple):
+            new = tuple(ops.where(m, a, b) for a, b in zip(new, carry, strict=True))
+        else:
+            new = ops.where(m, new, carry)
+        return new, ops.where(m, y, 0.0)
+    return step
+
+
+def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None):
     T, N, F = xs.shape
     with scope(name):
         wx, wh, b, bh = _params(kind, name, F, hidden, xs.dtype)
@@ -97,7 +115,10 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint):
         if checkpoint is None:
             # the input projection of every step at once: one (T·N, F) @ (F, G·H) product before the loop
             xp = ops.reshape(ops.reshape(xs, (T * N, F)) @ wx + b, (T, N, GATES[kind] * hidden))
-            carry, ys = ops.scan(cell, init, xp, reverse=reverse)
+            if mask is None:
+                carry, ys = ops.scan(cell, init, xp, reverse=reverse)
+            else:
+                carry, ys = ops.scan(_masked(cell), init, (xp, mask), reverse=reverse)
         else:
             # checkpointed: the projection inside the step. Hoisted, it and its gradient are two (T, N, G·H)
             # buffers that checkpointing cannot shrink (the LSTM at T=500, batch 64, H=128: 125 MB of 144);
@@ -105,40 +126,53 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint):
             def step(carry, x):
                 return cell(carry, x @ wx + b)
 
-            carry, ys = ops.scan(step, init, xs, reverse=reverse, checkpoint=checkpoint)
+            if mask is None:
+                carry, ys = ops.scan(step, init, xs, reverse=reverse, checkpoint=checkpoint)
+            else:
+                carry, ys = ops.scan(_masked(step), init, (xs, mask), reverse=reverse, checkpoint=checkpoint)
     h = carry[0] if kind == "lstm" else carry
     return h, ys
 
 
-def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint):
+def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths=None):
     xs = _check(kind, xs, hidden, name)
-    h, ys = _run(kind, xs, hidden, name, False, checkpoint)
+    mask = None
+    if lengths is not None:
+        from graphc.ir.shapes import dims_equal
+        from graphc.nn.sequence import sequence_mask
+
+        mask = sequence_mask(lengths, xs.shape[0])  # (T, N): t < lengths[n]
+        if not dims_equal(mask.shape[1], xs.shape[1]):
+            raise GraphcError(f"{kind} {name!r}: lengths has {mask.shape[1]} sequences but xs {describe(xs)} has "
+                              f"{xs.shape[1]} (xs is time-major: (T, N, F))")
+        mask = ops.expand_dims(mask, 2)  # (T, N, 1): broadcast over the hidden units
+    h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask)
     if not bidirectional:
         return ys if return_sequences else h
-    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint)
+    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask)
     if return_sequences:
         return ops.concatenate([ys, ysr], axis=2)
     return ops.concatenate([h, hr], axis=1)
 
 
 def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "rnn",
-        checkpoint: int | None = None):
+        checkpoint: int | None = None, lengths=None):
     """An Elman RNN over time-major xs (T, N, F): h_t = tanh(x_t Wx + h_{t-1} Wh + b), h_0 = 0. Returns the last
     h (N, H), or every h (T, N, H) with return_sequences; bidirectional concatenates a reverse pass (2H)."""
-    return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+    return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 
 def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "gru",
-        checkpoint: int | None = None):
+        checkpoint: int | None = None, lengths=None):
     """A GRU (PyTorch's formulation: r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn + bh_n))) over (T, N, F)."""
-    return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+    return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 
 def lstm(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "lstm",
-         checkpoint: int | None = None):
+         checkpoint: int | None = None, lengths=None):
     """An LSTM over time-major xs (T, N, F), gates i, f, g, o as PyTorch's, fused parameters NAME.Wx (F, 4H),
     NAME.Wh (H, 4H), NAME.b (4H,). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
-    return _sequence("lstm", xs, hidden, return_sequences, bidirectional, name, checkpoint)
+    return _sequence("lstm", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 
 def _cell(kind, x, state, hidden, name):

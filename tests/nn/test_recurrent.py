@@ -48,6 +48,41 @@ def test_matches_pytorch(kind, bidirectional):
     assert seq.shape[2] == (2 * H if bidirectional else H)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_padded_batches_with_lengths_match_pytorchs_packed_sequences(kind, bidirectional=True):
+    """lengths=: past its end a sequence's carry is held and its outputs are 0, as PyTorch's packed sequences
+    give them: the last h is each sequence's own last real step, the reverse pass starts from each own end; the
+    same compiled, with symbolic T, and with checkpoint=2; gradients by finite differences."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    layer = _torch_layer(kind, bidirectional)
+    xs_np = np.random.default_rng(2).normal(size=(T, 4, F))
+    lens = np.array([5, 2, 1, 4], np.int32)
+    packed = pack_padded_sequence(torch.from_numpy(xs_np), torch.from_numpy(lens.astype(np.int64)),
+                                  enforce_sorted=False)
+    out, hn = layer(packed)[:2]
+    want_seq = pad_packed_sequence(out, total_length=T)[0].detach().numpy()
+    hn = (hn[0] if kind == "lstm" else hn).detach().numpy()
+    want_last = np.concatenate([hn[0], hn[1]], axis=1) if bidirectional else hn[0]
+    xs, L = gc.input("xs", ("T", "N", F), "float64"), gc.input("lengths", ("N",), "int32")
+    values = {"xs": xs_np, "lengths": lens, **_weights(kind, layer, kind)}
+    if bidirectional:
+        values.update(_weights(kind, layer, f"{kind}_reverse", "_reverse"))
+    fn = getattr(gc.nn, kind)
+    for checkpoint in (None, 2):
+        seq = fn(xs, H, return_sequences=True, bidirectional=bidirectional, name=kind, lengths=L,
+                 checkpoint=checkpoint)
+        last = fn(xs, H, bidirectional=bidirectional, name=kind, lengths=L, checkpoint=checkpoint)
+        for got_seq, got_last in (gc.evaluate([seq, last], values),
+                                  gc.compile([seq, last], threads=2, cache=False)(values)):
+            np.testing.assert_allclose(got_seq, want_seq, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(got_last, want_last, rtol=1e-10, atol=1e-12)
+    params = gc.nn.parameters(last)
+    check_grad(gc.sum(last * last) + gc.sum(seq * 0.5), [xs, *params], values)
+    with pytest.raises(gc.GraphcError, match="lengths has 3 sequences but xs"):
+        fn(gc.input("x3", ("T", 4, F), "float64"), H, lengths=gc.input("l3", (3,), "int32"), name="bad")
+
+
 def test_lstm_parameters_are_fused_and_named():
     xs = gc.input("xs", ("T", "N", F))
     h = gc.nn.lstm(xs, H, name="enc")
