@@ -57,7 +57,11 @@ def _padding(padding, sizes, window, strides, dilation) -> list[tuple[int, int]]
                 total = max((-(-d // s) - 1) * s + span - d, 0)
                 out.append((total // 2, total - total // 2))
             return out
-        raise ShapeError(f"padding must be 'valid', 'same', an int or {n} (before, after) pairs, got {padding!r}")
+        if mode == "causal" and n == 1:  # Keras': every output sees only its own and earlier steps
+            return [(dilation[0] * (window[0] - 1), 0)]
+        causal = ", 'causal' (1-D only)" if mode == "causal" or n == 1 else ""
+        raise ShapeError(f"padding must be 'valid', 'same'{causal}, an int or {n} (before, after) pairs, got "
+                         f"{padding!r}")
     if _is_int(padding):
         if padding < 0:
             raise ShapeError(f"padding must be >= 0, got {padding!r}")
@@ -285,7 +289,8 @@ def conv2d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
 
 def conv1d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
     """The 1-D convolution of sequences x (N, T, C) with filters w (K, C, F): (N, OT, F); arguments as for
-    conv2d with one spatial axis (padding: a string, an int or one (before, after) pair)."""
+    conv2d with one spatial axis (padding: a string, an int or one (before, after) pair). padding="causal" (Keras')
+    pads dilation·(K-1) steps before and none after: output t sees inputs t and earlier only (WaveNet, TCNs)."""
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
         padding = (tuple(padding),)
     return _conv(x, w, 1, stride, padding, dilation, "conv1d")

@@ -123,6 +123,26 @@ def test_conv1d_matches_direct_loops(stride, padding, dilation):
     np.testing.assert_allclose(gc.compile(y)({"x": X, "w": W}), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_causal_conv1d_pads_before_only_and_sees_no_later_step(dilation):
+    """Keras' padding="causal": dilation·(K-1) zeros before, none after, the output as long as the input; changing
+    step 6 changes no output before it; compiled as the reference; 2-D refuses it by name."""
+    x, w = gc.input("x", ("N", 11, 3)), gc.input("w", (3, 3, 4))
+    y = gc.conv1d(x, w, padding="causal", dilation=dilation)
+    X = rng.standard_normal((2, 11, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 4)).astype(np.float32)
+    want = direct_conv(X.astype(np.float64), W.astype(np.float64), (1,), [(2 * dilation, 0)], (dilation,))
+    assert y.shape == (gc.dim("N"), 11, 4)
+    np.testing.assert_allclose(gc.evaluate(y, {"x": X, "w": W}), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gc.compile(y)({"x": X, "w": W}), want, rtol=1e-4, atol=1e-4)
+    X2 = X.copy()
+    X2[:, 6] += 1.0
+    moved = gc.evaluate(y, {"x": X2, "w": W}) != gc.evaluate(y, {"x": X, "w": W})
+    assert not moved[:, :6].any() and moved[:, 6].any()
+    with pytest.raises(gc.ShapeError, match=r"'causal' \(1-D only\)"):
+        gc.conv2d(gc.input("im", ("N", 4, 4, 1)), gc.input("k", (3, 3, 1, 1)), padding="causal")
+
+
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("window, stride, padding", [(2, None, "valid"), (3, 2, "same"), ((2, 3), (1, 2), 1),
                                                      (3, 1, "same")])
