@@ -9,6 +9,7 @@ from graphc.nn.layers import (
     dense,
     flatten,
     init_params,
+    layer_norm,
     max_pool1d,
     max_pool2d,
     mlp,
@@ -23,7 +24,7 @@ from graphc.ops.random import dropout
 
 __all__ = [
     "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
-    "mlp", "model_build", "parameters",
+    "mlp", "model_build", "parameters", "layer_norm",
     "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",

@@ -238,6 +238,39 @@ def avg_pool1d(x, window=2, stride=None, padding="valid") -> ops.Tensor:
     return ops.avg_pool1d(x, window, stride, padding)
 
 
+def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: bool = True,
+               name: str | None = None) -> ops.Tensor:
+    """Layer normalization (Ba et al. 2016; PyTorch's LayerNorm, Keras' LayerNormalization): each row normalized
+    over `axis` (the features: the last axis, or a tuple of trailing axes) to zero mean and unit variance (the
+    biased variance, eps inside the square root), then scaled by `NAME.gamma` (ones) and shifted by `NAME.beta`
+    (zeros), each of the normalized axes' shape. It is a composition: its gradient comes from mean and var's."""
+    x = ops.as_tensor(x)
+    if name is None:
+        name = unique_name("layer_norm")
+    if x.dtype not in ("float32", "float64"):
+        raise GraphcError(f"layer_norm {name!r}: needs a float tensor, got {x.type_str}")
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    if not axes or any(isinstance(a, bool) or not isinstance(a, int) or not -x.ndim <= a < x.ndim for a in axes):
+        raise GraphcError(f"layer_norm {name!r}: axis must be an axis of {x.type_str} or a tuple of them, got "
+                          f"{axis!r}")
+    axes = tuple(sorted({a % x.ndim for a in axes}))
+    if axes != tuple(range(x.ndim - len(axes), x.ndim)) or any(not isinstance(x.shape[a], int) for a in axes):
+        raise GraphcError(f"layer_norm {name!r}: normalizes trailing axes of known size (the features), got axis "
+                          f"{axis!r} of {x.type_str}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise GraphcError(f"layer_norm {name!r}: eps must be a positive number, got {eps!r}")
+    feat = tuple(x.shape[a] for a in axes)
+    with scope(name):
+        mu = ops.mean(x, axes, keepdims=True)
+        d = x - mu
+        y = d / ops.sqrt(ops.mean(d * d, axes, keepdims=True) + eps)
+        if scale:
+            y = y * ops.param(f"{name}.gamma", feat, init="ones", dtype=x.dtype)
+        if center:
+            y = y + ops.param(f"{name}.beta", feat, init="zeros", dtype=x.dtype)
+        return y
+
+
 def flatten(x) -> ops.Tensor:
     """(N, d1, d2, ...) -> (N, d1*d2*...): feature maps into a dense layer's rows."""
     x = ops.as_tensor(x)

@@ -131,3 +131,36 @@ def test_dense_applies_to_the_last_axis_of_any_rank():
     np.testing.assert_allclose(gc.compile(out)(vals), want, rtol=1e-12)
     with pytest.raises(gc.GraphcError, match=r"\(batch, features\) or \(\.\.\., features\)"):
         gc.nn.dense(gc.input("v", (4,)), 2, name="one_d")
+
+
+@pytest.mark.parametrize("axis, feat", [(-1, (6,)), ((1, 2), (4, 6))])
+def test_layer_norm_matches_pytorch_compiles_and_differentiates(axis, feat):
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = gc.input("x", ("N", 4, 6), "float64")
+    y = gc.nn.layer_norm(x, axis=axis, name="ln")
+    assert [p.name for p in gc.nn.parameters(y)] == ["ln.gamma", "ln.beta"]
+    ln = torch.nn.LayerNorm(feat).double()
+    with torch.no_grad():
+        ln.weight.copy_(torch.from_numpy(rng.normal(size=feat)))
+        ln.bias.copy_(torch.from_numpy(rng.normal(size=feat)))
+    X = rng.normal(size=(3, 4, 6)) * 3 + 1
+    vals = {"x": X, "ln.gamma": ln.weight.detach().numpy(), "ln.beta": ln.bias.detach().numpy()}
+    want = ln(torch.from_numpy(X)).detach().numpy()
+    np.testing.assert_allclose(gc.evaluate(y, vals), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gc.compile(y, cache=False)(vals), want, rtol=1e-12, atol=1e-12)
+    gc.check_grad(gc.sum(y * rng.normal(size=(4, 6))), [x, *gc.nn.parameters(y)], vals)
+    init = gc.nn.init_params(gc.nn.parameters(y))
+    assert np.all(init["ln.gamma"] == 1) and np.all(init["ln.beta"] == 0)
+
+
+def test_layer_norm_refuses_what_it_cannot_normalize():
+    x = gc.input("x", ("N", 4), "float32")
+    for kw, words in (({"axis": 0}, "trailing axes of known size"), ({"axis": 2}, "axis must be an axis"),
+                      ({"eps": 0}, "eps must be a positive number")):
+        with pytest.raises(gc.GraphcError, match=words):
+            gc.nn.layer_norm(x, **kw)
+    with pytest.raises(gc.GraphcError, match="needs a float tensor"):
+        gc.nn.layer_norm(gc.input("i", ("N", 4), "int32"))
+    assert gc.nn.parameters(gc.nn.layer_norm(x, scale=False, center=False)) == []
