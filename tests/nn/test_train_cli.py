@@ -147,7 +147,7 @@ def test_bad_files_exit_cleanly(tmp_path):
     p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "label")
     assert p.returncode != 0 and "bad.csv:3" in p.stderr and "'oops'" in p.stderr and "Traceback" not in p.stderr
     p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "nolabel")
-    assert p.returncode != 0 and "no column named 'nolabel'" in p.stderr
+    assert p.returncode != 0 and "no label column named 'nolabel'" in p.stderr
     np.savez(tmp_path / "mismatch.npz", X=np.zeros((10, 3)), y=np.zeros(9))
     p = run("train", "--dataset", str(tmp_path / "mismatch.npz"))
     assert p.returncode != 0 and "10 rows" in p.stderr and "9" in p.stderr
