@@ -32,6 +32,7 @@ _LAZY = {
     "check_grad": ("graphc.autodiff.check", "check_grad"),
     "numeric_grad": ("graphc.autodiff.check", "numeric_grad"),
     "evaluate": ("graphc.runtime.reference", "evaluate"),
+    "load": ("graphc.fitting", "load"),
     "compile": ("graphc.runtime.jit", "compile"),
     "CompiledFunction": ("graphc.runtime.jit", "CompiledFunction"),
     "EpochFunction": ("graphc.runtime.epoch", "EpochFunction"),

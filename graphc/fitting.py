@@ -377,6 +377,7 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
         "parameters": int(sum(v.size for v in params.values())),
         "model": model_desc,
         "config": _ran(config, model_fn is None),
+        "grid": list(trainer.grid) if trainer.grid is not None else None,
     }
     if ds.classes:
         metrics["classes"] = [_plain(c) for c in ds.classes]
@@ -521,7 +522,81 @@ def data_description(ds: datasets.Dataset) -> dict:
         d["classes"] = [_plain(c) for c in ds.classes]
     if ds.task == "regression":
         d.update(y_mean=float(ds.y_mean), y_std=float(ds.y_std))
+    d.update(n_outputs=ds.n_outputs, grid=list(ds.grid) if ds.grid is not None else None, tokens=ds.tokens,
+             vocab=ds.vocab)
     return d
+
+
+def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResult:
+    """A finished run back from the directory `graphc train --out`, `gc.fit(out=...)` or a training binary's
+    --out wrote: the model rebuilt (the default MLP from the configuration metrics.json records; else `model`, the
+    model file or function it trained, or the model file the run names, when it is where it was), its weights
+    (weights.npz, or a binary's NAME.npy files), the features' standardization and the class labels (data.json).
+    `predict`, `predict_raw`, `predict_labels` and `predict_proba` then give what they gave after training."""
+    from graphc.aot.build import AotError, _load_weights
+
+    run = Path(run)
+    where = f"gc.load({str(run)!r})"
+    try:
+        d = json.loads((run / "data.json").read_text())
+    except FileNotFoundError:
+        raise GraphcError(f"{where}: no data.json there: not the --out directory of a finished graphc run") from None
+    except ValueError as e:
+        raise GraphcError(f"{where}: data.json is not readable JSON ({e})") from None
+    try:
+        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    except ValueError as e:
+        raise GraphcError(f"{where}: metrics.json is not readable JSON ({e})") from None
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: (tuple(v) if isinstance(v, list) and k == "hidden" else v)
+                            for k, v in (m.get("config") or d.get("config") or {}).items() if k in known})
+    recorded = m.get("model") or d.get("model") or "default MLP"
+    desc = recorded
+    if model is None and recorded not in ("default MLP", None) and not str(recorded).startswith("the default MLP"):
+        if not Path(recorded).is_file():
+            raise GraphcError(f"{where}: the run trained the model {recorded!r}, which is not there now: pass "
+                              "model= (its model file or function)")
+        model = recorded
+    if isinstance(model, (str, Path)):
+        desc = str(model)
+        model, _ = load_model_file(str(model))
+    task, classes = d["task"], d.get("classes") or []
+    n_features = d.get("n_features") or len(d.get("features") or d.get("x_mean") or [])
+    if not n_features:
+        raise GraphcError(f"{where}: data.json does not say how many features the model takes (a run written by an "
+                          "older graphc): rebuild it with graphc export --weights instead")
+    n_outputs = d.get("n_outputs") or (len(classes) if task == "multiclass" else 1)
+    grid = m.get("grid") or d.get("grid") or datasets.GRIDS.get(d.get("dataset"))
+    y_shape = (n_outputs,) if task != "multiclass" and n_outputs > 1 else ()
+    empty = np.zeros((0, n_features), np.float32)
+    ds = datasets.Dataset(d.get("dataset", str(run)), task, empty, np.zeros((0, *y_shape)), empty,
+                          np.zeros((0, *y_shape)), empty, np.zeros((0, *y_shape)), classes=classes,
+                          feature_names=list(d.get("features") or []),
+                          x_mean=None if d.get("x_mean") is None else np.asarray(d["x_mean"]),
+                          x_std=None if d.get("x_std") is None else np.asarray(d["x_std"]),
+                          y_mean=d.get("y_mean", 0.0), y_std=d.get("y_std", 1.0),
+                          grid=tuple(grid) if grid else None, tokens=bool(d.get("tokens")), vocab=d.get("vocab"))
+    if threads is not None:
+        config.threads = threads
+    trainer = Trainer(model, task, n_features, n_outputs, config, y_shape=y_shape, log=lambda msg: None,
+                      grid=ds.grid, data=ds.name, vocab=ds.vocab)
+    try:
+        params = _load_weights(run, trainer.params)
+    except AotError as e:
+        raise GraphcError(f"{where}: {e} (the model: {desc})") from None
+    history = []
+    if (run / "history.csv").is_file():
+        with open(run / "history.csv", newline="") as f:
+            history = [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return FitResult(params, history, m, config, _predictor(trainer, params, ds.grid), ds)
+
+
+def _number_or_text(v: str):
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def _atomic(path: Path, data: bytes) -> None:

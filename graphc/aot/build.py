@@ -278,6 +278,7 @@ class ModelSpec:
     notes: list[str] = field(default_factory=list)
     data: dict | None = None  # the dataset's standardization and classes (graphc.fitting.data_description)
     grid: tuple | None = None  # a model that asks for `images` gets x as (N, *grid); rows stay flat in files
+    model_path: str | None = None  # the model file's absolute path (a model file)
 
 
 # options that shape the compiled step
@@ -359,7 +360,8 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     elif grid is not None and model_layout(model_fn) == "sequences":
         desc += f" on sequences of {'x'.join(map(str, grid[:2]))} (steps x features, each row one sequence)"
     return ModelSpec(task, int(n_features), int(n_outputs), y_shape, classes, name, config, model_fn, desc, notes,
-                     description, tuple(grid) if grid is not None else None)
+                     description, tuple(grid) if grid is not None else None,
+                     str(Path(model).resolve()) if isinstance(model, (str, Path)) else None)
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -651,6 +653,21 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     return lines, init
 
 
+def _run_json(spec: ModelSpec) -> str:
+    """data.json's fields that let gc.load rebuild the model a binary trained: the sizes, the grid, the model file
+    (or the default MLP's shape)."""
+    import json
+
+    from graphc.fitting import MLP_OPTIONS
+
+    cfg = {k: getattr(spec.config, k) for k in MLP_OPTIONS if k != "dropout"} if spec.model_fn is None else {}
+    fields_ = {"n_features": spec.n_features, "n_outputs": spec.n_outputs,
+               "grid": list(spec.grid) if spec.grid is not None else None,
+               "model": spec.model_path or ("default MLP" if spec.model_fn is None else spec.model_desc),
+               "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+    return "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in fields_.items())
+
+
 def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_threads: int, eval_batch: int,
                   work: Path, parallel=None) -> str:
     from graphc.ir.node import topo_order
@@ -752,6 +769,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_N_CLASSES": spec.n_outputs if spec.task == "multiclass" else 0,
         "GC_Y_NDIM": len(y_dims), "GC_Y_ROW": int(np.prod(y_dims, dtype=np.int64)),
         "GC_MAX_BATCH": max_batch, "GC_MAX_THREADS": max_threads, "GC_EVAL_BATCH": eval_batch,
+        "GC_RUN_JSON": c_string(_run_json(spec)),
         "GC_FEWEST_ROWS": fewest, "GC_FEWEST_WHY": fewest_why, "GC_E_FEWEST_ROWS": e_fewest,
         "GC_E_FEWEST_WHY": e_fewest_why,
         "GC_DEF_EPOCHS": cfg.epochs, "GC_DEF_BATCH": cfg.batch_size, "GC_DEF_LR": c_double(cfg.lr),

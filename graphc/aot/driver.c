@@ -770,7 +770,7 @@ static void json_string(FILE *f, const char *s) {
 static void write_data_json(const char *dir, int standardized) {
     char tmp[4096], final[4096];
     FILE *f = open_out(dir, "data.json", tmp, final);
-    fprintf(f, "{\n  \"task\": \"%s\",\n", GC_TASK_NAME);
+    fprintf(f, "{\n  \"task\": \"%s\",\n%s", GC_TASK_NAME, GC_RUN_JSON);
     for (int k = 0; k < 2; k++) {
         fprintf(f, "  \"%s\": ", k ? "x_std" : "x_mean");
         if (!standardized) fprintf(f, "null");

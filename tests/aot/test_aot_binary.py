@@ -175,6 +175,7 @@ def test_a_model_that_slices_its_batch_axis_checks_every_batch_in_the_binary_and
     short, with exit 2 before writing anything; the exported library returns ERR_N below its MIN_BATCH."""
     import ctypes
 
+    import graphc as gc
     from graphc import data
     from graphc.aot import build, export
     from graphc.fitting import fit
@@ -197,6 +198,8 @@ def test_a_model_that_slices_its_batch_axis_checks_every_batch_in_the_binary_and
     p = subprocess.run([str(exe), "--x-train", paths["x800"], "--y-train", paths["y800"], "--out", str(out)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    back = gc.load(out)  # the binary's data.json names its model file: the run loads back in Python
+    assert back.params["h.W"].shape == (64, 16) and back.predict_labels(ds.X_test[:4]).shape == (4,)
     r = fit(str(tmp_path / "roll.py"), data="digits", batch_size=12, progress=False, out=str(tmp_path / "run"))
     lib = export(tmp_path / "libroll.so", tmp_path / "run", model=str(tmp_path / "roll.py"), data="digits").path
     assert "#define ROLL_MIN_BATCH 4" in (tmp_path / "roll.h").read_text()

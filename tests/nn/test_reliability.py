@@ -389,3 +389,29 @@ def test_a_failed_results_write_says_what_and_where_the_state_is(tmp_path, monke
     msg = str(e.value)
     assert "writing the results into" in msg and "No space left" in msg and "metrics.json" in msg, msg
     assert "ckpt-1-000002.gcp" in msg and "--resume" in msg, msg
+
+
+def test_a_finished_run_loads_back_and_predicts_as_after_training(tmp_path):
+    """gc.load(out): the model rebuilt from what the run recorded (the default MLP's shape, or its model file),
+    its weights, standardization and labels: predictions bitwise those fit returned; regression in the target's
+    units; a run whose model file is gone asks for model=."""
+    r = fit(data="digits", epochs=1, hidden=[24, 12], out=tmp_path / "a", progress=False)
+    back = gc.load(tmp_path / "a")
+    X = r.dataset.X_test[:9]
+    assert np.array_equal(back.predict(X), r.predict(X)) and back.config.hidden == (24, 12)
+    assert np.array_equal(back.predict_proba(X * 4), r.predict_proba(X * 4))
+    assert back.metrics == json.loads((tmp_path / "a" / "metrics.json").read_text()) and len(back.history) == 1
+    (tmp_path / "cnn.py").write_text("import graphc as gc\ndef model(images, n):\n"
+                                     "    return gc.nn.dense(gc.nn.flatten(gc.nn.conv2d(images, 3, 3, name='c')), n)\n")
+    r = fit(str(tmp_path / "cnn.py"), data="digits", epochs=1, out=tmp_path / "b", progress=False)
+    assert np.array_equal(gc.load(tmp_path / "b").predict(X), r.predict(X))
+    (tmp_path / "cnn.py").rename(tmp_path / "moved.py")
+    with pytest.raises(gc.GraphcError, match=r"trained the model .*cnn.py.*not there now: pass model="):
+        gc.load(tmp_path / "b")
+    assert np.array_equal(gc.load(tmp_path / "b", model=str(tmp_path / "moved.py")).predict(X), r.predict(X))
+    rng = np.random.default_rng(0)
+    Xr = rng.normal(size=(80, 3)) * [1, 10, 100]
+    r = fit(data=(Xr, Xr[:, 0] * 3 + 1), epochs=2, out=tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(gc.load(tmp_path / "c").predict_raw(Xr[:5]), r.predict_raw(Xr[:5]))
+    with pytest.raises(gc.GraphcError, match="no data.json there"):
+        gc.load(tmp_path)
