@@ -1,5 +1,6 @@
-"""The `graphc` command: `graphc train` (the main job), `graphc build` (a standalone training binary), `graphc
-export` (an inference library), `graphc demo` (print a graph and its gradient)."""
+"""The `graphc` command: `graphc train` (the main job), `graphc predict` (a trained run on new rows), `graphc
+build` (a standalone training binary), `graphc export` (an inference library), `graphc demo` (print a graph and
+its gradient)."""
 
 from __future__ import annotations
 
@@ -133,6 +134,45 @@ def _export(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    """A finished run's predictions for the rows of a file, as CSV: the label (classification) or the prediction
+    in the target's units (regression), one row per input row, in order; --proba adds each class's probability."""
+    import csv as csv_mod
+
+    import numpy as np
+
+    from graphc import data as datasets
+    from graphc.fitting import load
+
+    run = load(args.run, model=args.model)
+    ds = run.dataset
+    X = datasets.read_features(args.data, ds.feature_names, ds.n_features)
+    classify = ds.task in ("binary", "multiclass")
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        w = csv_mod.writer(out)
+        if classify:
+            labels = run.predict_labels(X)
+            proba = run.predict_proba(X) if args.proba else None
+            w.writerow(["label", *([f"p({c})" for c in ds.classes] if args.proba else [])])
+            for k, lab in enumerate(labels):
+                w.writerow([lab.item() if hasattr(lab, "item") else lab,
+                            *([f"{p:.6g}" for p in proba[k]] if proba is not None else [])])
+        else:
+            if args.proba:
+                raise GraphcError("--proba: the run is a regression; it has no class probabilities")
+            pred = np.asarray(run.predict_raw(X)).reshape(len(X), -1)
+            w.writerow(["prediction"] if pred.shape[1] == 1 else [f"prediction_{j}" for j in range(pred.shape[1])])
+            for row in pred:
+                w.writerow([f"{v:.9g}" for v in row])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output:
+        print(f"wrote {len(X)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
 def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
     """What `train`, `build` and `export` share: which columns are data, the task, and the default MLP's shape."""
     p.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
@@ -247,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoints are removed first)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     t.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+    pr = sub.add_parser("predict", help="a trained run's predictions for the rows of a file, as CSV",
+                        formatter_class=_Help)
+    pr.set_defaults(fn=_predict)
+    pr.add_argument("--run", required=True, metavar="DIR", help="the --out directory of graphc train (or of a "
+                    "training binary)")
+    pr.add_argument("--data", required=True, metavar="PATH", help="rows to predict: a .csv (the run's feature "
+                    "columns by name; other columns, such as a label, are left out; without a header, every "
+                    "column), a .npy of rows or images, or a .npz with X; raw features, as the run was trained on")
+    pr.add_argument("--model", metavar="FILE", help="the model file the run trained (default: the one it "
+                    "recorded, or the default MLP)")
+    pr.add_argument("--proba", action="store_true", help="classification: each class's probability too")
+    pr.add_argument("-o", "--output", metavar="PATH", help="the CSV to write (default: standard output)")
     b = sub.add_parser("build", help="build a standalone native executable that trains a model",
                        formatter_class=_Help)
     b.set_defaults(fn=_build)
@@ -265,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, metavar="libNAME.so", help="the shared library to write")
     e.add_argument("--header", metavar="PATH", help="where to write the C header (default: NAME.h beside the "
                    "library)")
-    parser._graphc_subparsers = {"demo": demo, "train": t, "build": b, "export": e}  # type: ignore[attr-defined]
+    parser._graphc_subparsers = {"demo": demo, "train": t, "predict": pr, "build": b, "export": e}  # type: ignore[attr-defined]
     return parser
 
 
@@ -294,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     except GraphcError as e:
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `graphc predict ... | head`: the reader has gone; stop quietly (Python's advice)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:  # the file system said no (a full disk, a permission): no traceback for that
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2

@@ -321,10 +321,10 @@ def _number(cell: str) -> bool:
     return True
 
 
-def _read_csv(path: str, label: str | None, features: list[str] | None):
-    """A header row names the columns (without one, a first row of numbers: the columns are numbered from 0);
-    the delimiter is sniffed (',' ';' tab '|', as spreadsheets export them); a UTF-8 byte-order mark is skipped.
-    The label and feature columns are named, or numbered (negative from the end) where no column has that name."""
+def _csv_table(path: str):
+    """(header, data rows, the line number of the first data row): a header row names the columns (without one,
+    a first row of numbers: the columns are numbered from 0); the delimiter is sniffed (',' ';' tab '|', as
+    spreadsheets export them); a UTF-8 byte-order mark is skipped."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         text = f.read()
     try:
@@ -332,39 +332,32 @@ def _read_csv(path: str, label: str | None, features: list[str] | None):
     except csv.Error:
         dialect = csv.excel
     rows = [r for r in csv.reader(text.splitlines(), dialect) if r]
-    if not rows:
+    if rows and all(_number(c) for c in rows[0]):
+        return [str(k) for k in range(len(rows[0]))], rows, 1
+    if len(rows) < 2:
         raise DataError(f"{path}: a .csv dataset needs a header row and at least one data row")
-    if all(_number(c) for c in rows[0]):
-        header = [str(k) for k in range(len(rows[0]))]
-        data, first = rows, 1
-    else:
-        header, data, first = [h.strip() for h in rows[0]], rows[1:], 2
-    if not data:
-        raise DataError(f"{path}: a .csv dataset needs a header row and at least one data row")
-    shown = ", ".join(header)
+    return [h.strip() for h in rows[0]], rows[1:], 2
 
-    def column(name: str, what: str) -> int:
-        if name in header:
-            return header.index(name)
-        try:
-            k = int(name)
-        except ValueError:
-            k = None
-        if k is not None and -len(header) <= k < len(header):
-            return k % len(header)
-        import difflib
 
-        close = difflib.get_close_matches(name, header, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise DataError(f"{path}: no {what} column named {name!r} (columns: {shown}){hint}")
+def _csv_column(path: str, header: list[str], name: str, what: str) -> int:
+    """A column by name, or by number (negative from the end) where no column has that name."""
+    if name in header:
+        return header.index(name)
+    try:
+        k = int(name)
+    except ValueError:
+        k = None
+    if k is not None and -len(header) <= k < len(header):
+        return k % len(header)
+    import difflib
 
-    if label is None:
-        raise DataError(f"{path}: name the label column with --label (columns: {shown})")
-    li = column(str(label), "label")
-    idx = [column(str(h), "feature") for h in features] if features else [k for k in range(len(header)) if k != li]
-    feats = [header[k] for k in idx]
+    close = difflib.get_close_matches(name, header, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise DataError(f"{path}: no {what} column named {name!r} (columns: {', '.join(header)}){hint}")
+
+
+def _csv_floats(path: str, header: list[str], data: list, first: int, idx: list[int]) -> np.ndarray:
     X = np.empty((len(data), len(idx)))
-    ys = []
     for r, row in enumerate(data, start=first):
         if len(row) != len(header):
             raise DataError(f"{path}:{r}: expected {len(header)} fields, got {len(row)}")
@@ -376,7 +369,74 @@ def _read_csv(path: str, label: str | None, features: list[str] | None):
                        if not row[k].strip() else
                        f"holds {row[k]!r}, not a number: encode it as numbers, or leave the column out with "
                        "--features")
-                raise DataError(f"{path}:{r}: column {feats[c]!r} {why}") from None
+                raise DataError(f"{path}:{r}: column {header[k]!r} {why}") from None
+    return X
+
+
+def read_features(path: str | os.PathLike, names: list[str], n_features: int) -> np.ndarray:
+    """The feature rows of a file to predict on (float64, (rows, n_features)): a .csv's columns `names` by name
+    (other columns, such as the label, are left out), or all its columns when it has no header; a .npy's rows
+    (images flattened); a .npz's X. The count must be the model's."""
+    path = str(path)
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".csv":
+            header, data, first = _csv_table(path)
+            if first == 2 and names and all(n in header for n in names):
+                idx = [header.index(n) for n in names]
+            elif first == 2 and names:
+                missing = [n for n in names if n not in header]
+                raise DataError(f"{path}: the model's feature column(s) {missing[:5]} are not there (columns: "
+                                f"{', '.join(header)})")
+            else:
+                idx = list(range(len(header)))
+            X = _csv_floats(path, header, data, first, idx)
+        elif ext in (".npy", ".npz"):
+            if ext == ".npy":
+                X = np.load(path, allow_pickle=False)
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    key = "X" if "X" in z.files else "x" if "x" in z.files else None
+                    if key is None:
+                        raise DataError(f"{path}: expected an array 'X' of features (the file has {z.files})")
+                    X = z[key]
+            if X.ndim < 2 or X.dtype.kind not in "biuf":
+                raise DataError(f"{path}: expected rows of numbers (2-D, or images N x H x W x C), got {X.dtype} "
+                                f"{X.shape}")
+            X = X.reshape(len(X), -1).astype(np.float64)
+        else:
+            raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it: {e}") from None
+    if X.shape[1] != n_features:
+        raise DataError(f"{path}: rows of {X.shape[1]} values, the model takes {n_features} features"
+                        + (" (drop the label column)" if X.shape[1] == n_features + 1 else ""))
+    bad = np.argwhere(~np.isfinite(X))
+    if len(bad):
+        raise DataError(f"{path}: row {bad[0][0]}, feature {bad[0][1]} is {X[tuple(bad[0])]}; features must be "
+                        "finite")
+    return X
+
+
+def _read_csv(path: str, label: str | None, features: list[str] | None):
+    """A labelled .csv (see _csv_table): the label and feature columns named, or numbered (negative from the end)
+    where no column has that name."""
+    header, data, first = _csv_table(path)
+    shown = ", ".join(header)
+
+    def column(name: str, what: str) -> int:
+        return _csv_column(path, header, name, what)
+
+    if label is None:
+        raise DataError(f"{path}: name the label column with --label (columns: {shown})")
+    li = column(str(label), "label")
+    idx = [column(str(h), "feature") for h in features] if features else [k for k in range(len(header)) if k != li]
+    feats = [header[k] for k in idx]
+    X = _csv_floats(path, header, data, first, idx)
+    ys = []
+    for r, row in enumerate(data, start=first):
         cell = row[li].strip()
         if not cell:
             raise DataError(f"{path}:{r}: the label column {header[li]!r} is empty; every row needs a label (drop the "

@@ -77,6 +77,44 @@ def test_model_file_and_csv_dataset(tmp_path):
     assert set(np.load(tmp_path / "o" / "weights.npz").files) == {"first.W", "first.b", "out.W", "out.b"}
 
 
+def test_predict_writes_a_runs_labels_and_probabilities_for_a_files_rows(tmp_path):
+    """graphc predict --run DIR --data FILE: the run's feature columns by name (its label column left out), one
+    CSV row per input row, the labels and probabilities gc.load gives; regression in the target's units; a file
+    without the run's features exits 2 naming them."""
+    import graphc as gc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3)) * [1, 5, 20]
+    names = np.array(["cat", "dog", "emu"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 2).astype(int)]
+    lines = ["a,b,c,animal,price"] + [f"{r[0]},{r[1]},{r[2]},{t},{r[0] * 2 + 1}" for r, t in zip(X, names,
+                                                                                             strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    p = run("train", "--dataset", str(tmp_path / "d.csv"), "--label", "animal", "--features", "a,b,c", "--epochs",
+            "3", "--quiet", "--out", str(tmp_path / "cls"))
+    assert p.returncode == 0, p.stderr
+    p = run("predict", "--run", str(tmp_path / "cls"), "--data", str(tmp_path / "d.csv"), "--proba")
+    assert p.returncode == 0, p.stderr
+    rows = [ln.split(",") for ln in p.stdout.strip().splitlines()]
+    assert rows[0] == ["label", "p(cat)", "p(dog)", "p(emu)"] and len(rows) == 121
+    back = gc.load(tmp_path / "cls")
+    assert [r[0] for r in rows[1:]] == list(back.predict_labels(X))
+    np.testing.assert_allclose(np.array([[float(v) for v in r[1:]] for r in rows[1:]]), back.predict_proba(X),
+                               rtol=1e-5)
+    p = run("train", "--dataset", str(tmp_path / "d.csv"), "--label", "price", "--features", "a,b,c", "--epochs",
+            "3", "--quiet", "--out", str(tmp_path / "reg"))
+    assert p.returncode == 0, p.stderr
+    np.save(tmp_path / "x.npy", X[:7])
+    p = run("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.csv"))
+    assert p.returncode == 0 and "wrote 7 predictions" in p.stderr, p.stderr
+    got = np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(got, gc.load(tmp_path / "reg").predict_raw(X[:7]).ravel(), rtol=1e-6)
+    (tmp_path / "other.csv").write_text("a,b,z\n1,2,3\n")
+    p = run("predict", "--run", str(tmp_path / "cls"), "--data", str(tmp_path / "other.csv"))
+    assert p.returncode == 2 and "feature column(s) ['c'] are not there" in p.stderr and "Traceback" not in p.stderr
+    p = run("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "x.npy"), "--proba")
+    assert p.returncode == 2 and "regression" in p.stderr
+
+
 IMAGE_MODEL = """
 import graphc as gc
 
