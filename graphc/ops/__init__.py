@@ -24,7 +24,7 @@ from graphc.ops.control import stop_gradient
 from graphc.ops.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
 from graphc.ops.gather import scatter_add, take
-from graphc.ops.linalg import matmul
+from graphc.ops.linalg import einsum, matmul
 from graphc.ops.movement import (
     broadcast_to,
     concat,
@@ -111,5 +111,5 @@ __all__ = [
     # numpy's names for more of the same (compositions, or elementwise ops of the C library's functions)
     "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",
     "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
-    "cosh", "arcsinh", "arccosh", "arctanh",
+    "cosh", "arcsinh", "arccosh", "arctanh", "einsum",
 ]

@@ -82,3 +82,88 @@ def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
         drop = {out.ndim + i for i in squeeze}
         out = reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
     return out
+
+
+def einsum(subscripts: str, *operands) -> Tensor:
+    """numpy.einsum for one or two operands, e.g. `gc.einsum("bhqd,bhkd->bhqk", q, k)`: letters name axes; with
+    `->` the output's order, without it numpy's implicit output (the letters used once, in alphabetical order).
+    It is a composition — sums over axes used by one operand only, transposes and reshapes, and one batched
+    matmul for the contracted letters (a broadcast product where none are) — so its gradient and native code are
+    those ops'. Not supported (an error): '...', a letter twice in one operand (a diagonal or trace), three or
+    more operands (nest two-operand calls)."""
+    from graphc.errors import GraphcError
+    from graphc.ops.core import located
+    from graphc.ops.movement import reshape, transpose
+    from graphc.ops.reduce import sum as reduce_sum
+
+    if not isinstance(subscripts, str):
+        raise GraphcError(f"einsum: subscripts must be a string such as 'ij,jk->ik', got {subscripts!r}")
+    spec = subscripts.replace(" ", "")
+    ts = [as_tensor(x, next((t for t in operands if isinstance(t, Tensor)), None)) for x in operands]
+
+    def fail(msg: str):
+        return located(ShapeError(f"{spec!r}: {msg}"), tuple(ts), "einsum")
+
+    if "." in spec:
+        raise fail("'...' is not supported: name every axis with a letter")
+    lhs, arrow, out = spec.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ts) or not 1 <= len(ts) <= 2:
+        raise fail(f"{len(terms)} operand term(s) for {len(ts)} operand(s); einsum takes one or two operands "
+                   "(nest two-operand calls for more)")
+    sizes: dict[str, object] = {}
+    for k, (term, t) in enumerate(zip(terms, ts, strict=True)):
+        if not all(c.isalpha() for c in term):
+            raise fail(f"operand {k}'s term {term!r} must be letters only")
+        if len(term) != t.ndim:
+            raise fail(f"operand {k}'s term {term!r} names {len(term)} axes, but it is {fmt_shape(t.shape)}")
+        if len(set(term)) != len(term):
+            raise fail(f"operand {k}'s term {term!r} repeats a letter (a diagonal or a trace): take it with "
+                       "indexing or gc.sum first")
+        for c, d in zip(term, t.shape, strict=True):
+            if c in sizes and not dims_equal(sizes[c], d):
+                raise fail(f"letter {c!r} has sizes {sizes[c]} and {d}")
+            sizes.setdefault(c, d)
+    if not arrow:
+        out = "".join(sorted(c for c in sizes if sum(term.count(c) for term in terms) == 1))
+    if not all(c.isalpha() for c in out) or len(set(out)) != len(out) or not set(out) <= set(sizes):
+        raise fail(f"the output {out!r} must name distinct letters of the operands")
+    if len(ts) == 2 and ts[0].dtype != ts[1].dtype:
+        raise DTypeError(f"einsum {spec!r}: operands have dtypes {ts[0].dtype} and {ts[1].dtype}; cast one of them")
+
+    def drop_unused(t, term: str, keep: set) -> tuple[Tensor, str]:
+        gone = tuple(i for i, c in enumerate(term) if c not in keep)
+        if gone:
+            t = reduce_sum(t, gone)
+            term = "".join(c for c in term if c in set(term) & keep)
+        return t, term
+
+    def arrange(t, term: str, order: str) -> Tensor:
+        return t if term == order else transpose(t, [term.index(c) for c in order])
+
+    def product(letters: str):
+        n = 1
+        for c in letters:
+            n = n * sizes[c]
+        return n
+
+    if len(ts) == 1:
+        t, term = drop_unused(ts[0], terms[0], set(out))
+        return arrange(t, term, out)
+    (a, ta), (b, tb) = (drop_unused(t, term, set(out) | set(other)) for t, term, other in
+                        ((ts[0], terms[0], terms[1]), (ts[1], terms[1], terms[0])))
+    batch = "".join(c for c in ta if c in tb and c in out)
+    contracted = "".join(c for c in ta if c in tb and c not in out)
+    a_only = "".join(c for c in ta if c not in tb)
+    b_only = "".join(c for c in tb if c not in ta)
+    if not contracted:  # an elementwise or outer product: broadcast both to the output's axes
+        def spread(t, term: str):
+            t = arrange(t, term, "".join(c for c in out if c in term))
+            return reshape(t, tuple(sizes[c] if c in term else 1 for c in out))
+        return spread(a, ta) * spread(b, tb)
+    a = reshape(arrange(a, ta, batch + a_only + contracted),
+                (*(sizes[c] for c in batch), product(a_only), product(contracted)))
+    b = reshape(arrange(b, tb, batch + contracted + b_only),
+                (*(sizes[c] for c in batch), product(contracted), product(b_only)))
+    c = reshape(matmul(a, b), tuple(sizes[ch] for ch in batch + a_only + b_only))
+    return arrange(c, batch + a_only + b_only, out)

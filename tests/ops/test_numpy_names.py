@@ -129,3 +129,43 @@ def test_bad_arguments_name_what_and_where():
         gc.full((2,), "a")
     with pytest.raises(AttributeError, match=r"did you mean gc.concatenate"):
         gc.concatenat  # noqa: B018
+
+
+EINSUMS = [("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,jk", [(3, 4), (4, 5)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+           ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]), ("i,i->", [(4,), (4,)]), ("i,j->ij", [(3,), (4,)]),
+           ("ij->ji", [(3, 4)]), ("ij->", [(3, 4)]), ("ijk->kj", [(2, 3, 4)]), ("ij,j->i", [(3, 4), (4,)]),
+           ("ij,ij->ij", [(3, 4), (3, 4)]), ("ij,ik->jk", [(3, 4), (3, 5)]), ("ijk,jl->lik", [(2, 3, 4), (3, 5)]),
+           ("ab,cd->", [(2, 3), (4, 5)]), ("abc,bcd->ad", [(2, 3, 4), (3, 4, 5)]), ("i,ij", [(3,), (3, 4)]),
+           ("xyz,zy->x", [(2, 3, 4), (4, 3)])]
+
+
+@pytest.mark.parametrize("spec, shapes", EINSUMS, ids=[s for s, _ in EINSUMS])
+def test_einsum_matches_numpy_compiled_and_differentiated(spec, shapes):
+    vals = {f"e{k}": rng.normal(size=s) for k, s in enumerate(shapes)}
+    ins = [gc.input(f"e{k}", s, "float64") for k, s in enumerate(shapes)]
+    y = gc.einsum(spec, *ins)
+    want = np.einsum(spec, *vals.values())
+    for got in both(y, **vals):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    gc.check_grad(gc.sum(y * rng.normal(size=want.shape)), ins, vals)
+
+
+def test_einsum_attention_scores_are_one_batched_matmul_with_a_symbolic_batch():
+    q, k = gc.input("q", ("N", 3, 4, 8)), gc.input("k", ("N", 3, 6, 8))
+    s = gc.einsum("bhqd,bhkd->bhqk", q, k)
+    assert s.shape == (gc.dim("N"), 3, 4, 6)
+    assert [n.op.name for n in gc.topo_order(s)].count("matmul") == 1
+    vq, vk = rng.normal(size=(2, 3, 4, 8)).astype(np.float32), rng.normal(size=(2, 3, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(gc.compile(s)({"q": vq, "k": vk}), np.einsum("bhqd,bhkd->bhqk", vq, vk), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("spec, shapes, words", [
+    ("ii->i", [(3, 3)], "repeats a letter"), ("...ij,jk", [(2, 3, 4), (4, 5)], "'...' is not supported"),
+    ("ij,jk->ik", [(3, 4), (5, 6)], "letter 'j' has sizes 4 and 5"), ("ijk,jk", [(3, 4), (4, 5)], "names 3 axes"),
+    ("ij,jk,kl", [(2, 2), (2, 2), (2, 2)], "one or two operands"), ("ij->iz", [(2, 2)], "distinct letters")])
+def test_einsum_refuses_what_it_cannot_do_by_name(spec, shapes, words):
+    ins = [gc.input(f"r{k}", s) for k, s in enumerate(shapes)]
+    with pytest.raises(gc.ShapeError, match=words) as e:
+        gc.einsum(spec, *ins)
+    assert "einsum" in str(e.value) and __file__.rsplit("/", 1)[-1] in str(e.value)
