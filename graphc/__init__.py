@@ -29,6 +29,8 @@ _LAZY = {
     "nn": ("graphc.nn", None),
     "sym": ("graphc.sym", None),
     "grad": ("graphc.autodiff.grad", "grad"),
+    "jacobian": ("graphc.autodiff.grad", "jacobian"),
+    "hessian": ("graphc.autodiff.grad", "hessian"),
     "check_grad": ("graphc.autodiff.check", "check_grad"),
     "numeric_grad": ("graphc.autodiff.check", "numeric_grad"),
     "evaluate": ("graphc.runtime.reference", "evaluate"),

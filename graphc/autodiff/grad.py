@@ -128,3 +128,45 @@ def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Nod
                 f"{n.op.name}.vjp gave {ct.type_str} for an input of {x.type_str}")
             contributions.setdefault(id(x), []).append(ct)
     return total
+
+
+JACOBIAN_ROWS = 4096  # reverse mode costs one backward sweep per element of y: beyond this, reduce y first
+
+
+def jacobian(y: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
+    """∂y/∂wrt as a tensor of shape y.shape + wrt.shape (a list of them for a list of wrt): one vector-Jacobian
+    product per element of y (reverse mode, as jax.jacrev and PyTensor's jacobian), each row seeded by a one-hot
+    cotangent and stacked. The backward sweeps share the forward graph (hash-consed); the graph grows with the
+    size of y, which must be static and at most JACOBIAN_ROWS elements."""
+    from graphc.ops.movement import reshape, stack
+
+    here = capture_source().where()
+    if not isinstance(y, Node):
+        raise GradError(f"jacobian: y must be a tensor, got {type(y).__name__} (at {here})")
+    if not all(isinstance(d, int) for d in y.shape):
+        raise GradError(f"jacobian: y ({describe(y)}) has a symbolic dim; its Jacobian has a row per element, so "
+                        f"its shape must be known (at {here})")
+    n = int(np.prod(y.shape, dtype=np.int64))
+    if n > JACOBIAN_ROWS:
+        raise GradError(f"jacobian: y ({describe(y)}) has {n} elements, one backward sweep each; at most "
+                        f"{JACOBIAN_ROWS}: reduce y first, or use grad with seed= for vector-Jacobian products "
+                        f"(at {here})")
+    single = isinstance(wrt, Node)
+    targets = [wrt] if single else list(wrt)
+    eye = np.eye(max(n, 1), dtype=np.float64)
+    rows = [grad(y, targets, seed=constant(eye[i].reshape(y.shape), y.dtype)) for i in range(n)]
+    out = [reshape(stack([r[k] for r in rows], 0), (*y.shape, *w.shape)) if n else
+           broadcast_to(constant(0.0, w.dtype), (*y.shape, *w.shape)) for k, w in enumerate(targets)]
+    return out[0] if single else out
+
+
+def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
+    """∂²f/∂wrt² for a scalar f: the Jacobian of grad(f, wrt), shape wrt.shape + wrt.shape (a list of the
+    diagonal blocks for a list of wrt). For a large wrt, a Hessian-vector product (grad of grad · v) is cheaper."""
+    if isinstance(f, Node) and f.shape != ():
+        raise GradError(f"hessian: f ({describe(f)}) must be a scalar (at {capture_source().where()})")
+    single = isinstance(wrt, Node)
+    targets = [wrt] if single else list(wrt)
+    g = grad(f, targets)
+    out = [jacobian(gk, w) for gk, w in zip(g, targets, strict=True)]
+    return out[0] if single else out

@@ -160,3 +160,33 @@ def test_numeric_grad_helper_agrees_with_analytic():
     y = gc.sum(x**3)
     v = np.array([0.5, -1.0])
     np.testing.assert_allclose(numeric_grad(y, x, {"x": v}), 3 * v**2, rtol=1e-7)
+
+
+def test_jacobian_and_hessian_match_finite_differences_and_their_closed_forms():
+    """gc.jacobian stacks one vector-Jacobian product per output element (shape y.shape + wrt.shape, for each
+    of several wrt); gc.hessian is the Jacobian of the gradient: a quadratic form's is A + Aᵀ; compiled alike."""
+    rng = np.random.default_rng(0)
+    x, W = gc.input("x", (4,), "float64"), gc.input("W", (3, 4), "float64")
+    X, Wv = rng.normal(size=4), rng.normal(size=(3, 4))
+    y = gc.tanh(W @ x)
+    Jx, JW = gc.jacobian(y, [x, W])
+    assert Jx.shape == (3, 4) and JW.shape == (3, 3, 4)
+    jx, jw = gc.evaluate([Jx, JW], {"x": X, "W": Wv})
+    np.testing.assert_allclose(jx, (1 - np.tanh(Wv @ X) ** 2)[:, None] * Wv, rtol=1e-12)
+    eps = 1e-6
+    for i in range(3):
+        for j in range(4):
+            d = np.zeros((3, 4))
+            d[i, j] = eps
+            num = (np.tanh((Wv + d) @ X) - np.tanh((Wv - d) @ X)) / (2 * eps)
+            np.testing.assert_allclose(jw[:, i, j], num, rtol=1e-6, atol=1e-9)
+    A = rng.normal(size=(4, 4))
+    f = gc.sum(x * (gc.constant(A) @ x)) + gc.sum(gc.sin(x))
+    H = gc.hessian(f, x)
+    want = A + A.T - np.diag(np.sin(X))
+    np.testing.assert_allclose(gc.evaluate(H, {"x": X}), want, rtol=1e-12)
+    np.testing.assert_allclose(gc.compile(H, cache=False)({"x": X}), want, rtol=1e-12)
+    with pytest.raises(gc.GradError, match="has a symbolic dim"):
+        gc.jacobian(gc.input("b", ("N",), "float64") * 2.0, x)
+    with pytest.raises(gc.GradError, match="must be a scalar"):
+        gc.hessian(y, x)
