@@ -95,7 +95,7 @@ from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
 from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
-from graphc.ops.scan import full, ones, ones_like, scan, zeros, zeros_like
+from graphc.ops.scan import fori_loop, full, ones, ones_like, scan, zeros, zeros_like
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
 __all__ = [
@@ -111,5 +111,5 @@ __all__ = [
     # numpy's names for more of the same (compositions, or elementwise ops of the C library's functions)
     "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",
     "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
-    "cosh", "arcsinh", "arccosh", "arctanh", "einsum",
+    "cosh", "arcsinh", "arccosh", "arctanh", "einsum", "fori_loop",
 ]

@@ -11,7 +11,7 @@ import sympy
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
-from graphc.ir.shapes import Dim, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape, size
+from graphc.ir.shapes import INT_DTYPES, Dim, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape, size
 from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
 
 
@@ -470,8 +470,19 @@ def _fail(err: GraphcError, inputs, op_name: str) -> GraphcError:
 
 
 def getitem(x: Tensor, key) -> Tensor:
-    """numpy's basic indexing: ints (drop the axis), slices with any step, None (a new axis), one Ellipsis."""
+    """numpy's basic indexing: ints (drop the axis), slices with any step, None (a new axis), one Ellipsis; and
+    one integer tensor at an axis whose other indices are all `:` (`xs[i]`, `x[:, idx]`): gc.take along that axis
+    (an index outside [0, n) is an error, not counted from the end)."""
     key = key if isinstance(key, tuple) else (key,)
+    tensors = [i for i, k in enumerate(key) if isinstance(k, Node)]
+    if len(tensors) == 1 and key[tensors[0]].dtype in INT_DTYPES:
+        t = tensors[0]
+        rest = key[:t] + key[t + 1:]
+        full = all(isinstance(k, slice) and k == slice(None) for k in rest)
+        if full and Ellipsis not in key and len(key) <= x.ndim:
+            from graphc.ops.gather import take
+
+            return take(x, key[t], axis=t)
     for k in key:
         if not (_is_int(k) or isinstance(k, slice) or k is None or k is Ellipsis):
             what = describe(k) if isinstance(k, Node) else f"{type(k).__name__} {k!r}"[:80]

@@ -633,6 +633,41 @@ def _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoi
 # ------------------------------------------------------------------------------------------------ gradient
 
 
+def fori_loop(lower, upper, body: Callable, init, *, checkpoint: int | None = None):
+    """jax.lax.fori_loop: `body(i, carry) -> carry` for i = lower, ..., upper - 1 (an int32 scalar tensor), and the
+    final carry. The bounds are ints or dims (`"T"`, or a dim expression); the loop is a gc.scan over the indices,
+    so it compiles to one native loop and differentiates as a scan (`checkpoint=` as there)."""
+    from graphc.ops.reduce import cumsum
+
+    where = capture_source().where()
+    if not callable(body):
+        raise GraphcError(f"fori_loop at {where}: body must be a function (i, carry) -> carry, got "
+                          f"{type(body).__name__}")
+    if all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in (lower, upper)):
+        lo, hi = int(lower), int(upper)
+        if hi < lo:
+            raise GraphcError(f"fori_loop at {where}: upper ({hi}) is below lower ({lo})")
+        idx = constant(np.arange(lo, hi, dtype=np.int32)) if hi > lo else None
+    else:  # a symbolic count: the indices as a running sum of ones (no int size needed)
+        from graphc.ops.movement import broadcast_to
+        from graphc.ops.sources import dim_value
+
+        lo, hi = (as_dim(b, f"fori_loop at {where}: bound") for b in (lower, upper))
+        n = hi - lo
+        if getattr(n, "is_negative", False):
+            raise GraphcError(f"fori_loop at {where}: upper ({hi}) is below lower ({lo})")
+        ones = broadcast_to(constant(1, "int32"), (n,))
+        idx = cumsum(ones) - 1 + (lo if isinstance(lo, int) else dim_value(lo, ones, "int32"))
+    if idx is None:
+        return init
+
+    def step(carry, i):
+        return body(i, carry), None
+
+    carry, _ = scan(step, init, idx, checkpoint=checkpoint)
+    return carry
+
+
 def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | None = None) -> list[Node | None]:
     """The cotangents of a scan's inputs given those of its outputs (None: zero): one reverse scan."""
 

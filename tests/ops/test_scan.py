@@ -304,3 +304,33 @@ def test_bad_inputs_are_located_errors():
         gc.scan(lambda h, x: (x @ W, None), h0, xs)
     with pytest.raises(gc.GraphcError, match="checkpoint must be a positive int"):
         gc.scan(lambda h, x: (h, None), h0, xs, checkpoint=0)
+
+
+def test_fori_loop_is_a_scan_over_the_indices_with_static_or_symbolic_bounds():
+    """gc.fori_loop(lower, upper, body, init) as jax.lax.fori_loop: body(i, carry) for i in [lower, upper), i an
+    int32 scalar (xs[i] selects a step); bounds ints (negative too) or dims; compiled as one loop, differentiated
+    as a scan; an empty range gives init; upper below lower is an error."""
+    rng = np.random.default_rng(5)
+    x, W = gc.input("x", (3,), "float64"), gc.input("W", (3, 3), "float64")
+    h = gc.fori_loop(0, 5, lambda i, h: gc.tanh(W @ h) + gc.cast(i, "float64") * 0.01, x)
+    X, Wv = rng.normal(size=3), rng.normal(size=(3, 3)) * 0.5
+    want = X.copy()
+    for i in range(5):
+        want = np.tanh(Wv @ want) + i * 0.01
+    np.testing.assert_allclose(gc.evaluate(h, {"x": X, "W": Wv}), want, rtol=1e-12)
+    np.testing.assert_allclose(gc.compile(h, cache=False)({"x": X, "W": Wv}), want, rtol=1e-12)
+    gc.check_grad(gc.sum(h * h), [x, W], {"x": X, "W": Wv})
+    xs = gc.input("xs", ("T", 3), "float64")
+    s = gc.fori_loop(1, "T", lambda i, c: c + xs[i] * gc.cast(i, "float64"), gc.zeros((3,), "float64"))
+    for T in (1, 6):
+        XS = rng.normal(size=(T, 3))
+        want = sum((XS[i] * i for i in range(1, T)), np.zeros(3))
+        np.testing.assert_allclose(gc.evaluate(s, {"xs": XS}), want, rtol=1e-12)
+    XS = rng.normal(size=(6, 3))
+    np.testing.assert_allclose(gc.compile(s, cache=False)({"xs": XS}), sum(XS[i] * i for i in range(1, 6)),
+                               rtol=1e-12)
+    count = gc.fori_loop(-2, 2, lambda i, c: c + gc.cast(i, "float64"), gc.constant(0.0, "float64"))
+    assert gc.evaluate(count, {}) == -2.0
+    assert gc.fori_loop(3, 3, lambda i, c: c + 1.0, x) is x
+    with pytest.raises(gc.GraphcError, match="upper \\(1\\) is below lower \\(3\\)"):
+        gc.fori_loop(3, 1, lambda i, c: c, x)

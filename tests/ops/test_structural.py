@@ -72,10 +72,17 @@ def test_bad_indexing_is_an_error_at_the_users_line(key, words):
     assert HERE in str(err.value) and "x: f32[3,4]" in str(err.value)
 
 
-def test_indexing_with_a_tensor_points_to_take():
+def test_indexing_with_a_tensor_is_take_on_its_axis_and_otherwise_points_to_take():
+    """x[i] and x[:, i] with an integer tensor are gc.take along that axis (as numpy's advanced indexing there);
+    mixed with an int or a slice it is refused, pointing to gc.take."""
     x, i = gc.input("x", (3, 4)), gc.input("i", (2,), "int32")
+    assert x[i] is gc.take(x, i, axis=0) and x[:, i] is gc.take(x, i, axis=1)
+    v = rng.normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ev(x[:, i], x=v, i=np.array([3, 1], np.int32)), v[:, [3, 1]])
     with pytest.raises(gc.GraphcError, match=r"index i: i32\[2\].*use gc.take\(x, indices, axis\)"):
-        x[i]
+        x[i, 0]
+    with pytest.raises(gc.GraphcError, match=r"use gc.take"):
+        x[1:, i]
 
 
 SYMBOLIC_KEYS = [slice(1, None), slice(None, -1), slice(-2, None), slice(1, -1), slice(None, None, 2),
