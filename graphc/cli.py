@@ -257,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"full GD) (default: {defaults['batch_size']})")
     t.add_argument("--lr", type=float, help=f"learning rate (default: {defaults['lr']}, or the dataset's or the "
                    "optimizer's: below)")
-    t.add_argument("--optimizer", choices=["sgd", "gd", "momentum", "nesterov", "adam"],
+    from graphc.nn.optim import OPTIMIZERS
+
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help=f"sgd: mini-batch SGD; gd: the same name for full-batch runs (--batch-size >= the data); "
-                   f"momentum and nesterov (--momentum, default 0.9); adam (default: {defaults['optimizer']})")
+                   f"momentum and nesterov (--momentum, default 0.9); adam, rmsprop and adagrad as PyTorch's "
+                   f"(default: {defaults['optimizer']})")
     t.add_argument("--momentum", type=float, metavar="M", help="momentum in [0, 1) for --optimizer momentum or "
                    "nesterov (default: 0.9 there)")
     t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch "
@@ -303,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help)
     b.set_defaults(fn=_build)
     _aot_arguments(b)
-    b.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], help="sgd and momentum build "
+    b.add_argument("--optimizer", choices=[n for n in OPTIMIZERS if n != "gd"], help="sgd and momentum build "
                    "the same step (momentum is a run-time value, 0 for plain SGD)")
     b.add_argument("--mpi", action="store_true", help="link with the MPI library of the mpi extra (its mpicc): "
                    "`mpirun -n P PATH ...` trains data-parallel, with the same weights as `mpirun -n P graphc train`")

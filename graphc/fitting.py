@@ -21,6 +21,7 @@ import numpy as np
 from graphc import data as datasets
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
+from graphc.nn.optim import OPTIMIZERS
 from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows, model_layout
 
 MODEL_CONTRACT = (
@@ -108,7 +109,7 @@ DATASET_DEFAULTS = {
 
 # Defaults per optimizer where the generic learning rate does not suit it (Adam's steps are ~lr each: 0.1 is far
 # too large; 0.001 is Kingma & Ba's default). They win over a dataset's default, tuned for SGD.
-OPTIMIZER_DEFAULTS = {"adam": {"lr": 0.001}}
+OPTIMIZER_DEFAULTS = {name: {"lr": lr} for name, (_, lr) in OPTIMIZERS.items() if lr is not None}
 
 # options that shape the default MLP only: with a model of the user's own they would be silently ignored
 MLP_OPTIONS = {"hidden": "--hidden", "dropout": "--dropout", "activation": "--activation", "init": "--init",

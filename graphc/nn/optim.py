@@ -101,17 +101,56 @@ class Adam(Optimizer):
         return p - ops.cast(lr, p.dtype) * mhat / (ops.sqrt(vhat) + self.eps), {mname: m, vname: v}
 
 
+@dataclass(frozen=True)
+class RMSprop(Optimizer):
+    """RMSprop as PyTorch's (not centered, no momentum): v ← αv + (1-α)g²; θ ← θ - lr·g / (√v + eps)."""
+
+    alpha: float = 0.99
+    eps: float = 1e-8
+    name = "rmsprop"
+
+    def state_names(self, p: Node) -> list[str]:
+        return [f"opt.v.{p.name}"]
+
+    def step(self, p, g, state, t, lr, hyper=None):
+        (vname,) = self.state_names(p)
+        v = self.alpha * state[vname] + (1.0 - self.alpha) * (g * g)
+        return p - ops.cast(lr, p.dtype) * g / (ops.sqrt(v) + self.eps), {vname: v}
+
+
+@dataclass(frozen=True)
+class Adagrad(Optimizer):
+    """Adagrad as PyTorch's (no decay, accumulator from 0): s ← s + g²; θ ← θ - lr·g / (√s + eps)."""
+
+    eps: float = 1e-10
+    name = "adagrad"
+
+    def state_names(self, p: Node) -> list[str]:
+        return [f"opt.s.{p.name}"]
+
+    def step(self, p, g, state, t, lr, hyper=None):
+        (sname,) = self.state_names(p)
+        acc = state[sname] + g * g
+        return p - ops.cast(lr, p.dtype) * g / (ops.sqrt(acc) + self.eps), {sname: acc}
+
+
+# name -> (the optimizer for a momentum value, its default learning rate where it is not the training default)
+OPTIMIZERS = {
+    "sgd": (lambda mu: SGD(momentum=mu), None),
+    "gd": (lambda mu: SGD(momentum=mu), None),
+    "momentum": (lambda mu: SGD(momentum=mu or 0.9), None),
+    "nesterov": (lambda mu: SGD(momentum=mu or 0.9, nesterov=True), None),
+    "adam": (lambda mu: Adam(), 0.001),
+    "rmsprop": (lambda mu: RMSprop(), 0.01),
+    "adagrad": (lambda mu: Adagrad(), 0.01),
+}
+
+
 def make(name: str, momentum: float = 0.0) -> Optimizer:
-    """An optimizer by name: "gd"/"sgd" (plain), "momentum", "nesterov", "adam"."""
-    if name in ("sgd", "gd"):
-        return SGD(momentum=momentum)
-    if name == "momentum":
-        return SGD(momentum=momentum or 0.9)
-    if name == "nesterov":
-        return SGD(momentum=momentum or 0.9, nesterov=True)
-    if name == "adam":
-        return Adam()
-    raise GraphcError(f"unknown optimizer {name!r}; use sgd, momentum, nesterov or adam")
+    """An optimizer by name: "gd"/"sgd" (plain), "momentum", "nesterov", "adam", "rmsprop", "adagrad"."""
+    if name not in OPTIMIZERS:
+        raise GraphcError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name][0](momentum)
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,12 @@ def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, scalars, ba
 
 
 @pytest.mark.parametrize("optimizer, momentum, pen", [("sgd", 0.0, {}), ("momentum", 0.9, {"l2": 0.01}),
-                                                      ("nesterov", 0.9, {"l1": 0.001}), ("adam", 0.0, {})])
+                                                      ("nesterov", 0.9, {"l1": 0.001}), ("adam", 0.0, {}),
+                                                      ("rmsprop", 0.0, {"l2": 0.01}), ("adagrad", 0.0, {})])
 def test_native_epoch_matches_reference_steps(optimizer, momentum, pen):
     X, y = blobs()
-    tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer == "adam" else 0.1, **pen)
+    tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer != "sgd" and momentum == 0
+                     else 0.1, **pen)
     state = tr.init_state(3)
     scalars = tr.scalars(2)
     ref, ref_loss = reference_epoch(tr, state, X, y, epoch=2, seed=5, step0=7, scalars=scalars, batch=32)
@@ -355,3 +357,33 @@ def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_functi
             fit(None, "digits", progress=False, **kw)
     with pytest.raises(gc.GraphcError, match=r"model must be None \(the default MLP\), a function .*got int 3"):
         fit(3, "digits", progress=False)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad"])
+def test_adaptive_optimizers_follow_pytorchs(name):
+    """Five steps of graphc's update graph on the gradients of a fixed quadratic equal torch.optim's."""
+    import torch
+
+    from graphc.nn.optim import make
+
+    rng = np.random.default_rng(0)
+    A, b0, w0 = rng.normal(size=(4, 4)), rng.normal(size=4), rng.normal(size=4)
+    opt = make(name)
+    p = gc.input("p", (4,), "float64")
+    g = gc.input("g", (4,), "float64")
+    t, lr = gc.input("t", (), "float64"), gc.input("lr", (), "float64")
+    st_in = {n: gc.input(n, (4,), "float64") for n in opt.state_names(p)}
+    new_p, new_st = opt.step(p, g, st_in, t, lr)
+    wt = torch.tensor(w0.copy(), requires_grad=True)
+    topt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[name]([wt],
+                                                                                                          lr=0.05)
+    w, state = w0.copy(), {n: np.zeros(4) for n in st_in}
+    for step in range(1, 6):
+        grad = A @ w + b0
+        vals = gc.evaluate([new_p, *new_st.values()], {"p": w, "g": grad, "t": float(step), "lr": 0.05, **state})
+        w, state = vals[0], dict(zip(new_st, vals[1:], strict=True))
+        topt.zero_grad()
+        (0.5 * wt @ torch.from_numpy(A) @ wt + torch.from_numpy(b0) @ wt).backward()
+        wt.grad = torch.from_numpy(A) @ wt.detach() + torch.from_numpy(b0)  # A is not symmetric: the same g
+        topt.step()
+        np.testing.assert_allclose(w, wt.detach().numpy(), rtol=1e-10, atol=1e-12)
