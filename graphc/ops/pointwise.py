@@ -483,7 +483,18 @@ def _unary(op: ElementwiseOp, promote_ints: bool = True):
     return fn
 
 
-add, subtract, multiply, divide = _binary(ADD), _binary(SUB), _binary(MUL), _binary(DIV)
+add, subtract, multiply = _binary(ADD), _binary(SUB), _binary(MUL)
+
+
+def divide(a, b) -> Tensor:
+    """True division `a / b` with numpy broadcasting. Integer (and bool) operands divide as floats, as in Python 3
+    and JAX: int32 as float32, int64 as float64 (so no integer above 2**24 is rounded first); `//` is floor
+    division."""
+    ts = _promote([a, b])
+    if ts[0].dtype not in FLOAT_DTYPES:
+        to = "float64" if ts[0].dtype == "int64" else "float32"
+        ts = [cast(t, to) for t in ts]
+    return apply(DIV, ts)
 floor_divide_, remainder_ = _binary(FLOORDIV), _binary(REM)
 floor, ceil = _unary(FLOOR), _unary(CEIL)
 maximum, minimum = _binary(MAXIMUM), _binary(MINIMUM)

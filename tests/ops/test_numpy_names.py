@@ -169,3 +169,16 @@ def test_einsum_refuses_what_it_cannot_do_by_name(spec, shapes, words):
     with pytest.raises(gc.ShapeError, match=words) as e:
         gc.einsum(spec, *ins)
     assert "einsum" in str(e.value) and __file__.rsplit("/", 1)[-1] in str(e.value)
+
+
+def test_true_division_of_integers_is_float_division():
+    """`/` of ints divides as floats (Python 3, JAX): int32 as float32, int64 as float64; `//` stays integer."""
+    i, n, b = gc.input("i", (3,), "int32"), gc.input("n", (3,), "int64"), gc.input("b", (3,), "bool")
+    vi, vn, vb = np.array([1, 2, -7], np.int32), np.array([2**40 + 1, 3, 5]), np.array([True, False, True])
+    cases = [(i / 2, np.float32, vi / 2), (2 / i, np.float32, 2 / vi), (i / i, np.float32, vi / vi),
+             (n / 3, np.float64, vn / 3), (i / n, np.float64, vi / vn), (b / 2, np.float32, vb / 2),
+             (i // 2, np.int32, vi // 2)]
+    for y, dtype, want in cases:
+        for got in both(y, i=vi, n=vn, b=vb):
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-7)
