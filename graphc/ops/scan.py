@@ -635,36 +635,42 @@ def _build(fn, init_leaves, x_leaves, carry_types, x_types, T, reverse, checkpoi
 
 def fori_loop(lower, upper, body: Callable, init, *, checkpoint: int | None = None):
     """jax.lax.fori_loop: `body(i, carry) -> carry` for i = lower, ..., upper - 1 (an int32 scalar tensor), and the
-    final carry. The bounds are ints or dims (`"T"`, or a dim expression); the loop is a gc.scan over the indices,
-    so it compiles to one native loop and differentiates as a scan (`checkpoint=` as there)."""
-    from graphc.ops.reduce import cumsum
+    final carry. The bounds are ints or dims (`"T"`, or a dim expression); the loop is a gc.scan of upper - lower
+    steps whose carry holds the index beside the user's, so it compiles to one native loop, needs no array of
+    indices, and differentiates as a scan (`checkpoint=` as there)."""
+    from graphc.ops.sources import dim_value
 
     where = capture_source().where()
     if not callable(body):
         raise GraphcError(f"fori_loop at {where}: body must be a function (i, carry) -> carry, got "
                           f"{type(body).__name__}")
     if all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in (lower, upper)):
-        lo, hi = int(lower), int(upper)
-        if hi < lo:
-            raise GraphcError(f"fori_loop at {where}: upper ({hi}) is below lower ({lo})")
-        idx = constant(np.arange(lo, hi, dtype=np.int32)) if hi > lo else None
-    else:  # a symbolic count: the indices as a running sum of ones (no int size needed)
-        from graphc.ops.movement import broadcast_to
-        from graphc.ops.sources import dim_value
-
+        lo, n = int(lower), int(upper) - int(lower)
+        if n < 0:
+            raise GraphcError(f"fori_loop at {where}: upper ({int(upper)}) is below lower ({lo})")
+        if not (-2**31 <= lo and lo + n <= 2**31):
+            raise GraphcError(f"fori_loop at {where}: the indices {lo}..{lo + n - 1} do not fit int32")
+        if n == 0:
+            return init
+        first = constant(lo, "int32")
+    else:
         lo, hi = (as_dim(b, f"fori_loop at {where}: bound") for b in (lower, upper))
         n = hi - lo
         if getattr(n, "is_negative", False):
             raise GraphcError(f"fori_loop at {where}: upper ({hi}) is below lower ({lo})")
-        ones = broadcast_to(constant(1, "int32"), (n,))
-        idx = cumsum(ones) - 1 + (lo if isinstance(lo, int) else dim_value(lo, ones, "int32"))
-    if idx is None:
-        return init
+        leaves, _ = _flatten(init, f"fori_loop at {where}: init", False)
+        if isinstance(lo, int):
+            first = constant(lo, "int32")
+        elif leaves:  # a dim as a value needs a tensor whose shape binds it
+            first = dim_value(lo, leaves[0], "int32")
+        else:
+            raise GraphcError(f"fori_loop at {where}: a symbolic lower bound needs a carry whose shape binds it")
 
-    def step(carry, i):
-        return body(i, carry), None
+    def step(carry, _):
+        i, c = carry
+        return (i + 1, body(i, c)), None
 
-    carry, _ = scan(step, init, idx, checkpoint=checkpoint)
+    (_, carry), _ = scan(step, (first, init), length=n, checkpoint=checkpoint)
     return carry
 
 

@@ -334,3 +334,7 @@ def test_fori_loop_is_a_scan_over_the_indices_with_static_or_symbolic_bounds():
     assert gc.fori_loop(3, 3, lambda i, c: c + 1.0, x) is x
     with pytest.raises(gc.GraphcError, match="upper \\(1\\) is below lower \\(3\\)"):
         gc.fori_loop(3, 1, lambda i, c: c, x)
+    big = gc.fori_loop(0, 10**9, lambda i, c: c * 0.5, x)  # the index is a carry: no array of 10**9 indices
+    assert [n for n in gc.topo_order(big) if n.op.name == "scan"][0].attrs["length"] == 10**9
+    with pytest.raises(gc.GraphcError, match="do not fit int32"):
+        gc.fori_loop(0, 2**32, lambda i, c: c, x)
