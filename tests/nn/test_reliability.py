@@ -157,7 +157,7 @@ def test_train_help_shows_real_defaults_and_every_option():
     text = " ".join(p.stdout.split())
     assert "(default: None)" not in text and "(default: relu) (default" not in text
     for words in ("--epochs N passes", "--seed S initialization", "--threads T threads", "--momentum M momentum",
-                  "adam (default: sgd)", "diabetes: --lr 0.01, --hidden 64, --epochs 50",
+                  "adagrad as PyTorch's (default: sgd)", "diabetes: --lr 0.01, --hidden 64, --epochs 50",
                   "--optimizer adam: --lr 0.001", "5 training diverged", "--overwrite"):
         assert words in text, words
 
