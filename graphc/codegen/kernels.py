@@ -192,6 +192,9 @@ class Formula:
         return self.name
 
 
+REPR_CHARS = 400  # the longest a fused formula prints (fn.kernels): its start, then "…"
+
+
 @dataclass(frozen=True)
 class Apply(Expr):
     """A formula applied to argument expressions."""
@@ -201,16 +204,27 @@ class Apply(Expr):
     dtype: str
 
     def axes(self) -> frozenset[int]:
-        out: frozenset[int] = frozenset()
-        for a in self.args:
-            out |= a.axes()
+        # memoized: a fused formula is a DAG (shared subexpressions), walked as a tree it is exponential
+        out = self.__dict__.get("_axes")
+        if out is None:
+            out = frozenset()
+            for a in self.args:
+                out |= a.axes()
+            object.__setattr__(self, "_axes", out)
         return out
 
     def children(self) -> tuple[Expr, ...]:
         return self.args
 
     def __repr__(self) -> str:
-        return f"{self.fn.name}({', '.join(map(repr, self.args))})"
+        # memoized and bounded: a DAG printed as a tree would be exponentially long (shared subexpressions)
+        out = self.__dict__.get("_repr")
+        if out is None:
+            out = f"{self.fn.name}({', '.join(map(repr, self.args))})"
+            if len(out) > REPR_CHARS:
+                out = out[:REPR_CHARS - 2] + "…)"
+            object.__setattr__(self, "_repr", out)
+        return out
 
 
 @dataclass(frozen=True)

@@ -529,3 +529,29 @@ def test_merging_digits_never_changes_an_index(radices, weights, scale, keep):
         assert int(e.subs(i, v)) == int(m.subs(i, v)), (e, m, v)
     if all(keep) and not any(weights):
         assert sympy.expand(m - scale * i) == 0, (e, m)
+
+
+def test_a_fused_formula_shaped_as_a_deep_dag_lowers_and_prints_in_linear_work(monkeypatch):
+    """Each level uses the one below twice (y*0.5 + y*y*0.1): the fused formula is a DAG 12 deep, a tree of 2**12
+    nodes. Its loop axes (for hoisting) and its printed form are computed once per node (the build of a layer-norm
+    model with Adam took minutes in the axes walk); the print is bounded."""
+    from graphc.codegen import kernels
+
+    calls = {"axes": 0}
+    real = kernels.Apply.axes
+
+    def counted(self):
+        calls["axes"] += 1
+        return real(self)
+
+    monkeypatch.setattr(kernels.Apply, "axes", counted)
+    x = gc.input("x", ("N", 16))
+    y = x
+    for _ in range(12):
+        y = gc.tanh(y * 0.5 + y * y * 0.1)
+    fn = gc.compile(y, cache=False)
+    assert calls["axes"] < 5_000, calls  # walked as a tree: over a million
+    text = str(fn.kernels)
+    assert "…" in text and len(text) < 20_000
+    v = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    np.testing.assert_allclose(fn({"x": v}), gc.evaluate(y, {"x": v}), rtol=1e-4, atol=1e-5)
