@@ -432,8 +432,8 @@ class Scheduler:
         sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
         site = len(self.checks)
         what = node.attrs.get("what")
-        self.checks.append(f"{what} out of range [0, {bound}) at {node.source.where()}" if what else
-                           f"{node.op.name} ({node.type_str}) at {node.source.where()}: an index is out of range "
+        self.checks.append(f"{what} out of range [0, {bound}) at {node.where()}" if what else
+                           f"{node.op.name} ({node.type_str}) at {node.where()}: an index is out of range "
                            f"[0, {bound})")
         self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)
         return sym
@@ -752,7 +752,7 @@ class Scheduler:
         index = self.expr(idx, umap[axis:axis + idx.ndim])
         value = self.expr(upd, umap)
         site = len(self.checks) + 1
-        self.checks.append(f"{n.op.name} ({n.type_str}) at {n.source.where()}: an index is out of range "
+        self.checks.append(f"{n.op.name} ({n.type_str}) at {n.where()}: an index is out of range "
                            f"[0, {x.shape[axis]})")
         kern = ScatterKernel(name, domain=upd.shape, target=buf, lead=axis, nidx=idx.ndim, index=index,
                              value=value, bound=x.shape[axis], site=site)

@@ -94,6 +94,20 @@ def current_scope() -> str:
     return "/".join(_scope.get())
 
 
+ALSO_AT = 4  # the most other lines a node remembers building it again
+
+
+def _also_built(node: Node) -> None:
+    """A hash-consing hit from another line of the user's: remembered (node.meta["also_at"], at most ALSO_AT), so
+    a run-time error in a shared node names every line that built it."""
+    src = capture_source()
+    if src.made_by or not src.line or (src.file, src.line) == (node.source.file, node.source.line):
+        return
+    sites = node.meta.setdefault("also_at", [])
+    if len(sites) < ALSO_AT and all((s.file, s.line) != (src.file, src.line) for s in sites):
+        sites.append(src)
+
+
 def capture_source() -> SourceInfo:
     derived = _made_by.get()
     if derived is not None:
@@ -177,6 +191,7 @@ class Node:
         with _intern_lock:
             node = _intern.get(key)
             if node is not None:
+                _also_built(node)
                 return node
             node = object.__new__(cls)
             object.__setattr__(node, "op", op)
@@ -192,6 +207,13 @@ class Node:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("graph nodes are immutable")
+
+    def where(self) -> str:
+        """Where the user built this node, and the other lines that built the same node again (hash-consing
+        returns the first one: a check shared by two losses is reported with both lines)."""
+        also = self.meta.get("also_at")
+        here = self.source.where()
+        return f"{here} (also built at {', '.join(s.where() for s in also)})" if also else here
 
     def __reduce__(self):
         raise TypeError("graph nodes are not picklable; save parameters as arrays instead")

@@ -34,10 +34,10 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
         v = int(idx[bad].flat[0])
         what = node.attrs.get("what")
         if what:
-            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.source.where()}")
+            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.where()}")
         raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
                           f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
-                          f"{node.source.where()}")
+                          f"{node.where()}")
 
 
 class Take(Op):

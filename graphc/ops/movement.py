@@ -359,7 +359,7 @@ class Slice(Op):
                 dims = ", ".join(f"{k} = {env[k]}" for k in sorted(_free(x.shape[axis], node.shape[axis]), key=str))
                 what = f"index {a}" if n == 1 else f"indices {a} to {a + s * (n - 1)} by {s}" if n > 0 else \
                     f"the elements from index {a} on"
-                return (f"{node.op.name} at {node.source.where()}: axis {axis} of {fmt_shape(x.shape)} has "
+                return (f"{node.op.name} at {node.where()}: axis {axis} of {fmt_shape(x.shape)} has "
                         f"{d} element(s) at {dims}, and the selection needs {what}; on a symbolic axis slice "
                         "bounds and indices are not clipped to its size as numpy's are: pass a longer axis or "
                         "select less")

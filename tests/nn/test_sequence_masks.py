@@ -2,6 +2,8 @@
 time axis, gradients by finite differences, the compiled loss against the reference, and last_step against
 PyTorch's packed sequences."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,20 @@ def test_bad_masks_are_named():
         gc.nn.softmax_cross_entropy(logits, gc.input("y1", ("N",), "int32"))
     with pytest.raises(gc.ShapeError, match="batch N but lengths has"):
         gc.nn.last_step(gc.input("ys", ("T", "N", 3)), gc.input("l2", ("M",), "int32"))
+
+
+def test_a_check_shared_by_two_losses_names_both_lines():
+    """Two losses over the same labels share one label check (hash-consing returns the node first built); an
+    error in it names the first line and the other that built it again, evaluated and compiled."""
+    x, y = gc.input("x_two", ("N", 3)), gc.input("y_two", ("N",), "int32")
+    first, line1 = gc.nn.softmax_cross_entropy(x, y), inspect.currentframe().f_lineno
+    second, line2 = gc.nn.softmax_cross_entropy(x * 2.0, y), inspect.currentframe().f_lineno
+    vals = {"x_two": np.zeros((2, 3), np.float32), "y_two": np.array([0, 5], np.int32)}
+    both = rf"at test_sequence_masks.py:{line1} \(also built at test_sequence_masks.py:{line2}\)"
+    with pytest.raises(gc.GraphcError, match=rf"label 5 is out of range \[0, 3\) {both}"):
+        gc.evaluate(second, vals)
+    with pytest.raises(gc.InputError, match=rf"label out of range \[0, 3\) {both}"):
+        gc.compile(first * 1.0, cache=False)(vals)
 
 
 @pytest.mark.parametrize("bad", [3, -1])
