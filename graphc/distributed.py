@@ -393,6 +393,11 @@ class DataParallelStep:
             nsteps = min(nsteps, max_steps)
         scalars = dict(scalars or {})
         width = max(hi - lo for lo, hi in shares(B, dist.size))
+        # every rank's share of a full and of the last batch must fit the model (a slice of the batch axis needs
+        # rows): checked on every rank alike, before any step, so all ranks stop together
+        last = n % B if n % B and not drop_last else B
+        rows = {hi - lo for size in {B, last} for lo, hi in shares(size, dist.size)} - {0}
+        self.grad_fn.check_batches(rows, f"training on {dist.size} ranks (each takes its share of a batch)")
         xb = np.empty((max(width, 1), *X.shape[1:]), X.dtype)
         yb = np.empty((max(width, 1), *Y.shape[1:]), Y.dtype)
         step_arr = np.zeros((), np.float32)

@@ -289,7 +289,7 @@ class EpochFunction(CompiledFunction):
         table[self.program.outputs[0].index] = data_address(loss_buf)
         full, rest = divmod(n_steps_rows, batch)
         steps_in_order = full + (1 if rest and not drop_last else 0)  # the driver's count of steps
-        self._check_batches({batch, rest} if rest and not drop_last else {batch})
+        self.check_batches({batch, rest} if rest and not drop_last else {batch})
         losses = np.zeros(steps_in_order or 1, np.float32)
         dims = np.zeros(max(len(self._symbols), 1), np.int64)
         dims[spec.n_dim] = batch
@@ -348,20 +348,6 @@ class EpochFunction(CompiledFunction):
         return stats
 
     CHUNK_SECONDS = 0.2  # a native call runs about this long at most: Ctrl-C is seen between calls
-
-    def _check_batches(self, sizes: set[int]) -> None:
-        """The native step runs on these batch sizes: each must fit the graph (a slice of the batch axis such as
-        x[2:] needs 3 rows) and leave no tensor empty (the native kernels need a row)."""
-        if len(self._symbols) != 1:
-            return
-        for rows in sorted(sizes):
-            try:
-                empty = self._check_env([rows])
-            except ShapeError as e:
-                raise ShapeError(f"training: a batch of {rows} row(s): {e}") from None
-            if empty:
-                raise ShapeError(f"training: a batch of {rows} row(s) leaves a tensor of the step empty (a slice of "
-                                 "the batch axis); use a larger batch, or drop_last=True for a short last batch")
 
     def _run_chunks(self, ctx: np.ndarray, perm: np.ndarray, losses: np.ndarray, rows: int, step0: int, total: int,
                     mode: int, nthreads: int, copy_back: list) -> tuple[int, float, int, int | None]:

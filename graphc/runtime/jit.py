@@ -663,6 +663,21 @@ class CompiledFunction:
                     raise ShapeError(f"compiled function: {why}")
         return 0 in env or any(f(env) <= 0 for f in derived)
 
+    def check_batches(self, sizes, what: str = "training") -> None:
+        """For a program whose one symbol is the batch: each of these batch sizes must fit the graph (a slice of
+        the batch axis such as x[2:] needs 3 rows) and leave no tensor empty (the native kernels need a row);
+        else a ShapeError before anything runs."""
+        if len(self._symbols) != 1:
+            return
+        for rows in sorted(sizes):
+            try:
+                empty = self._check_env([rows])
+            except ShapeError as e:
+                raise ShapeError(f"{what}: a batch of {rows} row(s): {e}") from None
+            if empty:
+                raise ShapeError(f"{what}: a batch of {rows} row(s) leaves a tensor of the step empty (a slice of "
+                                 "the batch axis); use a larger batch, or drop_last=True for a short last batch")
+
     def fewest_rows(self, limit: int) -> tuple[int, str | None]:
         """For a program whose one symbol is the batch (a standalone binary's): the fewest rows from which every
         batch up to `limit` runs natively — fits the graph's slices of the batch axis (x[2:] needs 3 rows) and

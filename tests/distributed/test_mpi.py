@@ -139,6 +139,19 @@ def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_p
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
+def test_a_model_whose_batch_slices_do_not_fit_a_ranks_share_stops_every_rank_before_a_step(tmp_path):
+    """x[3:] needs 4 rows a batch: a global batch of 7 fits one process but not 2 ranks' shares of 4 and 3 (nor the
+    last batch's 2 and 2); every rank refuses alike before the first step, naming the share and the slice."""
+    (tmp_path / "roll.py").write_text("import graphc as gc\ndef model(x, n):\n"
+                                      "    x = x + gc.concatenate([x[3:], x[:3]], axis=0)\n"
+                                      "    return gc.nn.dense(x, n, name='out')\n")
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "roll.py"), "--epochs", "1",
+               "--batch-size", "7", "--out", str(tmp_path / "o"), timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("training on 2 ranks (each takes its share of a batch): a batch of 2 row(s)") == 2
+    assert "roll.py:3" in r.stderr and "epoch" not in r.stdout and not (tmp_path / "o" / "metrics.json").exists()
+
+
 def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path):
     args = [sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--hidden", "16"]
     r = subprocess.run([MPIRUN, "-n", "1", *args, "--lr", "0.1", ":", "-n", "1", *args, "--lr", "0.2"],
