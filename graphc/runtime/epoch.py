@@ -16,7 +16,7 @@ import numpy as np
 
 from graphc.codegen import epoch as drv
 from graphc.codegen.kernels import GemmKernel
-from graphc.errors import GraphcError, InputError, NumericalError, ShapeError
+from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, topo_order
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads, data_address
