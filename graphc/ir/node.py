@@ -211,9 +211,9 @@ class Node:
     def where(self) -> str:
         """Where the user built this node, and the other lines that built the same node again (hash-consing
         returns the first one: a check shared by two losses is reported with both lines)."""
-        also = self.meta.get("also_at")
         here = self.source.where()
-        return f"{here} (also built at {', '.join(s.where() for s in also)})" if also else here
+        also = [w for w in dict.fromkeys(s.where() for s in self.meta.get("also_at", ())) if w != here]
+        return f"{here} (also built at {', '.join(also)})" if also else here
 
     def __reduce__(self):
         raise TypeError("graph nodes are not picklable; save parameters as arrays instead")

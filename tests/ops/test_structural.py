@@ -117,8 +117,9 @@ def test_a_selection_past_the_end_of_a_symbolic_axis_is_an_error_when_its_size_i
     for sel, n, words in ((x[5:], 3, "from index 5 on"), (x[3], 3, "index 3"), (x[-4], 2, "index -2"),
                           (x[1:7:2], 5, "indices 1 to 5 by 2")):
         v = np.ones((n, 3), np.float32)
-        with pytest.raises(gc.ShapeError, match=rf"slice at {HERE}:\d+: axis 0 of \[N,3\] has {n} element.*{words}"
-                                                r".*not clipped"):
+        also = r"( \(also built at [^)]*\))?"  # another test here may build the same slice node
+        with pytest.raises(gc.ShapeError, match=rf"slice at {HERE}:\d+{also}: axis 0 of \[N,3\] has {n} "
+                                                rf"element.*{words}.*not clipped"):
             ev(sel, xs=v)
         with pytest.raises(gc.ShapeError, match=rf"compiled function: slice at {HERE}.*{words}"):
             gc.compile(sel * 1.0)({"xs": v})
