@@ -168,7 +168,7 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> 
 
     out: dict = {"threads": threads, "rows": [], "compile": [], "peak_gflops_1core": peers.fma_peak()}
     for T in lengths:
-        row = {"T": T}
+        runs = {}
         for label, make in (
             ("graphc lstm", lambda T=T: graphc_step("lstm", T, threads)[0]),
             ("graphc lstm by hand", lambda T=T: graphc_step("lstm", T, threads, by_hand=True)[0]),
@@ -179,7 +179,17 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> 
             ("torch gru", lambda T=T: torch_step("gru", T, threads)),
         ):
             fn = make()
-            row[label] = None if fn is None else N / median_seconds(fn)
+            if fn is not None:
+                runs[label] = fn
+        # every contender sampled once per round, in turn: the VM's speed drifts by tens of percent within
+        # minutes, and measuring each in its own minute turned that drift into the ratios
+        med, samples = peers.interleaved_medians(runs)
+        row = {"T": T, **{label: N / med[label] if label in med else None for label in
+                          ("graphc lstm", "graphc lstm by hand", "torch lstm", "torch.compile lstm", "jax lstm",
+                           "graphc gru", "torch gru")}}
+        lstm_peers = [k for k in ("torch lstm", "torch.compile lstm", "jax lstm") if k in samples]
+        row["round ratios"] = sorted(min(samples[k][r] for k in lstm_peers) / samples["graphc lstm"][r]
+                                     for r in range(len(samples["graphc lstm"])))
         out["rows"].append(row)
     for T in compile_lengths:
         _, cold = graphc_step("lstm", T, threads, cache=False)
@@ -286,13 +296,14 @@ def main() -> None:
                           and v}
             best = max(lstm_peers, key=lstm_peers.get)
             share = lambda sps, T=row["T"], peak=peak: 100 * step_flops("lstm", T) * sps / N / 1e9 / peak  # noqa: E731
-            cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k != "T" and v)
+            cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k not in ("T", "round ratios") and v)
             ratio = row["graphc lstm"] / lstm_peers[best]
             print(f"T={row['T']}: {cells}\n  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.3f} -> "
                   f"{'met' if ratio >= 1.25 else 'short'} (goal >= 1.25); by hand / fastest "
                   f"{row['graphc lstm by hand'] / lstm_peers[best]:.2f}; share of the FMA peak: graphc "
                   f"{share(row['graphc lstm']):.0f}%, {best} {share(lstm_peers[best]):.0f}%; GRU graphc / torch "
-                  f"{row['graphc gru'] / row['torch gru']:.2f}")
+                  f"{row['graphc gru'] / row['torch gru']:.2f}\n  gc.nn.lstm / fastest peer of the same round, "
+                  f"sorted: {', '.join(f'{r:.2f}' for r in row['round ratios'])}")
         for c in res["compile"]:
             print(f"compile T={c['T']}: graphc cold {c['graphc cold s']:.2f} s, jax.jit first call "
                   f"{c['jax.jit first call s']:.2f} s")

@@ -294,6 +294,31 @@ def _median_seconds(run: Callable[[int], None], min_sample: float = 0.05, repeat
     return statistics.median(samples)
 
 
+def interleaved_medians(runs: dict[str, Callable[[], None]], min_sample: float = 0.2, rounds: int = 7,
+                        warmup: int = 2, pause: float = 0.02) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Seconds per call of each of `runs` (label -> a call that synchronizes), measured in rounds: every round
+    takes one sample of each, in turn, so a change in the machine's speed (these VMs drift by 20-40% within
+    minutes) lands on every contender alike instead of on whoever happened to run in the slow minute. Returns
+    the median per label and the samples per round (for per-round ratios). `pause` lets other runtimes' spinning
+    worker threads (OpenMP, XLA) go idle before the next contender's sample."""
+    inner: dict[str, int] = {}
+    for label, fn in runs.items():
+        for _ in range(max(1, warmup)):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[label] = max(1, math.ceil(min_sample / max(time.perf_counter() - t0, 1e-7)))
+    samples: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, fn in runs.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            for _ in range(inner[label]):
+                fn()
+            samples[label].append((time.perf_counter() - t0) / inner[label])
+    return {label: statistics.median(s) for label, s in samples.items()}, samples
+
+
 def _busy_jiffies() -> int:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
