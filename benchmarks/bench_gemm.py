@@ -48,6 +48,11 @@ CASES = [
     ("mlp2 X.W 128x256.256x128", 128, 128, 256, False, False),
     ("mlp2 Xt.dZ 256x128.128x128", 256, 128, 128, True, False),
     ("mlp2 dZ.Wt 128x128.(256x128)t", 128, 256, 128, False, True),
+    # the LSTM step of bench_rnn (batch 64, hidden 128, four gates, T = 50): the recurrent product of a step,
+    # its input gradient, and the weight gradient over all steps
+    ("lstm h.Wh 64x128.128x512", 64, 512, 128, False, False),
+    ("lstm dZ.Wht 64x512.(128x512)t", 64, 128, 512, False, True),
+    ("lstm Ht.dZ 128x3200.3200x512", 128, 512, 3200, True, False),
 ]
 
 
