@@ -161,6 +161,43 @@ def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path):
     assert "epoch" not in r.stdout
 
 
+REPLICA_CHECK = """
+import sys
+import numpy as np
+import graphc.distributed as D
+from graphc.errors import GraphcError
+from graphc.nn.train import Trainer, TrainConfig
+
+real = D.DataParallelStep.check_replicas
+def corrupt_then_check(self, state, epoch):  # rank 1's first parameter drifts by one float32 ulp after epoch 1
+    if self.dist.rank == 1:
+        name = sorted(state)[0]
+        state[name].flat[0] = np.nextafter(state[name].flat[0], np.float32(np.inf))
+    real(self, state, epoch)
+D.DataParallelStep.check_replicas = corrupt_then_check
+
+from graphc import data
+ds = data.load("digits")
+tr = Trainer(None, "multiclass", 64, 10, TrainConfig(epochs=3, batch_size=32, threads=1), log=lambda m: None,
+             distributed=D.Distributed())
+try:
+    tr.run(ds.X_train, ds.y_train.astype(np.int32), None, None)
+except GraphcError as e:
+    print(f"rank {tr.dist_step.dist.rank}: {e}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def test_ranks_whose_parameters_drift_apart_stop_after_the_epoch_naming_the_rank(tmp_path):
+    """The per-epoch hash of the parameters: one ulp of one parameter on rank 1 (the MPI_Allreduce path, where
+    each rank keeps its own copy) stops both ranks after epoch 1, each naming rank 1."""
+    r = mpirun(2, sys.executable, "-c", REPLICA_CHECK, GRAPHC_MPI_SHARED="0", timeout=120)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert (f"rank {rank}: distributed training: after epoch 1 the parameters of rank(s) 1 differ from rank "
+                "0's") in r.stderr, r.stderr
+
+
 def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
