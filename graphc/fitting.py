@@ -538,12 +538,19 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
 
     run = Path(run)
     where = f"gc.load({str(run)!r})"
+    if run.is_file():
+        parent = f": {run.parent}" if (run.parent / "data.json").is_file() else ""
+        raise GraphcError(f"{where}: a file, not a directory: pass the --out directory of the run (the one that holds "
+                          f"data.json and weights.npz{parent})")
     try:
         d = json.loads((run / "data.json").read_text())
     except FileNotFoundError:
         raise GraphcError(f"{where}: no data.json there: not the --out directory of a finished graphc run") from None
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise GraphcError(f"{where}: data.json is not readable JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("task") not in datasets.TASKS:
+        raise GraphcError(f"{where}: data.json does not describe a graphc run (no task {', '.join(datasets.TASKS)} "
+                          "in it): not the --out directory of a finished graphc run")
     try:
         m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     except ValueError as e:

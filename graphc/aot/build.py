@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -830,10 +831,21 @@ class ExportResult:
 
 def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
     """DIR/<name>.npy for each parameter (what a training binary writes), else DIR/weights.npz (graphc train)."""
+    if directory.is_file():
+        raise AotError(f"--weights {directory}: a file, not a directory: pass the directory that holds it (the --out "
+                       f"of the run: {directory.parent})")
     if not directory.is_dir():
         raise AotError(f"--weights {directory}: no such directory")
     npz = directory / "weights.npz"
-    bundle = np.load(npz, allow_pickle=False) if npz.is_file() else None
+    bundle = None
+    if npz.is_file():
+        if not zipfile.is_zipfile(npz):  # numpy would talk of pickles: a damaged or foreign file
+            raise AotError(f"{npz}: not a readable .npz file (not a zip archive: damaged, truncated or not written by "
+                           "numpy.savez)")
+        try:
+            bundle = np.load(npz, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise AotError(f"{npz}: not a readable .npz file ({e})") from None
     out, missing = {}, []
     for p in params:
         f = directory / f"{p.name}.npy"
@@ -844,8 +856,11 @@ def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
             except (ValueError, OSError) as e:
                 raise AotError(f"{f}: not a readable .npy file ({e})") from None
         elif bundle is not None and p.name in bundle.files:
-            a = bundle[p.name]
             where = f"{npz}[{p.name!r}]"
+            try:
+                a = bundle[p.name]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # a truncated or damaged member
+                raise AotError(f"{where}: not readable ({e})") from None
         else:
             missing.append(p.name)
             continue

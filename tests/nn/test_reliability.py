@@ -415,3 +415,28 @@ def test_a_finished_run_loads_back_and_predicts_as_after_training(tmp_path):
     np.testing.assert_array_equal(gc.load(tmp_path / "c").predict_raw(Xr[:5]), r.predict_raw(Xr[:5]))
     with pytest.raises(gc.GraphcError, match="no data.json there"):
         gc.load(tmp_path)
+
+
+def test_loading_a_damaged_run_or_a_file_is_an_error_naming_what(tmp_path):
+    """gc.load and graphc export --weights on what is not a finished run: a file instead of its directory, a
+    damaged weights.npz, a data.json that is not a run's: each a GraphcError naming the file (were
+    NotADirectoryError, numpy's ValueError about pickles, a KeyError)."""
+    import shutil
+
+    fit(data="digits", epochs=1, hidden=[8], out=tmp_path / "run", progress=False)
+    with pytest.raises(gc.GraphcError, match=r"a file, not a directory: pass the --out directory .*: .*run\)"):
+        gc.load(tmp_path / "run" / "weights.npz")
+    for name, damage in (("npz", b"garbage"), ("cut", None)):
+        bad = tmp_path / name
+        shutil.copytree(tmp_path / "run", bad)
+        raw = (bad / "weights.npz").read_bytes()
+        (bad / "weights.npz").write_bytes(damage if damage is not None else raw[: len(raw) // 2])
+        with pytest.raises(gc.GraphcError, match=r"weights\.npz.*(not a readable \.npz file|not readable)"):
+            gc.load(bad)
+    (tmp_path / "npz" / "data.json").write_text("[1, 2]")
+    with pytest.raises(gc.GraphcError, match="data.json does not describe a graphc run"):
+        gc.load(tmp_path / "npz")
+    from graphc.aot.build import AotError, _load_weights
+
+    with pytest.raises(AotError, match="a file, not a directory"):
+        _load_weights(tmp_path / "run" / "weights.npz", [])
