@@ -63,6 +63,25 @@ def unique_name(base: str) -> str:
     return base if k == 0 else f"{base}_{k}"
 
 
+def layer_name(name: str | None, base: str) -> tuple[str, bool]:
+    """A layer's name: the caller's, else `unique_name(base)`; and whether it is the fixed default of a layer
+    built outside a model build (see `note_unnamed_use`)."""
+    if name is not None:
+        return name, False
+    return unique_name(base), _build_counts.get() is None
+
+
+def note_unnamed_use(param, *built) -> None:
+    """Outside a model build an unnamed layer's parameters are `dense.W`, ... whatever came before, and
+    parameters are hash-consed by name and shape: a second unnamed layer of the same shape would get the same
+    tensors, its weights silently tied to the first's. The parameter remembers what each layer built on it
+    computed (`built`: its product, or its outputs), and compiling or evaluating a graph that holds two of
+    them is an error (`graphc.runtime.reference.leaves_by_name`)."""
+    uses = param.meta.setdefault("unnamed_layer_uses", [])
+    if not any(len(u) == len(built) and all(a is b for a, b in zip(u, built, strict=True)) for u in uses):
+        uses.append(tuple(built))
+
+
 def _default_init(act) -> str:
     return "he_normal" if act in ("relu", "softplus") else "xavier_uniform"
 
@@ -78,18 +97,16 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
     b's: "zeros" (default), "like_weights" (drawn from W's distribution, as scikit-learn's MLP and PyTorch's
     Linear do), or any parameter initializer."""
     x = ops.as_tensor(x)
-    if name is None:
-        name = unique_name("dense")
+    name, unnamed = layer_name(name, "dense")
     if x.ndim < 2:
         raise GraphcError(f"dense {name!r}: input must be (batch, features) or (..., features), got {x.type_str}")
+    lead = None
     if x.ndim > 2:  # on the last axis, as Keras' Dense and PyTorch's Linear: one product over all leading rows
         lead = x.shape[:-1]
         rows = 1
         for d in lead:
             rows = rows * d
-        flat = dense(ops.reshape(x, (rows, x.shape[-1])), units, activation, name=name, init=init, bias=bias,
-                     bias_init=bias_init, dtype=dtype)
-        return ops.reshape(flat, (*lead, units))
+        x = ops.reshape(x, (rows, x.shape[-1]))
     fan_in = x.shape[1]
     if not isinstance(fan_in, int):
         raise GraphcError(f"dense {name!r}: the feature dim of the input must be known, got {x.type_str}")
@@ -101,11 +118,14 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
         w_init = init if init is not None else _default_init(activation)  # `init or` fails on an array
         w = ops.param(f"{name}.W", (fan_in, units), init=w_init, dtype=dtype)
         z = x @ w
+        if unnamed:
+            note_unnamed_use(w, z)
         if bias:
             if isinstance(bias_init, str) and bias_init == "like_weights":
                 bias_init = like(w_init, fan_in, units)
             z = z + ops.param(f"{name}.b", (units,), init=bias_init, dtype=dtype)
-        return fn(z) if fn is not None else z
+        z = fn(z) if fn is not None else z
+    return z if lead is None else ops.reshape(z, (*lead, units))
 
 
 def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name: str | None = None,
@@ -167,15 +187,16 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
-           bias: bool = True, name: str = "conv", dtype: str | None = None) -> ops.Tensor:
+           bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
     """activation(conv2d(x, W) + b) with W: (KH, KW, C, filters) named `<name>.W` and b: (filters,) named
-    `<name>.b`. `kernel` is an int or (KH, KW); `init` is W's initializer (default: He normal for ReLU/softplus,
-    Glorot uniform otherwise), with fan-in KH*KW*C and fan-out KH*KW*filters."""
+    `<name>.b` (without a name: `conv`, `conv_1`, ... as for `dense`). `kernel` is an int or (KH, KW); `init`
+    is W's initializer (default: He normal for ReLU/softplus, Glorot uniform otherwise), with fan-in KH*KW*C and
+    fan-out KH*KW*filters."""
     return _conv_layer(x, 2, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
 
 
 def conv1d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
-           bias: bool = True, name: str = "conv", dtype: str | None = None) -> ops.Tensor:
+           bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
     """conv2d's layer over sequences x (N, T, C) (Keras' Conv1D): W (K, C, filters) named `<name>.W`, b
     (filters,) named `<name>.b`, fan-in K*C; `padding` a string, an int or one (before, after) pair."""
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, int) for p in padding):
@@ -188,6 +209,7 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
 
     what = f"conv{nsp}d"
     x = ops.as_tensor(x)
+    name, unnamed = layer_name(name, "conv")
     if x.ndim != nsp + 2:
         grid = "(N, H, W, C) images" if nsp == 2 else "(N, T, C) sequences"
         hint = {(2, 3): " (gc.nn.conv2d on (N, H, W): add a channel axis with gc.expand_dims(x, -1))",
@@ -213,6 +235,8 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
         w = ops.param(f"{name}.W", (*ks, c, filters), init=w_init, dtype=dtype)
         # bias and activation on the (N*OH*OW, F) product, before its reshape to images: the GEMM's epilogue
         z, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
+        if unnamed:
+            note_unnamed_use(w, z)
         if bias:
             z = z + ops.param(f"{name}.b", (filters,), init="zeros", dtype=dtype)
         return ops.reshape(fn(z) if fn is not None else z, shape)
@@ -245,8 +269,7 @@ def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: boo
     biased variance, eps inside the square root), then scaled by `NAME.gamma` (ones) and shifted by `NAME.beta`
     (zeros), each of the normalized axes' shape. It is a composition: its gradient comes from mean and var's."""
     x = ops.as_tensor(x)
-    if name is None:
-        name = unique_name("layer_norm")
+    name, unnamed = layer_name(name, "layer_norm")
     if x.dtype not in ("float32", "float64"):
         raise GraphcError(f"layer_norm {name!r}: needs a float tensor, got {x.type_str}")
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
@@ -264,10 +287,12 @@ def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: boo
         mu = ops.mean(x, axes, keepdims=True)
         d = x - mu
         y = d / ops.sqrt(ops.mean(d * d, axes, keepdims=True) + eps)
-        if scale:
-            y = y * ops.param(f"{name}.gamma", feat, init="ones", dtype=x.dtype)
-        if center:
-            y = y + ops.param(f"{name}.beta", feat, init="zeros", dtype=x.dtype)
+        for on, pname, init, combine in ((scale, "gamma", "ones", ops.multiply), (center, "beta", "zeros", ops.add)):
+            if on:
+                p = ops.param(f"{name}.{pname}", feat, init=init, dtype=x.dtype)
+                y = combine(y, p)
+                if unnamed:
+                    note_unnamed_use(p, y)
         return y
 
 

@@ -25,6 +25,7 @@ from graphc import ops
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import scope
 from graphc.ir.shapes import INT_DTYPES
+from graphc.nn.layers import layer_name, note_unnamed_use
 from graphc.ops.core import describe
 from graphc.ops.gather import TAKE
 from graphc.ops.init import Normal, Uniform
@@ -105,7 +106,7 @@ def _masked(cell):
     return step
 
 
-def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None):
+def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None, unnamed: bool = False):
     T, N, F = xs.shape
     with scope(name):
         wx, wh, b, bh = _params(kind, name, F, hidden, xs.dtype)
@@ -131,10 +132,13 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=
             else:
                 carry, ys = ops.scan(_masked(step), init, (xs, mask), reverse=reverse, checkpoint=checkpoint)
     h = carry[0] if kind == "lstm" else carry
+    if unnamed:
+        note_unnamed_use(wx, h, ys)
     return h, ys
 
 
 def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths=None):
+    name, unnamed = layer_name(name, kind)
     xs = _check(kind, xs, hidden, name)
     mask = None
     if lengths is not None:
@@ -146,29 +150,29 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
             raise GraphcError(f"{kind} {name!r}: lengths has {mask.shape[1]} sequences but xs {describe(xs)} has "
                               f"{xs.shape[1]} (xs is time-major: (T, N, F))")
         mask = ops.expand_dims(mask, 2)  # (T, N, 1): broadcast over the hidden units
-    h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask)
+    h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed)
     if not bidirectional:
         return ys if return_sequences else h
-    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask)
+    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask, unnamed)
     if return_sequences:
         return ops.concatenate([ys, ysr], axis=2)
     return ops.concatenate([h, hr], axis=1)
 
 
-def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "rnn",
+def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
         checkpoint: int | None = None, lengths=None):
     """An Elman RNN over time-major xs (T, N, F): h_t = tanh(x_t Wx + h_{t-1} Wh + b), h_0 = 0. Returns the last
     h (N, H), or every h (T, N, H) with return_sequences; bidirectional concatenates a reverse pass (2H)."""
     return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 
-def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "gru",
+def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
         checkpoint: int | None = None, lengths=None):
     """A GRU (PyTorch's formulation: r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn + bh_n))) over (T, N, F)."""
     return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 
-def lstm(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str = "lstm",
+def lstm(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
          checkpoint: int | None = None, lengths=None):
     """An LSTM over time-major xs (T, N, F), gates i, f, g, o as PyTorch's, fused parameters NAME.Wx (F, 4H),
     NAME.Wh (H, 4H), NAME.b (4H,). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
@@ -199,11 +203,12 @@ def lstm_cell(x, state, hidden: int, *, name: str = "lstm"):
     return _cell("lstm", x, tuple(state), hidden, name)
 
 
-def embedding(ids, vocab: int, dim: int, *, name: str = "embedding", dtype: str = "float32"):
+def embedding(ids, vocab: int, dim: int, *, name: str | None = None, dtype: str = "float32"):
     """Rows of a (vocab, dim) table NAME.E for integer ids of any shape: shape ids.shape + (dim,). A gather
     (gc.take) whose gradient is a scatter-add (repeated ids accumulate); an id outside [0, vocab) is an error
     when evaluated, and a checked error in compiled code."""
     ids = ops.as_tensor(ids)
+    name, unnamed = layer_name(name, "embedding")
     if ids.dtype not in INT_DTYPES:
         raise DTypeError(f"embedding {name!r}: ids must be int32 or int64, got {describe(ids)} (declared at "
                          f"{ids.source.where()})")
@@ -212,7 +217,10 @@ def embedding(ids, vocab: int, dim: int, *, name: str = "embedding", dtype: str 
             raise GraphcError(f"embedding {name!r}: {what} must be a positive int, got {v!r}")
     with scope(name):
         table = ops.param(f"{name}.E", (vocab, dim), init=Normal(1.0), dtype=dtype)
-        return ops.apply(TAKE, (table, ids), axis=0, what=f"embedding {name!r}: id")
+        rows = ops.apply(TAKE, (table, ids), axis=0, what=f"embedding {name!r}: id")
+        if unnamed:
+            note_unnamed_use(table, rows)
+        return rows
 
 
 __all__ = ["rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding"]

@@ -31,7 +31,30 @@ def leaves_by_name(order: list[Node]) -> dict[str, Node]:
                    if n.op.name == "param" and other.op.name == "param" else "")
             )
         out[n.name] = n
+    _unnamed_layers_apart(order, out)
     return out
+
+
+def _unnamed_layers_apart(order: list[Node], leaves: dict[str, Node]) -> None:
+    """Two unnamed layers built outside a model build got one name and, of one shape, one parameter: refused
+    when both are in the graph (see graphc.nn.layers.note_unnamed_use)."""
+    present = None
+    for p in leaves.values():
+        uses = p.meta.get("unnamed_layer_uses") if p.op.name == "param" else None
+        if not uses or len(uses) < 2:
+            continue
+        if present is None:
+            present = {id(n) for n in order}
+        here = [next(n for n in u if id(n) in present) for u in uses if any(id(n) in present for n in u)]
+        if len(here) >= 2:
+            layer = p.name.rsplit(".", 1)[0]
+            raise GraphcError(
+                f"two unnamed layers share the parameter {p.name!r} ({fmt_type(p.shape, p.dtype)}): the layers built "
+                f"at {here[0].source.where()} and at {here[1].source.where()}. Outside `with gc.nn.model_build():` "
+                f"an unnamed layer is named {layer!r} whatever came before, so layers of one shape would train one "
+                "set of weights; name them (name='hidden1', ...) or build the model inside "
+                "`with gc.nn.model_build():`, which names them dense, dense_1, ... (to tie weights on purpose, give "
+                "both layers the same name)")
 
 
 def _declared(n: Node) -> str:

@@ -268,6 +268,47 @@ def test_unnamed_layers_are_named_per_build_and_stable(tmp_path):
         gc.compile(gc.sum(gc.nn.dense(gc.nn.dense(x, 4), 2)))
 
 
+def test_two_unnamed_layers_of_one_shape_are_not_silently_one_layer():
+    """Parameters are hash-consed by name and shape: outside a model build two unnamed layers of the same shape
+    got the same weights (dense(dense(x, 4), 4) trained one 4x4 matrix twice), and conv2d, conv1d, rnn, gru,
+    lstm and embedding had fixed default names, so even inside a build stacked layers shared their weights.
+    Now every layer is named per build (conv, conv_1, ...; lstm, lstm_1, ...), and outside a build a graph
+    holding two unnamed layers on one parameter is refused at compile and in evaluate; one layer, or layers
+    named alike on purpose (tied weights), are as before."""
+    x = gc.input("x", ("N", 4))
+    img = gc.input("img", ("N", 6, 6, 4))
+    seq = gc.input("seq", ("N", 5, 4))
+    xs = gc.input("xs", (5, "N", 4))
+    ids = gc.input("ids", ("N",), "int32")
+    stacks = {
+        "dense.W": lambda: gc.nn.dense(gc.nn.dense(x, 4), 4),
+        "conv.W": lambda: gc.nn.conv2d(gc.nn.conv2d(img, 4, 3), 4, 3),
+        "conv.W ": lambda: gc.nn.conv1d(gc.nn.conv1d(seq, 4, 3), 4, 3),
+        "lstm.Wx": lambda: gc.nn.lstm(gc.nn.lstm(xs, 4, return_sequences=True), 4),
+        "gru.Wx": lambda: gc.nn.gru(gc.nn.gru(xs, 4, return_sequences=True), 4),
+        "rnn.Wx": lambda: gc.nn.rnn(gc.nn.rnn(xs, 4, return_sequences=True), 4),
+        "layer_norm.gamma": lambda: gc.nn.layer_norm(gc.nn.layer_norm(x) * 2.0),
+        "embedding.E": lambda: gc.nn.embedding(ids, 7, 3) + gc.nn.embedding(ids + 1, 7, 3),
+    }
+    for pname, build in stacks.items():
+        with gc.nn.model_build():
+            names = {p.name for p in gc.nn.parameters(build())}
+        base = pname.strip().split(".")[0]
+        assert any(n.startswith(base + "_1.") for n in names), (pname, names)  # two layers, two sets of weights
+        out = gc.sum(build())
+        with pytest.raises(gc.GraphcError, match=rf"two unnamed layers share the parameter '{pname.strip()}'.*name "
+                                                 r"them .*model_build"):
+            gc.compile([out])
+        with pytest.raises(gc.GraphcError, match="two unnamed layers share"):
+            gc.evaluate(out, {"x": np.ones((2, 4), np.float32), "img": np.ones((2, 6, 6, 4), np.float32),
+                              "seq": np.ones((2, 5, 4), np.float32), "xs": np.ones((5, 2, 4), np.float32),
+                              "ids": np.arange(2, dtype=np.int32), **gc.nn.init_params(out)})
+    gc.compile([gc.sum(gc.nn.dense(x, 4))])  # one unnamed layer (its parameter also held the stack's uses)
+    tied = gc.nn.dense(gc.nn.dense(x, 4, name="t"), 4, name="t")  # the same name on purpose: one matrix
+    assert [p.name for p in gc.nn.parameters(tied)] == ["t.W", "t.b"]
+    gc.compile([gc.sum(tied)])
+
+
 # 3, 4 -- standardization and class labels travel with the weights; per-class metrics under the user's labels
 def test_class_labels_and_standardization_are_saved(tmp_path):
     rng = np.random.default_rng(0)
