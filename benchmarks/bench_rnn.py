@@ -168,25 +168,20 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> 
 
     out: dict = {"threads": threads, "rows": [], "compile": [], "peak_gflops_1core": peers.fma_peak()}
     for T in lengths:
-        runs = {}
-        for label, make in (
-            ("graphc lstm", lambda T=T: graphc_step("lstm", T, threads)[0]),
-            ("graphc lstm by hand", lambda T=T: graphc_step("lstm", T, threads, by_hand=True)[0]),
-            ("torch lstm", lambda T=T: torch_step("lstm", T, threads)),
-            ("torch.compile lstm", lambda T=T: torch_step("lstm", T, threads, compiled=True)),
-            ("jax lstm", lambda T=T: jax_step(T, threads)[0]),
-            ("graphc gru", lambda T=T: graphc_step("gru", T, threads)[0]),
-            ("torch gru", lambda T=T: torch_step("gru", T, threads)),
-        ):
-            fn = make()
-            if fn is not None:
-                runs[label] = fn
+        contenders = {
+            "graphc lstm": lambda T=T: graphc_step("lstm", T, threads)[0],
+            "graphc lstm by hand": lambda T=T: graphc_step("lstm", T, threads, by_hand=True)[0],
+            "torch lstm": lambda T=T: torch_step("lstm", T, threads),
+            "torch.compile lstm": lambda T=T: torch_step("lstm", T, threads, compiled=True),
+            "jax lstm": lambda T=T: jax_step(T, threads)[0],
+            "graphc gru": lambda T=T: graphc_step("gru", T, threads)[0],
+            "torch gru": lambda T=T: torch_step("gru", T, threads),
+        }
+        runs = {label: fn for label, fn in ((label, make()) for label, make in contenders.items()) if fn is not None}
         # every contender sampled once per round, in turn: the VM's speed drifts by tens of percent within
         # minutes, and measuring each in its own minute turned that drift into the ratios
         med, samples = peers.interleaved_medians(runs)
-        row = {"T": T, **{label: N / med[label] if label in med else None for label in
-                          ("graphc lstm", "graphc lstm by hand", "torch lstm", "torch.compile lstm", "jax lstm",
-                           "graphc gru", "torch gru")}}
+        row = {"T": T, **{label: N / med[label] if label in med else None for label in contenders}}
         lstm_peers = [k for k in ("torch lstm", "torch.compile lstm", "jax lstm") if k in samples]
         row["round ratios"] = sorted(min(samples[k][r] for k in lstm_peers) / samples["graphc lstm"][r]
                                      for r in range(len(samples["graphc lstm"])))

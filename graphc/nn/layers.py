@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -77,9 +78,12 @@ def note_unnamed_use(param, *built) -> None:
     tensors, its weights silently tied to the first's. The parameter remembers what each layer built on it
     computed (`built`: its product, or its outputs), and compiling or evaluating a graph that holds two of
     them is an error (`graphc.runtime.reference.leaves_by_name`)."""
+    # weak references: a graph the user dropped is not kept alive by its parameters
+    refs = tuple(weakref.ref(n) for n in built if n is not None)
     uses = param.meta.setdefault("unnamed_layer_uses", [])
-    if not any(len(u) == len(built) and all(a is b for a, b in zip(u, built, strict=True)) for u in uses):
-        uses.append(tuple(built))
+    uses[:] = [u for u in uses if all(r() is not None for r in u)]
+    if not any(len(u) == len(refs) and all(a() is b() for a, b in zip(u, refs, strict=True)) for u in uses):
+        uses.append(refs)
 
 
 def _default_init(act) -> str:

@@ -45,7 +45,11 @@ def _unnamed_layers_apart(order: list[Node], leaves: dict[str, Node]) -> None:
             continue
         if present is None:
             present = {id(n) for n in order}
-        here = [next(n for n in u if id(n) in present) for u in uses if any(id(n) in present for n in u)]
+        here = []  # per layer, the first of what it built that this graph holds
+        for u in uses:
+            hit = next((n for n in (r() for r in u) if n is not None and id(n) in present), None)
+            if hit is not None:
+                here.append(hit)
         if len(here) >= 2:
             layer = p.name.rsplit(".", 1)[0]
             raise GraphcError(
