@@ -217,14 +217,16 @@ def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
-        stdout, _ = p.communicate(timeout=30)
+        stdout, stderr = p.communicate(timeout=30)
         stopped = time.monotonic() - t0
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
     assert p.returncode != 0 and stopped < 10
-    assert f"PID {pid} " in stdout  # the launcher names the lost process (rank 1, by graphc's first line)
+    # the lost process is named: by the launcher (stdout), or by graphc's watchdog when rank 0 notices first and
+    # the launcher has no process left to report (a loaded machine)
+    assert f"PID {pid} " in stdout or f"rank 1 (pid {pid} " in stderr, stdout + "".join(err) + stderr
     assert list((out / "checkpoints").glob("ckpt-*.gcp"))  # the last good checkpoint is kept
     assert not (out / "metrics.json").exists()
 
