@@ -585,8 +585,13 @@ class Pad(Op):
         a = node.attrs
         index = [floordiv(o - lo, r + 1) for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True)]
         padded = [k for k in range(node.ndim) if a["low"][k] or a["high"][k] or a["interior"][k]]
+        # between two elements: the position's offset is no multiple of interior + 1. Said here, not left to
+        # in_range to find in the floor division, which a position known to be a number has already evaluated
+        # (floordiv(1, 2) is 0: the padding between elements 0 and 1 read as element 0)
+        whole = [sympy.Eq(sympy.Mod(o - lo, r + 1), 0)
+                 for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True) if r]
         conds = lx.in_range([index[k] for k in padded], [node.inputs[0].shape[k] for k in padded])
-        return lx.guard(conds, lx.at(0, index), lx.const(a["value"], node.dtype))
+        return lx.guard(tuple(dict.fromkeys((*whole, *conds))), lx.at(0, index), lx.const(a["value"], node.dtype))
 
 
 PAD = register(Pad())

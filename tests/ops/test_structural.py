@@ -205,6 +205,33 @@ def test_pad_interior_spreads_elements_out():
     np.testing.assert_array_equal(ev(out, x=np.array([[1, 2, 3], [4, 5, 6]], np.int32)), want)
 
 
+@pytest.mark.parametrize("batch", [2, "N"])
+@pytest.mark.parametrize("rows, take", [(1, slice(None, None, 2)), (1, slice(1, 2)), (2, slice(None, None, 3)),
+                                        (3, slice(1, None, 2))])
+def test_interior_padding_read_at_a_position_known_in_advance_is_the_pad_value(batch, rows, take):
+    """The gradient of a strided slice is an interior pad; read back at one position (an axis of length 1 after
+    the slice), the position is a number when lowered, and padding between two elements was read as an element
+    (compiled only, with a symbolic batch): the input gradient of a stride-2 conv on a 1-pixel-high image."""
+    x = gc.input("x", (batch, rows, 4))
+    padded = gc.pad(x, ((0, 0), (1, 1), (0, 0)), interior=(0, 1, 0), constant_values=7.0)
+    out = padded[:, take] * np.float32(3)
+    g = gc.grad(gc.sum(gc.pad(x, ((0, 0), (1, 1), (0, 0)))[:, take] * np.float32(3)), x)
+    v = rng.normal(size=(2, rows, 4)).astype(np.float32)
+    want = np.pad(np.zeros((2, 2 * rows - 1, 4), np.float32), ((0, 0), (1, 1), (0, 0)), constant_values=7.0)
+    want[:, 1:-1:2] = v
+    np.testing.assert_array_equal(gc.compile(out)(x=v), want[:, take] * 3)
+    np.testing.assert_array_equal(gc.compile(g)(x=v), ev(g, x=v))
+
+
+def test_strided_same_conv_on_a_one_pixel_image_has_the_reference_gradient():
+    x = gc.input("x", ("N", 1, 1, 8))
+    w = gc.input("w", (3, 3, 8, 4))
+    gx, gw = gc.grad(gc.sum(gc.sin(gc.conv2d(x, w, stride=2, padding="same"))), [x, w])
+    v = dict(x=rng.normal(size=(2, 1, 1, 8)).astype(np.float32), w=rng.normal(size=(3, 3, 8, 4)).astype(np.float32))
+    for got, want in zip(gc.compile([gx, gw])(v), gc.evaluate([gx, gw], v), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("width, words", [((-1, 0), "pad_width must be"), (((1, 1),) * 3, "pad_width must be"),
                                           ((1.5, 0), "pad_width must be")])
 def test_bad_pad_width_is_an_error(width, words):
