@@ -73,21 +73,27 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
     return out[0] if single else out
 
 
-def vjp(seeds: Sequence[tuple[Node, Node]], wrt: Sequence[Node]) -> list[Tensor]:
+def vjp(seeds: Sequence[tuple[Node, Node]], wrt: Sequence[Node], leaves: Sequence[Node] = ()) -> list[Tensor]:
     """One reverse sweep with several seeded outputs: sum_k seed_kᵀ·∂out_k/∂w for each w in `wrt` (zeros where
-    nothing flows). A scan's gradient builds its reverse body with one call of this over the body."""
-    total = _sweep(list(seeds), list(wrt))
+    nothing flows). A scan's gradient builds its reverse body with one call of this over the body.
+
+    `leaves`: nodes taken as variables of their own: the sweep does not go on past them to what they are
+    computed from. A loop's gradient sweeps its body so, its captures the leaves: W and sum(W) are two inputs of
+    the loop, and the sweep outside the loop carries sum(W)'s share on to W (here it would be counted twice)."""
+    total = _sweep(list(seeds), list(wrt), leaves)
     return [total[id(w)] if id(w) in total else zeros_like(w) for w in wrt]
 
 
-def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Node]:
-    """The reverse sweep: the summed adjoint of every node on a path from a target to a seeded output.
+def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node], leaves: Sequence[Node] = ()) -> dict[int, Node]:
+    """The reverse sweep: the summed adjoint of every node on a path from a target to a seeded output (none
+    past a leaf).
 
     A multi-output node (a scan: `op.multi_output`) is read through projections (`op.projection`, with an
     `index` attribute): a projection's adjoint goes to its tuple node tagged with the index, and the tuple
     node's `vjp_multi(node, [adjoint or None per output])` gives its inputs' cotangents."""
     order = topo_order([o for o, _ in seeds])
     wanted = {id(w) for w in targets}
+    stop = {id(x) for x in leaves}
     # only nodes on a path from some wrt to y carry adjoints worth computing
     live: set[int] = set()
     for n in order:
@@ -113,7 +119,8 @@ def _sweep(seeds: list[tuple[Node, Node]], targets: list[Node]) -> dict[int, Nod
                 for p in parts[1:]:
                     g = add(g, p)
             total[id(n)] = g
-            if not n.inputs or not n.op.differentiable or not any(id(i) in live for i in n.inputs):
+            if not n.inputs or not n.op.differentiable or not any(id(i) in live for i in n.inputs) \
+                    or id(n) in stop:
                 continue
             if getattr(n.op, "projection", False):
                 contributions.setdefault(id(n.inputs[0]), []).append((n.attrs["index"], g))

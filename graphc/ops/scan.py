@@ -682,6 +682,11 @@ def scan_vjp(node: Node, gs: list[Node | None], vjp, needed: Sequence[bool] | No
     ny = len(body.outputs) - nc
     caps = node.inputs[nc + nx:]
     ck = node.attrs["checkpoint"]
+    sweep = vjp
+
+    def vjp(seeds, wrt):  # noqa: F811 - the body's sweeps: the captures are the loop's inputs, each a variable
+        return sweep(seeds, wrt, leaves=caps)  # of its own (sum(W)'s share reaches W outside the loop)
+
     reach = {id(n) for n in body.order()}
     fc = [k for k in range(nc) if body.args[k].dtype in FLOAT_DTYPES]
     needed = [True] * len(node.inputs) if needed is None else list(needed)

@@ -266,6 +266,33 @@ def test_second_derivatives_through_a_scan(checkpoint, T):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+STEPS_READING_A_WEIGHT_TWICE = {
+    "h@W + sum(W)": lambda W: lambda h, x: (gc.tanh(x + h @ W + gc.sum(W)), gc.sin(h)),
+    "x@W + W[0]": lambda W: lambda h, x: (gc.tanh(x @ W + h + W[0]), gc.sin(h)),
+    "h@W + h@W.T": lambda W: lambda h, x: (gc.tanh(x + h @ W + h @ gc.transpose(W)), gc.sin(h)),
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("checkpoint", [None, 2, 3])
+@pytest.mark.parametrize("step", list(STEPS_READING_A_WEIGHT_TWICE))
+def test_a_weight_read_directly_and_through_a_loop_invariant_expression_of_it(step, checkpoint, reverse):
+    """The body reads W and sum(W) (or W[0], Wᵀ), which runs once before the loop: two captures, one computed
+    from the other. The body's sweep took the share that reached sum(W) on to W as well, and the sweep outside
+    the loop carried it there again: checkpoint=k's gradient was off by 50-100%, and second derivatives
+    through a loss on the ys too. First and second derivatives against finite differences."""
+    xs = gc.input("xs", ("T", 2, 3))
+    W = gc.param("W", (3, 3))
+    h0 = gc.input("h0", (2, 3))
+    hT, ys = gc.scan(STEPS_READING_A_WEIGHT_TWICE[step](W), h0, xs, reverse=reverse, checkpoint=checkpoint)
+    loss = gc.sum(hT) + gc.sum(gc.sin(ys))
+    rng = np.random.default_rng(3)
+    v = {"xs": rng.normal(size=(5, 2, 3)), "W": 0.3 * rng.normal(size=(3, 3)), "h0": rng.normal(size=(2, 3))}
+    check_grad(loss, [W, xs, h0], v, rtol=1e-6, atol=1e-8)
+    gW = gc.grad(loss, W)
+    check_grad(gc.sum(gW * gW), [W, xs], v, rtol=1e-5, atol=1e-7)
+
+
 def test_nested_scans_and_their_gradient():
     xs = gc.input("xs", (3, 4, 2))
     W = gc.param("W", (2, 2))
