@@ -45,6 +45,8 @@ class Dataset:
     # flattened row-major (channels last), and a model that asks for images gets x as (N, *grid)
     tokens: bool = False  # rows are sequences of integer token ids (N, T), kept as they are (not standardized)
     vocab: int | None = None  # the vocabulary size a token dataset declares (its ids lie in [0, vocab))
+    # split ("training", "validation", "test") -> the source row of each of its rows (errors name those)
+    source_rows: dict = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -586,7 +588,8 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         y_mean, y_std = _target_stats(y, tr, task)
         y = ((y - y_mean) / y_std).astype(np.float32) if task == "regression" else y
         return Dataset(name, task, X[tr], y[tr], X[va], y[va], X[te], y[te], classes, names, None, None,
-                       y_mean, y_std, tokens=True, vocab=vocab)
+                       y_mean, y_std, tokens=True, vocab=vocab,
+                       source_rows={"training": tr, "validation": va, "test": te})
     total = np.zeros(width)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the feature
         for i, j in _chunks(n, width):
@@ -622,4 +625,4 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
     if task == "regression":
         y = ((y - y_mean) / y_std).astype(np.float32)
     return Dataset(name, task, splits[0], y[tr], splits[1], y[va], splits[2], y[te], classes, names, mean, std,
-                   y_mean, y_std, grid)
+                   y_mean, y_std, grid, source_rows={"training": tr, "validation": va, "test": te})

@@ -337,6 +337,11 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
     if dist is not None:
         dist.start_training(trainer, ds, out_dir)
     _check_outputs(trainer, ds, model_desc)
+    trainer.source_rows = dict(ds.source_rows)
+    if "training" in ds.source_rows and "validation" in ds.source_rows:
+        trainer.source_rows["refit"] = np.concatenate([ds.source_rows["training"], ds.source_rows["validation"]])
+    if ds.X_test is not None and len(ds.X_test):  # refused now, not after the training it would end with an error
+        trainer.check_data(ds.X_test, ds.y_test, "test")
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None
     if config.refit:

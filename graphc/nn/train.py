@@ -325,6 +325,8 @@ class Trainer:
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         self.config, self.task, self.log = config, task, log
+        # split -> the row of the user's data each of its rows came from (gc.fit's shuffled split), for errors
+        self.source_rows: dict[str, np.ndarray] = {}
         if model is None:  # the default MLP; its dropout keep probabilities are inputs, as in a standalone binary
             model = default_model(config, runtime_keeps=all_features or bool(config.dropout))
         self.x = ops.input("x", ("N", n_features))
@@ -630,6 +632,11 @@ class Trainer:
         """Before any native code: rows, feature count, finiteness and the labels' type and range."""
         from graphc.errors import InputError
 
+        source = self.source_rows.get(what)
+
+        def row(r) -> str:  # as the user numbers it: in their data, not in the shuffled split
+            return f"row {r}" if source is None else f"row {int(source[r])} of the data ({what} split row {r})"
+
         if not isinstance(X, np.ndarray) or X.ndim != 2 or len(X) == 0:
             raise InputError(f"{what} data: features must be a non-empty 2-D array, got "
                              f"{getattr(X, 'shape', type(X).__name__)}")
@@ -640,18 +647,18 @@ class Trainer:
         bad = ~np.isfinite(X)
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise InputError(f"{what} data: feature {c} is not finite in row {r}")
+            raise InputError(f"{what} data: feature {c} is not finite in {row(r)}")
         if self.layout == "tokens":
             bad = (X != np.round(X)) | (X < 0)
             if bad.any():
                 r, t = np.argwhere(bad)[0]
-                raise InputError(f"{what} data: row {r}, step {t} holds {X[r, t]:g}, not a token id (ids are "
+                raise InputError(f"{what} data: {row(r)}, step {t} holds {X[r, t]:g}, not a token id (ids are "
                                  "integers >= 0)")
             if self.vocab is not None:
                 bad = X >= self.vocab
                 if bad.any():
                     r, t = np.argwhere(bad)[0]
-                    raise InputError(f"{what} data: token id {int(X[r, t])} in row {r}, step {t} is outside the "
+                    raise InputError(f"{what} data: token id {int(X[r, t])} in {row(r)}, step {t} is outside the "
                                      f"vocabulary [0, {self.vocab}) of the model's {self._table_desc()}")
         if self.task == "multiclass":
             if Y.dtype.kind not in "iu":
@@ -660,12 +667,12 @@ class Trainer:
             out = (Y < 0) | (Y >= k)
             if out.any():
                 r = int(np.argmax(out))
-                raise InputError(f"{what} data: label {int(Y[r])} in row {r} is outside [0, {k})")
+                raise InputError(f"{what} data: label {int(Y[r])} in {row(r)} is outside [0, {k})")
         elif self.task == "binary":
             out = (Y != 0) & (Y != 1)
             if out.any():
                 r = int(np.argmax(out))
-                raise InputError(f"{what} data: binary label {Y[r].item()} in row {r} is not 0 or 1")
+                raise InputError(f"{what} data: binary label {Y[r].item()} in {row(r)} is not 0 or 1")
         elif not np.all(np.isfinite(Y)):
             raise InputError(f"{what} data: regression targets must be finite")
 

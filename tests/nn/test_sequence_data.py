@@ -105,7 +105,8 @@ def test_bad_token_data_is_refused_by_name(tmp_path):
     # no vocabulary in the file: the model's embedding is the limit, named with its line
     np.savez(tmp_path / "over.npz", X=bad, y=y)
     line = token_model.__code__.co_firstlineno + 1
-    with pytest.raises(gc.InputError, match=rf"token id 9 in row \d+, step 2 is outside the vocabulary \[0, 7\) "
+    with pytest.raises(gc.InputError, match=rf"token id 9 in row 4 of the data \(\w+ split row \d+\), step 2 is "
+                                            rf"outside the vocabulary \[0, 7\) "
                                             rf"of the model's embedding 'emb.E' \(made at test_sequence_data.py:"
                                             rf"{line}\b"):
         fit(token_model, str(tmp_path / "over.npz"), progress=False, epochs=1)
@@ -126,6 +127,21 @@ def test_bad_token_data_is_refused_by_name(tmp_path):
         fit(token_model, "digits", progress=False, epochs=1)
 
 
+@pytest.mark.parametrize("split", ["training", "validation", "test"])
+def test_an_id_outside_the_vocabulary_in_any_split_is_refused_before_training(tmp_path, split, monkeypatch):
+    """The test rows were checked only when the trained model was measured on them: every epoch ran, then a
+    compiled-code error without a row. Every split is checked first, and the row is the one in the user's data."""
+    path, X, y = _tokens(tmp_path)
+    r = int(data.load(str(path), tokens=True).source_rows[split][0])
+    bad = X.copy()
+    bad[r, 3] = VOCAB
+    np.savez(tmp_path / "bad.npz", X=bad, y=y)
+    monkeypatch.setattr(Trainer, "init_state", lambda *a, **k: pytest.fail("trained on data with a bad id"))
+    with pytest.raises(gc.InputError, match=rf"{split} data: token id 7 in row {r} of the data \({split} split row "
+                                            r"\d+\), step 3 is outside the vocabulary \[0, 7\)"):
+        fit(token_model, str(tmp_path / "bad.npz"), progress=False, epochs=1)
+
+
 def test_cli_refuses_bad_sequence_data_with_exit_2_and_writes_nothing(tmp_path):
     path, X, y = _tokens(tmp_path)
     model = tmp_path / "tok_model.py"
@@ -141,7 +157,8 @@ def test_cli_refuses_bad_sequence_data_with_exit_2_and_writes_nothing(tmp_path):
     bad[2, 5] = 11
     np.savez(tmp_path / "over.npz", X=bad, y=y)
     np.savez(tmp_path / "float.npz", X=X + 0.5, y=y)
-    for name, msg in (("over.npz", r"token id 11 in row \d+, step 5 is outside the vocabulary \[0, 7\) of the "
+    for name, msg in (("over.npz", r"token id 11 in row 2 of the data \(\w+ split row \d+\), step 5 is outside the "
+                                   r"vocabulary \[0, 7\) of the "
                                    r"model's embedding 'emb.E' \(made at .*tok_model.py:5\b"),
                       ("float.npz", "token ids X hold float64 values, not integers")):
         dest = tmp_path / f"run-{name}"
