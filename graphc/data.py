@@ -556,6 +556,11 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
             raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r}")
     y = np.asarray(y)
     classes: list = []
+    if task in ("multiclass", "binary") and y.ndim != 1:
+        if y.ndim == 2 and y.shape[1] > 1 and len(y) and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
+            raise DataError(f"{name}: the labels are one-hot rows (shape {y.shape}); graphc takes one class index "
+                            "per row: pass y.argmax(axis=1)")
+        raise DataError(f"{name}: class labels must be one per row (shape (N,)), got shape {y.shape}")
     if task in ("multiclass", "binary"):
         if y.dtype.kind == "f":
             bad = ~np.isfinite(y) | (y != np.round(y))

@@ -229,6 +229,22 @@ def test_messages_name_the_culprit(tmp_path, monkeypatch):
     assert "label 0.5 in row" in str(e.value) and "np." not in str(e.value)
 
 
+def test_one_hot_and_other_2d_class_labels_are_refused_before_training(tmp_path):
+    """One-hot labels (a Keras habit) read as a binary task of K outputs, trained, then crashed in the metrics
+    with numpy's IndexError (the CLI: a traceback, exit 1)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 3, 60)
+    with pytest.raises(gc.GraphcError, match=r"labels are one-hot rows \(shape \(60, 3\)\).*y.argmax\(axis=1\)"):
+        fit(data=(X, np.eye(3)[y]), epochs=1, progress=False)
+    for task in ("multiclass", "binary", None):
+        with pytest.raises(gc.GraphcError, match=r"labels must be one per row \(shape \(N,\)\), got shape \(60, 2\)"):
+            fit(data=(X, np.stack([y % 2, y // 2], 1)), task=task, epochs=1, progress=False)
+    np.savez(tmp_path / "onehot.npz", X=X, y=np.eye(3)[y])
+    p = run("train", "--dataset", tmp_path / "onehot.npz", "--out", tmp_path / "run", *SMALL)
+    assert p.returncode == 2 and "one-hot" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_failed_checkpoint_write_says_what_and_which_is_the_last_good_one(tmp_path, monkeypatch):
     calls = []
     real = ckpt.save
