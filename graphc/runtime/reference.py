@@ -83,6 +83,13 @@ def check_value(n: Node, value: Any, what: str = "") -> np.ndarray:
                          "evaluate in double precision)")
     if n.dtype in INT_DTYPES:
         if kind in "iu":
+            fits, have = np.iinfo(n.dtype), np.iinfo(arr.dtype)
+            if arr.size and (have.min < fits.min or have.max > fits.max):  # would wrap when evaluated as n.dtype
+                bad = (arr < fits.min) | (arr > fits.max)
+                if bad.any():
+                    where = tuple(int(i) for i in np.argwhere(bad)[0])
+                    raise InputError(f"{pre}the value for {_declared(n)} holds {arr[where]} at index {where}, "
+                                     f"outside {n.dtype}'s range [{fits.min}, {fits.max}]")
             return arr
         raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; pass integers")
     if kind != "b":

@@ -80,6 +80,20 @@ def test_dtype_mismatch():
         gc.evaluate(loss, dict(ok, labels=object()))
 
 
+def test_integers_that_do_not_fit_the_declared_dtype_are_an_error_not_wrapped():
+    """The oracle took int64 labels/ids for an int32 input and wrapped them (2**32 + 1 read as id 1) where the
+    compiled function refuses them."""
+    x, lab, w, loss = _model()
+    ok = {"x": np.ones((2, 3), np.float32), "ref.W": np.ones((3, 2), np.float32)}
+    for bad, at in (([2**32 + 1, 0], 0), ([1, -2**31 - 1], 1), (np.array([0, 2**63 + 5], np.uint64), 1)):
+        with pytest.raises(gc.InputError, match=rf"'labels' .* holds {np.asarray(bad)[at]} at index \({at},\), "
+                                                r"outside int32's range \[-2147483648, 2147483647\]"):
+            gc.evaluate(loss, dict(ok, labels=np.asarray(bad)))
+    want = gc.evaluate(loss, dict(ok, labels=np.array([1, 0], np.int32)))
+    assert gc.evaluate(loss, dict(ok, labels=np.array([1, 0], np.int64))) == want  # int64 that fits: fine
+    assert gc.evaluate(loss, dict(ok, labels=np.array([1, 0], np.uint8))) == want
+
+
 def test_a_dim_no_input_binds_is_an_error_naming_the_tensor_that_has_it():
     """gc.zeros(("N", 3)) takes N from an input with N; a graph that reads none has nothing to give it a value:
     evaluate and compile say so, naming the tensor and its line (evaluate said 'dim N needs a value for N', and
