@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from graphc import ops
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.node import Node
@@ -169,14 +171,28 @@ def _sum_terms(terms: list, nu) -> ops.Tensor:
     return total
 
 
+def _strength(nu, what: str):
+    """A penalty's strength: a scalar float tensor, or a finite number >= 0."""
+    if isinstance(nu, Node):
+        if nu.shape != () or nu.dtype not in ("float32", "float64"):
+            raise GraphcError(f"{what}: nu must be a number or a float scalar tensor, got {nu.type_str}")
+        return nu
+    if isinstance(nu, (bool, np.bool_)) or not isinstance(nu, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(nu) or nu < 0:
+        raise GraphcError(f"{what}: nu must be a finite number >= 0 (or a scalar tensor), got {nu!r}")
+    return nu
+
+
 def l2(params, nu) -> ops.Tensor:
     """nu/2 * ||θ||² over the given parameters (weight decay; MAP with a Gaussian prior). nu may be a scalar
     tensor (an input set at run time)."""
+    nu = _strength(nu, "l2")
     total = _sum_terms([ops.sum(p * p) for p in _params(params)], nu)
     return (nu / 2.0 if isinstance(nu, Node) else float(nu) / 2.0) * total
 
 
 def l1(params, nu) -> ops.Tensor:
     """nu * ||θ||₁ over the given parameters (sparsity; MAP with a Laplace prior). Subgradient: nu*sign(θ)."""
+    nu = _strength(nu, "l1")
     total = _sum_terms([ops.sum(ops.abs(p)) for p in _params(params)], nu)
     return (nu if isinstance(nu, Node) else float(nu)) * total

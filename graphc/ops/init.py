@@ -82,6 +82,15 @@ def like(scheme, fan_in: int, fan_out: int) -> Uniform | Normal | float:
 
 
 def check_init(init, shape: tuple[int, ...], where: str) -> None:
+    if isinstance(init, (bool, np.bool_)):
+        raise GraphcError(f"{where}: init={init!r} is not an initializer; use a scheme name, a number, "
+                          "Uniform(limit), Normal(std), an array or a function (rng, shape) -> array")
+    if isinstance(init, (int, float, np.integer, np.floating)) and not np.isfinite(init):
+        raise GraphcError(f"{where}: init={init!r}: a constant initial value must be finite")
+    if isinstance(init, np.ndarray) and init.dtype.kind in "fc" and init.shape == tuple(shape) \
+            and not np.isfinite(init).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(init))[0])
+        raise GraphcError(f"{where}: the init array holds {init[bad]} at index {bad}: initial values must be finite")
     if isinstance(init, str):
         if init not in SCHEMES:
             raise GraphcError(f"{where}: unknown init {init!r}; use one of {', '.join(SCHEMES)}, a number, "

@@ -248,13 +248,21 @@ class EpochFunction(CompiledFunction):
         misaligned = []
         for name, slot, leaf, dtype, is_updated in self._bindings:
             if name in scalars and leaf.shape == ():
-                arr = np.asarray(scalars[name], dtype=dtype).reshape(())
+                value = scalars[name]
+                arr = None
+                if isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(value, bool) \
+                        and np.asarray(value).dtype.kind in "iuf":
+                    arr = np.asarray(value, dtype=dtype)
+                if arr is None or arr.size != 1:
+                    raise InputError(f"training: scalars[{name!r}] must be one number ({leaf.type_str}), got "
+                                     f"{_brief(scalars[name])}")
+                arr = arr.reshape(())
             elif name in state:
                 arr = state[name]
                 if (not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != leaf.shape
                         or not arr.flags.c_contiguous or not arr.flags.writeable):
                     raise InputError(f"training: state {name!r} must be a writable contiguous {leaf.type_str} "
-                                     f"array, got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
+                                     f"array (trained in place), got {_state_fault(arr, dtype, leaf.shape)}")
                 if is_updated:
                     trained[name] = arr
                 if data_address(arr) % 64 and arr.nbytes >= 64:
@@ -449,3 +457,22 @@ def _row_bytes(t: Node) -> int:
     for d in t.shape[1:]:
         n *= int(d)
     return n * np.dtype(t.dtype).itemsize
+
+
+def _brief(v) -> str:
+    """A value for an error message: an array by its dtype and shape, anything else by its repr (cut short)."""
+    if isinstance(v, np.ndarray):
+        return f"an array of {v.dtype}, shape {v.shape}"
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _state_fault(arr, dtype, shape) -> str:
+    """What is wrong with a state array, in words."""
+    if not isinstance(arr, np.ndarray):
+        return f"{type(arr).__name__} (not a numpy array)"
+    if arr.dtype != dtype or arr.shape != tuple(shape):
+        return f"an array of {arr.dtype}, shape {arr.shape}"
+    if not arr.flags.writeable:
+        return "a read-only array (copy it: np.array(a))"
+    return "an array that is not C-contiguous (np.ascontiguousarray(a))"

@@ -62,3 +62,32 @@ def test_dense_array_init_shape_is_checked_and_like_weights_needs_a_scheme():
     v = gc.nn.init_params(out, seed=0)
     np.testing.assert_array_equal(v["arr_b.W"], W0)
     np.testing.assert_array_equal(v["arr_b.b"], np.full(3, 0.5, np.float32))
+
+
+@pytest.mark.parametrize("init, words", [
+    (True, r"init=True is not an initializer"),
+    (float("nan"), r"init=nan: a constant initial value must be finite"),
+    (float("inf"), r"init=inf: a constant initial value must be finite"),
+    (np.full((4, 3), np.nan, np.float32), r"the init array holds nan at index \(0, 0\)"),
+])
+def test_an_init_that_is_no_initializer_or_not_finite_is_refused_when_the_layer_is_built(init, words):
+    """NaN initial values were accepted (all-NaN weights) while Normal(nan) was refused; init=True passed the
+    build and failed in init_params with Python's 'bool object is not callable'."""
+    x = gc.input("x", ("N", 4))
+    with pytest.raises(gc.GraphcError, match=words):
+        gc.nn.dense(x, 3, init=init, name="bad")
+
+
+@pytest.mark.parametrize("penalty", [gc.nn.l1, gc.nn.l2])
+def test_a_penalty_strength_is_a_finite_number_at_least_zero_or_a_scalar_tensor(penalty):
+    W = gc.param("pen.W", (2, 2), init=1.0)
+    values = gc.nn.init_params([W])
+    for nu in (-1.0, float("nan"), "abc", True):
+        with pytest.raises(gc.GraphcError, match=rf"{penalty.__name__}: nu must be a finite number >= 0"):
+            penalty([W], nu)
+    with pytest.raises(gc.GraphcError, match="nu must be a number or a float scalar tensor, got f32\\[2\\]"):
+        penalty([W], gc.input("nu", (2,)))
+    want = 0.25 * 4 if penalty is gc.nn.l2 else 0.5 * 4
+    assert gc.evaluate(penalty([W], np.float32(0.5)), values) == pytest.approx(want)
+    nu = gc.input("nu", ())
+    assert gc.evaluate(penalty([W], nu), dict(values, nu=np.float32(0.5))) == pytest.approx(want)

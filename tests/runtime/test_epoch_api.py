@@ -180,6 +180,20 @@ def test_bad_orders_and_arguments_are_graphc_errors():
         ef.run_epoch(X, Y, state, batch=2, scalars={"rl": 0.1})  # a typo is not silently ignored
     with pytest.raises(gc.GraphcError, match="batch dim must be symbolic"):
         gc.EpochFunction(loss, updates, x=gc.input("x", (4, 5)), y=y)
+    # a scalar that is not one number, state arrays that cannot be trained in place: said in words
+    for lr, got in ((np.array([0.1, 0.2]), r"an array of float64, shape \(2,\)"), ("fast", "'fast'"), (None, "None")):
+        with pytest.raises(gc.InputError, match=rf"scalars\['lr'\] must be one number \(f32\[\]\), got {got}"):
+            ef.run_epoch(X, Y, state, batch=2, scalars={"lr": lr})
+    name = params[0].name
+    frozen = np.array(state[name])
+    frozen.flags.writeable = False
+    fortran = np.asfortranarray(state[name])
+    for arr, got in ((frozen, r"a read-only array \(copy it"), (fortran, "an array that is not C-contiguous"),
+                     (state[name].astype(np.float64), "an array of float64"), (list(state[name]), "list")):
+        if arr is fortran and fortran.flags.c_contiguous:
+            continue  # a vector is both
+        with pytest.raises(gc.InputError, match=rf"state '{name}' must be a writable contiguous .* got {got}"):
+            ef.run_epoch(X, Y, dict(state, **{name: arr}), batch=2, scalars={"lr": 0.1})
 
 
 def test_default_threads_follow_the_step_size():
