@@ -743,8 +743,17 @@ class Trainer:
         try:
             with np.errstate(all="ignore"):  # the overflow is what we are looking for: no numpy warnings
                 results = evaluate(nodes, values, training=self.training_mode, allow_unused=True)
+            pos = {id(n): k for k, n in enumerate(nodes)}
+            # infinities on purpose: a max-pool pads with -inf (and views of that padding carry it on) so that
+            # the padding never wins a window; they are not where a divergence starts
+            meant: set[int] = set()
             for n, v in zip(nodes, results, strict=True):
                 if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
+                    if ((n.op.name == "pad" and not np.isfinite(n.attrs["value"]))
+                            or getattr(n.op, "kind", None) == "movement") and all(
+                                id(i) in meant or np.all(np.isfinite(results[pos[id(i)]])) for i in n.inputs):
+                        meant.add(id(n))
+                        continue
                     label = n.name or n.op.name
                     if n.op.name in ("input", "param"):
                         where = f"was already in {n.op.name} {label!r} ({n.type_str})"

@@ -122,6 +122,22 @@ def test_forward_nonfinite_value_is_named_in_the_forward_pass(tmp_path):
     assert "step 1 of the epoch" in msg and "forward pass" in msg and "logm.py:6" in msg, msg
 
 
+def test_a_max_pools_infinite_padding_is_not_named_as_where_a_divergence_started():
+    """A max-pool pads with -inf on purpose; the diagnosis named that pad as the first non-finite value."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((61, 9, 7, 2)).astype(np.float32), rng.standard_normal(61)
+
+    def cnn(images, n_outputs):
+        h = gc.nn.conv2d(images, 4, 3, stride=2, name="c")
+        h = gc.nn.max_pool2d(h, 2, padding="same")
+        return gc.nn.dense(gc.nn.flatten(h), n_outputs, name="out")
+
+    with pytest.raises(gc.NumericalError) as e:
+        fit(cnn, (X, y), task="regression", epochs=5, batch_size=7, lr=0.1, progress=False)
+    msg = str(e.value)
+    assert "produced by pad" not in msg and "first produced by" in msg, msg
+
+
 # 6 -- divergence on the command line: exit 5, no numpy warning, no false checkpoint claim, no empty --out
 def test_divergence_exit_status_message_and_no_empty_out(tmp_path):
     out = tmp_path / "new"
