@@ -113,6 +113,8 @@ def _build(args) -> int:
     options = _aot_options(args)
     if args.optimizer is not None:
         options["optimizer"] = args.optimizer
+    if options["data"] is None:
+        options["data"] = "digits"
     r = build(args.output, log=lambda m: print(f"graphc: note: {m}", file=sys.stderr), mpi=args.mpi, **options)
     size = r.path.stat().st_size
     run = f"mpirun -n P {r.path}" if args.mpi else str(r.path)
@@ -191,8 +193,9 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
 def _aot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="FILE", help="a Python file defining model(x, n_outputs) (see README: the "
                    "model-file contract); default: an MLP")
-    p.add_argument("--dataset", default="digits", metavar="NAME|PATH", help="only to learn the task, the feature "
-                   "count and the classes: digits, breast_cancer, diabetes, or a .npy/.npz/.csv file")
+    p.add_argument("--dataset", metavar="NAME|PATH", help="only to learn the task, the feature count and the "
+                   "classes: digits, breast_cancer, diabetes, or a .npy/.npz/.csv file (default: digits; export "
+                   "from a graphc train --out directory: what the run recorded)")
     _data_and_model_arguments(p)
     p.add_argument("--target", default="native", choices=["native", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
                    help="the CPU the code is for: this machine's, or a portable x86-64 level")

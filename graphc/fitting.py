@@ -272,7 +272,7 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
     file_options: dict = {}
     model_desc = "default MLP"
     if isinstance(model, (str, Path)):
-        model_desc = str(model)
+        model_desc = str(Path(model).absolute())  # recorded so: the run loads from any directory
         model, file_options = load_model_file(str(model))
     elif model is not None:
         if not callable(model):
@@ -568,7 +568,7 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
     if model is None and recorded not in ("default MLP", None) and not str(recorded).startswith("the default MLP"):
         if not Path(recorded).is_file():
             raise GraphcError(f"{where}: the run trained the model {recorded!r}, which is not there now: pass "
-                              "model= (its model file or function)")
+                              "model= (its model file or function; graphc predict --model FILE)")
         model = recorded
     if isinstance(model, (str, Path)):
         desc = str(model)

@@ -876,13 +876,52 @@ def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
     return out
 
 
-def export(output: str | Path, weights: str | Path, model=None, data="digits", *, target: str | Target = "native",
+def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, options: dict) -> tuple:
+    """What a graphc train --out directory recorded, for what the caller left out: the model file and the
+    default MLP's shape (metrics.json), the task, feature and output counts and the grid (data.json), so that
+    `graphc export --weights RUN` rebuilds the model that trained. Returns (model, data, task, n_features,
+    n_outputs, grid, options)."""
+    import json
+
+    grid = None
+    try:
+        d = json.loads((weights / "data.json").read_text())
+        m = json.loads((weights / "metrics.json").read_text()) if (weights / "metrics.json").is_file() else {}
+    except (OSError, ValueError):
+        return model, data, task, n_features, n_outputs, grid, options
+    if not isinstance(d, dict) or d.get("task") not in ("multiclass", "binary", "regression"):
+        return model, data, task, n_features, n_outputs, grid, options
+    recorded = m.get("model")
+    if model is None and isinstance(recorded, str) and recorded.endswith(".py"):
+        if not Path(recorded).is_file():
+            raise AotError(f"{weights}: the run trained the model {recorded!r}, which is not there now: give "
+                           "--model FILE")
+        model = recorded
+    if data is None and task is None and n_features is None and n_outputs is None:
+        task = d["task"]
+        n_features = d.get("n_features") or len(d.get("features") or d.get("x_mean") or []) or None
+        n_outputs = d.get("n_outputs") or (len(d.get("classes") or []) if task == "multiclass" else 1)
+        grid = m.get("grid") or d.get("grid")
+        grid = tuple(grid) if grid else None
+        if n_features is None:
+            task = n_outputs = None
+    if model is None:  # the default MLP: the shape it trained with, unless given
+        config = m.get("config") or {}
+        for k in ("hidden", "activation", "init", "bias_init"):
+            if options.get(k) is None and config.get(k) is not None:
+                options[k] = tuple(config[k]) if k == "hidden" else config[k]
+    return model, data, task, n_features, n_outputs, grid, options
+
+
+def export(output: str | Path, weights: str | Path, model=None, data=None, *, target: str | Target = "native",
            max_batch: int = 4096, max_threads: int = 16, task: str | None = None, n_features: int | None = None,
            n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
            header: str | Path | None = None, keep: bool | str | Path = False, **options) -> ExportResult:
     """Build a shared library at `output` (libNAME.so) with the model's forward function and the trained
-    weights (from `weights`: DIR/<name>.npy) embedded, and a C header NAME.h declaring
-    `int NAME_predict(const float *x, int64_t n, float *out)`."""
+    weights (from `weights`: DIR/<name>.npy, or a graphc train --out directory) embedded, and a C header NAME.h
+    declaring `int NAME_predict(const float *x, int64_t n, float *out)`. From a run's directory, what is not
+    given (the model file, the default MLP's shape, the task and sizes of `data`) is what the run recorded;
+    else `data` defaults to digits."""
     from graphc import ops
     from graphc.nn.train import default_model, model_input
     from graphc.runtime.jit import CompiledFunction
@@ -893,8 +932,14 @@ def export(output: str | Path, weights: str | Path, model=None, data="digits", *
     name = stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise AotError(f"-o {output}: the library's name {name!r} must be a C identifier (libNAME.so)")
-    tgt, spec = _prepare(target, max_batch, max_threads, model, data, task=task, n_features=n_features,
-                         n_outputs=n_outputs, label=label, features=features, **options)
+    grid = None
+    if Path(weights).is_dir() and (Path(weights) / "data.json").is_file():
+        model, data, task, n_features, n_outputs, grid, options = _recorded_run(
+            Path(weights), model, data, task, n_features, n_outputs, dict(options))
+    if grid is not None:
+        options["grid"] = grid
+    tgt, spec = _prepare(target, max_batch, max_threads, model, "digits" if data is None else data, task=task,
+                         n_features=n_features, n_outputs=n_outputs, label=label, features=features, **options)
     model_fn = spec.model_fn or default_model(spec.config, runtime_keeps=True)
     x = ops.input("x", ("N", spec.n_features))
     from graphc.nn.train import _call_model

@@ -19,6 +19,7 @@ from graphc.nn.layers import (
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.recurrent import embedding, gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from graphc.nn.sequence import last_step, sequence_mask
+from graphc.ops import log_softmax, relu, sigmoid, softmax, softplus, tanh  # jax.nn's and torch.nn.functional's
 from graphc.ops.init import Normal, Uniform
 from graphc.ops.random import dropout
 
@@ -28,4 +29,5 @@ __all__ = [
     "init_params", "Uniform", "Normal",
     "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
+    "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus",
 ]

@@ -162,3 +162,43 @@ def test_a_binary_standardizes_and_its_export_takes_raw_features(digits_binary, 
                         paths["y_train"], "--epochs", "1", "--quiet", "--out", tmp_path / "plain")]],
                        capture_output=True, text=True)
     assert p.returncode == 0 and json.loads((tmp_path / "plain" / "data.json").read_text())["x_mean"] is None
+
+
+def test_export_of_a_run_directory_rebuilds_what_the_run_trained(tmp_path):
+    """`graphc export --weights RUN` built for digits and the default --hidden unless they were repeated (a
+    breast_cancer run: 'must be float32 of shape (64, 128), got (30, 64)'); a run trained with a relative
+    --model recorded it relative to where it trained, so gc.load / graphc predict elsewhere could not find it.
+    Now both come from the run's record."""
+    from graphc.fitting import load
+
+    cli = [sys.executable, "-m", "graphc.cli"]
+    p = subprocess.run([*cli, "train", "--dataset", "breast_cancer", "--hidden", "12", "--epochs", "2", "--quiet",
+                        "--out", str(tmp_path / "bc")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([*cli, "export", "--weights", str(tmp_path / "bc"), "-o", str(tmp_path / "libbc.so"),
+                        "--max-batch", "64"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    r = load(tmp_path / "bc")
+    raw = r.dataset.x_mean + np.random.default_rng(0).normal(size=(9, 30)) * r.dataset.x_std
+    np.testing.assert_allclose(_predict(tmp_path / "libbc.so", "bc_predict", raw, 1), r.predict_raw(raw),
+                               rtol=1e-5, atol=1e-5)
+    # a model file given by a relative path, trained in one directory and used from another
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "cnn.py").write_text(
+        "import graphc as gc\n\n\ndef model(images, n_outputs):\n"
+        "    h = gc.nn.relu(gc.nn.conv2d(images, 4, 3, name='c'))\n"
+        "    return gc.nn.dense(gc.nn.flatten(h), n_outputs, name='out')\n")
+    p = subprocess.run([*cli, "train", "--model", "cnn.py", "--epochs", "1", "--quiet", "--out", "run"],
+                       capture_output=True, text=True, cwd=tmp_path / "work")
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "elsewhere").mkdir()
+    X = np.random.default_rng(1).uniform(0, 16, size=(5, 64))
+    np.save(tmp_path / "x.npy", X)
+    p = subprocess.run([*cli, "predict", "--run", "../work/run", "--data", "../x.npy"], capture_output=True,
+                       text=True, cwd=tmp_path / "elsewhere")
+    assert p.returncode == 0, p.stderr
+    from graphc.aot import export
+
+    export(tmp_path / "libcnn.so", tmp_path / "work" / "run", max_batch=16)
+    want = load(tmp_path / "work" / "run").predict_raw(X)
+    np.testing.assert_allclose(_predict(tmp_path / "libcnn.so", "cnn_predict", X, 10), want, rtol=1e-5, atol=1e-5)
