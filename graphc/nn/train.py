@@ -354,6 +354,10 @@ class Trainer:
                               "an integer or bool result has no gradient to train on)")
         self.out = out
         leaves_by_name(topo_order(out))  # parameters are stored, checkpointed and exported by name
+        if out.ndim > 2 or (task == "multiclass" and out.ndim != 2):
+            flat = " (flatten the feature maps before the last dense layer: gc.nn.flatten(h))" if out.ndim > 2 else ""
+            raise GraphcError(f"the model returns {out.type_str} (made at {out.source.where()}): a {task} model "
+                              f"returns (N, {n_outputs}) {'logits' if task == 'multiclass' else 'outputs'}{flat}")
         self.data_loss = self._task_loss(out)
         self.params = parameters(out)
         if not self.params:

@@ -245,6 +245,19 @@ def test_messages_name_the_culprit(tmp_path, monkeypatch):
     assert "label 0.5 in row" in str(e.value) and "np." not in str(e.value)
 
 
+def test_a_model_that_forgets_to_flatten_is_told_so_at_its_line(tmp_path):
+    """The loss's own shape error came first ('labels [N] do not match logits [N,8,8,10]'), naming neither the
+    model nor its line."""
+    (tmp_path / "noflat.py").write_text("import graphc as gc\n\n\ndef model(images, n_outputs):\n"
+                                        "    h = gc.nn.conv2d(images, 4, 3, name='c')\n"
+                                        "    return gc.nn.dense(h, n_outputs, name='out')\n")
+    with pytest.raises(gc.GraphcError, match=r"the model returns f32\[N,8,8,10\] \(made at noflat.py:6\): a "
+                                             r"multiclass model returns \(N, 10\) logits \(flatten .*gc.nn.flatten"):
+        fit(str(tmp_path / "noflat.py"), data="digits", epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"the model returns f32\[N\] .*returns \(N, 10\) logits$"):
+        fit(lambda x, n: gc.nn.dense(x, n, name="d")[:, 0], data="digits", epochs=1, progress=False)
+
+
 def test_one_hot_and_other_2d_class_labels_are_refused_before_training(tmp_path):
     """One-hot labels (a Keras habit) read as a binary task of K outputs, trained, then crashed in the metrics
     with numpy's IndexError (the CLI: a traceback, exit 1)."""
