@@ -310,6 +310,14 @@ def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
         win = _per_axis(window, nsp, "window")
         strides = win if stride is None else _per_axis(stride, nsp, "stride")
         pads, out = _geometry(x, nsp, win, strides, (1,) * nsp, padding, what)
+        if kind == "max":  # a window of padding alone has no max: -inf would flow on (NaN in any loss)
+            for a, ((lo, _), k, st, o) in enumerate(zip(pads, win, strides, out, strict=True)):
+                size = x.shape[1 + a]
+                empty = [i for i in range(o) if i * st + k <= lo or i * st >= lo + size]
+                if empty:
+                    raise ShapeError(f"padding {pads[a]} on spatial axis {a} leaves output position {empty[0]} a "
+                                     f"window of padding only (window {k}, stride {st}, size {size}): its max "
+                                     "would be -inf; pad less than the window")
     except GraphcError as err:
         raise _fail(err, (x,), what) from None
     low, high = [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0]

@@ -166,6 +166,21 @@ def test_pool2d_matches_direct_loops_and_compiles(kind, window, stride, padding)
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+@pytest.mark.parametrize("pool, padding, ok", [(gc.max_pool2d, 1, True), (gc.max_pool2d, 2, False),
+                                               (gc.max_pool2d, ((0, 0), (0, 3)), False), (gc.avg_pool2d, 2, True)])
+def test_a_max_pool_window_of_padding_only_is_refused(pool, padding, ok):
+    """Padding as large as the window is allowed, but a max-pool window that holds padding only came out -inf
+    (NaN in any loss after it); average pooling of such a window is 0, as documented."""
+    x = gc.input("x", ("N", 4, 4, 1))
+    if ok:
+        y = pool(x, 2, padding=padding)
+        assert np.isfinite(gc.evaluate(y, {"x": np.ones((1, 4, 4, 1), np.float32)})).all()
+        return
+    with pytest.raises(gc.ShapeError, match=r"max_pool2d: padding \(\d, \d\) on spatial axis \d leaves output "
+                                            r"position \d a window of padding only.*pad less than the window"):
+        pool(x, 2, padding=padding)
+
+
 def test_pool1d_and_global_average_pooling():
     x = gc.input("x", ("N", 9, 2))
     X = rng.standard_normal((2, 9, 2)).astype(np.float32)
