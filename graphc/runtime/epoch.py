@@ -61,7 +61,9 @@ class EpochFunction(CompiledFunction):
                  training: bool | None = None, threads: int | None = None, target=None, cache: bool = True,
                  params: list[Node] = (), profile: bool = False):
         if not isinstance(loss, Node) or loss.shape != () or loss.dtype != "float32":
-            raise GraphcError(f"EpochFunction: the training loss must be a float32 scalar tensor, got {loss!r}")
+            raise GraphcError(f"EpochFunction: the training loss must be a float32 scalar tensor, got {loss!r} "
+                              "(the native epoch driver trains float32 models; a float64 one trains through "
+                              "gc.compile([loss], updates=...) called once per batch)")
         if not isinstance(x, Node) or x.op.name != "input" or not x.shape:
             raise GraphcError(f"EpochFunction: x must be an input whose first dim is the batch, got {x!r}")
         if isinstance(x.shape[0], int):
