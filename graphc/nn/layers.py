@@ -68,6 +68,9 @@ def layer_name(name: str | None, base: str) -> tuple[str, bool]:
     """A layer's name: the caller's, else `unique_name(base)`; and whether it is the fixed default of a layer
     built outside a model build (see `note_unnamed_use`)."""
     if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise GraphcError(f"{base}: name must be a non-empty string (its parameters are called NAME.W, ...), "
+                              f"got {name!r}")
         return name, False
     return unique_name(base), _build_counts.get() is None
 

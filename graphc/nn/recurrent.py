@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from graphc import ops
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import scope
@@ -138,6 +140,9 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=
 
 
 def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths=None):
+    for flag, v in (("return_sequences", return_sequences), ("bidirectional", bidirectional)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise GraphcError(f"{kind}: {flag} must be True or False, got {v!r}")
     name, unnamed = layer_name(name, kind)
     xs = _check(kind, xs, hidden, name)
     mask = None
@@ -168,7 +173,9 @@ def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool 
 
 def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
         checkpoint: int | None = None, lengths=None):
-    """A GRU (PyTorch's formulation: r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn + bh_n))) over (T, N, F)."""
+    """A GRU over time-major xs (T, N, F), PyTorch's formulation (r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn +
+    bh_n))), fused parameters NAME.Wx (F, 3H), NAME.Wh (H, 3H), NAME.b (3H,) and NAME.bh (3H,) (PyTorch's b_ih and
+    b_hh). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
     return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
 
 

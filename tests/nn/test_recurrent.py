@@ -229,3 +229,16 @@ def test_a_recurrent_model_exports_and_predicts_as_in_process(tmp_path):
     weights = dict(np.load(tmp_path / "run" / "weights.npz"))
     want = gc.compile(y, threads=1)({**weights, "x": X})
     np.testing.assert_array_equal(out, want)
+
+
+def test_layer_flags_and_names_are_checked():
+    """return_sequences="no" and bidirectional="yes" were taken as true; name="" made parameters '.Wx'."""
+    xs = gc.input("xs", (4, "N", 3))
+    for kw, words in ((dict(return_sequences="no"), "return_sequences must be True or False, got 'no'"),
+                      (dict(bidirectional="yes"), "bidirectional must be True or False, got 'yes'"),
+                      (dict(name=""), "name must be a non-empty string"), (dict(name=3), "name must be")):
+        for layer in (gc.nn.rnn, gc.nn.gru, gc.nn.lstm):
+            with pytest.raises(gc.GraphcError, match=words):
+                layer(xs, 2, **kw)
+    with pytest.raises(gc.GraphcError, match="dense: name must be a non-empty string"):
+        gc.nn.dense(gc.input("x", ("N", 3)), 2, name=" ")
