@@ -173,8 +173,8 @@ def sequence_grid(grid: tuple[int, ...] | None, data: str) -> tuple[int, int]:
     digits' 8 rows of 8 pixels)."""
     if grid is None:
         raise GraphcError(f"the model asks for sequences (its first parameter is `sequences`) but {data} has no "
-                          "grid shape: its rows are plain features (give the grid, e.g. grid=(8, 8) for 8 steps of "
-                          "8 features, or load sequences from a .npz whose X is (N, T, F))")
+                          "grid shape: its rows are plain features (give the grid, e.g. grid=(8, 8) or graphc train "
+                          "--grid 8,8 for 8 steps of 8 features, or load sequences from a .npz whose X is (N, T, F))")
     g = tuple(grid)
     if len(g) == 3 and g[2] == 1:
         g = g[:2]
@@ -205,8 +205,8 @@ def model_input(model: Callable | None, x: Node, grid: tuple[int, ...] | None, d
         return ops.transpose(ops.reshape(x, (x.shape[0], T, F)), (1, 0, 2))
     if grid is None:
         raise GraphcError(f"the model asks for images (its first parameter is `images`) but {data} has no grid "
-                          f"shape: its rows are {width} plain features (give the grid, e.g. grid=(8, 8, 1), or "
-                          "load images from a .npz whose X is (N, H, W, C))")
+                          f"shape: its rows are {width} plain features (give the grid, e.g. grid=(8, 8, 1) or graphc "
+                          "train --grid 8,8,1, or load images from a .npz whose X is (N, H, W, C))")
     grid = tuple(grid)
     if not grid or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in grid):
         raise GraphcError(f"grid must be positive ints, e.g. (8, 8, 1), got {grid!r}")
