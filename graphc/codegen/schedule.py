@@ -432,7 +432,8 @@ class Scheduler:
         sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
         site = len(self.checks)
         what = node.attrs.get("what")
-        self.checks.append(f"{what} out of range [0, {bound}) at {node.where()}" if what else
+        low = node.attrs.get("low", 0)
+        self.checks.append(f"{what} out of range [{low}, {bound + low}) at {node.where()}" if what else
                            f"{node.op.name} ({node.type_str}) at {node.where()}: an index is out of range "
                            f"[0, {bound})")
         self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)

@@ -21,7 +21,7 @@ from graphc import ops
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, dims_equal, fmt_shape
-from graphc.nn.sequence import sequence_mask
+from graphc.nn.sequence import _lengths, sequence_mask
 from graphc.ops.core import describe
 from graphc.ops.gather import checked_labels
 
@@ -85,6 +85,7 @@ def _counted(per: ops.Tensor, mask, lengths, time_axis: int, what: str, ignored=
             raise ShapeError(f"{what}: lengths must be (N,) = ({batch},), one count per sequence of targets "
                              f"{fmt_shape(per.shape)} (time on axis {time_axis}), got {describe(lengths)} (made at "
                              f"{lengths.source.where()})")
+        lengths = _lengths(lengths, what, per.shape[time_axis])  # each in [0, T]
         fold(sequence_mask(lengths, per.shape[time_axis], time_axis=time_axis), "lengths")
     if ignored is not None:
         fold(ops.logical_not(ignored), "ignore_index")

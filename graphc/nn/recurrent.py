@@ -148,8 +148,9 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
     mask = None
     if lengths is not None:
         from graphc.ir.shapes import dims_equal
-        from graphc.nn.sequence import sequence_mask
+        from graphc.nn.sequence import _lengths, sequence_mask
 
+        lengths = _lengths(lengths, f"{kind} {name!r}", xs.shape[0])  # each in [0, T]
         mask = sequence_mask(lengths, xs.shape[0])  # (T, N): t < lengths[n]
         if not dims_equal(mask.shape[1], xs.shape[1]):
             raise GraphcError(f"{kind} {name!r}: lengths has {mask.shape[1]} sequences but xs {describe(xs)} has "

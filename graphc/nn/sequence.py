@@ -14,7 +14,9 @@ from graphc.ir.shapes import INT_DTYPES, fmt_shape
 from graphc.ops.core import describe
 
 
-def _lengths(lengths, what: str):
+def _lengths(lengths, what: str, steps=None, low: int = 0):
+    """lengths as a tensor of step counts; with `steps`, each checked to lie in [low, steps] where evaluated or
+    compiled (PyTorch's pack_padded_sequence refuses the same)."""
     lengths = ops.as_tensor(lengths)
     if lengths.dtype not in INT_DTYPES:
         raise DTypeError(f"{what}: lengths must be int32 or int64 step counts, got {describe(lengths)} (made at "
@@ -22,6 +24,10 @@ def _lengths(lengths, what: str):
     if lengths.ndim != 1:
         raise ShapeError(f"{what}: lengths must be one count per sequence, shape (N,), got {describe(lengths)} "
                          f"(made at {lengths.source.where()})")
+    if steps is not None:
+        from graphc.ops.gather import checked_labels
+
+        lengths = checked_labels(lengths, steps + 1 - low, f"{what}: a length", low=low)
     return lengths
 
 
@@ -58,6 +64,7 @@ def last_step(ys, lengths):
     if not dims_equal(N, lengths.shape[0]):
         raise ShapeError(f"last_step: ys {fmt_shape(ys.shape)} has batch {N} but lengths has "
                          f"{fmt_shape(lengths.shape)}; they must agree (ys is time-major: (T, N, ...))")
+    lengths = _lengths(lengths, "last_step", T, low=1)  # each in [1, T]
     flat = ops.reshape(ys, (T * N, *rest))
     seq = ops.cumsum(ops.full_like(lengths, 1), axis=0) - 1  # 0, 1, ..., N-1
     idx = (lengths - 1) * ops.dim_value(N, ys, lengths.dtype) + seq

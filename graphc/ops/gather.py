@@ -34,7 +34,8 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
         v = int(idx[bad].flat[0])
         what = node.attrs.get("what")
         if what:
-            raise GraphcError(f"{what} {v} is out of range [0, {n}) at {node.where()}")
+            low = node.attrs.get("low", 0)  # the checked values are idx + low (see checked_labels)
+            raise GraphcError(f"{what} {v + low} is out of range [{low}, {n + low}) at {node.where()}")
         raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
                           f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
                           f"{node.where()}")
@@ -133,14 +134,25 @@ def take(x, indices, axis: int = 0) -> Tensor:
     return apply(TAKE, (x, indices), axis=axis)
 
 
-def checked_labels(labels, n: int, what: str) -> Tensor:
-    """`labels` themselves, each checked to lie in [0, n) where evaluated or compiled (an error naming `what`,
-    e.g. "softmax_cross_entropy: label", and the user's line): a take of an iota."""
+def checked_labels(labels, n, what: str, low: int = 0) -> Tensor:
+    """`labels` themselves, each checked to lie in [low, low + n) where evaluated or compiled (an error naming
+    `what`, e.g. "softmax_cross_entropy: label", and the user's line): a take of [low, low + n) at labels - low.
+    `n` may be a symbolic dim (the steps of a sequence)."""
+    from graphc.ops.core import constant
+    from graphc.ops.movement import broadcast_to
+    from graphc.ops.reduce import cumsum
     from graphc.ops.sources import iota
 
     labels = as_tensor(labels)
     _check_indices(labels)
-    return apply(TAKE, (iota(n, labels.dtype), labels), axis=0, what=what)
+    if isinstance(n, int):
+        table = iota(n, labels.dtype)
+    else:  # 0, 1, ..., n-1 for a dim known at run time
+        table = cumsum(broadcast_to(constant(1, labels.dtype), (n,)), axis=0) - constant(1, labels.dtype)
+    if not low:
+        return apply(TAKE, (table, labels), axis=0, what=what)
+    shift = constant(low, labels.dtype)
+    return apply(TAKE, (table + shift, labels - shift), axis=0, what=what, low=low)
 
 
 def scatter_add(x, indices, updates, axis: int = 0) -> Tensor:

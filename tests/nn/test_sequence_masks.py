@@ -191,3 +191,35 @@ def test_a_label_outside_the_classes_is_an_error_evaluated_and_compiled(bad):
     ref = gc.evaluate([masked, *gc.grad(masked, [w])], vals)
     for a, b in zip(out, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [[9, 2, 3, 1], [5, -5, 3, 1]])
+def test_lengths_outside_the_steps_are_errors_in_layers_losses_and_last_step(bad):
+    """Lengths past T or below 0 passed silently (9 acted as T, -5 as 0), as pack_padded_sequence refuses them;
+    last_step named an internal flattened index. Evaluated and compiled, with a symbolic T."""
+    xs = gc.input("xs", ("T", "N", 3))
+    ln = gc.input("ln", ("N",), "int32")
+    z = gc.input("z", ("T", "N", C))
+    y = gc.input("y", ("T", "N"), "int32")
+    with gc.nn.model_build():
+        h = gc.nn.lstm(xs, 2, lengths=ln, name="seq")
+    loss = gc.nn.softmax_cross_entropy(z, y, lengths=ln)
+    ys = gc.input("ys", ("T", "N", 2))
+    last = gc.nn.last_step(ys, ln)
+    v = dict(gc.nn.init_params(gc.nn.parameters(h), seed=0), xs=np.ones((T, N, 3), np.float32),
+             z=np.zeros((T, N, C), np.float32), y=np.zeros((T, N), np.int32), ys=np.zeros((T, N, 2), np.float32),
+             ln=np.array(bad, np.int32))
+    shown = bad[0] if bad[0] > T else bad[1]
+    for out, words in ((h, rf"lstm 'seq': a length {shown} is out of range \[0, 6\)"),
+                       (loss, rf"softmax_cross_entropy: a length {shown} is out of range \[0, 6\)"),
+                       (last, rf"last_step: a length {shown} is out of range \[1, 6\)")):
+        with pytest.raises(gc.GraphcError, match=words):
+            gc.evaluate(out, v)
+        with pytest.raises(gc.GraphcError, match=words.split(":")[0] + r": a length out of range \[\d, T \+ 1\)"):
+            gc.compile(out)(v)
+    ok = dict(v, ln=LENGTHS)
+    np.testing.assert_allclose(gc.compile(last)(ok), gc.evaluate(last, ok))
+    zero = dict(v, ln=np.array([0, 2, 3, 1], np.int32))  # an empty sequence: allowed in a layer and a loss
+    np.testing.assert_array_equal(gc.evaluate(h, zero)[0], 0)
+    with pytest.raises(gc.GraphcError, match=r"last_step: a length 0 is out of range \[1, 6\)"):
+        gc.evaluate(last, zero)
