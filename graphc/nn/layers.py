@@ -12,7 +12,7 @@ import numpy as np
 
 from graphc import ops
 from graphc.errors import GraphcError
-from graphc.ir.node import Node, as_nodes, scope, topo_order
+from graphc.ir.node import Node, as_nodes, capture_source, scope, topo_order
 from graphc.ops.init import SCHEMES, draw, like, param_rng
 from graphc.ops.random import dropout
 from graphc.runtime.buffers import aligned_empty
@@ -27,11 +27,16 @@ ACTIVATIONS: dict[str, Callable | None] = {
 }
 
 
+def _located(msg: str) -> GraphcError:
+    """A layer's error, at the user's line (the layer call in their code)."""
+    return GraphcError(f"{msg} (at {capture_source().where()})")
+
+
 def _activation(act) -> Callable | None:
     if callable(act):
         return act
     if act not in ACTIVATIONS:
-        raise GraphcError(f"unknown activation {act!r}; use one of {[k for k in ACTIVATIONS if k]} or a function")
+        raise _located(f"unknown activation {act!r}; use one of {[k for k in ACTIVATIONS if k]} or a function")
     return ACTIVATIONS[act]
 
 
@@ -69,7 +74,7 @@ def layer_name(name: str | None, base: str) -> tuple[str, bool]:
     built outside a model build (see `note_unnamed_use`)."""
     if name is not None:
         if not isinstance(name, str) or not name.strip():
-            raise GraphcError(f"{base}: name must be a non-empty string (its parameters are called NAME.W, ...), "
+            raise _located(f"{base}: name must be a non-empty string (its parameters are called NAME.W, ...), "
                               f"got {name!r}")
         return name, False
     return unique_name(base), _build_counts.get() is None
@@ -84,7 +89,9 @@ def note_unnamed_use(param, *built) -> None:
     # weak references: a graph the user dropped is not kept alive by its parameters
     refs = tuple(weakref.ref(n) for n in built if n is not None)
     uses = param.meta.setdefault("unnamed_layer_uses", [])
-    uses[:] = [u for u in uses if all(r() is not None for r in u)]
+    # a use is gone when nothing it built is alive: a recurrent layer's unused final carry (return_sequences)
+    # dies at once while its outputs live on; pruning on it dropped the layer (when the collector had run)
+    uses[:] = [u for u in uses if any(r() is not None for r in u)]
     if not any(len(u) == len(refs) and all(a() is b() for a, b in zip(u, refs, strict=True)) for u in uses):
         uses.append(refs)
 
@@ -106,7 +113,7 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
     x = ops.as_tensor(x)
     name, unnamed = layer_name(name, "dense")
     if x.ndim < 2:
-        raise GraphcError(f"dense {name!r}: input must be (batch, features) or (..., features), got {x.type_str}")
+        raise _located(f"dense {name!r}: input must be (batch, features) or (..., features), got {x.type_str}")
     lead = None
     if x.ndim > 2:  # on the last axis, as Keras' Dense and PyTorch's Linear: one product over all leading rows
         lead = x.shape[:-1]
@@ -116,9 +123,9 @@ def dense(x, units: int, activation=None, *, name: str | None = None, init=None,
         x = ops.reshape(x, (rows, x.shape[-1]))
     fan_in = x.shape[1]
     if not isinstance(fan_in, int):
-        raise GraphcError(f"dense {name!r}: the feature dim of the input must be known, got {x.type_str}")
+        raise _located(f"dense {name!r}: the feature dim of the input must be known, got {x.type_str}")
     if not isinstance(units, int) or units < 1:
-        raise GraphcError(f"dense {name!r}: units must be a positive int, got {units!r}")
+        raise _located(f"dense {name!r}: units must be a positive int, got {units!r}")
     fn = _activation(activation)
     dtype = dtype or x.dtype
     with scope(name):
@@ -147,7 +154,7 @@ def mlp(x, sizes: Sequence[int], activation="relu", *, out_activation=None, name
         name = unique_name("mlp")
     sizes = list(sizes)
     if not sizes:
-        raise GraphcError("mlp: sizes must list at least the output size")
+        raise _located("mlp: sizes must list at least the output size")
     keeps: list[float | None]
     if dropout_keep is None:
         keeps = [None] * len(sizes)
@@ -221,17 +228,17 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
         grid = "(N, H, W, C) images" if nsp == 2 else "(N, T, C) sequences"
         hint = {(2, 3): " (gc.nn.conv2d on (N, H, W): add a channel axis with gc.expand_dims(x, -1))",
                 (1, 2): " (gc.nn.conv1d on (N, T): add a channel axis with gc.expand_dims(x, -1))"}
-        raise GraphcError(f"{what} {name!r}: input must be {nsp + 2}-D {grid}, channels last, got {x.type_str}"
+        raise _located(f"{what} {name!r}: input must be {nsp + 2}-D {grid}, channels last, got {x.type_str}"
                           + hint.get((nsp, x.ndim), ""))
     c = x.shape[-1]
     if not isinstance(c, int):
-        raise GraphcError(f"{what} {name!r}: the channel dim of the input must be known, got {x.type_str}")
+        raise _located(f"{what} {name!r}: the channel dim of the input must be known, got {x.type_str}")
     if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-        raise GraphcError(f"{what} {name!r}: filters must be a positive int, got {filters!r}")
+        raise _located(f"{what} {name!r}: filters must be a positive int, got {filters!r}")
     try:
         ks = _per_axis(kernel, nsp, "kernel")
     except GraphcError as err:
-        raise GraphcError(f"{what} {name!r}: {err}") from None
+        raise _located(f"{what} {name!r}: {err}") from None
     fn = _activation(activation)
     dtype = dtype or x.dtype
     area = math.prod(ks)
@@ -278,17 +285,17 @@ def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: boo
     x = ops.as_tensor(x)
     name, unnamed = layer_name(name, "layer_norm")
     if x.dtype not in ("float32", "float64"):
-        raise GraphcError(f"layer_norm {name!r}: needs a float tensor, got {x.type_str}")
+        raise _located(f"layer_norm {name!r}: needs a float tensor, got {x.type_str}")
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
     if not axes or any(isinstance(a, bool) or not isinstance(a, int) or not -x.ndim <= a < x.ndim for a in axes):
-        raise GraphcError(f"layer_norm {name!r}: axis must be an axis of {x.type_str} or a tuple of them, got "
+        raise _located(f"layer_norm {name!r}: axis must be an axis of {x.type_str} or a tuple of them, got "
                           f"{axis!r}")
     axes = tuple(sorted({a % x.ndim for a in axes}))
     if axes != tuple(range(x.ndim - len(axes), x.ndim)) or any(not isinstance(x.shape[a], int) for a in axes):
-        raise GraphcError(f"layer_norm {name!r}: normalizes trailing axes of known size (the features), got axis "
+        raise _located(f"layer_norm {name!r}: normalizes trailing axes of known size (the features), got axis "
                           f"{axis!r} of {x.type_str}")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise GraphcError(f"layer_norm {name!r}: eps must be a positive number, got {eps!r}")
+        raise _located(f"layer_norm {name!r}: eps must be a positive number, got {eps!r}")
     feat = tuple(x.shape[a] for a in axes)
     with scope(name):
         mu = ops.mean(x, axes, keepdims=True)
@@ -307,10 +314,10 @@ def flatten(x) -> ops.Tensor:
     """(N, d1, d2, ...) -> (N, d1*d2*...): feature maps into a dense layer's rows."""
     x = ops.as_tensor(x)
     if x.ndim < 2:
-        raise GraphcError(f"flatten: needs a batch axis and at least one more, got {x.type_str}")
+        raise _located(f"flatten: needs a batch axis and at least one more, got {x.type_str}")
     rest = 1
     for d in x.shape[1:]:
         if not isinstance(d, int):
-            raise GraphcError(f"flatten: only the batch dim may be symbolic, got {x.type_str}")
+            raise _located(f"flatten: only the batch dim may be symbolic, got {x.type_str}")
         rest *= d
     return ops.reshape(x, (x.shape[0], rest))
