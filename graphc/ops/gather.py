@@ -52,6 +52,15 @@ class Take(Op):
         axis = attrs["axis"]
         _check_axis(x, axis)
         _check_indices(idx)
+        n = x.shape[axis]
+        if idx.op.name == "constant" and isinstance(n, int):  # indices known now: an error now, not when run
+            arr = np.asarray(idx.attrs["value"].array)
+            bad = (arr < 0) | (arr >= n)
+            if bad.any():
+                v, what, low = int(arr[bad].flat[0]), attrs.get("what"), attrs.get("low", 0)
+                raise ShapeError(f"{what} {v + low} is out of range [{low}, {n + low})" if what else
+                                 f"index {v} is out of range for axis {axis} with size {n} (indices must be in "
+                                 f"[0, {n}); negative indices are not counted from the end)")
         return _gathered_shape(x, idx, axis), x.dtype
 
     def reference(self, node, args, ctx):

@@ -332,6 +332,20 @@ def test_an_index_out_of_range_is_an_error_naming_the_value_and_the_axis(bad):
            u=np.ones((3, 2), np.float32))
 
 
+@pytest.mark.parametrize("bad", [5, -1])
+def test_constant_indices_out_of_range_are_an_error_when_the_graph_is_built(bad):
+    """Indices known when the graph is built (a numpy array) are checked then, at the user's line, as an
+    embedding's ids are; before, only evaluating or running the graph found them."""
+    x = gc.input("x", (3, 5))
+    with pytest.raises(gc.ShapeError, match=rf"take: index {bad} is out of range for axis 1 with size 5 .* at {HERE}"):
+        gc.take(x, np.array([0, bad]), axis=1)
+    with pytest.raises(gc.ShapeError, match=rf"embedding 'emb': id {bad} is out of range \[0, 5\)"):
+        gc.nn.embedding(np.array([[1, bad]]), 5, 2, name="emb")
+    with pytest.raises(gc.ShapeError, match=rf"softmax_cross_entropy: label {bad} is out of range \[0, 5\)"):
+        gc.nn.softmax_cross_entropy(gc.input("z", (2, 5)), np.array([0, bad], np.int32))
+    assert gc.take(x, np.array([0, 4]), axis=1).shape == (3, 2)
+
+
 @pytest.mark.parametrize("bad", [3, -1])
 def test_take_of_an_iota_compiles_and_checks_its_indices(bad):
     """An iota (compiled as an index expression, not a buffer) read through a take: the index expression uses the
