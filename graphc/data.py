@@ -157,7 +157,7 @@ def _features_and_labels(X: np.ndarray, y: np.ndarray, where: str, xkey: str = "
         grid = tuple(int(d) for d in X.shape[1:]) + ((1,) if X.ndim == 3 else ())
         if 0 in grid:
             raise DataError(f"{where}: {xkey} has an empty image shape {X.shape}")
-        return _Grid(X.reshape(len(X), -1), grid), y, [f"x{i}" for i in range(int(np.prod(grid)))]
+        return _Grid(X.reshape(len(X), int(np.prod(grid))), grid), y, [f"x{i}" for i in range(int(np.prod(grid)))]
     return X, y, [f"x{i}" for i in range(X.shape[1])]
 
 
@@ -405,6 +405,8 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int) ->
             if X.ndim < 2 or X.dtype.kind not in "biuf":
                 raise DataError(f"{path}: expected rows of numbers (2-D, or images N x H x W x C), got {X.dtype} "
                                 f"{X.shape}")
+            if len(X) == 0:
+                raise DataError(f"{path}: no rows to predict (X has shape {X.shape})")
             X = X.reshape(len(X), -1).astype(np.float64)
         else:
             raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")

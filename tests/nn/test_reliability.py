@@ -541,3 +541,15 @@ def test_loading_a_damaged_run_or_a_file_is_an_error_naming_what(tmp_path):
 
     with pytest.raises(AotError, match="a file, not a directory"):
         _load_weights(tmp_path / "run" / "weights.npz", [])
+
+
+def test_empty_image_data_and_empty_rows_to_predict_are_said_in_words(tmp_path):
+    """An .npz of zero images, or a file of zero rows to predict, was numpy's 'cannot reshape array of size 0'."""
+    from graphc import data
+
+    np.savez(tmp_path / "none.npz", X=np.zeros((0, 8, 8, 1), np.float32), y=np.zeros(0, int))
+    with pytest.raises(gc.GraphcError, match=r"none.npz: features must be a non-empty 2-D array, got shape \(0, 64\)"):
+        fit(data=str(tmp_path / "none.npz"), epochs=1, progress=False)
+    np.save(tmp_path / "rows.npy", np.zeros((0, 64)))
+    with pytest.raises(gc.GraphcError, match=r"rows.npy: no rows to predict \(X has shape \(0, 64\)\)"):
+        data.read_features(tmp_path / "rows.npy", [], 64)
