@@ -574,12 +574,11 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
         desc = str(model)
         model, _ = load_model_file(str(model))
     task, classes = d["task"], d.get("classes") or []
-    n_features = d.get("n_features") or len(d.get("features") or d.get("x_mean") or [])
+    n_features, n_outputs, grid = recorded_sizes(d, m)
     if not n_features:
         raise GraphcError(f"{where}: data.json does not say how many features the model takes (a run written by an "
                           "older graphc): rebuild it with graphc export --weights instead")
-    n_outputs = d.get("n_outputs") or (len(classes) if task == "multiclass" else 1)
-    grid = m.get("grid") or d.get("grid") or datasets.GRIDS.get(d.get("dataset"))
+    grid = grid or datasets.GRIDS.get(d.get("dataset"))
     y_shape = (n_outputs,) if task != "multiclass" and n_outputs > 1 else ()
     empty = np.zeros((0, n_features), np.float32)
     ds = datasets.Dataset(d.get("dataset", str(run)), task, empty, np.zeros((0, *y_shape)), empty,
@@ -602,6 +601,15 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
         with open(run / "history.csv", newline="") as f:
             history = [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return FitResult(params, history, m, config, _predictor(trainer, params, ds.grid), ds)
+
+
+def recorded_sizes(d: dict, m: dict) -> tuple[int | None, int, tuple | None]:
+    """(features, outputs, grid) a run recorded in its data.json `d` and metrics.json `m` (features None when an
+    older run did not say)."""
+    n_features = d.get("n_features") or len(d.get("features") or d.get("x_mean") or []) or None
+    n_outputs = d.get("n_outputs") or (len(d.get("classes") or []) if d.get("task") == "multiclass" else 1)
+    grid = m.get("grid") or d.get("grid")
+    return n_features, n_outputs, tuple(grid) if grid else None
 
 
 def _number_or_text(v: str):

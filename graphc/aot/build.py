@@ -898,13 +898,11 @@ def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, optio
                            "--model FILE")
         model = recorded
     if data is None and task is None and n_features is None and n_outputs is None:
-        task = d["task"]
-        n_features = d.get("n_features") or len(d.get("features") or d.get("x_mean") or []) or None
-        n_outputs = d.get("n_outputs") or (len(d.get("classes") or []) if task == "multiclass" else 1)
-        grid = m.get("grid") or d.get("grid")
-        grid = tuple(grid) if grid else None
-        if n_features is None:
-            task = n_outputs = None
+        from graphc.fitting import recorded_sizes
+
+        n_features, n_outputs, grid = recorded_sizes(d, m)
+        task = d["task"] if n_features is not None else None
+        n_outputs = n_outputs if n_features is not None else None
     if model is None:  # the default MLP: the shape it trained with, unless given
         config = m.get("config") or {}
         for k in ("hidden", "activation", "init", "bias_init"):

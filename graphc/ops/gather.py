@@ -31,14 +31,20 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
     """The reference's bounds check: the first bad index, the axis and its size, and the op's line."""
     bad = (idx < 0) | (idx >= n)
     if bad.any():
-        v = int(idx[bad].flat[0])
-        what = node.attrs.get("what")
-        if what:
-            low = node.attrs.get("low", 0)  # the checked values are idx + low (see checked_labels)
-            raise GraphcError(f"{what} {v + low} is out of range [{low}, {n + low}) at {node.where()}")
-        raise GraphcError(f"{node.op.name}: index {v} is out of range for axis {node.attrs['axis']} with size {n} "
-                          f"(indices must be in [0, {n}); negative indices are not counted from the end) at "
-                          f"{node.where()}")
+        msg = _out_of_range(node.attrs, int(idx[bad].flat[0]), n)
+        raise GraphcError(f"{msg} at {node.where()}" if node.attrs.get("what") else
+                          f"{node.op.name}: {msg} at {node.where()}")
+
+
+def _out_of_range(attrs, v: int, n: int) -> str:
+    """The words for index v outside [0, n): a checked value's (`what`, shifted by `low`: see checked_labels) or
+    a plain index's."""
+    what = attrs.get("what")
+    if what:
+        low = attrs.get("low", 0)
+        return f"{what} {v + low} is out of range [{low}, {n + low})"
+    return (f"index {v} is out of range for axis {attrs['axis']} with size {n} (indices must be in [0, {n}); "
+            "negative indices are not counted from the end)")
 
 
 class Take(Op):
@@ -57,10 +63,7 @@ class Take(Op):
             arr = np.asarray(idx.attrs["value"].array)
             bad = (arr < 0) | (arr >= n)
             if bad.any():
-                v, what, low = int(arr[bad].flat[0]), attrs.get("what"), attrs.get("low", 0)
-                raise ShapeError(f"{what} {v + low} is out of range [{low}, {n + low})" if what else
-                                 f"index {v} is out of range for axis {axis} with size {n} (indices must be in "
-                                 f"[0, {n}); negative indices are not counted from the end)")
+                raise ShapeError(_out_of_range(attrs, int(arr[bad].flat[0]), n))
         return _gathered_shape(x, idx, axis), x.dtype
 
     def reference(self, node, args, ctx):
