@@ -383,6 +383,7 @@ def make_cases(dtype: str = "float64") -> dict:
         "sum": reduction(gc.sum),
         "max": reduction(gc.max),
         "min": reduction(gc.min),
+        "prod": reduction(gc.prod),
         "cumsum": cumsum_case(),
         "slice": slice_case(),
         "pad": pad_case(),

@@ -94,7 +94,7 @@ from graphc.ops.pointwise import round_ as round  # noqa: A004
 from graphc.ops.pointwise import sigmoid_ as sigmoid
 from graphc.ops.pointwise import softplus_ as softplus
 from graphc.ops.random import dropout, rng_key
-from graphc.ops.reduce import cumsum, max, min, sum  # noqa: A004
+from graphc.ops.reduce import cumsum, max, min, prod, sum  # noqa: A004
 from graphc.ops.scan import fori_loop, full, ones, ones_like, scan, zeros, zeros_like
 from graphc.ops.sources import dim_value, input, iota, param  # noqa: A004
 
@@ -105,8 +105,8 @@ __all__ = [
     "less_equal", "log", "log1p", "log_softmax", "logical_and", "logical_not", "logical_or", "logsumexp", "matmul",
     "max", "maximum", "mean", "minimum", "multiply", "negative", "not_equal", "one_hot", "param", "power", "relu",
     "reshape", "rng_key", "sigmoid", "sign", "softmax", "softplus", "sqrt", "stop_gradient", "subtract", "sum",
-    "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "pad", "scatter_add",
-    "split", "stack", "take", "windows", "scan", "zeros", "conv1d", "conv2d", "max_pool1d", "max_pool2d",
+    "tanh", "transpose", "var", "where", "argmax", "argmin", "concatenate", "cumsum", "min", "prod", "pad",
+    "scatter_add", "split", "stack", "take", "windows", "scan", "zeros", "conv1d", "conv2d", "max_pool1d", "max_pool2d",
     "avg_pool1d", "avg_pool2d", "floor", "ceil", "floor_divide", "remainder",
     # numpy's names for more of the same (compositions, or elementwise ops of the C library's functions)
     "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",

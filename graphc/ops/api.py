@@ -48,8 +48,9 @@ Tensor.reshape = lambda self, *shape: movement.reshape(
     self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 Tensor.astype = ew.cast
 # numpy's ndarray methods (each the gc function of the same name)
-Tensor.std = lambda self, axis=None, keepdims=False: compose.std(self, axis, keepdims)
-Tensor.var = lambda self, axis=None, keepdims=False: compose.var(self, axis, keepdims)
+Tensor.std = lambda self, axis=None, keepdims=False, ddof=0: compose.std(self, axis, keepdims, ddof)
+Tensor.var = lambda self, axis=None, keepdims=False, ddof=0: compose.var(self, axis, keepdims, ddof)
+Tensor.prod = lambda self, axis=None, keepdims=False: reduce.prod(self, axis, keepdims)
 Tensor.any = lambda self, axis=None, keepdims=False: compose.any(self, axis, keepdims)
 Tensor.all = lambda self, axis=None, keepdims=False: compose.all(self, axis, keepdims)
 Tensor.argmax = lambda self, axis=None, keepdims=False: compose.argmax(self, axis, keepdims)

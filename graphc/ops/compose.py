@@ -38,10 +38,14 @@ def mean(x, axis=None, keepdims: bool = False) -> Tensor:
 
 
 def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
-    """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x."""
+    """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x; inf for a
+    row holding +inf, -inf for a row of -inf (as scipy and jax): m is clamped to the finite floats, so x - m is
+    inf or -inf there, not inf - inf."""
+    from graphc.ops.pointwise import clip_finite
+
     x = _float(x, "logsumexp")
     axes = reduce.normalize_axes(x, axis, "logsumexp")
-    m = stop_gradient(reduce.max(x, axis, keepdims=True))
+    m = stop_gradient(clip_finite(reduce.max(x, axis, keepdims=True)))
     s = reduce.sum(exp(x - broadcast_to(m, x.shape)), axis, keepdims=True)
     out = m + log(s)
     if not keepdims:
@@ -78,11 +82,21 @@ def one_hot(labels, depth: int, dtype: str = "float32") -> Tensor:
     return cast(equal(expand_dims(labels, -1), iota(depth, labels.dtype)), dtype)
 
 
-def var(x, axis=None, keepdims: bool = False) -> Tensor:
+def var(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """The variance over axes, numpy's: the mean square deviation, its sum divided by n - ddof (ddof=1: the
+    unbiased estimate); n - ddof <= 0 gives inf or nan, as numpy (with no warning)."""
     x = _float(x, "var")
-    reduce.normalize_axes(x, axis, "var")
+    axes = reduce.normalize_axes(x, axis, "var")
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise located(GraphcError(f"ddof must be a non-negative int, got {ddof!r}"), (x,), "var")
     mu = mean(x, axis, keepdims=True)
-    return mean((x - broadcast_to(mu, x.shape)) ** 2, axis, keepdims)
+    sq = (x - broadcast_to(mu, x.shape)) ** 2
+    if not ddof:
+        return mean(sq, axis, keepdims)
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    return reduce.sum(sq, axes, keepdims) / dim_value(count - int(ddof), x, x.dtype)
 
 
 def clip(x, lo, hi) -> Tensor:
@@ -143,12 +157,12 @@ def square(x) -> Tensor:
     return x * x
 
 
-def std(x, axis=None, keepdims: bool = False) -> Tensor:
-    """The standard deviation over axes, sqrt(var) (numpy's default ddof=0); its gradient is infinite where the
-    variance is 0, as in numpy and JAX."""
+def std(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """The standard deviation over axes, sqrt(var(x, axis, keepdims, ddof)) (numpy's default ddof=0); its
+    gradient is infinite where the variance is 0, as in numpy and JAX."""
     from graphc.ops.pointwise import sqrt
 
-    return sqrt(var(x, axis, keepdims))
+    return sqrt(var(x, axis, keepdims, ddof))
 
 
 def logaddexp(a, b) -> Tensor:
@@ -186,20 +200,26 @@ def isfinite(x) -> Tensor:
     return less(abs_(x), np.inf) if x.dtype in FLOAT_DTYPES else equal(x, x)
 
 
-def _truth(x, axis, keepdims: bool, extremum) -> Tensor:
-    from graphc.ops.pointwise import greater, not_equal
+def _count(x, axis, keepdims: bool, truth: bool) -> Tensor:
+    """How many elements over the axes are true (nonzero) when `truth`, else false (zero): a count, so that an
+    empty axis (a batch of 0 rows) gives 0 where a max or min has no value."""
+    from graphc.ops.pointwise import not_equal
 
     x = as_tensor(x)
     if x.dtype != "bool":
         x = not_equal(x, 0 if x.dtype in INT_DTYPES else 0.0)
-    return greater(extremum(cast(x, "int32"), axis, keepdims), 0)
+    if not truth:
+        x = equal(x, False)
+    return reduce.sum(cast(x, "int64"), reduce.normalize_axes(x, axis, "any" if truth else "all"), keepdims)
 
 
 def any(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name
-    """Whether any element over the axes is true (nonzero), as numpy.any."""
-    return _truth(x, axis, keepdims, reduce.max)
+    """Whether any element over the axes is true (nonzero), as numpy.any (False over an empty axis)."""
+    from graphc.ops.pointwise import greater
+
+    return greater(_count(x, axis, keepdims, True), 0)
 
 
 def all(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name
-    """Whether every element over the axes is true (nonzero), as numpy.all."""
-    return _truth(x, axis, keepdims, reduce.min)
+    """Whether every element over the axes is true (nonzero), as numpy.all (True over an empty axis)."""
+    return equal(_count(x, axis, keepdims, False), 0)

@@ -141,7 +141,12 @@ def _args(name, x, indices, axis, extra=()):
 def take(x, indices, axis: int = 0) -> Tensor:
     """numpy.take with an axis: the entries of x at `indices` (an int32/int64 tensor, or array, of any rank)
     along `axis`; the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices must lie in
-    [0, x.shape[axis]): an index out of range (negative ones included) is an error when evaluated."""
+    [0, x.shape[axis]): an index out of range (negative ones included) is an error when evaluated. `axis=None`
+    takes from the flattened x, as numpy."""
+    if axis is None:
+        from graphc.ops.movement import reshape
+
+        x, axis = reshape(as_tensor(x), (-1,)), 0
     x, indices, axis = _args("take", x, indices, axis)
     return apply(TAKE, (x, indices), axis=axis)
 

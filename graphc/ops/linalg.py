@@ -62,6 +62,18 @@ class MatMul(Op):
 MATMUL = register(MatMul())
 
 
+def _empty_product(a: Tensor, b: Tensor, ta: bool, tb: bool) -> Tensor:
+    from graphc.ops.movement import transpose
+    from graphc.ops.reduce import sum as reduce_sum
+
+    def swap(x: Tensor) -> Tensor:
+        return transpose(x, tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2))
+
+    rows = reduce_sum(a, -2 if ta else -1, keepdims=True)  # (..., M, 1) of zeros
+    cols = reduce_sum(b, -1 if tb else -2, keepdims=True)  # (..., 1, N)
+    return (swap(rows) if ta else rows) + (swap(cols) if tb else cols)
+
+
 def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
     """numpy's matmul (`@`): leading dims are batch dims and broadcast; a 1-D operand is treated as a row
     (left) or a column (right) and squeezed back. `ta` / `tb` transpose the last two axes of an operand."""
@@ -78,6 +90,9 @@ def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
         b = reshape(b, (b.shape[0], 1))
         squeeze.append(-1)
     out = apply(MATMUL, (a, b), ta=bool(ta), tb=bool(tb))
+    k = a.shape[-2 if ta else -1]
+    if isinstance(k, int) and k == 0:  # an empty contraction: zeros of the product's shape (numpy's), built
+        out = _empty_product(a, b, ta, tb)  # from the operands so that a symbolic M or N is read from them
     if squeeze:
         drop = {out.ndim + i for i in squeeze}
         out = reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))

@@ -18,7 +18,7 @@ import sympy
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
-from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, register
+from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, located, register
 from graphc.ops.reduce import sum_to_shape
 from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, rint, sigmoid, softplus
 
@@ -463,12 +463,39 @@ def _promote(args: Sequence, bool_ok: bool = False) -> list[Tensor]:
 
 
 def _binary(op: ElementwiseOp):
+    compares = op in (LT, LE, GT, GE, EQ, NE)
+
     def fn(a, b) -> Tensor:
-        return apply(op, _promote([a, b]))
+        if compares:  # an int32 tensor against a Python int beyond int32 compares as int64 (as numpy 2)
+            a, b = (cast(x, "int64") if isinstance(x, Node) and x.dtype == "int32" and _wide_int(y) else x
+                    for x, y in ((a, b), (b, a)))
+        try:
+            ts = _promote([a, b])
+        except DTypeError as err:
+            raise located(err, [x for x in (a, b) if isinstance(x, Node)], op.name) from None
+        return apply(op, ts)
 
     fn.__name__ = op.name
     fn.__doc__ = f"Elementwise {op.name} with numpy broadcasting."
     return fn
+
+
+def clip_finite(x: Tensor) -> Tensor:
+    """x with +-inf clamped to the largest finite float of its dtype (NaN kept)."""
+    top = float(np.finfo(x.dtype).max)
+    return minimum(maximum(x, -top), top)
+
+
+def _wide_int(x) -> bool:
+    """A Python int (or list of them) beyond int32."""
+    if isinstance(x, Node) or isinstance(x, (np.ndarray, np.generic, bool, float)):
+        return False
+    try:
+        arr = np.asarray(x)
+    except Exception:
+        return False
+    return arr.dtype.kind in "iu" and arr.size > 0 and bool(
+        arr.min() < np.iinfo("int32").min or arr.max() > np.iinfo("int32").max)
 
 
 def _unary(op: ElementwiseOp, promote_ints: bool = True):
@@ -529,13 +556,34 @@ def negative(x) -> Tensor:
     return apply(NEG, (as_tensor(x),))
 
 
+def _int_power(a: Tensor, p: int) -> Tensor:
+    """a ** p for an int tensor by repeated squaring (wrapping on overflow, as numpy's)."""
+    out, base = None, a
+    while True:
+        if p & 1:
+            out = base if out is None else out * base
+        p >>= 1
+        if not p:
+            break
+        base = base * base
+    return out if out is not None else a * 0 + 1  # a ** 0 (reading a: its shape may be symbolic)
+
+
 def power(a, b) -> Tensor:
-    """a ** b. A Python number exponent gives `powc` (x**2 is differentiated as 2x, with no log)."""
+    """a ** b. A Python number exponent gives `powc` (x**2 is differentiated as 2x, with no log). An int tensor to
+    a non-negative int power stays an int (exact, as numpy: 100003 ** 2 in int64); to a float power it becomes a
+    float (int32 as float32, int64 as float64)."""
     if isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool):
         a = as_tensor(a)
+        integral = float(b).is_integer()
+        if a.dtype in INT_DTYPES and integral:
+            if b < 0:
+                raise located(DTypeError(f"an integer to the negative power {b} is not an integer (numpy refuses "
+                                         f"it too); cast first: gc.cast(x, 'float32') ** {b}"), (a,), "pow")
+            return _int_power(a, int(b))
         if a.dtype not in FLOAT_DTYPES:
-            a = cast(a, "float32")
-        p = int(b) if float(b).is_integer() else float(b)
+            a = cast(a, "float64" if a.dtype == "int64" else "float32")
+        p = int(b) if integral else float(b)
         if p == 1:
             return a
         return apply(POWC, (a,), p=p)

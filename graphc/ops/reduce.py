@@ -1,4 +1,4 @@
-"""Reductions: sum, max and min over axes, cumsum along one, and sum_to_shape, which undoes broadcasting in
+"""Reductions: sum, prod, max and min over axes, cumsum along one, and sum_to_shape, which undoes broadcasting in
 gradients."""
 
 from __future__ import annotations
@@ -116,6 +116,34 @@ class Min(_Extremum):
         return ReduceRule("min", sympy.Min(ACC, NEXT), float("inf"), node.attrs["axes"])
 
 
+class Prod(_Reduce):
+    """The product over axes. Gradient: the product of the other elements, exact where x holds zeros (one zero:
+    only its position gets the others' product; two or more: all zero), not prod / x."""
+
+    name = "prod"
+
+    def reference(self, node, args, ctx):
+        return np.prod(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"],
+                       dtype=ctx.dtype(node.dtype))
+
+    def vjp(self, node, g):
+        from graphc.ops.movement import broadcast_to, reshape
+        from graphc.ops.pointwise import cast, equal, logical_and, where
+
+        x = node.inputs[0]
+        axes = node.attrs["axes"]
+        kept = _reduced_shape(x.shape, axes, True)
+        zero = equal(x, 0.0)
+        nonzero = where(zero, 1.0, x)
+        others = broadcast_to(prod(nonzero, axes, keepdims=True), x.shape)  # the product of the nonzero ones
+        zeros = broadcast_to(sum(cast(zero, "int32"), axes, keepdims=True), x.shape)
+        d = where(equal(zeros, 0), others / nonzero, where(logical_and(equal(zeros, 1), zero), others, 0.0))
+        return (broadcast_to(reshape(g, kept), x.shape) * d,)
+
+    def reduce_rule(self, node):
+        return ReduceRule("prod", ACC * NEXT, 1.0, node.attrs["axes"])
+
+
 class Cumsum(Op):
     """Running sums along `axis` (attr); `reverse` (attr) sums from the end: out[i] = sum(x[i:])."""
 
@@ -147,6 +175,7 @@ SUM = register(Sum())
 MAX = register(Max())
 MIN = register(Min())
 CUMSUM = register(Cumsum())
+PROD = register(Prod())
 
 
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
@@ -171,6 +200,19 @@ def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     if not axes:
         return x
     return apply(MIN, (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def prod(x, axis=None, keepdims: bool = False) -> Tensor:
+    """numpy.prod: the product over axes (1 over an empty axis); bools are multiplied as int32."""
+    from graphc.ops.pointwise import cast
+
+    x = as_tensor(x)
+    if x.dtype == "bool":
+        x = cast(x, "int32")
+    axes = normalize_axes(x, axis, "prod")
+    if not axes:
+        return x
+    return apply(PROD, (x,), axes=axes, keepdims=bool(keepdims))
 
 
 def cumsum(x, axis: int | None = None, *, reverse: bool = False) -> Tensor:

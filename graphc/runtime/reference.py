@@ -101,7 +101,7 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
                 what: str) -> tuple[dict[int, np.ndarray], dict, bool]:
     """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
 
-    Returns (leaf id -> array, dim env, whether any float value is float64)."""
+    Returns (leaf id -> array, dim env, whether any float value is a float64 array)."""
     if not isinstance(values, Mapping):
         raise InputError(f"{what}: values must be a dict of name (or tensor) -> array, got {type(values).__name__}")
     by_name = leaves_by_name(order)
@@ -146,8 +146,8 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     for n in needed:
         arr = check_value(n, given[id(n)], what)
         bind(n.shape, arr.shape, env, f"{what}: {_declared(n)}", owner)
-        if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64:
-            wide = True
+        if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64 and isinstance(given[id(n)], (np.ndarray, np.generic)):
+            wide = True  # a float64 array; a Python float (a learning rate) takes the declared dtype
         arrays[id(n)] = arr
     return arrays, env, wide
 
@@ -167,15 +167,17 @@ def check_dims_bound(order: list[Node], bound, what: str) -> None:
                                  f"value; read an input with that dim, or give the shape in ints")
 
 
-def evaluate(outputs, values: Mapping, *, training: bool = False, allow_unused: bool = False):
+def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, allow_unused: bool = False):
     """Evaluate `outputs` (a tensor or a list of tensors) given `values` for the graph's inputs and parameters.
 
     Keys of `values` are names or the tensors themselves. A name that no input or parameter carries is an error
     (a typo); values for inputs this graph does not read are ignored (`allow_unused=True` ignores any extra).
-    If any float value is float64 (or the graph declares float64), every float is computed in float64.
+    If any float value is a float64 array (or the graph declares float64), every float is computed in float64;
+    Python numbers take the declared dtype. `values` may be left out for a graph of constants.
     `training=True` applies dropout (the `rng_key` input must then be given); otherwise dropout is the identity.
     Returns an array, a list of arrays for a list, or a dict of arrays (the same keys) for a dict {key: tensor}."""
     outs = output_nodes(outputs, "evaluate")
+    values = {} if values is None else values
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
     arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where)
