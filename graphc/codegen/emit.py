@@ -1688,8 +1688,7 @@ class ModuleEmitter:
         idx_axes = list(range(k.lead, k.lead + k.nidx))
         trail = list(range(k.lead + k.nidx, len(dom)))
         sizes = {a: fe.dim(d) for a, d in enumerate(dom)}
-        tshape = k.target.shape
-        tstrides = _rowmajor_dims(tshape)
+        tstrides = _rowmajor_dims(k.shape)
         dtype = k.target.dtype
         mty = MEMORY[dtype]
         bound = fe.dim(k.bound)

@@ -430,6 +430,7 @@ class ScatterKernel(Kernel):
 
     domain: Shape = ()
     target: Buffer | None = None
+    shape: Shape = ()  # the target as the scatter sees it (its buffer may hold it under another shape: a reshape)
     lead: int = 0
     nidx: int = 1
     index: Expr | None = None

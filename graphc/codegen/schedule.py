@@ -755,8 +755,8 @@ class Scheduler:
         site = len(self.checks) + 1
         self.checks.append(f"{n.op.name} ({n.type_str}) at {n.where()}: an index is out of range "
                            f"[0, {x.shape[axis]})")
-        kern = ScatterKernel(name, domain=upd.shape, target=buf, lead=axis, nidx=idx.ndim, index=index,
-                             value=value, bound=x.shape[axis], site=site)
+        kern = ScatterKernel(name, domain=upd.shape, target=buf, shape=n.shape, lead=axis, nidx=idx.ndim,
+                             index=index, value=value, bound=x.shape[axis], site=site)
         kern.reads = list(dict.fromkeys(_loads(index) + _loads(value)))
         self.kernels.append(kern)
 

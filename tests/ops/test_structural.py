@@ -380,6 +380,26 @@ def test_scatter_add_accumulates_repeated_indices_like_add_at():
     np.testing.assert_allclose(ev(gc.scatter_add(x, idx, upd), x=v, u=u), want)
 
 
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 2)])
+def test_a_scatter_into_a_reshaped_tensor_addresses_the_reshape(shape):
+    # the compiled gradient of take from a flattened tensor scattered with the tensor's own strides: only index 0
+    # landed, the others outside the buffer
+    v = rng.normal(size=shape)
+    x = gc.input("x", shape, "float64")
+    idx = np.array([0, 11, 5, 11])
+    flat = gc.reshape(x, (-1,))
+    outs = [gc.grad(gc.sum(gc.take(x, idx, axis=None) * np.arange(1.0, 5.0)), [x])[0],
+            gc.reshape(gc.scatter_add(flat, idx, gc.take(flat, idx)), shape)]
+    want_grad = np.zeros(v.size)
+    np.add.at(want_grad, idx, np.arange(1.0, 5.0))
+    want_scatter = v.ravel().copy()
+    np.add.at(want_scatter, idx, v.ravel()[idx])
+    for got in (gc.evaluate(outs, {"x": v}), gc.compile(outs, cache=False)({"x": v})):
+        np.testing.assert_allclose(got[0], want_grad.reshape(shape))
+        np.testing.assert_allclose(got[1], want_scatter.reshape(shape))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # windows
 
