@@ -13,6 +13,7 @@ The scheduler never looks at an op's name: what it knows of an op is its kind, i
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -470,9 +471,13 @@ class Scheduler:
         return tuple(0 if _is_one(d) else LOOP[k] for k, d in enumerate(shape))
 
     # ------------------------------------------------------------------ kernels
-    def build(self, updates: dict[int, int] | None = None, fuse: bool = True) -> Program:
+    def build(self, updates: dict[int, int] | None = None, fuse: bool = True,
+              via_copy: frozenset[int] = frozenset()) -> Program:
         """`updates` maps an output position to a signature position: that output is written in place into the
-        input's own buffer (a parameter update), after every kernel that reads the old value."""
+        input's own buffer (a parameter update), after every kernel that reads the old value. The positions in
+        `via_copy` (and updates whose value other nodes read) are computed into a buffer of their own and copied
+        over the old value at the end. `self.hazards` lists the update positions whose in-place write would be
+        seen by a read of the old value (W <- W.T, W <- W @ W, a <- 2b with b <- 2a)."""
         g = self.graph
         for leaf in g.inputs:
             label = leaf.name or f"{leaf.op.name}{len(self.buffers)}"  # a loop body's placeholders have no name
@@ -482,7 +487,10 @@ class Scheduler:
         outputs: list[Buffer] = []
         out_ids: dict[int, Buffer] = {}
         in_place: set[int] = set()
-        copies: list[tuple[Buffer, Node]] = []
+        position: dict[int, int] = {}  # an updated buffer -> its output position
+        copies: list[tuple[Buffer, Node, Buffer | None]] = []  # (target, value, the value's snapshot)
+        snapshots: list[LoopKernel] = []
+        shared = Counter(id(o) for o in g.outputs)
         for pos, o in enumerate(g.outputs):
             if pos in updates:
                 leaf = g.inputs[updates[pos]]
@@ -492,16 +500,23 @@ class Scheduler:
                 if o is leaf:
                     outputs.append(target)
                     continue
-                if id(o) in out_ids or o.op.leaf:
-                    raise CompileError(f"the new value of {leaf.name!r} must be computed, and not also be "
-                                       "another output or update")
                 in_place.add(target.index)
                 outputs.append(target)
-                if self.users[id(o)]:
-                    # other nodes read the new value (momentum's velocity feeds the parameter's update): keep it
-                    # in its own buffer and copy it over the old one once nothing reads the old one
+                position[target.index] = pos
+                if o.op.leaf:  # another input's value ({a: b, b: a}): a snapshot of it first, copied at the end
+                    snap = self.new_buffer(f"{target.label}_new", o.shape, o.dtype, "temp", o)
+                    self.ndomain = o.ndim
+                    load = self.load(o, self.buf_of[id(o)], self._identity_map(o.shape))
+                    snapshots.append(LoopKernel(f"snapshot_{target.label}", reads=[self.buf_of[id(o)]], nodes=[],
+                                                domain=o.shape, stores=[Store(snap, load)]))
+                    copies.append((target, o, snap))
+                    continue
+                if self.users[id(o)] or pos in via_copy or shared[id(o)] > 1:
+                    # other nodes read the new value (momentum's velocity feeds the parameter's update), or it is
+                    # also another output or update: keep it in its own buffer and copy it over the old one once
+                    # nothing reads the old one
                     self.mat.add(id(o))
-                    copies.append((target, o))
+                    copies.append((target, o, None))
                     continue
                 out_ids[id(o)] = target
                 continue
@@ -541,13 +556,15 @@ class Scheduler:
             self._kernel_for(n, buf)
             if not n.op.leaf:  # an output that is a leaf is a copy; the leaf stays
                 self.buf_of[id(n)] = buf
-        for target, o in copies:
-            src = self.buf_of[id(o)]
+        self.kernels[0:0] = snapshots
+        for target, o, snap in copies:
+            src = snap or self.buf_of[id(o)]
             self.ndomain = o.ndim
             load = self.load(o, src, self._identity_map(o.shape))
             self.kernels.append(LoopKernel(f"k{len(self.kernels)}_update_{target.label}", reads=[src], nodes=[],
                                            domain=o.shape, stores=[Store(target, load)]))
         _after_readers(self.kernels, in_place)
+        self.hazards = frozenset(position[i] for i in _in_place_hazards(self.kernels, in_place))
         if fuse:
             fuse_epilogues(self.kernels)
             fuse_loops(self.kernels)
@@ -981,6 +998,45 @@ def _after_readers(kernels: list[Kernel], in_place: set[int]) -> None:
             kernels.insert(readers[-1], writer)  # readers[-1] shifted down by one: this is just after it
 
 
+def _in_place_hazards(kernels: list[Kernel], in_place: set[int]) -> set[int]:
+    """The buffers written in place where a read of the old value could see the new one: a kernel after the
+    first write reads it, or a writing kernel reads it at another element than the one it writes (fusion keeps
+    this true: it merges only kernels that read each other's buffers at the same point)."""
+    bad = set()
+    for idx in in_place:
+        writers = [i for i, k in enumerate(kernels) if any(b.index == idx for b in k.writes)]
+        for i, k in enumerate(kernels):
+            if not any(b.index == idx for b in k.reads):
+                continue
+            if i not in writers:
+                if i > writers[0]:
+                    bad.add(idx)
+            elif not _reads_in_place(k, idx):
+                bad.add(idx)
+    return bad
+
+
+def _reads_in_place(k: Kernel, idx: int) -> bool:
+    """Whether kernel k, which writes buffer `idx`, reads it only at the elements it writes, each before writing
+    it: an elementwise loop's same-point reads, or a reduction's epilogue reading at its output point."""
+    if isinstance(k, LoopKernel):
+        return _only_pointwise(k, {b for b in k.reads if b.index == idx})
+    if isinstance(k, ReduceKernel) and not k.scan:
+        if any(isinstance(x, Load) and x.buf.index == idx for x in walk(k.body)):
+            return False
+        kept = [a for a in range(len(k.domain)) if a not in k.axes]
+        out = dict(zip(kept, _rowmajor([k.domain[a] for a in kept]), strict=True))
+        want = tuple(0 if a not in out or _is_one(k.domain[a]) else out[a] for a in range(len(k.domain)))
+        for s in k.stores:
+            for x in walk(s.value):
+                if isinstance(x, Load) and x.buf.index == idx and (
+                        not x.affine or x.gathers or x.offset != 0 or len(x.strides) != len(want) or any(
+                            sympy.sympify(a) != sympy.sympify(b) for a, b in zip(x.strides, want, strict=True))):
+                    return False
+        return True
+    return False
+
+
 def fuse_epilogues(kernels: list[Kernel]) -> None:
     """Move elementwise kernels that read a matrix product's result element for element into its epilogue.
 
@@ -1170,4 +1226,13 @@ GEMM_KC = 256  # graphc.codegen.gemm.default_config's K block: a longer K passes
 
 
 def schedule(graph: Graph, updates: dict[int, int] | None = None, fuse: bool = True) -> Program:
-    return Scheduler(graph).build(updates, fuse)
+    s = Scheduler(graph)
+    program = s.build(updates, fuse)
+    if s.hazards:  # those updates computed aside and copied over the old values once nothing reads them
+        hazards = s.hazards
+        s = Scheduler(graph)
+        program = s.build(updates, fuse, via_copy=hazards)
+        if s.hazards:
+            raise CompileError(f"in-place updates at outputs {sorted(s.hazards)} would read values they overwrite; "
+                               "this is a graphc bug: please report it with the graph")
+    return program

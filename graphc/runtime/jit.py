@@ -346,6 +346,7 @@ class CompiledFunction:
         for buf in prog.outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j].index for j in self.updates.values()}
+        self._apart: tuple | None = None  # the input spans last found apart from the arrays updated in place
         slots = [spec[0] for spec in self._out_specs]
         # an output that repeats an earlier one (the same tensor asked for twice): (its index, the earlier's)
         self._repeats = [(k, slots.index(s)) for k, s in enumerate(slots) if slots.index(s) < k]
@@ -436,7 +437,30 @@ class CompiledFunction:
         else:
             nthreads = check_threads(threads, f"compiled function {how}") or self.threads
         given = self._check_out(out, fast[0], fast[1]) if out is not None else None
+        if self._written:
+            self._check_written_apart(fast[0])
         return fast[0], fast[1], nthreads, given
+
+    def _check_written_apart(self, bound: dict) -> None:
+        """An array updated in place must share no memory with another input's: the update would change that
+        input while the call still reads it (or two parameters would be one)."""
+        key = tuple((addr, a.nbytes) for a, addr in bound.values())
+        if key == self._apart:
+            return
+        spans = sorted((addr, addr + a.nbytes, slot) for slot, (a, addr) in bound.items() if a.nbytes)
+        active: list[tuple[int, int]] = []  # (end, slot) of the spans begun and not ended
+        for start, end, b in spans:
+            active = [(e, a) for e, a in active if e > start]
+            for _, a in active:
+                if a in self._written or b in self._written:
+                    first, second = (a, b) if a in self._written else (b, a)
+                    names = [self.program.buffers[x].label for x in (first, second)]
+                    raise InputError(f"compiled function called at {capture_source().where()}: the array given for "
+                                     f"{names[0]!r}, updated in place, shares memory with the one for {names[1]!r}: "
+                                     "the update would change it while it is read; pass a copy (np.array(...)) for "
+                                     "one of them")
+            active.append((end, b))
+        self._apart = key
 
     def _check_out(self, out, bound: dict, env: list[int]) -> list:
         """`out` as a list of arrays (or None) per output, each checked against the output it receives."""

@@ -1,0 +1,86 @@
+"""Parameter updates are written in place, and every new value is computed from the values at call time (as
+PyTensor's `updates`): an update that reads its parameter at other elements (W <- W.T, W <- W @ W, a roll), or
+reads another updated parameter ({a: 2b, b: 2a}, a swap), gets the old values, as gc.evaluate does."""
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+rng = np.random.default_rng(5)
+
+
+def _run(outputs, updates, values, threads=2):
+    """(the compiled outputs and the updated values, the reference's) for one call."""
+    fn = gc.compile(outputs, updates=updates, threads=threads, cache=False)
+    arrays = {k: np.array(v) for k, v in values.items()}
+    got = fn(arrays)
+    ref = gc.evaluate([outputs] if not isinstance(outputs, list) else outputs, values)
+    want = {p.name: gc.evaluate(u, values) for p, u in updates.items()}
+    return got, {p.name: arrays[p.name] for p in updates}, ref, want
+
+
+W8 = gc.param("W8", (8, 8))
+W64 = gc.param("W64", (64, 64))
+V = gc.param("V", (10,))
+UPDATES = {
+    "transpose": (W8, lambda: W8.T),
+    "flip": (W8, lambda: gc.flip(W8, axis=0)),
+    "minus its first row": (W8, lambda: W8 - W8[0]),
+    "matmul 8": (W8, lambda: W8 @ W8),
+    "matmul 64": (W64, lambda: W64 @ W64),
+    "matmul 64 scaled": (W64, lambda: W64 @ W64 * 0.1),
+    "roll": (V, lambda: gc.concatenate([V[5:], V[:5]])),
+    "shift right": (V, lambda: gc.pad(V[:-1], ((1, 0),))),
+    "permutation": (V, lambda: gc.take(V, rng.permutation(10))),
+    "reverse cumsum": (V, lambda: gc.cumsum(V, reverse=True)),
+    "centred": (V, lambda: V - gc.mean(V)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPDATES))
+def test_an_update_reading_its_parameter_elsewhere_sees_the_old_values(case):
+    p, build = UPDATES[case]
+    values = {p.name: rng.normal(size=p.shape).astype(np.float32)}
+    _, new, _, want = _run(gc.sum(p), {p: build()}, values)
+    np.testing.assert_allclose(new[p.name], want[p.name], rtol=1e-5, atol=1e-5)
+
+
+def test_updates_that_read_each_other_and_swaps_use_the_old_values():
+    a, b, c = gc.param("a", (4,)), gc.param("b", (4,)), gc.param("c", (4,))
+    values = {"a": np.arange(4.0, dtype=np.float32), "b": np.arange(4.0, dtype=np.float32) + 10,
+              "c": np.ones(4, np.float32)}
+    for updates in ({a: b * 2.0, b: a * 2.0}, {a: b, b: a}, {a: b, b: c, c: a}, {a: c * 3.0, b: c * 3.0}):
+        _, new, _, want = _run(gc.sum(a * b), updates, values)
+        for k in new:
+            np.testing.assert_array_equal(new[k], want[k])
+
+
+def test_an_update_value_that_is_also_an_output():
+    w = gc.param("w", (5,))
+    values = {"w": np.arange(5.0, dtype=np.float32)}
+    got, new, ref, want = _run([w * 2.0, w.T + 1.0], {w: w * 2.0}, values)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(g, r)
+    np.testing.assert_array_equal(new["w"], want["w"])
+
+
+def test_sgd_updates_stay_in_place_without_copies():
+    x = gc.input("x", ("N", 6))
+    t = gc.input("t", ("N",), "int32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [5, 3], name="net"), t)
+    params = gc.nn.parameters(loss)
+    fn = gc.compile(loss, updates={p: p - 0.1 * g for p, g in zip(params, gc.grad(loss, params))}, cache=False)
+    assert not [k for k in fn.program.kernels if "_update_" in k.name or k.name.startswith("snapshot_")]
+
+
+def test_an_input_sharing_memory_with_an_updated_parameter_is_refused():
+    x, w = gc.input("x", (16,)), gc.param("w", (16,))
+    fn = gc.compile(gc.flip(x, axis=0), updates={w: w * 2.0}, cache=False)
+    a = np.arange(32, dtype=np.float32)
+    with pytest.raises(gc.InputError, match="'w', updated in place, shares memory with the one for 'x'"):
+        fn({"x": a[:16], "w": a[:16]})
+    with pytest.raises(gc.InputError, match="shares memory"):
+        fn({"x": a[8:24], "w": a[:16]})
+    fn({"x": a[16:], "w": a[:16]})  # adjacent, apart
+    np.testing.assert_array_equal(a[:16], np.arange(16, dtype=np.float32) * 2)
