@@ -70,7 +70,8 @@ def test_sgd_updates_stay_in_place_without_copies():
     t = gc.input("t", ("N",), "int32")
     loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [5, 3], name="net"), t)
     params = gc.nn.parameters(loss)
-    fn = gc.compile(loss, updates={p: p - 0.1 * g for p, g in zip(params, gc.grad(loss, params), strict=True)}, cache=False)
+    updates = {p: p - 0.1 * g for p, g in zip(params, gc.grad(loss, params), strict=True)}
+    fn = gc.compile(loss, updates=updates, cache=False)
     assert not [k for k in fn.program.kernels if "_update_" in k.name or k.name.startswith("snapshot_")]
 
 
