@@ -31,6 +31,18 @@ def _scalar(n: Node) -> float | None:
     return float(first) if np.all(a == first) and a.dtype.kind in "fiu" else None
 
 
+def _negative_zero(n: Node) -> bool:
+    while n.op.name in ("broadcast_to", "broadcast_like", "reshape") and n.inputs:
+        n = n.inputs[0]
+    a = n.attrs["value"].array
+    return a.dtype.kind == "f" and bool(np.all(np.signbit(a)))
+
+
+def _zero_for_add(c: Node, n: Node) -> bool:
+    """Whether adding constant c leaves every value of n's dtype unchanged: 0 for ints, -0.0 for floats."""
+    return _scalar(c) == 0.0 and (n.dtype not in FLOAT_DTYPES or _negative_zero(c))
+
+
 def _same(x: Node, like: Node) -> Node | None:
     """x standing in for `like`: only when nothing about shape or dtype changes."""
     return x if x.shape == like.shape and x.dtype == like.dtype else None
@@ -45,16 +57,17 @@ def identities(n: Node) -> Node | None:
         if _scalar(a) == 1.0:
             return _same(b, n)
     elif op is ew.ADD:
+        # x + 0.0 is +0.0 for x = -0.0: only -0.0 (or an integer 0) leaves every float as it is
         a, b = n.inputs
-        if _scalar(b) == 0.0:
+        if _zero_for_add(b, n):
             return _same(a, n)
-        if _scalar(a) == 0.0:
+        if _zero_for_add(a, n):
             return _same(b, n)
     elif op is ew.SUB:
         a, b = n.inputs
-        if _scalar(b) == 0.0:
+        if _scalar(b) == 0.0 and not _negative_zero(b):  # x - 0.0 is x, -0.0 included
             return _same(a, n)
-        if _scalar(a) == 0.0:
+        if _scalar(a) == 0.0 and n.dtype not in FLOAT_DTYPES:  # 0.0 - x is +0.0 for x = 0.0, not -0.0
             return ew.negative(b) if b.shape == n.shape else None
     elif op is ew.DIV:
         if _scalar(n.inputs[1]) == 1.0:

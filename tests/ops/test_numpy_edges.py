@@ -164,3 +164,14 @@ def test_take_without_an_axis_takes_from_the_flattened_tensor():
         np.testing.assert_array_equal(got, np.take(v, [[5, 1], [0, 4]]))
     with pytest.raises(gc.ShapeError, match="index 6 is out of range"):
         gc.take(x, [0, 6], axis=None)
+
+
+def test_identities_that_would_change_a_signed_zero_are_not_applied():
+    x = gc.input("x", (3,))
+    v = np.array([-0.0, 1.0, -2.0], np.float32)
+    outs = [1.0 / (x + 0.0), 1.0 / (0.0 + x), 1.0 / (0.0 - x), 1.0 / (x - 0.0), 1.0 / (x * 1.0)]
+    with np.errstate(divide="ignore"):
+        want = [1.0 / (v + 0.0), 1.0 / (0.0 + v), 1.0 / (0.0 - v), 1.0 / (v - 0.0), 1.0 / (v * 1.0)]
+    for got in both(outs, x=v):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
