@@ -307,6 +307,32 @@ def _lowerable(e: sympy.Expr) -> bool:
     return True
 
 
+def _exp_of_one_plus(e: sympy.Expr):
+    """a when e is 1 + exp(a), else None."""
+    if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
+        other = e.args[0] if e.args[1] == 1 else e.args[1]
+        if isinstance(other, sympy.exp):
+            return other.args[0]
+    return None
+
+
+def _stable_formula(expr: sympy.Expr) -> sympy.Expr:
+    """A user's formula with 1 / (1 + exp(a)) as sigmoid(-a) and log(1 + exp(a)) as softplus(a) (the graph's
+    stability rewrites, applied to the formula): swish z / (1 + exp(-z)) then has the derivative
+    sigmoid(z) + z sigmoid(z) sigmoid(-z), finite everywhere, where exp(-z) overflowed the formula's own."""
+    from graphc.ops.scalar import sigmoid as s_sigmoid
+    from graphc.ops.scalar import softplus as s_softplus
+
+    def recip(e):
+        return isinstance(e, sympy.Pow) and e.exp == -1 and _exp_of_one_plus(e.base) is not None
+
+    def soft(e):
+        return isinstance(e, sympy.log) and _exp_of_one_plus(e.args[0]) is not None
+
+    expr = expr.replace(recip, lambda e: s_sigmoid(-_exp_of_one_plus(e.base)))
+    return expr.replace(soft, lambda e: s_softplus(_exp_of_one_plus(e.args[0])))
+
+
 def _simplest(d: sympy.Expr) -> sympy.Expr:
     """The smallest of a few simplifications of a derivative that stays within functions graphc has as ops."""
     candidates = [d]
@@ -664,6 +690,7 @@ def elementwise(name: str, fn: Callable[..., sympy.Expr] | sympy.Expr, nargs: in
     extra = expr.free_symbols - set(X[:k])
     if extra:
         raise GraphcError(f"gc.elementwise({name!r}): the formula uses unknown symbols {sorted(map(str, extra))}")
+    expr = _stable_formula(expr)
     existing = OPS.get(name)
     if existing is not None:
         if not (isinstance(existing, ElementwiseOp) and existing.user and existing.expr == expr):

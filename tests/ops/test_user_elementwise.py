@@ -18,7 +18,23 @@ def test_declare_activation_in_one_line_and_get_its_gradient():
     d_sym = sympy.lambdify(z, sympy.diff(z / (1 + sympy.exp(-z)), z))
     np.testing.assert_allclose(gc.evaluate(gc.grad(gc.sum(y), x), {"x": v}), d_sym(v), rtol=1e-12)
     used = {n.op.name for n in gc.topo_order(gc.grad(gc.sum(y), x))}
-    assert "exp" in used and not any(name.startswith("fn<") for name in used), used
+    assert "sigmoid" in used and not any(name.startswith("fn<") for name in used), used
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_formula_with_exp_that_overflows_has_a_finite_gradient(dtype):
+    # 1 / (1 + exp(-z)) is read as sigmoid(z), log(1 + exp(z)) as softplus(z): the derivative of swish was
+    # (z + exp(z) + 1) / (4 cosh(z/2)**2), NaN beyond z = 88 in float32
+    swish = gc.elementwise("swish", lambda z: z / (1 + sympy.exp(-z)))
+    sp2 = gc.elementwise("softplus_twice", lambda z: 2 * sympy.log(1 + sympy.exp(z)))
+    x = gc.input("x", (8,), dtype)
+    v = np.array([-800, -100, -3, 0, 2, 50, 100, 800], dtype)
+    s = 0.5 * (1 + np.tanh(v.astype(np.float64) / 2))
+    want = [s + v * s * (1 - s), 2 * s]
+    outs = [gc.grad(gc.sum(swish(x)), x), gc.grad(gc.sum(sp2(x)), x)]
+    for got in (gc.evaluate(outs, {"x": v}), gc.compile(outs, cache=False)({"x": v})):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w.astype(dtype), rtol=1e-5, atol=1e-30)
 
 
 def test_redeclaring_same_formula_is_fine_but_a_conflict_is_an_error():
