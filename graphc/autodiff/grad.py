@@ -167,13 +167,16 @@ def jacobian(y: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
     return out[0] if single else out
 
 
-def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
-    """∂²f/∂wrt² for a scalar f: the Jacobian of grad(f, wrt), shape wrt.shape + wrt.shape (a list of the
-    diagonal blocks for a list of wrt). For a large wrt, a Hessian-vector product (grad of grad · v) is cheaper."""
+def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[list[Tensor]]:
+    """∂²f/∂wrt² for a scalar f: the Jacobian of grad(f, wrt), shape wrt.shape + wrt.shape. For a list of wrt,
+    every block, as jax.hessian with a tuple of argnums: H[i][j] = ∂²f/∂wrt_i∂wrt_j, shape wrt_i.shape +
+    wrt_j.shape (the cross terms included). For a large wrt, a Hessian-vector product (grad of grad · v) is
+    cheaper."""
     if isinstance(f, Node) and f.shape != ():
         raise GradError(f"hessian: f ({describe(f)}) must be a scalar (at {capture_source().where()})")
     single = isinstance(wrt, Node)
     targets = [wrt] if single else list(wrt)
     g = grad(f, targets)
-    out = [jacobian(gk, w) for gk, w in zip(g, targets, strict=True)]
-    return out[0] if single else out
+    if single:
+        return jacobian(g[0], targets[0])
+    return [jacobian(gk, targets) for gk in g]

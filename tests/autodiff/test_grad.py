@@ -186,6 +186,20 @@ def test_jacobian_and_hessian_match_finite_differences_and_their_closed_forms():
     want = A + A.T - np.diag(np.sin(X))
     np.testing.assert_allclose(gc.evaluate(H, {"x": X}), want, rtol=1e-12)
     np.testing.assert_allclose(gc.compile(H, cache=False)({"x": X}), want, rtol=1e-12)
+    # a list of wrt: every block, the cross terms included (jax.hessian with argnums=(0, 1))
+    w = gc.input("w", (3,), "float64")
+    B = rng.normal(size=(4, 3))
+    Wv = rng.normal(size=3)
+    f2 = gc.sum(x * (gc.constant(B) @ w)) ** 2 + gc.sum(w ** 3)
+    blocks = gc.hessian(f2, [x, w])
+    assert [[b.shape for b in row] for row in blocks] == [[(4, 4), (4, 3)], [(3, 4), (3, 3)]]
+    bw = B @ Wv
+    s = X @ bw
+    want = [[2 * np.outer(bw, bw), 2 * (np.outer(bw, X @ B) + s * B)],
+            [2 * (np.outer(X @ B, bw) + s * B.T), 2 * np.outer(X @ B, X @ B) + np.diag(6 * Wv)]]
+    got = gc.evaluate([b for row in blocks for b in row], {"x": X, "w": Wv})
+    for g, wnt in zip(got, [b for row in want for b in row], strict=True):
+        np.testing.assert_allclose(g, wnt, rtol=1e-10)
     with pytest.raises(gc.GradError, match="has a symbolic dim"):
         gc.jacobian(gc.input("b", ("N",), "float64") * 2.0, x)
     with pytest.raises(gc.GradError, match="must be a scalar"):
