@@ -55,6 +55,8 @@ def _train(args) -> int:
         options["early_stopping"] = args.early_stopping
     if args.refit:
         options["refit"] = True
+    if args.drop_last:
+        options["drop_last"] = True
     if args.hidden is not None:
         options["hidden"] = _ints(args.hidden, "--hidden")
     if args.dropout is not None:
@@ -277,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "
                    "validation improvement, restoring the best parameters")
     t.add_argument("--min-delta", type=float, help="the smallest validation improvement that counts")
+    t.add_argument("--drop-last", action="store_true", help="leave out each epoch's last batch when it is short "
+                   "(for a model that needs whole batches)")
     t.add_argument("--refit", action="store_true", help="after early stopping, retrain on train+validation "
                    "from new starting values for the best number of steps")
     t.add_argument("--seed", type=int, metavar="S", help=f"initialization, shuffling and dropout masks (the "

@@ -338,7 +338,13 @@ def _csv_table(path: str):
         return [str(k) for k in range(len(rows[0]))], rows, 1
     if len(rows) < 2:
         raise DataError(f"{path}: a .csv dataset needs a header row and at least one data row")
-    return [h.strip() for h in rows[0]], rows[1:], 2
+    header = [h.strip() for h in rows[0]]
+    seen: set[str] = set()
+    twice = [h for h in header if h in seen or seen.add(h)]
+    if twice:  # columns are found by name (the label, --features, a run's features when predicting)
+        raise DataError(f"{path}:1: the header names column(s) {', '.join(map(repr, dict.fromkeys(twice)))} more "
+                        "than once; give every column its own name")
+    return header, rows[1:], 2
 
 
 def _csv_column(path: str, header: list[str], name: str, what: str) -> int:
@@ -369,8 +375,8 @@ def _csv_floats(path: str, header: list[str], data: list, first: int, idx: list[
             except ValueError:
                 why = ("is empty (a missing value): fill it in or drop the row; graphc does not impute"
                        if not row[k].strip() else
-                       f"holds {row[k]!r}, not a number: encode it as numbers, or leave the column out with "
-                       "--features")
+                       f"holds {row[k]!r}, not a number: encode it as numbers (or, when training, leave the "
+                       "column out with --features)")
                 raise DataError(f"{path}:{r}: column {header[k]!r} {why}") from None
     return X
 
@@ -528,6 +534,9 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         name = os.path.basename(source)
         names = [f"t{i}" for i in range(X.shape[1])]
     elif source in BUNDLED:
+        if label is not None or features is not None:
+            raise DataError(f"label= and features= (--label, --features) name a file's columns; the bundled "
+                            f"dataset {source!r} has its own label and uses all its features")
         X, y, names = _bundled(source)
         grid = GRIDS.get(source)
         task = task or BUNDLED[source]

@@ -9,6 +9,7 @@ sum. The result equals single-process training with the global batch up to the o
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import threading
@@ -26,6 +27,19 @@ RANK_ENVS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD
              ("PMIX_SIZE", "PMIX_RANK"))
 EXIT_LOST_RANK = 6
 RANK_KEY = 0xD1B54A32D192ED03  # offsets a rank's dropout key
+
+
+def timeout_seconds() -> float:
+    """GRAPHC_MPI_TIMEOUT: a positive number of seconds (default 120); anything else is a GraphcError."""
+    text = os.environ.get(TIMEOUT_ENV, "120")
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise GraphcError(f"{TIMEOUT_ENV}={text!r}: give the seconds a rank waits in one collective before it gives "
+                          "up, a positive number (default 120)")
+    return v
 
 
 def launched_ranks() -> int:
@@ -63,6 +77,7 @@ class Distributed:
     (MPI's own error handling otherwise: a launcher that sees a rank die stops the others)."""
 
     def __init__(self, comm=None):
+        timeout = timeout_seconds()  # before any collective
         try:
             from mpi4py import MPI
         except ImportError as e:
@@ -74,7 +89,7 @@ class Distributed:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.host = MPI.Get_processor_name()
         self.pids = self.comm.allgather((self.host, os.getpid()))
-        self.timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
+        self.timeout = timeout
         self.checkpoint_dir: Path | None = None  # where rank 0 keeps the checkpoints (named when a rank is lost)
         self._waiting_since: float | None = None
         self._what = ""
@@ -180,7 +195,7 @@ class Distributed:
         """Before the first step: every rank must build the same graph with the same options and data shape."""
         shape = f"{ds.name}:{ds.task}:{ds.X_train.shape}:{ds.X_val.shape}:{ds.X_test.shape}"
         self.agree("the model, options and data (a hash of the step graph and the training options)",
-                   f"{trainer.fingerprint()}:{shape}")
+                   f"{trainer.fingerprint()}:epochs {trainer.config.epochs}:{shape}")
         ck = self.bcast(str(Path(out_dir).resolve() / "checkpoints") if out_dir is not None else None)
         self.checkpoint_dir = Path(ck) if ck else None
         if self.rank == 0:

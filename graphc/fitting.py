@@ -48,7 +48,7 @@ def load_model_file(path: str) -> tuple[Callable[[Node, int], Node], dict]:
         raise
     except SyntaxError as e:
         raise GraphcError(f"--model {path}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in the file too: a failing file, not an exit code
         tb = e.__traceback__
         line = None
         while tb is not None:
@@ -578,6 +578,7 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
     if not n_features:
         raise GraphcError(f"{where}: data.json does not say how many features the model takes (a run written by an "
                           "older graphc): rebuild it with graphc export --weights instead")
+    check_standardization(d, n_features, f"{where}: data.json")
     grid = grid or datasets.GRIDS.get(d.get("dataset"))
     y_shape = (n_outputs,) if task != "multiclass" and n_outputs > 1 else ()
     empty = np.zeros((0, n_features), np.float32)
@@ -610,6 +611,36 @@ def recorded_sizes(d: dict, m: dict) -> tuple[int | None, int, tuple | None]:
     n_outputs = d.get("n_outputs") or (len(d.get("classes") or []) if d.get("task") == "multiclass" else 1)
     grid = m.get("grid") or d.get("grid")
     return n_features, n_outputs, tuple(grid) if grid else None
+
+
+def check_standardization(d: dict, n_features: int, where: str) -> None:
+    """A GraphcError naming `where` (a data.json) when its standardization cannot be what graphc train wrote:
+    x_mean and x_std both given or both absent, n_features finite numbers each, every x_std > 0; y_mean and
+    y_std finite, y_std > 0. (A predictor built from a damaged one divides by zero, or by missing entries.)"""
+    problem = None
+    have = [d.get(k) is not None for k in ("x_mean", "x_std")]
+    if have[0] != have[1]:
+        problem = "has x_mean without x_std" if have[0] else "has x_std without x_mean"
+    elif have[0]:
+        for k in ("x_mean", "x_std"):
+            v = d[k]
+            if not isinstance(v, list) or len(v) != n_features:
+                problem = (f"{k} has {len(v) if isinstance(v, list) else 'no list of'} values, the model takes "
+                           f"{n_features} features")
+            elif not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v):
+                problem = f"{k} holds a value that is not a finite number"
+            elif k == "x_std" and min(v) <= 0:
+                problem = f"x_std[{int(np.argmin(v))}] is {min(v)}: every x_std must be > 0"
+            if problem:
+                break
+    for k, low in (("y_mean", None), ("y_std", 0.0)):
+        v = d.get(k)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        if problem is None and v is not None and not (number and (low is None or v > low)):
+            problem = f"{k} is {v!r}: it must be a finite number" + (" > 0" if low is not None else "")
+    if problem:
+        raise GraphcError(f"{where}: {problem}; it is written by graphc train with the weights: use that run's own "
+                          "data.json")
 
 
 def _number_or_text(v: str):

@@ -1039,8 +1039,12 @@ def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
             d = json.loads(f.read_text())
         except ValueError as e:
             raise AotError(f"{f}: not readable JSON ({e}); it is written by graphc train with the weights") from None
-        if d.get("x_mean") is not None and len(d["x_mean"]) != spec.n_features:
-            raise AotError(f"{f}: standardization of {len(d['x_mean'])} features, the model takes {spec.n_features}")
+        from graphc.fitting import check_standardization
+
+        try:
+            check_standardization(d if isinstance(d, dict) else {}, spec.n_features, str(f))
+        except GraphcError as e:
+            raise AotError(str(e)) from None
         return d
     return spec.data
 

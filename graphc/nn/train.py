@@ -102,6 +102,14 @@ class TrainConfig:
              f"got {self.hidden!r}")
         for k in self.dropout or []:
             need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")
+        need(self.dropout is None or len(self.dropout) <= len(self.hidden) + 1,
+             f"{len(self.dropout or [])} dropout keep probabilities given, but the MLP has {len(self.hidden) + 1} "
+             f"dropout layers (its input and each of its {len(self.hidden)} hidden layers)")
+        need(number(self.min_delta) and self.min_delta >= 0,
+             f"min_delta (the smallest validation improvement that counts) must be a number >= 0, got "
+             f"{self.min_delta!r}")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+             f"seed must be an int in [0, 2**63), got {self.seed!r}")
         from graphc.ops.init import SCHEMES
 
         need(self.init in SCHEMES, f"init must be one of {', '.join(SCHEMES)}, got {self.init!r}")
@@ -238,7 +246,7 @@ def _call_model(model: Callable, x: Node, n_outputs: int):
             return model(x, n_outputs)
     except GraphcError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a model calling sys.exit() fails like any other, not as an exit code
         skip = (str(Path(__file__).resolve().parents[1]), sys.base_prefix, sys.prefix)  # graphc, Python, libraries
         where = None
         tb = e.__traceback__
@@ -320,7 +328,27 @@ class Trainer:
         the grid (T, F), one named `tokens` gets the rows' token ids as time-major int32 (T, N) (`data` names the
         dataset in errors; `vocab`, the data's vocabulary size if it declares one, must fit the model's
         embeddings). `distributed` (a
-        graphc.distributed.Distributed) trains data-parallel over its ranks."""
+        graphc.distributed.Distributed) trains data-parallel over its ranks: there every rank says whether its
+        build worked before any waits in the step's collectives (a model failing on one rank stops them all)."""
+        t0 = time.perf_counter()
+        try:
+            self._build(model, task, n_features, n_outputs, config, y_shape, log, all_features, grid, data,
+                        distributed, vocab)
+        except Exception as e:
+            if distributed is None:
+                raise
+            distributed.all_ok("building the model and its step", e)
+            raise
+        self.dist_step = None
+        if distributed is not None:
+            from graphc.distributed import make_step
+
+            distributed.all_ok("building the model and its step", None)
+            self.dist_step = make_step(self, distributed)
+        self.compile_seconds = time.perf_counter() - t0
+
+    def _build(self, model, task: str, n_features: int, n_outputs: int, config: TrainConfig, y_shape: tuple, log,
+               all_features: bool, grid, data: str, distributed, vocab) -> None:
         config.validate()
         if task not in TASKS:
             raise GraphcError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -396,7 +424,6 @@ class Trainer:
         self.updates = updates
         self.training_mode = any(n.op.name == "dropout" for n in topo_order(loss))
         self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
-        t0 = time.perf_counter()
         self.dist = distributed
         threads = config.threads or (distributed.default_threads() if distributed else self._auto_threads())
         self.threads = threads
@@ -404,12 +431,6 @@ class Trainer:
         self.epoch_fn = EpochFunction(loss, updates, x=self.x, y=self.y, training=self.training_mode,
                                       threads=threads, params=self.params if self.native_init else ())
         self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
-        self.dist_step = None
-        if distributed is not None:
-            from graphc.distributed import make_step
-
-            self.dist_step = make_step(self, distributed)
-        self.compile_seconds = time.perf_counter() - t0
 
     @property
     def vocab(self) -> int | None:
@@ -565,6 +586,7 @@ class Trainer:
                 self.log("no checkpoint to resume from; starting afresh")
         if self.dist is not None and resume:  # rank 0 read the checkpoint (if any): every rank starts from it
             s, state, best = self.dist.bcast((s, state, best) if self.dist.rank == 0 else None, "resuming")
+            state = {k: _aligned_copy(v) for k, v in state.items()}  # unpickled arrays: as run_epoch wants them
         use_es = cfg.early_stopping is not None and X_val is not None and len(X_val) > 0
         while True:
             if s["phase"] == 1:

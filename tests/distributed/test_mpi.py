@@ -152,13 +152,34 @@ def test_a_model_whose_batch_slices_do_not_fit_a_ranks_share_stops_every_rank_be
     assert "roll.py:3" in r.stderr and "epoch" not in r.stdout and not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path):
-    args = [sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--hidden", "16"]
-    r = subprocess.run([MPIRUN, "-n", "1", *args, "--lr", "0.1", ":", "-n", "1", *args, "--lr", "0.2"],
+@pytest.mark.parametrize("flag, first, second", [("--lr", "0.1", "0.2"), ("--epochs", "1", "2")])
+def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, first, second):
+    args = [sys.executable, "-m", "graphc.cli", "train", "--hidden", "16"]
+    args += ["--epochs", "1"] if flag != "--epochs" else []
+    r = subprocess.run([MPIRUN, "-n", "1", *args, flag, first, ":", "-n", "1", *args, flag, second],
                        capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "ranks 1 disagree with rank 0 on the model, options and data" in r.stderr
     assert "epoch" not in r.stdout
+
+
+def test_a_model_that_fails_on_one_rank_stops_every_rank_before_the_step(tmp_path):
+    # rank 0 waited in the step's collectives for rank 1, which had failed: the job hung, the watchdog unarmed
+    (tmp_path / "m.py").write_text("import os, graphc as gc\ndef model(x, n):\n"
+                                   "    if os.environ.get('PMI_RANK') == '1':\n"
+                                   "        raise RuntimeError('no such file on this host')\n"
+                                   "    return gc.nn.dense(x, n)\n")
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
+               "--out", str(tmp_path / "o"), timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("building the model and its step failed on rank 1") == 2
+    assert "m.py:4" in r.stderr and not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_bad_timeout_setting_is_said_before_anything_runs(tmp_path):
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", timeout=120,
+               GRAPHC_MPI_TIMEOUT="abc")
+    assert r.returncode == 2 and "GRAPHC_MPI_TIMEOUT='abc'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 REPLICA_CHECK = """

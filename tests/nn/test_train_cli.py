@@ -162,12 +162,47 @@ def test_grid_reshapes_flat_npy_rows_into_images_and_a_wrong_grid_exits_2_writin
     (["--refit"], "--refit needs --early-stopping"),
     (["--resume"], "--resume needs --out"),
     (["--hidden", "12,x"], "--hidden"),
+    (["--hidden", "16", "--dropout", "0.5,0.5,0.1"], "3 dropout keep probabilities given, but the MLP has 2"),
+    (["--min-delta", "-1", "--early-stopping", "2"], "min_delta"),
+    (["--min-delta", "nan", "--early-stopping", "2"], "min_delta"),
+    (["--seed", str(2**64)], "seed must be an int in [0, 2**63)"),
+    (["--seed", "-1"], "seed must be an int in [0, 2**63)"),
+    (["--features", "0,1"], "the bundled dataset 'digits' has its own label"),
+    (["--label", "3"], "the bundled dataset 'digits' has its own label"),
 ])
 def test_bad_options_exit_cleanly(args, words):
     p = run("train", *args)
     assert p.returncode != 0
     assert words in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    # columns are found by name: training read them by position and predict by name (all f0s the first f0)
+    (tmp_path / "dup.csv").write_text("f0,f1,f0,label\n1,2,3,0\n4,5,6,1\n7,8,9,0\n")
+    for cmd in (["train", "--dataset", str(tmp_path / "dup.csv"), "--label", "label", "--out", str(tmp_path / "o")],):
+        p = run(*cmd)
+        assert p.returncode == 2 and "dup.csv:1: the header names column(s) 'f0' more than once" in p.stderr
+        assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_model_that_calls_sys_exit_is_a_failing_model(tmp_path):
+    (tmp_path / "m.py").write_text("import sys\ndef model(x, n):\n    sys.exit(3)\n")
+    (tmp_path / "top.py").write_text("import sys\nsys.exit(0)\n")
+    p = run("train", "--model", str(tmp_path / "m.py"), "--epochs", "1")
+    assert p.returncode == 2 and "the model raised SystemExit: 3" in p.stderr and "m.py:3" in p.stderr, p.stderr
+    p = run("train", "--model", str(tmp_path / "top.py"), "--epochs", "1")
+    assert p.returncode == 2 and "top.py:2: running the file failed: SystemExit" in p.stderr, p.stderr
+
+
+def test_drop_last_trains_a_model_that_needs_whole_batches(tmp_path):
+    (tmp_path / "roll.py").write_text("import graphc as gc\ndef model(x, n):\n"
+                                      "    h = gc.nn.dense(x, n)\n    return gc.concatenate([h[1:], h[:1]], axis=0)\n")
+    args = ["train", "--model", str(tmp_path / "roll.py"), "--batch-size", "4", "--epochs", "1", "--quiet"]
+    p = run(*args)
+    assert p.returncode == 2 and "short last batch" in p.stderr, p.stderr
+    p = run(*args, "--drop-last")
+    assert p.returncode == 0, p.stderr
 
 
 def test_out_that_is_not_a_directory_and_version(tmp_path):
