@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from graphc.errors import GraphcError, NumericalError
 
@@ -29,10 +30,23 @@ def _demo(args) -> int:
 
 
 def _floats(text: str, what: str) -> list[float]:
+    parts = text.split(",")
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        if any(not v.strip() for v in parts):
+            raise ValueError
+        return [float(v) for v in parts]
     except ValueError:
         raise GraphcError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _output_file(path: str, what: str) -> None:
+    """-o must name a file to write (checked before minutes of compiling, not by the linker after)."""
+    p = Path(path)
+    if p.is_dir():
+        raise GraphcError(f"-o {path}: a directory; give the path of the {what} to write in it, e.g. "
+                          f"{p / ('libmodel.so' if what == 'shared library' else 'train')}")
+    if not p.parent.is_dir():
+        raise GraphcError(f"-o {path}: the directory {p.parent} does not exist")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -117,6 +131,7 @@ def _build(args) -> int:
         options["optimizer"] = args.optimizer
     if options["data"] is None:
         options["data"] = "digits"
+    _output_file(args.output, "executable")
     r = build(args.output, log=lambda m: print(f"graphc: note: {m}", file=sys.stderr), mpi=args.mpi, **options)
     size = r.path.stat().st_size
     run = f"mpirun -n P {r.path}" if args.mpi else str(r.path)
@@ -129,6 +144,7 @@ def _build(args) -> int:
 def _export(args) -> int:
     from graphc.aot import export
 
+    _output_file(args.output, "shared library")
     r = export(args.output, args.weights, header=args.header, **_aot_options(args))
     size = r.path.stat().st_size
     print(f"exported {r.path} ({size / 1024:.0f} KiB) and {r.header} in {r.seconds:.1f} s: "

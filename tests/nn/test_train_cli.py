@@ -169,6 +169,7 @@ def test_grid_reshapes_flat_npy_rows_into_images_and_a_wrong_grid_exits_2_writin
     (["--seed", "-1"], "seed must be an int in [0, 2**63)"),
     (["--features", "0,1"], "the bundled dataset 'digits' has its own label"),
     (["--label", "3"], "the bundled dataset 'digits' has its own label"),
+    (["--hidden", "12,,4"], "--hidden: expected comma-separated numbers"),
 ])
 def test_bad_options_exit_cleanly(args, words):
     p = run("train", *args)
@@ -184,6 +185,14 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
         p = run(*cmd)
         assert p.returncode == 2 and "dup.csv:1: the header names column(s) 'f0' more than once" in p.stderr
         assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_build_and_export_refuse_an_output_path_that_cannot_be_written_before_compiling(tmp_path):
+    for cmd in (["build", "-o", str(tmp_path)], ["export", "--weights", str(tmp_path), "-o", str(tmp_path)]):
+        p = run(*cmd)
+        assert p.returncode == 2 and f"-o {tmp_path}: a directory" in p.stderr, p.stderr
+    p = run("build", "-o", str(tmp_path / "no" / "train"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
 
 
 def test_a_model_that_calls_sys_exit_is_a_failing_model(tmp_path):
