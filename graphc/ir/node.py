@@ -23,6 +23,7 @@ import numpy as np
 from graphc.ir.shapes import Shape, fmt_type
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CLI = os.path.join(_PKG_DIR, "cli.py")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class SourceInfo:
     """Where a node came from: the user's file and line, the enclosing scope (layer) names, and for nodes built
     by a transformation (grad, a rewrite) which transformation made it and from which node's op."""
 
-    file: str = "<unknown>"
+    file: str = "(built by graphc)"
     line: int = 0
     function: str = ""
     scope: str = ""
@@ -114,9 +115,11 @@ def capture_source() -> SourceInfo:
         src, made_by = derived
         return SourceInfo(src.file, src.line, src.function, src.scope, made_by)
     f = sys._getframe(1)
+    inner = None
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        f = f.f_back
-    if f is None:
+        inner, f = f, f.f_back
+    if f is None or (inner is not None and inner.f_code.co_filename == _CLI):
+        # no user code on the stack: graphc's own (the CLI's default MLP), not the console script's line
         return SourceInfo(scope=current_scope())
     return SourceInfo(f.f_code.co_filename, f.f_lineno, f.f_code.co_name, current_scope())
 

@@ -352,3 +352,9 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     assert "refusing checkpoint" in p.stderr and "corrupt" in p.stderr
     assert "resuming from ckpt-1-000001.gcp" in p.stderr  # the last good one
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_a_divergence_of_the_default_mlp_names_its_layer_not_the_console_scripts_line():
+    p = run("train", "--lr", "1e6", "--epochs", "2", "--quiet")
+    assert p.returncode != 0 and "at (built by graphc) in mlp." in p.stderr, p.stderr
+    assert "cli.py" not in p.stderr and "runpy" not in p.stderr
