@@ -45,8 +45,6 @@ def _output_file(path: str, what: str) -> None:
     if p.is_dir():
         raise GraphcError(f"-o {path}: a directory; give the path of the {what} to write in it, e.g. "
                           f"{p / ('libmodel.so' if what == 'shared library' else 'train')}")
-    if not p.parent.is_dir():
-        raise GraphcError(f"-o {path}: the directory {p.parent} does not exist")
 
 
 def _ints(text: str, what: str) -> list[int]:
