@@ -340,6 +340,10 @@ class EpochFunction(CompiledFunction):
                 arr[...] = aligned
             self.epochs_done = max(self.epochs_done, epoch + 1)
             self.steps_done = step0 + bad
+            overflowed = bad and self._nonfinite(trained)
+            if overflowed:  # an update overflowed before the loss showed it: the epoch's start is the last finite
+                self._restore(trained, copy_back)
+                self.steps_done = step0
             if status == drv.STATUS_CHECK:
                 rows = perm[bad * batch:min((bad + 1) * batch, n_steps_rows)]
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
@@ -347,15 +351,42 @@ class EpochFunction(CompiledFunction):
                     f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
                     f"{self.program.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
                     f"the parameters after the last good step ({bad} steps this epoch). Check the data's labels / ids")
+            held = (f"the state holds the parameters at the epoch's start: the update of an earlier step had "
+                    f"already made {overflowed} non-finite" if overflowed else
+                    f"the state holds the parameters after the last finite step ({bad} steps this epoch)")
             raise NumericalError(
                 f"training: the loss became non-finite ({bad_loss}) at step {bad + 1} of the epoch "
-                f"(global step {step0 + bad + 1}, epoch {epoch}); the state holds the parameters after the last "
-                f"finite step ({bad} steps this epoch). Try a smaller learning rate or standardized inputs")
+                f"(global step {step0 + bad + 1}, epoch {epoch}); {held}. Try a smaller learning rate or "
+                f"standardized inputs")
         for arr, aligned in copy_back:
             arr[...] = aligned
         self.epochs_done = max(self.epochs_done, epoch + 1)
         self.steps_done = step0 + steps
+        if on_nonfinite == "raise" and bad is None:
+            name = self._nonfinite(trained)
+            if name:  # every loss finite, but an update overflowed (the last step's shows in no loss)
+                self._restore(trained, copy_back)
+                self.steps_done = step0
+                raise NumericalError(
+                    f"training: the parameter {name!r} became non-finite in epoch {epoch} while every loss of its "
+                    f"{steps} steps was finite (an update overflowed); the state holds the parameters at the "
+                    "epoch's start. Try a smaller learning rate or standardized inputs")
         return stats
+
+    @staticmethod
+    def _nonfinite(trained: dict) -> str | None:
+        """The first trained array holding a non-finite value (None: all finite)."""
+        for name, arr in trained.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                return name
+        return None
+
+    def _restore(self, trained: dict, copy_back: list) -> None:
+        """The trained arrays back to the epoch's start (the snapshot), in the caller's arrays too."""
+        for name, arr in trained.items():
+            np.copyto(arr, self._snapshot[name])
+        for arr, aligned in copy_back:
+            aligned[...] = arr
 
     CHUNK_SECONDS = 0.2  # a native call runs about this long at most: Ctrl-C is seen between calls
 

@@ -107,6 +107,24 @@ def test_nonfinite_loss_raises_with_the_last_finite_state():
     assert stats.nonfinite_step == 5 and stats.steps == 5
 
 
+def test_an_update_that_overflows_with_finite_losses_is_raised_with_the_epochs_start():
+    """A loss can be finite while its update overflows the parameters: the last step's shows in no loss, an
+    earlier one's only in the next loss, after which 'the last finite step' held inf weights."""
+    x, y, loss, params, updates = _net(name="ovf")
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    X, Y = _data(n=32)
+    X *= 100
+    start = gc.nn.init_params(params, seed=0)
+    for batch in (32, 8):
+        state = {k: v.copy() for k, v in start.items()}
+        with pytest.raises(gc.NumericalError, match="epoch's start"):
+            ef.run_epoch(X, Y, state, batch=batch, scalars={"lr": 1e38}, epoch=0, step0=0)
+        for k in state:
+            np.testing.assert_array_equal(state[k], start[k], err_msg=k)
+    stats = ef.run_epoch(X, Y, state, batch=8, scalars={"lr": 0.01}, epoch=0, step0=0)  # usable afterwards
+    assert stats.steps == 4 and np.isfinite(stats.mean_loss)
+
+
 @pytest.mark.parametrize("threads,on_nonfinite", [(1, "raise"), (2, "stop")])
 def test_a_label_out_of_range_stops_the_epoch_at_its_step_with_the_last_good_state(threads, on_nonfinite):
     """The step's index check (a label outside [0, C)) is read after every step of the native epoch: an
