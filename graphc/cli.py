@@ -73,10 +73,8 @@ def _train(args) -> int:
         options["hidden"] = _ints(args.hidden, "--hidden")
     if args.dropout is not None:
         keeps = _floats(args.dropout, "--dropout")
-        if len(keeps) == 1:  # one number: the lecture's split, 0.8 on inputs and this on hidden units
-            hidden = options.get("hidden", [128])
-            keeps = [0.8] + keeps * len(hidden)
-        options["dropout"] = keeps
+        # one number: the lecture's split (TrainConfig's, as for gc.fit): 0.8 on inputs and it on hidden units
+        options["dropout"] = keeps[0] if len(keeps) == 1 else keeps
     features = args.features.split(",") if args.features else None
     if args.grid is not None:
         grid = tuple(_ints(args.grid, "--grid"))

@@ -65,8 +65,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         d = self.dropout
-        if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the input's, as
-            self.dropout = [float(d)]  # --dropout 0.8 gives
+        if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the lecture's split,
+            self.dropout = [0.8] + [float(d)] * len(self.hidden)  # 0.8 on the inputs and it on hidden units
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:

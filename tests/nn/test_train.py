@@ -329,10 +329,11 @@ def test_predict_takes_no_rows_and_examples_on_the_data_grid():
         fit(None, "breast_cancer", progress=False, epochs=1, hidden=[4]).predict(np.zeros((3, 5)))
 
 
-def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is_the_inputs():
+def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is_the_lectures_split():
     """gc.fit's keyword options: a string where a number goes, a float where an int goes, a train_fraction
     outside (0, 1] are GraphcErrors naming the option (some were TypeErrors from a comparison, and
-    train_fraction=0 trained on 2 rows); dropout=0.8 is [0.8], as --dropout 0.8 gives."""
+    train_fraction=0 trained on 2 rows); one keep probability is the lecture's split, as --dropout 0.5 gives:
+    0.8 on the inputs and 0.5 on each hidden layer (gc.fit took it as the input's alone)."""
     for kw, words in ((dict(momentum="x"), "momentum must be a number"), (dict(l2=None), "l2 must be a number"),
                       (dict(threads="2"), "threads must be an int"), (dict(early_stopping=1.5), "early_stopping must"),
                       (dict(checkpoint_every="1"), "checkpoint_every must be an int"),
@@ -341,8 +342,8 @@ def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is
                       (dict(train_fraction=1.5), r"train_fraction must be a number in \(0, 1\]")):
         with pytest.raises(gc.GraphcError, match=words):
             fit(None, "digits", progress=False, epochs=1, **kw)
-    r = fit(None, "digits", progress=False, epochs=1, dropout=0.8)
-    assert r.config.dropout == [0.8]
+    r = fit(None, "digits", progress=False, epochs=1, dropout=0.5, hidden=[16, 8])
+    assert r.config.dropout == [0.8, 0.5, 0.5]
 
 
 def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_function_is_named():
