@@ -67,6 +67,8 @@ class TrainConfig:
         d = self.dropout
         if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the lecture's split,
             self.dropout = [0.8] + [float(d)] * len(self.hidden)  # 0.8 on the inputs and it on hidden units
+        if self.optimizer in ("momentum", "nesterov") and self.momentum == 0.0:
+            self.momentum = 0.9  # their default, recorded as the value that runs
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -92,6 +94,9 @@ class TrainConfig:
         need(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
              f"learning rate must be a positive number, got {self.lr!r}")
         need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.momentum == 0.0 or self.optimizer in ("sgd", "gd", "momentum", "nesterov"),
+             f"momentum {self.momentum} is for the optimizers sgd, momentum and nesterov; {self.optimizer} takes "
+             "none (graphc's RMSprop is PyTorch's without momentum): leave it out")
         need(self.l2 >= 0 and self.l1 >= 0, "penalties l2 and l1 must be >= 0")
         need(self.early_stopping is None or self.early_stopping >= 1, "early-stopping patience must be >= 1")
         need(not self.refit or self.early_stopping is not None, "--refit needs --early-stopping (it retrains for "

@@ -346,6 +346,18 @@ def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is
     assert r.config.dropout == [0.8, 0.5, 0.5]
 
 
+def test_momentum_is_recorded_as_it_ran_and_refused_where_no_optimizer_uses_it():
+    """optimizer='momentum' without a value ran 0.9 and recorded 0.0; adam, rmsprop and adagrad ignored it."""
+    from graphc.nn.train import TrainConfig
+
+    assert TrainConfig(optimizer="momentum").momentum == 0.9 and TrainConfig(optimizer="nesterov").momentum == 0.9
+    assert TrainConfig(optimizer="momentum", momentum=0.5).momentum == 0.5
+    for opt in ("adam", "rmsprop", "adagrad"):
+        with pytest.raises(gc.GraphcError, match=f"momentum 0.9 is for the optimizers sgd, momentum and nesterov; "
+                                                 f"{opt} takes none"):
+            fit(None, "digits", progress=False, epochs=1, optimizer=opt, momentum=0.9)
+
+
 def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_function_is_named():
     """A misspelt option, or a name from another library, gets the option meant (gc.fit's own arguments, such as
     progress, were not even listed); a model that is neither None, a function nor a path is refused by type (it
