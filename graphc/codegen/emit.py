@@ -1485,7 +1485,11 @@ class ModuleEmitter:
                 y = b.fsub(b.load(accv_p, typ=vty), b.load(comp_p, typ=vty))
                 tot = b.load(tot_p, typ=vty)
                 t = b.fadd(tot, y)
-                b.store(b.fsub(b.fsub(t, tot), y), comp_p)
+                c = b.fsub(b.fsub(t, tot), y)
+                # an infinite total (an inf element, or an overflow) has no rounding error to carry: inf - inf
+                # would make the compensation, and then the sum, NaN where numpy's is inf
+                finite = b.fcmp_ordered("<", fe.sc.call_intrinsic("llvm.fabs", c), vmath.const(vty, float("inf")))
+                b.store(b.select(finite, c, identity(vty)), comp_p)
                 b.store(t, tot_p)
                 b.store(identity(vty), accv_p)
 

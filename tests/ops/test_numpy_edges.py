@@ -175,3 +175,25 @@ def test_identities_that_would_change_a_signed_zero_are_not_applied():
     for got in both(outs, x=v):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("n", [16, 17, 100, 5000])
+def test_sums_holding_or_overflowing_to_infinity_are_numpys(n):
+    # the compensated sum's correction was inf - inf: NaN where numpy's sum is inf
+    x = gc.input("x", ("N",))
+    rows = gc.input("rows", (3, "N"), "float64")
+    one_inf = np.ones(n, np.float32)
+    one_inf[n // 2] = np.inf
+    overflow = np.full(n, 3e38, np.float32)
+    both_signs = one_inf.copy()
+    both_signs[0] = -np.inf
+    r = np.ones((3, n))
+    r[:, -1] = np.inf
+    r[1, 0] = -np.inf
+    for v in (one_inf, overflow, both_signs):
+        with np.errstate(all="ignore"):
+            want = [v.sum(dtype=np.float32), v.mean(dtype=np.float32)]
+        for got in both([gc.sum(x), gc.mean(x)], x=v):
+            np.testing.assert_array_equal(got, want)
+    for got in both([gc.sum(rows, axis=1)], rows=r):
+        np.testing.assert_array_equal(got[0], r.sum(axis=1))
