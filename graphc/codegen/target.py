@@ -119,7 +119,7 @@ def _process_triple() -> str:
     return ensure_llvm().get_process_triple()
 
 
-HOST_MAGIC = "graphc-host-1"
+HOST_MAGIC = "graphc-host-2"
 
 
 def _cpu_fingerprint() -> str | None:
@@ -156,12 +156,18 @@ def _read_host(fp: str) -> Target | None:
         lines = _host_file(fp).read_text().split("\n")
     except (OSError, UnicodeDecodeError):
         return None
-    if len(lines) < 4 or lines[0] != HOST_MAGIC or not lines[1] or not lines[2]:
+    if len(lines) < 5 or lines[0] != HOST_MAGIC or not lines[1] or not lines[2]:
         return None
     triple, cpu, features = lines[1], lines[2], lines[3]
+    if lines[4] != _host_sum(fp, triple, cpu, features) or triple.split("-")[0] != os.uname().machine:
+        return None  # damaged (a feature this CPU lacks would be SIGILL in every cached program), or foreign
     if features and not all(f[:1] in "+-" and len(f) > 1 for f in features.split(",")):
         return None
     return Target("native", cpu, features, _vector_bits(features), triple)
+
+
+def _host_sum(fp: str, triple: str, cpu: str, features: str) -> str:
+    return hashlib.sha256(f"{fp}\n{triple}\n{cpu}\n{features}".encode()).hexdigest()
 
 
 def _write_host(fp: str, t: Target) -> None:
@@ -170,7 +176,7 @@ def _write_host(fp: str, t: Target) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-host-")
         with os.fdopen(fd, "w") as f:
-            f.write(f"{HOST_MAGIC}\n{t.triple}\n{t.cpu}\n{t.features}\n")
+            f.write(f"{HOST_MAGIC}\n{t.triple}\n{t.cpu}\n{t.features}\n{_host_sum(fp, t.triple, t.cpu, t.features)}\n")
         os.replace(tmp, path)
     except OSError:
         pass

@@ -122,6 +122,8 @@ def store(k: str, obj: bytes) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
         data = obj.so_bytes if isinstance(obj, SharedObjectCode) else None
+        if data is None and isinstance(obj, SharedObjectCode) and obj.helpers:
+            return  # not linked (the C compiler failed): the object alone lacks the GEMM helpers it calls
         if data is not None:
             _atomic_write(d / f"{k}.so", data)
             _atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())

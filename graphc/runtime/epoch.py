@@ -184,6 +184,14 @@ class EpochFunction(CompiledFunction):
         step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied). A
         failed run-time check (a label or token id out of range) always raises an InputError naming the step, its
         rows and the check, with `state` as it was after the last good step."""
+        with self._lock:  # one epoch (or call) at a time: the arena, workspace and rollback snapshot are shared
+            return self._run_epoch(X, Y, state, batch=batch, order=order, scalars=scalars, epoch=epoch, seed=seed,
+                                   step0=step0, shuffle=shuffle, drop_last=drop_last, max_steps=max_steps,
+                                   threads=threads, on_nonfinite=on_nonfinite)
+
+    def _run_epoch(self, X, Y, state, *, batch, order, scalars, epoch, seed, step0, shuffle, drop_last, max_steps,
+                   threads, on_nonfinite) -> EpochStats:
+        """run_epoch's work, under the epoch lock."""
         spec = self._spec_memo
         if not isinstance(state, Mapping):
             raise InputError(f"training: state must be a dict of name -> array (the parameters and the optimizer's "
@@ -202,8 +210,8 @@ class EpochFunction(CompiledFunction):
             raise InputError(f"training: batch size must be a positive int, got {batch!r}")
         batch = int(batch)
         for v, what in ((epoch, "epoch"), (step0, "step0"), (seed, "seed")):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-                raise InputError(f"training: {what} must be an int >= 0, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**63):
+                raise InputError(f"training: {what} must be an int in [0, 2**63), got {v!r}")
         epoch = self.epochs_done if epoch is None else int(epoch)
         step0 = self.steps_done if step0 is None else int(step0)
         self._check_data(X, self._x, "x")

@@ -150,7 +150,7 @@ class CompiledFunction:
         self.barriers = self.compilation.barriers
         position = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
         self.updates = {pos: position[id(leaf)] for pos, leaf in options.updates}  # output -> signature slot
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: an epoch holds it across its native calls
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
         self._fits_env: list[int] | None = None  # dims the current plan was last checked to hold
@@ -591,10 +591,17 @@ class CompiledFunction:
                 v > self._plan.env.get(s, 0) for s, v in zip(self._symbols, env, strict=True)):
             old = self._plan.env if self._plan else {}
             grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
-            self._plan_threads = max(nthreads, getattr(self, "_plan_threads", 0))
-            self._plan = self.compilation.layout.plan(grow, self._plan_threads, self.target)
-            self._arena = aligned_bytes(max(self._plan.arena_bytes, 64))
-            self._ws = aligned_bytes(max(self._plan.workspace_bytes, 64))
+            threads = max(nthreads, getattr(self, "_plan_threads", 0))
+            plan = self.compilation.layout.plan(grow, threads, self.target)
+            try:  # nothing is replaced until both are allocated: a MemoryError leaves the old plan in use
+                arena = aligned_bytes(max(plan.arena_bytes, 64))
+                ws = aligned_bytes(max(plan.workspace_bytes, 64))
+            except MemoryError:
+                dims = ", ".join(f"{s}={v}" for s, v in zip(self._symbols, env, strict=True)) or "static dims"
+                raise MemoryError(f"compiled function: its working memory at {dims} ({threads} thread(s)) is "
+                                  f"{(plan.arena_bytes + plan.workspace_bytes) / 2**30:.1f} GiB, more than this "
+                                  "machine can allocate; call it on smaller dims (a smaller batch)") from None
+            self._plan, self._plan_threads, self._arena, self._ws = plan, threads, arena, ws
             table = self._base_table.copy()
             base = self._arena.ctypes.data
             for idx, off in self._plan.offsets.items():
@@ -783,7 +790,7 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 def _renew_locks() -> None:
     for fn in list(_LIVE):
-        fn._lock = threading.Lock()
+        fn._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

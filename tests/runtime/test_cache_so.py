@@ -61,7 +61,27 @@ def test_cached_program_runs_without_llvm(tmp_path):
     host = next(tmp_path.glob("host-*.txt"))
     host.write_text("garbage")
     assert _run(tmp_path)[:3] == (True, "SharedObject", True)
-    assert host.read_text().startswith("graphc-host-1\n")
+    good = host.read_text()
+    assert good.startswith("graphc-host-2\n")
+    # one that parses but was damaged (a feature this CPU lacks: SIGILL in every program compiled for it) or
+    # names another machine: its checksum and triple are checked, so it is rebuilt, not trusted
+    for edit in (lambda t: t.replace(",-", ",+", 1),
+                 lambda t: t.replace("x86_64-", "aarch64-")):
+        host.write_text(edit(good))
+        assert host.read_text() != good
+        assert _run(tmp_path)[:3] == (True, "SharedObject", True)
+        assert host.read_text() == good
+
+
+def test_a_failed_link_caches_nothing_it_cannot_load_again(tmp_path):
+    # a C compiler that cannot link: the object (without the GEMM helpers it calls) was cached, and every later
+    # process segfaulted in the first call
+    first = _run(tmp_path, CC="/bin/false")
+    assert first[0] is False
+    assert not list(tmp_path.glob("*.o")) and not list(tmp_path.glob("*.so"))
+    again = _run(tmp_path)
+    assert again[0] is False and again[4] == first[4]
+    assert _run(tmp_path)[:2] == (True, "SharedObject")
 
 
 def test_without_a_c_compiler_the_cache_holds_mcjit_objects(tmp_path):

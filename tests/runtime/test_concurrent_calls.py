@@ -71,3 +71,52 @@ def test_two_trainings_on_one_out_refuse_each_other(tmp_path):
     done = int(sorted((out / "checkpoints").glob("ckpt-*.gcp"))[-1].stem.split("-")[-1])
     p = subprocess.run([*cmd[:5], str(done + 1), *cmd[6:], "--resume"], capture_output=True, text=True)
     assert p.returncode == 0 and "resuming from" in p.stderr, p.stderr
+
+
+def test_one_epoch_function_trained_from_two_threads_equals_training_alone():
+    """run_epoch grew the arena outside the lock: a thread starting a larger batch freed the arena the other
+    thread's epoch was still running on (a segfault). Epochs of one function now run one at a time."""
+    x, y, lr = gc.input("x", ("N", 16)), gc.input("y", ("N",), "int32"), gc.input("lr", (), "float32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [32, 4], name="twin"), y)
+    params = gc.nn.parameters(loss)
+    updates = {p: p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)}
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((100000, 16)).astype(np.float32), rng.integers(0, 4, 100000).astype(np.int32)
+
+    def train(ef, batch, delay=0.0):
+        time.sleep(delay)
+        state = gc.nn.init_params(params, seed=0)
+        ef.run_epoch(X, Y, state, batch=batch, scalars={"lr": 0.01}, threads=1, epoch=0)
+        return state
+
+    ef = gc.EpochFunction(loss, updates, x=x, y=y)
+    got = {}
+    ths = [threading.Thread(target=lambda b=b, d=d: got.__setitem__(b, train(ef, b, d)))
+           for b, d in ((2, 0.0), (100000, 0.05))]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    for b in (2, 100000):
+        alone = train(gc.EpochFunction(loss, updates, x=x, y=y), b)
+        for k in alone:
+            np.testing.assert_array_equal(got[b][k], alone[k], err_msg=f"batch {b}: {k}")
+
+
+def test_a_call_too_big_for_memory_leaves_the_function_usable():
+    """The plan was replaced before its arena was allocated: after the MemoryError the next, smaller call ran on
+    the old, too small arena (a heap overflow)."""
+    a, b, w = gc.input("a", ("N",)), gc.input("b", ("M",)), gc.input("w", ("M", 4))
+    out = gc.sum(gc.tanh((gc.reshape(a, ("N", 1)) * gc.reshape(b, (1, "M"))) @ w), axis=1)
+    fn = gc.compile(out, cache=False)
+
+    def values(n, seed=0):
+        r = np.random.default_rng(seed)
+        return {"a": r.standard_normal(n).astype(np.float32), "b": r.standard_normal(n).astype(np.float32),
+                "w": r.standard_normal((n, 4)).astype(np.float32) / n}
+
+    fn(values(10))
+    with pytest.raises(MemoryError, match=r"working memory at M=1000000, N=1000000 .* GiB"):
+        fn(values(1_000_000))
+    v = values(3000, seed=1)
+    np.testing.assert_allclose(fn(v), gc.evaluate(out, v), atol=1e-5)
