@@ -222,14 +222,14 @@ class ScalarEmitter:
                 return self.div(self.const(x.type, 1.0), r) if k < 0 else r
             if p.is_Number and float(p) == 0.5:  # x ** 0.5 as sqrt: correctly rounded, as numpy's
                 return self.call_intrinsic("llvm.sqrt", go(base))
-            if p.is_Number and float(p) == -0.5:
-                x = self.call_intrinsic("llvm.sqrt", go(base))
-                return self.div(self.const(x.type, 1.0), x)
+            if p.is_Number and float(p) == -0.5:  # 1/sqrt(x), with pow's values at -0.0 (inf) and -inf (0)
+                x = go(base)
+                r = self.div(self.const(x.type, 1.0),
+                             self.call_intrinsic("llvm.sqrt", b.fadd(x, self.const(x.type, 0.0))))
+                return b.select(b.fcmp_ordered("==", x, self.const(x.type, float("-inf"))), self.const(x.type, 0.0), r)
             x = go(base)
-            if p.is_Number:  # a non-integer constant: NaN for a negative base, as numpy
-                y = self.const(x.type, float(p))
-                return vmath.EMITTERS["exp"](b, b.fmul(y, vmath.EMITTERS["log"](b, x), flags=FLAGS), self.target)
-            return self._pow(x, go(p))
+            # a tensor exponent, or a non-integer constant one (its integer-exponent work folds away)
+            return self._pow(x, go(p) if not p.is_Number else self.const(x.type, float(p)))
         if isinstance(e, sympy.Piecewise):
             (val, cond), rest = e.args[0], e.args[1:]
             if cond is sympy.true or not rest:
@@ -359,10 +359,14 @@ class ScalarEmitter:
         # an odd integer exponent keeps the base's sign (-0.0 ** -1 = -inf)
         sign = b.call(vmath.intrinsic(self.module, "llvm.copysign", ty, 2), [r, x])
         r = b.select(b.and_(integral, odd), sign, r)
-        negative = b.fcmp_ordered("<", x, self.const(ty, 0.0))
+        # a finite negative base to a non-integer power is NaN; -inf's is |x| ** y (inf or 0), as numpy's
+        negative = b.and_(b.fcmp_ordered("<", x, self.const(ty, 0.0)),
+                          b.fcmp_ordered("!=", x, self.const(ty, float("-inf"))))
         r = b.select(b.and_(negative, b.xor(integral, self.const(integral.type, True))),
                      self.const(ty, float("nan")), r)
-        one = b.or_(b.fcmp_ordered("==", y, self.const(ty, 0.0)), b.fcmp_ordered("==", x, self.const(ty, 1.0)))
+        inf_y = b.fcmp_ordered("==", ay, self.const(ty, float("inf")))
+        one = b.or_(b.or_(b.fcmp_ordered("==", y, self.const(ty, 0.0)), b.fcmp_ordered("==", x, self.const(ty, 1.0))),
+                    b.and_(b.fcmp_ordered("==", x, self.const(ty, -1.0)), inf_y))  # (-1) ** +-inf = 1
         return b.select(one, self.const(ty, 1.0), r)
 
     def compare(self, cls, x, y):

@@ -17,8 +17,10 @@ def both(outs, **values):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_tensor_exponent_gives_numpys_power_for_any_base(dtype):
-    base = np.array([-7, -2, 0, -1, -0.0, 2, -2, -2, np.nan, 1, -0.5, -3, 1.1, -1.3, 0, 0, 3, -1], dtype)
-    expo = np.array([2, 3, 0, 0, -1, 0.5, 0.5, np.inf, 0, np.nan, np.inf, -3, 70, 63, 2, -2, 1e9, 1e9 + 1], dtype)
+    base = np.array([-7, -2, 0, -1, -0.0, 2, -2, -2, np.nan, 1, -0.5, -3, 1.1, -1.3, 0, 0, 3, -1,
+                     -np.inf, -np.inf, -np.inf, -np.inf, -np.inf, -1, -1, -0.0], dtype)
+    expo = np.array([2, 3, 0, 0, -1, 0.5, 0.5, np.inf, 0, np.nan, np.inf, -3, 70, 63, 2, -2, 1e9, 1e9 + 1,
+                     0.5, -0.5, 2.5, 3, -3, np.inf, -np.inf, -0.5], dtype)
     x, y = gc.input("x", (len(base),), dtype), gc.input("y", (len(base),), dtype)
     with np.errstate(all="ignore"):
         want = base ** expo
@@ -28,6 +30,18 @@ def test_a_tensor_exponent_gives_numpys_power_for_any_base(dtype):
         # small integer exponents are exact, as numpy's (7 ** 2 = 49, not 48.999992)
         exact = (np.abs(expo) < 8) & (expo == np.floor(expo)) & np.isfinite(want)
         np.testing.assert_array_equal(got[exact], want[exact])
+
+
+@pytest.mark.parametrize("p", [-0.5, 2.5, -1.5, 0.25])
+def test_constant_powers_at_signed_zeros_and_infinities_are_numpys(p):
+    v = np.array([-np.inf, -0.0, 0.0, np.inf, -2.0, 4.0, np.nan], np.float32)
+    x = gc.input("x", (7,))
+    with np.errstate(all="ignore"):
+        want = v ** np.float32(p)
+    for got in both(x ** p, x=v):
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+        number = ~np.isnan(want)
+        np.testing.assert_array_equal(np.signbit(got[number]), np.signbit(want[number]))
 
 
 def test_the_gradient_of_a_power_with_a_negative_base_and_an_integer_exponent():
