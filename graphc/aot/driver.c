@@ -320,7 +320,7 @@ static void parse_args(opts_t *o, int argc, char **argv) {
         else if (!strcmp(name, "--batch-size")) o->batch = parse_int(name, val, 1, INT64_MAX / 2);
         else if (!strcmp(name, "--early-stopping")) o->patience = parse_int(name, val, 1, 100000000);
         else if (!strcmp(name, "--threads")) o->threads = parse_int(name, val, 1, GC_MAX_THREADS);
-        else if (!strcmp(name, "--seed")) o->seed = parse_int(name, val, INT64_MIN, INT64_MAX);
+        else if (!strcmp(name, "--seed")) o->seed = parse_int(name, val, 0, INT64_MAX);  /* as graphc train */
         else if (!strcmp(name, "--lr")) {
             o->lr = parse_float(name, val);
             if (!(o->lr > 0)) fail(EXIT_BAD, "--lr: the learning rate must be positive, got %s", val);

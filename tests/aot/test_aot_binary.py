@@ -23,6 +23,8 @@ def test_help_and_info(digits_binary):
     assert p.returncode == 0
     assert "mlp.0.W (64, 128)" in p.stdout and "task: multiclass" in p.stdout
     assert digits_binary.step_digest[:16] in p.stdout
+    p = subprocess.run([str(digits_binary.path), "--seed", "-1", "--out", "x"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--seed: -1 is out of range [0, " in p.stderr, p.stderr  # as graphc train
 
 
 def test_same_weights_as_in_process_training(digits_binary, digits_data, digits_run):
