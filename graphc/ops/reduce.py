@@ -51,12 +51,19 @@ class _Reduce(Op):
         return _reduced_shape(x.shape, attrs["axes"], attrs["keepdims"]), out
 
 
-class Sum(_Reduce):
-    name = "sum"
+class _Accumulate(_Reduce):
+    """A sum or a product: numpy's, accumulated in the node's dtype."""
+
+    numpy_fn: staticmethod
 
     def reference(self, node, args, ctx):
-        return np.sum(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"],
-                      dtype=ctx.dtype(node.dtype))
+        return self.numpy_fn(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"],
+                             dtype=ctx.dtype(node.dtype))
+
+
+class Sum(_Accumulate):
+    name = "sum"
+    numpy_fn = staticmethod(np.sum)
 
     def vjp(self, node, g):
         from graphc.ops.movement import reshape
@@ -116,15 +123,12 @@ class Min(_Extremum):
         return ReduceRule("min", sympy.Min(ACC, NEXT), float("inf"), node.attrs["axes"])
 
 
-class Prod(_Reduce):
+class Prod(_Accumulate):
     """The product over axes. Gradient: the product of the other elements, exact where x holds zeros (one zero:
     only its position gets the others' product; two or more: all zero), not prod / x."""
 
     name = "prod"
-
-    def reference(self, node, args, ctx):
-        return np.prod(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"],
-                       dtype=ctx.dtype(node.dtype))
+    numpy_fn = staticmethod(np.prod)
 
     def vjp(self, node, g):
         from graphc.ops.movement import broadcast_to, reshape
