@@ -295,7 +295,7 @@ class EpochFunction(CompiledFunction):
             warnings.warn(f"run_epoch: the state arrays {misaligned[:4]}{' ...' if len(misaligned) > 4 else ''} "
                           "are not 64-byte aligned; each epoch trains on aligned copies and copies them back. "
                           "Pass ef.aligned(state) (or gc.nn.init_params' arrays) to avoid the copies",
-                          stacklevel=2)
+                          stacklevel=3)  # the caller of run_epoch (through _run_epoch)
         if on_nonfinite == "raise" or self.program.checks:  # the state at the start, to go back to the last good step
             snap = self._snapshot
             for name, arr in trained.items():
@@ -455,7 +455,7 @@ class EpochFunction(CompiledFunction):
         if not getattr(self, f"_warned_{what}", False):
             setattr(self, f"_warned_{what}", True)
             warnings.warn(f"run_epoch: {what} is not C-contiguous (or not aligned to its items); each epoch copies "
-                          f"it. Pass np.ascontiguousarray({what}) once to avoid the copies", stacklevel=3)
+                          f"it. Pass np.ascontiguousarray({what}) once to avoid the copies", stacklevel=4)
         return np.ascontiguousarray(A)
 
     def aligned(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
