@@ -8,7 +8,7 @@ shuffles the windows, slices the batches and runs every step without returning t
 per character on held-out text (the last tenth of the topics), against the unigram entropy (what a model that
 knows only the characters' frequencies gets), and samples text from the model.
 
-    python examples/char_lm.py                      # the small config: about half a minute on 2 cores
+    python examples/char_lm.py                      # the small config: about 10 s on 2 cores
     python examples/char_lm.py --hidden 256 --epochs 10 --seq 100
 
 Importable: `load_text`, `Vocab`, `windows`, `CharLM` (build, train, bits_per_char, sample), `unigram_bits`."""

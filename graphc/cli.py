@@ -201,7 +201,7 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight initialization of the default MLP")
     p.add_argument("--bias-init", choices=["like_weights", "zeros"],
                    help="bias initialization of the default MLP: drawn like the weights (default, as "
-                        "scikit-learn and PyTorch do) or zeros")
+                        "scikit-learn does) or zeros")
 
 
 def _aot_arguments(p: argparse.ArgumentParser) -> None:
