@@ -204,28 +204,34 @@ def test_export_of_a_run_directory_rebuilds_what_the_run_trained(tmp_path):
     np.testing.assert_allclose(_predict(tmp_path / "libcnn.so", "cnn_predict", X, 10), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("damage, words", [
+DAMAGES = [
     (lambda d: d.update(x_std=d["x_std"][:10]), "x_std has 10 values, the model takes 30 features"),
     (lambda d: d["x_std"].__setitem__(5, 0.0), "x_std[5] is 0.0: every x_std must be > 0"),
     (lambda d: d.update(x_mean=None), "has x_std without x_mean"),
     (lambda d: d["x_mean"].__setitem__(2, "nan"), "x_mean holds a value that is not a finite number"),
-])
-def test_a_damaged_data_json_is_refused_by_export_and_predict(tmp_path, damage, words):
+]
+
+
+def test_a_damaged_data_json_is_refused_by_export_and_predict(tmp_path):
     """A data.json whose standardization lost entries or holds a 0 std: export built a library that returned
     NaN with success, predict failed with a numpy broadcast error or blamed the input."""
     import json
+    import shutil
 
     cli = [sys.executable, "-m", "graphc.cli"]
-    run = tmp_path / "bc"
+    good = tmp_path / "bc"
     p = subprocess.run([*cli, "train", "--dataset", "breast_cancer", "--hidden", "8", "--epochs", "1", "--quiet",
-                        "--out", str(run)], capture_output=True, text=True)
+                        "--out", str(good)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    d = json.loads((run / "data.json").read_text())
-    damage(d)
-    (run / "data.json").write_text(json.dumps(d))
     np.save(tmp_path / "x.npy", np.zeros((3, 30), np.float32))
-    for cmd in (["export", "--weights", str(run), "-o", str(tmp_path / "lib.so")],
-                ["predict", "--run", str(run), "--data", str(tmp_path / "x.npy")]):
-        p = subprocess.run([*cli, *cmd], capture_output=True, text=True)
-        assert p.returncode == 2 and words in p.stderr and "data.json" in p.stderr, p.stderr
-        assert "Traceback" not in p.stderr and not (tmp_path / "lib.so").exists()
+    for k, (damage, words) in enumerate(DAMAGES):
+        run = tmp_path / f"bad{k}"
+        shutil.copytree(good, run)
+        d = json.loads((run / "data.json").read_text())
+        damage(d)
+        (run / "data.json").write_text(json.dumps(d))
+        for cmd in (["export", "--weights", str(run), "-o", str(tmp_path / "lib.so")],
+                    ["predict", "--run", str(run), "--data", str(tmp_path / "x.npy")]):
+            p = subprocess.run([*cli, *cmd], capture_output=True, text=True)
+            assert p.returncode == 2 and words in p.stderr and "data.json" in p.stderr, p.stderr
+            assert "Traceback" not in p.stderr and not (tmp_path / "lib.so").exists()
