@@ -1026,14 +1026,8 @@ def _reads_in_place(k: Kernel, idx: int) -> bool:
             return False
         kept = [a for a in range(len(k.domain)) if a not in k.axes]
         out = dict(zip(kept, _rowmajor([k.domain[a] for a in kept]), strict=True))
-        want = tuple(0 if a not in out or _is_one(k.domain[a]) else out[a] for a in range(len(k.domain)))
-        for s in k.stores:
-            for x in walk(s.value):
-                if isinstance(x, Load) and x.buf.index == idx and (
-                        not x.affine or x.gathers or x.offset != 0 or len(x.strides) != len(want) or any(
-                            sympy.sympify(a) != sympy.sympify(b) for a, b in zip(x.strides, want, strict=True))):
-                    return False
-        return True
+        at_output = tuple(0 if a not in out or _is_one(k.domain[a]) else out[a] for a in range(len(k.domain)))
+        return _loads_only_at(k.stores, {b for b in k.reads if b.index == idx}, at_output)
     return False
 
 
@@ -1105,14 +1099,18 @@ def _identity_strides(shape: Shape) -> tuple[Dim, ...]:
 def _only_pointwise(k: LoopKernel, bufs: set[Buffer]) -> bool:
     """Whether every load of k from one of `bufs` reads the element at the point it computes (the store's index):
     affine, unchecked, no offset, the domain's row-major strides."""
-    identity = _identity_strides(k.domain)
-    for s in k.stores:
+    return _loads_only_at(k.stores, bufs, _identity_strides(k.domain))
+
+
+def _loads_only_at(stores: list[Store], bufs: set[Buffer], strides: tuple) -> bool:
+    """Whether every load in `stores` from one of `bufs` is affine, unchecked, without offset, with `strides`."""
+    for s in stores:
         for x in walk(s.value):
             if isinstance(x, Load) and x.buf in bufs:
                 if not x.affine or x.gathers or not (isinstance(x.offset, int) and x.offset == 0):
                     return False
-                if len(x.strides) != len(identity) or any(sympy.sympify(a) != sympy.sympify(b)
-                                                          for a, b in zip(x.strides, identity, strict=True)):
+                if len(x.strides) != len(strides) or any(sympy.sympify(a) != sympy.sympify(b)
+                                                         for a, b in zip(x.strides, strides, strict=True)):
                     return False
     return True
 

@@ -31,10 +31,15 @@ def mean(x, axis=None, keepdims: bool = False) -> Tensor:
     """The mean over axes; over a symbolic dim (the batch N) the count is read at run time."""
     x = _float(x, "mean")
     axes = reduce.normalize_axes(x, axis, "mean")
+    return reduce.sum(x, axes, keepdims) / dim_value(_size(x, axes), x, x.dtype)
+
+
+def _size(x: Tensor, axes: tuple[int, ...]):
+    """The number of elements over `axes` of x (a dim expression where they are symbolic)."""
     count = 1
     for a in axes:
         count = count * x.shape[a]
-    return reduce.sum(x, axes, keepdims) / dim_value(count, x, x.dtype)
+    return count
 
 
 def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
@@ -93,10 +98,7 @@ def var(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     sq = (x - broadcast_to(mu, x.shape)) ** 2
     if not ddof:
         return mean(sq, axis, keepdims)
-    count = 1
-    for a in axes:
-        count = count * x.shape[a]
-    return reduce.sum(sq, axes, keepdims) / dim_value(count - int(ddof), x, x.dtype)
+    return reduce.sum(sq, axes, keepdims) / dim_value(_size(x, axes) - int(ddof), x, x.dtype)
 
 
 def clip(x, lo, hi) -> Tensor:

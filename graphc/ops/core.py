@@ -178,12 +178,12 @@ def _default_dtype(arr: np.ndarray, weak: bool) -> str:
         return "float32" if weak else as_dtype(arr.dtype)
     if kind in "iu":
         if weak:  # a Python int: int32 where it fits (2**40 is int64, not wrapped)
-            return "int32" if _fits(arr, "int32") else "int64"
+            return "int32" if int_fits(arr, "int32") else "int64"
         return "int64" if arr.dtype.itemsize == 8 else "int32"
     raise DTypeError(f"cannot make a graphc constant from {arr.dtype} data")
 
 
-def _fits(arr: np.ndarray, dtype: str) -> bool:
+def int_fits(arr: np.ndarray, dtype: str) -> bool:
     """Whether the integers in `arr` are values of the int `dtype`."""
     if arr.size == 0:
         return True
@@ -210,7 +210,7 @@ def constant(value: Any, dtype: str | None = None) -> Tensor:
         raise DTypeError(f"gc.constant: cannot make a constant from {type(value).__name__}") from None
     dtype = as_dtype(dtype, "gc.constant") if dtype is not None else _default_dtype(
         arr, not isinstance(value, (np.ndarray, np.generic)))
-    if arr.dtype.kind in "iu" and dtype in ("int32", "int64") and not _fits(arr, dtype):
+    if arr.dtype.kind in "iu" and dtype in ("int32", "int64") and not int_fits(arr, dtype):
         raise DTypeError(f"gc.constant: {_out_of_range_int(arr, dtype)}: it would wrap around; use a wider dtype")
     return apply(CONSTANT, (), value=ArrayValue(arr.astype(dtype)))
 
@@ -227,7 +227,7 @@ def as_tensor(x: Any, like: Node | None = None) -> Tensor:
         except Exception:
             raise DTypeError(f"cannot use {type(x).__name__} as a tensor") from None
         own = _default_dtype(arr, True)
-        if arr.dtype.kind in "iu" and like.dtype in ("int32", "int64") and not _fits(arr, like.dtype):
+        if arr.dtype.kind in "iu" and like.dtype in ("int32", "int64") and not int_fits(arr, like.dtype):
             # numpy 2 raises OverflowError; wrapping it would compute with another number
             raise DTypeError(f"the Python int {_out_of_range_int(arr, like.dtype)}, the dtype of {describe(like)} "
                              f"it meets (numpy raises OverflowError); cast that tensor first: gc.cast(t, 'int64') "

@@ -18,7 +18,7 @@ import sympy
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
-from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, located, register
+from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
 from graphc.ops.reduce import sum_to_shape
 from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, rint, sigmoid, softplus
 
@@ -382,7 +382,8 @@ POW = _ew("pow", 2, x0 ** x1, partials={
     0: x1 * x0 ** (x1 - 1),
     1: sympy.Piecewise((0, sympy.Eq(x0, 0)), (x0 ** x1 * sympy.log(x0), True)),
 })
-POWC = _ew("powc", 1, x0 ** _P, params=("p",), partials={0: _P * x0 ** (_P - 1)})
+# ints too, for a non-negative integer p (power() sends only those): exact, by repeated squaring in native code
+POWC = _ew("powc", 1, x0 ** _P, params=("p",), partials={0: _P * x0 ** (_P - 1)}, domain=NUMERIC)
 EXP = _ew("exp", 1, sympy.exp(x0), sympy.exp)
 LOG = _ew("log", 1, sympy.log(x0), sympy.log)
 LOG1P = _ew("log1p", 1, log1p(x0), log1p)
@@ -520,8 +521,7 @@ def _wide_int(x) -> bool:
         arr = np.asarray(x)
     except Exception:
         return False
-    return arr.dtype.kind in "iu" and arr.size > 0 and bool(
-        arr.min() < np.iinfo("int32").min or arr.max() > np.iinfo("int32").max)
+    return arr.dtype.kind in "iu" and not int_fits(arr, "int32")
 
 
 def _unary(op: ElementwiseOp, promote_ints: bool = True):
@@ -582,19 +582,6 @@ def negative(x) -> Tensor:
     return apply(NEG, (as_tensor(x),))
 
 
-def _int_power(a: Tensor, p: int) -> Tensor:
-    """a ** p for an int tensor by repeated squaring (wrapping on overflow, as numpy's)."""
-    out, base = None, a
-    while True:
-        if p & 1:
-            out = base if out is None else out * base
-        p >>= 1
-        if not p:
-            break
-        base = base * base
-    return out if out is not None else a * 0 + 1  # a ** 0 (reading a: its shape may be symbolic)
-
-
 def power(a, b) -> Tensor:
     """a ** b. A Python number exponent gives `powc` (x**2 is differentiated as 2x, with no log). An int tensor to
     a non-negative int power stays an int (exact, as numpy: 100003 ** 2 in int64); to a float power it becomes a
@@ -606,7 +593,7 @@ def power(a, b) -> Tensor:
             if b < 0:
                 raise located(DTypeError(f"an integer to the negative power {b} is not an integer (numpy refuses "
                                          f"it too); cast first: gc.cast(x, 'float32') ** {b}"), (a,), "pow")
-            return _int_power(a, int(b))
+            return apply(POWC, (a,), p=int(b)) if int(b) != 1 else a
         if a.dtype not in FLOAT_DTYPES:
             a = cast(a, "float64" if a.dtype == "int64" else "float32")
         p = int(b) if integral else float(b)

@@ -318,7 +318,7 @@ class EpochFunction(CompiledFunction):
         ctx[drv.WS] = data_address(self._ws)
         ctx[drv.X], ctx[drv.Y] = data_address(Xc), data_address(Yc)
         ctx[drv.NSAMP], ctx[drv.BATCH], ctx[drv.EPOCH] = n_steps_rows, batch, epoch
-        ctx[drv.SEED] = np.int64(np.uint64(seed & (2**64 - 1)).view(np.int64)) if seed >= 2**63 else seed
+        ctx[drv.SEED] = seed  # < 2**63, checked above
         ctx[drv.PERM] = data_address(perm)
         ctx[drv.STEP0], ctx[drv.MAXSTEPS] = step0, max_steps
         ctx[drv.XB], ctx[drv.YB] = data_address(xb), data_address(yb)
@@ -334,16 +334,12 @@ class EpochFunction(CompiledFunction):
         if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
-            for name, arr in trained.items():
-                np.copyto(arr, self._snapshot[name])
-            for arr, aligned in copy_back:
-                aligned[...] = arr
+            self._restore(trained, copy_back)
             if bad:
                 ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, bad
                 ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
                 ctx[drv.LOSSES] = 0
-                with self._lock:
-                    self._epoch(data_address(ctx), None, None, nthreads)
+                self._epoch(data_address(ctx), None, None, nthreads)
             for arr, aligned in copy_back:
                 arr[...] = aligned
             self.epochs_done = max(self.epochs_done, epoch + 1)
@@ -427,8 +423,7 @@ class EpochFunction(CompiledFunction):
                 ctx[drv.STEPS_DONE] = 0
                 t0 = time.perf_counter()
                 pending = True
-                with self._lock:
-                    self._epoch(data_address(ctx), None, None, nthreads)
+                self._epoch(data_address(ctx), None, None, nthreads)  # run_epoch holds self._lock
                 ran = int(ctx[drv.STEPS_DONE])
                 pending = False
                 if ran:

@@ -150,7 +150,7 @@ class CompiledFunction:
         self.barriers = self.compilation.barriers
         position = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
         self.updates = {pos: position[id(leaf)] for pos, leaf in options.updates}  # output -> signature slot
-        self._lock = threading.RLock()  # reentrant: an epoch holds it across its native calls
+        self._lock = threading.Lock()  # a call, or a whole epoch (EpochFunction.run_epoch), at a time
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
         self._fits_env: list[int] | None = None  # dims the current plan was last checked to hold
@@ -790,7 +790,7 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 def _renew_locks() -> None:
     for fn in list(_LIVE):
-        fn._lock = threading.RLock()
+        fn._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
