@@ -57,7 +57,6 @@ I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
 VOID = ir.VoidType()
-POW_BITS = 6  # x ** y with an integer tensor exponent |y| < 2**POW_BITS is computed by squaring
 FLAGS = ("contract",)  # FMA contraction only; inf and nan keep IEEE semantics
 
 SCALAR = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
@@ -330,30 +329,19 @@ class ScalarEmitter:
         return self.b.select(self.b.icmp_signed(">" if is_max else "<", x, y), x, y)
 
     def _pow(self, x, y):
-        """x ** y for a tensor exponent with numpy's values: exp(y log|x|), negated for a negative base and an odd
-        integer exponent, NaN for a negative base and a non-integer one, 1 where y == 0 or x == 1."""
+        """x ** y for a tensor exponent with numpy's values. float64: the C library's pow per lane (numpy's own);
+        float32: |x| ** y computed in double (vmath.powr_f32: within about half an ulp), negated for a negative
+        base and an odd integer exponent, NaN for a negative base and a non-integer one, 1 where y == 0 or
+        x == 1."""
         b = self.b
         ty = x.type
+        if isinstance(vmath.element_type(ty), ir.DoubleType):
+            return vmath.pow_f64(b, x, y)
         ax = self.call_intrinsic("llvm.fabs", x)
-        r = vmath.EMITTERS["exp"](b, b.fmul(y, vmath.EMITTERS["log"](b, ax), flags=FLAGS), self.target)
+        r = vmath.powr_f32(b, ax, y)
         fy = self.call_intrinsic("llvm.floor", y)
         integral = b.fcmp_ordered("==", fy, y)
-        # an integer exponent below 2**POW_BITS: by squaring, exact where numpy's is (7**2 = 49, not 48.999992)
         ay = self.call_intrinsic("llvm.fabs", y)
-        small = b.and_(integral, b.fcmp_ordered("<", ay, self.const(ty, float(1 << POW_BITS))))
-        ety = vmath.element_type(ty)
-        ity = ir.IntType(32 if isinstance(ety, ir.FloatType) else 64)
-        ity = ir.VectorType(ity, ty.count) if isinstance(ty, ir.VectorType) else ity
-        e = b.fptosi(b.select(small, ay, self.const(ty, 0.0)), ity)
-        acc, base = self.const(ty, 1.0), ax
-        for _ in range(POW_BITS):
-            bit = b.trunc(e, ir.VectorType(ir.IntType(1), ty.count) if isinstance(ty, ir.VectorType)
-                          else ir.IntType(1))
-            acc = b.select(bit, b.fmul(acc, base), acc)
-            base = b.fmul(base, base)
-            e = b.lshr(e, self.const(ity, 1))
-        acc = b.select(b.fcmp_ordered("<", y, self.const(ty, 0.0)), b.fdiv(self.const(ty, 1.0), acc), acc)
-        r = b.select(small, acc, r)
         half = self.call_intrinsic("llvm.floor", b.fmul(y, self.const(ty, 0.5)))
         odd = b.fcmp_ordered("!=", b.fsub(y, b.fmul(half, self.const(ty, 2.0))), self.const(ty, 0.0))
         # an odd integer exponent keeps the base's sign (-0.0 ** -1 = -inf)

@@ -53,6 +53,7 @@ remaining coefficients after each rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from llvmlite import ir
@@ -572,6 +573,92 @@ tanh = _make("tanh", _tanh_f32, _libm_impl("tanh"))
 sigmoid = _make("sigmoid", _sigmoid_f32, _sigmoid_f64)
 softplus = _make("softplus", _softplus_f32, _softplus_f64)
 erf = _make("erf", _erf_f32, _libm_impl("erf"))
+
+
+def _map_libm2(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str) -> ir.Value:
+    """`double name(double, double)` of the C library on each lane of x and y."""
+    fnty = ir.FunctionType(F64, [F64, F64])
+    fn = b.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(b.module, fnty, name=name)
+    elif not isinstance(fn, ir.Function) or fn.function_type != fnty:
+        raise TypeError(f"{name} already declared in the module with another type")
+    if not isinstance(x.type, ir.VectorType):
+        return b.call(fn, [x, y])
+    out = ir.Constant(x.type, ir.Undefined)
+    for i in range(x.type.count):
+        lane = [b.extract_element(v, const(I32, i)) for v in (x, y)]
+        out = b.insert_element(out, b.call(fn, lane), const(I32, i))
+    return out
+
+
+# |x| ** y for float32 in double: log|x| to ~1e-14 (e·ln2 + 2·atanh(s), s = f / (2 + f), |s| <= 0.1716), the
+# product y·log|x| rounded in double (float32 operands: exact to 2^-53 relative), exp of it with a Cody-Waite
+# reduction and a degree-11 Taylor polynomial (|r| <= ln2/2), scaled by 2^n in double and rounded once to float32:
+# within 0.501 ulp over the float32 range, where exp(y·log|x|) in float32 arithmetic carried log's relative
+# error times |y·log|x|| (up to ~100 ulp near overflow).
+_ATANH_D = tuple(2.0 / (2 * k + 1) for k in range(1, 10))  # 2/3, 2/5, ..., 2/19: log(1+f) = 2s + s·Σ c_k s^2k
+_SQRT_HALF_BITS64 = 0x3FE6A09E667F3BCD
+_LN2_D = 0.6931471805599453
+_LN2_HI_D = 0.6931471803691238  # 0x3FE62E42FEE00000: n·_LN2_HI_D exact for |n| < 2^11
+_LN2_LO_D = 1.9082149292705877e-10
+
+
+def powr_f32(b: ir.IRBuilder, ax: ir.Value, y: ir.Value) -> ir.Value:
+    """|x| ** y for float32 (scalars or vectors) given ax = |x| (or NaN): inf ** y and 0 ** y as exp(y·(±inf)),
+    NaN in, NaN out; the caller handles y == 0, x == 1, the sign of a negative base and NaN for a non-integer
+    power of one. Computed in double lanes (see above), branch-free."""
+    ty = ax.type
+    n_lanes = ty.count if isinstance(ty, ir.VectorType) else None
+    dty = ir.VectorType(F64, n_lanes) if n_lanes else F64
+    ity = ir.VectorType(ir.IntType(64), n_lanes) if n_lanes else ir.IntType(64)
+
+    def c(v):
+        return const(dty, float(v))
+
+    def ci(v):
+        return const(ity, int(v))
+
+    def mul(p, q):
+        return b.fmul(p, q, flags=FLAGS)
+
+    def add(p, q):
+        return b.fadd(p, q, flags=FLAGS)
+
+    xd, yd = b.fpext(ax, dty), b.fpext(y, dty)
+    ix = b.sub(b.bitcast(xd, ity), ci(_SQRT_HALF_BITS64))
+    e = b.sitofp(b.ashr(ix, ci(52)), dty)
+    m = b.bitcast(b.add(b.and_(ix, ci((1 << 52) - 1)), ci(_SQRT_HALF_BITS64)), dty)
+    f = b.fsub(m, c(1.0), flags=FLAGS)
+    s = b.fdiv(f, add(f, c(2.0)), flags=FLAGS)
+    z = mul(s, s)
+    acc = c(_ATANH_D[-1])
+    for ck in reversed(_ATANH_D[:-1]):
+        acc = add(mul(acc, z), c(ck))
+    logx = add(mul(e, c(_LN2_D)), add(add(s, s), mul(s, mul(z, acc))))
+    logx = b.select(b.fcmp_ordered("==", xd, c(0.0)), c(float("-inf")), logx)
+    logx = b.select(b.fcmp_ordered("==", xd, c(float("inf"))), c(float("inf")), logx)
+    logx = b.select(b.fcmp_unordered("!=", xd, xd), xd, logx)
+    t = mul(yd, logx)
+    # beyond [-120, 100] the float32 result is 0 or inf; NaN stays NaN (and is kept away from the conversion)
+    tc = b.select(b.fcmp_ordered("<", t, c(-120.0)), c(-120.0), t)
+    tc = b.select(b.fcmp_ordered(">", tc, c(100.0)), c(100.0), tc)
+    nan = b.fcmp_unordered("!=", t, t)
+    tc = b.select(nan, c(0.0), tc)
+    nf = b.call(intrinsic(b.module, "llvm.rint", dty), [mul(tc, c(1.4426950408889634))])
+    r = b.fsub(b.fsub(tc, mul(nf, c(_LN2_HI_D))), mul(nf, c(_LN2_LO_D)))
+    p = c(1.0 / math.factorial(11))
+    for k in range(10, -1, -1):
+        p = add(mul(p, r), c(1.0 / math.factorial(k)))
+    scale = b.bitcast(b.shl(b.add(b.fptosi(nf, ity), ci(1023)), ci(52)), dty)
+    out = b.fptrunc(mul(p, scale), ty)
+    return b.select(nan, const(ty, float("nan")), out)
+
+
+def pow_f64(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x ** y for double (scalars or vectors): the C library's pow on each lane (numpy's float64 power is that
+    function: the same values, special cases included)."""
+    return _map_libm2(b, x, y, "pow")
 
 
 def _via_double(name: str) -> Emitter:
