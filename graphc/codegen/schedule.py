@@ -1154,7 +1154,7 @@ def fuse_loops(kernels: list[Kernel]) -> None:
             i += 1
             continue
         b = kernels[target]
-        b.stores = _forward_stores(a.stores + b.stores, b.domain)
+        b.stores = _forward_stores(a.stores, b.stores, b.domain)
         loaded = {x.buf for st in b.stores for x in walk(st.value) if isinstance(x, Load)}
         b.reads = [r for r in dict.fromkeys(a.reads + b.reads) if r in loaded]
         b.nodes = a.nodes + [x for x in b.nodes if x not in a.nodes]
@@ -1184,15 +1184,27 @@ def _drop_stores(k: LoopKernel, bufs: set[Buffer]) -> set[Buffer]:
     return kept
 
 
-def _forward_stores(stores: list[Store], domain: tuple) -> list[Store]:
-    """A merged loop's stores with each read of a value an earlier store of the loop wrote at the same point
-    replaced by that value itself (store-to-load forwarding): it stays in a register instead of being read back
-    (from an address LLVM cannot prove unaliased by the stores in between). The same value, so the same bits.
-    Shared sub-expressions stay shared objects, which the emitter computes once per point."""
+def _forward_stores(first: list[Store], then: list[Store], domain: tuple) -> list[Store]:
+    """The stores of two loops merged into one (`first`'s, then `then`'s) with each read in `then` of a value an
+    earlier store wrote at the same point replaced by that value itself (store-to-load forwarding): it stays in
+    a register instead of being read back (from an address LLVM cannot prove unaliased by the stores in
+    between). The same value, so the same bits.
+
+    A sub-expression object stands for one value, computed where the first store that uses it stands (the
+    emitter computes it once). So `first`'s stores, a loop already in its final form (merged before, maybe),
+    are kept as they are, and `then`'s are rebuilt once, with one memo: a sub-expression they share keeps one
+    object (it meant one value in `then`), while one shared with `first` that reads a buffer written since is a
+    new object reading the new value (`then` ran after all of `first`). Rebuilding `first` again after a store
+    had overwritten what its shared sub-expressions read would give those a later value: a step's carry
+    update read another carry already updated in the same pass."""
     identity = _identity_strides(domain)
     table: dict[Buffer, Expr] = {}
-    memo: dict[int, Expr] = {}  # rebuild's: id(x) -> x with forwarded reads, while it means the same
-    reads: dict[int, frozenset] = {}  # id(x) -> the buffers x loads (to forget what a store makes stale)
+
+    def note(st: Store) -> None:
+        if st.value.dtype == st.buf.dtype:
+            table[st.buf] = st.value
+        else:
+            table.pop(st.buf, None)
 
     def forwarded(x: Expr) -> Expr:
         if isinstance(x, Load) and x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0:
@@ -1202,21 +1214,14 @@ def _forward_stores(stores: list[Store], domain: tuple) -> list[Store]:
                 return v
         return x
 
-    out: list[Store] = []
-    for st in stores:
-        for x in walk(st.value):
-            if id(x) not in reads:
-                reads[id(x)] = frozenset().union(*(reads[id(k)] for k in x.children()),
-                                                 (x.buf,) if isinstance(x, Load) else ())
+    for st in first:
+        note(st)
+    out = list(first)
+    memo: dict[int, Expr] = {}
+    for st in then:
         value = rebuild(st.value, forwarded, memo)
         out.append(Store(st.buf, value))
-        if value.dtype == st.buf.dtype:
-            table[st.buf] = value
-        else:
-            table.pop(st.buf, None)
-        for k in [k for k, r in reads.items() if st.buf in r]:  # reads of the old value: a later read is the new
-            memo.pop(k, None)
-            del reads[k]
+        note(Store(st.buf, value))
     return out
 
 

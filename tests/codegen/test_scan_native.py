@@ -264,3 +264,44 @@ def test_a_loop_that_mixes_rows_is_not_split_and_stays_right_on_several_threads(
     fn = gc.compile(outs, threads=2)
     assert all(split_rows(k) is None for k in _scans(fn))
     _close(fn(v), gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()}))
+
+
+@pytest.mark.parametrize("reads", [(2, 0, 1), (0, 0, 1), (1, 2, 0), (3, 0, 1, 2), (1, 0, 3, 2)])
+def test_every_carry_update_reads_the_old_carries_however_the_loops_fuse(reads):
+    """Carry k's new value reads the old carry reads[k] (and its own). The body's loop and the copies of the new
+    carries fuse into one pass; a copy that read a carry another copy had already overwritten in that pass gave
+    a running sum of the wrong step's values (a Welford mean/variance, the gradient of two elementwise weights:
+    silently wrong before)."""
+    n = len(reads)
+    xs = gc.input("xs", ("T", 3), "float64")
+    z = gc.zeros((3,), "float64")
+
+    def step(c, x):
+        return tuple(gc.tanh(c[k]) * 0.5 + c[r] + x * (k + 1) for k, r in enumerate(reads)), None
+
+    carry, _ = gc.scan(step, tuple(z + float(k + 1) for k in range(n)), xs)
+    v = {"xs": np.random.default_rng(0).normal(size=(5, 3))}
+    want = gc.evaluate(list(carry), v)
+    for threads in (1, 2):
+        got = gc.compile(list(carry), threads=threads, cache=False)(v)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_the_gradient_of_two_elementwise_weights_through_a_scan():
+    """The reverse scan carries (dh, dw, du), all of one shape: dw was wrong (see above); jax's values."""
+    xs = gc.input("xs", ("T", 3), "float64")
+    w, u = gc.input("w", (3,), "float64"), gc.input("u", (3,), "float64")
+    (h,), _ = gc.scan(lambda c, x: ((gc.tanh(c[0] * w + x + u),), None), (gc.zeros((3,), "float64"),), xs)
+    loss = gc.sum(h)
+    rng = np.random.default_rng(1)
+    v = {"xs": rng.normal(size=(6, 3)), "w": rng.normal(size=3), "u": rng.normal(size=3)}
+    outs = gc.grad(loss, [w, u])
+    want = gc.evaluate(outs, v)
+    got = gc.compile(outs, cache=False)(v)
+    for g, ww in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, ww, rtol=1e-12)
+    eps = 1e-6  # and finite differences of the loss in w
+    f = gc.compile(loss, cache=False)
+    num = [(f({**v, "w": v["w"] + eps * e}) - f({**v, "w": v["w"] - eps * e})) / (2 * eps) for e in np.eye(3)]
+    np.testing.assert_allclose(np.ravel(num), got[0], rtol=1e-6)
