@@ -948,6 +948,11 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
             not all(isinstance(d, int) for d in y.shape[1:]):
         raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
     fn = CompiledFunction([y], target=tgt, threads=1)
+    from graphc.nn.train import model_layout, token_tables
+
+    # a token model's ids come as floats: the library refuses one that is not an integer in [0, vocab)
+    tables = token_tables(x, y) if model_layout(model_fn) == "tokens" else []
+    vocab = min((int(t.inputs[0].shape[t.attrs["axis"]]) for t in tables), default=0)
     prog = fn.program
     leaves = list(fn.signature.inputs)
     params = [leaf for leaf in leaves if leaf.op.name == "param"]
@@ -983,7 +988,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
                 "GC_HAS_STD": int(data is not None and data.get("x_mean") is not None),
                 "GC_UNSCALE_Y": int(data is not None and spec.task == "regression" and "y_std" in data),
                 "GC_Y_MEAN": c_double(data.get("y_mean", 0.0) if data else 0.0),
-                "GC_Y_STD": c_double(data.get("y_std", 1.0) if data else 1.0)}
+                "GC_Y_STD": c_double(data.get("y_std", 1.0) if data else 1.0), "GC_VOCAB": vocab}
         for k, v in defs.items():
             L.append(f"#define {k} {v}")
         mean = data["x_mean"] if defs["GC_HAS_STD"] else [0.0]
@@ -1130,6 +1135,8 @@ extern "C" {{
 #define {upper}_ERR_THREADS 4     /* nthreads outside 1..{upper}_MAX_THREADS */
 #define {upper}_ERR_NOMEM 5       /* the per-call working memory could not be allocated */
 #define {upper}_ERR_CPU 6         /* this CPU lacks a feature the code was compiled for */
+#define {upper}_ERR_CHECK 7       /* a run-time check of the model failed (an index out of range): out is not valid */
+#define {upper}_ERR_INPUT 8       /* a token id in x is not an integer in [0, the vocabulary): out is not written */
 
 {extra}
 /* The model's outputs for n rows: {raw_doc}; out receives n * {upper}_N_OUTPUTS {out_doc}.

@@ -13,7 +13,10 @@
 
 #define API __attribute__((visibility("default")))
 
-enum { OK = 0, ERR_NULL = 1, ERR_N = 2, ERR_TOO_LARGE = 3, ERR_THREADS = 4, ERR_NOMEM = 5, ERR_CPU = 6 };
+enum { OK = 0, ERR_NULL = 1, ERR_N = 2, ERR_TOO_LARGE = 3, ERR_THREADS = 4, ERR_NOMEM = 5, ERR_CPU = 6, ERR_CHECK = 7,
+       ERR_INPUT = 8 };
+
+extern int32_t lib_graphc_error __attribute__((weak));
 
 static int cpu_state; /* 0: not checked yet, 1: fine, -1: a required feature is missing */
 
@@ -35,6 +38,9 @@ static int predict(const float *x, int64_t n, float *out, int nthreads, int raw)
     if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
     if (nthreads < 1 || nthreads > GC_MAX_THREADS) return ERR_THREADS;
     if (!cpu_ok()) return ERR_CPU;
+    if (GC_VOCAB > 0) /* token ids, as floats: each an integer in [0, vocab) (NaN fails the test too) */
+        for (int64_t k = 0; k < n * GC_N_FEATURES; k++)
+            if (!(x[k] >= 0.0f && x[k] < (float)GC_VOCAB && x[k] == (float)(int64_t)x[k])) return ERR_INPUT;
     int b = 0;
     while (gc_buckets[b] < n) b++;
     size_t arena_bytes = ((size_t)gc_arena[b] + 63) / 64 * 64;
@@ -64,6 +70,11 @@ static int predict(const float *x, int64_t n, float *out, int nthreads, int raw)
     table[GC_OUT] = (uintptr_t)out;
     dims[GC_NDIM] = n;
     lib_graphc_run(table, dims, mem + arena_bytes, nthreads);
+    /* a run-time check that failed left its number in the program's error word (defined when it has checks) */
+    if (&lib_graphc_error && __atomic_exchange_n(&lib_graphc_error, 0, __ATOMIC_ACQ_REL)) {
+        free(mem);
+        return ERR_CHECK;
+    }
     if (raw && GC_UNSCALE_Y) /* regression targets were standardized: back to the target's units */
         for (int64_t k = 0; k < n * GC_OUT_ROW; k++) out[k] = (float)((double)out[k] * GC_Y_STD + GC_Y_MEAN);
     free(mem);

@@ -210,3 +210,33 @@ def test_arrays_in_memory_are_the_dataset_the_same_npz_gives(tmp_path):
             fit(None, bad, progress=False, epochs=1)
     with pytest.raises(data.DataError, match="select the columns yourself"):
         data.load((X, y), label="y")
+
+
+def test_the_exported_library_refuses_token_ids_outside_the_vocabulary(tmp_path):
+    """The library takes token ids as floats: one outside [0, vocab), or not an integer, or NaN, was fed to the
+    model as id 0 (or truncated) and the call returned OK; it is now the error code NAME_ERR_INPUT, out untouched."""
+    import ctypes
+
+    from graphc.aot import export
+
+    path, X, _ = _tokens(tmp_path)
+    r = fit(token_model, str(path), progress=False, epochs=1, out=str(tmp_path / "run"))
+    res = export(tmp_path / "libtok.so", tmp_path / "run", model=token_model)
+    assert "#define TOK_ERR_INPUT 8" in res.header.read_text()
+    fn = ctypes.CDLL(str(res.path)).tok_predict
+    want = np.asarray(r.predict_raw(X[:4].astype(np.float32)), np.float32).reshape(4, -1)
+
+    def call(rows):
+        rows = np.ascontiguousarray(rows, np.float32)
+        out = np.full((len(rows), want.shape[1]), -7.0, np.float32)
+        rc = fn(rows.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(rows)), out.ctypes.data_as(ctypes.c_void_p))
+        return rc, out
+
+    rc, out = call(X[:4])
+    assert rc == 0
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    for bad in (VOCAB, -1, 2.5, np.nan, np.inf, 1e9):
+        rows = X[:4].astype(np.float32)
+        rows[2, 3] = bad
+        rc, out = call(rows)
+        assert rc == 8 and np.all(out == -7.0), bad
