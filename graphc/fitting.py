@@ -118,6 +118,26 @@ RUN_FILES = ("metrics.json", "history.csv", "weights.npz", "loss.png", "data.jso
 LOCK_FILE = ".graphc-train.lock"
 
 
+BINARY = "graphc training binary"  # metrics.json's written_by in a training binary's --out
+
+
+def binary_weights(path: Path) -> list[Path]:
+    """The NAME.npy weights of a training binary's run in the directory (its metrics.json lists them; an older
+    binary's, which has a step label and no configuration, wrote parameters' names: scope.name.npy)."""
+    try:
+        m = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(m, dict):
+        return []
+    if m.get("written_by") == BINARY and isinstance(m.get("weights"), list):
+        names = [w for w in m["weights"] if isinstance(w, str) and w.endswith(".npy") and "/" not in w]
+        return [path / w for w in names if (path / w).is_file()]
+    if "step" in m and "config" not in m:
+        return sorted(f for f in path.glob("*.npy") if "." in f.name[:-4])
+    return []
+
+
 class OutDir:
     """`--out DIR` for one run: locked against a second `graphc train` on it (flock, released when this
     process ends, even by SIGKILL); a directory holding an earlier run is refused unless the run is resumed
@@ -174,6 +194,7 @@ class OutDir:
     def _earlier(self) -> tuple[list[Path], list[Path]]:
         ck = self.path / "checkpoints"
         files = [self.path / f for f in RUN_FILES if (self.path / f).exists()]
+        files += binary_weights(self.path)
         ckpts = sorted(ck.glob("ckpt-*.gcp")) if ck.is_dir() else []
         return files, ckpts
 

@@ -846,6 +846,11 @@ def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
             bundle = np.load(npz, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise AotError(f"{npz}: not a readable .npz file ({e})") from None
+    loose = [p.name for p in params if (directory / f"{p.name}.npy").is_file()]
+    if bundle is not None and loose:
+        raise AotError(f"{directory}: holds both weights.npz (graphc train) and {loose[0]}.npy (a training binary): "
+                       "the weights of two runs, and which one its metrics describe is unknown; train again into "
+                       "an empty --out (or with --overwrite)")
     out, missing = {}, []
     for p in params:
         f = directory / f"{p.name}.npy"

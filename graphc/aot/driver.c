@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -53,6 +54,7 @@ static void mpi_failed_before_training(int code) __attribute__((noreturn));
 #define MAX_HEADER (1 << 16)
 
 static const char *prog = "graphc-model";
+static char g_created_out[4096]; /* --out when this run created it: removed again if the run fails (when empty) */
 #ifdef GC_MPI
 #define RANK0 (g_rank == 0)
 #else
@@ -71,6 +73,7 @@ static void fail(int code, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    if (g_created_out[0]) rmdir(g_created_out); /* nothing of a failed run is kept: no empty --out behind */
 #ifdef GC_MPI
     if (g_pre) mpi_failed_before_training(code);
 #endif
@@ -118,8 +121,18 @@ typedef struct {
     int64_t epochs, batch, patience, threads, seed;
     double lr, momentum, l2, l1, min_delta;
     double keep[GC_NKEEP + 1];
-    int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize;
+    int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize, overwrite;
 } opts_t;
+
+static const char *const VALUED[] = {"--x-train", "--y-train", "--x-val", "--y-val", "--x-test", "--y-test",
+                                     "--out", "--epochs", "--batch-size", "--early-stopping", "--threads", "--seed",
+                                     "--lr", "--momentum", "--l2", "--l1", "--min-delta", "--dropout", NULL};
+
+static int valued_option(const char *name) {
+    for (int i = 0; VALUED[i]; i++)
+        if (!strcmp(name, VALUED[i])) return 1;
+    return 0;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -164,7 +177,8 @@ static void usage(FILE *f) {
             "  --standardize          standardize features with the training rows' mean and standard deviation\n"
             "                         (as graphc train does; data.json records them for graphc export)\n"
             "  --quiet                no per-epoch progress lines\n"
-            "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json\n\n"
+            "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json, data.json\n"
+            "  --overwrite            replace the run an existing --out holds (refused without it)\n\n"
             "exit status: 0 trained; 2 bad usage or data (nothing written); 3 CPU lacks a required feature;\n"
             "4 cannot write output; 5 training diverged%s\n",
             GC_DEF_MIN_DELTA, (long long)GC_DEF_SEED, GC_MAX_THREADS,
@@ -293,6 +307,10 @@ static void parse_args(opts_t *o, int argc, char **argv) {
             o->standardize = 1;
             continue;
         }
+        if (!strcmp(a, "--overwrite")) {
+            o->overwrite = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) fail(EXIT_BAD, "unexpected argument '%s' (see --help)", a);
         char name[64];
         const char *val;
@@ -306,6 +324,7 @@ static void parse_args(opts_t *o, int argc, char **argv) {
         } else {
             if (strlen(a) >= sizeof name) fail(EXIT_BAD, "unknown option '%s' (see --help)", a);
             strcpy(name, a);
+            if (!valued_option(name)) fail(EXIT_BAD, "unknown option '%s' (see --help)", name);
             if (i + 1 >= argc) fail(EXIT_BAD, "%s needs a value (see --help)", a);
             val = argv[++i];
         }
@@ -348,6 +367,7 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     }
     if (!o->x_train || !o->y_train) fail(EXIT_BAD, "--x-train and --y-train are required (see --help)");
     if (!o->out) fail(EXIT_BAD, "--out DIR is required (see --help)");
+    if (!*o->out) fail(EXIT_BAD, "--out: an empty directory name");
     if (!o->x_val != !o->y_val) fail(EXIT_BAD, "--x-val and --y-val go together");
     if (!o->x_test != !o->y_test) fail(EXIT_BAD, "--x-test and --y-test go together");
     if (o->patience && !o->x_val) fail(EXIT_BAD, "--early-stopping needs a validation split (--x-val, --y-val)");
@@ -672,6 +692,8 @@ static void load_y(npy_t *a, const char *opt, const char *path, const npy_t *x) 
 
 static void mkdirs(const char *path) {
     char buf[4096];
+    struct stat st0;
+    if (stat(path, &st0) != 0) snprintf(g_created_out, sizeof g_created_out, "%s", path);
     size_t n = strlen(path);
     if (n == 0 || n >= sizeof buf) fail(EXIT_IO, "--out %s: bad directory name", path);
     memcpy(buf, path, n + 1);
@@ -686,6 +708,61 @@ static void mkdirs(const char *path) {
     }
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) fail(EXIT_IO, "--out %s: not a directory", path);
+}
+
+/* The files of a run in --out (graphc train's, or a training binary's: this model's <param>.npy): an existing
+ * --out that holds any is refused without --overwrite, so that one run's files are never mixed with another's
+ * (gc.load would read one run's weights with another's metrics). */
+static const char *const RUN_FILES[] = {"metrics.json", "history.csv", "data.json", "weights.npz", "loss.png",
+                                        "checkpoints", NULL};
+
+static int in_out(const char *dir, const char *name) {
+    char p[4096];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return stat(p, &st) == 0;
+}
+
+static void check_earlier_run(const opts_t *o) {
+    char held[1024] = "";
+    size_t n = 0;
+    int count = 0;
+    for (int i = 0; RUN_FILES[i]; i++)
+        if (in_out(o->out, RUN_FILES[i]) && n < sizeof held - 64) {
+            n += (size_t)snprintf(held + n, sizeof held - n, "%s%s", count++ ? ", " : "", RUN_FILES[i]);
+        }
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        char f[1024];
+        snprintf(f, sizeof f, "%s.npy", gc_params[i].name);
+        if (in_out(o->out, f) && n < sizeof held - 64)
+            n += (size_t)snprintf(held + n, sizeof held - n, "%s%s", count++ ? ", " : "", f);
+    }
+    if (count && !o->overwrite)
+        fail(EXIT_BAD, "--out %s: already holds a run (%s); pass --overwrite to replace it, or choose another --out",
+             o->out, held);
+}
+
+/* --overwrite, once this run's results are ready: the earlier run's files this run does not write itself */
+static void remove_earlier_run(const char *dir) {
+    char p[4096];
+    const char *gone[] = {"weights.npz", "loss.png", NULL};
+    for (int i = 0; gone[i]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, gone[i]);
+        if (unlink(p) != 0 && errno != ENOENT) fail(EXIT_IO, "--overwrite: cannot remove %s: %s", p, strerror(errno));
+    }
+    snprintf(p, sizeof p, "%s/checkpoints", dir);
+    DIR *d = opendir(p);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
+            char f[8192];
+            snprintf(f, sizeof f, "%s/%s", p, e->d_name);
+            if (unlink(f) != 0 && errno != ENOENT) fail(EXIT_IO, "--overwrite: cannot remove %s: %s", f, strerror(errno));
+        }
+        closedir(d);
+        rmdir(p); /* when nothing else is there */
+    }
 }
 
 static FILE *open_out(const char *dir, const char *name, char *tmp, char *final) {
@@ -1465,7 +1542,10 @@ int main(int argc, char **argv) {
     for (int r = 0; r < g_size; r++) local_ranks += !strcmp(g_hosts[r], g_host);
     int cpus = auto_threads(INT64_MAX / 4); /* this process's CPUs (capped at --max-threads) */
     const int threads = o.threads ? (int)o.threads : (cpus / local_ranks > 1 ? cpus / local_ranks : 1);
-    if (RANK0) mkdirs(o.out);
+    if (RANK0) {
+        check_earlier_run(&o);
+        mkdirs(o.out);
+    }
     mpi_agree_ready(0);
     g_pre = 0;
     {
@@ -1474,6 +1554,7 @@ int main(int argc, char **argv) {
     }
 #else
     const int threads = o.threads ? (int)o.threads : auto_threads(o.batch);
+    check_earlier_run(&o);
     mkdirs(o.out);
 #endif
 
@@ -1670,6 +1751,7 @@ int main(int argc, char **argv) {
     }
 
     /* results */
+    if (o.overwrite) remove_earlier_run(o.out);
     for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
     write_history(o.out, rows, nrows, o.x_val != NULL);
     write_data_json(o.out, o.standardize);
@@ -1681,8 +1763,11 @@ int main(int argc, char **argv) {
     {
         char tmp[4096], final[4096];
         FILE *f = open_out(o.out, "metrics.json", tmp, final);
-        fprintf(f, "{\n  \"task\": \"%s\",\n  \"target\": \"%s\",\n  \"split\": \"%s\",\n", GC_TASK_NAME, GC_TARGET,
-                split);
+        fprintf(f, "{\n  \"written_by\": \"graphc training binary\",\n  \"task\": \"%s\",\n  \"target\": \"%s\",\n"
+                   "  \"split\": \"%s\",\n", GC_TASK_NAME, GC_TARGET, split);
+        fprintf(f, "  \"weights\": [");
+        for (int i = 0; i < GC_NPARAMS; i++) fprintf(f, "%s\"%s.npy\"", i ? ", " : "", gc_params[i].name);
+        fprintf(f, "],\n");
         char key[64];
         snprintf(key, sizeof key, "%s_loss", split);
         json_num(f, key, floss, 0);

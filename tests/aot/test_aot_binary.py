@@ -8,7 +8,10 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from aot_helpers import FEATURES, data_flags, needs_cc
+
+import graphc as gc
 
 pytestmark = needs_cc
 
@@ -106,6 +109,39 @@ def test_runs_without_python(digits_binary, digits_data, tmp_path):
     assert (out / "mlp.0.W.npy").exists() and (out / "history.csv").exists()
     assert "test accuracy" in p.stdout
     assert elapsed < 5  # seconds: one digits epoch plus start-up (in practice tens of milliseconds)
+
+
+def test_an_out_holding_a_run_is_refused_unless_overwritten_and_runs_never_mix(digits_binary, digits_data, tmp_path):
+    """The binary wrote into any existing --out (over another binary's run, or beside graphc train's weights.npz,
+    which gc.load then ignored for its NAME.npy files): now an existing run is refused (exit 2, untouched) unless
+    --overwrite, which removes what the new run does not write; graphc train --overwrite removes a binary's
+    weights likewise; gc.load refuses a directory holding both kinds. An unknown last option is called unknown (it
+    was "needs a value")."""
+    from graphc.fitting import fit
+
+    binary = [str(digits_binary.path), *data_flags(digits_data[1], ("train",)), "--epochs", "1", "--quiet"]
+    out = tmp_path / "run"
+    fit(data="digits", epochs=1, hidden=[128], progress=False, out=str(out))  # graphc train's run: weights.npz
+    before = (out / "weights.npz").read_bytes()
+    p = subprocess.run([*binary, "--out", str(out)], capture_output=True, text=True)
+    assert p.returncode == 2 and "already holds a run" in p.stderr and "--overwrite" in p.stderr
+    assert (out / "weights.npz").read_bytes() == before and not (out / "mlp.0.W.npy").exists()
+    p = subprocess.run([*binary, "--out", str(out), "--overwrite"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (out / "mlp.0.W.npy").exists() and not (out / "weights.npz").exists()
+    assert not (out / "checkpoints").exists() and not (out / "loss.png").exists()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["written_by"] == "graphc training binary" and "mlp.0.W.npy" in m["weights"]
+    np.testing.assert_array_equal(gc.load(out).params["mlp.0.W"], np.load(out / "mlp.0.W.npy"))
+    fit(data="digits", epochs=1, hidden=[128], progress=False, out=str(out), overwrite=True)  # and back
+    assert (out / "weights.npz").exists() and not list(out.glob("*.npy"))
+    mixed = tmp_path / "mixed"
+    assert subprocess.run([*binary, "--out", str(mixed)], capture_output=True).returncode == 0
+    (mixed / "weights.npz").write_bytes((out / "weights.npz").read_bytes())
+    with pytest.raises(gc.GraphcError, match="holds both weights.npz .* and mlp.0.W.npy"):
+        gc.load(mixed)
+    p = subprocess.run([str(digits_binary.path), "--quiet", "--bogus"], capture_output=True, text=True)
+    assert p.returncode == 2 and "unknown option '--bogus'" in p.stderr
 
 
 def test_refuses_a_cpu_without_its_features(digits_binary, digits_data, tmp_path):
