@@ -239,7 +239,23 @@ class Scan(Op):
         return (node.attrs["length"], *n.shape), n.dtype
 
     def reference(self, node, args, ctx):
+        why = self.check_dims(node, ctx.dims)
+        if why is not None:
+            raise ShapeError(why)
         return run_scan(node, args, ctx)
+
+    def check_dims(self, node, env) -> str | None:
+        """Why the loop cannot run at these dims (None when it can): a symbolic length that is negative (a
+        fori_loop whose upper bound is below its lower one)."""
+        T = node.attrs["length"]
+        if isinstance(T, int):
+            return None
+        n = eval_dim(T, env)
+        if n >= 0:
+            return None
+        dims = ", ".join(f"{k} = {env[k]}" for k in sorted(sympy.sympify(T).free_symbols, key=str))
+        return (f"scan at {node.source.where()}: its length {T} is {n} for {dims}; a loop runs a length >= 0 "
+                "of steps (a fori_loop's upper bound must not be below its lower one)")
 
     def vjp(self, node, g):
         raise GradError("internal: a scan's gradient is taken through vjp_multi")
@@ -562,6 +578,9 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
                                    or checkpoint < 1):
         raise GraphcError(f"scan at {where}: checkpoint must be a positive int (store every k-th carry), got "
                           f"{checkpoint!r}")
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise GraphcError(f"scan at {where}: reverse must be True or False, got {reverse!r}")
+    reverse = bool(reverse)
     init_leaves, init_struct = _flatten(init, f"scan at {where}: init", False)
     if xs is None:
         x_leaves, x_struct = [], None

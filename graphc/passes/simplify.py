@@ -109,8 +109,8 @@ def layouts(n: Node) -> Node | None:
 
 
 def fold_constants(n: Node) -> Node | None:
-    if not n.inputs or n.op.kind == "random" or n.op.name == "dim":
-        return None
+    if not n.inputs or n.op.kind == "random" or n.op.name == "dim" or getattr(n.op, "multi_output", False):
+        return None  # a loop over constants is not one value (its projections read it): it stays a loop
     if not all(i.op.name == "constant" for i in n.inputs):
         return None
     if not is_static(n.shape) or int(np.prod(n.shape, dtype=np.int64)) > FOLD_LIMIT:

@@ -681,8 +681,9 @@ class CompiledFunction:
             for n in topo_order(self._outputs):
                 if any(not isinstance(d, int) and d not in known for d in n.shape):
                     derived.update(d for d in n.shape if not isinstance(d, int) and d.free_symbols <= known)
-                if getattr(n.op, "check_dims", None) is not None and any(
-                        not isinstance(d, int) for i in (n, *n.inputs) for d in i.shape):
+                if getattr(n.op, "check_dims", None) is not None and (any(
+                        not isinstance(d, int) for i in (n, *n.inputs) for d in i.shape) or (
+                        n.op.name == "scan" and not isinstance(n.attrs["length"], int))):
                     checks.append(n)
             self._dim_checks = (tuple(checks), tuple(self._dim_fn(d) for d in derived))
         checks, derived = self._dim_checks

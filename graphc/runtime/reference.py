@@ -156,15 +156,17 @@ def check_dims_bound(order: list[Node], bound, what: str) -> None:
     """A ShapeError naming the first node whose shape has a symbolic dim that no input of the graph binds (a
     gc.zeros(("N", 3)) in a graph that reads no input with N): nothing could give it a value."""
     for n in order:
-        for d in n.shape:
+        loop = n.op.name == "scan"  # its length, which no shape of its own may show (a scan over no xs)
+        for d in (n.attrs["length"],) if loop else n.shape:
             if isinstance(d, int):
                 continue
             free = sorted((s for s in d.free_symbols if s not in bound), key=str)
             if free:
                 s = free[0]
-                raise ShapeError(f"{what}: {n.op.name} ({fmt_type(n.shape, n.dtype)}) at {n.source.where()} has the "
-                                 f"dim {s}, but no input the graph reads has {s} in its shape, so nothing gives it a "
-                                 f"value; read an input with that dim, or give the shape in ints")
+                what_n = f"the length {d} of the scan" if loop else f"{n.op.name} ({fmt_type(n.shape, n.dtype)})"
+                raise ShapeError(f"{what}: {what_n} at {n.source.where()} has the dim {s}, but no input the graph "
+                                 f"reads has {s} in its shape, so nothing gives it a value; read an input with that "
+                                 "dim, or give the " + ("length as an int" if loop else "shape in ints"))
 
 
 def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, allow_unused: bool = False):

@@ -305,3 +305,35 @@ def test_the_gradient_of_two_elementwise_weights_through_a_scan():
     f = gc.compile(loss, cache=False)
     num = [(f({**v, "w": v["w"] + eps * e}) - f({**v, "w": v["w"] - eps * e})) / (2 * eps) for e in np.eye(3)]
     np.testing.assert_allclose(np.ravel(num), got[0], rtol=1e-6)
+
+
+def test_a_loop_over_constants_compiles():
+    """A scan whose every input is a constant (a decay table, a fixed recurrence) was a raw numpy ValueError from
+    constant folding (a loop is not one value); it stays a loop, and its result is the reference's."""
+    z = gc.zeros((3,), "float64")
+    (c, s), ys = gc.scan(lambda c, _: ((c[0] * 0.5, c[1] + c[0]), c[0]), (z + 1.0, z), length=4)
+    f = gc.fori_loop(0, 4, lambda i, c: c * 0.5 + 1.0, z)
+    x = gc.input("x", (3,), "float64")
+    outs = [s, ys, f, s * x]
+    v = {"x": np.arange(3.0)}
+    for got, want in zip(gc.compile(outs, cache=False)(v), gc.evaluate(outs, v), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
+def test_a_length_nothing_binds_and_a_negative_length_are_errors_naming_the_loop():
+    w = gc.input("w", (3,), "float64")
+    c, _ = gc.scan(lambda c, _: (c * w, None), gc.ones((3,), "float64"), length="T")
+    for run in (lambda: gc.evaluate(c, {"w": np.ones(3)}), lambda: gc.compile(c, cache=False)):
+        with pytest.raises(gc.ShapeError, match=r"the length T of the scan at .*test_scan_native.py:\d+ has the dim T"):
+            run()
+    xs = gc.input("xs", ("T", 2), "float64")
+    f = gc.fori_loop(3, "T", lambda i, c: c + xs[i], gc.zeros((2,), "float64"))
+    fn = gc.compile(f, cache=False)
+    for T in (0, 2):  # T - 3 steps: -3 (a call with an empty dim: the reference's path) and -1 (the native one's)
+        v = {"xs": np.ones((T, 2))}
+        for run in (lambda: gc.evaluate(f, v), lambda: fn(v)):
+            with pytest.raises(gc.ShapeError, match=rf"its length T - 3 is {T - 3} for T = {T}"):
+                run()
+    np.testing.assert_array_equal(fn({"xs": np.ones((5, 2))}), [2.0, 2.0])
+    with pytest.raises(gc.GraphcError, match="reverse must be True or False, got 'no'"):
+        gc.scan(lambda c, x: (c + x, None), gc.zeros((2,)), gc.input("q", (4, 2)), reverse="no")
