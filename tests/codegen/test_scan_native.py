@@ -331,7 +331,7 @@ def test_a_length_nothing_binds_and_a_negative_length_are_errors_naming_the_loop
     fn = gc.compile(f, cache=False)
     for T in (0, 2):  # T - 3 steps: -3 (a call with an empty dim: the reference's path) and -1 (the native one's)
         v = {"xs": np.ones((T, 2))}
-        for run in (lambda: gc.evaluate(f, v), lambda: fn(v)):
+        for run in (lambda v=v: gc.evaluate(f, v), lambda v=v: fn(v)):
             with pytest.raises(gc.ShapeError, match=rf"its length T - 3 is {T - 3} for T = {T}"):
                 run()
     np.testing.assert_array_equal(fn({"xs": np.ones((5, 2))}), [2.0, 2.0])
