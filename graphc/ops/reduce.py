@@ -8,7 +8,7 @@ import sympy
 
 from graphc.errors import DTypeError, ShapeError
 from graphc.ir.lowering import ACC, NEXT, ReduceRule
-from graphc.ir.shapes import Shape, fmt_shape
+from graphc.ir.shapes import FLOAT_DTYPES, Shape, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, located, register
 
 
@@ -94,12 +94,15 @@ class _Extremum(_Reduce):
 
     def vjp(self, node, g):
         from graphc.ops.movement import broadcast_to, reshape
-        from graphc.ops.pointwise import cast, equal, where
+        from graphc.ops.pointwise import cast, equal, logical_and, logical_or, not_equal, where
 
         x = node.inputs[0]
         axes = node.attrs["axes"]
         kept = _reduced_shape(x.shape, axes, True)
-        hit = equal(x, broadcast_to(reshape(node, kept), x.shape))
+        m = broadcast_to(reshape(node, kept), x.shape)
+        hit = equal(x, m)
+        if x.dtype in FLOAT_DTYPES:  # a NaN is the max (min) it makes: the cotangent goes to it, as PyTorch's
+            hit = logical_or(hit, logical_and(not_equal(x, x), not_equal(m, m)))
         count = sum(cast(hit, x.dtype), axes, keepdims=True)
         share = reshape(g, kept) / count
         return (where(hit, broadcast_to(share, x.shape), 0.0),)

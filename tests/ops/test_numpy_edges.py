@@ -233,3 +233,21 @@ def test_sums_holding_or_overflowing_to_infinity_are_numpys(n):
             np.testing.assert_array_equal(got, want)
     for got in both([gc.sum(rows, axis=1)], rows=r):
         np.testing.assert_array_equal(got[0], r.sum(axis=1))
+
+
+def test_the_gradient_of_a_max_holding_a_nan_goes_to_the_nan():
+    """A window (or axis) with a NaN has the max NaN; its cotangent went nowhere (NaN == NaN is false: a zero
+    gradient hid the NaN from any check on gradients). It goes to the NaN now, as PyTorch's max_pool2d and max."""
+    x = gc.input("x", (1, 2, 2, 1), "float64")
+    xv = np.array([1.0, np.nan, 2.0, 3.0]).reshape(1, 2, 2, 1)
+    for y in (gc.max_pool2d(x, 2), gc.max(x, axis=(1, 2))):
+        for loss, at_nan in ((gc.sum(y * y), np.nan), (gc.sum(y), 1.0)):  # a NaN cotangent (2y), a finite one
+            g = gc.grad(loss, x)
+            for got in (gc.evaluate(g, {"x": xv}), gc.compile(g, cache=False)({"x": xv})):
+                np.testing.assert_array_equal(got.ravel(), [0.0, at_nan, 0.0, 0.0])
+    # ties still share evenly, and a min's NaN is its own
+    g = gc.grad(gc.sum(gc.min(x, axis=(1, 2))), x)
+    np.testing.assert_array_equal(gc.evaluate(g, {"x": xv}).ravel(), [0, 1, 0, 0])
+    t = np.array([3.0, 1.0, 3.0, 2.0]).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(gc.evaluate(gc.grad(gc.sum(gc.max_pool2d(x, 2)), x), {"x": t}).ravel(),
+                                  [0.5, 0, 0.5, 0])
