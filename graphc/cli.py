@@ -162,28 +162,32 @@ def _predict(args) -> int:
 
     run = load(args.run, model=args.model)
     ds = run.dataset
-    X = datasets.read_features(args.data, ds.feature_names, ds.n_features)
+    X = datasets.read_features(args.data, ds.feature_names, ds.n_features, ds.grid)
     classify = ds.task in ("binary", "multiclass")
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    if args.proba and not classify:
+        raise GraphcError("--proba: the run is a regression; it has no class probabilities")
+    # every prediction first: a bad row is refused before -o is opened (nothing half-written)
+    if classify:
+        labels = run.predict_labels(X)
+        proba = run.predict_proba(X) if args.proba else None
+        header = ["label", *([f"p({c})" for c in ds.classes] if args.proba else [])]
+        rows = [[lab.item() if hasattr(lab, "item") else lab,
+                 *([f"{p:.6g}" for p in proba[k]] if proba is not None else [])] for k, lab in enumerate(labels)]
+    else:
+        pred = np.asarray(run.predict_raw(X)).reshape(len(X), -1)
+        header = ["prediction"] if pred.shape[1] == 1 else [f"prediction_{j}" for j in range(pred.shape[1])]
+        rows = [[f"{v:.9g}" for v in row] for row in pred]
     try:
-        w = csv_mod.writer(out)
-        if classify:
-            labels = run.predict_labels(X)
-            proba = run.predict_proba(X) if args.proba else None
-            w.writerow(["label", *([f"p({c})" for c in ds.classes] if args.proba else [])])
-            for k, lab in enumerate(labels):
-                w.writerow([lab.item() if hasattr(lab, "item") else lab,
-                            *([f"{p:.6g}" for p in proba[k]] if proba is not None else [])])
-        else:
-            if args.proba:
-                raise GraphcError("--proba: the run is a regression; it has no class probabilities")
-            pred = np.asarray(run.predict_raw(X)).reshape(len(X), -1)
-            w.writerow(["prediction"] if pred.shape[1] == 1 else [f"prediction_{j}" for j in range(pred.shape[1])])
-            for row in pred:
-                w.writerow([f"{v:.9g}" for v in row])
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        out = open(args.output, "w", newline="") if args.output else sys.stdout
+        try:
+            w = csv_mod.writer(out)
+            w.writerow(header)
+            w.writerows(rows)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    except OSError as e:
+        raise GraphcError(f"-o {args.output}: cannot write the predictions ({e.strerror or e})") from None
     if args.output:
         print(f"wrote {len(X)} predictions to {args.output}", file=sys.stderr)
     return 0

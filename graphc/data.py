@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,7 +122,7 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
             return _read_csv(path, label, features)
     except DataError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file
         raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
     raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
 
@@ -200,7 +202,7 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
             vocab = z["vocab"] if "vocab" in keys else None
     except DataError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file
         raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
     return _checked_tokens(X, y, vocab, path, xkey, ykey)
 
@@ -381,10 +383,12 @@ def _csv_floats(path: str, header: list[str], data: list, first: int, idx: list[
     return X
 
 
-def read_features(path: str | os.PathLike, names: list[str], n_features: int) -> np.ndarray:
+def read_features(path: str | os.PathLike, names: list[str], n_features: int,
+                  grid: tuple[int, ...] | None = None) -> np.ndarray:
     """The feature rows of a file to predict on (float64, (rows, n_features)): a .csv's columns `names` by name
     (other columns, such as the label, are left out), or all its columns when it has no header; a .npy's rows
-    (images flattened); a .npz's X. The count must be the model's."""
+    (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X. The count must
+    be the model's; examples of another shape are refused, not reinterpreted."""
     path = str(path)
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -413,12 +417,18 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int) ->
                                 f"{X.shape}")
             if len(X) == 0:
                 raise DataError(f"{path}: no rows to predict (X has shape {X.shape})")
+            if X.ndim > 2 and grid:
+                shapes = [tuple(grid)] + ([tuple(grid[:-1])] if len(grid) > 1 and grid[-1] == 1 else [])
+                if tuple(X.shape[1:]) not in shapes:
+                    raise DataError(f"{path}: examples of shape {tuple(X.shape[1:])}, but the model reads "
+                                    f"{' or '.join(map(str, shapes))} (rows of {n_features} values): the values "
+                                    "would be read on the wrong grid")
             X = X.reshape(len(X), -1).astype(np.float64)
         else:
             raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
     except DataError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file
         raise DataError(f"{path}: cannot read it: {e}") from None
     if X.shape[1] != n_features:
         raise DataError(f"{path}: rows of {X.shape[1]} values, the model takes {n_features} features"

@@ -486,14 +486,29 @@ def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray
 
     width = trainer.x.shape[1]
 
+    tokens = trainer.layout == "tokens"
+    vocab = trainer.vocab if tokens else None
+    f32_max = float(np.finfo(np.float32).max)
+
     def predict(X: np.ndarray) -> np.ndarray:
         """The model's outputs for standardized features X (rows x features, or examples on the data's grid);
-        no rows give no outputs."""
+        no rows give no outputs. A token model's X holds token ids: integers in [0, vocab)."""
         a = feature_rows(X, width, "predict", grid)
         bad = ~np.isfinite(a)
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise InputError(f"predict: feature {c} of row {r} is {a[r, c]}; features must be finite")
+        if tokens:  # the model casts them to int32: 2.5 would be read as 2, -1 or 10**9 wrap
+            bad = (a != np.round(a)) | (a < 0) | (a >= (vocab if vocab is not None else 2**31))
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise InputError(f"predict: token id {a[r, c]:g} at row {r}, step {c} is not an integer in [0, "
+                                 f"{vocab if vocab is not None else 2**31}){' (the vocabulary)' if vocab else ''}")
+        big = np.abs(a) > f32_max
+        if big.any():
+            r, c = np.argwhere(big)[0]
+            raise InputError(f"predict: feature {c} of row {r} is {a[r, c]:.6g} (standardized, as the model sees "
+                             "it): beyond float32's range, which the model computes in; rescale or clip it")
         X = np.ascontiguousarray(a, dtype=np.float32)
         y = np.zeros((len(X), *trainer.y.shape[1:]), trainer.y.dtype)
         return fn(dict(params, x=X, y=y))[1]  # no rows: the compiled call returns empty outputs itself

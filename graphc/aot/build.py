@@ -785,6 +785,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_E_LOSS": eprog.outputs[0].index, "GC_E_OUT": eprog.outputs[1].index, "GC_E_ARENA": eplan.arena_bytes,
         "GC_NPARAMS": len(tr.params), "GC_NSTATE": len(state_names),
         "GC_NMATMUL": len(mm), "GC_NCPU": len(feats), "GC_NCLASSNAMES": len(spec.classes),
+        "GC_VOCAB": (tr.vocab or 0) if tr.layout == "tokens" else 0,
     }
     L.append("")
     for k, v in defs.items():

@@ -196,6 +196,9 @@ static void usage(FILE *f) {
             "GRAPHC_MPI_SHARED=0 sums gradients with MPI_Allreduce even when every rank is on one machine;\n"
             "GRAPHC_MPI_TIMEOUT=S seconds a rank waits in one exchange before it gives up [120].\n", prog);
 #endif
+    if (GC_VOCAB > 0)
+        fprintf(f, "\nthis model reads token ids: each row of --x-* is %d ids, saved as float32 integers in [0, %d)\n",
+                GC_N_FEATURES, GC_VOCAB);
 }
 
 static void info(void) {
@@ -368,6 +371,8 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     if (!o->x_train || !o->y_train) fail(EXIT_BAD, "--x-train and --y-train are required (see --help)");
     if (!o->out) fail(EXIT_BAD, "--out DIR is required (see --help)");
     if (!*o->out) fail(EXIT_BAD, "--out: an empty directory name");
+    if (GC_VOCAB > 0 && o->standardize)
+        fail(EXIT_BAD, "--standardize: this model reads token ids, which standardizing would make non-integers");
     if (!o->x_val != !o->y_val) fail(EXIT_BAD, "--x-val and --y-val go together");
     if (!o->x_test != !o->y_test) fail(EXIT_BAD, "--x-test and --y-test go together");
     if (o->patience && !o->x_val) fail(EXIT_BAD, "--early-stopping needs a validation split (--x-val, --y-val)");
@@ -642,6 +647,13 @@ static void load_x(npy_t *a, const char *opt, const char *path) {
     if (a->shape[0] < 1) bad_file(a, "shape %s: no rows", shp);
     npy_read(a);
     check_finite(a, GC_N_FEATURES);
+    if (GC_VOCAB > 0) { /* token ids, as floats: each an integer in [0, vocab), as graphc train checks them */
+        const float *v = a->data;
+        for (int64_t i = 0; i < a->count; i++)
+            if (!(v[i] >= 0.0f && v[i] < (float)GC_VOCAB && v[i] == (float)(int64_t)v[i]))
+                bad_file(a, "token id %g at row %lld, step %lld is not an integer in [0, %d) (the model's vocabulary)",
+                         (double)v[i], (long long)(i / GC_N_FEATURES), (long long)(i % GC_N_FEATURES), GC_VOCAB);
+    }
 }
 
 /* Labels (int32/int64 class indices, stored as int32) or float32 targets, one row per row of x. */

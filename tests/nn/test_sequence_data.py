@@ -240,3 +240,34 @@ def test_the_exported_library_refuses_token_ids_outside_the_vocabulary(tmp_path)
         rows[2, 3] = bad
         rc, out = call(rows)
         assert rc == 8 and np.all(out == -7.0), bad
+
+
+def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp_path):
+    """predict_raw (and graphc predict) and a training binary read a fractional id as its integer part (the model
+    casts them): 2.5 became 2, trained on and predicted with exit 0. Both refuse it now, naming row and step, and
+    the binary refuses --standardize (which would make every id fractional)."""
+    import subprocess
+
+    from graphc.aot import build
+
+    path, X, y = _tokens(tmp_path)
+    r = fit(token_model, str(path), progress=False, epochs=1)
+    bad = X[:4].astype(np.float32)
+    bad[1, 3] = 2.5
+    with pytest.raises(gc.InputError, match=r"token id 2.5 at row 1, step 3 is not an integer in \[0, 7\)"):
+        r.predict_raw(bad)
+    binary = build(tmp_path / "train-tok", model=token_model, data=str(path)).path
+    help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True).stdout
+    assert "reads token ids" in help_text and "[0, 7)" in help_text
+    xs = X.astype(np.float32)
+    xs[3, 4] = 2.5
+    np.save(tmp_path / "x.npy", xs)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))  # a binary task: 0/1 targets
+    base = [str(binary), "--x-train", str(tmp_path / "x.npy"), "--y-train", str(tmp_path / "y.npy"), "--quiet"]
+    p = subprocess.run([*base, "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 2 and "token id 2.5 at row 3, step 4 is not an integer in [0, 7)" in p.stderr, p.stderr
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    p = subprocess.run([*base, "--standardize", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 2 and "--standardize: this model reads token ids" in p.stderr
+    p = subprocess.run([*base, "--epochs", "1", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

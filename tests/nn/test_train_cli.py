@@ -2,6 +2,7 @@
 SIGKILL ending bitwise equal to an uninterrupted run."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,39 @@ def test_predict_writes_a_runs_labels_and_probabilities_for_a_files_rows(tmp_pat
     assert p.returncode == 2 and "feature column(s) ['c'] are not there" in p.stderr and "Traceback" not in p.stderr
     p = run("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "x.npy"), "--proba")
     assert p.returncode == 2 and "regression" in p.stderr
+
+
+def test_predict_refuses_damaged_files_values_beyond_float32_and_examples_on_another_grid(tmp_path):
+    """Each was a traceback or a silent wrong answer: a damaged .npz (zipfile's BadZipFile, a bad CRC) in train and
+    predict; a CSV value that overflows float32 (NaN probabilities, exit 0); digits examples of another shape,
+    (N, 8, 4, 2), flattened and predicted on the 8x8 grid. Each is exit 2 naming the file and what is wrong."""
+    from graphc import data
+
+    p = run("train", "--epochs", "1", "--quiet", "--hidden", "8", "--out", str(tmp_path / "run"))
+    assert p.returncode == 0, p.stderr
+    X = data.load("digits").X_test[:5].astype(np.float64)
+    np.save(tmp_path / "wrong_grid.npy", X.reshape(5, 8, 4, 2))
+    np.save(tmp_path / "images.npy", X.reshape(5, 8, 8, 1))
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
+    np.savez(tmp_path / "ok.npz", X=X, y=np.zeros(5, np.int64))
+    flipped = bytearray((tmp_path / "ok.npz").read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    big = X.copy()
+    big[1, 6] = 1e40
+    (tmp_path / "big.csv").write_text("\n".join(",".join(f"{v:g}" for v in r) for r in big) + "\n")
+    for f, why in (("wrong_grid.npy", r"examples of shape \(8, 4, 2\), but the model reads \(8, 8, 1\) or \(8, 8\)"),
+                   ("garbage.npz", "cannot read it: File is not a zip file"), ("flipped.npz", "cannot read it"),
+                   ("big.csv", r"row 1 is .*e\+3\d .*beyond float32")):
+        p = run("predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / f), "-o", str(tmp_path / "o.csv"))
+        assert p.returncode == 2 and re.search(why, p.stderr) and "Traceback" not in p.stderr, (f, p.stderr)
+        assert not (tmp_path / "o.csv").exists()
+    p = run("predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "images.npy"))
+    assert p.returncode == 0 and len(p.stdout.strip().splitlines()) == 6, p.stderr
+    for f in ("garbage.npz", "flipped.npz"):
+        p = run("train", "--dataset", str(tmp_path / f), "--epochs", "1", "--out", str(tmp_path / "t"))
+        assert p.returncode == 2 and "cannot read it" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not (tmp_path / "t").exists()
 
 
 IMAGE_MODEL = """
