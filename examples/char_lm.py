@@ -180,6 +180,9 @@ def prepare(cfg: Config):
     ids = vocab.encode(text)
     cut = int(len(ids) * 0.9)
     train, test = ids[:cut], ids[cut:]
+    if len(test) <= cfg.seq:  # a window is seq characters and the one after each
+        raise SystemExit(f"char_lm: --chars {cfg.chars} leaves {len(test)} held-out characters, fewer than one window "
+                         f"of --seq {cfg.seq} and its next character: use --chars >= {10 * (cfg.seq + 2)}")
     return vocab, train, test, windows(train, cfg.seq), windows(test, cfg.seq)
 
 

@@ -58,3 +58,12 @@ def test_windows_shift_the_targets_by_one():
     np.testing.assert_array_equal(X, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
     np.testing.assert_array_equal(Y, X + 1)
     assert lm_mod.unigram_bits(np.array([0, 0, 1, 1]), np.array([0, 1]), 2) == 1.0
+
+
+def test_too_little_text_for_a_held_out_window_is_said_in_words():
+    """--chars 10 was a ZeroDivisionError in bits_per_char (no held-out window)."""
+    import pytest
+
+    m = _module()
+    with pytest.raises(SystemExit, match="leaves 1 held-out characters, fewer than one window"):
+        m.prepare(m.Config(chars=10))
