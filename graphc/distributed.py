@@ -196,6 +196,8 @@ class Distributed:
         shape = f"{ds.name}:{ds.task}:{ds.X_train.shape}:{ds.X_val.shape}:{ds.X_test.shape}"
         self.agree("the model, options and data (a hash of the step graph and the training options)",
                    f"{trainer.fingerprint()}:epochs {trainer.config.epochs}:{shape}")
+        self.agree("the data's contents (a hash of the training, validation and test arrays; a file of the same "
+                   "name and shape holding other values on some rank)", data_digest(ds))
         ck = self.bcast(str(Path(out_dir).resolve() / "checkpoints") if out_dir is not None else None)
         self.checkpoint_dir = Path(ck) if ck else None
         if self.rank == 0:
@@ -335,6 +337,17 @@ def slice_update_program(trainer, P: int):
             updates[sub_state[n]] = v
     fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
     return fn, pen is not None, [[leaf.name for leaf in gs] for gs in slot_in]
+
+
+def data_digest(ds) -> str:
+    """A hash of a dataset's arrays as training reads them (features standardized, labels), their dtypes and
+    shapes: ranks that read files of one name and shape but other contents train on a mix of two datasets."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val, ds.X_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def params_digest(state: dict, names: list[str]) -> str:

@@ -1199,7 +1199,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 
 /* Ranks that would train differently refuse to start: a hash of the binary's steps, the options that shape the
  * run and the data's shape, compared with rank 0's. */
-static void mpi_agree_run(const opts_t *o, const int64_t rows[3]) {
+static void mpi_agree_run(const opts_t *o, const int64_t rows[3], const npy_t *const data[6]) {
     char buf[4096];
     int len = snprintf(buf, sizeof buf, "%s|%s|", GC_TARGET, GC_MODEL_DESC);
     for (int k = 0; k < GC_NSTEPS; k++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%s,", gc_steps[k].digest);
@@ -1210,6 +1210,8 @@ static void mpi_agree_run(const opts_t *o, const int64_t rows[3]) {
     snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld", (long long)rows[0], (long long)rows[1],
              (long long)rows[2]);
     uint64_t h = fnv(1469598103934665603ULL, buf, strlen(buf));
+    for (int k = 0; k < 6; k++) /* the data's contents: one file name and shape may hold other values on a rank */
+        if (data[k] && data[k]->data) h = fnv(h, data[k]->data, (size_t)data[k]->count * (size_t)data[k]->itemsize);
     uint64_t *all = calloc((size_t)g_size, sizeof *all);
     waiting("comparing the model, options and data");
     checked(MPI_Allgather(&h, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, g_comm), "comparing the model, options and data");
@@ -1221,8 +1223,8 @@ static void mpi_agree_run(const opts_t *o, const int64_t rows[3]) {
     if (n) {
         if (g_rank == 0)
             fprintf(stderr, "%s: error: ranks %s disagree with rank 0 on the model, options and data (a hash of the "
-                            "binary's steps, the training options and the data's shape); every rank must run the same "
-                            "command (same binary, data and options)\n", prog, list);
+                            "binary's steps, the training options and the data's shape and contents); every rank must "
+                            "run the same command (same binary, data and options)\n", prog, list);
         atomic_store(&g_done, 1);
         finish(EXIT_BAD);
     }
@@ -1562,7 +1564,9 @@ int main(int argc, char **argv) {
     g_pre = 0;
     {
         int64_t rows[3] = {n, o.x_val ? rows_of(&xva) : -1, o.x_test ? rows_of(&xte) : -1};
-        mpi_agree_run(&o, rows);
+        const npy_t *const data[6] = {&xtr, &ytr, o.x_val ? &xva : NULL, o.x_val ? &yva : NULL,
+                                      o.x_test ? &xte : NULL, o.x_test ? &yte : NULL};
+        mpi_agree_run(&o, rows, data);
     }
 #else
     const int threads = o.threads ? (int)o.threads : auto_threads(o.batch);

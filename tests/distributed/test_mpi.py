@@ -163,6 +163,23 @@ def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, firs
     assert "epoch" not in r.stdout
 
 
+def test_ranks_reading_other_contents_under_one_file_name_refuse_to_start(tmp_path):
+    """Two working directories, one file name and shape, other labels: each rank trained on its own rows and the
+    gradients mixed two datasets, exit 0. The ranks compare a hash of the data too now."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 3)).astype(np.float32), rng.integers(0, 2, 40)
+    for d, labels in (("a", y), ("b", 1 - y)):
+        (tmp_path / d).mkdir()
+        np.savez(tmp_path / d / "d.npz", X=X, y=labels)
+    args = [sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--dataset", "d.npz", "--out",
+            str(tmp_path / "o")]
+    r = subprocess.run([MPIRUN, "-n", "1", "-wdir", str(tmp_path / "a"), *args, ":", "-n", "1", "-wdir",
+                        str(tmp_path / "b"), *args], capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "ranks 1 disagree with rank 0 on the data's contents" in r.stderr and "epoch" not in r.stdout
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
 def test_a_model_that_fails_on_one_rank_stops_every_rank_before_the_step(tmp_path):
     # rank 0 waited in the step's collectives for rank 1, which had failed: the job hung, the watchdog unarmed
     (tmp_path / "m.py").write_text("import os, graphc as gc\ndef model(x, n):\n"

@@ -125,6 +125,20 @@ def test_ranks_that_disagree_on_the_options_refuse_to_start(trainer, tmp_path):
     assert "epoch" not in r.stdout
 
 
+def test_ranks_that_read_other_contents_of_one_shape_refuse_to_start(trainer, tmp_path):
+    """A y_train of the same shape holding other labels on rank 1: the ranks trained on two datasets, exit 0."""
+    binary, files = trainer
+    y = np.load(files[files.index("--y-train") + 1])
+    np.save(tmp_path / "y_other.npy", (y + 1) % 10)
+    cmd = [str(binary), *files, "--epochs", "1", "--out", str(tmp_path / "o")]
+    other = list(cmd)
+    other[other.index("--y-train") + 1] = str(tmp_path / "y_other.npy")
+    r = mpirun(["-n", "1", *cmd, ":", "-n", "1", *other], timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "ranks 1 disagree with rank 0 on the model, options and data" in r.stderr and "contents" in r.stderr
+    assert "epoch" not in r.stdout
+
+
 def _start(trainer, tmp_path, **extra) -> tuple[subprocess.Popen, int]:
     binary, files = trainer
     p = subprocess.Popen([MPIRUN, "-n", "2", str(binary), *files, "--epochs", "10000000", "--out",
