@@ -115,6 +115,8 @@ OPTIMIZER_DEFAULTS = {name: {"lr": lr} for name, (_, lr) in OPTIMIZERS.items() i
 MLP_OPTIONS = {"hidden": "--hidden", "dropout": "--dropout", "activation": "--activation", "init": "--init",
                "bias_init": "--bias-init"}
 RUN_FILES = ("metrics.json", "history.csv", "weights.npz", "loss.png", "data.json")
+HISTORY_COLUMNS = ("phase", "epoch", "step", "lr", "train_loss", "samples_per_second", "val_loss", "val_accuracy",
+                   "val_mse", "val_rmse", "val_mse_original_units", "val_rmse_original_units")
 LOCK_FILE = ".graphc-train.lock"
 
 
@@ -530,6 +532,8 @@ def write_artifacts(out: Path, result: FitResult) -> None:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
+    # one column order whatever the rows' key order (a resumed run's history comes back from its checkpoint)
+    cols.sort(key=lambda c: HISTORY_COLUMNS.index(c) if c in HISTORY_COLUMNS else len(HISTORY_COLUMNS))
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fieldnames=cols)
     w.writeheader()

@@ -32,6 +32,9 @@ class EpochStats:
     nonfinite_step: int | None  # the step whose loss was not finite (the epoch stopped there)
     permutation: np.ndarray  # the sample order this epoch used
     losses: np.ndarray | None = None  # float32, one per step done
+    # on_nonfinite="stop": the first trained array holding a non-finite value after the epoch (an update that
+    # overflowed while the losses stayed finite, or the failing step's), else None
+    nonfinite_param: str | None = None
 
     @property
     def mean_loss(self) -> float:
@@ -181,7 +184,9 @@ class EpochFunction(CompiledFunction):
         epoch (Adam's bias correction, dropout masks). Returns EpochStats: `losses` per step, `mean_loss`.
 
         A non-finite loss raises a NumericalError naming the step, with `state` as it was after the last finite
-        step (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied). A
+        step, and so does an update that made a parameter non-finite while every loss stayed finite
+        (`on_nonfinite="stop"`: return instead, with `nonfinite_step` set and the failing step applied, and
+        `nonfinite_param` naming a trained array that holds a non-finite value, if one does). A
         failed run-time check (a label or token id out of range) always raises an InputError naming the step, its
         rows and the check, with `state` as it was after the last good step."""
         with self._lock:  # one epoch (or call) at a time: the arena, workspace and rollback snapshot are shared
@@ -366,6 +371,8 @@ class EpochFunction(CompiledFunction):
             arr[...] = aligned
         self.epochs_done = max(self.epochs_done, epoch + 1)
         self.steps_done = step0 + steps
+        if on_nonfinite == "stop":  # the caller decides; it must see a state that is not finite
+            stats.nonfinite_param = self._nonfinite(trained)
         if on_nonfinite == "raise" and bad is None:
             name = self._nonfinite(trained)
             if name:  # every loss finite, but an update overflowed (the last step's shows in no loss)

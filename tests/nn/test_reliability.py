@@ -81,9 +81,13 @@ def test_resume_with_a_scalar_parameter_is_bitwise_equal(tmp_path):
     fit(str(tmp_path / "m.py"), epochs=2, out=tmp_path / "cut", **opts)
     _, arrays = ckpt.load(sorted((tmp_path / "cut" / "checkpoints").glob("*.gcp"))[-1])
     assert arrays["state/temperature"].shape == ()
+    first = (tmp_path / "cut" / "history.csv").read_text().splitlines()[0]
     resumed = fit(str(tmp_path / "m.py"), epochs=3, out=tmp_path / "cut", resume=True, **opts)
     for k, v in whole.params.items():
         np.testing.assert_array_equal(v, resumed.params[k])
+    # history.csv keeps its column order (the rows that came back from the checkpoint had theirs sorted)
+    assert (tmp_path / "cut" / "history.csv").read_text().splitlines()[0] == first
+    assert first.startswith("phase,epoch,step,lr,train_loss,samples_per_second,val_loss,val_accuracy")
 
 
 def test_old_checkpoint_with_a_1d_scalar_still_resumes(tmp_path):

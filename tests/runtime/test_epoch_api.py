@@ -122,7 +122,12 @@ def test_an_update_that_overflows_with_finite_losses_is_raised_with_the_epochs_s
         for k in state:
             np.testing.assert_array_equal(state[k], start[k], err_msg=k)
     stats = ef.run_epoch(X, Y, state, batch=8, scalars={"lr": 0.01}, epoch=0, step0=0)  # usable afterwards
-    assert stats.steps == 4 and np.isfinite(stats.mean_loss)
+    assert stats.steps == 4 and np.isfinite(stats.mean_loss) and stats.nonfinite_param is None
+    # on_nonfinite="stop" returned such a state with nothing flagged: nonfinite_param names the array now
+    state = {k: v.copy() for k, v in start.items()}
+    stats = ef.run_epoch(X, Y, state, batch=32, scalars={"lr": 1e38}, epoch=0, step0=0, on_nonfinite="stop")
+    assert stats.nonfinite_step is None and stats.nonfinite_param in state
+    assert not np.isfinite(state[stats.nonfinite_param]).all()
 
 
 @pytest.mark.parametrize("threads,on_nonfinite", [(1, "raise"), (2, "stop")])
