@@ -282,7 +282,10 @@ class FitResult:
             return self.predict(X)
         a = feature_rows(X, len(ds.x_mean), "predict_raw", ds.grid)
         out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
-        return out * ds.y_std + ds.y_mean if ds.task == "regression" else out
+        if ds.task != "regression":
+            return out
+        # back to the target's units in double, rounded once (as the exported library does: bitwise its values)
+        return (np.asarray(out, np.float64) * ds.y_std + ds.y_mean).astype(out.dtype)
 
     def predict_labels(self, X: np.ndarray) -> np.ndarray:
         """Classification: the predicted class labels (the dataset's own: 'cat', -1, ...) for raw features X."""
