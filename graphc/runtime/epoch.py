@@ -339,20 +339,29 @@ class EpochFunction(CompiledFunction):
         if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
-            self._restore(trained, copy_back)
-            if bad:
-                ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, bad
-                ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
-                ctx[drv.LOSSES] = 0
-                self._epoch(data_address(ctx), None, None, nthreads)
-            for arr, aligned in copy_back:
-                arr[...] = aligned
+            def replay(k: int) -> None:  # the epoch's start, then its first k steps again
+                self._restore(trained, copy_back)
+                if k:
+                    ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, k
+                    ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
+                    ctx[drv.LOSSES] = 0
+                    self._epoch(data_address(ctx), None, None, nthreads)
+                for arr, aligned in copy_back:
+                    arr[...] = aligned
+
+            replay(bad)
             self.epochs_done = max(self.epochs_done, epoch + 1)
             self.steps_done = step0 + bad
             overflowed = bad and self._nonfinite(trained)
-            if overflowed:  # an update overflowed before the loss showed it: the epoch's start is the last finite
-                self._restore(trained, copy_back)
-                self.steps_done = step0
+            culprit = None
+            if overflowed:  # an update overflowed before the loss showed it: step `bad`'s, or an earlier one's
+                replay(bad - 1)
+                if self._nonfinite(trained):
+                    self._restore(trained, copy_back)
+                    self.steps_done = step0
+                else:
+                    culprit = bad
+                    self.steps_done = step0 + bad - 1
             if status == drv.STATUS_CHECK:
                 rows = perm[bad * batch:min((bad + 1) * batch, n_steps_rows)]
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
@@ -360,7 +369,11 @@ class EpochFunction(CompiledFunction):
                     f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
                     f"{self.program.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
                     f"the parameters after the last good step ({bad} steps this epoch). Check the data's labels / ids")
-            held = (f"the state holds the parameters at the epoch's start: the update of an earlier step had "
+            held = (f"the update of step {culprit} (whose loss was finite) had already made {overflowed} "
+                    "non-finite: the state holds the parameters " + (
+                        f"after the step before it ({culprit - 1} steps this epoch)" if culprit > 1 else
+                        "at the epoch's start") if culprit else
+                    f"the state holds the parameters at the epoch's start: the update of an earlier step had "
                     f"already made {overflowed} non-finite" if overflowed else
                     f"the state holds the parameters after the last finite step ({bad} steps this epoch)")
             raise NumericalError(
