@@ -336,19 +336,20 @@ class EpochFunction(CompiledFunction):
         bad_loss = float(loss_buf[0])
         samples = min(steps * batch, n_steps_rows) if bad is None else steps * batch
         stats = EpochStats(loss_sum, steps, samples, bad, perm, losses[:steps].copy())
+
+        def replay(k: int) -> None:  # the epoch's start, then its first k steps again
+            self._restore(trained, copy_back)
+            if k:
+                ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, k
+                ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
+                ctx[drv.LOSSES] = 0
+                self._epoch(data_address(ctx), None, None, nthreads)
+            for arr, aligned in copy_back:
+                arr[...] = aligned
+
         if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
-            def replay(k: int) -> None:  # the epoch's start, then its first k steps again
-                self._restore(trained, copy_back)
-                if k:
-                    ctx[drv.SHUFFLE], ctx[drv.MAXSTEPS] = drv.ORDER_GIVEN, k
-                    ctx[drv.PERM], ctx[drv.NSAMP], ctx[drv.STEP0] = data_address(perm), n_steps_rows, step0
-                    ctx[drv.LOSSES] = 0
-                    self._epoch(data_address(ctx), None, None, nthreads)
-                for arr, aligned in copy_back:
-                    arr[...] = aligned
-
             replay(bad)
             self.epochs_done = max(self.epochs_done, epoch + 1)
             self.steps_done = step0 + bad
@@ -389,12 +390,18 @@ class EpochFunction(CompiledFunction):
         if on_nonfinite == "raise" and bad is None:
             name = self._nonfinite(trained)
             if name:  # every loss finite, but an update overflowed (the last step's shows in no loss)
-                self._restore(trained, copy_back)
-                self.steps_done = step0
+                replay(steps - 1)
+                held = "at the epoch's start"
+                if steps > 1 and not self._nonfinite(trained):  # the last step's update: the state before it
+                    held = f"after the step before the last ({steps - 1} steps this epoch)"
+                    self.steps_done = step0 + steps - 1
+                else:
+                    self._restore(trained, copy_back)
+                    self.steps_done = step0
                 raise NumericalError(
                     f"training: the parameter {name!r} became non-finite in epoch {epoch} while every loss of its "
-                    f"{steps} steps was finite (an update overflowed); the state holds the parameters at the "
-                    "epoch's start. Try a smaller learning rate or standardized inputs")
+                    f"{steps} steps was finite (an update overflowed); the state holds the parameters {held}. "
+                    "Try a smaller learning rate or standardized inputs")
         return stats
 
     @staticmethod
