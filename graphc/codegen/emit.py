@@ -1401,6 +1401,11 @@ class ModuleEmitter:
             return vmath.const(ty, int(v))
 
         def combine(x, y):
+            if rdn.label == "sum" and _is_float(x.type):
+                # not `contract`: fused with the value's last product (acc + a*b as one FMA), a sum's bits would
+                # depend on which loop LLVM fuses in (vectorized body or remainder, set by the rows a thread
+                # gets): a cumsum differed between 1 and 3 threads. numpy rounds the product first, too.
+                return fe.sc.b.fadd(x, y)
             return fe.sc.formula(fml.expr, dict(zip(fml.syms, (x, y), strict=True)), x.type)
 
         if k.scan:

@@ -615,3 +615,19 @@ def test_values_that_are_not_a_dict_are_an_input_error():
         for call in (fn, fn.bind, lambda v: gc.evaluate(out, v)):
             with pytest.raises(gc.InputError, match=r"values must be a dict of name \(or tensor\) -> array, got"):
                 call(bad)
+
+
+@pytest.mark.parametrize("op", ["cumsum", "sum"])
+def test_sums_of_products_are_bitwise_the_same_on_any_thread_count(op):
+    """acc + x*x was fused into one FMA in some loops and not in others (LLVM's vectorized body or its remainder,
+    chosen by the rows a thread gets): cumsum(x * x) on 9 rows differed on 3 threads. Sums add rounded values."""
+    x = gc.input("x", ("N", 5), "float64")
+    y = gc.cumsum(x * x, axis=1) if op == "cumsum" else gc.sum(x * x, axis=1)
+    fns = [gc.compile(y, threads=threads, cache=False) for threads in (1, 2, 3)]
+    for n in (9, 13, 31):
+        v = {"x": np.random.default_rng(n).standard_normal((n, 5))}
+        want = fns[0](v)
+        if op == "cumsum":  # sequential, as numpy's (a row sum adds in lanes: its own order)
+            np.testing.assert_array_equal(want, gc.evaluate(y, v))
+        for fn in fns[1:]:
+            np.testing.assert_array_equal(fn(v), want)
