@@ -556,7 +556,12 @@ class CompiledFunction:
         values = {k: np.array(v, dtype=scalar_leaves[k].dtype)
                   if isinstance(k, str) and k in scalar_leaves and _weak_ok(v, np.dtype(scalar_leaves[k].dtype))
                   else v for k, v in values.items()}
-        arrays, env, _ = bind_values(g.nodes(), values, training=self.training, allow_unused=False, what=where)
+        order = g.nodes()
+        seen = {id(n) for n in order}
+        # a leaf updated in place that the graph does not read (its new value does not depend on it) is an input
+        # too: its array receives the update (unbound, the call wrote through a null address)
+        order = order + [leaf for leaf in g.inputs if id(leaf) not in seen]
+        arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where)
         for leaf in g.inputs:
             if id(leaf) not in arrays:
                 continue

@@ -85,3 +85,16 @@ def test_an_input_sharing_memory_with_an_updated_parameter_is_refused():
         fn({"x": a[8:24], "w": a[:16]})
     fn({"x": a[16:], "w": a[:16]})  # adjacent, apart
     np.testing.assert_array_equal(a[:16], np.arange(16, dtype=np.float32) * 2)
+
+
+def test_a_parameter_updated_but_not_read_is_an_input_of_the_call():
+    """p <- 2x, which does not read p: the call did not bind p's array (the graph's nodes do not reach it), and
+    wrote the update through a null address (a segfault), with p given or not. p is a checked input now."""
+    p = gc.param("p_unread", (37,), dtype="float64")
+    x = gc.input("x_unread", (37,), "float64")
+    fn = gc.compile([gc.sum(x)], updates={p: x * 2.0}, threads=1, cache=False)
+    pv = np.zeros(37)
+    (total,) = fn({"x_unread": np.ones(37), "p_unread": pv})
+    assert total == 37.0 and np.all(pv == 2.0)
+    with pytest.raises(gc.InputError, match="missing value.* for param 'p_unread'"):
+        fn({"x_unread": np.ones(37)})
