@@ -1073,6 +1073,12 @@ def fuse_epilogues(kernels: list[Kernel]) -> None:
                     new.append(Store(s.buf, v))
                 if not ok:
                     continue
+                # the epilogue runs tile by tile: what it writes it may read only at the point it writes (an
+                # in-place update reading the parameter flipped or rolled was computed aside by the scheduler;
+                # fused here with the copy back, it would read rows other tiles had already written)
+                written = {st.buf for st in [*g.stores, *new]}
+                if not _loads_only_at([*g.stores, *new], written, identity):
+                    continue
                 g.stores.extend(new)
                 g.nodes = g.nodes + [x for x in lk.nodes if x not in g.nodes]
                 g.reads = list(dict.fromkeys(g.reads + [b for b in lk.reads if b not in table]))

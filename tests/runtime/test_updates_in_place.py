@@ -98,3 +98,20 @@ def test_a_parameter_updated_but_not_read_is_an_input_of_the_call():
     assert total == 37.0 and np.all(pv == 2.0)
     with pytest.raises(gc.InputError, match="missing value.* for param 'p_unread'"):
         fn({"x_unread": np.ones(37)})
+
+
+@pytest.mark.parametrize("form", ["flip_rows", "slice_reversed", "times_flip"])
+def test_an_update_through_a_product_reading_its_parameter_flipped(form):
+    """p <- x @ x + p[::-1]: the scheduler computed it aside and copied it back, but fusing both into the product's
+    epilogue wrote p tile by tile while reading rows other tiles had written (rows 2-3 wrong, on any thread count).
+    The epilogue now takes only what reads its own outputs at the point it writes."""
+    n = 4
+    p = gc.param(f"p_{form}", (n, n), dtype="float64")
+    x = gc.input(f"x_{form}", (n, n), "float64")
+    new = {"flip_rows": x @ x + gc.flip(p, axis=0), "slice_reversed": x @ x + p[::-1],
+           "times_flip": (x @ x) * p[::-1]}[form]
+    for threads in (1, 2, 3):
+        vals = {p.name: np.arange(n * n, dtype=np.float64).reshape(n, n), x.name: np.eye(n) + 0.5}
+        want = gc.evaluate(new, vals)
+        gc.compile([gc.sum(x)], updates={p: new}, threads=threads, cache=False)(vals)
+        np.testing.assert_array_equal(vals[p.name], want)
