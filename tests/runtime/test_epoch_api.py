@@ -130,21 +130,28 @@ def test_an_update_that_overflows_with_finite_losses_is_raised_with_the_epochs_s
     assert not np.isfinite(state[stats.nonfinite_param]).all()
 
 
-def test_an_update_that_overflows_at_the_last_step_keeps_the_state_before_it():
-    """The last step's update overflows with its loss finite (it shows in no loss): the state before it, named."""
-    x = gc.input("x_last", ("N", 5))
-    y = gc.input("y_last", ("N",), "int32")
+def _saturating(name: str, n: int, inf_at: tuple[int, int]):
+    """A tanh MLP (it saturates: a loss stays finite when a feature is inf, its update is NaN (inf · 0)) with inputs
+    of its own names (no node shared with the other tests' nets), data with one inf, the parameters at the start
+    and after the first 2 steps of 4 rows in index order."""
+    x = gc.input(f"x_{name}", ("N", 5))
+    y = gc.input(f"y_{name}", ("N",), "int32")
     lr = gc.input("lr", (), "float32")
-    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [8, 3], "tanh", name="last"), y)
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [8, 3], "tanh", name=name), y)
     params = gc.nn.parameters(loss)
     updates = {p: p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)}
     ef = gc.EpochFunction(loss, updates, x=x, y=y)
-    X, Y = _data(n=12)
-    X[9, 1] = np.inf  # row 9: the last of three steps of 4
+    X, Y = _data(n=n)
+    X[inf_at] = np.inf
     start = gc.nn.init_params(params, seed=0)
     after2 = {k: v.copy() for k, v in start.items()}
     ef.run_epoch(X, Y, after2, batch=4, order=np.arange(8), scalars={"lr": 0.1})
-    state = {k: v.copy() for k, v in start.items()}
+    return ef, X, Y, {k: v.copy() for k, v in start.items()}, after2
+
+
+def test_an_update_that_overflows_at_the_last_step_keeps_the_state_before_it():
+    """The last step's update overflows with its loss finite (it shows in no loss): the state before it, named."""
+    ef, X, Y, state, after2 = _saturating("last", 12, (9, 1))  # row 9: the last of three steps of 4
     with pytest.raises(gc.NumericalError, match=r"every loss of its 3 steps was finite .* after the step before the "
                                                 r"last \(2 steps this epoch\)"):
         ef.run_epoch(X, Y, state, batch=4, order=np.arange(12), scalars={"lr": 0.1})
@@ -153,22 +160,10 @@ def test_an_update_that_overflows_at_the_last_step_keeps_the_state_before_it():
 
 
 def test_an_update_that_overflows_mid_epoch_is_named_with_the_state_before_it():
-    """An inf feature in step 3's batch: tanh saturates, so step 3's loss is finite, but its update (inf · 0) makes
-    the first layer NaN and step 4's loss NaN. The error named step 4 and went back to the epoch's start; it names
-    step 3's update now, with the state after step 2 (the last finite one)."""
-    x = gc.input("x_sat", ("N", 5))  # names of its own: no node shared with the other tests' nets
-    y = gc.input("y_sat", ("N",), "int32")
-    lr = gc.input("lr", (), "float32")
-    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [8, 3], "tanh", name="sat"), y)
-    params = gc.nn.parameters(loss)
-    updates = {p: p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)}
-    ef = gc.EpochFunction(loss, updates, x=x, y=y)
-    X, Y = _data(n=20)
-    X[8, 2] = np.inf  # row 8: step 3 with batches of 4 in index order
-    start = gc.nn.init_params(params, seed=0)
-    after2 = {k: v.copy() for k, v in start.items()}
-    ef.run_epoch(X, Y, after2, batch=4, order=np.arange(8), scalars={"lr": 0.1})
-    state = {k: v.copy() for k, v in start.items()}
+    """An inf feature in step 3's batch: step 3's loss is finite, but its update makes the first layer NaN and
+    step 4's loss NaN. The error named step 4 and went back to the epoch's start; it names step 3's update now,
+    with the state after step 2 (the last finite one)."""
+    ef, X, Y, state, after2 = _saturating("sat", 20, (8, 2))  # row 8: step 3
     with pytest.raises(gc.NumericalError, match=r"at step 4 of the epoch .* the update of step 3 \(whose loss was "
                                                 r"finite\) had already made sat\.0\.\w+ non-finite: .* after the "
                                                 r"step before it \(2 steps this epoch\)"):
