@@ -226,8 +226,11 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
     name, unnamed = layer_name(name, "conv")
     if x.ndim != nsp + 2:
         grid = "(N, H, W, C) images" if nsp == 2 else "(N, T, C) sequences"
+        from graphc.ops.conv import ROWS_HINT
+
         hint = {(2, 3): " (gc.nn.conv2d on (N, H, W): add a channel axis with gc.expand_dims(x, -1))",
-                (1, 2): " (gc.nn.conv1d on (N, T): add a channel axis with gc.expand_dims(x, -1))"}
+                (1, 2): " (gc.nn.conv1d on (N, T): add a channel axis with gc.expand_dims(x, -1))",
+                (2, 2): ROWS_HINT[2]}
         raise _located(f"{what} {name!r}: input must be {nsp + 2}-D {grid}, channels last, got {x.type_str}"
                           + hint.get((nsp, x.ndim), ""))
     c = x.shape[-1]

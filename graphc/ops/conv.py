@@ -33,8 +33,17 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+# rows of features reaching a convolution: a model file gets its data on the grid by naming its first parameter
+ROWS_HINT = {2: " (rows of features: a model file or gc.fit model whose first parameter is named `images` gets "
+                 "the data as (N, H, W, C) on the dataset's grid)",
+              1: " (rows of features: a model whose first parameter is named `sequences` gets the data as (T, N, "
+                 "F); reshape it for conv1d's (N, T, C))"}
+
+
 def _per_axis(v, n: int, what: str, lo: int = 1) -> tuple[int, ...]:
-    """An int or one int per spatial axis, each >= lo."""
+    """An int or one int per spatial axis (a tuple, list or 1-D integer array), each >= lo."""
+    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iu":
+        v = [int(k) for k in v]
     vals = (v,) * n if _is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else None
     if vals is None or len(vals) != n or not all(_is_int(k) for k in vals):
         raise ShapeError(f"{what} must be an int or {n} ints, got {v!r}")
@@ -45,6 +54,8 @@ def _per_axis(v, n: int, what: str, lo: int = 1) -> tuple[int, ...]:
 
 def _padding(padding, sizes, window, strides, dilation) -> list[tuple[int, int]]:
     """(before, after) per spatial axis."""
+    if isinstance(padding, np.ndarray) and padding.dtype.kind in "iu":  # as the list it holds
+        padding = padding.tolist()
     n = len(sizes)
     if isinstance(padding, str):
         mode = padding.lower()
@@ -247,7 +258,7 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
         if x.ndim != nsp + 2:
             raise ShapeError(f"the input must be {nsp + 2}-D {names} (channels last), got {fmt_shape(x.shape)}"
                              + (" (add a channel axis of 1 with gc.expand_dims(x, -1))" if x.ndim == nsp + 1
-                                else ""))
+                                else ROWS_HINT[nsp] if x.ndim == 2 else ""))
         if w.ndim != nsp + 2:
             raise ShapeError(f"the filter must be {nsp + 2}-D {wnames}, got {fmt_shape(w.shape)} (input "
                              f"{fmt_shape(x.shape)})")
@@ -304,7 +315,8 @@ def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
     try:
         if x.ndim != nsp + 2:
             names = "(N, H, W, C)" if nsp == 2 else "(N, T, C)"
-            raise ShapeError(f"the input must be {nsp + 2}-D {names} (channels last), got {fmt_shape(x.shape)}")
+            raise ShapeError(f"the input must be {nsp + 2}-D {names} (channels last), got {fmt_shape(x.shape)}"
+                             + (ROWS_HINT[nsp] if x.ndim == 2 else ""))
         if x.dtype not in FLOAT_DTYPES and not (kind == "max" and x.dtype in ("int32", "int64")):
             raise DTypeError(f"needs a float input, got {x.dtype}")
         win = _per_axis(window, nsp, "window")

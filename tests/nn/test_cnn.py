@@ -198,3 +198,15 @@ def test_cnn_binary_and_library_are_bitwise_equal_to_in_process(tmp_path):
     want = gc.evaluate(y, {**params, "x": X})  # inference: dropout is off
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert np.mean(got.argmax(1) == ds.y_test) > 0.8  # two epochs
+
+
+def test_rows_reaching_a_convolution_say_how_a_model_gets_images_and_integer_arrays_are_window_sizes():
+    """A model file whose first parameter is `x` gets rows: conv2d's error now says to name it `images`; a window,
+    stride or padding given as a 1-D integer numpy array (a list was accepted, an array refused) is accepted."""
+    x = gc.input("x_rows", ("N", 64))
+    for build in (lambda: gc.nn.conv2d(x, 4, 3, name="c_rows"), lambda: gc.max_pool2d(x, 2)):
+        with pytest.raises(gc.GraphcError, match="first parameter is named `images`"):
+            build()
+    im = gc.input("im_rows", ("N", 8, 8, 1))
+    a = gc.max_pool2d(im, np.array([2, 2]), stride=np.array([2, 1]), padding=np.array([0, 1]))
+    assert a.shape == gc.max_pool2d(im, [2, 2], stride=[2, 1], padding=[0, 1]).shape
