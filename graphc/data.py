@@ -418,7 +418,9 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
             if len(X) == 0:
                 raise DataError(f"{path}: no rows to predict (X has shape {X.shape})")
             if X.ndim > 2 and grid:
-                shapes = [tuple(grid)] + ([tuple(grid[:-1])] if len(grid) > 1 and grid[-1] == 1 else [])
+                from graphc.nn.train import grid_shapes
+
+                shapes = grid_shapes(grid)
                 if tuple(X.shape[1:]) not in shapes:
                     raise DataError(f"{path}: examples of shape {tuple(X.shape[1:])}, but the model reads "
                                     f"{' or '.join(map(str, shapes))} (rows of {n_features} values): the values "

@@ -490,6 +490,7 @@ def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray
 
     tokens = trainer.layout == "tokens"
     vocab = trainer.vocab if tokens else None
+    id_limit = vocab if vocab is not None else 2**31  # ids the model's int32 cast keeps
     f32_max = float(np.finfo(np.float32).max)
 
     def predict(X: np.ndarray) -> np.ndarray:
@@ -501,11 +502,11 @@ def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray
             r, c = np.argwhere(bad)[0]
             raise InputError(f"predict: feature {c} of row {r} is {a[r, c]}; features must be finite")
         if tokens:  # the model casts them to int32: 2.5 would be read as 2, -1 or 10**9 wrap
-            bad = (a != np.round(a)) | (a < 0) | (a >= (vocab if vocab is not None else 2**31))
+            bad = (a != np.round(a)) | (a < 0) | (a >= id_limit)
             if bad.any():
                 r, c = np.argwhere(bad)[0]
                 raise InputError(f"predict: token id {a[r, c]:g} at row {r}, step {c} is not an integer in [0, "
-                                 f"{vocab if vocab is not None else 2**31}){' (the vocabulary)' if vocab else ''}")
+                                 f"{id_limit}){' (the vocabulary)' if vocab else ''}")
         big = np.abs(a) > f32_max
         if big.any():
             r, c = np.argwhere(big)[0]

@@ -647,13 +647,11 @@ static void load_x(npy_t *a, const char *opt, const char *path) {
     if (a->shape[0] < 1) bad_file(a, "shape %s: no rows", shp);
     npy_read(a);
     check_finite(a, GC_N_FEATURES);
-    if (GC_VOCAB > 0) { /* token ids, as floats: each an integer in [0, vocab), as graphc train checks them */
-        const float *v = a->data;
-        for (int64_t i = 0; i < a->count; i++)
-            if (!(v[i] >= 0.0f && v[i] < (float)GC_VOCAB && v[i] == (float)(int64_t)v[i]))
-                bad_file(a, "token id %g at row %lld, step %lld is not an integer in [0, %d) (the model's vocabulary)",
-                         (double)v[i], (long long)(i / GC_N_FEATURES), (long long)(i % GC_N_FEATURES), GC_VOCAB);
-    }
+    int64_t i = GC_VOCAB > 0 ? gc_bad_token(a->data, a->count, GC_VOCAB) : -1; /* token ids, as graphc train checks */
+    if (i >= 0)
+        bad_file(a, "token id %g at row %lld, step %lld is not an integer in [0, %d) (the model's vocabulary)",
+                 (double)((const float *)a->data)[i], (long long)(i / GC_N_FEATURES), (long long)(i % GC_N_FEATURES),
+                 GC_VOCAB);
 }
 
 /* Labels (int32/int64 class indices, stored as int32) or float32 targets, one row per row of x. */

@@ -41,4 +41,11 @@ typedef struct {
 #define GC_CPU_SUPPORTS(feature) __builtin_cpu_supports(feature)
 #endif
 
+/* The first of n token ids (passed as floats) that is not an integer in [0, vocab), or -1 (NaN fails the test). */
+static inline int64_t gc_bad_token(const float *v, int64_t n, int32_t vocab) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(v[i] >= 0.0f && v[i] < (float)vocab && v[i] == (float)(int64_t)v[i])) return i;
+    return -1;
+}
+
 #endif

@@ -38,9 +38,7 @@ static int predict(const float *x, int64_t n, float *out, int nthreads, int raw)
     if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
     if (nthreads < 1 || nthreads > GC_MAX_THREADS) return ERR_THREADS;
     if (!cpu_ok()) return ERR_CPU;
-    if (GC_VOCAB > 0) /* token ids, as floats: each an integer in [0, vocab) (NaN fails the test too) */
-        for (int64_t k = 0; k < n * GC_N_FEATURES; k++)
-            if (!(x[k] >= 0.0f && x[k] < (float)GC_VOCAB && x[k] == (float)(int64_t)x[k])) return ERR_INPUT;
+    if (GC_VOCAB > 0 && gc_bad_token(x, n * GC_N_FEATURES, GC_VOCAB) >= 0) return ERR_INPUT; /* token ids */
     int b = 0;
     while (gc_buckets[b] < n) b++;
     size_t arena_bytes = ((size_t)gc_arena[b] + 63) / 64 * 64;

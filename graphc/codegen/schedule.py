@@ -1206,11 +1206,11 @@ def _forward_stores(first: list[Store], then: list[Store], domain: tuple) -> lis
     identity = _identity_strides(domain)
     table: dict[Buffer, Expr] = {}
 
-    def note(st: Store) -> None:
-        if st.value.dtype == st.buf.dtype:
-            table[st.buf] = st.value
+    def note(buf: Buffer, value: Expr) -> None:
+        if value.dtype == buf.dtype:
+            table[buf] = value
         else:
-            table.pop(st.buf, None)
+            table.pop(buf, None)
 
     def forwarded(x: Expr) -> Expr:
         if isinstance(x, Load) and x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0:
@@ -1221,13 +1221,13 @@ def _forward_stores(first: list[Store], then: list[Store], domain: tuple) -> lis
         return x
 
     for st in first:
-        note(st)
+        note(st.buf, st.value)
     out = list(first)
     memo: dict[int, Expr] = {}
     for st in then:
         value = rebuild(st.value, forwarded, memo)
         out.append(Store(st.buf, value))
-        note(Store(st.buf, value))
+        note(st.buf, value)
     return out
 
 

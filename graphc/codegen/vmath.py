@@ -142,9 +142,9 @@ def intrinsic(module: ir.Module, base_name: str, ty: ir.Type, nargs: int | None 
     return ir.Function(module, fnty, name=name)
 
 
-def _libm(module: ir.Module, name: str) -> ir.Function:
-    """Declare (or reuse) `double name(double)` from the C library."""
-    fnty = ir.FunctionType(F64, [F64])
+def _libm(module: ir.Module, name: str, nargs: int = 1) -> ir.Function:
+    """Declare (or reuse) `double name(double, ...)` (`nargs` doubles) from the C library."""
+    fnty = ir.FunctionType(F64, [F64] * nargs)
     existing = module.globals.get(name)
     if existing is not None:
         if not isinstance(existing, ir.Function) or existing.function_type != fnty:
@@ -518,14 +518,16 @@ def _erf_f32(o: _Ops, x):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _map_libm(b: ir.IRBuilder, x: ir.Value, name: str) -> ir.Value:
-    fn = _libm(b.module, name)
+def _map_libm(b: ir.IRBuilder, x: ir.Value, name: str, *more: ir.Value) -> ir.Value:
+    """`double name(double, ...)` of the C library on each lane of x (and of the further arguments `more`)."""
+    args = (x, *more)
+    fn = _libm(b.module, name, len(args))
     if not isinstance(x.type, ir.VectorType):
-        return b.call(fn, [x])
+        return b.call(fn, list(args))
     out = ir.Constant(x.type, ir.Undefined)
     for i in range(x.type.count):
-        lane = b.extract_element(x, const(I32, i))
-        out = b.insert_element(out, b.call(fn, [lane]), const(I32, i))
+        lanes = [b.extract_element(v, const(I32, i)) for v in args]
+        out = b.insert_element(out, b.call(fn, lanes), const(I32, i))
     return out
 
 
@@ -575,29 +577,13 @@ softplus = _make("softplus", _softplus_f32, _softplus_f64)
 erf = _make("erf", _erf_f32, _libm_impl("erf"))
 
 
-def _map_libm2(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str) -> ir.Value:
-    """`double name(double, double)` of the C library on each lane of x and y."""
-    fnty = ir.FunctionType(F64, [F64, F64])
-    fn = b.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(b.module, fnty, name=name)
-    elif not isinstance(fn, ir.Function) or fn.function_type != fnty:
-        raise TypeError(f"{name} already declared in the module with another type")
-    if not isinstance(x.type, ir.VectorType):
-        return b.call(fn, [x, y])
-    out = ir.Constant(x.type, ir.Undefined)
-    for i in range(x.type.count):
-        lane = [b.extract_element(v, const(I32, i)) for v in (x, y)]
-        out = b.insert_element(out, b.call(fn, lane), const(I32, i))
-    return out
-
-
 # |x| ** y for float32 in double: log|x| to ~1e-14 (e·ln2 + 2·atanh(s), s = f / (2 + f), |s| <= 0.1716), the
 # product y·log|x| rounded in double (float32 operands: exact to 2^-53 relative), exp of it with a Cody-Waite
 # reduction and a degree-11 Taylor polynomial (|r| <= ln2/2), scaled by 2^n in double and rounded once to float32:
 # within 0.501 ulp over the float32 range, where exp(y·log|x|) in float32 arithmetic carried log's relative
 # error times |y·log|x|| (up to ~100 ulp near overflow).
-_ATANH_D = tuple(2.0 / (2 * k + 1) for k in range(1, 10))  # 2/3, 2/5, ..., 2/19: log(1+f) = 2s + s·Σ c_k s^2k
+_ATANH_D = tuple(2.0 / (2 * k + 1) for k in range(1, 10))  # 2/3, 2/5, ..., 2/19: log(1+f) = 2s + s·z·Σ c_k z^k
+_EXP_TAYLOR_D = tuple(1.0 / math.factorial(k) for k in range(12))  # exp(r) to degree 11
 _SQRT_HALF_BITS64 = 0x3FE6A09E667F3BCD
 _LN2_D = 0.6931471805599453
 _LN2_HI_D = 0.6931471803691238  # 0x3FE62E42FEE00000: n·_LN2_HI_D exact for |n| < 2^11
@@ -610,55 +596,37 @@ def powr_f32(b: ir.IRBuilder, ax: ir.Value, y: ir.Value) -> ir.Value:
     power of one. Computed in double lanes (see above), branch-free."""
     ty = ax.type
     n_lanes = ty.count if isinstance(ty, ir.VectorType) else None
-    dty = ir.VectorType(F64, n_lanes) if n_lanes else F64
-    ity = ir.VectorType(ir.IntType(64), n_lanes) if n_lanes else ir.IntType(64)
-
-    def c(v):
-        return const(dty, float(v))
+    o = _Ops(b, ir.VectorType(F64, n_lanes) if n_lanes else F64)  # arithmetic in double lanes
+    ity = like(o.ty, ir.IntType(64))
 
     def ci(v):
         return const(ity, int(v))
 
-    def mul(p, q):
-        return b.fmul(p, q, flags=FLAGS)
-
-    def add(p, q):
-        return b.fadd(p, q, flags=FLAGS)
-
-    xd, yd = b.fpext(ax, dty), b.fpext(y, dty)
+    xd, yd = b.fpext(ax, o.ty), b.fpext(y, o.ty)
     ix = b.sub(b.bitcast(xd, ity), ci(_SQRT_HALF_BITS64))
-    e = b.sitofp(b.ashr(ix, ci(52)), dty)
-    m = b.bitcast(b.add(b.and_(ix, ci((1 << 52) - 1)), ci(_SQRT_HALF_BITS64)), dty)
-    f = b.fsub(m, c(1.0), flags=FLAGS)
-    s = b.fdiv(f, add(f, c(2.0)), flags=FLAGS)
-    z = mul(s, s)
-    acc = c(_ATANH_D[-1])
-    for ck in reversed(_ATANH_D[:-1]):
-        acc = add(mul(acc, z), c(ck))
-    logx = add(mul(e, c(_LN2_D)), add(add(s, s), mul(s, mul(z, acc))))
-    logx = b.select(b.fcmp_ordered("==", xd, c(0.0)), c(float("-inf")), logx)
-    logx = b.select(b.fcmp_ordered("==", xd, c(float("inf"))), c(float("inf")), logx)
-    logx = b.select(b.fcmp_unordered("!=", xd, xd), xd, logx)
-    t = mul(yd, logx)
+    e = b.sitofp(b.ashr(ix, ci(52)), o.ty)
+    f = o.sub(b.bitcast(b.add(b.and_(ix, ci((1 << 52) - 1)), ci(_SQRT_HALF_BITS64)), o.ty), o.c(1.0))
+    s = o.div(f, o.add(f, o.c(2.0)))
+    z = o.mul(s, s)
+    logx = o.add(o.mul(e, o.c(_LN2_D)), o.add(o.add(s, s), o.mul(s, o.mul(z, o.horner(z, _ATANH_D)))))
+    logx = o.sel(o.cmp("==", xd, o.c(0.0)), o.c(float("-inf")), logx)
+    logx = o.sel(o.cmp("==", xd, o.c(float("inf"))), o.c(float("inf")), logx)
+    logx = o.sel(o.ucmp("!=", xd, xd), xd, logx)
+    t = o.mul(yd, logx)
     # beyond [-120, 100] the float32 result is 0 or inf; NaN stays NaN (and is kept away from the conversion)
-    tc = b.select(b.fcmp_ordered("<", t, c(-120.0)), c(-120.0), t)
-    tc = b.select(b.fcmp_ordered(">", tc, c(100.0)), c(100.0), tc)
-    nan = b.fcmp_unordered("!=", t, t)
-    tc = b.select(nan, c(0.0), tc)
-    nf = b.call(intrinsic(b.module, "llvm.rint", dty), [mul(tc, c(1.4426950408889634))])
-    r = b.fsub(b.fsub(tc, mul(nf, c(_LN2_HI_D))), mul(nf, c(_LN2_LO_D)))
-    p = c(1.0 / math.factorial(11))
-    for k in range(10, -1, -1):
-        p = add(mul(p, r), c(1.0 / math.factorial(k)))
-    scale = b.bitcast(b.shl(b.add(b.fptosi(nf, ity), ci(1023)), ci(52)), dty)
-    out = b.fptrunc(mul(p, scale), ty)
-    return b.select(nan, const(ty, float("nan")), out)
+    nan = o.ucmp("!=", t, t)
+    tc = o.sel(nan, o.c(0.0), o.clamp(t, -120.0, 100.0))
+    nf = b.call(intrinsic(b.module, "llvm.rint", o.ty), [o.mul(tc, o.c(1.4426950408889634))])
+    r = b.fsub(b.fsub(tc, o.mul(nf, o.c(_LN2_HI_D))), o.mul(nf, o.c(_LN2_LO_D)))
+    p = o.horner(r, _EXP_TAYLOR_D)
+    scale = b.bitcast(b.shl(b.add(b.fptosi(nf, ity), ci(1023)), ci(52)), o.ty)
+    return o.sel(nan, const(ty, float("nan")), b.fptrunc(o.mul(p, scale), ty))
 
 
 def pow_f64(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     """x ** y for double (scalars or vectors): the C library's pow on each lane (numpy's float64 power is that
     function: the same values, special cases included)."""
-    return _map_libm2(b, x, y, "pow")
+    return _map_libm(b, x, "pow", y)
 
 
 def _via_double(name: str) -> Emitter:

@@ -13,6 +13,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, capture_source, scope, topo_order
+from graphc.ops.conv import ROWS_HINT
 from graphc.ops.init import SCHEMES, draw, like, param_rng
 from graphc.ops.random import dropout
 from graphc.runtime.buffers import aligned_empty
@@ -226,8 +227,6 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
     name, unnamed = layer_name(name, "conv")
     if x.ndim != nsp + 2:
         grid = "(N, H, W, C) images" if nsp == 2 else "(N, T, C) sequences"
-        from graphc.ops.conv import ROWS_HINT
-
         hint = {(2, 3): " (gc.nn.conv2d on (N, H, W): add a channel axis with gc.expand_dims(x, -1))",
                 (1, 2): " (gc.nn.conv1d on (N, T): add a channel axis with gc.expand_dims(x, -1))",
                 (2, 2): ROWS_HINT[2]}

@@ -139,6 +139,12 @@ def default_model(config: TrainConfig, runtime_keeps: bool = False) -> Callable[
     return model
 
 
+def grid_shapes(grid) -> list[tuple[int, ...]]:
+    """The shapes one example on `grid` may come in: the grid, or without a trailing channel axis of 1 ((8, 8, 1)
+    or (8, 8) for digits)."""
+    return [tuple(grid)] + ([tuple(grid[:-1])] if len(grid) > 1 and grid[-1] == 1 else [])
+
+
 def feature_rows(X, width: int, what: str, grid: tuple[int, ...] | None = None) -> np.ndarray:
     """X as a numeric array of rows x `width` features (any number of rows, none included), else an InputError
     naming `what`. Data on a grid may come as examples of that shape too ((N, 8, 8, 1) or (N, 8, 8) for digits),
@@ -148,7 +154,7 @@ def feature_rows(X, width: int, what: str, grid: tuple[int, ...] | None = None) 
         raise InputError(f"{what}: features must be numbers, got {a.dtype} values")
     shapes = []
     if grid:
-        shapes = [tuple(grid)] + ([tuple(grid[:-1])] if len(grid) > 1 and grid[-1] == 1 else [])
+        shapes = grid_shapes(grid)
         if a.ndim >= 2 and tuple(a.shape[1:]) in shapes:
             a = a.reshape(len(a), width)
     if a.ndim != 2 or a.shape[1] != width:

@@ -347,6 +347,15 @@ class EpochFunction(CompiledFunction):
             for arr, aligned in copy_back:
                 arr[...] = aligned
 
+        def before_step(k: int) -> int:
+            """After a non-finite state with finite losses: the state before step k (1-based), replayed, when the
+            update of step k alone overflowed; else the epoch's start. The steps kept."""
+            replay(k - 1)
+            if self._nonfinite(trained):
+                self._restore(trained, copy_back)
+                return 0
+            return k - 1
+
         if status == drv.STATUS_CHECK or (bad is not None and on_nonfinite == "raise"):
             # back to the state after the last finite step: the epoch's start, then its first `bad` steps again
             # (deterministic: the same order, dims and keys)
@@ -356,13 +365,9 @@ class EpochFunction(CompiledFunction):
             overflowed = bad and self._nonfinite(trained)
             culprit = None
             if overflowed:  # an update overflowed before the loss showed it: step `bad`'s, or an earlier one's
-                replay(bad - 1)
-                if self._nonfinite(trained):
-                    self._restore(trained, copy_back)
-                    self.steps_done = step0
-                else:
-                    culprit = bad
-                    self.steps_done = step0 + bad - 1
+                kept = before_step(bad)
+                culprit = bad if kept == bad - 1 else None
+                self.steps_done = step0 + kept
             if status == drv.STATUS_CHECK:
                 rows = perm[bad * batch:min((bad + 1) * batch, n_steps_rows)]
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
@@ -390,14 +395,9 @@ class EpochFunction(CompiledFunction):
         if on_nonfinite == "raise" and bad is None:
             name = self._nonfinite(trained)
             if name:  # every loss finite, but an update overflowed (the last step's shows in no loss)
-                replay(steps - 1)
-                held = "at the epoch's start"
-                if steps > 1 and not self._nonfinite(trained):  # the last step's update: the state before it
-                    held = f"after the step before the last ({steps - 1} steps this epoch)"
-                    self.steps_done = step0 + steps - 1
-                else:
-                    self._restore(trained, copy_back)
-                    self.steps_done = step0
+                kept = before_step(steps)  # the last step's update: the state before it
+                held = f"after the step before the last ({kept} steps this epoch)" if kept else "at the epoch's start"
+                self.steps_done = step0 + kept
                 raise NumericalError(
                     f"training: the parameter {name!r} became non-finite in epoch {epoch} while every loss of its "
                     f"{steps} steps was finite (an update overflowed); the state holds the parameters {held}. "
