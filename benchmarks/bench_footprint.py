@@ -64,8 +64,8 @@ CHILD = textwrap.dedent("""
 ENV: dict = dict(os.environ)
 
 
-def child(cache: str, rows: int = 0) -> dict:
-    env = dict(ENV, GRAPHC_CACHE_DIR=cache)
+def child(cache: str, rows: int = 0, **extra) -> dict:
+    env = dict(ENV, GRAPHC_CACHE_DIR=cache, **extra)
     p = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, rows=rows)], env=env, capture_output=True,
                        text=True, check=True)
     return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT"))[6:])
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     print("modules imported from bytecode (as an installed package's)" if pyc else
           f"modules imported as the environment says (PYTHONDONTWRITEBYTECODE="
           f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
-    first, cold, cached, imports = [], [], [], []
+    first, cold, cold1, cached, imports = [], [], [], [], []
     llvm_cached = set()
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as d:
@@ -111,15 +111,21 @@ def main(argv=None) -> int:
                 p.unlink()
             c2 = child(d)
             assert not c2["from_cache"]
+            for p in Path(d).glob("*.s[ou]*"):
+                p.unlink()
+            c1 = child(d, GRAPHC_COMPILE_PROCESSES="1")  # LLVM in one process: no helper process
+            assert not c1["from_cache"]
             w = child(d)
             assert w["from_cache"]
+            cold1.append(c1["compile"])
             first.append(c["compile"])
             cold.append(c2["compile"])
             cached.append(w["compile"])
             imports.append(w["import"])
             llvm_cached.add(w["llvm_loaded"])
     print(f"784-256-128-10 epoch function: cold compile {statistics.median(cold):.3f} s "
-          f"({', '.join(f'{v:.3f}' for v in cold)}; with an empty cache, the GEMM helper library compiled too: "
+          f"({', '.join(f'{v:.3f}' for v in cold)}; LLVM in this process only, GRAPHC_COMPILE_PROCESSES=1: "
+          f"{statistics.median(cold1):.3f} s; with an empty cache, the GEMM helper library compiled too: "
           f"{statistics.median(first):.3f} s), from the cache {statistics.median(cached):.3f} s; "
           f"LLVM loaded on a cached run: {sorted(llvm_cached)}; import graphc {statistics.median(imports):.3f} s")
     if args.rows <= 0:

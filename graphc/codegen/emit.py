@@ -1198,12 +1198,14 @@ REDUCE_BLOCK = 8  # vectors of outputs a reduction over outer axes accumulates s
 
 class ModuleEmitter:
     def __init__(self, program: Program, target: Target, name: str = "graphc", profile: bool = False,
-                 declare_helpers: bool = False):
+                 declare_helpers: bool = False, split: bool = False):
         """`profile` counts thread 0's time-stamp cycles in each kernel and in the barrier before it, into the
         global i64 array `graphc_profile` (2 per kernel: kernel, wait; a loop's body kernels have slots of their
         own after the loop's, in `all_kernels` order, and the loop's slot holds all its steps). With
         `declare_helpers` the GEMMs' shared helpers are declared, not defined: the module is for linking with
-        their helper library (`gemm.helper_library`), and emitting, printing and parsing them is skipped."""
+        their helper library (`gemm.helper_library`), and emitting, printing and parsing them is skipped.
+        With `split` each kernel is a module of its own (`parts`), defined hidden and declared where it is called,
+        for compiling on two cores (`target.emit_object`'s parts; not with `profile`)."""
         self.profile = profile
         self.declare_helpers = declare_helpers
         self._prof = None  # (slots, counts, clock) while the program is emitted with profiling
@@ -1212,6 +1214,9 @@ class ModuleEmitter:
         self.target = target
         self.module = ir.Module(name=name)
         self.module.triple = target.triple
+        self.main = self.module  # the program's module; `module` is a kernel's own while one is emitted in parts
+        self.split = split and not profile
+        self.parts: list[ir.Module] = []
         self.teams: list = []  # the persistent thread teams of this module's launchers (graphc.codegen.team)
 
     def declare(self, name: str, fnty: ir.FunctionType) -> ir.Function:
@@ -1742,9 +1747,20 @@ class ModuleEmitter:
         g = self.module.globals.get("graphc_error")
         if g is None:
             g = ir.GlobalVariable(self.module, I32, name="graphc_error")
-            g.initializer = ir.Constant(I32, 0)
+            if self.module is self.main:
+                g.initializer = ir.Constant(I32, 0)
+            else:  # a kernel's own module (`split`): the program's module defines it
+                g.linkage = "external"
+                self.main.globals.get("graphc_error") or self._main_error_word()
             g.type = PTR  # an opaque ptr: llvmlite would print a typed one, which LLVM 22 rejects
         return g
+
+    def _main_error_word(self) -> None:
+        kernel, self.module = self.module, self.main
+        try:
+            self.error_word()
+        finally:
+            self.module = kernel
 
     # --------------------------------------------------------------------------------------------- gemm
     def emit_gemm(self, k: GemmKernel) -> ir.Function:
@@ -2014,7 +2030,18 @@ class ModuleEmitter:
                                          (GemmKernel, self.emit_gemm), (ScatterKernel, self.emit_scatter))
                       if isinstance(k, cls)), None)
         if lower is not None:
-            f = lower(k)
+            if not self.split:
+                f = lower(k)
+            else:  # in a module of its own, external and hidden: linked with its caller's or into another object
+                caller = self.module
+                self.module = ir.Module(name=k.name)
+                self.module.triple = caller.triple
+                try:
+                    f = lower(k)
+                finally:
+                    self.parts.append(self.module)
+                    self.module = caller
+                f.linkage = "hidden"
             # inlined into its one caller (the program or a loop's step) before LLVM simplifies anything, not
             # simplified alone first and again once inlined: the 784-256-128-10 epoch's LLVM optimization
             # 0.23 -> 0.18 s on Zen 4, the same code after it
@@ -2034,7 +2061,17 @@ class ModuleEmitter:
         if isinstance(f, tuple):
             self._emit_loop_inline(b, f, args)
         else:
-            b.call(f, args[:5])
+            b.call(self._here(f), args[:5])
+
+    def _here(self, f: ir.Function) -> ir.Function:
+        """`f`, or its declaration in the module being emitted where it is defined in another (`split`)."""
+        if f.module is self.module:
+            return f
+        d = self.module.globals.get(f.name)
+        if d is None:
+            d = ir.Function(self.module, f.ftype, name=f.name)
+            d.linkage = "hidden"
+        return d
 
     def _emit_loop_inline(self, b: ir.IRBuilder, entry, args: list) -> None:
         """for j in [0, length): bind the body's buffers for this step (a pointer table on this thread's stack),

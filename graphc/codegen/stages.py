@@ -65,17 +65,20 @@ class Layout:
 @dataclass
 class Module:
     """LLVM IR text, as emitted (LLVM optimizes it in the object stage). `helpers_declared`: the GEMM helpers
-    are declared only (`Options.link_helpers`)."""
+    are declared only (`Options.link_helpers`). `parts`: the kernels' modules where the program's was emitted in
+    parts, for compiling on two cores (`codegen.parallel`); `text` then declares them."""
 
     text: str
     helpers_declared: bool = False
+    parts: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return self.text
+        return "\n".join((self.text, *self.parts))
 
     @property
     def summary(self) -> str:
-        return f"{self.text.count(chr(10))} lines of LLVM IR"
+        lines = sum(t.count(chr(10)) for t in (self.text, *self.parts))
+        return f"{lines} lines of LLVM IR" + (f" in {1 + len(self.parts)} modules" if self.parts else "")
 
 
 @dataclass
@@ -129,19 +132,21 @@ def memory(program: Program, opts: Options) -> Layout:
 
 
 def llvm(layout: Layout, opts: Options) -> Module:
+    from graphc.codegen import parallel
     from graphc.codegen.emit import ModuleEmitter
 
     declare = opts.link_helpers and links_helpers()
-    text = ModuleEmitter(layout.program, opts.target, profile=opts.profile,
-                         declare_helpers=declare).emit(layout.barriers, opts.extras)
-    return Module(text, declare)
+    em = ModuleEmitter(layout.program, opts.target, profile=opts.profile, declare_helpers=declare,
+                       split=declare and parallel.wants_split(layout.program))
+    text = em.emit(layout.barriers, opts.extras)
+    return Module(text, declare, tuple(str(m) for m in em.parts))
 
 
 def machine_code(module: Module, opts: Options, layout: Layout | None = None) -> ObjectCode:
     """The module's machine code for this process. A module that declares its GEMM helpers when their library
     cannot be had after all (`HelpersUnavailable`) is emitted again whole, from `layout`."""
     try:
-        return ObjectCode(emit_object(module.text, opts.target, jit=True))
+        return ObjectCode(emit_object(module.text, opts.target, jit=True, parts=module.parts))
     except HelpersUnavailable:
         if layout is None:
             raise

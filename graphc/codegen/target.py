@@ -329,36 +329,95 @@ def links_helpers() -> bool:
     return shared_linker() is not None
 
 
-def emit_object(ir_text: str, target: Target, *, jit: bool = False) -> bytes:
+def emit_object(ir_text: str, target: Target, *, jit: bool = False, parts: tuple[str, ...] = ()) -> bytes:
     """An ELF object: for this process (`jit=True`, loaded with `Engine.from_object`), or position-independent
     for ahead-of-time linking. For this process it is position-independent too (a `SharedObjectCode`, linked
     into a shared object) where a C compiler is available, else an MCJIT object. Raises `HelpersUnavailable`
-    for a module that declares its GEMM helpers when their library cannot be had."""
+    for a module that declares its GEMM helpers when their library cannot be had.
+
+    `parts`: modules of the program's kernels that `ir_text` calls (a split emission, for this process's shared
+    object only): a helper process compiles about half of them, by size, into an object of their own while this
+    one links the rest into `ir_text`'s module, where they are inlined as one module's would be."""
     pic = not jit or links_helpers()
     helpers: list[bytes] = []
+    if parts and not (jit and pic):
+        raise ValueError("a module emitted in parts is linked into a shared object for this process only")
     if jit and pic:  # the GEMM helpers come from the library compiled once per config (gemm.helper_library)
         from graphc.codegen.gemm import split_helpers
 
         text, drivers = split_helpers(ir_text)
+        for p in parts:
+            drivers += [d for d in split_helpers(p)[1] if d not in drivers]
         try:
             helpers = [_helper_object(target, d) for d in drivers]
             ir_text = text
         except Exception as e:  # a helper library that cannot be built: compile the module whole
-            if text is ir_text and drivers:  # nothing to compile whole: the helpers were only declared
+            if (text is ir_text and drivers) or parts:  # nothing to compile whole: the helpers were only declared
                 raise HelpersUnavailable(str(e)) from e
             helpers = []
     elif 'declare void @"graphc.gemm.driver.' in ir_text:
         raise HelpersUnavailable("a module that declares its GEMM helpers needs their library linked")
-    mod = parse(ir_text, target)
-    optimize(mod, target)
-    tm = target.create_target_machine(jit=not pic)
-    mod.data_layout = str(tm.target_data)
-    obj = tm.emit_object(mod)
+    if not parts:
+        obj = compile_texts([ir_text], target, pic=pic)
+    else:
+        obj, side = _compile_split(ir_text, list(parts), target)
+        helpers = helpers + side
     if not (jit and pic):
         return obj
     code = SharedObjectCode(obj)
     code.helpers = helpers
     return code
+
+
+def compile_texts(texts: list[str], target: Target, *, pic: bool = True, inline: tuple[str, ...] = ()) -> bytes:
+    """One object from the IR modules `texts`, linked into one module, optimized and compiled for `target`
+    (position-independent unless `pic` is False: an MCJIT object). `inline`: functions defined by the linked
+    modules for the first one's callers only (internal once linked: inlined into them, no copy of their own)."""
+    mod = parse(texts[0], target)
+    for t in texts[1:]:
+        mod.link_in(parse(t, target))
+    llvm = ensure_llvm()
+    for name in inline:
+        mod.get_function(name).linkage = llvm.Linkage.internal
+    optimize(mod, target)
+    tm = target.create_target_machine(jit=not pic)
+    mod.data_layout = str(tm.target_data)
+    return tm.emit_object(mod)
+
+
+def _kernel_name(text: str) -> str:
+    """The kernel a part of a split module defines (its one hidden function)."""
+    i = text.index('define hidden void @"') + len('define hidden void @"')
+    return text[i:text.index('"', i)]
+
+
+def _compile_split(main: str, parts: list[str], target: Target) -> tuple[bytes, list[bytes]]:
+    """(the object of `main` with the parts it keeps, the helper process's object of the others): the parts
+    go to the helper largest first while its share of the work stays under this process's, a module's work
+    taken as its text's length, the program's module's 3 times its length (its drivers and thread launchers:
+    LLVM took 2.0-3.6 us a byte of it, 1.1 a byte of kernels', in the LSTM's step and the MLP's epoch)."""
+    from graphc.codegen import parallel
+
+    mine, theirs, size = [], [], [3 * len(main), 0]
+    for p in sorted(parts, key=len, reverse=True):
+        side = 1 if size[1] + len(p) <= size[0] else 0
+        (theirs if side else mine).append(p)
+        size[side] += len(p)
+    pending = parallel.submit(theirs, target) if theirs else None
+    if pending is None:
+        mine, theirs = mine + theirs, []
+    try:
+        obj = compile_texts([main, *mine], target, inline=tuple(_kernel_name(p) for p in mine))
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        raise
+    if pending is None:
+        return obj, []
+    side_obj = pending.result()
+    if side_obj is None:  # the helper failed: compile its share here
+        side_obj = compile_texts(theirs, target)
+    return obj, [side_obj]
 
 
 _HELPERS: dict[tuple[str, str], bytes] = {}

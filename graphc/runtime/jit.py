@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from graphc.codegen import stages
+from graphc.codegen import parallel, stages
 from graphc.codegen.kernels import GemmKernel, all_kernels
 from graphc.codegen.memory import MemoryPlan
 from graphc.codegen.schedule import Program
@@ -225,6 +225,8 @@ class CompiledFunction:
 
     def _build(self) -> bytes:
         load_llvm_in_background()  # while the module is emitted
+        if parallel.wants_split(self.program):
+            parallel.prestart()  # the helper process that compiles part of it, also while it is emitted
         self.compilation.options = replace(self.compilation.options, extras=self.extras())
         try:
             self.compilation.module()
@@ -251,7 +253,7 @@ class CompiledFunction:
         for this process may only declare them: it is linked with their library)."""
         self.compilation.options = replace(self.compilation.options, extras=self.extras())
         module = self.compilation.module()
-        if module.helpers_declared:
+        if module.helpers_declared or module.parts:
             return stages.llvm(self.compilation.layout, replace(self.compilation.options, link_helpers=False)).text
         return module.text
 
