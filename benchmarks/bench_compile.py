@@ -167,12 +167,18 @@ from graphc.codegen import stages, target as tgt
 from graphc.runtime import jit
 t_import = time.perf_counter() - t_import
 tgt.host_target()
-times = {"emit": 0.0, "helpers": 0.0, "parse": 0.0, "optimize": 0.0, "codegen": 0.0, "load": 0.0}
+times = {"emit": 0.0, "helpers": 0.0, "parse": 0.0, "optimize": 0.0, "codegen": 0.0, "load": 0.0, "wait": 0.0}
 sizes = {}
 orig_emit = emit_mod.ModuleEmitter.emit
 def timed_emit(self, *a, **k):
     t0 = time.perf_counter(); text = orig_emit(self, *a, **k); times["emit"] += time.perf_counter() - t0
-    sizes["ir_bytes"] = len(text); return text
+    return text
+# a split compile (graphc.codegen.parallel): the time this process waits for the helper process's object
+from graphc.codegen import parallel
+orig_result = parallel.Pending.result
+def timed_result(self):
+    t0 = time.perf_counter(); r = orig_result(self); times["wait"] += time.perf_counter() - t0; return r
+parallel.Pending.result = timed_result
 # parse/optimize are timed inside target.emit_object (the program's module; the GEMM helper library's time,
 # from the disk cache or compiled, is "helpers"); codegen is the rest of emit_object
 inner = {"parse": 0.0, "optimize": 0.0}
@@ -190,7 +196,7 @@ def timed_object(*a, **k):
     inner["parse"] = inner["optimize"] = 0.0
     t0 = time.perf_counter(); h0 = times["helpers"]; obj = orig_object(*a, **k); t = time.perf_counter() - t0
     times["parse"] += inner["parse"]; times["optimize"] += inner["optimize"]
-    times["codegen"] += t - inner["parse"] - inner["optimize"] - (times["helpers"] - h0)
+    times["codegen"] += t - inner["parse"] - inner["optimize"] - (times["helpers"] - h0) - times["wait"]
     sizes["obj_bytes"] = len(obj); return obj
 tgt.parse, tgt.optimize, tgt._helper_object = timed_parse, timed_optimize, timed_helper
 stages.emit_object = timed_object
@@ -226,7 +232,10 @@ total = time.perf_counter() - t0
 kinds = {}
 for k in fn.program.kernels:
     kinds[type(k).__name__] = kinds.get(type(k).__name__, 0) + 1
-out = {"total": total, "import": t_import, **times, **sizes, "kernels": kinds}
+module = fn.compilation.module()
+sizes["ir_bytes"] = len(module.text) + sum(map(len, module.parts))
+out = {"total": total, "import": t_import, **times, **sizes, "kernels": kinds, "parts": len(module.parts),
+       "helper_served": parallel.served}
 if prof:
     s = io.StringIO(); pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(25)
     out["profile"] = s.getvalue()
@@ -242,11 +251,12 @@ _, s = bench_rnn.jax_step(50, 1)
 print("RESULT" + json.dumps({"total": s}))
 """
 
-_KEYS = ("total", "emit", "helpers", "parse", "optimize", "codegen", "load", "ir_bytes", "obj_bytes", "import")
+_KEYS = ("total", "emit", "helpers", "parse", "optimize", "codegen", "wait", "load", "ir_bytes", "obj_bytes",
+         "import")
 
 
-def _child(code: str) -> dict:
-    env = dict(os.environ, GRAPHC_CACHE_DIR=os.environ.get("GRAPHC_CACHE_DIR", "/tmp/graphc-bench-nocache"))
+def _child(code: str, **extra) -> dict:
+    env = dict(os.environ, GRAPHC_CACHE_DIR=os.environ.get("GRAPHC_CACHE_DIR", "/tmp/graphc-bench-nocache"), **extra)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-2000:])
@@ -261,22 +271,30 @@ def bench_training_step(repeats: int, profile: bool, baseline: str | None = None
         return (_CHILD.replace("PROFILE", repr(prof)).replace("BASELINE", repr(baseline))
                 .replace("WORKLOAD", repr(workload)))
     _child(code(False))  # warm: the helper library compiled into the disk cache, the OS file cache
-    runs = [_child(code(profile and r == 0)) for r in range(repeats)]
+    runs, one = [], []
+    for r in range(repeats):  # alternated: as the program is compiled by default, and by this process alone
+        runs.append(_child(code(profile and r == 0)))
+        one.append(_child(code(False), GRAPHC_COMPILE_PROCESSES="1"))
     if profile and "profile" in runs[0]:
         print(runs[0]["profile"])
     med = {k: statistics.median(r[k] for r in runs) for k in _KEYS}
-    other = med["total"] - sum(med[k] for k in ("emit", "helpers", "parse", "optimize", "codegen", "load"))
+    other = med["total"] - sum(med[k] for k in ("emit", "helpers", "parse", "optimize", "codegen", "wait", "load"))
     what = {"mlp": "training step 784-256-128-10 (forward, backward, SGD update), gc.compile",
             "epoch": "the same step as an epoch function, gc.EpochFunction",
             "lstm": "LSTM training step (input 32, hidden 128, T=50, loss and gradients; bench_rnn's)"}[workload]
     print(f"{what}\n  kernels: {runs[0]['kernels']}\n  cold (cache=False), helper library cached, "
           f"median of {repeats} fresh processes{' (one profiled)' if profile else ''}:")
+    split = runs[0]["parts"] and runs[0]["helper_served"]
     print(f"  total {med['total']:.3f} s = lowering/scheduling {other:.3f} + emit {med['emit']:.3f} + helpers "
           f"{med['helpers']:.3f} + parse {med['parse']:.3f} + optimize {med['optimize']:.3f} + codegen "
-          f"{med['codegen']:.3f} + link/load {med['load']:.3f}")
+          f"{med['codegen']:.3f} + waiting for the helper process {med['wait']:.3f} + link/load {med['load']:.3f}"
+          + (f" (in this process: the program's module and the parts it kept of {runs[0]['parts']}; the helper "
+             "process compiled the others meanwhile)" if split else " (one module, no helper process)"))
     print(f"  IR text {med['ir_bytes'] / 1024:.0f} KB, object {med['obj_bytes'] / 1024:.0f} KB; "
           f"(import graphc: {med['import']:.2f} s, not counted)")
     print("  per run total: " + ", ".join(f"{r['total']:.3f}" for r in runs))
+    print(f"  LLVM in this process only (GRAPHC_COMPILE_PROCESSES=1), alternated: median "
+          f"{statistics.median(r['total'] for r in one):.3f} s; per run: " + ", ".join(f"{r['total']:.3f}" for r in one))
     return med["total"]
 
 

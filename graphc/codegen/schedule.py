@@ -53,7 +53,7 @@ from graphc.errors import CompileError
 from graphc.ir.graph import Graph
 from graphc.ir.lowering import ACC, NEXT, floordiv
 from graphc.ir.node import Node, topo_order, users
-from graphc.ir.shapes import Dim, Shape, free_symbols
+from graphc.ir.shapes import Dim, Shape, dims_equal, free_symbols
 
 AxisMap = tuple  # for each axis of a node: its index as an integer expression of the loop indices (0: broadcast)
 
@@ -700,7 +700,7 @@ class Scheduler:
         acc: Dim = 1
         for j in range(1, s.ndim):
             acc = acc * s.shape[j - 1]
-            if sympy.simplify(sympy.sympify(acc) - sympy.sympify(rows_n)) == 0:
+            if dims_equal(acc, rows_n):
                 split = j
                 break
         if split is None:
