@@ -294,7 +294,8 @@ def bench_training_step(repeats: int, profile: bool, baseline: str | None = None
           f"(import graphc: {med['import']:.2f} s, not counted)")
     print("  per run total: " + ", ".join(f"{r['total']:.3f}" for r in runs))
     print(f"  LLVM in this process only (GRAPHC_COMPILE_PROCESSES=1), alternated: median "
-          f"{statistics.median(r['total'] for r in one):.3f} s; per run: " + ", ".join(f"{r['total']:.3f}" for r in one))
+          f"{statistics.median(r['total'] for r in one):.3f} s; per run: "
+          + ", ".join(f"{r['total']:.3f}" for r in one))
     return med["total"]
 
 
