@@ -6,11 +6,12 @@ this one does the rest, and the objects are linked into one shared object. A hel
 llvmlite serializes every call into LLVM on one process-wide lock. PyTorch's inductor compiles in a pool of
 worker processes for the same reason (the GIL there).
 
-The helper is started when a compile that will be split begins (its start-up, ~0.1 s, overlaps the emission of
-the module), serves compiles one at a time over its stdin and stdout, and exits when its stdin closes (this
-process ended) or after `IDLE_SECONDS` without work. Anything that goes wrong with it (it cannot start, dies, is
-busy with another thread's compile, answers an error) makes the compile run in this process, with the same
-result: the helper runs the same `target.compile_texts`.
+The helper (`COMMAND`) is started when a compile that will be split begins (its start-up, ~0.1 s, overlaps the
+emission of the module), serves compiles one at a time (requests on its stdin, answers on a pipe of their own), and
+exits when its stdin closes (this process ended) or after `IDLE_SECONDS` without work. Anything that goes wrong
+with it (it cannot start, dies, is busy with another thread's compile, answers an error or garbage, is
+interrupted) makes the compile run in this process, with the same result: the helper runs the same
+`target.compile_texts`.
 
 `GRAPHC_COMPILE_PROCESSES=1` turns it off; it is off where this process may use one CPU only, and for programs
 of fewer than `MIN_KERNELS` kernels (their LLVM time is short; and a kernel called, not inlined, costs a call).
@@ -29,9 +30,14 @@ import threading
 
 MIN_KERNELS = 12  # a program with fewer kernels (its loops' bodies' included) is compiled in one module
 IDLE_SECONDS = 60.0  # the helper exits after this long without a request
-COMMAND = [sys.executable, "-m", "graphc.codegen.parallel"]  # the helper process
-
 ANSWER_SECONDS = 300.0  # a helper that has not answered after this long is stopped (the compile runs here)
+MAX_ANSWER = 1 << 31  # an answer claiming more bytes is not one: the helper is stopped
+# the helper process: graphc from where this process has it, then that directory off the path again (-P: not
+# the helper's working directory first on its path, as `python -m` would put it); its answers on the file
+# descriptor given as the last argument (its stdout and stderr go nowhere: nothing printed can be read as one)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMMAND = [sys.executable, "-P", "-c", f"import sys; sys.path.insert(0, {_ROOT!r}); "
+           "import graphc.codegen.parallel as p; sys.path.pop(0); p._serve(int(sys.argv[-1]))"]
 
 _lock = threading.Lock()
 _proc: subprocess.Popen | None = None
@@ -39,23 +45,36 @@ served = 0  # objects the helper compiled for this process
 
 
 def _forget_in_child() -> None:
-    """A forked child has its parent's helper object, not its helper: it starts its own."""
-    global _lock, _proc
-    _lock, _proc = threading.Lock(), None
+    """A forked child has its parent's helper object, not its helper: it closes its copies of the pipes (the
+    helper sees the end of its input when the parent's close) and starts its own."""
+    global _lock, _proc, served
+    if _proc is not None:
+        for f in (_proc.stdin, getattr(_proc, "answers", None)):
+            try:
+                f.close()
+            except (OSError, AttributeError, ValueError):
+                pass
+    _lock, _proc, served = threading.Lock(), None, 0
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def available() -> bool:
-    """Whether compiles may use a helper process: two CPUs for this process and not turned off."""
+    """Whether compiles may use a helper process: two CPUs for this process (for each rank an MPI launcher
+    started on this machine, where it says how many) and not turned off."""
     if os.environ.get("GRAPHC_COMPILE_PROCESSES", "").strip() == "1":
         return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return cpus >= 2
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+    try:
+        ranks = max(int(local), 1)
+    except ValueError:
+        ranks = 1
+    return cpus // ranks >= 2
 
 
 def wants_split(program) -> bool:
@@ -82,15 +101,17 @@ def _running() -> subprocess.Popen | None:
     if _proc is not None and _proc.poll() is None:
         return _proc
     _proc = None
+    r, w = os.pipe()
     try:
-        # graphc from where this process has it (a script may have put it on sys.path itself)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        _proc = subprocess.Popen(COMMAND, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
-                                 env=dict(os.environ, PYTHONPATH=path))
+        proc = subprocess.Popen([*COMMAND, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, pass_fds=(w,))
     except (OSError, ValueError, subprocess.SubprocessError):
+        os.close(r)
         return None
+    finally:
+        os.close(w)
+    proc.answers = os.fdopen(r, "rb")
+    _proc = proc
     return _proc
 
 
@@ -103,15 +124,20 @@ class Pending:
 
     def result(self) -> bytes | None:
         global served
+        data, ok = b"", False
         try:
-            if not select.select([self.proc.stdout], [], [], ANSWER_SECONDS)[0]:
+            answers = self.proc.answers
+            if not select.select([answers], [], [], ANSWER_SECONDS)[0]:
                 raise OSError("the compile helper did not answer")
-            head = _read(self.proc.stdout, 9)
-            ok, n = struct.unpack("<?Q", head)
-            data = _read(self.proc.stdout, n)
-        except (OSError, ValueError, struct.error):
+            ok, n = struct.unpack("<?Q", _read(answers, 9))
+            if n > MAX_ANSWER:
+                raise ValueError(f"the compile helper's answer claims {n} bytes")
+            data = _read(answers, n)
+        except BaseException as e:  # an interrupt too: its answer must not be read as the next request's
             data, ok = b"", False
             _stop(self.proc)
+            if not isinstance(e, (OSError, ValueError, struct.error, MemoryError)):
+                raise
         finally:
             _lock.release()
         served += ok
@@ -170,6 +196,11 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
     except (OSError, subprocess.SubprocessError):
         pass
+    for f in (proc.stdin, getattr(proc, "answers", None)):
+        try:
+            f.close()
+        except (OSError, AttributeError, ValueError):
+            pass
     if _proc is proc:
         _proc = None
 
@@ -184,12 +215,12 @@ def _read(f, n: int) -> bytes:
     return bytes(out)
 
 
-def _serve() -> None:
-    """The helper's loop: a request is a JSON line (the target, the texts' sizes) and the texts; the answer is
-    (ok: bool, n: u64) and n bytes: the object, or the error's message."""
+def _serve(fd: int) -> None:
+    """The helper's loop: a request on stdin is a JSON line (the target, the texts' sizes) and the texts; the
+    answer, on `fd`, is (ok: bool, n: u64) and n bytes: the object, or the error's message."""
     from graphc.codegen.target import Target, compile_texts
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin, stdout = sys.stdin.buffer, os.fdopen(fd, "wb")
     while True:
         ready, _, _ = select.select([stdin], [], [], IDLE_SECONDS)
         if not ready:
@@ -206,6 +237,3 @@ def _serve() -> None:
         stdout.write(struct.pack("<?Q", ok, len(out)) + out)
         stdout.flush()
 
-
-if __name__ == "__main__":
-    _serve()

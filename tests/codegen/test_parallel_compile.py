@@ -89,13 +89,19 @@ def test_a_split_scan_with_a_checked_gather_agrees_and_reports_its_errors(split,
         fn(values)
 
 
+# helpers that fail; each gets the file descriptor of its answers as its last argument
+_OUT = "import os, sys; out = os.fdopen(int(sys.argv[-1]), 'wb'); "
+
+
 @pytest.mark.parametrize("helper", [
     "import sys; sys.exit(3)",  # dies at once
-    "import sys; sys.stdin.buffer.readline(); sys.stdout.buffer.write(b'\\x01\\xff'); sys.exit(0)",  # garbage
+    _OUT + "sys.stdin.buffer.readline(); out.write(b'\\x01\\xff'); sys.exit(0)",  # a short answer, and dies
+    _OUT + "sys.stdin.buffer.readline(); out.write(b'\\x01' + b'\\xff' * 8); out.flush(); sys.stdin.buffer.read()",
     # an error answer: (False, n) and n bytes of message
-    "import sys, struct; sys.stdin.buffer.readline(); sys.stdout.buffer.write(struct.pack('<?Q', 0, 2) + b'no');"
-    " sys.stdout.buffer.flush(); sys.stdin.buffer.read()",
+    _OUT + "import struct; sys.stdin.buffer.readline(); out.write(struct.pack('<?Q', 0, 2) + b'no'); out.flush();"
+    " sys.stdin.buffer.read()",
     "import sys, time; sys.stdin.buffer.readline(); time.sleep(60)",  # never answers
+    "print('a line from a sitecustomize'); import sys; sys.exit(0)",  # prints: its stdout is not the answers
 ])
 def test_a_failing_helper_leaves_the_compile_to_this_process(split, monkeypatch, helper):
     monkeypatch.setattr(parallel, "COMMAND", [sys.executable, "-c", helper])
@@ -124,10 +130,58 @@ def test_a_helper_that_died_between_compiles_is_started_again(split):
     assert parallel._proc is not None and parallel._proc is not first and parallel._proc.poll() is None
 
 
+def test_an_interrupt_while_waiting_for_the_helper_does_not_leave_its_answer_for_the_next_compile(split, monkeypatch):
+    """A KeyboardInterrupt (or a signal handler's exception) in this process while the helper compiles: the
+    helper is stopped, so that the next compile does not read the interrupted one's object as its own."""
+    loss, params, updates, x, y = _mlp_epoch()
+    real = parallel.select.select
+
+    def interrupted(*a, **k):
+        real(*a, **k)  # the answer is there: an interrupt now would leave it in the pipe
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parallel.select, "select", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gc.EpochFunction(loss, updates, x=x, y=y, cache=False)
+    monkeypatch.setattr(parallel.select, "select", real)
+    assert parallel._proc is None
+    served = parallel.served
+    ef = gc.EpochFunction(loss * 1.0, updates, x=x, y=y, cache=False)  # another program
+    assert parallel.served == served + 1
+    monkeypatch.setattr(parallel, "available", lambda: False)
+    whole = gc.EpochFunction(loss * 1.0, updates, x=x, y=y, cache=False)
+    for a, b in zip(_train(ef, params), _train(whole, params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_helper_imports_graphc_from_where_this_process_has_it(tmp_path, monkeypatch):
+    """Not from its working directory (which `python -m` would put first on its path)."""
+    (tmp_path / "graphc").mkdir()
+    (tmp_path / "graphc" / "__init__.py").write_text("raise ImportError('the graphc of the working directory')")
+    monkeypatch.chdir(tmp_path)
+    parallel.shutdown()
+    parallel.prestart()
+    proc = parallel._proc
+    assert proc is not None
+    pending = parallel.submit([_tiny_module()], gc.codegen.target.host_target())
+    assert pending is not None and pending.result()[:4] == b"\x7fELF"
+
+
+def _tiny_module() -> str:
+    from graphc.codegen.target import host_target
+
+    return (f'target triple = "{host_target().triple}"\n'
+            'define hidden void @"k_tiny"(ptr %p) {\n  store i32 1, ptr %p\n  ret void\n}\n')
+
+
 def test_one_cpu_or_turned_off_compiles_one_module(monkeypatch):
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0})
     assert not parallel.available()
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert parallel.available()
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # two ranks of an MPI job on this machine's two CPUs
+    assert not parallel.available()
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")
     assert parallel.available()
     monkeypatch.setenv("GRAPHC_COMPILE_PROCESSES", "1")
     assert not parallel.available()
