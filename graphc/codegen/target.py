@@ -392,17 +392,20 @@ def _kernel_name(text: str) -> str:
 
 
 def _compile_split(main: str, parts: list[str], target: Target) -> tuple[bytes, list[bytes]]:
-    """(the object of `main` with the parts it keeps, the helper process's object of the others): the parts
-    go to the helper largest first while its share of the work stays under this process's, a module's work
-    taken as its text's length, the program's module's 3 times its length (its drivers and thread launchers:
-    LLVM took 2.0-3.6 us a byte of it, 1.1 a byte of kernels', in the LSTM's step and the MLP's epoch)."""
+    """(the object of `main` with the parts it keeps, the helper process's object of the others): the parts go to
+    the helper, costliest first, while its share of the work stays under this process's. LLVM's time for a kernel
+    is ~6.6 ms plus 0.57 us a byte of its text (the 784-256-128-10 epoch's 24 kernels and the LSTM step's 26, on
+    the Emerald Rapids Xeon: a small kernel costs 2 us a byte), so a part weighs its length plus 11,600 bytes; the
+    program's module (drivers, thread launchers) 5 times its length (3.6 in the LSTM step, 5.5 with the epoch
+    driver; the helper's start and the transfer are not free)."""
     from graphc.codegen import parallel
 
-    mine, theirs, size = [], [], [3 * len(main), 0]
+    mine, theirs, size = [], [], [5 * len(main), 0.0]
     for p in sorted(parts, key=len, reverse=True):
-        side = 1 if size[1] + len(p) <= size[0] else 0
+        cost = len(p) + 11_600
+        side = 1 if size[1] + cost <= size[0] else 0
         (theirs if side else mine).append(p)
-        size[side] += len(p)
+        size[side] += cost
     pending = parallel.submit(theirs, target) if theirs else None
     if pending is None:
         mine, theirs = mine + theirs, []
