@@ -32,8 +32,18 @@ def latex_name(name: str) -> str:
     if base in GREEK:
         base = "\\" + base
     elif len(base) > 1 or not base.isalpha():
-        base = r"\mathrm{" + base.replace("_", r"\_") + "}"
+        base = r"\mathrm{" + _escape(base) + "}"
     return f"{base}_{{{sub}}}" if sub else base
+
+
+# LaTeX's special characters in text: a name holding them stays a name (`&` would add a column to an aligned
+# block, `%` comment out the rest of its line, `#` and `$` stop LaTeX), control characters and line breaks a space
+_SPECIAL = {"\\": r"\backslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "^": r"\hat{}", "~": r"\sim{}"}
+
+
+def _escape(text: str) -> str:
+    return "".join(_SPECIAL.get(c, " " if c.isspace() or not c.isprintable() else c) for c in text)
 
 
 # ------------------------------------------------------------------------------------------------ matrix algebra

@@ -150,3 +150,19 @@ def balanced(src: str) -> bool:
         if depth < 0:
             return False
     return depth == 0 and src.count(r"\left") == src.count(r"\right")
+
+
+def test_names_with_latex_special_characters_stay_names():
+    """`&` would add a column to the aligned block, `%` comment out the rest of the line, `#` and `$` stop LaTeX."""
+    x = gc.input("R&D %#$", ("N", 2))
+    w = gc.param("W{1}^~\\", (2, 3))
+    for mode in ("scalar", "matrix"):
+        text = str(gc.latex(gc.mean(gc.relu(x @ w)), mode=mode)) if mode == "matrix" else str(
+            gc.latex(gc.sum(gc.input("a&b%c", (2,)) * gc.param("w", (2,))), mode=mode))
+        for line in text.splitlines():
+            stripped = line.replace(r"\&", "").replace(r"\%", "").replace(r"\#", "").replace(r"\$", "")
+            assert "%" not in stripped and "#" not in stripped and "$" not in stripped
+            assert stripped.count("&") <= 1  # the one alignment column
+    text = str(gc.latex(gc.mean(gc.relu(x @ w)), mode="matrix"))
+    assert r"\mathrm{R\&D \%\#\$}" in text
+    assert r"\mathrm{W\{1\}\hat{}\sim{}\backslash{}}" in text
