@@ -49,11 +49,7 @@ def _forget_in_child() -> None:
     helper sees the end of its input when the parent's close) and starts its own."""
     global _lock, _proc, served
     if _proc is not None:
-        for f in (_proc.stdin, getattr(_proc, "answers", None)):
-            try:
-                f.close()
-            except (OSError, AttributeError, ValueError):
-                pass
+        _close_pipes(_proc)
     _lock, _proc, served = threading.Lock(), None, 0
 
 
@@ -196,13 +192,18 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
     except (OSError, subprocess.SubprocessError):
         pass
+    _close_pipes(proc)
+    if _proc is proc:
+        _proc = None
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    """This process's ends of the helper's pipes (its requests, its answers)."""
     for f in (proc.stdin, getattr(proc, "answers", None)):
         try:
             f.close()
         except (OSError, AttributeError, ValueError):
             pass
-    if _proc is proc:
-        _proc = None
 
 
 def _read(f, n: int) -> bytes:

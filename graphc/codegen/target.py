@@ -336,7 +336,7 @@ def emit_object(ir_text: str, target: Target, *, jit: bool = False, parts: tuple
     for a module that declares its GEMM helpers when their library cannot be had.
 
     `parts`: modules of the program's kernels that `ir_text` calls (a split emission, for this process's shared
-    object only): a helper process compiles about half of them, by size, into an object of their own while this
+    object only): a helper process compiles about half of them, by cost, into an object of their own while this
     one links the rest into `ir_text`'s module, where they are inlined as one module's would be."""
     pic = not jit or links_helpers()
     helpers: list[bytes] = []
