@@ -44,6 +44,7 @@ from graphc.codegen.kernels import (
     loop_axes,
     split_rows,
     walk,
+    walk_all,
 )
 from graphc.codegen.schedule import Program, split_affine
 from graphc.codegen.target import Target
@@ -870,7 +871,7 @@ class FunctionEmitter:
     # expressions
     def value(self, e: Expr, point: Point, memo: dict, acc: ir.Value | None = None) -> ir.Value:
         """e at `point`; `memo` holds values already emitted in this scope (by expr identity)."""
-        order = [x for x in walk(e) if id(x) not in memo]
+        order = list(walk_all((e,), skip=memo))
         deferred = self._guarded_loads(order) if point.lanes is not None else ()
         for x in order:
             if id(x) not in deferred:
@@ -1026,13 +1027,12 @@ def _guard_pieces(stores: list[Store], axis: int, size, lanes: int = 1) -> list[
     sym = LOOP[axis]
     cuts = {0, size}
     split: dict[int, list] = {}
-    for st in stores:
-        for x in walk(st.value):
-            if isinstance(x, Guard) and id(x) not in split:
-                ivs = [_interval(sympy.sympify(c), sym) for c in x.conds]
-                if all(iv is not None for iv in ivs):
-                    split[id(x)] = ivs
-                    cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
+    for x in walk_all(st.value for st in stores):
+        if isinstance(x, Guard) and id(x) not in split:
+            ivs = [_interval(sympy.sympify(c), sym) for c in x.conds]
+            if all(iv is not None for iv in ivs):
+                split[id(x)] = ivs
+                cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
     if len(cuts) <= 2 or len(cuts) > 17 or len(cuts) - 1 > -(-size // lanes) + 2:
         return None
     points = sorted(cuts)
@@ -1040,7 +1040,7 @@ def _guard_pieces(stores: list[Store], axis: int, size, lanes: int = 1) -> list[
     for lo, hi in zip(points, points[1:], strict=False):
         memo: dict[int, Expr] = {}
         out = [Store(st.buf, _settle(st.value, split, lo, memo, False)) for st in stores]
-        if not any(isinstance(x, Guard) for st in out for x in walk(st.value)):
+        if not any(isinstance(x, Guard) for x in walk_all(st.value for st in out)):
             # no guard left: every checked load was protected by one that holds here, so it reads plainly
             memo = {}
             out = [Store(st.buf, _settle(st.value, split, lo, memo, True)) for st in stores]
@@ -1111,21 +1111,20 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
     groups: list[list[int]] = []
     strides_sets = []
     keep_separate = set(keep_separate)
-    for e in exprs:
-        for x in walk(e):
-            if isinstance(x, Load):
-                strides_sets.append(x.strides)
-                for t, _ in x.terms:
-                    keep_separate |= loop_axes(t)
-            elif isinstance(x, Index):
-                aff = split_affine(x.expr)
-                if aff is None:
-                    keep_separate |= loop_axes(x.expr)
-                else:
-                    strides_sets.append(tuple(aff[0].get(j, 0) for j in range(len(domain))))
-            elif isinstance(x, Guard):
-                for c in x.conds:
-                    keep_separate |= loop_axes(c)
+    for x in walk_all(exprs):
+        if isinstance(x, Load):
+            strides_sets.append(x.strides)
+            for t, _ in x.terms:
+                keep_separate |= loop_axes(t)
+        elif isinstance(x, Index):
+            aff = split_affine(x.expr)
+            if aff is None:
+                keep_separate |= loop_axes(x.expr)
+            else:
+                strides_sets.append(tuple(aff[0].get(j, 0) for j in range(len(domain))))
+        elif isinstance(x, Guard):
+            for c in x.conds:
+                keep_separate |= loop_axes(c)
     for a in range(len(domain)):
         if isinstance(domain[a], int) and domain[a] == 1:
             continue  # its index is always 0: no loop, and its strides never matter
@@ -1274,9 +1273,8 @@ class ModuleEmitter:
         # split the outermost loop over threads (in multiples of the vector width when it is the only loop)
         lo, hi = fe.partition(sizes[0], lanes if depth == 1 else 1)
         by_level: dict[int, list[Expr]] = {}
-        for s in stores:
-            for x in walk(s.value):
-                by_level.setdefault(_level(x, depth), []).append(x)
+        for x in walk_all(s.value for s in stores):
+            by_level.setdefault(_level(x, depth), []).append(x)
         scalar_memo: dict = {}
 
         def emit_level(level: int, point: Point, memo: dict) -> None:

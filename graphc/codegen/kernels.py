@@ -450,14 +450,22 @@ class ScatterKernel(Kernel):
 def walk(expr: Expr, into_guards: bool = True):
     """Every sub-expression once, children before parents (iteratively). With `into_guards` False the values
     under a Guard are not visited (they are computed only where the guard holds)."""
+    return walk_all((expr,), into_guards)
+
+
+def walk_all(exprs, into_guards: bool = True, skip=()):
+    """Every sub-expression of any of `exprs` once (a sub-expression they share too), children before parents,
+    in the order of `exprs`: the stores of a fused loop share most of their values, and walking each store's
+    value on its own visits the shared part once per store (quadratic in a long fused chain). Expressions
+    whose id is in `skip` (values already emitted) are neither visited nor entered."""
     seen: set[int] = set()
-    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    stack: list[tuple[Expr, bool]] = [(e, False) for e in reversed(list(exprs))]
     while stack:
         e, done = stack.pop()
         if done:
             yield e
             continue
-        if id(e) in seen:
+        if id(e) in seen or id(e) in skip:
             continue
         seen.add(id(e))
         stack.append((e, True))
@@ -475,9 +483,7 @@ def rebuild(e: Expr, fn, memo: dict[int, Expr] | None = None) -> Expr:
     from dataclasses import replace
 
     memo = {} if memo is None else memo
-    for x in walk(e):
-        if id(x) in memo:
-            continue
+    for x in walk_all((e,), skip=memo):
         kids = x.children()
         new = tuple(memo[id(k)] for k in kids)
         if all(a is b for a, b in zip(new, kids, strict=True)):

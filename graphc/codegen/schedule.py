@@ -48,6 +48,7 @@ from graphc.codegen.kernels import (
     loop_axes,
     rebuild,
     walk,
+    walk_all,
 )
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph
@@ -1102,26 +1103,34 @@ def _identity_strides(shape: Shape) -> tuple[Dim, ...]:
     return tuple(0 if _is_one(d) else s for d, s in zip(shape, _rowmajor(shape), strict=True))
 
 
-def _only_pointwise(k: LoopKernel, bufs: set[Buffer]) -> bool:
+def _only_pointwise(k: LoopKernel, bufs: set[Buffer], loads: list[Load] | None = None) -> bool:
     """Whether every load of k from one of `bufs` reads the element at the point it computes (the store's index):
-    affine, unchecked, no offset, the domain's row-major strides."""
-    return _loads_only_at(k.stores, bufs, _identity_strides(k.domain))
+    affine, unchecked, no offset, the domain's row-major strides. `loads`: k's loads, where the caller has them."""
+    strides = _identity_strides(k.domain)
+    return _loads_only_at(k.stores, bufs, strides) if loads is None else _pointwise_loads(loads, bufs, strides)
+
+
+def _loads_of(stores: list[Store]) -> list[Load]:
+    return [x for x in walk_all(s.value for s in stores) if isinstance(x, Load)]
 
 
 def _loads_only_at(stores: list[Store], bufs: set[Buffer], strides: tuple) -> bool:
     """Whether every load in `stores` from one of `bufs` is affine, unchecked, without offset, with `strides`."""
-    for s in stores:
-        for x in walk(s.value):
-            if isinstance(x, Load) and x.buf in bufs:
-                if not x.affine or x.gathers or not (isinstance(x.offset, int) and x.offset == 0):
-                    return False
-                if len(x.strides) != len(strides) or any(sympy.sympify(a) != sympy.sympify(b)
-                                                         for a, b in zip(x.strides, strides, strict=True)):
-                    return False
+    return _pointwise_loads(_loads_of(stores), bufs, strides)
+
+
+def _pointwise_loads(loads, bufs: set[Buffer], strides: tuple) -> bool:
+    for x in loads:
+        if x.buf in bufs:
+            if not x.affine or x.gathers or not (isinstance(x.offset, int) and x.offset == 0):
+                return False
+            if len(x.strides) != len(strides) or any(sympy.sympify(a) != sympy.sympify(b)
+                                                     for a, b in zip(x.strides, strides, strict=True)):
+                return False
     return True
 
 
-def _mergeable(a: LoopKernel, b: LoopKernel) -> bool:
+def _mergeable(a: LoopKernel, b: LoopKernel, loads_a: list[Load], loads_b: list[Load]) -> bool:
     """Whether loop kernel `a` can run inside `b` (its stores first, at each point): the same domain and store
     dtypes (so one thread partition and one vector width), and what one writes the other reads only at the
     same point (so the thread that computes a point sees the values it needs, and no other thread's)."""
@@ -1132,7 +1141,13 @@ def _mergeable(a: LoopKernel, b: LoopKernel) -> bool:
     if {s.buf.dtype for s in a.stores} != {s.buf.dtype for s in b.stores}:
         return False
     wa, wb = set(a.writes), set(b.writes)
-    return _only_pointwise(b, wa | wb) and _only_pointwise(a, wa | wb)
+    return _only_pointwise(b, wa | wb, loads_b) and _only_pointwise(a, wa | wb, loads_a)
+
+
+# At most this many graph nodes in one fused loop: LLVM's passes over one function grow faster than its length (a
+# 1000-layer elementwise chain fused whole took 14 s in LLVM), and past a few dozen operations a longer loop body
+# saves no more memory traffic than it costs in registers. An LSTM step's cell fuses ~15.
+MAX_FUSED_NODES = 128
 
 
 def fuse_loops(kernels: list[Kernel]) -> None:
@@ -1141,6 +1156,13 @@ def fuse_loops(kernels: list[Kernel]) -> None:
     writes what it reads. A scan step's gate nonlinearities, cell update, stored intermediates and carry
     copies then run as one pass over (N, H) instead of a dozen, with a dozen fewer barriers per step. Each
     element is computed by the same expression as before: results are bitwise the same on any thread count."""
+    loads: dict[int, list[Load]] = {}  # each loop's loads, kept across merges (walking a merged chain is long)
+
+    def loads_of(k: LoopKernel) -> list[Load]:
+        if id(k) not in loads:
+            loads[id(k)] = _loads_of(k.stores)
+        return loads[id(k)]
+
     i = 0
     while i < len(kernels):
         a = kernels[i]
@@ -1151,7 +1173,8 @@ def fuse_loops(kernels: list[Kernel]) -> None:
         target = None
         for j in range(i + 1, len(kernels)):
             b = kernels[j]
-            if isinstance(b, LoopKernel) and _mergeable(a, b):
+            if (isinstance(b, LoopKernel) and len(a.nodes) + len(b.nodes) <= MAX_FUSED_NODES
+                    and _mergeable(a, b, loads_of(a), loads_of(b))):
                 target = j
                 break
             if (set(b.writes) & (ra | wa)) or (set(b.reads) & wa):
@@ -1160,10 +1183,15 @@ def fuse_loops(kernels: list[Kernel]) -> None:
             i += 1
             continue
         b = kernels[target]
-        b.stores = _forward_stores(a.stores, b.stores, b.domain)
-        loaded = {x.buf for st in b.stores for x in walk(st.value) if isinstance(x, Load)}
+        memo: dict[int, Expr] = {}
+        b.stores = _forward_stores(a.stores, b.stores, b.domain, memo)
+        # the merged loop's loads: a's, and b's that were not forwarded (rebuilt where their indices were)
+        merged = [*loads_of(a), *(memo[id(x)] for x in loads_of(b))]
+        loads[id(b)] = list({id(x): x for x in merged if isinstance(x, Load)}.values())
+        loaded = {x.buf for x in loads[id(b)]}
         b.reads = [r for r in dict.fromkeys(a.reads + b.reads) if r in loaded]
-        b.nodes = a.nodes + [x for x in b.nodes if x not in a.nodes]
+        had = set(a.nodes)
+        b.nodes = a.nodes + [x for x in b.nodes if x not in had]
         del kernels[i]
 
 
@@ -1190,7 +1218,8 @@ def _drop_stores(k: LoopKernel, bufs: set[Buffer]) -> set[Buffer]:
     return kept
 
 
-def _forward_stores(first: list[Store], then: list[Store], domain: tuple) -> list[Store]:
+def _forward_stores(first: list[Store], then: list[Store], domain: tuple,
+                    memo: dict[int, Expr] | None = None) -> list[Store]:
     """The stores of two loops merged into one (`first`'s, then `then`'s) with each read in `then` of a value an
     earlier store wrote at the same point replaced by that value itself (store-to-load forwarding): it stays in
     a register instead of being read back (from an address LLVM cannot prove unaliased by the stores in
@@ -1223,7 +1252,7 @@ def _forward_stores(first: list[Store], then: list[Store], domain: tuple) -> lis
     for st in first:
         note(st.buf, st.value)
     out = list(first)
-    memo: dict[int, Expr] = {}
+    memo = {} if memo is None else memo  # each expression of `then` by id: what it became
     for st in then:
         value = rebuild(st.value, forwarded, memo)
         out.append(Store(st.buf, value))
