@@ -84,13 +84,14 @@ class Module:
 @dataclass
 class ObjectCode:
     data: bytes
+    cached: bool = False  # read back from the compile cache (a linked shared object, or an object file)
 
     def __str__(self) -> str:
-        return f"<{len(self.data)} bytes of machine code>"
+        return f"<{self.summary}>"
 
     @property
     def summary(self) -> str:
-        return f"{len(self.data)} bytes of machine code"
+        return f"{len(self.data)} bytes of machine code" + (" (from the compile cache)" if self.cached else "")
 
 
 # ------------------------------------------------------------------------------------------------ the stages

@@ -102,6 +102,17 @@ def load(k: str, target: Target) -> Engine | SharedObject | None:
         return None
 
 
+def stored(k: str) -> bytes | None:
+    """The machine code the cache holds for `k` (the shared object, else the object file), unchecked: for showing
+    what a cache hit ran, not for loading."""
+    for p, skip in ((directory() / f"{k}.so", 0), (_path(k), len(MAGIC) + 32 + 64)):
+        try:
+            return p.read_bytes()[skip:]
+        except OSError:
+            continue
+    return None
+
+
 def _atomic_write(path: Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:

@@ -182,8 +182,15 @@ class CompiledFunction:
     # ------------------------------------------------------------------------------------------ building
     @property
     def stages(self) -> list[tuple[str, object]]:
-        """(name, value) after every stage of the compilation, the input graph first (see codegen.stages)."""
-        return self.compilation.stages
+        """(name, value) after every stage of the compilation, the input graph first (see codegen.stages). A
+        program found in the compile cache ran no code stages: its LLVM module is emitted now (as `llvm_ir` does)
+        and its machine code read back from the cache, so the list is the same either way."""
+        c = self.compilation
+        if self.from_cache and not any(n == "object" for n, _ in c.stages):
+            c.options = replace(c.options, extras=self.extras())
+            c.module()
+            c.stages.append(("object", stages.ObjectCode(disk_cache.stored(self.cache_key) or b"", cached=True)))
+        return c.stages
 
     @property
     def graph(self):

@@ -185,3 +185,25 @@ def test_jit_module_declares_gemm_helpers_and_falls_back_whole(tmp_path, monkeyp
     assert not fn2.compilation.object_code().data.helpers  # compiled whole: no library linked
     np.testing.assert_allclose(fn2({"x": X, "w": W}), 2 * want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fn({"x": X, "w": W}), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_hit_lists_the_same_stages_as_a_fresh_compile(tmp_path, monkeypatch):
+    """A program found in the cache ran no code stages; `fn.stages` still ends with the LLVM module (emitted when
+    asked) and the machine code (read back from the cache), as the README lists them."""
+    import graphc as gc
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    x = gc.input("x", ("N", 4))
+    y = gc.input("y", ("N",), "int32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [8, 3], name="st"), y)
+    params = gc.nn.parameters(loss)
+    fresh = gc.compile([loss, *gc.grad(loss, params)])
+    hit = gc.compile([loss, *gc.grad(loss, params)])
+    assert not fresh.from_cache and hit.from_cache
+    names = [n for n, _ in fresh.stages]
+    assert names[-5:] == ["schedule", "fusion", "memory", "llvm", "object"]
+    assert [n for n, _ in hit.stages] == names
+    (_, module), (_, code) = hit.stages[-2:]
+    assert module.text == fresh.stages[-2][1].text
+    assert code.cached and code.data == next(tmp_path.glob("*.so")).read_bytes()
+    assert "from the compile cache" in str(code)
