@@ -313,7 +313,7 @@ def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:
     """All nodes the outputs depend on, inputs before users, iteratively (deep graphs never recurse)."""
     order: list[Node] = []
     seen: set[int] = set()
-    for root in as_nodes(outputs):
+    for root in output_nodes(outputs, "topo_order"):
         if id(root) in seen:
             continue
         stack: list[tuple[Node, int]] = [(root, 0)]

@@ -222,9 +222,9 @@ class Printer(LatexPrinter):
         return tex if exp is None else tex + "^{" + exp + "}"
 
     def _print_Opaque(self, expr, exp=None):
-        name = str(expr.args[0])
-        tex = r"\mathrm{" + name.replace("_", r"\_") + r"}\left(" + ", ".join(
-            self._print(a) for a in expr.args[1:]) + r"\right)"
+        name, _, sub = str(expr.args[0]).partition("|")
+        tex = r"\mathrm{" + name.replace("_", r"\_") + "}" + (f"_{{{_escape(sub)}}}" if sub else "")
+        tex += r"\left(" + ", ".join(self._print(a) for a in expr.args[1:]) + r"\right)"
         return tex if exp is None else tex + "^{" + exp + "}"
 
     def _print_Function(self, expr, exp=None):
@@ -294,6 +294,19 @@ def _nontrivial_derivative(p: sympy.Expr, args) -> bool:
         return sympy.Poly(p, *args).total_degree() >= 2
     except sympy.PolynomialError:
         return False
+
+
+def _attr_subscript(n: Node) -> str:
+    """An op without a formula here is written by name: its index or axes (a scan output's index) become a
+    subscript, so two different such values do not print alike. "|" separates it from the name."""
+    parts = []
+    for k, v in n.attrs.items():
+        if k not in ("index", "axis", "axes") or isinstance(v, bool):
+            continue
+        if isinstance(v, int) or (isinstance(v, tuple) and v and all(isinstance(x, int) for x in v)):
+            parts.append(",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+    text = ";".join(parts)
+    return "|" + text if text and len(text) <= 24 else ""
 
 
 class ChainRule:
@@ -495,7 +508,7 @@ class ChainRule:
                 fn = {("sum", (0,)): SumRows, ("sum", (1,)): SumCols, ("max", (0,)): MaxRows,
                       ("max", (1,)): MaxCols}[(name, axes)]
                 return fn(inner)
-            return Opaque(sympy.Symbol(f"{name}_{axes}"), inner)
+            return Opaque(sympy.Symbol(f"{name}|{','.join(map(str, axes))}"), inner)
         if name == "cast":
             x = n.inputs[0]
             inner = self.expr(x)
@@ -512,7 +525,7 @@ class ChainRule:
                 sub[a] = self.expr(x)
             e = op.expr_for(n.attrs).xreplace(sub)
             return e
-        return Opaque(sympy.Symbol(name), *(self.expr(i) for i in n.inputs))
+        return Opaque(sympy.Symbol(name + _attr_subscript(n)), *(self.expr(i) for i in n.inputs))
 
     # -- which values the formulas name
     def children(self, n: Node) -> list[Node]:

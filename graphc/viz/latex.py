@@ -11,7 +11,7 @@ import numpy as np
 import sympy
 
 from graphc.errors import GraphcError
-from graphc.ir.node import Node, as_nodes, output_nodes, topo_order
+from graphc.ir.node import Node, output_nodes, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.ops.pointwise import ElementwiseOp
 from graphc.viz.chainrule import ChainRule, Printer, _number, latex_name
@@ -62,6 +62,12 @@ def latex(y: Node, wrt: Node | Sequence[Node] | None = None, *, mode: str = "aut
                 raise GraphcError(f"latex: wrt must hold tensors, got {type(w).__name__}")
     if mode not in ("auto", "scalar", "matrix"):
         raise GraphcError(f"latex: mode must be 'auto', 'scalar' or 'matrix', got {mode!r}")
+    depth = _depth(order)
+    if depth > MAX_DEPTH:
+        raise GraphcError(f"latex: y is {depth} operations deep (the longest chain from a leaf); equations for graphs "
+                          f"deeper than {MAX_DEPTH} are not written (sympy builds and prints them recursively, and no "
+                          "one reads them): look at it with gc.show(y) or gc.draw(y), or write the equations of a "
+                          "shallower model")
     if mode == "auto":
         mode = "scalar" if scalar_ish(order) else "matrix"
     if mode == "scalar":
@@ -69,6 +75,16 @@ def latex(y: Node, wrt: Node | Sequence[Node] | None = None, *, mode: str = "aut
     chain = ChainRule(y, wrt_nodes, name or "L")
     names = [chain.names.get(id(w)) or latex_name(w.name or w.op.name) for w in wrt_nodes]
     return Latex(chain.equations(names), "matrix")
+
+
+MAX_DEPTH = 250  # operations on the longest path from a leaf to y that gc.latex writes out
+
+
+def _depth(order: list[Node]) -> int:
+    d: dict[int, int] = {}
+    for n in order:
+        d[id(n)] = 1 + max((d[id(i)] for i in n.inputs), default=-1)
+    return max(d.values(), default=0)
 
 
 def scalar_ish(order: list[Node]) -> bool:
@@ -167,7 +183,7 @@ def to_sympy(outputs: Node | Sequence[Node], symbols: Mapping[str, Any] | None =
     vector or matrix a sympy Matrix. Inputs and parameters become real symbols named after them (`w`, or
     `w_1`, `w_2`, ... per element); `symbols` may bind names to other sympy values instead."""
     single = isinstance(outputs, Node)
-    outs = as_nodes(outputs)
+    outs = output_nodes(outputs, "to_sympy")
     vals: dict[int, np.ndarray] = {}
     binds = dict(symbols or {})
     for n in topo_order(outs):

@@ -3,9 +3,12 @@ object that notebooks display inline. The geometry comes from graphc.viz.layout;
 
 from __future__ import annotations
 
+import numbers
 import os
+import re
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _xml_escape
+from xml.sax.saxutils import quoteattr as _xml_quoteattr
 
 from graphc.errors import GraphcError
 from graphc.viz import style
@@ -44,6 +47,9 @@ class SVG:
         """The same drawing rasterized (needs matplotlib)."""
         from graphc.viz.raster import render_png
 
+        if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not 0 < dpi <= 2400:
+            raise GraphcError(f"png: dpi must be a number of dots per inch in (0, 2400], got {dpi!r}")
+
         return render_png(self.view, self.layout, dpi=dpi)
 
     def save(self, path: str | os.PathLike, format: str | None = None, *, dpi: float = 144) -> str:  # noqa: A002
@@ -58,6 +64,22 @@ class SVG:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(self.text)
         return path
+
+
+# characters XML 1.0 does not allow in a document (a name may hold them: gc.input("a\x1bb")), shown escaped
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _printable(text: str) -> str:
+    return _NOT_XML.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def escape(text: str) -> str:
+    return _xml_escape(_printable(text))
+
+
+def quoteattr(text: str) -> str:
+    return _xml_quoteattr(_printable(text))
 
 
 def _format(path: str | None, format: str | None) -> str:  # noqa: A002
@@ -161,7 +183,7 @@ def _box(box: Box, x: float, y: float, w: float, h: float) -> str:
     paint = style.PAINTS[box.kind]
     cls = " ".join(["node", box.kind] + (["group"] if box.group else []) + (["reused"] if box.reused else [])
                    + (["output"] if box.output else []))
-    out = [f'<g class="{cls}" data-name="{box.name}"><title>{escape(box.tooltip)}</title>']
+    out = [f'<g class="{cls}" data-name={quoteattr(box.name)}><title>{escape(box.tooltip)}</title>']
     if box.group:  # a stack of cards: this box stands for many nodes
         out.append(_rect(x + 4, y + 4, w, h, paint))
     out.append(_rect(x, y, w, h, paint, 2.4 if box.output else 1.2))

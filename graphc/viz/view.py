@@ -5,7 +5,8 @@ folded into their readers' labels) or from a compiled function (one box per fuse
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,13 +151,35 @@ def _expanded(scope: str, expand) -> bool:
     return any(scope == s or scope.startswith(s + "/") or s.startswith(scope + "/") for s in names)
 
 
+def _check_expand(expand, order: list[Node]) -> None:
+    """`expand` as graph_view takes it, every scope it names one the graph has (a misspelt name would silently
+    leave its layer collapsed)."""
+    if expand is None or isinstance(expand, bool):
+        return
+    names = [expand] if isinstance(expand, str) else expand
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, Mapping)):
+        raise GraphcError(f"draw: expand must be None, True, False, a scope name or a list of them, got {expand!r}")
+    names = list(names)
+    have = sorted({n.source.scope for n in order if n.source.scope})
+    for s in names:
+        if not isinstance(s, str):
+            raise GraphcError(f"draw: expand must list scope names (str), got {s!r} in {expand!r}")
+        if not any(h == s or h.startswith(s + "/") for h in have):
+            tops = list(dict.fromkeys(_top_scope(h) for h in have))
+            raise GraphcError(f"draw: expand names the scope {s!r}, which this graph has none of; its scopes: "
+                              + (", ".join(tops[:20]) + (" ..." if len(tops) > 20 else "") if tops else "none"))
+
+
 def graph_view(x: Any, *, expand=None, collapse_over: int = 60, fold: bool = True, sources: bool = True) -> View:
     """One box per node (leaves labelled with the user's names), or per layer when the graph is large.
 
     `expand`: None collapses every scope when the graph has more than `collapse_over` nodes; True never
     collapses; False always does; a list of scope names keeps those expanded and collapses the others."""
     outs, out_labels = as_outputs(x)
+    if isinstance(collapse_over, bool) or not isinstance(collapse_over, numbers.Integral) or collapse_over < 0:
+        raise GraphcError(f"draw: collapse_over must be a node count (an int >= 0), got {collapse_over!r}")
     order = topo_order(outs)
+    _check_expand(expand, order)
     readers = users(order)
     out_names: dict[int, list[str]] = {}
     for o, lab in zip(outs, out_labels, strict=True):

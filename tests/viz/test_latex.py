@@ -166,3 +166,26 @@ def test_names_with_latex_special_characters_stay_names():
     text = str(gc.latex(gc.mean(gc.relu(x @ w)), mode="matrix"))
     assert r"\mathrm{R\&D \%\#\$}" in text
     assert r"\mathrm{W\{1\}\hat{}\sim{}\backslash{}}" in text
+
+
+def test_values_of_one_scan_are_told_apart_by_their_output_index():
+    xs = gc.input("xs", ("T", "N", 4))
+    h = gc.nn.lstm(xs, 8, name="l")
+    text = str(latex(gc.sum(h * h)))
+    rhs = [line.split(" &= ", 1)[1] for line in text.splitlines()[1:-1] if " &= " in line]
+    outputs = {r.rstrip(" \\") for r in rhs if r.startswith(r"\mathrm{scan\_output}")}
+    assert len(outputs) >= 2  # distinct outputs, distinct right-hand sides
+    assert r"\mathrm{scan\_output}_{0}" in text
+
+
+def test_a_graph_too_deep_to_write_is_refused_with_advice():
+    x = gc.input("x", ("N", 4))
+    h = x
+    for i in range(400):
+        h = gc.tanh(h * 1.0001 + float(i % 7))
+    with pytest.raises(GraphcError, match=r"latex: y is \d+ operations deep.*gc.show\(y\) or gc.draw\(y\)"):
+        latex(gc.sum(h))
+    h = x
+    for i in range(80):  # just under the limit: written out, no RecursionError
+        h = gc.tanh(h * 1.0001 + float(i % 7))
+    assert r"\tanh" in str(latex(gc.sum(h)))

@@ -5,6 +5,7 @@ import shutil
 import sys
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
 import graphc as gc
@@ -206,9 +207,33 @@ def test_errors_a_user_can_act_on(mlp2):
         draw(loss, format="jpg")
     with pytest.raises(GraphcError, match="edges"):
         draw(loss, edges="wiggly")
+    for bad in ("x", -1, True, 2.5):
+        with pytest.raises(GraphcError, match="collapse_over must be a node count"):
+            draw(loss, collapse_over=bad)
+    with pytest.raises(GraphcError, match="expand must be"):
+        draw(loss, expand=3)
+    with pytest.raises(GraphcError, match="expand must list scope names"):
+        draw(loss, expand=["mlp.0", 1])
+    with pytest.raises(GraphcError, match="expand names the scope 'mlp.7'.*its scopes: mlp.0, mlp.1"):
+        draw(loss, expand=["mlp.7"])
+    for dpi in (0, -5, float("nan"), "high"):
+        with pytest.raises(GraphcError, match="dpi must be"):
+            draw(loss).png(dpi=dpi)
+    for bad in (None, 5, np.ones(3), [loss, 3], [[loss]], "loss"):
+        with pytest.raises(GraphcError, match="topo_order: outputs must be"):
+            gc.topo_order(bad)
+        with pytest.raises(GraphcError, match="to_sympy: outputs must be"):
+            gc.viz.to_sympy(bad)
     if shutil.which("dot") is None:
         with pytest.raises(GraphcError, match="graphviz"):
             draw(loss, engine="dot")
+
+
+def test_names_with_characters_xml_forbids_still_give_well_formed_svg():
+    for name in ("a\x1bb", "nul\x00", "tab\tand\x0bvt", "<&>\"'", "s\ud800"):
+        svg = draw(gc.sum(gc.input(name, (2,)) * 2.0))
+        ET.fromstring(svg.text)  # parses
+        assert ("\\x" in svg.text or "\\ud800" in svg.text) if name != "<&>\"'" else "&lt;&amp;&gt;" in svg.text
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
