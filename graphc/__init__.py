@@ -83,7 +83,7 @@ def show(outputs, *, sources: bool = True) -> None:
     """Print a graph (see `to_text`)."""
     from graphc.ir.printing import to_text
 
-    print(to_text(outputs, sources=sources))
+    print(to_text(outputs, sources=sources, what="show"))
 
 
 def draw(x, path=None, format=None, **kw):  # noqa: A002 - the file format, as in matplotlib's savefig

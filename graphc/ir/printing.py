@@ -36,9 +36,11 @@ def format_attrs(node: Node) -> str:
     return "[" + " ".join(k if v is True else f"{k}={_fmt_attr(v)}" for k, v in sorted(items)) + "]"
 
 
-def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict[int, str] | None = None) -> str:
-    """A readable listing: leaves first in the header, then one `%k: type = op[attrs] args` line per node."""
-    outs = output_nodes(outputs, "show")
+def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict[int, str] | None = None,
+            what: str = "to_text") -> str:
+    """A readable listing: leaves first in the header, then one `%k: type = op[attrs] args` line per node.
+    `what`: the public function named in errors."""
+    outs = output_nodes(outputs, what)
     order = topo_order(outs)
     ref: dict[int, str] = dict(names or {})
     inputs = [n for n in order if n.op.name == "input"]

@@ -307,7 +307,7 @@ def _node_box(n: Node, folded: set[int], outs: list[str], reused: bool, sources:
     if body is not None and hasattr(body, "args"):  # a loop: its body drawn inside its box, one line a node
         from graphc.ir.printing import _body_text
 
-        lines[0] = Line(((f"⟲ {name}" + format_attrs(n), "op"),))
+        lines[0] = Line(((f"↻ {name}" + format_attrs(n), "op"),))
         lines.extend(line(t.replace("  ", " ", 1), size="small") for t in _body_text(body, False).splitlines())
     for o in outs:
         lines.append(line(f"⇒ {o}" if o else "⇒ output", size="small"))

@@ -112,6 +112,8 @@ def test_other_entry_points_name_a_bad_argument():
     x = gc.input("x", (2,))
     for call, words in ((lambda: gc.show(3), "show: outputs must be"),
                         (lambda: gc.to_networkx(None), "to_networkx: outputs must be"),
+                        (lambda: gc.to_text(3), "to_text: outputs must be"),
+                        (lambda: gc.show(np.ones(3)), "show: outputs must be .* got ndarray .an array holds values"),
                         (lambda: gc.grad(gc.sum(x), 3), "grad: wrt must be a tensor"),
                         (lambda: gc.compile(gc.sum(x), updates=[x]), "compile: updates must be a dict")):
         with pytest.raises(gc.GraphcError, match=words):

@@ -143,7 +143,7 @@ def test_draw_boxes_the_body(tmp_path):
     hT, _, _ = _rnn()
     gc.draw(hT, tmp_path / "scan.svg")
     svg = (tmp_path / "scan.svg").read_text()
-    assert "⟲ scan" in svg and "tanh" in svg
+    assert "↻ scan" in svg and "tanh" in svg
 
 
 @pytest.mark.parametrize("T", [5, "T"])  # a symbolic length: ceil(T/k) segments, the xs' rows sliced at run time

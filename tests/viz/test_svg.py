@@ -293,3 +293,21 @@ def test_png_without_matplotlib_says_so(monkeypatch, tmp_path, mlp2):
     with pytest.raises(GraphcError, match="matplotlib"):
         draw(loss, tmp_path / "g.png")
     draw(loss, tmp_path / "g.svg")  # SVG needs nothing
+
+
+def test_every_character_a_drawing_uses_has_a_glyph_in_the_png_font():
+    """The PNG is drawn with style.MPL_FONT: a symbol it lacks (the loop's ⟲ was one) renders as an empty box."""
+    pytest.importorskip("matplotlib")
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from graphc.viz import style
+
+    xs = gc.input("xs", (3, "N", 2))
+    h = gc.nn.rnn(xs, 4, name="r")
+    loss = gc.sum(h * h)
+    svg = draw([loss, *gc.grad(loss, gc.nn.parameters(loss))], expand=True)
+    chars = {c for t in parse(svg).iter(f"{NS}text") for c in "".join(t.itertext()) if not c.isspace()}
+    font = FT2Font(font_manager.findfont(style.MPL_FONT))
+    missing = sorted(c for c in chars if font.get_char_index(ord(c)) == 0)
+    assert "↻" in chars and not missing, missing
