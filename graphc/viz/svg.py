@@ -97,7 +97,7 @@ def _format(path: str | None, format: str | None) -> str:  # noqa: A002
 
 def draw(x: Any, path: str | os.PathLike | None = None, format: str | None = None, *,  # noqa: A002
          expand=None, collapse_over: int = 60, fold: bool = True, sources: bool = True, edges: str = "curved",
-         legend: bool = True, engine: str = "builtin", dpi: float = 144) -> SVG:
+         legend: bool = True, engine: str = "builtin", dpi: float = 144, max_boxes: int | None = 2000) -> SVG:
     """Draw a tensor, a list or dict of tensors (say a loss and its gradients) or a compiled function's kernels.
 
     Returns an `SVG` (shown inline by notebooks); with `path`, also writes the file as `format` ("svg" or
@@ -106,9 +106,17 @@ def draw(x: Any, path: str | os.PathLike | None = None, format: str | None = Non
     False always does; a list of scope names keeps those open and collapses the rest. `fold` writes small
     constants and index ops into their readers' labels. `sources` adds each node's scope and the rule that built
     it. `edges` is "curved", "straight" or "orthogonal". `engine="dot"` lays out with graphviz's dot when it is
-    installed; the default "builtin" needs nothing."""
+    installed; the default "builtin" needs nothing. `max_boxes`: a drawing with more boxes is refused (None: no
+    limit): laying out a few thousand boxes takes minutes and gives a picture of tens of MB no one can read."""
     fmt = _format(os.fspath(path) if path is not None else None, format)
+    if max_boxes is not None and (isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1):
+        raise GraphcError(f"draw: max_boxes must be a positive int or None, got {max_boxes!r}")
     view = build_view(x, expand=expand, collapse_over=collapse_over, fold=fold, sources=sources)
+    if max_boxes is not None and len(view.boxes) > max_boxes:
+        raise GraphcError(f"draw: the drawing would have {len(view.boxes)} boxes, over max_boxes={max_boxes} (a "
+                          "picture that size takes minutes to lay out and is not readable): draw a part of the "
+                          "graph (gc.draw(h) for an intermediate value h), build layers under gc.scope(name) so "
+                          "they collapse into one box each, or pass max_boxes=None to draw it all")
     geometry = layout(view, edges=edges, legend=legend, engine=engine)
     out = SVG(render(view, geometry), view, geometry)
     if path is not None:

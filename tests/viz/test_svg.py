@@ -311,3 +311,18 @@ def test_every_character_a_drawing_uses_has_a_glyph_in_the_png_font():
     font = FT2Font(font_manager.findfont(style.MPL_FONT))
     missing = sorted(c for c in chars if font.get_char_index(ord(c)) == 0)
     assert "↻" in chars and not missing, missing
+
+
+def test_a_drawing_too_large_to_read_is_refused_quickly_unless_asked_for():
+    x = gc.input("x", ("N", 2))
+    h = x
+    for _ in range(700):
+        h = gc.tanh(h)
+    loss = gc.sum(h)
+    with pytest.raises(GraphcError, match=r"draw: the drawing would have \d+ boxes, over max_boxes=2000"):
+        draw([loss, *gc.grad(loss, [x])])
+    with pytest.raises(GraphcError, match="over max_boxes=500"):
+        draw(h, max_boxes=500)
+    assert len(nodes(parse(draw(h, max_boxes=None)))) > 700  # one box per tanh, on request
+    with pytest.raises(GraphcError, match="max_boxes must be a positive int or None"):
+        draw(loss, max_boxes=0)
