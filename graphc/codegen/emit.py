@@ -266,8 +266,8 @@ class ScalarEmitter:
             zero, one = self.const(x.type, 0), self.const(x.type, 1)
             gt = self.compare(sympy.StrictGreaterThan, x, zero)
             lt = self.compare(sympy.StrictLessThan, x, zero)
-            # sign(nan) is nan, sign(0) is 0: x * 0 gives both
-            rest = b.fmul(x, zero, flags=FLAGS) if _is_float(x.type) else zero
+            # sign(nan) is nan, sign(+-0) is +0 (numpy's): x + 0 gives all three (x * 0 kept -0)
+            rest = b.fadd(x, zero) if _is_float(x.type) else zero
             return b.select(gt, one, b.select(lt, self.neg(one), rest))
         if isinstance(e, sympy.Heaviside):
             x = go(e.args[0])
@@ -918,8 +918,9 @@ class FunctionEmitter:
             cond, conds = None, e.conds
             if lanes is not None and point.vec_extent is not None:
                 cond, conds = self._lane_interval(conds, point, memo)
+            gathers = {g.sym: g for g in e.gathers}
             for c in conds:
-                v = self.int_value(c, point, memo)
+                v = self.int_value(c, point, memo, gathers)
                 cond = v if cond is None else self._binop("&", cond, v)
             if id(e.value) not in memo:  # a checked load deferred by `value`: read where the guard holds
                 plain = replace(e.value, checked=False)
@@ -1072,7 +1073,8 @@ def _settle(e: Expr, split: dict, lo: int, memo: dict, uncheck: bool) -> Expr:
         elif isinstance(e, Convert):
             r = replace(e, x=new[0])
         elif isinstance(e, Guard):
-            r = replace(e, value=new[0], otherwise=new[1])
+            r = replace(e, value=new[0], otherwise=new[1],
+                        gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new[2:], strict=True)))
         elif isinstance(e, Load):
             r = replace(e, gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new, strict=True)))
         else:
@@ -2006,6 +2008,8 @@ class ModuleEmitter:
         """The module's IR text: kernels, `graphc_program`, `graphc_run`, and what each of `extras` (functions
         taking this emitter, e.g. the training-epoch driver) adds."""
         self._epi_emitters: dict = {}
+        if self.program.checks:  # the caller reads the error word whenever the program has checks
+            self._main_error_word()
         fns = [self.emit_kernel(k) for k in self.program.kernels]
         minor = {id(k) for k in _minor_kernels(self.program.kernels)}
         for k, f in zip(self.program.kernels, fns, strict=True):

@@ -247,25 +247,30 @@ class Convert(Expr):
 @dataclass(frozen=True)
 class Guard(Expr):
     """`value` where every condition (integer relations of the loop indices) holds, else `otherwise`:
-    padding, concatenation, dilation."""
+    padding, concatenation, dilation. The conditions may use gathered values, as a load's terms do (a take
+    from a concatenation tests the index it read)."""
 
     conds: tuple[Any, ...]
     value: Expr
     otherwise: Expr
     dtype: str
+    gathers: tuple[Gather, ...] = ()
 
     def axes(self) -> frozenset[int]:
         out = self.value.axes() | self.otherwise.axes()
         for c in self.conds:
             out |= loop_axes(c)
+        for g in self.gathers:
+            out |= g.index.axes()
         return out
 
     def children(self) -> tuple[Expr, ...]:
-        return (self.value, self.otherwise)
+        return (self.value, self.otherwise, *(g.index for g in self.gathers))
 
     def __repr__(self) -> str:
         conds = " & ".join(show_index(c) for c in self.conds)
-        return f"({self.value!r} if {conds} else {self.otherwise!r})"
+        extra = "".join(f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
+        return f"({self.value!r} if {conds}{extra} else {self.otherwise!r})"
 
 
 @dataclass(frozen=True)
@@ -493,7 +498,8 @@ def rebuild(e: Expr, fn, memo: dict[int, Expr] | None = None) -> Expr:
         elif isinstance(x, Convert):
             y = replace(x, x=new[0])
         elif isinstance(x, Guard):
-            y = replace(x, value=memo[id(x.value)], otherwise=memo[id(x.otherwise)])
+            y = replace(x, value=memo[id(x.value)], otherwise=memo[id(x.otherwise)],
+                        gathers=tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers))
         elif isinstance(x, (Load, Index)):
             y = replace(x, gathers=tuple(replace(g, index=memo[id(g.index)]) for g in x.gathers))
         else:

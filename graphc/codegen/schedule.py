@@ -259,12 +259,26 @@ class Lowering:
         if any(c is sympy.false for c in conds):
             return otherwise
         checked = rebuild(value, lambda x: replace(x, checked=True) if isinstance(x, Load) else x)
-        return Guard(conds, checked, otherwise, value.dtype)
+        gathered = self.sched.gathers
+        used = [sym for c in conds for sym in sympy.sympify(c).free_symbols if sym in gathered]
+        return Guard(conds, checked, otherwise, value.dtype, tuple(gathered[sym] for sym in dict.fromkeys(used)))
 
     def gather(self, k: int, index, bound: Dim) -> sympy.Symbol:
         """A symbol standing for the value of input k (integers) at `index`, which must lie in [0, bound): use it
-        in index expressions passed to `at`."""
+        in index expressions passed to `at`, then pass the value through `checked`."""
         return self.sched.gather(self.at(k, index), bound, self.node)
+
+    def checked(self, value: Expr, *syms: sympy.Symbol) -> Expr:
+        """`value`, with the range check of each gathered symbol in `syms` kept where value no longer reads it: a
+        take from a broadcast reads the same element whatever the index (the index drops out of the address),
+        yet an index out of range is still an error. Such a check rides on an argument the value ignores."""
+        read = {g.sym for x in walk(value) if isinstance(x, (Load, Index, Guard)) for g in x.gathers}
+        lost = [self.sched.gathers[s] for s in syms if s not in read]
+        if not lost:
+            return value
+        a, b = sympy.Symbol("a"), sympy.Symbol("b")
+        index = Index(sympy.Add(*(g.sym for g in lost)), "int64", tuple(lost))
+        return Apply(Formula("checked", a, (a, b)), (value, index), value.dtype)
 
 
 def _floor_parts(e):

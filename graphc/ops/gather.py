@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.errors import DTypeError, InputError, ShapeError
 from graphc.ir.shapes import INT_DTYPES, dims_equal, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
 
@@ -32,8 +32,8 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
     bad = (idx < 0) | (idx >= n)
     if bad.any():
         msg = _out_of_range(node.attrs, int(idx[bad].flat[0]), n)
-        raise GraphcError(f"{msg} at {node.where()}" if node.attrs.get("what") else
-                          f"{node.op.name}: {msg} at {node.where()}")
+        raise InputError(f"{msg} at {node.where()}" if node.attrs.get("what") else
+                         f"{node.op.name}: {msg} at {node.where()}")
 
 
 def _out_of_range(attrs, v: int, n: int) -> str:
@@ -82,7 +82,7 @@ class Take(Op):
         x, idx = node.inputs
         axis, k = node.attrs["axis"], idx.ndim
         j = lx.gather(1, lx.out[axis:axis + k], x.shape[axis])
-        return lx.at(0, [*lx.out[:axis], j, *lx.out[axis + k:]])
+        return lx.checked(lx.at(0, [*lx.out[:axis], j, *lx.out[axis + k:]]), j)
 
 
 class ScatterAdd(Op):

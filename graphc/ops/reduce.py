@@ -175,7 +175,9 @@ class Cumsum(Op):
         return (apply(CUMSUM, (g,), axis=node.attrs["axis"], reverse=not node.attrs["reverse"]),)
 
     def reduce_rule(self, node):
-        return ReduceRule("sum", ACC + NEXT, 0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
+        # starting from -0.0, IEEE addition's identity (-0 + x is x, -0 included), not +0: numpy's cumsum starts
+        # with the first element, and a running sum of -0.0 stays -0.0
+        return ReduceRule("sum", ACC + NEXT, -0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
 
 
 SUM = register(Sum())

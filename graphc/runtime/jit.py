@@ -177,7 +177,10 @@ class CompiledFunction:
         # the run-time checks' error word (an index out of range in a gather or scatter), read after each call
         self._error = None
         if self.program.checks:
-            self._error = ctypes.c_int32.from_address(engine.global_address("graphc_error"))
+            addr = engine.global_address("graphc_error")
+            if not addr:
+                raise CompileError("internal: the program has run-time checks but no error word (graphc_error)")
+            self._error = ctypes.c_int32.from_address(addr)
 
     # ------------------------------------------------------------------------------------------ building
     @property

@@ -323,11 +323,11 @@ def test_an_index_out_of_range_is_an_error_naming_the_value_and_the_axis(bad):
     x = gc.input("x", (3, 5))
     i = gc.input("i", (2,), "int32")
     out = gc.take(x, i, axis=1)
-    with pytest.raises(gc.GraphcError, match=rf"take: index {bad} is out of range for axis 1 with size 5 .*"
+    with pytest.raises(gc.InputError, match=rf"take: index {bad} is out of range for axis 1 with size 5 .*"
                                              rf"negative indices are not counted from the end\) at {HERE}"):
         ev(out, x=np.zeros((3, 5), np.float32), i=np.array([0, bad], np.int32))
     upd = gc.input("u", (3, 2))
-    with pytest.raises(gc.GraphcError, match=rf"scatter_add: index {bad} is out of range for axis 1 with size 5"):
+    with pytest.raises(gc.InputError, match=rf"scatter_add: index {bad} is out of range for axis 1 with size 5"):
         ev(gc.scatter_add(x, i, upd, 1), x=np.zeros((3, 5), np.float32), i=np.array([bad, 0], np.int32),
            u=np.ones((3, 2), np.float32))
 
@@ -357,6 +357,44 @@ def test_take_of_an_iota_compiles_and_checks_its_indices(bad):
     np.testing.assert_array_equal(fn({"i": idx})[0], 2.0 * idx)
     with pytest.raises(gc.InputError, match=rf"take \(f32\[N\]\) at {HERE}.*out of range \[0, 3\)"):
         fn({"i": np.array([0, bad, 1], np.int32)})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_take_from_a_broadcast_still_checks_its_indices(threads):
+    """Along a broadcast axis every index reads the same element, so the index drops out of the address; the
+    range check stayed with it and the call read the error word at address 0 (a segfault)."""
+    x = gc.input("x", (6, 4))
+    i = gc.input("i", ("K",), "int32")
+    rows = gc.take(gc.broadcast_to(x[0:1], (6, 4)), i, axis=0)
+    cols = gc.take(gc.broadcast_to(x[:, 0:1], (6, 4)), i, axis=1)
+    fn = gc.compile([rows, cols], threads=threads, cache=False)
+    xv = np.arange(24, dtype=np.float32).reshape(6, 4)
+    iv = np.array([0, 2, 1, 3], np.int32)
+    got = fn({"x": xv, "i": iv})
+    np.testing.assert_array_equal(got[0], np.broadcast_to(xv[0:1], (6, 4))[iv])
+    np.testing.assert_array_equal(got[1], np.broadcast_to(xv[:, 0:1], (6, 4))[:, iv])
+    for bad in (6, -1):
+        with pytest.raises(gc.InputError, match="out of range"):
+            fn({"x": xv, "i": np.array([0, bad], np.int32)})
+
+
+@pytest.mark.parametrize("source", ["concatenate", "pad"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_take_from_a_concatenation_or_padding_matches_numpy(source, axis):
+    """The concatenation's (or pad's) guard tests the gathered index: its condition needs the gathered value (code
+    generation failed: the gather's symbol was read as a dim)."""
+    x = gc.input("x", ("N", 3))
+    i = gc.input("i", (5,), "int32")
+    whole = (gc.concatenate([x, x * 2.0], axis=axis) if source == "concatenate"
+             else gc.pad(x, ((1, 2), (2, 1))))
+    out = gc.take(whole, i, axis=axis)
+    fn = gc.compile([out], threads=2, cache=False)
+    xv = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ref = np.concatenate([xv, xv * 2], axis=axis) if source == "concatenate" else np.pad(xv, ((1, 2), (2, 1)))
+    iv = np.array([0, ref.shape[axis] - 1, 2, 1, 3], np.int32)
+    np.testing.assert_array_equal(fn({"x": xv, "i": iv})[0], np.take(ref, iv, axis=axis))
+    with pytest.raises(gc.InputError, match="out of range"):
+        fn({"x": xv, "i": np.array([0, ref.shape[axis], 0, 0, 0], np.int32)})
 
 
 def test_take_and_scatter_add_check_their_arguments():
@@ -601,3 +639,14 @@ def test_hessian_vector_product_through_the_op(name):
     got = gc.evaluate(hv, {"x": xv, "v": vv})
     assert np.abs(got).max() > 1e-3  # not trivially zero
     np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
+
+
+def test_sign_and_cumsum_keep_numpys_signed_zeros():
+    x = gc.input("x", (2, 3))
+    outs = [gc.sign(x), gc.cumsum(x, axis=1), gc.cumsum(x, axis=1, reverse=True)]
+    xv = np.array([[-0.0, 1.0, np.nan], [-0.0, -0.0, -0.0]], np.float32)
+    want = [np.sign(xv), np.cumsum(xv, axis=1), np.flip(np.cumsum(np.flip(xv, 1), axis=1), 1)]
+    for got in (gc.compile(outs, cache=False)({"x": xv}), gc.evaluate(outs, {"x": xv})):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+            assert (np.signbit(g) == np.signbit(w)).all()
