@@ -181,8 +181,11 @@ def prepare(cfg: Config):
     cut = int(len(ids) * 0.9)
     train, test = ids[:cut], ids[cut:]
     if len(test) <= cfg.seq:  # a window is seq characters and the one after each
-        raise SystemExit(f"char_lm: --chars {cfg.chars} leaves {len(test)} held-out characters, fewer than one window "
-                         f"of --seq {cfg.seq} and its next character: use --chars >= {10 * (cfg.seq + 2)}")
+        what = f"--chars {cfg.chars} leaves" if cfg.chars else "the text has"
+        fix = f"use --chars >= {10 * (cfg.seq + 2)}" if cfg.chars and 10 * (cfg.seq + 2) <= len(text) else \
+            f"use --seq < {len(test)}"
+        raise SystemExit(f"char_lm: {what} {len(test)} held-out characters, fewer than one window of --seq "
+                         f"{cfg.seq} and its next character: {fix}")
     return vocab, train, test, windows(train, cfg.seq), windows(test, cfg.seq)
 
 
@@ -214,7 +217,20 @@ def main(argv=None) -> None:
     for f in ("hidden", "embed", "seq", "batch", "epochs", "chars", "seed", "threads"):
         ap.add_argument(f"--{f}", type=int, default=getattr(Config, f))
     ap.add_argument("--lr", type=float, default=Config.lr)
-    run(Config(**vars(ap.parse_args(argv))))
+    args = ap.parse_args(argv)
+    for f in ("hidden", "embed", "seq", "batch", "epochs", "threads"):
+        if getattr(args, f) < 1:
+            ap.error(f"--{f} must be at least 1, got {getattr(args, f)}")
+    if args.chars is not None and args.chars < 1:
+        ap.error(f"--chars must be at least 1, got {args.chars}")
+    if args.seed < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
+    if not (0 < args.lr < float("inf")):
+        ap.error(f"--lr must be a positive finite learning rate, got {args.lr}")
+    try:
+        run(Config(**vars(args)))
+    except gc.GraphcError as e:
+        raise SystemExit(f"char_lm: {e}") from None
 
 
 if __name__ == "__main__":

@@ -380,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system said no (a full disk, a permission): no traceback for that
         print(f"graphc: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # --hidden 100000000: the parameters alone do not fit
+        print(f"graphc: error: out of memory ({e or 'an allocation failed'}): the model or the data is too large "
+              "for this machine; use smaller layers (--hidden), batches (--batch-size) or data", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("graphc: interrupted", file=sys.stderr)
         return 130

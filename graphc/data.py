@@ -81,8 +81,23 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.asarray(d.data, dtype=np.float64), np.asarray(d.target), names
 
 
+def _check_label_and_features(path: str, label: str | None, features: list[str] | None) -> None:
+    """--features names each column once and never the label's (that would train on the answer)."""
+    if features:
+        twice = sorted({f for f in features if features.count(f) > 1})
+        if twice:
+            raise DataError(f"{path}: --features names {', '.join(map(repr, twice))} more than once")
+        if label is not None and label in features:
+            raise DataError(f"{path}: --features includes the label {label!r} (--label): a model given its own "
+                            "answer as a feature learns nothing; leave it out of --features")
+
+
 def _read_file(path: str, label: str | None, features: list[str] | None):
+    if not path.strip():
+        raise DataError(f"{path!r}: an empty dataset path; give a .npy/.npz/.csv file or a bundled dataset "
+                        f"({', '.join(BUNDLED)})")
     ext = os.path.splitext(path)[1].lower()
+    _check_label_and_features(path, label, features)
     if not os.path.exists(path):
         import difflib
 
@@ -98,9 +113,14 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                 raise DataError(f"{path}: a .npy dataset must be a 2-D array (rows x columns, the label in one "
                                 f"column), got shape {arr.shape}")
             col = arr.shape[1] - 1 if label is None else _column_index(label, arr.shape[1], path) % arr.shape[1]
+            cols = ([_column_index(f, arr.shape[1], path, "feature") % arr.shape[1] for f in features] if features else
+                    [c for c in range(arr.shape[1]) if c != col])
+            if col in cols or len(set(cols)) != len(cols):
+                raise DataError(f"{path}: --features {','.join(features or [])} names a column twice or the label's "
+                                f"(column {col}); give each feature column once, without the label's")
             y = np.concatenate([arr[i:j][:, col] for i, j in _chunks(arr.shape[0], arr.shape[1])]
                                or [np.zeros(0, arr.dtype)])
-            X = _Columns(arr, [c for c in range(arr.shape[1]) if c != col])
+            X = _Columns(arr, cols)
             return X, y, [f"x{i}" for i in range(X.shape[1])]
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -116,6 +136,12 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                 if ykey not in keys or xkey not in keys:
                     raise DataError(f"{path}: expected arrays 'X' and 'y' (or name them with --features/--label); "
                                     f"the file has {keys}")
+                if features and len(features) > 1:
+                    raise DataError(f"{path}: --features names one array of a .npz (its features), got "
+                                    f"{','.join(features)}")
+                if xkey == ykey:
+                    raise DataError(f"{path}: the labels (--label {ykey}) and the features are the same array "
+                                    f"{xkey!r}; name the labels' array with --label and the features' with --features")
                 X, y = _array(z, xkey, path), _array(z, ykey, path)
             return _features_and_labels(X, y, path, xkey, ykey)
         if ext == ".csv":
@@ -189,11 +215,15 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
                         "token ids and y (and optionally a scalar `vocab`)")
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
+    _check_label_and_features(path, label, features)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             xkey = (features[0] if features else None) or ("X" if "X" in keys else "x")
             ykey = label or "y"
+            if xkey == ykey:
+                raise DataError(f"{path}: the labels (--label {ykey}) and the token ids are the same array "
+                                f"{xkey!r}; name the labels' array with --label and the ids' with --features")
             for k, flag in ((xkey, "--features"), (ykey, "--label")):
                 if k not in keys:
                     raise DataError(f"{path}: no array {k!r} (arrays: {', '.join(keys)}); name the token ids X and "
@@ -307,13 +337,13 @@ def _chunks(n: int, width: int):
         yield i, min(n, i + step)
 
 
-def _column_index(label: str, ncols: int, path: str) -> int:
+def _column_index(label: str, ncols: int, path: str, what: str = "label") -> int:
     try:
         k = int(label)
     except ValueError:
-        raise DataError(f"{path}: a .npy file has no column names; give the label as a column number") from None
+        raise DataError(f"{path}: a .npy file has no column names; give the {what} as a column number") from None
     if not -ncols <= k < ncols:
-        raise DataError(f"{path}: label column {k} is out of range for {ncols} columns")
+        raise DataError(f"{path}: {what} column {k} is out of range for {ncols} columns")
     return k
 
 
@@ -565,6 +595,9 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         X = np.asarray(X)  # in memory already (bundled, .npz, .csv)
     if X.ndim != 2 or len(X) == 0:
         raise DataError(f"{name}: features must be a non-empty 2-D array, got shape {X.shape}")
+    if X.shape[1] == 0:
+        raise DataError(f"{name}: no feature columns (shape {X.shape}): the file holds only the label; a model "
+                        "needs at least one feature")
     if X.dtype.kind not in "fiub":
         raise DataError(f"{name}: features must be numbers, got {X.dtype} values")
     n, width = X.shape

@@ -6,6 +6,7 @@ name), loss.png (learning curves) and checkpoints/ (for --resume)."""
 from __future__ import annotations
 
 import csv
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -21,6 +22,7 @@ import numpy as np
 from graphc import data as datasets
 from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
+from graphc.nn.checkpoint import write_atomic
 from graphc.nn.optim import OPTIMIZERS
 from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows, model_layout
 
@@ -39,8 +41,11 @@ MODEL_CONTRACT = (
 def load_model_file(path: str) -> tuple[Callable[[Node, int], Node], dict]:
     p = Path(path)
     if not p.is_file():
-        raise GraphcError(f"--model {path}: no such file. {MODEL_CONTRACT}")
-    spec = importlib.util.spec_from_file_location(f"graphc_user_model_{abs(hash(str(p.resolve())))}", p)
+        what = "a directory" if p.is_dir() else "not a regular file" if p.exists() else "no such file"
+        raise GraphcError(f"--model {path}: {what}. {MODEL_CONTRACT}")
+    # read as Python source whatever its name ends with (importlib finds no loader for a .txt or no suffix)
+    name = f"graphc_user_model_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, str(p)))
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -257,6 +262,9 @@ def _config(options: dict) -> TrainConfig:
 
         hints = []
         for k in sorted(unknown):
+            if k in FIT_ARGS:
+                hints.append(f"{k!r} is gc.fit's own argument (on the command line, a flag), not a training option")
+                continue
             close = difflib.get_close_matches(k, [*names, *FIT_ARGS], n=1)
             like = _OTHER_NAMES.get(k) or (close[0] if close else None)
             if like:
@@ -283,6 +291,8 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
 
     `distributed=True` (under `mpirun -n P`, with the `mpi` extra) trains data-parallel: rank 0 alone reports and
     writes `out`."""
+    if out is not None and not str(out).strip():
+        raise GraphcError("out (--out): an empty path; give the directory to write the run to, or leave it out")
     dist = None
     if distributed:
         from graphc.distributed import Distributed
@@ -528,7 +538,7 @@ def write_artifacts(out: Path, result: FitResult) -> None:
         return v
 
     metrics = {k: clean(v) for k, v in result.metrics.items()}
-    _atomic(out / "metrics.json", (json.dumps(metrics, indent=2, default=str) + "\n").encode())
+    write_atomic(out / "metrics.json", (json.dumps(metrics, indent=2, default=str) + "\n").encode())
     rows = result.history
     cols: list[str] = []
     for r in rows:
@@ -540,12 +550,12 @@ def write_artifacts(out: Path, result: FitResult) -> None:
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    _atomic(out / "history.csv", text.getvalue().encode())
+    write_atomic(out / "history.csv", text.getvalue().encode())
     buf = io.BytesIO()
     np.savez(buf, **result.params)
-    _atomic(out / "weights.npz", buf.getvalue())
+    write_atomic(out / "weights.npz", buf.getvalue())
     if result.dataset is not None:
-        _atomic(out / "data.json", (json.dumps(data_description(result.dataset), indent=2) + "\n").encode())
+        write_atomic(out / "data.json", (json.dumps(data_description(result.dataset), indent=2) + "\n").encode())
     phase1 = [r for r in rows if r["phase"] == 1]
     refit = [r for r in rows if r["phase"] == 2]
     series = {"train loss": [r["train_loss"] for r in phase1]}
@@ -554,7 +564,7 @@ def write_artifacts(out: Path, result: FitResult) -> None:
     if refit:  # the refit phase after phase 1's epochs, on train+validation from new starting values
         series["refit train loss (train+validation)"] = [float("nan")] * len(phase1) + [r["train_loss"]
                                                                                        for r in refit]
-    _atomic(out / "loss.png", learning_curves(series, xlabel="epoch", ylabel="loss",
+    write_atomic(out / "loss.png", learning_curves(series, xlabel="epoch", ylabel="loss",
                                               title=f"{result.metrics['dataset']}: learning curves"))
 
 
@@ -690,22 +700,6 @@ def _number_or_text(v: str):
     except ValueError:
         return v
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (a temporary file beside it, then a rename): a run killed or failing
-    mid-write leaves no half-written artifact."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def peak_rss_mb() -> float | None:

@@ -50,6 +50,32 @@ class AotError(GraphcError):
     """A binary or library could not be built."""
 
 
+def _refuse_overwriting_inputs(outputs: dict[str, str | Path | None], inputs: dict[str, object],
+                               runs: tuple[str | Path, ...] = ()) -> None:
+    """An output path (flag -> path) that is one of the files the command reads (flag -> a path, or a bundled
+    dataset's or a function's name, skipped), another output, or a file in a run directory it reads (its
+    data.json, weights...) would be overwritten: refused before anything is built."""
+    read: dict[Path, str] = {}
+    for flag, v in inputs.items():
+        if isinstance(v, (str, Path)) and Path(v).is_file():
+            read[Path(v).resolve()] = f"{flag} {v}"
+    seen: dict[Path, str] = {}
+    for flag, v in outputs.items():
+        if v is None:
+            continue
+        p = Path(v).resolve()
+        if p in read:
+            raise AotError(f"{flag} {v}: that is {read[p]}, which this command reads; write the output elsewhere")
+        if p in seen:
+            raise AotError(f"{flag} {v}: {seen[p]} writes the same file; give them different paths")
+        for run in runs:
+            r = Path(run).resolve()
+            if r.is_dir() and p.parent == r and p.exists():
+                raise AotError(f"{flag} {v}: overwrites {p.name} in the run directory {run}, which this command "
+                               "reads; write the output elsewhere")
+        seen[p] = f"{flag} {v}"
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -433,6 +459,7 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     t0 = time.perf_counter()
     log = log or (lambda m: None)
+    _refuse_overwriting_inputs({"-o": output}, {"--model": model, "--dataset": data})
     mpicc = mpi_compiler() if mpi else None  # before compiling anything
     tgt, spec = _prepare(target, max_batch, max_threads, model, data, task=task, n_features=n_features,
                          n_outputs=n_outputs, label=label, features=features, **options)
@@ -936,6 +963,9 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     name = stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise AotError(f"-o {output}: the library's name {name!r} must be a C identifier (libNAME.so)")
+    hdr = Path(header).resolve() if header else out.parent / f"{name}.h"
+    _refuse_overwriting_inputs({"-o": output, "--header": header or hdr}, {"--model": model, "--dataset": data,
+                                                                 "--weights": weights}, runs=(weights,))
     grid = None
     if Path(weights).is_dir() and (Path(weights) / "data.json").is_file():
         model, data, task, n_features, n_outputs, grid, options = _recorded_run(
@@ -976,7 +1006,6 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
     tensors = [_tensor(p.name, -1, slot[p.name], p.shape, blob.add(values[p.name])) for p in params]
     work, cleanup = _work_dir(keep)
-    hdr = Path(header).resolve() if header else out.parent / f"{name}.h"
     upper = name.upper()
     try:
         blob.write(work / "weights.bin")

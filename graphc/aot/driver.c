@@ -1685,8 +1685,7 @@ int main(int argc, char **argv) {
             fail(EXIT_BAD, "a run-time check of the training step failed at epoch %lld, step %lld of the epoch (check "
                            "%lld: a label or token id out of range); no parameters were written.",
                  (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1, (long long)ctx[GC_CTX_CHECK]);
-        if (ctx[GC_CTX_STATUS]) {
-            if (RANK0) write_history(o.out, rows, nrows, o.x_val != NULL);
+        if (ctx[GC_CTX_STATUS]) { /* nothing written, as graphc train: a rerun with sane options finds --out free */
             fail(EXIT_DIVERGED, "training diverged: the loss became non-finite at epoch %lld, step %lld of the epoch "
                                 "(global step %lld); no parameters were written. Try a smaller learning rate (now %g) "
                                 "or standardized inputs.", (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1,

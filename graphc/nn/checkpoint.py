@@ -39,18 +39,30 @@ def save(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> 
     body = MAGIC + len(header).to_bytes(8, "little") + header + b"".join(chunks)
     data = body + hashlib.sha256(body).digest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-ckpt-")
+    write_atomic(path, data, durable=True)
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write a file whole or not at all (a temporary file beside it, then a rename): a run killed or failing
+    mid-write leaves no half-written artifact. The file gets the mode a plain open() would (0666 less the umask;
+    mkstemp's own is 0600). `durable`: synced to disk, the rename too, before returning."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # the rename itself must survive a crash
-        finally:
-            os.close(dfd)
+        if durable:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the rename itself must survive a crash
+            finally:
+                os.close(dfd)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

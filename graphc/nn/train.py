@@ -83,15 +83,17 @@ class TrainConfig:
         for name in ("threads", "early_stopping"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and not isinstance(v, bool)), f"{name} must be an int, got {v!r}")
-        need(isinstance(self.checkpoint_every, int), f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
+        need(isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool),
+             f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
         need(self.dropout is None or (isinstance(self.dropout, (list, tuple)) and all(number(k) for k in self.dropout)),
              f"dropout must be keep probabilities (a number, or a list: the input's, then each hidden layer's), got "
              f"{self.dropout!r}")
 
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive int, got {self.epochs!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+        need(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
+             f"epochs must be a positive int, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool) and self.batch_size >= 1,
              f"batch size must be a positive int, got {self.batch_size!r}")
-        need(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
+        need(number(self.lr) and self.lr > 0,
              f"learning rate must be a positive number, got {self.lr!r}")
         need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.momentum == 0.0 or self.optimizer in ("sgd", "gd", "momentum", "nesterov"),
@@ -103,7 +105,8 @@ class TrainConfig:
              "the best number of steps found by early stopping)")
         need(self.threads is None or self.threads >= 1, "threads must be >= 1")
         need(self.checkpoint_every >= 0, "checkpoint interval must be >= 0")
-        need(all(isinstance(h, int) and h >= 1 for h in self.hidden), f"hidden sizes must be positive ints, "
+        need(all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden),
+             f"hidden sizes must be positive ints, "
              f"got {self.hidden!r}")
         for k in self.dropout or []:
             need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")

@@ -142,6 +142,12 @@ def test_an_out_holding_a_run_is_refused_unless_overwritten_and_runs_never_mix(d
         gc.load(mixed)
     p = subprocess.run([str(digits_binary.path), "--quiet", "--bogus"], capture_output=True, text=True)
     assert p.returncode == 2 and "unknown option '--bogus'" in p.stderr
+    # a diverging run writes nothing (it left a history.csv, and the rerun was refused as "already holds a run")
+    fresh = tmp_path / "diverged"
+    p = subprocess.run([*binary, "--out", str(fresh), "--lr", "1e30"], capture_output=True, text=True)
+    assert p.returncode == 5 and "no parameters were written" in p.stderr, p.stderr
+    assert not fresh.exists() or not list(fresh.iterdir())
+    assert subprocess.run([*binary, "--out", str(fresh)], capture_output=True).returncode == 0
 
 
 def test_refuses_a_cpu_without_its_features(digits_binary, digits_data, tmp_path):

@@ -571,7 +571,8 @@ def test_a_deep_elementwise_chain_compiles_in_work_linear_in_its_length(monkeypa
     and its gradient did not compile in 500 s): the expression visits of scheduling, fusion and emission now
     grow linearly with the depth, and no fused loop holds more than MAX_FUSED_NODES graph nodes (LLVM's time on
     one function grows faster than its length)."""
-    from graphc.codegen import emit, kernels, schedule as sched
+    from graphc.codegen import emit, kernels
+    from graphc.codegen import schedule as sched
     from graphc.codegen.kernels import all_kernels
 
     visits = [0]

@@ -557,3 +557,74 @@ def test_empty_image_data_and_empty_rows_to_predict_are_said_in_words(tmp_path):
     np.save(tmp_path / "rows.npy", np.zeros((0, 64)))
     with pytest.raises(gc.GraphcError, match=r"rows.npy: no rows to predict \(X has shape \(0, 64\)\)"):
         data.read_features(tmp_path / "rows.npy", [], 64)
+
+
+# outside-in round (CLI): inputs never overwritten, the label never a feature, odd model paths, modes, sizes
+def test_build_and_export_refuse_to_write_over_what_they_read(tmp_path):
+    model = tmp_path / "m.py"
+    model.write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    source = model.read_bytes()
+    p = run("build", "--model", model, "-o", model)
+    assert p.returncode == 2 and "that is --model" in p.stderr and model.read_bytes() == source, p.stderr
+    np.savez(tmp_path / "d.npz", X=np.zeros((8, 3), np.float32), y=np.arange(8) % 2)
+    before = (tmp_path / "d.npz").read_bytes()
+    p = run("build", "--dataset", tmp_path / "d.npz", "-o", tmp_path / "d.npz")
+    assert p.returncode == 2 and "that is --dataset" in p.stderr and (tmp_path / "d.npz").read_bytes() == before
+    fit(data="digits", epochs=1, hidden=[8], progress=False, out=str(tmp_path / "run"))
+    meta = (tmp_path / "run" / "data.json").read_bytes()
+    for header, words in ((tmp_path / "libm.so", "writes the same file"),
+                          (tmp_path / "run" / "data.json", "overwrites data.json in the run directory")):
+        p = run("export", "--weights", tmp_path / "run", "-o", tmp_path / "libm.so", "--header", header)
+        assert p.returncode == 2 and words in p.stderr, p.stderr
+    assert not (tmp_path / "libm.so").exists() and (tmp_path / "run" / "data.json").read_bytes() == meta
+
+
+def test_the_label_is_never_a_feature_and_features_are_named_once(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    arr = np.column_stack([np.arange(20.0), np.arange(20.0) % 3, np.arange(20) % 2])
+    np.save(tmp_path / "d.npy", arr)
+    np.savez(tmp_path / "d.npz", X=arr[:, :2], y=arr[:, 2])
+    for path, opts, words in (("d.csv", ("--label", "label", "--features", "a,label"), "includes the label 'label'"),
+                              ("d.csv", ("--label", "label", "--features", "a,a"), "names 'a' more than once"),
+                              ("d.npy", ("--label", "2", "--features", "0,2"), "includes the label '2'"),
+                              ("d.npz", ("--label", "X"), "the same array 'X'")):
+        p = run("train", "--dataset", tmp_path / path, *opts, "--epochs", "1", "--quiet", "--out", tmp_path / "o")
+        assert p.returncode == 2 and words in p.stderr and not (tmp_path / "o").exists(), (opts, p.stderr)
+    r = fit(data=str(tmp_path / "d.npy"), label="2", features=["1"], epochs=1, progress=False)
+    assert r.dataset.n_features == 1  # a .npy's --features picks its columns (they were ignored)
+    np.savez(tmp_path / "nofeat.npz", X=np.zeros((10, 0), np.float32), y=np.arange(10) % 2)
+    p = run("train", "--dataset", tmp_path / "nofeat.npz", "--epochs", "1", "--quiet")
+    assert p.returncode == 2 and "no feature columns" in p.stderr, p.stderr
+
+
+def test_model_files_by_any_name_and_clear_words_for_what_is_not_one(tmp_path):
+    (tmp_path / "m.txt").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
+    r = fit(str(tmp_path / "m.txt"), data="breast_cancer", epochs=1, progress=False)
+    assert r.metrics["model"].endswith("m.txt")
+    for path, words in ((tmp_path, "a directory"), ("/dev/null", "not a regular file"), (tmp_path / "no.py",
+                                                                                         "no such file")):
+        with pytest.raises(gc.GraphcError, match=f"--model {path}: {words}"):
+            fit(str(path), data="breast_cancer", epochs=1, progress=False)
+
+
+def test_run_files_follow_the_umask_and_sizes_beyond_memory_are_an_error(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        fit(data="breast_cancer", epochs=1, hidden=[4], progress=False, out=str(tmp_path / "run"))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
+    p = run("train", "--hidden", "10000000000", "--epochs", "1", "--quiet")
+    assert p.returncode == 2 and "out of memory" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    for flag in ("--out", "--dataset"):
+        p = run("train", flag, "", "--epochs", "1", "--quiet")
+        assert p.returncode == 2 and "an empty" in p.stderr, p.stderr
+    with pytest.raises(gc.GraphcError, match="'out' is gc.fit's own argument"):
+        from graphc.fitting import _config
+
+        _config({"out": "x"})
+    with pytest.raises(gc.GraphcError, match="epochs must be a positive int, got True"):
+        fit(data="breast_cancer", epochs=True, progress=False)
