@@ -245,7 +245,7 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
     dtype = dtype or x.dtype
     area = math.prod(ks)
     with scope(name):
-        w_init = init or _default_init(activation)
+        w_init = init if init is not None else _default_init(activation)  # `init or` fails on an array, drops 0.0
         if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (K..., C, F) filter, not a matrix's
             w_init = like(w_init, area * c, area * filters)
         w = ops.param(f"{name}.W", (*ks, c, filters), init=w_init, dtype=dtype)

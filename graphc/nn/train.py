@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,14 @@ class TrainConfig:
     bias_init: str = "like_weights"  # biases from the weights' distribution (scikit-learn's MLP, PyTorch), or zeros
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # numpy scalars (np.int64(32), np.float32(0.1)) as Python's: checked, JSON-able
+            v = getattr(self, f.name)
+            if isinstance(v, np.generic):
+                setattr(self, f.name, v.item())
+            elif isinstance(v, (list, tuple)):
+                setattr(self, f.name, type(v)(x.item() if isinstance(x, np.generic) else x for x in v))
+        if isinstance(self.penalize, str) and self.penalize not in ("weights", "all"):
+            self.penalize = [self.penalize]  # one parameter's name (a str is not split into characters)
         d = self.dropout
         if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the lecture's split,
             self.dropout = [0.8] + [float(d)] * len(self.hidden)  # 0.8 on the inputs and it on hidden units
@@ -123,6 +131,15 @@ class TrainConfig:
         need(self.init in SCHEMES, f"init must be one of {', '.join(SCHEMES)}, got {self.init!r}")
         need(self.bias_init in ("like_weights", "zeros"),
              f"bias init must be 'like_weights' or 'zeros', got {self.bias_init!r}")
+        for name in ("refit", "drop_last"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
+        need(isinstance(self.step_every, int) and not isinstance(self.step_every, bool) and self.step_every >= 1,
+             f"step_every (epochs between learning-rate steps) must be an int >= 1, got {self.step_every!r}")
+        need(number(self.step_gamma) and self.step_gamma > 0,
+             f"step_gamma (the learning rate's factor at each step) must be a number > 0, got {self.step_gamma!r}")
+        need(self.penalize in ("weights", "all") or (isinstance(self.penalize, (list, tuple)) and all(
+            isinstance(n, str) for n in self.penalize)), f"penalize must be 'weights', 'all' or a list of parameter "
+             f"names, got {self.penalize!r}")
         make(self.optimizer, self.momentum)
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 

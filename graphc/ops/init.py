@@ -124,4 +124,6 @@ def draw(init, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> 
 
 def param_rng(seed: int, name: str) -> np.random.Generator:
     """Each parameter draws from its own stream (seed, name): adding a layer does not change the others."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode())])
+    seed = int(seed)  # all of it: seeds 0 and 2**32 drew the same weights (the high word joins when non-zero, so
+    # seeds below 2**32 draw what they always did)
+    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(name.encode()), *([seed >> 32] if seed >> 32 else [])])

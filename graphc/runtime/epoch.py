@@ -217,6 +217,13 @@ class EpochFunction(CompiledFunction):
         for v, what in ((epoch, "epoch"), (step0, "step0"), (seed, "seed")):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**63):
                 raise InputError(f"training: {what} must be an int in [0, 2**63), got {v!r}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < -1:
+            raise InputError(f"training: max_steps must be an int >= 0 (or -1: no limit), got {max_steps!r}")
+        max_steps = int(max_steps)
+        for v, what in ((shuffle, "shuffle"), (drop_last, "drop_last")):
+            if not isinstance(v, (bool, np.bool_)):
+                raise InputError(f"training: {what} must be True or False, got {v!r}")
+        shuffle, drop_last = bool(shuffle), bool(drop_last)
         epoch = self.epochs_done if epoch is None else int(epoch)
         step0 = self.steps_done if step0 is None else int(step0)
         self._check_data(X, self._x, "x")

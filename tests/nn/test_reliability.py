@@ -485,10 +485,10 @@ def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
 def test_a_failed_results_write_says_what_and_where_the_state_is(tmp_path, monkeypatch):
     from graphc import fitting
 
-    def full_disk(path, data):
+    def full_disk(path, data, **kw):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(fitting, "_atomic", full_disk)
+    monkeypatch.setattr(fitting, "write_atomic", full_disk)
     with pytest.raises(gc.GraphcError) as e:
         fit(data="breast_cancer", epochs=2, hidden=[4], out=tmp_path / "o", progress=False)
     msg = str(e.value)
@@ -628,3 +628,41 @@ def test_run_files_follow_the_umask_and_sizes_beyond_memory_are_an_error(tmp_pat
         _config({"out": "x"})
     with pytest.raises(gc.GraphcError, match="epochs must be a positive int, got True"):
         fit(data="breast_cancer", epochs=True, progress=False)
+
+
+def test_options_are_checked_before_training_and_numpy_scalars_are_numbers():
+    for kw, words in (({"schedule": "step", "step_every": "2"}, "step_every .* must be an int >= 1"),
+                      ({"schedule": "step", "step_gamma": -1.0}, "step_gamma .* must be a number > 0"),
+                      ({"schedule": "step", "step_gamma": float("nan")}, "step_gamma"),
+                      ({"drop_last": "False"}, "drop_last must be True or False"),
+                      ({"refit": 1, "early_stopping": 2}, "refit must be True or False")):
+        with pytest.raises(gc.GraphcError, match=words):
+            fit(data="breast_cancer", epochs=1, progress=False, **kw)
+    r = fit(data="breast_cancer", epochs=np.int64(1), batch_size=np.int32(16), lr=np.float32(0.05),
+            hidden=[np.int64(4)], seed=np.uint8(3), progress=False, l2=0.1, penalize="mlp.0.W")
+    assert r.config.epochs == 1 and type(r.config.lr) is float and r.config.penalize == ["mlp.0.W"]
+    json.dumps(r.metrics, default=str)
+
+
+def test_adam_corrects_its_bias_as_pytorch_does():
+    """1 - beta**t in float64 (PyTorch computes it in Python floats): in float32 each update was 1.3e-5 off."""
+    from graphc.nn.optim import make
+
+    p, g = gc.input("p", (64,)), gc.input("g", (64,))
+    opt = make("adam")
+    state = opt.state_inputs([p])
+    t, lr = gc.input("t", (), "float32"), gc.input("lr", (), "float32")
+    new_p, new_s = opt.step(p, g, state, t, lr)
+    fn = gc.compile([new_p, *new_s.values()], cache=False)
+    rng = np.random.default_rng(0)
+    pv, m, v = rng.standard_normal(64).astype(np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
+    for step in range(1, 6):
+        gv = rng.standard_normal(64).astype(np.float32)
+        feed = {"p": pv, "g": gv, "t": np.float32(step), "lr": np.float32(1.0)}  # updates of ~1: the error shows
+        feed.update({s.name: a for s, a in zip(state.values(), (m, v), strict=True)})
+        got, m_new, v_new = fn(feed)
+        m64 = 0.9 * m.astype(np.float64) + 0.1 * gv
+        v64 = 0.999 * v.astype(np.float64) + 0.001 * gv.astype(np.float64) ** 2
+        want = pv - (m64 / (1 - 0.9 ** step)) / (np.sqrt(v64 / (1 - 0.999 ** step)) + 1e-8)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)  # float32 bias corrections: 1.3e-5 off
+        pv, m, v = got, m_new, v_new

@@ -235,6 +235,11 @@ def test_bad_orders_and_arguments_are_graphc_errors():
         ef.run_epoch(X, Y, state, batch=0, scalars={"lr": 0.1})
     with pytest.raises(gc.GraphcError, match="on_nonfinite"):
         ef.run_epoch(X, Y, state, batch=2, scalars={"lr": 0.1}, on_nonfinite="ignore")
+    for kw, msg in (({"max_steps": 2.5}, "max_steps must be an int"), ({"max_steps": -2}, "max_steps must be"),
+                    ({"drop_last": "1"}, "drop_last must be True or False"),
+                    ({"shuffle": "no"}, "shuffle must be True or False")):  # 2.5 steps looped forever
+        with pytest.raises(gc.InputError, match=msg):
+            ef.run_epoch(X, Y, state, batch=2, scalars={"lr": 0.1}, **kw)
     with pytest.raises(gc.GraphcError, match="float32 scalar"):
         gc.EpochFunction(x, updates, x=x, y=y)
     with pytest.raises(gc.GraphcError, match="updates must be a dict"):
