@@ -187,7 +187,8 @@ def test_a_label_out_of_range_stops_the_epoch_at_its_step_with_the_last_good_sta
     ef.run_epoch(X, Y, expect, batch=2, order=order[:4], scalars={"lr": 0.1}, threads=threads)
     # (the line is the first to build this hash-consed check: another test's, when the suite runs together)
     with pytest.raises(gc.InputError, match=r"step 3 of the epoch .*label out of range \[0, 3\) at "
-                                            r"\w+\.py:\d+, in the batch of rows 4, 13; .*2 steps"):
+                                            r"\w+\.py:\d+( \(also built at [^)]*\))?, in the batch of rows 4, 13; "
+                                            r".*2 steps"):
         ef.run_epoch(X, Y, state, batch=2, order=order, scalars={"lr": 0.1}, threads=threads,
                      on_nonfinite=on_nonfinite)
     for k in state:
