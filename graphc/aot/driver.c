@@ -1538,9 +1538,13 @@ int main(int argc, char **argv) {
     }
     const int64_t n = rows_of(&xtr);
     const int64_t batch = o.batch < n ? o.batch : n; /* as run_epoch: min(batch, n) */
-    if (batch > GC_MAX_BATCH)
+    if (batch > GC_MAX_BATCH) {
+        if (batch < o.batch) /* capped to the rows: say both, the user typed the other */
+            fail(EXIT_BAD, "--batch-size %lld (%lld: the training rows) exceeds %d, the largest batch this binary was "
+                           "built for (graphc build --max-batch)", (long long)o.batch, (long long)batch, GC_MAX_BATCH);
         fail(EXIT_BAD, "--batch-size %lld exceeds %d, the largest batch this binary was built for (graphc build "
                        "--max-batch)", (long long)batch, GC_MAX_BATCH);
+    }
 #ifdef GC_MPI
     check_batches("--batch-size", n, batch, g_size, GC_FEWEST_ROWS, GC_FEWEST_WHY);
 #else

@@ -200,7 +200,10 @@ def test_build_command_with_a_model_file_regression_adam_and_a_portable_target(t
     bad = subprocess.run([str(exe), *args, "--momentum", "0.5", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "adam" in bad.stderr
     big = subprocess.run([str(exe), *args, "--batch-size", "65", "--out", str(out)], capture_output=True, text=True)
-    assert big.returncode == 2 and "--max-batch" in big.stderr
+    assert big.returncode == 2 and "--batch-size 65 exceeds 64" in big.stderr and "--max-batch" in big.stderr
+    huge = subprocess.run([str(exe), *args, "--batch-size", "100000", "--out", str(out)], capture_output=True,
+                          text=True)  # capped to the rows first: the message says what was typed too
+    assert huge.returncode == 2 and "--batch-size 100000 (" in huge.stderr, huge.stderr
 
 
 ROLL_MODEL = """
