@@ -609,7 +609,8 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         bad = ~np.isfinite(rows(i, j))
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r}")
+            raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r} "
+                            "(rows counted from 0, the header not counted)")
     y = np.asarray(y)
     classes: list = []
     if task in ("multiclass", "binary") and y.ndim != 1:

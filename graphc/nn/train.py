@@ -140,6 +140,9 @@ class TrainConfig:
         need(self.penalize in ("weights", "all") or (isinstance(self.penalize, (list, tuple)) and all(
             isinstance(n, str) for n in self.penalize)), f"penalize must be 'weights', 'all' or a list of parameter "
              f"names, got {self.penalize!r}")
+        need(not (isinstance(self.penalize, (list, tuple)) and not self.penalize and (self.l2 or self.l1)),
+             "penalize=[] penalizes nothing, yet l2/l1 is set: name the parameters to penalize, or leave penalize "
+             "out (the weights)")
         make(self.optimizer, self.momentum)
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 

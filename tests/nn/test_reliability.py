@@ -635,7 +635,8 @@ def test_options_are_checked_before_training_and_numpy_scalars_are_numbers():
                       ({"schedule": "step", "step_gamma": -1.0}, "step_gamma .* must be a number > 0"),
                       ({"schedule": "step", "step_gamma": float("nan")}, "step_gamma"),
                       ({"drop_last": "False"}, "drop_last must be True or False"),
-                      ({"refit": 1, "early_stopping": 2}, "refit must be True or False")):
+                      ({"refit": 1, "early_stopping": 2}, "refit must be True or False"),
+                      ({"l2": 0.1, "penalize": []}, r"penalize=\[\] penalizes nothing")):
         with pytest.raises(gc.GraphcError, match=words):
             fit(data="breast_cancer", epochs=1, progress=False, **kw)
     r = fit(data="breast_cancer", epochs=np.int64(1), batch_size=np.int32(16), lr=np.float32(0.05),
