@@ -363,6 +363,15 @@ class DataParallelStep:
     def __init__(self, trainer, dist: Distributed):
         self.trainer, self.dist = trainer, dist
         self.grad_fn, self.offsets = grad_program(trainer)
+        if self.offsets is None and dist.size > 1 and dist.rank == 0:
+            from graphc.ir.node import topo_order
+
+            drops = [n for n in topo_order(trainer.data_loss) if n.op.name == "dropout"]
+            where = ", ".join(sorted({n.where() for n in drops})[:3])
+            print(f"graphc: warning: a dropout ({where}) acts on a tensor whose first axis is not the batch: its "
+                  f"masks cannot follow the rows across ranks, so each of the {dist.size} ranks draws its own; the "
+                  "run is reproducible for this number of ranks but its weights differ from single-process "
+                  "training's (apply dropout to (batch, ...) tensors to keep them equal)", file=sys.stderr)
         self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
         self.samples = 0  # rows this rank processed (all epochs)
         self._build_update()

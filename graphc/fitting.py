@@ -306,7 +306,10 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
     model_desc = "default MLP"
     if isinstance(model, (str, Path)):
         model_desc = str(Path(model).absolute())  # recorded so: the run loads from any directory
-        model, file_options = load_model_file(str(model))
+        path = str(model)
+        # on every rank at once: a file that fails on one rank must stop them all, not leave the others waiting
+        model, file_options = (dist.run_everywhere("loading the model file", lambda: load_model_file(path))
+                               if dist is not None else load_model_file(path))
     elif model is not None:
         if not callable(model):
             raise GraphcError(f"gc.fit: model must be None (the default MLP), a function model(x, n_outputs) or the "

@@ -193,6 +193,27 @@ def test_a_model_that_fails_on_one_rank_stops_every_rank_before_the_step(tmp_pat
     assert "m.py:4" in r.stderr and not (tmp_path / "o" / "metrics.json").exists()
 
 
+def test_a_model_file_that_raises_on_loading_on_one_rank_stops_every_rank_at_once(tmp_path):
+    # the file was loaded outside the shared error path: rank 1 exited, rank 0 waited for the watchdog (exit 6)
+    (tmp_path / "m.py").write_text("import os, graphc as gc\nif os.environ.get('PMI_RANK') == '1':\n"
+                                   "    raise RuntimeError('boom at import')\n"
+                                   "def model(x, n):\n    return gc.nn.dense(x, n)\n")
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
+               timeout=60, GRAPHC_MPI_TIMEOUT="50")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("loading the model file failed on rank 1") == 2 and "boom at import" in r.stderr
+
+
+def test_a_dropout_whose_input_is_not_batch_first_is_warned_about_under_several_ranks(tmp_path):
+    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    h = gc.nn.dense(x, 8, name='h')\n"
+                                   "    h = gc.transpose(gc.nn.dropout(gc.transpose(h), 0.5))\n"
+                                   "    return gc.nn.dense(h, n, name='out')\n")
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
+               "--quiet", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr.count("graphc: warning: a dropout (m.py:4) acts on a tensor whose first axis is not the batch") == 1
+
+
 def test_a_bad_timeout_setting_is_said_before_anything_runs(tmp_path):
     r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", timeout=120,
                GRAPHC_MPI_TIMEOUT="abc")
