@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("graphc: interrupted", file=sys.stderr)
+        mpi = sys.modules.get("mpi4py.MPI")  # under mpirun: the other ranks would wait for this one (the watchdog)
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+            mpi.COMM_WORLD.Abort(130)
         return 130
 
 

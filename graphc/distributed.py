@@ -188,6 +188,8 @@ class Distributed:
             value, error = fn(), None
         except GraphcError as e:
             value, error = None, e
+        except Exception as e:  # any other failure too: a rank that leaves alone makes the others wait
+            value, error = None, GraphcError(f"{type(e).__name__}: {e}")
         self.all_ok(what, error)
         return value
 
@@ -636,6 +638,8 @@ def make_step(trainer, dist: Distributed) -> DataParallelStep:
     """The shared-memory step when every rank is on this machine (and each rank's share of every parameter is
     non-empty), else the allreduce step. GRAPHC_MPI_SHARED=0 forces the allreduce step."""
     MPI = dist.MPI
+    # the step's buffers are sized from the parameters: ranks whose models differ must not get that far
+    dist.agree("the model's parameters (names and shapes)", repr([(p.name, p.shape) for p in trainer.params]))
     node = dist.comm.Split_type(MPI.COMM_TYPE_SHARED, dist.rank)
     sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in trainer.params]
     on = os.environ.get("GRAPHC_MPI_SHARED", "1") != "0"

@@ -204,6 +204,17 @@ def test_a_model_file_that_raises_on_loading_on_one_rank_stops_every_rank_at_onc
     assert r.stderr.count("loading the model file failed on rank 1") == 2 and "boom at import" in r.stderr
 
 
+def test_ranks_whose_models_have_other_parameters_refuse_before_sizing_the_step(tmp_path):
+    # the shared step's window was sized from rank 0's parameters: rank 1 crashed (ValueError), rank 0 waited
+    (tmp_path / "m.py").write_text("import os, graphc as gc\ndef model(x, n):\n"
+                                   "    k = 8 if os.environ.get('PMI_RANK') == '1' else 4\n"
+                                   "    return gc.nn.dense(gc.nn.dense(x, k, name='h'), n, name='out')\n")
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
+               timeout=60, GRAPHC_MPI_TIMEOUT="50")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "disagree with rank 0 on the model's parameters" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_a_dropout_whose_input_is_not_batch_first_is_warned_about_under_several_ranks(tmp_path):
     (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    h = gc.nn.dense(x, 8, name='h')\n"
                                    "    h = gc.transpose(gc.nn.dropout(gc.transpose(h), 0.5))\n"
@@ -288,6 +299,30 @@ def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
     assert f"PID {pid} " in stdout or f"rank 1 (pid {pid} " in stderr, stdout + "".join(err) + stderr
     assert list((out / "checkpoints").glob("ckpt-*.gcp"))  # the last good checkpoint is kept
     assert not (out / "metrics.json").exists()
+
+
+def test_ctrl_c_to_mpirun_stops_every_rank_at_once(tmp_path):
+    """SIGINT reached one rank, which said "interrupted" and waited in MPI_Finalize while the other spun in the
+    step's barrier until the watchdog (120 s by default): the interrupted rank now aborts the job."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
+                          "--epochs", "100000", "--batch-size", "1", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(GRAPHC_MPI_TIMEOUT="100"),
+                         cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("ckpt-*.gcp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        stdout, stderr = p.communicate(timeout=60)
+        stopped = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0 and stopped < 30 and "interrupted" in stderr, (stopped, stderr)
+    assert "no progress" not in stderr  # not the watchdog
 
 
 def test_a_rank_that_stops_answering_times_out_instead_of_hanging(tmp_path):
