@@ -180,14 +180,19 @@ def test_ranks_reading_other_contents_under_one_file_name_refuse_to_start(tmp_pa
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
+def train_model_file(tmp_path, source: str, *flags, timeout: float = 120, **extra) -> subprocess.CompletedProcess:
+    """`mpirun -n 2 graphc train --model m.py --epochs 1 FLAGS` with m.py holding `source`."""
+    (tmp_path / "m.py").write_text(source)
+    return mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
+                  *flags, timeout=timeout, **extra)
+
+
 def test_a_model_that_fails_on_one_rank_stops_every_rank_before_the_step(tmp_path):
     # rank 0 waited in the step's collectives for rank 1, which had failed: the job hung, the watchdog unarmed
-    (tmp_path / "m.py").write_text("import os, graphc as gc\ndef model(x, n):\n"
+    r = train_model_file(tmp_path, "import os, graphc as gc\ndef model(x, n):\n"
                                    "    if os.environ.get('PMI_RANK') == '1':\n"
                                    "        raise RuntimeError('no such file on this host')\n"
-                                   "    return gc.nn.dense(x, n)\n")
-    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
-               "--out", str(tmp_path / "o"), timeout=120)
+                                   "    return gc.nn.dense(x, n)\n", "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("building the model and its step failed on rank 1") == 2
     assert "m.py:4" in r.stderr and not (tmp_path / "o" / "metrics.json").exists()
@@ -195,32 +200,28 @@ def test_a_model_that_fails_on_one_rank_stops_every_rank_before_the_step(tmp_pat
 
 def test_a_model_file_that_raises_on_loading_on_one_rank_stops_every_rank_at_once(tmp_path):
     # the file was loaded outside the shared error path: rank 1 exited, rank 0 waited for the watchdog (exit 6)
-    (tmp_path / "m.py").write_text("import os, graphc as gc\nif os.environ.get('PMI_RANK') == '1':\n"
+    r = train_model_file(tmp_path, "import os, graphc as gc\nif os.environ.get('PMI_RANK') == '1':\n"
                                    "    raise RuntimeError('boom at import')\n"
-                                   "def model(x, n):\n    return gc.nn.dense(x, n)\n")
-    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
-               timeout=60, GRAPHC_MPI_TIMEOUT="50")
+                                   "def model(x, n):\n    return gc.nn.dense(x, n)\n", timeout=60,
+                         GRAPHC_MPI_TIMEOUT="50")
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("loading the model file failed on rank 1") == 2 and "boom at import" in r.stderr
 
 
 def test_ranks_whose_models_have_other_parameters_refuse_before_sizing_the_step(tmp_path):
     # the shared step's window was sized from rank 0's parameters: rank 1 crashed (ValueError), rank 0 waited
-    (tmp_path / "m.py").write_text("import os, graphc as gc\ndef model(x, n):\n"
+    r = train_model_file(tmp_path, "import os, graphc as gc\ndef model(x, n):\n"
                                    "    k = 8 if os.environ.get('PMI_RANK') == '1' else 4\n"
-                                   "    return gc.nn.dense(gc.nn.dense(x, k, name='h'), n, name='out')\n")
-    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
-               timeout=60, GRAPHC_MPI_TIMEOUT="50")
+                                   "    return gc.nn.dense(gc.nn.dense(x, k, name='h'), n, name='out')\n",
+                         timeout=60, GRAPHC_MPI_TIMEOUT="50")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "disagree with rank 0 on the model's parameters" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_dropout_whose_input_is_not_batch_first_is_warned_about_under_several_ranks(tmp_path):
-    (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    h = gc.nn.dense(x, 8, name='h')\n"
+    r = train_model_file(tmp_path, "import graphc as gc\ndef model(x, n):\n    h = gc.nn.dense(x, 8, name='h')\n"
                                    "    h = gc.transpose(gc.nn.dropout(gc.transpose(h), 0.5))\n"
-                                   "    return gc.nn.dense(h, n, name='out')\n")
-    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--model", str(tmp_path / "m.py"), "--epochs", "1",
-               "--quiet", timeout=120)
+                                   "    return gc.nn.dense(h, n, name='out')\n", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr.count("graphc: warning: a dropout (m.py:4) acts on a tensor whose first axis is not the batch") == 1
 
