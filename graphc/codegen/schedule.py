@@ -259,9 +259,7 @@ class Lowering:
         if any(c is sympy.false for c in conds):
             return otherwise
         checked = rebuild(value, lambda x: replace(x, checked=True) if isinstance(x, Load) else x)
-        gathered = self.sched.gathers
-        used = [sym for c in conds for sym in sympy.sympify(c).free_symbols if sym in gathered]
-        return Guard(conds, checked, otherwise, value.dtype, tuple(gathered[sym] for sym in dict.fromkeys(used)))
+        return Guard(conds, checked, otherwise, value.dtype, self.sched.gathers_in(conds))
 
     def gather(self, k: int, index, bound: Dim) -> sympy.Symbol:
         """A symbol standing for the value of input k (integers) at `index`, which must lie in [0, bound): use it
@@ -433,10 +431,13 @@ class Scheduler:
             offset = offset + s * const
             for j, c in coeffs.items():
                 strides[j] = strides[j] + s * c
-        used = [sym for e, _ in terms for sym in sympy.sympify(e).free_symbols if sym in self.gathers]
-        gathers = tuple(self.gathers[sym] for sym in dict.fromkeys(used))
         return Load(buf, tuple(_norm(s) for s in strides[:self.ndomain]), buf.dtype, _norm(offset), tuple(terms),
-                    gathers)
+                    self.gathers_in(e for e, _ in terms))
+
+    def gathers_in(self, exprs) -> tuple[Gather, ...]:
+        """The gathers whose symbols the index expressions `exprs` use, in order of first use."""
+        used = [sym for e in exprs for sym in sympy.sympify(e).free_symbols if sym in self.gathers]
+        return tuple(self.gathers[sym] for sym in dict.fromkeys(used))
 
     def storage_load(self, x: Node, shape: Shape, amap: AxisMap) -> Load:
         """x's storage read at the row-major position `amap` of `shape` (a reshape of x to `shape`)."""

@@ -289,11 +289,11 @@ def output_nodes(outputs, what: str, noun: str = "outputs") -> list[Node]:
         return [outputs]
     if isinstance(outputs, Mapping):
         outputs = list(outputs.values())
-    if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Iterable) or hasattr(outputs, "__array__"):
+    array = hasattr(outputs, "__array__")
+    if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Iterable) or array:
+        hint = " (an array holds values, not graph nodes: pass the tensors built with gc.input, gc.param, ...)"
         raise GraphcError(f"{what}: {noun} must be a tensor, a list of tensors or a dict of them, got "
-                          f"{type(outputs).__name__}" + (" (an array holds values, not graph nodes: pass the "
-                                                         "tensors built with gc.input, gc.param, ...)"
-                                                         if hasattr(outputs, "__array__") else ""))
+                          f"{type(outputs).__name__}" + (hint if array else ""))
     outs = list(outputs)
     for o in outs:
         if not isinstance(o, Node):

@@ -86,20 +86,21 @@ class TrainConfig:
         def number(v) -> bool:  # compared below: a string or None would raise a TypeError there
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+        def integer(v) -> bool:  # True is an int to Python, not a count to a user
+            return isinstance(v, int) and not isinstance(v, bool)
+
         for name in ("momentum", "l2", "l1"):
             need(number(getattr(self, name)), f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("threads", "early_stopping"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and not isinstance(v, bool)), f"{name} must be an int, got {v!r}")
-        need(isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool),
-             f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
+            need(v is None or integer(v), f"{name} must be an int, got {v!r}")
+        need(integer(self.checkpoint_every), f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
         need(self.dropout is None or (isinstance(self.dropout, (list, tuple)) and all(number(k) for k in self.dropout)),
              f"dropout must be keep probabilities (a number, or a list: the input's, then each hidden layer's), got "
              f"{self.dropout!r}")
 
-        need(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
-             f"epochs must be a positive int, got {self.epochs!r}")
-        need(isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool) and self.batch_size >= 1,
+        need(integer(self.epochs) and self.epochs >= 1, f"epochs must be a positive int, got {self.epochs!r}")
+        need(integer(self.batch_size) and self.batch_size >= 1,
              f"batch size must be a positive int, got {self.batch_size!r}")
         need(number(self.lr) and self.lr > 0,
              f"learning rate must be a positive number, got {self.lr!r}")
@@ -113,9 +114,8 @@ class TrainConfig:
              "the best number of steps found by early stopping)")
         need(self.threads is None or self.threads >= 1, "threads must be >= 1")
         need(self.checkpoint_every >= 0, "checkpoint interval must be >= 0")
-        need(all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden),
-             f"hidden sizes must be positive ints, "
-             f"got {self.hidden!r}")
+        need(all(integer(h) and h >= 1 for h in self.hidden),
+             f"hidden sizes must be positive ints, got {self.hidden!r}")
         for k in self.dropout or []:
             need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")
         need(self.dropout is None or len(self.dropout) <= len(self.hidden) + 1,
@@ -124,7 +124,7 @@ class TrainConfig:
         need(number(self.min_delta) and self.min_delta >= 0,
              f"min_delta (the smallest validation improvement that counts) must be a number >= 0, got "
              f"{self.min_delta!r}")
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+        need(integer(self.seed) and 0 <= self.seed < 2**63,
              f"seed must be an int in [0, 2**63), got {self.seed!r}")
         from graphc.ops.init import SCHEMES
 
@@ -133,7 +133,7 @@ class TrainConfig:
              f"bias init must be 'like_weights' or 'zeros', got {self.bias_init!r}")
         for name in ("refit", "drop_last"):
             need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
-        need(isinstance(self.step_every, int) and not isinstance(self.step_every, bool) and self.step_every >= 1,
+        need(integer(self.step_every) and self.step_every >= 1,
              f"step_every (epochs between learning-rate steps) must be an int >= 1, got {self.step_every!r}")
         need(number(self.step_gamma) and self.step_gamma > 0,
              f"step_gamma (the learning rate's factor at each step) must be a number > 0, got {self.step_gamma!r}")

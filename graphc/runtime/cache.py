@@ -49,6 +49,9 @@ def key(outputs: list[Node], training: bool, target: Target, updates=(), variant
     return h.hexdigest()
 
 
+_HEAD = len(MAGIC) + 32 + 64  # an entry's header: magic, sha256 of the payload, the 64-character key
+
+
 def _path(k: str) -> Path:
     return directory() / f"{k}.o"
 
@@ -89,7 +92,7 @@ def load(k: str, target: Target) -> Engine | SharedObject | None:
         data = p.read_bytes()
     except OSError:
         return None
-    head = len(MAGIC) + 32 + 64
+    head = _HEAD
     ok = (len(data) > head and data.startswith(MAGIC) and data[len(MAGIC) + 32:head].decode("ascii", "replace") == k
           and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):len(MAGIC) + 32])
     if not ok:
@@ -105,7 +108,7 @@ def load(k: str, target: Target) -> Engine | SharedObject | None:
 def stored(k: str) -> bytes | None:
     """The machine code the cache holds for `k` (the shared object, else the object file), unchecked: for showing
     what a cache hit ran, not for loading."""
-    for p, skip in ((directory() / f"{k}.so", 0), (_path(k), len(MAGIC) + 32 + 64)):
+    for p, skip in ((directory() / f"{k}.so", 0), (_path(k), _HEAD)):
         try:
             return p.read_bytes()[skip:]
         except OSError:
@@ -151,7 +154,7 @@ def load_blob(k: str) -> bytes | None:
         data = p.read_bytes()
     except OSError:
         return None
-    head = len(MAGIC) + 32 + 64
+    head = _HEAD
     if (len(data) > head and data.startswith(MAGIC) and data[len(MAGIC) + 32:head] == k.encode("ascii")
             and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):len(MAGIC) + 32]):
         return data[head:]

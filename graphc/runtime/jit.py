@@ -190,8 +190,7 @@ class CompiledFunction:
         and its machine code read back from the cache, so the list is the same either way."""
         c = self.compilation
         if self.from_cache and not any(n == "object" for n, _ in c.stages):
-            c.options = replace(c.options, extras=self.extras())
-            c.module()
+            self._module()
             c.stages.append(("object", stages.ObjectCode(disk_cache.stored(self.cache_key) or b"", cached=True)))
         return c.stages
 
@@ -233,13 +232,17 @@ class CompiledFunction:
                        extras=self.extras() if extras else (), link_helpers=False)
         return stages.llvm(self.compilation.layout, opts).text
 
+    def _module(self) -> stages.Module:
+        """The program's LLVM module with the subclass's drivers (emitted on first use)."""
+        self.compilation.options = replace(self.compilation.options, extras=self.extras())
+        return self.compilation.module()
+
     def _build(self) -> bytes:
         load_llvm_in_background()  # while the module is emitted
         if parallel.wants_split(self.program):
             parallel.prestart()  # the helper process that compiles part of it, also while it is emitted
-        self.compilation.options = replace(self.compilation.options, extras=self.extras())
         try:
-            self.compilation.module()
+            self._module()
         except CompileError:
             raise
         except Exception as e:  # an emission bug: say what failed, briefly (the chained exception has the rest)
@@ -261,8 +264,7 @@ class CompiledFunction:
     def llvm_ir(self) -> str:
         """The LLVM IR as emitted (before LLVM's optimizer), the GEMM helpers defined in it (the module compiled
         for this process may only declare them: it is linked with their library)."""
-        self.compilation.options = replace(self.compilation.options, extras=self.extras())
-        module = self.compilation.module()
+        module = self._module()
         if module.helpers_declared or module.parts:
             return stages.llvm(self.compilation.layout, replace(self.compilation.options, link_helpers=False)).text
         return module.text

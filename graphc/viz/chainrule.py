@@ -223,7 +223,7 @@ class Printer(LatexPrinter):
 
     def _print_Opaque(self, expr, exp=None):
         name, _, sub = str(expr.args[0]).partition("|")
-        tex = r"\mathrm{" + name.replace("_", r"\_") + "}" + (f"_{{{_escape(sub)}}}" if sub else "")
+        tex = r"\mathrm{" + _escape(name) + "}" + (f"_{{{_escape(sub)}}}" if sub else "")
         tex += r"\left(" + ", ".join(self._print(a) for a in expr.args[1:]) + r"\right)"
         return tex if exp is None else tex + "^{" + exp + "}"
 
@@ -508,7 +508,7 @@ class ChainRule:
                 fn = {("sum", (0,)): SumRows, ("sum", (1,)): SumCols, ("max", (0,)): MaxRows,
                       ("max", (1,)): MaxCols}[(name, axes)]
                 return fn(inner)
-            return Opaque(sympy.Symbol(f"{name}|{','.join(map(str, axes))}"), inner)
+            return Opaque(sympy.Symbol(name + _attr_subscript(n)), inner)
         if name == "cast":
             x = n.inputs[0]
             inner = self.expr(x)

@@ -269,6 +269,18 @@ def test_ranks_whose_parameters_drift_apart_stop_after_the_epoch_naming_the_rank
                 "0's") in r.stderr, r.stderr
 
 
+def _await_checkpoint(out: Path, deadline: float) -> None:
+    """Until the run in `out` has written its first checkpoint (it is training), or the deadline."""
+    while not list((out / "checkpoints").glob("ckpt-*.gcp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _reap(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
 def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits",
@@ -284,16 +296,13 @@ def test_a_killed_rank_stops_the_others_within_seconds_and_is_named(tmp_path):
             found = re.search(r"1=pid (\d+)", line)  # graphc's first line maps pids to ranks
             pid = int(found.group(1)) if found else None
         assert pid is not None, "".join(err)
-        while not list((out / "checkpoints").glob("ckpt-*.gcp")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _await_checkpoint(out, deadline)
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         stdout, stderr = p.communicate(timeout=30)
         stopped = time.monotonic() - t0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+        _reap(p)
     assert p.returncode != 0 and stopped < 10
     # the lost process is named: by the launcher (stdout), or by graphc's watchdog when rank 0 notices first and
     # the launcher has no process left to report (a loaded machine)
@@ -312,17 +321,13 @@ def test_ctrl_c_to_mpirun_stops_every_rank_at_once(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(GRAPHC_MPI_TIMEOUT="100"),
                          cwd=ROOT)
     try:
-        deadline = time.monotonic() + 120
-        while not list((out / "checkpoints").glob("ckpt-*.gcp")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _await_checkpoint(out, time.monotonic() + 120)
         p.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         stdout, stderr = p.communicate(timeout=60)
         stopped = time.monotonic() - t0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+        _reap(p)
     assert p.returncode != 0 and stopped < 30 and "interrupted" in stderr, (stopped, stderr)
     assert "no progress" not in stderr  # not the watchdog
 
