@@ -594,7 +594,7 @@ def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
         return None
     written = {b.index for kk in kernels for b in kk.writes}
     shape = body.buffers[min(written)].shape if written else ()
-    D = shape[0] if shape else None
+    D = sympy.sympify(shape[0]) if shape else None
     if not isinstance(D, sympy.Symbol):
         return None
     rows: dict[int, int] = {}

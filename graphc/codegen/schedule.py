@@ -232,7 +232,7 @@ class Lowering:
         return Index(expr, dtype, tuple(known[s] for s in sorted(used, key=str)))
 
     def dim(self, expr, dtype: str) -> Expr:
-        return DimValue(expr, dtype)
+        return DimValue(sympy.sympify(expr), dtype)
 
     # guards and gathers
     def in_range(self, index, shape) -> tuple:

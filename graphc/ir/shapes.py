@@ -1,17 +1,20 @@
-"""Shapes and dtypes: a dim is an int or a sympy symbol (the batch `N`); a dtype is one of a few names."""
+"""Shapes and dtypes: a dim is an int or a `Dim` (graphc.ir.dims: a polynomial in symbols such as the batch `N`,
+without sympy); a dtype is one of a few names. The compiler's index algebra meets dims as sympy expressions
+(`Dim._sympy_`), and a dim it computes may come back as one: every function here takes either."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from functools import cache
 
 import numpy as np
-import sympy
 
 from graphc.errors import DTypeError, ShapeError
+from graphc.ir import dims as _dims
 
-Dim = int | sympy.Expr
+Dim = int | _dims.Dim
 Shape = tuple[Dim, ...]
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
@@ -20,10 +23,15 @@ INT_DTYPES = ("int32", "int64")
 SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
 
 
-@cache
-def symbol(name: str) -> sympy.Symbol:
-    """The dim symbol called `name`: a positive integer, so sympy can simplify N/N and N*1."""
-    return sympy.Symbol(name, integer=True, positive=True)
+def symbol(name: str) -> _dims.Dim:
+    """The dim symbol called `name`: a positive integer."""
+    return _dims.symbol(name)
+
+
+def is_sympy(d) -> bool:
+    """A sympy expression (sympy is only imported where the compiler or the user brought it in)."""
+    sympy = sys.modules.get("sympy")
+    return sympy is not None and isinstance(d, sympy.Basic)
 
 
 def as_dim(d, where: str = "shape") -> Dim:
@@ -37,18 +45,24 @@ def as_dim(d, where: str = "shape") -> Dim:
         if not d.isidentifier():
             raise ShapeError(f"{where}: symbolic dim {d!r} must be an identifier such as 'N'")
         return symbol(d)
-    if isinstance(d, sympy.Expr):
-        if d.is_Integer:
-            return int(d)
-        for s in d.free_symbols:
+    if isinstance(d, _dims.Dim):
+        return d
+    if is_sympy(d):
+        for s in getattr(d, "free_symbols", ()):
             if not (s.is_integer and s.is_positive):
                 raise ShapeError(f"{where}: symbolic dims must be made with a name (e.g. 'N'), got {d!r}")
-        return d
+        try:
+            out = _dims.from_sympy(d)
+        except ValueError as e:
+            raise ShapeError(f"{where}: {e}") from None
+        if not isinstance(out, (int, _dims.Dim)):
+            raise ShapeError(f"{where}: a dim must be an integer, got {d!r}")
+        return out
     raise ShapeError(f"{where}: a dim must be an int or a symbol name such as 'N', not {type(d).__name__} {d!r}")
 
 
 def as_shape(shape, where: str = "shape") -> Shape:
-    if isinstance(shape, (int, str, np.integer, sympy.Expr)):
+    if isinstance(shape, (int, str, np.integer, _dims.Dim)) or is_sympy(shape):
         shape = (shape,)
     try:
         items = tuple(shape)
@@ -82,13 +96,18 @@ def fmt_type(shape: Shape, dtype: str) -> str:
 
 
 def dims_equal(a: Dim, b: Dim) -> bool:
-    """Whether two dims are equal for every value of their symbols. Dims are mostly polynomials in the symbols,
-    which expanding their difference decides; sympy.simplify (slow, and its first call in a process imports
-    sympy.physics: ~0.2 s of the LSTM step's cold compile) only for differences of floors, ceilings, max..."""
+    """Whether two dims are equal for every value of their symbols. Polynomials are equal exactly when their
+    canonical forms are; dims with floors, ceilings or maxima that differ in form are compared by sympy (its
+    first call in a process imports sympy: only shapes like a strided conv's over a symbolic size get there)."""
     if a == b:
         return True
     if isinstance(a, int) and isinstance(b, int):
         return False
+    if not is_sympy(a) and not is_sympy(b) and all(
+            isinstance(d, int) or d.is_polynomial for d in (a, b)):
+        return False
+    import sympy
+
     d = sympy.expand(sympy.sympify(a) - sympy.sympify(b))
     if d == 0:
         return True
@@ -101,15 +120,20 @@ def size(shape: Shape) -> Dim:
     out: Dim = 1
     for d in shape:
         out = out * d
-    return out if isinstance(out, int) else sympy.expand(out)
+    if is_sympy(out):
+        import sympy
+
+        return sympy.expand(out)
+    return out
 
 
 def is_static(shape: Shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
-def free_symbols(shape: Shape) -> set[sympy.Symbol]:
-    out: set[sympy.Symbol] = set()
+def free_symbols(shape: Shape) -> set:
+    """The dim symbols of a shape (as `Dim`s; a sympy dim's symbols are equal to them and hash alike)."""
+    out: set = set()
     for d in shape:
         if not isinstance(d, int):
             out |= d.free_symbols
@@ -155,7 +179,7 @@ def bind(shape: Shape, actual: tuple[int, ...], env: dict, what: str, owner: Map
                     f"{what}: expected shape {fmt_shape(shape)}, got {tuple(actual)} (axis {axis}: {a} != {d})"
                 )
             continue
-        if isinstance(d, sympy.Symbol):
+        if _is_symbol(d):
             if d in env and env[d] != a:
                 first = f" (bound by {owner[d]})" if owner and d in owner else ""
                 raise ShapeError(
@@ -171,20 +195,28 @@ def bind(shape: Shape, actual: tuple[int, ...], env: dict, what: str, owner: Map
             raise ShapeError(f"{what}: axis {axis} should be {d} = {value}, got {a}")
 
 
+def _is_symbol(d) -> bool:
+    return d.is_symbol if isinstance(d, _dims.Dim) else bool(getattr(d, "is_Symbol", False))
+
+
 def eval_dim(d: Dim, env: Mapping) -> int:
     if isinstance(d, int):
         return d
     missing = d.free_symbols - set(env)
     if missing:
         raise ShapeError(f"dim {d} needs a value for {', '.join(sorted(map(str, missing)))}")
+    if isinstance(d, _dims.Dim):
+        return d.evaluate(env)
     return int(_dim_evaluator(d)(env))
 
 
 @cache
-def _dim_evaluator(d: sympy.Expr):
-    """env -> the exact value of dim expression `d` (ints and fractions, floor and ceiling of them: what dims are
-    made of), microseconds a call where sympy's subs takes a millisecond; subs for anything else."""
+def _dim_evaluator(d):
+    """env -> the exact value of the sympy dim expression `d` (one the compiler computed: ints and fractions,
+    floor and ceiling of them), microseconds a call where sympy's subs takes a millisecond; subs for the rest."""
     from fractions import Fraction
+
+    import sympy
 
     if d.is_Symbol:
         return lambda env: env[d]

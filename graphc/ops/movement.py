@@ -4,14 +4,26 @@ index maps (offsets, strides, bounds), not to copies, when fused."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
-import sympy
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.dims import Dim as SymbolicDim
+from graphc.ir.dims import ceil_div, exact_div, from_sympy
 from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
-from graphc.ir.shapes import INT_DTYPES, Dim, as_shape, dims_equal, eval_dim, eval_shape, fmt_shape, size
+from graphc.ir.shapes import (
+    INT_DTYPES,
+    Dim,
+    as_shape,
+    dims_equal,
+    eval_dim,
+    eval_shape,
+    fmt_shape,
+    is_sympy,
+    size,
+)
 from graphc.ops.core import Op, Tensor, apply, as_tensor, describe, located, register
 
 
@@ -98,6 +110,8 @@ class Reshape(Op):
             for j in dj:
                 flat = flat * dst[j] + lx.out[j]
             for i in reversed(si[1:]):
+                import sympy
+
                 index[i] = sympy.Mod(flat, src[i])
                 flat = floordiv(flat, src[i])
             if si:
@@ -190,8 +204,9 @@ def reshape(x, shape) -> Tensor:
         raise ShapeError(f"reshape to {tuple(raw)}: at most one dim may be -1")
     if any(isinstance(d, (int, np.integer)) and d == -1 for d in raw):
         known = [d for d in raw if not (isinstance(d, (int, np.integer)) and d == -1)]
-        rest = sympy.simplify(sympy.sympify(size(x.shape)) / sympy.sympify(size(as_shape(known))))
-        if not (rest.is_integer or (rest.is_Integer)):
+        part = size(as_shape(known))
+        rest = exact_div(size(x.shape), part) if not (isinstance(part, int) and part == 0) else None
+        if rest is None:
             raise ShapeError(f"reshape {fmt_shape(x.shape)} to {tuple(raw)}: -1 does not divide evenly")
         raw = [rest if (isinstance(d, (int, np.integer)) and d == -1) else d for d in raw]
     shape = as_shape(raw, "reshape")
@@ -294,9 +309,16 @@ def swapaxes(x, axis1: int, axis2: int) -> Tensor:
 
 
 def _dim(d) -> Dim:
-    """A dim from arithmetic on dims: a sympy integer becomes an int."""
-    d = sympy.sympify(d)
-    return int(d) if d.is_Integer else d
+    """A dim (or a signed bound) from arithmetic on dims: an int, a `Dim`, or a sympy expression a user passed."""
+    if isinstance(d, (int, np.integer)):
+        return int(d)
+    if isinstance(d, SymbolicDim):
+        return d
+    if isinstance(d, Fraction) and d.denominator == 1:
+        return int(d)
+    if is_sympy(d):
+        return from_sympy(d)
+    raise ShapeError(f"{d!r} is not a whole number of elements")
 
 
 def _static(d) -> bool:
@@ -340,8 +362,9 @@ class Slice(Op):
                                      f"{fmt_shape(x.shape)}")
                 out.append(n)
                 continue
-            n = _dim((sympy.sympify(b) - sympy.sign(s) - a) / s + 1)
-            if not _static(n) and n.is_integer is not True:
+            q = exact_div(b - (1 if s > 0 else -1) - a, s)
+            n = None if q is None else _dim(q + 1)
+            if n is None:
                 raise ShapeError(f"axis {axis} ({d}): range({a}, {b}, {s}) is not a whole number of steps")
             out.append(n)
         return tuple(out), x.dtype
@@ -444,11 +467,11 @@ def _range(d, s: slice, axis: int, x: Tensor) -> tuple:
 
     if k > 0:
         a, b = bound(s.start, 0), bound(s.stop, d)
-        n = _dim(sympy.ceiling((sympy.sympify(b) - a) / k))
+        n = _dim(ceil_div(b - a, k))
     else:
         a = bound(s.start, _dim(d - 1))
         b = -1 if s.stop is None else bound(s.stop, None)
-        n = _dim(sympy.ceiling((sympy.sympify(a) - b) / -k))
+        n = _dim(ceil_div(a - b, -k))
     if _static(n) and n <= 0:
         return 0, 0, 1
     return a, _dim(a + k * (n - 1) + (1 if k > 0 else -1)), k
@@ -588,6 +611,8 @@ class Pad(Op):
         # between two elements: the position's offset is no multiple of interior + 1. Said here, not left to
         # in_range to find in the floor division, which a position known to be a number has already evaluated
         # (floordiv(1, 2) is 0: the padding between elements 0 and 1 read as element 0)
+        import sympy
+
         whole = [sympy.Eq(sympy.Mod(o - lo, r + 1), 0)
                  for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True) if r]
         conds = lx.in_range([index[k] for k in padded], [node.inputs[0].shape[k] for k in padded])
@@ -601,7 +626,7 @@ def _widths(v, n: int, what: str) -> tuple:
     """Pad widths: ints >= 0, or dims of the symbolic ones (nonnegative where the graph is consistent)."""
     if len(v) != n:
         raise ShapeError(f"{what} has {len(v)} entries for {n} axes")
-    return tuple(_dim(k) if isinstance(k, sympy.Expr) else _ints((k,), 1, what)[0] for k in v)
+    return tuple(_dim(k) if isinstance(k, SymbolicDim) or is_sympy(k) else _ints((k,), 1, what)[0] for k in v)
 
 
 def _pad(x: Tensor, low, high, interior, value) -> Tensor:

@@ -32,9 +32,9 @@ import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import sympy
 
 from graphc.errors import GradError, GraphcError, ShapeError
+from graphc.ir.dims import ceil_div
 from graphc.ir.node import Node, capture_source, derived_from, topo_order
 from graphc.ir.shapes import (
     FLOAT_DTYPES,
@@ -219,7 +219,7 @@ class Scan(Op):
         nc = body.n_carry
         T = node.attrs["length"]
         ck = node.attrs["checkpoint"]
-        H = T if ck is None else _ceil_div(T, ck)
+        H = T if ck is None else ceil_div(T, ck)
         out = [(o.shape, o.dtype) for o in body.outputs[:nc]]
         out += [((T, *o.shape), o.dtype) for o in body.outputs[nc:]]
         out += [((H, *a.shape), a.dtype) for a in body.args[:nc]]
@@ -253,7 +253,7 @@ class Scan(Op):
         n = eval_dim(T, env)
         if n >= 0:
             return None
-        dims = ", ".join(f"{k} = {env[k]}" for k in sorted(sympy.sympify(T).free_symbols, key=str))
+        dims = ", ".join(f"{k} = {env[k]}" for k in sorted(T.free_symbols, key=str))
         return (f"scan at {node.source.where()}: its length {T} is {n} for {dims}; a loop runs a length >= 0 "
                 "of steps (a fori_loop's upper bound must not be below its lower one)")
 
@@ -305,12 +305,6 @@ class ScanOutput(Op):
 
 SCAN = register(Scan())
 SCAN_OUTPUT = register(ScanOutput())
-
-
-def _ceil_div(T, k: int):
-    if isinstance(T, int):
-        return -(-T // k)
-    return sympy.ceiling(sympy.sympify(T) / k)
 
 
 def output(node: Node, k: int) -> Tensor:
@@ -784,7 +778,7 @@ def _size(n: Node) -> float:
     """Elements of n, symbolic dims counted as 1024 (to compare what storing costs)."""
     out = 1.0
     for d in n.shape:
-        out *= float(sympy.sympify(d).subs({x: 1024 for x in sympy.sympify(d).free_symbols}))
+        out *= float(eval_dim(d, {x: 1024 for x in d.free_symbols}) if not isinstance(d, int) else d)
     return out
 
 
@@ -968,7 +962,7 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     rev_fwd = node.attrs["reverse"]
     init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
     nfc = len(fc)
-    S = _ceil_div(T, k)
+    S = ceil_div(T, k)
     gys = [gs[nc + q] for q in gy]
     # the time index of processing position j: j (forward) or T-1-j (reverse); the sequences the segment
     # reads (xs, gys) stay whole, as captures, and each step gathers its row

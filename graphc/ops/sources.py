@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import sympy
 
 from graphc.errors import GraphcError, ShapeError
 from graphc.ir.node import ArrayValue
@@ -162,7 +161,7 @@ class DimValue(Op):
         if len(inputs) > 1:
             raise ShapeError("dim takes at most one input")
         # with no input (after dead-code elimination) the dims come from the compiled function's signature
-        missing = set() if not inputs else sympy.sympify(attrs["expr"]).free_symbols - free_symbols(inputs[0].shape)
+        missing = set() if not inputs else attrs["expr"].free_symbols - free_symbols(inputs[0].shape)
         if missing:
             raise ShapeError(f"dim {attrs['expr']} uses {sorted(map(str, missing))}, which are not dims of "
                              f"{fmt_shape(inputs[0].shape)}")
@@ -186,7 +185,7 @@ def dim_value(d, of, dtype: str = "float32") -> Tensor:
     d = as_dim(d, "gc.dim_value")
     if isinstance(d, int):
         return apply(CONSTANT, (), value=ArrayValue(np.asarray(d, dtype=dtype)))
-    return apply(DIM, (of,), expr=sympy.sympify(d), dtype=as_dtype(dtype))
+    return apply(DIM, (of,), expr=d, dtype=as_dtype(dtype))
 
 
 __all__ = ["input", "param", "iota", "dim_value", "ArrayValue"]

@@ -26,7 +26,7 @@ from graphc.codegen.team import MAX_WORKERS
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo_order
-from graphc.ir.shapes import FLOAT_DTYPES
+from graphc.ir.shapes import FLOAT_DTYPES, eval_dim
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
 from graphc.runtime.reference import bind_values, check_dims_bound, leaves_by_name
@@ -541,10 +541,8 @@ class CompiledFunction:
         if d in self._symbols:
             k = self._symbols.index(d)
             return lambda env: env[k]
-        import sympy
-
-        f = sympy.lambdify(self._symbols, d)
-        return lambda env: int(f(*env))
+        symbols = self._symbols
+        return lambda env: eval_dim(d, dict(zip(symbols, env, strict=True)))
 
     def _estimate_seconds(self, env: list[int]) -> float:
         """A rough one-thread time for the program at these dims: GEMMs at GEMM_FLOPS, everything else at

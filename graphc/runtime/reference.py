@@ -9,7 +9,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.ir.node import Node, capture_source, live_leaf_names, output_nodes, shaped_like, topo_order
-from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, fmt_type
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, eval_shape, fmt_type
 from graphc.ops.core import EvalContext
 from graphc.ops.random import KEY_NAME
 
@@ -206,7 +206,7 @@ def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, 
             vals[id(n)] = out
             continue
         out = np.asarray(out)
-        assert out.shape == tuple(int(d.subs(env)) if not isinstance(d, int) else d for d in n.shape), (
+        assert out.shape == eval_shape(n.shape, env), (
             f"{n.op.name} produced {out.shape} for {n.type_str}")
         vals[id(n)] = out
     results = [np.array(vals[id(o)], dtype=ctx.dtype(o.dtype), copy=True) for o in outs]

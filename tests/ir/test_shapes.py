@@ -96,5 +96,7 @@ def test_dtype_errors():
 
 def test_dims_are_positive_integer_symbols():
     n = gc.dim("N")
-    assert n.is_integer and n.is_positive
-    assert sympy.simplify(n / n) == 1
+    assert n.is_symbol and n.name == "N" and n / n == 1 and n - n == 0
+    s = sympy.sympify(n)  # the compiler's index algebra sees a positive integer, equal to the dim
+    assert s.is_integer and s.is_positive and s == n and hash(s) == hash(n)
+    assert sympy.simplify(s / s) == 1
