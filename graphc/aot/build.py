@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from graphc.codegen import epoch as drv
-from graphc.codegen.memory import plan
+from graphc.codegen.memory import describe, plan
 from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target, emit_object, level_target
 from graphc.errors import GraphcError
@@ -216,8 +216,9 @@ def _program_layout(program: Program, barriers: list[bool], target: Target, n_sy
     """Arena placement for `batch` rows (valid for any smaller batch) and the workspace per thread count; `sizes`
     gives the largest value of every symbol instead (a program with several)."""
     env = sizes if sizes is not None else {s: (batch if s == n_sym else 0) for s in program.symbols}
-    p = plan(program, env, 1, target, barriers)
-    ws = [0] + [plan(program, env, t, target, barriers).workspace_bytes for t in range(1, max_threads + 1)]
+    spec = describe(program, barriers, target)
+    p = plan(spec, env, 1, target)
+    ws = [0] + [plan(spec, env, t, target).workspace_bytes for t in range(1, max_threads + 1)]
     if max(p.arena_bytes, *ws) >= 1 << 62:  # sizes and offsets are int64 in the C driver: keep far from wrapping
         raise AotError(f"--max-batch {batch}: a call that large needs {max(p.arena_bytes, *ws):.3g} bytes of working "
                        "memory, beyond what 64-bit sizes hold safely; use a smaller --max-batch")

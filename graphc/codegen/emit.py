@@ -50,7 +50,7 @@ from graphc.codegen.schedule import Program, split_affine
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.ir.lowering import floordiv
-from graphc.ir.shapes import Dim
+from graphc.ir.shapes import ITEMSIZE, Dim
 from graphc.ops import random as rng_mod
 from graphc.ops.scalar import expm1, floor_divide, keep_bit, log1p, relu, remainder, rint, sigmoid, softplus
 
@@ -62,7 +62,6 @@ FLAGS = ("contract",)  # FMA contraction only; inf and nan keep IEEE semantics
 
 SCALAR = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
 MEMORY = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
-ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 KERNEL_ARGS = [PTR, PTR, PTR, I32, I32]
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from graphc.codegen.emit import F32, F64, I64, PTR, VOID, Loop, ModuleEmitter, c64
 from graphc.errors import CompileError
 from graphc.ops.init import _fans, distribution
 
@@ -50,13 +49,15 @@ def spec_for(slot: int, name: str, shape: tuple[int, ...], init) -> InitSpec:
 def emit_init(specs: list[InitSpec]):
     """An `extras` hook adding `void graphc_init(ptr table, i64 seed)`."""
 
-    def extra(me: ModuleEmitter) -> None:
+    def extra(me) -> None:
         _emit(me, specs)
 
     return extra
 
 
-def _emit(me: ModuleEmitter, specs: list[InitSpec]) -> None:
+def _emit(me, specs: list[InitSpec]) -> None:
+    from graphc.codegen.emit import F32, F64, I64, PTR, VOID, Loop, c64  # the compiler, when one is emitted
+
     m = me.module
     fn = ir.Function(m, ir.FunctionType(VOID, [PTR, I64]), name="graphc_init")
     table, seed = fn.args

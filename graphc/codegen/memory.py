@@ -1,18 +1,21 @@
 """The memory plan: temporaries share one arena, placed by liveness; barriers go where threads could race.
 
 Sizes can depend on the batch dim N; a plan is made for concrete dims and stays valid for any smaller batch
-(offsets are fixed, buffers only shrink)."""
+(offsets are fixed, buffers only shrink). A plan is made at run time from a `ProgramSpec`, what the run time
+needs of a compiled program (its buffers, dims, checks, the memory plan's and the cost model's inputs): built
+from the scheduled program when it is compiled, and kept beside its machine code in the compile cache, so that a
+program found there runs without the compiler's stages (and without sympy). This module imports the kernel IR
+only to build a spec."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from graphc.codegen import gemm as gemm_mod
-from graphc.codegen.emit import ITEMSIZE
-from graphc.codegen.kernels import GemmKernel, ScanKernel, all_kernels, split_rows
-from graphc.codegen.schedule import Program
 from graphc.codegen.target import Target
-from graphc.ir.shapes import eval_dim
+from graphc.ir.shapes import ITEMSIZE, Dim, Shape, eval_dim, is_sympy
 
 ALIGN = 64
 # Temporaries of a page or more start at distinct offsets modulo a page (STAGGER lines apart, an odd count, so the
@@ -23,7 +26,96 @@ PAGE = 4096
 STAGGER = 17 * ALIGN
 
 
-def _nbytes(buf, env) -> int:
+@dataclass(frozen=True)
+class BufferSpec:
+    index: int
+    label: str
+    shape: Shape
+    dtype: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """A matrix product's dims and what sizes its packing workspace."""
+
+    batch: Shape
+    m: Dim
+    n: Dim
+    k: Dim
+    dtype: str
+    a_view: tuple | None
+    algorithm: str
+
+
+@dataclass
+class ProgramSpec:
+    """What running a compiled program needs of it, in ints, names and dims (no kernel IR, no sympy)."""
+
+    buffers: list[BufferSpec]
+    inputs: list[int]  # buffer index of each signature input
+    outputs: list[int]  # buffer index of each output
+    symbols: list  # the run-time dims (Dim symbols), in the order the native code reads them
+    consts: dict[int, np.ndarray]
+    checks: list[str]  # error code k+1: what the run-time check k found
+    barriers: list[bool]  # per top-level kernel: all threads meet before it
+    spans: dict[int, tuple[int, int]]  # temporary buffer -> (first, last) kernel that touches it
+    kernel_names: list[str]  # every kernel, loops' bodies included (depth first): the profile counters' order
+    gemms: list[GemmSpec]  # every matrix product, loops' bodies included (the workspace is the largest's)
+    rows_workspace: list[int]  # per thread, of each loop split by rows
+    costs: list[tuple[str, Shape]]  # per top-level kernel: ("gemm", batch + (m, n, k)) or ("loop", its domain)
+
+    def input_buffer(self, k: int) -> BufferSpec:
+        return self.buffers[self.inputs[k]]
+
+    def output_buffer(self, k: int) -> BufferSpec:
+        return self.buffers[self.outputs[k]]
+
+
+def _dim_of(d):
+    """A dim the compiler computed (a sympy expression, or a tuple of them in a GEMM's A view) as a `Dim`."""
+    if isinstance(d, tuple):
+        return tuple(_dim_of(x) for x in d)
+    if is_sympy(d):
+        from graphc.ir.dims import from_sympy
+
+        return from_sympy(d)
+    return int(d) if isinstance(d, np.integer) else d
+
+
+def describe(program, barrier_flags: list[bool], target: Target) -> ProgramSpec:
+    """The run-time spec of a scheduled program (graphc.codegen.schedule.Program) with its barriers."""
+    from graphc.codegen.kernels import GemmKernel, ScanKernel, all_kernels, split_rows
+
+    def shape(s):
+        return tuple(_dim_of(d) for d in s)
+
+    every = list(all_kernels(program.kernels))
+    costs = []
+    for k in program.kernels:
+        if isinstance(k, GemmKernel):
+            costs.append(("gemm", shape((*k.batch, k.m, k.n, k.k))))
+        else:
+            costs.append(("loop", shape(getattr(k, "domain", ()))))
+    return ProgramSpec(
+        buffers=[BufferSpec(b.index, b.label, shape(b.shape), b.dtype, b.kind) for b in program.buffers],
+        inputs=[b.index for b in program.inputs],
+        outputs=[b.index for b in program.outputs],
+        symbols=[_dim_of(s) for s in program.symbols],
+        consts={i: np.ascontiguousarray(a) for i, a in program.consts.items()},
+        checks=list(program.checks),
+        barriers=list(barrier_flags),
+        spans=liveness(program),
+        kernel_names=[k.name for k in every],
+        gemms=[GemmSpec(shape(k.batch), _dim_of(k.m), _dim_of(k.n), _dim_of(k.k), k.a.dtype, _dim_of(k.a_view),
+                        k.algorithm) for k in every if isinstance(k, GemmKernel)],
+        rows_workspace=[rows_workspace_bytes(k, target) for k in every
+                        if isinstance(k, ScanKernel) and split_rows(k) is not None],
+        costs=costs,
+    )
+
+
+def _nbytes(buf: BufferSpec, env) -> int:
     n = 1
     for d in buf.shape:
         n *= eval_dim(d, env)
@@ -55,7 +147,7 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def liveness(program: Program) -> dict[int, tuple[int, int]]:
+def liveness(program) -> dict[int, tuple[int, int]]:
     """temp buffer index -> (first kernel that writes it, last kernel that touches it)."""
     live: dict[int, list[int]] = {}
     for i, k in enumerate(program.kernels):
@@ -67,12 +159,14 @@ def liveness(program: Program) -> dict[int, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in live.items()}
 
 
-def barriers(program: Program) -> list[bool]:
+def barriers(program) -> list[bool]:
     """For each kernel, whether all threads must meet before it starts: it reads what a kernel since the last
     barrier wrote, or writes what one read or wrote. Matrix products also share the packing workspace.
 
     Decided on buffers, not addresses, so it holds for any batch size; the arena plan then only lets two
     temporaries share storage when a barrier separates their lifetimes."""
+    from graphc.codegen.kernels import GemmKernel, ScanKernel
+
     need: list[bool] = []
     reads: set = set()
     writes: set = set()
@@ -91,10 +185,12 @@ def barriers(program: Program) -> list[bool]:
     return need
 
 
-def rows_workspace_bytes(k: ScanKernel, target: Target) -> int:
+def rows_workspace_bytes(k, target: Target) -> int:
     """One thread's GEMM workspace slice in a row-split loop (`split_rows`: each thread runs the body's products
     alone over its rows, in its own slice): enough for any row count (the slice grows with the rows up to the M
     block), 64-byte aligned."""
+    from graphc.codegen.kernels import GemmKernel, all_kernels
+
     out = 64
     for g in all_kernels(k.body.kernels):
         if isinstance(g, GemmKernel):
@@ -110,10 +206,10 @@ def _fit(off: int, residue: int | None) -> int:
     return off if residue is None else off + (residue - off) % PAGE
 
 
-def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list[bool] | None = None) -> MemoryPlan:
-    flags = barriers(program) if flags is None else flags
-    live = liveness(program)
-    sizes = {i: _nbytes(program.buffers[i], env) for i in live}
+def plan(spec: ProgramSpec, env: dict, nthreads: int, target: Target) -> MemoryPlan:
+    flags = spec.barriers
+    live = spec.spans
+    sizes = {i: _nbytes(spec.buffers[i], env) for i in live}
     sync_points = [i for i, f in enumerate(flags) if f]
 
     def separated(first_done: int, later_start: int) -> bool:
@@ -144,18 +240,14 @@ def plan(program: Program, env: dict, nthreads: int, target: Target, flags: list
         offsets[idx] = off
         for o, e, _, j in placed:
             if o < off + size and off < e:
-                shares.append((program.buffers[j].label, program.buffers[idx].label))
+                shares.append((spec.buffers[j].label, spec.buffers[idx].label))
                 break
         placed.append((off, off + size, span, idx))
     arena = max((e for _, e, *_ in placed), default=0)
-    ws = 0
-    for k in all_kernels(program.kernels):  # loops' bodies included
-        if isinstance(k, ScanKernel) and split_rows(k) is not None:
-            ws = max(ws, nthreads * rows_workspace_bytes(k, target))
-        if isinstance(k, GemmKernel):
-            m, n, kk = (eval_dim(d, env) for d in (k.m, k.n, k.k))
-            cfg = gemm_mod.config_for(target, k.a.dtype, k.n if isinstance(k.n, int) else None)
-            ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, k.a.dtype, cfg, k.a_view,
-                                                     k.algorithm))
+    ws = max((nthreads * b for b in spec.rows_workspace), default=0)
+    for g in spec.gemms:  # loops' bodies included
+        m, n, kk = (eval_dim(d, env) for d in (g.m, g.n, g.k))
+        cfg = gemm_mod.config_for(target, g.dtype, g.n if isinstance(g.n, int) else None)
+        ws = max(ws, gemm_mod.workspace_bytes(m, n, kk, nthreads, target, g.dtype, cfg, g.a_view, g.algorithm))
     return MemoryPlan(dict(env), offsets, sizes, (arena + ALIGN - 1) // ALIGN * ALIGN, ws, sum(sizes.values()),
-                      sorted(shares), {i: program.buffers[i].label for i in offsets})
+                      sorted(shares), {i: spec.buffers[i].label for i in offsets})

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from graphc.codegen.memory import MemoryPlan, barriers, plan
+from graphc.codegen.memory import MemoryPlan, ProgramSpec, barriers, describe, plan
 from graphc.codegen.schedule import Program, fuse_epilogues, fuse_loops
 from graphc.codegen.schedule import schedule as _schedule
 from graphc.codegen.target import HelpersUnavailable, Target, emit_object, links_helpers
@@ -49,9 +49,16 @@ class Layout:
 
     program: Program
     barriers: list[bool]
+    _spec: ProgramSpec | None = field(default=None, repr=False)
+
+    def spec(self, target: Target) -> ProgramSpec:
+        """What the run time needs of the program (see codegen.memory.ProgramSpec)."""
+        if self._spec is None:
+            self._spec = describe(self.program, self.barriers, target)
+        return self._spec
 
     def plan(self, env: dict, nthreads: int, target: Target) -> MemoryPlan:
-        return plan(self.program, env, nthreads, target, self.barriers)
+        return plan(self.spec(target), env, nthreads, target)
 
     def __str__(self) -> str:
         marks = [k.name for k, need in zip(self.program.kernels, self.barriers, strict=True) if need]

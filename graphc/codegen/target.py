@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+MAX_WORKERS = 255  # the native thread team's workers (graphc.codegen.team), besides the calling thread
+
 _init_lock = threading.Lock()
 _initialized = False
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from graphc.codegen.emit import I32, I64, PTR, VOID, Loop, ModuleEmitter, alloca, c64
+from graphc.codegen.target import MAX_WORKERS
 
-MAX_WORKERS = 255
 _JOB_BITS = 10  # threads per job < 1024
 GEN, PENDING, BARRIER, NWORKERS, QUIT, SLEEPERS, PID, BUSY, ARGS = 0, 8, 16, 24, 25, 26, 27, 28, 29
 SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -168,3 +169,27 @@ def store_blob(k: str, data: bytes) -> None:
         _atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
     except OSError:
         return
+
+
+def _spec_key(k: str) -> str:
+    return hashlib.sha256(f"{k}:runtime-spec".encode()).hexdigest()
+
+
+def store_spec(k: str, spec, kept_inputs: tuple[int, ...]) -> None:
+    """Beside the machine code of `k`: what running it needs (a codegen.memory.ProgramSpec, and which inputs of
+    the compiled graph the call takes), so that a later process runs it without the compiler's stages."""
+    store_blob(_spec_key(k), pickle.dumps((spec, tuple(kept_inputs)), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_spec(k: str):
+    """(ProgramSpec, kept inputs) stored for `k`, or None (none stored, or an entry that does not load: it is
+    deleted and the program compiled again)."""
+    data = load_blob(_spec_key(k))
+    if data is None:
+        return None
+    try:
+        spec, kept = pickle.loads(data)
+    except Exception:  # written by another graphc (the key says not) or damaged past its checksum: rebuild
+        _unlink(directory() / f"{_spec_key(k)}.bin")
+        return None
+    return spec, kept

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.codegen import epoch as drv
-from graphc.codegen.kernels import GemmKernel
+from graphc.codegen import epoch_abi as drv
 from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, topo_order
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
@@ -107,11 +106,15 @@ class EpochFunction(CompiledFunction):
         self._snapshot: dict[str, np.ndarray] = {}
         self._step_seconds: dict = {}  # (batch, threads) -> a step's time in the last native call: sizes the next
 
-    def _init_specs(self) -> list:
+    def _init_specs(self, keyed: bool = False) -> list:
+        """The native initializers of `params`, each with its parameter's table slot (`keyed`: its position among
+        the compiled graph's inputs instead, for the cache key, which is made before the program is known)."""
         from graphc.codegen.init import spec_for
 
-        slot = {id(leaf): buf.index for leaf, buf in zip(self.signature.inputs, self.program.inputs,
-                                                          strict=True)}
+        if keyed:
+            slot = {id(leaf): i for i, leaf in enumerate(self._graph.inputs)}
+        else:
+            slot = {id(leaf): buf for leaf, buf in zip(self.signature.inputs, self.rt.inputs, strict=True)}
         return [spec_for(slot[id(p)], p.name, p.shape, p.meta.get("init", "zeros")) for p in self._params]
 
     def init_params(self, state: Mapping[str, np.ndarray], seed: int) -> None:
@@ -127,13 +130,14 @@ class EpochFunction(CompiledFunction):
             table[spec.slot] = a.ctypes.data
         self._init(table.ctypes.data, int(np.int64(np.uint64(seed % 2**64).view(np.int64))))
 
-    def _spec(self) -> drv.EpochSpec:
-        prog = self.program
+    def _spec(self, keyed: bool = False) -> drv.EpochSpec:
+        """What the driver knows of the step (`keyed`: with the batch dim's name for its index in the program's
+        dims, and the compiled graph's inputs for the call's, for the cache key)."""
         n_sym = self._x.shape[0]
-        leaves = {leaf.name: leaf for leaf in self.signature.inputs}
+        leaves = {leaf.name: leaf for leaf in (self._graph.inputs if keyed else self.signature.inputs)}
         step = leaves.get("step")
         return drv.EpochSpec(
-            n_dim=list(prog.symbols).index(n_sym),
+            n_dim=str(n_sym) if keyed else list(self.rt.symbols).index(n_sym),
             x_row_bytes=_row_bytes(self._x),
             y_row_bytes=_row_bytes(self._y) if self._y is not None else 0,
             step_is_f64=step is not None and step.dtype == "float64",
@@ -143,12 +147,14 @@ class EpochFunction(CompiledFunction):
 
     def variant(self) -> str:
         # the base's part too: a profiled module is another module (its counters), never the cached plain one
-        return f"{super().variant()}epoch:{self._spec()}:{self._init_specs() if self._params else ''}"
+        init = self._init_specs(keyed=True) if self._params else ""
+        return f"{super().variant()}epoch:{self._spec(keyed=True)}:{init}"
 
     def extras(self) -> tuple:
+        from graphc.codegen.epoch import emit_epoch
         from graphc.codegen.init import emit_init
 
-        out = (drv.emit_epoch(self._spec()),)
+        out = (emit_epoch(self._spec()),)
         return out + (emit_init(self._init_specs()),) if self._params else out
 
     def threads_for_batch(self, batch: int) -> int:
@@ -162,9 +168,9 @@ class EpochFunction(CompiledFunction):
             return n
         env = [batch if s == self._x.shape[0] else 1 for s in self._symbols]
         flops = 0
-        for k in self.program.kernels:
-            if isinstance(k, GemmKernel):
-                flops += 2 * math.prod(self._dim_fn(d)(env) for d in (*getattr(k, "batch", ()), k.m, k.n, k.k))
+        for kind, dims in self.rt.costs:
+            if kind == "gemm":
+                flops += 2 * math.prod(self._dim_fn(d)(env) for d in dims)
         n = 1 if flops < SMALL_STEP_FLOPS else self.threads
         if len(self._threads_memo) < 4096:
             self._threads_memo[batch] = n
@@ -308,7 +314,7 @@ class EpochFunction(CompiledFunction):
                           "are not 64-byte aligned; each epoch trains on aligned copies and copies them back. "
                           "Pass ef.aligned(state) (or gc.nn.init_params' arrays) to avoid the copies",
                           stacklevel=3)  # the caller of run_epoch (through _run_epoch)
-        if on_nonfinite == "raise" or self.program.checks:  # the state at the start, to go back to the last good step
+        if on_nonfinite == "raise" or self.rt.checks:  # the state at the start, to go back to the last good step
             snap = self._snapshot
             for name, arr in trained.items():
                 s = snap.get(name)
@@ -316,7 +322,7 @@ class EpochFunction(CompiledFunction):
                     s = snap[name] = np.empty_like(arr)
                 np.copyto(s, arr)
         loss_buf = np.zeros(1, np.float32)
-        table[self.program.outputs[0].index] = data_address(loss_buf)
+        table[self.rt.outputs[0]] = data_address(loss_buf)
         full, rest = divmod(n_steps_rows, batch)
         steps_in_order = full + (1 if rest and not drop_last else 0)  # the driver's count of steps
         self.check_batches({batch, rest} if rest and not drop_last else {batch})
@@ -380,7 +386,7 @@ class EpochFunction(CompiledFunction):
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
                 raise InputError(
                     f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
-                    f"{self.program.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
+                    f"{self.rt.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
                     f"the parameters after the last good step ({bad} steps this epoch). Check the data's labels / ids")
             held = (f"the update of step {culprit} (whose loss was finite) had already made {overflowed} "
                     "non-finite: the state holds the parameters " + (

@@ -17,12 +17,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from graphc.codegen import parallel, stages
-from graphc.codegen.kernels import GemmKernel, all_kernels
 from graphc.codegen.memory import MemoryPlan
-from graphc.codegen.schedule import Program
-from graphc.codegen.target import Engine, Target, assembly, host_target, level_target, load_llvm_in_background
-from graphc.codegen.team import MAX_WORKERS
+from graphc.codegen.memory import plan as memory_plan
+from graphc.codegen.target import (
+    MAX_WORKERS,
+    Engine,
+    Target,
+    assembly,
+    host_target,
+    level_target,
+    load_llvm_in_background,
+)
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo_order
@@ -30,6 +35,15 @@ from graphc.ir.shapes import FLOAT_DTYPES, eval_dim
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
 from graphc.runtime.reference import bind_values, check_dims_bound, leaves_by_name
+
+
+def _stages():
+    """The compiler's stages (kernel IR, sympy, LLVM IR): imported when a program is compiled or inspected, not
+    when one found in the disk cache runs."""
+    from graphc.codegen import stages
+
+    return stages
+
 
 RUN_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 
@@ -140,16 +154,9 @@ class CompiledFunction:
                                  if not isinstance(d, int) for s in d.free_symbols}, "compile")
         extra = tuple(leaf for leaf in update_leaves if all(leaf is not i for i in graph.inputs))
         graph = Graph(graph.outputs, graph.inputs + extra)
-        options = stages.Options(self.target, training, tuple((self._n_results + k, leaf)
-                                                               for k, leaf in enumerate(update_leaves)), profile,
-                                 link_helpers=True)
-        # every stage up to the memory layout; the code stages run only when the disk cache has no object
-        self.compilation = stages.run(graph, options, code=False)
-        self.signature = self.compilation.signature  # what a call feeds, in table order
-        self.program: Program = self.compilation.program
-        self.barriers = self.compilation.barriers
-        position = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
-        self.updates = {pos: position[id(leaf)] for pos, leaf in options.updates}  # output -> signature slot
+        updated = tuple((self._n_results + k, leaf) for k, leaf in enumerate(update_leaves))
+        self._graph, self._updated = graph, updated
+        self._compilation = None
         self._lock = threading.Lock()  # a call, or a whole epoch (EpochFunction.run_epoch), at a time
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
@@ -160,27 +167,59 @@ class CompiledFunction:
         self._plan_threads = 0
         self._arena: np.ndarray | None = None
         self._ws: np.ndarray | None = None
-        key = disk_cache.key(outs, self.training, self.target, sorted(self.updates.items()), self.variant())
+        position = {id(leaf): i for i, leaf in enumerate(graph.inputs)}
+        key = disk_cache.key(outs, self.training, self.target,
+                             [(pos, position[id(leaf)]) for pos, leaf in updated], self.variant())
         self.cache_key = key
-        engine = disk_cache.load(key, self.target) if cache else None
+        # a program in the disk cache runs from its machine code and its run-time spec: no stage runs (the stages
+        # run when something asks for them: fn.stages, fn.kernels, fn.llvm_ir)
+        found = disk_cache.load_spec(key) if cache else None
+        engine = disk_cache.load(key, self.target) if found is not None else None
         self.from_cache = engine is not None
+        if engine is None:
+            c = self.compilation  # every stage up to the memory layout
+            found = (c.layout.spec(self.target), tuple(position[id(leaf)] for leaf in c.signature.inputs))
+        self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
+        self.signature = Graph(graph.outputs, tuple(graph.inputs[i] for i in kept))  # what a call feeds, in order
+        slot = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
+        self.updates = {pos: slot[id(leaf)] for pos, leaf in updated}  # output -> signature slot
         if engine is None:
             obj = self._build()
             engine = Engine.from_object(obj, self.target)
             if cache:
                 disk_cache.store(key, obj)
+                disk_cache.store_spec(key, *found)
         self._engine = engine
         self._run = engine.function("graphc_run", ctypes.c_int32, *RUN_ARGS)
-        self._nbuf = len(self.program.buffers)
-        self._consts = {i: np.ascontiguousarray(a) for i, a in self.program.consts.items()}
+        self._nbuf = len(self.rt.buffers)
+        self._consts = self.rt.consts
         self._prepare_fast_path()
         # the run-time checks' error word (an index out of range in a gather or scatter), read after each call
         self._error = None
-        if self.program.checks:
+        if self.rt.checks:
             addr = engine.global_address("graphc_error")
             if not addr:
                 raise CompileError("internal: the program has run-time checks but no error word (graphc_error)")
             self._error = ctypes.c_int32.from_address(addr)
+
+    @property
+    def compilation(self):
+        """Every stage's value (a codegen.stages.Compilation); run on first use for a program found in the disk
+        cache (the compiler's stages, and sympy with them, are imported only then)."""
+        if self._compilation is None:
+            stages = _stages()
+            options = stages.Options(self.target, self.training, self._updated, self.profile, link_helpers=True)
+            self._compilation = stages.run(self._graph, options, code=False)
+        return self._compilation
+
+    @property
+    def program(self):
+        """The scheduled program (the kernel IR)."""
+        return self.compilation.program
+
+    @property
+    def barriers(self) -> list[bool]:
+        return self.rt.barriers
 
     # ------------------------------------------------------------------------------------------ building
     @property
@@ -191,7 +230,7 @@ class CompiledFunction:
         c = self.compilation
         if self.from_cache and not any(n == "object" for n, _ in c.stages):
             self._module()
-            c.stages.append(("object", stages.ObjectCode(disk_cache.stored(self.cache_key) or b"", cached=True)))
+            c.stages.append(("object", _stages().ObjectCode(disk_cache.stored(self.cache_key) or b"", cached=True)))
         return c.stages
 
     @property
@@ -213,12 +252,12 @@ class CompiledFunction:
         (their names start with the loop's); the loop's row holds its whole run, the body kernels included."""
         if not self.profile:
             raise GraphcError("compile with profile=True to count time per kernel")
-        kernels = list(all_kernels(self.program.kernels))
-        n = len(kernels)
+        names = self.rt.kernel_names
+        n = len(names)
         addr = self._engine.global_address("graphc_profile")
         counts = np.ctypeslib.as_array((ctypes.c_int64 * (2 * n)).from_address(addr))
         hz = _tsc_hz()
-        rows = [(k.name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, k in enumerate(kernels)]
+        rows = [(name, counts[2 * i] / hz, counts[2 * i + 1] / hz) for i, name in enumerate(names)]
         if reset:
             counts[:] = 0
         return sorted(rows, key=lambda r: -r[1])
@@ -230,15 +269,17 @@ class CompiledFunction:
             return self.llvm_ir
         opts = replace(self.compilation.options, target=target or self.target,
                        extras=self.extras() if extras else (), link_helpers=False)
-        return stages.llvm(self.compilation.layout, opts).text
+        return _stages().llvm(self.compilation.layout, opts).text
 
-    def _module(self) -> stages.Module:
+    def _module(self):
         """The program's LLVM module with the subclass's drivers (emitted on first use)."""
         self.compilation.options = replace(self.compilation.options, extras=self.extras())
         return self.compilation.module()
 
     def _build(self) -> bytes:
         load_llvm_in_background()  # while the module is emitted
+        from graphc.codegen import parallel
+
         if parallel.wants_split(self.program):
             parallel.prestart()  # the helper process that compiles part of it, also while it is emitted
         try:
@@ -266,7 +307,7 @@ class CompiledFunction:
         for this process may only declare them: it is linked with their library)."""
         module = self._module()
         if module.helpers_declared or module.parts:
-            return stages.llvm(self.compilation.layout, replace(self.compilation.options, link_helpers=False)).text
+            return _stages().llvm(self.compilation.layout, replace(self.compilation.options, link_helpers=False)).text
         return module.text
 
     @property
@@ -277,8 +318,7 @@ class CompiledFunction:
     @property
     def memory_plan(self) -> MemoryPlan:
         """The arena plan of the last call (or, before any call, for every symbolic dim = 1)."""
-        return self._plan or self.compilation.layout.plan({s: 1 for s in self.program.symbols}, self.threads,
-                                                          self.target)
+        return self._plan or memory_plan(self.rt, {s: 1 for s in self.rt.symbols}, self.threads, self.target)
 
     def _repr_svg_(self) -> str:  # notebooks: draw the fused kernels lazily; viz sits above the runtime
         from graphc.viz import svg
@@ -308,6 +348,7 @@ class CompiledFunction:
         from dataclasses import replace
 
         alone = replace(self.program, kernels=[k])
+        stages = _stages()
         return stages.llvm(stages.Layout(alone, [False]), replace(self.compilation.options, extras=(),
                                                                   profile=False, link_helpers=False)).text
 
@@ -334,13 +375,13 @@ class CompiledFunction:
     def _prepare_fast_path(self) -> None:
         """Per-call checks precomputed: which leaf each key names, what each dim must be, how to size
         outputs. Anything unusual falls back to the full (slow, precise) check, which raises."""
-        prog = self.program
+        prog = self.rt
         g = self.signature
         self._symbols = list(prog.symbols)
         sym_index = {s: i for i, s in enumerate(self._symbols)}
         self._leaf_specs = []  # (leaf, table slot, dtype, [(int dim) or (symbol index as -1-k)])
         self._by_key: dict = {}
-        for leaf, buf in zip(g.inputs, prog.inputs, strict=True):
+        for leaf, buf in zip(g.inputs, map(prog.input_buffer, range(len(prog.inputs))), strict=True):
             if not self.training and leaf.name == "rng_key":
                 continue
             dims = []
@@ -357,9 +398,10 @@ class CompiledFunction:
             self._by_key[leaf.name] = spec
             self._by_key[id(leaf)] = spec
         self._out_specs = []
-        for buf in prog.outputs[:self._n_results]:
+        outputs = [prog.output_buffer(k) for k in range(len(prog.outputs))]
+        for buf in outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
-        self._written = {prog.inputs[j].index for j in self.updates.values()}
+        self._written = {prog.inputs[j] for j in self.updates.values()}
         self._apart: tuple | None = None  # the input spans last found apart from the arrays updated in place
         slots = [spec[0] for spec in self._out_specs]
         # an output that repeats an earlier one (the same tensor asked for twice): (its index, the earlier's)
@@ -369,7 +411,7 @@ class CompiledFunction:
         self._recycle: list[np.ndarray | None] = [None] * len(self._out_specs)
         # output shapes known without the runtime dims (None where one depends on them)
         self._static_out_shapes = [tuple(f(None) for f in dims) if all(isinstance(d, int) for d in buf.shape)
-                                   else None for (_, _, dims), buf in zip(self._out_specs, prog.outputs, strict=False)]
+                                   else None for (_, _, dims), buf in zip(self._out_specs, outputs, strict=False)]
         base = np.zeros(self._nbuf, dtype=np.uintp)
         for idx, a in self._consts.items():
             base[idx] = a.ctypes.data
@@ -443,8 +485,8 @@ class CompiledFunction:
             where = f"compiled function {how} at {capture_source().where()}"
             arrays, envd = self._check(values, where)
             g = self.signature
-            fast = ({buf.index: (arrays[id(leaf)], data_address(arrays[id(leaf)]))
-                     for leaf, buf in zip(g.inputs, self.program.inputs, strict=True) if id(leaf) in arrays},
+            fast = ({buf: (arrays[id(leaf)], data_address(arrays[id(leaf)]))
+                     for leaf, buf in zip(g.inputs, self.rt.inputs, strict=True) if id(leaf) in arrays},
                     [envd[s] for s in self._symbols])
         if threads is None and self._auto_threads:
             nthreads = self._threads_for(fast[1], self.threads)
@@ -468,7 +510,7 @@ class CompiledFunction:
             for _, a in active:
                 if a in self._written or b in self._written:
                     first, second = (a, b) if a in self._written else (b, a)
-                    names = [self.program.buffers[x].label for x in (first, second)]
+                    names = [self.rt.buffers[x].label for x in (first, second)]
                     raise InputError(f"compiled function called at {capture_source().where()}: the array given for "
                                      f"{names[0]!r}, updated in place, shares memory with the one for {names[1]!r}: "
                                      "the update would change it while it is read; pass a copy (np.array(...)) for "
@@ -548,9 +590,8 @@ class CompiledFunction:
         """A rough one-thread time for the program at these dims: GEMMs at GEMM_FLOPS, everything else at
         LOOP_SECONDS per element of its loop domain."""
         if self._cost_terms is None:  # (seconds per unit, dims whose product is the units), built once
-            self._cost_terms = [
-                (2.0 / GEMM_FLOPS, [self._dim_fn(d) for d in (*k.batch, k.m, k.n, k.k)]) if isinstance(k, GemmKernel)
-                else (LOOP_SECONDS, [self._dim_fn(d) for d in k.domain]) for k in self.program.kernels]
+            self._cost_terms = [(2.0 / GEMM_FLOPS if kind == "gemm" else LOOP_SECONDS, [self._dim_fn(d) for d in dims])
+                                for kind, dims in self.rt.costs]
         t = 0.0
         for w, dims in self._cost_terms:
             size = 1
@@ -595,7 +636,7 @@ class CompiledFunction:
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise NumericalError(f"{where}: {label} has a non-finite value {a[tuple(bad)]} at index "
                                      f"{tuple(int(i) for i in bad)}")
-        for s in self.program.symbols:
+        for s in self.rt.symbols:
             if s not in env:
                 raise ShapeError(f"{where}: no input binds dim {s}")
         return arrays, env
@@ -609,7 +650,7 @@ class CompiledFunction:
             old = self._plan.env if self._plan else {}
             grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
             threads = max(nthreads, getattr(self, "_plan_threads", 0))
-            plan = self.compilation.layout.plan(grow, threads, self.target)
+            plan = memory_plan(self.rt, grow, threads, self.target)
             try:  # nothing is replaced until both are allocated: a MemoryError leaves the old plan in use
                 arena = aligned_bytes(max(plan.arena_bytes, 64))
                 ws = aligned_bytes(max(plan.workspace_bytes, 64))
@@ -679,7 +720,7 @@ class CompiledFunction:
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
         if self._error is not None and self._error.value:
             code, self._error.value = self._error.value, 0
-            raise InputError(f"compiled function: {self.program.checks[code - 1]}; the outputs were not written "
+            raise InputError(f"compiled function: {self.rt.checks[code - 1]}; the outputs were not written "
                              "(parameters updated in place may hold partial values)")
         for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
             if outs[k] is None:
@@ -769,7 +810,7 @@ class CompiledFunction:
 
         from graphc.runtime.reference import evaluate
 
-        leaf_at = {buf.index: leaf for leaf, buf in zip(self.signature.inputs, self.program.inputs, strict=True)}
+        leaf_at = {buf: leaf for leaf, buf in zip(self.signature.inputs, self.rt.inputs, strict=True)}
         values = {leaf_at[slot].name: a for slot, (a, _) in bound.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing
@@ -777,7 +818,7 @@ class CompiledFunction:
         outs = list(given) if given is not None else [None] * self._n_results
         for k, v in enumerate(got):
             if k >= self._n_results:  # an update of an input, in place
-                arr = bound[self.program.inputs[self.updates[k]].index][0]
+                arr = bound[self.rt.inputs[self.updates[k]]][0]
                 np.copyto(arr, v, casting="unsafe")
             elif outs[k] is None:
                 outs[k] = np.array(v, dtype=self._out_specs[k][1])  # a copy, 0-d stays 0-d
