@@ -217,7 +217,7 @@ class ElementwiseOp(Op):
         return out if out.shape == shape else np.broadcast_to(out, shape).copy()
 
     # -- derivative
-    def partial(self, attrs, k: int) -> tuple:
+    def partial(self, attrs, k: int) -> list:
         """g * d(expr)/d(x_k) as a tree (see `to_tree`): from memory, else from this machine's derivative file
         (`_DERIVATIVES`), else computed by `partial_expr` (sympy) and added to the file."""
         key = (tuple(sorted((p, attrs[p]) for p in self.params)), k)
@@ -344,7 +344,7 @@ _DERIVATIVES = _DerivativeFile()
 
 def _is_tree(t) -> bool:
     """Whether `t` (read from the derivative file) is a tree `from_tree` can build."""
-    if not isinstance(t, (list, tuple)) or not t:
+    if not isinstance(t, list) or not t:
         return False
     tag, n = t[0], len(t)
     if tag == "num":
@@ -353,9 +353,9 @@ def _is_tree(t) -> bool:
         return n == 2 and isinstance(t[1], str)
     if tag == "op":
         return (n == 4 and isinstance(OPS.get(t[1]), ElementwiseOp) and isinstance(t[2], dict)
-                and isinstance(t[3], (list, tuple)) and all(_is_tree(c) for c in t[3]))
+                and isinstance(t[3], list) and all(_is_tree(c) for c in t[3]))
     if tag == "fn":
-        return (n == 4 and isinstance(t[1], str) and isinstance(t[2], str) and isinstance(t[3], (list, tuple))
+        return (n == 4 and isinstance(t[1], str) and isinstance(t[2], str) and isinstance(t[3], list)
                 and all(_is_tree(c) for c in t[3]))
     return False
 
@@ -372,13 +372,13 @@ def sympy_ops() -> dict[type, ElementwiseOp]:
             if isinstance(op, ElementwiseOp) and op.sympy_fn is not None}
 
 
-def to_tree(expr: sympy.Expr) -> tuple:
-    """The graph ops computing `expr`, as plain data (JSON's: tuples read back as lists) that `from_tree` builds
-    without sympy:
-      ("num", value)                   a constant (in the dtype the tree is built in)
-      ("sym", name)                    a symbol: x0, x1, ... (the op's inputs), y (its output), g (the cotangent)
-      ("op", op name, {attrs}, [args]) a graph op of the built-in op table
-      ("fn", op name, srepr, [args])   a sub-expression with no graph op of its own, as one elementwise op
+def to_tree(expr: sympy.Expr) -> list:
+    """The graph ops computing `expr`, as plain data (nested lists, as JSON reads them back) that `from_tree`
+    builds without sympy:
+      ["num", value]                   a constant (in the dtype the tree is built in)
+      ["sym", name]                    a symbol: x0, x1, ... (the op's inputs), y (its output), g (the cotangent)
+      ["op", op name, {attrs}, [args]] a graph op of the built-in op table
+      ["fn", op name, srepr, [args]]   a sub-expression with no graph op of its own, as one elementwise op
     Sums become add/sub/neg, products mul/div/neg, powers div/mul/sqrt/powc/pow, Max/Min chains of
     maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
     import sympy
@@ -386,20 +386,20 @@ def to_tree(expr: sympy.Expr) -> tuple:
     ops = sympy_ops()
     memo: dict = {}
 
-    def node(op: ElementwiseOp, *args, **attrs) -> tuple:
-        return ("op", op.name, attrs, list(args))
+    def node(op: ElementwiseOp, *args, **attrs) -> list:
+        return ["op", op.name, attrs, list(args)]
 
-    def num(v) -> tuple:
-        return ("num", float(v))
+    def num(v) -> list:
+        return ["num", float(v)]
 
-    def build(e) -> tuple:
+    def build(e) -> list:
         if e not in memo:
             memo[e] = _build(e)
         return memo[e]
 
-    def _build(e) -> tuple:
+    def _build(e) -> list:
         if isinstance(e, sympy.Symbol):
-            return ("sym", e.name)
+            return ["sym", e.name]
         if e.is_Number or e in (sympy.pi, sympy.E):
             return num(e)
         if isinstance(e, sympy.Piecewise):
@@ -461,12 +461,12 @@ def to_tree(expr: sympy.Expr) -> tuple:
         # a sub-expression with no graph op of its own: one elementwise op over its free symbols
         free = sorted(e.free_symbols, key=lambda s: s.name)
         body = e.xreplace({s: formula_names().X[i] for i, s in enumerate(free)})
-        return ("fn", f"fn<{sympy.sstr(body)}>", sympy.srepr(body), [build(s) for s in free])
+        return ["fn", f"fn<{sympy.sstr(body)}>", sympy.srepr(body), [build(s) for s in free]]
 
-    def build_cond(c) -> tuple:
+    def build_cond(c) -> list:
         c = _simplified_condition(c) if not isinstance(c, sympy.Symbol) else c
         if isinstance(c, sympy.Symbol):
-            return ("sym", c.name)
+            return ["sym", c.name]
         if isinstance(c, sympy.And):
             raise GraphcError(f"cannot lower the condition {c} (a conjunction) to graph ops")
         rel = {sympy.StrictLessThan: LT, sympy.LessThan: LE, sympy.StrictGreaterThan: GT,
