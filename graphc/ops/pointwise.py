@@ -2,39 +2,79 @@
 
 From the one expression come the numpy reference (lambdify), the partial derivatives (sympy.diff, with the
 op's own output substituted back where it appears, so exp' reuses exp's value), and the scalar code the native
-backend emits. Derivatives are turned back into graph nodes by `from_sympy`, so the gradient of an elementwise
-op is made of ordinary elementwise ops that fuse like any other.
+backend emits. A derivative is kept as a plain tree of names and numbers (`to_tree`) and turned into graph nodes by
+`from_tree`, so the gradient of an elementwise op is made of ordinary elementwise ops that fuse like any other.
+
+Building graphs needs no sympy: a built-in op's formula is built on first use of `op.expr` (lowering, the
+reference evaluator), and derivative trees are kept per machine beside the compile cache (`partial`), so a
+process whose derivatives were computed before differentiates nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import threading
+import types
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sympy
 
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
 from graphc.ops.reduce import sum_to_shape
-from graphc.ops.scalar import NUMPY, expm1, floor_divide, log1p, relu, remainder, rint, sigmoid, softplus
 
-X = sympy.symbols("x0:4", real=True)
-Y = sympy.Symbol("y", real=True)  # the op's own output, for derivatives that reuse it
-G = sympy.Symbol("g", real=True)  # the incoming cotangent
+if TYPE_CHECKING:
+    import sympy
 
 NUMERIC = FLOAT_DTYPES + INT_DTYPES
+
+
+@functools.cache
+def formula_names() -> types.SimpleNamespace:
+    """What formulas are written with, imported on first use: sympy's names, graphc's scalar functions
+    (graphc.ops.scalar), the input symbols `X` (x0, x1, ...), the op's own output `Y` (for derivatives that reuse
+    it), the incoming cotangent `G` and a parameter `P`."""
+    import sympy
+
+    from graphc.ops import scalar
+
+    names = {k: v for k, v in vars(sympy).items() if not k.startswith("_")}
+    names.update((k, getattr(scalar, k)) for k in scalar.__all__)
+    xs = sympy.symbols("x0:4", real=True)
+    names.update(sympy=sympy, X=xs, x0=xs[0], x1=xs[1], x2=xs[2], Y=sympy.Symbol("y", real=True),
+                 G=sympy.Symbol("g", real=True), P=sympy.Symbol("p", real=True))
+    return types.SimpleNamespace(**names)
+
+
+def _parse_formula(text: str) -> sympy.Expr:
+    """The expression whose `sympy.srepr` is `text` (srepr is made to be read back by eval over sympy's names)."""
+    return eval(text, dict(vars(formula_names())))  # noqa: S307 - srepr text graphc wrote (see `to_tree`)
+
+
+def __getattr__(name: str) -> Any:
+    """The formula symbols `X`, `Y`, `G` and the table `SYMPY_OPS`, importable as names, made on first use."""
+    if name in ("X", "Y", "G"):
+        return getattr(formula_names(), name)
+    if name == "SYMPY_OPS":
+        return sympy_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ElementwiseOp(Op):
     """out = expr(x0, x1, ...) elementwise, inputs broadcast numpy-style.
 
-    `domain` is the dtypes the inputs may have (all inputs share one dtype, except a bool condition at
-    `bool_inputs`); `out_dtype` is "same" or a dtype name. `params` are attribute names whose values are
-    substituted into `expr` (e.g. the exponent of `powc`)."""
+    `expr` is the formula: a sympy expression (a user's), a function of `formula_names()` that builds it (a
+    built-in's: called on first use of `op.expr`, so that building graphs needs no sympy), or its `sympy.srepr`
+    text (an op made for a piece of a derivative, see `to_tree`). `domain` is the dtypes the inputs may have (all
+    inputs share one dtype, except a bool condition at `bool_inputs`, whose symbol is a plain, not a real, one);
+    `out_dtype` is "same" or a dtype name. `params` are attribute names whose values are substituted into `expr`
+    (e.g. the exponent of `powc`). `partials` overrides sympy's derivatives ({input: formula}, or a function of
+    `formula_names()` giving that); `sympy_fn` names the sympy function a unary op computes (a derivative that
+    uses it becomes this op)."""
 
     kind = "elementwise"
 
@@ -42,7 +82,7 @@ class ElementwiseOp(Op):
         self,
         name: str,
         arity: int,
-        expr: sympy.Expr,
+        expr: sympy.Expr | str | Callable[[types.SimpleNamespace], sympy.Expr],
         *,
         domain: tuple[str, ...] = FLOAT_DTYPES,
         out_dtype: str = "same",
@@ -50,37 +90,69 @@ class ElementwiseOp(Op):
         bool_inputs: tuple[int, ...] = (),
         shape_inputs: tuple[int, ...] = (),
         params: tuple[str, ...] = (),
-        partials: dict[int, sympy.Expr] | None = None,
+        partials: dict[int, sympy.Expr] | Callable[[types.SimpleNamespace], dict] | None = None,
+        sympy_fn: str | None = None,
         simplify: bool = False,
         user: bool = False,
         numpy_fn: Callable | None = None,
     ):
         self.name = name
         self.arity = arity
-        self.args = X[:arity]
-        self.expr = expr
+        self._formula = expr
+        self._expr = expr if not isinstance(expr, (str, types.FunctionType)) else None
+        self._text = expr if isinstance(expr, str) else None
         self.domain = domain
         self.out_dtype = out_dtype
         self.differentiable = differentiable
         self.bool_inputs = bool_inputs
         self.shape_inputs = shape_inputs  # inputs read for their shape only (they broadcast the result)
         self.params = params
-        self.partial_overrides = partials or {}
+        self._overrides = partials
+        self.sympy_fn = sympy_fn
         self.simplify = simplify
         self.user = user
         self.numpy_fn = numpy_fn  # where lambdify's rendering of the formula does not broadcast
         self._lock = threading.Lock()
         self._lambdas: dict = {}
-        self._partials: dict = {}
+        self._partials: dict = {}  # (params, k) -> derivative tree
+        self._partial_exprs: dict = {}  # (params, k) -> sympy derivative
+
+    @property
+    def expr(self) -> sympy.Expr:
+        """The formula (sympy), built or read back from its text on first use."""
+        if self._expr is None:
+            f = self._formula
+            self._expr = _parse_formula(f) if isinstance(f, str) else f(formula_names())
+        return self._expr
+
+    @functools.cached_property
+    def args(self) -> tuple:
+        """The formula's input symbols: x0, x1, ... (real), a bool input's a plain symbol of its name."""
+        from sympy import Symbol
+
+        xs = formula_names().X[:self.arity]
+        return tuple(Symbol(x.name) if k in self.bool_inputs else x for k, x in enumerate(xs))
+
+    @functools.cached_property
+    def partial_overrides(self) -> dict:
+        o = self._overrides
+        return o(formula_names()) if isinstance(o, types.FunctionType) else dict(o or {})
 
     def fingerprint(self) -> str:
-        return f"{self.name}:{sympy.srepr(self.expr)}"
+        if isinstance(self._formula, types.FunctionType):
+            # a built-in's formula is fixed by graphc's source, which the compile cache's key holds already
+            return f"{self.name}({','.join(self.params)})"
+        if self._text is None:
+            from sympy import srepr
+
+            self._text = srepr(self.expr)
+        return f"{self.name}:{self._text}"
 
     def expr_for(self, attrs) -> sympy.Expr:
         """The scalar expression with this node's attribute values substituted."""
         if not self.params:
             return self.expr
-        return self.expr.subs({sympy.Symbol(p, real=True): sympy.sympify(attrs[p]) for p in self.params})
+        return self.expr.subs(_param_values(self.params, attrs))
 
     # -- shape and dtype rule
     def infer(self, inputs, attrs):
@@ -107,10 +179,12 @@ class ElementwiseOp(Op):
     # -- lowering: the formula, applied to the inputs broadcast to the output's shape
     @property
     def cost(self) -> int:
-        """8 for a formula with a transcendental function, a division or a power (worth computing once), else 1."""
-        cheap = (sympy.Max, sympy.Min, sympy.Piecewise, sympy.Abs, sympy.sign, sympy.Heaviside, relu)
+        """8 for a formula with a transcendental function, a division or a power (worth computing once), else 1.
+        (Read by the scheduler, at compile time: it builds the formula.)"""
+        s = formula_names()
+        cheap = (s.Max, s.Min, s.Piecewise, s.Abs, s.sign, s.Heaviside, s.relu)
         e = self.expr
-        if any(not isinstance(f, cheap) for f in e.atoms(sympy.Function)) or e.atoms(sympy.Pow):
+        if any(not isinstance(f, cheap) for f in e.atoms(s.Function)) or e.atoms(s.Pow):
             return 8
         return 1
 
@@ -127,6 +201,10 @@ class ElementwiseOp(Op):
         if fn is None and self.numpy_fn is not None:
             fn = self._lambdas[key] = self.numpy_fn
         if fn is None:
+            import sympy
+
+            from graphc.ops.scalar import NUMPY
+
             fn = sympy.lambdify(self.args, self.expr_for(attrs), modules=[NUMPY, "numpy"])
             self._lambdas[key] = fn
         return fn
@@ -139,71 +217,189 @@ class ElementwiseOp(Op):
         return out if out.shape == shape else np.broadcast_to(out, shape).copy()
 
     # -- derivative
-    def partial(self, attrs, k: int) -> sympy.Expr:
-        """g * d(expr)/d(x_k), with Heaviside/Piecewise folded so `g * [x > 0]` reads `where(x > 0, g, 0)`."""
+    def partial(self, attrs, k: int) -> list:
+        """g * d(expr)/d(x_k) as a tree (see `to_tree`): from memory, else from this machine's derivative file
+        (`_DERIVATIVES`), else computed by `partial_expr` (sympy) and added to the file."""
         key = (tuple(sorted((p, attrs[p]) for p in self.params)), k)
         with self._lock:
-            if key in self._partials:
-                return self._partials[key]
+            tree = self._partials.get(key)
+        if tree is None:
+            name = f"{self.fingerprint()}|{key[0]!r}|{k}"
+            tree = _DERIVATIVES.get(name)
+            if tree is None:
+                tree = to_tree(self.partial_expr(attrs, k))
+                _DERIVATIVES.put(name, tree)
+            with self._lock:
+                self._partials[key] = tree
+        return tree
+
+    def partial_expr(self, attrs, k: int) -> sympy.Expr:
+        """g * d(expr)/d(x_k) (sympy), with Heaviside/Piecewise folded so `g * [x > 0]` reads `where(x > 0, g, 0)`."""
+        import sympy
+
+        key = (tuple(sorted((p, attrs[p]) for p in self.params)), k)
+        with self._lock:
+            if key in self._partial_exprs:
+                return self._partial_exprs[key]
+        s = formula_names()
         expr = self.expr_for(attrs)
         if k in self.partial_overrides:
             d = self.partial_overrides[k]
             if self.params:
-                d = d.subs({sympy.Symbol(p, real=True): sympy.sympify(attrs[p]) for p in self.params})
+                d = d.subs(_param_values(self.params, attrs))
         else:
             d = sympy.diff(expr, self.args[k])
             if self.simplify:
                 d = _simplest(d)
             if expr not in self.args:
-                d = d.subs(expr, Y)
+                d = d.subs(expr, s.Y)
         d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
         d = d.rewrite(sympy.Heaviside, sympy.Piecewise) if d.has(sympy.Heaviside) else d
         d = d.replace(lambda e: isinstance(e, sympy.Heaviside), lambda e: e.rewrite(sympy.Piecewise))
-        out = sympy.piecewise_fold(G * d)
+        out = sympy.piecewise_fold(s.G * d)
         with self._lock:
-            self._partials[key] = out
+            self._partial_exprs[key] = out
         return out
 
     def vjp(self, node, g):
         out: list[Node | None] = []
-        env = {Y: node, G: g}
-        env.update({a: i for a, i in zip(self.args, node.inputs, strict=True)})
+        env = {"y": node, "g": g}
+        env.update((f"x{k}", i) for k, i in enumerate(node.inputs))
         for k, x in enumerate(node.inputs):
             if k in self.bool_inputs + self.shape_inputs or x.dtype not in FLOAT_DTYPES:
                 out.append(None)
                 continue
-            e = self.partial(node.attrs, k)
-            if e == 0:
+            tree = self.partial(node.attrs, k)
+            if tree[0] == "num" and tree[1] == 0:
                 out.append(None)
                 continue
-            out.append(sum_to_shape(from_sympy(e, env, g.dtype, node.shape), x.shape))
+            out.append(sum_to_shape(from_tree(tree, env, g.dtype, node.shape), x.shape))
         return out
 
 
+def _param_values(params: tuple[str, ...], attrs) -> dict:
+    """{parameter symbol: its value} for `expr.subs`."""
+    import sympy
+
+    return {sympy.Symbol(p, real=True): sympy.sympify(attrs[p]) for p in params}
+
+
 # ---------------------------------------------------------------------------------------------------------
-# sympy expression -> graph nodes
+# derivatives kept per machine
 
 
-SYMPY_OPS: dict[type, ElementwiseOp] = {}  # sympy function class -> the unary op that computes it
+class _DerivativeFile:
+    """The derivative trees computed on this machine, in one JSON file in the compile cache's directory, named by
+    graphc's code version (edited formulas never meet stale derivatives): {"code_version": ..., "entries":
+    {op fingerprint|params|input: tree}}. Read once per process; each new derivative is merged into what the file
+    holds now and written back atomically (last writer wins, a lost entry is computed again). A file that cannot
+    be read or parsed counts as empty, a directory that cannot be written means no file."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict | None = None
+        self._version = ""
+
+    def _path(self):
+        # the compile cache's rules (GRAPHC_CACHE_DIR, ...), imported on use: the cache sits above the ops
+        from graphc.runtime import cache
+
+        self._version = cache.code_version()
+        return cache.directory() / f"derivatives-{self._version[:24]}.json"
+
+    def _read(self, path) -> dict:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        ok = isinstance(data, dict) and data.get("code_version") == self._version
+        entries = data.get("entries") if ok else None
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, name: str):
+        with self._lock:
+            if self._entries is None:
+                self._entries = self._read(self._path())
+            tree = self._entries.get(name)
+        return tree if tree is not None and _is_tree(tree) else None
+
+    def put(self, name: str, tree) -> None:
+        from graphc.runtime.cache import _atomic_write
+
+        with self._lock:
+            self._entries[name] = tree
+            path = self._path()
+            try:
+                merged = {**self._read(path), **self._entries}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                data = json.dumps({"code_version": self._version, "entries": merged}, separators=(",", ":"))
+                _atomic_write(path, data.encode())
+            except OSError:
+                return
 
 
-def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
-    """Build graph nodes computing `expr`, with symbols bound to nodes by `env`, numbers in `dtype`."""
-    cache: dict = {}
+_DERIVATIVES = _DerivativeFile()
 
-    def num(v) -> Tensor:
-        return constant(float(v), dtype)
 
-    def build(e) -> Tensor:
-        if e in cache:
-            return cache[e]
-        r = _build(e)
-        cache[e] = r
-        return r
+def _is_tree(t) -> bool:
+    """Whether `t` (read from the derivative file) is a tree `from_tree` can build."""
+    if not isinstance(t, list) or not t:
+        return False
+    tag, n = t[0], len(t)
+    if tag == "num":
+        return n == 2 and isinstance(t[1], (int, float)) and not isinstance(t[1], bool)
+    if tag == "sym":
+        return n == 2 and isinstance(t[1], str)
+    if tag == "op":
+        return (n == 4 and isinstance(OPS.get(t[1]), ElementwiseOp) and isinstance(t[2], dict)
+                and isinstance(t[3], list) and all(_is_tree(c) for c in t[3]))
+    if tag == "fn":
+        return (n == 4 and isinstance(t[1], str) and isinstance(t[2], str) and isinstance(t[3], list)
+                and all(_is_tree(c) for c in t[3]))
+    return False
 
-    def _build(e) -> Tensor:
-        if e in env:
-            return env[e]
+
+# ---------------------------------------------------------------------------------------------------------
+# sympy expression -> tree -> graph nodes
+
+
+@functools.cache
+def sympy_ops() -> dict[type, ElementwiseOp]:
+    """sympy function class -> the built-in op that computes it."""
+    s = formula_names()
+    return {getattr(s, op.sympy_fn): op for op in list(OPS.values())
+            if isinstance(op, ElementwiseOp) and op.sympy_fn is not None}
+
+
+def to_tree(expr: sympy.Expr) -> list:
+    """The graph ops computing `expr`, as plain data (nested lists, as JSON reads them back) that `from_tree`
+    builds without sympy:
+      ["num", value]                   a constant (in the dtype the tree is built in)
+      ["sym", name]                    a symbol: x0, x1, ... (the op's inputs), y (its output), g (the cotangent)
+      ["op", op name, {attrs}, [args]] a graph op of the built-in op table
+      ["fn", op name, srepr, [args]]   a sub-expression with no graph op of its own, as one elementwise op
+    Sums become add/sub/neg, products mul/div/neg, powers div/mul/sqrt/powc/pow, Max/Min chains of
+    maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
+    import sympy
+
+    ops = sympy_ops()
+    memo: dict = {}
+
+    def node(op: ElementwiseOp, *args, **attrs) -> list:
+        return ["op", op.name, attrs, list(args)]
+
+    def num(v) -> list:
+        return ["num", float(v)]
+
+    def build(e) -> list:
+        if e not in memo:
+            memo[e] = _build(e)
+        return memo[e]
+
+    def _build(e) -> list:
+        if isinstance(e, sympy.Symbol):
+            return ["sym", e.name]
         if e.is_Number or e in (sympy.pi, sympy.E):
             return num(e)
         if isinstance(e, sympy.Piecewise):
@@ -211,73 +407,109 @@ def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
             if cond == sympy.true or not rest:
                 return build(val)
             other = build(sympy.Piecewise(*rest))
-            return apply(WHERE, (build_cond(cond), build(val), other))
+            return node(WHERE, build_cond(cond), build(val), other)
         if e.is_Add:
             pos = [t for t in e.args if not t.could_extract_minus_sign()]
             neg = [-t for t in e.args if t.could_extract_minus_sign()]
             if not pos:
-                acc = apply(NEG, (build(neg[0]),))
+                acc = node(NEG, build(neg[0]))
                 neg = neg[1:]
             else:
                 acc = build(pos[0])
                 for t in pos[1:]:
-                    acc = apply(ADD, (acc, build(t)))
+                    acc = node(ADD, acc, build(t))
             for t in neg:
-                acc = apply(SUB, (acc, build(t)))
+                acc = node(SUB, acc, build(t))
             return acc
         if e.is_Mul:
             if e.could_extract_minus_sign():
-                return apply(NEG, (build(-e),))
+                return node(NEG, build(-e))
             n, d = sympy.fraction(e)
             if d != 1:
-                return apply(DIV, (build(n), build(d)))
+                return node(DIV, build(n), build(d))
             factors = sorted(e.args, key=lambda t: (not t.is_Number, sympy.default_sort_key(t)))
             acc = build(factors[0])
             for t in factors[1:]:
-                acc = apply(MUL, (acc, build(t)))
+                acc = node(MUL, acc, build(t))
             return acc
         if e.is_Pow:
             b, p = e.args
             if p == -1:
-                return apply(DIV, (num(1), build(b)))
+                return node(DIV, num(1), build(b))
             if p.is_Number and p < 0:
-                return apply(DIV, (num(1), build(b ** (-p))))
+                return node(DIV, num(1), build(b ** (-p)))
             if p == 2:
                 bb = build(b)
-                return apply(MUL, (bb, bb))
+                return node(MUL, bb, bb)
             if p == sympy.Rational(1, 2):
-                return apply(SQRT, (build(b),))
+                return node(SQRT, build(b))
             if p.is_Number:
-                return apply(POWC, (build(b),), p=float(p) if not p.is_Integer else int(p))
-            return apply(POW, (build(b), build(p)))
+                return node(POWC, build(b), p=float(p) if not p.is_Integer else int(p))
+            return node(POW, build(b), build(p))
         if isinstance(e, (sympy.Max, sympy.Min)):
             op = MAXIMUM if isinstance(e, sympy.Max) else MINIMUM
             args = sorted(e.args, key=sympy.default_sort_key)
             acc = build(args[0])
             for t in args[1:]:
-                acc = apply(op, (acc, build(t)))
+                acc = node(op, acc, build(t))
             return acc
         if isinstance(e, sympy.exp) and e.args[0] == 1:
             return num(sympy.E)
         fn = type(e)
-        if fn in SYMPY_OPS and len(e.args) == 1:
-            return apply(SYMPY_OPS[fn], (build(e.args[0]),))
-        return _anonymous(e, build)
+        if fn in ops and len(e.args) == 1:
+            return node(ops[fn], build(e.args[0]))
+        # a sub-expression with no graph op of its own: one elementwise op over its free symbols
+        free = sorted(e.free_symbols, key=lambda s: s.name)
+        body = e.xreplace({s: formula_names().X[i] for i, s in enumerate(free)})
+        return ["fn", f"fn<{sympy.sstr(body)}>", sympy.srepr(body), [build(s) for s in free]]
 
-    def build_cond(c) -> Tensor:
+    def build_cond(c) -> list:
         c = _simplified_condition(c) if not isinstance(c, sympy.Symbol) else c
-        if c in env:
-            return env[c]
+        if isinstance(c, sympy.Symbol):
+            return ["sym", c.name]
         if isinstance(c, sympy.And):
             raise GraphcError(f"cannot lower the condition {c} (a conjunction) to graph ops")
         rel = {sympy.StrictLessThan: LT, sympy.LessThan: LE, sympy.StrictGreaterThan: GT,
                sympy.GreaterThan: GE, sympy.Equality: EQ, sympy.Unequality: NE}
         for cls, op in rel.items():
             if isinstance(c, cls):
-                return apply(op, (build(c.lhs), build(c.rhs)))
+                return node(op, build(c.lhs), build(c.rhs))
         raise GraphcError(f"cannot lower the condition {c} to graph ops")
 
-    out = build(sympy.sympify(expr))
+    return build(sympy.sympify(expr))
+
+
+_anon_lock = threading.Lock()
+
+
+def from_tree(tree, env: dict[str, Tensor], dtype: str, shape) -> Tensor:
+    """Build the graph nodes of `tree` (see `to_tree`), with symbols bound to nodes by name in `env`, numbers in
+    `dtype`, broadcast to `shape`. Needs no sympy: a "fn" op's formula is read from its text when it is lowered
+    or evaluated."""
+    memo: dict[int, Tensor] = {}
+
+    def build(t) -> Tensor:
+        r = memo.get(id(t))
+        if r is None:
+            r = memo[id(t)] = _build(t)
+        return r
+
+    def _build(t) -> Tensor:
+        tag = t[0]
+        if tag == "num":
+            return constant(float(t[1]), dtype)
+        if tag == "sym":
+            return env[t[1]]
+        if tag == "op":
+            return apply(OPS[t[1]], tuple(build(a) for a in t[3]), **t[2])
+        name, text, args = t[1], t[2], t[3]
+        with _anon_lock:
+            op = OPS.get(name)
+            if op is None:
+                op = register(ElementwiseOp(name, len(args), text, simplify=False))
+        return apply(op, tuple(build(a) for a in args))
+
+    out = build(tree)
     if tuple(out.shape) != tuple(shape):
         from graphc.ops.movement import broadcast_to
 
@@ -285,30 +517,38 @@ def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
     return out
 
 
-_anon_lock = threading.Lock()
+def from_sympy(expr: sympy.Expr, env: dict, dtype: str, shape) -> Tensor:
+    """Build graph nodes computing `expr`, with symbols bound to nodes by `env` ({symbol: node}), numbers in
+    `dtype`."""
+    return from_tree(to_tree(expr), {s.name: n for s, n in env.items()}, dtype, shape)
 
 
 @functools.lru_cache(maxsize=1024)
 def _simplified_condition(c):
     """sympy.simplify of a derivative's condition (x0 - x1 > 0 -> x0 > x1): ~60 ms each, and the same few
     conditions come back with every gradient through a maximum, a minimum or a where (pure: cached)."""
+    import sympy
+
     return sympy.simplify(c)
-
-
-_STRUCTURAL = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Piecewise, sympy.Max, sympy.Min, sympy.Heaviside,
-               sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction)
 
 
 def _lowerable(e: sympy.Expr) -> bool:
     """Only functions that have graph ops: sympy.simplify likes cosh, which would become an opaque op."""
+    import sympy
+
+    structural = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Piecewise, sympy.Max, sympy.Min, sympy.Heaviside,
+                  sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction)
+    ops = sympy_ops()
     for f in e.atoms(sympy.Function):
-        if type(f) not in SYMPY_OPS and not isinstance(f, _STRUCTURAL):
+        if type(f) not in ops and not isinstance(f, structural):
             return False
     return True
 
 
 def _exp_of_one_plus(e: sympy.Expr):
     """a when e is 1 + exp(a), else None."""
+    import sympy
+
     if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
         other = e.args[0] if e.args[1] == 1 else e.args[1]
         if isinstance(other, sympy.exp):
@@ -320,6 +560,8 @@ def _stable_formula(expr: sympy.Expr) -> sympy.Expr:
     """A user's formula with 1 / (1 + exp(a)) as sigmoid(-a) and log(1 + exp(a)) as softplus(a) (the graph's
     stability rewrites, applied to the formula): swish z / (1 + exp(-z)) then has the derivative
     sigmoid(z) + z sigmoid(z) sigmoid(-z), finite everywhere, where exp(-z) overflowed the formula's own."""
+    import sympy
+
     from graphc.ops.scalar import sigmoid as s_sigmoid
     from graphc.ops.scalar import softplus as s_softplus
 
@@ -335,6 +577,8 @@ def _stable_formula(expr: sympy.Expr) -> sympy.Expr:
 
 def _simplest(d: sympy.Expr) -> sympy.Expr:
     """The smallest of a few simplifications of a derivative that stays within functions graphc has as ops."""
+    import sympy
+
     candidates = [d]
     for f in (sympy.simplify, sympy.cancel, sympy.factor, sympy.together):
         try:
@@ -345,91 +589,76 @@ def _simplest(d: sympy.Expr) -> sympy.Expr:
     return min(ok, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
 
 
-def _anonymous(e: sympy.Expr, build) -> Tensor:
-    """An expression with no graph op of its own becomes one elementwise op over its free symbols."""
-    free = sorted(e.free_symbols, key=lambda s: s.name)
-    sub = {s: X[i] for i, s in enumerate(free)}
-    body = e.xreplace(sub)
-    name = f"fn<{sympy.sstr(body)}>"
-    with _anon_lock:
-        op = OPS.get(name)
-        if op is None:
-            op = register(ElementwiseOp(name, len(free), body, simplify=False))
-    return apply(op, tuple(build(s) for s in free))
-
-
 # ---------------------------------------------------------------------------------------------------------
-# the built-in elementwise ops
-
-x0, x1, x2 = X[:3]
-_P = sympy.Symbol("p", real=True)
+# the built-in elementwise ops: each formula a function of `formula_names()` (s), built on first use
 
 
 def _ew(name, arity, expr, sympy_fn=None, **kw) -> ElementwiseOp:
-    op = register(ElementwiseOp(name, arity, expr, **kw))
-    if sympy_fn is not None:
-        SYMPY_OPS[sympy_fn] = op
-    return op
+    return register(ElementwiseOp(name, arity, expr, sympy_fn=sympy_fn, **kw))
 
 
-ADD = _ew("add", 2, x0 + x1, domain=NUMERIC)
-SUB = _ew("sub", 2, x0 - x1, domain=NUMERIC)
-MUL = _ew("mul", 2, x0 * x1, domain=NUMERIC)
-DIV = _ew("div", 2, x0 / x1)
-NEG = _ew("neg", 1, -x0, domain=NUMERIC)
+ADD = _ew("add", 2, lambda s: s.x0 + s.x1, domain=NUMERIC)
+SUB = _ew("sub", 2, lambda s: s.x0 - s.x1, domain=NUMERIC)
+MUL = _ew("mul", 2, lambda s: s.x0 * s.x1, domain=NUMERIC)
+DIV = _ew("div", 2, lambda s: s.x0 / s.x1)
+NEG = _ew("neg", 1, lambda s: -s.x0, domain=NUMERIC)
 # pow's sympy derivatives x1*x0**x1/x0 and y*log(x0) are nan at x0 = 0; these are not (for x1 > 1, x0 >= 0)
-POW = _ew("pow", 2, x0 ** x1, partials={
-    0: x1 * x0 ** (x1 - 1),
-    1: sympy.Piecewise((0, sympy.Eq(x0, 0)), (x0 ** x1 * sympy.log(x0), True)),
+POW = _ew("pow", 2, lambda s: s.x0 ** s.x1, partials=lambda s: {
+    0: s.x1 * s.x0 ** (s.x1 - 1),
+    1: s.Piecewise((0, s.Eq(s.x0, 0)), (s.x0 ** s.x1 * s.log(s.x0), True)),
 })
 # ints too, for a non-negative integer p (power() sends only those): exact, by repeated squaring in native code
-POWC = _ew("powc", 1, x0 ** _P, params=("p",), partials={0: _P * x0 ** (_P - 1)}, domain=NUMERIC)
-EXP = _ew("exp", 1, sympy.exp(x0), sympy.exp)
-LOG = _ew("log", 1, sympy.log(x0), sympy.log)
-LOG1P = _ew("log1p", 1, log1p(x0), log1p)
-EXPM1 = _ew("expm1", 1, expm1(x0), expm1, partials={0: Y + 1})
-SQRT = _ew("sqrt", 1, sympy.sqrt(x0))
-ABS = _ew("abs", 1, sympy.Abs(x0), sympy.Abs, domain=NUMERIC)
-SIGN = _ew("sign", 1, sympy.sign(x0), sympy.sign, domain=NUMERIC, partials={0: sympy.Integer(0)})
-TANH = _ew("tanh", 1, sympy.tanh(x0), sympy.tanh)
-SIGMOID = _ew("sigmoid", 1, sigmoid(x0), sigmoid)
-SOFTPLUS = _ew("softplus", 1, softplus(x0), softplus)
-RELU = _ew("relu", 1, relu(x0), relu, domain=NUMERIC)
-ERF = _ew("erf", 1, sympy.erf(x0), sympy.erf)
-# trigonometric and hyperbolic functions under numpy's names (native code: the C library's, lane by lane)
-TRIG = {name: _ew(name, 1, fn(x0), fn) for name, fn in (
-    ("sin", sympy.sin), ("cos", sympy.cos), ("tan", sympy.tan), ("arcsin", sympy.asin), ("arccos", sympy.acos),
-    ("arctan", sympy.atan), ("sinh", sympy.sinh), ("cosh", sympy.cosh), ("arcsinh", sympy.asinh),
-    ("arccosh", sympy.acosh), ("arctanh", sympy.atanh))}
+POWC = _ew("powc", 1, lambda s: s.x0 ** s.P, params=("p",), partials=lambda s: {0: s.P * s.x0 ** (s.P - 1)},
+           domain=NUMERIC)
+EXP = _ew("exp", 1, lambda s: s.exp(s.x0), "exp")
+LOG = _ew("log", 1, lambda s: s.log(s.x0), "log")
+LOG1P = _ew("log1p", 1, lambda s: s.log1p(s.x0), "log1p")
+EXPM1 = _ew("expm1", 1, lambda s: s.expm1(s.x0), "expm1", partials=lambda s: {0: s.Y + 1})
+SQRT = _ew("sqrt", 1, lambda s: s.sqrt(s.x0))
+ABS = _ew("abs", 1, lambda s: s.Abs(s.x0), "Abs", domain=NUMERIC)
+SIGN = _ew("sign", 1, lambda s: s.sign(s.x0), "sign", domain=NUMERIC, partials=lambda s: {0: s.Integer(0)})
+TANH = _ew("tanh", 1, lambda s: s.tanh(s.x0), "tanh")
+SIGMOID = _ew("sigmoid", 1, lambda s: s.sigmoid(s.x0), "sigmoid")
+SOFTPLUS = _ew("softplus", 1, lambda s: s.softplus(s.x0), "softplus")
+RELU = _ew("relu", 1, lambda s: s.relu(s.x0), "relu", domain=NUMERIC)
+ERF = _ew("erf", 1, lambda s: s.erf(s.x0), "erf")
+# trigonometric and hyperbolic functions under numpy's names, sympy's in the formulas (native code: the C
+# library's, lane by lane)
+TRIG = {name: _ew(name, 1, lambda s, fn=fn: getattr(s, fn)(s.x0), fn) for name, fn in (
+    ("sin", "sin"), ("cos", "cos"), ("tan", "tan"), ("arcsin", "asin"), ("arccos", "acos"), ("arctan", "atan"),
+    ("sinh", "sinh"), ("cosh", "cosh"), ("arcsinh", "asinh"), ("arccosh", "acosh"), ("arctanh", "atanh"))}
 # piecewise constant: their derivatives are 0 (where defined); remainder's are 1 and -floor_divide
-FLOOR = _ew("floor", 1, sympy.floor(x0), sympy.floor, partials={0: sympy.Integer(0)})
-CEIL = _ew("ceil", 1, sympy.ceiling(x0), sympy.ceiling, partials={0: sympy.Integer(0)})
-ROUND = _ew("round", 1, rint(x0), rint, partials={0: sympy.Integer(0)})  # ties to even, as numpy.round
-FLOORDIV = _ew("floor_divide", 2, floor_divide(x0, x1), floor_divide, domain=NUMERIC,
-               partials={0: sympy.Integer(0), 1: sympy.Integer(0)})
-REM = _ew("remainder", 2, remainder(x0, x1), remainder, domain=NUMERIC,
-          partials={0: sympy.Integer(1), 1: -floor_divide(x0, x1)})
+FLOOR = _ew("floor", 1, lambda s: s.floor(s.x0), "floor", partials=lambda s: {0: s.Integer(0)})
+CEIL = _ew("ceil", 1, lambda s: s.ceiling(s.x0), "ceiling", partials=lambda s: {0: s.Integer(0)})
+ROUND = _ew("round", 1, lambda s: s.rint(s.x0), "rint",  # ties to even, as numpy.round
+            partials=lambda s: {0: s.Integer(0)})
+FLOORDIV = _ew("floor_divide", 2, lambda s: s.floor_divide(s.x0, s.x1), "floor_divide", domain=NUMERIC,
+               partials=lambda s: {0: s.Integer(0), 1: s.Integer(0)})
+REM = _ew("remainder", 2, lambda s: s.remainder(s.x0, s.x1), "remainder", domain=NUMERIC,
+          partials=lambda s: {0: s.Integer(1), 1: -s.floor_divide(s.x0, s.x1)})
 # ties split the cotangent evenly: d max(a, b)/da = 1/2 at a == b (sympy's Heaviside(0) = 1/2)
-MAXIMUM = _ew("maximum", 2, sympy.Max(x0, x1), domain=NUMERIC)
-MINIMUM = _ew("minimum", 2, sympy.Min(x0, x1), domain=NUMERIC)
-WHERE = _ew("where", 3, sympy.Piecewise((x1, sympy.Symbol("x0")), (x2, True)), domain=NUMERIC + ("bool",),
+MAXIMUM = _ew("maximum", 2, lambda s: s.Max(s.x0, s.x1), domain=NUMERIC)
+MINIMUM = _ew("minimum", 2, lambda s: s.Min(s.x0, s.x1), domain=NUMERIC)
+# where's condition (and the logical ops' inputs) are bool inputs: plain symbols, by the names the lambdified
+# function expects
+WHERE = _ew("where", 3, lambda s: s.Piecewise((s.x1, s.Symbol("x0")), (s.x2, True)), domain=NUMERIC + ("bool",),
             bool_inputs=(0,), numpy_fn=np.where)
 # Ops that read an input only for its shape. They keep the tensor that binds a symbolic dim (the batch N) in a
 # gradient graph, where a free-standing broadcast to (N, k) would leave N unbound (Theano's `second`).
-FULL_LIKE = _ew("full_like", 1, _P, params=("p",), shape_inputs=(0,), out_dtype="param")
-BROADCAST_LIKE = _ew("broadcast_like", 2, x0, shape_inputs=(1,), domain=NUMERIC + ("bool",))
+FULL_LIKE = _ew("full_like", 1, lambda s: s.P, params=("p",), shape_inputs=(0,), out_dtype="param")
+BROADCAST_LIKE = _ew("broadcast_like", 2, lambda s: s.x0, shape_inputs=(1,), domain=NUMERIC + ("bool",))
 _cmp = dict(domain=NUMERIC + ("bool",), out_dtype="bool", differentiable=False)
-LT = _ew("lt", 2, sympy.StrictLessThan(x0, x1), **_cmp)
-LE = _ew("le", 2, sympy.LessThan(x0, x1), **_cmp)
-GT = _ew("gt", 2, sympy.StrictGreaterThan(x0, x1), **_cmp)
-GE = _ew("ge", 2, sympy.GreaterThan(x0, x1), **_cmp)
-EQ = _ew("eq", 2, sympy.Eq(x0, x1, evaluate=False), **_cmp)
-NE = _ew("ne", 2, sympy.Ne(x0, x1, evaluate=False), **_cmp)
-NOT = _ew("logical_not", 1, sympy.Not(sympy.Symbol("x0")), domain=("bool",), out_dtype="bool",
+LT = _ew("lt", 2, lambda s: s.StrictLessThan(s.x0, s.x1), **_cmp)
+LE = _ew("le", 2, lambda s: s.LessThan(s.x0, s.x1), **_cmp)
+GT = _ew("gt", 2, lambda s: s.StrictGreaterThan(s.x0, s.x1), **_cmp)
+GE = _ew("ge", 2, lambda s: s.GreaterThan(s.x0, s.x1), **_cmp)
+EQ = _ew("eq", 2, lambda s: s.Eq(s.x0, s.x1, evaluate=False), **_cmp)
+NE = _ew("ne", 2, lambda s: s.Ne(s.x0, s.x1, evaluate=False), **_cmp)
+NOT = _ew("logical_not", 1, lambda s: s.Not(s.Symbol("x0")), domain=("bool",), out_dtype="bool",
           differentiable=False, bool_inputs=(0,), numpy_fn=np.logical_not)
-AND = _ew("logical_and", 2, sympy.And(sympy.Symbol("x0"), sympy.Symbol("x1")), domain=("bool",),
+AND = _ew("logical_and", 2, lambda s: s.And(s.Symbol("x0"), s.Symbol("x1")), domain=("bool",),
           out_dtype="bool", differentiable=False, bool_inputs=(0, 1), numpy_fn=np.logical_and)
-OR = _ew("logical_or", 2, sympy.Or(sympy.Symbol("x0"), sympy.Symbol("x1")), domain=("bool",),
+OR = _ew("logical_or", 2, lambda s: s.Or(s.Symbol("x0"), s.Symbol("x1")), domain=("bool",),
          out_dtype="bool", differentiable=False, bool_inputs=(0, 1), numpy_fn=np.logical_or)
 
 
@@ -439,7 +668,7 @@ class Cast(ElementwiseOp):
     hidden_attrs = ("dtype",)
 
     def __init__(self):
-        super().__init__("cast", 1, x0, domain=NUMERIC + ("bool",), out_dtype="param", params=())
+        super().__init__("cast", 1, lambda s: s.x0, domain=NUMERIC + ("bool",), out_dtype="param", params=())
 
     def infer(self, inputs, attrs):
         (x,) = inputs
@@ -461,11 +690,6 @@ class Cast(ElementwiseOp):
 
 
 CAST = register(Cast())
-
-# where's condition is a plain (bool) symbol; give it the name the lambdified function expects
-WHERE.args = (sympy.Symbol("x0"), x1, x2)
-NOT.args = (sympy.Symbol("x0"),)
-AND.args = OR.args = (sympy.Symbol("x0"), sympy.Symbol("x1"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -652,6 +876,9 @@ def elementwise(name: str, fn: Callable[..., sympy.Expr] | sympy.Expr, nargs: in
 
     Its numpy reference, its derivative (sympy.diff, simplified) and its native code all come from the formula.
     Returns the DSL function; declaring the same name again with the same formula returns an equal function."""
+    import sympy  # the user's formula is sympy's
+
+    X = formula_names().X  # noqa: N806 - the formulas' input symbols
     if not isinstance(name, str) or not name.isidentifier():
         raise GraphcError(f"gc.elementwise: the name must be an identifier, got {name!r}")
     if nargs is not None and (isinstance(nargs, bool) or not isinstance(nargs, int) or nargs < 0):

@@ -6,18 +6,14 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import sympy
 
 from graphc.errors import GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, eval_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
-from graphc.ops.scalar import keep_bit, rint
 from graphc.ops.sources import input as _input
 
 KEY_NAME = "rng_key"
-X0, X1, X2 = sympy.symbols("x0:3", real=True)
-B = sympy.Symbol("b")  # a bool argument
 GOLDEN = 0x9E3779B9
 M1, M2 = 0x7FEB352D, 0x846CA68B
 
@@ -106,6 +102,12 @@ class Dropout(Op):
     def lower(self, node, lx):
         """keep_bit(flat index, key, salt, threshold) chooses x / keep or 0; the threshold is rint(keep * 2^24)
         of a run-time keep probability, or the constant `threshold(keep_prob)`."""
+        import sympy
+
+        from graphc.ops.scalar import keep_bit, rint
+
+        X0, X1, X2 = sympy.symbols("x0:3", real=True)  # noqa: N806 - the formulas' symbols, as elsewhere
+        B = sympy.Symbol("b")  # noqa: N806 - a bool argument
         x, key = lx.input(0), lx.input(1)
         index = lx.flat_index("int64")
         n_in = len(node.inputs)

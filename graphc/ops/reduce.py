@@ -4,10 +4,9 @@ gradients."""
 from __future__ import annotations
 
 import numpy as np
-import sympy
 
 from graphc.errors import DTypeError, ShapeError
-from graphc.ir.lowering import ACC, NEXT, ReduceRule
+from graphc.ir.lowering import ReduceRule
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, located, register
 
@@ -74,6 +73,8 @@ class Sum(_Accumulate):
         return (broadcast_like(reshape(g, kept), x),)
 
     def reduce_rule(self, node):
+        from graphc.ir.lowering import ACC, NEXT
+
         return ReduceRule("sum", ACC + NEXT, 0.0, node.attrs["axes"])
 
 
@@ -114,6 +115,10 @@ class Max(_Extremum):
     pick = staticmethod(np.max)
 
     def reduce_rule(self, node):
+        import sympy
+
+        from graphc.ir.lowering import ACC, NEXT
+
         # propagates nan, as numpy's max does (the native code uses llvm.maximum)
         return ReduceRule("max", sympy.Max(ACC, NEXT), float("-inf"), node.attrs["axes"])
 
@@ -123,6 +128,10 @@ class Min(_Extremum):
     pick = staticmethod(np.min)
 
     def reduce_rule(self, node):
+        import sympy
+
+        from graphc.ir.lowering import ACC, NEXT
+
         return ReduceRule("min", sympy.Min(ACC, NEXT), float("inf"), node.attrs["axes"])
 
 
@@ -148,6 +157,8 @@ class Prod(_Accumulate):
         return (broadcast_to(reshape(g, kept), x.shape) * d,)
 
     def reduce_rule(self, node):
+        from graphc.ir.lowering import ACC, NEXT
+
         return ReduceRule("prod", ACC * NEXT, 1.0, node.attrs["axes"])
 
 
@@ -177,6 +188,8 @@ class Cumsum(Op):
     def reduce_rule(self, node):
         # starting from -0.0, IEEE addition's identity (-0 + x is x, -0 included), not +0: numpy's cumsum starts
         # with the first element, and a running sum of -0.0 stays -0.0
+        from graphc.ir.lowering import ACC, NEXT
+
         return ReduceRule("sum", ACC + NEXT, -0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
 
 

@@ -445,7 +445,7 @@ class ChainRule:
                 continue
             if v.inputs[0].dtype not in FLOAT_DTYPES:
                 continue
-            p = op.partial(v.attrs, 0).subs(G, 1)
+            p = op.partial_expr(v.attrs, 0).subs(G, 1)
             if not _nontrivial_derivative(p, (op.args[0], Y)):
                 continue
             c = op.vjp(v, self.adjoint[id(v)])[0]
@@ -619,7 +619,7 @@ class ChainRule:
         u = sympy.Symbol("u", real=True)
         for op_name, v in self.primes.items():  # what each f' stands for, from the op's own derivative
             x0 = v.op.args[0]
-            p = v.op.partial(v.attrs, 0).subs(G, 1)
+            p = v.op.partial_expr(v.attrs, 0).subs(G, 1)
             p = p.xreplace({x0: u, Y: v.op.expr_for(v.attrs).xreplace({x0: u})})
             # relu' is written on relu's output (relu(u) > 0); for the reader that is u > 0
             p = p.replace(lambda e: isinstance(e, (sympy.StrictGreaterThan, sympy.LessThan)) and isinstance(e.lhs, relu)
