@@ -4,7 +4,8 @@
    in the cache: LLVM included, and the link into a shared object; the GEMM helper library, compiled once per
    machine, cached, and also with an empty cache) and from the disk cache, with whether LLVM was loaded at all
    (llvmlite.binding imported, libllvmlite mapped);
-2. the peak RSS of a 1-epoch run on 60,000 synthetic rows, batch 128, 1 thread, with the program cached, next
+2. the peak RSS of a 1-epoch run on 60,000 synthetic rows, batch 128, 1 thread, with the program cached (and so
+   its derivatives: such a run imports neither sympy nor the compiler's stages, which the output checks), next
    to the numpy loop's and a baseline process holding only Python, numpy and the data (`peers.py rss`), and
    where graphc's part goes (RSS after each phase: imports and data, the graph and its gradient, the cached
    epoch function, the epoch's peak). Every process imports modules from bytecode, as from an installed
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
           f"{np_rss - none_rss:.1f} MB")
     ph = {k: statistics.median(r["rss"][k] for r in g) for k in g[0]["rss"]}
     print(f"  graphc's process, RSS after each phase: imports and data {ph['data']:.1f} MB, graph and gradient "
-          f"+{ph['graph'] - ph['data']:.1f} MB (sympy comes with the first graph), cached epoch function "
+          f"+{ph['graph'] - ph['data']:.1f} MB, cached epoch function "
           f"+{ph['compiled'] - ph['graph']:.1f} MB, the epoch's peak +{g_rss - ph['compiled']:.1f} MB")
     if pyc is not None:
         pyc.cleanup()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from graphc import cachedir
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
@@ -180,13 +181,17 @@ class ElementwiseOp(Op):
     @property
     def cost(self) -> int:
         """8 for a formula with a transcendental function, a division or a power (worth computing once), else 1.
-        (Read by the scheduler, at compile time: it builds the formula.)"""
-        s = formula_names()
-        cheap = (s.Max, s.Min, s.Piecewise, s.Abs, s.sign, s.Heaviside, s.relu)
-        e = self.expr
-        if any(not isinstance(f, cheap) for f in e.atoms(s.Function)) or e.atoms(s.Pow):
-            return 8
-        return 1
+        Read by the scheduler and by a scan's gradient (store or recompute); from the formula, kept per machine
+        beside the derivatives (a process that found them builds no formula)."""
+        name = f"cost|{self.fingerprint()}"
+        c = _DERIVATIVES.get(name, lambda v: v in (1, 8))
+        if c is None:
+            s = formula_names()
+            cheap = (s.Max, s.Min, s.Piecewise, s.Abs, s.sign, s.Heaviside, s.relu)
+            e = self.expr
+            c = 8 if any(not isinstance(f, cheap) for f in e.atoms(s.Function)) or e.atoms(s.Pow) else 1
+            _DERIVATIVES.put(name, c)
+        return c
 
     def lower(self, node, lx):
         keep = [k for k in range(len(node.inputs)) if k not in self.shape_inputs]
@@ -289,11 +294,12 @@ def _param_values(params: tuple[str, ...], attrs) -> dict:
 
 
 class _DerivativeFile:
-    """The derivative trees computed on this machine, in one JSON file in the compile cache's directory, named by
-    graphc's code version (edited formulas never meet stale derivatives): {"code_version": ..., "entries":
-    {op fingerprint|params|input: tree}}. Read once per process; each new derivative is merged into what the file
-    holds now and written back atomically (last writer wins, a lost entry is computed again). A file that cannot
-    be read or parsed counts as empty, a directory that cannot be written means no file."""
+    """The derivative trees (and formula costs) computed on this machine, in one JSON file in the compile cache's
+    directory, named by graphc's code version (edited formulas never meet stale derivatives): {"code_version":
+    ..., "entries": {op fingerprint|params|input: tree, "cost|" op fingerprint: its cost}}. Read once per process;
+    each new entry is merged into what the file holds now and written back atomically (last writer wins, a lost
+    entry is computed again). A file that cannot be read or parsed counts as empty, a directory that cannot be
+    written means no file."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -301,11 +307,8 @@ class _DerivativeFile:
         self._version = ""
 
     def _path(self):
-        # the compile cache's rules (GRAPHC_CACHE_DIR, ...), imported on use: the cache sits above the ops
-        from graphc.runtime import cache
-
-        self._version = cache.code_version()
-        return cache.directory() / f"derivatives-{self._version[:24]}.json"
+        self._version = cachedir.code_version()
+        return cachedir.directory() / f"derivatives-{self._version[:24]}.json"
 
     def _read(self, path) -> dict:
         try:
@@ -317,24 +320,25 @@ class _DerivativeFile:
         entries = data.get("entries") if ok else None
         return entries if isinstance(entries, dict) else {}
 
-    def get(self, name: str):
+    def get(self, name: str, valid=None):
+        """The entry `name` if it passes `valid` (default: is a derivative tree), else None."""
         with self._lock:
             if self._entries is None:
                 self._entries = self._read(self._path())
-            tree = self._entries.get(name)
-        return tree if tree is not None and _is_tree(tree) else None
+            value = self._entries.get(name)
+        return value if value is not None and (valid or _is_tree)(value) else None
 
-    def put(self, name: str, tree) -> None:
-        from graphc.runtime.cache import _atomic_write
-
+    def put(self, name: str, value) -> None:
         with self._lock:
-            self._entries[name] = tree
+            if self._entries is None:
+                self._entries = self._read(self._path())
+            self._entries[name] = value
             path = self._path()
             try:
                 merged = {**self._read(path), **self._entries}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 data = json.dumps({"code_version": self._version, "entries": merged}, separators=(",", ":"))
-                _atomic_write(path, data.encode())
+                cachedir.atomic_write(path, data.encode())
             except OSError:
                 return
 

@@ -7,38 +7,15 @@ truncated or foreign entry is deleted and rebuilt, never loaded."""
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
-from functools import cache
 from pathlib import Path
 
+from graphc.cachedir import atomic_write, code_version, directory
 from graphc.codegen.target import Engine, SharedObject, SharedObjectCode, Target
 from graphc.ir.node import Node
 
 MAGIC = b"GRAPHC01"
 SO_MAGIC = b"GRAPHCSO1"
-
-
-@cache
-def code_version() -> str:
-    """A hash of graphc's sources: changing the compiler invalidates what it compiled before."""
-    import graphc
-
-    root = Path(graphc.__file__).parent
-    h = hashlib.sha256(graphc.__version__.encode())
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def directory() -> Path:
-    env = os.environ.get("GRAPHC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphc"
 
 
 def key(outputs: list[Node], training: bool, target: Target, updates=(), variant: str = "") -> str:
@@ -117,19 +94,6 @@ def stored(k: str) -> bytes | None:
     return None
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        _unlink(Path(tmp))
-        raise
-
-
 def store(k: str, obj: bytes) -> None:
     """Write atomically (temporary file, fsync, rename); a cache that cannot be written is skipped. Code linked
     into a shared object is kept as that (a copy: the process has the linked file mapped), else as an object."""
@@ -140,10 +104,10 @@ def store(k: str, obj: bytes) -> None:
         if data is None and isinstance(obj, SharedObjectCode) and obj.helpers:
             return  # not linked (the C compiler failed): the object alone lacks the GEMM helpers it calls
         if data is not None:
-            _atomic_write(d / f"{k}.so", data)
-            _atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())
+            atomic_write(d / f"{k}.so", data)
+            atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())
             return
-        _atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
+        atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
     except OSError:
         return
 
@@ -166,7 +130,7 @@ def load_blob(k: str) -> bytes | None:
 def store_blob(k: str, data: bytes) -> None:
     try:
         directory().mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
+        atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
     except OSError:
         return
 

@@ -1,0 +1,109 @@
+"""A program found in the compile cache runs from its machine code and its stored run-time spec: the second
+process builds the graph and its gradient, finds the program and trains without importing sympy, the compiler's
+stages or LLVM, and gets the first process's numbers exactly."""
+
+import json
+import os
+import subprocess
+import sys
+
+MODELS = r"""
+import json, sys
+import numpy as np
+import graphc as gc
+
+out = {}
+rng = np.random.default_rng(0)
+
+# an MLP's training epoch (the native driver), softmax cross-entropy, SGD updates in place
+x = gc.input("x", ("N", 12)); t = gc.input("y", ("N",), "int32"); lr = gc.input("lr", (), "float32")
+loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [16, 8, 3]), t)
+params = gc.nn.parameters(loss)
+ef = gc.EpochFunction(loss, {p: p - lr * g for p, g in zip(params, gc.grad(loss, params))}, x=x, y=t, threads=1)
+state = gc.nn.init_params(params, seed=0)
+X = rng.normal(size=(50, 12)).astype(np.float32); Y = rng.integers(0, 3, 50).astype(np.int32)
+st = ef.run_epoch(X, Y, state, batch=8, scalars={"lr": 0.1})
+out["mlp"] = [float(st.mean_loss)] + [float(v.sum()) for v in state.values()]
+out["mlp_cached"] = ef.from_cache
+
+# a small CNN's loss and gradients through gc.compile (conv, pooling, dense; symbolic batch)
+img = gc.input("img", ("N", 8, 8, 1)); lab = gc.input("lab", ("N",), "int32")
+h = gc.nn.max_pool2d(gc.nn.conv2d(img, 4, 3, name="c1"))
+cl = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.reshape(h, ("N", -1)), 3, name="o"), lab)
+cp = gc.nn.parameters(cl)
+fn = gc.compile([cl, *gc.grad(cl, cp)], threads=2)
+vals = gc.nn.init_params(cp, seed=1)
+vals["img"] = rng.normal(size=(5, 8, 8, 1)).astype(np.float32); vals["lab"] = rng.integers(0, 3, 5).astype(np.int32)
+out["cnn"] = [float(np.asarray(v).sum()) for v in fn(vals)]
+out["cnn_cached"] = fn.from_cache
+
+# an LSTM over a symbolic length (gc.scan and backprop through time)
+xs = gc.input("xs", ("T", "N", 3)); yy = gc.input("yy", ("N",), "int32")
+ll = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.nn.lstm(xs, 5, name="r"), 2, name="ro"), yy)
+lp = gc.nn.parameters(ll)
+rf = gc.compile([ll, *gc.grad(ll, lp)], threads=1)
+rv = gc.nn.init_params(lp, seed=2)
+rv["xs"] = rng.normal(size=(4, 3, 3)).astype(np.float32); rv["yy"] = rng.integers(0, 2, 3).astype(np.int32)
+out["lstm"] = [float(np.asarray(v).sum()) for v in rf(rv)]
+out["lstm_cached"] = rf.from_cache
+out["memory_plan_arena"] = rf.memory_plan.arena_bytes
+out["loaded"] = sorted(m for m in ("sympy", "graphc.codegen.schedule", "graphc.codegen.emit", "graphc.ops.scalar",
+                                   "llvmlite.binding") if m in sys.modules)
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _run(cache_dir) -> dict:
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache_dir))
+    r = subprocess.run([sys.executable, "-c", MODELS], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT"))[6:])
+
+
+def test_a_cached_program_runs_without_sympy_or_the_compiler_and_gives_the_same_numbers(tmp_path):
+    first = _run(tmp_path)
+    assert not first["mlp_cached"] and not first["cnn_cached"] and not first["lstm_cached"]
+    assert "sympy" in first["loaded"]  # the first process compiled: the stages, sympy and LLVM were needed
+    second = _run(tmp_path)
+    assert second["mlp_cached"] and second["cnn_cached"] and second["lstm_cached"]
+    assert second["loaded"] == [], second["loaded"]
+    for k in ("mlp", "cnn", "lstm", "memory_plan_arena"):
+        assert second[k] == first[k], k
+
+
+def test_inspecting_a_cached_program_runs_its_stages_on_demand(tmp_path, monkeypatch):
+    import numpy as np
+
+    import graphc as gc
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    x = gc.input("x", ("N", 3))
+    y = gc.sum(gc.tanh(x @ gc.param("cached.W", (3, 4))))
+    a = gc.compile(y)
+    b = gc.compile(y)
+    assert not a.from_cache and b.from_cache and b._compilation is None  # nothing ran for the call
+    vals = {"x": np.ones((2, 3), np.float32), "cached.W": np.full((3, 4), 0.5, np.float32)}
+    assert a(vals) == b(vals)
+    assert b.kernels == a.kernels and b.memory_plan.arena_bytes == a.memory_plan.arena_bytes
+    assert [n for n, _ in b.stages] == [n for n, _ in a.stages]
+
+
+def test_a_damaged_run_time_spec_is_rebuilt(tmp_path, monkeypatch):
+    import numpy as np
+
+    import graphc as gc
+    from graphc.runtime import cache
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    x = gc.input("x", ("N", 2))
+    y = gc.sum(gc.exp(x) * 3.0)
+    a = gc.compile(y)
+    spec = tmp_path / f"{cache._spec_key(a.cache_key)}.bin"
+    assert spec.exists()
+    spec.write_bytes(spec.read_bytes()[:-7] + b"garbage")
+    b = gc.compile(y)
+    assert not b.from_cache and spec.exists()  # compiled again, and the spec written again
+    c = gc.compile(y)
+    assert c.from_cache
+    v = {"x": np.ones((3, 2), np.float32)}
+    assert a(v) == b(v) == c(v)
