@@ -128,6 +128,11 @@ class Dim:
         """No floor, max or min in it."""
         return all(isinstance(a, Symbol) for m, _ in self.terms for a, _ in m)
 
+    def value(self, env) -> int | Fraction:
+        """The exact value for the symbols' values in `env` (an int where it is whole)."""
+        v = _value(self, env)
+        return int(v) if isinstance(v, Fraction) and v.denominator == 1 else v
+
     def evaluate(self, env) -> int:
         """The value for the symbols' values in `env` (symbol dim -> int); KeyError for a missing one."""
         v = _value(self, env)

@@ -14,6 +14,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from graphc.codegen.target import (
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
 from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo_order
-from graphc.ir.shapes import FLOAT_DTYPES, eval_dim
+from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
 from graphc.runtime.reference import bind_values, check_dims_bound, leaves_by_name
@@ -577,14 +578,15 @@ class CompiledFunction:
         return n
 
     def _dim_fn(self, d):
-        """env (the runtime dims, in self._symbols order) -> the value of dim `d`."""
-        if isinstance(d, int):
+        """env (the runtime dims, in self._symbols order) -> the value of dim `d` (a cost model's term may be a
+        fraction: a loop step's work counts its products' multiply-adds at 1/8)."""
+        if isinstance(d, (int, Fraction)):
             return lambda env: d
         if d in self._symbols:
             k = self._symbols.index(d)
             return lambda env: env[k]
         symbols = self._symbols
-        return lambda env: eval_dim(d, dict(zip(symbols, env, strict=True)))
+        return lambda env: d.value(dict(zip(symbols, env, strict=True)))
 
     def _estimate_seconds(self, env: list[int]) -> float:
         """A rough one-thread time for the program at these dims: GEMMs at GEMM_FLOPS, everything else at

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc.codegen import stages
 from graphc.codegen.kernels import GemmKernel, Guard, Load, LoopKernel, ReduceKernel, walk
-from graphc.codegen.memory import barriers, plan
+from graphc.codegen.memory import barriers, describe, plan
 from graphc.codegen.schedule import schedule
 from graphc.codegen.target import host_target
 from graphc.errors import CompileError, InputError
@@ -313,7 +313,7 @@ def test_memory_plan_shares_storage_only_across_barriers():
     prog = stages.fusion(stages.schedule(g, stages.Options(host_target())), stages.Options(host_target()))
     flags = barriers(prog)
     assert flags[0] is False
-    p = plan(prog, {s: 64 for s in prog.symbols}, 2, host_target(), flags)
+    p = plan(describe(prog, flags, host_target()), {s: 64 for s in prog.symbols}, 2, host_target())
     assert p.arena_bytes <= p.unshared_bytes
     spans = {}
     for i, k in enumerate(prog.kernels):
