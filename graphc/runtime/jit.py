@@ -178,6 +178,14 @@ class CompiledFunction:
         engine = disk_cache.load(key, self.target) if found is not None else None
         self.from_cache = engine is not None
         if engine is None:
+            # a compile: LLVM's library loads on another thread (without the GIL), and the helper process that
+            # compiles part of a large module starts on the other core, while the stages import the compiler
+            # (sympy's import alone is ~0.2 s) and run
+            from graphc.codegen import parallel
+
+            load_llvm_in_background()
+            if parallel.available() and len(graph.nodes()) >= 2 * parallel.MIN_KERNELS:
+                parallel.prestart()
             c = self.compilation  # every stage up to the memory layout
             found = (c.layout.spec(self.target), tuple(position[id(leaf)] for leaf in c.signature.inputs))
         self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
