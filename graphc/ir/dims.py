@@ -124,6 +124,12 @@ class Dim:
         return self.terms[0][0][0][0].name
 
     @property
+    def is_integral(self) -> bool:
+        """Integer coefficients (floors and ceilings are whole): a whole number for every value of the symbols.
+        (N/2 is not, though N*(N + 1)/2 would be: such dims are refused, write them with a floor division.)"""
+        return all(isinstance(c, int) for _, c in self.terms)
+
+    @property
     def is_polynomial(self) -> bool:
         """No floor, max or min in it."""
         return all(isinstance(a, Symbol) for m, _ in self.terms for a, _ in m)

@@ -47,17 +47,21 @@ def as_dim(d, where: str = "shape") -> Dim:
             raise ShapeError(f"{where}: symbolic dim {d!r} must be an identifier such as 'N'")
         return symbol(d)
     if isinstance(d, _dims.Dim):
+        if not d.is_integral:
+            raise ShapeError(f"{where}: a dim must be a whole number for every value of its symbols, got {d}")
         return d
     if is_sympy(d):
         for s in getattr(d, "free_symbols", ()):
             if not (s.is_integer and s.is_positive):
-                raise ShapeError(f"{where}: symbolic dims must be made with a name (e.g. 'N'), got {d!r}")
+                raise ShapeError(f"{where}: the sympy symbol {s} in the dim {d!r} is not declared a positive integer; "
+                                 f"name the dim with a string (e.g. '{s}'), or make it sympy.Symbol('{s}', "
+                                 "integer=True, positive=True)")
         try:
             out = _dims.from_sympy(d)
         except ValueError as e:
             raise ShapeError(f"{where}: {e}") from None
-        if not isinstance(out, (int, _dims.Dim)):
-            raise ShapeError(f"{where}: a dim must be an integer, got {d!r}")
+        if not isinstance(out, (int, _dims.Dim)) or (isinstance(out, _dims.Dim) and not out.is_integral):
+            raise ShapeError(f"{where}: a dim must be a whole number for every value of its symbols, got {d!r}")
         return out
     raise ShapeError(f"{where}: a dim must be an int or a symbol name such as 'N', not {type(d).__name__} {d!r}")
 
@@ -191,6 +195,11 @@ def bind(shape: Shape, actual: tuple[int, ...], env: dict, what: str, owner: Map
             if owner is not None and d not in owner:
                 owner[d] = what  # type: ignore[index]
             continue
+        missing = d.free_symbols - set(env)
+        if missing:
+            names = ", ".join(sorted(map(str, missing)))
+            raise ShapeError(f"{what}: axis {axis} is {d}, but no input gives {names} a value on its own; declare "
+                             f"an input with {names} as a dim of its own (or this one's shape with a new name)")
         value = eval_dim(d, env)
         if value != a:
             raise ShapeError(f"{what}: axis {axis} should be {d} = {value}, got {a}")

@@ -15,6 +15,7 @@ from graphc.ir.node import Node
 from graphc.ir.shapes import (
     INT_DTYPES,
     Dim,
+    Shape,
     as_shape,
     dims_equal,
     eval_dim,
@@ -197,20 +198,28 @@ def _squeeze_map(src, dst) -> list[int | None] | None:
 RESHAPE = register(Reshape())
 
 
+def _reshape_target(x: Tensor, shape) -> Shape:
+    """The shape a reshape of x asks for, its -1 inferred."""
+    raw = shape if isinstance(shape, (tuple, list)) else (shape,)
+    if sum(1 for d in raw if isinstance(d, (int, np.integer)) and d == -1) > 1:
+        raise ShapeError(f"to {tuple(raw)}: at most one dim may be -1")
+    if any(isinstance(d, (int, np.integer)) and d == -1 for d in raw):
+        known = [d for d in raw if not (isinstance(d, (int, np.integer)) and d == -1)]
+        part = size(as_shape(known, "shape"))
+        rest = exact_div(size(x.shape), part) if not (isinstance(part, int) and part == 0) else None
+        if rest is None:
+            raise ShapeError(f"{fmt_shape(x.shape)} to {tuple(raw)}: -1 does not divide evenly")
+        raw = [rest if (isinstance(d, (int, np.integer)) and d == -1) else d for d in raw]
+    return as_shape(raw, "shape")
+
+
 def reshape(x, shape) -> Tensor:
     """Reshape; one dim may be -1 (inferred)."""
     x = as_tensor(x)
-    raw = shape if isinstance(shape, (tuple, list)) else (shape,)
-    if sum(1 for d in raw if isinstance(d, (int, np.integer)) and d == -1) > 1:
-        raise ShapeError(f"reshape to {tuple(raw)}: at most one dim may be -1")
-    if any(isinstance(d, (int, np.integer)) and d == -1 for d in raw):
-        known = [d for d in raw if not (isinstance(d, (int, np.integer)) and d == -1)]
-        part = size(as_shape(known))
-        rest = exact_div(size(x.shape), part) if not (isinstance(part, int) and part == 0) else None
-        if rest is None:
-            raise ShapeError(f"reshape {fmt_shape(x.shape)} to {tuple(raw)}: -1 does not divide evenly")
-        raw = [rest if (isinstance(d, (int, np.integer)) and d == -1) else d for d in raw]
-    shape = as_shape(raw, "reshape")
+    try:
+        shape = _reshape_target(x, shape)
+    except ShapeError as err:
+        raise located(err, (x,), "reshape") from None
     if shape == x.shape:
         return x
     if isinstance(x, Node) and x.op is RESHAPE:  # reshape of a reshape is one reshape

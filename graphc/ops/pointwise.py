@@ -13,6 +13,7 @@ process whose derivatives were computed before differentiates nothing.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
 import types
@@ -318,7 +319,9 @@ class _DerivativeFile:
             return {}
         ok = isinstance(data, dict) and data.get("code_version") == self._version
         entries = data.get("entries") if ok else None
-        return entries if isinstance(entries, dict) else {}
+        if not isinstance(entries, dict) or data.get("sha256") != _digest(entries):
+            return {}  # damaged (a changed number would be a wrong gradient, not an error): computed again
+        return entries
 
     def get(self, name: str, valid=None):
         """The entry `name` if it passes `valid` (default: is a derivative tree), else None."""
@@ -337,10 +340,16 @@ class _DerivativeFile:
             try:
                 merged = {**self._read(path), **self._entries}
                 path.parent.mkdir(parents=True, exist_ok=True)
-                data = json.dumps({"code_version": self._version, "entries": merged}, separators=(",", ":"))
+                data = json.dumps({"code_version": self._version, "entries": merged, "sha256": _digest(merged)},
+                                  separators=(",", ":"))
                 cachedir.atomic_write(path, data.encode())
             except OSError:
                 return
+
+
+def _digest(entries: dict) -> str:
+    """A checksum of the entries (their canonical JSON): the file is trusted only whole."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 _DERIVATIVES = _DerivativeFile()

@@ -143,7 +143,9 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     owner: dict = {}
     arrays: dict[int, np.ndarray] = {}
     wide = False
-    for n in needed:
+    # inputs whose dims are ints and plain symbols first: they bind the symbols that a derived dim (an input
+    # declared with a reshape's N*T, say) is then checked against, whatever order the graph lists them in
+    for n in sorted(needed, key=lambda n: not all(isinstance(d, int) or d.is_symbol for d in n.shape)):
         arr = check_value(n, given[id(n)], what)
         bind(n.shape, arr.shape, env, f"{what}: {_declared(n)}", owner)
         if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64 and isinstance(given[id(n)], (np.ndarray, np.generic)):

@@ -147,3 +147,48 @@ def test_dims_module_does_not_import_sympy():
 
 def test_module_exports():
     assert dims.Dim is type(N)
+
+
+def test_an_input_declared_with_a_derived_dim_binds_in_any_order():
+    """An input whose shape is another's reshaped (N*T rows) is checked once the plain symbols are bound, whichever
+    the graph lists first; one whose symbols no input gives alone is refused naming it."""
+    import numpy as np
+
+    import graphc as gc
+
+    t = gc.input("t", ("T", "N", 4))
+    m = gc.input("m", gc.reshape(t, (-1, 4)).shape)
+    y = gc.sum(m) + gc.sum(t)  # m comes first in the graph's inputs
+    vals = {"t": np.ones((2, 3, 4), np.float32), "m": np.ones((6, 4), np.float32)}
+    assert gc.evaluate(y, vals) == 48.0 and gc.compile(y, cache=False)(vals) == 48.0
+    with pytest.raises(gc.ShapeError, match="axis 0 should be N\\*T = 6, got 5"):
+        gc.evaluate(y, {"t": vals["t"], "m": np.ones((5, 4), np.float32)})
+    alone = gc.sum(gc.input("alone", (N * T, 4)))
+    with pytest.raises(gc.ShapeError, match="'alone'.*no input gives N, T a value on its own"):
+        gc.evaluate(alone, {"alone": np.ones((6, 4), np.float32)})
+
+
+def test_dims_that_are_not_whole_numbers_are_refused_where_declared():
+    import graphc as gc
+
+    s = sympy.Symbol("N", integer=True, positive=True)
+    with pytest.raises(gc.ShapeError, match="whole number"):
+        gc.input("half", (s / 2, 3))
+    with pytest.raises(gc.ShapeError, match="whole number"):
+        gc.input("half2", (N / 2, 3))
+    b = gc.input("b", ("N", 3))
+    with pytest.raises(gc.ShapeError, match="reshape: .*whole number.*inputs b"):
+        gc.reshape(b, (N / 2, 6))
+    with pytest.raises(gc.ShapeError, match="not declared a positive integer.*'M'"):
+        gc.input("m", (sympy.Symbol("M"), 3))
+
+
+def test_reshape_errors_name_the_input_and_the_line():
+    import graphc as gc
+
+    x = gc.input("x", ("N", 3))
+    with pytest.raises(gc.ShapeError, match=r"reshape: .*-1 does not divide evenly \(inputs x: f32\[N,3\]\) at "
+                                            r"test_dims.py:\d+"):
+        gc.reshape(x, (-1, 2))
+    with pytest.raises(gc.ShapeError, match=r"at most one dim may be -1 .*at test_dims.py"):
+        gc.reshape(x, (-1, -1))

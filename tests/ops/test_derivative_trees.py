@@ -14,7 +14,7 @@ import sympy
 
 import graphc as gc
 from graphc.ops.core import OPS
-from graphc.ops.pointwise import ElementwiseOp, _DerivativeFile, formula_names, from_sympy, from_tree, to_tree
+from graphc.ops.pointwise import ElementwiseOp, _DerivativeFile, _digest, formula_names, from_sympy, from_tree, to_tree
 from graphc.ops.scalar import NUMPY
 from graphc.runtime import cache
 
@@ -107,7 +107,7 @@ def test_a_corrupt_derivative_file_is_ignored_and_rewritten(tmp_path, monkeypatc
         assert f.get("k") is None
         f.put("k", tree)
         data = json.loads(path.read_text())
-        assert data == {"code_version": cache.code_version(), "entries": {"k": tree}}
+        assert data == {"code_version": cache.code_version(), "entries": {"k": tree}, "sha256": _digest({"k": tree})}
         assert _DerivativeFile().get("k") == tree
 
 
@@ -116,8 +116,24 @@ def test_an_entry_that_is_not_a_tree_counts_as_missing(tmp_path, monkeypatch):
     f = _DerivativeFile()
     bad = {"a": ["op", "no_such_op", {}, []], "b": ["num", "2"], "c": ["sym"], "d": ["op", "add", {}, [["x"]]],
            "e": ["fn", "fn<x>", 3, []], "f": 7, "ok": ["op", "neg", {}, [["sym", "g"]]]}
-    f._path().write_text(json.dumps({"code_version": cache.code_version(), "entries": bad}))
+    f._path().write_text(json.dumps({"code_version": cache.code_version(), "entries": bad, "sha256": _digest(bad)}))
     assert [k for k in bad if f.get(k) is not None] == ["ok"]
+
+
+def test_a_changed_number_in_the_derivative_file_is_not_trusted(tmp_path):
+    """A damaged entry that still parses (a digit changed) would be a wrong gradient, not an error: the file is
+    checksummed, and one that does not match is computed again (in a fresh process, as a later run would)."""
+    code = ("import numpy as np, graphc as gc; x = gc.input('x', (3,), 'float64'); "
+            "print(list(gc.evaluate(gc.grad(gc.sum(x ** 2), x), {'x': np.array([1.0, 2.0, 3.0])})))")
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path))
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,  # noqa: E731
+                                 check=True).stdout.strip()
+    assert run() == "[np.float64(2.0), np.float64(4.0), np.float64(6.0)]"
+    (path,) = tmp_path.glob("derivatives-*.json")
+    text = path.read_text()
+    assert '["num",2.0]' in text or '["num",2]' in text
+    path.write_text(text.replace('["num",2.0]', '["num",3.0]').replace('["num",2]', '["num",3]'))
+    assert run() == "[np.float64(2.0), np.float64(4.0), np.float64(6.0)]"
 
 
 def test_entries_of_other_processes_are_kept_when_one_is_added(tmp_path, monkeypatch):
