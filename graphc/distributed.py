@@ -418,7 +418,7 @@ class DataParallelStep:
         if on_nonfinite != "stop":
             raise GraphcError(f"distributed training reports a non-finite loss in its stats (on_nonfinite='stop'), "
                               f"got on_nonfinite={on_nonfinite!r}")
-        from graphc.codegen.epoch import KEY_MULT
+        from graphc.codegen.epoch_abi import KEY_MULT
         from graphc.runtime.epoch import EpochStats
 
         tr, dist = self.trainer, self.dist

@@ -741,7 +741,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         L += lines
         inits.append(init)
     if parallel is not None:
-        from graphc.codegen.epoch import KEY_MULT
+        from graphc.codegen.epoch_abi import KEY_MULT
         from graphc.distributed import RANK_KEY
 
         L += ["typedef struct {",

@@ -19,7 +19,7 @@ import numpy as np
 
 from graphc import ops
 from graphc.autodiff.grad import grad
-from graphc.codegen.epoch import KEY_MULT
+from graphc.codegen.epoch_abi import KEY_MULT
 from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, SourceInfo, topo_order
 from graphc.nn import checkpoint as ckpt
