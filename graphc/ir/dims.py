@@ -389,11 +389,12 @@ def _atom_dim(a: Atom) -> Dim:
 
 
 def _split_integral(p: dict[Monomial, Number]) -> tuple[dict, dict]:
-    """p = whole + frac, whole with integer coefficients, frac's coefficients in [0, 1)."""
+    """p = whole + frac, whole with integer coefficients; frac's coefficients of symbols in [0, 1), its constant
+    in (-1, 1) with the constant's sign (ceiling((N - 1)/2) stays that, not ceiling((N + 1)/2) - 1)."""
     whole: dict = {}
     frac: dict = {}
     for m, c in p.items():
-        f = math.floor(c)
+        f = math.floor(c) if m else math.trunc(c)
         if f:
             whole[m] = f
         if c - f:
@@ -422,8 +423,8 @@ def _rounded_div(a, b, kind: str):
         # a / b = whole + frac (frac's coefficients in [0, 1)); whole is an integer for integer symbols
         whole, frac = _split_integral({m: Fraction(c) / b for m, c in _poly(a).items()})
         out = Dim.make(whole)
-        if set(frac) == {()}:  # a constant in (0, 1)
-            return out + (1 if kind == "ceil" else 0)
+        if set(frac) == {()}:  # a constant in (-1, 1), not 0
+            return out + (math.floor(frac[()]) if kind == "floor" else math.ceil(frac[()]))
         if frac:
             den = b * math.lcm(*(Fraction(c).denominator for c in _poly(a).values()))
             coeffs = {m: int(c * den) for m, c in frac.items()}  # integers, with no factor common to all and den

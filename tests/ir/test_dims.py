@@ -192,3 +192,11 @@ def test_reshape_errors_name_the_input_and_the_line():
         gc.reshape(x, (-1, 2))
     with pytest.raises(gc.ShapeError, match=r"at most one dim may be -1 .*at test_dims.py"):
         gc.reshape(x, (-1, -1))
+
+
+def test_a_rounded_division_keeps_its_constant_inside():
+    """x[1::2] has ceiling((N - 1)/2) rows, printed so, not as the equal ceiling((N + 1)/2) - 1."""
+    import graphc as gc
+
+    assert str(gc.input("x", ("N", 3))[1::2].shape[0]) == "ceiling((N - 1)/2)"
+    assert str(floor_div(N - 3, 2) + 1) == "floor((N - 1)/2)" and ceil_div(2 * N - 1, 2) == N
