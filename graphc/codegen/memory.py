@@ -39,7 +39,6 @@ class BufferSpec:
 class GemmSpec:
     """A matrix product's dims and what sizes its packing workspace."""
 
-    batch: Shape
     m: Dim
     n: Dim
     k: Dim
@@ -64,12 +63,6 @@ class ProgramSpec:
     gemms: list[GemmSpec]  # every matrix product, loops' bodies included (the workspace is the largest's)
     rows_workspace: list[int]  # per thread, of each loop split by rows
     costs: list[tuple[str, Shape]]  # per top-level kernel: ("gemm", batch + (m, n, k)) or ("loop", its domain)
-
-    def input_buffer(self, k: int) -> BufferSpec:
-        return self.buffers[self.inputs[k]]
-
-    def output_buffer(self, k: int) -> BufferSpec:
-        return self.buffers[self.outputs[k]]
 
 
 def _dim_of(d):
@@ -107,8 +100,8 @@ def describe(program, barrier_flags: list[bool], target: Target) -> ProgramSpec:
         barriers=list(barrier_flags),
         spans=liveness(program),
         kernel_names=[k.name for k in every],
-        gemms=[GemmSpec(shape(k.batch), _dim_of(k.m), _dim_of(k.n), _dim_of(k.k), k.a.dtype, _dim_of(k.a_view),
-                        k.algorithm) for k in every if isinstance(k, GemmKernel)],
+        gemms=[GemmSpec(_dim_of(k.m), _dim_of(k.n), _dim_of(k.k), k.a.dtype, _dim_of(k.a_view), k.algorithm)
+               for k in every if isinstance(k, GemmKernel)],
         rows_workspace=[rows_workspace_bytes(k, target) for k in every
                         if isinstance(k, ScanKernel) and split_rows(k) is not None],
         costs=costs,

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from graphc.codegen.memory import MemoryPlan, ProgramSpec, barriers, describe, plan
+from graphc.codegen.memory import ProgramSpec, barriers, describe
 from graphc.codegen.schedule import Program, fuse_epilogues, fuse_loops
 from graphc.codegen.schedule import schedule as _schedule
 from graphc.codegen.target import HelpersUnavailable, Target, emit_object, links_helpers
@@ -45,7 +45,7 @@ class Options:
 @dataclass
 class Layout:
     """The memory stage: the program with its barriers decided (where threads meet); the arena is placed per call,
-    for the dims it sees (`plan`), since sizes depend on the batch dim."""
+    for the dims it sees (`codegen.memory.plan` of the program's `spec`), since sizes depend on the batch dim."""
 
     program: Program
     barriers: list[bool]
@@ -56,9 +56,6 @@ class Layout:
         if self._spec is None:
             self._spec = describe(self.program, self.barriers, target)
         return self._spec
-
-    def plan(self, env: dict, nthreads: int, target: Target) -> MemoryPlan:
-        return plan(self.spec(target), env, nthreads, target)
 
     def __str__(self) -> str:
         marks = [k.name for k, need in zip(self.program.kernels, self.barriers, strict=True) if need]

@@ -1,6 +1,6 @@
 """Symbolic dims without sympy: a dim is an int or a `Dim`, a polynomial with rational coefficients over named
-positive-integer symbols (the batch `N`, a length `T`) and a few integer-valued functions of them (floor, ceiling
-as a negated floor, max, min).
+positive-integer symbols (the batch `N`, a length `T`) and a few integer-valued functions of them (floor and
+ceiling of a quotient, max, min).
 
 Shapes are built, compared and evaluated on every graph a user writes, and most dims are `N`, `50*N` or an int;
 sympy (34 MB and 0.2 s to import) is loaded only where the compiler does index arithmetic, through `_sympy_`
@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from functools import cache
+
+import numpy as np
 
 Number = int | Fraction
 
@@ -286,7 +288,7 @@ class Dim:
             if not m:
                 body = str(mag)
             else:
-                factors = "*".join(str(a) if p == 1 else f"{_wrap_atom(a)}**{p}" for a, p in m)
+                factors = "*".join(str(a) if p == 1 else f"{a}**{p}" for a, p in m)
                 if mag == 1:
                     body = factors
                 elif isinstance(mag, Fraction):
@@ -307,10 +309,6 @@ class Dim:
         return to_sympy(self)
 
 
-def _wrap_atom(a: Atom) -> str:
-    return str(a)
-
-
 def _show_env(env) -> str:
     return ", ".join(f"{k} = {v}" for k, v in env.items())
 
@@ -322,13 +320,8 @@ def _poly(x) -> dict[Monomial, Number] | None:
         return None
     if isinstance(x, (int, Fraction)):
         return {(): x}
-    try:
-        import numpy as np
-
-        if isinstance(x, np.integer):
-            return {(): int(x)}
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(x, np.integer):
+        return {(): int(x)}
     return None
 
 
@@ -418,15 +411,16 @@ def _rounded_div(a, b, kind: str):
     if isinstance(b, int):
         if b <= 0:
             raise ValueError(f"division of the dim {a} by {b}: the divisor must be positive")
-        if b == 1 and all(Fraction(c).denominator == 1 for c in _poly(a).values()):
+        pa = _poly(a)
+        if b == 1 and all(Fraction(c).denominator == 1 for c in pa.values()):
             return a
-        # a / b = whole + frac (frac's coefficients in [0, 1)); whole is an integer for integer symbols
-        whole, frac = _split_integral({m: Fraction(c) / b for m, c in _poly(a).items()})
+        # a / b = whole + frac (see _split_integral); whole is an integer for integer symbols
+        whole, frac = _split_integral({m: Fraction(c) / b for m, c in pa.items()})
         out = Dim.make(whole)
         if set(frac) == {()}:  # a constant in (-1, 1), not 0
             return out + (math.floor(frac[()]) if kind == "floor" else math.ceil(frac[()]))
         if frac:
-            den = b * math.lcm(*(Fraction(c).denominator for c in _poly(a).values()))
+            den = b * math.lcm(*(Fraction(c).denominator for c in pa.values()))
             coeffs = {m: int(c * den) for m, c in frac.items()}  # integers, with no factor common to all and den
             g = math.gcd(den, *coeffs.values())
             out = out + _atom_dim(Func(kind, (Dim.make({m: c // g for m, c in coeffs.items()}), den // g)))

@@ -60,9 +60,8 @@ def as_dim(d, where: str = "shape") -> Dim:
             out = _dims.from_sympy(d)
         except ValueError as e:
             raise ShapeError(f"{where}: {e}") from None
-        if not isinstance(out, (int, _dims.Dim)) or (isinstance(out, _dims.Dim) and not out.is_integral):
-            raise ShapeError(f"{where}: a dim must be a whole number for every value of its symbols, got {d!r}")
-        return out
+        if isinstance(out, (int, _dims.Dim)):
+            return as_dim(out, where)
     raise ShapeError(f"{where}: a dim must be an int or a symbol name such as 'N', not {type(d).__name__} {d!r}")
 
 

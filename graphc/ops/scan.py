@@ -778,7 +778,7 @@ def _size(n: Node) -> float:
     """Elements of n, symbolic dims counted as 1024 (to compare what storing costs)."""
     out = 1.0
     for d in n.shape:
-        out *= float(eval_dim(d, {x: 1024 for x in d.free_symbols}) if not isinstance(d, int) else d)
+        out *= float(eval_dim(d, dict.fromkeys(getattr(d, "free_symbols", ()), 1024)))
     return out
 
 

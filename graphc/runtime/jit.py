@@ -178,14 +178,6 @@ class CompiledFunction:
         engine = disk_cache.load(key, self.target) if found is not None else None
         self.from_cache = engine is not None
         if engine is None:
-            # a compile: LLVM's library loads on another thread (without the GIL), and the helper process that
-            # compiles part of a large module starts on the other core, while the stages import the compiler
-            # (sympy's import alone is ~0.2 s) and run
-            from graphc.codegen import parallel
-
-            load_llvm_in_background()
-            if parallel.available() and len(graph.nodes()) >= 2 * parallel.MIN_KERNELS:
-                parallel.prestart()
             c = self.compilation  # every stage up to the memory layout
             found = (c.layout.spec(self.target), tuple(position[id(leaf)] for leaf in c.signature.inputs))
         self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
@@ -390,7 +382,7 @@ class CompiledFunction:
         sym_index = {s: i for i, s in enumerate(self._symbols)}
         self._leaf_specs = []  # (leaf, table slot, dtype, [(int dim) or (symbol index as -1-k)])
         self._by_key: dict = {}
-        for leaf, buf in zip(g.inputs, map(prog.input_buffer, range(len(prog.inputs))), strict=True):
+        for leaf, buf in zip(g.inputs, [prog.buffers[i] for i in prog.inputs], strict=True):
             if not self.training and leaf.name == "rng_key":
                 continue
             dims = []
@@ -407,7 +399,7 @@ class CompiledFunction:
             self._by_key[leaf.name] = spec
             self._by_key[id(leaf)] = spec
         self._out_specs = []
-        outputs = [prog.output_buffer(k) for k in range(len(prog.outputs))]
+        outputs = [prog.buffers[i] for i in prog.outputs]
         for buf in outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j] for j in self.updates.values()}

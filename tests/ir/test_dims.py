@@ -9,7 +9,6 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphc.ir import dims
 from graphc.ir.dims import ceil_div, dim_max, dim_min, exact_div, floor_div, from_sympy, symbol
 from graphc.ir.shapes import dims_equal, eval_dim
 
@@ -143,10 +142,6 @@ def test_dims_module_does_not_import_sympy():
             "assert broadcast_shapes([(N, 1), (1, 5)], 'x') == (N, 5) and eval_dim(d, {N: 3}) == 5; "
             "assert 'sympy' not in sys.modules, 'sympy was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_module_exports():
-    assert dims.Dim is type(N)
 
 
 def test_an_input_declared_with_a_derived_dim_binds_in_any_order():
