@@ -84,7 +84,9 @@ class EpochFunction(CompiledFunction):
             raise GraphcError(f"EpochFunction: updates must be a dict {{parameter or input: its new value}}, got "
                               f"{type(updates).__name__}")
         if training is None:
-            training = any(n.op.name == "dropout" for n in topo_order([loss, *(updates or {}).values()]))
+            # a dropout anywhere, loop bodies included (a step's dropout reads the key through its scan's inputs)
+            training = any(n.op.name == "dropout" or (n.op.name == "input" and n.attrs["name"] == "rng_key")
+                           for n in topo_order([loss, *(updates or {}).values()]))
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
                          cache=cache, profile=profile)
         if all(leaf is not x for leaf in self.signature.inputs):

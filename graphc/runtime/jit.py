@@ -383,8 +383,6 @@ class CompiledFunction:
         self._leaf_specs = []  # (leaf, table slot, dtype, [(int dim) or (symbol index as -1-k)])
         self._by_key: dict = {}
         for leaf, buf in zip(g.inputs, [prog.buffers[i] for i in prog.inputs], strict=True):
-            if not self.training and leaf.name == "rng_key":
-                continue
             dims = []
             for d in leaf.shape:
                 if isinstance(d, int):
@@ -618,10 +616,11 @@ class CompiledFunction:
         order = order + [leaf for leaf in g.inputs if id(leaf) not in seen]
         arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where)
         for leaf in g.inputs:
-            if id(leaf) not in arrays:
-                continue
-            a = arrays[id(leaf)]
             label = f"{leaf.op.name} {leaf.name!r} ({leaf.type_str}, declared at {leaf.source.where()})"
+            if id(leaf) not in arrays:  # native code never runs with an input slot unbound
+                raise InputError(f"{where}: missing value for {label}, which this compiled program reads"
+                                 + (" (an int seed: the dropout key)" if leaf.name == "rng_key" else ""))
+            a = arrays[id(leaf)]
             if a.dtype != np.dtype(leaf.dtype):
                 hint = f"pass .astype(np.{leaf.dtype})" if leaf.dtype in FLOAT_DTYPES or a.dtype.kind in "iu" else ""
                 raise DTypeError(f"{where}: {label} got a {a.dtype} array; a compiled function takes exactly "

@@ -365,3 +365,34 @@ def test_fori_loop_is_a_scan_over_the_indices_with_static_or_symbolic_bounds():
     assert [n for n in gc.topo_order(big) if n.op.name == "scan"][0].attrs["length"] == 10**9
     with pytest.raises(gc.GraphcError, match="do not fit int32"):
         gc.fori_loop(0, 2**32, lambda i, c: c, x)
+
+
+def test_graph_rewrites_reach_into_loop_bodies():
+    """Inference drops a dropout inside a step (before: the compiled step read an unbound key and crashed the
+    process), the stability rewrites apply in a step as outside one, and the gradient's stored intermediates
+    follow the rewritten step (one the step no longer computes is stored as a y of its own)."""
+    xs = gc.input("xs", ("T", "N", 4))
+    w = gc.param("w", (4, 4))
+    c, ys = gc.scan(lambda h, x: (gc.tanh(x + gc.nn.dropout(h, 0.5) @ w),) * 2, gc.zeros(("N", 4)), xs)
+    loss = gc.sum(c) + gc.mean(ys)
+    rng = np.random.default_rng(0)
+    v = {"xs": rng.normal(size=(5, 3, 4)).astype(np.float32), "w": rng.normal(size=(4, 4)).astype(np.float32)}
+    outs = [loss, *gc.grad(loss, [w, xs])]
+    for got, want in zip(gc.compile(outs, cache=False)(v), gc.evaluate(outs, v), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+    # a training epoch sees the step's dropout (it trains with it, feeding a key per step)
+    x2 = gc.input("x2", ("N", 5, 4))
+    y2 = gc.input("y2", ("N",), "int32")
+    seq = gc.transpose(x2, (1, 0, 2))
+    h, _ = gc.scan(lambda h, x: (gc.tanh(x + gc.nn.dropout(h, 0.5) @ w), None), gc.zeros(("N", 4)), seq)
+    l2 = gc.nn.softmax_cross_entropy(h, y2)
+    assert gc.EpochFunction(l2, {w: w - 0.1 * gc.grad(l2, w)}, x=x2, y=y2, cache=False).training
+
+    big = gc.input("big", ("T", 3))
+    sp = lambda z: gc.log(1.0 + gc.exp(z))  # noqa: E731 - a hand-written softplus: overflows unless rewritten
+    inside, _ = gc.scan(lambda a, x: (a + sp(x) + 1.0 / (1.0 + gc.exp(-x)), None), gc.zeros((3,)), big)
+    outside = gc.sum(sp(big) + 1.0 / (1.0 + gc.exp(-big)), axis=0)
+    vb = {"big": np.array([[-100.0, 0.5, 100.0]] * 2, np.float32)}
+    a, b = gc.compile([inside, outside, gc.grad(gc.sum(inside), big)], cache=False)(vb)[:2]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.all(np.isfinite(a)) and a[2] == np.float32(200.0) + np.float32(2.0)
