@@ -45,6 +45,10 @@ class EpochStats:
 SMALL_STEP_FLOPS = 4e6
 
 
+def _steps(k: int) -> str:
+    return f"{k} step" if k == 1 else f"{k} steps"
+
+
 class EpochFunction(CompiledFunction):
     """A training step compiled with a native epoch driver: one call runs a whole epoch.
 
@@ -349,6 +353,7 @@ class EpochFunction(CompiledFunction):
         steps, loss_sum, status, bad = self._run_chunks(ctx, perm, losses, n_steps_rows, step0, total, mode, nthreads,
                                                          copy_back)
         bad_loss = float(loss_buf[0])
+        check = int(ctx[drv.CHECK])  # which run-time check failed (a replay below runs the driver again)
         samples = min(steps * batch, n_steps_rows) if bad is None else steps * batch
         stats = EpochStats(loss_sum, steps, samples, bad, perm, losses[:steps].copy())
 
@@ -388,15 +393,16 @@ class EpochFunction(CompiledFunction):
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
                 raise InputError(
                     f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
-                    f"{self.rt.checks[int(ctx[drv.CHECK]) - 1]}, in the batch of rows {shown}; the state holds "
-                    f"the parameters after the last good step ({bad} steps this epoch). Check the data's labels / ids")
+                    f"{self.rt.checks[check - 1]}, in the batch of rows {shown}; the state holds "
+                    f"the parameters after the last good step ({_steps(bad)} this epoch). Check the data's labels / "
+                    "ids")
             held = (f"the update of step {culprit} (whose loss was finite) had already made {overflowed} "
                     "non-finite: the state holds the parameters " + (
-                        f"after the step before it ({culprit - 1} steps this epoch)" if culprit > 1 else
+                        f"after the step before it ({_steps(culprit - 1)} this epoch)" if culprit > 1 else
                         "at the epoch's start") if culprit else
                     f"the state holds the parameters at the epoch's start: the update of an earlier step had "
                     f"already made {overflowed} non-finite" if overflowed else
-                    f"the state holds the parameters after the last finite step ({bad} steps this epoch)")
+                    f"the state holds the parameters after the last finite step ({_steps(bad)} this epoch)")
             raise NumericalError(
                 f"training: the loss became non-finite ({bad_loss}) at step {bad + 1} of the epoch "
                 f"(global step {step0 + bad + 1}, epoch {epoch}); {held}. Try a smaller learning rate or "
@@ -411,7 +417,7 @@ class EpochFunction(CompiledFunction):
             name = self._nonfinite(trained)
             if name:  # every loss finite, but an update overflowed (the last step's shows in no loss)
                 kept = before_step(steps)  # the last step's update: the state before it
-                held = f"after the step before the last ({kept} steps this epoch)" if kept else "at the epoch's start"
+                held = f"after the step before the last ({_steps(kept)} this epoch)" if kept else "at the epoch's start"
                 self.steps_done = step0 + kept
                 raise NumericalError(
                     f"training: the parameter {name!r} became non-finite in epoch {epoch} while every loss of its "

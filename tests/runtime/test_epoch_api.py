@@ -483,3 +483,22 @@ def test_ctrl_c_stops_a_long_epoch_within_a_chunk(tmp_path):
     assert out.startswith("interrupted"), out
     assert 64 < int(out.split()[1]) < 200_064  # stopped inside the epoch, on a step
     assert waited < 5.0, waited  # the whole epoch takes ~20 s; a chunk ~0.2 s
+
+
+def test_a_failed_check_after_the_first_step_is_named_right():
+    """The run-time check named is the one that failed, at any step (the replay to the last good step ran the
+    driver again, which cleared the failed check's number: the message named the program's last check)."""
+    x = gc.input("x", ("N", 3), "int32")
+    y = gc.input("y", ("N",), "int32")
+    e = gc.nn.embedding(x, 9, 4, name="emb")  # a second run-time check: ids in [0, 9)
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.reshape(e, ("N", 12)), 3, name="out"), y)
+    ps = gc.nn.parameters(loss)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps))}, x=x, y=y)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 9, (40, 3)).astype(np.int32)
+    Y = rng.integers(0, 3, 40).astype(np.int32)
+    Y[25] = 7  # a label out of range in the fourth batch of 8; every id is fine
+    state = gc.nn.init_params(ps, seed=0)
+    with pytest.raises(gc.InputError, match=r"step 4 of the epoch .*softmax_cross_entropy: label out of range.*"
+                                            r"after the last good step \(3 steps this epoch\)"):
+        ef.run_epoch(X, Y, state, batch=8, order=np.arange(40))
