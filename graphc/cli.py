@@ -99,7 +99,7 @@ def _train(args) -> int:
         summary = f"test MSE {m['test_mse']:.4f} (RMSE {m['test_rmse_original_units']:.4g} in target units)"
     print(f"{m['dataset']}: {summary}; {m['train_samples_per_second']:,.0f} samples/s on {m['threads']} "
           f"thread(s){f' x {ranks} ranks' if ranks > 1 else ''}; compile {m['compile_seconds']:.2f} s; "
-          f"{m['epochs']} epochs"
+          f"{m['epochs']} epoch{'' if m['epochs'] == 1 else 's'}"
           + (f"; results in {args.out}" if args.out else ""))
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, default=str))

@@ -47,8 +47,14 @@ def load_model_file(path: str) -> tuple[Callable[[Node, int], Node], dict]:
     name = f"graphc_user_model_{abs(hash(str(p.resolve())))}"
     spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, str(p)))
     module = importlib.util.module_from_spec(spec)
+    # registered while it runs, as an import would: dataclasses, typing and pickle look the module up by name
+    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
     except GraphcError:
         raise
     except SyntaxError as e:

@@ -569,9 +569,9 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
         raise GraphcError(f"scan at {where}: step must be a function (carry, x_t) -> (carry, y_t), got "
                           f"{type(step).__name__}")
     if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer))
-                                   or checkpoint < 1):
-        raise GraphcError(f"scan at {where}: checkpoint must be a positive int (store every k-th carry), got "
-                          f"{checkpoint!r}")
+                                   or not 1 <= checkpoint < 2**31):
+        raise GraphcError(f"scan at {where}: checkpoint must be a positive int below 2**31 (store every k-th "
+                          f"carry), got {checkpoint!r}")
     if not isinstance(reverse, (bool, np.bool_)):
         raise GraphcError(f"scan at {where}: reverse must be True or False, got {reverse!r}")
     reverse = bool(reverse)
@@ -581,6 +581,10 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
     else:
         x_leaves, x_struct = _flatten(xs, f"scan at {where}: xs", False)
     T = _length(x_leaves, length, where)
+    if checkpoint is not None and isinstance(T, int):
+        # a segment longer than the sequence recomputes the whole sequence, as k = T does: its buffers are
+        # k steps long, so a k past T would only cost memory
+        checkpoint = min(int(checkpoint), max(T, 1))
     y_struct: list = []
 
     def fn(carry_args, x_args):

@@ -390,3 +390,19 @@ def test_a_divergence_of_the_default_mlp_names_its_layer_not_the_console_scripts
     p = run("train", "--lr", "1e6", "--epochs", "2", "--quiet")
     assert p.returncode != 0 and "at (built by graphc) in mlp." in p.stderr, p.stderr
     assert "cli.py" not in p.stderr and "runpy" not in p.stderr
+
+
+def test_a_model_file_may_use_dataclasses_with_postponed_annotations(tmp_path):
+    """The file runs as an imported module would (registered by name while it runs): a @dataclass under
+    `from __future__ import annotations` resolves its string annotations (before: AttributeError)."""
+    from graphc.fitting import load_model_file
+
+    (tmp_path / "dc.py").write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\nimport graphc as gc\n\n"
+        "@dataclass\nclass Config:\n    width: int = 8\n\n\n"
+        "def model(x, n_outputs):\n    return gc.nn.dense(gc.nn.dense(x, Config().width, 'relu', name='h'), "
+        "n_outputs, name='o')\n")
+    import graphc as gc
+
+    fn, options = load_model_file(str(tmp_path / "dc.py"))
+    assert options == {} and fn(gc.input("x", ("N", 3)), 2).shape[1] == 2

@@ -493,7 +493,7 @@ def test_a_failed_check_after_the_first_step_is_named_right():
     e = gc.nn.embedding(x, 9, 4, name="emb")  # a second run-time check: ids in [0, 9)
     loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.reshape(e, ("N", 12)), 3, name="out"), y)
     ps = gc.nn.parameters(loss)
-    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps))}, x=x, y=y)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps), strict=True)}, x=x, y=y)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 9, (40, 3)).astype(np.int32)
     Y = rng.integers(0, 3, 40).astype(np.int32)
