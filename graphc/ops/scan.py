@@ -188,7 +188,25 @@ def _make_body(fn: Callable, carry_types, x_types, what: str):
     canon += [_arg(nc + nx + j, level, c.shape, c.dtype) for j, c in enumerate(captures)]
     mapping = {id(a): c for a, c in zip(carry_args + x_args + captures, canon, strict=True)}
     body_outs = substitute(outs, mapping)
+    _follow_unnamed_layers(order, dep, captures, mapping)
     return Body(canon, body_outs, nc, nx), captures, present, outs
+
+
+def _follow_unnamed_layers(order: list[Node], dep: set[int], captures: list[Node], mapping: dict) -> None:
+    """An unnamed layer built in the step noted what it computed on its parameter (graphc.nn.layers
+    `note_unnamed_use`, which refuses two such layers on one parameter); those were the traced nodes, which the
+    body replaces: the notes follow them into the body."""
+    noted = [c for c in captures if c.meta.get("unnamed_layer_uses")]
+    if not noted:
+        return
+    import weakref
+
+    traced = [n for n in order if id(n) in dep]
+    image = {id(a): b for a, b in zip(traced, substitute(traced, mapping), strict=True)}
+    for p in noted:
+        uses = p.meta["unnamed_layer_uses"]
+        uses[:] = [u + tuple(weakref.ref(image[id(n)]) for n in (r() for r in u) if n is not None and id(n) in image)
+                   for u in uses]
 
 
 make_body = _make_body  # the tracer, for the passes that rebuild a body (graphc.passes.loops)

@@ -43,8 +43,15 @@ def _unnamed_layers_apart(order: list[Node], leaves: dict[str, Node]) -> None:
         uses = p.meta.get("unnamed_layer_uses") if p.op.name == "param" else None
         if not uses or len(uses) < 2:
             continue
-        if present is None:
-            present = {id(n) for n in order}
+        if present is None:  # the graph's nodes, its loops' bodies included
+            present, stack = set(), list(order)
+            while stack:
+                n = stack.pop()
+                if id(n) not in present:
+                    present.add(id(n))
+                    body = n.attrs.get("body") if n.op.name == "scan" else None
+                    if body is not None:
+                        stack.extend(body.order())
         here = []  # per layer, the first of what it built that this graph holds
         for u in uses:
             hit = next((n for n in (r() for r in u) if n is not None and id(n) in present), None)

@@ -412,3 +412,18 @@ def test_a_checkpoint_longer_than_a_static_sequence_costs_no_more_than_the_seque
     assert arenas[0] == arenas[1] and np.array_equal(grads[0], grads[1])
     with pytest.raises(gc.GraphcError, match="checkpoint must be a positive int below 2\\*\\*31"):
         gc.scan(lambda c, x: (c + x, None), gc.zeros(("N", 8)), xs, checkpoint=2**40)
+
+
+def test_two_unnamed_layers_in_a_step_are_refused_as_outside_one():
+    """Outside a model build, two unnamed layers of one shape get one parameter: refused outside a scan, and
+    now inside a step too (it trained as one tied layer); one unnamed layer in a step is fine."""
+    xs = gc.input("xs", ("T", "N", 4))
+    h, _ = gc.scan(lambda h, x: (gc.nn.dense(gc.nn.dense(x, 4) + h, 4), None), gc.zeros(("N", 4)), xs)
+    v = dict(gc.nn.init_params(gc.nn.parameters(h), seed=0), xs=np.ones((3, 2, 4), np.float32))
+    with pytest.raises(gc.GraphcError, match="two unnamed layers share the parameter 'dense.W'"):
+        gc.evaluate(h, v)
+    with pytest.raises(gc.GraphcError, match="two unnamed layers share the parameter 'dense.W'"):
+        gc.compile(h)(v)
+    one, _ = gc.scan(lambda h, x: (gc.nn.dense(x, 4) + h, None), gc.zeros(("N", 4)), xs)
+    w = dict(gc.nn.init_params(gc.nn.parameters(one), seed=0), xs=np.ones((3, 2, 4), np.float32))
+    np.testing.assert_allclose(gc.compile(one)(w), gc.evaluate(one, w), rtol=1e-6)
