@@ -205,8 +205,14 @@ def _follow_unnamed_layers(order: list[Node], dep: set[int], captures: list[Node
     image = {id(a): b for a, b in zip(traced, substitute(traced, mapping), strict=True)}
     for p in noted:
         uses = p.meta["unnamed_layer_uses"]
-        uses[:] = [u + tuple(weakref.ref(image[id(n)]) for n in (r() for r in u) if n is not None and id(n) in image)
-                   for u in uses]
+        new: list[tuple] = []
+        for u in uses:
+            inside = [image[id(n)] for n in (r() for r in u) if n is not None and id(n) in image]
+            if inside:  # a layer of this step: what it computes in the body (one that another traced twice
+                u = tuple(weakref.ref(n) for n in inside)  # the same way is the same nodes: one use)
+            if not any(len(v) == len(u) and all(a() is b() for a, b in zip(v, u, strict=True)) for v in new):
+                new.append(u)
+        uses[:] = new
 
 
 make_body = _make_body  # the tracer, for the passes that rebuild a body (graphc.passes.loops)
