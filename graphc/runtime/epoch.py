@@ -393,7 +393,7 @@ class EpochFunction(CompiledFunction):
                 shown = ", ".join(str(int(r)) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
                 raise InputError(
                     f"training: step {bad + 1} of the epoch (global step {step0 + bad + 1}, epoch {epoch}): "
-                    f"{self.rt.checks[check - 1]}, in the batch of rows {shown}; the state holds "
+                    f"{self.check_message(check)}, in the batch of rows {shown}; the state holds "
                     f"the parameters after the last good step ({_steps(bad)} this epoch). Check the data's labels / "
                     "ids")
             held = (f"the update of step {culprit} (whose loss was finite) had already made {overflowed} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import threading
 import weakref
@@ -179,7 +180,10 @@ class CompiledFunction:
         self.from_cache = engine is not None
         if engine is None:
             c = self.compilation  # every stage up to the memory layout
-            found = (c.layout.spec(self.target), tuple(position[id(leaf)] for leaf in c.signature.inputs))
+            spec = c.layout.spec(self.target)
+            if spec.checks:  # their source lines as references to this graph's nodes (see check_message)
+                spec = replace(spec, checks=[_check_template(m, order) for m in spec.checks])
+            found = (spec, tuple(position[id(leaf)] for leaf in c.signature.inputs))
         self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
         self.signature = Graph(graph.outputs, tuple(graph.inputs[i] for i in kept))  # what a call feeds, in order
         slot = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
@@ -371,6 +375,11 @@ class CompiledFunction:
     def show_stages(self) -> None:
         """Print the graph after each pass (see `stages_text`)."""
         print(self.stages_text())
+
+    def check_message(self, code: int) -> str:
+        """What run-time check `code` (1-based) found, located at the lines that built THIS graph: a program from
+        the disk cache was compiled for a graph of the same structure, maybe built by other lines or files."""
+        return _render_check(self.rt.checks[code - 1], topo_order(self._graph.outputs))
 
     # ------------------------------------------------------------------------------------------ calling
     def _prepare_fast_path(self) -> None:
@@ -721,7 +730,7 @@ class CompiledFunction:
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
         if self._error is not None and self._error.value:
             code, self._error.value = self._error.value, 0
-            raise InputError(f"compiled function: {self.rt.checks[code - 1]}; the outputs were not written "
+            raise InputError(f"compiled function: {self.check_message(code)}; the outputs were not written "
                              "(parameters updated in place may hold partial values)")
         for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
             if outs[k] is None:
@@ -893,6 +902,33 @@ def _tsc_hz() -> float:
         time.sleep(0.05)
         _TSC.append((f() - c0) / (time.perf_counter() - t0))
     return _TSC[0]
+
+
+_REF = re.compile("\x00([ws])(\\d+)\x00")
+
+
+def _check_template(message: str, order: list[Node]) -> str:
+    """A run-time check's message with each place it names (`node.where()` or its source's) replaced by a
+    reference to the first node of the input graph (topological order: the same for every graph of one
+    structure, i.e. one cache key) built there."""
+    refs: dict[str, str] = {}
+    for k, n in enumerate(order):
+        refs.setdefault(n.where(), f"\x00w{k}\x00")
+        refs.setdefault(n.source.where(), f"\x00s{k}\x00")
+    for w in sorted(refs, key=len, reverse=True):  # the longest first: a.py:12 is not a.py:1 followed by 2
+        message = re.sub(re.escape(f" at {w}") + r"(?![\w])", lambda _m, r=refs[w]: f" at {r}", message)
+    return message
+
+
+def _render_check(template: str, order: list[Node]) -> str:
+    def where(m: re.Match) -> str:
+        k = int(m.group(2))
+        if k >= len(order):
+            return "?"
+        n = order[k]
+        return n.where() if m.group(1) == "w" else n.source.where()
+
+    return _REF.sub(where, template)
 
 
 def compile(outputs, *, updates: Mapping | None = None, training: bool = False,  # noqa: A001

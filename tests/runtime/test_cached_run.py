@@ -107,3 +107,23 @@ def test_a_damaged_run_time_spec_is_rebuilt(tmp_path, monkeypatch):
     assert c.from_cache
     v = {"x": np.ones((3, 2), np.float32)}
     assert a(v) == b(v) == c(v)
+
+
+def test_a_cached_programs_run_time_check_names_the_lines_of_the_graph_that_called_it(tmp_path):
+    """The cache key is the graph's structure, not its source lines: a program compiled for one file, then found
+    for the same graph built on other lines, names the lines of the graph that ran (it named the first file's)."""
+    body = ("import numpy as np, graphc as gc\n"
+            "z = gc.input('z', ('N', 3)); lab = gc.input('lab', ('N',), 'int32')\n"
+            "loss = gc.nn.softmax_cross_entropy(z, lab)\n"
+            "try:\n    gc.compile(loss)({'z': np.zeros((2, 3), 'f4'), 'lab': np.array([0, 7], 'i4')})\n"
+            "except gc.InputError as e:\n    print('ERR', e)\n")
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path / "cache"))
+    seen = []
+    for name, pad in (("first.py", 0), ("second.py", 5)):
+        (tmp_path / name).write_text("# a comment\n" * pad + body)
+        r = subprocess.run([sys.executable, str(tmp_path / name)], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen.append(next(ln for ln in r.stdout.splitlines() if ln.startswith("ERR")))
+    assert "label out of range [0, 3) at first.py:3" in seen[0]
+    assert "label out of range [0, 3) at second.py:8" in seen[1], seen[1]
