@@ -324,8 +324,9 @@ class Scheduler:
         tries to read it as a view (see `_a_view`) and materializes it only when that fails."""
         prods = {id(n) for n in self.order if n.op.kind == "contract" and n.ndim == 2}
         chain: set[int] = set()
-        for n in reversed(self.order):
-            if not (n.op.kind == "movement" and n.op.is_view(n)) or id(n) in prods:
+        outs = {id(o) for o in self.graph.outputs}  # an output is stored whoever reads it (a loop step's stored
+        for n in reversed(self.order):  # intermediate: the gradient reads it after the loop)
+            if not (n.op.kind == "movement" and n.op.is_view(n)) or id(n) in prods or id(n) in outs:
                 continue
             readers = self.users[id(n)]
             if readers and all((id(u) in prods and u.inputs[0] is n and u.inputs[1] is not n) or id(u) in chain

@@ -337,3 +337,35 @@ def test_a_length_nothing_binds_and_a_negative_length_are_errors_naming_the_loop
     np.testing.assert_array_equal(fn({"xs": np.ones((5, 2))}), [2.0, 2.0])
     with pytest.raises(gc.GraphcError, match="reverse must be True or False, got 'no'"):
         gc.scan(lambda c, x: (c + x, None), gc.zeros((2,)), gc.input("q", (4, 2)), reverse="no")
+
+
+@pytest.mark.parametrize("cell", ["conv1d", "reshape_product", "dense3d"])
+def test_weight_gradients_of_a_product_over_a_reshaped_step_value(cell):
+    """A step whose product reads a regrouped view of a computed value (a convolution's im2col windows, a dense
+    layer on (N, L, C), reshape(x + h) @ P): the gradient stores that view per step for the weights' product
+    after the loop, so the step must keep it in memory (it failed to compile: 'was expected in memory')."""
+    rng = np.random.default_rng(0)
+    if cell == "conv1d":
+        xs = gc.input("xs", ("T", "N", 6, 2))
+        w = gc.param("w", (3, 2, 2))
+        h0 = gc.zeros(("N", 6, 2))
+        f = lambda z: gc.conv1d(z, w, padding="same")  # noqa: E731
+        v = {"xs": rng.normal(size=(4, 3, 6, 2)), "w": rng.normal(size=(3, 2, 2)) * 0.3}
+    elif cell == "reshape_product":
+        xs = gc.input("xs", ("T", 3, 4, 5))
+        w = gc.param("w", (5, 5))
+        h0 = gc.zeros((3, 4, 5))
+        f = lambda z: gc.reshape(gc.reshape(z, (12, 5)) @ w, (3, 4, 5))  # noqa: E731
+        v = {"xs": rng.normal(size=(4, 3, 4, 5)), "w": rng.normal(size=(5, 5)) * 0.3}
+    else:
+        xs = gc.input("xs", ("T", "N", 4, 5))
+        w = gc.param("w", (5, 5))
+        h0 = gc.zeros(("N", 4, 5))
+        f = lambda z: z @ w  # noqa: E731 - a product over (N, 4) rows, as gc.nn.dense on a 3-D value
+        v = {"xs": rng.normal(size=(4, 3, 4, 5)), "w": rng.normal(size=(5, 5)) * 0.3}
+    v = {k: a.astype(np.float32) for k, a in v.items()}
+    h, _ = gc.scan(lambda c, x: (gc.tanh(f(x + c)), None), h0, xs)
+    loss = gc.sum(h * h)
+    outs = [loss, *gc.grad(loss, [w, xs])]
+    for got, want in zip(gc.compile(outs, cache=False)(v), gc.evaluate(outs, v), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
