@@ -609,6 +609,11 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         bad = ~np.isfinite(rows(i, j))
         if bad.any():
             r, c = np.argwhere(bad)[0]
+            if grid is not None:  # an example on a grid (an image, a sequence): its element, not a column
+                g = tuple(grid[:-1]) if tuple(grid[-1:]) == (1,) else tuple(grid)
+                at = tuple(int(v) for v in np.unravel_index(int(c), g))
+                raise DataError(f"{name}: example {i + r} (counted from 0) has a non-finite value at {at} of its "
+                                f"{g} grid")
             raise DataError(f"{name}: feature {names[c] if c < len(names) else c!r} is not finite in row {i + r} "
                             "(rows counted from 0, the header not counted)")
     y = np.asarray(y)

@@ -8,8 +8,11 @@ unless `time_axis=1` says the batch comes first."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from graphc import ops
 from graphc.errors import DTypeError, ShapeError
+from graphc.ir.dims import Dim
 from graphc.ir.shapes import INT_DTYPES, fmt_shape
 from graphc.ops.core import describe
 
@@ -46,6 +49,9 @@ def sequence_mask(lengths, steps, *, time_axis: int = 0):
     lengths = _lengths(lengths, "sequence_mask")
     if time_axis not in (0, 1):
         raise ShapeError(f"sequence_mask: time_axis must be 0 (time-major) or 1 (batch-major), got {time_axis!r}")
+    if isinstance(steps, bool) or not (isinstance(steps, (int, np.integer)) and steps >= 0 or isinstance(steps, Dim)
+                                       or isinstance(steps, str)):
+        raise ShapeError(f"sequence_mask: steps must be an int >= 0 or a dim (e.g. xs.shape[0]), got {steps!r}")
     pos = _positions(lengths, steps, time_axis)
     return ops.less(pos, ops.expand_dims(lengths, time_axis))
 

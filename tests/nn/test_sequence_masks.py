@@ -3,6 +3,7 @@ time axis, gradients by finite differences, the compiled loss against the refere
 PyTorch's packed sequences."""
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,21 @@ def test_lengths_outside_the_steps_are_errors_in_layers_losses_and_last_step(bad
     np.testing.assert_array_equal(gc.evaluate(h, zero)[0], 0)
     with pytest.raises(gc.GraphcError, match=r"last_step: a length 0 is out of range \[1, 6\)"):
         gc.evaluate(last, zero)
+
+
+def test_sequence_mask_refuses_a_bad_step_count_by_name():
+    lengths = gc.input("L", ("N",), "int32")
+    for bad in (-1, 4.0, True, None):
+        with pytest.raises(gc.ShapeError, match="sequence_mask: steps must be an int >= 0 or a dim"):
+            gc.nn.sequence_mask(lengths, bad)
+
+
+def test_a_non_finite_value_in_sequences_is_located_on_its_grid():
+    from graphc import data
+
+    X = np.zeros((30, 3, 2), np.float32)
+    X[3, 1, 1] = np.nan
+    with pytest.raises(data.DataError, match=r"example 3 \(counted from 0\) has a non-finite value at \(1, 1\) "
+                                             r"of its \(3, 2\) grid"):
+        gc.fit(str(Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"),
+               (X, np.arange(30) % 2), epochs=1, progress=False)
