@@ -37,7 +37,7 @@ class EpochStats:
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        return self.loss_sum / self.samples if self.samples else float("nan")  # no step: no mean (numpy's nan)
 
 
 # One thread when a step's matrix products are too small to split (barriers would cost more than they save): the
@@ -247,6 +247,9 @@ class EpochFunction(CompiledFunction):
                 raise InputError(f"training: Y must have one row per row of X ({n}), got "
                                  f"{getattr(Y, 'shape', type(Y).__name__)}")
             self._check_data(Y, self._y, "y")
+        elif Y is not None:
+            raise InputError("training: Y was given, but this epoch function was built without y= (its loss reads "
+                             "no labels); pass Y=None, or build it with y=<the labels input>")
         if order is not None:
             perm = _check_order(order, n)
             mode, n_steps_rows = drv.ORDER_GIVEN, len(perm)

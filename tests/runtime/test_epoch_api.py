@@ -502,3 +502,16 @@ def test_a_failed_check_after_the_first_step_is_named_right():
     with pytest.raises(gc.InputError, match=r"step 4 of the epoch .*softmax_cross_entropy: label out of range.*"
                                             r"after the last good step \(3 steps this epoch\)"):
         ef.run_epoch(X, Y, state, batch=8, order=np.arange(40))
+
+
+def test_labels_given_to_an_epoch_without_labels_and_an_epoch_of_no_steps():
+    x = gc.input("x", ("N", 4))
+    loss = gc.mean(gc.nn.dense(x, 1, name="d") ** 2)
+    ps = gc.nn.parameters(loss)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps), strict=True)}, x=x)
+    state = gc.nn.init_params(ps, seed=0)
+    X = np.ones((8, 4), np.float32)
+    with pytest.raises(gc.InputError, match="Y was given, but this epoch function was built without y="):
+        ef.run_epoch(X, np.ones(8, np.int32), state, batch=4)
+    st = ef.run_epoch(X, None, state, batch=4, max_steps=0)
+    assert st.steps == 0 and math.isnan(st.mean_loss)
