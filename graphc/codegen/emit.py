@@ -6,7 +6,7 @@ the kernels in order with a barrier where a kernel needs what another thread jus
 starts the threads. Every value is computed the same way whatever the thread count, so results are bitwise
 independent of it.
 
-Scalar code comes from each op's sympy formula (`ScalarEmitter`), applied to vectors of the target's width;
+Scalar code comes from each op's formula, a graphc term (`ScalarEmitter`), applied to vectors of the target's width;
 transcendental functions come from `vmath` (vector polynomials), matrix products from `gemm` (or, with one row
 of op(A) or K = 1, inline vector loops computing the same sums: `_emit_thin_gemm`)."""
 
@@ -49,10 +49,10 @@ from graphc.codegen.kernels import (
 from graphc.codegen.schedule import Program, split_affine
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
+from graphc.ir.formula import COMPARES, Term
 from graphc.ir.lowering import floordiv
 from graphc.ir.shapes import ITEMSIZE, Dim
 from graphc.ops import random as rng_mod
-from graphc.ops.scalar import expm1, floor_divide, keep_bit, log1p, relu, remainder, rint, sigmoid, softplus
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -158,7 +158,7 @@ class Loop:
 
 
 class ScalarEmitter:
-    """Emit an elementwise op's sympy formula on LLVM values (scalars or vectors, floats, ints or i1)."""
+    """Emit an op's formula term (graphc.ir.formula) on LLVM values (scalars or vectors, floats, ints or i1)."""
 
     def __init__(self, b: ir.IRBuilder, module: ir.Module, target: Target | None = None):
         self.b, self.module, self.target = b, module, target
@@ -171,126 +171,115 @@ class ScalarEmitter:
             v = float(v)
         return vmath.const(ty, v)
 
-    def formula(self, expr: sympy.Expr, env: dict, ty: ir.Type) -> ir.Value:
-        """`expr` with its symbols bound by `env` to values; numbers are of type `ty`."""
-        memo: dict = {}
+    def formula(self, expr: Term, env: dict[str, ir.Value], ty: ir.Type) -> ir.Value:
+        """`expr` with its arguments bound by name by `env` to values; numbers are of type `ty`. A sub-term that
+        occurs more than once is computed once."""
+        memo: dict[Term, ir.Value] = {}
 
-        def go(e):
-            if e in memo:
-                return memo[e]
-            r = self._emit(e, go, env, ty)
-            memo[e] = r
+        def go(t: Term) -> ir.Value:
+            r = memo.get(t)
+            if r is None:
+                r = memo[t] = self._emit(t, go, env, ty)
             return r
 
         return go(expr)
 
-    def _emit(self, e, go, env, ty):
-        b = self.b
-        if e in env:
-            return env[e]
-        if e is sympy.true or e is sympy.false:
-            return self.const(vmath.like(ty, I1), bool(e))
-        if e.is_Number or e in (sympy.pi, sympy.E):
-            return self.const(ty, float(e) if _is_float(ty) else int(e))
-        if e.is_Add:
-            pos = [t for t in e.args if not t.could_extract_minus_sign()]
-            neg = [-t for t in e.args if t.could_extract_minus_sign()]
-            acc = go(pos[0]) if pos else self.neg(go(neg.pop(0)))
-            for t in pos[1:]:
-                acc = self.add(acc, go(t))
-            for t in neg:
-                acc = self.sub(acc, go(t))
+    def _emit(self, t: Term, go, env: dict, ty: ir.Type) -> ir.Value:
+        b, op, args = self.b, t.op, t.args
+        if op == "sym":
+            v = env.get(t.value)
+            if v is None:
+                raise CompileError(f"internal: the formula uses {t.value}, not one of its arguments {sorted(env)}")
+            return v
+        if op == "num":
+            return self.const(ty, float(t.value) if _is_float(ty) else int(t.value))
+        if op == "bool":
+            return self.const(vmath.like(ty, I1), t.value)
+        if op == "add":
+            acc = go(args[0]) if t.value else self.neg(go(args[0]))
+            for k, a in enumerate(args[1:], 1):
+                acc = self.add(acc, go(a)) if k < t.value else self.sub(acc, go(a))
             return acc
-        if e.is_Mul:
-            if e.could_extract_minus_sign():
-                return self.neg(go(-e))
-            n, d = sympy.fraction(e)
-            if d != 1:
-                return self.div(go(n), go(d))
+        if op == "neg":
+            return self.neg(go(args[0]))
+        if op == "mul":
             acc = None
-            for t in e.args:
-                v = go(t)
+            for a in args:
+                v = go(a)
                 acc = v if acc is None else self.mul(acc, v)
             return acc
-        if e.is_Pow:
-            base, p = e.args
-            if p.is_Integer:
-                k = int(p)
-                x = go(base)
-                r = self._ipow(x, abs(k))
-                return self.div(self.const(x.type, 1.0), r) if k < 0 else r
-            if p.is_Number and float(p) == 0.5:  # x ** 0.5 as sqrt: correctly rounded, as numpy's
-                return self.call_intrinsic("llvm.sqrt", go(base))
-            if p.is_Number and float(p) == -0.5:  # 1/sqrt(x), with pow's values at -0.0 (inf) and -inf (0)
-                x = go(base)
-                r = self.div(self.const(x.type, 1.0),
-                             self.call_intrinsic("llvm.sqrt", b.fadd(x, self.const(x.type, 0.0))))
-                return b.select(b.fcmp_ordered("==", x, self.const(x.type, float("-inf"))), self.const(x.type, 0.0), r)
-            x = go(base)
+        if op == "div":
+            return self.div(go(args[0]), go(args[1]))
+        if op == "powi":
+            x = go(args[0])
+            r = self._ipow(x, abs(t.value))
+            return self.div(self.const(x.type, 1.0), r) if t.value < 0 else r
+        if op == "sqrt":  # x ** 0.5: correctly rounded, as numpy's
+            return self.call_intrinsic("llvm.sqrt", go(args[0]))
+        if op == "rsqrt":  # 1/sqrt(x), with pow's values at -0.0 (inf) and -inf (0)
+            x = go(args[0])
+            r = self.div(self.const(x.type, 1.0), self.call_intrinsic("llvm.sqrt", b.fadd(x, self.const(x.type, 0.0))))
+            return b.select(b.fcmp_ordered("==", x, self.const(x.type, float("-inf"))), self.const(x.type, 0.0), r)
+        if op == "pow":
+            x = go(args[0])
+            p = args[1]
             # a tensor exponent, or a non-integer constant one (its integer-exponent work folds away)
-            return self._pow(x, go(p) if not p.is_Number else self.const(x.type, float(p)))
-        if isinstance(e, sympy.Piecewise):
-            (val, cond), rest = e.args[0], e.args[1:]
-            if cond is sympy.true or not rest:
-                return go(val)
-            return b.select(go(cond), go(val), go(sympy.Piecewise(*rest)))
-        if isinstance(e, sympy.core.relational.Relational):
-            return self.compare(type(e), go(e.lhs), go(e.rhs))
-        if isinstance(e, sympy.Not):
-            x = go(e.args[0])
+            return self._pow(x, go(p) if p.op != "num" else self.const(x.type, float(p.value)))
+        if op == "select":
+            return b.select(go(args[0]), go(args[1]), go(args[2]))
+        if op in COMPARES:
+            return self.compare(COMPARES[op], go(args[0]), go(args[1]))
+        if op == "not":
+            x = go(args[0])
             return b.xor(x, self.const(x.type, True))
-        if isinstance(e, (sympy.And, sympy.Or)):
-            vals = [go(a) for a in e.args]
+        if op in ("and", "or", "max", "min"):
+            vals = [go(a) for a in args]
             acc = vals[0]
             for v in vals[1:]:
-                acc = b.and_(acc, v) if isinstance(e, sympy.And) else b.or_(acc, v)
+                if op == "and":
+                    acc = b.and_(acc, v)
+                elif op == "or":
+                    acc = b.or_(acc, v)
+                else:
+                    acc = self.maxmin(acc, v, op == "max")
             return acc
-        if isinstance(e, (sympy.Max, sympy.Min)):
-            vals = [go(a) for a in e.args]
-            acc = vals[0]
-            for v in vals[1:]:
-                acc = self.maxmin(acc, v, isinstance(e, sympy.Max))
-            return acc
-        if isinstance(e, relu):
-            x = go(e.args[0])
+        if op == "relu":
+            x = go(args[0])
             return self.maxmin(x, self.const(x.type, 0), True)
-        if isinstance(e, sympy.Abs):
-            x = go(e.args[0])
+        if op == "abs":
+            x = go(args[0])
             if _is_float(x.type):
                 return self.call_intrinsic("llvm.fabs", x)
             neg = b.icmp_signed("<", x, self.const(x.type, 0))
             return b.select(neg, b.sub(self.const(x.type, 0), x), x)
-        if isinstance(e, sympy.sign):
-            x = go(e.args[0])
+        if op == "sign":
+            x = go(args[0])
             zero, one = self.const(x.type, 0), self.const(x.type, 1)
-            gt = self.compare(sympy.StrictGreaterThan, x, zero)
-            lt = self.compare(sympy.StrictLessThan, x, zero)
+            gt = self.compare(">", x, zero)
+            lt = self.compare("<", x, zero)
             # sign(nan) is nan, sign(+-0) is +0 (numpy's): x + 0 gives all three (x * 0 kept -0)
             rest = b.fadd(x, zero) if _is_float(x.type) else zero
             return b.select(gt, one, b.select(lt, self.neg(one), rest))
-        if isinstance(e, sympy.Heaviside):
-            x = go(e.args[0])
-            h0 = float(e.args[1]) if len(e.args) > 1 else 0.5
+        if op == "heaviside":
+            x = go(args[0])
             zero = self.const(x.type, 0)
-            return b.select(self.compare(sympy.StrictGreaterThan, x, zero), self.const(x.type, 1),
-                            b.select(self.compare(sympy.Equality, x, zero), self.const(x.type, h0), zero))
-        if isinstance(e, rint):
-            return self.call_intrinsic("llvm.rint", go(e.args[0]))
-        if isinstance(e, (sympy.floor, sympy.ceiling)):
-            x = go(e.args[0])
+            return b.select(self.compare(">", x, zero), self.const(x.type, 1),
+                            b.select(self.compare("==", x, zero), self.const(x.type, float(t.value)), zero))
+        if op == "rint":
+            return self.call_intrinsic("llvm.rint", go(args[0]))
+        if op in ("floor", "ceil"):
+            x = go(args[0])
             if not _is_float(x.type):
                 return x
-            return self.call_intrinsic("llvm.floor" if isinstance(e, sympy.floor) else "llvm.ceil", x)
-        if isinstance(e, (floor_divide, remainder)):
-            return self.floor_mod(go(e.args[0]), go(e.args[1]), isinstance(e, remainder))
-        if isinstance(e, keep_bit):
-            return self.keep_bit(go(e.args[0]), go(e.args[1]), int(e.args[2]), go(e.args[3]))
-        fn = _VMATH.get(type(e))
-        if fn is not None:
-            return vmath.EMITTERS[fn](b, go(e.args[0]), self.target)
-        raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
-                           "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
-                           f"floor, ceiling, {', '.join(vmath.LIBM)}")
+            return self.call_intrinsic("llvm." + op, x)
+        if op in ("floor_divide", "remainder"):
+            return self.floor_mod(go(args[0]), go(args[1]), op == "remainder")
+        if op == "keep_bit":
+            return self.keep_bit(go(args[0]), go(args[1]), t.value, go(args[2]))
+        fn = vmath.EMITTERS.get(op)
+        if fn is None:
+            raise CompileError(f"internal: the formula op {op} has no native code")
+        return fn(b, go(args[0]), self.target)
 
     # typed arithmetic
     def add(self, x, y):
@@ -357,10 +346,8 @@ class ScalarEmitter:
                     b.and_(b.fcmp_ordered("==", x, self.const(ty, -1.0)), inf_y))  # (-1) ** +-inf = 1
         return b.select(one, self.const(ty, 1.0), r)
 
-    def compare(self, cls, x, y):
-        ops = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
-               sympy.GreaterThan: ">=", sympy.Equality: "==", sympy.Unequality: "!="}
-        op = ops[cls]
+    def compare(self, op: str, x, y):
+        """x op y (op: <, <=, >, >=, ==, !=), numpy's: a float comparison with nan is false, except !=."""
         if _is_float(x.type):
             if op == "!=":
                 return self.b.fcmp_unordered("!=", x, y)
@@ -439,11 +426,6 @@ class ScalarEmitter:
         x = b.xor(x, b.lshr(x, c(15)))
         x = b.mul(x, c(rng_mod.M2))
         return b.xor(x, b.lshr(x, c(16)))
-
-
-_VMATH = {sympy.exp: "exp", sympy.log: "log", log1p: "log1p", expm1: "expm1", sympy.tanh: "tanh",
-          sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf",
-          **{getattr(sympy, name): name for name in vmath.LIBM}}
 
 
 def _splat(b: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:

@@ -18,6 +18,7 @@ from typing import Any
 
 import sympy
 
+from graphc.ir.formula import Term
 from graphc.ir.node import Node
 from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_dim, fmt_shape, size
 
@@ -182,11 +183,12 @@ class Index(Expr):
 
 @dataclass(frozen=True)
 class Formula:
-    """A scalar function given by a sympy expression over `syms` (what an elementwise op lowers to)."""
+    """A scalar function given by a formula term over the arguments named `syms` (what an elementwise op lowers
+    to; see graphc.ir.formula)."""
 
     name: str
-    expr: sympy.Expr
-    syms: tuple[sympy.Symbol, ...]
+    expr: Term
+    syms: tuple[str, ...]
 
     def __repr__(self) -> str:
         return self.name

@@ -51,6 +51,7 @@ from graphc.codegen.kernels import (
     walk_all,
 )
 from graphc.errors import CompileError
+from graphc.ir.formula import Term
 from graphc.ir.graph import Graph
 from graphc.ir.lowering import ACC, NEXT, floordiv
 from graphc.ir.node import Node, topo_order, users
@@ -203,7 +204,8 @@ class Lowering:
         return self.sched.storage_load(self.node.inputs[k], self.node.shape, self.out)
 
     # values
-    def formula(self, name: str, expr: sympy.Expr, syms, args, dtype: str) -> Expr:
+    def formula(self, name: str, expr: Term, syms, args, dtype: str) -> Expr:
+        """The formula term `expr` of the arguments named `syms`, applied to the values `args`."""
         return Apply(Formula(name, expr, tuple(syms)), tuple(args), dtype)
 
     def convert(self, x: Expr, dtype: str) -> Expr:
@@ -274,9 +276,8 @@ class Lowering:
         lost = [self.sched.gathers[s] for s in syms if s not in read]
         if not lost:
             return value
-        a, b = sympy.Symbol("a"), sympy.Symbol("b")
         index = Index(sympy.Add(*(g.sym for g in lost)), "int64", tuple(lost))
-        return Apply(Formula("checked", a, (a, b)), (value, index), value.dtype)
+        return Apply(Formula("checked", Term("sym", (), "a"), ("a", "b")), (value, index), value.dtype)
 
 
 def _floor_parts(e):
@@ -629,7 +630,7 @@ class Scheduler:
             body = Convert(body, n.dtype)
         if rule.scan and len(rule.axes) != 1:
             raise CompileError(f"internal: {n.op.name} scans over {rule.axes}; a scan runs over one axis")
-        combine = Formula(rule.label, rule.combine, (ACC, NEXT))
+        combine = Formula(rule.label, rule.combine, (ACC.value, NEXT.value))
         kern = ReduceKernel(name, domain=x.shape, axes=tuple(rule.axes),
                             reduction=Reduction(rule.label, combine, float(rule.identity)), body=body,
                             stores=[Store(buf, Acc(n.dtype))], scan=rule.scan, reverse=rule.reverse)

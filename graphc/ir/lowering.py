@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import sympy
+from graphc.ir.formula import Term, sym
+
+# the arguments of a reduction's combine formula: the accumulated value and the next one
+ACC, NEXT = sym("acc"), sym("next")
 
 
 @functools.cache
 def _sympy_names() -> dict[str, Any]:
     """The sympy objects of this vocabulary, made on first use: importing the IR (to build graphs) needs no sympy;
-    lowering them does. `ACC` and `NEXT`: the symbols a reduction's combine formula is over; `floordiv`."""
+    lowering them does: `floordiv`."""
     import sympy
 
     class floordiv(sympy.Function):  # noqa: N801 - sympy function names are lower case
@@ -36,25 +38,24 @@ def _sympy_names() -> dict[str, Any]:
                 return a
             return None
 
-    acc, nxt = sympy.symbols("acc next", real=True)
-    return {"ACC": acc, "NEXT": nxt, "floordiv": floordiv}
+    return {"floordiv": floordiv}
 
 
 def __getattr__(name: str) -> Any:
-    """`ACC`, `NEXT` and `floordiv`, importable as before, built (with sympy) when first imported."""
-    if name in ("ACC", "NEXT", "floordiv"):
+    """`floordiv`, importable as before, built (with sympy) when first imported."""
+    if name == "floordiv":
         return _sympy_names()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class ReduceRule:
-    """Reduce input 0 over `axes` with `combine(ACC, NEXT)` from `identity` (the value an empty position holds:
-    0.0, or -inf / inf, which integer dtypes read as their smallest / largest value). A `scan` (one axis) keeps
-    every running value."""
+    """Reduce input 0 over `axes` with `combine`, a formula of `ACC` and `NEXT`, from `identity` (the value an
+    empty position holds: 0.0, or -inf / inf, which integer dtypes read as their smallest / largest value). A
+    `scan` (one axis) keeps every running value."""
 
     label: str
-    combine: sympy.Expr
+    combine: Term
     identity: float
     axes: tuple[int, ...]
     scan: bool = False

@@ -5,9 +5,10 @@ op's own output substituted back where it appears, so exp' reuses exp's value), 
 backend emits. A derivative is kept as a plain tree of names and numbers (`to_tree`) and turned into graph nodes by
 `from_tree`, so the gradient of an elementwise op is made of ordinary elementwise ops that fuse like any other.
 
-Building graphs needs no sympy: a built-in op's formula is built on first use of `op.expr` (lowering, the
-reference evaluator), and derivative trees are kept per machine beside the compile cache (`partial`), so a
-process whose derivatives were computed before differentiates nothing.
+Building graphs needs no sympy: a built-in op's formula is built on first use of `op.expr` (the reference
+evaluator, a derivative), and derivative trees and the formulas as graphc terms (what lowering emits code from,
+`term`) are kept per machine beside the compile cache, so a process whose derivatives and formulas were computed
+before differentiates nothing and compiles without building a sympy formula.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from graphc import cachedir
 from graphc.errors import DTypeError, GraphcError
+from graphc.ir.formula import Term, from_plain, to_plain
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
@@ -118,6 +120,7 @@ class ElementwiseOp(Op):
         self._lambdas: dict = {}
         self._partials: dict = {}  # (params, k) -> derivative tree
         self._partial_exprs: dict = {}  # (params, k) -> sympy derivative
+        self._terms: dict = {}  # repr(params) -> the formula as a graphc term
 
     @property
     def expr(self) -> sympy.Expr:
@@ -194,10 +197,29 @@ class ElementwiseOp(Op):
             _DERIVATIVES.put(name, c)
         return c
 
+    def term(self, attrs) -> Term:
+        """The formula with this node's attribute values substituted, as a graphc term (graphc.ir.formula: what
+        the native code is emitted from): from memory, else from this machine's file (`_DERIVATIVES`), else
+        converted from the sympy formula (`graphc.ops.scalar.to_term`) and added to the file."""
+        key = repr(tuple(sorted((p, attrs[p]) for p in self.params)))  # by repr: p=2 (powi) is not p=2.0 (pow)
+        with self._lock:
+            t = self._terms.get(key)
+        if t is None:
+            name = f"formula|{self.fingerprint()}|{key}"
+            t = _term_entry(_DERIVATIVES.get(name, valid=lambda v: True))
+            if t is None:
+                from graphc.ops.scalar import to_term
+
+                t = to_term(self.expr_for(attrs))
+                _DERIVATIVES.put(name, to_plain(t))
+            with self._lock:
+                self._terms[key] = t
+        return t
+
     def lower(self, node, lx):
         keep = [k for k in range(len(node.inputs)) if k not in self.shape_inputs]
         shown = "".join(f"[{k}={node.attrs[k]}]" for k in self.params)
-        return lx.formula(self.name + shown, self.expr_for(node.attrs), [self.args[k] for k in keep],
+        return lx.formula(self.name + shown, self.term(node.attrs), [f"x{k}" for k in keep],
                           [lx.input(k) for k in keep], node.dtype)
 
     # -- reference semantics
@@ -295,9 +317,10 @@ def _param_values(params: tuple[str, ...], attrs) -> dict:
 
 
 class _DerivativeFile:
-    """The derivative trees (and formula costs) computed on this machine, in one JSON file in the compile cache's
-    directory, named by graphc's code version (edited formulas never meet stale derivatives): {"code_version":
-    ..., "entries": {op fingerprint|params|input: tree, "cost|" op fingerprint: its cost}}. Read once per process;
+    """The derivative trees (and formula costs and terms) computed on this machine, in one JSON file in the compile
+    cache's directory, named by graphc's code version (edited formulas never meet stale derivatives):
+    {"code_version": ..., "entries": {op fingerprint|params|input: tree, "cost|" op fingerprint: its cost,
+    "formula|" op fingerprint|params: its term (graphc.ir.formula.to_plain)}}. Read once per process;
     each new entry is merged into what the file holds now and written back atomically (last writer wins, a lost
     entry is computed again). A file that cannot be read or parsed counts as empty, a directory that cannot be
     written means no file."""
@@ -353,6 +376,16 @@ def _digest(entries: dict) -> str:
 
 
 _DERIVATIVES = _DerivativeFile()
+
+
+def _term_entry(plain) -> Term | None:
+    """The formula term a file entry holds (see `to_plain`), or None for a missing or damaged one."""
+    if plain is None:
+        return None
+    try:
+        return from_plain(plain)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def _is_tree(t) -> bool:

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 
 from graphc.errors import GraphcError
+from graphc.ir.formula import Term, num, sym
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, eval_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, register
@@ -102,28 +103,23 @@ class Dropout(Op):
     def lower(self, node, lx):
         """keep_bit(flat index, key, salt, threshold) chooses x / keep or 0; the threshold is rint(keep * 2^24)
         of a run-time keep probability, or the constant `threshold(keep_prob)`."""
-        import sympy
-
-        from graphc.ops.scalar import keep_bit, rint
-
-        X0, X1, X2 = sympy.symbols("x0:3", real=True)  # noqa: N806 - the formulas' symbols, as elsewhere
-        B = sympy.Symbol("b")  # noqa: N806 - a bool argument
+        x0, x1, x2, b = sym("x0"), sym("x1"), sym("x2"), sym("b")
         x, key = lx.input(0), lx.input(1)
         index = lx.flat_index("int64")
         n_in = len(node.inputs)
         if node.attrs.get("offset"):
             n_in -= 1
-            index = lx.formula("offset_index", X0 + X1, [X0, X1], [index, lx.input(n_in)], "int64")
+            index = lx.formula("offset_index", x0 + x1, ["x0", "x1"], [index, lx.input(n_in)], "int64")
         if n_in == 3:
             keep = lx.input(2)
-            thresh = lx.formula("threshold", rint(X0 * (1 << 24)), [X0], [keep], "float32")
+            thresh = lx.formula("threshold", Term("rint", ((1 << 24) * x0,)), ["x0"], [keep], "float32")
             divisor = lx.convert(keep, node.dtype)
         else:
             thresh = lx.const(float(threshold(node.attrs["keep_prob"])), "float32")
             divisor = lx.const(node.attrs["keep_prob"], node.dtype)
-        bit = lx.formula(f"keep_bit[salt={node.attrs['salt']}]", keep_bit(X0, X1, node.attrs["salt"], X2),
-                         [X0, X1, X2], [index, key, thresh], "bool")
-        return lx.formula("dropout", sympy.Piecewise((X0 / X1, B), (0, True)), [X0, X1, B], [x, divisor, bit],
+        bit = lx.formula(f"keep_bit[salt={node.attrs['salt']}]", Term("keep_bit", (x0, x1, x2), node.attrs["salt"]),
+                         ["x0", "x1", "x2"], [index, key, thresh], "bool")
+        return lx.formula("dropout", Term("select", (b, x0 / x1, num(0))), ["x0", "x1", "b"], [x, divisor, bit],
                           node.dtype)
 
 

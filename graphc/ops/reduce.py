@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.errors import DTypeError, ShapeError
-from graphc.ir.lowering import ReduceRule
+from graphc.ir.formula import Term
+from graphc.ir.lowering import ACC, NEXT, ReduceRule
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, fmt_shape
 from graphc.ops.core import Op, Tensor, apply, as_tensor, located, register
 
@@ -73,8 +74,6 @@ class Sum(_Accumulate):
         return (broadcast_like(reshape(g, kept), x),)
 
     def reduce_rule(self, node):
-        from graphc.ir.lowering import ACC, NEXT
-
         return ReduceRule("sum", ACC + NEXT, 0.0, node.attrs["axes"])
 
 
@@ -115,12 +114,8 @@ class Max(_Extremum):
     pick = staticmethod(np.max)
 
     def reduce_rule(self, node):
-        import sympy
-
-        from graphc.ir.lowering import ACC, NEXT
-
         # propagates nan, as numpy's max does (the native code uses llvm.maximum)
-        return ReduceRule("max", sympy.Max(ACC, NEXT), float("-inf"), node.attrs["axes"])
+        return ReduceRule("max", Term("max", (ACC, NEXT)), float("-inf"), node.attrs["axes"])
 
 
 class Min(_Extremum):
@@ -128,11 +123,7 @@ class Min(_Extremum):
     pick = staticmethod(np.min)
 
     def reduce_rule(self, node):
-        import sympy
-
-        from graphc.ir.lowering import ACC, NEXT
-
-        return ReduceRule("min", sympy.Min(ACC, NEXT), float("inf"), node.attrs["axes"])
+        return ReduceRule("min", Term("min", (ACC, NEXT)), float("inf"), node.attrs["axes"])
 
 
 class Prod(_Accumulate):
@@ -157,8 +148,6 @@ class Prod(_Accumulate):
         return (broadcast_to(reshape(g, kept), x.shape) * d,)
 
     def reduce_rule(self, node):
-        from graphc.ir.lowering import ACC, NEXT
-
         return ReduceRule("prod", ACC * NEXT, 1.0, node.attrs["axes"])
 
 
@@ -188,8 +177,6 @@ class Cumsum(Op):
     def reduce_rule(self, node):
         # starting from -0.0, IEEE addition's identity (-0 + x is x, -0 included), not +0: numpy's cumsum starts
         # with the first element, and a running sum of -0.0 stays -0.0
-        from graphc.ir.lowering import ACC, NEXT
-
         return ReduceRule("sum", ACC + NEXT, -0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
 
 

@@ -2,7 +2,8 @@
 
 An elementwise op is a sympy expression over these (and sympy's own exp, log, tanh, Abs, sign, Max, Min,
 Piecewise, erf, ...). sympy differentiates them (through `fdiff`), numpy evaluates them (through `NUMPY`, used by
-lambdify), and the native backend emits them. Functions whose naive formula overflows carry stable forms here.
+lambdify), and the native backend emits them (as graphc's formula terms: `to_term`). Functions whose naive formula
+overflows carry stable forms here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import math
 import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
+
+from graphc.errors import CompileError
+from graphc.ir import formula
+from graphc.ir.formula import Term
 
 __all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "floor_divide", "remainder", "NUMPY"]
 
@@ -154,3 +159,78 @@ NUMPY = {
     "ceiling": np.ceil,
     "keep_bit": _np_keep_bit,
 }
+
+
+def to_term(expr: sympy.Expr) -> Term:
+    """`expr` as a graphc formula term (graphc.ir.formula), in the shape its native code takes: a sum's terms
+    that carry a minus sign are subtracted, a product with a denominator divides, x ** 0.5 is sqrt, a Piecewise
+    is nested selects. sympy's argument order is kept (the code is emitted in it). CompileError for a function
+    with no native code."""
+    memo: dict = {}
+    named: dict[str, sympy.Symbol] = {}
+
+    def go(e) -> Term:
+        t = memo.get(e)
+        if t is None:
+            t = memo[e] = _term(e)
+        return t
+
+    def _term(e) -> Term:
+        if isinstance(e, sympy.Symbol):
+            if named.setdefault(e.name, e) != e:
+                raise CompileError(f"the formula {expr} has two different symbols named {e.name}")
+            return formula.sym(e.name)
+        if e is sympy.true or e is sympy.false:
+            return Term("bool", (), bool(e))
+        if e.is_Number or e in (sympy.pi, sympy.E):
+            return formula.num(int(e) if e.is_Integer else float(e))
+        if e.is_Add:
+            pos = [t for t in e.args if not t.could_extract_minus_sign()]
+            neg = [-t for t in e.args if t.could_extract_minus_sign()]
+            return Term("add", tuple(go(t) for t in pos + neg), len(pos))
+        if e.is_Mul:
+            if e.could_extract_minus_sign():
+                return Term("neg", (go(-e),))
+            n, d = sympy.fraction(e)
+            if d != 1:
+                return Term("div", (go(n), go(d)))
+            return Term("mul", tuple(go(t) for t in e.args))
+        if e.is_Pow:
+            base, p = e.args
+            if p.is_Integer:
+                return Term("powi", (go(base),), int(p))
+            if p.is_Number and float(p) == 0.5:
+                return Term("sqrt", (go(base),))
+            if p.is_Number and float(p) == -0.5:
+                return Term("rsqrt", (go(base),))
+            return Term("pow", (go(base), formula.num(float(p)) if p.is_Number else go(p)))
+        if isinstance(e, sympy.Piecewise):
+            (val, cond), rest = e.args[0], e.args[1:]
+            if cond is sympy.true or not rest:
+                return go(val)
+            return Term("select", (go(cond), go(val), go(sympy.Piecewise(*rest))))
+        if isinstance(e, sympy.core.relational.Relational) and type(e) in _COMPARES:
+            return Term(_COMPARES[type(e)], (go(e.lhs), go(e.rhs)))
+        if isinstance(e, sympy.Heaviside):
+            return Term("heaviside", (go(e.args[0]),), float(e.args[1]) if len(e.args) > 1 else 0.5)
+        if isinstance(e, keep_bit):
+            i, key, salt, thresh = e.args
+            return Term("keep_bit", (go(i), go(key), go(thresh)), int(salt))
+        op = _OPS.get(type(e))
+        if op is not None:
+            return Term(op, tuple(go(a) for a in e.args))
+        raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
+                           "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
+                           f"floor, ceiling, {', '.join(formula.LIBM_FUNCTIONS)}")
+
+    return go(sympy.sympify(expr))
+
+
+_COMPARES = {sympy.StrictLessThan: "lt", sympy.LessThan: "le", sympy.StrictGreaterThan: "gt",
+             sympy.GreaterThan: "ge", sympy.Equality: "eq", sympy.Unequality: "ne"}
+# sympy's function classes (and graphc's) -> the formula op of the same arguments
+_OPS = {sympy.Not: "not", sympy.And: "and", sympy.Or: "or", sympy.Max: "max", sympy.Min: "min", relu: "relu",
+        sympy.Abs: "abs", sympy.sign: "sign", rint: "rint", sympy.floor: "floor", sympy.ceiling: "ceil",
+        floor_divide: "floor_divide", remainder: "remainder", sympy.exp: "exp", sympy.log: "log", log1p: "log1p",
+        expm1: "expm1", sympy.tanh: "tanh", sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf",
+        **{getattr(sympy, name): name for name in formula.LIBM_FUNCTIONS}}
