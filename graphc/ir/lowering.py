@@ -11,6 +11,10 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from graphc.ir.index import fdiv as floordiv  # floor(a / b) of an index expression, kept whole
+
+__all__ = ["ContractRule", "LoopRule", "ReduceRule", "ScatterRule", "floordiv"]
+
 if TYPE_CHECKING:
     import sympy
 
@@ -18,31 +22,16 @@ if TYPE_CHECKING:
 @functools.cache
 def _sympy_names() -> dict[str, Any]:
     """The sympy objects of this vocabulary, made on first use: importing the IR (to build graphs) needs no sympy;
-    lowering them does. `ACC` and `NEXT`: the symbols a reduction's combine formula is over; `floordiv`."""
+    lowering them does. `ACC` and `NEXT`: the symbols a reduction's combine formula is over."""
     import sympy
 
-    class floordiv(sympy.Function):  # noqa: N801 - sympy function names are lower case
-        """floor(a / b) for an integer index expression a and a positive int b, kept opaque: sympy's floor would
-        rewrite the bounds checks it appears in (floor(i/2) < 3 into i/2 < 3) out of integer arithmetic."""
-
-        nargs = 2
-        is_integer = True
-
-        @classmethod
-        def eval(cls, a, b):
-            if a.is_Integer and b.is_Integer:
-                return sympy.Integer(int(a) // int(b))
-            if b == 1:
-                return a
-            return None
-
     acc, nxt = sympy.symbols("acc next", real=True)
-    return {"ACC": acc, "NEXT": nxt, "floordiv": floordiv}
+    return {"ACC": acc, "NEXT": nxt}
 
 
 def __getattr__(name: str) -> Any:
-    """`ACC`, `NEXT` and `floordiv`, importable as before, built (with sympy) when first imported."""
-    if name in ("ACC", "NEXT", "floordiv"):
+    """`ACC` and `NEXT`, importable as before, built (with sympy) when first imported."""
+    if name in ("ACC", "NEXT"):
         return _sympy_names()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
