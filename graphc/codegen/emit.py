@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import sympy
 from llvmlite import ir
 
 from graphc.codegen import gemm as gemm_mod
@@ -49,9 +48,10 @@ from graphc.codegen.kernels import (
 from graphc.codegen.schedule import Program, split_affine
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
+from graphc.ir import index as ix
+from graphc.ir.dims import Dim as _Dim
 from graphc.ir.formula import COMPARES, Term
-from graphc.ir.lowering import floordiv
-from graphc.ir.shapes import ITEMSIZE, Dim
+from graphc.ir.shapes import ITEMSIZE, Dim, size
 from graphc.ops import random as rng_mod
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -102,7 +102,8 @@ _NOMINAL_DIM = 64  # a symbolic dim's value where works are compared (the batch 
 
 
 def _minor_kernels(kernels) -> list:
-    works = [float(w.xreplace({s: _NOMINAL_DIM for s in w.free_symbols})) for w in map(kernel_work, kernels)]
+    works = [float(w.value({s: _NOMINAL_DIM for s in w.free_symbols}) if isinstance(w, _Dim) else w)
+             for w in map(kernel_work, kernels)]
     top = max(works, default=0.0)
     return [k for k, w in zip(kernels, works, strict=True)
             if w * MINOR_SHARE < top and isinstance(k, (LoopKernel, ReduceKernel, ScatterKernel))]
@@ -492,36 +493,49 @@ def partition(b: ir.IRBuilder, total: ir.Value, tid: ir.Value, nth: ir.Value, al
 def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
     """A dim expression's run-time value (i64), its symbols read from a program's dims array (`symbols` their
     order): integers, sums, products, positive powers, and the floor or ceiling of a quotient (a checkpointed
-    scan's ceiling(T/k) segments) or a remainder."""
+    scan's ceiling(T/k) segments) or a remainder. Sums and products are computed in the order of their operands
+    that the kernel IR has always used (graphc.ir.index.sympy_args)."""
+    d = ix.norm(d)
     if isinstance(d, int):
         return c64(d)
-    e = sympy.sympify(d)
-    if e.is_Integer:
-        return c64(int(e))
-    if e.is_Symbol:
-        k = symbols.index(e)
-        return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64, name=str(e))
-    if isinstance(e, (sympy.ceiling, sympy.floor)):
-        num, den = e.args[0].as_numer_denom()
-        n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)
-        if isinstance(e, sympy.ceiling):
-            n = b.add(n, b.sub(dd, c64(1)))
-        return b.sdiv(n, dd)  # dims are positive: truncation is the floor
-    if isinstance(e, sympy.Mod):
-        return b.srem(int_dim(b, dims, symbols, e.args[0]), int_dim(b, dims, symbols, e.args[1]))
-    if e.is_Add or e.is_Mul:
-        vals = [int_dim(b, dims, symbols, a) for a in e.args]
-        acc = vals[0]
-        for v in vals[1:]:
-            acc = b.add(acc, v) if e.is_Add else b.mul(acc, v)
-        return acc
-    if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
-        base = int_dim(b, dims, symbols, e.args[0])
+    if not isinstance(d, _Dim):
+        raise CompileError(f"cannot compute the dim expression {d} at run time")
+    kind, args = ix.sympy_args(d)
+    if kind == "atom":
+        a = args
+        if isinstance(a, ix.Symbol):
+            e = _atom(a)
+            k = symbols.index(e)
+            return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64, name=a.name)
+        num, den = a.args[:2]
+        if a.kind in ("ceil", "floor"):
+            n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)
+            if a.kind == "ceil":
+                n = b.add(n, b.sub(dd, c64(1)))
+            return b.sdiv(n, dd)  # dims are positive: truncation is the floor
+        if a.kind in ("floordiv", "mod"):  # of an expression that may be negative: rounded down, in [0, den)
+            n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)
+            r = b.srem(n, dd)
+            neg = b.icmp_signed("<", r, c64(0))
+            if a.kind == "mod":
+                return b.select(neg, b.add(r, dd), r)
+            return b.sub(b.sdiv(n, dd), b.zext(neg, I64))
+        raise CompileError(f"cannot compute the dim expression {ix.show(d)} at run time")
+    if kind == "pow":
+        base = int_dim(b, dims, symbols, args[0])
         acc = base
-        for _ in range(int(e.args[1]) - 1):
+        for _ in range(args[1] - 1):
             acc = b.mul(acc, base)
         return acc
-    raise CompileError(f"cannot compute the dim expression {e} at run time")
+    vals = [int_dim(b, dims, symbols, a) for a in args]
+    acc = vals[0]
+    for v in vals[1:]:
+        acc = b.add(acc, v) if kind == "add" else b.mul(acc, v)
+    return acc
+
+
+def _atom(a) -> Dim:
+    return _Dim(((((a, 1),), 1),))
 
 
 class FunctionEmitter:
@@ -540,7 +554,9 @@ class FunctionEmitter:
     def dim(self, d: Dim) -> ir.Value:
         if isinstance(d, int):
             return c64(d)
-        key = sympy.sympify(d)
+        key = ix.norm(d)
+        if isinstance(key, int):
+            return c64(key)
         if key in self._dim_cache:
             return self._dim_cache[key]
         with self.b.goto_block(self.fn.entry_basic_block):
@@ -616,63 +632,60 @@ class FunctionEmitter:
         gathers = gathers or {}
 
         def go(x):
-            if x is sympy.true or x is sympy.false:
+            if x is ix.TRUE or x is ix.FALSE or isinstance(x, bool):
                 return ir.Constant(I1, bool(x))
-            if x.is_Integer:
-                return c64(int(x))
-            if x.is_Symbol:
-                j = LOOP_AXIS.get(x)
-                if j is not None:
-                    if j not in point.index:
-                        raise CompileError("internal: an index expression uses an axis without an index")
-                    i = point.index[j]
-                    if point.lanes is not None and j == point.vec_axis:
-                        return self.lane_index(i, point.lanes, I64)
-                    return i
-                if x in gathers:
-                    return self.gathered(gathers[x], point, memo)
-                return self.dim(x)
-            if isinstance(x, (sympy.ceiling, sympy.floor)) and not any(
-                    v in LOOP_AXIS or v in gathers for v in x.free_symbols):
-                return self.dim(x)  # of dims only: a slice's run-time length, ceiling((N - 1)/2)
-            num, den = _floor_parts(x)
-            if den is not None:  # floor division by a positive constant
-                n, d = go(num), c64(den)
-                q, r = self._binop("/", n, d), self._binop("%", n, d)
-                neg = self._binop("<", r, c64(0))
-                return b.sub(q, b.zext(neg, q.type))
-            if isinstance(x, sympy.Mod):
-                n, d = go(x.args[0]), go(x.args[1])
+            if isinstance(x, ix.Rel):
+                return self._binop(x.op, go(ix.norm(x.lhs)), go(ix.norm(x.rhs)))
+            if isinstance(x, ix.And):
+                vals = [go(a) for a in x.args]
+                acc = vals[0]
+                for v in vals[1:]:
+                    acc = self._binop("&", acc, v)
+                return acc
+            x = ix.norm(x)
+            if isinstance(x, int):
+                return c64(x)
+            kind, args = ix.sympy_args(x)
+            if kind == "atom":
+                a = args
+                if isinstance(a, ix.Var):
+                    j = LOOP_AXIS.get(x)
+                    if j is not None:
+                        if j not in point.index:
+                            raise CompileError("internal: an index expression uses an axis without an index")
+                        i = point.index[j]
+                        if point.lanes is not None and j == point.vec_axis:
+                            return self.lane_index(i, point.lanes, I64)
+                        return i
+                    if x in gathers:
+                        return self.gathered(gathers[x], point, memo)
+                    raise CompileError(f"internal: the index variable {a} is neither a loop index nor gathered")
+                if isinstance(a, ix.Symbol) or a.kind not in ("floordiv", "mod"):
+                    return self.dim(x)  # of dims only: a slice's run-time length, ceiling((N - 1)/2)
+                if a.kind == "floordiv":  # floor division by a positive constant
+                    n, d = go(a.args[0]), c64(a.args[1])
+                    q, r = self._binop("/", n, d), self._binop("%", n, d)
+                    neg = self._binop("<", r, c64(0))
+                    return b.sub(q, b.zext(neg, q.type))
+                n, d = go(a.args[0]), go(a.args[1])
                 r = self._binop("%", n, d)
                 neg = self._binop("<", r, c64(0))
                 dd = d if not isinstance(r.type, ir.VectorType) or isinstance(d.type, ir.VectorType) else \
                     self.splat(d, r.type.count)
                 return b.select(neg, b.add(r, dd), r)
-            if x.is_Add or x.is_Mul:
-                vals = [go(a) for a in x.args]
-                acc = vals[0]
-                for v in vals[1:]:
-                    acc = self._binop("+" if x.is_Add else "*", acc, v)
-                return acc
-            if x.is_Pow and x.args[1].is_Integer and int(x.args[1]) > 0:
-                base = go(x.args[0])
+            if kind == "pow":
+                base = go(args[0])
                 acc = base
-                for _ in range(int(x.args[1]) - 1):
+                for _ in range(args[1] - 1):
                     acc = self._binop("*", acc, base)
                 return acc
-            if isinstance(x, sympy.core.relational.Relational):
-                ops = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
-                       sympy.GreaterThan: ">=", sympy.Equality: "==", sympy.Unequality: "!="}
-                return self._binop(ops[type(x)], go(x.lhs), go(x.rhs))
-            if isinstance(x, (sympy.And, sympy.Or)):
-                vals = [go(a) for a in x.args]
-                acc = vals[0]
-                for v in vals[1:]:
-                    acc = self._binop("&" if isinstance(x, sympy.And) else "|", acc, v)
-                return acc
-            raise CompileError(f"internal: cannot compute the index expression {x}")
+            vals = [go(a) for a in args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = self._binop("+" if kind == "add" else "*", acc, v)
+            return acc
 
-        return go(sympy.sympify(e))
+        return go(e)
 
     def gathered(self, g, point: Point, memo: dict) -> ir.Value:
         """A gathered index as i64 (vector): checked against its bound; out of range sets the program's error
@@ -882,7 +895,7 @@ class FunctionEmitter:
             ty = _vec(SCALAR[e.dtype], lanes)
             return self.sc.const(ty, e.value)
         if isinstance(e, DimValue):
-            v = self._int_expr(sympy.sympify(e.expr)) if not isinstance(e.expr, int) else c64(e.expr)
+            v = self._int_expr(e.expr) if not isinstance(e.expr, int) else c64(e.expr)
             v = cast_value(b, v, "int64", e.dtype)
             return self.splat(v, lanes) if lanes is not None else v
         if isinstance(e, Index):
@@ -932,7 +945,7 @@ class FunctionEmitter:
         sym = LOOP[point.vec_axis]
         lo, hi, rest = None, None, []
         for c in conds:
-            iv = _interval(sympy.sympify(c), sym)
+            iv = _interval(c, sym)
             if iv is None:
                 rest.append(c)
                 continue
@@ -969,20 +982,17 @@ class FunctionEmitter:
 def _interval(cond, sym) -> tuple[int | None, int | None] | None:
     """The values of `sym` a condition admits, as a half-open [lo, hi) (None: unbounded on that side), when it is
     a bound on `sym` alone with unit coefficient and integer constants (a pad's or a concatenation's guard)."""
-    if not isinstance(cond, (sympy.GreaterThan, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan)):
+    if not isinstance(cond, ix.Rel) or cond.op == "==":
         return None
-    d = sympy.expand(cond.lhs - cond.rhs)
-    if d.free_symbols != {sym} or sympy.diff(d, sym) != 1:
-        return None
+    d = cond.lhs - cond.rhs
     c = d - sym  # cond: sym + c (op) 0
-    if not c.is_Integer:
+    if not isinstance(c, int):
         return None
-    c = int(c)
-    if isinstance(cond, sympy.GreaterThan):
+    if cond.op == ">=":
         return -c, None
-    if isinstance(cond, sympy.StrictGreaterThan):
+    if cond.op == ">":
         return -c + 1, None
-    if isinstance(cond, sympy.StrictLessThan):
+    if cond.op == "<":
         return None, -c
     return None, -c + 1
 
@@ -992,8 +1002,10 @@ def _multiple_of(extent, lanes: int) -> bool:
     its constant factor is (e.g. 128*N for 16 lanes)."""
     if isinstance(extent, int):
         return extent % lanes == 0
-    coeff, _ = sympy.sympify(extent).as_coeff_Mul()
-    return bool(coeff.is_Integer) and int(coeff) % lanes == 0
+    if len(extent.terms) != 1:
+        return False  # sympy's as_coeff_Mul of a sum: coefficient 1
+    coeff = extent.terms[0][1]
+    return isinstance(coeff, int) and coeff % lanes == 0
 
 
 def _guard_pieces(stores: list[Store], axis: int, size, lanes: int = 1) -> list[tuple[int, int, list[Store]]] | None:
@@ -1011,7 +1023,7 @@ def _guard_pieces(stores: list[Store], axis: int, size, lanes: int = 1) -> list[
     split: dict[int, list] = {}
     for x in walk_all(st.value for st in stores):
         if isinstance(x, Guard) and id(x) not in split:
-            ivs = [_interval(sympy.sympify(c), sym) for c in x.conds]
+            ivs = [_interval(c, sym) for c in x.conds]
             if all(iv is not None for iv in ivs):
                 split[id(x)] = ivs
                 cuts |= {v for iv in ivs for v in iv if v is not None and 0 < v < size}
@@ -1064,13 +1076,6 @@ def _settle(e: Expr, split: dict, lo: int, memo: dict, uncheck: bool) -> Expr:
     return r
 
 
-def _floor_parts(e):
-    """(numerator, denominator) when e is floordiv(numerator, positive int), else (e, None)."""
-    if isinstance(e, floordiv):
-        return e.args[0], int(e.args[1])
-    return e, None
-
-
 def _dtype_of(ty: ir.Type) -> str:
     elem = vmath.element_type(ty)
     if isinstance(elem, ir.FloatType):
@@ -1113,8 +1118,7 @@ def _collapse(domain: tuple, exprs: list[Expr], keep_separate: set[int] = frozen
             continue  # its index is always 0: no loop, and its strides never matter
         if groups and a not in keep_separate and groups[-1][-1] not in keep_separate:
             prev = groups[-1][-1]
-            ok = all(sympy.expand(sympy.sympify(st[prev]) - sympy.sympify(st[a]) * sympy.sympify(domain[a])) == 0
-                     for st in strides_sets)
+            ok = all(ix.norm(st[prev] - st[a] * domain[a]) == 0 for st in strides_sets)
             if ok:
                 groups[-1].append(a)
                 continue
@@ -1157,15 +1161,16 @@ def _regroup(e: Expr, groups: list[list[int]], cache: dict) -> Expr:
     def sub(x: Expr) -> Expr:
         if isinstance(x, Load):
             return replace(x, strides=tuple(x.strides[a] if a < len(x.strides) else 0 for a in inner),
-                           terms=tuple((sympy.sympify(t).xreplace(rename), s) for t, s in x.terms))
+                           terms=tuple((ix.subs(t, rename), s) for t, s in x.terms))
         if isinstance(x, Index):
             aff = split_affine(x.expr)
             if aff is not None:
                 coeffs, const = aff
-                return replace(x, expr=const + sum(coeffs.get(a, 0) * LOOP[k] for k, a in enumerate(inner)))
-            return replace(x, expr=sympy.sympify(x.expr).xreplace(rename))
+                flat = sum((coeffs.get(a, 0) * LOOP[k] for k, a in enumerate(inner)), 0)
+                return replace(x, expr=ix.norm(const + flat))
+            return replace(x, expr=ix.subs(x.expr, rename))
         if isinstance(x, Guard):
-            return replace(x, conds=tuple(sympy.sympify(c).xreplace(rename) for c in x.conds))
+            return replace(x, conds=tuple(ix.subs(c, rename) for c in x.conds))
         return x
 
     key = id(e)
@@ -1227,8 +1232,7 @@ class ModuleEmitter:
         groups = _collapse(k.domain, [s.value for s in k.stores])
         cache: dict = {}
         stores = [Store(s.buf, _regroup(s.value, groups, cache)) for s in k.stores]
-        domain = [sympy.prod([sympy.sympify(k.domain[a]) for a in g]) for g in groups]
-        domain = [int(d) if d.is_Integer else d for d in domain]
+        domain = [ix.norm(size([k.domain[a] for a in g])) for g in groups]
         depth = len(domain)
         dtypes = {s.buf.dtype for s in stores}
         lanes = min(self.lanes(d) for d in dtypes | {"float32"})
@@ -2447,4 +2451,4 @@ def _rowmajor_dims(shape) -> list:
         out.append(acc)
         acc = acc * d
     out.reverse()
-    return [int(s) if isinstance(s, int) or (hasattr(s, "is_Integer") and s.is_Integer) else s for s in out]
+    return [ix.norm(s) for s in out]

@@ -6,7 +6,7 @@ Fusion decides what goes into a kernel (schedule.py); emission decides how a ker
 
 Addressing. A kernel runs over a loop domain with indices i0, i1, ... (`LOOP`). A load reads
 `buf[offset + sum_j strides[j] * i_j + sum_t stride_t * e_t]`: an affine part (`strides`, one per loop axis, 0 for
-a broadcast) and non-affine terms `e_t`, integer sympy expressions of the loop indices (floor division for
+a broadcast) and non-affine terms `e_t`, integer expressions (graphc.ir.index) of the loop indices (floor division for
 dilated reads) and of gathered values (`Gather`: an index read from another expression, bounds-checked).
 A `checked` load never touches memory outside its buffer (lanes outside read 0): loads under a `Guard` (padding,
 concatenation) are checked, so a guard's value may be computed anywhere without a wild read."""
@@ -14,27 +14,33 @@ concatenation) are checked, so a guard's value may be computed anywhere without 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-import sympy
-
+from graphc.ir import index as ix
+from graphc.ir.dims import Dim as _Dim
 from graphc.ir.formula import Term
 from graphc.ir.node import Node
-from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_dim, fmt_shape, size
+from graphc.ir.shapes import Dim, Shape, dims_equal, fmt_shape, size
 
-LOOP = tuple(sympy.Symbol(f"_i{k}", integer=True) for k in range(32))  # loop indices, outermost first
+LOOP = tuple(ix.var(f"_i{k}") for k in range(32))  # loop indices, outermost first
 LOOP_AXIS = {s: k for k, s in enumerate(LOOP)}
 
 
 def loop_axes(e) -> frozenset[int]:
-    """The loop axes an integer index expression depends on."""
-    if isinstance(e, int) or not hasattr(e, "free_symbols"):
+    """The loop axes an integer index expression (or condition) depends on."""
+    if not isinstance(e, (_Dim, ix.Rel, ix.And)):
         return frozenset()
     return frozenset(LOOP_AXIS[s] for s in e.free_symbols if s in LOOP_AXIS)
 
 
 def show_index(e) -> str:
-    return str(e).replace("_i", "i")
+    return ix.show(e).replace("_i", "i")
+
+
+def fmt_dim(d) -> str:
+    """A dim or index coefficient as the kernel IR prints it (as sympy printed it)."""
+    return ix.show(d)
 
 # -------------------------------------------------------------------------------------------------- buffers
 
@@ -88,7 +94,7 @@ class Gather:
     """An index read from memory: `sym` in a load's terms stands for the value of `index`, which must lie in
     [0, bound); a value outside sets the program's error code `site` and reads element 0 instead."""
 
-    sym: sympy.Symbol
+    sym: Dim  # an index variable (graphc.ir.index.var)
     index: Expr
     bound: Dim
     site: int
@@ -128,7 +134,7 @@ class Load(Expr):
         for e, s in self.terms:
             extra += f" +{fmt_dim(s)}*({show_index(e)})"
         for g in self.gathers:
-            extra += f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}"
+            extra += f" {ix.show(g.sym)}={g.index!r}<{fmt_dim(g.bound)}"
         return f"{self.buf!r}[{','.join(parts)}{extra}]" + ("?" if self.checked else "")
 
 
@@ -148,14 +154,14 @@ class Const(Expr):
 class DimValue(Expr):
     """A run-time dim expression (e.g. N) as a value of `dtype`."""
 
-    expr: sympy.Expr
+    expr: Dim
     dtype: str
 
     def axes(self) -> frozenset[int]:
         return frozenset()
 
     def __repr__(self) -> str:
-        return f"dim({self.expr})"
+        return f"dim({ix.show(self.expr)})"
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ class Index(Expr):
         return tuple(g.index for g in self.gathers)
 
     def __repr__(self) -> str:
-        extra = "".join(f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
+        extra = "".join(f" {ix.show(g.sym)}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
         return f"idx({show_index(self.expr)}{extra})"
 
 
@@ -271,7 +277,7 @@ class Guard(Expr):
 
     def __repr__(self) -> str:
         conds = " & ".join(show_index(c) for c in self.conds)
-        extra = "".join(f" {g.sym}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
+        extra = "".join(f" {ix.show(g.sym)}={g.index!r}<{fmt_dim(g.bound)}" for g in self.gathers)
         return f"({self.value!r} if {conds}{extra} else {self.otherwise!r})"
 
 
@@ -554,12 +560,13 @@ class ScanKernel(Kernel):
 
 def kernel_work(k: Kernel):
     """Elements of work a kernel does (a matrix product's multiply-adds count 1/8: they run at GEMM speed), a
-    sympy expression in the dims."""
+    dim expression (rational coefficients)."""
     if isinstance(k, GemmKernel):
-        return sympy.sympify(size((*k.batch, k.m, k.n, k.k))) / 8
+        n = size((*k.batch, k.m, k.n, k.k))
+        return n / 8 if isinstance(n, _Dim) else ix.norm(Fraction(n, 8))
     if isinstance(k, ScanKernel):
-        return sympy.sympify(k.length) * k.domain[1]
-    return sympy.sympify(size(getattr(k, "domain", ())))
+        return k.length * k.domain[1]
+    return size(getattr(k, "domain", ()))
 
 
 def all_kernels(kernels):
@@ -573,7 +580,7 @@ def all_kernels(kernels):
 # ----------------------------------------------------------------------------------------- row-split loops
 
 
-def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
+def split_rows(k: ScanKernel) -> tuple[Dim, dict[int, int]] | None:
     """Whether the threads may run loop `k` on disjoint row ranges of its batch, each thread the whole loop over
     its rows with no barrier inside (a recurrent layer's sequences are independent): (the batch dim D, the row
     size in elements of every body buffer whose rows are rows of D), else None.
@@ -589,20 +596,20 @@ def split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     return k.__dict__["_split_rows"]
 
 
-def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
+def _split_rows(k: ScanKernel) -> tuple[Dim, dict[int, int]] | None:
     body = k.body
     kernels = body.kernels
     if not kernels or any(isinstance(kk, (ScanKernel, ScatterKernel)) for kk in kernels):
         return None
     written = {b.index for kk in kernels for b in kk.writes}
     shape = body.buffers[min(written)].shape if written else ()
-    D = sympy.sympify(shape[0]) if shape else None
-    if not isinstance(D, sympy.Symbol):
+    D = shape[0] if shape else None
+    if not (isinstance(D, _Dim) and D.is_symbol):
         return None
     rows: dict[int, int] = {}
     for buf in body.buffers:
         shape = buf.shape
-        if any(sympy.sympify(d).has(D) for d in shape[1:]):
+        if any(_has(d, D) for d in shape[1:]):
             return None
         if shape and dims_equal(shape[0], D):
             if not all(isinstance(d, int) for d in shape[1:]):
@@ -614,7 +621,7 @@ def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     def loads_ok(exprs) -> bool:
         for e in exprs:
             for x in walk(e):
-                if isinstance(x, DimValue) and sympy.sympify(x.expr).has(D):
+                if isinstance(x, DimValue) and _has(x.expr, D):
                     return False
                 if isinstance(x, Index) and 0 in x.axes():
                     return False
@@ -637,17 +644,17 @@ def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
     for kk in kernels:
         if isinstance(kk, LoopKernel):
             dom = kk.domain
-            if not dom or not dims_equal(dom[0], D) or any(sympy.sympify(d).has(D) for d in dom[1:]):
+            if not dom or not dims_equal(dom[0], D) or any(_has(d, D) for d in dom[1:]):
                 return None
-            per_row = sympy.prod([sympy.sympify(d) for d in dom[1:]])
+            per_row = size(dom[1:])
             if not stores_ok(kk.stores, per_row) or not loads_ok([s.value for s in kk.stores]):
                 return None
         elif isinstance(kk, ReduceKernel):
             dom = kk.domain
             if (not dom or 0 in kk.axes or not dims_equal(dom[0], D)
-                    or any(sympy.sympify(d).has(D) for d in dom[1:])):
+                    or any(_has(d, D) for d in dom[1:])):
                 return None
-            per_row = sympy.prod([sympy.sympify(dom[a]) for a in kk.kept if a != 0])
+            per_row = size([dom[a] for a in kk.kept if a != 0])
             if not stores_ok(kk.stores, per_row) or not loads_ok([kk.body, *(s.value for s in kk.stores)]):
                 return None
         elif isinstance(kk, GemmKernel):
@@ -661,3 +668,7 @@ def _split_rows(k: ScanKernel) -> tuple[sympy.Symbol, dict[int, int]] | None:
         else:
             return None
     return D, rows
+
+
+def _has(d, sym: Dim) -> bool:
+    return isinstance(d, _Dim) and sym in d.free_symbols

@@ -15,7 +15,7 @@ import numpy as np
 
 from graphc.codegen import gemm as gemm_mod
 from graphc.codegen.target import Target
-from graphc.ir.shapes import ITEMSIZE, Dim, Shape, eval_dim, is_sympy
+from graphc.ir.shapes import ITEMSIZE, Dim, Shape, eval_dim
 
 ALIGN = 64
 # Temporaries of a page or more start at distinct offsets modulo a page (STAGGER lines apart, an odd count, so the
@@ -66,13 +66,9 @@ class ProgramSpec:
 
 
 def _dim_of(d):
-    """A dim the compiler computed (a sympy expression, or a tuple of them in a GEMM's A view) as a `Dim`."""
+    """A dim the compiler computed (a `Dim`, an int, or a tuple of them in a GEMM's A view), numpy ints as ints."""
     if isinstance(d, tuple):
         return tuple(_dim_of(x) for x in d)
-    if is_sympy(d):
-        from graphc.ir.dims import from_sympy
-
-        return from_sympy(d)
     return int(d) if isinstance(d, np.integer) else d
 
 

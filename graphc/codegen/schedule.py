@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
-import sympy
 
 from graphc.codegen import gemm
 from graphc.codegen.kernels import (
     LOOP,
+    LOOP_AXIS,
     Acc,
     Apply,
     Bind,
@@ -45,17 +46,19 @@ from graphc.codegen.kernels import (
     Store,
     all_kernels,
     kernel_work,
-    loop_axes,
     rebuild,
     walk,
     walk_all,
 )
 from graphc.errors import CompileError
+from graphc.ir import index as ix
+from graphc.ir.dims import Dim as _Dim
+from graphc.ir.dims import Func as _Func
 from graphc.ir.formula import Term
 from graphc.ir.graph import Graph
-from graphc.ir.lowering import ACC, NEXT, floordiv
+from graphc.ir.lowering import ACC, NEXT
 from graphc.ir.node import Node, topo_order, users
-from graphc.ir.shapes import Dim, Shape, dims_equal, free_symbols
+from graphc.ir.shapes import Dim, Shape, dims_equal, free_symbols, is_sympy
 
 AxisMap = tuple  # for each axis of a node: its index as an integer expression of the loop indices (0: broadcast)
 
@@ -73,7 +76,7 @@ class Program:
     kernels: list[Kernel]
     inputs: list[Buffer]  # one per graph.inputs (signature order)
     outputs: list[Buffer]  # one per graph.outputs (may repeat)
-    symbols: list[sympy.Symbol]  # run-time dims, in the order the native code reads them
+    symbols: list[Dim]  # run-time dims, in the order the native code reads them
     consts: dict[int, np.ndarray] = field(default_factory=dict)  # const buffer index -> data
     checks: list[str] = field(default_factory=list)  # error code k+1: what the run-time check k found
 
@@ -91,11 +94,16 @@ class Program:
 
 
 def _norm(d):
-    """A dim or index coefficient as a Python int when it is one."""
+    """A dim or index coefficient as a Python int when it is one (a sympy dim a user passed as a `Dim`)."""
     if isinstance(d, (int, np.integer)):
         return int(d)
-    d = sympy.sympify(d)
-    return int(d) if d.is_Integer else d
+    if isinstance(d, Fraction):
+        return int(d) if d.denominator == 1 else d
+    if is_sympy(d):
+        from graphc.ir.dims import from_sympy
+
+        return _norm(from_sympy(d))
+    return d
 
 
 def _rowmajor(shape: Shape) -> tuple[Dim, ...]:
@@ -116,59 +124,55 @@ def merge_digits(e):
     recombined, as where a reshape splits an axis and another merges it again (a max-pool's gradient read back
     in a convolution product's (N*H*W, C) rows: Mod(i, 2)*6 + Mod(i//2, 12)*12 + ... is 6*i, an affine
     index and a contiguous vector load instead of a gather per lane). Exact for any integer q and r > 0."""
-    e = sympy.expand(sympy.sympify(e))
-    if not e.has(floordiv):
+    e = _norm(e)
+    if not isinstance(e, _Dim) or not any(isinstance(a, _Func) and a.kind == "floordiv"
+                                          for m, _ in e.terms for a, _ in m):
         return e
-    terms: dict = {}
-
-    def add(x) -> None:
-        for t in sympy.Add.make_args(sympy.expand(x)):
-            c, atom = t.as_coeff_Mul()
-            terms[atom] = terms.get(atom, 0) + c
-
-    add(e)
+    poly = dict(e.terms)
     merged = True
     while merged:
         merged = False
-        for atom, c in terms.items():
-            if c == 0 or not isinstance(atom, sympy.Mod) or not atom.args[1].is_Integer or atom.args[1] <= 0:
+        for m, c in poly.items():
+            if c == 0 or len(m) != 1 or m[0][1] != 1 or not (isinstance(m[0][0], _Func) and m[0][0].kind == "mod"):
                 continue
-            q, r = atom.args
-            whole = floordiv(q, r)
-            if terms.get(whole, 0) == c * r:
-                terms[atom] = terms[whole] = 0
-                add(c * q)
+            q, r = m[0][0].args
+            whole = ix.fdiv(q, r)
+            wm = whole.terms[0][0] if isinstance(whole, _Dim) and len(whole.terms) == 1 else None
+            if wm is not None and whole.terms[0][1] == 1 and poly.get(wm, 0) == c * r:
+                poly[m] = poly[wm] = 0
+                for qm, qc in (q.terms if isinstance(q, _Dim) else (((), q),)):
+                    poly[qm] = poly.get(qm, 0) + c * qc
                 merged = True
                 break
-    return sympy.Add(*(c * atom for atom, c in terms.items() if c != 0))
+    return _norm(_Dim.make(poly))
 
 
 def split_affine(e) -> tuple[dict[int, Dim], Dim] | None:
     """e = const + sum_j coeff_j * i_j with coefficients free of loop indices: ({j: coeff_j}, const); None when
     e is not affine in the loop indices (a floor division, a product of indices, a gathered value)."""
     e = merge_digits(e)
+    if not isinstance(e, _Dim):
+        return {}, e
     coeffs: dict[int, Dim] = {}
     const: Dim = 0
-    for t in sympy.Add.make_args(e):
-        axes = loop_axes(t)
-        if not axes:
-            if t.free_symbols - free_symbols_of_dims(t):
-                return None  # a gathered value
-            const = const + t
+    for m, c in e.terms:
+        rest = [f for f in m if not _dimlike(f[0])]
+        if not rest:
+            const = const + _Dim.make({m: c})
             continue
-        if len(axes) > 1:
-            return None
-        (j,) = axes
-        c, rest = t.as_independent(LOOP[j], as_Add=False)
-        if rest != LOOP[j] or c.free_symbols - free_symbols_of_dims(c):
-            return None
-        coeffs[j] = _norm(coeffs.get(j, 0) + c)
+        (a, p), = rest if len(rest) == 1 else ((None, 0),)
+        j = LOOP_AXIS.get(ix.var(a.name)) if isinstance(a, ix.Var) and p == 1 else None
+        if j is None:
+            return None  # a gathered value, a floor division, a product or power of indices
+        coeffs[j] = _norm(coeffs.get(j, 0) + _Dim.make({tuple(f for f in m if f is not rest[0]): c}))
     return coeffs, _norm(const)
 
 
-def free_symbols_of_dims(e) -> set:
-    """The dim symbols (positive integers, e.g. N) in e."""
-    return {s for s in e.free_symbols if s.is_positive}
+def _dimlike(a) -> bool:
+    """A factor that is a dim: a dim symbol, or a function (floor, remainder, ...) of dims only."""
+    if isinstance(a, ix.Symbol):
+        return True
+    return isinstance(a, _Func) and all(s.is_symbol for x in a.args for s in ix.free_symbols(x))
 
 
 class Lowering:
@@ -193,7 +197,7 @@ class Lowering:
         """Input k at the given index expressions (one per axis of the input)."""
         x = self.node.inputs[k]
         assert len(index) == x.ndim, (self.node.op.name, index, x.shape)
-        return self.sched.expr(x, tuple(_norm(sympy.expand(i)) for i in index))
+        return self.sched.expr(x, tuple(_norm(i) for i in index))
 
     def in_memory(self, k: int) -> bool:
         """Whether input k sits in memory as a row-major array (a leaf, stored, or a view of one)."""
@@ -224,51 +228,51 @@ class Lowering:
 
     def flat_index(self, dtype: str = "int64") -> Expr:
         """This point's row-major position in the node's shape."""
-        return self._index(_norm(sympy.expand(sum(s * a for s, a in zip(_rowmajor(self.node.shape), self.out,
-                                                                             strict=True)))), dtype)
+        return self._index(_norm(sum((s * a for s, a in zip(_rowmajor(self.node.shape), self.out, strict=True)),
+                                     0)), dtype)
 
     def _index(self, expr, dtype: str) -> Index:
         """An index value, with the gathered values it uses (an iota read through a take)."""
         known = self.sched.gathers
-        used = [s for s in sympy.sympify(expr).free_symbols if s in known]
+        used = [s for s in ix.free_symbols(expr) if s in known]
         return Index(expr, dtype, tuple(known[s] for s in sorted(used, key=str)))
 
     def dim(self, expr, dtype: str) -> Expr:
-        return DimValue(sympy.sympify(expr), dtype)
+        return DimValue(_norm(expr), dtype)
 
     # guards and gathers
     def in_range(self, index, shape) -> tuple:
         """Conditions that each index lies in [0, dim) (and is whole: dilation's floor divisions leave no rest)."""
         conds = []
         for i, d in zip(index, shape, strict=True):
-            i = sympy.sympify(i)
-            num, den = _floor_parts(i)
+            i = _norm(i)
+            num, den = ix.floor_parts(i)
             if den is not None:
-                conds.append(sympy.Eq(sympy.Mod(num, den), 0))
-            if i.is_number:
-                if not (0 <= int(i) and (not isinstance(d, int) or int(i) < d)):
-                    conds.append(sympy.false)
+                conds.append(ix.eq(ix.mod(num, den), 0))
+            if isinstance(i, int):
+                if not (0 <= i and (not isinstance(d, int) or i < d)):
+                    conds.append(ix.FALSE)
                 continue
-            conds.append(i >= 0)
-            conds.append(i < d)
-        return tuple(c for c in conds if c is not sympy.true)
+            conds.append(ix.rel(">=", i, 0))
+            conds.append(ix.rel("<", i, d))
+        return tuple(c for c in conds if c is not ix.TRUE)
 
     def guard(self, conds, value: Expr, otherwise: Expr) -> Expr:
         """`value` where all `conds` hold, else `otherwise`; loads in `value` never read outside their buffers."""
-        conds = tuple(c for c in conds if c is not sympy.true)
+        conds = tuple(c for c in conds if c is not ix.TRUE and c is not True)  # (an op's comparison of ints)
         if not conds:
             return value
-        if any(c is sympy.false for c in conds):
+        if any(c is ix.FALSE or c is False for c in conds):
             return otherwise
         checked = rebuild(value, lambda x: replace(x, checked=True) if isinstance(x, Load) else x)
         return Guard(conds, checked, otherwise, value.dtype, self.sched.gathers_in(conds))
 
-    def gather(self, k: int, index, bound: Dim) -> sympy.Symbol:
+    def gather(self, k: int, index, bound: Dim) -> Dim:
         """A symbol standing for the value of input k (integers) at `index`, which must lie in [0, bound): use it
         in index expressions passed to `at`, then pass the value through `checked`."""
         return self.sched.gather(self.at(k, index), bound, self.node)
 
-    def checked(self, value: Expr, *syms: sympy.Symbol) -> Expr:
+    def checked(self, value: Expr, *syms: Dim) -> Expr:
         """`value`, with the range check of each gathered symbol in `syms` kept where value no longer reads it: a
         take from a broadcast reads the same element whatever the index (the index drops out of the address),
         yet an index out of range is still an error. Such a check rides on an argument the value ignores."""
@@ -276,15 +280,8 @@ class Lowering:
         lost = [self.sched.gathers[s] for s in syms if s not in read]
         if not lost:
             return value
-        index = Index(sympy.Add(*(g.sym for g in lost)), "int64", tuple(lost))
+        index = Index(sum((g.sym for g in lost), 0), "int64", tuple(lost))
         return Apply(Formula("checked", Term("sym", (), "a"), ("a", "b")), (value, index), value.dtype)
-
-
-def _floor_parts(e):
-    """(numerator, denominator) when e is floordiv(numerator, denominator), else (e, None)."""
-    if isinstance(e, floordiv):
-        return e.args[0], int(e.args[1])
-    return e, None
 
 
 class Scheduler:
@@ -301,7 +298,7 @@ class Scheduler:
         self.fused: list[Node] = []
         self.fused_ids: set[int] = set()
         self.mat: set[int] = set()
-        self.gathers: dict[sympy.Symbol, Gather] = {}
+        self.gathers: dict[Dim, Gather] = {}
         self.checks: list[str] = []
 
     # ------------------------------------------------------------------ buffers
@@ -438,17 +435,17 @@ class Scheduler:
 
     def gathers_in(self, exprs) -> tuple[Gather, ...]:
         """The gathers whose symbols the index expressions `exprs` use, in order of first use."""
-        used = [sym for e in exprs for sym in sympy.sympify(e).free_symbols if sym in self.gathers]
+        used = [sym for e in exprs for sym in ix.symbols_in_order(e) if sym in self.gathers]
         return tuple(self.gathers[sym] for sym in dict.fromkeys(used))
 
     def storage_load(self, x: Node, shape: Shape, amap: AxisMap) -> Load:
         """x's storage read at the row-major position `amap` of `shape` (a reshape of x to `shape`)."""
         buf = self._storage(x)
-        flat = sympy.expand(sum(s * a for s, a in zip(_rowmajor(shape), amap, strict=True)))
+        flat = _norm(sum((s * a for s, a in zip(_rowmajor(shape), amap, strict=True)), 0))
         return self._load_flat(buf, x.dtype, [(1, flat)])
 
-    def gather(self, index: Expr, bound: Dim, node: Node) -> sympy.Symbol:
-        sym = sympy.Symbol(f"_g{len(self.gathers)}", integer=True)
+    def gather(self, index: Expr, bound: Dim, node: Node) -> Dim:
+        sym = ix.var(f"_g{len(self.gathers)}")
         site = len(self.checks)
         what = node.attrs.get("what")
         low = node.attrs.get("low", 0)
@@ -924,7 +921,7 @@ class Scheduler:
         writes = [b.parent for i, b in enumerate(bind_list)
                   if prog.buffers[i].kind not in ("const", "scan_arg") and prog.buffers[i] not in dead]
         writes += [carry[k] for k in range(nc)]
-        work = sum((kernel_work(k) for k in prog.kernels), sympy.Integer(0))
+        work = sum((kernel_work(k) for k in prog.kernels), 0)
         kern = ScanKernel(name, length=rule.length, reverse=rule.reverse, body=prog, binds=bind_list, every=every,
                           every_kernels=len(pre), out=list(dict.fromkeys(writes)),
                           domain=(rule.length, _norm(work)))
@@ -958,8 +955,21 @@ def _merge_digits(digits: list) -> tuple | None:
 
 def _smaller(a: Shape, b: Shape) -> bool:
     """Whether an array of shape a has fewer elements than one of shape b, for every value of the dims."""
-    ratio = sympy.simplify(sympy.sympify(_size(b)) / sympy.sympify(_size(a)))
-    return bool(ratio.is_number and ratio > 1)
+    ratio = _ratio(_size(b), _size(a))
+    return ratio is not None and ratio > 1
+
+
+def _ratio(b, a) -> Fraction | None:
+    """b / a when it is a number (b a constant multiple of a), else None."""
+    if not isinstance(a, _Dim) and not isinstance(b, _Dim):
+        return Fraction(b, a) if a else None
+    if not (isinstance(a, _Dim) and isinstance(b, _Dim)):
+        return None
+    pa, pb = dict(a.terms), dict(b.terms)
+    if set(pa) != set(pb):
+        return None
+    ratios = {Fraction(pb[m]) / pa[m] for m in pa}
+    return ratios.pop() if len(ratios) == 1 else None
 
 
 def _size(shape: Shape) -> Dim:
@@ -1141,7 +1151,7 @@ def _pointwise_loads(loads, bufs: set[Buffer], strides: tuple) -> bool:
         if x.buf in bufs:
             if not x.affine or x.gathers or not (isinstance(x.offset, int) and x.offset == 0):
                 return False
-            if len(x.strides) != len(strides) or any(sympy.sympify(a) != sympy.sympify(b)
+            if len(x.strides) != len(strides) or any(_norm(a) != _norm(b)
                                                      for a, b in zip(x.strides, strides, strict=True)):
                 return False
     return True
@@ -1153,7 +1163,7 @@ def _mergeable(a: LoopKernel, b: LoopKernel, loads_a: list[Load], loads_b: list[
     same point (so the thread that computes a point sees the values it needs, and no other thread's)."""
     if len(a.domain) == 0 or len(a.domain) != len(b.domain):
         return False
-    if any(sympy.sympify(x) != sympy.sympify(y) for x, y in zip(a.domain, b.domain, strict=True)):
+    if any(_norm(x) != _norm(y) for x, y in zip(a.domain, b.domain, strict=True)):
         return False
     if {s.buf.dtype for s in a.stores} != {s.buf.dtype for s in b.stores}:
         return False
@@ -1262,7 +1272,7 @@ def _forward_stores(first: list[Store], then: list[Store], domain: tuple,
         if isinstance(x, Load) and x.affine and not x.gathers and isinstance(x.offset, int) and x.offset == 0:
             v = table.get(x.buf)
             if v is not None and v.dtype == x.dtype and len(x.strides) == len(identity) and all(
-                    sympy.sympify(a) == sympy.sympify(b) for a, b in zip(x.strides, identity, strict=True)):
+                    _norm(a) == _norm(b) for a, b in zip(x.strides, identity, strict=True)):
                 return v
         return x
 

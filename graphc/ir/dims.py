@@ -49,8 +49,32 @@ class Symbol(Atom):
         return self.name
 
 
+class Var(Atom):
+    """An integer index variable of the kernel IR (a loop index, a value read from an index buffer): unlike a dim
+    symbol it may be 0 or negative, so nothing that assumes positivity (`_nonneg`, max / min) decides on it."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def sort_key(self) -> tuple:
+        return (0, self.name, 1)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Var) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("var", self.name))
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Func(Atom):
-    """floor(num / den) or ceiling(num / den) ("floor", "ceil": den an int > 1 or a dim), or max / min of dims."""
+    """floor(num / den) or ceiling(num / den) ("floor", "ceil": den an int > 1 or a dim), or max / min of dims;
+    in index expressions ("floordiv", "mod": den an int > 1) the floor division and remainder of an integer
+    expression kept whole (graphc.ir.index: not rewritten, so digits split by them can be merged again)."""
 
     __slots__ = ("kind", "args", "_hash")
 
@@ -72,6 +96,8 @@ class Func(Atom):
         return (Func, (self.kind, self.args))  # the hash is recomputed: string hashes differ between processes
 
     def __str__(self) -> str:
+        if self.kind in ("floordiv", "mod"):
+            return f"{'floordiv' if self.kind == 'floordiv' else 'Mod'}({self.args[0]}, {self.args[1]})"
         if self.kind in ("floor", "ceil"):
             num, den = self.args
             return f"{'floor' if self.kind == 'floor' else 'ceiling'}({_wrap(num)}/{_wrap(den)})"
@@ -111,7 +137,8 @@ class Dim:
     # -- what code asks of a dim
     @property
     def free_symbols(self) -> frozenset[Dim]:
-        """The symbols this dim depends on, each as a `Dim` (the keys of an environment of dim values)."""
+        """The symbols this dim depends on, each as a `Dim` (the keys of an environment of dim values; an index
+        expression's index variables too)."""
         return _free(self)
 
     @property
@@ -256,17 +283,18 @@ class Dim:
         raise TypeError(f"cannot decide {self} {op} {other} for every value of {names}; symbolic dims only compare "
                         "for equality")
 
+    # an index expression (graphc.ir.index) compares into a condition of the kernel IR
     def __lt__(self, other):
-        return self._order(other, "<")
+        return _relation(self, other, "<") if _indexed(self, other) else self._order(other, "<")
 
     def __le__(self, other):
-        return self._order(other, "<=")
+        return _relation(self, other, "<=") if _indexed(self, other) else self._order(other, "<=")
 
     def __gt__(self, other):
-        return self._order(other, ">")
+        return _relation(self, other, ">") if _indexed(self, other) else self._order(other, ">")
 
     def __ge__(self, other):
-        return self._order(other, ">=")
+        return _relation(self, other, ">=") if _indexed(self, other) else self._order(other, ">=")
 
     def __bool__(self) -> bool:
         return True  # never zero: a zero polynomial is the int 0
@@ -309,6 +337,20 @@ class Dim:
         return to_sympy(self)
 
 
+def _indexed(a, b) -> bool:
+    from graphc.ir.index import is_index
+
+    return is_index(a) or is_index(b)
+
+
+def _relation(a, b, op: str):
+    from graphc.ir.index import rel
+
+    if _poly(b) is None:
+        return NotImplemented
+    return rel(op, a, b)
+
+
 def _show_env(env) -> str:
     return ", ".join(f"{k} = {v}" for k, v in env.items())
 
@@ -339,6 +381,13 @@ def symbol(name: str) -> Dim:
     return Dim(((monomial, 1),))
 
 
+@cache
+def var(name: str) -> Dim:
+    """The index variable called `name` (an integer of any sign: see `Var`)."""
+    monomial = ((Var(name), 1),)
+    return Dim(((monomial, 1),))
+
+
 def _free(d) -> frozenset:
     if not isinstance(d, Dim):
         return frozenset()
@@ -347,6 +396,8 @@ def _free(d) -> frozenset:
         for a, _ in m:
             if isinstance(a, Symbol):
                 out.add(symbol(a.name))
+            elif isinstance(a, Var):
+                out.add(var(a.name))
             else:
                 for x in a.args:
                     out |= _free(x)
@@ -368,7 +419,13 @@ def _value(d, env):
 def _atom_value(a: Atom, env) -> int:
     if isinstance(a, Symbol):
         return env[symbol(a.name)]
+    if isinstance(a, Var):
+        return env[var(a.name)]
     vals = [_value(x, env) for x in a.args]
+    if a.kind == "floordiv":
+        return vals[0] // vals[1]
+    if a.kind == "mod":
+        return vals[0] % vals[1]
     if a.kind == "floor":
         return math.floor(Fraction(vals[0]) / vals[1])
     if a.kind == "ceil":
@@ -535,7 +592,13 @@ def _atom_sympy(a: Atom):
 
     if isinstance(a, Symbol):
         return dim_symbol_class()(a.name)
+    if isinstance(a, Var):
+        return sympy.Symbol(a.name, integer=True)
     args = [to_sympy(x) for x in a.args]
+    if a.kind == "floordiv":
+        return sympy.floor(args[0] / args[1])
+    if a.kind == "mod":
+        return sympy.Mod(*args)
     if a.kind == "floor":
         return sympy.floor(args[0] / args[1])
     if a.kind == "ceil":

@@ -7,45 +7,15 @@ for what `lx` offers: inputs at index expressions, formulas, guards, gathers).""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import Any
 
 from graphc.ir.formula import Term, sym
+from graphc.ir.index import fdiv as floordiv  # floor(a / b) of an index expression, kept whole
+
+__all__ = ["ACC", "NEXT", "ContractRule", "LoopRule", "ReduceRule", "ScatterRule", "floordiv"]
 
 # the arguments of a reduction's combine formula: the accumulated value and the next one
 ACC, NEXT = sym("acc"), sym("next")
-
-
-@functools.cache
-def _sympy_names() -> dict[str, Any]:
-    """The sympy objects of this vocabulary, made on first use: importing the IR (to build graphs) needs no sympy;
-    lowering them does: `floordiv`."""
-    import sympy
-
-    class floordiv(sympy.Function):  # noqa: N801 - sympy function names are lower case
-        """floor(a / b) for an integer index expression a and a positive int b, kept opaque: sympy's floor would
-        rewrite the bounds checks it appears in (floor(i/2) < 3 into i/2 < 3) out of integer arithmetic."""
-
-        nargs = 2
-        is_integer = True
-
-        @classmethod
-        def eval(cls, a, b):
-            if a.is_Integer and b.is_Integer:
-                return sympy.Integer(int(a) // int(b))
-            if b == 1:
-                return a
-            return None
-
-    return {"floordiv": floordiv}
-
-
-def __getattr__(name: str) -> Any:
-    """`floordiv`, importable as before, built (with sympy) when first imported."""
-    if name == "floordiv":
-        return _sympy_names()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from fractions import Fraction
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir import index as ix
 from graphc.ir.dims import Dim as SymbolicDim
 from graphc.ir.dims import ceil_div, exact_div, from_sympy
+from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
 from graphc.ir.shapes import (
     INT_DTYPES,
@@ -104,17 +106,13 @@ class Reshape(Op):
         # outer axes regroup, the innermost stays: the input's index digits from this point's (floor divisions
         # and remainders of the outer indices; the vectorized innermost axis stays affine), so an expression
         # (a pooling gradient routed back to its windows, say) need not be stored first
-        import sympy
-
-        from graphc.ir.lowering import floordiv
-
         index: list = [0] * len(src)
         for si, dj in groups:
             flat = 0
             for j in dj:
                 flat = flat * dst[j] + lx.out[j]
             for i in reversed(si[1:]):
-                index[i] = sympy.Mod(flat, src[i])
+                index[i] = ix.mod(flat, src[i])
                 flat = floordiv(flat, src[i])
             if si:
                 index[si[0]] = flat
@@ -616,16 +614,12 @@ class Pad(Op):
     def lower(self, node, lx):
         """x where the position is one of its elements (low + (interior + 1) * i), else the pad value."""
         a = node.attrs
-        from graphc.ir.lowering import floordiv
-
         index = [floordiv(o - lo, r + 1) for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True)]
         padded = [k for k in range(node.ndim) if a["low"][k] or a["high"][k] or a["interior"][k]]
         # between two elements: the position's offset is no multiple of interior + 1. Said here, not left to
         # in_range to find in the floor division, which a position known to be a number has already evaluated
         # (floordiv(1, 2) is 0: the padding between elements 0 and 1 read as element 0)
-        import sympy
-
-        whole = [sympy.Eq(sympy.Mod(o - lo, r + 1), 0)
+        whole = [ix.eq(ix.mod(o - lo, r + 1), 0)
                  for o, lo, r in zip(lx.out, a["low"], a["interior"], strict=True) if r]
         conds = lx.in_range([index[k] for k in padded], [node.inputs[0].shape[k] for k in padded])
         return lx.guard(tuple(dict.fromkeys((*whole, *conds))), lx.at(0, index), lx.const(a["value"], node.dtype))

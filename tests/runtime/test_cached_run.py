@@ -127,3 +127,17 @@ def test_a_cached_programs_run_time_check_names_the_lines_of_the_graph_that_call
         seen.append(next(ln for ln in r.stdout.splitlines() if ln.startswith("ERR")))
     assert "label out of range [0, 3) at first.py:3" in seen[0]
     assert "label out of range [0, 3) at second.py:8" in seen[1], seen[1]
+
+
+def test_a_cold_compile_with_this_machines_derivatives_needs_no_sympy(tmp_path):
+    """With the derivatives (and formulas) computed once on this machine, a program missing from the cache
+    compiles without importing sympy: the kernel IR's index algebra and scalar formulas are graphc's own."""
+    first = _run(tmp_path)
+    for p in tmp_path.iterdir():  # the programs' entries, not the per-machine derivative file
+        if p.suffix in (".so", ".sum", ".bin"):
+            p.unlink()
+    cold = _run(tmp_path)
+    assert not cold["mlp_cached"] and not cold["cnn_cached"] and not cold["lstm_cached"]
+    assert "sympy" not in cold["loaded"] and "graphc.codegen.emit" in cold["loaded"], cold["loaded"]
+    for k in ("mlp", "cnn", "lstm", "memory_plan_arena"):
+        assert cold[k] == first[k], k
