@@ -27,7 +27,7 @@ from graphc.ops.linalg import MATMUL, matmul
 from graphc.ops.movement import reshape, transpose
 from graphc.ops.scan import SCAN, SCAN_OUTPUT, Body, make_body, output, substitute
 from graphc.passes.horizontal import merge_product_sums, merge_products
-from graphc.passes.rewrite import rebuild
+from graphc.passes.rewrite import rebuild, saved_positions
 
 
 def _input_products(body: Body) -> list[Node]:
@@ -149,15 +149,9 @@ def _optimize_scan(n: Node, inputs: tuple[Node, ...], saved: list[int]):
 
 def optimize_loops(graph: Graph) -> Graph:
     nodes = graph.nodes()
-    saved: dict[int, set[int]] = {}
-    for n in nodes:
-        if n.op is SCAN_OUTPUT:
-            s = n.inputs[0]
-            base = len(SCAN.output_types(s))
-            if n.attrs["index"] >= base:
-                saved.setdefault(id(s), set()).add(n.attrs["index"] - base)
     if not any(n.op is SCAN for n in nodes):
         return graph
+    saved = saved_positions(nodes)
     memo: dict[int, Node] = {}
     remaps: dict[int, dict[int, Node]] = {}
     changed = False

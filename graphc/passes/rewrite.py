@@ -26,7 +26,7 @@ def rebuild(n: Node, inputs: tuple[Node, ...]) -> Node:
         return apply(n.op, inputs, meta=n.meta, **n.attrs)
 
 
-def _saved_positions(nodes: Sequence[Node]) -> dict[int, set[int]]:
+def saved_positions(nodes: Sequence[Node]) -> dict[int, set[int]]:
     """{id(scan): the body positions of its saved intermediates that some scan_output reads}."""
     from graphc.ops.scan import SCAN, SCAN_OUTPUT
 
@@ -104,7 +104,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_sweeps: int = 20
         memo: dict[int, Node] = {}
         remaps: dict[int, dict[int, Node]] = {}  # id(old scan) -> {output index: the node reading it now}
         nodes = graph.with_outputs(outputs).nodes()
-        saved = _saved_positions(nodes) if any(n.op is SCAN for n in nodes) else {}
+        saved = saved_positions(nodes) if any(n.op is SCAN for n in nodes) else {}
         for n in nodes:
             if n.op is SCAN_OUTPUT and id(n.inputs[0]) in remaps:
                 s, k = n.inputs[0], n.attrs["index"]
