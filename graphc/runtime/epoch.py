@@ -6,6 +6,7 @@ The caller owns the state arrays (parameters and optimizer state); they are upda
 from __future__ import annotations
 
 import ctypes
+import difflib
 import math
 import time
 import warnings
@@ -313,8 +314,10 @@ class EpochFunction(CompiledFunction):
                     arr = aligned
             else:
                 where = "scalars" if leaf.shape == () else "state"
+                given = [str(k) for k in (scalars or {} if leaf.shape == () else state)]
+                close = difflib.get_close_matches(name, given, n=1)
                 raise InputError(f"training: no value for the input {name!r} ({leaf.type_str}); pass it in "
-                                 f"{where}=")
+                                 f"{where}=" + (f" (it holds {close[0]!r}: a misspelling?)" if close else ""))
             table[slot] = data_address(arr)
             keep.append(arr)
         if misaligned and not self._warned_misaligned:

@@ -515,3 +515,14 @@ def test_labels_given_to_an_epoch_without_labels_and_an_epoch_of_no_steps():
         ef.run_epoch(X, np.ones(8, np.int32), state, batch=4)
     st = ef.run_epoch(X, None, state, batch=4, max_steps=0)
     assert st.steps == 0 and math.isnan(st.mean_loss)
+
+
+def test_a_misspelt_state_name_is_suggested():
+    x = gc.input("x", ("N", 4))
+    loss = gc.mean(gc.nn.dense(x, 1, name="d") ** 2)
+    ps = gc.nn.parameters(loss)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps), strict=True)}, x=x)
+    state = gc.nn.init_params(ps, seed=0)
+    state["d.w"] = state.pop("d.W")
+    with pytest.raises(gc.InputError, match=r"no value for the input 'd.W' .*it holds 'd.w': a misspelling"):
+        ef.run_epoch(np.ones((8, 4), np.float32), None, state, batch=4)
