@@ -1058,7 +1058,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
         cleanup()
     hdr.parent.mkdir(parents=True, exist_ok=True)
     hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
-                                  data, min_batch=fewest))
+                                  data, min_batch=fewest, vocab=vocab))
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
                         time.perf_counter() - t0)
 
@@ -1090,14 +1090,15 @@ def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
     return spec.data
 
 
-def _grid_doc(upper: str, spec: ModelSpec) -> str:
+def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
     """The image layout, for a model that takes images: each row is one image flattened row-major."""
     from graphc.nn.train import model_layout, sequence_grid
 
     layout = model_layout(spec.model_fn)
     if layout == "tokens":
-        return (f"\n/* Each row is one sequence of {upper}_N_FEATURES token ids, as floats (exact integers), in "
-                "step order. */")
+        return (f"\n/* Each row is one sequence of {upper}_STEPS token ids, as floats (exact integers in [0, "
+                f"{upper}_VOCAB)), in step order. */\n#define {upper}_STEPS {spec.n_features}"
+                + (f"\n#define {upper}_VOCAB {vocab}" if vocab else ""))
     if layout == "sequences" and spec.grid is not None:
         t, f = sequence_grid(spec.grid, spec.dataset)
         return (f"\n/* Each row is one sequence of {t} steps of {f} features, step-major: step t, feature k is\n"
@@ -1115,7 +1116,8 @@ def _grid_doc(upper: str, spec: ModelSpec) -> str:
 
 
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
-                   tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1) -> str:
+                   tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1,
+                   vocab: int = 0) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
@@ -1137,7 +1139,10 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
         extra += (f"/* The dataset's class labels in output order ({what}). */\n#define {upper}_N_CLASSES "
                   f"{len(classes)}\nstatic const char *const {upper}_CLASS_LABELS[{len(classes)}] = "
                   f"{{{', '.join(c_string(str(c)) for c in classes)}}};\n")
-    if std:
+    if vocab:
+        raw_doc = (f"x holds n sequences of {upper}_STEPS token ids, as floats (exact integers in [0, "
+                   f"{upper}_VOCAB): another value is {upper}_ERR_INPUT)")
+    elif std:
         raw_doc = (f"x holds n * {upper}_N_FEATURES raw features (row-major, as in the data file: "
                    f"standardized inside with {upper}_X_MEAN and {upper}_X_STD)")
     else:
@@ -1156,7 +1161,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
 extern "C" {{
 #endif
 
-#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */{_grid_doc(upper, spec)}
+#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */{_grid_doc(upper, spec, vocab)}
 #define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
                                                                else 'predictions'}) */
 #define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */

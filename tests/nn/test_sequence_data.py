@@ -222,7 +222,11 @@ def test_the_exported_library_refuses_token_ids_outside_the_vocabulary(tmp_path)
     path, X, _ = _tokens(tmp_path)
     r = fit(token_model, str(path), progress=False, epochs=1, out=str(tmp_path / "run"))
     res = export(tmp_path / "libtok.so", tmp_path / "run", model=token_model)
-    assert "#define TOK_ERR_INPUT 8" in res.header.read_text()
+    header = res.header.read_text()
+    assert "#define TOK_ERR_INPUT 8" in header
+    # the header says what a row is: STEPS token ids below VOCAB (it spoke of unstandardized features)
+    assert f"#define TOK_STEPS {X.shape[1]}" in header and f"#define TOK_VOCAB {VOCAB}" in header
+    assert "token ids" in header and "standardization" not in header
     fn = ctypes.CDLL(str(res.path)).tok_predict
     want = np.asarray(r.predict_raw(X[:4].astype(np.float32)), np.float32).reshape(4, -1)
 
