@@ -461,8 +461,8 @@ def _flatten(tree, what: str, allow_none: bool):
         leaves = [x for p in parts for x in p[0]]
         return leaves, (type(tree), None, [p[1] for p in parts])
     if tree is None:
-        if not allow_none:
-            raise GraphcError(f"{what}: None is not a tensor")
+        if not allow_none:  # a carry or xs part that is None holds no tensor (an empty pytree, as in JAX)
+            return [], "none"
         return [None], None
     if isinstance(tree, Node):
         return [tree], "leaf"
@@ -476,6 +476,8 @@ def _unflatten(struct, leaves: list):
     it = iter(leaves)
 
     def build(s):
+        if s == "none":
+            return None
         if s == "leaf" or s is None:
             return next(it)
         typ, keys, parts = s
@@ -489,6 +491,8 @@ def _unflatten(struct, leaves: list):
 
 def _paths(struct, prefix: str = "") -> list[str]:
     """Each leaf's place in the structure, as an index expression: ['h'], [1][0], or '' for a lone tensor."""
+    if struct == "none":
+        return []
     if struct == "leaf" or struct is None:
         return [prefix]
     _, keys, parts = struct
@@ -500,7 +504,7 @@ def _shape_of(struct) -> str:
     """The structure as the user wrote it, tensors as T: {'h': T, 's': (T, T)}."""
     if struct == "leaf":
         return "T"
-    if struct is None:
+    if struct is None or struct == "none":
         return "None"
     typ, keys, parts = struct
     inner = [_shape_of(p) for p in parts]
@@ -513,8 +517,8 @@ def _shape_of(struct) -> str:
 
 
 def _same_struct(a, b) -> bool:
-    if a == "leaf" or b == "leaf" or a is None or b is None:
-        return a == b or (a == "leaf" and b == "leaf")
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return a == b
     return a[0] is b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(
         _same_struct(x, y) for x, y in zip(a[2], b[2], strict=True))
 

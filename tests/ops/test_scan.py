@@ -427,3 +427,19 @@ def test_two_unnamed_layers_in_a_step_are_refused_as_outside_one():
     one, _ = gc.scan(lambda h, x: (gc.nn.dense(x, 4) + h, None), gc.zeros(("N", 4)), xs)
     w = dict(gc.nn.init_params(gc.nn.parameters(one), seed=0), xs=np.ones((3, 2, 4), np.float32))
     np.testing.assert_allclose(gc.compile(one)(w), gc.evaluate(one, w), rtol=1e-6)
+
+
+def test_none_in_the_carry_or_xs_is_an_empty_part_as_in_jax():
+    xs = gc.input("xs", ("T", 3), "float64")
+    v = {"xs": np.arange(6.0).reshape(2, 3)}
+    c, _ = gc.scan(lambda c, x: (c + x["a"], None), gc.zeros((3,), "float64"), {"a": xs, "b": None})
+    np.testing.assert_array_equal(gc.compile(c)(v), [3.0, 5.0, 7.0])
+    none, ys = gc.scan(lambda c, x: (None, x * 2), None, xs)
+    assert none is None
+    np.testing.assert_array_equal(gc.compile(ys)(v), v["xs"] * 2)
+    (h, empty), _ = gc.scan(lambda c, x: ((c[0] * x + x, None), None), (gc.zeros((3,), "float64"), None), xs)
+    assert empty is None
+    g = gc.grad(gc.sum(h), xs)
+    np.testing.assert_allclose(gc.compile(g)(v), gc.evaluate(g, v))
+    with pytest.raises(gc.GraphcError, match=r"another structure than init: \(T, T\) for \(T, None\)"):
+        gc.scan(lambda c, x: ((c[0] + x, x), None), (gc.zeros((3,), "float64"), None), xs)
