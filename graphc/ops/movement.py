@@ -12,6 +12,7 @@ from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir import index as ix
 from graphc.ir.dims import Dim as SymbolicDim
 from graphc.ir.dims import ceil_div, exact_div, from_sympy
+from graphc.ir.index import rel
 from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
 from graphc.ir.shapes import (
@@ -403,7 +404,8 @@ class Slice(Op):
         key = []
         for a, b, s in zip(node.attrs["start"], node.attrs["stop"], node.attrs["step"], strict=True):
             a, b = eval_dim(a, ctx.dims), eval_dim(b, ctx.dims)
-            key.append(slice(a, b if b >= 0 else None, s))
+            # a stop below 0 is "before index 0": to the start when reading backwards, an empty range forwards
+            key.append(slice(a, b if b >= 0 else (None if s < 0 else 0), s))
         return args[0][tuple(key)]
 
     def vjp(self, node, g):
@@ -737,7 +739,9 @@ class Concat(Op):
         for k in reversed(range(len(node.inputs))):
             x = node.inputs[k]
             index = [*lx.out[:axis], o - starts[k], *lx.out[axis + 1:]]
-            value = lx.guard((o - starts[k] >= 0, o - starts[k] < x.shape[axis]), lx.at(k, index), value)
+            # conditions of the kernel IR also where the position is a constant and the bounds are dims
+            value = lx.guard((rel(">=", o - starts[k], 0), rel("<", o - starts[k], x.shape[axis])), lx.at(k, index),
+                             value)
         return value
 
 

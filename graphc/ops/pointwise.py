@@ -282,6 +282,10 @@ class ElementwiseOp(Op):
             if expr not in self.args:
                 d = d.subs(expr, s.Y)
         d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
+        # floor and ceiling are steps: 0 almost everywhere (sympy leaves their derivative unevaluated)
+        d = d.replace(lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, (sympy.floor, sympy.ceiling)),
+                      lambda e: sympy.Integer(0))
+        d = d.replace(lambda e: isinstance(e, sympy.Subs), lambda e: e.doit())  # the chain rule's Subs(0, ...)
         d = d.rewrite(sympy.Heaviside, sympy.Piecewise) if d.has(sympy.Heaviside) else d
         d = d.replace(lambda e: isinstance(e, sympy.Heaviside), lambda e: e.rewrite(sympy.Piecewise))
         out = sympy.piecewise_fold(s.G * d)
@@ -338,7 +342,7 @@ class _DerivativeFile:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than json can read
             return {}
         ok = isinstance(data, dict) and data.get("code_version") == self._version
         entries = data.get("entries") if ok else None

@@ -100,7 +100,8 @@ def test_a_corrupt_derivative_file_is_ignored_and_rewritten(tmp_path, monkeypatc
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     tree = ["op", "mul", {}, [["sym", "g"], ["num", 2.0]]]
     for junk in (b"{\"code_version\": \"", b"\xff\xfe not json", b"[1, 2, 3]",
-                 json.dumps({"code_version": "another version", "entries": {"k": ["sym", "g"]}}).encode()):
+                 json.dumps({"code_version": "another version", "entries": {"k": ["sym", "g"]}}).encode(),
+                 b"[" * 100000 + b"]" * 100000):  # nested past the recursion limit (json.load: RecursionError)
         f = _DerivativeFile()
         path = f._path()
         path.write_bytes(junk)

@@ -650,3 +650,19 @@ def test_sign_and_cumsum_keep_numpys_signed_zeros():
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
             assert (np.signbit(g) == np.signbit(w)).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_a_constant_position_of_a_concatenation_along_a_symbolic_axis(n):
+    """Which piece holds a fixed position depends on N at run time (it failed to compile: a TypeError comparing
+    dims); an empty forward slice at some N is empty (its stop below 0 read as 'to the end')."""
+    x = gc.input("x", ("N",), "float32")
+    outs = [gc.concatenate([x, x])[0], gc.concatenate([x, x])[-1], gc.concatenate([x[1:], x])[0],
+            gc.concatenate([x[::2], x])[1], gc.concatenate([x, 2 * x])[1:2], gc.sum(x[:-1:2]) + x[0]]
+    v = {"x": np.arange(1.0, n + 1, dtype=np.float32)}
+    a = v["x"]
+    want = [a[0], a[-1], np.concatenate([a[1:], a])[0], np.concatenate([a[::2], a])[1],
+            np.concatenate([a, 2 * a])[1:2], np.sum(a[:-1:2]) + a[0]]
+    for got, ev, w in zip(gc.compile(outs, cache=False)(v), gc.evaluate(outs, v), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+        np.testing.assert_array_equal(ev, w)

@@ -100,3 +100,15 @@ def test_iota_expand_dims_and_scope_check_their_arguments():
     assert gc.expand_dims(x, -3).shape[0] == 1 and gc.expand_dims(x, 2).shape[2] == 1
     with pytest.raises(gc.GraphcError, match="scope: a name must be a string"), gc.scope(3):
         pass
+
+
+def test_floor_and_ceiling_in_a_formula_differentiate_as_steps():
+    """sympy leaves d/dx floor(x) unevaluated (and wraps ceiling(x/2)'s in a Subs): the gradient held a
+    Derivative no backend can compute; it is 0 almost everywhere, as gc.floor's."""
+    stepped = gc.elementwise("stepped_sq", lambda z: sympy.floor(z) + z ** 2 + sympy.ceiling(z / 2) * z)
+    x = gc.input("x", ("N",), "float64")
+    g = gc.grad(gc.sum(stepped(x)), x)
+    v = {"x": np.array([-2.5, -0.5, 0.3, 1.7])}
+    want = 2 * v["x"] + np.ceil(v["x"] / 2)
+    np.testing.assert_allclose(gc.evaluate(g, v), want)
+    np.testing.assert_allclose(gc.compile(g, cache=False)(v), want)
