@@ -454,8 +454,12 @@ def to_tree(expr: sympy.Expr) -> list:
             return num(e)
         if isinstance(e, sympy.Piecewise):
             (val, cond), rest = e.args[0], e.args[1:]
+            if not isinstance(cond, sympy.Symbol):
+                cond = _simplified_condition(cond)
             if cond == sympy.true or not rest:
                 return build(val)
+            if cond == sympy.false:  # a branch that never holds (sympy leaves some in derivatives of Max/Min)
+                return build(sympy.Piecewise(*rest))
             other = build(sympy.Piecewise(*rest))
             return node(WHERE, build_cond(cond), build(val), other)
         if e.is_Add:
@@ -517,8 +521,14 @@ def to_tree(expr: sympy.Expr) -> list:
         c = _simplified_condition(c) if not isinstance(c, sympy.Symbol) else c
         if isinstance(c, sympy.Symbol):
             return ["sym", c.name]
-        if isinstance(c, sympy.And):
-            raise GraphcError(f"cannot lower the condition {c} (a conjunction) to graph ops")
+        if isinstance(c, (sympy.And, sympy.Or)):  # conjunctions and disjunctions: logical ops over the parts
+            parts = [build_cond(a) for a in sorted(c.args, key=sympy.default_sort_key)]
+            acc = parts[0]
+            for q in parts[1:]:
+                acc = node(AND if isinstance(c, sympy.And) else OR, acc, q)
+            return acc
+        if isinstance(c, sympy.Not):
+            return node(NOT, build_cond(c.args[0]))
         rel = {sympy.StrictLessThan: LT, sympy.LessThan: LE, sympy.StrictGreaterThan: GT,
                sympy.GreaterThan: GE, sympy.Equality: EQ, sympy.Unequality: NE}
         for cls, op in rel.items():

@@ -112,3 +112,23 @@ def test_floor_and_ceiling_in_a_formula_differentiate_as_steps():
     want = 2 * v["x"] + np.ceil(v["x"] / 2)
     np.testing.assert_allclose(gc.evaluate(g, v), want)
     np.testing.assert_allclose(gc.compile(g, cache=False)(v), want)
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("relu6_u", lambda z: sympy.Min(sympy.Max(z, 0), 6)),
+    ("hswish_u", lambda z: z * sympy.Min(sympy.Max(z + 3, 0), 6) / 6),
+    ("max3_u", lambda z: sympy.Max(z, 0, sympy.cos(z) - 1)),
+    ("band_u", lambda z: sympy.Piecewise((z ** 2, sympy.And(z > -1, z < 1)), (sympy.Abs(z), True))),
+])
+def test_gradients_of_formulas_with_max_min_and_conjunctions(name, fn):
+    """Their derivatives hold conditions that simplify to False, and conjunctions: both failed to become graph
+    ops ("cannot lower the condition False")."""
+    op = gc.elementwise(name, fn)
+    x = gc.input("x", ("N",), "float64")
+    g = gc.grad(gc.sum(op(x)), x)
+    v = {"x": np.array([-4.3, -2.1, -0.6, 0.4, 2.2, 7.7])}
+    eps = 1e-6
+    f = lambda a: gc.evaluate(gc.sum(op(x)), {"x": a})  # noqa: E731
+    fd = np.array([(f(v["x"] + eps * e) - f(v["x"] - eps * e)) / (2 * eps) for e in np.eye(6)])
+    np.testing.assert_allclose(gc.evaluate(g, v), fd, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gc.compile(g, cache=False)(v), fd, rtol=1e-6, atol=1e-8)
