@@ -504,12 +504,17 @@ def test_a_failed_check_after_the_first_step_is_named_right():
         ef.run_epoch(X, Y, state, batch=8, order=np.arange(40))
 
 
-def test_labels_given_to_an_epoch_without_labels_and_an_epoch_of_no_steps():
+def _unlabelled_epoch():
+    """An epoch function of a loss that reads no labels (built without y=), and its initial state."""
     x = gc.input("x", ("N", 4))
     loss = gc.mean(gc.nn.dense(x, 1, name="d") ** 2)
     ps = gc.nn.parameters(loss)
     ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps), strict=True)}, x=x)
-    state = gc.nn.init_params(ps, seed=0)
+    return ef, gc.nn.init_params(ps, seed=0)
+
+
+def test_labels_given_to_an_epoch_without_labels_and_an_epoch_of_no_steps():
+    ef, state = _unlabelled_epoch()
     X = np.ones((8, 4), np.float32)
     with pytest.raises(gc.InputError, match="Y was given, but this epoch function was built without y="):
         ef.run_epoch(X, np.ones(8, np.int32), state, batch=4)
@@ -518,11 +523,7 @@ def test_labels_given_to_an_epoch_without_labels_and_an_epoch_of_no_steps():
 
 
 def test_a_misspelt_state_name_is_suggested():
-    x = gc.input("x", ("N", 4))
-    loss = gc.mean(gc.nn.dense(x, 1, name="d") ** 2)
-    ps = gc.nn.parameters(loss)
-    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(ps, gc.grad(loss, ps), strict=True)}, x=x)
-    state = gc.nn.init_params(ps, seed=0)
+    ef, state = _unlabelled_epoch()
     state["d.w"] = state.pop("d.W")
     with pytest.raises(gc.InputError, match=r"no value for the input 'd.W' .*it holds 'd.w': a misspelling"):
         ef.run_epoch(np.ones((8, 4), np.float32), None, state, batch=4)
