@@ -388,20 +388,30 @@ def var(name: str) -> Dim:
     return Dim(((monomial, 1),))
 
 
+def symbols_in_order(d) -> list:
+    """The symbols of d (dims and index variables, each as a `Dim`), each once, in the order its terms hold them
+    (deterministic, unlike a set's)."""
+    out: dict = {}
+
+    def walk(x) -> None:
+        if not isinstance(x, Dim):
+            return
+        for m, _ in x.terms:
+            for a, _ in m:
+                if isinstance(a, Symbol):
+                    out.setdefault(symbol(a.name))
+                elif isinstance(a, Var):
+                    out.setdefault(var(a.name))
+                else:
+                    for y in a.args:
+                        walk(y)
+
+    walk(d)
+    return list(out)
+
+
 def _free(d) -> frozenset:
-    if not isinstance(d, Dim):
-        return frozenset()
-    out: set = set()
-    for m, _ in d.terms:
-        for a, _ in m:
-            if isinstance(a, Symbol):
-                out.add(symbol(a.name))
-            elif isinstance(a, Var):
-                out.add(var(a.name))
-            else:
-                for x in a.args:
-                    out |= _free(x)
-    return frozenset(out)
+    return frozenset(symbols_in_order(d))
 
 
 def _value(d, env):

@@ -16,6 +16,7 @@ from fractions import Fraction
 import numpy as np
 
 from graphc.ir.dims import Dim, Func, Symbol, Var, _atom_dim, var
+from graphc.ir.dims import symbols_in_order as _dim_symbols
 
 __all__ = ["FALSE", "TRUE", "And", "Rel", "conj", "eq", "evaluate", "fdiv", "floor_parts", "free_symbols",
            "is_index", "mod", "norm", "rel", "show", "subs", "sympy_args", "symbols_in_order", "var"]
@@ -313,30 +314,14 @@ def free_symbols(e) -> frozenset:
 
 
 def symbols_in_order(e) -> list:
-    """The symbols of e, each once, in the order its terms hold them (deterministic, unlike a set's)."""
-    out: dict = {}
-
-    def walk(x):
-        if isinstance(x, Rel):
-            walk(x.lhs), walk(x.rhs)
-        elif isinstance(x, And):
-            for a in x.args:
-                walk(a)
-        elif isinstance(x, Dim):
-            for m, _ in x.terms:
-                for a, _ in m:
-                    if isinstance(a, Var):
-                        out.setdefault(var(a.name))
-                    elif isinstance(a, Symbol):
-                        from graphc.ir.dims import symbol
-
-                        out.setdefault(symbol(a.name))
-                    else:
-                        for y in a.args:
-                            walk(y)
-
-    walk(e)
-    return list(out)
+    """The symbols of an index expression or condition, each once, in the order its terms hold them."""
+    if isinstance(e, Rel):
+        parts = [e.lhs, e.rhs]
+    elif isinstance(e, And):
+        parts = list(e.args)
+    else:
+        return _dim_symbols(e)
+    return list(dict.fromkeys(s for x in parts for s in symbols_in_order(x)))
 
 
 def subs(e, mapping: dict):

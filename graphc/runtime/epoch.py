@@ -18,6 +18,7 @@ import numpy as np
 from graphc.codegen import epoch_abi as drv
 from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, topo_order
+from graphc.ops.random import KEY_NAME
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads, data_address
 
@@ -89,8 +90,8 @@ class EpochFunction(CompiledFunction):
             raise GraphcError(f"EpochFunction: updates must be a dict {{parameter or input: its new value}}, got "
                               f"{type(updates).__name__}")
         if training is None:
-            # a dropout anywhere, loop bodies included (a step's dropout reads the key through its scan's inputs)
-            training = any(n.op.name == "dropout" or (n.op.name == "input" and n.attrs["name"] == "rng_key")
+            # a dropout anywhere reads the key, a loop step's through its scan's inputs
+            training = any(n.op.name == "input" and n.name == KEY_NAME
                            for n in topo_order([loss, *(updates or {}).values()]))
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
                          cache=cache, profile=profile)
