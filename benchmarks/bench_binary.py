@@ -32,8 +32,8 @@ ALL = dict(momentum=0.9, l2=1e-5, l1=1e-6)  # values that make the in-process st
 
 
 def binary_rates(exe: Path, paths: dict, out: Path, **kw) -> list[float]:
-    args = [str(exe), "--x-train", str(paths["x_train"]), "--y-train", str(paths["y_train"]), "--quiet", "--out",
-            str(out)]
+    args = [str(exe), "--x-train", str(paths["x_train"]), "--y-train", str(paths["y_train"]), "--quiet", "--overwrite",
+            "--out", str(out)]
     for k, v in kw.items():
         args += ["--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, list) else str(v)]
     p = subprocess.run(args, capture_output=True, text=True)
@@ -80,7 +80,8 @@ def startup(exe: Path, paths: dict, work: Path, repeats: int) -> None:
 
     help_s = statistics.median(timed([str(exe), "--help"]) for _ in range(repeats))
     one = [str(exe), "--x-train", str(paths["x_train"]), "--y-train", str(paths["y_train"]), "--x-val",
-           str(paths["x_val"]), "--y-val", str(paths["y_val"]), "--epochs", "1", "--out", str(work / "one")]
+           str(paths["x_val"]), "--y-val", str(paths["y_val"]), "--epochs", "1", "--overwrite",
+           "--out", str(work / "one")]
     run_s = statistics.median(timed(one) for _ in range(repeats))
     size = exe.stat().st_size
     print(f"binary: {size / 1024:.0f} KiB; start-up: `--help` {help_s * 1e3:.1f} ms, a whole 1-epoch digits run "
@@ -127,7 +128,7 @@ def peak_rss(exe: Path, paths: dict, out: Path, threads: int) -> None:
     """The binary's peak RSS for one epoch (GNU time's maximum resident set size), to set against the peers'."""
     cmd = ["/usr/bin/time", "-f", "%M", str(exe), "--x-train", str(paths["x_train"]), "--y-train",
            str(paths["y_train"]), "--epochs", "1", "--batch-size", "128", "--lr", "0.05", "--threads", str(threads),
-           "--quiet", "--out", str(out)]
+           "--quiet", "--overwrite", "--out", str(out)]
     if not os.path.exists(cmd[0]):
         print("  (peak RSS: /usr/bin/time is not installed)")
         return
