@@ -12,6 +12,23 @@ from pathlib import Path
 from graphc.errors import GraphcError, NumericalError
 
 
+def _cache(args) -> int:
+    """Show the compile cache (where, how many entries, how large, its bound), or empty it (--clear)."""
+    from graphc import cachedir
+
+    d = cachedir.directory()
+    if args.clear:
+        n, size = cachedir.clear()
+        print(f"removed {n} files ({size / 2**20:.1f} MB) from {d}")
+        return 0
+    found = [e for e in cachedir.entries() if not e[0].startswith(".")]
+    limit = cachedir.max_bytes()
+    bound = "none" if limit is None else f"{limit / 2**20:.0f} MB"
+    print(f"compile cache: {d}\nentries: {len(found)}, {sum(e[2] for e in found) / 2**20:.1f} MB "
+          f"(bound {bound}: $GRAPHC_CACHE_MAX_MB; least recently used entries go first)")
+    return 0
+
+
 def _demo(args) -> int:
     """Print a small MLP's loss graph and its gradient graph."""
     import graphc as gc
@@ -260,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="print a small MLP's graph and its gradient graph")
     demo.set_defaults(fn=_demo)
+    ca = sub.add_parser("cache", help="show the compile cache ($GRAPHC_CACHE_DIR, default ~/.cache/graphc), or "
+                        "empty it")
+    ca.set_defaults(fn=_cache)
+    ca.add_argument("--clear", action="store_true", help="remove every file graphc wrote there (compiled programs, "
+                    "derivatives); other files stay")
     defaults, epilog = _train_defaults()
     t = sub.add_parser("train", help="train a model (default: an MLP on the bundled digits data)",
                        formatter_class=_Help, epilog=epilog)
@@ -343,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, metavar="libNAME.so", help="the shared library to write")
     e.add_argument("--header", metavar="PATH", help="where to write the C header (default: NAME.h beside the "
                    "library)")
-    parser._graphc_subparsers = {"demo": demo, "train": t, "predict": pr, "build": b, "export": e}  # type: ignore[attr-defined]
+    parser._graphc_subparsers = {"demo": demo, "cache": ca, "train": t, "predict": pr, "build": b, "export": e}  # type: ignore[attr-defined]
     return parser
 
 

@@ -348,6 +348,7 @@ class _DerivativeFile:
         entries = data.get("entries") if ok else None
         if not isinstance(entries, dict) or data.get("sha256") != _digest(entries):
             return {}  # damaged (a changed number would be a wrong gradient, not an error): computed again
+        cachedir.touch(path)  # used: the cache's bound removes least recently used files first
         return entries
 
     def get(self, name: str, valid=None):

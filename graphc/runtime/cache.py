@@ -2,7 +2,8 @@
 features, and graphc's own code, so a second process skips LLVM. An entry is a shared object (`KEY.so`, with
 `KEY.sum`: its key and checksum), loaded by the system's dynamic loader without LLVM, where a C compiler
 linked it; else an object file for LLVM's MCJIT (`KEY.o`, key and checksum in its header). A corrupt,
-truncated or foreign entry is deleted and rebuilt, never loaded."""
+truncated or foreign entry is deleted and rebuilt, never loaded. A hit marks its files used and a store keeps the
+directory within its bound (graphc.cachedir: least recently used entries go first)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 import pickle
 from pathlib import Path
 
-from graphc.cachedir import atomic_write, code_version, directory
+from graphc.cachedir import atomic_write, code_version, directory, prune, touch
 from graphc.codegen.target import Engine, SharedObject, SharedObjectCode, Target
 from graphc.ir.node import Node
 
@@ -58,6 +59,8 @@ def _load_shared(k: str, target: Target) -> SharedObject | None:
     lib = SharedObject.from_bytes(data, target) if ok else None
     if lib is None:
         _unlink(so, summ)
+    else:
+        touch(so, summ)
     return lib
 
 
@@ -77,10 +80,12 @@ def load(k: str, target: Target) -> Engine | SharedObject | None:
         _unlink(p)
         return None
     try:
-        return Engine.from_object(data[head:], target)
+        engine = Engine.from_object(data[head:], target)
     except Exception:  # an entry LLVM cannot load is as bad as a corrupt one
         _unlink(p)
         return None
+    touch(p)
+    return engine
 
 
 def stored(k: str) -> bytes | None:
@@ -106,10 +111,11 @@ def store(k: str, obj: bytes) -> None:
         if data is not None:
             atomic_write(d / f"{k}.so", data)
             atomic_write(d / f"{k}.sum", SO_MAGIC + k.encode("ascii") + hashlib.sha256(data).digest())
-            return
-        atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
+        else:
+            atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
     except OSError:
         return
+    prune(keep=(k,))
 
 
 def load_blob(k: str) -> bytes | None:
@@ -122,6 +128,7 @@ def load_blob(k: str) -> bytes | None:
     head = _HEAD
     if (len(data) > head and data.startswith(MAGIC) and data[len(MAGIC) + 32:head] == k.encode("ascii")
             and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):len(MAGIC) + 32]):
+        touch(p)
         return data[head:]
     _unlink(p)
     return None
@@ -133,6 +140,7 @@ def store_blob(k: str, data: bytes) -> None:
         atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
     except OSError:
         return
+    prune(keep=(k,))
 
 
 def _spec_key(k: str) -> str:
