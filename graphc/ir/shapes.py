@@ -24,6 +24,13 @@ SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bo
 ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 
 
+def float_for(*dtypes: str) -> str:
+    """The float dtype ints and bools become where they meet a float or a float function: float64 where an int64
+    is among them (no int above 2**24 is rounded first), else float32, the default float (as JAX: int32 as
+    float32, int64 as float64)."""
+    return "float64" if "int64" in dtypes else "float32"
+
+
 def symbol(name: str) -> _dims.Dim:
     """The dim symbol called `name`: a positive integer."""
     return _dims.symbol(name)

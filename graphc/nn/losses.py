@@ -102,11 +102,15 @@ def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
 
 
 def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
-    """Batch mean of softplus((1 - 2y) f): -log sigmoid((2y - 1) f) for labels y in {0, 1}, from logits f. With
-    mask/lengths, the mean over the counted elements only."""
+    """Batch mean of -y log sigmoid(f) - (1 - y) log(1 - sigmoid(f)) from logits f, computed as
+    y softplus(-f) + (1 - y) softplus(f): both terms without cancellation, so a confident right answer's tiny loss
+    keeps its digits. Targets are probabilities in [0, 1]: hard labels {0, 1} or soft ones (label smoothing), as
+    torch's binary_cross_entropy_with_logits takes them. With mask/lengths, the mean over the counted elements
+    only."""
     logits = ops.as_tensor(logits)
     logits, y = _match(logits, _as_float_target(y, logits), "binary_cross_entropy")
-    return _counted(ops.softplus((1.0 - 2.0 * y) * logits), mask, lengths, time_axis, "binary_cross_entropy")
+    per = y * ops.softplus(-logits) + (1.0 - y) * ops.softplus(logits)
+    return _counted(per, mask, lengths, time_axis, "binary_cross_entropy")
 
 
 def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis: int = 0,

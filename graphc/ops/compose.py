@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError
-from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, fmt_shape
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, float_for, fmt_shape
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
 from graphc.ops.core import Tensor, as_tensor, constant, describe, located
@@ -22,7 +22,7 @@ def _float(x, what: str) -> Tensor:
     x = as_tensor(x)
     if x.dtype not in FLOAT_DTYPES:
         if x.dtype in INT_DTYPES or x.dtype == "bool":
-            return cast(x, "float32")
+            return cast(x, float_for(x.dtype))
         raise DTypeError(f"{what}: needs a float tensor, got {describe(x)}")
     return x
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from graphc.errors import CompileError, DTypeError, GraphcError, ShapeError
 from graphc.ir.node import ArrayValue, Node, capture_source
-from graphc.ir.shapes import FLOAT_DTYPES, Shape, as_dtype
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, Shape, as_dtype, float_for
 
 KINDS = ("source", "elementwise", "reduce", "contract", "movement", "scatter", "random", "identity", "loop")
 
@@ -217,7 +217,7 @@ def constant(value: Any, dtype: str | None = None) -> Tensor:
 
 def as_tensor(x: Any, like: Node | None = None) -> Tensor:
     """A tensor for `x`. Python numbers and lists are weakly typed: they take the dtype of the tensor they meet
-    when that dtype can hold them (a float meeting an int tensor stays float32)."""
+    when that dtype can hold them (a float meeting an int tensor is the float that int becomes: `float_for`)."""
     if isinstance(x, Node):
         return x  # type: ignore[return-value]
     weak = not isinstance(x, (np.ndarray, np.generic))
@@ -234,5 +234,7 @@ def as_tensor(x: Any, like: Node | None = None) -> Tensor:
                              f"or gc.cast(t, 'float64')")
         if like.dtype in FLOAT_DTYPES or own == like.dtype or (own == "int32" and like.dtype == "int64"):
             return constant(arr, like.dtype)
+        if own in FLOAT_DTYPES and like.dtype in INT_DTYPES:
+            own = float_for(like.dtype)
         return constant(arr, own)
     return constant(x)

@@ -27,7 +27,7 @@ from graphc import cachedir
 from graphc.errors import DTypeError, GraphcError
 from graphc.ir.formula import Term, from_plain, to_plain
 from graphc.ir.node import Node
-from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
+from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape, float_for
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
 from graphc.ops.reduce import sum_to_shape
 
@@ -813,7 +813,7 @@ def _unary(op: ElementwiseOp, promote_ints: bool = True):
     def fn(x) -> Tensor:
         x = as_tensor(x)
         if promote_ints and x.dtype not in op.domain and x.dtype != "bool":
-            x = cast(x, "float32")
+            x = cast(x, float_for(x.dtype))
         return apply(op, (x,))
 
     fn.__name__ = op.name
@@ -830,7 +830,7 @@ def divide(a, b) -> Tensor:
     division."""
     ts = _promote([a, b])
     if ts[0].dtype not in FLOAT_DTYPES:
-        to = "float64" if ts[0].dtype == "int64" else "float32"
+        to = float_for(*(t.dtype for t in ts))
         ts = [cast(t, to) for t in ts]
     return apply(DIV, ts)
 floor_divide_, remainder_ = _binary(FLOORDIV), _binary(REM)
@@ -843,15 +843,36 @@ tanh, sigmoid_, softplus_, erf = _unary(TANH), _unary(SIGMOID), _unary(SOFTPLUS)
 abs_, sign, relu_ = _unary(ABS), _unary(SIGN), _unary(RELU)
 sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh = (_unary(op) for op in TRIG.values())
 for _f in (sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh):
-    _f.__doc__ = f"numpy's {_f.__name__}, elementwise (ints promoted to float32)."
+    _f.__doc__ = f"numpy's {_f.__name__}, elementwise (int32 promoted to float32, int64 to float64)."
+
+
+def _round_int(x: Tensor, q: int) -> Tensor:
+    """Ints x to the nearest multiple of q (a power of 10), ties to even multiples, without leaving the dtype:
+    q beyond the dtype's range rounds everything to 0 (as numpy's int32 result)."""
+    if q > np.iinfo(x.dtype).max:
+        return full_like(x, 0)
+    qc = as_tensor(q, x)
+    r = floor_divide_(x, qc)
+    rem = x - r * qc  # in [0, q)
+    half = qc - rem  # compared with rem instead of 2 * rem, which could overflow
+    odd = not_equal(remainder_(r, as_tensor(2, x)), as_tensor(0, x))
+    up = logical_or(greater(rem, half), logical_and(equal(rem, half), odd))
+    return (r + cast(up, x.dtype)) * qc
 
 
 def round_(x, decimals: int = 0) -> Tensor:
     """numpy.round: to the nearest integer, ties to even (0.5 -> 0, 1.5 -> 2), or to `decimals` places (x * 10**d
-    rounded, then divided back, as numpy does); ints are returned as they are. Its gradient is 0."""
+    rounded, then divided back, as numpy does). Ints are returned as they are for decimals >= 0; for decimals < 0
+    they round to a multiple of 10**-decimals, ties to even, in exact integer arithmetic (numpy goes through
+    float64, which agrees wherever float64 holds the ints exactly). Its gradient is 0."""
     x = as_tensor(x)
     if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)):
         raise GraphcError(f"round: decimals must be an int, got {decimals!r}")
+    if decimals < 0 and x.dtype == "bool":
+        raise located(DTypeError(f"round: a bool tensor to decimals={decimals} (numpy refuses it too); cast it "
+                                 "to an int or float dtype first"), (x,), "round")
+    if x.dtype in INT_DTYPES and decimals < 0:
+        return _round_int(x, 10 ** -int(decimals))
     if x.dtype in INT_DTYPES or x.dtype == "bool":
         return x
     if decimals == 0:
@@ -880,7 +901,7 @@ def power(a, b) -> Tensor:
                                          f"it too); cast first: gc.cast(x, 'float32') ** {b}"), (a,), "pow")
             return apply(POWC, (a,), p=int(b)) if int(b) != 1 else a
         if a.dtype not in FLOAT_DTYPES:
-            a = cast(a, "float64" if a.dtype == "int64" else "float32")
+            a = cast(a, float_for(a.dtype))
         p = int(b) if integral else float(b)
         if p == 1:
             return a

@@ -95,6 +95,40 @@ def test_tensor_methods_are_the_functions():
         same(got, np.round(v, 2))
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_round_of_ints_to_negative_decimals_is_numpys(dtype):
+    """Ints to tens, hundreds, ...: ties to even multiples (15 -> 20, -25 -> -20), as numpy; they were returned
+    unchanged. Beyond the dtype's range every value rounds to 0; a bool to negative decimals is refused."""
+    v = np.array([15, -25, 149, 151, 1234, -15, 25, 35, -35, 5, -5, 0, 1_999_999_999, -1_500_000_000], dtype)
+    x = gc.input("x", ("N",), dtype)
+    for d in (-1, -2, -3, -9, -10, -12):
+        want = np.round(v, d)
+        for got in both(gc.round(x, d), x=v):
+            assert got.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got, want, err_msg=f"decimals={d}")
+    for got in both(gc.round(x, 2), x=v):
+        np.testing.assert_array_equal(got, v)
+    with pytest.raises(gc.DTypeError, match="bool tensor to decimals=-1"):
+        gc.round(gc.input("b", (3,), "bool"), -1)
+
+
+def test_int64_meets_floats_as_float64_everywhere():
+    """One rule for ints becoming floats (graphc.ir.shapes.float_for): int64 as float64, int32 and bool as float32,
+    whatever the operation and the operand order; int64 + 0.5 was float32 (16777217 + 0.5 -> 16777216)."""
+    i, j = gc.input("i", (2,), "int64"), gc.input("j", (2,), "int32")
+    b = gc.input("b", (2,), "bool")
+    for t in (i / i, i ** 0.5, i + 0.5, 0.5 * i, i - 1.5, gc.mean(i), gc.var(i), gc.sqrt(i), gc.exp(i), gc.sin(i),
+              b / i, i / b, j / i, i / j, gc.where(b, i, 0.5)):
+        assert t.dtype == "float64", t
+    for t in (j / j, j + 0.5, gc.mean(j), gc.sqrt(j), b / j, j / b, gc.mean(b), b + 0.5):
+        assert t.dtype == "float32", t
+    v = np.array([16777217, 2**40 + 1], np.int64)
+    for got in both(i + 0.5, i=v):
+        np.testing.assert_array_equal(got, v + 0.5)
+    for got in both(gc.mean(i), i=v):
+        assert float(got) == np.mean(v)
+
+
 @pytest.mark.parametrize("name", ["sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "arcsinh",
                                   "arccosh", "arctanh"])
 def test_trigonometric_functions_compile_within_an_ulp(name):

@@ -88,6 +88,27 @@ def test_cross_entropies_stable(dtype):
     np.testing.assert_allclose(g, [[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_cross_entropy_takes_soft_targets(dtype):
+    """Targets in [0, 1] (label smoothing): -y log s(f) - (1 - y) log(1 - s(f)), gradient s(f) - y, as torch's
+    binary_cross_entropy_with_logits; softplus((1 - 2y) f) was right for y in {0, 1} only (y = 0.5: log 2 and a
+    zero gradient whatever the logit). Tiny losses of confident right answers keep their digits."""
+    f = np.array([2.0, -1.0, 3.0, 0.5, 30.0, -30.0, 0.0, 1e4])
+    y = np.array([0.5, 0.9, 0.1, 0.5, 1.0, 0.0, 0.25, 0.95])
+    logits, t = gc.input("f", (8,), dtype), gc.input("t", (8,), dtype)
+    bce = gc.nn.binary_cross_entropy(logits, t)
+    per = y * np.array([exact_softplus(-v) for v in f]) + (1 - y) * np.array([exact_softplus(v) for v in f])
+    want_g = (np.array([exact_sigmoid(v) for v in f]) - y) / 8
+    feed = {"f": f.astype(dtype), "t": y.astype(dtype)}
+    for got in (gc.evaluate([bce, gc.grad(bce, logits)], feed),
+                gc.compile([bce, gc.grad(bce, logits)])(feed)):
+        assert float(got[0]) == pytest.approx(per.mean(), rel=1e-6)
+        np.testing.assert_allclose(got[1], want_g, rtol=1e-5, atol=1e-12)
+    # the confident right answers alone: losses ~9.4e-14 each, not 0
+    one = gc.evaluate(bce, {"f": np.array([30.0, -30.0] * 4, dtype), "t": np.array([1.0, 0.0] * 4, dtype)})
+    assert float(one) == pytest.approx(exact_softplus(-30.0), rel=1e-5)
+
+
 def _grad_at(fn, v, dtype="float64"):
     x = gc.input("x", np.shape(v), dtype)
     return gc.evaluate(gc.grad(gc.sum(fn(x)), x), {"x": np.asarray(v, dtype)})
