@@ -132,3 +132,48 @@ def test_gradients_of_formulas_with_max_min_and_conjunctions(name, fn):
     fd = np.array([(f(v["x"] + eps * e) - f(v["x"] - eps * e)) / (2 * eps) for e in np.eye(6)])
     np.testing.assert_allclose(gc.evaluate(g, v), fd, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(gc.compile(g, cache=False)(v), fd, rtol=1e-6, atol=1e-8)
+
+
+_WIDE = np.array([-3e38, -1e30, -1e26, -1e20, -1e15, -1e6, -30.0, -2.0, -1.0, -0.5, -1e-3, -1e-30, -0.0, 0.0,
+                  1e-30, 1e-3, 0.5, 1.0, 2.0, 30.0, 1e6, 1e15, 1e20, 1e26, 1e30, 3e38])
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("abs_pow15_u", lambda z: sympy.Abs(z) ** 1.5),
+    ("abs_pow25_u", lambda z: sympy.Abs(z) ** 2.5),
+    ("abs_pow43_u", lambda z: sympy.Abs(z) ** sympy.Rational(4, 3)),
+    ("abs_cube_u", lambda z: sympy.Abs(z) ** 3),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_derivative_is_finite_wherever_the_plain_derivative_is(name, fn, dtype):
+    """The smallest form of a derivative is not always safe: |x|**1.5's was 1.5 y**(1/3) sign(x), written with the op's
+    output y = |x|**1.5, which overflows float32 from |x| = 5e25 while the derivative 1.5 sqrt(|x|) is 1.5e13 there;
+    |x|**3's was 3 x**3 / |x|, inf from |x| = 7e12. Checked against sympy's plain derivative in float64."""
+    op = gc.elementwise(name, fn)
+    x = gc.input("x", ("N",), dtype)
+    g = gc.grad(gc.sum(op(x)), x)
+    v = _WIDE.astype(dtype)
+    z = sympy.Symbol("z", real=True)
+    with np.errstate(all="ignore"):
+        want = sympy.lambdify(z, sympy.diff(fn(z), z), "numpy")(v.astype(np.float64)).astype(dtype)
+    finite = np.isfinite(want)
+    assert finite[v.size // 2 - 9:v.size // 2 + 9].all()
+    for got in (gc.evaluate(g, {"x": v}), gc.compile(g, cache=False)({"x": v})):
+        assert np.isfinite(got[finite]).all(), v[finite & ~np.isfinite(got)]
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5 if dtype == "float32" else 1e-12,
+                                   atol=1e-30)
+
+
+def test_a_smaller_form_that_is_not_finite_for_negatives_is_not_chosen():
+    """sympy.simplify may return a form such as 1.5 x / |sqrt(x)| (no derivative of |x|**1.5 for x < 0: a root
+    of a negative number): among forms of a derivative the first safe one is kept, however small the others."""
+    from graphc.ops.pointwise import _safest, formula_names
+
+    s = formula_names()
+    expr = sympy.Abs(s.x0) ** 1.5
+    plain = sympy.diff(expr, s.x0)
+    unsafe = 1.5 * s.x0 / sympy.Abs(s.x0 ** 0.5)
+    assert _safest(expr, (s.x0,), plain, [unsafe, plain]) == plain
+    assert _safest(expr, (s.x0,), plain, [plain, unsafe]) == plain
+    # every form misses somewhere: the one missing fewest points
+    assert _safest(expr, (s.x0,), plain, [unsafe, s.Y ** sympy.Rational(1, 3) * 1.5 * sympy.sign(s.x0)]) != unsafe
