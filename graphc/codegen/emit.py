@@ -313,9 +313,14 @@ class ScalarEmitter:
         return result
 
     def maxmin(self, x, y, is_max: bool):
-        if _is_float(x.type):  # llvm.maximum/minimum propagate nan like numpy's maximum/minimum
-            return self.b.call(vmath.intrinsic(self.module, "llvm.maximum" if is_max else "llvm.minimum", x.type),
-                               [x, y])
+        if _is_float(x.type):
+            # numpy's maximum/minimum: x where x wins or is nan, else y (so y where they are equal: maximum(0.0, -0.0)
+            # is -0.0, minimum(-0.0, 0.0) is 0.0; llvm.maximum/minimum order -0.0 below 0.0 instead). The select
+            # on an ordered compare is one max/min instruction (x86's maxps picks y on a tie or a nan); the nan
+            # check puts x's nan back.
+            b = self.b
+            r = b.select(b.fcmp_ordered(">" if is_max else "<", x, y), x, y)
+            return b.select(b.fcmp_unordered("uno", x, x), x, r)
         return self.b.select(self.b.icmp_signed(">" if is_max else "<", x, y), x, y)
 
     def _pow(self, x, y):
