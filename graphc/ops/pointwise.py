@@ -229,11 +229,7 @@ class ElementwiseOp(Op):
         if fn is None and self.numpy_fn is not None:
             fn = self._lambdas[key] = self.numpy_fn
         if fn is None:
-            import sympy
-
-            from graphc.ops.scalar import NUMPY
-
-            fn = sympy.lambdify(self.args, self.expr_for(attrs), modules=[NUMPY, "numpy"])
+            fn = _lambdify(self.args, self.expr_for(attrs))
             self._lambdas[key] = fn
         return fn
 
@@ -303,6 +299,16 @@ class ElementwiseOp(Op):
                 continue
             out.append(sum_to_shape(from_tree(tree, env, g.dtype, node.shape), x.shape))
         return out
+
+
+def _lambdify(args: tuple, expr: sympy.Expr) -> Callable:
+    """`expr` as a numpy function of `args` (graphc's stable forms of its scalar functions, huge rational
+    constants as their doubles: `scalar.double_constants`)."""
+    import sympy
+
+    from graphc.ops.scalar import NUMPY, double_constants
+
+    return sympy.lambdify(args, double_constants(expr), modules=[NUMPY, "numpy"])
 
 
 def _param_values(params: tuple[str, ...], attrs) -> dict:
@@ -429,6 +435,8 @@ def to_tree(expr: sympy.Expr) -> list:
     maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
     import sympy
 
+    from graphc.ops.scalar import double_constants
+
     ops = sympy_ops()
     memo: dict = {}
 
@@ -532,7 +540,7 @@ def to_tree(expr: sympy.Expr) -> list:
                 return node(op, build(c.lhs), build(c.rhs))
         raise GraphcError(f"cannot lower the condition {c} to graph ops")
 
-    return build(sympy.sympify(expr))
+    return build(double_constants(sympy.sympify(expr)))
 
 
 _anon_lock = threading.Lock()
@@ -683,23 +691,18 @@ def _safest(expr: sympy.Expr, args: tuple, plain: sympy.Expr, candidates: list) 
     1.5 y**(1/3) sign(x), overflows with y where 1.5 sqrt(|x|) sign(x) does not; a simplification may take a root
     of a negative number that the plain derivative does not. The reference is `plain` in float64 (rounded to the
     dtype): where even that is not finite, no form is asked to be."""
-    import sympy
-
-    from graphc.ops.scalar import NUMPY
-
     y = formula_names().Y
     fns = []
     try:
-        forward = sympy.lambdify(args, _without_singular_parts(expr), modules=[NUMPY, "numpy"])
-        reference = sympy.lambdify(args, _without_singular_parts(plain), modules=[NUMPY, "numpy"])
+        forward = _lambdify(args, _without_singular_parts(expr))
+        reference = _lambdify(args, _without_singular_parts(plain))
     except Exception:  # a formula numpy cannot evaluate: nothing to compare with
         return candidates[0]
 
     def misses(k: int) -> int:
         while len(fns) <= k:
             try:
-                fns.append(sympy.lambdify(args + (y,), _without_singular_parts(candidates[len(fns)]),
-                                          modules=[NUMPY, "numpy"]))
+                fns.append(_lambdify(args + (y,), _without_singular_parts(candidates[len(fns)])))
             except Exception:
                 fns.append(None)
         if fns[k] is None:
@@ -950,7 +953,12 @@ def power(a, b) -> Tensor:
     float (int32 as float32, int64 as float64)."""
     if isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool):
         a = as_tensor(a)
-        integral = float(b).is_integer()
+        try:
+            integral = float(b).is_integer()
+        except OverflowError:  # an int beyond a double's range
+            raise located(DTypeError(f"the exponent, an int of {len(str(abs(b)))} digits, is beyond float64's "
+                                     "range (numpy refuses it too); write float('inf') for an infinite one"),
+                          (a,), "pow") from None
         if a.dtype in INT_DTYPES and integral:
             if b < 0:
                 raise located(DTypeError(f"an integer to the negative power {b} is not an integer (numpy refuses "

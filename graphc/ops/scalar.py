@@ -161,6 +161,24 @@ NUMPY = {
 }
 
 
+# a rational constant with a numerator or denominator of more bits than this is beyond a double's range
+_DOUBLE_BITS = 1000
+
+
+def double_constants(expr: sympy.Expr) -> sympy.Expr:
+    """`expr` with every rational constant whose numerator or denominator is beyond a double's range (10**400,
+    1/10**400, a derivative's (10**400 + 1)/10**400) as a sympy Float of its value, which sympy keeps finite and
+    exact enough, and which every conversion to code reads as its IEEE double: +-inf, +-0.0 or the nearest double
+    (then rounded to the dtype, as numpy rounds a float32 literal: 1e39 is inf). As Python ints they raised
+    OverflowError in numpy and in the emitter, and as a quotient of two infinities a finite constant became nan.
+    What a float32 or float64 program computes from such a formula is then what that arithmetic gives."""
+    def huge(e) -> bool:
+        return (isinstance(e, sympy.Rational) and max(abs(int(e.p)), int(e.q)).bit_length() > _DOUBLE_BITS)
+
+    big = {e for e in expr.atoms(sympy.Rational) if huge(e)} if isinstance(expr, sympy.Basic) else set()
+    return expr.xreplace({e: sympy.Float(e, precision=64) for e in big}) if big else expr
+
+
 def to_term(expr: sympy.Expr) -> Term:
     """`expr` as a graphc formula term (graphc.ir.formula), in the shape its native code takes: a sum's terms
     that carry a minus sign are subtracted, a product with a denominator divides, x ** 0.5 is sqrt, a Piecewise
@@ -223,7 +241,7 @@ def to_term(expr: sympy.Expr) -> Term:
                            "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
                            f"floor, ceiling, {', '.join(formula.LIBM_FUNCTIONS)}")
 
-    return go(sympy.sympify(expr))
+    return go(double_constants(sympy.sympify(expr)))
 
 
 _COMPARES = {sympy.StrictLessThan: "lt", sympy.LessThan: "le", sympy.StrictGreaterThan: "gt",

@@ -270,3 +270,10 @@ def test_maximum_and_minimum_are_numpys_at_signed_zeros_nans_and_infinities(dtyp
             assert g.dtype == dtype
             np.testing.assert_array_equal(g, w)
             np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
+
+
+def test_an_int_exponent_beyond_float64_is_a_graphc_error():
+    """x ** 10**400: float(10**400) raised OverflowError from inside graphc (numpy refuses it too)."""
+    x = gc.input("x", (3,))
+    with pytest.raises(gc.GraphcError, match="exponent, an int of 401 digits, is beyond float64's range"):
+        x ** (10 ** 400)

@@ -177,3 +177,30 @@ def test_a_smaller_form_that_is_not_finite_for_negatives_is_not_chosen():
     assert _safest(expr, (s.x0,), plain, [plain, unsafe]) == plain
     # every form misses somewhere: the one missing fewest points
     assert _safest(expr, (s.x0,), plain, [unsafe, s.Y ** sympy.Rational(1, 3) * 1.5 * sympy.sign(s.x0)]) != unsafe
+
+
+@pytest.mark.parametrize("name, fn, value, slope", [
+    ("times_huge_u", lambda z: z * sympy.Integer(10) ** 400, lambda v: v * np.inf, lambda v: np.full_like(v, np.inf)),
+    ("times_tiny_u", lambda z: z * sympy.Rational(1, 10 ** 400), lambda v: v * 0.0, lambda v: np.zeros_like(v)),
+    ("plus_tiny_u", lambda z: z + sympy.Rational(1, 10 ** 400), lambda v: v, lambda v: np.ones_like(v)),
+    # the derivative's coefficient (10**400 + 1)/10**400 is 1.0, not inf/inf
+    ("near_one_power_u", lambda z: sympy.Abs(z) ** sympy.Rational(10 ** 400 + 1, 10 ** 400), np.abs, np.sign),
+    # 10**400 appears only in the derivative: 2 * 10**400 * z
+    ("square_huge_u", lambda z: (10 ** 200 * z) ** 2, lambda v: v * v * np.inf, lambda v: 2 * v * np.inf),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_huge_and_tiny_rational_constants_are_their_ieee_values(name, fn, value, slope, dtype):
+    """A constant beyond a double's range in a formula (or its derivative) is what float arithmetic makes of it:
+    10**400 is inf, 1/10**400 is 0 (as numpy's float32(1e39) is inf). As Python ints they raised OverflowError in
+    the reference and in the emitter, and the coefficient (10**400 + 1)/10**400 became inf/inf = nan."""
+    op = gc.elementwise(name, fn)
+    x = gc.input("x", ("N",), dtype)
+    y = op(x)
+    g = gc.grad(gc.sum(y), x)
+    v = np.array([-2.0, -0.0, 0.0, 1.5, np.inf], dtype)
+    with np.errstate(all="ignore"):
+        want = [value(v).astype(dtype), slope(v).astype(dtype)]
+        for got in (gc.evaluate([y, g], {"x": v}), gc.compile([y, g], cache=False)({"x": v})):
+            for a, w in zip(got, want, strict=True):
+                assert a.dtype == dtype
+                np.testing.assert_array_equal(a, w)
