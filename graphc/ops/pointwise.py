@@ -28,6 +28,7 @@ from graphc.errors import DTypeError, GraphcError
 from graphc.ir.formula import Term, from_plain, to_plain
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape
+from graphc.ops import numeric
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
 from graphc.ops.reduce import sum_to_shape
 
@@ -236,9 +237,17 @@ class ElementwiseOp(Op):
     def reference(self, node, args, ctx):
         with np.errstate(all="ignore"):  # IEEE inf/nan propagate as in native code; the checked path reports
             out = self.lambdified(node.attrs)(*args)
-        out = np.asarray(out, dtype=ctx.dtype(node.dtype))
-        shape = eval_shape(node.shape, ctx.dims)
-        return out if out.shape == shape else np.broadcast_to(out, shape).copy()
+        return _shaped(out, node, ctx)
+
+    def fold(self, node, args, ctx):
+        """The formula's term (what the native code computes) evaluated with numpy: constant folding builds no
+        sympy formula, as the rest of a compile whose derivatives and terms this machine has computed before."""
+        if self.numpy_fn is not None:
+            return self.reference(node, args, ctx)
+        env = {f"x{k}": a for k, a in enumerate(args) if k not in self.shape_inputs}
+        with np.errstate(all="ignore"):
+            out = numeric.evaluate(self.term(node.attrs), env)
+        return _shaped(out, node, ctx)
 
     # -- derivative
     def partial(self, attrs, k: int) -> list:
@@ -309,6 +318,13 @@ def _lambdify(args: tuple, expr: sympy.Expr) -> Callable:
     from graphc.ops.scalar import NUMPY, double_constants
 
     return sympy.lambdify(args, double_constants(expr), modules=[NUMPY, "numpy"])
+
+
+def _shaped(out, node, ctx) -> np.ndarray:
+    """An elementwise op's value `out` in the node's dtype, broadcast to its shape."""
+    out = np.asarray(out, dtype=ctx.dtype(node.dtype))
+    shape = eval_shape(node.shape, ctx.dims)
+    return out if out.shape == shape else np.broadcast_to(out, shape).copy()
 
 
 def _param_values(params: tuple[str, ...], attrs) -> dict:
@@ -817,6 +833,9 @@ class Cast(ElementwiseOp):
 
     def reference(self, node, args, ctx):
         return np.asarray(args[0]).astype(ctx.dtype(node.dtype))
+
+    def fold(self, node, args, ctx):
+        return self.reference(node, args, ctx)
 
     def vjp(self, node, g):
         x = node.inputs[0]
