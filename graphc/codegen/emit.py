@@ -497,9 +497,9 @@ def partition(b: ir.IRBuilder, total: ir.Value, tid: ir.Value, nth: ir.Value, al
 
 def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
     """A dim expression's run-time value (i64), its symbols read from a program's dims array (`symbols` their
-    order): integers, sums, products, positive powers, and the floor or ceiling of a quotient (a checkpointed
-    scan's ceiling(T/k) segments) or a remainder. Sums and products are computed in the order of their operands
-    that the kernel IR has always used (graphc.ir.index.sympy_args)."""
+    order): integers, sums, products, positive powers, the floor or ceiling of a quotient (a checkpointed
+    scan's ceiling(T/k) segments), a remainder, a max or a min. Sums and products are computed in the order of
+    their operands that the kernel IR has always used (graphc.ir.index.sympy_args)."""
     d = ix.norm(d)
     if isinstance(d, int):
         return c64(d)
@@ -512,6 +512,12 @@ def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
             e = _atom(a)
             k = symbols.index(e)
             return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64, name=a.name)
+        if a.kind in ("max", "min"):  # the interior padding of a symbolic axis: max(N - 1, 0) * interior
+            vals = [int_dim(b, dims, symbols, x) for x in a.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = b.select(b.icmp_signed(">" if a.kind == "max" else "<", acc, v), acc, v)
+            return acc
         num, den = a.args[:2]
         if a.kind in ("ceil", "floor"):
             n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)
