@@ -313,9 +313,14 @@ class ScalarEmitter:
         return result
 
     def maxmin(self, x, y, is_max: bool):
-        if _is_float(x.type):  # llvm.maximum/minimum propagate nan like numpy's maximum/minimum
-            return self.b.call(vmath.intrinsic(self.module, "llvm.maximum" if is_max else "llvm.minimum", x.type),
-                               [x, y])
+        if _is_float(x.type):
+            # numpy's maximum/minimum: x where x wins or is nan, else y (so y where they are equal: maximum(0.0, -0.0)
+            # is -0.0, minimum(-0.0, 0.0) is 0.0; llvm.maximum/minimum order -0.0 below 0.0 instead). The select
+            # on an ordered compare is one max/min instruction (x86's maxps picks y on a tie or a nan); the nan
+            # check puts x's nan back.
+            b = self.b
+            r = b.select(b.fcmp_ordered(">" if is_max else "<", x, y), x, y)
+            return b.select(b.fcmp_unordered("uno", x, x), x, r)
         return self.b.select(self.b.icmp_signed(">" if is_max else "<", x, y), x, y)
 
     def _pow(self, x, y):
@@ -492,9 +497,9 @@ def partition(b: ir.IRBuilder, total: ir.Value, tid: ir.Value, nth: ir.Value, al
 
 def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
     """A dim expression's run-time value (i64), its symbols read from a program's dims array (`symbols` their
-    order): integers, sums, products, positive powers, and the floor or ceiling of a quotient (a checkpointed
-    scan's ceiling(T/k) segments) or a remainder. Sums and products are computed in the order of their operands
-    that the kernel IR has always used (graphc.ir.index.sympy_args)."""
+    order): integers, sums, products, positive powers, the floor or ceiling of a quotient (a checkpointed
+    scan's ceiling(T/k) segments), a remainder, a max or a min. Sums and products are computed in the order of
+    their operands that the kernel IR has always used (graphc.ir.index.sympy_args)."""
     d = ix.norm(d)
     if isinstance(d, int):
         return c64(d)
@@ -507,6 +512,12 @@ def int_dim(b: ir.IRBuilder, dims: ir.Value, symbols, d) -> ir.Value:
             e = _atom(a)
             k = symbols.index(e)
             return b.load(b.gep(dims, [c64(k)], source_etype=I64), typ=I64, name=a.name)
+        if a.kind in ("max", "min"):  # the interior padding of a symbolic axis: max(N - 1, 0) * interior
+            vals = [int_dim(b, dims, symbols, x) for x in a.args]
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = b.select(b.icmp_signed(">" if a.kind == "max" else "<", acc, v), acc, v)
+            return acc
         num, den = a.args[:2]
         if a.kind in ("ceil", "floor"):
             n, dd = int_dim(b, dims, symbols, num), int_dim(b, dims, symbols, den)

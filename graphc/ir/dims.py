@@ -562,6 +562,18 @@ def _extreme(kind: str, args):
     return _atom_dim(Func(kind, tuple(sorted(kept, key=str))))
 
 
+def size_max0(d):
+    """max(d, 0) for a count that a size of 0 at run time may make negative (N - 1 for an empty batch): a max
+    atom unless d >= 0 for every value >= 0 of its symbols. `dim_max` decides with symbols >= 1 (the algebra's
+    assumption, and sympy's), which reads max(N - 1, 0) as N - 1: wrong for the interior padding of an empty axis,
+    which the JIT and the reference do run."""
+    if not isinstance(d, Dim):
+        return max(d, 0)
+    if d.is_polynomial and all(c >= 0 for m, c in d.terms if m) and dict(d.terms).get((), 0) >= 0:
+        return d
+    return _atom_dim(Func("max", tuple(sorted((d, 0), key=str))))
+
+
 def _nonneg(d) -> bool:
     """Whether d >= 0 for every value >= 1 of its symbols (a sufficient test: a polynomial whose non-constant
     coefficients are >= 0 is smallest with every symbol at 1)."""

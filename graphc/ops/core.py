@@ -50,6 +50,11 @@ class Op:
     def reference(self, node: Node, args: list[np.ndarray], ctx: EvalContext) -> np.ndarray:
         raise NotImplementedError
 
+    def fold(self, node: Node, args: list[np.ndarray], ctx: EvalContext) -> np.ndarray:
+        """The node's value for constant inputs, as the compiler's constant folding computes it: the reference's,
+        unless the op can give it with less (an elementwise op computes its formula term, with no sympy)."""
+        return self.reference(node, args, ctx)
+
     def vjp(self, node: Node, g: Node) -> Sequence[Node | None]:
         """Cotangents for each input given the output's cotangent `g` (None: no gradient flows there)."""
         raise NotImplementedError

@@ -11,7 +11,7 @@ import numpy as np
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir import index as ix
 from graphc.ir.dims import Dim as SymbolicDim
-from graphc.ir.dims import ceil_div, exact_div, from_sympy
+from graphc.ir.dims import ceil_div, exact_div, from_sympy, size_max0
 from graphc.ir.index import rel
 from graphc.ir.lowering import floordiv
 from graphc.ir.node import Node
@@ -422,7 +422,9 @@ class Slice(Op):
                 a, s = _dim(a + s * (n - 1)), -s
             low.append(_dim(a))
             interior.append(s - 1)
-            high.append(_dim(d - a - s * (n - 1) - 1))
+            # the rest of the axis after n elements with s - 1 values between each two (the pad's own count,
+            # max(n - 1, 0): an empty selection of a symbolic axis pads to d too)
+            high.append(_dim(d - a - n - size_max0(n - 1) * (s - 1)))
         if any(flip):
             g = _reverse(g, [i for i, f in enumerate(flip) if f])
         return (_pad(g, low, high, interior, 0),)
@@ -588,7 +590,9 @@ class Pad(Op):
             raise DTypeError("pad of a bool tensor; cast it first")
         out = []
         for d, lo, hi, i in zip(x.shape, low, high, interior, strict=True):
-            inner = max(d - 1, 0) * i if _static(d) else (d - 1) * i
+            # interior values go between elements only (XLA's pad): none on an empty axis, also a symbolic one
+            # whose size is 0 when the program runs (where (d - 1) * i took i values away)
+            inner = size_max0(d - 1) * i
             out.append(_dim(d + inner + lo + hi))
         return tuple(out), x.dtype
 

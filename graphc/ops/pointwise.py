@@ -28,6 +28,7 @@ from graphc.errors import DTypeError, GraphcError
 from graphc.ir.formula import Term, from_plain, to_plain
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, as_dtype, broadcast_shapes, eval_shape, float_for
+from graphc.ops import numeric
 from graphc.ops.core import OPS, Op, Tensor, apply, as_tensor, constant, describe, int_fits, located, register
 from graphc.ops.reduce import sum_to_shape
 
@@ -229,20 +230,24 @@ class ElementwiseOp(Op):
         if fn is None and self.numpy_fn is not None:
             fn = self._lambdas[key] = self.numpy_fn
         if fn is None:
-            import sympy
-
-            from graphc.ops.scalar import NUMPY
-
-            fn = sympy.lambdify(self.args, self.expr_for(attrs), modules=[NUMPY, "numpy"])
+            fn = _lambdify(self.args, self.expr_for(attrs))
             self._lambdas[key] = fn
         return fn
 
     def reference(self, node, args, ctx):
         with np.errstate(all="ignore"):  # IEEE inf/nan propagate as in native code; the checked path reports
             out = self.lambdified(node.attrs)(*args)
-        out = np.asarray(out, dtype=ctx.dtype(node.dtype))
-        shape = eval_shape(node.shape, ctx.dims)
-        return out if out.shape == shape else np.broadcast_to(out, shape).copy()
+        return _shaped(out, node, ctx)
+
+    def fold(self, node, args, ctx):
+        """The formula's term (what the native code computes) evaluated with numpy: constant folding builds no
+        sympy formula, as the rest of a compile whose derivatives and terms this machine has computed before."""
+        if self.numpy_fn is not None:
+            return self.reference(node, args, ctx)
+        env = {f"x{k}": a for k, a in enumerate(args) if k not in self.shape_inputs}
+        with np.errstate(all="ignore"):
+            out = numeric.evaluate(self.term(node.attrs), env)
+        return _shaped(out, node, ctx)
 
     # -- derivative
     def partial(self, attrs, k: int) -> list:
@@ -276,16 +281,12 @@ class ElementwiseOp(Op):
             if self.params:
                 d = d.subs(_param_values(self.params, attrs))
         else:
-            d = sympy.diff(expr, self.args[k])
-            if self.simplify:
-                d = _simplest(d)
-            if expr not in self.args:
-                d = d.subs(expr, s.Y)
-        d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
-        # floor and ceiling are steps: 0 almost everywhere (sympy leaves their derivative unevaluated)
-        d = d.replace(lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, (sympy.floor, sympy.ceiling)),
-                      lambda e: sympy.Integer(0))
-        d = d.replace(lambda e: isinstance(e, sympy.Subs), lambda e: e.doit())  # the chain rule's Subs(0, ...)
+            plain = sympy.diff(expr, self.args[k])
+            forms = _simplifications(plain) if self.simplify else [plain]
+            # each written with the op's own output y where it appears (exp' reads exp's value), and as it is
+            candidates = [c.subs(expr, s.Y) for c in forms] + forms if expr not in self.args else forms
+            d = candidates[0] if self.bool_inputs else _safest(expr, self.args, plain, candidates)
+        d = _without_singular_parts(d)
         d = d.rewrite(sympy.Heaviside, sympy.Piecewise) if d.has(sympy.Heaviside) else d
         d = d.replace(lambda e: isinstance(e, sympy.Heaviside), lambda e: e.rewrite(sympy.Piecewise))
         out = sympy.piecewise_fold(s.G * d)
@@ -307,6 +308,23 @@ class ElementwiseOp(Op):
                 continue
             out.append(sum_to_shape(from_tree(tree, env, g.dtype, node.shape), x.shape))
         return out
+
+
+def _lambdify(args: tuple, expr: sympy.Expr) -> Callable:
+    """`expr` as a numpy function of `args` (graphc's stable forms of its scalar functions, huge rational
+    constants as their doubles: `scalar.double_constants`)."""
+    import sympy
+
+    from graphc.ops.scalar import NUMPY, double_constants
+
+    return sympy.lambdify(args, double_constants(expr), modules=[NUMPY, "numpy"])
+
+
+def _shaped(out, node, ctx) -> np.ndarray:
+    """An elementwise op's value `out` in the node's dtype, broadcast to its shape."""
+    out = np.asarray(out, dtype=ctx.dtype(node.dtype))
+    shape = eval_shape(node.shape, ctx.dims)
+    return out if out.shape == shape else np.broadcast_to(out, shape).copy()
 
 
 def _param_values(params: tuple[str, ...], attrs) -> dict:
@@ -434,6 +452,8 @@ def to_tree(expr: sympy.Expr) -> list:
     maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
     import sympy
 
+    from graphc.ops.scalar import double_constants
+
     ops = sympy_ops()
     memo: dict = {}
 
@@ -537,7 +557,7 @@ def to_tree(expr: sympy.Expr) -> list:
                 return node(op, build(c.lhs), build(c.rhs))
         raise GraphcError(f"cannot lower the condition {c} to graph ops")
 
-    return build(sympy.sympify(expr))
+    return build(double_constants(sympy.sympify(expr)))
 
 
 _anon_lock = threading.Lock()
@@ -636,8 +656,9 @@ def _stable_formula(expr: sympy.Expr) -> sympy.Expr:
     return expr.replace(soft, lambda e: s_softplus(_exp_of_one_plus(e.args[0])))
 
 
-def _simplest(d: sympy.Expr) -> sympy.Expr:
-    """The smallest of a few simplifications of a derivative that stays within functions graphc has as ops."""
+def _simplifications(d: sympy.Expr) -> list:
+    """A few simplifications of a derivative that stay within functions graphc has as ops (d among them), the
+    smallest first."""
     import sympy
 
     candidates = [d]
@@ -646,8 +667,84 @@ def _simplest(d: sympy.Expr) -> sympy.Expr:
             candidates.append(f(d))
         except Exception:  # a simplifier giving up is not an error; keep the others
             continue
-    ok = [c for c in candidates if _lowerable(c)] or [d]
-    return min(ok, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
+    ok = list(dict.fromkeys(c for c in candidates if _lowerable(c))) or [d]
+    return sorted(ok, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
+
+
+def _without_singular_parts(d: sympy.Expr) -> sympy.Expr:
+    """d with sympy's distributions and unevaluated pieces made plain: DiracDelta is 0 (almost everywhere), so are
+    the derivatives of floor and ceiling (steps, left unevaluated by sympy), and the chain rule's Subs evaluated."""
+    import sympy
+
+    d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
+    d = d.replace(lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, (sympy.floor, sympy.ceiling)),
+                  lambda e: sympy.Integer(0))
+    return d.replace(lambda e: isinstance(e, sympy.Subs), lambda e: e.doit())
+
+
+# Where a derivative's forms are compared: 0, tiny, ordinary and huge magnitudes of both signs (float64 adds
+# magnitudes beyond float32's range); more inputs than one meet on at most _SAMPLE_CAP combinations.
+_SAMPLES = (0.0, 1e-30, 1e-6, 0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 10.0, 30.0, 100.0, 1e3, 1e6, 1e15, 1e26, 3e38)
+_SAMPLES_F64 = (1e100, 1e200, 1e300)
+_SAMPLE_CAP = 4096
+
+
+def _sample_points(arity: int, dtype: str) -> list[np.ndarray]:
+    base = _SAMPLES + (_SAMPLES_F64 if dtype == "float64" else ())
+    vals = np.array(sorted({v for b in base for v in (b, -b)}), dtype)
+    if len(vals) ** arity <= _SAMPLE_CAP:
+        grid = np.meshgrid(*[vals] * arity, indexing="ij")
+        return [g.ravel() for g in grid]
+    picks = np.random.default_rng(0).integers(0, len(vals), size=(_SAMPLE_CAP, arity))
+    return [vals[picks[:, j]] for j in range(arity)]
+
+
+def _safest(expr: sympy.Expr, args: tuple, plain: sympy.Expr, candidates: list) -> sympy.Expr:
+    """The first of `candidates` (forms of the derivative `plain` of `expr`, some written with the op's output y)
+    that is finite and close to `plain` wherever `plain` is, evaluated in float32 and float64 at sample points, or
+    else the one that misses fewest of them.
+
+    Forms equal as formulas differ in floating point: sympy's smallest form of |x|**1.5's derivative,
+    1.5 y**(1/3) sign(x), overflows with y where 1.5 sqrt(|x|) sign(x) does not; a simplification may take a root
+    of a negative number that the plain derivative does not. The reference is `plain` in float64 (rounded to the
+    dtype): where even that is not finite, no form is asked to be."""
+    y = formula_names().Y
+    fns = []
+    try:
+        forward = _lambdify(args, _without_singular_parts(expr))
+        reference = _lambdify(args, _without_singular_parts(plain))
+    except Exception:  # a formula numpy cannot evaluate: nothing to compare with
+        return candidates[0]
+
+    def misses(k: int) -> int:
+        while len(fns) <= k:
+            try:
+                fns.append(_lambdify(args + (y,), _without_singular_parts(candidates[len(fns)])))
+            except Exception:
+                fns.append(None)
+        if fns[k] is None:
+            return _SAMPLE_CAP * 2 + 1
+        n = 0
+        for dtype, rtol, atol in (("float32", 1e-3, 1e-6), ("float64", 1e-8, 1e-12)):
+            pts = _sample_points(len(args), dtype)
+            try:
+                with np.errstate(all="ignore"):
+                    want = np.asarray(reference(*(p.astype(np.float64) for p in pts)), np.float64).astype(dtype)
+                    out = np.asarray(forward(*pts), dtype)
+                    got = np.asarray(fns[k](*pts, np.broadcast_to(out, pts[0].shape)), dtype)
+            except Exception:  # this form cannot be evaluated by numpy: count every point missed
+                return _SAMPLE_CAP * 2 + 1
+            want, got = np.broadcast_to(want, pts[0].shape), np.broadcast_to(got, pts[0].shape)
+            finite = np.isfinite(want)
+            with np.errstate(all="ignore"):
+                close = np.abs(got - want) <= rtol * np.abs(want) + atol
+            n += int(np.count_nonzero(finite & ~close))
+        return n
+
+    if misses(0) == 0:
+        return candidates[0]
+    scores = [misses(k) for k in range(len(candidates))]
+    return candidates[scores.index(min(scores))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -737,6 +834,9 @@ class Cast(ElementwiseOp):
 
     def reference(self, node, args, ctx):
         return np.asarray(args[0]).astype(ctx.dtype(node.dtype))
+
+    def fold(self, node, args, ctx):
+        return self.reference(node, args, ctx)
 
     def vjp(self, node, g):
         x = node.inputs[0]
@@ -894,7 +994,12 @@ def power(a, b) -> Tensor:
     float (int32 as float32, int64 as float64)."""
     if isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool):
         a = as_tensor(a)
-        integral = float(b).is_integer()
+        try:
+            integral = float(b).is_integer()
+        except OverflowError:  # an int beyond a double's range
+            raise located(DTypeError(f"the exponent, an int of {len(str(abs(b)))} digits, is beyond float64's "
+                                     "range (numpy refuses it too); write float('inf') for an infinite one"),
+                          (a,), "pow") from None
         if a.dtype in INT_DTYPES and integral:
             if b < 0:
                 raise located(DTypeError(f"an integer to the negative power {b} is not an integer (numpy refuses "

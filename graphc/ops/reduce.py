@@ -114,7 +114,7 @@ class Max(_Extremum):
     pick = staticmethod(np.max)
 
     def reduce_rule(self, node):
-        # propagates nan, as numpy's max does (the native code uses llvm.maximum)
+        # propagates nan, as numpy's max does (the native code's max is numpy's maximum)
         return ReduceRule("max", Term("max", (ACC, NEXT)), float("-inf"), node.attrs["axes"])
 
 

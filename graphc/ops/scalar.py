@@ -8,8 +8,6 @@ overflows carry stable forms here.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
@@ -17,6 +15,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 from graphc.errors import CompileError
 from graphc.ir import formula
 from graphc.ir.formula import Term
+from graphc.ops import numeric
 
 __all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "floor_divide", "remainder", "NUMPY"]
 
@@ -106,59 +105,39 @@ class keep_bit(sympy.Function):  # noqa: N801
     nargs = 4
 
 
-def _np_keep_bit(i, key, salt, threshold):
-    from graphc.ops.random import GOLDEN, lowbias32, stream
-
-    s = np.uint32(stream(int(key), int(salt)))
-    with np.errstate(over="ignore"):
-        ii = np.asarray(i).astype(np.uint64).astype(np.uint32)
-        h = lowbias32(lowbias32(ii * np.uint32(GOLDEN) + s) ^ s)
-    return (h >> np.uint32(8)) < np.uint32(int(threshold))
-
-
-def _np_sigmoid(x):
-    x = np.asarray(x)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def _np_softplus(x):
-    x = np.asarray(x)
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-def _np_relu(x):
-    return np.maximum(x, np.zeros((), dtype=np.asarray(x).dtype))
-
-
-_erf = np.frompyfunc(math.erf, 1, 1)
-
-
-def _np_erf(x):
-    x = np.asarray(x)
-    return np.asarray(_erf(x), dtype=x.dtype if x.dtype.kind == "f" else np.float64)
-
-
-def _np_heaviside(x, h0=0.5):
-    x = np.asarray(x)
-    return np.heaviside(x, np.asarray(h0, dtype=x.dtype if x.dtype.kind == "f" else np.float64))
-
-
 # The lambdify namespace: our functions and the stable forms of sympy's own, before numpy's defaults.
 NUMPY = {
-    "sigmoid": _np_sigmoid,
-    "softplus": _np_softplus,
-    "relu": _np_relu,
-    "erf": _np_erf,
-    "Heaviside": _np_heaviside,
-    "heaviside": _np_heaviside,
+    "sigmoid": numeric.sigmoid,
+    "softplus": numeric.softplus,
+    "relu": numeric.relu,
+    "erf": numeric.erf,
+    "Heaviside": numeric.heaviside,
+    "heaviside": numeric.heaviside,
     "rint": np.rint,
     "floor_divide": np.floor_divide,
     "remainder": np.remainder,
     "floor": np.floor,
     "ceiling": np.ceil,
-    "keep_bit": _np_keep_bit,
+    "keep_bit": numeric.keep_bit,
 }
+
+
+# a rational constant with a numerator or denominator of more bits than this is beyond a double's range
+_DOUBLE_BITS = 1000
+
+
+def double_constants(expr: sympy.Expr) -> sympy.Expr:
+    """`expr` with every rational constant whose numerator or denominator is beyond a double's range (10**400,
+    1/10**400, a derivative's (10**400 + 1)/10**400) as a sympy Float of its value, which sympy keeps finite and
+    exact enough, and which every conversion to code reads as its IEEE double: +-inf, +-0.0 or the nearest double
+    (then rounded to the dtype, as numpy rounds a float32 literal: 1e39 is inf). As Python ints they raised
+    OverflowError in numpy and in the emitter, and as a quotient of two infinities a finite constant became nan.
+    What a float32 or float64 program computes from such a formula is then what that arithmetic gives."""
+    def huge(e) -> bool:
+        return (isinstance(e, sympy.Rational) and max(abs(int(e.p)), int(e.q)).bit_length() > _DOUBLE_BITS)
+
+    big = {e for e in expr.atoms(sympy.Rational) if huge(e)} if isinstance(expr, sympy.Basic) else set()
+    return expr.xreplace({e: sympy.Float(e, precision=64) for e in big}) if big else expr
 
 
 def to_term(expr: sympy.Expr) -> Term:
@@ -223,7 +202,7 @@ def to_term(expr: sympy.Expr) -> Term:
                            "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
                            f"floor, ceiling, {', '.join(formula.LIBM_FUNCTIONS)}")
 
-    return go(sympy.sympify(expr))
+    return go(double_constants(sympy.sympify(expr)))
 
 
 _COMPARES = {sympy.StrictLessThan: "lt", sympy.LessThan: "le", sympy.StrictGreaterThan: "gt",

@@ -118,7 +118,7 @@ def fold_constants(n: Node) -> Node | None:
     ctx = EvalContext(np.dtype("float64" if n.dtype == "float64" else "float32"), False, {})
     args = [i.op.reference(i, [], ctx) for i in n.inputs]
     with np.errstate(all="ignore"):
-        value = np.asarray(n.op.reference(n, args, ctx))
+        value = np.asarray(n.op.fold(n, args, ctx))
     return constant(value.astype(n.dtype) if n.dtype in FLOAT_DTYPES or n.dtype != "bool" else value, n.dtype)
 
 

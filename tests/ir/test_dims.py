@@ -9,7 +9,7 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphc.ir.dims import ceil_div, dim_max, dim_min, exact_div, floor_div, from_sympy, symbol
+from graphc.ir.dims import ceil_div, dim_max, dim_min, exact_div, floor_div, from_sympy, size_max0, symbol
 from graphc.ir.shapes import dims_equal, eval_dim
 
 N, T, K = symbol("N"), symbol("T"), symbol("K")
@@ -109,6 +109,15 @@ def test_constant_results_are_ints_and_order_is_refused():
     with pytest.raises(ValueError, match="not a multiple"):
         (N + 1) / N
 
+
+
+def test_a_count_that_an_empty_axis_makes_negative_stays_a_max():
+    """max(N - 1, 0) is N - 1 for dim_max (symbols >= 1), but a run-time size may be 0: size_max0 keeps the max
+    (the interior padding of an axis), and decides only what holds from 0 on."""
+    assert size_max0(N + 2) == N + 2 and size_max0(2 * N) == 2 * N and size_max0(-3) == 0 and size_max0(4) == 4
+    gaps = size_max0(N - 1)
+    assert gaps != N - 1 and [eval_dim(gaps, {N: n}) for n in (0, 1, 5)] == [0, 0, 4]
+    assert eval_dim(3 * gaps + N + 3, {N: 0}) == 3
 
 def test_the_compilers_sympy_symbol_is_the_dim():
     """Index algebra is sympy; a dim symbol there is equal to the Dim and hashes alike, so environments and sets of

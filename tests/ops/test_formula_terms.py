@@ -11,6 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.errors import CompileError
@@ -264,3 +266,57 @@ def test_a_cold_compile_with_a_warm_file_builds_no_sympy_formula(tmp_path):
     assert not second["from_cache"]  # compiled again
     assert second["formulas"] == 0 and not second["scalar"]  # from the file's terms: no formula, no to_term
     assert second["llvm"] == first["llvm"] and second["losses"] == first["losses"]
+
+
+def _folded_and_reference(op, attrs, args, dtypes, float_dtype):
+    from graphc.ops.core import EvalContext, apply
+
+    node = apply(op, tuple(gc.constant(a, d) for a, d in zip(args, dtypes, strict=True)), **attrs)
+    ctx = EvalContext(np.dtype(float_dtype), False, {})
+    vals = [i.op.reference(i, [], ctx) for i in node.inputs]
+    with np.errstate(all="ignore"):
+        return np.asarray(op.fold(node, vals, ctx)), np.asarray(op.reference(node, vals, ctx))
+
+
+@pytest.mark.parametrize("name", builtin_ops())
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_folding_an_op_of_constants_computes_its_term_as_the_reference_does(name, data):
+    """Constant folding computes an elementwise op's formula term with numpy (graphc.ops.numeric), not its sympy
+    formula through lambdify: the same values, for every built-in op, dtype and parameter, at any inputs."""
+    op = OPS[name]
+    dtype = data.draw(st.sampled_from([d for d in op.domain if d != "bool"] or ["bool"]))
+    n = 6
+    if dtype in ("float32", "float64"):
+        width = 32 if dtype == "float32" else 64
+        elems = st.floats(allow_nan=True, allow_infinity=True, width=width)
+    else:
+        elems = st.integers(-60, 60)
+    args, dtypes = [], []
+    for k in range(op.arity):
+        if k in op.bool_inputs or dtype == "bool":
+            args.append(np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))))
+            dtypes.append("bool")
+        else:
+            args.append(np.array(data.draw(st.lists(elems, min_size=n, max_size=n)), dtype))
+            dtypes.append(dtype)
+    attrs = dict(data.draw(st.sampled_from(PARAMS.get(name, [{}]))))
+    if op.out_dtype == "param":
+        attrs["dtype"] = dtype
+    if name == "powc" and dtype not in ("float32", "float64"):
+        attrs = {"p": 2}
+    folded, want = _folded_and_reference(op, attrs, args, dtypes, "float64" if dtype == "float64" else "float32")
+    assert folded.dtype == want.dtype and folded.shape == want.shape
+    if want.dtype.kind == "f":
+        rtol = 2e-6 if want.dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(folded, want, rtol=rtol, atol=1e-300 if want.dtype == np.float64 else 1e-37)
+    else:
+        np.testing.assert_array_equal(folded, want)
+
+
+def test_folding_a_users_op_of_constants_computes_its_term():
+    bump = gc.elementwise("folded_bump_u", lambda z: sympy.Piecewise((sympy.exp(-1 / (1 - z * z)), sympy.Abs(z) < 1),
+                                                                     (0, True)) + gc.sym.softplus(z) * z)
+    v = np.array([-2.0, -0.5, 0.0, 0.3, 0.99, 1.0, 40.0, np.nan])
+    folded, want = _folded_and_reference(bump.op, {}, [v], ["float64"], "float64")
+    np.testing.assert_allclose(folded, want, rtol=1e-13)

@@ -251,3 +251,29 @@ def test_the_gradient_of_a_max_holding_a_nan_goes_to_the_nan():
     t = np.array([3.0, 1.0, 3.0, 2.0]).reshape(1, 2, 2, 1)
     np.testing.assert_array_equal(gc.evaluate(gc.grad(gc.sum(gc.max_pool2d(x, 2)), x), {"x": t}).ravel(),
                                   [0.5, 0, 0.5, 0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_maximum_and_minimum_are_numpys_at_signed_zeros_nans_and_infinities(dtype):
+    """numpy's maximum(a, b) is b where a and b are equal (maximum(0.0, -0.0) is -0.0) and nan where either is;
+    the native code's llvm.maximum ordered -0.0 below 0.0 (0.0 there, and minimum(-0.0, 0.0) gave -0.0)."""
+    import itertools
+
+    vals = [-0.0, 0.0, np.nan, -np.inf, np.inf, 1.0, -1.0]
+    a, b = (np.array(v, dtype) for v in zip(*itertools.product(vals, vals), strict=True))
+    x, y = gc.input("a", a.shape, dtype), gc.input("b", b.shape, dtype)
+    outs = [gc.maximum(x, y), gc.minimum(x, y), gc.relu(x), gc.maximum(x, 0.0), gc.minimum(0.0, x)]
+    want = [np.maximum(a, b), np.minimum(a, b), np.maximum(a, 0), np.maximum(a, 0.0),
+            np.minimum(0.0, a)]
+    for got in both(outs, a=a, b=b):
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
+
+
+def test_an_int_exponent_beyond_float64_is_a_graphc_error():
+    """x ** 10**400: float(10**400) raised OverflowError from inside graphc (numpy refuses it too)."""
+    x = gc.input("x", (3,))
+    with pytest.raises(gc.GraphcError, match="exponent, an int of 401 digits, is beyond float64's range"):
+        x ** (10 ** 400)

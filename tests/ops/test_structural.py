@@ -223,6 +223,43 @@ def test_interior_padding_read_at_a_position_known_in_advance_is_the_pad_value(b
     np.testing.assert_array_equal(gc.compile(g)(x=v), ev(g, x=v))
 
 
+
+def _lax_pad(v, value, config):
+    """XLA's (lax.pad's) interior padding in numpy: lo + d + max(d - 1, 0) * interior + hi values per axis."""
+    shape = [lo + d + max(d - 1, 0) * i + hi for d, (lo, hi, i) in zip(v.shape, config, strict=True)]
+    out = np.full(shape, value, v.dtype)
+    out[tuple(slice(lo, lo + d * (i + 1), i + 1) for d, (lo, _, i) in zip(v.shape, config, strict=True))] = v
+    return out
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+@pytest.mark.parametrize("low, high, interior", [(1, 2, 3), (0, 0, 5), (2, 0, 1)])
+def test_interior_padding_of_a_symbolic_axis_that_is_empty_adds_none(rows, low, high, interior):
+    """Interior values go between elements: an empty axis gets low + high values (lax.pad). The symbolic shape
+    was low + high + (N - 1) * interior + N, interior too few at N = 0 (a shape of -5 for (0, 0, 5))."""
+    x = gc.input("x", ("N", 2))
+    y = gc.pad(x, ((low, high), (0, 1)), constant_values=7.0, interior=(interior, 1))
+    v = (np.arange(rows * 2, dtype=np.float32).reshape(rows, 2) + 1)
+    want = _lax_pad(v, 7.0, [(low, high, interior), (0, 1, 1)])
+    g = gc.grad(gc.sum(y * y), x)
+    for got, dg in (ev([y, g], x=v), gc.compile([y, g], cache=False)(x=v)):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(dg, 2 * v)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 5])
+@pytest.mark.parametrize("take", [slice(None, None, 2), slice(1, None, 3), slice(None, None, -2)])
+def test_the_gradient_of_a_strided_slice_of_a_symbolic_axis_is_its_size_for_any_rows(rows, take):
+    """The gradient pads the slice's cotangent back to N rows; its high padding counts the interior values as
+    the pad does (max(n - 1, 0) gaps), so the shapes meet for every N, an empty selection included."""
+    x = gc.input("x", ("N", 2), "float64")
+    g = gc.grad(gc.sum(x[take] ** 2), x)
+    v = np.arange(rows * 2, dtype=np.float64).reshape(rows, 2) + 1
+    want = np.zeros_like(v)
+    want[take] = 2 * v[take]
+    for got in (ev(g, x=v), gc.compile(g, cache=False)(x=v)):
+        np.testing.assert_array_equal(got, want)
+
 def test_strided_same_conv_on_a_one_pixel_image_has_the_reference_gradient():
     x = gc.input("x", ("N", 1, 1, 8))
     w = gc.input("w", (3, 3, 8, 4))

@@ -132,3 +132,75 @@ def test_gradients_of_formulas_with_max_min_and_conjunctions(name, fn):
     fd = np.array([(f(v["x"] + eps * e) - f(v["x"] - eps * e)) / (2 * eps) for e in np.eye(6)])
     np.testing.assert_allclose(gc.evaluate(g, v), fd, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(gc.compile(g, cache=False)(v), fd, rtol=1e-6, atol=1e-8)
+
+
+_WIDE = np.array([-3e38, -1e30, -1e26, -1e20, -1e15, -1e6, -30.0, -2.0, -1.0, -0.5, -1e-3, -1e-30, -0.0, 0.0,
+                  1e-30, 1e-3, 0.5, 1.0, 2.0, 30.0, 1e6, 1e15, 1e20, 1e26, 1e30, 3e38])
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("abs_pow15_u", lambda z: sympy.Abs(z) ** 1.5),
+    ("abs_pow25_u", lambda z: sympy.Abs(z) ** 2.5),
+    ("abs_pow43_u", lambda z: sympy.Abs(z) ** sympy.Rational(4, 3)),
+    ("abs_cube_u", lambda z: sympy.Abs(z) ** 3),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_derivative_is_finite_wherever_the_plain_derivative_is(name, fn, dtype):
+    """The smallest form of a derivative is not always safe: |x|**1.5's was 1.5 y**(1/3) sign(x), written with the op's
+    output y = |x|**1.5, which overflows float32 from |x| = 5e25 while the derivative 1.5 sqrt(|x|) is 1.5e13 there;
+    |x|**3's was 3 x**3 / |x|, inf from |x| = 7e12. Checked against sympy's plain derivative in float64."""
+    op = gc.elementwise(name, fn)
+    x = gc.input("x", ("N",), dtype)
+    g = gc.grad(gc.sum(op(x)), x)
+    v = _WIDE.astype(dtype)
+    z = sympy.Symbol("z", real=True)
+    with np.errstate(all="ignore"):
+        want = sympy.lambdify(z, sympy.diff(fn(z), z), "numpy")(v.astype(np.float64)).astype(dtype)
+    finite = np.isfinite(want)
+    assert finite[v.size // 2 - 9:v.size // 2 + 9].all()
+    for got in (gc.evaluate(g, {"x": v}), gc.compile(g, cache=False)({"x": v})):
+        assert np.isfinite(got[finite]).all(), v[finite & ~np.isfinite(got)]
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5 if dtype == "float32" else 1e-12,
+                                   atol=1e-30)
+
+
+def test_a_smaller_form_that_is_not_finite_for_negatives_is_not_chosen():
+    """sympy.simplify may return a form such as 1.5 x / |sqrt(x)| (no derivative of |x|**1.5 for x < 0: a root
+    of a negative number): among forms of a derivative the first safe one is kept, however small the others."""
+    from graphc.ops.pointwise import _safest, formula_names
+
+    s = formula_names()
+    expr = sympy.Abs(s.x0) ** 1.5
+    plain = sympy.diff(expr, s.x0)
+    unsafe = 1.5 * s.x0 / sympy.Abs(s.x0 ** 0.5)
+    assert _safest(expr, (s.x0,), plain, [unsafe, plain]) == plain
+    assert _safest(expr, (s.x0,), plain, [plain, unsafe]) == plain
+    # every form misses somewhere: the one missing fewest points
+    assert _safest(expr, (s.x0,), plain, [unsafe, s.Y ** sympy.Rational(1, 3) * 1.5 * sympy.sign(s.x0)]) != unsafe
+
+
+@pytest.mark.parametrize("name, fn, value, slope", [
+    ("times_huge_u", lambda z: z * sympy.Integer(10) ** 400, lambda v: v * np.inf, lambda v: np.full_like(v, np.inf)),
+    ("times_tiny_u", lambda z: z * sympy.Rational(1, 10 ** 400), lambda v: v * 0.0, lambda v: np.zeros_like(v)),
+    ("plus_tiny_u", lambda z: z + sympy.Rational(1, 10 ** 400), lambda v: v, lambda v: np.ones_like(v)),
+    # the derivative's coefficient (10**400 + 1)/10**400 is 1.0, not inf/inf
+    ("near_one_power_u", lambda z: sympy.Abs(z) ** sympy.Rational(10 ** 400 + 1, 10 ** 400), np.abs, np.sign),
+    # 10**400 appears only in the derivative: 2 * 10**400 * z
+    ("square_huge_u", lambda z: (10 ** 200 * z) ** 2, lambda v: v * v * np.inf, lambda v: 2 * v * np.inf),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_huge_and_tiny_rational_constants_are_their_ieee_values(name, fn, value, slope, dtype):
+    """A constant beyond a double's range in a formula (or its derivative) is what float arithmetic makes of it:
+    10**400 is inf, 1/10**400 is 0 (as numpy's float32(1e39) is inf). As Python ints they raised OverflowError in
+    the reference and in the emitter, and the coefficient (10**400 + 1)/10**400 became inf/inf = nan."""
+    op = gc.elementwise(name, fn)
+    x = gc.input("x", ("N",), dtype)
+    y = op(x)
+    g = gc.grad(gc.sum(y), x)
+    v = np.array([-2.0, -0.0, 0.0, 1.5, np.inf], dtype)
+    with np.errstate(all="ignore"):
+        want = [value(v).astype(dtype), slope(v).astype(dtype)]
+        for got in (gc.evaluate([y, g], {"x": v}), gc.compile([y, g], cache=False)({"x": v})):
+            for a, w in zip(got, want, strict=True):
+                assert a.dtype == dtype
+                np.testing.assert_array_equal(a, w)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 MODELS = r"""
 import json, sys
 import numpy as np
@@ -47,6 +49,14 @@ rv["xs"] = rng.normal(size=(4, 3, 3)).astype(np.float32); rv["yy"] = rng.integer
 out["lstm"] = [float(np.asarray(v).sum()) for v in rf(rv)]
 out["lstm_cached"] = rf.from_cache
 out["memory_plan_arena"] = rf.memory_plan.arena_bytes
+
+# constant subexpressions, folded while compiling: exp of a constant, a product of scalar constants, a sigmoid of
+# a constant vector (folding once evaluated them through the formula's sympy lambdify)
+c = gc.input("c", ("N", 3))
+folded = gc.sum(gc.exp(gc.constant(2.0)) * c * (gc.constant(0.5) * 3.0) + gc.sigmoid(gc.constant([1.0, -2.0, 0.0])))
+kf = gc.compile(folded)
+out["folded"] = float(kf({"c": np.arange(6, dtype=np.float32).reshape(2, 3)}))
+out["folded_cached"] = kf.from_cache
 out["loaded"] = sorted(m for m in ("sympy", "graphc.codegen.schedule", "graphc.codegen.emit", "graphc.ops.scalar",
                                    "llvmlite.binding") if m in sys.modules)
 print("RESULT" + json.dumps(out))
@@ -63,11 +73,12 @@ def _run(cache_dir) -> dict:
 def test_a_cached_program_runs_without_sympy_or_the_compiler_and_gives_the_same_numbers(tmp_path):
     first = _run(tmp_path)
     assert not first["mlp_cached"] and not first["cnn_cached"] and not first["lstm_cached"]
+    assert not first["folded_cached"]
     assert "sympy" in first["loaded"]  # the first process compiled: the stages, sympy and LLVM were needed
     second = _run(tmp_path)
-    assert second["mlp_cached"] and second["cnn_cached"] and second["lstm_cached"]
+    assert second["mlp_cached"] and second["cnn_cached"] and second["lstm_cached"] and second["folded_cached"]
     assert second["loaded"] == [], second["loaded"]
-    for k in ("mlp", "cnn", "lstm", "memory_plan_arena"):
+    for k in ("mlp", "cnn", "lstm", "memory_plan_arena", "folded"):
         assert second[k] == first[k], k
 
 
@@ -131,13 +142,16 @@ def test_a_cached_programs_run_time_check_names_the_lines_of_the_graph_that_call
 
 def test_a_cold_compile_with_this_machines_derivatives_needs_no_sympy(tmp_path):
     """With the derivatives (and formulas) computed once on this machine, a program missing from the cache
-    compiles without importing sympy: the kernel IR's index algebra and scalar formulas are graphc's own."""
+    compiles without importing sympy: the kernel IR's index algebra and scalar formulas are graphc's own, and
+    constant folding computes an elementwise op's formula term with numpy."""
     first = _run(tmp_path)
     for p in tmp_path.iterdir():  # the programs' entries, not the per-machine derivative file
         if p.suffix in (".so", ".sum", ".bin"):
             p.unlink()
     cold = _run(tmp_path)
-    assert not cold["mlp_cached"] and not cold["cnn_cached"] and not cold["lstm_cached"]
+    assert not cold["mlp_cached"] and not cold["cnn_cached"] and not cold["lstm_cached"] and not cold["folded_cached"]
     assert "sympy" not in cold["loaded"] and "graphc.codegen.emit" in cold["loaded"], cold["loaded"]
-    for k in ("mlp", "cnn", "lstm", "memory_plan_arena"):
+    for k in ("mlp", "cnn", "lstm", "memory_plan_arena", "folded"):
         assert cold[k] == first[k], k
+    sig = 1 / (1 + np.exp(-np.array([1.0, -2.0, 0.0])))
+    assert np.isclose(first["folded"], np.exp(2.0) * 1.5 * 15 + 2 * sig.sum(), rtol=1e-6)
