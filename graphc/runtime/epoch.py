@@ -128,8 +128,11 @@ class EpochFunction(CompiledFunction):
     def init_params(self, state: Mapping[str, np.ndarray], seed: int) -> None:
         """Fill the parameters in `state` (float32, in place) with their initializers, natively: the same
         values a standalone training binary computes for this seed."""
+        from graphc.ops.init import check_seed
+
         if self._init is None:
             raise GraphcError("init_params: this EpochFunction was built without params=[...]")
+        seed = check_seed(seed, "init_params")
         table = np.zeros(self._nbuf, dtype=np.uintp)
         for p, spec in zip(self._params, self._init_specs(), strict=True):
             a = state[p.name]
