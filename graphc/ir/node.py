@@ -24,6 +24,7 @@ from graphc.ir.shapes import Shape, fmt_type
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CLI = os.path.join(_PKG_DIR, "cli.py")
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep  # np.sum(x) calls x.sum from numpy's code
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def capture_source() -> SourceInfo:
         return SourceInfo(src.file, src.line, src.function, src.scope, made_by)
     f = sys._getframe(1)
     inner = None
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+    while f is not None and f.f_code.co_filename.startswith((_PKG_DIR, _NUMPY_DIR)):
         inner, f = f, f.f_back
     if f is None or (inner is not None and inner.f_code.co_filename == _CLI):
         # no user code on the stack: graphc's own (the CLI's default MLP), not the console script's line

@@ -12,9 +12,9 @@ import numpy as np
 
 from graphc import ops
 from graphc.errors import GraphcError
-from graphc.ir.node import Node, as_nodes, capture_source, scope, topo_order
+from graphc.ir.node import Node, as_nodes, capture_source, output_nodes, scope, topo_order
 from graphc.ops.conv import ROWS_HINT
-from graphc.ops.init import SCHEMES, draw, like, param_rng
+from graphc.ops.init import SCHEMES, check_seed, draw, like, param_rng
 from graphc.ops.random import dropout
 from graphc.runtime.buffers import aligned_empty
 
@@ -180,9 +180,11 @@ def parameters(outputs: Node | Iterable[Node]) -> list[Node]:
 
 
 def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
-    """Initial values for parameters (or for all parameters the given outputs use), by name, from `seed`.
-    Each parameter draws from its own stream (seed, name), so values do not depend on declaration order."""
-    nodes = as_nodes(params_or_outputs)
+    """Initial values for parameters (or for all parameters the given outputs use), by name, from `seed` (an int
+    in [0, 2**63)). `params_or_outputs` is a tensor, a list of them or a dict of them (its values), as gc.grad's
+    wrt. Each parameter draws from its own stream (seed, name), so values do not depend on declaration order."""
+    nodes = output_nodes(params_or_outputs, "init_params", "params_or_outputs")
+    seed = check_seed(seed, "init_params")
     params = [n for n in nodes if n.op.name == "param"]
     if len(params) != len(nodes):
         params = parameters(nodes)

@@ -72,9 +72,12 @@ class TrainConfig:
                 setattr(self, f.name, type(v)(x.item() if isinstance(x, np.generic) else x for x in v))
         if isinstance(self.penalize, str) and self.penalize not in ("weights", "all"):
             self.penalize = [self.penalize]  # one parameter's name (a str is not split into characters)
+        if isinstance(self.hidden, int) and not isinstance(self.hidden, bool):
+            self.hidden = [self.hidden]  # one hidden layer of that size, as scikit-learn's hidden_layer_sizes=16
         d = self.dropout
-        if isinstance(d, (int, float)) and not isinstance(d, bool):  # one keep probability: the lecture's split,
-            self.dropout = [0.8] + [float(d)] * len(self.hidden)  # 0.8 on the inputs and it on hidden units
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(self.hidden, (list, tuple)):
+            # one keep probability: the lecture's split, 0.8 on the inputs and it on hidden units
+            self.dropout = [0.8] + [float(d)] * len(self.hidden)
         if self.optimizer in ("momentum", "nesterov") and self.momentum == 0.0:
             self.momentum = 0.9  # their default, recorded as the value that runs
 
@@ -95,6 +98,9 @@ class TrainConfig:
             v = getattr(self, name)
             need(v is None or integer(v), f"{name} must be an int, got {v!r}")
         need(integer(self.checkpoint_every), f"checkpoint_every must be an int, got {self.checkpoint_every!r}")
+        need(isinstance(self.hidden, (list, tuple)) and all(integer(h) and h >= 1 for h in self.hidden),
+             f"hidden sizes must be positive ints (a list, one per hidden layer, e.g. [256, 128]; one int is one "
+             f"layer; [] for no hidden layer), got {self.hidden!r}")
         need(self.dropout is None or (isinstance(self.dropout, (list, tuple)) and all(number(k) for k in self.dropout)),
              f"dropout must be keep probabilities (a number, or a list: the input's, then each hidden layer's), got "
              f"{self.dropout!r}")
@@ -114,8 +120,6 @@ class TrainConfig:
              "the best number of steps found by early stopping)")
         need(self.threads is None or self.threads >= 1, "threads must be >= 1")
         need(self.checkpoint_every >= 0, "checkpoint interval must be >= 0")
-        need(all(integer(h) and h >= 1 for h in self.hidden),
-             f"hidden sizes must be positive ints, got {self.hidden!r}")
         for k in self.dropout or []:
             need(0.0 < k <= 1.0, f"dropout keep probabilities must be in (0, 1], got {k!r}")
         need(self.dropout is None or len(self.dropout) <= len(self.hidden) + 1,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from graphc.errors import GraphcError
+from graphc.ir.shapes import as_dtype
 from graphc.ops import compose, linalg, movement, reduce
 from graphc.ops import pointwise as ew
-from graphc.ops.core import Tensor
+from graphc.ops.core import Tensor, located
 
 
 def _r(fn):
@@ -39,28 +43,132 @@ Tensor.__invert__ = ew.logical_not
 Tensor.__and__ = ew.logical_and
 Tensor.__or__ = ew.logical_or
 Tensor.T = property(lambda self: movement.transpose(self))
-Tensor.sum = lambda self, axis=None, keepdims=False: reduce.sum(self, axis, keepdims)
-Tensor.mean = lambda self, axis=None, keepdims=False: compose.mean(self, axis, keepdims)
-Tensor.max = lambda self, axis=None, keepdims=False: reduce.max(self, axis, keepdims)
-Tensor.min = lambda self, axis=None, keepdims=False: reduce.min(self, axis, keepdims)
 Tensor.__getitem__ = movement.getitem
-Tensor.reshape = lambda self, *shape: movement.reshape(
-    self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+Tensor.__round__ = lambda self, ndigits=None: ew.round_(self, ndigits or 0)
+
+# numpy's ndarray methods with ndarray's signatures, each the gc function of the same name: numpy's functions call
+# them (np.sum(x) is x.sum(axis=None, out=None), np.std(x) is x.std(axis=None, dtype=None, out=None, ddof=0)), and
+# a positional x.sum(0, np.float64) is numpy's (axis, dtype). A dtype casts x first; the arguments a graph has no
+# use for (out=, where=, initial=, ...) are refused by name.
+_UNSET = object()  # an argument the caller did not give
+
+
+def _numpy_args(x: Tensor, method: str, dtype=None, out=None, **given) -> Tensor:
+    """x cast to `dtype` (None: x itself), once `out` and the arguments in `given` are checked to be unset. The
+    errors are GraphcErrors but not TypeErrors: numpy's dispatch takes a TypeError from a method for a signature
+    mismatch and retries on np.asarray(x), which would hide the message."""
+    if out is not None:
+        raise located(GraphcError(f"out= is not supported: a graph's tensors are never written into; use the tensor "
+                                  f"{method} returns (y = x.{method}(...))"), (x,), method)
+    for name, value in given.items():
+        if value is not _UNSET and not (name == "where" and value is True):
+            raise located(GraphcError(f"numpy's {name}= argument is not supported (got {value!r}); leave it out"),
+                          (x,), method)
+    if dtype is None:
+        return x
+    if isinstance(dtype, (bool, np.bool_)):
+        raise located(GraphcError(f"dtype={dtype!r} is not a dtype: the second positional argument of "
+                                  f"x.{method}(axis, dtype, ...) is numpy's dtype; pass keepdims={dtype!r} by name"),
+                      (x,), method)
+    try:
+        return ew.cast(x, as_dtype(dtype, "dtype"))
+    except GraphcError as err:
+        raise located(GraphcError(str(err)), (x,), method) from None
+
+
+def _in_dtype(result: Tensor, dtype) -> Tensor:
+    """A mean, var or std (computed in float) in `dtype` where one was asked for, as numpy's."""
+    return result if dtype is None else ew.cast(result, as_dtype(dtype))
+
+
+def _sum(self, axis=None, dtype=None, out=None, keepdims=False, initial=_UNSET, where=True):
+    return reduce.sum(_numpy_args(self, "sum", dtype, out, initial=initial, where=where), axis, keepdims)
+
+
+def _prod(self, axis=None, dtype=None, out=None, keepdims=False, initial=_UNSET, where=True):
+    return reduce.prod(_numpy_args(self, "prod", dtype, out, initial=initial, where=where), axis, keepdims)
+
+
+def _max(self, axis=None, out=None, keepdims=False, initial=_UNSET, where=True):
+    return reduce.max(_numpy_args(self, "max", None, out, initial=initial, where=where), axis, keepdims)
+
+
+def _min(self, axis=None, out=None, keepdims=False, initial=_UNSET, where=True):
+    return reduce.min(_numpy_args(self, "min", None, out, initial=initial, where=where), axis, keepdims)
+
+
+def _mean(self, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
+    return _in_dtype(compose.mean(_numpy_args(self, "mean", dtype, out, where=where), axis, keepdims), dtype)
+
+
+def _var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=True, mean=_UNSET):
+    x = _numpy_args(self, "var", dtype, out, where=where, mean=mean)
+    return _in_dtype(compose.var(x, axis, keepdims, ddof), dtype)
+
+
+def _std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=True, mean=_UNSET):
+    x = _numpy_args(self, "std", dtype, out, where=where, mean=mean)
+    return _in_dtype(compose.std(x, axis, keepdims, ddof), dtype)
+
+
+def _any(self, axis=None, out=None, keepdims=False, *, where=True):
+    return compose.any(_numpy_args(self, "any", None, out, where=where), axis, keepdims)
+
+
+def _all(self, axis=None, out=None, keepdims=False, *, where=True):
+    return compose.all(_numpy_args(self, "all", None, out, where=where), axis, keepdims)
+
+
+def _argmax(self, axis=None, out=None, *, keepdims=False):
+    return compose.argmax(_numpy_args(self, "argmax", None, out), axis, keepdims)
+
+
+def _argmin(self, axis=None, out=None, *, keepdims=False):
+    return compose.argmin(_numpy_args(self, "argmin", None, out), axis, keepdims)
+
+
+def _cumsum(self, axis=None, dtype=None, out=None):
+    return reduce.cumsum(_numpy_args(self, "cumsum", dtype, out), axis)
+
+
+def _clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002 - numpy's names
+    return compose.clip(_numpy_args(self, "clip", None, out, **kwargs), min, max)
+
+
+def _round(self, decimals=0, out=None):
+    return ew.round_(_numpy_args(self, "round", None, out), decimals)
+
+
+def _order(x: Tensor, method: str, order) -> None:
+    if order not in ("C", "A", "K"):
+        raise located(GraphcError(f"order={order!r} is not supported: graphc's tensors are row-major (order='C')"),
+                      (x,), method)
+
+
+def _reshape(self, *shape, order="C", copy=None):  # copy: a graph has no views, every result is its own
+    _order(self, "reshape", order)
+    return movement.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+
+def _flatten(self, order="C"):
+    _order(self, "flatten", order)
+    return movement.reshape(self, (-1,))
+
+
+def _transpose(self, *axes):
+    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        axes = axes[0]  # x.transpose((1, 0)), and np.transpose(x)'s x.transpose(None)
+    return movement.transpose(self, axes or None)
+
+
+def _dot(self, b, out=None):
+    return linalg.matmul(_numpy_args(self, "dot", None, out), b)
+
+
+Tensor.sum, Tensor.prod, Tensor.max, Tensor.min, Tensor.mean = _sum, _prod, _max, _min, _mean
+Tensor.var, Tensor.std, Tensor.any, Tensor.all = _var, _std, _any, _all
+Tensor.argmax, Tensor.argmin, Tensor.cumsum, Tensor.clip, Tensor.round = _argmax, _argmin, _cumsum, _clip, _round
+Tensor.reshape, Tensor.flatten, Tensor.transpose, Tensor.dot = _reshape, _flatten, _transpose, _dot
 Tensor.astype = ew.cast
-# numpy's ndarray methods (each the gc function of the same name)
-Tensor.std = lambda self, axis=None, keepdims=False, ddof=0: compose.std(self, axis, keepdims, ddof)
-Tensor.var = lambda self, axis=None, keepdims=False, ddof=0: compose.var(self, axis, keepdims, ddof)
-Tensor.prod = lambda self, axis=None, keepdims=False: reduce.prod(self, axis, keepdims)
-Tensor.any = lambda self, axis=None, keepdims=False: compose.any(self, axis, keepdims)
-Tensor.all = lambda self, axis=None, keepdims=False: compose.all(self, axis, keepdims)
-Tensor.argmax = lambda self, axis=None, keepdims=False: compose.argmax(self, axis, keepdims)
-Tensor.argmin = lambda self, axis=None, keepdims=False: compose.argmin(self, axis, keepdims)
-Tensor.cumsum = lambda self, axis=None: reduce.cumsum(self, axis)
-Tensor.clip = lambda self, lo, hi: compose.clip(self, lo, hi)
-Tensor.flatten = lambda self: movement.reshape(self, (-1,))
 Tensor.squeeze = lambda self, axis=None: movement.squeeze(self, axis)
 Tensor.swapaxes = lambda self, axis1, axis2: movement.swapaxes(self, axis1, axis2)
-Tensor.transpose = lambda self, *axes: movement.transpose(
-    self, (axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes) or None)
-Tensor.dot = linalg.matmul
-Tensor.__round__ = lambda self, ndigits=None: ew.round_(self, ndigits or 0)

@@ -31,6 +31,7 @@ def mean(x, axis=None, keepdims: bool = False) -> Tensor:
     """The mean over axes; over a symbolic dim (the batch N) the count is read at run time."""
     x = _float(x, "mean")
     axes = reduce.normalize_axes(x, axis, "mean")
+    keepdims = reduce.check_keepdims(keepdims, x, "mean")
     return reduce.sum(x, axes, keepdims) / dim_value(_size(x, axes), x, x.dtype)
 
 
@@ -50,6 +51,7 @@ def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
 
     x = _float(x, "logsumexp")
     axes = reduce.normalize_axes(x, axis, "logsumexp")
+    keepdims = reduce.check_keepdims(keepdims, x, "logsumexp")
     m = stop_gradient(clip_finite(reduce.max(x, axis, keepdims=True)))
     s = reduce.sum(exp(x - broadcast_to(m, x.shape)), axis, keepdims=True)
     out = m + log(s)
@@ -92,6 +94,7 @@ def var(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     unbiased estimate); n - ddof <= 0 gives inf or nan, as numpy (with no warning)."""
     x = _float(x, "var")
     axes = reduce.normalize_axes(x, axis, "var")
+    keepdims = reduce.check_keepdims(keepdims, x, "var")
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise located(GraphcError(f"ddof must be a non-negative int, got {ddof!r}"), (x,), "var")
     mu = mean(x, axis, keepdims=True)
@@ -101,10 +104,14 @@ def var(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     return reduce.sum(sq, axes, keepdims) / dim_value(_size(x, axes) - int(ddof), x, x.dtype)
 
 
-def clip(x, lo, hi) -> Tensor:
+def clip(x, lo=None, hi=None) -> Tensor:
+    """numpy.clip: minimum(maximum(x, lo), hi) (so hi wins where lo > hi); a bound that is None is not applied."""
     from graphc.ops.pointwise import maximum, minimum
 
-    return minimum(maximum(x, lo), hi)
+    x = as_tensor(x)
+    if lo is not None:
+        x = maximum(x, lo)
+    return x if hi is None else minimum(x, hi)
 
 
 def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
@@ -114,6 +121,7 @@ def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
     from graphc.ops.pointwise import logical_or, not_equal, where
 
     x = as_tensor(x)
+    keepdims = reduce.check_keepdims(keepdims, x, what)
     if x.dtype == "bool":
         x = cast(x, "int32")
     rank = x.ndim
@@ -208,11 +216,13 @@ def _count(x, axis, keepdims: bool, truth: bool) -> Tensor:
     from graphc.ops.pointwise import not_equal
 
     x = as_tensor(x)
+    op = "any" if truth else "all"
+    axes, keepdims = reduce.normalize_axes(x, axis, op), reduce.check_keepdims(keepdims, x, op)
     if x.dtype != "bool":
         x = not_equal(x, 0 if x.dtype in INT_DTYPES else 0.0)
     if not truth:
         x = equal(x, False)
-    return reduce.sum(cast(x, "int64"), reduce.normalize_axes(x, axis, "any" if truth else "all"), keepdims)
+    return reduce.sum(cast(x, "int64"), axes, keepdims)
 
 
 def any(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name

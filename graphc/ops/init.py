@@ -122,6 +122,17 @@ def draw(init, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> 
     return np.array(out, dtype=dtype, order="C")  # (ascontiguousarray would make a 0-d value 1-d)
 
 
+def check_seed(seed, what: str) -> int:
+    """`seed` as a Python int: a non-negative int (or numpy int), as numpy's default_rng takes, below 2**63 as
+    gc.fit, run_epoch and the native initializer take it (64 bits). None is refused, not fresh entropy: graphc's
+    runs are reproducible by design. Anything else is a GraphcError naming `what`."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        hint = "; graphc draws reproducibly from a seed: pass an int (e.g. seed=0, or secrets.randbits(63) for " \
+               "fresh values each run)" if seed is None else ""
+        raise GraphcError(f"{what}: seed must be an int in [0, 2**63), got {seed!r}{hint}")
+    return int(seed)
+
+
 def param_rng(seed: int, name: str) -> np.random.Generator:
     """Each parameter draws from its own stream (seed, name): adding a layer does not change the others."""
     seed = int(seed)  # all of it: seeds 0 and 2**32 drew the same weights (the high word joins when non-zero, so

@@ -266,14 +266,30 @@ def broadcast_to(x, shape) -> Tensor:
     return apply(BROADCAST, (x,), shape=shape)
 
 
-def expand_dims(x, axis: int) -> Tensor:
-    """x with a new axis of length 1 at `axis` (in [-(rank+1), rank], as numpy's)."""
+def expand_dims(x, axis) -> Tensor:
+    """x with a new axis of length 1 at `axis` (in [-(rank+1), rank], as numpy's), or at each axis of a tuple of
+    them, counted in the result (numpy's: a (2, 3, 4) tensor with axis (0, 2) becomes (1, 2, 1, 3, 4))."""
     x = as_tensor(x)
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.ndim - 1 <= axis <= x.ndim:
-        raise located(ShapeError(f"axis {axis!r} is out of range for a rank-{x.ndim} tensor (a new axis goes at "
-                                 f"{-x.ndim - 1} to {x.ndim})"), (x,), "expand_dims")
-    axis = int(axis) % (x.ndim + 1)
-    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+    many = isinstance(axis, (tuple, list))
+    axes = tuple(axis) if many else (axis,)
+    rank = x.ndim + len(axes)  # the result's
+    problem = None
+    if any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes):
+        problem = f"axis must be an int or a tuple of ints, got {axis!r}"
+    elif not many and not -rank <= axis < rank:
+        problem = f"axis {axis!r} is out of range for a rank-{x.ndim} tensor (a new axis goes at {-rank} to {rank - 1})"
+    elif many and any(not -rank <= a < rank for a in axes):
+        bad = next(int(a) for a in axes if not -rank <= a < rank)
+        problem = (f"axis {bad} in {tuple(int(a) for a in axes)} is out of range: the axes are counted in the "
+                   f"rank-{rank} result (from {-rank} to {rank - 1})")
+    elif len({int(a) % rank for a in axes}) != len(axes):
+        problem = (f"repeated axis in {tuple(int(a) for a in axes)}: each must be a different axis of the rank-{rank} "
+                   f"result (from {-rank} to {rank - 1})")
+    if problem:
+        raise located(ShapeError(problem), (x,), "expand_dims")
+    new = {int(a) % rank for a in axes}
+    dims = iter(x.shape)
+    return reshape(x, tuple(1 if i in new else next(dims) for i in range(rank)))
 
 
 def squeeze(x, axis=None) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.errors import DTypeError, ShapeError
+from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.formula import Term
 from graphc.ir.lowering import ACC, NEXT, ReduceRule
 from graphc.ir.shapes import FLOAT_DTYPES, Shape, fmt_shape
@@ -32,6 +32,15 @@ def normalize_axes(x: Tensor, axis, op: str) -> tuple[int, ...]:
     if problem:
         raise located(ShapeError(problem), (x,), op)
     return tuple(sorted(int(a) % x.ndim for a in axes))
+
+
+def check_keepdims(keepdims, x: Tensor, op: str) -> bool:
+    """`keepdims` as a bool: a bool or an int, as numpy takes; anything else (a dtype passed where numpy's sum has
+    its dtype and gc.sum its keepdims) is a GraphcError, not a silent keepdims=True."""
+    if not isinstance(keepdims, (bool, np.bool_, int, np.integer)):
+        raise located(GraphcError(f"keepdims must be a bool, got {keepdims!r} (gc.{op}'s third argument is "
+                                  f"keepdims, not numpy's dtype: cast x first, gc.cast(x, dtype))"), (x,), op)
+    return bool(keepdims)
 
 
 def _reduced_shape(shape: Shape, axes: tuple[int, ...], keepdims: bool) -> Shape:
@@ -190,25 +199,28 @@ PROD = register(Prod())
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the DSL's word
     x = as_tensor(x)
     axes = normalize_axes(x, axis, "sum")
+    keepdims = check_keepdims(keepdims, x, "sum")
     if not axes:
         return x
-    return apply(SUM, (x,), axes=axes, keepdims=bool(keepdims))
+    return apply(SUM, (x,), axes=axes, keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
     axes = normalize_axes(x, axis, "max")
+    keepdims = check_keepdims(keepdims, x, "max")
     if not axes:
         return x
-    return apply(MAX, (x,), axes=axes, keepdims=bool(keepdims))
+    return apply(MAX, (x,), axes=axes, keepdims=keepdims)
 
 
 def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     x = as_tensor(x)
     axes = normalize_axes(x, axis, "min")
+    keepdims = check_keepdims(keepdims, x, "min")
     if not axes:
         return x
-    return apply(MIN, (x,), axes=axes, keepdims=bool(keepdims))
+    return apply(MIN, (x,), axes=axes, keepdims=keepdims)
 
 
 def prod(x, axis=None, keepdims: bool = False) -> Tensor:
@@ -219,9 +231,10 @@ def prod(x, axis=None, keepdims: bool = False) -> Tensor:
     if x.dtype == "bool":
         x = cast(x, "int32")
     axes = normalize_axes(x, axis, "prod")
+    keepdims = check_keepdims(keepdims, x, "prod")
     if not axes:
         return x
-    return apply(PROD, (x,), axes=axes, keepdims=bool(keepdims))
+    return apply(PROD, (x,), axes=axes, keepdims=keepdims)
 
 
 def cumsum(x, axis: int | None = None, *, reverse: bool = False) -> Tensor:

@@ -21,6 +21,7 @@ from graphc.ir.node import Node, topo_order
 from graphc.ops.random import KEY_NAME
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads, data_address
+from graphc.runtime.reference import check_value
 
 
 @dataclass
@@ -128,8 +129,11 @@ class EpochFunction(CompiledFunction):
     def init_params(self, state: Mapping[str, np.ndarray], seed: int) -> None:
         """Fill the parameters in `state` (float32, in place) with their initializers, natively: the same
         values a standalone training binary computes for this seed."""
+        from graphc.ops.init import check_seed
+
         if self._init is None:
             raise GraphcError("init_params: this EpochFunction was built without params=[...]")
+        seed = check_seed(seed, "init_params")
         table = np.zeros(self._nbuf, dtype=np.uintp)
         for p, spec in zip(self._params, self._init_specs(), strict=True):
             a = state[p.name]
@@ -228,8 +232,9 @@ class EpochFunction(CompiledFunction):
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
             raise InputError(f"training: batch size must be a positive int, got {batch!r}")
         batch = int(batch)
-        for v, what in ((epoch, "epoch"), (step0, "step0"), (seed, "seed")):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**63):
+        for v, what in ((epoch, "epoch"), (step0, "step0"), (seed, "seed")):  # seed has no None: it is 0 by default
+            if (v is not None or what == "seed") and (
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**63):
                 raise InputError(f"training: {what} must be an int in [0, 2**63), got {v!r}")
         if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < -1:
             raise InputError(f"training: max_steps must be an int >= 0 (or -1: no limit), got {max_steps!r}")
@@ -291,6 +296,8 @@ class EpochFunction(CompiledFunction):
                 arr = None
                 if isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(value, bool) \
                         and np.asarray(value).dtype.kind in "iuf":
+                    if dtype.kind in "iu":  # an int input: evaluate's check (ints only, in its dtype's range)
+                        value = check_value(leaf, value, f"training: scalars[{name!r}]")
                     arr = np.asarray(value, dtype=dtype)
                 if arr is None or arr.size != 1:
                     raise InputError(f"training: scalars[{name!r}] must be one number ({leaf.type_str}), got "

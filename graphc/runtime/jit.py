@@ -878,11 +878,14 @@ def _defines(text: str, keep) -> list[str]:
 
 
 def _weak_ok(v, dtype: np.dtype) -> bool:
-    """A Python number that a 0-d input of `dtype` takes as its own dtype: ints for any numeric input, floats
-    for float inputs (never bools, never a float for an int input)."""
+    """A Python number that a 0-d input of `dtype` takes as its own dtype: ints for any numeric input (those in an
+    int dtype's range: one outside goes on to check_value, which says so, as evaluate does), floats for float
+    inputs (never bools, never a float for an int input)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, np.generic):
         return False
-    return dtype.kind == "f" or (dtype.kind in "iu" and isinstance(v, int))
+    if dtype.kind in "iu":
+        return isinstance(v, int) and np.iinfo(dtype).min <= v <= np.iinfo(dtype).max
+    return dtype.kind == "f"
 
 
 _TSC: list[float] = []

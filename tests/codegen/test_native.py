@@ -132,6 +132,14 @@ def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
                     {"lr": 0.5, "k": np.int64(1)}):
             with pytest.raises(gc.DTypeError):
                 fn({"x": a, **bad})
+        # a Python int outside the input's range: evaluate's InputError (it was numpy's bare OverflowError)
+        for big in (2**40, -2**31 - 1):
+            want = rf"the value for input 'k' \(i32\[\].*holds {big} at index \(\), outside int32's range"
+            for call in (fn, fn.bind):
+                with pytest.raises(gc.InputError, match="compiled function .*" + want):
+                    call({"x": a, "lr": 0.5, "k": big})
+            with pytest.raises(gc.InputError, match="evaluate .*" + want):
+                gc.evaluate(x * lr + gc.cast(k, "float32"), {"x": a, "lr": 0.5, "k": big})
 
 
 class _Sub(np.ndarray):

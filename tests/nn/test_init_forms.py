@@ -119,3 +119,21 @@ def test_the_whole_seed_picks_the_initial_weights():
     w = gc.param("sw", (3, 4))
     a, b = (gc.nn.init_params([w], seed=s)["sw"] for s in (1, 2**32 + 1))
     assert not np.array_equal(a, b)
+
+
+def test_init_params_takes_a_dict_of_params_and_refuses_a_seed_that_is_no_non_negative_int():
+    """A dict of params (as gc.grad's wrt and gc.nn.l2 take) was an AttributeError ('str' object has no attribute
+    'op'); seed=None a bare TypeError, -1 and 'a' bare ValueErrors, and 1.5 silently drew seed 1's values."""
+    p = gc.param("sd", (3,), init="he_normal")
+    want = gc.nn.init_params([p], seed=5)["sd"]
+    np.testing.assert_array_equal(gc.nn.init_params({"weights": p}, seed=5)["sd"], want)
+    np.testing.assert_array_equal(gc.nn.init_params(p, seed=np.int64(5))["sd"], want)
+    gc.nn.init_params([p], seed=2**63 - 1)
+    for bad in (None, -1, "a", 1.5, 1.0, True, 2**63, np.float64(1)):
+        with pytest.raises(gc.GraphcError, match=r"init_params: seed must be an int in \[0, 2\*\*63\), got"):
+            gc.nn.init_params([p], seed=bad)
+    with pytest.raises(gc.GraphcError, match="pass an int"):
+        gc.nn.init_params([p], seed=None)
+    for bad in ("sd", 3, [p, "sd"]):
+        with pytest.raises(gc.GraphcError, match="init_params: params_or_outputs must be"):
+            gc.nn.init_params(bad)

@@ -346,6 +346,22 @@ def test_options_of_the_wrong_type_are_graphc_errors_and_one_keep_probability_is
     assert r.config.dropout == [0.8, 0.5, 0.5]
 
 
+def test_one_int_is_one_hidden_layer_and_other_hidden_values_are_named():
+    """hidden=16 is one hidden layer of 16 (scikit-learn's hidden_layer_sizes=16); it, hidden=None and hidden=16
+    with a dropout were bare TypeErrors ('int' object is not iterable) from the option checks."""
+    for given in (16, np.int64(16), [16], (16,)):
+        assert list(TrainConfig(hidden=given).hidden) == [16]
+    assert TrainConfig(hidden=16, dropout=0.5).dropout == [0.8, 0.5]
+    for bad in (None, "32", 16.0, True, [0], [16, "8"]):
+        with pytest.raises(gc.GraphcError, match=r"hidden sizes must be positive ints .*\[\] for no hidden layer"):
+            TrainConfig(hidden=bad, dropout=0.5).validate()
+    X, y = blobs(60, 4)
+    r = fit(None, (X, y), progress=False, epochs=1, hidden=16, dropout=0.5)
+    assert r.config.hidden == [16] and r.config.dropout == [0.8, 0.5]
+    with pytest.raises(gc.GraphcError, match=r"hidden sizes must be positive ints.*got None"):
+        fit(None, (X, y), progress=False, epochs=1, hidden=None)
+
+
 def test_momentum_is_recorded_as_it_ran_and_refused_where_no_optimizer_uses_it():
     """optimizer='momentum' without a value ran 0.9 and recorded 0.0; adam, rmsprop and adagrad ignored it."""
     from graphc.nn.train import TrainConfig

@@ -216,3 +216,48 @@ def test_true_division_of_integers_is_float_division():
         for got in both(y, i=vi, n=vn, b=vb):
             assert got.dtype == dtype
             np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-7)
+
+
+def test_numpy_functions_on_a_tensor_reach_its_methods_with_numpys_signatures():
+    """np.sum(x) calls x.sum(axis=None, out=None), np.std(x) x.std(axis=None, dtype=None, out=None, ddof=0), ...:
+    each method takes ndarray's signature, so numpy's functions work on a tensor, and a positional
+    x.sum(0, np.float64) is numpy's (axis, dtype), not keepdims."""
+    x = gc.input("x", ("N", 3))
+    v = rng.normal(size=(4, 3)).astype(np.float32)
+    cases = [(np.sum(x), np.sum(v)), (np.mean(x, axis=0), np.mean(v, axis=0)), (np.max(x, axis=0), np.max(v, axis=0)),
+             (np.min(x, 1, keepdims=True), np.min(v, 1, keepdims=True)), (np.prod(x, axis=1), np.prod(v, axis=1)),
+             (np.std(x), np.std(v)), (np.var(x, axis=0, ddof=1), np.var(v, axis=0, ddof=1)),
+             (np.std(x, correction=1), np.std(v, correction=1)), (np.any(x > 0, axis=0), np.any(v > 0, axis=0)),
+             (np.all(x > -5), np.all(v > -5)), (np.argmax(x, axis=1), np.argmax(v, axis=1)),
+             (np.argmin(x, axis=0, keepdims=True), np.argmin(v, axis=0, keepdims=True)),
+             (np.cumsum(x, axis=0), np.cumsum(v, axis=0)), (np.clip(x, -0.5, 0.5), np.clip(v, -0.5, 0.5)),
+             (np.clip(x, max=0.5), np.clip(v, max=0.5)), (x.clip(min=0.0), v.clip(min=0.0)),
+             (gc.clip(x, None, 0.5), np.clip(v, None, 0.5)), (np.round(x, 1), np.round(v, 1)),
+             (np.reshape(x, -1), np.reshape(v, -1)), (np.transpose(x), np.transpose(v)),
+             (np.squeeze(x[:, :1], axis=1), np.squeeze(v[:, :1], axis=1)), (np.swapaxes(x, 0, 1), np.swapaxes(v, 0, 1))]
+    for out, want in cases:
+        for got in both(out, x=v):
+            same(got, want)
+    r = x.sum(0, np.float64)
+    assert r.shape == (3,) and r.dtype == "float64"
+    assert x.mean(dtype="float64").dtype == "float64" and np.sum(x, dtype=np.int32).dtype == "int32"
+    got = gc.evaluate(x.mean(0, np.int64), {"x": v * 10})
+    np.testing.assert_array_equal(got, (v * 10).mean(0, np.int64))
+    assert x.clip() is x and x.clip(None, 1.0) is gc.clip(x, hi=1.0)
+
+
+def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
+    x = gc.input("x", ("N", 3))
+    here = __file__.rsplit("/", 1)[-1]
+    with pytest.raises(gc.GraphcError, match=r"sum: out= is not supported") as e:
+        np.sum(x, out=np.zeros(3, np.float32))
+    assert here in str(e.value)  # the user's line, not numpy's
+    for call, words in [(lambda: np.max(x, initial=0.0), "initial="), (lambda: np.mean(x, where=x > 0), "where="),
+                        (lambda: x.std(mean=x), "mean="),
+                        (lambda: x.clip(0, 1, casting="no"), "casting="), (lambda: x.reshape(-1, order="F"), "order="),
+                        (lambda: x.sum(0, True), r"not a dtype.*keepdims=True by name"),
+                        (lambda: x.sum(0, "complex64"), "unsupported dtype"), (lambda: np.argmax(x, out=x), "out="),
+                        (lambda: gc.sum(x, 0, np.float64), r"keepdims must be a bool.*gc.cast"),
+                        (lambda: gc.mean(x, 0, "float64"), "keepdims must be a bool")]:
+        with pytest.raises(gc.GraphcError, match=words):
+            call()

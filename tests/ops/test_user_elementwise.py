@@ -94,10 +94,25 @@ def test_iota_expand_dims_and_scope_check_their_arguments():
         with pytest.raises(gc.ShapeError, match="iota: n must be a non-negative int"):
             gc.iota(bad)
     np.testing.assert_array_equal(gc.evaluate(gc.iota(3), {}), [0, 1, 2])
-    for ax in (3, -4, 1.0):
+    for ax in (3, -4):
         with pytest.raises(gc.ShapeError, match="expand_dims: axis .* out of range for a rank-2 tensor"):
             gc.expand_dims(x, ax)
+    for ax in (1.0, None, (0, 1.0)):
+        with pytest.raises(gc.ShapeError, match="expand_dims: axis must be an int or a tuple of ints"):
+            gc.expand_dims(x, ax)
     assert gc.expand_dims(x, -3).shape[0] == 1 and gc.expand_dims(x, 2).shape[2] == 1
+    # a tuple of axes, as numpy's: counted in the result, negative ones from its end, each once
+    v = np.zeros((2, 3, 4), np.float32)
+    a = gc.input("a", (2, 3, 4))
+    for axes in [(0, 2), (0, -1), (-1, 0), [1], (), (4, 0, 2), (-5, -3)]:
+        out = gc.expand_dims(a, axes)
+        assert out.shape == np.expand_dims(v, axes).shape, axes
+        assert gc.evaluate(out, {"a": v}).shape == np.expand_dims(v, axes).shape
+    assert gc.expand_dims(x, (0, -1)).shape == (1, gc.dim("N"), 4, 1)
+    with pytest.raises(gc.ShapeError, match=r"expand_dims: repeated axis in \(0, -5\).*rank-5 result"):
+        gc.expand_dims(a, (0, -5))
+    with pytest.raises(gc.ShapeError, match=r"expand_dims: axis 5 in \(0, 5\) is out of range.*rank-5 result"):
+        gc.expand_dims(a, (0, 5))
     with pytest.raises(gc.GraphcError, match="scope: a name must be a string"), gc.scope(3):
         pass
 

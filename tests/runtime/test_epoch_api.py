@@ -527,3 +527,23 @@ def test_a_misspelt_state_name_is_suggested():
     state["d.w"] = state.pop("d.W")
     with pytest.raises(gc.InputError, match=r"no value for the input 'd.W' .*it holds 'd.w': a misspelling"):
         ef.run_epoch(np.ones((8, 4), np.float32), None, state, batch=4)
+
+
+def test_an_int_scalar_is_checked_as_evaluate_checks_it_and_the_seed_is_an_int():
+    """scalars={'k': 2**40} for an int32 input was numpy's bare OverflowError, 1.7 was silently 1, and seed=None
+    a bare TypeError from inside the epoch."""
+    x, y, k = gc.input("x", ("N", 4)), gc.input("y", ("N",), "int32"), gc.input("k", (), "int32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(x, 3, name="kint"), y) * gc.cast(k, "float32")
+    params = gc.nn.parameters(loss)
+    ef = gc.EpochFunction(loss, {p: p - 0.1 * g for p, g in zip(params, gc.grad(loss, params), strict=True)}, x=x, y=y)
+    X, Y = np.ones((8, 4), np.float32), np.zeros(8, np.int32)
+    state = gc.nn.init_params(params, seed=0)
+    with pytest.raises(gc.InputError, match=r"scalars\['k'\]: the value for input 'k' .* holds 1099511627776 at "
+                                            r"index \(\), outside int32's range"):
+        ef.run_epoch(X, Y, state, batch=4, scalars={"k": 2**40})
+    with pytest.raises(gc.DTypeError, match=r"scalars\['k'\]: .* has dtype float64; pass integers"):
+        ef.run_epoch(X, Y, state, batch=4, scalars={"k": 1.7})
+    with pytest.raises(gc.InputError, match=r"seed must be an int in \[0, 2\*\*63\), got None"):
+        ef.run_epoch(X, Y, state, batch=4, scalars={"k": 1}, seed=None)
+    for good in (1, np.int64(1), np.int32(1)):
+        assert ef.run_epoch(X, Y, state, batch=4, scalars={"k": good}).steps == 2
