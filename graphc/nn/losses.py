@@ -46,12 +46,16 @@ def _as_float_target(y, pred: ops.Tensor) -> ops.Tensor:
     return y
 
 
-def _counted(per: ops.Tensor, mask, lengths, time_axis: int, what: str, ignored=None) -> ops.Tensor:
-    """The mean of the elementwise loss `per` over the elements that count: all of them (no mask), else
+def _counted(per_of, shape, dtype: str, mask, lengths, time_axis: int, what: str, ignored=None) -> ops.Tensor:
+    """The mean of the elementwise loss over the elements that count: all of them (no mask), else
     sum(per * w) / sum(w) with w the product of `mask`, the lengths' mask and `ignored` (bool: not counted),
-    broadcast over per's trailing dims."""
+    broadcast over the loss's trailing dims (`shape`). `per_of(keep)` computes the loss, reading its inputs only
+    where `keep` (a bool tensor of `shape`, None for everywhere) holds: a padded step's values (NaN, inf, garbage)
+    enter neither the loss nor its gradient, as with PyTorch's ignore_index and packed sequences. A mask that
+    counts nothing gives 0, not NaN."""
     if mask is None and lengths is None and ignored is None:
-        return ops.mean(per)
+        return ops.mean(per_of(None))
+    ndim = len(shape)
     w = None
 
     def fold(m: ops.Tensor, src: str) -> None:
@@ -59,38 +63,51 @@ def _counted(per: ops.Tensor, mask, lengths, time_axis: int, what: str, ignored=
         if m.dtype not in ("bool", *FLOAT_DTYPES, *INT_DTYPES):
             raise DTypeError(f"{what}: {src} must be bool or numbers, got {describe(m)}")
         k = m.ndim
-        if k > per.ndim or not all(dims_equal(a, b) for a, b in zip(m.shape, per.shape[:k], strict=False)):
+        if k > ndim or not all(dims_equal(a, b) for a, b in zip(m.shape, shape[:k], strict=False)):
             raise ShapeError(f"{what}: {src} {fmt_shape(m.shape)} does not fit the loss's elements "
-                             f"{fmt_shape(per.shape)}: it must have their shape or their leading dims (e.g. (T, N) for "
+                             f"{fmt_shape(shape)}: it must have their shape or their leading dims (e.g. (T, N) for "
                              f"(T, N, F)) (made at {m.source.where()})")
-        m = ops.cast(m, per.dtype)
-        for _ in range(per.ndim - k):
+        m = ops.cast(m, dtype)
+        for _ in range(ndim - k):
             m = ops.expand_dims(m, -1)
-        if k < per.ndim:
-            m = ops.broadcast_to(m, per.shape)
+        if k < ndim:
+            m = ops.broadcast_to(m, shape)
         w = m if w is None else w * m
 
     if mask is not None:
         fold(ops.as_tensor(mask), "mask")
     if lengths is not None:
-        if per.ndim < 2:
+        if ndim < 2:
             raise ShapeError(f"{what}: lengths need a time axis and a batch axis in the targets, got "
-                             f"{fmt_shape(per.shape)}")
+                             f"{fmt_shape(shape)}")
         if time_axis not in (0, 1):
             raise ShapeError(f"{what}: time_axis must be 0 (time-major, (T, N, ...)) or 1 (batch-major), got "
                              f"{time_axis!r}")
         lengths = ops.as_tensor(lengths)
-        batch = per.shape[1 - time_axis]
+        batch = shape[1 - time_axis]
         if lengths.ndim != 1 or not dims_equal(lengths.shape[0], batch):
             raise ShapeError(f"{what}: lengths must be (N,) = ({batch},), one count per sequence of targets "
-                             f"{fmt_shape(per.shape)} (time on axis {time_axis}), got {describe(lengths)} (made at "
+                             f"{fmt_shape(shape)} (time on axis {time_axis}), got {describe(lengths)} (made at "
                              f"{lengths.source.where()})")
-        lengths = _lengths(lengths, what, per.shape[time_axis])  # each in [0, T]
-        fold(sequence_mask(lengths, per.shape[time_axis], time_axis=time_axis), "lengths")
+        lengths = _lengths(lengths, what, shape[time_axis])  # each in [0, T]
+        fold(sequence_mask(lengths, shape[time_axis], time_axis=time_axis), "lengths")
     if ignored is not None:
         fold(ops.logical_not(ignored), "ignore_index")
-    count = ops.maximum(ops.sum(w), 1e-30)  # nothing counted: 0 / 1e-30 = 0, not NaN
-    return ops.sum(per * w) / count
+    keep = ops.not_equal(w, 0.0)
+    zero = ops.zeros_like(w)
+    total = ops.sum(ops.where(keep, per_of(keep) * w, zero))
+    count = ops.sum(w)
+    counted = ops.not_equal(count, 0.0)  # nothing counted: 0, not 0 / 0
+    return ops.where(counted, total / ops.where(counted, count, ops.ones_like(count)), ops.zeros_like(total))
+
+
+def _kept(x: ops.Tensor, keep) -> ops.Tensor:
+    """x where `keep` (broadcast over x's trailing dims) holds, else 0: a padded element's value is not read."""
+    if keep is None:
+        return x
+    while keep.ndim < x.ndim:
+        keep = ops.expand_dims(keep, -1)
+    return ops.where(ops.broadcast_to(keep, x.shape), x, ops.zeros_like(x))
 
 
 def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
@@ -98,7 +115,8 @@ def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
     mask/lengths, the mean over the counted elements only (see the module's docstring)."""
     pred = ops.as_tensor(pred)
     pred, y = _match(pred, _as_float_target(y, pred), "mse")
-    return _counted((pred - y) ** 2, mask, lengths, time_axis, "mse")
+    return _counted(lambda keep: (_kept(pred, keep) - _kept(y, keep)) ** 2, pred.shape, pred.dtype, mask, lengths,
+                    time_axis, "mse")
 
 
 def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
@@ -109,8 +127,11 @@ def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int =
     only."""
     logits = ops.as_tensor(logits)
     logits, y = _match(logits, _as_float_target(y, logits), "binary_cross_entropy")
-    per = y * ops.softplus(-logits) + (1.0 - y) * ops.softplus(logits)
-    return _counted(per, mask, lengths, time_axis, "binary_cross_entropy")
+    def per(keep):
+        f, t = _kept(logits, keep), _kept(y, keep)
+        return t * ops.softplus(-f) + (1.0 - t) * ops.softplus(f)
+
+    return _counted(per, logits.shape, logits.dtype, mask, lengths, time_axis, "binary_cross_entropy")
 
 
 def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis: int = 0,
@@ -145,9 +166,13 @@ def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis:
         checked = ops.where(ignored, ops.constant(0, labels.dtype), labels)  # not counted: any class will do
     # a label outside [0, C) is an error (evaluated or compiled), not a silent zero row of the one-hot
     checked = checked_labels(checked, classes, "softmax_cross_entropy: label")
-    picked = ops.sum(ops.one_hot(checked, classes, logits.dtype) * logits, axis=axis)
-    return _counted(ops.logsumexp(logits, axis=axis) - picked, mask, lengths, time_axis, "softmax_cross_entropy",
-                    ignored)
+    hot = ops.one_hot(checked, classes, logits.dtype)
+
+    def per(keep):
+        z = _kept(logits, keep)
+        return ops.logsumexp(z, axis=axis) - ops.sum(hot * z, axis=axis)
+
+    return _counted(per, lead, logits.dtype, mask, lengths, time_axis, "softmax_cross_entropy", ignored)
 
 
 def _params(params) -> list[Node]:

@@ -156,6 +156,9 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
             raise GraphcError(f"{kind} {name!r}: lengths has {mask.shape[1]} sequences but xs {describe(xs)} has "
                               f"{xs.shape[1]} (xs is time-major: (T, N, F))")
         mask = ops.expand_dims(mask, 2)  # (T, N, 1): broadcast over the hidden units
+        # padded steps are not read: their values (NaN, inf, garbage) reach neither the outputs nor, through the
+        # cell's derivatives there (a zero cotangent times NaN is NaN), the gradients
+        xs = ops.where(ops.broadcast_to(mask, xs.shape), xs, ops.zeros_like(xs))
     h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed)
     if not bidirectional:
         return ys if return_sequences else h

@@ -242,3 +242,50 @@ def test_a_non_finite_value_in_sequences_is_located_on_its_grid():
                                              r"of its \(3, 2\) grid"):
         gc.fit(str(Path(__file__).resolve().parents[2] / "examples" / "lstm_digits_rows.py"),
                (X, np.arange(30) % 2), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("pad", [np.nan, np.inf])
+def test_padding_values_reach_neither_losses_nor_gradients(pad):
+    """What lies past a sequence's length (NaN, inf: a padded batch's filler) is not read: the losses, an LSTM over
+    `lengths=` and every gradient are those of the zero-padded batch, finite, 0 at the padding (PyTorch's packed
+    sequences and ignore_index). A cotangent of 0 times the cell's derivative at a NaN input was NaN."""
+    rng = np.random.default_rng(3)
+    z, labels = _data(3)
+    real = np.arange(T)[:, None] < LENGTHS[None, :]  # (T, N)
+    xs = rng.normal(size=(T, N, 3))
+    dirty_z, dirty_xs = np.where(real[..., None], z, pad), np.where(real[..., None], xs, pad)
+    clean_z, clean_xs = np.where(real[..., None], z, 0.0), np.where(real[..., None], xs, 0.0)
+    logits = gc.input("z", ("T", "N", C), "float64")
+    x = gc.input("xs", ("T", "N", 3), "float64")
+    y = gc.input("y", ("T", "N"), "int32")
+    lengths = gc.input("len", ("N",), "int32")
+    h = gc.nn.lstm(x, 4, lengths=lengths, return_sequences=True, name="padded")
+    losses = [gc.nn.softmax_cross_entropy(logits, y, lengths=lengths),
+              gc.nn.mse(logits, gc.zeros_like(logits), mask=gc.nn.sequence_mask(lengths, logits.shape[0])),
+              gc.nn.binary_cross_entropy(logits, gc.ones_like(logits) * 0.3, lengths=lengths),
+              gc.nn.mse(h, gc.zeros_like(h), lengths=lengths)]
+    params = gc.nn.parameters(losses[-1])
+    outs = [*losses, *gc.grad(sum(losses[:3]), [logits]), *gc.grad(losses[-1], [x, *params])]
+    values = gc.nn.init_params(params, seed=0)
+    fn = gc.compile(outs)
+    for run in (lambda v: gc.evaluate(outs, v), fn):
+        got = run({**values, "z": dirty_z, "xs": dirty_xs, "y": labels, "len": LENGTHS})
+        want = run({**values, "z": clean_z, "xs": clean_xs, "y": labels, "len": LENGTHS})
+        for g, w in zip(got, want, strict=True):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_array_equal(g, w)
+        assert np.all(got[4][~real] == 0) and np.all(got[5][~real] == 0)  # d/dz and d/dxs at the padding
+    assert float(got[0]) == pytest.approx(_torch_ce(z, labels, LENGTHS), rel=1e-12)
+
+
+def test_mask_weights_of_any_scale_give_the_same_mean():
+    """sum(loss * w) / sum(w) for weights 1e-31 or 1e-300 as for 1 (the count was clamped at 1e-30)."""
+    z, _ = _data(4)
+    pred = gc.input("p", (T, N, C), "float64")
+    w = gc.input("w", (T, N), "float64")
+    loss = gc.nn.mse(pred, gc.zeros_like(pred), mask=w)
+    weights = np.random.default_rng(4).uniform(0.5, 2.0, size=(T, N))
+    want = np.sum(z ** 2 * weights[..., None]) / np.sum(np.broadcast_to(weights[..., None], z.shape))
+    for scale in (1.0, 1e-31, 1e-300):
+        assert float(gc.evaluate(loss, {"p": z, "w": weights * scale})) == pytest.approx(want, rel=1e-12)
+    assert float(gc.evaluate(loss, {"p": z, "w": np.zeros((T, N))})) == 0.0
