@@ -1079,7 +1079,7 @@ def _settle(e: Expr, split: dict, lo: int, memo: dict, uncheck: bool) -> Expr:
         elif isinstance(e, Guard):
             r = replace(e, value=new[0], otherwise=new[1],
                         gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new[2:], strict=True)))
-        elif isinstance(e, Load):
+        elif isinstance(e, (Load, Index)):  # an index read through a gather (one-hot labels: idx(_g0) == i1)
             r = replace(e, gathers=tuple(replace(g, index=i) for g, i in zip(e.gathers, new, strict=True)))
         else:
             raise CompileError(f"internal: cannot rebuild {type(e).__name__} while splitting guards")
