@@ -424,6 +424,41 @@ class CompiledFunction:
         for idx, a in self._consts.items():
             base[idx] = a.ctypes.data
         self._base_table = base
+        self._index_checks = self._input_indices()
+
+    def _input_indices(self) -> list:
+        """The gathers whose indices are an input's values (embedding ids, class labels): (the gather, its table
+        slot, the range's size as a function of the dims). A call checks them before any native code runs, so a bad
+        id changes nothing; inside the kernels (where computed indices are checked) it is found only after the
+        step has run, with parameters updated in place and `out=` arrays written."""
+        from graphc.ops.gather import TAKE
+
+        found, seen = [], set()
+        for n in topo_order(self._graph.outputs):
+            if n.op is not TAKE or n.attrs.get("low", 0):
+                continue
+            leaf = n.inputs[1]
+            while leaf.op.name == "reshape":
+                leaf = leaf.inputs[0]
+            spec = self._by_key.get(id(leaf)) if leaf.op.name == "input" else None
+            size = n.inputs[0].shape[n.attrs["axis"]]
+            if spec is not None and (spec[1], size) not in seen:
+                seen.add((spec[1], size))
+                found.append((n, spec[1], self._dim_fn(size)))
+        return found
+
+    def _check_input_indices(self, bound: dict, env: list[int]) -> None:
+        from graphc.ops.gather import _in_range
+
+        for node, slot, size in self._index_checks:
+            a = bound[slot][0]
+            n = size(env)
+            if a.size and (a.min() < 0 or a.max() >= n):
+                try:
+                    _in_range(node, a, n)
+                except InputError as e:
+                    raise InputError(f"compiled function: {e}; nothing was run (no parameter updated, no output "
+                                     "written)") from None
 
     def _fast_bind(self, values: Mapping):
         """(table slot -> array, dims) when every value is exactly right, else None."""
@@ -726,12 +761,15 @@ class CompiledFunction:
         cd = self._call_dims
         for k, v in enumerate(env):
             cd[k] = v
+        if self._index_checks:
+            self._check_input_indices(bound, env)
         t_addr, d_addr, w_addr = self._call_addrs
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
         if self._error is not None and self._error.value:
             code, self._error.value = self._error.value, 0
-            raise InputError(f"compiled function: {self.check_message(code)}; the outputs were not written "
-                             "(parameters updated in place may hold partial values)")
+            raise InputError(f"compiled function: {self.check_message(code)}; the call ran with the bad value read "
+                             "as the first in range: no result is returned, but arrays written in place (out=, "
+                             "parameters updated) hold what that run wrote")
         for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
             if outs[k] is None:
                 outs[k] = outs[first].copy()

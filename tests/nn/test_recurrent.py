@@ -180,8 +180,12 @@ def test_embedding_gathers_rows_and_accumulates_gradients():
     np.testing.assert_array_equal(g[:, 0], [3, 1, 0, 0, 2])  # duplicates add up
     with pytest.raises(gc.GraphcError, match=r"embedding 'emb': id 5 is out of range \[0, 5\) at test_recurrent.py"):
         gc.evaluate(e, {"ids": np.array([[0, 5, 1]]), "emb.E": table})
-    with pytest.raises(gc.InputError, match=r"embedding 'emb': id out of range \[0, 5\) at test_recurrent.py"):
+    with pytest.raises(gc.InputError, match=r"embedding 'emb': id 5 is out of range \[0, 5\) at test_recurrent.py"
+                                             r".*nothing was run"):  # an input's ids: checked before the call
         gc.compile([e])({"ids": np.array([[0, 5, 1]]), "emb.E": table.astype(np.float32)})
+    computed = gc.nn.embedding(gc.maximum(ids, -100), 5, 2, name="emb")  # checked in the kernel
+    with pytest.raises(gc.InputError, match=r"embedding 'emb': id out of range \[0, 5\) at test_recurrent.py"):
+        gc.compile([computed])({"ids": np.array([[0, 5, 1]]), "emb.E": table.astype(np.float32)})
     with pytest.raises(gc.DTypeError, match="ids must be int32 or int64"):
         gc.nn.embedding(gc.input("f", (2,)), 5, 2)
 

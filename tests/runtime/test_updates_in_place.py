@@ -115,3 +115,40 @@ def test_an_update_through_a_product_reading_its_parameter_flipped(form):
         want = gc.evaluate(new, vals)
         gc.compile([gc.sum(x)], updates={p: new}, threads=threads, cache=False)(vals)
         np.testing.assert_array_equal(vals[p.name], want)
+
+
+@pytest.mark.parametrize("bad", [99, -1])
+def test_an_id_out_of_range_in_an_input_changes_nothing(bad):
+    """Ids and labels read straight from an input are checked before native code runs: a bad one is the evaluator's
+    error, with no parameter updated and no out= array written (the kernels' own check found it only after the
+    step had run, with the bad id read as row 0 and its gradient added there)."""
+    ids = gc.input("ids", ("T", "N"), "int64")
+    lab = gc.input("lab", ("N",), "int32")
+    e = gc.nn.embedding(ids, 9, 4, name="emb")
+    logits = gc.sum(e, axis=0)[:, :3]
+    loss = gc.nn.softmax_cross_entropy(logits, lab)
+    (E,) = gc.nn.parameters(loss)
+    step = gc.compile([loss, e], updates={E: E - 0.1 * gc.grad(loss, E)}, cache=False)
+    E0 = rng.normal(size=(9, 4)).astype(np.float32)
+    good_ids, good_lab = np.array([[0, 1, 2], [3, 4, 8]]), np.array([0, 2, 1], np.int32)
+    for feed, match in (({"ids": np.array([[0, 1, 2], [3, 4, bad]]), "lab": good_lab}, rf"embedding 'emb': id {bad} "),
+                        ({"ids": good_ids, "lab": np.array([0, bad, 1], np.int32)}, rf"label {bad} ")):
+        table = E0.copy()
+        out = [np.full((), -7.0, np.float32), np.full((2, 3, 4), -7.0, np.float32)]
+        with pytest.raises(gc.InputError, match=match + r"is out of range .* at .*test_updates_in_place.py.*nothing "
+                                                         r"was run"):
+            step({**feed, "emb.E": table}, out=out)
+        np.testing.assert_array_equal(table, E0)
+        assert np.all(out[0] == -7.0) and np.all(out[1] == -7.0)
+        with pytest.raises(gc.InputError, match=match):  # as the reference says it
+            gc.evaluate(loss, {**feed, "emb.E": E0})
+    # a bound call re-reads its arrays' contents at every run: a bad id written into them is found before the run
+    ids_arr, table = good_ids.copy(), E0.copy()
+    bound = step.bind({"ids": ids_arr, "lab": good_lab, "emb.E": table})
+    bound()
+    moved = table.copy()
+    assert not np.array_equal(moved, E0)
+    ids_arr[1, 2] = bad
+    with pytest.raises(gc.InputError, match=rf"embedding 'emb': id {bad} is out of range"):
+        bound()
+    np.testing.assert_array_equal(table, moved)
