@@ -2,9 +2,11 @@
 of graphc's code that such an entry belongs to: changing the compiler invalidates what it made before. Every
 layer may use this module; it imports nothing of graphc's.
 
-The directory is bounded: after each program it stores, the least recently used entries (a cache hit marks its
-files used) are removed until the total is at most 3/4 of `max_bytes()` (`$GRAPHC_CACHE_MAX_MB`, default 1024
+The directory is bounded: after storing, the least recently used entries (a cache hit marks its files used) are
+removed until the total is at most 3/4 of `max_bytes()` (`$GRAPHC_CACHE_MAX_MB`, default 1024
 MB; 0 or less: no bound), so entries of programs no longer run, and of earlier graphc versions, do not pile up.
+Reading the directory costs ~9 µs a file, so a store prunes only when this process has stored 1/16 of the bound
+since it last did, or when no process has pruned for an hour (`note_stored`).
 Only files graphc names its own are counted or removed (`is_ours`): a directory shared with other files keeps
 them."""
 
@@ -25,7 +27,10 @@ STALE_TEMP_S = 3600  # a temporary file this old was left by a writer that died:
 # the names graphc writes: KEY.so/.sum (a shared object and its checksum), KEY.o (an object file), KEY.bin (a
 # checked blob: a run-time spec, the GEMM helpers), the derivative file, the host CPU's description, temporaries
 _OURS = re.compile(r"[0-9a-f]{64}\.(so|sum|o|bin)|derivatives-[0-9a-f]+\.json|host-[0-9a-f]+\.txt"
-                   r"|\.tmp-.+|\.graphc-code-.+\.so")
+                   r"|pruned\.stamp|\.tmp-.+|\.graphc-code-.+\.so")
+STAMP = "pruned.stamp"  # its time: when the directory was last pruned (by any process)
+PRUNE_EVERY_S = 3600
+_stored_since_prune = 0  # bytes this process stored since it last pruned
 
 
 @cache
@@ -144,8 +149,14 @@ def prune(keep: tuple[str, ...] = (), limit: int | None = -1) -> int:
     for stem, paths, size, used in found:
         if stem.startswith(".") and now - used > STALE_TEMP_S:
             freed += _remove(paths)
-        elif not stem.startswith((".", "host-")):  # the host CPU's description (bytes) spares LLVM's load
+        elif not stem.startswith((".", "host-", "pruned")):  # the host CPU's description spares LLVM's load
             live.append((used, stem, paths, size))
+    global _stored_since_prune
+    _stored_since_prune = 0
+    try:
+        (directory() / STAMP).touch()
+    except OSError:
+        pass
     total = sum(e[3] for e in live)
     if limit is None or total <= limit:
         return freed
@@ -157,6 +168,23 @@ def prune(keep: tuple[str, ...] = (), limit: int | None = -1) -> int:
         freed += _remove(paths)
         total -= size
     return freed
+
+
+def note_stored(nbytes: int, keep: tuple[str, ...] = ()) -> None:
+    """After storing `nbytes` (the entries `keep`): prune when this process has stored 1/16 of the bound since it
+    last pruned, or when the directory was last pruned (by any process) over PRUNE_EVERY_S ago or never."""
+    global _stored_since_prune
+    _stored_since_prune += nbytes
+    limit = max_bytes()
+    if limit is None:
+        return
+    if _stored_since_prune < limit // 16:
+        try:
+            if time.time() - (directory() / STAMP).stat().st_mtime < PRUNE_EVERY_S:
+                return
+        except OSError:
+            pass  # never pruned here
+    prune(keep, limit)
 
 
 def clear() -> tuple[int, int]:

@@ -21,7 +21,7 @@ def _cache(args) -> int:
         n, size = cachedir.clear()
         print(f"removed {n} files ({size / 2**20:.1f} MB) from {d}")
         return 0
-    found = [e for e in cachedir.entries() if not e[0].startswith(".")]
+    found = [e for e in cachedir.entries() if not e[0].startswith((".", "pruned"))]
     limit = cachedir.max_bytes()
     bound = "none" if limit is None else f"{limit / 2**20:.0f} MB"
     print(f"compile cache: {d}\nentries: {len(found)}, {sum(e[2] for e in found) / 2**20:.1f} MB "

@@ -11,7 +11,7 @@ import hashlib
 import pickle
 from pathlib import Path
 
-from graphc.cachedir import atomic_write, code_version, directory, prune, touch
+from graphc.cachedir import atomic_write, code_version, directory, note_stored, touch
 from graphc.codegen.target import Engine, SharedObject, SharedObjectCode, Target
 from graphc.ir.node import Node
 
@@ -115,7 +115,7 @@ def store(k: str, obj: bytes) -> None:
             atomic_write(_path(k), MAGIC + hashlib.sha256(obj).digest() + k.encode("ascii") + bytes(obj))
     except OSError:
         return
-    prune(keep=(k,))
+    note_stored(len(data) if data is not None else len(obj), keep=(k,))
 
 
 def load_blob(k: str) -> bytes | None:
@@ -140,7 +140,7 @@ def store_blob(k: str, data: bytes) -> None:
         atomic_write(directory() / f"{k}.bin", MAGIC + hashlib.sha256(data).digest() + k.encode("ascii") + data)
     except OSError:
         return
-    prune(keep=(k,))
+    note_stored(len(data), keep=(k,))
 
 
 def _spec_key(k: str) -> str:

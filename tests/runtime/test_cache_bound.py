@@ -128,3 +128,27 @@ def test_graphc_cache_shows_and_clears_only_graphcs_files(tmp_path, monkeypatch,
     assert "removed 4 files (2.0 MB)" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert cli.main(["cache"]) == 0 and "entries: 0, 0.0 MB" in capsys.readouterr().out
+
+
+def test_a_store_reads_the_directory_only_now_and_then(tmp_path, monkeypatch):
+    """Reading a directory of thousands of entries costs tens of ms: a store prunes when the process has stored
+    1/16 of the bound since it last did, or when nobody has pruned for an hour, not every time."""
+    from graphc.runtime import cache
+
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GRAPHC_CACHE_MAX_MB", "16")  # prune after 1 MB stored
+    monkeypatch.setattr(cachedir, "_stored_since_prune", 0)
+    scans = []
+    real = cachedir.entries
+    monkeypatch.setattr(cachedir, "entries", lambda *a: scans.append(1) or real(*a))
+    cache.store_blob(KEY(1), b"x" * 1000)
+    assert len(scans) == 1 and (tmp_path / cachedir.STAMP).exists()  # never pruned here: now
+    for i in range(2, 12):
+        cache.store_blob(KEY(i), b"x" * 1000)
+    assert len(scans) == 1
+    cache.store_blob(KEY(20), b"x" * (1 << 20))  # a sixteenth of the bound since the last prune
+    assert len(scans) == 2
+    old = time.time() - 2 * cachedir.PRUNE_EVERY_S
+    os.utime(tmp_path / cachedir.STAMP, (old, old))  # nobody pruned for two hours
+    cache.store_blob(KEY(21), b"x")
+    assert len(scans) == 3
