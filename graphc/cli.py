@@ -71,6 +71,12 @@ def _ints(text: str, what: str) -> list[int]:
     return [int(v) for v in vals]
 
 
+def _hidden(text: str) -> list[int]:
+    """--hidden: comma-separated layer sizes, or `none` for no hidden layer (a linear model: logistic or softmax
+    regression, least squares)."""
+    return [] if text.strip().lower() == "none" else _ints(text, "--hidden")
+
+
 def _train(args) -> int:
     from graphc.fitting import fit
 
@@ -87,7 +93,7 @@ def _train(args) -> int:
     if args.drop_last:
         options["drop_last"] = True
     if args.hidden is not None:
-        options["hidden"] = _ints(args.hidden, "--hidden")
+        options["hidden"] = _hidden(args.hidden)
     if args.dropout is not None:
         keeps = _floats(args.dropout, "--dropout")
         # one number: the lecture's split (TrainConfig's, as for gc.fit): 0.8 on inputs and it on hidden units
@@ -127,7 +133,7 @@ def _aot_options(args) -> dict:
     """The model-shaping options `graphc build` and `graphc export` share."""
     options: dict = {}
     if args.hidden is not None:
-        options["hidden"] = _ints(args.hidden, "--hidden")
+        options["hidden"] = _hidden(args.hidden)
     for name in ("init", "bias_init", "activation"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -215,7 +221,8 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="label column (CSV name, .npy column number, or .npz array name)")
     p.add_argument("--features", help="comma-separated feature columns (default: all but the label)")
     p.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
-    p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128")
+    p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128; none: no hidden "
+                   "layer (a linear model)")
     p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "softplus", "linear"],
                    help="hidden units of the default MLP (default: relu)")
     p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],

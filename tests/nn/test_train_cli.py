@@ -46,6 +46,17 @@ def test_activation_option_shapes_the_default_mlp(tmp_path):
     assert p.returncode != 0 and "invalid choice: 'swish'" in p.stderr
 
 
+def test_hidden_none_trains_a_linear_model(tmp_path):
+    """--hidden none: no hidden layer (softmax regression on digits), as gc.fit(hidden=[]); the CLI could not say it."""
+    p = run("train", "--epochs", "3", "--hidden", "none", "--quiet", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    w = np.load(tmp_path / "weights.npz")
+    assert set(w.files) == {"mlp.0.W", "mlp.0.b"} and w["mlp.0.W"].shape == (64, 10)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] > 0.85
+    p = run("train", "--hidden", "nothing")
+    assert p.returncode == 2 and "--hidden" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_progress_lines_when_not_a_terminal():
     p = run("train", "--epochs", "2", "--dataset", "breast_cancer")
     lines = [line for line in p.stdout.splitlines() if line.startswith("epoch")]
