@@ -141,6 +141,7 @@ def prune(keep: tuple[str, ...] = (), limit: int | None = -1) -> int:
     """Keep the cache within its bound (`limit`: bytes, None for none; default `max_bytes()`): temporaries older
     than STALE_TEMP_S go, then, while the total exceeds the bound, the least recently used entries until it is at
     most 3/4 of it; the entries named in `keep` (stems: what was just stored) stay. The bytes removed."""
+    global _stored_since_prune
     limit = max_bytes() if limit == -1 else limit
     now = time.time()
     found = entries()
@@ -151,7 +152,6 @@ def prune(keep: tuple[str, ...] = (), limit: int | None = -1) -> int:
             freed += _remove(paths)
         elif not stem.startswith((".", "host-", "pruned")):  # the host CPU's description spares LLVM's load
             live.append((used, stem, paths, size))
-    global _stored_since_prune
     _stored_since_prune = 0
     try:
         (directory() / STAMP).touch()

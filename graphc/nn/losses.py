@@ -21,7 +21,7 @@ from graphc import ops
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, dims_equal, fmt_shape
-from graphc.nn.sequence import _lengths, sequence_mask
+from graphc.nn.sequence import _lengths, kept, sequence_mask
 from graphc.ops.core import describe
 from graphc.ops.gather import checked_labels
 
@@ -93,21 +93,10 @@ def _counted(per_of, shape, dtype: str, mask, lengths, time_axis: int, what: str
         fold(sequence_mask(lengths, shape[time_axis], time_axis=time_axis), "lengths")
     if ignored is not None:
         fold(ops.logical_not(ignored), "ignore_index")
-    keep = ops.not_equal(w, 0.0)
-    zero = ops.zeros_like(w)
-    total = ops.sum(ops.where(keep, per_of(keep) * w, zero))
+    total = ops.sum(per_of(ops.not_equal(w, 0.0)) * w)  # the loss read zeros where w is 0: finite, times 0
     count = ops.sum(w)
     counted = ops.not_equal(count, 0.0)  # nothing counted: 0, not 0 / 0
     return ops.where(counted, total / ops.where(counted, count, ops.ones_like(count)), ops.zeros_like(total))
-
-
-def _kept(x: ops.Tensor, keep) -> ops.Tensor:
-    """x where `keep` (broadcast over x's trailing dims) holds, else 0: a padded element's value is not read."""
-    if keep is None:
-        return x
-    while keep.ndim < x.ndim:
-        keep = ops.expand_dims(keep, -1)
-    return ops.where(ops.broadcast_to(keep, x.shape), x, ops.zeros_like(x))
 
 
 def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
@@ -115,7 +104,7 @@ def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
     mask/lengths, the mean over the counted elements only (see the module's docstring)."""
     pred = ops.as_tensor(pred)
     pred, y = _match(pred, _as_float_target(y, pred), "mse")
-    return _counted(lambda keep: (_kept(pred, keep) - _kept(y, keep)) ** 2, pred.shape, pred.dtype, mask, lengths,
+    return _counted(lambda keep: (kept(pred, keep) - kept(y, keep)) ** 2, pred.shape, pred.dtype, mask, lengths,
                     time_axis, "mse")
 
 
@@ -127,8 +116,9 @@ def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int =
     only."""
     logits = ops.as_tensor(logits)
     logits, y = _match(logits, _as_float_target(y, logits), "binary_cross_entropy")
+
     def per(keep):
-        f, t = _kept(logits, keep), _kept(y, keep)
+        f, t = kept(logits, keep), kept(y, keep)
         return t * ops.softplus(-f) + (1.0 - t) * ops.softplus(f)
 
     return _counted(per, logits.shape, logits.dtype, mask, lengths, time_axis, "binary_cross_entropy")
@@ -169,7 +159,7 @@ def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis:
     hot = ops.one_hot(checked, classes, logits.dtype)
 
     def per(keep):
-        z = _kept(logits, keep)
+        z = kept(logits, keep)
         return ops.logsumexp(z, axis=axis) - ops.sum(hot * z, axis=axis)
 
     return _counted(per, lead, logits.dtype, mask, lengths, time_axis, "softmax_cross_entropy", ignored)

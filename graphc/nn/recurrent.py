@@ -148,17 +148,15 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
     mask = None
     if lengths is not None:
         from graphc.ir.shapes import dims_equal
-        from graphc.nn.sequence import _lengths, sequence_mask
+        from graphc.nn.sequence import _lengths, kept, sequence_mask
 
         lengths = _lengths(lengths, f"{kind} {name!r}", xs.shape[0])  # each in [0, T]
         mask = sequence_mask(lengths, xs.shape[0])  # (T, N): t < lengths[n]
         if not dims_equal(mask.shape[1], xs.shape[1]):
             raise GraphcError(f"{kind} {name!r}: lengths has {mask.shape[1]} sequences but xs {describe(xs)} has "
                               f"{xs.shape[1]} (xs is time-major: (T, N, F))")
+        xs = kept(xs, mask)  # padded steps are not read: NaN there reaches neither the outputs nor the gradients
         mask = ops.expand_dims(mask, 2)  # (T, N, 1): broadcast over the hidden units
-        # padded steps are not read: their values (NaN, inf, garbage) reach neither the outputs nor, through the
-        # cell's derivatives there (a zero cotangent times NaN is NaN), the gradients
-        xs = ops.where(ops.broadcast_to(mask, xs.shape), xs, ops.zeros_like(xs))
     h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed)
     if not bidirectional:
         return ys if return_sequences else h

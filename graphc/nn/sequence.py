@@ -43,6 +43,17 @@ def _positions(lengths, steps, time_axis: int):
     return ops.cumsum(ones, axis=time_axis) - 1
 
 
+def kept(x, keep):
+    """x where `keep` (bool, x's shape or its leading dims; None: everywhere) holds, else 0: a padded element's
+    value (NaN, inf, garbage) is not read, by the result nor by its gradient (a zero cotangent times the
+    derivative at NaN would be NaN)."""
+    if keep is None:
+        return x
+    while keep.ndim < x.ndim:
+        keep = ops.expand_dims(keep, -1)
+    return ops.where(ops.broadcast_to(keep, x.shape), x, ops.zeros_like(x))
+
+
 def sequence_mask(lengths, steps, *, time_axis: int = 0):
     """A bool mask of the real steps: (steps, N) with mask[t, n] = t < lengths[n] (time_axis=0, time-major), or
     (N, steps) with time_axis=1 (tf.sequence_mask's layout). `steps` is an int or a dim (e.g. xs.shape[0])."""

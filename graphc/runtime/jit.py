@@ -8,6 +8,7 @@ Inspection: `fn.stages` (the graph after each pass), `fn.kernels` (the loop-leve
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -929,8 +930,15 @@ def _weak_ok(v, dtype: np.dtype) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, np.generic):
         return False
     if dtype.kind in "iu":
-        return isinstance(v, int) and np.iinfo(dtype).min <= v <= np.iinfo(dtype).max
+        lo, hi = _int_range(dtype)
+        return isinstance(v, int) and lo <= v <= hi
     return dtype.kind == "f"
+
+
+@functools.cache
+def _int_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)  # ~1.4 us to make: once per dtype, not per call
+    return int(info.min), int(info.max)
 
 
 _TSC: list[float] = []
