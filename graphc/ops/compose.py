@@ -12,7 +12,7 @@ from graphc.errors import DTypeError, GraphcError
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, float_for, fmt_shape
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
-from graphc.ops.core import Tensor, as_tensor, constant, describe, located
+from graphc.ops.core import Tensor, as_tensor, describe, located
 from graphc.ops.movement import broadcast_to, expand_dims
 from graphc.ops.pointwise import cast, equal, exp, log
 from graphc.ops.sources import dim_value, iota
@@ -140,12 +140,8 @@ def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
     hit = equal(x, m)
     if x.dtype in FLOAT_DTYPES:  # numpy: the first NaN wins (the max is then NaN, equal to nothing)
         hit = logical_or(hit, not_equal(x, x))
-    if isinstance(n, int):
-        pos = broadcast_to(reshape(iota(n, "int64"), tuple(n if i == axis else 1 for i in range(x.ndim))), x.shape)
-        past = n
-    else:  # a symbolic axis (the batch N, a length T): the positions as a running count (no int size needed)
-        pos = reduce.cumsum(broadcast_to(constant(1, "int64"), x.shape), axis) - 1
-        past = dim_value(n, x, "int64")
+    pos = broadcast_to(reshape(iota(n, "int64", of=x), tuple(n if i == axis else 1 for i in range(x.ndim))), x.shape)
+    past = dim_value(n, x, "int64")
     out = reduce.min(where(hit, pos, past), axis, keepdims=keepdims)
     return reshape(out, (1,) * rank) if flat and keepdims else out
 

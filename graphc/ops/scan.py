@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from graphc.errors import GradError, GraphcError, ShapeError
-from graphc.ir.dims import ceil_div
+from graphc.ir.dims import ceil_div, dim_min
 from graphc.ir.node import Node, capture_source, derived_from, topo_order
 from graphc.ir.shapes import (
     FLOAT_DTYPES,
@@ -995,6 +995,9 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     init, xs, caps = node.inputs[:nc], node.inputs[nc:nc + nx], node.inputs[nc + nx:]
     nfc = len(fc)
     S = ceil_div(T, k)
+    # a segment's length: k, or T when the sequence is shorter (a symbolic T is only known at run time; the
+    # inner loop and what it stores are sized by min(k, T), not by k)
+    kk = k if isinstance(T, int) else dim_min(k, T)
     gys = [gs[nc + q] for q in gy]
     # the time index of processing position j: j (forward) or T-1-j (reverse); the sequences the segment
     # reads (xs, gys) stay whole, as captures, and each step gathers its row
@@ -1003,6 +1006,8 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     ny = len(body.outputs) - nc
     ghs = [gs[nc + ny + q] for q in gh]  # (S, ...): the stored carries' cotangents, in hist's order
     Tn = dim_value(T, seqs[0] if seqs else anchor, "int32") if not isinstance(T, int) else constant(T, "int32")
+    Kn = dim_value(kk, anchor, "int32") if not isinstance(kk, int) else constant(kk, "int32")
+    ramp = iota(kk, "int32", of=anchor)
 
     def seg(rc, rx):
         ct_c, acc = rc[:nfc], rc[nfc:nfc + len(fw)]
@@ -1010,12 +1015,12 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
         c0 = rx[:nc]
         gh_s = rx[nc:nc + len(gh)]
         # the segment's k processing positions -> their time indices, and whether each is inside the sequence
-        pos = s * constant(k, "int32") + iota(k, "int32")
+        pos = s * Kn + ramp
         valid = less(pos, Tn)
         jc = minimum(pos, Tn - constant(1, "int32"))
         t_of = (Tn - constant(1, "int32") - jc) if rev_fwd else jc
 
-        # the segment as a scan of its own: k steps (a loop, not k copies of the body: compile time does not grow
+        # the segment as a scan of its own: kk steps (a loop, not k copies of the body: compile time does not grow
         # with k) from the stored carry over the segment's rows, steps past the end passing the carry through.
         # Its gradient is the stored-residual reverse scan of any scan (scan_vjp), for k steps: the forward
         # runs twice in all (once in the forward pass, once here), and the weights' gradient over the segment
@@ -1031,10 +1036,10 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
             return nxt, [outs[nc + q] for q in gy]
 
         fnode, _ = _build(fwd, c0, [*x_seg, valid], [(c.shape, c.dtype) for c in c0],
-                          [(x.shape[1:], x.dtype) for x in x_seg] + [((), "bool")], k, False, None, node.source)
+                          [(x.shape[1:], x.dtype) for x in x_seg] + [((), "bool")], kk, False, None, node.source)
 
         def rows_mask(v):  # 1 at the segment's positions inside the sequence, 0 past its end, as v's (k, ...)
-            m = reshape(cast(valid, v.dtype), (k, *[1] * (v.ndim - 1)))
+            m = reshape(cast(valid, v.dtype), (kk, *[1] * (v.ndim - 1)))
             return broadcast_to(m, v.shape)
 
         gy_seg = [take(g, t_of, 0) for g in gys]
@@ -1060,13 +1065,13 @@ def _checkpointed_vjp(node, gs, body, fc, fx, fw, gy, gh, hist, vjp):
     ct_xs = []
 
     for q in range(len(fx)):
-        blocks = output(rnode, len(r_init) + q)  # (S, k, ...) in processing order
-        flat = reshape(blocks, (S * k, *blocks.shape[2:]))
+        blocks = output(rnode, len(r_init) + q)  # (S, kk, ...) in processing order
+        flat = reshape(blocks, (S * kk, *blocks.shape[2:]))
         if rev_fwd:
             from graphc.ops.movement import getitem
 
             flat = getitem(flat, slice(None, None, -1))
-            ct_xs.append(_rows(flat, S * k - T, T))
+            ct_xs.append(_rows(flat, S * kk - T, T))
         else:
             ct_xs.append(_rows(flat, 0, T))
     return ct_init, acc, ct_xs

@@ -114,7 +114,8 @@ CONSTANT = register(Constant())
 
 
 class Iota(Op):
-    """0, 1, ..., n-1 (used to build one_hot from a comparison)."""
+    """0, 1, ..., n-1: n an int, or a dim expression over the shape of its one input (whose shape binds the
+    symbols, as dim_value's: the positions along a symbolic axis, a loop's steps)."""
 
     name = "iota"
     kind = "source"
@@ -122,26 +123,40 @@ class Iota(Op):
     differentiable = False
 
     def infer(self, inputs, attrs):
-        return (attrs["n"],), attrs["dtype"]
+        from graphc.ir.shapes import free_symbols
+
+        n = attrs["n"]
+        if len(inputs) > 1 or (isinstance(n, int) and inputs):
+            raise ShapeError("iota takes one input (binding its symbolic length) or none")
+        missing = set() if not inputs else n.free_symbols - free_symbols(inputs[0].shape)
+        if missing:
+            raise ShapeError(f"iota of length {n} uses {sorted(map(str, missing))}, which are not dims of "
+                             f"{fmt_shape(inputs[0].shape)}")
+        return (n,), attrs["dtype"]
 
     def reference(self, node, args, ctx):
-        return np.arange(node.attrs["n"], dtype=ctx.dtype(node.dtype))
+        return np.arange(eval_dim(node.attrs["n"], ctx.dims), dtype=ctx.dtype(node.dtype))
 
     def lower(self, node, lx):
         return lx.index(lx.out[0], node.dtype)
 
     def vjp(self, node, g):
-        return ()
+        return (None,) * len(node.inputs)
 
 
 IOTA = register(Iota())
 
 
-def iota(n: int, dtype: str = "int32") -> Tensor:
-    """[0, 1, ..., n-1]."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ShapeError(f"iota: n must be a non-negative int, got {n!r}")
-    return apply(IOTA, (), n=int(n), dtype=as_dtype(dtype))
+def iota(n, dtype: str = "int32", of: Tensor | None = None) -> Tensor:
+    """[0, 1, ..., n-1]. `n` is an int, or a dim expression (`"T"`, `min(k, T)`) over the shape of tensor `of`,
+    which binds its symbols."""
+    d = as_dim(n, "gc.iota")
+    if isinstance(d, int):
+        return apply(IOTA, (), n=d, dtype=as_dtype(dtype))
+    if of is None:
+        raise ShapeError(f"gc.iota: the symbolic length {d} needs of=, a tensor whose shape binds "
+                         f"{', '.join(sorted(map(str, d.free_symbols)))}")
+    return apply(IOTA, (of,), n=d, dtype=as_dtype(dtype))
 
 
 class DimValue(Op):

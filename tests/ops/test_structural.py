@@ -554,8 +554,8 @@ def test_argmax_argmin_match_numpy_on_ties_and_nans(fn, ref):
 
 @pytest.mark.parametrize("fn, ref", [(gc.argmax, np.argmax), (gc.argmin, np.argmin)])
 def test_argmax_argmin_over_a_symbolic_axis(fn, ref):
-    """Over the batch axis (or the flattened tensor) the positions are a running count, not an iota of a known
-    size: numpy's results, NaN first, compiled too, for any N."""
+    """Over the batch axis (or the flattened tensor) the positions are an iota of the symbolic length: numpy's
+    results, NaN first, compiled too, for any N."""
     x = gc.input("b", ("N", 3))
     for axis in (0, None):
         y = fn(x, axis)

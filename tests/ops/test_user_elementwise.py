@@ -90,10 +90,20 @@ def test_a_formula_that_fails_on_symbols_is_a_clear_error(fn, words):
 
 def test_iota_expand_dims_and_scope_check_their_arguments():
     x = gc.input("x", ("N", 4))
-    for bad in (-1, 1.5, True):
-        with pytest.raises(gc.ShapeError, match="iota: n must be a non-negative int"):
+    for bad, why in ((-1, "dims must be >= 0"), (1.5, "not float 1.5"), (True, "not True"),
+                     ("T", "the symbolic length T needs of=")):
+        with pytest.raises(gc.ShapeError, match=f"iota: .*{why}"):
             gc.iota(bad)
     np.testing.assert_array_equal(gc.evaluate(gc.iota(3), {}), [0, 1, 2])
+    # a symbolic length, its symbols bound by a tensor's shape (a loop's steps, positions along the batch)
+    r = gc.iota(gc.dim("N") * 2 - 1, "int64", of=x)
+    assert r.shape == (gc.dim("N") * 2 - 1,) and r.dtype == "int64"
+    for n in (1, 5):
+        v = {"x": np.zeros((n, 4), np.float32)}
+        np.testing.assert_array_equal(gc.evaluate(r, v), np.arange(2 * n - 1))
+        np.testing.assert_array_equal(gc.compile(r, cache=False)(v), np.arange(2 * n - 1))
+    with pytest.raises(gc.ShapeError, match=r"iota of length M uses \['M'\], which are not dims of \[N,4\]"):
+        gc.iota("M", of=x)
     for ax in (3, -4):
         with pytest.raises(gc.ShapeError, match="expand_dims: axis .* out of range for a rank-2 tensor"):
             gc.expand_dims(x, ax)
