@@ -9,6 +9,7 @@ them all; a test walks it and compiles every op.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -136,6 +137,7 @@ class Tensor(Node):
         )
 
     def __len__(self) -> int:
+        _reraise_numpy_retry()
         if not self.shape:
             raise GraphcError(f"len() of a 0-d tensor ({describe(self)})")
         d = self.shape[0]
@@ -144,12 +146,24 @@ class Tensor(Node):
         return d
 
     def __iter__(self):
+        _reraise_numpy_retry()
         raise GraphcError(f"tensors cannot be iterated while building a graph ({describe(self)})")
 
     def _repr_svg_(self):  # notebooks: draw lazily, viz sits above ops
         from graphc.viz import svg
 
         return svg.to_svg(self)
+
+
+def _reraise_numpy_retry() -> None:
+    """numpy's functions (np.clip, np.sum, ...) call the tensor's method of that name and, on a TypeError,
+    retry on np.asarray(tensor) from inside their except clause (a method whose signature differs from
+    ndarray's, pandas' case). A graphc DTypeError is a TypeError: that retry would replace its message by this
+    iteration's. Raised while one is being handled, the user's error is what reaches them (as a GraphcError: a
+    TypeError raised here would read to numpy's converter as "not a sequence")."""
+    err = sys.exc_info()[1]
+    if isinstance(err, GraphcError):
+        raise (err if not isinstance(err, TypeError) else GraphcError(str(err))) from err
 
 
 def located(err: GraphcError, node_inputs: Sequence[Node], op_name: str) -> GraphcError:

@@ -248,6 +248,7 @@ def test_numpy_functions_on_a_tensor_reach_its_methods_with_numpys_signatures():
 
 def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
     x = gc.input("x", ("N", 3))
+    s = gc.input("s", (2, 3))
     here = __file__.rsplit("/", 1)[-1]
     with pytest.raises(gc.GraphcError, match=r"sum: out= is not supported") as e:
         np.sum(x, out=np.zeros(3, np.float32))
@@ -258,6 +259,11 @@ def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
                         (lambda: x.sum(0, True), r"not a dtype.*keepdims=True by name"),
                         (lambda: x.sum(0, "complex64"), "unsupported dtype"), (lambda: np.argmax(x, out=x), "out="),
                         (lambda: gc.sum(x, 0, np.float64), r"keepdims must be a bool.*gc.cast"),
-                        (lambda: gc.mean(x, 0, "float64"), "keepdims must be a bool")]:
+                        (lambda: gc.mean(x, 0, "float64"), "keepdims must be a bool"),
+                        # a DTypeError is a TypeError: numpy retries those on np.asarray(x), whose error
+                        # ("tensors cannot be iterated", "not a sequence") replaced the user's
+                        (lambda: np.clip(s, "a", 1), "cannot make a graphc constant from <U1 data"),
+                        (lambda: np.sum(s, dtype="int8"), "unsupported dtype 'int8'"),
+                        (lambda: np.cumsum(s, dtype="U3"), "unsupported dtype 'U3'")]:
         with pytest.raises(gc.GraphcError, match=words):
             call()
