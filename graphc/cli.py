@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from graphc.errors import GraphcError, NumericalError
+from graphc.nn.layers import ACTIVATIONS
 
 
 def _cache(args) -> int:
@@ -223,7 +224,7 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["multiclass", "binary", "regression"], help="override the inferred task")
     p.add_argument("--hidden", help="hidden layer sizes of the default MLP, e.g. 128 or 256,128; none: no hidden "
                    "layer (a linear model)")
-    p.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "softplus", "linear"],
+    p.add_argument("--activation", choices=[k for k in ACTIVATIONS if k],
                    help="hidden units of the default MLP (default: relu)")
     p.add_argument("--init", choices=["xavier_uniform", "xavier_normal", "he_normal", "he_uniform"],
                    help="weight initialization of the default MLP")

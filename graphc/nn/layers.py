@@ -13,6 +13,7 @@ import numpy as np
 from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, capture_source, output_nodes, scope, topo_order
+from graphc.nn import activations
 from graphc.ops.conv import ROWS_HINT
 from graphc.ops.init import SCHEMES, check_seed, draw, like, param_rng
 from graphc.ops.random import dropout
@@ -23,6 +24,10 @@ ACTIVATIONS: dict[str, Callable | None] = {
     "tanh": ops.tanh,
     "sigmoid": ops.sigmoid,
     "softplus": ops.softplus,
+    "leaky_relu": activations.leaky_relu,
+    "elu": activations.elu,
+    "gelu": activations.gelu,
+    "silu": activations.silu,
     "linear": None,
     None: None,  # type: ignore[dict-item]
 }
@@ -98,7 +103,7 @@ def note_unnamed_use(param, *built) -> None:
 
 
 def _default_init(act) -> str:
-    return "he_normal" if act in ("relu", "softplus") else "xavier_uniform"
+    return "he_normal" if act in ("relu", "softplus", "leaky_relu", "elu", "gelu", "silu") else "xavier_uniform"
 
 
 def dense(x, units: int, activation=None, *, name: str | None = None, init=None, bias: bool = True,
