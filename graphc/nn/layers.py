@@ -14,7 +14,7 @@ from graphc import ops
 from graphc.errors import GraphcError
 from graphc.ir.node import Node, as_nodes, capture_source, output_nodes, scope, topo_order
 from graphc.nn import activations
-from graphc.ops.conv import ROWS_HINT
+from graphc.ops.conv import ROWS_HINT, one_axis_padding
 from graphc.ops.init import SCHEMES, check_seed, draw, like, param_rng
 from graphc.ops.random import dropout
 from graphc.runtime.buffers import aligned_empty
@@ -221,8 +221,7 @@ def conv1d(x, filters: int, kernel, stride=1, padding="same", activation="relu",
            bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
     """conv2d's layer over sequences x (N, T, C) (Keras' Conv1D): W (K, C, filters) named `<name>.W`, b
     (filters,) named `<name>.b`, fan-in K*C; `padding` a string, an int or one (before, after) pair."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, int) for p in padding):
-        padding = (tuple(padding),)
+    padding = one_axis_padding(padding)
     return _conv_layer(x, 1, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
 
 

@@ -36,8 +36,21 @@ def _is_int(v) -> bool:
 # rows of features reaching a convolution: a model file gets its data on the grid by naming its first parameter
 ROWS_HINT = {2: " (rows of features: a model file or gc.fit model whose first parameter is named `images` gets "
                  "the data as (N, H, W, C) on the dataset's grid)",
-              1: " (rows of features: a model whose first parameter is named `sequences` gets the data as (T, N, "
-                 "F); reshape it for conv1d's (N, T, C))"}
+              1: " (rows of features: a model whose first parameter is named `sequences` gets the data time-major, "
+                 "(T, N, F); gc.transpose(sequences, (1, 0, 2)) makes it the (N, T, C) this takes — a reshape would "
+                 "mix the examples)"}
+
+
+def one_axis_padding(padding):
+    """A 1-D op's padding: one (before, after) pair may be given bare, as (1, 2), for ((1, 2),)."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        return (tuple(padding),)
+    return padding
+
+
+def _axis(nsp: int, a: int) -> str:
+    """Tensor axis a (1 .. nsp, the spatial ones) with its name: 'axis 1 (H)'."""
+    return f"axis {a} ({'HW'[a - 1] if nsp == 2 else 'T'})"
 
 
 def _per_axis(v, n: int, what: str, lo: int = 1) -> tuple[int, ...]:
@@ -96,8 +109,11 @@ def _geometry(x: Tensor, nsp: int, window, strides, dilation, padding, what: str
     sizes = x.shape[1:1 + nsp]
     for a, d in enumerate(sizes, start=1):
         if not isinstance(d, int):
-            raise ShapeError(f"spatial axis {a} of {fmt_shape(x.shape)} is symbolic ({d}); only the batch dim may "
-                             "be symbolic")
+            time_major = nsp == 1 and a == 1 and isinstance(x.shape[0], int)
+            raise ShapeError(f"{_axis(nsp, a)} of {fmt_shape(x.shape)} is symbolic ({d}); only the batch dim "
+                             "(axis 0) may be symbolic" + (
+                                 "; a time-major (T, N, F) sequence (a model's `sequences`) needs "
+                                 "gc.transpose(x, (1, 0, 2)) to be (N, T, F)" if time_major else ""))
     pads = _padding(padding, sizes, window, strides, dilation)
     out = []
     for a, (d, k, s, dl, (lo, hi)) in enumerate(zip(sizes, window, strides, dilation, pads, strict=True), start=1):
@@ -105,7 +121,7 @@ def _geometry(x: Tensor, nsp: int, window, strides, dilation, padding, what: str
         if d + lo + hi < span:
             other = f" and filter {fmt_shape(w.shape)}" if w is not None else ""
             raise ShapeError(f"the window {k}" + (f" (dilated to {span})" if dl > 1 else "") +
-                             f" on axis {a} is larger than the padded input ({d} + {lo + hi} padding = "
+                             f" on {_axis(nsp, a)} is larger than the padded input ({d} + {lo + hi} padding = "
                              f"{d + lo + hi}) of input {fmt_shape(x.shape)}{other}; pad more or use a smaller "
                              "window")
         out.append((d + lo + hi - span) // s + 1)
@@ -268,6 +284,9 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
         c, f = w.shape[nsp], w.shape[nsp + 1]
         if not all(isinstance(k, int) for k in (*window, c, f)):
             raise ShapeError(f"the filter's dims must be known, got {fmt_shape(w.shape)}")
+        if not all(k >= 1 for k in window):
+            raise ShapeError(f"the filter {fmt_shape(w.shape)} {wnames} has an empty window: its spatial dims must "
+                             "be >= 1")
         if x.shape[-1] != c:
             raise ShapeError(f"the filter {fmt_shape(w.shape)} expects {c} input channels but the input "
                              f"{fmt_shape(x.shape)} has {x.shape[-1]}")
@@ -302,8 +321,7 @@ def conv1d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
     """The 1-D convolution of sequences x (N, T, C) with filters w (K, C, F): (N, OT, F); arguments as for
     conv2d with one spatial axis (padding: a string, an int or one (before, after) pair). padding="causal" (Keras')
     pads dilation·(K-1) steps before and none after: output t sees inputs t and earlier only (WaveNet, TCNs)."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
-        padding = (tuple(padding),)
+    padding = one_axis_padding(padding)
     return _conv(x, w, 1, stride, padding, dilation, "conv1d")
 
 
@@ -327,7 +345,7 @@ def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
                 size = x.shape[1 + a]
                 empty = [i for i in range(o) if i * st + k <= lo or i * st >= lo + size]
                 if empty:
-                    raise ShapeError(f"padding {pads[a]} on spatial axis {a} leaves output position {empty[0]} a "
+                    raise ShapeError(f"padding {pads[a]} on {_axis(nsp, a + 1)} leaves output position {empty[0]} a "
                                      f"window of padding only (window {k}, stride {st}, size {size}): its max "
                                      "would be -inf; pad less than the window")
     except GraphcError as err:
@@ -340,14 +358,17 @@ def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
     total = reduce.sum(windows(_pad(x, low, high, [0] * x.ndim, 0), win, strides), axes)
     if not any(lo or hi for lo, hi in pads):
         return total / float(math.prod(win))
-    # the count of real (unpadded) cells in each window: known when the graph is built
-    ones = np.pad(np.ones(x.shape[1:1 + nsp]), pads)
-    count = np.ones(out)
-    for idx in np.ndindex(*out):
-        sl = tuple(slice(o * s, o * s + k) for o, s, k in zip(idx, strides, win, strict=True))
-        count[idx] = ones[sl].sum()
-    inv = 1.0 / np.maximum(count, 1.0)  # a window of padding only averages to 0
-    return total * reshape(constant(inv.astype(x.dtype)), (1, *out, 1))
+    # The count of real (unpadded) cells in each window, known when the graph is built: a product of one count
+    # per axis (a window is a box), so a broadcast product of small integer vectors, exact in any float dtype
+    # (a float64 evaluation divides in float64), not a table of OH·OW reciprocals built cell by cell.
+    count = None
+    for a, ((lo, _), k, st, o) in enumerate(zip(pads, win, strides, out, strict=True)):
+        start = np.arange(o) * st - lo
+        real = np.minimum(start + k, x.shape[1 + a]) - np.maximum(start, 0)
+        c = reshape(constant(np.maximum(real, 1).astype(x.dtype)),  # padding only: 0 / 1, the mean 0
+                    tuple(o if i == 1 + a else 1 for i in range(x.ndim)))
+        count = c if count is None else count * c
+    return total / count
 
 
 def max_pool2d(x, window, stride=None, padding="valid") -> Tensor:
@@ -364,13 +385,11 @@ def avg_pool2d(x, window, stride=None, padding="valid") -> Tensor:
 
 def max_pool1d(x, window, stride=None, padding="valid") -> Tensor:
     """max_pool2d for sequences x (N, T, C)."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
-        padding = (tuple(padding),)
+    padding = one_axis_padding(padding)
     return _pool(x, 1, window, stride, padding, "max", "max_pool1d")
 
 
 def avg_pool1d(x, window, stride=None, padding="valid") -> Tensor:
     """avg_pool2d for sequences x (N, T, C)."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
-        padding = (tuple(padding),)
+    padding = one_axis_padding(padding)
     return _pool(x, 1, window, stride, padding, "avg", "avg_pool1d")

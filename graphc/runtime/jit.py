@@ -666,7 +666,8 @@ class CompiledFunction:
         # a leaf updated in place that the graph does not read (its new value does not depend on it) is an input
         # too: its array receives the update (unbound, the call wrote through a null address)
         order = order + [leaf for leaf in g.inputs if id(leaf) not in seen]
-        arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where)
+        arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where,
+                                     exact=True)
         for leaf in g.inputs:
             label = f"{leaf.op.name} {leaf.name!r} ({leaf.type_str}, declared at {leaf.source.where()})"
             if id(leaf) not in arrays:  # native code never runs with an input slot unbound

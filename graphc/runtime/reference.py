@@ -72,9 +72,10 @@ def _declared(n: Node) -> str:
     return f"{n.op.name} {n.name!r} ({fmt_type(n.shape, n.dtype)}, declared at {n.source.where()})"
 
 
-def check_value(n: Node, value: Any, what: str = "") -> np.ndarray:
+def check_value(n: Node, value: Any, what: str = "", exact: bool = False) -> np.ndarray:
     """The value as an array of a dtype acceptable for `n`, or a located error. Float declarations accept
-    float32 and float64 (float64 evaluates the whole graph in float64); ints accept any integer dtype."""
+    float32 and float64 (float64 evaluates the whole graph in float64); ints accept any integer dtype.
+    `exact`: for a compiled function, which takes only the declared dtype (its advice says so)."""
     pre = f"{what}: " if what else ""
     try:
         arr = np.asarray(value)
@@ -86,8 +87,9 @@ def check_value(n: Node, value: Any, what: str = "") -> np.ndarray:
             return arr
         if kind in "iu" and not isinstance(value, np.ndarray):  # a Python list of ints for a float input
             return arr.astype(n.dtype)
-        raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; pass float32 (or float64 to "
-                         "evaluate in double precision)")
+        raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; " + (
+            f"a compiled function takes exactly its declared dtype {n.dtype} (pass .astype(np.{n.dtype}))" if exact
+            else "pass float32 (or float64 to evaluate in double precision)"))
     if n.dtype in INT_DTYPES:
         if kind in "iu":
             fits, have = np.iinfo(n.dtype), np.iinfo(arr.dtype)
@@ -105,7 +107,7 @@ def check_value(n: Node, value: Any, what: str = "") -> np.ndarray:
 
 
 def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unused: bool,
-                what: str) -> tuple[dict[int, np.ndarray], dict, bool]:
+                what: str, exact: bool = False) -> tuple[dict[int, np.ndarray], dict, bool]:
     """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
 
     Returns (leaf id -> array, dim env, whether any float value is a float64 array)."""
@@ -153,7 +155,7 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     # inputs whose dims are ints and plain symbols first: they bind the symbols that a derived dim (an input
     # declared with a reshape's N*T, say) is then checked against, whatever order the graph lists them in
     for n in sorted(needed, key=lambda n: not all(isinstance(d, int) or d.is_symbol for d in n.shape)):
-        arr = check_value(n, given[id(n)], what)
+        arr = check_value(n, given[id(n)], what, exact)
         bind(n.shape, arr.shape, env, f"{what}: {_declared(n)}", owner)
         if n.dtype in FLOAT_DTYPES and arr.dtype == np.float64 and isinstance(given[id(n)], (np.ndarray, np.generic)):
             wide = True  # a float64 array; a Python float (a learning rate) takes the declared dtype

@@ -132,6 +132,12 @@ def test_scalar_inputs_take_python_numbers_weakly_and_numpy_scalars_exactly():
                     {"lr": 0.5, "k": np.int64(1)}):
             with pytest.raises(gc.DTypeError):
                 fn({"x": a, **bad})
+        # one piece of advice for any wrong array dtype: the declared one (an int array was told "pass float32
+        # (or float64 ...)", and float64 was then refused)
+        for arr in (np.ones(3, np.int32), np.ones(3, np.float64)):
+            with pytest.raises(gc.DTypeError, match=r"compiled function takes exactly its declared dtype float32 "
+                                                    r"\(pass .astype\(np.float32\)\)"):
+                fn({"x": arr, "lr": 0.5, "k": 1})
         # a Python int outside the input's range: evaluate's InputError (it was numpy's bare OverflowError)
         for big in (2**40, -2**31 - 1):
             want = rf"the value for input 'k' \(i32\[\].*holds {big} at index \(\), outside int32's range"

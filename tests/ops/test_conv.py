@@ -176,7 +176,7 @@ def test_a_max_pool_window_of_padding_only_is_refused(pool, padding, ok):
         y = pool(x, 2, padding=padding)
         assert np.isfinite(gc.evaluate(y, {"x": np.ones((1, 4, 4, 1), np.float32)})).all()
         return
-    with pytest.raises(gc.ShapeError, match=r"max_pool2d: padding \(\d, \d\) on spatial axis \d leaves output "
+    with pytest.raises(gc.ShapeError, match=r"max_pool2d: padding \(\d, \d\) on axis \d \([HW]\) leaves output "
                                             r"position \d a window of padding only.*pad less than the window"):
         pool(x, 2, padding=padding)
 
@@ -598,8 +598,8 @@ def test_bad_input_names_both_shapes_and_the_line():
     x = gc.input("x", ("N", 8, 8, 3))
     with pytest.raises(gc.ShapeError, match=r"conv2d: .*expects 4 input channels.*\[N,8,8,3\].*test_conv\.py:\d+"):
         gc.conv2d(x, gc.input("w", (3, 3, 4, 2)))
-    with pytest.raises(gc.ShapeError, match=r"window 9 on axis 1 is larger than the padded input \(8 \+ 0 padding.*"
-                                            r"\[N,8,8,3\] and filter \[9,3,3,2\].*test_conv\.py"):
+    with pytest.raises(gc.ShapeError, match=r"window 9 on axis 1 \(H\) is larger than the padded input "
+                                            r"\(8 \+ 0 padding.*\[N,8,8,3\] and filter \[9,3,3,2\].*test_conv\.py"):
         gc.conv2d(x, gc.input("w2", (9, 3, 3, 2)))
     with pytest.raises(gc.ShapeError, match=r"dilated to 9.*test_conv\.py"):
         gc.conv2d(x, gc.input("w3", (3, 3, 3, 2)), dilation=4)
@@ -620,5 +620,46 @@ def test_bad_input_names_both_shapes_and_the_line():
         gc.avg_pool2d(x, 2, stride=0)
     with pytest.raises(gc.ShapeError, match=r"conv1d: .*3-D \(N, T, C\)"):
         gc.conv1d(x, gc.input("w8", (3, 3, 2)))
-    with pytest.raises(gc.ShapeError, match=r"spatial axis 1 .* symbolic"):
+    with pytest.raises(gc.ShapeError, match=r"axis 1 \(H\) of \[N,H,8,3\] is symbolic \(H\); only the batch dim "
+                                            r"\(axis 0\) may be symbolic \(inputs"):
         gc.conv2d(gc.input("s", ("N", "H", 8, 3)), gc.input("w9", (3, 3, 3, 2)))
+    # one numbering in every message: tensor axes, named (the pooling ones counted spatial axes from 0)
+    with pytest.raises(gc.ShapeError, match=r"max_pool2d: the window 7 on axis 2 \(W\) is larger"):
+        gc.max_pool2d(gc.input("p", ("N", 8, 6, 3)), (2, 7))
+    with pytest.raises(gc.ShapeError, match=r"conv2d: the filter \[0,3,3,4\] \(KH, KW, C, F\) has an empty window"):
+        gc.conv2d(x, gc.input("w10", (0, 3, 3, 4)))
+    with pytest.raises(gc.ShapeError, match=r"conv1d: the filter \[0,3,4\] \(K, C, F\) has an empty window"):
+        gc.conv1d(gc.input("q", ("N", 8, 3)), gc.input("w11", (0, 3, 4)))
+
+
+def test_a_time_major_sequence_is_told_to_transpose_not_reshape():
+    """A model's `sequences` come time-major (T, N, F). The hint for rows said to reshape them to (N, T, C): a
+    model that did trained on mixed examples (test accuracy 0.06 against 0.98 transposed, with no error)."""
+    with pytest.raises(gc.ShapeError, match=r"max_pool1d: .*time-major, \(T, N, F\); "
+                                            r"gc.transpose\(sequences, \(1, 0, 2\)\).*a reshape would mix"):
+        gc.max_pool1d(gc.input("rows", ("N", 64)), 2)
+    seq = gc.input("sequences", (8, "N", 8))
+    with pytest.raises(gc.ShapeError, match=r"conv1d: axis 1 \(T\) of \[8,N,8\] is symbolic.*time-major.*"
+                                            r"gc.transpose\(x, \(1, 0, 2\)\)"):
+        gc.conv1d(seq, gc.input("k", (3, 8, 4)))
+    assert gc.conv1d(gc.transpose(seq, (1, 0, 2)), gc.input("k", (3, 8, 4))).shape == (gc.dim("N"), 6, 4)
+
+
+def test_a_padded_average_pool_divides_by_exact_counts_built_per_axis():
+    """The count of real cells per window is a product of per-axis counts: exact in a float64 evaluation of a
+    float32 graph (a table of float32 reciprocals was 1e-8 off), and small (a 1024x1024 'same' pool built an
+    (OH, OW) table cell by cell in Python: 10 s)."""
+    x = gc.input("x", ("N", 5, 4, 2))
+    y = gc.avg_pool2d(x, 3, 1, "same")
+    X = rng.standard_normal((2, 5, 4, 2))
+    np.testing.assert_allclose(gc.evaluate(y, {"x": X}), direct_pool(X, (3, 3), (1, 1), [(1, 1), (1, 1)], "avg"),
+                               rtol=1e-15, atol=1e-16)
+    big = gc.avg_pool2d(gc.input("big", ("N", 1024, 1024, 1)), 3, 1, "same")
+    consts = [n for n in gc.topo_order(big) if n.op.name == "constant"]
+    assert max(int(np.prod(n.shape)) for n in consts) <= 1024
+    y1 = gc.avg_pool1d(gc.input("s", ("N", 7, 1)), 4, 2, (1, 2))
+    S = rng.standard_normal((1, 7, 1))
+    np.testing.assert_allclose(gc.evaluate(y1, {"s": S}), direct_pool(S, (4,), (2,), [(1, 2)], "avg"), rtol=1e-15)
+    # the layer wrapper takes the same (before, after) pair of numpy ints as the op
+    pad = (np.int64(1), np.int64(2))
+    assert gc.nn.conv1d(gc.input("t", ("N", 10, 3)), 4, 3, padding=pad, name="c").shape == (gc.dim("N"), 11, 4)
