@@ -396,12 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return fn(args)
-    except NumericalError as e:  # training diverged: the status a training binary gives for the same event
-        print(f"graphc: error: {e}", file=sys.stderr)
-        return 5
-    except GraphcError as e:
-        print(f"graphc: error: {e}", file=sys.stderr)
-        return 2
+    except GraphcError as e:  # NumericalError: training diverged, the status a training binary gives for it
+        # one that every rank of a data-parallel run raised alike is said once, by rank 0
+        if not getattr(e, "on_every_rank", False) or _rank() == 0:
+            print(f"graphc: error: {e}", file=sys.stderr)
+        return 5 if isinstance(e, NumericalError) else 2
     except BrokenPipeError:  # `graphc predict ... | head`: the reader has gone; stop quietly (Python's advice)
         import os
 
@@ -420,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
             mpi.COMM_WORLD.Abort(130)
         return 130
+
+
+def _rank() -> int:
+    from graphc.distributed import launched_rank
+
+    return launched_rank()
 
 
 if __name__ == "__main__":

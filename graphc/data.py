@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -347,12 +348,20 @@ def _column_index(label: str, ncols: int, path: str, what: str = "label") -> int
     return k
 
 
+# a number as a CSV writes one: ASCII digits, a point, an exponent, inf or nan. Python's float() also reads
+# "1_000" (1000) and other scripts' digits ("١٢", 12), which a data file means as text, not as numbers.
+_NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)\s*", re.ASCII | re.IGNORECASE)
+
+
+def _float(cell: str) -> float:
+    """float(cell) for a cell that is a number as written in a data file; ValueError otherwise."""
+    if not _NUMBER.fullmatch(cell):
+        raise ValueError(f"not a number: {cell!r}")
+    return float(cell)
+
+
 def _number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(cell) is not None
 
 
 def _csv_table(path: str):
@@ -403,7 +412,7 @@ def _csv_floats(path: str, header: list[str], data: list, first: int, idx: list[
             raise DataError(f"{path}:{r}: expected {len(header)} fields, got {len(row)}")
         for c, k in enumerate(idx):
             try:
-                X[r - first, c] = float(row[k])
+                X[r - first, c] = _float(row[k])
             except ValueError:
                 why = ("is empty (a missing value): fill it in or drop the row; graphc does not impute"
                        if not row[k].strip() else
@@ -495,7 +504,7 @@ def _read_csv(path: str, label: str | None, features: list[str] | None):
                             "row or fill it in)")
         ys.append(cell)
     try:
-        y = np.array([float(v) for v in ys])
+        y = np.array([_float(v) for v in ys])
     except ValueError:
         y = np.array(ys)  # class names
     return X, y, feats
@@ -508,13 +517,18 @@ def _show(v) -> str:
 
 
 def _infer_task(y: np.ndarray) -> str:
+    """Text labels are classes; numbers are classes only when they look like class codes: whole numbers, two
+    distinct (binary), or at most 50 that are dense (spanning fewer than twice as many integers as there are
+    values: 0..K-1, 1..K, a few gaps) with two rows per class on average. Other whole numbers (prices that
+    float32 holds whole above 2**24, counts, sparse ids) are regression targets; `task=` overrides."""
     if y.dtype.kind in "USO":
         return "binary" if len(np.unique(y)) == 2 else "multiclass"
     if np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        k = len(np.unique(y))
+        vals = np.unique(y)
+        k = len(vals)
         if k == 2:
             return "binary"
-        if k <= 50:
+        if k <= 50 and 2 * k <= len(y) and float(vals[-1]) - float(vals[0]) < 2 * k:
             return "multiclass"
     return "regression"
 
@@ -638,8 +652,16 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
             raise DataError(f"{name}: a classification task needs at least 2 classes")
         y = y_idx.astype(np.int32) if task == "multiclass" else y_idx.astype(np.float32)
     else:
-        if y.dtype.kind not in "fiu" or not np.all(np.isfinite(y.astype(np.float64))):
-            raise DataError(f"{name}: regression targets must be finite numbers")
+        if y.dtype.kind not in "fiub":
+            first = _show(y.reshape(-1)[0]) if y.size else ""
+            raise DataError(f"{name}: regression targets must be numbers; the labels are "
+                            f"{'text' if y.dtype.kind in 'US' else y.dtype.name} values "
+                            f"(the first: {first}): with text labels use --task multiclass or binary (task=)")
+        bad = ~np.isfinite(y.astype(np.float64))
+        if bad.any():
+            i = int(np.flatnonzero(bad.reshape(-1))[0])
+            raise DataError(f"{name}: regression targets must be finite numbers; target {i} (counted from 0) is "
+                            f"{y.reshape(-1)[i]}")
         y = y.astype(np.float64)
     tr, va, te = split_indices(len(X), seed, val_fraction, test_fraction)
     if train_fraction < 1.0:

@@ -169,8 +169,9 @@ class Distributed:
         values = self.allgather(value, f"comparing {what}")
         odd = [r for r, v in enumerate(values) if v != values[0]]
         if odd:
-            raise GraphcError(f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on "
-                              f"{what}; every rank must run the same command (same model, data and options)")
+            raise _everywhere(GraphcError(
+                f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on {what}; every rank "
+                "must run the same command (same model, data and options)"))
 
     def all_ok(self, what: str, error: BaseException | None) -> None:
         """Every rank reports whether `what` worked; if one failed, every rank raises an InputError naming it."""
@@ -178,8 +179,8 @@ class Distributed:
         bad = [(r, m) for r, m in enumerate(msgs) if m is not None]
         if bad:
             r, m = bad[0]
-            raise InputError(f"{what} failed on rank{'s' if len(bad) > 1 else ''} "
-                             f"{', '.join(str(b[0]) for b in bad)} (rank {r}: {m}); no rank trained")
+            raise _everywhere(InputError(f"{what} failed on rank{'s' if len(bad) > 1 else ''} "
+                                         f"{', '.join(str(b[0]) for b in bad)} (rank {r}: {m}); no rank trained"))
 
     def run_everywhere(self, what: str, fn):
         """fn() on every rank; if it raised a graphc error on any rank, every rank raises (so all exit 2 before
@@ -218,6 +219,13 @@ class Distributed:
 
         local = sum(1 for h, _ in self.pids if h == self.host)
         return max(1, default_threads() // local)
+
+
+def _everywhere(err: GraphcError) -> GraphcError:
+    """An error every rank raises with the same message (decided on gathered values): the CLI prints it on rank 0
+    only, not once per rank."""
+    err.on_every_rank = True
+    return err
 
 
 class _Guard:

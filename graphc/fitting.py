@@ -343,6 +343,11 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
             tokens=tokens)
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
+    if task is None and not isinstance(data, datasets.Dataset) and not (isinstance(data, str)
+                                                                       and data in datasets.BUNDLED):
+        what = (f"{ds.n_outputs} classes" if ds.task == "multiclass" else "two classes" if ds.task == "binary"
+                else "numeric targets")
+        log(f"{ds.name}: task {ds.task} ({what}), inferred from the labels; --task (task=) overrides")
     if grid is not None:  # a wrong grid is refused before anything is compiled or written
         grid = tuple(grid)
         cells = math.prod(grid) if all(isinstance(d, int) and d >= 1 for d in grid) else None

@@ -937,11 +937,21 @@ def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, optio
         n_features, n_outputs, grid = recorded_sizes(d, m)
         task = d["task"] if n_features is not None else None
         n_outputs = n_outputs if n_features is not None else None
-    if model is None:  # the default MLP: the shape it trained with, unless given
+    if model is None:  # the default MLP: the shape it trained with (an option given must agree with it)
         config = m.get("config") or {}
         for k in ("hidden", "activation", "init", "bias_init"):
-            if options.get(k) is None and config.get(k) is not None:
-                options[k] = tuple(config[k]) if k == "hidden" else config[k]
+            if config.get(k) is None:
+                continue
+            was = tuple(config[k]) if k == "hidden" else config[k]
+            given = options.get(k)
+            if given is None:
+                options[k] = was
+            elif (tuple(given) if k == "hidden" else given) != was:
+                flag = "--" + k.replace("_", "-")
+                shown = (lambda v: ",".join(map(str, v)) or "none") if k == "hidden" else str
+                raise AotError(f"{weights}: the run trained the default MLP with {flag} {shown(was)}; {flag} "
+                               f"{shown(given)} would build another network around its weights: leave {flag} "
+                               "out (the run's is used)")
     return model, data, task, n_features, n_outputs, grid, options
 
 

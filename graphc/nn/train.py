@@ -843,10 +843,13 @@ class Trainer:
         good = sorted(ck_dir.glob("ckpt-*.gcp")) if ck_dir is not None and ck_dir.is_dir() else []
         kept = (f"The last good checkpoint, {good[-1]}, is kept (--resume continues from it)." if good
                 else "No checkpoint had been written.")
-        return NumericalError(
+        err = NumericalError(
             f"training diverged: a non-finite value appeared at epoch {epoch + 1}, step {step + 1} of the epoch "
             f"(global step {global_step}){late}; the first non-finite value {where}. {kept} "
             f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
+        # data-parallel, every rank sees the same reduced loss diverge: rank 0 (which keeps the checkpoints) says it
+        err.on_every_rank = self.dist is not None
+        return err
 
 
 def _restore(template: dict[str, np.ndarray], loaded: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:

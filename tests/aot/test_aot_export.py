@@ -180,8 +180,15 @@ def test_export_of_a_run_directory_rebuilds_what_the_run_trained(tmp_path):
                         "--out", str(tmp_path / "bc")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     p = subprocess.run([*cli, "export", "--weights", str(tmp_path / "bc"), "-o", str(tmp_path / "libbc.so"),
-                        "--max-batch", "64"], capture_output=True, text=True)
+                        "--max-batch", "64", "--hidden", "12", "--activation", "relu"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    # an option repeated as the run had it is fine; another value would build another network around the run's
+    # weights (--activation gelu on a relu run exported a gelu net, logits 0.44 off, exit 0): refused
+    for flag, value in (("--activation", "gelu"), ("--hidden", "13"), ("--init", "he_uniform")):
+        q = subprocess.run([*cli, "export", "--weights", str(tmp_path / "bc"), "-o", str(tmp_path / "libx.so"),
+                            flag, value], capture_output=True, text=True)
+        assert q.returncode == 2 and f"the run trained the default MLP with {flag} " in q.stderr, q.stderr
+        assert not (tmp_path / "libx.so").exists()
     r = load(tmp_path / "bc")
     raw = r.dataset.x_mean + np.random.default_rng(0).normal(size=(9, 30)) * r.dataset.x_std
     np.testing.assert_allclose(_predict(tmp_path / "libbc.so", "bc_predict", raw, 1), r.predict_raw(raw),

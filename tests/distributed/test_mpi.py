@@ -135,7 +135,7 @@ def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_p
                         str(tmp_path / "missing.npz")], capture_output=True, text=True, timeout=120, env=env(),
                        cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "reading the data failed on rank 1" in r.stderr and "no rank trained" in r.stderr
+    assert r.stderr.count("reading the data failed on rank 1") == 1 and "no rank trained" in r.stderr  # rank 0 says it
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
@@ -159,8 +159,22 @@ def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, firs
     r = subprocess.run([MPIRUN, "-n", "1", *args, flag, first, ":", "-n", "1", *args, flag, second],
                        capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "ranks 1 disagree with rank 0 on the model, options and data" in r.stderr
+    assert r.stderr.count("ranks 1 disagree with rank 0 on the model, options and data") == 1
     assert "epoch" not in r.stdout
+
+
+def test_a_diverging_data_parallel_run_says_so_once_naming_the_kept_checkpoint(tmp_path):
+    """Every rank sees the reduced loss turn non-finite at the same step; each printed its own error, rank 1's
+    saying no checkpoint had been written while rank 0 named the one it kept."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((40, 3)).astype(np.float32), y=rng.integers(0, 2, 40))
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "5",
+               "--lr", "1e4", "--batch-size", "4", "--quiet", "--out", str(tmp_path / "o"), timeout=180)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert r.stderr.count("training diverged") == 1, r.stderr
+    assert "No checkpoint had been written" not in r.stderr
+    kept = sorted((tmp_path / "o" / "checkpoints").glob("ckpt-*.gcp"))
+    assert kept and kept[-1].name in r.stderr
 
 
 def test_ranks_reading_other_contents_under_one_file_name_refuse_to_start(tmp_path):

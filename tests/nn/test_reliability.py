@@ -667,3 +667,45 @@ def test_adam_corrects_its_bias_as_pytorch_does():
         want = pv - (m64 / (1 - 0.9 ** step)) / (np.sqrt(v64 / (1 - 0.999 ** step)) + 1e-8)
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)  # float32 bias corrections: 1.3e-5 off
         pv, m, v = got, m_new, v_new
+
+
+def test_the_task_is_inferred_from_labels_that_look_like_class_codes():
+    """Whole numbers are classes only when they look like codes (few, dense, two rows a class on average): 45
+    float32 house prices (whole above 2**24) trained as 45 classes with test accuracy 0 and no word."""
+    from graphc import data
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    cases = [(np.float32(3e7) + np.float32(1e7) * X[:45, 0], "regression"),  # whole prices, one a row
+             (rng.integers(0, 1_000_000, 200) * 1000, "regression"),  # sparse whole numbers: not codes
+             (rng.integers(0, 3, 200), "multiclass"), (rng.integers(1, 11, 200).astype(np.float64), "multiclass"),
+             (np.array([0, 2, 3, 5] * 50), "multiclass"), (rng.integers(0, 2, 200) * 7 + 3, "binary"),
+             (np.where(X[:, 0] > 0, "cat", "dog"), "binary"), (X[:, 0] * 3, "regression")]
+    for y, task in cases:
+        assert data.load((X[:len(y)], y)).task == task, (y[:5], task)
+
+
+def test_csv_cells_are_numbers_only_as_a_data_file_writes_them(tmp_path):
+    """Python's float() reads '1_000' as 1000 and '١٢' (Arabic-Indic digits) as 12; a data file means text there."""
+    from graphc import data
+
+    ok = tmp_path / "ok.csv"
+    ok.write_text("a,b,y\n1.,-.5,0\n 2e-3 ,+3,1\n.25,1E+2,0\n4,-7e-1,1\n5,6,0\n7,8,1\n", encoding="utf-8")
+    assert data._float(" 2e-3 ") == 0.002 and data._float("-.5") == -0.5 and data._float("1E+2") == 100.0
+    assert np.isnan(data._float("NaN")) and data._float("-Infinity") == -np.inf
+    ds = data.load(str(ok), label="y")
+    assert ds.feature_names == ["a", "b"] and ds.task == "binary"
+    for cell in ("1_000", "١٢", "0x1p3", "1,5"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"a,y\n\"{cell}\",0\n2,1\n3,0\n4,1\n5,0\n6,1\n", encoding="utf-8")
+        p = run("train", "--dataset", str(bad), "--label", "y", "--epochs", "1", "--quiet")
+        assert p.returncode == 2 and f"bad.csv:2: column 'a' holds {cell!r}, not a number" in p.stderr, p.stderr
+
+
+def test_text_labels_for_regression_are_named_as_text(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", X=X, y=np.where(X[:, 0] > 0, "cat", "dog"))
+    p = run("train", "--dataset", str(tmp_path / "s.npz"), "--task", "regression", "--epochs", "1", "--quiet")
+    assert p.returncode == 2 and "regression targets must be numbers; the labels are text values (the first: " \
+        "'cat')" in p.stderr, p.stderr
