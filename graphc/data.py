@@ -528,7 +528,7 @@ def _infer_task(y: np.ndarray) -> str:
         k = len(vals)
         if k == 2:
             return "binary"
-        if k <= 50 and 2 * k <= len(y) and float(vals[-1]) - float(vals[0]) < 2 * k:
+        if k == 0 or k <= 50 and 2 * k <= len(y) and float(vals[-1]) - float(vals[0]) < 2 * k:
             return "multiclass"
     return "regression"
 
