@@ -99,13 +99,35 @@ def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
     return out
 
 
+def _diagonals(t: Tensor, term: str) -> tuple[Tensor, str]:
+    """t with each letter repeated in its term reduced to one axis, the diagonal of those axes (their sizes are
+    equal: einsum checked): the pair moved last, flattened to n·n, and every (n+1)-th entry taken."""
+    from graphc.ops.gather import take
+    from graphc.ops.movement import reshape, transpose
+    from graphc.ops.sources import dim_value, iota
+
+    while len(set(term)) != len(term):
+        c = next(ch for ch in term if term.count(ch) > 1)
+        a = term.index(c)
+        b = term.index(c, a + 1)
+        rest = [i for i in range(t.ndim) if i not in (a, b)]
+        n = t.shape[a]
+        t = transpose(t, rest + [a, b])
+        t = reshape(t, (*t.shape[:-2], n * n))
+        step = n + 1 if isinstance(n, int) else dim_value(n + 1, t, "int64")
+        t = take(t, iota(n, "int64", of=t) * step, axis=t.ndim - 1)
+        term = "".join(term[i] for i in rest) + c
+    return t, term
+
+
 def einsum(subscripts: str, *operands) -> Tensor:
     """numpy.einsum for one or two operands, e.g. `gc.einsum("bhqd,bhkd->bhqk", q, k)`: letters name axes; with
     `->` the output's order, without it numpy's implicit output (the letters used once, in alphabetical order).
     It is a composition — sums over axes used by one operand only, transposes and reshapes, and one batched
     matmul for the contracted letters (a broadcast product where none are) — so its gradient and native code are
-    those ops'. Not supported (an error): '...', a letter twice in one operand (a diagonal or trace), three or
-    more operands (nest two-operand calls)."""
+    those ops'. A letter twice in one operand takes the diagonal of those axes first ('ii->' is the trace,
+    'ii->i' the diagonal, as numpy), a gather whose gradient is a scatter into the diagonal. Not supported (an
+    error): '...', three or more operands (nest two-operand calls)."""
     from graphc.errors import GraphcError
     from graphc.ops.core import located
     from graphc.ops.movement import reshape, transpose
@@ -132,15 +154,14 @@ def einsum(subscripts: str, *operands) -> Tensor:
             raise fail(f"operand {k}'s term {term!r} must be letters only")
         if len(term) != t.ndim:
             raise fail(f"operand {k}'s term {term!r} names {len(term)} axes, but it is {fmt_shape(t.shape)}")
-        if len(set(term)) != len(term):
-            raise fail(f"operand {k}'s term {term!r} repeats a letter (a diagonal or a trace): take it with "
-                       "indexing or gc.sum first")
         for c, d in zip(term, t.shape, strict=True):
             if c in sizes and not dims_equal(sizes[c], d):
                 raise fail(f"letter {c!r} has sizes {sizes[c]} and {d}")
             sizes.setdefault(c, d)
     if not arrow:
         out = "".join(sorted(c for c in sizes if sum(term.count(c) for term in terms) == 1))
+    for k, term in enumerate(terms):
+        ts[k], terms[k] = _diagonals(ts[k], term)
     if not all(c.isalpha() for c in out) or len(set(out)) != len(out) or not set(out) <= set(sizes):
         raise fail(f"the output {out!r} must name distinct letters of the operands")
     if len(ts) == 2 and ts[0].dtype != ts[1].dtype:

@@ -170,7 +170,11 @@ EINSUMS = [("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,jk", [(3, 4), (4, 5)]), ("bij,b
            ("ij->ji", [(3, 4)]), ("ij->", [(3, 4)]), ("ijk->kj", [(2, 3, 4)]), ("ij,j->i", [(3, 4), (4,)]),
            ("ij,ij->ij", [(3, 4), (3, 4)]), ("ij,ik->jk", [(3, 4), (3, 5)]), ("ijk,jl->lik", [(2, 3, 4), (3, 5)]),
            ("ab,cd->", [(2, 3), (4, 5)]), ("abc,bcd->ad", [(2, 3, 4), (3, 4, 5)]), ("i,ij", [(3,), (3, 4)]),
-           ("xyz,zy->x", [(2, 3, 4), (4, 3)])]
+           ("xyz,zy->x", [(2, 3, 4), (4, 3)]),
+           # a letter twice in one operand: its diagonal (the trace when summed), as numpy
+           ("ii->", [(4, 4)]), ("ii", [(4, 4)]), ("ii->i", [(4, 4)]), ("iij->ji", [(3, 3, 2)]),
+           ("jii->ij", [(2, 3, 3)]), ("iij,ki->kj", [(3, 3, 2), (4, 3)]), ("ij,ii->j", [(3, 3), (3, 3)]),
+           ("iijj->", [(2, 2, 3, 3)])]
 
 
 @pytest.mark.parametrize("spec, shapes", EINSUMS, ids=[s for s, _ in EINSUMS])
@@ -194,8 +198,16 @@ def test_einsum_attention_scores_are_one_batched_matmul_with_a_symbolic_batch():
                                atol=1e-5)
 
 
+def test_einsum_trace_of_a_symbolic_square():
+    x = gc.input("x", ("N", "N"), "float64")
+    v = rng.normal(size=(5, 5))
+    for got in both(gc.einsum("ii->", x), x=v):
+        np.testing.assert_allclose(got, np.trace(v), rtol=1e-14)
+    np.testing.assert_array_equal(gc.evaluate(gc.grad(gc.einsum("ii", x), x), {"x": v}), np.eye(5))
+
+
 @pytest.mark.parametrize("spec, shapes, words", [
-    ("ii->i", [(3, 3)], "repeats a letter"), ("...ij,jk", [(2, 3, 4), (4, 5)], "'...' is not supported"),
+    ("ii->i", [(3, 4)], "letter 'i' has sizes 3 and 4"), ("...ij,jk", [(2, 3, 4), (4, 5)], "'...' is not supported"),
     ("ij,jk->ik", [(3, 4), (5, 6)], "letter 'j' has sizes 4 and 5"), ("ijk,jk", [(3, 4), (4, 5)], "names 3 axes"),
     ("ij,jk,kl", [(2, 2), (2, 2), (2, 2)], "one or two operands"), ("ij->iz", [(2, 2)], "distinct letters")])
 def test_einsum_refuses_what_it_cannot_do_by_name(spec, shapes, words):
