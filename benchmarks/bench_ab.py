@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="HEAD~1")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--only", nargs="*", default=WORKLOADS)
+    ap.add_argument("--only", nargs="*", default=WORKLOADS, choices=WORKLOADS)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="graphc-base-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tmp), args.base], check=True,

@@ -9,7 +9,10 @@
 3. The binary's size and start-up time: `PATH --help`, and a whole one-epoch digits run (read and check the
    .npy files, initialize, train, evaluate, write the results), medians of repeated runs.
 
-    python benchmarks/bench_binary.py [--quick]
+    python benchmarks/bench_binary.py [--quick | --smoke]
+
+`--smoke` runs every part at toy sizes (1 epoch, 2,000 synthetic rows, 1 thread): the test suite's check that
+the script still works (tests/test_benchmarks.py), not a measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,14 +95,22 @@ def startup(exe: Path, paths: dict, work: Path, repeats: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes: checks that the script runs (no figures)")
     args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-binary-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
     from peers import synthetic_classification
 
     from graphc import data
     from graphc.aot import build
 
-    epochs = 5 if args.quick else 30
-    work = Path(tempfile.mkdtemp(prefix="bench-binary-"))
+    epochs = 1 if args.smoke else 5 if args.quick else 30
     ds = data.load("digits")
     dpaths = save_split(work, ds.X_train, ds.y_train)
     np.save(work / "x_val.npy", ds.X_val)
@@ -107,20 +119,21 @@ def main() -> None:
     t0 = time.perf_counter()
     exe = build(work / "train-digits", data="digits").path
     print(f"graphc build (digits default MLP): {time.perf_counter() - t0:.1f} s")
-    startup(exe, dpaths, work, 5 if args.quick else 20)
+    startup(exe, dpaths, work, 1 if args.smoke else 5 if args.quick else 20)
     compare("digits 64-128-10, batch 32", exe, dpaths, work, ds.X_train, ds.y_train, [128], 10, 1, epochs,
             batch_size=32, lr=0.1)
 
-    X, y = synthetic_classification(60_000, (784, 256, 128, 10))
+    rows = 2_000 if args.smoke else 60_000
+    X, y = synthetic_classification(rows, (784, 256, 128, 10))
     sd = work / "synthetic"
     sd.mkdir()
     spaths = save_split(sd, X, y)
     t0 = time.perf_counter()
     exe784 = build(work / "train-784", task="multiclass", n_features=784, n_outputs=10, hidden=[256, 128]).path
     print(f"graphc build (784-256-128-10): {time.perf_counter() - t0:.1f} s")
-    for threads in (1, 2):
-        compare("784-256-128-10 on 60,000 rows, batch 128", exe784, spaths, work, X, y.astype(np.int32), [256, 128],
-                10, threads, 2 if args.quick else 3, batch_size=128, lr=0.05)
+    for threads in (1,) if args.smoke else (1, 2):
+        compare(f"784-256-128-10 on {rows:,} rows, batch 128", exe784, spaths, work, X, y.astype(np.int32),
+                [256, 128], 10, threads, 1 if args.smoke else 2 if args.quick else 3, batch_size=128, lr=0.05)
         peak_rss(exe784, spaths, work / f"rss-{threads}", threads)
 
 

@@ -34,7 +34,8 @@ ALPHA = 5e-6  # s per message: an MPI latency over a 100 Gb/s InfiniBand or RoCE
 BETA = 12.5e9  # bytes/s: 100 Gb/s per machine
 
 
-def data(rows: int = ROWS):
+def data(rows: int | None = None):
+    rows = ROWS if rows is None else rows
     rng = np.random.default_rng(0)
     X = rng.standard_normal((rows, FEATURES)).astype(np.float32)
     return X, np.abs(X[:, :CLASSES]).argmax(axis=1).astype(np.int32)
@@ -111,7 +112,8 @@ def ranks(epochs: int, shared: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
-        subprocess.run([mpirun, "-n", "2", sys.executable, __file__, "--rank-part", out, "--epochs", str(epochs)],
+        subprocess.run([mpirun, "-n", "2", sys.executable, __file__, "--rank-part", out, "--epochs", str(epochs),
+                        "--rows", str(ROWS)],
                        check=True, env=dict(os.environ, GRAPHC_MPI_SHARED="1" if shared else "0"))
         with open(out) as f:
             return json.load(f)
@@ -254,11 +256,18 @@ def projection(phases: dict, b0: int, plot: bool) -> None:
 
 
 def main() -> None:
+    global ROWS
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--rank-part", metavar="OUT")
+    ap.add_argument("--rows", type=int, default=ROWS, help=f"synthetic rows (default {ROWS:,})")
+    ap.add_argument("--smoke", action="store_true", help="toy run (2,048 rows, 1 epoch): checks that the script "
+                    "works (tests/test_benchmarks.py), no figures")
     args = ap.parse_args()
+    ROWS = 2_048 if args.smoke else args.rows
+    if args.smoke:
+        args.epochs, args.plot = 1, False
     if args.rank_part:
         rank_part(args.epochs, args.rank_part)
         return

@@ -1107,8 +1107,13 @@ def _fmt_describe(info: dict) -> str:
 
 
 def _available(peer: str) -> bool:
+    """Whether the peer imports (found is not enough: a broken or blocked install is found and fails)."""
     mod = {"torch": "torch", "jax": "jax", "sklearn": "sklearn"}[peer]
-    return importlib.util.find_spec(mod) is not None
+    try:
+        importlib.import_module(mod)
+    except ImportError:
+        return False
+    return True
 
 
 def _selfcheck() -> int:
