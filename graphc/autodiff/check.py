@@ -7,13 +7,21 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from graphc.autodiff.grad import grad
-from graphc.errors import GraphcError
+from graphc.errors import GradError, GraphcError
 from graphc.ir.node import Node
+from graphc.ops.core import describe
 from graphc.runtime.reference import evaluate
 
 
 def numeric_grad(y: Node, wrt: Node, values: Mapping, eps: float = 1e-6, **kw) -> np.ndarray:
     """d y / d wrt by central differences, with every value in float64 (y must be a scalar)."""
+    if not isinstance(y, Node) or y.shape != ():
+        got = describe(y) if isinstance(y, Node) else repr(y)
+        raise GradError(f"numeric_grad: y must be a scalar tensor, got {got}; reduce it first (gc.sum)")
+    if not isinstance(wrt, Node):
+        raise GradError(f"numeric_grad: wrt must be one tensor, got {type(wrt).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
+        raise GradError(f"numeric_grad: eps must be a finite number > 0, got {eps!r}")
     vals = {k: (np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v) for k, v in values.items()}
     key = next((k for k in vals if k is wrt or k == wrt.name), None)
     if key is None:
@@ -38,7 +46,7 @@ def numeric_grad(y: Node, wrt: Node, values: Mapping, eps: float = 1e-6, **kw) -
 def check_grad(y: Node, wrt: Sequence[Node], values: Mapping, *, eps: float = 1e-6, rtol: float = 1e-5,
                atol: float = 1e-7, **kw) -> None:
     """Assert that grad(y, wrt) evaluated in float64 matches central differences; raises AssertionError."""
-    wrt = [wrt] if isinstance(wrt, Node) else list(wrt)  # one tensor, as grad takes it
+    wrt = [wrt] if isinstance(wrt, Node) else list(wrt.values()) if isinstance(wrt, dict) else list(wrt)
     vals = {k: (np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v) for k, v in values.items()}
     symbolic = evaluate(grad(y, wrt), vals, allow_unused=True, **kw)
     for w, s in zip(wrt, symbolic, strict=True):

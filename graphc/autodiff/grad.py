@@ -158,13 +158,25 @@ def jacobian(y: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
         raise GradError(f"jacobian: y ({describe(y)}) has {n} elements, one backward sweep each; at most "
                         f"{JACOBIAN_ROWS}: reduce y first, or use grad with seed= for vector-Jacobian products "
                         f"(at {here})")
-    single = isinstance(wrt, Node)
-    targets = [wrt] if single else list(wrt)
+    single, keys, targets = _wrt_targets(wrt, "jacobian", here)
     eye = np.eye(max(n, 1), dtype=np.float64)
     rows = [grad(y, targets, seed=constant(eye[i].reshape(y.shape), y.dtype)) for i in range(n)]
     out = [reshape(stack([r[k] for r in rows], 0), (*y.shape, *w.shape)) if n else
            broadcast_to(constant(0.0, w.dtype), (*y.shape, *w.shape)) for k, w in enumerate(targets)]
-    return out[0] if single else out
+    return out[0] if single else dict(zip(keys, out, strict=True)) if keys is not None else out
+
+
+def _wrt_targets(wrt, fn: str, here: str) -> tuple[bool, list | None, list[Node]]:
+    """(one tensor?, the dict's keys or None, the tensors) of `wrt`: a tensor, a list/tuple or a dict of them."""
+    if isinstance(wrt, Node):
+        return True, None, [wrt]
+    keys = list(wrt) if isinstance(wrt, dict) else None
+    targets = list(wrt.values()) if keys is not None else list(wrt) if isinstance(wrt, (list, tuple)) else None
+    if targets is None or not all(isinstance(t, Node) for t in targets):
+        bad = type(wrt).__name__ if targets is None else next(type(t).__name__ for t in targets
+                                                               if not isinstance(t, Node))
+        raise GradError(f"{fn}: wrt must be a tensor, or a list or dict of tensors, got {bad} (at {here})")
+    return False, keys, targets
 
 
 def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[list[Tensor]]:
@@ -172,11 +184,13 @@ def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[list[Tensor]]:
     every block, as jax.hessian with a tuple of argnums: H[i][j] = ∂²f/∂wrt_i∂wrt_j, shape wrt_i.shape +
     wrt_j.shape (the cross terms included). For a large wrt, a Hessian-vector product (grad of grad · v) is
     cheaper."""
+    here = capture_source().where()
     if isinstance(f, Node) and f.shape != ():
-        raise GradError(f"hessian: f ({describe(f)}) must be a scalar (at {capture_source().where()})")
-    single = isinstance(wrt, Node)
-    targets = [wrt] if single else list(wrt)
+        raise GradError(f"hessian: f ({describe(f)}) must be a scalar (at {here})")
+    single, keys, targets = _wrt_targets(wrt, "hessian", here)
     g = grad(f, targets)
     if single:
         return jacobian(g[0], targets[0])
+    if keys is not None:  # a dict: H[k1][k2] (jax.hessian of a dict of arguments)
+        return {k: jacobian(gk, dict(zip(keys, targets, strict=True))) for k, gk in zip(keys, g, strict=True)}
     return [jacobian(gk, targets) for gk in g]

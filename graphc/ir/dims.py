@@ -645,7 +645,10 @@ def dim_symbol_class():
             return super().__eq__(other)
 
         def __ne__(self, other):
-            return not self.__eq__(other)
+            # sympy answers NotImplemented for a non-sympy operand (an int): `not` of it was False, so N != 1
+            # read False and printers dropped a /N (gc.latex's backward equations of a mean)
+            r = self.__eq__(other)
+            return r if r is NotImplemented else not r
 
         def __hash__(self):
             return hash(symbol(self.name))

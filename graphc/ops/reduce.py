@@ -3,6 +3,8 @@ gradients."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
@@ -135,9 +137,16 @@ class Min(_Extremum):
         return ReduceRule("min", Term("min", (ACC, NEXT)), float("inf"), node.attrs["axes"])
 
 
+EXCLUSIVE_MAX = 16  # reduced sizes up to this take the exclusive products by masking (exact to every order)
+
+
 class Prod(_Accumulate):
-    """The product over axes. Gradient: the product of the other elements, exact where x holds zeros (one zero:
-    only its position gets the others' product; two or more: all zero), not prod / x."""
+    """The product over axes. Gradient: the product of the other elements, exact where x holds zeros, not
+    prod / x. Over at most EXCLUSIVE_MAX elements (static) it is each element's product of the others, taken by
+    masking that element to 1 (n products of n: cheap at that size), so it differentiates again exactly, zeros
+    included (as jax's); over more, from the count of zeros (one zero: only its position gets the others'
+    product; two or more: all zero): exact to first order, while a second derivative at a zero is not (PyTensor's
+    rule)."""
 
     name = "prod"
     numpy_fn = staticmethod(np.prod)
@@ -149,6 +158,9 @@ class Prod(_Accumulate):
         x = node.inputs[0]
         axes = node.attrs["axes"]
         kept = _reduced_shape(x.shape, axes, True)
+        sizes = [x.shape[a] for a in axes]
+        if all(isinstance(d, int) for d in sizes) and 1 < math.prod(sizes) <= EXCLUSIVE_MAX:
+            return (broadcast_to(reshape(g, kept), x.shape) * _exclusive_products(x, axes),)
         zero = equal(x, 0.0)
         nonzero = where(zero, 1.0, x)
         others = broadcast_to(prod(nonzero, axes, keepdims=True), x.shape)  # the product of the nonzero ones
@@ -187,6 +199,29 @@ class Cumsum(Op):
         # starting from -0.0, IEEE addition's identity (-0 + x is x, -0 included), not +0: numpy's cumsum starts
         # with the first element, and a running sum of -0.0 stays -0.0
         return ReduceRule("sum", ACC + NEXT, -0.0, (node.attrs["axis"],), scan=True, reverse=node.attrs["reverse"])
+
+
+def _exclusive_products(x, axes) -> Tensor:
+    """For each element of x, the product of the others along `axes` (static, small): the reduced axes moved
+    last and flattened to n, x repeated as (..., n, n) with the diagonal set to 1, and a product over the last
+    axis; then back to x's layout."""
+    from graphc.ops.core import constant
+    from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+    from graphc.ops.pointwise import where
+
+    rest = [a for a in range(x.ndim) if a not in axes]
+    order = rest + list(axes)
+    moved = transpose(x, order) if order != list(range(x.ndim)) else x
+    lead = tuple(x.shape[a] for a in rest)
+    sizes = tuple(x.shape[a] for a in axes)
+    n = math.prod(sizes)
+    flat = reshape(moved, (*lead, n))
+    rows = broadcast_to(expand_dims(flat, -2), (*lead, n, n))
+    eye = constant(np.eye(n, dtype=bool))
+    excl = prod(where(broadcast_to(eye, (*lead, n, n)), 1.0, rows), (len(lead) + 1,))
+    back = reshape(excl, (*lead, *sizes))
+    inverse = [order.index(a) for a in range(x.ndim)]
+    return transpose(back, inverse) if inverse != list(range(x.ndim)) else back
 
 
 SUM = register(Sum())

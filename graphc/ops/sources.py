@@ -45,6 +45,9 @@ PARAM = register(Param())
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise GraphcError(f"{what}: a name must be a non-empty string, got {name!r}")
+    if not name.isprintable():  # a newline or an escape code breaks every listing (gc.show, kernels, headers)
+        raise GraphcError(f"{what}: the name {name!r} holds a control character (a newline, a tab, an escape); "
+                          "use printable characters")
     return name
 
 

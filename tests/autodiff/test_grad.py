@@ -204,3 +204,65 @@ def test_jacobian_and_hessian_match_finite_differences_and_their_closed_forms():
         gc.jacobian(gc.input("b", ("N",), "float64") * 2.0, x)
     with pytest.raises(gc.GradError, match="must be a scalar"):
         gc.hessian(y, x)
+
+
+def test_second_derivatives_of_a_product_through_zeros():
+    """d²prod/dx_i dx_k is the product of the others but i and k, zeros included: the zero-count gradient rule was
+    exact only to first order (row 0 of the Hessian at x = [0, 3, -3, 2] right, column 0 all zeros). Small reduced
+    sizes now take the exclusive products by masking, which differentiate again exactly (as jax's)."""
+    def exact_hessian(v):
+        n = len(v)
+        return np.array([[0.0 if i == k else np.prod([v[j] for j in range(n) if j not in (i, k)]) for k in range(n)]
+                         for i in range(n)])
+
+    x = gc.input("x", (4,), "float64")
+    H = gc.hessian(gc.prod(x), x)
+    fn = gc.compile(H, cache=False)
+    for v in ([0.0, 3.0, -3.0, 2.0], [1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [0.5, 2.0, -1.5, 3.0]):
+        v = np.array(v)
+        np.testing.assert_allclose(gc.evaluate(H, {"x": v}), exact_hessian(v), atol=1e-15)
+        np.testing.assert_allclose(fn(x=v), exact_hessian(v), atol=1e-15)
+    # over some axes of a matrix, rows holding zeros: the gradient of the gradient against finite differences
+    m = gc.input("m", (3, 2, 4), "float64")
+    y = gc.sum(gc.prod(m, axis=(0, 2)) ** 2)
+    vm = np.random.default_rng(0).normal(size=(3, 2, 4))
+    vm[0, 0, 1] = vm[2, 0, 3] = 0.0
+    vm[1, 1, 2] = 0.0
+    g = gc.grad(y, m)
+    check_grad(gc.sum(g * g), [m], {"m": vm}, rtol=1e-6, atol=1e-9)
+    # beyond the masking size, the zero-count rule: the first derivative stays exact
+    big = gc.input("big", (40,), "float64")
+    vb = np.linspace(0.9, 1.1, 40)
+    vb[7] = 0.0
+    gb = gc.evaluate(gc.grad(gc.prod(big), big), {"big": vb})
+    assert gb[7] == np.prod(np.delete(vb, 7)) and np.all(np.delete(gb, 7) == 0.0)
+
+
+def test_jacobian_hessian_and_check_grad_take_a_dict_as_grad_does_and_numeric_grad_checks_its_arguments():
+    """A dict of tensors for wrt failed in all three with grad's 'wrt must hold tensors, got str' (the keys)."""
+    a = gc.input("a", (3,), "float64")
+    b = gc.input("b", (2,), "float64")
+    f = gc.sum(a * a) * gc.sum(b)
+    v = {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([0.5, -1.0])}
+    J = gc.jacobian(a * 2.0, {"x": a, "y": b})
+    assert set(J) == {"x", "y"} and J["x"].shape == (3, 3) and J["y"].shape == (3, 2)
+    np.testing.assert_array_equal(gc.evaluate(J["x"], v), 2 * np.eye(3))
+    H = gc.hessian(f, {"a": a, "b": b})
+    Hab = gc.evaluate(H["a"]["b"], v)
+    np.testing.assert_allclose(Hab, np.tile((2 * v["a"])[:, None], (1, 2)))
+    np.testing.assert_allclose(gc.evaluate(H["b"]["a"], v), Hab.T)
+    check_grad(f, {"first": a, "second": b}, v)
+    for call, words in [(lambda: numeric_grad(a * 2.0, a, v), r"numeric_grad: y must be a scalar tensor, got mul"),
+                        (lambda: numeric_grad(f, a, v, eps=0), "eps must be a finite number > 0, got 0"),
+                        (lambda: numeric_grad(f, [a], v), "wrt must be one tensor"),
+                        (lambda: gc.jacobian(f, {"a": "x"}), "jacobian: wrt must be a tensor, or a list or dict of "
+                                                             "tensors, got str")]:
+        with pytest.raises(gc.GradError, match=words):
+            call()
+
+
+def test_a_name_with_a_control_character_is_refused():
+    for bad in ("a\nb", "x\t", "\x1b[31mred"):
+        with pytest.raises(gc.GraphcError, match="holds a control character"):
+            gc.input(bad, (2,))
+    assert gc.param("données.W", (2,)).name == "données.W"

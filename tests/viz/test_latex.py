@@ -189,3 +189,16 @@ def test_a_graph_too_deep_to_write_is_refused_with_advice():
     for i in range(80):  # just under the limit: written out, no RecursionError
         h = gc.tanh(h * 1.0001 + float(i % 7))
     assert r"\tanh" in str(latex(gc.sum(h)))
+
+
+def test_a_symbolic_denominator_is_printed():
+    """N != 1 read False (a sympy dim symbol's `not NotImplemented`), so the matrix chain rule of a mean lost its
+    1/N: dL/dz printed as h ⊙ tanh'(z)."""
+    from graphc.ir.dims import dim_symbol_class
+
+    N = dim_symbol_class()("N")
+    assert (N != 1) is True and (N == 1) is False and (N != N) is False
+    X = gc.input("X", ("N", 3))
+    W = gc.param("W", (3, 2))
+    text = str(gc.latex(gc.mean(gc.tanh(X @ W) ** 2), mode="matrix"))
+    assert r"= \frac{h_{1} \odot \tanh'\left(z_{1}\right)}{N}" in text, text
