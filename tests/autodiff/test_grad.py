@@ -266,3 +266,18 @@ def test_a_name_with_a_control_character_is_refused():
         with pytest.raises(gc.GraphcError, match="holds a control character"):
             gc.input(bad, (2,))
     assert gc.param("données.W", (2,)).name == "données.W"
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("T", [3, "T"])
+def test_a_matrix_shared_by_a_batch_gets_one_product_over_all_rows_as_its_gradient(T, tb):
+    """(B, T, D) @ (D, F): dW was B batched products and a sum of their B copies (1.44x the 2-D form's time)."""
+    rng = np.random.default_rng(0)
+    x = gc.input("x", (2, T, 4), "float64")
+    w = gc.input("w", (5, 4) if tb else (4, 5), "float64")
+    loss = gc.sum(gc.tanh(gc.matmul(x, w, tb=tb)) ** 2)
+    v = {"x": rng.normal(size=(2, 3, 4)), "w": rng.normal(size=(5, 4) if tb else (4, 5))}
+    check_grad(loss, [x, w], v)
+    gw = gc.grad(loss, w)
+    assert gw.op.name == "matmul" and gw.inputs[0].ndim == 2 and gw.inputs[1].ndim == 2
+    np.testing.assert_allclose(gc.compile(gw, cache=False)(v), gc.evaluate(gw, v), rtol=1e-12, atol=1e-14)
