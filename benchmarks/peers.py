@@ -998,16 +998,16 @@ def current_rss_mb() -> float:
     return peak_rss_mb()
 
 
-def fma_peak() -> float:
-    """The measured FP32 FMA peak of one core, GFLOP/s (graphc's peak kernel from bench_gemm, best of 3 samples):
-    what bench_conv and bench_rnn report shares of."""
+def fma_peak(seconds: float = 0.2) -> float:
+    """The measured FP32 FMA peak of one core, GFLOP/s (graphc's peak kernel from bench_gemm, best of 3 samples
+    of `seconds`): what bench_conv and bench_rnn report shares of."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_gemm import fma_peak_kernel
 
     from graphc.codegen.target import host_target
 
     sample = fma_peak_kernel(host_target())
-    return max(sample(0.2) for _ in range(3))
+    return max(sample(seconds) for _ in range(3))
 
 
 def memory_marks() -> dict:
