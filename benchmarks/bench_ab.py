@@ -109,7 +109,8 @@ def main() -> None:
                     help="a quick run of every workload on both trees (tests): tiny sizes, 1 repeat")
     args = ap.parse_args()
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         args.repeats = 1
     tmp = Path(tempfile.mkdtemp(prefix="graphc-base-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tmp), args.base], check=True,

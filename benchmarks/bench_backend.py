@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a quick run of every figure (tests): tiny sizes, 1 sample")
     args = ap.parse_args(argv)
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         globals().update(SMOKE)
     name = "-".join(map(str, SIZES))
     peer_repeats = 1 if args.smoke else 9

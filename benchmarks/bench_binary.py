@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a quick run of every step (tests): tiny sizes, 1 repeat")
     args = ap.parse_args()
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
     with tempfile.TemporaryDirectory(prefix="bench-binary-") as d:  # 190 MB of synthetic data: not left behind
         run(Path(d), args.quick, args.smoke)
 

@@ -333,7 +333,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     counts, lstm_t = (1, 2, 4, 8), 50
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         args.repeats, counts, lstm_t = 1, (1, 2), 5
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers

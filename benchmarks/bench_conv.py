@@ -475,7 +475,8 @@ def main(argv=None) -> int:
                     help="a quick run of every code path (tests): 1 thread, conv batch 1, 128 rows, one sample each")
     a = ap.parse_args(argv)
     if a.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         globals().update(SMOKE)
         if a.threads == "1,2":
             a.threads = "1"

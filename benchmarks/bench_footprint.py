@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     global SIZES
     if args.smoke:
-        ENV.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not ENV.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            ENV["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         SIZES, args.repeats, args.rows = (64, 32, 10), 1, min(args.rows, 1000)
     name = "-".join(map(str, SIZES))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

@@ -272,7 +272,8 @@ def main() -> None:
     args = ap.parse_args()
     plot_dir = None
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         globals().update(SMOKE)
         args.epochs, args.plot = 1, True
         if not args.rank_part:

@@ -287,7 +287,8 @@ def main() -> None:
 
         global SMOKE
         SMOKE = True
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         a.lengths, a.compile_lengths, threads_list = "5", "5", (1,)
     if a.memory_child:
         print(json.dumps(memory_child(a.memory_child, int(a.lengths.split(",")[-1]))))

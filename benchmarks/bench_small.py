@@ -142,7 +142,8 @@ def main(argv=None) -> int:
                     help="a quick run of every code path (tests): 1 epoch, 64-32-10:1 and the diabetes workload")
     args = ap.parse_args(argv)
     if args.smoke:
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         args.epochs = 1
         if args.workloads == WORKLOADS:
             args.workloads = "64-32-10:1,10-64-64-1:16:diabetes"

@@ -218,7 +218,8 @@ def main(argv=None) -> int:
     if args.smoke:
         import tempfile
 
-        os.environ.setdefault("GRAPHC_CACHE_DIR", tempfile.mkdtemp(prefix="graphc-smoke-"))
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
         globals().update(SMOKE)
     from peers import describe
 
