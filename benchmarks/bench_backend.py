@@ -9,7 +9,10 @@
 
 The gemm figures (against OpenBLAS, and the FMA peak) are benchmarks/bench_gemm.py. Run with
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_backend.py [--quick]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_backend.py [--quick] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): every figure once, quickly: 64K/4K elements, a 64-32-10 step at batch 16
+(and 64), one short sample each.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ import graphc as gc  # noqa: E402
 
 SIZES = (784, 256, 128, 10)
 BATCH = 128
+SMOKE = {"SIZES": (64, 32, 10), "BATCH": 16, "N": 1 << 16, "SMALL": 4096, "REPEATS": 1, "MIN_SECONDS": 0.001,
+         "GAP_STEPS": 3, "BIG_BATCH": 64}
+N, SMALL, REPEATS, MIN_SECONDS, GAP_STEPS, BIG_BATCH = 4 * 1024 * 1024, 65536, 15, 0.02, 60, 1024
 
 
-def median_time(fn, repeats: int = 15, min_seconds: float = 0.02) -> float:
+def median_time(fn, repeats: int | None = None, min_seconds: float | None = None) -> float:
+    repeats = REPEATS if repeats is None else repeats
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     fn()
     n = 1
     while True:
@@ -53,7 +61,7 @@ def median_time(fn, repeats: int = 15, min_seconds: float = 0.02) -> float:
 
 
 def elementwise(threads: int) -> dict:
-    n = 4 * 1024 * 1024
+    n = N
     x = gc.input("x", (n,))
     y = gc.maximum(x * 1.5 + 0.5, 0.0) * x - 0.25
     fn = gc.compile(y, threads=threads)
@@ -66,7 +74,7 @@ def elementwise(threads: int) -> dict:
     fexp = gc.compile(e, threads=threads)
     t_exp = median_time(lambda: fexp({"x": xv}, out=mine))
     t_npexp = median_time(lambda: np.exp(xv, out=out))
-    small = 65536
+    small = SMALL
     xs = gc.input("xs", (small,))
     fsmall = gc.compile(gc.exp(xs), threads=threads)
     xsv = xv[:small].copy()
@@ -79,10 +87,11 @@ def elementwise(threads: int) -> dict:
             "exp_speedup_64k": t_npexp_s / t_exp_s}
 
 
-def step_graph():
-    x = gc.input("x", ("N", SIZES[0]))
+def step_graph(sizes=None):
+    sizes = SIZES if sizes is None else sizes
+    x = gc.input("x", ("N", sizes[0]))
     y = gc.input("y", ("N",), "int32")
-    logits = gc.nn.mlp(x, list(SIZES[1:]), name="bench")
+    logits = gc.nn.mlp(x, list(sizes[1:]), name="bench")
     loss = gc.nn.softmax_cross_entropy(logits, y)
     params = gc.nn.parameters(loss)
     grads = gc.grad(loss, params)
@@ -101,7 +110,7 @@ def graphc_step(threads: int, batch: int = BATCH, gap: float = 0.0) -> float:
     if not gap:
         return median_time(lambda: fn(values))
     times = []
-    for _ in range(60):
+    for _ in range(GAP_STEPS):
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < gap:
             pass
@@ -118,7 +127,7 @@ COMPILE = textwrap.dedent("""
     import graphc as gc
     from bench_backend import step_graph
     t1 = time.perf_counter()
-    x, y, loss, params, updates = step_graph()
+    x, y, loss, params, updates = step_graph({sizes!r})
     fn = gc.compile(loss, updates=updates, cache={cache})
     print(time.perf_counter() - t1, fn.from_cache, t1 - t)
 """)
@@ -130,7 +139,7 @@ def compile_times() -> dict:
         env = dict(os.environ, GRAPHC_CACHE_DIR=d)
         out = {}
         for label, cache in (("cold", "False"), ("first", "True"), ("cached", "True")):
-            p = subprocess.run([sys.executable, "-c", COMPILE.format(here=here, cache=cache)], env=env,
+            p = subprocess.run([sys.executable, "-c", COMPILE.format(here=here, cache=cache, sizes=SIZES)], env=env,
                                capture_output=True, text=True, check=True)
             seconds, from_cache, import_s = p.stdout.split()
             out[label] = float(seconds)
@@ -142,7 +151,14 @@ def compile_times() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the peers")
+    ap.add_argument("--smoke", action="store_true", help="a quick run of every figure (tests): tiny sizes, 1 sample")
     args = ap.parse_args(argv)
+    if args.smoke:
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        globals().update(SMOKE)
+    name = "-".join(map(str, SIZES))
+    peer_repeats = 1 if args.smoke else 9
     from peers import describe, step_time_jax, step_time_torch
 
     info = describe()
@@ -150,28 +166,28 @@ def main(argv=None) -> int:
           f"{info.get('torch')}  jax {info.get('jax')}  OpenBLAS kernel {info.get('openblas_kernel', '?')}  "
           f"load {info.get('loadavg')}")
     ew = elementwise(1)
-    print(f"fused elementwise chain, 4M float32: {ew['chain_ms']:.2f} ms; memory copy {ew['copy_ms']:.2f} ms; "
+    print(f"fused elementwise chain, {N:,} float32: {ew['chain_ms']:.2f} ms; memory copy {ew['copy_ms']:.2f} ms; "
           f"ratio {ew['chain_over_copy']:.2f}x (target <= 1.3x)")
     print(f"vector exp: {ew['exp_ns']:.3f} ns/element vs np.exp {ew['np_exp_ns']:.3f}: {ew['exp_speedup']:.2f}x "
-          f"at 4M, {ew['exp_speedup_64k']:.2f}x at 64K (target >= 4x)")
+          f"at {N:,}, {ew['exp_speedup_64k']:.2f}x at {SMALL:,} (target >= 4x)")
     rows = []
     for threads in (1, 2):
         g = graphc_step(threads)
         t = j = float("nan")
         if not args.quick:
             try:
-                t = step_time_torch(SIZES, BATCH, threads=threads)
+                t = step_time_torch(SIZES, BATCH, threads=threads, repeats=peer_repeats)
             except ImportError as e:
                 print(f"  (torch: {e})")
             try:
-                j = step_time_jax(SIZES, BATCH, threads=threads)
+                j = step_time_jax(SIZES, BATCH, threads=threads, repeats=peer_repeats)
             except ImportError as e:
                 print(f"  (jax: {e})")
         rows.append((threads, g, t, j))
-        print(f"training step 784-256-128-10, batch {BATCH}, {threads} thread(s): graphc {g * 1e3:.3f} ms, "
+        print(f"training step {name}, batch {BATCH}, {threads} thread(s): graphc {g * 1e3:.3f} ms, "
               f"torch {t * 1e3:.3f} ms ({t / g:.2f}x), jax {j * 1e3:.3f} ms ({j / g:.2f}x)")
     print(f"graphc step scaling, 2 threads over 1: {rows[0][1] / rows[1][1]:.2f}x at batch {BATCH}, "
-          f"{graphc_step(1, 1024) / graphc_step(2, 1024):.2f}x at batch 1024")
+          f"{graphc_step(1, BIG_BATCH) / graphc_step(2, BIG_BATCH):.2f}x at batch {BIG_BATCH}")
     gaps = ", ".join(f"{graphc_step(1, gap=g) / graphc_step(2, gap=g):.2f}x with {g * 1e3:.0f} ms"
                      for g in (1e-3, 3e-3))
     print(f"                  with Python work between steps: {gaps}")

@@ -17,6 +17,9 @@ compile cache, no warm LLVM state), the constructor of ``gc.compile`` for the 78
 ``--baseline path/to/old/gemm.py`` runs both parts a second time with another version of
 `graphc.codegen.gemm` (e.g. ``git show HEAD~1:graphc/codegen/gemm.py > /tmp/gemm_old.py``), installed in
 place of the current one, for before/after figures from one command.
+
+``--smoke`` (tests/test_benchmarks.py): every part once, quickly: modules of 1 and 2 GEMMs, one process per
+figure (no warm-up process: the helper library may be compiled in the first), the LSTM (with `--lstm`) at T=5.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from llvmlite import ir
@@ -122,14 +126,14 @@ def time_stages(text: str, target) -> dict[str, float]:
     return {"parse": t1 - t0, "optimize": t2 - t1, "codegen": t3 - t2, "llvm": t3 - t0}
 
 
-def bench_gemms(repeats: int, impl=gemm_new) -> None:
+def bench_gemms(repeats: int, impl=gemm_new, counts=(1, 2, 4, 8)) -> None:
     target = tgt.host_target()
     tgt.ensure_llvm()
     time_stages(str(gemm_module(1, target, impl)), target)  # warm LLVM's one-time set-up
     print(f"{'gemms':>5s} {'IR KB':>7s} {'emit s':>7s} {'parse s':>8s} {'opt s':>7s} {'codegen s':>9s} "
           f"{'LLVM s':>7s} {'LLVM/gemm':>9s} {'each added':>10s}")
     first = None
-    for n in (1, 2, 4, 8):
+    for n in counts:
         rows = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -217,8 +221,8 @@ elif WORKLOAD == "epoch":  # the same step as a whole-epoch function (gc.EpochFu
     ps = gc.nn.parameters(loss); gs = gc.grad(loss, ps)
     upd = {p: p - 0.1 * g for p, g in zip(ps, gs)}
     make = lambda: gc.EpochFunction(loss, upd, x=x, y=y, cache=False)
-else:  # benchmarks/bench_rnn.py's LSTM training step (loss and every gradient), T=50
-    xs = gc.input("xs", (50, "N", 32)); y = gc.input("y", ("N",), "int32")
+else:  # benchmarks/bench_rnn.py's LSTM training step (loss and every gradient), T=LSTM_T (50)
+    xs = gc.input("xs", (LSTM_T, "N", 32)); y = gc.input("y", ("N",), "int32")
     h = gc.nn.lstm(xs, 128, name="lstm")
     loss = gc.nn.softmax_cross_entropy(gc.nn.dense(h, 10, name="out"), y)
     ps = gc.nn.parameters(loss)
@@ -247,7 +251,7 @@ _JAX_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, HERE)
 import bench_rnn
-_, s = bench_rnn.jax_step(50, 1)
+_, s = bench_rnn.jax_step(LSTM_T, 1)
 print("RESULT" + json.dumps({"total": s}))
 """
 
@@ -264,13 +268,15 @@ def _child(code: str, **extra) -> dict:
     return json.loads(line[6:])
 
 
-def bench_training_step(repeats: int, profile: bool, baseline: str | None = None, workload: str = "mlp") -> float:
+def bench_training_step(repeats: int, profile: bool, baseline: str | None = None, workload: str = "mlp",
+                        lstm_t: int = 50, warm: bool = True) -> float:
     """The cold compile of a training step in fresh processes, the GEMM helper library in the disk cache (a
     first, uncounted process puts it there); its median total."""
     def code(prof: bool) -> str:
         return (_CHILD.replace("PROFILE", repr(prof)).replace("BASELINE", repr(baseline))
-                .replace("WORKLOAD", repr(workload)))
-    _child(code(False))  # warm: the helper library compiled into the disk cache, the OS file cache
+                .replace("WORKLOAD", repr(workload)).replace("LSTM_T", str(lstm_t)))
+    if warm:
+        _child(code(False))  # warm: the helper library compiled into the disk cache, the OS file cache
     runs, one = [], []
     for r in range(repeats):  # alternated: as the program is compiled by default, and by this process alone
         runs.append(_child(code(profile and r == 0)))
@@ -281,7 +287,7 @@ def bench_training_step(repeats: int, profile: bool, baseline: str | None = None
     other = med["total"] - sum(med[k] for k in ("emit", "helpers", "parse", "optimize", "codegen", "wait", "load"))
     what = {"mlp": "training step 784-256-128-10 (forward, backward, SGD update), gc.compile",
             "epoch": "the same step as an epoch function, gc.EpochFunction",
-            "lstm": "LSTM training step (input 32, hidden 128, T=50, loss and gradients; bench_rnn's)"}[workload]
+            "lstm": f"LSTM training step (input 32, hidden 128, T={lstm_t}, loss and gradients; bench_rnn's)"}[workload]
     print(f"{what}\n  kernels: {runs[0]['kernels']}\n  cold (cache=False), helper library cached, "
           f"median of {repeats} fresh processes{' (one profiled)' if profile else ''}:")
     split = runs[0]["parts"] and runs[0]["helper_served"]
@@ -299,11 +305,12 @@ def bench_training_step(repeats: int, profile: bool, baseline: str | None = None
     return med["total"]
 
 
-def bench_jax_lstm(repeats: int) -> float | None:
+def bench_jax_lstm(repeats: int, lstm_t: int = 50) -> float | None:
     """jax.jit's first call of bench_rnn's LSTM step (trace + XLA compile + run), fresh processes."""
     try:
-        runs = [_child(_JAX_CHILD.replace("HERE", repr(os.path.dirname(os.path.abspath(__file__)))))["total"]
-                for _ in range(repeats)]
+        here = repr(os.path.dirname(os.path.abspath(__file__)))
+        code = _JAX_CHILD.replace("HERE", here).replace("LSTM_T", str(lstm_t))
+        runs = [_child(code)["total"] for _ in range(repeats)]
     except (RuntimeError, StopIteration) as e:
         print(f"  jax.jit: not measured ({str(e).strip().splitlines()[-1] if str(e).strip() else e})")
         return None
@@ -321,7 +328,14 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-step", action="store_true")
     ap.add_argument("--lstm", action="store_true", help="also the LSTM step (T=50) against jax.jit's first call")
     ap.add_argument("--baseline", metavar="GEMM_PY", help="also measure with this version of gemm.py")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every part (tests): 1 and 2 GEMMs, one repeat (with --lstm: T=5)")
     args = ap.parse_args(argv)
+    counts, lstm_t = (1, 2, 4, 8), 50
+    if args.smoke:
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        args.repeats, counts, lstm_t = 1, (1, 2), 5
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
 
@@ -332,15 +346,15 @@ def main(argv=None) -> int:
     for label, path in versions:
         print(f"\n== {label}")
         if not args.skip_gemms:
-            bench_gemms(args.repeats, load_impl(path) if path else gemm_new)
+            bench_gemms(args.repeats, load_impl(path) if path else gemm_new, counts)
         if not args.skip_step:
-            mlp = bench_training_step(args.repeats, args.profile, path)
+            mlp = bench_training_step(args.repeats, args.profile, path, warm=not args.smoke)
             print(f"  goal: under 0.5 s -> {'met' if mlp < 0.5 else 'not met'}")
-            epoch = bench_training_step(args.repeats, False, path, "epoch")
+            epoch = bench_training_step(args.repeats, False, path, "epoch", warm=not args.smoke)
             print(f"  goal: under 0.5 s -> {'met' if epoch < 0.5 else 'not met'}")
         if args.lstm:
-            lstm = bench_training_step(args.repeats, args.profile, path, "lstm")
-            jx = bench_jax_lstm(args.repeats)
+            lstm = bench_training_step(args.repeats, args.profile, path, "lstm", lstm_t, warm=not args.smoke)
+            jx = bench_jax_lstm(args.repeats, lstm_t)
             if jx:
                 print(f"  graphc cold / jax.jit first call = {lstm / jx:.2f} (goal: at most 1)")
     return 0

@@ -17,6 +17,7 @@ which kernels a conv training step spends its time in (gc.compile(profile=True))
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py [--threads 1,2] [--quick]
     python benchmarks/bench_conv.py --accuracy     # examples/cnn_digits.py over seeds 0-7, and the default MLP
+    python benchmarks/bench_conv.py --smoke        # tests: 1 thread, a batch-1 conv layer, 128 rows, one sample each
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 ROWS = 1024  # rows of synthetic data per training epoch measured
+REPEATS, MIN_SAMPLE, PEAK_SECONDS = 5, 0.05, 0.2
+SMOKE = {"ROWS": 128, "REPEATS": 1, "MIN_SAMPLE": 0.001, "PEAK_SECONDS": 0.05}
+
+
+def _median(run, warmup: int = 2) -> float:
+    return peers._median_seconds(run, min_sample=MIN_SAMPLE, repeats=REPEATS, warmup=warmup)
 
 
 # ------------------------------------------------------------------------------------------- networks
@@ -118,11 +125,12 @@ def jax_net(jax, name):
 # ------------------------------------------------------------------------------------------- measurements
 
 
-def conv_layer(threads: int, quick: bool) -> dict:
-    """GFLOP/s of the 56x56 64->64 3x3 conv, forward and forward + both gradients."""
+def conv_layer(threads: int, quick: bool, notes: list[str], smoke: bool = False) -> dict:
+    """GFLOP/s of the 56x56 64->64 3x3 conv, forward and forward + both gradients (batch 1 under --smoke); a peer
+    that is not installed is left out, with a line in `notes`."""
     import graphc as gc
 
-    n, hw, c = (8 if quick else 32), 56, 64
+    n, hw, c = (1 if smoke else 8 if quick else 32), 56, 64
     flops = 2.0 * n * hw * hw * 9 * c * c
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, hw, hw, c)).astype(np.float32)
@@ -145,18 +153,24 @@ def conv_layer(threads: int, quick: bool) -> dict:
                 f()
         return run
 
-    t = peers._median_seconds(rep(lambda: fwd(vals)), repeats=5)
-    tb = peers._median_seconds(rep(lambda: both(vals)), repeats=5)
+    t = _median(rep(lambda: fwd(vals)))
+    tb = _median(rep(lambda: both(vals)))
     out["graphc"] = (flops / t / 1e9, 3 * flops / tb / 1e9)
+    try:  # a peer that is not installed (peers.PeerUnavailable) is noted, not fatal
+        out["torch"] = _torch_conv(threads, X, W, G, flops, rep)
+    except ImportError as e:
+        notes.append(f"torch: {e}")
     try:
-        out.update(_conv_layer_peers(threads, X, W, G, flops, rep))
-    except peers.PeerUnavailable as e:  # the peers' rows are left out; graphc's still print
-        print(f"# {e}", file=sys.stderr)
+        jax = peers._import_jax(threads)
+    except ImportError as e:
+        notes.append(f"jax: {e}")
+        jax = None
+    if jax is not None:
+        out["jax.jit"] = _jax_conv(jax, X, W, G, flops, rep)
     return out
 
 
-def _conv_layer_peers(threads: int, X, W, G, flops: float, rep) -> dict:
-    out: dict = {}
+def _torch_conv(threads: int, X, W, G, flops: float, rep) -> tuple[float, float]:
     torch = peers._import_torch(threads)
     xt = torch.tensor(X).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     wt = torch.tensor(W).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
@@ -170,26 +184,25 @@ def _conv_layer_peers(threads: int, X, W, G, flops: float, rep) -> dict:
         xt.grad = wt.grad = None
         torch.nn.functional.conv2d(xt, wt, padding=1).backward(gt)
 
-    out["torch"] = (flops / peers._median_seconds(rep(tfwd), repeats=5) / 1e9,
-                    3 * flops / peers._median_seconds(rep(tboth), repeats=5) / 1e9)
-    jax = peers._import_jax(threads)
-    if jax is not None:
-        lax = jax.lax
+    return flops / _median(rep(tfwd)) / 1e9, 3 * flops / _median(rep(tboth)) / 1e9
 
-        def jconv(a, b):
-            return lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-        jf = jax.jit(jconv)
-        def jboth(a, b, gg):  # the forward output returned as well, so XLA cannot drop it
-            yy, back = jax.vjp(jconv, a, b)
-            return yy, back(gg)
+def _jax_conv(jax, X, W, G, flops: float, rep) -> tuple[float, float]:
+    lax = jax.lax
 
-        jb = jax.jit(jboth)
-        xa, wa, ga = map(jax.numpy.asarray, (X, W, G))
-        out["jax.jit"] = (flops / peers._median_seconds(rep(lambda: jf(xa, wa).block_until_ready()), repeats=5) / 1e9,
-                          3 * flops / peers._median_seconds(
-                              rep(lambda: jax.block_until_ready(jb(xa, wa, ga))), repeats=5) / 1e9)
-    return out
+    def jconv(a, b):
+        return lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    jf = jax.jit(jconv)
+
+    def jboth(a, b, gg):  # the forward output returned as well, so XLA cannot drop it
+        yy, back = jax.vjp(jconv, a, b)
+        return yy, back(gg)
+
+    jb = jax.jit(jboth)
+    xa, wa, ga = map(jax.numpy.asarray, (X, W, G))
+    return (flops / _median(rep(lambda: jf(xa, wa).block_until_ready())) / 1e9,
+            3 * flops / _median(rep(lambda: jax.block_until_ready(jb(xa, wa, ga)))) / 1e9)
 
 
 def graphc_step(name: str, threads: int, batch: int, profile: bool) -> dict:
@@ -202,13 +215,21 @@ def graphc_step(name: str, threads: int, batch: int, profile: bool) -> dict:
     y = rng.integers(0, 10, ROWS).astype(np.int32)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, threads=threads)
     model = lambda images, n: build(gc, images, n)  # noqa: E731
-    os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp()  # cold: nothing cached
-    t0 = time.perf_counter()
-    tr = Trainer(model, "multiclass", X.shape[1], 10, cfg, log=lambda m: None, grid=grid)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    Trainer(model, "multiclass", X.shape[1], 10, cfg, log=lambda m: None, grid=grid)
-    cached = time.perf_counter() - t0
+    before = os.environ.get("GRAPHC_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="graphc-cold-") as cold_dir:
+        os.environ["GRAPHC_CACHE_DIR"] = cold_dir  # cold: nothing cached
+        try:
+            t0 = time.perf_counter()
+            tr = Trainer(model, "multiclass", X.shape[1], 10, cfg, log=lambda m: None, grid=grid)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            Trainer(model, "multiclass", X.shape[1], 10, cfg, log=lambda m: None, grid=grid)
+            cached = time.perf_counter() - t0
+        finally:
+            if before is None:
+                os.environ.pop("GRAPHC_CACHE_DIR")
+            else:
+                os.environ["GRAPHC_CACHE_DIR"] = before
     state = tr.init_state(0)
     scalars = tr.scalars(1)
 
@@ -217,7 +238,7 @@ def graphc_step(name: str, threads: int, batch: int, profile: bool) -> dict:
             tr.epoch_fn.run_epoch(X, y, state, batch=batch, epoch=e + 1, seed=0, step0=0, scalars=scalars,
                                   threads=threads)
 
-    t = peers._median_seconds(run, repeats=5, warmup=1)
+    t = _median(run, warmup=1)
     res = {"samples_per_s": ROWS / t, "compile_cold_s": cold, "compile_cached_s": cached}
     if profile:  # kernels of one forward+backward (the step's math, without the epoch driver)
         xin = tr.x
@@ -261,7 +282,7 @@ def torch_step(name: str, threads: int, batch: int, compiled: bool) -> dict:
             for lo in range(0, ROWS, batch):
                 step(X[lo:lo + batch], y[lo:lo + batch])
 
-    return {"samples_per_s": ROWS / peers._median_seconds(run, repeats=5, warmup=1), "compile_cold_s": cold}
+    return {"samples_per_s": ROWS / _median(run, warmup=1), "compile_cold_s": cold}
 
 
 def jax_step(name: str, threads: int, batch: int) -> dict | None:
@@ -296,25 +317,33 @@ def jax_step(name: str, threads: int, batch: int) -> dict | None:
                 box[0] = step(box[0], X[lo:lo + batch], y[lo:lo + batch])
         jax.block_until_ready(box[0])
 
-    return {"samples_per_s": ROWS / peers._median_seconds(run, repeats=5, warmup=1), "compile_cold_s": cold}
+    return {"samples_per_s": ROWS / _median(run, warmup=1), "compile_cold_s": cold}
 
 
-def child(threads: int, quick: bool, profile: bool, compile_torch: bool, nets: list[str]) -> dict:
+def child(threads: int, quick: bool, profile: bool, compile_torch: bool, nets: list[str], smoke: bool = False) -> dict:
     peers.set_threads(threads)
-    res: dict = {"threads": threads, "peak_gflops_1core": peers.fma_peak(), "conv": conv_layer(threads, quick)}
+    notes: list[str] = []
+    res: dict = {"threads": threads, "peak_gflops_1core": peers.fma_peak(PEAK_SECONDS),
+                 "conv": conv_layer(threads, quick, notes, smoke), "notes": notes}
     for name in nets:
         r = {"graphc": graphc_step(name, threads, 64, profile)}
-        peer_steps = [("torch eager", lambda name=name: torch_step(name, threads, 64, False))]
-        if compile_torch:
-            peer_steps.append(("torch.compile", lambda name=name: torch_step(name, threads, 64, True)))
-        peer_steps.append(("jax.jit", lambda name=name: jax_step(name, threads, 64)))
-        for label, run in peer_steps:
-            try:
-                v = run()
-            except Exception as e:  # noqa: BLE001 - a peer missing or failing here is reported, not fatal
-                v = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
-            if v is not None:
-                r[label] = v
+        try:  # a peer that is not installed (peers.PeerUnavailable) is reported as unavailable, not fatal
+            r["torch eager"] = torch_step(name, threads, 64, False)
+            if compile_torch:
+                try:
+                    r["torch.compile"] = torch_step(name, threads, 64, True)
+                except ImportError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a peer that cannot compile here is reported, not fatal
+                    r["torch.compile"] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+        except ImportError as e:
+            r["torch"] = {"error": str(e)}
+        try:
+            j = jax_step(name, threads, 64)
+        except ImportError as e:
+            j = {"error": str(e)}
+        if j is not None:
+            r["jax.jit"] = j
         res[name] = r
     return res
 
@@ -325,6 +354,8 @@ def report(results: list[dict]) -> None:
     for res in results:
         t, peak = res["threads"], res["peak_gflops_1core"]
         print(f"\n## {t} thread(s); FP32 FMA peak {peak:.0f} GFLOP/s per core ({peak * t:.0f} for {t})")
+        for note in res.get("notes", []):
+            print(f"  (not measured: {note})")
         print("3x3 conv 64->64, 56x56, 'same':   forward GFLOP/s (%peak)   fwd+dx+dW GFLOP/s (%peak)  "
           "[direct-convolution FLOPs / time]")
         g = res["conv"]["graphc"]
@@ -337,8 +368,8 @@ def report(results: list[dict]) -> None:
             r = res[name]
             best = max((v["samples_per_s"] for k, v in r.items() if k != "graphc" and "samples_per_s" in v),
                        default=float("nan"))
-            vs = f"graphc / fastest peer: {r['graphc']['samples_per_s'] / best:.2f}x" if best == best else "no peer ran"
-            print(f"{name} training step, batch 64: samples/s   ({vs})")
+            print(f"{name} training step, batch 64: samples/s   (graphc / fastest peer: "
+                  f"{r['graphc']['samples_per_s'] / best:.2f}x)")
             for peer, v in r.items():
                 if "error" in v:
                     print(f"  {peer:14s} unavailable: {v['error']}")
@@ -440,11 +471,15 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true", help="only: peak memory of the CIFAR-shaped training")
     ap.add_argument("--memory-child", choices=["graphc", "torch eager"], help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--smoke", action="store_true", help="toy run (1 thread, --quick, LeNet only, no "
-                    "torch.compile): checks that the script works (tests/test_benchmarks.py), no figures")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every code path (tests): 1 thread, conv batch 1, 128 rows, one sample each")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.threads, a.quick, a.no_torch_compile, a.nets = "1", True, True, "lenet"
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        globals().update(SMOKE)
+        if a.threads == "1,2":
+            a.threads = "1"
     if a.memory_child:
         print(json.dumps(memory_child(a.memory_child)))
         return 0
@@ -458,13 +493,13 @@ def main(argv=None) -> int:
         accuracy()
         return 0
     if a.child:
-        print(json.dumps(child(a.child, a.quick, a.profile, not a.no_torch_compile, nets)))
+        print(json.dumps(child(a.child, a.quick, a.profile, not a.no_torch_compile, nets, a.smoke)))
         return 0
     results = []
     for t in map(int, a.threads.split(",")):
         env = {**os.environ, **peers._thread_env(t), **peers._xla_env(t)}
         cmd = [sys.executable, __file__, "--child", str(t)] + ["--quick"] * a.quick + ["--profile"] * a.profile + \
-            ["--no-torch-compile"] * a.no_torch_compile + ["--nets", a.nets]
+            ["--no-torch-compile"] * a.no_torch_compile + ["--nets", a.nets] + ["--smoke"] * a.smoke
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             print(p.stderr[-3000:], file=sys.stderr)

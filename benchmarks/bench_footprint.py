@@ -12,7 +12,9 @@
    package (a private PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE lifted; `--from-source`: as the environment
    says): compiling graphc's sources in each process costs a few MB of peak RSS that no install pays.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_footprint.py [--repeats 3]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_footprint.py [--repeats 3] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): every figure once, quickly: a 64-32-10 network, 1,000 rows, one process each.
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ CHILD = textwrap.dedent("""
     t_import = time.perf_counter() - t0
     from peers import current_rss_mb, peak_rss_mb, set_threads, synthetic_classification
     set_threads(1)  # numpy's BLAS too, as in the peers' processes (its second thread's buffers would count)
-    sizes = (784, 256, 128, 10)
+    sizes = {sizes!r}
     X, y = synthetic_classification({rows}, sizes, seed=0) if {rows} else (None, None)
     rss = {{"data": current_rss_mb()}}
-    x = gc.input("x", ("N", 784)); t = gc.input("y", ("N",), "int32"); lr = gc.input("lr", (), "float32")
-    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, [256, 128, 10]), t)
+    x = gc.input("x", ("N", sizes[0])); t = gc.input("y", ("N",), "int32"); lr = gc.input("lr", (), "float32")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(x, list(sizes[1:])), t)
     params = gc.nn.parameters(loss)
     updates = {{p: p - lr * g for p, g in zip(params, gc.grad(loss, params))}}
     rss["graph"] = current_rss_mb()
@@ -63,18 +65,19 @@ CHILD = textwrap.dedent("""
 
 
 ENV: dict = dict(os.environ)
+SIZES = (784, 256, 128, 10)
 
 
 def child(cache: str, rows: int = 0, **extra) -> dict:
     env = dict(ENV, GRAPHC_CACHE_DIR=cache, **extra)
-    p = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, rows=rows)], env=env, capture_output=True,
-                       text=True, check=True)
+    p = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, rows=rows, sizes=SIZES)], env=env,
+                       capture_output=True, text=True, check=True)
     return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT"))[6:])
 
 
 def peer_rss(peer: str, rows: int) -> float:
-    p = subprocess.run([sys.executable, os.path.join(HERE, "peers.py"), "rss", peer, "784,256,128,10", str(rows),
-                        "128", "--json"], env=ENV, capture_output=True, text=True, check=True)
+    p = subprocess.run([sys.executable, os.path.join(HERE, "peers.py"), "rss", peer, ",".join(map(str, SIZES)),
+                        str(rows), "128", "--json"], env=ENV, capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -84,11 +87,23 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=60000, help="rows of the RSS run (0: the compile figures only)")
     ap.add_argument("--from-source", action="store_true",
                     help="import modules as the environment says (PYTHONDONTWRITEBYTECODE: compiled in each process)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every figure (tests): a 64-32-10 network, 1,000 rows, 1 repeat")
     args = ap.parse_args(argv)
+    global SIZES
+    if args.smoke:
+        if not ENV.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            ENV["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        SIZES, args.repeats, args.rows = (64, 32, 10), 1, min(args.rows, 1000)
+    name = "-".join(map(str, SIZES))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"cpu: {cpu}; load average {os.getloadavg()[0]:.2f} (the machine is shared); medians of {args.repeats} "
           "processes")
     pyc = None
+    # the cache of the bytecode warm-up and of the RSS runs (whose program is cached: which cache does not matter):
+    # one directory, so that the GEMM helper library is compiled once for both; under --smoke the caller's
+    scratch = tempfile.TemporaryDirectory()
+    warm = ENV["GRAPHC_CACHE_DIR"] if args.smoke else scratch.name
     if not args.from_source:
         pyc = tempfile.TemporaryDirectory()
         ENV.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -96,9 +111,8 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-c", "import compileall, graphc, os, sys; sys.exit(not compileall.compile_dir("
                         "os.path.dirname(graphc.__file__), quiet=1) or not compileall.compile_file(sys.argv[1], "
                         "quiet=1))", os.path.join(HERE, "peers.py")], env=ENV, check=True)
-        with tempfile.TemporaryDirectory() as d:  # the prefix holds every module's bytecode: site-packages' too
-            child(d, 1000)
-            peer_rss("numpy", 1000)
+        child(warm, 1000)  # the prefix holds every module's bytecode: site-packages' too
+        peer_rss("numpy", 1000)
     print("modules imported from bytecode (as an installed package's)" if pyc else
           f"modules imported as the environment says (PYTHONDONTWRITEBYTECODE="
           f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
@@ -124,7 +138,7 @@ def main(argv=None) -> int:
             cached.append(w["compile"])
             imports.append(w["import"])
             llvm_cached.add(w["llvm_loaded"])
-    print(f"784-256-128-10 epoch function: cold compile {statistics.median(cold):.3f} s "
+    print(f"{name} epoch function: cold compile {statistics.median(cold):.3f} s "
           f"({', '.join(f'{v:.3f}' for v in cold)}; LLVM in this process only, GRAPHC_COMPILE_PROCESSES=1: "
           f"{statistics.median(cold1):.3f} s; with an empty cache, the GEMM helper library compiled too: "
           f"{statistics.median(first):.3f} s), from the cache {statistics.median(cached):.3f} s; "
@@ -132,10 +146,11 @@ def main(argv=None) -> int:
     if args.rows <= 0:
         if pyc is not None:
             pyc.cleanup()
+        scratch.cleanup()
         return 0
-    with tempfile.TemporaryDirectory() as d:
-        child(d)  # populate the cache
-        g = [child(d, args.rows) for _ in range(args.repeats)]
+    child(warm)  # populate the cache
+    g = [child(warm, args.rows) for _ in range(args.repeats)]
+    scratch.cleanup()
     g_rss = statistics.median(r["peak_rss_mb"] for r in g)
     np_rss = statistics.median(peer_rss("numpy", args.rows) for _ in range(args.repeats))
     none_rss = statistics.median(peer_rss("none", args.rows) for _ in range(args.repeats))

@@ -14,6 +14,9 @@ out of line, on each finished tile while it is in L1), ``numpy`` (OpenBLAS sgemm
 epilogue), ``epi/rt`` the cost of the epilogue pass. ``--baseline path/to/old/gemm.py`` also builds the same
 kernels with another version of `graphc.codegen.gemm` (e.g. ``git show HEAD~1:graphc/codegen/gemm.py >
 /tmp/gemm_old.py``), times them alternately with the others, and reports new/old for rt and epi.
+
+``--smoke`` (tests/test_benchmarks.py): every code path once, quickly: three small cases, the 2-thread run and the
+peak re-measure at 256 instead of 1024, one short sample per figure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ctypes
 import importlib.util
 import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -196,11 +200,13 @@ def bias_relu(ctx) -> ir.Value:
     return b.select(b.fcmp_ordered(">", v, zero), v, zero)
 
 
-def build_all(target, cases, impl=gemm_new):
-    """rt{i} (runtime dims), st{i} (static dims), ep{i} (runtime dims, bias + relu epilogue) for every case,
-    with the `emit_gemm` of `impl`; returns the engine and the compile time (parse + optimize + codegen)."""
+def build_all(target, cases, impl=gemm_new, indices=None):
+    """rt{i} (runtime dims), st{i} (static dims), ep{i} (runtime dims, bias + relu epilogue) for every case (or
+    the cases[i] of `indices`), with the `emit_gemm` of `impl`; returns the engine and the compile time (parse +
+    optimize + codegen)."""
     mod = ir.Module()
-    for i, (_, M, N, K, ta, tb) in enumerate(cases):
+    for i in range(len(cases)) if indices is None else indices:
+        _, M, N, K, ta, tb = cases[i]
         impl.emit_gemm(mod, f"rt{i}", target=target, M=None, N=None, K=None, trans_a=ta, trans_b=tb)
         impl.emit_gemm(mod, f"st{i}", target=target, M=M, N=N, K=K, trans_a=ta, trans_b=tb)
         impl.emit_gemm(mod, f"ep{i}", target=target, M=None, N=None, K=None, trans_a=ta, trans_b=tb,
@@ -234,7 +240,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-threads", action="store_true", help="skip the 2-thread scaling run")
     ap.add_argument("--baseline", metavar="GEMM_PY", help="also time kernels from this version of gemm.py")
     ap.add_argument("--cases", help="comma-separated indices of CASES to run (default: all)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every code path (tests): small cases, one short sample per figure")
     args = ap.parse_args(argv)
+    square = 2  # the CASES index of the 2-thread run and of the peak re-measured alongside (1024)
+    if args.smoke:
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        square = 0
+        args.repeats, args.seconds, args.quiet_tries = 1, 0.002, 1
+        args.cases = args.cases or "0,7,8"
+    selected = [int(x) for x in args.cases.split(",")] if args.cases else list(range(len(CASES)))
+    built = sorted(set(selected) | ({square} if not args.no_threads else set()))
+    S = CASES[square][1]
 
     target = host_target()
     try:
@@ -264,12 +282,12 @@ def main(argv=None) -> int:
     print(f"FP32 FMA peak (1 thread, {target.f32_lanes}-lane FMAs, 24 chains): {peak_med:.1f} GFLOP/s "
           f"(min {min(peaks):.1f}, max {max(peaks):.1f})")
 
-    eng, ctime = build_all(target, CASES)
-    print(f"compiled {3 * len(CASES)} kernels in {ctime:.2f} s")
+    eng, ctime = build_all(target, CASES, indices=built)
+    print(f"compiled {3 * len(built)} kernels in {ctime:.2f} s")
     base = None
     if args.baseline:
-        base, btime = build_all(target, CASES, load_impl(args.baseline))
-        print(f"baseline {args.baseline}: compiled {3 * len(CASES)} kernels in {btime:.2f} s")
+        base, btime = build_all(target, CASES, load_impl(args.baseline), indices=built)
+        print(f"baseline {args.baseline}: compiled {3 * len(built)} kernels in {btime:.2f} s")
     one = Team(1)
     hdr = f"{'case':34s} {'M':>5s} {'N':>5s} {'K':>5s} {'rt GF/s':>8s} {'st GF/s':>8s} {'epi GF/s':>8s} " \
           f"{'numpy':>8s} {'rt/np':>6s} {'st/np':>6s} {'epi/rt':>6s} {'rt/peak':>7s}"
@@ -279,7 +297,6 @@ def main(argv=None) -> int:
     print("-" * len(hdr))
     keep = []
     proto = (None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
-    selected = [int(x) for x in args.cases.split(",")] if args.cases else range(len(CASES))
     for i in selected:
         label, M, N, K, ta, tb = CASES[i]
         A, B = operands(M, N, K, ta, tb)
@@ -319,7 +336,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             for key, c in calls.items():
                 samples[key].append(quiet.run(lambda c=c, fl=flops: rate(c, fl, args.seconds)))
-            if M == N == K == 1024:
+            if M == N == K == S:
                 rp.append(quiet.run(lambda: peak(args.seconds / 2)))
         med = {key: float(np.median(v)) for key, v in samples.items()}
         rt_m, st_m, ep_m, np_m = med["rt"], med["st"], med["epi"], med["numpy"]
@@ -331,14 +348,14 @@ def main(argv=None) -> int:
                      f"{ep_m / med['old epi']:7.3f}")
         print(line, flush=True)
         if rp:
-            print(f"{'':34s} (peak re-measured alongside 1024: {pk:.1f} GFLOP/s; static {100 * st_m / pk:.1f}%)")
+            print(f"{'':34s} (peak re-measured alongside {S}: {pk:.1f} GFLOP/s; static {100 * st_m / pk:.1f}%)")
 
     if not args.no_threads:
-        M = N = K = 1024
+        M = N = K = S
         A, B = operands(M, N, K, False, False)
         C = np.zeros((M, N), np.float32)
         ws = _aligned(workspace_bytes(M, N, K, 2, target))
-        fr = eng.function("rt2", None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
+        fr = eng.function(f"rt{square}", None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32)
         kargs = (A.ctypes.data, B.ctypes.data, C.ctypes.data, M, N, K, K, N, N, ws.ctypes.data)
         two = Team(2)
         flops = 2.0 * M * N * K
@@ -352,7 +369,7 @@ def main(argv=None) -> int:
                 with threadpool_limits(2):
                     n2.append(quiet.run(lambda: rate(lambda: np.matmul(A, B, out=C), flops, args.seconds * 2)))
         g1m, g2m = float(np.median(g1)), float(np.median(g2))
-        print(f"\n2 threads at 1024 (Python threads, tid=0/1): graphc 1T {g1m:.1f}  2T {g2m:.1f} GFLOP/s  "
+        print(f"\n2 threads at {S} (Python threads, tid=0/1): graphc 1T {g1m:.1f}  2T {g2m:.1f} GFLOP/s  "
               f"scaling {g2m / g1m:.2f}x")
         if n1:
             n1m, n2m = float(np.median(n1)), float(np.median(n2))

@@ -11,7 +11,10 @@
    one-thread gradient+update time per step as a function of the rows per rank; printed with the smallest global
    batch that keeps efficiency above 80%, and drawn to docs/mpi_scaling.png (--plot).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_mpi.py [--plot] [--epochs 3]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_mpi.py [--plot] [--epochs 3] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): every part once, quickly: 2,048 rows, 1 epoch, a few timed repeats of each
+phase, the plot drawn into a temporary directory.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ W2 = [256, 128]
 WIDE = [2048, 2048]
 ALPHA = 5e-6  # s per message: an MPI latency over a 100 Gb/s InfiniBand or RoCE fabric, software included
 BETA = 12.5e9  # bytes/s: 100 Gb/s per machine
+REPS, REPS_WIDE = 300, 20  # timed repeats of a phase, of the wide allreduce
+SMOKE = {"ROWS": 2048, "REPS": 3, "REPS_WIDE": 1}
 
 
 def data(rows: int | None = None):
@@ -87,7 +92,8 @@ def rank_part(epochs: int, out: str) -> None:
     uv = ds._bind_update(ds._update_values(live, {"lr": 0.0}, np.ones((), np.float32)))
     gcall = ds.grad_fn.bind(gv, out=ds.outs)
 
-    def timed(fn, reps=300):
+    def timed(fn, reps=None):
+        reps = REPS if reps is None else reps
         ts = []
         for _ in range(reps):
             dist.comm.Barrier()
@@ -101,20 +107,20 @@ def rank_part(epochs: int, out: str) -> None:
               "exchange_update": timed(lambda: ds._reduce_and_update(uv)),
               "allreduce": timed(lambda: dist.allreduce_(flat))}
     wide = np.zeros(n_params(WIDE), np.float32)
-    phases["allreduce_wide"] = timed(lambda: dist.allreduce_(wide), reps=20)
+    phases["allreduce_wide"] = timed(lambda: dist.allreduce_(wide), reps=REPS_WIDE)
     if dist.rank == 0:
         with open(out, "w") as f:
             json.dump({"rate": float(np.median(rates)), "rates": rates, "phases": phases,
                        "step": type(ds).__name__}, f)
 
 
-def ranks(epochs: int, shared: bool) -> dict:
+def ranks(epochs: int, shared: bool, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
-        subprocess.run([mpirun, "-n", "2", sys.executable, __file__, "--rank-part", out, "--epochs", str(epochs),
-                        "--rows", str(ROWS)],
-                       check=True, env=dict(os.environ, GRAPHC_MPI_SHARED="1" if shared else "0"))
+        subprocess.run([mpirun, "-n", "2", sys.executable, __file__, "--rank-part", out, "--epochs", str(epochs)]
+                       + ["--smoke"] * smoke, check=True,
+                       env=dict(os.environ, GRAPHC_MPI_SHARED="1" if shared else "0"))
         with open(out) as f:
             return json.load(f)
 
@@ -152,7 +158,7 @@ def binary(epochs: int) -> dict | None:
                 "ranks": rate([mpirun, "-n", "2", str(built[True].path), "--threads", "1"], "ranks")}
 
 
-def _ddp_worker(rank: int, world: int, epochs: int, port: int, q) -> None:
+def _ddp_worker(rank: int, world: int, epochs: int, port: int, q, rows: int) -> None:
     import torch
     import torch.distributed as td
 
@@ -165,20 +171,20 @@ def _ddp_worker(rank: int, world: int, epochs: int, port: int, q) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     lossf = torch.nn.CrossEntropyLoss()
-    X, y = data()
+    X, y = data(rows)
     X, y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     per = BATCH // world
     rates = []
     for e in range(epochs):
-        perm = torch.randperm(ROWS, generator=torch.Generator().manual_seed(e))
+        perm = torch.randperm(rows, generator=torch.Generator().manual_seed(e))
         td.barrier()
         t = time.perf_counter()
-        for s in range(0, ROWS, BATCH):
-            idx = perm[s + rank * per:min(s + (rank + 1) * per, ROWS)]
+        for s in range(0, rows, BATCH):
+            idx = perm[s + rank * per:min(s + (rank + 1) * per, rows)]
             opt.zero_grad(set_to_none=True)
             lossf(ddp(X[idx]), y[idx]).backward()
             opt.step()
-        rates.append(ROWS / (time.perf_counter() - t))
+        rates.append(rows / (time.perf_counter() - t))
     if rank == 0:
         q.put(float(np.median(rates)))
     td.destroy_process_group()
@@ -190,7 +196,7 @@ def ddp(epochs: int) -> float:
     ctx = mp.get_context("spawn")
     q = ctx.SimpleQueue()
     port = 29500 + os.getpid() % 1000
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, epochs, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, epochs, port, q, ROWS)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -208,7 +214,7 @@ def ring(p: int, n: int) -> float:
     return 2 * (p - 1) * ALPHA + 2 * (p - 1) / p * 4 * n / BETA
 
 
-def projection(phases: dict, b0: int, plot: bool) -> None:
+def projection(phases: dict, b0: int, plot: bool, plot_dir: str | None = None) -> None:
     print(f"\nprojection: ring allreduce, alpha {ALPHA * 1e6:g} us, beta {BETA / 1e9:g} GB/s per machine (100 Gb/s), "
           f"no overlap; compute from the measured one-thread step at {b0} rows per rank "
           f"({phases['grad'] * 1e3:.3f} ms gradient + {phases['update'] * 1e3:.3f} ms update)")
@@ -250,30 +256,34 @@ def projection(phases: dict, b0: int, plot: bool) -> None:
         ax.set_title("Projected data-parallel efficiency (ring allreduce, 100 Gb/s, 5 us)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "mpi_scaling.png")
+        path = os.path.join(plot_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"),
+                            "mpi_scaling.png")
         fig.savefig(path, dpi=100)
         print(f"plot: {os.path.normpath(path)}")
 
 
 def main() -> None:
-    global ROWS
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--rank-part", metavar="OUT")
-    ap.add_argument("--rows", type=int, default=ROWS, help=f"synthetic rows (default {ROWS:,})")
-    ap.add_argument("--smoke", action="store_true", help="toy run (2,048 rows, 1 epoch): checks that the script "
-                    "works (tests/test_benchmarks.py), no figures")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every part (tests): 2,048 rows, 1 epoch, the plot in a temporary directory")
     args = ap.parse_args()
-    ROWS = 2_048 if args.smoke else args.rows
+    plot_dir = None
     if args.smoke:
-        args.epochs, args.plot = 1, False
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        globals().update(SMOKE)
+        args.epochs, args.plot = 1, True
+        if not args.rank_part:
+            plot_dir = tempfile.mkdtemp(prefix="bench-mpi-plot-")
     if args.rank_part:
         rank_part(args.epochs, args.rank_part)
         return
     one = one_process(args.epochs, 2)
-    r = ranks(args.epochs, shared=True)
-    ra = ranks(args.epochs, shared=False)
+    r = ranks(args.epochs, shared=True, smoke=args.smoke)
+    ra = ranks(args.epochs, shared=False, smoke=args.smoke)
     try:
         torch_rate = ddp(args.epochs)
     except ImportError:
@@ -295,7 +305,9 @@ def main() -> None:
               f"{b['ranks'] / torch_rate:.2f}x DDP)")
     print(f"  allreduce at P=2: W2 {ph['allreduce'] * 1e3:.3f} ms ({4 * n_params(W2) / 1e6:.2f} MB), 784-2048-2048-10 "
           f"{ph['allreduce_wide'] * 1e3:.2f} ms ({4 * n_params(WIDE) / 1e6:.1f} MB)")
-    projection(ph, BATCH // 2, args.plot)
+    projection(ph, BATCH // 2, args.plot, plot_dir)
+    if plot_dir is not None:
+        shutil.rmtree(plot_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ call) at T = 10..1000.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_rnn.py            # 1 and 2 threads
     python benchmarks/bench_rnn.py --threads 1 --lengths 50                                 # one configuration
     python benchmarks/bench_rnn.py --memory                                                 # peak memory, T=500
+    python benchmarks/bench_rnn.py --smoke      # tests: 1 thread, T=5, one short round (every code path, quickly)
 
 Each thread count runs in its own process (XLA reads its thread count once). Figures are medians of repeats;
 the machine may be shared: compare columns of one run, not runs of different days."""
@@ -30,6 +31,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 F, H, N, CLASSES = 32, 128, 64, 10
+SMOKE = False  # --smoke: one short round per contender, a short peak measurement
 
 
 def _data(T, seed=0):
@@ -163,21 +165,20 @@ def median_seconds(fn, repeats=7):
     return peers._median_seconds(lambda n: [fn() for _ in range(n)], min_sample=0.2, repeats=repeats)
 
 
-def _available(make):
-    """make() — a peer's step — or None when the peer is not installed (the row then says so)."""
-    import peers
-
+def _made(label: str, make, notes: list[str]):
+    """make(), or None (noted) where the peer it needs is not installed (peers.PeerUnavailable)."""
     try:
         return make()
-    except peers.PeerUnavailable as e:
-        print(f"# {e}", file=sys.stderr)
+    except ImportError as e:
+        notes.append(f"{label}: {e}")
         return None
 
 
-def one_config(threads: int, lengths: list[int], compile_lengths: list[int], rounds: int = 7) -> dict:
+def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> dict:
     import peers
 
-    out: dict = {"threads": threads, "rows": [], "compile": [], "peak_gflops_1core": peers.fma_peak()}
+    out: dict = {"threads": threads, "rows": [], "compile": [], "notes": [],
+                 "peak_gflops_1core": peers.fma_peak(0.05 if SMOKE else 0.2)}
     for T in lengths:
         contenders = {
             "graphc lstm": lambda T=T: graphc_step("lstm", T, threads)[0],
@@ -188,11 +189,11 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int], rou
             "graphc gru": lambda T=T: graphc_step("gru", T, threads)[0],
             "torch gru": lambda T=T: torch_step("gru", T, threads),
         }
-        runs = {label: fn for label, fn in ((label, _available(make)) for label, make in contenders.items())
-                if fn is not None}
+        made = ((label, _made(label, make, out["notes"])) for label, make in contenders.items())
+        runs = {label: fn for label, fn in made if fn is not None}
         # every contender sampled once per round, in turn: the VM's speed drifts by tens of percent within
         # minutes, and measuring each in its own minute turned that drift into the ratios
-        med, samples = peers.interleaved_medians(runs, min_sample=0.2 if rounds > 1 else 0.01, rounds=rounds)
+        med, samples = peers.interleaved_medians(runs, **(dict(min_sample=0.001, rounds=1, warmup=1) if SMOKE else {}))
         row = {"T": T, **{label: N / med[label] if label in med else None for label in contenders}}
         lstm_peers = [k for k in ("torch lstm", "torch.compile lstm", "jax lstm") if k in samples]
         row["round ratios"] = sorted(min(samples[k][r] for k in lstm_peers) / samples["graphc lstm"][r]
@@ -200,8 +201,11 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int], rou
         out["rows"].append(row)
     for T in compile_lengths:
         _, cold = graphc_step("lstm", T, threads, cache=False)
-        jax_first = _available(lambda T=T: jax_step(T, threads))
-        jc = jax_first[1] if jax_first is not None else None
+        try:
+            _, jc = jax_step(T, threads)
+        except ImportError as e:
+            out["notes"].append(f"jax.jit compile: {e}")
+            jc = None
         out["compile"].append({"T": T, "graphc cold s": cold, "jax.jit first call s": jc})
     return out
 
@@ -271,58 +275,66 @@ def main() -> None:
     ap.add_argument("--lengths", default="50,500")
     ap.add_argument("--compile-lengths", default="10,100,1000")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="toy run (T=5, 1 thread, 1 round): checks that the "
-                    "script works (tests/test_benchmarks.py), no figures")
     ap.add_argument("--memory", action="store_true",
                     help="only: peak memory of the T=500 LSTM training (graphc, checkpoint=10, PyTorch)")
     ap.add_argument("--memory-child", choices=list(MEMORY_RUNS), help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every code path (tests): 1 thread, T=5, one short round")
     a = ap.parse_args()
+    threads_list = (1, 2)
+    if a.smoke:
+        import tempfile
+
+        global SMOKE
+        SMOKE = True
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        a.lengths, a.compile_lengths, threads_list = "5", "5", (1,)
     if a.memory_child:
         print(json.dumps(memory_child(a.memory_child, int(a.lengths.split(",")[-1]))))
         return
     if a.memory:
         memory(int(a.lengths.split(",")[-1]) if a.lengths != "50,500" else 500)
         return
-    if a.smoke:
-        a.lengths, a.compile_lengths = "5", "5"
     lengths = [int(t) for t in a.lengths.split(",") if t]
     clen = [int(t) for t in a.compile_lengths.split(",") if t]
     if a.threads is not None:
-        res = one_config(a.threads, lengths, clen, rounds=1 if a.smoke else 7)
+        res = one_config(a.threads, lengths, clen)
         print(json.dumps(res) if a.json else res)
         return
     import peers
 
     cpu = peers._cpu_model()
     print(f"# bench_rnn: LSTM/GRU training step (forward + backward), input {F}, hidden {H}, batch {N}; CPU {cpu}")
-    for threads in (1,) if a.smoke else (1, 2):
+    for threads in threads_list:
         cmd = [sys.executable, __file__, "--threads", str(threads), "--lengths", a.lengths,
-               "--compile-lengths", a.compile_lengths, "--json"] + (["--smoke"] if a.smoke else [])
+               "--compile-lengths", a.compile_lengths, "--json"] + ["--smoke"] * a.smoke
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         peak = res["peak_gflops_1core"] * threads
         print(f"\n## {threads} thread(s): samples/s (median); FP32 FMA peak {peak:.0f} GFLOP/s measured")
+        for note in dict.fromkeys(res.get("notes", [])):
+            print(f"  (not measured: {note})")
         for row in res["rows"]:
             lstm_peers = {k: v for k, v in row.items() if k.startswith(("torch lstm", "torch.compile lstm", "jax"))
                           and v}
             share = lambda sps, T=row["T"], peak=peak: 100 * step_flops("lstm", T) * sps / N / 1e9 / peak  # noqa: E731
             cells = "  ".join(f"{k}: {v:,.0f}" for k, v in row.items() if k not in ("T", "round ratios") and v)
-            if not lstm_peers:
-                print(f"T={row['T']}: {cells}\n  share of the FMA peak: graphc {share(row['graphc lstm']):.0f}% "
-                      "(no peer installed: pip install -e '.[bench]' for the ratios)")
-                continue
-            best = max(lstm_peers, key=lstm_peers.get)
-            ratio = row["graphc lstm"] / lstm_peers[best]
-            gru = row["graphc gru"] / row["torch gru"] if row["torch gru"] else float("nan")
-            print(f"T={row['T']}: {cells}\n  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.3f} -> "
-                  f"{'met' if ratio >= 1.25 else 'short'} (goal >= 1.25); by hand / fastest "
-                  f"{row['graphc lstm by hand'] / lstm_peers[best]:.2f}; share of the FMA peak: graphc "
-                  f"{share(row['graphc lstm']):.0f}%, {best} {share(lstm_peers[best]):.0f}%; GRU graphc / torch "
-                  f"{gru:.2f}\n  gc.nn.lstm / fastest peer of the same round, "
-                  f"sorted: {', '.join(f'{r:.2f}' for r in row['round ratios'])}")
+            print(f"T={row['T']}: {cells}\n  share of the FMA peak: graphc {share(row['graphc lstm']):.0f}%, by hand "
+                  f"{share(row['graphc lstm by hand']):.0f}%")
+            if lstm_peers:
+                best = max(lstm_peers, key=lstm_peers.get)
+                ratio = row["graphc lstm"] / lstm_peers[best]
+                print(f"  gc.nn.lstm / fastest LSTM peer ({best}) = {ratio:.3f} -> "
+                      f"{'met' if ratio >= 1.25 else 'short'} (goal >= 1.25); by hand / fastest "
+                      f"{row['graphc lstm by hand'] / lstm_peers[best]:.2f}; {best}'s share of the FMA peak "
+                      f"{share(lstm_peers[best]):.0f}%\n  gc.nn.lstm / fastest peer of the same round, "
+                      f"sorted: {', '.join(f'{r:.2f}' for r in row['round ratios'])}")
+            if row.get("torch gru"):
+                print(f"  GRU graphc / torch {row['graphc gru'] / row['torch gru']:.2f}")
         for c in res["compile"]:
             jc = c["jax.jit first call s"]
             print(f"compile T={c['T']}: graphc cold {c['graphc cold s']:.2f} s, jax.jit first call "
-                  + (f"{jc:.2f} s" if jc is not None else "(jax not installed)"))
+                  + (f"{jc:.2f} s" if jc is not None else "not measured"))
 
 
 if __name__ == "__main__":

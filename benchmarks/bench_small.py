@@ -12,7 +12,9 @@ thread; compile time is not counted. `--baseline DIR` also runs graphc from anot
 branch) in a fresh process, the same way, so that before and after are measured in the same run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_small.py [--baseline /path/to/graphc]
-        [--epochs 10] [--workloads 64-32-10:1,...,10-64-64-1:16:diabetes] [--peers numpy,torch,...]
+        [--epochs 10] [--workloads 64-32-10:1,...,10-64-64-1:16:diabetes] [--peers numpy,torch,...] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): 1 epoch of two workloads (64-32-10 at batch 1, the diabetes regression).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -135,7 +138,15 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--baseline", metavar="DIR", help="also run graphc from this checkout (fresh process)")
     ap.add_argument("--graphc-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every code path (tests): 1 epoch, 64-32-10:1 and the diabetes workload")
     args = ap.parse_args(argv)
+    if args.smoke:
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        args.epochs = 1
+        if args.workloads == WORKLOADS:
+            args.workloads = "64-32-10:1,10-64-64-1:16:diabetes"
     work = [(tuple(int(v) for v in w.split(":")[0].split("-")), int(w.split(":")[1]), (w.split(":") + ["digits"])[2])
             for w in args.workloads.split(",")]  # (sizes, batch, data set)
     for w in work:

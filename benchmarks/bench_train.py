@@ -11,7 +11,9 @@
    MLPClassifier with the same settings (mean over seeds). scikit-learn's regression loss is half the mean
    squared error, so it gets twice graphc's learning rate: the same steps.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--quick]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--quick] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): every part once, quickly: 1 seed, 2 epochs, 2,000 synthetic rows, 1 thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SEEDS = tuple(range(16))  # small test splits: means over seeds, not single runs
 EPOCHS = 3  # the 784 run: each figure is the median epoch of this many (peak RSS: of the whole run)
+SMALL_EPOCHS = 30  # digits, diabetes, breast cancer
+ROWS = 60000  # the 784 run
+THREADS = (1, 2)  # the 784 run's thread counts (each a fresh process)
+SMOKE = {"SEEDS": (0,), "EPOCHS": 1, "SMALL_EPOCHS": 2, "ROWS": 2000, "THREADS": (1,)}
 
 
 def graphc_fit(**kw):
@@ -45,12 +51,13 @@ def digits(threads: int, quick: bool) -> None:
     ds = data.load("digits")
     accs, rates = [], []
     for seed in SEEDS:
-        r = graphc_fit(data="digits", seed=seed, threads=threads)
+        r = graphc_fit(data="digits", seed=seed, threads=threads, epochs=SMALL_EPOCHS)
         accs.append(r.metrics["test_accuracy"])
         rates.append(np.median([h["samples_per_second"] for h in r.history]))
     g_rate = float(np.median(rates))
     compile_s = r.metrics["compile_seconds"]
-    sk = [sklearn_mlp(ds.X_train, ds.y_train, ds.X_test, ds.y_test, hidden=(128,), epochs=30, batch=32, lr=0.1,
+    sk = [sklearn_mlp(ds.X_train, ds.y_train, ds.X_test, ds.y_test, hidden=(128,), epochs=SMALL_EPOCHS, batch=32,
+                      lr=0.1,
                       seed=s, threads=threads) for s in SEEDS]
     sk_acc = float(np.mean([s["test_accuracy"] for s in sk]))
     print(f"digits default: graphc test accuracy {np.mean(accs):.4f} {[round(a, 4) for a in accs]}, "
@@ -61,7 +68,7 @@ def digits(threads: int, quick: bool) -> None:
         y = ds.y_train.astype(np.int64)
         for name, fn in (("jax scan", epoch_jax_scan), ("torch", epoch_torch), ("numpy", epoch_numpy)):
             try:
-                peers[name] = fn(ds.X_train, y, sizes, 32, 0.1, 30, seed=0, threads=threads,
+                peers[name] = fn(ds.X_train, y, sizes, 32, 0.1, SMALL_EPOCHS, seed=0, threads=threads,
                                  evaluate=False)["samples_per_second"]
             except ImportError as e:
                 print(f"  ({name}: {e})")
@@ -104,6 +111,7 @@ def binary_run(X, y, threads: int, batch: int) -> dict | None:
     """The same 784-256-128-10 run (EPOCHS epochs) by a standalone training binary (`graphc build`, built
     once): its metrics.json (peak_rss_mb: the binary's own VmHWM, arena_bytes) with the median epoch's
     samples/s from its history.csv. None where no C compiler is found."""
+    import atexit
     import shutil
     import tempfile
     from pathlib import Path
@@ -116,6 +124,7 @@ def binary_run(X, y, threads: int, batch: int) -> dict | None:
             from graphc.aot import build
 
             work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+            atexit.register(shutil.rmtree, work, True)  # 190 MB of synthetic data: not left behind
             np.save(work / "x.npy", X)
             np.save(work / "y.npy", y.astype(np.int32))
             _BINARY.update(work=work, exe=build(work / "train-784", task="multiclass", n_features=784, n_outputs=10,
@@ -134,11 +143,12 @@ def binary_run(X, y, threads: int, batch: int) -> dict | None:
     return m
 
 
-def big(threads: int, quick: bool, rows: int = 60000, batch: int = 128) -> None:
+def big(threads: int, quick: bool, rows: int | None = None, batch: int = 128) -> None:
     """graphc in process (a fresh Python process: imports, compile from the cache, EPOCHS epochs) and as a
     standalone binary, against the peers, each peer's peak RSS measured in a fresh process of its own."""
     from peers import epoch_jax_scan, epoch_numpy, epoch_torch, peer_peak_rss, synthetic_classification
 
+    rows = ROWS if rows is None else rows
     here = os.path.dirname(os.path.abspath(__file__))
     code = RSS.format(here=here, rows=rows, batch=batch, threads=threads, epochs=EPOCHS)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -184,8 +194,10 @@ def small_tasks(threads: int) -> None:
     for name, task in (("diabetes", "regression"), ("breast_cancer", "classification")):
         ds = data.load(name)
         d = {"lr": 0.1, "hidden": [128], "epochs": 30, **DATASET_DEFAULTS[name]}
+        if SMALL_EPOCHS != 30:  # --smoke
+            d["epochs"] = SMALL_EPOCHS
         key = "test_mse" if task == "regression" else "test_accuracy"
-        ours = [graphc_fit(data=name, seed=s, threads=threads).metrics[key] for s in SEEDS]
+        ours = [graphc_fit(data=name, seed=s, threads=threads, epochs=d["epochs"]).metrics[key] for s in SEEDS]
         sk_lr = d["lr"] * (2 if task == "regression" else 1)
         theirs = [sklearn_mlp(ds.X_train, ds.y_train.astype(np.int64) if task != "regression" else ds.y_train,
                               ds.X_test, ds.y_test, task=task, hidden=tuple(d["hidden"]), epochs=d["epochs"],
@@ -200,7 +212,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="graphc and scikit-learn only")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every part (tests): 1 seed, 2 epochs, 2,000 synthetic rows, 1 thread")
     args = ap.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        globals().update(SMOKE)
     from peers import describe
 
     info = describe()
@@ -208,7 +228,7 @@ def main(argv=None) -> int:
           f"sklearn {info.get('sklearn')}  OpenBLAS {info.get('openblas_kernel')}  load {info.get('loadavg')}")
     digits(args.threads, args.quick)
     small_tasks(args.threads)
-    for t in (1, 2):
+    for t in THREADS:
         big(t, args.quick)
     return 0
 

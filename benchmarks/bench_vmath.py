@@ -6,7 +6,9 @@ preallocated output. Prints ns/element (median of the repeats), the speed-up ove
 error of both against float64 on the benchmark's inputs.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_vmath.py [--sizes N,M] [--repeats R]
-        [--target native|x86-64|x86-64-v3|x86-64-v4]
+        [--target native|x86-64|x86-64-v3|x86-64-v4] [--smoke]
+
+`--smoke` (tests/test_benchmarks.py): the same tables at 4K and 1K elements, one timed repeat.
 
 At 4M elements (16 MB in, 16 MB out) the cheap functions run at the memory bandwidth limit, printed as the
 "memory floor" under each table; the 64K table (in L2) shows the compute cost.
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -127,8 +131,13 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=11, help="timed repeats per function (median; >= 7)")
     ap.add_argument("--target", default="native", help="native, x86-64, x86-64-v3 or x86-64-v4")
+    ap.add_argument("--smoke", action="store_true", help="a quick run of every code path (tests): tiny sizes, 1 repeat")
     args = ap.parse_args()
     repeats = max(7, args.repeats)
+    if args.smoke:
+        if not os.environ.get("GRAPHC_CACHE_DIR"):  # a cache of its own, not ~/.cache/graphc
+            os.environ["GRAPHC_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphc-smoke-")
+        args.sizes, repeats = "4096,1024", 1
 
     target = host_target() if args.target == "native" else level_target(args.target)
     lanes = target.f32_lanes

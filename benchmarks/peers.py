@@ -7,6 +7,7 @@ Import it with ``benchmarks/`` on ``sys.path`` (``from peers import ...``), or r
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/peers.py            # quick self-check
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/peers.py figures    # the figures in README.md
     python benchmarks/peers.py rss numpy 784,256,128,10 60000 128 [--threads 1] [--epochs 1]   # peak RSS, MB
+    python benchmarks/peers.py --smoke     # tests: the self-check and every figure once, at the smallest sizes
 
 Every peer is imported lazily; a missing one raises :class:`PeerUnavailable` (an ``ImportError``) naming the
 package and the install command. All timings are medians of repeats (the machine is shared: one busy neighbour
@@ -998,16 +999,16 @@ def current_rss_mb() -> float:
     return peak_rss_mb()
 
 
-def fma_peak() -> float:
-    """The measured FP32 FMA peak of one core, GFLOP/s (graphc's peak kernel from bench_gemm, best of 3 samples):
-    what bench_conv and bench_rnn report shares of."""
+def fma_peak(seconds: float = 0.2) -> float:
+    """The measured FP32 FMA peak of one core, GFLOP/s (graphc's peak kernel from bench_gemm, best of 3 samples
+    of `seconds`): what bench_conv and bench_rnn report shares of."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_gemm import fma_peak_kernel
 
     from graphc.codegen.target import host_target
 
     sample = fma_peak_kernel(host_target())
-    return max(sample(0.2) for _ in range(3))
+    return max(sample(seconds) for _ in range(3))
 
 
 def memory_marks() -> dict:
@@ -1116,18 +1117,19 @@ def _available(peer: str) -> bool:
     return True
 
 
-def _selfcheck() -> int:
+def _selfcheck(smoke: bool = False) -> int:
     set_threads(1)
     print(_fmt_describe(describe()))
     ok = True
-    g = sgemm_gflops_numpy(256, 256, 256, repeats=5)
+    repeats = 1 if smoke else 5
+    g = sgemm_gflops_numpy(256, 256, 256, repeats=repeats)
     print(f"numpy sgemm 256^3: {g:.1f} GFLOP/s")
     sizes, batch = (64, 32, 10), 32
     for name, fn in (("numpy", step_time_numpy), ("torch", step_time_torch), ("jax", step_time_jax)):
         if name != "numpy" and not _available(name):
             print(f"{name}: not installed ({_INSTALL})")
             continue
-        print(f"step {name} {sizes} batch {batch}: {fn(sizes, batch, 1, repeats=5) * 1e6:.1f} us")
+        print(f"step {name} {sizes} batch {batch}: {fn(sizes, batch, 1, repeats=repeats) * 1e6:.1f} us")
     if not _available("sklearn"):
         print(f"sklearn: not installed ({_INSTALL}); digits checks skipped")
         return 0
@@ -1171,40 +1173,57 @@ def _selfcheck() -> int:
     return 0 if ok else 1
 
 
-def _figures(sections: set[str]) -> None:
-    """The measurements reported in benchmarks/README.md (each section well under a minute)."""
+def _skipped(name: str, e: ImportError) -> None:
+    print(f"  {name:6s} not measured: {e}", flush=True)
+
+
+def _figures(sections: set[str], smoke: bool = False) -> None:
+    """The measurements reported in benchmarks/README.md (each section well under a minute); `smoke`: each once,
+    at the smallest sizes, 1 thread. A peer that is not installed is skipped, with a line saying so."""
 
     def load() -> str:
         return "loadavg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
+    threads = (1,) if smoke else (1, 2)
+    repeats = 1 if smoke else 9
+    big = (64, 32, 10) if smoke else (784, 256, 128, 10)
     set_threads(1)
     print(_fmt_describe(describe()), flush=True)
     if "sgemm" in sections:
         print(f"\n[sgemm numpy, 1 thread] {load()}")
-        for m, n, k, ta, tb in ((256, 256, 256, 0, 0), (512, 512, 512, 0, 0), (1024, 1024, 1024, 0, 0),
-                                (128, 256, 784, 0, 0), (784, 256, 128, 1, 0), (128, 784, 256, 0, 1)):
+        cases = ((256, 256, 256, 0, 0), (512, 512, 512, 0, 0), (1024, 1024, 1024, 0, 0),
+                 (128, 256, 784, 0, 0), (784, 256, 128, 1, 0), (128, 784, 256, 0, 1))
+        for m, n, k, ta, tb in cases[:1] + cases[4:] if smoke else cases:
             with others_cpu() as oc:
-                g = sgemm_gflops_numpy(m, n, k, bool(ta), bool(tb))
+                g = sgemm_gflops_numpy(m, n, k, bool(ta), bool(tb), repeats=repeats)
             print(f"  {m}x{k}{'(T)' if ta else ''} . {k}x{n}{'(T)' if tb else ''}: {g:7.1f} GFLOP/s   "
                   f"(others used {oc['others_cpu']} CPUs)", flush=True)
     if "step" in sections:
-        sizes, batch = (784, 256, 128, 10), 128
+        sizes, batch = big, 16 if smoke else 128
         print(f"\n[step {'-'.join(map(str, sizes))} batch {batch}] {load()}")
-        for t in (1, 2):
+        for t in threads:
             for name, fn in (("torch", step_time_torch), ("jax", step_time_jax), ("numpy", step_time_numpy)):
-                with others_cpu() as oc:
-                    s = fn(sizes, batch, t)
+                try:
+                    with others_cpu() as oc:
+                        s = fn(sizes, batch, t, repeats=repeats)
+                except ImportError as e:
+                    _skipped(name, e)
+                    continue
                 print(f"  {name:6s} {t} thread(s): {s * 1e3:7.3f} ms/step   (others used {oc['others_cpu']} CPUs)",
                       flush=True)
     if "digits" in sections:
         Xtr, ytr, Xte, yte = load_digits_split()
-        sizes, epochs, lr = (64, 64, 10), 30, 0.05
+        sizes, epochs, lr = (64, 64, 10), 2 if smoke else 30, 0.05
         print(f"\n[digits {len(Xtr)} train rows, {'-'.join(map(str, sizes))} ReLU, {epochs} epochs, lr {lr}, "
               f"1 thread] {load()}")
-        for batch in (32, 128):
+        for batch in (128,) if smoke else (32, 128):
             for name in ("jax", "torch", "numpy"):
-                with others_cpu() as oc:
-                    r = globals()[_EPOCH[name]](Xtr, ytr, sizes, batch, lr, epochs, seed=0, threads=1)
+                try:
+                    with others_cpu() as oc:
+                        r = globals()[_EPOCH[name]](Xtr, ytr, sizes, batch, lr, epochs, seed=0, threads=1)
+                except ImportError as e:
+                    _skipped(name, e)
+                    continue
                 acc = mlp_evaluate(r["params"], Xte, yte)[1]
                 print(f"  batch {batch:3d} {name:6s}: {r['samples_per_second']:10.0f} samples/s  compile "
                       f"{r['compile_seconds']:.2f}s  train loss {r['final_train_loss']:.4f}  test acc {acc:.3f}   "
@@ -1215,22 +1234,29 @@ def _figures(sections: set[str]) -> None:
                   f" epochs)  train loss {s['final_train_loss']:.4f}  test acc {s['test_accuracy']:.3f}   "
                   f"(others used {oc['others_cpu']} CPUs)", flush=True)
     if "synthetic" in sections:
-        sizes, rows, batch, epochs, lr = (784, 256, 128, 10), 60000, 128, 3, 0.01
+        sizes, rows, batch, epochs, lr = big, 2000 if smoke else 60000, 128, 1 if smoke else 3, 0.01
         X, y = synthetic_classification(rows, sizes)
         print(f"\n[synthetic {rows} x {sizes[0]}, {'-'.join(map(str, sizes))}, batch {batch}, {epochs} epochs "
               f"(median epoch)] {load()}")
-        for t in (1, 2):
+        for t in threads:
             for name in ("jax", "torch", "numpy"):
-                with others_cpu() as oc:
-                    r = globals()[_EPOCH[name]](X, y, sizes, batch, lr, epochs, seed=0, threads=t)
+                try:
+                    with others_cpu() as oc:
+                        r = globals()[_EPOCH[name]](X, y, sizes, batch, lr, epochs, seed=0, threads=t)
+                except ImportError as e:
+                    _skipped(name, e)
+                    continue
                 print(f"  {name:6s} {t} thread(s): {r['samples_per_second']:8.0f} samples/s  compile "
                       f"{r['compile_seconds']:.2f}s  train loss {r['final_train_loss']:.4f}  "
                       f"acc {r['train_accuracy']:.3f}   (others used {oc['others_cpu']} CPUs)", flush=True)
     if "rss" in sections:
-        sizes, rows, batch = (784, 256, 128, 10), 60000, 128
+        sizes, rows, batch = big, 2000 if smoke else 60000, 128
         print(f"\n[peak RSS, fresh process each, 1 epoch synthetic {rows} x {sizes[0]}, batch {batch}, 1 thread] "
               f"{load()}")
         for name in _RSS_PEERS:
+            if name in ("torch", "jax", "sklearn") and not _available(name):
+                print(f"  {name:7s}: not installed ({_INSTALL})", flush=True)
+                continue
             r = peer_peak_rss(name, sizes, rows, batch, threads=1, epochs=1)
             print(f"  {name:7s}: peak {r['peak_rss_mb']:7.1f} MB   after imports+data "
                   f"{r['rss_before_training_mb']:7.1f} MB   (data {r['data_mb']:.1f} MB)", flush=True)
@@ -1248,6 +1274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run of every code path (tests): the self-check, then every figure at the smallest "
+                         "sizes, 1 thread (with a subcommand: that one, at the smallest sizes)")
     sub = ap.add_subparsers(dest="cmd")
     sub.add_parser("check", help="quick self-check (the default)")
     sub.add_parser("describe", help="versions, BLAS kernels, CPU (JSON)")
@@ -1264,13 +1293,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     args = ap.parse_args(argv)
+    if args.cmd is None and args.smoke:
+        rc = _selfcheck(smoke=True)
+        _figures({"sgemm", "step", "digits", "synthetic", "rss"}, smoke=True)
+        return rc
     if args.cmd in (None, "check"):
-        return _selfcheck()
+        return _selfcheck(args.smoke)
     if args.cmd == "describe":
         print(json.dumps(describe(), indent=1))
         return 0
     if args.cmd == "figures":
-        _figures(set(args.sections))
+        _figures(set(args.sections), args.smoke)
         return 0
     sizes = tuple(int(s) for s in args.sizes.split(","))
     res = _rss_run(args.peer, sizes, args.rows, args.batch, args.threads, args.epochs, args.lr, args.seed)
