@@ -280,6 +280,9 @@ def _number(v, dtype: str):
         return sympy.true if bool(v) else sympy.false
     if dtype.startswith("int"):
         return sympy.Integer(int(v))
+    f = float(v)
+    if not np.isfinite(f):  # an attention mask's -inf, a NaN fill: sympy's, not a Rational of "-inf"
+        return sympy.nan if f != f else sympy.oo if f > 0 else -sympy.oo
     text = np.format_float_positional(np.float32(v) if dtype == "float32" else np.float64(v), trim="-")
     return sympy.Rational(text) if len(text) <= 10 else sympy.Float(text, 6)
 

@@ -202,3 +202,15 @@ def test_a_symbolic_denominator_is_printed():
     W = gc.param("W", (3, 2))
     text = str(gc.latex(gc.mean(gc.tanh(X @ W) ** 2), mode="matrix"))
     assert r"= \frac{h_{1} \odot \tanh'\left(z_{1}\right)}{N}" in text, text
+
+
+def test_a_non_finite_constant_prints():
+    """An attention mask's where(mask, s, -inf): gc.latex raised a bare TypeError ('invalid input: -inf')."""
+    x = gc.input("x", ("N", 3))
+    mask = gc.input("mask", ("N", 3), "bool")
+    W = gc.param("W", (3, 3))
+    y = gc.sum(gc.log_softmax(gc.where(mask, x @ W, float("-inf")), axis=1))
+    text = str(gc.latex(y, mode="matrix"))
+    assert r"-\infty" in text, text
+    nan = str(gc.latex(gc.sum(gc.where(mask, x, float("nan"))), mode="matrix"))
+    assert r"\text{NaN}" in nan or "nan" in nan.lower(), nan
