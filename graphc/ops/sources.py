@@ -46,8 +46,8 @@ def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise GraphcError(f"{what}: a name must be a non-empty string, got {name!r}")
     if not name.isprintable():  # a newline or an escape code breaks every listing (gc.show, kernels, headers)
-        raise GraphcError(f"{what}: the name {name!r} holds a control character (a newline, a tab, an escape); "
-                          "use printable characters")
+        raise GraphcError(f"{what}: the name {name!r} holds an unprintable character (a newline, a tab, an escape, "
+                          "a lone surrogate); use printable characters")
     return name
 
 

@@ -263,7 +263,7 @@ def test_jacobian_hessian_and_check_grad_take_a_dict_as_grad_does_and_numeric_gr
 
 def test_a_name_with_a_control_character_is_refused():
     for bad in ("a\nb", "x\t", "\x1b[31mred"):
-        with pytest.raises(gc.GraphcError, match="holds a control character"):
+        with pytest.raises(gc.GraphcError, match="holds an unprintable character"):
             gc.input(bad, (2,))
     assert gc.param("données.W", (2,)).name == "données.W"
 
