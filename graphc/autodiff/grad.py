@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from graphc.errors import DTypeError, GradError, ShapeError
-from graphc.ir.node import Node, as_nodes, capture_source, derived_from, topo_order
+from graphc.ir.node import Node, as_nodes, capture_source, derived_from, shaped_like, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, fmt_shape
 from graphc.ops.core import Tensor, as_tensor, constant, describe
 from graphc.ops.movement import broadcast_to
@@ -158,25 +158,24 @@ def jacobian(y: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
         raise GradError(f"jacobian: y ({describe(y)}) has {n} elements, one backward sweep each; at most "
                         f"{JACOBIAN_ROWS}: reduce y first, or use grad with seed= for vector-Jacobian products "
                         f"(at {here})")
-    single, keys, targets = _wrt_targets(wrt, "jacobian", here)
+    targets = _wrt_targets(wrt, "jacobian", here)
     eye = np.eye(max(n, 1), dtype=np.float64)
     rows = [grad(y, targets, seed=constant(eye[i].reshape(y.shape), y.dtype)) for i in range(n)]
     out = [reshape(stack([r[k] for r in rows], 0), (*y.shape, *w.shape)) if n else
            broadcast_to(constant(0.0, w.dtype), (*y.shape, *w.shape)) for k, w in enumerate(targets)]
-    return out[0] if single else dict(zip(keys, out, strict=True)) if keys is not None else out
+    return shaped_like(wrt, out)
 
 
-def _wrt_targets(wrt, fn: str, here: str) -> tuple[bool, list | None, list[Node]]:
-    """(one tensor?, the dict's keys or None, the tensors) of `wrt`: a tensor, a list/tuple or a dict of them."""
+def _wrt_targets(wrt, fn: str, here: str) -> list[Node]:
+    """The tensors of `wrt`: a tensor, a list/tuple or a dict of them (the result takes wrt's form: shaped_like)."""
     if isinstance(wrt, Node):
-        return True, None, [wrt]
-    keys = list(wrt) if isinstance(wrt, dict) else None
-    targets = list(wrt.values()) if keys is not None else list(wrt) if isinstance(wrt, (list, tuple)) else None
+        return [wrt]
+    targets = list(wrt.values()) if isinstance(wrt, dict) else list(wrt) if isinstance(wrt, (list, tuple)) else None
     if targets is None or not all(isinstance(t, Node) for t in targets):
         bad = type(wrt).__name__ if targets is None else next(type(t).__name__ for t in targets
                                                                if not isinstance(t, Node))
         raise GradError(f"{fn}: wrt must be a tensor, or a list or dict of tensors, got {bad} (at {here})")
-    return False, keys, targets
+    return targets
 
 
 def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[list[Tensor]]:
@@ -187,10 +186,6 @@ def hessian(f: Node, wrt: Node | Sequence[Node]) -> Tensor | list[list[Tensor]]:
     here = capture_source().where()
     if isinstance(f, Node) and f.shape != ():
         raise GradError(f"hessian: f ({describe(f)}) must be a scalar (at {here})")
-    single, keys, targets = _wrt_targets(wrt, "hessian", here)
-    g = grad(f, targets)
-    if single:
-        return jacobian(g[0], targets[0])
-    if keys is not None:  # a dict: H[k1][k2] (jax.hessian of a dict of arguments)
-        return {k: jacobian(gk, dict(zip(keys, targets, strict=True))) for k, gk in zip(keys, g, strict=True)}
-    return [jacobian(gk, targets) for gk in g]
+    g = grad(f, _wrt_targets(wrt, "hessian", here))
+    # block (i, j) = ∂g_i/∂wrt_j, each row in wrt's form: one tensor, a list of lists, a dict of dicts (jax's)
+    return shaped_like(wrt, [jacobian(gk, wrt) for gk in g])

@@ -159,10 +159,14 @@ def _reraise_numpy_retry() -> None:
     """numpy's functions (np.clip, np.sum, ...) call the tensor's method of that name and, on a TypeError,
     retry on np.asarray(tensor) from inside their except clause (a method whose signature differs from
     ndarray's, pandas' case). A graphc DTypeError is a TypeError: that retry would replace its message by this
-    iteration's. Raised while one is being handled, the user's error is what reaches them (as a GraphcError: a
-    TypeError raised here would read to numpy's converter as "not a sequence")."""
+    iteration's. Inside that retry (numpy's `_wrapit` calling, and our error being handled: not any `len(t)` in
+    an except block), the user's error is what reaches them (as a GraphcError: a TypeError raised here would read
+    to numpy's converter as "not a sequence")."""
     err = sys.exc_info()[1]
-    if isinstance(err, GraphcError):
+    if not isinstance(err, GraphcError):
+        return
+    f = sys._getframe(2)  # past this helper and __len__/__iter__: numpy's converter is C, its caller _wrapit
+    if f.f_code.co_name == "_wrapit" and "numpy" in f.f_code.co_filename:
         raise (err if not isinstance(err, TypeError) else GraphcError(str(err))) from err
 
 
