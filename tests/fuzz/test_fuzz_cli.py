@@ -269,13 +269,16 @@ def test_reused_out_directories(actions):
 _whole: dict = {}
 
 
-def _uninterrupted(tmp: Path) -> dict:
+def _uninterrupted() -> dict:
+    """The weights of an uninterrupted 3-epoch run (trained once per process, kept in memory; its files in a
+    scratch directory removed at once)."""
     if not _whole:
-        rc, err = cli("train", "--dataset", "breast_cancer", "--hidden", "5", "--epochs", "3", "--quiet",
-                      "--out", tmp / "whole")
-        assert rc == 0, err
-        w = np.load(tmp / "whole" / "weights.npz")
-        _whole.update({k: w[k] for k in w.files})
+        with scratch() as tmp:
+            rc, err = cli("train", "--dataset", "breast_cancer", "--hidden", "5", "--epochs", "3", "--quiet",
+                          "--out", tmp / "whole")
+            assert rc == 0, err
+            with np.load(tmp / "whole" / "weights.npz") as w:
+                _whole.update({k: w[k] for k in w.files})
     return _whole
 
 
@@ -287,7 +290,7 @@ def test_corrupted_checkpoints_resume_to_the_same_weights(which, how, where):
     refused and the run continues from the other one — ending bitwise equal to an uninterrupted run — or,
     when nothing loads, it is a clean error."""
     with scratch() as d:
-        whole = _uninterrupted(Path(tempfile.gettempdir()) / f"graphc-fuzz-whole-{os.getpid()}")
+        whole = _uninterrupted()
         base = ["train", "--dataset", "breast_cancer", "--hidden", "5", "--quiet", "--out", d / "o"]
         rc, err = cli(*base, "--epochs", "2")
         assert rc == 0, err
@@ -340,7 +343,7 @@ def test_kill_points_then_resume_end_bitwise_equal(kill_epoch, during_write, cut
             raise KeyboardInterrupt
 
     with scratch() as d:
-        whole = _uninterrupted(Path(tempfile.gettempdir()) / f"graphc-fuzz-whole-{os.getpid()}")
+        whole = _uninterrupted()
         base = ["train", "--dataset", "breast_cancer", "--hidden", "5", "--epochs", "3", "--quiet", "--out", d / "o"]
         patch = (mock.patch.object(ckpt, "save", dying_save) if during_write
                  else mock.patch.object(fitting.Progress, "__call__", dying_progress))
