@@ -210,6 +210,60 @@ def one_config(threads: int, lengths: list[int], compile_lengths: list[int]) -> 
     return out
 
 
+EMBED = dict(vocab=50_000, dim=128, T=16, N=32)  # --embedding: a bag-of-embeddings classifier's SGD step
+
+
+def embedding_runs(vocab: int, dim: int, T: int, N: int, threads: int, notes: list[str]) -> dict:
+    """One SGD step (forward, backward, update) of mean(embedding(ids)) -> dense -> softmax cross-entropy:
+    graphc with the update written as a user writes it, `p - lr * g` (which graphc keeps sparse: only the rows
+    the batch used move), against PyTorch's nn.Embedding with `sparse=True` (SGD on a sparse gradient) and
+    without (a dense vocab x dim gradient)."""
+    import graphc as gc
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (N, T)).astype(np.int32)
+    labels = rng.integers(0, CLASSES, N).astype(np.int32)
+    tok = gc.input("tok", ("N", T), "int32")
+    y = gc.input("y", ("N",), "int32")
+    rows = gc.nn.embedding(tok, vocab, dim, name="emb")
+    loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.mean(rows, axis=1), CLASSES, name="out"), y)
+    params = gc.nn.parameters(loss)
+    lr = 0.01
+    fn = gc.compile(loss, updates={p: p - lr * g for p, g in zip(params, gc.grad(loss, params), strict=True)},
+                    threads=threads)
+    values = {**gc.nn.init_params(params, seed=0), "tok": ids, "y": labels}
+    runs = {"graphc p - lr*g": fn.bind(values)}
+    try:
+        import peers
+
+        torch = peers._import_torch(threads)
+    except ImportError as e:
+        notes.append(f"torch embedding: {e}")
+        return runs
+    ti, ty = torch.from_numpy(ids).long(), torch.from_numpy(labels).long()
+    for sparse in (True, False):
+        emb, head = torch.nn.Embedding(vocab, dim, sparse=sparse), torch.nn.Linear(dim, CLASSES)
+        opt = torch.optim.SGD([*emb.parameters(), *head.parameters()], lr=lr)
+
+        def run(emb=emb, head=head, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(head(emb(ti).mean(1)), ty).backward()
+            opt.step()
+
+        runs[f"torch sparse={sparse}"] = run
+    return runs
+
+
+def embedding_config(threads: int) -> dict:
+    import peers
+
+    size = dict(vocab=1000, dim=16, T=4, N=8) if SMOKE else EMBED
+    notes: list[str] = []
+    runs = embedding_runs(**size, threads=threads, notes=notes)
+    med, _ = peers.interleaved_medians(runs, **(dict(min_sample=0.001, rounds=1, warmup=1) if SMOKE else {}))
+    return {"threads": threads, "size": size, "ms": {k: 1e3 * v for k, v in med.items()}, "notes": notes}
+
+
 MEMORY_RUNS = {"graphc lstm": None, "graphc lstm checkpoint=10": 10, "torch lstm": "torch"}
 
 
@@ -269,6 +323,22 @@ def memory(T: int) -> None:
           f"{ck['arena_mb'] / g['arena_mb']:.2f}x")
 
 
+def print_embedding(threads_list, smoke: bool, cpu: str) -> None:
+    size = ", ".join(f"{k} {v:,}" for k, v in (dict(vocab=1000, dim=16, T=4, N=8) if smoke else EMBED).items())
+    print(f"# bench_rnn --embedding: SGD step of mean(embedding) -> dense -> cross-entropy ({size}); CPU {cpu}")
+    for threads in threads_list:
+        cmd = [sys.executable, __file__, "--threads", str(threads), "--embedding"] + ["--smoke"] * smoke
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        ms = res["ms"]
+        for note in res["notes"]:
+            print(f"  (not measured: {note})")
+        cells = "  ".join(f"{k}: {v:.3f} ms" for k, v in ms.items())
+        line = f"{threads} thread(s), median ms a step: {cells}"
+        if "torch sparse=True" in ms:
+            line += f"\n  graphc / torch sparse=True = {ms['graphc p - lr*g'] / ms['torch sparse=True']:.2f}"
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="one thread count, in this process")
@@ -278,6 +348,9 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true",
                     help="only: peak memory of the T=500 LSTM training (graphc, checkpoint=10, PyTorch)")
     ap.add_argument("--memory-child", choices=list(MEMORY_RUNS), help=argparse.SUPPRESS)
+    ap.add_argument("--embedding", action="store_true",
+                    help="only: an SGD step on a large embedding table (V 50,000 x 128), graphc's `p - lr*g` "
+                         "against PyTorch's sparse and dense nn.Embedding")
     ap.add_argument("--smoke", action="store_true",
                     help="a quick run of every code path (tests): 1 thread, T=5, one short round")
     a = ap.parse_args()
@@ -298,6 +371,9 @@ def main() -> None:
         return
     lengths = [int(t) for t in a.lengths.split(",") if t]
     clen = [int(t) for t in a.compile_lengths.split(",") if t]
+    if a.embedding and a.threads is not None:
+        print(json.dumps(embedding_config(a.threads)))
+        return
     if a.threads is not None:
         res = one_config(a.threads, lengths, clen)
         print(json.dumps(res) if a.json else res)
@@ -305,6 +381,9 @@ def main() -> None:
     import peers
 
     cpu = peers._cpu_model()
+    if a.embedding:
+        print_embedding(threads_list, a.smoke, cpu)
+        return
     print(f"# bench_rnn: LSTM/GRU training step (forward + backward), input {F}, hidden {H}, batch {N}; CPU {cpu}")
     for threads in threads_list:
         cmd = [sys.executable, __file__, "--threads", str(threads), "--lengths", a.lengths,
@@ -335,6 +414,8 @@ def main() -> None:
             jc = c["jax.jit first call s"]
             print(f"compile T={c['T']}: graphc cold {c['graphc cold s']:.2f} s, jax.jit first call "
                   + (f"{jc:.2f} s" if jc is not None else "not measured"))
+    if a.smoke:  # the embedding workload's code paths too
+        print_embedding(threads_list, True, cpu)
 
 
 if __name__ == "__main__":

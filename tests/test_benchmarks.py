@@ -103,6 +103,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str], object]] = {
     "bench_rnn.py": ([], [
         rf"^T=5: graphc lstm: {NUM}  graphc lstm by hand: {NUM}  .*graphc gru: {NUM}",
         rf"^compile T=5: graphc cold {NUM} s",
+        rf"^1 thread\(s\), median ms a step: graphc p - lr\*g: {NUM} ms",
     ], None),
     "bench_small.py": (["--baseline", str(ROOT)], [
         rf"^64-32-10, batch 1:\n  graphc +{NUM} M/s  \[{NUM}\], compile {NUM} s",

@@ -774,10 +774,12 @@ class Scheduler:
         self.ndomain = n.ndim
         self.exprs = {}
         value = self.expr(x, self._identity_map(n.shape))
-        copy = LoopKernel(f"{name}_copy", domain=n.shape, stores=[Store(buf, value)])
-        copy.reads = _loads(value)
-        copy.nodes = [n]
-        self.kernels.append(copy)
+        if not (isinstance(value, Load) and value.buf is buf and value.affine and not value.offset
+                and value.strides == _rowmajor(n.shape)):  # x is the output's own buffer (an update in place)
+            copy = LoopKernel(f"{name}_copy", domain=n.shape, stores=[Store(buf, value)])
+            copy.reads = _loads(value)
+            copy.nodes = [n]
+            self.kernels.append(copy)
         # then accumulate over the updates' domain
         self.ndomain = upd.ndim
         self.exprs = {}

@@ -1,5 +1,5 @@
 """Algebraic simplification: identities (x*1, x+0, x/1, --x), transposes folded into matmul flags, double
-transposes, and constant folding of small all-constant subgraphs."""
+transposes, constant folding of small all-constant subgraphs, and sums into a scatter-add of zeros made sparse."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from graphc.ir.node import Node
 from graphc.ir.shapes import FLOAT_DTYPES, is_static
 from graphc.ops import pointwise as ew
 from graphc.ops.core import EvalContext, constant
+from graphc.ops.gather import SCATTER_ADD, scatter_add
 from graphc.ops.linalg import MATMUL, matmul
-from graphc.ops.movement import TRANSPOSE, transpose
+from graphc.ops.movement import TRANSPOSE, reshape, transpose
 from graphc.passes.rewrite import rewrite
 
 FOLD_LIMIT = 4096  # elements: folding bigger constants would bloat code and the cache for little gain
@@ -122,7 +123,46 @@ def fold_constants(n: Node) -> Node | None:
     return constant(value.astype(n.dtype) if n.dtype in FLOAT_DTYPES or n.dtype != "bool" else value, n.dtype)
 
 
-RULES = (identities, layouts, fold_constants)
+def _zero_scatter(n: Node) -> bool:
+    """Whether n is a scatter-add into zeros: a gather's gradient (an embedding table's, the rows a batch read)."""
+    if n.op is not SCATTER_ADD:
+        return False
+    z = n.inputs[0]
+    return (z.op is ew.FULL_LIKE and z.attrs["p"] == 0) or _scalar(z) == 0.0
+
+
+def sparse_scatters(n: Node) -> Node | None:
+    """A gather's gradient stays sparse through the update that reads it: with S = scatter_add(0, ids, r),
+    `c * S` is scatter_add(0, ids, c * r) for a scalar c, `-S` is scatter_add(0, ids, -r), and `p + S` / `p - S`
+    scatter into p itself: scatter_add(p, ids, ±r). So an SGD step `p - lr * g` on an embedding table adds
+    -lr * r to the rows the batch used, in place, and no dense vocab x dim gradient is written or read (PyTorch's
+    `sparse=True`, but for any update written this way). Untouched entries of p keep their bits (the dense form
+    turns a -0.0 into +0.0); a row gathered more than once gets its terms one by one (p + a + b rather than
+    p + (a + b): rounding may differ in the last bit, as between PyTorch's dense and sparse paths). A non-finite
+    c no longer turns the untouched entries into NaN (c * 0)."""
+    op = n.op
+    if op in (ew.ADD, ew.SUB, ew.MUL):
+        a, b = n.inputs
+        pairs = [(a, b), (b, a)] if op is not ew.SUB else [(b, a)]
+        for s, other in pairs:
+            if not _zero_scatter(s) or s.shape != n.shape or s.dtype != n.dtype:
+                continue
+            z, ids, r = s.inputs
+            axis = s.attrs["axis"]
+            if op is ew.MUL:
+                if other.dtype != n.dtype or not all(d == 1 for d in other.shape):
+                    continue  # only a scalar factor scales the rows alike
+                return scatter_add(z, ids, (reshape(other, ()) if other.ndim else other) * r, axis)
+            if other.shape != n.shape or other.dtype != n.dtype:
+                continue  # p broadcast to the sum's shape: the sum is dense anyway
+            return scatter_add(other, ids, ew.negative(r) if op is ew.SUB else r, axis)
+    elif op is ew.NEG and _zero_scatter(n.inputs[0]):
+        z, ids, r = n.inputs[0].inputs
+        return scatter_add(z, ids, ew.negative(r), n.inputs[0].attrs["axis"])
+    return None
+
+
+RULES = (identities, layouts, fold_constants, sparse_scatters)
 
 
 def simplify(graph: Graph) -> Graph:

@@ -152,3 +152,98 @@ def test_an_id_out_of_range_in_an_input_changes_nothing(bad):
     with pytest.raises(gc.InputError, match=rf"embedding 'emb': id {bad} is out of range"):
         bound()
     np.testing.assert_array_equal(table, moved)
+
+
+# ------------------------------------------------------------------ a gather's gradient stays sparse
+
+
+def _dense_loops(fn, shape) -> list[str]:
+    """The kernels of fn that loop over a whole table of `shape` (a dense gradient's fill, read or write)."""
+    dims = ",".join(map(str, shape))
+    return [line for line in fn.kernels.splitlines() if f"over [{dims}]" in line]
+
+
+SPARSE_FORMS = {
+    "p - lr*g": lambda p, g, lr: p - lr * g,
+    "p - g*lr": lambda p, g, lr: p - g * lr,
+    "p + (-lr)*g": lambda p, g, lr: p + (-lr) * g,
+    "-lr*g + p": lambda p, g, lr: (-lr) * g + p,
+    "p - 0.5*g": lambda p, g, lr: p - 0.5 * g,
+    "p + -g": lambda p, g, lr: p + -g,
+    "p - lr*(0.5*g)": lambda p, g, lr: p - lr * (0.5 * g),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SPARSE_FORMS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_sgd_step_on_an_embedding_touches_only_the_rows_used(form, threads):
+    """`p - lr * grad` on a gathered table adds -lr * (the rows' cotangents) at the ids, in place: no kernel
+    fills, reads or writes a dense vocab x dim gradient, duplicate ids accumulate, untouched rows keep their
+    bits (a -0.0 included), and the result is the reference's."""
+    vocab, dim = 301, 8
+    ids = gc.input("ids", ("N", 3), "int64")
+    lr = gc.input("lr", ())
+    E = gc.param("E", (vocab, dim))
+    W = gc.param("W", (dim, 4))
+    loss = gc.sum(gc.tanh(gc.mean(gc.take(E, ids), axis=1) @ W) ** 2)
+    gE, gW = gc.grad(loss, [E, W])
+    new_E = SPARSE_FORMS[form](E, gE, lr)
+    fn = gc.compile(loss, updates={E: new_E, W: W - lr * gW}, threads=threads, cache=False)
+    assert not _dense_loops(fn, (vocab, dim)), fn.kernels
+    assert "scatter-add" in fn.kernels
+    table = rng.normal(size=(vocab, dim)).astype(np.float32)
+    table[200] = -0.0  # not used
+    id_values = np.array([[0, 5, 5], [7, 5, 0], [300, 1, 2], [9, 9, 9], [299, 0, 3]])
+    values = {"ids": id_values, "lr": np.float32(0.3), "E": table,
+              "W": rng.normal(size=(dim, 4)).astype(np.float32)}
+    want = gc.evaluate(new_E, values)
+    arrays = {k: np.array(v) for k, v in values.items()}
+    fn(arrays)
+    np.testing.assert_allclose(arrays["E"], want, rtol=2e-6, atol=1e-6)  # repeated ids: summed in another order
+    untouched = np.setdiff1d(np.arange(vocab), id_values)
+    np.testing.assert_array_equal(arrays["E"][untouched].view(np.int32), table[untouched].view(np.int32))
+    assert np.all(np.signbit(arrays["E"][200]))
+    assert not np.array_equal(arrays["E"][5], table[5])
+
+
+def test_a_tied_table_read_again_after_its_rows_move_gets_the_old_values():
+    """An embedding tied to the output layer (logits = h @ Eᵀ): its gradient is the scatter plus a dense
+    product, and the product reads E, so the update cannot start before every read of the old E is done."""
+    vocab, dim = 40, 6
+    ids = gc.input("ids", ("N",), "int32")
+    E = gc.param("E", (vocab, dim))
+    h = gc.tanh(gc.take(E, ids))
+    loss = gc.nn.softmax_cross_entropy(h @ E.T, ids)
+    (gE,) = gc.grad(loss, [E])
+    values = {"ids": np.array([3, 3, 17, 0, 39], np.int32), "E": rng.normal(size=(vocab, dim)).astype(np.float32)}
+    got, new, ref, want = _run(loss, {E: E - 0.5 * gE}, values)
+    np.testing.assert_allclose(new["E"], want["E"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[0] if isinstance(got, list) else got, ref[0], rtol=1e-5)
+
+
+def test_an_update_that_reads_the_table_through_its_rows_is_not_torn():
+    """The scattered values themselves read the table (the gradient of sum(rows²) is 2·rows): written in place
+    row by row, a duplicate id would read a row already moved. They are computed from the old table."""
+    ids = gc.input("ids", ("N",), "int32")
+    E = gc.param("E", (9, 4))
+    loss = gc.sum(gc.take(E, ids) ** 2)
+    values = {"ids": np.array([1, 4, 1, 1, 8], np.int32), "E": rng.normal(size=(9, 4)).astype(np.float32)}
+    _, new, _, want = _run(loss, {E: E - 0.1 * gc.grad(loss, E)}, values)
+    np.testing.assert_allclose(new["E"], want["E"], rtol=1e-6, atol=1e-7)
+
+
+def test_the_trainer_steps_an_embedding_sparsely():
+    """A model with gc.nn.embedding trained by graphc's own loop (plain SGD): the compiled epoch step updates the
+    table's used rows only (no vocab x dim loop); Adam's moments are dense by nature (as PyTorch's)."""
+    from graphc.nn.train import TrainConfig, Trainer
+
+    vocab = 5003
+
+    def model(tokens, n_outputs):
+        e = gc.nn.embedding(tokens, vocab, 16, name="emb")
+        return gc.nn.dense(gc.mean(e, axis=0), n_outputs, name="out")
+
+    sgd = Trainer(model, "multiclass", 6, 2, TrainConfig(), log=lambda m: None)
+    assert not _dense_loops(sgd.epoch_fn, (vocab, 16)), sgd.epoch_fn.kernels
+    adam = Trainer(model, "multiclass", 6, 2, TrainConfig(optimizer="adam"), log=lambda m: None)
+    assert _dense_loops(adam.epoch_fn, (vocab, 16))
