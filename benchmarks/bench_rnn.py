@@ -3,13 +3,15 @@ forward + backward (loss and every parameter gradient), graphc against PyTorch's
 `jax.jit` of a `lax.scan` LSTM, in the same run, on 1 and 2 threads. graphc is measured twice for the LSTM:
 `gc.nn.lstm` (fused NAME.Wx/Wh/b) and by hand with `gc.scan` and one weight matrix per gate. torch.compile
 of the LSTM model is a peer too, and each row reports the share of the measured FMA peak (matrix-product
-FLOPs of a step / time / peak) of graphc and the fastest peer. `--memory`: peak memory of the T=500 training.
-Also the compile time of the training step (graphc cold, without the disk cache, against jax.jit's first
+FLOPs of a step / time / peak) of graphc and the fastest peer. `--memory`: peak memory of the T=500 training;
+`--embedding`: an SGD step on a 50,000 x 128 embedding table written as `p - lr*g` against PyTorch's
+nn.Embedding with and without `sparse=True`. Also the compile time of the training step (graphc cold, without the disk cache, against jax.jit's first
 call) at T = 10..1000.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_rnn.py            # 1 and 2 threads
     python benchmarks/bench_rnn.py --threads 1 --lengths 50                                 # one configuration
     python benchmarks/bench_rnn.py --memory                                                 # peak memory, T=500
+    python benchmarks/bench_rnn.py --embedding                                              # sparse table update
     python benchmarks/bench_rnn.py --smoke      # tests: 1 thread, T=5, one short round (every code path, quickly)
 
 Each thread count runs in its own process (XLA reads its thread count once). Figures are medians of repeats;
