@@ -1630,6 +1630,101 @@ _TRANS_A, _TRANS_B, _ACCUMULATE, _VIEW_A, _VIEW_ROWS, _VIEW_TILE = 1, 2, 4, 8, 1
 _GROUP_SHIFT = 8
 
 
+# One row of op(A) against a non-transposed B (a batch of one: inference on one example, a recurrent step at
+# batch 1, a library's one-row predict) is a GEMV: B is streamed row by row, GEMV_ROWS rows at a time, along a
+# chunk of GEMV_CHUNK columns whose sums stay in L1, and nothing is packed. (The blocked path packed all of B
+# for one row of work: 1x1024 @ 1024x1024 took 4.3x numpy's sgemv; a register tile of 8 vectors reading B in
+# place, 512 bytes a row then a jump of ldb, 1.6-1.9x; this form 1.0-1.25x, Zen 4.) Each element of C is the
+# GEMM's own sum (one fmuladd chain over k in increasing order per K block, from zero; a later block added to
+# C as the microkernel does; the same epilogue pass over NR-column tiles), so a row's result does not depend on
+# the batch it came in (tested bitwise).
+GEMV_CHUNK = 2048  # columns a pass (their sums in an 8 KB stack buffer, in L1)
+GEMV_ROWS = 4  # rows of B streamed at once (2: 1.4x slower; 8: no faster)
+# a thread's range of up to this many rows runs as that many GEMVs (K 256, N 1024, Zen 4: 2 rows 81 -> 37 us,
+# 4 rows 102 -> 59 us; 8 rows 99 -> 124 us, where the blocked path's 8-row kernel wins)
+GEMV_MAX_ROWS = 4
+
+
+def _gemv_fn(g: _Gen) -> ir.Function:
+    """gemv(a, a_ks, B, ldb, C, ldc, n0, n1, K, kcb, accumulate, epi, ectx, tile, row): C[0, n0:n1] (+)= a @
+    B[:, n0:n1] in K blocks of kcb, then epi (if not null) on each NR-column tile, as the driver would."""
+    name = f"graphc.gemm.gemv.{g.tag}.{g.cfg.nr}.c{GEMV_CHUNK}.r{GEMV_ROWS}"
+    argt = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I64, _I1, _PTR, _PTR, _PTR, _I64]
+    return _shared(g, name, argt, lambda fn: _emit_gemv(g, fn))
+
+
+def _emit_gemv(g: _Gen, fn: ir.Function) -> None:
+    NR, L, CH, KU = g.cfg.nr, g.L, GEMV_CHUNK, GEMV_ROWS
+    a, a_ks, B, ldb, C, ldc, n0, n1, K, kcb, accumulate, epi, ectx, tile, row = fn.args
+    for arg, nm in zip(fn.args, ["a", "a_ks", "B", "ldb", "C", "ldc", "n0", "n1", "K", "kcb", "accumulate", "epi",
+                                 "ectx", "tile", "row"], strict=True):
+        arg.name = nm
+    for arg in (a, B, C, tile):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    has_epi = b.icmp_unsigned("!=", epi, ir.Constant(_PTR, None))
+    epi = _Callee(epi, _EPI_TY)
+    y = b.alloca(ir.ArrayType(g.T, CH), name="y")  # the chunk's sums over one K block
+    y.align = 64
+    y.type = _PTR
+
+    def vectors(count, name):
+        """for each vector of the chunk's `count` columns: (its first column, its lane mask)."""
+        loop = _Loop(b, _c64(0), count, _c64(L), name, unroll=False)
+        return loop
+
+    with _Loop(b, n0, n1, _c64(CH), "gj", unroll=False) as j:
+        cnt = _smin(b, _c64(CH), b.sub(n1, j))
+        with _Loop(b, _c64(0), K, kcb, "gp", unroll=False) as pc:
+            kend = _smin(b, b.add(pc, kcb), K)
+            with vectors(cnt, "gz") as v:
+                g.store_vec(b, g.zero, y, v, align=64)
+            # KU rows of B at a time, each streamed along the chunk: y = fmuladd(a[k+u], B[k+u], y) for u in
+            # order, so each element is still one chain over k in increasing order
+            kfull = b.sub(kend, b.srem(b.sub(kend, pc), _c64(KU)))
+            for step, lo, hi, name in ((KU, pc, kfull, "gk"), (1, kfull, kend, "gt")):
+                with _Loop(b, lo, hi, _c64(step), name, unroll=False) as k:
+                    rows = [g.gep(b, B, b.add(b.mul(b.add(k, _c64(u)), ldb), j)) for u in range(step)]
+                    s = [g.splat(b, b.load(g.gep(b, a, b.mul(b.add(k, _c64(u)), a_ks)), typ=g.T, align=g.esize))
+                         for u in range(step)]
+                    whole = b.sub(cnt, b.srem(cnt, _c64(L)))
+                    with _Loop(b, _c64(0), whole, _c64(L), name + "v") as v:  # whole vectors
+                        acc = g.load_vec(b, y, v, align=64)
+                        for u in range(step):
+                            acc = b.call(g.fmuladd, [s[u], g.load_vec(b, rows[u], v), acc])
+                        g.store_vec(b, acc, y, v, align=64)
+                    with b.if_then(b.icmp_signed("<", whole, cnt)):  # the last columns, masked
+                        mask = g.lane_mask(b, 0, b.sub(cnt, whole))
+                        acc = g.load_vec(b, y, whole, align=64)
+                        for u in range(step):
+                            acc = b.call(g.fmuladd, [s[u], g.load_vec(b, rows[u], whole, mask=mask), acc])
+                        g.store_vec(b, acc, y, whole, align=64)
+            load_old = b.or_(accumulate, b.icmp_signed(">", pc, _c64(0)))
+            finish = b.and_(has_epi, b.icmp_signed(">=", kend, K))
+            with b.if_else(finish) as (to_epi, to_c):
+                with to_epi:  # NR-column tiles through the epilogue pass, as the driver's tiles go
+                    with _Loop(b, _c64(0), cnt, _c64(NR), "ge", unroll=False) as t:
+                        col = b.add(j, t)
+                        nrem = _smin(b, _c64(NR), b.sub(cnt, t))
+                        for u in range(NR // L):
+                            val = g.load_vec(b, y, b.add(t, _c64(u * L)), align=64)
+                            mask = g.lane_mask(b, u * L, nrem)
+                            with b.if_then(load_old):  # the tile's old C (the valid columns) added
+                                g.store_vec(b, b.fadd(val, g.load_vec(b, C, b.add(col, _c64(u * L)), mask=mask)),
+                                            y, b.add(t, _c64(u * L)), align=64)
+                        b.call(epi, [g.gep(b, y, t), g.gep(b, C, col), ldc, _c64(1), nrem, row, col, ectx])
+                with to_c, vectors(cnt, "gc") as v:
+                    mask = g.lane_mask(b, 0, b.sub(cnt, v))
+                    val = g.load_vec(b, y, v, align=64)
+                    with b.if_else(load_old) as (old, fresh):
+                        with old:
+                            g.store_vec(b, b.fadd(val, g.load_vec(b, C, b.add(j, v), mask=mask)), C, b.add(j, v),
+                                        mask=mask)
+                        with fresh:
+                            g.store_vec(b, val, C, b.add(j, v), mask=mask)
+    b.ret_void()
+
+
 def _driver_fn(g: _Gen) -> ir.Function:
     """The shared driver (see `_emit_driver`): one per module, dtype and config."""
     c = g.cfg
@@ -1682,6 +1777,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     view_tile = flag(_VIEW_TILE)  # no packing: `packA` is the view's tile function, reading A in place
     group = b.zext(b.lshr(flags, ir.Constant(_I32, _GROUP_SHIFT)), _I64)  # rows a view tile must not cross
     has_epi = b.icmp_unsigned("!=", epi, null)
+    epi_ptr = epi
     tile_view = _Callee(pack_a, _TILE_TY)
     pack_view = _Callee(pack_a, _VPACK_TY)
     pack_a = _Callee(pack_a, _PACK_TY)
@@ -1925,6 +2021,17 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                             with b.if_then(b.and_(rest, b.icmp_signed("<", mpanels, mc))), \
                                     _Loop(b, _c64(0), nc, _c64(NR), "rjr") as jr:
                                 rest_rows(jr, mpanels, b.sub(mc, mpanels))
+    # one row of op(A) against a stored (not transposed) B: streamed through B's rows, nothing packed
+    gemv_ok = b.and_(b.icmp_signed("<=", b.sub(m1, m0), _c64(GEMV_MAX_ROWS)),
+                     b.not_(b.or_(b.or_(trans_b, view_a), view_tile)))
+    gemv_blk, blocked = fn.append_basic_block("gemv"), fn.append_basic_block("blocked")
+    b.cbranch(gemv_ok, gemv_blk, blocked)
+    b.position_at_end(gemv_blk)
+    with _Loop(b, m0, m1, _c64(1), "gm", unroll=False) as r:  # each row a pass over B (B stays in L2 after one)
+        b.call(_gemv_fn(g), [g.gep(b, A, a_src(r, _c64(0))), a_ks, B, ldb, g.gep(b, C, b.mul(r, ldc)), ldc, n0, n1,
+                             Kv, kcb, acc_flag, epi_ptr, ectx, tile_buf, r])
+    b.branch(ret)
+    b.position_at_end(blocked)
     with _Loop(b, n0, n1, ncb, "jc") as jc:
         nc = _smin(b, ncb, b.sub(n1, jc))
         with b.if_else(resident) as (res, blis):
@@ -2616,7 +2723,7 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 # of a module's text (leaving declarations); `helper_library` emits every helper of one config as a module of
 # its own, compiled once and kept in the compile cache, and linked with each program that uses the config.
 
-_HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans)\.[^"]+)"'
+_HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans|gemv)\.[^"]+)"'
                          r'(\([^)\n]*\))([^{\n]*)\n?\{\n.*?^\}\n', re.M | re.S)
 _DRIVER_NAME = re.compile(r"^graphc\.gemm\.driver\.(f32|f64)x(\d+)\.(\d+)x(\d+)\.k(\d+)\.pf(\d+)\.kc(\d+)\.mc(\d+)"
                           r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)$")

@@ -512,6 +512,38 @@ def test_last_rows_and_a_in_place_bitwise_as_whole_panels(host, name, ta, tb):
             _check(C, ref + old, bound + np.abs(old), K, np.float32)
 
 
+@pytest.mark.parametrize("name,ta", [("rt_00", 0), ("rt_10", 1), ("acc_00", 0), ("epi_00", 0), ("epi_rc_10", 1),
+                                     ("small_00", 0), ("f64_00", 0)])
+def test_a_few_rows_are_bitwise_those_rows_of_a_batch(host, name, ta):
+    """Up to four rows of op(A) against a stored B run as GEMVs (B streamed row by row, nothing packed). Each
+    element is still the GEMM's sum (the same K blocks, each one fmuladd chain from zero), so rows computed
+    alone are bitwise those rows of a batch: through accumulation, epilogues given the row and column, strided operands,
+    several K blocks, columns past a chunk of the GEMV and partial vectors, on 1-3 threads."""
+    k = host[name]
+    dtype = np.float64 if name.startswith("f64") else np.float32
+    bits = np.uint64 if dtype == np.float64 else np.uint32
+    for M, N, K in [(13, 70, 600), (5, 2100, 40), (4, 33, 257), (4, 1, 300), (4, 4099, 3)]:
+        A, B = _operands(M, N, K, ta, 0, dtype, strided=True)
+        C0 = _RNG.standard_normal((M, N)).astype(dtype)
+        extras = ()
+        if name.startswith("epi_rc"):
+            extras = (_RNG.standard_normal(N).astype(dtype), _RNG.standard_normal(M).astype(dtype))
+        elif name.startswith("epi") or name == "small_00":  # a bias and relu
+            extras = (_RNG.standard_normal(N).astype(dtype),)
+        whole = C0.copy()
+        k(A, B, whole, M, N, K, extras=extras)
+        for r, m in ((0, 1), (M - 1, 1), (0, min(M, 2)), (M - 3, 3), (M - 4, 4)):  # up to GEMV_MAX_ROWS rows
+            part = extras if not name.startswith("epi_rc") else (extras[0], extras[1][r:r + m])
+            for nt in (1, 2, 3):
+                C = C0[r:r + m].copy()
+                k(A[:, r:r + m] if ta else A[r:r + m], B, C, m, N, K, nthreads=nt, extras=part)
+                assert np.array_equal(C.view(bits), whole[r:r + m].view(bits)), (name, M, N, K, r, m, nt)
+        if not extras:
+            ref, bound = _ref(A, B, ta, 0)
+            old = C0 if name.startswith("acc") else 0
+            _check(whole, ref + old, bound + np.abs(old), K, np.dtype(dtype))
+
+
 def test_small_blocks_and_other_loop_order(host):
     for M, N, K in [(50, 200, 70), (3, 65, 33), (255, 64, 17)]:
         for nt in (1, 3):
