@@ -5,8 +5,8 @@ forward + backward (loss and every parameter gradient), graphc against PyTorch's
 of the LSTM model is a peer too, and each row reports the share of the measured FMA peak (matrix-product
 FLOPs of a step / time / peak) of graphc and the fastest peer. `--memory`: peak memory of the T=500 training;
 `--embedding`: an SGD step on a 50,000 x 128 embedding table written as `p - lr*g` against PyTorch's
-nn.Embedding with and without `sparse=True`. Also the compile time of the training step (graphc cold, without the disk cache, against jax.jit's first
-call) at T = 10..1000.
+nn.Embedding with and without `sparse=True`. Also the compile time of the training step (graphc cold, without
+the disk cache, against jax.jit's first call) at T = 10..1000.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_rnn.py            # 1 and 2 threads
     python benchmarks/bench_rnn.py --threads 1 --lengths 50                                 # one configuration
