@@ -452,7 +452,7 @@ def to_tree(expr: sympy.Expr) -> list:
     maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
     import sympy
 
-    from graphc.ops.scalar import double_constants
+    from graphc.ops.scalar import double_constants, numer_denom
 
     ops = sympy_ops()
     memo: dict = {}
@@ -499,7 +499,11 @@ def to_tree(expr: sympy.Expr) -> list:
         if e.is_Mul:
             if e.could_extract_minus_sign():
                 return node(NEG, build(-e))
-            n, d = sympy.fraction(e)
+            consts = [t for t in e.args if t.is_number]
+            if len(consts) > 1:  # 2/sqrt(pi): one constant, not a multiply and a division in every element's code
+                rest = [t for t in e.args if not t.is_number]
+                return build(sympy.Mul(sympy.Mul(*consts).evalf(17), *rest, evaluate=False))
+            n, d = numer_denom(e)
             if d != 1:
                 return node(DIV, build(n), build(d))
             factors = sorted(e.args, key=lambda t: (not t.is_Number, sympy.default_sort_key(t)))
