@@ -18,6 +18,10 @@ from graphc.viz.chainrule import ChainRule, Printer, _number, latex_name
 
 SCALAR_MAX_ELEMENTS = 4  # "scalar-ish": every value in the graph has at most this many elements
 SIMPLIFY_MAX_OPS = 400  # sympy.simplify is slow on big expressions; above this, formulas are shown as built
+# sympy.simplify folds a sum of k Piecewise into 2**k branches and simplifies each condition: the gradient of a
+# 4-element max (ties split evenly: 1 / the number of maxima) took 3 minutes. With more Piecewise than this, only
+# the parts without one are simplified
+SIMPLIFY_MAX_PIECEWISE = 2
 
 
 class Latex:
@@ -144,6 +148,8 @@ def _tidy(e):
         return e.applyfunc(_tidy)
     if sympy.count_ops(e) > SIMPLIFY_MAX_OPS:
         return e
+    if len(e.atoms(sympy.Piecewise)) > SIMPLIFY_MAX_PIECEWISE:
+        return _tidy_parts(e)
     candidates = [e]
     for f in (sympy.simplify, sympy.factor):
         try:
@@ -151,6 +157,15 @@ def _tidy(e):
         except Exception:  # a simplifier giving up leaves the others, and the formula as built is still right
             continue
     return min(candidates, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
+
+
+def _tidy_parts(e):
+    """e with its largest parts that hold no Piecewise simplified (each branch's value, a condition's sides)."""
+    if e.is_Atom:
+        return e
+    if not e.has(sympy.Piecewise):
+        return _tidy(e) if isinstance(e, sympy.Expr) else e
+    return e.func(*[_tidy_parts(a) for a in e.args])
 
 
 # ------------------------------------------------------------------------------------------------ to sympy
