@@ -24,6 +24,15 @@ SIMPLIFY_MAX_OPS = 400  # sympy.simplify is slow on big expressions; above this,
 SIMPLIFY_MAX_PIECEWISE = 2
 
 
+class NoFormula(GraphcError):
+    """to_sympy meets an op it has no element formula for (gc.latex's auto mode then writes the matrix form)."""
+
+    def __init__(self, n: Node):
+        self.what = f"{n.label} ({n.type_str}, at {n.source.where()})"
+        super().__init__(f"to_sympy: {self.what} has no element formula; gc.latex(y, mode='matrix') writes the chain "
+                         "rule of a scalar y with it")
+
+
 class Latex:
     """Equations `lhs = rhs` as LaTeX. `str()` is the source (an aligned block); notebooks render it."""
 
@@ -74,6 +83,16 @@ def latex(y: Node, wrt: Node | Sequence[Node] | None = None, *, mode: str = "aut
                           "shallower model")
     if mode == "auto":
         mode = "scalar" if scalar_ish(order) else "matrix"
+        if mode == "scalar":
+            try:
+                return _scalar(y, wrt_nodes, name, simplify)
+            except NoFormula as e:  # a cumsum, a scan: the chain rule in matrix form names them
+                if y.shape != () and int(np.prod(y.shape, dtype=np.int64)) != 1:
+                    raise GraphcError(f"latex: {e.what} has no element formula, so y ({y.type_str}) cannot be "
+                                      "written element by element, and the chain-rule form (mode='matrix') is "
+                                      "written for a scalar y: reduce y first (gc.sum(y)), or look at the graph "
+                                      "with gc.show(y)") from None
+                mode = "matrix"
     if mode == "scalar":
         return _scalar(y, wrt_nodes, name, simplify)
     chain = ChainRule(y, wrt_nodes, name or "L")
@@ -277,7 +296,7 @@ def _value(n: Node, args: list[np.ndarray], binds: dict) -> np.ndarray:
             sub = {s: ins[k][idx] for k, s in enumerate(op.args) if k not in op.shape_inputs}
             out[idx] = expr.xreplace(sub)
         return out
-    raise GraphcError(f"to_sympy: {name} ({n.type_str}, at {n.source.where()}) has no formula here")
+    raise NoFormula(n)
 
 
 def _reduce(a: np.ndarray, axes: tuple[int, ...], keepdims: bool, fn) -> np.ndarray:

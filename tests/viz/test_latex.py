@@ -242,3 +242,16 @@ def test_the_max_of_a_few_elements_is_written_without_simplifying_its_tie_splits
     w, x1, b = scalars()
     gb = latex(gc.maximum(w, x1 * b)).exprs[r"\frac{\partial L}{\partial b}"]
     assert 2 in seen and gb == sympy.Piecewise((0, w_ > b_ * x_), (x_ / 2, sympy.Eq(w_, b_ * x_)), (x_, True))
+
+
+def test_auto_mode_writes_the_matrix_form_where_an_op_has_no_element_formula():
+    """A few-element graph with a cumsum (or a scan) chose the element-wise form and then failed on the cumsum."""
+    x = gc.input("X", (2,))
+    w = gc.param("w", ())
+    out = latex(gc.sum(gc.cumsum(x, axis=0) * w))
+    assert out.mode == "matrix" and r"\mathrm{cumsum}" in str(out) and r"\frac{\partial L}{\partial w}" in str(out)
+    with pytest.raises(GraphcError, match=r"cumsum \(f32\[2\], at test_latex.py:\d+\) has no element formula"):
+        latex(gc.sum(gc.cumsum(x, axis=0) * w), mode="scalar")
+    with pytest.raises(GraphcError, match=r"cumsum .* has no element formula, so y \(f32\[2\]\) cannot be written "
+                                          r"element by element.*reduce y first"):
+        latex(gc.cumsum(x * w, axis=0))
