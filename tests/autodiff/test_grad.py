@@ -264,6 +264,23 @@ def test_hessian_of_a_power_is_symmetric_and_finite_where_the_base_is_zero():
             np.testing.assert_allclose(got, exact(av, bv), rtol=1e-12, atol=1e-299)
 
 
+def test_errors_name_argmax_not_its_inner_min_and_numeric_grad_refuses_an_int_wrt_as_grad_does():
+    x = gc.input("x", (3, 4), "float64")
+    with pytest.raises(gc.DTypeError, match=r"grad: y \(argmax: i64\[3\], from argmax at test_grad.py:\d+\) is not a "
+                                            "float tensor: an integer or bool result has no gradient"):
+        gc.jacobian(gc.argmax(x, axis=1), x)
+    assert "(argmin)" in gc.to_text(gc.argmin(x, axis=0)) and "argmax: i64[1,1]" in repr(gc.argmax(x, keepdims=True))
+    # numeric_grad made the int value float64 itself and then blamed it ("has dtype float64; pass integers")
+    i = gc.input("i", (3,), "int32")
+    y = gc.sum(x[0, :3] * gc.cast(i, "float64"))
+    vals = {"x": np.ones((3, 4)), "i": np.array([1, 2, 3], np.int32)}
+    with pytest.raises(gc.DTypeError, match=r"numeric_grad: cannot differentiate with respect to i: i32\[3\], an "
+                                            r"integer/bool tensor declared at test_grad.py:\d+: a derivative needs"):
+        numeric_grad(y, i, vals)
+    with pytest.raises(gc.DTypeError, match=r"numeric_grad: y \(argmax: i64\[\], .*\) is not a float tensor"):
+        numeric_grad(gc.argmax(x), x, vals)
+
+
 def test_jacobian_hessian_and_check_grad_take_a_dict_as_grad_does_and_numeric_grad_checks_its_arguments():
     """A dict of tensors for wrt failed in all three with grad's 'wrt must hold tensors, got str' (the keys)."""
     a = gc.input("a", (3,), "float64")
