@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from graphc.autodiff.grad import grad
-from graphc.errors import GradError, GraphcError
+from graphc.errors import DTypeError, GradError, GraphcError
 from graphc.ir.node import Node
+from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.ops.core import describe
 from graphc.runtime.reference import evaluate
 
@@ -20,6 +21,15 @@ def numeric_grad(y: Node, wrt: Node, values: Mapping, eps: float = 1e-6, **kw) -
         raise GradError(f"numeric_grad: y must be a scalar tensor, got {got}; reduce it first (gc.sum)")
     if not isinstance(wrt, Node):
         raise GradError(f"numeric_grad: wrt must be one tensor, got {type(wrt).__name__}")
+    # before the values are made float64 below: an int input given a float value is refused by evaluate, which
+    # blamed the user's (integer) value instead
+    if wrt.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"numeric_grad: cannot differentiate with respect to {describe(wrt)}, an integer/bool "
+                         f"tensor declared at {wrt.source.where()}: a derivative needs a float tensor; declare it "
+                         "with a float dtype to differentiate with respect to it")
+    if y.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"numeric_grad: y ({describe(y)}, from {y.label} at {y.source.where()}) is not a float "
+                         "tensor: an integer or bool result has no gradient; differentiate a float tensor")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
         raise GradError(f"numeric_grad: eps must be a finite number > 0, got {eps!r}")
     vals = {k: (np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v) for k, v in values.items()}

@@ -42,12 +42,12 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
             raise DTypeError(f"grad: cannot differentiate with respect to {describe(w)}, an integer/bool "
                              f"tensor declared at {w.source.where()} (at {here})")
     if y.dtype not in FLOAT_DTYPES:
-        raise DTypeError(f"grad: y ({describe(y)}, from {y.op.name} at {y.source.where()}) is not a float "
-                         f"tensor (at {here})")
+        raise DTypeError(f"grad: y ({describe(y)}, from {y.label} at {y.source.where()}) is not a float "
+                         f"tensor: an integer or bool result has no gradient; differentiate a float tensor (at {here})")
     if seed is None:
         if y.shape != ():
             raise GradError(
-                f"grad: y ({describe(y)}, from {y.op.name} at {y.source.where()}) is not a scalar; reduce it "
+                f"grad: y ({describe(y)}, from {y.label} at {y.source.where()}) is not a scalar; reduce it "
                 f"(e.g. gc.sum or gc.mean) or pass seed=<cotangent of shape {fmt_shape(y.shape)}> (at {here})"
             )
         seed_node = constant(1.0, y.dtype)

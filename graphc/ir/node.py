@@ -237,6 +237,12 @@ class Node:
     def type_str(self) -> str:
         return fmt_type(self.shape, self.dtype)
 
+    @property
+    def label(self) -> str:
+        """What messages call this node's operation: the function the user called where graphc built its result
+        from other ops (argmax's is a min over positions, `composite`), else its op's name."""
+        return self.meta.get("composite") or self.op.name
+
     def digest(self) -> str:
         """A structural hash, stable across processes: what a compile cache keys on."""
         if self._digest is None:
@@ -253,8 +259,15 @@ class Node:
         return self._digest
 
     def __repr__(self) -> str:
-        label = self.name or self.op.name
+        label = self.name or self.label
         return f"<{type(self).__name__} {label}: {self.type_str}>"
+
+
+def composite(node: Node, what: str) -> Node:
+    """`node`, the result of the user's function `what` built from other ops, named `what` in messages and listings
+    (the first function to build a node names it)."""
+    node.meta.setdefault("composite", what)
+    return node
 
 
 def live_leaf_names() -> set[str]:

@@ -69,7 +69,7 @@ def to_text(outputs: Node | Iterable[Node], *, sources: bool = True, names: dict
         text = f"  {name}: {_type_of(n)} = {n.op.name}{format_attrs(n)}" + (f" {args}" if args else "")
         note = ""
         if sources and n.source.line:
-            note = n.source.where()
+            note = n.source.where() + (f" ({n.label})" if n.label != n.op.name else "")
         body.append((text, note))
         if "body" in n.attrs and hasattr(n.attrs["body"], "args"):  # a loop: its body as a nested block
             body.extend((f"    {line}", "") for line in _body_text(n.attrs["body"], sources).splitlines())

@@ -116,6 +116,7 @@ def clip(x, lo=None, hi=None) -> Tensor:
 
 def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
     from graphc.errors import ShapeError
+    from graphc.ir.node import composite
     from graphc.ops.core import located
     from graphc.ops.movement import reshape
     from graphc.ops.pointwise import logical_or, not_equal, where
@@ -143,7 +144,7 @@ def _arg_extremum(x, axis, keepdims: bool, what: str, extremum) -> Tensor:
     pos = broadcast_to(reshape(iota(n, "int64", of=x), tuple(n if i == axis else 1 for i in range(x.ndim))), x.shape)
     past = dim_value(n, x, "int64")
     out = reduce.min(where(hit, pos, past), axis, keepdims=keepdims)
-    return reshape(out, (1,) * rank) if flat and keepdims else out
+    return composite(reshape(out, (1,) * rank) if flat and keepdims else out, what)
 
 
 def argmax(x, axis: int | None = None, keepdims: bool = False) -> Tensor:

@@ -118,7 +118,7 @@ def register(op: Op) -> Op:
 
 def describe(node: Node) -> str:
     """How an error message names a tensor: its name if it has one, else its op, with its type."""
-    label = node.name or node.op.name
+    label = node.name or node.label
     return f"{label}: {node.type_str}"
 
 

@@ -289,7 +289,9 @@ class ElementwiseOp(Op):
         d = _without_singular_parts(d)
         d = d.rewrite(sympy.Heaviside, sympy.Piecewise) if d.has(sympy.Heaviside) else d
         d = d.replace(lambda e: isinstance(e, sympy.Heaviside), lambda e: e.rewrite(sympy.Piecewise))
-        out = sympy.piecewise_fold(s.G * d)
+        # an override's Piecewise is placed where it is written (folding pow's safe log(where(x0 = 0, 1, x0))
+        # out to where(x0 = 0, 0, log(x0)) would put log(0) back into the branch not taken)
+        out = s.G * d if k in self.partial_overrides else sympy.piecewise_fold(s.G * d)
         with self._lock:
             self._partial_exprs[key] = out
         return out
@@ -452,7 +454,7 @@ def to_tree(expr: sympy.Expr) -> list:
     maximum/minimum, Piecewise nested wheres (conditions simplified, then compared)."""
     import sympy
 
-    from graphc.ops.scalar import double_constants
+    from graphc.ops.scalar import double_constants, numer_denom
 
     ops = sympy_ops()
     memo: dict = {}
@@ -499,7 +501,11 @@ def to_tree(expr: sympy.Expr) -> list:
         if e.is_Mul:
             if e.could_extract_minus_sign():
                 return node(NEG, build(-e))
-            n, d = sympy.fraction(e)
+            consts = [t for t in e.args if t.is_number]
+            if len(consts) > 1:  # 2/sqrt(pi): one constant, not a multiply and a division in every element's code
+                rest = [t for t in e.args if not t.is_number]
+                return build(sympy.Mul(sympy.Mul(*consts).evalf(17), *rest, evaluate=False))
+            n, d = numer_denom(e)
             if d != 1:
                 return node(DIV, build(n), build(d))
             factors = sorted(e.args, key=lambda t: (not t.is_Number, sympy.default_sort_key(t)))
@@ -760,10 +766,13 @@ SUB = _ew("sub", 2, lambda s: s.x0 - s.x1, domain=NUMERIC)
 MUL = _ew("mul", 2, lambda s: s.x0 * s.x1, domain=NUMERIC)
 DIV = _ew("div", 2, lambda s: s.x0 / s.x1)
 NEG = _ew("neg", 1, lambda s: -s.x0, domain=NUMERIC)
-# pow's sympy derivatives x1*x0**x1/x0 and y*log(x0) are nan at x0 = 0; these are not (for x1 > 1, x0 >= 0)
+# pow's sympy derivatives x1*x0**x1/x0 and y*log(x0) are nan at x0 = 0; these are not (for x1 > 1, x0 >= 0). The
+# log reads a 1 where x0 = 0, not only the outer branch: the derivative of the branch not taken still meets the
+# cotangent (0 there), and 0 * log(0) made the Hessian's d/dx0 d/dx1 entry nan where d/dx1 d/dx0 is 0
 POW = _ew("pow", 2, lambda s: s.x0 ** s.x1, partials=lambda s: {
     0: s.x1 * s.x0 ** (s.x1 - 1),
-    1: s.Piecewise((0, s.Eq(s.x0, 0)), (s.x0 ** s.x1 * s.log(s.x0), True)),
+    1: s.Piecewise((0, s.Eq(s.x0, 0)),
+                   (s.x0 ** s.x1 * s.log(s.Piecewise((1, s.Eq(s.x0, 0)), (s.x0, True))), True)),
 })
 # ints too, for a non-negative integer p (power() sends only those): exact, by repeated squaring in native code
 POWC = _ew("powc", 1, lambda s: s.x0 ** s.P, params=("p",), partials=lambda s: {0: s.P * s.x0 ** (s.P - 1)},

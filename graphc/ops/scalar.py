@@ -140,6 +140,25 @@ def double_constants(expr: sympy.Expr) -> sympy.Expr:
     return expr.xreplace({e: sympy.Float(e, precision=64) for e in big}) if big else expr
 
 
+def numer_denom(e: sympy.Mul) -> tuple[sympy.Expr, sympy.Expr]:
+    """The numerator and denominator a product's code divides: below the line go only the factors written as a
+    power with a negative number for exponent (x**-2, pi**(-1/2)) and a rational's denominator. exp(-a) and
+    b**(-a) stay above it as written: sympy.fraction writes them 1/exp(a), which for a large a overflows to inf
+    where exp(-a) is 0, and the derivative of that quotient multiplies 0 by inf (erf's 2/(sqrt(pi)*exp(x**2))
+    made erf'' nan beyond |x| = 9.4 in float32)."""
+    numer, denom = [], []
+    for t in e.args:
+        if t.is_Pow and t.exp.is_Number and t.exp.is_negative:
+            denom.append(t.base ** -t.exp)
+        elif t.is_Rational and not t.is_Integer:
+            if t.p != 1:
+                numer.append(sympy.Integer(t.p))
+            denom.append(sympy.Integer(t.q))
+        else:
+            numer.append(t)
+    return sympy.Mul(*numer), sympy.Mul(*denom)
+
+
 def to_term(expr: sympy.Expr) -> Term:
     """`expr` as a graphc formula term (graphc.ir.formula), in the shape its native code takes: a sum's terms
     that carry a minus sign are subtracted, a product with a denominator divides, x ** 0.5 is sqrt, a Piecewise
@@ -170,7 +189,7 @@ def to_term(expr: sympy.Expr) -> Term:
         if e.is_Mul:
             if e.could_extract_minus_sign():
                 return Term("neg", (go(-e),))
-            n, d = sympy.fraction(e)
+            n, d = numer_denom(e)
             if d != 1:
                 return Term("div", (go(n), go(d)))
             return Term("mul", tuple(go(t) for t in e.args))

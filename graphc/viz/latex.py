@@ -18,6 +18,19 @@ from graphc.viz.chainrule import ChainRule, Printer, _number, latex_name
 
 SCALAR_MAX_ELEMENTS = 4  # "scalar-ish": every value in the graph has at most this many elements
 SIMPLIFY_MAX_OPS = 400  # sympy.simplify is slow on big expressions; above this, formulas are shown as built
+# sympy.simplify folds a sum of k Piecewise into 2**k branches and simplifies each condition: the gradient of a
+# 4-element max (ties split evenly: 1 / the number of maxima) took 3 minutes. With more Piecewise than this, only
+# the parts without one are simplified
+SIMPLIFY_MAX_PIECEWISE = 2
+
+
+class NoFormula(GraphcError):
+    """to_sympy meets an op it has no element formula for (gc.latex's auto mode then writes the matrix form)."""
+
+    def __init__(self, n: Node):
+        self.what = f"{n.label} ({n.type_str}, at {n.source.where()})"
+        super().__init__(f"to_sympy: {self.what} has no element formula; gc.latex(y, mode='matrix') writes the chain "
+                         "rule of a scalar y with it")
 
 
 class Latex:
@@ -70,6 +83,16 @@ def latex(y: Node, wrt: Node | Sequence[Node] | None = None, *, mode: str = "aut
                           "shallower model")
     if mode == "auto":
         mode = "scalar" if scalar_ish(order) else "matrix"
+        if mode == "scalar":
+            try:
+                return _scalar(y, wrt_nodes, name, simplify)
+            except NoFormula as e:  # a cumsum, a scan: the chain rule in matrix form names them
+                if y.shape != () and int(np.prod(y.shape, dtype=np.int64)) != 1:
+                    raise GraphcError(f"latex: {e.what} has no element formula, so y ({y.type_str}) cannot be "
+                                      "written element by element, and the chain-rule form (mode='matrix') is "
+                                      "written for a scalar y: reduce y first (gc.sum(y)), or look at the graph "
+                                      "with gc.show(y)") from None
+                mode = "matrix"
     if mode == "scalar":
         return _scalar(y, wrt_nodes, name, simplify)
     chain = ChainRule(y, wrt_nodes, name or "L")
@@ -144,6 +167,8 @@ def _tidy(e):
         return e.applyfunc(_tidy)
     if sympy.count_ops(e) > SIMPLIFY_MAX_OPS:
         return e
+    if len(e.atoms(sympy.Piecewise)) > SIMPLIFY_MAX_PIECEWISE:
+        return _tidy_parts(e)
     candidates = [e]
     for f in (sympy.simplify, sympy.factor):
         try:
@@ -151,6 +176,15 @@ def _tidy(e):
         except Exception:  # a simplifier giving up leaves the others, and the formula as built is still right
             continue
     return min(candidates, key=lambda c: (sympy.count_ops(c), len(sympy.srepr(c))))
+
+
+def _tidy_parts(e):
+    """e with its largest parts that hold no Piecewise simplified (each branch's value, a condition's sides)."""
+    if e.is_Atom:
+        return e
+    if not e.has(sympy.Piecewise):
+        return _tidy(e) if isinstance(e, sympy.Expr) else e
+    return e.func(*[_tidy_parts(a) for a in e.args])
 
 
 # ------------------------------------------------------------------------------------------------ to sympy
@@ -262,7 +296,7 @@ def _value(n: Node, args: list[np.ndarray], binds: dict) -> np.ndarray:
             sub = {s: ins[k][idx] for k, s in enumerate(op.args) if k not in op.shape_inputs}
             out[idx] = expr.xreplace(sub)
         return out
-    raise GraphcError(f"to_sympy: {name} ({n.type_str}, at {n.source.where()}) has no formula here")
+    raise NoFormula(n)
 
 
 def _reduce(a: np.ndarray, axes: tuple[int, ...], keepdims: bool, fn) -> np.ndarray:

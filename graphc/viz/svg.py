@@ -56,13 +56,14 @@ class SVG:
         """Write the drawing; the format is `format` or the file's suffix (.svg, .png)."""
         path = os.fspath(path)
         fmt = _format(path, format)
-        if fmt == "png":
-            data = self.png(dpi)
+        _check_folder(path)
+        data = self.png(dpi) if fmt == "png" else self.text.encode("utf-8")
+        try:
             with open(path, "wb") as f:
                 f.write(data)
-        else:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(self.text)
+        except OSError as e:
+            raise GraphcError(f"draw: cannot write the drawing to {path!r}: {e.strerror or e}; choose a path in a "
+                              "folder you can write to") from None
         return path
 
 
@@ -80,6 +81,17 @@ def escape(text: str) -> str:
 
 def quoteattr(text: str) -> str:
     return _xml_quoteattr(_printable(text))
+
+
+def _check_folder(path: str) -> None:
+    """A drawing's folder must exist (checked before the layout, which may take seconds)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise GraphcError(f"draw: cannot write the drawing to {path!r}: {folder!r} is a file, not a folder; "
+                              "choose another path")
+        raise GraphcError(f"draw: cannot write the drawing to {path!r}: its folder {folder!r} does not exist; create "
+                          f"it first (os.makedirs({folder!r}, exist_ok=True)) or choose another path")
 
 
 def _format(path: str | None, format: str | None) -> str:  # noqa: A002
@@ -109,6 +121,8 @@ def draw(x: Any, path: str | os.PathLike | None = None, format: str | None = Non
     installed; the default "builtin" needs nothing. `max_boxes`: a drawing with more boxes is refused (None: no
     limit): laying out a few thousand boxes takes minutes and gives a picture of tens of MB no one can read."""
     fmt = _format(os.fspath(path) if path is not None else None, format)
+    if path is not None:
+        _check_folder(os.fspath(path))
     if max_boxes is not None and (isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1):
         raise GraphcError(f"draw: max_boxes must be a positive int or None, got {max_boxes!r}")
     view = build_view(x, expand=expand, collapse_over=collapse_over, fold=fold, sources=sources)

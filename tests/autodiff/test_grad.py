@@ -238,6 +238,49 @@ def test_second_derivatives_of_a_product_through_zeros():
     assert gb[7] == np.prod(np.delete(vb, 7)) and np.all(np.delete(gb, 7) == 0.0)
 
 
+def test_hessian_of_a_power_is_symmetric_and_finite_where_the_base_is_zero():
+    """d/db a**b is 0 at a = 0 by its where(a = 0, 0, a**b log a); differentiating that where again put 0 * log(0)
+    into the branch not taken, so d/da d/db was nan where d/db d/da is 0 (jax.hessian: [[2, 0], [0, 0]] at a = 0,
+    b = 2). The log now reads 1 where a = 0. For b > 1 the mixed derivative a**(b-1) (1 + b log a) tends to 0."""
+    a = gc.input("a", (), "float64")
+    b = gc.input("b", (), "float64")
+    H = gc.hessian(a ** b, [a, b])
+    flat = [H[0][0], H[0][1], H[1][0], H[1][1]]
+    fn = gc.compile(flat, cache=False)
+
+    def exact(av, bv):
+        if av == 0.0:
+            return [bv * (bv - 1) * 0.0 ** (bv - 2), 0.0, 0.0, 0.0]
+        la = np.log(av)
+        return [bv * (bv - 1) * av ** (bv - 2), av ** (bv - 1) * (1 + bv * la), av ** (bv - 1) * (1 + bv * la),
+                av ** bv * la * la]
+
+    for av, bv in [(0.0, 2.0), (0.0, 3.0), (0.0, 2.5), (2.0, 3.0), (0.5, 2.5), (1e-300, 2.0)]:
+        vals = {"a": av, "b": bv}
+        for got in (gc.evaluate(flat, vals), fn(vals)):
+            got = np.array(got, dtype=float)
+            assert np.all(np.isfinite(got)) and (got[1] == got[2] or av != 0.0), (av, bv, got)
+            # at a = 1e-300, a**b / a underflows in the second form (as in jax): ~1e-300 apart
+            np.testing.assert_allclose(got, exact(av, bv), rtol=1e-12, atol=1e-299)
+
+
+def test_errors_name_argmax_not_its_inner_min_and_numeric_grad_refuses_an_int_wrt_as_grad_does():
+    x = gc.input("x", (3, 4), "float64")
+    with pytest.raises(gc.DTypeError, match=r"grad: y \(argmax: i64\[3\], from argmax at test_grad.py:\d+\) is not a "
+                                            "float tensor: an integer or bool result has no gradient"):
+        gc.jacobian(gc.argmax(x, axis=1), x)
+    assert "(argmin)" in gc.to_text(gc.argmin(x, axis=0)) and "argmax: i64[1,1]" in repr(gc.argmax(x, keepdims=True))
+    # numeric_grad made the int value float64 itself and then blamed it ("has dtype float64; pass integers")
+    i = gc.input("i", (3,), "int32")
+    y = gc.sum(x[0, :3] * gc.cast(i, "float64"))
+    vals = {"x": np.ones((3, 4)), "i": np.array([1, 2, 3], np.int32)}
+    with pytest.raises(gc.DTypeError, match=r"numeric_grad: cannot differentiate with respect to i: i32\[3\], an "
+                                            r"integer/bool tensor declared at test_grad.py:\d+: a derivative needs"):
+        numeric_grad(y, i, vals)
+    with pytest.raises(gc.DTypeError, match=r"numeric_grad: y \(argmax: i64\[\], .*\) is not a float tensor"):
+        numeric_grad(gc.argmax(x), x, vals)
+
+
 def test_jacobian_hessian_and_check_grad_take_a_dict_as_grad_does_and_numeric_grad_checks_its_arguments():
     """A dict of tensors for wrt failed in all three with grad's 'wrt must hold tensors, got str' (the keys)."""
     a = gc.input("a", (3,), "float64")

@@ -92,6 +92,32 @@ def test_an_expression_without_a_graph_op_becomes_one_op_whose_formula_is_read_b
     np.testing.assert_array_equal(gc.evaluate(out, feed), feed["fg"] * np.floor_divide(feed["fa"], feed["fb"]))
 
 
+def _ops_in(tree) -> list:
+    return [tree[1]] + [o for a in tree[3] for o in _ops_in(a)] if tree[0] in ("op", "fn") else []
+
+
+def test_exp_of_a_negative_argument_stays_in_the_numerator_and_constants_are_one_number():
+    # sympy.fraction writes exp(-a) as 1/exp(a), which overflows where exp(-a) is 0; both the tree (graph ops)
+    # and the term (native code of a formula) keep it as written
+    from graphc.ops.scalar import numer_denom, to_term
+
+    s = formula_names()
+    x, g = s.X[0], s.G
+    e = 2 * g * s.exp(-x ** 2) / s.sqrt(s.pi) / (1 + x ** 2)
+    n, d = numer_denom(e)
+    assert n.has(s.exp) and not d.has(s.exp) and d == s.sqrt(s.pi) * (1 + x ** 2)
+    term = to_term(e)
+    assert term.op == "div" and "exp" in repr(term.args[0]) and "exp" not in repr(term.args[1])
+    tree = to_tree(e)
+    assert tree[1] == "div" and "exp" not in _ops_in(tree[3][1])  # only 1 + x0**2 below the line
+    assert _ops_in(to_tree(2 * g * s.exp(-x ** 2) / s.sqrt(s.pi))).count("div") == 0  # 2/sqrt(pi) one number
+    xs = gc.input("xs", (3,), "float64")
+    out = from_tree(tree, {"x0": xs, "g": gc.input("gs", (3,), "float64")}, "float64", (3,))
+    v = np.array([0.5, 30.0, -40.0])
+    np.testing.assert_allclose(gc.evaluate(out, {"xs": v, "gs": np.ones(3)}),
+                               2 * np.exp(-v ** 2) / np.sqrt(np.pi) / (1 + v ** 2), rtol=1e-14, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the derivative file
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import sympy
 
 import graphc as gc
 
@@ -173,3 +174,36 @@ def test_floor_divide_and_remainder_are_numpys_bit_for_bit_on_special_values_and
     np.testing.assert_allclose(g, 1 - np.floor_divide(2.0, [1.0, 0.7, -1.3]) + np.floor([1.0, 0.7, -1.3]))
     tex = str(gc.latex(loss))
     assert r"\bmod" in tex and r"\left\lfloor \frac{" in tex and "operatorname" not in tex
+
+
+def _phi(v):
+    return math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+
+
+_xgauss = gc.elementwise("xgauss", lambda t: t * sympy.exp(-t ** 2))
+SECOND = {  # f, f', f'' (exact, in float64: exp of a large negative number is 0, never inf)
+    "erf": (gc.erf, lambda v: 2 / math.sqrt(math.pi) * math.exp(-v * v),
+            lambda v: -4 * v / math.sqrt(math.pi) * math.exp(-v * v)),
+    "gelu": (gc.nn.gelu, lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2))) + v * _phi(v),
+             lambda v: _phi(v) * (2 - v * v)),
+    "x*exp(-x^2)": (_xgauss, lambda v: (1 - 2 * v * v) * math.exp(-v * v),
+                    lambda v: (4 * v ** 3 - 6 * v) * math.exp(-v * v)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(SECOND))
+def test_second_derivatives_of_gaussian_tails_are_finite_for_every_input(dtype, name):
+    # erf's derivative 2/sqrt(pi)*exp(-x^2) was built as 2/(sqrt(pi)*exp(x^2)): exp(x^2) overflowed (|x| > 9.4 in
+    # float32, 26.7 in float64) and its own derivative multiplied 0 by inf, so erf'' and gelu'' were nan there
+    fn, d1, d2 = SECOND[name]
+    v = np.concatenate([BIG, [-26.0, -10.0, -9.0, 3.0, 9.0, 10.0, 13.0, 20.0, 27.0]])
+    x = gc.input("x", v.shape, dtype)
+    g1 = gc.grad(gc.sum(fn(x)), x)
+    g2 = gc.grad(gc.sum(g1), x)
+    want = [np.array([d(t) for t in v]) for d in (d1, d2)]
+    rtol, atol = (1e-4, 1e-36) if dtype == "float32" else (1e-10, 1e-300)
+    for got in (gc.evaluate([g1, g2], {"x": v.astype(dtype)}), gc.compile([g1, g2])({"x": v.astype(dtype)})):
+        for k in range(2):
+            assert np.all(np.isfinite(got[k])), (k + 1, v[~np.isfinite(got[k])])
+            np.testing.assert_allclose(got[k], want[k].astype(dtype), rtol=rtol, atol=atol)

@@ -214,3 +214,44 @@ def test_a_non_finite_constant_prints():
     assert r"-\infty" in text, text
     nan = str(gc.latex(gc.sum(gc.where(mask, x, float("nan"))), mode="matrix"))
     assert r"\text{NaN}" in nan or "nan" in nan.lower(), nan
+
+
+def test_the_max_of_a_few_elements_is_written_without_simplifying_its_tie_splits(monkeypatch):
+    """sympy.simplify folded the gradient's sum of tie indicators (a Piecewise each) into 2**n branches: the max of
+    3 elements took a minute, of 4 three. Above SIMPLIFY_MAX_PIECEWISE only the parts without one are simplified;
+    a formula with one or two (a maximum, a where) is still simplified whole."""
+    real_simplify = sympy.simplify
+    seen = []
+
+    def simplify(e, *args, **kw):
+        seen.append(len(e.atoms(sympy.Piecewise)) if isinstance(e, sympy.Basic) else 0)
+        if seen[-1] > 2:  # minutes: give up at once (_tidy takes that as a simplifier giving up)
+            raise RuntimeError(f"sympy.simplify of {seen[-1]} Piecewise")
+        return real_simplify(e, *args, **kw)
+
+    monkeypatch.setattr(sympy, "simplify", simplify)
+    x = gc.input("x", (4,))
+    out = latex(gc.max(x))
+    assert seen and max(seen) <= 2, seen
+    xs = sympy.symbols("x_1:5", real=True)
+    grad = out.exprs[r"\frac{\partial L}{\partial x}"]
+    at = dict(zip(xs, [1.0, 3.0, 3.0, 2.0], strict=True))
+    assert [float(g.subs(at)) for g in grad] == [0.0, 0.5, 0.5, 0.0]
+    # a maximum of two: still simplified whole (x moves into the branches, the nested Piecewise flattens)
+    seen.clear()
+    w, x1, b = scalars()
+    gb = latex(gc.maximum(w, x1 * b)).exprs[r"\frac{\partial L}{\partial b}"]
+    assert 2 in seen and gb == sympy.Piecewise((0, w_ > b_ * x_), (x_ / 2, sympy.Eq(w_, b_ * x_)), (x_, True))
+
+
+def test_auto_mode_writes_the_matrix_form_where_an_op_has_no_element_formula():
+    """A few-element graph with a cumsum (or a scan) chose the element-wise form and then failed on the cumsum."""
+    x = gc.input("X", (2,))
+    w = gc.param("w", ())
+    out = latex(gc.sum(gc.cumsum(x, axis=0) * w))
+    assert out.mode == "matrix" and r"\mathrm{cumsum}" in str(out) and r"\frac{\partial L}{\partial w}" in str(out)
+    with pytest.raises(GraphcError, match=r"cumsum \(f32\[2\], at test_latex.py:\d+\) has no element formula"):
+        latex(gc.sum(gc.cumsum(x, axis=0) * w), mode="scalar")
+    with pytest.raises(GraphcError, match=r"cumsum .* has no element formula, so y \(f32\[2\]\) cannot be written "
+                                          r"element by element.*reduce y first"):
+        latex(gc.cumsum(x * w, axis=0))

@@ -330,3 +330,19 @@ def test_a_drawing_too_large_to_read_is_refused_quickly_unless_asked_for():
     assert len(nodes(parse(draw(h, max_boxes=None)))) > 700  # one box per tanh, on request
     with pytest.raises(GraphcError, match="max_boxes must be a positive int or None"):
         draw(loss, max_boxes=0)
+
+
+def test_a_drawing_into_a_missing_folder_or_onto_a_file_is_refused_before_the_layout(tmp_path, mlp2):
+    """A bare FileNotFoundError from open(), after the layout."""
+    loss, _ = mlp2
+    missing = tmp_path / "no" / "such" / "g.svg"
+    with pytest.raises(GraphcError, match=r"its folder '.*such' does not exist; create it first \(os.makedirs"):
+        draw(loss, missing)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(GraphcError, match="is a file, not a folder"):
+        draw(loss, tmp_path / "f" / "g.png")
+    with pytest.raises(GraphcError, match="does not exist"):
+        draw(loss).save(missing)
+    with pytest.raises(GraphcError, match="cannot write the drawing to .*: Is a directory"):
+        draw(loss).save(tmp_path, "svg")
+    assert not missing.parent.exists()
