@@ -291,22 +291,24 @@ def _pairwise_sum(parts):
 def _interleave(parts: dict, q, strides, sizes, like):
     """The input gradient (N, *sizes, C) from its phases, each channels-last (N, *q, C): phase rp's value at q goes
     to position s*q + rp of each axis. The phases are stacked beside their axes, (N, Q1, s1, Q2, s2, C), which a
-    reshape merges into (N, Q1*s1, Q2*s2, C) (cut to the sizes): one kernel that reads each phase once, in
-    vectors along the channels (a pad per phase with s - 1 zeros between elements, summed, would read every
-    phase at every position, each read guarded by a remainder: ~1.6x the time at stride 2, s**nsp reads at s).
+    reshape merges into (N, Q1*s1, Q2*s2, C) (cut to the sizes): each phase read once, where it lands, in vectors
+    along the channels (a pad per phase with s - 1 zeros between elements, summed, would read every phase at
+    every position, each read guarded by a remainder: 1.6x the time at stride 2 in 2-D, s**nsp reads at s).
     Phases no tap reaches are zero."""
     from graphc.ops.movement import _slice, reshape, stack
-    from graphc.ops.scan import zeros
+    from graphc.ops.pointwise import broadcast_like, full_like
 
     nsp = len(strides)
+    if not parts:  # (the zeros read x's shape, which binds its batch dim, not a broadcast to a bare symbol)
+        return full_like(like, 0)
     if all(s == 1 for s in strides):
         return parts[(0,) * nsp]
-    shape = (like.shape[0], *q, like.shape[-1])
+    some = next(iter(parts.values()))
 
     def build(prefix):
         a = len(prefix)
         if a == nsp:
-            return parts[prefix] if prefix in parts else zeros(shape, like.dtype)
+            return parts[prefix] if prefix in parts else broadcast_like(constant(0, like.dtype), some)
         pieces = [build((*prefix, r)) for r in range(strides[a])]
         return pieces[0] if strides[a] == 1 else stack(pieces, axis=2 + a)
 

@@ -689,6 +689,7 @@ STRIDED_CASES = [  # (sizes, C, F, kernel, stride, padding, dilation): C < 8 the
     ((13,), 8, 2, (2,), (4,), [(0, 3)], (1,)),  # kernel < stride: phases no tap reaches are zero
     ((10,), 2, 3, (3,), (2,), [(3, 2)], (2,)),  # dilation 2, stride 2: only even phases of the padded grid
     ((9,), 9, 3, (4,), (3,), [(4, 4)], (2,)),  # padding as large as the kernel
+    ((1,), 8, 2, (1,), (2,), [(1, 1)], (1,)),  # the one input cell lies between the windows: dx is zero
     ((9, 8), 3, 5, (7, 7), (2, 2), [(3, 3), (3, 3)], (1, 1)),  # a stem
     ((9, 10), 8, 4, (3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1)),
     ((11, 9), 8, 3, (5, 3), (2, 3), [(2, 2), (0, 1)], (1, 2)),
