@@ -6,7 +6,10 @@
 2. a LeNet-5-shaped training step (28x28x1, conv5x5x6 -> pool -> conv5x5x16 -> pool -> 120 -> 84 -> 10,
    batch 64, plain SGD): samples/s of graphc's native epoch against PyTorch eager, torch.compile and jax.jit;
 3. a CIFAR-shaped step (32x32x3; conv3x3x32, conv3x3x32, pool, conv3x3x64, conv3x3x64, pool, dense 10, batch 64);
-4. graphc's compile time of those steps, cold (no disk cache) and cached.
+4. graphc's compile time of those steps, cold (no disk cache) and cached;
+5. with --strided: strided convolution layers (a 7x7 stride-2 stem, 5x5 and 3x3 stride 2, 11x11 stride 4), one
+   training step's forward + input and filter gradients (and a stem's filter gradient alone: a first layer's input
+   is data), against PyTorch on 1 thread, interleaved medians.
 
 Each thread count runs in its own process (XLA fixes its thread count when it starts), and the parent prints
 the table. graphc lowers a convolution to pad -> the packed GEMM reading the padded image through a view (its
@@ -18,6 +21,8 @@ which kernels a conv training step spends its time in (gc.compile(profile=True))
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py [--threads 1,2] [--quick]
     python benchmarks/bench_conv.py --accuracy     # examples/cnn_digits.py over seeds 0-7, and the default MLP
     python benchmarks/bench_conv.py --smoke        # tests: 1 thread, a batch-1 conv layer, 128 rows, one sample each
+                                                   # (and two batch-1 strided layers)
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py --strided [--profile]
 """
 
 from __future__ import annotations
@@ -203,6 +208,88 @@ def _jax_conv(jax, X, W, G, flops: float, rep) -> tuple[float, float]:
     xa, wa, ga = map(jax.numpy.asarray, (X, W, G))
     return (flops / _median(rep(lambda: jf(xa, wa).block_until_ready())) / 1e9,
             3 * flops / _median(rep(lambda: jax.block_until_ready(jb(xa, wa, ga)))) / 1e9)
+
+
+STRIDED = {  # name: (N, H, W, C, K, F, stride, padding); the filter gradient alone too where C is an image's 3
+    "7x7/2 stem 224x224 3->64 b4": (4, 224, 224, 3, 7, 64, 2, 3),
+    "7x7/2 64x64 3->32 b16": (16, 64, 64, 3, 7, 32, 2, 3),
+    "5x5/2 32x32 16->32 b16": (16, 32, 32, 16, 5, 32, 2, 2),
+    "3x3/2 56x56 64->128 b8": (8, 56, 56, 64, 3, 128, 2, 1),
+    "3x3/2 32x32 3->32 b16": (16, 32, 32, 3, 3, 32, 2, 1),
+    "11x11/4 64x64 3->32 b8": (8, 64, 64, 3, 11, 32, 4, 2),
+}
+STRIDED_SMOKE = {"7x7/2 16x16 3->8 b1": (1, 16, 16, 3, 7, 8, 2, 3), "3x3/2 8x8 8->8 b1": (1, 8, 8, 8, 3, 8, 2, 1)}
+
+
+def strided(smoke: bool = False, profile: bool = False) -> None:
+    """Strided convolution layers on 1 thread: loss = sum(relu(conv(x, w)) * R), its value and the gradients of x
+    and w (the filter's alone for a 3-channel stem, whose input is data), graphc against PyTorch (NCHW, as it
+    prefers), each case's contenders measured in alternating rounds; graphc's cold compile of the step."""
+    import graphc as gc
+
+    peers.set_threads(1)
+    try:
+        torch = peers._import_torch(1)
+    except ImportError as e:
+        torch = None
+        print(f"  (not measured: torch: {e})")
+    print(f"# strided convolutions, 1 thread; CPU {peers._cpu_model()}; medians of interleaved rounds (ms)")
+    rng = np.random.default_rng(0)
+    for name, (n, h, wd, c, k, f, s, p) in (STRIDED_SMOKE if smoke else STRIDED).items():
+        X = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+        W = (rng.standard_normal((k, k, c, f)) / np.sqrt(k * k * c)).astype(np.float32)
+        x, w = gc.input("x", X.shape), gc.input("w", W.shape)
+        y = gc.relu(gc.conv2d(x, w, stride=s, padding=p))
+        R = rng.standard_normal(tuple(int(d) for d in y.shape)).astype(np.float32)
+        loss = gc.sum(y * gc.input("R", R.shape))
+        vals = {"x": X, "w": W, "R": R}
+        variants = {"fwd+dx+dW": [x, w]} | ({"fwd+dW": [w]} if c == 3 else {})
+        runs, compiled = {}, {}
+        for label, wrt in variants.items():
+            outs = [loss, *gc.grad(loss, wrt)]
+            before = os.environ.get("GRAPHC_CACHE_DIR")
+            with tempfile.TemporaryDirectory(prefix="graphc-cold-") as cold_dir:
+                os.environ["GRAPHC_CACHE_DIR"] = cold_dir
+                try:  # the GEMM helpers compiled first (once per cache directory): the step's own compile timed
+                    xs, ws = gc.input("xs", (1, 8, 8, c)), gc.input("ws", (3, 3, c, 4))
+                    gc.compile(gc.grad(gc.sum(gc.conv2d(xs, ws, stride=2, padding=1) ** 2), [xs, ws]), threads=1)
+                    t0 = time.perf_counter()
+                    fn = gc.compile(outs, threads=1)
+                    compiled[label] = time.perf_counter() - t0
+                finally:
+                    if before is None:
+                        os.environ.pop("GRAPHC_CACHE_DIR")
+                    else:
+                        os.environ["GRAPHC_CACHE_DIR"] = before
+            runs[f"graphc {label}"] = (lambda b: lambda: b())(fn.bind(vals))
+            if profile:
+                pf = gc.compile(outs, threads=1, profile=True)
+                for _ in range(5):
+                    pf(vals)
+                pf.profile_report()
+                for _ in range(10):
+                    pf(vals)
+                rows = sorted(pf.profile_report(), key=lambda r: -r[1])
+                print(f"  {name} {label} kernels (ms a call): " +
+                      ", ".join(f"{kn} {ks / 10 * 1e3:.2f}" for kn, ks, _ in rows[:8]))
+            if torch is not None:
+                tx = torch.tensor(X.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+                tw = torch.tensor(W.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+                tR = torch.tensor(R.transpose(0, 3, 1, 2).copy())
+                targets = [tx, tw] if len(wrt) == 2 else [tw]
+
+                def tstep(targets=targets, tx=tx, tw=tw, tR=tR, s=s, p=p):
+                    t = (torch.relu(torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)) * tR).sum()
+                    return torch.autograd.grad(t, targets)
+
+                runs[f"torch {label}"] = tstep
+        med, _ = peers.interleaved_medians(runs, min_sample=0.001 if smoke else 0.15, rounds=1 if smoke else 7,
+                                           warmup=1)
+        for label in variants:
+            g = med[f"graphc {label}"]
+            t = med.get(f"torch {label}")
+            vs = f", torch {t * 1e3:.2f} ms: {g / t:.2f}x" if t else ""
+            print(f"{name} {label}: graphc {g * 1e3:.2f} ms{vs}; compile cold {compiled[label]:.1f} s", flush=True)
 
 
 def graphc_step(name: str, threads: int, batch: int, profile: bool) -> dict:
@@ -471,6 +558,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true", help="only: peak memory of the CIFAR-shaped training")
     ap.add_argument("--memory-child", choices=["graphc", "torch eager"], help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--strided", action="store_true", help="only: strided convolution layers against PyTorch")
     ap.add_argument("--smoke", action="store_true",
                     help="a quick run of every code path (tests): 1 thread, conv batch 1, 128 rows, one sample each")
     a = ap.parse_args(argv)
@@ -485,6 +573,9 @@ def main(argv=None) -> int:
         return 0
     if a.memory:
         memory()
+        return 0
+    if a.strided:
+        strided(a.smoke, a.profile)
         return 0
     nets = [n for n in a.nets.split(",") if n]
     if set(nets) - set(NETS):
@@ -506,6 +597,8 @@ def main(argv=None) -> int:
             return 1
         results.append(json.loads(p.stdout.strip().splitlines()[-1]))
     report(results)
+    if a.smoke:
+        strided(smoke=True)
     return 0
 
 

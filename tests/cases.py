@@ -276,18 +276,20 @@ def make_cases(dtype: str = "float64") -> dict:
 
     @st.composite
     def conv_case(draw):
-        """A stride-1 convolution (its product carries the conv op's gradient rule), 1-D or 2-D, padded and
-        dilated at random, with the filter and the image both differentiated."""
+        """A convolution (its product carries the conv op's gradient rule), 1-D or 2-D, strided, padded and dilated
+        at random (a kernel shorter than the stride, or not a multiple of it, included), with the filter and the
+        image both differentiated: 8 input channels take the transposed convolution (per phase at a stride), 2 the
+        tap-major spread (conv.TRANSPOSED_MIN_CHANNELS)."""
         nsp = draw(st.integers(1, 2))
-        sizes = [draw(st.integers(2, 4)) for _ in range(nsp)]
-        # 8 input channels: fewer keep the composition's gradient (conv.TRANSPOSED_MIN_CHANNELS)
-        n, c, f = draw(st.integers(1, 2)), 8, draw(st.integers(1, 2))
+        sizes = [draw(st.integers(2, 5)) for _ in range(nsp)]
+        n, c, f = draw(st.integers(1, 2)), draw(st.sampled_from([2, 8])), draw(st.integers(1, 2))
         dil = draw(st.integers(1, 2))
-        ks = [draw(st.integers(1, min(3, (d - 1) // dil + 1))) for d in sizes]
+        stride = draw(st.integers(1, 3))
+        ks = [draw(st.integers(1, min(4, (d - 1) // dil + 1))) for d in sizes]
         pad = draw(st.sampled_from(["valid", "same", 1, 2]))
         x, w = _leaves([(n, *sizes, c), (*ks, c, f)])
         conv = gc.conv2d if nsp == 2 else gc.conv1d
-        out = conv(x, w, padding=pad, dilation=dil)
+        out = conv(x, w, stride=stride, padding=pad, dilation=dil)
         return out, dict(zip(["a0", "a1"], _vals(draw, [(n, *sizes, c), (*ks, c, f)]), strict=True)), [x, w]
 
 

@@ -19,6 +19,7 @@ bottom/right), an int (every side), or one (before, after) pair per spatial axis
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -147,16 +148,23 @@ TRANSPOSED_MIN_CHANNELS = 8
 
 
 class Conv(Op):
-    """A stride-1 convolution's product (N*O.., F) with the convolution's own gradient rule: the value is input 0,
-    the product the composition pad -> windows -> reshape -> matmul computes (this op emits no code: it lowers to
-    its input 0); inputs 1 and 2 are the image x and the filter w, attrs `pads` ((before, after) per spatial axis)
-    and `dilation`. The gradient does not go back through the composition (whose input gradient would spread the
-    im2col matrix's cotangent back tap by tap from rows only C channels long, a col2im of gathers): the input
-    gradient is the transposed convolution, a convolution of the cotangent (padded by the dilated window minus the
-    padding) with the flipped filter, its channel axes swapped (`_transposed_input_grad`), or with fewer than
-    TRANSPOSED_MIN_CHANNELS input channels the tap-major product spread back along image rows
-    (`_spread_input_grad`); the filter gradient is the correlation of the padded image with the cotangent, the
-    im2col matrix's transpose times the cotangent, an implicit GEMM (no im2col buffer). All differentiate again."""
+    """A convolution's product (N*O.., F) with the convolution's own gradient rule: the value is input 0, the
+    product the composition pad -> windows -> reshape -> matmul computes (this op emits no code: it lowers to its
+    input 0); inputs 1 and 2 are the image x and the filter w, attrs `pads` ((before, after) per spatial axis),
+    `strides` and `dilation`. The gradient does not go back through the composition (whose input gradient would
+    spread the im2col matrix's cotangent back tap by tap from rows only C channels long, a col2im of guarded
+    gathers, and at stride s > 1 with a floor division and a remainder in every one of the KH*KW terms): the input
+    gradient is the transposed convolution. At stride 1 it is one convolution of the cotangent (padded by the
+    dilated window minus the padding) with the flipped filter, its channel axes swapped
+    (`_transposed_input_grad`); at stride s it is that per phase (the sub-pixel decomposition, as oneDNN and
+    XNNPACK deconvolve): the input rows s*q + r (one phase r per residue, s**nsp phases) receive only the taps
+    whose offset lands on that residue, a sub-filter of every s-th tap, so each phase is a stride-1 convolution of
+    the unpadded cotangent with its sub-filter, and the phases are interleaved back (no multiplication by the
+    zeros an interior-padded cotangent would hold). With fewer than TRANSPOSED_MIN_CHANNELS input channels the
+    input gradient is the tap-major product spread back along image rows, phase by phase
+    (`_spread_input_grad`). The filter gradient is the correlation of the padded image with the cotangent, the
+    (strided) im2col matrix's transpose times the cotangent, an implicit GEMM (no im2col buffer). All
+    differentiate again: the phases are Conv nodes of their own."""
 
     name = "conv"
     kind = "identity"
@@ -164,9 +172,12 @@ class Conv(Op):
     def infer(self, inputs, attrs):
         prod, x, w = inputs
         nsp = x.ndim - 2
-        if w.ndim != nsp + 2 or len(attrs["pads"]) != nsp or len(attrs["dilation"]) != nsp or prod.ndim != 2:
+        strides = attrs.get("strides", (1,) * nsp)
+        if w.ndim != nsp + 2 or len(attrs["pads"]) != nsp or len(attrs["dilation"]) != nsp or prod.ndim != 2 \
+                or len(strides) != nsp or not all(isinstance(v, int) and v >= 1 for v in strides):
             raise ShapeError(f"conv: product {fmt_shape(prod.shape)}, image {fmt_shape(x.shape)} and filter "
-                             f"{fmt_shape(w.shape)} do not make a convolution with pads {attrs['pads']}")
+                             f"{fmt_shape(w.shape)} do not make a convolution with pads {attrs['pads']} and "
+                             f"strides {strides}")
         return prod.shape, prod.dtype
 
     def reference(self, node, args, ctx):
@@ -185,16 +196,17 @@ class Conv(Op):
         _, x, w = node.inputs
         nsp = x.ndim - 2
         pads, dil = node.attrs["pads"], node.attrs["dilation"]
+        strides = node.attrs.get("strides", (1,) * nsp)
         window = w.shape[:nsp]
-        out = [d + lo + hi - dl * (k - 1) for d, (lo, hi), k, dl in zip(x.shape[1:1 + nsp], pads, window, dil,
-                                                                         strict=True)]
+        out = [(d + lo + hi - dl * (k - 1) - 1) // s + 1
+               for d, (lo, hi), k, s, dl in zip(x.shape[1:1 + nsp], pads, window, strides, dil, strict=True)]
         if w.shape[nsp] < TRANSPOSED_MIN_CHANNELS:
-            dx = _spread_input_grad(g, x, w, pads, dil, out)
+            dx = _spread_input_grad(g, x, w, pads, strides, dil, out)
         else:
-            dx = _transposed_input_grad(g, x, w, pads, dil, out)
+            dx = _transposed_input_grad(g, x, w, pads, strides, dil, out)
         # dw: the im2col matrix of the padded image (the forward's own view), transposed, times the cotangent
         xp = _pad(x, [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0], [0] * x.ndim, 0)
-        cols = reshape(windows(xp, window, 1, dil), (g.shape[0], math.prod(window) * w.shape[nsp]))
+        cols = reshape(windows(xp, window, strides, dil), (g.shape[0], math.prod(window) * w.shape[nsp]))
         dw = reshape(matmul(cols, g, ta=True), w.shape)
         return None, dx, dw
 
@@ -202,61 +214,165 @@ class Conv(Op):
 CONV = register(Conv())
 
 
-def _transposed_input_grad(g, x, w, pads, dil, out) -> Tensor:
-    """dx as the transposed convolution: the cotangent padded by span-1 minus the padding on each side (cropped
-    where that is negative), convolved with the flipped filter (KH, KW, F, C): an implicit GEMM c columns wide."""
-    from graphc.ops.movement import _pad, _reverse, _slice, reshape, transpose
+class _Phase(NamedTuple):
+    """One spatial axis of one phase of a convolution's input gradient: the input positions i = s*q + r receive
+    g[q - shift - dil*j] * w[k0 + step*j] for j < taps."""
+
+    k0: int
+    step: int
+    taps: int
+    dil: int
+    shift: int
+
+    def sub_window(self) -> int:
+        """The phase's dilated sub-filter's span minus 1: how far its transposed convolution reaches back."""
+        return self.dil * (self.taps - 1)
+
+
+def _phase(size: int, lo: int, k: int, s: int, dl: int, o: int, rp: int) -> _Phase | None:
+    """One spatial axis of a stride-s convolution's input gradient (input size `size`, padding `lo` before, kernel k
+    dilated by dl, o outputs), for the input positions i = s*q + rp: those receive only the taps whose dilated
+    offset lands on i's residue modulo s, every (s / gcd(dl, s))-th one from the first such k0, and from outputs
+    shifted by a fixed amount. None where no tap or no output reaches the phase (a tap lands on residue r only
+    where gcd(dl, s) divides r; a kernel shorter than the stride leaves phases uncovered). At stride 1 the one
+    phase is the plain transposed convolution: k0 = 0, step 1, all k taps, dilation dl, shift -lo."""
+    q = -(-(size - rp) // s)  # the phase's positions in the input
+    if q <= 0:
+        return None
+    e, r = divmod(rp + lo, s)  # i + lo = s*(q + e) + r on the padded grid, which the windows start at s*o
+    gg = math.gcd(dl, s)
+    ks, dd = s // gg, dl // gg
+    if r % gg:
+        return None
+    k0 = (r // gg) * pow(dd, -1, ks) % ks  # dl*k0 = r (mod s), the first such tap
+    if k0 >= k:
+        return None
+    j = (k - k0 - 1) // ks + 1
+    m = (dl * k0 - r) // s - e  # s*o + dl*(k0 + ks*jj) = s*(q + e) + r  <=>  o = q - m - dd*jj
+    if q - 1 - m < 0 or -m - dd * (j - 1) > o - 1:  # every g index it would read lies outside the output
+        return None
+    return _Phase(k0, ks, j, dd, m)
+
+
+def _phases(x, w, pads, strides, dil, out):
+    """{rp: per-axis _phase} for every input phase rp (one residue per spatial axis) that some tap reaches."""
+    nsp = x.ndim - 2
+    found = {}
+    for rp in np.ndindex(*strides):
+        axes = [_phase(d, lo, k, s, dl, o, r) for d, (lo, _), k, s, dl, o, r in
+                zip(x.shape[1:1 + nsp], pads, w.shape[:nsp], strides, dil, out, rp, strict=True)]
+        if all(a is not None for a in axes):
+            found[rp] = axes
+    return found
+
+
+def _shift(t, axes, low, size):
+    """t with each of `axes` moved `low` places along (zeros in front; cropped where low < 0) and cut or
+    zero-padded to `size` places."""
+    from graphc.ops.movement import _pad, _slice
+
+    lo_pad, hi_pad, start, stop = [0] * t.ndim, [0] * t.ndim, [0] * t.ndim, list(t.shape)
+    for a, lw, n in zip(axes, low, size, strict=True):
+        hi = n - t.shape[a] - lw
+        lo_pad[a], hi_pad[a] = max(lw, 0), max(hi, 0)
+        start[a] = max(-lw, 0)
+        stop[a] = t.shape[a] + lo_pad[a] + hi_pad[a] - max(-hi, 0)
+    t = _pad(t, lo_pad, hi_pad, [0] * t.ndim, 0)
+    return _slice(t, start, [t.shape[i] if i not in axes else stop[i] for i in range(t.ndim)], [1] * t.ndim)
+
+
+def _pairwise_sum(parts):
+    """Summed pairwise: a chain of many dependent adds would wait on each add's latency."""
+    while len(parts) > 1:
+        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _interleave(parts: dict, q, strides, sizes, like):
+    """The input gradient (N, *sizes, C) from its phases, each channels-last (N, *q, C): phase rp's value at q goes
+    to position s*q + rp of each axis. The phases are stacked beside their axes, (N, Q1, s1, Q2, s2, C), which a
+    reshape merges into (N, Q1*s1, Q2*s2, C) (cut to the sizes): each phase read once, where it lands, in vectors
+    along the channels (a pad per phase with s - 1 zeros between elements, summed, would read every phase at
+    every position, each read guarded by a remainder: 1.6x the time at stride 2 in 2-D, s**nsp reads at s).
+    Phases no tap reaches are zero."""
+    from graphc.ops.movement import _slice, reshape, stack
+    from graphc.ops.pointwise import broadcast_like, full_like
+
+    nsp = len(strides)
+    if not parts:  # (the zeros read x's shape, which binds its batch dim, not a broadcast to a bare symbol)
+        return full_like(like, 0)
+    if all(s == 1 for s in strides):
+        return parts[(0,) * nsp]
+    some = next(iter(parts.values()))
+
+    def build(prefix):
+        a = len(prefix)
+        if a == nsp:
+            return parts[prefix] if prefix in parts else broadcast_like(constant(0, like.dtype), some)
+        pieces = [build((*prefix, r)) for r in range(strides[a])]
+        return pieces[0] if strides[a] == 1 else stack(pieces, axis=2 + a)
+
+    full = reshape(build(()), (like.shape[0], *(n * s for n, s in zip(q, strides, strict=True)), like.shape[-1]))
+    return _slice(full, [0] * full.ndim, [like.shape[0], *sizes, like.shape[-1]], [1] * full.ndim)
+
+
+def _transposed_input_grad(g, x, w, pads, strides, dil, out) -> Tensor:
+    """dx as the transposed convolution, per phase (see Conv): the cotangent shifted by the phase's offset plus
+    its dilated sub-window (cropped where that is negative), convolved with the phase's flipped sub-filter
+    (J.., F, C): an implicit GEMM c columns wide. At stride 1, one phase: the whole transposed convolution."""
+    from graphc.ops.movement import _reverse, _slice, reshape, transpose
 
     nsp = x.ndim - 2
-    window = w.shape[:nsp]
+    sp = list(range(1, nsp + 1))
     gi = reshape(g, (x.shape[0], *out, w.shape[-1]))
-    low = [dl * (k - 1) - lo for (lo, _), k, dl in zip(pads, window, dil, strict=True)]
-    high = [dl * (k - 1) - hi for (_, hi), k, dl in zip(pads, window, dil, strict=True)]
-    gp = _pad(gi, [0, *(max(v, 0) for v in low), 0], [0, *(max(v, 0) for v in high), 0], [0] * gi.ndim, 0)
-    if any(v < 0 for v in low + high):
-        start = [0, *(max(-v, 0) for v in low), 0]
-        stop = [gp.shape[0], *(d - max(-v, 0) for d, v in zip(gp.shape[1:1 + nsp], high, strict=True)),
-                gp.shape[-1]]
-        gp = _slice(gp, start, stop, [1] * gp.ndim)
     perm = (*range(nsp), nsp + 1, nsp)
-    wt = transpose(_reverse(w, tuple(range(nsp))), perm)
-    return _conv(gp, wt, nsp, 1, "valid", dil, "conv2d" if nsp == 2 else "conv1d")
+    q = [-(-d // s) for d, s in zip(x.shape[1:1 + nsp], strides, strict=True)]
+    parts = {}
+    for rp, ph in _phases(x, w, pads, strides, dil, out).items():
+        stop = [p.k0 + p.step * (p.taps - 1) + 1 for p in ph] + list(w.shape[nsp:])
+        sub = _slice(w, [p.k0 for p in ph] + [0, 0], stop, [p.step for p in ph] + [1, 1])  # every step-th tap
+        wt = transpose(_reverse(sub, tuple(range(nsp))), perm)
+        # the cotangent moved by the phase's offset plus its dilated sub-window, cut to q plus that window (a phase
+        # reads a padded copy of its own, as a stride-1 convolution does: one shared padded cotangent would be
+        # inlined into each phase's product operand all the same)
+        gp = _shift(gi, sp, [p.shift + p.sub_window() for p in ph],
+                    [n + p.sub_window() for n, p in zip(q, ph, strict=True)])
+        parts[rp] = _conv(gp, wt, nsp, 1, "valid", tuple(p.dil for p in ph), "conv2d" if nsp == 2 else "conv1d")
+    return _interleave(parts, q, strides, x.shape[1:1 + nsp], x)
 
 
-def _spread_input_grad(g, x, w, pads, dil, out) -> Tensor:
+def _spread_input_grad(g, x, w, pads, strides, dil, out) -> Tensor:
     """dx for few input channels: per image, the product of the filter with the image's cotangent transposed,
-    tap-major (N, KH*KW*C, OH*OW), spread back tap by tap (each tap's slice shifted onto the padded grid and
-    summed), then cropped and moved to channels-last. Tap-major, a tap's slice runs along the output width, so the
-    sum reads contiguous rows; the product's usual layout (N*OH*OW, KH*KW*C) would make every term a gather (the
-    channel run is only C long). Per image (a batched product) rather than one product over the batch
-    (KH*KW*C, N*OH*OW): the sum for one image then reads one block of KH*KW*C*OH*OW values instead of KH*KW
-    streams a batch of images apart (LeNet's second layer, batch 64, Zen 4: the spread 0.25 -> 0.08 ms). (The
-    transposed convolution would be a product C columns wide: mostly padding.)"""
+    tap-major (N, KH*KW*C, OH*OW), spread back tap by tap (each tap's slice shifted onto its phase of the input
+    grid and summed: at stride s only the taps of a phase, every s-th one, each a plain shift), the phases
+    interleaved and moved to channels-last. Tap-major, a tap's slice runs along the output width, so the sum reads
+    contiguous rows; the product's usual layout (N*OH*OW, KH*KW*C) would make every term a gather (the channel run
+    is only C long). Per image (a batched product) rather than one product over the batch (KH*KW*C, N*OH*OW): the
+    sum for one image then reads one block of KH*KW*C*OH*OW values instead of KH*KW streams a batch of images
+    apart (LeNet's second layer, batch 64, Zen 4: the spread 0.25 -> 0.08 ms). (The transposed convolution would
+    be a product C columns wide: mostly padding.)"""
     from graphc.ops.linalg import matmul
-    from graphc.ops.movement import _pad, _slice, reshape, transpose
+    from graphc.ops.movement import _slice, reshape, transpose
 
     nsp = x.ndim - 2
     window, c, f = w.shape[:nsp], w.shape[nsp], w.shape[nsp + 1]
     n = x.shape[0]
+    sp = list(range(2, nsp + 2))
     gi = reshape(g, (n, math.prod(out), f))
     taps = matmul(reshape(w, (math.prod(window) * c, f)), gi, tb=True)  # (N, KH*KW*C, OH*OW)
     taps = reshape(taps, (n, *window, c, *out))
-    padded = [d + lo + hi for d, (lo, hi) in zip(x.shape[1:1 + nsp], pads, strict=True)]
-    parts = []
-    for ks in np.ndindex(*window):
-        part = _slice(taps, [0, *ks, 0, *([0] * nsp)], [n, *(k + 1 for k in ks), c, *out], [1] * taps.ndim)
-        part = reshape(part, (n, c, *out))
-        low = [0, 0, *(dl * k for dl, k in zip(dil, ks, strict=True))]
-        high = [0, 0, *(p - lo - o for p, lo, o in zip(padded, low[2:], out, strict=True))]
-        parts.append(_pad(part, low, high, [0] * part.ndim, 0))
-    while len(parts) > 1:  # summed pairwise: a chain of 25 dependent adds would wait on each add's latency
-        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    total = parts[0]
-    if any(lo or hi for lo, hi in pads):
-        total = _slice(total, [0, 0, *(lo for lo, _ in pads)],
-                       [n, c, *(lo + d for (lo, _), d in zip(pads, x.shape[1:1 + nsp], strict=True))],
-                       [1] * total.ndim)
-    return transpose(total, (0, *range(2, nsp + 2), 1))
+    q = [-(-d // s) for d, s in zip(x.shape[1:1 + nsp], strides, strict=True)]
+    parts = {}
+    for rp, ph in _phases(x, w, pads, strides, dil, out).items():
+        terms = []
+        for js in np.ndindex(*(p.taps for p in ph)):
+            ks = [p.k0 + p.step * j for p, j in zip(ph, js, strict=True)]
+            part = _slice(taps, [0, *ks, 0, *([0] * nsp)], [n, *(k + 1 for k in ks), c, *out], [1] * taps.ndim)
+            part = reshape(part, (n, c, *out))
+            terms.append(_shift(part, sp, [p.shift + p.dil * j for p, j in zip(ph, js, strict=True)], q))
+        # summed over rows of the phase (N, C, *q), then moved to channels-last for the interleave
+        parts[rp] = transpose(_pairwise_sum(terms), (0, *range(2, nsp + 2), 1))
+    return _interleave(parts, q, strides, x.shape[1:1 + nsp], x)
 
 
 def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[Tensor, tuple]:
@@ -303,9 +419,9 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
         rows = rows * o
     cols = reshape(win, (rows, math.prod(window) * c))
     prod = matmul(cols, reshape(w, (math.prod(window) * c, f)))
-    if all(s == 1 for s in strides):
-        # the gradient of Conv (a strided convolution keeps the composition's)
-        prod = apply(CONV, (prod, x, w), pads=tuple(tuple(p) for p in pads), dilation=tuple(dilation))
+    # the gradient of Conv: the transposed convolution (per phase at stride > 1), not the composition's
+    prod = apply(CONV, (prod, x, w), pads=tuple(tuple(p) for p in pads), strides=tuple(strides),
+                 dilation=tuple(dilation))
     return prod, (n, *out, f)
 
 

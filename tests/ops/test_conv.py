@@ -663,3 +663,131 @@ def test_a_padded_average_pool_divides_by_exact_counts_built_per_axis():
     # the layer wrapper takes the same (before, after) pair of numpy ints as the op
     pad = (np.int64(1), np.int64(2))
     assert gc.nn.conv1d(gc.input("t", ("N", 10, 3)), 4, 3, padding=pad, name="c").shape == (gc.dim("N"), 11, 4)
+
+
+def _composition(x, w, stride, pads, dilation):
+    """The strided convolution as the bare composition pad -> windows -> reshape -> matmul, without the Conv op:
+    its gradient is the windows op's (a guarded sum over the taps), an oracle written independently of the
+    phases."""
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import _pad, reshape, windows
+
+    nsp = x.ndim - 2
+    xp = _pad(x, [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0], [0] * x.ndim, 0)
+    win = windows(xp, w.shape[:nsp], stride, dilation)
+    taps = int(np.prod(w.shape[:nsp])) * w.shape[nsp]
+    rows = win.shape[0]
+    for d in win.shape[1:1 + nsp]:
+        rows = rows * d
+    y = matmul(reshape(win, (rows, taps)), reshape(w, (taps, w.shape[-1])))
+    return reshape(y, (*win.shape[:1 + nsp], w.shape[-1]))
+
+
+STRIDED_CASES = [  # (sizes, C, F, kernel, stride, padding, dilation): C < 8 the spread, 8+ the transposed conv
+    ((11,), 3, 4, (3,), (2,), [(1, 1)], (1,)),
+    ((12,), 8, 3, (5,), (3,), [(2, 0)], (1,)),  # kernel not a multiple of the stride
+    ((13,), 8, 2, (2,), (4,), [(0, 3)], (1,)),  # kernel < stride: phases no tap reaches are zero
+    ((10,), 2, 3, (3,), (2,), [(3, 2)], (2,)),  # dilation 2, stride 2: only even phases of the padded grid
+    ((9,), 9, 3, (4,), (3,), [(4, 4)], (2,)),  # padding as large as the kernel
+    ((1,), 8, 2, (1,), (2,), [(1, 1)], (1,)),  # the one input cell lies between the windows: dx is zero
+    ((9, 8), 3, 5, (7, 7), (2, 2), [(3, 3), (3, 3)], (1, 1)),  # a stem
+    ((9, 10), 8, 4, (3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1)),
+    ((11, 9), 8, 3, (5, 3), (2, 3), [(2, 2), (0, 1)], (1, 2)),
+    ((12, 12), 3, 4, (11, 11), (4, 4), [(2, 2), (2, 2)], (1, 1)),  # AlexNet's first layer, small
+    ((7, 9), 16, 4, (1, 1), (2, 2), [(0, 0), (0, 0)], (1, 1)),  # 1x1 stride 2 (a ResNet shortcut)
+    ((8, 7), 2, 3, (2, 3), (3, 2), [(1, 0), (2, 2)], (2, 1)),
+    ((6, 6), 8, 2, (4, 4), (4, 4), [(0, 0), (0, 0)], (1, 1)),  # windows that tile: patchify
+]
+
+
+@pytest.mark.parametrize("case", STRIDED_CASES)
+def test_strided_convolutions_compile_to_the_reference_and_their_gradients_are_the_compositions(case):
+    """A strided convolution's product carries the Conv op (its gradient is the transposed convolution per phase,
+    or the spread per phase below 8 channels): the forward and both gradients, compiled, match gc.evaluate; the
+    evaluated gradients match the bare composition's (the windows op's gradient, an independent derivation) and
+    a direct loop's forward; in float64 they match finite differences."""
+    sizes, c, f, k, s, pads, dil = case
+    nsp = len(sizes)
+    conv = gc.conv2d if nsp == 2 else gc.conv1d
+    x = gc.input("x", ("N", *sizes, c))
+    w = gc.input("w", (*k, c, f))
+    y = conv(x, w, stride=s, padding=pads if nsp == 2 else pads[0], dilation=dil)
+    ops = [n for n in gc.topo_order([y]) if n.op.name == "conv"]
+    assert len(ops) == 1 and ops[0].attrs["strides"] == s
+    X = rng.standard_normal((2, *sizes, c)).astype(np.float32)
+    W = rng.standard_normal((*k, c, f)).astype(np.float32)
+    vals = {"x": X, "w": W}
+    want = direct_conv(X.astype(np.float64), W.astype(np.float64), s, pads, dil)
+    np.testing.assert_allclose(gc.evaluate(y, vals), want, rtol=1e-4, atol=1e-4)
+    r = gc.constant(rng.standard_normal(want.shape[1:]).astype(np.float32))
+    outs = [y, *gc.grad(gc.sum(gc.tanh(y) * r), [x, w])]
+    ys = _composition(x, w, s, pads, dil)
+    refs = gc.evaluate(outs, vals)
+    for got, comp in zip(refs[1:], gc.evaluate(gc.grad(gc.sum(gc.tanh(ys) * r), [x, w]), vals), strict=True):
+        np.testing.assert_allclose(got, comp, rtol=1e-4, atol=1e-4)
+    fn = gc.compile(outs)
+    for got, ref in zip(fn(vals, threads=1), refs, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-4)
+    x64, w64 = gc.input("x", ("N", *sizes, c), "float64"), gc.input("w", (*k, c, f), "float64")
+    y64 = conv(x64, w64, stride=s, padding=pads if nsp == 2 else pads[0], dilation=dil)
+    loss = gc.sum(gc.tanh(y64) * gc.constant(rng.standard_normal(want.shape[1:])))
+    gc.check_grad(loss, [x64, w64], {"x": rng.standard_normal((2, *sizes, c)),
+                                     "w": rng.standard_normal((*k, c, f)) * 0.3}, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("c", [3, 8])
+def test_a_strided_convolutions_gradient_differentiates_again(c):
+    """Second derivatives through the phases: a Hessian-vector product of the filter (the filter gradient's own
+    gradient) and the gradient of <dx, u> with respect to the filter (through the phase convolutions or the
+    spread) match finite differences of the first derivatives, evaluated and compiled."""
+    x = gc.input("x", ("N", 9, 8, c), "float64")
+    w = gc.input("w", (5, 3, c, 3), "float64")
+    v = gc.input("v", (5, 3, c, 3), "float64")
+    u = gc.input("u", ("N", 9, 8, c), "float64")
+    loss = gc.sum(gc.tanh(gc.conv2d(x, w, stride=(2, 3), padding="same", dilation=(1, 2))) ** 2)
+    gx, gw = gc.grad(loss, [x, w])
+    (hv,) = gc.grad(gc.sum(gw * v), [w])
+    (hu,) = gc.grad(gc.sum(gx * u), [w])
+    vals = {"x": rng.standard_normal((2, 9, 8, c)), "w": rng.standard_normal((5, 3, c, 3)) * 0.3,
+            "v": rng.standard_normal((5, 3, c, 3)), "u": rng.standard_normal((2, 9, 8, c))}
+    eps = 1e-6
+    for first, second in ((gc.sum(gw * v), hv), (gc.sum(gx * u), hu)):
+        num = (gc.evaluate(first, {**vals, "w": vals["w"] + eps * vals["v"]}) -
+               gc.evaluate(first, {**vals, "w": vals["w"] - eps * vals["v"]})) / (2 * eps)
+        got = gc.evaluate(second, vals)
+        np.testing.assert_allclose(np.sum(got * vals["v"]), num, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(gc.compile(second)(vals), got, rtol=1e-10, atol=1e-10)
+
+
+def test_a_strided_input_gradient_is_phase_convolutions_interleaved_once():
+    """At stride 2 in 2-D the input gradient is four stride-1 convolutions of the cotangent (the phases, sub-filters
+    2x2, 2x1, 1x2 and 1x1 of a 3x3 filter: 9 taps in all, no product with interior zeros), each product reading one
+    shared padded cotangent as a view, and one kernel interleaving them: no windows gradient (a guarded sum over
+    the taps with a remainder in every term) and no product spreading the im2col matrix's cotangent."""
+    x = gc.input("x", ("N", 10, 9, 16))
+    w = gc.input("w", (3, 3, 16, 32))
+    loss = gc.sum(gc.conv2d(x, w, stride=2, padding=1) ** 2)
+    gx, gw = gc.grad(loss, [x, w])
+    convs = [n for n in gc.topo_order([gx]) if n.op.name == "conv"]
+    assert sorted(n.inputs[2].shape[:2] for n in convs) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3)]
+    fn = gc.compile([loss, gx, gw], threads=1)
+    gemms = [k for k in fn.program.kernels if type(k).__name__ == "GemmKernel"]
+    assert len(gemms) == 6 and all(k.a_view is not None for k in gemms), fn.kernels  # fwd, 4 phases, dW
+    assert "Mod(" not in fn.kernels.split("concat")[0], fn.kernels  # no guarded remainder before the interleave
+    vals = {"x": rng.standard_normal((2, 10, 9, 16)).astype(np.float32),
+            "w": rng.standard_normal((3, 3, 16, 32)).astype(np.float32) * 0.1}
+    for got, want in zip(fn(vals), gc.evaluate([loss, gx, gw], vals), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
+
+
+def test_a_first_layer_computes_no_input_gradient():
+    """A stem's input is data: the filter gradient alone compiles to the forward product and the filter gradient's
+    (no phase products, no spread, no interleave)."""
+    x = gc.input("x", ("N", 32, 32, 3))
+    w = gc.input("w", (7, 7, 3, 16))
+    loss = gc.sum(gc.relu(gc.conv2d(x, w, stride=2, padding=3)) ** 2)
+    (gw,) = gc.grad(loss, [w])
+    fn = gc.compile([loss, gw], threads=1)
+    gemms = [k for k in fn.program.kernels if type(k).__name__ == "GemmKernel"]
+    assert len(gemms) == 2 and not any(k.batch for k in gemms), fn.kernels
+    assert "concat" not in fn.kernels and "transpose" not in fn.kernels, fn.kernels
