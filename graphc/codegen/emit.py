@@ -34,6 +34,7 @@ from graphc.codegen.kernels import (
     Index,
     Load,
     LoopKernel,
+    PackKernel,
     ReduceKernel,
     ScanKernel,
     ScatterKernel,
@@ -1787,7 +1788,7 @@ class ModuleEmitter:
             self.module, f"{k.name}.gemm", target=self.target, M=static(k.m), N=static(k.n), K=static(k.k),
             trans_a=k.ta, trans_b=k.tb, dtype=dtype, epilogue=None if _trivial(k) else self._wrap_epilogue(k, epilogue),
             extra_args=[PTR, PTR], config=cfg, a_view=k.a_view, algorithm=k.algorithm,
-            declare_helpers=self.declare_helpers,
+            declare_helpers=self.declare_helpers, prepacked_b=k.b_packed is not None,
         )
         b = fe.b
         lda, ldb = fe.dim(k.lda), fe.dim(k.ldb)
@@ -1798,8 +1799,9 @@ class ModuleEmitter:
             a, bb, c = (p if off is None else b.gep(p, [off], inbounds=True, source_etype=ety)
                         for p, off in zip(ptrs, offs, strict=True))
             ws, tid, nth = own or (fe.ws, fe.tid32, fe.nth32)
+            pre = [fe.buf_ptr(k.b_packed.index)] if k.b_packed is not None else []  # B packed before the loop
             b.call(inner, [a, bb, c, fe.dim(k.m), fe.dim(k.n), fe.dim(k.k), lda, ldb, fe.dim(k.n), ws, tid, nth,
-                           fe.bufs, fe.dims])
+                           *pre, fe.bufs, fe.dims])
 
         def batch_loop(j: int, offs, own=None) -> None:
             """One product per batch point, each split over the threads as usual (no synchronization needed), or
@@ -1850,6 +1852,26 @@ class ModuleEmitter:
                 with no:
                     products()
         self._current_fe = fe
+        b.ret_void()
+        return fn
+
+    def emit_pack(self, k: PackKernel) -> ir.Function:
+        """A loop product's loop-invariant B packed once before the loop (`GemmKernel.b_packed`), with the
+        product's own GEMM config; the threads pack disjoint column panels."""
+        g = k.gemm
+        dtype = g.a.dtype
+        fn = ir.Function(self.module, ir.FunctionType(VOID, KERNEL_ARGS), name=k.name)
+        fn.linkage = "internal"
+        fe = FunctionEmitter(self, fn)
+        self._current_fe = fe
+        static = lambda d: d if isinstance(d, int) else None  # noqa: E731
+        cfg = gemm_mod.config_for(self.target, dtype, static(g.n))
+        pack = gemm_mod.emit_prepack(self.module, f"{k.name}.prepack", target=self.target, N=static(g.n),
+                                     K=static(g.k), trans_b=g.tb, dtype=dtype, config=cfg,
+                                     declare_helpers=self.declare_helpers)
+        b = fe.b
+        b.call(pack, [fe.buf_ptr(k.dst.index), fe.buf_ptr(k.src.index), fe.dim(g.n), fe.dim(g.k), fe.dim(g.ldb),
+                      fe.tid32, fe.nth32])
         b.ret_void()
         return fn
 
@@ -2025,7 +2047,8 @@ class ModuleEmitter:
         """A kernel's function; for a loop (ScanKernel), (the kernel, its body's entries, their barriers): a loop
         is emitted inline where the program runs it (see _emit_loop_inline)."""
         lower = next((fn for cls, fn in ((LoopKernel, self.emit_loop), (ReduceKernel, self.emit_reduce),
-                                         (GemmKernel, self.emit_gemm), (ScatterKernel, self.emit_scatter))
+                                         (GemmKernel, self.emit_gemm), (ScatterKernel, self.emit_scatter),
+                                         (PackKernel, self.emit_pack))
                       if isinstance(k, cls)), None)
         if lower is not None:
             if not self.split:

@@ -95,6 +95,8 @@ from llvmlite import ir
 from graphc.codegen.target import Target
 
 __all__ = [
+    "emit_prepack",
+    "prepacked_elements",
     "EpilogueContext",
     "GemmConfig",
     "default_config",
@@ -476,6 +478,13 @@ def _div1(b, op: str, x, y):
 
 def _cdiv1(b, x, y):
     return _div1(b, "div", b.add(x, b.sub(y, _c64(1))), y)
+
+
+def _k_block(b, K, cfg: GemmConfig):
+    """The driver's K block: K cut into blocks of at most KC, balanced, rounded up to the unroll factor (a
+    function of K alone, so a B packed ahead of time (`emit_prepack`) has the driver's blocks)."""
+    nblk = _cdiv_ir(b, K, _c64(cfg.kc))
+    return _rup_ir(b, _cdiv1(b, K, nblk), _c64(cfg.unroll))
 
 
 def _share(b, total, tid, nth):
@@ -1730,16 +1739,20 @@ def _driver_fn(g: _Gen) -> ir.Function:
     c = g.cfg
     name = (f"graphc.gemm.driver.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.kc{c.kc}.mc{c.mc}.nc{c.nc}."
             f"{c.loop_order}.d{c.direct_b_max_ld}x{c.direct_b_max_m}")
-    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, _I32, _PTR, _PTR, _PTR, _PTR]
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, _I32, _PTR, _PTR, _PTR, _PTR,
+            _PTR]
     return _shared(g, name, argt, lambda fn: _emit_driver(g, fn))
 
 
 def _emit_driver(g: _Gen, fn: ir.Function) -> None:
-    """driver(A, B, C, M, N, K, lda, ldb, ldc, ws, tid, nthreads, flags, packA, packB, epi, ectx).
+    """driver(A, B, C, M, N, K, lda, ldb, ldc, ws, tid, nthreads, flags, packA, packB, epi, ectx, Bpre).
 
     The GEMM of the module docstring with everything a particular GEMM fixes passed at run time: `flags`
     (`_TRANS_A` | `_TRANS_B` | `_ACCUMULATE`), the packing routines for its transpositions, and its epilogue
-    pass ``epi(tile, C, ldc, mrem, nrem, row, col, ectx)`` (null: none), run on each finished tile."""
+    pass ``epi(tile, C, ldc, mrem, nrem, row, col, ectx)`` (null: none), run on each finished tile. `Bpre`
+    (null: none) is op(B) packed ahead of time by `emit_prepack` (a loop-invariant weight matrix, packed once
+    before a loop): the blocked path reads its panels there and packs nothing; B itself is still read by the
+    GEMV path (a few rows), which packs nothing anyway."""
     cfg = g.cfg
     MR, NR = cfg.mr, cfg.nr
     ukernel = _ukernel_fn(g)
@@ -1751,9 +1764,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     ukernel_row = dict(small_kernels)[1]
     ukernel_rows = _ukernel_fn(g, None, row_major=True)  # a view packed row-major (rows KC apart)
     ukernel_rows_edge = _ukernel_fn(g, edge, row_major=True) if edge else None
-    A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx = fn.args
+    A, B, C, Mv, Nv, Kv, lda, ldb, ldc, ws, tid32, nth32, flags, pack_a, pack_b, epi, ectx, bpre = fn.args
     names = ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads", "flags", "packA", "packB",
-             "epi", "ectx"]
+             "epi", "ectx", "Bpre"]
     for a, nm in zip(fn.args, names, strict=True):
         a.name = nm
     ws.add_attribute("noalias")
@@ -1836,7 +1849,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # view tiles: M blocks of whole groups where a group is at most a block (a block edge would cut a tile)
     mcb = b.select(b.and_(view_tile, b.icmp_signed("<=", group, mcb)), _rup_ir(b, mcb, group), mcb)
     ncb = balanced(b.sub(n1, n0), cfg.nc, NR)
-    kcb = balanced(Kv, cfg.kc, cfg.unroll)
+    kcb = _k_block(b, Kv, cfg)
     # narrow non-transposed B in a thread with few A panels: full B panels are read in place
     direct = ir.Constant(_I1, 0)
     if cfg.direct_b_max_ld > 0:
@@ -1861,7 +1874,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # saved (where there are narrower kernels for the rows past the last whole tile)
     a_in_place = b.and_(b.and_(trans_a, b.not_(view_a)), ir.Constant(_I1, int(edge is not None)))
 
-    resident = b.and_(_ir_resident(b, Mv, Nv, Kv, cfg, g.esize), b.not_(direct))
+    prepacked = b.and_(b.icmp_unsigned("!=", bpre, null), b.not_(direct))  # B read in place where it may be
+    resident = b.and_(_ir_resident(b, Mv, Nv, Kv, cfg, g.esize), b.not_(b.or_(direct, prepacked)))
+    npad = _rup_ir(b, Nv, _c64(NR))  # a prepacked B's columns: panels of NR, zero-padded
 
     def m_block(ic, pc, kc, bpk, nfull):
         """One M block against one K block of B (packed at `bpk`; its first `nfull` columns read in place)."""
@@ -2049,11 +2064,13 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                     kc = _smin(b, kcb, b.sub(Kv, pc))
                     # B panels read in place: the full ones when `direct` (then only the edge panel is packed)
                     nfull = b.select(direct, b.mul(b.sdiv(nc, _c64(NR)), _c64(NR)), _c64(0))
-                    with b.if_then(b.icmp_signed("<", nfull, nc)):
+                    with b.if_then(b.and_(b.icmp_signed("<", nfull, nc), b.not_(prepacked))):
                         b.call(pack_b, [g.gep(b, Bp, b.mul(nfull, kc)), g.gep(b, B, b_src(b.add(jc, nfull), pc)),
                                         ldb, kc, b.sub(nc, nfull)])
+                    # a prepacked B: K block pc's panels start at pc * npad, column jc's at jc * kc within it
+                    bsrc = b.select(prepacked, g.gep(b, bpre, b.add(b.mul(pc, npad), b.mul(jc, kc))), Bp)
                     with _Loop(b, m0, m1, mcb, "ic") as ic:
-                        m_block(ic, pc, kc, Bp, nfull)
+                        m_block(ic, pc, kc, bsrc, nfull)
     b.ret_void()
 
 
@@ -2075,8 +2092,11 @@ def emit_gemm(
     a_view: tuple | None = None,
     algorithm: str = "",
     declare_helpers: bool = False,
+    prepacked_b: bool = False,
 ) -> ir.Function:
     """Add ``name`` computing C (+)= op(A) @ op(B) to `module`; see the module docstring for the contract.
+    ``prepacked_b``: the wrapper takes one more pointer after ``nthreads``, op(B) as `emit_prepack`'s routine
+    packed it (for the same N, K, transposition, dtype and config), read instead of packing B.
 
     ``a_view`` = (offset, rows, cols): op(A) is read through that view of A (see "operand views"; lda and
     trans_a are then unused): read in place by ``name.tile`` where its innermost K digit allows
@@ -2130,18 +2150,23 @@ def emit_gemm(
         epi = _emit_epilogue_fn(g, f"{name}.epilogue", epilogue, ectx_t, full_cols=N is not None and N % cfg.nr == 0,
                                n_static=N)
 
-    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *extra_args]
+    if prepacked_b and (kind is not None or algorithm):
+        raise ValueError(f"{name}: a prepacked B is for the packed product only, not {algorithm!r}")
+    lead = 13 if prepacked_b else 12
+    argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, *([_PTR] * prepacked_b),
+            *extra_args]
     fn = ir.Function(module, ir.FunctionType(_VOID, argt), name)
-    for a, nm in zip(fn.args[:12], ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads"],
-                     strict=True):
+    for a, nm in zip(fn.args[:lead], ["A", "B", "C", "M", "N", "K", "lda", "ldb", "ldc", "ws", "tid", "nthreads",
+                                      "Bpre"], strict=False):
         a.name = nm
     A, B, C, Mr, Nr, Kr, lda, ldb, ldc, ws, tid32, nth32 = fn.args[:12]
+    bpre = fn.args[12] if prepacked_b else ir.Constant(_PTR, None)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ectx = ir.Constant(_PTR, None)
     if epi is not None and extra_args:  # the extra arguments travel to the epilogue pass in a struct
         ectx = b.alloca(ectx_t, name="extras")
         ectx.type = _PTR
-        for i, a in enumerate(fn.args[12:]):
+        for i, a in enumerate(fn.args[lead:]):
             b.store(a, b.gep(ectx, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], source_etype=ectx_t))
     dims = [_c64(d) if d is not None else r for d, r in ((M, Mr), (N, Nr), (K, Kr))]
     if kind is not None:
@@ -2170,7 +2195,69 @@ def emit_gemm(
         flags |= _VIEW_A | (_VIEW_TILE | _view_group(a_view) << _GROUP_SHIFT if _view_tile_ok(a_view)
                             else _VIEW_ROWS if _view_pack_kind(a_view, cfg.mr) == "r" else 0)
     b.call(driver, [A, B, C, *dims, lda, ldb, ldc, ws, tid32, nth32, ir.Constant(_I32, flags), _FnPtr(pack_a),
-                    _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx])
+                    _FnPtr(pack_b), _FnPtr(epi) if epi is not None else ir.Constant(_PTR, None), ectx, bpre])
+    b.ret_void()
+    return fn
+
+
+# ------------------------------------------------------------------------- B packed ahead of time
+#
+# A loop's matrix product whose B is loop-invariant (a recurrent layer's Wh, forward; Whᵀ in the backward pass)
+# would pack B on every step where the driver packs it at all (B wider than `direct_b_max_ld`, or transposed).
+# Packed once before the loop instead, into a buffer laid out as the driver's blocks (`prepacked_elements`),
+# every step's product reads the panels there.
+
+
+def prepacked_elements(N: int, K: int, target: Target, dtype: str, config: GemmConfig | None = None) -> int:
+    """Elements of op(B) (K x N) packed ahead of time: K rows of N columns rounded up to whole NR panels."""
+    cfg = config or default_config(target, dtype)
+    return K * (-(-N // cfg.nr) * cfg.nr)
+
+
+def _prepack_fn(g: _Gen) -> ir.Function:
+    """prepack(dst, B, N, K, ldb, trans_b, tid, nthreads, packB): op(B) in the driver's K blocks, each block's
+    columns in NR panels (block pc at pc * Npad, its column c at c * kc within it); the threads pack disjoint
+    column panels."""
+    c = g.cfg
+    name = f"graphc.gemm.prepack.{g.tag}.nr{c.nr}.kc{c.kc}.k{c.unroll}"
+    argt = [_PTR, _PTR, _I64, _I64, _I64, _I1, _I32, _I32, _PTR]
+    return _shared(g, name, argt, lambda fn: _emit_prepack(g, fn))
+
+
+def _emit_prepack(g: _Gen, fn: ir.Function) -> None:
+    NR = g.cfg.nr
+    dst, B, N, K, ldb, trans_b, tid32, nth32, pack_b = fn.args
+    for a, nm in zip(fn.args, ["dst", "B", "N", "K", "ldb", "trans_b", "tid", "nthreads", "packB"], strict=True):
+        a.name = nm
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    pack_b = _Callee(pack_b, _PACK_TY)
+    p0, p1 = _share(b, _cdiv_ir(b, N, _c64(NR)), b.sext(tid32, _I64), b.sext(nth32, _I64))
+    c0, c1 = b.mul(p0, _c64(NR)), _smin(b, b.mul(p1, _c64(NR)), N)
+    npad = _rup_ir(b, N, _c64(NR))
+    kcb = _k_block(b, K, g.cfg)
+    with b.if_then(b.icmp_signed("<", c0, c1)), _Loop(b, _c64(0), K, kcb, "pc", unroll=False) as pc:
+        kc = _smin(b, kcb, b.sub(K, pc))
+        src = b.select(trans_b, b.add(b.mul(c0, ldb), pc), b.add(b.mul(pc, ldb), c0))
+        b.call(pack_b, [g.gep(b, dst, b.add(b.mul(pc, npad), b.mul(c0, kc))), g.gep(b, B, src), ldb, kc,
+                        b.sub(c1, c0)])
+    b.ret_void()
+
+
+def emit_prepack(module: ir.Module, name: str, *, target: Target, N: int | None, K: int | None,
+                 trans_b: bool = False, dtype: str = "float32", config: GemmConfig | None = None,
+                 declare_helpers: bool = False) -> ir.Function:
+    """Add ``name(dst, B, N, K, ldb, tid, nthreads)``: op(B) packed into `dst` (`prepacked_elements`, 64-byte
+    aligned) for `emit_gemm(..., prepacked_b=True)` with the same N, K, trans_b, dtype and config. Threads
+    split the column panels (the caller meets them before the product reads `dst`)."""
+    cfg = config or default_config(target, dtype)
+    g = _Gen(module, target, dtype, cfg, declare_helpers)
+    helper = _prepack_fn(g)
+    pack_b = _pack_fn(g, not trans_b, cfg.nr)
+    fn = ir.Function(module, ir.FunctionType(_VOID, [_PTR, _PTR, _I64, _I64, _I64, _I32, _I32]), name)
+    dst, B, Nr, Kr, ldb, tid32, nth32 = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    dims = [_c64(d) if d is not None else r for d, r in ((N, Nr), (K, Kr))]
+    b.call(helper, [dst, B, *dims, ldb, ir.Constant(_I1, int(trans_b)), tid32, nth32, _FnPtr(pack_b)])
     b.ret_void()
     return fn
 
@@ -2723,8 +2810,8 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 # of a module's text (leaving declarations); `helper_library` emits every helper of one config as a module of
 # its own, compiled once and kept in the compile cache, and linked with each program that uses the config.
 
-_HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans|gemv)\.[^"]+)"'
-                         r'(\([^)\n]*\))([^{\n]*)\n?\{\n.*?^\}\n', re.M | re.S)
+_HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans|gemv|prepack)'
+                         r'\.[^"]+)"(\([^)\n]*\))([^{\n]*)\n?\{\n.*?^\}\n', re.M | re.S)
 _DRIVER_NAME = re.compile(r"^graphc\.gemm\.driver\.(f32|f64)x(\d+)\.(\d+)x(\d+)\.k(\d+)\.pf(\d+)\.kc(\d+)\.mc(\d+)"
                           r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)$")
 
@@ -2771,6 +2858,7 @@ def helper_library(target: Target, driver_name: str) -> str:
             _pack_fn(g, copy, w)
     for r in {cfg.mr, _edge_rows(cfg) or cfg.mr}:
         _finish_fn(g, r)
+    _prepack_fn(g)
     # weak_odr: a name is its code (two configs' libraries both define the packing routines of a width)
     return re.sub(r'^define internal void @"graphc\.gemm\.', 'define weak_odr hidden void @"graphc.gemm.',
                   str(module), flags=re.M)

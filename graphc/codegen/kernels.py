@@ -409,6 +409,9 @@ class GemmKernel(Kernel):
     # "rows": a one-channel convolution's few-filter forward along output rows; all within float rounding of the
     # packed product's. "": the packed product
     algorithm: str = ""
+    # op(B) packed ahead of time into this buffer by a PackKernel (B loop-invariant: packed once before the loop
+    # whose step runs this product, not on every step); None: the driver packs B itself where it needs to
+    b_packed: Buffer | None = None
 
     @property
     def writes(self) -> list[Buffer]:
@@ -427,10 +430,33 @@ class GemmKernel(Kernel):
                "expanded": " (expanded image: (pixel, filter) vectors)",
                "rows": " (along output rows, one channel)"}.get(self.algorithm, "")
         lines = [f"{self.name}: gemm{how} {batch}{fmt_dim(self.m)}x{fmt_dim(self.n)}x{fmt_dim(self.k)}: "
-                 f"acc = {a} @ {self.b!r}{tb}"]
+                 f"acc = {a} @ {self.b!r}{tb}" + (f" (packed before the loop: {self.b_packed!r})"
+                                                  if self.b_packed is not None else "")]
         lines += [f"  {s.buf!r} = {s.value!r}" + ("  (scratch: partial sums only)" if self.c_scratch and s is
                                                       self.stores[-1] else "") for s in self.stores]
         return "\n".join(lines)
+
+
+@dataclass(eq=False)
+class PackKernel(Kernel):
+    """`dst` = op(B) of the loop's product `gemm` (B = `src`, loop-invariant) packed into the GEMM's panels, once
+    before the loop (see GemmKernel.b_packed); the threads pack disjoint column panels."""
+
+    src: Buffer | None = None
+    dst: Buffer | None = None
+    gemm: GemmKernel | None = None  # the product (in the loop's body) that reads `dst`: its N, K, ldb, dtype, tb
+
+    @property
+    def domain(self) -> Shape:
+        return (self.gemm.k, self.gemm.n)
+
+    @property
+    def writes(self) -> list[Buffer]:
+        return [self.dst]
+
+    def __str__(self) -> str:
+        tb = "ᵀ" if self.gemm.tb else ""
+        return f"{self.name}: pack {self.src!r}{tb} into {self.dst!r} for {self.gemm.name}"
 
 
 @dataclass(eq=False)

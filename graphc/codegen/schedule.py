@@ -39,6 +39,7 @@ from graphc.codegen.kernels import (
     Kernel,
     Load,
     LoopKernel,
+    PackKernel,
     ReduceKernel,
     Reduction,
     ScanKernel,
@@ -873,6 +874,25 @@ class Scheduler:
             extra.append(b)
             return b
 
+        captured = {b.index for a, b in zip(body.args, prog.inputs, strict=True) if a.attrs["index"] >= nc + nx}
+        packs: list[Kernel] = []
+        for g in prog.kernels:  # a loop-invariant B the product would pack on every step: packed once, before
+            if not (isinstance(g, GemmKernel) and g.b.index in captured and _packs_b(g)):
+                continue
+            cols = PACK_ROW_BYTES // (8 if g.b.dtype == "float64" else 4)
+            npad = -(-g.n // cols) * cols  # whole panels of any config's NR (each divides it)
+            src = binds[g.b.index].parent
+            dst = self.new_buffer(f"{name}_packed_{src.label}", (g.k, npad), g.b.dtype, "temp", None)
+            inner = Buffer(len(prog.buffers) + len(extra), f"packed_{g.b.label}", dst.shape, dst.dtype, "scan_arg",
+                           None)  # read only in the loop, as its arguments are
+            extra.append(inner)
+            binds[inner.index] = Bind(dst)
+            g.b_packed = inner
+            g.reads = list(dict.fromkeys([*g.reads, inner]))
+            pk = PackKernel(f"{name}_pack{len(packs)}", src=src, dst=dst, gemm=g)
+            pk.reads, pk.nodes = [pk.src], [n]
+            packs.append(pk)
+
         new_carry: list[Buffer] = []
         stacked = list(ys.values()) + list(saved.values())  # the body's outputs after the carries, per step
         for pos, b in enumerate(prog.outputs):
@@ -934,7 +954,28 @@ class Scheduler:
         unread = {i for i in range(len(bind_list)) if i not in touched}  # (a dropped new carry too)
         kern.reads = list(dict.fromkeys(b.parent for i, b in enumerate(bind_list) if i not in unread))
         kern.nodes = [n]
+        self.kernels.extend(packs)
         self.kernels.append(kern)
+
+
+# a packed B's rows are rounded up to a multiple of this many bytes (`PackKernel`): whole panels of any config
+# (NR is at most two vectors of 64 bytes)
+PACK_ROW_BYTES = 128
+# a loop-invariant B of fewer elements is left to the driver (packed every step, in L1: a few microseconds a
+# call, against a packed copy's arena and kernel)
+PACK_MIN_ELEMENTS = 16384
+
+
+def _packs_b(g: GemmKernel) -> bool:
+    """Whether the GEMM driver would pack this loop product's B on every step (the product then reads a B packed
+    once before the loop instead): B transposed, or wider than the driver reads in place (`direct_b_max_ld`:
+    2 KB rows), with static N and K and at least PACK_MIN_ELEMENTS; not a batched product, a view of A or
+    another algorithm. (B read in place, or a product of at most a few rows, the GEMV, packs nothing.)"""
+    if g.batch or g.a_view is not None or g.algorithm or not isinstance(g.n, int) or not isinstance(g.k, int):
+        return False
+    esize = 8 if g.b.dtype == "float64" else 4
+    big = g.n * g.k >= PACK_MIN_ELEMENTS
+    return big and (g.tb or not isinstance(g.ldb, int) or g.ldb * esize > 2048)
 
 
 def _merge_digits(digits: list) -> tuple | None:

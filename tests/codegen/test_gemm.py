@@ -544,6 +544,50 @@ def test_a_few_rows_are_bitwise_those_rows_of_a_batch(host, name, ta):
             _check(whole, ref + old, bound + np.abs(old), K, np.dtype(dtype))
 
 
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_b_packed_ahead_of_time_gives_the_packed_products_bits(tb, dtype):
+    """`emit_prepack` packs op(B) once (a loop-invariant weight matrix, before the loop); `emit_gemm(...,
+    prepacked_b=True)` then reads its panels instead of packing B. Every element is the same K-blocked sum, so
+    C is bitwise the ordinary product's: any M (the GEMV rows, the narrow kernels, whole panels, several M
+    blocks), N not a multiple of NR, K over several K blocks, an epilogue and accumulation, 1-3 threads for the
+    packing and for the product."""
+    t = host_target()
+    mod = ir.Module()
+    for name, pre in (("plain", False), ("pre", True)):
+        emit_gemm(mod, name, target=t, M=None, N=None, K=None, trans_b=tb, dtype=dtype, accumulate=True,
+                  epilogue=bias_relu, extra_args=[ir.PointerType()], prepacked_b=pre)
+    gemm_mod.emit_prepack(mod, "prepack", target=t, N=None, K=None, trans_b=tb, dtype=dtype)
+    eng = compile_ir(str(mod), t)
+    plain = Kernel(eng, "plain", {"dtype": dtype, "extra_args": [0]}, t)
+    pre = eng.function("pre", None, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I32, _I32, _P, _P)
+    pack = eng.function("prepack", None, _P, _P, _I64, _I64, _I64, _I32, _I32)
+
+    def run_threads(fn, args, nt, after=()):  # fn(*args, tid, nt, *after) on nt threads
+        ts = [threading.Thread(target=fn, args=(*args, tid, nt, *after)) for tid in range(nt)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+
+    for M, N, K in [(1, 70, 600), (3, 1100, 40), (13, 33, 257), (64, 100, 300), (300, 17, 64)]:
+        A, B = _operands(M, N, K, False, tb, np.dtype(dtype), strided=True)
+        bias = _RNG.standard_normal(N).astype(dtype)
+        C0 = _RNG.standard_normal((M, N)).astype(dtype)
+        want = plain(A, B, C0.copy(), M, N, K, extras=(bias,))
+        ldb = B.strides[0] // B.itemsize
+        for nt in (1, 2, 3):
+            packed = _aligned_workspace(gemm_mod.prepacked_elements(N, K, t, dtype) * np.dtype(dtype).itemsize)
+            packed[:] = 0xFF  # every element the product reads must be written by the packing (else NaN)
+            run_threads(pack, (packed.ctypes.data, B.ctypes.data, N, K, ldb), nt)
+            C = C0.copy()
+            ws = _aligned_workspace(workspace_bytes(M, N, K, nt, t, dtype))
+            run_threads(pre, (A.ctypes.data, B.ctypes.data, C.ctypes.data, M, N, K, A.strides[0] // A.itemsize, ldb,
+                              N, ws.ctypes.data), nt, (packed.ctypes.data, bias.ctypes.data))
+            assert np.array_equal(C, want, equal_nan=True), (M, N, K, nt)
+            assert np.isfinite(C).all()
+
+
 def test_small_blocks_and_other_loop_order(host):
     for M, N, K in [(50, 200, 70), (3, 65, 33), (255, 64, 17)]:
         for nt in (1, 3):

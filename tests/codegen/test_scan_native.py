@@ -369,3 +369,42 @@ def test_weight_gradients_of_a_product_over_a_reshaped_step_value(cell):
     outs = [loss, *gc.grad(loss, [w, xs])]
     for got, want in zip(gc.compile(outs, cache=False)(v), gc.evaluate(outs, v), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("form", ["wide", "transposed", "checkpointed"])
+def test_a_loop_invariant_weight_the_gemm_would_pack_is_packed_once_before_the_loop(form):
+    """A step's product whose B is loop-invariant (at least PACK_MIN_ELEMENTS) and would be packed by the GEMM on
+    every step (B wider than the driver reads in place, or transposed) reads a copy packed once, before the loop
+    (a PackKernel outside it; with a checkpoint, once per segment's recomputation at most): the listing says so,
+    and the results are the reference's, bitwise alike on 1-3 threads and over batches of 1 (the GEMV, which
+    reads B itself), 5 and 40."""
+    W = gc.param("W", (32, 600))
+    V = gc.param("V", (600, 32))
+    xs = gc.input("xs", ("T", "N", 600))
+
+    def step(h, x):
+        z = h @ V.T if form == "transposed" else h @ W
+        return gc.tanh(z[:, :32] + x[:, :32] + 0.5 * h), gc.sum(z * x, axis=1)
+
+    h0 = gc.input("h0", ("N", 32))
+    hT, ys = gc.scan(step, h0, xs, checkpoint=3 if form == "checkpointed" else None)
+    loss = gc.sum(hT * hT) + gc.sum(ys)
+    wrt = [V if form == "transposed" else W, h0]
+    outs = [loss, hT, *gc.grad(loss, wrt)]
+    fns = [gc.compile(outs, threads=n) for n in (1, 2, 3)]
+    listing = fns[1].kernels
+    packs = re.findall(r"^(k\d+_scan\w*_pack\d+): pack b\d+:(\w+)", listing, re.M)
+    # W itself, or the transpose of V the compiler hoists out of the loop (then 600 wide too)
+    assert {"W"} <= {p[1] for p in packs} if form != "transposed" else packs, listing
+    assert "(packed before the loop:" in listing
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 40):
+        v = {"W": (0.05 * rng.normal(size=(32, 600))).astype(np.float32),
+             "V": (0.05 * rng.normal(size=(600, 32))).astype(np.float32),
+             "xs": rng.normal(size=(7, n, 600)).astype(np.float32), "h0": rng.normal(size=(n, 32)).astype(np.float32)}
+        want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+        runs = [fn(v) for fn in fns]
+        _close(runs[0], want)
+        for r in runs[1:]:
+            for a, b in zip(runs[0], r, strict=True):
+                np.testing.assert_array_equal(a, b)
