@@ -167,7 +167,10 @@ def _emit(me: ModuleEmitter, spec: EpochSpec) -> None:
             gstep = b.add(b.add(step0, s), c64(1))  # 1 for the first step ever (Adam's bias correction)
             if spec.has_step:
                 sp = getp(STEPBUF)
-                val = b.sitofp(gstep, F64 if spec.step_is_f64 else F32)
+                if spec.step_dtype in ("float32", "float64"):
+                    val = b.sitofp(gstep, F64 if spec.step_dtype == "float64" else F32)
+                else:  # an integer step (int32 wraps past 2**31 - 1 steps, as an int32 counter would)
+                    val = b.trunc(gstep, I32) if spec.step_dtype == "int32" else gstep
                 b.store(val, sp)
             if spec.has_key:
                 key = b.add(b.mul(seed, c64(KEY_MULT)), b.add(step0, s))

@@ -25,7 +25,7 @@ class EpochSpec:
     n_dim: int  # index of the batch dim N in the dims array
     x_row_bytes: int
     y_row_bytes: int
-    step_is_f64: bool = False
+    step_dtype: str = "float32"  # the `step` input's: float32/float64 get the step as a float, int32/int64 as is
     has_step: bool = True
     has_key: bool = True
 

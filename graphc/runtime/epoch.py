@@ -52,6 +52,9 @@ def _steps(k: int) -> str:
     return f"{k} step" if k == 1 else f"{k} steps"
 
 
+STEP_DTYPES = ("float32", "float64", "int32", "int64")  # what the driver writes the step number as
+
+
 class EpochFunction(CompiledFunction):
     """A training step compiled with a native epoch driver: one call runs a whole epoch.
 
@@ -94,6 +97,13 @@ class EpochFunction(CompiledFunction):
             # a dropout anywhere reads the key, a loop step's through its scan's inputs
             training = any(n.op.name == "input" and n.name == KEY_NAME
                            for n in topo_order([loss, *(updates or {}).values()]))
+        step = next((n for n in topo_order([loss, *(updates or {}).values()])
+                     if n.op.name == "input" and n.name == "step"), None)
+        if step is not None and (step.shape != () or step.dtype not in STEP_DTYPES):
+            raise GraphcError(f"EpochFunction: the input 'step' is the global step number the driver feeds (1 for "
+                              f"the first step), a scalar of {', '.join(STEP_DTYPES)}; got {step.type_str} "
+                              f"(declared at {step.source.where()}): declare it gc.input('step', (), 'float32') "
+                              "or 'int32', or give the input another name")
         super().__init__([loss], updates=updates, training=training, threads=threads, target=target,
                          cache=cache, profile=profile)
         if all(leaf is not x for leaf in self.signature.inputs):
@@ -152,7 +162,7 @@ class EpochFunction(CompiledFunction):
             n_dim=str(n_sym) if keyed else list(self.rt.symbols).index(n_sym),
             x_row_bytes=_row_bytes(self._x),
             y_row_bytes=_row_bytes(self._y) if self._y is not None else 0,
-            step_is_f64=step is not None and step.dtype == "float64",
+            step_dtype=step.dtype if step is not None else "float32",
             has_step=step is not None,
             has_key=self.training and "rng_key" in leaves,
         )
@@ -284,7 +294,7 @@ class EpochFunction(CompiledFunction):
         bind(self._x.name, xb)
         if self._y is not None:
             bind(self._y.name, yb)
-        step_buf = np.zeros(1, np.float64 if spec.step_is_f64 else np.float32)
+        step_buf = np.zeros(1, spec.step_dtype)
         key_buf = np.zeros(1, np.int64)
         bind("step", step_buf)
         bind("rng_key", key_buf)

@@ -547,3 +547,28 @@ def test_an_int_scalar_is_checked_as_evaluate_checks_it_and_the_seed_is_an_int()
         ef.run_epoch(X, Y, state, batch=4, scalars={"k": 1}, seed=None)
     for good in (1, np.int64(1), np.int32(1)):
         assert ef.run_epoch(X, Y, state, batch=4, scalars={"k": good}).steps == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_the_step_input_is_fed_in_its_declared_dtype(dtype):
+    """`step` (the global step, 1 for the first) reaches the graph as the number it is, whatever scalar dtype it
+    was declared with: an int32 counter (optax's choice) was fed a float32's bits (1 read as 1065353216), which
+    made Adam's bias correction 1 from the first step, silently."""
+    x = gc.input("x", ("N", 1))
+    w = gc.param("w", (2,))
+    t = gc.input("step", (), dtype)
+    seen = gc.cast(t, "float32")
+    ef = gc.EpochFunction(gc.sum(x) * w[0], updates={w: gc.stack([seen, w[1] + seen])}, x=x, threads=1)
+    state = ef.aligned({"w": np.zeros(2, np.float32)})
+    ef.run_epoch(np.ones((5, 1), np.float32), None, state, batch=2, order=np.arange(5))  # steps 1, 2, 3
+    np.testing.assert_array_equal(state["w"], [3.0, 6.0])
+    ef.run_epoch(np.ones((4, 1), np.float32), None, state, batch=4, order=np.arange(4))  # the count goes on: 4
+    np.testing.assert_array_equal(state["w"], [4.0, 10.0])
+
+
+def test_a_step_input_the_driver_cannot_feed_is_refused_by_name():
+    x = gc.input("x", ("N", 1))
+    w = gc.param("w", (1,))
+    for bad in (gc.input("step", (2,)), gc.input("step", (), "bool")):
+        with pytest.raises(gc.GraphcError, match=r"the input 'step' is the global step number .*test_epoch_api"):
+            gc.EpochFunction(gc.sum(x * w), updates={w: w + gc.cast(bad, "float32")[..., None][0] * 0}, x=x)
