@@ -239,11 +239,13 @@ def constant(value: Any, dtype: str | None = None) -> Tensor:
 
 
 def as_tensor(x: Any, like: Node | None = None) -> Tensor:
-    """A tensor for `x`. Python numbers and lists are weakly typed: they take the dtype of the tensor they meet
-    when that dtype can hold them (a float meeting an int tensor is the float that int becomes: `float_for`)."""
+    """A tensor for `x`. Python numbers and lists, and numpy scalars (`np.sqrt(d)`, `np.float32(lr)`: numbers to
+    a PyTorch user, as torch treats them), are weakly typed: they take the dtype of the tensor they meet when that
+    dtype can hold them (a float meeting an int tensor is the float that int becomes: `float_for`). numpy arrays,
+    0-d ones too, keep their dtype."""
     if isinstance(x, Node):
         return x  # type: ignore[return-value]
-    weak = not isinstance(x, (np.ndarray, np.generic))
+    weak = not isinstance(x, np.ndarray)
     if weak and like is not None:
         try:
             arr = np.asarray(x)

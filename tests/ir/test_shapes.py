@@ -1,5 +1,6 @@
 import sys
 
+import numpy as np
 import pytest
 import sympy
 
@@ -92,6 +93,25 @@ def test_dtype_errors():
         gc.input("bad", (-1, 3))
     with pytest.raises(gc.DTypeError):
         gc.input("bad", (3,), "complex64")
+
+
+def test_numpy_scalars_are_numbers_and_numpy_arrays_keep_their_dtype():
+    """A numpy scalar (np.sqrt(d_head), np.float32(lr)) meets a tensor as a Python number does, taking its dtype
+    (PyTorch's rule); a numpy array, 0-d included, is a tensor of its own dtype and mixing precisions stays an
+    error."""
+    x = gc.input("x", (3,))
+    d = gc.input("d", (3,), "float64")
+    i = gc.input("i", (3,), "int32")
+    assert (x / np.sqrt(8.0)).dtype == "float32" and (np.float64(2.0) * x).dtype == "float32"
+    assert (d * np.float32(0.1)).dtype == "float64" and (x + np.int64(1)).dtype == "float32"
+    assert (i + np.int64(2)).dtype == "int32" and (i * np.float64(0.5)).dtype == "float32"
+    v = {"x": np.array([1.0, 2.0, 4.0], np.float32), "d": np.ones(3), "i": np.arange(3, dtype=np.int32)}
+    np.testing.assert_allclose(gc.evaluate(x / np.sqrt(4.0), v), [0.5, 1.0, 2.0])
+    np.testing.assert_array_equal(gc.compile(i + np.int64(2))(v), [2, 3, 4])
+    with pytest.raises(gc.DTypeError, match="different dtypes"):
+        x + np.array(2.0)  # a 0-d float64 array
+    with pytest.raises(gc.DTypeError, match="different dtypes"):
+        x * np.ones(3)
 
 
 def test_dims_are_positive_integer_symbols():
