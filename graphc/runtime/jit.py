@@ -113,6 +113,10 @@ def data_address(a: np.ndarray) -> int:
     return _from_address(id(a) + _DATA_OFFSET).value or 0
 
 
+# gc.compile's options: given to a call by mistake, they are not value names
+COMPILE_OPTIONS = ("updates", "training", "check_finite", "target", "cache", "profile")
+
+
 class CompiledFunction:
     """A graph compiled to native code. Call it like `gc.evaluate`: `fn(values)` or `fn(**values)`."""
 
@@ -483,7 +487,8 @@ class CompiledFunction:
             if type(a) is not np.ndarray:
                 # a scalar for a 0-d input (a learning rate): a Python number adopts the input's dtype (weakly
                 # typed, as in JAX), a numpy scalar must have it
-                if dims != [] or not _weak_ok(a, dtype) and not (isinstance(a, np.generic) and a.dtype == dtype):
+                if (dims != [] or slot in self._written  # updated in place: only an array receives it
+                        or not _weak_ok(a, dtype) and not (isinstance(a, np.generic) and a.dtype == dtype)):
                     return None  # anything else: the slow path accepts it or says why
                 a = np.array(a, dtype=dtype)
             if a.dtype != dtype or dims is None or a.ndim != len(dims) or not a.flags.c_contiguous or slot in bound:
@@ -510,6 +515,7 @@ class CompiledFunction:
         output) or a list with an array or None per output, written in place and returned (as numpy's `out=`):
         the exact dtype and shape, C-contiguous, writable, sharing no memory with an input. Without `out`, a large
         output array of the last call that nothing refers to any more is written again instead of a new one."""
+        self._compile_options_as_values(kw, "called")
         if values is None:
             values = kw
         elif kw:
@@ -523,11 +529,22 @@ class CompiledFunction:
         same arrays (whose contents may change between runs; the arrays themselves are held, so their shapes
         cannot). For a loop that calls a function on the same buffers each step (a training step's batch, its
         gradient buffers), where checking the arguments costs as much as a small product."""
+        self._compile_options_as_values(kw, "bound")
         if values is None:
             values = kw
         elif kw:
             values = {**values, **kw}
         return BoundCall(self, *self._prepare(values, threads, out, "bound"))
+
+    def _compile_options_as_values(self, kw: Mapping, how: str) -> None:
+        """A keyword that is an option of gc.compile (not of a call) and names no input: said as such, rather than
+        as an unknown value name."""
+        names = {leaf.name for leaf in self.signature.inputs}
+        wrong = [k for k in kw if k in COMPILE_OPTIONS and k not in names]
+        if wrong:
+            raise GraphcError(f"compiled function {how} at {capture_source().where()}: {', '.join(wrong)} "
+                              f"{'is an option' if len(wrong) == 1 else 'are options'} of gc.compile, not of a call "
+                              f"(a call takes values, threads= and out=): gc.compile(outputs, {wrong[0]}=...)")
 
     def _prepare(self, values, threads, out, how: str):
         """(table slot -> (array, address), dims, threads, the caller's outputs) of a checked call."""
@@ -658,6 +675,7 @@ class CompiledFunction:
             raise InputError(f"{where}: values must be a dict of name (or tensor) -> array, got "
                              f"{type(values).__name__}")
         scalar_leaves = {leaf.name: leaf for leaf in g.inputs if leaf.shape == ()}
+        raw = values
         values = {k: np.array(v, dtype=scalar_leaves[k].dtype)
                   if isinstance(k, str) and k in scalar_leaves and _weak_ok(v, np.dtype(scalar_leaves[k].dtype))
                   else v for k, v in values.items()}
@@ -668,6 +686,8 @@ class CompiledFunction:
         order = order + [leaf for leaf in g.inputs if id(leaf) not in seen]
         arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where,
                                      exact=True)
+        by_name = {leaf.name: id(leaf) for leaf in g.inputs}
+        given = {(by_name.get(k) if isinstance(k, str) else id(k)): v for k, v in raw.items()}
         for leaf in g.inputs:
             label = f"{leaf.op.name} {leaf.name!r} ({leaf.type_str}, declared at {leaf.source.where()})"
             if id(leaf) not in arrays:  # native code never runs with an input slot unbound
@@ -686,6 +706,10 @@ class CompiledFunction:
                                  "items; pass a copy (np.array(value))")
             if id(leaf) in self._update_ids and not a.flags.writeable:
                 raise InputError(f"{where}: {label} is updated in place but the array is read-only")
+            if id(leaf) in self._update_ids and not isinstance(given.get(id(leaf)), np.ndarray):
+                raise InputError(f"{where}: {label} is updated in place, so its value must be a numpy array (got "
+                                 f"{type(given.get(id(leaf))).__name__}, whose copy would receive the update and be "
+                                 f"lost): pass np.array(value, dtype=np.{leaf.dtype})")
             if self.check_finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise NumericalError(f"{where}: {label} has a non-finite value {a[tuple(bad)]} at index "

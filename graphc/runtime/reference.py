@@ -83,10 +83,10 @@ def check_value(n: Node, value: Any, what: str = "", exact: bool = False) -> np.
         raise InputError(f"{pre}the value for {_declared(n)} is not array-like: {e}") from None
     kind = arr.dtype.kind
     if n.dtype in FLOAT_DTYPES:
+        if kind in "iuf" and not isinstance(value, (np.ndarray, np.generic)):  # a Python list of numbers: as a
+            return arr.astype(n.dtype)  # Python number is, taken in the declared dtype
         if kind == "f" and arr.dtype.itemsize >= 4:
             return arr
-        if kind in "iu" and not isinstance(value, np.ndarray):  # a Python list of ints for a float input
-            return arr.astype(n.dtype)
         raise DTypeError(f"{pre}the value for {_declared(n)} has dtype {arr.dtype}; " + (
             f"a compiled function takes exactly its declared dtype {n.dtype} (pass .astype(np.{n.dtype}))" if exact
             else "pass float32 (or float64 to evaluate in double precision)"))

@@ -247,3 +247,31 @@ def test_the_trainer_steps_an_embedding_sparsely():
     assert not _dense_loops(sgd.epoch_fn, (vocab, 16)), sgd.epoch_fn.kernels
     adam = Trainer(model, "multiclass", 6, 2, TrainConfig(optimizer="adam"), log=lambda m: None)
     assert _dense_loops(adam.epoch_fn, (vocab, 16))
+
+
+def test_a_value_updated_in_place_must_be_an_array_that_can_receive_it():
+    """A list or a Python number for a parameter the call updates would be copied into an array the update then
+    went to, lost to the caller: refused, saying what to pass. Inputs not updated take lists as numbers, in
+    their declared dtype (a list of floats for a float32 input was refused as 'a float64 array')."""
+    w = gc.param("w", (2,))
+    s = gc.param("s", ())
+    x = gc.input("x", (2,))
+    fn = gc.compile(gc.sum(w * x) + s, updates={w: w * 2.0, s: s + 1.0}, cache=False)
+    for values, name in (({"w": [1.0, 2.0], "s": np.zeros((), np.float32), "x": np.ones(2, np.float32)}, "w"),
+                         ({"w": np.ones(2, np.float32), "s": 0.5, "x": np.ones(2, np.float32)}, "s")):
+        with pytest.raises(gc.InputError, match=rf"param '{name}' .* is updated in place, so its value must be a "
+                                                r"numpy array .* pass np\.array\(value, dtype=np\.float32\)"):
+            fn(values)
+    wa, sa = np.ones(2, np.float32), np.zeros((), np.float32)
+    got = fn({"w": wa, "s": sa, "x": [0.5, 1.5]})  # a list of Python floats for a float32 input
+    assert got == np.float32(2.0) and np.array_equal(wa, [2.0, 2.0]) and sa == 1.0
+    assert gc.evaluate(x * 2.0, {"x": [0.25, 1.0]}).dtype == np.float32
+
+
+def test_a_compile_option_given_to_a_call_is_named_as_one():
+    x = gc.input("x", (2,))
+    fn = gc.compile(x * 2.0, cache=False)
+    with pytest.raises(gc.GraphcError, match=r"check_finite is an option of gc.compile, not of a call"):
+        fn({"x": np.ones(2, np.float32)}, check_finite=True)
+    with pytest.raises(gc.GraphcError, match=r"training is an option of gc.compile"):
+        fn.bind(x=np.ones(2, np.float32), training=True)
