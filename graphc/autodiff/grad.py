@@ -19,6 +19,11 @@ from graphc.ops.pointwise import add, full_like
 
 
 def zeros_like(x: Node) -> Tensor:
+    """The gradient of a tensor y does not depend on: zeros of its shape and dtype. With a static shape they are a
+    constant, so evaluating or compiling the gradient needs no value for x (a parameter the loss never reads);
+    a symbolic dim is read from x."""
+    if all(isinstance(d, int) for d in x.shape):
+        return broadcast_to(constant(0.0, x.dtype), x.shape) if x.shape else constant(0.0, x.dtype)
     return full_like(x, 0.0)
 
 

@@ -295,8 +295,9 @@ def as_nodes(outputs: Node | Iterable[Node]) -> list[Node]:
 
 
 def output_nodes(outputs, what: str, noun: str = "outputs") -> list[Node]:
-    """A user's `outputs` (a tensor, an iterable of tensors, or a dict {key: tensor}: its values in order) as a
-    list; anything else is a GraphcError naming `what` was called with it (and the argument, `noun`)."""
+    """A user's `outputs` (a tensor, an iterable of tensors, or a dict {key: tensor}: its values in order, and
+    these nested: `gc.hessian(f, [a, b])`'s list of lists) as a flat list, depth first; anything else is a
+    GraphcError naming `what` was called with it (and the argument, `noun`)."""
     from graphc.errors import GraphcError
 
     if isinstance(outputs, Node):
@@ -308,21 +309,48 @@ def output_nodes(outputs, what: str, noun: str = "outputs") -> list[Node]:
         hint = " (an array holds values, not graph nodes: pass the tensors built with gc.input, gc.param, ...)"
         raise GraphcError(f"{what}: {noun} must be a tensor, a list of tensors or a dict of them, got "
                           f"{type(outputs).__name__}" + (hint if array else ""))
-    outs = list(outputs)
-    for o in outs:
-        if not isinstance(o, Node):
-            raise GraphcError(f"{what}: {noun} must be tensors, got {type(o).__name__} in the list")
+    outs: list[Node] = []
+    for o in outputs:
+        if isinstance(o, Node):
+            outs.append(o)
+        elif isinstance(o, (list, tuple, Mapping)):
+            outs += output_nodes(o, what, noun)
+        else:
+            raise GraphcError(f"{what}: {noun} must be tensors (or lists, tuples or dicts of them), got "
+                              f"{type(o).__name__} in the list")
     return outs
 
 
+def output_form(outputs):
+    """What `shaped_like` needs of `outputs` kept apart from the caller's containers (which may change after):
+    the tensor itself, else the same nesting of lists, tuples and dicts; an iterable of another kind is a list."""
+    if isinstance(outputs, Node):
+        return outputs
+    if isinstance(outputs, Mapping):
+        return {k: output_form(v) for k, v in outputs.items()}
+    if isinstance(outputs, tuple):
+        return tuple(output_form(o) for o in outputs)
+    return [output_form(o) for o in outputs]
+
+
 def shaped_like(outputs, results: list):
-    """`results` (one per output) in the form the user gave `outputs`: one array for a tensor, a dict with the
-    same keys for a dict, else a list."""
+    """`results` (one per output, in `output_nodes`' order) in the form the user gave `outputs`: one array for a
+    tensor, a dict with the same keys for a dict, else a list; nested lists, tuples and dicts as they were."""
     if isinstance(outputs, Node):
         return results[0]
-    if isinstance(outputs, Mapping):
-        return dict(zip(outputs.keys(), results, strict=True))
-    return results
+    if outputs is None or isinstance(outputs, Iterator):  # a generator, consumed: the results as a list
+        return list(results)
+    it = iter(results)
+
+    def take(form):
+        if isinstance(form, Node):
+            return next(it)
+        if isinstance(form, Mapping):
+            return {k: take(v) for k, v in form.items()}
+        inner = [take(f) for f in form]
+        return tuple(inner) if isinstance(form, tuple) and form is not outputs else inner
+
+    return take(outputs)
 
 
 def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:

@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from fractions import Fraction
 
@@ -33,7 +33,7 @@ from graphc.codegen.target import (
 )
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, capture_source, output_nodes, shaped_like, topo_order
+from graphc.ir.node import Node, capture_source, output_form, output_nodes, shaped_like, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
@@ -125,8 +125,8 @@ class CompiledFunction:
                  cache: bool = True, profile: bool = False):
         self.profile = profile
         self._single = isinstance(outputs, Node)
-        # the form the results come back in (shaped_like): the one tensor, a copy of a dict of them, or a list
-        self._form = dict(outputs) if isinstance(outputs, Mapping) else outputs if self._single else None
+        # the form the results come back in (shaped_like): the one tensor, or a copy of the caller's nesting
+        self._form = output_form(outputs) if not isinstance(outputs, Iterator) else None
         outs = output_nodes(outputs, "compile")
         self._n_results = len(outs)
         update_leaves: list[Node] = []

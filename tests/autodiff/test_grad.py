@@ -324,3 +324,35 @@ def test_a_matrix_shared_by_a_batch_gets_one_product_over_all_rows_as_its_gradie
     gw = gc.grad(loss, w)
     assert gw.op.name == "matmul" and gw.inputs[0].ndim == 2 and gw.inputs[1].ndim == 2
     np.testing.assert_allclose(gc.compile(gw, cache=False)(v), gc.evaluate(gw, v), rtol=1e-12, atol=1e-14)
+
+
+def test_the_gradient_of_a_tensor_the_loss_never_reads_needs_no_value_for_it():
+    """Iterating over all of a model's parameters, a PyTorch user asks for the gradient of one the loss does not
+    use: zeros of its shape, and (its shape being static) evaluating or compiling them asks for no value of it."""
+    x = gc.input("x", (2,))
+    unused = gc.param("unused", (3, 2))
+    gx, gu = gc.grad(gc.sum(x * x), [x, unused])
+    v = {"x": np.array([1.0, -2.0], np.float32)}
+    for got in (gc.evaluate([gx, gu], v), gc.compile([gx, gu])(v)):
+        np.testing.assert_array_equal(got[0], [2.0, -4.0])
+        np.testing.assert_array_equal(got[1], np.zeros((3, 2), np.float32))
+
+
+def test_nested_outputs_come_back_nested():
+    """gc.hessian(f, [a, b]) is a list of lists (JAX's nesting): gc.evaluate and gc.compile take nested lists,
+    tuples and dicts of tensors and give the arrays back in the same nesting (a top-level tuple as a list)."""
+    a, b = gc.input("a", (2,), "float64"), gc.input("b", (2,), "float64")
+    H = gc.hessian(gc.sum(a * a * b), [a, b])
+    v = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, -1.0])}
+    want = [[np.diag(2 * v["b"]), np.diag(2 * v["a"])], [np.diag(2 * v["a"]), np.zeros((2, 2))]]
+    for got in (gc.evaluate(H, v), gc.compile(H)(v)):
+        assert isinstance(got, list) and all(isinstance(r, list) and len(r) == 2 for r in got)
+        for i in range(2):
+            for j in range(2):
+                np.testing.assert_allclose(got[i][j], want[i][j])
+    form = {"h": [a, (b, a * 2.0)], "s": gc.sum(b)}
+    got = gc.compile(form)(v)
+    assert set(got) == {"h", "s"} and isinstance(got["h"][1], tuple)
+    np.testing.assert_array_equal(got["h"][1][1], 2 * v["a"])
+    with pytest.raises(gc.GraphcError, match=r"must be tensors \(or lists, tuples or dicts of them\), got int"):
+        gc.evaluate([a, [b, 3]], v)
