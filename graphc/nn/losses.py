@@ -125,13 +125,15 @@ def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int =
 
 
 def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis: int = 0,
-                          ignore_index: int | None = None) -> ops.Tensor:
+                          ignore_index: int | None = None, label_smoothing: float = 0.0) -> ops.Tensor:
     """Mean of -log softmax(z)_y = logsumexp(z) - z_y, for integer labels in [0, C): logits (N, C) and labels
     (N,), or per token, logits (..., C) and labels (...) (e.g. (T, N, C) and (T, N) for a sequence model).
 
     Padded steps: `mask` (labels' shape or leading dims; bool, or float weights), `lengths` ((N,) real steps per
     sequence, time on `time_axis`) or `ignore_index` (a label value that does not count, as PyTorch's) make the
-    loss the mean over the counted tokens only, as torch.nn.CrossEntropyLoss(ignore_index=...)."""
+    loss the mean over the counted tokens only, as torch.nn.CrossEntropyLoss(ignore_index=...).
+    `label_smoothing` = e in [0, 1] (PyTorch's): the target is (1 - e)·one_hot(y) + e/C, the loss
+    logsumexp(z) - sum_c target_c·z_c."""
     logits = ops.as_tensor(logits)
     labels = ops.as_tensor(labels)
     if logits.ndim < 2:
@@ -157,6 +159,13 @@ def softmax_cross_entropy(logits, labels, *, mask=None, lengths=None, time_axis:
     # a label outside [0, C) is an error (evaluated or compiled), not a silent zero row of the one-hot
     checked = checked_labels(checked, classes, "softmax_cross_entropy: label")
     hot = ops.one_hot(checked, classes, logits.dtype)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise GraphcError(f"softmax_cross_entropy: label_smoothing must be a number in [0, 1], got "
+                          f"{label_smoothing!r}")
+    if label_smoothing:
+        e = float(label_smoothing)
+        hot = hot * (1.0 - e) + e / classes
 
     def per(keep):
         z = kept(logits, keep)

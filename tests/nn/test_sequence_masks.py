@@ -291,3 +291,24 @@ def test_mask_weights_of_any_scale_give_the_same_mean():
     for scale in (1.0, 1e-31, 1e-300):
         assert float(gc.evaluate(loss, {"p": z, "w": weights * scale})) == pytest.approx(want, rel=1e-12)
     assert float(gc.evaluate(loss, {"p": z, "w": np.zeros((T, N))})) == 0.0
+
+
+def test_label_smoothing_is_pytorchs():
+    """label_smoothing=e: the target (1 - e)·one_hot + e/C, with ignore_index and lengths counting tokens as
+    without it; PyTorch's CrossEntropyLoss(label_smoothing=e) gives the same number, and the gradient is right."""
+    z, labels = _data(1)
+    logits = gc.input("z", ("T", "N", C), "float64")
+    y = gc.input("y", ("T", "N"), "int32")
+    padded = labels.copy()
+    padded[np.arange(T)[:, None] >= LENGTHS[None, :]] = -100
+    for e in (0.0, 0.1, 1.0):
+        loss = gc.nn.softmax_cross_entropy(logits, y, ignore_index=-100, label_smoothing=e)
+        want = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=e)(
+            torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(padded.reshape(-1)).long()).item()
+        vals = {"z": z, "y": padded}
+        assert gc.evaluate(loss, vals) == pytest.approx(want, rel=1e-12)
+        assert float(gc.compile(loss)(vals)) == pytest.approx(want, rel=1e-12)
+        check_grad(loss, [logits], vals, rtol=1e-6, atol=1e-9)
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(gc.GraphcError, match=r"label_smoothing must be a number in \[0, 1\]"):
+            gc.nn.softmax_cross_entropy(logits, y, label_smoothing=bad)
