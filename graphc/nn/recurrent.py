@@ -108,12 +108,34 @@ def _masked(cell):
     return step
 
 
-def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None, unnamed: bool = False):
+def _initial(kind: str, state, xs, hidden: int, name: str, what: str):
+    """A layer's initial carry from the user's `initial_state` (None: zeros): h (N, H) for rnn and gru, (h, c)
+    for lstm, each of xs's batch and dtype."""
+    from graphc.ir.shapes import dims_equal
+
+    N = xs.shape[1]
+    if state is None:
+        h0 = ops.zeros((N, hidden), xs.dtype)
+        return (h0, h0) if kind == "lstm" else h0
+    want = "a pair (h0, c0)" if kind == "lstm" else "h0"
+    parts = state if kind == "lstm" else (state,)
+    if kind == "lstm" and (not isinstance(state, (tuple, list)) or len(state) != 2):
+        raise GraphcError(f"{kind} {name!r}: {what} must be {want}, each (N, {hidden}), got {state!r}")
+    out = []
+    for p in parts:
+        p = ops.as_tensor(p)
+        if p.ndim != 2 or not dims_equal(p.shape[0], N) or not dims_equal(p.shape[1], hidden) or p.dtype != xs.dtype:
+            raise GraphcError(f"{kind} {name!r}: {what} must be {want}, each {xs.dtype} (N, H) = ({N}, {hidden}) "
+                              f"as xs {describe(xs)} and hidden={hidden}; got {describe(p)}")
+        out.append(p)
+    return tuple(out) if kind == "lstm" else out[0]
+
+
+def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None, unnamed: bool = False,
+         init=None):
     T, N, F = xs.shape
     with scope(name):
         wx, wh, b, bh = _params(kind, name, F, hidden, xs.dtype)
-        h0 = ops.zeros((N, hidden), xs.dtype)
-        init = (h0, h0) if kind == "lstm" else h0
         cell = _step(kind, hidden, wh, bh)
         if checkpoint is None:
             # the input projection of every step at once: one (T·N, F) @ (F, G·H) product before the loop
@@ -136,11 +158,13 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=
     h = carry[0] if kind == "lstm" else carry
     if unnamed:
         note_unnamed_use(wx, h, ys)
-    return h, ys
+    return carry, ys
 
 
-def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths=None):
-    for flag, v in (("return_sequences", return_sequences), ("bidirectional", bidirectional)):
+def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths=None,
+              initial_state=None, return_state=False):
+    for flag, v in (("return_sequences", return_sequences), ("bidirectional", bidirectional),
+                    ("return_state", return_state)):
         if not isinstance(v, (bool, np.bool_)):
             raise GraphcError(f"{kind}: {flag} must be True or False, got {v!r}")
     name, unnamed = layer_name(name, kind)
@@ -157,35 +181,51 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
                               f"{xs.shape[1]} (xs is time-major: (T, N, F))")
         xs = kept(xs, mask)  # padded steps are not read: NaN there reaches neither the outputs nor the gradients
         mask = ops.expand_dims(mask, 2)  # (T, N, 1): broadcast over the hidden units
-    h, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed)
+    if bidirectional and initial_state is not None and (not isinstance(initial_state, (tuple, list))
+                                                         or len(initial_state) != 2):
+        raise GraphcError(f"{kind} {name!r}: a bidirectional layer's initial_state is a pair (the forward pass's "
+                          f"state, the reverse pass's), got {initial_state!r}")
+    states = initial_state if bidirectional and initial_state is not None else (initial_state, None)
+    init = _initial(kind, states[0], xs, hidden, name, "initial_state" + ("[0]" if bidirectional else ""))
+    carry, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed, init)
+    h = carry[0] if kind == "lstm" else carry
     if not bidirectional:
-        return ys if return_sequences else h
-    hr, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask, unnamed)
-    if return_sequences:
-        return ops.concatenate([ys, ysr], axis=2)
-    return ops.concatenate([h, hr], axis=1)
+        out = ys if return_sequences else h
+        return (out, carry) if return_state else out
+    init_r = _initial(kind, states[1], xs, hidden, name, "initial_state[1]")
+    carry_r, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask, unnamed, init_r)
+    hr = carry_r[0] if kind == "lstm" else carry_r
+    out = ops.concatenate([ys, ysr], axis=2) if return_sequences else ops.concatenate([h, hr], axis=1)
+    return (out, (carry, carry_r)) if return_state else out
 
 
 def rnn(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
-        checkpoint: int | None = None, lengths=None):
+        checkpoint: int | None = None, lengths=None, initial_state=None, return_state: bool = False):
     """An Elman RNN over time-major xs (T, N, F): h_t = tanh(x_t Wx + h_{t-1} Wh + b), h_0 = 0. Returns the last
     h (N, H), or every h (T, N, H) with return_sequences; bidirectional concatenates a reverse pass (2H)."""
-    return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
+    return _sequence("rnn", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths, initial_state,
+                     return_state)
 
 
 def gru(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
-        checkpoint: int | None = None, lengths=None):
+        checkpoint: int | None = None, lengths=None, initial_state=None, return_state: bool = False):
     """A GRU over time-major xs (T, N, F), PyTorch's formulation (r, z, n gates; n = tanh(x Wn + b_n + r·(h Whn +
     bh_n))), fused parameters NAME.Wx (F, 3H), NAME.Wh (H, 3H), NAME.b (3H,) and NAME.bh (3H,) (PyTorch's b_ih and
     b_hh). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
-    return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
+    return _sequence("gru", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths, initial_state,
+                     return_state)
 
 
 def lstm(xs, hidden: int, *, return_sequences: bool = False, bidirectional: bool = False, name: str | None = None,
-         checkpoint: int | None = None, lengths=None):
+         checkpoint: int | None = None, lengths=None, initial_state=None, return_state: bool = False):
     """An LSTM over time-major xs (T, N, F), gates i, f, g, o as PyTorch's, fused parameters NAME.Wx (F, 4H),
-    NAME.Wh (H, 4H), NAME.b (4H,). Returns the last h (N, H), or every h (T, N, H) with return_sequences."""
-    return _sequence("lstm", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths)
+    NAME.Wh (H, 4H), NAME.b (4H,). Returns the last h (N, H), or every h (T, N, H) with return_sequences.
+
+    `initial_state` (PyTorch's (h0, c0); h0 for rnn and gru): the carry the first step reads (default zeros),
+    each (N, H); bidirectional: a pair (the forward pass's, the reverse pass's). `return_state=True` returns
+    (output, final state) with the state in that form (an encoder's state for a decoder)."""
+    return _sequence("lstm", xs, hidden, return_sequences, bidirectional, name, checkpoint, lengths, initial_state,
+                     return_state)
 
 
 def _cell(kind, x, state, hidden, name):

@@ -246,3 +246,53 @@ def test_layer_flags_and_names_are_checked():
                 layer(xs, 2, **kw)
     with pytest.raises(gc.GraphcError, match="dense: name must be a non-empty string"):
         gc.nn.dense(gc.input("x", ("N", 3)), 2, name=" ")
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_initial_and_final_states_are_pytorchs(kind, bidirectional):
+    """initial_state (PyTorch's h0, or (h0, c0)) starts the carry; return_state gives (output, final state), the
+    state PyTorch returns as h_n (and c_n) — an encoder's state for a decoder. Compiled, with its gradient into
+    the initial state by finite differences."""
+    layer = _torch_layer(kind, bidirectional)
+    rng = np.random.default_rng(7)
+    xs_np = rng.normal(size=(T, N, F))
+    nd = 2 if bidirectional else 1
+    h0_np, c0_np = rng.normal(size=(nd, N, H)), rng.normal(size=(nd, N, H))
+    t0 = (torch.from_numpy(h0_np), torch.from_numpy(c0_np)) if kind == "lstm" else torch.from_numpy(h0_np)
+    out, hn = layer(torch.from_numpy(xs_np), t0)
+    xs = gc.input("xs", ("T", "N", F), "float64")
+    h0, c0 = gc.input("h0", (nd, "N", H), "float64"), gc.input("c0", (nd, "N", H), "float64")
+
+    def state(d):
+        return (h0[d], c0[d]) if kind == "lstm" else h0[d]
+
+    init = (state(0), state(1)) if bidirectional else state(0)
+    seq, fin = getattr(gc.nn, kind)(xs, H, return_sequences=True, bidirectional=bidirectional, name=kind,
+                                    initial_state=init, return_state=True)
+    finals = list(fin) if bidirectional else [fin]
+    flat = [f[j] for f in finals for j in range(2)] if kind == "lstm" else finals
+    values = {"xs": xs_np, "h0": h0_np, "c0": c0_np, **_weights(kind, layer, kind)}
+    if bidirectional:
+        values.update(_weights(kind, layer, f"{kind}_reverse", "_reverse"))
+    if kind != "lstm":
+        del values["c0"]
+    got = gc.compile([seq, *flat])(values)
+    np.testing.assert_allclose(got[0], out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    hn_t = [t.detach().numpy() for t in (hn if kind == "lstm" else (hn,))]
+    for d in range(nd):
+        for j, want in enumerate(hn_t):
+            np.testing.assert_allclose(got[1 + d * len(hn_t) + j], want[d], rtol=1e-10, atol=1e-12)
+    check_grad(gc.sum(gc.tanh(seq)), [h0], values, rtol=1e-6, atol=1e-9)
+
+
+def test_a_bad_initial_state_is_named():
+    xs = gc.input("xs", (T, "N", F))
+    with pytest.raises(gc.GraphcError, match=r"lstm 'enc': initial_state must be a pair \(h0, c0\)"):
+        gc.nn.lstm(xs, H, name="enc", initial_state=gc.zeros(("N", H)))
+    with pytest.raises(gc.GraphcError, match=r"gru 'g': initial_state must be h0, each float32 \(N, H\) = \(N, 6\)"):
+        gc.nn.gru(xs, H, name="g", initial_state=gc.zeros(("N", H + 1)))
+    with pytest.raises(gc.GraphcError, match=r"a bidirectional layer's initial_state is a pair"):
+        gc.nn.rnn(xs, H, name="r", bidirectional=True, initial_state=gc.zeros(("N", H)))
+    with pytest.raises(gc.GraphcError, match=r"return_state must be True or False"):
+        gc.nn.rnn(xs, H, name="r2", return_state="yes")
