@@ -136,6 +136,20 @@ class Tensor(Node):
             "use gc.where(cond, a, b) for a data-dependent choice"
         )
 
+    def _no_value(self, what: str):
+        raise GraphcError(f"{what}() of a symbolic tensor ({describe(self)}): it has no value while the graph is "
+                          "built; evaluate it first (gc.evaluate(t, values), or a compiled function's result), or keep "
+                          "it a tensor (gc.cast(t, 'float32') for a dtype)")
+
+    def __float__(self) -> float:
+        self._no_value("float")
+
+    def __int__(self) -> int:
+        self._no_value("int")
+
+    def __complex__(self) -> complex:
+        self._no_value("complex")
+
     def __len__(self) -> int:
         _reraise_numpy_retry()
         if not self.shape:

@@ -120,3 +120,11 @@ def test_dims_are_positive_integer_symbols():
     s = sympy.sympify(n)  # the compiler's index algebra sees a positive integer, equal to the dim
     assert s.is_integer and s.is_positive and s == n and hash(s) == hash(n)
     assert sympy.simplify(s / s) == 1
+
+
+def test_a_symbolic_tensor_has_no_float_or_int_value():
+    x = gc.input("x", ())
+    for conv in (float, int):
+        with pytest.raises(gc.GraphcError, match=rf"{conv.__name__}\(\) of a symbolic tensor \(x: f32\[\]\).*"
+                                                 r"gc\.evaluate"):
+            conv(x * 2.0)
