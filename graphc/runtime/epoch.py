@@ -235,8 +235,11 @@ class EpochFunction(CompiledFunction):
             known = {name for name, _, leaf, _, _ in self._bindings if leaf.shape == ()}
             unknown = sorted(k for k in scalars if k not in known)
             if unknown:
-                raise InputError(f"training: scalars {unknown} are not scalar inputs of the step (it reads "
-                                 f"{', '.join(sorted(known)) or 'none'})")
+                arrays = {name: leaf for name, _, leaf, _, _ in self._bindings if leaf.shape != ()}
+                said = "; ".join(f"{k!r} is a {arrays[k].type_str} input: give its array in `state`"
+                                 for k in unknown if k in arrays)
+                raise InputError(f"training: scalars {unknown} are not scalar inputs of the step (its scalar inputs: "
+                                 f"{', '.join(sorted(known)) or 'none'})" + (f"; {said}" if said else ""))
         if on_nonfinite not in ("raise", "stop"):
             raise InputError(f"training: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:

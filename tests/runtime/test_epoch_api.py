@@ -247,8 +247,12 @@ def test_bad_orders_and_arguments_are_graphc_errors():
         gc.EpochFunction(loss, list(updates.values()), x=x, y=y)
     with pytest.raises(gc.InputError, match="state must be a dict of name -> array"):
         ef.run_epoch(X, Y, list(state.values()), batch=2, scalars={"lr": 0.1})
-    with pytest.raises(gc.InputError, match=r"scalars \['rl'\] are not scalar inputs of the step \(it reads lr\)"):
+    with pytest.raises(gc.InputError, match=r"scalars \['rl'\] are not scalar inputs of the step \(its scalar "
+                                            r"inputs: lr\)$"):
         ef.run_epoch(X, Y, state, batch=2, scalars={"rl": 0.1})  # a typo is not silently ignored
+    param_name = next(k for k in state)
+    with pytest.raises(gc.InputError, match=rf"'{param_name}' is a f32\[.*\] input: give its array in `state`"):
+        ef.run_epoch(X, Y, state, batch=2, scalars={"lr": 0.1, param_name: 1.0})  # an array input as a scalar
     with pytest.raises(gc.GraphcError, match="batch dim must be symbolic"):
         gc.EpochFunction(loss, updates, x=gc.input("x", (4, 5)), y=y)
     # a scalar that is not one number, state arrays that cannot be trained in place: said in words
