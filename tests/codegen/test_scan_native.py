@@ -32,6 +32,17 @@ def _values(T, N=2, seed=0):
             "h0": rng.normal(size=(N, 4)).astype(np.float32)}
 
 
+def _reference_and_bitwise(fns, outs, v):
+    """Every compiled function (1, 2, 3 threads) on v: the reference's values (evaluated in float64), and bitwise
+    the same results whatever the thread count."""
+    want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
+    runs = [fn(v) for fn in fns]
+    _close(runs[0], want)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def _close(got, want):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * (1 + np.abs(w).max()))
@@ -45,12 +56,7 @@ def test_scan_and_its_gradient_match_the_reference_and_are_bitwise_on_1_to_3_thr
     fns = [gc.compile(outs, threads=n) for n in (1, 2, 3)]
     for T in ((1, 3, 7) if checkpoint else (7,)):
         v = _values(T)
-        want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
-        runs = [fn(v) for fn in fns]
-        _close(runs[0], want)
-        for r in runs[1:]:
-            for a, b in zip(runs[0], r, strict=True):
-                np.testing.assert_array_equal(a, b)
+        _reference_and_bitwise(fns, outs, v)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -402,9 +408,4 @@ def test_a_loop_invariant_weight_the_gemm_would_pack_is_packed_once_before_the_l
         v = {"W": (0.05 * rng.normal(size=(32, 600))).astype(np.float32),
              "V": (0.05 * rng.normal(size=(600, 32))).astype(np.float32),
              "xs": rng.normal(size=(7, n, 600)).astype(np.float32), "h0": rng.normal(size=(n, 32)).astype(np.float32)}
-        want = gc.evaluate(outs, {k: a.astype(np.float64) for k, a in v.items()})
-        runs = [fn(v) for fn in fns]
-        _close(runs[0], want)
-        for r in runs[1:]:
-            for a, b in zip(runs[0], r, strict=True):
-                np.testing.assert_array_equal(a, b)
+        _reference_and_bitwise(fns, outs, v)
