@@ -314,7 +314,8 @@ def test_kernels_show_what_a_conv_became_and_the_layer_fuses_bias_and_relu_into_
 
 WINOGRAD_CASES = [  # (H, W, C, F, padding, bias+relu, dtype): 3x3 stride-1 products the Winograd path takes
     (8, 20, 32, 32, "same", False, "float32"),  # 10 tiles a tile row: one block of 10 in a 12-row kernel
-    (6, 6, 32, 64, "valid", True, "float32"),  # two column blocks; the input gradient pads by 2 all round
+    (8, 8, 32, 64, "valid", True, "float32"),  # two column blocks; the input gradient pads by 2 all round (6x6
+    # out: outputs under WINO_MIN_W = 6 wide are left to the packed product)
     (10, 28, 64, 96, "same", True, "float32"),  # 3 column blocks, 6 cotangent channel vectors; 14 tiles a
     # tile row: blocks of 7 in the 8-row kernel
     (6, 8, 16, 32, "same", True, "float64"),
