@@ -38,8 +38,9 @@ def symbol(name: str) -> _dims.Dim:
 
 def is_sympy(d) -> bool:
     """A sympy expression (sympy is only imported where the compiler or the user brought it in)."""
-    sympy = sys.modules.get("sympy")
-    return sympy is not None and isinstance(d, sympy.Basic)
+    # a module another thread is still importing may lack Basic yet; no value of this thread is a sympy one then
+    basic = getattr(sys.modules.get("sympy"), "Basic", None)
+    return basic is not None and isinstance(d, basic)
 
 
 def as_dim(d, where: str = "shape") -> Dim:

@@ -110,6 +110,10 @@ class TrainConfig:
              f"batch size must be a positive int, got {self.batch_size!r}")
         need(number(self.lr) and self.lr > 0,
              f"learning rate must be a positive number, got {self.lr!r}")
+        # the step computes in float32: a rate it rounds to inf, or to 0 or a denormal (flushed to 0), is not one
+        tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        need(tiny <= self.lr <= big, f"learning rate {self.lr!r} is outside float32's normal range [{tiny:.3g}, "
+                                     f"{big:.3g}], in which the training step computes")
         need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.momentum == 0.0 or self.optimizer in ("sgd", "gd", "momentum", "nesterov"),
              f"momentum {self.momentum} is for the optimizers sgd, momentum and nesterov; {self.optimizer} takes "

@@ -55,6 +55,29 @@ def _steps(k: int) -> str:
 STEP_DTYPES = ("float32", "float64", "int32", "int64")  # what the driver writes the step number as
 
 
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    try:
+        return bool(np.shares_memory(a, b, max_work=1 << 20))
+    except Exception:  # too hard to decide (interleaved strides): taken as overlapping
+        return True
+
+
+def _check_trained_apart(trained: Mapping[str, np.ndarray], state: Mapping, X, Y) -> None:
+    """A state array trained in place must share no memory with another state array or the data: one array for
+    two parameters trains as neither, and a parameter inside X changes the rows still to be read (a compiled
+    call refuses the same, `_check_written_apart`)."""
+    others = [(f"state {k!r}", a) for k, a in state.items() if isinstance(a, np.ndarray)]
+    others += [("X", X), ("Y", Y)]
+    for name, arr in trained.items():
+        for what, other in others:
+            if what == f"state {name!r}" or not isinstance(other, np.ndarray):
+                continue
+            if np.may_share_memory(arr, other) and _overlap(arr, other):
+                raise InputError(f"training: state {name!r}, trained in place, shares memory with {what}: the "
+                                 "update would change it while it is read; pass a copy (np.array(...)) for one of "
+                                 "them")
+
+
 class EpochFunction(CompiledFunction):
     """A training step compiled with a native epoch driver: one call runs a whole epoch.
 
@@ -341,6 +364,7 @@ class EpochFunction(CompiledFunction):
                                  f"{where}=" + (f" (it holds {close[0]!r}: a misspelling?)" if close else ""))
             table[slot] = data_address(arr)
             keep.append(arr)
+        _check_trained_apart(trained, state, X, Y)
         if misaligned and not self._warned_misaligned:
             self._warned_misaligned = True
             warnings.warn(f"run_epoch: the state arrays {misaligned[:4]}{' ...' if len(misaligned) > 4 else ''} "

@@ -113,6 +113,31 @@ def data_address(a: np.ndarray) -> int:
     return _from_address(id(a) + _DATA_OFFSET).value or 0
 
 
+class CallLock:
+    """One call (or epoch) of a compiled function at a time. Other threads wait; the thread already inside a call
+    entering again (a signal handler, a callback run from the call) would wait on itself forever, and cannot be
+    let in either (the call in progress owns the arena its results are still being copied out of): an error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> CallLock:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise GraphcError("a compiled function was called again from inside one of its own calls on the same "
+                              "thread (a signal handler or a callback that runs during the call): it cannot run "
+                              "while its arena is in use; call it after the outer call returns, or from another "
+                              "compiled function (gc.compile the graph again)")
+        self._lock.acquire()
+        self._owner = me
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 # gc.compile's options: given to a call by mistake, they are not value names
 COMPILE_OPTIONS = ("updates", "training", "check_finite", "target", "cache", "profile")
 
@@ -164,7 +189,7 @@ class CompiledFunction:
         updated = tuple((self._n_results + k, leaf) for k, leaf in enumerate(update_leaves))
         self._graph, self._updated = graph, updated
         self._compilation = None
-        self._lock = threading.Lock()  # a call, or a whole epoch (EpochFunction.run_epoch), at a time
+        self._lock = CallLock()  # a call, or a whole epoch (EpochFunction.run_epoch), at a time
         _LIVE.add(self)
         self._plan: MemoryPlan | None = None
         self._fits_env: list[int] | None = None  # dims the current plan was last checked to hold
@@ -536,6 +561,17 @@ class CompiledFunction:
             values = {**values, **kw}
         return BoundCall(self, *self._prepare(values, threads, out, "bound"))
 
+    def __copy__(self):  # the same function (its code, arena and lock shared), as before pickling was refused
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __reduce__(self):
+        raise GraphcError("a compiled function cannot be pickled (for multiprocessing, say): it is native code "
+                          "loaded into this process. Build the graph and gc.compile it in the worker process (the "
+                          "compile cache on disk makes that a load of the stored machine code), and send the "
+                          "parameter arrays")
+
     def _compile_options_as_values(self, kw: Mapping, how: str) -> None:
         """A keyword that is an option of gc.compile (not of a call) and names no input: said as such, rather than
         as an unknown value name."""
@@ -726,13 +762,22 @@ class CompiledFunction:
         if self._plan is None or nthreads > self._plan_threads or any(
                 v > self._plan.env.get(s, 0) for s, v in zip(self._symbols, env, strict=True)):
             old = self._plan.env if self._plan else {}
-            grow = {s: max(v, old.get(s, 0)) for s, v in zip(self._symbols, env, strict=True)}
+            now = dict(zip(self._symbols, env, strict=True))
+            grow = {s: max(v, old.get(s, 0)) for s, v in now.items()}
             threads = max(nthreads, getattr(self, "_plan_threads", 0))
             plan = memory_plan(self.rt, grow, threads, self.target)
+            if grow != now:
+                # the dims' maxima hold every call seen so far, without planning again when they come back; but
+                # maxima of different calls (A large then B large) can need far more than any call: then this call's
+                plan_now = memory_plan(self.rt, now, threads, self.target)
+                own = plan_now.arena_bytes + plan_now.workspace_bytes
+                held = self._plan.arena_bytes + self._plan.workspace_bytes if self._plan else 0
+                if plan.arena_bytes + plan.workspace_bytes > 2 * max(own, held):
+                    plan = plan_now
             try:  # nothing is replaced until both are allocated: a MemoryError leaves the old plan in use
                 arena = aligned_bytes(max(plan.arena_bytes, 64))
                 ws = aligned_bytes(max(plan.workspace_bytes, 64))
-            except MemoryError:
+            except (MemoryError, ValueError):  # ValueError: numpy's limit on an array's size
                 dims = ", ".join(f"{s}={v}" for s, v in zip(self._symbols, env, strict=True)) or "static dims"
                 raise MemoryError(f"compiled function: its working memory at {dims} ({threads} thread(s)) is "
                                   f"{(plan.arena_bytes + plan.workspace_bytes) / 2**30:.1f} GiB, more than this "
@@ -930,7 +975,7 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 def _renew_locks() -> None:
     for fn in list(_LIVE):
-        fn._lock = threading.Lock()
+        fn._lock = CallLock()
 
 
 if hasattr(os, "register_at_fork"):

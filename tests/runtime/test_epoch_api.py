@@ -576,3 +576,21 @@ def test_a_step_input_the_driver_cannot_feed_is_refused_by_name():
     for bad in (gc.input("step", (2,)), gc.input("step", (), "bool")):
         with pytest.raises(gc.GraphcError, match=r"the input 'step' is the global step number .*test_epoch_api"):
             gc.EpochFunction(gc.sum(x * w), updates={w: w + gc.cast(bad, "float32")[..., None][0] * 0}, x=x)
+
+
+def test_state_trained_in_place_must_not_share_memory_with_other_state_or_the_data():
+    """One array for two parameters, or a parameter that is X's memory, trained silently wrong; a compiled call
+    refuses the same arrays. Both are refused by name."""
+    x, y = gc.input("x", ("N", 4)), gc.input("y", ("N",), "int32")
+    w1, w2 = gc.param("w1", (4, 4)), gc.param("w2", (4, 4))
+    loss = gc.nn.softmax_cross_entropy(gc.tanh(x @ w1) @ w2, y)
+    g1, g2 = gc.grad(loss, [w1, w2])
+    ef = gc.EpochFunction(loss, updates={w1: w1 - 0.5 * g1, w2: w2 - 0.5 * g2}, x=x, y=y, threads=1)
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((6, 4), np.float32), rng.integers(0, 4, 6).astype(np.int32)
+    st = ef.aligned({"w1": rng.random((4, 4), np.float32), "w2": rng.random((4, 4), np.float32)})
+    with pytest.raises(gc.InputError, match=r"state 'w1', trained in place, shares memory with state 'w2'"):
+        ef.run_epoch(X, Y, {"w1": st["w1"], "w2": st["w1"]}, batch=2)
+    with pytest.raises(gc.InputError, match=r"state 'w1', trained in place, shares memory with X"):
+        ef.run_epoch(st["w1"], Y[:4], st, batch=2)
+    ef.run_epoch(X, Y, st, batch=2)  # apart: trains

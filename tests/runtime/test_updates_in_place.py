@@ -275,3 +275,65 @@ def test_a_compile_option_given_to_a_call_is_named_as_one():
         fn({"x": np.ones(2, np.float32)}, check_finite=True)
     with pytest.raises(gc.GraphcError, match=r"training is an option of gc.compile"):
         fn.bind(x=np.ones(2, np.float32), training=True)
+
+
+def test_a_compiled_function_is_not_pickled_but_says_what_to_do():
+    import copy
+    import pickle
+
+    x = gc.input("x", (2,))
+    fn = gc.compile(x * 2.0, cache=False)
+    with pytest.raises(gc.GraphcError, match=r"a compiled function cannot be pickled .* gc.compile it in the worker"):
+        pickle.dumps(fn)
+    np.testing.assert_array_equal(copy.copy(fn)({"x": np.ones(2, np.float32)}), [2.0, 2.0])
+
+
+def test_a_call_from_inside_a_call_on_the_same_thread_is_an_error_not_a_deadlock():
+    """A signal handler (or a callback run during the call) calling the function while the same thread is inside
+    it waited on its own lock forever; it is a GraphcError, and the outer call is unharmed."""
+    import signal
+
+    x = gc.input("x", ("N", 64))
+    w = gc.param("w", (64, 64))
+    fn = gc.compile(gc.tanh(x @ w), cache=False)
+    X, W = np.ones((512, 64), np.float32), np.full((64, 64), 1 / 64, np.float32)
+    seen = []
+
+    def handler(sig, frame):
+        try:
+            fn(x=X[:2], w=W)
+            seen.append("ran")
+        except gc.GraphcError as e:
+            seen.append(str(e))
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        for _ in range(3000):
+            got = fn(x=X, w=W)
+            if any(s != "ran" for s in seen):
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    np.testing.assert_allclose(got, np.tanh(np.ones((512, 64))), rtol=1e-6)
+    errors = [s for s in seen if s != "ran"]
+    assert errors, "the handler never ran inside a call (timing): nothing tested"
+    assert "called again from inside one of its own calls on the same thread" in errors[0]
+
+
+def test_working_memory_follows_the_call_not_the_maxima_of_every_dim_seen():
+    """The arena grew to each dim's largest value so far: after (A, B) = (2**21, 2), the call (2, 2**21) planned
+    for (2**21, 2**21), 16 TiB, and failed with a MemoryError naming the wrong size. Both run; a size beyond any
+    allocation is graphc's MemoryError naming the dims (numpy's own ValueError before)."""
+    a = gc.input("a", ("A", 1))
+    b = gc.input("b", (1, "B"))
+    fn = gc.compile(gc.sum(gc.exp(a * b), axis=1), threads=1, cache=False)
+    for na, nb in ((2**21, 2), (2, 2**21), (4, 4)):
+        got = fn({"a": np.zeros((na, 1), np.float32), "b": np.zeros((1, nb), np.float32)})
+        np.testing.assert_array_equal(got, np.full(na, nb, np.float32))
+    c = gc.input("c", ("B", 1))
+    huge = gc.compile((a * b) @ c, threads=1, cache=False)  # an (A, B) temporary, a small output
+    with pytest.raises(MemoryError, match=r"working memory at A=2097152, B=2097152 .* GiB"):
+        huge({"a": np.zeros((2**21, 1), np.float32), "b": np.zeros((1, 2**21), np.float32),
+              "c": np.zeros((2**21, 1), np.float32)})
