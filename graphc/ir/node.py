@@ -340,17 +340,21 @@ def shaped_like(outputs, results: list):
         return results[0]
     if outputs is None or isinstance(outputs, Iterator):  # a generator, consumed: the results as a list
         return list(results)
-    it = iter(results)
+    if isinstance(outputs, Mapping):
+        return _take(outputs, iter(results))
+    return [_take(f, it) for it in (iter(results),) for f in outputs]  # the top level a list, a tuple too
 
-    def take(form):
-        if isinstance(form, Node):
-            return next(it)
-        if isinstance(form, Mapping):
-            return {k: take(v) for k, v in form.items()}
-        inner = [take(f) for f in form]
-        return tuple(inner) if isinstance(form, tuple) and form is not outputs else inner
 
-    return take(outputs)
+def _take(form, it):
+    """`form`'s nesting filled from the iterator `it`, in output_nodes' order. (A function of its own, not a
+    closure over `it`: a recursive closure is a reference cycle that kept the results, large output arrays a
+    compiled function recycles, alive until the garbage collector ran.)"""
+    if isinstance(form, Node):
+        return next(it)
+    if isinstance(form, Mapping):
+        return {k: _take(v, it) for k, v in form.items()}
+    inner = [_take(f, it) for f in form]
+    return tuple(inner) if isinstance(form, tuple) else inner
 
 
 def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:

@@ -151,8 +151,8 @@ class CompiledFunction:
         self.profile = profile
         self._single = isinstance(outputs, Node)
         # the form the results come back in (shaped_like): the one tensor, or a copy of the caller's nesting
+        outs = output_nodes(outputs, "compile")  # checked first: output_form takes a well-formed nesting
         self._form = output_form(outputs) if not isinstance(outputs, Iterator) else None
-        outs = output_nodes(outputs, "compile")
         self._n_results = len(outs)
         update_leaves: list[Node] = []
         if updates is not None and not isinstance(updates, Mapping):

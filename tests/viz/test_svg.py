@@ -219,7 +219,8 @@ def test_errors_a_user_can_act_on(mlp2):
     for dpi in (0, -5, float("nan"), "high"):
         with pytest.raises(GraphcError, match="dpi must be"):
             draw(loss).png(dpi=dpi)
-    for bad in (None, 5, np.ones(3), [loss, 3], [[loss]], "loss"):
+    assert gc.topo_order([[loss]]) == gc.topo_order([loss])  # nested lists of outputs are outputs
+    for bad in (None, 5, np.ones(3), [loss, 3], [[loss, 3]], "loss"):
         with pytest.raises(GraphcError, match="topo_order: outputs must be"):
             gc.topo_order(bad)
         with pytest.raises(GraphcError, match="to_sympy: outputs must be"):
