@@ -17,7 +17,7 @@ from graphc.nn.layers import (
     model_build,
     parameters,
 )
-from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
+from graphc.nn.losses import binary_cross_entropy, huber, l1, l2, mae, mse, softmax_cross_entropy
 from graphc.nn.recurrent import embedding, gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from graphc.nn.sequence import last_step, sequence_mask
 from graphc.ops import log_softmax, relu, sigmoid, softmax, softplus, tanh  # jax.nn's and torch.nn.functional's
@@ -28,7 +28,7 @@ __all__ = [
     "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
     "mlp", "model_build", "parameters", "layer_norm",
     "init_params", "Uniform", "Normal",
-    "mse", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
+    "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",
 ]

@@ -108,6 +108,33 @@ def mse(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
                     time_axis, "mse")
 
 
+def mae(pred, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
+    """Mean absolute error, mean of |pred - y| (torch.nn.L1Loss; the Laplace negative log-likelihood up to
+    constants; its gradient at pred = y is 0, as torch's). With mask/lengths, over the counted elements only."""
+    pred = ops.as_tensor(pred)
+    pred, y = _match(pred, _as_float_target(y, pred), "mae")
+    return _counted(lambda keep: ops.abs(kept(pred, keep) - kept(y, keep)), pred.shape, pred.dtype, mask, lengths,
+                    time_axis, "mae")
+
+
+def huber(pred, y, *, delta: float = 1.0, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
+    """Huber loss (torch.nn.HuberLoss): the mean of d^2 / 2 where |d| < delta, else delta (|d| - delta / 2), with
+    d = pred - y: quadratic near the target, linear (outliers weigh less) beyond delta > 0. With mask/lengths,
+    over the counted elements only."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0.0 < float(delta) < float("inf")):
+        raise GraphcError(f"huber: delta must be a positive number, got {delta!r}")
+    pred = ops.as_tensor(pred)
+    pred, y = _match(pred, _as_float_target(y, pred), "huber")
+    delta = float(delta)
+
+    def per(keep):
+        d = kept(pred, keep) - kept(y, keep)
+        a = ops.abs(d)
+        return ops.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+
+    return _counted(per, pred.shape, pred.dtype, mask, lengths, time_axis, "huber")
+
+
 def binary_cross_entropy(logits, y, *, mask=None, lengths=None, time_axis: int = 0) -> ops.Tensor:
     """Batch mean of -y log sigmoid(f) - (1 - y) log(1 - sigmoid(f)) from logits f, computed as
     y softplus(-f) + (1 - y) softplus(f): both terms without cancellation, so a confident right answer's tiny loss

@@ -312,3 +312,29 @@ def test_label_smoothing_is_pytorchs():
     for bad in (-0.1, 1.5, "0.1", True):
         with pytest.raises(gc.GraphcError, match=r"label_smoothing must be a number in \[0, 1\]"):
             gc.nn.softmax_cross_entropy(logits, y, label_smoothing=bad)
+
+
+def test_huber_and_mae_are_pytorchs_and_count_only_the_masked_elements():
+    rng = np.random.default_rng(4)
+    P, Y = rng.normal(size=(T, N, 3)) * 2, rng.normal(size=(T, N, 3))
+    Y[0, 0, 0] = P[0, 0, 0]  # a zero residual: both gradients 0 there, as torch's
+    p, y = gc.input("p", ("T", "N", 3), "float64"), gc.input("y", ("T", "N", 3), "float64")
+    lengths = gc.input("len", ("N",), "int32")
+    vals = {"p": P, "y": Y, "len": LENGTHS}
+    counted = np.arange(T)[:, None] < LENGTHS[None, :]  # (T, N)
+    tp, ty = torch.from_numpy(P[counted]).requires_grad_(), torch.from_numpy(Y[counted])
+    for loss, ref in ((gc.nn.huber(p, y, lengths=lengths), torch.nn.HuberLoss()),
+                      (gc.nn.huber(p, y, delta=0.4, lengths=lengths), torch.nn.HuberLoss(delta=0.4)),
+                      (gc.nn.mae(p, y, lengths=lengths), torch.nn.L1Loss())):
+        tp.grad = None
+        want = ref(tp, ty)
+        want.backward()
+        assert gc.evaluate(loss, vals) == pytest.approx(want.item(), rel=1e-12)
+        got, g = gc.compile([loss, gc.grad(loss, p)])(vals)
+        assert float(got) == pytest.approx(want.item(), rel=1e-12)
+        np.testing.assert_allclose(g[counted], tp.grad.numpy(), rtol=1e-10, atol=1e-15)
+        assert not g[~counted].any()
+    check_grad(gc.nn.huber(p, y, delta=0.4, lengths=lengths), [p], {**vals, "p": P + 0.01}, rtol=1e-6, atol=1e-9)
+    for bad in (0.0, -1.0, float("inf"), "1"):
+        with pytest.raises(gc.GraphcError, match="huber: delta must be a positive number"):
+            gc.nn.huber(p, y, delta=bad)
