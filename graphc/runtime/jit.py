@@ -113,6 +113,9 @@ def data_address(a: np.ndarray) -> int:
     return _from_address(id(a) + _DATA_OFFSET).value or 0
 
 
+_get_ident = threading.get_ident
+
+
 class CallLock:
     """One call (or epoch) of a compiled function at a time. Other threads wait; the thread already inside a call
     entering again (a signal handler, a callback run from the call) would wait on itself forever, and cannot be
@@ -123,7 +126,7 @@ class CallLock:
         self._owner: int | None = None
 
     def __enter__(self) -> CallLock:
-        me = threading.get_ident()
+        me = _get_ident()
         if self._owner == me:
             raise GraphcError("a compiled function was called again from inside one of its own calls on the same "
                               "thread (a signal handler or a callback that runs during the call): it cannot run "
@@ -575,6 +578,8 @@ class CompiledFunction:
     def _compile_options_as_values(self, kw: Mapping, how: str) -> None:
         """A keyword that is an option of gc.compile (not of a call) and names no input: said as such, rather than
         as an unknown value name."""
+        if not kw:
+            return
         names = {leaf.name for leaf in self.signature.inputs}
         wrong = [k for k in kw if k in COMPILE_OPTIONS and k not in names]
         if wrong:
