@@ -131,12 +131,22 @@ def rng_key() -> Tensor:
     return _input(KEY_NAME, (), "int64")
 
 
-def dropout(x, keep_prob, salt: int | None = None) -> Tensor:
-    """Inverted dropout: keep each element with probability `keep_prob` and scale it by 1/keep_prob.
+def dropout(x, keep_prob=None, salt: int | None = None, *, p: float | None = None) -> Tensor:
+    """Inverted dropout: keep each element with probability `keep_prob` and scale it by 1/keep_prob. Or, as
+    PyTorch's `F.dropout(x, p)`, give the probability of dropping: `p=` (keyword only, so that the two are never
+    confused: `dropout(x, 0.2)` keeps 20%, `dropout(x, p=0.2)` keeps 80%).
 
     The mask is a hash of (rng key, salt, element index). `salt` tells layers apart; by default it is derived
     from x's structure, so two dropouts of the very same tensor share a mask unless given different salts.
     `keep_prob` may be a float32 scalar tensor (an input), read at run time."""
+    if (keep_prob is None) == (p is None):
+        raise GraphcError("dropout: give the keep probability (dropout(x, keep_prob)) or PyTorch's drop "
+                          f"probability (dropout(x, p=...)), one of them; got keep_prob={keep_prob!r}, p={p!r}")
+    if p is not None:
+        if isinstance(p, Node) or isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise GraphcError(f"dropout: p (the probability of dropping an element) must be a number in [0, 1), "
+                              f"got {p!r}")
+        keep_prob = 1.0 - float(p)
     x = as_tensor(x)
     if isinstance(keep_prob, Node):
         if salt is None:

@@ -156,3 +156,21 @@ def test_dropout_inference_identity_and_training_masks():
         gc.evaluate(y, {"x": v}, training=True)
     with pytest.raises(gc.GraphcError, match="keep_prob"):
         gc.nn.dropout(x, 0.0)
+
+
+def test_dropout_takes_pytorchs_drop_probability_by_keyword():
+    """dropout(x, keep) keeps `keep`; p= is PyTorch's probability of dropping (keyword only): the same mask as
+    dropout(x, 1 - p); both or neither given is an error, as is a p outside [0, 1)."""
+    x = gc.input("x", (4000,))
+    v = {"x": np.ones(4000, np.float32), "rng_key": 7}
+    by_p = gc.evaluate(gc.nn.dropout(x, p=0.25, salt=1), v, training=True)
+    by_keep = gc.evaluate(gc.nn.dropout(x, 0.75, salt=1), v, training=True)
+    np.testing.assert_array_equal(by_p, by_keep)
+    assert 0.72 < (by_p > 0).mean() < 0.78
+    assert gc.nn.dropout(x, p=0.0) is x
+    for kw in ({}, {"keep_prob": 0.5, "p": 0.5}):
+        with pytest.raises(gc.GraphcError, match="one of them"):
+            gc.nn.dropout(x, **kw)
+    for bad in (1.0, -0.1, "0.2", True):
+        with pytest.raises(gc.GraphcError, match=r"p \(the probability of dropping an element\) must be"):
+            gc.nn.dropout(x, p=bad)
