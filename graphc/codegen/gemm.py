@@ -149,6 +149,11 @@ def _lanes(target: Target, dtype: str) -> int:
     return target.f32_lanes if dtype == "float32" else target.f64_lanes
 
 
+# B rows up to this many bytes apart are read in place by the default config (`direct_b_max_ld`); wider, or
+# transposed, B is packed (once per call for a loop-invariant B in a loop: graphc.codegen.schedule._packs_b)
+DIRECT_B_MAX_BYTES = 2048
+
+
 def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
     """The tuned blocking for `target` and `dtype` (see the module docstring)."""
     lanes = _lanes(target, dtype)
@@ -161,7 +166,7 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
     nc = nr * max(1, (1 << 20) // (kc * esize * nr))  # the packed B block (KC x NC): 1 MB of the 2 MB L2
     mc = mr * max(1, 240 // mr)
     return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr",
-                      direct_b_max_ld=2048 // esize, direct_b_max_m=256)
+                      direct_b_max_ld=DIRECT_B_MAX_BYTES // esize, direct_b_max_m=256)
 
 
 def config_for(target: Target, dtype: str = "float32", N: int | None = None) -> GemmConfig:
@@ -1693,9 +1698,8 @@ def _emit_gemv(g: _Gen, fn: ir.Function) -> None:
     y.type = _PTR
 
     def vectors(count, name):
-        """for each vector of the chunk's `count` columns: (its first column, its lane mask)."""
-        loop = _Loop(b, _c64(0), count, _c64(L), name, unroll=False)
-        return loop
+        """A loop over the chunk's first `count` columns, a vector (its first column) at a time."""
+        return _Loop(b, _c64(0), count, _c64(L), name, unroll=False)
 
     with _Loop(b, n0, n1, _c64(CH), "gj", unroll=False) as j:
         cnt = _smin(b, _c64(CH), b.sub(n1, j))
@@ -2051,7 +2055,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                             with b.if_then(b.and_(rest, b.icmp_signed("<", mpanels, mc))), \
                                     _Loop(b, _c64(0), nc, _c64(NR), "rjr") as jr:
                                 rest_rows(jr, mpanels, b.sub(mc, mpanels))
-    # one row of op(A) against a stored (not transposed) B: streamed through B's rows, nothing packed
+    # up to GEMV_MAX_ROWS rows of op(A) against a stored (not transposed) B: each streamed through B's rows
     gemv_ok = b.and_(b.icmp_signed("<=", b.sub(m1, m0), _c64(GEMV_MAX_ROWS)),
                      b.not_(b.or_(b.or_(trans_b, view_a), view_tile)))
     gemv_blk, blocked = fn.append_basic_block("gemv"), fn.append_basic_block("blocked")

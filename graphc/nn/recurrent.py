@@ -131,6 +131,11 @@ def _initial(kind: str, state, xs, hidden: int, name: str, what: str):
     return tuple(out) if kind == "lstm" else out[0]
 
 
+def _h(kind: str, carry):
+    """The hidden state of a layer's carry ((h, c) for an LSTM)."""
+    return carry[0] if kind == "lstm" else carry
+
+
 def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=None, unnamed: bool = False,
          init=None):
     T, N, F = xs.shape
@@ -155,9 +160,8 @@ def _run(kind: str, xs, hidden: int, name: str, reverse: bool, checkpoint, mask=
                 carry, ys = ops.scan(step, init, xs, reverse=reverse, checkpoint=checkpoint)
             else:
                 carry, ys = ops.scan(_masked(step), init, (xs, mask), reverse=reverse, checkpoint=checkpoint)
-    h = carry[0] if kind == "lstm" else carry
     if unnamed:
-        note_unnamed_use(wx, h, ys)
+        note_unnamed_use(wx, _h(kind, carry), ys)
     return carry, ys
 
 
@@ -188,13 +192,13 @@ def _sequence(kind, xs, hidden, return_sequences, bidirectional, name, checkpoin
     states = initial_state if bidirectional and initial_state is not None else (initial_state, None)
     init = _initial(kind, states[0], xs, hidden, name, "initial_state" + ("[0]" if bidirectional else ""))
     carry, ys = _run(kind, xs, hidden, name, False, checkpoint, mask, unnamed, init)
-    h = carry[0] if kind == "lstm" else carry
+    h = _h(kind, carry)
     if not bidirectional:
         out = ys if return_sequences else h
         return (out, carry) if return_state else out
     init_r = _initial(kind, states[1], xs, hidden, name, "initial_state[1]")
     carry_r, ysr = _run(kind, xs, hidden, f"{name}_reverse", True, checkpoint, mask, unnamed, init_r)
-    hr = carry_r[0] if kind == "lstm" else carry_r
+    hr = _h(kind, carry_r)
     out = ops.concatenate([ys, ysr], axis=2) if return_sequences else ops.concatenate([h, hr], axis=1)
     return (out, (carry, carry_r)) if return_state else out
 

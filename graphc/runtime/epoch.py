@@ -66,11 +66,10 @@ def _check_trained_apart(trained: Mapping[str, np.ndarray], state: Mapping, X, Y
     """A state array trained in place must share no memory with another state array or the data: one array for
     two parameters trains as neither, and a parameter inside X changes the rows still to be read (a compiled
     call refuses the same, `_check_written_apart`)."""
-    others = [(f"state {k!r}", a) for k, a in state.items() if isinstance(a, np.ndarray)]
-    others += [("X", X), ("Y", Y)]
+    others = [(k, f"state {k!r}", a) for k, a in state.items()] + [(None, "X", X), (None, "Y", Y)]
     for name, arr in trained.items():
-        for what, other in others:
-            if what == f"state {name!r}" or not isinstance(other, np.ndarray):
+        for key, what, other in others:
+            if key == name or not isinstance(other, np.ndarray):
                 continue
             if np.may_share_memory(arr, other) and _overlap(arr, other):
                 raise InputError(f"training: state {name!r}, trained in place, shares memory with {what}: the "
@@ -116,12 +115,11 @@ class EpochFunction(CompiledFunction):
         if updates is not None and not isinstance(updates, Mapping):
             raise GraphcError(f"EpochFunction: updates must be a dict {{parameter or input: its new value}}, got "
                               f"{type(updates).__name__}")
+        inputs = {n.name: n for n in topo_order([loss, *(updates or {}).values()]) if n.op.name == "input"}
         if training is None:
             # a dropout anywhere reads the key, a loop step's through its scan's inputs
-            training = any(n.op.name == "input" and n.name == KEY_NAME
-                           for n in topo_order([loss, *(updates or {}).values()]))
-        step = next((n for n in topo_order([loss, *(updates or {}).values()])
-                     if n.op.name == "input" and n.name == "step"), None)
+            training = KEY_NAME in inputs
+        step = inputs.get("step")
         if step is not None and (step.shape != () or step.dtype not in STEP_DTYPES):
             raise GraphcError(f"EpochFunction: the input 'step' is the global step number the driver feeds (1 for "
                               f"the first step), a scalar of {', '.join(STEP_DTYPES)}; got {step.type_str} "
