@@ -594,7 +594,7 @@ def data_description(ds: datasets.Dataset) -> dict:
     if ds.task == "regression":
         d.update(y_mean=float(ds.y_mean), y_std=float(ds.y_std))
     d.update(n_outputs=ds.n_outputs, grid=list(ds.grid) if ds.grid is not None else None, tokens=ds.tokens,
-             vocab=ds.vocab)
+             vocab=ds.vocab, y_shape=list(ds.y_train.shape[1:]))
     return d
 
 
@@ -646,6 +646,8 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
     check_standardization(d, n_features, f"{where}: data.json")
     grid = grid or datasets.GRIDS.get(d.get("dataset"))
     y_shape = (n_outputs,) if task != "multiclass" and n_outputs > 1 else ()
+    if task == "regression" and isinstance(d.get("y_shape"), list) and d["y_shape"] in ([], [n_outputs]):
+        y_shape = tuple(d["y_shape"])  # a single target given as (N, 1) stays (N, 1) in predict_raw
     empty = np.zeros((0, n_features), np.float32)
     ds = datasets.Dataset(d.get("dataset", str(run)), task, empty, np.zeros((0, *y_shape)), empty,
                           np.zeros((0, *y_shape)), empty, np.zeros((0, *y_shape)), classes=classes,

@@ -314,15 +314,21 @@ class FitResult:
     dataset: object = None
 
     def predict_raw(self, X: np.ndarray) -> np.ndarray:
+        """Regression predictions come in the target's units and its shape: one value per row (N,) for a 1-D
+        target, as scikit-learn's predict (the model's own (N, 1) output would broadcast silently against a
+        1-D y in `pred - y`), (N, k) for k targets a row."""
         ds = self.dataset
         if ds is None or ds.x_mean is None:
-            return self.predict(X)
-        a = feature_rows(X, len(ds.x_mean), "predict_raw", ds.grid)
-        out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
-        if ds.task != "regression":
+            out = self.predict(X)
+        else:
+            a = feature_rows(X, len(ds.x_mean), "predict_raw", ds.grid)
+            out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
+        if ds is None or ds.task != "regression":
             return out
         # back to the target's units in double, rounded once (as the exported library does: bitwise its values)
-        return (np.asarray(out, np.float64) * ds.y_std + ds.y_mean).astype(out.dtype)
+        if ds.y_mean != 0.0 or ds.y_std != 1.0:
+            out = (np.asarray(out, np.float64) * ds.y_std + ds.y_mean).astype(out.dtype)
+        return out.reshape(len(out), *ds.y_train.shape[1:])
 
     def predict_labels(self, X: np.ndarray) -> np.ndarray:
         """Classification: the predicted class labels (the dataset's own: 'cat', -1, ...) for raw features X."""

@@ -121,8 +121,10 @@ def test_exported_library_takes_raw_features_and_carries_the_labels(tmp_path, da
     lib = export(tmp_path / "libm.so", tmp_path / "run", data=dataset, hidden=[16]).path
     ds = r.dataset
     raw = ds.X_test.astype(np.float64) * ds.x_std + ds.x_mean
-    got = _predict(lib, "m_predict", raw, 1)
-    np.testing.assert_allclose(got, r.predict_raw(raw), rtol=1e-4, atol=1e-4)
+    got = _predict(lib, "m_predict", raw, 1)  # the C library writes N x 1 values
+    # predict_raw has the target's shape: (N,) for diabetes' 1-D y (so `pred - y` cannot broadcast to N x N)
+    assert r.predict_raw(raw).shape == ((len(raw),) if dataset == "diabetes" else (len(raw), 1))
+    np.testing.assert_allclose(got, r.predict_raw(raw).reshape(got.shape), rtol=1e-4, atol=1e-4)
     if dataset == "diabetes":  # back to the target's units in double and rounded once, in both (1 ulp apart before)
         raw32 = raw.astype(np.float32)  # what the library reads
         np.testing.assert_array_equal(_predict(lib, "m_predict", raw32, 1),

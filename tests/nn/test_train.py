@@ -170,7 +170,7 @@ def test_three_learning_tasks_end_to_end():
     np.testing.assert_allclose(d.predict_raw(raw), d.predict(ds.X_test[:5]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r.predict_raw(r.dataset.X_test[:3].astype(np.float64) * r.dataset.x_std
                                              + r.dataset.x_mean),
-                               r.predict(r.dataset.X_test[:3]) * r.dataset.y_std + r.dataset.y_mean, rtol=1e-5)
+                               (r.predict(r.dataset.X_test[:3]) * r.dataset.y_std + r.dataset.y_mean)[:, 0], rtol=1e-5)
     for bad, words in ((np.full((2, 64), np.nan), "feature 0 of row 0 is nan"), (np.ones((2, 5)), "rows x 64"),
                        (np.ones(64), "rows x 64"), ("abc", "must be numbers"),
                        (np.array([[None] * 64]), "must be numbers")):
@@ -416,3 +416,23 @@ def test_adaptive_optimizers_follow_pytorchs(name):
         wt.grad = torch.from_numpy(A) @ wt.detach() + torch.from_numpy(b0)  # A is not symmetric: the same g
         topt.step()
         np.testing.assert_allclose(w, wt.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("y_cols", [None, 1, 2])
+def test_regression_predictions_have_the_targets_shape(tmp_path, y_cols):
+    """predict_raw gives one value per row for a 1-D target (the model's (N, 1) output made `pred - y` an N x N
+    matrix silently, as scikit-learn users write it), (N, 1) for a target given as a column and (N, k) for k
+    targets; gc.load of the run gives the same shape and values; the model's own output (predict) stays (N, k)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 3.0
+    if y_cols is not None:
+        y = np.stack([y * (c + 1) for c in range(y_cols)], axis=1)
+    r = fit(data=(X, y), task="regression", epochs=2, hidden=[8], progress=False, out=str(tmp_path / "run"))
+    want = (5,) if y_cols is None else (5, y_cols)
+    got = r.predict_raw(X[:5])
+    assert got.shape == want and r.predict(r.dataset.X_test[:5]).shape == (5, y_cols or 1)
+    assert (got - y[:5]).shape == want
+    back = gc.load(tmp_path / "run").predict_raw(X[:5])
+    assert back.shape == want
+    np.testing.assert_array_equal(back, got)
