@@ -436,3 +436,21 @@ def test_regression_predictions_have_the_targets_shape(tmp_path, y_cols):
     back = gc.load(tmp_path / "run").predict_raw(X[:5])
     assert back.shape == want
     np.testing.assert_array_equal(back, got)
+
+
+def test_token_regression_predictions_are_in_the_targets_units(tmp_path):
+    """A regression on token ids (no feature statistics: the ids stay ids) standardizes its targets like any other:
+    predict_raw undoes that (it returned the standardized predictions), in the target's shape."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 20, size=(120, 6)).astype(np.int32)
+    y = X.sum(1) * 10.0 + 1000.0
+    np.savez(tmp_path / "tok.npz", X=X, y=y)
+
+    def model(tokens, n_outputs):  # tokens time-major (T, N)
+        return gc.nn.dense(gc.mean(gc.nn.embedding(tokens, 20, 4, name="emb"), axis=0), n_outputs, name="out")
+
+    r = fit(model, data=str(tmp_path / "tok.npz"), task="regression", epochs=2, progress=False)
+    assert r.dataset.tokens and r.dataset.x_mean is None and r.dataset.y_std > 1
+    got = r.predict_raw(X[:4])
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got, (r.predict(X[:4]) * r.dataset.y_std + r.dataset.y_mean)[:, 0], rtol=1e-6)
