@@ -15,7 +15,45 @@ def _r(fn):
     return lambda self, other: fn(other, self)
 
 
-Tensor.__array_ufunc__ = None  # numpy arrays on the left defer to our reflected operators
+
+# numpy's ufuncs by their __name__ -> graphc's function of that name unless renamed here (np.abs is np.absolute,
+# np.true_divide np.divide, np.mod np.remainder, np.pow np.power, np.acos np.arccos: aliases share the name)
+_UFUNC_RENAMES = {"absolute": "abs", "fabs": "abs", "rint": "round"}
+
+
+def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
+    """numpy's ufuncs on tensors build graph ops: np.exp(x), np.maximum(x, 0), np.float32(2) * x and
+    `numpy_array + x` (numpy calls this for an array on the left: the same op as x's reflected operator) are gc.exp,
+    gc.maximum, ... A ufunc graphc has no counterpart of, a ufunc method (np.add.reduce) or out=/where=/dtype= is
+    a GraphcError naming what to use."""
+    import graphc
+
+    name = getattr(ufunc, "__name__", str(ufunc))
+    if method != "__call__":
+        raise GraphcError(f"np.{name}.{method} on a graphc tensor is not supported: use graphc's reductions and ops "
+                          f"(gc.sum, gc.max, gc.cumsum, ...) on the tensor")
+    given = sorted(k for k, v in kwargs.items() if v is not None and not (k == "where" and v is True)
+                   and not (k == "casting" and v == "same_kind") and not (k == "order" and v == "K")
+                   and not (k == "subok" and v is True))
+    if given:
+        raise GraphcError(f"np.{name}(..., {'=, '.join(given)}=) on a graphc tensor: numpy's "
+                          f"{', '.join(given)} argument{'s are' if len(given) > 1 else ' is'} not supported: a graph's "
+                          f"tensors are never written into; use gc.{_UFUNC_RENAMES.get(name, name)}(...) and cast "
+                          "with gc.cast")
+    if name == "positive":
+        return inputs[0]
+    if name in ("equal", "not_equal"):  # `x == y` between tensors is identity (nodes are dict keys): no operator
+        raise GraphcError(f"`array {'==' if name == 'equal' else '!='} tensor` (np.{name}) with a graphc tensor: "
+                          f"== and != do not build graph ops; use gc.{name}(a, b) for the elementwise comparison")
+    fn = getattr(graphc, _UFUNC_RENAMES.get(name, name), None)
+    if fn is None or not callable(fn) or ufunc.nin != len(inputs):
+        raise GraphcError(f"np.{name} has no graphc counterpart: graphc tensors take the ufuncs that graphc has as "
+                          "gc functions (np.exp is gc.exp, np.maximum gc.maximum, ...); write np." + name +
+                          " from those, or evaluate the tensor first")
+    return fn(*inputs)
+
+
+Tensor.__array_ufunc__ = _array_ufunc
 Tensor.__add__ = ew.add
 Tensor.__radd__ = _r(ew.add)
 Tensor.__sub__ = ew.subtract

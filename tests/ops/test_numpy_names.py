@@ -279,3 +279,30 @@ def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
                         (lambda: np.cumsum(s, dtype="U3"), "unsupported dtype 'U3'")]:
         with pytest.raises(gc.GraphcError, match=words):
             call()
+
+
+def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
+    """np.exp(x), np.maximum(x, 0), np.abs(x), an array or numpy scalar on the left of an operator: numpy's ufuncs
+    dispatch to graphc's op of the same name (aliases included), with the same dtype rules as the operators; a
+    ufunc graphc lacks, a ufunc method, out=/dtype=, and `array == x` are GraphcErrors naming what to use."""
+    x = gc.input("x", (3, 5))
+    a = rng.normal(size=(3, 5)).astype(np.float32)
+    v = SPECIAL[[0, 2]].copy()
+    v = np.concatenate([v, v[:1]])
+    outs = [np.exp(x * 1e-5), np.maximum(x, 0), np.abs(x), np.absolute(x), np.fabs(x), a + x, a * x, np.float32(2) * x,
+            np.true_divide(x, 4), np.mod(x, 3), np.power(x, 2), np.rint(x), np.positive(x), a < x, np.tanh(x),
+            np.logaddexp(x, a), np.square(x), np.sign(x)]
+    assert all(isinstance(t, gc.Tensor) for t in outs) and (a + x).dtype == "float32"
+    want = [np.exp(v * np.float32(1e-5)), np.maximum(v, 0), np.abs(v), np.abs(v), np.abs(v), a + v, a * v, 2 * v,
+            v / 4, np.mod(v, 3), v ** 2, np.rint(v), v, a < v, np.tanh(v), np.logaddexp(v, a), v * v, np.sign(v)]
+    for got in both(outs, x=v):
+        for g, w in zip(got, want, strict=True):
+            same(g, w)
+    assert (np.ones((5, 2), np.float32) @ gc.input("y", (2, 3))).shape == (5, 3)
+    for call, words in ((lambda: np.add.reduce(x), r"np.add.reduce .*gc.sum"),
+                        (lambda: np.exp(x, out=np.zeros((3, 5), np.float32)), r"np.exp\(..., out=\).*gc.exp"),
+                        (lambda: np.add(x, x, dtype=np.float64), "dtype argument"),
+                        (lambda: np.log2(x), "np.log2 has no graphc counterpart"),
+                        (lambda: a == x, r"use gc.equal\(a, b\)"), (lambda: a != x, r"gc.not_equal")):
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
