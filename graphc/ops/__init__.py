@@ -31,13 +31,18 @@ from graphc.ops.movement import (
     concatenate,
     expand_dims,
     flip,
+    outer,
     pad,
+    repeat,
     reshape,
     split,
     squeeze,
     stack,
     swapaxes,
+    tile,
     transpose,
+    tril,
+    triu,
     windows,
 )
 from graphc.ops.pointwise import (
@@ -111,5 +116,5 @@ __all__ = [
     # numpy's names for more of the same (compositions, or elementwise ops of the C library's functions)
     "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",
     "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
-    "cosh", "arcsinh", "arccosh", "arctanh", "einsum", "fori_loop",
+    "cosh", "arcsinh", "arccosh", "arctanh", "einsum", "fori_loop", "tile", "repeat", "outer", "tril", "triu",
 ]

@@ -81,6 +81,17 @@ Tensor.__invert__ = ew.logical_not
 Tensor.__and__ = ew.logical_and
 Tensor.__or__ = ew.logical_or
 Tensor.T = property(lambda self: movement.transpose(self))
+
+
+def _size(self) -> int:
+    """numpy's ndarray.size: the number of elements, an int where every dim is static."""
+    if not all(isinstance(d, int) for d in self.shape):
+        raise GraphcError(f"x.size of a tensor with symbolic dims ({self.type_str}) has no value while the graph is "
+                          "built; gc.dim_value(math.prod(x.shape), x) is it as a scalar tensor in the graph")
+    return int(np.prod(self.shape, dtype=np.int64))
+
+
+Tensor.size = property(_size)
 Tensor.__getitem__ = movement.getitem
 Tensor.__round__ = lambda self, ndigits=None: ew.round_(self, ndigits or 0)
 

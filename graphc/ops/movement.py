@@ -973,3 +973,77 @@ def windows(x, window, strides=1, dilation=1, axes=None) -> Tensor:
     pick = lambda v: tuple(v[j] for j in order)  # noqa: E731
     return apply(WINDOWS, (x,), axes=pick(axes), window=pick(window), strides=pick(strides),
                  dilation=pick(dilation))
+
+
+def tile(x, reps) -> Tensor:
+    """numpy.tile: x repeated `reps` times along each axis (an int, or one count per axis; more counts than axes
+    prepend axes of length 1, as numpy's). A broadcast and a reshape: its gradient sums the copies."""
+    x = as_tensor(x)
+    counts = (reps,) if _is_int(reps) else tuple(reps) if isinstance(reps, (tuple, list)) else None
+    if counts is None or not counts or not all(_is_int(r) and r >= 0 for r in counts):
+        raise located(GraphcError(f"reps must be a non-negative int or a non-empty tuple of them, got {reps!r}"),
+                      (x,), "tile")
+    counts = tuple(int(r) for r in counts)
+    if len(counts) > x.ndim:
+        x = reshape(x, (1,) * (len(counts) - x.ndim) + tuple(x.shape))
+    counts = (1,) * (x.ndim - len(counts)) + counts
+    if all(r == 1 for r in counts):
+        return x
+    # (r0, d0, r1, d1, ...): each axis's copies go before its elements, so (r*d) reads copy-major as numpy's
+    spread = reshape(x, tuple(v for d in x.shape for v in (1, d)))
+    big = broadcast_to(spread, tuple(v for r, d in zip(counts, x.shape, strict=True) for v in (r, d)))
+    return reshape(big, tuple(r * d for r, d in zip(counts, x.shape, strict=True)))
+
+
+def repeat(x, repeats, axis=None) -> Tensor:
+    """numpy.repeat with one count for every element: each element `repeats` times in a row along `axis` (None:
+    of the flattened x). Per-element counts would give a data-dependent shape: refused."""
+    x = as_tensor(x)
+    if not _is_int(repeats) or repeats < 0:
+        raise located(GraphcError(f"repeats must be a non-negative int (one count for every element), got "
+                                  f"{repeats!r}: per-element counts give a shape that depends on the values"),
+                      (x,), "repeat")
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    try:
+        axis = _axis(axis, x.ndim)
+    except ShapeError as err:
+        raise _fail(err, (x,), "repeat") from None
+    wide = broadcast_to(expand_dims(x, axis + 1), (*x.shape[:axis + 1], int(repeats), *x.shape[axis + 1:]))
+    return reshape(wide, (*x.shape[:axis], x.shape[axis] * int(repeats), *x.shape[axis + 1:]))
+
+
+def outer(a, b) -> Tensor:
+    """numpy.outer: every element of a (flattened) times every element of b (flattened), as a matrix."""
+    a, b = as_tensor(a), as_tensor(b)
+    a = reshape(a, (-1, 1))
+    b = reshape(b, (1, -1))
+    return a * b
+
+
+def _triangle(x, k, keep_lower: bool, what: str) -> Tensor:
+    from graphc.ops.pointwise import greater_equal, less_equal, where
+    from graphc.ops.sources import iota
+
+    x = as_tensor(x)
+    if x.ndim < 2:
+        raise located(ShapeError(f"{what} takes a tensor of rank 2 or more (the last two axes are the matrix), got "
+                                 f"{fmt_shape(x.shape)}"), (x,), what)
+    if not _is_int(k):
+        raise located(GraphcError(f"k must be an int (the diagonal: 0 main, > 0 above, < 0 below), got {k!r}"),
+                      (x,), what)
+    rows = expand_dims(iota(x.shape[-2], "int64", of=x), 1)
+    cols = expand_dims(iota(x.shape[-1], "int64", of=x), 0)
+    diff = cols - rows  # j - i: in the lower triangle when <= k, the upper when >= k
+    keep = less_equal(diff, int(k)) if keep_lower else greater_equal(diff, int(k))
+    return where(keep, x, 0)
+
+
+def tril(x, k: int = 0) -> Tensor:
+    """numpy.tril: x with the elements above the k-th diagonal of its last two axes zeroed (a causal mask)."""
+    return _triangle(x, k, True, "tril")
+
+
+def triu(x, k: int = 0) -> Tensor:
+    """numpy.triu: x with the elements below the k-th diagonal of its last two axes zeroed."""
+    return _triangle(x, k, False, "triu")

@@ -306,3 +306,35 @@ def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
                         (lambda: a == x, r"use gc.equal\(a, b\)"), (lambda: a != x, r"gc.not_equal")):
         with pytest.raises(gc.GraphcError, match=words):
             call()
+
+
+@pytest.mark.parametrize("name, args, kwargs", [
+    ("tile", (2,), {}), ("tile", ((2, 1, 3),), {}), ("tile", ((1, 1),), {}), ("tile", ((0, 2),), {}),
+    ("repeat", (2,), {}), ("repeat", (3,), {"axis": 1}), ("repeat", (2,), {"axis": -2}), ("tril", (), {}),
+    ("tril", (-1,), {}), ("triu", (1,), {}), ("triu", (), {"k": -2}), ("outer", (), {})])
+def test_tile_repeat_outer_and_triangles_are_numpys(name, args, kwargs):
+    """numpy's tile, repeat (one count), outer, tril and triu: the same values in the reference and compiled (a
+    static and a symbolic batch), the gradient by finite differences (copies summed, the zeroed triangle 0)."""
+    v = rng.normal(size=(3, 4)).astype(np.float32)
+    want = getattr(np, name)(v, v[0]) if name == "outer" else getattr(np, name)(v, *args, **kwargs)
+    for shape in ((3, 4), ("N", 4)):
+        x = gc.input("x", shape)
+        t = gc.outer(x, x[0]) if name == "outer" else getattr(gc, name)(x, *args, **kwargs)
+        for got in both(t, x=v):
+            assert np.asarray(got).shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    x64 = gc.input("x64", (3, 4), "float64")
+    t = gc.outer(x64, x64[0]) if name == "outer" else getattr(gc, name)(x64, *args, **kwargs)
+    if want.size:
+        gc.check_grad(gc.sum(t * rng.normal(size=want.shape)), x64, {"x64": v.astype(np.float64)})
+
+
+def test_tile_repeat_and_size_refuse_what_numpy_cannot_give_statically():
+    x = gc.input("x", ("N", 4))
+    assert gc.input("s", (2, 3, 4)).size == 24 and gc.input("z", ()).size == 1
+    for call, words in ((lambda: x.size, r"symbolic dims .*gc.dim_value\(math.prod\(x.shape\), x\)"),
+                        (lambda: gc.repeat(x, [1, 2, 3, 4], axis=1), "per-element counts"),
+                        (lambda: gc.repeat(x, 2, axis=2), "axis"), (lambda: gc.tile(x, (2, -1)), "non-negative"),
+                        (lambda: gc.tril(x[0]), "rank 2 or more"), (lambda: gc.triu(x, 0.5), "k must be an int")):
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
