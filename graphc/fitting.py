@@ -257,7 +257,7 @@ FIT_ARGS = ("out", "resume", "overwrite", "progress", "label", "features", "task
             "log", "grid", "distributed")
 _OTHER_NAMES = {"quiet": "progress=False", "silent": "progress=False", "verbose": "progress=True",
                 "learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "batch": "batch_size",
-                "weight_decay": "l2", "hidden_sizes": "hidden", "hidden_layers": "hidden", "optim": "optimizer"}
+                "hidden_sizes": "hidden", "hidden_layers": "hidden", "optim": "optimizer"}
 
 
 def _config(options: dict) -> TrainConfig:
@@ -288,9 +288,9 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, arrays (X, y) in memory — X as rows of features or
     (N, H, W[, C]) images, y the labels or targets — or a Dataset) with the options of TrainConfig
-    (epochs, batch_size, lr, optimizer, momentum, schedule, l2, l1, dropout, early_stopping, refit, seed,
-    threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png and
-    checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
+    (epochs, batch_size, lr, optimizer, momentum, weight_decay (AdamW's), schedule, l2, l1, dropout, early_stopping,
+    refit, seed, threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png
+    and checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
     the last good checkpoint there; a directory holding another run is refused unless `overwrite=True`. A model
     whose first parameter is `images` gets x as (N, *grid): the dataset's grid (digits: (8, 8, 1)) unless `grid` is
     given.
@@ -334,6 +334,10 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
     defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()
+    if config.optimizer == "adamw" and config.l2:
+        log(f"note: l2={config.l2} with adamw adds the penalty l2/2·||w||² to the loss, whose gradient Adam then "
+            f"rescales (PyTorch's Adam(weight_decay=)); AdamW's own decay, applied to the weights directly, is "
+            f"weight_decay={config.weight_decay} (--weight-decay)")
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
     tokens = model_layout(model) == "tokens"
 

@@ -92,6 +92,10 @@ class Adam(Optimizer):
         return [f"opt.m.{p.name}", f"opt.v.{p.name}"]
 
     def step(self, p, g, state, t, lr, hyper=None):
+        return self._adam(p, p, g, state, t, lr)
+
+    def _adam(self, p, start, g, state, t, lr):
+        """The Adam step of p's moments, applied to `start` (p itself, or AdamW's decayed p)."""
         mname, vname = self.state_names(p)
         m = self.beta1 * state[mname] + (1.0 - self.beta1) * g
         v = self.beta2 * state[vname] + (1.0 - self.beta2) * (g * g)
@@ -102,7 +106,38 @@ class Adam(Optimizer):
         c2 = ops.cast(1.0 - ops.power(ops.constant(self.beta2, "float64"), tt), p.dtype)
         mhat = m / c1
         vhat = v / c2
-        return p - ops.cast(lr, p.dtype) * mhat / (ops.sqrt(vhat) + self.eps), {mname: m, vname: v}
+        return start - ops.cast(lr, p.dtype) * mhat / (ops.sqrt(vhat) + self.eps), {mname: m, vname: v}
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter) as PyTorch's torch.optim.AdamW: decoupled weight decay, then the Adam step.
+
+        θ ← θ·(1 - lr·weight_decay)
+        θ ← θ - lr·m̂ / (√v̂ + eps)        (m̂, v̂: Adam's bias-corrected moments of the gradient alone)
+
+    The decay shrinks the parameter itself, outside the moments: unlike an L2 penalty (gc.nn.l2, `l2=`, which
+    is PyTorch's Adam(weight_decay=)), it is not rescaled by 1/√v̂. It uses the learning rate of the step, so a
+    schedule that lowers lr lowers the decay with it, as in PyTorch. Every parameter the optimizer steps decays
+    (torch.optim.AdamW(model.parameters()) decays biases too): the trainer steps all of a model's parameters.
+
+    `weight_decay` is the default value; the trainer feeds it as a scalar input `hyper["weight_decay"]` (as lr),
+    so one compiled step serves any value (a standalone binary's --weight-decay)."""
+
+    weight_decay: float = 0.01
+    name = "adamw"
+
+    def __post_init__(self):
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+            raise GraphcError(f"AdamW: weight_decay must be a finite number >= 0, got {wd!r}")
+
+    def step(self, p, g, state, t, lr, hyper=None):
+        wd = (hyper or {}).get("weight_decay", self.weight_decay)
+        # 1 - lr·wd in float64, as PyTorch computes it (Python floats), then rounded once to the parameter's type
+        wd64 = ops.cast(wd, "float64") if isinstance(wd, Node) else ops.constant(float(wd), "float64")
+        keep = ops.cast(1.0 - ops.cast(lr, "float64") * wd64, p.dtype)
+        return self._adam(p, p * keep, g, state, t, lr)
 
 
 @dataclass(frozen=True)
@@ -145,15 +180,24 @@ OPTIMIZERS = {
     "momentum": (lambda mu: SGD(momentum=mu or 0.9), None),
     "nesterov": (lambda mu: SGD(momentum=mu or 0.9, nesterov=True), None),
     "adam": (lambda mu: Adam(), 0.001),
+    "adamw": (lambda mu: AdamW(), 0.001),
     "rmsprop": (lambda mu: RMSprop(), 0.01),
     "adagrad": (lambda mu: Adagrad(), 0.01),
 }
 
 
-def make(name: str, momentum: float = 0.0) -> Optimizer:
-    """An optimizer by name: "gd"/"sgd" (plain), "momentum", "nesterov", "adam", "rmsprop", "adagrad"."""
+def make(name: str, momentum: float = 0.0, weight_decay: float | None = None) -> Optimizer:
+    """An optimizer by name: "gd"/"sgd" (plain), "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad".
+    `weight_decay` is AdamW's (None: its default, 0.01); the others have no decoupled decay and refuse one (a
+    coupled L2 penalty, PyTorch's Adam(weight_decay=) or SGD(weight_decay=), is gc.nn.l2 / the `l2` option)."""
     if name not in OPTIMIZERS:
         raise GraphcError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZERS)}")
+    if name == "adamw":
+        return AdamW() if weight_decay is None else AdamW(weight_decay=weight_decay)
+    if weight_decay:
+        raise GraphcError(f"weight_decay {weight_decay} is AdamW's decoupled decay and {name} has none: use "
+                          f"optimizer 'adamw', or a coupled L2 penalty (l2=NU: the gradient NU·w that PyTorch's "
+                          f"SGD/Adam(weight_decay=NU) adds)")
     return OPTIMIZERS[name][0](momentum)
 
 

@@ -43,7 +43,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.1
     optimizer: str = "sgd"  # sgd (mini-batch; batch_size 1 is per-sample SGD, >= n is full-batch GD), momentum,
-    momentum: float = 0.0  # nesterov, adam
+    momentum: float = 0.0  # nesterov, adam, adamw, rmsprop, adagrad
+    # AdamW's decoupled decay θ ← θ(1 - lr·wd) of every parameter (None: its default, 0.01); the other optimizers
+    # have none (their coupled form, PyTorch's Adam(weight_decay=), is the l2 penalty)
+    weight_decay: float | None = None
     schedule: str = "constant"  # constant, step, cosine
     step_gamma: float = 0.1
     step_every: int = 10
@@ -80,6 +83,8 @@ class TrainConfig:
             self.dropout = [0.8] + [float(d)] * len(self.hidden)
         if self.optimizer in ("momentum", "nesterov") and self.momentum == 0.0:
             self.momentum = 0.9  # their default, recorded as the value that runs
+        if self.optimizer == "adamw" and self.weight_decay is None:
+            self.weight_decay = 0.01  # torch.optim.AdamW's default, recorded as the value that runs
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -94,6 +99,12 @@ class TrainConfig:
 
         for name in ("momentum", "l2", "l1"):
             need(number(getattr(self, name)), f"{name} must be a number, got {getattr(self, name)!r}")
+        wd = self.weight_decay
+        need(wd is None or (number(wd) and wd >= 0), f"weight_decay must be a number >= 0, got {wd!r}")
+        need(not wd or self.optimizer == "adamw",
+             f"weight_decay {wd} is AdamW's decoupled decay (θ ← θ(1 - lr·wd)), and {self.optimizer} has none: use "
+             f"optimizer 'adamw' (--optimizer adamw), or for the coupled form (the gradient wd·w that PyTorch's "
+             f"SGD/Adam(weight_decay=wd) adds) the L2 penalty l2={wd} (--l2 {wd}; on the weights, penalize= selects)")
         for name in ("threads", "early_stopping"):
             v = getattr(self, name)
             need(v is None or integer(v), f"{name} must be an int, got {v!r}")
@@ -151,7 +162,7 @@ class TrainConfig:
         need(not (isinstance(self.penalize, (list, tuple)) and not self.penalize and (self.l2 or self.l1)),
              "penalize=[] penalizes nothing, yet l2/l1 is set: name the parameters to penalize, or leave penalize "
              "out (the weights)")
-        make(self.optimizer, self.momentum)
+        make(self.optimizer, self.momentum, wd)
         Schedule(self.schedule, self.step_gamma, self.step_every, self.epochs)
 
 
@@ -459,9 +470,11 @@ class Trainer:
         self.loss = loss
         self.grads = grad(loss, self.params)
         name = "momentum" if all_features and config.optimizer in ("sgd", "gd") else config.optimizer
-        self.opt = make(name, config.momentum)
+        self.opt = make(name, config.momentum, config.weight_decay)
         if getattr(self.opt, "momentum", 0.0):
             self.hyper["momentum"] = ops.input("momentum", (), "float32")
+        if self.opt.name == "adamw":  # decays every parameter, by the lr of the step (a schedule's)
+            self.hyper["weight_decay"] = ops.input("weight_decay", (), "float32")
         self.lr = ops.input("lr", (), "float32")
         self.t = ops.input("step", (), "float32")
         self.state_inputs = self.opt.state_inputs(self.params)
@@ -530,6 +543,8 @@ class Trainer:
         """What a checkpoint must match to be resumed: the step graph and the options that shape the run."""
         h = hashlib.sha256(self.loss.digest().encode())
         skip = {"threads", "checkpoint_every"}
+        if self.config.weight_decay is None:
+            skip.add("weight_decay")  # not AdamW: the fingerprints of runs from before the option still match
         if self.config.schedule != "cosine":
             skip.add("epochs")  # resuming may extend a run; only a cosine schedule depends on its length
         cfg = {k: v for k, v in asdict(self.config).items() if k not in skip}
@@ -554,7 +569,9 @@ class Trainer:
         # "momentum"/"nesterov" without a value mean the optimizer's default (0.9); plain SGD built with a momentum
         # input (a binary's all-features step) runs it at the configured value, 0
         mu = cfg.momentum if cfg.optimizer in ("sgd", "gd") else (cfg.momentum or getattr(self.opt, "momentum", 0.0))
-        values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": mu}
+        values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": mu,
+                  "weight_decay": getattr(self.opt, "weight_decay", 0.0) if cfg.weight_decay is None
+                  else cfg.weight_decay}
         out = {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
         keeps = list(cfg.dropout or [])
         for n in topo_order(self.loss):

@@ -46,7 +46,8 @@ def reference_epoch(tr: Trainer, state, X, y, *, epoch, seed, step0, scalars, ba
 
 @pytest.mark.parametrize("optimizer, momentum, pen", [("sgd", 0.0, {}), ("momentum", 0.9, {"l2": 0.01}),
                                                       ("nesterov", 0.9, {"l1": 0.001}), ("adam", 0.0, {}),
-                                                      ("rmsprop", 0.0, {"l2": 0.01}), ("adagrad", 0.0, {})])
+                                                      ("rmsprop", 0.0, {"l2": 0.01}), ("adagrad", 0.0, {}),
+                                                      ("adamw", 0.0, {"weight_decay": 0.1, "l2": 0.01})])
 def test_native_epoch_matches_reference_steps(optimizer, momentum, pen):
     X, y = blobs()
     tr = trainer_for(X, y, optimizer=optimizer, momentum=momentum, lr=0.01 if optimizer != "sgd" and momentum == 0
@@ -388,29 +389,33 @@ def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_functi
         fit(3, "digits", progress=False)
 
 
-@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "adagrad"])
 def test_adaptive_optimizers_follow_pytorchs(name):
-    """Five steps of graphc's update graph on the gradients of a fixed quadratic equal torch.optim's."""
+    """Five steps of graphc's update graph on the gradients of a fixed quadratic equal torch.optim's, the learning
+    rate changing between steps as a schedule changes it (AdamW's decay uses the step's lr)."""
     import torch
 
     from graphc.nn.optim import make
 
     rng = np.random.default_rng(0)
     A, b0, w0 = rng.normal(size=(4, 4)), rng.normal(size=4), rng.normal(size=4)
-    opt = make(name)
+    wd = {"weight_decay": 0.3} if name == "adamw" else {}
+    opt = make(name, **wd)
     p = gc.input("p", (4,), "float64")
     g = gc.input("g", (4,), "float64")
     t, lr = gc.input("t", (), "float64"), gc.input("lr", (), "float64")
     st_in = {n: gc.input(n, (4,), "float64") for n in opt.state_names(p)}
     new_p, new_st = opt.step(p, g, st_in, t, lr)
     wt = torch.tensor(w0.copy(), requires_grad=True)
-    topt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[name]([wt],
-                                                                                                          lr=0.05)
+    topt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
+            "adagrad": torch.optim.Adagrad}[name]([wt], lr=0.05, **wd)
     w, state = w0.copy(), {n: np.zeros(4) for n in st_in}
     for step in range(1, 6):
+        rate = 0.05 * 0.5 ** (step // 2)
         grad = A @ w + b0
-        vals = gc.evaluate([new_p, *new_st.values()], {"p": w, "g": grad, "t": float(step), "lr": 0.05, **state})
+        vals = gc.evaluate([new_p, *new_st.values()], {"p": w, "g": grad, "t": float(step), "lr": rate, **state})
         w, state = vals[0], dict(zip(new_st, vals[1:], strict=True))
+        topt.param_groups[0]["lr"] = rate
         topt.zero_grad()
         (0.5 * wt @ torch.from_numpy(A) @ wt + torch.from_numpy(b0) @ wt).backward()
         wt.grad = torch.from_numpy(A) @ wt.detach() + torch.from_numpy(b0)  # A is not symmetric: the same g
@@ -454,3 +459,81 @@ def test_token_regression_predictions_are_in_the_targets_units(tmp_path):
     got = r.predict_raw(X[:4])
     assert got.shape == (4,)
     np.testing.assert_allclose(got, (r.predict(X[:4]) * r.dataset.y_std + r.dataset.y_mean)[:, 0], rtol=1e-6)
+
+def adamw_reference(w, grads, rates, wd, beta1=0.9, beta2=0.999, eps=1e-8):
+    """AdamW as PyTorch documents it (torch.optim.AdamW, amsgrad off), in numpy: for t = 1, 2, ...
+    θ ← θ - γλθ;  m ← β1·m + (1-β1)g;  v ← β2·v + (1-β2)g²;  m̂ = m/(1-β1^t);  v̂ = v/(1-β2^t);  θ ← θ - γ·m̂/(√v̂ + ε)."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    out = []
+    for t, (g, lr) in enumerate(zip(grads(w) if callable(grads) else grads, rates, strict=True), start=1):
+        w = w - lr * wd * w
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w = w - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+        out.append(w)
+    return out
+
+
+def test_adamw_follows_pytorchs_documented_algorithm_without_torch():
+    """Six steps of AdamW's update graph, the learning rate and the decay fed as scalar inputs (a schedule's lr,
+    a binary's --weight-decay), equal the documented algorithm in numpy; a coordinate whose gradient stays 0
+    only decays, by (1 - lr·wd) a step (an L2 penalty through Adam would move it by lr at once); with
+    weight_decay 0 AdamW is Adam, bitwise; a negative or non-finite decay is refused."""
+    from graphc.nn.optim import AdamW, make
+
+    rng = np.random.default_rng(1)
+    A, b0, w0 = rng.normal(size=(5, 5)), rng.normal(size=5), rng.normal(size=5)
+    A[4], b0[4] = 0.0, 0.0  # the last coordinate's gradient is always 0
+    p, g = gc.input("p", (5,), "float64"), gc.input("g", (5,), "float64")
+    t, lr, wd_in = gc.input("t", (), "float64"), gc.input("lr", (), "float64"), gc.input("wd", (), "float64")
+    opt = make("adamw")
+    assert isinstance(opt, AdamW) and opt.weight_decay == 0.01  # torch.optim.AdamW's defaults
+    assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-8)
+    st_in = {n: gc.input(n, (5,), "float64") for n in opt.state_names(p)}
+    new_p, new_st = opt.step(p, g, st_in, t, lr, {"weight_decay": wd_in})
+    rates = [0.05 * 0.5 ** (k // 2) for k in range(6)]
+    w, state, ours, grads = w0.copy(), {n: np.zeros(5) for n in st_in}, [], []
+    for step, rate in enumerate(rates, start=1):
+        grads.append(A @ w + b0)
+        vals = gc.evaluate([new_p, *new_st.values()], {"p": w, "g": grads[-1], "t": float(step), "lr": rate,
+                                                       "wd": 0.2, **state})
+        w, state = vals[0], dict(zip(new_st, vals[1:], strict=True))
+        ours.append(w)
+    ref = adamw_reference(w0.copy(), grads, rates, 0.2)
+    for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"step {k + 1}")
+    assert ours[-1][4] == pytest.approx(w0[4] * np.prod([1 - r * 0.2 for r in rates]), rel=1e-14)
+    # the decay is not an L2 penalty by another name: coupled, the same coefficient moves the weights elsewhere
+    coupled = adamw_reference(w0.copy(), [gr + 0.2 * wv for gr, wv in zip(grads, [w0, *ours[:-1]], strict=True)],
+                              rates, 0.0)
+    assert np.abs(coupled[-1] - ours[-1]).max() > 1e-3
+    # weight_decay 0: Adam's update, bitwise
+    adam_p, _ = make("adam").step(p, g, st_in, t, lr)
+    vals = {"p": w0, "g": grads[0], "t": 1.0, "lr": 0.05, **{n: np.full(5, 0.5) for n in st_in}}
+    assert np.array_equal(gc.evaluate([AdamW(weight_decay=0.0).step(p, g, st_in, t, lr)[0]], vals)[0],
+                          gc.evaluate([adam_p], vals)[0])
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(gc.GraphcError, match="weight_decay must be a finite number >= 0"):
+            AdamW(weight_decay=bad)
+
+
+def test_weight_decay_is_adamws_recorded_as_it_ran_and_refused_for_the_other_optimizers():
+    """weight_decay defaults to torch's 0.01 under adamw and is recorded so; the schedule's lr of each epoch is
+    what the step decays with; for the optimizers without decoupled decay a weight_decay is refused, naming the
+    coupled form (l2), never ignored; 0 changes nothing and is allowed."""
+    X, y = blobs(n=40)
+    assert TrainConfig(optimizer="adamw").weight_decay == 0.01
+    assert TrainConfig(optimizer="adamw", weight_decay=0.0).weight_decay == 0.0
+    assert TrainConfig(optimizer="adam").weight_decay is None
+    tr = trainer_for(X, y, optimizer="adamw", weight_decay=0.05, schedule="step", step_every=1, step_gamma=0.5)
+    assert "weight_decay" in tr.hyper
+    assert tr.scalars(0) == {"lr": 0.1, "weight_decay": 0.05} and tr.scalars(2)["lr"] == 0.025
+    assert "weight_decay" not in trainer_for(X, y, optimizer="adam").hyper
+    for opt in ("sgd", "momentum", "adam", "rmsprop", "adagrad"):
+        with pytest.raises(gc.GraphcError, match=rf"weight_decay 0.01 is AdamW's decoupled decay .* {opt} has "
+                                                 r"none: use optimizer 'adamw' .* l2=0.01 \(--l2 0.01"):
+            fit(None, (X, y), progress=False, epochs=1, optimizer=opt, weight_decay=0.01)
+    TrainConfig(optimizer="sgd", weight_decay=0.0).validate()
+    for bad in (-1.0, "0.1", float("nan")):
+        with pytest.raises(gc.GraphcError, match="weight_decay must be a number >= 0"):
+            TrainConfig(optimizer="adamw", weight_decay=bad).validate()
