@@ -82,8 +82,8 @@ def _train(args) -> int:
     from graphc.fitting import fit
 
     options: dict = {}
-    for name in ("epochs", "batch_size", "lr", "momentum", "optimizer", "l2", "l1", "seed", "threads", "schedule",
-                 "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
+    for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "l2", "l1", "seed", "threads",
+                 "schedule", "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -312,13 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help=f"sgd: mini-batch SGD; gd: the same name for full-batch runs (--batch-size >= the data); "
-                   f"momentum and nesterov (--momentum, default 0.9); adam, rmsprop and adagrad as PyTorch's "
-                   f"(default: {defaults['optimizer']})")
+                   f"momentum and nesterov (--momentum, default 0.9); adam, adamw (--weight-decay), rmsprop and "
+                   f"adagrad as PyTorch's (default: {defaults['optimizer']})")
     t.add_argument("--momentum", type=float, metavar="M", help="momentum in [0, 1) for --optimizer momentum or "
                    "nesterov (default: 0.9 there)")
+    t.add_argument("--weight-decay", type=float, metavar="WD", help="AdamW's decoupled weight decay, w <- w(1 - "
+                   "lr*WD) each step on every parameter, biases included, as torch.optim.AdamW (default: 0.01 with "
+                   "--optimizer adamw; the other optimizers refuse it: their coupled weight decay, PyTorch's "
+                   "Adam(weight_decay=) for instance, is --l2)")
     t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch "
                    f"(default: {defaults['schedule']})")
-    t.add_argument("--l2", type=float, metavar="NU", help="L2 penalty nu/2 ||w||^2 on weights (default: 0)")
+    t.add_argument("--l2", type=float, metavar="NU", help="L2 penalty nu/2 ||w||^2 on weights, added to the loss "
+                   "(default: 0; with adamw you likely want --weight-decay instead)")
     t.add_argument("--l1", type=float, metavar="NU", help="L1 penalty nu ||w||_1 on weights (default: 0)")
     t.add_argument("--dropout", help="keep probabilities: one number for hidden units (inputs keep 0.8), or "
                    "a list: input first, then each hidden layer")
@@ -360,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=_build)
     _aot_arguments(b)
     b.add_argument("--optimizer", choices=[n for n in OPTIMIZERS if n != "gd"], help="sgd and momentum build "
-                   "the same step (momentum is a run-time value, 0 for plain SGD)")
+                   "the same step (momentum is a run-time value, 0 for plain SGD); adamw's weight decay is a "
+                   "run-time value too (the binary's --weight-decay)")
     b.add_argument("--mpi", action="store_true", help="link with the MPI library of the mpi extra (its mpicc): "
                    "`mpirun -n P PATH ...` trains data-parallel, with the same weights as `mpirun -n P graphc train`")
     b.add_argument("-o", "--output", required=True, metavar="PATH", help="the executable to write")

@@ -417,3 +417,31 @@ def test_a_model_file_may_use_dataclasses_with_postponed_annotations(tmp_path):
 
     fn, options = load_model_file(str(tmp_path / "dc.py"))
     assert options == {} and fn(gc.input("x", ("N", 3)), 2).shape[1] == 2
+
+
+def test_adamw_trains_from_the_command_line_as_gc_fit_and_bad_decays_exit_2_writing_nothing(tmp_path, capsys):
+    """--optimizer adamw --weight-decay WD trains as gc.fit(optimizer="adamw", weight_decay=WD) (bitwise) and
+    records the decay; a negative or non-finite decay, or one given to an optimizer without decoupled decay (which
+    would otherwise be silently ignored), exits 2 before anything is written, naming --l2 for the coupled form."""
+    from graphc.cli import main
+    from graphc.fitting import fit
+
+    out = tmp_path / "run"
+    p = run("train", "--optimizer", "adamw", "--weight-decay", "0.05", "--epochs", "2", "--hidden", "32",
+            "--quiet", "--checkpoint-every", "0", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert cfg["optimizer"] == "adamw" and cfg["weight_decay"] == 0.05 and cfg["lr"] == 0.001
+    ref = fit(None, "digits", optimizer="adamw", weight_decay=0.05, epochs=2, hidden=[32], progress=False).params
+    got = np.load(out / "weights.npz")
+    for name, value in ref.items():
+        assert np.array_equal(got[name].view(np.uint32), value.view(np.uint32)), name
+    for args, words in ((["--optimizer", "adamw", "--weight-decay", "-0.1"], "weight_decay must be a number >= 0"),
+                        (["--optimizer", "adamw", "--weight-decay", "nan"], "weight_decay must be a number >= 0"),
+                        (["--weight-decay", "0.05"], "and sgd has none: use optimizer 'adamw' (--optimizer adamw)"),
+                        (["--optimizer", "adam", "--weight-decay", "0.05"], "(--l2 0.05")):
+        bad = tmp_path / "bad"
+        assert main(["train", *args, "--epochs", "1", "--out", str(bad)]) == 2  # in process: no interpreter start
+        err = capsys.readouterr().err
+        assert words in err and err.startswith("graphc: error: training option: "), err
+        assert not bad.exists()
