@@ -330,7 +330,8 @@ class ModelSpec:
 
 # options that shape the compiled step
 BUILD_OPTIONS = ("hidden", "activation", "init", "bias_init", "optimizer", "penalize")
-RUN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "l2", "l1", "dropout", "early_stopping", "min_delta", "seed")
+RUN_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "l2", "l1", "dropout", "early_stopping",
+               "min_delta", "seed")
 
 
 def model_spec(model=None, data="digits", *, task: str | None = None, n_features: int | None = None,
@@ -460,8 +461,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
     """Build a native executable at `output` that trains `model` (None: the default MLP; a function
     `model(x, n_outputs)`; a model file) for the task of `data` (only its task, feature count and classes are
     used). `options` are TrainConfig options: those that shape the step (hidden, activation, init, optimizer,
-    penalize) are compiled in; epochs, batch_size, lr, momentum, l2, l1, dropout, early_stopping, min_delta
-    and seed become the binary's defaults.
+    penalize) are compiled in; epochs, batch_size, lr, momentum, weight_decay (adamw's), l2, l1, dropout,
+    early_stopping, min_delta and seed become the binary's defaults.
 
     The binary holds two steps, each the LLVM module the in-process trainer compiles: the *full* step (momentum,
     L2, L1 and, for the default MLP, dropout with run-time keep probabilities: what `graphc train` builds when
@@ -556,7 +557,7 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        time.perf_counter() - t0, cmd, work if keep else None, spec.notes)
 
 
-_KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3}
+_KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3, "weight_decay": 5}  # graphc_aot.h's GC_SCALAR_*; 4: keep.<i>
 
 
 def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], tgt: Target, max_batch: int,
@@ -585,7 +586,7 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
             continue
         if leaf.shape != () or leaf.dtype != "float32" or not (name in _KINDS or re.fullmatch(r"keep\.\d+", name)):
             raise AotError(f"the training step has an input {name!r} ({leaf.type_str}) that a standalone binary "
-                           "cannot feed (it feeds lr, momentum, l2, l1, keep.<i>, step and rng_key)")
+                           "cannot feed (it feeds lr, momentum, weight_decay, l2, l1, keep.<i>, step and rng_key)")
         kind = _KINDS.get(name, 4)
         index = int(name.split(".")[1]) if kind == 4 else 0
         scalars.append(f"{{{c_string(name)}, {slot[name]}, {kind}, {index}}}")
@@ -827,7 +828,8 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_DEF_PATIENCE": cfg.early_stopping or 0, "GC_DEF_MIN_DELTA": c_double(cfg.min_delta),
         "GC_DEF_SEED": int(cfg.seed), "GC_DEF_NKEEP": len(keeps), "GC_NKEEP": nkeep, "GC_NSTEPS": len(steps),
         "GC_HAS_MOMENTUM": int("momentum" in full_slots), "GC_HAS_L2": int("l2" in full_slots),
-        "GC_HAS_L1": int("l1" in full_slots),
+        "GC_HAS_L1": int("l1" in full_slots), "GC_HAS_WEIGHT_DECAY": int("weight_decay" in full_slots),
+        "GC_DEF_WEIGHT_DECAY": c_double(tr.scalars(0).get("weight_decay", 0.0)),
         "GC_X_ROW_BYTES": spec.n_features * 4, "GC_Y_ROW_BYTES": int(np.prod(y_dims, dtype=np.int64)) * 4,
         "GC_E_NBUF": len(eprog.buffers), "GC_E_NSYM": max(len(eprog.symbols), 1),
         "GC_E_NDIM": list(eprog.symbols).index(n_sym), "GC_E_X": eslot[x.name], "GC_E_Y": eslot.get(y.name, -1),

@@ -119,14 +119,15 @@ static double now(void) {
 typedef struct {
     const char *x_train, *y_train, *x_val, *y_val, *x_test, *y_test, *out;
     int64_t epochs, batch, patience, threads, seed;
-    double lr, momentum, l2, l1, min_delta;
+    double lr, momentum, weight_decay, l2, l1, min_delta;
     double keep[GC_NKEEP + 1];
     int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize, overwrite;
 } opts_t;
 
 static const char *const VALUED[] = {"--x-train", "--y-train", "--x-val", "--y-val", "--x-test", "--y-test",
                                      "--out", "--epochs", "--batch-size", "--early-stopping", "--threads", "--seed",
-                                     "--lr", "--momentum", "--l2", "--l1", "--min-delta", "--dropout", NULL};
+                                     "--lr", "--momentum", "--weight-decay", "--l2", "--l1", "--min-delta",
+                                     "--dropout", NULL};
 
 static int valued_option(const char *name) {
     for (int i = 0; VALUED[i]; i++)
@@ -137,7 +138,8 @@ static int valued_option(const char *name) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: %s --x-train F.npy --y-train F.npy [--x-val F.npy --y-val F.npy] [--x-test F.npy --y-test F.npy]\n"
-            "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--l2 NU] [--l1 NU] [--dropout KEEP[,KEEP...]]\n"
+            "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--weight-decay WD] [--l2 NU] [--l1 NU]\n"
+            "       [--dropout KEEP[,KEEP...]]\n"
             "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--standardize] [--quiet]\n       --out DIR\n"
             "       %s --info | --help\n\n",
             prog, prog);
@@ -162,6 +164,9 @@ static void usage(FILE *f) {
             "  --lr LR                learning rate [%g]\n",
             GC_DEF_EPOCHS, GC_MAX_BATCH, GC_DEF_BATCH, GC_DEF_LR);
     if (GC_HAS_MOMENTUM) fprintf(f, "  --momentum M           momentum in [0, 1) [%g]\n", GC_DEF_MOMENTUM);
+    if (GC_HAS_WEIGHT_DECAY)
+        fprintf(f, "  --weight-decay WD      AdamW's decoupled decay w <- w(1 - lr*WD) of every parameter [%g]\n",
+                GC_DEF_WEIGHT_DECAY);
     if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
     if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
     if (GC_NKEEP)
@@ -286,6 +291,7 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     o->batch = GC_DEF_BATCH;
     o->lr = GC_DEF_LR;
     o->momentum = GC_DEF_MOMENTUM;
+    o->weight_decay = GC_DEF_WEIGHT_DECAY;
     o->l2 = GC_DEF_L2;
     o->l1 = GC_DEF_L1;
     o->patience = GC_DEF_PATIENCE;
@@ -352,6 +358,12 @@ static void parse_args(opts_t *o, int argc, char **argv) {
             if (!GC_HAS_MOMENTUM && o->momentum != 0)
                 fail(EXIT_BAD, "--momentum: this binary's optimizer (%s) has no momentum", GC_OPTIMIZER);
             o->momentum_set = 1;
+        } else if (!strcmp(name, "--weight-decay")) {
+            o->weight_decay = parse_float(name, val);
+            if (!(o->weight_decay >= 0)) fail(EXIT_BAD, "--weight-decay: must be >= 0, got %s", val);
+            if (!GC_HAS_WEIGHT_DECAY && o->weight_decay != 0)
+                fail(EXIT_BAD, "--weight-decay: this binary's optimizer (%s) has no decoupled weight decay (build with "
+                     "graphc build --optimizer adamw); for a coupled L2 penalty use --l2", GC_OPTIMIZER);
         } else if (!strcmp(name, "--l2") || !strcmp(name, "--l1")) {
             double v = parse_float(name, val);
             if (!(v >= 0)) fail(EXIT_BAD, "%s: the penalty must be >= 0, got %s", name, val);
@@ -1201,9 +1213,9 @@ static void mpi_agree_run(const opts_t *o, const int64_t rows[3], const npy_t *c
     char buf[4096];
     int len = snprintf(buf, sizeof buf, "%s|%s|", GC_TARGET, GC_MODEL_DESC);
     for (int k = 0; k < GC_NSTEPS; k++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%s,", gc_steps[k].digest);
-    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
+    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
                     (long long)o->epochs, (long long)o->batch, (long long)o->patience, (long long)o->seed, o->lr,
-                    o->momentum, o->l2, o->l1, o->min_delta, o->standardize);
+                    o->momentum, o->weight_decay, o->l2, o->l1, o->min_delta, o->standardize);
     for (int i = 0; i < GC_NKEEP; i++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%.17g,", o->keep[i]);
     snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld", (long long)rows[0], (long long)rows[1],
              (long long)rows[2]);
@@ -1380,6 +1392,7 @@ static void par_scalars(par_t *q, const opts_t *o) {
             switch (sc[i].kind) {
             case GC_SCALAR_LR: v = o->lr; break;
             case GC_SCALAR_MOMENTUM: v = o->momentum; break;
+            case GC_SCALAR_WEIGHT_DECAY: v = o->weight_decay; break;
             case GC_SCALAR_L2: v = o->l2; break;
             case GC_SCALAR_L1: v = o->l1; break;
             default: v = sc[i].index < GC_NKEEP ? o->keep[sc[i].index] : 1.0;
@@ -1649,6 +1662,7 @@ int main(int argc, char **argv) {
             switch (S->scalars[i].kind) {
             case GC_SCALAR_LR: v = o.lr; break;
             case GC_SCALAR_MOMENTUM: v = o.momentum; break;
+            case GC_SCALAR_WEIGHT_DECAY: v = o.weight_decay; break;
             case GC_SCALAR_L2: v = o.l2; break;
             case GC_SCALAR_L1: v = o.l1; break;
             default: v = S->scalars[i].index < GC_NKEEP ? o.keep[S->scalars[i].index] : 1.0;
