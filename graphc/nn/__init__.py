@@ -1,5 +1,7 @@
-"""Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization."""
+"""Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization; optimizers
+(gc.nn.optim: SGD, Adam, AdamW, RMSprop, Adagrad and the learning-rate schedules)."""
 
+from graphc.nn import optim
 from graphc.nn.activations import elu, gelu, leaky_relu, silu
 from graphc.nn.layers import (
     ACTIVATIONS,
@@ -27,7 +29,7 @@ from graphc.ops.random import dropout
 __all__ = [
     "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
     "mlp", "model_build", "parameters", "layer_norm",
-    "init_params", "Uniform", "Normal",
+    "init_params", "Uniform", "Normal", "optim",
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",

@@ -118,8 +118,9 @@ class AdamW(Adam):
 
     The decay shrinks the parameter itself, outside the moments: unlike an L2 penalty (gc.nn.l2, `l2=`, which
     is PyTorch's Adam(weight_decay=)), it is not rescaled by 1/√v̂. It uses the learning rate of the step, so a
-    schedule that lowers lr lowers the decay with it, as in PyTorch. Every parameter the optimizer steps decays
-    (torch.optim.AdamW(model.parameters()) decays biases too): the trainer steps all of a model's parameters.
+    schedule that lowers lr lowers the decay with it, as in PyTorch. Every parameter the optimizer steps decays:
+    graphc has no parameter groups, and the trainer steps all of a model's parameters, biases included, as
+    torch.optim.AdamW(model.parameters()) does (TrainConfig.penalize selects for the l2/l1 penalties only).
 
     `weight_decay` is the default value; the trainer feeds it as a scalar input `hyper["weight_decay"]` (as lr),
     so one compiled step serves any value (a standalone binary's --weight-decay)."""
