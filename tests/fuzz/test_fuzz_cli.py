@@ -200,8 +200,10 @@ def test_random_model_files(source, dataset):
 # ------------------------------------------------------------------------------------------- option combinations
 OPTIONS = {
     "--epochs": ["1", "2", "0", "-1", "x"], "--batch-size": ["1", "7", "100000", "0"],
-    "--lr": ["0.01", "1e9", "-1", "nan", "inf"], "--optimizer": ["sgd", "gd", "momentum", "nesterov", "adam", "rms"],
-    "--momentum": ["0.5", "1", "-0.1"], "--schedule": ["constant", "step", "cosine"], "--l2": ["0", "1e-3", "-1"],
+    "--lr": ["0.01", "1e9", "-1", "nan", "inf"],
+    "--optimizer": ["sgd", "gd", "momentum", "nesterov", "adam", "rms", "adamw"],
+    "--momentum": ["0.5", "1", "-0.1"], "--weight-decay": ["0.01", "0", "-1", "nan"],
+    "--schedule": ["constant", "step", "cosine"], "--l2": ["0", "1e-3", "-1"],
     "--l1": ["1e-4", "nan"], "--dropout": ["0.5", "0.9,0.5", "0", "1,1,1,1", "x"], "--early-stopping": ["1", "0"],
     "--min-delta": ["0.1", "-1"], "--seed": ["0", "-3", "99999999999999999999"], "--threads": ["1", "2", "0"],
     "--checkpoint-every": ["0", "1", "5", "-1"], "--hidden": ["3", "4,2", "0", "", "a"],
@@ -212,7 +214,7 @@ FLAGS = ["--refit", "--quiet", "--json", "--resume", "--overwrite"]
 
 
 @FUZZ
-@given(opts=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.integers(0, 5), max_size=4),
+@given(opts=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.integers(0, 6), max_size=4),  # 7 optimizers
        flags=st.lists(st.sampled_from(FLAGS), max_size=2, unique=True),
        dataset=st.sampled_from(["breast_cancer", "diabetes", "digit", "nosuch.csv"]))
 def test_random_option_combinations(opts, flags, dataset):
