@@ -460,6 +460,7 @@ def test_token_regression_predictions_are_in_the_targets_units(tmp_path):
     assert got.shape == (4,)
     np.testing.assert_allclose(got, (r.predict(X[:4]) * r.dataset.y_std + r.dataset.y_mean)[:, 0], rtol=1e-6)
 
+
 def adamw_reference(w, grads, rates, wd, beta1=0.9, beta2=0.999, eps=1e-8):
     """AdamW as PyTorch documents it (torch.optim.AdamW, amsgrad off), in numpy: for t = 1, 2, ...
     θ ← θ - γλθ;  m ← β1·m + (1-β1)g;  v ← β2·v + (1-β2)g²;  m̂ = m/(1-β1^t);  v̂ = v/(1-β2^t);  θ ← θ - γ·m̂/(√v̂ + ε)."""
