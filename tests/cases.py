@@ -189,6 +189,28 @@ def make_cases(dtype: str = "float64") -> dict:
         return out, vals, xs
 
 
+    @st.composite
+    def switch_case(draw):
+        from graphc.ops.control import training_switch
+
+        out, vals, xs = draw(elementwise(lambda a, b: training_switch(a * a, 3.0 * b), 2, same_shape=True))
+        if draw(st.booleans()):  # the key makes the test evaluate in training: the other branch
+            vals["rng_key"] = np.int64(0)
+        return out, vals, xs
+
+
+    @st.composite
+    def updates_case(draw):
+        from graphc.ops.control import with_updates
+
+        out, vals, xs = draw(elementwise(lambda a, b: a * b, 2, same_shape=True))
+        a, b = xs
+        state = gc.input("u_state", a.shape, dtype)
+        vals["u_state"] = np.zeros(a.shape, dtype)
+        # the update reads a and b; their gradient comes from the value only
+        return with_updates(out, {state: state + a * b * b}, {state: 0.0}), vals, xs
+
+
     def _shape(draw, min_dims=1, max_dims=3, lo=1, hi=4):
         return tuple(draw(st.lists(st.integers(lo, hi), min_size=min_dims, max_size=max_dims)))
 
@@ -397,6 +419,8 @@ def make_cases(dtype: str = "float64") -> dict:
         "matmul": matmul_case(),
         "stop_gradient": stop_case(),
         "dropout": dropout_case(),
+        "training_switch": switch_case(),
+        "with_updates": updates_case(),
     }
 
 

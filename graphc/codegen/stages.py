@@ -102,11 +102,14 @@ class ObjectCode:
 
 
 def modes(graph: Graph, opts: Options) -> Graph:
-    """Inference drops dropout (the identity outside training); its key and keep inputs leave the signature
-    unless something else reads them. Leaves updated in place stay in it."""
+    """Each training_switch becomes its mode's branch and with_updates its value (graphc.passes.modes). Inference
+    also drops dropout (the identity outside training); its key and keep inputs leave the signature unless
+    something else reads them. Leaves updated in place stay in it. In training the signature is kept whole."""
+    from graphc.passes.modes import inference, training
+
     if opts.training:
-        return graph
-    from graphc.passes.modes import inference
+        out = training(graph)
+        return Graph(out.outputs, graph.inputs)
 
     out = inference(graph)
     live = {id(n) for n in topo_order(out.outputs)} | {id(leaf) for _, leaf in opts.updates}

@@ -187,12 +187,16 @@ def parameters(outputs: Node | Iterable[Node]) -> list[Node]:
 def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
     """Initial values for parameters (or for all parameters the given outputs use), by name, from `seed` (an int
     in [0, 2**63)). `params_or_outputs` is a tensor, a list of them or a dict of them (its values), as gc.grad's
-    wrt. Each parameter draws from its own stream (seed, name), so values do not depend on declaration order."""
+    wrt. Each parameter draws from its own stream (seed, name), so values do not depend on declaration order.
+    Given outputs (not parameters), it also holds the initial values of the state their layers update (batch
+    norm's running statistics, see `init_state`): every array a call of the model reads besides its inputs."""
     nodes = output_nodes(params_or_outputs, "init_params", "params_or_outputs")
     seed = check_seed(seed, "init_params")
     params = [n for n in nodes if n.op.name == "param"]
+    state: dict[str, np.ndarray] = {}
     if len(params) != len(nodes):
         params = parameters(nodes)
+        state = init_state(nodes)
     from graphc.runtime.reference import leaves_by_name
 
     leaves_by_name(params)  # two parameters with one name would share one value: an error, as in evaluate
@@ -201,6 +205,7 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
         v = draw(p.meta.get("init", "zeros"), p.shape, p.dtype, param_rng(seed, p.name))
         out[p.name] = aligned_empty(v.shape, v.dtype)  # 64-byte aligned: compiled code reads and updates it in place
         out[p.name][...] = v
+    out.update(state)
     return out
 
 
@@ -316,6 +321,116 @@ def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: boo
                 if unnamed:
                     note_unnamed_use(p, y)
         return y
+
+
+def batch_norm(x, *, axis=-1, momentum: float = 0.1, eps: float = 1e-5, scale: bool = True, center: bool = True,
+               name: str | None = None) -> ops.Tensor:
+    """Batch normalization (Ioffe & Szegedy 2015) with PyTorch's semantics (nn.BatchNorm1d/2d): each channel
+    normalized over every axis but `axis` (the channels: the last axis by default, as graphc's conv layers and
+    dense rows are channels-last, (N, C), (N, T, C), (N, H, W, C); give axis=1 for channels-first data), then
+    scaled by `NAME.gamma` (ones) and shifted by `NAME.beta` (zeros), each of shape (C,).
+
+    In training (`gc.evaluate(..., training=True)`, `gc.compile(..., training=True)`, `gc.fit`) it normalizes
+    with the batch's mean and biased variance (eps inside the square root); in inference with the running
+    statistics, the inputs `NAME.running_mean` and `NAME.running_var` (non-trainable state, initially 0 and 1).
+    A training step updates them, as PyTorch: r <- (1 - momentum) r + momentum b, with b the batch's mean and
+    its unbiased variance. The updates ride on the result (no gradient flows through them): `gc.fit` applies
+    them every step; with gc.compile, pass `updates={**gc.nn.state_updates(loss), ...}` and the running
+    statistics' arrays (`gc.nn.init_params(loss)` gives their initial values beside the parameters')."""
+    from graphc.ops.control import training_switch, with_updates
+    from graphc.ops.sources import dim_value
+
+    x = ops.as_tensor(x)
+    name, unnamed = layer_name(name, "batch_norm")
+    what = f"batch_norm {name!r}"
+    if x.dtype not in ("float32", "float64"):
+        raise _located(f"{what}: needs a float tensor, got {x.type_str}")
+    if x.ndim < 2:
+        raise _located(f"{what}: needs a batch axis and a channel axis ((N, C), (N, T, C), (N, H, W, C)), got "
+                       f"{x.type_str}")
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise _located(f"{what}: axis must be one axis of {x.type_str} (the channels; -1 for channels-last), got "
+                       f"{axis!r}")
+    ax = axis % x.ndim
+    if ax == 0:
+        raise _located(f"{what}: axis {axis} is the batch axis of {x.type_str}; the channel axis is another one "
+                       "(-1 for channels-last data, as graphc's conv layers make)")
+    c = x.shape[ax]
+    if not isinstance(c, int):
+        raise _located(f"{what}: the channel dim (axis {axis}) must be known, got {x.type_str}")
+    for label, v, ok in (("momentum", momentum, lambda v: 0.0 <= v <= 1.0), ("eps", eps, lambda v: v > 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            rule = "a number in [0, 1] (PyTorch's: the new statistic's weight)" if label == "momentum" else \
+                "a positive number"
+            raise _located(f"{what}: {label} must be {rule}, got {v!r}")
+    red = tuple(a for a in range(x.ndim) if a != ax)
+    count = 1
+    for a in red:
+        count = count * x.shape[a]
+    if isinstance(count, int) and count < 2:
+        raise _located(f"{what}: {x.type_str} has {count} value per channel; batch statistics need more than one "
+                       "(a larger batch, or normalize another axis)")
+    bshape = tuple(c if a == ax else 1 for a in range(x.ndim))
+
+    def channels(t):  # a (C,) tensor, broadcastable against x
+        return t if ax == x.ndim - 1 else ops.reshape(t, bshape)
+
+    with scope(name):
+        running_mean = ops.input(f"{name}.running_mean", (c,), x.dtype)
+        running_var = ops.input(f"{name}.running_var", (c,), x.dtype)
+        mu = ops.mean(x, red, keepdims=True)
+        d = x - mu
+        var = ops.mean(d * d, red, keepdims=True)
+        y = training_switch(d / ops.sqrt(var + eps),
+                            (x - channels(running_mean)) / ops.sqrt(channels(running_var) + eps))
+        for on, pname, init, combine in ((scale, "gamma", "ones", ops.multiply), (center, "beta", "zeros", ops.add)):
+            if on:
+                p = ops.param(f"{name}.{pname}", (c,), init=init, dtype=x.dtype)
+                y = combine(y, channels(p))
+                if unnamed:
+                    note_unnamed_use(p, y)
+        # the unbiased variance for the running estimate, as PyTorch: n / (n - 1) times the biased one
+        n = dim_value(count, x, x.dtype)
+        unbiased = ops.reshape(var, (c,)) * (n / dim_value(count - 1, x, x.dtype))
+        new_mean = (1.0 - momentum) * running_mean + momentum * ops.reshape(mu, (c,))
+        new_var = (1.0 - momentum) * running_var + momentum * unbiased
+        return with_updates(y, {running_mean: new_mean, running_var: new_var}, {running_mean: 0.0, running_var: 1.0})
+
+
+def state_updates(outputs) -> dict[Node, Node]:
+    """The non-trainable state the outputs' layers update in training — batch norm's running statistics — as
+    {state input: its new value}, for `gc.compile(..., training=True, updates={**gc.nn.state_updates(loss),
+    ...})` (Keras' layer.updates, Flax's mutable batch_stats). Nothing is differentiated through them. Empty
+    for a model without such layers."""
+    from graphc.ops.control import WITH_UPDATES
+
+    nodes = output_nodes(outputs, "state_updates", "outputs")
+    found: dict[int, tuple[Node, Node, Node]] = {}
+    for n in topo_order(nodes):
+        if n.op is not WITH_UPDATES:
+            continue
+        for leaf, new in WITH_UPDATES.pairs(n):
+            prev = found.setdefault(id(leaf), (leaf, new, n))
+            if prev[1] is not new:
+                raise GraphcError(f"the state {leaf.name!r} is updated by two layers (at {prev[2].where()} and at "
+                                  f"{n.where()}): each batch_norm needs a name of its own (name=...), or build "
+                                  "the model inside `with gc.nn.model_build():`")
+    return {leaf: new for leaf, new, _ in found.values()}
+
+
+def init_state(outputs) -> dict[str, np.ndarray]:
+    """Initial values of the non-trainable state the outputs' layers update (batch norm's running_mean 0 and
+    running_var 1), by name: 64-byte aligned arrays, as compiled code updates them in place."""
+    from graphc.ops.control import WITH_UPDATES
+
+    out: dict[str, np.ndarray] = {}
+    for n in topo_order(output_nodes(outputs, "init_state", "outputs")):
+        if n.op is WITH_UPDATES:
+            for (leaf, _), v in zip(WITH_UPDATES.pairs(n), n.attrs["init"], strict=True):
+                a = aligned_empty(leaf.shape, np.dtype(leaf.dtype))
+                a[...] = v
+                out[leaf.name] = a
+    return out
 
 
 def flatten(x) -> ops.Tensor:
