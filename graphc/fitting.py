@@ -431,7 +431,7 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
         "train_seconds": run["train_seconds"], "compile_seconds": trainer.compile_seconds,
         "wall_seconds": time.perf_counter() - t0, "threads": trainer.threads, "seed": config.seed,
         "arena_bytes": trainer.epoch_fn.memory_plan.arena_bytes, "peak_rss_mb": peak_rss_mb(),
-        "parameters": int(sum(v.size for v in params.values())),
+        "parameters": int(sum(int(np.prod(p.shape)) for p in trainer.params)),
         "model": model_desc,
         "config": _ran(config, model_fn is None),
         "grid": list(trainer.grid) if trainer.grid is not None else None,
@@ -665,7 +665,7 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
     trainer = Trainer(model, task, n_features, n_outputs, config, y_shape=y_shape, log=lambda msg: None,
                       grid=ds.grid, data=ds.name, vocab=ds.vocab)
     try:
-        params = _load_weights(run, trainer.params)
+        params = _load_weights(run, [*trainer.params, *trainer.buffers])
     except AotError as e:
         raise GraphcError(f"{where}: {e} (the model: {desc})") from None
     history = []

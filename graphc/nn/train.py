@@ -23,7 +23,7 @@ from graphc.codegen.epoch_abi import KEY_MULT
 from graphc.errors import GraphcError, InputError, NumericalError
 from graphc.ir.node import Node, SourceInfo, topo_order
 from graphc.nn import checkpoint as ckpt
-from graphc.nn.layers import init_params, mlp, model_build, parameters
+from graphc.nn.layers import init_params, init_state, mlp, model_build, parameters, state_updates
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
 from graphc.nn.optim import Schedule, make
 from graphc.runtime.buffers import aligned_empty
@@ -451,6 +451,11 @@ class Trainer:
         self.params = parameters(out)
         if not self.params:
             raise GraphcError("the model has no parameters to train")
+        # non-trainable state the layers update each step (batch norm's running statistics): inputs updated in
+        # place like the optimizer's state, kept, checkpointed and saved with the parameters
+        self.layer_updates = state_updates(out)
+        self.buffers = list(self.layer_updates)
+        self.row_norms = _row_norms(out)
         loss = self.data_loss
         penalized = self._penalized()
         self.penalized_names = {p.name for p in penalized}
@@ -484,8 +489,9 @@ class Trainer:
             updates[p] = new_p
             for name, v in new_state.items():
                 updates[self.state_inputs[name]] = v
+        updates.update(self.layer_updates)
         self.updates = updates
-        self.training_mode = any(n.op.name == "dropout" for n in topo_order(loss))
+        self.training_mode = any(n.op.name in ("dropout", "training_switch") for n in topo_order(loss))
         self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
         self._compile_start = time.perf_counter()
         self.dist = distributed
@@ -561,6 +567,7 @@ class Trainer:
         else:
             state = init_params(self.params, seed=seed)
         state.update(self.opt.init_state(self.params))  # all 64-byte aligned, as run_epoch wants them
+        state.update(init_state(self.out))
         return state
 
     def scalars(self, epoch: int) -> dict[str, float]:
@@ -581,7 +588,8 @@ class Trainer:
         return out
 
     def param_values(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {p.name: state[p.name] for p in self.params}
+        """The model's arrays: its parameters and the state its layers keep (batch norm's running statistics)."""
+        return {p.name: state[p.name] for p in (*self.params, *self.buffers)}
 
     # -- evaluation
     def evaluate(self, state: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -622,6 +630,8 @@ class Trainer:
             self.check_data(X_val, Y_val, "validation")
         if phase_data is not None:
             self.check_data(*phase_data, "refit")
+        for rows, what in ((X, "training"), *(((phase_data[0], "refit"),) if phase_data is not None else ())):
+            self._check_norm_batches(len(rows), what)
         ck_dir = out_dir / "checkpoints" if out_dir is not None else None
         s = {"phase": 1, "epoch": 0, "step": 0, "history": [], "best_val": math.inf, "best_epoch": -1,
              "best_step": 0, "wait": 0, "train_seconds": 0.0, "samples": 0, "stopped_early": False,
@@ -721,6 +731,20 @@ class Trainer:
                 self.save_checkpoint(ck_dir, s, state, best)
         s["state"] = state
         return s
+
+    def _check_norm_batches(self, n: int, what: str) -> None:
+        """A batch norm over (N, C) rows needs 2 rows in every training batch (one row is one value per channel:
+        no variance; PyTorch refuses it too): a batch of 1, or a last partial batch of 1, is refused up front."""
+        if not self.row_norms:
+            return
+        b = self.config.batch_size
+        if min(b, n) == 1 or (n % b == 1 and not self.config.drop_last and n > b):
+            layer = self.row_norms[0]
+            raise GraphcError(f"{layer}: a {what} batch of 1 row gives it one value per channel, and batch "
+                              f"statistics need more ({n} rows in batches of {b}"
+                              f"{'' if b == 1 or n == 1 else ' leave a last batch of 1'}); give a batch size of 2 "
+                              "or more that leaves no batch of 1 row, or drop the last partial batch (drop_last=True, "
+                              "--drop-last)")
 
     def check_data(self, X: np.ndarray, Y: np.ndarray, what: str) -> None:
         """Before any native code: rows, feature count, finiteness and the labels' type and range."""
@@ -877,6 +901,22 @@ class Trainer:
         # data-parallel, every rank sees the same reduced loss diverge: rank 0 (which keeps the checkpoints) says it
         err.on_every_rank = self.dist is not None
         return err
+
+
+def _row_norms(out: Node) -> list[str]:
+    """The batch norms whose statistics are over the batch axis alone ((N, C) rows): "batch_norm 'NAME' (made
+    at FILE:LINE)" for each."""
+    from graphc.ops.control import WITH_UPDATES
+
+    found = []
+    for n in topo_order(out):
+        if n.op is WITH_UPDATES:
+            leaf = n.inputs[1]
+            static = math.prod(d for d in n.shape if isinstance(d, int))
+            if static // max(math.prod(leaf.shape), 1) < 2:
+                name = leaf.name.rsplit(".", 1)[0]
+                found.append(f"batch_norm {name!r} (at {n.where()})")
+    return found
 
 
 def _restore(template: dict[str, np.ndarray], loaded: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
