@@ -4,7 +4,13 @@ Every rank reads the data, computes the same seeded permutation and takes a fixe
 mini-batch. A step is split in two compiled phases: the gradients of the data loss (weighted by the rank's share
 of the batch) into one flat, 64-byte-aligned buffer, which the ranks sum with one MPI allreduce, then a compiled
 in-place update (with the penalties' gradients, which need no communication) that every rank applies to the same
-sum. The result equals single-process training with the global batch up to the order of the summation."""
+sum. The result equals single-process training with the global batch up to the order of the summation.
+
+Batch norm follows PyTorch's DistributedDataParallel (its default; SyncBatchNorm is another layer): each rank
+normalizes with the statistics of its own share of the batch and updates its own running statistics from them;
+after every epoch rank 0's running statistics are broadcast to every rank (DDP broadcasts rank 0's buffers), so
+the ranks evaluate, check, checkpoint and save the same ones. With a batch norm the result is therefore not
+single-process training's (whose statistics are over the whole batch)."""
 
 from __future__ import annotations
 
@@ -294,6 +300,7 @@ def grad_program(trainer):
     (compiled function, offsets). The standalone binary (`graphc build --mpi`) links the same program."""
     from graphc import ops
     from graphc.autodiff.grad import grad
+    from graphc.nn.layers import state_updates
     from graphc.runtime.jit import CompiledFunction
 
     tr = trainer
@@ -301,7 +308,9 @@ def grad_program(trainer):
     loss, offsets = _with_row_offsets(tr.data_loss)
     scaled = loss * weight
     data_grads = grad(scaled, tr.params)
-    return CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads), offsets
+    # batch norm's running statistics: each rank's from its own rows, updated in place (see the module's note)
+    return CompiledFunction([scaled, *data_grads], training=tr.training_mode, threads=tr.threads,
+                            updates=state_updates(loss)), offsets
 
 
 def slice_update_program(trainer, P: int):
@@ -452,6 +461,8 @@ class DataParallelStep:
         w_arr = np.zeros((), np.float32)
         live = self._begin(state)  # the arrays the steps read and update
         gvals = {k: v for k, v in live.items() if k in self.grad_leaves}
+        # running statistics are each rank's own (not in the shared memory of SharedMemoryStep)
+        gvals.update({b.name: state[b.name] for b in tr.buffers if b.name in self.grad_leaves})
         gvals.update({k: np.asarray(v, np.float32).reshape(()) for k, v in scalars.items() if k in self.grad_leaves})
         gvals["grad_weight"] = w_arr
         offs = {size: np.zeros((), np.int64) for size in self.offsets or {}}
@@ -533,7 +544,14 @@ class DataParallelStep:
         return loss
 
     def check_replicas(self, state: dict, epoch: int) -> None:
-        """Parameters must be bitwise equal on every rank: a hash each epoch; a mismatch names the ranks."""
+        """Parameters must be bitwise equal on every rank: a hash each epoch; a mismatch names the ranks. The
+        layers' running statistics (each rank's own during the epoch) become rank 0's on every rank first."""
+        names = [b.name for b in self.trainer.buffers]
+        if names:
+            stats = self.dist.bcast({n: state[n] for n in names} if self.dist.rank == 0 else None,
+                                    "the running statistics")
+            for n in names:
+                state[n][...] = stats[n]
         names = sorted(p.name for p in self.trainer.params)
         digests = self.dist.allgather(params_digest(state, names), "the parameter check")
         odd = [r for r, d in enumerate(digests) if d != digests[0]]
