@@ -494,6 +494,11 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        data=spec.dataset)
 
     tr = trainer(cfg, True)
+    if tr.buffers:  # the driver keeps parameters and optimizer state only: running statistics would not update
+        layers = ", ".join(sorted({b.name.rsplit(".", 1)[0] for b in tr.buffers}))
+        raise AotError(f"the model has batch normalization ({layers}), whose running statistics a standalone "
+                       "training binary does not carry yet; train it with `graphc train` / gc.fit (in process, "
+                       "mpirun too), then `graphc export` builds its inference library")
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
     plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
     if step_digest(plain) == step_digest(tr):
@@ -1025,8 +1030,12 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     vocab = min((int(t.inputs[0].shape[t.attrs["axis"]]) for t in tables), default=0)
     prog = fn.program
     leaves = list(fn.signature.inputs)
-    params = [leaf for leaf in leaves if leaf.op.name == "param"]
-    others = [leaf.name for leaf in leaves if leaf is not x and leaf.op.name != "param"]
+    from graphc.nn.layers import state_updates
+
+    # batch norm's running statistics are the model's arrays too (the forward function is inference's)
+    kept = {id(leaf) for leaf in state_updates(y)}
+    params = [leaf for leaf in leaves if leaf.op.name == "param" or id(leaf) in kept]
+    others = [leaf.name for leaf in leaves if leaf is not x and leaf.op.name != "param" and id(leaf) not in kept]
     if others:
         raise AotError(f"the model's forward function has inputs {others} besides x and its parameters")
     values = _load_weights(Path(weights), params)
