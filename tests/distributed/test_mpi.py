@@ -373,3 +373,44 @@ def test_a_rank_that_stops_answering_times_out_instead_of_hanging(tmp_path):
     assert p.returncode != 0 and stopped < 15
     assert re.search(r"rank 0: no progress for 2 s in .* \(a rank stopped answering; set GRAPHC_MPI_TIMEOUT",
                      rest), rest
+
+
+BATCH_NORM_RANKS = """
+import sys
+import numpy as np
+import graphc as gc
+from graphc import data
+from graphc.distributed import Distributed, params_digest
+from graphc.nn.train import Trainer, TrainConfig
+
+def model(x, n_outputs):
+    h = gc.relu(gc.nn.batch_norm(gc.nn.dense(x, 16, name="fc"), name="bn"))
+    return gc.nn.dense(h, n_outputs, name="out")
+
+dist = Distributed()
+ds = data.load("digits")
+X, Y = ds.X_train[:300], ds.y_train[:300].astype(np.int32)
+tr = Trainer(model, "multiclass", 64, 10, TrainConfig(epochs=1, batch_size=32, threads=1), log=lambda m: None,
+             distributed=dist)
+state = tr.init_state(0)
+tr.dist_step.run_epoch(X, Y, state, batch=32, epoch=0, seed=0, step0=0, scalars=tr.scalars(0))
+stats = ["bn.running_mean", "bn.running_var"]
+own = dist.allgather({n: state[n].copy() for n in stats})
+tr.dist_step.check_replicas(state, 1)
+synced = dist.allgather(params_digest(state, stats))
+if dist.rank == 0:
+    print("own-differ", not np.array_equal(own[0]["bn.running_mean"], own[1]["bn.running_mean"]))
+    print("synced-equal", synced[0] == synced[1])
+    print("rank0-kept", np.array_equal(state["bn.running_var"], own[0]["bn.running_var"]))
+    print("updated", bool(np.all(np.isfinite(state["bn.running_var"])) and not np.allclose(state["bn.running_var"], 1)))
+"""
+
+
+@pytest.mark.parametrize("shared", ["1", "0"], ids=["shared-memory", "allreduce"])
+def test_batch_norm_ranks_keep_their_own_running_statistics_then_take_rank_0s(shared):
+    """PyTorch DDP's default: during the epoch each rank's running statistics come from its own share of the
+    batch (they differ); after it every rank holds rank 0's, so nothing saved or evaluated depends on the rank."""
+    r = mpirun(2, sys.executable, "-c", BATCH_NORM_RANKS, GRAPHC_MPI_SHARED=shared, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in ("own-differ True", "synced-equal True", "rank0-kept True", "updated True"):
+        assert line in r.stdout, r.stdout + r.stderr
