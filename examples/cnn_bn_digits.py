@@ -4,7 +4,8 @@ Each convolution is followed by gc.nn.batch_norm over its channels (the last axi
 (N, H, W, C)), so the convolutions need no bias (beta shifts each channel). Training normalizes with each batch's
 statistics and keeps running averages of them; evaluation, `gc.load` and `graphc predict` use the running ones,
 which weights.npz holds as bn1.running_mean, bn1.running_var, ... A larger learning rate than the plain CNN's
-(examples/cnn_digits.py) trains stably.
+(examples/cnn_digits.py) trains stably. Mean test accuracy over seeds 0-7 is about 0.984 (the plain CNN with
+dropout: about 0.986).
 """
 
 import graphc as gc

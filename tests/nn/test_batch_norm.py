@@ -1,7 +1,9 @@
 """gc.nn.batch_norm against a numpy reference of PyTorch's BatchNorm formulas: both modes, evaluate and compile,
 gradients, the running statistics over compiled steps and the native epoch, gc.fit / gc.load / the CLI, errors."""
 
+import ctypes
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +209,17 @@ def test_cli_trains_predicts_and_refuses_to_build_a_binary(tmp_path):
     p = subprocess.run([*cli, "build", "--model", str(model), "-o", str(tmp_path / "bin")], capture_output=True,
                        text=True, cwd=ROOT)
     assert p.returncode != 0 and "batch normalization (bn)" in p.stderr and "Traceback" not in p.stderr
+    if shutil.which("cc") is not None:  # graphc export links with the system C compiler
+        lib = tmp_path / "libbn.so"
+        p = subprocess.run([*cli, "export", "--weights", str(tmp_path / "run"), "-o", str(lib)], capture_output=True,
+                           text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        X = np.ascontiguousarray(ds.X_test[:20], dtype=np.float32)
+        out = np.zeros((20, 10), np.float32)
+        rc = ctypes.CDLL(str(lib)).bn_predict_standardized(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(20),
+                                                           out.ctypes.data_as(ctypes.c_void_p))
+        assert rc == 0
+        np.testing.assert_allclose(out, gc.load(tmp_path / "run").predict(X), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_input_is_a_graphc_error_naming_the_layer():
