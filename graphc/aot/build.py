@@ -493,12 +493,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        log=lambda m: None, all_features=all_features, grid=spec.grid,
                        data=spec.dataset)
 
+    _refuse_layer_state(spec)
     tr = trainer(cfg, True)
-    if tr.buffers:  # the driver keeps parameters and optimizer state only: running statistics would not update
-        layers = ", ".join(sorted({b.name.rsplit(".", 1)[0] for b in tr.buffers}))
-        raise AotError(f"the model has batch normalization ({layers}), whose running statistics a standalone "
-                       "training binary does not carry yet; train it with `graphc train` / gc.fit (in process, "
-                       "mpirun too), then `graphc export` builds its inference library")
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
     plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
     if step_digest(plain) == step_digest(tr):
@@ -560,6 +556,25 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        step_digest(tr), plain.epoch_fn.cache_key if host and plain is not None else None,
                        step_digest(plain) if plain is not None else None, required_features(tgt),
                        time.perf_counter() - t0, cmd, work if keep else None, spec.notes)
+
+
+def _refuse_layer_state(spec) -> None:
+    """A model with batch norm is refused before anything compiles: the driver keeps parameters and optimizer
+    state only, so its running statistics would never update (and the binary would save none)."""
+    if spec.model_fn is None:  # the default MLP
+        return
+    from graphc import ops
+    from graphc.nn.layers import state_updates
+    from graphc.nn.train import _call_model, model_input
+
+    x = ops.input("x", ("N", spec.n_features))
+    out = _call_model(spec.model_fn, model_input(spec.model_fn, x, spec.grid, spec.dataset), spec.n_outputs)
+    stats = state_updates(out) if isinstance(out, ops.Tensor) else {}
+    if stats:
+        layers = ", ".join(sorted({leaf.name.rsplit(".", 1)[0] for leaf in stats}))
+        raise AotError(f"the model has batch normalization ({layers}), whose running statistics a standalone "
+                       "training binary does not carry yet; train it with `graphc train` / gc.fit (in process, "
+                       "mpirun too), then `graphc export` builds its inference library")
 
 
 _KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3, "weight_decay": 5}  # graphc_aot.h's GC_SCALAR_*; 4: keep.<i>
