@@ -1,9 +1,10 @@
-"""Recurrent layers: parity with PyTorch's nn.RNN / nn.GRU / nn.LSTM (same weights), bidirectional and
+"""Recurrent layers: parity with PyTorch's nn.RNN / nn.GRU / nn.LSTM (same weights; their equations in numpy,
+tests/pytorch_reference.py, checked against torch in tests/test_references_match_pytorch.py), bidirectional and
 return_sequences shapes, gradients by finite differences, native compilation, and embeddings."""
 
 import numpy as np
 import pytest
-import torch
+import pytorch_reference as ref
 
 import graphc as gc
 from graphc.autodiff.check import check_grad
@@ -11,14 +12,14 @@ from graphc.autodiff.check import check_grad
 T, N, F, H = 5, 3, 4, 6
 
 
-def _torch_layer(kind, bidirectional):
-    torch.manual_seed(0)
-    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
-    return cls(F, H, bidirectional=bidirectional).double()
+def _pytorch_layer(kind, bidirectional):
+    """A PyTorch layer's parameters, as its state_dict names and lays them out (weight_ih_l0 (G*H, F), ...)."""
+    return ref.recurrent_weights(kind, F, H, bidirectional, seed=0)
 
 
 def _weights(kind, layer, name, suffix=""):
-    g = lambda a: getattr(layer, a + suffix).detach().numpy()  # noqa: E731
+    """graphc's parameters for PyTorch's: Wx = weight_ih.T, Wh = weight_hh.T, one bias (the GRU keeps both)."""
+    g = lambda a: layer[f"{a}{suffix}"]  # noqa: E731
     out = {f"{name}.Wx": g("weight_ih_l0").T.copy(), f"{name}.Wh": g("weight_hh_l0").T.copy()}
     if kind == "gru":
         out[f"{name}.b"], out[f"{name}.bh"] = g("bias_ih_l0"), g("bias_hh_l0")
@@ -30,10 +31,9 @@ def _weights(kind, layer, name, suffix=""):
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_matches_pytorch(kind, bidirectional):
-    layer = _torch_layer(kind, bidirectional)
+    layer = _pytorch_layer(kind, bidirectional)
     xs_np = np.random.default_rng(1).normal(size=(T, N, F))
-    out, hn = layer(torch.from_numpy(xs_np))[:2]
-    hn = (hn[0] if kind == "lstm" else hn).detach().numpy()
+    out, hn, _ = ref.recurrent(kind, xs_np, layer, bidirectional=bidirectional)
     xs = gc.input("xs", ("T", "N", F), "float64")
     fn = getattr(gc.nn, kind)
     seq = fn(xs, H, return_sequences=True, bidirectional=bidirectional, name=kind)
@@ -42,7 +42,7 @@ def test_matches_pytorch(kind, bidirectional):
     if bidirectional:
         values.update(_weights(kind, layer, f"{kind}_reverse", "_reverse"))
     got_seq, got_last = gc.evaluate([seq, last], values)
-    np.testing.assert_allclose(got_seq, out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got_seq, out, rtol=1e-10, atol=1e-12)
     want_last = np.concatenate([hn[0], hn[1]], axis=1) if bidirectional else hn[0]
     np.testing.assert_allclose(got_last, want_last, rtol=1e-10, atol=1e-12)
     assert seq.shape[2] == (2 * H if bidirectional else H)
@@ -53,16 +53,10 @@ def test_padded_batches_with_lengths_match_pytorchs_packed_sequences(kind, bidir
     """lengths=: past its end a sequence's carry is held and its outputs are 0, as PyTorch's packed sequences
     give them: the last h is each sequence's own last real step, the reverse pass starts from each own end; the
     same compiled, with symbolic T, and with checkpoint=2; gradients by finite differences."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    layer = _torch_layer(kind, bidirectional)
+    layer = _pytorch_layer(kind, bidirectional)
     xs_np = np.random.default_rng(2).normal(size=(T, 4, F))
     lens = np.array([5, 2, 1, 4], np.int32)
-    packed = pack_padded_sequence(torch.from_numpy(xs_np), torch.from_numpy(lens.astype(np.int64)),
-                                  enforce_sorted=False)
-    out, hn = layer(packed)[:2]
-    want_seq = pad_packed_sequence(out, total_length=T)[0].detach().numpy()
-    hn = (hn[0] if kind == "lstm" else hn).detach().numpy()
+    want_seq, hn, _ = ref.recurrent(kind, xs_np, layer, bidirectional=bidirectional, lengths=lens)
     want_last = np.concatenate([hn[0], hn[1]], axis=1) if bidirectional else hn[0]
     xs, L = gc.input("xs", ("T", "N", F), "float64"), gc.input("lengths", ("N",), "int32")
     values = {"xs": xs_np, "lengths": lens, **_weights(kind, layer, kind)}
@@ -254,13 +248,12 @@ def test_initial_and_final_states_are_pytorchs(kind, bidirectional):
     """initial_state (PyTorch's h0, or (h0, c0)) starts the carry; return_state gives (output, final state), the
     state PyTorch returns as h_n (and c_n) — an encoder's state for a decoder. Compiled, with its gradient into
     the initial state by finite differences."""
-    layer = _torch_layer(kind, bidirectional)
+    layer = _pytorch_layer(kind, bidirectional)
     rng = np.random.default_rng(7)
     xs_np = rng.normal(size=(T, N, F))
     nd = 2 if bidirectional else 1
     h0_np, c0_np = rng.normal(size=(nd, N, H)), rng.normal(size=(nd, N, H))
-    t0 = (torch.from_numpy(h0_np), torch.from_numpy(c0_np)) if kind == "lstm" else torch.from_numpy(h0_np)
-    out, hn = layer(torch.from_numpy(xs_np), t0)
+    out, hn, cn = ref.recurrent(kind, xs_np, layer, bidirectional=bidirectional, h0=h0_np, c0=c0_np)
     xs = gc.input("xs", ("T", "N", F), "float64")
     h0, c0 = gc.input("h0", (nd, "N", H), "float64"), gc.input("c0", (nd, "N", H), "float64")
 
@@ -278,8 +271,8 @@ def test_initial_and_final_states_are_pytorchs(kind, bidirectional):
     if kind != "lstm":
         del values["c0"]
     got = gc.compile([seq, *flat])(values)
-    np.testing.assert_allclose(got[0], out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    hn_t = [t.detach().numpy() for t in (hn if kind == "lstm" else (hn,))]
+    np.testing.assert_allclose(got[0], out, rtol=1e-10, atol=1e-12)
+    hn_t = [hn, cn] if kind == "lstm" else [hn]
     for d in range(nd):
         for j, want in enumerate(hn_t):
             np.testing.assert_allclose(got[1 + d * len(hn_t) + j], want[d], rtol=1e-10, atol=1e-12)

@@ -1,13 +1,14 @@
 """Variable-length sequences: masked losses against PyTorch (ignore_index, per-token means), lengths on either
 time axis, gradients by finite differences, the compiled loss against the reference, and last_step against
-PyTorch's packed sequences."""
+PyTorch's packed sequences (PyTorch's losses and layers in numpy: tests/pytorch_reference.py, checked against torch
+in tests/test_references_match_pytorch.py)."""
 
 import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import pytorch_reference as ref
 
 import graphc as gc
 from graphc.autodiff.check import check_grad
@@ -24,8 +25,7 @@ def _data(seed=0):
 def _torch_ce(z, labels, lengths):
     padded = labels.copy()
     padded[np.arange(T)[:, None] >= lengths[None, :]] = -100  # PyTorch's ignore_index for the padding
-    loss = torch.nn.CrossEntropyLoss(ignore_index=-100)
-    return loss(torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(padded.reshape(-1)).long()).item()
+    return ref.cross_entropy(z.reshape(-1, C), padded.reshape(-1), ignore_index=-100)
 
 
 def test_per_token_cross_entropy_over_real_tokens_matches_pytorch():
@@ -45,8 +45,8 @@ def test_per_token_cross_entropy_over_real_tokens_matches_pytorch():
     ignoring = gc.nn.softmax_cross_entropy(logits, y, ignore_index=-100)
     assert gc.evaluate(ignoring, {"z": z, "y": padded}) == pytest.approx(want, rel=1e-12)
     # unmasked: the mean over every token, as PyTorch's plain mean
-    plain = torch.nn.CrossEntropyLoss()(torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(labels.reshape(-1)).long())
-    assert gc.evaluate(gc.nn.softmax_cross_entropy(logits, y), vals) == pytest.approx(plain.item(), rel=1e-12)
+    plain = ref.cross_entropy(z.reshape(-1, C), labels.reshape(-1))
+    assert gc.evaluate(gc.nn.softmax_cross_entropy(logits, y), vals) == pytest.approx(plain, rel=1e-12)
     # batch-major (N, T, C) with time_axis=1 gives the same number
     zb = gc.input("zb", ("N", "T", C), "float64")
     yb = gc.input("yb", ("N", "T"), "int32")
@@ -85,9 +85,9 @@ def test_masked_mse_and_bce_count_the_real_elements_only():
     got = gc.evaluate(gc.nn.mse(pred, target, lengths=lengths), {"p": p, "t": t, "len": LENGTHS})
     assert got == pytest.approx(((p - t) ** 2)[real].mean(), rel=1e-12)
     b = (t > 0).astype(np.float64)
-    want = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(p[real]), torch.from_numpy(b[real]))
+    want = ref.bce_with_logits(p[real], b[real])
     got = gc.evaluate(gc.nn.binary_cross_entropy(pred, target, lengths=lengths), {"p": p, "t": b, "len": LENGTHS})
-    assert got == pytest.approx(want.item(), rel=1e-12)
+    assert got == pytest.approx(want, rel=1e-12)
     # a mask that counts nothing gives 0, not NaN (Keras' masked mean); the gradient is 0 too
     none = np.zeros(N, np.int32)
     loss = gc.nn.mse(pred, target, lengths=lengths)
@@ -111,26 +111,22 @@ def test_compiled_masked_loss_and_gradient_match_the_reference():
 
 def test_last_step_is_pytorchs_packed_final_state():
     F, H = 3, 4
-    torch.manual_seed(0)
-    layer = torch.nn.LSTM(F, H).double()
+    layer = ref.recurrent_weights("lstm", F, H, seed=0)  # nn.LSTM(F, H)'s state_dict
     xs_np = np.random.default_rng(7).normal(size=(T, N, F))
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(xs_np), torch.from_numpy(LENGTHS).long(),
-                                                     enforce_sorted=False)
-    _, (hn, _) = layer(packed)
+    _, hn, _ = ref.recurrent("lstm", xs_np, layer, lengths=LENGTHS)  # over pack_padded_sequence(xs, LENGTHS)
     xs = gc.input("xs", ("T", "N", F), "float64")
     lengths = gc.input("len", ("N",), "int32")
     ys = gc.nn.lstm(xs, H, return_sequences=True, name="l")
     last = gc.nn.last_step(ys, lengths)
     assert last.shape == (gc.dim("N"), H)
-    g = lambda a: getattr(layer, a).detach().numpy()  # noqa: E731
-    vals = {"l.Wx": g("weight_ih_l0").T.copy(), "l.Wh": g("weight_hh_l0").T.copy(),
-            "l.b": g("bias_ih_l0") + g("bias_hh_l0"), "xs": xs_np, "len": LENGTHS}
-    np.testing.assert_allclose(gc.evaluate(last, vals), hn[0].detach().numpy(), rtol=1e-10, atol=1e-12)
+    vals = {"l.Wx": layer["weight_ih_l0"].T.copy(), "l.Wh": layer["weight_hh_l0"].T.copy(),
+            "l.b": layer["bias_ih_l0"] + layer["bias_hh_l0"], "xs": xs_np, "len": LENGTHS}
+    np.testing.assert_allclose(gc.evaluate(last, vals), hn[0], rtol=1e-10, atol=1e-12)
     # the gradient flows into the chosen steps only (a scatter-add), checked by finite differences
     check_grad(gc.sum(last * last), [xs], vals, rtol=1e-6, atol=1e-9)
     # compiled: the same values; a length outside [1, T] is a checked error, not a wild read
     f = gc.compile([last], threads=1)
-    np.testing.assert_allclose(f(vals)[0], hn[0].detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f(vals)[0], hn[0], rtol=1e-10, atol=1e-12)
     for bad in (0, T + 1):
         with pytest.raises(gc.GraphcError, match="out of range"):
             gc.evaluate(last, dict(vals, len=np.array([bad, 1, 1, 1], np.int32)))
@@ -303,8 +299,7 @@ def test_label_smoothing_is_pytorchs():
     padded[np.arange(T)[:, None] >= LENGTHS[None, :]] = -100
     for e in (0.0, 0.1, 1.0):
         loss = gc.nn.softmax_cross_entropy(logits, y, ignore_index=-100, label_smoothing=e)
-        want = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=e)(
-            torch.from_numpy(z.reshape(-1, C)), torch.from_numpy(padded.reshape(-1)).long()).item()
+        want = ref.cross_entropy(z.reshape(-1, C), padded.reshape(-1), ignore_index=-100, label_smoothing=e)
         vals = {"z": z, "y": padded}
         assert gc.evaluate(loss, vals) == pytest.approx(want, rel=1e-12)
         assert float(gc.compile(loss)(vals)) == pytest.approx(want, rel=1e-12)
@@ -322,17 +317,14 @@ def test_huber_and_mae_are_pytorchs_and_count_only_the_masked_elements():
     lengths = gc.input("len", ("N",), "int32")
     vals = {"p": P, "y": Y, "len": LENGTHS}
     counted = np.arange(T)[:, None] < LENGTHS[None, :]  # (T, N)
-    tp, ty = torch.from_numpy(P[counted]).requires_grad_(), torch.from_numpy(Y[counted])
-    for loss, ref in ((gc.nn.huber(p, y, lengths=lengths), torch.nn.HuberLoss()),
-                      (gc.nn.huber(p, y, delta=0.4, lengths=lengths), torch.nn.HuberLoss(delta=0.4)),
-                      (gc.nn.mae(p, y, lengths=lengths), torch.nn.L1Loss())):
-        tp.grad = None
-        want = ref(tp, ty)
-        want.backward()
-        assert gc.evaluate(loss, vals) == pytest.approx(want.item(), rel=1e-12)
+    tp, ty = P[counted], Y[counted]
+    for loss, (want, want_grad) in ((gc.nn.huber(p, y, lengths=lengths), ref.huber(tp, ty)),
+                                    (gc.nn.huber(p, y, delta=0.4, lengths=lengths), ref.huber(tp, ty, delta=0.4)),
+                                    (gc.nn.mae(p, y, lengths=lengths), ref.l1(tp, ty))):
+        assert gc.evaluate(loss, vals) == pytest.approx(want, rel=1e-12)
         got, g = gc.compile([loss, gc.grad(loss, p)])(vals)
-        assert float(got) == pytest.approx(want.item(), rel=1e-12)
-        np.testing.assert_allclose(g[counted], tp.grad.numpy(), rtol=1e-10, atol=1e-15)
+        assert float(got) == pytest.approx(want, rel=1e-12)
+        np.testing.assert_allclose(g[counted], want_grad, rtol=1e-10, atol=1e-15)
         assert not g[~counted].any()
     check_grad(gc.nn.huber(p, y, delta=0.4, lengths=lengths), [p], {**vals, "p": P + 0.01}, rtol=1e-6, atol=1e-9)
     for bad in (0.0, -1.0, float("inf"), "1"):
