@@ -11,7 +11,8 @@ checked against the real PyTorch in tests/test_references_match_pytorch.py, whic
   give them; recurrent_weights() draws parameters under PyTorch's names and layout
 - cross_entropy, bce_with_logits, huber, l1, layer_norm: nn.CrossEntropyLoss, F.binary_cross_entropy_with_logits,
   nn.HuberLoss, nn.L1Loss (mean reduction; the last two with their gradient), nn.LayerNorm
-- Adam, RMSprop, Adagrad: torch.optim's steps on one parameter array, at their default hyperparameters
+- Adam, AdamW, RMSprop, Adagrad: torch.optim's steps on one parameter array (its .lr may change between steps, as
+  a schedule sets param_groups[0]["lr"])
 """
 
 from __future__ import annotations
@@ -155,6 +156,19 @@ class Adam:
         return self.param
 
 
+class AdamW(Adam):
+    """torch.optim.AdamW([param], lr=, betas=, eps=, weight_decay=) (not amsgrad): the decay decoupled from the
+    gradient, at the step's lr, param <- param (1 - lr wd), then Adam's step."""
+
+    def __init__(self, param, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(param, lr, betas, eps)
+        self.weight_decay = weight_decay
+
+    def step(self, grad):
+        self.param = self.param * (1.0 - self.lr * self.weight_decay)
+        return super().step(grad)
+
+
 class RMSprop:
     """torch.optim.RMSprop([param], lr=, alpha=, eps=) (not centered, no momentum or weight decay):
     v <- alpha v + (1 - alpha) g^2; param <- param - lr g / (sqrt(v) + eps)."""
@@ -185,4 +199,4 @@ class Adagrad:
         return self.param
 
 
-OPTIMIZERS = {"adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}  # graphc's names -> torch.optim's
+OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}  # graphc's names -> torch.optim's

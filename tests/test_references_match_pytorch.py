@@ -102,15 +102,18 @@ def test_layer_norm_is_torchs(feat):
     _close(ref.layer_norm(X, w, b), ln(torch.from_numpy(X)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(ref.OPTIMIZERS))
-def test_optimizer_steps_are_torch_optims(name):
-    """Twenty steps on the gradients of a fixed quadratic, from the same start, at lr 0.05 and the defaults."""
+@pytest.mark.parametrize("name, hyper", [*(pytest.param(n, {}, id=n) for n in sorted(ref.OPTIMIZERS)),
+                                         pytest.param("adamw", {"weight_decay": 0.3}, id="adamw-wd0.3")])
+def test_optimizer_steps_are_torch_optims(name, hyper):
+    """Twenty steps on the gradients of a fixed quadratic, from the same start, the learning rate changing between
+    steps as a schedule changes it; at the defaults, and AdamW with another weight_decay."""
     rng = np.random.default_rng(0)
     A, b0, w0 = rng.normal(size=(4, 4)), rng.normal(size=4), rng.normal(size=4)
-    opt = ref.OPTIMIZERS[name](w0, lr=0.05)
+    opt = ref.OPTIMIZERS[name](w0, lr=0.05, **hyper)
     wt = torch.tensor(w0.copy(), requires_grad=True)
-    topt = getattr(torch.optim, type(opt).__name__)([wt], lr=0.05)
-    for _ in range(20):
+    topt = getattr(torch.optim, type(opt).__name__)([wt], lr=0.05, **hyper)
+    for step in range(20):
+        opt.lr = topt.param_groups[0]["lr"] = 0.05 * 0.7 ** (step // 3)
         w = opt.step(A @ opt.param + b0)
         topt.zero_grad()
         wt.grad = torch.from_numpy(A) @ wt.detach() + torch.from_numpy(b0)
