@@ -22,7 +22,7 @@ def _data(seed=0):
     return rng.normal(size=(T, N, C)), rng.integers(0, C, size=(T, N)).astype(np.int32)
 
 
-def _torch_ce(z, labels, lengths):
+def _pytorch_ce(z, labels, lengths):
     padded = labels.copy()
     padded[np.arange(T)[:, None] >= lengths[None, :]] = -100  # PyTorch's ignore_index for the padding
     return ref.cross_entropy(z.reshape(-1, C), padded.reshape(-1), ignore_index=-100)
@@ -33,7 +33,7 @@ def test_per_token_cross_entropy_over_real_tokens_matches_pytorch():
     logits = gc.input("z", ("T", "N", C), "float64")
     y = gc.input("y", ("T", "N"), "int32")
     lengths = gc.input("len", ("N",), "int32")
-    want = _torch_ce(z, labels, LENGTHS)
+    want = _pytorch_ce(z, labels, LENGTHS)
     by_lengths = gc.nn.softmax_cross_entropy(logits, y, lengths=lengths)
     mask = gc.nn.sequence_mask(lengths, logits.shape[0])
     by_mask = gc.nn.softmax_cross_entropy(logits, y, mask=mask)
@@ -273,7 +273,7 @@ def test_padding_values_reach_neither_losses_nor_gradients(pad):
             assert np.all(np.isfinite(g))
             np.testing.assert_array_equal(g, w)
         assert np.all(got[4][~real] == 0) and np.all(got[5][~real] == 0)  # d/dz and d/dxs at the padding
-    assert float(got[0]) == pytest.approx(_torch_ce(z, labels, LENGTHS), rel=1e-12)
+    assert float(got[0]) == pytest.approx(_pytorch_ce(z, labels, LENGTHS), rel=1e-12)
 
 
 def test_mask_weights_of_any_scale_give_the_same_mean():
