@@ -1,6 +1,8 @@
 """Imports point one way, down the pipeline: each layer imports with every later layer blocked (and, below the
 code generator, without llvmlite); `import graphc` alone loads nothing heavy."""
 
+import ast
+import re
 import subprocess
 import sys
 
@@ -87,3 +89,24 @@ def test_dir_lists_the_public_names_and_each_resolves():
     assert {"scan", "conv2d", "nn", "EpochFunction", "fit", "GraphcError"} <= set(names)
     for n in names:
         getattr(gc, n)
+
+
+def test_only_the_reference_check_imports_the_peers():
+    """PyTorch and JAX come with the bench extra only: a test that imports them fails on a dev install (at module
+    level it failed the whole run's collection). The tests compare against tests/pytorch_reference.py instead; that
+    module alone is checked against torch, in a module that skips without it."""
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    allowed = {tests / "test_references_match_pytorch.py"}
+    found = []
+    for path in sorted(set(tests.rglob("*.py")) - allowed):
+        text = path.read_text()
+        if not re.search(r"^\s*(import|from)\s.*\b(torch|jax)", text, re.MULTILINE):
+            continue  # parse only the files that may import them (parsing all took 2 s)
+        for node in ast.walk(ast.parse(text, str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(tests)}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] in ("torch", "jax", "jaxlib")]
+    assert not found, f"tests importing a peer of the bench extra: {found}"
