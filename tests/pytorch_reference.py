@@ -9,8 +9,9 @@ checked against the real PyTorch in tests/test_references_match_pytorch.py, whic
 - recurrent(kind, xs, weights, ...): nn.RNN (tanh) / nn.GRU / nn.LSTM, one layer, time-major, optionally
   bidirectional, with an initial state, and with per-sequence lengths as pack_padded_sequence / pad_packed_sequence
   give them; recurrent_weights() draws parameters under PyTorch's names and layout
-- cross_entropy, bce_with_logits, huber, l1, layer_norm: nn.CrossEntropyLoss, F.binary_cross_entropy_with_logits,
-  nn.HuberLoss, nn.L1Loss (mean reduction; the last two with their gradient), nn.LayerNorm
+- cross_entropy, bce_with_logits, huber, l1, layer_norm, batch_norm: nn.CrossEntropyLoss,
+  F.binary_cross_entropy_with_logits, nn.HuberLoss, nn.L1Loss (mean reduction; the last two with their gradient),
+  nn.LayerNorm, nn.BatchNorm (both modes, the running statistics' update)
 - Adam, AdamW, RMSprop, Adagrad: torch.optim's steps on one parameter array (its .lr may change between steps, as
   a schedule sets param_groups[0]["lr"])
 """
@@ -135,6 +136,26 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def batch_norm(X, axis, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    """nn.BatchNorm1d/2d (F.batch_norm) with its channels on `axis`: (y, new running mean, new running var). In
+    training, the batch's statistics over every other axis normalize (the variance biased) and the running ones
+    move by momentum toward them (the variance unbiased, n / (n - 1)); in inference the running ones normalize and
+    stay."""
+    red = tuple(a for a in range(X.ndim) if a != axis % X.ndim)
+    shape = [1] * X.ndim
+    shape[axis] = -1
+
+    def c(v):
+        return np.reshape(v, shape)
+
+    if not training:
+        return (X - c(rm)) / np.sqrt(c(rv) + eps) * c(gamma) + c(beta), rm, rv
+    mu, var = X.mean(axis=red), X.var(axis=red)
+    n = X.size // X.shape[axis]
+    y = (X - c(mu)) / np.sqrt(c(var) + eps) * c(gamma) + c(beta)
+    return y, (1 - momentum) * rm + momentum * mu, (1 - momentum) * rv + momentum * var * n / (n - 1)
 
 
 class Adam:

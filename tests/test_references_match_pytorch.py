@@ -102,6 +102,25 @@ def test_layer_norm_is_torchs(feat):
     _close(ref.layer_norm(X, w, b), ln(torch.from_numpy(X)), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape, axis", [((6, 3), -1), ((2, 4, 5, 3), -1), ((4, 3, 5), 1)],
+                         ids=["rows", "images-nhwc", "channels-first"])
+def test_batch_norm_is_torchs_in_both_modes_with_its_running_statistics(shape, axis):
+    """F.batch_norm (nn.BatchNorm1d/2d's) with the channels moved to axis 1 as torch has them: the output, and the
+    running statistics it updates in place in training (unchanged in inference)."""
+    rng = np.random.default_rng(7)
+    c = shape[axis]
+    X = rng.normal(size=shape) * 3 + 2
+    gamma, beta, rm, rv = rng.normal(size=c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.5, 2, size=c)
+    for training in (True, False):
+        y, new_rm, new_rv = ref.batch_norm(X, axis, gamma, beta, rm, rv, training, momentum=0.3)
+        t_rm, t_rv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+        want = torch.nn.functional.batch_norm(torch.from_numpy(np.moveaxis(X, axis, 1)), t_rm, t_rv,
+                                              torch.from_numpy(gamma), torch.from_numpy(beta), training, 0.3, 1e-5)
+        _close(y, np.moveaxis(want.numpy(), 1, axis))
+        _close(new_rm, t_rm)
+        _close(new_rv, t_rv)
+
+
 @pytest.mark.parametrize("name, hyper", [*(pytest.param(n, {}, id=n) for n in sorted(ref.OPTIMIZERS)),
                                          pytest.param("adamw", {"weight_decay": 0.3}, id="adamw-wd0.3")])
 def test_optimizer_steps_are_torch_optims(name, hyper):
