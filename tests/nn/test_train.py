@@ -457,17 +457,15 @@ def test_token_regression_predictions_are_in_the_targets_units(tmp_path):
     np.testing.assert_allclose(got, (r.predict(X[:4]) * r.dataset.y_std + r.dataset.y_mean)[:, 0], rtol=1e-6)
 
 
-def adamw_reference(w, grads, rates, wd, beta1=0.9, beta2=0.999, eps=1e-8):
-    """AdamW as PyTorch documents it (torch.optim.AdamW, amsgrad off), in numpy: for t = 1, 2, ...
-    θ ← θ - γλθ;  m ← β1·m + (1-β1)g;  v ← β2·v + (1-β2)g²;  m̂ = m/(1-β1^t);  v̂ = v/(1-β2^t);  θ ← θ - γ·m̂/(√v̂ + ε)."""
-    m, v = np.zeros_like(w), np.zeros_like(w)
-    out = []
-    for t, (g, lr) in enumerate(zip(grads(w) if callable(grads) else grads, rates, strict=True), start=1):
-        w = w - lr * wd * w
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        w = w - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
-        out.append(w)
+def adamw_reference(w, grads, rates, wd):
+    """The AdamW steps of tests/pytorch_reference.py (PyTorch's documented algorithm, checked against torch there),
+    the learning rate changed between steps as a schedule changes torch's param_groups."""
+    from pytorch_reference import AdamW
+
+    opt, out = AdamW(w, weight_decay=wd), []
+    for g, lr in zip(grads, rates, strict=True):
+        opt.lr = lr
+        out.append(opt.step(g))
     return out
 
 
