@@ -43,8 +43,10 @@ def _size(x: Tensor, axes: tuple[int, ...]):
     return count
 
 
-def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
-    """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x; inf for a
+def logsumexp(x, axis=None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) over `axis` (default None: every axis, as scipy.special.logsumexp, jax.nn.logsumexp and
+    graphc's own sum and max; it reduced only the last axis, so a JAX user's logsumexp(x) of a matrix was silently a
+    vector) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x; inf for a
     row holding +inf, -inf for a row of -inf (as scipy and jax): m is clamped to the finite floats, so x - m is
     inf or -inf there, not inf - inf."""
     from graphc.ops.pointwise import clip_finite
