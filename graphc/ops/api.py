@@ -8,7 +8,7 @@ from graphc.errors import GraphcError
 from graphc.ir.shapes import as_dtype
 from graphc.ops import compose, linalg, movement, reduce
 from graphc.ops import pointwise as ew
-from graphc.ops.core import Tensor, located
+from graphc.ops.core import Tensor, as_tensor, located
 
 
 def _r(fn):
@@ -51,6 +51,7 @@ def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
                           "gc functions (np.exp is gc.exp, np.maximum gc.maximum, ...); write np." + name +
                           " from those, or evaluate the tensor first")
     return fn(*inputs)
+
 
 
 Tensor.__array_ufunc__ = _array_ufunc
@@ -211,7 +212,25 @@ def _transpose(self, *axes):
 
 
 def _dot(self, b, out=None):
-    return linalg.matmul(_numpy_args(self, "dot", None, out), b)
+    return _np_dot(_numpy_args(self, "dot", None, out), b)
+
+
+def _np_dot(a, b):
+    """numpy's dot: a product with a scalar; else a sum over a's last axis and b's second-to-last. That is matmul's
+    product except where a has 2 axes or more and b 3 or more: dot pairs every row of a with every matrix of b
+    ((2, 3, 4)·(2, 4, 5) is (2, 3, 2, 5)) where matmul broadcasts the batch ((2, 3, 5)): an einsum there."""
+    ta, tb = (t if isinstance(t, Tensor) else None for t in (a, b))
+    if (ta is not None and ta.ndim == 0) or (tb is not None and tb.ndim == 0) or np.ndim(a) == 0 or np.ndim(b) == 0:
+        return ew.multiply(a, b)
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim < 2 or b.ndim < 3:
+        return linalg.matmul(a, b)
+    letters = "abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXY"  # z: the summed axis
+    if a.ndim + b.ndim - 1 > len(letters):
+        raise located(GraphcError(f"dot of ranks {a.ndim} and {b.ndim}: more axes than einsum has letters"), (a, b),
+                      "dot")
+    la, lb = letters[:a.ndim - 1], letters[a.ndim - 1:a.ndim + b.ndim - 2]
+    return linalg.einsum(f"{la}z,{lb[:-1]}z{lb[-1]}->{la}{lb}", a, b)
 
 
 Tensor.sum, Tensor.prod, Tensor.max, Tensor.min, Tensor.mean = _sum, _prod, _max, _min, _mean

@@ -308,6 +308,21 @@ def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
             call()
 
 
+
+def test_dot_is_numpys_for_a_stack_of_matrices():
+    """x.dot(y) was matmul's batched product: (2, 3, 4)·(2, 4, 5) gave (2, 3, 5) where numpy's dot pairs every row
+    with every matrix, (2, 3, 2, 5). Shapes matmul agrees on stay its product; a scalar multiplies."""
+    r = np.random.default_rng(6)
+    for sa, sb in [((2, 3, 4), (2, 4, 5)), ((3, 4), (2, 4, 5)), ((4,), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4,)),
+                   ((2, 1, 3, 4), (5, 4, 2))]:
+        A, B = r.normal(size=sa), r.normal(size=sb)
+        a, b = gc.input("a", sa, "float64"), gc.input("b", sb, "float64")
+        for got in both(a.dot(b), a=A, b=B):
+            assert got.shape == np.dot(A, B).shape
+            np.testing.assert_allclose(got, np.dot(A, B), rtol=1e-12)
+    c = gc.input("c", (3,))
+    assert c.dot(2.0).dtype == "float32"
+
 @pytest.mark.parametrize("name, args, kwargs", [
     ("tile", (2,), {}), ("tile", ((2, 1, 3),), {}), ("tile", ((1, 1),), {}), ("tile", ((0, 2),), {}),
     ("repeat", (2,), {}), ("repeat", (3,), {"axis": 1}), ("repeat", (2,), {"axis": -2}), ("tril", (), {}),
