@@ -323,6 +323,46 @@ def test_dot_is_numpys_for_a_stack_of_matrices():
     c = gc.input("c", (3,))
     assert c.dot(2.0).dtype == "float32"
 
+def test_numpys_other_functions_on_tensors_build_graphcs_ops_or_name_what_to_use():
+    """np.concatenate, np.stack, np.where, np.einsum, np.dot, ... on tensors were 'tensors cannot be iterated while
+    building a graph' (numpy converted them to arrays); they now build graphc's op (NEP 18's __array_function__),
+    with numpy's signatures (np.take without an axis flattens). np.dot is numpy's dot (as x.dot)."""
+    x, y = gc.input("x", (3, 4), "float64"), gc.input("y", (3, 4), "float64")
+    s, t = gc.input("s", (2, 3, 4), "float64"), gc.input("t", (2, 4, 5), "float64")
+    r = np.random.default_rng(5)
+    v = {k: r.normal(size=a.shape) for k, a in dict(x=x, y=y, s=s, t=t).items()}
+    X, Y, S, T = v["x"], v["y"], v["s"], v["t"]
+    idx = np.array([5, 0, 11], np.int32)
+    cases = [(np.concatenate([x, y], axis=1), np.concatenate([X, Y], axis=1)), (np.stack((x, y)), np.stack((X, Y))),
+             (np.where(x > 0, x, y), np.where(X > 0, X, Y)),
+             (np.einsum("ij,kj->ik", x, y), np.einsum("ij,kj->ik", X, Y)),
+             (np.expand_dims(x, 1), np.expand_dims(X, 1)), (np.outer(x[0], y[1]), np.outer(X[0], Y[1])),
+             (np.tile(x, 2), np.tile(X, 2)), (np.repeat(x, 2, axis=0), np.repeat(X, 2, axis=0)),
+             (np.split(x, [1], axis=1)[1], np.split(X, [1], axis=1)[1]), (np.pad(x, 1, constant_values=2.0),
+                                                                           np.pad(X, 1, constant_values=2.0)),
+             (np.take(x, idx), np.take(X, idx)), (np.take(x, idx[1:2], axis=1), np.take(X, idx[1:2], axis=1)),
+             (np.tril(x, -1), np.tril(X, -1)), (np.flip(x), np.flip(X)), (np.broadcast_to(x[0], (2, 4)),
+                                                                        np.broadcast_to(X[0], (2, 4))),
+             (np.zeros_like(x), np.zeros_like(X)), (np.full_like(x, 3.0), np.full_like(X, 3.0)),
+             (np.ravel(s), np.ravel(S)), (np.dot(x, y.T), np.dot(X, Y.T)), (np.dot(s, t), np.dot(S, T)),
+             (s.dot(t), S.dot(T)), (x.dot(t), X.dot(T)), (np.dot(X, t), np.dot(X, T)), (np.dot(2.0, x), 2.0 * X),
+             (np.sum(x, axis=0), X.sum(0))]  # the method path as before
+    outs = [g for g, _ in cases]
+    assert all(isinstance(g, gc.Tensor) for g in outs)
+    for got in both(outs, **v):
+        for g, (_, w) in zip(got, cases, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+    for call, words in [(lambda: np.sort(x), r"np.sort on a graphc tensor: .*graphc has no counterpart"),
+                        (lambda: np.linalg.norm(x), r"np.linalg.norm on a graphc tensor"),
+                        (lambda: np.pad(x, 1, mode="reflect"), r"mode='reflect'.*constant only"),
+                        (lambda: np.concatenate([x, y], out=np.zeros((6, 4))), r"np.concatenate on a graphc tensor: "
+                                                                               r".*unexpected keyword argument 'out'"),
+                        (lambda: np.where(x > 0), r"np.where on a graphc tensor: .*data-dependent shape")]:
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
+
+
 @pytest.mark.parametrize("name, args, kwargs", [
     ("tile", (2,), {}), ("tile", ((2, 1, 3),), {}), ("tile", ((1, 1),), {}), ("tile", ((0, 2),), {}),
     ("repeat", (2,), {}), ("repeat", (3,), {"axis": 1}), ("repeat", (2,), {"axis": -2}), ("tril", (), {}),
