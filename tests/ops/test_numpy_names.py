@@ -174,7 +174,9 @@ EINSUMS = [("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,jk", [(3, 4), (4, 5)]), ("bij,b
            # a letter twice in one operand: its diagonal (the trace when summed), as numpy
            ("ii->", [(4, 4)]), ("ii", [(4, 4)]), ("ii->i", [(4, 4)]), ("iij->ji", [(3, 3, 2)]),
            ("jii->ij", [(2, 3, 3)]), ("iij,ki->kj", [(3, 3, 2), (4, 3)]), ("ij,ii->j", [(3, 3), (3, 3)]),
-           ("iijj->", [(2, 2, 3, 3)])]
+           ("iijj->", [(2, 2, 3, 3)]),
+           # a size-1 letter broadcasts against the other operand's, as numpy's and jax's (it was a ShapeError)
+           ("bij,bjk->bik", [(2, 3, 4), (1, 4, 5)]), ("ij,jk->ik", [(3, 1), (4, 5)])]
 
 
 @pytest.mark.parametrize("spec, shapes", EINSUMS, ids=[s for s, _ in EINSUMS])
