@@ -234,9 +234,18 @@ def _out_of_range_int(arr: np.ndarray, dtype: str) -> str:
     return f"{int(bad)} does not fit {dtype} ({info.min} to {info.max})"
 
 
+def _array_like(x: Any) -> bool:
+    """A numpy array, or another library's array (JAX's, PyTorch's: an object with __array__ and a dtype): it has
+    a dtype of its own, kept as a numpy array's is (a float64 jnp array was a float32 constant, as a Python list)."""
+    if isinstance(x, np.ndarray):
+        return True
+    return not isinstance(x, (np.generic, list, tuple, str, bytes, int, float, complex)) and \
+        hasattr(x, "__array__") and hasattr(x, "dtype")
+
+
 def constant(value: Any, dtype: str | None = None) -> Tensor:
-    """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays keep
-    their dtype unless `dtype` is given."""
+    """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays (and
+    other libraries' arrays: JAX's, PyTorch's) keep their dtype unless `dtype` is given."""
     from graphc.ops.sources import CONSTANT
 
     if isinstance(value, Node):
@@ -246,7 +255,7 @@ def constant(value: Any, dtype: str | None = None) -> Tensor:
     except Exception:
         raise DTypeError(f"gc.constant: cannot make a constant from {type(value).__name__}") from None
     dtype = as_dtype(dtype, "gc.constant") if dtype is not None else _default_dtype(
-        arr, not isinstance(value, (np.ndarray, np.generic)))
+        arr, not (isinstance(value, np.generic) or _array_like(value)))
     if arr.dtype.kind in "iu" and dtype in ("int32", "int64") and not int_fits(arr, dtype):
         raise DTypeError(f"gc.constant: {_out_of_range_int(arr, dtype)}: it would wrap around; use a wider dtype")
     return apply(CONSTANT, (), value=ArrayValue(arr.astype(dtype)))
@@ -256,10 +265,10 @@ def as_tensor(x: Any, like: Node | None = None) -> Tensor:
     """A tensor for `x`. Python numbers and lists, and numpy scalars (`np.sqrt(d)`, `np.float32(lr)`: numbers to
     a PyTorch user, as torch treats them), are weakly typed: they take the dtype of the tensor they meet when that
     dtype can hold them (a float meeting an int tensor is the float that int becomes: `float_for`). numpy arrays,
-    0-d ones too, keep their dtype."""
+    0-d ones too, keep their dtype, as do other libraries' arrays (JAX's, PyTorch's)."""
     if isinstance(x, Node):
         return x  # type: ignore[return-value]
-    weak = not isinstance(x, np.ndarray)
+    weak = not _array_like(x)
     if weak and like is not None:
         try:
             arr = np.asarray(x)
