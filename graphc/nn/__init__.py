@@ -1,6 +1,6 @@
 """Neural-network building blocks on the DSL: layers, losses, penalties, dropout, initialization."""
 
-from graphc.nn.activations import elu, gelu, leaky_relu, silu
+from graphc.nn.activations import elu, gelu, leaky_relu, log_sigmoid, silu
 from graphc.nn.layers import (
     ACTIVATIONS,
     avg_pool1d,
@@ -31,4 +31,5 @@ __all__ = [
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",
+    "log_sigmoid",
 ]
