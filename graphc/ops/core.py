@@ -243,6 +243,25 @@ def _array_like(x: Any) -> bool:
         hasattr(x, "__array__") and hasattr(x, "dtype")
 
 
+def _dim_tensor(d, like: Node | None) -> Tensor:
+    """A symbolic dim met in arithmetic (`gc.sum(x) / x.shape[0]` with a batch "N", JAX's static `x.shape[0]`): its
+    run-time value, a weak number taking the dtype of the tensor it meets, read from the shape of a tensor that
+    `like` is computed from and whose shape has the dim's symbols."""
+    from graphc.ir.node import topo_order
+    from graphc.ir.shapes import free_symbols
+    from graphc.ops.sources import dim_value
+
+    need = d.free_symbols
+    if like is not None:
+        dtype = like.dtype if like.dtype in FLOAT_DTYPES or like.dtype in INT_DTYPES else "int32"
+        for n in (like, *reversed(topo_order([like]))):
+            if need <= free_symbols(n.shape):
+                return dim_value(d, n, dtype)
+    where = "no tensor it meets is computed from" if like is not None else "it meets no tensor, so nothing gives it"
+    raise ShapeError(f"the symbolic dim {d} is used as a number, but {where} a tensor with {d} in its shape; use "
+                     f"gc.dim_value({str(d)!r}, x) with such an x (an input) (at {capture_source().where()})")
+
+
 def constant(value: Any, dtype: str | None = None) -> Tensor:
     """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays (and
     other libraries' arrays: JAX's, PyTorch's) keep their dtype unless `dtype` is given."""
@@ -250,6 +269,12 @@ def constant(value: Any, dtype: str | None = None) -> Tensor:
 
     if isinstance(value, Node):
         raise GraphcError("gc.constant() takes a number or an array, not a tensor")
+    from graphc.ir.dims import Dim
+
+    if isinstance(value, Dim):
+        raise ShapeError(f"gc.constant({value}): a symbolic dim has no value while the graph is built; "
+                         f"gc.dim_value({str(value)!r}, x) is its value in the graph (x: an input with {value} in its "
+                         f"shape) (at {capture_source().where()})")
     try:
         arr = np.asarray(value)
     except Exception:
@@ -268,6 +293,10 @@ def as_tensor(x: Any, like: Node | None = None) -> Tensor:
     0-d ones too, keep their dtype, as do other libraries' arrays (JAX's, PyTorch's)."""
     if isinstance(x, Node):
         return x  # type: ignore[return-value]
+    from graphc.ir.dims import Dim
+
+    if isinstance(x, Dim):
+        return _dim_tensor(x, like)
     weak = not _array_like(x)
     if weak and like is not None:
         try:
