@@ -316,6 +316,7 @@ Tensor.sum, Tensor.prod, Tensor.max, Tensor.min, Tensor.mean = _sum, _prod, _max
 Tensor.var, Tensor.std, Tensor.any, Tensor.all = _var, _std, _any, _all
 Tensor.argmax, Tensor.argmin, Tensor.cumsum, Tensor.clip, Tensor.round = _argmax, _argmin, _cumsum, _clip, _round
 Tensor.reshape, Tensor.flatten, Tensor.transpose, Tensor.dot = _reshape, _flatten, _transpose, _dot
+Tensor.ravel = _flatten  # ndarray's ravel: a graph has no views, so it is flatten
 Tensor.astype = ew.cast
 Tensor.squeeze = lambda self, axis=None: movement.squeeze(self, axis)
 Tensor.swapaxes = lambda self, axis1, axis2: movement.swapaxes(self, axis1, axis2)

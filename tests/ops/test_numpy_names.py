@@ -87,6 +87,7 @@ def test_tensor_methods_are_the_functions():
     assert x.any() is gc.any(x) and x.all(axis=0) is gc.all(x, axis=0)
     assert x.clip(0, 1) is gc.clip(x, 0, 1) and x.cumsum(axis=0) is gc.cumsum(x, axis=0)
     assert x.flatten() is gc.reshape(x, (-1,)) and x[:, :1].squeeze(1) is gc.squeeze(x[:, :1], 1)
+    assert x.ravel() is x.flatten()  # ndarray's ravel (an AttributeError before)
     assert x.swapaxes(0, 1) is gc.swapaxes(x, 0, 1) and x.transpose() is x.T and x.transpose(1, 0) is x.T
     assert x.transpose((1, 0)) is x.T and x.dot(x.T) is x @ x.T
     assert round(x) is gc.round(x) and round(x, 2) is gc.round(x, 2)
