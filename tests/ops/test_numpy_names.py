@@ -259,6 +259,12 @@ def test_numpy_functions_on_a_tensor_reach_its_methods_with_numpys_signatures():
     got = gc.evaluate(x.mean(0, np.int64), {"x": v * 10})
     np.testing.assert_array_equal(got, (v * 10).mean(0, np.int64))
     assert x.clip() is x and x.clip(None, 1.0) is gc.clip(x, hi=1.0)
+    # jnp.clip's (and numpy 2.1's) min=/max= and numpy's a_min=/a_max= name the same bounds (a TypeError before)
+    assert gc.clip(x, min=0.0, max=1.0) is gc.clip(x, 0.0, 1.0) and gc.clip(x, a_max=1.0) is gc.clip(x, hi=1.0)
+    for call, words in [(lambda: gc.clip(x, 0.0, min=1.0), "lower bound is given twice"),
+                        (lambda: gc.clip(x, upper=1.0), "unexpected keyword upper=")]:
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
 
 
 def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
