@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from graphc.autodiff.grad import grad
+from graphc.autodiff.grad import _wrt_targets, grad
 from graphc.errors import DTypeError, GradError, GraphcError
-from graphc.ir.node import Node
+from graphc.ir.node import Node, capture_source
 from graphc.ir.shapes import FLOAT_DTYPES
 from graphc.ops.core import describe
 from graphc.runtime.reference import evaluate
@@ -56,7 +56,7 @@ def numeric_grad(y: Node, wrt: Node, values: Mapping, eps: float = 1e-6, **kw) -
 def check_grad(y: Node, wrt: Sequence[Node], values: Mapping, *, eps: float = 1e-6, rtol: float = 1e-5,
                atol: float = 1e-7, **kw) -> None:
     """Assert that grad(y, wrt) evaluated in float64 matches central differences; raises AssertionError."""
-    wrt = [wrt] if isinstance(wrt, Node) else list(wrt.values()) if isinstance(wrt, dict) else list(wrt)
+    wrt = _wrt_targets(wrt, "check_grad", capture_source().where())  # nested as grad's
     vals = {k: (np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v) for k, v in values.items()}
     symbolic = evaluate(grad(y, wrt), vals, allow_unused=True, **kw)
     for w, s in zip(wrt, symbolic, strict=True):

@@ -6,12 +6,12 @@ reused, not recomputed): it can be printed, evaluated, compiled, and differentia
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from graphc.errors import DTypeError, GradError, ShapeError
-from graphc.ir.node import Node, as_nodes, capture_source, derived_from, shaped_like, topo_order
+from graphc.ir.node import Node, capture_source, derived_from, shaped_like, topo_order
 from graphc.ir.shapes import FLOAT_DTYPES, fmt_shape
 from graphc.ops.core import Tensor, as_tensor, constant, describe
 from graphc.ops.movement import broadcast_to
@@ -35,14 +35,11 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
     here = capture_source().where()
     if not isinstance(y, Node):
         raise GradError(f"grad: y must be a tensor, got {type(y).__name__} (at {here})")
-    single = isinstance(wrt, Node)
-    if not single and (isinstance(wrt, (str, bytes)) or not isinstance(wrt, Iterable)):
-        raise GradError(f"grad: wrt must be a tensor, or a list or dict of tensors, got {type(wrt).__name__} "
-                        f"(at {here})")
-    targets = as_nodes(wrt) if single or not isinstance(wrt, dict) else list(wrt.values())
+    if not isinstance(wrt, (Node, list, tuple, Mapping)) and isinstance(wrt, Iterable) \
+            and not isinstance(wrt, (str, bytes)):
+        wrt = list(wrt)  # a generator: read once, the result a list
+    targets = _wrt_targets(wrt, "grad", here)
     for w in targets:
-        if not isinstance(w, Node):
-            raise GradError(f"grad: wrt must hold tensors, got {type(w).__name__} (at {here})")
         if w.dtype not in FLOAT_DTYPES:
             raise DTypeError(f"grad: cannot differentiate with respect to {describe(w)}, an integer/bool "
                              f"tensor declared at {w.source.where()} (at {here})")
@@ -73,9 +70,7 @@ def grad(y: Node, wrt: Node | Sequence[Node], seed=None) -> Tensor | list[Tensor
 
     total = _sweep([(y, seed_node)], targets)
     out = [total[id(w)] if id(w) in total else zeros_like(w) for w in targets]
-    if isinstance(wrt, dict):
-        return dict(zip(wrt.keys(), out, strict=True))  # type: ignore[return-value]
-    return out[0] if single else out
+    return shaped_like(wrt, out)
 
 
 def vjp(seeds: Sequence[tuple[Node, Node]], wrt: Sequence[Node], leaves: Sequence[Node] = ()) -> list[Tensor]:
@@ -172,14 +167,20 @@ def jacobian(y: Node, wrt: Node | Sequence[Node]) -> Tensor | list[Tensor]:
 
 
 def _wrt_targets(wrt, fn: str, here: str) -> list[Node]:
-    """The tensors of `wrt`: a tensor, a list/tuple or a dict of them (the result takes wrt's form: shaped_like)."""
-    if isinstance(wrt, Node):
-        return [wrt]
-    targets = list(wrt.values()) if isinstance(wrt, dict) else list(wrt) if isinstance(wrt, (list, tuple)) else None
-    if targets is None or not all(isinstance(t, Node) for t in targets):
-        bad = type(wrt).__name__ if targets is None else next(type(t).__name__ for t in targets
-                                                               if not isinstance(t, Node))
-        raise GradError(f"{fn}: wrt must be a tensor, or a list or dict of tensors, got {bad} (at {here})")
+    """The tensors of `wrt`, depth first: a tensor, or lists, tuples and dicts of them, nested as a JAX pytree (a
+    Flax-style {"dense": {"W": W, "b": b}}, the [(W1, b1), (W2, b2)] of a JAX MLP); the result takes wrt's form
+    (shaped_like: a dict for a dict, the top level a list, nested tuples, lists and dicts as they were)."""
+    targets: list[Node] = []
+    stack = [wrt]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, Node):
+            targets.append(t)
+        elif isinstance(t, (list, tuple, Mapping)):
+            stack.extend(reversed(list(t.values() if isinstance(t, Mapping) else t)))
+        else:
+            raise GradError(f"{fn}: wrt must be a tensor, or a list or dict of tensors, got {type(t).__name__}"
+                            f"{'' if t is wrt else ' in it'} (lists, tuples and dicts of tensors may nest) (at {here})")
     return targets
 
 

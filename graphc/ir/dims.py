@@ -300,7 +300,11 @@ class Dim:
         return True  # never zero: a zero polynomial is the int 0
 
     def __int__(self):
-        raise TypeError(f"the symbolic dim {self} has no int value until its symbols are bound")
+        from graphc.errors import DTypeError  # a TypeError too: Python's int()/float()/index protocols expect one
+
+        raise DTypeError(f"the symbolic dim {self} has no int value until its symbols are bound (at a call); in the "
+                         f"graph, arithmetic with a tensor reads it (gc.sum(x) / x.shape[0]), and "
+                         f"gc.dim_value({str(self)!r}, x) is its value as a scalar tensor")
 
     __index__ = __int__
 

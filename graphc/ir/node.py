@@ -329,7 +329,8 @@ def output_form(outputs):
     if isinstance(outputs, Mapping):
         return {k: output_form(v) for k, v in outputs.items()}
     if isinstance(outputs, tuple):
-        return tuple(output_form(o) for o in outputs)
+        inner = [output_form(o) for o in outputs]
+        return type(outputs)(*inner) if hasattr(outputs, "_fields") else tuple(inner)
     return [output_form(o) for o in outputs]
 
 
@@ -354,7 +355,9 @@ def _take(form, it):
     if isinstance(form, Mapping):
         return {k: _take(v, it) for k, v in form.items()}
     inner = [_take(f, it) for f in form]
-    return tuple(inner) if isinstance(form, tuple) else inner
+    if isinstance(form, tuple):  # a named tuple stays one, as a JAX pytree's
+        return type(form)(*inner) if hasattr(form, "_fields") else tuple(inner)
+    return inner
 
 
 def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:

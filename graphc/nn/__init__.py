@@ -2,7 +2,7 @@
 (gc.nn.optim: SGD, Adam, AdamW, RMSprop, Adagrad and the learning-rate schedules)."""
 
 from graphc.nn import optim
-from graphc.nn.activations import elu, gelu, leaky_relu, silu
+from graphc.nn.activations import elu, gelu, leaky_relu, log_sigmoid, silu
 from graphc.nn.layers import (
     ACTIVATIONS,
     avg_pool1d,
@@ -37,4 +37,5 @@ __all__ = [
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",
+    "log_sigmoid",
 ]

@@ -1,6 +1,6 @@
 """Activation functions beyond the graph's own elementwise ops (relu, tanh, sigmoid, softplus): the ReLU family
-of jax.nn and torch.nn.functional, each a composition of graph ops (so the compiler fuses it into the layer's
-epilogue and differentiates it like any graph), with PyTorch's value and gradient at the kinks."""
+of jax.nn and torch.nn.functional, and log_sigmoid, each a composition of graph ops (so the compiler fuses it into
+the layer's epilogue and differentiates it like any graph), with PyTorch's value and gradient at the kinks."""
 
 from __future__ import annotations
 
@@ -53,4 +53,10 @@ def silu(x) -> ops.Tensor:
     return x * ops.sigmoid(x)
 
 
-__all__ = ["leaky_relu", "elu", "gelu", "silu"]
+def log_sigmoid(x) -> ops.Tensor:
+    """log(sigmoid(x)) as -softplus(-x) (jax.nn.log_sigmoid, torch's F.logsigmoid): finite and accurate for any x
+    (log(sigmoid(x)) as written is -inf below -88 in float32 and 0 above 17), its gradient sigmoid(-x)."""
+    return -ops.softplus(-ops.as_tensor(x))
+
+
+__all__ = ["leaky_relu", "elu", "gelu", "silu", "log_sigmoid"]

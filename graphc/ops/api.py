@@ -8,7 +8,7 @@ from graphc.errors import GraphcError
 from graphc.ir.shapes import as_dtype
 from graphc.ops import compose, linalg, movement, reduce
 from graphc.ops import pointwise as ew
-from graphc.ops.core import Tensor, located
+from graphc.ops.core import Tensor, as_tensor, located
 
 
 def _r(fn):
@@ -53,7 +53,87 @@ def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
     return fn(*inputs)
 
 
+
+def _np_pad(array, pad_width, mode="constant", constant_values=0):
+    if mode != "constant":
+        raise GraphcError(f"np.pad(..., mode={mode!r}) on a graphc tensor: graphc pads with a constant only "
+                          "(gc.pad(x, pad_width, constant_values=...))")
+    import graphc
+
+    return graphc.pad(array, pad_width, constant_values=constant_values)
+
+
+def _np_functions() -> dict:
+    """numpy's non-ufunc functions that graphc has, each with numpy's signature (np.take's axis=None flattens, as
+    numpy's; gc.take's default is axis 0). Built once, on the first call: graphc's functions are imported by then."""
+    import graphc
+
+    g = graphc
+    return {
+        np.concatenate: lambda arrays, axis=0: g.concatenate(arrays, axis),
+        np.stack: lambda arrays, axis=0: g.stack(arrays, axis),
+        np.where: lambda condition, x, y: g.where(condition, x, y),
+        np.einsum: lambda subscripts, *operands: g.einsum(subscripts, *operands),
+        np.expand_dims: lambda a, axis: g.expand_dims(a, axis),
+        np.outer: lambda a, b: g.outer(a, b),
+        np.tile: lambda A, reps: g.tile(A, reps),
+        np.repeat: lambda a, repeats, axis=None: g.repeat(a, repeats, axis),
+        np.split: lambda ary, indices_or_sections, axis=0: g.split(ary, indices_or_sections, axis),
+        np.pad: _np_pad,
+        np.take: lambda a, indices, axis=None: g.take(a, indices, axis),
+        np.tril: lambda m, k=0: g.tril(m, k),
+        np.triu: lambda m, k=0: g.triu(m, k),
+        np.flip: lambda m, axis=None: g.flip(m, axis),
+        np.broadcast_to: lambda array, shape: g.broadcast_to(array, shape),
+        np.zeros_like: lambda a: g.zeros_like(a),
+        np.ones_like: lambda a: g.ones_like(a),
+        np.full_like: lambda a, fill_value: g.full_like(a, fill_value),
+        np.dot: lambda a, b: _np_dot(a, b),
+        np.ravel: lambda a, order="C": _flatten(as_tensor(a), order),
+    }
+
+
+_NP_FUNCTIONS: dict = {}
+
+
+def _array_function(self, func, types, args, kwargs):
+    """numpy's other functions on tensors (NEP 18): those graphc has (np.concatenate, np.stack, np.where,
+    np.einsum, np.dot, np.pad, np.take, ...) build its op; the rest run numpy's own code as before, which calls the
+    tensor's method of that name (np.sum(x) is x.sum()). One that would convert a tensor to an array (np.sort,
+    np.linalg.norm) is a GraphcError naming it and what to use, not 'tensors cannot be iterated'."""
+    import inspect
+
+    import graphc
+
+    if not all(issubclass(t, (Tensor, np.ndarray)) for t in types):
+        return NotImplemented
+    if not _NP_FUNCTIONS:
+        _NP_FUNCTIONS.update(_np_functions())
+    sub = (getattr(func, "__module__", None) or "numpy").split(".")
+    name = f"np.{sub[1]}.{func.__name__}" if len(sub) > 1 and sub[1] in ("linalg", "fft") else f"np.{func.__name__}"
+    fn = _NP_FUNCTIONS.get(func)
+    if fn is not None:
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError as err:
+            raise GraphcError(f"{name} on a graphc tensor: {err} (graphc's gc.{func.__name__} takes no out=, dtype= "
+                              "or other arguments a graph cannot honour; a one-argument np.where has a data-dependent "
+                              "shape)") from None
+        return fn(*args, **kwargs)
+    try:
+        return func._implementation(*args, **kwargs)
+    except GraphcError as err:
+        if not str(err).startswith("tensors cannot be iterated"):
+            raise
+        use = f"use gc.{func.__name__}" if callable(getattr(graphc, func.__name__, None)) else \
+            "graphc has no counterpart: write it from graphc's ops"
+        raise GraphcError(f"{name} on a graphc tensor: numpy would convert the tensor to an array, and a tensor "
+                          f"holds no values while the graph is built; {use}, or evaluate the tensor first "
+                          f"({err})") from None
+
+
 Tensor.__array_ufunc__ = _array_ufunc
+Tensor.__array_function__ = _array_function
 Tensor.__add__ = ew.add
 Tensor.__radd__ = _r(ew.add)
 Tensor.__sub__ = ew.subtract
@@ -211,13 +291,32 @@ def _transpose(self, *axes):
 
 
 def _dot(self, b, out=None):
-    return linalg.matmul(_numpy_args(self, "dot", None, out), b)
+    return _np_dot(_numpy_args(self, "dot", None, out), b)
+
+
+def _np_dot(a, b):
+    """numpy's dot: a product with a scalar; else a sum over a's last axis and b's second-to-last. That is matmul's
+    product except where a has 2 axes or more and b 3 or more: dot pairs every row of a with every matrix of b
+    ((2, 3, 4)·(2, 4, 5) is (2, 3, 2, 5)) where matmul broadcasts the batch ((2, 3, 5)): an einsum there."""
+    ta, tb = (t if isinstance(t, Tensor) else None for t in (a, b))
+    if (ta is not None and ta.ndim == 0) or (tb is not None and tb.ndim == 0) or np.ndim(a) == 0 or np.ndim(b) == 0:
+        return ew.multiply(a, b)
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim < 2 or b.ndim < 3:
+        return linalg.matmul(a, b)
+    letters = "abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXY"  # z: the summed axis
+    if a.ndim + b.ndim - 1 > len(letters):
+        raise located(GraphcError(f"dot of ranks {a.ndim} and {b.ndim}: more axes than einsum has letters"), (a, b),
+                      "dot")
+    la, lb = letters[:a.ndim - 1], letters[a.ndim - 1:a.ndim + b.ndim - 2]
+    return linalg.einsum(f"{la}z,{lb[:-1]}z{lb[-1]}->{la}{lb}", a, b)
 
 
 Tensor.sum, Tensor.prod, Tensor.max, Tensor.min, Tensor.mean = _sum, _prod, _max, _min, _mean
 Tensor.var, Tensor.std, Tensor.any, Tensor.all = _var, _std, _any, _all
 Tensor.argmax, Tensor.argmin, Tensor.cumsum, Tensor.clip, Tensor.round = _argmax, _argmin, _cumsum, _clip, _round
 Tensor.reshape, Tensor.flatten, Tensor.transpose, Tensor.dot = _reshape, _flatten, _transpose, _dot
+Tensor.ravel = _flatten  # ndarray's ravel: a graph has no views, so it is flatten
 Tensor.astype = ew.cast
 Tensor.squeeze = lambda self, axis=None: movement.squeeze(self, axis)
 Tensor.swapaxes = lambda self, axis1, axis2: movement.swapaxes(self, axis1, axis2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError
+from graphc.ir.node import capture_source
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, float_for, fmt_shape
 from graphc.ops import reduce
 from graphc.ops.control import stop_gradient
@@ -43,8 +44,10 @@ def _size(x: Tensor, axes: tuple[int, ...]):
     return count
 
 
-def logsumexp(x, axis=-1, keepdims: bool = False) -> Tensor:
-    """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x; inf for a
+def logsumexp(x, axis=None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) over `axis` (default None: every axis, as scipy.special.logsumexp, jax.nn.logsumexp and
+    graphc's own sum and max; it reduced only the last axis, so a JAX user's logsumexp(x) of a matrix was silently a
+    vector) computed as m + log(sum(exp(x - m))) with m = max(x): finite for any finite x; inf for a
     row holding +inf, -inf for a row of -inf (as scipy and jax): m is clamped to the finite floats, so x - m is
     inf or -inf there, not inf - inf."""
     from graphc.ops.pointwise import clip_finite
@@ -104,10 +107,22 @@ def var(x, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     return reduce.sum(sq, axes, keepdims) / dim_value(_size(x, axes) - int(ddof), x, x.dtype)
 
 
-def clip(x, lo=None, hi=None) -> Tensor:
-    """numpy.clip: minimum(maximum(x, lo), hi) (so hi wins where lo > hi); a bound that is None is not applied."""
+def clip(x, lo=None, hi=None, **bounds) -> Tensor:
+    """numpy.clip: minimum(maximum(x, lo), hi) (so hi wins where lo > hi); a bound that is None is not applied. The
+    bounds may be given by numpy's keywords, a_min/a_max or (numpy 2.1, jnp.clip) min/max."""
     from graphc.ops.pointwise import maximum, minimum
 
+    names = {"a_min": "lo", "min": "lo", "a_max": "hi", "max": "hi"}
+    for k, v in bounds.items():
+        if k not in names:
+            raise GraphcError(f"clip: unexpected keyword {k}=; the bounds are lo/hi, or numpy's a_min/a_max or "
+                              f"min/max (at {capture_source().where()})")
+        if v is None:
+            continue
+        if (lo if names[k] == "lo" else hi) is not None:
+            raise GraphcError(f"clip: the {'lower' if names[k] == 'lo' else 'upper'} bound is given twice "
+                              f"({k}= and another) (at {capture_source().where()})")
+        lo, hi = (v, hi) if names[k] == "lo" else (lo, v)
     x = as_tensor(x)
     if lo is not None:
         x = maximum(x, lo)

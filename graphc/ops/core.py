@@ -234,19 +234,53 @@ def _out_of_range_int(arr: np.ndarray, dtype: str) -> str:
     return f"{int(bad)} does not fit {dtype} ({info.min} to {info.max})"
 
 
+def _array_like(x: Any) -> bool:
+    """A numpy array, or another library's array (JAX's, PyTorch's: an object with __array__ and a dtype): it has
+    a dtype of its own, kept as a numpy array's is (a float64 jnp array was a float32 constant, as a Python list)."""
+    if isinstance(x, np.ndarray):
+        return True
+    return not isinstance(x, (np.generic, list, tuple, str, bytes, int, float, complex)) and \
+        hasattr(x, "__array__") and hasattr(x, "dtype")
+
+
+def _dim_tensor(d, like: Node | None) -> Tensor:
+    """A symbolic dim met in arithmetic (`gc.sum(x) / x.shape[0]` with a batch "N", JAX's static `x.shape[0]`): its
+    run-time value, a weak number taking the dtype of the tensor it meets, read from the shape of a tensor that
+    `like` is computed from and whose shape has the dim's symbols."""
+    from graphc.ir.node import topo_order
+    from graphc.ir.shapes import free_symbols
+    from graphc.ops.sources import dim_value
+
+    need = d.free_symbols
+    if like is not None:
+        dtype = like.dtype if like.dtype in FLOAT_DTYPES or like.dtype in INT_DTYPES else "int32"
+        for n in (like, *reversed(topo_order([like]))):
+            if need <= free_symbols(n.shape):
+                return dim_value(d, n, dtype)
+    where = "no tensor it meets is computed from" if like is not None else "it meets no tensor, so nothing gives it"
+    raise ShapeError(f"the symbolic dim {d} is used as a number, but {where} a tensor with {d} in its shape; use "
+                     f"gc.dim_value({str(d)!r}, x) with such an x (an input) (at {capture_source().where()})")
+
+
 def constant(value: Any, dtype: str | None = None) -> Tensor:
-    """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays keep
-    their dtype unless `dtype` is given."""
+    """A constant tensor. Python numbers and lists default to float32 (int32 for integers); numpy arrays (and
+    other libraries' arrays: JAX's, PyTorch's) keep their dtype unless `dtype` is given."""
     from graphc.ops.sources import CONSTANT
 
     if isinstance(value, Node):
         raise GraphcError("gc.constant() takes a number or an array, not a tensor")
+    from graphc.ir.dims import Dim
+
+    if isinstance(value, Dim):
+        raise ShapeError(f"gc.constant({value}): a symbolic dim has no value while the graph is built; "
+                         f"gc.dim_value({str(value)!r}, x) is its value in the graph (x: an input with {value} in its "
+                         f"shape) (at {capture_source().where()})")
     try:
         arr = np.asarray(value)
     except Exception:
         raise DTypeError(f"gc.constant: cannot make a constant from {type(value).__name__}") from None
     dtype = as_dtype(dtype, "gc.constant") if dtype is not None else _default_dtype(
-        arr, not isinstance(value, (np.ndarray, np.generic)))
+        arr, not (isinstance(value, np.generic) or _array_like(value)))
     if arr.dtype.kind in "iu" and dtype in ("int32", "int64") and not int_fits(arr, dtype):
         raise DTypeError(f"gc.constant: {_out_of_range_int(arr, dtype)}: it would wrap around; use a wider dtype")
     return apply(CONSTANT, (), value=ArrayValue(arr.astype(dtype)))
@@ -256,10 +290,14 @@ def as_tensor(x: Any, like: Node | None = None) -> Tensor:
     """A tensor for `x`. Python numbers and lists, and numpy scalars (`np.sqrt(d)`, `np.float32(lr)`: numbers to
     a PyTorch user, as torch treats them), are weakly typed: they take the dtype of the tensor they meet when that
     dtype can hold them (a float meeting an int tensor is the float that int becomes: `float_for`). numpy arrays,
-    0-d ones too, keep their dtype."""
+    0-d ones too, keep their dtype, as do other libraries' arrays (JAX's, PyTorch's)."""
     if isinstance(x, Node):
         return x  # type: ignore[return-value]
-    weak = not isinstance(x, np.ndarray)
+    from graphc.ir.dims import Dim
+
+    if isinstance(x, Dim):
+        return _dim_tensor(x, like)
+    weak = not _array_like(x)
     if weak and like is not None:
         try:
             arr = np.asarray(x)

@@ -131,6 +131,10 @@ def _diagonals(t: Tensor, term: str) -> tuple[Tensor, str]:
     return t, term
 
 
+def _one(d) -> bool:
+    return isinstance(d, int) and d == 1
+
+
 def einsum(subscripts: str, *operands) -> Tensor:
     """numpy.einsum for one or two operands, e.g. `gc.einsum("bhqd,bhkd->bhqk", q, k)`: letters name axes; with
     `->` the output's order, without it numpy's implicit output (the letters used once, in alphabetical order).
@@ -138,10 +142,11 @@ def einsum(subscripts: str, *operands) -> Tensor:
     matmul for the contracted letters (a broadcast product where none are) — so its gradient and native code are
     those ops'. A letter twice in one operand takes the diagonal of those axes first ('ii->' is the trace,
     'ii->i' the diagonal, as numpy), a gather whose gradient is a scatter into the diagonal. Not supported (an
-    error): '...', three or more operands (nest two-operand calls)."""
+    error): '...', three or more operands (nest two-operand calls). A letter of size 1 in one operand broadcasts
+    to its size in the other, as numpy's ('bij,bjk' of (2, 3, 4) and (1, 4, 5))."""
     from graphc.errors import GraphcError
     from graphc.ops.core import located
-    from graphc.ops.movement import reshape, transpose
+    from graphc.ops.movement import broadcast_to, reshape, transpose
     from graphc.ops.reduce import sum as reduce_sum
 
     if not isinstance(subscripts, str):
@@ -165,10 +170,21 @@ def einsum(subscripts: str, *operands) -> Tensor:
             raise fail(f"operand {k}'s term {term!r} must be letters only")
         if len(term) != t.ndim:
             raise fail(f"operand {k}'s term {term!r} names {len(term)} axes, but it is {fmt_shape(t.shape)}")
+        own: dict[str, object] = {}
         for c, d in zip(term, t.shape, strict=True):
-            if c in sizes and not dims_equal(sizes[c], d):
-                raise fail(f"letter {c!r} has sizes {sizes[c]} and {d}")
+            if c in own and not dims_equal(own[c], d):  # a diagonal's two axes must agree
+                raise fail(f"letter {c!r} has sizes {own[c]} and {d}")
+            own.setdefault(c, d)
+        for c, d in own.items():  # between operands a size 1 broadcasts, as numpy's and jax's einsum
+            if c in sizes and not dims_equal(sizes[c], d) and not _one(d):
+                if not _one(sizes[c]):
+                    raise fail(f"letter {c!r} has sizes {sizes[c]} and {d}")
+                sizes[c] = d
             sizes.setdefault(c, d)
+    for k, term in enumerate(terms):
+        want = tuple(sizes[c] for c in term)
+        if not all(dims_equal(d, w) for d, w in zip(ts[k].shape, want, strict=True)):
+            ts[k] = broadcast_to(ts[k], want)
     if not arrow:
         out = "".join(sorted(c for c in sizes if sum(term.count(c) for term in terms) == 1))
     for k, term in enumerate(terms):

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from graphc.errors import GradError, GraphcError, ShapeError
+from graphc.errors import DTypeError, GradError, GraphcError, ShapeError
 from graphc.ir.dims import ceil_div, dim_min
 from graphc.ir.node import Node, capture_source, derived_from, topo_order
 from graphc.ir.shapes import (
@@ -472,6 +472,27 @@ def _flatten(tree, what: str, allow_none: bool):
                       f"{type(tree).__name__}")
 
 
+def _raw_leaves(tree) -> list:
+    """The leaves of `tree` as given (Python numbers not yet tensors), in _flatten's order."""
+    if isinstance(tree, dict):
+        return [v for k in sorted(tree) for v in _raw_leaves(tree[k])]
+    if isinstance(tree, (tuple, list)):
+        return [v for t in tree for v in _raw_leaves(t)]
+    return [] if tree is None else [tree]
+
+
+def _number_hint(numbers: list, want: str | None = None) -> str:
+    """Where an initial carry was a Python number: it made an int32 or float32 scalar (JAX's is weakly typed and
+    takes the step's dtype; graphc's carry keeps the dtype it starts with). `want`: the dtype the step returned."""
+    if not numbers:
+        return ""
+    said = ", ".join(f"{v!r} ({'an' if dt.startswith('int') else 'a'} {dt} scalar)" for _, v, dt in numbers)
+    k, v, _ = numbers[0]
+    dt = want or ("float64" if isinstance(v, float) else "int64")
+    return (f"; the initial carry holds the Python number {said}: give it the dtype the step computes in, e.g. "
+            f"gc.full((), {v!r}, {dt!r}) or np.{dt}({v!r})")
+
+
 def _unflatten(struct, leaves: list):
     it = iter(leaves)
 
@@ -604,6 +625,8 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
         raise GraphcError(f"scan at {where}: reverse must be True or False, got {reverse!r}")
     reverse = bool(reverse)
     init_leaves, init_struct = _flatten(init, f"scan at {where}: init", False)
+    numbers = [(k, v, leaf.dtype) for k, (v, leaf) in enumerate(zip(_raw_leaves(init), init_leaves, strict=True))
+               if isinstance(v, (int, float)) and not isinstance(v, (bool, np.generic))]
     if xs is None:
         x_leaves, x_struct = [], None
     else:
@@ -618,7 +641,12 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
     def fn(carry_args, x_args):
         carry_in = _unflatten(init_struct, carry_args)
         x_in = None if xs is None else _unflatten(x_struct, x_args)
-        res = step(carry_in, x_in)
+        try:
+            res = step(carry_in, x_in)
+        except DTypeError as err:
+            if not numbers:
+                raise
+            raise DTypeError(f"{err}{_number_hint(numbers)}") from None
         if not isinstance(res, tuple) or len(res) != 2:
             raise GraphcError(f"scan at {where}: step must return a pair (new carry, y_t), got "
                               f"{type(res).__name__}" + (f" of length {len(res)}" if isinstance(res, tuple) else ""))
@@ -639,7 +667,8 @@ def scan(step: Callable, init, xs=None, length=None, reverse: bool = False, chec
                 raise ShapeError(
                     f"scan at {where}: carry {k}{path} goes into step as {fmt_type(a.shape, a.dtype)} (init {label} at "
                     f"{i0.source.where()}) but step returns {c.type_str} (built at {c.source.where()}); a carry "
-                    "must keep its shape and dtype from step to step")
+                    "must keep its shape and dtype from step to step"
+                    + (_number_hint([n for n in numbers if n[0] == k], c.dtype) if c.dtype != a.dtype else ""))
             out_c.append(c)
         if y is None:
             y_struct.append(None)

@@ -1,3 +1,4 @@
+import collections
 import sys
 
 import numpy as np
@@ -356,3 +357,33 @@ def test_nested_outputs_come_back_nested():
     np.testing.assert_array_equal(got["h"][1][1], 2 * v["a"])
     with pytest.raises(gc.GraphcError, match=r"must be tensors \(or lists, tuples or dicts of them\), got int"):
         gc.evaluate([a, [b, 3]], v)
+
+
+def test_grad_jacobian_hessian_and_check_grad_take_wrt_nested_as_a_jax_pytree():
+    """A JAX MLP's params [(W1, b1), (W2, b2)] or Flax's {"dense": {"W": W, "b": b}} were refused by grad ('wrt
+    must hold tensors, got tuple'); the gradients now come in wrt's nesting (named tuples kept), compiled too."""
+    Pair = collections.namedtuple("Pair", "W b")
+    x = gc.input("x", (4, 3), "float64")
+    W1, b1 = gc.input("W1", (3, 5), "float64"), gc.input("b1", (5,), "float64")
+    W2, b2 = gc.input("W2", (5, 2), "float64"), gc.input("b2", (2,), "float64")
+    loss = gc.sum((gc.tanh(x @ W1 + b1) @ W2 + b2) ** 2)
+    r = np.random.default_rng(0)
+    v = {k: r.standard_normal(t.shape) for k, t in dict(x=x, W1=W1, b1=b1, W2=W2, b2=b2).items()}
+    flat = gc.evaluate(gc.grad(loss, [W1, b1, W2, b2]), v)
+    g = gc.grad(loss, [(W1, b1), Pair(W2, b2)])
+    assert isinstance(g, list) and type(g[0]) is tuple and isinstance(g[1], Pair)
+    nested = gc.evaluate(g, v)
+    assert isinstance(nested[1], Pair)
+    for got, want in zip([*nested[0], *nested[1]], flat, strict=True):
+        np.testing.assert_array_equal(got, want)
+    d = gc.compile(gc.grad(loss, {"dense1": {"W": W1, "b": b1}, "dense2": {"W": W2, "b": b2}}), cache=False)(v)
+    np.testing.assert_allclose(d["dense2"]["b"], flat[3], rtol=1e-12)
+    H = gc.hessian(loss, {"a": (b1,), "b": b2})
+    assert H["a"][0]["b"].shape == (5, 2) and H["b"]["a"][0].shape == (2, 5)
+    np.testing.assert_allclose(gc.evaluate(H["a"][0]["b"], v), gc.evaluate(H["b"]["a"][0], v).T, rtol=1e-12)
+    J = gc.jacobian(x @ W1, [(b1,), {"w": W1}])
+    assert J[0][0].shape == (4, 5, 5) and J[1]["w"].shape == (4, 5, 3, 5)
+    check_grad(loss, [(W1, b1), {"second": [W2, b2]}], v)
+    with pytest.raises(gc.GradError, match=r"grad: wrt must be a tensor, or a list or dict of tensors, got str in "
+                                           r"it \(lists, tuples and dicts of tensors may nest\)"):
+        gc.grad(loss, [(W1, "b1")])

@@ -204,3 +204,31 @@ def test_a_rounded_division_keeps_its_constant_inside():
 
     assert str(gc.input("x", ("N", 3))[1::2].shape[0]) == "ceiling((N - 1)/2)"
     assert str(floor_div(N - 3, 2) + 1) == "floor((N - 1)/2)" and ceil_div(2 * N - 1, 2) == N
+
+
+def test_a_symbolic_dim_in_arithmetic_with_a_tensor_is_its_value_at_the_call():
+    """`gc.sum(x) / x.shape[0]` (JAX's x.shape[0] is an int) with a batch "N" was 'cannot make a graphc constant from
+    object data'; the dim is now read from the shape of a tensor the other operand is computed from (a weak number,
+    in that operand's dtype), evaluated, compiled and differentiated; where none has it, and int(dim), the errors
+    say what to use (int() was a bare TypeError)."""
+    import numpy as np
+
+    import graphc as gc
+
+    x = gc.input("x", ("N", 3), "float64")
+    i = gc.input("i", ("M",), "int32")
+    v = {"x": np.arange(12.0).reshape(4, 3), "i": np.arange(5, dtype=np.int32)}
+    loss = gc.sum(x ** 2) / x.shape[0]
+    outs = [loss, gc.grad(loss, x), i + i.shape[0], gc.sum(x) / (x.shape[0] * x.shape[1])]
+    want = [(v["x"] ** 2).sum() / 4, 2 * v["x"] / 4, v["i"] + 5, v["x"].mean()]
+    assert outs[2].dtype == "int32"
+    for got in (gc.evaluate(outs, v), gc.compile(outs, cache=False)(v)):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-14)
+    y = gc.input("y", (3,), "float64")
+    for call, err, words in [(lambda: y * x.shape[0], gc.ShapeError, r"the symbolic dim N is used as a number, but "
+                              r"no tensor it meets is computed from a tensor with N .*gc.dim_value\('N', x\)"),
+                             (lambda: gc.constant(x.shape[0]), gc.ShapeError, r"gc.constant\(N\): .*gc.dim_value"),
+                             (lambda: int(x.shape[0]), gc.DTypeError, "no int value until its symbols are bound")]:
+        with pytest.raises(err, match=words):
+            call()

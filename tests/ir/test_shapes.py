@@ -114,6 +114,30 @@ def test_numpy_scalars_are_numbers_and_numpy_arrays_keep_their_dtype():
         x * np.ones(3)
 
 
+
+class OtherLibraryArray:
+    """An array of another library (a jnp or torch array): not an ndarray, but __array__ and a dtype of its own."""
+
+    def __init__(self, a):
+        self._a, self.dtype, self.shape = a, a.dtype, a.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_other_libraries_arrays_keep_their_dtype_as_numpy_arrays():
+    """gc.constant(jnp.arange(3.0)) with JAX's x64 was a float32 constant (read as a Python list), and a float64
+    jnp array met a float32 tensor as a number, silently rounded; they now keep their dtype, as numpy arrays."""
+    x = gc.input("x", (3,))
+    d = gc.input("d", (3,), "float64")
+    c = gc.constant(OtherLibraryArray(np.array([1.0, 2.0, 1e-40])))
+    assert c.dtype == "float64" and gc.constant(OtherLibraryArray(np.arange(3))).dtype == "int64"
+    assert gc.evaluate(c, {})[2] == 1e-40
+    assert (d * OtherLibraryArray(np.ones(3))).dtype == "float64"
+    with pytest.raises(gc.DTypeError, match="different dtypes"):
+        x * OtherLibraryArray(np.ones(3))
+
+
 def test_dims_are_positive_integer_symbols():
     n = gc.dim("N")
     assert n.is_symbol and n.name == "N" and n / n == 1 and n - n == 0

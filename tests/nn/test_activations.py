@@ -18,6 +18,7 @@ FORMULAS = {  # numpy, in float64: what each computes
     "gelu": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
     "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
     "silu": lambda x: x / (1 + np.exp(-x)),
+    "log_sigmoid": lambda x: -np.logaddexp(0, -x),  # jax.nn.log_sigmoid, which graphc lacked
 }
 
 

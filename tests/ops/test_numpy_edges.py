@@ -98,6 +98,16 @@ def test_logsumexp_of_rows_with_infinities_is_scipys():
         np.testing.assert_allclose(got, np.float32(want), rtol=1e-6)
 
 
+def test_logsumexp_without_an_axis_reduces_every_axis_as_scipys():
+    """Its default axis was -1 (a matrix gave a vector); scipy's and jax's, like graphc's sum and max, is None."""
+    x = gc.input("x", (2, 3), "float64")
+    v = np.array([[0.5, -1.0, 2.0], [-np.inf, 3.0, 0.25]])
+    want = np.log(np.sum(np.exp(v)))
+    for got, kept in both([gc.logsumexp(x), gc.logsumexp(x, keepdims=True)], x=v):
+        assert got.shape == () and kept.shape == (1, 1)
+        np.testing.assert_allclose([got, kept[0, 0]], [want, want], rtol=1e-14)
+
+
 def test_a_python_int_beyond_the_tensors_int_dtype_is_refused_in_arithmetic_and_compared_exactly():
     i = gc.input("i", (3,), "int32")
     v = np.array([1, 2, 3], np.int32)

@@ -87,6 +87,7 @@ def test_tensor_methods_are_the_functions():
     assert x.any() is gc.any(x) and x.all(axis=0) is gc.all(x, axis=0)
     assert x.clip(0, 1) is gc.clip(x, 0, 1) and x.cumsum(axis=0) is gc.cumsum(x, axis=0)
     assert x.flatten() is gc.reshape(x, (-1,)) and x[:, :1].squeeze(1) is gc.squeeze(x[:, :1], 1)
+    assert x.ravel() is x.flatten()  # ndarray's ravel (an AttributeError before)
     assert x.swapaxes(0, 1) is gc.swapaxes(x, 0, 1) and x.transpose() is x.T and x.transpose(1, 0) is x.T
     assert x.transpose((1, 0)) is x.T and x.dot(x.T) is x @ x.T
     assert round(x) is gc.round(x) and round(x, 2) is gc.round(x, 2)
@@ -174,7 +175,9 @@ EINSUMS = [("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,jk", [(3, 4), (4, 5)]), ("bij,b
            # a letter twice in one operand: its diagonal (the trace when summed), as numpy
            ("ii->", [(4, 4)]), ("ii", [(4, 4)]), ("ii->i", [(4, 4)]), ("iij->ji", [(3, 3, 2)]),
            ("jii->ij", [(2, 3, 3)]), ("iij,ki->kj", [(3, 3, 2), (4, 3)]), ("ij,ii->j", [(3, 3), (3, 3)]),
-           ("iijj->", [(2, 2, 3, 3)])]
+           ("iijj->", [(2, 2, 3, 3)]),
+           # a size-1 letter broadcasts against the other operand's, as numpy's and jax's (it was a ShapeError)
+           ("bij,bjk->bik", [(2, 3, 4), (1, 4, 5)]), ("ij,jk->ik", [(3, 1), (4, 5)])]
 
 
 @pytest.mark.parametrize("spec, shapes", EINSUMS, ids=[s for s, _ in EINSUMS])
@@ -256,6 +259,12 @@ def test_numpy_functions_on_a_tensor_reach_its_methods_with_numpys_signatures():
     got = gc.evaluate(x.mean(0, np.int64), {"x": v * 10})
     np.testing.assert_array_equal(got, (v * 10).mean(0, np.int64))
     assert x.clip() is x and x.clip(None, 1.0) is gc.clip(x, hi=1.0)
+    # jnp.clip's (and numpy 2.1's) min=/max= and numpy's a_min=/a_max= name the same bounds (a TypeError before)
+    assert gc.clip(x, min=0.0, max=1.0) is gc.clip(x, 0.0, 1.0) and gc.clip(x, a_max=1.0) is gc.clip(x, hi=1.0)
+    for call, words in [(lambda: gc.clip(x, 0.0, min=1.0), "lower bound is given twice"),
+                        (lambda: gc.clip(x, upper=1.0), "unexpected keyword upper=")]:
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
 
 
 def test_numpy_arguments_a_graph_cannot_honour_are_refused_by_name():
@@ -304,6 +313,61 @@ def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
                         (lambda: np.add(x, x, dtype=np.float64), "dtype argument"),
                         (lambda: np.log2(x), "np.log2 has no graphc counterpart"),
                         (lambda: a == x, r"use gc.equal\(a, b\)"), (lambda: a != x, r"gc.not_equal")):
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
+
+
+
+def test_dot_is_numpys_for_a_stack_of_matrices():
+    """x.dot(y) was matmul's batched product: (2, 3, 4)·(2, 4, 5) gave (2, 3, 5) where numpy's dot pairs every row
+    with every matrix, (2, 3, 2, 5). Shapes matmul agrees on stay its product; a scalar multiplies."""
+    r = np.random.default_rng(6)
+    for sa, sb in [((2, 3, 4), (2, 4, 5)), ((3, 4), (2, 4, 5)), ((4,), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4,)),
+                   ((2, 1, 3, 4), (5, 4, 2))]:
+        A, B = r.normal(size=sa), r.normal(size=sb)
+        a, b = gc.input("a", sa, "float64"), gc.input("b", sb, "float64")
+        for got in both(a.dot(b), a=A, b=B):
+            assert got.shape == np.dot(A, B).shape
+            np.testing.assert_allclose(got, np.dot(A, B), rtol=1e-12)
+    c = gc.input("c", (3,))
+    assert c.dot(2.0).dtype == "float32"
+
+def test_numpys_other_functions_on_tensors_build_graphcs_ops_or_name_what_to_use():
+    """np.concatenate, np.stack, np.where, np.einsum, np.dot, ... on tensors were 'tensors cannot be iterated while
+    building a graph' (numpy converted them to arrays); they now build graphc's op (NEP 18's __array_function__),
+    with numpy's signatures (np.take without an axis flattens). np.dot is numpy's dot (as x.dot)."""
+    x, y = gc.input("x", (3, 4), "float64"), gc.input("y", (3, 4), "float64")
+    s, t = gc.input("s", (2, 3, 4), "float64"), gc.input("t", (2, 4, 5), "float64")
+    r = np.random.default_rng(5)
+    v = {k: r.normal(size=a.shape) for k, a in dict(x=x, y=y, s=s, t=t).items()}
+    X, Y, S, T = v["x"], v["y"], v["s"], v["t"]
+    idx = np.array([5, 0, 11], np.int32)
+    cases = [(np.concatenate([x, y], axis=1), np.concatenate([X, Y], axis=1)), (np.stack((x, y)), np.stack((X, Y))),
+             (np.where(x > 0, x, y), np.where(X > 0, X, Y)),
+             (np.einsum("ij,kj->ik", x, y), np.einsum("ij,kj->ik", X, Y)),
+             (np.expand_dims(x, 1), np.expand_dims(X, 1)), (np.outer(x[0], y[1]), np.outer(X[0], Y[1])),
+             (np.tile(x, 2), np.tile(X, 2)), (np.repeat(x, 2, axis=0), np.repeat(X, 2, axis=0)),
+             (np.split(x, [1], axis=1)[1], np.split(X, [1], axis=1)[1]), (np.pad(x, 1, constant_values=2.0),
+                                                                           np.pad(X, 1, constant_values=2.0)),
+             (np.take(x, idx), np.take(X, idx)), (np.take(x, idx[1:2], axis=1), np.take(X, idx[1:2], axis=1)),
+             (np.tril(x, -1), np.tril(X, -1)), (np.flip(x), np.flip(X)), (np.broadcast_to(x[0], (2, 4)),
+                                                                        np.broadcast_to(X[0], (2, 4))),
+             (np.zeros_like(x), np.zeros_like(X)), (np.full_like(x, 3.0), np.full_like(X, 3.0)),
+             (np.ravel(s), np.ravel(S)), (np.dot(x, y.T), np.dot(X, Y.T)), (np.dot(s, t), np.dot(S, T)),
+             (s.dot(t), S.dot(T)), (x.dot(t), X.dot(T)), (np.dot(X, t), np.dot(X, T)), (np.dot(2.0, x), 2.0 * X),
+             (np.sum(x, axis=0), X.sum(0))]  # the method path as before
+    outs = [g for g, _ in cases]
+    assert all(isinstance(g, gc.Tensor) for g in outs)
+    for got in both(outs, **v):
+        for g, (_, w) in zip(got, cases, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+    for call, words in [(lambda: np.sort(x), r"np.sort on a graphc tensor: .*graphc has no counterpart"),
+                        (lambda: np.linalg.norm(x), r"np.linalg.norm on a graphc tensor"),
+                        (lambda: np.pad(x, 1, mode="reflect"), r"mode='reflect'.*constant only"),
+                        (lambda: np.concatenate([x, y], out=np.zeros((6, 4))), r"np.concatenate on a graphc tensor: "
+                                                                               r".*unexpected keyword argument 'out'"),
+                        (lambda: np.where(x > 0), r"np.where on a graphc tensor: .*data-dependent shape")]:
         with pytest.raises(gc.GraphcError, match=words):
             call()
 

@@ -333,6 +333,23 @@ def test_bad_inputs_are_located_errors():
         gc.scan(lambda h, x: (h, None), h0, xs, checkpoint=0)
 
 
+
+def test_a_python_number_as_the_initial_carry_is_named_in_the_dtype_error():
+    """jax.lax.scan(f, 0.0, xs) takes 0.0 as weakly typed; here it is a float32 (0: int32) scalar, and the error
+    (float32 + float64 in the step) said nothing of the init: it now names the number and the dtype to give it."""
+    xs = gc.input("xs", ("T", 2), "float64")
+    with pytest.raises(gc.DTypeError, match=r"different dtypes.*the initial carry holds the Python number 0.0 \(a "
+                                            r"float32 scalar\): .*gc.full\(\(\), 0.0, 'float64'\) or np.float64"):
+        gc.scan(lambda c, x: ({"s": c["s"] + gc.sum(x)}, None), {"s": 0.0}, xs)
+    with pytest.raises(gc.DTypeError, match="Python number 1.5"):
+        gc.fori_loop(0, 3, lambda i, c: c + gc.sum(xs), 1.5)
+    with pytest.raises(gc.ShapeError, match=r"goes into step as i32\[\].*returns f64\[\].*Python number 0 \(an int32 "
+                                            r"scalar\): .*gc.full\(\(\), 0, 'float64'\)"):
+        gc.scan(lambda c, x: (c + gc.sum(x), None), 0, xs)
+    c, _ = gc.scan(lambda c, x: (c + gc.sum(x), None), np.float64(0.0), xs)  # as the hint says
+    assert gc.evaluate(c, {"xs": np.ones((3, 2))}) == 6.0
+
+
 def test_fori_loop_is_a_scan_over_the_indices_with_static_or_symbolic_bounds():
     """gc.fori_loop(lower, upper, body, init) as jax.lax.fori_loop: body(i, carry) for i in [lower, upper), i an
     int32 scalar (xs[i] selects a step); bounds ints (negative too) or dims; compiled as one loop, differentiated
