@@ -170,9 +170,18 @@ def broadcast_shapes(shapes: Iterable[Shape], what: str) -> Shape:
             if isinstance(dim, int) and dim == 1:
                 dim = d
             elif not dims_equal(dim, d):
+                sym = next((v for v in (dim, d) if not isinstance(v, int)), None)
+                num = next((v for v in (dim, d) if isinstance(v, int)), None)
+                hint = ""
+                if sym is not None and num is not None:  # a batch dim meeting a fixed size: say why and what to do
+                    hint = (f"; {fmt_dim(sym)} is symbolic (any size, bound when called), so it meets only itself or "
+                            f"1: give the other side 1 on this axis to broadcast it, or declare the input with "
+                            f"{num} here if it always has {num}")
+                elif all(fmt_dim(v).isidentifier() for v in (dim, d)):
+                    hint = "; distinct symbolic dims are different sizes to graphc: use one name for one size"
                 raise ShapeError(
                     f"{what}: shapes {' and '.join(fmt_shape(x) for x in shapes)} do not broadcast "
-                    f"(axis {axis - rank}: {fmt_dim(dim)} vs {fmt_dim(d)})"
+                    f"(axis {axis - rank}: {fmt_dim(dim)} vs {fmt_dim(d)}){hint}"
                 )
         out.append(dim)
     return tuple(out)

@@ -164,6 +164,12 @@ def test_bad_arguments_name_what_and_where():
         gc.full((2,), "a")
     with pytest.raises(AttributeError, match=r"did you mean gc.concatenate"):
         gc.concatenat  # noqa: B018
+    # a batch dim meeting a fixed size (a JAX port's (2, 3) constant against (N, 3)): why, and the two ways out
+    with pytest.raises(gc.ShapeError, match=r"\(axis -2: N vs 2\); N is symbolic .*give the other side 1 on this "
+                                            r"axis .*or declare the input with 2 here"):
+        x + np.ones((2, 3), np.float32)
+    with pytest.raises(gc.ShapeError, match="distinct symbolic dims are different sizes"):
+        x + gc.input("y", ("M", 3))
 
 
 EINSUMS = [("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,jk", [(3, 4), (4, 5)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
