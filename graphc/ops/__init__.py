@@ -23,7 +23,7 @@ from graphc.ops.compose import (
 from graphc.ops.control import stop_gradient
 from graphc.ops.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
 from graphc.ops.core import KINDS, OPS, EvalContext, Op, Tensor, apply, as_tensor, constant
-from graphc.ops.gather import scatter_add, take
+from graphc.ops.gather import scatter_add, take, take_along_axis
 from graphc.ops.linalg import einsum, matmul
 from graphc.ops.movement import (
     broadcast_to,
@@ -117,4 +117,5 @@ __all__ = [
     "concat", "squeeze", "flip", "swapaxes", "full", "ones", "zeros_like", "ones_like", "square", "std", "logaddexp",
     "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
     "cosh", "arcsinh", "arccosh", "arctanh", "einsum", "fori_loop", "tile", "repeat", "outer", "tril", "triu",
+    "take_along_axis",
 ]

@@ -81,6 +81,7 @@ def _np_functions() -> dict:
         np.split: lambda ary, indices_or_sections, axis=0: g.split(ary, indices_or_sections, axis),
         np.pad: _np_pad,
         np.take: lambda a, indices, axis=None: g.take(a, indices, axis),
+        np.take_along_axis: lambda arr, indices, axis: g.take_along_axis(arr, indices, axis),
         np.tril: lambda m, k=0: g.tril(m, k),
         np.triu: lambda m, k=0: g.triu(m, k),
         np.flip: lambda m, axis=None: g.flip(m, axis),

@@ -151,6 +151,54 @@ def take(x, indices, axis: int = 0) -> Tensor:
     return apply(TAKE, (x, indices), axis=axis)
 
 
+def take_along_axis(arr, indices, axis) -> Tensor:
+    """numpy.take_along_axis: out[..., j, ...] = arr[..., indices[..., j, ...], ...] along `axis`, indices of
+    arr's rank whose other axes broadcast against arr's (the logit at each row's label: take_along_axis(z,
+    labels[:, None], 1)). Indices must lie in [0, arr.shape[axis]) (checked, naming this line: a bad one never
+    reads another row); `axis=None` takes from the flattened arr with 1-D indices. One gather of the flattened
+    rows, so its gradient is one scatter-add."""
+    from graphc.ir.shapes import broadcast_shapes
+    from graphc.ops.movement import broadcast_to, expand_dims, reshape, transpose
+    from graphc.ops.sources import dim_value, iota
+
+    arr, indices = as_tensor(arr), as_tensor(indices) if isinstance(indices, Tensor) else as_tensor(np.asarray(indices))
+    try:
+        _check_indices(indices)
+    except DTypeError as err:
+        raise located(err, (arr, indices), "take_along_axis") from None
+    if axis is None:
+        if indices.ndim != 1:
+            raise located(ShapeError(f"axis=None takes 1-D indices (into the flattened arr), got {describe(indices)}"),
+                          (arr, indices), "take_along_axis")
+        arr, axis = reshape(arr, (-1,)), 0
+    if indices.ndim != arr.ndim:
+        raise located(ShapeError(f"indices must have arr's rank {arr.ndim} (use expand_dims: labels[:, None]), got "
+                                 f"{describe(indices)}"), (arr, indices), "take_along_axis")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -arr.ndim <= axis < arr.ndim:
+        raise located(ShapeError(f"axis {axis!r} is out of range for a rank-{arr.ndim} tensor"), (arr, indices),
+                      "take_along_axis")
+    axis = int(axis) % arr.ndim
+    n, k = arr.shape[axis], indices.shape[axis]
+    ones = lambda s: tuple(1 if a == axis else d for a, d in enumerate(s))  # noqa: E731
+    try:
+        rest = broadcast_shapes([ones(arr.shape), ones(indices.shape)], "take_along_axis")
+    except ShapeError as err:
+        raise located(err, (arr, indices), "take_along_axis") from None
+    perm = [a for a in range(arr.ndim) if a != axis] + [axis]  # the axis last, the others as rows
+    a = transpose(broadcast_to(arr, tuple(n if i == axis else d for i, d in enumerate(rest))), perm)
+    i = transpose(broadcast_to(indices, tuple(k if j == axis else d for j, d in enumerate(rest))), perm)
+    lead = a.shape[:-1]
+    rows = 1
+    for d in lead:
+        rows = rows * d
+    flat = reshape(a, (-1,))
+    i = reshape(checked_labels(i, n, "take_along_axis: index"), (rows, k))
+    base = expand_dims(iota(rows, indices.dtype, of=flat) * dim_value(n, arr, indices.dtype), 1)
+    out = reshape(take(flat, i + base, axis=0), (*lead, k))
+    back = [perm.index(a) for a in range(arr.ndim)]
+    return transpose(out, back)
+
+
 def checked_labels(labels, n, what: str, low: int = 0) -> Tensor:
     """`labels` themselves, each checked to lie in [low, low + n) where evaluated or compiled (an error naming
     `what`, e.g. "softmax_cross_entropy: label", and the user's line): a take of [low, low + n) at labels - low.

@@ -408,3 +408,33 @@ def test_tile_repeat_and_size_refuse_what_numpy_cannot_give_statically():
                         (lambda: gc.tril(x[0]), "rank 2 or more"), (lambda: gc.triu(x, 0.5), "k must be an int")):
         with pytest.raises(gc.GraphcError, match=words):
             call()
+
+
+def test_take_along_axis_is_numpys_checked_and_differentiable():
+    """numpy.take_along_axis (the logit at each row's label, a per-row top-k's values): the other axes broadcast,
+    axis=None over the flattened array, np.take_along_axis on a tensor the same; reference and compiled equal
+    numpy's, the gradient by finite differences, and an index out of its axis's range is refused (naming this
+    line) before anything runs, never read from the next row."""
+    x = rng.normal(size=(3, 4, 5))
+    X = gc.input("X", (3, 4, 5), "float64")
+    for idx, axis in ((rng.integers(0, 4, (3, 2, 1)), 1), (rng.integers(0, 3, (2, 4, 5)), 0),
+                      (rng.integers(0, 5, (1, 4, 7)), -1), (np.array([3, 59, 0]), None)):
+        want = np.take_along_axis(x, idx, axis)
+        t = gc.take_along_axis(X, idx, axis)
+        for got in both(t, X=x):
+            np.testing.assert_array_equal(got, want)
+        assert np.take_along_axis(X, idx, axis).digest() == t.digest()
+        gc.check_grad(gc.sum(t * rng.normal(size=want.shape)), X, {"X": x})
+    z = gc.input("z", ("N", 5))
+    labels = gc.input("labels", ("N", 1), "int32")
+    fn = gc.compile(gc.take_along_axis(z, labels, 1), cache=False)
+    zv = rng.normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(fn({"z": zv, "labels": np.array([[0], [4], [2], [1]], np.int32)}),
+                                  zv[np.arange(4), [0, 4, 2, 1]][:, None])
+    with pytest.raises(gc.InputError, match=r"take_along_axis: index 5 is out of range \[0, 5\).*nothing was run"):
+        fn({"z": zv, "labels": np.array([[0], [5], [2], [1]], np.int32)})
+    for call, words in ((lambda: gc.take_along_axis(z, labels[:, 0], 1), "must have arr's rank 2"),
+                        (lambda: gc.take_along_axis(z, labels, 2), "axis 2 is out of range"),
+                        (lambda: gc.take_along_axis(z, z, 1), "int32 or int64")):
+        with pytest.raises(gc.GraphcError, match=words):
+            call()
