@@ -159,3 +159,14 @@ def test_the_key_is_required_in_any_mode():
         gc.evaluate(u)
     with pytest.raises(gc.InputError, match="rng_key"):
         gc.compile([u])({})
+
+
+def test_a_standalone_binary_refuses_a_model_with_draws(tmp_path):
+    from graphc.aot.build import build
+
+    def noisy(x, n_outputs):
+        return gc.nn.dense(x + gc.random.normal_like(x, std=0.1), n_outputs, name="out")
+
+    with pytest.raises(gc.GraphcError, match="gc.random.*standalone binary.*gc.fit"):
+        build(tmp_path / "bin", noisy)
+    assert not (tmp_path / "bin").exists()
