@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "nn": ("graphc.nn", None),
     "sym": ("graphc.sym", None),
+    "random": ("graphc.ops.random", None),
     "grad": ("graphc.autodiff.grad", "grad"),
     "jacobian": ("graphc.autodiff.grad", "jacobian"),
     "hessian": ("graphc.autodiff.grad", "hessian"),

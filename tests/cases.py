@@ -168,6 +168,16 @@ def make_cases(dtype: str = "float64") -> dict:
 
 
     @st.composite
+    def random_case(draw):
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2)))
+        (x,) = _leaves([shape])
+        values = {"a0": _vals(draw, [shape])[0], "rng_key": np.int64(draw(st.integers(0, 2**40)))}
+        if draw(st.booleans()):
+            return x * gc.random.normal_like(x, mean=0.5, std=2.0, salt=draw(st.integers(0, 9))), values, [x]
+        return x * gc.random.uniform(shape, low=-1.0, high=3.0, dtype=dtype), values, [x]
+
+
+    @st.composite
     def source_case(draw, kind):
         if kind == "input":
             x = gc.input("s", (2, 3), dtype)
@@ -419,6 +429,7 @@ def make_cases(dtype: str = "float64") -> dict:
         "matmul": matmul_case(),
         "stop_gradient": stop_case(),
         "dropout": dropout_case(),
+        "random": random_case(),
         "training_switch": switch_case(),
         "with_updates": updates_case(),
     }

@@ -495,6 +495,14 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     _refuse_layer_state(spec)
     tr = trainer(cfg, True)
+    from graphc.ir.node import topo_order
+
+    draws = [n for n in topo_order(tr.data_loss) if n.op.name == "random"]
+    if draws:
+        # the binary's evaluation and prediction programs take no key (only its training steps are fed one)
+        raise AotError(f"the model draws gc.random numbers ({draws[0].attrs['dist']} at {draws[0].source.where()}), "
+                       "which a standalone binary does not support yet: its evaluation and predict() feed no "
+                       "rng_key. Train it in process with gc.fit (or graphc train), or feed the noise as an input")
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
     plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
     if step_digest(plain) == step_digest(tr):

@@ -278,6 +278,8 @@ class ScalarEmitter:
             return self.floor_mod(go(args[0]), go(args[1]), op == "remainder")
         if op == "keep_bit":
             return self.keep_bit(go(args[0]), go(args[1]), t.value, go(args[2]))
+        if op in ("rand_uniform", "rand_normal"):
+            return self.random(op, *(go(a) for a in args), t.value)
         fn = vmath.EMITTERS.get(op)
         if fn is None:
             raise CompileError(f"internal: the formula op {op} has no native code")
@@ -409,6 +411,17 @@ class ScalarEmitter:
         integer-valued float."""
         b = self.b
         lanes = index.type.count if isinstance(index.type, ir.VectorType) else None
+        t = b.fptoui(threshold, _vec(I32, threshold.type.count if isinstance(threshold.type, ir.VectorType)
+                                     else None))
+        if lanes is not None and not isinstance(t.type, ir.VectorType):
+            t = _splat(b, t, lanes)
+        return b.icmp_unsigned("<", self.bits24(index, key, salt), t)
+
+    def bits24(self, index, key, salt: int):
+        """rng.bits24 in integer SIMD: lowbias32(lowbias32(i * G + s) ^ s) >> 8 (an i32 per lane of `index`, an
+        i64), where s = stream(key, salt) and `key` is an i64 (the same in every lane)."""
+        b = self.b
+        lanes = index.type.count if isinstance(index.type, ir.VectorType) else None
         key64 = b.extract_element(key, ir.Constant(I32, 0)) if isinstance(key.type, ir.VectorType) else key
         lo = b.trunc(key64, I32)
         hi = b.trunc(b.lshr(key64, c64(32)), I32)
@@ -419,11 +432,27 @@ class ScalarEmitter:
             st = _splat(b, st, lanes)
         h = self._lowbias(b.add(b.mul(i32v, vmath.const(i32v.type, rng_mod.GOLDEN)), st))
         h = self._lowbias(b.xor(h, st))
-        t = b.fptoui(threshold, _vec(I32, threshold.type.count if isinstance(threshold.type, ir.VectorType)
-                                     else None))
-        if lanes is not None and not isinstance(t.type, ir.VectorType):
-            t = _splat(b, t, lanes)
-        return b.icmp_unsigned("<", b.lshr(h, vmath.const(h.type, 8)), t)
+        return b.lshr(h, vmath.const(h.type, 8))
+
+    def random(self, op: str, a, c, index, key, salt: int):
+        """gc.random's draws, as numeric.rand_uniform / rand_normal compute them: `a` is the low end (the mean) and
+        `c` the width (the standard deviation), of the draw's float type. No fast-math flags: each operation is
+        rounded as numpy rounds it (an FMA would round once), so a uniform is bitwise numpy's and a normal (in
+        double) differs only where the C library's log or cos does from numpy's."""
+        b = self.b
+        ty = a.type
+        if op == "rand_uniform":
+            u = b.fmul(b.uitofp(self.bits24(index, key, salt), ty), vmath.const(ty, 2.0 ** -24))
+            return b.fadd(a, b.fmul(c, u))
+        dty = vmath.like(ty, F64)
+        wide = (lambda v: v) if dty == ty else (lambda v: b.fpext(v, dty))  # noqa: E731
+        k = self.const(dty, 2.0 ** -24)
+        u1 = b.fmul(b.fadd(b.uitofp(self.bits24(index, key, salt), dty), self.const(dty, 1.0)), k)
+        u2 = b.fmul(b.uitofp(self.bits24(index, key, rng_mod.second_salt(salt)), dty), k)
+        r = self.call_intrinsic("llvm.sqrt", b.fmul(self.const(dty, -2.0), vmath.map_libm(b, u1, "log")))
+        z = b.fmul(r, vmath.map_libm(b, b.fmul(self.const(dty, 2.0 * math.pi), u2), "cos"))
+        v = b.fadd(wide(a), b.fmul(wide(c), z))
+        return v if dty == ty else b.fptrunc(v, ty)
 
     def _lowbias(self, x):
         b = self.b

@@ -518,7 +518,7 @@ def _erf_f32(o: _Ops, x):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _map_libm(b: ir.IRBuilder, x: ir.Value, name: str, *more: ir.Value) -> ir.Value:
+def map_libm(b: ir.IRBuilder, x: ir.Value, name: str, *more: ir.Value) -> ir.Value:
     """`double name(double, ...)` of the C library on each lane of x (and of the further arguments `more`)."""
     args = (x, *more)
     fn = _libm(b.module, name, len(args))
@@ -533,15 +533,15 @@ def _map_libm(b: ir.IRBuilder, x: ir.Value, name: str, *more: ir.Value) -> ir.Va
 
 def _sigmoid_f64(b: ir.IRBuilder, x):
     o = _Ops(b, x.type)
-    e = _map_libm(b, b.fneg(o.fabs(x)), "exp")  # exp(-|x|) in [0, 1]
+    e = map_libm(b, b.fneg(o.fabs(x)), "exp")  # exp(-|x|) in [0, 1]
     d = o.add(e, o.c(1.0))
     return o.sel(o.cmp(">=", x, o.c(0.0)), o.div(o.c(1.0), d), o.div(e, d))
 
 
 def _softplus_f64(b: ir.IRBuilder, x):
     o = _Ops(b, x.type)
-    e = _map_libm(b, b.fneg(o.fabs(x)), "exp")
-    lp = _map_libm(b, e, "log1p")
+    e = map_libm(b, b.fneg(o.fabs(x)), "exp")
+    lp = map_libm(b, e, "log1p")
     return o.add(o.sel(o.cmp(">", x, o.c(0.0)), x, o.c(0.0)), lp)
 
 
@@ -564,7 +564,7 @@ def _make(name: str, f32_impl, f64_impl) -> Emitter:
 
 
 def _libm_impl(name: str):
-    return lambda b, x: _map_libm(b, x, name)
+    return lambda b, x: map_libm(b, x, name)
 
 
 exp = _make("exp", _exp_f32, _libm_impl("exp"))
@@ -626,7 +626,7 @@ def powr_f32(b: ir.IRBuilder, ax: ir.Value, y: ir.Value) -> ir.Value:
 def pow_f64(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     """x ** y for double (scalars or vectors): the C library's pow on each lane (numpy's float64 power is that
     function: the same values, special cases included)."""
-    return _map_libm(b, x, "pow", y)
+    return map_libm(b, x, "pow", y)
 
 
 def _via_double(name: str) -> Emitter:
@@ -637,9 +637,9 @@ def _via_double(name: str) -> Emitter:
     def emit(builder: ir.IRBuilder, x: ir.Value, target=None) -> ir.Value:
         elem = _check(x)
         if isinstance(elem, ir.DoubleType):
-            return _map_libm(builder, x, name)
+            return map_libm(builder, x, name)
         wide = ir.VectorType(F64, x.type.count) if isinstance(x.type, ir.VectorType) else F64
-        return builder.fptrunc(_map_libm(builder, builder.fpext(x, wide), name), x.type)
+        return builder.fptrunc(map_libm(builder, builder.fpext(x, wide), name), x.type)
 
     emit.__name__ = emit.__qualname__ = name
     return emit

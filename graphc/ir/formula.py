@@ -14,6 +14,7 @@ from typing import Any
 # the unary functions of vector math (polynomial forms) and of the C library (lane by lane), by name
 VMATH_FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus", "erf")
 LIBM_FUNCTIONS = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh")
+SALTED = ("keep_bit", "rand_uniform", "rand_normal")  # the ops whose value is a random stream's salt
 COMPARES = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 _int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
@@ -49,6 +50,9 @@ VOCABULARY: dict[str, tuple[int | None, Callable[[Any], bool] | None]] = {
     "floor_divide": (2, None),
     "remainder": (2, None),
     "keep_bit": (3, _int),  # dropout's mask bit of (element index, key, threshold); value: the salt
+    # gc.random's draws at (low or mean, scale or std, element index, key); value: the salt (graphc.ops.random)
+    "rand_uniform": (4, _int),
+    "rand_normal": (4, _int),
     **{fn: (1, None) for fn in VMATH_FUNCTIONS + LIBM_FUNCTIONS},
 }
 
@@ -200,7 +204,7 @@ def _show(t: Term, text) -> str:
     if op in ("and", "or"):
         return (" & " if op == "and" else " | ").join(wrap(x, _PREC[op] + 1) for x in a)
     name = {"select": "where"}.get(op, op)
-    extra = [] if t.value is None else [f"{'salt' if op == 'keep_bit' else 'at0'}={t.value!r}"]
+    extra = [] if t.value is None else [f"{'salt' if op in SALTED else 'at0'}={t.value!r}"]
     return f"{name}({', '.join([text(x) for x in a] + extra)})"
 
 

@@ -491,7 +491,8 @@ class Trainer:
                 updates[self.state_inputs[name]] = v
         updates.update(self.layer_updates)
         self.updates = updates
-        self.training_mode = any(n.op.name in ("dropout", "training_switch") for n in topo_order(loss))
+        # gc.random's draws read the key too, in any mode: training feeds a fresh key per step as for dropout
+        self.training_mode = any(n.op.name in ("dropout", "training_switch", "random") for n in topo_order(loss))
         self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
         self._compile_start = time.perf_counter()
         self.dist = distributed
@@ -501,6 +502,10 @@ class Trainer:
         self.epoch_fn = EpochFunction(loss, updates, x=self.x, y=self.y, training=self.training_mode,
                                       threads=threads, params=self.params if self.native_init else ())
         self.eval_fn = CompiledFunction([self.data_loss, out], threads=threads)
+        # a model drawing gc.random numbers is evaluated with one fixed key (the seed's): the same noise at every
+        # evaluation, so that validation losses compare across epochs
+        reads_key = any(leaf.name == "rng_key" for leaf in self.eval_fn.signature.inputs)
+        self._eval_key = {"rng_key": np.int64(config.seed)} if reads_key else {}
 
     @property
     def vocab(self) -> int | None:
@@ -599,7 +604,7 @@ class Trainer:
         outs = []
         for lo in range(0, len(X), EVAL_BATCH):
             xb, yb = X[lo:lo + EVAL_BATCH], Y[lo:lo + EVAL_BATCH]
-            loss, out = self.eval_fn(dict(params, x=xb, y=yb))
+            loss, out = self.eval_fn(dict(params, x=xb, y=yb, **self._eval_key))
             total += float(loss) * len(xb)
             outs.append(out)
         return total / max(len(X), 1), np.concatenate(outs) if outs else np.zeros((0,))

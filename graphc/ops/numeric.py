@@ -14,13 +14,32 @@ from graphc.ir.formula import Term
 
 
 def keep_bit(i, key, salt, threshold):
-    from graphc.ops.random import GOLDEN, lowbias32, stream
+    from graphc.ops.random import bits24
 
-    s = np.uint32(stream(int(key), int(salt)))
-    with np.errstate(over="ignore"):
-        ii = np.asarray(i).astype(np.uint64).astype(np.uint32)
-        h = lowbias32(lowbias32(ii * np.uint32(GOLDEN) + s) ^ s)
-    return (h >> np.uint32(8)) < np.uint32(int(threshold))
+    return bits24(int(key), int(salt), i) < np.uint32(int(threshold))
+
+
+def rand_uniform(low, scale, i, key, salt):
+    """gc.random.uniform's value at the element indices `i`: low + scale * u, u = bits24 / 2^24 in [0, 1) (exact
+    in float32), rounded twice in low's dtype (the native code does not fuse the two into an FMA)."""
+    from graphc.ops.random import bits24
+
+    low = np.asarray(low)
+    u = bits24(int(key), int(salt), i).astype(low.dtype) * low.dtype.type(2.0 ** -24)
+    return low + np.asarray(scale, low.dtype) * u
+
+
+def rand_normal(mean, std, i, key, salt):
+    """gc.random.normal's value at the element indices `i`, by Box-Muller on two 24-bit uniforms of the counter
+    hash (salts `salt` and `second_salt(salt)`), computed in float64 and rounded once to mean's dtype:
+    mean + std * sqrt(-2 log u1) * cos(2 pi u2) with u1 in (0, 1], u2 in [0, 1)."""
+    from graphc.ops.random import bits24, second_salt
+
+    mean = np.asarray(mean)
+    u1 = (bits24(int(key), int(salt), i).astype(np.float64) + 1.0) * 2.0 ** -24
+    u2 = bits24(int(key), second_salt(int(salt)), i).astype(np.float64) * 2.0 ** -24
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return (np.float64(mean) + np.float64(std) * z).astype(mean.dtype)
 
 
 def sigmoid(x):
@@ -103,6 +122,8 @@ def _apply(t: Term, args: list, env: dict):
     if op == "keep_bit":
         i, key, threshold = args
         return keep_bit(i, key, t.value, threshold)
+    if op in ("rand_uniform", "rand_normal"):
+        return (rand_uniform if op == "rand_uniform" else rand_normal)(*args, t.value)
     if op in _FOLDS:
         return functools.reduce(_FOLDS[op], args)
     return _FUNCTIONS[op](*args)

@@ -141,12 +141,15 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
             names = ", ".join(sorted(by_name)) or "(none)"
             raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, unknown))} in values: no input or "
                              f"parameter has that name; the graph reads: {names}")
-    needed = [n for n in by_name.values() if training or n.name != KEY_NAME]
+    draws = any(n.op.name == "random" for n in order)  # gc.random's draws read the key in any mode
+    needed = [n for n in by_name.values() if training or draws or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:
         lines = "; ".join(_declared(n) for n in missing)
-        hint = " (the dropout key: pass an int seed for it in training mode)" if any(
-            n.name == KEY_NAME for n in missing) else ""
+        hint = ""
+        if any(n.name == KEY_NAME for n in missing):
+            hint = (" (the key of gc.random's draws: pass an int seed for it, e.g. rng_key=0)" if draws else
+                    " (the dropout key: pass an int seed for it in training mode)")
         raise InputError(f"{what}: missing value(s) for {lines}{hint}")
     env: dict = {}
     owner: dict = {}

@@ -72,6 +72,7 @@ def test_terms_are_immutable():
     (Term("max", (x0, x1, num(0))), "max(x0, x1, 0)"),
     (Term("heaviside", (x0,), 0.5), "heaviside(x0, at0=0.5)"),
     (Term("keep_bit", (x0, x1, sym("x2")), 7), "keep_bit(x0, x1, x2, salt=7)"),
+    (Term("rand_normal", (x0, x1, sym("i"), sym("k")), 9), "rand_normal(x0, x1, i, k, salt=9)"),
     (Term("bool", (), False), "False"),
 ])
 def test_terms_print_as_python_like_text(term, text):
@@ -83,9 +84,9 @@ def every_op():
     for op, (arity, check) in VOCABULARY.items():
         if op in ("sym", "num", "bool"):
             continue
-        value = {"add": 1, "powi": -3, "heaviside": 0.5, "keep_bit": 12345}.get(op)
+        value = {"add": 1, "powi": -3, "heaviside": 0.5, "keep_bit": 12345, "rand_uniform": 7, "rand_normal": 8}.get(op)
         assert (value is None) == (check is None), op
-        yield Term(op, (x0, x1 * x0, x0)[:arity or 3], value)
+        yield Term(op, (x0, x1 * x0, x0, x1)[:arity or 3], value)
 
 
 def test_every_op_survives_json_and_pickle():
