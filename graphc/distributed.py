@@ -273,6 +273,8 @@ def _with_row_offsets(loss):
     from graphc.passes.rewrite import rebuild
 
     nodes = topo_order(loss)
+    if any(n.op.name == "random" for n in nodes):  # gc.random's draws follow no rows: each rank keys its own
+        return loss, None
     drops = [n for n in nodes if n.op.name == "dropout" and not n.attrs.get("offset")]
     if not drops:
         return loss, {}
@@ -385,12 +387,17 @@ class DataParallelStep:
         if self.offsets is None and dist.size > 1 and dist.rank == 0:
             from graphc.ir.node import topo_order
 
-            drops = [n for n in topo_order(trainer.data_loss) if n.op.name == "dropout"]
+            nodes = topo_order(trainer.data_loss)
+            draws = [n for n in nodes if n.op.name == "random"]
+            drops = draws or [n for n in nodes if n.op.name == "dropout"]
             where = ", ".join(sorted({n.where() for n in drops})[:3])
-            print(f"graphc: warning: a dropout ({where}) acts on a tensor whose first axis is not the batch: its "
-                  f"masks cannot follow the rows across ranks, so each of the {dist.size} ranks draws its own; the "
-                  "run is reproducible for this number of ranks but its weights differ from single-process "
-                  "training's (apply dropout to (batch, ...) tensors to keep them equal)", file=sys.stderr)
+            what = (f"gc.random draws ({where}) follow no rows across ranks" if draws else
+                    f"a dropout ({where}) acts on a tensor whose first axis is not the batch: its masks cannot follow "
+                    "the rows across ranks")
+            print(f"graphc: warning: {what}, so each of the {dist.size} ranks draws its own (independent) numbers; "
+                  "the run is reproducible for this number of ranks but its weights differ from single-process "
+                  "training's" + ("" if draws else " (apply dropout to (batch, ...) tensors to keep them equal)"),
+                  file=sys.stderr)
         self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
         self.samples = 0  # rows this rank processed (all epochs)
         self._build_update()

@@ -55,3 +55,18 @@ def test_graphc_build_mpi_without_an_mpicc_says_how_to_install_the_extra(monkeyp
     monkeypatch.setenv("MPICC", "no-such-mpicc")
     assert main(["build", "--mpi", "--dataset", "digits", "-o", str(tmp_path / "t")]) == 2
     assert "MPICC='no-such-mpicc' is not an executable on PATH" in capsys.readouterr().err
+
+
+def test_random_draws_make_each_rank_key_its_own_numbers():
+    """Dropout masks follow the global batch's rows across ranks (an index offset per row size); gc.random's draws
+    follow no rows, so a loss with one keys every rank apart (independent noise) instead of giving every rank the
+    same numbers for its own rows."""
+    import graphc as gc
+    from graphc.distributed import _with_row_offsets
+
+    x = gc.input("x", ("N", 4))
+    dropped = gc.sum(gc.dropout(x, 0.5))
+    _, offsets = _with_row_offsets(dropped)
+    assert offsets is not None and list(offsets) == [4]
+    _, offsets = _with_row_offsets(dropped + gc.sum(x * gc.random.normal(like=x, salt="noise")))
+    assert offsets is None
