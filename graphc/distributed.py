@@ -268,12 +268,12 @@ def _with_row_offsets(loss):
     single-process training. (loss, {row size: input}); (loss, None) when a dropout's input does not have the
     batch as its first dim and fixed dims after it (then each rank keys its masks apart instead)."""
     from graphc import ops
-    from graphc.ir.node import derived_from, topo_order
+    from graphc.ir.node import derived_from, nodes_within, topo_order
     from graphc.ops.core import apply
     from graphc.passes.rewrite import rebuild
 
     nodes = topo_order(loss)
-    if any(n.op.name == "random" for n in nodes):  # gc.random's draws follow no rows: each rank keys its own
+    if any(n.op.name == "random" for n in nodes_within(nodes)):  # draws follow no rows: each rank keys its own
         return loss, None
     drops = [n for n in nodes if n.op.name == "dropout" and not n.attrs.get("offset")]
     if not drops:
@@ -385,10 +385,10 @@ class DataParallelStep:
         self.trainer, self.dist = trainer, dist
         self.grad_fn, self.offsets = grad_program(trainer)
         if self.offsets is None and dist.size > 1 and dist.rank == 0:
-            from graphc.ir.node import topo_order
+            from graphc.ir.node import nodes_within, topo_order
 
             nodes = topo_order(trainer.data_loss)
-            draws = [n for n in nodes if n.op.name == "random"]
+            draws = [n for n in nodes_within(nodes) if n.op.name == "random"]
             drops = draws or [n for n in nodes if n.op.name == "dropout"]
             where = ", ".join(sorted({n.where() for n in drops})[:3])
             what = (f"gc.random draws ({where}) follow no rows across ranks" if draws else

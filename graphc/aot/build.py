@@ -495,9 +495,9 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     _refuse_layer_state(spec)
     tr = trainer(cfg, True)
-    from graphc.ir.node import topo_order
+    from graphc.ir.node import nodes_within, topo_order
 
-    draws = [n for n in topo_order(tr.data_loss) if n.op.name == "random"]
+    draws = [n for n in nodes_within(topo_order(tr.data_loss)) if n.op.name == "random"]
     if draws:
         # the binary's evaluation and prediction programs take no key (only its training steps are fed one)
         raise AotError(f"the model draws gc.random numbers ({draws[0].attrs['dist']} at {draws[0].source.where()}), "

@@ -383,6 +383,23 @@ def topo_order(outputs: Node | Iterable[Node]) -> list[Node]:
     return order
 
 
+def nodes_within(order: list[Node]) -> list[Node]:
+    """The nodes of `order` (a topo_order) and of every loop body they hold (a node's `body` attribute, nested
+    bodies too): what a question about the whole program ("does it draw random numbers?") must look at, where a
+    topo_order sees a scan as one node."""
+    out, seen, stack = [], set(), list(reversed(order))
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        out.append(n)
+        body = n.attrs.get("body")
+        if body is not None and hasattr(body, "order"):
+            stack.extend(reversed(body.order()))
+    return out
+
+
 def users(order: Sequence[Node]) -> dict[int, list[Node]]:
     """For each node id in `order`, the nodes in `order` that take it as an input (once per use)."""
     out: dict[int, list[Node]] = {id(n): [] for n in order}

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.node import Node, capture_source, live_leaf_names, output_nodes, shaped_like, topo_order
+from graphc.ir.node import (
+    Node,
+    capture_source,
+    live_leaf_names,
+    nodes_within,
+    output_nodes,
+    shaped_like,
+    topo_order,
+)
 from graphc.ir.shapes import FLOAT_DTYPES, INT_DTYPES, bind, eval_shape, fmt_type
 from graphc.ops.core import EvalContext
 from graphc.ops.random import KEY_NAME
@@ -44,14 +52,7 @@ def _unnamed_layers_apart(order: list[Node], leaves: dict[str, Node]) -> None:
         if not uses or len(uses) < 2:
             continue
         if present is None:  # the graph's nodes, its loops' bodies included
-            present, stack = set(), list(order)
-            while stack:
-                n = stack.pop()
-                if id(n) not in present:
-                    present.add(id(n))
-                    body = n.attrs.get("body") if n.op.name == "scan" else None
-                    if body is not None:
-                        stack.extend(body.order())
+            present = {id(n) for n in nodes_within(order)}
         here = []  # per layer, the first of what it built that this graph holds
         for u in uses:
             hit = next((n for n in (r() for r in u) if n is not None and id(n) in present), None)
@@ -141,7 +142,7 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
             names = ", ".join(sorted(by_name)) or "(none)"
             raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, unknown))} in values: no input or "
                              f"parameter has that name; the graph reads: {names}")
-    draws = any(n.op.name == "random" for n in order)  # gc.random's draws read the key in any mode
+    draws = any(n.op.name == "random" for n in nodes_within(order))  # they read the key in any mode, in loops too
     needed = [n for n in by_name.values() if training or draws or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:

@@ -161,6 +161,28 @@ def test_the_key_is_required_in_any_mode():
         gc.compile([u])({})
 
 
+def test_a_draw_inside_a_scan_step_reads_the_key_fed_to_the_call():
+    """A draw in a scan's step reads the rng_key given to the call (evaluate read 0 whatever was fed: it looked
+    for draws outside loops only, so it neither required the key nor bound it), bitwise as compiled; the same
+    numbers at every step (indexed within the step), as the README says."""
+    xs = gc.input("xs", (3, "N", 4))
+
+    def step(c, x):
+        return c + gc.random.normal(like=x, salt="n"), c
+
+    h, hist = gc.scan(step, gc.zeros(("N", 4)), xs)
+    v = {"xs": np.zeros((3, 2, 4), np.float32)}
+    with pytest.raises(gc.InputError, match="rng_key.*gc.random"):
+        gc.evaluate(h, v)
+    fn = gc.compile([h, hist], cache=False)
+    for key in (0, 3):
+        got, want = gc.evaluate([h, hist], {**v, "rng_key": key}), fn({**v, "rng_key": np.int64(key)})
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(got[1][2], 2 * got[1][1])  # one draw repeated: c_t = t * z
+    assert not np.array_equal(gc.evaluate(h, {**v, "rng_key": 0}), gc.evaluate(h, {**v, "rng_key": 3}))
+
+
 def test_a_standalone_binary_refuses_a_model_with_draws(tmp_path):
     from graphc.aot.build import build
 
