@@ -389,6 +389,11 @@ def make_cases(dtype: str = "float64") -> dict:
         "arcsinh": elementwise(gc.arcsinh, 1),
         "arccosh": elementwise(gc.arccosh, 1, st.floats(1.1, 3)),
         "arctanh": elementwise(gc.arctanh, 1, st.floats(-0.9, 0.9)),
+        "log2": elementwise(gc.log2, 1, POS),
+        "log10": elementwise(gc.log10, 1, POS),
+        "exp2": elementwise(gc.exp2, 1),
+        "arctan2": elementwise(gc.arctan2, 2, elements=[_away(0.2), F]),  # away from the origin
+        "hypot": elementwise(gc.hypot, 2, elements=[_away(0.2), F]),
         "round": elementwise(gc.round, 1, OFF_HALF),
         "floor": elementwise(gc.floor, 1, OFF_INT),
         "ceil": elementwise(gc.ceil, 1, OFF_INT),

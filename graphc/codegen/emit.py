@@ -280,6 +280,8 @@ class ScalarEmitter:
             return self.keep_bit(go(args[0]), go(args[1]), t.value, go(args[2]))
         if op in ("rand_uniform", "rand_normal"):
             return self.random(op, *(go(a) for a in args), t.value)
+        if op in vmath.BINARY_EMITTERS:
+            return vmath.BINARY_EMITTERS[op](b, go(args[0]), go(args[1]))
         fn = vmath.EMITTERS.get(op)
         if fn is None:
             raise CompileError(f"internal: the formula op {op} has no native code")

@@ -629,23 +629,30 @@ def pow_f64(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return map_libm(b, x, "pow", y)
 
 
-def _via_double(name: str) -> Emitter:
-    """name(x) from the C library's double function for float32 too (widened, then rounded once: within an ulp
-    of the true value, where a float32 polynomial would need its own argument reduction); scalar calls per lane,
-    correctness over speed, for the functions networks rarely spend their time in (trigonometric, hyperbolic)."""
+def _via_double(name: str, nargs: int = 1) -> Emitter:
+    """name(x, ...) from the C library's double function for float32 too (widened, then rounded once: within an
+    ulp of the true value, where a float32 polynomial would need its own argument reduction; hypot's squares cannot
+    overflow in double); scalar calls per lane, correctness over speed, for the functions networks rarely spend
+    their time in (trigonometric, hyperbolic, log2, exp2, atan2, hypot)."""
 
-    def emit(builder: ir.IRBuilder, x: ir.Value, target=None) -> ir.Value:
+    def emit(builder: ir.IRBuilder, x: ir.Value, *rest, target=None) -> ir.Value:
         elem = _check(x)
+        more = rest[:nargs - 1]  # a unary emitter's third positional argument is the target, unused here
+        if len(more) != nargs - 1:
+            raise TypeError(f"{name} takes {nargs} arguments, got {1 + len(more)}")
         if isinstance(elem, ir.DoubleType):
-            return map_libm(builder, x, name)
+            return map_libm(builder, x, name, *more)
         wide = ir.VectorType(F64, x.type.count) if isinstance(x.type, ir.VectorType) else F64
-        return builder.fptrunc(map_libm(builder, builder.fpext(x, wide), name), x.type)
+        args = [builder.fpext(v, wide) for v in (x, *more)]
+        return builder.fptrunc(map_libm(builder, *args[:1], name, *args[1:]), x.type)
 
     emit.__name__ = emit.__qualname__ = name
     return emit
 
 
-LIBM = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh")
+LIBM = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "log2", "log10",
+        "exp2")
+LIBM_BINARY = ("atan2", "hypot")
 
 
 def sqrt(builder: ir.IRBuilder, x: ir.Value, target=None) -> ir.Value:
@@ -666,6 +673,8 @@ EMITTERS: dict[str, Emitter] = {
     "sqrt": sqrt,
     **{name: _via_double(name) for name in LIBM},
 }
+# functions of two arguments: emitter(builder, x, y)
+BINARY_EMITTERS: dict[str, Callable] = {name: _via_double(name, 2) for name in LIBM_BINARY}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ from typing import Any
 
 # the unary functions of vector math (polynomial forms) and of the C library (lane by lane), by name
 VMATH_FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "softplus", "erf")
-LIBM_FUNCTIONS = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh")
+LIBM_FUNCTIONS = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "log2",
+                  "log10", "exp2")
+# the C library's functions of two arguments (lane by lane): atan2(y, x), hypot(x, y)
+LIBM_BINARY = ("atan2", "hypot")
 SALTED = ("keep_bit", "rand_uniform", "rand_normal")  # the ops whose value is a random stream's salt
 COMPARES = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
@@ -54,6 +57,7 @@ VOCABULARY: dict[str, tuple[int | None, Callable[[Any], bool] | None]] = {
     "rand_uniform": (4, _int),
     "rand_normal": (4, _int),
     **{fn: (1, None) for fn in VMATH_FUNCTIONS + LIBM_FUNCTIONS},
+    **{fn: (2, None) for fn in LIBM_BINARY},
 }
 
 

@@ -2,7 +2,26 @@
 (gc.nn.optim: SGD, Adam, AdamW, RMSprop, Adagrad and the learning-rate schedules)."""
 
 from graphc.nn import optim
-from graphc.nn.activations import elu, gelu, leaky_relu, log_sigmoid, silu
+from graphc.nn.activations import (
+    celu,
+    elu,
+    gelu,
+    glu,
+    hard_sigmoid,
+    hard_silu,
+    hard_swish,
+    hard_tanh,
+    leaky_relu,
+    log_sigmoid,
+    mish,
+    relu6,
+    selu,
+    silu,
+    soft_sign,
+    softsign,
+    standardize,
+    swish,
+)
 from graphc.nn.layers import (
     ACTIVATIONS,
     avg_pool1d,
@@ -37,5 +56,6 @@ __all__ = [
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",
-    "log_sigmoid",
+    "log_sigmoid", "swish", "relu6", "hard_tanh", "hard_sigmoid", "hard_swish", "hard_silu", "selu", "celu", "mish",
+    "softsign", "soft_sign", "glu", "standardize",
 ]

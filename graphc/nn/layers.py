@@ -28,9 +28,25 @@ ACTIVATIONS: dict[str, Callable | None] = {
     "elu": activations.elu,
     "gelu": activations.gelu,
     "silu": activations.silu,
+    "swish": activations.swish,
+    "relu6": activations.relu6,
+    "hard_tanh": activations.hard_tanh,
+    "hard_sigmoid": activations.hard_sigmoid,
+    "hard_swish": activations.hard_swish,
+    "hard_silu": activations.hard_silu,
+    "selu": activations.selu,
+    "celu": activations.celu,
+    "mish": activations.mish,
+    "softsign": activations.softsign,
     "linear": None,
     None: None,  # type: ignore[dict-item]
 }
+
+
+# the ReLU-like activations, initialized as relu (He); the bounded, tanh-like ones and selu (whose own LeCun
+# scaling is close to Glorot's for square layers) Glorot
+_HE = ("relu", "softplus", "leaky_relu", "elu", "gelu", "silu", "swish", "relu6", "hard_swish", "hard_silu", "celu",
+       "mish")
 
 
 def _located(msg: str) -> GraphcError:
@@ -103,7 +119,7 @@ def note_unnamed_use(param, *built) -> None:
 
 
 def _default_init(act) -> str:
-    return "he_normal" if act in ("relu", "softplus", "leaky_relu", "elu", "gelu", "silu") else "xavier_uniform"
+    return "he_normal" if act in _HE else "xavier_uniform"
 
 
 def dense(x, units: int, activation=None, *, name: str | None = None, init=None, bias: bool = True,

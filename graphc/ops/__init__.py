@@ -4,9 +4,15 @@ from graphc.ops import api as _api  # noqa: F401 - installs the Tensor operators
 from graphc.ops.compose import (
     all,  # noqa: A004
     any,  # noqa: A004
+    arange,
     argmax,
     argmin,
     clip,
+    cumprod,
+    diagonal,
+    eye,
+    hstack,
+    isclose,
     isfinite,
     isinf,
     isnan,
@@ -14,11 +20,17 @@ from graphc.ops.compose import (
     logaddexp,
     logsumexp,
     mean,
+    moveaxis,
+    nan_to_num,
+    nanmean,
+    nansum,
     one_hot,
     softmax,
     square,
     std,
+    trace,
     var,
+    vstack,
 )
 from graphc.ops.control import stop_gradient
 from graphc.ops.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
@@ -53,6 +65,7 @@ from graphc.ops.pointwise import (
     arcsin,
     arcsinh,
     arctan,
+    arctan2,
     arctanh,
     broadcast_like,
     cast,
@@ -64,13 +77,17 @@ from graphc.ops.pointwise import (
     equal,
     erf,
     exp,
+    exp2,
     floor,
     full_like,
     greater,
     greater_equal,
+    hypot,
     less,
     less_equal,
     log,
+    log2,
+    log10,
     logical_and,
     logical_not,
     logical_or,
@@ -80,6 +97,8 @@ from graphc.ops.pointwise import (
     negative,
     not_equal,
     power,
+    reciprocal,
+    rsqrt,
     sign,
     sin,
     sinh,
@@ -87,6 +106,7 @@ from graphc.ops.pointwise import (
     subtract,
     tan,
     tanh,
+    trunc,
     where,
 )
 from graphc.ops.pointwise import abs_ as abs  # noqa: A004
@@ -118,4 +138,6 @@ __all__ = [
     "isnan", "isinf", "isfinite", "any", "all", "round", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh",
     "cosh", "arcsinh", "arccosh", "arctanh", "einsum", "fori_loop", "tile", "repeat", "outer", "tril", "triu",
     "take_along_axis",
+    "log2", "log10", "exp2", "reciprocal", "rsqrt", "arctan2", "hypot", "trunc", "nan_to_num", "isclose", "nansum",
+    "nanmean", "cumprod", "moveaxis", "hstack", "vstack", "arange", "eye", "diagonal", "trace",
 ]

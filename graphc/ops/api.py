@@ -91,7 +91,23 @@ def _np_functions() -> dict:
         np.full_like: lambda a, fill_value: g.full_like(a, fill_value),
         np.dot: lambda a, b: _np_dot(a, b),
         np.ravel: lambda a, order="C": _flatten(as_tensor(a), order),
+        np.cumprod: lambda a, axis=None: g.cumprod(a, axis),
+        np.nan_to_num: _np_nan_to_num,
+        np.isclose: lambda a, b, rtol=1e-05, atol=1e-08, equal_nan=False: g.isclose(a, b, rtol, atol, equal_nan),
+        np.nansum: lambda a, axis=None, keepdims=False: g.nansum(a, axis, keepdims),
+        np.nanmean: lambda a, axis=None, keepdims=False: g.nanmean(a, axis, keepdims),
+        np.hstack: lambda tup: g.hstack(tup),
+        np.vstack: lambda tup: g.vstack(tup),
+        np.diagonal: lambda a, offset=0, axis1=0, axis2=1: g.diagonal(a, offset, axis1, axis2),
+        np.trace: lambda a, offset=0, axis1=0, axis2=1: g.trace(a, offset, axis1, axis2),
+        np.moveaxis: lambda a, source, destination: g.moveaxis(a, source, destination),
     }
+
+
+def _np_nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    import graphc
+
+    return graphc.nan_to_num(x, nan, posinf, neginf)  # a graph never writes into its input: copy has no effect
 
 
 _NP_FUNCTIONS: dict = {}
@@ -321,3 +337,6 @@ Tensor.ravel = _flatten  # ndarray's ravel: a graph has no views, so it is flatt
 Tensor.astype = ew.cast
 Tensor.squeeze = lambda self, axis=None: movement.squeeze(self, axis)
 Tensor.swapaxes = lambda self, axis1, axis2: movement.swapaxes(self, axis1, axis2)
+Tensor.cumprod = lambda self, axis=None: compose.cumprod(self, axis)
+Tensor.diagonal = lambda self, offset=0, axis1=0, axis2=1: compose.diagonal(self, offset, axis1, axis2)
+Tensor.trace = lambda self, offset=0, axis1=0, axis2=1: compose.trace(self, offset, axis1, axis2)

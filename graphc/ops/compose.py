@@ -6,6 +6,8 @@ from the way they are composed (the max is subtracted before exp, and held const
 
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError
@@ -247,3 +249,236 @@ def any(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's
 def all(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - numpy's name
     """Whether every element over the axes is true (nonzero), as numpy.all (True over an empty axis)."""
     return equal(_count(x, axis, keepdims, False), 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# more of numpy's names, as compositions (exact: selections, sums, index maps)
+
+
+def nan_to_num(x, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None) -> Tensor:
+    """numpy's nan_to_num: NaN as `nan`, +inf as `posinf` and -inf as `neginf` (by default the largest and the
+    lowest finite value of x's dtype, as numpy's). Ints and bools are returned as they are. Its gradient is 1 where
+    x is finite, 0 where it was replaced."""
+    from graphc.ops.pointwise import equal as eq
+    from graphc.ops.pointwise import where
+
+    x = as_tensor(x)
+    if x.dtype not in FLOAT_DTYPES:
+        return x
+    info = np.finfo(x.dtype)
+    values = {}
+    for what, v, default in (("nan", nan, 0.0), ("posinf", posinf, float(info.max)),
+                             ("neginf", neginf, float(info.min))):
+        v = default if v is None else v
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise located(GraphcError(f"nan_to_num: {what} must be a number or None, got {v!r}"), (x,), "nan_to_num")
+        values[what] = float(v)
+    out = where(eq(x, float("inf")), values["posinf"], x)
+    out = where(eq(x, float("-inf")), values["neginf"], out)
+    return where(isnan(x), values["nan"], out)
+
+
+def isclose(a, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
+    """numpy's isclose: |a - b| <= atol + rtol·|b| where b is finite, a == b for infinities (inf is close to inf
+    only), NaN close to NaN only with equal_nan. Ints are compared as floats (numpy's too). A bool tensor."""
+    from graphc.ops.pointwise import _promote, abs_, equal, less_equal, logical_and, logical_or
+
+    for what, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise GraphcError(f"isclose: {what} must be a number, got {v!r} (at {capture_source().where()})")
+    a, b = _promote([a, b])
+    if a.dtype not in FLOAT_DTYPES:
+        to = float_for(a.dtype, b.dtype) if a.dtype != "bool" else "float32"
+        a, b = cast(a, to), cast(b, to)
+    close = logical_and(less_equal(abs_(a - b), abs_(b) * float(rtol) + float(atol)), isfinite(b))
+    out = logical_or(close, equal(a, b))
+    if equal_nan:
+        out = logical_or(out, logical_and(isnan(a), isnan(b)))
+    return out
+
+
+def nansum(x, axis=None, keepdims: bool = False) -> Tensor:
+    """numpy's nansum: the sum with NaNs counted as 0 (an all-NaN slice sums to 0). Its gradient is 1 at the numbers,
+    0 at the NaNs."""
+    from graphc.ops.pointwise import where
+
+    x = as_tensor(x)
+    if x.dtype in FLOAT_DTYPES:
+        x = where(isnan(x), 0.0, x)
+    return reduce.sum(x, axis, keepdims)
+
+
+def nanmean(x, axis=None, keepdims: bool = False) -> Tensor:
+    """numpy's nanmean: the mean of the numbers, NaNs left out (an all-NaN slice is NaN, as numpy's, which also
+    warns). Ints are averaged as floats (int32 as float32, int64 as float64)."""
+    from graphc.ops.pointwise import logical_not
+
+    x = _float(x, "nanmean")
+    count = reduce.sum(cast(logical_not(isnan(x)), x.dtype), axis, keepdims)
+    return nansum(x, axis, keepdims) / count
+
+
+def _axes(x: Tensor, axes, what: str) -> tuple[int, ...]:
+    """Distinct int axes of x (negative ones from the end), as numpy's normalize_axis_tuple; else a ShapeError."""
+    from graphc.errors import ShapeError
+
+    one = isinstance(axes, (int, np.integer)) and not isinstance(axes, bool)
+    seq = (axes,) if one else tuple(axes) if isinstance(axes, (tuple, list)) else None
+    r = len(x.shape)
+    if seq is None or builtins.any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -r <= a < r
+                          for a in seq):
+        raise located(ShapeError(f"{what}: {axes!r} is not an axis (or a sequence of axes) of a rank-{r} tensor "
+                                 f"{fmt_shape(x.shape)}"), (x,), what)
+    out = tuple(int(a) % r for a in seq)
+    if len(set(out)) != len(out):
+        raise located(ShapeError(f"{what}: repeated axis in {axes!r}"), (x,), what)
+    return out
+
+
+def moveaxis(x, source, destination) -> Tensor:
+    """numpy's moveaxis: the axes `source` moved to the positions `destination` (ints or sequences of the same
+    length), the others kept in order. A transpose, so free in compiled code (an index map)."""
+    from graphc.errors import ShapeError
+    from graphc.ops.movement import transpose
+
+    x = as_tensor(x)
+    src, dst = _axes(x, source, "moveaxis"), _axes(x, destination, "moveaxis")
+    if len(src) != len(dst):
+        raise located(ShapeError(f"moveaxis: source {source!r} and destination {destination!r} must have the same "
+                                 "number of axes"), (x,), "moveaxis")
+    order = [a for a in range(len(x.shape)) if a not in src]
+    for d, s in sorted(zip(dst, src, strict=True)):
+        order.insert(d, s)
+    return x if order == list(range(len(x.shape))) else transpose(x, order)
+
+
+def _tensors(xs, what: str) -> list[Tensor]:
+    if isinstance(xs, Tensor) or not isinstance(xs, (list, tuple)) or not xs:
+        raise GraphcError(f"{what}: takes a non-empty list or tuple of tensors, got {type(xs).__name__} "
+                          f"(at {capture_source().where()})")
+    like = next((t for t in xs if isinstance(t, Tensor)), None)
+    return [as_tensor(t, like) for t in xs]
+
+
+def hstack(xs) -> Tensor:
+    """numpy's hstack: 1-D tensors joined end to end, others along axis 1 (0-d ones as 1-D of length 1)."""
+    from graphc.ops.movement import concatenate, reshape
+
+    ts = [reshape(t, (1,)) if not t.shape else t for t in _tensors(xs, "hstack")]
+    return concatenate(ts, axis=0 if len(ts[0].shape) == 1 else 1)
+
+
+def vstack(xs) -> Tensor:
+    """numpy's vstack: rows stacked, a 1-D tensor of length n as a (1, n) row (a 0-d one as (1, 1))."""
+    from graphc.ops.movement import concatenate, reshape
+
+    ts = [reshape(t, (1,) * (2 - len(t.shape)) + tuple(t.shape)) if len(t.shape) < 2 else t
+          for t in _tensors(xs, "vstack")]
+    return concatenate(ts, axis=0)
+
+
+def _static_number(v, what: str, fn: str):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise GraphcError(f"{fn}: {what} must be a Python number (graphc's shapes are static), got {v!r} "
+                          f"(at {capture_source().where()})")
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def arange(start, stop=None, step=None, dtype: str | None = None) -> Tensor:
+    """numpy's arange with static numbers: [start, start + step, ...) below stop (above it for a negative step);
+    `arange(n)` is [0, n). Ints give an int32 tensor (graphc's, and jnp's, default int; int64 where a value needs
+    it), floats float32 (graphc's default float), or `dtype`. Ints are an iota (no constant array in the program);
+    floats numpy's own values. Not differentiable (a constant)."""
+    from graphc.ir.shapes import as_dtype
+    from graphc.ops.core import constant
+
+    if stop is None:
+        start, stop = 0, start
+    start, stop = _static_number(start, "start", "arange"), _static_number(stop, "stop", "arange")
+    step = 1 if step is None else _static_number(step, "step", "arange")
+    if step == 0:
+        raise GraphcError(f"arange: step must not be 0 (numpy refuses it too) (at {capture_source().where()})")
+    ints = builtins.all(isinstance(v, int) for v in (start, stop, step))
+    if dtype is None:
+        wide = ints and not builtins.all(-(2**31) <= v < 2**31 for v in (start, stop - step))
+        dtype = ("int64" if wide else "int32") if ints else "float32"
+    dtype = as_dtype(dtype, "arange")
+    if ints and dtype in INT_DTYPES:
+        n = max(0, -((start - stop) // step))
+        if n == 0:
+            return constant(np.zeros(0, dtype))
+        out = iota(n, dtype)
+        return out * step + start if (step, start) != (1, 0) else out
+    values = np.arange(start, stop, step, dtype=np.float64 if dtype in FLOAT_DTYPES else None)
+    return constant(values.astype(dtype))
+
+
+def eye(n: int, m: int | None = None, k: int = 0, dtype: str = "float32") -> Tensor:
+    """numpy's eye: an (n, m) matrix (m defaults to n) of ones on the k-th diagonal (k > 0 above the main one),
+    zeros elsewhere, float32 by default (graphc's default float, as jnp.eye's). Built from two iotas."""
+    from graphc.ir.shapes import as_dtype
+    from graphc.ops.movement import reshape
+
+    m = n if m is None else m
+    for what, v in (("n", n), ("m", m), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (what != "k" and v < 0):
+            raise GraphcError(f"eye: {what} must be {'an' if what == 'k' else 'a non-negative'} int, got {v!r} "
+                              f"(at {capture_source().where()})")
+    n, m, k = int(n), int(m), int(k)
+    rows = reshape(iota(n, "int64"), (n, 1)) + k
+    cols = reshape(iota(m, "int64"), (1, m))
+    return cast(equal(broadcast_to(rows, (n, m)), broadcast_to(cols, (n, m))), as_dtype(dtype, "eye"))
+
+
+def diagonal(x, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """numpy's diagonal: the elements x[..., i, i + offset, ...] of the axes axis1, axis2, as the last axis of the
+    result (the other axes first, in order). A slice and einsum's diagonal, so its gradient (the diagonal written
+    back into zeros) and native code are theirs. The two axes' lengths must be ints, or the same dim."""
+    from graphc.errors import ShapeError
+    from graphc.ops.linalg import einsum
+
+    x = as_tensor(x)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise GraphcError(f"diagonal: offset must be an int, got {offset!r} (at {capture_source().where()})")
+    if len(x.shape) < 2:
+        raise located(ShapeError(f"diagonal: needs at least 2 axes, got {fmt_shape(x.shape)}"), (x,), "diagonal")
+    a1, a2 = _axes(x, (axis1, axis2), "diagonal")
+    y = moveaxis(x, (a1, a2), (-2, -1))
+    r, c = y.shape[-2], y.shape[-1]
+    offset = int(offset)
+    if offset or r != c:
+        if not (isinstance(r, int) and isinstance(c, int)):
+            raise located(ShapeError(f"diagonal: axes of lengths {r} and {c} (offset {offset}): a diagonal of "
+                                     "symbolic axes needs them equal and offset 0"), (x,), "diagonal")
+        lo_r, lo_c = max(0, -offset), max(0, offset)
+        size = max(0, min(r - lo_r, c - lo_c))
+        y = y[..., lo_r:lo_r + size, lo_c:lo_c + size]
+    letters = "abcdefghijklmnopqrstuvwxy"[:len(y.shape) - 2]
+    return einsum(f"{letters}zz->{letters}z", y)
+
+
+def trace(x, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """numpy's trace: the sum of `diagonal(x, offset, axis1, axis2)` along it."""
+    return reduce.sum(diagonal(x, offset, axis1, axis2), -1)
+
+
+def cumprod(x, axis: int | None = None) -> Tensor:
+    """numpy's cumprod: running products along `axis` (None: over the flattened tensor, as numpy's). A `gc.scan`
+    multiplying step by step in numpy's order, so it is exact (numpy's values bit for bit) and its gradient is the
+    reverse loop of the chain rule, exact at zeros too (no division by x, as exp(cumsum(log x)) or cumsum-based
+    forms would need). Ints stay ints."""
+    from graphc.ops.movement import reshape
+    from graphc.ops.scan import ones_like, scan
+
+    x = as_tensor(x)
+    if axis is None:
+        x, axis = reshape(x, (-1,)) if len(x.shape) != 1 else x, 0
+    (a,) = _axes(x, axis, "cumprod")
+    y = moveaxis(x, a, 0)
+
+    def step(c, xt):
+        c = c * xt
+        return c, c
+
+    _, ys = scan(step, ones_like(y[0]), y)
+    return moveaxis(ys, 0, a)

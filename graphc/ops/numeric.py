@@ -80,7 +80,8 @@ _FUNCTIONS = {
     "remainder": np.remainder, "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1,
     "tanh": np.tanh, "sigmoid": sigmoid, "softplus": softplus, "erf": erf, "sin": np.sin, "cos": np.cos,
     "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh,
-    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh, "log2": np.log2, "log10": np.log10,
+    "exp2": np.exp2, "atan2": np.arctan2, "hypot": np.hypot,
 }
 # ops of one or more arguments: numpy's binary function, folded left to right
 _FOLDS = {"mul": operator.mul, "and": np.logical_and, "or": np.logical_or, "max": np.maximum, "min": np.minimum}

@@ -794,6 +794,19 @@ ERF = _ew("erf", 1, lambda s: s.erf(s.x0), "erf")
 TRIG = {name: _ew(name, 1, lambda s, fn=fn: getattr(s, fn)(s.x0), fn) for name, fn in (
     ("sin", "sin"), ("cos", "cos"), ("tan", "tan"), ("arcsin", "asin"), ("arccos", "acos"), ("arctan", "atan"),
     ("sinh", "sinh"), ("cosh", "cosh"), ("arcsinh", "asinh"), ("arccosh", "acosh"), ("arctanh", "atanh"))}
+# numpy's log2, log10, exp2 (the C library's, through double for float32: within an ulp, exact at powers of 2
+# where log(x)/log(2) was not); derivatives with the constants 1/ln 2, 1/ln 10, ln 2 as one number each
+_LN2, _LN10 = 0.6931471805599453, 2.302585092994046
+LOG2 = _ew("log2", 1, lambda s: s.log2(s.x0), "log2", partials=lambda s: {0: s.Float(1 / _LN2, 17) / s.x0})
+LOG10 = _ew("log10", 1, lambda s: s.log10(s.x0), "log10", partials=lambda s: {0: s.Float(1 / _LN10, 17) / s.x0})
+EXP2 = _ew("exp2", 1, lambda s: s.exp2(s.x0), "exp2", partials=lambda s: {0: s.Float(_LN2, 17) * s.Y})
+# numpy's arctan2(y, x) and hypot(x, y): the C library's (hypot never overflows where the result is finite). At the
+# origin, where neither is differentiable, their partials are 0 (as abs'(0) = 0: hypot(x, 0) is |x|)
+ATAN2 = _ew("arctan2", 2, lambda s: s.atan2(s.x0, s.x1), partials=lambda s: {
+    0: s.Piecewise((0, s.Eq(s.hypot(s.x0, s.x1), 0)), (s.x1 / s.hypot(s.x0, s.x1) ** 2, True)),
+    1: s.Piecewise((0, s.Eq(s.hypot(s.x0, s.x1), 0)), (-s.x0 / s.hypot(s.x0, s.x1) ** 2, True))})
+HYPOT = _ew("hypot", 2, lambda s: s.hypot(s.x0, s.x1), partials=lambda s: {
+    0: s.Piecewise((0, s.Eq(s.Y, 0)), (s.x0 / s.Y, True)), 1: s.Piecewise((0, s.Eq(s.Y, 0)), (s.x1 / s.Y, True))})
 # piecewise constant: their derivatives are 0 (where defined); remainder's are 1 and -floor_divide
 FLOOR = _ew("floor", 1, lambda s: s.floor(s.x0), "floor", partials=lambda s: {0: s.Integer(0)})
 CEIL = _ew("ceil", 1, lambda s: s.ceiling(s.x0), "ceiling", partials=lambda s: {0: s.Integer(0)})
@@ -953,6 +966,60 @@ abs_, sign, relu_ = _unary(ABS), _unary(SIGN), _unary(RELU)
 sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh = (_unary(op) for op in TRIG.values())
 for _f in (sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, arcsinh, arccosh, arctanh):
     _f.__doc__ = f"numpy's {_f.__name__}, elementwise (int32 promoted to float32, int64 to float64)."
+
+
+log2, log10, exp2 = _unary(LOG2), _unary(LOG10), _unary(EXP2)
+for _f in (log2, log10, exp2):
+    _f.__doc__ = (f"numpy's {_f.__name__}, elementwise: the C library's (float32 through double, rounded once: within "
+                  "an ulp, exact at powers of 2); int32 promoted to float32, int64 to float64.")
+
+
+def _float_binary(op: ElementwiseOp, doc: str):
+    def fn(a, b) -> Tensor:
+        try:
+            ts = _promote([a, b])
+        except DTypeError as err:
+            raise located(err, [x for x in (a, b) if isinstance(x, Node)], op.name) from None
+        if ts[0].dtype not in FLOAT_DTYPES:  # ints (and bools) as floats, as numpy and gc.exp promote them
+            to = float_for(*(t.dtype for t in ts))
+            ts = [cast(t, to) for t in ts]
+        return apply(op, ts)
+
+    fn.__name__ = op.name
+    fn.__doc__ = doc
+    return fn
+
+
+arctan2 = _float_binary(ATAN2, "numpy's arctan2(y, x): the angle of the point (x, y) in [-pi, pi], signed zeros and "
+                        "infinities as the C library's atan2. Its gradient at the origin is 0.")
+hypot = _float_binary(HYPOT, "numpy's hypot(x, y) = sqrt(x**2 + y**2) without overflow or underflow in the squares "
+                      "(hypot(3e38, 4e38) is 5e38 in float32); hypot(inf, nan) is inf, as numpy's. Its gradient "
+                      "(x/h, y/h) is 0 at the origin, as abs'(0).")
+
+
+def reciprocal(x) -> Tensor:
+    """numpy's reciprocal, 1 / x for floats (correctly rounded, as numpy's). numpy's reciprocal of an int is an int
+    (np.reciprocal(2) is 0), which graphc refuses: write 1 / x (true division) or cast first."""
+    x = as_tensor(x)
+    if x.dtype not in FLOAT_DTYPES:
+        raise located(DTypeError(f"reciprocal of a {x.dtype} tensor: numpy's is an integer (1/2 is 0); write "
+                                 "1 / x for float division, or gc.cast(x, 'float32') first"), (x,), "reciprocal")
+    return apply(DIV, (constant(1.0, x.dtype), x))
+
+
+def rsqrt(x) -> Tensor:
+    """jax.lax.rsqrt, 1 / sqrt(x), as x ** -0.5 (1/sqrt(x) in native code: within an ulp): numpy's x ** -0.5 at the
+    edges, inf at both zeros (jax's 1/sqrt(-0.0) is -inf), 0 at inf, nan below 0. Ints promoted to floats."""
+    return power(x, -0.5)
+
+
+def trunc(x) -> Tensor:
+    """numpy's trunc: toward zero (floor above 0, ceil below; -0.5 gives -0.0), exact. Ints and bools are returned as
+    they are, as numpy 2 does. Its gradient is 0."""
+    x = as_tensor(x)
+    if x.dtype not in FLOAT_DTYPES:
+        return x
+    return where(less(x, 0.0), ceil(x), floor(x))
 
 
 def _round_int(x: Tensor, q: int) -> Tensor:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import sympy
-from sympy.codegen.cfunctions import expm1, log1p
+from sympy.codegen.cfunctions import exp2, expm1, hypot, log1p, log2, log10
 
 from graphc.errors import CompileError
 from graphc.ir import formula
 from graphc.ir.formula import Term
 from graphc.ops import numeric
 
-__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "rint", "keep_bit", "floor_divide", "remainder", "NUMPY"]
+__all__ = ["sigmoid", "softplus", "relu", "log1p", "expm1", "log2", "log10", "exp2", "hypot", "rint", "keep_bit",
+           "floor_divide", "remainder", "NUMPY"]
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - sympy function names are lower case
@@ -219,7 +220,7 @@ def to_term(expr: sympy.Expr) -> Term:
             return Term(op, tuple(go(a) for a in e.args))
         raise CompileError(f"the function {type(e).__name__} in {e} has no native code; use exp, log, log1p, "
                            "expm1, tanh, sigmoid, softplus, erf, sqrt, abs, sign, max, min, powers, piecewise, "
-                           f"floor, ceiling, {', '.join(formula.LIBM_FUNCTIONS)}")
+                           f"floor, ceiling, {', '.join(formula.LIBM_FUNCTIONS + formula.LIBM_BINARY)}")
 
     return go(double_constants(sympy.sympify(expr)))
 
@@ -231,4 +232,5 @@ _OPS = {sympy.Not: "not", sympy.And: "and", sympy.Or: "or", sympy.Max: "max", sy
         sympy.Abs: "abs", sympy.sign: "sign", rint: "rint", sympy.floor: "floor", sympy.ceiling: "ceil",
         floor_divide: "floor_divide", remainder: "remainder", sympy.exp: "exp", sympy.log: "log", log1p: "log1p",
         expm1: "expm1", sympy.tanh: "tanh", sigmoid: "sigmoid", softplus: "softplus", sympy.erf: "erf",
-        **{getattr(sympy, name): name for name in formula.LIBM_FUNCTIONS}}
+        log2: "log2", log10: "log10", exp2: "exp2", sympy.atan2: "atan2", hypot: "hypot",
+        **{getattr(sympy, name): name for name in formula.LIBM_FUNCTIONS if hasattr(sympy, name)}}

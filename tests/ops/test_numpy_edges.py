@@ -287,3 +287,102 @@ def test_an_int_exponent_beyond_float64_is_a_graphc_error():
     x = gc.input("x", (3,))
     with pytest.raises(gc.GraphcError, match="exponent, an int of 401 digits, is beyond float64's range"):
         x ** (10 ** 400)
+
+
+def _edges(dtype):
+    """0, ±0, ±inf, NaN, subnormals, the smallest normal, huge values, powers of 2 and 10, and a random sweep."""
+    info = np.finfo(dtype)
+    sub = [float(info.smallest_subnormal), float(info.smallest_subnormal) * 3, float(info.tiny) / 2]
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, *sub, *(-s for s in sub), float(info.tiny), float(info.max),
+               -float(info.max), float(info.max) / 3, 0.5, 1.0, -1.0, 2.0, 8.0, 1024.0, 0.125, 10.0, 1000.0, 1e-3,
+               2.5, -2.5, 0.49999997, -0.5, 1.5, 3.0, -3.0]
+    r = np.random.default_rng(7)
+    sweep = np.exp(r.uniform(-80, 80, 400)) * r.choice([-1, 1], 400)
+    return np.concatenate([special, sweep]).astype(dtype)
+
+
+def _ulps(got, want, dtype):
+    """|got - want| in ulps of want (as dtype), where want is finite; inf/nan and signed zeros must match."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(got[~fin], want[~fin])
+    zero = want == 0
+    np.testing.assert_array_equal(np.signbit(got[zero & fin]), np.signbit(want[zero & fin]))
+    with np.errstate(over="ignore"):  # the spacing at the largest float is inf's distance
+        spacing = np.spacing(np.abs(want[fin]).astype(dtype)).astype(np.float64)
+    return np.max(np.abs(got[fin] - want[fin]) / spacing, initial=0.0)
+
+
+# gc function, numpy's, arity; each checked against numpy (the reference: within an ulp of numpy's; compiled:
+# within 1 ulp of the value in float64, rounded, so within ~1-2 ulp of numpy's). Compiled code flushes denormal
+# results to 0, as documented; a denormal input to the C library's functions under DAZ gives what their branches
+# make of it (float64 atan2(5e-324, 0) is pi/2, log2(5e-324) -1075), so the compiled check leaves those out
+ELEMENTWISE = {
+    "log2": (gc.log2, np.log2, 1), "log10": (gc.log10, np.log10, 1), "exp2": (gc.exp2, np.exp2, 1),
+    "reciprocal": (gc.reciprocal, np.reciprocal, 1), "rsqrt": (gc.rsqrt, lambda v: v ** -0.5, 1),
+    "trunc": (gc.trunc, np.trunc, 1), "arctan2": (gc.arctan2, np.arctan2, 2), "hypot": (gc.hypot, np.hypot, 2),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_numpys_elementwise_functions_at_edge_values_are_within_an_ulp(name, dtype):
+    f, ref, arity = ELEMENTWISE[name]
+    v = _edges(dtype)
+    vals = [v, np.roll(v[::-1], 3)][:arity]
+    if arity == 2:  # every pair of special values too
+        k = 40
+        a, b = np.meshgrid(v[:k], v[:k])
+        vals = [np.concatenate([vals[0], a.ravel()]), np.concatenate([vals[1], b.ravel()])]
+    xs = [gc.input(f"x{i}", ("N",), dtype) for i in range(arity)]
+    out = f(*xs)
+    env = {x.name: a for x, a in zip(xs, vals, strict=True)}
+    with np.errstate(all="ignore"):
+        want = ref(*vals)
+        truth = ref(*(a.astype(np.float64) for a in vals)) if dtype == "float32" else want
+        ref_got = gc.evaluate(out, env)
+        assert ref_got.dtype == dtype
+        assert _ulps(ref_got, want, dtype) <= 1.0  # the reference is numpy's own function or exact composition
+        tiny = np.finfo(dtype).tiny
+        normal = np.all([(np.abs(a) >= tiny) | (a == 0) | ~np.isfinite(a) for a in vals], axis=0)
+        truth = np.where(np.abs(truth) < tiny, np.copysign(0, truth), truth)[normal]  # denormal results flushed
+    got = gc.compile(out, cache=False, threads=2)({k: a[normal] for k, a in env.items()})
+    assert got.dtype == dtype
+    # float32 against the float64 truth: within an ulp (the C library in double, rounded once); float64: within
+    # 1 ulp of numpy's (the same C library's function)
+    with np.errstate(over="ignore"):  # beyond float32's range the truth rounds to inf, as the result must
+        truth = truth.astype(dtype)
+    assert _ulps(got, truth, dtype) <= 1.0, name
+    if name in ("log2", "exp2"):  # exact at powers of 2, as numpy's
+        p = np.array([0.125, 1.0, 2.0, 1024.0, 2.0 ** 100] if name == "log2" else [-3.0, 0.0, 1.0, 10.0, 100.0], dtype)
+        xs1 = gc.input("p", (5,), dtype)
+        for g in (gc.evaluate(f(xs1), {"p": p}), gc.compile(f(xs1), cache=False)({"p": p})):
+            np.testing.assert_array_equal(g, ref(p))
+
+
+@pytest.mark.parametrize("name", ["log2", "log10", "exp2", "reciprocal", "rsqrt", "arctan2", "hypot"])
+def test_numpys_elementwise_functions_differentiate_twice_and_promote_ints_as_exp(name):
+    """First and second derivatives by finite differences (float64, away from the poles and the origin); int inputs
+    as gc.exp's (int32 as float32), except reciprocal, whose numpy int result is an int (refused)."""
+    f, _, arity = ELEMENTWISE[name]
+    r = np.random.default_rng(1)
+    xs = [gc.input(f"x{i}", (6,), "float64") for i in range(arity)]
+    vals = {x.name: r.uniform(0.5, 3, 6) * (r.choice([-1, 1], 6) if name in ("exp2", "arctan2") else 1) for x in xs}
+    y = gc.sum(f(*xs) * r.normal(size=6))
+    gc.check_grad(y, xs, vals)
+    gs = gc.grad(y, xs)
+    gc.check_grad(gc.sum(gs[0] * gs[-1]), xs, vals)
+    ints = [gc.input(f"i{k}", (3,), "int32") for k in range(arity)]
+    if name == "reciprocal":
+        with pytest.raises(gc.DTypeError, match="reciprocal"):
+            f(*ints)
+    else:
+        assert f(*ints).dtype == "float32" and gc.exp(ints[0]).dtype == "float32"
+
+
+def test_trunc_keeps_ints_and_its_gradient_is_zero():
+    i = gc.input("i", (3,), "int64")
+    assert gc.trunc(i) is i and np.trunc(np.arange(3)).dtype == np.arange(3).dtype
+    x = gc.input("x", (4,), "float64")
+    np.testing.assert_array_equal(gc.evaluate(gc.grad(gc.sum(gc.trunc(x)), x), {"x": np.array([-1.5, 0.2, 3, 9])}),
+                                  np.zeros(4))

@@ -1,6 +1,8 @@
 """numpy's names a user reaches for (gc.concat, gc.squeeze, gc.std, gc.sin, x.argmax(), round(x), ...): each gives
 numpy's result in the reference and compiled, differentiates where it is smooth, and refuses what numpy refuses."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -131,12 +133,12 @@ def test_int64_meets_floats_as_float64_everywhere():
 
 
 @pytest.mark.parametrize("name", ["sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "arcsinh",
-                                  "arccosh", "arctanh"])
+                                  "arccosh", "arctanh", "log2", "log10", "exp2"])
 def test_trigonometric_functions_compile_within_an_ulp(name):
     """float32 through the C library's double function, rounded once: within one float32 ulp of the exact
     value on a sweep of 4099 values (vector lanes and the tail), special values as numpy's."""
     lo, hi = {"arcsin": (-1, 1), "arccos": (-1, 1), "arctanh": (-1, 1), "arccosh": (1, 50), "sinh": (-80, 80),
-              "cosh": (-80, 80)}.get(name, (-30, 30))
+              "cosh": (-80, 80), "log2": (0, 3e38), "log10": (0, 1e3), "exp2": (-126, 127.9)}.get(name, (-30, 30))
     v = np.concatenate([np.linspace(lo, hi, 4096), [np.nan, np.inf, -np.inf]]).astype(np.float32)
     x = gc.input("x", ("N",))
     got = gc.compile(getattr(gc, name)(x), cache=False)({"x": v})
@@ -147,7 +149,7 @@ def test_trigonometric_functions_compile_within_an_ulp(name):
     assert np.all(np.abs(got[fin] - exact[fin]) <= ulp[fin]), name
     np.testing.assert_array_equal(got[~fin], exact[~fin].astype(np.float32))
     x64 = gc.input("x64", (7,), "float64")
-    near = np.linspace(-0.9, 0.9, 7) + (2.0 if name == "arccosh" else 0.0)  # inside every domain
+    near = np.linspace(-0.9, 0.9, 7) + (2.0 if name in ("arccosh", "log2", "log10") else 0.0)  # in every domain
     gc.check_grad(gc.sum(getattr(gc, name)(x64) * rng.normal(size=7)), x64, {"x64": near})
 
 
@@ -306,10 +308,14 @@ def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
     v = np.concatenate([v, v[:1]])
     outs = [np.exp(x * 1e-5), np.maximum(x, 0), np.abs(x), np.absolute(x), np.fabs(x), a + x, a * x, np.float32(2) * x,
             np.true_divide(x, 4), np.mod(x, 3), np.power(x, 2), np.rint(x), np.positive(x), a < x, np.tanh(x),
-            np.logaddexp(x, a), np.square(x), np.sign(x)]
+            np.logaddexp(x, a), np.square(x), np.sign(x), np.log2(np.abs(x)), np.log10(np.abs(x)), np.exp2(x),
+            np.hypot(x, a), np.arctan2(x, a), np.trunc(x), np.reciprocal(x)]
     assert all(isinstance(t, gc.Tensor) for t in outs) and (a + x).dtype == "float32"
-    want = [np.exp(v * np.float32(1e-5)), np.maximum(v, 0), np.abs(v), np.abs(v), np.abs(v), a + v, a * v, 2 * v,
-            v / 4, np.mod(v, 3), v ** 2, np.rint(v), v, a < v, np.tanh(v), np.logaddexp(v, a), v * v, np.sign(v)]
+    with np.errstate(all="ignore"):
+        want = [np.exp(v * np.float32(1e-5)), np.maximum(v, 0), np.abs(v), np.abs(v), np.abs(v), a + v, a * v, 2 * v,
+                v / 4, np.mod(v, 3), v ** 2, np.rint(v), v, a < v, np.tanh(v), np.logaddexp(v, a), v * v, np.sign(v),
+                np.log2(np.abs(v)), np.log10(np.abs(v)), np.exp2(v), np.hypot(v, a), np.arctan2(v, a), np.trunc(v),
+                np.reciprocal(v)]
     for got in both(outs, x=v):
         for g, w in zip(got, want, strict=True):
             same(g, w)
@@ -317,7 +323,7 @@ def test_numpy_ufuncs_on_tensors_build_the_graph_ops():
     for call, words in ((lambda: np.add.reduce(x), r"np.add.reduce .*gc.sum"),
                         (lambda: np.exp(x, out=np.zeros((3, 5), np.float32)), r"np.exp\(..., out=\).*gc.exp"),
                         (lambda: np.add(x, x, dtype=np.float64), "dtype argument"),
-                        (lambda: np.log2(x), "np.log2 has no graphc counterpart"),
+                        (lambda: np.cbrt(x), "np.cbrt has no graphc counterpart"),
                         (lambda: a == x, r"use gc.equal\(a, b\)"), (lambda: a != x, r"gc.not_equal")):
         with pytest.raises(gc.GraphcError, match=words):
             call()
@@ -361,13 +367,24 @@ def test_numpys_other_functions_on_tensors_build_graphcs_ops_or_name_what_to_use
              (np.zeros_like(x), np.zeros_like(X)), (np.full_like(x, 3.0), np.full_like(X, 3.0)),
              (np.ravel(s), np.ravel(S)), (np.dot(x, y.T), np.dot(X, Y.T)), (np.dot(s, t), np.dot(S, T)),
              (s.dot(t), S.dot(T)), (x.dot(t), X.dot(T)), (np.dot(X, t), np.dot(X, T)), (np.dot(2.0, x), 2.0 * X),
-             (np.sum(x, axis=0), X.sum(0))]  # the method path as before
+             (np.sum(x, axis=0), X.sum(0)),  # the method path as before
+             (np.cumprod(x, axis=1), np.cumprod(X, axis=1)), (np.cumprod(s), np.cumprod(S)),
+             (x.cumprod(0), X.cumprod(0)), (np.moveaxis(s, 0, -1), np.moveaxis(S, 0, -1)),
+             (gc.moveaxis(s, [0, 2], [1, 0]), np.moveaxis(S, [0, 2], [1, 0])),
+             (np.hstack([x, y]), np.hstack([X, Y])), (np.hstack([x[0], y[1, :2]]), np.hstack([X[0], Y[1, :2]])),
+             (np.vstack([x, y[0]]), np.vstack([X, Y[0]])), (np.diagonal(s, 1, 1, 2), np.diagonal(S, 1, 1, 2)),
+             (s.diagonal(-1, 2, 0), S.diagonal(-1, 2, 0)), (np.trace(x), np.trace(X)),
+             (s.trace(0, 1, 2), S.trace(0, 1, 2)),
+             (np.nansum(x, axis=1), X.sum(1)), (np.nanmean(s, (0, 2), keepdims=True), S.mean((0, 2), keepdims=True)),
+             (gc.eye(3, 4, 1, "float64") + x[:, :1] * 0, np.eye(3, 4, 1)), (gc.eye(3, k=-1, dtype="float64") @ x,
+                                                                            np.eye(3, k=-1) @ X),
+             (gc.arange(2, 14, 3, "float64") * x, np.arange(2, 14, 3) * X)]
     outs = [g for g, _ in cases]
     assert all(isinstance(g, gc.Tensor) for g in outs)
     for got in both(outs, **v):
         for g, (_, w) in zip(got, cases, strict=True):
             assert g.shape == w.shape
-            np.testing.assert_allclose(g, w, rtol=1e-12)
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
     for call, words in [(lambda: np.sort(x), r"np.sort on a graphc tensor: .*graphc has no counterpart"),
                         (lambda: np.linalg.norm(x), r"np.linalg.norm on a graphc tensor"),
                         (lambda: np.pad(x, 1, mode="reflect"), r"mode='reflect'.*constant only"),
@@ -438,3 +455,60 @@ def test_take_along_axis_is_numpys_checked_and_differentiable():
                         (lambda: gc.take_along_axis(z, z, 1), "int32 or int64")):
         with pytest.raises(gc.GraphcError, match=words):
             call()
+
+
+def test_nan_aware_and_tolerance_functions_are_numpys():
+    """nan_to_num (numpy's defaults: the dtype's max and min), isclose (infinities, NaNs, equal_nan), nansum and
+    nanmean (an all-NaN row: 0 and NaN), arange and eye (static), at NaN, ±inf and signed zeros; the gradient of
+    nansum is 0 at the NaNs, of nan_to_num 0 where it replaced."""
+    x, y = gc.input("x", ("N", 4)), gc.input("y", ("N", 4))
+    vx = np.array([[np.nan, np.inf, -np.inf, -0.0], [1.0, 1e-9, 2.0, np.nan], [np.nan] * 4], np.float32)
+    vy = np.array([[np.nan, np.inf, np.inf, 0.0], [1.0 + 1e-6, 0.0, 2.1, 3.0], [0.0] * 4], np.float32)
+    outs = [gc.nan_to_num(x), gc.nan_to_num(x, nan=-1.0, posinf=9.0, neginf=-9.0), gc.isclose(x, y),
+            gc.isclose(x, y, rtol=0.1, atol=0.0, equal_nan=True), gc.nansum(x, axis=1),
+            gc.nansum(x, axis=0, keepdims=True), gc.nanmean(x, axis=1), gc.nanmean(x, axis=0),
+            gc.arange(5) + gc.arange(10, 0, -2), gc.arange(0.0, 1.0, 0.25), gc.eye(2, 3, -1, "int32")]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nanmean of an all-NaN row
+        want = [np.nan_to_num(vx), np.nan_to_num(vx, nan=-1.0, posinf=9.0, neginf=-9.0), np.isclose(vx, vy),
+                np.isclose(vx, vy, rtol=0.1, atol=0.0, equal_nan=True), np.nansum(vx, 1),
+                np.nansum(vx, 0, keepdims=True),
+                np.nanmean(vx, 1), np.nanmean(vx, 0), (np.arange(5) + np.arange(10, 0, -2)).astype(np.int32),
+                np.arange(0.0, 1.0, 0.25, dtype=np.float32), np.eye(2, 3, -1, dtype=np.int32)]
+    for got in both(outs, x=vx, y=vy):
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype)
+            np.testing.assert_array_equal(g, w)
+    i = gc.input("i", (2,), "int32")
+    assert gc.arange(2**31 - 2, 2**31 + 1).dtype == "int64" and gc.nan_to_num(i) is i
+    x64 = gc.input("x64", (3, 4), "float64")
+    d = gc.grad(gc.sum(gc.nansum(x64, axis=0)) + gc.sum(gc.nan_to_num(x64) * 2.0), x64)
+    for got in both(d, x64=vx.astype(np.float64)):
+        np.testing.assert_array_equal(got, np.where(np.isnan(vx), 0.0, np.where(np.isinf(vx), 1.0, 3.0)))
+    for call, words in [(lambda: gc.arange(0, 5, 0), "step must not be 0"), (lambda: gc.eye(-1), "non-negative int"),
+                        (lambda: gc.moveaxis(x, 0, 5), "not an axis"), (lambda: gc.hstack(x), "list or tuple"),
+                        (lambda: gc.diagonal(x[0]), "at least 2 axes"),
+                        (lambda: gc.reciprocal(i), r"numpy's is an integer.*1 / x"),
+                        (lambda: gc.diagonal(x, 1), "symbolic axes")]:
+        with pytest.raises(gc.GraphcError, match=words) as e:
+            call()
+        assert __file__.rsplit("/", 1)[-1] in str(e.value)
+
+
+def test_cumprod_is_numpys_bit_for_bit_and_differentiates_through_zeros():
+    """A scan multiplying in numpy's order: the same values; its gradient and second derivative at zeros are the
+    chain rule's (no division by x), checked by finite differences."""
+    x = gc.input("x", (3, 4), "float64")
+    v = rng.normal(size=(3, 4))
+    v[1, 1] = v[2, 0] = 0.0
+    w = rng.normal(size=(3, 4))
+    for axis in (0, 1, None):
+        y = gc.cumprod(x, axis)
+        for got in both(y, x=v):
+            np.testing.assert_array_equal(got, np.cumprod(v, axis))
+        gc.check_grad(gc.sum(gc.reshape(y, (3, 4)) * w), x, {"x": v})
+        g = gc.grad(gc.sum(gc.reshape(y, (3, 4)) * w), x)
+        gc.check_grad(gc.sum(g * g), x, {"x": v})
+    i = gc.input("i", ("N",), "int64")
+    for got in both(gc.cumprod(i), i=np.arange(1, 21, dtype=np.int64)):
+        np.testing.assert_array_equal(got, np.cumprod(np.arange(1, 21)))
