@@ -338,6 +338,11 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
         log(f"note: l2={config.l2} with adamw adds the penalty l2/2·||w||² to the loss, whose gradient Adam then "
             f"rescales (PyTorch's Adam(weight_decay=)); AdamW's own decay, applied to the weights directly, is "
             f"weight_decay={config.weight_decay} (--weight-decay)")
+    low = [k for k in (config.dropout or [])[1:] if k < 0.5]
+    if low:  # graphc's dropout is the lecture's keep probability; PyTorch's nn.Dropout(p) takes the drop one
+        log(f"note: dropout keeps {low[0]:g} of the hidden units (a keep probability, the lecture's: {1 - low[0]:g} "
+            f"are dropped); PyTorch's nn.Dropout(p={low[0]:g}) drops {low[0]:g}: for that give dropout="
+            f"{1 - low[0]:g} (--dropout {1 - low[0]:g})")
     # the split is fixed (split_seed), so runs with different training seeds are compared on the same test set
     tokens = model_layout(model) == "tokens"
 

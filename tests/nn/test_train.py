@@ -532,3 +532,15 @@ def test_weight_decay_is_adamws_recorded_as_it_ran_and_refused_for_the_other_opt
     for bad in (-1.0, "0.1", float("nan")):
         with pytest.raises(gc.GraphcError, match="weight_decay must be a number >= 0"):
             TrainConfig(optimizer="adamw", weight_decay=bad).validate()
+
+
+def test_a_keep_probability_below_a_half_notes_pytorchs_drop_probability():
+    """dropout=0.2 keeps 20% of the hidden units (the lecture's keep probability); a PyTorch user means
+    nn.Dropout(p=0.2): the run says which it is and what to give for the other (0.5 and above: no note)."""
+    for keep, noted in ((0.2, True), (0.5, False), ([0.8, 0.9], False)):
+        lines = []
+        fit(data="breast_cancer", epochs=1, hidden=[8], dropout=keep, progress=False, log=lines.append)
+        note = [m for m in lines if "PyTorch's nn.Dropout" in m]
+        assert bool(note) == noted, lines
+        if noted:
+            assert "keeps 0.2 of the hidden units" in note[0] and "dropout=0.8 (--dropout 0.8)" in note[0]
