@@ -493,16 +493,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        log=lambda m: None, all_features=all_features, grid=spec.grid,
                        data=spec.dataset)
 
-    _refuse_layer_state(spec)
+    _refuse_what_the_driver_lacks(spec)
     tr = trainer(cfg, True)
-    from graphc.ir.node import nodes_within, topo_order
-
-    draws = [n for n in nodes_within(topo_order(tr.data_loss)) if n.op.name == "random"]
-    if draws:
-        # the binary's evaluation and prediction programs take no key (only its training steps are fed one)
-        raise AotError(f"the model draws gc.random numbers ({draws[0].attrs['dist']} at {draws[0].source.where()}), "
-                       "which a standalone binary does not support yet: its evaluation and predict() feed no "
-                       "rng_key. Train it in process with gc.fit (or graphc train), or feed the noise as an input")
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
     plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
     if step_digest(plain) == step_digest(tr):
@@ -566,18 +558,27 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        time.perf_counter() - t0, cmd, work if keep else None, spec.notes)
 
 
-def _refuse_layer_state(spec) -> None:
-    """A model with batch norm is refused before anything compiles: the driver keeps parameters and optimizer
-    state only, so its running statistics would never update (and the binary would save none)."""
+def _refuse_what_the_driver_lacks(spec) -> None:
+    """From the model's graph alone, before anything compiles: a model with batch norm (the driver keeps
+    parameters and optimizer state only, so its running statistics would never update, and the binary would save
+    none) or with gc.random draws (the binary's evaluation and predict() feed no rng_key) is refused."""
     if spec.model_fn is None:  # the default MLP
         return
     from graphc import ops
+    from graphc.ir.node import nodes_within, topo_order
     from graphc.nn.layers import state_updates
     from graphc.nn.train import _call_model, model_input
 
     x = ops.input("x", ("N", spec.n_features))
     out = _call_model(spec.model_fn, model_input(spec.model_fn, x, spec.grid, spec.dataset), spec.n_outputs)
-    stats = state_updates(out) if isinstance(out, ops.Tensor) else {}
+    if not isinstance(out, ops.Tensor):
+        return
+    draws = [n for n in nodes_within(topo_order(out)) if n.op.name == "random"]
+    if draws:
+        raise AotError(f"the model draws gc.random numbers ({draws[0].attrs['dist']} at {draws[0].source.where()}), "
+                       "which a standalone binary does not support yet: its evaluation and predict() feed no "
+                       "rng_key. Train it in process with gc.fit (or graphc train), or feed the noise as an input")
+    stats = state_updates(out)
     if stats:
         layers = ", ".join(sorted({leaf.name.rsplit(".", 1)[0] for leaf in stats}))
         raise AotError(f"the model has batch normalization ({layers}), whose running statistics a standalone "
