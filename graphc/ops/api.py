@@ -137,16 +137,28 @@ def _array_function(self, func, types, args, kwargs):
                               "or other arguments a graph cannot honour; a one-argument np.where has a data-dependent "
                               "shape)") from None
         return fn(*args, **kwargs)
-    try:
-        return func._implementation(*args, **kwargs)
+    use = f"use gc.{func.__name__}" if callable(getattr(graphc, func.__name__, None)) else \
+        "graphc has no counterpart: write it from graphc's ops"
+    why = (f"{name} on a graphc tensor: numpy would convert the tensor to an array, and a tensor holds no values "
+           f"while the graph is built; {use}, or evaluate the tensor first")
+    impl = getattr(func, "_implementation", None)
+    module = getattr(impl, "__module__", "") or ""
+    if impl is None or not (module.endswith("fromnumeric") or module == "numpy") or \
+            not hasattr(Tensor, {"amax": "max", "amin": "min", "around": "round"}.get(func.__name__, func.__name__)):
+        # numpy's own code would run on a 0-d object array holding the tensor: an error at best, and at worst a
+        # tensor of the wrong value (np.linalg.norm(x) squared x elementwise and took the square root: |x|)
+        raise GraphcError(why)
+    try:  # numpy's fromnumeric functions call the tensor's method of their name: np.sum(x) is x.sum()
+        out = impl(*args, **kwargs)
     except GraphcError as err:
         if not str(err).startswith("tensors cannot be iterated"):
             raise
-        use = f"use gc.{func.__name__}" if callable(getattr(graphc, func.__name__, None)) else \
-            "graphc has no counterpart: write it from graphc's ops"
-        raise GraphcError(f"{name} on a graphc tensor: numpy would convert the tensor to an array, and a tensor "
-                          f"holds no values while the graph is built; {use}, or evaluate the tensor first "
-                          f"({err})") from None
+        raise GraphcError(f"{why} ({err})") from None
+    except Exception as err:  # numpy's own code on a 0-d object array holding the tensor (np.sort's AxisError)
+        raise GraphcError(f"{why} (numpy: {type(err).__name__}: {err})") from None
+    if isinstance(out, np.ndarray) and out.dtype == object:  # the tensor wrapped in an array: never a result
+        raise GraphcError(why)
+    return out
 
 
 Tensor.__array_ufunc__ = _array_ufunc
