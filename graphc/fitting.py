@@ -331,6 +331,18 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
                                   "it into the model (e.g. gc.nn.dropout(h, keep), layer sizes in gc.nn.dense)")
         defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
     chosen = {**defaults, **file_options, **options}
+    if "optimizer" in options and file_options.get("optimizer") != options["optimizer"]:
+        # the file's momentum or weight decay was set for its own optimizer, which the caller's replaces (flags
+        # override OPTIONS): one the new optimizer takes none of is left out, not refused as if the caller gave it
+        opt = options["optimizer"]
+        takes = {"momentum": opt in ("sgd", "gd", "momentum", "nesterov"), "weight_decay": opt == "adamw"}
+        dropped = {k: file_options[k] for k in takes if k in file_options and k not in options and not takes[k]
+                   and file_options[k]}
+        if dropped:
+            file_options = {k: v for k, v in file_options.items() if k not in dropped}
+            log(f"note: {', '.join(f'{k}={v!r}' for k, v in dropped.items())} in {model_desc}'s OPTIONS is for its "
+                f"optimizer {file_options.get('optimizer', 'sgd')!r}; the optimizer given, {opt!r}, takes none: "
+                "left out")
     defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()

@@ -17,7 +17,7 @@ import numpy as np
 
 from graphc.codegen import epoch_abi as drv
 from graphc.errors import GraphcError, InputError, NumericalError
-from graphc.ir.node import Node, topo_order
+from graphc.ir.node import Node, nodes_within, topo_order
 from graphc.ops.random import KEY_NAME
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads, data_address
@@ -87,9 +87,10 @@ class EpochFunction(CompiledFunction):
     `updates` maps parameters (and optimizer-state inputs) to their new values, written in place after each
     step. Scalar inputs named `step` (the global step, from 1) and `rng_key` (dropout) are fed by the driver;
     any other scalar inputs (a learning rate) are given per epoch in `scalars`. `training` (default: whether the
-    graph has dropout) keeps dropout; `threads` fixes the thread count (default: chosen per batch size as
-    `gc.fit` chooses it); `params` lists parameters that `init_params` fills natively; `profile=True` counts
-    time per kernel over the epochs (`profile_report()`)."""
+    graph has dropout, a random draw or a batch norm) keeps dropout and normalizes with the batch's statistics;
+    `threads` fixes the thread count (default: chosen per batch size as `gc.fit` chooses it); `params` lists
+    parameters that `init_params` fills natively; `profile=True` counts time per kernel over the epochs
+    (`profile_report()`)."""
 
     def __init__(self, loss: Node, updates: Mapping | None = None, *, x: Node, y: Node | None = None,
                  training: bool | None = None, threads: int | None = None, target=None, cache: bool = True,
@@ -117,8 +118,10 @@ class EpochFunction(CompiledFunction):
                               f"{type(updates).__name__}")
         inputs = {n.name: n for n in topo_order([loss, *(updates or {}).values()]) if n.op.name == "input"}
         if training is None:
-            # a dropout anywhere reads the key, a loop step's through its scan's inputs
-            training = KEY_NAME in inputs
+            # a dropout anywhere reads the key, a loop step's through its scan's inputs; a batch norm's switch
+            # reads none, and without it the epoch normalized with the running statistics it was updating
+            training = KEY_NAME in inputs or any(
+                n.op.name == "training_switch" for n in nodes_within(topo_order([loss, *(updates or {}).values()])))
         step = inputs.get("step")
         if step is not None and (step.shape != () or step.dtype not in STEP_DTYPES):
             raise GraphcError(f"EpochFunction: the input 'step' is the global step number the driver feeds (1 for "

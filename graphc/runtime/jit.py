@@ -170,6 +170,8 @@ class CompiledFunction:
                                   f"same shape and dtype, got {value!r}")
             update_leaves.append(leaf)
             outs = outs + [value]
+        if updates and not training:
+            _refuse_state_updates_in_inference(outs[:self._n_results], updates)
         self.training = training
         self._outputs = outs  # the results, then the updates' values: what a call with an empty dim evaluates
         self.check_finite = check_finite
@@ -1060,6 +1062,25 @@ def _render_check(template: str, order: list[Node]) -> str:
         return n.where() if m.group(1) == "w" else n.source.where()
 
     return _REF.sub(where, template)
+
+
+def _refuse_state_updates_in_inference(outs: list[Node], updates: Mapping) -> None:
+    """A layer's training-mode state update (batch norm's running statistics from the batch: gc.nn.state_updates)
+    passed to a program compiled for inference: PyTorch's eval() reads the running statistics and updates
+    nothing, while this program would have written the batch's statistics into them."""
+    from graphc.ir.node import nodes_within
+    from graphc.ops.control import WITH_UPDATES
+
+    order = nodes_within(topo_order([*outs, *updates.values()]))
+    layer = {(id(leaf), id(new)) for n in order if n.op is WITH_UPDATES for leaf, new in n.op.pairs(n)}
+    for leaf, value in updates.items():
+        if (id(leaf), id(value)) in layer:
+            raise GraphcError(f"compile at {capture_source().where()}: the update of {leaf.name!r} is a layer's "
+                              "training-mode state update (gc.nn.state_updates: batch norm's running statistics "
+                              "from the batch), but the "
+                              "program is compiled for inference (training=False), where the running statistics "
+                              "are read, not updated (PyTorch's eval()): compile the training step with "
+                              "training=True, or leave gc.nn.state_updates out of an inference program's updates")
 
 
 def compile(outputs, *, updates: Mapping | None = None, training: bool = False,  # noqa: A001

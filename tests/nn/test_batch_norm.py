@@ -127,6 +127,48 @@ def test_the_native_epoch_updates_the_running_statistics_as_compiled_steps_do():
     assert not np.allclose(state["bn.running_mean"], 0)
 
 
+
+def test_an_epoch_function_of_a_batch_norm_trains_in_training_mode_by_default():
+    """gc.EpochFunction took training from the key input alone (dropout's), so a batch-norm model without
+    dropout ran its epochs in inference: normalized with the running statistics while updating them. Its loss
+    is now the training-mode loss (the batch's statistics); training=False still gives inference."""
+    rng = np.random.default_rng(0)
+    x, y = gc.input("x", ("N", 3)), gc.input("y", ("N",), "int32")
+    with gc.nn.model_build():
+        loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.nn.batch_norm(x, name="bn"), 2, name="out"), y)
+    X = (rng.normal(size=(6, 3)) * 3 + 5).astype(np.float32)  # far from the running statistics' 0 and 1
+    Y = rng.integers(0, 2, 6).astype(np.int32)
+    state = gc.nn.init_params(loss, seed=0)
+    want = {mode: gc.evaluate(loss, dict(state, x=X, y=Y), training=mode) for mode in (True, False)}
+    assert abs(want[True] - want[False]) > 0.1
+    for training in (None, False):  # an inference epoch takes no state updates (see the next test)
+        ef = gc.EpochFunction(loss, updates=gc.nn.state_updates(loss) if training is None else {}, x=x, y=y,
+                              training=training, threads=1)
+        st = {k: v.copy() for k, v in state.items()}
+        stats = ef.run_epoch(X, Y, st, batch=6, order=np.arange(6))
+        mode = training is None
+        assert ef.training == mode
+        np.testing.assert_allclose(stats.losses[0], want[mode], rtol=1e-5)
+
+
+def test_state_updates_in_a_program_compiled_for_inference_are_refused():
+    """gc.compile(loss, updates=gc.nn.state_updates(loss)) without training=True wrote the batch's statistics
+    into the running ones while normalizing with the running ones (PyTorch's eval() updates nothing): a
+    GraphcError naming the state and both ways out, for gc.compile and gc.EpochFunction(training=False)."""
+    x, y = gc.input("x", ("N", 3)), gc.input("y", ("N",), "int32")
+    with gc.nn.model_build():
+        loss = gc.nn.softmax_cross_entropy(gc.nn.dense(gc.nn.batch_norm(x, name="bn"), 2, name="out"), y)
+    ups = gc.nn.state_updates(loss)
+    words = r"update of 'bn.running_mean' is a layer's training-mode state update.*training=True.*leave"
+    with pytest.raises(gc.GraphcError, match=words):
+        gc.compile(loss, updates=ups)
+    with pytest.raises(gc.GraphcError, match=words):
+        gc.EpochFunction(loss, updates=ups, x=x, y=y, training=False)
+    state = gc.nn.init_params(loss, seed=0)
+    X, Y = np.arange(12, dtype=np.float32).reshape(4, 3), np.array([0, 1, 0, 1], np.int32)
+    gc.compile(loss, updates=ups, training=True, cache=False)(dict(state, x=X, y=Y))
+    np.testing.assert_allclose(state["bn.running_mean"], 0.1 * X.mean(0), rtol=1e-6)  # a training step updates
+
 BN_CNN = '''
 import graphc as gc
 

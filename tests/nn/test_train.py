@@ -375,6 +375,25 @@ def test_momentum_is_recorded_as_it_ran_and_refused_where_no_optimizer_uses_it()
             fit(None, "digits", progress=False, epochs=1, optimizer=opt, momentum=0.9)
 
 
+def test_an_optimizer_given_over_a_model_files_leaves_out_the_files_momentum_or_decay_it_takes_none_of(tmp_path):
+    """Options given override the model file's OPTIONS: examples/cnn_bn_digits.py sets optimizer 'momentum' with
+    momentum 0.9, and `--optimizer adamw` over it was refused with 'momentum 0.9 ... leave it out', a value the
+    user never gave. The file's momentum (or weight_decay) is now left out with a note when the optimizer given
+    takes none; one the caller gives is still refused, and an optimizer that takes it keeps it."""
+    X, y = blobs(n=60, f=4)
+    for opts in ('{"optimizer": "momentum", "momentum": 0.5}', '{"optimizer": "adamw", "weight_decay": 0.3}'):
+        (tmp_path / "m.py").write_text(f"import graphc as gc\n\nOPTIONS = {opts}\n\n\ndef model(x, n_outputs):\n"
+                                       "    return gc.nn.dense(x, n_outputs, name='out')\n")
+        notes = []
+        r = fit(str(tmp_path / "m.py"), (X, y), epochs=1, optimizer="adam", log=notes.append)
+        assert r.metrics["config"]["momentum"] == 0.0 and r.metrics["config"]["weight_decay"] is None
+        assert any("OPTIONS is for its optimizer" in n and "'adam', takes none: left out" in n for n in notes), notes
+    with pytest.raises(gc.GraphcError, match="momentum 0.5 is for the optimizers sgd, momentum and nesterov"):
+        fit(str(tmp_path / "m.py"), (X, y), progress=False, epochs=1, optimizer="adam", momentum=0.5)
+    r = fit(str(tmp_path / "m.py"), (X, y), progress=False, epochs=1, optimizer="adamw", lr=0.01)
+    assert r.metrics["config"]["weight_decay"] == 0.3  # the file's decay, for the optimizer that takes it
+
+
 def test_an_unknown_option_suggests_the_name_meant_and_a_model_that_is_no_function_is_named():
     """A misspelt option, or a name from another library, gets the option meant (gc.fit's own arguments, such as
     progress, were not even listed); a model that is neither None, a function nor a path is refused by type (it
