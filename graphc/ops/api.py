@@ -15,7 +15,6 @@ def _r(fn):
     return lambda self, other: fn(other, self)
 
 
-
 # numpy's ufuncs by their __name__ -> graphc's function of that name unless renamed here (np.abs is np.absolute,
 # np.true_divide np.divide, np.mod np.remainder, np.pow np.power, np.acos np.arccos: aliases share the name)
 _UFUNC_RENAMES = {"absolute": "abs", "fabs": "abs", "rint": "round"}
@@ -51,7 +50,6 @@ def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
                           "gc functions (np.exp is gc.exp, np.maximum gc.maximum, ...); write np." + name +
                           " from those, or evaluate the tensor first")
     return fn(*inputs)
-
 
 
 def _np_pad(array, pad_width, mode="constant", constant_values=0):
@@ -327,8 +325,7 @@ def _np_dot(a, b):
     """numpy's dot: a product with a scalar; else a sum over a's last axis and b's second-to-last. That is matmul's
     product except where a has 2 axes or more and b 3 or more: dot pairs every row of a with every matrix of b
     ((2, 3, 4)·(2, 4, 5) is (2, 3, 2, 5)) where matmul broadcasts the batch ((2, 3, 5)): an einsum there."""
-    ta, tb = (t if isinstance(t, Tensor) else None for t in (a, b))
-    if (ta is not None and ta.ndim == 0) or (tb is not None and tb.ndim == 0) or np.ndim(a) == 0 or np.ndim(b) == 0:
+    if any((v.ndim if isinstance(v, Tensor) else np.ndim(v)) == 0 for v in (a, b)):
         return ew.multiply(a, b)
     a, b = as_tensor(a), as_tensor(b)
     if a.ndim < 2 or b.ndim < 3:

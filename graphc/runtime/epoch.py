@@ -116,12 +116,12 @@ class EpochFunction(CompiledFunction):
         if updates is not None and not isinstance(updates, Mapping):
             raise GraphcError(f"EpochFunction: updates must be a dict {{parameter or input: its new value}}, got "
                               f"{type(updates).__name__}")
-        inputs = {n.name: n for n in topo_order([loss, *(updates or {}).values()]) if n.op.name == "input"}
+        order = topo_order([loss, *(updates or {}).values()])
+        inputs = {n.name: n for n in order if n.op.name == "input"}
         if training is None:
             # a dropout anywhere reads the key, a loop step's through its scan's inputs; a batch norm's switch
             # reads none, and without it the epoch normalized with the running statistics it was updating
-            training = KEY_NAME in inputs or any(
-                n.op.name == "training_switch" for n in nodes_within(topo_order([loss, *(updates or {}).values()])))
+            training = KEY_NAME in inputs or any(n.op.name == "training_switch" for n in nodes_within(order))
         step = inputs.get("step")
         if step is not None and (step.shape != () or step.dtype not in STEP_DTYPES):
             raise GraphcError(f"EpochFunction: the input 'step' is the global step number the driver feeds (1 for "
