@@ -493,8 +493,8 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        log=lambda m: None, all_features=all_features, grid=spec.grid,
                        data=spec.dataset)
 
-    _refuse_what_the_driver_lacks(spec)
     tr = trainer(cfg, True)
+    _check_layer_state(tr)
     keep_mu = cfg.optimizer in ("momentum", "nesterov")  # their momentum is the optimizer, not an extra feature
     plain = trainer(replace(cfg, l2=0.0, l1=0.0, dropout=None, momentum=cfg.momentum if keep_mu else 0.0), False)
     if step_digest(plain) == step_digest(tr):
@@ -558,39 +558,21 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
                        time.perf_counter() - t0, cmd, work if keep else None, spec.notes)
 
 
-def _refuse_what_the_driver_lacks(spec) -> None:
-    """From the model's graph alone, before anything compiles: a model with batch norm (the driver keeps
-    parameters and optimizer state only, so its running statistics would never update, and the binary would save
-    none) or with gc.random draws (the binary's evaluation and predict() feed no rng_key) is refused."""
-    if spec.model_fn is None:  # the default MLP
-        return
-    from graphc import ops
-    from graphc.ir.node import nodes_within, topo_order
-    from graphc.nn.layers import state_updates
-    from graphc.nn.train import _call_model, model_input
-
-    x = ops.input("x", ("N", spec.n_features))
-    out = _call_model(spec.model_fn, model_input(spec.model_fn, x, spec.grid, spec.dataset), spec.n_outputs)
-    if not isinstance(out, ops.Tensor):
-        return
-    draws = [n for n in nodes_within(topo_order(out)) if n.op.name == "random"]
-    if draws:
-        raise AotError(f"the model draws gc.random numbers ({draws[0].attrs['dist']} at {draws[0].source.where()}), "
-                       "which a standalone binary does not support yet: its evaluation and predict() feed no "
-                       "rng_key. Train it in process with gc.fit (or graphc train), or feed the noise as an input")
-    stats = state_updates(out)
-    if stats:
-        layers = ", ".join(sorted({leaf.name.rsplit(".", 1)[0] for leaf in stats}))
-        raise AotError(f"the model has batch normalization ({layers}), whose running statistics a standalone "
-                       "training binary does not carry yet; train it with `graphc train` / gc.fit (in process, "
-                       "mpirun too), then `graphc export` builds its inference library")
+def _check_layer_state(tr) -> None:
+    """The state a model's layers keep (batch norm's running statistics) is carried by the binary as float32
+    arrays beside the parameters, written as <name>.npy: a float64 one is refused (the binary's arrays are
+    float32), as is one whose name cannot name a file."""
+    for b in tr.buffers:
+        if b.dtype != "float32":
+            raise AotError(f"the model keeps the state {b.name!r} as {b.type_str} (a batch norm of float64 "
+                           "features); a standalone binary carries float32 state only: make the features float32")
 
 
 _KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3, "weight_decay": 5}  # graphc_aot.h's GC_SCALAR_*; 4: keep.<i>
 
 
-def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], tgt: Target, max_batch: int,
-                   max_threads: int, blob: Blob) -> tuple[list[str], str]:
+def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], buf_names: list[str], tgt: Target,
+                   max_batch: int, max_threads: int, blob: Blob) -> tuple[list[str], str]:
     """The C declarations of one step program: (lines, its gc_step_t initializer)."""
     ef = tr.epoch_fn
     prog = ef.program
@@ -604,7 +586,7 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
     scalars = []
     for leaf in leaves:
         name = leaf.name
-        if name in (x.name, y.name) or name in param_names or name in tr.state_inputs:
+        if name in (x.name, y.name) or name in param_names or name in tr.state_inputs or name in buf_names:
             continue
         if name == "step":
             step_slot, step_f64 = slot[name], int(leaf.dtype == "float64")
@@ -632,6 +614,7 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
         f"static const int64_t {s}ws[] = {_ints(tws)};",
         f"static const int32_t {s}param_slots[] = {_ints(slot[p.name] for p in tr.params)};",
         f"static const int32_t {s}state_slots[] = {_ints([slot.get(n, -1) for n in state_names] or [-1])};",
+        f"static const int32_t {s}buf_slots[] = {_ints([slot.get(n, -1) for n in buf_names] or [-1])};",
         f"static const gc_scalar_t {s}scalars[] = {{{', '.join(scalars or ['{0, -1, 0, 0}'])}}};",
         f"int32_t {prefix}graphc_epoch(void *ctx, void *unused1, void *unused2, int32_t nthreads);",
         f"void {prefix}graphc_init(void *table, int64_t seed);",
@@ -640,12 +623,12 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
             f"{max(len(prog.symbols), 1)}, {list(prog.symbols).index(n_sym)}, {slot[x.name]}, {slot.get(y.name, -1)}, "
             f"{step_slot}, {step_f64}, {key_slot}, {prog.outputs[0].index}, {tplan.arena_bytes}, {len(scalars)}, "
             f"{int('momentum' in slot)}, {int('l2' in slot)}, {int('l1' in slot)}, {nkeep}, {s}temps, {s}consts, "
-            f"{s}ws, {s}param_slots, {s}state_slots, {s}scalars, {prefix}graphc_epoch, {prefix}graphc_init}}")
+            f"{s}ws, {s}param_slots, {s}state_slots, {s}buf_slots, {s}scalars, {prefix}graphc_epoch, {prefix}graphc_init}}")
     return lines, init
 
 
-def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[str], tgt: Target, max_batch: int,
-                       max_threads: int, blob: Blob) -> tuple[list[str], str]:
+def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[str], buf_names: list[str],
+                       tgt: Target, max_batch: int, max_threads: int, blob: Blob) -> tuple[list[str], str]:
     """The C declarations of one step's data-parallel programs (graphc.distributed.grad_program and
     slice_update_program with one slot): (lines, its gc_par_t initializer)."""
     (gfn, offsets), (ufn, has_pen, slot_names) = grad, update
@@ -664,7 +647,8 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
         return (f"{{{len(prog.buffers)}, {max(len(prog.symbols), 1)}, {tplan.arena_bytes}, {s}{tag}temps, "
                 f"{s}{tag}consts, {s}{tag}ws, {fprefix}graphc_run}}")
 
-    # the gradient program: x, y, the parameters, grad_weight, rng_key, dropout offsets, keep.<i>
+    # the gradient program: x, y, the parameters, the layers' state (each rank's own, updated in place), grad_weight,
+    # rng_key, dropout offsets, keep.<i>
     gprog = gfn.program
     gleaves = list(gfn.signature.inputs)
     gslot = {leaf.name: buf.index for leaf, buf in zip(gleaves, gprog.inputs, strict=True)}
@@ -675,7 +659,8 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     gscalars = []
     for leaf in gleaves:
         name = leaf.name
-        if name in (t.x.name, t.y.name, "grad_weight", "rng_key") or name in params or name in off_names:
+        if name in (t.x.name, t.y.name, "grad_weight", "rng_key") or name in params or name in off_names \
+                or name in buf_names:
             continue
         if leaf.shape != () or leaf.dtype != "float32" or not re.fullmatch(r"keep\.\d+", name):
             raise AotError(f"the gradient program has an input {name!r} ({leaf.type_str}) that a standalone binary "
@@ -715,6 +700,7 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     lines += [
         f"static const int32_t {s}gparams[] = {_ints(gslot.get(n, -1) for n in params)};",
         f"static const int32_t {s}ggrads[] = {_ints(gouts[1:])};",
+        f"static const int32_t {s}gbufs[] = {_ints([gslot.get(n, -1) for n in buf_names] or [-1])};",
         f"static const int32_t {s}offslots[] = {_ints([gslot[n] for _, n in offs] or [-1])};",
         f"static const int64_t {s}offsizes[] = {_ints([sz for sz, _ in offs] or [0])};",
         f"static const gc_scalar_t {s}gscalars[] = {{{', '.join(gscalars or ['{0, -1, 0, 0}'])}}};",
@@ -727,7 +713,7 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     ]
     init = (f"{{{g_init}, {u_init}, {list(gprog.symbols).index(n_sym)}, {gslot[t.x.name]}, "
             f"{gslot.get(t.y.name, -1)}, {gslot['grad_weight']}, {gslot.get('rng_key', -1)}, {gouts[0]}, "
-            f"{len(offs)}, {int(offsets is not None)}, {len(gscalars)}, {s}gparams, {s}ggrads, {s}offslots, "
+            f"{len(offs)}, {int(offsets is not None)}, {len(gscalars)}, {s}gparams, {s}ggrads, {s}gbufs, {s}offslots, "
             f"{s}offsizes, {s}gscalars, {ustep}, {ustep64}, {uprog.outputs[0].index if has_pen else -1}, "
             f"{len(uscalars)}, {s}uparams, {s}ugrads, {s}udims, {s}ustate, {s}ustate_param, {s}uscalars}}")
     return lines, init
@@ -761,10 +747,12 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     n_sym = x.shape[0]
     param_names = {p.name for p in tr.params}
     state_names = list(tr.state_inputs)
+    # the layers' state (batch norm's running statistics): arrays the binary keeps, saves and evaluates with
+    buf_names = [b.name for b in tr.buffers]
     for leaf in eleaves:
-        if leaf.name not in (x.name, y.name) and leaf.name not in param_names:
+        if leaf.name not in (x.name, y.name, "rng_key") and leaf.name not in param_names and leaf.name not in buf_names:
             raise AotError(f"the evaluation program has an unexpected input {leaf.name!r}")
-    for n in [*param_names, *state_names]:
+    for n in [*param_names, *state_names, *buf_names]:
         if not SAFE_NAME.match(n) or n in ("history.csv", "metrics.json"):
             raise AotError(f"parameter name {n!r} cannot name a file (<name>.npy): use letters, digits, '_', "
                            "'.' and '-'")
@@ -781,14 +769,14 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
           "    int32_t nscalars, has_momentum, has_l2, has_l1, nkeep;",
           "    const gc_place_t *temps, *consts;",
           "    const int64_t *ws;",
-          "    const int32_t *param_slots, *state_slots;",
+          "    const int32_t *param_slots, *state_slots, *buf_slots;",
           "    const gc_scalar_t *scalars;",
           "    int32_t (*epoch)(void *, void *, void *, int32_t);",
           "    void (*init)(void *, int64_t);",
           "} gc_step_t;", ""]
     inits = []
     for k, (prefix, t, label) in enumerate(steps):
-        lines, init = _step_manifest(k, prefix, t, label, state_names, tgt, max_batch, max_threads, blob)
+        lines, init = _step_manifest(k, prefix, t, label, state_names, buf_names, tgt, max_batch, max_threads, blob)
         L += lines
         inits.append(init)
     if parallel is not None:
@@ -805,7 +793,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
               "typedef struct {",
               "    gc_prog_t g, u;",
               "    int32_t g_ndim, g_x, g_y, g_weight, g_key, g_loss, g_noff, g_offsets_ok, g_nscalars;",
-              "    const int32_t *g_params, *g_grads, *g_off_slots;",
+              "    const int32_t *g_params, *g_grads, *g_bufs, *g_off_slots;",
               "    const int64_t *g_off_sizes;",
               "    const gc_scalar_t *g_scalars;",
               "    int32_t u_step, u_step_f64, u_pen, u_nscalars;",
@@ -814,7 +802,8 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
               "} gc_par_t;", ""]
         pinits = []
         for k, ((prefix, t, _), (g, u)) in enumerate(zip(steps, parallel, strict=True)):
-            lines, init = _parallel_manifest(k, prefix, t, g, u, state_names, tgt, max_batch, max_threads, blob)
+            lines, init = _parallel_manifest(k, prefix, t, g, u, state_names, buf_names, tgt, max_batch, max_threads,
+                                             blob)
             L += lines
             pinits.append(init)
         L.append("static const gc_par_t gc_par[] = {" + ", ".join(pinits) + "};")
@@ -827,6 +816,10 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
     fewest, fewest_why = _fewest_rows([t.epoch_fn for _, t, _ in steps], max_batch, "the training step")
     e_fewest, e_fewest_why = _fewest_rows([ev], eval_batch, "the evaluation program")
     econsts = [(i, blob.add(a)) for i, a in sorted(eprog.consts.items())]
+    from graphc.nn.layers import init_state
+
+    first = init_state(tr.out)  # the state's initial values (running mean 0, variance 1), copied in at start
+    bufs = [_tensor(b.name, -1, eslot.get(b.name, -1), b.shape, blob.add(first[b.name])) for b in tr.buffers]
     blob_path = work / "model.bin"
     blob.write(blob_path)
     mm = []
@@ -863,7 +856,9 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_E_NBUF": len(eprog.buffers), "GC_E_NSYM": max(len(eprog.symbols), 1),
         "GC_E_NDIM": list(eprog.symbols).index(n_sym), "GC_E_X": eslot[x.name], "GC_E_Y": eslot.get(y.name, -1),
         "GC_E_LOSS": eprog.outputs[0].index, "GC_E_OUT": eprog.outputs[1].index, "GC_E_ARENA": eplan.arena_bytes,
-        "GC_NPARAMS": len(tr.params), "GC_NSTATE": len(state_names),
+        "GC_E_KEY": eslot.get("rng_key", -1),
+        "GC_NPARAMS": len(tr.params), "GC_NSTATE": len(state_names), "GC_NBUFS": len(buf_names),
+        "GC_ROW_NORM": c_string(tr.row_norms[0] if tr.row_norms else ""),
         "GC_NMATMUL": len(mm), "GC_NCPU": len(feats), "GC_NCLASSNAMES": len(spec.classes),
         "GC_VOCAB": (tr.vocab or 0) if tr.layout == "tokens" else 0,
     }
@@ -876,6 +871,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         _tensor(p.name, -1, eslot.get(p.name, -1), p.shape) for p in tr.params) + "};")
     states = [_tensor(n, -1, -1, t.shape) for n, t in tr.state_inputs.items()] or ['{"", -1, -1, 0, {0}, 0, -1}']
     L.append("static const gc_tensor_t gc_state[] = {" + ", ".join(states) + "};")
+    L.append("static const gc_tensor_t gc_bufs[] = {" + ", ".join(bufs or ['{"", -1, -1, 0, {0}, 0, -1}']) + "};")
     L.append(f"static const double gc_def_keep[] = {{{', '.join(c_double(k) for k in keeps) or '1.0'}}};")
     L.append(f"static const gc_place_t gc_e_temps[] = {_places(sorted(eplan.offsets.items()))};")
     L.append(f"static const gc_place_t gc_e_consts[] = {_places(econsts)};")

@@ -7,7 +7,11 @@
  * what. This file does what graphc's Python trainer does between native calls, and nothing else: it reads and
  * checks the data (.npy), initializes the parameters natively from the seed, fills the epoch context exactly
  * as graphc.runtime.epoch.EpochFunction.run_epoch does, evaluates on the validation split, stops early as
- * graphc.nn.train.Trainer.run does, and writes the parameters as .npy files.
+ * graphc.nn.train.Trainer.run does, and writes the parameters as .npy files. The state the model's layers keep
+ * (batch norm's running statistics: gc_bufs) starts from the values graphc.nn.init_state gives, is updated in
+ * place by the training step, read by the evaluation program and written beside the parameters, as gc.fit keeps
+ * it; a model that draws gc.random numbers gets its key per step from the epoch driver, as dropout does, and
+ * is evaluated with the seed as its key, as Trainer.evaluate does.
  *
  * Built with `graphc build --mpi` (GC_MPI defined, linked by the MPI extra's mpicc), `mpirun -n P BINARY ...` trains
  * data-parallel as graphc.distributed does in process: the same two programs per step (the gradients of a rank's
@@ -182,11 +186,12 @@ static void usage(FILE *f) {
             "  --standardize          standardize features with the training rows' mean and standard deviation\n"
             "                         (as graphc train does; data.json records them for graphc export)\n"
             "  --quiet                no per-epoch progress lines\n"
-            "  --out DIR              writes <param>.npy for each parameter, history.csv, metrics.json, data.json\n"
+            "  --out DIR              writes <param>.npy for each parameter%s, history.csv, metrics.json, data.json\n"
             "  --overwrite            replace the run an existing --out holds (refused without it)\n\n"
             "exit status: 0 trained; 2 bad usage or data (nothing written); 3 CPU lacks a required feature;\n"
             "4 cannot write output; 5 training diverged%s\n",
             GC_DEF_MIN_DELTA, (long long)GC_DEF_SEED, GC_MAX_THREADS,
+            GC_NBUFS ? " and running statistic" : "",
 #ifdef GC_MPI
             "; 6 a rank was lost or stopped answering"
 #else
@@ -229,6 +234,12 @@ static void info(void) {
         printf("  %s (", gc_params[i].name);
         for (int d = 0; d < gc_params[i].ndim; d++) printf(d ? ", %lld" : "%lld", (long long)gc_params[i].shape[d]);
         printf(gc_params[i].ndim == 1 ? ",)\n" : ")\n");
+    }
+    if (GC_NBUFS) printf("running statistics (updated in training, used in evaluation):\n");
+    for (int i = 0; i < GC_NBUFS; i++) {
+        printf("  %s (", gc_bufs[i].name);
+        for (int d = 0; d < gc_bufs[i].ndim; d++) printf(d ? ", %lld" : "%lld", (long long)gc_bufs[i].shape[d]);
+        printf(gc_bufs[i].ndim == 1 ? ",)\n" : ")\n");
     }
     printf("evaluation arena: %lld bytes (batch %d)\n", (long long)GC_E_ARENA, GC_EVAL_BATCH);
 }
@@ -753,9 +764,9 @@ static void check_earlier_run(const opts_t *o) {
         if (in_out(o->out, RUN_FILES[i]) && n < sizeof held - 64) {
             n += (size_t)snprintf(held + n, sizeof held - n, "%s%s", count++ ? ", " : "", RUN_FILES[i]);
         }
-    for (int i = 0; i < GC_NPARAMS; i++) {
+    for (int i = 0; i < GC_NPARAMS + GC_NBUFS; i++) {
         char f[1024];
-        snprintf(f, sizeof f, "%s.npy", gc_params[i].name);
+        snprintf(f, sizeof f, "%s.npy", i < GC_NPARAMS ? gc_params[i].name : gc_bufs[i - GC_NPARAMS].name);
         if (in_out(o->out, f) && n < sizeof held - 64)
             n += (size_t)snprintf(held + n, sizeof held - n, "%s%s", count++ ? ", " : "", f);
     }
@@ -898,6 +909,7 @@ typedef struct {
 static uintptr_t etab[GC_E_NBUF];
 static int64_t edims[GC_E_NSYM];
 static void *ews;
+static int64_t ekey; /* a model that draws gc.random numbers in evaluation: the seed is their key (Trainer.evaluate) */
 
 /* Mean data loss over (X, Y) in inference mode and the model's outputs, in chunks of GC_EVAL_BATCH rows, summed
  * as Trainer.evaluate does (float loss * rows, in double). */
@@ -1288,7 +1300,8 @@ static void *arena_table(const gc_prog_t *g, uintptr_t **tab, int64_t **dims, in
 
 /* Set up the data-parallel step for step program S: the gradient slots (and, on one machine, the parameters and
  * optimizer state in MPI-3 shared memory), the programs' tables. params/state are re-pointed at shared memory. */
-static void par_setup(par_t *q, const gc_step_t *S, float **params, float **state, int64_t batch, int threads) {
+static void par_setup(par_t *q, const gc_step_t *S, float **params, float **state, float **bufs, int64_t batch,
+                      int threads) {
     memset(q, 0, sizeof *q);
     q->par = &gc_par[S - gc_steps];
     q->threads = threads;
@@ -1365,6 +1378,9 @@ static void par_setup(par_t *q, const gc_step_t *S, float **params, float **stat
         q->gtab[G->g_grads[i]] = (uintptr_t)(q->mine + q->seg[i]);
     }
     q->gtab[G->g_loss] = (uintptr_t)(q->mine + q->loss_at);
+    /* the layers' running statistics: each rank's own, from its share of the batch (not in shared memory) */
+    for (int i = 0; i < GC_NBUFS; i++)
+        if (G->g_bufs[i] >= 0) q->gtab[G->g_bufs[i]] = (uintptr_t)bufs[i];
     /* the update program: this rank's share of every parameter and its state, from the summed gradient */
     q->uws = arena_table(&G->u, &q->utab, &q->udims, threads);
     q->uscal = xalloc((size_t)(G->u_nscalars + 1) * 4);
@@ -1483,6 +1499,15 @@ static void par_epoch(par_t *q, const gc_step_t *S, int64_t *ctx, const npy_t *X
     ctx[GC_CTX_BAD_STEP] = bad;
 }
 
+/* after an epoch, rank 0's running statistics on every rank (PyTorch DDP broadcasts rank 0's buffers), so that
+ * every rank evaluates and keeps the same ones */
+static void par_sync_state(float **bufs) {
+    for (int i = 0; i < GC_NBUFS; i++) {
+        waiting("the running statistics");
+        checked(MPI_Bcast(bufs[i], (int)gc_bufs[i].size, MPI_FLOAT, 0, g_comm), "the running statistics");
+    }
+}
+
 /* every rank must end an epoch with bitwise the same parameters: a hash compared with rank 0's */
 static void par_check_replicas(float **params, int64_t epoch) {
     uint64_t h = 1469598103934665603ULL;
@@ -1563,6 +1588,12 @@ int main(int argc, char **argv) {
 #else
     check_batches("--batch-size", n, batch, 1, GC_FEWEST_ROWS, GC_FEWEST_WHY);
 #endif
+    /* a batch norm over (N, C) rows: a training batch of 1 row has one value per channel and no variance (its
+     * running variance would become infinite), refused as Trainer._check_norm_batches refuses it */
+    if (GC_ROW_NORM[0])
+        check_batches("--batch-size", n, batch, 1, 2, GC_ROW_NORM " normalizes over the batch's rows alone: one row "
+                      "gives one value per channel, and batch statistics need more; give a --batch-size of 2 or "
+                      "more that leaves no last batch of 1 row");
     if (o.x_val) check_batches("--x-val", rows_of(&xva), GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
     if (o.x_test) check_batches("--x-test", rows_of(&xte), GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
     else if (!o.x_val) check_batches("--x-train", n, GC_EVAL_BATCH, 1, GC_E_FEWEST_ROWS, GC_E_FEWEST_WHY);
@@ -1603,10 +1634,18 @@ int main(int argc, char **argv) {
         best_s[i] = o.patience ? xalloc((size_t)gc_state[i].size * 4) : NULL;
         if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
     }
+    /* the layers' state: its initial values (graphc.nn.init_state's), updated in place by every training step */
+    float *bufs[GC_NBUFS + 1], *best_b[GC_NBUFS + 1];
+    for (int i = 0; i < GC_NBUFS; i++) {
+        bufs[i] = xalloc((size_t)gc_bufs[i].size * 4);
+        memcpy(bufs[i], gc_blob + gc_bufs[i].blob, (size_t)gc_bufs[i].size * 4);
+        best_b[i] = o.patience ? xalloc((size_t)gc_bufs[i].size * 4) : NULL;
+        if (S->buf_slots[i] >= 0) ttab[S->buf_slots[i]] = (uintptr_t)bufs[i];
+    }
     S->init(ttab, o.seed);
 #ifdef GC_MPI
     par_t par;
-    par_setup(&par, S, params, state, batch, threads); /* on one machine: params and state now in shared memory */
+    par_setup(&par, S, params, state, bufs, batch, threads); /* on one machine: params and state in shared memory */
     for (int i = 0; i < GC_NPARAMS; i++) ttab[S->param_slots[i]] = (uintptr_t)params[i];
     for (int i = 0; i < GC_NSTATE; i++)
         if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
@@ -1646,6 +1685,10 @@ int main(int argc, char **argv) {
     for (const gc_place_t *p = gc_e_consts; p->slot >= 0; p++) etab[p->slot] = (uintptr_t)(gc_blob + p->offset);
     for (int i = 0; i < GC_NPARAMS; i++)
         if (gc_params[i].eval_slot >= 0) etab[gc_params[i].eval_slot] = (uintptr_t)params[i];
+    for (int i = 0; i < GC_NBUFS; i++)
+        if (gc_bufs[i].eval_slot >= 0) etab[gc_bufs[i].eval_slot] = (uintptr_t)bufs[i];
+    ekey = o.seed;
+    if (GC_E_KEY >= 0) etab[GC_E_KEY] = (uintptr_t)&ekey;
     int64_t emax = o.x_val ? rows_of(&xva) : 0;
     if (o.x_test && rows_of(&xte) > emax) emax = rows_of(&xte);
     if (n > emax) emax = n;
@@ -1710,6 +1753,7 @@ int main(int argc, char **argv) {
                  (long long)(step + ctx[GC_CTX_BAD_STEP] + 1), o.lr);
         }
 #ifdef GC_MPI
+        par_sync_state(bufs); /* rank 0's running statistics on every rank, as DataParallelStep.check_replicas */
         par_check_replicas(params, epoch + 1);
 #endif
         double loss_sum;
@@ -1745,6 +1789,7 @@ int main(int argc, char **argv) {
                     have_best = 1;
                     for (int i = 0; i < GC_NPARAMS; i++) memcpy(best_p[i], params[i], (size_t)gc_params[i].size * 4);
                     for (int i = 0; i < GC_NSTATE; i++) memcpy(best_s[i], state[i], (size_t)gc_state[i].size * 4);
+                    for (int i = 0; i < GC_NBUFS; i++) memcpy(best_b[i], bufs[i], (size_t)gc_bufs[i].size * 4);
                 } else if (++wait >= o.patience) {
                     stopped_early = 1;
                 }
@@ -1779,11 +1824,13 @@ int main(int argc, char **argv) {
     if (o.patience && have_best) { /* restore the best parameters */
         for (int i = 0; i < GC_NPARAMS; i++) memcpy(params[i], best_p[i], (size_t)gc_params[i].size * 4);
         for (int i = 0; i < GC_NSTATE; i++) memcpy(state[i], best_s[i], (size_t)gc_state[i].size * 4);
+        for (int i = 0; i < GC_NBUFS; i++) memcpy(bufs[i], best_b[i], (size_t)gc_bufs[i].size * 4);
     }
 
     /* results */
     if (o.overwrite) remove_earlier_run(o.out);
     for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
+    for (int i = 0; i < GC_NBUFS; i++) write_npy(o.out, &gc_bufs[i], bufs[i]); /* as weights.npz holds them */
     write_history(o.out, rows, nrows, o.x_val != NULL);
     write_data_json(o.out, o.standardize);
     const char *split = o.x_test ? "test" : o.x_val ? "val" : "train";
@@ -1798,6 +1845,7 @@ int main(int argc, char **argv) {
                    "  \"split\": \"%s\",\n", GC_TASK_NAME, GC_TARGET, split);
         fprintf(f, "  \"weights\": [");
         for (int i = 0; i < GC_NPARAMS; i++) fprintf(f, "%s\"%s.npy\"", i ? ", " : "", gc_params[i].name);
+        for (int i = 0; i < GC_NBUFS; i++) fprintf(f, ", \"%s.npy\"", gc_bufs[i].name);
         fprintf(f, "],\n");
         char key[64];
         snprintf(key, sizeof key, "%s_loss", split);

@@ -18,7 +18,8 @@ typedef struct {
     int32_t ndim;
     int64_t shape[8];
     int64_t size;       /* elements */
-    int64_t blob;       /* byte offset of embedded values in the blob (inference library), -1 if none */
+    int64_t blob;       /* byte offset in the blob of embedded values (an inference library's weights, a training
+                         * binary's initial values of a layer's state), -1 if none */
 } gc_tensor_t;
 
 /* A float32 scalar input of the training step fed once per epoch. */
