@@ -378,6 +378,24 @@ def params_digest(state: dict, names: list[str]) -> str:
     return h.hexdigest()
 
 
+def per_rank_keys_warning(trainer, ranks) -> str:
+    """What a data-parallel run of a model whose random numbers cannot follow the rows across ranks (a gc.random
+    draw, or a dropout on a tensor whose first axis is not the batch: `grad_program`'s offsets are None) warns:
+    each of the `ranks` ranks keys its own. (The standalone binary prints the same, with its rank count.)"""
+    from graphc.ir.node import nodes_within, topo_order
+
+    nodes = topo_order(trainer.data_loss)
+    draws = [n for n in nodes_within(nodes) if n.op.name == "random"]
+    drops = draws or [n for n in nodes if n.op.name == "dropout"]
+    where = ", ".join(sorted({n.where() for n in drops})[:3])
+    what = (f"gc.random draws ({where}) follow no rows across ranks" if draws else
+            f"a dropout ({where}) acts on a tensor whose first axis is not the batch: its masks cannot follow "
+            "the rows across ranks")
+    return (f"graphc: warning: {what}, so each of the {ranks} ranks draws its own (independent) numbers; the run is "
+            "reproducible for this number of ranks but its weights differ from single-process training's"
+            + ("" if draws else " (apply dropout to (batch, ...) tensors to keep them equal)"))
+
+
 class DataParallelStep:
     """The per-step path of data-parallel training for a Trainer: gradient phase, allreduce, update phase."""
 
@@ -385,19 +403,7 @@ class DataParallelStep:
         self.trainer, self.dist = trainer, dist
         self.grad_fn, self.offsets = grad_program(trainer)
         if self.offsets is None and dist.size > 1 and dist.rank == 0:
-            from graphc.ir.node import nodes_within, topo_order
-
-            nodes = topo_order(trainer.data_loss)
-            draws = [n for n in nodes_within(nodes) if n.op.name == "random"]
-            drops = draws or [n for n in nodes if n.op.name == "dropout"]
-            where = ", ".join(sorted({n.where() for n in drops})[:3])
-            what = (f"gc.random draws ({where}) follow no rows across ranks" if draws else
-                    f"a dropout ({where}) acts on a tensor whose first axis is not the batch: its masks cannot follow "
-                    "the rows across ranks")
-            print(f"graphc: warning: {what}, so each of the {dist.size} ranks draws its own (independent) numbers; "
-                  "the run is reproducible for this number of ranks but its weights differ from single-process "
-                  "training's" + ("" if draws else " (apply dropout to (batch, ...) tensors to keep them equal)"),
-                  file=sys.stderr)
+            print(per_rank_keys_warning(trainer, dist.size), file=sys.stderr)
         self.grad_leaves = {leaf.name for leaf in self.grad_fn.signature.inputs}
         self.samples = 0  # rows this rank processed (all epochs)
         self._build_update()

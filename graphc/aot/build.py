@@ -666,8 +666,10 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
             raise AotError(f"the gradient program has an input {name!r} ({leaf.type_str}) that a standalone binary "
                            "cannot feed")
         gscalars.append(f"{{{c_string(name)}, {gslot[name]}, 4, {int(name.split('.')[1])}}}")
+    # then the running statistics' new values, written in place into their inputs (CompiledFunction's updates)
     gouts = [b.index for b in gprog.outputs]
-    if len(gouts) != 1 + len(params):
+    if len(gouts) != 1 + len(params) + len(gfn.updates) or any(
+            gouts[pos] != gprog.inputs[j].index for pos, j in gfn.updates.items()):
         raise AotError("internal: the gradient program should output the weighted loss and one gradient per parameter")
     g_init = prog_decl(gfn, "g", f"{prefix}g_", n_sym, None)
     # the update program: per parameter its share (symbol S<i>), its optimizer state and the summed gradient
@@ -699,7 +701,7 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     u_init = prog_decl(ufn, "u", f"{prefix}u_", None, sizes)
     lines += [
         f"static const int32_t {s}gparams[] = {_ints(gslot.get(n, -1) for n in params)};",
-        f"static const int32_t {s}ggrads[] = {_ints(gouts[1:])};",
+        f"static const int32_t {s}ggrads[] = {_ints(gouts[1:1 + len(params)])};",
         f"static const int32_t {s}gbufs[] = {_ints([gslot.get(n, -1) for n in buf_names] or [-1])};",
         f"static const int32_t {s}offslots[] = {_ints([gslot[n] for _, n in offs] or [-1])};",
         f"static const int64_t {s}offsizes[] = {_ints([sz for sz, _ in offs] or [0])};",
@@ -807,6 +809,14 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
             L += lines
             pinits.append(init)
         L.append("static const gc_par_t gc_par[] = {" + ", ".join(pinits) + "};")
+        # a model whose random numbers cannot follow the rows (offsets None): each rank keys its own, with the
+        # warning the in-process run prints (before and after the rank count)
+        from graphc.distributed import per_rank_keys_warning
+
+        cut = "\0ranks\0"
+        warn = per_rank_keys_warning(tr, cut).split(cut)
+        L.append(f"#define GC_PAR_WARNING {c_string(warn[0])}")
+        L.append(f"#define GC_PAR_WARNING_END {c_string(warn[1])}")
         L.append(f"#define GC_KEY_MULT {KEY_MULT}ULL")
         L.append(f"#define GC_RANK_KEY {RANK_KEY}ULL")
         L.append("")

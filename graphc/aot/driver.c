@@ -1649,6 +1649,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < GC_NPARAMS; i++) ttab[S->param_slots[i]] = (uintptr_t)params[i];
     for (int i = 0; i < GC_NSTATE; i++)
         if (S->state_slots[i] >= 0) ttab[S->state_slots[i]] = (uintptr_t)state[i];
+    if (RANK0 && g_size > 1 && !par.par->g_offsets_ok) /* as graphc.distributed.DataParallelStep warns */
+        fprintf(stderr, "%s%d%s\n", GC_PAR_WARNING, g_size, GC_PAR_WARNING_END);
     if (RANK0 && !o.quiet) {
         printf("distributed: %d ranks x %d thread(s), global batch %lld, gradients summed %s; ranks", g_size, threads,
                (long long)batch, par.shared ? "in MPI-3 shared memory" : "with MPI_Allreduce");
