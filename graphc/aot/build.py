@@ -623,7 +623,8 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
             f"{max(len(prog.symbols), 1)}, {list(prog.symbols).index(n_sym)}, {slot[x.name]}, {slot.get(y.name, -1)}, "
             f"{step_slot}, {step_f64}, {key_slot}, {prog.outputs[0].index}, {tplan.arena_bytes}, {len(scalars)}, "
             f"{int('momentum' in slot)}, {int('l2' in slot)}, {int('l1' in slot)}, {nkeep}, {s}temps, {s}consts, "
-            f"{s}ws, {s}param_slots, {s}state_slots, {s}buf_slots, {s}scalars, {prefix}graphc_epoch, {prefix}graphc_init}}")
+            f"{s}ws, {s}param_slots, {s}state_slots, {s}buf_slots, {s}scalars, {prefix}graphc_epoch, "
+            f"{prefix}graphc_init}}")
     return lines, init
 
 
@@ -983,7 +984,8 @@ def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, optio
         return model, data, task, n_features, n_outputs, grid, options
     if not isinstance(d, dict) or d.get("task") not in ("multiclass", "binary", "regression"):
         return model, data, task, n_features, n_outputs, grid, options
-    recorded = m.get("model")
+    # a training binary records the model (and the default MLP's shape) in data.json, graphc train in metrics.json
+    recorded = m.get("model") or d.get("model")
     if model is None and isinstance(recorded, str) and recorded.endswith(".py"):
         if not Path(recorded).is_file():
             raise AotError(f"{weights}: the run trained the model {recorded!r}, which is not there now: give "
@@ -996,7 +998,7 @@ def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, optio
         task = d["task"] if n_features is not None else None
         n_outputs = n_outputs if n_features is not None else None
     if model is None:  # the default MLP: the shape it trained with (an option given must agree with it)
-        config = m.get("config") or {}
+        config = m.get("config") or d.get("config") or {}
         for k in ("hidden", "activation", "init", "bias_init"):
             if config.get(k) is None:
                 continue

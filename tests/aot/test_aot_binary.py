@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from aot_helpers import FEATURES, data_flags, needs_cc
+from aot_helpers import FEATURES, data_flags, flags, needs_cc
 
 import graphc as gc
 
@@ -313,3 +313,103 @@ def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit
     bad = subprocess.run([str(exe), *args, "--weight-decay", "-1", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--weight-decay: must be >= 0" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+BN_MODEL = """
+import graphc as gc
+OPTIONS = {"epochs": 3, "batch_size": 32, "lr": 0.1}
+
+def model(x, n_outputs):
+    h = gc.relu(gc.nn.batch_norm(gc.nn.dense(x, 16, name="fc"), name="bn"))
+    return gc.nn.dense(h, n_outputs, name="out")
+"""
+
+
+def _same_run(out, result, names):
+    """The binary's run in `out` against gc.fit's `result`: bitwise the same arrays and the same history."""
+    for name in names:
+        got, want = np.load(out / f"{name}.npy"), result.params[name]
+        assert got.dtype == np.float32 and got.shape == want.shape, name
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+    lines = (out / "history.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), r.split(","), strict=True)) for r in lines[1:]]
+    assert [float(r["train_loss"]) for r in rows] == [h["train_loss"] for h in result.history]
+    assert [float(r["val_loss"]) for r in rows] == [h["val_loss"] for h in result.history]
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == result.metrics["test_accuracy"]
+
+
+def test_a_batch_norm_binary_carries_the_running_statistics_as_gc_fit_does(digits_data, tmp_path):
+    """The running statistics start at 0 and 1, are updated by every training step, used by the evaluation and
+    saved beside the parameters (restored with the best epoch): bitwise gc.fit's, with momentum, L2 and early
+    stopping; gc.load and graphc export read the binary's run as a gc.fit run. A training batch of 1 row is
+    refused, as gc.fit refuses it."""
+    import ctypes
+
+    from graphc.aot import build, export
+    from graphc.fitting import fit
+
+    ds, paths = digits_data
+    model = tmp_path / "bn_mlp.py"
+    model.write_text(BN_MODEL)
+    exe = build(tmp_path / "train-bn", str(model), "digits").path
+    info = subprocess.run([str(exe), "--info"], capture_output=True, text=True).stdout
+    assert "running statistics" in info and "bn.running_mean (16,)" in info and "bn.running_var (16,)" in info
+    kw = dict(epochs=4, batch_size=32, lr=0.3, momentum=0.9, l2=1e-3, early_stopping=1, seed=2)
+    out = tmp_path / "out"
+    p = subprocess.run([str(exe), *data_flags(paths), *flags(**kw), "--quiet", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    result = fit(str(model), "digits", progress=False, checkpoint_every=0, **kw)
+    assert result.metrics["stopped_early"] and "stopped early" in p.stdout  # the best epoch's statistics restored
+    names = ["fc.W", "fc.b", "bn.gamma", "bn.beta", "out.W", "out.b", "bn.running_mean", "bn.running_var"]
+    assert sorted(result.params) == sorted(names)
+    assert not np.allclose(result.params["bn.running_var"], 1.0)  # the statistics did move
+    _same_run(out, result, names)
+    assert "bn.running_var.npy" in json.loads((out / "metrics.json").read_text())["weights"]
+    back = gc.load(out)  # inference with the binary's running statistics
+    X = np.ascontiguousarray(ds.X_test[:20], np.float32)
+    assert np.array_equal(back.predict(X), result.predict(X))
+    lib = export(tmp_path / "libbn.so", out).path
+    got = np.zeros((20, 10), np.float32)
+    rc = ctypes.CDLL(str(lib)).bn_predict_standardized(X.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(20),
+                                                       got.ctypes.data_as(ctypes.c_void_p))
+    assert rc == 0
+    np.testing.assert_allclose(got, result.predict(X), rtol=1e-5, atol=1e-5)
+    # 33 rows in batches of 32 leave a batch of 1 row: no variance, refused before anything is written
+    for name, arr in (("x33", ds.X_train[:33]), ("y33", ds.y_train[:33])):
+        np.save(tmp_path / f"{name}.npy", arr)
+    p = subprocess.run([str(exe), "--x-train", str(tmp_path / "x33.npy"), "--y-train", str(tmp_path / "y33.npy"),
+                        "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert p.returncode == 2 and "a batch of 1 row" in p.stderr and "batch_norm 'bn'" in p.stderr, p.stderr
+    assert not (tmp_path / "one").exists()
+
+
+NOISY_MODEL = """
+import graphc as gc
+OPTIONS = {"epochs": 3, "batch_size": 32, "lr": 0.05}
+
+def model(x, n_outputs):  # gaussian noise on the input: a fresh draw each step, the seed's in evaluation
+    h = gc.nn.dense(x + gc.random.normal_like(x, std=0.3, salt="input"), 16, "tanh", name="fc")
+    return gc.nn.dense(h, n_outputs, name="out")
+"""
+
+
+def test_a_binary_keys_a_models_random_draws_as_gc_fit_does(digits_data, tmp_path):
+    """A model drawing gc.random numbers: the binary feeds the step's key as it does dropout's (a fresh one per
+    step) and evaluates with the seed as the key, as gc.fit does: bitwise the same weights and losses (the
+    validation losses too), with the full and with the plain step."""
+    from graphc.aot import build
+    from graphc.fitting import fit
+
+    _, paths = digits_data
+    model = tmp_path / "noisy.py"
+    model.write_text(NOISY_MODEL)
+    exe = build(tmp_path / "train-noisy", str(model), "digits").path
+    for tag, kw in (("full", dict(epochs=2, momentum=0.5, seed=4)), ("plain", dict(epochs=2, seed=5))):
+        out = tmp_path / tag
+        p = subprocess.run([str(exe), *data_flags(paths), *flags(**kw), "--quiet", "--out", str(out)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert json.loads((out / "metrics.json").read_text())["step"] == tag
+        _same_run(out, fit(str(model), "digits", progress=False, checkpoint_every=0, **kw),
+                  ["fc.W", "fc.b", "out.W", "out.b"])

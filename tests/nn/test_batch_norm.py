@@ -213,7 +213,7 @@ def test_fit_trains_a_cnn_predicts_with_running_statistics_and_round_trips(tmp_p
     assert len(more.history) == 4 and not np.array_equal(more.params["bn1.running_var"], r.params["bn1.running_var"])
 
 
-def test_cli_trains_predicts_and_refuses_to_build_a_binary(tmp_path):
+def test_cli_trains_predicts_builds_a_binary_and_exports(tmp_path):
     model = tmp_path / "bn_mlp.py"
     model.write_text("import graphc as gc\n\nOPTIONS = {'epochs': 2}\n\n\ndef model(x, n_outputs):\n"
                      "    h = gc.relu(gc.nn.batch_norm(gc.nn.dense(x, 16, name='fc'), name='bn'))\n"
@@ -232,10 +232,13 @@ def test_cli_trains_predicts_and_refuses_to_build_a_binary(tmp_path):
     assert p.returncode == 0, p.stderr
     labels = [int(line.split(",")[0]) for line in p.stdout.splitlines()[1:]]
     assert labels == list(gc.load(tmp_path / "run").predict_labels(raw))
-    p = subprocess.run([*cli, "build", "--model", str(model), "-o", str(tmp_path / "bin")], capture_output=True,
-                       text=True, cwd=ROOT)
-    assert p.returncode != 0 and "batch normalization (bn)" in p.stderr and "Traceback" not in p.stderr
-    if shutil.which("cc") is not None:  # graphc export links with the system C compiler
+    if shutil.which("cc") is not None:  # graphc build and export link with the system C compiler
+        # the binary carries the running statistics (tests/aot/test_aot_binary.py trains one against gc.fit)
+        p = subprocess.run([*cli, "build", "--model", str(model), "-o", str(tmp_path / "bin")], capture_output=True,
+                           text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        info = subprocess.run([str(tmp_path / "bin"), "--info"], capture_output=True, text=True).stdout
+        assert "bn.running_mean (16,)" in info and "bn.running_var (16,)" in info
         lib = tmp_path / "libbn.so"
         p = subprocess.run([*cli, "export", "--weights", str(tmp_path / "run"), "-o", str(lib)], capture_output=True,
                            text=True, cwd=ROOT)
@@ -246,6 +249,19 @@ def test_cli_trains_predicts_and_refuses_to_build_a_binary(tmp_path):
                                                            out.ctypes.data_as(ctypes.c_void_p))
         assert rc == 0
         np.testing.assert_allclose(out, gc.load(tmp_path / "run").predict(X), rtol=1e-5, atol=1e-5)
+
+
+def test_a_binary_refuses_float64_running_statistics(tmp_path):
+    """A standalone binary keeps float32 arrays: a batch norm of float64 features is refused, naming the state."""
+    from graphc.aot.build import build
+
+    def model(x, n_outputs):
+        h = gc.nn.batch_norm(gc.cast(gc.nn.dense(x, 8, name="fc"), "float64"), name="bn")
+        return gc.nn.dense(gc.cast(h, "float32"), n_outputs, name="out")
+
+    with pytest.raises(gc.GraphcError, match="state 'bn.running_mean' as f64.*float32 state only"):
+        build(tmp_path / "bin", model)
+    assert not (tmp_path / "bin").exists()
 
 
 def test_bad_input_is_a_graphc_error_naming_the_layer():

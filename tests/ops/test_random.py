@@ -181,14 +181,3 @@ def test_a_draw_inside_a_scan_step_reads_the_key_fed_to_the_call():
             np.testing.assert_array_equal(g, w)
         np.testing.assert_array_equal(got[1][2], 2 * got[1][1])  # one draw repeated: c_t = t * z
     assert not np.array_equal(gc.evaluate(h, {**v, "rng_key": 0}), gc.evaluate(h, {**v, "rng_key": 3}))
-
-
-def test_a_standalone_binary_refuses_a_model_with_draws(tmp_path):
-    from graphc.aot.build import build
-
-    def noisy(x, n_outputs):
-        return gc.nn.dense(x + gc.random.normal_like(x, std=0.1), n_outputs, name="out")
-
-    with pytest.raises(gc.GraphcError, match="gc.random.*standalone binary.*gc.fit"):
-        build(tmp_path / "bin", noisy)
-    assert not (tmp_path / "bin").exists()
