@@ -103,6 +103,53 @@ def test_every_feature_uneven_shares_and_the_allreduce_path_match_bitwise(traine
     assert sum(m["samples_per_rank"]) == m["epochs"] * 1257  # 30 rows over 3 ranks: 10 each; 1257 mod 30 = 27
 
 
+BN_NOISE_MODEL = """
+import graphc as gc
+
+def model(x, n_outputs):  # noise on the input (keyed per rank) and a batch norm (each rank's statistics)
+    h = gc.nn.dense(x + gc.random.normal_like(x, std=0.2, salt="input"), 16, name="fc")
+    return gc.nn.dense(gc.relu(gc.nn.batch_norm(h, name="bn")), n_outputs, name="out")
+"""
+
+
+@pytest.fixture(scope="module")
+def bn_noise(tmp_path_factory):
+    """A --mpi binary for BN_NOISE_MODEL: (its model file, the binary)."""
+    from graphc.aot import build
+
+    d = tmp_path_factory.mktemp("bn-noise")
+    model = d / "bn_noise.py"
+    model.write_text(BN_NOISE_MODEL)
+    return model, build(d / "train-bn-noise", str(model), "digits", mpi=True).path
+
+
+def val_losses(out: Path) -> list[float]:
+    import csv
+
+    with open(out / "history.csv", newline="") as f:
+        return [float(r["val_loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("shared", ["1", "0"], ids=["shared-memory", "allreduce"])
+def test_batch_norm_and_random_draws_train_bitwise_as_graphc_train_under_mpirun(trainer, bn_noise, tmp_path, shared):
+    """As mpirun graphc train: each rank keys its own draws (with the same warning) and keeps its own running
+    statistics during an epoch, then takes rank 0's; the weights and the statistics saved are bitwise the same."""
+    _, files = trainer
+    model, binary = bn_noise
+    flags = ["--epochs", "2", "--seed", "3", "--batch-size", "30", "--momentum", "0.9", "--threads", "1", "--quiet"]
+    b = mpirun(["-n", "2", str(binary), *files, *flags, "--out", str(tmp_path / "b")], GRAPHC_MPI_SHARED=shared)
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert b.stderr.count("each of the 2 ranks draws its own") == 1, b.stderr
+    t = mpirun(["-n", "2", sys.executable, "-m", "graphc.cli", "train", "--model", str(model), "--dataset", "digits",
+                *flags, "--out", str(tmp_path / "t")], GRAPHC_MPI_SHARED=shared)
+    assert t.returncode == 0, t.stdout + t.stderr
+    weights = weights_of(tmp_path / "b", tmp_path / "t")
+    assert {name for name, _, _ in weights} >= {"bn.running_mean", "bn.running_var"}
+    for name, ref, got in weights:
+        assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), name
+    assert val_losses(tmp_path / "b") == val_losses(tmp_path / "t")  # rank 0's statistics, the seed's draws
+
+
 def test_a_rank_with_unreadable_data_stops_every_rank_before_training(trainer, tmp_path):
     binary, files = trainer
     out = tmp_path / "o"
