@@ -426,8 +426,9 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
                   grid: tuple[int, ...] | None = None) -> np.ndarray:
     """The feature rows of a file to predict on (float64, (rows, n_features)): a .csv's columns `names` by name
     (other columns, such as the label, are left out), or all its columns when it has no header; a .npy's rows
-    (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X; a bundled
-    dataset's rows, by its name (`digits`). The count must be the model's; examples of another shape are refused, not reinterpreted."""
+    (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X; a
+    bundled dataset's rows, by its name (`digits`). The count must be the model's; examples of another shape are
+    refused, not reinterpreted."""
     path = str(path)
     ext = os.path.splitext(path)[1].lower()
     try:
