@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "training binary)")
     pr.add_argument("--data", required=True, metavar="PATH", help="rows to predict: a .csv (the run's feature "
                     "columns by name; other columns, such as a label, are left out; without a header, every "
-                    "column), a .npy of rows or images, or a .npz with X; raw features, as the run was trained on")
+                    "column), a .npy of rows or images, a .npz with X, or a bundled dataset's name (its rows); raw "
+                    "features, as the run was trained on")
     pr.add_argument("--model", metavar="FILE", help="the model file the run trained (default: the one it "
                     "recorded, or the default MLP)")
     pr.add_argument("--proba", action="store_true", help="classification: each class's probability too")

@@ -426,12 +426,15 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
                   grid: tuple[int, ...] | None = None) -> np.ndarray:
     """The feature rows of a file to predict on (float64, (rows, n_features)): a .csv's columns `names` by name
     (other columns, such as the label, are left out), or all its columns when it has no header; a .npy's rows
-    (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X. The count must
-    be the model's; examples of another shape are refused, not reinterpreted."""
+    (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X; a
+    bundled dataset's rows, by its name (`digits`). The count must be the model's; examples of another shape are
+    refused, not reinterpreted."""
     path = str(path)
     ext = os.path.splitext(path)[1].lower()
     try:
-        if ext == ".csv":
+        if path in BUNDLED and not os.path.exists(path):  # a bundled dataset's name: its feature rows, as loaded
+            X = _bundled(path)[0]
+        elif ext == ".csv":
             header, data, first = _csv_table(path)
             if first == 2 and names and all(n in header for n in names):
                 idx = [header.index(n) for n in names]
@@ -466,7 +469,8 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
                                     "would be read on the wrong grid")
             X = X.reshape(len(X), -1).astype(np.float64)
         else:
-            raise DataError(f"{path}: unknown file type {ext!r}; use .npy, .npz or .csv")
+            raise DataError(f"{path}: unknown file type {ext!r}; use a .npy, .npz or .csv file, or a bundled "
+                            f"dataset's name ({', '.join(BUNDLED)})")
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file

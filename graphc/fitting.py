@@ -331,21 +331,27 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
                                   "it into the model (e.g. gc.nn.dropout(h, keep), layer sizes in gc.nn.dense)")
         defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
     chosen = {**defaults, **file_options, **options}
+    dropped_note = ""
     if "optimizer" in options and file_options.get("optimizer") != options["optimizer"]:
         # the file's momentum or weight decay was set for its own optimizer, which the caller's replaces (flags
         # override OPTIONS): one the new optimizer takes none of is left out, not refused as if the caller gave it
         opt = options["optimizer"]
-        takes = {"momentum": opt in ("sgd", "gd", "momentum", "nesterov"), "weight_decay": opt == "adamw"}
+        own = file_options.get("optimizer", "sgd")
+        # a learning rate is one optimizer family's (SGD's 0.05 diverges Adam): kept where both default alike
+        same_lr = OPTIMIZERS.get(opt, (None, None))[1] == OPTIMIZERS.get(own, (None, None))[1]
+        takes = {"momentum": opt in ("sgd", "gd", "momentum", "nesterov"), "weight_decay": opt == "adamw",
+                 "lr": same_lr}
         dropped = {k: file_options[k] for k in takes if k in file_options and k not in options and not takes[k]
                    and file_options[k]}
         if dropped:
             file_options = {k: v for k, v in file_options.items() if k not in dropped}
-            log(f"note: {', '.join(f'{k}={v!r}' for k, v in dropped.items())} in {model_desc}'s OPTIONS is for its "
-                f"optimizer {file_options.get('optimizer', 'sgd')!r}; the optimizer given, {opt!r}, takes none: "
-                "left out")
+            dropped_note = (f"note: {', '.join(f'{k}={v!r}' for k, v in dropped.items())} in {model_desc}'s OPTIONS "
+                            f"is for its optimizer {own!r}; the optimizer given, {opt!r}, takes none: left out")
     defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()
+    if dropped_note:
+        log(dropped_note + (f" (lr {config.lr:g}, {opt!r}'s default; --lr / lr= chooses)" if "lr" in dropped else ""))
     if config.optimizer == "adamw" and config.l2:
         log(f"note: l2={config.l2} with adamw adds the penalty l2/2·||w||² to the loss, whose gradient Adam then "
             f"rescales (PyTorch's Adam(weight_decay=)); AdamW's own decay, applied to the weights directly, is "

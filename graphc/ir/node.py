@@ -400,6 +400,13 @@ def nodes_within(order: list[Node]) -> list[Node]:
     return out
 
 
+def needs_training_mode(order: list[Node]) -> bool:
+    """Whether a graph (a topo_order) holds an op whose value depends on the mode or on the key training feeds
+    (the op's `training_mode`: dropout, batch norm's switch, gc.random's draws), in a loop's body too: the one
+    answer gc.fit's trainer and EpochFunction give."""
+    return any(n.op.training_mode for n in nodes_within(order))
+
+
 def users(order: Sequence[Node]) -> dict[int, list[Node]]:
     """For each node id in `order`, the nodes in `order` that take it as an input (once per use)."""
     out: dict[int, list[Node]] = {id(n): [] for n in order}

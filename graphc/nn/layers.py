@@ -350,7 +350,8 @@ def batch_norm(x, *, axis=-1, momentum: float = 0.1, eps: float = 1e-5, scale: b
     with the batch's mean and biased variance (eps inside the square root); in inference with the running
     statistics, the inputs `NAME.running_mean` and `NAME.running_var` (non-trainable state, initially 0 and 1).
     A training step updates them, as PyTorch: r <- (1 - momentum) r + momentum b, with b the batch's mean and
-    its unbiased variance. The updates ride on the result (no gradient flows through them): `gc.fit` applies
+    its unbiased variance (a batch of one value per channel, which PyTorch and gc.fit refuse, adds its variance 0:
+    Flax's biased rule). The updates ride on the result (no gradient flows through them): `gc.fit` applies
     them every step; with gc.compile, pass `updates={**gc.nn.state_updates(loss), ...}` and the running
     statistics' arrays (`gc.nn.init_params(loss)` gives their initial values beside the parameters')."""
     from graphc.ops.control import training_switch, with_updates
@@ -405,9 +406,10 @@ def batch_norm(x, *, axis=-1, momentum: float = 0.1, eps: float = 1e-5, scale: b
                 y = combine(y, channels(p))
                 if unnamed:
                     note_unnamed_use(p, y)
-        # the unbiased variance for the running estimate, as PyTorch: n / (n - 1) times the biased one
+        # the unbiased variance for the running estimate, as PyTorch: n / (n - 1) times the biased one; at one
+        # value per channel (which gc.fit refuses, as PyTorch) the biased variance 0 as is (Flax's), not 0 / 0
         n = dim_value(count, x, x.dtype)
-        unbiased = ops.reshape(var, (c,)) * (n / dim_value(count - 1, x, x.dtype))
+        unbiased = ops.reshape(var, (c,)) * (n / ops.maximum(dim_value(count - 1, x, x.dtype), 1.0))
         new_mean = (1.0 - momentum) * running_mean + momentum * ops.reshape(mu, (c,))
         new_var = (1.0 - momentum) * running_var + momentum * unbiased
         return with_updates(y, {running_mean: new_mean, running_var: new_var}, {running_mean: 0.0, running_var: 1.0})

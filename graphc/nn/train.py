@@ -21,7 +21,7 @@ from graphc import ops
 from graphc.autodiff.grad import grad
 from graphc.codegen.epoch_abi import KEY_MULT
 from graphc.errors import GraphcError, InputError, NumericalError
-from graphc.ir.node import Node, SourceInfo, nodes_within, topo_order
+from graphc.ir.node import Node, SourceInfo, needs_training_mode, topo_order
 from graphc.nn import checkpoint as ckpt
 from graphc.nn.layers import init_params, init_state, mlp, model_build, parameters, state_updates
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
@@ -492,8 +492,7 @@ class Trainer:
         updates.update(self.layer_updates)
         self.updates = updates
         # gc.random's draws read the key too, in any mode: training feeds a fresh key per step as for dropout
-        self.training_mode = any(n.op.name in ("dropout", "training_switch", "random")
-                                 for n in nodes_within(topo_order(loss)))  # in a scan's step too
+        self.training_mode = needs_training_mode(topo_order(loss))
         self.schedule = Schedule(config.schedule, config.step_gamma, config.step_every, config.epochs)
         self._compile_start = time.perf_counter()
         self.dist = distributed

@@ -41,6 +41,7 @@ class TrainingSwitch(Op):
     mode is the evaluator's (`evaluate(..., training=)`) or the compiled program's (`gc.compile(..., training=)`):
     the first compile stage (`modes`) replaces every switch by the branch of its mode, so the other branch is
     never computed; lowered as is, a switch is its training branch (as dropout lowers its training form)."""
+    training_mode = True
 
     name = "training_switch"
     kind = "identity"

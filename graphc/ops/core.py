@@ -44,6 +44,9 @@ class Op:
     kind: ClassVar[str]
     differentiable: bool = True
     hidden_attrs: tuple[str, ...] = ()
+    # the op's value depends on the mode (dropout, batch norm's switch) or on the key training feeds per step
+    # (gc.random's draws): a graph holding one trains in training mode (`ir.node.needs_training_mode`)
+    training_mode: ClassVar[bool] = False
 
     def infer(self, inputs: Sequence[Node], attrs: dict) -> tuple[Shape, str]:
         raise NotImplementedError

@@ -65,6 +65,7 @@ class Dropout(Op):
     binary takes it as a command-line value). With the attribute `offset`, a last int64 scalar input is added to
     every element's index: a data-parallel rank whose share of the batch starts at row r passes r * (row size),
     so its rows get the masks they have in the whole batch."""
+    training_mode = True
 
     name = "dropout"
     kind = "random"
@@ -204,6 +205,7 @@ class RandomDraw(Op):
     deviation) numbers of the attribute `shape` and float `dtype`, element i a function of (rng key, salt, i)
     alone. Inputs: the rng key, and optionally a tensor of the same shape that only binds its symbolic dims (the
     `_like` forms). Its value does not depend on its inputs' values differentiably: no gradient."""
+    training_mode = True
 
     name = "random"
     kind = "random"

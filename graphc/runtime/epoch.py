@@ -17,8 +17,7 @@ import numpy as np
 
 from graphc.codegen import epoch_abi as drv
 from graphc.errors import GraphcError, InputError, NumericalError
-from graphc.ir.node import Node, nodes_within, topo_order
-from graphc.ops.random import KEY_NAME
+from graphc.ir.node import Node, needs_training_mode, topo_order
 from graphc.runtime.buffers import aligned_bytes, aligned_empty
 from graphc.runtime.jit import CompiledFunction, check_threads, data_address
 from graphc.runtime.reference import check_value
@@ -119,9 +118,9 @@ class EpochFunction(CompiledFunction):
         order = topo_order([loss, *(updates or {}).values()])
         inputs = {n.name: n for n in order if n.op.name == "input"}
         if training is None:
-            # a dropout anywhere reads the key, a loop step's through its scan's inputs; a batch norm's switch
-            # reads none, and without it the epoch normalized with the running statistics it was updating
-            training = KEY_NAME in inputs or any(n.op.name == "training_switch" for n in nodes_within(order))
+            # dropout, a batch norm's switch (without it the epoch normalized with the running statistics it was
+            # updating) or a draw, a loop step's too
+            training = needs_training_mode(order)
         step = inputs.get("step")
         if step is not None and (step.shape != () or step.dtype not in STEP_DTYPES):
             raise GraphcError(f"EpochFunction: the input 'step' is the global step number the driver feeds (1 for "

@@ -460,6 +460,29 @@ class CompiledFunction:
             base[idx] = a.ctypes.data
         self._base_table = base
         self._index_checks = self._input_indices()
+        # a program whose kernels check indices no call checks first (computed ones): the arrays it writes in place
+        # and the caller's out= arrays are copied before each call and restored if a check fails
+        self._keep_on_check = bool(self.rt.checks) and self._checks_computed_indices()
+
+    def _checks_computed_indices(self) -> bool:
+        """Whether some gather or scatter reads indices that `_input_indices` does not check before a call (a
+        computed index, labels shifted by `low`), in a loop's body too."""
+        from graphc.ir.node import nodes_within
+        from graphc.ops.gather import SCATTER_ADD, TAKE
+
+        checked = {id(n) for n, _, _ in self._index_checks}
+        pre = {slot for _, slot, _ in self._index_checks}
+        for n in nodes_within(topo_order(self._graph.outputs)):
+            if n.op is TAKE and id(n) not in checked:
+                return True
+            if n.op is SCATTER_ADD:
+                leaf = n.inputs[1]
+                while leaf.op.name == "reshape":
+                    leaf = leaf.inputs[0]
+                spec = self._by_key.get(id(leaf)) if leaf.op.name == "input" else None
+                if spec is None or spec[1] not in pre:
+                    return True
+        return False
 
     def _input_indices(self) -> list:
         """The gathers whose indices are an input's values (embedding ids, class labels): (the gather, its table
@@ -848,13 +871,18 @@ class CompiledFunction:
             cd[k] = v
         if self._index_checks:
             self._check_input_indices(bound, env)
+        kept = None
+        if self._keep_on_check:  # what this call writes in place, as it was (restored if a check fails)
+            kept = [(a, a.copy()) for slot, (a, _) in bound.items() if slot in self._written]
+            kept += [(a, a.copy()) for a in given or () if a is not None]
         t_addr, d_addr, w_addr = self._call_addrs
         self.last_threads = self._run(t_addr, d_addr, w_addr, nthreads)
         if self._error is not None and self._error.value:
             code, self._error.value = self._error.value, 0
-            raise InputError(f"compiled function: {self.check_message(code)}; the call ran with the bad value read "
-                             "as the first in range: no result is returned, but arrays written in place (out=, "
-                             "parameters updated) hold what that run wrote")
+            for a, before in kept or ():
+                a[...] = before
+            raise InputError(f"compiled function: {self.check_message(code)}; no result is returned, and the arrays "
+                             "it writes in place (parameters updated, out=) hold their values from before the call")
         for k, first in self._repeats:  # a repeated output: a copy, or written into the caller's array for it
             if outs[k] is None:
                 outs[k] = outs[first].copy()

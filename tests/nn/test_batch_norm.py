@@ -311,3 +311,22 @@ def test_the_example_model_file_normalizes_each_convolution():
     assert sorted(leaf.name for leaf in gc.nn.state_updates(out)) == [
         "bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"]
     assert out.shape == (gc.dim("N"), 10) and options["epochs"] >= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 1, 1, 3)])
+def test_one_value_per_channel_outside_gc_fit_updates_finite_statistics(shape):
+    """gc.fit refuses a training batch of one value per channel (as PyTorch); through gc.compile or evaluate it
+    gave a NaN running variance (n / (n - 1) = 1 / 0 times the variance 0): now the variance 0 is added as is."""
+    x = gc.input("x", ("N", *shape[1:]))
+    y = gc.nn.batch_norm(x, name="one")
+    ups = gc.nn.state_updates(y)
+    fn = gc.compile([y, *ups.values()], training=True)
+    vals = {"x": np.random.default_rng(1).normal(size=shape).astype(np.float32),
+            "one.running_mean": np.zeros(3, np.float32), "one.running_var": np.ones(3, np.float32),
+            "one.gamma": np.ones(3, np.float32), "one.beta": np.zeros(3, np.float32)}
+    out, new_mean, new_var = fn(vals)
+    ref = gc.evaluate([y, *ups.values()], vals, training=True)
+    np.testing.assert_allclose(new_var, np.full(3, 0.9, np.float32), rtol=1e-6)
+    np.testing.assert_allclose(new_mean, 0.1 * vals["x"].reshape(3), rtol=1e-6)
+    for a, b in zip((out, new_mean, new_var), ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

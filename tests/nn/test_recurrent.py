@@ -184,6 +184,29 @@ def test_embedding_gathers_rows_and_accumulates_gradients():
         gc.nn.embedding(gc.input("f", (2,)), 5, 2)
 
 
+def test_a_computed_id_out_of_range_leaves_the_parameters_and_out_arrays_as_they_were():
+    """A computed index is checked in the kernel, after the call has run: the step used to leave the embedding
+    table and the other parameters updated in place by that run (and out= written). They are now restored."""
+    ids = gc.input("ids", ("N", 3), "int64")
+    e = gc.nn.embedding(gc.maximum(ids, -100), 5, 2, name="emb")
+    loss = gc.sum(gc.nn.dense(e, 1, name="head"))
+    params = gc.nn.parameters(loss)
+    fn = gc.compile([loss], updates={p: p - 0.5 * g for p, g in zip(params, gc.grad(loss, params), strict=True)})
+    values = gc.nn.init_params(params, seed=0)
+    before = {k: v.copy() for k, v in values.items()}
+    out = np.full((), 7.0, np.float32)
+    fn({**values, "ids": np.array([[0, 1, 2]])}, out=[out])  # a good call updates everything
+    assert all(not np.array_equal(values[k], before[k]) for k in ("emb.E", "head.W"))
+    good, first = {k: v.copy() for k, v in values.items()}, out.copy()
+    assert first != 7.0
+    with pytest.raises(gc.InputError, match=r"id out of range \[0, 5\) at test_recurrent.py.*hold their values "
+                                             r"from before the call"):
+        fn({**values, "ids": np.array([[0, 5, 1]])}, out=[out])
+    for k, v in values.items():
+        np.testing.assert_array_equal(v, good[k], err_msg=k)
+    assert out == first  # out= keeps the first call's loss
+
+
 def test_bad_layer_inputs():
     with pytest.raises(gc.GraphcError, match=r"time-major \(T, N, F\)"):
         gc.nn.lstm(gc.input("x2", ("N", F)), H)

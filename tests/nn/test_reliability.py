@@ -709,3 +709,19 @@ def test_text_labels_for_regression_are_named_as_text(tmp_path):
     p = run("train", "--dataset", str(tmp_path / "s.npz"), "--task", "regression", "--epochs", "1", "--quiet")
     assert p.returncode == 2 and "regression targets must be numbers; the labels are text values (the first: " \
         "'cat')" in p.stderr, p.stderr
+
+
+def test_predict_reads_a_bundled_dataset_by_name(tmp_path):
+    """`graphc predict --data digits` said "unknown file type ''" (predict read files only, while train takes the
+    bundled names): it now predicts the bundled rows, the same labels as those rows saved to a file."""
+    from sklearn.datasets import load_digits
+
+    fit(data="digits", epochs=2, hidden=[16], progress=False, out=str(tmp_path / "run"))
+    X = load_digits().data
+    np.save(tmp_path / "rows.npy", X)
+    by_name = run("predict", "--run", tmp_path / "run", "--data", "digits")
+    by_file = run("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows.npy")
+    assert by_name.returncode == 0 and by_file.returncode == 0, by_name.stderr + by_file.stderr
+    assert by_name.stdout == by_file.stdout and len(by_name.stdout.splitlines()) == len(X) + 1
+    p = run("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows")
+    assert p.returncode == 2 and "or a bundled dataset's name (digits" in p.stderr, p.stderr

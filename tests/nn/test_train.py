@@ -563,3 +563,21 @@ def test_a_keep_probability_below_a_half_notes_pytorchs_drop_probability():
         assert bool(note) == noted, lines
         if noted:
             assert "keeps 0.2 of the hidden units" in note[0] and "dropout=0.8 (--dropout 0.8)" in note[0]
+
+
+def test_an_optimizer_of_another_family_over_a_model_file_leaves_out_the_files_learning_rate(tmp_path):
+    """`graphc train --model cnn_bn_digits.py --optimizer adamw` trained AdamW at the file's lr 0.05, set for
+    momentum SGD (PyTorch's AdamW default is 1e-3): a file's lr is now left out, with a note naming the lr used,
+    when the optimizer given defaults to another one; kept between optimizers that default alike, and an lr the
+    caller gives wins."""
+    X, y = blobs(n=60, f=4)
+    (tmp_path / "m.py").write_text("import graphc as gc\n\nOPTIONS = {'optimizer': 'momentum', 'lr': 0.05}\n\n\n"
+                                   "def model(x, n_outputs):\n    return gc.nn.dense(x, n_outputs, name='out')\n")
+    notes = []
+    r = fit(str(tmp_path / "m.py"), (X, y), epochs=1, optimizer="adamw", log=notes.append)
+    assert r.metrics["config"]["lr"] == 0.001
+    assert any("lr=0.05 in" in n and "(lr 0.001, 'adamw''s default; --lr / lr= chooses)" in n for n in notes), notes
+    assert fit(str(tmp_path / "m.py"), (X, y), epochs=1, optimizer="nesterov",
+               progress=False).metrics["config"]["lr"] == 0.05
+    assert fit(str(tmp_path / "m.py"), (X, y), epochs=1, optimizer="adamw", lr=0.02,
+               progress=False).metrics["config"]["lr"] == 0.02
