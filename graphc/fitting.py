@@ -280,6 +280,31 @@ def _config(options: dict) -> TrainConfig:
     return TrainConfig(**options)
 
 
+def other_optimizers_options(file_options: dict, given: dict, model_desc: str) -> tuple[dict, Callable | None]:
+    """A model file's momentum, weight decay or learning rate set for its own optimizer, which the optimizer
+    given replaces (given options override OPTIONS), left out where the new one takes none of it (a learning rate
+    is one family's: SGD's 0.05 diverges Adam; kept between optimizers that default alike), not refused as if
+    the caller gave it. Returns (the file's options kept, None or a function config -> the note saying so)."""
+    opt = given.get("optimizer")
+    own = file_options.get("optimizer", "sgd")
+    if opt is None or opt == own:
+        return file_options, None
+    same_lr = OPTIMIZERS.get(opt, (None, None))[1] == OPTIMIZERS.get(own, (None, None))[1]
+    takes = {"momentum": opt in ("sgd", "gd", "momentum", "nesterov"), "weight_decay": opt == "adamw",
+             "lr": same_lr}
+    dropped = {k: file_options[k] for k in takes
+               if file_options.get(k) and given.get(k) is None and not takes[k]}
+    if not dropped:
+        return file_options, None
+
+    def note(config) -> str:
+        return (f"note: {', '.join(f'{k}={v!r}' for k, v in dropped.items())} in {model_desc}'s OPTIONS is for its "
+                f"optimizer {own!r}; the optimizer given, {opt!r}, takes none: left out"
+                + (f" (lr {config.lr:g}, {opt!r}'s default; --lr / lr= chooses)" if "lr" in dropped else ""))
+
+    return {k: v for k, v in file_options.items() if k not in dropped}, note
+
+
 def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, out: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, progress: bool = True, label: str | None = None,
         features: list[str] | None = None, task: str | None = None, train_fraction: float = 1.0, split_seed: int = 0,
@@ -331,27 +356,12 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
                                   "it into the model (e.g. gc.nn.dropout(h, keep), layer sizes in gc.nn.dense)")
         defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
     chosen = {**defaults, **file_options, **options}
-    dropped_note = ""
-    if "optimizer" in options and file_options.get("optimizer") != options["optimizer"]:
-        # the file's momentum or weight decay was set for its own optimizer, which the caller's replaces (flags
-        # override OPTIONS): one the new optimizer takes none of is left out, not refused as if the caller gave it
-        opt = options["optimizer"]
-        own = file_options.get("optimizer", "sgd")
-        # a learning rate is one optimizer family's (SGD's 0.05 diverges Adam): kept where both default alike
-        same_lr = OPTIMIZERS.get(opt, (None, None))[1] == OPTIMIZERS.get(own, (None, None))[1]
-        takes = {"momentum": opt in ("sgd", "gd", "momentum", "nesterov"), "weight_decay": opt == "adamw",
-                 "lr": same_lr}
-        dropped = {k: file_options[k] for k in takes if k in file_options and k not in options and not takes[k]
-                   and file_options[k]}
-        if dropped:
-            file_options = {k: v for k, v in file_options.items() if k not in dropped}
-            dropped_note = (f"note: {', '.join(f'{k}={v!r}' for k, v in dropped.items())} in {model_desc}'s OPTIONS "
-                            f"is for its optimizer {own!r}; the optimizer given, {opt!r}, takes none: left out")
+    file_options, dropped_note = other_optimizers_options(file_options, options, model_desc)
     defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()
     if dropped_note:
-        log(dropped_note + (f" (lr {config.lr:g}, {opt!r}'s default; --lr / lr= chooses)" if "lr" in dropped else ""))
+        log(dropped_note(config))
     if config.optimizer == "adamw" and config.l2:
         log(f"note: l2={config.l2} with adamw adds the penalty l2/2·||w||² to the loss, whose gradient Adam then "
             f"rescales (PyTorch's Adam(weight_decay=)); AdamW's own decay, applied to the weights directly, is "

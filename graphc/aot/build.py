@@ -341,7 +341,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     classes from `data` (a bundled dataset name, a file, a Dataset) unless `task`, `n_features` and `n_outputs`
     are all given."""
     from graphc import data as datasets
-    from graphc.fitting import DATASET_DEFAULTS, OPTIMIZER_DEFAULTS, load_model_file
+    from graphc.fitting import DATASET_DEFAULTS, OPTIMIZER_DEFAULTS, load_model_file, other_optimizers_options
     from graphc.nn.train import TrainConfig
 
     file_options: dict = {}
@@ -385,6 +385,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
                            "it would be ignored. Drop it, or build it into the model")
         defaults = {k: v for k, v in defaults.items() if k not in MLP_OPTIONS}
     given = {k: v for k, v in options.items() if v is not None}
+    file_options, dropped_note = other_optimizers_options(file_options, given, desc)  # as gc.fit leaves them out
     defaults.update(OPTIMIZER_DEFAULTS.get({**defaults, **file_options, **given}.get("optimizer", "sgd"), {}))
     merged = {**defaults, **file_options, **given}
     known = {f.name for f in fields(TrainConfig)}
@@ -398,6 +399,8 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
             merged.pop(k)
     config = TrainConfig(**merged)
     config.validate()
+    if dropped_note:
+        notes.append(dropped_note(config).removeprefix("note: "))
     if model_fn is None:
         desc = f"the default MLP {'-'.join(str(d) for d in [n_features, *config.hidden, n_outputs])} " \
                f"({config.activation}, {config.init} init)"
