@@ -213,6 +213,13 @@ def test_bad_layer_inputs():
         gc.nn.lstm(gc.input("x2", ("N", F)), H)
     with pytest.raises(gc.GraphcError, match="hidden must be a positive int"):
         gc.nn.gru(gc.input("xs", ("T", "N", F)), 0)
+    # batch-first data (PyTorch's batch_first=True) read as time-major would loop over the batch, silently
+    for kind in ("rnn", "gru", "lstm"):
+        for shape in (("N", "T", F), ("N", 7, F)):
+            with pytest.raises(gc.GraphcError, match=r"its first axis is the batch dim N .*batch_first=True.*"
+                                                     r"gc.transpose\(xs, \(1, 0, 2\)\)"):
+                getattr(gc.nn, kind)(gc.input("bf", shape), H, name="bf")
+    assert gc.nn.lstm(gc.transpose(gc.input("bf", ("N", "T", F)), (1, 0, 2)), H, name="bf").shape == (gc.dim("N"), H)
 
 
 def test_the_digits_rows_example_trains_natively():
