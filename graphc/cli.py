@@ -83,7 +83,7 @@ def _train(args) -> int:
 
     options: dict = {}
     for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "l2", "l1", "seed", "threads",
-                 "schedule", "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
+                 "clip_grad_norm", "schedule", "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "lr*WD) each step on every parameter, biases included, as torch.optim.AdamW (default: 0.01 with "
                    "--optimizer adamw; the other optimizers refuse it: their coupled weight decay, PyTorch's "
                    "Adam(weight_decay=) for instance, is --l2)")
+    t.add_argument("--clip-grad-norm", type=float, metavar="MAX", help="scale each step's gradients together to a "
+                   "2-norm of at most MAX before the optimizer reads them, as torch.nn.utils.clip_grad_norm_ (the "
+                   "usual guard against exploding gradients in recurrent models) (default: no clipping)")
     t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch "
                    f"(default: {defaults['schedule']})")
     t.add_argument("--l2", type=float, metavar="NU", help="L2 penalty nu/2 ||w||^2 on weights, added to the loss "

@@ -42,6 +42,7 @@ from graphc.nn.layers import (
     state_updates,
 )
 from graphc.nn.losses import binary_cross_entropy, huber, l1, l2, mae, mse, softmax_cross_entropy
+from graphc.nn.optim import clip_grad_norm
 from graphc.nn.recurrent import embedding, gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from graphc.nn.sequence import last_step, sequence_mask
 from graphc.ops import log_softmax, relu, sigmoid, softmax, softplus, tanh  # jax.nn's and torch.nn.functional's
@@ -52,7 +53,7 @@ __all__ = [
     "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
     "mlp", "model_build", "parameters", "layer_norm",
     "batch_norm", "state_updates", "init_state",
-    "init_params", "Uniform", "Normal", "optim",
+    "init_params", "Uniform", "Normal", "optim", "clip_grad_norm",
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",
     "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "leaky_relu", "elu", "gelu", "silu",

@@ -202,6 +202,42 @@ def make(name: str, momentum: float = 0.0, weight_decay: float | None = None) ->
     return OPTIMIZERS[name][0](momentum)
 
 
+def clip_grad_norm(grads, max_norm, *, eps: float = 1e-6):
+    """torch.nn.utils.clip_grad_norm_ as graph ops: the gradients scaled together by min(1, max_norm / (‖g‖ +
+    eps)), where ‖g‖ is the 2-norm of all of them at once (one vector). Returns (the clipped gradients in the
+    order given, as a list; the total norm before clipping, a scalar tensor), so an update is written as
+    `clipped, norm = clip_grad_norm(gc.grad(loss, params), 1.0)` then `p - lr * g` over the pairs.
+    `max_norm` is a number > 0 or a scalar float tensor (an input: changed without recompiling). Clipping each
+    element instead (torch's clip_grad_value_) is `gc.clip(g, -v, v)`."""
+    single = isinstance(grads, Node)
+    grads = [grads] if single else list(grads)
+    if not grads:
+        raise GraphcError("clip_grad_norm: grads must be a gradient tensor or a non-empty list of them (gc.grad's "
+                          "result)")
+    grads = [ops.as_tensor(g) for g in grads]
+    for i, g in enumerate(grads):
+        if g.dtype not in ("float32", "float64"):
+            raise GraphcError(f"clip_grad_norm: grads[{i}] is {g.dtype}, not a float gradient")
+    if isinstance(max_norm, Node):
+        if max_norm.ndim != 0 or max_norm.dtype not in ("float32", "float64"):
+            raise GraphcError(f"clip_grad_norm: max_norm must be a number > 0 or a scalar float tensor, got a "
+                              f"{max_norm.dtype} tensor of shape {max_norm.shape}")
+    elif (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating))
+          or not (0 < float(max_norm) < math.inf)):
+        raise GraphcError(f"clip_grad_norm: max_norm must be a finite number > 0 (PyTorch's max_norm), got "
+                          f"{max_norm!r}")
+    dtype = "float64" if any(g.dtype == "float64" for g in grads) else "float32"
+    squares = [ops.cast(ops.sum(g * g), dtype) for g in grads]
+    total = squares[0]
+    for sq in squares[1:]:
+        total = total + sq
+    norm = ops.sqrt(total)
+    limit = ops.cast(max_norm, dtype) if isinstance(max_norm, Node) else ops.constant(float(max_norm), dtype)
+    coef = ops.minimum(limit / (norm + ops.constant(float(eps), dtype)), ops.constant(1.0, dtype))
+    clipped = [g * ops.cast(coef, g.dtype) for g in grads]
+    return (clipped[0] if single else clipped), norm
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The learning rate for each epoch: constant, step decay (× gamma every `every` epochs), or cosine

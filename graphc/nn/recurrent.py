@@ -25,6 +25,7 @@ import numpy as np
 
 from graphc import ops
 from graphc.errors import DTypeError, GraphcError
+from graphc.ir.dims import Dim
 from graphc.ir.node import scope
 from graphc.ir.shapes import INT_DTYPES
 from graphc.nn.layers import layer_name, note_unnamed_use
@@ -84,6 +85,14 @@ def _check(kind: str, xs, hidden, name):
     xs = ops.as_tensor(xs)
     if xs.ndim != 3:
         raise GraphcError(f"{kind} {name!r}: xs must be time-major (T, N, F), got {describe(xs)}")
+    t, n = xs.shape[0], xs.shape[1]
+    if isinstance(t, Dim) and t.is_symbol and t.name == "N" and not (isinstance(n, Dim) and n.is_symbol
+                                                                       and n.name == "N"):
+        # the batch dim on the time axis: read as time-major, the loop would run over the batch and mix the
+        # sequences together, silently
+        raise GraphcError(f"{kind} {name!r}: xs must be time-major (T, N, F), but its first axis is the batch dim N "
+                          f"({describe(xs)}): for batch-first data (PyTorch's batch_first=True) pass "
+                          f"gc.transpose(xs, (1, 0, 2))")
     if not isinstance(xs.shape[2], int):
         raise GraphcError(f"{kind} {name!r}: the feature dim of xs must be known, got {describe(xs)}")
     if xs.dtype not in ("float32", "float64"):

@@ -25,7 +25,7 @@ from graphc.ir.node import Node, SourceInfo, needs_training_mode, topo_order
 from graphc.nn import checkpoint as ckpt
 from graphc.nn.layers import init_params, init_state, mlp, model_build, parameters, state_updates
 from graphc.nn.losses import binary_cross_entropy, l1, l2, mse, softmax_cross_entropy
-from graphc.nn.optim import Schedule, make
+from graphc.nn.optim import Schedule, clip_grad_norm, make
 from graphc.runtime.buffers import aligned_empty
 from graphc.runtime.epoch import EpochFunction
 from graphc.runtime.jit import CompiledFunction, default_threads
@@ -47,6 +47,9 @@ class TrainConfig:
     # AdamW's decoupled decay θ ← θ(1 - lr·wd) of every parameter (None: its default, 0.01); the other optimizers
     # have none (their coupled form, PyTorch's Adam(weight_decay=), is the l2 penalty)
     weight_decay: float | None = None
+    # torch.nn.utils.clip_grad_norm_'s max_norm: every step's gradients (penalties' included) scaled together to
+    # a 2-norm of at most this before the optimizer reads them (None: no clipping)
+    clip_grad_norm: float | None = None
     schedule: str = "constant"  # constant, step, cosine
     step_gamma: float = 0.1
     step_every: int = 10
@@ -105,6 +108,10 @@ class TrainConfig:
              f"weight_decay {wd} is AdamW's decoupled decay (θ ← θ(1 - lr·wd)), and {self.optimizer} has none: use "
              f"optimizer 'adamw' (--optimizer adamw), or for the coupled form (the gradient wd·w that PyTorch's "
              f"SGD/Adam(weight_decay=wd) adds) the L2 penalty l2={wd} (--l2 {wd}; on the weights, penalize= selects)")
+        cg = self.clip_grad_norm
+        need(cg is None or (number(cg) and cg > 0),
+             f"clip_grad_norm must be a number > 0 (the largest 2-norm of each step's gradients, PyTorch's "
+             f"clip_grad_norm_(max_norm)), or None for no clipping; got {cg!r}")
         for name in ("threads", "early_stopping"):
             v = getattr(self, name)
             need(v is None or integer(v), f"{name} must be an int, got {v!r}")
@@ -474,6 +481,13 @@ class Trainer:
             self.penalty = term if self.penalty is None else self.penalty + term
         self.loss = loss
         self.grads = grad(loss, self.params)
+        if config.clip_grad_norm is not None:
+            if distributed is not None:
+                # the norm is of the whole batch's gradient, summed over the ranks, and each rank updates a share
+                # of the parameters: no rank sees it
+                raise GraphcError(f"clip_grad_norm={config.clip_grad_norm}: gradient clipping is not available "
+                                  "in data-parallel training (mpirun) yet; train in one process, or leave it out")
+            self.grads, _ = clip_grad_norm(self.grads, config.clip_grad_norm)
         name = "momentum" if all_features and config.optimizer in ("sgd", "gd") else config.optimizer
         self.opt = make(name, config.momentum, config.weight_decay)
         if getattr(self.opt, "momentum", 0.0):
@@ -554,6 +568,8 @@ class Trainer:
         """What a checkpoint must match to be resumed: the step graph and the options that shape the run."""
         h = hashlib.sha256(self.loss.digest().encode())
         skip = {"threads", "checkpoint_every"}
+        if self.config.clip_grad_norm is None:
+            skip.add("clip_grad_norm")  # the runs from before the option resume as they did
         if self.config.weight_decay is None:
             skip.add("weight_decay")  # not AdamW: the fingerprints of runs from before the option still match
         if self.config.schedule != "cosine":

@@ -30,6 +30,16 @@ def leaves_by_name(order: list[Node]) -> dict[str, Node]:
             continue
         other = out.get(n.name)
         if other is not None and other is not n:
+            if (n.op.name == other.op.name == "param" and n.shape == other.shape and n.dtype == other.dtype
+                    and n.attrs.get("init") != other.attrs.get("init")):
+                # the one difference is the initializer: most likely a weight meant to be shared (tied) by name
+                raise GraphcError(
+                    f"two different tensors are named {n.name!r}: the parameter {fmt_type(n.shape, n.dtype)} is "
+                    f"declared twice with different initializers, {_init_desc(other)} at {other.source.where()} "
+                    f"and {_init_desc(n)} at {n.source.where()}, so they are two parameters of one name; to "
+                    f"share one (tying, e.g. an embedding's table as the output layer's weights) use the tensor "
+                    f"itself, gc.nn.parameters(layer_output) gives a layer's, or declare it again with the same init=; "
+                    f"else give them distinct names")
             raise GraphcError(
                 f"two different tensors are named {n.name!r}: {other.op.name} {fmt_type(other.shape, other.dtype)} "
                 f"declared at {other.source.where()} and {n.op.name} {fmt_type(n.shape, n.dtype)} declared at "
@@ -41,6 +51,11 @@ def leaves_by_name(order: list[Node]) -> dict[str, Node]:
         out[n.name] = n
     _unnamed_layers_apart(order, out)
     return out
+
+
+def _init_desc(n: Node) -> str:
+    init = n.attrs.get("init")
+    return f"init={init!r}" if isinstance(init, (str, int, float)) else f"init={init}"
 
 
 def _unnamed_layers_apart(order: list[Node], leaves: dict[str, Node]) -> None:

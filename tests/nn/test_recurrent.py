@@ -207,11 +207,42 @@ def test_a_computed_id_out_of_range_leaves_the_parameters_and_out_arrays_as_they
     assert out == first  # out= keeps the first call's loss
 
 
+def test_a_tied_embedding_is_one_parameter_and_a_redeclaration_with_another_init_says_so():
+    """Tying the input embedding to the output layer (logits = h @ E.T, PyTorch's `decoder.weight =
+    encoder.weight`): the table taken from gc.nn.parameters is one parameter whose gradient sums both uses;
+    declaring it again by name with the default init makes a second parameter of the same name, refused with a
+    message that names the two initializers and the way to share it (it said only "give them distinct names")."""
+    ids = gc.input("ids", ("N",), "int64")
+    x = gc.nn.embedding(ids, 5, 3, name="emb")
+    (table,) = gc.nn.parameters(x)
+    loss = gc.sum(gc.sin(x @ gc.transpose(table)))
+    E = np.random.default_rng(0).normal(size=(5, 3))
+    idv = np.array([1, 4, 1])
+    g = gc.evaluate(gc.grad(loss, table), {"ids": idv, "emb.E": E})
+    c = np.cos(E[idv] @ E.T)  # d loss / d logits
+    want = c.T @ E[idv]  # through the output layer
+    np.add.at(want, idv, c @ E)  # through the gathered rows
+    np.testing.assert_allclose(g, want, rtol=1e-12)
+    assert gc.nn.parameters(loss) == [table]
+    again = gc.param("emb.E", (5, 3))  # he_normal: another parameter
+    with pytest.raises(gc.GraphcError, match=r"two different tensors are named 'emb.E': the parameter "
+                       r"f32\[5,3\] is declared twice with different initializers, init=Normal\(std=1.0\) at "
+                       r"test_recurrent.py:\d+ in emb and init='he_normal' .*gc.nn.parameters\(layer_output\)"):
+        gc.evaluate(x @ gc.transpose(again), {"ids": idv, "emb.E": E.astype(np.float32)})
+
+
 def test_bad_layer_inputs():
     with pytest.raises(gc.GraphcError, match=r"time-major \(T, N, F\)"):
         gc.nn.lstm(gc.input("x2", ("N", F)), H)
     with pytest.raises(gc.GraphcError, match="hidden must be a positive int"):
         gc.nn.gru(gc.input("xs", ("T", "N", F)), 0)
+    # batch-first data (PyTorch's batch_first=True) read as time-major would loop over the batch, silently
+    for kind in ("rnn", "gru", "lstm"):
+        for shape in (("N", "T", F), ("N", 7, F)):
+            with pytest.raises(gc.GraphcError, match=r"its first axis is the batch dim N .*batch_first=True.*"
+                                                     r"gc.transpose\(xs, \(1, 0, 2\)\)"):
+                getattr(gc.nn, kind)(gc.input("bf", shape), H, name="bf")
+    assert gc.nn.lstm(gc.transpose(gc.input("bf", ("N", "T", F)), (1, 0, 2)), H, name="bf").shape == (gc.dim("N"), H)
 
 
 def test_the_digits_rows_example_trains_natively():

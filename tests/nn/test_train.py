@@ -581,3 +581,65 @@ def test_an_optimizer_of_another_family_over_a_model_file_leaves_out_the_files_l
                progress=False).metrics["config"]["lr"] == 0.05
     assert fit(str(tmp_path / "m.py"), (X, y), epochs=1, optimizer="adamw", lr=0.02,
                progress=False).metrics["config"]["lr"] == 0.02
+
+
+def test_clip_grad_norm_is_pytorchs_without_torch():
+    """gc.nn.clip_grad_norm scales every gradient by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all of
+    them together, as torch.nn.utils.clip_grad_norm_ (written out in numpy here), and returns that norm; under
+    the limit the gradients are unchanged; max_norm may be a scalar input; a bad max_norm is refused."""
+    rng = np.random.default_rng(0)
+    gs = [rng.normal(size=(3, 4)), rng.normal(size=(4,)), rng.normal(size=())]
+    ins = [gc.input(f"g{i}", g.shape, "float64") for i, g in enumerate(gs)]
+    vals = {f"g{i}": g for i, g in enumerate(gs)}
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in gs))
+    for max_norm in (0.5, 2.0, 100.0):
+        clipped, total = gc.nn.clip_grad_norm(ins, max_norm)
+        out = gc.evaluate([total, *clipped], vals)
+        assert out[0] == pytest.approx(norm, rel=1e-14)
+        coef = min(1.0, max_norm / (norm + 1e-6))
+        for a, g in zip(out[1:], gs, strict=True):
+            np.testing.assert_allclose(a, g * coef, rtol=1e-14)
+        if max_norm < norm:
+            assert math.sqrt(sum(float(np.sum(a * a)) for a in out[1:])) == pytest.approx(max_norm, rel=1e-5)
+        else:
+            assert all(np.array_equal(a, g) for a, g in zip(out[1:], gs, strict=True))
+    limit = gc.input("max_norm", (), "float64")
+    one, _ = gc.nn.clip_grad_norm(ins[0], limit)  # one tensor in, one out
+    np.testing.assert_allclose(gc.evaluate(one, {"g0": gs[0], "max_norm": 0.1}),
+                               gs[0] * 0.1 / (np.linalg.norm(gs[0]) + 1e-6), rtol=1e-14)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(gc.GraphcError, match="max_norm must be a finite number > 0"):
+            gc.nn.clip_grad_norm(ins, bad)
+    with pytest.raises(gc.GraphcError, match="non-empty list"):
+        gc.nn.clip_grad_norm([], 1.0)
+
+
+def test_the_clip_grad_norm_option_clips_every_native_step():
+    """clip_grad_norm= (--clip-grad-norm): a full-batch step moves the parameters by lr times the clipped
+    gradient (the reference's gradient, clipped in numpy as torch does), a mini-batch epoch equals the reference
+    stepped in Python, a limit above the norm changes nothing, and the option is recorded and checked."""
+    X, y = blobs(n=60)
+    tr = trainer_for(X, y, clip_grad_norm=0.05, batch_size=60)
+    state = tr.init_state(1)
+    grads = gc.evaluate(gc.grad(tr.loss, tr.params), dict(state, x=X, y=y))
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+    assert norm > 0.5  # so that 0.05 clips
+    want = {p.name: state[p.name] - 0.1 * g * (0.05 / (norm + 1e-6)) for p, g in zip(tr.params, grads, strict=True)}
+    tr.epoch_fn.run_epoch(X, y, state, batch=60, scalars=tr.scalars(0))
+    for k, v in want.items():
+        np.testing.assert_allclose(state[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+    tr = trainer_for(X, y, clip_grad_norm=0.05, optimizer="momentum")
+    state = tr.init_state(3)
+    ref, ref_loss = reference_epoch(tr, state, X, y, epoch=0, seed=2, step0=0, scalars=tr.scalars(0), batch=16)
+    stats = tr.epoch_fn.run_epoch(X, y, state, batch=16, epoch=0, seed=2, step0=0, scalars=tr.scalars(0))
+    assert stats.mean_loss == pytest.approx(ref_loss, rel=1e-5)
+    for k in ref:
+        np.testing.assert_allclose(state[k], ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    plain = fit(None, (X, y), progress=False, epochs=2, hidden=[8])
+    loose = fit(None, (X, y), progress=False, epochs=2, hidden=[8], clip_grad_norm=1e6)
+    tight = fit(None, (X, y), progress=False, epochs=2, hidden=[8], clip_grad_norm=1e-3)
+    assert all(np.array_equal(plain.params[k], loose.params[k]) for k in plain.params)
+    assert all(not np.array_equal(plain.params[k], tight.params[k]) for k in plain.params)
+    for bad in (0.0, -1.0, float("inf"), "1"):
+        with pytest.raises(gc.GraphcError, match="clip_grad_norm must be a number > 0"):
+            fit(None, (X, y), progress=False, epochs=1, clip_grad_norm=bad)
