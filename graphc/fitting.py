@@ -474,7 +474,8 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
     if dist is not None:
         metrics.update(dist.run_metrics(trainer))
         dist.close()  # its watchdog thread
-    result = FitResult(params, run["history"], metrics, config, _predictor(trainer, state, ds.grid), ds)
+    result = FitResult(params, run["history"], metrics, config,
+                       _predictor(trainer, state, ds.grid, key=config.seed), ds)
     if out_dir is not None:
         try:
             write_artifacts(out_dir, result)
@@ -543,9 +544,14 @@ def _check_outputs(trainer: Trainer, ds: datasets.Dataset, model_desc: str = "th
                               f"{want} value(s) per row: expected (N, {want}) outputs{where}")
 
 
-def _predictor(trainer: Trainer, state: dict, grid=None) -> Callable[[np.ndarray], np.ndarray]:
+def _predictor(trainer: Trainer, state: dict, grid=None, *, key: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """`predict` of a trained model. A model that draws gc.random numbers draws them in inference too, keyed by
+    `key`, the run's evaluation key (its seed, as Trainer.evaluate keys validation): its predictions are
+    deterministic, and the same in process, from gc.load and from graphc export's library."""
     params = {k: v.copy() for k, v in trainer.param_values(state).items()}
     fn = trainer.eval_fn
+    if any(leaf.name == "rng_key" for leaf in fn.signature.inputs):
+        params["rng_key"] = np.int64(key)
 
     width = trainer.x.shape[1]
 
@@ -606,7 +612,9 @@ def write_artifacts(out: Path, result: FitResult) -> None:
     np.savez(buf, **result.params)
     write_atomic(out / "weights.npz", buf.getvalue())
     if result.dataset is not None:
-        write_atomic(out / "data.json", (json.dumps(data_description(result.dataset), indent=2) + "\n").encode())
+        # with the key gc.random's draws take in inference, so gc.load and graphc export predict as this run did
+        d = {**data_description(result.dataset), "eval_key": int(result.config.seed)}
+        write_atomic(out / "data.json", (json.dumps(d, indent=2) + "\n").encode())
     phase1 = [r for r in rows if r["phase"] == 1]
     refit = [r for r in rows if r["phase"] == 2]
     series = {"train loss": [r["train_loss"] for r in phase1]}
@@ -681,6 +689,7 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
         raise GraphcError(f"{where}: data.json does not say how many features the model takes (a run written by an "
                           "older graphc): rebuild it with graphc export --weights instead")
     check_standardization(d, n_features, f"{where}: data.json")
+    key = eval_key(d, m, f"{where}: data.json")
     grid = grid or datasets.GRIDS.get(d.get("dataset"))
     y_shape = (n_outputs,) if task != "multiclass" and n_outputs > 1 else ()
     if task == "regression" and isinstance(d.get("y_shape"), list) and d["y_shape"] in ([], [n_outputs]):
@@ -705,7 +714,26 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
     if (run / "history.csv").is_file():
         with open(run / "history.csv", newline="") as f:
             history = [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return FitResult(params, history, m, config, _predictor(trainer, params, ds.grid), ds)
+    return FitResult(params, history, m, config, _predictor(trainer, params, ds.grid, key=key), ds)
+
+
+def eval_key(d: dict, m: dict, where: str = "data.json") -> int:
+    """The key a run's gc.random draws take in inference (evaluation, predict, an exported library), from its
+    data.json `d` and metrics.json `m`: data.json's `eval_key` (the run's seed; gc.fit(out=) and a training binary
+    write it); for a run written before graphc recorded it, the seed in metrics.json (its `config`, else the
+    top-level `seed` a training binary writes); else 0 (TrainConfig's default seed). A damaged `eval_key` is a
+    GraphcError naming `where`."""
+    def good(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+    if "eval_key" in d and not good(d["eval_key"]):
+        raise GraphcError(f"{where}: eval_key is {d['eval_key']!r}: it must be an int in [0, 2**63) (the run's seed, "
+                          "the key of its gc.random draws in inference); it is written by graphc train with the "
+                          "weights: use that run's own data.json")
+    for v in (d.get("eval_key"), (m.get("config") or {}).get("seed"), m.get("seed")):
+        if good(v):
+            return v
+    return 0
 
 
 def recorded_sizes(d: dict, m: dict) -> tuple[int | None, int, tuple | None]:

@@ -1070,11 +1070,16 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     # batch norm's running statistics are the model's arrays too (the forward function is inference's)
     kept = {id(leaf) for leaf in state_updates(y)}
     params = [leaf for leaf in leaves if leaf.op.name == "param" or id(leaf) in kept]
-    others = [leaf.name for leaf in leaves if leaf is not x and leaf.op.name != "param" and id(leaf) not in kept]
+    # gc.random's draws read the key in inference too: the library bakes in the run's evaluation key (its seed),
+    # so that it predicts what gc.load(run).predict does
+    key_leaf = next((leaf for leaf in leaves if leaf.name == "rng_key" and leaf.op.name == "input"), None)
+    others = [leaf.name for leaf in leaves if leaf is not x and leaf is not key_leaf and leaf.op.name != "param"
+              and id(leaf) not in kept]
     if others:
         raise AotError(f"the model's forward function has inputs {others} besides x and its parameters")
     values = _load_weights(Path(weights), params)
     data = _data_of(Path(weights), spec)
+    key = _eval_key_of(Path(weights), data) if key_leaf is not None else None
     slot = {leaf.name: buf.index for leaf, buf in zip(leaves, prog.inputs, strict=True)}
     out_row = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
     fewest, _ = _fewest_rows([fn], max_batch, "the model")
@@ -1083,6 +1088,8 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     blob = Blob()
     consts = [(i, blob.add(a)) for i, a in sorted(prog.consts.items())]
     tensors = [_tensor(p.name, -1, slot[p.name], p.shape, blob.add(values[p.name])) for p in params]
+    if key is not None:  # bound as the weights are: a constant int64 scalar in the blob
+        tensors.append(_tensor("rng_key", -1, slot["rng_key"], (), blob.add(np.asarray(key, np.int64))))
     work, cleanup = _work_dir(keep)
     upper = name.upper()
     try:
@@ -1095,7 +1102,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
                 "GC_FEWEST_ROWS": fewest, "GC_MAX_THREADS": max_threads, "GC_NBUF": len(prog.buffers),
                 "GC_NSYM": max(len(prog.symbols), 1),
                 "GC_NDIM": list(prog.symbols).index(x.shape[0]), "GC_X": slot[x.name],
-                "GC_OUT": prog.outputs[0].index, "GC_NPARAMS": len(params), "GC_NBUCKETS": len(buckets),
+                "GC_OUT": prog.outputs[0].index, "GC_NPARAMS": len(tensors), "GC_NBUCKETS": len(buckets),
                 "GC_NTEMPS": len(temps), "GC_NCPU": len(required_features(tgt)),
                 "GC_PREDICT_STANDARDIZED": f"{name}_predict_standardized",
                 "GC_HAS_STD": int(data is not None and data.get("x_mean") is not None),
@@ -1135,7 +1142,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
         cleanup()
     hdr.parent.mkdir(parents=True, exist_ok=True)
     hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
-                                  data, min_batch=fewest, vocab=vocab))
+                                  data, min_batch=fewest, vocab=vocab, key=key))
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
                         time.perf_counter() - t0)
 
@@ -1167,6 +1174,24 @@ def _data_of(weights: Path, spec: ModelSpec) -> dict | None:
     return spec.data
 
 
+def _eval_key_of(weights: Path, data: dict | None) -> int:
+    """The key a model's gc.random draws take in the library: the run's evaluation key, as gc.load finds it
+    (graphc.fitting.eval_key: data.json's eval_key, else metrics.json's seed, else 0)."""
+    import json
+
+    from graphc.fitting import eval_key
+
+    try:
+        m = json.loads((weights / "metrics.json").read_text()) if (weights / "metrics.json").is_file() else {}
+    except (OSError, ValueError):
+        m = {}
+    try:
+        return eval_key(data if isinstance(data, dict) else {}, m if isinstance(m, dict) else {},
+                        str(weights / "data.json"))
+    except GraphcError as e:
+        raise AotError(str(e)) from None
+
+
 def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
     """The image layout, for a model that takes images: each row is one image flattened row-major."""
     from graphc.nn.train import model_layout, sequence_grid
@@ -1194,7 +1219,7 @@ def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
 
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
                    tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1,
-                   vocab: int = 0) -> str:
+                   vocab: int = 0, key: int | None = None) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
@@ -1216,6 +1241,10 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
         extra += (f"/* The dataset's class labels in output order ({what}). */\n#define {upper}_N_CLASSES "
                   f"{len(classes)}\nstatic const char *const {upper}_CLASS_LABELS[{len(classes)}] = "
                   f"{{{', '.join(c_string(str(c)) for c in classes)}}};\n")
+    if key is not None:
+        extra += (f"/* The model draws gc.random numbers in inference too, keyed by the run's evaluation key (its "
+                  f"seed), built in:\n * the same predictions as gc.load(run).predict. */\n#define {upper}_RNG_KEY "
+                  f"{int(key)}\n")
     if vocab:
         raw_doc = (f"x holds n sequences of {upper}_STEPS token ids, as floats (exact integers in [0, "
                    f"{upper}_VOCAB): another value is {upper}_ERR_INPUT)")

@@ -876,11 +876,13 @@ static void json_string(FILE *f, const char *s) {
 }
 
 /* data.json: what travels with the weights to graphc export: the standardization (null: the features were used
- * as given) and the class labels in output order. */
-static void write_data_json(const char *dir, int standardized) {
+ * as given), the class labels in output order, and eval_key: the key of the model's gc.random draws in evaluation
+ * (the seed), with which gc.load and graphc export predict as the binary evaluated (graphc.fitting.eval_key). */
+static void write_data_json(const char *dir, int standardized, int64_t eval_key) {
     char tmp[4096], final[4096];
     FILE *f = open_out(dir, "data.json", tmp, final);
-    fprintf(f, "{\n  \"task\": \"%s\",\n%s", GC_TASK_NAME, GC_RUN_JSON);
+    fprintf(f, "{\n  \"task\": \"%s\",\n%s  \"eval_key\": %lld,\n", GC_TASK_NAME, GC_RUN_JSON,
+            (long long)eval_key);
     for (int k = 0; k < 2; k++) {
         fprintf(f, "  \"%s\": ", k ? "x_std" : "x_mean");
         if (!standardized) fprintf(f, "null");
@@ -1834,7 +1836,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
     for (int i = 0; i < GC_NBUFS; i++) write_npy(o.out, &gc_bufs[i], bufs[i]); /* as weights.npz holds them */
     write_history(o.out, rows, nrows, o.x_val != NULL);
-    write_data_json(o.out, o.standardize);
+    write_data_json(o.out, o.standardize, ekey);
     const char *split = o.x_test ? "test" : o.x_val ? "val" : "train";
     const npy_t *fx = o.x_test ? &xte : o.x_val ? &xva : &xtr, *fy = o.x_test ? &yte : o.x_val ? &yva : &ytr;
     double rmse = 0.0, floss = evaluate(fx->data, fy->data, rows_of(fx), eout, threads);

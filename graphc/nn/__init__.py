@@ -40,6 +40,7 @@ from graphc.nn.layers import (
     model_build,
     parameters,
     state_updates,
+    training_switch,
 )
 from graphc.nn.losses import binary_cross_entropy, huber, l1, l2, mae, mse, softmax_cross_entropy
 from graphc.nn.optim import clip_grad_norm
@@ -52,7 +53,7 @@ from graphc.ops.random import dropout
 __all__ = [
     "ACTIVATIONS", "dense", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "flatten",
     "mlp", "model_build", "parameters", "layer_norm",
-    "batch_norm", "state_updates", "init_state",
+    "batch_norm", "state_updates", "init_state", "training_switch",
     "init_params", "Uniform", "Normal", "optim", "clip_grad_norm",
     "mse", "mae", "huber", "binary_cross_entropy", "softmax_cross_entropy", "l1", "l2", "dropout",
     "rnn", "gru", "lstm", "rnn_cell", "gru_cell", "lstm_cell", "embedding", "sequence_mask", "last_step",

@@ -339,6 +339,17 @@ def layer_norm(x, *, axis=-1, eps: float = 1e-5, scale: bool = True, center: boo
         return y
 
 
+
+def training_switch(in_training, in_inference):
+    """`in_training` where the model trains (gc.fit's and a training binary's steps, gc.evaluate(...,
+    training=True)), `in_inference` elsewhere: evaluation, predict, graphc export (one shape and dtype). What
+    gates a gc.random draw to training, as dropout is gated: `gc.nn.training_switch(x + 0.1 * gc.random.normal_like(x),
+    x)` adds noise in training steps only, and inference then reads no rng_key."""
+    from graphc.ops.control import training_switch as switch
+
+    return switch(in_training, in_inference)
+
+
 def batch_norm(x, *, axis=-1, momentum: float = 0.1, eps: float = 1e-5, scale: bool = True, center: bool = True,
                name: str | None = None) -> ops.Tensor:
     """Batch normalization (Ioffe & Szegedy 2015) with PyTorch's semantics (nn.BatchNorm1d/2d): each channel

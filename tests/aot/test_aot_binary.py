@@ -397,19 +397,32 @@ def model(x, n_outputs):  # gaussian noise on the input: a fresh draw each step,
 def test_a_binary_keys_a_models_random_draws_as_gc_fit_does(digits_data, tmp_path):
     """A model drawing gc.random numbers: the binary feeds the step's key as it does dropout's (a fresh one per
     step) and evaluates with the seed as the key, as gc.fit does: bitwise the same weights and losses (the
-    validation losses too), with the full and with the plain step."""
+    validation losses too), with the full and with the plain step. Its data.json records that key (eval_key), so
+    gc.load of the binary's run predicts as gc.fit's result does (it failed: no rng_key); a data.json written
+    before eval_key falls back to metrics.json's seed."""
     from graphc.aot import build
-    from graphc.fitting import fit
+    from graphc.fitting import fit, load
 
-    _, paths = digits_data
+    ds, paths = digits_data
     model = tmp_path / "noisy.py"
     model.write_text(NOISY_MODEL)
     exe = build(tmp_path / "train-noisy", str(model), "digits").path
+    X = ds.X_test[:40]
     for tag, kw in (("full", dict(epochs=2, momentum=0.5, seed=4)), ("plain", dict(epochs=2, seed=5))):
         out = tmp_path / tag
         p = subprocess.run([str(exe), *data_flags(paths), *flags(**kw), "--quiet", "--out", str(out)],
                            capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         assert json.loads((out / "metrics.json").read_text())["step"] == tag
-        _same_run(out, fit(str(model), "digits", progress=False, checkpoint_every=0, **kw),
-                  ["fc.W", "fc.b", "out.W", "out.b"])
+        result = fit(str(model), "digits", progress=False, checkpoint_every=0, **kw)
+        _same_run(out, result, ["fc.W", "fc.b", "out.W", "out.b"])
+        d = json.loads((out / "data.json").read_text())
+        assert d["eval_key"] == kw["seed"]
+        want = result.predict(X)
+        assert np.array_equal(load(out).predict(X), want)
+        d["eval_key"] = kw["seed"] + 1  # the key matters: another one draws other noise
+        (out / "data.json").write_text(json.dumps(d))
+        assert not np.allclose(load(out).predict(X), want, atol=1e-3)
+        del d["eval_key"]  # an older binary's run: the seed its metrics.json records
+        (out / "data.json").write_text(json.dumps(d))
+        assert np.array_equal(load(out).predict(X), want)

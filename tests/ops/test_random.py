@@ -133,6 +133,31 @@ def test_fit_trains_a_model_with_noise():
 
     r = gc.fit(noisy, (X, y), epochs=3, batch_size=16, progress=False, seed=1)
     assert np.isfinite(r.metrics["train_loss"])
+    # predict draws too, keyed by the run's seed as its evaluation is (it failed: no rng_key)
+    out = noisy(gc.input("x", ("N", 4)), 1)  # binary: one logit
+    want = gc.evaluate(out, {**r.params, "x": X, "rng_key": 1})
+    np.testing.assert_allclose(r.predict(X), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want, gc.evaluate(out, {**r.params, "x": X, "rng_key": 2}), atol=1e-3)
+
+
+def test_a_draw_gated_by_gc_nn_training_switch_draws_in_training_only():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def gated(x, n_outputs):
+        h = gc.nn.training_switch(x + gc.random.normal_like(x, std=0.5, salt="input noise"), x)
+        return gc.nn.dense(h, n_outputs, name="out")
+
+    out = gated(gc.input("x", ("N", 4)), 1)
+    params = {"out.W": rng.normal(size=(4, 1)).astype(np.float32), "out.b": np.zeros(1, np.float32)}
+    clean = X @ params["out.W"]
+    np.testing.assert_allclose(gc.evaluate(out, {**params, "x": X, "rng_key": 3}), clean, rtol=1e-5, atol=1e-6)
+    noisy = gc.evaluate(out, {**params, "x": X, "rng_key": 3}, training=True)
+    assert not np.allclose(noisy, clean, atol=1e-2)
+    r = gc.fit(gated, (X, y), epochs=2, batch_size=16, progress=False, seed=1)
+    W, b = r.params["out.W"], r.params["out.b"]
+    np.testing.assert_allclose(r.predict(X), X @ W + b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("call, match", [
