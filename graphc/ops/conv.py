@@ -133,10 +133,10 @@ def _fail(err: GraphcError, inputs, what: str) -> GraphcError:
     return located(err, inputs, what)
 
 
-def _conv(x, w, nsp: int, stride, padding, dilation, what: str) -> Tensor:
+def _conv(x, w, nsp: int, stride, padding, dilation, what: str, groups=1) -> Tensor:
     from graphc.ops.movement import reshape
 
-    y, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
+    y, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what, groups)
     return reshape(y, shape)
 
 
@@ -375,10 +375,11 @@ def _spread_input_grad(g, x, w, pads, strides, dil, out) -> Tensor:
     return _interleave(parts, q, strides, x.shape[1:1 + nsp], x)
 
 
-def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[Tensor, tuple]:
+def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str, groups=1) -> tuple[Tensor, tuple]:
     """The convolution as the product (N*OH*OW, KH*KW*C) @ (KH*KW*C, F), before the reshape to (N, OH, OW, F),
     and that shape. A layer adds its bias and activation to the product itself, so they become the GEMM's fused
-    epilogue."""
+    epilogue. With `groups` g > 1 the filter is (KH, KW, C/g, F) and the (N*OH*OW, F) matrix is the grouped
+    convolution's (see `_grouped`)."""
     from graphc.ops.linalg import matmul
     from graphc.ops.movement import _pad, reshape, windows
 
@@ -403,9 +404,16 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
         if not all(k >= 1 for k in window):
             raise ShapeError(f"the filter {fmt_shape(w.shape)} {wnames} has an empty window: its spatial dims must "
                              "be >= 1")
-        if x.shape[-1] != c:
-            raise ShapeError(f"the filter {fmt_shape(w.shape)} expects {c} input channels but the input "
-                             f"{fmt_shape(x.shape)} has {x.shape[-1]}")
+        g = _groups(groups)
+        if g > 1 and (x.shape[-1] % g or f % g):
+            raise ShapeError(f"groups={g} must divide both the input's channels C = {x.shape[-1]} (input "
+                             f"{fmt_shape(x.shape)}) and the filters F = {f} (filter {fmt_shape(w.shape)}); "
+                             "pick groups dividing both (depthwise: groups = C, F a multiple of C)")
+        if x.shape[-1] != c * g:
+            per = f" per group (groups={g}: C/groups = {x.shape[-1]}/{g} = {x.shape[-1] // g})" if g > 1 else ""
+            raise ShapeError(f"the filter {fmt_shape(w.shape)} expects {c} input channels{per} but the input "
+                             f"{fmt_shape(x.shape)} has {x.shape[-1]}" +
+                             (f"; a grouped filter is {wnames[:-5]}C/groups, F)" if g > 1 else ""))
         strides = _per_axis(stride, nsp, "stride")
         dilation = _per_axis(dilation, nsp, "dilation")
         pads, out = _geometry(x, nsp, window, strides, dilation, padding, what, w)
@@ -417,6 +425,8 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
     rows = n
     for o in out:
         rows = rows * o
+    if g > 1:
+        return _grouped(win, w, g, rows), (n, *out, f)
     cols = reshape(win, (rows, math.prod(window) * c))
     prod = matmul(cols, reshape(w, (math.prod(window) * c, f)))
     # the gradient of Conv: the transposed convolution (per phase at stride > 1), not the composition's
@@ -425,20 +435,56 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str) -> tuple[T
     return prod, (n, *out, f)
 
 
-def conv2d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
+def _groups(groups) -> int:
+    if not _is_int(groups) or groups < 1:
+        raise ShapeError(f"groups must be an int >= 1, got {groups!r}")
+    return int(groups)
+
+
+def _grouped(win, w, g: int, rows) -> Tensor:
+    """The grouped convolution's (N*O.., F) matrix from the windows view win (N, *out, *window, C) and the filter
+    w (*window, C/g, F), PyTorch's grouping: input channels g*C/g + c and filters g*F/g + j form group g.
+
+    Each group is its own convolution, so the product is batched over the groups: an einsum contracting the taps
+    and the group's channels, (g, rows, taps*C/g) @ (g, taps*C/g, F/g). With one channel per group (a depthwise
+    convolution, groups = C, F = m*C) that product would be KH*KW deep and m wide, all packing and no GEMM: the
+    taps are summed elementwise instead, windows times the filter broadcast along the window axes and summed
+    over them, vectorized along the channels (a memory-bound multiply-accumulate, as every framework's depthwise
+    kernel). Both are compositions, so their gradients are those ops' (the windows' gradient is the spread back,
+    the filter's a sum over the batch and the output positions of windows times the cotangent)."""
+    from graphc.ops.linalg import einsum
+    from graphc.ops.movement import reshape
+    from graphc.ops.reduce import sum as reduce_sum
+
+    nsp = w.ndim - 2
+    window, cg, f = w.shape[:nsp], w.shape[nsp], w.shape[nsp + 1]
+    taps, fg = math.prod(window), f // g
+    if cg == 1:
+        lead = win.shape[:1 + nsp]
+        wt = reshape(w, (*window, g, fg))  # filter j of channel c is output c*m + j
+        prod = reduce_sum(reshape(win, (*lead, *window, g, 1)) * wt, tuple(range(1 + nsp, 1 + 2 * nsp)))
+        return reshape(prod, (rows, f))
+    cols = reshape(win, (rows, taps, g, cg))
+    return reshape(einsum("rtgc,tcgf->rgf", cols, reshape(w, (taps, cg, g, fg))), (rows, f))
+
+
+def conv2d(x, w, stride=1, padding="valid", dilation=1, groups=1) -> Tensor:
     """The 2-D convolution (cross-correlation, as in every deep-learning framework) of channels-last images
     x (N, H, W, C) with filters w (KH, KW, C, F): (N, OH, OW, F). `stride` and `dilation` are an int or a pair;
     `padding` is "valid", "same" (TensorFlow/JAX: output ceil(H/s), the odd cell at the bottom/right), an int
-    (every side) or ((top, bottom), (left, right))."""
-    return _conv(x, w, 2, stride, padding, dilation, "conv2d")
+    (every side) or ((top, bottom), (left, right)). `groups` g (PyTorch's): the channels are split into g
+    groups of C/g and the filters into g groups of F/g, filter group i seeing channel group i only; w is then
+    (KH, KW, C/g, F). groups=C is a depthwise convolution (F = m*C: m filters per channel, output c*m + j)."""
+    return _conv(x, w, 2, stride, padding, dilation, "conv2d", groups)
 
 
-def conv1d(x, w, stride=1, padding="valid", dilation=1) -> Tensor:
+def conv1d(x, w, stride=1, padding="valid", dilation=1, groups=1) -> Tensor:
     """The 1-D convolution of sequences x (N, T, C) with filters w (K, C, F): (N, OT, F); arguments as for
     conv2d with one spatial axis (padding: a string, an int or one (before, after) pair). padding="causal" (Keras')
-    pads dilation·(K-1) steps before and none after: output t sees inputs t and earlier only (WaveNet, TCNs)."""
+    pads dilation·(K-1) steps before and none after: output t sees inputs t and earlier only (WaveNet, TCNs).
+    `groups` as conv2d's: w is (K, C/groups, F)."""
     padding = one_axis_padding(padding)
-    return _conv(x, w, 1, stride, padding, dilation, "conv1d")
+    return _conv(x, w, 1, stride, padding, dilation, "conv1d", groups)
 
 
 def _pool(x, nsp: int, window, stride, padding, kind: str, what: str) -> Tensor:
