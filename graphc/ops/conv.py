@@ -441,16 +441,24 @@ def _groups(groups) -> int:
     return int(groups)
 
 
+# a grouped convolution with several channels a group is this many Conv nodes at most, else one batched product
+GROUPS_AS_CONVS = 8
+
+
 def _grouped(x, w, g: int, strides, dilation, pads, what: str, rows) -> Tensor:
     """The grouped convolution's (N*O.., F) matrix of x (N, *sizes, C) and the filter w (*window, C/g, F), with
     PyTorch's grouping: input channels i*C/g + c and filters i*F/g + j form group i.
 
-    With several channels a group, each group is a convolution of its own (a channel slice of x, a filter slice
-    of w), so the Conv op and its paths serve it (the product read from the image in place, Winograd, the
-    transposed input gradient), and the groups' products are concatenated. (One batched product over the groups,
-    an einsum of the windows and the filter, was measured against it on Zen 4, N = 16, 14x14, 64 channels, 3x3,
-    one training step: 4.1x the time at 8 groups, 2.8x at 2: its operand is the whole im2col matrix stored and
-    then transposed to group-major, where a group's Conv reads the image in place.)
+    With several channels a group and at most GROUPS_AS_CONVS groups, each group is a convolution of its own (a
+    channel slice of x, a filter slice of w), so the Conv op and its paths serve it (the product read from the
+    image in place, Winograd, the transposed input gradient), and the groups' products are concatenated. With more
+    groups, one batched product over them: an einsum of the windows (N*O.., taps, g, C/g) and the filter
+    (taps, C/g, g, F/g) contracting the taps and a group's channels. Measured on Zen 4 (N = 16, 14x14, 64
+    channels, 3x3, 1 thread, one training step, rough: a loaded machine): the batched product took 2.8x the
+    per-group convolutions' time at 2 groups and 4.1x at 8 (it stores the whole im2col matrix, then its
+    group-major transpose, where a group's Conv reads the image in place), about the same at 16 groups, where the
+    per-group form compiled 3x longer (22 s against 7.7: each group's products and gradients are kernels of
+    their own).
 
     With one channel a group (depthwise: g = C, F = m*C) a group's product would be KH*KW deep and m wide, all
     packing and no GEMM, and C of them. The taps are summed elementwise instead (the memory-bound
@@ -461,24 +469,29 @@ def _grouped(x, w, g: int, strides, dilation, pads, what: str, rows) -> Tensor:
     summed) and then over the batch: summed over the whole batch at once it walked the batch once per tap,
     3x the step's time (N = 32, 28x28, 64 channels, 3x3). Both forms are compositions: their gradients are those
     ops' (the depthwise input gradient the windows' spread back)."""
+    from graphc.ops.linalg import einsum
     from graphc.ops.movement import _pad, _slice, broadcast_to, concatenate, repeat, reshape, windows
     from graphc.ops.reduce import sum as reduce_sum
 
     nsp = x.ndim - 2
     window, cg, f = tuple(w.shape[:nsp]), w.shape[nsp], w.shape[nsp + 1]
     fg = f // g
-    if cg > 1:
+    if 1 < cg and g <= GROUPS_AS_CONVS:
         parts = []
         for i in range(g):
             xi = _slice(x, [0] * (x.ndim - 1) + [i * cg], [*x.shape[:-1], (i + 1) * cg], [1] * x.ndim)
             wi = _slice(w, [0] * (nsp + 1) + [i * fg], [*w.shape[:-1], (i + 1) * fg], [1] * w.ndim)
             parts.append(conv_matrix(xi, wi, nsp, strides, pads, dilation, what)[0])
         return concatenate(parts, axis=1)
-    if fg > 1:
+    if cg == 1 and fg > 1:
         x = repeat(x, fg, axis=-1)
     n = x.shape[0]
     xp = _pad(x, [0, *(p[0] for p in pads), 0], [0, *(p[1] for p in pads), 0], [0] * x.ndim, 0)
-    win = windows(xp, window, strides, dilation)  # (N, *out, *window, F)
+    win = windows(xp, window, strides, dilation)  # (N, *out, *window, C) (depthwise: F channels)
+    if cg > 1:
+        taps = math.prod(window)
+        cols = reshape(win, (rows, taps, g, cg))
+        return reshape(einsum("rtgc,tcgf->rgf", cols, reshape(w, (taps, cg, g, fg))), (rows, f))
     wb = broadcast_to(reshape(w, (1,) * (1 + nsp) + (*window, f)), (n,) + (1,) * nsp + (*window, f))
     return reshape(reduce_sum(win * wb, tuple(range(1 + nsp, 1 + 2 * nsp))), (rows, f))
 
