@@ -12,6 +12,10 @@ w (KH, KW, C, F); sequences x (N, T, C), filters (K, C, F). Channels-last makes 
 cell a run of KW*C contiguous floats per kernel row, and the product's output (N*OH*OW, F) is already the
 next layer's (N, OH, OW, F) image without a transpose.
 
+Grouped convolutions (groups=, PyTorch's) are compositions too: a few groups of several channels one Conv per
+group, many one batched product, depthwise ones (a channel a group) a sum over the taps of the windows times the
+filter (see `_grouped`).
+
 Padding: "valid" (none), "same" (TensorFlow/JAX at any stride: output ceil(D/s), the odd pad cell at the
 bottom/right), an int (every side), or one (before, after) pair per spatial axis.
 """
