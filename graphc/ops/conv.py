@@ -416,14 +416,16 @@ def conv_matrix(x, w, nsp: int, stride, padding, dilation, what: str, groups=1) 
             raise ShapeError(f"the filter {fmt_shape(w.shape)} {wnames} has an empty window: its spatial dims must "
                              "be >= 1")
         g = _groups(groups)
-        if g > 1 and (x.shape[-1] % g or f % g):
-            raise ShapeError(f"groups={g} must divide both the input's channels C = {x.shape[-1]} (input "
+        cin = x.shape[-1]  # (a symbolic one is refused below, as without groups)
+        if g > 1 and ((isinstance(cin, int) and cin % g) or f % g):
+            raise ShapeError(f"groups={g} must divide both the input's channels C = {cin} (input "
                              f"{fmt_shape(x.shape)}) and the filters F = {f} (filter {fmt_shape(w.shape)}); "
                              "pick groups dividing both (depthwise: groups = C, F a multiple of C)")
-        if x.shape[-1] != c * g:
-            per = f" per group (groups={g}: C/groups = {x.shape[-1]}/{g} = {x.shape[-1] // g})" if g > 1 else ""
+        if cin != c * g:
+            per = f" per group (groups={g}" + (f": C/groups = {cin}/{g} = {cin // g})" if isinstance(cin, int)
+                                                else ")") if g > 1 else ""
             raise ShapeError(f"the filter {fmt_shape(w.shape)} expects {c} input channels{per} but the input "
-                             f"{fmt_shape(x.shape)} has {x.shape[-1]}" +
+                             f"{fmt_shape(x.shape)} has {cin}" +
                              (f"; a grouped filter is {wnames[:-5]}C/groups, F)" if g > 1 else ""))
         strides = _per_axis(stride, nsp, "stride")
         dilation = _per_axis(dilation, nsp, "dilation")

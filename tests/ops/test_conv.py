@@ -884,6 +884,9 @@ def test_grouped_conv_errors_name_channels_filters_groups_and_the_line():
         gc.conv2d(x, gc.input("w2", (3, 3, 6, 6)), groups=2)
     with pytest.raises(gc.ShapeError, match=r"conv1d: .*grouped filter is \(K, C/groups, F\)"):
         gc.conv1d(gc.input("s", ("N", 8, 6)), gc.input("w3", (3, 6, 6)), groups=3)
+    with pytest.raises(gc.ShapeError, match=r"conv2d: the filter \[3,3,2,4\] expects 2 input channels per group "
+                                            r"\(groups=2\) but the input \[N,8,8,C\] has C"):
+        gc.conv2d(gc.input("sym", ("N", 8, 8, "C")), gc.input("w5", (3, 3, 2, 4)), groups=2)
     for bad in (0, 1.5, "2", True):
         with pytest.raises(gc.ShapeError, match=r"conv2d: groups must be an int >= 1, got .*test_conv\.py"):
             gc.conv2d(x, gc.input("w4", (3, 3, 6, 6)), groups=bad)
