@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 
@@ -860,6 +862,27 @@ def test_grouped_conv_is_pytorchs_compiled_as_the_reference_on_1_and_2_threads(c
         np.testing.assert_allclose(got, r, rtol=tol, atol=tol * 10)
     for a, b in zip(one, fn(vals, threads=2), strict=True):
         assert np.array_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nsp=st.integers(1, 2), groups=st.integers(1, 10), cg=st.integers(1, 3), fg=st.integers(1, 3),
+       k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2), pad=st.integers(0, 2),
+       size=st.integers(5, 7))  # at least the widest dilated window, 5
+def test_grouped_conv_and_its_gradients_are_pytorchs_for_any_grouping(nsp, groups, cg, fg, k, stride, dilation, pad,
+                                                                     size):
+    """Every form (per-group convolutions, the batched product past GROUPS_AS_CONVS, the depthwise tap sum with
+    any channel multiplier) in the reference evaluator, against the numpy PyTorch, in float64."""
+    c, f = cg * groups, fg * groups
+    x = gc.input("x", ("N", *(size,) * nsp, c), "float64")
+    w = gc.input("w", (*(k,) * nsp, cg, f), "float64")
+    y = (gc.conv2d if nsp == 2 else gc.conv1d)(x, w, stride, pad, dilation, groups)
+    X, W = rng.standard_normal((2, *(size,) * nsp, c)), rng.standard_normal((*(k,) * nsp, cg, f))
+    want, grads = _torch_grouped(X, W, (stride,) * nsp, [(pad, pad)] * nsp, (dilation,) * nsp, groups)
+    G = rng.standard_normal(want.shape)
+    cot = gc.input("G", ("N", *want.shape[1:]), "float64")
+    got = gc.evaluate([y, *gc.grad(gc.sum(y * cot), [x, w])], {"x": X, "w": W, "G": G})
+    for a, b in zip(got, (want, *grads(G)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("c, f, groups", [(4, 6, 2), (6, 6, 6), (3, 6, 3), (18, 9, 9)])
