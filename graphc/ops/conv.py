@@ -464,13 +464,13 @@ def _grouped(x, w, g: int, strides, dilation, pads, what: str, rows) -> Tensor:
     With several channels a group and at most GROUPS_AS_CONVS groups, each group is a convolution of its own (a
     channel slice of x, a filter slice of w), so the Conv op and its paths serve it (the product read from the
     image in place, Winograd, the transposed input gradient), and the groups' products are concatenated. With more
-    groups, one batched product over them: an einsum of the windows (N*O.., taps, g, C/g) and the filter
-    (taps, C/g, g, F/g) contracting the taps and a group's channels. Measured on Zen 4 (N = 16, 14x14, 64
-    channels, 3x3, 1 thread, one training step, rough: a loaded machine): the batched product took 2.8x the
-    per-group convolutions' time at 2 groups and 4.1x at 8 (it stores the whole im2col matrix, then its
-    group-major transpose, where a group's Conv reads the image in place), about the same at 16 groups, where the
-    per-group form compiled 3x longer (22 s against 7.7: each group's products and gradients are kernels of
-    their own).
+    groups, one batched product over them, (g, N*O.., taps*C/g) @ (g, taps*C/g, F/g): the windows of the image
+    made group-major first (one copy of the image), so the stored operand is the windows' own layout (an einsum of
+    the channels-last windows stored the im2col matrix, then its group-major copy: 1.08-1.35x this step's time at
+    9-32 groups). Measured on Zen 4 (N = 16, 14x14, 64 channels, 3x3, 1 thread, one training step, rough: a
+    loaded machine): that einsum's batched product took 2.8x the per-group convolutions' time at 2 groups and 4.1x
+    at 8 (a group's Conv reads the image in place), about the same at 16 groups, where the per-group form compiled
+    3x longer (22 s against 7.7: each group's products and gradients are kernels of their own).
 
     With one channel a group (depthwise: g = C, F = m*C) a group's product would be KH*KW deep and m wide, all
     packing and no GEMM, and C of them. The taps are summed elementwise instead (the memory-bound
@@ -486,8 +486,8 @@ def _grouped(x, w, g: int, strides, dilation, pads, what: str, rows) -> Tensor:
     channels a group, on the channels transposed group-minor and repeated per filter, summed over the taps and a
     group's channels, was tried for the many-groups case: 0.75x the batched product's step at 32 groups of 4, but
     9.5x at 9 groups of 4 -> 8 filters, its windows' cotangent stored (N, O.., taps, C/g, F); not taken.)"""
-    from graphc.ops.linalg import einsum
-    from graphc.ops.movement import _slice, broadcast_to, concatenate, repeat, reshape
+    from graphc.ops.linalg import matmul
+    from graphc.ops.movement import _pad, _slice, broadcast_to, concatenate, repeat, reshape, transpose, windows
     from graphc.ops.reduce import sum as reduce_sum
 
     nsp = x.ndim - 2
@@ -500,10 +500,13 @@ def _grouped(x, w, g: int, strides, dilation, pads, what: str, rows) -> Tensor:
             wi = _slice(w, [0] * (nsp + 1) + [i * fg], [*w.shape[:-1], (i + 1) * fg], [1] * w.ndim)
             parts.append(conv_matrix(xi, wi, nsp, strides, pads, dilation, what)[0])
         return concatenate(parts, axis=1)
-    if cg > 1:
-        taps = math.prod(window)
-        cols = reshape(_padded_windows(x, pads, window, strides, dilation), (rows, taps, g, cg))
-        return reshape(einsum("rtgc,tcgf->rgf", cols, reshape(w, (taps, cg, g, fg))), (rows, f))
+    if cg > 1:  # the image group-major (g, N, *sizes, C/g), so its windows are the product's operand as they are
+        xg = transpose(reshape(x, (*x.shape[:-1], g, cg)), (1 + nsp, *range(1 + nsp), 2 + nsp))
+        xp = _pad(xg, [0, 0, *(p[0] for p in pads), 0], [0, 0, *(p[1] for p in pads), 0], [0] * xg.ndim, 0)
+        cols = reshape(windows(xp, window, strides, dilation, axes=tuple(range(2, 2 + nsp))),
+                       (g, rows, math.prod(window) * cg))  # (g, N*O.., taps*C/g)
+        filt = transpose(reshape(w, (math.prod(window) * cg, g, fg)), (1, 0, 2))  # (g, taps*C/g, F/g)
+        return reshape(transpose(matmul(cols, filt), (1, 0, 2)), (rows, f))
     if fg > 1:
         x = repeat(x, fg, axis=-1)
     n = x.shape[0]
