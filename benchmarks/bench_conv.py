@@ -9,7 +9,9 @@
 4. graphc's compile time of those steps, cold (no disk cache) and cached;
 5. with --strided: strided convolution layers (a 7x7 stride-2 stem, 5x5 and 3x3 stride 2, 11x11 stride 4), one
    training step's forward + input and filter gradients (and a stem's filter gradient alone: a first layer's input
-   is data), against PyTorch on 1 thread, interleaved medians.
+   is data), against PyTorch on 1 thread, interleaved medians;
+6. with --grouped: grouped and depthwise layers (groups=: MobileNet's 3x3 depthwise at stride 1 and 2, a channel
+   multiplier of 2, 2 and 32 groups of several channels), measured as --strided's.
 
 Each thread count runs in its own process (XLA fixes its thread count when it starts), and the parent prints
 the table. graphc lowers a convolution to pad -> the packed GEMM reading the padded image through a view (its
@@ -23,6 +25,7 @@ which kernels a conv training step spends its time in (gc.compile(profile=True))
     python benchmarks/bench_conv.py --smoke        # tests: 1 thread, a batch-1 conv layer, 128 rows, one sample each
                                                    # (and two batch-1 strided layers)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py --strided [--profile]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py --grouped [--profile]
 """
 
 from __future__ import annotations
@@ -219,12 +222,21 @@ STRIDED = {  # name: (N, H, W, C, K, F, stride, padding); the filter gradient al
     "11x11/4 64x64 3->32 b8": (8, 64, 64, 3, 11, 32, 4, 2),
 }
 STRIDED_SMOKE = {"7x7/2 16x16 3->8 b1": (1, 16, 16, 3, 7, 8, 2, 3), "3x3/2 8x8 8->8 b1": (1, 8, 8, 8, 3, 8, 2, 1)}
+GROUPED = {  # as STRIDED, and the groups
+    "dw 3x3 56x56 64 b16": (16, 56, 56, 64, 3, 64, 1, 1, 64),
+    "dw 3x3/2 56x56 128 b16": (16, 56, 56, 128, 3, 128, 2, 1, 128),
+    "dw 3x3 28x28 32->64 b16": (16, 28, 28, 32, 3, 64, 1, 1, 32),
+    "g2 3x3 28x28 64->64 b16": (16, 28, 28, 64, 3, 64, 1, 1, 2),
+    "g32 3x3 14x14 128->128 b16": (16, 14, 14, 128, 3, 128, 1, 1, 32),
+}
+GROUPED_SMOKE = {"dw 3x3 8x8 8 b1": (1, 8, 8, 8, 3, 8, 1, 1, 8), "g2 3x3 8x8 8->8 b1": (1, 8, 8, 8, 3, 8, 1, 1, 2)}
 
 
-def strided(smoke: bool = False, profile: bool = False) -> None:
+def strided(smoke: bool = False, profile: bool = False, grouped: bool = False) -> None:
     """Strided convolution layers on 1 thread: loss = sum(relu(conv(x, w)) * R), its value and the gradients of x
     and w (the filter's alone for a 3-channel stem, whose input is data), graphc against PyTorch (NCHW, as it
-    prefers), each case's contenders measured in alternating rounds; graphc's cold compile of the step."""
+    prefers), each case's contenders measured in alternating rounds; graphc's cold compile of the step. With
+    `grouped`, the grouped and depthwise layers instead."""
     import graphc as gc
 
     peers.set_threads(1)
@@ -233,13 +245,16 @@ def strided(smoke: bool = False, profile: bool = False) -> None:
     except ImportError as e:
         torch = None
         print(f"  (not measured: torch: {e})")
-    print(f"# strided convolutions, 1 thread; CPU {peers._cpu_model()}; medians of interleaved rounds (ms)")
+    what = "grouped" if grouped else "strided"
+    print(f"# {what} convolutions, 1 thread; CPU {peers._cpu_model()}; medians of interleaved rounds (ms)")
     rng = np.random.default_rng(0)
-    for name, (n, h, wd, c, k, f, s, p) in (STRIDED_SMOKE if smoke else STRIDED).items():
+    cases = (GROUPED_SMOKE if smoke else GROUPED) if grouped else (STRIDED_SMOKE if smoke else STRIDED)
+    for name, (n, h, wd, c, k, f, s, p, *groups) in cases.items():
+        g = groups[0] if groups else 1
         X = rng.standard_normal((n, h, wd, c)).astype(np.float32)
-        W = (rng.standard_normal((k, k, c, f)) / np.sqrt(k * k * c)).astype(np.float32)
+        W = (rng.standard_normal((k, k, c // g, f)) / np.sqrt(k * k * c // g)).astype(np.float32)
         x, w = gc.input("x", X.shape), gc.input("w", W.shape)
-        y = gc.relu(gc.conv2d(x, w, stride=s, padding=p))
+        y = gc.relu(gc.conv2d(x, w, stride=s, padding=p, groups=g))
         R = rng.standard_normal(tuple(int(d) for d in y.shape)).astype(np.float32)
         loss = gc.sum(y * gc.input("R", R.shape))
         vals = {"x": X, "w": W, "R": R}
@@ -278,8 +293,8 @@ def strided(smoke: bool = False, profile: bool = False) -> None:
                 tR = torch.tensor(R.transpose(0, 3, 1, 2).copy())
                 targets = [tx, tw] if len(wrt) == 2 else [tw]
 
-                def tstep(targets=targets, tx=tx, tw=tw, tR=tR, s=s, p=p):
-                    t = (torch.relu(torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)) * tR).sum()
+                def tstep(targets=targets, tx=tx, tw=tw, tR=tR, s=s, p=p, g=g):
+                    t = (torch.relu(torch.nn.functional.conv2d(tx, tw, stride=s, padding=p, groups=g)) * tR).sum()
                     return torch.autograd.grad(t, targets)
 
                 runs[f"torch {label}"] = tstep
@@ -559,6 +574,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-child", choices=["graphc", "torch eager"], help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--strided", action="store_true", help="only: strided convolution layers against PyTorch")
+    ap.add_argument("--grouped", action="store_true", help="only: grouped and depthwise layers against PyTorch")
     ap.add_argument("--smoke", action="store_true",
                     help="a quick run of every code path (tests): 1 thread, conv batch 1, 128 rows, one sample each")
     a = ap.parse_args(argv)
@@ -574,8 +590,8 @@ def main(argv=None) -> int:
     if a.memory:
         memory()
         return 0
-    if a.strided:
-        strided(a.smoke, a.profile)
+    if a.strided or a.grouped:
+        strided(a.smoke, a.profile, grouped=a.grouped)
         return 0
     nets = [n for n in a.nets.split(",") if n]
     if set(nets) - set(NETS):
@@ -599,6 +615,7 @@ def main(argv=None) -> int:
     report(results)
     if a.smoke:
         strided(smoke=True)
+        strided(smoke=True, grouped=True)
     return 0
 
 

@@ -12,6 +12,8 @@ checked against the real PyTorch in tests/test_references_match_pytorch.py, whic
 - cross_entropy, bce_with_logits, huber, l1, layer_norm, batch_norm: nn.CrossEntropyLoss,
   F.binary_cross_entropy_with_logits, nn.HuberLoss, nn.L1Loss (mean reduction; the last two with their gradient),
   nn.LayerNorm, nn.BatchNorm (both modes, the running statistics' update)
+- conv(input, weight, ...), conv_grads(...): F.conv1d / F.conv2d channels-first with groups, and the gradients
+  autograd gives for the input, the weight and the bias
 - Adam, AdamW, RMSprop, Adagrad: torch.optim's steps on one parameter array (its .lr may change between steps, as
   a schedule sets param_groups[0]["lr"])
 """
@@ -221,3 +223,59 @@ class Adagrad:
 
 
 OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}  # graphc's names -> torch.optim's
+
+
+def _conv_geometry(x, weight, stride, padding, dilation):
+    nsp = x.ndim - 2
+
+    def per_axis(v):
+        return (v,) * nsp if np.ndim(v) == 0 else tuple(v)
+
+    st, pd, dl = per_axis(stride), per_axis(padding), per_axis(dilation)
+    k = weight.shape[2:]
+    out = [(x.shape[2 + a] + 2 * pd[a] - dl[a] * (k[a] - 1) - 1) // st[a] + 1 for a in range(nsp)]
+
+    def taps():  # (tap, the input slice it reads of the padded input's spatial axes)
+        for tap in np.ndindex(*k):
+            yield tap, tuple(slice(dl[a] * tap[a], dl[a] * tap[a] + st[a] * (out[a] - 1) + 1, st[a])
+                             for a in range(nsp))
+
+    return pd, out, taps
+
+
+def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """F.conv1d / F.conv2d (by the input's rank): input (N, C, *spatial), weight (F, C/groups, *kernel), bias (F,);
+    padding an int or one per spatial axis, on both sides. Channel group g (C/groups channels from g*C/groups)
+    feeds filter group g (F/groups filters from g*F/groups) alone."""
+    x, weight = np.asarray(input, np.float64), np.asarray(weight, np.float64)
+    pd, out, taps = _conv_geometry(x, weight, stride, padding, dilation)
+    xp = np.pad(x, [(0, 0), (0, 0), *((p, p) for p in pd)])
+    cg, fg = weight.shape[1], weight.shape[0] // groups
+    y = np.zeros((x.shape[0], weight.shape[0], *out))
+    for g in range(groups):
+        for tap, sl in taps():
+            y[:, g * fg:(g + 1) * fg] += np.einsum("nc...,fc->nf...", xp[(slice(None), slice(g * cg, (g + 1) * cg),
+                                                                          *sl)],
+                                                   weight[(slice(g * fg, (g + 1) * fg), slice(None), *tap)])
+    if bias is not None:
+        y += np.reshape(bias, (1, -1) + (1,) * (x.ndim - 2))
+    return y
+
+
+def conv_grads(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """The gradients of `conv` (y) for the cotangent grad_output (dL/dy): (dL/dinput, dL/dweight, dL/dbias), as
+    y.backward(grad_output) leaves them in .grad."""
+    x, weight = np.asarray(input, np.float64), np.asarray(weight, np.float64)
+    go = np.asarray(grad_output, np.float64)
+    pd, _, taps = _conv_geometry(x, weight, stride, padding, dilation)
+    cg, fg = weight.shape[1], weight.shape[0] // groups
+    xp = np.pad(x, [(0, 0), (0, 0), *((p, p) for p in pd)])
+    dxp, dw = np.zeros_like(xp), np.zeros_like(weight)
+    for g in range(groups):
+        cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
+        for tap, sl in taps():
+            dxp[(slice(None), cs, *sl)] += np.einsum("nf...,fc->nc...", go[:, fs], weight[(fs, slice(None), *tap)])
+            xs = xp[(slice(None), cs, *sl)]
+            dw[(fs, slice(None), *tap)] += np.tensordot(go[:, fs], xs, axes=([0, *range(2, xs.ndim)],) * 2)
+    crop = tuple(slice(p, p + d) for p, d in zip(pd, x.shape[2:], strict=True))
+    return dxp[(slice(None), slice(None), *crop)], dw, go.sum(axis=(0, *range(2, go.ndim)))

@@ -83,6 +83,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str], object]] = {
         rf"^cifar training step, batch 64: samples/s.*\n  graphc +{NUM}  compile cold {NUM} s, cached {NUM} s",
         rf"^7x7/2 16x16 3->8 b1 fwd\+dx\+dW: graphc {NUM} ms(, torch {NUM} ms: {NUM}x)?; compile cold {NUM} s",
         rf"^3x3/2 8x8 8->8 b1 fwd\+dx\+dW: graphc {NUM} ms(, torch {NUM} ms: {NUM}x)?; compile cold {NUM} s",
+        rf"^dw 3x3 8x8 8 b1 fwd\+dx\+dW: graphc {NUM} ms(, torch {NUM} ms: {NUM}x)?; compile cold {NUM} s",
+        rf"^g2 3x3 8x8 8->8 b1 fwd\+dx\+dW: graphc {NUM} ms(, torch {NUM} ms: {NUM}x)?; compile cold {NUM} s",
     ], None),
     "bench_footprint.py": ([], [
         rf"^64-32-10 epoch function: cold compile {NUM} s .* from the cache {NUM} s",

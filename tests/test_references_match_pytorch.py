@@ -138,3 +138,21 @@ def test_optimizer_steps_are_torch_optims(name, hyper):
         wt.grad = torch.from_numpy(A) @ wt.detach() + torch.from_numpy(b0)
         topt.step()
         _close(w, wt, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("nsp, groups, cin, filters, stride, padding, dilation", [
+    (2, 1, 3, 4, 1, 0, 1), (2, 2, 4, 6, 2, 1, 1), (2, 4, 4, 8, 1, 2, 2), (1, 3, 6, 3, 2, 1, 1), (1, 5, 5, 10, 1, 0, 2)])
+def test_grouped_convolutions_and_their_gradients_are_torchs(nsp, groups, cin, filters, stride, padding, dilation):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, cin, *(7,) * nsp))
+    w = rng.normal(size=(filters, cin // groups, *(3,) * nsp))
+    b = rng.normal(size=filters)
+    tx, tw, tb = (torch.from_numpy(v).requires_grad_() for v in (x, w, b))
+    fn = torch.nn.functional.conv2d if nsp == 2 else torch.nn.functional.conv1d
+    ty = fn(tx, tw, tb, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = ref.conv(x, w, b, stride, padding, dilation, groups)
+    _close(y, ty)
+    go = rng.normal(size=y.shape)
+    ty.backward(torch.from_numpy(go))
+    for got, want in zip(ref.conv_grads(x, w, go, stride, padding, dilation, groups), (tx, tw, tb), strict=True):
+        _close(got, want.grad)

@@ -1599,6 +1599,11 @@ class ModuleEmitter:
             # every output is still combined in the same order, so the results do not change
             size = sum(1 for _ in walk(k.body))
             nblock = REDUCE_BLOCK if size <= 16 else REDUCE_BLOCK // 2 if size <= 64 else 1
+            inner = k.domain[last]
+            if isinstance(inner, int) and lanes <= inner < nblock * lanes:
+                # a kept axis shorter than a block (a depthwise filter gradient's 64 channels: 4 vectors) in one
+                # block of its whole vectors, not a pass over the reduced axes per vector
+                nblock = inner // lanes
             with b.goto_entry_block():
                 block_accs = [alloca(b, vty, name=f"accb{v}") for v in range(nblock)]
 

@@ -229,25 +229,29 @@ def init_params(params_or_outputs, seed: int = 0) -> dict[str, np.ndarray]:
 # convolutional layers (channels-last images (N, H, W, C); see graphc.ops.conv)
 
 
-def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
-           bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
+def conv2d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, groups=1,
+           init=None, bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
     """activation(conv2d(x, W) + b) with W: (KH, KW, C, filters) named `<name>.W` and b: (filters,) named
     `<name>.b` (without a name: `conv`, `conv_1`, ... as for `dense`). `kernel` is an int or (KH, KW); `init`
     is W's initializer (default: He normal for ReLU/softplus, Glorot uniform otherwise), with fan-in KH*KW*C and
-    fan-out KH*KW*filters."""
-    return _conv_layer(x, 2, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
+    fan-out KH*KW*filters. `groups` (PyTorch's nn.Conv2d groups; see gc.conv2d) makes W (KH, KW, C/groups,
+    filters) and the fan-in KH*KW*C/groups; groups=C with filters=m*C is a depthwise convolution."""
+    return _conv_layer(x, 2, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype,
+                       groups)
 
 
-def conv1d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, init=None,
-           bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
-    """conv2d's layer over sequences x (N, T, C) (Keras' Conv1D): W (K, C, filters) named `<name>.W`, b
-    (filters,) named `<name>.b`, fan-in K*C; `padding` a string, an int or one (before, after) pair."""
+def conv1d(x, filters: int, kernel, stride=1, padding="same", activation="relu", *, dilation=1, groups=1,
+           init=None, bias: bool = True, name: str | None = None, dtype: str | None = None) -> ops.Tensor:
+    """conv2d's layer over sequences x (N, T, C) (Keras' Conv1D): W (K, C/groups, filters) named `<name>.W`, b
+    (filters,) named `<name>.b`, fan-in K*C/groups; `padding` a string, an int or one (before, after) pair."""
     padding = one_axis_padding(padding)
-    return _conv_layer(x, 1, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype)
+    return _conv_layer(x, 1, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype,
+                       groups)
 
 
-def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype):
-    from graphc.ops.conv import _per_axis, conv_matrix
+def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilation, init, bias, name, dtype,
+                groups=1):
+    from graphc.ops.conv import _groups, _per_axis, conv_matrix
 
     what = f"conv{nsp}d"
     x = ops.as_tensor(x)
@@ -266,18 +270,23 @@ def _conv_layer(x, nsp: int, filters, kernel, stride, padding, activation, dilat
         raise _located(f"{what} {name!r}: filters must be a positive int, got {filters!r}")
     try:
         ks = _per_axis(kernel, nsp, "kernel")
+        g = _groups(groups)
     except GraphcError as err:
         raise _located(f"{what} {name!r}: {err}") from None
+    if c % g or filters % g:
+        raise _located(f"{what} {name!r}: groups={g} must divide both the input's channels C = {c} (input "
+                       f"{x.type_str}) and filters = {filters}; pick groups dividing both (depthwise: groups = C, "
+                       "filters a multiple of C)")
     fn = _activation(activation)
     dtype = dtype or x.dtype
     area = math.prod(ks)
     with scope(name):
         w_init = init if init is not None else _default_init(activation)  # `init or` fails on an array, drops 0.0
         if isinstance(w_init, str) and w_init in SCHEMES:  # the fans of a (K..., C, F) filter, not a matrix's
-            w_init = like(w_init, area * c, area * filters)
-        w = ops.param(f"{name}.W", (*ks, c, filters), init=w_init, dtype=dtype)
+            w_init = like(w_init, area * c // g, area * filters)
+        w = ops.param(f"{name}.W", (*ks, c // g, filters), init=w_init, dtype=dtype)
         # bias and activation on the (N*OH*OW, F) product, before its reshape to images: the GEMM's epilogue
-        z, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what)
+        z, shape = conv_matrix(x, w, nsp, stride, padding, dilation, what, g)
         if unnamed:
             note_unnamed_use(w, z)
         if bias:

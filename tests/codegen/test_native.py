@@ -631,6 +631,23 @@ def test_values_that_are_not_a_dict_are_an_input_error():
                 call(bad)
 
 
+@pytest.mark.parametrize("dtype, shape, axes", [("float32", (5, 9, 48), (0, 1)), ("float32", (37, 40), (0,)),
+                                                 ("float64", (6, 3, 20), (0,)), ("float32", (11, 3, 2, 16), (0, 2))])
+def test_a_short_kept_axis_of_an_outer_reduction_sums_each_output_in_order(dtype, shape, axes):
+    """A reduction over outer axes whose kept inner axis is shorter than a block of vectors (a depthwise filter
+    gradient's channels) sums all its whole vectors side by side in one pass, then the tail vector masked: each
+    output still summed in order over the reduced axes, bitwise, on any thread count."""
+    x = gc.input("x", ("N", *shape[1:]), dtype)
+    y = gc.sum(x * 2.0, axis=axes)
+    v = {"x": np.random.default_rng(3).standard_normal(shape).astype(dtype)}
+    twice = np.moveaxis(v["x"] * np.asarray(2.0, dtype), axes, range(len(axes)))
+    want = np.zeros(twice.shape[len(axes):], dtype)
+    for idx in np.ndindex(*twice.shape[:len(axes)]):  # each output summed in order over the reduced axes
+        want += twice[idx]
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(gc.compile(y, threads=threads, cache=False)(v), want)
+
+
 @pytest.mark.parametrize("op", ["cumsum", "sum"])
 def test_sums_of_products_are_bitwise_the_same_on_any_thread_count(op):
     """acc + x*x was fused into one FMA in some loops and not in others (LLVM's vectorized body or its remainder,

@@ -28,6 +28,16 @@ def tiny_cnn(images, n_outputs):
     return gc.nn.dense(gc.nn.flatten(gc.nn.avg_pool2d(h, 1)), n_outputs, name="out")
 
 
+def separable_cnn(images, n_outputs):
+    """MobileNet's block on 8x8 digits: depthwise 3x3 (one filter a channel) then pointwise 1x1."""
+    h = gc.nn.conv2d(images, 16, 3, name="stem")                        # (N, 8, 8, 16)
+    h = gc.nn.conv2d(h, 16, 3, groups=16, name="dw1")                   # depthwise
+    h = gc.nn.conv2d(h, 32, 1, name="pw1")                              # pointwise
+    h = gc.nn.conv2d(h, 32, 3, stride=2, groups=32, name="dw2")         # (N, 4, 4, 32), depthwise, stride 2
+    h = gc.nn.conv2d(h, 32, 1, name="pw2")
+    return gc.nn.dense(gc.nn.flatten(gc.nn.max_pool2d(h, 2)), n_outputs, name="out")
+
+
 def test_layers_name_their_parameters_and_init_from_the_filters_fan_in():
     x = gc.input("x", ("N", 8, 8, 3))
     y = gc.nn.conv2d(x, 16, (3, 5), name="c")
@@ -86,13 +96,14 @@ def reference_epoch(tr, state, X, y, *, seed, batch):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_native_cnn_epoch_matches_the_reference(threads):
-    """The whole epoch of a CNN (conv, pools, strided valid conv, momentum) is one native call, equal to the
-    reference stepped in Python, on 1 and 3 threads."""
+@pytest.mark.parametrize("net", [tiny_cnn, separable_cnn])
+def test_native_cnn_epoch_matches_the_reference(threads, net):
+    """The whole epoch of a CNN (conv, pools, strided valid conv, momentum; or depthwise-separable blocks) is one
+    native call, equal to the reference stepped in Python, on 1 and 3 threads."""
     ds = data.load("digits")
     X, y = ds.X_train[:96], ds.y_train[:96]
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, optimizer="momentum", momentum=0.9, threads=threads)
-    tr = Trainer(tiny_cnn, "multiclass", 64, 10, cfg, log=lambda m: None, grid=ds.grid)
+    tr = Trainer(net, "multiclass", 64, 10, cfg, log=lambda m: None, grid=ds.grid)
     assert tr.x.shape[1] == 64  # the step still takes rows; the model saw (N, 8, 8, 1)
     state = tr.init_state(2)
     ref, scalars = reference_epoch(tr, state, X, y, seed=4, batch=32)
@@ -210,3 +221,34 @@ def test_rows_reaching_a_convolution_say_how_a_model_gets_images_and_integer_arr
     im = gc.input("im_rows", ("N", 8, 8, 1))
     a = gc.max_pool2d(im, np.array([2, 2]), stride=np.array([2, 1]), padding=np.array([0, 1]))
     assert a.shape == gc.max_pool2d(im, [2, 2], stride=[2, 1], padding=[0, 1]).shape
+
+
+def test_grouped_and_depthwise_conv_layers():
+    """gc.nn.conv2d/conv1d groups=: W (K.., C/groups, filters), He-normal from the group's fan-in, equal to the op
+    with the same filter; groups dividing neither the channels nor the filters named at the layer."""
+    x = gc.input("x", ("N", 8, 8, 12), "float64")
+    y = gc.nn.conv2d(x, 24, 3, groups=4, name="g")
+    d = gc.nn.conv2d(y, 48, (3, 1), groups=24, activation=None, name="dw")  # depthwise, 2 filters a channel
+    params = {p.name: p for p in gc.nn.parameters(d)}
+    assert params["g.W"].shape == (3, 3, 3, 24) and params["dw.W"].shape == (3, 1, 1, 48)
+    vals = gc.nn.init_params(d, seed=0)
+    assert vals["g.W"].std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 3)), rel=0.15)  # fan-in KH*KW*C/groups
+    vals["g.b"][:] = np.random.default_rng(1).normal(size=24)
+    vals["x"] = np.random.default_rng(0).normal(size=(2, 8, 8, 12))
+    h = gc.relu(gc.conv2d(x, params["g.W"], padding="same", groups=4) + params["g.b"])
+    want = gc.conv2d(h, params["dw.W"], padding="same", groups=24) + params["dw.b"]
+    np.testing.assert_allclose(gc.evaluate(d, vals), gc.evaluate(want, vals), rtol=1e-12)
+    s = gc.nn.conv1d(gc.input("s", ("N", 9, 6)), 3, 3, groups=3, name="c1")
+    assert {p.name: p.shape for p in gc.nn.parameters(s)}["c1.W"] == (3, 2, 3)
+    with pytest.raises(gc.GraphcError, match=r"conv2d 'bad': groups=5 must divide both the input's channels C = 12 "
+                                             r".* and filters = 10.*test_cnn\.py:\d+"):
+        gc.nn.conv2d(x, 10, 3, groups=5, name="bad")
+    with pytest.raises(gc.GraphcError, match=r"conv1d 'bad1': groups must be an int >= 1, got 0"):
+        gc.nn.conv1d(gc.input("s2", ("N", 9, 6)), 3, 3, groups=0, name="bad1")
+
+
+def test_a_depthwise_separable_cnn_trains_on_digits():
+    r = fit(separable_cnn, "digits", progress=False, epochs=10, checkpoint_every=0, optimizer="momentum",
+            momentum=0.9, lr=0.02, seed=0)
+    assert r.params["dw1.W"].shape == (3, 3, 1, 16)
+    assert r.metrics["test_accuracy"] > 0.9, r.metrics  # 0.93-0.95 over seeds 0-2

@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 
@@ -792,3 +794,141 @@ def test_a_first_layer_computes_no_input_gradient():
     gemms = [k for k in fn.program.kernels if type(k).__name__ == "GemmKernel"]
     assert len(gemms) == 2 and not any(k.batch for k in gemms), fn.kernels
     assert "concat" not in fn.kernels and "transpose" not in fn.kernels, fn.kernels
+
+
+# grouped convolutions (groups=, PyTorch's): (nsp, C, F, groups, kernel, stride, padding, dilation, dtype). The
+# forms: a few channels a group are per-group Conv nodes; more than GROUPS_AS_CONVS groups one batched product;
+# one channel a group (depthwise, F = m*C) the tap sum of windows times the filter, m > 1 on repeated channels
+GROUPED_CASES = [
+    (2, 4, 6, 2, 3, 1, "same", 1, "float32"),  # per-group convolutions
+    (2, 6, 9, 3, (3, 2), 2, ((1, 0), (2, 1)), 1, "float64"),
+    (2, 16, 8, 2, 3, 1, 1, 1, "float32"),  # 8 channels a group: each group's input gradient transposed
+    (2, 18, 9, 9, 3, (2, 1), "same", (1, 2), "float32"),  # 9 groups of 2: the batched product
+    (2, 5, 5, 5, 3, 1, "same", 1, "float32"),  # depthwise
+    (2, 32, 32, 32, 3, 2, "same", 1, "float32"),  # depthwise, two vectors of channels, stride 2
+    (2, 3, 6, 3, (2, 3), 1, 2, 2, "float64"),  # depthwise, channel multiplier 2, dilated
+    (1, 4, 8, 2, 3, 2, "same", 1, "float32"),
+    (1, 6, 12, 6, 3, 1, "causal", 2, "float64"),  # depthwise 1-D, multiplier 2
+    (1, 20, 10, 10, 2, 1, 1, 1, "float32"),  # the batched product in 1-D
+]
+
+
+def _torch_grouped(x, w, stride, pads, dilation, groups):
+    """pytorch_reference's grouped convolution (channels-first) on graphc's layouts, the padding applied first (it
+    may be uneven): the output and the (input, filter) gradients for a cotangent."""
+    import pytorch_reference as tref
+
+    nsp = x.ndim - 2
+    xc = np.moveaxis(np.pad(x, [(0, 0), *pads, (0, 0)]), -1, 1)
+    wc = np.transpose(w, (nsp + 1, nsp, *range(nsp)))  # (F, C/g, *kernel)
+
+    def grads(g):
+        dx, dw, _ = tref.conv_grads(xc, wc, np.moveaxis(g, -1, 1), stride, 0, dilation, groups)
+        crop = tuple(slice(lo, lo + d) for (lo, _), d in zip(pads, x.shape[1:-1], strict=True))
+        return np.moveaxis(dx, 1, -1)[(slice(None), *crop)], np.transpose(dw, (*range(2, nsp + 2), 1, 0))
+
+    return np.moveaxis(tref.conv(xc, wc, None, stride, 0, dilation, groups), 1, -1), grads
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES)
+def test_grouped_conv_is_pytorchs_compiled_as_the_reference_on_1_and_2_threads(case):
+    """groups= against a numpy PyTorch (F.conv1d/conv2d with groups, checked against torch where it is installed):
+    the value and both gradients, in the reference evaluator and compiled (float32 within rounding, float64
+    tightly), the same bits on 1 and 2 threads."""
+    nsp, c, f, groups, kernel, stride, padding, dilation, dtype = case
+    sizes = (7, 6)[:nsp]
+    k = (kernel,) * nsp if isinstance(kernel, int) else kernel
+    st, dl = ((v,) * nsp if isinstance(v, int) else v for v in (stride, dilation))
+    x = gc.input("x", ("N", *sizes, c), dtype)
+    w = gc.input("w", (*k, c // groups, f), dtype)
+    conv = gc.conv2d if nsp == 2 else gc.conv1d
+    y = conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    X = rng.standard_normal((3, *sizes, c)).astype(dtype)
+    W = rng.standard_normal((*k, c // groups, f)).astype(dtype)
+    pads = [(dl[0] * (k[0] - 1), 0)] if padding == "causal" else _pads(padding, sizes, k, st, dl)
+    want, grads = _torch_grouped(X.astype(np.float64), W.astype(np.float64), st, pads, dl, groups)
+    vals = {"x": X, "w": W}
+    assert y.shape == (gc.dim("N"), *want.shape[1:])
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(gc.evaluate(y, vals), want, rtol=tol, atol=tol)
+    G = rng.standard_normal(want.shape[1:]).astype(dtype)
+    outs = [y, *gc.grad(gc.sum(y * gc.constant(G)), [x, w])]
+    refs = gc.evaluate(outs, vals)
+    for got, exp in zip(refs[1:], grads(np.broadcast_to(G.astype(np.float64), want.shape)), strict=True):
+        np.testing.assert_allclose(got, exp, rtol=tol, atol=tol * 10)
+    fn = gc.compile(outs)
+    one = fn(vals, threads=1)
+    for got, r in zip(one, refs, strict=True):
+        np.testing.assert_allclose(got, r, rtol=tol, atol=tol * 10)
+    for a, b in zip(one, fn(vals, threads=2), strict=True):
+        assert np.array_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nsp=st.integers(1, 2), groups=st.integers(1, 10), cg=st.integers(1, 3), fg=st.integers(1, 3),
+       k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2), pad=st.integers(0, 2),
+       size=st.integers(5, 7))  # at least the widest dilated window, 5
+def test_grouped_conv_and_its_gradients_are_pytorchs_for_any_grouping(nsp, groups, cg, fg, k, stride, dilation, pad,
+                                                                     size):
+    """Every form (per-group convolutions, the batched product past GROUPS_AS_CONVS, the depthwise tap sum with
+    any channel multiplier) in the reference evaluator, against the numpy PyTorch, in float64."""
+    c, f = cg * groups, fg * groups
+    x = gc.input("x", ("N", *(size,) * nsp, c), "float64")
+    w = gc.input("w", (*(k,) * nsp, cg, f), "float64")
+    y = (gc.conv2d if nsp == 2 else gc.conv1d)(x, w, stride, pad, dilation, groups)
+    X, W = rng.standard_normal((2, *(size,) * nsp, c)), rng.standard_normal((*(k,) * nsp, cg, f))
+    want, grads = _torch_grouped(X, W, (stride,) * nsp, [(pad, pad)] * nsp, (dilation,) * nsp, groups)
+    G = rng.standard_normal(want.shape)
+    cot = gc.input("G", ("N", *want.shape[1:]), "float64")
+    got = gc.evaluate([y, *gc.grad(gc.sum(y * cot), [x, w])], {"x": X, "w": W, "G": G})
+    for a, b in zip(got, (want, *grads(G)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c, f, groups", [(4, 6, 2), (6, 6, 6), (3, 6, 3), (18, 9, 9)])
+def test_grouped_gradients_by_finite_differences_in_float64(c, f, groups):
+    x = gc.input("x", ("N", 5, 6, c), "float64")
+    w = gc.input("w", (3, 2, c // groups, f), "float64")
+    y = gc.sum(gc.tanh(gc.conv2d(x, w, stride=(2, 1), padding="same", dilation=(1, 2), groups=groups)) ** 2)
+    gc.check_grad(y, [x, w], {"x": rng.standard_normal((2, 5, 6, c)),
+                              "w": rng.standard_normal((3, 2, c // groups, f))}, rtol=1e-5, atol=1e-7)
+
+
+def test_grouped_conv_errors_name_channels_filters_groups_and_the_line():
+    x = gc.input("x", ("N", 8, 8, 6))
+    with pytest.raises(gc.ShapeError, match=r"conv2d: groups=4 must divide both the input's channels C = 6 .*"
+                                            r"and the filters F = 8 .*test_conv\.py:\d+"):
+        gc.conv2d(x, gc.input("w", (3, 3, 1, 8)), groups=4)
+    with pytest.raises(gc.ShapeError, match=r"conv2d: groups=3 must divide .*F = 4 .*test_conv\.py"):
+        gc.conv2d(x, gc.input("w1", (3, 3, 2, 4)), groups=3)
+    with pytest.raises(gc.ShapeError, match=r"conv2d: the filter \[3,3,6,6\] expects 6 input channels per group "
+                                            r"\(groups=2: C/groups = 6/2 = 3\) but the input \[N,8,8,6\] has 6; a "
+                                            r"grouped filter is \(KH, KW, C/groups, F\).*test_conv\.py"):
+        gc.conv2d(x, gc.input("w2", (3, 3, 6, 6)), groups=2)
+    with pytest.raises(gc.ShapeError, match=r"conv1d: .*grouped filter is \(K, C/groups, F\)"):
+        gc.conv1d(gc.input("s", ("N", 8, 6)), gc.input("w3", (3, 6, 6)), groups=3)
+    with pytest.raises(gc.ShapeError, match=r"conv2d: the filter \[3,3,2,4\] expects 2 input channels per group "
+                                            r"\(groups=2\) but the input \[N,8,8,C\] has C"):
+        gc.conv2d(gc.input("sym", ("N", 8, 8, "C")), gc.input("w5", (3, 3, 2, 4)), groups=2)
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(gc.ShapeError, match=r"conv2d: groups must be an int >= 1, got .*test_conv\.py"):
+            gc.conv2d(x, gc.input("w4", (3, 3, 6, 6)), groups=bad)
+
+
+def test_each_grouped_form_compiles_to_its_kernels():
+    """Depthwise: one reduction over the taps (no GEMM, no im2col buffer); 2 groups of 4 channels: two GEMMs
+    reading the image in place; 9 groups: one batched product over them."""
+    x = gc.input("x", ("N", 8, 8, 18))
+
+    def kernels(y):
+        prog = gc.compile(y).program
+        return [type(k).__name__ for k in prog.kernels], prog
+
+    kinds, prog = kernels(gc.conv2d(x, gc.input("w", (3, 3, 1, 18)), padding="same", groups=18))
+    assert "GemmKernel" not in kinds and kinds.count("ReduceKernel") == 1, kinds
+    assert not any(len(b.shape) > 4 for b in prog.buffers)
+    kinds, prog = kernels(gc.conv2d(x, gc.input("w2", (3, 3, 9, 4)), padding="same", groups=2))
+    assert kinds.count("GemmKernel") == 2 and all(not k.batch for k in prog.kernels if hasattr(k, "batch")), kinds
+    kinds, prog = kernels(gc.conv2d(x, gc.input("w3", (3, 3, 2, 9)), padding="same", groups=9))
+    (gemm,) = [k for k in prog.kernels if type(k).__name__ == "GemmKernel"]
+    assert gemm.batch == (9,)
