@@ -446,7 +446,7 @@ class DataParallelStep:
     def _build_update(self) -> None:
         from graphc import ops
         from graphc.autodiff.grad import grad
-        from graphc.nn.optim import clip_grad_norm
+        from graphc.nn.optim import clip_coefficient
         from graphc.runtime.buffers import aligned_empty
         from graphc.runtime.jit import CompiledFunction
 
@@ -457,8 +457,14 @@ class DataParallelStep:
         pen_grads = grad(pen, tr.params) if pen is not None else [None] * len(tr.params)
         totals = [g + pg if pen is not None and p.name in tr.penalized_names else g
                   for p, g, pg in zip(tr.params, self.g_in, pen_grads, strict=True)]
-        if "clip_grad_norm" in tr.hyper:  # every rank holds the whole summed gradient: the single process's clip
-            totals, _ = clip_grad_norm(totals, tr.hyper["clip_grad_norm"])
+        # clipping: every rank holds the whole summed gradient and computes its norm itself, with the program the
+        # standalone binary runs (slice_norm_program over the flattened arrays: the same summation order)
+        self.norm_fn = slice_norm_program(tr, 1)
+        self._sumsq = np.zeros((), np.float32)
+        self._norm = None
+        if self.norm_fn is not None:
+            coef, _ = clip_coefficient(ops.input("grad_sumsq", (), "float32"), tr.hyper["clip_grad_norm"])
+            totals = [g * ops.cast(coef, g.dtype) for g in totals]
         updates = {}
         for p, total in zip(tr.params, totals, strict=True):
             new_p, new_state = tr.opt.step(p, total, tr.state_inputs, tr.t, tr.lr, tr.hyper)
@@ -579,6 +585,13 @@ class DataParallelStep:
         if "step" in self.update_leaves:
             uvals["step"] = step_arr
         self._pen_out = [np.zeros((), np.float32)] if self.trainer.penalty is not None else None
+        if self.norm_fn is not None:
+            uvals["grad_sumsq"] = self._sumsq
+            nvals = {k: v for k, v in uvals.items() if np.ndim(v) == 0}
+            for i, (p, g) in enumerate(zip(self.trainer.params, self.grad_views, strict=True)):
+                nvals[p.name], nvals[f"slot0.{i}"] = live[p.name].reshape(-1), g.reshape(-1)
+            nleaves = {leaf.name for leaf in self.norm_fn.signature.inputs}
+            self._norm = self.norm_fn.bind({k: v for k, v in nvals.items() if k in nleaves}, out=[self._sumsq])
         return uvals
 
     def _bind_update(self, uvals: dict):
@@ -590,6 +603,8 @@ class DataParallelStep:
         (the same on every rank)."""
         self.dist.allreduce_(self.flat)
         loss = float(self.flat[self.loss_slot])
+        if self._norm is not None:
+            self._norm()
         update()
         if self._pen_out is not None:
             loss += float(self._pen_out[0])
