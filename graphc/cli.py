@@ -149,6 +149,8 @@ def _build(args) -> int:
     options = _aot_options(args)
     if args.optimizer is not None:
         options["optimizer"] = args.optimizer
+    if args.clip_grad_norm is not None:
+        options["clip_grad_norm"] = args.clip_grad_norm
     if options["data"] is None:
         options["data"] = "digits"
     _output_file(args.output, "executable")
@@ -371,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--optimizer", choices=[n for n in OPTIMIZERS if n != "gd"], help="sgd and momentum build "
                    "the same step (momentum is a run-time value, 0 for plain SGD); adamw's weight decay is a "
                    "run-time value too (the binary's --weight-decay)")
+    b.add_argument("--clip-grad-norm", type=float, metavar="MAX", help="build gradient-norm clipping into the "
+                   "step (torch.nn.utils.clip_grad_norm_, as graphc train --clip-grad-norm); MAX is the binary's "
+                   "default, its --clip-grad-norm changes it at run time (default: no clipping, or a model file's "
+                   "OPTIONS)")
     b.add_argument("--mpi", action="store_true", help="link with the MPI library of the mpi extra (its mpicc): "
                    "`mpirun -n P PATH ...` trains data-parallel, with the same weights as `mpirun -n P graphc train`")
     b.add_argument("-o", "--output", required=True, metavar="PATH", help="the executable to write")

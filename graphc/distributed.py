@@ -315,19 +315,15 @@ def grad_program(trainer):
                             updates=state_updates(loss)), offsets
 
 
-def slice_update_program(trainer, P: int):
-    """The update of a share of every parameter from P gradient slots: each parameter, its optimizer state and
-    its P slots flattened to 1-D inputs of one length symbol (`S<i>`); the slots are summed in rank order, the
-    penalties' gradients added, the optimizer applied in place; the penalty over the share is the output.
-    (compiled function, whether it has the penalty output, the slot input names per parameter). With P = 1 the
-    one slot is the summed gradient (the standalone binary sums the slots itself, in the same order)."""
+def _share_gradients(tr, P: int):
+    """The pieces of the update of a share of every parameter (see `slice_update_program`): (the share leaves, their
+    optimizer state inputs by name, the P slot inputs per parameter, the penalty over the share or None, the total
+    gradient of each share: the slots summed in rank order plus the penalties' gradients)."""
     from graphc import ops
     from graphc.autodiff.grad import grad
     from graphc.nn.losses import l1, l2
-    from graphc.runtime.jit import CompiledFunction
 
-    tr = trainer
-    leaves, updates, pen_leaves, slot_in = [], {}, [], []
+    leaves, pen_leaves, slot_in = [], [], []
     sub_state = {}
     for i, p in enumerate(tr.params):
         sym = f"S{i}"
@@ -346,18 +342,57 @@ def slice_update_program(trainer, P: int):
         pen = term if pen is None else pen + term
     pen_grads = dict(zip([q.name for q in pen_leaves], grad(pen, pen_leaves), strict=True)) \
         if pen is not None else {}
+    totals = []
     for q, gs in zip(leaves, slot_in, strict=True):
         g = gs[0]
         for k in range(1, P):  # rank order: a fixed summation order
             g = g + gs[k]
         if q.name in pen_grads:
             g = g + pen_grads[q.name]
+        totals.append(g)
+    return leaves, sub_state, slot_in, pen, totals
+
+
+def slice_update_program(trainer, P: int):
+    """The update of a share of every parameter from P gradient slots: each parameter, its optimizer state and
+    its P slots flattened to 1-D inputs of one length symbol (`S<i>`); the slots are summed in rank order, the
+    penalties' gradients added, the optimizer applied in place; the penalty over the share is the output.
+    (compiled function, whether it has the penalty output, the slot input names per parameter). With P = 1 the
+    one slot is the summed gradient (the standalone binary sums the slots itself, in the same order). With
+    gradient clipping the gradients are scaled by clip_grad_norm's factor from the float32 input `grad_sumsq`:
+    the sum of squares of the whole gradient (`slice_norm_program`'s outputs summed over the shares)."""
+    from graphc import ops
+    from graphc.nn.optim import clip_coefficient
+    from graphc.runtime.jit import CompiledFunction
+
+    tr = trainer
+    leaves, sub_state, slot_in, pen, totals = _share_gradients(tr, P)
+    if "clip_grad_norm" in tr.hyper:
+        coef, _ = clip_coefficient(ops.input("grad_sumsq", (), "float32"), tr.hyper["clip_grad_norm"])
+        totals = [g * ops.cast(coef, g.dtype) for g in totals]
+    updates = {}
+    for q, g in zip(leaves, totals, strict=True):
         new_p, new_state = tr.opt.step(q, g, sub_state, tr.t, tr.lr, tr.hyper)
         updates[q] = new_p
         for n, v in new_state.items():
             updates[sub_state[n]] = v
     fn = CompiledFunction([pen] if pen is not None else [], updates=updates, threads=tr.threads)
     return fn, pen is not None, [[leaf.name for leaf in gs] for gs in slot_in]
+
+
+def slice_norm_program(trainer, P: int):
+    """With gradient clipping, the sum of squares of a share of the total gradient (the same inputs as
+    `slice_update_program`'s, less the optimizer's): one float32 output. A rank of a sharded update holds only
+    its share of the summed gradient, so the global norm is these sums added over the ranks (in rank order)
+    before any rank updates. None without clipping."""
+    from graphc.nn.optim import grad_sumsq
+    from graphc.runtime.jit import CompiledFunction
+
+    tr = trainer
+    if "clip_grad_norm" not in tr.hyper:
+        return None
+    *_, totals = _share_gradients(tr, P)
+    return CompiledFunction([grad_sumsq(totals)], threads=tr.threads)
 
 
 def data_digest(ds) -> str:
@@ -411,6 +446,7 @@ class DataParallelStep:
     def _build_update(self) -> None:
         from graphc import ops
         from graphc.autodiff.grad import grad
+        from graphc.nn.optim import clip_coefficient
         from graphc.runtime.buffers import aligned_empty
         from graphc.runtime.jit import CompiledFunction
 
@@ -419,9 +455,18 @@ class DataParallelStep:
         self.g_in = [ops.input(f"allreduced.{i}", p.shape, p.dtype) for i, p in enumerate(tr.params)]
         pen = tr.penalty
         pen_grads = grad(pen, tr.params) if pen is not None else [None] * len(tr.params)
+        totals = [g + pg if pen is not None and p.name in tr.penalized_names else g
+                  for p, g, pg in zip(tr.params, self.g_in, pen_grads, strict=True)]
+        # clipping: every rank holds the whole summed gradient and computes its norm itself, with the program the
+        # standalone binary runs (slice_norm_program over the flattened arrays: the same summation order)
+        self.norm_fn = slice_norm_program(tr, 1)
+        self._sumsq = np.zeros((), np.float32)
+        self._norm = None
+        if self.norm_fn is not None:
+            coef, _ = clip_coefficient(ops.input("grad_sumsq", (), "float32"), tr.hyper["clip_grad_norm"])
+            totals = [g * ops.cast(coef, g.dtype) for g in totals]
         updates = {}
-        for p, g, pg in zip(tr.params, self.g_in, pen_grads, strict=True):
-            total = g + pg if pen is not None and p.name in tr.penalized_names else g
+        for p, total in zip(tr.params, totals, strict=True):
             new_p, new_state = tr.opt.step(p, total, tr.state_inputs, tr.t, tr.lr, tr.hyper)
             updates[p] = new_p
             for name, v in new_state.items():
@@ -540,6 +585,13 @@ class DataParallelStep:
         if "step" in self.update_leaves:
             uvals["step"] = step_arr
         self._pen_out = [np.zeros((), np.float32)] if self.trainer.penalty is not None else None
+        if self.norm_fn is not None:
+            uvals["grad_sumsq"] = self._sumsq
+            nvals = {k: v for k, v in uvals.items() if np.ndim(v) == 0}
+            for i, (p, g) in enumerate(zip(self.trainer.params, self.grad_views, strict=True)):
+                nvals[p.name], nvals[f"slot0.{i}"] = live[p.name].reshape(-1), g.reshape(-1)
+            nleaves = {leaf.name for leaf in self.norm_fn.signature.inputs}
+            self._norm = self.norm_fn.bind({k: v for k, v in nvals.items() if k in nleaves}, out=[self._sumsq])
         return uvals
 
     def _bind_update(self, uvals: dict):
@@ -551,6 +603,8 @@ class DataParallelStep:
         (the same on every rank)."""
         self.dist.allreduce_(self.flat)
         loss = float(self.flat[self.loss_slot])
+        if self._norm is not None:
+            self._norm()
         update()
         if self._pen_out is not None:
             loss += float(self._pen_out[0])
@@ -612,6 +666,10 @@ class SharedMemoryStep(DataParallelStep):
         self.outs = [mine[slot_len - 16:slot_len - 15].reshape(()), *self.grad_views]
         self._pen_view = mine[slot_len - 15:slot_len - 14].reshape(())
         self._loss_at, self._pen_at = slot_len - 16, slot_len - 15
+        # clipping: this rank's share of the gradient's sum of squares, then every rank adds them in rank order
+        self._sumsq_view = mine[slot_len - 14:slot_len - 13].reshape(())
+        self._sumsq_at = slot_len - 14
+        self._sumsq = np.zeros((), np.float32)
         self.shared: dict[str, np.ndarray] = {}
         off = base + P * slot_len
         for n in state_names:
@@ -624,6 +682,8 @@ class SharedMemoryStep(DataParallelStep):
         self.bounds = [shares(n, P)[r] for n in sizes]
         self.update_fn, self._has_pen, self._slot_names = slice_update_program(tr, P)
         self.update_leaves = {leaf.name for leaf in self.update_fn.signature.inputs}
+        self.norm_fn = slice_norm_program(tr, P)
+        self._norm = None
 
     def _barrier(self, what: str) -> None:
         with self.dist._guard(what):
@@ -655,6 +715,10 @@ class SharedMemoryStep(DataParallelStep):
                       if k in self.update_leaves})
         if "step" in self.update_leaves:
             uvals["step"] = step_arr
+        if self.norm_fn is not None:
+            uvals["grad_sumsq"] = self._sumsq
+            nleaves = {leaf.name for leaf in self.norm_fn.signature.inputs}
+            self._norm = self.norm_fn.bind({k: v for k, v in uvals.items() if k in nleaves}, out=[self._sumsq_view])
         return uvals
 
     def _bind_update(self, uvals: dict):
@@ -665,6 +729,10 @@ class SharedMemoryStep(DataParallelStep):
         loss = 0.0
         for sl in self.slots:  # rank order; read before anyone can start the next step's gradients
             loss += float(sl[self._loss_at])
+        if self._norm is not None:  # the global norm before any rank changes a parameter
+            self._norm()
+            self._barrier("the gradient norm")
+            self._sumsq[...] = np.float32(sum(float(sl[self._sumsq_at]) for sl in self.slots))
         update()
         self._barrier("the update")
         if self._has_pen:

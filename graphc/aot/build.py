@@ -533,18 +533,20 @@ def build(output: str | Path, model=None, data="digits", *, target: str | Target
 
     parallel = None
     if mpi:
-        from graphc.distributed import grad_program, slice_update_program
+        from graphc.distributed import grad_program, slice_norm_program, slice_update_program
 
-        parallel = [(grad_program(t), slice_update_program(t, 1)) for _, t, _ in steps]
+        parallel = [(grad_program(t), slice_update_program(t, 1), slice_norm_program(t, 1)) for _, t, _ in steps]
     work, cleanup = _work_dir(keep)
     try:
         header = _model_header(steps, tr, spec, tgt, max_batch, max_threads, EVAL_BATCH, work, parallel)
         (work / "graphc_model.h").write_text(header)
         modules = {prefix: ir_of(t.epoch_fn, True) for prefix, t, _ in steps}
         modules["eval_"] = ir_of(ev, False)
-        for (prefix, _, _), ((gfn, _), (ufn, _, _)) in zip(steps, parallel or [], strict=False):
+        for (prefix, _, _), ((gfn, _), (ufn, _, _), nfn) in zip(steps, parallel or [], strict=False):
             modules[f"{prefix}g_"] = ir_of(gfn, False)
             modules[f"{prefix}u_"] = ir_of(ufn, False)
+            if nfn is not None:
+                modules[f"{prefix}n_"] = ir_of(nfn, False)
         objs = _objects(modules, tgt, work)
         out = Path(output).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -571,7 +573,8 @@ def _check_layer_state(tr) -> None:
                            "features); a standalone binary carries float32 state only: make the features float32")
 
 
-_KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3, "weight_decay": 5}  # graphc_aot.h's GC_SCALAR_*; 4: keep.<i>
+# graphc_aot.h's GC_SCALAR_*; 4: keep.<i>
+_KINDS = {"lr": 0, "momentum": 1, "l2": 2, "l1": 3, "weight_decay": 5, "clip_grad_norm": 6}
 
 
 def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], buf_names: list[str], tgt: Target,
@@ -600,7 +603,8 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
             continue
         if leaf.shape != () or leaf.dtype != "float32" or not (name in _KINDS or re.fullmatch(r"keep\.\d+", name)):
             raise AotError(f"the training step has an input {name!r} ({leaf.type_str}) that a standalone binary "
-                           "cannot feed (it feeds lr, momentum, weight_decay, l2, l1, keep.<i>, step and rng_key)")
+                           "cannot feed (it feeds lr, momentum, weight_decay, l2, l1, clip_grad_norm, keep.<i>, step "
+                           "and rng_key)")
         kind = _KINDS.get(name, 4)
         index = int(name.split(".")[1]) if kind == 4 else 0
         scalars.append(f"{{{c_string(name)}, {slot[name]}, {kind}, {index}}}")
@@ -631,10 +635,11 @@ def _step_manifest(k: int, prefix: str, tr, label: str, state_names: list[str], 
     return lines, init
 
 
-def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[str], buf_names: list[str],
+def _parallel_manifest(k: int, prefix: str, t, grad, update, norm, state_names: list[str], buf_names: list[str],
                        tgt: Target, max_batch: int, max_threads: int, blob: Blob) -> tuple[list[str], str]:
-    """The C declarations of one step's data-parallel programs (graphc.distributed.grad_program and
-    slice_update_program with one slot): (lines, its gc_par_t initializer)."""
+    """The C declarations of one step's data-parallel programs (graphc.distributed.grad_program,
+    slice_update_program with one slot and, with gradient clipping, slice_norm_program with one slot): (lines, its
+    gc_par_t initializer)."""
     (gfn, offsets), (ufn, has_pen, slot_names) = grad, update
     s = f"gc_p{k}_"
     lines = []
@@ -693,7 +698,7 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
     known = set(params) | set(owner) | {nm[0] for nm in slot_names}
     for leaf in uleaves:
         name = leaf.name
-        if name in known:
+        if name in known or name == "grad_sumsq":
             continue
         if name == "step":
             ustep, ustep64 = uslot[name], int(leaf.dtype == "float64")
@@ -703,6 +708,30 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
                            "cannot feed")
         uscalars.append(f"{{{c_string(name)}, {uslot[name]}, {_KINDS[name]}, 0}}")
     u_init = prog_decl(ufn, "u", f"{prefix}u_", None, sizes)
+    # the norm program (clipping): the same share inputs as the update's, the share's sum of squares out
+    n_init, n_out, nparams, ngrads, ndims, nscalars = "{0, 0, 0, 0, 0, 0, 0}", -1, [], [], [], []
+    if norm is not None:
+        nprog = norm.program
+        nleaves = list(norm.signature.inputs)
+        nslot = {leaf.name: buf.index for leaf, buf in zip(nleaves, nprog.inputs, strict=True)}
+        nsyms = list(nprog.symbols)
+        nsizes = {}
+        for p, nm in zip(t.params, slot_names, strict=True):
+            sym = next(d for leaf in nleaves if leaf.name == nm[0] for d in leaf.shape)
+            ndims.append(nsyms.index(sym) if sym in nsyms else -1)
+            nsizes[sym] = int(np.prod(p.shape, dtype=np.int64))
+        nparams = [nslot.get(n, -1) for n in params]
+        ngrads = [nslot.get(nm[0], -1) for nm in slot_names]
+        for leaf in nleaves:
+            name = leaf.name
+            if name in params or name in {nm[0] for nm in slot_names}:
+                continue
+            if leaf.shape != () or leaf.dtype != "float32" or name not in _KINDS:
+                raise AotError(f"the gradient norm program has an input {name!r} ({leaf.type_str}) that a "
+                               "standalone binary cannot feed")
+            nscalars.append(f"{{{c_string(name)}, {nslot[name]}, {_KINDS[name]}, 0}}")
+        n_out = nprog.outputs[0].index
+        n_init = prog_decl(norm, "n", f"{prefix}n_", None, nsizes)
     lines += [
         f"static const int32_t {s}gparams[] = {_ints(gslot.get(n, -1) for n in params)};",
         f"static const int32_t {s}ggrads[] = {_ints(gouts[1:1 + len(params)])};",
@@ -716,12 +745,18 @@ def _parallel_manifest(k: int, prefix: str, t, grad, update, state_names: list[s
         f"static const int32_t {s}ustate[] = {_ints([uslot.get(n, -1) for n in state_names] or [-1])};",
         f"static const int32_t {s}ustate_param[] = {_ints([owner.get(n, -1) for n in state_names] or [-1])};",
         f"static const gc_scalar_t {s}uscalars[] = {{{', '.join(uscalars or ['{0, -1, 0, 0}'])}}};",
+        f"static const int32_t {s}nparams[] = {_ints(nparams or [-1])};",
+        f"static const int32_t {s}ngrads[] = {_ints(ngrads or [-1])};",
+        f"static const int32_t {s}ndims[] = {_ints(ndims or [-1])};",
+        f"static const gc_scalar_t {s}nscalars[] = {{{', '.join(nscalars or ['{0, -1, 0, 0}'])}}};",
     ]
     init = (f"{{{g_init}, {u_init}, {list(gprog.symbols).index(n_sym)}, {gslot[t.x.name]}, "
             f"{gslot.get(t.y.name, -1)}, {gslot['grad_weight']}, {gslot.get('rng_key', -1)}, {gouts[0]}, "
             f"{len(offs)}, {int(offsets is not None)}, {len(gscalars)}, {s}gparams, {s}ggrads, {s}gbufs, {s}offslots, "
             f"{s}offsizes, {s}gscalars, {ustep}, {ustep64}, {uprog.outputs[0].index if has_pen else -1}, "
-            f"{len(uscalars)}, {s}uparams, {s}ugrads, {s}udims, {s}ustate, {s}ustate_param, {s}uscalars}}")
+            f"{len(uscalars)}, {s}uparams, {s}ugrads, {s}udims, {s}ustate, {s}ustate_param, {s}uscalars, "
+            f"{n_init}, {int(norm is not None)}, {uslot.get('grad_sumsq', -1)}, {n_out}, {len(nscalars)}, "
+            f"{s}nparams, {s}ngrads, {s}ndims, {s}nscalars}}")
     return lines, init
 
 
@@ -805,11 +840,15 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
               "    int32_t u_step, u_step_f64, u_pen, u_nscalars;",
               "    const int32_t *u_params, *u_grads, *u_dims, *u_state, *u_state_param;",
               "    const gc_scalar_t *u_scalars;",
+              "    gc_prog_t n;  /* with clipping: a share's sum of squares of the gradient */",
+              "    int32_t has_norm, u_sumsq, n_out, n_nscalars;",
+              "    const int32_t *n_params, *n_grads, *n_dims;",
+              "    const gc_scalar_t *n_scalars;",
               "} gc_par_t;", ""]
         pinits = []
-        for k, ((prefix, t, _), (g, u)) in enumerate(zip(steps, parallel, strict=True)):
-            lines, init = _parallel_manifest(k, prefix, t, g, u, state_names, buf_names, tgt, max_batch, max_threads,
-                                             blob)
+        for k, ((prefix, t, _), (g, u, nrm)) in enumerate(zip(steps, parallel, strict=True)):
+            lines, init = _parallel_manifest(k, prefix, t, g, u, nrm, state_names, buf_names, tgt, max_batch,
+                                             max_threads, blob)
             L += lines
             pinits.append(init)
         L.append("static const gc_par_t gc_par[] = {" + ", ".join(pinits) + "};")
@@ -866,6 +905,7 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_HAS_MOMENTUM": int("momentum" in full_slots), "GC_HAS_L2": int("l2" in full_slots),
         "GC_HAS_L1": int("l1" in full_slots), "GC_HAS_WEIGHT_DECAY": int("weight_decay" in full_slots),
         "GC_DEF_WEIGHT_DECAY": c_double(tr.scalars(0).get("weight_decay", 0.0)),
+        "GC_HAS_CLIP": int("clip_grad_norm" in full_slots), "GC_DEF_CLIP": c_double(cfg.clip_grad_norm or 0.0),
         "GC_X_ROW_BYTES": spec.n_features * 4, "GC_Y_ROW_BYTES": int(np.prod(y_dims, dtype=np.int64)) * 4,
         "GC_E_NBUF": len(eprog.buffers), "GC_E_NSYM": max(len(eprog.symbols), 1),
         "GC_E_NDIM": list(eprog.symbols).index(n_sym), "GC_E_X": eslot[x.name], "GC_E_Y": eslot.get(y.name, -1),

@@ -123,15 +123,15 @@ static double now(void) {
 typedef struct {
     const char *x_train, *y_train, *x_val, *y_val, *x_test, *y_test, *out;
     int64_t epochs, batch, patience, threads, seed;
-    double lr, momentum, weight_decay, l2, l1, min_delta;
+    double lr, momentum, weight_decay, clip_grad_norm, l2, l1, min_delta;
     double keep[GC_NKEEP + 1];
     int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize, overwrite;
 } opts_t;
 
 static const char *const VALUED[] = {"--x-train", "--y-train", "--x-val", "--y-val", "--x-test", "--y-test",
                                      "--out", "--epochs", "--batch-size", "--early-stopping", "--threads", "--seed",
-                                     "--lr", "--momentum", "--weight-decay", "--l2", "--l1", "--min-delta",
-                                     "--dropout", NULL};
+                                     "--lr", "--momentum", "--weight-decay", "--clip-grad-norm", "--l2", "--l1",
+                                     "--min-delta", "--dropout", NULL};
 
 static int valued_option(const char *name) {
     for (int i = 0; VALUED[i]; i++)
@@ -142,7 +142,8 @@ static int valued_option(const char *name) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: %s --x-train F.npy --y-train F.npy [--x-val F.npy --y-val F.npy] [--x-test F.npy --y-test F.npy]\n"
-            "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--weight-decay WD] [--l2 NU] [--l1 NU]\n"
+            "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--weight-decay WD] [--clip-grad-norm MAX]\n"
+            "       [--l2 NU] [--l1 NU]\n"
             "       [--dropout KEEP[,KEEP...]]\n"
             "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--standardize] [--quiet]\n       --out DIR\n"
             "       %s --info | --help\n\n",
@@ -171,6 +172,9 @@ static void usage(FILE *f) {
     if (GC_HAS_WEIGHT_DECAY)
         fprintf(f, "  --weight-decay WD      AdamW's decoupled decay w <- w(1 - lr*WD) of every parameter [%g]\n",
                 GC_DEF_WEIGHT_DECAY);
+    if (GC_HAS_CLIP)
+        fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX [%g]\n",
+                GC_DEF_CLIP);
     if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
     if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
     if (GC_NKEEP)
@@ -303,6 +307,7 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     o->lr = GC_DEF_LR;
     o->momentum = GC_DEF_MOMENTUM;
     o->weight_decay = GC_DEF_WEIGHT_DECAY;
+    o->clip_grad_norm = GC_DEF_CLIP;
     o->l2 = GC_DEF_L2;
     o->l1 = GC_DEF_L1;
     o->patience = GC_DEF_PATIENCE;
@@ -375,6 +380,13 @@ static void parse_args(opts_t *o, int argc, char **argv) {
             if (!GC_HAS_WEIGHT_DECAY && o->weight_decay != 0)
                 fail(EXIT_BAD, "--weight-decay: this binary's optimizer (%s) has no decoupled weight decay (build with "
                      "graphc build --optimizer adamw); for a coupled L2 penalty use --l2", GC_OPTIMIZER);
+        } else if (!strcmp(name, "--clip-grad-norm")) {
+            o->clip_grad_norm = parse_float(name, val);
+            if (!(o->clip_grad_norm > 0 && isfinite(o->clip_grad_norm)))
+                fail(EXIT_BAD, "--clip-grad-norm: the largest gradient norm must be a finite number > 0, got %s", val);
+            if (!GC_HAS_CLIP)
+                fail(EXIT_BAD, "--clip-grad-norm: this binary was built without gradient clipping (build it with "
+                     "graphc build --clip-grad-norm MAX; MAX becomes its default)");
         } else if (!strcmp(name, "--l2") || !strcmp(name, "--l1")) {
             double v = parse_float(name, val);
             if (!(v >= 0)) fail(EXIT_BAD, "%s: the penalty must be >= 0, got %s", name, val);
@@ -1227,9 +1239,9 @@ static void mpi_agree_run(const opts_t *o, const int64_t rows[3], const npy_t *c
     char buf[4096];
     int len = snprintf(buf, sizeof buf, "%s|%s|", GC_TARGET, GC_MODEL_DESC);
     for (int k = 0; k < GC_NSTEPS; k++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%s,", gc_steps[k].digest);
-    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
+    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
                     (long long)o->epochs, (long long)o->batch, (long long)o->patience, (long long)o->seed, o->lr,
-                    o->momentum, o->weight_decay, o->l2, o->l1, o->min_delta, o->standardize);
+                    o->momentum, o->weight_decay, o->clip_grad_norm, o->l2, o->l1, o->min_delta, o->standardize);
     for (int i = 0; i < GC_NKEEP; i++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%.17g,", o->keep[i]);
     snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld", (long long)rows[0], (long long)rows[1],
              (long long)rows[2]);
@@ -1267,10 +1279,10 @@ typedef struct {
     int64_t slot_len, loss_at, pen_at, width;
     int64_t seg[GC_NPARAMS], lo[GC_NPARAMS], hi[GC_NPARAMS];
     float **slots, *mine, pen;
-    uintptr_t *gtab, *utab;
-    int64_t *gdims, *udims, key, off[16];
-    void *gws, *uws, *xb, *yb;
-    float weight, *gscal, *uscal;
+    uintptr_t *gtab, *utab, *ntab;
+    int64_t *gdims, *udims, *ndims, key, off[16];
+    void *gws, *uws, *nws, *xb, *yb;
+    float weight, *gscal, *uscal, *nscal, sumsq;
     double step_buf;
     int64_t samples;
 } par_t;
@@ -1315,7 +1327,8 @@ static void par_setup(par_t *q, const gc_step_t *S, float **params, float **stat
         off += (gc_params[i].size + 15) / 16 * 16;
         if (gc_params[i].size < min_size) min_size = gc_params[i].size;
     }
-    q->slot_len = off + 16; /* then the weighted data loss, and the update's penalty share */
+    q->slot_len = off + 16; /* then the weighted data loss, the update's penalty share, the gradient's sum of squares
+                             * over this rank's share (clipping) */
     q->loss_at = off;
     q->pen_at = off + 1;
     int local = 0;
@@ -1398,19 +1411,36 @@ static void par_setup(par_t *q, const gc_step_t *S, float **params, float **stat
     }
     for (int j = 0; j < GC_NSTATE; j++)
         if (G->u_state[j] >= 0) q->utab[G->u_state[j]] = (uintptr_t)(state[j] + q->lo[G->u_state_param[j]]);
+    if (!G->has_norm) return;
+    /* clipping: the norm program reads what the update reads (this rank's share of the summed gradient and of the
+     * parameters, for the penalties' gradients); its sum of squares goes to this rank's slot (shared: the ranks
+     * add them up, par_exchange) or straight to the update's grad_sumsq input (every rank holds the whole sum) */
+    q->nws = arena_table(&G->n, &q->ntab, &q->ndims, threads);
+    q->nscal = xalloc((size_t)(G->n_nscalars + 1) * 4);
+    for (int j = 0; j < G->n_nscalars; j++) q->ntab[G->n_scalars[j].slot] = (uintptr_t)&q->nscal[j];
+    for (int i = 0; i < GC_NPARAMS; i++) {
+        int64_t lo = q->lo[i];
+        if (G->n_params[i] >= 0) q->ntab[G->n_params[i]] = (uintptr_t)(params[i] + lo);
+        q->ntab[G->n_grads[i]] = (uintptr_t)((q->shared ? q->slots[0] : q->mine) + q->seg[i] + lo);
+        if (G->n_dims[i] >= 0) q->ndims[G->n_dims[i]] = q->hi[i] - lo;
+    }
+    q->ntab[G->n_out] = (uintptr_t)(q->shared ? q->mine + q->pen_at + 1 : &q->sumsq);
+    q->utab[G->u_sumsq] = (uintptr_t)&q->sumsq;
 }
 
 static void par_scalars(par_t *q, const opts_t *o) {
     const gc_par_t *G = q->par;
-    for (int pass = 0; pass < 2; pass++) {
-        const gc_scalar_t *sc = pass ? G->u_scalars : G->g_scalars;
-        float *out = pass ? q->uscal : q->gscal;
-        for (int i = 0; i < (pass ? G->u_nscalars : G->g_nscalars); i++) {
+    for (int pass = 0; pass < 3; pass++) {
+        const gc_scalar_t *sc = pass == 2 ? G->n_scalars : pass ? G->u_scalars : G->g_scalars;
+        float *out = pass == 2 ? q->nscal : pass ? q->uscal : q->gscal;
+        int count = pass == 2 ? (G->has_norm ? G->n_nscalars : 0) : pass ? G->u_nscalars : G->g_nscalars;
+        for (int i = 0; i < count; i++) {
             double v;
             switch (sc[i].kind) {
             case GC_SCALAR_LR: v = o->lr; break;
             case GC_SCALAR_MOMENTUM: v = o->momentum; break;
             case GC_SCALAR_WEIGHT_DECAY: v = o->weight_decay; break;
+            case GC_SCALAR_CLIP: v = o->clip_grad_norm; break;
             case GC_SCALAR_L2: v = o->l2; break;
             case GC_SCALAR_L1: v = o->l1; break;
             default: v = sc[i].index < GC_NKEEP ? o->keep[sc[i].index] : 1.0;
@@ -1433,6 +1463,13 @@ static double par_exchange(par_t *q) {
         for (int i = 0; i < GC_NPARAMS; i++)
             for (int k = 1; k < g_size; k++)
                 add_into(q->slots[0] + q->seg[i] + q->lo[i], q->slots[k] + q->seg[i] + q->lo[i], q->hi[i] - q->lo[i]);
+        if (G->has_norm) { /* the global norm before any rank changes a parameter, summed in rank order */
+            G->n.run(q->ntab, q->ndims, q->nws, q->threads);
+            node_barrier("the gradient norm");
+            double total = 0.0;
+            for (int k = 0; k < g_size; k++) total += (double)q->slots[k][q->pen_at + 1];
+            q->sumsq = (float)total;
+        }
         G->u.run(q->utab, q->udims, q->uws, q->threads);
         node_barrier("the update");
         if (G->u_pen >= 0)
@@ -1442,6 +1479,7 @@ static double par_exchange(par_t *q) {
         checked(MPI_Allreduce(MPI_IN_PLACE, q->mine, (int)q->slot_len, MPI_FLOAT, MPI_SUM, g_comm),
                 "the gradient allreduce");
         loss = (double)q->mine[q->loss_at];
+        if (G->has_norm) G->n.run(q->ntab, q->ndims, q->nws, q->threads); /* the whole sum: the same on every rank */
         G->u.run(q->utab, q->udims, q->uws, q->threads);
         if (G->u_pen >= 0) loss += (double)q->pen;
     }
@@ -1710,6 +1748,7 @@ int main(int argc, char **argv) {
             case GC_SCALAR_LR: v = o.lr; break;
             case GC_SCALAR_MOMENTUM: v = o.momentum; break;
             case GC_SCALAR_WEIGHT_DECAY: v = o.weight_decay; break;
+            case GC_SCALAR_CLIP: v = o.clip_grad_norm; break;
             case GC_SCALAR_L2: v = o.l2; break;
             case GC_SCALAR_L1: v = o.l1; break;
             default: v = S->scalars[i].index < GC_NKEEP ? o.keep[S->scalars[i].index] : 1.0;

@@ -24,7 +24,7 @@ typedef struct {
 
 /* A float32 scalar input of the training step fed once per epoch. */
 enum { GC_SCALAR_LR = 0, GC_SCALAR_MOMENTUM = 1, GC_SCALAR_L2 = 2, GC_SCALAR_L1 = 3, GC_SCALAR_KEEP = 4,
-       GC_SCALAR_WEIGHT_DECAY = 5 };
+       GC_SCALAR_WEIGHT_DECAY = 5, GC_SCALAR_CLIP = 6 };
 typedef struct {
     const char *name;
     int32_t slot;

@@ -226,16 +226,31 @@ def clip_grad_norm(grads, max_norm, *, eps: float = 1e-6):
           or not (0 < float(max_norm) < math.inf)):
         raise GraphcError(f"clip_grad_norm: max_norm must be a finite number > 0 (PyTorch's max_norm), got "
                           f"{max_norm!r}")
+    total = grad_sumsq(grads)
+    coef, norm = clip_coefficient(total, max_norm, eps=eps)
+    clipped = [g * ops.cast(coef, g.dtype) for g in grads]
+    return (clipped[0] if single else clipped), norm
+
+
+def grad_sumsq(grads) -> Node:
+    """The sum of the squares of every element of `grads` (one scalar, float64 if any gradient is): the square of
+    clip_grad_norm's total norm. Data-parallel training sums these over the ranks' shares of the parameters."""
     dtype = "float64" if any(g.dtype == "float64" for g in grads) else "float32"
     squares = [ops.cast(ops.sum(g * g), dtype) for g in grads]
     total = squares[0]
     for sq in squares[1:]:
         total = total + sq
-    norm = ops.sqrt(total)
+    return total
+
+
+def clip_coefficient(sumsq: Node, max_norm, *, eps: float = 1e-6) -> tuple[Node, Node]:
+    """clip_grad_norm's factor from the gradients' sum of squares (`grad_sumsq`, possibly summed over ranks):
+    (min(1, max_norm / (sqrt(sumsq) + eps)), the norm sqrt(sumsq)), in sumsq's dtype."""
+    dtype = sumsq.dtype
+    norm = ops.sqrt(sumsq)
     limit = ops.cast(max_norm, dtype) if isinstance(max_norm, Node) else ops.constant(float(max_norm), dtype)
     coef = ops.minimum(limit / (norm + ops.constant(float(eps), dtype)), ops.constant(1.0, dtype))
-    clipped = [g * ops.cast(coef, g.dtype) for g in grads]
-    return (clipped[0] if single else clipped), norm
+    return coef, norm
 
 
 @dataclass(frozen=True)

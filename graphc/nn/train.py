@@ -482,12 +482,10 @@ class Trainer:
         self.loss = loss
         self.grads = grad(loss, self.params)
         if config.clip_grad_norm is not None:
-            if distributed is not None:
-                # the norm is of the whole batch's gradient, summed over the ranks, and each rank updates a share
-                # of the parameters: no rank sees it
-                raise GraphcError(f"clip_grad_norm={config.clip_grad_norm}: gradient clipping is not available "
-                                  "in data-parallel training (mpirun) yet; train in one process, or leave it out")
-            self.grads, _ = clip_grad_norm(self.grads, config.clip_grad_norm)
+            # max_norm is an input, as the other hyperparameters: a standalone binary takes it on its command line.
+            # Data-parallel training clips in its update phase (graphc.distributed), from the summed gradient
+            self.hyper["clip_grad_norm"] = ops.input("clip_grad_norm", (), "float32")
+            self.grads, _ = clip_grad_norm(self.grads, self.hyper["clip_grad_norm"])
         name = "momentum" if all_features and config.optimizer in ("sgd", "gd") else config.optimizer
         self.opt = make(name, config.momentum, config.weight_decay)
         if getattr(self.opt, "momentum", 0.0):
@@ -599,7 +597,7 @@ class Trainer:
         mu = cfg.momentum if cfg.optimizer in ("sgd", "gd") else (cfg.momentum or getattr(self.opt, "momentum", 0.0))
         values = {"lr": self.schedule.lr(cfg.lr, epoch), "l2": cfg.l2, "l1": cfg.l1, "momentum": mu,
                   "weight_decay": getattr(self.opt, "weight_decay", 0.0) if cfg.weight_decay is None
-                  else cfg.weight_decay}
+                  else cfg.weight_decay, "clip_grad_norm": cfg.clip_grad_norm}
         out = {k: v for k, v in values.items() if k == "lr" or k in self.hyper}
         keeps = list(cfg.dropout or [])
         for n in topo_order(self.loss):

@@ -31,6 +31,12 @@ def test_help_and_info(digits_binary):
     # an SGD binary has no decoupled decay: the flag is refused (naming the coupled --l2), not ignored
     p = subprocess.run([str(digits_binary.path), "--weight-decay", "0.1", "--out", "x"], capture_output=True, text=True)
     assert p.returncode == 2 and "optimizer (sgd) has no decoupled weight decay" in p.stderr and "--l2" in p.stderr
+    # built without clipping: --clip-grad-norm is refused, naming the build flag that compiles it in
+    assert "--clip-grad-norm MAX   scale" not in subprocess.run([str(digits_binary.path), "--help"],
+                                                                capture_output=True, text=True).stdout
+    p = subprocess.run([str(digits_binary.path), "--clip-grad-norm", "1", "--out", "x"], capture_output=True, text=True)
+    assert p.returncode == 2 and "built without gradient clipping" in p.stderr and "graphc build --clip-grad-norm" \
+        in p.stderr, p.stderr
 
 
 def test_same_weights_as_in_process_training(digits_binary, digits_data, digits_run):
@@ -282,16 +288,18 @@ def test_a_model_that_slices_its_batch_axis_checks_every_batch_in_the_binary_and
 
 def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit(tmp_path):
     """A binary built with optimizer adamw (weight_decay 0.2 its default) trains with --weight-decay 0.3 bitwise as
-    gc.fit(optimizer="adamw", weight_decay=0.3) does; without the flag it runs the built value."""
+    gc.fit(optimizer="adamw", weight_decay=0.3) does; without the flag it runs the built value. Built with
+    clip_grad_norm=0.5 it clips as gc.fit(clip_grad_norm=) does, and --clip-grad-norm is a run-time value too."""
     from graphc import data
     from graphc.aot import build
     from graphc.fitting import fit
 
     (tmp_path / "m.py").write_text(MODEL)
     exe = build(tmp_path / "train-adamw", model=tmp_path / "m.py", data="diabetes", optimizer="adamw",
-                weight_decay=0.2, max_batch=64).path
+                weight_decay=0.2, clip_grad_norm=0.5, max_batch=64).path
     p = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--weight-decay WD" in p.stdout and "[0.2]" in p.stdout, p.stdout
+    assert "--clip-grad-norm MAX" in p.stdout and "[0.5]" in p.stdout
     info = subprocess.run([str(exe), "--info"], capture_output=True, text=True).stdout
     assert "optimizer: adamw" in info and " weight_decay" in info
     ds = data.load("diabetes")
@@ -300,16 +308,22 @@ def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit
         np.save(tmp_path / f"{kind}.npy", arr)
         args += [f"--{kind}-train", str(tmp_path / f"{kind}.npy")]
     weights = {}
-    for tag, flag in (("flag", ["--weight-decay", "0.3"]), ("built", []), ("same", ["--weight-decay", "0.2"])):
+    for tag, flag in (("flag", ["--weight-decay", "0.3"]), ("built", []), ("same", ["--weight-decay", "0.2"]),
+                      ("clip", ["--weight-decay", "0.3", "--clip-grad-norm", "0.05"])):
         r = subprocess.run([str(exe), *args, "--epochs", "2", *flag, "--quiet", "--out", str(tmp_path / tag)],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         weights[tag] = {n: np.load(tmp_path / tag / f"{n}.npy") for n in ("first.W", "first.b", "out.W", "out.b")}
-    ref = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, epochs=2, progress=False)
+    ref = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, clip_grad_norm=0.5, epochs=2,
+              progress=False)
+    clipped = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, clip_grad_norm=0.05,
+                  epochs=2, progress=False)
     for name, value in ref.params.items():
         assert np.array_equal(weights["flag"][name].view(np.uint32), value.view(np.uint32)), name
+        assert np.array_equal(weights["clip"][name].view(np.uint32), clipped.params[name].view(np.uint32)), name
         assert np.array_equal(weights["built"][name], weights["same"][name])
         assert not np.array_equal(weights["built"][name], weights["flag"][name])
+        assert not np.array_equal(weights["clip"][name], weights["flag"][name])
     bad = subprocess.run([str(exe), *args, "--weight-decay", "-1", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--weight-decay: must be >= 0" in bad.stderr and not (tmp_path / "bad").exists()

@@ -91,19 +91,25 @@ def test_three_and_four_ranks_with_uneven_shares_equal_single_process(tmp_path):
     # 30 rows per batch over 4 ranks: shares 8, 8, 7, 7; the last partial batches (1257 mod 30 = 27 digits rows,
     # 600 mod 30 = 0 synthetic) split likewise; P = 4 oversubscribes the two cores, which is fine for semantics
     # AdamW's decay (a strong one, halving lr each epoch) is applied once per step to the summed gradient's
-    # update, not once per rank: three times the decay would be ~1e-2 off
+    # update, not once per rank: three times the decay would be ~1e-2 off. Gradient clipping scales by the norm
+    # of the whole summed gradient (penalty included): on the allreduce path every rank computes it, on the
+    # shared-memory one each rank sums the squares of its share and the ranks add those before any update
     three = [DROPOUT, {"data": "synthetic", "epochs": 1, "batch": 100, "opts": {"optimizer": "nesterov",
                                                                                    "momentum": 0.9, "lr": 0.02}},
              {"data": "digits", "epochs": 2, "batch": 128, "opts": {"optimizer": "adamw", "weight_decay": 0.5,
                                                                     "lr": 0.01, "schedule": "step", "step_every": 1,
-                                                                    "step_gamma": 0.5}}]
-    four = [{"data": "digits", "epochs": 2, "batch": 30, "opts": {"l1": 1e-4}},
+                                                                    "step_gamma": 0.5, "clip_grad_norm": 0.05}}]
+    four = [{"data": "digits", "epochs": 2, "batch": 30, "opts": {"l1": 1e-4, "clip_grad_norm": 0.5}},
             {"data": "synthetic", "epochs": 1, "batch": 30, "opts": {"lr": 0.02}}]
     for n, jobs, shared in ((3, three, False), (4, four, True)):
         for job, got in zip(jobs, run_jobs(tmp_path, n, jobs, f"p{n}", shared), strict=True):
             assert len(set(got["digests"])) == 1 and len(got["samples"]) == n
             assert got["samples"].sum() == len(dataset(job["data"])[0]) * job["epochs"]
-            assert_close(single(job), params(got))
+            ref = single(job)
+            assert_close(ref, params(got))
+            if "clip_grad_norm" in job["opts"]:  # the clip acts: without it the single process trains otherwise
+                unclipped = single({**job, "opts": {k: v for k, v in job["opts"].items() if k != "clip_grad_norm"}})
+                assert max(np.abs(ref[k] - unclipped[k]).max() for k in params(got)) > 1e-3
 
 
 def train_cli(n: int, out: Path, *flags, launcher=()) -> subprocess.CompletedProcess:

@@ -103,6 +103,28 @@ def test_every_feature_uneven_shares_and_the_allreduce_path_match_bitwise(traine
     assert sum(m["samples_per_rank"]) == m["epochs"] * 1257  # 30 rows over 3 ranks: 10 each; 1257 mod 30 = 27
 
 
+def test_a_clipping_binary_built_by_the_cli_clips_as_graphc_train_under_mpirun(trainer, tmp_path):
+    """`graphc build --clip-grad-norm 0.5 --mpi`: under mpirun the binary clips by the norm of the whole summed
+    gradient (penalty included), bitwise as `mpirun graphc train --clip-grad-norm`: on 3 ranks sharing memory (each
+    rank's share of the squares, added in rank order) and on the allreduce path; its --clip-grad-norm is a
+    run-time value (1.5 here, the built 0.5 its default)."""
+    r = subprocess.run([sys.executable, "-m", "graphc.cli", "build", "--dataset", "digits", "--hidden", HIDDEN,
+                        "--clip-grad-norm", "0.5", "--mpi", "-o", str(tmp_path / "clip")], capture_output=True,
+                       text=True, env=env(), cwd=ROOT, timeout=240)
+    assert r.returncode == 0, r.stderr
+    h = subprocess.run([str(tmp_path / "clip"), "--help"], capture_output=True, text=True)
+    assert "--clip-grad-norm MAX" in h.stdout and "[0.5]" in h.stdout, h.stdout
+    flags = ["--epochs", "1", "--seed", "5", "--threads", "1", "--batch-size", "30", "--l2", "1e-3"]
+    for n, shared, extra in ((3, True, ["--clip-grad-norm", "1.5"]), (2, False, ["--clip-grad-norm", "0.5"])):
+        d = tmp_path / f"p{n}"
+        d.mkdir()
+        compare((tmp_path / "clip", trainer[1]), d, n, [*flags, *extra], shared=shared)
+    # the clip acts: the binary's default 0.5 trains otherwise than 1.5 (p3 and p2 differ in the rank count only
+    # to tight tolerance, in the clip by far)
+    a, b = (np.load(tmp_path / p / "b" / "mlp.1.W.npy") for p in ("p3", "p2"))
+    assert np.abs(a - b).max() > 1e-3
+
+
 BN_NOISE_MODEL = """
 import graphc as gc
 
