@@ -89,8 +89,13 @@ def test_token_ids_train_unstandardized_and_learn(tmp_path):
 def test_bad_token_data_is_refused_by_name(tmp_path):
     path, X, y = _tokens(tmp_path)
     np.savez(tmp_path / "float.npz", X=X.astype(np.float64), y=y)
-    with pytest.raises(data.DataError, match=r"float.npz: token ids X hold float64 values, not integers"):
+    with pytest.raises(data.DataError, match=r"float.npz: token ids X hold float64 values, not integers; save "
+                                             r"them as int32 or int64 \(e.g. X.astype\(np.int32\)\)"):
         fit(token_model, str(tmp_path / "float.npz"), progress=False, epochs=1)
+    # the same ids passed in memory: nothing was saved, so the fix is how they are passed
+    with pytest.raises(data.DataError, match=r"^arrays: token ids X hold float64 values, not integers; pass them as "
+                                             r"integers \(X.astype\(np.int32\)\)$"):
+        fit(token_model, (X.astype(np.float64), y), progress=False, epochs=1)
     bad = X.copy()
     bad[4, 2] = VOCAB + 2
     np.savez(tmp_path / "big.npz", X=bad, y=y, vocab=np.int64(VOCAB))
