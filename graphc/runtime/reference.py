@@ -160,9 +160,9 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
                              f"parameter has that name; the graph reads: {names}")
     # the key is needed where this mode reads it, as in the compiled program: a draw or (training) a dropout in
     # what the outputs compute, in loops too, not in a training_switch's other branch
-    computed = nodes_in_mode(order, training)  # (dropout is there in training only: the identity otherwise)
+    computed = nodes_in_mode(order, training)
     draws = any(n.op.name == "random" for n in computed)
-    reads_key = draws or any(n.op.name == "dropout" for n in computed)
+    reads_key = draws or training and any(n.op.name == "dropout" for n in computed)  # else the identity
     needed = [n for n in by_name.values() if reads_key or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:
