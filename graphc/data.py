@@ -179,6 +179,9 @@ def _features_and_labels(X: np.ndarray, y: np.ndarray, where: str, xkey: str = "
     if X.ndim not in (2, 3, 4):
         raise DataError(f"{where}: {xkey} must be 2-D (rows x features), 3-D (N, H, W) grey images or 4-D "
                         f"(N, H, W, C) images (channels last), got shape {X.shape}")
+    if X.ndim > 2 and len(X) == 0:  # said before the grid is flattened: the shape the user saved or passed
+        raise DataError(f"{where}: features must be a non-empty array, got {xkey} of shape {X.shape}: no examples "
+                        f"(an empty first axis)")
     if y.ndim == 0 or len(X) != len(y):
         raise DataError(f"{where}: {xkey} has {len(X)} rows but {ykey} has "
                         f"{len(y) if y.ndim else 'none (a scalar)'}; give one label per row")
@@ -238,15 +241,18 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
     return _checked_tokens(X, y, vocab, path, xkey, ykey)
 
 
-def _checked_tokens(X: np.ndarray, y: np.ndarray, vocab, path: str, xkey: str = "X", ykey: str = "y"):
+def _checked_tokens(X: np.ndarray, y: np.ndarray, vocab, path: str, xkey: str = "X", ykey: str = "y",
+                    in_memory: bool = False):
     """Token ids (N, T) as float32 (exact below 2^24), their labels and the vocabulary: integers, >= 0, below
-    the declared vocabulary (`vocab`, a scalar array, or None), one row per label."""
+    the declared vocabulary (`vocab`, a scalar array, or None), one row per label. `in_memory`: X was passed,
+    not read from a file (the fix is then how it is passed, not how it is saved)."""
     if X.ndim != 2 or X.shape[1] < 1:
         raise DataError(f"{path}: token ids {xkey} must be (N, T), one row of T ids per sequence, got shape "
                         f"{X.shape}")
     if X.dtype.kind not in "iu":
-        raise DataError(f"{path}: token ids {xkey} hold {X.dtype} values, not integers; save them as int32 or "
-                        f"int64 (e.g. {xkey}.astype(np.int32))")
+        fix = "pass them as integers" if in_memory else "save them as int32 or int64"
+        raise DataError(f"{path}: token ids {xkey} hold {X.dtype} values, not integers; {fix} "
+                        f"({'e.g. ' if not in_memory else ''}{xkey}.astype(np.int32))")
     if y.ndim == 0 or len(X) != len(y):
         raise DataError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y) if y.ndim else 'none (a scalar)'}")
     if vocab is not None:
@@ -580,7 +586,7 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         X, y = _in_memory(source)
         name = "arrays"
         if tokens:
-            X, y, vocab = _checked_tokens(X, y, None, name)
+            X, y, vocab = _checked_tokens(X, y, None, name, in_memory=True)
             names = [f"t{i}" for i in range(X.shape[1])]
         else:
             X, y, names = _features_and_labels(X, y, name)

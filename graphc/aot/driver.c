@@ -154,7 +154,8 @@ static void usage(FILE *f) {
             GC_MODEL_DESC, GC_TASK_NAME, GC_N_FEATURES, GC_N_OUTPUTS, GC_TARGET, GC_OPTIMIZER);
     fprintf(f,
             "data (.npy, little-endian, C order):\n"
-            "  --x-train F     features: float32 (rows, %d)\n", GC_N_FEATURES);
+            "  --x-train F     %s (rows, %d)\n", GC_VOCAB > 0 ? "token ids: int32, int64 or float32" :
+            "features: float32", GC_N_FEATURES);
     if (GC_TASK == 0)
         fprintf(f, "  --y-train F     labels: int32 or int64 (rows,), class indices 0..%d\n", GC_N_CLASSES - 1);
     else
@@ -211,7 +212,8 @@ static void usage(FILE *f) {
             "GRAPHC_MPI_TIMEOUT=S seconds a rank waits in one exchange before it gives up [120].\n", prog);
 #endif
     if (GC_VOCAB > 0)
-        fprintf(f, "\nthis model reads token ids: each row of --x-* is %d ids, saved as float32 integers in [0, %d)\n",
+        fprintf(f, "\nthis model reads token ids: each row of --x-* is %d ids in [0, %d), saved as int32 or int64\n"
+                   "(as graphc train reads them) or as float32 integers\n",
                 GC_N_FEATURES, GC_VOCAB);
 }
 
@@ -668,12 +670,55 @@ static void check_finite(const npy_t *a, int64_t row_len) {
         }
 }
 
-/* Features: float32 (rows, GC_N_FEATURES), finite. */
+/* Token ids saved as integers (what graphc train reads from a .npz) as the float32 rows the model takes: each
+   checked to lie in [0, GC_VOCAB) first, so the float32 is exact (the vocabulary is below 2^24). */
+static void ids_to_float(npy_t *a) {
+    float *f = xalloc_raw((size_t)a->count * sizeof(float));
+    for (int64_t i = 0; i < a->count; i++) {
+        const char *p = (const char *)a->data + i * a->itemsize;
+        int64_t v = 0;
+        uint64_t u = 0;
+        int neg = 0;
+        if (a->kind == 'i') {
+            if (a->itemsize == 1) v = *(const int8_t *)p;
+            else if (a->itemsize == 2) v = *(const int16_t *)p;
+            else if (a->itemsize == 4) v = *(const int32_t *)p;
+            else v = *(const int64_t *)p;
+            neg = v < 0;
+            u = neg ? 0 : (uint64_t)v;
+        } else {
+            if (a->itemsize == 1) u = *(const uint8_t *)p;
+            else if (a->itemsize == 2) u = *(const uint16_t *)p;
+            else if (a->itemsize == 4) u = *(const uint32_t *)p;
+            else u = *(const uint64_t *)p;
+        }
+        if (neg || u >= (uint64_t)GC_VOCAB) {
+            char shown[32];
+            if (neg) snprintf(shown, sizeof shown, "%lld", (long long)v);
+            else snprintf(shown, sizeof shown, "%llu", (unsigned long long)u);
+            bad_file(a, "token id %s at row %lld, step %lld is not in [0, %d) (the model's vocabulary)", shown,
+                     (long long)(i / GC_N_FEATURES), (long long)(i % GC_N_FEATURES), GC_VOCAB);
+        }
+        f[i] = (float)u;
+    }
+    free(a->data);
+    a->data = f;
+    a->kind = 'f';
+    a->itemsize = 4;
+}
+
+/* Features: float32 (rows, GC_N_FEATURES), finite; a token model's ids: integers of any width, or float32
+   integers. */
 static void load_x(npy_t *a, const char *opt, const char *path) {
     char shp[256];
     npy_open(a, opt, path);
     shape_str(a, shp, sizeof shp);
-    if (a->kind != 'f' || a->itemsize != 4)
+    int ids = GC_VOCAB > 0 && (a->kind == 'i' || a->kind == 'u') &&
+              (a->itemsize == 1 || a->itemsize == 2 || a->itemsize == 4 || a->itemsize == 8);
+    if (GC_VOCAB > 0 && !ids && (a->kind != 'f' || a->itemsize != 4))
+        bad_file(a, "dtype %s: token ids must be integers (int32 or int64, as graphc train reads them) or float32 "
+                    "integers (save x.astype(np.int32))", dtype_name(a));
+    if (!ids && (a->kind != 'f' || a->itemsize != 4))
         bad_file(a, "dtype %s: features must be float32 (save x.astype(np.float32))", dtype_name(a));
     if (a->ndim != 2) bad_file(a, "shape %s: features must be a 2-D array (rows, %d)", shp, GC_N_FEATURES);
     if (a->shape[1] != GC_N_FEATURES)
@@ -681,6 +726,10 @@ static void load_x(npy_t *a, const char *opt, const char *path) {
                  GC_N_FEATURES);
     if (a->shape[0] < 1) bad_file(a, "shape %s: no rows", shp);
     npy_read(a);
+    if (ids) {
+        ids_to_float(a);
+        return;
+    }
     check_finite(a, GC_N_FEATURES);
     int64_t i = GC_VOCAB > 0 ? gc_bad_token(a->data, a->count, GC_VOCAB) : -1; /* token ids, as graphc train checks */
     if (i >= 0)

@@ -60,6 +60,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.lowering import ACC, NEXT
 from graphc.ir.node import Node, topo_order, users
 from graphc.ir.shapes import Dim, Shape, dims_equal, free_symbols, is_sympy
+from graphc.ops.gather import check_words
 
 AxisMap = tuple  # for each axis of a node: its index as an integer expression of the loop indices (0: broadcast)
 
@@ -448,11 +449,7 @@ class Scheduler:
     def gather(self, index: Expr, bound: Dim, node: Node) -> Dim:
         sym = ix.var(f"_g{len(self.gathers)}")
         site = len(self.checks)
-        what = node.attrs.get("what")
-        low = node.attrs.get("low", 0)
-        self.checks.append(f"{what} out of range [{low}, {bound + low}) at {node.where()}" if what else
-                           f"{node.op.name} ({node.type_str}) at {node.where()}: an index is out of range "
-                           f"[0, {bound})")
+        self.checks.append(check_words(node, bound))
         self.gathers[sym] = Gather(sym, index, _norm(bound), site + 1)
         return sym
 

@@ -400,6 +400,27 @@ def nodes_within(order: list[Node]) -> list[Node]:
     return out
 
 
+def nodes_in_mode(order: list[Node], training: bool) -> list[Node]:
+    """The nodes of `order` (a topo_order) and of the loop bodies they hold that a program of one mode computes:
+    those its roots (the nodes nothing in `order` reads: the outputs) reach, where a mode-dependent node leads
+    only to what it is in that mode (`op.in_mode`: a training_switch's branch; in inference, dropout's input).
+    nodes_within, as the compiled program of that mode sees it."""
+    read = {id(i) for n in order for i in n.inputs}
+    out, seen, stack = [], set(), [n for n in order if id(n) not in read]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        out.append(n)
+        instead = n.op.in_mode(n, training)
+        stack.extend((instead,) if instead is not None else n.inputs)
+        body = n.attrs.get("body")
+        if body is not None and hasattr(body, "outputs"):
+            stack.extend(body.outputs)
+    return out
+
+
 def needs_training_mode(order: list[Node]) -> bool:
     """Whether a graph (a topo_order) holds an op whose value depends on the mode or on the key training feeds
     (the op's `training_mode`: dropout, batch norm's switch, gc.random's draws), in a loop's body too: the one

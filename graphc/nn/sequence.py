@@ -30,7 +30,7 @@ def _lengths(lengths, what: str, steps=None, low: int = 0):
     if steps is not None:
         from graphc.ops.gather import checked_labels
 
-        lengths = checked_labels(lengths, steps + 1 - low, f"{what}: a length", low=low)
+        lengths = checked_labels(lengths, steps + 1 - low, what, low=low, steps=True)
     return lengths
 
 

@@ -53,6 +53,9 @@ class TrainingSwitch(Op):
                               f"and {b.type_str}")
         return a.shape, a.dtype
 
+    def in_mode(self, node, training):
+        return node.inputs[0 if training else 1]
+
     def reference(self, node, args, ctx):
         return args[0] if ctx.training else args[1]
 
@@ -102,6 +105,9 @@ class WithUpdates(Op):
                 raise GraphcError(f"with_updates: the new value of {leaf.name!r} ({leaf.type_str}) must have its "
                                   f"shape and dtype, got {new.type_str}")
         return inputs[0].shape, inputs[0].dtype
+
+    def in_mode(self, node, training):  # both modes: an update is computed only where it is passed as one
+        return node.inputs[0]
 
     def reference(self, node, args, ctx):
         return args[0]

@@ -48,6 +48,12 @@ class Op:
     # (gc.random's draws): a graph holding one trains in training mode (`ir.node.needs_training_mode`)
     training_mode: ClassVar[bool] = False
 
+    def in_mode(self, node: Node, training: bool) -> Node | None:
+        """What a program of one mode computes in place of `node` (None: the node itself): a mode-dependent op
+        says which of its inputs it is in that mode. The compiler's modes stage rewrites by it, and the reference
+        evaluator walks by it (what a mode reads, e.g. whether it reads the random key)."""
+        return None
+
     def infer(self, inputs: Sequence[Node], attrs: dict) -> tuple[Shape, str]:
         raise NotImplementedError
 

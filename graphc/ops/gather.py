@@ -31,20 +31,48 @@ def _in_range(node, idx: np.ndarray, n: int) -> None:
     """The reference's bounds check: the first bad index, the axis and its size, and the op's line."""
     bad = (idx < 0) | (idx >= n)
     if bad.any():
-        msg = _out_of_range(node.attrs, int(idx[bad].flat[0]), n)
+        first = int(np.flatnonzero(bad.ravel())[0])
+        msg = _out_of_range(node.attrs, int(idx.ravel()[first]), n, first if idx.ndim == 1 else None)
         raise InputError(f"{msg} at {node.where()}" if node.attrs.get("what") else
                          f"{node.op.name}: {msg} at {node.where()}")
 
 
-def _out_of_range(attrs, v: int, n: int) -> str:
-    """The words for index v outside [0, n): a checked value's (`what`, shifted by `low`: see checked_labels) or
-    a plain index's."""
+def _out_of_range(attrs, v: int, n: int, row: int | None = None) -> str:
+    """The words for index v outside [0, n): a sequence length's (`steps`: said in steps, see checked_labels), a
+    checked value's (`what`, shifted by `low`) or a plain index's. `row`: where v sits in a 1-d index."""
     what = attrs.get("what")
+    low = attrs.get("low", 0)
+    if attrs.get("steps"):
+        return _length_words(what, v + low, n + low - 1, low, row)
     if what:
-        low = attrs.get("low", 0)
         return f"{what} {v + low} is out of range [{low}, {n + low})"
     return (f"index {v} is out of range for axis {attrs['axis']} with size {n} (indices must be in [0, {n}); "
             "negative indices are not counted from the end)")
+
+
+def _length_words(what: str, length: int, steps: int, low: int, row: int | None) -> str:
+    """A sequence length outside [low, steps], in the user's terms: the steps of their sequences, not a table."""
+    at = f" at row {row}" if row is not None else ""
+    if length > steps:
+        problem = f"is more than the {steps} step{'s' if steps != 1 else ''}"
+    else:
+        problem = "is negative" if length < 0 else f"is less than {low}"
+    return f"{what}: length {length}{at} {problem} (lengths must lie in [{low}, T] = [{low}, {steps}])"
+
+
+def check_words(node, bound) -> str:
+    """What a failed bounds check of the gather `node` (a table of `bound` rows, maybe symbolic) says in compiled
+    code, where the bad value is not known: the message is fixed when the program is compiled."""
+    what = node.attrs.get("what")
+    low = node.attrs.get("low", 0)
+    if node.attrs.get("steps"):
+        steps = bound + low - 1
+        known = not getattr(steps, "free_symbols", None)  # an int (or sympy's) when T is static
+        shown = f"[{low}, T] = [{low}, {steps}] (T" if known else f"[{low}, {steps}] ({steps}"
+        return f"{what}: a length is outside {shown}: the steps of the sequences) at {node.where()}"
+    if what:
+        return f"{what} out of range [{low}, {bound + low}) at {node.where()}"
+    return f"{node.op.name} ({node.type_str}) at {node.where()}: an index is out of range [0, {bound})"
 
 
 class Take(Op):
@@ -199,10 +227,13 @@ def take_along_axis(arr, indices, axis) -> Tensor:
     return transpose(out, back)
 
 
-def checked_labels(labels, n, what: str, low: int = 0) -> Tensor:
+def checked_labels(labels, n, what: str, low: int = 0, steps: bool = False) -> Tensor:
     """`labels` themselves, each checked to lie in [low, low + n) where evaluated or compiled (an error naming
     `what`, e.g. "softmax_cross_entropy: label", and the user's line): a take of [low, low + n) at labels - low.
-    `n` may be a symbolic dim (the steps of a sequence)."""
+    `n` may be a symbolic dim (the steps of a sequence). `steps`: the labels are sequence lengths in [low, T]
+    (n = T + 1 - low), said so in an error ("length 6 at row 2 is more than the 5 steps"), and `what` names the
+    layer or loss that takes them. Labels known now (a constant) are checked now, at the user's line."""
+    from graphc.ir.node import capture_source
     from graphc.ops.core import constant
     from graphc.ops.movement import broadcast_to
     from graphc.ops.reduce import cumsum
@@ -210,14 +241,23 @@ def checked_labels(labels, n, what: str, low: int = 0) -> Tensor:
 
     labels = as_tensor(labels)
     _check_indices(labels)
+    if labels.op.name == "constant" and isinstance(n, int):
+        arr = np.asarray(labels.attrs["value"].array).astype(np.int64) - low
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            first = int(np.flatnonzero(bad.ravel())[0])
+            attrs = {"what": what, "low": low, "steps": steps, "axis": 0}
+            raise ShapeError(f"{_out_of_range(attrs, int(arr.ravel()[first]), n, first if arr.ndim == 1 else None)}"
+                             f" at {capture_source().where()}")
+    extra = {"steps": True} if steps else {}
     if isinstance(n, int):
         table = iota(n, labels.dtype)
     else:  # 0, 1, ..., n-1 for a dim known at run time
         table = cumsum(broadcast_to(constant(1, labels.dtype), (n,)), axis=0) - constant(1, labels.dtype)
     if not low:
-        return apply(TAKE, (table, labels), axis=0, what=what)
+        return apply(TAKE, (table, labels), axis=0, what=what, **extra)
     shift = constant(low, labels.dtype)
-    return apply(TAKE, (table + shift, labels - shift), axis=0, what=what, low=low)
+    return apply(TAKE, (table + shift, labels - shift), axis=0, what=what, low=low, **extra)
 
 
 def scatter_add(x, indices, updates, axis: int = 0) -> Tensor:

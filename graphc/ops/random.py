@@ -84,6 +84,9 @@ class Dropout(Op):
             raise GraphcError("dropout's run-time keep probability must be a float32 scalar")
         return x.shape, x.dtype
 
+    def in_mode(self, node, training):  # the identity outside training: neither key nor keep is read
+        return None if training else node.inputs[0]
+
     def reference(self, node, args, ctx):
         x = args[0]
         if not ctx.training:

@@ -12,6 +12,7 @@ from graphc.ir.node import (
     Node,
     capture_source,
     live_leaf_names,
+    nodes_in_mode,
     nodes_within,
     output_nodes,
     shaped_like,
@@ -157,8 +158,12 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
             names = ", ".join(sorted(by_name)) or "(none)"
             raise InputError(f"{what}: unknown name(s) {', '.join(map(repr, unknown))} in values: no input or "
                              f"parameter has that name; the graph reads: {names}")
-    draws = any(n.op.name == "random" for n in nodes_within(order))  # they read the key in any mode, in loops too
-    needed = [n for n in by_name.values() if training or draws or n.name != KEY_NAME]
+    # the key is needed where this mode reads it, as in the compiled program: a draw or (training) a dropout in
+    # what the outputs compute, in loops too, not in a training_switch's other branch
+    computed = nodes_in_mode(order, training)
+    draws = any(n.op.name == "random" for n in computed)
+    reads_key = draws or training and any(n.op.name == "dropout" for n in computed)  # else the identity
+    needed = [n for n in by_name.values() if reads_key or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:
         lines = "; ".join(_declared(n) for n in missing)

@@ -552,8 +552,18 @@ def test_empty_image_data_and_empty_rows_to_predict_are_said_in_words(tmp_path):
     from graphc import data
 
     np.savez(tmp_path / "none.npz", X=np.zeros((0, 8, 8, 1), np.float32), y=np.zeros(0, int))
-    with pytest.raises(gc.GraphcError, match=r"none.npz: features must be a non-empty 2-D array, got shape \(0, 64\)"):
+    with pytest.raises(gc.GraphcError, match=r"none.npz: features must be a non-empty array, got X of shape "
+                                             r"\(0, 8, 8, 1\): no examples"):
         fit(data=str(tmp_path / "none.npz"), epochs=1, progress=False)
+    # zero sequences (N, T, F): the file's own shape, not the flattened rows (0, T * F)
+    np.savez(tmp_path / "noseq.npz", X=np.zeros((0, 6, 5), np.float32), y=np.zeros(0, int))
+
+    def seq_model(sequences, n_outputs):
+        return gc.nn.dense(gc.nn.gru(sequences, 3, name="g_empty"), n_outputs, name="o_empty")
+
+    with pytest.raises(gc.GraphcError, match=r"noseq.npz: features must be a non-empty array, got X of shape "
+                                             r"\(0, 6, 5\): no examples \(an empty first axis\)$"):
+        fit(seq_model, str(tmp_path / "noseq.npz"), epochs=1, progress=False)
     np.save(tmp_path / "rows.npy", np.zeros((0, 64)))
     with pytest.raises(gc.GraphcError, match=r"rows.npy: no rows to predict \(X has shape \(0, 64\)\)"):
         data.read_features(tmp_path / "rows.npy", [], 64)

@@ -89,8 +89,13 @@ def test_token_ids_train_unstandardized_and_learn(tmp_path):
 def test_bad_token_data_is_refused_by_name(tmp_path):
     path, X, y = _tokens(tmp_path)
     np.savez(tmp_path / "float.npz", X=X.astype(np.float64), y=y)
-    with pytest.raises(data.DataError, match=r"float.npz: token ids X hold float64 values, not integers"):
+    with pytest.raises(data.DataError, match=r"float.npz: token ids X hold float64 values, not integers; save "
+                                             r"them as int32 or int64 \(e.g. X.astype\(np.int32\)\)"):
         fit(token_model, str(tmp_path / "float.npz"), progress=False, epochs=1)
+    # the same ids passed in memory: nothing was saved, so the fix is how they are passed
+    with pytest.raises(data.DataError, match=r"^arrays: token ids X hold float64 values, not integers; pass them as "
+                                             r"integers \(X.astype\(np.int32\)\)$"):
+        fit(token_model, (X.astype(np.float64), y), progress=False, epochs=1)
     bad = X.copy()
     bad[4, 2] = VOCAB + 2
     np.savez(tmp_path / "big.npz", X=bad, y=y, vocab=np.int64(VOCAB))
@@ -262,7 +267,8 @@ def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp
         r.predict_raw(bad)
     binary = build(tmp_path / "train-tok", model=token_model, data=str(path)).path
     help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True).stdout
-    assert "reads token ids" in help_text and "[0, 7)" in help_text
+    assert "reads token ids" in help_text and "[0, 7), saved as int32 or int64" in help_text, help_text
+    assert "--x-train F     token ids: int32, int64 or float32 (rows, 6)" in help_text, help_text
     xs = X.astype(np.float32)
     xs[3, 4] = 2.5
     np.save(tmp_path / "x.npy", xs)
@@ -275,3 +281,43 @@ def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp
     assert p.returncode == 2 and "--standardize: this model reads token ids" in p.stderr
     p = subprocess.run([*base, "--epochs", "1", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_the_training_binary_reads_integer_token_ids_as_graphc_train_does(tmp_path):
+    """A token model's binary asked for the ids as float32 .npy while graphc train reads them as integers (and
+    says "save them as int32"): it takes int32/int64 ids now, range-checked, and trains exactly as on the same ids
+    saved as float32."""
+    import subprocess
+
+    from graphc.aot import build
+
+    path, X, y = _tokens(tmp_path)
+    binary = build(tmp_path / "train-ids", model=token_model, data=str(path)).path
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    trained = {}
+    for dtype in (np.float32, np.int32, np.int64):
+        np.save(tmp_path / "x.npy", X.astype(dtype))
+        out = tmp_path / f"o-{np.dtype(dtype).name}"
+        p = subprocess.run([str(binary), "--x-train", str(tmp_path / "x.npy"), "--y-train", str(tmp_path / "y.npy"),
+                            "--epochs", "1", "--quiet", "--out", str(out)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        trained[dtype] = {f.name: np.load(f) for f in sorted(out.glob("*.npy"))}
+    assert trained[np.float32], "no parameters written"
+    for dtype in (np.int32, np.int64):
+        assert trained[dtype].keys() == trained[np.float32].keys()
+        for name, w in trained[np.float32].items():
+            np.testing.assert_array_equal(trained[dtype][name], w, err_msg=name)
+    base = [str(binary), "--x-train", str(tmp_path / "x.npy"), "--y-train", str(tmp_path / "y.npy"), "--quiet",
+            "--out", str(tmp_path / "bad")]
+    for v in (VOCAB, -3):
+        ids = X.astype(np.int64)
+        ids[5, 1] = v
+        np.save(tmp_path / "x.npy", ids)
+        p = subprocess.run(base, capture_output=True, text=True)
+        assert p.returncode == 2 and (f"x.npy: token id {v} at row 5, step 1 is not in [0, {VOCAB}) (the model's "
+                                      "vocabulary)") in p.stderr, p.stderr
+    np.save(tmp_path / "x.npy", X.astype(np.float64))
+    p = subprocess.run(base, capture_output=True, text=True)
+    assert p.returncode == 2 and ("dtype float64: token ids must be integers (int32 or int64, as graphc train reads "
+                                  "them) or float32 integers (save x.astype(np.int32))") in p.stderr, p.stderr
+    assert not (tmp_path / "bad").exists()

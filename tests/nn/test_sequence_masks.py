@@ -128,9 +128,9 @@ def test_last_step_is_pytorchs_packed_final_state():
     f = gc.compile([last], threads=1)
     np.testing.assert_allclose(f(vals)[0], hn[0], rtol=1e-10, atol=1e-12)
     for bad in (0, T + 1):
-        with pytest.raises(gc.GraphcError, match="out of range"):
+        with pytest.raises(gc.GraphcError, match=rf"length {bad} at row 0 is (less than 1|more than the {T} steps)"):
             gc.evaluate(last, dict(vals, len=np.array([bad, 1, 1, 1], np.int32)))
-        with pytest.raises(gc.GraphcError, match="out of range"):
+        with pytest.raises(gc.GraphcError, match=r"a length is outside \[1, T\]"):
             f(dict(vals, len=np.array([1, 1, bad, 1], np.int32)))
 
 
@@ -206,22 +206,50 @@ def test_lengths_outside_the_steps_are_errors_in_layers_losses_and_last_step(bad
     v = dict(gc.nn.init_params(gc.nn.parameters(h), seed=0), xs=np.ones((T, N, 3), np.float32),
              z=np.zeros((T, N, C), np.float32), y=np.zeros((T, N), np.int32), ys=np.zeros((T, N, 2), np.float32),
              ln=np.array(bad, np.int32))
-    shown = bad[0] if bad[0] > T else bad[1]
-    for out, words in ((h, rf"lstm 'seq': a length {shown} is out of range \[0, 6\)"),
-                       (loss, rf"softmax_cross_entropy: a length {shown} is out of range \[0, 6\)"),
-                       (last, rf"last_step: a length {shown} is out of range \[1, 6\)")):
+    row = 0 if bad[0] > T else 1
+    shown = rf"length {bad[row]} at row {row} is " + (rf"more than the {T} steps" if row == 0 else "negative")
+    for out, words in ((h, rf"lstm 'seq': {shown} \(lengths must lie in \[0, T\] = \[0, {T}\]\)"),
+                       (loss, rf"softmax_cross_entropy: {shown} \(lengths must lie in \[0, T\] = \[0, {T}\]\)"),
+                       (last, rf"last_step: {shown} \(lengths must lie in \[1, T\] = \[1, {T}\]\)")):
         with pytest.raises(gc.GraphcError, match=words):
             gc.evaluate(out, v)
-        # lengths read from the input are checked before the call (last_step's, shifted, in its kernel)
-        in_kernel = words.split(":")[0] + r": a length out of range \[\d, T \+ 1\)"
+        # lengths read from the input are checked before the call (last_step's, shifted, in its kernel, where the
+        # bad value is not known: the range, with T symbolic)
+        in_kernel = words.split(":")[0] + r": a length is outside \[1, T\] \(T: the steps of the sequences\) at "
         with pytest.raises(gc.GraphcError, match=in_kernel if out is last else words):
             gc.compile(out)(v)
     ok = dict(v, ln=LENGTHS)
     np.testing.assert_allclose(gc.compile(last)(ok), gc.evaluate(last, ok))
     zero = dict(v, ln=np.array([0, 2, 3, 1], np.int32))  # an empty sequence: allowed in a layer and a loss
     np.testing.assert_array_equal(gc.evaluate(h, zero)[0], 0)
-    with pytest.raises(gc.GraphcError, match=r"last_step: a length 0 is out of range \[1, 6\)"):
+    with pytest.raises(gc.GraphcError, match=r"last_step: length 0 at row 0 is less than 1 \(lengths must lie in "
+                                              rf"\[1, T\] = \[1, {T}\]\)"):
         gc.evaluate(last, zero)
+
+
+def test_lengths_known_when_built_are_checked_at_the_users_line_in_steps():
+    """Lengths given as a numpy array against a static T were refused by the internal table check, with its
+    names ("take: ... (inputs iota: i32[6], constant: i32[3])"): now in the user's terms, at their line."""
+    xs = gc.input("xs_static_len", (5, 3, 2))
+    z = gc.input("z_static_len", (5, 3, C))
+    y = gc.input("y_static_len", (5, 3), "int32")
+    line = inspect.currentframe().f_lineno + 3
+    with pytest.raises(gc.ShapeError) as e:
+        with gc.nn.model_build():
+            gc.nn.gru(xs, 2, lengths=np.array([1, 2, 6], np.int32), name="g_static")
+    assert str(e.value) == ("gru 'g_static': length 6 at row 2 is more than the 5 steps (lengths must lie in "
+                            f"[0, T] = [0, 5]) at test_sequence_masks.py:{line}"), str(e.value)
+    with pytest.raises(gc.ShapeError, match=r"^softmax_cross_entropy: length -1 at row 1 is negative \(lengths must "
+                                            r"lie in \[0, T\] = \[0, 5\]\) at test_sequence_masks.py:\d+$"):
+        gc.nn.softmax_cross_entropy(z, y, lengths=np.array([1, -1, 2], np.int64))
+    with pytest.raises(gc.ShapeError, match=r"^last_step: length 0 at row 0 is less than 1 \(lengths must lie in "
+                                            r"\[1, T\] = \[1, 5\]\) at test_sequence_masks.py"):
+        gc.nn.last_step(xs, np.array([0, 2, 3], np.int32))
+    # a static T in compiled code: the range in numbers
+    ln = gc.input("ln_static_len", (3,), "int32")
+    f = gc.compile(gc.nn.last_step(xs, ln))
+    with pytest.raises(gc.InputError, match=r"last_step: a length is outside \[1, T\] = \[1, 5\] \(T: the steps"):
+        f({"xs_static_len": np.zeros((5, 3, 2), np.float32), "ln_static_len": np.array([1, 6, 2], np.int32)})
 
 
 def test_sequence_mask_refuses_a_bad_step_count_by_name():

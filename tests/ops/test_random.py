@@ -186,6 +186,37 @@ def test_the_key_is_required_in_any_mode():
         gc.compile([u])({})
 
 
+def test_the_key_is_required_only_where_the_mode_reads_it_as_compiled():
+    """evaluate asked for rng_key in inference when the only draw sat in a training_switch's training branch,
+    which the program compiled for inference never computes (and reads no key for): the key is needed where a
+    draw, or in training a dropout, is what the outputs compute in that mode, in a loop's body too."""
+    x = gc.input("x_mode_key", ("N", 3))
+    v = {"x_mode_key": np.ones((2, 3), np.float32)}
+    noisy = gc.nn.training_switch(x + gc.random.normal_like(x, salt="mode key"), x * 2.0)
+    np.testing.assert_array_equal(gc.evaluate(noisy, v), 2.0)
+    np.testing.assert_array_equal(gc.compile(noisy)(v)[0], 2.0)  # the compiled program agrees: no key read
+    with pytest.raises(gc.InputError, match=r"missing value\(s\) for input 'rng_key'.*gc.random's draws"):
+        gc.evaluate(noisy, v, training=True)
+    # the other way round: a draw or a dropout in the inference branch is not computed in training
+    for inference_only in (x + gc.random.uniform_like(x, salt="mode key 2"), gc.nn.dropout(x, 0.5)):
+        y = gc.nn.training_switch(x * 3.0, inference_only)
+        np.testing.assert_array_equal(gc.evaluate(y, v, training=True), 3.0)
+    dropped = gc.nn.training_switch(gc.nn.dropout(x, 0.5), x)
+    np.testing.assert_array_equal(gc.evaluate(dropped, v), 1.0)
+    with pytest.raises(gc.InputError, match="the dropout key: pass an int seed for it in training mode"):
+        gc.evaluate(dropped, v, training=True)
+
+    # inside a loop body: the step's switch is resolved as well
+    def step(c, xt):
+        return c + gc.nn.training_switch(gc.random.normal(like=xt, salt="mode key 3"), xt), c
+
+    h, _ = gc.scan(step, gc.zeros(("N", 3)), gc.input("xs_mode_key", (2, "N", 3)))
+    vs = {"xs_mode_key": np.ones((2, 2, 3), np.float32)}
+    np.testing.assert_array_equal(gc.evaluate(h, vs), 2.0)
+    with pytest.raises(gc.InputError, match="rng_key"):
+        gc.evaluate(h, vs, training=True)
+
+
 def test_a_draw_inside_a_scan_step_reads_the_key_fed_to_the_call():
     """A draw in a scan's step reads the rng_key given to the call (evaluate read 0 whatever was fed: it looked
     for draws outside loops only, so it neither required the key nor bound it), bitwise as compiled; the same
