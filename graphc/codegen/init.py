@@ -3,7 +3,8 @@ from bit-identical values for the same seed.
 
 Element i of parameter p gets u = (top 24 bits of a 64-bit hash of (seed, crc32(name), i) + 1/2) / 2^24, a
 uniform number in (0, 1); uniform schemes scale 2u - 1, normal schemes take the inverse normal CDF of u
-(Acklam's rational approximation, relative error ~1e-9, in float64 with the C library's log)."""
+(Acklam's rational approximation, relative error ~1e-9, in float64 with the C library's log). A ZeroRow's
+row (an embedding's padding row) is then set to zero."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from llvmlite import ir
 
 from graphc.errors import CompileError
-from graphc.ops.init import _fans, distribution
+from graphc.ops.init import _fans, distribution, zeroed_rows
 
 A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
      -3.066479806614716e01, 2.506628277459239e00)
@@ -33,6 +34,8 @@ class InitSpec:
     kind: int  # 0: constant `scale`; 1: uniform in [-scale, scale]; 2: normal with std `scale`
     scale: float
     name_hash: int
+    zero_start: int = 0  # elements [zero_start, zero_stop) are set to zero after the draw (a ZeroRow's row)
+    zero_stop: int = 0
 
 
 def spec_for(slot: int, name: str, shape: tuple[int, ...], init) -> InitSpec:
@@ -43,7 +46,7 @@ def spec_for(slot: int, name: str, shape: tuple[int, ...], init) -> InitSpec:
         raise CompileError(f"parameter {name!r}: native initialization supports the named schemes, numbers, "
                            f"Uniform and Normal, not {type(init).__name__}")
     kind = {"const": 0, "uniform": 1, "normal": 2}[d[0]]
-    return InitSpec(slot, size, kind, d[1], zlib.crc32(name.encode()))
+    return InitSpec(slot, size, kind, d[1], zlib.crc32(name.encode()), *zeroed_rows(init, shape))
 
 
 def emit_init(specs: list[InitSpec]):
@@ -92,6 +95,9 @@ def _emit(me, specs: list[InitSpec]) -> None:
                 else:
                     val = b.fmul(_inverse_normal(b, u, log, sqrt, f, poly), f(sp.scale))
             b.store(b.fptrunc(val, F32), b.gep(ptr, [i], source_etype=F32))
+        if sp.zero_stop > sp.zero_start:
+            with Loop(b, c64(sp.zero_start), c64(sp.zero_stop), 1, f"zero{sp.slot}") as i:
+                b.store(ir.Constant(F32, 0.0), b.gep(ptr, [i], source_etype=F32))
     b.ret_void()
 
 
@@ -121,9 +127,16 @@ def reference(spec: InitSpec, seed: int) -> np.ndarray:
         z = z ^ (z >> np.uint64(31))
     u = ((z >> np.uint64(40)).astype(np.float64) + 0.5) * 2.0**-24
     if spec.kind == 0:
-        return np.full(spec.size, spec.scale, np.float32)
-    if spec.kind == 1:
-        return ((u * 2.0 - 1.0) * spec.scale).astype(np.float32)
+        out = np.full(spec.size, spec.scale, np.float32)
+    elif spec.kind == 1:
+        out = ((u * 2.0 - 1.0) * spec.scale).astype(np.float32)
+    else:
+        out = _normal(u, spec.scale)
+    out[spec.zero_start:spec.zero_stop] = 0.0
+    return out
+
+
+def _normal(u: np.ndarray, scale: float) -> np.ndarray:
     q = u - 0.5
     r = q * q
     mid = np.polyval(A, r) * q / (np.polyval(B, r) * r + 1.0)
@@ -132,4 +145,4 @@ def reference(spec: InitSpec, seed: int) -> np.ndarray:
     tail = np.polyval(C, t) / (np.polyval(D, t) * t + 1.0)
     tail = np.where(u < P_LOW, tail, -tail)
     x = np.where((u >= P_LOW) & (u <= 1 - P_LOW), mid, tail)
-    return (x * spec.scale).astype(np.float32)
+    return (x * scale).astype(np.float32)

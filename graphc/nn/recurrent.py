@@ -28,10 +28,11 @@ from graphc.errors import DTypeError, GraphcError
 from graphc.ir.dims import Dim
 from graphc.ir.node import scope
 from graphc.ir.shapes import INT_DTYPES
-from graphc.nn.layers import layer_name, note_unnamed_use
+from graphc.nn.layers import _located, layer_name, note_unnamed_use
+from graphc.nn.sequence import kept
 from graphc.ops.core import describe
 from graphc.ops.gather import TAKE
-from graphc.ops.init import Normal, Uniform
+from graphc.ops.init import Normal, Uniform, ZeroRow
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -265,10 +266,18 @@ def lstm_cell(x, state, hidden: int, *, name: str = "lstm"):
     return _cell("lstm", x, tuple(state), hidden, name)
 
 
-def embedding(ids, vocab: int, dim: int, *, name: str | None = None, dtype: str = "float32"):
+def embedding(ids, vocab: int, dim: int, *, name: str | None = None, dtype: str = "float32",
+              padding_idx: int | None = None):
     """Rows of a (vocab, dim) table NAME.E for integer ids of any shape: shape ids.shape + (dim,). A gather
     (gc.take) whose gradient is a scatter-add (repeated ids accumulate); an id outside [0, vocab) is an error
-    when evaluated, and a checked error in compiled code."""
+    when evaluated, and a checked error in compiled code.
+
+    `padding_idx` (PyTorch's nn.Embedding padding_idx; negative counts from the end, padding_idx + vocab): that
+    row starts at zero and gets no gradient from this lookup, so it stays zero under SGD, momentum, Adam and
+    AdamW. It is done in the graph, so it holds wherever the graph runs (evaluated, compiled, gc.fit, a
+    standalone binary): the looked-up rows are masked by `ids != padding_idx`. The one difference from
+    PyTorch, whose forward returns the row itself: the padding id's output is zero whatever the row holds, also
+    if you write a nonzero row yourself (PyTorch would return it)."""
     ids = ops.as_tensor(ids)
     name, unnamed = layer_name(name, "embedding")
     if ids.dtype not in INT_DTYPES:
@@ -277,9 +286,21 @@ def embedding(ids, vocab: int, dim: int, *, name: str | None = None, dtype: str 
     for v, what in ((vocab, "vocab"), (dim, "dim")):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise GraphcError(f"embedding {name!r}: {what} must be a positive int, got {v!r}")
+    init = Normal(1.0)
+    if padding_idx is not None:
+        if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+            raise _located(f"embedding {name!r}: padding_idx must be an int (a row of the table) or None, got "
+                           f"{padding_idx!r}")
+        if not -vocab <= padding_idx < vocab:
+            raise _located(f"embedding {name!r}: padding_idx {padding_idx} is out of range for vocab {vocab}; "
+                           f"use a row in [0, {vocab}) or count from the end in [-{vocab}, -1]")
+        padding_idx = int(padding_idx) % vocab  # PyTorch's padding_idx + num_embeddings for a negative one
+        init = ZeroRow(init, padding_idx)
     with scope(name):
-        table = ops.param(f"{name}.E", (vocab, dim), init=Normal(1.0), dtype=dtype)
+        table = ops.param(f"{name}.E", (vocab, dim), init=init, dtype=dtype)
         rows = ops.apply(TAKE, (table, ids), axis=0, what=f"embedding {name!r}: id")
+        if padding_idx is not None:
+            rows = kept(rows, ops.not_equal(ids, ops.constant(padding_idx, ids.dtype)))
         if unnamed:
             note_unnamed_use(table, rows)
         return rows

@@ -47,10 +47,30 @@ class Normal:
         _check_scale("Normal(std): std", self.std)
 
 
+@dataclass(frozen=True)
+class ZeroRow:
+    """`base` (a scheme name, a number, Uniform or Normal) with row `row` (along axis 0, in [0, rows)) set to
+    zero: an embedding's padding row (PyTorch's nn.Embedding(padding_idx=...) zeroes it at init)."""
+
+    base: object
+    row: int
+
+
+def zeroed_rows(init, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The flat element range [start, stop) an initializer sets to zero after drawing (empty: (0, 0))."""
+    if not isinstance(init, ZeroRow):
+        return 0, 0
+    width = int(np.prod(shape[1:], dtype=np.int64))
+    return init.row * width, (init.row + 1) * width
+
+
 def distribution(init, fan_in: int, fan_out: int) -> tuple[str, float] | None:
     """("const", value), ("uniform", limit) or ("normal", std) for a scheme name, a number, Uniform or
     Normal, with the given fans; None for arrays and functions. The one place a scheme's formula lives:
-    numpy draws and native initialization both read it."""
+    numpy draws and native initialization both read it. A ZeroRow has its base's distribution (outside the
+    zeroed row, which `zeroed_rows` gives)."""
+    if isinstance(init, ZeroRow):
+        return distribution(init.base, fan_in, fan_out)
     if isinstance(init, bool):
         return None
     if isinstance(init, (int, float)):
@@ -82,6 +102,15 @@ def like(scheme, fan_in: int, fan_out: int) -> Uniform | Normal | float:
 
 
 def check_init(init, shape: tuple[int, ...], where: str) -> None:
+    if isinstance(init, ZeroRow):
+        if distribution(init.base, 1, 1) is None:
+            raise GraphcError(f"{where}: ZeroRow's base must be a scheme name, a number, Uniform or Normal, "
+                              f"got {init.base!r}")
+        if len(shape) < 1 or isinstance(init.row, bool) or not isinstance(init.row, int) \
+                or not 0 <= init.row < shape[0]:
+            raise GraphcError(f"{where}: ZeroRow row {init.row!r} is not a row of shape {tuple(shape)}")
+        check_init(init.base, shape, where)
+        return
     if isinstance(init, (bool, np.bool_)):
         raise GraphcError(f"{where}: init={init!r} is not an initializer; use a scheme name, a number, "
                           "Uniform(limit), Normal(std), an array or a function (rng, shape) -> array")
@@ -114,6 +143,8 @@ def draw(init, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> 
             out = rng.uniform(-v, v, shape)
         else:
             out = rng.normal(0.0, v, shape)
+        start, stop = zeroed_rows(init, shape)
+        out.reshape(-1)[start:stop] = 0.0
     else:
         fn: Callable = init
         out = np.asarray(fn(rng, tuple(shape)))

@@ -83,9 +83,9 @@ def param(name: str, shape, init: Init = "he_normal", dtype: str = "float32") ->
 
 
 def _init_key(init: Init):
-    from graphc.ops.init import Normal, Uniform
+    from graphc.ops.init import Normal, Uniform, ZeroRow
 
-    if isinstance(init, (str, int, float, Uniform, Normal)) and not isinstance(init, bool):
+    if isinstance(init, (str, int, float, Uniform, Normal, ZeroRow)) and not isinstance(init, bool):
         return init
     if isinstance(init, np.ndarray):
         return ArrayValue(init)
