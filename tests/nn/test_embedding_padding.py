@@ -134,3 +134,24 @@ def test_fit_on_padded_tokens_keeps_the_padding_row_zero(optimizer):
     start = Trainer(model, "multiclass", T, 2, TrainConfig(), log=lambda m: None).init_state(0)["emb.E"]
     moved = np.abs(E - start).max(axis=1)
     assert np.all(moved[1:] > 0) and moved.max() < 0.6  # the other rows trained from the same start (9 steps)
+
+
+def test_the_mask_keeps_an_sgd_step_sparse():
+    """The masked cotangent still reaches the table as scatter_add(0, ids, r): the update is applied in place at
+    the ids (no kernel loops over the whole vocab x dim table), and the padding row does not move."""
+    vocab = 301
+    ids = gc.input("ids", ("N", 3), "int64")
+    lr = gc.input("lr", ())
+    e = gc.nn.embedding(ids, vocab, 8, name="sparse", padding_idx=7)
+    loss = gc.sum(gc.tanh(gc.mean(e, axis=1) @ gc.param("sparse_w", (8, 4))) ** 2)
+    E, W = gc.nn.parameters(loss)
+    gE, gW = gc.grad(loss, [E, W])
+    fn = gc.compile([loss], updates={E: E - lr * gE, W: W - lr * gW}, cache=False)
+    assert "scatter-add" in fn.kernels and "over [301,8]" not in fn.kernels, fn.kernels
+    values = gc.nn.init_params([E, W], seed=0)
+    before = values["sparse.E"].copy()
+    idv = np.array([[7, 5, 7], [1, 7, 0]])
+    want = gc.evaluate(E - lr * gE, {**values, "ids": idv, "lr": np.float32(0.3)})
+    fn({**values, "ids": idv, "lr": np.float32(0.3)})
+    np.testing.assert_allclose(values["sparse.E"], want, rtol=2e-6, atol=1e-6)
+    assert np.all(values["sparse.E"][7] == 0) and not np.array_equal(values["sparse.E"][5], before[5])
