@@ -784,6 +784,17 @@ class Scheduler:
         umap = self._identity_map(upd.shape)
         index = self.expr(idx, umap[axis:axis + idx.ndim])
         value = self.expr(upd, umap)
+        if buf in _loads(value) or buf in _loads(index):
+            # the updates read the rows being added to (an embedding's SGD step whose gradient reads the gathered
+            # rows: E <- E - lr * scatter(0, ids, 2 E[ids])): computed first into a buffer of the updates' size, so
+            # a repeated index never reads a row already added to and the add stays in place, not a copy of x
+            tmp = self.new_buffer(f"{name}_updates", upd.shape, upd.dtype, "temp", upd)
+            first = LoopKernel(f"{name}_updates", domain=upd.shape, stores=[Store(tmp, value)])
+            first.reads = _loads(value)
+            first.nodes = []
+            self.kernels.append(first)
+            value = Load(tmp, tuple(0 if _is_one(d) else s for d, s in zip(upd.shape, _rowmajor(upd.shape),
+                                                                              strict=True)), tmp.dtype)
         site = len(self.checks) + 1
         self.checks.append(f"{n.op.name} ({n.type_str}) at {n.where()}: an index is out of range "
                            f"[0, {x.shape[axis]})")

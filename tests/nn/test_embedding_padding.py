@@ -155,3 +155,31 @@ def test_the_mask_keeps_an_sgd_step_sparse():
     fn({**values, "ids": idv, "lr": np.float32(0.3)})
     np.testing.assert_allclose(values["sparse.E"], want, rtol=2e-6, atol=1e-6)
     assert np.all(values["sparse.E"][7] == 0) and not np.array_equal(values["sparse.E"][5], before[5])
+
+
+@pytest.mark.parametrize("form", ["square", "sin"])
+def test_an_update_whose_gradient_reads_the_gathered_rows_stays_sparse_and_reads_the_old_rows(form):
+    """E <- E - lr * grad, where the gradient reads the rows the step adds to (d/dE of sum(E[ids]**2) or
+    sum(sin(E[ids]))): the in-place add was a hazard (a repeated id would read a row already updated), so the
+    whole vocab x dim table was copied, scatter-added and copied back. The updates are now computed first, at
+    the batch's size, and added in place; with repeated ids every row's gradient reads the old rows, bitwise on
+    1-3 threads."""
+    vocab = 401
+    ids = gc.input("ids", ("N",), "int32")
+    e = gc.nn.embedding(ids, vocab, 16, name="rows")
+    (E,) = gc.nn.parameters(e)
+    loss = gc.sum(e * e) if form == "square" else gc.sum(gc.sin(e))
+    fn = gc.compile([loss], updates={E: E - 0.1 * gc.grad(loss, E)}, cache=False)
+    assert "scatter-add" in fn.kernels and "over [401,16]" not in fn.kernels, fn.kernels
+    start = gc.nn.init_params([E], seed=1)["rows.E"]
+    idv = np.array([3, 9, 3, 3, 400, 9, 0], np.int32)
+    want = gc.evaluate(E - 0.1 * gc.grad(loss, E), {"ids": idv, "rows.E": start})
+    got = []
+    for threads in (1, 2, 3):
+        table = gc.nn.init_params([E], seed=1)["rows.E"]
+        fn({"ids": idv, "rows.E": table}, threads=threads)
+        got.append(table)
+    np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-7)
+    assert all(np.array_equal(g, got[0]) for g in got[1:])
+    untouched = np.setdiff1d(np.arange(vocab), idv)
+    assert np.array_equal(got[0][untouched], start[untouched])
