@@ -20,7 +20,8 @@
  * weights, bit for bit, as `mpirun -n P graphc train`.
  *
  * Exit status: 0 trained; 2 bad usage or bad data (nothing written); 3 this CPU lacks a feature the code needs;
- * 4 an output file could not be written; 5 training diverged (a non-finite loss); 6 (--mpi) a rank was lost or
+ * 4 an output file could not be written; 5 training diverged (a non-finite loss, or a parameter or optimizer state
+ * that an epoch's last update made non-finite); 6 (--mpi) a rank was lost or
  * stopped answering. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -658,6 +659,28 @@ static void npy_read(npy_t *a) {
 }
 
 static int64_t rows_of(const npy_t *a) { return a->ndim ? a->shape[0] : 0; }
+
+/* "the parameter 'NAME'" (or the optimizer state, or the layer state) of the first array holding a non-finite
+ * value, in gc.fit's order (parameters, optimizer state, the layers' state); NULL if all are finite. */
+static const char *first_nonfinite(float *const *params, float *const *state, float *const *bufs) {
+    static char what[320];
+    const struct { const char *kind; const gc_tensor_t *t; float *const *a; int n; } groups[3] = {
+        {"the parameter", gc_params, params, GC_NPARAMS},
+        {"the optimizer state", gc_state, state, GC_NSTATE},
+        {"the layer state", gc_bufs, bufs, GC_NBUFS},
+    };
+    for (int g = 0; g < 3; g++)
+        for (int i = 0; i < groups[g].n; i++) {
+            const float *v = groups[g].a[i];
+            for (int64_t j = 0; j < groups[g].t[i].size; j++)
+                if (!isfinite(v[j])) {
+                    snprintf(what, sizeof what, "%s '%s' (its value %g at flat index %lld)", groups[g].kind,
+                             groups[g].t[i].name, (double)v[j], (long long)j);
+                    return what;
+                }
+        }
+    return NULL;
+}
 
 static void check_finite(const npy_t *a, int64_t row_len) {
     const float *v = a->data;
@@ -1846,6 +1869,17 @@ int main(int argc, char **argv) {
         }
 #ifdef GC_MPI
         par_sync_state(bufs); /* rank 0's running statistics on every rank, as DataParallelStep.check_replicas */
+#endif
+        {   /* the loss stayed finite, but an update may not have (an infinite gradient or lr x gradient): every state
+             * array is checked after an epoch, as gc.fit does, before the replicas are compared (NaN equals nothing) */
+            const char *bad = first_nonfinite(params, state, bufs);
+            if (bad)
+                fail(EXIT_DIVERGED, "training diverged: the loss stayed finite, but %s became non-finite in epoch %lld "
+                                    "(by global step %lld: an update overflowed); no parameters were written. Try a "
+                                    "smaller learning rate (now %g) or standardized inputs.", bad,
+                     (long long)epoch + 1, (long long)(step + steps), o.lr);
+        }
+#ifdef GC_MPI
         par_check_replicas(params, epoch + 1);
 #endif
         double loss_sum;

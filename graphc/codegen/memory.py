@@ -63,6 +63,9 @@ class ProgramSpec:
     gemms: list[GemmSpec]  # every matrix product, loops' bodies included (the workspace is the largest's)
     rows_workspace: list[int]  # per thread, of each loop split by rows
     costs: list[tuple[str, Shape]]  # per top-level kernel: ("gemm", batch + (m, n, k)) or ("loop", its domain)
+    # signature positions of inputs the compiled graph does not read (a training signature is kept whole: its key
+    # is unread where the only draw or dropout sits in a training_switch's inference branch); set by the JIT
+    unread: tuple[int, ...] = ()
 
 
 def _dim_of(d):

@@ -33,11 +33,21 @@ from graphc.codegen.target import (
 )
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, NumericalError, ShapeError
 from graphc.ir.graph import Graph
-from graphc.ir.node import Node, capture_source, output_form, output_nodes, shaped_like, topo_order
+from graphc.ir.node import (
+    Node,
+    capture_source,
+    nodes_in_mode,
+    nodes_within,
+    output_form,
+    output_nodes,
+    shaped_like,
+    topo_order,
+)
 from graphc.ir.shapes import FLOAT_DTYPES
+from graphc.ops.random import KEY_NAME
 from graphc.runtime import cache as disk_cache
 from graphc.runtime.buffers import aligned_bytes
-from graphc.runtime.reference import bind_values, check_dims_bound, leaves_by_name
+from graphc.runtime.reference import bind_values, check_dims_bound, key_hint, leaves_by_name
 
 
 def _stages():
@@ -218,11 +228,17 @@ class CompiledFunction:
             spec = c.layout.spec(self.target)
             if spec.checks:  # their source lines as references to this graph's nodes (see check_message)
                 spec = replace(spec, checks=[_check_template(m, order) for m in spec.checks])
+            read = {id(n) for n in nodes_within(topo_order(c.graph.outputs))}  # after every graph pass
+            spec = replace(spec, unread=tuple(i for i, leaf in enumerate(c.signature.inputs) if id(leaf) not in read))
             found = (spec, tuple(position[id(leaf)] for leaf in c.signature.inputs))
         self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
         self.signature = Graph(graph.outputs, tuple(graph.inputs[i] for i in kept))  # what a call feeds, in order
         slot = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
         self.updates = {pos: slot[id(leaf)] for pos, leaf in updated}  # output -> signature slot
+        # a training signature is kept whole (the epoch driver, graphc build and the data-parallel trainer find
+        # their slots by it), so its key may be a slot the program never reads: a call need not give it then
+        self._key_leaf = next((leaf for leaf in self.signature.inputs if leaf.name == KEY_NAME), None)
+        self._reads_key = self._key_leaf is not None and slot[id(self._key_leaf)] not in self.rt.unread
         if engine is None:
             obj = self._build()
             engine = Engine.from_object(obj, self.target)
@@ -445,6 +461,11 @@ class CompiledFunction:
         for buf in outputs[:self._n_results]:
             self._out_specs.append((buf.index, np.dtype(buf.dtype), [self._dim_fn(d) for d in buf.shape]))
         self._written = {prog.inputs[j] for j in self.updates.values()}
+        # (table slot, array, address) bound for an unread key that a call leaves out
+        self._spare_key = None
+        if self._key_leaf is not None and not self._reads_key:
+            zero = np.zeros((), dtype=self._key_leaf.dtype)
+            self._spare_key = (self._by_key[id(self._key_leaf)][1], zero, data_address(zero))
         self._apart: tuple | None = None  # the input spans last found apart from the arrays updated in place
         slots = [spec[0] for spec in self._out_specs]
         # an output that repeats an earlier one (the same tensor asked for twice): (its index, the earlier's)
@@ -527,7 +548,9 @@ class CompiledFunction:
 
     def _fast_bind(self, values: Mapping):
         """(table slot -> array, dims) when every value is exactly right, else None."""
-        if len(values) != len(self._leaf_specs) or self.check_finite:
+        spare = self._spare_key
+        n = len(self._leaf_specs)
+        if len(values) != n and (spare is None or len(values) != n - 1) or self.check_finite:
             return None
         env = [0] * len(self._symbols)
         seen = [False] * len(self._symbols)
@@ -559,7 +582,9 @@ class CompiledFunction:
             if addr % dtype.itemsize or (slot in self._written and not a.flags.writeable):
                 return None
             bound[slot] = (a, addr)
-        if not all(seen) or 0 in env:
+        if spare is not None and spare[0] not in bound:
+            bound[spare[0]] = (spare[1], spare[2])
+        if len(bound) != n or not all(seen) or 0 in env:
             return None
         return bound, env
 
@@ -751,14 +776,18 @@ class CompiledFunction:
         # too: its array receives the update (unbound, the call wrote through a null address)
         order = order + [leaf for leaf in g.inputs if id(leaf) not in seen]
         arrays, env, _ = bind_values(order, values, training=self.training, allow_unused=False, what=where,
-                                     exact=True)
+                                     exact=True, reads_key=self._reads_key)
         by_name = {leaf.name: id(leaf) for leaf in g.inputs}
         given = {(by_name.get(k) if isinstance(k, str) else id(k)): v for k, v in raw.items()}
         for leaf in g.inputs:
             label = f"{leaf.op.name} {leaf.name!r} ({leaf.type_str}, declared at {leaf.source.where()})"
+            if id(leaf) not in arrays and leaf is self._key_leaf and not self._reads_key:
+                arrays[id(leaf)] = self._spare_key[1]  # a slot the program never reads, bound all the same
             if id(leaf) not in arrays:  # native code never runs with an input slot unbound
+                draws = leaf is self._key_leaf and any(n.op.name == "random"
+                                                       for n in nodes_in_mode(order, self.training))
                 raise InputError(f"{where}: missing value for {label}, which this compiled program reads"
-                                 + (" (an int seed: the dropout key)" if leaf.name == "rng_key" else ""))
+                                 + (key_hint(draws) if leaf is self._key_leaf else ""))
             a = arrays[id(leaf)]
             if a.dtype != np.dtype(leaf.dtype):
                 hint = f"pass .astype(np.{leaf.dtype})" if leaf.dtype in FLOAT_DTYPES or a.dtype.kind in "iu" else ""

@@ -123,9 +123,18 @@ def check_value(n: Node, value: Any, what: str = "", exact: bool = False) -> np.
     return arr
 
 
+def key_hint(draws: bool) -> str:
+    """What a missing `rng_key` is for, said after its name: `draws` where a gc.random draw reads it."""
+    return (" (the key of gc.random's draws: pass an int seed for it, e.g. rng_key=0)" if draws else
+            " (the dropout key: pass an int seed for it in training mode)")
+
+
 def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unused: bool,
-                what: str, exact: bool = False) -> tuple[dict[int, np.ndarray], dict, bool]:
+                what: str, exact: bool = False, reads_key: bool | None = None
+                ) -> tuple[dict[int, np.ndarray], dict, bool]:
     """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
+    `reads_key`: whether the program reads the key, where its compiled stages know (a later pass may drop the last
+    reader); None: by the mode's rule below.
 
     Returns (leaf id -> array, dim env, whether any float value is a float64 array)."""
     if not isinstance(values, Mapping):
@@ -162,15 +171,15 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
     # what the outputs compute, in loops too, not in a training_switch's other branch
     computed = nodes_in_mode(order, training)
     draws = any(n.op.name == "random" for n in computed)
-    reads_key = draws or training and any(n.op.name == "dropout" for n in computed)  # else the identity
+    if reads_key is None:
+        reads_key = draws or training and any(n.op.name == "dropout" for n in computed)  # else the identity
     needed = [n for n in by_name.values() if reads_key or n.name != KEY_NAME]
     missing = [n for n in needed if id(n) not in given]
     if missing:
         lines = "; ".join(_declared(n) for n in missing)
         hint = ""
         if any(n.name == KEY_NAME for n in missing):
-            hint = (" (the key of gc.random's draws: pass an int seed for it, e.g. rng_key=0)" if draws else
-                    " (the dropout key: pass an int seed for it in training mode)")
+            hint = key_hint(draws)
         raise InputError(f"{what}: missing value(s) for {lines}{hint}")
     env: dict = {}
     owner: dict = {}

@@ -157,6 +157,17 @@ def test_an_out_holding_a_run_is_refused_unless_overwritten_and_runs_never_mix(d
     assert p.returncode == 5 and "no parameters were written" in p.stderr, p.stderr
     assert not fresh.exists() or not list(fresh.iterdir())
     assert subprocess.run([*binary, "--out", str(fresh)], capture_output=True).returncode == 0
+    # the loss stays finite but an epoch's last update overflows (one step of the whole set, whose L1 term times the
+    # learning rate is past float32): gc.fit's check of every state array says so, and the binary, which checked
+    # only the loss and wrote the infinite weights, now does the same: exit 5, nothing written, the array named
+    full = {"lr": 3e38, "l1": 10.0, "batch_size": len(np.load(digits_data[1]["x_train"]))}
+    with pytest.raises(gc.NumericalError, match="training diverged"):
+        fit(data="digits", epochs=1, hidden=[128], progress=False, checkpoint_every=0, **full)
+    over = tmp_path / "overflowed"
+    p = subprocess.run([*binary, *flags(**full), "--out", str(over)], capture_output=True, text=True)
+    assert p.returncode == 5 and "the loss stayed finite, but the parameter 'mlp.0.W'" in p.stderr, p.stderr
+    assert "no parameters were written" in p.stderr and "(now 3e+38)" in p.stderr
+    assert not over.exists() or not list(over.iterdir())
 
 
 def test_refuses_a_cpu_without_its_features(digits_binary, digits_data, tmp_path):

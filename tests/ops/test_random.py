@@ -217,6 +217,41 @@ def test_the_key_is_required_only_where_the_mode_reads_it_as_compiled():
         gc.evaluate(h, vs, training=True)
 
 
+def test_a_compiled_function_asks_for_the_key_only_where_its_mode_reads_it():
+    """gc.compile(training=True) kept its whole input list, so it asked for rng_key where the only draw or dropout
+    sat in the inference branch of a training_switch, which a training program never computes (gc.evaluate did
+    not ask): the call now needs the key only where the compiled program reads it, in both modes, and a missing
+    key is named as a draw's key or the dropout key by what reads it."""
+    x = gc.input("x_compiled_key", ("N", 3))
+    v = {"x_compiled_key": np.ones((2, 3), np.float32)}
+    draw = x + gc.random.uniform_like(x, salt="compiled key")
+    for other in (draw, gc.nn.dropout(x, 0.5)):
+        fn = gc.compile(gc.nn.training_switch(x * 3.0, other), training=True, cache=False)
+        assert [leaf.name for leaf in fn.signature.inputs] == ["x_compiled_key", "rng_key"]  # kept whole
+        for _ in range(2):  # the checked call, then the fast path
+            np.testing.assert_array_equal(fn(v), 3.0)
+        np.testing.assert_array_equal(fn({**v, "rng_key": 7}), 3.0)
+        np.testing.assert_array_equal(fn.bind(v)(), 3.0)
+        with pytest.raises(gc.InputError, match="x_compiled_key"):
+            fn({"rng_key": 7})  # the spare key never stands in for another input
+    # where the mode computes the reader, the key is required, and said to be the draw's or the dropout's
+    fn = gc.compile(gc.nn.training_switch(x * 3.0, draw), training=False, cache=False)
+    with pytest.raises(gc.InputError, match=r"missing value\(s\) for input 'rng_key'.*the key of gc.random's draws"):
+        fn(v)
+    assert fn({**v, "rng_key": 1}).shape == (2, 3)
+    fn = gc.compile(gc.nn.training_switch(draw, x * 3.0), training=True, cache=False)
+    with pytest.raises(gc.InputError, match=r"'rng_key'.*the key of gc.random's draws"):
+        fn(v)
+    np.testing.assert_array_equal(gc.compile(gc.nn.training_switch(draw, x * 3.0), cache=False)(v), 3.0)
+    dropped = gc.nn.training_switch(gc.nn.dropout(x, 0.5), x * 3.0)
+    np.testing.assert_array_equal(gc.compile(dropped, cache=False)(v), 3.0)
+    fn = gc.compile(dropped, training=True, cache=False)
+    with pytest.raises(gc.InputError, match=r"'rng_key'.*the dropout key"):
+        fn(v)
+    kept = fn({**v, "rng_key": 5})
+    assert set(np.unique(kept)) <= {0.0, 2.0}  # inverted dropout of ones at p=0.5
+
+
 def test_a_draw_inside_a_scan_step_reads_the_key_fed_to_the_call():
     """A draw in a scan's step reads the rng_key given to the call (evaluate read 0 whatever was fed: it looked
     for draws outside loops only, so it neither required the key nor bound it), bitwise as compiled; the same
