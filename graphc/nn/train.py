@@ -719,7 +719,7 @@ class Trainer:
                 raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.nonfinite_step, scal, ck_dir)
             if not all(np.isfinite(v).all() for v in state.values()):
                 # the loss stayed finite, but the last step's update was not (e.g. an infinite gradient)
-                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.steps, scal, ck_dir)
+                raise self.diagnose(start_state, Xd, Yd, epoch, s, stats.steps, scal, ck_dir, loss_stayed_finite=True)
             if self.dist_step is not None:
                 self.dist_step.check_replicas(state, s["epoch"] + 1)
             s["train_seconds"] += dt
@@ -845,9 +845,10 @@ class Trainer:
         return replay, stats
 
     def diagnose(self, start_state: dict, X: np.ndarray, Y: np.ndarray, epoch: int, s: dict, bad: int,
-                 scal: dict, ck_dir: Path | None = None) -> NumericalError:
+                 scal: dict, ck_dir: Path | None = None, loss_stayed_finite: bool = False) -> NumericalError:
         """Find the step of the epoch that first made a non-finite value — the one whose loss was not finite
-        (`bad`), or an earlier one whose update was (an infinite gradient shows in the loss one step later) —
+        (`bad`; with `loss_stayed_finite`, the epoch's step count: an update made the state non-finite while every
+        loss was finite), or an earlier one whose update was (an infinite gradient shows in the loss one step later) —
         by replaying the epoch from its starting state (deterministic, a bisection), then run that step's batch
         through the reference evaluator and name the first node, in the step graph's topological order, that
         produced a non-finite value: forward pass, gradient or update."""
@@ -908,8 +909,11 @@ class Trainer:
         except GraphcError as e:
             where = f"could not be located ({e})"
         global_step = s["step"] + step + 1
-        late = "" if step == bad else (f" (the loss turned non-finite at step {bad + 1}; the value that caused it "
-                                       f"was made one or more steps before)")
+        if loss_stayed_finite:
+            late = " (every loss of the epoch was finite: that step's update made the state non-finite)"
+        else:
+            late = "" if step == bad else (f" (the loss turned non-finite at step {bad + 1}; the value that caused "
+                                           f"it was made one or more steps before)")
         good = sorted(ck_dir.glob("ckpt-*.gcp")) if ck_dir is not None and ck_dir.is_dir() else []
         kept = (f"The last good checkpoint, {good[-1]}, is kept (--resume continues from it)." if good
                 else "No checkpoint had been written.")

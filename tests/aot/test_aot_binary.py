@@ -161,8 +161,10 @@ def test_an_out_holding_a_run_is_refused_unless_overwritten_and_runs_never_mix(d
     # learning rate is past float32): gc.fit's check of every state array says so, and the binary, which checked
     # only the loss and wrote the infinite weights, now does the same: exit 5, nothing written, the array named
     full = {"lr": 3e38, "l1": 10.0, "batch_size": len(np.load(digits_data[1]["x_train"]))}
-    with pytest.raises(gc.NumericalError, match="training diverged"):
+    with pytest.raises(gc.NumericalError, match="training diverged") as e:
         fit(data="digits", epochs=1, hidden=[128], progress=False, checkpoint_every=0, **full)
+    # gc.fit said "the loss turned non-finite at step 2" of a one-step epoch whose loss never did
+    assert "every loss of the epoch was finite" in str(e.value) and "turned non-finite" not in str(e.value), e.value
     over = tmp_path / "overflowed"
     p = subprocess.run([*binary, *flags(**full), "--out", str(over)], capture_output=True, text=True)
     assert p.returncode == 5 and "the loss stayed finite, but the parameter 'mlp.0.W'" in p.stderr, p.stderr
