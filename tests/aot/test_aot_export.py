@@ -60,6 +60,14 @@ def test_export_names_missing_weights(digits_run, tmp_path):
     with pytest.raises(AotError, match="'mlp.0.b' must be float32 of shape \\(128,\\)"):
         export(tmp_path / "libx.so", partial)
     assert not os.path.exists(tmp_path / "libx.so")
+    # an unwritable --header (here below a file) raised a bare OSError after the library was written, and an
+    # unwritable -o was "the C compiler failed" with ld's message: now an AotError naming the option, nothing written
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AotError, match=r"--header .*afile/x\.h: cannot write it \(.*\); choose a writable path"):
+        export(tmp_path / "libx.so", weights, header=tmp_path / "afile" / "x.h")
+    with pytest.raises(AotError, match=r"-o .*afile/libx\.so: cannot write it"):
+        export(tmp_path / "afile" / "libx.so", weights)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["afile", "w"]
 
 
 def test_a_float64_parameter_trains_with_penalties_and_momentum_and_exports(tmp_path):
