@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,7 +66,7 @@ static char g_created_out[4096]; /* --out when this run created it: removed agai
  * leaves DIR as it was -- never one run's weights beside another's data.json, nor stray temporaries. */
 enum { GC_NOUT = GC_NPARAMS + GC_NBUFS + 3 }; /* the <param>.npy files, history.csv, data.json, metrics.json */
 static char g_out_tmp[GC_NOUT][4096], g_out_final[GC_NOUT][4096];
-static int g_nout;
+static volatile sig_atomic_t g_nout;
 #ifdef GC_MPI
 #define RANK0 (g_rank == 0)
 #else
@@ -90,6 +91,27 @@ static void fail(int code, const char *fmt, ...) {
     if (g_pre) mpi_failed_before_training(code);
 #endif
     exit(code);
+}
+
+/* Ctrl-C (or a kill) ends the run as the signal always did, but, like a failure, leaves no --out it created (empty
+ * then) and no temporaries of results being written: unlink and rmdir are async-signal-safe. */
+static void on_signal(int sig) {
+    for (int i = 0; i < g_nout; i++) unlink(g_out_tmp[i]);
+    if (g_created_out[0]) rmdir(g_created_out);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void catch_signals(void) {
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        struct sigaction old, sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        /* a signal the caller ignores (a background job's SIGINT, nohup's SIGHUP) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sigs[i], &sa, NULL);
+    }
 }
 
 /* a clean exit (MPI finalized under --mpi) */
@@ -892,12 +914,12 @@ static void remove_earlier_run(const char *dir) {
 static FILE *open_out(const char *dir, const char *name, char *tmp, char *final) {
     snprintf(final, 4096, "%s/%s", dir, name);
     snprintf(tmp, 4096, "%s/.%s.tmp", dir, name);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
     if (g_nout == GC_NOUT) fail(EXIT_IO, "internal error: more result files than planned (%d)", GC_NOUT);
-    memcpy(g_out_tmp[g_nout], tmp, 4096);
+    memcpy(g_out_tmp[g_nout], tmp, 4096); /* before the file exists: a signal from here on removes it */
     memcpy(g_out_final[g_nout], final, 4096);
     g_nout++;
+    FILE *f = fopen(tmp, "wb");
+    if (!f) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
     return f;
 }
 
@@ -1676,6 +1698,7 @@ int main(int argc, char **argv) {
 #ifdef GC_MPI
     mpi_start(&argc, &argv);
 #endif
+    catch_signals();
     parse_args(&o, argc, argv);
 #ifdef GC_MPI
     if (g_rank != 0) o.quiet = 1; /* rank 0 alone reports */
