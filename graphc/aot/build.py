@@ -1058,6 +1058,31 @@ def _recorded_run(weights: Path, model, data, task, n_features, n_outputs, optio
     return model, data, task, n_features, n_outputs, grid, options
 
 
+def _place_outputs(items: list[tuple[Path | str, Path, str]]) -> None:
+    """Write each (a built file or a text, its destination, its option) or none: an unwritable destination (a
+    missing permission, a read-only file system) is an AotError naming the option and the path, and what was
+    placed before it is removed (a library without its header, or an earlier export's header beside it)."""
+    done: list[Path] = []
+    for src, dest, opt in items:
+        # a new file renamed over the old one: a process that has the old library loaded keeps its own copy
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, Path):
+                shutil.copy(src, tmp)  # with its mode (executable, as the linker wrote it)
+            else:
+                tmp.write_text(src)
+            os.replace(tmp, dest)
+        except OSError as e:
+            for d in (tmp, *done):
+                try:
+                    d.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise AotError(f"{opt} {dest}: cannot write it ({e.strerror or e}); choose a writable path") from None
+        done.append(dest)
+
+
 def export(output: str | Path, weights: str | Path, model=None, data=None, *, target: str | Target = "native",
            max_batch: int = 4096, max_threads: int = 16, task: str | None = None, n_features: int | None = None,
            n_outputs: int | None = None, label: str | None = None, features: list[str] | None = None,
@@ -1174,15 +1199,15 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
         L.append(blob.asm(work / "weights.bin", "gc_blob"))
         (work / "graphc_lib.h").write_text("\n".join(L) + "\n")
         objs = _objects({"lib_": fn.llvm_ir}, tgt, work)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        built = work / f"out-{out.name}"  # linked here, then moved with the header: both or neither
         cmd = [_cc(), *CFLAGS, "-fPIC", "-shared", "-fvisibility=hidden", f"-Wl,-soname,{out.name}", f"-I{work}",
-               f"-I{SOURCES}", "-o", str(out), str(SOURCES / "predict.c"), *map(str, objs), *LIBS]
+               f"-I{SOURCES}", "-o", str(built), str(SOURCES / "predict.c"), *map(str, objs), *LIBS]
         _run_cc(cmd, "graphc export")
+        text = _public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
+                              data, min_batch=fewest, vocab=vocab, key=key, checked=bool(prog.checks))
+        _place_outputs([(built, out, "-o"), (text, hdr, "--header")])
     finally:
         cleanup()
-    hdr.parent.mkdir(parents=True, exist_ok=True)
-    hdr.write_text(_public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
-                                  data, min_batch=fewest, vocab=vocab, key=key))
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
                         time.perf_counter() - t0)
 
@@ -1259,12 +1284,15 @@ def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
 
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
                    tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1,
-                   vocab: int = 0, key: int | None = None) -> str:
+                   vocab: int = 0, key: int | None = None, checked: bool = False) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
     classes = [_plain(c) for c in (data or {}).get("classes") or spec.classes]
     extra = ""
+    # the run-time checks (an index the model computes from x) report into one word per library
+    serial = (" (this model has run-time checks, whose result is one word per library: its calls run one at a "
+              "time)") if checked else ""
     if std:
         extra += (f"/* The training split's feature standardization: {name}_predict computes (x - MEAN) / STD. */\n"
                   f"static const double {upper}_X_MEAN[{spec.n_features}] = "
@@ -1328,15 +1356,16 @@ extern "C" {{
 {extra}
 /* The model's outputs for n rows: {raw_doc}; out receives n * {upper}_N_OUTPUTS {out_doc}.
  * Runs on the calling thread only. Thread-safe: each call allocates its own working memory, so concurrent calls
- * from several threads are fine. Returns {upper}_OK or an error code. */
+ * from several threads are fine{serial}. Returns {upper}_OK or an error code. */
 int {name}_predict(const float *x, int64_t n, float *out);
 
 /* The same for features already standardized as the model saw them in training (graphc's dataset splits,
  * FitResult.predict); out receives the model's own outputs (logits, or standardized predictions). */
 int {name}_predict_standardized(const float *x, int64_t n, float *out);
 
-/* The same, splitting the work over `nthreads` threads started for the call (results are bitwise the same
- * for every thread count). */
+/* The same, splitting the work over `nthreads` threads (results are bitwise the same for every thread count): the
+ * library keeps its worker threads parked between calls, and a call that finds them busy with another thread's
+ * call runs on its own thread. */
 int {name}_predict_threads(const float *x, int64_t n, float *out, int nthreads);
 
 #ifdef __cplusplus

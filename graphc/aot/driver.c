@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,6 +61,12 @@ static void mpi_failed_before_training(int code) __attribute__((noreturn));
 
 static const char *prog = "graphc-model";
 static char g_created_out[4096]; /* --out when this run created it: removed again if the run fails (when empty) */
+/* The results written so far, each still under its temporary name (DIR/.NAME.tmp): they are renamed into place only
+ * when every one is written (commit_outputs), and fail() removes them, so a write that fails (a full disk: exit 4)
+ * leaves DIR as it was -- never one run's weights beside another's data.json, nor stray temporaries. */
+enum { GC_NOUT = GC_NPARAMS + GC_NBUFS + 3 }; /* the <param>.npy files, history.csv, data.json, metrics.json */
+static char g_out_tmp[GC_NOUT][4096], g_out_final[GC_NOUT][4096];
+static volatile sig_atomic_t g_nout;
 #ifdef GC_MPI
 #define RANK0 (g_rank == 0)
 #else
@@ -78,11 +85,33 @@ static void fail(int code, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    for (int i = 0; i < g_nout; i++) unlink(g_out_tmp[i]); /* a failed run's results, written or half written */
     if (g_created_out[0]) rmdir(g_created_out); /* nothing of a failed run is kept: no empty --out behind */
 #ifdef GC_MPI
     if (g_pre) mpi_failed_before_training(code);
 #endif
     exit(code);
+}
+
+/* Ctrl-C (or a kill) ends the run as the signal always did, but, like a failure, leaves no --out it created (empty
+ * then) and no temporaries of results being written: unlink and rmdir are async-signal-safe. */
+static void on_signal(int sig) {
+    for (int i = 0; i < g_nout; i++) unlink(g_out_tmp[i]);
+    if (g_created_out[0]) rmdir(g_created_out);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void catch_signals(void) {
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        struct sigaction old, sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        /* a signal the caller ignores (a background job's SIGINT, nohup's SIGHUP) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sigs[i], &sa, NULL);
+    }
 }
 
 /* a clean exit (MPI finalized under --mpi) */
@@ -885,14 +914,33 @@ static void remove_earlier_run(const char *dir) {
 static FILE *open_out(const char *dir, const char *name, char *tmp, char *final) {
     snprintf(final, 4096, "%s/%s", dir, name);
     snprintf(tmp, 4096, "%s/.%s.tmp", dir, name);
+    if (g_nout == GC_NOUT) fail(EXIT_IO, "internal error: more result files than planned (%d)", GC_NOUT);
+    memcpy(g_out_tmp[g_nout], tmp, 4096); /* before the file exists: a signal from here on removes it */
+    memcpy(g_out_final[g_nout], final, 4096);
+    g_nout++;
     FILE *f = fopen(tmp, "wb");
     if (!f) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
     return f;
 }
 
+/* the file is complete under its temporary name; commit_outputs moves it into place */
 static void close_out(FILE *f, const char *tmp, const char *final) {
+    (void)final;
     if (fflush(f) != 0 || ferror(f) || fclose(f) != 0) fail(EXIT_IO, "cannot write %s: %s", tmp, strerror(errno));
-    if (rename(tmp, final) != 0) fail(EXIT_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+}
+
+/* Every result is written: (with --overwrite) remove the earlier run's other files, then rename each into place. A
+ * directory in the way of a name is found before anything is renamed. */
+static void commit_outputs(const char *dir, int overwrite) {
+    struct stat st;
+    for (int i = 0; i < g_nout; i++)
+        if (stat(g_out_final[i], &st) == 0 && S_ISDIR(st.st_mode))
+            fail(EXIT_IO, "cannot write %s: a directory of that name is in the way", g_out_final[i]);
+    if (overwrite) remove_earlier_run(dir);
+    for (int i = 0; i < g_nout; i++)
+        if (rename(g_out_tmp[i], g_out_final[i]) != 0)
+            fail(EXIT_IO, "cannot rename %s to %s: %s", g_out_tmp[i], g_out_final[i], strerror(errno));
+    g_nout = 0;
 }
 
 static void write_npy(const char *dir, const gc_tensor_t *t, const float *data) {
@@ -1650,6 +1698,7 @@ int main(int argc, char **argv) {
 #ifdef GC_MPI
     mpi_start(&argc, &argv);
 #endif
+    catch_signals();
     parse_args(&o, argc, argv);
 #ifdef GC_MPI
     if (g_rank != 0) o.quiet = 1; /* rank 0 alone reports */
@@ -1954,7 +2003,6 @@ int main(int argc, char **argv) {
     }
 
     /* results */
-    if (o.overwrite) remove_earlier_run(o.out);
     for (int i = 0; i < GC_NPARAMS; i++) write_npy(o.out, &gc_params[i], params[i]);
     for (int i = 0; i < GC_NBUFS; i++) write_npy(o.out, &gc_bufs[i], bufs[i]); /* as weights.npz holds them */
     write_history(o.out, rows, nrows, o.x_val != NULL);
@@ -2008,6 +2056,7 @@ int main(int argc, char **argv) {
         fprintf(f, "}\n");
         close_out(f, tmp, final);
     }
+    commit_outputs(o.out, o.overwrite);
     char metric_s[96];
     if (GC_TASK == 2) snprintf(metric_s, sizeof metric_s, "%s MSE %.4f (RMSE %.4f)", split, fmetric, rmse);
     else snprintf(metric_s, sizeof metric_s, "%s accuracy %.4f", split, fmetric);

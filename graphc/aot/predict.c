@@ -5,6 +5,7 @@
  * batch that holds n rows) and workspace, so concurrent calls never share writable memory; the weights and
  * constants are read-only. The public declarations are in the generated NAME.h. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,10 @@ enum { OK = 0, ERR_NULL = 1, ERR_N = 2, ERR_TOO_LARGE = 3, ERR_THREADS = 4, ERR_
        ERR_INPUT = 8 };
 
 extern int32_t lib_graphc_error __attribute__((weak));
+/* The program's run-time checks report into one word per library, not per call: a model that has checks runs its
+ * calls one at a time, or a failed check of one thread's call was read (and cleared) by another's, which then
+ * returned ERR_CHECK for valid outputs while the failing call returned OK. */
+static pthread_mutex_t check_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int cpu_state; /* 0: not checked yet, 1: fine, -1: a required feature is missing */
 
@@ -67,9 +72,15 @@ static int predict(const float *x, int64_t n, float *out, int nthreads, int raw)
     table[GC_X] = (uintptr_t)xin; /* read only */
     table[GC_OUT] = (uintptr_t)out;
     dims[GC_NDIM] = n;
+    /* a run-time check that failed leaves its number in the program's error word (defined when it has checks) */
+    int checked = &lib_graphc_error != NULL, failed = 0;
+    if (checked) pthread_mutex_lock(&check_lock);
     lib_graphc_run(table, dims, mem + arena_bytes, nthreads);
-    /* a run-time check that failed left its number in the program's error word (defined when it has checks) */
-    if (&lib_graphc_error && __atomic_exchange_n(&lib_graphc_error, 0, __ATOMIC_ACQ_REL)) {
+    if (checked) {
+        failed = __atomic_exchange_n(&lib_graphc_error, 0, __ATOMIC_ACQ_REL) != 0;
+        pthread_mutex_unlock(&check_lock);
+    }
+    if (failed) {
         free(mem);
         return ERR_CHECK;
     }

@@ -157,6 +157,32 @@ def test_an_out_holding_a_run_is_refused_unless_overwritten_and_runs_never_mix(d
     assert p.returncode == 5 and "no parameters were written" in p.stderr, p.stderr
     assert not fresh.exists() or not list(fresh.iterdir())
     assert subprocess.run([*binary, "--out", str(fresh)], capture_output=True).returncode == 0
+    # a result that cannot be written (a full disk; here a directory where a temporary goes) fails with exit 4 and
+    # leaves the earlier run as it was: each file was renamed into place as soon as written, so the new run's
+    # weights stood beside the old data.json (whose standardization gc.load and graphc export then applied to them)
+    before = {f.name: f.read_bytes() for f in fresh.iterdir()}
+    (fresh / ".history.csv.tmp").mkdir()
+    p = subprocess.run([*binary, "--out", str(fresh), "--overwrite", "--seed", "1"], capture_output=True, text=True)
+    assert p.returncode == 4 and "cannot write" in p.stderr and ".history.csv.tmp" in p.stderr, p.stderr
+    (fresh / ".history.csv.tmp").rmdir()
+    assert {f.name: f.read_bytes() for f in fresh.iterdir()} == before  # no stray temporaries either
+    blocked = tmp_path / "blocked"
+    (blocked / "mlp.1.W.npy").mkdir(parents=True)  # found before anything is renamed
+    p = subprocess.run([*binary, "--out", str(blocked), "--overwrite"], capture_output=True, text=True)
+    assert p.returncode == 4 and "mlp.1.W.npy: a directory of that name is in the way" in p.stderr, p.stderr
+    assert [f.name for f in blocked.iterdir()] == ["mlp.1.W.npy"]
+    # Ctrl-C ends a run as the signal does (status -SIGINT) and, like a failure, leaves no --out it created behind
+    # (it left an empty directory)
+    import signal
+
+    long_run = subprocess.Popen([*binary, "--out", str(tmp_path / "interrupted"), "--epochs", "100000000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "interrupted").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    long_run.send_signal(signal.SIGINT)
+    assert long_run.wait(timeout=30) == -signal.SIGINT
+    assert not (tmp_path / "interrupted").exists()
     # the loss stays finite but an epoch's last update overflows (one step of the whole set, whose L1 term times the
     # learning rate is past float32): gc.fit's check of every state array says so, and the binary, which checked
     # only the loss and wrote the infinite weights, now does the same: exit 5, nothing written, the array named

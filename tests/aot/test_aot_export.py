@@ -60,6 +60,14 @@ def test_export_names_missing_weights(digits_run, tmp_path):
     with pytest.raises(AotError, match="'mlp.0.b' must be float32 of shape \\(128,\\)"):
         export(tmp_path / "libx.so", partial)
     assert not os.path.exists(tmp_path / "libx.so")
+    # an unwritable --header (here below a file) raised a bare OSError after the library was written, and an
+    # unwritable -o was "the C compiler failed" with ld's message: now an AotError naming the option, nothing written
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AotError, match=r"--header .*afile/x\.h: cannot write it \(.*\); choose a writable path"):
+        export(tmp_path / "libx.so", weights, header=tmp_path / "afile" / "x.h")
+    with pytest.raises(AotError, match=r"-o .*afile/libx\.so: cannot write it"):
+        export(tmp_path / "afile" / "libx.so", weights)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["afile", "w"]
 
 
 def test_a_float64_parameter_trains_with_penalties_and_momentum_and_exports(tmp_path):
@@ -303,3 +311,67 @@ def test_a_model_drawing_random_numbers_predicts_with_the_runs_key_everywhere(tm
                        capture_output=True, text=True)
     assert p.returncode == 2 and "data.json: eval_key is 'eleven'" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "libx.so").exists()
+
+
+COMPUTED_INDEX = """
+import graphc as gc
+
+
+def model(x, n_outputs):  # an embedding of an id computed from a feature: a run-time check in the library
+    ids = gc.cast(gc.floor(x[:, 0] + 2.0), "int32")
+    return gc.nn.dense(gc.concatenate([x, gc.nn.embedding(ids, 4, 3, name="emb")], axis=1), n_outputs, name="out")
+"""
+
+RACE_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include "idx.h"
+enum { N = 8, REPS = 400 };
+static float good[N * IDX_N_FEATURES], bad[N * IDX_N_FEATURES], ref[N * IDX_N_OUTPUTS];
+static int wrong;
+static void *run(void *arg) {
+    const float *x = arg ? bad : good;
+    float out[N * IDX_N_OUTPUTS];
+    for (int i = 0; i < REPS; i++) {
+        int rc = idx_predict(x, N, out);
+        if (arg ? rc != IDX_ERR_CHECK : rc != IDX_OK || memcmp(out, ref, sizeof ref) != 0)
+            __atomic_add_fetch(&wrong, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+int main(void) {
+    for (int i = 0; i < N * IDX_N_FEATURES; i++) good[i] = bad[i] = (float)((i * 37) % 100) / 100.0f;
+    bad[(N - 1) * IDX_N_FEATURES] = 100.0f; /* the last row's id is far out of range */
+    if (idx_predict(good, N, ref) != IDX_OK || idx_predict(bad, N, ref + 0) != IDX_ERR_CHECK) return 3;
+    if (idx_predict(good, N, ref) != IDX_OK) return 4;
+    pthread_t t[4];
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], NULL, run, (void *)(i % 2));
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    printf("%d wrong\n", wrong);
+    return wrong != 0;
+}
+"""
+
+
+def test_concurrent_calls_of_a_model_with_run_time_checks_each_get_their_own_result(tmp_path):
+    """A failed run-time check (an embedding id the model computes from x, out of range) reports into the program's
+    one error word: concurrent calls read and cleared each other's, so a call on good rows returned ERR_CHECK and the
+    call whose id was out of range returned OK with wrong outputs. Such a model's calls now run one at a time (the
+    header says so); every call gets its own result."""
+    from graphc.aot import export
+    from graphc.fitting import fit
+
+    model = tmp_path / "idx.py"
+    model.write_text(COMPUTED_INDEX)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 1.0, size=(64, 3))  # standardized, the first feature stays within (-2, 2): ids 0..3
+    fit(str(model), (X, X.sum(axis=1)), epochs=1, batch_size=16, progress=False, out=str(tmp_path / "run"))
+    lib = export(tmp_path / "libidx.so", tmp_path / "run", max_batch=64)
+    assert "its calls run one at a time" in lib.header.read_text()
+    (tmp_path / "race.c").write_text(RACE_C)
+    exe = tmp_path / "race"
+    subprocess.run([os.environ.get("CC", "cc"), "-O1", str(tmp_path / "race.c"), f"-I{tmp_path}", f"-L{tmp_path}",
+                    "-lidx", f"-Wl,-rpath,{tmp_path}", "-lpthread", "-o", str(exe)], check=True)
+    p = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout == "0 wrong\n", (p.returncode, p.stdout)
