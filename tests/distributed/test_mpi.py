@@ -135,6 +135,13 @@ def test_graphc_train_under_mpirun_writes_once_and_resumes_under_other_rank_coun
     ref = fit(None, "digits", epochs=3, seed=3, l2=1e-4, early_stopping=5, threads=1, progress=False).params
     got = np.load(out / "weights.npz")
     assert_close(ref, {k: got[k] for k in got.files})
+    # a checkpoint that rank 0 refuses (another --lr) stops every rank at once, not after the watchdog's timeout
+    t0 = time.monotonic()
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits", "--out", str(out), "--epochs",
+               "4", *opts, "--lr", "0.2", "--resume", timeout=60, GRAPHC_MPI_TIMEOUT="40")
+    assert r.returncode == 2 and time.monotonic() - t0 < 30, r.stderr
+    assert r.stderr.count("belongs to a different model, dataset or options") == 1, r.stderr
+    assert "no progress" not in r.stderr and (out / "checkpoints" / "ckpt-1-000003.gcp").is_file()
 
 
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
