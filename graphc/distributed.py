@@ -66,6 +66,27 @@ def launched_rank() -> int:
     return 0
 
 
+def _check_launcher(MPI) -> None:
+    """A launcher that started P > 1 processes whose MPI sees a world of one is another MPI than the one mpi4py
+    was built with (Open MPI's mpirun for an MPICH mpi4py, or the reverse): each process would train the whole run
+    alone, every one writing --out. A GraphcError instead, on every process (none waits for another)."""
+    for size_env, _ in RANK_ENVS:
+        launched = os.environ.get(size_env, "")
+        if launched.isdigit() and int(launched) > 1:
+            break
+    else:
+        return
+    world = MPI.COMM_WORLD.Get_size()
+    if world != int(launched):
+        lib = MPI.Get_library_version().splitlines()[0].strip()
+        raise GraphcError(
+            f"distributed training: the launcher started {launched} processes ({size_env}={launched}) but MPI "
+            f"({lib}, the one mpi4py was built with) sees a world of {world}: the mpirun is another MPI's, so "
+            "every process would train alone. Start the ranks with the mpirun of mpi4py's MPI (`pip install "
+            "'graphc[mpi]'` brings mpich's: `python -m pip show -f mpich` lists it), or rebuild mpi4py against "
+            "your MPI (`pip install --no-binary mpi4py --force-reinstall mpi4py`)")
+
+
 def shares(n: int, p: int) -> list[tuple[int, int]]:
     """[lo, hi) of each of p ranks in n rows: contiguous, near-equal, the first n mod p ranks one row more."""
     q, r = divmod(n, p)
@@ -89,6 +110,8 @@ class Distributed:
         except ImportError as e:
             raise GraphcError(f"{INSTALL_HINT} ({e})") from None
         self.MPI = MPI
+        if comm is None:
+            _check_launcher(MPI)
         # a duplicate of the caller's communicator, whose errors return to us (then named) instead of aborting
         self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)

@@ -144,6 +144,18 @@ def test_graphc_train_under_mpirun_writes_once_and_resumes_under_other_rank_coun
     assert "no progress" not in r.stderr and (out / "checkpoints" / "ckpt-1-000003.gcp").is_file()
 
 
+def test_a_launcher_of_another_mpi_than_mpi4pys_is_refused_instead_of_training_alone(tmp_path):
+    """Open MPI's mpirun starting an mpi4py built with MPICH (or the reverse): each process is a world of one. It
+    trained the whole run alone, every one writing --out, as if data-parallel; it must stop, saying why."""
+    fake = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}
+    r = subprocess.run([sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--threads", "1", "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env(**fake),
+                       cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "OMPI_COMM_WORLD_SIZE=2" in r.stderr and "a world of 1" in r.stderr and "mpirun" in r.stderr, r.stderr
+    assert "epoch" not in r.stderr and not (tmp_path / "run" / "weights.npz").exists()
+
+
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
     good = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
