@@ -156,6 +156,30 @@ def test_a_launcher_of_another_mpi_than_mpi4pys_is_refused_instead_of_training_a
     assert "epoch" not in r.stderr and not (tmp_path / "run" / "weights.npz").exists()
 
 
+CHECKPOINT_FAILS = """
+import errno, sys
+from graphc.cli import main
+from graphc.nn.train import Trainer
+save = Trainer.save_checkpoint
+def full_disk(self, ck_dir, s, *a, **k):  # rank 0 alone writes checkpoints: the second one finds the disk full
+    if s["epoch"] == 2:
+        raise OSError(errno.ENOSPC, "No space left on device", str(ck_dir))
+    return save(self, ck_dir, s, *a, **k)
+Trainer.save_checkpoint = full_disk
+sys.exit(main(["train", "--epochs", "4", "--threads", "1", "--quiet", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_at_once(tmp_path):
+    """The other ranks waited in the next epoch for rank 0 until the watchdog's timeout, then blamed a rank that
+    'stopped answering' (exit 6); now rank 0 names the error and stops them with its status."""
+    t0 = time.monotonic()
+    r = mpirun(2, sys.executable, "-c", CHECKPOINT_FAILS, str(tmp_path / "run"), timeout=120, GRAPHC_MPI_TIMEOUT="60")
+    assert r.returncode == 2 and time.monotonic() - t0 < 50, r.stderr
+    assert "No space left on device" in r.stderr and "no progress" not in r.stderr, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-1-000001.gcp").is_file()
+
+
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
     good = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
