@@ -206,14 +206,26 @@ def test_a_model_whose_batch_slices_do_not_fit_a_ranks_share_stops_every_rank_be
     assert "roll.py:3" in r.stderr and "epoch" not in r.stdout and not (tmp_path / "o" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("flag, first, second", [("--lr", "0.1", "0.2"), ("--epochs", "1", "2")])
-def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, first, second):
+@pytest.mark.parametrize("flag, first, second, said", [
+    ("--lr", "0.1", "0.2", "lr: 0.1 on rank 0, 0.2 on rank 1"), ("--epochs", "1", "2", "epochs: 1 on rank 0"),
+    ("--seed", "0", "1", "(no seed + rank)"),  # a DDP habit: each rank seeded apart
+    # a DDP habit too: each rank given its own shard of the rows (DistributedSampler)
+    ("--dataset", "shard0.npz", "shard1.npz", "shard0.npz (28, 3), (6, 3), (6, 3) on rank 0, shard1.npz (26, 3), "
+     "(6, 3), (6, 3) on rank 1; every rank must run the same command (same model, data and options). Give every "
+     "rank the whole dataset")])
+def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, first, second, said):
+    """Which option or data shape differs is named, with what to do for the two habits of PyTorch DDP users."""
+    rng = np.random.default_rng(0)
+    for name, n in ((first, 40), (second, 38)):
+        if name.endswith(".npz"):
+            np.savez(tmp_path / name, X=rng.standard_normal((n, 3)).astype(np.float32), y=rng.integers(0, 2, n))
     args = [sys.executable, "-m", "graphc.cli", "train", "--hidden", "16"]
     args += ["--epochs", "1"] if flag != "--epochs" else []
     r = subprocess.run([MPIRUN, "-n", "1", *args, flag, first, ":", "-n", "1", *args, flag, second],
-                       capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+                       capture_output=True, text=True, timeout=120, env=env(), cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("ranks 1 disagree with rank 0 on the model, options and data") == 1
+    assert said in r.stderr, r.stderr
     assert "epoch" not in r.stdout
 
 
@@ -245,6 +257,7 @@ def test_ranks_reading_other_contents_under_one_file_name_refuse_to_start(tmp_pa
                         str(tmp_path / "b"), *args], capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "ranks 1 disagree with rank 0 on the data's contents" in r.stderr and "epoch" not in r.stdout
+    assert "Give every rank the whole dataset" in r.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
