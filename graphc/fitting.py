@@ -333,6 +333,13 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
             progress, log, out = False, (lambda m: None), None
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
+    if not distributed:
+        from graphc.distributed import launched_ranks
+
+        if launched_ranks() > 1:  # said even with progress off: the run is not what an mpirun user expects
+            print(f"graphc: note: this process is one of {launched_ranks()} that mpirun started, but gc.fit was "
+                  "called without distributed=True: each trains the whole run alone (and all write `out`); pass "
+                  "distributed=True for data-parallel training", file=sys.stderr)
     file_options: dict = {}
     model_desc = "default MLP"
     if isinstance(model, (str, Path)):

@@ -180,6 +180,14 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_at_once(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "ckpt-1-000001.gcp").is_file()
 
 
+def test_gc_fit_without_distributed_under_mpirun_says_each_rank_trains_alone(tmp_path):
+    """A DDP user's script under mpirun that forgets distributed=True trained P independent runs, silently."""
+    r = mpirun(2, sys.executable, "-c", "import graphc as gc; gc.fit(None, 'digits', epochs=1, hidden=[8], "
+               "threads=1, progress=False)", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("gc.fit was called without distributed=True: each trains the whole run alone") == 2
+
+
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
     good = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
