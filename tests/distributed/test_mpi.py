@@ -188,6 +188,20 @@ def test_gc_fit_without_distributed_under_mpirun_says_each_rank_trains_alone(tmp
     assert r.stderr.count("gc.fit was called without distributed=True: each trains the whole run alone") == 2
 
 
+def test_gc_fit_that_fails_stops_its_watchdog(tmp_path):
+    """A sweep that catches a diverged gc.fit(distributed=True) and goes on: the failed run's watchdog thread
+    stayed, still watching the peers, and would stop the process (exit 6) when one left."""
+    script = ("import threading, time, graphc as gc, numpy as np\n"
+              "X = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)\n"
+              "try:\n    gc.fit(None, (X, (X[:, 0] > 0).astype(np.int32)), epochs=2, lr=1e4, batch_size=4, threads=1,"
+              " distributed=True, progress=False)\nexcept gc.NumericalError:\n    pass\n"
+              "time.sleep(0.5)\nprint(sorted(t.name for t in threading.enumerate()))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env(),
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['MainThread']", r.stdout + r.stderr
+
+
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
     good = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
