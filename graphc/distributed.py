@@ -14,6 +14,7 @@ single-process training's (whose statistics are over the whole batch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -66,6 +67,27 @@ def launched_rank() -> int:
     return 0
 
 
+def _check_launcher(MPI) -> None:
+    """A launcher that started P > 1 processes whose MPI sees a world of one is another MPI than the one mpi4py
+    was built with (Open MPI's mpirun for an MPICH mpi4py, or the reverse): each process would train the whole run
+    alone, every one writing --out. A GraphcError instead, on every process (none waits for another)."""
+    for size_env, _ in RANK_ENVS:
+        launched = os.environ.get(size_env, "")
+        if launched.isdigit() and int(launched) > 1:
+            break
+    else:
+        return
+    world = MPI.COMM_WORLD.Get_size()
+    if world != int(launched):
+        lib = MPI.Get_library_version().splitlines()[0].strip()
+        raise GraphcError(
+            f"distributed training: the launcher started {launched} processes ({size_env}={launched}) but MPI "
+            f"({lib}, the one mpi4py was built with) sees a world of {world}: the mpirun is another MPI's, so "
+            "every process would train alone. Start the ranks with the mpirun of mpi4py's MPI (`pip install "
+            "'graphc[mpi]'` brings mpich's: `python -m pip show -f mpich` lists it), or rebuild mpi4py against "
+            "your MPI (`pip install --no-binary mpi4py --force-reinstall mpi4py`)")
+
+
 def shares(n: int, p: int) -> list[tuple[int, int]]:
     """[lo, hi) of each of p ranks in n rows: contiguous, near-equal, the first n mod p ranks one row more."""
     q, r = divmod(n, p)
@@ -89,6 +111,8 @@ class Distributed:
         except ImportError as e:
             raise GraphcError(f"{INSTALL_HINT} ({e})") from None
         self.MPI = MPI
+        if comm is None:
+            _check_launcher(MPI)
         # a duplicate of the caller's communicator, whose errors return to us (then named) instead of aborting
         self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -169,15 +193,23 @@ class Distributed:
         with self._guard(what):
             return self.comm.bcast(obj, root=0)
 
-    def agree(self, what: str, value: str) -> None:
+    def agree(self, what: str, value: str, details: dict | None = None) -> None:
         """Every rank must hold the same `value` (a digest of the model and options): else a GraphcError naming
-        the ranks that differ from rank 0."""
-        values = self.allgather(value, f"comparing {what}")
-        odd = [r for r, v in enumerate(values) if v != values[0]]
+        the ranks that differ from rank 0 and, of `details` (named parts of the value), those that differ."""
+        values = self.allgather((value, details or {}), f"comparing {what}")
+        odd = [r for r, (v, _) in enumerate(values) if v != values[0][0]]
         if odd:
+            mine, theirs = values[0][1], values[odd[0]][1]
+            diff = [k for k in mine if mine[k] != theirs.get(k)]
+            said = "".join(f"; {k}: {mine[k]} on rank 0, {theirs.get(k)} on rank {odd[0]}" for k in diff[:4])
+            data = any(k.startswith("data") for k in diff) or "contents" in what
             raise _everywhere(GraphcError(
-                f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on {what}; every rank "
-                "must run the same command (same model, data and options)"))
+                f"distributed training: ranks {', '.join(map(str, odd))} disagree with rank 0 on {what}{said}; "
+                "every rank must run the same command (same model, data and options)"
+                + (". Give every rank the whole dataset: graphc splits each global batch over the ranks itself "
+                   "(no per-rank sharding as with PyTorch's DistributedSampler)" if data else "")
+                + (". Every rank must use the same seed: it draws the initial weights, the shuffle and the dropout "
+                   "masks of the whole run (no seed + rank)" if "seed" in diff else "")))
 
     def all_ok(self, what: str, error: BaseException | None) -> None:
         """Every rank reports whether `what` worked; if one failed, every rank raises an InputError naming it."""
@@ -203,8 +235,12 @@ class Distributed:
     def start_training(self, trainer, ds, out_dir: Path | None) -> None:
         """Before the first step: every rank must build the same graph with the same options and data shape."""
         shape = f"{ds.name}:{ds.task}:{ds.X_train.shape}:{ds.X_val.shape}:{ds.X_test.shape}"
+        cfg = trainer.config
+        details = {f.name: repr(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        details["data (training, validation, test rows)"] = \
+            f"{ds.name} {ds.X_train.shape}, {ds.X_val.shape}, {ds.X_test.shape}"
         self.agree("the model, options and data (a hash of the step graph and the training options)",
-                   f"{trainer.fingerprint()}:epochs {trainer.config.epochs}:{shape}")
+                   f"{trainer.fingerprint()}:epochs {trainer.config.epochs}:{shape}", details)
         self.agree("the data's contents (a hash of the training, validation and test arrays; a file of the same "
                    "name and shape holding other values on some rank)", data_digest(ds))
         ck = self.bcast(str(Path(out_dir).resolve() / "checkpoints") if out_dir is not None else None)

@@ -329,10 +329,31 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
         from graphc.distributed import Distributed
 
         dist = Distributed()
+        try:
+            return _fit_everywhere(model, data, dist, out=out, resume=resume, overwrite=overwrite, progress=progress,
+                                   label=label, features=features, task=task, train_fraction=train_fraction,
+                                   split_seed=split_seed, log=log, grid=grid, **options)
+        finally:  # its watchdog thread: left running after an error, it stopped the process when a peer left
+            dist.close()
+    return _fit_everywhere(model, data, None, out=out, resume=resume, overwrite=overwrite, progress=progress,
+                           label=label, features=features, task=task, train_fraction=train_fraction,
+                           split_seed=split_seed, log=log, grid=grid, **options)
+
+
+def _fit_everywhere(model, data, dist, *, out, resume, overwrite, progress, label, features, task, train_fraction,
+                    split_seed, log, grid, **options) -> FitResult:
+    if dist is not None:
         if dist.rank != 0:
             progress, log, out = False, (lambda m: None), None
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None)
+    if dist is None:
+        from graphc.distributed import launched_ranks
+
+        if launched_ranks() > 1:  # said even with progress off: the run is not what an mpirun user expects
+            print(f"graphc: note: this process is one of {launched_ranks()} that mpirun started, but gc.fit was "
+                  "called without distributed=True: each trains the whole run alone (and all write `out`); pass "
+                  "distributed=True for data-parallel training", file=sys.stderr)
     file_options: dict = {}
     model_desc = "default MLP"
     if isinstance(model, (str, Path)):

@@ -1295,6 +1295,25 @@ static void mpi_start(int *argc, char ***argv) {
     MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN); /* errors come back here, named, instead of aborting */
     MPI_Comm_rank(g_comm, &g_rank);
     MPI_Comm_size(g_comm, &g_size);
+    /* a launcher of another MPI (Open MPI's mpirun for an MPICH build, or the reverse) starts P processes that
+       each see a world of one: each would train the whole run alone, all writing --out */
+    static const char *size_envs[] = {"PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"};
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(size_envs[i]);
+        if (v && *v) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end == 0 && n > 1 && n != g_size) {
+                fprintf(stderr, "graphc: error: distributed training: the launcher started %ld processes (%s=%s) but "
+                        "the MPI this binary was linked with sees a world of %d: the mpirun is another MPI's, so "
+                        "every process would train alone. Start it with the mpirun of the MPI it was built with "
+                        "(mpich's, from `pip install 'graphc[mpi]'`)\n", n, size_envs[i], v, g_size);
+                MPI_Finalize();
+                exit(2);
+            }
+            break;
+        }
+    }
     int len = 0;
     memset(g_host, 0, sizeof g_host);
     MPI_Get_processor_name(g_host, &len);

@@ -657,30 +657,39 @@ class Trainer:
              "phase1_epochs": 0}
         state = self.init_state(cfg.seed)
         best: dict[str, np.ndarray] | None = None
-        if resume and ck_dir is not None:
-            found, refused = ckpt.latest(ck_dir)
-            for msg in refused:
-                self.log(f"refusing checkpoint: {msg}")
-            if found is not None:
-                path, meta, arrays = found
-                if meta.get("fingerprint") != self.fingerprint():
-                    raise ckpt.CheckpointError(f"{path}: this checkpoint belongs to a different model, dataset or "
-                                               "options; resume with the same command line, or start afresh")
-                s.update(meta["run"])
-                if s["phase"] == 1 and s["epoch"] > cfg.epochs:
-                    raise ckpt.CheckpointError(f"{path}: this run has done {s['epoch']} epochs already, more than "
-                                               f"--epochs {cfg.epochs}; give --epochs {s['epoch']} or more to "
-                                               "continue it, or --overwrite to start afresh")
-                loaded = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-                state = _restore(state, loaded, path)
-                saved_best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
-                best = _restore({k: v.copy() for k, v in state.items()}, saved_best, path) if saved_best else None
-                self.log(f"resuming from {path.name}: phase {s['phase']}, {s['epoch']} epochs done")
-            elif refused:
-                raise ckpt.CheckpointError(f"{ck_dir}: no checkpoint there could be loaded ({len(refused)} refused, "
-                                           "above); start afresh with --overwrite instead of --resume")
-            else:
-                self.log("no checkpoint to resume from; starting afresh")
+
+        def read_checkpoint():
+            nonlocal state, best
+            if resume and ck_dir is not None:
+                found, refused = ckpt.latest(ck_dir)
+                for msg in refused:
+                    self.log(f"refusing checkpoint: {msg}")
+                if found is not None:
+                    path, meta, arrays = found
+                    if meta.get("fingerprint") != self.fingerprint():
+                        raise ckpt.CheckpointError(f"{path}: this checkpoint belongs to a different model, dataset or "
+                                                   "options; resume with the same command line, or start afresh")
+                    s.update(meta["run"])
+                    if s["phase"] == 1 and s["epoch"] > cfg.epochs:
+                        raise ckpt.CheckpointError(f"{path}: this run has done {s['epoch']} epochs already, more than "
+                                                   f"--epochs {cfg.epochs}; give --epochs {s['epoch']} or more to "
+                                                   "continue it, or --overwrite to start afresh")
+                    loaded = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+                    state = _restore(state, loaded, path)
+                    saved_best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
+                    best = _restore({k: v.copy() for k, v in state.items()}, saved_best, path) if saved_best else None
+                    self.log(f"resuming from {path.name}: phase {s['phase']}, {s['epoch']} epochs done")
+                elif refused:
+                    raise ckpt.CheckpointError(f"{ck_dir}: no checkpoint there could be loaded ({len(refused)} "
+                                               "refused, above); start afresh with --overwrite instead of --resume")
+                else:
+                    self.log("no checkpoint to resume from; starting afresh")
+        if self.dist is None:
+            read_checkpoint()
+        elif resume:
+            # rank 0 alone reads the checkpoint; one it refuses must stop every rank at once, not leave the
+            # others waiting for its broadcast until the watchdog's timeout
+            self.dist.run_everywhere("resuming from the last checkpoint", read_checkpoint)
         if self.dist is not None and resume:  # rank 0 read the checkpoint (if any): every rank starts from it
             s, state, best = self.dist.bcast((s, state, best) if self.dist.rank == 0 else None, "resuming")
             state = {k: _aligned_copy(v) for k, v in state.items()}  # unpickled arrays: as run_epoch wants them

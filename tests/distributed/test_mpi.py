@@ -135,6 +135,71 @@ def test_graphc_train_under_mpirun_writes_once_and_resumes_under_other_rank_coun
     ref = fit(None, "digits", epochs=3, seed=3, l2=1e-4, early_stopping=5, threads=1, progress=False).params
     got = np.load(out / "weights.npz")
     assert_close(ref, {k: got[k] for k in got.files})
+    # a checkpoint that rank 0 refuses (another --lr) stops every rank at once, not after the watchdog's timeout
+    t0 = time.monotonic()
+    r = mpirun(2, sys.executable, "-m", "graphc.cli", "train", "--dataset", "digits", "--out", str(out), "--epochs",
+               "4", *opts, "--lr", "0.2", "--resume", timeout=60, GRAPHC_MPI_TIMEOUT="40")
+    assert r.returncode == 2 and time.monotonic() - t0 < 30, r.stderr
+    assert r.stderr.count("belongs to a different model, dataset or options") == 1, r.stderr
+    assert "no progress" not in r.stderr and (out / "checkpoints" / "ckpt-1-000003.gcp").is_file()
+
+
+def test_a_launcher_of_another_mpi_than_mpi4pys_is_refused_instead_of_training_alone(tmp_path):
+    """Open MPI's mpirun starting an mpi4py built with MPICH (or the reverse): each process is a world of one. It
+    trained the whole run alone, every one writing --out, as if data-parallel; it must stop, saying why."""
+    fake = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}
+    r = subprocess.run([sys.executable, "-m", "graphc.cli", "train", "--epochs", "1", "--threads", "1", "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env(**fake),
+                       cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "OMPI_COMM_WORLD_SIZE=2" in r.stderr and "a world of 1" in r.stderr and "mpirun" in r.stderr, r.stderr
+    assert "epoch" not in r.stderr and not (tmp_path / "run" / "weights.npz").exists()
+
+
+CHECKPOINT_FAILS = """
+import errno, sys
+from graphc.cli import main
+from graphc.nn.train import Trainer
+save = Trainer.save_checkpoint
+def full_disk(self, ck_dir, s, *a, **k):  # rank 0 alone writes checkpoints: the second one finds the disk full
+    if s["epoch"] == 2:
+        raise OSError(errno.ENOSPC, "No space left on device", str(ck_dir))
+    return save(self, ck_dir, s, *a, **k)
+Trainer.save_checkpoint = full_disk
+sys.exit(main(["train", "--epochs", "4", "--threads", "1", "--quiet", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_at_once(tmp_path):
+    """The other ranks waited in the next epoch for rank 0 until the watchdog's timeout, then blamed a rank that
+    'stopped answering' (exit 6); now rank 0 names the error and stops them with its status."""
+    t0 = time.monotonic()
+    r = mpirun(2, sys.executable, "-c", CHECKPOINT_FAILS, str(tmp_path / "run"), timeout=120, GRAPHC_MPI_TIMEOUT="60")
+    assert r.returncode == 2 and time.monotonic() - t0 < 50, r.stderr
+    assert "No space left on device" in r.stderr and "no progress" not in r.stderr, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-1-000001.gcp").is_file()
+
+
+def test_gc_fit_without_distributed_under_mpirun_says_each_rank_trains_alone(tmp_path):
+    """A DDP user's script under mpirun that forgets distributed=True trained P independent runs, silently."""
+    r = mpirun(2, sys.executable, "-c", "import graphc as gc; gc.fit(None, 'digits', epochs=1, hidden=[8], "
+               "threads=1, progress=False)", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("gc.fit was called without distributed=True: each trains the whole run alone") == 2
+
+
+def test_gc_fit_that_fails_stops_its_watchdog(tmp_path):
+    """A sweep that catches a diverged gc.fit(distributed=True) and goes on: the failed run's watchdog thread
+    stayed, still watching the peers, and would stop the process (exit 6) when one left."""
+    script = ("import threading, time, graphc as gc, numpy as np\n"
+              "X = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)\n"
+              "try:\n    gc.fit(None, (X, (X[:, 0] > 0).astype(np.int32)), epochs=2, lr=1e4, batch_size=4, threads=1,"
+              " distributed=True, progress=False)\nexcept gc.NumericalError:\n    pass\n"
+              "time.sleep(0.5)\nprint(sorted(t.name for t in threading.enumerate()))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env(),
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['MainThread']", r.stdout + r.stderr
 
 
 def test_a_rank_that_cannot_read_its_data_stops_every_rank_before_training(tmp_path):
@@ -163,14 +228,26 @@ def test_a_model_whose_batch_slices_do_not_fit_a_ranks_share_stops_every_rank_be
     assert "roll.py:3" in r.stderr and "epoch" not in r.stdout and not (tmp_path / "o" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("flag, first, second", [("--lr", "0.1", "0.2"), ("--epochs", "1", "2")])
-def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, first, second):
+@pytest.mark.parametrize("flag, first, second, said", [
+    ("--lr", "0.1", "0.2", "lr: 0.1 on rank 0, 0.2 on rank 1"), ("--epochs", "1", "2", "epochs: 1 on rank 0"),
+    ("--seed", "0", "1", "(no seed + rank)"),  # a DDP habit: each rank seeded apart
+    # a DDP habit too: each rank given its own shard of the rows (DistributedSampler)
+    ("--dataset", "shard0.npz", "shard1.npz", "shard0.npz (28, 3), (6, 3), (6, 3) on rank 0, shard1.npz (26, 3), "
+     "(6, 3), (6, 3) on rank 1; every rank must run the same command (same model, data and options). Give every "
+     "rank the whole dataset")])
+def test_ranks_that_disagree_on_the_options_refuse_to_start(tmp_path, flag, first, second, said):
+    """Which option or data shape differs is named, with what to do for the two habits of PyTorch DDP users."""
+    rng = np.random.default_rng(0)
+    for name, n in ((first, 40), (second, 38)):
+        if name.endswith(".npz"):
+            np.savez(tmp_path / name, X=rng.standard_normal((n, 3)).astype(np.float32), y=rng.integers(0, 2, n))
     args = [sys.executable, "-m", "graphc.cli", "train", "--hidden", "16"]
     args += ["--epochs", "1"] if flag != "--epochs" else []
     r = subprocess.run([MPIRUN, "-n", "1", *args, flag, first, ":", "-n", "1", *args, flag, second],
-                       capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+                       capture_output=True, text=True, timeout=120, env=env(), cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("ranks 1 disagree with rank 0 on the model, options and data") == 1
+    assert said in r.stderr, r.stderr
     assert "epoch" not in r.stdout
 
 
@@ -202,6 +279,7 @@ def test_ranks_reading_other_contents_under_one_file_name_refuse_to_start(tmp_pa
                         str(tmp_path / "b"), *args], capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "ranks 1 disagree with rank 0 on the data's contents" in r.stderr and "epoch" not in r.stdout
+    assert "Give every rank the whole dataset" in r.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 

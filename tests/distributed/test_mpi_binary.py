@@ -194,6 +194,16 @@ def test_ranks_that_disagree_on_the_options_refuse_to_start(trainer, tmp_path):
     assert "epoch" not in r.stdout
 
 
+def test_a_launcher_of_another_mpi_is_refused_instead_of_training_alone(trainer, tmp_path):
+    """Open MPI's mpirun starting the MPICH-linked binary: a world of one per process, each training alone."""
+    binary, files = trainer
+    r = subprocess.run([str(binary), *files, "--epochs", "1", "--out", str(tmp_path / "o")], capture_output=True,
+                       text=True, timeout=60, env=env(OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="1"), cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "(OMPI_COMM_WORLD_SIZE=2)" in r.stderr and "a world of 1" in r.stderr and "epoch" not in r.stdout
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_ranks_that_read_other_contents_of_one_shape_refuse_to_start(trainer, tmp_path):
     """A y_train of the same shape holding other labels on rank 1: the ranks trained on two datasets, exit 0."""
     binary, files = trainer
