@@ -8,6 +8,7 @@ graphc (`driver.c`, `predict.c`), by the system C compiler. Nothing of Python is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -896,6 +897,9 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_Y_NDIM": len(y_dims), "GC_Y_ROW": int(np.prod(y_dims, dtype=np.int64)),
         "GC_MAX_BATCH": max_batch, "GC_MAX_THREADS": max_threads, "GC_EVAL_BATCH": eval_batch,
         "GC_RUN_JSON": c_string(_run_json(spec)),
+        # data.json's classes as gc.fit writes them: numbers stay numbers (digits' labels were written "0".."9", so a
+        # loaded binary run's predict_labels gave strings that never equal the int labels)
+        "GC_CLASSES_JSON": c_string(json.dumps([_plain(c) for c in spec.classes])),
         "GC_FEWEST_ROWS": fewest, "GC_FEWEST_WHY": fewest_why, "GC_E_FEWEST_ROWS": e_fewest,
         "GC_E_FEWEST_WHY": e_fewest_why,
         "GC_DEF_EPOCHS": cfg.epochs, "GC_DEF_BATCH": cfg.batch_size, "GC_DEF_LR": c_double(cfg.lr),

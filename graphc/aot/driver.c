@@ -1023,12 +1023,7 @@ static void write_data_json(const char *dir, int standardized, int64_t eval_key)
                 fprintf(f, "%s%.17g%s", j ? ", " : "[", k ? x_std[j] : x_mean[j], j == GC_N_FEATURES - 1 ? "]" : "");
         fprintf(f, ",\n");
     }
-    fprintf(f, "  \"classes\": [");
-    for (int i = 0; i < GC_NCLASSNAMES; i++) {
-        if (i) fprintf(f, ", ");
-        json_string(f, gc_class_names[i]);
-    }
-    fprintf(f, "]\n}\n");
+    fprintf(f, "  \"classes\": %s\n}\n", GC_CLASSES_JSON); /* as gc.fit writes them (numbers stay numbers) */
     close_out(f, tmp, final);
 }
 

@@ -314,6 +314,11 @@ def test_a_model_that_slices_its_batch_axis_checks_every_batch_in_the_binary_and
     assert p.returncode == 0, p.stderr
     back = gc.load(out)  # the binary's data.json names its model file: the run loads back in Python
     assert back.params["h.W"].shape == (64, 16) and back.predict_labels(ds.X_test[:4]).shape == (4,)
+    # the classes as gc.fit writes them: digits' labels were written "0".."9", so the loaded run's labels (strings)
+    # never equalled the int labels (accuracy 0 against y)
+    assert json.loads((out / "data.json").read_text())["classes"] == list(range(10))
+    labels = back.predict_labels(ds.X_test)
+    assert labels.dtype.kind == "i" and np.mean(labels == ds.y_test) > 0.5
     r = fit(str(tmp_path / "roll.py"), data="digits", batch_size=12, progress=False, out=str(tmp_path / "run"))
     lib = export(tmp_path / "libroll.so", tmp_path / "run", model=str(tmp_path / "roll.py"), data="digits").path
     assert "#define ROLL_MIN_BATCH 4" in (tmp_path / "roll.h").read_text()
