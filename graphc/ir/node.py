@@ -387,16 +387,25 @@ def nodes_within(order: list[Node]) -> list[Node]:
     """The nodes of `order` (a topo_order) and of every loop body they hold (a node's `body` attribute, nested
     bodies too): what a question about the whole program ("does it draw random numbers?") must look at, where a
     topo_order sees a scan as one node."""
-    out, seen, stack = [], set(), list(reversed(order))
+
+    def bodies(n: Node) -> list[Node]:
+        body = n.attrs.get("body")
+        return list(reversed(body.order())) if body is not None and hasattr(body, "order") else []
+
+    return _walk(list(reversed(order)), bodies)
+
+
+def _walk(stack: list[Node], more) -> list[Node]:
+    """Each node reached from `stack` (popped from its end) once, in the order reached; `more(n)` gives what a node
+    leads to next."""
+    out, seen = [], set()
     while stack:
         n = stack.pop()
         if id(n) in seen:
             continue
         seen.add(id(n))
         out.append(n)
-        body = n.attrs.get("body")
-        if body is not None and hasattr(body, "order"):
-            stack.extend(reversed(body.order()))
+        stack.extend(more(n))
     return out
 
 
@@ -406,19 +415,14 @@ def nodes_in_mode(order: list[Node], training: bool) -> list[Node]:
     only to what it is in that mode (`op.in_mode`: a training_switch's branch; in inference, dropout's input).
     nodes_within, as the compiled program of that mode sees it."""
     read = {id(i) for n in order for i in n.inputs}
-    out, seen, stack = [], set(), [n for n in order if id(n) not in read]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        out.append(n)
+
+    def computed(n: Node) -> list[Node]:
         instead = n.op.in_mode(n, training)
-        stack.extend((instead,) if instead is not None else n.inputs)
         body = n.attrs.get("body")
-        if body is not None and hasattr(body, "outputs"):
-            stack.extend(body.outputs)
-    return out
+        return [*((instead,) if instead is not None else n.inputs),
+                *(body.outputs if body is not None and hasattr(body, "outputs") else ())]
+
+    return _walk([n for n in order if id(n) not in read], computed)
 
 
 def needs_training_mode(order: list[Node]) -> bool:

@@ -488,22 +488,20 @@ class CompiledFunction:
     def _checks_computed_indices(self) -> bool:
         """Whether some gather or scatter reads indices that `_input_indices` does not check before a call (a
         computed index, labels shifted by `low`), in a loop's body too."""
-        from graphc.ir.node import nodes_within
         from graphc.ops.gather import SCATTER_ADD, TAKE
 
-        checked = {id(n) for n, _, _ in self._index_checks}
         pre = {slot for _, slot, _ in self._index_checks}
-        for n in nodes_within(topo_order(self._graph.outputs)):
-            if n.op is TAKE and id(n) not in checked:
-                return True
-            if n.op is SCATTER_ADD:
-                leaf = n.inputs[1]
-                while leaf.op.name == "reshape":
-                    leaf = leaf.inputs[0]
-                spec = self._by_key.get(id(leaf)) if leaf.op.name == "input" else None
-                if spec is None or spec[1] not in pre:
-                    return True
-        return False
+        return any((n.op is TAKE and n.attrs.get("low", 0)) or self._index_slot(n) not in pre
+                   for n in nodes_within(topo_order(self._graph.outputs)) if n.op is TAKE or n.op is SCATTER_ADD)
+
+    def _index_slot(self, n: Node) -> int | None:
+        """The table slot of the input whose values are gather or scatter `n`'s indices (through reshapes), or None
+        where they are computed."""
+        leaf = n.inputs[1]
+        while leaf.op.name == "reshape":
+            leaf = leaf.inputs[0]
+        spec = self._by_key.get(id(leaf)) if leaf.op.name == "input" else None
+        return None if spec is None else spec[1]
 
     def _input_indices(self) -> list:
         """The gathers whose indices are an input's values (embedding ids, class labels): (the gather, its table
@@ -516,14 +514,11 @@ class CompiledFunction:
         for n in topo_order(self._graph.outputs):
             if n.op is not TAKE or n.attrs.get("low", 0):
                 continue
-            leaf = n.inputs[1]
-            while leaf.op.name == "reshape":
-                leaf = leaf.inputs[0]
-            spec = self._by_key.get(id(leaf)) if leaf.op.name == "input" else None
+            slot = self._index_slot(n)
             size = n.inputs[0].shape[n.attrs["axis"]]
-            if spec is not None and (spec[1], size) not in seen:
-                seen.add((spec[1], size))
-                found.append((n, spec[1], self._dim_fn(size)))
+            if slot is not None and (slot, size) not in seen:
+                seen.add((slot, size))
+                found.append((n, slot, self._dim_fn(size)))
         return found
 
     def _check_input_indices(self, bound: dict, env: list[int]) -> None:
@@ -1125,7 +1120,6 @@ def _refuse_state_updates_in_inference(outs: list[Node], updates: Mapping) -> No
     """A layer's training-mode state update (batch norm's running statistics from the batch: gc.nn.state_updates)
     passed to a program compiled for inference: PyTorch's eval() reads the running statistics and updates
     nothing, while this program would have written the batch's statistics into them."""
-    from graphc.ir.node import nodes_within
     from graphc.ops.control import WITH_UPDATES
 
     order = nodes_within(topo_order([*outs, *updates.values()]))
