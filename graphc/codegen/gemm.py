@@ -77,7 +77,7 @@ L1d and 2 MB L2 per core): on AVX-512, MR x NR = 12 x 32 float32 (12 x 16 float6
 B vectors + 1 broadcast = 27 of 32 registers, 14 loads per 24 FMAs. KC = 256: the A micro-panel (12 KB) stays
 in L1 and a B micro-panel (32 KB) streams from L2 per tile; C is read and written once per K block.
 NC = 1024 float32 (512 float64): the packed B block is 1 MB of the 2 MB L2. MC = 240 (only sets how much A
-is packed at once in this loop order). Direct B: ldb <= 2 KB of elements, M range <= 256. With 16 vector
+is packed at once in this loop order). Direct B: ldb <= 2 KB of elements (1 KB on AVX2), M range <= 256. With 16 vector
 registers (AVX2, SSE): MR x NR = 6 x 2L. The microkernel alone runs at ~93% of the FMA peak with its data
 in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~10-15%.
 """
@@ -150,8 +150,14 @@ def _lanes(target: Target, dtype: str) -> int:
 
 
 # B rows up to this many bytes apart are read in place by the default config (`direct_b_max_ld`); wider, or
-# transposed, B is packed (once per call for a loop-invariant B in a loop: graphc.codegen.schedule._packs_b)
+# transposed, B is packed. AVX2: 1 KB only. With 2 KB (an LSTM's dZ, 512 float32 columns) a K block's panel read in
+# place spans 512 KB (128 pages, the whole L2 of a Zen 3): the LSTM step's Xᵀ·dZ ran 13% and Hᵀ·dZ 8% faster packed
+# there (benchmarks/bench_rnn.py's step, four alternated runs); AVX-512 machines measured 2 KB as a win.
 DIRECT_B_MAX_BYTES = 2048
+DIRECT_B_MAX_BYTES_AVX2 = 1024
+# A loop-invariant B is packed once per call where any target's driver would pack it on every step (rows more than
+# this many bytes apart: graphc.codegen.schedule._packs_b, which runs before a target is chosen)
+DIRECT_B_PACKED_IN_LOOPS = min(DIRECT_B_MAX_BYTES, DIRECT_B_MAX_BYTES_AVX2)
 
 
 def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
@@ -165,8 +171,9 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
     kc = 256  # the A micro-panel (MR x KC) stays in L1 while B micro-panels stream past it from L2
     nc = nr * max(1, (1 << 20) // (kc * esize * nr))  # the packed B block (KC x NC): 1 MB of the 2 MB L2
     mc = mr * max(1, 240 // mr)
-    return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr",
-                      direct_b_max_ld=DIRECT_B_MAX_BYTES // esize, direct_b_max_m=256)
+    direct = DIRECT_B_MAX_BYTES if target.vector_bits >= 512 else DIRECT_B_MAX_BYTES_AVX2
+    return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr", direct_b_max_ld=direct // esize,
+                      direct_b_max_m=256)
 
 
 def config_for(target: Target, dtype: str = "float32", N: int | None = None) -> GemmConfig:

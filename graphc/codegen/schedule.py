@@ -977,14 +977,14 @@ PACK_MIN_ELEMENTS = 16384
 def _packs_b(g: GemmKernel) -> bool:
     """Whether the GEMM driver would pack this loop product's B on every step (the product then reads a B packed
     once before the loop instead): B transposed, or wider than the driver reads in place (rows more than
-    gemm.DIRECT_B_MAX_BYTES apart), with static N and K and at least PACK_MIN_ELEMENTS; not a batched product, a
-    view of A or another algorithm. (B read in place, or a product of at most a few rows, the GEMV, packs
-    nothing.)"""
+    gemm.DIRECT_B_PACKED_IN_LOOPS apart: where any target's driver would pack it), with static N and K and at
+    least PACK_MIN_ELEMENTS; not a batched product, a view of A or another algorithm. (B read in place, or a
+    product of at most a few rows, the GEMV, packs nothing.)"""
     if g.batch or g.a_view is not None or g.algorithm or not isinstance(g.n, int) or not isinstance(g.k, int):
         return False
     esize = 8 if g.b.dtype == "float64" else 4
     big = g.n * g.k >= PACK_MIN_ELEMENTS
-    return big and (g.tb or not isinstance(g.ldb, int) or g.ldb * esize > gemm.DIRECT_B_MAX_BYTES)
+    return big and (g.tb or not isinstance(g.ldb, int) or g.ldb * esize > gemm.DIRECT_B_PACKED_IN_LOOPS)
 
 
 def _merge_digits(digits: list) -> tuple | None:
