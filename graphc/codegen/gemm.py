@@ -898,13 +898,21 @@ def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False, row_maj
 
 # Small products: when a thread's M range has at most SMALL_M rows (a batch of 1..16 in a forward product or
 # dZ.W^T), or K is at most SMALL_K (the weight gradient X^T.dZ of such a batch), A is read in place by narrow
-# microkernels of SMALL_ROWS rows (the last rows of a range one at a time) instead of being packed into 12-row
+# microkernels of `small_rows` rows (the last rows of a range one at a time) instead of being packed into 12-row
 # panels, where 11 of 12 rows would be zero padding at batch 1. Every element of C is still the same fmuladd
 # chain over k in the same K blocks, so the results are bitwise those of the packed path (and do not depend on
 # the thread count): only the work differs.
 SMALL_M = 16
 SMALL_K = 16
-SMALL_ROWS = (8, 1)
+
+
+def small_rows(cfg: GemmConfig) -> tuple[int, int]:
+    """The rows of the narrow kernels reading A in place (see SMALL_M): 8, then 1 by 1, where 8 rows of the tile
+    fit the registers (AVX-512: 16 of 32 zmm); MR rows elsewhere (AVX2's 6 x 16 tile takes 12 of 16 ymm: an
+    8-row kernel spilled its accumulators, 51 stack accesses per 64 FMAs in its k loop on a Zen 3)."""
+    return min(8, cfg.mr), 1
+
+
 SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a stack buffer of SMALL_CHUNK x NR)
 
 
@@ -1784,7 +1792,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     ukernel = _ukernel_fn(g)
     edge = _edge_rows(cfg)
     ukernel_edge = _ukernel_fn(g, edge) if edge else None
-    small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in SMALL_ROWS]
+    small_kernels = [(r, _ukernel_fn(g, r, strided=True)) for r in small_rows(cfg)]
     ukernel_edge_in_place = _ukernel_fn(g, edge, strided=True) if edge else None
     ukernel_in_place = _ukernel_fn(g, None, strided=True) if edge else None
     ukernel_row = dict(small_kernels)[1]
@@ -1997,7 +2005,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                 b.call(epi, [tile_buf, cptr, ldc, rows, nrem, row, col, ectx])
 
         with b.if_else(small) as (narrow, packed):
-            with narrow:  # per B panel, chunks of rows: in groups of SMALL_ROWS[0], then one by one
+            with narrow:  # per B panel, chunks of rows: in groups of small_rows(cfg)[0], then one by one
                 with _Loop(b, _c64(0), nc, _c64(NR), "sj") as jr:
                     bptr, bstride, col, nrem = panel(jr)
                     with _Loop(b, _c64(0), mc, _c64(SMALL_CHUNK), "sc") as cs:

@@ -12,12 +12,12 @@ from llvmlite import ir
 
 from graphc.codegen import gemm as gemm_mod
 from graphc.codegen.gemm import (
-    SMALL_ROWS,
     EpilogueContext,
     GemmConfig,
     config_for,
     default_config,
     emit_gemm,
+    small_rows,
     workspace_bytes,
 )
 from graphc.codegen.target import compile_ir, host_target, level_target
@@ -649,7 +649,7 @@ def test_helpers_are_emitted_once_per_module():
     for s, c in ((s32, c32), (s64, c64)):
         base = f"graphc.gemm.ukernel.{s}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}"
         want += [base] + ([f"{base}.r8"] if c.mr > 8 else [])  # the narrower kernel for a last tile of <= 8 rows
-        want += [f"{base}.r{r}.sa" if r != c.mr else f"{base}.sa" for r in SMALL_ROWS]  # A in place, small products
+        want += [f"{base}.r{r}.sa" if r != c.mr else f"{base}.sa" for r in small_rows(c)]  # A in place, small products
         want += [f"{base}.sa"] if c.mr > 8 else []  # a transposed A in place, whole tiles
         want += [f"{base}.rm{c.kc}"] + ([f"{base}.r8.rm{c.kc}"] if c.mr > 8 else [])  # row-major view blocks
     assert sorted(n for n in names if "ukernel" in n) == sorted(want)
