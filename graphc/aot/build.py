@@ -1272,7 +1272,7 @@ def _eval_key_of(weights: Path, data: dict | None) -> int:
         raise AotError(str(e)) from None
 
 
-def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
+def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0, lengths: bool = False) -> str:
     """The image layout, for a model that takes images: each row is one image flattened row-major."""
     from graphc.nn.train import model_layout, sequence_grid
 
@@ -1283,8 +1283,9 @@ def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
                 + (f"\n#define {upper}_VOCAB {vocab}" if vocab else ""))
     if layout == "sequences" and spec.grid is not None:
         t, f = sequence_grid(spec.grid, spec.dataset)
+        stride = f"{upper}_ROW" if lengths else f"{upper}_N_FEATURES"
         return (f"\n/* Each row is one sequence of {t} steps of {f} features, step-major: step t, feature k is\n"
-                f" * x[row * {upper}_N_FEATURES + t * {f} + k]. */\n#define {upper}_STEPS {t}\n"
+                f" * x[row * {stride} + t * {f} + k]. */\n#define {upper}_STEPS {t}\n"
                 f"#define {upper}_STEP_FEATURES {f}")
     if spec.grid is None or layout != "images":
         return ""
@@ -1343,6 +1344,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
     else:
         raw_doc = (f"x holds n * {upper}_N_FEATURES features (row-major), as the model was trained on them (no "
                    "standardization was known at export)")
+    row_doc = "features per input row, then its length" if steps else "floats per input row"
     out_doc = ("predictions in the target's units" if regression and std and "y_std" in (data or {})
                else ("logits" if not regression else "predictions"))
     return f"""/* {name}.h: {spec.model_desc}, trained weights embedded ({', '.join(params)}).
@@ -1356,7 +1358,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
 extern "C" {{
 #endif
 
-#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */{_grid_doc(upper, spec, vocab)}
+#define {upper}_N_FEATURES {spec.n_features}  /* {row_doc} */{_grid_doc(upper, spec, vocab, bool(steps))}
 #define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
                                                                else 'predictions'}) */
 #define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */

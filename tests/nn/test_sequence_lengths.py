@@ -316,6 +316,8 @@ def test_the_exported_library_takes_each_rows_length_after_its_features(tmp_path
     np.savez(tmp_path / "s.npz", X=np.where(pad[..., None], np.nan, S), y=ys, lengths=L)
     rs = fit(seq_model, str(tmp_path / "s.npz"), progress=False, epochs=2, out=tmp_path / "srun")
     res = export(tmp_path / "libsq.so", tmp_path / "srun", model=seq_model)
+    header = res.header.read_text()
+    assert "x[row * SQ_ROW + t * 2 + k]" in header and "features per input row, then its length" in header, header
     call = _library(res, "SQ", 2 * T + 1, 1)
     raw = np.where(pad[..., None], 1e30, S).reshape(90, -1)
     want = np.asarray(rs.predict_raw(raw, lengths=L), np.float32).reshape(90, -1)
