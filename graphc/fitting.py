@@ -31,7 +31,9 @@ MODEL_CONTRACT = (
     "(N, features), or, when its first parameter is named `images` (`def model(images, n_outputs)`), the "
     "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); named "
     "`sequences`, time-major sequences (T, N, F) (digits: its 8 rows of 8 pixels; a .npz whose X is (N, T, F)); "
-    "named `tokens`, time-major int32 token ids (T, N) (a .npz whose X is (N, T) integers); it returns "
+    "named `tokens`, time-major int32 token ids (T, N) (a .npz whose X is (N, T) integers); a parameter named "
+    "`lengths` (`def model(tokens, lengths, n_outputs)`) gets each padded sequence's real steps, int32 (N,), "
+    "from the data's array `lengths`; it returns "
     "the output tensor of shape (N, n_outputs) (logits for classification, "
     "predictions for regression), built with graphc's DSL (gc.nn.dense, gc.relu, ...). It may also define "
     "OPTIONS = {...} with default training options (command-line flags override them)."
@@ -312,7 +314,8 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
         **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, arrays (X, y) in memory — X as rows of features or
-    (N, H, W[, C]) images, y the labels or targets — or a Dataset) with the options of TrainConfig
+    (N, H, W[, C]) images, y the labels or targets; (X, y, lengths) for padded sequences — or a Dataset) with
+    the options of TrainConfig
     (epochs, batch_size, lr, optimizer, momentum, weight_decay (AdamW's), schedule, l2, l1, dropout, early_stopping,
     refit, seed, threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png
     and checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
