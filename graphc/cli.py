@@ -188,19 +188,23 @@ def _predict(args) -> int:
 
     run = load(args.run, model=args.model)
     ds = run.dataset
-    X = datasets.read_features(args.data, ds.feature_names, ds.n_features, ds.grid)
+    lengths = None
+    if ds.has_lengths:  # padded sequences: their lengths come from the .npz beside X
+        X, lengths = datasets.read_sequences(args.data, ds.n_features, ds.grid, ds.steps)
+    else:
+        X = datasets.read_features(args.data, ds.feature_names, ds.n_features, ds.grid)
     classify = ds.task in ("binary", "multiclass")
     if args.proba and not classify:
         raise GraphcError("--proba: the run is a regression; it has no class probabilities")
     # every prediction first: a bad row is refused before -o is opened (nothing half-written)
     if classify:
-        labels = run.predict_labels(X)
-        proba = run.predict_proba(X) if args.proba else None
+        labels = run.predict_labels(X, lengths)
+        proba = run.predict_proba(X, lengths) if args.proba else None
         header = ["label", *([f"p({c})" for c in ds.classes] if args.proba else [])]
         rows = [[lab.item() if hasattr(lab, "item") else lab,
                  *([f"{p:.6g}" for p in proba[k]] if proba is not None else [])] for k, lab in enumerate(labels)]
     else:
-        pred = np.asarray(run.predict_raw(X)).reshape(len(X), -1)
+        pred = np.asarray(run.predict_raw(X, lengths)).reshape(len(X), -1)
         header = ["prediction"] if pred.shape[1] == 1 else [f"prediction_{j}" for j in range(pred.shape[1])]
         rows = [[f"{v:.9g}" for v in row] for row in pred]
     try:

@@ -50,6 +50,29 @@ class Dataset:
     vocab: int | None = None  # the vocabulary size a token dataset declares (its ids lie in [0, vocab))
     # split ("training", "validation", "test") -> the source row of each of its rows (errors name those)
     source_rows: dict = field(default_factory=dict)
+    # sequences of different lengths, padded to T: each row's length (N,) per split (None: every row is T steps).
+    # The padding past a row's length is zero in X, whatever the data held there
+    lengths_train: np.ndarray | None = None
+    lengths_val: np.ndarray | None = None
+    lengths_test: np.ndarray | None = None
+
+    @property
+    def steps(self) -> int | None:
+        """T, the steps of each row of sequences (token ids: one a column; sequences: the grid's first axis)."""
+        if self.tokens:
+            return self.n_features
+        return int(self.grid[0]) if self.grid is not None else None
+
+    @property
+    def has_lengths(self) -> bool:
+        return self.lengths_train is not None
+
+    def rows(self, split: str) -> np.ndarray:
+        """The rows a model is fed for a split ("train", "val", "test"): X, with each row's length appended as a
+        last column when the data has lengths (a model that takes `lengths` splits it off in its graph, so the
+        lengths travel with their rows through shuffling and batching)."""
+        X, lengths = getattr(self, f"X_{split}"), getattr(self, f"lengths_{split}")
+        return X if lengths is None else with_lengths(X, lengths)
 
     @property
     def n_features(self) -> int:
@@ -93,7 +116,7 @@ def _check_label_and_features(path: str, label: str | None, features: list[str] 
                             "answer as a feature learns nothing; leave it out of --features")
 
 
-def _read_file(path: str, label: str | None, features: list[str] | None):
+def _read_file(path: str, label: str | None, features: list[str] | None, want_lengths: bool | None = None):
     if not path.strip():
         raise DataError(f"{path!r}: an empty dataset path; give a .npy/.npz/.csv file or a bundled dataset "
                         f"({', '.join(BUNDLED)})")
@@ -122,7 +145,7 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
             y = np.concatenate([arr[i:j][:, col] for i, j in _chunks(arr.shape[0], arr.shape[1])]
                                or [np.zeros(0, arr.dtype)])
             X = _Columns(arr, cols)
-            return X, y, [f"x{i}" for i in range(X.shape[1])]
+            return X, y, [f"x{i}" for i in range(X.shape[1])], None
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
@@ -144,9 +167,12 @@ def _read_file(path: str, label: str | None, features: list[str] | None):
                     raise DataError(f"{path}: the labels (--label {ykey}) and the features are the same array "
                                     f"{xkey!r}; name the labels' array with --label and the features' with --features")
                 X, y = _array(z, xkey, path), _array(z, ykey, path)
-            return _features_and_labels(X, y, path, xkey, ykey)
+                lengths = _npz_lengths(z, path, (xkey, ykey), want_lengths)
+            if lengths is not None:
+                X, lengths = _sequence_lengths(X, lengths, path, xkey, tokens=False)
+            return (*_features_and_labels(X, y, path, xkey, ykey), lengths)
         if ext == ".csv":
-            return _read_csv(path, label, features)
+            return (*_read_csv(path, label, features), None)
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file
@@ -162,15 +188,75 @@ def _array(z, key: str, path: str) -> np.ndarray:
         raise DataError(f"{path}: array {key!r} cannot be read: {e}{_ragged_hint(e)}") from None
 
 
+def _npz_lengths(z, path: str, taken: tuple, want: bool | None) -> np.ndarray | None:
+    """A .npz's `lengths` array (None where it has none). `want` True: the model takes lengths, so the file must
+    have them; False: it takes none, so lengths there (padding it would read as data) are refused; None: either."""
+    have = LENGTHS in z.files and LENGTHS not in taken
+    if want and not have:
+        raise DataError(f"{path}: the model takes `lengths` (the real steps of padded sequences) but the file has no "
+                        f"array `{LENGTHS}` (arrays: {', '.join(z.files)}); save each row's length as `{LENGTHS}` "
+                        "(N,) beside X and y")
+    if want is False and have:
+        raise DataError(f"{path}: the file holds padded sequences' `{LENGTHS}`, but the model takes none: its padding "
+                        "would be read as data. Give the model a parameter `lengths` (def model(tokens, lengths, "
+                        "n_outputs)) and pass it on (gc.nn.lstm(xs, H, lengths=lengths))")
+    return _array(z, LENGTHS, path) if have else None
+
+
 def _ragged_hint(e: Exception) -> str:
     if "Object arrays" not in str(e):
         return ""
     return ("; an array of Python objects is what numpy saves for sequences of different lengths (ragged): pad "
-            "them to one length T and save a numeric (N, T) or (N, T, F) array (mask the padding in the loss "
-            "with gc.nn.softmax_cross_entropy(..., lengths=...))")
+            "them to one length T and save a numeric (N, T) or (N, T, F) array with each row's length in an "
+            "array `lengths` (N,) (in memory: (X, y, lengths)); a model that takes `lengths` reads them")
 
 
 MAX_TOKEN = 1 << 24  # ids travel in float32 rows, exact below 2^24
+LENGTHS = "lengths"  # a .npz's array of each padded sequence's length
+
+
+def with_lengths(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows X (N, width) with the lengths (N,) as a last float32 column (exact: a length is at most T < 2^24)."""
+    return np.concatenate([np.asarray(X, np.float32), np.asarray(lengths, np.float32).reshape(-1, 1)], axis=1)
+
+
+def checked_lengths(lengths, n: int, steps: int, where: str, key: str = "lengths") -> np.ndarray:
+    """`lengths` as int64 (N,): integers, one per row of the data, each in [0, steps] (0: an empty sequence, the
+    recurrent layers give its initial state; PyTorch's pack_padded_sequence refuses 0, Keras' masking takes it),
+    else a DataError naming `where`, `key`, the row and the value."""
+    a = np.asarray(lengths) if not isinstance(lengths, str) else np.asarray(lengths, dtype=object)
+    if a.dtype.kind not in "iu":
+        what = "True/False" if a.dtype.kind == "b" else f"{a.dtype}"
+        raise DataError(f"{where}: {key} hold {what} values, not integers: give each sequence's number of real "
+                        f"steps as an integer ({key}.astype(np.int64))")
+    if a.shape != (n,):
+        raise DataError(f"{where}: {key} must be (N,) = ({n},), one length per sequence of X, got shape {a.shape}")
+    bad = (a < 0) | (a > steps)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise DataError(f"{where}: {key}[{r}] (row {r}) is {int(a[r])}, outside [0, {steps}]: a sequence padded "
+                        f"to T = {steps} steps has between 0 and {steps} real ones")
+    return a.astype(np.int64)
+
+
+def zero_padding(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """X (N, T, ...) with every step at or past its row's length set to 0: what the padding held (garbage, NaN,
+    a pad id of -1) is never read, checked or standardized."""
+    keep = np.arange(X.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    keep = keep.reshape(keep.shape + (1,) * (X.ndim - 2))
+    return np.where(keep, X, np.zeros((), X.dtype))
+
+
+def _sequence_lengths(X: np.ndarray, lengths, where: str, xkey: str = "X", key: str = "lengths", *,
+                      tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(X with its padding zeroed, lengths checked) for sequences X (N, T, F) or token ids (N, T)."""
+    want = 2 if tokens else 3
+    if X.ndim != want:
+        raise DataError(f"{where}: {key} are the lengths of padded sequences, which go with "
+                        + ("token ids (N, T)" if tokens else "sequences (N, T, F)")
+                        + f"; {xkey} has shape {X.shape}")
+    lengths = checked_lengths(lengths, len(X), X.shape[1], where, key)
+    return zero_padding(X, lengths), lengths
 
 
 def _features_and_labels(X: np.ndarray, y: np.ndarray, where: str, xkey: str = "X", ykey: str = "y"):
@@ -193,13 +279,14 @@ def _features_and_labels(X: np.ndarray, y: np.ndarray, where: str, xkey: str = "
     return X, y, [f"x{i}" for i in range(X.shape[1])]
 
 
-def _in_memory(source) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) given as arrays (or anything numpy turns into numeric arrays), checked like a .npz's."""
-    if len(source) != 2:
+def _in_memory(source) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X, y, lengths or None) given as arrays (or anything numpy turns into numeric arrays), checked like a
+    .npz's: a pair (X, y), or a triple (X, y, lengths) for padded sequences."""
+    if len(source) not in (2, 3):
         raise DataError(f"data given in memory must be a pair (X, y) of arrays, got a {type(source).__name__} of "
-                        f"{len(source)} items")
+                        f"{len(source)} items (padded sequences: a triple (X, y, lengths))")
     out = []
-    for a, what in zip(source, ("X", "y"), strict=True):
+    for a, what in zip(source, ("X", "y", "lengths")[:len(source)], strict=True):
         try:
             a = np.asarray(a)
         except ValueError as e:
@@ -208,10 +295,10 @@ def _in_memory(source) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"arrays: {what} must hold numbers{' or class labels' if what == 'y' else ''}, got "
                             f"{a.dtype} values" + (" (ragged rows?)" if a.dtype.kind == "O" else ""))
         out.append(a)
-    return out[0], out[1]
+    return out[0], out[1], (out[2] if len(out) == 3 else None)
 
 
-def _read_tokens(path: str, label: str | None, features: list[str] | None):
+def _read_tokens(path: str, label: str | None, features: list[str] | None, want_lengths: bool | None = None):
     """Token ids (N, T) and labels from a .npz (arrays X and y, or named; an optional scalar `vocab`), checked:
     integers, >= 0, below the declared vocabulary, one length T for all rows."""
     if os.path.splitext(path)[1].lower() != ".npz":
@@ -234,11 +321,14 @@ def _read_tokens(path: str, label: str | None, features: list[str] | None):
                                     f"the labels y, or give their names with {flag}")
             X, y = _array(z, xkey, path), _array(z, ykey, path)
             vocab = z["vocab"] if "vocab" in keys else None
+            lengths = _npz_lengths(z, path, (xkey, ykey), want_lengths)
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged or foreign file
         raise DataError(f"{path}: cannot read it: {e}{_ragged_hint(e)}") from None
-    return _checked_tokens(X, y, vocab, path, xkey, ykey)
+    if lengths is not None:
+        X, lengths = _sequence_lengths(X, lengths, path, xkey, tokens=True)
+    return (*_checked_tokens(X, y, vocab, path, xkey, ykey), lengths)
 
 
 def _checked_tokens(X: np.ndarray, y: np.ndarray, vocab, path: str, xkey: str = "X", ykey: str = "y",
@@ -435,8 +525,23 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
     (examples on the run's `grid` flattened: (N, 8, 8, 1) or (N, 8, 8) for digits); a .npz's X; a
     bundled dataset's rows, by its name (`digits`). The count must be the model's; examples of another shape are
     refused, not reinterpreted."""
+    return _rows_to_predict(path, names, n_features, grid, None)[0]
+
+
+def read_sequences(path: str | os.PathLike, n_features: int, grid: tuple[int, ...] | None,
+                   steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, lengths) of padded sequences to predict on, from a .npz with X and `lengths` (as graphc train reads
+    them): the padding zeroed before anything is checked (it is never read)."""
+    return _rows_to_predict(path, [], n_features, grid, steps)
+
+
+def _rows_to_predict(path, names: list[str], n_features: int, grid, steps: int | None):
     path = str(path)
     ext = os.path.splitext(path)[1].lower()
+    lengths = None
+    if steps is not None and ext != ".npz":
+        raise DataError(f"{path}: the model takes the lengths of padded sequences: give a .npz holding X and an "
+                        f"array `{LENGTHS}` (N,) of each row's real steps")
     try:
         if path in BUNDLED and not os.path.exists(path):  # a bundled dataset's name: its feature rows, as loaded
             X = _bundled(path)[0]
@@ -460,6 +565,15 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
                     if key is None:
                         raise DataError(f"{path}: expected an array 'X' of features (the file has {z.files})")
                     X = z[key]
+                    if steps is not None and LENGTHS not in z.files:
+                        raise DataError(f"{path}: the model takes the lengths of padded sequences, and the file "
+                                        f"has no array `{LENGTHS}` (arrays: {', '.join(z.files)}); save each row's "
+                                        f"real steps as `{LENGTHS}` (N,) beside X (a full row's length is T)")
+                    if steps is None and LENGTHS in z.files:
+                        raise DataError(f"{path}: the file has padded sequences' `{LENGTHS}`, but the model takes "
+                                        "none (it reads every step of every row, padding included)")
+                    if steps is not None:
+                        lengths = z[LENGTHS]
             if X.ndim < 2 or X.dtype.kind not in "biuf":
                 raise DataError(f"{path}: expected rows of numbers (2-D, or images N x H x W x C), got {X.dtype} "
                                 f"{X.shape}")
@@ -474,6 +588,9 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
                                     f"{' or '.join(map(str, shapes))} (rows of {n_features} values): the values "
                                     "would be read on the wrong grid")
             X = X.reshape(len(X), -1).astype(np.float64)
+            if lengths is not None and X.shape[1] == n_features:
+                lengths = checked_lengths(lengths, len(X), steps, path)
+                X = zero_padding(X.reshape(len(X), steps, -1), lengths).reshape(len(X), -1)
         else:
             raise DataError(f"{path}: unknown file type {ext!r}; use a .npy, .npz or .csv file, or a bundled "
                             f"dataset's name ({', '.join(BUNDLED)})")
@@ -488,7 +605,37 @@ def read_features(path: str | os.PathLike, names: list[str], n_features: int,
     if len(bad):
         raise DataError(f"{path}: row {bad[0][0]}, feature {bad[0][1]} is {X[tuple(bad[0])]}; features must be "
                         "finite")
-    return X
+    return X, lengths
+
+
+def _standardized_sequences(X: np.ndarray, lengths: np.ndarray, steps: int, tr: np.ndarray, parts,
+                            name: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Padded sequences (rows of T x F values) standardized per feature with the mean and standard deviation of
+    the training rows' real steps (the padding would drag them towards 0, and a late step that few rows reach
+    would get statistics of its own from a handful of values), tiled over the T steps as x_mean and x_std; the
+    padding stays 0. Returns the float32 rows of each index set in `parts`, x_mean and x_std."""
+    n = len(X)
+    seq = np.asarray(X, np.float64).reshape(n, steps, -1)
+    keep = np.arange(steps)[None, :] < lengths[:, None]
+    real = seq[tr][keep[tr]]  # (real training steps, F)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = real.mean(0) if len(real) else np.zeros(seq.shape[2])
+        std = real.std(0) if len(real) else np.ones(seq.shape[2])
+        z = (seq - mean) / np.where(std == 0, 1.0, std)
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        raise DataError(f"{name}: feature {int(np.argmax(bad))} of the sequences' steps has values too large to "
+                        "standardize (its variance overflows float64); rescale, clip or drop them")
+    std[std == 0] = 1.0
+    z[~keep] = 0.0
+    big = np.abs(z) > float(np.finfo(np.float32).max)
+    if big.any():
+        r, t, f = np.argwhere(big)[0]
+        raise DataError(f"{name}: example {r} (counted from 0), step {t}, feature {f} is {seq[r, t, f]:.6g}, "
+                        f"{z[r, t, f]:.3g} standard deviations from the training steps' mean: beyond float32 (the "
+                        "model trains in float32); rescale, clip or drop that value")
+    z = z.reshape(n, -1).astype(np.float32)
+    return [z[idx] for idx in parts], np.tile(mean, steps), np.tile(std, steps)
 
 
 def _read_csv(path: str, label: str | None, features: list[str] | None):
@@ -561,12 +708,15 @@ def split_indices(n: int, seed: int, val: float, test: float) -> tuple[np.ndarra
 
 def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = None, features: list[str] | None = None,
          task: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
-         train_fraction: float = 1.0, tokens: bool = False) -> Dataset:
+         train_fraction: float = 1.0, tokens: bool = False, lengths: bool | None = None) -> Dataset:
     """A bundled dataset by name, a .npy/.npz/.csv file, or arrays (X, y) in memory (X as a .npz's: rows,
     or (N, H, W[, C]) images), split into train/validation/test with a fixed
     seed and standardized with the training split's statistics. `train_fraction` < 1 keeps only that share
     of the training rows (for overfitting studies). `tokens=True` reads integer token ids (N, T) from a .npz
-    (for a model that asks for `tokens`): checked, and kept as they are (not standardized)."""
+    (for a model that asks for `tokens`): checked, and kept as they are (not standardized). Padded sequences
+    carry each row's real steps: a .npz's array `lengths` (N,), or (X, y, lengths) in memory; `lengths=True`
+    (a model that takes them) requires them, False refuses them, None takes what is there."""
+    want_lengths = lengths
     grid = None
     vocab = None
     if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or \
@@ -583,8 +733,16 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         if label is not None or features is not None:
             raise DataError("label= and features= name a file's columns or arrays; with arrays (X, y) in memory, "
                             "select the columns yourself")
-        X, y = _in_memory(source)
+        X, y, lengths = _in_memory(source)
         name = "arrays"
+        if want_lengths is not None and want_lengths != (lengths is not None):
+            raise DataError("arrays: the model takes `lengths` (the real steps of padded sequences): pass (X, y, "
+                            "lengths)" if want_lengths else
+                            "arrays: (X, y, lengths) gives padded sequences' lengths, but the model takes none: its "
+                            "padding would be read as data. Give the model a parameter `lengths` (def model(tokens, "
+                            "lengths, n_outputs)) and pass it on (gc.nn.lstm(xs, H, lengths=lengths))")
+        if lengths is not None:
+            X, lengths = _sequence_lengths(X, lengths, name, tokens=tokens)
         if tokens:
             X, y, vocab = _checked_tokens(X, y, None, name, in_memory=True)
             names = [f"t{i}" for i in range(X.shape[1])]
@@ -595,7 +753,7 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         if source in BUNDLED:
             raise DataError(f"the model asks for tokens (integer ids) but {source!r} is a bundled dataset of "
                             "features; give a .npz with X (N, T) integer token ids and y")
-        X, y, vocab = _read_tokens(source, label, features)
+        X, y, vocab, lengths = _read_tokens(source, label, features, want_lengths)
         task = task or _infer_task(np.asarray(y))
         name = os.path.basename(source)
         names = [f"t{i}" for i in range(X.shape[1])]
@@ -603,12 +761,16 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
         if label is not None or features is not None:
             raise DataError(f"label= and features= (--label, --features) name a file's columns; the bundled "
                             f"dataset {source!r} has its own label and uses all its features")
+        if want_lengths:
+            raise DataError(f"the model takes `lengths` (padded sequences) but the bundled dataset {source!r} has "
+                            "none; give a .npz with X, y and lengths")
         X, y, names = _bundled(source)
+        lengths = None
         grid = GRIDS.get(source)
         task = task or BUNDLED[source]
         name = source
     else:
-        X, y, names = _read_file(source, label, features)
+        X, y, names, lengths = _read_file(source, label, features, want_lengths)
         task = task or _infer_task(np.asarray(y))
         name = os.path.basename(source)
     if task not in TASKS:
@@ -683,12 +845,22 @@ def load(source: str | os.PathLike | tuple = "digits", *, label: str | None = No
     for k, idx in enumerate((tr, va, te)):
         which[idx] = k
         where[idx] = np.arange(len(idx))
+    split_lengths = {} if lengths is None else {f"lengths_{k}": lengths[idx] for k, idx in
+                                                 (("train", tr), ("val", va), ("test", te))}
     if tokens:  # ids stay ids: no statistics, no standardization
         y_mean, y_std = _target_stats(y, tr, task)
         y = ((y - y_mean) / y_std).astype(np.float32) if task == "regression" else y
         return Dataset(name, task, X[tr], y[tr], X[va], y[va], X[te], y[te], classes, names, None, None,
                        y_mean, y_std, tokens=True, vocab=vocab,
-                       source_rows={"training": tr, "validation": va, "test": te})
+                       source_rows={"training": tr, "validation": va, "test": te}, **split_lengths)
+    if lengths is not None:  # padded sequences: statistics of the real steps only, padding left at 0
+        splits, mean, std = _standardized_sequences(X, lengths, grid[0], tr, (tr, va, te), name)
+        y_mean, y_std = _target_stats(y, tr, task)
+        if task == "regression":
+            y = ((y - y_mean) / y_std).astype(np.float32)
+        return Dataset(name, task, splits[0], y[tr], splits[1], y[va], splits[2], y[te], classes, names, mean, std,
+                       y_mean, y_std, grid, source_rows={"training": tr, "validation": va, "test": te},
+                       **split_lengths)
     total = np.zeros(width)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the feature
         for i, j in _chunks(n, width):

@@ -435,7 +435,7 @@ def data_digest(ds) -> str:
     """A hash of a dataset's arrays as training reads them (features standardized, labels), their dtypes and
     shapes: ranks that read files of one name and shape but other contents train on a mix of two datasets."""
     h = hashlib.blake2b(digest_size=16)
-    for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val, ds.X_test, ds.y_test):
+    for a in (ds.rows("train"), ds.y_train, ds.rows("val"), ds.y_val, ds.rows("test"), ds.y_test):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))

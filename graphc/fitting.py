@@ -24,14 +24,16 @@ from graphc.errors import GraphcError, InputError
 from graphc.ir.node import Node
 from graphc.nn.checkpoint import write_atomic
 from graphc.nn.optim import OPTIMIZERS
-from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows, model_layout
+from graphc.nn.train import FitResult, TrainConfig, Trainer, feature_rows, model_layout, takes_lengths
 
 MODEL_CONTRACT = (
     "a model file is a Python file that defines `model(x, n_outputs)`: x is the input tensor of shape "
     "(N, features), or, when its first parameter is named `images` (`def model(images, n_outputs)`), the "
     "images (N, H, W, C) of a dataset on a grid (digits: (N, 8, 8, 1); a .npz whose X is 4-D); named "
     "`sequences`, time-major sequences (T, N, F) (digits: its 8 rows of 8 pixels; a .npz whose X is (N, T, F)); "
-    "named `tokens`, time-major int32 token ids (T, N) (a .npz whose X is (N, T) integers); it returns "
+    "named `tokens`, time-major int32 token ids (T, N) (a .npz whose X is (N, T) integers); a parameter named "
+    "`lengths` (`def model(tokens, lengths, n_outputs)`) gets each padded sequence's real steps, int32 (N,), "
+    "from the data's array `lengths`; it returns "
     "the output tensor of shape (N, n_outputs) (logits for classification, "
     "predictions for regression), built with graphc's DSL (gc.nn.dense, gc.relu, ...). It may also define "
     "OPTIONS = {...} with default training options (command-line flags override them)."
@@ -312,7 +314,8 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
         **options) -> FitResult:
     """Train `model` (None: the default MLP; a function `model(x, n_outputs)`; or a path to a model file) on
     `data` (a bundled dataset name, a .npy/.npz/.csv path, arrays (X, y) in memory — X as rows of features or
-    (N, H, W[, C]) images, y the labels or targets — or a Dataset) with the options of TrainConfig
+    (N, H, W[, C]) images, y the labels or targets; (X, y, lengths) for padded sequences — or a Dataset) with
+    the options of TrainConfig
     (epochs, batch_size, lr, optimizer, momentum, weight_decay (AdamW's), schedule, l2, l1, dropout, early_stopping,
     refit, seed, threads, checkpoint_every, ...). With `out`, writes metrics.json, history.csv, weights.npz, loss.png
     and checkpoints (and data.json: the features' standardization, the class labels); `resume=True` continues from
@@ -398,7 +401,7 @@ def _fit_everywhere(model, data, dist, *, out, resume, overwrite, progress, labe
     def load():
         return data if isinstance(data, datasets.Dataset) else datasets.load(
             data, label=label, features=features, task=task, seed=split_seed, train_fraction=train_fraction,
-            tokens=tokens)
+            tokens=tokens, lengths=takes_lengths(model))
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
     if task is None and not isinstance(data, datasets.Dataset) and not (isinstance(data, str)
@@ -446,20 +449,20 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
     if "training" in ds.source_rows and "validation" in ds.source_rows:
         trainer.source_rows["refit"] = np.concatenate([ds.source_rows["training"], ds.source_rows["validation"]])
     if ds.X_test is not None and len(ds.X_test):  # refused now, not after the training it would end with an error
-        trainer.check_data(ds.X_test, ds.y_test, "test")
+        trainer.check_data(ds.rows("test"), ds.y_test, "test")
     bar = Progress(config.epochs, enabled=progress)
     phase2 = None
     if config.refit:
-        phase2 = (np.concatenate([ds.X_train, ds.X_val]), np.concatenate([ds.y_train, ds.y_val]))
+        phase2 = (np.concatenate([ds.rows("train"), ds.rows("val")]), np.concatenate([ds.y_train, ds.y_val]))
     t0 = time.perf_counter()
-    run = trainer.run(ds.X_train, ds.y_train, ds.X_val, ds.y_val, out_dir=out_dir, resume=resume, progress=bar,
-                      y_std=ds.y_std, phase_data=phase2)
+    run = trainer.run(ds.rows("train"), ds.y_train, ds.rows("val"), ds.y_val, out_dir=out_dir, resume=resume,
+                      progress=bar, y_std=ds.y_std, phase_data=phase2)
     bar.finish()
     state = run["state"]
     params = trainer.param_values(state)
-    test_loss, test_out = trainer.evaluate(state, ds.X_test, ds.y_test)
+    test_loss, test_out = trainer.evaluate(state, ds.rows("test"), ds.y_test)
     test = _labelled(trainer.metrics(test_out, ds.y_test, ds.y_std), ds)
-    train_loss, train_out = trainer.evaluate(state, ds.X_train, ds.y_train)  # inference mode: no dropout
+    train_loss, train_out = trainer.evaluate(state, ds.rows("train"), ds.y_train)  # inference mode: no dropout
     train = {"train_loss": train_loss, **{f"train_{k}": v for k, v in trainer.metrics(train_out, ds.y_train,
                                                                                        ds.y_std).items()
                                           if isinstance(v, float)}}
@@ -469,7 +472,7 @@ def _fit(model_fn, model_desc: str, ds: datasets.Dataset, config: TrainConfig, o
         val = {"val_note": "no validation metrics after --refit: it trains on the validation rows too; "
                            "history.csv has them for the epochs before the refit"}
     elif len(ds.X_val):
-        vloss, vout = trainer.evaluate(state, ds.X_val, ds.y_val)
+        vloss, vout = trainer.evaluate(state, ds.rows("val"), ds.y_val)
         val = {"val_loss": vloss, **{f"val_{k}": v for k, v in trainer.metrics(vout, ds.y_val, ds.y_std).items()
                                      if isinstance(v, float)}}
     metrics = {
@@ -521,6 +524,16 @@ def check_layout(model_fn, ds: datasets.Dataset, model_desc: str) -> None:
         raise GraphcError(f"{model_desc} asks for tokens (its first parameter is `tokens`) but {ds.name} holds "
                           "features; load token ids with gc.data.load(path, tokens=True) (a .npz with X (N, T) "
                           "integer ids and y)")
+    lengths = takes_lengths(model_fn)
+    if ds.has_lengths and not lengths:
+        raise GraphcError(f"{ds.name} holds padded sequences with their lengths (`lengths`) but {model_desc} does "
+                          "not take them: its padding would be read as data. Give the model a parameter `lengths` "
+                          "(def model(tokens, lengths, n_outputs)) and pass it on (gc.nn.lstm(xs, H, "
+                          "lengths=lengths))")
+    if lengths and not ds.has_lengths:
+        raise GraphcError(f"{model_desc} takes `lengths` (the real steps of padded sequences) but {ds.name} gives "
+                          f"none: save them as an array `lengths` (N,) beside X and y in the .npz, or pass "
+                          f"(X, y, lengths) in memory")
 
 
 def _ran(config: TrainConfig, default_mlp: bool) -> dict:
@@ -574,17 +587,29 @@ def _predictor(trainer: Trainer, state: dict, grid=None, *, key: int = 0) -> Cal
     if any(leaf.name == "rng_key" for leaf in fn.signature.inputs):
         params["rng_key"] = np.int64(key)
 
-    width = trainer.x.shape[1]
+    width = trainer.n_features
+    takes = trainer.lengths
 
     tokens = trainer.layout == "tokens"
     vocab = trainer.vocab if tokens else None
     id_limit = vocab if vocab is not None else 2**31  # ids the model's int32 cast keeps
     f32_max = float(np.finfo(np.float32).max)
 
-    def predict(X: np.ndarray) -> np.ndarray:
+    def predict(X: np.ndarray, lengths=None) -> np.ndarray:
         """The model's outputs for standardized features X (rows x features, or examples on the data's grid);
-        no rows give no outputs. A token model's X holds token ids: integers in [0, vocab)."""
+        no rows give no outputs. A token model's X holds token ids: integers in [0, vocab). A model that takes
+        `lengths` needs each row's real steps (N,): what its padding holds is never read."""
         a = feature_rows(X, width, "predict", grid)
+        if takes:
+            if lengths is None:
+                raise InputError("predict: the model takes `lengths` (it was trained on padded sequences): give "
+                                 "each row's real steps, predict(X, lengths=...) (graphc predict: an array "
+                                 "`lengths` in the .npz); a row of all T steps has length T")
+            lengths = datasets.checked_lengths(lengths, len(a), trainer.steps, "predict")
+            a = datasets.zero_padding(a.reshape(len(a), trainer.steps, -1), lengths).reshape(len(a), width)
+        elif lengths is not None:
+            raise InputError("predict: lengths= given, but the model takes no `lengths` (it reads every step of "
+                             "every row)")
         bad = ~np.isfinite(a)
         if bad.any():
             r, c = np.argwhere(bad)[0]
@@ -600,7 +625,7 @@ def _predictor(trainer: Trainer, state: dict, grid=None, *, key: int = 0) -> Cal
             r, c = np.argwhere(big)[0]
             raise InputError(f"predict: feature {c} of row {r} is {a[r, c]:.6g} (standardized, as the model sees "
                              "it): beyond float32's range, which the model computes in; rescale or clip it")
-        X = np.ascontiguousarray(a, dtype=np.float32)
+        X = np.ascontiguousarray(datasets.with_lengths(a, lengths) if takes else a, dtype=np.float32)
         y = np.zeros((len(X), *trainer.y.shape[1:]), trainer.y.dtype)
         return fn(dict(params, x=X, y=y))[1]  # no rows: the compiled call returns empty outputs itself
 
@@ -660,7 +685,7 @@ def data_description(ds: datasets.Dataset) -> dict:
     if ds.task == "regression":
         d.update(y_mean=float(ds.y_mean), y_std=float(ds.y_std))
     d.update(n_outputs=ds.n_outputs, grid=list(ds.grid) if ds.grid is not None else None, tokens=ds.tokens,
-             vocab=ds.vocab, y_shape=list(ds.y_train.shape[1:]))
+             vocab=ds.vocab, y_shape=list(ds.y_train.shape[1:]), lengths=ds.has_lengths)
     return d
 
 
@@ -722,9 +747,16 @@ def load(run: str | Path, model=None, *, threads: int | None = None) -> FitResul
                           x_mean=None if d.get("x_mean") is None else np.asarray(d["x_mean"]),
                           x_std=None if d.get("x_std") is None else np.asarray(d["x_std"]),
                           y_mean=d.get("y_mean", 0.0), y_std=d.get("y_std", 1.0),
-                          grid=tuple(grid) if grid else None, tokens=bool(d.get("tokens")), vocab=d.get("vocab"))
+                          grid=tuple(grid) if grid else None, vocab=d.get("vocab"),
+                          # a training binary's data.json does not say; the model's first parameter does
+                          tokens=bool(d.get("tokens")) or model_layout(model) == "tokens",
+                          lengths_train=np.zeros(0, np.int64) if d.get("lengths") else None)
     if threads is not None:
         config.threads = threads
+    if bool(d.get("lengths")) != takes_lengths(model):
+        raise GraphcError(f"{where}: the run trained on padded sequences with their lengths, but the model {desc} "
+                          "takes no `lengths`" if d.get("lengths") else
+                          f"{where}: the model {desc} takes `lengths` but the run trained on data without them")
     trainer = Trainer(model, task, n_features, n_outputs, config, y_shape=y_shape, log=lambda msg: None,
                       grid=ds.grid, data=ds.name, vocab=ds.vocab)
     try:

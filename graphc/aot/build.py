@@ -361,11 +361,12 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
         classes = list(range(n_outputs)) if task == "multiclass" else []
         y_shape = () if task == "multiclass" or n_outputs == 1 else (n_outputs,)
     else:
-        from graphc.nn.train import model_layout
+        from graphc.nn.train import model_layout, takes_lengths
 
         tokens = model_layout(model_fn) == "tokens"
         ds = data if isinstance(data, datasets.Dataset) else datasets.load(data, label=label, features=features,
-                                                                         task=task, tokens=tokens)
+                                                                         task=task, tokens=tokens,
+                                                                         lengths=takes_lengths(model_fn))
         from graphc.fitting import check_layout
 
         check_layout(model_fn, ds, desc)
@@ -769,8 +770,10 @@ def _run_json(spec: ModelSpec) -> str:
     from graphc.fitting import MLP_OPTIONS
 
     cfg = {k: getattr(spec.config, k) for k in MLP_OPTIONS if k != "dropout"} if spec.model_fn is None else {}
+    from graphc.nn.train import takes_lengths
+
     fields_ = {"n_features": spec.n_features, "n_outputs": spec.n_outputs,
-               "grid": list(spec.grid) if spec.grid is not None else None,
+               "grid": list(spec.grid) if spec.grid is not None else None, "lengths": takes_lengths(spec.model_fn),
                "model": spec.model_path or ("default MLP" if spec.model_fn is None else spec.model_desc),
                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
     return "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in fields_.items())
@@ -910,7 +913,8 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_HAS_L1": int("l1" in full_slots), "GC_HAS_WEIGHT_DECAY": int("weight_decay" in full_slots),
         "GC_DEF_WEIGHT_DECAY": c_double(tr.scalars(0).get("weight_decay", 0.0)),
         "GC_HAS_CLIP": int("clip_grad_norm" in full_slots), "GC_DEF_CLIP": c_double(cfg.clip_grad_norm or 0.0),
-        "GC_X_ROW_BYTES": spec.n_features * 4, "GC_Y_ROW_BYTES": int(np.prod(y_dims, dtype=np.int64)) * 4,
+        "GC_X_ROW_BYTES": int(tr.x.shape[1]) * 4, "GC_X_WIDTH": int(tr.x.shape[1]),
+        "GC_LENGTHS": tr.steps if tr.lengths else 0, "GC_Y_ROW_BYTES": int(np.prod(y_dims, dtype=np.int64)) * 4,
         "GC_E_NBUF": len(eprog.buffers), "GC_E_NSYM": max(len(eprog.symbols), 1),
         "GC_E_NDIM": list(eprog.symbols).index(n_sym), "GC_E_X": eslot[x.name], "GC_E_Y": eslot.get(y.name, -1),
         "GC_E_LOSS": eprog.outputs[0].index, "GC_E_OUT": eprog.outputs[1].index, "GC_E_ARENA": eplan.arena_bytes,
@@ -1097,7 +1101,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     given (the model file, the default MLP's shape, the task and sizes of `data`) is what the run recorded;
     else `data` defaults to digits."""
     from graphc import ops
-    from graphc.nn.train import default_model, model_input
+    from graphc.nn.train import default_model
     from graphc.runtime.jit import CompiledFunction
 
     t0 = time.perf_counter()
@@ -1118,11 +1122,13 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     tgt, spec = _prepare(target, max_batch, max_threads, model, "digits" if data is None else data, task=task,
                          n_features=n_features, n_outputs=n_outputs, label=label, features=features, **options)
     model_fn = spec.model_fn or default_model(spec.config, runtime_keeps=True)
-    x = ops.input("x", ("N", spec.n_features))
-    from graphc.nn.train import _call_model
+    from graphc.nn.train import model_output, sequence_grid, takes_lengths
 
+    # a model that takes lengths reads rows of the features and then the row's length, as in training
+    lengths = takes_lengths(model_fn)
+    x = ops.input("x", ("N", spec.n_features + lengths))
     # a model build: the parameter names training gave them
-    y = _call_model(model_fn, model_input(model_fn, x, spec.grid, spec.dataset), spec.n_outputs)
+    y, features = model_output(model_fn, x, spec.n_features, spec.n_outputs, spec.grid, spec.dataset)
     if not hasattr(y, "op") or y.dtype != "float32" or y.ndim < 1 or y.shape[0] != x.shape[0] or \
             not all(isinstance(d, int) for d in y.shape[1:]):
         raise AotError(f"the model must return float32 outputs of shape (N, outputs), got {y!r}")
@@ -1130,7 +1136,10 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     from graphc.nn.train import model_layout, token_tables
 
     # a token model's ids come as floats: the library refuses one that is not an integer in [0, vocab)
-    tables = token_tables(x, y) if model_layout(model_fn) == "tokens" else []
+    tables = token_tables(features, y) if model_layout(model_fn) == "tokens" else []
+    steps = 0
+    if lengths:
+        steps = spec.n_features if model_layout(model_fn) == "tokens" else sequence_grid(spec.grid, spec.dataset)[0]
     vocab = min((int(t.inputs[0].shape[t.attrs["axis"]]) for t in tables), default=0)
     prog = fn.program
     leaves = list(fn.signature.inputs)
@@ -1177,7 +1186,8 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
                 "GC_HAS_STD": int(data is not None and data.get("x_mean") is not None),
                 "GC_UNSCALE_Y": int(data is not None and spec.task == "regression" and "y_std" in data),
                 "GC_Y_MEAN": c_double(data.get("y_mean", 0.0) if data else 0.0),
-                "GC_Y_STD": c_double(data.get("y_std", 1.0) if data else 1.0), "GC_VOCAB": vocab}
+                "GC_Y_STD": c_double(data.get("y_std", 1.0) if data else 1.0), "GC_VOCAB": vocab,
+                "GC_X_WIDTH": spec.n_features + lengths, "GC_LENGTHS": steps}
         for k, v in defs.items():
             L.append(f"#define {k} {v}")
         mean = data["x_mean"] if defs["GC_HAS_STD"] else [0.0]
@@ -1208,7 +1218,8 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
                f"-I{SOURCES}", "-o", str(built), str(SOURCES / "predict.c"), *map(str, objs), *LIBS]
         _run_cc(cmd, "graphc export")
         text = _public_header(name, upper, spec, out_row, max_batch, max_threads, tgt, [p.name for p in params],
-                              data, min_batch=fewest, vocab=vocab, key=key, checked=bool(prog.checks))
+                              data, min_batch=fewest, vocab=vocab, key=key, checked=bool(prog.checks),
+                              steps=steps)
         _place_outputs([(built, out, "-o"), (text, hdr, "--header")])
     finally:
         cleanup()
@@ -1261,7 +1272,7 @@ def _eval_key_of(weights: Path, data: dict | None) -> int:
         raise AotError(str(e)) from None
 
 
-def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
+def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0, lengths: bool = False) -> str:
     """The image layout, for a model that takes images: each row is one image flattened row-major."""
     from graphc.nn.train import model_layout, sequence_grid
 
@@ -1272,8 +1283,9 @@ def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
                 + (f"\n#define {upper}_VOCAB {vocab}" if vocab else ""))
     if layout == "sequences" and spec.grid is not None:
         t, f = sequence_grid(spec.grid, spec.dataset)
+        stride = f"{upper}_ROW" if lengths else f"{upper}_N_FEATURES"
         return (f"\n/* Each row is one sequence of {t} steps of {f} features, step-major: step t, feature k is\n"
-                f" * x[row * {upper}_N_FEATURES + t * {f} + k]. */\n#define {upper}_STEPS {t}\n"
+                f" * x[row * {stride} + t * {f} + k]. */\n#define {upper}_STEPS {t}\n"
                 f"#define {upper}_STEP_FEATURES {f}")
     if spec.grid is None or layout != "images":
         return ""
@@ -1288,7 +1300,7 @@ def _grid_doc(upper: str, spec: ModelSpec, vocab: int = 0) -> str:
 
 def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_batch: int, max_threads: int,
                    tgt: Target, params: list[str], data: dict | None = None, *, min_batch: int = 1,
-                   vocab: int = 0, key: int | None = None, checked: bool = False) -> str:
+                   vocab: int = 0, key: int | None = None, checked: bool = False, steps: int = 0) -> str:
     feats = ", ".join(required_features(tgt)) or "none beyond x86-64"
     std = data is not None and data.get("x_mean") is not None
     regression = spec.task == "regression"
@@ -1317,6 +1329,12 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
         extra += (f"/* The model draws gc.random numbers in inference too, keyed by the run's evaluation key (its "
                   f"seed), built in:\n * the same predictions as gc.load(run).predict. */\n#define {upper}_RNG_KEY "
                   f"{int(key)}\n")
+    if steps:  # padded sequences: each row's length follows its features
+        extra += (f"/* Padded sequences: each row of x is {upper}_N_FEATURES values and then the row's length (a "
+                  f"float holding an integer in\n * [0, {upper}_STEPS]; another value is {upper}_ERR_INPUT): "
+                  f"{upper}_ROW floats a row. The steps past a row's length\n * are never read (0 or garbage "
+                  f"there predicts the same). */\n#define {upper}_LENGTHS 1\n#define {upper}_ROW "
+                  f"({upper}_N_FEATURES + 1)\n")
     if vocab:
         raw_doc = (f"x holds n sequences of {upper}_STEPS token ids, as floats (exact integers in [0, "
                    f"{upper}_VOCAB): another value is {upper}_ERR_INPUT)")
@@ -1326,6 +1344,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
     else:
         raw_doc = (f"x holds n * {upper}_N_FEATURES features (row-major), as the model was trained on them (no "
                    "standardization was known at export)")
+    row_doc = "features per input row, then its length" if steps else "floats per input row"
     out_doc = ("predictions in the target's units" if regression and std and "y_std" in (data or {})
                else ("logits" if not regression else "predictions"))
     return f"""/* {name}.h: {spec.model_desc}, trained weights embedded ({', '.join(params)}).
@@ -1339,7 +1358,7 @@ def _public_header(name: str, upper: str, spec: ModelSpec, out_row: int, max_bat
 extern "C" {{
 #endif
 
-#define {upper}_N_FEATURES {spec.n_features}  /* floats per input row */{_grid_doc(upper, spec, vocab)}
+#define {upper}_N_FEATURES {spec.n_features}  /* {row_doc} */{_grid_doc(upper, spec, vocab, bool(steps))}
 #define {upper}_N_OUTPUTS {out_row}  /* floats per output row ({'logits' if spec.task != 'regression'
                                                                else 'predictions'}) */
 #define {upper}_MAX_BATCH {max_batch}  /* the most rows one call takes */

@@ -152,6 +152,7 @@ static double now(void) {
 
 typedef struct {
     const char *x_train, *y_train, *x_val, *y_val, *x_test, *y_test, *out;
+    const char *len_train, *len_val, *len_test; /* a model that takes lengths: each split's (rows,) lengths */
     int64_t epochs, batch, patience, threads, seed;
     double lr, momentum, weight_decay, clip_grad_norm, l2, l1, min_delta;
     double keep[GC_NKEEP + 1];
@@ -159,6 +160,7 @@ typedef struct {
 } opts_t;
 
 static const char *const VALUED[] = {"--x-train", "--y-train", "--x-val", "--y-val", "--x-test", "--y-test",
+                                     "--lengths-train", "--lengths-val", "--lengths-test",
                                      "--out", "--epochs", "--batch-size", "--early-stopping", "--threads", "--seed",
                                      "--lr", "--momentum", "--weight-decay", "--clip-grad-norm", "--l2", "--l1",
                                      "--min-delta", "--dropout", NULL};
@@ -241,6 +243,10 @@ static void usage(FILE *f) {
             "GRAPHC_MPI_SHARED=0 sums gradients with MPI_Allreduce even when every rank is on one machine;\n"
             "GRAPHC_MPI_TIMEOUT=S seconds a rank waits in one exchange before it gives up [120].\n", prog);
 #endif
+    if (GC_LENGTHS > 0)
+        fprintf(f, "  --lengths-train F  --lengths-val F  --lengths-test F\n"
+                   "                  each split's padded sequences' lengths: int32 or int64 (rows,), each in [0, %d];\n"
+                   "                  the steps past a row's length are never read\n", GC_LENGTHS);
     if (GC_VOCAB > 0)
         fprintf(f, "\nthis model reads token ids: each row of --x-* is %d ids in [0, %d), saved as int32 or int64\n"
                    "(as graphc train reads them) or as float32 integers\n",
@@ -391,6 +397,9 @@ static void parse_args(opts_t *o, int argc, char **argv) {
         else if (!strcmp(name, "--y-val")) o->y_val = val;
         else if (!strcmp(name, "--x-test")) o->x_test = val;
         else if (!strcmp(name, "--y-test")) o->y_test = val;
+        else if (!strcmp(name, "--lengths-train")) o->len_train = val;
+        else if (!strcmp(name, "--lengths-val")) o->len_val = val;
+        else if (!strcmp(name, "--lengths-test")) o->len_test = val;
         else if (!strcmp(name, "--out")) o->out = val;
         else if (!strcmp(name, "--epochs")) o->epochs = parse_int(name, val, 1, 100000000);
         else if (!strcmp(name, "--batch-size")) o->batch = parse_int(name, val, 1, INT64_MAX / 2);
@@ -442,6 +451,18 @@ static void parse_args(opts_t *o, int argc, char **argv) {
         fail(EXIT_BAD, "--standardize: this model reads token ids, which standardizing would make non-integers");
     if (!o->x_val != !o->y_val) fail(EXIT_BAD, "--x-val and --y-val go together");
     if (!o->x_test != !o->y_test) fail(EXIT_BAD, "--x-test and --y-test go together");
+    if (GC_LENGTHS > 0) {
+        const char *xs[3] = {o->x_train, o->x_val, o->x_test}, *ls[3] = {o->len_train, o->len_val, o->len_test};
+        const char *split[3] = {"train", "val", "test"};
+        for (int k = 0; k < 3; k++)
+            if (!xs[k] != !ls[k])
+                fail(EXIT_BAD, "--x-%s and --lengths-%s go together: this model takes each padded sequence's length "
+                               "(an int32 or int64 .npy of one length per row)", split[k], split[k]);
+        if (o->standardize)
+            fail(EXIT_BAD, "--standardize: this model reads padded sequences, whose padding would enter the "
+                           "statistics; give them standardized (graphc train standardizes the real steps' features)");
+    } else if (o->len_train || o->len_val || o->len_test)
+        fail(EXIT_BAD, "--lengths-*: this model takes no lengths (its first parameter reads every step of every row)");
     if (o->patience && !o->x_val) fail(EXIT_BAD, "--early-stopping needs a validation split (--x-val, --y-val)");
 }
 
@@ -759,9 +780,61 @@ static void ids_to_float(npy_t *a) {
     a->itemsize = 4;
 }
 
+/* Padded sequences: the lengths (rows,) of x's rows, integers in [0, GC_LENGTHS], as graphc.data checks them;
+ * x's steps past each row's length are zeroed (in its own dtype: zero bytes), so that what the padding held is
+ * never read, checked or trained on. Kept until with_lengths appends them to the rows. */
+static int64_t *g_lengths;
+
+static void read_lengths(npy_t *x, const char *lopt, const char *lpath) {
+    npy_t l;
+    char shp[256];
+    npy_open(&l, lopt, lpath);
+    shape_str(&l, shp, sizeof shp);
+    if ((l.kind != 'i' && l.kind != 'u') || (l.itemsize != 4 && l.itemsize != 8))
+        bad_file(&l, "dtype %s: lengths must be int32 or int64 (save lengths.astype(np.int64))", dtype_name(&l));
+    if (l.ndim != 1 || l.shape[0] != rows_of(x))
+        bad_file(&l, "shape %s: lengths must be (%lld,), one per row of %s", shp, (long long)rows_of(x), x->path);
+    npy_read(&l);
+    g_lengths = xalloc_raw((size_t)l.count * sizeof(int64_t));
+    const int64_t step = GC_N_FEATURES / GC_LENGTHS;
+    for (int64_t r = 0; r < l.count; r++) {
+        const char *p = (const char *)l.data + r * l.itemsize;
+        int64_t v;
+        if (l.kind == 'i') v = l.itemsize == 4 ? *(const int32_t *)p : *(const int64_t *)p;
+        else {
+            uint64_t u = l.itemsize == 4 ? *(const uint32_t *)p : *(const uint64_t *)p;
+            v = u > (uint64_t)GC_LENGTHS ? GC_LENGTHS + 1 : (int64_t)u;
+        }
+        if (v < 0 || v > GC_LENGTHS)
+            bad_file(&l, "length %lld at row %lld is outside [0, %d] (the steps of a sequence padded to T = %d)",
+                     (long long)v, (long long)r, GC_LENGTHS, GC_LENGTHS);
+        g_lengths[r] = v;
+        memset((char *)x->data + (r * GC_N_FEATURES + v * step) * x->itemsize, 0,
+               (size_t)((GC_LENGTHS - v) * step * x->itemsize));
+    }
+    free(l.data);
+}
+
+/* x's float32 rows widened by one column, the row's length: the rows the step reads (GC_X_WIDTH floats). */
+static void with_lengths(npy_t *a) {
+    if (GC_LENGTHS == 0) return;
+    const int64_t n = rows_of(a);
+    float *w = xalloc_raw((size_t)(n * GC_X_WIDTH) * sizeof(float));
+    for (int64_t r = 0; r < n; r++) {
+        memcpy(w + r * GC_X_WIDTH, (const float *)a->data + r * GC_N_FEATURES, GC_N_FEATURES * sizeof(float));
+        w[r * GC_X_WIDTH + GC_N_FEATURES] = (float)g_lengths[r];
+    }
+    free(a->data);
+    free(g_lengths);
+    g_lengths = NULL;
+    a->data = w;
+    a->shape[1] = GC_X_WIDTH;
+    a->count = n * GC_X_WIDTH;
+}
+
 /* Features: float32 (rows, GC_N_FEATURES), finite; a token model's ids: integers of any width, or float32
    integers. */
-static void load_x(npy_t *a, const char *opt, const char *path) {
+static void load_x(npy_t *a, const char *opt, const char *path, const char *lopt, const char *lpath) {
     char shp[256];
     npy_open(a, opt, path);
     shape_str(a, shp, sizeof shp);
@@ -778,8 +851,10 @@ static void load_x(npy_t *a, const char *opt, const char *path) {
                  GC_N_FEATURES);
     if (a->shape[0] < 1) bad_file(a, "shape %s: no rows", shp);
     npy_read(a);
+    if (GC_LENGTHS > 0) read_lengths(a, lopt, lpath); /* zeroes the padding before anything reads it */
     if (ids) {
         ids_to_float(a);
+        with_lengths(a);
         return;
     }
     check_finite(a, GC_N_FEATURES);
@@ -788,6 +863,7 @@ static void load_x(npy_t *a, const char *opt, const char *path) {
         bad_file(a, "token id %g at row %lld, step %lld is not an integer in [0, %d) (the model's vocabulary)",
                  (double)((const float *)a->data)[i], (long long)(i / GC_N_FEATURES), (long long)(i % GC_N_FEATURES),
                  GC_VOCAB);
+    with_lengths(a);
 }
 
 /* Labels (int32/int64 class indices, stored as int32) or float32 targets, one row per row of x. */
@@ -1047,7 +1123,7 @@ static double evaluate(const float *X, const void *Y, int64_t n, float *out, int
     for (int64_t lo = 0; lo < n; lo += GC_EVAL_BATCH) {
         int64_t m = n - lo < GC_EVAL_BATCH ? n - lo : GC_EVAL_BATCH;
         float loss = 0.0f;
-        etab[GC_E_X] = (uintptr_t)(X + lo * GC_N_FEATURES);
+        etab[GC_E_X] = (uintptr_t)(X + lo * GC_X_WIDTH);
         if (GC_E_Y >= 0) etab[GC_E_Y] = (uintptr_t)((const char *)Y + lo * GC_Y_ROW_BYTES);
         etab[GC_E_LOSS] = (uintptr_t)&loss;
         etab[GC_E_OUT] = (uintptr_t)(out + lo * GC_OUT_ROW);
@@ -1733,14 +1809,14 @@ int main(int argc, char **argv) {
 
     /* data: everything is read and checked before anything is written */
     npy_t xtr, ytr, xva, yva, xte, yte;
-    load_x(&xtr, "--x-train", o.x_train);
+    load_x(&xtr, "--x-train", o.x_train, "--lengths-train", o.len_train);
     load_y(&ytr, "--y-train", o.y_train, &xtr);
     if (o.x_val) {
-        load_x(&xva, "--x-val", o.x_val);
+        load_x(&xva, "--x-val", o.x_val, "--lengths-val", o.len_val);
         load_y(&yva, "--y-val", o.y_val, &xva);
     }
     if (o.x_test) {
-        load_x(&xte, "--x-test", o.x_test);
+        load_x(&xte, "--x-test", o.x_test, "--lengths-test", o.len_test);
         load_y(&yte, "--y-test", o.y_test, &xte);
     }
     if (o.standardize) {

@@ -43,23 +43,38 @@ static int predict(const float *x, int64_t n, float *out, int nthreads, int raw)
     if (n > GC_MAX_BATCH) return ERR_TOO_LARGE;
     if (nthreads < 1 || nthreads > GC_MAX_THREADS) return ERR_THREADS;
     if (!cpu_ok()) return ERR_CPU;
-    if (GC_VOCAB > 0 && gc_bad_token(x, n * GC_N_FEATURES, GC_VOCAB) >= 0) return ERR_INPUT; /* token ids */
+    if (GC_LENGTHS > 0) /* padded sequences: each row's length, after its features, an integer in [0, steps] */
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i * GC_X_WIDTH + GC_N_FEATURES];
+            if (!(v >= 0.0f && v <= (float)GC_LENGTHS && v == (float)(int64_t)v)) return ERR_INPUT;
+        }
+    else if (GC_VOCAB > 0 && gc_bad_token(x, n * GC_N_FEATURES, GC_VOCAB) >= 0) return ERR_INPUT; /* token ids */
     int b = 0;
     while (gc_buckets[b] < n) b++;
     size_t arena_bytes = ((size_t)gc_arena[b] + 63) / 64 * 64;
     size_t ws_bytes = ((size_t)gc_ws[b][nthreads] + 63) / 64 * 64;
     int standardize = raw && GC_HAS_STD;
-    size_t x_bytes = standardize ? ((size_t)n * GC_N_FEATURES * sizeof(float) + 63) / 64 * 64 : 0;
+    int copy = standardize || GC_LENGTHS > 0; /* padded sequences: a copy whose padding is 0, never read */
+    size_t x_bytes = copy ? ((size_t)n * GC_X_WIDTH * sizeof(float) + 63) / 64 * 64 : 0;
     char *mem = NULL;
     if (posix_memalign((void **)&mem, 64, arena_bytes + ws_bytes + x_bytes + 64) != 0) return ERR_NOMEM;
     const float *xin = x;
-    if (standardize) { /* (x - mean) / std in double, as the trainer standardizes, then float */
+    if (copy) { /* (x - mean) / std in double, as the trainer standardizes, then float */
         float *xs = (float *)(mem + arena_bytes + ws_bytes);
-        for (int64_t i = 0; i < n; i++)
+        for (int64_t i = 0; i < n; i++) {
+            /* the values of a padded sequence's real steps: its first len * (features per step) */
+            int64_t real = GC_LENGTHS > 0 ? (int64_t)x[i * GC_X_WIDTH + GC_N_FEATURES] * (GC_N_FEATURES / (GC_LENGTHS
+                                            ? GC_LENGTHS : 1)) : GC_N_FEATURES;
             for (int j = 0; j < GC_N_FEATURES; j++) {
-                int64_t k = i * GC_N_FEATURES + j;
-                xs[k] = (float)(((double)x[k] - gc_x_mean[j]) / gc_x_std[j]);
+                int64_t k = i * GC_X_WIDTH + j;
+                xs[k] = j >= real ? 0.0f : standardize ? (float)(((double)x[k] - gc_x_mean[j]) / gc_x_std[j]) : x[k];
             }
+            if (GC_X_WIDTH > GC_N_FEATURES) xs[i * GC_X_WIDTH + GC_N_FEATURES] = x[i * GC_X_WIDTH + GC_N_FEATURES];
+            if (GC_LENGTHS > 0 && GC_VOCAB > 0 && gc_bad_token(xs + i * GC_X_WIDTH, GC_N_FEATURES, GC_VOCAB) >= 0) {
+                free(mem);
+                return ERR_INPUT; /* token ids of the real steps */
+            }
+        }
         xin = xs;
     }
     uintptr_t table[GC_NBUF];

@@ -231,6 +231,37 @@ def model_layout(model: Callable | None) -> str:
     return LAYOUTS.get(params[0], "rows") if params else "rows"
 
 
+def takes_lengths(model: Callable | None) -> bool:
+    """Whether a model asks for its sequences' lengths: a parameter named `lengths` (after the input's), as in
+    `def model(tokens, lengths, n_outputs)`. It then gets an int32 (N,) tensor of each row's real steps."""
+    if model is None:
+        return False
+    import inspect
+
+    try:
+        params = list(inspect.signature(model).parameters)
+    except (TypeError, ValueError):
+        return False
+    return "lengths" in params[1:]
+
+
+def model_output(model: Callable, x: Node, n_features: int, n_outputs: int, grid: tuple[int, ...] | None,
+                 data: str = "the dataset") -> tuple[Node, Node]:
+    """(the model's output for rows x, the part of x that holds the features). A model that takes `lengths` reads
+    rows of n_features + 1 values: the features, then the row's length (a float32 column, exact: lengths travel
+    with their rows through every shuffle, batch and split, in process as in a binary or a library); the graph
+    splits it off and gives it to the model as int32 (N,)."""
+    if not takes_lengths(model):
+        return _call_model(model, model_input(model, x, grid, data), n_outputs), x
+    if model_layout(model) not in ("sequences", "tokens"):
+        raise GraphcError("the model takes `lengths` (the real steps of padded sequences), but its first parameter "
+                          "asks for no sequences: name it `sequences` (time-major (T, N, F)) or `tokens` "
+                          "(time-major int32 ids (T, N))")
+    features = x[:, :n_features]
+    lengths = ops.cast(x[:, n_features], "int32")
+    return _call_model(model, model_input(model, features, grid, data), n_outputs, lengths), features
+
+
 def wants_images(model: Callable | None) -> bool:
     """Whether a model asks for its input on the data's grid: its first parameter is named `images`."""
     return model_layout(model) == "images"
@@ -298,12 +329,24 @@ def token_tables(x: Node, out: Node) -> list[Node]:
     return found
 
 
-def _call_model(model: Callable, x: Node, n_outputs: int):
-    """model(x, n_outputs); an exception other than graphc's (which name the line already) is a GraphcError
-    naming the innermost line of the model's own code."""
+def _call_model(model: Callable, x: Node, n_outputs: int, lengths: Node | None = None):
+    """model(x, n_outputs) (with `lengths` given, model(x, lengths=..., <its other parameter>=n_outputs), in
+    whichever order it names them); an exception other than graphc's (which name the line already) is a
+    GraphcError naming the innermost line of the model's own code."""
+    args: tuple = (x, n_outputs)
+    kwargs: dict = {}
+    if lengths is not None:
+        import inspect
+
+        rest = [p for p in list(inspect.signature(model).parameters.values())[1:] if p.name != "lengths"]
+        if len(rest) != 1 or rest[0].kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.KEYWORD_ONLY):
+            raise GraphcError(f"a model that takes lengths is defined as model(tokens or sequences, lengths, "
+                              f"n_outputs), got {getattr(model, '__name__', 'model')}{inspect.signature(model)}")
+        args, kwargs = (x,), {"lengths": lengths, rest[0].name: n_outputs}
     try:
         with model_build():  # unnamed layers: dense, dense_1, ... the same names every build
-            return model(x, n_outputs)
+            return model(*args, **kwargs)
     except GraphcError:
         raise
     except (Exception, SystemExit) as e:  # a model calling sys.exit() fails like any other, not as an exit code
@@ -331,16 +374,19 @@ class FitResult:
     predict: Callable[[np.ndarray], np.ndarray]
     dataset: object = None
 
-    def predict_raw(self, X: np.ndarray) -> np.ndarray:
+    def predict_raw(self, X: np.ndarray, lengths=None) -> np.ndarray:
         """Regression predictions come in the target's units and its shape: one value per row (N,) for a 1-D
         target, as scikit-learn's predict (the model's own (N, 1) output would broadcast silently against a
-        1-D y in `pred - y`), (N, k) for k targets a row."""
+        1-D y in `pred - y`), (N, k) for k targets a row. `lengths`: each row's real steps, for a model that
+        takes them (padded sequences)."""
         ds = self.dataset
+        kw = {} if lengths is None else {"lengths": lengths}
         if ds is None or ds.x_mean is None:
-            out = self.predict(X)
+            out = self.predict(X, **kw)
         else:
             a = feature_rows(X, len(ds.x_mean), "predict_raw", ds.grid)
-            out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std)
+            with np.errstate(invalid="ignore", over="ignore"):  # the padding of sequences: never read
+                out = self.predict((a.astype(np.float64) - ds.x_mean) / ds.x_std, **kw)
         if ds is None or ds.task != "regression":
             return out
         # back to the target's units in double, rounded once (as the exported library does: bitwise its values)
@@ -348,23 +394,23 @@ class FitResult:
             out = (np.asarray(out, np.float64) * ds.y_std + ds.y_mean).astype(out.dtype)
         return out.reshape(len(out), *ds.y_train.shape[1:])
 
-    def predict_labels(self, X: np.ndarray) -> np.ndarray:
+    def predict_labels(self, X: np.ndarray, lengths=None) -> np.ndarray:
         """Classification: the predicted class labels (the dataset's own: 'cat', -1, ...) for raw features X."""
         ds = self.dataset
         if ds is None or not ds.classes:
             raise GraphcError("predict_labels: this run is not a classification with known class labels")
-        out = self.predict_raw(X)
+        out = self.predict_raw(X, lengths)
         idx = np.argmax(out, axis=1) if ds.task == "multiclass" else (out.reshape(-1) > 0).astype(np.int64)
         return np.asarray(ds.classes)[idx]
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, lengths=None) -> np.ndarray:
         """Classification: each class's probability for raw features X, one column per class in the order of the
         dataset's labels (`dataset.classes`; a binary task's two columns are P(classes[0]), P(classes[1])), from
         the model's logits by a softmax or sigmoid computed stably in float64."""
         ds = self.dataset
         if ds is None or ds.task not in ("binary", "multiclass"):
             raise GraphcError("predict_proba: this run is not a classification")
-        z = np.asarray(self.predict_raw(X), np.float64)
+        z = np.asarray(self.predict_raw(X, lengths), np.float64)
         if ds.task == "binary":
             z = z.reshape(-1)
             p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
@@ -425,20 +471,22 @@ class Trainer:
         self.source_rows: dict[str, np.ndarray] = {}
         if model is None:  # the default MLP; its dropout keep probabilities are inputs, as in a standalone binary
             model = default_model(config, runtime_keeps=all_features or bool(config.dropout))
-        self.x = ops.input("x", ("N", n_features))
+        self.lengths = takes_lengths(model)
+        self.n_features = n_features  # the rows' features; with lengths, x has one more column (the length)
+        self.x = ops.input("x", ("N", n_features + self.lengths))
         if task == "multiclass":
             self.y = ops.input("y", ("N",), "int32")
         else:
             self.y = ops.input("y", ("N", *y_shape), "float32")
         self.grid = tuple(grid) if grid is not None else None
         self.layout = model_layout(model)
-        out = _call_model(model, model_input(model, self.x, self.grid, data), n_outputs)
+        out, features = model_output(model, self.x, n_features, n_outputs, self.grid, data)
         if not isinstance(out, Node):
             raise GraphcError(f"the model must return a tensor, got {type(out).__name__}")
         # the gather that limits the token ids (the smallest table): the data's ids are checked against it
         self.vocab_take = None
         if self.layout == "tokens":
-            takes = token_tables(self.x, out)
+            takes = token_tables(features, out)
             if takes:
                 self.vocab_take = min(takes, key=lambda n: n.inputs[0].shape[n.attrs["axis"]])
                 if vocab is not None and vocab > self.vocab:
@@ -518,6 +566,13 @@ class Trainer:
         # evaluation, so that validation losses compare across epochs
         reads_key = any(leaf.name == "rng_key" for leaf in self.eval_fn.signature.inputs)
         self._eval_key = {"rng_key": np.int64(config.seed)} if reads_key else {}
+
+    @property
+    def steps(self) -> int:
+        """T, the steps of a sequence model's rows (token ids: one per feature; sequences: the grid's first)."""
+        if self.layout == "tokens":
+            return self.n_features
+        return sequence_grid(self.grid, "the dataset")[0]
 
     @property
     def vocab(self) -> int | None:
@@ -794,6 +849,13 @@ class Trainer:
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise InputError(f"{what} data: feature {c} is not finite in {row(r)}")
+        if self.lengths:
+            lengths, X = X[:, -1], X[:, :-1]
+            bad = (lengths != np.round(lengths)) | (lengths < 0) | (lengths > self.steps)
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise InputError(f"{what} data: the length of {row(r)} is {lengths[r]:g}, not an integer in [0, "
+                                 f"{self.steps}] (steps of a sequence padded to T = {self.steps})")
         if self.layout == "tokens":
             bad = (X != np.round(X)) | (X < 0)
             if bad.any():
