@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aot_helpers import needs_cc
+from graphc_cli import run_in_process
 
 pytestmark = needs_cc
 HERE = Path(__file__).parent
@@ -195,8 +196,7 @@ def test_export_of_a_run_directory_rebuilds_what_the_run_trained(tmp_path):
     # an option repeated as the run had it is fine; another value would build another network around the run's
     # weights (--activation gelu on a relu run exported a gelu net, logits 0.44 off, exit 0): refused
     for flag, value in (("--activation", "gelu"), ("--hidden", "13"), ("--init", "he_uniform")):
-        q = subprocess.run([*cli, "export", "--weights", str(tmp_path / "bc"), "-o", str(tmp_path / "libx.so"),
-                            flag, value], capture_output=True, text=True)
+        q = run_in_process("export", "--weights", tmp_path / "bc", "-o", tmp_path / "libx.so", flag, value)
         assert q.returncode == 2 and f"the run trained the default MLP with {flag} " in q.stderr, q.stderr
         assert not (tmp_path / "libx.so").exists()
     r = load(tmp_path / "bc")
@@ -253,7 +253,7 @@ def test_a_damaged_data_json_is_refused_by_export_and_predict(tmp_path):
         (run / "data.json").write_text(json.dumps(d))
         for cmd in (["export", "--weights", str(run), "-o", str(tmp_path / "lib.so")],
                     ["predict", "--run", str(run), "--data", str(tmp_path / "x.npy")]):
-            p = subprocess.run([*cli, *cmd], capture_output=True, text=True)
+            p = run_in_process(*cmd)  # refused before anything compiles: no Python to start for it
             assert p.returncode == 2 and words in p.stderr and "data.json" in p.stderr, p.stderr
             assert "Traceback" not in p.stderr and not (tmp_path / "lib.so").exists()
 
@@ -307,8 +307,7 @@ def test_a_model_drawing_random_numbers_predicts_with_the_runs_key_everywhere(tm
     assert not np.allclose(load(tmp_path / "run").predict(Xs), want, atol=1e-3)
     d["eval_key"] = "eleven"
     (tmp_path / "run" / "data.json").write_text(json.dumps(d))
-    p = subprocess.run([*cli, "export", "--weights", str(tmp_path / "run"), "-o", str(tmp_path / "libx.so")],
-                       capture_output=True, text=True)
+    p = run_in_process("export", "--weights", tmp_path / "run", "-o", tmp_path / "libx.so")
     assert p.returncode == 2 and "data.json: eval_key is 'eleven'" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "libx.so").exists()
 

@@ -10,19 +10,17 @@ cases each run instead of CI's fixed ones)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
+from graphc_cli import run_in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphc.cli import main
 from graphc.nn import checkpoint as ckpt
 
 EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", "6"))
@@ -33,15 +31,10 @@ RUN_FILES = ("metrics.json", "history.csv", "weights.npz", "loss.png", "data.jso
 
 
 def cli(*argv) -> tuple[int, str]:
-    """Run `graphc` in this process; an exception escaping main() is a traceback a user would see."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), warnings.catch_warnings():
-        warnings.simplefilter("error")  # a numpy RuntimeWarning printed before graphc's message is a defect too
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse's usage errors
-            rc = e.code if isinstance(e.code, int) else 2
-    return rc, err.getvalue()
+    """Run `graphc` in this process; an exception escaping main() is a traceback a user would see, and a numpy
+    RuntimeWarning printed before graphc's message is a defect too."""
+    p = run_in_process(*argv, warnings_as_errors=True)
+    return p.returncode, p.stderr
 
 
 def check_outcome(rc: int, err: str, out: Path | None, epochs: int | None = None) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from graphc_cli import run_in_process
 
 import graphc as gc
 from graphc import fit
@@ -156,7 +157,7 @@ def test_divergence_exit_status_message_and_no_empty_out(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--hidden", "16"), ("--dropout", "0.5"), ("--activation", "tanh")])
 def test_mlp_options_with_a_model_file_are_refused(tmp_path, flag, value):
     (tmp_path / "m.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
-    p = run("train", "--model", tmp_path / "m.py", flag, value, "--epochs", "1")
+    p = run_in_process("train", "--model", tmp_path / "m.py", flag, value, "--epochs", "1")
     assert p.returncode == 2 and flag in p.stderr and "default MLP only" in p.stderr, p.stderr
 
 
@@ -172,7 +173,7 @@ def test_metrics_record_the_model_that_ran(tmp_path):
 
 # 8 -- help, defaults, usage and suggestions
 def test_train_help_shows_real_defaults_and_every_option():
-    p = run("train", "--help")
+    p = run_in_process("train", "--help")
     assert p.returncode == 0
     text = " ".join(p.stdout.split())
     assert "(default: None)" not in text and "(default: relu) (default" not in text
@@ -183,11 +184,11 @@ def test_train_help_shows_real_defaults_and_every_option():
 
 
 def test_unknown_option_prints_the_subcommand_usage_and_datasets_are_suggested():
-    p = run("train", "--epoch", "3", "--bogus")
+    p = run_in_process("train", "--epoch", "3", "--bogus")
     assert p.returncode == 2 and p.stderr.startswith("usage: graphc train") and "--bogus" in p.stderr, p.stderr
-    p = run("train", "--dataset", "digit")
+    p = run_in_process("train", "--dataset", "digit")
     assert p.returncode == 2 and "did you mean the bundled dataset 'digits'" in p.stderr, p.stderr
-    p = run("train", "--out", "somewhere", "--resume", "--overwrite")
+    p = run_in_process("train", "--out", "somewhere", "--resume", "--overwrite")
     assert p.returncode == 2 and "give one of them" in p.stderr, p.stderr
 
 
@@ -574,17 +575,17 @@ def test_build_and_export_refuse_to_write_over_what_they_read(tmp_path):
     model = tmp_path / "m.py"
     model.write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n)\n")
     source = model.read_bytes()
-    p = run("build", "--model", model, "-o", model)
+    p = run_in_process("build", "--model", model, "-o", model)
     assert p.returncode == 2 and "that is --model" in p.stderr and model.read_bytes() == source, p.stderr
     np.savez(tmp_path / "d.npz", X=np.zeros((8, 3), np.float32), y=np.arange(8) % 2)
     before = (tmp_path / "d.npz").read_bytes()
-    p = run("build", "--dataset", tmp_path / "d.npz", "-o", tmp_path / "d.npz")
+    p = run_in_process("build", "--dataset", tmp_path / "d.npz", "-o", tmp_path / "d.npz")
     assert p.returncode == 2 and "that is --dataset" in p.stderr and (tmp_path / "d.npz").read_bytes() == before
     fit(data="digits", epochs=1, hidden=[8], progress=False, out=str(tmp_path / "run"))
     meta = (tmp_path / "run" / "data.json").read_bytes()
     for header, words in ((tmp_path / "libm.so", "writes the same file"),
                           (tmp_path / "run" / "data.json", "overwrites data.json in the run directory")):
-        p = run("export", "--weights", tmp_path / "run", "-o", tmp_path / "libm.so", "--header", header)
+        p = run_in_process("export", "--weights", tmp_path / "run", "-o", tmp_path / "libm.so", "--header", header)
         assert p.returncode == 2 and words in p.stderr, p.stderr
     assert not (tmp_path / "libm.so").exists() and (tmp_path / "run" / "data.json").read_bytes() == meta
 
@@ -598,12 +599,13 @@ def test_the_label_is_never_a_feature_and_features_are_named_once(tmp_path):
                               ("d.csv", ("--label", "label", "--features", "a,a"), "names 'a' more than once"),
                               ("d.npy", ("--label", "2", "--features", "0,2"), "includes the label '2'"),
                               ("d.npz", ("--label", "X"), "the same array 'X'")):
-        p = run("train", "--dataset", tmp_path / path, *opts, "--epochs", "1", "--quiet", "--out", tmp_path / "o")
+        p = run_in_process("train", "--dataset", tmp_path / path, *opts, "--epochs", "1", "--quiet", "--out",
+                           tmp_path / "o")
         assert p.returncode == 2 and words in p.stderr and not (tmp_path / "o").exists(), (opts, p.stderr)
     r = fit(data=str(tmp_path / "d.npy"), label="2", features=["1"], epochs=1, progress=False)
     assert r.dataset.n_features == 1  # a .npy's --features picks its columns (they were ignored)
     np.savez(tmp_path / "nofeat.npz", X=np.zeros((10, 0), np.float32), y=np.arange(10) % 2)
-    p = run("train", "--dataset", tmp_path / "nofeat.npz", "--epochs", "1", "--quiet")
+    p = run_in_process("train", "--dataset", tmp_path / "nofeat.npz", "--epochs", "1", "--quiet")
     assert p.returncode == 2 and "no feature columns" in p.stderr, p.stderr
 
 
@@ -630,7 +632,7 @@ def test_run_files_follow_the_umask_and_sizes_beyond_memory_are_an_error(tmp_pat
     p = run("train", "--hidden", "10000000000", "--epochs", "1", "--quiet")
     assert p.returncode == 2 and "out of memory" in p.stderr and "Traceback" not in p.stderr, p.stderr
     for flag in ("--out", "--dataset"):
-        p = run("train", flag, "", "--epochs", "1", "--quiet")
+        p = run_in_process("train", flag, "", "--epochs", "1", "--quiet")
         assert p.returncode == 2 and "an empty" in p.stderr, p.stderr
     with pytest.raises(gc.GraphcError, match="'out' is gc.fit's own argument"):
         from graphc.fitting import _config
@@ -708,7 +710,7 @@ def test_csv_cells_are_numbers_only_as_a_data_file_writes_them(tmp_path):
     for cell in ("1_000", "١٢", "0x1p3", "1,5"):
         bad = tmp_path / "bad.csv"
         bad.write_text(f"a,y\n\"{cell}\",0\n2,1\n3,0\n4,1\n5,0\n6,1\n", encoding="utf-8")
-        p = run("train", "--dataset", str(bad), "--label", "y", "--epochs", "1", "--quiet")
+        p = run_in_process("train", "--dataset", str(bad), "--label", "y", "--epochs", "1", "--quiet")
         assert p.returncode == 2 and f"bad.csv:2: column 'a' holds {cell!r}, not a number" in p.stderr, p.stderr
 
 
@@ -716,7 +718,7 @@ def test_text_labels_for_regression_are_named_as_text(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 4)).astype(np.float32)
     np.savez(tmp_path / "s.npz", X=X, y=np.where(X[:, 0] > 0, "cat", "dog"))
-    p = run("train", "--dataset", str(tmp_path / "s.npz"), "--task", "regression", "--epochs", "1", "--quiet")
+    p = run_in_process("train", "--dataset", tmp_path / "s.npz", "--task", "regression", "--epochs", "1", "--quiet")
     assert p.returncode == 2 and "regression targets must be numbers; the labels are text values (the first: " \
         "'cat')" in p.stderr, p.stderr
 
@@ -733,5 +735,5 @@ def test_predict_reads_a_bundled_dataset_by_name(tmp_path):
     by_file = run("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows.npy")
     assert by_name.returncode == 0 and by_file.returncode == 0, by_name.stderr + by_file.stderr
     assert by_name.stdout == by_file.stdout and len(by_name.stdout.splitlines()) == len(X) + 1
-    p = run("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows")
+    p = run_in_process("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows")
     assert p.returncode == 2 and "or a bundled dataset's name (digits" in p.stderr, p.stderr

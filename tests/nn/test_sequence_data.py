@@ -36,6 +36,16 @@ def _tokens(tmp_path, n=80, T=6, **extra):
     return path, X, y
 
 
+@pytest.fixture(scope="module")
+def token_binary(tmp_path_factory):
+    """The training binary of token_model for _tokens' data (a binary task on (rows, 6) ids), built once for the
+    two tests that run it (each built the same program, options and data shape)."""
+    from graphc.aot import build
+
+    d = tmp_path_factory.mktemp("token-binary")
+    return build(d / "train-tok", model=token_model, data=str(_tokens(d)[0])).path
+
+
 def test_digits_as_sequences_of_their_rows():
     seen = []
 
@@ -251,13 +261,11 @@ def test_the_exported_library_refuses_token_ids_outside_the_vocabulary(tmp_path)
         assert rc == 8 and np.all(out == -7.0), bad
 
 
-def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp_path):
+def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp_path, token_binary):
     """predict_raw (and graphc predict) and a training binary read a fractional id as its integer part (the model
     casts them): 2.5 became 2, trained on and predicted with exit 0. Both refuse it now, naming row and step, and
     the binary refuses --standardize (which would make every id fractional)."""
     import subprocess
-
-    from graphc.aot import build
 
     path, X, y = _tokens(tmp_path)
     r = fit(token_model, str(path), progress=False, epochs=1)
@@ -265,7 +273,7 @@ def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp
     bad[1, 3] = 2.5
     with pytest.raises(gc.InputError, match=r"token id 2.5 at row 1, step 3 is not an integer in \[0, 7\)"):
         r.predict_raw(bad)
-    binary = build(tmp_path / "train-tok", model=token_model, data=str(path)).path
+    binary = token_binary
     help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True).stdout
     assert "reads token ids" in help_text and "[0, 7), saved as int32 or int64" in help_text, help_text
     assert "--x-train F     token ids: int32, int64 or float32 (rows, 6)" in help_text, help_text
@@ -283,16 +291,14 @@ def test_fractional_token_ids_are_refused_by_predict_and_the_training_binary(tmp
     assert p.returncode == 0, p.stderr
 
 
-def test_the_training_binary_reads_integer_token_ids_as_graphc_train_does(tmp_path):
+def test_the_training_binary_reads_integer_token_ids_as_graphc_train_does(tmp_path, token_binary):
     """A token model's binary asked for the ids as float32 .npy while graphc train reads them as integers (and
     says "save them as int32"): it takes int32/int64 ids now, range-checked, and trains exactly as on the same ids
     saved as float32."""
     import subprocess
 
-    from graphc.aot import build
-
     path, X, y = _tokens(tmp_path)
-    binary = build(tmp_path / "train-ids", model=token_model, data=str(path)).path
+    binary = token_binary
     np.save(tmp_path / "y.npy", y.astype(np.float32))
     trained = {}
     for dtype in (np.float32, np.int32, np.int64):

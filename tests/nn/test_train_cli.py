@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from graphc_cli import run_in_process
 
 from graphc import data
 
@@ -42,7 +43,7 @@ def test_activation_option_shapes_the_default_mlp(tmp_path):
     p = run("train", "--epochs", "2", "--activation", "tanh", "--hidden", "16", "--quiet", "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["activation"] == "tanh"
-    p = run("train", "--activation", "swishy")  # (swish is one now: jax.nn's name for silu)
+    p = run_in_process("train", "--activation", "swishy")  # (swish is one now: jax.nn's name for silu)
     assert p.returncode != 0 and "invalid choice: 'swishy'" in p.stderr
 
 
@@ -53,7 +54,7 @@ def test_hidden_none_trains_a_linear_model(tmp_path):
     w = np.load(tmp_path / "weights.npz")
     assert set(w.files) == {"mlp.0.W", "mlp.0.b"} and w["mlp.0.W"].shape == (64, 10)
     assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] > 0.85
-    p = run("train", "--hidden", "nothing")
+    p = run_in_process("train", "--hidden", "nothing")
     assert p.returncode == 2 and "--hidden" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -121,9 +122,9 @@ def test_predict_writes_a_runs_labels_and_probabilities_for_a_files_rows(tmp_pat
     got = np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(got, gc.load(tmp_path / "reg").predict_raw(X[:7]).ravel(), rtol=1e-6)
     (tmp_path / "other.csv").write_text("a,b,z\n1,2,3\n")
-    p = run("predict", "--run", str(tmp_path / "cls"), "--data", str(tmp_path / "other.csv"))
+    p = run_in_process("predict", "--run", str(tmp_path / "cls"), "--data", str(tmp_path / "other.csv"))
     assert p.returncode == 2 and "feature column(s) ['c'] are not there" in p.stderr and "Traceback" not in p.stderr
-    p = run("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "x.npy"), "--proba")
+    p = run_in_process("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "x.npy"), "--proba")
     assert p.returncode == 2 and "regression" in p.stderr
 
 
@@ -149,13 +150,13 @@ def test_predict_refuses_damaged_files_values_beyond_float32_and_examples_on_ano
     for f, why in (("wrong_grid.npy", r"examples of shape \(8, 4, 2\), but the model reads \(8, 8, 1\) or \(8, 8\)"),
                    ("garbage.npz", "cannot read it: File is not a zip file"), ("flipped.npz", "cannot read it"),
                    ("big.csv", r"row 1 is .*e\+3\d .*beyond float32")):
-        p = run("predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / f), "-o", str(tmp_path / "o.csv"))
+        p = run_in_process("predict", "--run", tmp_path / "run", "--data", tmp_path / f, "-o", tmp_path / "o.csv")
         assert p.returncode == 2 and re.search(why, p.stderr) and "Traceback" not in p.stderr, (f, p.stderr)
         assert not (tmp_path / "o.csv").exists()
     p = run("predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "images.npy"))
     assert p.returncode == 0 and len(p.stdout.strip().splitlines()) == 6, p.stderr
     for f in ("garbage.npz", "flipped.npz"):
-        p = run("train", "--dataset", str(tmp_path / f), "--epochs", "1", "--out", str(tmp_path / "t"))
+        p = run_in_process("train", "--dataset", str(tmp_path / f), "--epochs", "1", "--out", str(tmp_path / "t"))
         assert p.returncode == 2 and "cannot read it" in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert not (tmp_path / "t").exists()
 
@@ -184,14 +185,14 @@ def test_grid_reshapes_flat_npy_rows_into_images_and_a_wrong_grid_exits_2_writin
     assert p.returncode == 0, p.stderr
     assert set(np.load(tmp_path / "o" / "weights.npz").files) == {"c.W", "c.b", "out.W", "out.b"}
     assert np.load(tmp_path / "o" / "weights.npz")["c.W"].shape == (3, 3, 2, 4)
-    p = run(*base, "--grid", "7,5,2", "--out", str(tmp_path / "bad"))
+    p = run_in_process(*base, "--grid", "7,5,2", "--out", str(tmp_path / "bad"))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "60 features" in p.stderr and "(7, 5, 2)" in p.stderr, p.stderr
     assert not (tmp_path / "bad").exists()
-    p = run(*base)  # rows without a grid: the model's images cannot be made
+    p = run_in_process(*base)  # rows without a grid: the model's images cannot be made
     assert p.returncode == 2 and "no grid" in p.stderr and "Traceback" not in p.stderr
     for bad in ("6,x,2", "6,0,10"):
-        p = run(*base, "--grid", bad)
+        p = run_in_process(*base, "--grid", bad)
         assert p.returncode == 2 and "--grid" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
@@ -217,7 +218,7 @@ def test_grid_reshapes_flat_npy_rows_into_images_and_a_wrong_grid_exits_2_writin
     (["--hidden", "12,,4"], "--hidden: expected comma-separated numbers"),
 ])
 def test_bad_options_exit_cleanly(args, words):
-    p = run("train", *args)
+    p = run_in_process("train", *args)
     assert p.returncode != 0
     assert words in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
@@ -227,23 +228,23 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     # columns are found by name: training read them by position and predict by name (all f0s the first f0)
     (tmp_path / "dup.csv").write_text("f0,f1,f0,label\n1,2,3,0\n4,5,6,1\n7,8,9,0\n")
     for cmd in (["train", "--dataset", str(tmp_path / "dup.csv"), "--label", "label", "--out", str(tmp_path / "o")],):
-        p = run(*cmd)
+        p = run_in_process(*cmd)
         assert p.returncode == 2 and "dup.csv:1: the header names column(s) 'f0' more than once" in p.stderr
         assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
 
 
 def test_build_and_export_refuse_an_output_path_that_cannot_be_written_before_compiling(tmp_path):
     for cmd in (["build", "-o", str(tmp_path)], ["export", "--weights", str(tmp_path), "-o", str(tmp_path)]):
-        p = run(*cmd)
+        p = run_in_process(*cmd)
         assert p.returncode == 2 and f"-o {tmp_path}: a directory" in p.stderr, p.stderr
 
 
 def test_a_model_that_calls_sys_exit_is_a_failing_model(tmp_path):
     (tmp_path / "m.py").write_text("import sys\ndef model(x, n):\n    sys.exit(3)\n")
     (tmp_path / "top.py").write_text("import sys\nsys.exit(0)\n")
-    p = run("train", "--model", str(tmp_path / "m.py"), "--epochs", "1")
+    p = run_in_process("train", "--model", str(tmp_path / "m.py"), "--epochs", "1")
     assert p.returncode == 2 and "the model raised SystemExit: 3" in p.stderr and "m.py:3" in p.stderr, p.stderr
-    p = run("train", "--model", str(tmp_path / "top.py"), "--epochs", "1")
+    p = run_in_process("train", "--model", str(tmp_path / "top.py"), "--epochs", "1")
     assert p.returncode == 2 and "top.py:2: running the file failed: SystemExit" in p.stderr, p.stderr
 
 
@@ -251,7 +252,7 @@ def test_drop_last_trains_a_model_that_needs_whole_batches(tmp_path):
     (tmp_path / "roll.py").write_text("import graphc as gc\ndef model(x, n):\n"
                                       "    h = gc.nn.dense(x, n)\n    return gc.concatenate([h[1:], h[:1]], axis=0)\n")
     args = ["train", "--model", str(tmp_path / "roll.py"), "--batch-size", "4", "--epochs", "1", "--quiet"]
-    p = run(*args)
+    p = run_in_process(*args)
     assert p.returncode == 2 and "short last batch" in p.stderr, p.stderr
     p = run(*args, "--drop-last")
     assert p.returncode == 0, p.stderr
@@ -261,40 +262,40 @@ def test_out_that_is_not_a_directory_and_version(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     for out, words in ((tmp_path / "f.txt", "exists and is not a directory"),
                        (tmp_path / "f.txt" / "sub", "cannot create the directory")):
-        p = run("train", "--epochs", "1", "--out", str(out))
+        p = run_in_process("train", "--epochs", "1", "--out", str(out))
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
-    p = run("--version")
+    p = run_in_process("--version")
     assert p.returncode == 0 and p.stdout.startswith("graphc ")
 
 
 def test_bad_files_exit_cleanly(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n")
-    p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "label")
+    p = run_in_process("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "label")
     assert p.returncode != 0 and "bad.csv:3" in p.stderr and "'oops'" in p.stderr and "Traceback" not in p.stderr
-    p = run("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "nolabel")
+    p = run_in_process("train", "--dataset", str(tmp_path / "bad.csv"), "--label", "nolabel")
     assert p.returncode != 0 and "no label column named 'nolabel'" in p.stderr
     np.savez(tmp_path / "mismatch.npz", X=np.zeros((10, 3)), y=np.zeros(9))
-    p = run("train", "--dataset", str(tmp_path / "mismatch.npz"))
+    p = run_in_process("train", "--dataset", str(tmp_path / "mismatch.npz"))
     assert p.returncode != 0 and "10 rows" in p.stderr and "9" in p.stderr
     (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
-    p = run("train", "--dataset", str(tmp_path / "junk.npy"))
+    p = run_in_process("train", "--dataset", str(tmp_path / "junk.npy"))
     assert p.returncode != 0 and "junk.npy" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "broken.py").write_text("def model(x, n):\n    return x +\n")
-    p = run("train", "--model", str(tmp_path / "broken.py"))
+    p = run_in_process("train", "--model", str(tmp_path / "broken.py"))
     assert p.returncode != 0 and "broken.py:2: syntax error" in p.stderr
     (tmp_path / "nomodel.py").write_text("x = 1\n")
-    p = run("train", "--model", str(tmp_path / "nomodel.py"))
+    p = run_in_process("train", "--model", str(tmp_path / "nomodel.py"))
     assert p.returncode != 0 and "defines no `model` function" in p.stderr
     (tmp_path / "wide.py").write_text("import graphc as gc\ndef model(x, n):\n    return gc.nn.dense(x, n + 1)\n")
-    p = run("train", "--model", str(tmp_path / "wide.py"))
+    p = run_in_process("train", "--model", str(tmp_path / "wide.py"))
     assert p.returncode != 0 and "10 classes" in p.stderr
     np.savez(tmp_path / "frac.npz", X=np.ones((40, 3)), y=np.arange(40) * 0.5)
-    p = run("train", "--dataset", str(tmp_path / "frac.npz"), "--task", "multiclass")
+    p = run_in_process("train", "--dataset", str(tmp_path / "frac.npz"), "--task", "multiclass")
     assert p.returncode != 0 and "is not an integer" in p.stderr and "Traceback" not in p.stderr
     nan = np.ones((50, 4))
     nan[7, 2] = np.nan
     np.savez(tmp_path / "nan.npz", X=nan, y=np.arange(50) % 2)
-    p = run("train", "--dataset", str(tmp_path / "nan.npz"))
+    p = run_in_process("train", "--dataset", str(tmp_path / "nan.npz"))
     assert p.returncode != 0 and "not finite in row 7" in p.stderr
 
 

@@ -474,7 +474,10 @@ def test_ctrl_c_stops_a_long_epoch_within_a_chunk(tmp_path):
     import sys
     import time
 
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a suite started in the background (`pytest &`) hands it down ignored, and
+    # Python then raises no KeyboardInterrupt (the whole ~20 s epoch ran and the check failed)
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.5)
