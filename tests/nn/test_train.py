@@ -142,6 +142,32 @@ def test_penalties_apply_to_weights_by_default_and_are_configurable():
         trainer_for(X, y, l2=0.1, penalize=["nope"])
 
 
+def test_l2_on_a_weight_vector_is_ridge_regression_and_never_silently_dropped():
+    """The lecture's ridge regression, f(x) = x·w with J(w) + nu/2 ||w||^2: its w is 1-D, which the default
+    selection (the parameters of 2 or more dimensions) leaves out, so l2 trained nothing (the training binary
+    refused --l2 for such a model). It is refused, naming the parameters; with them named, full-batch gradient
+    descent converges to the closed-form ridge solution."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1 * rng.normal(size=300)
+
+    def linear(x, n_outputs):
+        w = gc.param("w", (4,), init="zeros")
+        return gc.reshape(x @ w, (x.shape[0], n_outputs))
+
+    opts = dict(task="regression", epochs=400, batch_size=10**6, lr=0.1, progress=False, checkpoint_every=0)
+    for pen in ({"l2": 1.0}, {"l1": 0.1}):
+        with pytest.raises(gc.GraphcError, match=r"has none.*parameters are \['w'\].*penalize=\['w'\]"):
+            fit(linear, (X, y), **opts, **pen)
+    nu = 1.0
+    r = fit(linear, (X, y), **opts, l2=nu, penalize=["w"])
+    Xt, yt = r.dataset.X_train.astype(np.float64), r.dataset.y_train.astype(np.float64).reshape(-1)
+    n = len(Xt)  # minimum of mean((Xw - y)^2) + nu/2 |w|^2: (2/n X'X + nu I) w = 2/n X'y
+    ridge = np.linalg.solve(2 / n * Xt.T @ Xt + nu * np.eye(4), 2 / n * Xt.T @ yt)
+    np.testing.assert_allclose(r.params["w"], ridge, atol=1e-5)
+    assert np.abs(ridge - fit(linear, (X, y), **opts).params["w"]).max() > 0.1  # the penalty did act
+
+
 def test_dropout_is_seeded_and_off_at_evaluation():
     X, y = blobs()
     results = []
