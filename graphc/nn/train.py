@@ -942,6 +942,8 @@ class Trainer:
             f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
         # data-parallel, every rank sees the same reduced loss diverge: rank 0 (which keeps the checkpoints) says it
         err.on_every_rank = self.dist is not None
+        # the epochs before it, as FitResult.history would have held them: the curve of a learning rate too large
+        err.history = list(s["history"])
         return err
 
 

@@ -2,6 +2,7 @@
 regularization effects, checkpoints and divergence diagnosis."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -266,6 +267,28 @@ def test_divergence_names_epoch_step_and_node(tmp_path):
     msg = str(e.value)
     assert "epoch 1" in msg and "step" in msg and "first produced by" in msg and "mlp" in msg
     assert "No checkpoint had been written" in msg  # it diverged in the first epoch, before any checkpoint
+
+
+def test_a_learning_rate_too_large_diverges_with_its_curve_on_the_error():
+    """The lecture's gradient step lowers J only for a small enough rate: gradient descent on least squares with
+    lr·λ_max > 2 grows the loss geometrically until it overflows. The error carries the history of the epochs
+    before (it was lost with the run: nothing to plot)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X @ np.array([1.0, -1.0, 2.0])
+
+    def linear(x, n_outputs):
+        return x @ gc.param("w", (3, n_outputs), init="zeros")
+
+    with pytest.raises(gc.NumericalError) as e:
+        fit(linear, (X, y), task="regression", epochs=500, batch_size=10**6, lr=3.0, progress=False,
+            checkpoint_every=0)
+    h = e.value.history
+    diverged_at = int(re.search(r"epoch (\d+)", str(e.value)).group(1))
+    assert len(h) == diverged_at - 1 > 10 and [r["epoch"] for r in h] == list(range(1, diverged_at))
+    losses = np.array([r["train_loss"] for r in h])
+    assert np.all(np.isfinite(losses)) and np.all(np.diff(losses[2:]) > 0) and losses[-1] > 1e6 * losses[0]
+    assert all(np.isfinite(r["val_loss"]) for r in h)
 
 
 def test_checkpoint_files_are_checked(tmp_path):
