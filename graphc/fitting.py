@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +401,14 @@ def _fit_everywhere(model, data, dist, *, out, resume, overwrite, progress, labe
             tokens=tokens)
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
+    if config.optimizer == "gd":  # the lecture's gradient descent: every step on the whole training set
+        rows = len(ds.X_train) + (len(ds.X_val) if config.refit and ds.X_val is not None else 0)
+        if "batch_size" not in {**file_options, **options}:
+            config = replace(config, batch_size=rows)  # recorded as it ran
+        elif config.batch_size < rows:
+            log(f"note: optimizer gd with batch_size {config.batch_size}, under the {rows} training rows, is "
+                f"mini-batch SGD ({math.ceil(rows / config.batch_size)} steps an epoch); leave the batch size out "
+                "for full-batch gradient descent")
     if task is None and not isinstance(data, datasets.Dataset) and not (isinstance(data, str)
                                                                        and data in datasets.BUNDLED):
         what = (f"{ds.n_outputs} classes" if ds.task == "multiclass" else "two classes" if ds.task == "binary"

@@ -269,6 +269,28 @@ def test_divergence_names_epoch_step_and_node(tmp_path):
     assert "No checkpoint had been written" in msg  # it diverged in the first epoch, before any checkpoint
 
 
+def test_optimizer_gd_is_full_batch_gradient_descent():
+    """optimizer="gd" (the lecture's GD: every step on all of D) ran mini-batch SGD at the default batch of 32, 13
+    steps an epoch on breast_cancer: it now takes the whole training set per step unless a batch size is given,
+    which is then mini-batch SGD, with a note."""
+    notes = []
+    gd = fit(None, "breast_cancer", optimizer="gd", epochs=3, hidden=[8], progress=False, checkpoint_every=0,
+             log=notes.append)
+    n = len(gd.dataset.X_train)
+    assert gd.config.batch_size == n and gd.metrics["steps"] == 3 and [r["step"] for r in gd.history] == [1, 2, 3]
+    assert not notes
+    full = fit(None, "breast_cancer", optimizer="sgd", batch_size=10**6, epochs=3, hidden=[8], progress=False,
+               checkpoint_every=0)
+    assert all(np.array_equal(gd.params[k], full.params[k]) for k in full.params)
+    mini = fit(None, "breast_cancer", optimizer="gd", batch_size=32, epochs=1, hidden=[8], progress=False,
+               checkpoint_every=0, log=notes.append)
+    assert mini.metrics["steps"] == math.ceil(n / 32) and any("is mini-batch SGD" in m for m in notes)
+    refit = fit(None, "breast_cancer", optimizer="gd", epochs=4, hidden=[8], early_stopping=2, refit=True,
+                progress=False, checkpoint_every=0)
+    assert refit.config.batch_size == n + len(refit.dataset.X_val)  # one step per refit epoch too
+    assert [r["step"] for r in refit.history if r["phase"] == 2] == list(range(1, refit.metrics["steps"] + 1))
+
+
 def test_a_learning_rate_too_large_diverges_with_its_curve_on_the_error():
     """The lecture's gradient step lowers J only for a small enough rate: gradient descent on least squares with
     lr·λ_max > 2 grows the loss geometrically until it overflows. The error carries the history of the epochs
