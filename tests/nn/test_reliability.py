@@ -237,6 +237,9 @@ def test_messages_name_the_culprit(tmp_path, monkeypatch):
         fit(data=str(tmp_path / "holes.csv"), label="label", features=["a"], epochs=1, progress=False)
     with pytest.raises(gc.GraphcError, match=r"no label column named 'lable' .*did you mean 'label'\?"):
         fit(data=str(tmp_path / "holes.csv"), label="lable", epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"holes.csv: name the label column with --label \(gc.fit's label=\); "
+                       r"a .csv has no default label column \(columns: a, colour, label\)"):
+        fit(data=str(tmp_path / "holes.csv"), epochs=1, progress=False)
     np.savez(tmp_path / "d.npz", X=np.zeros((10, 3)), y=np.arange(10) % 2)
     with pytest.raises(gc.GraphcError, match=r"--label 'nosuch': the file has no array of that name \(arrays: X, y"):
         fit(data=str(tmp_path / "d.npz"), label="nosuch", epochs=1, progress=False)
