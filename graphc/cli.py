@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     from graphc.nn.optim import OPTIMIZERS
 
     t.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                   help=f"sgd: mini-batch SGD; gd: the same name for full-batch runs (--batch-size >= the data); "
+                   help=f"sgd: mini-batch SGD; gd: full-batch gradient descent (every step on all the training "
+                   f"rows, unless --batch-size); "
                    f"momentum and nesterov (--momentum, default 0.9); adam, adamw (--weight-decay), rmsprop and "
                    f"adagrad as PyTorch's (default: {defaults['optimizer']})")
     t.add_argument("--momentum", type=float, metavar="M", help="momentum in [0, 1) for --optimizer momentum or "

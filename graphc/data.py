@@ -648,7 +648,8 @@ def _read_csv(path: str, label: str | None, features: list[str] | None):
         return _csv_column(path, header, name, what)
 
     if label is None:
-        raise DataError(f"{path}: name the label column with --label (columns: {shown})")
+        raise DataError(f"{path}: name the label column with --label (gc.fit's label=); a .csv has no default "
+                        f"label column (columns: {shown})")
     li = column(str(label), "label")
     idx = [column(str(h), "feature") for h in features] if features else [k for k in range(len(header)) if k != li]
     feats = [header[k] for k in idx]

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +404,14 @@ def _fit_everywhere(model, data, dist, *, out, resume, overwrite, progress, labe
             tokens=tokens, lengths=takes_lengths(model))
 
     ds = load() if dist is None else dist.run_everywhere("reading the data", load)
+    if config.optimizer == "gd":  # the lecture's gradient descent: every step on the whole training set
+        rows = len(ds.X_train) + (len(ds.X_val) if config.refit and ds.X_val is not None else 0)
+        if "batch_size" not in {**file_options, **options}:
+            config = replace(config, batch_size=rows)  # recorded as it ran
+        elif config.batch_size < rows:
+            log(f"note: optimizer gd with batch_size {config.batch_size}, under the {rows} training rows, is "
+                f"mini-batch SGD ({math.ceil(rows / config.batch_size)} steps an epoch); leave the batch size out "
+                "for full-batch gradient descent")
     if task is None and not isinstance(data, datasets.Dataset) and not (isinstance(data, str)
                                                                        and data in datasets.BUNDLED):
         what = (f"{ds.n_outputs} classes" if ds.task == "multiclass" else "two classes" if ds.task == "binary"
@@ -661,16 +669,27 @@ def write_artifacts(out: Path, result: FitResult) -> None:
         # with the key gc.random's draws take in inference, so gc.load and graphc export predict as this run did
         d = {**data_description(result.dataset), "eval_key": int(result.config.seed)}
         write_atomic(out / "data.json", (json.dumps(d, indent=2) + "\n").encode())
+    write_atomic(out / "loss.png", learning_curves(curve_series(rows, result.config), xlabel="epoch", ylabel="loss",
+                                              title=f"{result.metrics['dataset']}: learning curves"))
+
+
+def curve_series(rows: list[dict], config: TrainConfig) -> dict[str, list[float]]:
+    """loss.png's curves by legend name. The train curve is the objective trained, penalties added and dropout
+    on, while the validation curve is the data loss in inference: where they differ the legend says so, or the
+    penalty alone reads as a train loss above the validation loss."""
     phase1 = [r for r in rows if r["phase"] == 1]
     refit = [r for r in rows if r["phase"] == 2]
-    series = {"train loss": [r["train_loss"] for r in phase1]}
+    extra = [f"+ {k.upper()} penalty" for k in ("l2", "l1") if getattr(config, k)]
+    if any(k < 1 for k in config.dropout or []):
+        extra.append("dropout on")
+    train = "train loss" + (f" ({', '.join(extra)})" if extra else "")
+    series = {train: [r["train_loss"] for r in phase1]}
     if any("val_loss" in r for r in rows):
         series["validation loss"] = [r.get("val_loss", float("nan")) for r in phase1]
     if refit:  # the refit phase after phase 1's epochs, on train+validation from new starting values
-        series["refit train loss (train+validation)"] = [float("nan")] * len(phase1) + [r["train_loss"]
-                                                                                       for r in refit]
-    write_atomic(out / "loss.png", learning_curves(series, xlabel="epoch", ylabel="loss",
-                                              title=f"{result.metrics['dataset']}: learning curves"))
+        series[f"refit {train} (train+validation)"] = [float("nan")] * len(phase1) + [r["train_loss"]
+                                                                                     for r in refit]
+    return series
 
 
 def data_description(ds: datasets.Dataset) -> dict:

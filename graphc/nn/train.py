@@ -513,6 +513,16 @@ class Trainer:
         self.row_norms = _row_norms(out)
         loss = self.data_loss
         penalized = self._penalized()
+        if (config.l2 or config.l1) and not penalized:
+            # a model whose weights are all 1-D (the lecture's ridge regression f(x) = x·w) trained as if the
+            # penalty were not there; the standalone binary refuses --l2 for such a model likewise
+            given = " and ".join(f"{k}={getattr(config, k)}" for k in ("l2", "l1") if getattr(config, k))
+            names = [p.name for p in self.params]
+            raise GraphcError(f"{given} penalizes the model's weights, and it has none: penalize='weights' (the "
+                              f"default) takes the parameters of 2 or more dimensions (weight matrices, filters, "
+                              f"embeddings), not 1-D ones (biases, norm scales, a weight vector such as x @ w); this "
+                              f"model's parameters are {names}: name those to penalize, penalize={names[:1]!r} "
+                              f"(gc.fit, or a model file's OPTIONS), or penalize='all'")
         self.penalized_names = {p.name for p in penalized}
         # hyperparameter values are scalar inputs, set every epoch: the same compiled step serves any value
         self.hyper: dict[str, Node] = {}
@@ -994,6 +1004,8 @@ class Trainer:
             f"Try a smaller learning rate (now {lr:g}) or standardized inputs.")
         # data-parallel, every rank sees the same reduced loss diverge: rank 0 (which keeps the checkpoints) says it
         err.on_every_rank = self.dist is not None
+        # the epochs before it, as FitResult.history would have held them: the curve of a learning rate too large
+        err.history = list(s["history"])
         return err
 
 

@@ -238,6 +238,9 @@ def test_messages_name_the_culprit(tmp_path, monkeypatch):
         fit(data=str(tmp_path / "holes.csv"), label="label", features=["a"], epochs=1, progress=False)
     with pytest.raises(gc.GraphcError, match=r"no label column named 'lable' .*did you mean 'label'\?"):
         fit(data=str(tmp_path / "holes.csv"), label="lable", epochs=1, progress=False)
+    with pytest.raises(gc.GraphcError, match=r"holes.csv: name the label column with --label \(gc.fit's label=\); "
+                       r"a .csv has no default label column \(columns: a, colour, label\)"):
+        fit(data=str(tmp_path / "holes.csv"), epochs=1, progress=False)
     np.savez(tmp_path / "d.npz", X=np.zeros((10, 3)), y=np.arange(10) % 2)
     with pytest.raises(gc.GraphcError, match=r"--label 'nosuch': the file has no array of that name \(arrays: X, y"):
         fit(data=str(tmp_path / "d.npz"), label="nosuch", epochs=1, progress=False)
@@ -462,6 +465,24 @@ def test_fallback_loss_png_has_title_axis_labels_and_legend_text():
     assert ink[h - 20:, :].sum() > 30  # the x label, under the ticks
     assert ink[20:34, :60].sum() > 20  # the y label, over the y axis
     assert (full[34:70, w // 2:].sum(2) == 0).sum() > 100  # legend names (black) beside the colored swatches
+
+
+def test_loss_png_says_when_the_train_curve_holds_a_penalty_or_dropout():
+    """With l2 and dropout, loss.png drew the penalized objective (dropout on) as "train loss" above a
+    "validation loss" that is the data loss in inference: train 1.0 against validation 0.4 on digits, the gap the
+    penalty's alone."""
+    from graphc.fitting import curve_series
+
+    r = fit(data="breast_cancer", epochs=2, hidden=[4], l2=0.5, dropout=0.5, early_stopping=1, refit=True,
+            progress=False)
+    series = curve_series(r.history, r.config)
+    train = "train loss (+ L2 penalty, dropout on)"
+    assert list(series) == [train, "validation loss", f"refit {train} (train+validation)"]
+    assert series[train] == [h["train_loss"] for h in r.history if h["phase"] == 1]
+    plain = fit(data="breast_cancer", epochs=1, hidden=[4], progress=False)
+    assert list(curve_series(plain.history, plain.config)) == ["train loss", "validation loss"]
+    l1 = fit(data="breast_cancer", epochs=1, hidden=[4], l1=0.01, dropout=[1.0, 1.0], progress=False)
+    assert list(curve_series(l1.history, l1.config))[0] == "train loss (+ L1 penalty)"
 
 
 def test_build_and_export_refuse_mlp_options_with_a_model_file(tmp_path):

@@ -2,6 +2,7 @@
 regularization effects, checkpoints and divergence diagnosis."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -142,6 +143,32 @@ def test_penalties_apply_to_weights_by_default_and_are_configurable():
         trainer_for(X, y, l2=0.1, penalize=["nope"])
 
 
+def test_l2_on_a_weight_vector_is_ridge_regression_and_never_silently_dropped():
+    """The lecture's ridge regression, f(x) = x·w with J(w) + nu/2 ||w||^2: its w is 1-D, which the default
+    selection (the parameters of 2 or more dimensions) leaves out, so l2 trained nothing (the training binary
+    refused --l2 for such a model). It is refused, naming the parameters; with them named, full-batch gradient
+    descent converges to the closed-form ridge solution."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1 * rng.normal(size=300)
+
+    def linear(x, n_outputs):
+        w = gc.param("w", (4,), init="zeros")
+        return gc.reshape(x @ w, (x.shape[0], n_outputs))
+
+    opts = dict(task="regression", epochs=400, batch_size=10**6, lr=0.1, progress=False, checkpoint_every=0)
+    for pen in ({"l2": 1.0}, {"l1": 0.1}):
+        with pytest.raises(gc.GraphcError, match=r"has none.*parameters are \['w'\].*penalize=\['w'\]"):
+            fit(linear, (X, y), **opts, **pen)
+    nu = 1.0
+    r = fit(linear, (X, y), **opts, l2=nu, penalize=["w"])
+    Xt, yt = r.dataset.X_train.astype(np.float64), r.dataset.y_train.astype(np.float64).reshape(-1)
+    n = len(Xt)  # minimum of mean((Xw - y)^2) + nu/2 |w|^2: (2/n X'X + nu I) w = 2/n X'y
+    ridge = np.linalg.solve(2 / n * Xt.T @ Xt + nu * np.eye(4), 2 / n * Xt.T @ yt)
+    np.testing.assert_allclose(r.params["w"], ridge, atol=1e-5)
+    assert np.abs(ridge - fit(linear, (X, y), **opts).params["w"]).max() > 0.1  # the penalty did act
+
+
 def test_dropout_is_seeded_and_off_at_evaluation():
     X, y = blobs()
     results = []
@@ -240,6 +267,50 @@ def test_divergence_names_epoch_step_and_node(tmp_path):
     msg = str(e.value)
     assert "epoch 1" in msg and "step" in msg and "first produced by" in msg and "mlp" in msg
     assert "No checkpoint had been written" in msg  # it diverged in the first epoch, before any checkpoint
+
+
+def test_optimizer_gd_is_full_batch_gradient_descent():
+    """optimizer="gd" (the lecture's GD: every step on all of D) ran mini-batch SGD at the default batch of 32, 13
+    steps an epoch on breast_cancer: it now takes the whole training set per step unless a batch size is given,
+    which is then mini-batch SGD, with a note."""
+    notes = []
+    gd = fit(None, "breast_cancer", optimizer="gd", epochs=3, hidden=[8], progress=False, checkpoint_every=0,
+             log=notes.append)
+    n = len(gd.dataset.X_train)
+    assert gd.config.batch_size == n and gd.metrics["steps"] == 3 and [r["step"] for r in gd.history] == [1, 2, 3]
+    assert not notes
+    full = fit(None, "breast_cancer", optimizer="sgd", batch_size=10**6, epochs=3, hidden=[8], progress=False,
+               checkpoint_every=0)
+    assert all(np.array_equal(gd.params[k], full.params[k]) for k in full.params)
+    mini = fit(None, "breast_cancer", optimizer="gd", batch_size=32, epochs=1, hidden=[8], progress=False,
+               checkpoint_every=0, log=notes.append)
+    assert mini.metrics["steps"] == math.ceil(n / 32) and any("is mini-batch SGD" in m for m in notes)
+    refit = fit(None, "breast_cancer", optimizer="gd", epochs=4, hidden=[8], early_stopping=2, refit=True,
+                progress=False, checkpoint_every=0)
+    assert refit.config.batch_size == n + len(refit.dataset.X_val)  # one step per refit epoch too
+    assert [r["step"] for r in refit.history if r["phase"] == 2] == list(range(1, refit.metrics["steps"] + 1))
+
+
+def test_a_learning_rate_too_large_diverges_with_its_curve_on_the_error():
+    """The lecture's gradient step lowers J only for a small enough rate: gradient descent on least squares with
+    lr·λ_max > 2 grows the loss geometrically until it overflows. The error carries the history of the epochs
+    before (it was lost with the run: nothing to plot)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X @ np.array([1.0, -1.0, 2.0])
+
+    def linear(x, n_outputs):
+        return x @ gc.param("w", (3, n_outputs), init="zeros")
+
+    with pytest.raises(gc.NumericalError) as e:
+        fit(linear, (X, y), task="regression", epochs=500, batch_size=10**6, lr=3.0, progress=False,
+            checkpoint_every=0)
+    h = e.value.history
+    diverged_at = int(re.search(r"epoch (\d+)", str(e.value)).group(1))
+    assert len(h) == diverged_at - 1 > 10 and [r["epoch"] for r in h] == list(range(1, diverged_at))
+    losses = np.array([r["train_loss"] for r in h])
+    assert np.all(np.isfinite(losses)) and np.all(np.diff(losses[2:]) > 0) and losses[-1] > 1e6 * losses[0]
+    assert all(np.isfinite(r["val_loss"]) for r in h)
 
 
 def test_checkpoint_files_are_checked(tmp_path):
