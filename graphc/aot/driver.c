@@ -204,7 +204,8 @@ static void usage(FILE *f) {
         fprintf(f, "  --weight-decay WD      AdamW's decoupled decay w <- w(1 - lr*WD) of every parameter [%g]\n",
                 GC_DEF_WEIGHT_DECAY);
     if (GC_HAS_CLIP)
-        fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX [%g]\n",
+        fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX; inf: no\n"
+                   "                         clipping (the same steps as a binary built without it) [%g]\n",
                 GC_DEF_CLIP);
     if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
     if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
@@ -413,9 +414,14 @@ static void parse_args(opts_t *o, int argc, char **argv) {
                 fail(EXIT_BAD, "--weight-decay: this binary's optimizer (%s) has no decoupled weight decay (build with "
                      "graphc build --optimizer adamw); for a coupled L2 penalty use --l2", GC_OPTIMIZER);
         } else if (!strcmp(name, "--clip-grad-norm")) {
-            o->clip_grad_norm = parse_float(name, val);
-            if (!(o->clip_grad_norm > 0 && isfinite(o->clip_grad_norm)))
-                fail(EXIT_BAD, "--clip-grad-norm: the largest gradient norm must be a finite number > 0, got %s", val);
+            /* inf: no clipping (torch's clip_grad_norm_(max_norm=inf)): the factor min(1, inf / (norm + eps)) is
+             * exactly 1, so the step is the unclipped one's, bit for bit */
+            char *end;
+            errno = 0;
+            o->clip_grad_norm = strtod(val, &end);
+            if (!*val || *end || errno || !(o->clip_grad_norm > 0))
+                fail(EXIT_BAD, "--clip-grad-norm: the largest gradient norm must be a number > 0, or inf for no "
+                     "clipping, got '%s'", val);
             if (!GC_HAS_CLIP)
                 fail(EXIT_BAD, "--clip-grad-norm: this binary was built without gradient clipping (build it with "
                      "graphc build --clip-grad-norm MAX; MAX becomes its default)");
