@@ -213,11 +213,15 @@ def _predict(args) -> int:
             w = csv_mod.writer(out)
             w.writerow(header)
             w.writerows(rows)
+            out.flush()  # here, not at exit: a reader that has gone (`| head`) is then seen by main()
         finally:
             if out is not sys.stdout:
                 out.close()
+    except BrokenPipeError:  # stdout's reader stopped reading: main() stops quietly, as Python advises
+        raise
     except OSError as e:
-        raise GraphcError(f"-o {args.output}: cannot write the predictions ({e.strerror or e})") from None
+        where = f"-o {args.output}" if args.output else "standard output"
+        raise GraphcError(f"{where}: cannot write the predictions ({e.strerror or e})") from None
     if args.output:
         print(f"wrote {len(X)} predictions to {args.output}", file=sys.stderr)
     return 0

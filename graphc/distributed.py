@@ -179,6 +179,28 @@ class Distributed:
     def close(self) -> None:
         self._stop.set()
 
+    def abort(self, error: BaseException) -> None:
+        """A failure of this rank alone while training (a file it cannot write or read, memory, an interrupt, a
+        bug): the other ranks would wait for it in their next collective until the watchdog's timeout, then blame
+        a rank that 'stopped answering'. Say what failed, naming this rank, and stop every rank at once
+        (MPI_Abort, as the --mpi training binary does) with the status graphc train gives for it."""
+        if self.size == 1:
+            return
+        if isinstance(error, OSError):
+            what, code = str(error), 2
+        elif isinstance(error, MemoryError):
+            what, code = f"out of memory ({error or 'an allocation failed'})", 2
+        elif isinstance(error, KeyboardInterrupt):
+            what, code = "interrupted", 130
+        else:  # not a graphc error: a bug, whose traceback is what to read
+            import traceback
+
+            what, code = "".join(traceback.format_exception(error)).rstrip(), 1
+        sys.stderr.write(f"graphc: error: rank {self.rank}: {what}; stopping every rank\n")
+        sys.stderr.flush()
+        self._stop.set()
+        self.comm.Abort(code)
+
     # -- collectives
     def allreduce_(self, buf: np.ndarray, what: str = "the gradient allreduce") -> None:
         """Sum `buf` over the ranks, in place."""

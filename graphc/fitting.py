@@ -324,7 +324,8 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
     given.
 
     `distributed=True` (under `mpirun -n P`, with the `mpi` extra) trains data-parallel: rank 0 alone reports and
-    writes `out`."""
+    writes `out`. graphc's errors are raised on every rank alike; a failure of one rank alone (a file it cannot
+    write or read, memory, an interrupt) is said by that rank and aborts every rank at once (MPI_Abort)."""
     if out is not None and not str(out).strip():
         raise GraphcError("out (--out): an empty path; give the directory to write the run to, or leave it out")
     dist = None
@@ -336,6 +337,11 @@ def fit(model=None, data: str | Path | tuple | datasets.Dataset = "digits", *, o
             return _fit_everywhere(model, data, dist, out=out, resume=resume, overwrite=overwrite, progress=progress,
                                    label=label, features=features, task=task, train_fraction=train_fraction,
                                    split_seed=split_seed, log=log, grid=grid, **options)
+        except GraphcError:  # decided on every rank together, or raised by each alike (a divergence)
+            raise
+        except (Exception, KeyboardInterrupt) as e:  # this rank's alone: the others would wait for the watchdog
+            dist.abort(e)
+            raise
         finally:  # its watchdog thread: left running after an error, it stopped the process when a peer left
             dist.close()
     return _fit_everywhere(model, data, None, out=out, resume=resume, overwrite=overwrite, progress=progress,

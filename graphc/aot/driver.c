@@ -206,7 +206,8 @@ static void usage(FILE *f) {
         fprintf(f, "  --weight-decay WD      AdamW's decoupled decay w <- w(1 - lr*WD) of every parameter [%g]\n",
                 GC_DEF_WEIGHT_DECAY);
     if (GC_HAS_CLIP)
-        fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX [%g]\n",
+        fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX; inf: no\n"
+                   "                         clipping (the same steps as a binary built without it) [%g]\n",
                 GC_DEF_CLIP);
     if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
     if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
@@ -422,9 +423,14 @@ static void parse_args(opts_t *o, int argc, char **argv) {
                 fail(EXIT_BAD, "--weight-decay: this binary's optimizer (%s) has no decoupled weight decay (build with "
                      "graphc build --optimizer adamw); for a coupled L2 penalty use --l2", GC_OPTIMIZER);
         } else if (!strcmp(name, "--clip-grad-norm")) {
-            o->clip_grad_norm = parse_float(name, val);
-            if (!(o->clip_grad_norm > 0 && isfinite(o->clip_grad_norm)))
-                fail(EXIT_BAD, "--clip-grad-norm: the largest gradient norm must be a finite number > 0, got %s", val);
+            /* inf: no clipping (torch's clip_grad_norm_(max_norm=inf)): the factor min(1, inf / (norm + eps)) is
+             * exactly 1, so the step is the unclipped one's, bit for bit */
+            char *end;
+            errno = 0;
+            o->clip_grad_norm = strtod(val, &end);
+            if (!*val || *end || errno || !(o->clip_grad_norm > 0))
+                fail(EXIT_BAD, "--clip-grad-norm: the largest gradient norm must be a number > 0, or inf for no "
+                     "clipping, got '%s'", val);
             if (!GC_HAS_CLIP)
                 fail(EXIT_BAD, "--clip-grad-norm: this binary was built without gradient clipping (build it with "
                      "graphc build --clip-grad-norm MAX; MAX becomes its default)");
@@ -562,6 +568,53 @@ static void shape_str(const npy_t *a, char *buf, size_t cap) {
     if (n < cap) snprintf(buf + n, cap - n, a->ndim == 1 ? ",)" : ")");
 }
 
+/* The dtype as numpy reads a descr (np.dtype(descr)): a one-letter code ('f', 'd', 'l') or a kind with a size
+ * ('f4', 'b1'), either after an optional byte order ('<' little, '>' big, '=' or '|' or none native), or a bare
+ * name ('float32', 'double', 'int'). Every spelling of the same bytes is accepted: np.save writes '<f4', but a
+ * header written by another tool may say 'f4', '|f4' or 'float32'. Sizes of the C types ('i', 'l', 'p') are this
+ * machine's, as for the numpy that runs here. Big-endian is refused unless the items are single bytes. */
+static void parse_descr(npy_t *a) {
+    static const struct {
+        const char *s;
+        char kind, is_code;
+        int size;
+    } types[] = {
+        {"?", 'b', 1, 1}, {"b", 'i', 1, 1}, {"B", 'u', 1, 1}, {"h", 'i', 1, sizeof(short)},
+        {"H", 'u', 1, sizeof(short)}, {"i", 'i', 1, sizeof(int)}, {"I", 'u', 1, sizeof(int)},
+        {"l", 'i', 1, sizeof(long)}, {"L", 'u', 1, sizeof(long)}, {"q", 'i', 1, sizeof(long long)},
+        {"Q", 'u', 1, sizeof(long long)}, {"n", 'i', 1, sizeof(intptr_t)}, {"p", 'i', 1, sizeof(intptr_t)},
+        {"N", 'u', 1, sizeof(intptr_t)}, {"P", 'u', 1, sizeof(intptr_t)}, {"e", 'f', 1, 2}, {"f", 'f', 1, 4},
+        {"d", 'f', 1, 8}, {"g", 'f', 1, sizeof(long double)}, {"F", 'c', 1, 8}, {"D", 'c', 1, 16},
+        {"bool", 'b', 0, 1}, {"bool_", 'b', 0, 1}, {"byte", 'i', 0, 1}, {"ubyte", 'u', 0, 1}, {"short", 'i', 0, 2},
+        {"ushort", 'u', 0, 2}, {"intc", 'i', 0, sizeof(int)}, {"uintc", 'u', 0, sizeof(int)},
+        {"long", 'i', 0, sizeof(long)}, {"ulong", 'u', 0, sizeof(long)}, {"longlong", 'i', 0, sizeof(long long)},
+        {"ulonglong", 'u', 0, sizeof(long long)}, {"int", 'i', 0, sizeof(intptr_t)},
+        {"int_", 'i', 0, sizeof(intptr_t)}, {"intp", 'i', 0, sizeof(intptr_t)}, {"uint", 'u', 0, sizeof(intptr_t)},
+        {"uintp", 'u', 0, sizeof(intptr_t)}, {"int8", 'i', 0, 1}, {"int16", 'i', 0, 2}, {"int32", 'i', 0, 4},
+        {"int64", 'i', 0, 8}, {"uint8", 'u', 0, 1}, {"uint16", 'u', 0, 2}, {"uint32", 'u', 0, 4},
+        {"uint64", 'u', 0, 8}, {"half", 'f', 0, 2}, {"single", 'f', 0, 4}, {"double", 'f', 0, 8},
+        {"float", 'f', 0, 8}, {"float16", 'f', 0, 2}, {"float32", 'f', 0, 4}, {"float64", 'f', 0, 8},
+    };
+    const char *d = a->descr, *body = d;
+    char order = '=';
+    if (*d && strchr("<>=|", *d)) order = *body++;
+    a->kind = 0;
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+        if (!strcmp(body, types[i].s) && (types[i].is_code || body == d)) {
+            a->kind = types[i].kind;
+            a->itemsize = types[i].size;
+        }
+    if (!a->kind) { /* a kind and its size in bytes: 'f4', 'i8', 'b1', 'c8', 'U3' */
+        char *end = NULL;
+        long size = body[0] && body[1] >= '0' && body[1] <= '9' ? strtol(body + 1, &end, 10) : 0;
+        if (size <= 0 || size > 64 || *end) bad_file(a, "unsupported dtype '%s'", d);
+        a->kind = body[0];
+        a->itemsize = (int)size;
+    }
+    if (order == '>' && a->itemsize > 1)
+        bad_file(a, "big-endian data ('%s') is not supported: save it little-endian (x.astype('<%s'))", d, body);
+}
+
 /* Parse the header dict strictly: exactly the keys descr, fortran_order and shape, Python literal syntax, padded
  * with spaces and ended by one newline. */
 static void parse_header(npy_t *a, const char *h, size_t len) {
@@ -620,16 +673,7 @@ static void parse_header(npy_t *a, const char *h, size_t len) {
     if (c.p != c.end) bad_file(a, "malformed .npy header (text after the dict)");
     if (!seen_descr || !seen_fortran || !seen_shape)
         bad_file(a, "malformed .npy header (it needs descr, fortran_order and shape)");
-    const char *d = a->descr;
-    if (d[0] == '>') bad_file(a, "big-endian data ('%s') is not supported: save it little-endian (x.astype('<%s'))",
-                              d, d + 1);
-    if ((d[0] != '<' && d[0] != '|' && d[0] != '=') || !d[1] || !d[2])
-        bad_file(a, "unsupported dtype '%s'", d);
-    a->kind = d[1];
-    char *end;
-    long size = strtol(d + 2, &end, 10);
-    if (*end || size <= 0 || size > 64) bad_file(a, "unsupported dtype '%s'", d);
-    a->itemsize = (int)size;
+    parse_descr(a);
     if (!strchr("fiubc", a->kind)) a->kind = '?';
     if (a->fortran && a->ndim > 1) {
         int many = 0;

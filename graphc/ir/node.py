@@ -409,20 +409,24 @@ def _walk(stack: list[Node], more) -> list[Node]:
     return out
 
 
-def nodes_in_mode(order: list[Node], training: bool) -> list[Node]:
+def nodes_in_mode(order: list[Node], training: bool, roots: Sequence[Node] | None = None) -> list[Node]:
     """The nodes of `order` (a topo_order) and of the loop bodies they hold that a program of one mode computes:
-    those its roots (the nodes nothing in `order` reads: the outputs) reach, where a mode-dependent node leads
-    only to what it is in that mode (`op.in_mode`: a training_switch's branch; in inference, dropout's input).
-    nodes_within, as the compiled program of that mode sees it."""
+    those its roots (the outputs; by default the nodes nothing in `order` reads) reach, where a mode-dependent
+    node leads only to what it is in that mode (`op.in_mode`: a training_switch's branch; in inference, dropout's
+    input). nodes_within, as the compiled program of that mode sees it."""
+    if roots is not None:
+        return _walk(list(reversed(roots)), lambda n: _in_mode(n, training))
     read = {id(i) for n in order for i in n.inputs}
+    return _walk([n for n in order if id(n) not in read], lambda n: _in_mode(n, training))
 
-    def computed(n: Node) -> list[Node]:
-        instead = n.op.in_mode(n, training)
-        body = n.attrs.get("body")
-        return [*((instead,) if instead is not None else n.inputs),
-                *(body.outputs if body is not None and hasattr(body, "outputs") else ())]
 
-    return _walk([n for n in order if id(n) not in read], computed)
+def _in_mode(n: Node, training: bool) -> list[Node]:
+    """What a program of one mode computes `n` from: the input it is in that mode, or its inputs, and its loop
+    body's outputs."""
+    instead = n.op.in_mode(n, training)
+    body = n.attrs.get("body")
+    return [*((instead,) if instead is not None else n.inputs),
+            *(body.outputs if body is not None and hasattr(body, "outputs") else ())]
 
 
 def needs_training_mode(order: list[Node]) -> bool:

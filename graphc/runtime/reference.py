@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,11 +130,13 @@ def key_hint(draws: bool) -> str:
 
 
 def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unused: bool,
-                what: str, exact: bool = False, reads_key: bool | None = None
+                what: str, exact: bool = False, reads_key: bool | None = None, roots: Sequence[Node] | None = None
                 ) -> tuple[dict[int, np.ndarray], dict, bool]:
     """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
     `reads_key`: whether the program reads the key, where its compiled stages know (a later pass may drop the last
-    reader); None: by the mode's rule below.
+    reader), and then `order` is the compiled program's signature, every other leaf read; None: the evaluator's
+    rule below, the leaves what the outputs compute in this mode reads (`roots`: the outputs, where one may be read
+    by another: nodes_in_mode).
 
     Returns (leaf id -> array, dim env, whether any float value is a float64 array)."""
     if not isinstance(values, Mapping):
@@ -169,11 +171,14 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
                              f"parameter has that name; the graph reads: {names}")
     # the key is needed where this mode reads it, as in the compiled program: a draw or (training) a dropout in
     # what the outputs compute, in loops too, not in a training_switch's other branch
-    computed = nodes_in_mode(order, training)
+    computed = nodes_in_mode(order, training, roots)
     draws = any(n.op.name == "random" for n in computed)
+    # the evaluator demands the leaves this mode reads (a training_switch's other branch may read inputs of its
+    # own), as a compiled program of the mode is made without the others
+    live = {id(n) for n in computed} if reads_key is None else None
     if reads_key is None:
         reads_key = draws or training and any(n.op.name == "dropout" for n in computed)  # else the identity
-    needed = [n for n in by_name.values() if reads_key or n.name != KEY_NAME]
+    needed = [n for n in by_name.values() if (live is None or id(n) in live) and (reads_key or n.name != KEY_NAME)]
     missing = [n for n in needed if id(n) not in given]
     if missing:
         lines = "; ".join(_declared(n) for n in missing)
@@ -226,7 +231,10 @@ def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, 
     values = {} if values is None else values
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
-    arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where)
+    arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where,
+                                    roots=outs)
+    live = {id(n) for n in nodes_in_mode(order, training, outs)}
+    order = [n for n in order if id(n) in live]  # what this mode computes: not a training_switch's other branch
     check_dims_bound(order, env, where)
     if any(n.dtype == "float64" for n in order):
         wide = True
@@ -238,6 +246,10 @@ def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, 
             continue
         if n.op.name in ("input", "param"):  # the dropout key outside training: never read
             vals[id(n)] = np.zeros((), dtype=n.dtype)
+            continue
+        instead = n.op.in_mode(n, training)
+        if instead is not None:  # a switch, or dropout in inference: the input it is in this mode
+            vals[id(n)] = vals[id(instead)]
             continue
         try:
             out = n.op.reference(n, [vals[id(i)] for i in n.inputs], ctx)

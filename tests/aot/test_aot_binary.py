@@ -351,7 +351,7 @@ def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit
                 weight_decay=0.2, clip_grad_norm=0.5, max_batch=64).path
     p = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--weight-decay WD" in p.stdout and "[0.2]" in p.stdout, p.stdout
-    assert "--clip-grad-norm MAX" in p.stdout and "[0.5]" in p.stdout
+    assert "--clip-grad-norm MAX" in p.stdout and "[0.5]" in p.stdout and "inf: no" in p.stdout
     info = subprocess.run([str(exe), "--info"], capture_output=True, text=True).stdout
     assert "optimizer: adamw" in info and " weight_decay" in info
     ds = data.load("diabetes")
@@ -361,7 +361,8 @@ def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit
         args += [f"--{kind}-train", str(tmp_path / f"{kind}.npy")]
     weights = {}
     for tag, flag in (("flag", ["--weight-decay", "0.3"]), ("built", []), ("same", ["--weight-decay", "0.2"]),
-                      ("clip", ["--weight-decay", "0.3", "--clip-grad-norm", "0.05"])):
+                      ("clip", ["--weight-decay", "0.3", "--clip-grad-norm", "0.05"]),
+                      ("noclip", ["--weight-decay", "0.3", "--clip-grad-norm", "inf"])):
         r = subprocess.run([str(exe), *args, "--epochs", "2", *flag, "--quiet", "--out", str(tmp_path / tag)],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
@@ -370,15 +371,29 @@ def test_an_adamw_binary_takes_its_weight_decay_at_run_time_and_trains_as_gc_fit
               progress=False)
     clipped = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, clip_grad_norm=0.05,
                   epochs=2, progress=False)
+    # inf: clipping off. The factor min(1, inf / (norm + eps)) is exactly 1, as gc.fit's with a MAX no norm reaches,
+    # bit for bit; against gc.fit without clipping AdamW agrees to rounding: there the update fuses into the
+    # gradient's matmul and LLVM contracts the multiply-add of its second moment on the other product (SGD and
+    # momentum, whose updates have one product to contract, agree bitwise: tests/nn/test_train.py)
+    one = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, clip_grad_norm=1e30, epochs=2,
+              progress=False)
+    unclipped = fit(str(tmp_path / "m.py"), "diabetes", optimizer="adamw", weight_decay=0.3, epochs=2, progress=False)
     for name, value in ref.params.items():
         assert np.array_equal(weights["flag"][name].view(np.uint32), value.view(np.uint32)), name
         assert np.array_equal(weights["clip"][name].view(np.uint32), clipped.params[name].view(np.uint32)), name
+        assert np.array_equal(weights["noclip"][name].view(np.uint32), one.params[name].view(np.uint32)), name
+        np.testing.assert_allclose(weights["noclip"][name], unclipped.params[name], rtol=1e-6, atol=1e-7)
+        assert not np.array_equal(weights["noclip"][name], weights["flag"][name])  # 0.5 clips these steps
         assert np.array_equal(weights["built"][name], weights["same"][name])
         assert not np.array_equal(weights["built"][name], weights["flag"][name])
         assert not np.array_equal(weights["clip"][name], weights["flag"][name])
     bad = subprocess.run([str(exe), *args, "--weight-decay", "-1", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--weight-decay: must be >= 0" in bad.stderr and not (tmp_path / "bad").exists()
+    for value in ("nan", "-inf", "0", "1e999", "infx"):
+        bad = subprocess.run([str(exe), *args, "--clip-grad-norm", value, "--out", str(tmp_path / "bad")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and "or inf for no clipping, got" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 BN_MODEL = """

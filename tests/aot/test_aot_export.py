@@ -374,3 +374,31 @@ def test_concurrent_calls_of_a_model_with_run_time_checks_each_get_their_own_res
                     "-lidx", f"-Wl,-rpath,{tmp_path}", "-lpthread", "-o", str(exe)], check=True)
     p = subprocess.run([str(exe)], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout == "0 wrong\n", (p.returncode, p.stdout)
+
+
+def test_a_row_holding_nan_or_inf_stays_in_that_row_as_the_header_says(digits_run, digits_data, tmp_path):
+    """The header says what a non-finite feature does (nothing checks them): it stays in its row. A call with NaN in
+    one row and inf in another gives the other rows bitwise what a clean call gives, over one thread and several,
+    in every batch size the library was laid out for (1, 16 and beyond)."""
+    from graphc.aot import export
+
+    _, weights = digits_run
+    r = export(tmp_path / "libnanrow.so", weights, max_batch=300)
+    assert "a row holding NaN or inf stays in that row" in r.header.read_text()
+    X = np.ascontiguousarray(np.concatenate([digits_data[0].X_test] * 2)[:300], np.float32)
+    bad = X.copy()
+    bad[3, 10] = np.nan
+    bad[7, 0] = np.inf
+    bad[250, 63] = -np.inf
+    for n in (1, 9, 16, 300):
+        for fn in ("nanrow_predict", "nanrow_predict_standardized"):
+            clean, dirty = _predict(r.path, fn, X[:n], 10), _predict(r.path, fn, bad[:n], 10)
+            rows = np.isin(np.arange(n), [3, 7, 250], invert=True)
+            assert np.array_equal(dirty[rows].view(np.uint32), clean[rows].view(np.uint32)), (n, fn)
+            assert not np.isfinite(dirty[~rows]).all(axis=1).any(), (n, fn)
+    import ctypes
+
+    out = np.zeros((300, 10), np.float32)
+    rc = ctypes.CDLL(str(r.path)).nanrow_predict_threads(bad.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(300),
+                                                          out.ctypes.data_as(ctypes.c_void_p), 2)
+    assert rc == 0 and np.array_equal(out.view(np.uint32), _predict(r.path, "nanrow_predict", bad, 10).view(np.uint32))

@@ -154,3 +154,65 @@ def test_npy_versions_and_int64_labels_are_accepted(digits_binary, tmp_path):
         assert p.returncode == 0, p.stderr
         w = np.load(out / "mlp.0.W.npy")  # and numpy reads what the binary writes
         assert w.dtype == np.float32 and w.shape == (64, 128)
+
+
+def _spellings(dtype) -> list[str]:
+    """Every descr numpy itself reads as this native dtype: one-letter codes and kind+size codes, each bare or after
+    a byte-order mark, and the type names ('float32', 'single', 'int', 'long' ...)."""
+    import string
+    import warnings
+
+    codes = [*string.ascii_letters, "?"] + [f"{k}{n}" for k in "fiub" for n in (1, 2, 4, 8)]
+    names = [k for k in np.sctypeDict if isinstance(k, str) and len(k) > 1]
+    found = []
+    for s in [p + c for p in ("", "<", "=", "|", ">") for c in codes] + names:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # 'a', a code numpy 2 deprecates
+                dt = np.dtype(s)
+        except TypeError:
+            continue
+        if dt == dtype and (dt.isnative or dt.itemsize == 1):
+            found.append(s)
+    return found
+
+
+def test_every_descr_numpy_reads_as_the_same_bytes_is_accepted_and_big_endian_is_refused(digits_binary, tmp_path):
+    """A header written by hand or by another tool ('f4', '|f4', 'float32', 'l' without numpy's '<'): the bytes are
+    what numpy reads, and the binary trains on them; '>f4' and '>i8' are refused by name. Each spelling is checked
+    to be one np.load reads as the same array."""
+    x, y = _x(), _y()
+    xs, ys = _spellings(np.float32), _spellings(np.int32) + _spellings(np.int64)
+    assert {"f4", "|f4", "=f4", "f", "float32", "single"} <= set(xs) and {"i8", "l", "int", "int64"} <= set(ys)
+
+    def header(descr, arr):
+        return with_header(f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {arr.shape}, }}", arr.tobytes())
+
+    n = max(len(xs), len(ys))
+    for k in range(n):
+        dx, dy = xs[k % len(xs)], ys[k % len(ys)]
+        yk = y.astype(np.dtype(dy))
+        (tmp_path / "x.npy").write_bytes(header(dx, x))
+        (tmp_path / "y.npy").write_bytes(header(dy, yk))
+        np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)  # numpy reads these bytes so
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), y)
+        out = tmp_path / f"out{k}"
+        p = subprocess.run([str(digits_binary.path), "--x-train", str(tmp_path / "x.npy"), "--y-train",
+                            str(tmp_path / "y.npy"), "--epochs", "1", "--quiet", "--out", str(out)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, (dx, dy, p.stderr)
+    for which, descr, arr, message in [
+            ("x", ">f4", x.astype(">f4"), "big-endian data ('>f4') is not supported: save it little-endian "
+             "(x.astype('<f4'))"),
+            ("y", ">i8", y.astype(">i8"), "big-endian data ('>i8')"),
+            ("x", "double", x.astype(np.float64), "dtype float64: features must be float32"),
+            ("x", ">i1", x.astype(np.int8), "dtype int8: features must be float32"),  # one byte: no byte order
+            ("x", "<float32", x, "unsupported dtype '<float32'")]:  # numpy refuses a name after a mark too
+        (tmp_path / "x.npy").write_bytes(header("f4", x))
+        (tmp_path / "y.npy").write_bytes(header("<i4", y))
+        (tmp_path / f"{which}.npy").write_bytes(header(descr, arr))
+        p = subprocess.run([str(digits_binary.path), "--x-train", str(tmp_path / "x.npy"), "--y-train",
+                            str(tmp_path / "y.npy"), "--epochs", "1", "--out", str(tmp_path / "bad")],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and message in p.stderr, (descr, p.stderr)
+        assert not (tmp_path / "bad").exists()

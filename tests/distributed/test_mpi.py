@@ -180,6 +180,31 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_at_once(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "ckpt-1-000001.gcp").is_file()
 
 
+FIT_RANK_FAILS = """
+import errno, sys
+import graphc as gc
+from graphc import distributed
+run_epoch = distributed.DataParallelStep.run_epoch
+def unreadable(self, *a, epoch, **k):  # one rank's file system fails it in the second epoch
+    if epoch == 1 and self.dist.rank == int(sys.argv[1]):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/rank-only")
+    return run_epoch(self, *a, epoch=epoch, **k)
+distributed.DataParallelStep.run_epoch = unreadable
+gc.fit(None, "digits", epochs=3, hidden=[8], threads=1, progress=False, distributed=True)
+"""
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_os_error_on_one_rank_of_gc_fit_stops_every_rank_at_once(tmp_path, rank):
+    """gc.fit(distributed=True) in a script (not graphc train, whose main() aborts): a rank's OSError left the
+    others waiting in their next collective for the watchdog (exit 6, 'no progress'); the failing rank now names
+    itself and the error and stops every rank with graphc train's status for it."""
+    r = mpirun(2, sys.executable, "-c", FIT_RANK_FAILS, str(rank), timeout=200, GRAPHC_MPI_TIMEOUT="100")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (f"graphc: error: rank {rank}: [Errno 13] Permission denied: '/data/rank-only'; stopping every rank"
+            in r.stderr) and "no progress" not in r.stderr, r.stderr
+
+
 def test_gc_fit_without_distributed_under_mpirun_says_each_rank_trains_alone(tmp_path):
     """A DDP user's script under mpirun that forgets distributed=True trained P independent runs, silently."""
     r = mpirun(2, sys.executable, "-c", "import graphc as gc; gc.fit(None, 'digits', epochs=1, hidden=[8], "

@@ -183,3 +183,51 @@ def test_an_update_whose_gradient_reads_the_gathered_rows_stays_sparse_and_reads
     assert all(np.array_equal(g, got[0]) for g in got[1:])
     untouched = np.setdiff1d(np.arange(vocab), idv)
     assert np.array_equal(got[0][untouched], start[untouched])
+
+
+def padded_model(tokens, n_outputs):
+    e = gc.nn.embedding(tokens, VOCAB, DIM, name="emb", padding_idx=0)  # (T, N, DIM)
+    return gc.nn.dense(gc.tanh(gc.sum(e, axis=0)), n_outputs, name="out")
+
+
+def test_a_training_binary_keeps_the_padding_row_zero_and_export_predicts_as_gc_load(tmp_path):
+    """Through `graphc build` (the binary initializes and trains the table natively, Adam's moments included) the
+    padding row is zero after training while the others move; `graphc export` of the binary's run computes what
+    gc.load(run).predict does, bitwise, the padding id reading zeros."""
+    import ctypes
+    import subprocess
+
+    from graphc.aot import build, export
+    from graphc.fitting import load
+
+    rng = np.random.default_rng(0)
+    n, T = 96, 5
+    X = rng.integers(1, VOCAB, size=(n, T))
+    X[np.arange(T) >= rng.integers(1, T + 1, size=n)[:, None]] = 0  # id 0 pads each sequence after its length
+    y = (X == 3).any(axis=1).astype(np.int64)
+    np.savez(tmp_path / "tok.npz", X=X, y=y)
+    binary = build(tmp_path / "train-pad", model=padded_model, data=str(tmp_path / "tok.npz"), optimizer="adam",
+                   lr=0.05, max_batch=64).path
+    np.save(tmp_path / "x.npy", X.astype(np.int32))
+    np.save(tmp_path / "y.npy", y.astype(np.float32))  # two classes: a binary task, 0/1 targets
+    start = Trainer(padded_model, "binary", T, 1, TrainConfig(optimizer="adam"),
+                    log=lambda m: None).init_state(0)["emb.E"]
+    trained = {}
+    for tag, lr in (("still", "1e-30"), ("run", "0.05")):  # 1e-30 moves no float32: the binary's initial table
+        out = tmp_path / tag
+        p = subprocess.run([str(binary), "--x-train", str(tmp_path / "x.npy"), "--y-train", str(tmp_path / "y.npy"),
+                            "--epochs", "3", "--batch-size", "16", "--lr", lr, "--quiet", "--out", str(out)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        trained[tag] = np.load(out / "emb.E.npy")
+    np.testing.assert_array_equal(trained["still"], start)
+    E = trained["run"]
+    assert np.all(start[0] == 0) and np.all(E[0] == 0) and np.all(np.abs(E - start).max(axis=1)[1:] > 0)
+    want = load(out, model=padded_model).predict(X.astype(np.float32))
+    lib = export(tmp_path / "libpad.so", out, model=padded_model)
+    rows = np.ascontiguousarray(X, np.float32)
+    got = np.full(want.shape, -7.0, np.float32)
+    rc = ctypes.CDLL(str(lib.path)).pad_predict(rows.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n),
+                                               got.ctypes.data_as(ctypes.c_void_p))
+    assert rc == 0
+    np.testing.assert_array_equal(got, want)

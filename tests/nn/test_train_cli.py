@@ -446,3 +446,28 @@ def test_adamw_trains_from_the_command_line_as_gc_fit_and_bad_decays_exit_2_writ
         err = capsys.readouterr().err
         assert words in err and err.startswith("graphc: error: training option: "), err
         assert not bad.exists()
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly_and_a_full_disk_is_an_error(tmp_path):
+    """`graphc predict ... | head -1`: the reader goes after one line; predict stops with no message (Python's
+    advice for EPIPE: exit 1 quietly), not "cannot write the predictions". -o on a full device (/dev/full) is
+    still exit 2 naming it. The output is larger than a pipe's buffer, so the write meets the closed pipe."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20000, 2))
+    lines = ["a,b,y"] + [f"{r[0]:.4f},{r[1]:.4f},{r[0] - r[1]:.4f}" for r in X]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    p = run("train", "--dataset", str(tmp_path / "d.csv"), "--label", "y", "--epochs", "1", "--quiet", "--out",
+            str(tmp_path / "reg"))
+    assert p.returncode == 0, p.stderr
+    pred = [*GRAPHC, "predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "d.csv")]
+    proc = subprocess.Popen(pred, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().rstrip() == b"prediction"
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == "", err
+    p = run("predict", "--run", str(tmp_path / "reg"), "--data", str(tmp_path / "d.csv"), "-o", "/dev/full")
+    assert p.returncode == 2 and "-o /dev/full: cannot write the predictions (No space left on device)" in p.stderr
+    assert "Traceback" not in p.stderr
+    with open("/dev/full", "w") as full:  # `graphc predict ... > /dev/full`: standard output, not "-o None"
+        p = subprocess.run(pred, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 2 and "standard output: cannot write the predictions (No space left" in p.stderr, p.stderr

@@ -174,3 +174,35 @@ def test_dropout_takes_pytorchs_drop_probability_by_keyword():
     for bad in (1.0, -0.1, "0.2", True):
         with pytest.raises(gc.GraphcError, match=r"p \(the probability of dropping an element\) must be"):
             gc.nn.dropout(x, p=bad)
+
+
+def test_evaluate_asks_only_for_the_inputs_its_mode_reads():
+    """A training_switch's training branch may read inputs of its own (a target, a scale, a layer's parameters):
+    evaluate in inference asked for them though it never computes that branch. Now it asks for what the mode
+    reads, as gc.compile's program does (its inputs, and the dims only they bind), and in training for all of
+    them; a fitted model's predict, gc.compile and gc.evaluate agree without the training-only parameters."""
+    x = gc.input("x_sw", ("N", 3))
+    t = gc.input("t_sw", ("M", 3))
+    s = gc.input("s_sw", ())
+    y = gc.nn.training_switch(x * gc.sum(t, axis=0) + s, x * 2.0)
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(gc.evaluate(y, {"x_sw": X}), X * 2)
+    np.testing.assert_array_equal(gc.compile([y])({"x_sw": X})[0], X * 2)
+    T = np.ones((5, 3), np.float32)
+    np.testing.assert_array_equal(gc.evaluate(y, {"x_sw": X, "t_sw": T, "s_sw": 1.0}, training=True), X * 5 + 1)
+    with pytest.raises(gc.InputError, match=r"missing value\(s\) for input 't_sw'.*input 's_sw'"):
+        gc.evaluate(y, {"x_sw": X}, training=True)
+
+    def model(x, n_outputs):
+        h = gc.nn.training_switch(gc.tanh(gc.nn.dense(x, 4, name="noise")) + x, x)  # trained, never predicted by
+        return gc.nn.dense(h, n_outputs, name="out")
+
+    rng = np.random.default_rng(0)
+    Xf = rng.normal(size=(64, 4)).astype(np.float32)
+    r = gc.fit(model, (Xf, Xf @ np.arange(4.0, dtype=np.float32)), epochs=2, batch_size=16, progress=False)
+    out = model(gc.input("x", ("N", 4)), 1)
+    kept = {"x": Xf, "out.W": r.params["out.W"], "out.b": r.params["out.b"]}
+    want = gc.evaluate(out, kept)
+    np.testing.assert_allclose(want, Xf @ r.params["out.W"] + r.params["out.b"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gc.compile([out])(kept)[0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.predict(Xf), want, rtol=1e-5, atol=1e-5)
