@@ -170,8 +170,9 @@ def _export(args) -> int:
     r = export(args.output, args.weights, header=args.header, **_aot_options(args))
     size = r.path.stat().st_size
     print(f"exported {r.path} ({size / 1024:.0f} KiB) and {r.header} in {r.seconds:.1f} s: "
-          f"int {r.name}_predict(const float *x, int64_t n, float *out), {r.n_features} -> {r.n_outputs} floats "
-          f"per row, n <= {r.max_batch}; it takes raw features when the header defines {r.name.upper()}_X_MEAN "
+          f"int {r.name}_predict(const float *x, int64_t n, float *out), {r.row} -> {r.n_outputs} floats "
+          f"per row{' (the features, then the row length)' if r.row > r.n_features else ''}, n <= {r.max_batch}; "
+          f"it takes raw features when the header defines {r.name.upper()}_X_MEAN "
           f"(else, and with {r.name}_predict_standardized, standardized ones)")
     return 0
 

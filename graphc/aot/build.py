@@ -966,6 +966,7 @@ class ExportResult:
     max_batch: int
     params: list[str]
     seconds: float
+    row: int = 0  # floats an input row holds: the features, and the row's length for a model that takes lengths
 
 
 def _load_weights(directory: Path, params) -> dict[str, np.ndarray]:
@@ -1224,7 +1225,7 @@ def export(output: str | Path, weights: str | Path, model=None, data=None, *, ta
     finally:
         cleanup()
     return ExportResult(out, hdr, name, spec.n_features, out_row, max_batch, [p.name for p in params],
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, spec.n_features + lengths)
 
 
 def _plain(c):

@@ -385,6 +385,7 @@ def test_a_row_holding_nan_or_inf_stays_in_that_row_as_the_header_says(digits_ru
     _, weights = digits_run
     r = export(tmp_path / "libnanrow.so", weights, max_batch=300)
     assert "a row holding NaN or inf stays in that row" in r.header.read_text()
+    assert r.row == r.n_features == 64  # a row is the features alone (no lengths)
     X = np.ascontiguousarray(np.concatenate([digits_data[0].X_test] * 2)[:300], np.float32)
     bad = X.copy()
     bad[3, 10] = np.nan

@@ -294,6 +294,7 @@ def test_the_exported_library_takes_each_rows_length_after_its_features(tmp_path
     res = export(tmp_path / "libseq.so", tmp_path / "run", model=tok_model)
     header = res.header.read_text()
     assert "#define SEQ_LENGTHS 1" in header and "#define SEQ_ROW (SEQ_N_FEATURES + 1)" in header, header
+    assert res.row == res.n_features + 1 == T + 1  # what `graphc export` says a row holds
     call = _library(res, "SEQ", T + 1, 1)
     want = np.asarray(r.predict_raw(X, lengths=L), np.float32).reshape(len(X), -1)
     for v in (0, -1, 1e9, np.nan):
