@@ -512,7 +512,12 @@ def _share(b, total, tid, nth):
 
 
 def _emit_pack_copy(g: _Gen, fn: ir.Function, W: int) -> None:
-    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[k*ld + q*W + x], zero past ncols."""
+    """pack(dst, src, ld, kc, ncols): dst[q*W*kc + k*W + x] = src[k*ld + q*W + x], zero past ncols.
+
+    A panel narrower than a vector (W < L: AVX2's 6-row A panels) is stored whole-vector: the L - W lanes past
+    it are zeros that land on the next k's first elements, which the next k's store then writes (k is the
+    outer loop, so it comes later). Only the last k is stored masked: a masked store is microcoded on AMD's
+    AVX2 cores (vmaskmovps, ~20x a plain one) and was most of the packing's time there."""
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
@@ -524,7 +529,9 @@ def _emit_pack_copy(g: _Gen, fn: ir.Function, W: int) -> None:
     left = b.sub(ncols, b.mul(nfull, _c64(W)))
     pmasks = [b.and_(g.lane_mask(b, off, left), g.const_mask(w)) for off, w in groups]
     pstride = b.mul(kc, _c64(W))
-    with _Loop(b, _c64(0), kc, _c64(1), "k") as k:
+    overlap = W < L
+
+    def row(k, last: bool):
         s = g.gep(b, src, b.mul(k, ld))
         d = g.gep(b, dst, b.mul(k, _c64(W)))
         with _Loop(b, _c64(0), nfull, _c64(1), "q") as q:
@@ -532,13 +539,24 @@ def _emit_pack_copy(g: _Gen, fn: ir.Function, W: int) -> None:
             dq = g.gep(b, d, b.mul(q, pstride))
             for off, w in groups:
                 m = None if w == L else g.const_mask(w)
-                g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), m, align=dalign)
+                g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), m if last else None,
+                            align=dalign)
         with b.if_then(b.icmp_signed(">", left, _c64(0))):
             sq = g.gep(b, s, b.mul(nfull, _c64(W)))
             dq = g.gep(b, d, b.mul(nfull, pstride))
             for (off, w), m in zip(groups, pmasks, strict=True):
                 sm = None if w == L else g.const_mask(w)
                 g.store_vec(b, g.load_vec(b, sq, _c64(off), m), dq, _c64(off), sm, align=dalign)
+
+    if overlap:
+        last = b.sub(kc, _c64(1))
+        with _Loop(b, _c64(0), last, _c64(1), "k") as k:
+            row(k, last=False)
+        with b.if_then(b.icmp_signed(">=", last, _c64(0))):
+            row(last, last=True)
+    else:
+        with _Loop(b, _c64(0), kc, _c64(1), "k") as k:
+            row(k, last=True)
     b.ret_void()
 
 
@@ -547,13 +565,19 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
 
     Each L-wide group of a panel's W columns is moved in L x L blocks (L loads along k, an in-register
     transpose, L stores along the panel). Full blocks take the unmasked path, the K tail and the last panel the
-    masked one. Groups of the same width run as a loop (compile time: the transposes are most of the code)."""
+    masked one. Groups of the same width run as a loop (compile time: the transposes are most of the code).
+    A panel narrower than a vector (W < L: one group) is stored whole-vector on the unmasked path: the zero
+    lanes past it land on the next k's first elements, stored next (or on the next panel's first, stored with
+    that panel), so the panel's last L rows of k take the masked path (see `_emit_pack_copy`: masked stores
+    are microcoded on AMD's AVX2 cores; they were ~70% of this routine's time in an LSTM step on Zen 3)."""
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
     dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
     npanels = _cdiv_ir(b, ncols, _c64(W))
     kfull = b.mul(b.sdiv(kc, _c64(L)), _c64(L))
+    if W < L:  # the last row of k is stored masked (the tail path): kfull stops short of it
+        kfull = b.mul(b.sdiv(b.sub(kc, _c64(1)), _c64(L)), _c64(L))
     # (first group, number of groups, width): full-width groups as one loop, a narrower last group on its own
     nwide = W // L
     runs = ([(0, nwide, L)] if nwide else []) + ([(nwide * L, 1, W % L)] if W % L else [])
@@ -573,7 +597,7 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
                         m = b.and_(m, g.splat(b, b.icmp_signed("<", ro, rowmask)))
                     rows.append(g.load_vec(b, s, b.add(b.mul(ro, ld), k0), m))
                 cols = g.transpose(b, rows)
-                wm = None if w == L else g.const_mask(w)
+                wm = None if w == L or (W < L and kleft is None) else g.const_mask(w)
                 for kk in range(L):
                     didx = b.add(b.mul(b.add(k0, _c64(kk)), _c64(W)), off)
                     m = wm
