@@ -567,8 +567,8 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
     transpose, L stores along the panel). Full blocks take the unmasked path, the K tail and the last panel the
     masked one. Groups of the same width run as a loop (compile time: the transposes are most of the code).
     A panel narrower than a vector (W < L: one group) is stored whole-vector on the unmasked path: the zero
-    lanes past it land on the next k's first elements, stored next (or on the next panel's first, stored with
-    that panel), so the panel's last L rows of k take the masked path (see `_emit_pack_copy`: masked stores
+    lanes past it land on the next k's first elements, stored next, so only the panel's last row of k is stored
+    masked (see `_emit_pack_copy`: masked stores
     are microcoded on AMD's AVX2 cores; they were ~70% of this routine's time in an LSTM step on Zen 3)."""
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -576,8 +576,6 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
     dalign = g.valign if (W * g.esize) % g.valign == 0 else g.esize
     npanels = _cdiv_ir(b, ncols, _c64(W))
     kfull = b.mul(b.sdiv(kc, _c64(L)), _c64(L))
-    if W < L:  # the last row of k is stored masked (the tail path): kfull stops short of it
-        kfull = b.mul(b.sdiv(b.sub(kc, _c64(1)), _c64(L)), _c64(L))
     # (first group, number of groups, width): full-width groups as one loop, a narrower last group on its own
     nwide = W // L
     runs = ([(0, nwide, L)] if nwide else []) + ([(nwide * L, 1, W % L)] if W % L else [])
@@ -597,13 +595,21 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
                         m = b.and_(m, g.splat(b, b.icmp_signed("<", ro, rowmask)))
                     rows.append(g.load_vec(b, s, b.add(b.mul(ro, ld), k0), m))
                 cols = g.transpose(b, rows)
-                wm = None if w == L or (W < L and kleft is None) else g.const_mask(w)
+                wm = None if w == L else g.const_mask(w)
+                whole = W < L and kleft is None  # whole-vector stores, the panel's last row of k masked
                 for kk in range(L):
                     didx = b.add(b.mul(b.add(k0, _c64(kk)), _c64(W)), off)
-                    m = wm
+                    m = None if whole else wm
                     if kleft is not None:  # the K tail: rows past kc are not stored
                         ok = g.splat(b, b.icmp_signed("<", _c64(kk), kleft))
                         m = ok if m is None else b.and_(ok, m)
+                    if whole and kk == L - 1:
+                        with b.if_else(b.icmp_signed("<", b.add(k0, _c64(L)), kc)) as (inner, last):
+                            with inner:
+                                g.store_vec(b, cols[kk], d, didx, None, align=dalign)
+                            with last:
+                                g.store_vec(b, cols[kk], d, didx, wm, align=dalign)
+                        continue
                     g.store_vec(b, cols[kk], d, didx, m, align=dalign)
 
     with _Loop(b, _c64(0), npanels, _c64(1), "q") as q:
