@@ -885,7 +885,9 @@ class FunctionEmitter:
             return self.b.icmp_unsigned("!=", v, vmath.const(v.type, 0))
         return v
 
-    def store(self, buf_index: int, dtype: str, off: ir.Value, value: ir.Value, mask=None) -> None:
+    def store(self, buf_index: int, dtype: str, off: ir.Value, value: ir.Value, mask=None, whole_ok=None) -> None:
+        """value at buffer[off ...]; `mask`: only its lanes; `whole_ok` (i1, with a mask): where set, the other
+        lanes may be written back as read (gemm.blend_store: a plain store where masked ones are slow)."""
         b = self.b
         mty = MEMORY[dtype]
         if dtype == "bool":
@@ -893,6 +895,8 @@ class FunctionEmitter:
         ptr = b.gep(self.buf_ptr(buf_index), [off], inbounds=True, source_etype=mty)
         if mask is None:
             b.store(value, ptr, align=ITEMSIZE[dtype])
+        elif whole_ok is not None:
+            gemm_mod.blend_store(b, value, ptr, ITEMSIZE[dtype], mask, whole_ok, self.mod.masked_store(value.type))
         else:
             b.call(self.mod.masked_store(value.type), [value, ptr, ir.Constant(I32, ITEMSIZE[dtype]), mask])
 
@@ -1302,6 +1306,13 @@ class ModuleEmitter:
             return fn
         # split the outermost loop over threads (in multiples of the vector width when it is the only loop)
         lo, hi = fe.partition(sizes[0], lanes if depth == 1 else 1)
+        # where masked stores are slow, a row's masked tail may store whole vectors up to the end of this thread's
+        # rows (gemm.blend_store: the lanes past the row, the next row's first elements, written back as read)
+        thread_end = None
+        if depth > 1 and gemm_mod.slow_masked_stores(self.target):
+            thread_end = hi
+            for sz in sizes[1:]:
+                thread_end = b.mul(thread_end, sz)
         by_level: dict[int, list[Expr]] = {}
         for x in walk_all(s.value for s in stores):
             by_level.setdefault(_level(x, depth), []).append(x)
@@ -1359,7 +1370,7 @@ class ModuleEmitter:
             p = Point({**point.index, axis: vec_stop}, vec_axis=axis, lanes=lanes, mask=self._lane_mask(fe, rem, lanes),
                       vec_extent=extent)
             vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v) for key, v in memo.items()}
-            self._stores(fe, stores, p, vm, out_strides)
+            self._stores(fe, stores, p, vm, out_strides, thread_end)
             b.branch(after)
             b.position_at_end(after)
 
@@ -1395,13 +1406,20 @@ class ModuleEmitter:
         ids = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
         return fe.b.icmp_signed("<", ids, fe.splat(count, lanes))
 
-    def _stores(self, fe: FunctionEmitter, stores: list[Store], point: Point, memo: dict, out_strides) -> None:
+    def _stores(self, fe: FunctionEmitter, stores: list[Store], point: Point, memo: dict, out_strides,
+                thread_end=None) -> None:
+        """The loop's stores at `point` (row-major in the domain: one offset for all). `thread_end`: the end of
+        this thread's share of the domain, as an offset; a masked vector that ends within it may be stored whole,
+        the lanes past the mask written back as read (`FunctionEmitter.store`'s `whole_ok`)."""
         off = fe.offset(out_strides, point)
+        whole_ok = None
+        if point.mask is not None and thread_end is not None:
+            whole_ok = fe.b.icmp_signed("<=", fe.b.add(off, c64(point.lanes)), thread_end)
         for s in stores:
             v = fe.value(s.value, point, memo)
             if point.lanes is not None and not isinstance(v.type, ir.VectorType):
                 v = fe.splat(v, point.lanes)
-            fe.store(s.buf.index, s.buf.dtype, off, v, point.mask)
+            fe.store(s.buf.index, s.buf.dtype, off, v, point.mask, whole_ok)
 
     # --------------------------------------------------------------------------------------------- reductions
     def emit_reduce(self, k: ReduceKernel) -> ir.Function:
@@ -1808,7 +1826,7 @@ class ModuleEmitter:
             fe.b = ctx.builder
             fe.sc.b = ctx.builder
             try:
-                return owner._gemm_epilogue(fe, k, ctx.row, ctx.col, ctx.mask, ctx.acc, ctx.lanes)
+                return owner._gemm_epilogue(fe, k, ctx.row, ctx.col, ctx.mask, ctx.acc, ctx.lanes, ctx.whole_ok)
             finally:
                 fe.b = saved
                 fe.sc.b = saved
@@ -1911,9 +1929,10 @@ class ModuleEmitter:
         b.ret_void()
         return fn
 
-    def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int):
+    def _gemm_epilogue(self, fe: FunctionEmitter, k: GemmKernel, row, col, mask, acc, lanes: int, whole_ok=None):
         """A GEMM's epilogue at (row, col .. col + lanes - 1) of C for the finished sums `acc`: its extra stores
-        are made, the value for C (None: C is scratch) returned."""
+        are made (row-major, C's shape: `whole_ok` as for C, see gemm.EpilogueContext), the value for C (None: C
+        is scratch) returned."""
         b = fe.b
         point = Point({0: row, 1: col}, vec_axis=1, lanes=lanes, mask=mask)
         memo: dict = {}
@@ -1923,7 +1942,7 @@ class ModuleEmitter:
         values = [fe.value(s.value, point, memo, acc) for s in extra]
         out = None if k.c_scratch else fe.value(k.stores[-1].value, point, memo, acc)
         for s, v in zip(extra, values, strict=True):
-            fe.store(s.buf.index, s.buf.dtype, row_off, v, mask)
+            fe.store(s.buf.index, s.buf.dtype, row_off, v, mask, whole_ok)
         return out
 
     def _small_products(self) -> bool:

@@ -280,6 +280,9 @@ class EpilogueContext:
     lanes: int
     elem_type: ir.Type
     _gen: _Gen = field(repr=False, default=None)
+    # i1, with a mask: the lanes past it at this row of C (and of row-major stores of C's shape) may be written
+    # back as read (`blend_store`): they are the next row of the same tile or padding, this thread's
+    whole_ok: ir.Value | None = None
 
     def load(self, base: ir.Value, index: ir.Value) -> ir.Value:
         """Load ``lanes`` elements at ``base[index ...]`` (masked by ``mask``, masked-off lanes read as 0)."""
@@ -295,6 +298,37 @@ class EpilogueContext:
 
 def _c64(v: int) -> ir.Constant:
     return ir.Constant(_I64, v)
+
+
+def slow_masked_stores(target: Target) -> bool:
+    """Whether a masked vector store costs many plain ones: AVX2's vmaskmovps is microcoded on AMD's cores (~70% of
+    a packing routine's and ~60% of a narrow convolution epilogue's time on Zen 3); AVX-512's masked stores are
+    plain stores."""
+    return target.vector_bits < 512 and target.triple.startswith("x86_64")
+
+
+def _vector_bits_of(vty: ir.VectorType) -> int:
+    e = vty.element
+    width = {"float": 32, "double": 64}.get(str(e)) or getattr(e, "width", 0)
+    return width * vty.count
+
+
+def blend_store(b: ir.IRBuilder, val: ir.Value, ptr: ir.Value, align: int, mask: ir.Value, whole_ok, mstore) -> None:
+    """Store the lanes of `val` that `mask` selects at `ptr`: where `whole_ok` (an i1: the other lanes' bytes are
+    in bounds and no other thread writes them now), as one plain store of `val` blended with what memory holds
+    (load, select, store: those lanes written back as read); else with the masked store `mstore`."""
+    if _vector_bits_of(val.type) not in (128, 256):  # not one xmm/ymm register (the asm below needs one)
+        b.call(mstore, [val, ptr, ir.Constant(_I32, align), mask])
+        return
+    with b.if_else(whole_ok) as (whole, masked):
+        with whole:
+            old = b.load(ptr, typ=val.type, align=align)
+            # hidden from the optimizer (an empty asm passing the register through): LLVM turns a store of
+            # select(mask, val, load of the same address) back into the masked store
+            old = b.asm(ir.FunctionType(val.type, [val.type]), "", "=x,0", [old], False)
+            b.store(b.select(mask, val, old), ptr, align=align)
+        with masked:
+            b.call(mstore, [val, ptr, ir.Constant(_I32, align), mask])
 
 
 class _Gen:
@@ -318,6 +352,7 @@ class _Gen:
         self.mstore = self._declare(f"llvm.masked.store.{vsuf}.p0", _VOID, [self.V, _PTR, _I32, self.M])
         self.prefetch = self._declare("llvm.prefetch.p0", _VOID, [_PTR, _I32, _I32, _I32])
         self.zero = ir.Constant(self.V, None)
+        self.slow_mstore = slow_masked_stores(target)
 
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         fn = self.module.globals.get(name)
@@ -1122,14 +1157,19 @@ def _emit_store(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load
                     g.store_vec(b, vals[i * NV + v], dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
         with edge:
             masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
-            # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data)
-            smasks = [b.or_(m, g.splat(b, to_tile)) for m in masks]
-            for i in range(R):
-                with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
-                    for v in range(NV):
-                        old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)), masks[v])
-                        val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
-                        g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)), smasks[v])
+            # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data): plain
+            # stores, not masked ones with every lane on (still a vmaskmovps, microcoded on AMD's AVX2 cores)
+            with b.if_else(to_tile) as (into_tile, into_c):
+                for block, into, dst_ld, smask in ((into_tile, tile, None, False), (into_c, c, ldc, True)):
+                    with block:
+                        for i in range(R):
+                            with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
+                                for v in range(NV):
+                                    cidx = b.add(b.mul(_c64(i), ldc), _c64(v * L))
+                                    old = g.load_vec(b, c, cidx, masks[v])
+                                    val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
+                                    didx = cidx if dst_ld is not None else _c64(i * NR + v * L)
+                                    g.store_vec(b, val, into, didx, masks[v] if smask else None)
 
 
 def _finish_fn(g: _Gen, rows: int) -> ir.Function:
@@ -1211,12 +1251,23 @@ def _emit_epilogue_fn(
         with _Loop(b, _c64(0), hop, _c64(1), "rh", unroll="static") as first, \
                 _Loop(b, first, mrem, hop, "r", unroll="static") as i:
             acc = b.load(g.gep(b, t0, b.mul(i, _c64(NR))), typ=g.V, align=g.valign)
-            ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g)
+            # a masked vector of a tile starting at column 0 (so N = nrem < NR: no other tile, no other thread, has
+            # these rows' columns) that ends within the tile's rows (counted at row stride N, the narrowest: C's
+            # ldc >= N, the extra stores' is N): the lanes past N are padding or the next rows' first columns,
+            # this thread's (past the tile's last row they would be the next tile's, maybe another thread's)
+            whole = None
+            if mask is not None and g.slow_mstore:
+                room = b.mul(b.sub(mrem, i), nrem)
+                whole = b.and_(b.icmp_signed("==", col, _c64(0)), b.icmp_signed(">=", room, b.add(off, _c64(L))))
+            ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g, whole)
             out = epilogue(ctx)
             if out is not None:  # None: C held only the partial sums of the K blocks, which nothing reads after
                 if not isinstance(out, ir.Value) or out.type != g.V:
                     raise TypeError(f"GEMM epilogue must return a {g.V} value or None, got {out!r}")
-                g.store_vec(b, out, c0, b.mul(i, ldc), mask)
+                if whole is None:
+                    g.store_vec(b, out, c0, b.mul(i, ldc), mask)
+                else:
+                    blend_store(b, out, g.gep(b, c0, b.mul(i, ldc)), g.esize, mask, whole, g.mstore)
     b.ret_void()
     return fn
 
