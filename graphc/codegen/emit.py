@@ -1370,7 +1370,10 @@ class ModuleEmitter:
             p = Point({**point.index, axis: vec_stop}, vec_axis=axis, lanes=lanes, mask=self._lane_mask(fe, rem, lanes),
                       vec_extent=extent)
             vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v) for key, v in memo.items()}
-            self._stores(fe, stores, p, vm, out_strides, thread_end)
+            # whole-vector tails only for rows of at least half a vector (see gemm's epilogue: narrower ones
+            # overlap several rows, whose loads then wait on the stores before them)
+            dense = None if thread_end is None else b.icmp_signed(">=", b.mul(rem, c64(2)), c64(lanes))
+            self._stores(fe, stores, p, vm, out_strides, thread_end, dense)
             b.branch(after)
             b.position_at_end(after)
 
@@ -1407,14 +1410,15 @@ class ModuleEmitter:
         return fe.b.icmp_signed("<", ids, fe.splat(count, lanes))
 
     def _stores(self, fe: FunctionEmitter, stores: list[Store], point: Point, memo: dict, out_strides,
-                thread_end=None) -> None:
+                thread_end=None, dense=None) -> None:
         """The loop's stores at `point` (row-major in the domain: one offset for all). `thread_end`: the end of
-        this thread's share of the domain, as an offset; a masked vector that ends within it may be stored whole,
-        the lanes past the mask written back as read (`FunctionEmitter.store`'s `whole_ok`)."""
+        this thread's share of the domain, as an offset; a masked vector that ends within it (and where `dense`,
+        an i1) may be stored whole, the lanes past the mask written back as read (`FunctionEmitter.store`'s
+        `whole_ok`)."""
         off = fe.offset(out_strides, point)
         whole_ok = None
         if point.mask is not None and thread_end is not None:
-            whole_ok = fe.b.icmp_signed("<=", fe.b.add(off, c64(point.lanes)), thread_end)
+            whole_ok = fe.b.and_(dense, fe.b.icmp_signed("<=", fe.b.add(off, c64(point.lanes)), thread_end))
         for s in stores:
             v = fe.value(s.value, point, memo)
             if point.lanes is not None and not isinstance(v.type, ir.VectorType):
