@@ -1372,7 +1372,7 @@ class ModuleEmitter:
             vm = {key: (fe.splat(v, lanes) if not isinstance(v.type, ir.VectorType) else v) for key, v in memo.items()}
             # whole-vector tails only for rows of at least half a vector (see gemm's epilogue: narrower ones
             # overlap several rows, whose loads then wait on the stores before them)
-            dense = None if thread_end is None else b.icmp_signed(">=", b.mul(rem, c64(2)), c64(lanes))
+            dense = None if thread_end is None else b.icmp_signed(">=", b.mul(sizes[axis], c64(2)), c64(lanes))
             self._stores(fe, stores, p, vm, out_strides, thread_end, dense)
             b.branch(after)
             b.position_at_end(after)

@@ -1259,10 +1259,10 @@ def _emit_epilogue_fn(
             if mask is not None and g.slow_mstore:
                 room = b.mul(b.sub(mrem, i), nrem)
                 whole = b.and_(b.icmp_signed("==", col, _c64(0)), b.icmp_signed(">=", room, b.add(off, _c64(L))))
-                # and at least half the lanes are the row's: a narrower row's whole vector spans several rows,
-                # and each row's load would wait for the stores before it (no forwarding from a partial overlap;
-                # a regression's 1-wide output measured the same either way, within the noise)
-                whole = b.and_(whole, b.icmp_signed(">=", b.mul(b.sub(nrem, off), _c64(2)), _c64(L)))
+                # and rows of at least half a vector: a narrower row's whole vector spans several rows, and each
+                # row's load would wait for the stores just before it (no forwarding from a partial overlap; a
+                # regression's 1-wide output measured the same either way, within the noise)
+                whole = b.and_(whole, b.icmp_signed(">=", b.mul(nrem, _c64(2)), _c64(L)))
             ctx = EpilogueContext(b, acc, b.add(row, i), colv, mask, extras, L, g.T, g, whole)
             out = epilogue(ctx)
             if out is not None:  # None: C held only the partial sums of the K blocks, which nothing reads after
