@@ -434,29 +434,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # the file system said no (a full disk, a permission): no traceback for that
         print(f"graphc: error: {e}", file=sys.stderr)
-        _stop_other_ranks(2)  # rank 0 alone writes --out: a failed checkpoint is this rank's alone
-        return 2
+        return _stop_other_ranks(e)  # rank 0 alone writes --out: a failed checkpoint is this rank's alone
     except MemoryError as e:  # --hidden 100000000: the parameters alone do not fit
         print(f"graphc: error: out of memory ({e or 'an allocation failed'}): the model or the data is too large "
               "for this machine; use smaller layers (--hidden), batches (--batch-size) or data", file=sys.stderr)
-        _stop_other_ranks(2)
-        return 2
-    except KeyboardInterrupt:
+        return _stop_other_ranks(e)
+    except KeyboardInterrupt as e:
         print("graphc: interrupted", file=sys.stderr)
-        _stop_other_ranks(130)
-        return 130
+        return _stop_other_ranks(e)
 
 
-def _stop_other_ranks(code: int) -> None:
-    """Under mpirun, a failure of this rank alone (a checkpoint rank 0 could not write, Ctrl-C): the other ranks
+def _stop_other_ranks(error: BaseException) -> int:
+    """The exit status for this rank's own failure (graphc.distributed.rank_failure: the one gc.fit's ranks give).
+    Under mpirun, a failure of this rank alone (a checkpoint rank 0 could not write, Ctrl-C): the other ranks
     would wait for this one in their next collective until the watchdog's timeout (120 s) and then blame a rank
     that 'stopped answering'; MPI_Abort stops them at once with this status. (Not for graphc's errors: those a
     rank can raise alone are decided on every rank together, and the others each rank raises with its own
     message, which an abort would cut short.)"""
+    from graphc.distributed import rank_failure
+
+    code = rank_failure(error)[1]
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
         sys.stderr.flush()
         mpi.COMM_WORLD.Abort(code)
+    return code
 
 
 def _rank() -> int:

@@ -99,6 +99,22 @@ def shares(n: int, p: int) -> list[tuple[int, int]]:
     return out
 
 
+def rank_failure(error: BaseException) -> tuple[str, int]:
+    """A failure of one rank alone (not a graphc error, which every rank decides together): what to say of it and
+    the exit status `graphc train` gives for it, which MPI_Abort passes on to mpirun: the file system's refusal
+    (OSError) or memory 2, an interrupt 130, anything else (a bug: its traceback) 1. Used by gc.fit's
+    data-parallel training and by the CLI, so that the two give the same statuses."""
+    if isinstance(error, OSError):
+        return str(error), 2
+    if isinstance(error, MemoryError):
+        return f"out of memory ({error or 'an allocation failed'})", 2
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    import traceback
+
+    return "".join(traceback.format_exception(error)).rstrip(), 1
+
+
 class Distributed:
     """The communicator and the collective operations training needs, each with a watchdog: a wait longer than
     the timeout, or a peer process on this host that disappeared, stops the rank with a message naming the rank
@@ -186,16 +202,7 @@ class Distributed:
         (MPI_Abort, as the --mpi training binary does) with the status graphc train gives for it."""
         if self.size == 1:
             return
-        if isinstance(error, OSError):
-            what, code = str(error), 2
-        elif isinstance(error, MemoryError):
-            what, code = f"out of memory ({error or 'an allocation failed'})", 2
-        elif isinstance(error, KeyboardInterrupt):
-            what, code = "interrupted", 130
-        else:  # not a graphc error: a bug, whose traceback is what to read
-            import traceback
-
-            what, code = "".join(traceback.format_exception(error)).rstrip(), 1
+        what, code = rank_failure(error)
         sys.stderr.write(f"graphc: error: rank {self.rank}: {what}; stopping every rank\n")
         sys.stderr.flush()
         self._stop.set()
