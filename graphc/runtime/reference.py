@@ -130,13 +130,13 @@ def key_hint(draws: bool) -> str:
 
 
 def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unused: bool,
-                what: str, exact: bool = False, reads_key: bool | None = None, roots: Sequence[Node] | None = None
-                ) -> tuple[dict[int, np.ndarray], dict, bool]:
+                what: str, exact: bool = False, reads_key: bool | None = None, roots: Sequence[Node] | None = None,
+                computed: list[Node] | None = None) -> tuple[dict[int, np.ndarray], dict, bool]:
     """Match `values` (keys: names or tensors) to the graph's leaves, check dtypes and shapes, bind dims.
     `reads_key`: whether the program reads the key, where its compiled stages know (a later pass may drop the last
     reader), and then `order` is the compiled program's signature, every other leaf read; None: the evaluator's
     rule below, the leaves what the outputs compute in this mode reads (`roots`: the outputs, where one may be read
-    by another: nodes_in_mode).
+    by another: nodes_in_mode; `computed`: that list, where the caller has it already).
 
     Returns (leaf id -> array, dim env, whether any float value is a float64 array)."""
     if not isinstance(values, Mapping):
@@ -171,7 +171,8 @@ def bind_values(order: list[Node], values: Mapping, *, training: bool, allow_unu
                              f"parameter has that name; the graph reads: {names}")
     # the key is needed where this mode reads it, as in the compiled program: a draw or (training) a dropout in
     # what the outputs compute, in loops too, not in a training_switch's other branch
-    computed = nodes_in_mode(order, training, roots)
+    if computed is None:
+        computed = nodes_in_mode(order, training, roots)
     draws = any(n.op.name == "random" for n in computed)
     # the evaluator demands the leaves this mode reads (a training_switch's other branch may read inputs of its
     # own), as a compiled program of the mode is made without the others
@@ -231,10 +232,11 @@ def evaluate(outputs, values: Mapping | None = None, *, training: bool = False, 
     values = {} if values is None else values
     where = f"evaluate at {capture_source().where()}"
     order = topo_order(outs)
+    computed = nodes_in_mode(order, training, outs)  # what this mode computes: not a training_switch's other branch
     arrays, env, wide = bind_values(order, values, training=training, allow_unused=allow_unused, what=where,
-                                    roots=outs)
-    live = {id(n) for n in nodes_in_mode(order, training, outs)}
-    order = [n for n in order if id(n) in live]  # what this mode computes: not a training_switch's other branch
+                                    roots=outs, computed=computed)
+    live = {id(n) for n in computed}
+    order = [n for n in order if id(n) in live]
     check_dims_bound(order, env, where)
     if any(n.dtype == "float64" for n in order):
         wide = True
