@@ -84,7 +84,9 @@ def atomic_write(path: Path, payload: bytes) -> None:
         raise
 
 
-LOCK_WAIT_S = 900  # a holder this slow is stopped or hung: compile anyway (a duplicate entry, never a wrong one)
+# a holder this slow may be stopped or hung (a rank under SIGSTOP, say): compile anyway (a duplicate entry, never
+# a wrong one), after as long as a rank waits in a collective by default (graphc.distributed's GRAPHC_MPI_TIMEOUT)
+LOCK_WAIT_S = 120
 _held: dict[str, tuple[int, int]] = {}  # key -> (the lock file's descriptor, the holding thread) in this process
 _held_lock = threading.Lock()
 

@@ -168,3 +168,26 @@ def test_threads_of_one_process_take_turns(tmp_path, monkeypatch):
         order.append(("first", held))
     t.join()
     assert order == [("first", True), ("other", True)]
+
+
+def test_a_wait_past_its_bound_compiles_without_the_lock(tmp_path, monkeypatch):
+    """A holder that makes others wait LOCK_WAIT_S (stopped, hung) is waited out: the waiter compiles anyway."""
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cachedir, "LOCK_WAIT_S", 0)
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        with cachedir.compiling(KEY(4)):
+            held.set()
+            done.wait()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        held.wait()
+        with cachedir.compiling(KEY(4)) as got:
+            assert not got
+    finally:
+        done.set()
+        t.join()
+    assert not any(tmp_path.iterdir())
