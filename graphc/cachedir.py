@@ -8,7 +8,11 @@ MB; 0 or less: no bound), so entries of programs no longer run, and of earlier g
 Reading the directory costs ~9 µs a file, so a store prunes only when this process has stored 1/16 of the bound
 since it last did, or when no process has pruned for an hour (`note_stored`).
 Only files graphc names its own are counted or removed (`is_ours`): a directory shared with other files keeps
-them."""
+them.
+
+Processes that miss the same entry at once (the ranks of an `mpirun`, pytest-xdist's workers) compile it once:
+`compiling(key)` is an exclusive lock on `.lock-KEY` in the directory (fcntl.flock), held around one entry's
+compile and store, under which the caller looks in the cache again before compiling."""
 
 from __future__ import annotations
 
@@ -16,18 +20,27 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: concurrent processes may compile an entry twice, as before
+    fcntl = None
 
 DEFAULT_MAX_MB = 1024
 STALE_TEMP_S = 3600  # a temporary file this old was left by a writer that died: garbage
 
 # the names graphc writes: KEY.so/.sum (a shared object and its checksum), KEY.o (an object file), KEY.bin (a
-# checked blob: a run-time spec, the GEMM helpers), the derivative file, the host CPU's description, temporaries
+# checked blob: a run-time spec, the GEMM helpers), the derivative file, the host CPU's description, temporaries,
+# the compile locks (`compiling`)
 _OURS = re.compile(r"[0-9a-f]{64}\.(so|sum|o|bin)|derivatives-[0-9a-f]+\.json|host-[0-9a-f]+\.txt"
-                   r"|pruned\.stamp|\.tmp-.+|\.graphc-code-.+\.so")
+                   r"|pruned\.stamp|\.tmp-.+|\.graphc-code-.+\.so|\.lock-[0-9a-f]{64}")
 STAMP = "pruned.stamp"  # its time: when the directory was last pruned (by any process)
 PRUNE_EVERY_S = 3600
 _stored_since_prune = 0  # bytes this process stored since it last pruned
@@ -69,6 +82,98 @@ def atomic_write(path: Path, payload: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+# a holder this slow may be stopped or hung (a rank under SIGSTOP, say): compile anyway (a duplicate entry, never
+# a wrong one), after as long as a rank waits in a collective by default (graphc.distributed's GRAPHC_MPI_TIMEOUT)
+LOCK_WAIT_S = 120
+_held: dict[str, tuple[int, int]] = {}  # key -> (the lock file's descriptor, the holding thread) in this process
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def compiling(key: str) -> Iterator[bool]:
+    """Hold the exclusive lock of the cache entry `key` (64 hex digits) around its compile and store, so that
+    processes missing the entry at once compile it once: under the lock the caller looks in the cache again
+    (another process may have stored it while this one waited). Yields whether the lock is held; where it is not
+    (the directory cannot be written, no flock on this platform or file system, a wait past LOCK_WAIT_S, this
+    thread holds it already) the caller compiles as it would without it. A holder that dies releases it (the
+    kernel drops its flock); the lock file is removed on release, so the directory keeps none. Whatever happens
+    to the file (`clear` removes it while held, say), at worst two processes compile the same entry, as without
+    the lock: each file is written whole and checked when loaded, and a key's program is the same in both."""
+    got = _acquire(key)
+    try:
+        yield got is not None
+    finally:
+        if got is not None:
+            _release(key, *got)
+
+
+def _acquire(key: str) -> tuple[int, Path, int] | None:
+    if fcntl is None or _held.get(key, (0, None))[1] == threading.get_ident():
+        return None
+    path = directory() / f".lock-{key}"
+    deadline = time.monotonic() + LOCK_WAIT_S
+    pause = 0.001
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError:
+            return None
+        try:
+            while True:  # polled rather than blocking: a wait is bounded, and a compile takes far longer
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(path) from None
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.05)
+            try:  # the file locked is still the one at `path`: else its holder removed it on release, retry
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+        except OSError:  # TimeoutError, or a file system without flock
+            os.close(fd)
+            return None
+        if current:
+            with _held_lock:
+                _held[key] = (fd, threading.get_ident())
+            return fd, path, os.getpid()
+        os.close(fd)
+
+
+def _release(key: str, fd: int, path: Path, pid: int) -> None:
+    if os.getpid() != pid:  # a child forked while the lock was held: _forget_in_child closed its copy
+        return
+    with _held_lock:
+        _held.pop(key, None)
+    try:  # removed while still locked: a waiter that locks this file then finds it gone and takes the next one
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _forget_in_child() -> None:
+    """A forked child does not hold its parent's compile locks: its copies of their descriptors are closed (open,
+    they would keep the lock held after the parent releases it, until the child exits)."""
+    global _held_lock
+    _held_lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    for fd, _thread in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def max_bytes() -> int | None:

@@ -3,9 +3,10 @@
 Bundled: digits (multiclass), breast_cancer (binary), diabetes (regression). They come from the data files
 scikit-learn ships inside its package, so nothing is downloaded; scikit-learn is imported only here, only for
 these three (it is the one place that ships them under a clear license, and graphc's benchmarks compare
-against its MLPs anyway). User data: .npy (a 2-D array, the label in a column), .npz (arrays X and y, or named
-ones), .csv (a header row or none; the label column named or numbered) or arrays (X, y) in memory. Features are
-standardized with statistics of the training split only, and the split is a fixed, seeded shuffle."""
+against its MLPs anyway), and not for digits, whose file is read as scikit-learn reads it. User data: .npy (a
+2-D array, the label in a column), .npz (arrays X and y, or named ones), .csv (a header row or none; the label
+column named or numbered) or arrays (X, y) in memory. Features are standardized with statistics of the training
+split only, and the split is a fixed, seeded shuffle."""
 
 from __future__ import annotations
 
@@ -92,7 +93,31 @@ class Dataset:
 GRIDS = {"digits": (8, 8, 1)}  # bundled image sets: each row is an 8x8 grey image, row-major
 
 
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """digits as `sklearn.datasets.load_digits` gives it, read from the file it reads (data/digits.csv.gz: 64
+    pixels and the class a row) without importing scikit-learn: that import is ~1 s of CPU in every process that
+    loads digits (each rank of an mpirun). None where the file is not there or not of that form."""
+    import gzip
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+        where = list(spec.submodule_search_locations or []) if spec is not None else []
+        if not where:
+            return None
+        with gzip.open(os.path.join(where[0], "datasets", "data", "digits.csv.gz"), "rt", encoding="utf-8") as f:
+            data = np.loadtxt(f, delimiter=",")
+    except (OSError, ValueError, ImportError, EOFError):
+        return None
+    if data.ndim != 2 or data.shape[1] != 65:
+        return None
+    return data[:, :-1], data[:, -1].astype(int), [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+
+
 def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    found = _digits() if name == "digits" else None
+    if found is not None:
+        return found
     try:
         from sklearn import datasets
     except ImportError:

@@ -283,11 +283,11 @@ def _objects(modules: dict, target: Target, work: Path) -> list[Path]:
         h = hashlib.sha256(f"aot-object|{disk_cache.code_version()}|{target.key()}|{prefix}|".encode())
         h.update(identity.encode())
         key = h.hexdigest()
-        obj = disk_cache.load_blob(key)
-        if obj is None:
+        def make(text=text, text_of=text_of, prefix=prefix) -> bytes:
             text = text if text is not None else prefix_symbols(text_of(), prefix)
-            obj = emit_object(text, target)  # jit=False: reloc=pic, codemodel=default
-            disk_cache.store_blob(key, obj)
+            return emit_object(text, target)  # jit=False: reloc=pic, codemodel=default
+
+        obj = disk_cache.blob(key, make)  # made once by concurrent builds of the same model
         path = work / f"{prefix.rstrip('_')}.o"
         path.write_bytes(obj)
         paths.append(path)

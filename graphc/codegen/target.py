@@ -439,18 +439,18 @@ def _helper_object(target: Target, driver: str) -> bytes:
     if obj is not None:
         return obj
     k = hashlib.sha256(f"{disk_cache.code_version()}|{target.key()}|{driver}".encode()).hexdigest()
-    obj = disk_cache.load_blob(k)
-    if obj is None:
-        from graphc.codegen.gemm import helper_library
-
-        mod = parse(helper_library(target, driver), target)
-        optimize(mod, target)
-        tm = target.create_target_machine(jit=False)
-        mod.data_layout = str(tm.target_data)
-        obj = tm.emit_object(mod)
-        disk_cache.store_blob(k, obj)
-    _HELPERS[mem] = obj
+    obj = _HELPERS[mem] = disk_cache.blob(k, lambda: _compile_helpers(target, driver))
     return obj
+
+
+def _compile_helpers(target: Target, driver: str) -> bytes:
+    from graphc.codegen.gemm import helper_library
+
+    mod = parse(helper_library(target, driver), target)
+    optimize(mod, target)
+    tm = target.create_target_machine(jit=False)
+    mod.data_layout = str(tm.target_data)
+    return tm.emit_object(mod)
 
 
 def assembly(ir_text: str, target: Target | None = None) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
-from graphc.cachedir import atomic_write, code_version, directory, note_stored, touch
+from graphc.cachedir import atomic_write, code_version, compiling, directory, note_stored, touch
 from graphc.codegen.target import Engine, SharedObject, SharedObjectCode, Target
 from graphc.ir.node import Node
 
@@ -141,6 +142,19 @@ def store_blob(k: str, data: bytes) -> None:
     except OSError:
         return
     note_stored(len(data), keep=(k,))
+
+
+def blob(k: str, make: Callable[[], bytes]) -> bytes:
+    """The checked entry `KEY.bin`, else `make()`, stored: under the entry's compile lock, so that processes
+    missing it at once make it once (see cachedir.compiling)."""
+    data = load_blob(k)
+    if data is None:
+        with compiling(k):
+            data = load_blob(k)  # another process may have stored it while this one waited
+            if data is None:
+                data = make()
+                store_blob(k, data)
+    return data
 
 
 def _spec_key(k: str) -> str:

@@ -15,6 +15,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import replace
 from fractions import Fraction
 
@@ -220,31 +221,36 @@ class CompiledFunction:
         self.cache_key = key
         # a program in the disk cache runs from its machine code and its run-time spec: no stage runs (the stages
         # run when something asks for them: fn.stages, fn.kernels, fn.llvm_ir)
-        found = disk_cache.load_spec(key) if cache else None
-        engine = disk_cache.load(key, self.target) if found is not None else None
-        self.from_cache = engine is not None
-        if engine is None:
-            c = self.compilation  # every stage up to the memory layout
-            spec = c.layout.spec(self.target)
-            if spec.checks:  # their source lines as references to this graph's nodes (see check_message)
-                spec = replace(spec, checks=[_check_template(m, order) for m in spec.checks])
-            read = {id(n) for n in nodes_within(topo_order(c.graph.outputs))}  # after every graph pass
-            spec = replace(spec, unread=tuple(i for i, leaf in enumerate(c.signature.inputs) if id(leaf) not in read))
-            found = (spec, tuple(position[id(leaf)] for leaf in c.signature.inputs))
-        self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
-        self.signature = Graph(graph.outputs, tuple(graph.inputs[i] for i in kept))  # what a call feeds, in order
-        slot = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
-        self.updates = {pos: slot[id(leaf)] for pos, leaf in updated}  # output -> signature slot
-        # a training signature is kept whole (the epoch driver, graphc build and the data-parallel trainer find
-        # their slots by it), so its key may be a slot the program never reads: a call need not give it then
-        self._key_leaf = next((leaf for leaf in self.signature.inputs if leaf.name == KEY_NAME), None)
-        self._reads_key = self._key_leaf is not None and slot[id(self._key_leaf)] not in self.rt.unread
-        if engine is None:
-            obj = self._build()
-            engine = Engine.from_object(obj, self.target)
-            if cache:
-                disk_cache.store(key, obj)
-                disk_cache.store_spec(key, *found)
+        # on a miss, processes compiling the same program at once (ranks, test workers) compile it once: under its
+        # lock (held until stored) the cache is read again, another process may have stored it in the meantime
+        with ExitStack() as locked:
+            found, engine = self._cached(key) if cache else (None, None)
+            if engine is None and cache and locked.enter_context(disk_cache.compiling(key)):
+                found, engine = self._cached(key)
+            self.from_cache = engine is not None
+            if engine is None:
+                c = self.compilation  # every stage up to the memory layout
+                spec = c.layout.spec(self.target)
+                if spec.checks:  # their source lines as references to this graph's nodes (see check_message)
+                    spec = replace(spec, checks=[_check_template(m, order) for m in spec.checks])
+                read = {id(n) for n in nodes_within(topo_order(c.graph.outputs))}  # after every graph pass
+                spec = replace(spec, unread=tuple(i for i, leaf in enumerate(c.signature.inputs)
+                                                  if id(leaf) not in read))
+                found = (spec, tuple(position[id(leaf)] for leaf in c.signature.inputs))
+            self.rt, kept = found  # what a call needs of the program (codegen.memory.ProgramSpec)
+            self.signature = Graph(graph.outputs, tuple(graph.inputs[i] for i in kept))  # what a call feeds, in order
+            slot = {id(leaf): i for i, leaf in enumerate(self.signature.inputs)}
+            self.updates = {pos: slot[id(leaf)] for pos, leaf in updated}  # output -> signature slot
+            # a training signature is kept whole (the epoch driver, graphc build and the data-parallel trainer find
+            # their slots by it), so its key may be a slot the program never reads: a call need not give it then
+            self._key_leaf = next((leaf for leaf in self.signature.inputs if leaf.name == KEY_NAME), None)
+            self._reads_key = self._key_leaf is not None and slot[id(self._key_leaf)] not in self.rt.unread
+            if engine is None:
+                obj = self._build()
+                engine = Engine.from_object(obj, self.target)
+                if cache:
+                    disk_cache.store(key, obj)
+                    disk_cache.store_spec(key, *found)
         self._engine = engine
         self._run = engine.function("graphc_run", ctypes.c_int32, *RUN_ARGS)
         self._nbuf = len(self.rt.buffers)
@@ -257,6 +263,11 @@ class CompiledFunction:
             if not addr:
                 raise CompileError("internal: the program has run-time checks but no error word (graphc_error)")
             self._error = ctypes.c_int32.from_address(addr)
+
+    def _cached(self, key: str) -> tuple:
+        """(run-time spec, engine) of the program `key` from the disk cache; the engine None on a miss."""
+        found = disk_cache.load_spec(key)
+        return found, disk_cache.load(key, self.target) if found is not None else None
 
     @property
     def compilation(self):
