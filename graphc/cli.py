@@ -211,7 +211,7 @@ def _predict(args) -> int:
     try:
         out = open(args.output, "w", newline="") if args.output else sys.stdout
         try:
-            w = csv_mod.writer(out)
+            w = csv_mod.writer(out, lineterminator="\n")  # as pandas and Unix tools write (csv's default: \r\n)
             w.writerow(header)
             w.writerows(rows)
             out.flush()  # here, not at exit: a reader that has gone (`| head`) is then seen by main()

@@ -663,7 +663,7 @@ def write_artifacts(out: Path, result: FitResult) -> None:
     # one column order whatever the rows' key order (a resumed run's history comes back from its checkpoint)
     cols.sort(key=lambda c: HISTORY_COLUMNS.index(c) if c in HISTORY_COLUMNS else len(HISTORY_COLUMNS))
     text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=cols)
+    w = csv.DictWriter(text, fieldnames=cols, lineterminator="\n")  # not csv's default \r\n: Unix tools see a \r
     w.writeheader()
     for r in rows:
         w.writerow(r)

@@ -758,3 +758,8 @@ def test_predict_reads_a_bundled_dataset_by_name(tmp_path):
     assert by_name.stdout == by_file.stdout and len(by_name.stdout.splitlines()) == len(X) + 1
     p = run_in_process("predict", "--run", tmp_path / "run", "--data", tmp_path / "rows")
     assert p.returncode == 2 and "or a bundled dataset's name (digits" in p.stderr, p.stderr
+    # lines end in \n, as Unix tools and pandas expect (csv's default \r\n left a \r in every `cut` field)
+    assert run("predict", "--run", tmp_path / "run", "--data", "digits", "-o", tmp_path / "p.csv").returncode == 0
+    for written in (tmp_path / "p.csv", tmp_path / "run" / "history.csv"):
+        data = written.read_bytes()
+        assert b"\r" not in data and data.endswith(b"\n"), written
