@@ -524,6 +524,8 @@ class Trainer:
                               f"model's parameters are {names}: name those to penalize, penalize={names[:1]!r} "
                               f"(gc.fit, or a model file's OPTIONS), or penalize='all'")
         self.penalized_names = {p.name for p in penalized}
+        if (config.l2 or config.l1) and config.penalize == "weights":
+            self._say_unpenalized_weight_vectors(out, penalized)
         # hyperparameter values are scalar inputs, set every epoch: the same compiled step serves any value
         self.hyper: dict[str, Node] = {}
         self.penalty = None  # the penalty terms alone (the data-parallel update adds their gradients)
@@ -602,6 +604,26 @@ class Trainer:
         if self.task == "binary":
             return binary_cross_entropy(out, self.y)
         return mse(out, self.y)
+
+    def _say_unpenalized_weight_vectors(self, out: Node, penalized: list[Node]) -> None:
+        """Log the 1-D parameters that a matrix product reads (a weight vector, x @ w) beside the weight matrices
+        penalize='weights' takes: they train unpenalized, which a lecture's linear model beside an MLP would not
+        expect (biases and norm scales, added or multiplied, are left out silently, as PyTorch users expect)."""
+        taken = {id(p) for p in penalized}
+        vectors = {id(p): p for p in self.params if p.ndim == 1 and id(p) not in taken}
+        read: list[str] = []
+        for n in topo_order(out):
+            if n.op.name != "matmul":
+                continue
+            for i in n.inputs:
+                src = i.inputs[0] if i.op.name == "reshape" and i.inputs else i
+                if id(src) in vectors and src.name not in read:
+                    read.append(src.name)
+        if read:
+            given = " and ".join(f"{k}={getattr(self.config, k)}" for k in ("l2", "l1") if getattr(self.config, k))
+            self.log(f"note: {given} leaves out the 1-D weight(s) {read} that a matrix product reads (penalize="
+                     f"'weights' takes the parameters of 2 or more dimensions); name them with penalize= "
+                     f"(e.g. penalize={sorted({p.name for p in penalized} | set(read))!r}) to penalize them too")
 
     def _penalized(self) -> list[Node]:
         sel = self.config.penalize

@@ -169,6 +169,31 @@ def test_l2_on_a_weight_vector_is_ridge_regression_and_never_silently_dropped():
     assert np.abs(ridge - fit(linear, (X, y), **opts).params["w"]).max() > 0.1  # the penalty did act
 
 
+def test_l2_says_which_weight_vectors_beside_matrices_it_leaves_out():
+    """A 1-D weight that a product reads (x @ w) beside weight matrices: penalize='weights' leaves it out, which is
+    said in the log, naming it and the penalize= list that would take it; biases (added) are not named; nothing is
+    said without a penalty or with penalize= given."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4))
+    y = rng.normal(size=64)
+
+    def model(x, n_outputs):
+        w = gc.param("lin.w", (4,), init="zeros")
+        h = gc.nn.dense(x, 3, "relu", name="h")
+        return gc.nn.dense(h, n_outputs, name="out") + gc.reshape(x @ w, (x.shape[0], 1))
+
+    opts = dict(task="regression", epochs=1, progress=False, checkpoint_every=0)
+    said: list[str] = []
+    fit(model, (X, y), **opts, l2=0.01, log=said.append)
+    notes = [m for m in said if "leaves out" in m]
+    assert len(notes) == 1 and "['lin.w']" in notes[0] and "penalize=['h.W', 'lin.w', 'out.W']" in notes[0], said
+    assert "h.b" not in notes[0] and "out.b" not in notes[0]
+    for pen in ({}, {"l2": 0.01, "penalize": ["h.W", "lin.w", "out.W"]}):
+        said.clear()
+        fit(model, (X, y), **opts, **pen, log=said.append)
+        assert not [m for m in said if "leaves out" in m], said
+
+
 def test_dropout_is_seeded_and_off_at_evaluation():
     X, y = blobs()
     results = []
