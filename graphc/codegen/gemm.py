@@ -603,8 +603,8 @@ def _emit_pack_trans(g: _Gen, fn: ir.Function, W: int) -> None:
     masked one. Groups of the same width run as a loop (compile time: the transposes are most of the code).
     A panel narrower than a vector (W < L: one group) is stored whole-vector on the unmasked path: the zero
     lanes past it land on the next k's first elements, stored next, so only the panel's last row of k is stored
-    masked (see `_emit_pack_copy`: masked stores
-    are microcoded on AMD's AVX2 cores; they were ~70% of this routine's time in an LSTM step on Zen 3)."""
+    masked (see `_emit_pack_copy`: masked stores are microcoded on AMD's AVX2 cores; they were ~70% of this
+    routine's time in an LSTM step on Zen 3)."""
     dst, src, ld, kc, ncols = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     L = g.L
