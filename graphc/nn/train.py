@@ -516,7 +516,7 @@ class Trainer:
         if (config.l2 or config.l1) and not penalized:
             # a model whose weights are all 1-D (the lecture's ridge regression f(x) = x·w) trained as if the
             # penalty were not there; the standalone binary refuses --l2 for such a model likewise
-            given = " and ".join(f"{k}={getattr(config, k)}" for k in ("l2", "l1") if getattr(config, k))
+            given = self._penalties_given()
             names = [p.name for p in self.params]
             raise GraphcError(f"{given} penalizes the model's weights, and it has none: penalize='weights' (the "
                               f"default) takes the parameters of 2 or more dimensions (weight matrices, filters, "
@@ -605,6 +605,10 @@ class Trainer:
             return binary_cross_entropy(out, self.y)
         return mse(out, self.y)
 
+    def _penalties_given(self) -> str:
+        """The penalties set, as said in messages: "l2=0.01", "l2=0.01 and l1=0.001"."""
+        return " and ".join(f"{k}={getattr(self.config, k)}" for k in ("l2", "l1") if getattr(self.config, k))
+
     def _say_unpenalized_weight_vectors(self, out: Node, penalized: list[Node]) -> None:
         """Log the 1-D parameters that a matrix product reads (a weight vector, x @ w) beside the weight matrices
         penalize='weights' takes: they train unpenalized, which a lecture's linear model beside an MLP would not
@@ -620,7 +624,7 @@ class Trainer:
                 if id(src) in vectors and src.name not in read:
                     read.append(src.name)
         if read:
-            given = " and ".join(f"{k}={getattr(self.config, k)}" for k in ("l2", "l1") if getattr(self.config, k))
+            given = self._penalties_given()
             self.log(f"note: {given} leaves out the 1-D weight(s) {read} that a matrix product reads (penalize="
                      f"'weights' takes the parameters of 2 or more dimensions); name them with penalize= "
                      f"(e.g. penalize={sorted({p.name for p in penalized} | set(read))!r}) to penalize them too")
