@@ -132,6 +132,7 @@ class GemmConfig:
     # that packing would be reused by few A panels): full B panels are read in place, only the edge packed
     direct_b_max_ld: int = 0
     direct_b_max_m: int = 0
+    direct_b_max_span: int = 0  # ... and whose K block spans at most this many bytes of B (0: any)
     lanes: int = 0  # lanes of the product's vectors (0: the target's; half of them for products a few columns wide)
 
     def __post_init__(self):
@@ -155,6 +156,12 @@ def _lanes(target: Target, dtype: str) -> int:
 # there (benchmarks/bench_rnn.py's step, four alternated runs); AVX-512 machines measured 2 KB as a win.
 DIRECT_B_MAX_BYTES = 2048
 DIRECT_B_MAX_BYTES_AVX2 = 1024
+# ... and on AVX2 only where a K block's panel spans at most this many bytes of B (its rows ldb apart): a panel
+# read in place takes one line per row, and rows ldb apart share few L1 sets (ldb = 1 KB: 4 of a 32 KB L1's 64),
+# so a panel over 32 KB cannot stay in L1 beside the A panel. Zen 3, packed instead of read in place: 128x784 .
+# 784x256 (panels of 196 rows 1 KB apart) 61-65 -> 72-75 GFLOP/s, 32 rows 62 -> 69; short panels (K = 32, 64)
+# stay in place, where packing measured slower.
+DIRECT_B_MAX_SPAN_AVX2 = 32 * 1024
 # A loop-invariant B is packed once per call where any target's driver would pack it on every step (rows more than
 # this many bytes apart: graphc.codegen.schedule._packs_b, which runs before a target is chosen)
 DIRECT_B_PACKED_IN_LOOPS = min(DIRECT_B_MAX_BYTES, DIRECT_B_MAX_BYTES_AVX2)
@@ -172,8 +179,9 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
     nc = nr * max(1, (1 << 20) // (kc * esize * nr))  # the packed B block (KC x NC): 1 MB of the 2 MB L2
     mc = mr * max(1, 240 // mr)
     direct = DIRECT_B_MAX_BYTES if target.vector_bits >= 512 else DIRECT_B_MAX_BYTES_AVX2
+    span = 0 if target.vector_bits >= 512 else DIRECT_B_MAX_SPAN_AVX2
     return GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, loop_order="ir_jr", direct_b_max_ld=direct // esize,
-                      direct_b_max_m=256)
+                      direct_b_max_m=256, direct_b_max_span=span)
 
 
 def config_for(target: Target, dtype: str = "float32", N: int | None = None) -> GemmConfig:
@@ -1857,7 +1865,7 @@ def _driver_fn(g: _Gen) -> ir.Function:
     """The shared driver (see `_emit_driver`): one per module, dtype and config."""
     c = g.cfg
     name = (f"graphc.gemm.driver.{g.tag}.{c.mr}x{c.nr}.k{c.unroll}.pf{c.prefetch_c}.kc{c.kc}.mc{c.mc}.nc{c.nc}."
-            f"{c.loop_order}.d{c.direct_b_max_ld}x{c.direct_b_max_m}")
+            f"{c.loop_order}.d{c.direct_b_max_ld}x{c.direct_b_max_m}x{c.direct_b_max_span}")
     argt = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I32, _I32, _I32, _PTR, _PTR, _PTR, _PTR,
             _PTR]
     return _shared(g, name, argt, lambda fn: _emit_driver(g, fn))
@@ -1975,6 +1983,9 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
         direct = b.and_(b.icmp_signed("<=", ldb, _c64(cfg.direct_b_max_ld)),
                         b.icmp_signed("<=", b.sub(m1, m0), _c64(cfg.direct_b_max_m)))
         direct = b.and_(direct, b.not_(trans_b))
+        if cfg.direct_b_max_span > 0:
+            span = b.mul(b.mul(kcb, ldb), _c64(g.esize))
+            direct = b.and_(direct, b.icmp_signed("<=", span, _c64(cfg.direct_b_max_span)))
     # element strides of op(A) along rows (M) and along K, of op(B) along K and along columns (N)
     a_rs, a_ks = b.select(trans_a, _c64(1), lda), b.select(trans_a, lda, _c64(1))
     b_ks, b_cs = b.select(trans_b, _c64(1), ldb), b.select(trans_b, ldb, _c64(1))
@@ -2935,7 +2946,7 @@ def _rows_dw_fn(g: _Gen, gd: _Gen, view, geo, N: int) -> ir.Function:
 _HELPER_DEF = re.compile(r'^define internal void @"(graphc\.gemm\.(?:driver|ukernel|pack_copy|pack_trans|gemv|prepack)'
                          r'\.[^"]+)"(\([^)\n]*\))([^{\n]*)\n?\{\n.*?^\}\n', re.M | re.S)
 _DRIVER_NAME = re.compile(r"^graphc\.gemm\.driver\.(f32|f64)x(\d+)\.(\d+)x(\d+)\.k(\d+)\.pf(\d+)\.kc(\d+)\.mc(\d+)"
-                          r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)$")
+                          r"\.nc(\d+)\.(ir_jr|jr_ir)\.d(\d+)x(\d+)x(\d+)$")
 
 
 _DRIVER_DECL = re.compile(r'^declare void @"(graphc\.gemm\.driver\.[^"]+)"', re.M)
@@ -2968,6 +2979,7 @@ def helper_library(target: Target, driver_name: str) -> str:
     lanes = int(m.group(2))
     cfg = GemmConfig(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, unroll=unroll, prefetch_c=pf, loop_order=m.group(10),
                      direct_b_max_ld=int(m.group(11)), direct_b_max_m=int(m.group(12)),
+                     direct_b_max_span=int(m.group(13)),
                      lanes=0 if lanes == _lanes(target, dtype) else lanes)
     module = ir.Module(name="graphc.gemm.helpers")
     g = _Gen(module, target, dtype, cfg)
