@@ -4,9 +4,10 @@
    scikit-learn's MLPClassifier with the same settings (mean over seeds), and training throughput (samples/s,
    compile excluded) against jax.jit of the whole epoch (lax.scan), PyTorch eager, a numpy loop and
    scikit-learn, all on the same thread count.
-2. 784-256-128-10 ReLU on 60,000 synthetic rows, batch 128: samples/s (median of 3 epochs) against the peers on 1 and
-   2 threads, and the peak RSS of each run in a fresh process (with graphc's arena peak); graphc both in
-   process and as a standalone training binary (`graphc build`, the same step without the compiler loaded).
+2. 784-256-128-10 ReLU on 60,000 synthetic rows, batch 128: samples/s (median of 3 epochs; then the median of 3
+   rounds that each run graphc and every peer once, against drift) against the peers on 1 and 2 threads, and the
+   peak RSS of each run in a fresh process (with graphc's arena peak); graphc both in process and as a
+   standalone training binary (`graphc build`, the same step without the compiler loaded).
 3. diabetes (regression) and breast cancer (binary) defaults: test MSE / accuracy against MLPRegressor /
    MLPClassifier with the same settings (mean over seeds). scikit-learn's regression loss is half the mean
    squared error, so it gets twice graphc's learning rate: the same steps.
@@ -31,10 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SEEDS = tuple(range(16))  # small test splits: means over seeds, not single runs
 EPOCHS = 3  # the 784 run: each figure is the median epoch of this many (peak RSS: of the whole run)
+ROUNDS = 3  # the 784 run: graphc and every peer, this many times over, alternated
 SMALL_EPOCHS = 30  # digits, diabetes, breast cancer
 ROWS = 60000  # the 784 run
 THREADS = (1, 2)  # the 784 run's thread counts (each a fresh process)
-SMOKE = {"SEEDS": (0,), "EPOCHS": 1, "SMALL_EPOCHS": 2, "ROWS": 2000, "THREADS": (1,)}
+SMOKE = {"SEEDS": (0,), "EPOCHS": 1, "ROUNDS": 1, "SMALL_EPOCHS": 2, "ROWS": 2000, "THREADS": (1,)}
 
 
 def graphc_fit(**kw):
@@ -132,7 +134,7 @@ def binary_run(X, y, threads: int, batch: int) -> dict | None:
     if _BINARY["exe"] is None:
         return None
     work = _BINARY["work"]
-    out = work / f"out-{threads}"
+    out = work / f"out-{threads}-{len(list(work.glob('out-*')))}"  # a run directory of its own: one per round
     subprocess.run([str(_BINARY["exe"]), "--x-train", str(work / "x.npy"), "--y-train", str(work / "y.npy"),
                     "--epochs", str(EPOCHS), "--batch-size", str(batch), "--lr", "0.01", "--threads", str(threads),
                     "--quiet", "--out", str(out)], check=True, capture_output=True)
@@ -145,44 +147,58 @@ def binary_run(X, y, threads: int, batch: int) -> dict | None:
 
 def big(threads: int, quick: bool, rows: int | None = None, batch: int = 128) -> None:
     """graphc in process (a fresh Python process: imports, compile from the cache, EPOCHS epochs) and as a
-    standalone binary, against the peers, each peer's peak RSS measured in a fresh process of its own."""
+    standalone binary, against the peers, in ROUNDS rounds that each run every one of them once (this VM's speed
+    drifts by 30% over a minute: a figure is the median of its rounds, and the ratios are also given per round);
+    each peer's peak RSS measured once, in a fresh process of its own."""
     from peers import epoch_jax_scan, epoch_numpy, epoch_torch, peer_peak_rss, synthetic_classification
 
     rows = ROWS if rows is None else rows
     here = os.path.dirname(os.path.abspath(__file__))
     code = RSS.format(here=here, rows=rows, batch=batch, threads=threads, epochs=EPOCHS)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    g = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"784-256-128-10, {rows} rows, batch {batch}, {threads} thread(s):")
-    print(f"  graphc in process: {g['samples_per_second'] / 1e3:.1f}k samples/s, peak RSS {g['peak_rss_mb']:.0f} MB "
-          f"(arena {g['arena_bytes'] / 1e6:.2f} MB, gemm workspace {g['workspace_bytes'] / 1e6:.2f} MB)")
     X, y = synthetic_classification(rows, (784, 256, 128, 10), seed=0)
-    b = binary_run(X, y, threads, batch)
-    if b is not None:
-        print(f"  graphc binary: {b['median_samples_per_second'] / 1e3:.1f}k samples/s, peak RSS "
-              f"{b['peak_rss_mb']:.0f} MB (arenas {b['arena_bytes'] / 1e6:.2f} MB)")
-    if quick:
-        return
     sizes = (784, 256, 128, 10)
-    best, best_rss = 0.0, None
-    for name, fn in (("jax scan", epoch_jax_scan), ("torch", epoch_torch), ("numpy", epoch_numpy)):
-        try:
-            rate = fn(X, y, sizes, batch, 0.01, EPOCHS, seed=0, threads=threads, evaluate=False)["samples_per_second"]
-        except ImportError as e:
-            print(f"  ({name}: {e})")
-            continue
+    peers = {} if quick else {"jax scan": epoch_jax_scan, "torch": epoch_torch, "numpy": epoch_numpy}
+    rates: dict[str, list[float]] = {"in process": [], "binary": [], **{name: [] for name in peers}}
+    g = b = None
+    for _ in range(ROUNDS):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        g = json.loads(p.stdout.strip().splitlines()[-1])
+        rates["in process"].append(g["samples_per_second"])
+        b = binary_run(X, y, threads, batch)
+        if b is not None:
+            rates["binary"].append(b["median_samples_per_second"])
+        for name, fn in list(peers.items()):
+            try:
+                rates[name].append(fn(X, y, sizes, batch, 0.01, EPOCHS, seed=0, threads=threads,
+                                      evaluate=False)["samples_per_second"])
+            except ImportError as e:
+                print(f"  ({name}: {e})")
+                del peers[name], rates[name]
+    med = {k: float(np.median(v)) for k, v in rates.items() if v}
+    print(f"784-256-128-10, {rows} rows, batch {batch}, {threads} thread(s), medians of {ROUNDS} round(s):")
+    print(f"  graphc in process: {med['in process'] / 1e3:.1f}k samples/s, peak RSS {g['peak_rss_mb']:.0f} MB "
+          f"(arena {g['arena_bytes'] / 1e6:.2f} MB, gemm workspace {g['workspace_bytes'] / 1e6:.2f} MB)")
+    if b is not None:
+        print(f"  graphc binary: {med['binary'] / 1e3:.1f}k samples/s, peak RSS "
+              f"{b['peak_rss_mb']:.0f} MB (arenas {b['arena_bytes'] / 1e6:.2f} MB)")
+    if not peers:
+        return
+    best_rss = None
+    for name in peers:
         peer = name.split()[0]
         rss = peer_peak_rss(peer, sizes, rows, batch, threads=threads)["peak_rss_mb"]
-        best = max(best, rate)
         if peer == "numpy":
             best_rss = rss
-        print(f"  {name}: {rate / 1e3:.1f}k samples/s ({g['samples_per_second'] / rate:.2f}x), peak RSS {rss:.0f} MB")
-    if best:
-        print(f"  over the fastest peer: in process {g['samples_per_second'] / best:.2f}x"
-              + (f", binary {b['median_samples_per_second'] / best:.2f}x" if b else ""))
+        print(f"  {name}: {med[name] / 1e3:.1f}k samples/s ({med['in process'] / med[name]:.2f}x), peak RSS "
+              f"{rss:.0f} MB")
+    best = max(med[name] for name in peers)
+    fastest = [max(rates[name][r] for name in peers) for r in range(ROUNDS)]
+    rounds = ", ".join(f"{g_r / f:.2f}" for g_r, f in zip(rates["in process"], fastest, strict=True))
+    print(f"  over the fastest peer: in process {med['in process'] / best:.2f}x"
+          + (f", binary {med['binary'] / best:.2f}x" if b is not None else "") + f" (each round: {rounds})")
     if best_rss:
         print(f"  peak RSS over the numpy loop's: in process {g['peak_rss_mb'] / best_rss:.2f}x"
-              + (f", binary {b['peak_rss_mb'] / best_rss:.2f}x" if b else ""))
+              + (f", binary {b['peak_rss_mb'] / best_rss:.2f}x" if b is not None else ""))
 
 
 def small_tasks(threads: int) -> None:
