@@ -83,7 +83,8 @@ def _train(args) -> int:
 
     options: dict = {}
     for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "l2", "l1", "seed", "threads",
-                 "clip_grad_norm", "schedule", "min_delta", "checkpoint_every", "init", "bias_init", "activation"):
+                 "clip_grad_norm", "schedule", "step_every", "step_gamma", "min_delta", "checkpoint_every", "init",
+                 "bias_init", "activation"):
         v = getattr(args, name)
         if v is not None:
             options[name] = v
@@ -95,6 +96,12 @@ def _train(args) -> int:
         options["drop_last"] = True
     if args.hidden is not None:
         options["hidden"] = _hidden(args.hidden)
+    if args.penalize is not None:
+        which = [n.strip() for n in args.penalize.split(",") if n.strip()]
+        if not which:
+            raise GraphcError("--penalize: expected weights, all, or comma-separated parameter names, got "
+                              f"{args.penalize!r}")
+        options["penalize"] = which[0] if len(which) == 1 and which[0] in ("weights", "all") else which
     if args.dropout is not None:
         keeps = _floats(args.dropout, "--dropout")
         # one number: the lecture's split (TrainConfig's, as for gc.fit): 0.8 on inputs and it on hidden units
@@ -335,11 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-grad-norm", type=float, metavar="MAX", help="scale each step's gradients together to a "
                    "2-norm of at most MAX before the optimizer reads them, as torch.nn.utils.clip_grad_norm_ (the "
                    "usual guard against exploding gradients in recurrent models) (default: no clipping)")
-    t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch "
-                   f"(default: {defaults['schedule']})")
+    t.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule per epoch: "
+                   f"step multiplies the rate by --step-gamma every --step-every epochs (torch's StepLR); cosine "
+                   f"anneals it to 0 over the epochs (default: {defaults['schedule']})")
+    t.add_argument("--step-every", type=int, metavar="EPOCHS", help=f"--schedule step: epochs between the rate's "
+                   f"steps (StepLR's step_size) (default: {defaults['step_every']})")
+    t.add_argument("--step-gamma", type=float, metavar="G", help=f"--schedule step: the rate's factor at each step "
+                   f"(StepLR's gamma) (default: {defaults['step_gamma']})")
     t.add_argument("--l2", type=float, metavar="NU", help="L2 penalty nu/2 ||w||^2 on weights, added to the loss "
                    "(default: 0; with adamw you likely want --weight-decay instead)")
     t.add_argument("--l1", type=float, metavar="NU", help="L1 penalty nu ||w||_1 on weights (default: 0)")
+    t.add_argument("--penalize", metavar="WHICH", help="the parameters --l2/--l1 penalize: weights (the "
+                   "matrices and filters, not biases or norm scales), all, or comma-separated parameter names "
+                   "(default: weights)")
     t.add_argument("--dropout", help="keep probabilities: one number for hidden units (inputs keep 0.8), or "
                    "a list: input first, then each hidden layer")
     t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "

@@ -390,6 +390,11 @@ def _fit_everywhere(model, data, dist, *, out, resume, overwrite, progress, labe
     defaults.update(OPTIMIZER_DEFAULTS.get(chosen.get("optimizer", "sgd"), {}))
     config = _config({**defaults, **file_options, **options})
     config.validate()
+    stray = [k for k in ("step_every", "step_gamma") if k in options]
+    if stray and config.schedule != "step":
+        raise GraphcError(f"{' and '.join(stray)} (--{stray[0].replace('_', '-')}) set(s) the step schedule's decay, "
+                          f"but the schedule is {config.schedule!r}: add schedule='step' (--schedule step), or leave "
+                          f"{' and '.join(stray)} out")
     if dropped_note:
         log(dropped_note(config))
     if config.optimizer == "adamw" and config.l2:

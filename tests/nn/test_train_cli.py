@@ -471,3 +471,45 @@ def test_predict_into_a_pipe_closed_early_stops_quietly_and_a_full_disk_is_an_er
     with open("/dev/full", "w") as full:  # `graphc predict ... > /dev/full`: standard output, not "-o None"
         p = subprocess.run(pred, stdout=full, stderr=subprocess.PIPE, text=True)
     assert p.returncode == 2 and "standard output: cannot write the predictions (No space left" in p.stderr, p.stderr
+
+
+def test_the_step_schedule_and_the_penalized_parameters_are_command_line_options(tmp_path):
+    """--schedule step --step-every E --step-gamma G runs torch's StepLR(step_size=E, gamma=G) (history.csv's lr) and
+    --penalize all|NAMES chooses what --l2/--l1 reach, each as gc.fit's options (bitwise); --step-every without the
+    step schedule, or a parameter the model lacks, exits 2 with nothing written."""
+    from graphc.cli import main
+    from graphc.fitting import fit
+
+    out = tmp_path / "run"
+    assert main(["train", "--schedule", "step", "--step-every", "3", "--step-gamma", "0.5", "--epochs", "7",
+                 "--hidden", "16", "--l2", "0.01", "--penalize", "all", "--quiet", "--checkpoint-every", "0",
+                 "--out", str(out)]) == 0
+    rows = (out / "history.csv").read_text().splitlines()
+    col = rows[0].split(",").index("lr")
+    assert [float(r.split(",")[col]) for r in rows[1:]] == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025]
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert (cfg["step_every"], cfg["step_gamma"], cfg["penalize"]) == (3, 0.5, "all")
+    ref = fit(None, "digits", schedule="step", step_every=3, step_gamma=0.5, epochs=7, hidden=[16], l2=0.01,
+              penalize="all", progress=False).params
+    got = np.load(out / "weights.npz")
+    for name, value in ref.items():
+        assert np.array_equal(got[name].view(np.uint32), value.view(np.uint32)), name
+    # penalizing the biases too changes them: the option reached the loss
+    weights_only = fit(None, "digits", schedule="step", step_every=3, step_gamma=0.5, epochs=7, hidden=[16], l2=0.01,
+                       progress=False).params
+    assert not np.array_equal(weights_only["mlp.0.b"], ref["mlp.0.b"])
+    assert np.array_equal(got["mlp.0.b"], ref["mlp.0.b"])
+
+    named = tmp_path / "named"
+    assert main(["train", "--epochs", "2", "--hidden", "16", "--l1", "0.01", "--penalize", "mlp.0.W,mlp.1.b",
+                 "--quiet", "--checkpoint-every", "0", "--out", str(named)]) == 0
+    assert json.loads((named / "metrics.json").read_text())["config"]["penalize"] == ["mlp.0.W", "mlp.1.b"]
+    for args, words in ((["--step-every", "3"], "add schedule='step' (--schedule step)"),
+                        (["--schedule", "cosine", "--step-gamma", "0.5"], "the schedule is 'cosine'"),
+                        (["--step-every", "0", "--schedule", "step"], "step_every (epochs between"),
+                        (["--l2", "0.1", "--penalize", "c1.W"], "unknown parameter(s) ['c1.W']"),
+                        (["--l2", "0.1", "--penalize", ","], "--penalize: expected weights, all")):
+        bad = tmp_path / "bad"
+        p = run_in_process("train", *args, "--epochs", "1", "--out", str(bad))
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert not bad.exists()
