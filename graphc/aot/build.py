@@ -395,7 +395,7 @@ def model_spec(model=None, data="digits", *, task: str | None = None, n_features
     if unknown:
         raise AotError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
     notes = []
-    for k, default in (("schedule", "constant"), ("refit", False), ("drop_last", False)):
+    for k, default in (("refit", False), ("drop_last", False)):
         if merged.get(k, default) != default:
             notes.append(f"option {k}={merged[k]!r} is not supported by a standalone binary and is ignored")
             merged.pop(k)
@@ -908,7 +908,9 @@ def _model_header(steps, tr, spec: ModelSpec, tgt: Target, max_batch: int, max_t
         "GC_DEF_EPOCHS": cfg.epochs, "GC_DEF_BATCH": cfg.batch_size, "GC_DEF_LR": c_double(cfg.lr),
         "GC_DEF_MOMENTUM": c_double(momentum), "GC_DEF_L2": c_double(cfg.l2), "GC_DEF_L1": c_double(cfg.l1),
         "GC_DEF_PATIENCE": cfg.early_stopping or 0, "GC_DEF_MIN_DELTA": c_double(cfg.min_delta),
-        "GC_DEF_SEED": int(cfg.seed), "GC_DEF_NKEEP": len(keeps), "GC_NKEEP": nkeep, "GC_NSTEPS": len(steps),
+        "GC_DEF_SEED": int(cfg.seed), "GC_DEF_SCHEDULE": ("constant", "step", "cosine").index(cfg.schedule),
+        "GC_DEF_STEP_EVERY": int(cfg.step_every), "GC_DEF_STEP_GAMMA": c_double(cfg.step_gamma),
+        "GC_DEF_NKEEP": len(keeps), "GC_NKEEP": nkeep, "GC_NSTEPS": len(steps),
         "GC_HAS_MOMENTUM": int("momentum" in full_slots), "GC_HAS_L2": int("l2" in full_slots),
         "GC_HAS_L1": int("l1" in full_slots), "GC_HAS_WEIGHT_DECAY": int("weight_decay" in full_slots),
         "GC_DEF_WEIGHT_DECAY": c_double(tr.scalars(0).get("weight_decay", 0.0)),

@@ -155,6 +155,11 @@ typedef struct {
     const char *len_train, *len_val, *len_test; /* a model that takes lengths: each split's (rows,) lengths */
     int64_t epochs, batch, patience, threads, seed;
     double lr, momentum, weight_decay, clip_grad_norm, l2, l1, min_delta;
+    int schedule; /* 0 constant, 1 step (x step_gamma every step_every epochs), 2 cosine (to 0 over the epochs) */
+    int64_t step_every;
+    double step_gamma;
+    double lr_now; /* this epoch's learning rate: the schedule's */
+    const char *step_given; /* --step-every or --step-gamma, where one was given */
     double keep[GC_NKEEP + 1];
     int quiet, momentum_set, l2_set, l1_set, dropout_set, standardize, overwrite;
 } opts_t;
@@ -163,7 +168,21 @@ static const char *const VALUED[] = {"--x-train", "--y-train", "--x-val", "--y-v
                                      "--lengths-train", "--lengths-val", "--lengths-test",
                                      "--out", "--epochs", "--batch-size", "--early-stopping", "--threads", "--seed",
                                      "--lr", "--momentum", "--weight-decay", "--clip-grad-norm", "--l2", "--l1",
-                                     "--min-delta", "--dropout", NULL};
+                                     "--min-delta", "--dropout", "--schedule", "--step-every", "--step-gamma",
+                                     NULL};
+
+static const char *const SCHEDULES[] = {"constant", "step", "cosine"};
+
+/* The learning rate of epoch `epoch` (from 0), as graphc.nn.optim.Schedule.lr computes it (the same operations in
+ * double precision, so the same value) */
+static double epoch_lr(const opts_t *o, int64_t epoch) {
+    if (o->schedule == 1) return o->lr * pow(o->step_gamma, (double)(epoch / o->step_every));
+    if (o->schedule == 2) {
+        double frac = (double)(epoch < o->epochs ? epoch : o->epochs) / (double)o->epochs;
+        return 0.0 + 0.5 * (o->lr - 0.0) * (1.0 + cos(M_PI * frac));
+    }
+    return o->lr;
+}
 
 static int valued_option(const char *name) {
     for (int i = 0; VALUED[i]; i++)
@@ -175,7 +194,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: %s --x-train F.npy --y-train F.npy [--x-val F.npy --y-val F.npy] [--x-test F.npy --y-test F.npy]\n"
             "       [--epochs N] [--batch-size B] [--lr LR] [--momentum M] [--weight-decay WD] [--clip-grad-norm MAX]\n"
-            "       [--l2 NU] [--l1 NU]\n"
+            "       [--schedule constant|step|cosine] [--step-every E] [--step-gamma G] [--l2 NU] [--l1 NU]\n"
             "       [--dropout KEEP[,KEEP...]]\n"
             "       [--early-stopping PATIENCE] [--min-delta D] [--seed S] [--threads T] [--standardize] [--quiet]\n       --out DIR\n"
             "       %s --info | --help\n\n",
@@ -209,6 +228,12 @@ static void usage(FILE *f) {
         fprintf(f, "  --clip-grad-norm MAX   scale each step's gradients together to a 2-norm of at most MAX; inf: no\n"
                    "                         clipping (the same steps as a binary built without it) [%g]\n",
                 GC_DEF_CLIP);
+    fprintf(f,
+            "  --schedule S           the learning rate per epoch: constant; step, x G every E epochs (torch's\n"
+            "                         StepLR); cosine, from LR to 0 over the epochs (CosineAnnealingLR) [%s]\n"
+            "  --step-every E         --schedule step: epochs between steps [%d]\n"
+            "  --step-gamma G         --schedule step: the rate's factor at each step [%g]\n",
+            SCHEDULES[GC_DEF_SCHEDULE], GC_DEF_STEP_EVERY, GC_DEF_STEP_GAMMA);
     if (GC_HAS_L2) fprintf(f, "  --l2 NU                L2 penalty nu/2 ||w||^2 [%g]\n", GC_DEF_L2);
     if (GC_HAS_L1) fprintf(f, "  --l1 NU                L1 penalty nu ||w||_1 [%g]\n", GC_DEF_L1);
     if (GC_NKEEP)
@@ -352,6 +377,9 @@ static void parse_args(opts_t *o, int argc, char **argv) {
     o->patience = GC_DEF_PATIENCE;
     o->min_delta = GC_DEF_MIN_DELTA;
     o->seed = GC_DEF_SEED;
+    o->schedule = GC_DEF_SCHEDULE;
+    o->step_every = GC_DEF_STEP_EVERY;
+    o->step_gamma = GC_DEF_STEP_GAMMA;
     for (int i = 0; i < GC_NKEEP; i++) o->keep[i] = i < GC_DEF_NKEEP ? gc_def_keep[i] : 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -448,8 +476,25 @@ static void parse_args(opts_t *o, int argc, char **argv) {
             o->min_delta = parse_float(name, val);
             if (o->min_delta < 0) fail(EXIT_BAD, "--min-delta: must be >= 0, got %s", val);
         } else if (!strcmp(name, "--dropout")) parse_dropout(o, val);
+        else if (!strcmp(name, "--schedule")) {
+            o->schedule = -1;
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(val, SCHEDULES[k])) o->schedule = k;
+            if (o->schedule < 0) fail(EXIT_BAD, "--schedule: constant, step or cosine, got '%s'", val);
+        } else if (!strcmp(name, "--step-every")) {
+            o->step_every = parse_int(name, val, 1, 100000000);
+            o->step_given = "--step-every";
+        } else if (!strcmp(name, "--step-gamma")) {
+            o->step_gamma = parse_float(name, val);
+            if (!(o->step_gamma > 0) || isinf(o->step_gamma))
+                fail(EXIT_BAD, "--step-gamma: the rate's factor at each step must be a number > 0, got %s", val);
+            o->step_given = "--step-gamma";
+        }
         else fail(EXIT_BAD, "unknown option '%s' (see --help)", name);
     }
+    if (o->step_given && o->schedule != 1)
+        fail(EXIT_BAD, "%s sets the step schedule's decay, but the schedule is %s: add --schedule step, or leave %s "
+             "out", o->step_given, SCHEDULES[o->schedule], o->step_given);
     if (!o->x_train || !o->y_train) fail(EXIT_BAD, "--x-train and --y-train are required (see --help)");
     if (!o->out) fail(EXIT_BAD, "--out DIR is required (see --help)");
     if (!*o->out) fail(EXIT_BAD, "--out: an empty directory name");
@@ -1493,9 +1538,10 @@ static void mpi_agree_run(const opts_t *o, const int64_t rows[3], const npy_t *c
     char buf[4096];
     int len = snprintf(buf, sizeof buf, "%s|%s|", GC_TARGET, GC_MODEL_DESC);
     for (int k = 0; k < GC_NSTEPS; k++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%s,", gc_steps[k].digest);
-    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%d|",
+    len += snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld|%lld|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%.17g|%d|%d|%lld|%.17g|",
                     (long long)o->epochs, (long long)o->batch, (long long)o->patience, (long long)o->seed, o->lr,
-                    o->momentum, o->weight_decay, o->clip_grad_norm, o->l2, o->l1, o->min_delta, o->standardize);
+                    o->momentum, o->weight_decay, o->clip_grad_norm, o->l2, o->l1, o->min_delta, o->standardize,
+                    o->schedule, (long long)o->step_every, o->step_gamma);
     for (int i = 0; i < GC_NKEEP; i++) len += snprintf(buf + len, sizeof buf - (size_t)len, "%.17g,", o->keep[i]);
     snprintf(buf + len, sizeof buf - (size_t)len, "|%lld|%lld|%lld", (long long)rows[0], (long long)rows[1],
              (long long)rows[2]);
@@ -1691,7 +1737,7 @@ static void par_scalars(par_t *q, const opts_t *o) {
         for (int i = 0; i < count; i++) {
             double v;
             switch (sc[i].kind) {
-            case GC_SCALAR_LR: v = o->lr; break;
+            case GC_SCALAR_LR: v = o->lr_now; break;
             case GC_SCALAR_MOMENTUM: v = o->momentum; break;
             case GC_SCALAR_WEIGHT_DECAY: v = o->weight_decay; break;
             case GC_SCALAR_CLIP: v = o->clip_grad_norm; break;
@@ -1997,10 +2043,11 @@ int main(int argc, char **argv) {
     double best_val = INFINITY, train_seconds = 0.0;
     int stopped_early = 0, have_best = 0;
     for (int64_t epoch = 0; epoch < o.epochs && !stopped_early; epoch++) {
+        o.lr_now = epoch_lr(&o, epoch);
         for (int i = 0; i < S->nscalars; i++) {
             double v = 0.0;
             switch (S->scalars[i].kind) {
-            case GC_SCALAR_LR: v = o.lr; break;
+            case GC_SCALAR_LR: v = o.lr_now; break;
             case GC_SCALAR_MOMENTUM: v = o.momentum; break;
             case GC_SCALAR_WEIGHT_DECAY: v = o.weight_decay; break;
             case GC_SCALAR_CLIP: v = o.clip_grad_norm; break;
@@ -2048,7 +2095,7 @@ int main(int argc, char **argv) {
             fail(EXIT_DIVERGED, "training diverged: the loss became non-finite at epoch %lld, step %lld of the epoch "
                                 "(global step %lld); no parameters were written. Try a smaller learning rate (now %g) "
                                 "or standardized inputs.", (long long)epoch + 1, (long long)ctx[GC_CTX_BAD_STEP] + 1,
-                 (long long)(step + ctx[GC_CTX_BAD_STEP] + 1), o.lr);
+                 (long long)(step + ctx[GC_CTX_BAD_STEP] + 1), o.lr_now);
         }
 #ifdef GC_MPI
         par_sync_state(bufs); /* rank 0's running statistics on every rank, as DataParallelStep.check_replicas */
@@ -2060,7 +2107,7 @@ int main(int argc, char **argv) {
                 fail(EXIT_DIVERGED, "training diverged: the loss stayed finite, but %s became non-finite in epoch %lld "
                                     "(by global step %lld: an update overflowed); no parameters were written. Try a "
                                     "smaller learning rate (now %g) or standardized inputs.", bad,
-                     (long long)epoch + 1, (long long)(step + steps), o.lr);
+                     (long long)epoch + 1, (long long)(step + steps), o.lr_now);
         }
 #ifdef GC_MPI
         par_check_replicas(params, epoch + 1);
@@ -2074,7 +2121,7 @@ int main(int argc, char **argv) {
         row_t *r = &rows[nrows++];
         r->epoch = epoch + 1;
         r->step = step;
-        r->lr = o.lr;
+        r->lr = o.lr_now;
         r->train_loss = loss_sum / (double)(samples > 0 ? samples : 1);
         r->rate = dt > 0 ? (double)samples / dt : 0.0;
         if (o.x_val) {

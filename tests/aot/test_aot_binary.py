@@ -91,6 +91,54 @@ def test_default_run_uses_the_plain_step_as_graphc_train_does(digits_binary, dig
         assert np.array_equal(np.load(out / f"{name}.npy").view(np.uint32), value.view(np.uint32)), name
 
 
+def test_learning_rate_schedules_run_in_the_binary_as_gc_fit_runs_them(digits_binary, digits_data, tmp_path):
+    """--schedule step (--step-every, --step-gamma) and cosine: the binary's rate per epoch is gc.fit's (history.csv's
+    lr column, equal to the last bit) and so are the weights, bitwise; a model file's schedule is the binary's
+    default. Step settings without the step schedule, or a bad one, exit 2 (a schedule was ignored with a note)."""
+    from graphc.aot import build
+    from graphc.fitting import fit
+
+    def lrs(out):
+        lines = (out / "history.csv").read_text().splitlines()
+        col = lines[0].split(",").index("lr")
+        return [float(r.split(",")[col]) for r in lines[1:]]
+
+    paths = digits_data[1]
+    for tag, extra, opts in (("step", ["--schedule", "step", "--step-every", "2", "--step-gamma", "0.5"],
+                              {"schedule": "step", "step_every": 2, "step_gamma": 0.5}),
+                             ("cosine", ["--schedule", "cosine"], {"schedule": "cosine"})):
+        out = tmp_path / tag
+        p = subprocess.run([str(digits_binary.path), *data_flags(paths), "--epochs", "5", "--seed", "2", *extra,
+                            "--quiet", "--out", str(out)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        ref = fit(None, "digits", progress=False, checkpoint_every=0, epochs=5, seed=2, **opts)
+        assert lrs(out) == [h["lr"] for h in ref.history], tag
+        assert len(set(lrs(out))) > 2
+        for name, value in ref.params.items():
+            assert np.array_equal(np.load(out / f"{name}.npy").view(np.uint32), value.view(np.uint32)), (tag, name)
+    for extra, words in ((["--step-every", "2"], "the schedule is constant: add --schedule step"),
+                         (["--schedule", "cosine", "--step-gamma", "0.5"], "the schedule is cosine"),
+                         (["--schedule", "linear"], "--schedule: constant, step or cosine, got 'linear'"),
+                         (["--schedule", "step", "--step-gamma", "0"], "--step-gamma: the rate's factor"),
+                         (["--schedule", "step", "--step-every", "0"], "--step-every")):
+        bad = tmp_path / "bad"
+        p = subprocess.run([str(digits_binary.path), *data_flags(paths, ("train",)), *extra, "--out", str(bad)],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and words in p.stderr, (extra, p.stderr)
+        assert not bad.exists()
+    (tmp_path / "m.py").write_text("import graphc as gc\nOPTIONS = {'schedule': 'step', 'step_every': 1, "
+                                   "'step_gamma': 0.25}\n\ndef model(x, n_outputs):\n"
+                                   "    return gc.nn.dense(x, n_outputs, name='lin')\n")
+    exe = build(tmp_path / "train-sched", model=tmp_path / "m.py", data="digits").path
+    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
+    assert "--schedule S" in help_text and "[step]" in help_text and "[0.25]" in help_text
+    out = tmp_path / "file"
+    p = subprocess.run([str(exe), *data_flags(paths, ("train",)), "--epochs", "3", "--quiet", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert lrs(out) == [0.1, 0.025, 0.00625]
+
+
 def test_thread_counts_and_the_dropout_shorthand_agree(digits_binary, digits_data, tmp_path):
     runs = {}
     for name, extra in (("one", ["--threads", "1", "--dropout", "0.5"]), ("two", ["--threads", "2", "--dropout",

@@ -25,7 +25,8 @@ if shutil.which("cc") is None:
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = "32"
 FULL = ["--batch-size", "30", "--lr", "0.05", "--momentum", "0.9", "--l2", "1e-4", "--l1", "1e-5", "--dropout",
-        "0.8,0.5", "--early-stopping", "2"]  # every run-time feature: the binary's full step, masks by global row
+        "0.8,0.5", "--early-stopping", "2", "--schedule", "step", "--step-every", "1", "--step-gamma", "0.5"]
+# every run-time feature: the binary's full step, masks by global row, the rate per epoch
 
 
 def env(**extra) -> dict:
