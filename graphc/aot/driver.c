@@ -509,9 +509,6 @@ static void parse_args(opts_t *o, int argc, char **argv) {
             if (!xs[k] != !ls[k])
                 fail(EXIT_BAD, "--x-%s and --lengths-%s go together: this model takes each padded sequence's length "
                                "(an int32 or int64 .npy of one length per row)", split[k], split[k]);
-        if (o->standardize)
-            fail(EXIT_BAD, "--standardize: this model reads padded sequences, whose padding would enter the "
-                           "statistics; give them standardized (graphc train standardizes the real steps' features)");
     } else if (o->len_train || o->len_val || o->len_test)
         fail(EXIT_BAD, "--lengths-*: this model takes no lengths (its first parameter reads every step of every row)");
     if (o->patience && !o->x_val) fail(EXIT_BAD, "--early-stopping needs a validation split (--x-val, --y-val)");
@@ -1127,10 +1124,52 @@ static void write_npy(const char *dir, const gc_tensor_t *t, const float *data) 
 /* ------------------------------------------------------------------------------------------------ standardization */
 
 /* --standardize: (x - mean) / std with the training rows' statistics (double; population std; a constant feature
- * keeps std 1), as graphc.data standardizes, applied to every split. */
+ * keeps std 1), as graphc.data standardizes, applied to every split. Padded sequences (a model that takes lengths:
+ * rows of GC_LENGTHS steps of F features, the row's length after them): per feature, the statistics of the training
+ * rows' real steps, tiled over the steps, and the padding left at 0, as graphc.data's _standardized_sequences. */
 static double x_mean[GC_N_FEATURES], x_std[GC_N_FEATURES];
 
+/* the steps of row i that standardizing reads and writes: all of them, or a padded sequence's real ones */
+static int64_t real_steps(const float *d, int64_t i) {
+    return GC_LENGTHS > 0 ? (int64_t)d[i * GC_X_WIDTH + GC_N_FEATURES] : 1;
+}
+
+static void sequence_stats(const npy_t *x) {
+    enum { F = GC_LENGTHS > 0 ? GC_N_FEATURES / GC_LENGTHS : 1 };
+    const float *d = x->data;
+    double m[F], v[F];
+    int64_t count = 0;
+    for (int f = 0; f < F; f++) m[f] = v[f] = 0.0;
+    for (int64_t i = 0; i < x->shape[0]; i++) {
+        for (int64_t t = 0; t < real_steps(d, i); t++)
+            for (int f = 0; f < F; f++) m[f] += d[i * GC_X_WIDTH + t * F + f];
+        count += real_steps(d, i);
+    }
+    for (int f = 0; f < F; f++) m[f] = count ? m[f] / (double)count : 0.0;
+    for (int64_t i = 0; i < x->shape[0]; i++)
+        for (int64_t t = 0; t < real_steps(d, i); t++)
+            for (int f = 0; f < F; f++) {
+                double e = d[i * GC_X_WIDTH + t * F + f] - m[f];
+                v[f] += e * e;
+            }
+    for (int f = 0; f < F; f++) {
+        v[f] = count ? sqrt(v[f] / (double)count) : 1.0;
+        if (v[f] == 0.0) v[f] = 1.0;
+        if (!isfinite(m[f]) || !isfinite(v[f]))
+            fail(EXIT_BAD, "--x-train: feature %d of the sequences' steps has values too large to standardize (its "
+                           "variance overflows double); rescale, clip or drop them", f);
+    }
+    for (int j = 0; j < GC_N_FEATURES; j++) {
+        x_mean[j] = m[j % F];
+        x_std[j] = v[j % F];
+    }
+}
+
 static void feature_stats(const npy_t *x) {
+    if (GC_LENGTHS > 0) {
+        sequence_stats(x);
+        return;
+    }
     const float *d = x->data;
     int64_t n = x->shape[0];
     for (int j = 0; j < GC_N_FEATURES; j++) x_mean[j] = x_std[j] = 0.0;
@@ -1150,14 +1189,15 @@ static void feature_stats(const npy_t *x) {
 
 static void standardize(npy_t *x, const char *opt) {
     float *d = x->data;
+    const int64_t width = GC_X_WIDTH, step = GC_LENGTHS > 0 ? GC_N_FEATURES / GC_LENGTHS : GC_N_FEATURES;
     for (int64_t i = 0; i < x->shape[0]; i++)
-        for (int j = 0; j < GC_N_FEATURES; j++) {
-            float z = (float)(((double)d[i * GC_N_FEATURES + j] - x_mean[j]) / x_std[j]);
+        for (int j = 0; j < real_steps(d, i) * step; j++) { /* a sequence's padding stays 0 */
+            float z = (float)(((double)d[i * width + j] - x_mean[j]) / x_std[j]);
             if (!isfinite(z))
                 fail(EXIT_BAD, "%s %s: feature %d of row %lld is %g standard deviations from the training mean: beyond "
                                "float32; rescale, clip or drop it", opt, x->path, j, (long long)i,
-                     ((double)d[i * GC_N_FEATURES + j] - x_mean[j]) / x_std[j]);
-            d[i * GC_N_FEATURES + j] = z;
+                     ((double)d[i * width + j] - x_mean[j]) / x_std[j]);
+            d[i * width + j] = z;
         }
 }
 

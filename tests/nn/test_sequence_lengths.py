@@ -268,6 +268,59 @@ def test_a_training_binary_takes_lengths_and_trains_as_gc_fit(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+SEQ_MODEL_FILE = '''import graphc as gc
+
+
+def model(sequences, lengths, n_outputs):
+    return gc.nn.dense(gc.nn.rnn(sequences, 6, lengths=lengths, name="r"), n_outputs, name="out")
+'''
+
+
+def test_a_training_binary_standardizes_padded_sequences_with_their_real_steps_statistics(tmp_path):
+    """--standardize for a model that takes lengths (it was refused): per feature, the mean and standard deviation
+    of the training rows' real steps, tiled over the steps, the padding left at 0 (whatever the file held there),
+    as graphc train standardizes them: data.json's statistics equal gc.fit's to rounding, and the run trains as
+    gc.fit on the same splits does (to rounding: the sums run in another order)."""
+    import json
+
+    from graphc.aot import build
+
+    rng = np.random.default_rng(3)
+    n, F = 120, 2
+    L = rng.integers(1, T + 1, n)
+    pad = np.arange(T)[None, :] >= L[:, None]
+    S = rng.normal(3.0, 2.0, (n, T, F)) * np.array([1.0, 40.0])
+    y = (np.where(pad[..., None], 0, S[..., :1]).sum(axis=(1, 2)) > 3.0 * L).astype(np.int64)
+    S = np.where(pad[..., None], 1e6, S)  # garbage in the padding: never read
+    np.savez(tmp_path / "seq.npz", X=S.astype(np.float32), y=y, lengths=L)
+    (tmp_path / "m.py").write_text(SEQ_MODEL_FILE)
+    opts = dict(epochs=3, batch_size=16, lr=0.1, seed=2)
+    ref = fit(str(tmp_path / "m.py"), str(tmp_path / "seq.npz"), progress=False, **opts)
+    ds = ref.dataset
+    exe = build(tmp_path / "train-seqf", model=tmp_path / "m.py", data=str(tmp_path / "seq.npz"), max_batch=64).path
+    args = []
+    for split, key in (("train", "training"), ("val", "validation"), ("test", "test")):
+        rows = ds.source_rows[key]
+        if not len(rows):
+            continue
+        for kind, arr in (("x", S[rows].reshape(len(rows), -1).astype(np.float32)), ("y", getattr(ds, f"y_{split}")),
+                          ("lengths", L[rows])):
+            np.save(tmp_path / f"{kind}_{split}.npy", arr)
+            args += [f"--{kind}-{split}", str(tmp_path / f"{kind}_{split}.npy")]
+    p = subprocess.run([str(exe), *args, "--epochs", "3", "--batch-size", "16", "--lr", "0.1", "--seed", "2",
+                        "--standardize", "--quiet", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "o" / "data.json").read_text())
+    np.testing.assert_allclose(d["x_mean"], ds.x_mean, rtol=1e-12)
+    np.testing.assert_allclose(d["x_std"], ds.x_std, rtol=1e-12)
+    assert len(d["x_mean"]) == T * F and np.ptp(np.reshape(d["x_std"], (T, F)), axis=0).max() == 0  # tiled
+    for name, want in ref.params.items():
+        np.testing.assert_allclose(np.load(tmp_path / "o" / f"{name}.npy"), want, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    back = load(tmp_path / "o", model=str(tmp_path / "m.py"))  # data.json's statistics: raw rows predict
+    np.testing.assert_allclose(back.predict(S, lengths=L), ref.predict(S, lengths=L), rtol=1e-4, atol=1e-5)
+
+
 def _library(res, upper, width, n_out):
     import ctypes
 
