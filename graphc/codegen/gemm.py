@@ -1642,7 +1642,11 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                                     for xi in range(16):
                                         at = b.add(base_k, b.mul(b.add(_c64(xi * ncb), cb), _c64(KB * MR)))
                                         p = b.gep(Vp, [at], inbounds=False, source_etype=g.T)
-                                        b.call(g.mstore, [vals[xi], p, ir.Constant(_I32, g.esize), mask])
+                                        if g.slow_mstore:  # the other lanes written back as read: this
+                                            # thread's own workspace (V, or E just past it), in bounds
+                                            blend_store(b, vals[xi], p, g.esize, mask, ir.Constant(_I1, 1), g.mstore)
+                                        else:
+                                            b.call(g.mstore, [vals[xi], p, ir.Constant(_I32, g.esize), mask])
                     p0 = b.add(b.mul(n, _c64(H * W)), b.add(b.mul(ty, _c64(2 * W)), b.mul(tx, _c64(2))))
                     with _Loop(b, _c64(0), _c64(N), _c64(L), "fv", unroll=False) as f0:
                         ev = [[g.load_vec(b, B, b.add(b.mul(b.add(p0, _c64(i * W + j)), ldb), f0))
