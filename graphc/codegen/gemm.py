@@ -1566,7 +1566,8 @@ def _wino_dw_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, i
     align = 64 // esize
     ncb = _cdiv(cx, min(cfg.mr, _edge_rows(cfg) or cfg.mr))
     rows = max(_rup(cx, cfg.mr), _rup(cx, _edge_rows(cfg) or cfg.mr))
-    return (_rup(16 * ncb * WINO_DW_KB * cfg.mr, align), _rup(16 * WINO_DW_KB * N, align), _rup(16 * rows * N, align))
+    return (_rup(16 * (ncb * WINO_DW_KB * cfg.mr + align), align), _rup(16 * (WINO_DW_KB * N + align), align),
+            _rup(16 * rows * N, align))
 
 
 def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) -> ir.Function:
@@ -1603,16 +1604,21 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
     Ep = g.gep(b, Vp, _c64(sv))
     Mp = g.gep(b, Ep, _c64(se))
     ntiles = b.mul(b.sdiv(Kv, _c64(H * W)), _c64(TH * TW))
+    # V's and E's 16 planes (one a ξ) a cache line more apart than their size: planes a multiple of 4 KB apart
+    # (E's always: KB * NR elements is 4 KB on AVX2) put the 16 stores of a tile's transform in one L1 set
+    pad = 64 // g.esize
+    eplane = nfb * KB * NR + pad
 
     def blocks(R: int) -> None:
         """The whole gradient with channel blocks of R rows (A panels keep their MR stride)."""
         ncb = _cdiv(cx, R)
+        vplane = ncb * KB * MR + pad
         ukernel = _ukernel_fn(g, None if R == MR else R)
         i0, i1 = _share(b, _c64(ncb * nfb), tid, nth)  # blocks of M, channel-block major
         with b.if_then(b.icmp_signed("<", i0, i1)):
             cb_lo, cb_hi = b.udiv(i0, _c64(nfb)), b.udiv(b.sub(i1, _c64(1)), _c64(nfb))  # this thread's blocks
             # panel rows past C (the last channel block's) are read by the microkernel, their sums dropped
-            with _Loop(b, _c64(0), _c64(16 * ncb * KB * MR), _c64(L), "vz", unroll=False) as i:
+            with _Loop(b, _c64(0), _c64(16 * vplane), _c64(L), "vz", unroll=False) as i:
                 g.store_vec(b, g.zero, Vp, i, align=g.valign)
             lane = ir.Constant(ir.VectorType(_I64, L), list(range(L)))
             with _Loop(b, _c64(0), ntiles, _c64(KB), "kb", unroll=False) as kb:
@@ -1640,7 +1646,7 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                                                   b.icmp_signed("<", at_l, g.splat(b, _c64(R))))
                                     base_k = b.add(b.mul(k, _c64(MR)), shift)
                                     for xi in range(16):
-                                        at = b.add(base_k, b.mul(b.add(_c64(xi * ncb), cb), _c64(KB * MR)))
+                                        at = b.add(base_k, b.add(_c64(xi * vplane), b.mul(cb, _c64(KB * MR))))
                                         p = b.gep(Vp, [at], inbounds=False, source_etype=g.T)
                                         if g.slow_mstore:  # the other lanes written back as read: this
                                             # thread's own workspace (V, or E just past it), in bounds
@@ -1656,13 +1662,13 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                         fb, vv = b.udiv(f0, _c64(NR)), b.urem(f0, _c64(NR))
                         base_k = b.add(b.add(b.mul(k, _c64(NR)), vv), b.mul(fb, _c64(KB * NR)))
                         for xi in range(16):
-                            g.store_vec(b, vals[xi], Ep, b.add(base_k, _c64(xi * nfb * KB * NR)), align=g.valign)
+                            g.store_vec(b, vals[xi], Ep, b.add(base_k, _c64(xi * eplane)), align=g.valign)
                 load_old = b.icmp_signed(">", kb, _c64(0))
                 with _Loop(b, i0, i1, _c64(1), "it", unroll=False) as it:
                     cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
                     for xi in range(16):  # M[ξ][block rows][fb cols] += V[ξ][cb] @ E[ξ][fb] over the block's tiles
-                        ap = g.gep(b, Vp, b.mul(b.add(_c64(xi * ncb), cb), _c64(KB * MR)))
-                        bp = g.gep(b, Ep, b.mul(b.add(_c64(xi * nfb), fb), _c64(KB * NR)))
+                        ap = g.gep(b, Vp, b.add(_c64(xi * vplane), b.mul(cb, _c64(KB * MR))))
+                        bp = g.gep(b, Ep, b.add(_c64(xi * eplane), b.mul(fb, _c64(KB * NR))))
                         cp = g.gep(b, Mp, b.add(b.mul(b.add(_c64(xi * ncb), cb), _c64(R * N)), b.mul(fb, _c64(NR))))
                         b.call(ukernel, [ap, bp, cp, _c64(N), _c64(NR), nk, _c64(R), _c64(NR), load_old,
                                          ir.Constant(_PTR, None)])
