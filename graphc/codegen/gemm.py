@@ -1164,20 +1164,38 @@ def _emit_store(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load
                 for v in range(NV):
                     g.store_vec(b, vals[i * NV + v], dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
         with edge:
-            masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
-            # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data): plain
-            # stores, not masked ones with every lane on (still a vmaskmovps, microcoded on AMD's AVX2 cores)
-            with b.if_else(to_tile) as (into_tile, into_c):
-                for block, into, dst_ld, smask in ((into_tile, tile, None, False), (into_c, c, ldc, True)):
-                    with block:
-                        for i in range(R):
-                            with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
-                                for v in range(NV):
-                                    cidx = b.add(b.mul(_c64(i), ldc), _c64(v * L))
-                                    old = g.load_vec(b, c, cidx, masks[v])
-                                    val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
-                                    didx = cidx if dst_ld is not None else _c64(i * NR + v * L)
-                                    g.store_vec(b, val, into, didx, masks[v] if smask else None)
+            # whole rows (a short block of rows: a Winograd product's last tiles of a tile row): plain loads and
+            # stores of the first mrem rows, to C or the tile buffer
+            with b.if_else(b.icmp_signed("==", nrem, _c64(NR)), likely=True) as (rows_only, cols_too):
+                with rows_only:
+                    for i in range(R):
+                        with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
+                            for v in range(NV):
+                                old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)))
+                                val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
+                                g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
+                with cols_too:
+                    _emit_store_cols(g, b, accs, R, c, ldc, mrem, nrem, load_old, tile, to_tile)
+
+
+def _emit_store_cols(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load_old, tile, to_tile) -> None:
+    """`_emit_store`'s tile with fewer than NR columns: lanes masked."""
+    NR, L = g.cfg.nr, g.L
+    NV = NR // L
+    masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
+    # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data): plain
+    # stores, not masked ones with every lane on (still a vmaskmovps, microcoded on AMD's AVX2 cores)
+    with b.if_else(to_tile) as (into_tile, into_c):
+        for block, into, dst_ld, smask in ((into_tile, tile, None, False), (into_c, c, ldc, True)):
+            with block:
+                for i in range(R):
+                    with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
+                        for v in range(NV):
+                            cidx = b.add(b.mul(_c64(i), ldc), _c64(v * L))
+                            old = g.load_vec(b, c, cidx, masks[v])
+                            val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
+                            didx = cidx if dst_ld is not None else _c64(i * NR + v * L)
+                            g.store_vec(b, val, into, didx, masks[v] if smask else None)
 
 
 def _finish_fn(g: _Gen, rows: int) -> ir.Function:
