@@ -1164,38 +1164,36 @@ def _emit_store(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load
                 for v in range(NV):
                     g.store_vec(b, vals[i * NV + v], dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
         with edge:
+            none = [None] * NV
             # whole rows (a short block of rows: a Winograd product's last tiles of a tile row): plain loads and
             # stores of the first mrem rows, to C or the tile buffer
             with b.if_else(b.icmp_signed("==", nrem, _c64(NR)), likely=True) as (rows_only, cols_too):
                 with rows_only:
-                    for i in range(R):
-                        with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
-                            for v in range(NV):
-                                old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)))
-                                val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
-                                g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)))
+                    _store_rows(g, b, accs, R, c, ldc, mrem, load_old, dst, ldd, none, none)
                 with cols_too:
-                    _emit_store_cols(g, b, accs, R, c, ldc, mrem, nrem, load_old, tile, to_tile)
+                    masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
+                    # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale
+                    # data): plain stores, not masked ones with every lane on (still a vmaskmovps, microcoded on
+                    # AMD's AVX2 cores)
+                    with b.if_else(to_tile) as (into_tile, into_c):
+                        with into_tile:
+                            _store_rows(g, b, accs, R, c, ldc, mrem, load_old, tile, _c64(NR), masks, none)
+                        with into_c:
+                            _store_rows(g, b, accs, R, c, ldc, mrem, load_old, c, ldc, masks, masks)
 
 
-def _emit_store_cols(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, nrem, load_old, tile, to_tile) -> None:
-    """`_emit_store`'s tile with fewer than NR columns: lanes masked."""
-    NR, L = g.cfg.nr, g.L
-    NV = NR // L
-    masks = [g.lane_mask(b, v * L, nrem) for v in range(NV)]
-    # into the tile, whole vectors (the lanes past nrem hold the zero padding's sums, not stale data): plain
-    # stores, not masked ones with every lane on (still a vmaskmovps, microcoded on AMD's AVX2 cores)
-    with b.if_else(to_tile) as (into_tile, into_c):
-        for block, into, dst_ld, smask in ((into_tile, tile, None, False), (into_c, c, ldc, True)):
-            with block:
-                for i in range(R):
-                    with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
-                        for v in range(NV):
-                            cidx = b.add(b.mul(_c64(i), ldc), _c64(v * L))
-                            old = g.load_vec(b, c, cidx, masks[v])
-                            val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
-                            didx = cidx if dst_ld is not None else _c64(i * NR + v * L)
-                            g.store_vec(b, val, into, didx, masks[v] if smask else None)
+def _store_rows(g: _Gen, b: ir.IRBuilder, accs, R: int, c, ldc, mrem, load_old, dst, ldd, load_masks,
+                store_masks) -> None:
+    """The first `mrem` rows of the R x NR tile `accs` (+ C's, read with `load_masks`, when `load_old`) stored at
+    `dst` (row stride `ldd`) with `store_masks` (one mask or None a vector of a row)."""
+    L = g.L
+    NV = g.cfg.nr // L
+    for i in range(R):
+        with b.if_then(b.icmp_signed("<", _c64(i), mrem)):
+            for v in range(NV):
+                old = g.load_vec(b, c, b.add(b.mul(_c64(i), ldc), _c64(v * L)), load_masks[v])
+                val = b.select(load_old, b.fadd(accs[i * NV + v], old), accs[i * NV + v])
+                g.store_vec(b, val, dst, b.add(b.mul(_c64(i), ldd), _c64(v * L)), store_masks[v])
 
 
 def _finish_fn(g: _Gen, rows: int) -> ir.Function:
@@ -1434,10 +1432,17 @@ def winograd_geometry(view, N: int | None, K, trans_b: bool, accumulate: bool, c
     return cx, H, W, rs, img
 
 
+def _plane_pad(esize: int) -> int:
+    """Elements between the Winograd workspace's 16 planes (one a ξ) beyond their size: a cache line. Planes a
+    multiple of 4 KB apart (the filter gradient's E: KB * NR elements, 4 KB on AVX2; the forward's V: 6 KB on AVX2,
+    12 KB with AVX-512) put the 16 stores of a tile's transform in one or two L1 sets."""
+    return 64 // esize
+
+
 def _wino_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int, int]:
     """(U, V, M) parts of a thread's Winograd workspace, in elements, each a multiple of 64 bytes."""
-    align = 64 // esize
-    return (_rup(16 * cx * N, align), _rup(16 * (cfg.mr * cfg.kc + align), align), _rup(16 * cfg.mr * cfg.nr, align))
+    align, pad = 64 // esize, _plane_pad(esize)
+    return (_rup(16 * cx * N, align), _rup(16 * (cfg.mr * cfg.kc + pad), align), _rup(16 * cfg.mr * cfg.nr, align))
 
 
 def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
@@ -1493,12 +1498,12 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
             col = ftrans([rows_t[ky][s] for ky in range(3)])  # along ky: [r]
             for r in range(4):
                 g.store_vec(b, col[r], U, b.add(dst, _c64((r * 4 + s) * cx * NR)), align=g.valign)
-    # V's 16 planes (one a ξ) a cache line more apart than their size: MR * KC elements apart (6 KB on AVX2, 12 KB
-    # with AVX-512) the 16 stores of a tile's input transform fell in one or two L1 sets (as the filter gradient's)
-    vplane = MR * KC + 64 // g.esize
+    vplane = MR * KC + _plane_pad(g.esize)  # V's planes (one a ξ) a cache line more apart than their size
     # rows of V past a block's tiles are read by the microkernel (and their products dropped): zero them once
-    with _Loop(b, _c64(0), _c64(16 * vplane), _c64(L), "vz", unroll=False) as i:
-        g.store_vec(b, g.zero, V, i, align=g.valign)
+    with _Loop(b, _c64(0), _c64(16), _c64(1), "vzx", unroll=False) as xi, \
+            _Loop(b, _c64(0), _c64(MR), _c64(1), "vz", unroll=False) as i, \
+            _Loop(b, _c64(0), _c64(ncv * L), _c64(L), "vzc", unroll=False) as cv:
+        g.store_vec(b, g.zero, V, b.add(b.add(b.mul(xi, _c64(vplane)), b.mul(i, _c64(KC))), cv), align=g.valign)
 
     with _Loop(b, u0, u1, _c64(1), "unit", unroll=False) as u:
         n, ty = b.udiv(u, _c64(TH)), b.urem(u, _c64(TH))
@@ -1583,10 +1588,10 @@ def winograd_dw_geometry(view, N: int | None, M, trans_b: bool, accumulate: bool
 def _wino_dw_slice(cx: int, N: int, cfg: GemmConfig, esize: int) -> tuple[int, int, int]:
     """(V, E, M) parts of a thread's workspace for the filter gradient, in elements (multiples of 64 bytes), for
     channel blocks of MR or of the narrow kernel's rows."""
-    align = 64 // esize
+    align, pad = 64 // esize, _plane_pad(esize)
     ncb = _cdiv(cx, min(cfg.mr, _edge_rows(cfg) or cfg.mr))
     rows = max(_rup(cx, cfg.mr), _rup(cx, _edge_rows(cfg) or cfg.mr))
-    return (_rup(16 * (ncb * WINO_DW_KB * cfg.mr + align), align), _rup(16 * (WINO_DW_KB * N + align), align),
+    return (_rup(16 * (ncb * WINO_DW_KB * cfg.mr + pad), align), _rup(16 * (WINO_DW_KB * N + pad), align),
             _rup(16 * rows * N, align))
 
 
@@ -1624,9 +1629,7 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
     Ep = g.gep(b, Vp, _c64(sv))
     Mp = g.gep(b, Ep, _c64(se))
     ntiles = b.mul(b.sdiv(Kv, _c64(H * W)), _c64(TH * TW))
-    # V's and E's 16 planes (one a ξ) a cache line more apart than their size: planes a multiple of 4 KB apart
-    # (E's always: KB * NR elements is 4 KB on AVX2) put the 16 stores of a tile's transform in one L1 set
-    pad = 64 // g.esize
+    pad = _plane_pad(g.esize)  # V's and E's planes (one a ξ) a cache line more apart than their size
     eplane = nfb * KB * NR + pad
 
     def blocks(R: int) -> None:
