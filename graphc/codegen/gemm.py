@@ -150,6 +150,8 @@ def _lanes(target: Target, dtype: str) -> int:
     return target.f32_lanes if dtype == "float32" else target.f64_lanes
 
 
+DEFAULT_KC = 256  # the A micro-panel (MR x KC) stays in L1 while B micro-panels stream past it from L2
+
 # B rows up to this many bytes apart are read in place by the default config (`direct_b_max_ld`); wider, or
 # transposed, B is packed. AVX2: 1 KB only. With 2 KB (an LSTM's dZ, 512 float32 columns) a K block's panel read in
 # place spans 512 KB (128 pages, the whole L2 of a Zen 3): the LSTM step's Xᵀ·dZ ran 13% and Hᵀ·dZ 8% faster packed
@@ -163,8 +165,23 @@ DIRECT_B_MAX_BYTES_AVX2 = 1024
 # stay in place, where packing measured slower.
 DIRECT_B_MAX_SPAN_AVX2 = 32 * 1024
 # A loop-invariant B is packed once per call where any target's driver would pack it on every step (rows more than
-# this many bytes apart: graphc.codegen.schedule._packs_b, which runs before a target is chosen)
+# this many bytes apart, or a K block spanning more than DIRECT_B_MAX_SPAN_AVX2: `packed_somewhere`, asked by
+# graphc.codegen.schedule._packs_b, which runs before a target is chosen)
 DIRECT_B_PACKED_IN_LOOPS = min(DIRECT_B_MAX_BYTES, DIRECT_B_MAX_BYTES_AVX2)
+
+
+def packed_somewhere(ldb: int, k: int, esize: int) -> bool:
+    """Whether some target's default driver packs a non-transposed B of K rows ldb elements apart (esize bytes
+    each) rather than reading it in place: rows too far apart (DIRECT_B_PACKED_IN_LOOPS), or, on AVX2, a K block
+    (`_k_block` of the default KC) spanning more than DIRECT_B_MAX_SPAN_AVX2 bytes. An LSTM's backward product
+    dZ·Whᵀ (Whᵀ 512 x 128: rows 512 bytes apart, K blocks of 256 rows spanning 128 KB) is the second kind."""
+    if ldb * esize > DIRECT_B_PACKED_IN_LOOPS:
+        return True
+    kc, unroll = DEFAULT_KC, GemmConfig.unroll
+    nblk = -(-k // kc)
+    per = -(-k // nblk)
+    kblock = -(-per // unroll) * unroll
+    return kblock * ldb * esize > DIRECT_B_MAX_SPAN_AVX2
 
 
 def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
@@ -175,7 +192,7 @@ def default_config(target: Target, dtype: str = "float32") -> GemmConfig:
         mr, nr = 12, 2 * lanes
     else:  # 16 vector registers: 12 accumulators + 2 B vectors + 1 broadcast
         mr, nr = 6, 2 * lanes
-    kc = 256  # the A micro-panel (MR x KC) stays in L1 while B micro-panels stream past it from L2
+    kc = DEFAULT_KC
     nc = nr * max(1, (1 << 20) // (kc * esize * nr))  # the packed B block (KC x NC): 1 MB of the 2 MB L2
     mc = mr * max(1, 240 // mr)
     direct = DIRECT_B_MAX_BYTES if target.vector_bits >= 512 else DIRECT_B_MAX_BYTES_AVX2

@@ -984,7 +984,7 @@ def _packs_b(g: GemmKernel) -> bool:
         return False
     esize = 8 if g.b.dtype == "float64" else 4
     big = g.n * g.k >= PACK_MIN_ELEMENTS
-    return big and (g.tb or not isinstance(g.ldb, int) or g.ldb * esize > gemm.DIRECT_B_PACKED_IN_LOOPS)
+    return big and (g.tb or not isinstance(g.ldb, int) or gemm.packed_somewhere(g.ldb, g.k, esize))
 
 
 def _merge_digits(digits: list) -> tuple | None:

@@ -377,35 +377,42 @@ def test_weight_gradients_of_a_product_over_a_reshaped_step_value(cell):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("form", ["wide", "transposed", "checkpointed"])
+@pytest.mark.parametrize("form", ["wide", "transposed", "checkpointed", "deep"])
 def test_a_loop_invariant_weight_the_gemm_would_pack_is_packed_once_before_the_loop(form):
     """A step's product whose B is loop-invariant (at least PACK_MIN_ELEMENTS) and would be packed by the GEMM on
-    every step (B wider than the driver reads in place, or transposed) reads a copy packed once, before the loop
-    (a PackKernel outside it; with a checkpoint, once per segment's recomputation at most): the listing says so,
-    and the results are the reference's, bitwise alike on 1-3 threads and over batches of 1 (the GEMV, which
-    reads B itself), 5 and 40."""
+    every step (B wider than the driver reads in place, transposed, or, "deep", rows 256 bytes apart whose K blocks
+    of 200 rows span 51 KB, which AVX2's driver packs as an LSTM's backward dZ·Whᵀ) reads a copy packed once,
+    before the loop (a PackKernel outside it; with a checkpoint, once per segment's recomputation at most): the
+    listing says so, and the results are the reference's, bitwise alike on 1-3 threads and over batches of 1
+    (the GEMV, which reads B itself), 5 and 40."""
     W = gc.param("W", (32, 600))
     V = gc.param("V", (600, 32))
+    D = gc.param("D", (600, 64))
     xs = gc.input("xs", ("T", "N", 600))
 
     def step(h, x):
+        if form == "deep":  # a per-step left operand (not hoisted as the input projection would be)
+            z = (x * (1.0 + gc.sum(h, axis=1, keepdims=True))) @ D
+            return gc.tanh(z[:, :32] + x[:, :32] + 0.5 * h), gc.sum(z * x[:, :64], axis=1)
         z = h @ V.T if form == "transposed" else h @ W
         return gc.tanh(z[:, :32] + x[:, :32] + 0.5 * h), gc.sum(z * x, axis=1)
 
     h0 = gc.input("h0", ("N", 32))
     hT, ys = gc.scan(step, h0, xs, checkpoint=3 if form == "checkpointed" else None)
     loss = gc.sum(hT * hT) + gc.sum(ys)
-    wrt = [V if form == "transposed" else W, h0]
+    wrt = [{"transposed": V, "deep": D}.get(form, W), h0]
     outs = [loss, hT, *gc.grad(loss, wrt)]
     fns = [gc.compile(outs, threads=n) for n in (1, 2, 3)]
     listing = fns[1].kernels
     packs = re.findall(r"^(k\d+_scan\w*_pack\d+): pack b\d+:(\w+)", listing, re.M)
     # W itself, or the transpose of V the compiler hoists out of the loop (then 600 wide too)
-    assert {"W"} <= {p[1] for p in packs} if form != "transposed" else packs, listing
+    want = {"transposed": set(), "deep": {"D"}}.get(form, {"W"})
+    assert want <= {p[1] for p in packs} and packs, listing
     assert "(packed before the loop:" in listing
     rng = np.random.default_rng(3)
     for n in (1, 5, 40):
         v = {"W": (0.05 * rng.normal(size=(32, 600))).astype(np.float32),
+             "D": (0.05 * rng.normal(size=(600, 64))).astype(np.float32),
              "V": (0.05 * rng.normal(size=(600, 32))).astype(np.float32),
              "xs": rng.normal(size=(7, n, 600)).astype(np.float32), "h0": rng.normal(size=(n, 32)).astype(np.float32)}
         _reference_and_bitwise(fns, outs, v)
