@@ -127,7 +127,9 @@ def _train(args) -> int:
     if "test_accuracy" in m:
         summary = f"test accuracy {m['test_accuracy']:.4f}"
     else:
-        summary = f"test MSE {m['test_mse']:.4f} (RMSE {m['test_rmse_original_units']:.4g} in target units)"
+        mse = m["test_mse"]
+        summary = f"test MSE {mse:.4f}" if abs(mse) < 1e6 else f"test MSE {mse:.4g}"
+        summary += f" (RMSE {m['test_rmse_original_units']:.4g} in target units)"
     print(f"{m['dataset']}: {summary}; {m['train_samples_per_second']:,.0f} samples/s on {m['threads']} "
           f"thread(s){f' x {ranks} ranks' if ranks > 1 else ''}; compile {m['compile_seconds']:.2f} s; "
           f"{m['epochs']} epoch{'' if m['epochs'] == 1 else 's'}"

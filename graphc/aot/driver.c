@@ -1283,7 +1283,7 @@ static double metric(const float *out, const void *Y, int64_t n, double *rmse) {
         const float *y = Y;
         double s = 0.0;
         for (int64_t i = 0; i < n * GC_Y_ROW; i++) {
-            double d = (double)(out[i] - y[i]);
+            double d = (double)out[i] - (double)y[i]; /* in double: outputs near float32's range */
             s += d * d;
         }
         s /= (double)(n * GC_Y_ROW);

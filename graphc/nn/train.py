@@ -716,8 +716,10 @@ class Trainer:
 
     def metrics(self, out: np.ndarray, Y: np.ndarray, y_std: float = 1.0) -> dict:
         if self.task == "regression":
-            pred = out.reshape(Y.shape)
-            err = float(np.mean((pred - Y) ** 2))
+            # in float64: a float32 model's outputs near its range (a test row standardized to 1e38) square past
+            # float32's
+            pred = out.reshape(Y.shape).astype(np.float64)
+            err = float(np.mean((pred - np.asarray(Y, np.float64)) ** 2))
             return {"mse": err, "rmse": math.sqrt(err), "mse_original_units": err * y_std**2,
                     "rmse_original_units": math.sqrt(err) * y_std}
         pred = np.argmax(out, axis=1) if self.task == "multiclass" else (out.reshape(-1) > 0).astype(np.int64)

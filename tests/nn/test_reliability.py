@@ -443,6 +443,29 @@ def test_values_too_large_to_standardize_are_refused_without_a_numpy_warning(tmp
             fit(data=str(tmp_path / "big.npz"), epochs=1, progress=False)
 
 
+def test_a_regression_metric_of_outputs_near_float32s_range_is_computed_without_overflow(tmp_path):
+    """Found by the fuzz harness: a test row standardized to ~1e38 (legal: within float32) gave an output near
+    1e38, whose squared error overflowed float32 in the metric with a RuntimeWarning (an error under -W error)
+    and an MSE of inf. The metric is float64's (8.9e75 here), and the summary line prints it readably."""
+    from graphc.nn.train import Trainer
+
+    class _T:
+        task = "regression"
+
+    m = Trainer.metrics(_T(), np.array([[9.41398e37]], np.float32), np.array([3.0], np.float32), y_std=0.5)
+    assert m["mse"] == pytest.approx((9.41398e37 - 3.0) ** 2, rel=1e-6) and np.isfinite(m["mse"])
+    rng = np.random.default_rng(4 * 7 + 4)
+    X = rng.normal(size=(4, 4)) * 3
+    X[2, 0] = -1e39
+    np.save(tmp_path / "d.npy", np.column_stack([X, np.arange(4) % 3]))
+    p = run_in_process("train", "--dataset", tmp_path / "d.npy", "--epochs", "1", "--hidden", "3", "--out",
+                       tmp_path / "o", warnings_as_errors=True)
+    assert p.returncode == 0, p.stderr
+    mse = json.loads((tmp_path / "o" / "metrics.json").read_text())["test_mse"]
+    assert np.isfinite(mse) and mse > 1e70
+    assert f"test MSE {mse:.4g} (RMSE" in p.stdout
+
+
 def _png_pixels(data: bytes) -> np.ndarray:
     import struct
     import zlib
