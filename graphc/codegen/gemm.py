@@ -963,8 +963,12 @@ def _edge_rows(cfg: GemmConfig) -> int | None:
     (None: no such kernel). A batch of 128 rows is 10 tiles of 12 and one of 8: computed as 8 rows, not 12
     with 4 of padding, it costs 3% less. Where 13-16 rows are left (a batch of 64: 5 x 12 + 4) the driver runs
     them as two such tiles reading A in place (`split_tail`): 16 rows of multiply-adds instead of 20, a product
-    of 64 rows 4% faster (an LSTM step's two recurrent products, 1 thread)."""
-    return 8 if cfg.mr > 8 else None
+    of 64 rows 4% faster (an LSTM step's two recurrent products, 1 thread). AVX2's 6 x 16 tile has a 4-row one
+    (8 accumulators: as many FMA chains as two pipes of 4-cycle FMAs keep busy): a batch of 32 is 4 tiles of 6
+    and two of 4 (32 rows of multiply-adds, not 36), 64 is 10 of 6 and one of 4; Zen 3, the 64-128-10 MLP's
+    batch-32 epoch 1.11 -> 1.19 M samples/s (its forward product 7.4 -> 6.9 us, the first weights' gradient,
+    64 rows, 7.4 -> 6.9 us)."""
+    return 8 if cfg.mr > 8 else 4 if cfg.mr == 6 else None
 
 
 def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False, row_major: bool = False) -> ir.Function:
@@ -999,7 +1003,9 @@ SMALL_K = 16
 def small_rows(cfg: GemmConfig) -> tuple[int, int]:
     """The rows of the narrow kernels reading A in place (see SMALL_M): 8, then 1 by 1, where 8 rows of the tile
     fit the registers (AVX-512: 16 of 32 zmm); MR rows elsewhere (AVX2's 6 x 16 tile takes 12 of 16 ymm: an
-    8-row kernel spilled its accumulators, 51 stack accesses per 64 FMAs in its k loop on a Zen 3)."""
+    8-row kernel spilled its accumulators, 51 stack accesses per 64 FMAs in its k loop on a Zen 3). (AVX2's
+    4-row edge kernel for the last rows measured no faster than single rows here: consecutive single-row tiles
+    are independent, and the core overlaps their FMA chains; a batch of 16 and a K of 10 unchanged, Zen 3.)"""
     return min(8, cfg.mr), 1
 
 
@@ -2056,7 +2062,7 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
     # Hᵀ·dZ, K = 3200) the panel read in place ran ~9% slower than packed, where a 32-row batch's weight gradients
     # (K = 32) ran ~8% faster an epoch (Zen 3, alternated runs)
     a_in_place = b.and_(trans_a, b.not_(view_a))
-    if edge is None:
+    if cfg.mr < 8:  # AVX2's (and SSE's) 6-row tiles
         a_in_place = b.and_(a_in_place, b.icmp_signed("<=", Kv, _c64(cfg.kc)))
 
     prepacked = b.and_(b.icmp_unsigned("!=", bpre, null), b.not_(direct))  # B read in place where it may be
@@ -2140,7 +2146,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
             if edge is None or 2 * edge - MR < 1:
                 return mc, None
             rem = b.srem(mc, _c64(MR))
-            tail = b.and_(b.and_(b.not_(view_a), b.icmp_signed(">=", mc, _c64(MR))),
+            # a transposed A only where it is read in place anyway (AVX2: one K block; over many, the 4-row tiles'
+            # rows lda apart made an LSTM's Hᵀ·dZ, K = 3200, ~10% slower than packed on a Zen 3)
+            tail = b.and_(b.not_(view_a), b.or_(b.not_(trans_a), a_in_place))
+            tail = b.and_(b.and_(tail, b.icmp_signed(">=", mc, _c64(MR))),
                           b.and_(b.icmp_signed(">", rem, _c64(0)), b.icmp_signed("<=", rem, _c64(2 * edge - MR))))
             return b.select(tail, b.sub(mc, b.add(rem, _c64(MR))), mc), tail
 
