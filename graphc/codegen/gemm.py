@@ -78,8 +78,8 @@ B vectors + 1 broadcast = 27 of 32 registers, 14 loads per 24 FMAs. KC = 256: th
 in L1 and a B micro-panel (32 KB) streams from L2 per tile; C is read and written once per K block.
 NC = 1024 float32 (512 float64): the packed B block is 1 MB of the 2 MB L2. MC = 240 (only sets how much A
 is packed at once in this loop order). Direct B: ldb <= 2 KB of elements (1 KB on AVX2), M range <= 256. With 16 vector
-registers (AVX2, SSE): MR x NR = 6 x 2L. The microkernel alone runs at ~93% of the FMA peak with its data
-in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~10-15%.
+registers (AVX2, SSE): MR x NR = 6 x 2L, with a 4-row edge tile (`_edge_rows`). The microkernel alone runs at ~93%
+of the FMA peak with its data in L1; at n = 1024 packing (bound by L3 bandwidth) and C traffic cost another ~10-15%.
 """
 
 from __future__ import annotations
@@ -1487,6 +1487,10 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
     edge = _edge_rows(cfg)
     R = edge if edge and chunk <= edge else MR
     ukernel = _ukernel_fn(g, None if R == MR else R, row_major=True)
+    # a tile row's last, shorter block (16 tiles in blocks of 6 on AVX2: 6 + 6 + 4) in the edge kernel where
+    # it fits: 4 rows of multiply-adds, not 6 (conv2's 32x32 maps in the CIFAR step)
+    short = TW % chunk if R == MR and edge and 0 < TW % chunk <= edge else 0
+    ukernel_short = _ukernel_fn(g, edge, row_major=True) if short else None
     finish = _finish_fn(g, MR)
     ncv, njb = cx // L, N // NR
     fn, (A, B, C, Mv, ldb, ldc, ws, tid32, nth32, epi, ectx), b = _conv_fn(g, name, "M")
@@ -1544,10 +1548,21 @@ def _wino_fn(g: _Gen, view, geo, N: int) -> ir.Function:
                         g.store_vec(b, vals[xi], V, b.add(dst, _c64(xi * vplane)), align=g.valign)
             with _Loop(b, _c64(0), _c64(njb), _c64(1), "jb", unroll=False) as jb:
                 ub = g.gep(b, U, b.mul(jb, _c64(16 * cx * NR)))
-                for xi in range(16):  # M[ξ] = V[ξ] @ U[ξ]
-                    b.call(ukernel, [g.gep(b, V, _c64(xi * vplane)), g.gep(b, ub, _c64(xi * cx * NR)),
-                                     g.gep(b, Mb, _c64(xi * MR * NR)), _c64(NR), _c64(NR), _c64(cx), nt, _c64(NR),
-                                     ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
+
+                def products(kern):
+                    for xi in range(16):  # M[ξ] = V[ξ] @ U[ξ]
+                        b.call(kern, [g.gep(b, V, _c64(xi * vplane)), g.gep(b, ub, _c64(xi * cx * NR)),
+                                      g.gep(b, Mb, _c64(xi * MR * NR)), _c64(NR), _c64(NR), _c64(cx), nt, _c64(NR),
+                                      ir.Constant(_I1, 0), ir.Constant(_PTR, None)])
+
+                if short:
+                    with b.if_else(b.icmp_signed("==", nt, _c64(short))) as (last, whole):
+                        with last:
+                            products(ukernel_short)
+                        with whole:
+                            products(ukernel)
+                else:
+                    products(ukernel)
                 # output transform: the tile's 2x2 pixels, into two rows of pixels (tbuf rows 0.. and 2·MR..)
                 with _Loop(b, _c64(0), nt, _c64(1), "to", unroll=False) as t, \
                         _Loop(b, _c64(0), _c64(NR), _c64(L), "vv", unroll=False) as vv:

@@ -321,6 +321,8 @@ WINOGRAD_CASES = [  # (H, W, C, F, padding, bias+relu, dtype): 3x3 stride-1 prod
     (10, 28, 64, 96, "same", True, "float32"),  # 3 column blocks, 6 cotangent channel vectors; 14 tiles a
     # tile row: blocks of 7 in the 8-row kernel
     (6, 8, 16, 32, "same", True, "float64"),
+    (4, 32, 32, 32, "same", False, "float32"),  # 16 tiles a tile row: on AVX2 blocks of 6, 6 and 4, the last in
+    # the 4-row edge kernel (CIFAR's conv2); on AVX-512 two blocks of 8
 ]
 
 
@@ -546,7 +548,8 @@ def test_rows_is_taken_only_by_the_forwards_it_computes():
 
 @pytest.mark.parametrize("target", ["x86-64-v3", "x86-64-v2"])
 def test_winograd_on_narrower_vectors_portable_targets(target):
-    """AVX2 and SSE configs (6-row tiles, 8 or 4 lanes, no narrow kernel) run the same Winograd products."""
+    """AVX2 and SSE configs (6-row tiles and a 4-row edge kernel, 8 or 4 lanes) run the same Winograd
+    products."""
     x = gc.input("x", ("N", 6, 10, 32))
     w = gc.input("w", (3, 3, 32, 64))
     bias = gc.input("b", (64,))
