@@ -991,7 +991,8 @@ def _ukernel_fn(g: _Gen, rows: int | None = None, strided: bool = False, row_maj
 
 
 # Small products: when a thread's M range has at most SMALL_M rows (a batch of 1..16 in a forward product or
-# dZ.W^T), or K is at most SMALL_K (the weight gradient X^T.dZ of such a batch), A is read in place by narrow
+# dZ.W^T), or K is at most SMALL_K (the weight gradient X^T.dZ of such a batch), or its N range is one B panel
+# (an output layer's 10 columns: a packed A panel would serve one panel of B), A is read in place by narrow
 # microkernels of `small_rows` rows (the last rows of a range one at a time) instead of being packed into 12-row
 # panels, where 11 of 12 rows would be zero padding at batch 1. Every element of C is still the same fmuladd
 # chain over k in the same K blocks, so the results are bitwise those of the packed path (and do not depend on
@@ -1000,13 +1001,28 @@ SMALL_M = 16
 SMALL_K = 16
 
 
-def small_rows(cfg: GemmConfig) -> tuple[int, int]:
-    """The rows of the narrow kernels reading A in place (see SMALL_M): 8, then 1 by 1, where 8 rows of the tile
-    fit the registers (AVX-512: 16 of 32 zmm); MR rows elsewhere (AVX2's 6 x 16 tile takes 12 of 16 ymm: an
-    8-row kernel spilled its accumulators, 51 stack accesses per 64 FMAs in its k loop on a Zen 3). (AVX2's
-    4-row edge kernel for the last rows measured no faster than single rows here: consecutive single-row tiles
-    are independent, and the core overlaps their FMA chains; a batch of 16 and a K of 10 unchanged, Zen 3.)"""
-    return min(8, cfg.mr), 1
+def small_rows(cfg: GemmConfig) -> tuple[int, ...]:
+    """The rows of the narrow kernels reading A in place (see SMALL_M), widest first, the last 1: 8, then 1 by 1,
+    where 8 rows of the tile fit the registers (AVX-512: 16 of 32 zmm); MR rows elsewhere (AVX2's 6 x 16 tile
+    takes 12 of 16 ymm: an 8-row kernel spilled its accumulators, 51 stack accesses per 64 FMAs in its k loop on
+    a Zen 3), then the edge kernel's 4 (`_edge_rows`), then 1 by 1."""
+    first, edge = min(8, cfg.mr), _edge_rows(cfg)
+    return (first, edge, 1) if edge and 1 < edge < first else (first, 1)
+
+
+def small_split(rows: tuple[int, ...], rem: int) -> bool:
+    """Whether a narrow chunk whose count leaves `rem` rows past its last group of rows[0] runs one group fewer
+    of those, the rows[0] + rem rows going to the narrower kernels instead. A tile of one row waits on its FMAs'
+    latency about as long as an edge tile of rows[1] (4 rows: 8 chains of FMAs on AVX2) takes, and a tile of
+    rows[0] (6) about 1.5 of them: so 6 + 2 rows run as 4 + 4, and 6 + 3 as 4 + 4 + 1."""
+    if len(rows) < 3:
+        return False
+    wide, edge = rows[0], rows[1]
+
+    def cost(n: int) -> int:
+        return n // edge + n % edge
+
+    return 0 < rem and wide / edge + cost(rem) > cost(wide + rem)
 
 
 SMALL_CHUNK = 64  # rows of C finished before one epilogue pass over them (a stack buffer of SMALL_CHUNK x NR)
@@ -2069,6 +2085,10 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
 
     # few rows, or a short K: A read in place by the narrow kernels (see SMALL_M)
     small = b.or_(b.icmp_signed("<=", b.sub(m1, m0), _c64(SMALL_M)), b.icmp_signed("<=", Kv, _c64(SMALL_K)))
+    # ... or one B panel (N <= NR: an output layer of 10 classes, a thin layer): a packed A panel would be read
+    # once, so packing it is a copy of A for nothing (Zen 3: 1024x256 . 256x8 33 -> 43 GFLOP/s, the 64-32-10 and
+    # 64-128-10 MLPs' batch-32 epochs 4-5% faster)
+    small = b.or_(small, b.icmp_signed("<=", b.sub(n1, n0), _c64(NR)))
     small = b.and_(small, b.not_(view_a))  # a view is packed whatever its size
     # a transposed A (a weight gradient's Xᵀ) is read in place by the strided kernels instead of copied into
     # panels: at each k a tile's MR rows are MR contiguous elements, as in a panel, and the transposing copy is
@@ -2180,14 +2200,23 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                 b.call(epi, [tile_buf, cptr, ldc, rows, nrem, row, col, ectx])
 
         with b.if_else(small) as (narrow, packed):
-            with narrow:  # per B panel, chunks of rows: in groups of small_rows(cfg)[0], then one by one
+            with narrow:  # per B panel, chunks of rows: in groups of small_rows(cfg), widest first
                 with _Loop(b, _c64(0), nc, _c64(NR), "sj") as jr:
                     bptr, bstride, col, nrem = panel(jr)
                     with _Loop(b, _c64(0), mc, _c64(SMALL_CHUNK), "sc") as cs:
                         cnt = _smin(b, _c64(SMALL_CHUNK), b.sub(mc, cs))
                         lo = cs
-                        for r, kern in small_kernels:
-                            hi = b.add(cs, b.sub(cnt, b.srem(cnt, _c64(r)))) if r > 1 else b.add(cs, cnt)
+                        end = b.add(cs, cnt)
+                        for q, (r, kern) in enumerate(small_kernels):  # whole groups of r of the rows left
+                            hi = b.sub(end, b.srem(b.sub(end, lo), _c64(r))) if r > 1 else end
+                            if q == 0 and len(small_kernels) > 2:  # the last rows to the narrower kernels
+                                rem = b.srem(cnt, _c64(r))
+                                fewer = ir.Constant(_I1, 0)
+                                for v in range(1, r):
+                                    if small_split(tuple(x for x, _ in small_kernels), v):
+                                        fewer = b.or_(fewer, b.icmp_signed("==", rem, _c64(v)))
+                                fewer = b.and_(fewer, b.icmp_signed(">=", cnt, _c64(r)))
+                                hi = b.select(fewer, b.sub(hi, _c64(r)), hi)
                             with _Loop(b, lo, hi, _c64(r), f"sr{r}") as ir_:
                                 row = b.add(ic, ir_)
                                 cptr = g.gep(b, C, b.add(b.mul(row, ldc), col))
