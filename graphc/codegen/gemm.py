@@ -1691,6 +1691,10 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
         ncb = _cdiv(cx, R)
         vplane = ncb * KB * MR + pad
         ukernel = _ukernel_fn(g, None if R == MR else R)
+        # the last channel block in the narrow kernel where its rows fit (32 channels on AVX2: 5 x 6 + 2, computed
+        # as 4 rows, not 6; 64: 10 x 6 + 4), its own product's rows only
+        last = cx - (ncb - 1) * R
+        ukernel_last = _ukernel_fn(g, narrow) if R == MR and narrow and last <= narrow else None
         i0, i1 = _share(b, _c64(ncb * nfb), tid, nth)  # blocks of M, channel-block major
         with b.if_then(b.icmp_signed("<", i0, i1)):
             cb_lo, cb_hi = b.udiv(i0, _c64(nfb)), b.udiv(b.sub(i1, _c64(1)), _c64(nfb))  # this thread's blocks
@@ -1747,12 +1751,21 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                         ap = g.gep(b, Vp, b.add(_c64(xi * vplane), b.mul(cb, _c64(KB * MR))))
                         bp = g.gep(b, Ep, b.add(_c64(xi * eplane), b.mul(fb, _c64(KB * NR))))
                         cp = g.gep(b, Mp, b.add(b.mul(b.add(_c64(xi * ncb), cb), _c64(R * N)), b.mul(fb, _c64(NR))))
-                        b.call(ukernel, [ap, bp, cp, _c64(N), _c64(NR), nk, _c64(R), _c64(NR), load_old,
-                                         ir.Constant(_PTR, None)])
+                        args = [ap, bp, cp, _c64(N), _c64(NR), nk, _c64(R), _c64(NR), load_old,
+                                ir.Constant(_PTR, None)]
+                        if ukernel_last is None:
+                            b.call(ukernel, args)
+                        else:
+                            with b.if_else(b.icmp_signed("==", cb, _c64(ncb - 1))) as (narrow_block, whole):
+                                with narrow_block:
+                                    b.call(ukernel_last, args[:6] + [_c64(narrow)] + args[7:])
+                                with whole:
+                                    b.call(ukernel, args)
             # dW = Gᵀ M G per block, each tap's rows through the epilogue (or stored)
             with _Loop(b, i0, i1, _c64(1), "ot", unroll=False) as it:
                 cb, fb = b.udiv(it, _c64(nfb)), b.urem(it, _c64(nfb))
-                with _Loop(b, _c64(0), _c64(R), _c64(1), "oi", unroll=False) as i, \
+                cnt = _smin(b, _c64(R), b.sub(_c64(cx), b.mul(cb, _c64(R))))  # the block's channels (rows of M)
+                with _Loop(b, _c64(0), cnt, _c64(1), "oi", unroll=False) as i, \
                         _Loop(b, _c64(0), _c64(NR), _c64(L), "ov", unroll=False) as vv:
                     row = b.add(b.mul(cb, _c64(R)), i)
                     src = b.add(b.add(b.mul(row, _c64(N)), b.mul(fb, _c64(NR))), vv)
@@ -1764,7 +1777,6 @@ def _wino_dw_fn(g: _Gen, name: str, view, geo, N: int, epi: ir.Function | None) 
                             y = _lin(b, [p[r][kx] for r in range(4)], _WINO_DW[ky], half)
                             at = b.add(b.add(b.mul(i, _c64(NR)), vv), _c64((ky * 3 + kx) * MR * NR))
                             g.store_vec(b, y, tbuf, at, align=g.valign)
-                cnt = _smin(b, _c64(R), b.sub(_c64(cx), b.mul(cb, _c64(R))))
                 col = b.mul(fb, _c64(NR))
                 for tap in range(9):
                     r0 = b.add(_c64(tap * cx), b.mul(cb, _c64(R)))
