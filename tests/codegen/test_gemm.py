@@ -516,6 +516,36 @@ def test_last_rows_and_a_in_place_bitwise_as_whole_panels(host, name, ta, tb):
             _check(C, ref + old, bound + np.abs(old), K, np.float32)
 
 
+@pytest.mark.parametrize("name,ta,tb", [("rt_00", 0, 0), ("rt_10", 1, 0), ("rt_01", 0, 1), ("acc_00", 0, 0),
+                                        ("epi_00", 0, 0), ("epi_rc_10", 1, 0), ("f64_00", 0, 0)])
+def test_one_panel_of_columns_is_bitwise_those_columns_of_a_wider_product(host, name, ta, tb):
+    """A product whose columns fit one B panel (N <= NR: an output layer's 10 classes) reads A in place with the
+    narrow kernels (A packed would serve one panel), whose last rows on AVX2 run as 4-row tiles (`small_split`):
+    each element is still the same fmuladd chain over the same K blocks, so its columns are bitwise those columns
+    of a product several panels wide (packed A), for row counts that leave every remainder of the 6- and 4-row
+    groups, through accumulation, epilogues given the row and column, strided operands, several K blocks and
+    1-3 threads."""
+    k = host[name]
+    dtype = np.float64 if name.startswith("f64") else np.float32
+    bits = np.uint64 if dtype == np.float64 else np.uint32
+    for M, n, K in [(7, 10, 40), (9, 12, 50), (31, 16, 300), (64, 3, 33), (99, 10, 257), (200, 8, 70), (26, 1, 600)]:
+        wide = 3 * 32 + 5
+        A, B = _operands(M, wide, K, ta, tb, dtype, strided=True)
+        B_n = B[:n] if tb else B[:, :n]
+        extras = ()
+        if name.startswith("epi_rc"):
+            extras = (_RNG.standard_normal(wide).astype(dtype), _RNG.standard_normal(M).astype(dtype))
+        elif name.startswith("epi"):
+            extras = (_RNG.standard_normal(wide).astype(dtype),)
+        C0 = _RNG.standard_normal((M, wide)).astype(dtype)
+        whole = C0.copy()
+        k(A, B, whole, M, wide, K, extras=extras)
+        for nt in (1, 2, 3):
+            C = np.ascontiguousarray(C0[:, :n])
+            k(A, B_n, C, M, n, K, nthreads=nt, extras=tuple(e[:n] if len(e) == wide else e for e in extras))
+            assert np.array_equal(C.view(bits), whole[:, :n].view(bits)), (name, M, n, K, nt)
+
+
 @pytest.mark.parametrize("name,ta", [("rt_00", 0), ("rt_10", 1), ("acc_00", 0), ("epi_00", 0), ("epi_rc_10", 1),
                                      ("small_00", 0), ("f64_00", 0)])
 def test_a_few_rows_are_bitwise_those_rows_of_a_batch(host, name, ta):
