@@ -177,10 +177,7 @@ def packed_somewhere(ldb: int, k: int, esize: int) -> bool:
     dZ·Whᵀ (Whᵀ 512 x 128: rows 512 bytes apart, K blocks of 256 rows spanning 128 KB) is the second kind."""
     if ldb * esize > DIRECT_B_PACKED_IN_LOOPS:
         return True
-    kc, unroll = DEFAULT_KC, GemmConfig.unroll
-    nblk = -(-k // kc)
-    per = -(-k // nblk)
-    kblock = -(-per // unroll) * unroll
+    kblock = _rup(_cdiv(k, _cdiv(k, DEFAULT_KC)), GemmConfig.unroll)
     return kblock * ldb * esize > DIRECT_B_MAX_SPAN_AVX2
 
 
@@ -2221,12 +2218,12 @@ def _emit_driver(g: _Gen, fn: ir.Function) -> None:
                         end = b.add(cs, cnt)
                         for q, (r, kern) in enumerate(small_kernels):  # whole groups of r of the rows left
                             hi = b.sub(end, b.srem(b.sub(end, lo), _c64(r))) if r > 1 else end
-                            if q == 0 and len(small_kernels) > 2:  # the last rows to the narrower kernels
+                            split = [v for v in range(1, r) if small_split(small_rows(cfg), v)] if q == 0 else []
+                            if split:  # the last rows to the narrower kernels
                                 rem = b.srem(cnt, _c64(r))
-                                fewer = ir.Constant(_I1, 0)
-                                for v in range(1, r):
-                                    if small_split(tuple(x for x, _ in small_kernels), v):
-                                        fewer = b.or_(fewer, b.icmp_signed("==", rem, _c64(v)))
+                                fewer = b.icmp_signed("==", rem, _c64(split[0]))
+                                for v in split[1:]:
+                                    fewer = b.or_(fewer, b.icmp_signed("==", rem, _c64(v)))
                                 fewer = b.and_(fewer, b.icmp_signed(">=", cnt, _c64(r)))
                                 hi = b.select(fewer, b.sub(hi, _c64(r)), hi)
                             with _Loop(b, lo, hi, _c64(r), f"sr{r}") as ir_:
